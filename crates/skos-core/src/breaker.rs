@@ -1,0 +1,243 @@
+//! Circuit breakers per (node, problem, action).
+//!
+//! Closed: failures inside the window are counted; `max_failures` of them
+//! open the circuit. Open: the action is refused until `reset_timeout` has
+//! passed, then the circuit is half-open and lets one trial through. The
+//! trial's success closes it, its failure opens it again.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+
+use crate::config::BreakerConfig;
+use crate::level::secs;
+use crate::timefmt::{self, Timestamp};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct BreakerKey {
+    pub node: String,
+    pub problem: String,
+    pub action: String,
+}
+
+impl BreakerKey {
+    pub fn new(node: &str, problem: &str, action: &str) -> Self {
+        Self {
+            node: node.into(),
+            problem: problem.into(),
+            action: action.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Closed { failures: VecDeque<Timestamp> },
+    Open { since: Timestamp },
+    HalfOpen { trial_in_flight: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Allow,
+    /// Half-open: this is the single trial.
+    Trial,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Opened,
+    HalfOpened,
+    Closed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenCircuit {
+    #[serde(flatten)]
+    pub key: BreakerKey,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none", with = "timefmt::option")]
+    pub since: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Breakers {
+    cfg: BreakerConfig,
+    states: BTreeMap<BreakerKey, State>,
+}
+
+impl Breakers {
+    pub fn new(cfg: BreakerConfig) -> Self {
+        Self {
+            cfg,
+            states: BTreeMap::new(),
+        }
+    }
+
+    /// Ask whether the action may run now. May move Open → HalfOpen.
+    pub fn admit(&mut self, key: &BreakerKey, now: Timestamp) -> (Admission, Option<Transition>) {
+        let reset = secs(self.cfg.reset_timeout_seconds);
+        let Some(state) = self.states.get_mut(key) else {
+            return (Admission::Allow, None);
+        };
+        match state {
+            State::Closed { .. } => (Admission::Allow, None),
+            State::Open { since } if now - *since >= reset => {
+                *state = State::HalfOpen {
+                    trial_in_flight: true,
+                };
+                (Admission::Trial, Some(Transition::HalfOpened))
+            }
+            State::Open { .. } => (Admission::Deny, None),
+            State::HalfOpen { trial_in_flight } if !*trial_in_flight => {
+                *trial_in_flight = true;
+                (Admission::Trial, None)
+            }
+            State::HalfOpen { .. } => (Admission::Deny, None),
+        }
+    }
+
+    pub fn record_success(&mut self, key: &BreakerKey) -> Option<Transition> {
+        match self.states.get(key) {
+            Some(State::HalfOpen { .. }) | Some(State::Open { .. }) => {
+                self.states.remove(key);
+                Some(Transition::Closed)
+            }
+            _ => {
+                self.states.remove(key);
+                None
+            }
+        }
+    }
+
+    pub fn record_failure(&mut self, key: &BreakerKey, now: Timestamp) -> Option<Transition> {
+        let window = secs(self.cfg.window_seconds);
+        let max = self.cfg.max_failures as usize;
+        let state = self.states.entry(key.clone()).or_insert(State::Closed {
+            failures: VecDeque::new(),
+        });
+        match state {
+            State::Closed { failures } => {
+                failures.push_back(now);
+                while failures.front().is_some_and(|&t| now - t > window) {
+                    failures.pop_front();
+                }
+                if failures.len() >= max {
+                    *state = State::Open { since: now };
+                    return Some(Transition::Opened);
+                }
+                None
+            }
+            State::HalfOpen { .. } => {
+                *state = State::Open { since: now };
+                Some(Transition::Opened)
+            }
+            State::Open { since } => {
+                *since = now;
+                None
+            }
+        }
+    }
+
+    /// A trial that produced no verdict (e.g. `unsupported`) frees the slot.
+    pub fn release_trial(&mut self, key: &BreakerKey) {
+        if let Some(State::HalfOpen { trial_in_flight }) = self.states.get_mut(key) {
+            *trial_in_flight = false;
+        }
+    }
+
+    pub fn failures(&self, key: &BreakerKey) -> usize {
+        match self.states.get(key) {
+            Some(State::Closed { failures }) => failures.len(),
+            _ => 0,
+        }
+    }
+
+    /// Circuits that are open or half-open.
+    pub fn open(&self) -> Vec<OpenCircuit> {
+        self.states
+            .iter()
+            .filter_map(|(k, s)| match s {
+                State::Open { since } => Some(OpenCircuit {
+                    key: k.clone(),
+                    state: "open",
+                    since: Some(*since),
+                }),
+                State::HalfOpen { .. } => Some(OpenCircuit {
+                    key: k.clone(),
+                    state: "half_open",
+                    since: None,
+                }),
+                State::Closed { .. } => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(s: i64) -> Timestamp {
+        chrono::Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn key() -> BreakerKey {
+        BreakerKey::new("nova", "thermal:cpu", "throttle_50")
+    }
+
+    #[test]
+    fn opens_after_max_failures_in_window() {
+        let mut b = Breakers::new(BreakerConfig::default());
+        for i in 0..4 {
+            assert_eq!(b.record_failure(&key(), t(i)), None);
+            assert_eq!(b.admit(&key(), t(i)).0, Admission::Allow);
+        }
+        assert_eq!(b.record_failure(&key(), t(4)), Some(Transition::Opened));
+        assert_eq!(b.admit(&key(), t(5)).0, Admission::Deny);
+        assert_eq!(b.open().len(), 1);
+        // Other keys are untouched.
+        assert_eq!(b.admit(&BreakerKey::new("lyra", "thermal:cpu", "throttle_50"), t(5)).0, Admission::Allow);
+    }
+
+    #[test]
+    fn old_failures_fall_out_of_the_window() {
+        let mut b = Breakers::new(BreakerConfig::default());
+        for i in 0..4 {
+            b.record_failure(&key(), t(i * 100));
+        }
+        // Failures at 0 and 100 are older than 300 s at t=500.
+        assert_eq!(b.record_failure(&key(), t(500)), None);
+        assert_eq!(b.failures(&key()), 3);
+    }
+
+    #[test]
+    fn half_open_trial_closes_or_reopens() {
+        let mut b = Breakers::new(BreakerConfig::default());
+        for i in 0..5 {
+            b.record_failure(&key(), t(i));
+        }
+        assert_eq!(b.admit(&key(), t(30)).0, Admission::Deny);
+        assert_eq!(b.admit(&key(), t(65)), (Admission::Trial, Some(Transition::HalfOpened)));
+        assert_eq!(b.admit(&key(), t(66)).0, Admission::Deny, "one trial at a time");
+        assert_eq!(b.record_failure(&key(), t(70)), Some(Transition::Opened));
+        assert_eq!(b.admit(&key(), t(100)).0, Admission::Deny);
+        assert_eq!(b.admit(&key(), t(131)).0, Admission::Trial);
+        assert_eq!(b.record_success(&key()), Some(Transition::Closed));
+        assert_eq!(b.admit(&key(), t(132)).0, Admission::Allow);
+        assert!(b.open().is_empty());
+    }
+
+    #[test]
+    fn released_trial_can_be_retried() {
+        let mut b = Breakers::new(BreakerConfig::default());
+        for i in 0..5 {
+            b.record_failure(&key(), t(i));
+        }
+        assert_eq!(b.admit(&key(), t(65)).0, Admission::Trial);
+        b.release_trial(&key());
+        assert_eq!(b.admit(&key(), t(66)).0, Admission::Trial);
+    }
+}

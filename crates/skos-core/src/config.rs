@@ -1,0 +1,755 @@
+//! `config.yaml`: the seed's shape, its healing tables as built-in defaults.
+//!
+//! Precedence: built-in defaults < config file < environment < command-line
+//! flags. Parsing and checking are pure: the caller reads the file and hands
+//! over the environment as a lookup function. Every problem is reported with
+//! its key path (`thermal.thresholds.critical`) or variable (`env:WARNING_TEMP`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::node::NodeName;
+use crate::policy::KNOWN_ACTIONS;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path in the file (`thermal.thresholds.warning`) or `env:NAME`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
+    ConfigIssue {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub node: NodeSection,
+    pub nats: NatsSection,
+    /// Where embedded mode keeps its audit trail and state.
+    pub data_dir: PathBuf,
+    /// Root under which every sysfs (and cgroup) path is read and written.
+    pub sysfs_root: PathBuf,
+    pub log_level: String,
+    /// Decide and audit, execute nothing.
+    pub dry_run: bool,
+    pub agent: AgentSection,
+    pub coordinator: CoordinatorSection,
+    pub circuit_breaker: BreakerConfig,
+    pub thermal: ThermalConfig,
+    pub storage: StorageConfig,
+    pub mesh: MeshConfig,
+    #[serde(rename = "loop")]
+    pub loop_: LoopConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: NodeSection::default(),
+            nats: NatsSection::default(),
+            data_dir: PathBuf::from("./skos-data"),
+            sysfs_root: PathBuf::from("/sys"),
+            log_level: "INFO".into(),
+            dry_run: false,
+            agent: AgentSection::default(),
+            coordinator: CoordinatorSection::default(),
+            circuit_breaker: BreakerConfig::default(),
+            thermal: ThermalConfig::default(),
+            storage: StorageConfig::default(),
+            mesh: MeshConfig::default(),
+            loop_: LoopConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeSection {
+    /// This node's name (`NODE_NAME`); the seed's default is `nova`.
+    pub name: NodeName,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            name: NodeName::parse("nova").unwrap_or_else(|_| unreachable!("valid literal")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsSection {
+    pub url: String,
+    /// Messages larger than this are rejected on every subject.
+    pub max_message_bytes: usize,
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        Self {
+            url: "nats://localhost:4222".into(),
+            max_message_bytes: crate::protocol::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentSection {
+    /// Seconds between heartbeats (`HEARTBEAT_INTERVAL`).
+    pub heartbeat_interval: f64,
+    /// Seconds between sensor checks (`MONITOR_INTERVAL`).
+    pub monitor_interval: f64,
+    /// Enabled antibodies.
+    pub antibodies: Vec<String>,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: 10.0,
+            monitor_interval: 5.0,
+            antibodies: vec!["thermal_sentinel".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CoordinatorSection {
+    /// Seconds without a heartbeat before a node is offline (`HEARTBEAT_TIMEOUT`).
+    pub heartbeat_timeout: f64,
+    /// Seconds a fix has to bring the metric back below the alert's level.
+    pub verify_within: f64,
+    /// Seconds a command stays valid; not executed after its deadline.
+    pub command_deadline: f64,
+    /// Most commands sent to one node per minute.
+    pub max_actions_per_node_per_minute: u32,
+    /// Recent actions kept for `skos status`.
+    pub recent_actions: usize,
+}
+
+impl Default for CoordinatorSection {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout: 30.0,
+            verify_within: 120.0,
+            command_deadline: 60.0,
+            max_actions_per_node_per_minute: 30,
+            recent_actions: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BreakerConfig {
+    pub max_failures: u32,
+    pub window_seconds: f64,
+    pub reset_timeout_seconds: f64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            window_seconds: 300.0,
+            reset_timeout_seconds: 60.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub warning: f64,
+    pub critical: f64,
+    pub emergency: f64,
+}
+
+/// Actions per severity, run in order.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ActionTable {
+    pub warning: Vec<String>,
+    pub critical: Vec<String>,
+    pub emergency: Vec<String>,
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Seconds a level must hold before it counts (the `for` of a level).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LevelHold {
+    pub warning: f64,
+    pub critical: f64,
+    pub emergency: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ThermalConfig {
+    pub thresholds: Thresholds,
+    pub actions: ActionTable,
+    /// °C below a threshold before its level clears.
+    pub hysteresis: f64,
+    /// Optional debounce: seconds each level must hold before alerting.
+    #[serde(rename = "for")]
+    pub for_: LevelHold,
+    /// Seconds below `warning - hysteresis` before throttling is reset.
+    pub clear_for: f64,
+    /// Seconds before an unchanged alert is repeated.
+    pub cooldown: f64,
+    pub throttle: ThrottleConfig,
+    pub gpu: GpuConfig,
+}
+
+impl Default for ThermalConfig {
+    fn default() -> Self {
+        Self {
+            thresholds: Thresholds {
+                warning: 75.0,
+                critical: 85.0,
+                emergency: 95.0,
+            },
+            actions: ActionTable {
+                warning: strings(&["throttle_10"]),
+                critical: strings(&["throttle_50", "redistribute"]),
+                emergency: strings(&["shutdown_non_essential", "failover"]),
+            },
+            hysteresis: 3.0,
+            for_: LevelHold::default(),
+            clear_for: 30.0,
+            cooldown: 300.0,
+            throttle: ThrottleConfig::default(),
+            gpu: GpuConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ThrottleConfig {
+    /// Cap every cpufreq policy's `scaling_max_freq`.
+    pub cpufreq: bool,
+    /// cgroups (relative to `<sysfs_root>/fs/cgroup`) whose CPU quota is cut.
+    pub cgroups: Vec<PathBuf>,
+    /// cgroup v1 hierarchies live under `<sysfs_root>/fs/cgroup/cpu`.
+    pub cgroup_period_us: u64,
+    /// Lower NVIDIA GPU power limits through NVML.
+    pub gpu_power_limit: bool,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            cpufreq: true,
+            cgroups: Vec::new(),
+            cgroup_period_us: 100_000,
+            gpu_power_limit: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuConfig {
+    /// Read NVIDIA GPUs through NVML (loaded at run time).
+    pub nvml: bool,
+    /// Fall back to `nvidia-smi` when NVML is not available.
+    pub nvidia_smi: bool,
+    /// Fall back to `sensors -j` when sysfs shows no sensor.
+    pub lm_sensors: bool,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        Self {
+            nvml: true,
+            nvidia_smi: true,
+            lm_sensors: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    pub thresholds: Thresholds,
+    pub actions: ActionTable,
+    pub hysteresis: f64,
+    /// Mount points watched.
+    pub mounts: Vec<PathBuf>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            thresholds: Thresholds {
+                warning: 80.0,
+                critical: 90.0,
+                emergency: 95.0,
+            },
+            actions: ActionTable {
+                warning: strings(&["cleanup_temp"]),
+                critical: strings(&["cleanup_logs", "archive_old"]),
+                emergency: strings(&["emergency_cleanup", "alert_human"]),
+            },
+            hysteresis: 2.0,
+            mounts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MeshConfig {
+    /// Actions per event.
+    pub actions: BTreeMap<String, Vec<String>>,
+    pub reconnect_attempts: u32,
+    pub reconnect_delay_seconds: f64,
+    pub interfaces: Vec<String>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            actions: BTreeMap::from([
+                (
+                    "tunnel_down".to_string(),
+                    strings(&["restart_wireguard", "regenerate_config"]),
+                ),
+                (
+                    "peer_unreachable".to_string(),
+                    strings(&["ping_peer", "failover_route"]),
+                ),
+            ]),
+            reconnect_attempts: 3,
+            reconnect_delay_seconds: 5.0,
+            interfaces: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoopConfig {
+    pub max_depth: u32,
+    pub max_iterations: u32,
+    /// Actions per condition.
+    pub actions: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            max_depth: 10,
+            max_iterations: 100,
+            actions: BTreeMap::from([
+                ("depth_exceeded".to_string(), strings(&["circuit_break"])),
+                ("iterations_exceeded".to_string(), strings(&["reset_chain"])),
+            ]),
+        }
+    }
+}
+
+/// Deserialize `T` from a YAML value, naming the key path of the first type
+/// error and of every unknown key.
+fn section<T: DeserializeOwned>(
+    prefix: &str,
+    value: serde_yaml_ng::Value,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<T> {
+    let join = |p: String| {
+        if p.is_empty() || p == "." {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{p}")
+        }
+    };
+    let mut unknown = Vec::new();
+    let result = {
+        let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let de = serde_ignored::Deserializer::new(value, &mut note);
+        serde_path_to_error::deserialize::<_, T>(de)
+    };
+    for path in unknown {
+        issues.push(issue(join(path), "unknown key"));
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let path = join(e.path().to_string());
+            issues.push(issue(path, e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+impl Config {
+    /// Parse a config file's text. Every top-level section is read on its
+    /// own, so one bad section does not hide errors in the others. Returns
+    /// the config and all problems found (parse and semantic).
+    pub fn from_yaml(text: &str) -> Result<Config, Vec<ConfigIssue>> {
+        let root: serde_yaml_ng::Value = match serde_yaml_ng::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                let at = e
+                    .location()
+                    .map(|l| format!("line {} column {}", l.line(), l.column()))
+                    .unwrap_or_else(|| "(document)".into());
+                return Err(vec![issue(at, e.to_string())]);
+            }
+        };
+        let mut issues = Vec::new();
+        let mut cfg = Config::default();
+        let map = match root {
+            serde_yaml_ng::Value::Null => serde_yaml_ng::Mapping::new(),
+            serde_yaml_ng::Value::Mapping(m) => m,
+            _ => return Err(vec![issue("(root)", "the config must be a mapping of sections")]),
+        };
+        for (key, value) in map {
+            let Some(key) = key.as_str().map(str::to_owned) else {
+                issues.push(issue("(root)", format!("non-string key {key:?}")));
+                continue;
+            };
+            macro_rules! take {
+                ($field:expr) => {
+                    if let Some(v) = section(&key, value, &mut issues) {
+                        $field = v;
+                    }
+                };
+            }
+            match key.as_str() {
+                "node" => take!(cfg.node),
+                "nats" => take!(cfg.nats),
+                "data_dir" => take!(cfg.data_dir),
+                "sysfs_root" => take!(cfg.sysfs_root),
+                "log_level" => take!(cfg.log_level),
+                "dry_run" => take!(cfg.dry_run),
+                "agent" => take!(cfg.agent),
+                "coordinator" => take!(cfg.coordinator),
+                "circuit_breaker" => take!(cfg.circuit_breaker),
+                "thermal" => take!(cfg.thermal),
+                "storage" => take!(cfg.storage),
+                "mesh" => take!(cfg.mesh),
+                "loop" => take!(cfg.loop_),
+                _ => issues.push(issue(key.clone(), "unknown key")),
+            }
+        }
+        issues.extend(cfg.check());
+        if issues.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(issues)
+        }
+    }
+
+    /// Apply the seed's environment variables (and SKOS_*), looked up
+    /// through `env`. Unparseable values are reported with `env:NAME`.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        let mut num = |name: &str, slot: &mut f64| {
+            if let Some(v) = env(name) {
+                match v.trim().parse::<f64>() {
+                    Ok(x) if x.is_finite() => *slot = x,
+                    _ => issues.push(issue(format!("env:{name}"), format!("{v:?} is not a number"))),
+                }
+            }
+        };
+        num("HEARTBEAT_TIMEOUT", &mut self.coordinator.heartbeat_timeout);
+        num("HEARTBEAT_INTERVAL", &mut self.agent.heartbeat_interval);
+        num("MONITOR_INTERVAL", &mut self.agent.monitor_interval);
+        num("WARNING_TEMP", &mut self.thermal.thresholds.warning);
+        num("CRITICAL_TEMP", &mut self.thermal.thresholds.critical);
+        num("EMERGENCY_TEMP", &mut self.thermal.thresholds.emergency);
+        if let Some(v) = env("NODE_NAME") {
+            match NodeName::parse(&v) {
+                Ok(n) => self.node.name = n,
+                Err(e) => issues.push(issue("env:NODE_NAME", e.to_string())),
+            }
+        }
+        if let Some(v) = env("NATS_URL") {
+            self.nats.url = v;
+        }
+        if let Some(v) = env("LOG_LEVEL") {
+            self.log_level = v;
+        }
+        if let Some(v) = env("SKOS_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("SKOS_SYSFS_ROOT") {
+            self.sysfs_root = PathBuf::from(v);
+        }
+        issues.extend(self.check());
+        issues
+    }
+
+    /// Semantic checks, every problem with its key path.
+    pub fn check(&self) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        let positive = |out: &mut Vec<ConfigIssue>, path: &str, v: f64| {
+            if !(v.is_finite() && v > 0.0) {
+                out.push(issue(path, format!("must be a positive number of seconds, got {v}")));
+            }
+        };
+        positive(&mut out, "agent.heartbeat_interval", self.agent.heartbeat_interval);
+        positive(&mut out, "agent.monitor_interval", self.agent.monitor_interval);
+        positive(&mut out, "coordinator.heartbeat_timeout", self.coordinator.heartbeat_timeout);
+        positive(&mut out, "coordinator.verify_within", self.coordinator.verify_within);
+        positive(&mut out, "coordinator.command_deadline", self.coordinator.command_deadline);
+        positive(&mut out, "circuit_breaker.window_seconds", self.circuit_breaker.window_seconds);
+        positive(
+            &mut out,
+            "circuit_breaker.reset_timeout_seconds",
+            self.circuit_breaker.reset_timeout_seconds,
+        );
+        if self.circuit_breaker.max_failures == 0 {
+            out.push(issue("circuit_breaker.max_failures", "must be at least 1"));
+        }
+        if self.nats.max_message_bytes < 1024 {
+            out.push(issue("nats.max_message_bytes", "must be at least 1024"));
+        }
+        if !["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"]
+            .contains(&self.log_level.to_ascii_uppercase().as_str())
+        {
+            out.push(issue(
+                "log_level",
+                format!("{:?} is not one of TRACE, DEBUG, INFO, WARNING, ERROR", self.log_level),
+            ));
+        }
+        for (i, a) in self.agent.antibodies.iter().enumerate() {
+            if !crate::policy::ANTIBODIES.contains(&a.as_str()) {
+                out.push(issue(
+                    format!("agent.antibodies[{i}]"),
+                    format!("unknown antibody {a:?} (known: {})", crate::policy::ANTIBODIES.join(", ")),
+                ));
+            }
+        }
+        check_thresholds(&mut out, "thermal", &self.thermal.thresholds);
+        check_thresholds(&mut out, "storage", &self.storage.thresholds);
+        check_table(&mut out, "thermal.actions", &self.thermal.actions);
+        check_table(&mut out, "storage.actions", &self.storage.actions);
+        for (event, actions) in &self.mesh.actions {
+            check_actions(&mut out, &format!("mesh.actions.{event}"), actions);
+        }
+        for (cond, actions) in &self.loop_.actions {
+            check_actions(&mut out, &format!("loop.actions.{cond}"), actions);
+        }
+        if !(self.thermal.hysteresis >= 0.0) {
+            out.push(issue("thermal.hysteresis", "must be zero or more"));
+        }
+        for (level, v) in [
+            ("warning", self.thermal.for_.warning),
+            ("critical", self.thermal.for_.critical),
+            ("emergency", self.thermal.for_.emergency),
+        ] {
+            if !(v >= 0.0) {
+                out.push(issue(format!("thermal.for.{level}"), "must be zero or more seconds"));
+            }
+        }
+        for (i, cg) in self.thermal.throttle.cgroups.iter().enumerate() {
+            if let Err(m) = relative_inside(cg) {
+                out.push(issue(format!("thermal.throttle.cgroups[{i}]"), m));
+            }
+        }
+        if self.thermal.throttle.cgroup_period_us < 1000 {
+            out.push(issue("thermal.throttle.cgroup_period_us", "must be at least 1000"));
+        }
+        if self.loop_.max_depth == 0 {
+            out.push(issue("loop.max_depth", "must be at least 1"));
+        }
+        if self.loop_.max_iterations == 0 {
+            out.push(issue("loop.max_iterations", "must be at least 1"));
+        }
+        out
+    }
+}
+
+/// A configured path that must stay inside its root: relative, no `..`.
+pub fn relative_inside(p: &Path) -> Result<(), String> {
+    if p.as_os_str().is_empty() {
+        return Err("must not be empty".into());
+    }
+    for c in p.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err(format!("{} must not contain '..'", p.display())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("{} must be relative to the cgroup root", p.display()))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_thresholds(out: &mut Vec<ConfigIssue>, prefix: &str, t: &Thresholds) {
+    for (name, v) in [("warning", t.warning), ("critical", t.critical), ("emergency", t.emergency)] {
+        if !v.is_finite() {
+            out.push(issue(format!("{prefix}.thresholds.{name}"), "must be a number"));
+        }
+    }
+    if !(t.warning < t.critical) {
+        out.push(issue(
+            format!("{prefix}.thresholds.critical"),
+            format!("must be above warning ({} <= {})", t.critical, t.warning),
+        ));
+    }
+    if !(t.critical < t.emergency) {
+        out.push(issue(
+            format!("{prefix}.thresholds.emergency"),
+            format!("must be above critical ({} <= {})", t.emergency, t.critical),
+        ));
+    }
+}
+
+fn check_table(out: &mut Vec<ConfigIssue>, prefix: &str, t: &ActionTable) {
+    check_actions(out, &format!("{prefix}.warning"), &t.warning);
+    check_actions(out, &format!("{prefix}.critical"), &t.critical);
+    check_actions(out, &format!("{prefix}.emergency"), &t.emergency);
+}
+
+fn check_actions(out: &mut Vec<ConfigIssue>, prefix: &str, actions: &[String]) {
+    for (i, a) in actions.iter().enumerate() {
+        if !KNOWN_ACTIONS.contains(&a.as_str()) {
+            out.push(issue(format!("{prefix}[{i}]"), format!("unknown action {a:?}")));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = "
+thermal:
+  thresholds:
+    warning: 75
+    critical: 85
+    emergency: 95
+  actions:
+    warning:
+      - throttle_10
+    critical:
+      - throttle_50
+      - redistribute
+    emergency:
+      - shutdown_non_essential
+      - failover
+";
+
+    #[test]
+    fn seed_config_parses_to_defaults() {
+        let cfg = Config::from_yaml(SEED).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_defaults_with_all_four_tables() {
+        let cfg = Config::from_yaml("").unwrap();
+        assert_eq!(cfg.thermal.actions.critical, vec!["throttle_50", "redistribute"]);
+        assert_eq!(cfg.storage.actions.emergency, vec!["emergency_cleanup", "alert_human"]);
+        assert_eq!(cfg.mesh.actions["tunnel_down"], vec!["restart_wireguard", "regenerate_config"]);
+        assert_eq!(cfg.loop_.actions["depth_exceeded"], vec!["circuit_break"]);
+        assert_eq!(cfg.loop_.max_depth, 10);
+        assert_eq!(cfg.circuit_breaker.max_failures, 5);
+        assert_eq!(cfg.agent.heartbeat_interval, 10.0);
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let text = include_str!("../../../config.example.yaml");
+        Config::from_yaml(text).unwrap();
+    }
+
+    #[test]
+    fn every_error_has_its_key_path() {
+        let text = "
+thermal:
+  thresholds: {warning: 90, critical: 85, emergency: 95}
+  actions:
+    critical: [throttle_50, launch_missiles]
+  colour: blue
+coordinator:
+  heartbeat_timeout: soon
+storage:
+  thresholds: {warning: 80, critical: 90, emergency: 95}
+mystery: 1
+node: {name: 'bad.name'}
+";
+        let errs = Config::from_yaml(text).unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "thermal.colour",
+            "coordinator.heartbeat_timeout",
+            "mystery",
+            "node.name",
+            "thermal.thresholds.critical",
+            "thermal.actions.critical[1]",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {errs:?}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut cfg = Config::from_yaml(SEED).unwrap();
+        let env = |k: &str| match k {
+            "WARNING_TEMP" => Some("70".to_string()),
+            "NODE_NAME" => Some("lyra".to_string()),
+            "HEARTBEAT_TIMEOUT" => Some("3".to_string()),
+            "SKOS_SYSFS_ROOT" => Some("/tmp/fake".to_string()),
+            _ => None,
+        };
+        assert!(cfg.apply_env(env).is_empty());
+        assert_eq!(cfg.thermal.thresholds.warning, 70.0);
+        assert_eq!(cfg.node.name.as_str(), "lyra");
+        assert_eq!(cfg.coordinator.heartbeat_timeout, 3.0);
+        assert_eq!(cfg.sysfs_root, PathBuf::from("/tmp/fake"));
+    }
+
+    #[test]
+    fn bad_env_is_reported_by_name() {
+        let mut cfg = Config::default();
+        let errs = cfg.apply_env(|k| match k {
+            "CRITICAL_TEMP" => Some("hot".into()),
+            "NODE_NAME" => Some("a b".into()),
+            _ => None,
+        });
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"env:CRITICAL_TEMP"));
+        assert!(paths.contains(&"env:NODE_NAME"));
+    }
+
+    #[test]
+    fn cgroup_paths_must_stay_inside() {
+        let text = "thermal: {throttle: {cgroups: ['../../etc', '/abs', 'skos.slice/work']}}";
+        let errs = Config::from_yaml(text).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!(errs[0].path, "thermal.throttle.cgroups[0]");
+    }
+
+    #[test]
+    fn malformed_yaml_is_located() {
+        let errs = Config::from_yaml("thermal: [unclosed").unwrap_err();
+        assert!(errs[0].path.starts_with("line"), "{errs:?}");
+    }
+}

@@ -1,0 +1,221 @@
+//! Threshold levels with hysteresis and debounce.
+//!
+//! A level is entered when the value goes above its threshold and has held
+//! there for the level's `for` duration; it is left only when the value
+//! falls below `threshold - hysteresis` and has stayed there for the clear
+//! duration. An unchanged level is reported again no sooner than the
+//! cooldown. Time is passed in.
+
+use chrono::Duration;
+
+use crate::config::{LevelHold, Thresholds};
+use crate::protocol::Severity;
+use crate::timefmt::Timestamp;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LevelRules {
+    pub thresholds: Thresholds,
+    pub hysteresis: f64,
+    /// Seconds a higher level must hold before it is entered.
+    pub hold_up: LevelHold,
+    /// Seconds a lower level must hold before it is entered.
+    pub hold_down: f64,
+    /// Seconds before an unchanged, non-normal level is reported again.
+    pub cooldown: f64,
+}
+
+impl LevelRules {
+    pub fn threshold(&self, s: Severity) -> f64 {
+        match s {
+            Severity::Normal => f64::NEG_INFINITY,
+            Severity::Warning => self.thresholds.warning,
+            Severity::Critical => self.thresholds.critical,
+            Severity::Emergency => self.thresholds.emergency,
+        }
+    }
+
+    fn hold_for(&self, target: Severity, current: Severity) -> f64 {
+        if target < current {
+            return self.hold_down;
+        }
+        match target {
+            Severity::Normal => 0.0,
+            Severity::Warning => self.hold_up.warning,
+            Severity::Critical => self.hold_up.critical,
+            Severity::Emergency => self.hold_up.emergency,
+        }
+    }
+
+    /// The level a value indicates given the current level: up as soon as
+    /// the value is above a threshold, down only past the hysteresis margin.
+    pub fn target(&self, current: Severity, value: f64) -> Severity {
+        let up = Severity::LEVELS
+            .iter()
+            .rev()
+            .copied()
+            .find(|&l| value > self.threshold(l))
+            .unwrap_or(Severity::Normal);
+        if up >= current {
+            return up;
+        }
+        let stay = Severity::LEVELS
+            .iter()
+            .rev()
+            .copied()
+            .filter(|&l| l <= current)
+            .find(|&l| value > self.threshold(l) - self.hysteresis)
+            .unwrap_or(Severity::Normal);
+        up.max(stay)
+    }
+}
+
+/// Why a level is being reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    Changed { from: Severity, to: Severity },
+    Reminder(Severity),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LevelTracker {
+    current: Option<Severity>,
+    pending: Option<(Severity, Timestamp)>,
+    last_report: Option<Timestamp>,
+}
+
+impl LevelTracker {
+    pub fn current(&self) -> Severity {
+        self.current.unwrap_or(Severity::Normal)
+    }
+
+    /// Feed one reading. Returns what to report, if anything.
+    pub fn observe(&mut self, rules: &LevelRules, value: f64, now: Timestamp) -> Option<Report> {
+        let current = self.current();
+        let target = rules.target(current, value);
+        if target == current {
+            self.pending = None;
+            if self.current.is_none() {
+                // First reading: normal is the starting state, nothing to say.
+                self.current = Some(current);
+                return None;
+            }
+            if current != Severity::Normal {
+                let due = self
+                    .last_report
+                    .is_none_or(|t| now - t >= secs(rules.cooldown));
+                if due {
+                    self.last_report = Some(now);
+                    return Some(Report::Reminder(current));
+                }
+            }
+            return None;
+        }
+        let since = match self.pending {
+            Some((s, since)) if s == target => since,
+            _ => {
+                self.pending = Some((target, now));
+                now
+            }
+        };
+        if now - since >= secs(rules.hold_for(target, current)) {
+            self.current = Some(target);
+            self.pending = None;
+            self.last_report = Some(now);
+            return Some(Report::Changed {
+                from: current,
+                to: target,
+            });
+        }
+        None
+    }
+}
+
+pub fn secs(s: f64) -> Duration {
+    Duration::milliseconds((s * 1000.0).round() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn rules() -> LevelRules {
+        LevelRules {
+            thresholds: Thresholds {
+                warning: 75.0,
+                critical: 85.0,
+                emergency: 95.0,
+            },
+            hysteresis: 3.0,
+            hold_up: LevelHold::default(),
+            hold_down: 0.0,
+            cooldown: 300.0,
+        }
+    }
+
+    fn t(s: i64) -> Timestamp {
+        chrono::Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn acts_at_once_by_default_and_no_storm() {
+        let r = rules();
+        let mut tr = LevelTracker::default();
+        assert_eq!(tr.observe(&r, 60.0, t(0)), None);
+        assert_eq!(
+            tr.observe(&r, 87.0, t(1)),
+            Some(Report::Changed { from: Severity::Normal, to: Severity::Critical })
+        );
+        for i in 2..100 {
+            assert_eq!(tr.observe(&r, 87.0 + (i % 3) as f64, t(i)), None, "storm at {i}");
+        }
+        assert_eq!(tr.observe(&r, 87.0, t(302)), Some(Report::Reminder(Severity::Critical)));
+    }
+
+    #[test]
+    fn hysteresis_holds_level_until_margin() {
+        let r = rules();
+        let mut tr = LevelTracker::default();
+        tr.observe(&r, 86.0, t(0));
+        assert_eq!(tr.observe(&r, 84.0, t(1)), None, "inside margin");
+        assert_eq!(tr.observe(&r, 82.5, t(2)), None, "inside margin");
+        assert_eq!(
+            tr.observe(&r, 81.0, t(3)),
+            Some(Report::Changed { from: Severity::Critical, to: Severity::Warning })
+        );
+        assert_eq!(
+            tr.observe(&r, 60.0, t(4)),
+            Some(Report::Changed { from: Severity::Warning, to: Severity::Normal })
+        );
+    }
+
+    #[test]
+    fn for_duration_debounces_spikes() {
+        let mut r = rules();
+        r.hold_up.critical = 10.0;
+        let mut tr = LevelTracker::default();
+        tr.observe(&r, 60.0, t(0));
+        assert_eq!(tr.observe(&r, 90.0, t(1)), None);
+        assert_eq!(tr.observe(&r, 60.0, t(2)), None, "spike gone");
+        assert_eq!(tr.observe(&r, 90.0, t(3)), None);
+        assert_eq!(tr.observe(&r, 90.0, t(8)), None);
+        assert_eq!(
+            tr.observe(&r, 90.0, t(13)),
+            Some(Report::Changed { from: Severity::Normal, to: Severity::Critical })
+        );
+    }
+
+    #[test]
+    fn clear_hold_delays_recovery() {
+        let mut r = rules();
+        r.hold_down = 30.0;
+        let mut tr = LevelTracker::default();
+        tr.observe(&r, 80.0, t(0));
+        assert_eq!(tr.observe(&r, 60.0, t(1)), None);
+        assert_eq!(tr.observe(&r, 60.0, t(20)), None);
+        assert_eq!(
+            tr.observe(&r, 60.0, t(31)),
+            Some(Report::Changed { from: Severity::Warning, to: Severity::Normal })
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! The pure core of SKOS.
+//!
+//! Everything here is plain data and pure functions: protocol messages, node
+//! names, configuration, the healing tables, threshold tracking with
+//! hysteresis, circuit breakers and the audit hash chain. Nothing in this
+//! crate reads a file, opens a socket or looks at the clock: time is always
+//! passed in, and text is always handed over already read.
+
+pub mod audit;
+pub mod breaker;
+pub mod config;
+pub mod counters;
+pub mod level;
+pub mod node;
+pub mod policy;
+pub mod protocol;
+pub mod timefmt;
+
+pub use node::{NodeName, NodeNameError};
+pub use protocol::{
+    Alert, AlertKind, AuditEntry, Command, CommandResult, Heartbeat, ResultStatus, Severity,
+};

@@ -1,0 +1,531 @@
+//! Messages on the wire, in the seed's JSON formats.
+//!
+//! The seed's fields keep their names and meaning; fields we add sit beside
+//! them and are optional on input, so the seed's own agents interoperate.
+//! Unknown fields are ignored. Parsing never panics: [`decode`] returns a
+//! [`DecodeError`] that says what was wrong.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::node::NodeName;
+use crate::timefmt::{self, Timestamp};
+
+/// Largest message accepted on any subject, unless configured otherwise.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Deepest JSON nesting accepted.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is {size} bytes, the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("message nests deeper than {MAX_JSON_DEPTH} levels")]
+    TooDeep,
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+/// Decode a message with the size and depth limits applied before parsing.
+pub fn decode<T: DeserializeOwned>(payload: &[u8], limit: usize) -> Result<T, DecodeError> {
+    if payload.len() > limit {
+        return Err(DecodeError::TooLarge {
+            size: payload.len(),
+            limit,
+        });
+    }
+    if json_depth(payload) > MAX_JSON_DEPTH {
+        return Err(DecodeError::TooDeep);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(payload);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_data() {
+            DecodeError::Invalid(if path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            })
+        } else {
+            DecodeError::Malformed(inner.to_string())
+        }
+    })
+}
+
+/// Maximum bracket nesting of a JSON text, counted without parsing it, so a
+/// hostile message cannot make the parser recurse deeply.
+fn json_depth(payload: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in payload {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Finite-number guard: JSON cannot carry NaN, but a reading can be huge.
+fn finite(v: Option<f64>, field: &str) -> Result<(), DecodeError> {
+    match v {
+        Some(x) if !x.is_finite() => Err(DecodeError::Invalid(format!("{field} is not finite"))),
+        _ => Ok(()),
+    }
+}
+
+/// Agent heartbeat, `skos.heartbeat.<node>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub agent_id: String,
+    pub agent_type: String,
+    pub node: NodeName,
+    #[serde(with = "timefmt")]
+    pub timestamp: Timestamp,
+    /// Hottest CPU reading in °C; `null` when the node has no CPU sensor.
+    #[serde(default)]
+    pub cpu_temp: Option<f64>,
+    /// Hottest GPU reading in °C; `null` when the node has no GPU sensor.
+    #[serde(default)]
+    pub gpu_temp: Option<f64>,
+    /// Fullest watched mount, in percent; `null` when nothing is watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_percent: Option<f64>,
+    /// Seconds until the next heartbeat (added; lets the coordinator judge lateness).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<f64>,
+    /// Active throttle level in percent (added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_level: Option<u8>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}
+
+impl Heartbeat {
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        finite(self.cpu_temp, "cpu_temp")?;
+        finite(self.gpu_temp, "gpu_temp")?;
+        finite(self.storage_percent, "storage_percent")?;
+        finite(self.interval_seconds, "interval_seconds")
+    }
+
+    /// The reading a problem is measured by, if the heartbeat carries it.
+    pub fn metric(&self, metric: &str) -> Option<f64> {
+        match metric {
+            "cpu_temp" => self.cpu_temp,
+            "gpu_temp" => self.gpu_temp,
+            "storage_percent" => self.storage_percent,
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Back to normal: the problem cleared.
+    #[serde(alias = "info", alias = "ok", alias = "resolved")]
+    Normal,
+    Warning,
+    Critical,
+    Emergency,
+}
+
+impl Severity {
+    pub const LEVELS: [Severity; 3] = [Severity::Warning, Severity::Critical, Severity::Emergency];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Normal => "normal",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+            Severity::Emergency => "emergency",
+        }
+    }
+
+    /// The next level up, for escalation.
+    pub fn next(self) -> Option<Severity> {
+        match self {
+            Severity::Normal => Some(Severity::Warning),
+            Severity::Warning => Some(Severity::Critical),
+            Severity::Critical => Some(Severity::Emergency),
+            Severity::Emergency => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    Thermal,
+    Storage,
+    Mesh,
+    Loop,
+    HeartbeatMissing,
+    Circuit,
+    #[serde(other)]
+    Other,
+}
+
+impl AlertKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AlertKind::Thermal => "thermal",
+            AlertKind::Storage => "storage",
+            AlertKind::Mesh => "mesh",
+            AlertKind::Loop => "loop",
+            AlertKind::HeartbeatMissing => "heartbeat_missing",
+            AlertKind::Circuit => "circuit",
+            AlertKind::Other => "other",
+        }
+    }
+}
+
+/// Alert, `skos.alert.<node>` (stream `SKOS_ALERTS`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Unique id, used as the JetStream message id for de-duplication. The
+    /// seed's agents send none: [`Alert::ensure_id`] derives a stable one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub alert_id: String,
+    pub agent_id: String,
+    #[serde(rename = "type")]
+    pub kind: AlertKind,
+    pub severity: Severity,
+    pub node: NodeName,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub details: Map<String, Value>,
+    #[serde(with = "timefmt")]
+    pub timestamp: Timestamp,
+}
+
+impl Alert {
+    /// Give a seed-style alert (no `alert_id`) an id derived from its
+    /// content, so a redelivered copy gets the same id.
+    pub fn ensure_id(&mut self) {
+        if !self.alert_id.is_empty() {
+            return;
+        }
+        let mut h = Sha256::new();
+        for part in [
+            self.node.as_str(),
+            self.kind.as_str(),
+            self.severity.as_str(),
+            &self.agent_id,
+            &self.message,
+            &timefmt::format(&self.timestamp),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        self.alert_id = format!("seed-{}", &hex::encode(h.finalize())[..32]);
+    }
+
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        if self.alert_id.len() > 128 || self.alert_id.chars().any(|c| c.is_control()) {
+            return Err(DecodeError::Invalid("alert_id is not a valid id".into()));
+        }
+        Ok(())
+    }
+
+    /// The sensor or subject of the alert (`details.sensor`), e.g. `cpu`.
+    pub fn sensor(&self) -> Option<&str> {
+        self.details.get("sensor").and_then(Value::as_str)
+    }
+
+    /// The problem this alert is about: kind plus sensor, e.g. `thermal:cpu`.
+    /// Circuit breakers and verification are kept per (node, problem, action).
+    pub fn problem(&self) -> String {
+        match self.sensor() {
+            Some(s) => format!("{}:{}", self.kind.as_str(), s),
+            None => self.kind.as_str().to_string(),
+        }
+    }
+
+    pub fn detail_f64(&self, key: &str) -> Option<f64> {
+        self.details.get(key).and_then(Value::as_f64)
+    }
+}
+
+/// Command, `skos.command.<node>` (stream `SKOS_COMMANDS`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub action_id: String,
+    pub action_type: String,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    #[serde(with = "timefmt")]
+    pub timestamp: Timestamp,
+    /// Target node (added; the subject says it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeName>,
+    /// Not executed after this instant (added).
+    #[serde(default, with = "timefmt::option", skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
+    /// Why: the alert id, or `verification`, `recovery`… (added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The problem the command answers, e.g. `thermal:cpu` (added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl Command {
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        let ok_id = |s: &str| !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control);
+        if !ok_id(&self.action_id) {
+            return Err(DecodeError::Invalid("action_id is empty, too long or has control characters".into()));
+        }
+        if !ok_id(&self.action_type)
+            || !self
+                .action_type
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(DecodeError::Invalid(format!(
+                "action_type {:?} is not a known action name",
+                self.action_type.escape_debug().to_string()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultStatus {
+    Succeeded,
+    Failed,
+    Rejected,
+    Expired,
+    Unsupported,
+}
+
+impl ResultStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultStatus::Succeeded => "succeeded",
+            ResultStatus::Failed => "failed",
+            ResultStatus::Rejected => "rejected",
+            ResultStatus::Expired => "expired",
+            ResultStatus::Unsupported => "unsupported",
+        }
+    }
+}
+
+/// The agent's answer to a command, `skos.result.<node>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub action_id: String,
+    pub action_type: String,
+    pub node: NodeName,
+    pub agent_id: String,
+    pub status: ResultStatus,
+    #[serde(default)]
+    pub message: String,
+    /// What was changed on the node, one line per change (e.g. a file and its
+    /// old and new value).
+    #[serde(default)]
+    pub changes: Vec<Change>,
+    #[serde(with = "timefmt")]
+    pub timestamp: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub target: String,
+    pub before: String,
+    pub after: String,
+}
+
+/// One event in the audit trail (`SKOS_AUDIT.<event_type>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub event_type: String,
+    #[serde(with = "timefmt")]
+    pub timestamp: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeName>,
+    /// Who: `coordinator`, an agent id, `bus`…
+    pub actor: String,
+    pub summary: String,
+    #[serde(default)]
+    pub data: Value,
+}
+
+impl AuditEntry {
+    pub fn new(
+        event_type: &str,
+        timestamp: Timestamp,
+        node: Option<&NodeName>,
+        actor: &str,
+        summary: impl Into<String>,
+        data: Value,
+    ) -> Self {
+        Self {
+            event_type: event_type.to_string(),
+            timestamp,
+            node: node.cloned(),
+            actor: actor.to_string(),
+            summary: summary.into(),
+            data,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_HEARTBEAT: &str = r#"{
+      "agent_id": "thermal-sentinel-nova",
+      "agent_type": "thermal_sentinel",
+      "node": "nova",
+      "timestamp": "2024-01-01T00:00:00Z",
+      "cpu_temp": 65.5,
+      "gpu_temp": 70.2,
+      "metadata": {}
+    }"#;
+
+    const SEED_ALERT: &str = r#"{
+      "agent_id": "thermal-sentinel-nova",
+      "type": "thermal",
+      "severity": "critical",
+      "node": "nova",
+      "message": "CPU temperature 87.5°C exceeds critical threshold",
+      "details": {
+        "sensor": "cpu",
+        "temperature": 87.5,
+        "threshold": 85
+      },
+      "timestamp": "2024-01-01T00:00:00Z"
+    }"#;
+
+    const SEED_COMMAND: &str = r#"{
+      "action_id": "nova:thermal:throttle_50:1704067200",
+      "action_type": "throttle_50",
+      "parameters": {},
+      "timestamp": "2024-01-01T00:00:00Z"
+    }"#;
+
+    const L: usize = DEFAULT_MAX_MESSAGE_BYTES;
+
+    #[test]
+    fn seed_examples_parse_as_they_are() {
+        let hb: Heartbeat = decode(SEED_HEARTBEAT.as_bytes(), L).unwrap();
+        assert_eq!(hb.node.as_str(), "nova");
+        assert_eq!(hb.cpu_temp, Some(65.5));
+        let mut alert: Alert = decode(SEED_ALERT.as_bytes(), L).unwrap();
+        assert_eq!(alert.severity, Severity::Critical);
+        assert_eq!(alert.kind, AlertKind::Thermal);
+        assert_eq!(alert.problem(), "thermal:cpu");
+        assert_eq!(alert.detail_f64("temperature"), Some(87.5));
+        alert.ensure_id();
+        let again = {
+            let mut a: Alert = decode(SEED_ALERT.as_bytes(), L).unwrap();
+            a.ensure_id();
+            a.alert_id
+        };
+        assert_eq!(alert.alert_id, again, "derived id is stable");
+        let cmd: Command = decode(SEED_COMMAND.as_bytes(), L).unwrap();
+        assert_eq!(cmd.action_type, "throttle_50");
+        assert!(cmd.deadline.is_none());
+        cmd.validate().unwrap();
+    }
+
+    #[test]
+    fn emitted_messages_keep_seed_fields() {
+        let hb: Heartbeat = decode(SEED_HEARTBEAT.as_bytes(), L).unwrap();
+        let v = serde_json::to_value(&hb).unwrap();
+        for k in ["agent_id", "agent_type", "node", "timestamp", "cpu_temp", "gpu_temp", "metadata"] {
+            assert!(v.get(k).is_some(), "heartbeat lost {k}");
+        }
+        let alert: Alert = decode(SEED_ALERT.as_bytes(), L).unwrap();
+        let v = serde_json::to_value(&alert).unwrap();
+        for k in ["agent_id", "type", "severity", "node", "message", "details", "timestamp"] {
+            assert!(v.get(k).is_some(), "alert lost {k}");
+        }
+        let cmd: Command = decode(SEED_COMMAND.as_bytes(), L).unwrap();
+        let v = serde_json::to_value(&cmd).unwrap();
+        for k in ["action_id", "action_type", "parameters", "timestamp"] {
+            assert!(v.get(k).is_some(), "command lost {k}");
+        }
+    }
+
+    #[test]
+    fn null_temperatures_stay_null() {
+        let text = SEED_HEARTBEAT.replace("70.2", "null");
+        let hb: Heartbeat = decode(text.as_bytes(), L).unwrap();
+        assert_eq!(hb.gpu_temp, None);
+        let v = serde_json::to_value(&hb).unwrap();
+        assert!(v["gpu_temp"].is_null());
+    }
+
+    #[test]
+    fn python_naive_timestamps_accepted() {
+        let text = SEED_ALERT.replace("2024-01-01T00:00:00Z", "2024-01-01T00:00:00.123456");
+        let a: Alert = decode(text.as_bytes(), L).unwrap();
+        assert_eq!(a.timestamp.timestamp(), 1704067200);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"{".to_vec(),
+            b"null".to_vec(),
+            b"[]".to_vec(),
+            br#"{"agent_id": 5}"#.to_vec(),
+            SEED_HEARTBEAT.replace("\"nova\"", "\"no.va\"").into_bytes(),
+            SEED_HEARTBEAT.replace("65.5", "\"hot\"").into_bytes(),
+            SEED_HEARTBEAT.replace("65.5", "1e999").into_bytes(),
+            vec![0xff, 0xfe, 0x00],
+            "[".repeat(100_000).into_bytes(),
+        ];
+        for c in cases {
+            assert!(decode::<Heartbeat>(&c, L).is_err(), "{:?} accepted", String::from_utf8_lossy(&c[..c.len().min(40)]));
+        }
+        let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(L));
+        assert!(matches!(decode::<Heartbeat>(big.as_bytes(), L), Err(DecodeError::TooLarge { .. })));
+        assert_eq!(decode::<Heartbeat>("[".repeat(100).as_bytes(), L), Err(DecodeError::TooDeep));
+    }
+
+    #[test]
+    fn unknown_fields_ignored_and_type_errors_name_the_field() {
+        let text = SEED_ALERT.replace("\"details\"", "\"future_field\": [1,2], \"details\"");
+        assert!(decode::<Alert>(text.as_bytes(), L).is_ok());
+        let text = SEED_ALERT.replace("\"critical\"", "\"melting\"");
+        let err = decode::<Alert>(text.as_bytes(), L).unwrap_err();
+        assert!(err.to_string().contains("severity"), "{err}");
+    }
+
+    #[test]
+    fn command_validation() {
+        let mut cmd: Command = decode(SEED_COMMAND.as_bytes(), L).unwrap();
+        cmd.action_type = "rm -rf /".into();
+        assert!(cmd.validate().is_err());
+        cmd.action_type = "throttle_10".into();
+        cmd.action_id = String::new();
+        assert!(cmd.validate().is_err());
+    }
+}

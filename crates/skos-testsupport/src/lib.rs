@@ -1,0 +1,11 @@
+//! Test support for SKOS.
+//!
+//! * [`nats`]: a real `nats-server` per test: random port, JetStream store
+//!   in a temp dir, killed on drop, restartable on the same port.
+//! * [`sysfs`]: fake sysfs trees shaped like real machines (hwmon, thermal
+//!   zones, links into `devices/`).
+//! * [`cpufreq`]: fake cpufreq policy trees and real cgroup helpers.
+
+pub mod cpufreq;
+pub mod nats;
+pub mod sysfs;
