@@ -1,1 +1,212 @@
+//! The SKOS message bus.
+//!
+//! [`Bus`] is the one way the coordinator and agents talk: publish a
+//! heartbeat, an alert, a command, a result; consume the feeds they need.
+//! It has two transports with the same subjects and semantics:
+//!
+//! * [`nats`]: NATS JetStream (distributed mode): alerts, commands and
+//!   results in durable streams read by durable consumers with explicit
+//!   acknowledgement, heartbeats on core NATS.
+//! * [`inproc`]: an in-process broker (embedded mode, `skos up`).
+//!
+//! [`audit`] keeps the hash-chained audit trail: a JetStream stream created
+//! with deny-delete and deny-purge, or an append-only file.
+//!
+//! Subject names live in [`subjects`] and nowhere else.
 
+pub mod audit;
+pub mod inproc;
+pub mod nats;
+pub mod subjects;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::Serialize;
+use skos_core::{Alert, Command, CommandResult, Heartbeat, NodeName};
+
+pub use audit::{AuditLog, AuditStore};
+pub use inproc::InProcBus;
+pub use nats::{NatsBus, NatsOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{subject}: {reason}")]
+    Subject { subject: String, reason: String },
+    #[error("connect {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("stream {stream}: {reason}")]
+    Stream { stream: String, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Corrupt {
+        path: String,
+        reason: String,
+    },
+    #[error("{subject}: no answer within {timeout:?}")]
+    Timeout { subject: String, timeout: Duration },
+    #[error("bus closed")]
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn subject(subject: &str, reason: impl ToString) -> Self {
+        Error::Subject {
+            subject: subject.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The feeds a component can consume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Feed {
+    /// Every node's heartbeats (core, not durable).
+    Heartbeats,
+    /// Every alert, through the coordinator's durable consumer.
+    Alerts,
+    /// One node's commands, through that node's durable consumer.
+    Commands(NodeName),
+    /// Every command result, through the coordinator's durable consumer.
+    Results,
+    /// Status requests addressed to the coordinator (request/reply).
+    StatusRequests,
+}
+
+/// A message taken from a feed. Durable feeds need [`Incoming::ack`] once
+/// the message is fully handled; an unacknowledged message is delivered
+/// again (after a crash, or after the ack wait).
+pub struct Incoming {
+    pub subject: String,
+    pub payload: Bytes,
+    pub(crate) ack: Acker,
+}
+
+pub(crate) enum Acker {
+    None,
+    JetStream(Box<async_nats::jetstream::Message>),
+    Reply(Replier),
+}
+
+pub(crate) enum Replier {
+    Nats {
+        client: async_nats::Client,
+        reply: async_nats::Subject,
+    },
+    InProc(tokio::sync::oneshot::Sender<Bytes>),
+}
+
+impl Incoming {
+    /// The node named by the subject's last token, if it is a valid name.
+    pub fn subject_node(&self) -> Option<NodeName> {
+        subjects::node_of(&self.subject)
+    }
+
+    /// Acknowledge a durable message (no-op for core messages).
+    pub async fn ack(self) -> Result<()> {
+        match self.ack {
+            Acker::JetStream(m) => m
+                .ack()
+                .await
+                .map_err(|e| Error::subject(&self.subject, format!("ack: {e}"))),
+            Acker::None | Acker::Reply(_) => Ok(()),
+        }
+    }
+
+    /// Answer a request (no-op for messages that expect no answer).
+    pub async fn reply(self, payload: Bytes) -> Result<()> {
+        match self.ack {
+            Acker::Reply(Replier::Nats { client, reply }) => client
+                .publish(reply, payload)
+                .await
+                .map_err(|e| Error::subject(&self.subject, format!("reply: {e}"))),
+            Acker::Reply(Replier::InProc(tx)) => tx.send(payload).map_err(|_| Error::Closed),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub type Subscription = BoxStream<'static, Incoming>;
+
+/// The bus, over one of its two transports.
+#[derive(Clone)]
+pub enum Bus {
+    InProc(InProcBus),
+    Nats(NatsBus),
+}
+
+fn encode<T: Serialize>(subject: &str, value: &T) -> Result<Bytes> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::subject(subject, format!("encode: {e}")))
+}
+
+impl Bus {
+    pub async fn publish_heartbeat(&self, hb: &Heartbeat) -> Result<()> {
+        let subject = subjects::heartbeat(&hb.node);
+        let payload = encode(&subject, hb)?;
+        self.publish_raw(&subject, payload).await
+    }
+
+    /// Durable: returns once the stream has stored the alert.
+    pub async fn publish_alert(&self, alert: &Alert) -> Result<()> {
+        let subject = subjects::alert(&alert.node);
+        let payload = encode(&subject, alert)?;
+        self.publish_durable(&subject, payload, Some(&alert.alert_id)).await
+    }
+
+    /// Durable: returns once the stream has stored the command. The
+    /// `action_id` is the message id, so a command re-sent after a
+    /// coordinator crash is stored once.
+    pub async fn send_command(&self, node: &NodeName, cmd: &Command) -> Result<()> {
+        let subject = subjects::command(node);
+        let payload = encode(&subject, cmd)?;
+        self.publish_durable(&subject, payload, Some(&cmd.action_id)).await
+    }
+
+    pub async fn publish_result(&self, result: &CommandResult) -> Result<()> {
+        let subject = subjects::result(&result.node);
+        let payload = encode(&subject, result)?;
+        let id = format!("{}:{}", result.action_id, result.status.as_str());
+        self.publish_durable(&subject, payload, Some(&id)).await
+    }
+
+    /// Publish raw bytes on a subject (tests use this to send hostile input).
+    pub async fn publish_raw(&self, subject: &str, payload: Bytes) -> Result<()> {
+        match self {
+            Bus::InProc(b) => b.publish(subject, payload, None),
+            Bus::Nats(b) => b.publish(subject, payload).await,
+        }
+    }
+
+    pub(crate) async fn publish_durable(&self, subject: &str, payload: Bytes, id: Option<&str>) -> Result<()> {
+        match self {
+            Bus::InProc(b) => b.publish(subject, payload, id),
+            Bus::Nats(b) => b.publish_durable(subject, payload, id).await,
+        }
+    }
+
+    pub async fn subscribe(&self, feed: Feed) -> Result<Subscription> {
+        match self {
+            Bus::InProc(b) => b.subscribe(&feed),
+            Bus::Nats(b) => b.subscribe(&feed).await,
+        }
+    }
+
+    /// Ask the coordinator for its status (JSON).
+    pub async fn request_status(&self, timeout: Duration) -> Result<Bytes> {
+        let subject = subjects::STATUS;
+        match self {
+            Bus::InProc(b) => b.request(subject, Bytes::new(), timeout).await,
+            Bus::Nats(b) => b.request(subject, Bytes::new(), timeout).await,
+        }
+    }
+}

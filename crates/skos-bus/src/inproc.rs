@@ -1,0 +1,165 @@
+//! The in-process bus of embedded mode: the same subjects and wildcards as
+//! NATS, delivered through channels inside one process.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream_shim::UnboundedReceiverStream;
+
+use crate::{subjects, Acker, Error, Feed, Incoming, Replier, Result, Subscription};
+
+/// How many message ids are remembered for de-duplication.
+const DEDUP_WINDOW: usize = 10_000;
+
+#[derive(Clone, Default)]
+pub struct InProcBus {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    subs: Vec<(String, mpsc::UnboundedSender<Incoming>)>,
+    seen: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl InProcBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn publish(&self, subject: &str, payload: Bytes, id: Option<&str>) -> Result<()> {
+        let mut inner = self.lock();
+        if let Some(id) = id {
+            if !inner.seen.insert(id.to_string()) {
+                return Ok(());
+            }
+            inner.order.push_back(id.to_string());
+            if inner.order.len() > DEDUP_WINDOW {
+                if let Some(old) = inner.order.pop_front() {
+                    inner.seen.remove(&old);
+                }
+            }
+        }
+        inner.subs.retain(|(pattern, tx)| {
+            if !subjects::matches(pattern, subject) {
+                return !tx.is_closed();
+            }
+            tx.send(Incoming {
+                subject: subject.to_string(),
+                payload: payload.clone(),
+                ack: Acker::None,
+            })
+            .is_ok()
+        });
+        Ok(())
+    }
+
+    fn pattern(feed: &Feed) -> String {
+        match feed {
+            Feed::Heartbeats => subjects::HEARTBEATS.to_string(),
+            Feed::Alerts => subjects::ALERTS.to_string(),
+            Feed::Commands(node) => subjects::command(node),
+            Feed::Results => subjects::RESULTS.to_string(),
+            Feed::StatusRequests => subjects::STATUS.to_string(),
+        }
+    }
+
+    pub(crate) fn subscribe(&self, feed: &Feed) -> Result<Subscription> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().subs.push((Self::pattern(feed), tx));
+        Ok(UnboundedReceiverStream(rx).boxed())
+    }
+
+    pub(crate) async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes> {
+        let (tx, rx) = oneshot::channel();
+        let mut reply = Some(tx);
+        {
+            let mut inner = self.lock();
+            inner.subs.retain(|(_, tx)| !tx.is_closed());
+            if let Some((_, sub)) = inner.subs.iter().find(|(p, _)| subjects::matches(p, subject)) {
+                if let Some(r) = reply.take() {
+                    let _ = sub.send(Incoming {
+                        subject: subject.to_string(),
+                        payload,
+                        ack: Acker::Reply(Replier::InProc(r)),
+                    });
+                }
+            }
+        }
+        if reply.is_some() {
+            return Err(Error::subject(subject, "no responders"));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout {
+                subject: subject.to_string(),
+                timeout,
+            }),
+        }
+    }
+}
+
+/// A tiny adapter so the receiver is a `Stream` without pulling in
+/// tokio-stream for one type.
+mod tokio_stream_shim {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    pub struct UnboundedReceiverStream<T>(pub UnboundedReceiver<T>);
+
+    impl<T> futures::Stream for UnboundedReceiverStream<T> {
+        type Item = T;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Bus;
+    use skos_core::NodeName;
+
+    #[tokio::test]
+    async fn routes_by_subject_and_dedups_by_id() {
+        let bus = InProcBus::new();
+        let mut nova = bus.subscribe(&Feed::Commands(NodeName::parse("nova").unwrap())).unwrap();
+        let mut all = bus.subscribe(&Feed::Alerts).unwrap();
+        bus.publish("skos.command.lyra", Bytes::from_static(b"x"), None).unwrap();
+        bus.publish("skos.command.nova", Bytes::from_static(b"1"), Some("a")).unwrap();
+        bus.publish("skos.command.nova", Bytes::from_static(b"1"), Some("a")).unwrap();
+        bus.publish("skos.alert.nova", Bytes::from_static(b"2"), None).unwrap();
+        let m = nova.next().await.unwrap();
+        assert_eq!(m.payload.as_ref(), b"1");
+        assert_eq!(all.next().await.unwrap().payload.as_ref(), b"2");
+        let none = tokio::time::timeout(Duration::from_millis(50), nova.next()).await;
+        assert!(none.is_err(), "duplicate delivered");
+    }
+
+    #[tokio::test]
+    async fn request_reply() {
+        let bus = Bus::InProc(InProcBus::new());
+        assert!(bus.request_status(Duration::from_millis(50)).await.is_err());
+        let mut reqs = bus.subscribe(Feed::StatusRequests).await.unwrap();
+        tokio::spawn(async move {
+            while let Some(r) = reqs.next().await {
+                r.reply(Bytes::from_static(b"{}")).await.unwrap();
+            }
+        });
+        let b = bus.request_status(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(b.as_ref(), b"{}");
+    }
+}

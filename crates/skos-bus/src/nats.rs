@@ -1,0 +1,262 @@
+//! The NATS JetStream transport (distributed mode).
+//!
+//! Streams (created if missing, idempotently, by whoever connects first):
+//!
+//! | stream | subjects | notes |
+//! |---|---|---|
+//! | `SKOS_ALERTS` | `skos.alert.>` | durable consumer `skos-coordinator`, explicit ack |
+//! | `SKOS_COMMANDS` | `skos.command.>` | durable consumer `skos-agent-<node>` per node |
+//! | `SKOS_RESULTS` | `skos.result.>` | durable consumer `skos-coordinator` |
+//! | `SKOS_AUDIT` | `SKOS_AUDIT.*` | deny delete, deny purge, kept forever |
+//!
+//! Works with nats-server 2.9 and later: only stream and consumer fields
+//! that 2.9 knows are used.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::{subjects, Acker, Error, Feed, Incoming, Replier, Result, Subscription};
+
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    pub url: String,
+    /// Connection name shown by the server (`skos-coordinator`, `skos-agent-nova`).
+    pub name: String,
+    pub connect_timeout: Duration,
+}
+
+impl NatsOptions {
+    pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            name: name.into(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// How long a delivered, unacknowledged durable message waits before it is
+/// delivered again.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+impl NatsBus {
+    /// Connect and make sure the streams exist.
+    pub async fn connect(opts: &NatsOptions) -> Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name(&opts.name)
+            .connection_timeout(opts.connect_timeout)
+            .connect(opts.url.as_str())
+            .await
+            .map_err(|e| Error::Connect {
+                url: opts.url.clone(),
+                reason: e.to_string(),
+            })?;
+        let js = jetstream::new(client.clone());
+        let bus = Self { client, js };
+        bus.ensure_streams().await?;
+        Ok(bus)
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    async fn ensure_streams(&self) -> Result<()> {
+        let specs = [
+            (subjects::STREAM_ALERTS, subjects::ALERTS, 7 * DAY, false),
+            (subjects::STREAM_COMMANDS, subjects::COMMANDS, DAY, false),
+            (subjects::STREAM_RESULTS, subjects::RESULTS, 7 * DAY, false),
+            (subjects::STREAM_AUDIT, subjects::AUDIT, Duration::ZERO, true),
+        ];
+        for (name, subject, max_age, locked) in specs {
+            let cfg = stream::Config {
+                name: name.to_string(),
+                subjects: vec![subject.to_string()],
+                max_age,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                deny_delete: locked,
+                deny_purge: locked,
+                ..Default::default()
+            };
+            self.js
+                .get_or_create_stream(cfg)
+                .await
+                .map_err(|e| Error::Stream {
+                    stream: name.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn publish(&self, subject: &str, payload: Bytes) -> Result<()> {
+        self.client
+            .publish(subject.to_string(), payload)
+            .await
+            .map_err(|e| Error::subject(subject, e))
+    }
+
+    pub(crate) async fn publish_durable(&self, subject: &str, payload: Bytes, id: Option<&str>) -> Result<()> {
+        let mut msg = jetstream::message::PublishMessage::build().payload(payload);
+        if let Some(id) = id {
+            msg = msg.message_id(id);
+        }
+        self.js
+            .send_publish(subject.to_string(), msg)
+            .await
+            .map_err(|e| Error::subject(subject, e))?
+            .await
+            .map_err(|e| Error::subject(subject, e))?;
+        Ok(())
+    }
+
+    pub(crate) async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes> {
+        match tokio::time::timeout(timeout, self.client.request(subject.to_string(), payload)).await {
+            Ok(Ok(m)) => Ok(m.payload),
+            Ok(Err(e)) => Err(Error::subject(subject, e)),
+            Err(_) => Err(Error::Timeout {
+                subject: subject.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    pub(crate) async fn subscribe(&self, feed: &Feed) -> Result<Subscription> {
+        match feed {
+            Feed::Heartbeats => self.core(subjects::HEARTBEATS, false).await,
+            Feed::StatusRequests => self.core(subjects::STATUS, true).await,
+            Feed::Alerts => Ok(self.durable(
+                subjects::STREAM_ALERTS,
+                subjects::CONSUMER_COORDINATOR.to_string(),
+                subjects::ALERTS.to_string(),
+            )),
+            Feed::Results => Ok(self.durable(
+                subjects::STREAM_RESULTS,
+                subjects::CONSUMER_COORDINATOR.to_string(),
+                subjects::RESULTS.to_string(),
+            )),
+            Feed::Commands(node) => Ok(self.durable(
+                subjects::STREAM_COMMANDS,
+                subjects::agent_consumer(node),
+                subjects::command(node),
+            )),
+        }
+    }
+
+    async fn core(&self, subject: &'static str, replies: bool) -> Result<Subscription> {
+        let sub = self
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| Error::subject(subject, e))?;
+        let client = self.client.clone();
+        Ok(sub
+            .map(move |m| {
+                let ack = match (replies, m.reply) {
+                    (true, Some(reply)) => Acker::Reply(Replier::Nats {
+                        client: client.clone(),
+                        reply,
+                    }),
+                    _ => Acker::None,
+                };
+                Incoming {
+                    subject: m.subject.to_string(),
+                    payload: m.payload,
+                    ack,
+                }
+            })
+            .boxed())
+    }
+
+    /// A durable pull consumer, re-attached after any error (server
+    /// restart, network loss) until the subscription is dropped.
+    fn durable(&self, stream_name: &'static str, consumer_name: String, filter: String) -> Subscription {
+        let (tx, rx) = mpsc::channel::<Incoming>(256);
+        let js = self.js.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            while !tx.is_closed() {
+                match Self::pump(&js, stream_name, &consumer_name, &filter, &tx).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(stream = stream_name, consumer = %consumer_name, error = %e, "durable consumer interrupted, re-attaching");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        });
+        ReceiverStream(rx).boxed()
+    }
+
+    async fn pump(
+        js: &jetstream::Context,
+        stream_name: &str,
+        consumer_name: &str,
+        filter: &str,
+        tx: &mpsc::Sender<Incoming>,
+    ) -> Result<(), String> {
+        let stream = js.get_stream(stream_name).await.map_err(|e| e.to_string())?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                consumer_name,
+                consumer::pull::Config {
+                    durable_name: Some(consumer_name.to_string()),
+                    filter_subject: filter.to_string(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: ACK_WAIT,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer
+            .stream()
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(|e| e.to_string())?;
+            let incoming = Incoming {
+                subject: m.subject.to_string(),
+                payload: m.payload.clone(),
+                ack: Acker::JetStream(Box::new(m)),
+            };
+            if tx.send(incoming).await.is_err() {
+                return Ok(());
+            }
+        }
+        Err("message stream ended".into())
+    }
+}
+
+struct ReceiverStream<T>(mpsc::Receiver<T>);
+
+impl<T> futures::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}

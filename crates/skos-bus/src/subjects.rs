@@ -1,0 +1,101 @@
+//! Every subject, stream and consumer name in one place.
+
+use skos_core::NodeName;
+
+pub const HEARTBEATS: &str = "skos.heartbeat.*";
+pub const ALERTS: &str = "skos.alert.>";
+pub const COMMANDS: &str = "skos.command.>";
+pub const RESULTS: &str = "skos.result.>";
+pub const AUDIT: &str = "SKOS_AUDIT.*";
+/// Request/reply: the coordinator answers with its status.
+pub const STATUS: &str = "skos.coordinator.status";
+
+pub const STREAM_ALERTS: &str = "SKOS_ALERTS";
+pub const STREAM_COMMANDS: &str = "SKOS_COMMANDS";
+pub const STREAM_RESULTS: &str = "SKOS_RESULTS";
+pub const STREAM_AUDIT: &str = "SKOS_AUDIT";
+
+pub const CONSUMER_COORDINATOR: &str = "skos-coordinator";
+
+pub fn heartbeat(node: &NodeName) -> String {
+    format!("skos.heartbeat.{node}")
+}
+
+pub fn alert(node: &NodeName) -> String {
+    format!("skos.alert.{node}")
+}
+
+pub fn command(node: &NodeName) -> String {
+    format!("skos.command.{node}")
+}
+
+pub fn result(node: &NodeName) -> String {
+    format!("skos.result.{node}")
+}
+
+pub fn audit(event_type: &str) -> String {
+    let token: String = event_type
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect();
+    format!("SKOS_AUDIT.{token}")
+}
+
+pub fn agent_consumer(node: &NodeName) -> String {
+    format!("skos-agent-{node}")
+}
+
+/// The node of a `skos.<kind>.<node>` subject: exactly three tokens, the
+/// last a valid node name.
+pub fn node_of(subject: &str) -> Option<NodeName> {
+    let mut parts = subject.split('.');
+    let (Some("skos"), Some(_), Some(node), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    NodeName::parse(node).ok()
+}
+
+/// NATS subject matching: `*` is one token, `>` the rest (one or more).
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(matches("skos.heartbeat.*", "skos.heartbeat.nova"));
+        assert!(!matches("skos.heartbeat.*", "skos.heartbeat.nova.x"));
+        assert!(matches("skos.alert.>", "skos.alert.nova"));
+        assert!(matches("skos.alert.>", "skos.alert.nova.x"));
+        assert!(!matches("skos.alert.>", "skos.alert"));
+        assert!(matches("skos.command.nova", "skos.command.nova"));
+        assert!(!matches("skos.command.nova", "skos.command.lyra"));
+    }
+
+    #[test]
+    fn node_from_subject() {
+        assert_eq!(node_of("skos.alert.nova").unwrap().as_str(), "nova");
+        assert!(node_of("skos.alert.nova.extra").is_none());
+        assert!(node_of("skos.alert").is_none());
+        assert!(node_of("other.alert.nova").is_none());
+    }
+
+    #[test]
+    fn audit_subject_is_one_token() {
+        assert_eq!(audit("alert"), "SKOS_AUDIT.alert");
+        assert_eq!(audit("a.b *"), "SKOS_AUDIT.a_b__");
+    }
+}
