@@ -114,6 +114,20 @@ impl AuditLog {
         })
     }
 
+    /// The last `n` records, oldest first (used to rebuild state after a
+    /// restart).
+    pub async fn read_recent(&self, n: u64) -> Result<Vec<Value>> {
+        let guard = self.inner.lock().await;
+        match &guard.0 {
+            AuditStore::File { path, .. } => {
+                let mut all = read_file(path)?;
+                let skip = all.len().saturating_sub(n as usize);
+                Ok(all.split_off(skip))
+            }
+            AuditStore::JetStream { js, .. } => read_js(js, Some(n)).await,
+        }
+    }
+
     fn append_blocking(&self, entry: AuditEntry) -> Result<AuditRecord> {
         let mut guard = self.inner.try_lock().map_err(|_| Error::Closed)?;
         let (store, chain) = &mut *guard;
@@ -245,8 +259,11 @@ pub fn read_file(path: &Path) -> Result<Vec<Value>> {
 
 /// Read the last `n` records of the JetStream audit stream (all when `None`).
 pub async fn read_jetstream(bus: &NatsBus, n: Option<u64>) -> Result<Vec<Value>> {
-    let mut s = bus
-        .jetstream()
+    read_js(bus.jetstream(), n).await
+}
+
+async fn read_js(js: &jetstream::Context, n: Option<u64>) -> Result<Vec<Value>> {
+    let mut s = js
         .get_stream(subjects::STREAM_AUDIT)
         .await
         .map_err(stream_err)?;

@@ -1,1 +1,32 @@
+//! The SKOS coordinator: the immune system's brain.
+//!
+//! * [`engine`]: a synchronous state machine. It takes heartbeats, alerts,
+//!   results and clock ticks (time passed in) and returns [`engine::Effect`]s:
+//!   commands to send, alerts to raise, audit entries to write. All healing
+//!   decisions, breakers, rate limits, verification and offline detection
+//!   live here, testable without a bus.
+//! * [`service`]: the async shell that feeds the engine from the bus and
+//!   carries out its effects, in order, before acknowledging a message.
+//! * [`status`]: the status report (`skos status`).
 
+pub mod engine;
+pub mod service;
+pub mod status;
+
+pub use engine::{Effect, Engine};
+pub use service::{run, ServiceOptions};
+pub use status::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bus(#[from] skos_bus::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,901 @@
+//! The coordinator's decisions, as a synchronous state machine.
+//!
+//! Inputs are already-decoded messages and the current time; outputs are
+//! [`Effect`]s, which the service carries out in order. Nothing here does
+//! I/O, so every safety rule is unit-tested directly.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use chrono::Duration;
+use serde_json::{json, Value};
+use skos_core::breaker::{Admission, BreakerKey, Breakers, Transition};
+use skos_core::config::Config;
+use skos_core::counters::Counters;
+use skos_core::level::secs;
+use skos_core::policy;
+use skos_core::protocol::{Alert, AlertKind, AuditEntry, Command, CommandResult, Heartbeat, ResultStatus, Severity};
+use skos_core::timefmt::Timestamp;
+use skos_core::NodeName;
+
+use crate::status::{ActionRecord, AgentStatus, NodeStatus, Status};
+
+const ACTOR: &str = "coordinator";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send a command to a node's agent.
+    Command(NodeName, Command),
+    /// Raise an alert (offline node, escalation, open circuit); it comes
+    /// back through the alert feed and is handled like any other.
+    Alert(Alert),
+    Audit(AuditEntry),
+}
+
+#[derive(Debug, Clone)]
+struct NodeState {
+    last_seen: Timestamp,
+    heartbeat: Heartbeat,
+    offline: bool,
+    agents: BTreeMap<String, (String, Timestamp)>,
+    /// Since when every temperature has been below `warning - hysteresis`.
+    cool_since: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    node: NodeName,
+    problem: String,
+    action: String,
+    severity: Severity,
+    alert: Alert,
+    trial: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Verification {
+    action_id: String,
+    node: NodeName,
+    problem: String,
+    action: String,
+    metric: &'static str,
+    /// The metric must fall below this (the alert level's threshold).
+    below: f64,
+    deadline: Timestamp,
+    alert: Alert,
+}
+
+pub struct Engine {
+    cfg: Config,
+    counters: Counters,
+    nodes: BTreeMap<NodeName, NodeState>,
+    /// Open alerts by (node, problem).
+    open_alerts: BTreeMap<(NodeName, String), Alert>,
+    breakers: Breakers,
+    pending: BTreeMap<String, Pending>,
+    verifications: Vec<Verification>,
+    recent: VecDeque<ActionRecord>,
+    handled: HashSet<String>,
+    handled_order: VecDeque<String>,
+    sent_times: BTreeMap<NodeName, VecDeque<Timestamp>>,
+    mode: String,
+}
+
+/// Alert ids remembered for de-duplication.
+const HANDLED_WINDOW: usize = 100_000;
+
+fn audit(event: &str, now: Timestamp, node: Option<&NodeName>, summary: impl Into<String>, data: Value) -> Effect {
+    Effect::Audit(AuditEntry::new(event, now, node, ACTOR, summary, data))
+}
+
+impl Engine {
+    pub fn new(cfg: Config, counters: Counters, mode: &str) -> Self {
+        Self {
+            breakers: Breakers::new(cfg.circuit_breaker),
+            cfg,
+            counters,
+            nodes: BTreeMap::new(),
+            open_alerts: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            verifications: Vec::new(),
+            recent: VecDeque::new(),
+            handled: HashSet::new(),
+            handled_order: VecDeque::new(),
+            sent_times: BTreeMap::new(),
+            mode: mode.to_string(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Remember an alert as handled (also used to reload the set from the
+    /// audit trail after a restart).
+    pub fn mark_handled(&mut self, alert_id: &str) -> bool {
+        if !self.handled.insert(alert_id.to_string()) {
+            return false;
+        }
+        self.handled_order.push_back(alert_id.to_string());
+        if self.handled_order.len() > HANDLED_WINDOW {
+            if let Some(old) = self.handled_order.pop_front() {
+                self.handled.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// Undo [`Engine::mark_handled`] for an alert whose effects could not
+    /// be carried out, so its redelivery is handled.
+    pub fn forget_handled(&mut self, alert_id: &str) {
+        self.handled.remove(alert_id);
+    }
+
+    pub fn on_heartbeat(&mut self, hb: Heartbeat, now: Timestamp) -> Vec<Effect> {
+        self.counters.inc("heartbeats.received");
+        let mut out = Vec::new();
+        let node = hb.node.clone();
+        let was_offline = self.nodes.get(&node).is_some_and(|n| n.offline);
+        let first = !self.nodes.contains_key(&node);
+        let state = self.nodes.entry(node.clone()).or_insert_with(|| NodeState {
+            last_seen: now,
+            heartbeat: hb.clone(),
+            offline: false,
+            agents: BTreeMap::new(),
+            cool_since: None,
+        });
+        state.last_seen = now;
+        state.offline = false;
+        state.agents.insert(hb.agent_id.clone(), (hb.agent_type.clone(), now));
+        state.heartbeat = hb;
+        if first {
+            out.push(audit("node", now, Some(&node), format!("node {node} joined"), json!({"event": "joined"})));
+        }
+        if was_offline {
+            out.push(Effect::Alert(self.own_alert(
+                &node,
+                AlertKind::HeartbeatMissing,
+                Severity::Normal,
+                format!("node {node} is back: heartbeats resumed"),
+                json!({"sensor": "heartbeat"}),
+                now,
+            )));
+        }
+        self.check_verifications(&node, now, &mut out);
+        self.check_cool_down(&node, now, &mut out);
+        out
+    }
+
+    pub fn on_alert(&mut self, mut alert: Alert, now: Timestamp) -> Vec<Effect> {
+        alert.ensure_id();
+        if !self.mark_handled(&alert.alert_id) {
+            self.counters.inc("alerts.duplicate");
+            return Vec::new();
+        }
+        self.counters.inc("alerts.handled");
+        let node = alert.node.clone();
+        let problem = alert.problem();
+        let mut out = vec![audit(
+            "alert",
+            now,
+            Some(&node),
+            format!("{} {} alert on {node}: {}", alert.severity.as_str(), alert.kind.as_str(), alert.message),
+            json!({"alert_id": alert.alert_id, "alert": alert}),
+        )];
+        let key = (node.clone(), problem.clone());
+        if alert.severity == Severity::Normal {
+            self.open_alerts.remove(&key);
+            return out;
+        }
+        self.open_alerts.insert(key, alert.clone());
+        self.decide(&alert, alert.severity, now, &mut out);
+        out
+    }
+
+    /// Choose and send the actions for an alert at a severity.
+    fn decide(&mut self, alert: &Alert, severity: Severity, now: Timestamp, out: &mut Vec<Effect>) {
+        let node = alert.node.clone();
+        let problem = alert.problem();
+        let mut at_level = alert.clone();
+        at_level.severity = severity;
+        let actions = policy::actions_for(&self.cfg, &at_level);
+        out.push(audit(
+            "decision",
+            now,
+            Some(&node),
+            if actions.is_empty() {
+                format!("no action for {problem} at {}", severity.as_str())
+            } else {
+                format!("{problem} at {}: {}", severity.as_str(), actions.join(", "))
+            },
+            json!({"alert_id": alert.alert_id, "problem": problem, "severity": severity, "actions": actions}),
+        ));
+        for action in actions {
+            self.dispatch(alert, severity, &action, now, out);
+        }
+    }
+
+    fn skip(&mut self, node: &NodeName, problem: &str, action: &str, reason: &str, detail: String, now: Timestamp, out: &mut Vec<Effect>) {
+        self.counters.inc(&format!("actions.skipped.{reason}"));
+        out.push(audit(
+            "skipped",
+            now,
+            Some(node),
+            format!("{action} for {problem} on {node} skipped: {detail}"),
+            json!({"problem": problem, "action": action, "reason": reason}),
+        ));
+    }
+
+    fn dispatch(&mut self, alert: &Alert, severity: Severity, action: &str, now: Timestamp, out: &mut Vec<Effect>) {
+        let node = alert.node.clone();
+        let problem = alert.problem();
+        if self.cfg.dry_run {
+            self.skip(&node, &problem, action, "dry_run", "dry-run mode executes nothing".into(), now, out);
+            return;
+        }
+        if self.nodes.get(&node).is_some_and(|n| n.offline) {
+            self.skip(&node, &problem, action, "node_offline", "the node is offline".into(), now, out);
+            return;
+        }
+        let in_progress = self.pending.values().any(|p| p.node == node && p.problem == problem && p.action == action)
+            || self.verifications.iter().any(|v| v.node == node && v.problem == problem && v.action == action);
+        if in_progress {
+            self.skip(&node, &problem, action, "in_progress", "the same action is still being carried out or verified".into(), now, out);
+            return;
+        }
+        let key = BreakerKey::new(node.as_str(), &problem, action);
+        let (admission, transition) = self.breakers.admit(&key, now);
+        if transition == Some(Transition::HalfOpened) {
+            out.push(audit("breaker", now, Some(&node), format!("circuit {} half-open: one trial allowed", key_str(&key)), json!({"key": key, "state": "half_open"})));
+        }
+        if admission == Admission::Deny {
+            self.skip(&node, &problem, action, "circuit_open", format!("circuit {} is open", key_str(&key)), now, out);
+            return;
+        }
+        let window = Duration::seconds(60);
+        let times = self.sent_times.entry(node.clone()).or_default();
+        while times.front().is_some_and(|&t| now - t > window) {
+            times.pop_front();
+        }
+        if times.len() >= self.cfg.coordinator.max_actions_per_node_per_minute as usize {
+            if admission == Admission::Trial {
+                self.breakers.release_trial(&key);
+            }
+            self.skip(&node, &problem, action, "rate_limited", "per-node action rate limit reached".into(), now, out);
+            return;
+        }
+        times.push_back(now);
+        let suffix: String = alert.alert_id.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+        let action_id = format!("{node}:{}:{action}:{}:{suffix}", alert.kind.as_str(), alert.timestamp.timestamp());
+        let cmd = Command {
+            action_id: action_id.clone(),
+            action_type: action.to_string(),
+            parameters: Default::default(),
+            timestamp: now,
+            node: Some(node.clone()),
+            deadline: Some(now + secs(self.cfg.coordinator.command_deadline)),
+            cause: Some(alert.alert_id.clone()),
+            problem: Some(problem.clone()),
+        };
+        self.send(cmd, &node, &problem, severity, alert, admission == Admission::Trial, now, out);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(&mut self, cmd: Command, node: &NodeName, problem: &str, severity: Severity, alert: &Alert, trial: bool, now: Timestamp, out: &mut Vec<Effect>) {
+        self.counters.inc("commands.sent");
+        out.push(audit(
+            "command",
+            now,
+            Some(node),
+            format!("sent {} to {node} for {problem}", cmd.action_type),
+            json!({"command": cmd}),
+        ));
+        self.pending.insert(
+            cmd.action_id.clone(),
+            Pending {
+                node: node.clone(),
+                problem: problem.to_string(),
+                action: cmd.action_type.clone(),
+                severity,
+                alert: alert.clone(),
+                trial,
+            },
+        );
+        self.recent.push_back(ActionRecord {
+            action_id: cmd.action_id.clone(),
+            action_type: cmd.action_type.clone(),
+            node: node.to_string(),
+            problem: problem.to_string(),
+            cause: cmd.cause.clone().unwrap_or_default(),
+            sent_at: now,
+            state: "sent".into(),
+            message: String::new(),
+        });
+        while self.recent.len() > self.cfg.coordinator.recent_actions.max(1) {
+            self.recent.pop_front();
+        }
+        out.push(Effect::Command(node.clone(), cmd));
+    }
+
+    fn set_action_state(&mut self, action_id: &str, state: &str, message: &str) {
+        if let Some(r) = self.recent.iter_mut().rev().find(|r| r.action_id == action_id) {
+            r.state = state.to_string();
+            r.message = message.to_string();
+        }
+    }
+
+    pub fn on_result(&mut self, result: CommandResult, now: Timestamp) -> Vec<Effect> {
+        self.counters.inc(&format!("results.{}", result.status.as_str()));
+        let node = result.node.clone();
+        let mut out = vec![audit(
+            "result",
+            now,
+            Some(&node),
+            format!("{} on {node}: {} {}", result.action_type, result.status.as_str(), result.message),
+            json!({"result": result}),
+        )];
+        self.set_action_state(&result.action_id, result.status.as_str(), &result.message);
+        let Some(p) = self.pending.remove(&result.action_id) else {
+            // A reset, or a result for a command sent before a restart.
+            if result.status != ResultStatus::Succeeded {
+                self.counters.inc("results.unmatched");
+            }
+            return out;
+        };
+        let key = BreakerKey::new(p.node.as_str(), &p.problem, &p.action);
+        match result.status {
+            ResultStatus::Succeeded => {
+                match (policy::is_verifiable(&p.action), policy::metric_for(&p.problem)) {
+                    (true, Some(metric)) => {
+                        let below = thresholds_for(&self.cfg, &p.alert)
+                            .map(|t| level_threshold(t, p.severity))
+                            .unwrap_or(f64::INFINITY);
+                        self.verifications.push(Verification {
+                            action_id: result.action_id.clone(),
+                            node: p.node.clone(),
+                            problem: p.problem.clone(),
+                            action: p.action.clone(),
+                            metric,
+                            below,
+                            deadline: now + secs(self.cfg.coordinator.verify_within),
+                            alert: p.alert.clone(),
+                        });
+                        // The node may already be cool.
+                        self.check_verifications(&node, now, &mut out);
+                    }
+                    _ => {
+                        if let Some(t) = self.breakers.record_success(&key) {
+                            self.breaker_transition(&key, t, now, &mut out);
+                        }
+                    }
+                }
+            }
+            ResultStatus::Failed | ResultStatus::Expired | ResultStatus::Rejected => {
+                self.failure(&key, now, &mut out);
+            }
+            ResultStatus::Unsupported => {
+                // Not a failure of the fix: nobody implements it here.
+                if p.trial {
+                    self.breakers.release_trial(&key);
+                }
+            }
+        }
+        out
+    }
+
+    fn failure(&mut self, key: &BreakerKey, now: Timestamp, out: &mut Vec<Effect>) {
+        self.counters.inc("breaker.failures");
+        if let Some(t) = self.breakers.record_failure(key, now) {
+            self.breaker_transition(key, t, now, out);
+        }
+    }
+
+    fn breaker_transition(&mut self, key: &BreakerKey, t: Transition, now: Timestamp, out: &mut Vec<Effect>) {
+        let node = NodeName::parse(&key.node).ok();
+        let state = match t {
+            Transition::Opened => "open",
+            Transition::HalfOpened => "half_open",
+            Transition::Closed => "closed",
+        };
+        self.counters.inc(&format!("breaker.{state}"));
+        out.push(audit("breaker", now, node.as_ref(), format!("circuit {} {state}", key_str(key)), json!({"key": key, "state": state})));
+        if let (Transition::Opened, Some(node)) = (t, node) {
+            out.push(Effect::Alert(self.own_alert(
+                &node,
+                AlertKind::Circuit,
+                Severity::Warning,
+                format!("circuit opened for {} on {}: it failed {} times", key.action, key.problem, self.cfg.circuit_breaker.max_failures),
+                json!({"sensor": format!("{}/{}", key.problem, key.action), "problem": key.problem, "action": key.action}),
+                now,
+            )));
+        }
+    }
+
+    fn check_verifications(&mut self, node: &NodeName, now: Timestamp, out: &mut Vec<Effect>) {
+        let Some(hb) = self.nodes.get(node).map(|n| n.heartbeat.clone()) else {
+            return;
+        };
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications)
+            .into_iter()
+            .partition(|v| &v.node == node && hb.metric(v.metric).is_some_and(|x| x < v.below));
+        self.verifications = keep;
+        for v in done {
+            let value = hb.metric(v.metric);
+            self.counters.inc("verifications.succeeded");
+            self.set_action_state(&v.action_id, "verified", &format!("{} fell to {:.1}", v.metric, value.unwrap_or(f64::NAN)));
+            out.push(audit(
+                "verification",
+                now,
+                Some(node),
+                format!("{} on {node} worked: {} {:.1} < {:.1}", v.action, v.metric, value.unwrap_or(f64::NAN), v.below),
+                json!({"action_id": v.action_id, "outcome": "succeeded", "metric": v.metric, "value": value, "below": v.below}),
+            ));
+            let key = BreakerKey::new(node.as_str(), &v.problem, &v.action);
+            if let Some(t) = self.breakers.record_success(&key) {
+                self.breaker_transition(&key, t, now, out);
+            }
+        }
+    }
+
+    /// When a throttled node has been cool for `clear_for`, lift the throttle.
+    fn check_cool_down(&mut self, node: &NodeName, now: Timestamp, out: &mut Vec<Effect>) {
+        let clear_below = self.cfg.thermal.thresholds.warning - self.cfg.thermal.hysteresis;
+        let clear_for = secs(self.cfg.thermal.clear_for);
+        let Some(state) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let hb = &state.heartbeat;
+        let throttled = hb.throttle_level.unwrap_or(0) > 0;
+        let temps: Vec<f64> = [hb.cpu_temp, hb.gpu_temp].into_iter().flatten().collect();
+        let cool = !temps.is_empty() && temps.iter().all(|&t| t < clear_below);
+        if !cool || !throttled {
+            state.cool_since = None;
+            return;
+        }
+        let since = *state.cool_since.get_or_insert(now);
+        if now - since < clear_for {
+            return;
+        }
+        let resetting = self.pending.values().any(|p| &p.node == node && p.action == "reset_throttle");
+        if resetting {
+            return;
+        }
+        state.cool_since = None;
+        let alert = self.own_alert(
+            node,
+            AlertKind::Thermal,
+            Severity::Normal,
+            format!("{node} cool below {clear_below:.1}°C for {}s", self.cfg.thermal.clear_for),
+            json!({"sensor": "cpu", "reason": "recovery"}),
+            now,
+        );
+        out.push(audit(
+            "decision",
+            now,
+            Some(node),
+            format!("{node} has been cool for {}s: reset_throttle", self.cfg.thermal.clear_for),
+            json!({"problem": "thermal:cpu", "actions": ["reset_throttle"], "reason": "recovery"}),
+        ));
+        for key in [(node.clone(), "thermal:cpu".to_string()), (node.clone(), "thermal:gpu".to_string())] {
+            self.open_alerts.remove(&key);
+        }
+        let cmd = Command {
+            action_id: format!("{node}:thermal:reset_throttle:{}", now.timestamp_millis()),
+            action_type: "reset_throttle".into(),
+            parameters: Default::default(),
+            timestamp: now,
+            node: Some(node.clone()),
+            deadline: Some(now + secs(self.cfg.coordinator.command_deadline)),
+            cause: Some("recovery".into()),
+            problem: Some("thermal:cpu".into()),
+        };
+        if self.cfg.dry_run {
+            self.skip(node, "thermal:cpu", "reset_throttle", "dry_run", "dry-run mode executes nothing".into(), now, out);
+            return;
+        }
+        self.send(cmd, node, "thermal:cpu", Severity::Normal, &alert, false, now, out);
+    }
+
+    /// Periodic work: offline detection and verification deadlines.
+    pub fn tick(&mut self, now: Timestamp) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let timeout = secs(self.cfg.coordinator.heartbeat_timeout);
+        let newly_offline: Vec<NodeName> = self
+            .nodes
+            .iter_mut()
+            .filter(|(_, s)| !s.offline && now - s.last_seen > timeout)
+            .map(|(n, s)| {
+                s.offline = true;
+                n.clone()
+            })
+            .collect();
+        for node in newly_offline {
+            self.counters.inc("nodes.offline");
+            let last = self.nodes.get(&node).map(|s| s.last_seen).unwrap_or(now);
+            let silent = (now - last).num_milliseconds() as f64 / 1000.0;
+            out.push(Effect::Alert(self.own_alert(
+                &node,
+                AlertKind::HeartbeatMissing,
+                Severity::Critical,
+                format!("node {node} is offline: no heartbeat for {silent:.1}s"),
+                json!({"sensor": "heartbeat", "silent_seconds": silent, "timeout": self.cfg.coordinator.heartbeat_timeout}),
+                now,
+            )));
+        }
+        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications).into_iter().partition(|v| now >= v.deadline);
+        self.verifications = keep;
+        for v in expired {
+            self.counters.inc("verifications.failed");
+            let value = self.nodes.get(&v.node).and_then(|n| n.heartbeat.metric(v.metric));
+            self.set_action_state(&v.action_id, "not_verified", &format!("{} still {:?} after {}s", v.metric, value, self.cfg.coordinator.verify_within));
+            out.push(audit(
+                "verification",
+                now,
+                Some(&v.node),
+                format!("{} on {} did not work: {} not below {:.1} within {}s", v.action, v.node, v.metric, v.below, self.cfg.coordinator.verify_within),
+                json!({"action_id": v.action_id, "outcome": "failed", "metric": v.metric, "value": value, "below": v.below}),
+            ));
+            let key = BreakerKey::new(v.node.as_str(), &v.problem, &v.action);
+            self.failure(&key, now, &mut out);
+            match v.alert.severity.next() {
+                Some(next) => {
+                    let mut esc = self.own_alert(
+                        &v.node,
+                        v.alert.kind.clone(),
+                        next,
+                        format!("escalated: {} did not bring {} below {:.1}", v.action, v.metric, v.below),
+                        Value::Object(v.alert.details.clone()),
+                        now,
+                    );
+                    esc.alert_id = format!("{}-esc-{}", v.alert.alert_id, next.as_str());
+                    out.push(Effect::Alert(esc));
+                }
+                None => out.push(audit(
+                    "escalation",
+                    now,
+                    Some(&v.node),
+                    format!("{} on {}: nothing left to escalate to; a human must decide", v.problem, v.node),
+                    json!({"problem": v.problem}),
+                )),
+            }
+        }
+        out
+    }
+
+    fn own_alert(&self, node: &NodeName, kind: AlertKind, severity: Severity, message: String, details: Value, now: Timestamp) -> Alert {
+        let mut a = Alert {
+            alert_id: String::new(),
+            agent_id: ACTOR.to_string(),
+            kind,
+            severity,
+            node: node.clone(),
+            message,
+            details: match details {
+                Value::Object(m) => m,
+                _ => Default::default(),
+            },
+            timestamp: now,
+        };
+        a.ensure_id();
+        a.alert_id = a.alert_id.replacen("seed-", "coord-", 1);
+        a
+    }
+
+    pub fn status(&self, now: Timestamp) -> Status {
+        let node_status = |name: &NodeName, s: &NodeState| -> &'static str {
+            if s.offline {
+                return "offline";
+            }
+            let worst = self
+                .open_alerts
+                .iter()
+                .filter(|((n, _), _)| n == name)
+                .map(|(_, a)| a.severity)
+                .max()
+                .unwrap_or(Severity::Normal);
+            match worst {
+                Severity::Normal => "healthy",
+                Severity::Warning => "degraded",
+                Severity::Critical | Severity::Emergency => "critical",
+            }
+        };
+        let timeout = secs(self.cfg.coordinator.heartbeat_timeout);
+        Status {
+            mode: self.mode.clone(),
+            generated_at: now,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(name, s)| NodeStatus {
+                    name: name.to_string(),
+                    status: node_status(name, s).to_string(),
+                    last_seen: s.last_seen,
+                    cpu_temp: s.heartbeat.cpu_temp,
+                    gpu_temp: s.heartbeat.gpu_temp,
+                    storage_percent: s.heartbeat.storage_percent,
+                    throttle_level: s.heartbeat.throttle_level,
+                })
+                .collect(),
+            agents: self
+                .nodes
+                .iter()
+                .flat_map(|(name, s)| {
+                    s.agents.iter().map(move |(id, (kind, seen))| AgentStatus {
+                        agent_id: id.clone(),
+                        agent_type: kind.clone(),
+                        node: name.to_string(),
+                        last_seen: *seen,
+                        online: now - *seen <= timeout,
+                    })
+                })
+                .collect(),
+            open_alerts: self.open_alerts.values().map(|a| serde_json::to_value(a).unwrap_or(Value::Null)).collect(),
+            recent_actions: self.recent.iter().cloned().collect(),
+            open_circuits: self.breakers.open().iter().map(|c| serde_json::to_value(c).unwrap_or(Value::Null)).collect(),
+            counters: self.counters.snapshot(),
+        }
+    }
+}
+
+fn key_str(k: &BreakerKey) -> String {
+    format!("({}, {}, {})", k.node, k.problem, k.action)
+}
+
+fn thresholds_for<'a>(cfg: &'a Config, alert: &Alert) -> Option<&'a skos_core::config::Thresholds> {
+    match alert.kind {
+        AlertKind::Thermal => Some(&cfg.thermal.thresholds),
+        AlertKind::Storage => Some(&cfg.storage.thresholds),
+        _ => None,
+    }
+}
+
+fn level_threshold(t: &skos_core::config::Thresholds, s: Severity) -> f64 {
+    match s {
+        Severity::Normal | Severity::Warning => t.warning,
+        Severity::Critical => t.critical,
+        Severity::Emergency => t.emergency,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(s: f64) -> Timestamp {
+        chrono::Utc.timestamp_opt(1_700_000_000, 0).unwrap() + secs(s)
+    }
+
+    fn nova() -> NodeName {
+        NodeName::parse("nova").unwrap()
+    }
+
+    fn hb(cpu: Option<f64>, throttle: u8, at: f64) -> Heartbeat {
+        Heartbeat {
+            agent_id: "thermal-sentinel-nova".into(),
+            agent_type: "thermal_sentinel".into(),
+            node: nova(),
+            timestamp: t(at),
+            cpu_temp: cpu,
+            gpu_temp: None,
+            storage_percent: None,
+            interval_seconds: Some(10.0),
+            throttle_level: Some(throttle),
+            metadata: Default::default(),
+        }
+    }
+
+    fn alert(severity: Severity, temp: f64, at: f64) -> Alert {
+        let mut a = Alert {
+            alert_id: String::new(),
+            agent_id: "thermal-sentinel-nova".into(),
+            kind: AlertKind::Thermal,
+            severity,
+            node: nova(),
+            message: format!("CPU temperature {temp}°C"),
+            details: json!({"sensor": "cpu", "temperature": temp}).as_object().unwrap().clone(),
+            timestamp: t(at),
+        };
+        a.ensure_id();
+        a
+    }
+
+    fn commands(effects: &[Effect]) -> Vec<Command> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Command(_, c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn audits<'a>(effects: &'a [Effect], kind: &str) -> Vec<&'a AuditEntry> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Audit(a) if a.event_type == kind => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn alerts(effects: &[Effect]) -> Vec<Alert> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Alert(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn result(cmd: &Command, status: ResultStatus) -> CommandResult {
+        CommandResult {
+            action_id: cmd.action_id.clone(),
+            action_type: cmd.action_type.clone(),
+            node: nova(),
+            agent_id: "thermal-sentinel-nova".into(),
+            status,
+            message: String::new(),
+            changes: vec![],
+            timestamp: t(0.0),
+        }
+    }
+
+    fn engine() -> Engine {
+        Engine::new(Config::default(), Counters::default(), "test")
+    }
+
+    #[test]
+    fn critical_alert_follows_the_seed_table_and_is_audited() {
+        let mut e = engine();
+        e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+        let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+        let cmds = commands(&fx);
+        let names: Vec<&str> = cmds.iter().map(|c| c.action_type.as_str()).collect();
+        assert_eq!(names, ["throttle_50", "redistribute"]);
+        assert!(cmds.iter().all(|c| c.deadline == Some(t(60.0)) && c.cause.is_some()));
+        assert_eq!(audits(&fx, "alert").len(), 1);
+        assert_eq!(audits(&fx, "decision").len(), 1);
+        assert_eq!(audits(&fx, "command").len(), 2);
+        let s = e.status(t(1.0));
+        assert_eq!(s.nodes[0].status, "critical");
+        assert_eq!(s.open_alerts.len(), 1);
+        assert_eq!(s.recent_actions.len(), 2);
+    }
+
+    #[test]
+    fn duplicate_alert_is_handled_once() {
+        let mut e = engine();
+        let a = alert(Severity::Warning, 76.0, 0.0);
+        assert_eq!(commands(&e.on_alert(a.clone(), t(0.0))).len(), 1);
+        assert!(e.on_alert(a, t(1.0)).is_empty());
+        assert_eq!(e.counters.get("alerts.duplicate"), 1);
+    }
+
+    #[test]
+    fn unsupported_is_audited_but_not_a_breaker_failure() {
+        let mut e = engine();
+        let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+        let redistribute = commands(&fx).into_iter().find(|c| c.action_type == "redistribute").unwrap();
+        let fx = e.on_result(result(&redistribute, ResultStatus::Unsupported), t(1.0));
+        assert_eq!(audits(&fx, "result").len(), 1);
+        let key = BreakerKey::new("nova", "thermal:cpu", "redistribute");
+        assert_eq!(e.breakers.failures(&key), 0);
+        assert_eq!(e.counters.get("breaker.failures"), 0);
+    }
+
+    #[test]
+    fn verification_success_when_temperature_falls() {
+        let mut e = engine();
+        e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+        let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+        let throttle = commands(&fx).remove(0);
+        e.on_result(result(&throttle, ResultStatus::Succeeded), t(1.0));
+        let fx = e.on_heartbeat(hb(Some(86.0), 50, 10.0), t(10.0));
+        assert!(audits(&fx, "verification").is_empty(), "still hot");
+        let fx = e.on_heartbeat(hb(Some(80.0), 50, 20.0), t(20.0));
+        let v = audits(&fx, "verification");
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].data["outcome"], "succeeded");
+        assert_eq!(e.status(t(21.0)).recent_actions[0].state, "verified");
+    }
+
+    #[test]
+    fn failed_verification_counts_and_escalates() {
+        let mut e = engine();
+        e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+        let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+        let throttle = commands(&fx).remove(0);
+        e.on_result(result(&throttle, ResultStatus::Succeeded), t(1.0));
+        e.on_heartbeat(hb(Some(88.0), 50, 100.0), t(100.0));
+        assert!(e.tick(t(100.0)).is_empty());
+        let fx = e.tick(t(121.5));
+        let v = audits(&fx, "verification");
+        assert_eq!(v[0].data["outcome"], "failed");
+        let key = BreakerKey::new("nova", "thermal:cpu", "throttle_50");
+        assert_eq!(e.breakers.failures(&key), 1);
+        let esc = alerts(&fx);
+        assert_eq!(esc.len(), 1);
+        assert_eq!(esc[0].severity, Severity::Emergency);
+        let fx = e.on_alert(esc[0].clone(), t(122.0));
+        let names: Vec<String> = commands(&fx).into_iter().map(|c| c.action_type).collect();
+        assert_eq!(names, ["shutdown_non_essential", "failover"]);
+    }
+
+    #[test]
+    fn breaker_opens_after_five_failures_and_half_opens() {
+        let mut e = engine();
+        e.on_heartbeat(hb(Some(76.0), 0, 0.0), t(0.0));
+        for i in 0..5 {
+            let fx = e.on_alert(alert(Severity::Warning, 76.0 + f64::from(i), f64::from(i)), t(f64::from(i)));
+            let cmd = commands(&fx).remove(0);
+            let fx = e.on_result(result(&cmd, ResultStatus::Failed), t(f64::from(i) + 0.5));
+            if i == 4 {
+                assert_eq!(audits(&fx, "breaker").len(), 1);
+                assert_eq!(alerts(&fx)[0].kind, AlertKind::Circuit);
+            }
+        }
+        let fx = e.on_alert(alert(Severity::Warning, 80.0, 10.0), t(10.0));
+        assert!(commands(&fx).is_empty());
+        assert_eq!(audits(&fx, "skipped")[0].data["reason"], "circuit_open");
+        assert_eq!(e.status(t(10.0)).open_circuits.len(), 1);
+        // After the reset timeout: one trial.
+        let fx = e.on_alert(alert(Severity::Warning, 81.0, 70.0), t(70.0));
+        let trial = commands(&fx).remove(0);
+        e.on_heartbeat(hb(Some(70.0), 10, 71.0), t(71.0));
+        e.on_result(result(&trial, ResultStatus::Succeeded), t(71.0));
+        assert!(e.status(t(72.0)).open_circuits.is_empty(), "trial success closes it");
+    }
+
+    #[test]
+    fn offline_within_timeout_and_back() {
+        let mut e = engine();
+        e.on_heartbeat(hb(Some(50.0), 0, 0.0), t(0.0));
+        assert!(e.tick(t(29.9)).is_empty());
+        let fx = e.tick(t(30.3));
+        let a = alerts(&fx);
+        assert_eq!(a[0].kind, AlertKind::HeartbeatMissing);
+        assert_eq!(a[0].severity, Severity::Critical);
+        assert_eq!(e.status(t(31.0)).nodes[0].status, "offline");
+        assert!(e.tick(t(40.0)).is_empty(), "reported once");
+        let fx = e.on_heartbeat(hb(Some(50.0), 0, 50.0), t(50.0));
+        assert_eq!(alerts(&fx)[0].severity, Severity::Normal);
+    }
+
+    #[test]
+    fn cool_node_gets_reset_throttle_after_clear_for() {
+        let mut e = engine();
+        assert!(commands(&e.on_heartbeat(hb(Some(70.0), 50, 0.0), t(0.0))).is_empty());
+        assert!(commands(&e.on_heartbeat(hb(Some(60.0), 50, 1.0), t(1.0))).is_empty(), "72 is the clear level");
+        assert!(commands(&e.on_heartbeat(hb(Some(60.0), 50, 20.0), t(20.0))).is_empty());
+        let fx = e.on_heartbeat(hb(Some(60.0), 50, 31.0), t(31.0));
+        let cmds = commands(&fx);
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0].action_type, "reset_throttle");
+        assert!(commands(&e.on_heartbeat(hb(Some(60.0), 50, 40.0), t(40.0))).is_empty(), "not while pending");
+    }
+
+    #[test]
+    fn dry_run_decides_and_audits_but_sends_nothing() {
+        let mut cfg = Config::default();
+        cfg.dry_run = true;
+        let mut e = Engine::new(cfg, Counters::default(), "test");
+        let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+        assert!(commands(&fx).is_empty());
+        assert_eq!(audits(&fx, "skipped").len(), 2);
+        assert_eq!(audits(&fx, "decision").len(), 1);
+    }
+
+    #[test]
+    fn rate_limit_per_node() {
+        let mut cfg = Config::default();
+        cfg.coordinator.max_actions_per_node_per_minute = 2;
+        let mut e = Engine::new(cfg, Counters::default(), "test");
+        let fx = e.on_alert(alert(Severity::Emergency, 99.0, 0.0), t(0.0));
+        assert_eq!(commands(&fx).len(), 2);
+        let fx = e.on_alert(alert(Severity::Critical, 90.0, 1.0), t(1.0));
+        assert!(commands(&fx).is_empty());
+        assert!(audits(&fx, "skipped").iter().all(|a| a.data["reason"] == "rate_limited"));
+    }
+}

@@ -1,0 +1,263 @@
+//! The coordinator service: feeds the [`Engine`] from the bus and carries
+//! out its effects.
+//!
+//! Order matters for crash safety: for each message, commands and raised
+//! alerts are published first (durably, with their ids as JetStream message
+//! ids, so a re-send after a crash is stored once), then the audit entries
+//! are written, then the message is acknowledged. After a restart, alerts
+//! already recorded in the audit trail are not handled again.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+use skos_bus::{AuditLog, Bus, Feed, Incoming};
+use skos_core::counters::Counters;
+use skos_core::protocol::{decode, Alert, AuditEntry, CommandResult, DecodeError, Heartbeat};
+use skos_core::config::Config;
+
+use crate::engine::{Effect, Engine};
+use crate::{Error, Result};
+
+pub struct ServiceOptions {
+    /// `embedded` or `distributed`, shown in the status.
+    pub mode: String,
+    /// Where to keep a status snapshot for `skos status` (embedded mode).
+    pub status_file: Option<PathBuf>,
+    /// How often offline detection and verification deadlines are checked.
+    pub tick: Duration,
+    /// How many audit records to read back at start to rebuild the set of
+    /// alerts already handled.
+    pub replay_records: u64,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            mode: "distributed".into(),
+            status_file: None,
+            tick: Duration::from_millis(250),
+            replay_records: 20_000,
+        }
+    }
+}
+
+struct Ctx {
+    engine: Engine,
+    bus: Bus,
+    audit: Arc<AuditLog>,
+    counters: Counters,
+    max_bytes: usize,
+}
+
+/// Run until `shutdown` completes.
+pub async fn run(
+    cfg: Config,
+    bus: Bus,
+    audit: Arc<AuditLog>,
+    counters: Counters,
+    opts: ServiceOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let max_bytes = cfg.nats.max_message_bytes;
+    let mut engine = Engine::new(cfg, counters.clone(), &opts.mode);
+    let mut replayed = 0;
+    for r in audit.read_recent(opts.replay_records).await? {
+        if r["entry"]["event_type"] == "alert" {
+            if let Some(id) = r["entry"]["data"]["alert_id"].as_str() {
+                engine.mark_handled(id);
+                replayed += 1;
+            }
+        }
+    }
+    tracing::info!(replayed, mode = %opts.mode, "coordinator started");
+    let mut ctx = Ctx {
+        engine,
+        bus: bus.clone(),
+        audit,
+        counters,
+        max_bytes,
+    };
+    let mut heartbeats = bus.subscribe(Feed::Heartbeats).await?;
+    let mut alerts = bus.subscribe(Feed::Alerts).await?;
+    let mut results = bus.subscribe(Feed::Results).await?;
+    let mut status = bus.subscribe(Feed::StatusRequests).await?;
+    let mut tick = tokio::time::interval(opts.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(10);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(m) = heartbeats.next() => ctx.heartbeat(m).await,
+            Some(m) = alerts.next() => ctx.alert(m).await,
+            Some(m) = results.next() => ctx.result(m).await,
+            Some(m) = status.next() => {
+                let s = ctx.engine.status(chrono::Utc::now());
+                let body = serde_json::to_vec(&s).unwrap_or_default();
+                if let Err(e) = m.reply(Bytes::from(body)).await {
+                    tracing::debug!(error = %e, "status reply failed");
+                }
+            }
+            _ = tick.tick() => {
+                let effects = ctx.engine.tick(chrono::Utc::now());
+                if let Err(e) = ctx.apply(effects).await {
+                    tracing::error!(error = %e, "carrying out periodic effects failed");
+                }
+                if let Some(path) = &opts.status_file {
+                    if last_snapshot.elapsed() >= Duration::from_secs(1) {
+                        last_snapshot = std::time::Instant::now();
+                        write_status(path, &ctx.engine);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(path) = &opts.status_file {
+        write_status(path, &ctx.engine);
+    }
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+fn write_status(path: &std::path::Path, engine: &Engine) {
+    let s = engine.status(chrono::Utc::now());
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(&s).unwrap_or_default();
+    if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write status snapshot");
+    }
+}
+
+impl Ctx {
+    async fn reject(&mut self, feed: &str, m: &Incoming, err: &DecodeError) {
+        let reason = match err {
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::TooDeep => "too_deep",
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::Invalid(_) => "invalid",
+        };
+        self.counters.inc(&format!("rejected.{feed}.{reason}"));
+        tracing::warn!(subject = %m.subject, feed, error = %err, "rejected message");
+        let entry = AuditEntry::new(
+            "rejected",
+            chrono::Utc::now(),
+            None,
+            "coordinator",
+            format!("rejected {feed} on {}: {err}", m.subject),
+            json!({"subject": m.subject, "feed": feed, "reason": reason, "error": err.to_string(), "bytes": m.payload.len()}),
+        );
+        if let Err(e) = self.audit.append(entry).await {
+            tracing::error!(error = %e, "audit write failed");
+        }
+    }
+
+    fn subject_mismatch(m: &Incoming, node: &skos_core::NodeName) -> Option<DecodeError> {
+        match m.subject_node() {
+            Some(n) if &n == node => None,
+            _ => Some(DecodeError::Invalid(format!(
+                "payload node {node} does not match subject {}",
+                m.subject
+            ))),
+        }
+    }
+
+    async fn heartbeat(&mut self, m: Incoming) {
+        let hb = decode::<Heartbeat>(&m.payload, self.max_bytes).and_then(|h| h.validate().map(|()| h));
+        let hb = match hb {
+            Ok(hb) => match Self::subject_mismatch(&m, &hb.node) {
+                None => hb,
+                Some(e) => return self.reject("heartbeat", &m, &e).await,
+            },
+            Err(e) => return self.reject("heartbeat", &m, &e).await,
+        };
+        let effects = self.engine.on_heartbeat(hb, chrono::Utc::now());
+        if let Err(e) = self.apply(effects).await {
+            tracing::error!(error = %e, "carrying out heartbeat effects failed");
+        }
+    }
+
+    async fn alert(&mut self, m: Incoming) {
+        let alert = decode::<Alert>(&m.payload, self.max_bytes).and_then(|a| a.validate().map(|()| a));
+        let mut alert = match alert {
+            Ok(a) => match Self::subject_mismatch(&m, &a.node) {
+                None => a,
+                Some(e) => {
+                    self.reject("alert", &m, &e).await;
+                    return ack(m).await;
+                }
+            },
+            Err(e) => {
+                self.reject("alert", &m, &e).await;
+                return ack(m).await;
+            }
+        };
+        alert.ensure_id();
+        let id = alert.alert_id.clone();
+        let effects = self.engine.on_alert(alert, chrono::Utc::now());
+        match self.apply(effects).await {
+            Ok(()) => ack(m).await,
+            Err(e) => {
+                // Not acknowledged: JetStream delivers it again.
+                self.engine.forget_handled(&id);
+                tracing::error!(alert_id = %id, error = %e, "alert not fully handled; it will be delivered again");
+            }
+        }
+    }
+
+    async fn result(&mut self, m: Incoming) {
+        let result = match decode::<CommandResult>(&m.payload, self.max_bytes) {
+            Ok(r) => match Self::subject_mismatch(&m, &r.node) {
+                None => r,
+                Some(e) => {
+                    self.reject("result", &m, &e).await;
+                    return ack(m).await;
+                }
+            },
+            Err(e) => {
+                self.reject("result", &m, &e).await;
+                return ack(m).await;
+            }
+        };
+        let effects = self.engine.on_result(result, chrono::Utc::now());
+        match self.apply(effects).await {
+            Ok(()) => ack(m).await,
+            Err(e) => tracing::error!(error = %e, "result not fully handled; it will be delivered again"),
+        }
+    }
+
+    async fn apply(&mut self, effects: Vec<Effect>) -> Result<()> {
+        let (publish, audits): (Vec<_>, Vec<_>) = effects.into_iter().partition(|e| !matches!(e, Effect::Audit(_)));
+        for e in publish {
+            match e {
+                Effect::Command(node, cmd) => {
+                    tracing::info!(node = %node, action = %cmd.action_type, action_id = %cmd.action_id, "sending command");
+                    self.bus.send_command(&node, &cmd).await?;
+                }
+                Effect::Alert(a) => {
+                    tracing::info!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), "raising alert");
+                    self.bus.publish_alert(&a).await?;
+                }
+                Effect::Audit(_) => {}
+            }
+        }
+        for e in audits {
+            if let Effect::Audit(entry) = e {
+                self.audit.append(entry).await.map_err(Error::Bus)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn ack(m: Incoming) {
+    let subject = m.subject.clone();
+    if let Err(e) = m.ack().await {
+        tracing::warn!(subject = %subject, error = %e, "ack failed; the message may be delivered again");
+    }
+}
+

@@ -1,0 +1,127 @@
+//! What `skos status` shows.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use skos_core::timefmt::{self, Timestamp};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub mode: String,
+    #[serde(with = "timefmt")]
+    pub generated_at: Timestamp,
+    pub nodes: Vec<NodeStatus>,
+    pub agents: Vec<AgentStatus>,
+    pub open_alerts: Vec<Value>,
+    pub recent_actions: Vec<ActionRecord>,
+    pub open_circuits: Vec<Value>,
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// `healthy | degraded | critical | offline`
+    pub status: String,
+    #[serde(with = "timefmt")]
+    pub last_seen: Timestamp,
+    pub cpu_temp: Option<f64>,
+    pub gpu_temp: Option<f64>,
+    pub storage_percent: Option<f64>,
+    pub throttle_level: Option<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub agent_id: String,
+    pub agent_type: String,
+    pub node: String,
+    #[serde(with = "timefmt")]
+    pub last_seen: Timestamp,
+    pub online: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub action_id: String,
+    pub action_type: String,
+    pub node: String,
+    pub problem: String,
+    pub cause: String,
+    #[serde(with = "timefmt")]
+    pub sent_at: Timestamp,
+    /// `sent`, then the agent's result (`succeeded`, `failed`, …), then
+    /// `verified` or `not_verified` for actions whose effect is checked.
+    pub state: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl Status {
+    /// A short human rendering.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "SKOS status ({}), {}\n",
+            self.mode,
+            timefmt::format(&self.generated_at)
+        ));
+        out.push_str(&format!("\nNODES ({})\n", self.nodes.len()));
+        if self.nodes.is_empty() {
+            out.push_str("  (no node has reported yet)\n");
+        }
+        let temp = |t: Option<f64>| t.map(|t| format!("{t:.1}°C")).unwrap_or_else(|| "none".into());
+        for n in &self.nodes {
+            out.push_str(&format!(
+                "  {:<16} {:<9} cpu {:<8} gpu {:<8} throttle {}%  last seen {}\n",
+                n.name,
+                n.status,
+                temp(n.cpu_temp),
+                temp(n.gpu_temp),
+                n.throttle_level.unwrap_or(0),
+                timefmt::format(&n.last_seen)
+            ));
+        }
+        out.push_str(&format!("\nAGENTS ({})\n", self.agents.len()));
+        for a in &self.agents {
+            out.push_str(&format!(
+                "  {:<32} {:<18} {:<12} {}\n",
+                a.agent_id,
+                a.agent_type,
+                a.node,
+                if a.online { "online" } else { "offline" }
+            ));
+        }
+        out.push_str(&format!("\nOPEN ALERTS ({})\n", self.open_alerts.len()));
+        for a in &self.open_alerts {
+            out.push_str(&format!(
+                "  {:<10} {:<12} {}\n",
+                a["severity"].as_str().unwrap_or("?"),
+                a["node"].as_str().unwrap_or("?"),
+                a["message"].as_str().unwrap_or("")
+            ));
+        }
+        out.push_str(&format!("\nRECENT ACTIONS ({})\n", self.recent_actions.len()));
+        for a in self.recent_actions.iter().rev().take(10) {
+            out.push_str(&format!(
+                "  {} {:<22} {:<10} {:<12} {}\n",
+                timefmt::format(&a.sent_at),
+                a.action_type,
+                a.node,
+                a.state,
+                a.message
+            ));
+        }
+        out.push_str(&format!("\nOPEN CIRCUITS ({})\n", self.open_circuits.len()));
+        for c in &self.open_circuits {
+            out.push_str(&format!(
+                "  {} {} {} ({})\n",
+                c["node"].as_str().unwrap_or("?"),
+                c["problem"].as_str().unwrap_or("?"),
+                c["action"].as_str().unwrap_or("?"),
+                c["state"].as_str().unwrap_or("?")
+            ));
+        }
+        out
+    }
+}
