@@ -21,8 +21,14 @@ use tokio::sync::Mutex;
 use crate::{subjects, Error, NatsBus, Result};
 
 pub enum AuditStore {
-    File { path: PathBuf, file: File },
-    JetStream { js: jetstream::Context, last_stream_seq: u64 },
+    File {
+        path: PathBuf,
+        file: File,
+    },
+    JetStream {
+        js: jetstream::Context,
+        last_stream_seq: u64,
+    },
 }
 
 /// The writer side of the audit trail.
@@ -145,7 +151,10 @@ impl AuditLog {
                 let (path, file) = (&*path, &mut *file);
                 tokio::task::block_in_place(|| append_file(path, file, chain, entry))
             }
-            AuditStore::JetStream { js, last_stream_seq } => {
+            AuditStore::JetStream {
+                js,
+                last_stream_seq,
+            } => {
                 let mut attempts = 0;
                 loop {
                     let mut trial = chain.clone();
@@ -182,7 +191,12 @@ impl AuditLog {
     }
 }
 
-fn append_file(path: &Path, file: &mut File, chain: &mut Chain, entry: AuditEntry) -> Result<AuditRecord> {
+fn append_file(
+    path: &Path,
+    file: &mut File,
+    chain: &mut Chain,
+    entry: AuditEntry,
+) -> Result<AuditRecord> {
     let mut trial = chain.clone();
     let record = trial.seal(entry);
     let mut line = serde_json::to_vec(&record).map_err(|e| Error::Corrupt {
@@ -204,7 +218,9 @@ fn scan_file(path: &Path) -> Result<(Option<AuditRecord>, u64, u64)> {
     let (mut last, mut good, mut line) = (None, 0u64, Vec::new());
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(|e| io(path, e))?;
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| io(path, e))?;
         if n == 0 {
             break;
         }
@@ -221,7 +237,10 @@ fn scan_file(path: &Path) -> Result<(Option<AuditRecord>, u64, u64)> {
 }
 
 async fn last_record(js: &jetstream::Context) -> Result<(Option<AuditRecord>, u64)> {
-    let mut s = js.get_stream(subjects::STREAM_AUDIT).await.map_err(stream_err)?;
+    let mut s = js
+        .get_stream(subjects::STREAM_AUDIT)
+        .await
+        .map_err(stream_err)?;
     let last_seq = s.info().await.map_err(stream_err)?.state.last_sequence;
     if last_seq == 0 {
         return Ok((None, 0));
@@ -269,7 +288,10 @@ async fn read_js(js: &jetstream::Context, n: Option<u64>) -> Result<Vec<Value>> 
         .map_err(stream_err)?;
     let info = s.info().await.map_err(stream_err)?.state.clone();
     let first = match n {
-        Some(n) => info.last_sequence.saturating_sub(n.saturating_sub(1)).max(info.first_sequence),
+        Some(n) => info
+            .last_sequence
+            .saturating_sub(n.saturating_sub(1))
+            .max(info.first_sequence),
         None => info.first_sequence,
     };
     let mut out = Vec::new();
@@ -281,9 +303,9 @@ async fn read_js(js: &jetstream::Context, n: Option<u64>) -> Result<Vec<Value>> 
             stream: subjects::STREAM_AUDIT.to_string(),
             reason: format!("message {seq}: {e}"),
         })?;
-        let v = serde_json::from_slice(&m.payload).unwrap_or_else(|e| {
-            serde_json::json!({ "unreadable": e.to_string(), "stream_seq": seq })
-        });
+        let v = serde_json::from_slice(&m.payload).unwrap_or_else(
+            |e| serde_json::json!({ "unreadable": e.to_string(), "stream_seq": seq }),
+        );
         out.push(v);
     }
     Ok(out)
@@ -322,7 +344,14 @@ mod tests {
     use super::*;
 
     fn entry(i: u32) -> AuditEntry {
-        AuditEntry::new("test", chrono::Utc::now(), None, "t", format!("e{i}"), serde_json::json!({"i": i}))
+        AuditEntry::new(
+            "test",
+            chrono::Utc::now(),
+            None,
+            "t",
+            format!("e{i}"),
+            serde_json::json!({"i": i}),
+        )
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -344,7 +373,9 @@ mod tests {
         assert_eq!(report.records, 4);
         assert!(report.error.is_none());
 
-        let text = std::fs::read_to_string(&path).unwrap().replace("\"e1\"", "\"e9\"");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"e1\"", "\"e9\"");
         std::fs::write(&path, text).unwrap();
         let report = verify(read_file(&path).unwrap());
         assert!(matches!(report.error, Some(ChainError::Content { seq: 2 })));

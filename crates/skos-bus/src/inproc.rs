@@ -25,7 +25,13 @@ struct Inner {
     subs: Vec<(String, mpsc::UnboundedSender<Incoming>)>,
     seen: HashSet<String>,
     order: VecDeque<String>,
+    /// Durable messages published while nobody consumed their subject,
+    /// handed to the first matching subscriber (as a stream would).
+    parked: VecDeque<(String, Bytes)>,
 }
+
+/// Most durable messages parked while nobody listens.
+const PARK_LIMIT: usize = 10_000;
 
 impl InProcBus {
     pub fn new() -> Self {
@@ -49,17 +55,27 @@ impl InProcBus {
                 }
             }
         }
+        let mut delivered = false;
         inner.subs.retain(|(pattern, tx)| {
             if !subjects::matches(pattern, subject) {
                 return !tx.is_closed();
             }
-            tx.send(Incoming {
-                subject: subject.to_string(),
-                payload: payload.clone(),
-                ack: Acker::None,
-            })
-            .is_ok()
+            let ok = tx
+                .send(Incoming {
+                    subject: subject.to_string(),
+                    payload: payload.clone(),
+                    ack: Acker::None,
+                })
+                .is_ok();
+            delivered |= ok;
+            ok
         });
+        if !delivered && id.is_some() {
+            if inner.parked.len() >= PARK_LIMIT {
+                inner.parked.pop_front();
+            }
+            inner.parked.push_back((subject.to_string(), payload));
+        }
         Ok(())
     }
 
@@ -75,17 +91,41 @@ impl InProcBus {
 
     pub(crate) fn subscribe(&self, feed: &Feed) -> Result<Subscription> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().subs.push((Self::pattern(feed), tx));
+        let pattern = Self::pattern(feed);
+        let mut inner = self.lock();
+        let parked = std::mem::take(&mut inner.parked);
+        for (subject, payload) in parked {
+            if subjects::matches(&pattern, &subject) {
+                let _ = tx.send(Incoming {
+                    subject,
+                    payload,
+                    ack: Acker::None,
+                });
+            } else {
+                inner.parked.push_back((subject, payload));
+            }
+        }
+        inner.subs.push((pattern, tx));
+        drop(inner);
         Ok(UnboundedReceiverStream(rx).boxed())
     }
 
-    pub(crate) async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes> {
+    pub(crate) async fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes> {
         let (tx, rx) = oneshot::channel();
         let mut reply = Some(tx);
         {
             let mut inner = self.lock();
             inner.subs.retain(|(_, tx)| !tx.is_closed());
-            if let Some((_, sub)) = inner.subs.iter().find(|(p, _)| subjects::matches(p, subject)) {
+            if let Some((_, sub)) = inner
+                .subs
+                .iter()
+                .find(|(p, _)| subjects::matches(p, subject))
+            {
                 if let Some(r) = reply.take() {
                     let _ = sub.send(Incoming {
                         subject: subject.to_string(),
@@ -136,17 +176,34 @@ mod tests {
     #[tokio::test]
     async fn routes_by_subject_and_dedups_by_id() {
         let bus = InProcBus::new();
-        let mut nova = bus.subscribe(&Feed::Commands(NodeName::parse("nova").unwrap())).unwrap();
+        let mut nova = bus
+            .subscribe(&Feed::Commands(NodeName::parse("nova").unwrap()))
+            .unwrap();
         let mut all = bus.subscribe(&Feed::Alerts).unwrap();
-        bus.publish("skos.command.lyra", Bytes::from_static(b"x"), None).unwrap();
-        bus.publish("skos.command.nova", Bytes::from_static(b"1"), Some("a")).unwrap();
-        bus.publish("skos.command.nova", Bytes::from_static(b"1"), Some("a")).unwrap();
-        bus.publish("skos.alert.nova", Bytes::from_static(b"2"), None).unwrap();
+        bus.publish("skos.command.lyra", Bytes::from_static(b"x"), None)
+            .unwrap();
+        bus.publish("skos.command.nova", Bytes::from_static(b"1"), Some("a"))
+            .unwrap();
+        bus.publish("skos.command.nova", Bytes::from_static(b"1"), Some("a"))
+            .unwrap();
+        bus.publish("skos.alert.nova", Bytes::from_static(b"2"), None)
+            .unwrap();
         let m = nova.next().await.unwrap();
         assert_eq!(m.payload.as_ref(), b"1");
         assert_eq!(all.next().await.unwrap().payload.as_ref(), b"2");
         let none = tokio::time::timeout(Duration::from_millis(50), nova.next()).await;
         assert!(none.is_err(), "duplicate delivered");
+    }
+
+    #[tokio::test]
+    async fn durable_messages_wait_for_their_first_subscriber() {
+        let bus = InProcBus::new();
+        bus.publish("skos.alert.nova", Bytes::from_static(b"early"), Some("x"))
+            .unwrap();
+        bus.publish("skos.heartbeat.nova", Bytes::from_static(b"core"), None)
+            .unwrap();
+        let mut alerts = bus.subscribe(&Feed::Alerts).unwrap();
+        assert_eq!(alerts.next().await.unwrap().payload.as_ref(), b"early");
     }
 
     #[tokio::test]

@@ -45,10 +45,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("{path}: {reason}")]
-    Corrupt {
-        path: String,
-        reason: String,
-    },
+    Corrupt { path: String, reason: String },
     #[error("{subject}: no answer within {timeout:?}")]
     Timeout { subject: String, timeout: Duration },
     #[error("bus closed")]
@@ -160,7 +157,8 @@ impl Bus {
     pub async fn publish_alert(&self, alert: &Alert) -> Result<()> {
         let subject = subjects::alert(&alert.node);
         let payload = encode(&subject, alert)?;
-        self.publish_durable(&subject, payload, Some(&alert.alert_id)).await
+        self.publish_durable(&subject, payload, Some(&alert.alert_id))
+            .await
     }
 
     /// Durable: returns once the stream has stored the command. The
@@ -169,7 +167,8 @@ impl Bus {
     pub async fn send_command(&self, node: &NodeName, cmd: &Command) -> Result<()> {
         let subject = subjects::command(node);
         let payload = encode(&subject, cmd)?;
-        self.publish_durable(&subject, payload, Some(&cmd.action_id)).await
+        self.publish_durable(&subject, payload, Some(&cmd.action_id))
+            .await
     }
 
     pub async fn publish_result(&self, result: &CommandResult) -> Result<()> {
@@ -187,7 +186,12 @@ impl Bus {
         }
     }
 
-    pub(crate) async fn publish_durable(&self, subject: &str, payload: Bytes, id: Option<&str>) -> Result<()> {
+    pub(crate) async fn publish_durable(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        id: Option<&str>,
+    ) -> Result<()> {
         match self {
             Bus::InProc(b) => b.publish(subject, payload, id),
             Bus::Nats(b) => b.publish_durable(subject, payload, id).await,

@@ -81,7 +81,12 @@ impl NatsBus {
             (subjects::STREAM_ALERTS, subjects::ALERTS, 7 * DAY, false),
             (subjects::STREAM_COMMANDS, subjects::COMMANDS, DAY, false),
             (subjects::STREAM_RESULTS, subjects::RESULTS, 7 * DAY, false),
-            (subjects::STREAM_AUDIT, subjects::AUDIT, Duration::ZERO, true),
+            (
+                subjects::STREAM_AUDIT,
+                subjects::AUDIT,
+                Duration::ZERO,
+                true,
+            ),
         ];
         for (name, subject, max_age, locked) in specs {
             let cfg = stream::Config {
@@ -112,7 +117,12 @@ impl NatsBus {
             .map_err(|e| Error::subject(subject, e))
     }
 
-    pub(crate) async fn publish_durable(&self, subject: &str, payload: Bytes, id: Option<&str>) -> Result<()> {
+    pub(crate) async fn publish_durable(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        id: Option<&str>,
+    ) -> Result<()> {
         let mut msg = jetstream::message::PublishMessage::build().payload(payload);
         if let Some(id) = id {
             msg = msg.message_id(id);
@@ -126,8 +136,14 @@ impl NatsBus {
         Ok(())
     }
 
-    pub(crate) async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes> {
-        match tokio::time::timeout(timeout, self.client.request(subject.to_string(), payload)).await {
+    pub(crate) async fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes> {
+        match tokio::time::timeout(timeout, self.client.request(subject.to_string(), payload)).await
+        {
             Ok(Ok(m)) => Ok(m.payload),
             Ok(Err(e)) => Err(Error::subject(subject, e)),
             Err(_) => Err(Error::Timeout {
@@ -186,7 +202,12 @@ impl NatsBus {
 
     /// A durable pull consumer, re-attached after any error (server
     /// restart, network loss) until the subscription is dropped.
-    fn durable(&self, stream_name: &'static str, consumer_name: String, filter: String) -> Subscription {
+    fn durable(
+        &self,
+        stream_name: &'static str,
+        consumer_name: String,
+        filter: String,
+    ) -> Subscription {
         let (tx, rx) = mpsc::channel::<Incoming>(256);
         let js = self.js.clone();
         tokio::spawn(async move {
@@ -212,7 +233,10 @@ impl NatsBus {
         filter: &str,
         tx: &mpsc::Sender<Incoming>,
     ) -> Result<(), String> {
-        let stream = js.get_stream(stream_name).await.map_err(|e| e.to_string())?;
+        let stream = js
+            .get_stream(stream_name)
+            .await
+            .map_err(|e| e.to_string())?;
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
                 consumer_name,

@@ -36,7 +36,13 @@ pub fn result(node: &NodeName) -> String {
 pub fn audit(event_type: &str) -> String {
     let token: String = event_type
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("SKOS_AUDIT.{token}")
 }
@@ -49,7 +55,9 @@ pub fn agent_consumer(node: &NodeName) -> String {
 /// last a valid node name.
 pub fn node_of(subject: &str) -> Option<NodeName> {
     let mut parts = subject.split('.');
-    let (Some("skos"), Some(_), Some(node), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some("skos"), Some(_), Some(node), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return None;
     };
     NodeName::parse(node).ok()

@@ -13,7 +13,9 @@ use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::level::secs;
 use skos_core::policy;
-use skos_core::protocol::{Alert, AlertKind, AuditEntry, Command, CommandResult, Heartbeat, ResultStatus, Severity};
+use skos_core::protocol::{
+    Alert, AlertKind, AuditEntry, Command, CommandResult, Heartbeat, ResultStatus, Severity,
+};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
@@ -83,7 +85,13 @@ pub struct Engine {
 /// Alert ids remembered for de-duplication.
 const HANDLED_WINDOW: usize = 100_000;
 
-fn audit(event: &str, now: Timestamp, node: Option<&NodeName>, summary: impl Into<String>, data: Value) -> Effect {
+fn audit(
+    event: &str,
+    now: Timestamp,
+    node: Option<&NodeName>,
+    summary: impl Into<String>,
+    data: Value,
+) -> Effect {
     Effect::Audit(AuditEntry::new(event, now, node, ACTOR, summary, data))
 }
 
@@ -145,10 +153,18 @@ impl Engine {
         });
         state.last_seen = now;
         state.offline = false;
-        state.agents.insert(hb.agent_id.clone(), (hb.agent_type.clone(), now));
+        state
+            .agents
+            .insert(hb.agent_id.clone(), (hb.agent_type.clone(), now));
         state.heartbeat = hb;
         if first {
-            out.push(audit("node", now, Some(&node), format!("node {node} joined"), json!({"event": "joined"})));
+            out.push(audit(
+                "node",
+                now,
+                Some(&node),
+                format!("node {node} joined"),
+                json!({"event": "joined"}),
+            ));
         }
         if was_offline {
             out.push(Effect::Alert(self.own_alert(
@@ -178,7 +194,12 @@ impl Engine {
             "alert",
             now,
             Some(&node),
-            format!("{} {} alert on {node}: {}", alert.severity.as_str(), alert.kind.as_str(), alert.message),
+            format!(
+                "{} {} alert on {node}: {}",
+                alert.severity.as_str(),
+                alert.kind.as_str(),
+                alert.message
+            ),
             json!({"alert_id": alert.alert_id, "alert": alert}),
         )];
         let key = (node.clone(), problem.clone());
@@ -214,7 +235,16 @@ impl Engine {
         }
     }
 
-    fn skip(&mut self, node: &NodeName, problem: &str, action: &str, reason: &str, detail: String, now: Timestamp, out: &mut Vec<Effect>) {
+    fn skip(
+        &mut self,
+        node: &NodeName,
+        problem: &str,
+        action: &str,
+        reason: &str,
+        detail: String,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
         self.counters.inc(&format!("actions.skipped.{reason}"));
         out.push(audit(
             "skipped",
@@ -225,30 +255,81 @@ impl Engine {
         ));
     }
 
-    fn dispatch(&mut self, alert: &Alert, severity: Severity, action: &str, now: Timestamp, out: &mut Vec<Effect>) {
+    fn dispatch(
+        &mut self,
+        alert: &Alert,
+        severity: Severity,
+        action: &str,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
         let node = alert.node.clone();
         let problem = alert.problem();
         if self.cfg.dry_run {
-            self.skip(&node, &problem, action, "dry_run", "dry-run mode executes nothing".into(), now, out);
+            self.skip(
+                &node,
+                &problem,
+                action,
+                "dry_run",
+                "dry-run mode executes nothing".into(),
+                now,
+                out,
+            );
             return;
         }
         if self.nodes.get(&node).is_some_and(|n| n.offline) {
-            self.skip(&node, &problem, action, "node_offline", "the node is offline".into(), now, out);
+            self.skip(
+                &node,
+                &problem,
+                action,
+                "node_offline",
+                "the node is offline".into(),
+                now,
+                out,
+            );
             return;
         }
-        let in_progress = self.pending.values().any(|p| p.node == node && p.problem == problem && p.action == action)
-            || self.verifications.iter().any(|v| v.node == node && v.problem == problem && v.action == action);
+        let in_progress = self
+            .pending
+            .values()
+            .any(|p| p.node == node && p.problem == problem && p.action == action)
+            || self
+                .verifications
+                .iter()
+                .any(|v| v.node == node && v.problem == problem && v.action == action);
         if in_progress {
-            self.skip(&node, &problem, action, "in_progress", "the same action is still being carried out or verified".into(), now, out);
+            self.skip(
+                &node,
+                &problem,
+                action,
+                "in_progress",
+                "the same action is still being carried out or verified".into(),
+                now,
+                out,
+            );
             return;
         }
         let key = BreakerKey::new(node.as_str(), &problem, action);
         let (admission, transition) = self.breakers.admit(&key, now);
         if transition == Some(Transition::HalfOpened) {
-            out.push(audit("breaker", now, Some(&node), format!("circuit {} half-open: one trial allowed", key_str(&key)), json!({"key": key, "state": "half_open"})));
+            out.push(audit(
+                "breaker",
+                now,
+                Some(&node),
+                format!("circuit {} half-open: one trial allowed", key_str(&key)),
+                json!({"key": key, "state": "half_open"}),
+            ));
         }
         if admission == Admission::Deny {
-            self.skip(&node, &problem, action, "circuit_open", format!("circuit {} is open", key_str(&key)), now, out);
+            self.skip(
+                &node,
+                &problem,
+                action,
+                "circuit_open",
+                format!("circuit {} is open", key_str(&key)),
+                now,
+                out,
+            );
             return;
         }
         let window = Duration::seconds(60);
@@ -260,12 +341,32 @@ impl Engine {
             if admission == Admission::Trial {
                 self.breakers.release_trial(&key);
             }
-            self.skip(&node, &problem, action, "rate_limited", "per-node action rate limit reached".into(), now, out);
+            self.skip(
+                &node,
+                &problem,
+                action,
+                "rate_limited",
+                "per-node action rate limit reached".into(),
+                now,
+                out,
+            );
             return;
         }
         times.push_back(now);
-        let suffix: String = alert.alert_id.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
-        let action_id = format!("{node}:{}:{action}:{}:{suffix}", alert.kind.as_str(), alert.timestamp.timestamp());
+        let suffix: String = alert
+            .alert_id
+            .chars()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let action_id = format!(
+            "{node}:{}:{action}:{}:{suffix}",
+            alert.kind.as_str(),
+            alert.timestamp.timestamp()
+        );
         let cmd = Command {
             action_id: action_id.clone(),
             action_type: action.to_string(),
@@ -276,11 +377,30 @@ impl Engine {
             cause: Some(alert.alert_id.clone()),
             problem: Some(problem.clone()),
         };
-        self.send(cmd, &node, &problem, severity, alert, admission == Admission::Trial, now, out);
+        self.send(
+            cmd,
+            &node,
+            &problem,
+            severity,
+            alert,
+            admission == Admission::Trial,
+            now,
+            out,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn send(&mut self, cmd: Command, node: &NodeName, problem: &str, severity: Severity, alert: &Alert, trial: bool, now: Timestamp, out: &mut Vec<Effect>) {
+    fn send(
+        &mut self,
+        cmd: Command,
+        node: &NodeName,
+        problem: &str,
+        severity: Severity,
+        alert: &Alert,
+        trial: bool,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
         self.counters.inc("commands.sent");
         out.push(audit(
             "command",
@@ -317,20 +437,31 @@ impl Engine {
     }
 
     fn set_action_state(&mut self, action_id: &str, state: &str, message: &str) {
-        if let Some(r) = self.recent.iter_mut().rev().find(|r| r.action_id == action_id) {
+        if let Some(r) = self
+            .recent
+            .iter_mut()
+            .rev()
+            .find(|r| r.action_id == action_id)
+        {
             r.state = state.to_string();
             r.message = message.to_string();
         }
     }
 
     pub fn on_result(&mut self, result: CommandResult, now: Timestamp) -> Vec<Effect> {
-        self.counters.inc(&format!("results.{}", result.status.as_str()));
+        self.counters
+            .inc(&format!("results.{}", result.status.as_str()));
         let node = result.node.clone();
         let mut out = vec![audit(
             "result",
             now,
             Some(&node),
-            format!("{} on {node}: {} {}", result.action_type, result.status.as_str(), result.message),
+            format!(
+                "{} on {node}: {} {}",
+                result.action_type,
+                result.status.as_str(),
+                result.message
+            ),
             json!({"result": result}),
         )];
         self.set_action_state(&result.action_id, result.status.as_str(), &result.message);
@@ -344,7 +475,10 @@ impl Engine {
         let key = BreakerKey::new(p.node.as_str(), &p.problem, &p.action);
         match result.status {
             ResultStatus::Succeeded => {
-                match (policy::is_verifiable(&p.action), policy::metric_for(&p.problem)) {
+                match (
+                    policy::is_verifiable(&p.action),
+                    policy::metric_for(&p.problem),
+                ) {
                     (true, Some(metric)) => {
                         let below = thresholds_for(&self.cfg, &p.alert)
                             .map(|t| level_threshold(t, p.severity))
@@ -389,7 +523,13 @@ impl Engine {
         }
     }
 
-    fn breaker_transition(&mut self, key: &BreakerKey, t: Transition, now: Timestamp, out: &mut Vec<Effect>) {
+    fn breaker_transition(
+        &mut self,
+        key: &BreakerKey,
+        t: Transition,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
         let node = NodeName::parse(&key.node).ok();
         let state = match t {
             Transition::Opened => "open",
@@ -397,7 +537,13 @@ impl Engine {
             Transition::Closed => "closed",
         };
         self.counters.inc(&format!("breaker.{state}"));
-        out.push(audit("breaker", now, node.as_ref(), format!("circuit {} {state}", key_str(key)), json!({"key": key, "state": state})));
+        out.push(audit(
+            "breaker",
+            now,
+            node.as_ref(),
+            format!("circuit {} {state}", key_str(key)),
+            json!({"key": key, "state": state}),
+        ));
         if let (Transition::Opened, Some(node)) = (t, node) {
             out.push(Effect::Alert(self.own_alert(
                 &node,
@@ -421,7 +567,11 @@ impl Engine {
         for v in done {
             let value = hb.metric(v.metric);
             self.counters.inc("verifications.succeeded");
-            self.set_action_state(&v.action_id, "verified", &format!("{} fell to {:.1}", v.metric, value.unwrap_or(f64::NAN)));
+            self.set_action_state(
+                &v.action_id,
+                "verified",
+                &format!("{} fell to {:.1}", v.metric, value.unwrap_or(f64::NAN)),
+            );
             out.push(audit(
                 "verification",
                 now,
@@ -455,7 +605,10 @@ impl Engine {
         if now - since < clear_for {
             return;
         }
-        let resetting = self.pending.values().any(|p| &p.node == node && p.action == "reset_throttle");
+        let resetting = self
+            .pending
+            .values()
+            .any(|p| &p.node == node && p.action == "reset_throttle");
         if resetting {
             return;
         }
@@ -464,7 +617,10 @@ impl Engine {
             node,
             AlertKind::Thermal,
             Severity::Normal,
-            format!("{node} cool below {clear_below:.1}°C for {}s", self.cfg.thermal.clear_for),
+            format!(
+                "{node} cool below {clear_below:.1}°C for {}s",
+                self.cfg.thermal.clear_for
+            ),
             json!({"sensor": "cpu", "reason": "recovery"}),
             now,
         );
@@ -472,10 +628,16 @@ impl Engine {
             "decision",
             now,
             Some(node),
-            format!("{node} has been cool for {}s: reset_throttle", self.cfg.thermal.clear_for),
+            format!(
+                "{node} has been cool for {}s: reset_throttle",
+                self.cfg.thermal.clear_for
+            ),
             json!({"problem": "thermal:cpu", "actions": ["reset_throttle"], "reason": "recovery"}),
         ));
-        for key in [(node.clone(), "thermal:cpu".to_string()), (node.clone(), "thermal:gpu".to_string())] {
+        for key in [
+            (node.clone(), "thermal:cpu".to_string()),
+            (node.clone(), "thermal:gpu".to_string()),
+        ] {
             self.open_alerts.remove(&key);
         }
         let cmd = Command {
@@ -489,10 +651,27 @@ impl Engine {
             problem: Some("thermal:cpu".into()),
         };
         if self.cfg.dry_run {
-            self.skip(node, "thermal:cpu", "reset_throttle", "dry_run", "dry-run mode executes nothing".into(), now, out);
+            self.skip(
+                node,
+                "thermal:cpu",
+                "reset_throttle",
+                "dry_run",
+                "dry-run mode executes nothing".into(),
+                now,
+                out,
+            );
             return;
         }
-        self.send(cmd, node, "thermal:cpu", Severity::Normal, &alert, false, now, out);
+        self.send(
+            cmd,
+            node,
+            "thermal:cpu",
+            Severity::Normal,
+            &alert,
+            false,
+            now,
+            out,
+        );
     }
 
     /// Periodic work: offline detection and verification deadlines.
@@ -521,12 +700,24 @@ impl Engine {
                 now,
             )));
         }
-        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications).into_iter().partition(|v| now >= v.deadline);
+        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications)
+            .into_iter()
+            .partition(|v| now >= v.deadline);
         self.verifications = keep;
         for v in expired {
             self.counters.inc("verifications.failed");
-            let value = self.nodes.get(&v.node).and_then(|n| n.heartbeat.metric(v.metric));
-            self.set_action_state(&v.action_id, "not_verified", &format!("{} still {:?} after {}s", v.metric, value, self.cfg.coordinator.verify_within));
+            let value = self
+                .nodes
+                .get(&v.node)
+                .and_then(|n| n.heartbeat.metric(v.metric));
+            self.set_action_state(
+                &v.action_id,
+                "not_verified",
+                &format!(
+                    "{} still {:?} after {}s",
+                    v.metric, value, self.cfg.coordinator.verify_within
+                ),
+            );
             out.push(audit(
                 "verification",
                 now,
@@ -542,7 +733,10 @@ impl Engine {
                         &v.node,
                         v.alert.kind.clone(),
                         next,
-                        format!("escalated: {} did not bring {} below {:.1}", v.action, v.metric, v.below),
+                        format!(
+                            "escalated: {} did not bring {} below {:.1}",
+                            v.action, v.metric, v.below
+                        ),
                         Value::Object(v.alert.details.clone()),
                         now,
                     );
@@ -553,7 +747,10 @@ impl Engine {
                     "escalation",
                     now,
                     Some(&v.node),
-                    format!("{} on {}: nothing left to escalate to; a human must decide", v.problem, v.node),
+                    format!(
+                        "{} on {}: nothing left to escalate to; a human must decide",
+                        v.problem, v.node
+                    ),
                     json!({"problem": v.problem}),
                 )),
             }
@@ -561,7 +758,15 @@ impl Engine {
         out
     }
 
-    fn own_alert(&self, node: &NodeName, kind: AlertKind, severity: Severity, message: String, details: Value, now: Timestamp) -> Alert {
+    fn own_alert(
+        &self,
+        node: &NodeName,
+        kind: AlertKind,
+        severity: Severity,
+        message: String,
+        details: Value,
+        now: Timestamp,
+    ) -> Alert {
         let mut a = Alert {
             alert_id: String::new(),
             agent_id: ACTOR.to_string(),
@@ -628,9 +833,18 @@ impl Engine {
                     })
                 })
                 .collect(),
-            open_alerts: self.open_alerts.values().map(|a| serde_json::to_value(a).unwrap_or(Value::Null)).collect(),
+            open_alerts: self
+                .open_alerts
+                .values()
+                .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
+                .collect(),
             recent_actions: self.recent.iter().cloned().collect(),
-            open_circuits: self.breakers.open().iter().map(|c| serde_json::to_value(c).unwrap_or(Value::Null)).collect(),
+            open_circuits: self
+                .breakers
+                .open()
+                .iter()
+                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+                .collect(),
             counters: self.counters.snapshot(),
         }
     }
@@ -692,7 +906,10 @@ mod tests {
             severity,
             node: nova(),
             message: format!("CPU temperature {temp}°C"),
-            details: json!({"sensor": "cpu", "temperature": temp}).as_object().unwrap().clone(),
+            details: json!({"sensor": "cpu", "temperature": temp})
+                .as_object()
+                .unwrap()
+                .clone(),
             timestamp: t(at),
         };
         a.ensure_id();
@@ -754,7 +971,9 @@ mod tests {
         let cmds = commands(&fx);
         let names: Vec<&str> = cmds.iter().map(|c| c.action_type.as_str()).collect();
         assert_eq!(names, ["throttle_50", "redistribute"]);
-        assert!(cmds.iter().all(|c| c.deadline == Some(t(60.0)) && c.cause.is_some()));
+        assert!(cmds
+            .iter()
+            .all(|c| c.deadline == Some(t(60.0)) && c.cause.is_some()));
         assert_eq!(audits(&fx, "alert").len(), 1);
         assert_eq!(audits(&fx, "decision").len(), 1);
         assert_eq!(audits(&fx, "command").len(), 2);
@@ -777,7 +996,10 @@ mod tests {
     fn unsupported_is_audited_but_not_a_breaker_failure() {
         let mut e = engine();
         let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
-        let redistribute = commands(&fx).into_iter().find(|c| c.action_type == "redistribute").unwrap();
+        let redistribute = commands(&fx)
+            .into_iter()
+            .find(|c| c.action_type == "redistribute")
+            .unwrap();
         let fx = e.on_result(result(&redistribute, ResultStatus::Unsupported), t(1.0));
         assert_eq!(audits(&fx, "result").len(), 1);
         let key = BreakerKey::new("nova", "thermal:cpu", "redistribute");
@@ -828,7 +1050,10 @@ mod tests {
         let mut e = engine();
         e.on_heartbeat(hb(Some(76.0), 0, 0.0), t(0.0));
         for i in 0..5 {
-            let fx = e.on_alert(alert(Severity::Warning, 76.0 + f64::from(i), f64::from(i)), t(f64::from(i)));
+            let fx = e.on_alert(
+                alert(Severity::Warning, 76.0 + f64::from(i), f64::from(i)),
+                t(f64::from(i)),
+            );
             let cmd = commands(&fx).remove(0);
             let fx = e.on_result(result(&cmd, ResultStatus::Failed), t(f64::from(i) + 0.5));
             if i == 4 {
@@ -845,7 +1070,10 @@ mod tests {
         let trial = commands(&fx).remove(0);
         e.on_heartbeat(hb(Some(70.0), 10, 71.0), t(71.0));
         e.on_result(result(&trial, ResultStatus::Succeeded), t(71.0));
-        assert!(e.status(t(72.0)).open_circuits.is_empty(), "trial success closes it");
+        assert!(
+            e.status(t(72.0)).open_circuits.is_empty(),
+            "trial success closes it"
+        );
     }
 
     #[test]
@@ -867,13 +1095,19 @@ mod tests {
     fn cool_node_gets_reset_throttle_after_clear_for() {
         let mut e = engine();
         assert!(commands(&e.on_heartbeat(hb(Some(70.0), 50, 0.0), t(0.0))).is_empty());
-        assert!(commands(&e.on_heartbeat(hb(Some(60.0), 50, 1.0), t(1.0))).is_empty(), "72 is the clear level");
+        assert!(
+            commands(&e.on_heartbeat(hb(Some(60.0), 50, 1.0), t(1.0))).is_empty(),
+            "72 is the clear level"
+        );
         assert!(commands(&e.on_heartbeat(hb(Some(60.0), 50, 20.0), t(20.0))).is_empty());
         let fx = e.on_heartbeat(hb(Some(60.0), 50, 31.0), t(31.0));
         let cmds = commands(&fx);
         assert_eq!(cmds.len(), 1);
         assert_eq!(cmds[0].action_type, "reset_throttle");
-        assert!(commands(&e.on_heartbeat(hb(Some(60.0), 50, 40.0), t(40.0))).is_empty(), "not while pending");
+        assert!(
+            commands(&e.on_heartbeat(hb(Some(60.0), 50, 40.0), t(40.0))).is_empty(),
+            "not while pending"
+        );
     }
 
     #[test]
@@ -896,6 +1130,8 @@ mod tests {
         assert_eq!(commands(&fx).len(), 2);
         let fx = e.on_alert(alert(Severity::Critical, 90.0, 1.0), t(1.0));
         assert!(commands(&fx).is_empty());
-        assert!(audits(&fx, "skipped").iter().all(|a| a.data["reason"] == "rate_limited"));
+        assert!(audits(&fx, "skipped")
+            .iter()
+            .all(|a| a.data["reason"] == "rate_limited"));
     }
 }

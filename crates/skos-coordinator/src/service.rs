@@ -16,9 +16,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
 use skos_bus::{AuditLog, Bus, Feed, Incoming};
+use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::protocol::{decode, Alert, AuditEntry, CommandResult, DecodeError, Heartbeat};
-use skos_core::config::Config;
 
 use crate::engine::{Effect, Engine};
 use crate::{Error, Result};
@@ -167,7 +167,8 @@ impl Ctx {
     }
 
     async fn heartbeat(&mut self, m: Incoming) {
-        let hb = decode::<Heartbeat>(&m.payload, self.max_bytes).and_then(|h| h.validate().map(|()| h));
+        let hb =
+            decode::<Heartbeat>(&m.payload, self.max_bytes).and_then(|h| h.validate().map(|()| h));
         let hb = match hb {
             Ok(hb) => match Self::subject_mismatch(&m, &hb.node) {
                 None => hb,
@@ -182,7 +183,8 @@ impl Ctx {
     }
 
     async fn alert(&mut self, m: Incoming) {
-        let alert = decode::<Alert>(&m.payload, self.max_bytes).and_then(|a| a.validate().map(|()| a));
+        let alert =
+            decode::<Alert>(&m.payload, self.max_bytes).and_then(|a| a.validate().map(|()| a));
         let mut alert = match alert {
             Ok(a) => match Self::subject_mismatch(&m, &a.node) {
                 None => a,
@@ -226,12 +228,16 @@ impl Ctx {
         let effects = self.engine.on_result(result, chrono::Utc::now());
         match self.apply(effects).await {
             Ok(()) => ack(m).await,
-            Err(e) => tracing::error!(error = %e, "result not fully handled; it will be delivered again"),
+            Err(e) => {
+                tracing::error!(error = %e, "result not fully handled; it will be delivered again")
+            }
         }
     }
 
     async fn apply(&mut self, effects: Vec<Effect>) -> Result<()> {
-        let (publish, audits): (Vec<_>, Vec<_>) = effects.into_iter().partition(|e| !matches!(e, Effect::Audit(_)));
+        let (publish, audits): (Vec<_>, Vec<_>) = effects
+            .into_iter()
+            .partition(|e| !matches!(e, Effect::Audit(_)));
         for e in publish {
             match e {
                 Effect::Command(node, cmd) => {
@@ -260,4 +266,3 @@ async fn ack(m: Incoming) {
         tracing::warn!(subject = %subject, error = %e, "ack failed; the message may be delivered again");
     }
 }
-

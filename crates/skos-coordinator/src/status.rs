@@ -70,7 +70,10 @@ impl Status {
         if self.nodes.is_empty() {
             out.push_str("  (no node has reported yet)\n");
         }
-        let temp = |t: Option<f64>| t.map(|t| format!("{t:.1}°C")).unwrap_or_else(|| "none".into());
+        let temp = |t: Option<f64>| {
+            t.map(|t| format!("{t:.1}°C"))
+                .unwrap_or_else(|| "none".into())
+        };
         for n in &self.nodes {
             out.push_str(&format!(
                 "  {:<16} {:<9} cpu {:<8} gpu {:<8} throttle {}%  last seen {}\n",
@@ -101,7 +104,10 @@ impl Status {
                 a["message"].as_str().unwrap_or("")
             ));
         }
-        out.push_str(&format!("\nRECENT ACTIONS ({})\n", self.recent_actions.len()));
+        out.push_str(&format!(
+            "\nRECENT ACTIONS ({})\n",
+            self.recent_actions.len()
+        ));
         for a in self.recent_actions.iter().rev().take(10) {
             out.push_str(&format!(
                 "  {} {:<22} {:<10} {:<12} {}\n",

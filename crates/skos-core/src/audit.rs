@@ -27,8 +27,14 @@ pub struct AuditRecord {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ChainError {
     #[error("record {index}: expected seq {expected}, found {found} (removed or reordered)")]
-    Sequence { index: u64, expected: u64, found: u64 },
-    #[error("record seq {seq}: prev_hash does not match the previous record (removed or reordered)")]
+    Sequence {
+        index: u64,
+        expected: u64,
+        found: u64,
+    },
+    #[error(
+        "record seq {seq}: prev_hash does not match the previous record (removed or reordered)"
+    )]
     Link { seq: u64 },
     #[error("record seq {seq}: hash does not match its content (changed)")]
     Content { seq: u64 },
@@ -148,7 +154,9 @@ mod tests {
     fn entry(n: u32) -> AuditEntry {
         AuditEntry::new(
             "alert",
-            chrono::Utc.timestamp_opt(1_700_000_000 + i64::from(n), 0).unwrap(),
+            chrono::Utc
+                .timestamp_opt(1_700_000_000 + i64::from(n), 0)
+                .unwrap(),
             None,
             "coordinator",
             format!("event {n}"),

@@ -199,7 +199,11 @@ mod tests {
         assert_eq!(b.admit(&key(), t(5)).0, Admission::Deny);
         assert_eq!(b.open().len(), 1);
         // Other keys are untouched.
-        assert_eq!(b.admit(&BreakerKey::new("lyra", "thermal:cpu", "throttle_50"), t(5)).0, Admission::Allow);
+        assert_eq!(
+            b.admit(&BreakerKey::new("lyra", "thermal:cpu", "throttle_50"), t(5))
+                .0,
+            Admission::Allow
+        );
     }
 
     #[test]
@@ -220,8 +224,15 @@ mod tests {
             b.record_failure(&key(), t(i));
         }
         assert_eq!(b.admit(&key(), t(30)).0, Admission::Deny);
-        assert_eq!(b.admit(&key(), t(65)), (Admission::Trial, Some(Transition::HalfOpened)));
-        assert_eq!(b.admit(&key(), t(66)).0, Admission::Deny, "one trial at a time");
+        assert_eq!(
+            b.admit(&key(), t(65)),
+            (Admission::Trial, Some(Transition::HalfOpened))
+        );
+        assert_eq!(
+            b.admit(&key(), t(66)).0,
+            Admission::Deny,
+            "one trial at a time"
+        );
         assert_eq!(b.record_failure(&key(), t(70)), Some(Transition::Opened));
         assert_eq!(b.admit(&key(), t(100)).0, Admission::Deny);
         assert_eq!(b.admit(&key(), t(131)).0, Admission::Trial);

@@ -424,7 +424,12 @@ impl Config {
         let map = match root {
             serde_yaml_ng::Value::Null => serde_yaml_ng::Mapping::new(),
             serde_yaml_ng::Value::Mapping(m) => m,
-            _ => return Err(vec![issue("(root)", "the config must be a mapping of sections")]),
+            _ => {
+                return Err(vec![issue(
+                    "(root)",
+                    "the config must be a mapping of sections",
+                )])
+            }
         };
         for (key, value) in map {
             let Some(key) = key.as_str().map(str::to_owned) else {
@@ -471,7 +476,10 @@ impl Config {
             if let Some(v) = env(name) {
                 match v.trim().parse::<f64>() {
                     Ok(x) if x.is_finite() => *slot = x,
-                    _ => issues.push(issue(format!("env:{name}"), format!("{v:?} is not a number"))),
+                    _ => issues.push(issue(
+                        format!("env:{name}"),
+                        format!("{v:?} is not a number"),
+                    )),
                 }
             }
         };
@@ -508,15 +516,42 @@ impl Config {
         let mut out = Vec::new();
         let positive = |out: &mut Vec<ConfigIssue>, path: &str, v: f64| {
             if !(v.is_finite() && v > 0.0) {
-                out.push(issue(path, format!("must be a positive number of seconds, got {v}")));
+                out.push(issue(
+                    path,
+                    format!("must be a positive number of seconds, got {v}"),
+                ));
             }
         };
-        positive(&mut out, "agent.heartbeat_interval", self.agent.heartbeat_interval);
-        positive(&mut out, "agent.monitor_interval", self.agent.monitor_interval);
-        positive(&mut out, "coordinator.heartbeat_timeout", self.coordinator.heartbeat_timeout);
-        positive(&mut out, "coordinator.verify_within", self.coordinator.verify_within);
-        positive(&mut out, "coordinator.command_deadline", self.coordinator.command_deadline);
-        positive(&mut out, "circuit_breaker.window_seconds", self.circuit_breaker.window_seconds);
+        positive(
+            &mut out,
+            "agent.heartbeat_interval",
+            self.agent.heartbeat_interval,
+        );
+        positive(
+            &mut out,
+            "agent.monitor_interval",
+            self.agent.monitor_interval,
+        );
+        positive(
+            &mut out,
+            "coordinator.heartbeat_timeout",
+            self.coordinator.heartbeat_timeout,
+        );
+        positive(
+            &mut out,
+            "coordinator.verify_within",
+            self.coordinator.verify_within,
+        );
+        positive(
+            &mut out,
+            "coordinator.command_deadline",
+            self.coordinator.command_deadline,
+        );
+        positive(
+            &mut out,
+            "circuit_breaker.window_seconds",
+            self.circuit_breaker.window_seconds,
+        );
         positive(
             &mut out,
             "circuit_breaker.reset_timeout_seconds",
@@ -533,14 +568,20 @@ impl Config {
         {
             out.push(issue(
                 "log_level",
-                format!("{:?} is not one of TRACE, DEBUG, INFO, WARNING, ERROR", self.log_level),
+                format!(
+                    "{:?} is not one of TRACE, DEBUG, INFO, WARNING, ERROR",
+                    self.log_level
+                ),
             ));
         }
         for (i, a) in self.agent.antibodies.iter().enumerate() {
             if !crate::policy::ANTIBODIES.contains(&a.as_str()) {
                 out.push(issue(
                     format!("agent.antibodies[{i}]"),
-                    format!("unknown antibody {a:?} (known: {})", crate::policy::ANTIBODIES.join(", ")),
+                    format!(
+                        "unknown antibody {a:?} (known: {})",
+                        crate::policy::ANTIBODIES.join(", ")
+                    ),
                 ));
             }
         }
@@ -563,7 +604,10 @@ impl Config {
             ("emergency", self.thermal.for_.emergency),
         ] {
             if !(v >= 0.0) {
-                out.push(issue(format!("thermal.for.{level}"), "must be zero or more seconds"));
+                out.push(issue(
+                    format!("thermal.for.{level}"),
+                    "must be zero or more seconds",
+                ));
             }
         }
         for (i, cg) in self.thermal.throttle.cgroups.iter().enumerate() {
@@ -572,7 +616,10 @@ impl Config {
             }
         }
         if self.thermal.throttle.cgroup_period_us < 1000 {
-            out.push(issue("thermal.throttle.cgroup_period_us", "must be at least 1000"));
+            out.push(issue(
+                "thermal.throttle.cgroup_period_us",
+                "must be at least 1000",
+            ));
         }
         if self.loop_.max_depth == 0 {
             out.push(issue("loop.max_depth", "must be at least 1"));
@@ -594,7 +641,10 @@ pub fn relative_inside(p: &Path) -> Result<(), String> {
             Component::Normal(_) | Component::CurDir => {}
             Component::ParentDir => return Err(format!("{} must not contain '..'", p.display())),
             Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("{} must be relative to the cgroup root", p.display()))
+                return Err(format!(
+                    "{} must be relative to the cgroup root",
+                    p.display()
+                ))
             }
         }
     }
@@ -602,9 +652,16 @@ pub fn relative_inside(p: &Path) -> Result<(), String> {
 }
 
 fn check_thresholds(out: &mut Vec<ConfigIssue>, prefix: &str, t: &Thresholds) {
-    for (name, v) in [("warning", t.warning), ("critical", t.critical), ("emergency", t.emergency)] {
+    for (name, v) in [
+        ("warning", t.warning),
+        ("critical", t.critical),
+        ("emergency", t.emergency),
+    ] {
         if !v.is_finite() {
-            out.push(issue(format!("{prefix}.thresholds.{name}"), "must be a number"));
+            out.push(issue(
+                format!("{prefix}.thresholds.{name}"),
+                "must be a number",
+            ));
         }
     }
     if !(t.warning < t.critical) {
@@ -630,7 +687,10 @@ fn check_table(out: &mut Vec<ConfigIssue>, prefix: &str, t: &ActionTable) {
 fn check_actions(out: &mut Vec<ConfigIssue>, prefix: &str, actions: &[String]) {
     for (i, a) in actions.iter().enumerate() {
         if !KNOWN_ACTIONS.contains(&a.as_str()) {
-            out.push(issue(format!("{prefix}[{i}]"), format!("unknown action {a:?}")));
+            out.push(issue(
+                format!("{prefix}[{i}]"),
+                format!("unknown action {a:?}"),
+            ));
         }
     }
 }
@@ -665,9 +725,18 @@ thermal:
     #[test]
     fn empty_file_is_defaults_with_all_four_tables() {
         let cfg = Config::from_yaml("").unwrap();
-        assert_eq!(cfg.thermal.actions.critical, vec!["throttle_50", "redistribute"]);
-        assert_eq!(cfg.storage.actions.emergency, vec!["emergency_cleanup", "alert_human"]);
-        assert_eq!(cfg.mesh.actions["tunnel_down"], vec!["restart_wireguard", "regenerate_config"]);
+        assert_eq!(
+            cfg.thermal.actions.critical,
+            vec!["throttle_50", "redistribute"]
+        );
+        assert_eq!(
+            cfg.storage.actions.emergency,
+            vec!["emergency_cleanup", "alert_human"]
+        );
+        assert_eq!(
+            cfg.mesh.actions["tunnel_down"],
+            vec!["restart_wireguard", "regenerate_config"]
+        );
         assert_eq!(cfg.loop_.actions["depth_exceeded"], vec!["circuit_break"]);
         assert_eq!(cfg.loop_.max_depth, 10);
         assert_eq!(cfg.circuit_breaker.max_failures, 5);

@@ -164,12 +164,22 @@ mod tests {
         assert_eq!(tr.observe(&r, 60.0, t(0)), None);
         assert_eq!(
             tr.observe(&r, 87.0, t(1)),
-            Some(Report::Changed { from: Severity::Normal, to: Severity::Critical })
+            Some(Report::Changed {
+                from: Severity::Normal,
+                to: Severity::Critical
+            })
         );
         for i in 2..100 {
-            assert_eq!(tr.observe(&r, 87.0 + (i % 3) as f64, t(i)), None, "storm at {i}");
+            assert_eq!(
+                tr.observe(&r, 87.0 + (i % 3) as f64, t(i)),
+                None,
+                "storm at {i}"
+            );
         }
-        assert_eq!(tr.observe(&r, 87.0, t(302)), Some(Report::Reminder(Severity::Critical)));
+        assert_eq!(
+            tr.observe(&r, 87.0, t(302)),
+            Some(Report::Reminder(Severity::Critical))
+        );
     }
 
     #[test]
@@ -181,11 +191,17 @@ mod tests {
         assert_eq!(tr.observe(&r, 82.5, t(2)), None, "inside margin");
         assert_eq!(
             tr.observe(&r, 81.0, t(3)),
-            Some(Report::Changed { from: Severity::Critical, to: Severity::Warning })
+            Some(Report::Changed {
+                from: Severity::Critical,
+                to: Severity::Warning
+            })
         );
         assert_eq!(
             tr.observe(&r, 60.0, t(4)),
-            Some(Report::Changed { from: Severity::Warning, to: Severity::Normal })
+            Some(Report::Changed {
+                from: Severity::Warning,
+                to: Severity::Normal
+            })
         );
     }
 
@@ -201,7 +217,10 @@ mod tests {
         assert_eq!(tr.observe(&r, 90.0, t(8)), None);
         assert_eq!(
             tr.observe(&r, 90.0, t(13)),
-            Some(Report::Changed { from: Severity::Normal, to: Severity::Critical })
+            Some(Report::Changed {
+                from: Severity::Normal,
+                to: Severity::Critical
+            })
         );
     }
 
@@ -215,7 +234,10 @@ mod tests {
         assert_eq!(tr.observe(&r, 60.0, t(20)), None);
         assert_eq!(
             tr.observe(&r, 60.0, t(31)),
-            Some(Report::Changed { from: Severity::Warning, to: Severity::Normal })
+            Some(Report::Changed {
+                from: Severity::Warning,
+                to: Severity::Normal
+            })
         );
     }
 }

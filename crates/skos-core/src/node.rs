@@ -32,10 +32,9 @@ impl NodeName {
         if name.len() > MAX_NODE_NAME_LEN {
             return Err(NodeNameError::TooLong(name.len()));
         }
-        if let Some(ch) = name
-            .chars()
-            .find(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
-        {
+        if let Some(ch) = name.chars().find(|c| {
+            matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control()
+        }) {
             return Err(NodeNameError::BadChar {
                 name: name.escape_debug().to_string(),
                 ch,
@@ -87,7 +86,9 @@ mod tests {
 
     #[test]
     fn rejects_hostile_names() {
-        for n in ["", "a.b", "*", "nova>", "no va", "a\tb", "a\u{0}b", "../etc", "x/y"] {
+        for n in [
+            "", "a.b", "*", "nova>", "no va", "a\tb", "a\u{0}b", "../etc", "x/y",
+        ] {
             assert!(NodeName::parse(n).is_err(), "{n:?} accepted");
         }
         assert_eq!(

@@ -4,7 +4,12 @@ use crate::config::{ActionTable, Config};
 use crate::protocol::{Alert, AlertKind, Severity};
 
 /// Antibodies an agent can run.
-pub const ANTIBODIES: &[&str] = &["thermal_sentinel", "storage_watcher", "mesh_healer", "loop_breaker"];
+pub const ANTIBODIES: &[&str] = &[
+    "thermal_sentinel",
+    "storage_watcher",
+    "mesh_healer",
+    "loop_breaker",
+];
 
 /// Every action name the healing tables may use. Agents implement a subset
 /// and answer `unsupported` for the rest.
@@ -105,7 +110,12 @@ mod tests {
     #[test]
     fn seed_thermal_table() {
         let cfg = Config::default();
-        let t = |s| actions_for(&cfg, &alert("thermal", s, serde_json::json!({"sensor": "cpu"})));
+        let t = |s| {
+            actions_for(
+                &cfg,
+                &alert("thermal", s, serde_json::json!({"sensor": "cpu"})),
+            )
+        };
         assert_eq!(t("warning"), vec!["throttle_10"]);
         assert_eq!(t("critical"), vec!["throttle_50", "redistribute"]);
         assert_eq!(t("emergency"), vec!["shutdown_non_essential", "failover"]);
@@ -120,11 +130,25 @@ mod tests {
             vec!["cleanup_logs", "archive_old"]
         );
         assert_eq!(
-            actions_for(&cfg, &alert("mesh", "critical", serde_json::json!({"event": "peer_unreachable"}))),
+            actions_for(
+                &cfg,
+                &alert(
+                    "mesh",
+                    "critical",
+                    serde_json::json!({"event": "peer_unreachable"})
+                )
+            ),
             vec!["ping_peer", "failover_route"]
         );
         assert_eq!(
-            actions_for(&cfg, &alert("loop", "critical", serde_json::json!({"condition": "iterations_exceeded"}))),
+            actions_for(
+                &cfg,
+                &alert(
+                    "loop",
+                    "critical",
+                    serde_json::json!({"condition": "iterations_exceeded"})
+                )
+            ),
             vec!["reset_chain"]
         );
     }

@@ -242,7 +242,7 @@ impl Alert {
     }
 
     pub fn validate(&self) -> Result<(), DecodeError> {
-        if self.alert_id.len() > 128 || self.alert_id.chars().any(|c| c.is_control()) {
+        if self.alert_id.len() > 256 || self.alert_id.chars().any(|c| c.is_control()) {
             return Err(DecodeError::Invalid("alert_id is not a valid id".into()));
         }
         Ok(())
@@ -280,7 +280,11 @@ pub struct Command {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeName>,
     /// Not executed after this instant (added).
-    #[serde(default, with = "timefmt::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "timefmt::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub deadline: Option<Timestamp>,
     /// Why: the alert id, or `verification`, `recovery`… (added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -294,7 +298,9 @@ impl Command {
     pub fn validate(&self) -> Result<(), DecodeError> {
         let ok_id = |s: &str| !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control);
         if !ok_id(&self.action_id) {
-            return Err(DecodeError::Invalid("action_id is empty, too long or has control characters".into()));
+            return Err(DecodeError::Invalid(
+                "action_id is empty, too long or has control characters".into(),
+            ));
         }
         if !ok_id(&self.action_type)
             || !self
@@ -457,12 +463,28 @@ mod tests {
     fn emitted_messages_keep_seed_fields() {
         let hb: Heartbeat = decode(SEED_HEARTBEAT.as_bytes(), L).unwrap();
         let v = serde_json::to_value(&hb).unwrap();
-        for k in ["agent_id", "agent_type", "node", "timestamp", "cpu_temp", "gpu_temp", "metadata"] {
+        for k in [
+            "agent_id",
+            "agent_type",
+            "node",
+            "timestamp",
+            "cpu_temp",
+            "gpu_temp",
+            "metadata",
+        ] {
             assert!(v.get(k).is_some(), "heartbeat lost {k}");
         }
         let alert: Alert = decode(SEED_ALERT.as_bytes(), L).unwrap();
         let v = serde_json::to_value(&alert).unwrap();
-        for k in ["agent_id", "type", "severity", "node", "message", "details", "timestamp"] {
+        for k in [
+            "agent_id",
+            "type",
+            "severity",
+            "node",
+            "message",
+            "details",
+            "timestamp",
+        ] {
             assert!(v.get(k).is_some(), "alert lost {k}");
         }
         let cmd: Command = decode(SEED_COMMAND.as_bytes(), L).unwrap();
@@ -503,11 +525,21 @@ mod tests {
             "[".repeat(100_000).into_bytes(),
         ];
         for c in cases {
-            assert!(decode::<Heartbeat>(&c, L).is_err(), "{:?} accepted", String::from_utf8_lossy(&c[..c.len().min(40)]));
+            assert!(
+                decode::<Heartbeat>(&c, L).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(&c[..c.len().min(40)])
+            );
         }
         let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(L));
-        assert!(matches!(decode::<Heartbeat>(big.as_bytes(), L), Err(DecodeError::TooLarge { .. })));
-        assert_eq!(decode::<Heartbeat>("[".repeat(100).as_bytes(), L), Err(DecodeError::TooDeep));
+        assert!(matches!(
+            decode::<Heartbeat>(big.as_bytes(), L),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert_eq!(
+            decode::<Heartbeat>("[".repeat(100).as_bytes(), L),
+            Err(DecodeError::TooDeep)
+        );
     }
 
     #[test]

@@ -21,7 +21,11 @@ pub fn nats_server_binary() -> Result<PathBuf, String> {
     if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
         return Ok(PathBuf::from(p));
     }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/bin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/bin"])
+    {
         let p = Path::new(dir).join("nats-server");
         if p.is_file() {
             return Ok(p);
@@ -74,7 +78,11 @@ impl NatsServer {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if !sent {
                     if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
-                        if let Some(port) = rest.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok()) {
+                        if let Some(port) = rest
+                            .rsplit(':')
+                            .next()
+                            .and_then(|p| p.trim().parse::<u16>().ok())
+                        {
                             let _ = tx.send(port);
                             sent = true;
                         }
@@ -93,7 +101,10 @@ impl NatsServer {
         // Wait until it accepts connections and JetStream is ready.
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server not accepting on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "nats-server not accepting on {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -124,7 +135,8 @@ impl NatsServer {
         let port = self.port;
         // The port can take a moment to become free again.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+        while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.spawn(Some(port));

@@ -1,0 +1,210 @@
+//! The thermal sentinel antibody: reads temperatures, raises alerts on level
+//! changes (with hysteresis, optional `for` debounce and a cooldown), and
+//! carries out `throttle_*` / `reset_throttle` commands.
+
+use std::path::Path;
+
+use serde_json::json;
+use skos_core::config::Config;
+use skos_core::level::{LevelRules, LevelTracker, Report};
+use skos_core::policy;
+use skos_core::protocol::{Alert, AlertKind, Change, Command, ResultStatus, Severity};
+use skos_core::timefmt::Timestamp;
+use skos_core::NodeName;
+
+use crate::sensors::{hottest, Reading, SensorKind, Sensors};
+use crate::throttle::Throttler;
+
+pub const AGENT_TYPE: &str = "thermal_sentinel";
+
+/// The actions this antibody carries out.
+pub fn handles(action: &str) -> bool {
+    action == "reset_throttle" || policy::throttle_level(action).is_some()
+}
+
+pub struct ThermalSentinel {
+    node: NodeName,
+    agent_id: String,
+    sensors: Sensors,
+    throttler: Throttler,
+    rules: LevelRules,
+    cpu: LevelTracker,
+    gpu: LevelTracker,
+    readings: Vec<Reading>,
+    said_none: bool,
+}
+
+/// What executing a command did.
+pub struct Outcome {
+    pub status: ResultStatus,
+    pub message: String,
+    pub changes: Vec<Change>,
+}
+
+impl ThermalSentinel {
+    pub fn new(cfg: &Config, state_dir: Option<&Path>) -> Self {
+        let t = &cfg.thermal;
+        Self {
+            node: cfg.node.name.clone(),
+            agent_id: format!("thermal-sentinel-{}", cfg.node.name),
+            sensors: Sensors::new(&cfg.sysfs_root, t.gpu.clone()),
+            throttler: Throttler::new(
+                &cfg.sysfs_root,
+                t.throttle.clone(),
+                state_dir.map(|d| d.join(format!("throttle-{}.json", cfg.node.name))),
+            ),
+            rules: LevelRules {
+                thresholds: t.thresholds,
+                hysteresis: t.hysteresis,
+                hold_up: t.for_,
+                hold_down: 0.0,
+                cooldown: t.cooldown,
+            },
+            cpu: LevelTracker::default(),
+            gpu: LevelTracker::default(),
+            readings: Vec::new(),
+            said_none: false,
+        }
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    pub fn cpu_temp(&self) -> Option<f64> {
+        hottest(&self.readings, SensorKind::Cpu)
+    }
+
+    pub fn gpu_temp(&self) -> Option<f64> {
+        hottest(&self.readings, SensorKind::Gpu)
+    }
+
+    pub fn sensor_count(&self) -> usize {
+        self.readings.len()
+    }
+
+    pub fn throttle_level(&self) -> u8 {
+        self.throttler.level()
+    }
+
+    /// Read every sensor and return the alerts to raise.
+    pub fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
+        self.readings = self.sensors.read_all();
+        if self.readings.is_empty() {
+            if !self.said_none {
+                tracing::warn!(node = %self.node, "no temperature sensor found: heartbeats will carry null temperatures");
+                self.said_none = true;
+            }
+        } else {
+            self.said_none = false;
+        }
+        let mut alerts = Vec::new();
+        for (kind, name) in [(SensorKind::Cpu, "cpu"), (SensorKind::Gpu, "gpu")] {
+            let Some(value) = hottest(&self.readings, kind) else {
+                continue;
+            };
+            let tracker = match kind {
+                SensorKind::Cpu => &mut self.cpu,
+                _ => &mut self.gpu,
+            };
+            let Some(report) = tracker.observe(&self.rules, value, now) else {
+                continue;
+            };
+            alerts.push(self.alert(name, kind, value, report, now));
+        }
+        alerts
+    }
+
+    fn alert(
+        &self,
+        name: &str,
+        kind: SensorKind,
+        value: f64,
+        report: Report,
+        now: Timestamp,
+    ) -> Alert {
+        let (severity, previous) = match report {
+            Report::Changed { from, to } => (to, from),
+            Report::Reminder(s) => (s, s),
+        };
+        let label = name.to_uppercase();
+        let hottest = self
+            .readings
+            .iter()
+            .filter(|r| r.kind == kind)
+            .max_by(|a, b| a.celsius.total_cmp(&b.celsius));
+        let (message, threshold) = if severity == Severity::Normal {
+            let w = self.rules.thresholds.warning;
+            (
+                format!("{label} temperature {value:.1}°C back below warning ({w})"),
+                w,
+            )
+        } else {
+            let th = self.rules.threshold(severity);
+            (
+                format!(
+                    "{label} temperature {value:.1}°C exceeds {} threshold",
+                    severity.as_str()
+                ),
+                th,
+            )
+        };
+        Alert {
+            alert_id: format!("{}-{}", self.agent_id, uuid_like(now, name, severity)),
+            agent_id: self.agent_id.clone(),
+            kind: AlertKind::Thermal,
+            severity,
+            node: self.node.clone(),
+            message,
+            details: json!({
+                "sensor": name,
+                "temperature": value,
+                "threshold": threshold,
+                "previous_severity": previous,
+                "reminder": matches!(report, Report::Reminder(_)),
+                "source": hottest.map(|r| r.path.display().to_string()),
+                "label": hottest.map(|r| r.label.clone()),
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+            timestamp: now,
+        }
+    }
+
+    /// Carry out a throttle command.
+    pub fn execute(&mut self, cmd: &Command) -> Outcome {
+        let outcome = if cmd.action_type == "reset_throttle" {
+            self.throttler.reset()
+        } else if let Some(level) = policy::throttle_level(&cmd.action_type) {
+            self.throttler.apply(level)
+        } else {
+            return Outcome {
+                status: ResultStatus::Unsupported,
+                message: format!("{} is not a thermal action", cmd.action_type),
+                changes: Vec::new(),
+            };
+        };
+        match outcome {
+            Ok(o) => Outcome {
+                status: ResultStatus::Succeeded,
+                message: o.message,
+                changes: o.changes,
+            },
+            Err(e) => Outcome {
+                status: ResultStatus::Failed,
+                message: e.to_string(),
+                changes: Vec::new(),
+            },
+        }
+    }
+}
+
+/// A unique, readable alert id suffix: time, sensor, level.
+fn uuid_like(now: Timestamp, sensor: &str, severity: Severity) -> String {
+    format!(
+        "{}-{sensor}-{}",
+        now.timestamp_nanos_opt().unwrap_or_default(),
+        severity.as_str()
+    )
+}

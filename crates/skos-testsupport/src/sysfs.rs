@@ -1,0 +1,355 @@
+//! Fake sysfs trees shaped like real machines.
+//!
+//! The layout follows the kernel: every device lives under `devices/...`
+//! and `class/hwmon/hwmonN` / `class/thermal/thermal_zoneN` are *relative*
+//! symlinks into it. Temperatures are millidegree integers with a trailing
+//! newline. `hwmonN` and `thermal_zoneN` are numbered in the order the
+//! devices are added, starting at 0.
+//!
+//! ```no_run
+//! use skos_testsupport::sysfs::FakeSysfs;
+//! let fake = FakeSysfs::new();
+//! let cpu = fake.coretemp(52.0, &[48.0, 50.0]);
+//! fake.nvme(38.85);
+//! fake.acpitz_zone(27.8);
+//! cpu.set_temp(1, 91.0); // "Package id 0" is now 91 °C
+//! ```
+
+use std::cell::Cell;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+/// A fake `/sys` in a temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct FakeSysfs {
+    dir: tempfile::TempDir,
+    next_hwmon: Cell<u32>,
+    next_zone: Cell<u32>,
+    coretemps: Cell<u32>,
+    k10temps: Cell<u32>,
+    amdgpus: Cell<u32>,
+    nvmes: Cell<u32>,
+}
+
+/// One hwmon device of a [`FakeSysfs`]; changes its temperatures in place.
+#[derive(Debug, Clone)]
+pub struct HwmonHandle {
+    dir: PathBuf,
+    class_path: PathBuf,
+    read_base: PathBuf,
+}
+
+impl HwmonHandle {
+    /// Writes `tempN_input` (millidegrees, trailing newline) for `index` = N.
+    pub fn set_temp(&self, index: u32, c: f64) {
+        write(&self.dir.join(format!("temp{index}_input")), &millis(c));
+    }
+
+    /// The directory that holds the `name` and `tempN_*` files (inside
+    /// `devices/`, the target of the class link).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<root>/class/hwmon/hwmonN`, the path sensors are discovered through.
+    pub fn class_path(&self) -> &Path {
+        &self.class_path
+    }
+
+    /// `<root>/class/hwmon/hwmonN/tempN_input` as a sensor reader reports it
+    /// (for the legacy layout, `<root>/class/hwmon/hwmonN/device/tempN_input`).
+    pub fn input_path(&self, index: u32) -> PathBuf {
+        self.read_base.join(format!("temp{index}_input"))
+    }
+}
+
+/// One temperature input of a generic hwmon device.
+#[derive(Debug, Clone, Copy)]
+pub struct Temp<'a> {
+    pub label: Option<&'a str>,
+    pub c: f64,
+    pub crit: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl<'a> Temp<'a> {
+    pub fn new(label: Option<&'a str>, c: f64) -> Self {
+        Self {
+            label,
+            c,
+            crit: None,
+            max: None,
+        }
+    }
+
+    pub fn crit(mut self, c: f64) -> Self {
+        self.crit = Some(c);
+        self
+    }
+
+    pub fn max(mut self, c: f64) -> Self {
+        self.max = Some(c);
+        self
+    }
+}
+
+impl Default for FakeSysfs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeSysfs {
+    /// An empty tree with `class/hwmon` and `class/thermal` present (as on
+    /// every real kernel) but no device in them.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("skos-sysfs-")
+            .tempdir()
+            .expect("create temp dir for fake sysfs");
+        for d in ["class/hwmon", "class/thermal", "devices/virtual/thermal"] {
+            fs::create_dir_all(dir.path().join(d)).expect("create fake sysfs dirs");
+        }
+        Self {
+            dir,
+            next_hwmon: Cell::new(0),
+            next_zone: Cell::new(0),
+            coretemps: Cell::new(0),
+            k10temps: Cell::new(0),
+            amdgpus: Cell::new(0),
+            nvmes: Cell::new(0),
+        }
+    }
+
+    /// The root to hand to code under test in place of `/sys`.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn take(counter: &Cell<u32>) -> u32 {
+        let n = counter.get();
+        counter.set(n + 1);
+        n
+    }
+
+    /// A generic hwmon device: `devices/<device>/hwmon/hwmonN` holding
+    /// `name` and the given temperatures (`temp1_*`, `temp2_*`, ...),
+    /// linked from `class/hwmon/hwmonN`.
+    pub fn hwmon(&self, device: &str, name: &str, temps: &[Temp<'_>]) -> HwmonHandle {
+        let n = Self::take(&self.next_hwmon);
+        let rel = format!("devices/{device}/hwmon/hwmon{n}");
+        self.hwmon_at(&rel, n, name, temps)
+    }
+
+    fn hwmon_at(&self, rel: &str, n: u32, name: &str, temps: &[Temp<'_>]) -> HwmonHandle {
+        let dir = self.root().join(rel);
+        fs::create_dir_all(&dir).expect("create hwmon dir");
+        write(&dir.join("name"), &format!("{name}\n"));
+        write_temps(&dir, temps);
+        let class_path = self.link_class("hwmon", &format!("hwmon{n}"), rel);
+        HwmonHandle {
+            dir,
+            read_base: class_path.clone(),
+            class_path,
+        }
+    }
+
+    /// Intel CPU: hwmon `coretemp` with temp1 "Package id K" and one input
+    /// per core ("Core 0", "Core 1", ... as temp2, temp3, ...), crit 100 °C,
+    /// max 80 °C, at `devices/platform/coretemp.K/hwmon/hwmonN` (K counts
+    /// the packages added so far).
+    pub fn coretemp(&self, package_c: f64, cores: &[f64]) -> HwmonHandle {
+        let k = Self::take(&self.coretemps);
+        let package = format!("Package id {k}");
+        let core_labels: Vec<String> = (0..cores.len()).map(|i| format!("Core {i}")).collect();
+        let mut temps = vec![Temp::new(Some(&package), package_c).crit(100.0).max(80.0)];
+        for (label, c) in core_labels.iter().zip(cores) {
+            temps.push(Temp::new(Some(label), *c).crit(100.0).max(80.0));
+        }
+        let h = self.hwmon(&format!("platform/coretemp.{k}"), "coretemp", &temps);
+        for i in 1..=temps.len() {
+            write(&h.dir.join(format!("temp{i}_crit_alarm")), "0\n");
+        }
+        h
+    }
+
+    /// AMD CPU: hwmon `k10temp`, temp1_label "Tctl", under
+    /// `devices/pci0000:00/0000:00:18.3/hwmon/hwmonN` (the next package at
+    /// `0000:00:19.3`).
+    pub fn k10temp(&self, tctl_c: f64) -> HwmonHandle {
+        let k = Self::take(&self.k10temps);
+        let dev = format!("pci0000:00/0000:00:{:02x}.3", 0x18 + k);
+        self.hwmon(&dev, "k10temp", &[Temp::new(Some("Tctl"), tctl_c)])
+    }
+
+    /// AMD GPU: hwmon `amdgpu` with temp1 "edge" (the given value), temp2
+    /// "junction" (edge + 10) and temp3 "mem" (edge + 4), with the crit
+    /// values the driver reports (100, 110, 105 °C).
+    pub fn amdgpu(&self, edge_c: f64) -> HwmonHandle {
+        let k = Self::take(&self.amdgpus);
+        let dev = format!("pci0000:00/0000:00:03.1/0000:{:02x}:00.0", 3 + k);
+        let h = self.hwmon(
+            &dev,
+            "amdgpu",
+            &[
+                Temp::new(Some("edge"), edge_c).crit(100.0),
+                Temp::new(Some("junction"), edge_c + 10.0).crit(110.0),
+                Temp::new(Some("mem"), edge_c + 4.0).crit(105.0),
+            ],
+        );
+        write(&h.dir.join("temp1_crit_hyst"), "-273150\n");
+        h
+    }
+
+    /// NVMe drive: hwmon `nvme`, temp1 "Composite", max 81.85 °C, crit
+    /// 84.85 °C, min -273.15 °C, at
+    /// `devices/pci0000:00/0000:00:01.2/0000:0K:00.0/nvme/nvmeK/hwmonN`.
+    pub fn nvme(&self, c: f64) -> HwmonHandle {
+        let k = Self::take(&self.nvmes);
+        let n = Self::take(&self.next_hwmon);
+        let rel = format!(
+            "devices/pci0000:00/0000:00:01.2/0000:{:02x}:00.0/nvme/nvme{k}/hwmon{n}",
+            1 + k
+        );
+        let h = self.hwmon_at(
+            &rel,
+            n,
+            "nvme",
+            &[Temp::new(Some("Composite"), c).crit(84.85).max(81.85)],
+        );
+        write(&h.dir.join("temp1_min"), "-273150\n");
+        h
+    }
+
+    /// An old-kernel hwmon: `class/hwmon/hwmonN` holds only a `device` link
+    /// to `devices/platform/<name>.0`, which holds `name` and the
+    /// temperatures (no labels). The handle's `dir()` is the device dir.
+    pub fn legacy_hwmon(&self, name: &str, temps: &[f64]) -> HwmonHandle {
+        let n = Self::take(&self.next_hwmon);
+        let dev_rel = format!("devices/platform/{name}.{n}");
+        let dev = self.root().join(&dev_rel);
+        let hw_rel = format!("{dev_rel}/hwmon/hwmon{n}");
+        let hw = self.root().join(&hw_rel);
+        fs::create_dir_all(&hw).expect("create legacy hwmon dir");
+        write(&dev.join("name"), &format!("{name}\n"));
+        let temps: Vec<Temp<'_>> = temps.iter().map(|c| Temp::new(None, *c)).collect();
+        write_temps(&dev, &temps);
+        symlink("../..", hw.join("device")).expect("link legacy hwmon device");
+        let class_path = self.link_class("hwmon", &format!("hwmon{n}"), &hw_rel);
+        HwmonHandle {
+            dir: dev,
+            read_base: class_path.join("device"),
+            class_path,
+        }
+    }
+
+    /// A thermal zone: `devices/virtual/thermal/thermal_zoneN` with `type`,
+    /// `temp`, `mode`, `policy` and, when given, a "critical" trip point;
+    /// linked from `class/thermal/thermal_zoneN`. Returns the class path.
+    pub fn thermal_zone(&self, kind: &str, c: f64, crit: Option<f64>) -> PathBuf {
+        let n = Self::take(&self.next_zone);
+        let rel = format!("devices/virtual/thermal/thermal_zone{n}");
+        let dir = self.root().join(&rel);
+        fs::create_dir_all(&dir).expect("create thermal zone dir");
+        write(&dir.join("type"), &format!("{kind}\n"));
+        write(&dir.join("temp"), &millis(c));
+        write(&dir.join("mode"), "enabled\n");
+        write(&dir.join("policy"), "step_wise\n");
+        match crit {
+            Some(crit) => {
+                write(&dir.join("trip_point_0_type"), "critical\n");
+                write(&dir.join("trip_point_0_temp"), &millis(crit));
+            }
+            None => {
+                write(&dir.join("trip_point_0_type"), "passive\n");
+                write(&dir.join("trip_point_0_temp"), "0\n");
+            }
+        }
+        self.link_class("thermal", &format!("thermal_zone{n}"), &rel)
+    }
+
+    /// ACPI thermal zone, type "acpitz", critical trip at 119 °C.
+    pub fn acpitz_zone(&self, c: f64) -> PathBuf {
+        self.thermal_zone("acpitz", c, Some(119.0))
+    }
+
+    /// Intel package thermal zone, type "x86_pkg_temp" (no critical trip).
+    pub fn x86_pkg_zone(&self, c: f64) -> PathBuf {
+        self.thermal_zone("x86_pkg_temp", c, None)
+    }
+
+    /// Writes a zone's `temp` (the path returned by [`Self::thermal_zone`]).
+    pub fn set_zone_temp(&self, zone: &Path, c: f64) {
+        write(&zone.join("temp"), &millis(c));
+    }
+
+    /// Makes a zone's `temp` unreadable (a directory: reading it fails with
+    /// EISDIR even as root), like the zones that return EIO/ENODATA.
+    pub fn break_zone_temp(&self, zone: &Path) {
+        let temp = zone.join("temp");
+        fs::remove_file(&temp).expect("remove zone temp");
+        fs::create_dir(&temp).expect("make zone temp a directory");
+    }
+
+    /// `class/hwmon/hwmonN -> ../../devices/does/not/exist`.
+    pub fn broken_hwmon_link(&self) -> PathBuf {
+        let n = Self::take(&self.next_hwmon);
+        let link = self.root().join(format!("class/hwmon/hwmon{n}"));
+        symlink("../../devices/does/not/exist", &link).expect("create broken hwmon link");
+        link
+    }
+
+    /// `class/hwmon/hwmonN -> <target>` (absolute), e.g. a directory
+    /// outside the root, to check that readers do not leave the root.
+    pub fn link_hwmon(&self, target: &Path) -> PathBuf {
+        let n = Self::take(&self.next_hwmon);
+        let link = self.root().join(format!("class/hwmon/hwmon{n}"));
+        symlink(target, &link).expect("create hwmon link");
+        link
+    }
+
+    /// An hwmon `drivetemp` (label "SATA") whose only `temp1_input` is a
+    /// directory, so reading it fails even as root. Returns the path a
+    /// reader would report for it (`<root>/class/hwmon/hwmonN/temp1_input`).
+    pub fn unreadable_sensor(&self) -> PathBuf {
+        let h = self.hwmon("virtual/hwmon/drivetemp", "drivetemp", &[]);
+        write(&h.dir.join("temp1_label"), "SATA\n");
+        fs::create_dir(h.dir.join("temp1_input")).expect("create unreadable temp1_input");
+        h.class_path.join("temp1_input")
+    }
+
+    /// `class/<class>/<entry> -> ../../<target_rel>`, the kernel's shape.
+    fn link_class(&self, class: &str, entry: &str, target_rel: &str) -> PathBuf {
+        let link = self.root().join("class").join(class).join(entry);
+        fs::create_dir_all(link.parent().expect("class dir has a parent"))
+            .expect("create class dir");
+        symlink(format!("../../{target_rel}"), &link).expect("create class link");
+        link
+    }
+}
+
+fn write_temps(dir: &Path, temps: &[Temp<'_>]) {
+    for (i, t) in temps.iter().enumerate() {
+        let i = i + 1;
+        write(&dir.join(format!("temp{i}_input")), &millis(t.c));
+        if let Some(label) = t.label {
+            write(&dir.join(format!("temp{i}_label")), &format!("{label}\n"));
+        }
+        if let Some(crit) = t.crit {
+            write(&dir.join(format!("temp{i}_crit")), &millis(crit));
+        }
+        if let Some(max) = t.max {
+            write(&dir.join(format!("temp{i}_max")), &millis(max));
+        }
+    }
+}
+
+/// `c` as the kernel writes it: integer millidegrees and a newline.
+pub fn millis(c: f64) -> String {
+    format!("{}\n", (c * 1000.0).round() as i64)
+}
+
+fn write(path: &Path, text: &str) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}

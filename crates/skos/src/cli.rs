@@ -1,0 +1,103 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// SKOS: a self-healing immune system for Linux machines.
+#[derive(Debug, Parser)]
+#[command(name = "skos", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArg {
+    /// Config file (also SKOS_CONFIG); built-in defaults when none.
+    #[arg(long, short = 'c', env = "SKOS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Embedded mode: coordinator and local agent in one process, no other software needed.
+    Up {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where the audit trail and state live (also SKOS_DATA_DIR; default ./skos-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// The coordinator, over NATS JetStream (NATS_URL).
+    Coordinator {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The agent of node NODE_NAME, over NATS JetStream (NATS_URL).
+    Agent {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where the agent keeps state that must survive a restart.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Every temperature sensor found, with its source path, label, kind and °C.
+    Sensors {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Nodes, agents, open alerts, recent actions and open circuits.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+        /// Read an embedded-mode data dir even when NATS_URL is set.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Read or check the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// The last entries of the audit trail.
+    Tail {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(short = 'n', default_value_t = 20)]
+        n: u64,
+        #[arg(long)]
+        json: bool,
+        /// Read an embedded-mode data dir even when NATS_URL is set.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check the hash chain: fails on any changed, removed or reordered entry.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Read an embedded-mode data dir even when NATS_URL is set.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate a config file; every error with its key path.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}

@@ -1,0 +1,432 @@
+//! What each subcommand does. The library crates do the work; this module
+//! loads the config, wires a bus and an audit store, and prints.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use skos_agent::runtime::Agent;
+use skos_agent::sensors::Sensors;
+use skos_bus::audit::{self, AuditLog};
+use skos_bus::{Bus, InProcBus, NatsBus, NatsOptions};
+use skos_coordinator::{ServiceOptions, Status};
+use skos_core::config::Config;
+use skos_core::counters::Counters;
+use skos_core::AuditEntry;
+use tokio::sync::watch;
+
+use crate::cli::{AuditCmd, Cli, Cmd, ConfigArg, ConfigCmd};
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Cmd::Up { config, data_dir } => {
+            let cfg = load(&config, data_dir)?;
+            up(cfg).await
+        }
+        Cmd::Coordinator { config } => coordinator(load(&config, None)?).await,
+        Cmd::Agent { config, data_dir } => agent(load(&config, data_dir)?).await,
+        Cmd::Sensors { config, json } => sensors(&load_quiet(&config)?, json),
+        Cmd::Status {
+            config,
+            json,
+            data_dir,
+        } => status(&config, data_dir, json).await,
+        Cmd::Audit { command } => match command {
+            AuditCmd::Tail {
+                config,
+                n,
+                json,
+                data_dir,
+            } => audit_tail(&config, data_dir, n, json).await,
+            AuditCmd::Verify { config, data_dir } => audit_verify(&config, data_dir).await,
+        },
+        Cmd::Config {
+            command: ConfigCmd::Check { config },
+        } => config_check(&config),
+    }
+}
+
+/// Defaults < file < environment < flags.
+fn read_config(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<Config> {
+    let mut cfg = match &arg.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?;
+            Config::from_yaml(&text).map_err(|issues| {
+                let lines: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();
+                anyhow!("invalid config {}:\n{}", path.display(), lines.join("\n"))
+            })?
+        }
+        None => Config::default(),
+    };
+    let issues = cfg.apply_env(|k| std::env::var(k).ok());
+    if !issues.is_empty() {
+        let lines: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();
+        bail!("invalid settings:\n{}", lines.join("\n"));
+    }
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    Ok(cfg)
+}
+
+fn load(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<Config> {
+    let cfg = read_config(arg, data_dir)?;
+    init_logging(&cfg.log_level);
+    Ok(cfg)
+}
+
+fn load_quiet(arg: &ConfigArg) -> Result<Config> {
+    let cfg = read_config(arg, None)?;
+    init_logging("ERROR");
+    Ok(cfg)
+}
+
+fn init_logging(level: &str) {
+    let level = match level.to_ascii_uppercase().as_str() {
+        "WARNING" => "warn".to_string(),
+        other => other.to_ascii_lowercase(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},async_nats=warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
+    async move {
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+async fn up(cfg: Config) -> Result<ExitCode> {
+    let data_dir = cfg.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let audit = Arc::new(AuditLog::open_file(&data_dir.join("audit.jsonl"))?);
+    let sensors = Sensors::new(&cfg.sysfs_root, cfg.thermal.gpu.clone()).read_all();
+    if sensors.is_empty() {
+        eprintln!(
+            "skos: no temperature sensor found under {} (heartbeats will say so: cpu_temp and gpu_temp are null)",
+            cfg.sysfs_root.display()
+        );
+    }
+    eprintln!(
+        "skos: embedded mode, node {}, {} temperature sensor(s), data dir {}; Ctrl-C to stop",
+        cfg.node.name,
+        sensors.len(),
+        data_dir.display()
+    );
+    audit
+        .append(AuditEntry::new(
+            "start",
+            chrono::Utc::now(),
+            Some(&cfg.node.name),
+            "skos",
+            format!("embedded mode started on {}", cfg.node.name),
+            json!({"mode": "embedded", "sensors": sensors.len(), "version": env!("CARGO_PKG_VERSION")}),
+        ))
+        .await?;
+    let bus = Bus::InProc(InProcBus::new());
+    let counters = Counters::default();
+    let (tx, rx) = watch::channel(false);
+    let opts = ServiceOptions {
+        mode: "embedded".into(),
+        status_file: Some(data_dir.join("status.json")),
+        ..Default::default()
+    };
+    let coordinator = tokio::spawn(skos_coordinator::run(
+        cfg.clone(),
+        bus.clone(),
+        audit.clone(),
+        counters.clone(),
+        opts,
+        stopped(rx.clone()),
+    ));
+    let agent = Agent::new(cfg, bus, counters, Some(data_dir.join("agent")))?;
+    let agent = tokio::spawn(agent.run(stopped(rx)));
+    tokio::select! {
+        _ = shutdown_signal() => {}
+    }
+    let _ = tx.send(true);
+    let (c, a) = tokio::join!(coordinator, agent);
+    c??;
+    a??;
+    audit
+        .append(AuditEntry::new(
+            "stop",
+            chrono::Utc::now(),
+            None,
+            "skos",
+            "embedded mode stopped",
+            Value::Null,
+        ))
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect(cfg: &Config, name: &str) -> Result<NatsBus> {
+    let opts = NatsOptions::new(&cfg.nats.url, name);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match NatsBus::connect(&opts).await {
+            Ok(b) => {
+                tracing::info!(url = %cfg.nats.url, "connected to NATS");
+                return Ok(b);
+            }
+            Err(e) => {
+                tracing::warn!(url = %cfg.nats.url, error = %e, "NATS not reachable yet, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::signal::ctrl_c() => bail!("interrupted while connecting to {}", cfg.nats.url),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn coordinator(cfg: Config) -> Result<ExitCode> {
+    let nats = connect(&cfg, "skos-coordinator").await?;
+    let audit = Arc::new(AuditLog::open_jetstream(&nats).await?);
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(skos_coordinator::run(
+        cfg,
+        Bus::Nats(nats),
+        audit,
+        Counters::default(),
+        ServiceOptions::default(),
+        stopped(rx),
+    ));
+    shutdown_signal().await;
+    let _ = tx.send(true);
+    task.await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn agent(cfg: Config) -> Result<ExitCode> {
+    let nats = connect(&cfg, &format!("skos-agent-{}", cfg.node.name)).await?;
+    let state = cfg.data_dir.join("agent");
+    let agent = Agent::new(cfg, Bus::Nats(nats), Counters::default(), Some(state))?;
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(agent.run(stopped(rx)));
+    shutdown_signal().await;
+    let _ = tx.send(true);
+    task.await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sensors(cfg: &Config, as_json: bool) -> Result<ExitCode> {
+    let readings = Sensors::new(&cfg.sysfs_root, cfg.thermal.gpu.clone()).read_all();
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&readings)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if readings.is_empty() {
+        println!(
+            "no temperature sensor found under {}",
+            cfg.sysfs_root.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<6} {:>7}  {:<20} {:<12} PATH",
+        "KIND", "°C", "LABEL", "SOURCE"
+    );
+    for r in &readings {
+        let kind = serde_json::to_value(r.kind)?
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        println!(
+            "{:<6} {:>7.1}  {:<20} {:<12} {}",
+            kind,
+            r.celsius,
+            r.label,
+            r.source,
+            r.path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// NATS when NATS_URL is set and no data dir was named; else the data dir.
+fn use_nats(data_dir: &Option<PathBuf>) -> bool {
+    data_dir.is_none() && std::env::var_os("NATS_URL").is_some()
+}
+
+async fn status(arg: &ConfigArg, data_dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode> {
+    let nats = use_nats(&data_dir);
+    let cfg = load_quiet(arg)?;
+    let body: Vec<u8> = if nats {
+        let bus = NatsBus::connect(&NatsOptions::new(&cfg.nats.url, "skos-status")).await?;
+        Bus::Nats(bus)
+            .request_status(Duration::from_secs(5))
+            .await
+            .context("no coordinator answered on the bus")?
+            .to_vec()
+    } else {
+        let dir = data_dir.unwrap_or(cfg.data_dir);
+        let path = dir.join("status.json");
+        std::fs::read(&path).with_context(|| {
+            format!(
+                "no status at {} (is `skos up` running with this data dir?)",
+                path.display()
+            )
+        })?
+    };
+    let status: Status = serde_json::from_slice(&body).context("unreadable status")?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+        if !nats {
+            let age = chrono::Utc::now() - status.generated_at;
+            if age > chrono::Duration::seconds(10) {
+                println!(
+                    "\n(snapshot is {}s old: `skos up` may not be running)",
+                    age.num_seconds()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn read_audit(
+    arg: &ConfigArg,
+    data_dir: Option<PathBuf>,
+    n: Option<u64>,
+) -> Result<(String, Vec<Value>)> {
+    let nats = use_nats(&data_dir);
+    let cfg = load_quiet(arg)?;
+    if nats {
+        let bus = NatsBus::connect(&NatsOptions::new(&cfg.nats.url, "skos-audit")).await?;
+        if !audit::stream_is_locked(&bus).await? {
+            eprintln!("warning: stream SKOS_AUDIT allows deletes or purges");
+        }
+        Ok((
+            format!("stream SKOS_AUDIT at {}", cfg.nats.url),
+            audit::read_jetstream(&bus, n).await?,
+        ))
+    } else {
+        let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
+        if !path.exists() {
+            bail!("no audit trail at {}", path.display());
+        }
+        let mut all = audit::read_file(&path)?;
+        if let Some(n) = n {
+            let skip = all.len().saturating_sub(n as usize);
+            all = all.split_off(skip);
+        }
+        Ok((path.display().to_string(), all))
+    }
+}
+
+async fn audit_tail(
+    arg: &ConfigArg,
+    data_dir: Option<PathBuf>,
+    n: u64,
+    as_json: bool,
+) -> Result<ExitCode> {
+    let (_, records) = read_audit(arg, data_dir, Some(n)).await?;
+    for r in &records {
+        if as_json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            let e = &r["entry"];
+            println!(
+                "{:>6} {} {:<14} {:<10} {}",
+                r["seq"]
+                    .as_u64()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                e["timestamp"].as_str().unwrap_or("?"),
+                e["event_type"].as_str().unwrap_or("?"),
+                e["node"].as_str().unwrap_or("-"),
+                e["summary"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit_verify(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<ExitCode> {
+    let (source, records) = read_audit(arg, data_dir, None).await?;
+    let report = audit::verify(records);
+    match report.error {
+        None => {
+            println!(
+                "OK: {} records in {source}, hash chain intact",
+                report.records
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(e) => {
+            println!(
+                "FAILED: {source}: {e} ({} records verified before it)",
+                report.records
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
+    let Some(path) = &arg.config else {
+        bail!("name a config file with --config FILE (or SKOS_CONFIG)");
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match Config::from_yaml(&text) {
+        Ok(cfg) => {
+            let mut cfg = cfg;
+            let env_issues = cfg.apply_env(|k| std::env::var(k).ok());
+            for i in &env_issues {
+                println!("{}: {i}", path.display());
+            }
+            if !env_issues.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+            println!(
+                "OK: {} (node {}, thermal {}/{}/{} °C, antibodies {})",
+                path.display(),
+                cfg.node.name,
+                cfg.thermal.thresholds.warning,
+                cfg.thermal.thresholds.critical,
+                cfg.thermal.thresholds.emergency,
+                cfg.agent.antibodies.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(issues) => {
+            for i in &issues {
+                println!("{}: {i}", path.display());
+            }
+            println!("{} error(s)", issues.len());
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Helpers for the end-to-end tests: run the real `skos` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn skos() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_skos"));
+    c.env_remove("NATS_URL")
+        .env_remove("SKOS_CONFIG")
+        .env_remove("NODE_NAME")
+        .env_remove("SKOS_DATA_DIR")
+        .env_remove("SKOS_SYSFS_ROOT")
+        .env_remove("RUST_LOG")
+        .env("LOG_LEVEL", "DEBUG");
+    c
+}
+
+/// A running `skos` process: killed on drop, its log kept in a file that
+/// is printed if the test fails.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log_dir: &Path, name: &str) -> Proc {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Proc {
+            child,
+            log,
+            name: name.into(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop on SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- log of {} -----\n{}",
+                self.name,
+                tail(&self.log_text(), 150)
+            );
+        }
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Poll `f` until it returns Some, or panic with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn run(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+pub fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A config tuned for fast tests: short intervals, no external GPU tools.
+pub fn fast_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("config.yaml");
+    let text = format!(
+        "agent:\n  heartbeat_interval: 0.5\n  monitor_interval: 0.2\n\
+coordinator:\n  heartbeat_timeout: 2\n  verify_within: 5\n  command_deadline: 30\n\
+thermal:\n  clear_for: 1\n  cooldown: 60\n  gpu: {{nvml: false, nvidia_smi: false, lm_sensors: false}}\n{extra}"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn audit_events(records: &[Value], event: &str) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| r["entry"]["event_type"] == event)
+        .cloned()
+        .collect()
+}
