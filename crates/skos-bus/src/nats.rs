@@ -48,7 +48,7 @@ pub struct NatsBus {
 const DAY: Duration = Duration::from_secs(24 * 3600);
 /// How long a delivered, unacknowledged durable message waits before it is
 /// delivered again.
-const ACK_WAIT: Duration = Duration::from_secs(30);
+const ACK_WAIT: Duration = Duration::from_secs(10);
 
 impl NatsBus {
     /// Connect and make sure the streams exist.

@@ -1,0 +1,400 @@
+//! Distributed mode against a real nats-server started by each test:
+//! `skos coordinator` and `skos agent` as separate processes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use serde_json::{json, Value};
+use skos_bus::{Bus, NatsBus, NatsOptions};
+use skos_testsupport::cpufreq::{fake_cpufreq, read_khz};
+use skos_testsupport::nats::NatsServer;
+use skos_testsupport::sysfs::FakeSysfs;
+
+const MAX: u64 = 3_600_000;
+const MIN: u64 = 800_000;
+
+fn coordinator(nats: &NatsServer, cfg: &Path, work: &Path, name: &str) -> Proc {
+    let mut c = skos();
+    c.arg("coordinator")
+        .arg("--config")
+        .arg(cfg)
+        .env("NATS_URL", nats.url());
+    Proc::spawn(c, work, name)
+}
+
+fn agent(nats: &NatsServer, cfg: &Path, work: &Path, sys: &Path, node: &str) -> Proc {
+    let mut c = skos();
+    c.arg("agent")
+        .arg("--config")
+        .arg(cfg)
+        .arg("--data-dir")
+        .arg(work.join(format!("agent-{node}")))
+        .env("NATS_URL", nats.url())
+        .env("NODE_NAME", node)
+        .env("SKOS_SYSFS_ROOT", sys);
+    Proc::spawn(c, work, &format!("agent-{node}"))
+}
+
+fn status(nats: &NatsServer) -> Option<Value> {
+    let out = run({
+        let mut c = skos();
+        c.args(["status", "--json"]).env("NATS_URL", nats.url());
+        c
+    });
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn node<'a>(s: &'a Value, name: &str) -> Option<&'a Value> {
+    s["nodes"].as_array()?.iter().find(|n| n["name"] == name)
+}
+
+fn audit(nats: &NatsServer) -> Vec<Value> {
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "tail", "--json", "-n", "1000000"])
+            .env("NATS_URL", nats.url());
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+async fn bus(nats: &NatsServer) -> NatsBus {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        NatsBus::connect(&NatsOptions::new(nats.url(), "test")),
+    )
+    .await
+    .expect("connect timed out")
+    .unwrap()
+}
+
+#[test]
+fn hot_cpu_over_jetstream_is_throttled_and_audited() {
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(60.0, &[55.0]);
+    fake_cpufreq(sys.root(), 2, MIN, MAX);
+    let cfg = fast_config(work.path(), "");
+    let _coord = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), "nova");
+    wait_for(
+        Duration::from_secs(30),
+        "nova healthy via NATS status",
+        || status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "healthy")),
+    );
+
+    cpu.set_temp(1, 87.0);
+    wait_for(Duration::from_secs(30), "scaling_max_freq at 50 %", || {
+        (0..2)
+            .all(|p| read_khz(sys.root(), p) == MAX / 2)
+            .then_some(())
+    });
+    let records = wait_for(Duration::from_secs(30), "result in SKOS_AUDIT", || {
+        let r = audit(&nats);
+        audit_events(&r, "result")
+            .iter()
+            .any(|e| {
+                e["entry"]["data"]["result"]["action_type"] == "throttle_50"
+                    && e["entry"]["data"]["result"]["status"] == "succeeded"
+            })
+            .then_some(r)
+    });
+    let alert = audit_events(&records, "alert")
+        .into_iter()
+        .find(|a| a["entry"]["data"]["alert"]["severity"] == "critical")
+        .expect("critical alert audited");
+    assert_eq!(alert["entry"]["data"]["alert"]["details"]["sensor"], "cpu");
+    let cmd = audit_events(&records, "command")
+        .into_iter()
+        .find(|c| c["entry"]["data"]["command"]["action_type"] == "throttle_50")
+        .expect("command audited");
+    assert!(cmd["entry"]["data"]["command"]["deadline"].is_string());
+    let s = wait_for(Duration::from_secs(10), "critical in status", || {
+        status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "critical"))
+    });
+    assert!(!s["recent_actions"].as_array().unwrap().is_empty());
+
+    // The audit stream refuses purges and deletes, and its chain verifies.
+    rt().block_on(async {
+        let b = bus(&nats).await;
+        assert!(skos_bus::audit::stream_is_locked(&b).await.unwrap());
+        let stream = b.jetstream().get_stream("SKOS_AUDIT").await.unwrap();
+        assert!(stream.purge().await.is_err(), "purge must be refused");
+        assert!(
+            stream.delete_message(1).await.is_err(),
+            "delete must be refused"
+        );
+    });
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn killed_agent_goes_offline_within_timeout_and_comes_back() {
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    sys.coretemp(50.0, &[]);
+    let cfg = fast_config(work.path(), "");
+    let _coord = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let mut a = agent(&nats, &cfg, work.path(), sys.root(), "lyra");
+    wait_for(Duration::from_secs(30), "lyra healthy", || {
+        status(&nats).filter(|s| node(s, "lyra").is_some_and(|n| n["status"] == "healthy"))
+    });
+    a.sigkill();
+    wait_for(Duration::from_secs(20), "lyra offline", || {
+        status(&nats).filter(|s| node(s, "lyra").is_some_and(|n| n["status"] == "offline"))
+    });
+    let records = wait_for(Duration::from_secs(10), "heartbeat_missing audited", || {
+        let r = audit(&nats);
+        (!audit_events(&r, "alert")
+            .iter()
+            .filter(|e| e["entry"]["data"]["alert"]["type"] == "heartbeat_missing")
+            .collect::<Vec<_>>()
+            .is_empty())
+        .then_some(r)
+    });
+    let missing = audit_events(&records, "alert")
+        .into_iter()
+        .find(|e| e["entry"]["data"]["alert"]["type"] == "heartbeat_missing")
+        .unwrap();
+    // The coordinator's own measure: silence from the last heartbeat to detection.
+    let silent = missing["entry"]["data"]["alert"]["details"]["silent_seconds"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        silent <= 2.0 + 1.0,
+        "offline detected after {silent}s, timeout is 2s"
+    );
+
+    let _a = agent(&nats, &cfg, work.path(), sys.root(), "lyra");
+    wait_for(Duration::from_secs(30), "lyra back", || {
+        status(&nats).filter(|s| node(s, "lyra").is_some_and(|n| n["status"] == "healthy"))
+    });
+    let records = audit(&nats);
+    assert!(audit_events(&records, "alert")
+        .iter()
+        .any(
+            |e| e["entry"]["data"]["alert"]["type"] == "heartbeat_missing"
+                && e["entry"]["data"]["alert"]["severity"] == "normal"
+        ));
+}
+
+fn alert_json(i: usize) -> Value {
+    json!({
+        "alert_id": format!("test-alert-{i}"),
+        "agent_id": format!("thermal-sentinel-n{}", i % 5),
+        "type": "thermal",
+        "severity": "warning",
+        "node": format!("n{}", i % 5),
+        "message": format!("CPU temperature {}°C exceeds warning threshold", 76 + i % 5),
+        "details": {"sensor": "cpu", "temperature": 76 + i % 5, "threshold": 75},
+        "timestamp": "2024-01-01T00:00:00Z"
+    })
+}
+
+#[test]
+fn coordinator_killed_and_restarted_handles_every_alert_once() {
+    let mut nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = fast_config(
+        work.path(),
+        "coordinator:\n  heartbeat_timeout: 600\n  max_actions_per_node_per_minute: 1000\n",
+    );
+    // fast_config already has a coordinator section: write a full one instead.
+    std::fs::write(
+        &cfg,
+        "coordinator:\n  heartbeat_timeout: 600\n  max_actions_per_node_per_minute: 1000\nthermal:\n  gpu: {nvml: false, nvidia_smi: false, lm_sensors: false}\n",
+    )
+    .unwrap();
+    let total = 60;
+    let mut coord = coordinator(&nats, &cfg, work.path(), "coordinator-1");
+    let rt = rt();
+    let b = rt.block_on(bus(&nats));
+    let bus = Bus::Nats(b);
+    let publish = |i: usize| {
+        let payload = Bytes::from(serde_json::to_vec(&alert_json(i)).unwrap());
+        rt.block_on(bus.publish_raw(&format!("skos.alert.n{}", i % 5), payload))
+            .unwrap();
+    };
+    for i in 0..20 {
+        publish(i);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    coord.sigkill();
+    for i in 20..40 {
+        publish(i);
+    }
+    let _coord2 = coordinator(&nats, &cfg, work.path(), "coordinator-2");
+    for i in 40..total {
+        publish(i);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let records = wait_for(Duration::from_secs(60), "every alert audited", || {
+        let r = audit(&nats);
+        let ids: std::collections::BTreeSet<String> = audit_events(&r, "alert")
+            .iter()
+            .filter_map(|e| e["entry"]["data"]["alert_id"].as_str().map(str::to_owned))
+            .filter(|id| id.starts_with("test-alert-"))
+            .collect();
+        (ids.len() == total).then_some(r)
+    });
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for e in audit_events(&records, "alert") {
+        *seen
+            .entry(e["entry"]["data"]["alert_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "alerts handled twice: {twice:?}");
+    let mut cmds: BTreeMap<String, usize> = BTreeMap::new();
+    for e in audit_events(&records, "command") {
+        *cmds
+            .entry(
+                e["entry"]["data"]["command"]["action_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+            .or_default() += 1;
+    }
+    assert!(
+        cmds.values().all(|n| *n == 1),
+        "commands sent twice: {cmds:?}"
+    );
+    // The stored commands are unique too (JetStream de-duplicates by action_id).
+    let stored = rt.block_on(async {
+        let Bus::Nats(b) = &bus else { unreachable!() };
+        let mut s = b.jetstream().get_stream("SKOS_COMMANDS").await.unwrap();
+        s.info().await.unwrap().state.messages
+    });
+    assert_eq!(
+        stored as usize,
+        cmds.len(),
+        "stored commands vs distinct commands"
+    );
+    // The chain is intact across the crash.
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // And the server itself can be taken away and given back.
+    nats.restart();
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
+        c
+    });
+    assert!(
+        out.status.success(),
+        "after a server restart: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn malformed_messages_on_every_subject_are_counted_not_fatal() {
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    sys.coretemp(50.0, &[]);
+    let cfg = fast_config(work.path(), "");
+    let mut coord = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let mut ag = agent(&nats, &cfg, work.path(), sys.root(), "nova");
+    wait_for(Duration::from_secs(30), "nova healthy", || {
+        status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "healthy"))
+    });
+    let rt = rt();
+    let bus = Bus::Nats(rt.block_on(bus(&nats)));
+    let huge = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(200 * 1024)));
+    let deep = Bytes::from("[".repeat(5000));
+    let hostile: Vec<(&str, Bytes)> = vec![
+        ("skos.heartbeat.nova", Bytes::from_static(b"{")),
+        ("skos.heartbeat.nova", Bytes::from_static(b"{\"node\": 5}")),
+        ("skos.heartbeat.nova", Bytes::from_static(br#"{"agent_id":"x","agent_type":"y","node":"lyra","timestamp":"2024-01-01T00:00:00Z"}"#)),
+        ("skos.heartbeat.nova", deep.clone()),
+        ("skos.alert.nova", Bytes::from_static(b"not json at all")),
+        ("skos.alert.nova", huge.clone()),
+        ("skos.alert.nova", deep.clone()),
+        ("skos.alert.nova", Bytes::from_static(br#"{"agent_id":"x","type":"thermal","severity":"hot","node":"nova","timestamp":"2024-01-01T00:00:00Z"}"#)),
+        ("skos.alert.nova", Bytes::from_static(br#"{"agent_id":"x","type":"thermal","severity":"critical","node":"no.va","timestamp":"2024-01-01T00:00:00Z"}"#)),
+        ("skos.alert.nova", Bytes::from_static(br#"{"agent_id":"x","type":"thermal","severity":"critical","node":"lyra","timestamp":"2024-01-01T00:00:00Z"}"#)),
+        ("skos.alert.nova", Bytes::from(vec![0xff, 0xfe, 0x00, 0x01])),
+        ("skos.result.nova", Bytes::from_static(b"[1,2,3]")),
+        ("skos.result.nova", huge.clone()),
+        ("skos.command.nova", Bytes::from_static(b"{\"action_id\": \"evil\", \"action_type\": \"rm -rf /\", \"timestamp\": \"2024-01-01T00:00:00Z\"}")),
+        ("skos.command.nova", Bytes::from_static(b"\x00\x01garbage")),
+        ("skos.command.nova", deep),
+    ];
+    rt.block_on(async {
+        for (subject, payload) in hostile {
+            bus.publish_raw(subject, payload).await.unwrap();
+        }
+    });
+    let s = wait_for(Duration::from_secs(20), "rejections counted", || {
+        status(&nats).filter(|s| {
+            let c = &s["counters"];
+            let sum = |prefix: &str| -> u64 {
+                c.as_object()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(_, v)| v.as_u64().unwrap_or(0))
+                    .sum()
+            };
+            sum("rejected.heartbeat.") >= 4
+                && sum("rejected.alert.") >= 7
+                && sum("rejected.result.") >= 2
+        })
+    });
+    let _ = s;
+    assert!(coord.alive(), "coordinator crashed");
+    assert!(ag.alive(), "agent crashed");
+    let records = audit(&nats);
+    assert!(
+        audit_events(&records, "rejected").len() >= 13,
+        "rejections are audited"
+    );
+    // The agent answered the readable bad command as rejected.
+    assert!(audit_events(&records, "result")
+        .iter()
+        .any(|r| r["entry"]["data"]["result"]["action_id"] == "evil"
+            && r["entry"]["data"]["result"]["status"] == "rejected"));
+    assert!(ag.log_text().contains("rejected command"));
+    // Still healthy and heartbeating afterwards.
+    wait_for(Duration::from_secs(10), "nova still reporting", || {
+        status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "healthy"))
+    });
+}
