@@ -26,7 +26,7 @@ pub enum AuditStore {
         file: File,
     },
     JetStream {
-        js: jetstream::Context,
+        js: Box<jetstream::Context>,
         last_stream_seq: u64,
     },
 }
@@ -107,7 +107,7 @@ impl AuditLog {
 
     /// Open the JetStream audit stream and continue its chain.
     pub async fn open_jetstream(bus: &NatsBus) -> Result<Self> {
-        let js = bus.jetstream().clone();
+        let js = Box::new(bus.jetstream().clone());
         let (last, seq) = last_record(&js).await?;
         Ok(Self {
             inner: Mutex::new((

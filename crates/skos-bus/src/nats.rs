@@ -42,7 +42,7 @@ impl NatsOptions {
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
-    js: jetstream::Context,
+    js: std::sync::Arc<jetstream::Context>,
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -62,7 +62,7 @@ impl NatsBus {
                 url: opts.url.clone(),
                 reason: e.to_string(),
             })?;
-        let js = jetstream::new(client.clone());
+        let js = std::sync::Arc::new(jetstream::new(client.clone()));
         let bus = Self { client, js };
         bus.ensure_streams().await?;
         Ok(bus)
@@ -209,7 +209,7 @@ impl NatsBus {
         filter: String,
     ) -> Subscription {
         let (tx, rx) = mpsc::channel::<Incoming>(256);
-        let js = self.js.clone();
+        let js = (*self.js).clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             while !tx.is_closed() {

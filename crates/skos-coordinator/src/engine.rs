@@ -235,11 +235,10 @@ impl Engine {
         }
     }
 
+    /// Record that an action for (node, problem) was not sent, and why.
     fn skip(
         &mut self,
-        node: &NodeName,
-        problem: &str,
-        action: &str,
+        (node, problem, action): (&NodeName, &str, &str),
         reason: &str,
         detail: String,
         now: Timestamp,
@@ -267,9 +266,7 @@ impl Engine {
         let problem = alert.problem();
         if self.cfg.dry_run {
             self.skip(
-                &node,
-                &problem,
-                action,
+                (&node, &problem, action),
                 "dry_run",
                 "dry-run mode executes nothing".into(),
                 now,
@@ -279,9 +276,7 @@ impl Engine {
         }
         if self.nodes.get(&node).is_some_and(|n| n.offline) {
             self.skip(
-                &node,
-                &problem,
-                action,
+                (&node, &problem, action),
                 "node_offline",
                 "the node is offline".into(),
                 now,
@@ -299,9 +294,7 @@ impl Engine {
                 .any(|v| v.node == node && v.problem == problem && v.action == action);
         if in_progress {
             self.skip(
-                &node,
-                &problem,
-                action,
+                (&node, &problem, action),
                 "in_progress",
                 "the same action is still being carried out or verified".into(),
                 now,
@@ -322,9 +315,7 @@ impl Engine {
         }
         if admission == Admission::Deny {
             self.skip(
-                &node,
-                &problem,
-                action,
+                (&node, &problem, action),
                 "circuit_open",
                 format!("circuit {} is open", key_str(&key)),
                 now,
@@ -342,9 +333,7 @@ impl Engine {
                 self.breakers.release_trial(&key);
             }
             self.skip(
-                &node,
-                &problem,
-                action,
+                (&node, &problem, action),
                 "rate_limited",
                 "per-node action rate limit reached".into(),
                 now,
@@ -652,9 +641,7 @@ impl Engine {
         };
         if self.cfg.dry_run {
             self.skip(
-                node,
-                "thermal:cpu",
-                "reset_throttle",
+                (node, "thermal:cpu", "reset_throttle"),
                 "dry_run",
                 "dry-run mode executes nothing".into(),
                 now,
@@ -1112,8 +1099,10 @@ mod tests {
 
     #[test]
     fn dry_run_decides_and_audits_but_sends_nothing() {
-        let mut cfg = Config::default();
-        cfg.dry_run = true;
+        let cfg = Config {
+            dry_run: true,
+            ..Default::default()
+        };
         let mut e = Engine::new(cfg, Counters::default(), "test");
         let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
         assert!(commands(&fx).is_empty());

@@ -595,7 +595,7 @@ impl Config {
         for (cond, actions) in &self.loop_.actions {
             check_actions(&mut out, &format!("loop.actions.{cond}"), actions);
         }
-        if !(self.thermal.hysteresis >= 0.0) {
+        if !non_negative(self.thermal.hysteresis) {
             out.push(issue("thermal.hysteresis", "must be zero or more"));
         }
         for (level, v) in [
@@ -603,7 +603,7 @@ impl Config {
             ("critical", self.thermal.for_.critical),
             ("emergency", self.thermal.for_.emergency),
         ] {
-            if !(v >= 0.0) {
+            if !non_negative(v) {
                 out.push(issue(
                     format!("thermal.for.{level}"),
                     "must be zero or more seconds",
@@ -651,6 +651,16 @@ pub fn relative_inside(p: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// False for NaN too.
+fn non_negative(v: f64) -> bool {
+    v.partial_cmp(&0.0).is_some_and(|o| o.is_ge())
+}
+
+/// False for NaN too.
+fn ascending(low: f64, high: f64) -> bool {
+    low.partial_cmp(&high).is_some_and(|o| o.is_lt())
+}
+
 fn check_thresholds(out: &mut Vec<ConfigIssue>, prefix: &str, t: &Thresholds) {
     for (name, v) in [
         ("warning", t.warning),
@@ -664,13 +674,13 @@ fn check_thresholds(out: &mut Vec<ConfigIssue>, prefix: &str, t: &Thresholds) {
             ));
         }
     }
-    if !(t.warning < t.critical) {
+    if !ascending(t.warning, t.critical) {
         out.push(issue(
             format!("{prefix}.thresholds.critical"),
             format!("must be above warning ({} <= {})", t.critical, t.warning),
         ));
     }
-    if !(t.critical < t.emergency) {
+    if !ascending(t.critical, t.emergency) {
         out.push(issue(
             format!("{prefix}.thresholds.emergency"),
             format!("must be above critical ({} <= {})", t.emergency, t.critical),

@@ -115,10 +115,8 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
-    async move {
-        let _ = rx.wait_for(|v| *v).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }
 
 async fn up(cfg: Config) -> Result<ExitCode> {
