@@ -252,8 +252,8 @@ pub struct ThrottleConfig {
     pub cpufreq: bool,
     /// cgroups (relative to `<sysfs_root>/fs/cgroup`) whose CPU quota is cut.
     pub cgroups: Vec<PathBuf>,
-    /// cgroup v1 hierarchies live under `<sysfs_root>/fs/cgroup/cpu`.
-    pub cgroup_period_us: u64,
+    // cgroup v1 hierarchies live under `<sysfs_root>/fs/cgroup/cpu`; the
+    // quota period is each cgroup's own.
     /// Lower NVIDIA GPU power limits through NVML.
     pub gpu_power_limit: bool,
 }
@@ -263,7 +263,6 @@ impl Default for ThrottleConfig {
         Self {
             cpufreq: true,
             cgroups: Vec::new(),
-            cgroup_period_us: 100_000,
             gpu_power_limit: false,
         }
     }
@@ -614,12 +613,6 @@ impl Config {
             if let Err(m) = relative_inside(cg) {
                 out.push(issue(format!("thermal.throttle.cgroups[{i}]"), m));
             }
-        }
-        if self.thermal.throttle.cgroup_period_us < 1000 {
-            out.push(issue(
-                "thermal.throttle.cgroup_period_us",
-                "must be at least 1000",
-            ));
         }
         if self.loop_.max_depth == 0 {
             out.push(issue("loop.max_depth", "must be at least 1"));
