@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The project's one test command.
+#
+#   ./test.sh                    install what the tests need (Debian, when
+#                                missing), then fmt, clippy and every test
+#   SKOS_TEST_FAST=1 ./test.sh   the tests only (no fmt, no clippy)
+#
+# Needs the Rust toolchain (rustup with clippy and rustfmt). Everything else
+# is installed with apt-get when it is missing: nats-server (the NATS tests
+# start their own servers), a C compiler (the TLS crate builds C code),
+# procps (`kill`), and for the mesh tests wireguard-go, wireguard-tools and
+# iproute2. Runs unattended: no prompts, no stdin.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+
+export DEBIAN_FRONTEND=noninteractive
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+# sbin directories are not on every user's PATH; the tools live there.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+started=$SECONDS
+current="setup"
+ran=()
+
+heading() {
+  current="$1"
+  printf '\n==> %s\n' "$1"
+}
+note() { printf 'test.sh: %s\n' "$*"; }
+warn() { printf 'test.sh: warning: %s\n' "$*" >&2; }
+die() {
+  printf 'test.sh: error: %s\n' "$*" >&2
+  exit 1
+}
+
+on_exit() {
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then
+    printf '\ntest.sh: FAILED during "%s" (exit %s) after %ss\n' "$current" "$rc" "$((SECONDS - started))" >&2
+  fi
+}
+trap on_exit EXIT
+
+# An executable on PATH (builtins such as bash's `kill` do not count).
+have() { type -P "$1" >/dev/null 2>&1; }
+
+# --- what the tests need ----------------------------------------------------
+
+heading "checking test prerequisites"
+
+required=()  # without these the tests cannot run
+optional=()  # later tests need these; a failed install only warns
+have nats-server || required+=(nats-server)
+have cc || required+=(gcc libc6-dev)
+have kill || required+=(procps)
+have wireguard-go || optional+=(wireguard-go)
+have wg || optional+=(wireguard-tools)
+have ip || optional+=(iproute2)
+
+if [ "${#required[@]}" -eq 0 ] && [ "${#optional[@]}" -eq 0 ]; then
+  note "nothing to install"
+else
+  as_root=""
+  can_install=1
+  if [ "$(id -u)" -ne 0 ]; then
+    if have sudo && sudo -n true 2>/dev/null; then
+      as_root="sudo -n"
+    else
+      can_install=0
+    fi
+  fi
+  if ! have apt-get; then
+    can_install=0
+  fi
+
+  if [ "$can_install" -eq 0 ]; then
+    why="not running as root (and no password-less sudo)"
+    have apt-get || why="apt-get not found (not a Debian system)"
+    for p in "${optional[@]}"; do
+      warn "$p is missing and cannot be installed: $why; the tests that need it may fail"
+    done
+    if [ "${#required[@]}" -gt 0 ]; then
+      die "missing: ${required[*]}; cannot install: $why.
+  Install them, e.g.: sudo apt-get install ${required[*]}
+  or run ./test.sh as root."
+    fi
+  else
+    note "updating the package lists (apt-get update)"
+    if ! $as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null; then
+      [ "${#required[@]}" -eq 0 ] || die "apt-get update failed; cannot install ${required[*]}"
+      warn "apt-get update failed; trying to install from the existing package lists"
+    fi
+    apt_install() {
+      $as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@" </dev/null
+    }
+    if [ "${#required[@]}" -gt 0 ]; then
+      note "installing: ${required[*]}"
+      apt_install "${required[@]}" || die "could not install ${required[*]}"
+    fi
+    for p in "${optional[@]}"; do
+      note "installing: $p"
+      apt_install "$p" || warn "could not install $p; the tests that need it may fail"
+    done
+  fi
+  have nats-server || die "nats-server is still not on PATH after installing it"
+fi
+note "nats-server: $(type -P nats-server) ($(nats-server --version 2>/dev/null || echo 'version unknown'))"
+
+# --- the Rust toolchain -----------------------------------------------------
+
+have cargo || die "cargo not found: install the Rust toolchain (https://rustup.rs) and re-run"
+if [ "${SKOS_TEST_FAST:-0}" != 1 ]; then
+  for pair in fmt:rustfmt clippy:clippy; do
+    sub=${pair%%:*} component=${pair#*:}
+    if ! cargo "$sub" --version >/dev/null 2>&1; then
+      have rustup || die "cargo $sub is missing: install the $component component of the Rust toolchain"
+      note "installing the Rust component $component"
+      rustup component add "$component" || die "cargo $sub is missing and rustup could not add $component"
+    fi
+  done
+fi
+note "$(cargo --version)"
+
+# --- checks -----------------------------------------------------------------
+
+if [ "${SKOS_TEST_FAST:-0}" = 1 ]; then
+  note "SKOS_TEST_FAST=1: skipping cargo fmt and cargo clippy"
+else
+  heading "cargo fmt --all -- --check"
+  cargo fmt --all -- --check
+  ran+=(fmt)
+
+  heading "cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings
+  ran+=(clippy)
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  heading "cargo nextest run --workspace"
+  cargo nextest run --workspace
+  ran+=("tests (nextest)")
+
+  # nextest does not run doctests.
+  heading "cargo test --workspace --doc"
+  cargo test --workspace --doc
+  ran+=(doctests)
+else
+  heading "cargo test --workspace"
+  cargo test --workspace
+  ran+=("tests (cargo test)")
+fi
+
+current="summary"
+joined=$(printf '%s, ' "${ran[@]}")
+printf '\ntest.sh: OK: %s passed in %ss\n' "${joined%, }" "$((SECONDS - started))"
