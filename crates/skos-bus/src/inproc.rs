@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream_shim::UnboundedReceiverStream;
 
 use crate::{subjects, Acker, Error, Feed, Incoming, Replier, Result, Subscription};
 
@@ -107,7 +106,8 @@ impl InProcBus {
         }
         inner.subs.push((pattern, tx));
         drop(inner);
-        Ok(UnboundedReceiverStream(rx).boxed())
+        let mut rx = rx;
+        Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
     }
 
     pub(crate) async fn request(
@@ -145,24 +145,6 @@ impl InProcBus {
                 subject: subject.to_string(),
                 timeout,
             }),
-        }
-    }
-}
-
-/// A tiny adapter so the receiver is a `Stream` without pulling in
-/// tokio-stream for one type.
-mod tokio_stream_shim {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use tokio::sync::mpsc::UnboundedReceiver;
-
-    pub struct UnboundedReceiverStream<T>(pub UnboundedReceiver<T>);
-
-    impl<T> futures::Stream for UnboundedReceiverStream<T> {
-        type Item = T;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-            self.0.poll_recv(cx)
         }
     }
 }

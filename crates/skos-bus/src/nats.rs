@@ -223,7 +223,8 @@ impl NatsBus {
                 }
             }
         });
-        ReceiverStream(rx).boxed()
+        let mut rx = rx;
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
     }
 
     async fn pump(
@@ -270,17 +271,5 @@ impl NatsBus {
             }
         }
         Err("message stream ended".into())
-    }
-}
-
-struct ReceiverStream<T>(mpsc::Receiver<T>);
-
-impl<T> futures::Stream for ReceiverStream<T> {
-    type Item = T;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        self.0.poll_recv(cx)
     }
 }
