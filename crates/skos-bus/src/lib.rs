@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod inproc;
 pub mod nats;
+pub mod state;
 pub mod subjects;
 
 use std::time::Duration;
@@ -29,6 +30,7 @@ use skos_core::{Alert, Command, CommandResult, Heartbeat, NodeName};
 pub use audit::{AuditLog, AuditStore};
 pub use inproc::InProcBus;
 pub use nats::{NatsBus, NatsOptions};
+pub use state::StateStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

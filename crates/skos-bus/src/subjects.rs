@@ -14,6 +14,9 @@ pub const STREAM_ALERTS: &str = "SKOS_ALERTS";
 pub const STREAM_COMMANDS: &str = "SKOS_COMMANDS";
 pub const STREAM_RESULTS: &str = "SKOS_RESULTS";
 pub const STREAM_AUDIT: &str = "SKOS_AUDIT";
+pub const STREAM_STATE: &str = "SKOS_STATE";
+/// Snapshots of state that must survive a crash, one kept per key.
+pub const STATE: &str = "SKOS_STATE.*";
 
 pub const CONSUMER_COORDINATOR: &str = "skos-coordinator";
 
@@ -45,6 +48,10 @@ pub fn audit(event_type: &str) -> String {
         })
         .collect();
     format!("SKOS_AUDIT.{token}")
+}
+
+pub fn state(key: &str) -> String {
+    format!("SKOS_STATE.{key}")
 }
 
 pub fn agent_consumer(node: &NodeName) -> String {

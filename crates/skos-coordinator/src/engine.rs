@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use chrono::Duration;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use skos_core::breaker::{Admission, BreakerKey, Breakers, Transition};
+use skos_core::breaker::{Admission, BreakerKey, BreakerSnapshot, Breakers, Transition};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::level::secs;
@@ -43,7 +44,7 @@ struct NodeState {
     cool_since: Option<Timestamp>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pending {
     node: NodeName,
     problem: String,
@@ -53,13 +54,13 @@ struct Pending {
     trial: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Verification {
     action_id: String,
     node: NodeName,
     problem: String,
     action: String,
-    metric: &'static str,
+    metric: String,
     /// The metric must fall below this (the alert level's threshold).
     below: f64,
     deadline: Timestamp,
@@ -81,6 +82,23 @@ pub struct Engine {
     sent_times: BTreeMap<NodeName, VecDeque<Timestamp>>,
     mode: String,
 }
+
+/// What the coordinator must not forget across a restart: breakers,
+/// commands awaiting results, fixes under verification, open alerts, recent
+/// actions and the names of known nodes (so one that died while the
+/// coordinator was down is still reported offline).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    breakers: BreakerSnapshot,
+    pending: Vec<(String, Pending)>,
+    verifications: Vec<Verification>,
+    open_alerts: Vec<Alert>,
+    recent: Vec<ActionRecord>,
+    nodes: Vec<(NodeName, Heartbeat)>,
+}
+
+/// Most nodes kept in a snapshot.
+const SNAPSHOT_NODES: usize = 1_000;
 
 /// Alert ids remembered for de-duplication.
 const HANDLED_WINDOW: usize = 100_000;
@@ -110,6 +128,52 @@ impl Engine {
             handled_order: VecDeque::new(),
             sent_times: BTreeMap::new(),
             mode: mode.to_string(),
+        }
+    }
+
+    pub fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            breakers: self.breakers.snapshot(),
+            pending: self
+                .pending
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            verifications: self.verifications.clone(),
+            open_alerts: self.open_alerts.values().cloned().collect(),
+            recent: self.recent.iter().cloned().collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .take(SNAPSHOT_NODES)
+                .map(|(n, s)| (n.clone(), s.heartbeat.clone()))
+                .collect(),
+        }
+    }
+
+    /// Continue from a snapshot. Known nodes count as seen `now`: a node
+    /// that does not report within the heartbeat timeout is then offline.
+    pub fn restore(&mut self, snap: EngineSnapshot, now: Timestamp) {
+        self.breakers.restore(snap.breakers);
+        self.pending = snap.pending.into_iter().collect();
+        self.verifications = snap.verifications;
+        self.open_alerts = snap
+            .open_alerts
+            .into_iter()
+            .map(|a| ((a.node.clone(), a.problem()), a))
+            .collect();
+        self.recent = snap.recent.into_iter().collect();
+        for (name, heartbeat) in snap.nodes {
+            self.nodes.entry(name).or_insert(NodeState {
+                last_seen: now,
+                agents: BTreeMap::from([(
+                    heartbeat.agent_id.clone(),
+                    (heartbeat.agent_type.clone(), now),
+                )]),
+                heartbeat,
+                offline: false,
+                cool_since: None,
+            });
         }
     }
 
@@ -477,7 +541,7 @@ impl Engine {
                             node: p.node.clone(),
                             problem: p.problem.clone(),
                             action: p.action.clone(),
-                            metric,
+                            metric: metric.to_string(),
                             below,
                             deadline: now + secs(self.cfg.coordinator.verify_within),
                             alert: p.alert.clone(),
@@ -551,10 +615,10 @@ impl Engine {
         };
         let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications)
             .into_iter()
-            .partition(|v| &v.node == node && hb.metric(v.metric).is_some_and(|x| x < v.below));
+            .partition(|v| &v.node == node && hb.metric(&v.metric).is_some_and(|x| x < v.below));
         self.verifications = keep;
         for v in done {
-            let value = hb.metric(v.metric);
+            let value = hb.metric(&v.metric);
             self.counters.inc("verifications.succeeded");
             self.set_action_state(
                 &v.action_id,
@@ -696,7 +760,7 @@ impl Engine {
             let value = self
                 .nodes
                 .get(&v.node)
-                .and_then(|n| n.heartbeat.metric(v.metric));
+                .and_then(|n| n.heartbeat.metric(&v.metric));
             self.set_action_state(
                 &v.action_id,
                 "not_verified",
@@ -1095,6 +1159,37 @@ mod tests {
             commands(&e.on_heartbeat(hb(Some(60.0), 50, 40.0), t(40.0))).is_empty(),
             "not while pending"
         );
+    }
+
+    #[test]
+    fn snapshot_keeps_breakers_verifications_and_nodes() {
+        let mut e = engine();
+        e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+        let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+        let throttle = commands(&fx).remove(0);
+        e.on_result(result(&throttle, ResultStatus::Succeeded), t(1.0));
+        for i in 0..5 {
+            e.breakers.record_failure(
+                &BreakerKey::new("nova", "thermal:cpu", "redistribute"),
+                t(f64::from(i)),
+            );
+        }
+        let text = serde_json::to_string(&e.snapshot()).unwrap();
+
+        let mut restarted = engine();
+        restarted.restore(serde_json::from_str(&text).unwrap(), t(50.0));
+        let s = restarted.status(t(50.0));
+        assert_eq!(s.open_circuits.len(), 1);
+        assert_eq!(s.open_alerts.len(), 1);
+        assert_eq!(s.nodes[0].name, "nova");
+        // The restored node is reported offline if it never reports again.
+        let fx = restarted.tick(t(81.0));
+        assert!(alerts(&fx)
+            .iter()
+            .any(|a| a.kind == AlertKind::HeartbeatMissing));
+        // The verification carries on: no heartbeat below 85 by its deadline -> failure.
+        let fx = restarted.tick(t(121.5));
+        assert_eq!(audits(&fx, "verification")[0].data["outcome"], "failed");
     }
 
     #[test]

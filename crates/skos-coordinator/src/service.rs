@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
-use skos_bus::{AuditLog, Bus, Feed, Incoming};
+use skos_bus::{AuditLog, Bus, Feed, Incoming, StateStore};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::protocol::{decode, Alert, AuditEntry, CommandResult, DecodeError, Heartbeat};
@@ -46,10 +46,14 @@ impl Default for ServiceOptions {
     }
 }
 
+/// The key the coordinator's snapshot is kept under.
+const STATE_KEY: &str = "coordinator";
+
 struct Ctx {
     engine: Engine,
     bus: Bus,
     audit: Arc<AuditLog>,
+    state: StateStore,
     counters: Counters,
     max_bytes: usize,
 }
@@ -59,12 +63,26 @@ pub async fn run(
     cfg: Config,
     bus: Bus,
     audit: Arc<AuditLog>,
+    state: StateStore,
     counters: Counters,
     opts: ServiceOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let max_bytes = cfg.nats.max_message_bytes;
     let mut engine = Engine::new(cfg, counters.clone(), &opts.mode);
+    match state.load(STATE_KEY).await? {
+        Some(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(snap) => {
+                engine.restore(snap, chrono::Utc::now());
+                tracing::info!("coordinator state restored");
+            }
+            Err(e) => {
+                counters.inc("state.unreadable");
+                tracing::error!(error = %e, "saved coordinator state unreadable; starting afresh");
+            }
+        },
+        None => tracing::info!("no saved coordinator state; starting afresh"),
+    }
     let mut replayed = 0;
     for r in audit.read_recent(opts.replay_records).await? {
         if r["entry"]["event_type"] == "alert" {
@@ -79,6 +97,7 @@ pub async fn run(
         engine,
         bus: bus.clone(),
         audit,
+        state,
         counters,
         max_bytes,
     };
@@ -89,6 +108,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(opts.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(10);
+    let mut last_save = std::time::Instant::now();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -108,6 +128,10 @@ pub async fn run(
                 if let Err(e) = ctx.apply(effects).await {
                     tracing::error!(error = %e, "carrying out periodic effects failed");
                 }
+                if last_save.elapsed() >= Duration::from_secs(2) {
+                    last_save = std::time::Instant::now();
+                    ctx.save().await;
+                }
                 if let Some(path) = &opts.status_file {
                     if last_snapshot.elapsed() >= Duration::from_secs(1) {
                         last_snapshot = std::time::Instant::now();
@@ -117,6 +141,7 @@ pub async fn run(
             }
         }
     }
+    ctx.save().await;
     if let Some(path) = &opts.status_file {
         write_status(path, &ctx.engine);
     }
@@ -134,6 +159,18 @@ fn write_status(path: &std::path::Path, engine: &Engine) {
 }
 
 impl Ctx {
+    async fn save(&mut self) {
+        let snap = self.engine.snapshot();
+        let bytes = match serde_json::to_vec(&snap) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return tracing::error!(error = %e, "cannot encode coordinator state"),
+        };
+        if let Err(e) = self.state.save(STATE_KEY, bytes).await {
+            self.counters.inc("state.save_failed");
+            tracing::error!(error = %e, "coordinator state not saved");
+        }
+    }
+
     async fn reject(&mut self, feed: &str, m: &Incoming, err: &DecodeError) {
         let reason = match err {
             DecodeError::TooLarge { .. } => "too_large",
@@ -202,7 +239,10 @@ impl Ctx {
         let id = alert.alert_id.clone();
         let effects = self.engine.on_alert(alert, chrono::Utc::now());
         match self.apply(effects).await {
-            Ok(()) => ack(m).await,
+            Ok(()) => {
+                self.save().await;
+                ack(m).await
+            }
             Err(e) => {
                 // Not acknowledged: JetStream delivers it again.
                 self.engine.forget_handled(&id);
@@ -227,7 +267,10 @@ impl Ctx {
         };
         let effects = self.engine.on_result(result, chrono::Utc::now());
         match self.apply(effects).await {
-            Ok(()) => ack(m).await,
+            Ok(()) => {
+                self.save().await;
+                ack(m).await
+            }
             Err(e) => {
                 tracing::error!(error = %e, "result not fully handled; it will be delivered again")
             }

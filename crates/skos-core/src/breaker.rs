@@ -7,13 +7,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::BreakerConfig;
 use crate::level::secs;
 use crate::timefmt::{self, Timestamp};
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BreakerKey {
     pub node: String,
     pub problem: String,
@@ -30,7 +30,7 @@ impl BreakerKey {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum State {
     Closed { failures: VecDeque<Timestamp> },
     Open { since: Timestamp },
@@ -67,12 +67,29 @@ pub struct Breakers {
     states: BTreeMap<BreakerKey, State>,
 }
 
+/// The breakers' state, to be kept across a restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BreakerSnapshot(Vec<(BreakerKey, State)>);
+
 impl Breakers {
     pub fn new(cfg: BreakerConfig) -> Self {
         Self {
             cfg,
             states: BTreeMap::new(),
         }
+    }
+
+    pub fn snapshot(&self) -> BreakerSnapshot {
+        BreakerSnapshot(
+            self.states
+                .iter()
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect(),
+        )
+    }
+
+    pub fn restore(&mut self, snap: BreakerSnapshot) {
+        self.states = snap.0.into_iter().collect();
     }
 
     /// Ask whether the action may run now. May move Open → HalfOpen.
@@ -239,6 +256,19 @@ mod tests {
         assert_eq!(b.record_success(&key()), Some(Transition::Closed));
         assert_eq!(b.admit(&key(), t(132)).0, Admission::Allow);
         assert!(b.open().is_empty());
+    }
+
+    #[test]
+    fn snapshot_round_trips_through_json() {
+        let mut b = Breakers::new(BreakerConfig::default());
+        for i in 0..5 {
+            b.record_failure(&key(), t(i));
+        }
+        let text = serde_json::to_string(&b.snapshot()).unwrap();
+        let mut c = Breakers::new(BreakerConfig::default());
+        c.restore(serde_json::from_str(&text).unwrap());
+        assert_eq!(c.admit(&key(), t(10)).0, Admission::Deny);
+        assert_eq!(c.open().len(), 1);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use skos_agent::runtime::Agent;
 use skos_agent::sensors::Sensors;
 use skos_bus::audit::{self, AuditLog};
-use skos_bus::{Bus, InProcBus, NatsBus, NatsOptions};
+use skos_bus::{Bus, InProcBus, NatsBus, NatsOptions, StateStore};
 use skos_coordinator::{ServiceOptions, Status};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
@@ -159,6 +159,7 @@ async fn up(cfg: Config) -> Result<ExitCode> {
         cfg.clone(),
         bus.clone(),
         audit.clone(),
+        StateStore::dir(&data_dir),
         counters.clone(),
         opts,
         stopped(rx.clone()),
@@ -209,11 +210,13 @@ async fn connect(cfg: &Config, name: &str) -> Result<NatsBus> {
 async fn coordinator(cfg: Config) -> Result<ExitCode> {
     let nats = connect(&cfg, "skos-coordinator").await?;
     let audit = Arc::new(AuditLog::open_jetstream(&nats).await?);
+    let state = StateStore::jetstream(&nats).await?;
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(skos_coordinator::run(
         cfg,
         Bus::Nats(nats),
         audit,
+        state,
         Counters::default(),
         ServiceOptions::default(),
         stopped(rx),

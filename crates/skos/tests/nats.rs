@@ -93,7 +93,7 @@ fn hot_cpu_over_jetstream_is_throttled_and_audited() {
     let cpu = sys.coretemp(60.0, &[55.0]);
     fake_cpufreq(sys.root(), 2, MIN, MAX);
     let cfg = fast_config(work.path(), "");
-    let _coord = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let mut coord = coordinator(&nats, &cfg, work.path(), "coordinator");
     let _agent = agent(&nats, &cfg, work.path(), sys.root(), "nova");
     wait_for(
         Duration::from_secs(30),
@@ -131,6 +131,28 @@ fn hot_cpu_over_jetstream_is_throttled_and_audited() {
         status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "critical"))
     });
     assert!(!s["recent_actions"].as_array().unwrap().is_empty());
+
+    // What the coordinator knew survives a crash: it is kept in SKOS_STATE.
+    std::thread::sleep(Duration::from_millis(2500));
+    coord.sigkill();
+    let _coord2 = coordinator(&nats, &cfg, work.path(), "coordinator-2");
+    let s = wait_for(
+        Duration::from_secs(30),
+        "restarted coordinator answers",
+        || status(&nats),
+    );
+    assert!(
+        s["recent_actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action_type"] == "throttle_50"),
+        "recent actions restored: {s}"
+    );
+    assert_eq!(
+        s["open_alerts"][0]["severity"], "critical",
+        "open alerts restored: {s}"
+    );
 
     // The audit stream refuses purges and deletes, and its chain verifies.
     rt().block_on(async {
