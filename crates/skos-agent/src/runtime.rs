@@ -269,6 +269,7 @@ impl Agent {
             status,
             message,
             changes,
+            details: Map::new(),
             timestamp: chrono::Utc::now(),
         };
         if let Err(e) = self.bus.publish_result(&result).await {

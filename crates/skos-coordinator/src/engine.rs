@@ -1006,6 +1006,7 @@ mod tests {
             status,
             message: String::new(),
             changes: vec![],
+            details: Default::default(),
             timestamp: t(0.0),
         }
     }

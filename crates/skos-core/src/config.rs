@@ -44,6 +44,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Root under which every sysfs (and cgroup) path is read and written.
     pub sysfs_root: PathBuf,
+    /// Root of procfs (open files, process trees).
+    pub proc_root: PathBuf,
     pub log_level: String,
     /// Decide and audit, execute nothing.
     pub dry_run: bool,
@@ -64,6 +66,7 @@ impl Default for Config {
             nats: NatsSection::default(),
             data_dir: PathBuf::from("./skos-data"),
             sysfs_root: PathBuf::from("/sys"),
+            proc_root: PathBuf::from("/proc"),
             log_level: "INFO".into(),
             dry_run: false,
             agent: AgentSection::default(),
@@ -294,9 +297,26 @@ impl Default for GpuConfig {
 pub struct StorageConfig {
     pub thresholds: Thresholds,
     pub actions: ActionTable,
+    /// Percentage points below a threshold before its level clears.
     pub hysteresis: f64,
-    /// Mount points watched.
+    /// Mount points watched (bytes and inodes; the fuller of the two counts).
     pub mounts: Vec<PathBuf>,
+    /// Seconds before an unchanged alert is repeated.
+    pub cooldown: f64,
+    /// Seconds of history the fill rate is estimated over.
+    pub fill_rate_window: f64,
+    /// A `predicted` warning when a mount will reach critical within this many seconds.
+    pub predict_horizon: f64,
+    /// Every directory below must lie inside one of these roots.
+    pub allowed_roots: Vec<PathBuf>,
+    pub temp: TempCleanup,
+    pub logs: LogCleanup,
+    pub archive: ArchiveConfig,
+    /// Most bytes one action may delete (a per-run cap).
+    pub max_delete_bytes: u64,
+    /// List what would go, delete nothing.
+    pub dry_run: bool,
+    pub notify: NotifyConfig,
 }
 
 impl Default for StorageConfig {
@@ -314,6 +334,145 @@ impl Default for StorageConfig {
             },
             hysteresis: 2.0,
             mounts: Vec::new(),
+            cooldown: 300.0,
+            fill_rate_window: 300.0,
+            predict_horizon: 3600.0,
+            allowed_roots: ["/tmp", "/var/tmp", "/var/log", "/var/cache", "/srv", "/data", "/home", "/mnt", "/opt"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            temp: TempCleanup::default(),
+            logs: LogCleanup::default(),
+            archive: ArchiveConfig::default(),
+            max_delete_bytes: 50 * 1024 * 1024 * 1024,
+            dry_run: false,
+            notify: NotifyConfig::default(),
+        }
+    }
+}
+
+/// `cleanup_temp`: files older than `max_age` seconds in `dirs` are deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TempCleanup {
+    pub dirs: Vec<PathBuf>,
+    pub max_age: f64,
+    /// The age used by `emergency_cleanup`.
+    pub emergency_max_age: f64,
+}
+
+impl Default for TempCleanup {
+    fn default() -> Self {
+        Self {
+            dirs: Vec::new(),
+            max_age: 7.0 * 86400.0,
+            emergency_max_age: 3600.0,
+        }
+    }
+}
+
+/// `cleanup_logs`: rotated logs older than `compress_after` are compressed;
+/// compressed ones older than `retention` are deleted, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogCleanup {
+    pub dirs: Vec<PathBuf>,
+    pub compress_after: f64,
+    pub retention: f64,
+    /// The retention used by `emergency_cleanup`.
+    pub emergency_retention: f64,
+    /// When set (e.g. `500M`), also run `journalctl --vacuum-size=<this>`.
+    pub journal_vacuum_size: Option<String>,
+}
+
+impl Default for LogCleanup {
+    fn default() -> Self {
+        Self {
+            dirs: Vec::new(),
+            compress_after: 86400.0,
+            retention: 30.0 * 86400.0,
+            emergency_retention: 86400.0,
+            journal_vacuum_size: None,
+        }
+    }
+}
+
+/// `archive_old`: files older than `older_than` in `dirs` are moved into a
+/// tar + zstd archive under `destination` (on another mount), verified, and
+/// only then deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ArchiveConfig {
+    pub dirs: Vec<PathBuf>,
+    pub older_than: f64,
+    pub emergency_older_than: f64,
+    pub destination: Option<PathBuf>,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            dirs: Vec::new(),
+            older_than: 90.0 * 86400.0,
+            emergency_older_than: 7.0 * 86400.0,
+            destination: None,
+        }
+    }
+}
+
+/// `alert_human`: where a person is told.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NotifyConfig {
+    pub webhook: Option<WebhookConfig>,
+    pub email: Option<EmailConfig>,
+    /// A command run with the message on stdin (argv, no shell).
+    pub command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub timeout: f64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            headers: BTreeMap::new(),
+            timeout: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmailConfig {
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    /// `none`, `starttls` or `tls`.
+    pub security: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+    pub timeout: f64,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_host: "localhost".into(),
+            smtp_port: 25,
+            security: "starttls".into(),
+            username: None,
+            password: None,
+            from: "skos@localhost".into(),
+            to: Vec::new(),
+            timeout: 10.0,
         }
     }
 }
@@ -447,6 +606,7 @@ impl Config {
                 "nats" => take!(cfg.nats),
                 "data_dir" => take!(cfg.data_dir),
                 "sysfs_root" => take!(cfg.sysfs_root),
+                "proc_root" => take!(cfg.proc_root),
                 "log_level" => take!(cfg.log_level),
                 "dry_run" => take!(cfg.dry_run),
                 "agent" => take!(cfg.agent),
@@ -505,6 +665,9 @@ impl Config {
         }
         if let Some(v) = env("SKOS_SYSFS_ROOT") {
             self.sysfs_root = PathBuf::from(v);
+        }
+        if let Some(v) = env("SKOS_PROC_ROOT") {
+            self.proc_root = PathBuf::from(v);
         }
         issues.extend(self.check());
         issues
@@ -614,6 +777,7 @@ impl Config {
                 out.push(issue(format!("thermal.throttle.cgroups[{i}]"), m));
             }
         }
+        out.extend(self.check_storage());
         if self.loop_.max_depth == 0 {
             out.push(issue("loop.max_depth", "must be at least 1"));
         }
@@ -622,6 +786,109 @@ impl Config {
         }
         out
     }
+}
+
+/// System directories SKOS never cleans, nor anything inside them.
+const FORBIDDEN: &[&str] = &["/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/dev", "/proc", "/sys", "/run"];
+
+impl Config {
+    /// Every directory the storage watcher may touch must be absolute, free
+    /// of `..`, inside an allowed root, not a system directory, and apart
+    /// from SKOS's own data dir.
+    fn check_storage(&self) -> Vec<ConfigIssue> {
+        let st = &self.storage;
+        let mut out = Vec::new();
+        let mut dirs: Vec<(String, &Path)> = Vec::new();
+        for (i, d) in st.temp.dirs.iter().enumerate() {
+            dirs.push((format!("storage.temp.dirs[{i}]"), d));
+        }
+        for (i, d) in st.logs.dirs.iter().enumerate() {
+            dirs.push((format!("storage.logs.dirs[{i}]"), d));
+        }
+        for (i, d) in st.archive.dirs.iter().enumerate() {
+            dirs.push((format!("storage.archive.dirs[{i}]"), d));
+        }
+        if let Some(d) = &st.archive.destination {
+            dirs.push(("storage.archive.destination".into(), d));
+        }
+        for (i, r) in st.allowed_roots.iter().enumerate() {
+            if !r.is_absolute() || has_parent(r) {
+                out.push(issue(format!("storage.allowed_roots[{i}]"), format!("{} must be absolute, without '..'", r.display())));
+            } else if r == Path::new("/") || FORBIDDEN.iter().any(|f| r.starts_with(f)) {
+                out.push(issue(format!("storage.allowed_roots[{i}]"), format!("{} is a system directory", r.display())));
+            }
+        }
+        for (path, d) in dirs {
+            if !d.is_absolute() || has_parent(d) {
+                out.push(issue(path, format!("{} must be an absolute path without '..'", d.display())));
+                continue;
+            }
+            if d == Path::new("/") {
+                out.push(issue(path, "/ is never cleaned"));
+                continue;
+            }
+            if let Some(f) = FORBIDDEN.iter().find(|f| d.starts_with(f)) {
+                out.push(issue(path, format!("{} is inside the system directory {f}", d.display())));
+                continue;
+            }
+            if self.data_dir.is_absolute() && (d.starts_with(&self.data_dir) || self.data_dir.starts_with(d)) {
+                out.push(issue(path, format!("{} overlaps SKOS's own data dir {}", d.display(), self.data_dir.display())));
+                continue;
+            }
+            if !st.allowed_roots.iter().any(|r| d.starts_with(r) && d != r.as_path()) {
+                out.push(issue(
+                    path,
+                    format!("{} is not inside an allowed root (storage.allowed_roots)", d.display()),
+                ));
+            }
+        }
+        for (i, m) in st.mounts.iter().enumerate() {
+            if !m.is_absolute() {
+                out.push(issue(format!("storage.mounts[{i}]"), format!("{} must be absolute", m.display())));
+            }
+        }
+        for (path, v) in [
+            ("storage.temp.max_age", st.temp.max_age),
+            ("storage.temp.emergency_max_age", st.temp.emergency_max_age),
+            ("storage.logs.compress_after", st.logs.compress_after),
+            ("storage.logs.retention", st.logs.retention),
+            ("storage.logs.emergency_retention", st.logs.emergency_retention),
+            ("storage.archive.older_than", st.archive.older_than),
+            ("storage.archive.emergency_older_than", st.archive.emergency_older_than),
+            ("storage.fill_rate_window", st.fill_rate_window),
+            ("storage.predict_horizon", st.predict_horizon),
+        ] {
+            if !non_negative(v) {
+                out.push(issue(path, "must be zero or more seconds"));
+            }
+        }
+        if !st.archive.dirs.is_empty() && st.archive.destination.is_none() {
+            out.push(issue("storage.archive.destination", "archive.dirs are set but no destination"));
+        }
+        if let Some(w) = &st.notify.webhook {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                out.push(issue("storage.notify.webhook.url", format!("{:?} is not an http(s) URL", w.url)));
+            }
+        }
+        if let Some(e) = &st.notify.email {
+            if e.to.is_empty() {
+                out.push(issue("storage.notify.email.to", "no recipient"));
+            }
+            if !["none", "starttls", "tls"].contains(&e.security.as_str()) {
+                out.push(issue("storage.notify.email.security", "must be none, starttls or tls"));
+            }
+        }
+        if let Some(c) = &st.notify.command {
+            if c.is_empty() {
+                out.push(issue("storage.notify.command", "must name a program"));
+            }
+        }
+        out
+    }
+}
+
+fn has_parent(p: &Path) -> bool {
+    p.components().any(|c| matches!(c, Component::ParentDir))
 }
 
 /// A configured path that must stay inside its root: relative, no `..`.
@@ -817,6 +1084,33 @@ node: {name: 'bad.name'}
         let errs = Config::from_yaml(text).unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert_eq!(errs[0].path, "thermal.throttle.cgroups[0]");
+    }
+
+    #[test]
+    fn storage_dirs_must_be_safe() {
+        let text = "
+data_dir: /srv/skos
+storage:
+  temp: {dirs: [/tmp/app, /, /etc/app, relative/dir, /srv/skos/tmp, /opt/../etc]}
+  logs: {dirs: [/var/log/app, /root/logs]}
+  archive: {dirs: [/data/old], destination: /mnt/archive}
+";
+        let errs = Config::from_yaml(text).unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "storage.temp.dirs[1]",
+                "storage.temp.dirs[2]",
+                "storage.temp.dirs[3]",
+                "storage.temp.dirs[4]",
+                "storage.temp.dirs[5]",
+                "storage.logs.dirs[1]",
+            ],
+            "{errs:?}"
+        );
+        assert!(errs[3].message.contains("data dir"));
+        assert!(errs[5].message.contains("allowed root"));
     }
 
     #[test]

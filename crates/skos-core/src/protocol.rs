@@ -353,6 +353,9 @@ pub struct CommandResult {
     /// old and new value).
     #[serde(default)]
     pub changes: Vec<Change>,
+    /// Action-specific figures (added), e.g. `bytes_freed`, per-directory reports.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub details: Map<String, Value>,
     #[serde(with = "timefmt")]
     pub timestamp: Timestamp,
 }
