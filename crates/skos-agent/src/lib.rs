@@ -5,12 +5,19 @@
 //! * [`throttle`]: the thermal actuator (cpufreq caps, cgroup CPU quotas).
 //! * [`thermal`]: the thermal sentinel antibody (alerts with hysteresis,
 //!   throttle commands).
+//! * [`storage`]: the storage watcher antibody (statvfs, fill rate, cleanup,
+//!   log rotation, verified archiving, notifications).
+//! * [`notify`]: telling a person (webhook, SMTP, command).
 //! * [`runtime`]: heartbeats, the monitor loop, command execution.
 
 pub mod error;
+pub mod notify;
+pub mod outcome;
 pub mod runtime;
 pub mod sensors;
+pub mod storage;
 pub mod thermal;
 pub mod throttle;
 
 pub use error::{Error, Result};
+pub use outcome::Outcome;

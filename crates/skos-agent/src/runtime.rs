@@ -20,14 +20,19 @@ use skos_core::counters::Counters;
 use skos_core::protocol::{decode, Command, CommandResult, Heartbeat, ResultStatus};
 use skos_core::NodeName;
 
+use crate::storage::{self, StorageWatcher};
 use crate::thermal::{self, ThermalSentinel};
-use crate::Result;
+use crate::{Outcome, Result};
 
 pub struct Agent {
     cfg: Config,
     bus: Bus,
     counters: Counters,
     thermal: Option<ThermalSentinel>,
+    storage: Option<StorageWatcher>,
+    /// Finished background jobs: (action, outcome).
+    done_tx: tokio::sync::mpsc::UnboundedSender<(String, Outcome)>,
+    done_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(String, Outcome)>>,
     executed: HashSet<String>,
     executed_file: Option<PathBuf>,
 }
@@ -46,12 +51,14 @@ impl Agent {
         }
         let enabled = |name: &str| cfg.agent.antibodies.iter().any(|a| a == name);
         for a in &cfg.agent.antibodies {
-            if a != thermal::AGENT_TYPE {
+            if a != thermal::AGENT_TYPE && a != storage::AGENT_TYPE {
                 tracing::warn!(antibody = %a, "antibody not available in this build; its commands are answered unsupported");
             }
         }
         let thermal =
             enabled(thermal::AGENT_TYPE).then(|| ThermalSentinel::new(&cfg, state_dir.as_deref()));
+        let storage = enabled(storage::AGENT_TYPE).then(|| StorageWatcher::new(&cfg));
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         let executed_file = state_dir.map(|d| d.join(format!("executed-{}.log", cfg.node.name)));
         let executed = executed_file
             .as_ref()
@@ -63,6 +70,9 @@ impl Agent {
             bus,
             counters,
             thermal,
+            storage,
+            done_tx,
+            done_rx: Some(done_rx),
             executed,
             executed_file,
         })
@@ -73,10 +83,10 @@ impl Agent {
     }
 
     fn agent_id(&self) -> String {
-        self.thermal
-            .as_ref()
-            .map(|t| t.agent_id().to_string())
-            .unwrap_or_else(|| format!("skos-agent-{}", self.node()))
+        match (&self.thermal, &self.storage) {
+            (Some(t), None) => t.agent_id().to_string(),
+            _ => format!("skos-agent-{}", self.node()),
+        }
     }
 
     /// Run until `shutdown` completes.
@@ -94,6 +104,10 @@ impl Agent {
         tracing::info!(node = %self.node(), antibodies = ?self.cfg.agent.antibodies, "agent started");
         // Sense once before the first heartbeat so it carries real readings.
         self.sense().await;
+        let mut done = match self.done_rx.take() {
+            Some(rx) => rx,
+            None => tokio::sync::mpsc::unbounded_channel().1,
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -101,6 +115,14 @@ impl Agent {
                 _ = monitor.tick() => self.sense().await,
                 _ = heartbeat.tick() => self.heartbeat().await,
                 Some(m) = commands.next() => self.command(m).await,
+                Some((action, outcome)) = done.recv() => {
+                    if let Some(s) = self.storage.as_mut() {
+                        s.record(&action, &outcome);
+                    }
+                    // Report the new usage at once.
+                    self.sense().await;
+                    self.heartbeat().await;
+                }
             }
         }
         tracing::info!(node = %self.node(), "agent stopped");
@@ -108,10 +130,14 @@ impl Agent {
     }
 
     async fn sense(&mut self) {
-        let Some(t) = self.thermal.as_mut() else {
-            return;
-        };
-        let alerts = tokio::task::block_in_place(|| t.sense(chrono::Utc::now()));
+        let now = chrono::Utc::now();
+        let mut alerts = Vec::new();
+        if let Some(t) = self.thermal.as_mut() {
+            alerts.extend(tokio::task::block_in_place(|| t.sense(now)));
+        }
+        if let Some(s) = self.storage.as_mut() {
+            alerts.extend(tokio::task::block_in_place(|| s.sense(now)));
+        }
         for a in alerts {
             tracing::info!(node = %a.node, severity = a.severity.as_str(), message = %a.message, "thermal alert");
             self.counters.inc("alerts.sent");
@@ -132,14 +158,23 @@ impl Agent {
             }
             None => (None, None, None),
         };
+        let storage_percent = self.storage.as_ref().and_then(|s| s.storage_percent());
+        if let Some(s) = &self.storage {
+            metadata.insert("storage".into(), json!(s.usage()));
+        }
+        let agent_type = match (&self.thermal, &self.storage) {
+            (Some(_), None) => thermal::AGENT_TYPE,
+            (None, Some(_)) => storage::AGENT_TYPE,
+            _ => "skos_agent",
+        };
         Heartbeat {
             agent_id: self.agent_id(),
-            agent_type: thermal::AGENT_TYPE.to_string(),
+            agent_type: agent_type.to_string(),
             node: self.node().clone(),
             timestamp: chrono::Utc::now(),
             cpu_temp: cpu,
             gpu_temp: gpu,
-            storage_percent: None,
+            storage_percent,
             interval_seconds: Some(self.cfg.agent.heartbeat_interval),
             throttle_level: throttle,
             metadata,
@@ -205,6 +240,9 @@ impl Agent {
                 "action_id already executed (replay)".to_string(),
                 vec![],
             )
+        } else if storage::handles(&cmd.action_type) && self.storage.is_some() {
+            self.remember(&cmd.action_id);
+            return self.spawn_storage_job(cmd, m);
         } else if thermal::handles(&cmd.action_type) && self.thermal.is_some() {
             self.remember(&cmd.action_id);
             let t = self
@@ -237,6 +275,46 @@ impl Agent {
         // Heartbeat right away so the coordinator sees the new state.
         self.heartbeat().await;
         ack(m).await;
+    }
+
+    /// Storage actions can take minutes: they run on a blocking thread
+    /// while heartbeats go on; the result is published when they finish.
+    fn spawn_storage_job(&mut self, cmd: Command, m: Incoming) {
+        let Some(job) = self.storage.as_ref().map(|s| s.job(&cmd)) else {
+            return;
+        };
+        let bus = self.bus.clone();
+        let node = self.node().clone();
+        let agent_id = self.agent_id();
+        let counters = self.counters.clone();
+        let done = self.done_tx.clone();
+        tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, "storage action started");
+        tokio::spawn(async move {
+            let action = job.action().to_string();
+            let outcome = tokio::task::spawn_blocking(move || job.run())
+                .await
+                .unwrap_or_else(|e| {
+                    Outcome::new(ResultStatus::Failed, format!("storage action crashed: {e}"))
+                });
+            counters.inc(&format!("commands.{}", outcome.status.as_str()));
+            tracing::info!(action_id = %cmd.action_id, action = %action, status = outcome.status.as_str(), message = %outcome.message, "storage action finished");
+            let result = CommandResult {
+                action_id: cmd.action_id.clone(),
+                action_type: cmd.action_type.clone(),
+                node,
+                agent_id,
+                status: outcome.status,
+                message: outcome.message.clone(),
+                changes: outcome.changes.clone(),
+                details: outcome.details.clone(),
+                timestamp: chrono::Utc::now(),
+            };
+            if let Err(e) = bus.publish_result(&result).await {
+                tracing::error!(action_id = %cmd.action_id, error = %e, "result not sent");
+            }
+            let _ = done.send((action, outcome));
+            ack(m).await;
+        });
     }
 
     fn remember(&mut self, action_id: &str) {

@@ -8,12 +8,13 @@ use serde_json::json;
 use skos_core::config::Config;
 use skos_core::level::{LevelRules, LevelTracker, Report};
 use skos_core::policy;
-use skos_core::protocol::{Alert, AlertKind, Change, Command, ResultStatus, Severity};
+use skos_core::protocol::{Alert, AlertKind, Command, ResultStatus, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
 use crate::sensors::{hottest, Reading, SensorKind, Sensors};
 use crate::throttle::Throttler;
+use crate::Outcome;
 
 pub const AGENT_TYPE: &str = "thermal_sentinel";
 
@@ -32,13 +33,6 @@ pub struct ThermalSentinel {
     gpu: LevelTracker,
     readings: Vec<Reading>,
     said_none: bool,
-}
-
-/// What executing a command did.
-pub struct Outcome {
-    pub status: ResultStatus,
-    pub message: String,
-    pub changes: Vec<Change>,
 }
 
 impl ThermalSentinel {
@@ -179,23 +173,17 @@ impl ThermalSentinel {
         } else if let Some(level) = policy::throttle_level(&cmd.action_type) {
             self.throttler.apply(level)
         } else {
-            return Outcome {
-                status: ResultStatus::Unsupported,
-                message: format!("{} is not a thermal action", cmd.action_type),
-                changes: Vec::new(),
-            };
+            return Outcome::new(
+                ResultStatus::Unsupported,
+                format!("{} is not a thermal action", cmd.action_type),
+            );
         };
         match outcome {
             Ok(o) => Outcome {
-                status: ResultStatus::Succeeded,
-                message: o.message,
                 changes: o.changes,
+                ..Outcome::new(ResultStatus::Succeeded, o.message)
             },
-            Err(e) => Outcome {
-                status: ResultStatus::Failed,
-                message: e.to_string(),
-                changes: Vec::new(),
-            },
+            Err(e) => Outcome::new(ResultStatus::Failed, e.to_string()),
         }
     }
 }

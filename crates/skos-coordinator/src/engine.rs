@@ -526,7 +526,20 @@ impl Engine {
             return out;
         };
         let key = BreakerKey::new(p.node.as_str(), &p.problem, &p.action);
+        let freed = result.details.get("bytes_freed").and_then(Value::as_u64);
         match result.status {
+            ResultStatus::Succeeded if policy::frees_space(&p.action) && freed == Some(0) => {
+                self.counters.inc("actions.freed_nothing");
+                out.push(audit(
+                    "verification",
+                    now,
+                    Some(&node),
+                    format!("{} on {node} freed nothing", p.action),
+                    json!({"action_id": result.action_id, "outcome": "failed", "reason": "freed_nothing"}),
+                ));
+                self.set_action_state(&result.action_id, "not_verified", "freed nothing");
+                self.failure(&key, now, &mut out);
+            }
             ResultStatus::Succeeded => {
                 match (
                     policy::is_verifiable(&p.action),
@@ -1191,6 +1204,34 @@ mod tests {
         // The verification carries on: no heartbeat below 85 by its deadline -> failure.
         let fx = restarted.tick(t(121.5));
         assert_eq!(audits(&fx, "verification")[0].data["outcome"], "failed");
+    }
+
+    #[test]
+    fn storage_action_that_freed_nothing_is_a_failure() {
+        let mut e = engine();
+        let mut a = alert(Severity::Warning, 85.0, 0.0);
+        a.kind = AlertKind::Storage;
+        a.details = json!({"sensor": "/data", "percent": 85.0})
+            .as_object()
+            .unwrap()
+            .clone();
+        a.alert_id = "storage-1".into();
+        let fx = e.on_alert(a, t(0.0));
+        let cmd = commands(&fx).remove(0);
+        assert_eq!(cmd.action_type, "cleanup_temp");
+        assert_eq!(cmd.problem.as_deref(), Some("storage:/data"));
+        let mut r = result(&cmd, ResultStatus::Succeeded);
+        r.details.insert("bytes_freed".into(), json!(0));
+        let fx = e.on_result(r, t(1.0));
+        assert_eq!(
+            audits(&fx, "verification")[0].data["reason"],
+            "freed_nothing"
+        );
+        assert_eq!(
+            e.breakers
+                .failures(&BreakerKey::new("nova", "storage:/data", "cleanup_temp")),
+            1
+        );
     }
 
     #[test]

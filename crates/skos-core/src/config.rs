@@ -337,10 +337,20 @@ impl Default for StorageConfig {
             cooldown: 300.0,
             fill_rate_window: 300.0,
             predict_horizon: 3600.0,
-            allowed_roots: ["/tmp", "/var/tmp", "/var/log", "/var/cache", "/srv", "/data", "/home", "/mnt", "/opt"]
-                .iter()
-                .map(PathBuf::from)
-                .collect(),
+            allowed_roots: [
+                "/tmp",
+                "/var/tmp",
+                "/var/log",
+                "/var/cache",
+                "/srv",
+                "/data",
+                "/home",
+                "/mnt",
+                "/opt",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
             temp: TempCleanup::default(),
             logs: LogCleanup::default(),
             archive: ArchiveConfig::default(),
@@ -420,6 +430,51 @@ impl Default for ArchiveConfig {
     }
 }
 
+/// Secrets are never printed: header values and passwords are redacted.
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &redact_url(&self.url))
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .keys()
+                    .map(|k| (k, "<redacted>"))
+                    .collect::<Vec<_>>(),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Scheme and host only: webhook paths and queries often carry a token.
+fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let host = host.rsplit('@').next().unwrap_or(host);
+            format!("{scheme}://{host}/<redacted>")
+        }
+        None => "<redacted>".to_string(),
+    }
+}
+
 /// `alert_human`: where a person is told.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -430,7 +485,7 @@ pub struct NotifyConfig {
     pub command: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WebhookConfig {
     pub url: String,
@@ -448,7 +503,7 @@ impl Default for WebhookConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EmailConfig {
     pub smtp_host: String,
@@ -789,7 +844,9 @@ impl Config {
 }
 
 /// System directories SKOS never cleans, nor anything inside them.
-const FORBIDDEN: &[&str] = &["/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/dev", "/proc", "/sys", "/run"];
+const FORBIDDEN: &[&str] = &[
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/dev", "/proc", "/sys", "/run",
+];
 
 impl Config {
     /// Every directory the storage watcher may touch must be absolute, free
@@ -813,14 +870,23 @@ impl Config {
         }
         for (i, r) in st.allowed_roots.iter().enumerate() {
             if !r.is_absolute() || has_parent(r) {
-                out.push(issue(format!("storage.allowed_roots[{i}]"), format!("{} must be absolute, without '..'", r.display())));
+                out.push(issue(
+                    format!("storage.allowed_roots[{i}]"),
+                    format!("{} must be absolute, without '..'", r.display()),
+                ));
             } else if r == Path::new("/") || FORBIDDEN.iter().any(|f| r.starts_with(f)) {
-                out.push(issue(format!("storage.allowed_roots[{i}]"), format!("{} is a system directory", r.display())));
+                out.push(issue(
+                    format!("storage.allowed_roots[{i}]"),
+                    format!("{} is a system directory", r.display()),
+                ));
             }
         }
         for (path, d) in dirs {
             if !d.is_absolute() || has_parent(d) {
-                out.push(issue(path, format!("{} must be an absolute path without '..'", d.display())));
+                out.push(issue(
+                    path,
+                    format!("{} must be an absolute path without '..'", d.display()),
+                ));
                 continue;
             }
             if d == Path::new("/") {
@@ -828,23 +894,45 @@ impl Config {
                 continue;
             }
             if let Some(f) = FORBIDDEN.iter().find(|f| d.starts_with(f)) {
-                out.push(issue(path, format!("{} is inside the system directory {f}", d.display())));
-                continue;
-            }
-            if self.data_dir.is_absolute() && (d.starts_with(&self.data_dir) || self.data_dir.starts_with(d)) {
-                out.push(issue(path, format!("{} overlaps SKOS's own data dir {}", d.display(), self.data_dir.display())));
-                continue;
-            }
-            if !st.allowed_roots.iter().any(|r| d.starts_with(r) && d != r.as_path()) {
                 out.push(issue(
                     path,
-                    format!("{} is not inside an allowed root (storage.allowed_roots)", d.display()),
+                    format!("{} is inside the system directory {f}", d.display()),
+                ));
+                continue;
+            }
+            if self.data_dir.is_absolute()
+                && (d.starts_with(&self.data_dir) || self.data_dir.starts_with(d))
+            {
+                out.push(issue(
+                    path,
+                    format!(
+                        "{} overlaps SKOS's own data dir {}",
+                        d.display(),
+                        self.data_dir.display()
+                    ),
+                ));
+                continue;
+            }
+            if !st
+                .allowed_roots
+                .iter()
+                .any(|r| d.starts_with(r) && d != r.as_path())
+            {
+                out.push(issue(
+                    path,
+                    format!(
+                        "{} is not inside an allowed root (storage.allowed_roots)",
+                        d.display()
+                    ),
                 ));
             }
         }
         for (i, m) in st.mounts.iter().enumerate() {
             if !m.is_absolute() {
-                out.push(issue(format!("storage.mounts[{i}]"), format!("{} must be absolute", m.display())));
+                out.push(issue(
+                    format!("storage.mounts[{i}]"),
+                    format!("{} must be absolute", m.display()),
+                ));
             }
         }
         for (path, v) in [
@@ -852,9 +940,15 @@ impl Config {
             ("storage.temp.emergency_max_age", st.temp.emergency_max_age),
             ("storage.logs.compress_after", st.logs.compress_after),
             ("storage.logs.retention", st.logs.retention),
-            ("storage.logs.emergency_retention", st.logs.emergency_retention),
+            (
+                "storage.logs.emergency_retention",
+                st.logs.emergency_retention,
+            ),
             ("storage.archive.older_than", st.archive.older_than),
-            ("storage.archive.emergency_older_than", st.archive.emergency_older_than),
+            (
+                "storage.archive.emergency_older_than",
+                st.archive.emergency_older_than,
+            ),
             ("storage.fill_rate_window", st.fill_rate_window),
             ("storage.predict_horizon", st.predict_horizon),
         ] {
@@ -863,11 +957,17 @@ impl Config {
             }
         }
         if !st.archive.dirs.is_empty() && st.archive.destination.is_none() {
-            out.push(issue("storage.archive.destination", "archive.dirs are set but no destination"));
+            out.push(issue(
+                "storage.archive.destination",
+                "archive.dirs are set but no destination",
+            ));
         }
         if let Some(w) = &st.notify.webhook {
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                out.push(issue("storage.notify.webhook.url", format!("{:?} is not an http(s) URL", w.url)));
+                out.push(issue(
+                    "storage.notify.webhook.url",
+                    format!("{:?} is not an http(s) URL", w.url),
+                ));
             }
         }
         if let Some(e) = &st.notify.email {
@@ -875,7 +975,10 @@ impl Config {
                 out.push(issue("storage.notify.email.to", "no recipient"));
             }
             if !["none", "starttls", "tls"].contains(&e.security.as_str()) {
-                out.push(issue("storage.notify.email.security", "must be none, starttls or tls"));
+                out.push(issue(
+                    "storage.notify.email.security",
+                    "must be none, starttls or tls",
+                ));
             }
         }
         if let Some(c) = &st.notify.command {
@@ -1111,6 +1214,17 @@ storage:
         );
         assert!(errs[3].message.contains("data dir"));
         assert!(errs[5].message.contains("allowed root"));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let text = "storage:\n  notify:\n    webhook: {url: 'https://hooks.example/services/T0K3N', headers: {Authorization: 'Bearer s3cret'}}\n    email: {password: hunter2, to: [ops@example.org]}\n";
+        let cfg = Config::from_yaml(text).unwrap();
+        let dbg = format!("{cfg:?}");
+        for secret in ["T0K3N", "s3cret", "hunter2"] {
+            assert!(!dbg.contains(secret), "{secret} leaked: {dbg}");
+        }
+        assert!(dbg.contains("hooks.example"));
     }
 
     #[test]

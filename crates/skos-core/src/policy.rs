@@ -90,9 +90,17 @@ pub fn metric_for(problem: &str) -> Option<&'static str> {
     }
 }
 
+/// Actions whose job is to free space: one that freed nothing failed.
+pub fn frees_space(action: &str) -> bool {
+    matches!(
+        action,
+        "cleanup_temp" | "cleanup_logs" | "archive_old" | "emergency_cleanup"
+    )
+}
+
 /// Whether an action's effect can be checked on a heartbeat metric.
 pub fn is_verifiable(action: &str) -> bool {
-    throttle_level(action).is_some()
+    throttle_level(action).is_some() || frees_space(action)
 }
 
 #[cfg(test)]

@@ -8,4 +8,6 @@
 
 pub mod cpufreq;
 pub mod nats;
+pub mod sinks;
 pub mod sysfs;
+pub mod tmpfs;

@@ -70,6 +70,15 @@ fn read_config(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<Config> {
     if let Some(d) = data_dir {
         cfg.data_dir = d;
     }
+    // An absolute data dir lets the checks see when a cleaned dir overlaps it.
+    if let Ok(abs) = std::path::absolute(&cfg.data_dir) {
+        cfg.data_dir = abs;
+    }
+    let issues = cfg.check();
+    if !issues.is_empty() {
+        let lines: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();
+        bail!("invalid settings:\n{}", lines.join("\n"));
+    }
     Ok(cfg)
 }
 
@@ -404,7 +413,17 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
     match Config::from_yaml(&text) {
         Ok(cfg) => {
             let mut cfg = cfg;
-            let env_issues = cfg.apply_env(|k| std::env::var(k).ok());
+            let mut env_issues = cfg.apply_env(|k| std::env::var(k).ok());
+            if let Ok(abs) = std::path::absolute(&cfg.data_dir) {
+                cfg.data_dir = abs;
+                env_issues.extend(cfg.check());
+            }
+            let mut seen = Vec::new();
+            env_issues.retain(|i| {
+                let new = !seen.contains(i);
+                seen.push(i.clone());
+                new
+            });
             for i in &env_issues {
                 println!("{}: {i}", path.display());
             }

@@ -1,0 +1,195 @@
+//! The storage watcher end to end through `skos up`, on real tmpfs mounts.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use skos_testsupport::sinks::HttpSink;
+use skos_testsupport::tmpfs::Tmpfs;
+
+fn mount(size: &str, inodes: Option<u64>) -> Option<Tmpfs> {
+    match Tmpfs::mount(size, inodes) {
+        Ok(t) => Some(t),
+        Err(reason) => {
+            eprintln!("SKIP: cannot mount a tmpfs here: {reason}");
+            None
+        }
+    }
+}
+
+fn percent(p: &Path) -> f64 {
+    let s = df(p);
+    s.0 * 100.0 / (s.0 + s.1)
+}
+
+/// (used, available) bytes, as `df` counts them.
+fn df(p: &Path) -> (f64, f64) {
+    let out = std::process::Command::new("df")
+        .arg("-B1")
+        .arg("--output=used,avail")
+        .arg(p)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nums: Vec<f64> = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (nums[0], nums[1])
+}
+
+fn config(dir: &Path, mnt: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "agent:\n  heartbeat_interval: 0.5\n  monitor_interval: 0.2\n  antibodies: [storage_watcher]\n\
+coordinator:\n  heartbeat_timeout: 10\n  verify_within: 5\n\
+storage:\n  mounts: [{m}]\n  temp: {{dirs: [{m}/tmp], max_age: 3600}}\n  logs: {{dirs: [{m}/log]}}\n{extra}",
+            m = mnt.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn audit(data: &Path) -> Vec<Value> {
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "tail", "--json", "-n", "100000", "--data-dir"])
+            .arg(data);
+        c
+    });
+    json_lines(&out)
+}
+
+fn up(cfg: &Path, data: &Path, work: &Path) -> Proc {
+    let mut c = skos();
+    c.arg("up")
+        .arg("--config")
+        .arg(cfg)
+        .arg("--data-dir")
+        .arg(data)
+        .env("NODE_NAME", "athena");
+    Proc::spawn(c, work, "skos-up")
+}
+
+#[test]
+fn full_tmpfs_is_cleaned_below_warning_and_audited() {
+    let Some(fs) = mount("8M", None) else { return };
+    let work = tempfile::tempdir().unwrap();
+    // 4.5 MiB of old temp files, 2.3 MiB of fresh data: about 85 % used.
+    let mut old = Vec::new();
+    for i in 0..3 {
+        let f = fs.fill(&format!("tmp/old-{i}.bin"), 1536 * 1024);
+        fs.age(&f, 7200);
+        old.push(f);
+    }
+    let fresh = fs.fill("tmp/fresh.bin", 100 * 1024);
+    fs.fill("data/keep.bin", 2200 * 1024);
+    let before = percent(fs.path());
+    assert!((80.0..90.0).contains(&before), "setup: {before:.1}% used");
+    // A symlink in the temp dir to an old file outside it must survive.
+    let outside = fs.fill("data/outside-old.bin", 10 * 1024);
+    fs.age(&outside, 7200);
+    std::os::unix::fs::symlink(&outside, fs.path().join("tmp/link-to-outside")).unwrap();
+
+    let cfg = config(work.path(), fs.path(), "");
+    let data = work.path().join("data");
+    let mut p = up(&cfg, &data, work.path());
+    let records = wait_for(Duration::from_secs(30), "cleanup_temp verified", || {
+        let r = audit(&data);
+        audit_events(&r, "verification")
+            .iter()
+            .any(|v| v["entry"]["data"]["outcome"] == "succeeded")
+            .then_some(r)
+    });
+    let after = percent(fs.path());
+    assert!(after < 80.0, "still {after:.1}% used");
+    for f in &old {
+        assert!(!f.exists(), "{} not deleted", f.display());
+    }
+    assert!(fresh.exists(), "a fresh temp file was deleted");
+    assert!(
+        outside.exists(),
+        "a file outside the temp dir was deleted through a symlink"
+    );
+    let result = audit_events(&records, "result")
+        .into_iter()
+        .find(|r| r["entry"]["data"]["result"]["action_type"] == "cleanup_temp")
+        .expect("cleanup_temp result audited");
+    let details = &result["entry"]["data"]["result"]["details"];
+    assert!(
+        details["bytes_freed"].as_u64().unwrap() >= 3 * 1536 * 1024,
+        "{details}"
+    );
+    assert_eq!(details["files_deleted"], 3, "{details}");
+    assert!(
+        details["dirs"][0]["bytes_freed"].as_u64().unwrap() > 0,
+        "per-directory report: {details}"
+    );
+    let alert = audit_events(&records, "alert")
+        .into_iter()
+        .find(|a| a["entry"]["data"]["alert"]["type"] == "storage")
+        .expect("storage alert");
+    assert_eq!(alert["entry"]["data"]["alert"]["severity"], "warning");
+    assert!(
+        alert["entry"]["data"]["alert"]["details"]["fill_rate_bytes_per_second"].is_number()
+            || alert["entry"]["data"]["alert"]["details"]["fill_rate_bytes_per_second"].is_null()
+    );
+    assert!(p.sigterm().success());
+}
+
+#[test]
+fn emergency_with_nothing_to_delete_tells_a_human_by_webhook() {
+    let Some(fs) = mount("4M", None) else { return };
+    let work = tempfile::tempdir().unwrap();
+    fs.fill("data/precious.bin", 3950 * 1024);
+    std::fs::create_dir_all(fs.path().join("tmp")).unwrap();
+    let pct = percent(fs.path());
+    assert!(pct > 95.0, "setup: {pct:.1}%");
+    let sink = HttpSink::start();
+    let cfg = config(
+        work.path(),
+        fs.path(),
+        &format!("  notify:\n    webhook: {{url: \"{}/hooks/skos\", headers: {{Authorization: \"Bearer t0ken\"}}}}\n", sink.url()),
+    );
+    let data = work.path().join("data");
+    let mut p = up(&cfg, &data, work.path());
+    let reqs = sink.wait_for(1, Duration::from_secs(30));
+    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    let text = body["message"].as_str().unwrap();
+    assert!(
+        text.contains(&fs.path().display().to_string()),
+        "says what is full: {text}"
+    );
+    assert!(text.contains("What was done"), "{text}");
+    assert!(text.contains("left to decide"), "{text}");
+    assert!(
+        fs.path().join("data/precious.bin").exists(),
+        "nothing outside the configured dirs is touched"
+    );
+    let records = wait_for(Duration::from_secs(20), "results audited", || {
+        let r = audit(&data);
+        let results = audit_events(&r, "result");
+        let done = |a: &str| {
+            results
+                .iter()
+                .any(|x| x["entry"]["data"]["result"]["action_type"] == a)
+        };
+        (done("emergency_cleanup") && done("alert_human")).then_some(r)
+    });
+    // Freeing nothing is a failure for the breaker.
+    assert!(audit_events(&records, "verification")
+        .iter()
+        .any(|v| v["entry"]["data"]["reason"] == "freed_nothing"));
+    // The secret header is never logged.
+    assert!(!p.log_text().contains("t0ken"));
+    assert!(p.sigterm().success());
+}
