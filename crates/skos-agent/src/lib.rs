@@ -8,8 +8,10 @@
 //! * [`storage`]: the storage watcher antibody (statvfs, fill rate, cleanup,
 //!   log rotation, verified archiving, notifications).
 //! * [`notify`]: telling a person (webhook, SMTP, command).
+//! * [`antibody`]: what every antibody offers the runtime, and the list.
 //! * [`runtime`]: heartbeats, the monitor loop, command execution.
 
+pub mod antibody;
 pub mod error;
 pub mod notify;
 pub mod outcome;

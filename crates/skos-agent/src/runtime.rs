@@ -19,20 +19,21 @@ use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::protocol::{decode, Command, CommandResult, Heartbeat, ResultStatus};
 use skos_core::NodeName;
+use tokio::sync::mpsc;
 
-use crate::storage::{self, StorageWatcher};
-use crate::thermal::{self, ThermalSentinel};
+use crate::antibody::{self, Antibody, Execution};
 use crate::{Outcome, Result};
+
+/// A finished background job: (antibody index, action, outcome).
+type Done = (usize, String, Outcome);
 
 pub struct Agent {
     cfg: Config,
     bus: Bus,
     counters: Counters,
-    thermal: Option<ThermalSentinel>,
-    storage: Option<StorageWatcher>,
-    /// Finished background jobs: (action, outcome).
-    done_tx: tokio::sync::mpsc::UnboundedSender<(String, Outcome)>,
-    done_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(String, Outcome)>>,
+    antibodies: Vec<Box<dyn Antibody>>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: Option<mpsc::UnboundedReceiver<Done>>,
     executed: HashSet<String>,
     executed_file: Option<PathBuf>,
 }
@@ -49,16 +50,8 @@ impl Agent {
         if let Some(dir) = &state_dir {
             std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
         }
-        let enabled = |name: &str| cfg.agent.antibodies.iter().any(|a| a == name);
-        for a in &cfg.agent.antibodies {
-            if a != thermal::AGENT_TYPE && a != storage::AGENT_TYPE {
-                tracing::warn!(antibody = %a, "antibody not available in this build; its commands are answered unsupported");
-            }
-        }
-        let thermal =
-            enabled(thermal::AGENT_TYPE).then(|| ThermalSentinel::new(&cfg, state_dir.as_deref()));
-        let storage = enabled(storage::AGENT_TYPE).then(|| StorageWatcher::new(&cfg));
-        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let antibodies = antibody::enabled(&cfg, state_dir.as_deref());
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
         let executed_file = state_dir.map(|d| d.join(format!("executed-{}.log", cfg.node.name)));
         let executed = executed_file
             .as_ref()
@@ -69,8 +62,7 @@ impl Agent {
             cfg,
             bus,
             counters,
-            thermal,
-            storage,
+            antibodies,
             done_tx,
             done_rx: Some(done_rx),
             executed,
@@ -82,10 +74,19 @@ impl Agent {
         &self.cfg.node.name
     }
 
+    /// One antibody: named after it, as the seed's agents are
+    /// (`thermal-sentinel-nova`); several: `skos-agent-<node>`.
     fn agent_id(&self) -> String {
-        match (&self.thermal, &self.storage) {
-            (Some(t), None) => t.agent_id().to_string(),
+        match self.antibodies.as_slice() {
+            [one] => format!("{}-{}", one.name().replace('_', "-"), self.node()),
             _ => format!("skos-agent-{}", self.node()),
+        }
+    }
+
+    fn agent_type(&self) -> &'static str {
+        match self.antibodies.as_slice() {
+            [one] => one.name(),
+            _ => "skos_agent",
         }
     }
 
@@ -101,13 +102,14 @@ impl Agent {
             tokio::time::interval(Duration::from_secs_f64(self.cfg.agent.monitor_interval));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         monitor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tracing::info!(node = %self.node(), antibodies = ?self.cfg.agent.antibodies, "agent started");
+        let names: Vec<&str> = self.antibodies.iter().map(|a| a.name()).collect();
+        tracing::info!(node = %self.node(), antibodies = ?names, "agent started");
         // Sense once before the first heartbeat so it carries real readings.
         self.sense().await;
-        let mut done = match self.done_rx.take() {
-            Some(rx) => rx,
-            None => tokio::sync::mpsc::unbounded_channel().1,
-        };
+        let mut done = self
+            .done_rx
+            .take()
+            .unwrap_or_else(|| mpsc::unbounded_channel().1);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -115,11 +117,11 @@ impl Agent {
                 _ = monitor.tick() => self.sense().await,
                 _ = heartbeat.tick() => self.heartbeat().await,
                 Some(m) = commands.next() => self.command(m).await,
-                Some((action, outcome)) = done.recv() => {
-                    if let Some(s) = self.storage.as_mut() {
-                        s.record(&action, &outcome);
+                Some((i, action, outcome)) = done.recv() => {
+                    if let Some(a) = self.antibodies.get_mut(i) {
+                        a.finished(&action, &outcome);
                     }
-                    // Report the new usage at once.
+                    // Report the new state at once.
                     self.sense().await;
                     self.heartbeat().await;
                 }
@@ -132,14 +134,11 @@ impl Agent {
     async fn sense(&mut self) {
         let now = chrono::Utc::now();
         let mut alerts = Vec::new();
-        if let Some(t) = self.thermal.as_mut() {
-            alerts.extend(tokio::task::block_in_place(|| t.sense(now)));
-        }
-        if let Some(s) = self.storage.as_mut() {
-            alerts.extend(tokio::task::block_in_place(|| s.sense(now)));
+        for a in self.antibodies.iter_mut() {
+            alerts.extend(tokio::task::block_in_place(|| a.sense(now)));
         }
         for a in alerts {
-            tracing::info!(node = %a.node, severity = a.severity.as_str(), message = %a.message, "thermal alert");
+            tracing::info!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), message = %a.message, "alert");
             self.counters.inc("alerts.sent");
             if let Err(e) = self.bus.publish_alert(&a).await {
                 self.counters.inc("alerts.send_failed");
@@ -151,34 +150,22 @@ impl Agent {
     pub fn heartbeat_message(&self) -> Heartbeat {
         let mut metadata = Map::new();
         metadata.insert("antibodies".into(), json!(self.cfg.agent.antibodies));
-        let (cpu, gpu, throttle) = match &self.thermal {
-            Some(t) => {
-                metadata.insert("sensors".into(), json!(t.sensor_count()));
-                (t.cpu_temp(), t.gpu_temp(), Some(t.throttle_level()))
-            }
-            None => (None, None, None),
-        };
-        let storage_percent = self.storage.as_ref().and_then(|s| s.storage_percent());
-        if let Some(s) = &self.storage {
-            metadata.insert("storage".into(), json!(s.usage()));
-        }
-        let agent_type = match (&self.thermal, &self.storage) {
-            (Some(_), None) => thermal::AGENT_TYPE,
-            (None, Some(_)) => storage::AGENT_TYPE,
-            _ => "skos_agent",
-        };
-        Heartbeat {
+        let mut hb = Heartbeat {
             agent_id: self.agent_id(),
-            agent_type: agent_type.to_string(),
+            agent_type: self.agent_type().to_string(),
             node: self.node().clone(),
             timestamp: chrono::Utc::now(),
-            cpu_temp: cpu,
-            gpu_temp: gpu,
-            storage_percent,
+            cpu_temp: None,
+            gpu_temp: None,
+            storage_percent: None,
             interval_seconds: Some(self.cfg.agent.heartbeat_interval),
-            throttle_level: throttle,
+            throttle_level: None,
             metadata,
+        };
+        for a in &self.antibodies {
+            a.report(&mut hb);
         }
+        hb
     }
 
     async fn heartbeat(&mut self) {
@@ -210,109 +197,88 @@ impl Agent {
                     })
                     .filter(|id| id.len() <= 256 && !id.chars().any(char::is_control));
                 if let Some(id) = id {
-                    self.answer(
-                        &id,
-                        "unknown",
-                        ResultStatus::Rejected,
-                        format!("malformed command: {e}"),
-                        vec![],
-                    )
-                    .await;
+                    let o = Outcome::new(ResultStatus::Rejected, format!("malformed command: {e}"));
+                    self.answer(&id, "unknown", &o).await;
                 }
                 return ack(m).await;
             }
         };
-        let (status, message, changes) = if cmd.node.as_ref().is_some_and(|n| n != self.node()) {
-            (
+        let refusal = if cmd.node.as_ref().is_some_and(|n| n != self.node()) {
+            Some(Outcome::new(
                 ResultStatus::Rejected,
-                "command is addressed to another node".to_string(),
-                vec![],
-            )
+                "command is addressed to another node",
+            ))
         } else if cmd.deadline.is_some_and(|d| now > d) {
-            (
+            Some(Outcome::new(
                 ResultStatus::Expired,
-                "deadline passed before execution".to_string(),
-                vec![],
-            )
+                "deadline passed before execution",
+            ))
         } else if self.executed.contains(&cmd.action_id) {
-            (
+            Some(Outcome::new(
                 ResultStatus::Rejected,
-                "action_id already executed (replay)".to_string(),
-                vec![],
-            )
-        } else if storage::handles(&cmd.action_type) && self.storage.is_some() {
-            self.remember(&cmd.action_id);
-            return self.spawn_storage_job(cmd, m);
-        } else if thermal::handles(&cmd.action_type) && self.thermal.is_some() {
-            self.remember(&cmd.action_id);
-            let t = self
-                .thermal
-                .as_mut()
-                .map(|t| tokio::task::block_in_place(|| t.execute(&cmd)));
-            match t {
-                Some(o) => (o.status, o.message, o.changes),
-                None => (
-                    ResultStatus::Unsupported,
-                    "no thermal sentinel".into(),
-                    vec![],
-                ),
-            }
+                "action_id already executed (replay)",
+            ))
         } else {
-            (
+            None
+        };
+        let index = self
+            .antibodies
+            .iter()
+            .position(|a| a.handles(&cmd.action_type));
+        let outcome = match (refusal, index) {
+            (Some(o), _) => o,
+            (None, None) => Outcome::new(
                 ResultStatus::Unsupported,
                 format!(
                     "no enabled antibody on {} implements {}",
                     self.node(),
                     cmd.action_type
                 ),
-                vec![],
-            )
+            ),
+            (None, Some(i)) => {
+                self.remember(&cmd.action_id);
+                let execution = tokio::task::block_in_place(|| self.antibodies[i].execute(&cmd));
+                match execution {
+                    Execution::Done(o) => o,
+                    Execution::Background(job) => return self.spawn_job(i, cmd, m, job),
+                }
+            }
         };
-        self.counters.inc(&format!("commands.{}", status.as_str()));
-        tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, status = status.as_str(), %message, "command handled");
-        self.answer(&cmd.action_id, &cmd.action_type, status, message, changes)
+        self.counters
+            .inc(&format!("commands.{}", outcome.status.as_str()));
+        tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, status = outcome.status.as_str(), message = %outcome.message, "command handled");
+        self.answer(&cmd.action_id, &cmd.action_type, &outcome)
             .await;
         // Heartbeat right away so the coordinator sees the new state.
         self.heartbeat().await;
         ack(m).await;
     }
 
-    /// Storage actions can take minutes: they run on a blocking thread
-    /// while heartbeats go on; the result is published when they finish.
-    fn spawn_storage_job(&mut self, cmd: Command, m: Incoming) {
-        let Some(job) = self.storage.as_ref().map(|s| s.job(&cmd)) else {
-            return;
-        };
+    /// Long actions run on a blocking thread while heartbeats go on; the
+    /// result is published when they finish, then the command is acked.
+    fn spawn_job(
+        &mut self,
+        index: usize,
+        cmd: Command,
+        m: Incoming,
+        job: Box<dyn FnOnce() -> Outcome + Send>,
+    ) {
+        let result = self.result_template(&cmd.action_id, &cmd.action_type);
         let bus = self.bus.clone();
-        let node = self.node().clone();
-        let agent_id = self.agent_id();
         let counters = self.counters.clone();
         let done = self.done_tx.clone();
-        tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, "storage action started");
+        tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, "action started in the background");
         tokio::spawn(async move {
-            let action = job.action().to_string();
-            let outcome = tokio::task::spawn_blocking(move || job.run())
-                .await
-                .unwrap_or_else(|e| {
-                    Outcome::new(ResultStatus::Failed, format!("storage action crashed: {e}"))
-                });
+            let outcome = tokio::task::spawn_blocking(job).await.unwrap_or_else(|e| {
+                Outcome::new(ResultStatus::Failed, format!("action crashed: {e}"))
+            });
             counters.inc(&format!("commands.{}", outcome.status.as_str()));
-            tracing::info!(action_id = %cmd.action_id, action = %action, status = outcome.status.as_str(), message = %outcome.message, "storage action finished");
-            let result = CommandResult {
-                action_id: cmd.action_id.clone(),
-                action_type: cmd.action_type.clone(),
-                node,
-                agent_id,
-                status: outcome.status,
-                message: outcome.message.clone(),
-                changes: outcome.changes.clone(),
-                details: outcome.details.clone(),
-                timestamp: chrono::Utc::now(),
-            };
+            tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, status = outcome.status.as_str(), message = %outcome.message, "action finished");
+            let result = fill(result, &outcome);
             if let Err(e) = bus.publish_result(&result).await {
                 tracing::error!(action_id = %cmd.action_id, error = %e, "result not sent");
             }
-            let _ = done.send((action, outcome));
+            let _ = done.send((index, cmd.action_type.clone(), outcome));
             ack(m).await;
         });
     }
@@ -331,29 +297,35 @@ impl Agent {
         }
     }
 
-    async fn answer(
-        &self,
-        action_id: &str,
-        action_type: &str,
-        status: ResultStatus,
-        message: String,
-        changes: Vec<skos_core::protocol::Change>,
-    ) {
-        let result = CommandResult {
+    fn result_template(&self, action_id: &str, action_type: &str) -> CommandResult {
+        CommandResult {
             action_id: action_id.to_string(),
             action_type: action_type.to_string(),
             node: self.node().clone(),
             agent_id: self.agent_id(),
-            status,
-            message,
-            changes,
+            status: ResultStatus::Failed,
+            message: String::new(),
+            changes: Vec::new(),
             details: Map::new(),
             timestamp: chrono::Utc::now(),
-        };
+        }
+    }
+
+    async fn answer(&self, action_id: &str, action_type: &str, outcome: &Outcome) {
+        let result = fill(self.result_template(action_id, action_type), outcome);
         if let Err(e) = self.bus.publish_result(&result).await {
             tracing::error!(action_id, error = %e, "result not sent");
         }
     }
+}
+
+fn fill(mut r: CommandResult, o: &Outcome) -> CommandResult {
+    r.status = o.status;
+    r.message = o.message.clone();
+    r.changes = o.changes.clone();
+    r.details = o.details.clone();
+    r.timestamp = chrono::Utc::now();
+    r
 }
 
 async fn ack(m: Incoming) {

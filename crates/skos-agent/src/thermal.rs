@@ -8,10 +8,11 @@ use serde_json::json;
 use skos_core::config::Config;
 use skos_core::level::{LevelRules, LevelTracker, Report};
 use skos_core::policy;
-use skos_core::protocol::{Alert, AlertKind, Command, ResultStatus, Severity};
+use skos_core::protocol::{Alert, AlertKind, Command, Heartbeat, ResultStatus, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
+use crate::antibody::{Antibody, Execution};
 use crate::sensors::{hottest, Reading, SensorKind, Sensors};
 use crate::throttle::Throttler;
 use crate::Outcome;
@@ -195,4 +196,30 @@ fn uuid_like(now: Timestamp, sensor: &str, severity: Severity) -> String {
         now.timestamp_nanos_opt().unwrap_or_default(),
         severity.as_str()
     )
+}
+
+impl Antibody for ThermalSentinel {
+    fn name(&self) -> &'static str {
+        AGENT_TYPE
+    }
+
+    fn handles(&self, action: &str) -> bool {
+        handles(action)
+    }
+
+    fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
+        ThermalSentinel::sense(self, now)
+    }
+
+    fn report(&self, hb: &mut Heartbeat) {
+        hb.cpu_temp = self.cpu_temp();
+        hb.gpu_temp = self.gpu_temp();
+        hb.throttle_level = Some(self.throttle_level());
+        hb.metadata
+            .insert("sensors".into(), json!(self.sensor_count()));
+    }
+
+    fn execute(&mut self, cmd: &Command) -> Execution {
+        Execution::Done(ThermalSentinel::execute(self, cmd))
+    }
 }

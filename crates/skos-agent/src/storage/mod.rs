@@ -15,10 +15,11 @@ use std::path::PathBuf;
 use serde_json::{json, Map, Value};
 use skos_core::config::Config;
 use skos_core::level::{LevelRules, LevelTracker, Report};
-use skos_core::protocol::{Alert, AlertKind, Command, ResultStatus, Severity};
+use skos_core::protocol::{Alert, AlertKind, Command, Heartbeat, ResultStatus, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
+use crate::antibody::{Antibody, Execution};
 use crate::notify::{self, Notification};
 use crate::Outcome;
 use usage::{FillRate, MountUsage};
@@ -416,5 +417,33 @@ temp, log and archive dirs is never touched), or whether to add space.",
                 ),
             )
         }
+    }
+}
+
+impl Antibody for StorageWatcher {
+    fn name(&self) -> &'static str {
+        AGENT_TYPE
+    }
+
+    fn handles(&self, action: &str) -> bool {
+        handles(action)
+    }
+
+    fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
+        StorageWatcher::sense(self, now)
+    }
+
+    fn report(&self, hb: &mut Heartbeat) {
+        hb.storage_percent = self.storage_percent();
+        hb.metadata.insert("storage".into(), json!(self.usage()));
+    }
+
+    fn execute(&mut self, cmd: &Command) -> Execution {
+        let job = self.job(cmd);
+        Execution::Background(Box::new(move || job.run()))
+    }
+
+    fn finished(&mut self, action: &str, outcome: &Outcome) {
+        self.record(action, outcome);
     }
 }
