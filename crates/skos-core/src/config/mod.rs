@@ -15,6 +15,12 @@ use serde::{Deserialize, Serialize};
 use crate::node::NodeName;
 use crate::policy::KNOWN_ACTIONS;
 
+mod loops;
+mod mesh;
+
+pub use loops::LoopConfig;
+pub use mesh::MeshConfig;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
     /// Key path in the file (`thermal.thresholds.warning`) or `env:NAME`.
@@ -28,7 +34,7 @@ impl fmt::Display for ConfigIssue {
     }
 }
 
-fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
+pub(crate) fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
     ConfigIssue {
         path: path.into(),
         message: message.into(),
@@ -194,7 +200,7 @@ pub struct ActionTable {
     pub emergency: Vec<String>,
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
+pub(crate) fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
@@ -532,58 +538,6 @@ impl Default for EmailConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct MeshConfig {
-    /// Actions per event.
-    pub actions: BTreeMap<String, Vec<String>>,
-    pub reconnect_attempts: u32,
-    pub reconnect_delay_seconds: f64,
-    pub interfaces: Vec<String>,
-}
-
-impl Default for MeshConfig {
-    fn default() -> Self {
-        Self {
-            actions: BTreeMap::from([
-                (
-                    "tunnel_down".to_string(),
-                    strings(&["restart_wireguard", "regenerate_config"]),
-                ),
-                (
-                    "peer_unreachable".to_string(),
-                    strings(&["ping_peer", "failover_route"]),
-                ),
-            ]),
-            reconnect_attempts: 3,
-            reconnect_delay_seconds: 5.0,
-            interfaces: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LoopConfig {
-    pub max_depth: u32,
-    pub max_iterations: u32,
-    /// Actions per condition.
-    pub actions: BTreeMap<String, Vec<String>>,
-}
-
-impl Default for LoopConfig {
-    fn default() -> Self {
-        Self {
-            max_depth: 10,
-            max_iterations: 100,
-            actions: BTreeMap::from([
-                ("depth_exceeded".to_string(), strings(&["circuit_break"])),
-                ("iterations_exceeded".to_string(), strings(&["reset_chain"])),
-            ]),
-        }
-    }
-}
-
 /// Deserialize `T` from a YAML value, naming the key path of the first type
 /// error and of every unknown key.
 fn section<T: DeserializeOwned>(
@@ -833,12 +787,8 @@ impl Config {
             }
         }
         out.extend(self.check_storage());
-        if self.loop_.max_depth == 0 {
-            out.push(issue("loop.max_depth", "must be at least 1"));
-        }
-        if self.loop_.max_iterations == 0 {
-            out.push(issue("loop.max_iterations", "must be at least 1"));
-        }
+        out.extend(self.mesh.check());
+        out.extend(self.loop_.check());
         out
     }
 }
@@ -1118,7 +1068,7 @@ thermal:
 
     #[test]
     fn shipped_example_is_valid() {
-        let text = include_str!("../../../config.example.yaml");
+        let text = include_str!("../../../../config.example.yaml");
         Config::from_yaml(text).unwrap();
     }
 
