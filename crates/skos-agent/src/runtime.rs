@@ -6,7 +6,7 @@
 //! action an enabled antibody knows; otherwise the answer says why
 //! (`rejected`, `expired`, `unsupported`). Every command gets a result.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
+use skos_bus::trust::{self, Verifier};
 use skos_bus::{Bus, Feed, Incoming};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
@@ -34,8 +35,10 @@ pub struct Agent {
     antibodies: Vec<Box<dyn Antibody>>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: Option<mpsc::UnboundedReceiver<Done>>,
-    executed: HashSet<String>,
+    /// Executed action ids, until when they could still be replayed.
+    executed: HashMap<String, i64>,
     executed_file: Option<PathBuf>,
+    verifier: Verifier,
 }
 
 impl Agent {
@@ -52,11 +55,15 @@ impl Agent {
         }
         let antibodies = antibody::enabled(&cfg, state_dir.as_deref());
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let verifier = Verifier::new(&cfg.trust.coordinator_keys, cfg.trust.require_signatures)?;
+        if verifier.required() && verifier.key_count() == 0 {
+            tracing::warn!("trust.require_signatures is on but trust.coordinator_keys is empty: every command will be refused");
+        }
         let executed_file = state_dir.map(|d| d.join(format!("executed-{}.log", cfg.node.name)));
         let executed = executed_file
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|t| t.lines().map(str::to_owned).collect())
+            .map(|t| load_executed(&t, chrono::Utc::now().timestamp()))
             .unwrap_or_default();
         Ok(Self {
             cfg,
@@ -67,6 +74,7 @@ impl Agent {
             done_rx: Some(done_rx),
             executed,
             executed_file,
+            verifier,
         })
     }
 
@@ -181,6 +189,19 @@ impl Agent {
     async fn command(&mut self, m: Incoming) {
         let now = chrono::Utc::now();
         let limit = self.cfg.nats.max_message_bytes;
+        if let Err(e) = self.verifier.check(
+            &m.payload,
+            m.header(trust::HEADER_SIGNER),
+            m.header(trust::HEADER_SIGNATURE),
+        ) {
+            self.counters.inc("commands.rejected.signature");
+            tracing::warn!(subject = %m.subject, error = %e, "refused command");
+            if let Some(id) = loose_action_id(&m.payload) {
+                let o = Outcome::new(ResultStatus::Rejected, format!("refused: {e}"));
+                self.answer(&id, "unknown", &o).await;
+            }
+            return ack(m).await;
+        }
         let cmd = match decode::<Command>(&m.payload, limit).and_then(|c| c.validate().map(|()| c))
         {
             Ok(c) => c,
@@ -188,15 +209,7 @@ impl Agent {
                 self.counters.inc("commands.rejected.malformed");
                 tracing::warn!(subject = %m.subject, error = %e, "rejected command");
                 // Answer when the id can still be read, so it is audited.
-                let id = serde_json::from_slice::<Value>(&m.payload)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("action_id")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                    })
-                    .filter(|id| id.len() <= 256 && !id.chars().any(char::is_control));
-                if let Some(id) = id {
+                if let Some(id) = loose_action_id(&m.payload) {
                     let o = Outcome::new(ResultStatus::Rejected, format!("malformed command: {e}"));
                     self.answer(&id, "unknown", &o).await;
                 }
@@ -213,7 +226,7 @@ impl Agent {
                 ResultStatus::Expired,
                 "deadline passed before execution",
             ))
-        } else if self.executed.contains(&cmd.action_id) {
+        } else if self.executed.contains_key(&cmd.action_id) {
             Some(Outcome::new(
                 ResultStatus::Rejected,
                 "action_id already executed (replay)",
@@ -236,7 +249,7 @@ impl Agent {
                 ),
             ),
             (None, Some(i)) => {
-                self.remember(&cmd.action_id);
+                self.remember(&cmd);
                 let execution = tokio::task::block_in_place(|| self.antibodies[i].execute(&cmd));
                 match execution {
                     Execution::Done(o) => o,
@@ -283,14 +296,21 @@ impl Agent {
         });
     }
 
-    fn remember(&mut self, action_id: &str) {
-        self.executed.insert(action_id.to_string());
+    /// Remember an executed action id, on disk too, for as long as its
+    /// command could still be valid (its deadline, or the replay window).
+    fn remember(&mut self, cmd: &Command) {
+        let until = cmd.deadline.map(|d| d.timestamp()).unwrap_or_else(|| {
+            (chrono::Utc::now() + skos_core::level::secs(self.cfg.trust.replay_window)).timestamp()
+        });
+        self.executed.insert(cmd.action_id.clone(), until);
         if let Some(p) = &self.executed_file {
             let r = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(p)
-                .and_then(|mut f| writeln!(f, "{action_id}").and_then(|()| f.sync_data()));
+                .and_then(|mut f| {
+                    writeln!(f, "{}\t{until}", cmd.action_id).and_then(|()| f.sync_data())
+                });
             if let Err(e) = r {
                 tracing::warn!(path = %p.display(), error = %e, "cannot record executed action id");
             }
@@ -319,6 +339,31 @@ impl Agent {
     }
 }
 
+/// The action id of a command that could not be decoded or trusted, when it
+/// can still be read, so the refusal is answered and audited.
+fn loose_action_id(payload: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(payload)
+        .ok()?
+        .get("action_id")?
+        .as_str()
+        .filter(|id| id.len() <= 256 && !id.chars().any(char::is_control))
+        .map(str::to_owned)
+}
+
+/// Parse the executed-ids log (`action_id<TAB>until`), dropping entries
+/// whose command can no longer be valid. Older logs without a time are kept.
+fn load_executed(text: &str, now: i64) -> HashMap<String, i64> {
+    text.lines()
+        .filter_map(|l| {
+            let (id, until) = match l.split_once('\t') {
+                Some((id, t)) => (id, t.trim().parse().unwrap_or(i64::MAX)),
+                None => (l, i64::MAX),
+            };
+            (!id.is_empty() && until >= now).then(|| (id.to_string(), until))
+        })
+        .collect()
+}
+
 fn fill(mut r: CommandResult, o: &Outcome) -> CommandResult {
     r.status = o.status;
     r.message = o.message.clone();
@@ -331,5 +376,29 @@ fn fill(mut r: CommandResult, o: &Outcome) -> CommandResult {
 async fn ack(m: Incoming) {
     if let Err(e) = m.ack().await {
         tracing::warn!(error = %e, "command ack failed; it may be delivered again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executed_log_keeps_only_what_could_still_be_replayed() {
+        let m = load_executed("a\t100\nb\t50\nlegacy\n\n", 60);
+        assert!(m.contains_key("a"));
+        assert!(!m.contains_key("b"));
+        assert!(m.contains_key("legacy"));
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn loose_ids() {
+        assert_eq!(
+            loose_action_id(br#"{"action_id":"x","junk":1}"#).as_deref(),
+            Some("x")
+        );
+        assert_eq!(loose_action_id(b"garbage"), None);
+        assert_eq!(loose_action_id(br#"{"action_id":"a\u0000b"}"#), None);
     }
 }

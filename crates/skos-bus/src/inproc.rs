@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{subjects, Acker, Error, Feed, Incoming, Replier, Result, Subscription};
+use crate::{subjects, Acker, Error, Feed, Headers, Incoming, Replier, Result, Subscription};
 
 /// How many message ids are remembered for de-duplication.
 const DEDUP_WINDOW: usize = 10_000;
@@ -26,7 +26,7 @@ struct Inner {
     order: VecDeque<String>,
     /// Durable messages published while nobody consumed their subject,
     /// handed to the first matching subscriber (as a stream would).
-    parked: VecDeque<(String, Bytes)>,
+    parked: VecDeque<(String, Bytes, Headers)>,
 }
 
 /// Most durable messages parked while nobody listens.
@@ -41,7 +41,13 @@ impl InProcBus {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn publish(&self, subject: &str, payload: Bytes, id: Option<&str>) -> Result<()> {
+    pub(crate) fn publish(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        id: Option<&str>,
+        headers: &[(String, String)],
+    ) -> Result<()> {
         let mut inner = self.lock();
         if let Some(id) = id {
             if !inner.seen.insert(id.to_string()) {
@@ -63,6 +69,7 @@ impl InProcBus {
                 .send(Incoming {
                     subject: subject.to_string(),
                     payload: payload.clone(),
+                    headers: headers.to_vec(),
                     ack: Acker::None,
                 })
                 .is_ok();
@@ -73,7 +80,9 @@ impl InProcBus {
             if inner.parked.len() >= PARK_LIMIT {
                 inner.parked.pop_front();
             }
-            inner.parked.push_back((subject.to_string(), payload));
+            inner
+                .parked
+                .push_back((subject.to_string(), payload, headers.to_vec()));
         }
         Ok(())
     }
@@ -93,15 +102,16 @@ impl InProcBus {
         let pattern = Self::pattern(feed);
         let mut inner = self.lock();
         let parked = std::mem::take(&mut inner.parked);
-        for (subject, payload) in parked {
+        for (subject, payload, headers) in parked {
             if subjects::matches(&pattern, &subject) {
                 let _ = tx.send(Incoming {
                     subject,
                     payload,
+                    headers,
                     ack: Acker::None,
                 });
             } else {
-                inner.parked.push_back((subject, payload));
+                inner.parked.push_back((subject, payload, headers));
             }
         }
         inner.subs.push((pattern, tx));
@@ -130,6 +140,7 @@ impl InProcBus {
                     let _ = sub.send(Incoming {
                         subject: subject.to_string(),
                         payload,
+                        headers: Vec::new(),
                         ack: Acker::Reply(Replier::InProc(r)),
                     });
                 }
@@ -162,13 +173,23 @@ mod tests {
             .subscribe(&Feed::Commands(NodeName::parse("nova").unwrap()))
             .unwrap();
         let mut all = bus.subscribe(&Feed::Alerts).unwrap();
-        bus.publish("skos.command.lyra", Bytes::from_static(b"x"), None)
+        bus.publish("skos.command.lyra", Bytes::from_static(b"x"), None, &[])
             .unwrap();
-        bus.publish("skos.command.nova", Bytes::from_static(b"1"), Some("a"))
-            .unwrap();
-        bus.publish("skos.command.nova", Bytes::from_static(b"1"), Some("a"))
-            .unwrap();
-        bus.publish("skos.alert.nova", Bytes::from_static(b"2"), None)
+        bus.publish(
+            "skos.command.nova",
+            Bytes::from_static(b"1"),
+            Some("a"),
+            &[],
+        )
+        .unwrap();
+        bus.publish(
+            "skos.command.nova",
+            Bytes::from_static(b"1"),
+            Some("a"),
+            &[],
+        )
+        .unwrap();
+        bus.publish("skos.alert.nova", Bytes::from_static(b"2"), None, &[])
             .unwrap();
         let m = nova.next().await.unwrap();
         assert_eq!(m.payload.as_ref(), b"1");
@@ -180,10 +201,20 @@ mod tests {
     #[tokio::test]
     async fn durable_messages_wait_for_their_first_subscriber() {
         let bus = InProcBus::new();
-        bus.publish("skos.alert.nova", Bytes::from_static(b"early"), Some("x"))
-            .unwrap();
-        bus.publish("skos.heartbeat.nova", Bytes::from_static(b"core"), None)
-            .unwrap();
+        bus.publish(
+            "skos.alert.nova",
+            Bytes::from_static(b"early"),
+            Some("x"),
+            &[],
+        )
+        .unwrap();
+        bus.publish(
+            "skos.heartbeat.nova",
+            Bytes::from_static(b"core"),
+            None,
+            &[],
+        )
+        .unwrap();
         let mut alerts = bus.subscribe(&Feed::Alerts).unwrap();
         assert_eq!(alerts.next().await.unwrap().payload.as_ref(), b"early");
     }

@@ -19,13 +19,14 @@ pub mod inproc;
 pub mod nats;
 pub mod state;
 pub mod subjects;
+pub mod trust;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::Serialize;
-use skos_core::{Alert, Command, CommandResult, Heartbeat, NodeName};
+use skos_core::{Alert, Command, CommandResult, Heartbeat, NodeName, ResultStatus};
 
 pub use audit::{AuditLog, AuditStore};
 pub use inproc::InProcBus;
@@ -86,7 +87,24 @@ pub enum Feed {
 pub struct Incoming {
     pub subject: String,
     pub payload: Bytes,
+    /// NATS headers (name, value), e.g. the command signature.
+    pub headers: Headers,
     pub(crate) ack: Acker,
+}
+
+pub type Headers = Vec<(String, String)>;
+
+pub(crate) fn headers_of(map: Option<&async_nats::HeaderMap>) -> Headers {
+    let Some(map) = map else {
+        return Vec::new();
+    };
+    map.iter()
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (name.to_string(), v.as_str().to_string()))
+        })
+        .collect()
 }
 
 pub(crate) enum Acker {
@@ -104,6 +122,14 @@ pub(crate) enum Replier {
 }
 
 impl Incoming {
+    /// The first value of a header, by name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The node named by the subject's last token, if it is a valid name.
     pub fn subject_node(&self) -> Option<NodeName> {
         subjects::node_of(&self.subject)
@@ -159,32 +185,70 @@ impl Bus {
     pub async fn publish_alert(&self, alert: &Alert) -> Result<()> {
         let subject = subjects::alert(&alert.node);
         let payload = encode(&subject, alert)?;
-        self.publish_durable(&subject, payload, Some(&alert.alert_id))
+        self.publish_durable(&subject, payload, Some(&alert.alert_id), &[])
             .await
     }
 
     /// Durable: returns once the stream has stored the command. The
     /// `action_id` is the message id, so a command re-sent after a
     /// coordinator crash is stored once.
-    pub async fn send_command(&self, node: &NodeName, cmd: &Command) -> Result<()> {
+    /// With a signer, the signature over the exact payload bytes travels
+    /// in the `Skos-Signer` / `Skos-Signature` headers.
+    pub async fn send_command(
+        &self,
+        node: &NodeName,
+        cmd: &Command,
+        signer: Option<&trust::Signer>,
+    ) -> Result<()> {
         let subject = subjects::command(node);
         let payload = encode(&subject, cmd)?;
-        self.publish_durable(&subject, payload, Some(&cmd.action_id))
+        let headers = match signer {
+            Some(s) => {
+                let (who, sig) = s.sign(&payload)?;
+                vec![
+                    (trust::HEADER_SIGNER.to_string(), who),
+                    (trust::HEADER_SIGNATURE.to_string(), sig),
+                ]
+            }
+            None => Vec::new(),
+        };
+        self.publish_durable(&subject, payload, Some(&cmd.action_id), &headers)
             .await
     }
 
     pub async fn publish_result(&self, result: &CommandResult) -> Result<()> {
         let subject = subjects::result(&result.node);
         let payload = encode(&subject, result)?;
-        let id = format!("{}:{}", result.action_id, result.status.as_str());
-        self.publish_durable(&subject, payload, Some(&id)).await
+        // One stored result per execution (a re-sent result after a crash is
+        // dropped), but every refusal is kept: each is a separate event.
+        let id = match result.status {
+            ResultStatus::Rejected | ResultStatus::Expired => format!(
+                "{}:{}:{}",
+                result.action_id,
+                result.status.as_str(),
+                result.timestamp.timestamp_nanos_opt().unwrap_or_default()
+            ),
+            _ => format!("{}:{}", result.action_id, result.status.as_str()),
+        };
+        self.publish_durable(&subject, payload, Some(&id), &[])
+            .await
     }
 
     /// Publish raw bytes on a subject (tests use this to send hostile input).
     pub async fn publish_raw(&self, subject: &str, payload: Bytes) -> Result<()> {
+        self.publish_raw_with_headers(subject, payload, &[]).await
+    }
+
+    /// Publish raw bytes with headers (tests use this to forge signatures).
+    pub async fn publish_raw_with_headers(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        headers: &[(String, String)],
+    ) -> Result<()> {
         match self {
-            Bus::InProc(b) => b.publish(subject, payload, None),
-            Bus::Nats(b) => b.publish(subject, payload).await,
+            Bus::InProc(b) => b.publish(subject, payload, None, headers),
+            Bus::Nats(b) => b.publish(subject, payload, headers).await,
         }
     }
 
@@ -193,10 +257,11 @@ impl Bus {
         subject: &str,
         payload: Bytes,
         id: Option<&str>,
+        headers: &[(String, String)],
     ) -> Result<()> {
         match self {
-            Bus::InProc(b) => b.publish(subject, payload, id),
-            Bus::Nats(b) => b.publish_durable(subject, payload, id).await,
+            Bus::InProc(b) => b.publish(subject, payload, id, headers),
+            Bus::Nats(b) => b.publish_durable(subject, payload, id, headers).await,
         }
     }
 

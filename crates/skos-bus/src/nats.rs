@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::{subjects, Acker, Error, Feed, Incoming, Replier, Result, Subscription};
+use crate::{headers_of, subjects, Acker, Error, Feed, Incoming, Replier, Result, Subscription};
 
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
@@ -110,11 +110,20 @@ impl NatsBus {
         Ok(())
     }
 
-    pub(crate) async fn publish(&self, subject: &str, payload: Bytes) -> Result<()> {
-        self.client
-            .publish(subject.to_string(), payload)
-            .await
-            .map_err(|e| Error::subject(subject, e))
+    pub(crate) async fn publish(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        headers: &[(String, String)],
+    ) -> Result<()> {
+        let r = if headers.is_empty() {
+            self.client.publish(subject.to_string(), payload).await
+        } else {
+            self.client
+                .publish_with_headers(subject.to_string(), header_map(headers), payload)
+                .await
+        };
+        r.map_err(|e| Error::subject(subject, e))
     }
 
     pub(crate) async fn publish_durable(
@@ -122,8 +131,12 @@ impl NatsBus {
         subject: &str,
         payload: Bytes,
         id: Option<&str>,
+        headers: &[(String, String)],
     ) -> Result<()> {
         let mut msg = jetstream::message::PublishMessage::build().payload(payload);
+        for (name, value) in headers {
+            msg = msg.header(name.as_str(), value.as_str());
+        }
         if let Some(id) = id {
             msg = msg.message_id(id);
         }
@@ -193,6 +206,7 @@ impl NatsBus {
                 };
                 Incoming {
                     subject: m.subject.to_string(),
+                    headers: headers_of(m.headers.as_ref()),
                     payload: m.payload,
                     ack,
                 }
@@ -264,6 +278,7 @@ impl NatsBus {
             let incoming = Incoming {
                 subject: m.subject.to_string(),
                 payload: m.payload.clone(),
+                headers: headers_of(m.headers.as_ref()),
                 ack: Acker::JetStream(Box::new(m)),
             };
             if tx.send(incoming).await.is_err() {
@@ -272,4 +287,12 @@ impl NatsBus {
         }
         Err("message stream ended".into())
     }
+}
+
+fn header_map(headers: &[(String, String)]) -> async_nats::HeaderMap {
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        map.append(name.as_str(), value.as_str());
+    }
+    map
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
+use skos_bus::trust::Signer;
 use skos_bus::{AuditLog, Bus, Feed, Incoming, StateStore};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
@@ -33,6 +34,8 @@ pub struct ServiceOptions {
     /// How many audit records to read back at start to rebuild the set of
     /// alerts already handled.
     pub replay_records: u64,
+    /// Signs every command (agents refuse unsigned ones by default).
+    pub signer: Option<Arc<Signer>>,
 }
 
 impl Default for ServiceOptions {
@@ -42,6 +45,7 @@ impl Default for ServiceOptions {
             status_file: None,
             tick: Duration::from_millis(250),
             replay_records: 20_000,
+            signer: None,
         }
     }
 }
@@ -50,6 +54,7 @@ impl Default for ServiceOptions {
 const STATE_KEY: &str = "coordinator";
 
 struct Ctx {
+    signer: Option<Arc<Signer>>,
     engine: Engine,
     bus: Bus,
     audit: Arc<AuditLog>,
@@ -93,7 +98,11 @@ pub async fn run(
         }
     }
     tracing::info!(replayed, mode = %opts.mode, "coordinator started");
+    if opts.signer.is_none() {
+        tracing::warn!("commands are not signed: agents that require signatures will refuse them (set trust.signing_key_file)");
+    }
     let mut ctx = Ctx {
+        signer: opts.signer.clone(),
         engine,
         bus: bus.clone(),
         audit,
@@ -285,7 +294,9 @@ impl Ctx {
             match e {
                 Effect::Command(node, cmd) => {
                     tracing::info!(node = %node, action = %cmd.action_type, action_id = %cmd.action_id, "sending command");
-                    self.bus.send_command(&node, &cmd).await?;
+                    self.bus
+                        .send_command(&node, &cmd, self.signer.as_deref())
+                        .await?;
                 }
                 Effect::Alert(a) => {
                     tracing::info!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), "raising alert");

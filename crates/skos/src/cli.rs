@@ -67,6 +67,24 @@ pub enum Cmd {
         #[command(subcommand)]
         command: ConfigCmd,
     },
+    /// Signing keys for commands.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Write a new nkeys seed file (mode 0600) and print its public key.
+    Generate {
+        /// Where to write the seed (it is secret).
+        #[arg(long, default_value = "skos-coordinator.nk")]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use skos_agent::runtime::Agent;
 use skos_agent::sensors::Sensors;
 use skos_bus::audit::{self, AuditLog};
+use skos_bus::trust::Signer;
 use skos_bus::{Bus, InProcBus, NatsBus, NatsOptions, StateStore};
 use skos_coordinator::{ServiceOptions, Status};
 use skos_core::config::Config;
@@ -18,7 +19,7 @@ use skos_core::counters::Counters;
 use skos_core::AuditEntry;
 use tokio::sync::watch;
 
-use crate::cli::{AuditCmd, Cli, Cmd, ConfigArg, ConfigCmd};
+use crate::cli::{AuditCmd, Cli, Cmd, ConfigArg, ConfigCmd, KeysCmd};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -46,6 +47,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Config {
             command: ConfigCmd::Check { config },
         } => config_check(&config),
+        Cmd::Keys {
+            command: KeysCmd::Generate { out, force },
+        } => keys_generate(&out, force),
     }
 }
 
@@ -159,9 +163,15 @@ async fn up(cfg: Config) -> Result<ExitCode> {
     let bus = Bus::InProc(InProcBus::new());
     let counters = Counters::default();
     let (tx, rx) = watch::channel(false);
+    // Commands are signed in embedded mode too, with a key that lives as
+    // long as the process, so the agent runs the same checks.
+    let signer = Arc::new(Signer::ephemeral());
+    let mut agent_cfg = cfg.clone();
+    agent_cfg.trust.coordinator_keys = vec![signer.public_key()];
     let opts = ServiceOptions {
         mode: "embedded".into(),
         status_file: Some(data_dir.join("status.json")),
+        signer: Some(signer),
         ..Default::default()
     };
     let coordinator = tokio::spawn(skos_coordinator::run(
@@ -173,7 +183,7 @@ async fn up(cfg: Config) -> Result<ExitCode> {
         opts,
         stopped(rx.clone()),
     ));
-    let agent = Agent::new(cfg, bus, counters, Some(data_dir.join("agent")))?;
+    let agent = Agent::new(agent_cfg, bus, counters, Some(data_dir.join("agent")))?;
     let agent = tokio::spawn(agent.run(stopped(rx)));
     tokio::select! {
         _ = shutdown_signal() => {}
@@ -220,6 +230,15 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
     let nats = connect(&cfg, "skos-coordinator").await?;
     let audit = Arc::new(AuditLog::open_jetstream(&nats).await?);
     let state = StateStore::jetstream(&nats).await?;
+    let signer = match &cfg.trust.signing_key_file {
+        Some(path) => {
+            warn_if_exposed(path);
+            let s = Signer::from_seed_file(path)?;
+            tracing::info!(public_key = %s.public_key(), "commands are signed");
+            Some(Arc::new(s))
+        }
+        None => None,
+    };
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(skos_coordinator::run(
         cfg,
@@ -227,7 +246,10 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
         audit,
         state,
         Counters::default(),
-        ServiceOptions::default(),
+        ServiceOptions {
+            signer,
+            ..Default::default()
+        },
         stopped(rx),
     ));
     shutdown_signal().await;
@@ -449,4 +471,48 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Secrets must not be readable by others: say so loudly when they are.
+fn warn_if_exposed(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "secret file is readable by group or others; chmod 600 it");
+            eprintln!(
+                "skos: warning: {} is readable by group or others (mode {:o}); chmod 600 it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+}
+
+fn keys_generate(out: &std::path::Path, force: bool) -> Result<ExitCode> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (seed, public) = Signer::generate()?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(0o600);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts
+        .open(out)
+        .with_context(|| format!("cannot create {} (use --force to overwrite)", out.display()))?;
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot chmod {}", out.display()))?;
+    writeln!(f, "{seed}").with_context(|| format!("cannot write {}", out.display()))?;
+    f.sync_all()
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "skos: wrote the seed to {} (mode 600; keep it secret)",
+        out.display()
+    );
+    eprintln!("skos: set trust.signing_key_file on the coordinator, and this public key in trust.coordinator_keys on every agent:");
+    println!("{public}");
+    Ok(ExitCode::SUCCESS)
 }

@@ -90,7 +90,13 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
                 e["entry"]["data"]["result"]["action_type"] == "throttle_50"
                     && e["entry"]["data"]["result"]["status"] == "succeeded"
             })
-            .then_some(r)
+            .then_some(())
+            .and_then(|()| {
+                audit_events(&r, "result")
+                    .iter()
+                    .any(|e| e["entry"]["data"]["result"]["action_type"] == "redistribute")
+                    .then_some(r)
+            })
     });
     let alerts = audit_events(&records, "alert");
     assert!(alerts

@@ -92,7 +92,7 @@ fn hot_cpu_over_jetstream_is_throttled_and_audited() {
     let sys = FakeSysfs::new();
     let cpu = sys.coretemp(60.0, &[55.0]);
     fake_cpufreq(sys.root(), 2, MIN, MAX);
-    let cfg = fast_config(work.path(), "");
+    let cfg = fast_config(work.path(), &trust_section(work.path()));
     let mut coord = coordinator(&nats, &cfg, work.path(), "coordinator");
     let _agent = agent(&nats, &cfg, work.path(), sys.root(), "nova");
     wait_for(
@@ -183,7 +183,7 @@ fn killed_agent_goes_offline_within_timeout_and_comes_back() {
     let work = tempfile::tempdir().unwrap();
     let sys = FakeSysfs::new();
     sys.coretemp(50.0, &[]);
-    let cfg = fast_config(work.path(), "");
+    let cfg = fast_config(work.path(), &trust_section(work.path()));
     let _coord = coordinator(&nats, &cfg, work.path(), "coordinator");
     let mut a = agent(&nats, &cfg, work.path(), sys.root(), "lyra");
     wait_for(Duration::from_secs(30), "lyra healthy", || {
@@ -352,7 +352,7 @@ fn malformed_messages_on_every_subject_are_counted_not_fatal() {
     let work = tempfile::tempdir().unwrap();
     let sys = FakeSysfs::new();
     sys.coretemp(50.0, &[]);
-    let cfg = fast_config(work.path(), "");
+    let cfg = fast_config(work.path(), &trust_section(work.path()));
     let mut coord = coordinator(&nats, &cfg, work.path(), "coordinator");
     let mut ag = agent(&nats, &cfg, work.path(), sys.root(), "nova");
     wait_for(Duration::from_secs(30), "nova healthy", || {
@@ -414,7 +414,7 @@ fn malformed_messages_on_every_subject_are_counted_not_fatal() {
         .iter()
         .any(|r| r["entry"]["data"]["result"]["action_id"] == "evil"
             && r["entry"]["data"]["result"]["status"] == "rejected"));
-    assert!(ag.log_text().contains("rejected command"));
+    assert!(ag.log_text().contains("refused command"), "unsigned hostile commands are refused");
     // Still healthy and heartbeating afterwards.
     wait_for(Duration::from_secs(10), "nova still reporting", || {
         status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "healthy"))

@@ -63,6 +63,34 @@ pub struct Config {
     pub mesh: MeshConfig,
     #[serde(rename = "loop")]
     pub loop_: LoopConfig,
+    pub trust: TrustConfig,
+}
+
+/// Who may order a node to act.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrustConfig {
+    /// Agents refuse unsigned commands.
+    pub require_signatures: bool,
+    /// Public keys (nkeys, `U...`) whose signed commands agents accept;
+    /// several, so keys can be rotated.
+    pub coordinator_keys: Vec<String>,
+    /// The coordinator's nkeys seed file (`skos keys generate`).
+    pub signing_key_file: Option<PathBuf>,
+    /// How long an executed `action_id` is remembered when its command
+    /// carries no deadline (seconds).
+    pub replay_window: f64,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            require_signatures: true,
+            coordinator_keys: Vec::new(),
+            signing_key_file: None,
+            replay_window: 7.0 * 86400.0,
+        }
+    }
 }
 
 impl Default for Config {
@@ -82,6 +110,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             mesh: MeshConfig::default(),
             loop_: LoopConfig::default(),
+            trust: TrustConfig::default(),
         }
     }
 }
@@ -625,6 +654,7 @@ impl Config {
                 "storage" => take!(cfg.storage),
                 "mesh" => take!(cfg.mesh),
                 "loop" => take!(cfg.loop_),
+                "trust" => take!(cfg.trust),
                 _ => issues.push(issue(key.clone(), "unknown key")),
             }
         }
@@ -787,6 +817,21 @@ impl Config {
             }
         }
         out.extend(self.check_storage());
+        for (i, k) in self.trust.coordinator_keys.iter().enumerate() {
+            if !(k.len() == 56
+                && k.starts_with('U')
+                && k.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+            {
+                out.push(issue(
+                    format!("trust.coordinator_keys[{i}]"),
+                    format!("{k:?} is not an nkeys public key (56 characters starting with U)"),
+                ));
+            }
+        }
+        if !non_negative(self.trust.replay_window) {
+            out.push(issue("trust.replay_window", "must be zero or more seconds"));
+        }
         out.extend(self.mesh.check());
         out.extend(self.loop_.check());
         out

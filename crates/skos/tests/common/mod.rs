@@ -145,3 +145,24 @@ pub fn audit_events(records: &[Value], event: &str) -> Vec<Value> {
         .cloned()
         .collect()
 }
+
+/// A fresh coordinator key (`skos keys generate`): the `trust:` section that
+/// makes the coordinator sign and the agents trust it.
+pub fn trust_section(dir: &Path) -> String {
+    let key = dir.join("coordinator.nk");
+    let out = run({
+        let mut c = skos();
+        c.args(["keys", "generate", "--out"]).arg(&key);
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    format!(
+        "trust:\n  signing_key_file: {}\n  coordinator_keys: [{public}]\n",
+        key.display()
+    )
+}
