@@ -226,6 +226,13 @@ impl Agent {
                 ResultStatus::Expired,
                 "deadline passed before execution",
             ))
+        } else if let Err(e) =
+            skos_core::policy::validate_parameters(&cmd.action_type, &cmd.parameters)
+        {
+            Some(Outcome::new(
+                ResultStatus::Rejected,
+                format!("invalid parameters: {e}"),
+            ))
         } else if self.executed.contains_key(&cmd.action_id) {
             Some(Outcome::new(
                 ResultStatus::Rejected,

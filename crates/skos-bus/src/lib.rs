@@ -30,7 +30,7 @@ use skos_core::{Alert, Command, CommandResult, Heartbeat, NodeName, ResultStatus
 
 pub use audit::{AuditLog, AuditStore};
 pub use inproc::InProcBus;
-pub use nats::{NatsBus, NatsOptions};
+pub use nats::{NatsAuth, NatsBus, NatsOptions};
 pub use state::StateStore;
 
 #[derive(Debug, thiserror::Error)]

@@ -27,6 +27,34 @@ pub struct NatsOptions {
     /// Connection name shown by the server (`skos-coordinator`, `skos-agent-nova`).
     pub name: String,
     pub connect_timeout: Duration,
+    pub auth: NatsAuth,
+    pub tls: skos_core::config::NatsTls,
+    /// Reply subjects start with this (so server permissions can give each
+    /// node its own inbox), e.g. `_INBOX_nova`.
+    pub inbox_prefix: Option<String>,
+}
+
+#[derive(Clone, Default)]
+pub enum NatsAuth {
+    #[default]
+    None,
+    UserPassword(String, String),
+    Token(String),
+    /// An nkeys seed (secret).
+    NkeySeed(String),
+    CredsFile(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::UserPassword(u, _) => write!(f, "UserPassword({u:?}, <redacted>)"),
+            NatsAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            NatsAuth::NkeySeed(_) => f.write_str("NkeySeed(<redacted>)"),
+            NatsAuth::CredsFile(p) => write!(f, "CredsFile({})", p.display()),
+        }
+    }
 }
 
 impl NatsOptions {
@@ -35,7 +63,45 @@ impl NatsOptions {
             url: url.into(),
             name: name.into(),
             connect_timeout: Duration::from_secs(5),
+            auth: NatsAuth::None,
+            tls: Default::default(),
+            inbox_prefix: None,
         }
+    }
+
+    /// From the `nats:` section; reads the nkey seed file if one is named.
+    pub fn from_config(
+        cfg: &skos_core::config::NatsSection,
+        name: impl Into<String>,
+    ) -> Result<Self> {
+        let auth = if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
+            NatsAuth::UserPassword(u.clone(), p.clone())
+        } else if let Some(t) = &cfg.token {
+            NatsAuth::Token(t.clone())
+        } else if let Some(path) = &cfg.nkey_seed_file {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            let seed = text
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("SU") || l.starts_with('S'))
+                .ok_or_else(|| Error::Corrupt {
+                    path: path.display().to_string(),
+                    reason: "no nkeys seed in the file".into(),
+                })?;
+            NatsAuth::NkeySeed(seed.to_string())
+        } else if let Some(path) = &cfg.creds_file {
+            NatsAuth::CredsFile(path.clone())
+        } else {
+            NatsAuth::None
+        };
+        Ok(Self {
+            auth,
+            tls: cfg.tls.clone(),
+            ..Self::new(cfg.url.clone(), name)
+        })
     }
 }
 
@@ -53,15 +119,39 @@ const ACK_WAIT: Duration = Duration::from_secs(10);
 impl NatsBus {
     /// Connect and make sure the streams exist.
     pub async fn connect(opts: &NatsOptions) -> Result<Self> {
-        let client = async_nats::ConnectOptions::new()
+        let fail = |reason: String| Error::Connect {
+            url: opts.url.clone(),
+            reason,
+        };
+        let mut co = async_nats::ConnectOptions::new()
             .name(&opts.name)
-            .connection_timeout(opts.connect_timeout)
+            .connection_timeout(opts.connect_timeout);
+        co = match &opts.auth {
+            NatsAuth::None => co,
+            NatsAuth::UserPassword(u, p) => co.user_and_password(u.clone(), p.clone()),
+            NatsAuth::Token(t) => co.token(t.clone()),
+            NatsAuth::NkeySeed(seed) => co.nkey(seed.clone()),
+            NatsAuth::CredsFile(path) => co
+                .credentials_file(path)
+                .await
+                .map_err(|e| fail(format!("creds file {}: {e}", path.display())))?,
+        };
+        if let Some(ca) = &opts.tls.ca_file {
+            co = co.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&opts.tls.cert_file, &opts.tls.key_file) {
+            co = co.add_client_certificate(cert.clone(), key.clone());
+        }
+        if opts.tls.required {
+            co = co.require_tls(true);
+        }
+        if let Some(prefix) = &opts.inbox_prefix {
+            co = co.custom_inbox_prefix(prefix);
+        }
+        let client = co
             .connect(opts.url.as_str())
             .await
-            .map_err(|e| Error::Connect {
-                url: opts.url.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| fail(e.to_string()))?;
         let js = std::sync::Arc::new(jetstream::new(client.clone()));
         let bus = Self { client, js };
         bus.ensure_streams().await?;
@@ -168,8 +258,8 @@ impl NatsBus {
 
     pub(crate) async fn subscribe(&self, feed: &Feed) -> Result<Subscription> {
         match feed {
-            Feed::Heartbeats => self.core(subjects::HEARTBEATS, false).await,
-            Feed::StatusRequests => self.core(subjects::STATUS, true).await,
+            Feed::Heartbeats => self.core(subjects::HEARTBEATS.to_string(), false).await,
+            Feed::StatusRequests => self.core(subjects::STATUS.to_string(), true).await,
             Feed::Alerts => Ok(self.durable(
                 subjects::STREAM_ALERTS,
                 subjects::CONSUMER_COORDINATOR.to_string(),
@@ -188,12 +278,12 @@ impl NatsBus {
         }
     }
 
-    async fn core(&self, subject: &'static str, replies: bool) -> Result<Subscription> {
+    async fn core(&self, subject: String, replies: bool) -> Result<Subscription> {
         let sub = self
             .client
-            .subscribe(subject)
+            .subscribe(subject.clone())
             .await
-            .map_err(|e| Error::subject(subject, e))?;
+            .map_err(|e| Error::subject(&subject, e))?;
         let client = self.client.clone();
         Ok(sub
             .map(move |m| {

@@ -40,6 +40,57 @@ pub const KNOWN_ACTIONS: &[&str] = &[
     "reset_chain",
 ];
 
+/// The parameters an action accepts, with their kind. Every other
+/// parameter, or one of the wrong kind, makes the command invalid. The
+/// targets of an action (files, cgroups, interfaces, processes) always come
+/// from the node's configuration, never from a parameter.
+pub fn parameter_schema(action: &str) -> &'static [(&'static str, ParamKind)] {
+    match action {
+        "circuit_break" | "reset_chain" => &[
+            ("chain_id", ParamKind::Token),
+            ("chain_kind", ParamKind::Token),
+        ],
+        "ping_peer" | "failover_route" => &[("peer", ParamKind::Token)],
+        "restart_wireguard" | "regenerate_config" => &[("interface", ParamKind::Token)],
+        _ => &[],
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A short name: letters, digits, `-`, `_`, `.`, `:`, at most 128 bytes;
+    /// it can only select among configured targets.
+    Token,
+}
+
+/// Check a command's parameters against its action's schema.
+pub fn validate_parameters(
+    action: &str,
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), String> {
+    let schema = parameter_schema(action);
+    for (name, value) in params {
+        let Some((_, kind)) = schema.iter().find(|(n, _)| n == name) else {
+            return Err(format!("{action} takes no parameter {name:?}"));
+        };
+        match kind {
+            ParamKind::Token => {
+                let ok = value.as_str().is_some_and(|s| {
+                    !s.is_empty()
+                        && s.len() <= 128
+                        && s.chars().all(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
+                        })
+                });
+                if !ok {
+                    return Err(format!("{action}: parameter {name:?} must be a short name"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The throttle level in percent named by an action (`throttle_50` → 50).
 pub fn throttle_level(action: &str) -> Option<u8> {
     let n: u8 = action.strip_prefix("throttle_")?.parse().ok()?;
@@ -86,8 +137,49 @@ pub fn metric_for(problem: &str) -> Option<&'static str> {
         "thermal:cpu" => Some("cpu_temp"),
         "thermal:gpu" => Some("gpu_temp"),
         p if p.starts_with("storage") => Some("storage_percent"),
+        p if p.starts_with("mesh:") => Some(MESH_METRIC),
         _ => None,
     }
+}
+
+/// The metric of a mesh problem (`mesh:<interface or peer>`): the health
+/// level the agent reports for it in `metadata.mesh` (0 healthy, 1
+/// degraded or stale, 2 down), read by [`mesh_level`].
+pub const MESH_METRIC: &str = "mesh_level";
+
+/// A mesh fix worked when its problem's level fell below this: healthy
+/// again (fresh handshake, peer answering).
+pub const MESH_RECOVERED_BELOW: f64 = 1.0;
+
+/// Mesh actions are tried one at a time, in table order, until one works.
+pub fn is_sequential(kind: &AlertKind) -> bool {
+    *kind == AlertKind::Mesh
+}
+
+/// The level a heartbeat reports for a mesh problem, from
+/// `metadata.mesh.interfaces.<name>.level` or `metadata.mesh.peers.<name>.level`.
+pub fn mesh_level(hb: &crate::protocol::Heartbeat, problem: &str) -> Option<f64> {
+    let name = problem.strip_prefix("mesh:")?;
+    let mesh = hb.metadata.get("mesh")?;
+    ["interfaces", "peers"]
+        .iter()
+        .find_map(|k| mesh.get(k)?.get(name)?.get("level")?.as_f64())
+}
+
+/// The SKOS nodes a heartbeat's node watches as mesh peers
+/// (`metadata.mesh.peers.<name>.node`).
+pub fn mesh_peer_nodes(hb: &crate::protocol::Heartbeat) -> Vec<String> {
+    hb.metadata
+        .get("mesh")
+        .and_then(|m| m.get("peers"))
+        .and_then(|p| p.as_object())
+        .map(|peers| {
+            peers
+                .values()
+                .filter_map(|p| p.get("node")?.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Actions whose job is to free space: one that freed nothing failed.
@@ -100,7 +192,12 @@ pub fn frees_space(action: &str) -> bool {
 
 /// Whether an action's effect can be checked on a heartbeat metric.
 pub fn is_verifiable(action: &str) -> bool {
-    throttle_level(action).is_some() || frees_space(action)
+    throttle_level(action).is_some()
+        || frees_space(action)
+        || matches!(
+            action,
+            "restart_wireguard" | "regenerate_config" | "failover_route"
+        )
 }
 
 #[cfg(test)]
@@ -159,6 +256,52 @@ mod tests {
             ),
             vec!["reset_chain"]
         );
+    }
+
+    #[test]
+    fn parameters_follow_the_schema() {
+        let p = |v: serde_json::Value| v.as_object().unwrap().clone();
+        assert!(validate_parameters("throttle_50", &p(serde_json::json!({}))).is_ok());
+        assert!(validate_parameters(
+            "throttle_50",
+            &p(serde_json::json!({"path": "/etc/passwd"}))
+        )
+        .is_err());
+        assert!(
+            validate_parameters("reset_chain", &p(serde_json::json!({"chain_id": "job-42"})))
+                .is_ok()
+        );
+        assert!(validate_parameters(
+            "reset_chain",
+            &p(serde_json::json!({"chain_id": "a; rm -rf /"}))
+        )
+        .is_err());
+        assert!(
+            validate_parameters("reset_chain", &p(serde_json::json!({"chain_id": 5}))).is_err()
+        );
+        assert!(
+            validate_parameters("ping_peer", &p(serde_json::json!({"peer": "../../x"}))).is_err()
+        );
+    }
+
+    #[test]
+    fn mesh_levels_come_from_heartbeat_metadata() {
+        let hb: crate::protocol::Heartbeat = serde_json::from_value(serde_json::json!({
+            "agent_id": "a", "agent_type": "mesh_healer", "node": "nova",
+            "timestamp": "2024-01-01T00:00:00Z",
+            "metadata": {"mesh": {
+                "interfaces": {"wg0": {"level": 2}},
+                "peers": {"lyra": {"level": 0, "node": "lyra"}, "x": {"level": 1}}
+            }}
+        }))
+        .unwrap();
+        assert_eq!(metric_for("mesh:wg0"), Some(MESH_METRIC));
+        assert_eq!(mesh_level(&hb, "mesh:wg0"), Some(2.0));
+        assert_eq!(mesh_level(&hb, "mesh:lyra"), Some(0.0));
+        assert_eq!(mesh_level(&hb, "mesh:nope"), None);
+        assert_eq!(mesh_level(&hb, "thermal:cpu"), None);
+        assert_eq!(mesh_peer_nodes(&hb), vec!["lyra".to_string()]);
+        assert!(is_verifiable("restart_wireguard") && !is_verifiable("ping_peer"));
     }
 
     #[test]

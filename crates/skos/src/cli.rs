@@ -72,6 +72,26 @@ pub enum Cmd {
         #[command(subcommand)]
         command: KeysCmd,
     },
+    /// Fleet-wide setup.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCmd {
+    /// Print a nats-server authorization config where each node's agent may
+    /// publish only its own subjects and read only its own commands; write
+    /// one nkeys seed per node (and one for the coordinator) into --out.
+    NatsConfig {
+        /// The nodes, comma-separated (nova,lyra,athena).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// Where the seed files go (created, mode 700; seeds mode 600).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,7 +19,7 @@ use skos_core::counters::Counters;
 use skos_core::AuditEntry;
 use tokio::sync::watch;
 
-use crate::cli::{AuditCmd, Cli, Cmd, ConfigArg, ConfigCmd, KeysCmd};
+use crate::cli::{AuditCmd, Cli, Cmd, ConfigArg, ConfigCmd, FleetCmd, KeysCmd};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -50,6 +50,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Keys {
             command: KeysCmd::Generate { out, force },
         } => keys_generate(&out, force),
+        Cmd::Fleet {
+            command: FleetCmd::NatsConfig { nodes, out },
+        } => crate::fleet::nats_config(&nodes, &out),
     }
 }
 
@@ -205,8 +208,28 @@ async fn up(cfg: Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Connection options from the config; secrets files are checked for
+/// loose permissions.
+fn nats_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
+    for path in [
+        &cfg.nats.nkey_seed_file,
+        &cfg.nats.creds_file,
+        &cfg.nats.tls.key_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        warn_if_exposed(path);
+    }
+    Ok(NatsOptions::from_config(&cfg.nats, name)?)
+}
+
 async fn connect(cfg: &Config, name: &str) -> Result<NatsBus> {
-    let opts = NatsOptions::new(&cfg.nats.url, name);
+    let mut opts = nats_options(cfg, name)?;
+    if name.starts_with("skos-agent-") {
+        // Its own reply subjects, so server permissions can confine it.
+        opts.inbox_prefix = Some(format!("_INBOX_{}", cfg.node.name));
+    }
     let mut delay = Duration::from_millis(200);
     loop {
         match NatsBus::connect(&opts).await {
@@ -313,7 +336,7 @@ async fn status(arg: &ConfigArg, data_dir: Option<PathBuf>, as_json: bool) -> Re
     let nats = use_nats(&data_dir);
     let cfg = load_quiet(arg)?;
     let body: Vec<u8> = if nats {
-        let bus = NatsBus::connect(&NatsOptions::new(&cfg.nats.url, "skos-status")).await?;
+        let bus = NatsBus::connect(&nats_options(&cfg, "skos-status")?).await?;
         Bus::Nats(bus)
             .request_status(Duration::from_secs(5))
             .await
@@ -355,7 +378,7 @@ async fn read_audit(
     let nats = use_nats(&data_dir);
     let cfg = load_quiet(arg)?;
     if nats {
-        let bus = NatsBus::connect(&NatsOptions::new(&cfg.nats.url, "skos-audit")).await?;
+        let bus = NatsBus::connect(&nats_options(&cfg, "skos-audit")?).await?;
         if !audit::stream_is_locked(&bus).await? {
             eprintln!("warning: stream SKOS_AUDIT allows deletes or purges");
         }

@@ -414,7 +414,10 @@ fn malformed_messages_on_every_subject_are_counted_not_fatal() {
         .iter()
         .any(|r| r["entry"]["data"]["result"]["action_id"] == "evil"
             && r["entry"]["data"]["result"]["status"] == "rejected"));
-    assert!(ag.log_text().contains("refused command"), "unsigned hostile commands are refused");
+    assert!(
+        ag.log_text().contains("refused command"),
+        "unsigned hostile commands are refused"
+    );
     // Still healthy and heartbeating afterwards.
     wait_for(Duration::from_secs(10), "nova still reporting", || {
         status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "healthy"))

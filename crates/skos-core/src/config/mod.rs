@@ -130,12 +130,33 @@ impl Default for NodeSection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NatsSection {
     pub url: String,
     /// Messages larger than this are rejected on every subject.
     pub max_message_bytes: usize,
+    /// Authentication: at most one of user/password, token, nkey, creds.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// An nkeys seed file (`skos fleet nats-config` writes one per node).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A NATS `.creds` file (JWT + seed).
+    pub creds_file: Option<PathBuf>,
+    pub tls: NatsTls,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsTls {
+    /// Require TLS even when the URL does not say `tls://`.
+    pub required: bool,
+    /// CA certificate (PEM) that signed the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM), for servers that verify clients.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for NatsSection {
@@ -143,7 +164,29 @@ impl Default for NatsSection {
         Self {
             url: "nats://localhost:4222".into(),
             max_message_bytes: crate::protocol::DEFAULT_MAX_MESSAGE_BYTES,
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed_file: None,
+            creds_file: None,
+            tls: NatsTls::default(),
         }
+    }
+}
+
+/// Passwords and tokens are never printed.
+impl fmt::Debug for NatsSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSection")
+            .field("url", &self.url)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("creds_file", &self.creds_file)
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -761,6 +804,27 @@ impl Config {
         if self.circuit_breaker.max_failures == 0 {
             out.push(issue("circuit_breaker.max_failures", "must be at least 1"));
         }
+        let methods = [
+            self.nats.user.is_some() || self.nats.password.is_some(),
+            self.nats.token.is_some(),
+            self.nats.nkey_seed_file.is_some(),
+            self.nats.creds_file.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            out.push(issue(
+                "nats",
+                "choose one of user/password, token, nkey_seed_file, creds_file",
+            ));
+        }
+        if self.nats.user.is_some() != self.nats.password.is_some() {
+            out.push(issue("nats.password", "user and password go together"));
+        }
+        if self.nats.tls.cert_file.is_some() != self.nats.tls.key_file.is_some() {
+            out.push(issue(
+                "nats.tls.key_file",
+                "cert_file and key_file go together",
+            ));
+        }
         if self.nats.max_message_bytes < 1024 {
             out.push(issue("nats.max_message_bytes", "must be at least 1024"));
         }
@@ -1209,6 +1273,18 @@ storage:
         );
         assert!(errs[3].message.contains("data dir"));
         assert!(errs[5].message.contains("allowed root"));
+    }
+
+    #[test]
+    fn nats_secrets_never_appear_and_auth_is_one_method() {
+        let cfg = Config::from_yaml("nats: {user: u, password: pw5ecret}").unwrap();
+        assert!(!format!("{cfg:?}").contains("pw5ecret"));
+        let cfg = Config::from_yaml("nats: {token: t0k3n}").unwrap();
+        assert!(!format!("{cfg:?}").contains("t0k3n"));
+        let errs =
+            Config::from_yaml("nats: {token: t, nkey_seed_file: /x.nk, user: u}").unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["nats", "nats.password"]);
     }
 
     #[test]

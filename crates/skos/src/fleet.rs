@@ -1,0 +1,99 @@
+//! `skos fleet nats-config`: a nats-server authorization block for a fleet,
+//! where each node's agent may publish only its own heartbeats, alerts and
+//! results, and read only its own commands. The server config holds public
+//! keys only; the seeds are written to files, one per node.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use skos_bus::subjects;
+use skos_bus::trust::Signer;
+use skos_core::NodeName;
+
+/// The permissions of one node's agent, in nats-server syntax.
+pub fn agent_permissions(node: &NodeName) -> String {
+    let consumer = subjects::agent_consumer(node);
+    let commands = subjects::STREAM_COMMANDS;
+    let publish = [
+        subjects::heartbeat(node),
+        subjects::alert(node),
+        subjects::result(node),
+        "$JS.API.INFO".to_string(),
+        "$JS.API.STREAM.INFO.*".to_string(),
+        format!("$JS.API.CONSUMER.INFO.{commands}.{consumer}"),
+        format!("$JS.API.CONSUMER.CREATE.{commands}.{consumer}"),
+        format!("$JS.API.CONSUMER.CREATE.{commands}.{consumer}.>"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{commands}.{consumer}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{commands}.{consumer}"),
+        format!("$JS.ACK.{commands}.{consumer}.>"),
+    ];
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX_{node}.>\"] }} }}",
+        list(&publish)
+    )
+}
+
+fn write_seed(path: &Path, seed: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    writeln!(f, "{seed}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+pub fn nats_config(nodes: &[String], out: &Path) -> Result<ExitCode> {
+    let mut names = Vec::new();
+    for n in nodes {
+        match NodeName::parse(n.trim()) {
+            Ok(name) if !names.contains(&name) => names.push(name),
+            Ok(name) => bail!("node {name} is named twice"),
+            Err(e) => bail!("--nodes: {e}"),
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot chmod {}", out.display()))?;
+    let (coord_seed, coord_public) = Signer::generate()?;
+    write_seed(&out.join("coordinator.nk"), &coord_seed)?;
+    let mut users = vec![format!(
+        "    # the coordinator (and operators' skos status / audit)\n    {{ nkey: {coord_public}, permissions: {{ publish: \">\", subscribe: \">\" }} }}"
+    )];
+    for name in &names {
+        let (seed, public) = Signer::generate()?;
+        write_seed(&out.join(format!("{name}.nk")), &seed)?;
+        users.push(format!(
+            "    # agent {name}\n    {{ nkey: {public}, {} }}",
+            agent_permissions(name)
+        ));
+    }
+    println!(
+        "# nats-server authorization for a SKOS fleet, written by `skos fleet nats-config`.\n\
+# Seeds: {dir}/coordinator.nk for the coordinator, {dir}/<node>.nk for each agent\n\
+# (set nats.nkey_seed_file to it). Unknown clients cannot connect.\n\
+authorization {{\n  users = [\n{}\n  ]\n}}",
+        users.join("\n"),
+        dir = out.display()
+    );
+    eprintln!(
+        "skos: wrote {} seed files to {} (mode 600); the coordinator's nkey is also a good command signing key: trust.signing_key_file: {}",
+        names.len() + 1,
+        out.display(),
+        out.join("coordinator.nk").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
