@@ -33,6 +33,15 @@ pub trait Antibody: Send + Sync {
     fn execute(&mut self, cmd: &Command) -> Execution;
     /// A background job of this antibody finished.
     fn finished(&mut self, _action: &str, _outcome: &Outcome) {}
+    /// A task of its own that the runtime runs beside the agent loop until
+    /// shutdown (the loop breaker answers chain steps there). Called once.
+    fn serve(
+        &mut self,
+        _bus: &skos_bus::Bus,
+        _counters: &skos_core::counters::Counters,
+    ) -> Option<futures::future::BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 /// The enabled antibodies, in configuration order. Unknown names were
@@ -44,6 +53,8 @@ pub fn enabled(cfg: &Config, state_dir: Option<&Path>) -> Vec<Box<dyn Antibody>>
         match name.as_str() {
             crate::thermal::AGENT_TYPE => out.push(Box::new(ThermalSentinel::new(cfg, state_dir))),
             crate::storage::AGENT_TYPE => out.push(Box::new(StorageWatcher::new(cfg))),
+            crate::loops::AGENT_TYPE => out.push(Box::new(crate::loops::LoopBreaker::new(cfg))),
+            crate::mesh::AGENT_TYPE => out.push(Box::new(crate::mesh::MeshHealer::new(cfg))),
             other => {
                 tracing::warn!(antibody = %other, "antibody not available in this build; its commands are answered unsupported")
             }

@@ -20,6 +20,8 @@ pub enum Error {
     OutsideRoot { path: PathBuf, root: PathBuf },
     #[error("{what}: {reason}")]
     Device { what: String, reason: String },
+    #[error("{command}: {reason}")]
+    Command { command: String, reason: String },
     #[error("bus: {0}")]
     Bus(#[from] skos_bus::Error),
 }

@@ -13,6 +13,8 @@
 
 pub mod antibody;
 pub mod error;
+pub mod loops;
+pub mod mesh;
 pub mod notify;
 pub mod outcome;
 pub mod runtime;

@@ -110,6 +110,13 @@ impl Agent {
             tokio::time::interval(Duration::from_secs_f64(self.cfg.agent.monitor_interval));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         monitor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Antibodies' own tasks (the loop breaker's chain feed), stopped with the agent.
+        let served: Vec<_> = self
+            .antibodies
+            .iter_mut()
+            .filter_map(|a| a.serve(&self.bus, &self.counters))
+            .map(tokio::spawn)
+            .collect();
         let names: Vec<&str> = self.antibodies.iter().map(|a| a.name()).collect();
         tracing::info!(node = %self.node(), antibodies = ?names, "agent started");
         // Sense once before the first heartbeat so it carries real readings.
@@ -134,6 +141,9 @@ impl Agent {
                     self.heartbeat().await;
                 }
             }
+        }
+        for task in &served {
+            task.abort();
         }
         tracing::info!(node = %self.node(), "agent stopped");
         Ok(())

@@ -26,6 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::Serialize;
+use skos_core::chain::{ChainControl, ChainEvent};
 use skos_core::{Alert, Command, CommandResult, Heartbeat, NodeName, ResultStatus};
 
 pub use audit::{AuditLog, AuditStore};
@@ -79,6 +80,11 @@ pub enum Feed {
     Results,
     /// Status requests addressed to the coordinator (request/reply).
     StatusRequests,
+    /// Applications' chain steps for one node's loop breaker (core;
+    /// request/reply, or fire-and-forget when there is no reply subject).
+    ChainEvents(NodeName),
+    /// Breaks and resets of one node's chains (core), for applications.
+    ChainControl(NodeName),
 }
 
 /// A message taken from a feed. Durable feeds need [`Incoming::ack`] once
@@ -269,6 +275,47 @@ impl Bus {
         match self {
             Bus::InProc(b) => b.subscribe(&feed),
             Bus::Nats(b) => b.subscribe(&feed).await,
+        }
+    }
+
+    /// Announce a chain's break or reset to applications (core, not durable).
+    pub async fn publish_chain_control(&self, ctl: &ChainControl) -> Result<()> {
+        let subject = subjects::chain_control(&ctl.node);
+        let payload = encode(&subject, ctl)?;
+        self.publish_raw(&subject, payload).await
+    }
+
+    /// Ask `node`'s loop breaker about a step; the answer is a
+    /// `ChainDecision` (JSON). Applications normally use the `skos-chain`
+    /// crate or any NATS client; this is for tests and benchmarks.
+    pub async fn chain_request(
+        &self,
+        node: &NodeName,
+        event: &ChainEvent,
+        timeout: Duration,
+    ) -> Result<Bytes> {
+        let subject = subjects::chain(node);
+        let payload = encode(&subject, event)?;
+        self.request_raw(&subject, payload, timeout).await
+    }
+
+    /// Report a step without waiting for an answer.
+    pub async fn chain_report(&self, node: &NodeName, event: &ChainEvent) -> Result<()> {
+        let subject = subjects::chain(node);
+        let payload = encode(&subject, event)?;
+        self.publish_raw(&subject, payload).await
+    }
+
+    /// A request with raw bytes (tests use this to send hostile input).
+    pub async fn request_raw(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes> {
+        match self {
+            Bus::InProc(b) => b.request(subject, payload, timeout).await,
+            Bus::Nats(b) => b.request(subject, payload, timeout).await,
         }
     }
 

@@ -36,6 +36,20 @@ pub fn result(node: &NodeName) -> String {
     format!("skos.result.{node}")
 }
 
+/// Request/reply (or fire-and-forget): applications' chain steps for the
+/// loop breaker of `node`.
+pub fn chain(node: &NodeName) -> String {
+    format!("skos.chain.{node}")
+}
+
+/// Breaks and resets of `node`'s chains, announced to applications. A
+/// second token of its own (`chainctl`, not `chain.control`), so a
+/// subscription to `skos.chain.>` never sees announcements and one to
+/// `skos.chainctl.>` never sees steps.
+pub fn chain_control(node: &NodeName) -> String {
+    format!("skos.chainctl.{node}")
+}
+
 pub fn audit(event_type: &str) -> String {
     let token: String = event_type
         .chars()
@@ -106,6 +120,26 @@ mod tests {
         assert!(node_of("skos.alert.nova.extra").is_none());
         assert!(node_of("skos.alert").is_none());
         assert!(node_of("other.alert.nova").is_none());
+    }
+
+    #[test]
+    fn chain_subjects_never_overlap() {
+        let nova = NodeName::parse("nova").unwrap();
+        let control = NodeName::parse("control").unwrap();
+        let (steps, ctl) = (chain(&nova), chain_control(&nova));
+        assert_eq!(node_of(&steps).unwrap(), nova);
+        assert_eq!(node_of(&ctl).unwrap(), nova);
+        for (pattern, subject) in [
+            ("skos.chain.>", ctl.as_str()),
+            ("skos.chain.*", ctl.as_str()),
+            ("skos.chainctl.>", steps.as_str()),
+            ("skos.chainctl.*", steps.as_str()),
+        ] {
+            assert!(!matches(pattern, subject), "{pattern} matches {subject}");
+        }
+        // Not even for a node called `control`.
+        assert!(!matches(&chain(&control), &ctl));
+        assert!(!matches(&chain_control(&control), &steps));
     }
 
     #[test]

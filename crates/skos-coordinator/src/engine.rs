@@ -67,6 +67,18 @@ struct Verification {
     alert: Alert,
 }
 
+/// Mesh problems are healed one action at a time: the next action of the
+/// table is sent when the previous one failed or did not verify.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ladder {
+    alert: Alert,
+    severity: Severity,
+    event: String,
+    remaining: Vec<String>,
+    /// Whether a step was sent (a ladder of skips does not escalate).
+    sent: bool,
+}
+
 pub struct Engine {
     cfg: Config,
     counters: Counters,
@@ -81,6 +93,8 @@ pub struct Engine {
     handled_order: VecDeque<String>,
     sent_times: BTreeMap<NodeName, VecDeque<Timestamp>>,
     mode: String,
+    /// Mesh problems being healed step by step, by (node, problem).
+    ladders: BTreeMap<(NodeName, String), Ladder>,
 }
 
 /// What the coordinator must not forget across a restart: breakers,
@@ -95,6 +109,8 @@ pub struct EngineSnapshot {
     open_alerts: Vec<Alert>,
     recent: Vec<ActionRecord>,
     nodes: Vec<(NodeName, Heartbeat)>,
+    #[serde(default)]
+    ladders: Vec<Ladder>,
 }
 
 /// Most nodes kept in a snapshot.
@@ -128,6 +144,7 @@ impl Engine {
             handled_order: VecDeque::new(),
             sent_times: BTreeMap::new(),
             mode: mode.to_string(),
+            ladders: BTreeMap::new(),
         }
     }
 
@@ -148,6 +165,7 @@ impl Engine {
                 .take(SNAPSHOT_NODES)
                 .map(|(n, s)| (n.clone(), s.heartbeat.clone()))
                 .collect(),
+            ladders: self.ladders.values().cloned().collect(),
         }
     }
 
@@ -163,6 +181,11 @@ impl Engine {
             .map(|a| ((a.node.clone(), a.problem()), a))
             .collect();
         self.recent = snap.recent.into_iter().collect();
+        self.ladders = snap
+            .ladders
+            .into_iter()
+            .map(|l| ((l.alert.node.clone(), l.alert.problem()), l))
+            .collect();
         for (name, heartbeat) in snap.nodes {
             self.nodes.entry(name).or_insert(NodeState {
                 last_seen: now,
@@ -269,6 +292,7 @@ impl Engine {
         let key = (node.clone(), problem.clone());
         if alert.severity == Severity::Normal {
             self.open_alerts.remove(&key);
+            self.mesh_cleared(&alert, now, &mut out);
             return out;
         }
         self.open_alerts.insert(key, alert.clone());
@@ -294,6 +318,10 @@ impl Engine {
             },
             json!({"alert_id": alert.alert_id, "problem": problem, "severity": severity, "actions": actions}),
         ));
+        if policy::is_sequential(&alert.kind) {
+            self.start_ladder(alert, severity, actions, now, out);
+            return;
+        }
         for action in actions {
             self.dispatch(alert, severity, &action, now, out);
         }
@@ -546,9 +574,13 @@ impl Engine {
                     policy::metric_for(&p.problem),
                 ) {
                     (true, Some(metric)) => {
-                        let below = thresholds_for(&self.cfg, &p.alert)
-                            .map(|t| level_threshold(t, p.severity))
-                            .unwrap_or(f64::INFINITY);
+                        let below = if p.alert.kind == AlertKind::Mesh {
+                            policy::MESH_RECOVERED_BELOW
+                        } else {
+                            thresholds_for(&self.cfg, &p.alert)
+                                .map(|t| level_threshold(t, p.severity))
+                                .unwrap_or(f64::INFINITY)
+                        };
                         self.verifications.push(Verification {
                             action_id: result.action_id.clone(),
                             node: p.node.clone(),
@@ -578,6 +610,9 @@ impl Engine {
                     self.breakers.release_trial(&key);
                 }
             }
+        }
+        if policy::is_sequential(&p.alert.kind) {
+            self.ladder_result(&p, &result, now, &mut out);
         }
         out
     }
@@ -628,10 +663,13 @@ impl Engine {
         };
         let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications)
             .into_iter()
-            .partition(|v| &v.node == node && hb.metric(&v.metric).is_some_and(|x| x < v.below));
+            .partition(|v| &v.node == node && metric_value(&hb, v).is_some_and(|x| x < v.below));
         self.verifications = keep;
         for v in done {
-            let value = hb.metric(&v.metric);
+            let value = metric_value(&hb, &v);
+            if policy::is_sequential(&v.alert.kind) {
+                self.ladders.remove(&(v.node.clone(), v.problem.clone()));
+            }
             self.counters.inc("verifications.succeeded");
             self.set_action_state(
                 &v.action_id,
@@ -773,7 +811,7 @@ impl Engine {
             let value = self
                 .nodes
                 .get(&v.node)
-                .and_then(|n| n.heartbeat.metric(&v.metric));
+                .and_then(|n| metric_value(&n.heartbeat, &v));
             self.set_action_state(
                 &v.action_id,
                 "not_verified",
@@ -791,6 +829,12 @@ impl Engine {
             ));
             let key = BreakerKey::new(v.node.as_str(), &v.problem, &v.action);
             self.failure(&key, now, &mut out);
+            if policy::is_sequential(&v.alert.kind) {
+                // The next step, if the problem is still being healed
+                // (no ladder: it cleared or was decided anew).
+                self.climb(&(v.node.clone(), v.problem.clone()), now, &mut out);
+                continue;
+            }
             match v.alert.severity.next() {
                 Some(next) => {
                     let mut esc = self.own_alert(
@@ -912,6 +956,309 @@ impl Engine {
             counters: self.counters.snapshot(),
         }
     }
+}
+
+/// Mesh problems: one action at a time, and a peer that is down from every
+/// node's point of view is its node's problem, not a tunnel problem.
+impl Engine {
+    fn start_ladder(
+        &mut self,
+        alert: &Alert,
+        severity: Severity,
+        actions: Vec<String>,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
+        let node = alert.node.clone();
+        let problem = alert.problem();
+        let event = event_of(alert).to_string();
+        let key = (node.clone(), problem.clone());
+        if self.ladders.get(&key).is_some_and(|l| l.event == event) {
+            self.skip(
+                (&node, &problem, &actions.join(", ")),
+                "in_progress",
+                format!("{event} on {problem} is still being healed step by step"),
+                now,
+                out,
+            );
+            return;
+        }
+        if let Some((peer, reason, offline)) = self.node_problem(alert) {
+            self.node_problem_found(alert, &peer, &reason, offline, &actions, now, out);
+            return;
+        }
+        self.ladders.insert(
+            key.clone(),
+            Ladder {
+                alert: alert.clone(),
+                severity,
+                event,
+                remaining: actions,
+                sent: false,
+            },
+        );
+        self.climb(&key, now, out);
+    }
+
+    /// Send the next action of a ladder; when none is left, escalate.
+    fn climb(&mut self, key: &(NodeName, String), now: Timestamp, out: &mut Vec<Effect>) {
+        loop {
+            let Some(l) = self.ladders.get_mut(key) else {
+                return;
+            };
+            if l.remaining.is_empty() {
+                if let Some(l) = self.ladders.remove(key) {
+                    if l.sent {
+                        self.ladder_exhausted(l, now, out);
+                    }
+                }
+                return;
+            }
+            let action = l.remaining.remove(0);
+            let (alert, severity) = (l.alert.clone(), l.severity);
+            if let Some((peer, reason, offline)) = self.node_problem(&alert) {
+                self.ladders.remove(key);
+                self.node_problem_found(&alert, &peer, &reason, offline, &[action], now, out);
+                return;
+            }
+            let before = self.pending.len();
+            self.dispatch(&alert, severity, &action, now, out);
+            if self.pending.len() > before {
+                if let Some(l) = self.ladders.get_mut(key) {
+                    l.sent = true;
+                }
+                return;
+            }
+        }
+    }
+
+    /// A result of a ladder step: a verifiable success waits for its
+    /// verification; a diagnostic that found the problem gone ends the
+    /// ladder; anything else moves to the next step.
+    fn ladder_result(
+        &mut self,
+        p: &Pending,
+        result: &CommandResult,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
+        let key = (p.node.clone(), p.problem.clone());
+        if !self.ladders.contains_key(&key) {
+            return;
+        }
+        match result.status {
+            ResultStatus::Succeeded if policy::is_verifiable(&p.action) => {}
+            ResultStatus::Succeeded
+                if result.details.get("resolved").and_then(Value::as_bool) == Some(true) =>
+            {
+                self.ladders.remove(&key);
+                out.push(audit(
+                    "decision",
+                    now,
+                    Some(&p.node),
+                    format!(
+                        "{} on {}: {} found it resolved; no further action",
+                        p.problem, p.node, p.action
+                    ),
+                    json!({"problem": p.problem, "action": p.action, "reason": "resolved"}),
+                ));
+            }
+            _ => self.climb(&key, now, out),
+        }
+    }
+
+    fn ladder_exhausted(&mut self, l: Ladder, now: Timestamp, out: &mut Vec<Effect>) {
+        let node = l.alert.node.clone();
+        let problem = l.alert.problem();
+        self.counters.inc("escalations.mesh");
+        match l.severity.next() {
+            Some(next) => {
+                let mut details = l.alert.details.clone();
+                details.insert("event".into(), json!("escalated"));
+                details.insert("escalated_from".into(), json!(l.event));
+                let mut esc = self.own_alert(
+                    &node,
+                    AlertKind::Mesh,
+                    next,
+                    format!(
+                        "escalated: no action in mesh.actions.{} healed {problem}",
+                        l.event
+                    ),
+                    Value::Object(details),
+                    now,
+                );
+                esc.alert_id = format!("{}-esc-{}", l.alert.alert_id, next.as_str());
+                out.push(Effect::Alert(esc));
+            }
+            None => out.push(audit(
+                "escalation",
+                now,
+                Some(&node),
+                format!("{problem} on {node}: nothing left to escalate to; a human must decide"),
+                json!({"problem": problem}),
+            )),
+        }
+    }
+
+    /// Whether a mesh alert about a peer is really about the peer's node:
+    /// that node is offline, or every node (two or more) that watches it
+    /// sees it unreachable. Returns (peer node, why, offline).
+    fn node_problem(&self, alert: &Alert) -> Option<(NodeName, String, bool)> {
+        if event_of(alert) != "peer_unreachable" {
+            return None;
+        }
+        let peer = NodeName::parse(peer_node_of(alert)?).ok()?;
+        if peer == alert.node {
+            return None;
+        }
+        if self.nodes.get(&peer).is_some_and(|n| n.offline) {
+            return Some((
+                peer.clone(),
+                format!("{peer} is offline (no heartbeats)"),
+                true,
+            ));
+        }
+        let observers: Vec<&NodeName> = self
+            .nodes
+            .iter()
+            .filter(|(n, s)| {
+                !s.offline
+                    && **n != peer
+                    && policy::mesh_peer_nodes(&s.heartbeat)
+                        .iter()
+                        .any(|x| x == peer.as_str())
+            })
+            .map(|(n, _)| n)
+            .collect();
+        let sees_it_down = |o: &NodeName| {
+            self.open_alerts.values().any(|a| {
+                &a.node == o
+                    && a.kind == AlertKind::Mesh
+                    && event_of(a) == "peer_unreachable"
+                    && peer_node_of(a) == Some(peer.as_str())
+            })
+        };
+        if observers.len() >= 2 && observers.iter().all(|o| sees_it_down(o)) {
+            let names: Vec<&str> = observers.iter().map(|n| n.as_str()).collect();
+            return Some((
+                peer.clone(),
+                format!(
+                    "{peer} is unreachable from every node that has it as a peer ({})",
+                    names.join(", ")
+                ),
+                false,
+            ));
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn node_problem_found(
+        &mut self,
+        alert: &Alert,
+        peer: &NodeName,
+        reason: &str,
+        offline: bool,
+        actions: &[String],
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
+        let node = alert.node.clone();
+        let problem = alert.problem();
+        self.counters.inc("mesh.node_problems");
+        for a in actions {
+            self.skip(
+                (&node, &problem, a),
+                "peer_node_down",
+                format!("a node problem, not a tunnel problem: {reason}"),
+                now,
+                out,
+            );
+        }
+        // Stop healing tunnels to that node anywhere else.
+        let others: Vec<(NodeName, String)> = self
+            .ladders
+            .iter()
+            .filter(|(_, l)| peer_node_of(&l.alert) == Some(peer.as_str()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in others {
+            self.ladders.remove(&k);
+            out.push(audit(
+                "decision",
+                now,
+                Some(&k.0),
+                format!("stopped healing {} on {}: {reason}", k.1, k.0),
+                json!({"problem": k.1, "reason": "peer_node_down"}),
+            ));
+        }
+        let nkey = (peer.clone(), "mesh:node".to_string());
+        if !offline && !self.open_alerts.contains_key(&nkey) {
+            let observers: Vec<String> = self
+                .open_alerts
+                .values()
+                .filter(|a| {
+                    event_of(a) == "peer_unreachable" && peer_node_of(a) == Some(peer.as_str())
+                })
+                .map(|a| a.node.to_string())
+                .collect();
+            out.push(Effect::Alert(self.own_alert(
+                peer,
+                AlertKind::Mesh,
+                Severity::Critical,
+                format!("{reason}: a node problem, not a tunnel problem"),
+                json!({"event": "node_unreachable", "sensor": "node", "observers": observers}),
+                now,
+            )));
+        }
+    }
+
+    /// A mesh problem cleared: stop its ladder; a node seen down by every
+    /// peer is back when one of them reaches it again.
+    fn mesh_cleared(&mut self, alert: &Alert, now: Timestamp, out: &mut Vec<Effect>) {
+        if alert.kind != AlertKind::Mesh {
+            return;
+        }
+        self.ladders.remove(&(alert.node.clone(), alert.problem()));
+        let Some(peer) = peer_node_of(alert).and_then(|p| NodeName::parse(p).ok()) else {
+            return;
+        };
+        if self
+            .open_alerts
+            .contains_key(&(peer.clone(), "mesh:node".to_string()))
+        {
+            out.push(Effect::Alert(self.own_alert(
+                &peer,
+                AlertKind::Mesh,
+                Severity::Normal,
+                format!("{peer} is reachable again from {}", alert.node),
+                json!({"event": "node_unreachable", "sensor": "node", "recovered": true}),
+                now,
+            )));
+        }
+    }
+}
+
+/// The value a verification watches: a heartbeat field, or for a mesh
+/// problem its level in `metadata.mesh`.
+fn metric_value(hb: &Heartbeat, v: &Verification) -> Option<f64> {
+    if v.metric == policy::MESH_METRIC {
+        policy::mesh_level(hb, &v.problem)
+    } else {
+        hb.metric(&v.metric)
+    }
+}
+
+fn event_of(alert: &Alert) -> &str {
+    alert
+        .details
+        .get("event")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn peer_node_of(alert: &Alert) -> Option<&str> {
+    alert.details.get("peer_node").and_then(Value::as_str)
 }
 
 fn key_str(k: &BreakerKey) -> String {
@@ -1259,5 +1606,285 @@ mod tests {
         assert!(audits(&fx, "skipped")
             .iter()
             .all(|a| a.data["reason"] == "rate_limited"));
+    }
+
+    fn node(n: &str) -> NodeName {
+        NodeName::parse(n).unwrap()
+    }
+
+    /// A mesh healer heartbeat: `levels` of interfaces/peers, and the peer
+    /// nodes it watches.
+    fn mesh_hb(n: &str, at: f64, levels: Value) -> Heartbeat {
+        Heartbeat {
+            agent_id: format!("mesh-healer-{n}"),
+            agent_type: "mesh_healer".into(),
+            node: node(n),
+            timestamp: t(at),
+            cpu_temp: None,
+            gpu_temp: None,
+            storage_percent: None,
+            interval_seconds: Some(10.0),
+            throttle_level: None,
+            metadata: json!({"mesh": levels}).as_object().unwrap().clone(),
+        }
+    }
+
+    fn mesh_alert(n: &str, severity: Severity, details: Value, at: f64) -> Alert {
+        let mut a = Alert {
+            alert_id: String::new(),
+            agent_id: format!("mesh-healer-{n}"),
+            kind: AlertKind::Mesh,
+            severity,
+            node: node(n),
+            message: format!("mesh {details}"),
+            details: details.as_object().unwrap().clone(),
+            timestamp: t(at),
+        };
+        a.ensure_id();
+        a
+    }
+
+    fn tunnel_down(n: &str, at: f64) -> Alert {
+        mesh_alert(
+            n,
+            Severity::Critical,
+            json!({"event": "tunnel_down", "sensor": "wg0"}),
+            at,
+        )
+    }
+
+    fn unreachable(n: &str, peer: &str, at: f64) -> Alert {
+        mesh_alert(
+            n,
+            Severity::Critical,
+            json!({"event": "peer_unreachable", "sensor": peer, "peer_node": peer}),
+            at,
+        )
+    }
+
+    fn result_on(cmd: &Command, status: ResultStatus, details: Value) -> CommandResult {
+        CommandResult {
+            node: cmd.node.clone().unwrap(),
+            details: details.as_object().cloned().unwrap_or_default(),
+            ..result(cmd, status)
+        }
+    }
+
+    fn names(fx: &[Effect]) -> Vec<String> {
+        commands(fx).into_iter().map(|c| c.action_type).collect()
+    }
+
+    #[test]
+    fn mesh_actions_are_tried_one_at_a_time() {
+        let mut e = engine();
+        e.on_heartbeat(
+            mesh_hb("nova", 0.0, json!({"interfaces": {"wg0": {"level": 2}}})),
+            t(0.0),
+        );
+        let fx = e.on_alert(tunnel_down("nova", 0.0), t(0.0));
+        assert_eq!(names(&fx), ["restart_wireguard"], "not both at once");
+        let restart = commands(&fx).remove(0);
+        assert_eq!(restart.problem.as_deref(), Some("mesh:wg0"));
+        // A reminder while it is being healed starts nothing new.
+        let fx = e.on_alert(tunnel_down("nova", 5.0), t(5.0));
+        assert!(commands(&fx).is_empty());
+        assert_eq!(audits(&fx, "skipped")[0].data["reason"], "in_progress");
+        // The restart fails (a corrupt config): next step.
+        let fx = e.on_result(result_on(&restart, ResultStatus::Failed, json!({})), t(6.0));
+        assert_eq!(names(&fx), ["regenerate_config"]);
+        let regen = commands(&fx).remove(0);
+        let fx = e.on_result(
+            result_on(&regen, ResultStatus::Succeeded, json!({})),
+            t(8.0),
+        );
+        assert!(
+            audits(&fx, "verification").is_empty(),
+            "waits for the handshake"
+        );
+        let fx = e.on_heartbeat(
+            mesh_hb("nova", 9.0, json!({"interfaces": {"wg0": {"level": 1}}})),
+            t(9.0),
+        );
+        assert!(
+            audits(&fx, "verification").is_empty(),
+            "up but stale is not healed"
+        );
+        let fx = e.on_heartbeat(
+            mesh_hb("nova", 10.0, json!({"interfaces": {"wg0": {"level": 0}}})),
+            t(10.0),
+        );
+        let v = audits(&fx, "verification");
+        assert_eq!(v[0].data["outcome"], "succeeded");
+        assert_eq!(v[0].data["metric"], "mesh_level");
+        assert!(e.ladders.is_empty());
+        assert_eq!(
+            e.breakers
+                .failures(&BreakerKey::new("nova", "mesh:wg0", "restart_wireguard")),
+            1
+        );
+    }
+
+    #[test]
+    fn mesh_fix_that_does_not_verify_moves_on_then_escalates() {
+        let mut e = engine();
+        e.on_heartbeat(
+            mesh_hb("nova", 0.0, json!({"interfaces": {"wg0": {"level": 2}}})),
+            t(0.0),
+        );
+        let restart = commands(&e.on_alert(tunnel_down("nova", 0.0), t(0.0))).remove(0);
+        e.on_result(
+            result_on(&restart, ResultStatus::Succeeded, json!({})),
+            t(1.0),
+        );
+        e.on_heartbeat(
+            mesh_hb("nova", 121.0, json!({"interfaces": {"wg0": {"level": 1}}})),
+            t(121.0),
+        );
+        let fx = e.tick(t(122.0));
+        assert_eq!(audits(&fx, "verification")[0].data["outcome"], "failed");
+        assert_eq!(names(&fx), ["regenerate_config"]);
+        assert!(alerts(&fx).is_empty(), "no escalation while steps are left");
+        let regen = commands(&fx).remove(0);
+        e.on_result(result_on(&regen, ResultStatus::Failed, json!({})), t(123.0));
+        let fx = e.tick(t(124.0));
+        assert!(fx.is_empty());
+        // The last step failed: the ladder is exhausted and escalates.
+        let esc: Vec<Alert> = {
+            let mut e2 = engine();
+            e2.on_heartbeat(mesh_hb("nova", 0.0, json!({})), t(0.0));
+            let r = commands(&e2.on_alert(tunnel_down("nova", 0.0), t(0.0))).remove(0);
+            let fx = e2.on_result(result_on(&r, ResultStatus::Failed, json!({})), t(1.0));
+            let g = commands(&fx).remove(0);
+            let fx = e2.on_result(result_on(&g, ResultStatus::Failed, json!({})), t(2.0));
+            let esc = alerts(&fx);
+            let fx = e2.on_alert(esc[0].clone(), t(3.0));
+            assert!(commands(&fx).is_empty(), "no table entry for escalated");
+            assert_eq!(e2.status(t(3.0)).open_alerts[0]["severity"], "emergency");
+            esc
+        };
+        assert_eq!(esc.len(), 1);
+        assert_eq!(esc[0].severity, Severity::Emergency);
+        assert_eq!(esc[0].details["event"], "escalated");
+        assert_eq!(esc[0].details["escalated_from"], "tunnel_down");
+        assert_eq!(esc[0].problem(), "mesh:wg0");
+    }
+
+    #[test]
+    fn ping_that_finds_the_peer_ends_it_otherwise_failover() {
+        let mut e = engine();
+        let watch = json!({"peers": {"lyra": {"level": 2, "node": "lyra"}}});
+        e.on_heartbeat(mesh_hb("nova", 0.0, watch.clone()), t(0.0));
+        let fx = e.on_alert(unreachable("nova", "lyra", 0.0), t(0.0));
+        assert_eq!(names(&fx), ["ping_peer"]);
+        let ping = commands(&fx).remove(0);
+        let fx = e.on_result(
+            result_on(&ping, ResultStatus::Succeeded, json!({"resolved": false})),
+            t(1.0),
+        );
+        assert_eq!(names(&fx), ["failover_route"]);
+        let fo = commands(&fx).remove(0);
+        e.on_result(result_on(&fo, ResultStatus::Succeeded, json!({})), t(2.0));
+        let fx = e.on_heartbeat(
+            mesh_hb(
+                "nova",
+                3.0,
+                json!({"peers": {"lyra": {"level": 0, "node": "lyra"}}}),
+            ),
+            t(3.0),
+        );
+        assert_eq!(audits(&fx, "verification")[0].data["outcome"], "succeeded");
+
+        let mut e = engine();
+        e.on_heartbeat(mesh_hb("nova", 0.0, watch), t(0.0));
+        let ping = commands(&e.on_alert(unreachable("nova", "lyra", 0.0), t(0.0))).remove(0);
+        let fx = e.on_result(
+            result_on(&ping, ResultStatus::Succeeded, json!({"resolved": true})),
+            t(1.0),
+        );
+        assert!(commands(&fx).is_empty());
+        assert_eq!(audits(&fx, "decision")[0].data["reason"], "resolved");
+    }
+
+    #[test]
+    fn a_peer_down_from_every_node_is_a_node_problem() {
+        let mut e = engine();
+        let watches_c = json!({"peers": {"c": {"level": 2, "node": "c"}}});
+        e.on_heartbeat(mesh_hb("a", 0.0, watches_c.clone()), t(0.0));
+        e.on_heartbeat(mesh_hb("b", 0.0, watches_c), t(0.0));
+        e.on_heartbeat(mesh_hb("c", 0.0, json!({})), t(0.0));
+        // Only a sees c down so far: a tunnel problem, healed on a.
+        let fx = e.on_alert(unreachable("a", "c", 0.0), t(0.0));
+        let ping_a = commands(&fx).remove(0);
+        assert_eq!(ping_a.action_type, "ping_peer");
+        // b sees it down too: c itself is the problem.
+        let fx = e.on_alert(unreachable("b", "c", 1.0), t(1.0));
+        assert!(commands(&fx).is_empty(), "no tunnel touched");
+        let skipped = audits(&fx, "skipped");
+        assert!(skipped.iter().all(|s| s.data["reason"] == "peer_node_down"));
+        assert!(
+            audits(&fx, "decision")
+                .iter()
+                .any(|d| d.data["reason"] == "peer_node_down"),
+            "a's healing stopped"
+        );
+        let node_alert = alerts(&fx).remove(0);
+        assert_eq!(node_alert.node.as_str(), "c");
+        assert_eq!(node_alert.details["event"], "node_unreachable");
+        assert_eq!(node_alert.problem(), "mesh:node");
+        let fx = e.on_alert(node_alert, t(1.5));
+        assert!(commands(&fx).is_empty());
+        // a's ping comes back: no failover follows.
+        let fx = e.on_result(
+            result_on(&ping_a, ResultStatus::Succeeded, json!({"resolved": false})),
+            t(2.0),
+        );
+        assert!(commands(&fx).is_empty(), "{:?}", names(&fx));
+        // a reaches c again: c's node problem clears.
+        let mut back = unreachable("a", "c", 3.0);
+        back.severity = Severity::Normal;
+        back.alert_id = "back".into();
+        let fx = e.on_alert(back, t(3.0));
+        let clear = alerts(&fx).remove(0);
+        assert_eq!(
+            (clear.node.as_str(), clear.severity),
+            ("c", Severity::Normal)
+        );
+    }
+
+    #[test]
+    fn a_peer_whose_node_is_offline_is_not_a_tunnel_problem() {
+        let mut e = engine();
+        e.on_heartbeat(mesh_hb("c", 0.0, json!({})), t(0.0));
+        e.on_heartbeat(
+            mesh_hb(
+                "a",
+                25.0,
+                json!({"peers": {"c": {"node": "c", "level": 2}}}),
+            ),
+            t(25.0),
+        );
+        e.tick(t(31.0));
+        let fx = e.on_alert(unreachable("a", "c", 31.0), t(31.0));
+        assert!(commands(&fx).is_empty());
+        assert_eq!(audits(&fx, "skipped")[0].data["reason"], "peer_node_down");
+        assert!(alerts(&fx).is_empty(), "the offline alert already says it");
+    }
+
+    #[test]
+    fn mesh_ladder_survives_a_restart() {
+        let mut e = engine();
+        e.on_heartbeat(mesh_hb("nova", 0.0, json!({})), t(0.0));
+        let restart = commands(&e.on_alert(tunnel_down("nova", 0.0), t(0.0))).remove(0);
+        let text = serde_json::to_string(&e.snapshot()).unwrap();
+        let mut again = engine();
+        again.restore(serde_json::from_str(&text).unwrap(), t(1.0));
+        let fx = again.on_result(result_on(&restart, ResultStatus::Failed, json!({})), t(2.0));
+        assert_eq!(names(&fx), ["regenerate_config"]);
+        // Snapshots from before ladders existed still load.
+        let old: EngineSnapshot = serde_json::from_str(
+            r#"{"breakers":[],"pending":[],"verifications":[],"open_alerts":[],"recent":[],"nodes":[]}"#,
+        )
+        .unwrap();
+        engine().restore(old, t(0.0));
     }
 }

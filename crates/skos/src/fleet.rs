@@ -13,7 +13,9 @@ use skos_bus::subjects;
 use skos_bus::trust::Signer;
 use skos_core::NodeName;
 
-/// The permissions of one node's agent, in nats-server syntax.
+/// The permissions of one node's agent, in nats-server syntax: its own
+/// heartbeats, alerts, results and chain announcements out; its own inbox
+/// and chain steps in, with replies to those steps (`allow_responses`).
 pub fn agent_permissions(node: &NodeName) -> String {
     let consumer = subjects::agent_consumer(node);
     let commands = subjects::STREAM_COMMANDS;
@@ -21,6 +23,7 @@ pub fn agent_permissions(node: &NodeName) -> String {
         subjects::heartbeat(node),
         subjects::alert(node),
         subjects::result(node),
+        subjects::chain_control(node),
         "$JS.API.INFO".to_string(),
         "$JS.API.STREAM.INFO.*".to_string(),
         format!("$JS.API.CONSUMER.INFO.{commands}.{consumer}"),
@@ -37,8 +40,9 @@ pub fn agent_permissions(node: &NodeName) -> String {
             .join(", ")
     };
     format!(
-        "permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX_{node}.>\"] }} }}",
-        list(&publish)
+        "permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }}, allow_responses: true }}",
+        list(&publish),
+        list(&[format!("_INBOX_{node}.>"), subjects::chain(node)])
     )
 }
 

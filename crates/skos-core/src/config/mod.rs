@@ -18,8 +18,13 @@ use crate::policy::KNOWN_ACTIONS;
 mod loops;
 mod mesh;
 
-pub use loops::LoopConfig;
-pub use mesh::MeshConfig;
+pub use loops::{
+    BreakMode, CycleRule, GroupLimits, KindLimits, LoopConfig, ProcessGroup, RateRule,
+};
+pub use mesh::{
+    endpoint, interface_name, is_wg_key, parse_cidr, FailoverConfig, MeshConfig, MeshInterface,
+    MeshPeer, MeshTools, ProbeConfig, ProbeMethod, RestartMethod, RouteVia,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {

@@ -1,0 +1,302 @@
+//! Process trees from `/proc`, under the configured `proc_root`.
+//!
+//! [`ProcWatch::scan`] reads every `<proc_root>/<pid>/stat`, `cmdline` and
+//! (when a group selects by unit or cgroup) `cgroup` into
+//! [`ProcInfo`]s; the parsers are pure functions over text. A process that
+//! exits during the scan is skipped.
+//!
+//! [`ProcWatch::signal`] sends a signal only when `proc_root` is this
+//! machine's live procfs (its `self` link names the agent's own pid), never
+//! to pid 1, kernel threads, the agent or its ancestors, and only to the
+//! process that was observed: the pid is opened as a pidfd, its start time
+//! compared with the one observed, and the signal sent through the pidfd,
+//! so a pid reused in between is never hit.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use skos_core::chain::tree::{ProcId, ProcInfo, Sig};
+
+use crate::{Error, Result};
+
+/// Longest command line kept, in bytes.
+const MAX_CMDLINE: usize = 4096;
+
+/// The fields of `/proc/<pid>/stat` the loop breaker needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stat {
+    pub pid: u32,
+    pub state: char,
+    pub ppid: u32,
+    /// Start time in clock ticks after boot (field 22).
+    pub start: u64,
+}
+
+/// Parse `/proc/<pid>/stat`. The command name (field 2) is in parentheses
+/// and may itself contain spaces and parentheses, so the fields after it
+/// are found from the last `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text[..open].trim().parse().ok()?;
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); field 22 (starttime) is rest[19].
+    Some(Stat {
+        pid,
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        start: rest.get(19)?.parse().ok()?,
+    })
+}
+
+/// `/proc/<pid>/cmdline`: NUL-separated arguments joined by single spaces.
+pub fn parse_cmdline(bytes: &[u8]) -> String {
+    let bytes = &bytes[..bytes.len().min(MAX_CMDLINE)];
+    bytes
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `/proc/<pid>/cgroup`: the path of every hierarchy (`0::/x.slice/y`),
+/// the unified (v2) one first.
+pub fn parse_cgroup(text: &str) -> Vec<String> {
+    let mut v2 = Vec::new();
+    let mut v1 = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(_ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if id == "0" {
+            v2.push(path.to_string());
+        } else {
+            v1.push(path.to_string());
+        }
+    }
+    v2.extend(v1);
+    v2
+}
+
+pub struct ProcWatch {
+    root: PathBuf,
+    live: bool,
+    self_pid: u32,
+}
+
+impl ProcWatch {
+    pub fn new(root: &Path) -> Self {
+        let self_pid = std::process::id();
+        let live = std::fs::read_link(root.join("self"))
+            .ok()
+            .and_then(|t| t.to_str().and_then(|s| s.parse::<u32>().ok()))
+            == Some(self_pid);
+        Self {
+            root: root.to_path_buf(),
+            live,
+            self_pid,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether `proc_root` is this machine's procfs, so signals may be sent.
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Every process, skipping those that vanish while being read.
+    pub fn scan(&self, with_cgroups: bool) -> Result<Vec<ProcInfo>> {
+        let dir = std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let mut out = Vec::new();
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(p) = self.read(pid, with_cgroups) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(&self, pid: u32, with_cgroups: bool) -> Option<ProcInfo> {
+        let dir = self.root.join(pid.to_string());
+        let stat = parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+        let cmdline = std::fs::read(dir.join("cmdline"))
+            .map(|b| parse_cmdline(&b))
+            .unwrap_or_default();
+        let cgroups = if with_cgroups {
+            std::fs::read_to_string(dir.join("cgroup"))
+                .map(|t| parse_cgroup(&t))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Some(ProcInfo {
+            id: ProcId {
+                pid: stat.pid,
+                start: stat.start,
+            },
+            ppid: stat.ppid,
+            state: stat.state,
+            cmdline,
+            cgroups,
+        })
+    }
+
+    /// Processes never touched: pid 1, kernel threads (kthreadd and its
+    /// children), the agent and its ancestors.
+    pub fn protected(&self, procs: &[ProcInfo]) -> HashSet<u32> {
+        let mut out: HashSet<u32> = HashSet::from([0, 1, 2, self.self_pid]);
+        out.extend(procs.iter().filter(|p| p.ppid == 2).map(|p| p.id.pid));
+        let parent: HashMap<u32, u32> = procs.iter().map(|p| (p.id.pid, p.ppid)).collect();
+        let mut cur = parent.get(&self.self_pid).copied();
+        while let Some(pid) = cur {
+            if !out.insert(pid) {
+                break;
+            }
+            cur = parent.get(&pid).copied();
+        }
+        out
+    }
+
+    /// Send `sig` to exactly the process `id` names.
+    pub fn signal(&self, id: ProcId, sig: Sig, protected: &HashSet<u32>) -> Result<()> {
+        let what = || format!("pid {} ({})", id.pid, sig.as_str());
+        let refuse = |reason: &str| Error::Device {
+            what: what(),
+            reason: reason.to_string(),
+        };
+        if !self.live {
+            return Err(refuse(&format!(
+                "{} is not this machine's procfs; no signal is sent",
+                self.root.display()
+            )));
+        }
+        if id.pid <= 1 || protected.contains(&id.pid) {
+            return Err(refuse("protected process"));
+        }
+        let pid = libc::pid_t::try_from(id.pid).map_err(|_| refuse("pid out of range"))?;
+        let signo = match sig {
+            Sig::Stop => libc::SIGSTOP,
+            Sig::Cont => libc::SIGCONT,
+            Sig::Term => libc::SIGTERM,
+            Sig::Kill => libc::SIGKILL,
+        };
+        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd
+        // or -1; no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let fd = (fd >= 0).then_some(fd as libc::c_int);
+        let same = std::fs::read_to_string(self.root.join(id.pid.to_string()).join("stat"))
+            .ok()
+            .and_then(|t| parse_stat(&t))
+            .is_some_and(|s| s.start == id.start && s.state != 'Z');
+        let rc = if !same {
+            Err(refuse("the process is gone"))
+        } else {
+            let rc = match fd {
+                // SAFETY: `fd` is the pidfd opened above; a null siginfo
+                // and flags 0 are what pidfd_send_signal(2) documents for
+                // a plain kill.
+                Some(fd) => unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd,
+                        signo,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                },
+                // Kernels before 5.3: the start time was checked just now.
+                // SAFETY: kill(2) with a positive pid and a valid signal.
+                None => libc::c_long::from(unsafe { libc::kill(pid, signo) }),
+            };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(Error::Device {
+                    what: what(),
+                    reason: std::io::Error::last_os_error().to_string(),
+                })
+            }
+        };
+        if let Some(fd) = fd {
+            // SAFETY: closing the pidfd this function opened.
+            unsafe {
+                libc::close(fd);
+            }
+        }
+        rc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_awkward_command_names() {
+        let text = "4242 (my (odd) prog) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615";
+        let s = parse_stat(text).unwrap();
+        assert_eq!((s.pid, s.state, s.ppid, s.start), (4242, 'S', 17, 987654));
+        assert!(parse_stat("garbage").is_none());
+        assert!(parse_stat("1 (x) S").is_none());
+    }
+
+    #[test]
+    fn cmdline_and_cgroup() {
+        assert_eq!(
+            parse_cmdline(b"sh\0/tmp/fork.sh\x003\0"),
+            "sh /tmp/fork.sh 3"
+        );
+        assert_eq!(parse_cmdline(b""), "");
+        let cg = parse_cgroup("12:pids:/user.slice\n0::/system.slice/worker.service\n");
+        assert_eq!(cg, ["/system.slice/worker.service", "/user.slice"]);
+    }
+
+    #[test]
+    fn a_fake_root_is_never_signalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = ProcWatch::new(dir.path());
+        assert!(!w.is_live());
+        let err = w
+            .signal(
+                ProcId {
+                    pid: std::process::id(),
+                    start: 0,
+                },
+                Sig::Term,
+                &HashSet::new(),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not this machine's procfs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_real_proc_sees_this_process_and_protects_it() {
+        let w = ProcWatch::new(Path::new("/proc"));
+        if !w.is_live() {
+            eprintln!("skipped: /proc is not mounted here");
+            return;
+        }
+        let procs = w.scan(true).unwrap();
+        let me = procs
+            .iter()
+            .find(|p| p.id.pid == std::process::id())
+            .expect("own process in the scan");
+        let protected = w.protected(&procs);
+        assert!(protected.contains(&me.id.pid));
+        assert!(protected.contains(&me.ppid));
+        let err = w.signal(me.id, Sig::Cont, &protected).unwrap_err();
+        assert!(err.to_string().contains("protected"), "{err}");
+    }
+}

@@ -1,0 +1,282 @@
+//! The mesh healer on real WireGuard tunnels: two network namespaces joined
+//! by veth pairs, wireguard-go in each (this kernel has no WireGuard
+//! module). The antibody runs on a thread inside namespace `a`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use skos_agent::antibody::{Antibody, Execution};
+use skos_agent::mesh::probe::{probe, ProbeOpts};
+use skos_agent::mesh::wg::parse_dump;
+use skos_agent::mesh::MeshHealer;
+use skos_agent::Outcome;
+use skos_core::config::{Config, ProbeMethod, RestartMethod};
+use skos_core::protocol::{Alert, Command, Heartbeat, ResultStatus, Severity};
+use skos_testsupport::netns::{self, WgPair, ENDPOINT_B, TUNNEL_B};
+
+fn pair(backup: bool) -> Option<WgPair> {
+    if let Some(why) = netns::unavailable() {
+        eprintln!("SKIP: no real WireGuard tunnels here: {why}");
+        return None;
+    }
+    let p = WgPair::new(backup);
+    p.up();
+    Some(p)
+}
+
+fn config(p: &WgPair, extra_interface: &str) -> Config {
+    let text = format!(
+        "
+node: {{name: athena}}
+agent: {{antibodies: [mesh_healer]}}
+mesh:
+  stale_after: 3
+  settle_seconds: 0
+  reconnect_attempts: 2
+  reconnect_delay_seconds: 0.2
+  command_timeout: 10
+  probe: {{count: 2, interval: 0.05, timeout: 0.5}}
+  interfaces:
+    - name: {if_a}
+      config_path: {conf}
+      private_key_file: {key}
+      address: [10.99.0.1/24]
+      listen_port: 51820
+{extra_interface}
+  peers:
+    - name: hermes
+      interface: {if_a}
+      public_key: '{pub_b}'
+      endpoint: {ENDPOINT_B}:51820
+      allowed_ips: [{TUNNEL_B}/32]
+      persistent_keepalive: 1
+      address: {TUNNEL_B}
+",
+        if_a = p.if_a,
+        conf = p.conf_a().display(),
+        key = p.key_file_a().display(),
+        pub_b = p.keys_b.public,
+    );
+    Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e:?}\n{text}"))
+}
+
+fn cmd(action: &str, problem: &str) -> Command {
+    serde_json::from_value(serde_json::json!({
+        "action_id": format!("t-{action}"), "action_type": action, "parameters": {},
+        "timestamp": "2024-01-01T00:00:00Z", "problem": problem,
+    }))
+    .unwrap()
+}
+
+fn run(e: Execution) -> Outcome {
+    match e {
+        Execution::Done(o) => o,
+        Execution::Background(job) => job(),
+    }
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+fn heartbeat(h: &MeshHealer) -> Heartbeat {
+    let mut hb: Heartbeat = serde_json::from_value(serde_json::json!({
+        "agent_id": "a", "agent_type": "mesh_healer", "node": "athena",
+        "timestamp": "2024-01-01T00:00:00Z"
+    }))
+    .unwrap();
+    h.report(&mut hb);
+    hb
+}
+
+/// Sense until an alert for `sensor` comes, or panic.
+fn sense_until(h: &mut MeshHealer, sensor: &str, what: &str) -> Alert {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(a) = h
+            .sense(now())
+            .into_iter()
+            .find(|a| a.sensor() == Some(sensor))
+        {
+            return a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} alert for {sensor}; heartbeat: {}",
+            serde_json::to_string(&heartbeat(h).metadata).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn live_dumps_parse_and_probes_answer_through_the_tunnel() {
+    let Some(p) = pair(false) else { return };
+    for (ns, ifname, peer_key) in [
+        (&p.a, &p.if_a, &p.keys_b.public),
+        (&p.b, &p.if_b, &p.keys_a.public),
+    ] {
+        let out = ns.exec(&["wg", "show", ifname, "dump"]);
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let d = parse_dump(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.listen_port, Some(51820));
+        assert_eq!(&d.peers[0].public_key, peer_key);
+        assert_eq!(d.peers[0].persistent_keepalive, Some(1));
+        let h = d.peers[0].latest_handshake.expect("a handshake");
+        assert!((now().timestamp() - h).abs() < 30, "handshake {h}");
+        assert!(d.peers[0].rx_bytes > 0 && d.peers[0].tx_bytes > 0);
+        let shown = format!("{d:?}");
+        for k in [&p.keys_a.private, &p.keys_b.private] {
+            assert!(!shown.contains(k.as_str()), "private key kept");
+        }
+    }
+    let opts = ProbeOpts {
+        method: ProbeMethod::Auto,
+        count: 3,
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(800),
+        tcp_port: None,
+        bind_device: None,
+    };
+    let tunnel_b = TUNNEL_B.parse().unwrap();
+    let r = p.a.run_in(|| probe(tunnel_b, &opts)).unwrap();
+    assert!(r.method.starts_with("icmp"), "{r:?}");
+    assert_eq!(r.received, 3, "{r:?}");
+    assert!(r.rtt_avg_ms.is_some());
+    // TCP: a closed port on the peer answers with a reset, which counts.
+    let tcp = ProbeOpts {
+        method: ProbeMethod::Tcp,
+        tcp_port: Some(9),
+        ..opts.clone()
+    };
+    let r = p.a.run_in(|| probe(tunnel_b, &tcp)).unwrap();
+    assert_eq!((r.method, r.received, r.port), ("tcp", 3, Some(9)), "{r:?}");
+    // An address nobody holds does not answer.
+    let nobody = "10.99.0.77".parse().unwrap();
+    let r = p.a.run_in(|| probe(nobody, &opts)).unwrap();
+    assert_eq!(r.received, 0, "{r:?}");
+    assert_eq!(r.loss_percent, 100.0);
+}
+
+#[test]
+fn killed_tunnel_is_sensed_restarted_and_recovers() {
+    let Some(p) = pair(false) else { return };
+    let cfg = config(&p, "");
+    p.a.run_in(|| {
+        let mut h = MeshHealer::new(&cfg);
+        // Healthy: nothing to say, levels 0.
+        let quiet = h.sense(now());
+        assert!(quiet.is_empty(), "{quiet:?}");
+        let hb = heartbeat(&h);
+        assert_eq!(
+            hb.metadata["mesh"]["interfaces"][&p.if_a]["level"], 0,
+            "{hb:?}"
+        );
+        assert_eq!(hb.metadata["mesh"]["peers"]["hermes"]["level"], 0, "{hb:?}");
+        assert_eq!(hb.metadata["mesh"]["peers"]["hermes"]["node"], "hermes");
+
+        assert_eq!(netns::kill_wireguard(&p.if_a), 1);
+        let a = sense_until(&mut h, &p.if_a, "tunnel_down");
+        assert_eq!(a.severity, Severity::Critical);
+        assert_eq!(a.details["event"], "tunnel_down");
+        // Just after the kill the tun device may linger a moment.
+        let state = a.details["state"].as_str().unwrap();
+        assert!(["missing", "unreadable"].contains(&state), "{a:?}");
+        assert_eq!(a.problem(), format!("mesh:{}", p.if_a));
+        // Peers of a dead interface are not blamed.
+        let hb = heartbeat(&h);
+        assert_eq!(
+            hb.metadata["mesh"]["peers"]["hermes"]["state"],
+            "interface_down"
+        );
+
+        let before = netns::latest_handshake(&p.a, &p.if_a);
+        assert_eq!(before, None, "the interface is gone");
+        let o = run(h.execute(&cmd("restart_wireguard", &format!("mesh:{}", p.if_a))));
+        assert_eq!(o.status, ResultStatus::Succeeded, "{o:?}");
+        assert_eq!(o.details["method"], "wg-quick");
+        p.wait_handshake_after(0, Duration::from_secs(15));
+        let back = sense_until(&mut h, &p.if_a, "recovery");
+        assert_eq!(back.severity, Severity::Normal);
+        assert_eq!(back.details["recovered"], Value::Bool(true));
+        // Unknown targets are refused: names come from the config only.
+        let o = run(h.execute(&cmd("restart_wireguard", "mesh:eth0")));
+        assert_eq!(o.status, ResultStatus::Rejected);
+        let o = run(h.execute(&cmd("failover_route", "mesh:hermes")));
+        assert_eq!(
+            o.status,
+            ResultStatus::Unsupported,
+            "no failover configured"
+        );
+
+        // The same through a configured command (argv, no shell).
+        let mut by_command = cfg.clone();
+        by_command.mesh.interfaces[0].restart = RestartMethod::Command;
+        by_command.mesh.interfaces[0].restart_command = vec![
+            "wg-quick".into(),
+            "up".into(),
+            p.conf_a().display().to_string(),
+        ];
+        let mut h2 = MeshHealer::new(&by_command);
+        assert_eq!(netns::kill_wireguard(&p.if_a), 1);
+        let o = run(h2.execute(&cmd("restart_wireguard", "mesh:hermes")));
+        assert_eq!(o.status, ResultStatus::Succeeded, "{o:?}");
+        assert_eq!(o.details["method"], "command");
+        assert_eq!(
+            o.details["interface"],
+            p.if_a.as_str(),
+            "a peer maps to its interface"
+        );
+    });
+    p.traffic_flows(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn corrupt_config_is_regenerated_from_the_template_keeping_the_previous() {
+    let Some(p) = pair(false) else { return };
+    let bad_template = p.dir.path().join("bad.tmpl");
+    std::fs::write(
+        &bad_template,
+        "[Interface]\nPrivateKey = {{private_key}}\n{{oops}}\n",
+    )
+    .unwrap();
+    let cfg = config(&p, "");
+    let conf = p.conf_a();
+    let corrupt = p.config_a().replace(&p.keys_a.private, "this-is-not-a-key");
+    std::fs::write(&conf, &corrupt).unwrap();
+    netns::kill_wireguard(&p.if_a);
+    p.a.run_in(|| {
+        let mut h = MeshHealer::new(&cfg);
+        let problem = format!("mesh:{}", p.if_a);
+        let o = run(h.execute(&cmd("restart_wireguard", &problem)));
+        assert_eq!(o.status, ResultStatus::Failed, "{o:?}");
+        assert_eq!(o.details["attempts"], 2);
+        for k in [&p.keys_a.private, &p.keys_b.private] {
+            assert!(!format!("{o:?}").contains(k.as_str()), "key in {o:?}");
+        }
+
+        // A template that does not render changes nothing.
+        let mut bad = cfg.clone();
+        bad.mesh.interfaces[0].template = Some(bad_template.clone());
+        let mut hb = MeshHealer::new(&bad);
+        let o = run(hb.execute(&cmd("regenerate_config", &problem)));
+        assert_eq!(o.status, ResultStatus::Failed, "{o:?}");
+        assert!(o.message.contains("unknown placeholder"), "{}", o.message);
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), corrupt);
+
+        let o = run(h.execute(&cmd("regenerate_config", &problem)));
+        assert_eq!(o.status, ResultStatus::Succeeded, "{o:?}");
+        assert!(!format!("{o:?}").contains(p.keys_a.private.as_str()));
+    });
+    let prev = std::fs::read_to_string(format!("{}.prev", conf.display())).unwrap();
+    assert_eq!(prev, corrupt, "the previous config is kept");
+    let new = std::fs::read_to_string(&conf).unwrap();
+    assert!(new.contains(&format!("PrivateKey = {}", p.keys_a.private)));
+    assert!(new.contains(&format!("PublicKey = {}", p.keys_b.public)));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&conf).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    p.wait_handshake_after(0, Duration::from_secs(15));
+    p.traffic_flows(Duration::from_secs(5)).unwrap();
+}

@@ -1,0 +1,1332 @@
+//! The loop breaker: the cooperative chain protocol and its detection.
+//!
+//! An application asks before every step of a chain (`skos.chain.<node>`,
+//! request/reply) with a [`ChainEvent`]; the loop breaker answers with a
+//! [`ChainDecision`]. A step is denied when it goes deeper than the
+//! chain's `max_depth`, past `max_iterations`, over the step rate, or
+//! closes a cycle of step signatures (A→B→A→B→A→B). The first denied step
+//! opens the chain's circuit at once ("tripped"): further steps are denied
+//! until the cool-off ends (then one trial step is judged: half-open), or
+//! until a `reset_chain` clears the chain. Breaks and resets are announced
+//! as [`ChainControl`] messages.
+//!
+//! [`ChainTable`] keeps every chain's state, bounded: at most
+//! `loop.max_chains` chains, idle ones forgotten, a fixed number of steps
+//! kept per chain. Nothing here does I/O; time is passed in.
+//!
+//! [`tree`] is the same for uncooperative chains: process trees read from
+//! `/proc` by the agent.
+
+pub mod tree;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CycleRule, LoopConfig, RateRule};
+use crate::level::secs;
+use crate::node::NodeName;
+use crate::protocol::DecodeError;
+use crate::timefmt::{self, Timestamp};
+
+/// Longest chain id, step id and signature, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest chain kind (and process group name), in bytes.
+pub const MAX_KIND_LEN: usize = 64;
+/// Chains scanned for an evictable one when the table is full.
+const EVICT_SCAN: usize = 256;
+/// Buckets of the sliding rate window.
+const RATE_BUCKETS: usize = 10;
+
+/// Chain ids and step ids: 1 to [`MAX_ID_LEN`] letters, digits, `-`, `_`,
+/// `.` or `:` (so a chain id is also a valid command parameter).
+pub fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Step signatures: 1 to [`MAX_ID_LEN`] printable ASCII characters, no
+/// spaces (`call:summarise`, `GET:/api/items`).
+pub fn valid_signature(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ID_LEN && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Chain kinds and process group names: 1 to [`MAX_KIND_LEN`] letters,
+/// digits, `_` or `-`.
+pub fn valid_kind(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_KIND_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// One step of a chain, as an application reports it (`skos.chain.<node>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainEvent {
+    pub chain_id: String,
+    pub step_id: String,
+    /// The step that caused this one, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_step: Option<String>,
+    /// 1 for a chain's first step; a step caused by a step one deeper.
+    pub depth: u32,
+    /// The application's count of steps in the chain, 1 for the first.
+    pub iteration: u32,
+    /// What kind of step this is (`call:summarise`, `job:resize`).
+    pub signature: String,
+    /// Selects `loop.kinds.<kind>` limits; fixed by the chain's first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// If present, must be the node the subject names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeName>,
+}
+
+impl ChainEvent {
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        for (field, v) in [
+            ("chain_id", Some(&self.chain_id)),
+            ("step_id", Some(&self.step_id)),
+            ("parent_step", self.parent_step.as_ref()),
+        ] {
+            if v.is_some_and(|v| !valid_id(v)) {
+                return Err(DecodeError::Invalid(format!(
+                    "{field} must be 1 to {MAX_ID_LEN} letters, digits, '-', '_', '.' or ':'"
+                )));
+            }
+        }
+        if !valid_signature(&self.signature) {
+            return Err(DecodeError::Invalid(format!(
+                "signature must be 1 to {MAX_ID_LEN} printable ASCII characters without spaces"
+            )));
+        }
+        if let Some(k) = &self.kind {
+            if !valid_kind(k) {
+                return Err(DecodeError::Invalid(format!(
+                    "kind must be 1 to {MAX_KIND_LEN} letters, digits, '_' or '-'"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// What a loop alert says broke (`details.condition`), keyed in
+/// `loop.actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    DepthExceeded,
+    IterationsExceeded,
+    Cycle,
+    RateExceeded,
+    /// A process group has more processes below its roots than allowed.
+    DescendantsExceeded,
+    /// A process group's roots were respawned too often within the window.
+    CrashLoop,
+}
+
+impl Condition {
+    pub const ALL: [Condition; 6] = [
+        Condition::DepthExceeded,
+        Condition::IterationsExceeded,
+        Condition::Cycle,
+        Condition::RateExceeded,
+        Condition::DescendantsExceeded,
+        Condition::CrashLoop,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::DepthExceeded => "depth_exceeded",
+            Condition::IterationsExceeded => "iterations_exceeded",
+            Condition::Cycle => "cycle",
+            Condition::RateExceeded => "rate_exceeded",
+            Condition::DescendantsExceeded => "descendants_exceeded",
+            Condition::CrashLoop => "crash_loop",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Condition> {
+        Condition::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// Why a step was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    DepthExceeded,
+    IterationsExceeded,
+    Cycle,
+    RateExceeded,
+    DescendantsExceeded,
+    CrashLoop,
+    /// The chain's circuit is open (it broke a limit, or a command opened it).
+    CircuitOpen,
+    /// The request was malformed or invalid.
+    Invalid,
+    /// The loop breaker tracks as many chains as it may, all with open circuits.
+    Capacity,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::DepthExceeded => "depth_exceeded",
+            Reason::IterationsExceeded => "iterations_exceeded",
+            Reason::Cycle => "cycle",
+            Reason::RateExceeded => "rate_exceeded",
+            Reason::DescendantsExceeded => "descendants_exceeded",
+            Reason::CrashLoop => "crash_loop",
+            Reason::CircuitOpen => "circuit_open",
+            Reason::Invalid => "invalid",
+            Reason::Capacity => "capacity",
+        }
+    }
+}
+
+impl From<Condition> for Reason {
+    fn from(c: Condition) -> Self {
+        match c {
+            Condition::DepthExceeded => Reason::DepthExceeded,
+            Condition::IterationsExceeded => Reason::IterationsExceeded,
+            Condition::Cycle => Reason::Cycle,
+            Condition::RateExceeded => Reason::RateExceeded,
+            Condition::DescendantsExceeded => Reason::DescendantsExceeded,
+            Condition::CrashLoop => Reason::CrashLoop,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    Closed,
+    Open,
+    /// The cool-off is over: the next step is a trial.
+    HalfOpen,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// The answer to a [`ChainEvent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainDecision {
+    pub chain_id: String,
+    pub step_id: String,
+    pub decision: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default)]
+    pub message: String,
+    /// The chain's circuit after this step.
+    pub circuit: CircuitState,
+    /// Steps allowed in this chain since its last reset, this one included.
+    pub steps: u32,
+    /// How many times the chain was reset.
+    pub generation: u64,
+    /// For `circuit_open`: seconds until the circuit half-opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<f64>,
+    /// Dry-run: the step would have been denied (see `reason`) but is allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+impl ChainDecision {
+    /// The answer to a request that could not be read: denied, fail-closed.
+    pub fn invalid(chain_id: &str, step_id: &str, message: impl Into<String>) -> Self {
+        let clean = |s: &str| {
+            if valid_id(s) {
+                s.to_string()
+            } else {
+                String::new()
+            }
+        };
+        Self {
+            chain_id: clean(chain_id),
+            step_id: clean(step_id),
+            decision: Verdict::Deny,
+            reason: Some(Reason::Invalid),
+            message: message.into(),
+            circuit: CircuitState::Closed,
+            steps: 0,
+            generation: 0,
+            retry_after_seconds: None,
+            dry_run: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlEvent {
+    /// Further steps are denied until `until`.
+    CircuitOpen,
+    /// The cool-off is over: the next step is judged as a trial.
+    HalfOpen,
+    /// A trial step passed: the chain runs normally again.
+    Closed,
+    /// The chain's counters were cleared: start again from iteration 1.
+    Reset,
+}
+
+impl ControlEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlEvent::CircuitOpen => "circuit_open",
+            ControlEvent::HalfOpen => "half_open",
+            ControlEvent::Closed => "closed",
+            ControlEvent::Reset => "reset",
+        }
+    }
+}
+
+/// A break or reset announced to applications (`skos.chainctl.<node>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainControl {
+    pub event: ControlEvent,
+    pub node: NodeName,
+    pub chain_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default)]
+    pub message: String,
+    pub generation: u64,
+    pub circuit: CircuitState,
+    /// `local` (the loop breaker itself) or `coordinator` (a command).
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<String>,
+    #[serde(
+        default,
+        with = "timefmt::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub until: Option<Timestamp>,
+    #[serde(with = "timefmt")]
+    pub timestamp: Timestamp,
+}
+
+/// One step as kept for evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_step: Option<String>,
+    pub depth: u32,
+    pub iteration: u32,
+    pub signature: String,
+    #[serde(with = "timefmt")]
+    pub at: Timestamp,
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+}
+
+/// The limits one chain is judged by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_depth: u32,
+    pub max_iterations: u32,
+    pub cycle: CycleRule,
+    pub rate: RateRule,
+    pub cool_off_seconds: f64,
+}
+
+/// The period of a cycle closed by the last item of `seq`: the smallest
+/// `p` in `min_period..=max_period` such that the last `p * repeats` items
+/// are one block of `p` items repeated, the block not itself a repetition
+/// of a shorter one.
+pub fn detect_cycle<T: PartialEq>(seq: &[T], rule: &CycleRule) -> Option<usize> {
+    if rule.repeats < 2 {
+        return None;
+    }
+    for p in rule.min_period.max(1)..=rule.max_period {
+        let need = p.checked_mul(rule.repeats)?;
+        if seq.len() < need {
+            break;
+        }
+        let tail = &seq[seq.len() - need..];
+        if !(p..need).all(|i| tail[i] == tail[i - p]) {
+            continue;
+        }
+        let block = &tail[..p];
+        let shorter = (1..p).any(|d| p % d == 0 && (d..p).all(|i| block[i] == block[i - d]));
+        if !shorter {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// A step signature as kept for cycle detection: a 64-bit fingerprint, so
+/// the window costs 8 bytes a step whatever the signatures' length.
+fn fingerprint(signature: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    signature.hash(&mut h);
+    h.finish()
+}
+
+/// Steps per window in [`RATE_BUCKETS`] buckets: constant memory, exact to
+/// a tenth of the window.
+#[derive(Debug, Clone, Default)]
+struct RateWindow {
+    buckets: [(i64, u32); RATE_BUCKETS],
+}
+
+impl RateWindow {
+    fn slot(now: Timestamp, window_seconds: f64) -> i64 {
+        let bucket_ms = ((window_seconds * 1000.0) / RATE_BUCKETS as f64).max(1.0) as i64;
+        now.timestamp_millis().div_euclid(bucket_ms)
+    }
+
+    fn count(&self, now: Timestamp, window_seconds: f64) -> u32 {
+        let cur = Self::slot(now, window_seconds);
+        self.buckets
+            .iter()
+            .filter(|(s, _)| *s <= cur && cur - *s < RATE_BUCKETS as i64)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    fn add(&mut self, now: Timestamp, window_seconds: f64) {
+        let cur = Self::slot(now, window_seconds);
+        let b = &mut self.buckets[cur.rem_euclid(RATE_BUCKETS as i64) as usize];
+        if b.0 != cur {
+            *b = (cur, 0);
+        }
+        b.1 = b.1.saturating_add(1);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Circuit {
+    Closed,
+    Open { until: Timestamp, reason: Reason },
+    HalfOpen,
+}
+
+impl Circuit {
+    fn state(&self) -> CircuitState {
+        match self {
+            Circuit::Closed => CircuitState::Closed,
+            Circuit::Open { .. } => CircuitState::Open,
+            Circuit::HalfOpen => CircuitState::HalfOpen,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ChainState {
+    kind: Option<String>,
+    generation: u64,
+    steps: u32,
+    evidence: VecDeque<StepRecord>,
+    fingerprints: VecDeque<u64>,
+    rate: RateWindow,
+    circuit: Circuit,
+    last_seen: Timestamp,
+    seq: u64,
+}
+
+impl ChainState {
+    fn new(kind: Option<String>, now: Timestamp, seq: u64) -> Self {
+        Self {
+            kind,
+            generation: 0,
+            steps: 0,
+            evidence: VecDeque::new(),
+            fingerprints: VecDeque::new(),
+            rate: RateWindow::default(),
+            circuit: Circuit::Closed,
+            last_seen: now,
+            seq,
+        }
+    }
+
+    /// Forget what led to a break (counters, cycle window, rate), keep the
+    /// evidence.
+    fn clear_counters(&mut self) {
+        self.steps = 0;
+        self.fingerprints.clear();
+        self.rate = RateWindow::default();
+    }
+
+    fn open_until(&self, now: Timestamp) -> Option<Timestamp> {
+        match self.circuit {
+            Circuit::Open { until, .. } if now < until => Some(until),
+            _ => None,
+        }
+    }
+}
+
+/// A limit a step broke; the chain's circuit opened until `until`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trip {
+    pub chain_id: String,
+    pub kind: Option<String>,
+    pub condition: Condition,
+    /// The value that broke the limit (depth, iterations, steps in the
+    /// window, cycle period).
+    pub value: u64,
+    pub limit: u64,
+    pub message: String,
+    pub generation: u64,
+    pub until: Timestamp,
+    pub evidence: Vec<StepRecord>,
+}
+
+/// A change of a chain's circuit that applications are told about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Tripped(Trip),
+    HalfOpened {
+        chain_id: String,
+        generation: u64,
+    },
+    /// A half-open trial step passed.
+    Closed {
+        chain_id: String,
+        generation: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutcome {
+    pub decision: ChainDecision,
+    pub transitions: Vec<Transition>,
+}
+
+/// What [`ChainTable::tick`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TickReport {
+    pub transitions: Vec<Transition>,
+    pub evicted: usize,
+    /// Forgotten chains whose circuit had not closed again (half-open):
+    /// their alerts are still open somewhere.
+    pub forgotten_unclosed: Vec<String>,
+}
+
+/// A chain as seen from outside, for commands, status and tests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChainView {
+    pub chain_id: String,
+    pub kind: Option<String>,
+    pub generation: u64,
+    pub steps: u32,
+    pub circuit: CircuitState,
+    #[serde(with = "timefmt::option")]
+    pub until: Option<Timestamp>,
+    pub evidence: Vec<StepRecord>,
+}
+
+/// Every tracked chain of one node.
+#[derive(Debug, Clone)]
+pub struct ChainTable {
+    cfg: LoopConfig,
+    chains: HashMap<String, ChainState>,
+    /// Least recently used first.
+    order: BTreeMap<u64, String>,
+    seq: u64,
+}
+
+impl ChainTable {
+    pub fn new(cfg: &LoopConfig) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            chains: HashMap::new(),
+            order: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.chains.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty()
+    }
+
+    /// Chains whose circuit is not closed, with their state.
+    pub fn circuits(&self) -> Vec<(String, CircuitState)> {
+        let mut v: Vec<_> = self
+            .chains
+            .iter()
+            .filter(|(_, c)| c.circuit != Circuit::Closed)
+            .map(|(id, c)| (id.clone(), c.circuit.state()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn view(&self, chain_id: &str) -> Option<ChainView> {
+        let c = self.chains.get(chain_id)?;
+        Some(ChainView {
+            chain_id: chain_id.to_string(),
+            kind: c.kind.clone(),
+            generation: c.generation,
+            steps: c.steps,
+            circuit: c.circuit.state(),
+            until: match c.circuit {
+                Circuit::Open { until, .. } => Some(until),
+                _ => None,
+            },
+            evidence: c.evidence.iter().cloned().collect(),
+        })
+    }
+
+    fn touch(&mut self, chain_id: &str) {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(c) = self.chains.get_mut(chain_id) {
+            self.order.remove(&c.seq);
+            c.seq = seq;
+            self.order.insert(seq, chain_id.to_string());
+        }
+    }
+
+    fn remove(&mut self, chain_id: &str) {
+        if let Some(c) = self.chains.remove(chain_id) {
+            self.order.remove(&c.seq);
+        }
+    }
+
+    /// Make room for one more chain: forget the least recently used chain
+    /// whose circuit is not open; with `force`, the least recently used
+    /// one whatever its state. False when nothing could go.
+    fn make_room(&mut self, now: Timestamp, force: bool) -> bool {
+        if self.chains.len() < self.cfg.max_chains {
+            return true;
+        }
+        let victim = self
+            .order
+            .values()
+            .take(EVICT_SCAN)
+            .find(|id| {
+                self.chains
+                    .get(*id)
+                    .is_none_or(|c| c.open_until(now).is_none())
+            })
+            .or_else(|| force.then(|| self.order.values().next()).flatten())
+            .cloned();
+        match victim {
+            Some(id) => {
+                self.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&mut self, chain_id: &str, kind: Option<String>, now: Timestamp) {
+        self.seq += 1;
+        self.chains
+            .insert(chain_id.to_string(), ChainState::new(kind, now, self.seq));
+        self.order.insert(self.seq, chain_id.to_string());
+    }
+
+    /// Judge one step. The chain is created on its first step; its kind
+    /// (and so its limits) is fixed then.
+    pub fn step(&mut self, ev: &ChainEvent, now: Timestamp) -> StepOutcome {
+        if !self.chains.contains_key(&ev.chain_id) {
+            if !self.make_room(now, false) {
+                let mut d = ChainDecision::invalid(
+                    &ev.chain_id,
+                    &ev.step_id,
+                    format!(
+                        "the loop breaker tracks {} chains, all with open circuits",
+                        self.chains.len()
+                    ),
+                );
+                d.reason = Some(Reason::Capacity);
+                return StepOutcome {
+                    decision: d,
+                    transitions: Vec::new(),
+                };
+            }
+            self.insert(&ev.chain_id, ev.kind.clone(), now);
+        }
+        self.touch(&ev.chain_id);
+        let evidence_cap = self.cfg.evidence_steps.max(1);
+        let kind = self.chains.get(&ev.chain_id).and_then(|c| c.kind.clone());
+        let limits = self.cfg.limits(kind.as_deref());
+        let Some(c) = self.chains.get_mut(&ev.chain_id) else {
+            return StepOutcome {
+                decision: ChainDecision::invalid(&ev.chain_id, &ev.step_id, "chain vanished"),
+                transitions: Vec::new(),
+            };
+        };
+        c.last_seen = now;
+        let mut transitions = Vec::new();
+        let mut record = StepRecord {
+            step_id: ev.step_id.clone(),
+            parent_step: ev.parent_step.clone(),
+            depth: ev.depth,
+            iteration: ev.iteration,
+            signature: ev.signature.clone(),
+            at: now,
+            verdict: Verdict::Deny,
+            reason: None,
+        };
+        let push = |c: &mut ChainState, r: StepRecord| {
+            c.evidence.push_back(r);
+            while c.evidence.len() > evidence_cap {
+                c.evidence.pop_front();
+            }
+        };
+
+        // An open circuit denies everything until its cool-off ends.
+        if let Circuit::Open { until, reason } = c.circuit {
+            if now < until {
+                record.reason = Some(Reason::CircuitOpen);
+                push(c, record);
+                let left = (until - now).num_milliseconds() as f64 / 1000.0;
+                return StepOutcome {
+                    decision: ChainDecision {
+                        chain_id: ev.chain_id.clone(),
+                        step_id: ev.step_id.clone(),
+                        decision: Verdict::Deny,
+                        reason: Some(Reason::CircuitOpen),
+                        message: format!(
+                            "circuit open ({}) for another {left:.1} s",
+                            reason.as_str()
+                        ),
+                        circuit: CircuitState::Open,
+                        steps: c.steps,
+                        generation: c.generation,
+                        retry_after_seconds: Some(left),
+                        dry_run: false,
+                    },
+                    transitions,
+                };
+            }
+            c.circuit = Circuit::HalfOpen;
+            c.clear_counters();
+            transitions.push(Transition::HalfOpened {
+                chain_id: ev.chain_id.clone(),
+                generation: c.generation,
+            });
+        }
+        let trial = c.circuit == Circuit::HalfOpen;
+
+        let parent_depth = ev.parent_step.as_ref().and_then(|p| {
+            c.evidence
+                .iter()
+                .rev()
+                .find(|r| &r.step_id == p)
+                .map(|r| r.depth.saturating_add(1))
+        });
+        let depth = ev.depth.max(parent_depth.unwrap_or(0));
+        let iterations = ev.iteration.max(c.steps.saturating_add(1));
+        let in_window = c
+            .rate
+            .count(now, limits.rate.window_seconds)
+            .saturating_add(1);
+        let fp = fingerprint(&ev.signature);
+        let cycle = if limits.cycle.repeats >= 2 {
+            let mut seq: Vec<u64> = c.fingerprints.iter().copied().collect();
+            seq.push(fp);
+            detect_cycle(&seq, &limits.cycle)
+        } else {
+            None
+        };
+        let broken = if depth > limits.max_depth {
+            Some((
+                Condition::DepthExceeded,
+                u64::from(depth),
+                u64::from(limits.max_depth),
+                format!("depth {depth} exceeds max_depth {}", limits.max_depth),
+            ))
+        } else if iterations > limits.max_iterations {
+            Some((
+                Condition::IterationsExceeded,
+                u64::from(iterations),
+                u64::from(limits.max_iterations),
+                format!(
+                    "iteration {iterations} exceeds max_iterations {}",
+                    limits.max_iterations
+                ),
+            ))
+        } else if limits.rate.max_steps > 0 && in_window > limits.rate.max_steps {
+            Some((
+                Condition::RateExceeded,
+                u64::from(in_window),
+                u64::from(limits.rate.max_steps),
+                format!(
+                    "{in_window} steps within {} s exceed {}",
+                    limits.rate.window_seconds, limits.rate.max_steps
+                ),
+            ))
+        } else if let Some(p) = cycle {
+            let sigs: Vec<&str> = c
+                .evidence
+                .iter()
+                .rev()
+                .filter(|r| r.verdict == Verdict::Allow)
+                .take(p - 1)
+                .map(|r| r.signature.as_str())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .chain(std::iter::once(ev.signature.as_str()))
+                .collect();
+            Some((
+                Condition::Cycle,
+                p as u64,
+                limits.cycle.repeats as u64,
+                format!(
+                    "the steps [{}] repeated {} times in a row",
+                    sigs.join(" → "),
+                    limits.cycle.repeats
+                ),
+            ))
+        } else {
+            None
+        };
+
+        match broken {
+            Some((condition, value, limit, message)) => {
+                let until = now + secs(limits.cool_off_seconds);
+                let reason = Reason::from(condition);
+                record.reason = Some(reason);
+                push(c, record);
+                c.circuit = Circuit::Open { until, reason };
+                let generation = c.generation;
+                let steps = c.steps;
+                transitions.push(Transition::Tripped(Trip {
+                    chain_id: ev.chain_id.clone(),
+                    kind: c.kind.clone(),
+                    condition,
+                    value,
+                    limit,
+                    message: message.clone(),
+                    generation,
+                    until,
+                    evidence: c.evidence.iter().cloned().collect(),
+                }));
+                StepOutcome {
+                    decision: ChainDecision {
+                        chain_id: ev.chain_id.clone(),
+                        step_id: ev.step_id.clone(),
+                        decision: Verdict::Deny,
+                        reason: Some(reason),
+                        message,
+                        circuit: CircuitState::Open,
+                        steps,
+                        generation,
+                        retry_after_seconds: Some(limits.cool_off_seconds),
+                        dry_run: false,
+                    },
+                    transitions,
+                }
+            }
+            None => {
+                c.steps = c.steps.saturating_add(1);
+                c.rate.add(now, limits.rate.window_seconds);
+                c.fingerprints.push_back(fp);
+                let keep = limits.cycle.max_period * limits.cycle.repeats;
+                while c.fingerprints.len() > keep {
+                    c.fingerprints.pop_front();
+                }
+                record.verdict = Verdict::Allow;
+                record.depth = depth;
+                push(c, record);
+                if trial {
+                    c.circuit = Circuit::Closed;
+                    transitions.push(Transition::Closed {
+                        chain_id: ev.chain_id.clone(),
+                        generation: c.generation,
+                    });
+                }
+                StepOutcome {
+                    decision: ChainDecision {
+                        chain_id: ev.chain_id.clone(),
+                        step_id: ev.step_id.clone(),
+                        decision: Verdict::Allow,
+                        reason: None,
+                        message: String::new(),
+                        circuit: c.circuit.state(),
+                        steps: c.steps,
+                        generation: c.generation,
+                        retry_after_seconds: None,
+                        dry_run: false,
+                    },
+                    transitions,
+                }
+            }
+        }
+    }
+
+    /// Open a chain's circuit for `cool_off_seconds` (its kind's cool-off
+    /// when `None`), creating the chain if it is not tracked.
+    pub fn open(
+        &mut self,
+        chain_id: &str,
+        cool_off_seconds: Option<f64>,
+        reason: Reason,
+        now: Timestamp,
+    ) -> ChainView {
+        if !self.chains.contains_key(chain_id) {
+            self.make_room(now, true);
+            self.insert(chain_id, None, now);
+        }
+        self.touch(chain_id);
+        let kind = self.chains.get(chain_id).and_then(|c| c.kind.clone());
+        let cool_off =
+            cool_off_seconds.unwrap_or(self.cfg.limits(kind.as_deref()).cool_off_seconds);
+        if let Some(c) = self.chains.get_mut(chain_id) {
+            c.circuit = Circuit::Open {
+                until: now + secs(cool_off),
+                reason,
+            };
+            c.last_seen = now;
+        }
+        self.view_or_empty(chain_id)
+    }
+
+    /// Clear a chain: counters, cycle window, rate, circuit closed, the
+    /// generation one up. The evidence is kept (it is what was cleared).
+    /// `None` when the chain is not tracked (it starts from zero anyway).
+    pub fn reset(&mut self, chain_id: &str, now: Timestamp) -> Option<ChainView> {
+        let c = self.chains.get_mut(chain_id)?;
+        c.clear_counters();
+        c.circuit = Circuit::Closed;
+        c.generation += 1;
+        c.last_seen = now;
+        self.touch(chain_id);
+        self.view(chain_id)
+    }
+
+    fn view_or_empty(&self, chain_id: &str) -> ChainView {
+        self.view(chain_id).unwrap_or_else(|| ChainView {
+            chain_id: chain_id.to_string(),
+            kind: None,
+            generation: 0,
+            steps: 0,
+            circuit: CircuitState::Closed,
+            until: None,
+            evidence: Vec::new(),
+        })
+    }
+
+    /// Periodic work: half-open circuits whose cool-off ended, forget
+    /// chains idle for `idle_seconds` (never one with an open circuit).
+    pub fn tick(&mut self, now: Timestamp) -> TickReport {
+        let mut report = TickReport::default();
+        for (id, c) in self.chains.iter_mut() {
+            if let Circuit::Open { until, .. } = c.circuit {
+                if now >= until {
+                    c.circuit = Circuit::HalfOpen;
+                    c.clear_counters();
+                    report.transitions.push(Transition::HalfOpened {
+                        chain_id: id.clone(),
+                        generation: c.generation,
+                    });
+                }
+            }
+        }
+        let idle = secs(self.cfg.idle_seconds);
+        let stale: Vec<(String, bool)> = self
+            .chains
+            .iter()
+            .filter(|(_, c)| now - c.last_seen > idle && c.open_until(now).is_none())
+            .map(|(id, c)| (id.clone(), c.circuit != Circuit::Closed))
+            .collect();
+        report.evicted = stale.len();
+        for (id, unclosed) in stale {
+            self.remove(&id);
+            if unclosed {
+                report.forgotten_unclosed.push(id);
+            }
+        }
+        report.forgotten_unclosed.sort();
+        report.transitions.sort_by(|a, b| {
+            let key = |t: &Transition| match t {
+                Transition::Tripped(t) => t.chain_id.clone(),
+                Transition::HalfOpened { chain_id, .. } | Transition::Closed { chain_id, .. } => {
+                    chain_id.clone()
+                }
+            };
+            key(a).cmp(&key(b))
+        });
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(s: f64) -> Timestamp {
+        chrono::Utc.timestamp_opt(1_700_000_000, 0).unwrap() + secs(s)
+    }
+
+    fn ev(chain: &str, step: usize, depth: u32, iteration: u32, sig: &str) -> ChainEvent {
+        ChainEvent {
+            chain_id: chain.into(),
+            step_id: format!("s{step}"),
+            parent_step: None,
+            depth,
+            iteration,
+            signature: sig.into(),
+            kind: None,
+            node: None,
+        }
+    }
+
+    fn table() -> ChainTable {
+        ChainTable::new(&LoopConfig::default())
+    }
+
+    fn tripped(o: &StepOutcome) -> Option<&Trip> {
+        o.transitions.iter().find_map(|t| match t {
+            Transition::Tripped(t) => Some(t),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn cycles_are_found_at_their_smallest_period() {
+        let rule = CycleRule::default();
+        let c = |s: &str| detect_cycle(s.as_bytes(), &rule);
+        assert_eq!(c("ABABAB"), Some(2));
+        assert_eq!(c("ABABA"), None);
+        assert_eq!(c("xABCABCABC"), Some(3));
+        assert_eq!(c("AAAAAAAAAA"), None, "period 1 is iteration, not a cycle");
+        assert_eq!(c("ABABABAB"), Some(2));
+        assert_eq!(c("ABCDABCDABCE"), None);
+        let one = CycleRule {
+            min_period: 1,
+            ..rule
+        };
+        assert_eq!(detect_cycle(b"AAA", &one), Some(1));
+        let off = CycleRule { repeats: 0, ..rule };
+        assert_eq!(detect_cycle(b"ABABABAB", &off), None);
+    }
+
+    #[test]
+    fn recursion_is_denied_at_depth_eleven_and_the_circuit_opens() {
+        let mut tab = table();
+        for d in 1..=10 {
+            let o = tab.step(&ev("r", d as usize, d, d, "recurse"), t(d as f64 * 0.01));
+            assert_eq!(o.decision.decision, Verdict::Allow, "depth {d}");
+        }
+        let o = tab.step(&ev("r", 11, 11, 11, "recurse"), t(0.2));
+        assert_eq!(o.decision.decision, Verdict::Deny);
+        assert_eq!(o.decision.reason, Some(Reason::DepthExceeded));
+        assert_eq!(o.decision.circuit, CircuitState::Open);
+        let trip = tripped(&o).expect("tripped");
+        assert_eq!(trip.condition, Condition::DepthExceeded);
+        assert_eq!((trip.value, trip.limit), (11, 10));
+        assert_eq!(trip.evidence.len(), 10, "evidence_steps last steps");
+        assert_eq!(trip.evidence.last().unwrap().step_id, "s11");
+        // A fresh, shallow step is still refused while the circuit is open.
+        let o = tab.step(&ev("r", 12, 1, 1, "recurse"), t(1.0));
+        assert_eq!(o.decision.reason, Some(Reason::CircuitOpen));
+        assert!(o.decision.retry_after_seconds.unwrap() > 298.0);
+        assert!(o.transitions.is_empty(), "trips once");
+    }
+
+    #[test]
+    fn depth_is_also_computed_from_parent_links() {
+        let mut tab = table();
+        let mut parent: Option<String> = None;
+        for i in 1..=11usize {
+            let mut e = ev("p", i, 1, 1, &format!("call{i}"));
+            e.parent_step = parent.clone();
+            let o = tab.step(&e, t(i as f64));
+            parent = Some(e.step_id.clone());
+            if i <= 10 {
+                assert_eq!(o.decision.decision, Verdict::Allow, "step {i}");
+            } else {
+                assert_eq!(o.decision.reason, Some(Reason::DepthExceeded));
+            }
+        }
+    }
+
+    #[test]
+    fn ping_pong_is_a_cycle_long_before_the_iteration_limit() {
+        let mut tab = table();
+        let mut denied_at = None;
+        for i in 1..=100u32 {
+            let sig = if i % 2 == 1 { "ping" } else { "pong" };
+            let o = tab.step(&ev("pp", i as usize, 1, i, sig), t(i as f64));
+            if o.decision.decision == Verdict::Deny {
+                assert_eq!(o.decision.reason, Some(Reason::Cycle));
+                let trip = tripped(&o).unwrap();
+                assert_eq!(trip.value, 2, "period");
+                assert!(trip.message.contains("ping → pong"), "{}", trip.message);
+                denied_at = Some(i);
+                break;
+            }
+        }
+        assert_eq!(denied_at, Some(6));
+    }
+
+    #[test]
+    fn ninety_legitimate_iterations_are_untouched() {
+        let mut tab = table();
+        for i in 1..=90u32 {
+            let o = tab.step(
+                &ev("ok", i as usize, 1, i, "fetch_page"),
+                t(0.001 * i as f64),
+            );
+            assert_eq!(o.decision.decision, Verdict::Allow, "iteration {i}");
+            assert!(o.transitions.is_empty());
+            assert_eq!(o.decision.steps, i);
+        }
+        assert_eq!(tab.view("ok").unwrap().circuit, CircuitState::Closed);
+    }
+
+    #[test]
+    fn iterations_count_observed_steps_when_the_app_does_not() {
+        let mut tab = table();
+        for i in 1..=100u32 {
+            let o = tab.step(&ev("lazy", i as usize, 1, 0, "same"), t(i as f64));
+            assert_eq!(o.decision.decision, Verdict::Allow);
+        }
+        let o = tab.step(&ev("lazy", 101, 1, 0, "same"), t(101.0));
+        assert_eq!(o.decision.reason, Some(Reason::IterationsExceeded));
+    }
+
+    #[test]
+    fn reset_starts_the_chain_from_zero() {
+        let mut tab = table();
+        for i in 1..=101u32 {
+            tab.step(&ev("it", i as usize, 1, i, "work"), t(i as f64));
+        }
+        assert_eq!(tab.view("it").unwrap().circuit, CircuitState::Open);
+        let v = tab.reset("it", t(200.0)).unwrap();
+        assert_eq!(
+            (v.generation, v.steps, v.circuit),
+            (1, 0, CircuitState::Closed)
+        );
+        let o = tab.step(&ev("it", 1, 1, 1, "work"), t(201.0));
+        assert_eq!(o.decision.decision, Verdict::Allow);
+        assert_eq!((o.decision.steps, o.decision.generation), (1, 1));
+        assert!(tab.reset("unknown", t(0.0)).is_none());
+    }
+
+    #[test]
+    fn rate_over_the_limit_trips() {
+        let cfg = LoopConfig {
+            max_iterations: 10_000,
+            rate: RateRule {
+                max_steps: 20,
+                window_seconds: 1.0,
+            },
+            ..Default::default()
+        };
+        let mut tab = ChainTable::new(&cfg);
+        // 20 steps a second, spread out, for five seconds: fine.
+        for i in 0..100u32 {
+            let o = tab.step(
+                &ev("r", i as usize, 1, i + 1, &format!("s{i}")),
+                t(i as f64 * 0.051),
+            );
+            assert_eq!(o.decision.decision, Verdict::Allow, "step {i}");
+        }
+        // Then a burst.
+        let mut reason = None;
+        for i in 100..140u32 {
+            let o = tab.step(&ev("r", i as usize, 1, i + 1, &format!("s{i}")), t(5.2));
+            if o.decision.decision == Verdict::Deny {
+                reason = o.decision.reason;
+                break;
+            }
+        }
+        assert_eq!(reason, Some(Reason::RateExceeded));
+    }
+
+    #[test]
+    fn half_open_trial_closes_or_reopens() {
+        let mut tab = table();
+        for d in 1..=11 {
+            tab.step(&ev("h", d as usize, d, d, "x"), t(0.0));
+        }
+        let r = tab.tick(t(299.0));
+        assert!(r.transitions.is_empty());
+        let r = tab.tick(t(301.0));
+        assert_eq!(
+            r.transitions,
+            vec![Transition::HalfOpened {
+                chain_id: "h".into(),
+                generation: 0
+            }]
+        );
+        // Still recursing: opens again.
+        let o = tab.step(&ev("h", 20, 12, 12, "x"), t(302.0));
+        assert_eq!(o.decision.reason, Some(Reason::DepthExceeded));
+        assert!(tripped(&o).is_some());
+        // After the next cool-off a sane step closes it.
+        let o = tab.step(&ev("h", 21, 1, 1, "x"), t(700.0));
+        assert_eq!(o.decision.decision, Verdict::Allow);
+        assert!(matches!(o.transitions[0], Transition::HalfOpened { .. }));
+        assert!(matches!(o.transitions[1], Transition::Closed { .. }));
+        assert_eq!(o.decision.circuit, CircuitState::Closed);
+    }
+
+    #[test]
+    fn a_half_open_chain_that_goes_quiet_is_forgotten_and_reported() {
+        let cfg = LoopConfig {
+            idle_seconds: 10.0,
+            cool_off_seconds: 5.0,
+            ..Default::default()
+        };
+        let mut tab = ChainTable::new(&cfg);
+        for d in 1..=11 {
+            tab.step(&ev("f", d as usize, d, d, "x"), t(0.0));
+        }
+        let r = tab.tick(t(6.0));
+        assert!(matches!(r.transitions[0], Transition::HalfOpened { .. }));
+        let r = tab.tick(t(20.0));
+        assert_eq!(r.forgotten_unclosed, vec!["f".to_string()]);
+        assert!(tab.is_empty());
+    }
+
+    #[test]
+    fn commands_open_and_create() {
+        let mut tab = table();
+        let v = tab.open("new", Some(10.0), Reason::CrashLoop, t(0.0));
+        assert_eq!(v.circuit, CircuitState::Open);
+        assert_eq!(v.until, Some(t(10.0)));
+        let o = tab.step(&ev("new", 1, 1, 1, "a"), t(5.0));
+        assert_eq!(o.decision.reason, Some(Reason::CircuitOpen));
+    }
+
+    #[test]
+    fn kinds_fix_their_limits_at_the_first_step() {
+        let mut cfg = LoopConfig::default();
+        cfg.kinds.insert(
+            "shallow".into(),
+            crate::config::KindLimits {
+                max_depth: Some(2),
+                ..Default::default()
+            },
+        );
+        let mut tab = ChainTable::new(&cfg);
+        let mut e = ev("k", 1, 1, 1, "a");
+        e.kind = Some("shallow".into());
+        assert_eq!(tab.step(&e, t(0.0)).decision.decision, Verdict::Allow);
+        // Claiming another kind later does not lift the limit.
+        let mut e = ev("k", 2, 3, 2, "b");
+        e.kind = Some("other".into());
+        assert_eq!(
+            tab.step(&e, t(1.0)).decision.reason,
+            Some(Reason::DepthExceeded)
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let cfg = LoopConfig {
+            max_chains: 3,
+            idle_seconds: 60.0,
+            ..Default::default()
+        };
+        let mut tab = ChainTable::new(&cfg);
+        for i in 0..10 {
+            tab.step(&ev(&format!("c{i}"), 1, 1, 1, "a"), t(i as f64));
+            assert!(tab.len() <= 3);
+        }
+        assert!(tab.view("c9").is_some());
+        assert!(tab.view("c0").is_none(), "least recently used went first");
+        // Open circuits are kept; with all three open a new chain is refused.
+        for i in 7..10 {
+            tab.open(&format!("c{i}"), Some(1000.0), Reason::Cycle, t(10.0));
+        }
+        let o = tab.step(&ev("intruder", 1, 1, 1, "a"), t(11.0));
+        assert_eq!(o.decision.reason, Some(Reason::Capacity));
+        assert_eq!(tab.len(), 3);
+        // Idle chains are forgotten, open ones are not.
+        tab.reset("c9", t(12.0));
+        let r = tab.tick(t(100.0));
+        assert_eq!(r.evicted, 1);
+        assert!(r.forgotten_unclosed.is_empty());
+        assert!(tab.view("c9").is_none());
+        assert!(tab.view("c8").is_some());
+        // Evidence per chain is capped.
+        let mut tab = table();
+        for i in 0..50 {
+            tab.step(&ev("e", i, 1, 1, &format!("s{i}")), t(i as f64));
+        }
+        assert_eq!(tab.view("e").unwrap().evidence.len(), 10);
+    }
+
+    #[test]
+    fn events_are_validated() {
+        let ok = ev("chain-1", 1, 1, 1, "call:summarise");
+        assert!(ok.validate().is_ok());
+        for bad in [
+            ChainEvent {
+                chain_id: String::new(),
+                ..ok.clone()
+            },
+            ChainEvent {
+                chain_id: "x".repeat(129),
+                ..ok.clone()
+            },
+            ChainEvent {
+                signature: "has space".into(),
+                ..ok.clone()
+            },
+            ChainEvent {
+                step_id: "bell\u{7}".into(),
+                ..ok.clone()
+            },
+            ChainEvent {
+                chain_id: "a/b".into(),
+                ..ok.clone()
+            },
+            ChainEvent {
+                kind: Some("a.b".into()),
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        let limit = crate::protocol::DEFAULT_MAX_MESSAGE_BYTES;
+        let text = r#"{"chain_id":"c","step_id":"s","depth":-1,"iteration":1,"signature":"a"}"#;
+        assert!(crate::protocol::decode::<ChainEvent>(text.as_bytes(), limit).is_err());
+        let text = r#"{"chain_id":"c","step_id":"s","depth":1,"iteration":1,"signature":"a","node":"a.b"}"#;
+        assert!(crate::protocol::decode::<ChainEvent>(text.as_bytes(), limit).is_err());
+        let text = r#"{"chain_id":"c","step_id":"s","parent_step":null,"depth":1,"iteration":1,"signature":"a","future":[1]}"#;
+        assert!(crate::protocol::decode::<ChainEvent>(text.as_bytes(), limit).is_ok());
+    }
+
+    #[test]
+    fn wire_names_are_stable() {
+        let d = ChainDecision::invalid("c", "s", "bad");
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["decision"], "deny");
+        assert_eq!(v["reason"], "invalid");
+        assert_eq!(v["circuit"], "closed");
+        for c in Condition::ALL {
+            assert_eq!(Condition::parse(c.as_str()), Some(c));
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+            assert_eq!(Reason::from(c).as_str(), c.as_str());
+        }
+    }
+}
