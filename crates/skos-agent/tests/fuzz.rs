@@ -73,3 +73,20 @@ proptest! {
         prop_assert!(cap >= min && cap <= max, "{min} {max} {level} -> {cap}");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `wg show <if> dump` output of any shape: parsed or refused, and a
+    /// private key never survives parsing.
+    #[test]
+    fn wg_dumps(lines in prop::collection::vec(prop::collection::vec("[A-Za-z0-9+/=:.\\[\\]()-]{0,48}", 0..10), 0..6)) {
+        let text = lines.iter().map(|l| l.join("\t")).collect::<Vec<_>>().join("\n");
+        if let Ok(dump) = skos_agent::mesh::wg::parse_dump(&text) {
+            let shown = format!("{dump:?}");
+            if let Some(first) = lines.first().and_then(|l| l.first()).filter(|k| k.len() >= 40) {
+                prop_assert!(!shown.contains(first.as_str()), "private key kept: {shown}");
+            }
+        }
+    }
+}

@@ -103,3 +103,41 @@ proptest! {
         let _ = skos_core::timefmt::parse(&text);
     }
 }
+
+mod chains {
+    use super::*;
+    use skos_core::chain::{ChainEvent, ChainTable};
+    use skos_core::config::LoopConfig;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Chain events from arbitrary JSON: rejected or judged, never a panic.
+        #[test]
+        fn chain_events_from_arbitrary_json(v in json()) {
+            let _ = decode::<ChainEvent>(v.to_string().as_bytes(), DEFAULT_MAX_MESSAGE_BYTES).map(|e| e.validate());
+        }
+
+        /// Any sequence of valid-looking steps keeps the table within its bounds.
+        #[test]
+        fn chain_table_stays_bounded(steps in prop::collection::vec(("[a-c]{1,2}", "[A-D]", 0u32..30, 0u32..200), 1..200)) {
+            let cfg = LoopConfig { max_chains: 8, ..LoopConfig::default() };
+            let mut table = ChainTable::new(&cfg);
+            let t0 = chrono::Utc::now();
+            for (i, (chain, sig, depth, iteration)) in steps.into_iter().enumerate() {
+                let ev: ChainEvent = match serde_json::from_value(serde_json::json!({
+                    "chain_id": chain, "step_id": format!("s{i}"), "depth": depth,
+                    "iteration": iteration, "signature": sig,
+                })) {
+                    Ok(ev) => ev,
+                    Err(_) => continue,
+                };
+                if ev.validate().is_err() {
+                    continue;
+                }
+                let _ = table.step(&ev, t0 + chrono::Duration::milliseconds(i as i64));
+            }
+            prop_assert!(table.len() <= 8);
+        }
+    }
+}

@@ -201,3 +201,48 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
         "a replayed command changed the machine"
     );
 }
+
+#[test]
+fn secret_files_readable_by_others_are_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("nova.nk");
+    let (seed, _) = Signer::generate().unwrap();
+    std::fs::write(&key, format!("{seed}\n")).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = work.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!("nats:\n  nkey_seed_file: {}\n", key.display()),
+    )
+    .unwrap();
+    let out = run({
+        let mut c = skos();
+        c.args(["status", "--config"])
+            .arg(&cfg)
+            .env("NATS_URL", "nats://127.0.0.1:9");
+        c
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("readable by group or others"), "{stderr}");
+    assert!(!stderr.contains(&seed), "the seed itself is never printed");
+    // `skos keys generate` writes 600.
+    let fresh = work.path().join("fresh.nk");
+    let out = run({
+        let mut c = skos();
+        c.args(["keys", "generate", "--out"]).arg(&fresh);
+        c
+    });
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // It refuses to overwrite without --force.
+    let again = run({
+        let mut c = skos();
+        c.args(["keys", "generate", "--out"]).arg(&fresh);
+        c
+    });
+    assert!(!again.status.success());
+}
