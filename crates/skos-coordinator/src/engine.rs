@@ -163,7 +163,13 @@ impl Engine {
                 .nodes
                 .iter()
                 .take(SNAPSHOT_NODES)
-                .map(|(n, s)| (n.clone(), s.heartbeat.clone()))
+                .map(|(n, s)| {
+                    // The node and its agent, not its readings: they come
+                    // back with the next heartbeat.
+                    let mut hb = s.heartbeat.clone();
+                    hb.metadata.clear();
+                    (n.clone(), hb)
+                })
                 .collect(),
             ladders: self.ladders.values().cloned().collect(),
         }

@@ -53,7 +53,31 @@ impl Default for ServiceOptions {
 /// The key the coordinator's snapshot is kept under.
 const STATE_KEY: &str = "coordinator";
 
+/// Snapshots are zstd-compressed JSON; a NATS message must stay under the
+/// server's max_payload (1 MiB by default).
+const SNAPSHOT_WARN_BYTES: usize = 768 * 1024;
+/// Largest decompressed snapshot accepted.
+const SNAPSHOT_MAX_BYTES: usize = 256 * 1024 * 1024;
+
+fn encode_snapshot(snap: &crate::engine::EngineSnapshot) -> std::io::Result<Bytes> {
+    let json = serde_json::to_vec(snap).map_err(std::io::Error::other)?;
+    zstd::bulk::compress(&json, 3).map(Bytes::from)
+}
+
+/// zstd-compressed (as written now) or plain JSON (as written before).
+fn decode_snapshot(bytes: &[u8]) -> Result<crate::engine::EngineSnapshot, String> {
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    if bytes.starts_with(&ZSTD_MAGIC) {
+        let json = zstd::bulk::decompress(bytes, SNAPSHOT_MAX_BYTES).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&json).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
 struct Ctx {
+    /// Something changed since the last snapshot.
+    dirty: bool,
     signer: Option<Arc<Signer>>,
     engine: Engine,
     bus: Bus,
@@ -76,7 +100,7 @@ pub async fn run(
     let max_bytes = cfg.nats.max_message_bytes;
     let mut engine = Engine::new(cfg, counters.clone(), &opts.mode);
     match state.load(STATE_KEY).await? {
-        Some(bytes) => match serde_json::from_slice(&bytes) {
+        Some(bytes) => match decode_snapshot(&bytes) {
             Ok(snap) => {
                 engine.restore(snap, chrono::Utc::now());
                 tracing::info!("coordinator state restored");
@@ -102,6 +126,7 @@ pub async fn run(
         tracing::warn!("commands are not signed: agents that require signatures will refuse them (set trust.signing_key_file)");
     }
     let mut ctx = Ctx {
+        dirty: false,
         signer: opts.signer.clone(),
         engine,
         bus: bus.clone(),
@@ -134,10 +159,14 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let effects = ctx.engine.tick(chrono::Utc::now());
+                ctx.dirty |= !effects.is_empty();
                 if let Err(e) = ctx.apply(effects).await {
                     tracing::error!(error = %e, "carrying out periodic effects failed");
                 }
-                if last_save.elapsed() >= Duration::from_secs(2) {
+                // Saved at most once a second, and only when something
+                // changed: a snapshot per message would cap alert handling
+                // at the speed of rewriting the whole state.
+                if last_save.elapsed() >= Duration::from_secs(1) && (ctx.dirty || last_save.elapsed() >= Duration::from_secs(10)) {
                     last_save = std::time::Instant::now();
                     ctx.save().await;
                 }
@@ -170,13 +199,19 @@ fn write_status(path: &std::path::Path, engine: &Engine) {
 impl Ctx {
     async fn save(&mut self) {
         let snap = self.engine.snapshot();
-        let bytes = match serde_json::to_vec(&snap) {
-            Ok(b) => Bytes::from(b),
+        let bytes = match encode_snapshot(&snap) {
+            Ok(b) => b,
             Err(e) => return tracing::error!(error = %e, "cannot encode coordinator state"),
         };
-        if let Err(e) = self.state.save(STATE_KEY, bytes).await {
-            self.counters.inc("state.save_failed");
-            tracing::error!(error = %e, "coordinator state not saved");
+        if bytes.len() > SNAPSHOT_WARN_BYTES {
+            tracing::warn!(bytes = bytes.len(), "coordinator state snapshot is large");
+        }
+        match self.state.save(STATE_KEY, bytes).await {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                self.counters.inc("state.save_failed");
+                tracing::error!(error = %e, "coordinator state not saved");
+            }
         }
     }
 
@@ -223,6 +258,7 @@ impl Ctx {
             Err(e) => return self.reject("heartbeat", &m, &e).await,
         };
         let effects = self.engine.on_heartbeat(hb, chrono::Utc::now());
+        self.dirty |= !effects.is_empty();
         if let Err(e) = self.apply(effects).await {
             tracing::error!(error = %e, "carrying out heartbeat effects failed");
         }
@@ -249,7 +285,7 @@ impl Ctx {
         let effects = self.engine.on_alert(alert, chrono::Utc::now());
         match self.apply(effects).await {
             Ok(()) => {
-                self.save().await;
+                self.dirty = true;
                 ack(m).await
             }
             Err(e) => {
@@ -277,7 +313,7 @@ impl Ctx {
         let effects = self.engine.on_result(result, chrono::Utc::now());
         match self.apply(effects).await {
             Ok(()) => {
-                self.save().await;
+                self.dirty = true;
                 ack(m).await
             }
             Err(e) => {
@@ -318,5 +354,22 @@ async fn ack(m: Incoming) {
     let subject = m.subject.clone();
     if let Err(e) = m.ack().await {
         tracing::warn!(subject = %subject, error = %e, "ack failed; the message may be delivered again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_are_compressed_and_plain_ones_still_read() {
+        let engine = Engine::new(Config::default(), Counters::default(), "test");
+        let snap = engine.snapshot();
+        let packed = encode_snapshot(&snap).unwrap();
+        assert!(packed.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]));
+        assert!(decode_snapshot(&packed).is_ok());
+        let plain = serde_json::to_vec(&snap).unwrap();
+        assert!(decode_snapshot(&plain).is_ok());
+        assert!(decode_snapshot(b"\x28\xb5\x2f\xfdgarbage").is_err());
     }
 }
