@@ -111,6 +111,9 @@ pub struct NatsBus {
     js: std::sync::Arc<jetstream::Context>,
 }
 
+/// Messages a core subscription may hold before the client drops them.
+const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
+
 const DAY: Duration = Duration::from_secs(24 * 3600);
 /// How long a delivered, unacknowledged durable message waits before it is
 /// delivered again.
@@ -125,7 +128,10 @@ impl NatsBus {
         };
         let mut co = async_nats::ConnectOptions::new()
             .name(&opts.name)
-            .connection_timeout(opts.connect_timeout);
+            .connection_timeout(opts.connect_timeout)
+            // A heartbeat burst from a large fleet must queue, not be
+            // dropped as a slow consumer (the default holds 65,536).
+            .subscription_capacity(SUBSCRIPTION_CAPACITY);
         co = match &opts.auth {
             NatsAuth::None => co,
             NatsAuth::UserPassword(u, p) => co.user_and_password(u.clone(), p.clone()),

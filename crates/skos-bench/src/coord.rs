@@ -1,0 +1,154 @@
+//! The coordinator run in-process (`skos_coordinator::run` over NATS with
+//! the JetStream audit trail and state store, as `skos coordinator` runs
+//! it), on its own thread and its own two-worker runtime like the binary's,
+//! so the harness's clients do not share its scheduler. Its [`Counters`]
+//! are shared with the harness.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skos_bus::{AuditLog, Bus, StateStore};
+use skos_coordinator::ServiceOptions;
+use skos_core::config::Config;
+use skos_core::counters::Counters;
+use tokio::sync::oneshot;
+
+use crate::error::Context;
+use crate::{natsutil, Error, Result};
+
+pub struct InProcCoordinator {
+    pub counters: Counters,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::result::Result<(), String>>>,
+}
+
+/// The coordinator's config for the throughput and latency runs: defaults,
+/// the server's URL, and a heartbeat timeout long enough that no simulated
+/// node goes offline while the harness is busy elsewhere.
+pub fn bench_config(url: &str) -> Config {
+    let mut cfg = Config::default();
+    cfg.nats.url = url.to_string();
+    cfg.coordinator.heartbeat_timeout = 3600.0;
+    cfg
+}
+
+impl InProcCoordinator {
+    /// Start it and wait until it answers status requests (its heartbeat
+    /// subscription exists by then).
+    pub async fn start(cfg: Config) -> Result<Self> {
+        let counters = Counters::default();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = oneshot::channel::<std::result::Result<(), String>>();
+        let c = counters.clone();
+        let url = cfg.nats.url.clone();
+        let thread = std::thread::Builder::new()
+            .name("bench-coordinator".into())
+            .spawn(move || -> std::result::Result<(), String> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("coordinator-rt")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async move {
+                    let setup = async {
+                        let nats = natsutil::bus(&cfg.nats.url, "skos-coordinator").await?;
+                        let audit = AuditLog::open_jetstream(&nats)
+                            .await
+                            .ctx("open the audit stream")?;
+                        let state = StateStore::jetstream(&nats)
+                            .await
+                            .ctx("open the state stream")?;
+                        Ok::<_, Error>((nats, audit, state))
+                    };
+                    let (nats, audit, state) = match setup.await {
+                        Ok(v) => {
+                            let _ = ready_tx.send(Ok(()));
+                            v
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return Err(e.to_string());
+                        }
+                    };
+                    // Spawned onto the workers, as `skos coordinator` does.
+                    let task = tokio::spawn(skos_coordinator::run(
+                        cfg,
+                        Bus::Nats(nats),
+                        Arc::new(audit),
+                        state,
+                        c,
+                        ServiceOptions::default(),
+                        async move {
+                            let _ = stop_rx.await;
+                        },
+                    ));
+                    match task.await {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            })
+            .ctx("start the coordinator thread")?;
+        let mut me = InProcCoordinator {
+            counters,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        match tokio::time::timeout(Duration::from_secs(30), ready_rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(Error::failed("start the coordinator", e)),
+            Ok(Err(_)) => {
+                return Err(Error::failed(
+                    "start the coordinator",
+                    me.join_now().unwrap_or_else(|| "thread ended".into()),
+                ))
+            }
+            Err(_) => {
+                return Err(Error::timeout(
+                    "the coordinator to connect",
+                    Duration::from_secs(30),
+                ))
+            }
+        }
+        let probe = Bus::Nats(natsutil::bus(&url, "skos-bench-status").await?);
+        natsutil::wait_status(&probe, Duration::from_secs(30)).await?;
+        Ok(me)
+    }
+
+    fn join_now(&mut self) -> Option<String> {
+        let t = self.thread.take()?;
+        match t.join() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some("coordinator thread panicked".into()),
+        }
+    }
+
+    /// Ask it to stop (it saves its state) and wait up to `timeout`.
+    pub async fn stop(mut self, timeout: Duration) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let deadline = Instant::now() + timeout;
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            if Instant::now() >= deadline {
+                return Err(Error::timeout("the coordinator to stop", timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match self.join_now() {
+            None => Ok(()),
+            Some(e) => Err(Error::failed("coordinator", e)),
+        }
+    }
+}
+
+impl Drop for InProcCoordinator {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        // The thread is left to finish on its own; it holds no process.
+    }
+}

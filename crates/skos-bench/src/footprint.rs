@@ -1,0 +1,361 @@
+//! Footprint: VmRSS, VmHWM and CPU time (utime + stime) of the real
+//! processes over a measured window.
+//!
+//! * an idle `skos agent` with every antibody that exists enabled (seed
+//!   intervals: monitor 5 s, heartbeat 10 s), beside an idle
+//!   `skos coordinator` that knows only that agent;
+//! * the coordinator tracking 1,000 / 10,000 / 100,000 simulated nodes that
+//!   heartbeat every 5 s, spread evenly (a fresh server and coordinator for
+//!   each size); the nats-server's own CPU for the same traffic is measured
+//!   beside it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use skos_bus::{subjects, Bus};
+use skos_core::policy::ANTIBODIES;
+
+use crate::error::Context;
+use crate::hotcpu::FakeMachine;
+use crate::natsutil::{self, Server};
+use crate::procfs::{self, Usage};
+use crate::procs::{self, Proc};
+use crate::progress::{count_messages, wait_count, Task};
+use crate::report::{Figure, SectionReport};
+use crate::{say, sim, Error, Opts, Result};
+
+const S: &str = "footprint";
+const MB: &str = "MB";
+const CORE: &str = "core";
+
+fn split(u: &Usage) -> String {
+    format!(
+        "{:.1} MB anonymous (heap, stacks) + {:.1} MB file-backed (code)",
+        u.rss_anon_mb, u.rss_file_mb
+    )
+}
+
+/// Sample several processes at the start and end of one window.
+async fn measure(pids: &[u32], window: Duration) -> Result<Vec<Usage>> {
+    let a: Vec<_> = pids
+        .iter()
+        .map(|&p| procfs::sample(p))
+        .collect::<Result<_>>()?;
+    tokio::time::sleep(window).await;
+    let b: Vec<_> = pids
+        .iter()
+        .map(|&p| procfs::sample(p))
+        .collect::<Result<_>>()?;
+    Ok(a.iter()
+        .zip(b.iter())
+        .map(|(a, b)| procfs::usage(a, b))
+        .collect())
+}
+
+fn coordinator(bin: &Path, cfg: &Path, url: &str, work: &Path, name: &str) -> Result<Proc> {
+    let mut c = procs::skos_command(bin);
+    c.arg("coordinator")
+        .arg("--config")
+        .arg(cfg)
+        .env("NATS_URL", url);
+    Proc::spawn(c, work, name)
+}
+
+async fn idle(o: &Opts, bin: &Path) -> Result<(Value, Vec<Figure>)> {
+    let server = Server::start(o.nats_url.as_deref())?;
+    let url = server.url().to_string();
+    let work = tempfile::Builder::new()
+        .prefix("skos-bench-footprint-")
+        .tempdir()
+        .ctx("temp dir")?;
+    let machine = FakeMachine::new()?;
+    let trust = procs::trust_section(bin, work.path());
+    let antibodies = ANTIBODIES.join(", ");
+    let watched = work.path().join("watched");
+    std::fs::create_dir_all(&watched).map_err(|e| Error::io(&watched, e))?;
+    let cfg = work.path().join("config.yaml");
+    let text = format!(
+        "agent:\n  antibodies: [{antibodies}]\nstorage:\n  mounts: [{}]\n{trust}",
+        watched.display()
+    );
+    std::fs::write(&cfg, text).map_err(|e| Error::io(&cfg, e))?;
+    let mut coord = coordinator(bin, &cfg, &url, work.path(), "coordinator-idle")?;
+    let bus = Bus::Nats(natsutil::bus(&url, "skos-bench-status").await?);
+    // The agent's first heartbeat goes out at once: let the coordinator be
+    // listening by then, or the node only shows up a heartbeat interval later.
+    if let Err(e) = natsutil::wait_status(&bus, Duration::from_secs(30)).await {
+        coord.check_alive()?;
+        return Err(e);
+    }
+    let mut c = procs::skos_command(bin);
+    c.arg("agent")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(work.path().join("agent-data"))
+        .env("NATS_URL", &url)
+        .env("NODE_NAME", "bench-idle")
+        .env("SKOS_SYSFS_ROOT", machine.root());
+    let mut agent = Proc::spawn(c, work.path(), "agent-idle")?;
+    let status = crate::hotcpu::StatusSource::Bus(bus);
+    if let Err(e) = status
+        .wait_node("bench-idle", "healthy", Duration::from_secs(40))
+        .await
+    {
+        coord.check_alive()?;
+        agent.check_alive()?;
+        return Err(Error::failed(
+            e.to_string(),
+            format!(
+                "agent log:\n{}\ncoordinator log:\n{}",
+                agent.log_tail(15),
+                coord.log_tail(15)
+            ),
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    say(
+        S,
+        format!(
+            "idle agent ({antibodies}) and coordinator, {:.0} s window",
+            o.window.as_secs_f64()
+        ),
+    );
+    let mut pids = vec![agent.pid(), coord.pid()];
+    let nats_pid = server.pid();
+    pids.extend(nats_pid);
+    let u = measure(&pids, o.window).await?;
+    agent.check_alive()?;
+    coord.check_alive()?;
+    let (ua, uc) = (u[0], u[1]);
+    let un = u.get(2).copied();
+    let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+    let skipped: Vec<&str> = ANTIBODIES
+        .iter()
+        .copied()
+        .filter(|a| {
+            log.lines()
+                .any(|l| l.contains("not available in this build") && l.contains(a))
+        })
+        .collect();
+    coord.sigterm(Duration::from_secs(10)).await;
+    agent.sigterm(Duration::from_secs(10)).await;
+    let figures = vec![
+        Figure::new(S, "agent idle VmRSS (all antibodies)", ua.rss_mb, MB)
+            .at_most(6.0)
+            .note(split(&ua)),
+        Figure::new(S, "agent idle VmHWM", ua.hwm_mb, MB),
+        Figure::new(S, "agent idle CPU", ua.cpu_share, CORE),
+        Figure::new(S, "coordinator idle VmRSS", uc.rss_mb, MB).note(split(&uc)),
+        Figure::new(S, "coordinator idle CPU", uc.cpu_share, CORE),
+    ];
+    let data = json!({
+        "antibodies_enabled": ANTIBODIES,
+        "antibodies_not_built": skipped,
+        "agent_intervals": {"monitor": 5.0, "heartbeat": 10.0},
+        "agent": ua,
+        "coordinator": uc,
+        "nats_server": un,
+    });
+    Ok((data, figures))
+}
+
+/// Heartbeats for `fleet` spread evenly over `interval`, until dropped.
+fn simulate(
+    client: async_nats::Client,
+    fleet: Arc<Vec<(async_nats::Subject, bytes::Bytes)>>,
+    interval: f64,
+    sent: Arc<AtomicU64>,
+) -> Task {
+    Task::spawn(async move {
+        let tick = Duration::from_millis(10);
+        let per_tick = fleet.len() as f64 * tick.as_secs_f64() / interval;
+        let mut owed = 0.0;
+        let mut next = 0usize;
+        let mut timer = tokio::time::interval(tick);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        loop {
+            timer.tick().await;
+            owed += per_tick;
+            while owed >= 1.0 {
+                owed -= 1.0;
+                let (s, p) = &fleet[next];
+                next = (next + 1) % fleet.len();
+                if client.publish(s.clone(), p.clone()).await.is_err() {
+                    return;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
+async fn tracking(o: &Opts, bin: &Path, nodes: usize) -> Result<(Value, Vec<Figure>)> {
+    let server = Server::start(o.nats_url.as_deref())?;
+    let url = server.url().to_string();
+    let work = tempfile::Builder::new()
+        .prefix("skos-bench-fleet-")
+        .tempdir()
+        .ctx("temp dir")?;
+    let cfg = work.path().join("config.yaml");
+    std::fs::write(&cfg, "{}\n").map_err(|e| Error::io(&cfg, e))?;
+    let mut coord = coordinator(
+        bin,
+        &cfg,
+        &url,
+        work.path(),
+        &format!("coordinator-{nodes}"),
+    )?;
+    let bus = Bus::Nats(natsutil::bus(&url, "skos-bench-status").await?);
+    if let Err(e) = natsutil::wait_status(&bus, Duration::from_secs(30)).await {
+        coord.check_alive()?;
+        return Err(e);
+    }
+    let observer = natsutil::client(&url, "skos-bench-observer").await?;
+    let joins_sub = observer
+        .subscribe(subjects::audit("node"))
+        .await
+        .ctx("subscribe joins")?;
+    let (joins, _joins_task) = count_messages(joins_sub);
+    let mut alerts = observer
+        .subscribe(subjects::ALERTS)
+        .await
+        .ctx("subscribe alerts")?;
+    let offline = Arc::new(AtomicU64::new(0));
+    let off = offline.clone();
+    let _offline_task = Task::spawn(async move {
+        while let Some(m) = alerts.next().await {
+            if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
+                if v["type"] == "heartbeat_missing" && v["severity"] == "critical" {
+                    off.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    observer.flush().await.ctx("flush")?;
+    let prefix = format!("fp{}-", sim::run_id());
+    let fleet = Arc::new(sim::fleet(&prefix, nodes, o.footprint_interval)?);
+    let publisher = natsutil::client(&url, "skos-bench-fleet").await?;
+    let sent = Arc::new(AtomicU64::new(0));
+    say(
+        S,
+        format!(
+            "{nodes} nodes heartbeating every {} s: joining",
+            o.footprint_interval
+        ),
+    );
+    let t0 = Instant::now();
+    let sim_task = simulate(publisher, fleet, o.footprint_interval, sent.clone());
+    let join_limit = Duration::from_secs(60 + nodes as u64 / 1000);
+    let r = wait_count(&joins, nodes as u64, t0, join_limit, join_limit).await;
+    if !r.reached {
+        coord.check_alive()?;
+        return Err(Error::failed(
+            "footprint",
+            format!(
+                "only {} of {nodes} nodes joined within {join_limit:?}",
+                r.count
+            ),
+        ));
+    }
+    let join_s = r.last_change.duration_since(t0).as_secs_f64();
+    // One full heartbeat round after the joins before measuring.
+    tokio::time::sleep(Duration::from_secs_f64(o.footprint_interval).min(o.window)).await;
+    say(
+        S,
+        format!(
+            "{nodes} nodes joined in {join_s:.1} s; {:.0} s window",
+            o.window.as_secs_f64()
+        ),
+    );
+    let mut pids = vec![coord.pid(), std::process::id()];
+    let nats_pid = server.pid();
+    pids.extend(nats_pid);
+    let (s0, o0) = (
+        sent.load(Ordering::Relaxed),
+        offline.load(Ordering::Relaxed),
+    );
+    let u = measure(&pids, o.window).await?;
+    let (s1, o1) = (
+        sent.load(Ordering::Relaxed),
+        offline.load(Ordering::Relaxed),
+    );
+    coord.check_alive()?;
+    drop(sim_task);
+    coord.sigterm(Duration::from_secs(15)).await;
+    let (uc, ub) = (u[0], u[1]);
+    let un = u.get(2).copied();
+    let rate = (s1 - s0) as f64 / uc.window_seconds;
+    let mut rss = Figure::new(
+        S,
+        format!("coordinator VmRSS, {nodes} nodes"),
+        uc.rss_mb,
+        MB,
+    );
+    if nodes == 1_000 {
+        rss = rss.at_most(15.0);
+    }
+    let mut cpu = Figure::new(
+        S,
+        format!(
+            "coordinator CPU, {nodes} nodes @ {} s",
+            o.footprint_interval
+        ),
+        uc.cpu_share,
+        CORE,
+    );
+    if let Some(n) = un {
+        cpu = cpu.beside("nats-server", n.cpu_share);
+    }
+    if nodes == 100_000 {
+        cpu = cpu.at_most(0.5);
+    }
+    let figures = vec![
+        rss,
+        Figure::new(
+            S,
+            format!("coordinator VmHWM, {nodes} nodes"),
+            uc.hwm_mb,
+            MB,
+        )
+        .note("peak includes the join burst"),
+        cpu,
+    ];
+    let data = json!({
+        "nodes": nodes,
+        "interval": o.footprint_interval,
+        "join_seconds": join_s,
+        "heartbeats_per_second": rate,
+        "expected_per_second": nodes as f64 / o.footprint_interval,
+        "offline_alerts_in_window": o1 - o0,
+        "offline_alerts_total": o1,
+        "coordinator": uc,
+        "nats_server": un,
+        "harness_simulator": ub,
+    });
+    Ok((data, figures))
+}
+
+pub async fn run(o: &Opts) -> Result<SectionReport> {
+    let bin = procs::skos_binary(o.skos_bin.as_deref())?;
+    let (idle_data, mut figures) = idle(o, &bin).await?;
+    let mut fleets = Vec::new();
+    for &n in &o.footprint_nodes {
+        let (d, f) = tracking(o, &bin, n).await?;
+        fleets.push(d);
+        figures.extend(f);
+    }
+    Ok(SectionReport {
+        data: json!({
+            "window_seconds": o.window.as_secs_f64(),
+            "clock_ticks_per_second": procfs::clock_ticks_per_second(),
+            "idle": idle_data,
+            "fleets": fleets,
+        }),
+        figures,
+    })
+}

@@ -1,0 +1,405 @@
+//! Ingest: heartbeats and alerts from many simulated nodes through a real
+//! nats-server into the coordinator, beside the bus's ceiling measured on
+//! the same burst at the same time:
+//!
+//! * heartbeats (core NATS): the coordinator's `heartbeats.received` beside
+//!   a plain async-nats subscriber on `skos.heartbeat.*`;
+//! * alerts (JetStream): the coordinator fully handling each (decision,
+//!   command published durably, audit entries written, state saved, ack)
+//!   beside a plain JetStream pull consumer on `SKOS_ALERTS` that acks each.
+//!
+//! Each node first sends one heartbeat ("join": the coordinator audits a
+//! new node), paced so the coordinator keeps up; then the burst is sent as
+//! fast as the publisher can. Every message not counted is reported lost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{self, pull};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::Subject;
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde_json::json;
+use skos_bus::subjects;
+
+use crate::coord::{self, InProcCoordinator};
+use crate::error::Context;
+use crate::natsutil::{self, Server};
+use crate::progress::{count_messages, wait_count, CounterWatch, Progress, Task};
+use crate::report::{Figure, SectionReport};
+use crate::{say, sim, Error, Opts, Result};
+
+const S: &str = "ingest";
+
+/// Most alerts in one burst (they are handled at hundreds per second).
+pub const MAX_ALERTS: usize = 10_000;
+
+/// Send each node's first heartbeat, at most `window` ahead of what the
+/// coordinator has counted; returns once all are counted.
+pub async fn join_fleet(
+    client: &async_nats::Client,
+    fleet: &[(Subject, Bytes)],
+    handled: &Progress,
+    window: u64,
+    timeout: Duration,
+) -> Result<f64> {
+    let base = handled.count();
+    let t0 = Instant::now();
+    for (i, (subject, payload)) in fleet.iter().enumerate() {
+        while (i as u64) > handled.count().saturating_sub(base) + window {
+            if t0.elapsed() > timeout {
+                return Err(Error::timeout("the coordinator to count joins", timeout));
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        client
+            .publish(subject.clone(), payload.clone())
+            .await
+            .ctx("publish heartbeat")?;
+    }
+    client.flush().await.ctx("flush")?;
+    let r = wait_count(
+        handled,
+        base + fleet.len() as u64,
+        t0,
+        Duration::from_secs(10),
+        timeout,
+    )
+    .await;
+    if !r.reached {
+        return Err(Error::failed(
+            "join",
+            format!(
+                "the coordinator counted {} of {} first heartbeats",
+                r.count - base,
+                fleet.len()
+            ),
+        ));
+    }
+    Ok(r.last_change.duration_since(t0).as_secs_f64())
+}
+
+/// One consumer's share of a burst.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Drain {
+    pub received: u64,
+    pub lost: u64,
+    /// From the first publish to the last message counted.
+    pub seconds: f64,
+    pub rate: f64,
+}
+
+fn drain(sent: u64, base: u64, r: crate::progress::Reached, t0: Instant) -> Drain {
+    let received = r.count.saturating_sub(base);
+    let seconds = r
+        .last_change
+        .saturating_duration_since(t0)
+        .as_secs_f64()
+        .max(1e-6);
+    Drain {
+        received,
+        lost: sent.saturating_sub(received),
+        seconds,
+        rate: received as f64 / seconds,
+    }
+}
+
+/// Publish `m` heartbeats round-robin as fast as one connection can and
+/// wait until both consumers stop counting.
+async fn burst(
+    publisher: &async_nats::Client,
+    fleet: &[(Subject, Bytes)],
+    m: u64,
+    coord: &Progress,
+    ceiling: &Progress,
+) -> Result<(Drain, Drain, f64)> {
+    let (c0, x0) = (coord.count(), ceiling.count());
+    let t0 = Instant::now();
+    for i in 0..m as usize {
+        let (subject, payload) = &fleet[i % fleet.len()];
+        publisher
+            .publish(subject.clone(), payload.clone())
+            .await
+            .ctx("publish heartbeat")?;
+    }
+    publisher.flush().await.ctx("flush")?;
+    let publish_s = t0.elapsed().as_secs_f64();
+    let stall = Duration::from_secs(3);
+    let overall = Duration::from_secs(300);
+    let (rc, rx) = tokio::join!(
+        wait_count(coord, c0 + m, t0, stall, overall),
+        wait_count(ceiling, x0 + m, t0, stall, overall)
+    );
+    Ok((drain(m, c0, rc, t0), drain(m, x0, rx, t0), publish_s))
+}
+
+pub async fn run(o: &Opts) -> Result<SectionReport> {
+    let server = Server::start(o.nats_url.as_deref())?;
+    let url = server.url().to_string();
+    let run = sim::run_id();
+    let prefix = format!("in{run}-");
+    let nodes = o.nodes.max(1);
+    // The streams exist before anyone consumes.
+    let _setup = natsutil::bus(&url, "skos-bench-setup").await?;
+    let coordinator = InProcCoordinator::start(coord::bench_config(&url)).await?;
+    let counters = coordinator.counters.clone();
+    let hb_watch = CounterWatch::start(counters.clone(), "heartbeats.received");
+    let handled_watch = CounterWatch::start(counters.clone(), "alerts.handled");
+
+    // The ceilings: plain clients, nothing of SKOS in their path.
+    let ceiling = natsutil::client(&url, "skos-bench-ceiling").await?;
+    let sub = ceiling
+        .subscribe(subjects::HEARTBEATS)
+        .await
+        .ctx("subscribe heartbeats")?;
+    let (ceil_hb, _ceil_hb_task) = count_messages(sub);
+    let observer = natsutil::client(&url, "skos-bench-observer").await?;
+    let sub = observer
+        .subscribe(subjects::audit("command"))
+        .await
+        .ctx("subscribe audit")?;
+    let (audited_cmds, _audit_task) = count_messages(sub);
+    ceiling.flush().await.ctx("flush")?;
+    observer.flush().await.ctx("flush")?;
+
+    let publisher = natsutil::client(&url, "skos-bench-publisher").await?;
+    let fleet = sim::fleet(&prefix, nodes, 5.0)?;
+
+    say(
+        S,
+        format!("{nodes} nodes join (one heartbeat each, audited)"),
+    );
+    let join_s = join_fleet(
+        &publisher,
+        &fleet,
+        &hb_watch.progress,
+        1_000,
+        Duration::from_secs(120 + nodes as u64 / 500),
+    )
+    .await?;
+
+    // Heartbeat burst, then (unless 0) an overload burst bigger than a
+    // client's subscription buffer.
+    let m = o.heartbeats.max(nodes) as u64;
+    say(S, format!("{m} heartbeats as fast as the publisher can"));
+    let (hb_coord, hb_ceil, publish_s) =
+        burst(&publisher, &fleet, m, &hb_watch.progress, &ceil_hb).await?;
+    say(
+        S,
+        format!(
+            "heartbeats: coordinator {:.0}/s, plain subscriber {:.0}/s, lost {} / {}",
+            hb_coord.rate, hb_ceil.rate, hb_coord.lost, hb_ceil.lost
+        ),
+    );
+    let overload = if o.overload_heartbeats > 0 {
+        let m = o.overload_heartbeats as u64;
+        say(S, format!("overload: {m} heartbeats in one burst"));
+        let (c, x, _) = burst(&publisher, &fleet, m, &hb_watch.progress, &ceil_hb).await?;
+        say(
+            S,
+            format!(
+                "overload: coordinator {:.0}/s, plain subscriber {:.0}/s, lost {} / {}",
+                c.rate, x.rate, c.lost, x.lost
+            ),
+        );
+        Some((m, c, x))
+    } else {
+        None
+    };
+
+    // Alert burst, one per node, beside a plain pull consumer.
+    let n_alerts = o
+        .ingest_alerts
+        .unwrap_or(nodes)
+        .clamp(1, nodes.min(MAX_ALERTS)) as u64;
+    let js = async_nats::jetstream::new(ceiling.clone());
+    let stream = js
+        .get_stream(subjects::STREAM_ALERTS)
+        .await
+        .ctx("get stream SKOS_ALERTS")?;
+    let ceiling_name = format!("skos-bench-ceiling-{run}");
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(ceiling_name.clone()),
+            filter_subject: subjects::ALERTS.to_string(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(10),
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .ctx("create the ceiling consumer")?;
+    let mut messages = consumer
+        .stream()
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .ctx("pull from the ceiling consumer")?;
+    let ceil_alerts = Arc::new(Progress::new());
+    let p = ceil_alerts.clone();
+    let _ceil_alert_task = Task::spawn(async move {
+        while let Some(Ok(m)) = messages.next().await {
+            let _ = m.ack().await;
+            p.inc();
+        }
+    });
+    say(
+        S,
+        format!("{n_alerts} alerts (one per node) into SKOS_ALERTS"),
+    );
+    let pjs = async_nats::jetstream::new(publisher.clone());
+    let (h0, a0, y0) = (
+        handled_watch.progress.count(),
+        audited_cmds.count(),
+        ceil_alerts.count(),
+    );
+    let t0 = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    let mut publish_errors = 0u64;
+    for i in 0..n_alerts as usize {
+        let node = sim::node(&prefix, i)?;
+        let id = format!("ingest-{run}-{i}");
+        let payload = sim::alert(&node, &id, "warning", 80.0)?;
+        let msg = PublishMessage::build().payload(payload).message_id(id);
+        let ack = pjs
+            .send_publish(subjects::alert(&node), msg)
+            .await
+            .ctx("publish alert")?;
+        inflight.push(std::future::IntoFuture::into_future(ack));
+        while inflight.len() >= 256 {
+            if let Some(Err(_)) = inflight.next().await {
+                publish_errors += 1;
+            }
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        if r.is_err() {
+            publish_errors += 1;
+        }
+    }
+    let alert_publish_s = t0.elapsed().as_secs_f64();
+    let stall = Duration::from_secs(15);
+    let overall = Duration::from_secs(600);
+    let (ra, ry) = tokio::join!(
+        wait_count(&audited_cmds, a0 + n_alerts, t0, stall, overall),
+        wait_count(&ceil_alerts, y0 + n_alerts, t0, stall, overall)
+    );
+    let al_coord = drain(n_alerts, a0, ra, t0);
+    let al_ceil = drain(n_alerts, y0, ry, t0);
+    let handled = handled_watch.progress.count().saturating_sub(h0);
+    say(
+        S,
+        format!(
+            "alerts: coordinator {:.0}/s, plain pull consumer {:.0}/s, lost {} / {}",
+            al_coord.rate, al_ceil.rate, al_coord.lost, al_ceil.lost
+        ),
+    );
+    let _ = stream.delete_consumer(&ceiling_name).await;
+    let snapshot = counters.snapshot();
+    coordinator.stop(Duration::from_secs(15)).await?;
+
+    let mut figures = vec![
+        Figure::new(
+            S,
+            "node joins/s (first heartbeat, audited)",
+            nodes as f64 / join_s,
+            "msg/s",
+        )
+        .note("paced: at most 1,000 ahead of the coordinator"),
+        Figure::new(
+            S,
+            format!("heartbeats handled/s ({m} burst)"),
+            hb_coord.rate,
+            "msg/s",
+        )
+        .beside("plain subscriber", hb_ceil.rate)
+        .ratio_at_least(0.8),
+        Figure::new(
+            S,
+            "heartbeats lost by the coordinator",
+            hb_coord.lost as f64,
+            "msgs",
+        )
+        .at_most(0.0),
+    ];
+    if let Some((m, c, x)) = &overload {
+        figures.push(
+            Figure::new(
+                S,
+                format!("heartbeats lost in a {m} overload burst"),
+                c.lost as f64,
+                "msgs",
+            )
+            .beside("plain subscriber lost", x.lost as f64)
+            .at_most(0.0)
+            .note(format!(
+                "coordinator drained {:.0}/s, plain subscriber {:.0}/s",
+                c.rate, x.rate
+            )),
+        );
+    }
+    figures.extend([
+        Figure::new(
+            S,
+            format!("alerts handled/s ({n_alerts} burst)"),
+            al_coord.rate,
+            "msg/s",
+        )
+        .beside("plain JetStream consumer", al_ceil.rate)
+        .ratio_at_least(0.8)
+        .note("handled = command published durably and audited"),
+        Figure::new(
+            S,
+            "alerts lost by the coordinator",
+            n_alerts.saturating_sub(handled) as f64,
+            "msgs",
+        )
+        .at_most(0.0),
+    ]);
+    figures.push(
+        Figure::new(
+            S,
+            "coordinator state saves failed",
+            snapshot.get("state.save_failed").copied().unwrap_or(0) as f64,
+            "msgs",
+        )
+        .derived_at_most(0.0)
+        .note("each failed save leaves crash state only in memory"),
+    );
+    if hb_ceil.lost > 0 || al_ceil.lost > 0 {
+        figures.push(Figure::new(
+            S,
+            "lost by the plain consumers (the bus itself)",
+            (hb_ceil.lost + al_ceil.lost) as f64,
+            "msgs",
+        ));
+    }
+    let data = json!({
+        "nodes": nodes,
+        "server": if server.is_own() { "started for this section" } else { "external (--nats-url)" },
+        "join": {"heartbeats": nodes, "seconds": join_s, "rate": nodes as f64 / join_s},
+        "heartbeats": {
+            "published": m,
+            "publish_seconds": publish_s,
+            "publish_rate": m as f64 / publish_s.max(1e-6),
+            "coordinator": hb_coord,
+            "ceiling": hb_ceil,
+            "ratio": hb_coord.rate / hb_ceil.rate,
+        },
+        "overload": overload.map(|(m, c, x)| json!({"published": m, "coordinator": c, "ceiling": x})),
+        "alerts": {
+            "published": n_alerts,
+            "publish_errors": publish_errors,
+            "publish_seconds": alert_publish_s,
+            "coordinator": al_coord,
+            "coordinator_handled": handled,
+            "ceiling": al_ceil,
+            "ratio": al_coord.rate / al_ceil.rate,
+        },
+        "counters": snapshot,
+    });
+    Ok(SectionReport { data, figures })
+}

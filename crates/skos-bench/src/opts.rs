@@ -1,0 +1,101 @@
+//! What a run measures and how long it may take.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Opts {
+    /// Simulated nodes for ingest (and the alert burst: one alert each).
+    pub nodes: usize,
+    /// Heartbeats in the ingest burst (spread over the nodes).
+    pub heartbeats: usize,
+    /// Heartbeats in the overload burst (0: none): more than a client's
+    /// subscription buffer (65,536 messages) holds.
+    pub overload_heartbeats: usize,
+    /// Alerts in the ingest burst (one per node, at most 10,000); `None`:
+    /// one per node.
+    pub ingest_alerts: Option<usize>,
+    /// Alerts (one per node) for the latency run.
+    pub latency_alerts: usize,
+    /// Requests for the bus's own round trip.
+    pub round_trips: usize,
+    /// Hot-CPU repetitions (distributed).
+    pub detection_repeats: usize,
+    /// SIGKILL repetitions for offline detection.
+    pub offline_repeats: usize,
+    /// HEARTBEAT_TIMEOUT for the detection run, seconds.
+    pub heartbeat_timeout: f64,
+    /// MONITOR_INTERVAL for the detection and embedded runs, seconds.
+    pub monitor_interval: f64,
+    /// Fleet sizes for the coordinator's footprint.
+    pub footprint_nodes: Vec<usize>,
+    /// Heartbeat interval of the simulated fleet, seconds.
+    pub footprint_interval: f64,
+    /// Measuring window for CPU shares.
+    #[serde(with = "secs")]
+    pub window: Duration,
+    /// Hot-CPU repetitions through `skos up`.
+    pub embedded_repeats: usize,
+    pub nats_url: Option<String>,
+    pub skos_bin: Option<PathBuf>,
+    pub quick: bool,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl Opts {
+    /// The defaults: a few minutes on a two-core machine.
+    pub fn full() -> Self {
+        Opts {
+            nodes: 1_000,
+            heartbeats: 50_000,
+            overload_heartbeats: 200_000,
+            ingest_alerts: None,
+            latency_alerts: 1_000,
+            round_trips: 1_000,
+            detection_repeats: 5,
+            offline_repeats: 2,
+            heartbeat_timeout: 3.0,
+            monitor_interval: 1.0,
+            footprint_nodes: vec![1_000, 10_000, 100_000],
+            footprint_interval: 5.0,
+            window: Duration::from_secs(15),
+            embedded_repeats: 3,
+            nats_url: None,
+            skos_bin: None,
+            quick: false,
+        }
+    }
+
+    /// A smoke run of about half a minute.
+    pub fn quick() -> Self {
+        Opts {
+            nodes: 200,
+            heartbeats: 4_000,
+            overload_heartbeats: 0,
+            ingest_alerts: None,
+            latency_alerts: 200,
+            round_trips: 200,
+            detection_repeats: 1,
+            offline_repeats: 1,
+            heartbeat_timeout: 2.0,
+            monitor_interval: 1.0,
+            footprint_nodes: vec![1_000],
+            footprint_interval: 5.0,
+            window: Duration::from_secs(2),
+            embedded_repeats: 1,
+            nats_url: None,
+            skos_bin: None,
+            quick: true,
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Counting what a consumer has taken, and when it last moved.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skos_core::counters::Counters;
+
+/// A count and the instant it last changed, shared between tasks.
+#[derive(Debug)]
+pub struct Progress {
+    base: Instant,
+    count: AtomicU64,
+    /// Nanoseconds after `base` of the last change.
+    last_ns: AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Progress {
+            base: Instant::now(),
+            count: AtomicU64::new(0),
+            last_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn stamp(&self) {
+        let ns = self.base.elapsed().as_nanos() as u64;
+        self.last_ns.store(ns, Ordering::Release);
+    }
+
+    pub fn inc(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.stamp();
+    }
+
+    /// Set the count (from a polled counter); stamps only on change.
+    pub fn set(&self, v: u64) {
+        if self.count.swap(v, Ordering::AcqRel) != v {
+            self.stamp();
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    pub fn last_change(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last_ns.load(Ordering::Acquire))
+    }
+}
+
+/// Polls a named counter every millisecond into a [`Progress`]; stops on
+/// drop.
+pub struct CounterWatch {
+    pub progress: Arc<Progress>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CounterWatch {
+    pub fn start(counters: Counters, name: &'static str) -> Self {
+        let progress = Arc::new(Progress::new());
+        progress.set(counters.get(name));
+        let p = progress.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                p.set(counters.get(name));
+            }
+        });
+        CounterWatch { progress, task }
+    }
+}
+
+impl Drop for CounterWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How a wait for a count ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Reached {
+    pub count: u64,
+    pub reached: bool,
+    /// When the count last changed.
+    pub last_change: Instant,
+}
+
+/// Wait until `p` reaches `target`, or stops moving for `stall` (after
+/// `since`), or `overall` passes.
+pub async fn wait_count(
+    p: &Progress,
+    target: u64,
+    since: Instant,
+    stall: Duration,
+    overall: Duration,
+) -> Reached {
+    let deadline = Instant::now() + overall;
+    loop {
+        let count = p.count();
+        let last = p.last_change().max(since);
+        if count >= target || Instant::now() >= deadline || last.elapsed() >= stall {
+            return Reached {
+                count,
+                reached: count >= target,
+                last_change: p.last_change(),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A spawned task aborted on drop.
+pub struct Task(tokio::task::JoinHandle<()>);
+
+impl Task {
+    pub fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Task(tokio::spawn(f))
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Count every message of a core subscription.
+pub fn count_messages(mut sub: async_nats::Subscriber) -> (Arc<Progress>, Task) {
+    use futures::StreamExt;
+    let p = Arc::new(Progress::new());
+    let q = p.clone();
+    let task = Task::spawn(async move {
+        while sub.next().await.is_some() {
+            q.inc();
+        }
+    });
+    (p, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waits_for_target_or_stall() {
+        let p = Arc::new(Progress::new());
+        let q = p.clone();
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                q.inc();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        let r = wait_count(
+            &p,
+            5,
+            Instant::now(),
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(r.reached);
+        assert_eq!(r.count, 5);
+        let r = wait_count(
+            &p,
+            10,
+            Instant::now(),
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(!r.reached);
+        assert_eq!(r.count, 5);
+        p.set(5);
+        p.set(7);
+        assert_eq!(p.count(), 7);
+    }
+}

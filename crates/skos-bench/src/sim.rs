@@ -1,0 +1,94 @@
+//! Simulated nodes: names, heartbeats and alerts in the wire format (built
+//! as JSON, so fields added to the protocol later do not break the harness).
+
+use async_nats::Subject;
+use bytes::Bytes;
+use serde_json::json;
+use skos_bus::subjects;
+use skos_core::NodeName;
+
+use crate::error::Context;
+use crate::Result;
+
+/// A short id that keeps names and ids of one run apart from another's
+/// (matters with `--nats-url`, where streams outlive a run).
+pub fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}",
+        (nanos as u64 ^ u64::from(std::process::id())) & 0xff_ffff
+    )
+}
+
+pub fn node(prefix: &str, i: usize) -> Result<NodeName> {
+    let name = format!("{prefix}{i:06}");
+    NodeName::parse(&name).ctx(format!("node name {name}"))
+}
+
+/// A heartbeat as a thermal-sentinel agent sends it.
+pub fn heartbeat(node: &NodeName, interval: f64, cpu_temp: f64) -> Result<Bytes> {
+    let hb = json!({
+        "agent_id": format!("thermal-sentinel-{node}"),
+        "agent_type": "thermal_sentinel",
+        "node": node,
+        "timestamp": skos_core::timefmt::format(&chrono::Utc::now()),
+        "cpu_temp": cpu_temp,
+        "gpu_temp": null,
+        "interval_seconds": interval,
+        "throttle_level": 0,
+        "metadata": {"antibodies": ["thermal_sentinel"]}
+    });
+    serde_json::to_vec(&hb)
+        .map(Bytes::from)
+        .ctx("encode heartbeat")
+}
+
+/// A thermal alert with its own id (the JetStream message id).
+pub fn alert(node: &NodeName, alert_id: &str, severity: &str, temp: f64) -> Result<Bytes> {
+    let a = json!({
+        "alert_id": alert_id,
+        "agent_id": format!("thermal-sentinel-{node}"),
+        "type": "thermal",
+        "severity": severity,
+        "node": node,
+        "message": format!("CPU temperature {temp:.1}°C exceeds {severity} threshold"),
+        "details": {"sensor": "cpu", "temperature": temp, "threshold": 75.0},
+        "timestamp": skos_core::timefmt::format(&chrono::Utc::now()),
+    });
+    serde_json::to_vec(&a).map(Bytes::from).ctx("encode alert")
+}
+
+/// Subject and heartbeat payload of `n` nodes, built once.
+pub fn fleet(prefix: &str, n: usize, interval: f64) -> Result<Vec<(Subject, Bytes)>> {
+    (0..n)
+        .map(|i| {
+            let node = node(prefix, i)?;
+            let payload = heartbeat(&node, interval, 45.0 + (i % 20) as f64)?;
+            Ok((Subject::from(subjects::heartbeat(&node)), payload))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skos_core::protocol::{decode, Alert, Heartbeat};
+
+    #[test]
+    fn messages_decode_as_the_coordinator_decodes_them() {
+        let n = node("sim-", 7).unwrap();
+        assert_eq!(n.as_str(), "sim-000007");
+        let hb: Heartbeat = decode(&heartbeat(&n, 5.0, 50.0).unwrap(), 65536).unwrap();
+        assert_eq!(hb.node, n);
+        assert_eq!(hb.cpu_temp, Some(50.0));
+        let a: Alert = decode(&alert(&n, "x-1", "warning", 80.0).unwrap(), 65536).unwrap();
+        assert_eq!(a.alert_id, "x-1");
+        assert_eq!(a.problem(), "thermal:cpu");
+        let f = fleet("f-", 3, 5.0).unwrap();
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[2].0.as_str(), "skos.heartbeat.f-000002");
+    }
+}

@@ -1,0 +1,110 @@
+//! Smoke test of the harness itself: a tiny ingest and latency run against
+//! a real nats-server, checked for structure and consistent counts, never
+//! for timings. Skipped (with a message) where nats-server is missing.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn quick_ingest_and_latency_report_every_section_consistently() {
+    if skos_testsupport::nats::nats_server_binary().is_err() {
+        eprintln!("skipped: nats-server not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_skos-bench"))
+        .args([
+            "ingest",
+            "latency",
+            "--quick",
+            "--nodes",
+            "50",
+            "--heartbeats",
+            "500",
+            "--alerts",
+            "50",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("SECTION"), "table printed: {stdout}");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for key in ["machine", "options", "sections", "figures", "summary"] {
+        assert!(doc.get(key).is_some(), "JSON has {key}");
+    }
+    assert!(doc["machine"]["nproc"].as_u64().unwrap() >= 1);
+
+    let ingest = &doc["sections"]["ingest"]["data"];
+    let hb = &ingest["heartbeats"];
+    let published = hb["published"].as_u64().unwrap();
+    assert_eq!(published, 500);
+    for who in ["coordinator", "ceiling"] {
+        let d = &hb[who];
+        assert_eq!(
+            d["received"].as_u64().unwrap() + d["lost"].as_u64().unwrap(),
+            published,
+            "heartbeats {who}: received + lost = published"
+        );
+    }
+    let alerts = &ingest["alerts"];
+    assert_eq!(alerts["published"].as_u64().unwrap(), 50);
+    assert_eq!(
+        alerts["coordinator"]["received"].as_u64().unwrap()
+            + alerts["coordinator"]["lost"].as_u64().unwrap(),
+        50
+    );
+    assert_eq!(
+        ingest["counters"]["alerts.handled"].as_u64().unwrap(),
+        alerts["coordinator_handled"].as_u64().unwrap()
+    );
+
+    let latency = &doc["sections"]["latency"]["data"];
+    assert_eq!(latency["alerts"].as_u64().unwrap(), 50);
+    let measured = latency["alert_to_command_ms"]["n"].as_u64().unwrap();
+    assert_eq!(
+        measured + latency["missing"].as_u64().unwrap(),
+        50,
+        "every alert measured or counted missing"
+    );
+    assert_eq!(latency["request_reply_ms"]["n"].as_u64().unwrap(), 200);
+
+    let figures = doc["figures"].as_array().unwrap();
+    assert!(figures.iter().any(|f| f["section"] == "ingest"));
+    assert!(figures.iter().any(|f| f["section"] == "latency"));
+    for f in figures {
+        assert!(f["name"].is_string() && f["unit"].is_string());
+        if f["target"].is_object() && f["met"] == false {
+            assert!(
+                f["miss"].is_string(),
+                "a missed target says by how much: {f}"
+            );
+        }
+    }
+    assert_eq!(
+        doc["summary"]["figures"].as_u64().unwrap() as usize,
+        figures.len()
+    );
+    assert_eq!(doc["summary"]["sections_failed"], 0);
+}
+
+#[test]
+fn a_missing_skos_binary_is_reported_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_skos-bench"))
+        .args(["embedded", "--quick", "--skos-bin", "/nonexistent/skos"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let skipped = doc["sections"]["embedded"]["skipped"].as_str().unwrap();
+    assert!(skipped.contains("/nonexistent/skos"), "{skipped}");
+}
