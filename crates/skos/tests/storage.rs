@@ -139,10 +139,21 @@ fn full_tmpfs_is_cleaned_below_warning_and_audited() {
         .find(|a| a["entry"]["data"]["alert"]["type"] == "storage")
         .expect("storage alert");
     assert_eq!(alert["entry"]["data"]["alert"]["severity"], "warning");
-    assert!(
-        alert["entry"]["data"]["alert"]["details"]["fill_rate_bytes_per_second"].is_number()
-            || alert["entry"]["data"]["alert"]["details"]["fill_rate_bytes_per_second"].is_null()
-    );
+    let details = alert["entry"]["data"]["alert"]["details"]
+        .as_object()
+        .unwrap();
+    // The fill rate is reported (null until two readings exist), with the evidence.
+    for key in [
+        "fill_rate_bytes_per_second",
+        "seconds_to_critical",
+        "bytes_percent",
+        "inodes_percent",
+    ] {
+        assert!(details.contains_key(key), "{key} missing: {details:?}");
+    }
+    assert_eq!(details["mount"], fs.path().display().to_string());
+    let reported = details["percent"].as_f64().unwrap();
+    assert!((80.0..90.0).contains(&reported), "reported {reported:.1}%");
     assert!(p.sigterm().success());
 }
 
