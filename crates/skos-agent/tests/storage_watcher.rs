@@ -8,16 +8,23 @@ use skos_core::protocol::{AlertKind, Severity};
 use skos_testsupport::tmpfs::Tmpfs;
 
 fn watcher(mount: &std::path::Path) -> StorageWatcher {
+    watcher_of(&[mount])
+}
+
+fn watcher_of(mounts: &[&std::path::Path]) -> StorageWatcher {
     let mut cfg = Config::default();
-    cfg.storage.mounts = vec![mount.to_path_buf()];
+    cfg.storage.mounts = mounts.iter().map(|m| m.to_path_buf()).collect();
     cfg.storage.predict_horizon = 3600.0;
     StorageWatcher::new(&cfg)
 }
 
 fn mount(size: &str, inodes: Option<u64>) -> Option<Tmpfs> {
-    Tmpfs::mount(size, inodes)
-        .map_err(|reason| eprintln!("SKIP: cannot mount a tmpfs here: {reason}"))
-        .ok()
+    // Skips, or fails under SKOS_TEST_REQUIRE_ALL=1, where none can be mounted.
+    skos_testsupport::require::require(
+        &skos_testsupport::require::test_name(module_path!()),
+        "a tmpfs mount",
+        Tmpfs::mount(size, inodes),
+    )
 }
 
 #[test]
@@ -87,4 +94,25 @@ fn an_unreadable_mount_is_skipped_not_invented() {
     let mut w = watcher(std::path::Path::new("/does/not/exist"));
     assert!(w.sense(Utc::now()).is_empty());
     assert_eq!(w.storage_percent(), None);
+}
+
+/// Two mounts that cross a threshold in the same sensing pass share its
+/// time: their alerts must still be two, with distinct ids, or the
+/// coordinator would take the second for a copy of the first.
+#[test]
+fn two_mounts_full_in_one_pass_raise_two_distinct_alerts() {
+    let Some(a) = mount("4M", None) else { return };
+    let Some(b) = mount("4M", None) else { return };
+    let mut w = watcher_of(&[a.path(), b.path()]);
+    let now = Utc::now();
+    assert!(w.sense(now).is_empty());
+    a.fill("big.bin", 3900 * 1024);
+    b.fill("big.bin", 3900 * 1024);
+    let alerts = w.sense(now + Duration::seconds(1));
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    assert_eq!(alerts[0].severity, alerts[1].severity);
+    assert_ne!(alerts[0].alert_id, alerts[1].alert_id);
+    assert_ne!(alerts[0].id_digest(), alerts[1].id_digest());
+    let mounts: Vec<_> = alerts.iter().map(|x| x.details["mount"].clone()).collect();
+    assert_ne!(mounts[0], mounts[1]);
 }

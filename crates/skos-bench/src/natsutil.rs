@@ -131,6 +131,16 @@ pub async fn echo_round_trips(
         }
     });
     responder.flush().await.ctx("flush")?;
+    // A flush sends the SUB but need not wait for the server to register
+    // it: the first requests may find no responder yet. Ask until one
+    // answers (bounded), then measure.
+    let ready = Instant::now();
+    while let Err(e) = client.request(subject.clone(), payload.clone()).await {
+        if ready.elapsed() > Duration::from_secs(5) {
+            return Err(e).ctx("echo request (no responder after 5 s)");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut out = Vec::with_capacity(n);
     for i in 0..(n + 50) {
         let t0 = Instant::now();

@@ -65,6 +65,12 @@ struct Verification {
     below: f64,
     deadline: Timestamp,
     alert: Alert,
+    /// When the agent answered (its own clock): only a heartbeat it sent
+    /// at or after this instant can show the fix worked. The heartbeat
+    /// known when the result arrives usually predates the command, often
+    /// the alert itself, and shows the value from before the problem.
+    #[serde(default)]
+    after: Option<Timestamp>,
 }
 
 /// Mesh problems are healed one action at a time: the next action of the
@@ -440,19 +446,14 @@ impl Engine {
             return;
         }
         times.push_back(now);
-        let suffix: String = alert
-            .alert_id
-            .chars()
-            .rev()
-            .take(8)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        // The digest of the whole alert id: alerts raised in one sensing
+        // pass (CPU and GPU, two mounts) share a time and often the end of
+        // their ids, and must still give distinct commands.
         let action_id = format!(
-            "{node}:{}:{action}:{}:{suffix}",
+            "{node}:{}:{action}:{}:{}",
             alert.kind.as_str(),
-            alert.timestamp.timestamp()
+            alert.timestamp.timestamp(),
+            alert.id_digest()
         );
         let cmd = Command {
             action_id: action_id.clone(),
@@ -596,8 +597,9 @@ impl Engine {
                             below,
                             deadline: now + secs(self.cfg.coordinator.verify_within),
                             alert: p.alert.clone(),
+                            after: Some(result.timestamp),
                         });
-                        // The node may already be cool.
+                        // The node may already be cool (if it reported since).
                         self.check_verifications(&node, now, &mut out);
                     }
                     _ => {
@@ -669,7 +671,11 @@ impl Engine {
         };
         let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications)
             .into_iter()
-            .partition(|v| &v.node == node && metric_value(&hb, v).is_some_and(|x| x < v.below));
+            .partition(|v| {
+                &v.node == node
+                    && v.after.is_none_or(|t| hb.timestamp >= t)
+                    && metric_value(&hb, v).is_some_and(|x| x < v.below)
+            });
         self.verifications = keep;
         for v in done {
             let value = metric_value(&hb, &v);
@@ -1401,6 +1407,30 @@ mod tests {
         assert_eq!(s.recent_actions.len(), 2);
     }
 
+    /// CPU and GPU hot in one sensing pass: same node, time and severity,
+    /// ids that end alike. Two problems, so two commands, with two ids (the
+    /// id is the JetStream message id: a shared one would drop the second).
+    #[test]
+    fn alerts_of_one_pass_get_distinct_commands() {
+        let mut e = engine();
+        e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+        let mut cpu = alert(Severity::Critical, 87.0, 0.0);
+        cpu.alert_id = "thermal-sentinel-nova-1000-cpu-critical".into();
+        let mut gpu = alert(Severity::Critical, 88.0, 0.0);
+        gpu.alert_id = "thermal-sentinel-nova-1000-gpu-critical".into();
+        gpu.details.insert("sensor".into(), json!("gpu"));
+        let mut ids = Vec::new();
+        for a in [cpu, gpu] {
+            for c in commands(&e.on_alert(a, t(0.0))) {
+                if c.action_type == "throttle_50" {
+                    ids.push(c.action_id);
+                }
+            }
+        }
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert_ne!(ids[0], ids[1]);
+    }
+
     #[test]
     fn duplicate_alert_is_handled_once() {
         let mut e = engine();
@@ -1439,6 +1469,34 @@ mod tests {
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].data["outcome"], "succeeded");
         assert_eq!(e.status(t(21.0)).recent_actions[0].state, "verified");
+    }
+
+    #[test]
+    fn verification_needs_a_heartbeat_sent_after_the_result() {
+        let mut e = engine();
+        // The last heartbeat before the alert: still cool.
+        e.on_heartbeat(hb(Some(60.0), 0, 0.0), t(0.0));
+        let fx = e.on_alert(alert(Severity::Critical, 88.0, 1.0), t(1.0));
+        let throttle = commands(&fx).remove(0);
+        let mut r = result(&throttle, ResultStatus::Succeeded);
+        r.timestamp = t(2.0);
+        let fx = e.on_result(r, t(2.0));
+        assert!(
+            audits(&fx, "verification").is_empty(),
+            "60 °C was read before the alert"
+        );
+        // Sent before the result, delivered after it: no proof either.
+        let fx = e.on_heartbeat(hb(Some(60.0), 0, 1.5), t(2.5));
+        assert!(audits(&fx, "verification").is_empty());
+        let fx = e.on_heartbeat(hb(Some(88.0), 50, 3.0), t(3.0));
+        assert!(audits(&fx, "verification").is_empty(), "still hot");
+        let fx = e.tick(t(122.5));
+        assert_eq!(audits(&fx, "verification")[0].data["outcome"], "failed");
+        assert_eq!(
+            e.breakers
+                .failures(&BreakerKey::new("nova", "thermal:cpu", "throttle_50")),
+            1
+        );
     }
 
     #[test]
@@ -1526,6 +1584,108 @@ mod tests {
             commands(&e.on_heartbeat(hb(Some(60.0), 50, 40.0), t(40.0))).is_empty(),
             "not while pending"
         );
+    }
+
+    /// The seed config: warning 75, hysteresis 3 (clear below 72),
+    /// clear_for 30 s.
+    fn reset_commands(fx: &[Effect]) -> usize {
+        let cmds = commands(fx);
+        assert!(
+            cmds.iter().all(|c| c.action_type == "reset_throttle"),
+            "{cmds:?}"
+        );
+        cmds.len()
+    }
+
+    #[test]
+    fn throttled_node_inside_the_hysteresis_band_keeps_its_throttle() {
+        let mut e = engine();
+        // 73.5 °C: below warning (75), above the clear level (72), for 400 s,
+        // thirteen times clear_for.
+        for i in 0..=40 {
+            let at = f64::from(i) * 10.0;
+            let fx = e.on_heartbeat(hb(Some(73.5), 50, at), t(at));
+            assert_eq!(reset_commands(&fx), 0, "73.5 °C at {at} s is not cool");
+            assert!(audits(&fx, "decision").is_empty(), "{fx:?}");
+        }
+        // Below the clear level: reset after clear_for, exactly once.
+        assert_eq!(
+            reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 401.0), t(401.0))),
+            0
+        );
+        assert_eq!(
+            reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 420.0), t(420.0))),
+            0
+        );
+        assert_eq!(
+            reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 430.9), t(430.9))),
+            0
+        );
+        let fx = e.on_heartbeat(hb(Some(71.0), 50, 431.0), t(431.0));
+        let cmds = commands(&fx);
+        assert_eq!(cmds.len(), 1, "{cmds:?}");
+        assert_eq!(cmds[0].action_type, "reset_throttle");
+        assert_eq!(cmds[0].cause.as_deref(), Some("recovery"));
+        let decisions = audits(&fx, "decision");
+        assert_eq!(decisions.len(), 1);
+        assert_eq!(decisions[0].data["actions"], json!(["reset_throttle"]));
+        // Still throttled until the result: nothing more while it is pending.
+        for at in [432.0, 470.0, 500.0] {
+            assert_eq!(
+                reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, at), t(at))),
+                0
+            );
+        }
+        e.on_result(result(&cmds[0], ResultStatus::Succeeded), t(501.0));
+        // Unthrottled: nothing to reset, however long it stays cool.
+        for i in 0..20 {
+            let at = 502.0 + f64::from(i) * 10.0;
+            assert_eq!(
+                reset_commands(&e.on_heartbeat(hb(Some(60.0), 0, at), t(at))),
+                0
+            );
+        }
+    }
+
+    #[test]
+    fn a_reading_inside_the_hysteresis_band_starts_clear_for_over() {
+        let mut e = engine();
+        assert_eq!(
+            reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 0.0), t(0.0))),
+            0
+        );
+        assert_eq!(
+            reset_commands(&e.on_heartbeat(hb(Some(73.5), 50, 20.0), t(20.0))),
+            0
+        );
+        assert_eq!(
+            reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 25.0), t(25.0))),
+            0
+        );
+        assert_eq!(
+            reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 54.9), t(54.9))),
+            0,
+            "cool for 29.9 s since the warm reading"
+        );
+        assert_eq!(
+            reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 55.0), t(55.0))),
+            1
+        );
+    }
+
+    #[test]
+    fn a_gpu_inside_the_hysteresis_band_keeps_the_throttle() {
+        let mut e = engine();
+        for i in 0..=20 {
+            let at = f64::from(i) * 10.0;
+            let mut h = hb(Some(60.0), 50, at);
+            h.gpu_temp = Some(73.5);
+            assert_eq!(reset_commands(&e.on_heartbeat(h, t(at))), 0, "at {at} s");
+        }
+        let mut h = hb(Some(60.0), 50, 201.0);
+        h.gpu_temp = Some(71.0);
+        assert_eq!(reset_commands(&e.on_heartbeat(h.clone(), t(201.0))), 0);
+        assert_eq!(reset_commands(&e.on_heartbeat(h, t(231.0))), 1);
     }
 
     #[test]

@@ -241,6 +241,14 @@ impl Alert {
         self.alert_id = format!("seed-{}", &hex::encode(h.finalize())[..32]);
     }
 
+    /// A short digest of the alert id (12 hex digits of its SHA-256), for
+    /// names derived from the alert such as a command's `action_id`: two
+    /// alerts with different ids get different digests, however alike the
+    /// ids' ends are (`...-cpu-critical` and `...-gpu-critical`).
+    pub fn id_digest(&self) -> String {
+        hex::encode(&Sha256::digest(self.alert_id.as_bytes())[..6])
+    }
+
     pub fn validate(&self) -> Result<(), DecodeError> {
         if self.alert_id.len() > 256 || self.alert_id.chars().any(|c| c.is_control()) {
             return Err(DecodeError::Invalid("alert_id is not a valid id".into()));

@@ -225,6 +225,12 @@ fn what_is_full(u: &MountUsage) -> String {
     }
 }
 
+/// 8 hex digits of the SHA-256 of a mount's path.
+fn mount_digest(mount: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(mount.as_os_str().as_encoded_bytes())[..4])
+}
+
 #[allow(clippy::too_many_arguments)]
 fn alert(
     node: &NodeName,
@@ -256,9 +262,12 @@ fn alert(
         m.insert("event".into(), json!(e));
     }
     Alert {
+        // One sensing pass stamps every mount with the same time: the
+        // mount's digest keeps their alert ids (and so their commands) apart.
         alert_id: format!(
-            "{agent_id}-{}-{}-{}",
+            "{agent_id}-{}-{}-{}-{}",
             now.timestamp_nanos_opt().unwrap_or_default(),
+            mount_digest(&u.mount),
             severity.as_str(),
             event.unwrap_or("level")
         ),
