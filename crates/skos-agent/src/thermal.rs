@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use skos_core::config::Config;
 use skos_core::level::{LevelRules, LevelTracker, Report};
 use skos_core::policy;
@@ -14,7 +14,7 @@ use skos_core::NodeName;
 
 use crate::antibody::{Antibody, Execution};
 use crate::sensors::{hottest, Reading, SensorKind, Sensors};
-use crate::throttle::Throttler;
+use crate::throttle::{effective_throttle, FreqCap, Throttler};
 use crate::Outcome;
 
 pub const AGENT_TYPE: &str = "thermal_sentinel";
@@ -180,13 +180,35 @@ impl ThermalSentinel {
             );
         };
         match outcome {
-            Ok(o) => Outcome {
-                changes: o.changes,
-                ..Outcome::new(ResultStatus::Succeeded, o.message)
-            },
+            Ok(o) => {
+                let mut result = Outcome {
+                    changes: o.changes,
+                    ..Outcome::new(ResultStatus::Succeeded, o.message)
+                };
+                if let Some(summary) = cpufreq_summary(&o.cpufreq) {
+                    result.details.insert("cpufreq".into(), summary);
+                }
+                result
+            }
             Err(e) => Outcome::new(ResultStatus::Failed, e.to_string()),
         }
     }
+}
+
+/// The cpufreq caps in force, as the driver accepted them, for a result's
+/// details and the heartbeat's `metadata.cpufreq`: how many policies are
+/// capped, the lowest and highest cap in kHz, and the share of full speed
+/// every policy loses at least (`effective_throttle`, percent). `None`
+/// when no cap is in force.
+fn cpufreq_summary(caps: &[FreqCap]) -> Option<Value> {
+    let min = caps.iter().map(|c| c.accepted_khz).min()?;
+    let max = caps.iter().map(|c| c.accepted_khz).max()?;
+    Some(json!({
+        "policies": caps.len(),
+        "min_cap_khz": min,
+        "max_cap_khz": max,
+        "effective_throttle": effective_throttle(caps),
+    }))
 }
 
 /// A unique, readable alert id suffix: time, sensor, level.
@@ -215,6 +237,9 @@ impl Antibody for ThermalSentinel {
         hb.cpu_temp = self.cpu_temp();
         hb.gpu_temp = self.gpu_temp();
         hb.throttle_level = Some(self.throttle_level());
+        if let Some(summary) = cpufreq_summary(self.throttler.cpufreq_in_force()) {
+            hb.metadata.insert("cpufreq".into(), summary);
+        }
         hb.metadata
             .insert("sensors".into(), json!(self.sensor_count()));
     }

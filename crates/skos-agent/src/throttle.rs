@@ -4,7 +4,11 @@
 //! `throttle_100`) takes that share away from:
 //!
 //! * every cpufreq policy: `scaling_max_freq` becomes
-//!   `max(cpuinfo_min_freq, cpuinfo_max_freq * (100 - level) / 100)`;
+//!   `max(cpuinfo_min_freq, cpuinfo_max_freq * (100 - level) / 100)`, or,
+//!   when the driver lists its P-states in `scaling_available_frequencies`
+//!   (`acpi-cpufreq` does), the highest listed frequency at or below that
+//!   (the lowest listed one if none is that low): a CPU only runs at its
+//!   P-states, so that is the cap that really holds;
 //! * every configured cgroup: its CPU quota (v2 `cpu.max`, v1
 //!   `cpu.cfs_quota_us`) becomes `period * ncpus * (100 - level) / 100`
 //!   (at least 1000 µs);
@@ -18,6 +22,14 @@
 //! stronger throttle keeps the first original), persisted to the state file
 //! (temp file, fsync, rename) before any write, and restored by
 //! [`Throttler::reset`], also after the agent restarted.
+//!
+//! Every value is read back after it is written, and the outcome reports
+//! what the driver accepted, not what was asked: a driver rounds a frequency
+//! to one its CPU supports. [`ThrottleOutcome::cpufreq`] holds, for every
+//! policy, the level's cap, the value written and the value read back, and
+//! [`ThrottleOutcome::effective_throttle`] the share of full speed really
+//! taken away. Asking again for a value the driver already rounded changes
+//! nothing.
 //!
 //! Every path is under the sysfs root given to [`Throttler::new`] (`/sys`,
 //! or a fake tree in tests); configured cgroup paths are relative to
@@ -47,6 +59,55 @@ pub struct ThrottleOutcome {
     pub changes: Vec<Change>,
     /// A one-line account for people and the audit trail.
     pub message: String,
+    /// The cpufreq cap of every policy in force afterwards, as read back
+    /// from the driver (empty after a reset, or when cpufreq is not
+    /// throttled).
+    pub cpufreq: Vec<FreqCap>,
+}
+
+impl ThrottleOutcome {
+    /// The share of full speed that the caps in force really take away,
+    /// in percent: the least over all policies (see
+    /// [`FreqCap::effective_percent`]); `None` without a cpufreq cap.
+    pub fn effective_throttle(&self) -> Option<u8> {
+        effective_throttle(&self.cpufreq)
+    }
+}
+
+/// One cpufreq policy's cap: what a throttle asked for and what the driver
+/// put in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreqCap {
+    /// The policy's `scaling_max_freq` file.
+    pub path: String,
+    /// The level's cap in kHz: `capped_freq(cpuinfo_min, cpuinfo_max, level)`.
+    pub target_khz: u64,
+    /// What was written, in kHz: the target rounded down to a listed
+    /// P-state, and never above the original value.
+    pub requested_khz: u64,
+    /// What `scaling_max_freq` reads back, in kHz: the cap in force.
+    pub accepted_khz: u64,
+    /// `cpuinfo_max_freq`, the policy's full speed, in kHz.
+    pub max_khz: u64,
+}
+
+impl FreqCap {
+    /// The share of full speed the accepted cap takes away, in percent,
+    /// rounded down: `(max - accepted) * 100 / max` (1,600,000 of 3,600,000
+    /// kHz → 55).
+    pub fn effective_percent(&self) -> u8 {
+        if self.max_khz == 0 {
+            return 0;
+        }
+        let taken = self.max_khz.saturating_sub(self.accepted_khz);
+        u8::try_from(u128::from(taken) * 100 / u128::from(self.max_khz)).unwrap_or(100)
+    }
+}
+
+/// The least [`FreqCap::effective_percent`] of `caps`: the throttle every
+/// policy gets at least. `None` for no caps.
+pub fn effective_throttle(caps: &[FreqCap]) -> Option<u8> {
+    caps.iter().map(FreqCap::effective_percent).min()
 }
 
 /// The thermal actuator of one node. See the [module docs](self).
@@ -56,6 +117,8 @@ pub struct Throttler {
     cfg: ThrottleConfig,
     state_file: Option<PathBuf>,
     state: SavedState,
+    /// The cpufreq caps in force after the last apply (memory only).
+    caps: Vec<FreqCap>,
 }
 
 /// What survives an agent restart: the active level and the originals.
@@ -87,6 +150,17 @@ struct Step {
     target: Target,
     current: String,
     new: String,
+    /// For a `scaling_max_freq`: what the cap was planned from.
+    cap: Option<CapPlan>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CapPlan {
+    /// The policy's place in the sorted list of policies.
+    index: usize,
+    target_khz: u64,
+    requested_khz: u64,
+    max_khz: u64,
 }
 
 impl Throttler {
@@ -112,12 +186,20 @@ impl Throttler {
             cfg,
             state_file,
             state,
+            caps: Vec::new(),
         }
     }
 
     /// The active throttle level; 0 = not throttled.
     pub fn level(&self) -> u8 {
         self.state.level
+    }
+
+    /// The cpufreq caps in force after the last [`Throttler::apply`], as
+    /// read back from the driver; empty when not throttled, and after an
+    /// agent restart until the next apply.
+    pub fn cpufreq_in_force(&self) -> &[FreqCap] {
+        &self.caps
     }
 
     /// Apply a throttle of `level` percent (10, 50, 100...). The strongest
@@ -147,6 +229,7 @@ impl Throttler {
                 level: active,
                 changes: Vec::new(),
                 message,
+                cpufreq: self.caps.clone(),
             });
         }
 
@@ -166,7 +249,17 @@ impl Throttler {
                 nvml = Some(handle);
             }
         }
-        steps.retain(|s| s.current != s.new);
+        // A policy left as it is keeps the cap it holds.
+        let mut caps = Vec::new();
+        steps.retain(|s| {
+            if s.current != s.new {
+                return true;
+            }
+            if let (Some(plan), Ok(khz)) = (s.cap, s.current.parse::<u64>()) {
+                caps.push((plan.index, self.freq_cap(&s.target, plan, khz)));
+            }
+            false
+        });
 
         // Originals go to disk before the first write, so a crash half-way
         // still leaves everything restorable.
@@ -187,6 +280,18 @@ impl Throttler {
             match self.set(&step.target, &step.new, nvml.as_ref()) {
                 Ok(after) => {
                     let target = self.describe(&step.target);
+                    if let Some(plan) = step.cap {
+                        // Judged on what the driver accepted, not on what was written.
+                        match parse_u64_at(Path::new(&target), &after) {
+                            Ok(khz) => {
+                                caps.push((plan.index, self.freq_cap(&step.target, plan, khz)))
+                            }
+                            Err(e) => {
+                                tracing::warn!(target = %target, error = %e, "cpufreq cap unreadable after the write");
+                                first_error.get_or_insert(e);
+                            }
+                        }
+                    }
                     tracing::info!(target = %target, before = %step.current, after = %after, level, "throttled");
                     changes.push(Change {
                         target,
@@ -200,9 +305,12 @@ impl Throttler {
                 }
             }
         }
+        caps.sort_by_key(|(index, _)| *index);
+        self.caps = caps.into_iter().map(|(_, cap)| cap).collect();
         if let Some(e) = first_error {
             return Err(e);
         }
+        notes.extend(cap_notes(&self.caps));
 
         let mut message = if changes.is_empty() {
             format!("throttle_{level} active: nothing needed changing")
@@ -220,6 +328,7 @@ impl Throttler {
             level,
             changes,
             message,
+            cpufreq: self.caps.clone(),
         })
     }
 
@@ -260,6 +369,7 @@ impl Throttler {
             return Err(e);
         }
         self.state = SavedState::default();
+        self.caps.clear();
         self.remove_state_file()?;
         let message = if previous == 0 && changes.is_empty() {
             "not throttled: nothing to restore".to_string()
@@ -273,6 +383,7 @@ impl Throttler {
             level: 0,
             changes,
             message,
+            cpufreq: Vec::new(),
         })
     }
 
@@ -306,8 +417,8 @@ impl Throttler {
         policies.sort();
 
         let mut steps = Vec::new();
-        for (_, dir) in policies {
-            match self.plan_policy(&dir, level) {
+        for (index, (_, dir)) in policies.into_iter().enumerate() {
+            match self.plan_policy(&dir, level, index) {
                 Ok(step) => steps.push(step),
                 Err(e) => {
                     tracing::warn!(path = %dir.display(), error = %e, "skipping cpufreq policy");
@@ -320,7 +431,7 @@ impl Throttler {
         steps
     }
 
-    fn plan_policy(&self, dir: &Path, level: u8) -> Result<Step> {
+    fn plan_policy(&self, dir: &Path, level: u8, index: usize) -> Result<Step> {
         let min = read_u64(&dir.join("cpuinfo_min_freq"))?;
         let max = read_u64(&dir.join("cpuinfo_max_freq"))?;
         let file = dir.join("scaling_max_freq");
@@ -332,11 +443,28 @@ impl Throttler {
             .original(&target)
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(current_khz);
-        let new = capped_freq(min, max, level).min(original.max(min));
+        let cap = capped_freq(min, max, level);
+        let wanted = read_pstates(&dir.join("scaling_available_frequencies"))
+            .and_then(|pstates| highest_pstate_at_or_below(&pstates, cap))
+            .unwrap_or(cap);
+        let requested = wanted.min(original.max(min));
+        // Asked for before, and the driver made it what it holds now:
+        // writing it again would change nothing.
+        let path = self.describe(&target);
+        let answered = self.caps.iter().any(|c| {
+            c.path == path && c.requested_khz == requested && c.accepted_khz == current_khz
+        });
+        let new = if answered { current_khz } else { requested };
         Ok(Step {
             target,
             current,
             new: new.to_string(),
+            cap: Some(CapPlan {
+                index,
+                target_khz: cap,
+                requested_khz: requested,
+                max_khz: max,
+            }),
         })
     }
 
@@ -375,6 +503,7 @@ impl Throttler {
             target,
             current,
             new: format!("{new} {period}"),
+            cap: None,
         })
     }
 
@@ -402,6 +531,7 @@ impl Throttler {
             target,
             current,
             new: new.to_string(),
+            cap: None,
         })
     }
 
@@ -525,6 +655,7 @@ impl Throttler {
             target,
             current: current.to_string(),
             new: new.to_string(),
+            cap: None,
         })
     }
 
@@ -597,6 +728,16 @@ impl Throttler {
         })
     }
 
+    fn freq_cap(&self, target: &Target, plan: CapPlan, accepted_khz: u64) -> FreqCap {
+        FreqCap {
+            path: self.describe(target),
+            target_khz: plan.target_khz,
+            requested_khz: plan.requested_khz,
+            accepted_khz,
+            max_khz: plan.max_khz,
+        }
+    }
+
     fn describe(&self, target: &Target) -> String {
         match target {
             Target::File { path } => self.root.join(path).display().to_string(),
@@ -604,14 +745,16 @@ impl Throttler {
         }
     }
 
-    /// Sets `target` to `value`; returns what it reads afterwards (the
-    /// kernel may round a frequency to one the CPU supports).
+    /// Sets `target` to `value`; returns what it reads afterwards (a
+    /// driver may round a frequency to one the CPU supports). A file that
+    /// cannot be read back is an error naming it: what is in force is
+    /// unknown.
     fn set(&self, target: &Target, value: &str, nvml: Option<&Nvml>) -> Result<String> {
         match target {
             Target::File { path } => {
                 let file = self.root.join(path);
                 write_value(&file, value)?;
-                Ok(read_trimmed(&file).unwrap_or_else(|_| value.to_string()))
+                read_trimmed(&file)
             }
             Target::GpuPowerLimit { uuid } => {
                 let nvml = nvml.ok_or_else(|| Error::Device {
@@ -651,7 +794,10 @@ impl Throttler {
                     return Ok(None);
                 }
                 write_value(&file, &original.value)?;
-                let after = read_trimmed(&file).unwrap_or_else(|_| original.value.clone());
+                let after = read_trimmed(&file)?;
+                if after != original.value {
+                    tracing::warn!(path = %file.display(), original = %original.value, after = %after, "restored, but the value in force differs from the original");
+                }
                 Ok(Some(Change {
                     target,
                     before: current,
@@ -799,6 +945,71 @@ fn sync_parent(path: &Path) {
     }
 }
 
+/// A policy's P-states (see [`parse_available_frequencies`]); `None` when
+/// the driver lists none (no such file, as with `intel_pstate`) or the list
+/// cannot be read or parsed (logged with the path): the cap is then written
+/// as computed, and read back.
+fn read_pstates(path: &Path) -> Option<Vec<u64>> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let pstates = parse_available_frequencies(&text);
+            if pstates.is_none() {
+                tracing::warn!(path = %path.display(), text = %text.trim(), "unparsable P-state list; ignored");
+            }
+            pstates
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the P-state list; ignored");
+            None
+        }
+    }
+}
+
+/// Notes for the outcome's message: every group of policies whose cap in
+/// force is not the level's cap (a P-state below it, a driver's rounding,
+/// or a lower cap that was there before), with what was written when the
+/// driver changed it.
+fn cap_notes(caps: &[FreqCap]) -> Vec<String> {
+    let mut groups: Vec<(&FreqCap, usize)> = Vec::new();
+    for cap in caps.iter().filter(|c| c.accepted_khz != c.target_khz) {
+        let same = |g: &&mut (&FreqCap, usize)| {
+            (
+                g.0.target_khz,
+                g.0.requested_khz,
+                g.0.accepted_khz,
+                g.0.max_khz,
+            ) == (
+                cap.target_khz,
+                cap.requested_khz,
+                cap.accepted_khz,
+                cap.max_khz,
+            )
+        };
+        match groups.iter_mut().find(same) {
+            Some(group) => group.1 += 1,
+            None => groups.push((cap, 1)),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(cap, n)| {
+            let written = if cap.requested_khz == cap.accepted_khz {
+                String::new()
+            } else {
+                format!(" ({} kHz written)", cap.requested_khz)
+            };
+            format!(
+                "cpufreq: {} kHz in force on {n} policy(ies) for a cap of {} kHz{written}, \
+                 effective throttle {}%",
+                cap.accepted_khz,
+                cap.target_khz,
+                cap.effective_percent()
+            )
+        })
+        .collect()
+}
+
 fn load_state(path: &Path) -> SavedState {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
@@ -844,6 +1055,39 @@ fn load_state(path: &Path) -> SavedState {
 pub fn capped_freq(min_khz: u64, max_khz: u64, level: u8) -> u64 {
     let keep = 100 - u64::from(level.min(100));
     (max_khz.saturating_mul(keep) / 100).max(min_khz)
+}
+
+/// The P-states of a `scaling_available_frequencies` file, lowest first,
+/// without duplicates. The kernel prints them space-separated in the
+/// driver's table order with a trailing space (`acpi-cpufreq`: highest
+/// first, `"3600000 2800000 800000 \n"`). `None` for an empty list, a word
+/// that is not a number, or a frequency of 0.
+pub fn parse_available_frequencies(text: &str) -> Option<Vec<u64>> {
+    let mut freqs = text
+        .split_whitespace()
+        .map(|word| word.parse::<u64>().ok().filter(|&khz| khz > 0))
+        .collect::<Option<Vec<u64>>>()?;
+    if freqs.is_empty() {
+        return None;
+    }
+    freqs.sort_unstable();
+    freqs.dedup();
+    Some(freqs)
+}
+
+/// The highest of `pstates` at or below `khz`, or the lowest of them when
+/// none is that low (a cap cannot go below the slowest P-state). `None`
+/// for no P-states.
+pub fn highest_pstate_at_or_below(pstates: &[u64], khz: u64) -> Option<u64> {
+    let lowest = pstates.iter().copied().min()?;
+    Some(
+        pstates
+            .iter()
+            .copied()
+            .filter(|&f| f <= khz)
+            .max()
+            .unwrap_or(lowest),
+    )
 }
 
 /// The CPU quota (µs per `period_us`) for a throttle of `level` percent of
@@ -926,6 +1170,69 @@ mod tests {
         assert_eq!(capped_freq(800_000, 3_600_000, 100), 800_000);
         assert_eq!(capped_freq(800_000, 3_600_000, 0), 3_600_000);
         assert_eq!(capped_freq(800_000, 3_600_000, 200), 800_000);
+    }
+
+    #[test]
+    fn available_frequencies_as_the_kernel_prints_them() {
+        // acpi-cpufreq: highest first, a trailing space and a newline.
+        assert_eq!(
+            parse_available_frequencies("3600000 2800000 2000000 800000 \n"),
+            Some(vec![800_000, 2_000_000, 2_800_000, 3_600_000])
+        );
+        assert_eq!(
+            parse_available_frequencies("800000 1200000"),
+            Some(vec![800_000, 1_200_000])
+        );
+        // Boost entry and a duplicate.
+        assert_eq!(
+            parse_available_frequencies("3601000 3600000 3600000 \n"),
+            Some(vec![3_600_000, 3_601_000])
+        );
+        assert_eq!(parse_available_frequencies(""), None);
+        assert_eq!(parse_available_frequencies(" \n"), None);
+        assert_eq!(parse_available_frequencies("<unsupported>\n"), None);
+        assert_eq!(parse_available_frequencies("800000 fast"), None);
+        assert_eq!(parse_available_frequencies("0 800000"), None);
+        assert_eq!(parse_available_frequencies("-800000"), None);
+    }
+
+    #[test]
+    fn highest_pstate_at_or_below_never_goes_under_the_lowest() {
+        let p = [800_000, 1_200_000, 1_600_000, 2_000_000];
+        assert_eq!(highest_pstate_at_or_below(&p, 1_800_000), Some(1_600_000));
+        assert_eq!(highest_pstate_at_or_below(&p, 1_600_000), Some(1_600_000));
+        assert_eq!(highest_pstate_at_or_below(&p, 9_000_000), Some(2_000_000));
+        assert_eq!(highest_pstate_at_or_below(&p, 500_000), Some(800_000));
+        assert_eq!(highest_pstate_at_or_below(&[], 500_000), None);
+    }
+
+    #[test]
+    fn effective_throttle_is_what_the_accepted_cap_takes_away() {
+        let cap = |accepted_khz| FreqCap {
+            path: "policy0/scaling_max_freq".to_string(),
+            target_khz: 1_800_000,
+            requested_khz: 1_600_000,
+            accepted_khz,
+            max_khz: 3_600_000,
+        };
+        assert_eq!(cap(1_600_000).effective_percent(), 55);
+        assert_eq!(cap(1_800_000).effective_percent(), 50);
+        assert_eq!(cap(3_600_000).effective_percent(), 0);
+        assert_eq!(cap(4_000_000).effective_percent(), 0);
+        assert_eq!(cap(0).effective_percent(), 100);
+        assert_eq!(
+            effective_throttle(&[cap(800_000), cap(1_600_000)]),
+            Some(55)
+        );
+        assert_eq!(effective_throttle(&[]), None);
+        let notes = cap_notes(&[cap(1_600_000), cap(1_600_000), cap(1_800_000)]);
+        assert_eq!(
+            notes,
+            [
+                "cpufreq: 1600000 kHz in force on 2 policy(ies) for a cap of 1800000 kHz, \
+                 effective throttle 55%"
+            ]
+        );
     }
 
     #[test]

@@ -208,10 +208,11 @@ fn set_temp_changes_the_next_read() {
     assert_eq!(at(&before, &cpu.input_path(1)).celsius, 45.0);
     assert_eq!(hottest(&before, SensorKind::Cpu), Some(46.0));
 
-    cpu.set_temp(1, 93.5);
+    cpu.heat(93.5); // the package, and its core 2 °C below it
     fake.set_zone_temp(&zone, 94.0);
     let after = sensors.read_all();
     assert_eq!(at(&after, &cpu.input_path(1)).celsius, 93.5);
+    assert_eq!(at(&after, &cpu.input_path(2)).celsius, 91.5);
     assert_eq!(at(&after, &zone.join("temp")).celsius, 94.0);
     assert_eq!(hottest(&after, SensorKind::Cpu), Some(94.0));
 

@@ -302,40 +302,96 @@ fn restart_restores_the_true_originals_from_the_state_file() {
     assert_eq!(t.level(), 0);
 }
 
+/// Where NVML is missing, a throttle says no GPU limit could be set and
+/// still caps the CPUs. Where NVML is present (an NVIDIA machine), the real
+/// GPUs' power limits are cut to the planned value and restored exactly:
+/// the same test runs on both, never skipping.
 #[test]
-fn gpu_power_limit_without_nvml_is_reported() {
-    if nvml_wrapper::Nvml::init().is_ok() {
-        // Never change a real GPU's power limit from a test.
-        eprintln!("SKIP no-NVML test: NVML is present on this machine");
-        return;
-    }
+fn gpu_power_limit_is_set_and_restored_or_reported_missing() {
     let dir = tempfile::tempdir().unwrap();
-    fake_cpufreq(dir.path(), 2, MIN, MAX);
+    fake_cpufreq(dir.path(), 4, MIN, MAX);
     let config = ThrottleConfig {
         gpu_power_limit: true,
         ..cfg(true, &[])
     };
+    let Ok(nvml) = nvml_wrapper::Nvml::init() else {
+        let mut t = Throttler::new(dir.path(), config, None);
+        let out = t.apply(50).unwrap();
+        assert_eq!(out.changes.len(), 4, "{out:?}");
+        assert!(
+            out.message.contains("no GPU power limit could be set"),
+            "{}",
+            out.message
+        );
+        t.reset().unwrap();
+        assert_eq!(all_khz(dir.path()), vec![MAX; 4]);
+        return;
+    };
+    // (uuid, limit before, planned limit at throttle_50), in mW.
+    let count = nvml.device_count().unwrap();
+    let gpus: Vec<(String, u32, u32)> = (0..count)
+        .map(|i| {
+            let d = nvml.device_by_index(i).unwrap();
+            let before = d.power_management_limit().unwrap();
+            let default = d.power_management_limit_default().unwrap();
+            let min = d.power_management_limit_constraints().unwrap().min_limit;
+            let planned =
+                skos_agent::throttle::gpu_power_limit(min, default, 50).min(before.max(min));
+            (d.uuid().unwrap(), before, planned)
+        })
+        .collect();
+    let limit = |uuid: &str| {
+        nvml.device_by_uuid(uuid)
+            .unwrap()
+            .power_management_limit()
+            .unwrap()
+    };
     let mut t = Throttler::new(dir.path(), config, None);
-    let out = t.apply(50).unwrap();
-    assert_eq!(out.changes.len(), 2);
-    assert!(
-        out.message.contains("no GPU power limit could be set"),
-        "{}",
-        out.message
-    );
+    match t.apply(50) {
+        Ok(out) => {
+            for (uuid, before, planned) in &gpus {
+                assert_eq!(
+                    limit(uuid),
+                    *planned,
+                    "GPU {uuid} (was {before} mW): {out:?}"
+                );
+                if planned != before {
+                    assert!(
+                        out.changes
+                            .iter()
+                            .any(|c| c.target.contains(uuid.as_str())
+                                && c.after == planned.to_string()),
+                        "the change to GPU {uuid} is reported: {out:?}"
+                    );
+                }
+            }
+        }
+        // Setting a power limit needs privileges a container may lack: the
+        // refusal is an error that names the GPU, and the CPUs are capped.
+        Err(e) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("power limit")
+                    && gpus.iter().any(|(u, _, _)| text.contains(u.as_str())),
+                "{text}"
+            );
+            assert_eq!(all_khz(dir.path()), vec![MAX / 2; 4]);
+        }
+    }
     t.reset().unwrap();
+    for (uuid, before, _) in &gpus {
+        assert_eq!(limit(uuid), *before, "GPU {uuid} restored");
+    }
+    assert_eq!(all_khz(dir.path()), vec![MAX; 4]);
 }
 
 #[test]
 fn real_cgroup_quota_is_cut_and_restored() {
     let name = format!("skos-test-{}", std::process::id());
-    let cg = match RealCgroup::create(&name) {
-        Ok(cg) => cg,
-        Err(reason) => {
-            eprintln!("SKIP real cgroup test: {reason}");
-            return;
-        }
-    };
+    let cg = skos_testsupport::require!(
+        "a real cgroup with a cpu controller",
+        RealCgroup::create(&name)
+    );
     let rel = cg.rel().display().to_string();
     let original = cg.read_quota();
     let ncpus = fs::read_to_string("/sys/devices/system/cpu/online")
@@ -372,4 +428,270 @@ fn real_cgroup_quota_is_cut_and_restored() {
 
     t.reset().unwrap();
     assert_eq!(cg.read_quota(), original);
+}
+
+/// The throttler against a fake cpufreq *driver* (a FUSE filesystem that
+/// rounds every write to its P-states and reads back what it accepted, as
+/// `acpi-cpufreq` does), instead of plain files that keep whatever is
+/// written.
+mod driver {
+    use super::*;
+    use skos_agent::antibody::Antibody;
+    use skos_agent::thermal::ThermalSentinel;
+    use skos_core::config::Config;
+    use skos_core::protocol::{Command, Heartbeat, ResultStatus};
+    use skos_testsupport::cpufreq::CpufreqDriver;
+    use skos_testsupport::require;
+
+    /// An `acpi-cpufreq` table, in kHz (cpuinfo 800,000 to 3,600,000).
+    const PSTATES: [u64; 8] = [
+        800_000, 1_200_000, 1_600_000, 2_000_000, 2_400_000, 2_800_000, 3_200_000, 3_600_000,
+    ];
+    const FUSE: &str = "a FUSE mount for the fake cpufreq driver";
+
+    /// `(target, requested, accepted)` of every policy in force.
+    fn caps(caps: &[skos_agent::throttle::FreqCap]) -> Vec<(u64, u64, u64)> {
+        caps.iter()
+            .map(|c| (c.target_khz, c.requested_khz, c.accepted_khz))
+            .collect()
+    }
+
+    #[test]
+    fn each_level_lands_on_the_pstate_at_or_below_its_cap() {
+        // (level, the level's cap, the highest P-state at or below it)
+        for (level, target, pstate) in [
+            (10, 3_240_000, 3_200_000),
+            (50, 1_800_000, 1_600_000),
+            (80, 800_000, 800_000),
+            (100, 800_000, 800_000),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path();
+            let driver = require!(FUSE, CpufreqDriver::mount(root, 4, &PSTATES));
+            let mut t = Throttler::new(root, cfg(true, &[]), None);
+
+            let out = t.apply(level).unwrap();
+            assert_eq!(all_khz(root), vec![pstate; 4], "throttle_{level}");
+            assert_eq!(caps(&out.cpufreq), vec![(target, pstate, pstate); 4]);
+            assert!(out.cpufreq.iter().all(|c| c.max_khz == MAX), "{out:?}");
+            assert_eq!(caps(t.cpufreq_in_force()), caps(&out.cpufreq));
+            let c = &out.changes[0];
+            assert!(c.target.ends_with("policy0/scaling_max_freq"), "{c:?}");
+            assert_eq!(
+                (c.before.as_str(), c.after.as_str()),
+                ("3600000", &*pstate.to_string())
+            );
+            // The driver was asked for the P-state itself.
+            assert!(
+                driver
+                    .writes()
+                    .iter()
+                    .all(|w| w.text == pstate.to_string() && w.accepted_khz == Some(pstate)),
+                "throttle_{level}: {:?}",
+                driver.writes()
+            );
+            let effective = ((MAX - pstate) * 100 / MAX) as u8;
+            assert_eq!(
+                out.effective_throttle(),
+                Some(effective),
+                "throttle_{level}"
+            );
+            if pstate != target {
+                let note = format!(
+                    "cpufreq: {pstate} kHz in force on 4 policy(ies) for a cap of {target} kHz"
+                );
+                assert!(out.message.contains(&note), "{}", out.message);
+            }
+
+            let out = t.reset().unwrap();
+            assert_eq!(all_khz(root), vec![MAX; 4], "throttle_{level} reset");
+            assert!(out.changes.iter().all(|c| c.after == "3600000"), "{out:?}");
+            assert!(out.cpufreq.is_empty() && t.cpufreq_in_force().is_empty());
+        }
+    }
+
+    #[test]
+    fn strongest_throttle_wins_and_reset_restores_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let driver = require!(FUSE, CpufreqDriver::mount(root, 4, &PSTATES));
+        let state = dir.path().join("throttle.json");
+        let mut t = Throttler::new(root, cfg(true, &[]), Some(state.clone()));
+
+        // throttle_50: 1,800,000 asked of the level, 1,600,000 in force.
+        let out = t.apply(50).unwrap();
+        assert_eq!(all_khz(root), vec![1_600_000; 4]);
+        assert_eq!(
+            caps(&out.cpufreq),
+            vec![(1_800_000, 1_600_000, 1_600_000); 4]
+        );
+        assert_eq!(out.effective_throttle(), Some(55));
+
+        // throttle_10 is weaker: nothing written, the caps in force reported.
+        let writes = driver.writes().len();
+        let out = t.apply(10).unwrap();
+        assert!(out.changes.is_empty(), "{out:?}");
+        assert_eq!(
+            caps(&out.cpufreq),
+            vec![(1_800_000, 1_600_000, 1_600_000); 4]
+        );
+        // The same level again: nothing left to change.
+        assert!(t.apply(50).unwrap().changes.is_empty());
+        assert_eq!(driver.writes().len(), writes);
+
+        // throttle_100: the lowest P-state.
+        let out = t.apply(100).unwrap();
+        assert_eq!(all_khz(root), vec![MIN; 4]);
+        assert_eq!(out.changes[0].before, "1600000");
+        assert_eq!(out.changes[0].after, "800000");
+        assert_eq!(out.effective_throttle(), Some(77));
+
+        // An agent restart in between: reset restores the true originals.
+        drop(t);
+        let mut t = Throttler::new(root, cfg(true, &[]), Some(state));
+        let out = t.reset().unwrap();
+        assert_eq!(out.level, 0);
+        assert_eq!(out.changes.len(), 4, "{out:?}");
+        assert!(out
+            .changes
+            .iter()
+            .all(|c| c.before == "800000" && c.after == "3600000"));
+        assert_eq!(all_khz(root), vec![MAX; 4]);
+        assert_eq!(
+            (0..4).map(|p| driver.max_khz(p)).collect::<Vec<_>>(),
+            vec![MAX; 4]
+        );
+        assert_eq!(driver.writes().last().unwrap().text, "3600000");
+    }
+
+    #[test]
+    fn a_driver_that_rounds_without_listing_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let driver = require!(FUSE, CpufreqDriver::mount_unlisted(root, 2, &PSTATES));
+        let mut t = Throttler::new(root, cfg(true, &[]), None);
+
+        // No P-state list: the level's cap is written, the driver's choice
+        // is what the outcome reports.
+        let out = t.apply(50).unwrap();
+        assert_eq!(driver.writes()[0].text, "1800000");
+        assert_eq!([read_khz(root, 0), read_khz(root, 1)], [1_600_000; 2]);
+        assert_eq!(
+            caps(&out.cpufreq),
+            vec![(1_800_000, 1_800_000, 1_600_000); 2]
+        );
+        assert_eq!(out.changes[0].after, "1600000", "{out:?}");
+        assert_eq!(out.effective_throttle(), Some(55));
+        assert!(
+            out.message.contains("1600000 kHz in force on 2 policy(ies) for a cap of 1800000 kHz (1800000 kHz written), effective throttle 55%"),
+            "{}",
+            out.message
+        );
+
+        // Asking again for what the driver already rounded changes nothing.
+        let writes = driver.writes().len();
+        let out = t.apply(50).unwrap();
+        assert!(out.changes.is_empty(), "{out:?}");
+        assert_eq!(driver.writes().len(), writes);
+        assert_eq!(
+            caps(&out.cpufreq),
+            vec![(1_800_000, 1_800_000, 1_600_000); 2]
+        );
+
+        // Stronger: 1,440,000 written, 1,200,000 in force.
+        let out = t.apply(60).unwrap();
+        assert_eq!(
+            caps(&out.cpufreq),
+            vec![(1_440_000, 1_440_000, 1_200_000); 2]
+        );
+        assert_eq!(out.changes[0].before, "1600000");
+
+        t.reset().unwrap();
+        assert_eq!([read_khz(root, 0), read_khz(root, 1)], [MAX; 2]);
+    }
+
+    #[test]
+    fn a_lower_operator_cap_is_kept_and_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let _driver = require!(FUSE, CpufreqDriver::mount(root, 1, &PSTATES));
+        let file = root.join("devices/system/cpu/cpufreq/policy0/scaling_max_freq");
+        fs::write(&file, "2100000").unwrap(); // the driver makes it 2,000,000
+        assert_eq!(read_khz(root, 0), 2_000_000);
+        let mut t = Throttler::new(root, cfg(true, &[]), None);
+
+        // throttle_10 (3,200,000) would loosen the operator's cap.
+        let out = t.apply(10).unwrap();
+        assert!(out.changes.is_empty(), "{out:?}");
+        assert_eq!(caps(&out.cpufreq), vec![(3_240_000, 2_000_000, 2_000_000)]);
+        assert_eq!(out.effective_throttle(), Some(44));
+
+        t.apply(50).unwrap();
+        assert_eq!(read_khz(root, 0), 1_600_000);
+        t.reset().unwrap();
+        assert_eq!(read_khz(root, 0), 2_000_000);
+    }
+
+    #[test]
+    fn results_and_heartbeats_report_the_cap_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let _driver = require!(FUSE, CpufreqDriver::mount(root, 4, &PSTATES));
+        let mut config = Config {
+            sysfs_root: root.to_path_buf(),
+            ..Config::default()
+        };
+        config.thermal.gpu.nvml = false;
+        config.thermal.gpu.nvidia_smi = false;
+        config.thermal.gpu.lm_sensors = false;
+        config.thermal.throttle = cfg(true, &[]);
+        let mut sentinel = ThermalSentinel::new(&config, None);
+        let command = |action: &str| Command {
+            action_id: format!("test:{action}"),
+            action_type: action.into(),
+            parameters: Default::default(),
+            timestamp: chrono::Utc::now(),
+            node: None,
+            deadline: None,
+            cause: None,
+            problem: None,
+        };
+        let heartbeat = |sentinel: &ThermalSentinel| {
+            let mut hb = Heartbeat {
+                agent_id: "a".into(),
+                agent_type: "thermal_sentinel".into(),
+                node: skos_core::NodeName::parse("nova").unwrap(),
+                timestamp: chrono::Utc::now(),
+                cpu_temp: None,
+                gpu_temp: None,
+                storage_percent: None,
+                interval_seconds: None,
+                throttle_level: None,
+                metadata: Default::default(),
+            };
+            sentinel.report(&mut hb);
+            hb
+        };
+
+        let out = sentinel.execute(&command("throttle_50"));
+        assert_eq!(out.status, ResultStatus::Succeeded, "{out:?}");
+        let expected = serde_json::json!({
+            "policies": 4,
+            "min_cap_khz": 1_600_000,
+            "max_cap_khz": 1_600_000,
+            "effective_throttle": 55,
+        });
+        assert_eq!(out.details["cpufreq"], expected, "{out:?}");
+        let hb = heartbeat(&sentinel);
+        assert_eq!(hb.throttle_level, Some(50));
+        assert_eq!(hb.metadata["cpufreq"], expected, "{hb:?}");
+
+        let out = sentinel.execute(&command("reset_throttle"));
+        assert_eq!(out.status, ResultStatus::Succeeded, "{out:?}");
+        assert!(!out.details.contains_key("cpufreq"), "{out:?}");
+        assert_eq!(all_khz(root), vec![MAX; 4]);
+        let hb = heartbeat(&sentinel);
+        assert_eq!(hb.throttle_level, Some(0));
+        assert!(!hb.metadata.contains_key("cpufreq"), "{hb:?}");
+    }
 }

@@ -9,6 +9,14 @@
 //!   a newline, as sysfs shows them) and `<root>/devices/system/cpu/online`;
 //! * cgroup v2: `<root>/fs/cgroup/<rel>/cpu.max` (`"max 100000"`);
 //! * cgroup v1: `<root>/fs/cgroup/cpu/<rel>/{cpu.cfs_quota_us,cpu.cfs_period_us}`.
+//!
+//! [`fake_cpufreq`] makes plain files, which keep any value written to them.
+//! A real driver only runs at its P-states; [`CpufreqDriver`] (a FUSE
+//! filesystem, see [`driver`]) rounds every write the way one does.
+
+pub mod driver;
+
+pub use driver::{CpufreqDriver, DriverWrite};
 
 use std::fs;
 use std::io::ErrorKind;

@@ -12,8 +12,13 @@
 //! let cpu = fake.coretemp(52.0, &[48.0, 50.0]);
 //! fake.nvme(38.85);
 //! fake.acpitz_zone(27.8);
-//! cpu.set_temp(1, 91.0); // "Package id 0" is now 91 °C
+//! cpu.heat(91.0); // "Package id 0" is now 91 °C, "Core 0" 89 °C, "Core 1" 88 °C
+//! cpu.set_temp(2, 0.0); // only "Core 0" changes (a sensor that drops out)
 //! ```
+//!
+//! Real machines heat as wholes: a hot package has hot cores, a few degrees
+//! below it. A heat scenario should use [`HwmonHandle::heat`], not raise the
+//! package alone with [`HwmonHandle::set_temp`].
 
 use std::cell::Cell;
 use std::fs;
@@ -44,6 +49,45 @@ impl HwmonHandle {
     /// Writes `tempN_input` (millidegrees, trailing newline) for `index` = N.
     pub fn set_temp(&self, index: u32, c: f64) {
         write(&self.dir.join(format!("temp{index}_input")), &millis(c));
+    }
+
+    /// Heats (or cools) the whole device, as real CPUs do: `temp1_input`
+    /// (the package of a [`FakeSysfs::coretemp`]) becomes `package_c`, and
+    /// every other `tempN_input` (the cores, in order) a little below it:
+    /// `package_c - 2`, `- 3`, `- 4`, `- 5`, then `- 2` again.
+    ///
+    /// Each file is replaced whole (a reader sees the old or the new value,
+    /// never a half-written file), the package first when heating and last
+    /// when cooling: a reader in between sees the hottest reading go
+    /// straight from the old package temperature to the new one.
+    pub fn heat(&self, package_c: f64) {
+        let entries =
+            fs::read_dir(&self.dir).unwrap_or_else(|e| panic!("list {}: {e}", self.dir.display()));
+        let mut inputs: Vec<u32> = entries
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let name = entry.file_name().into_string().ok()?;
+                let n = name.strip_prefix("temp")?.strip_suffix("_input")?;
+                let n = n.parse::<u32>().ok()?;
+                entry.file_type().ok()?.is_file().then_some(n)
+            })
+            .collect();
+        inputs.sort_unstable();
+        let old = fs::read_to_string(self.dir.join("temp1_input"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok());
+        let new = (package_c * 1000.0).round() as i64;
+        if old.is_some_and(|old| new < old) {
+            inputs.reverse(); // cooling: the cores first
+        }
+        for n in inputs {
+            let below = if n <= 1 { 0 } else { 2 + (n - 2) % 4 };
+            let file = self.dir.join(format!("temp{n}_input"));
+            let tmp = self.dir.join(format!(".heat-temp{n}_input"));
+            write(&tmp, &millis(package_c - f64::from(below)));
+            fs::rename(&tmp, &file)
+                .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), file.display()));
+        }
     }
 
     /// The directory that holds the `name` and `tempN_*` files (inside
@@ -352,4 +396,52 @@ pub fn millis(c: f64) -> String {
 
 fn write(path: &Path, text: &str) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(h: &HwmonHandle, n: u32) -> String {
+        fs::read_to_string(h.dir().join(format!("temp{n}_input"))).unwrap()
+    }
+
+    #[test]
+    fn heat_warms_the_package_and_every_core_just_below_it() {
+        let fake = FakeSysfs::new();
+        let cpu = fake.coretemp(50.0, &[48.0, 49.0, 47.0, 46.0, 45.0]);
+        cpu.heat(90.0);
+        let temps: Vec<String> = (1..=6).map(|n| temp(&cpu, n)).collect();
+        assert_eq!(
+            temps,
+            ["90000\n", "88000\n", "87000\n", "86000\n", "85000\n", "88000\n"]
+        );
+        // Each file was replaced whole: no temp file is left behind.
+        let leftovers: Vec<_> = fs::read_dir(cpu.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // Labels and limits are left alone.
+        assert_eq!(
+            fs::read_to_string(cpu.dir().join("temp2_label")).unwrap(),
+            "Core 0\n"
+        );
+        assert_eq!(
+            fs::read_to_string(cpu.dir().join("temp1_crit")).unwrap(),
+            "100000\n"
+        );
+
+        // Cooling down is the same call.
+        cpu.heat(55.5);
+        assert_eq!(temp(&cpu, 1), "55500\n");
+        assert_eq!(temp(&cpu, 3), "52500\n");
+
+        // A package without cores: only the package.
+        let bare = fake.coretemp(40.0, &[]);
+        bare.heat(80.0);
+        assert_eq!(temp(&bare, 1), "80000\n");
+        assert!(!bare.dir().join("temp2_input").exists());
+    }
 }
