@@ -4,12 +4,20 @@
 #   ./test.sh                    install what the tests need (Debian, when
 #                                missing), then fmt, clippy and every test
 #   SKOS_TEST_FAST=1 ./test.sh   the tests only (no fmt, no clippy)
+#   SKOS_TEST_REQUIRE_ALL=1 ./test.sh
+#                                every prerequisite is required: a test that
+#                                cannot run here (no root, no tmpfs, no tool)
+#                                fails with its reason instead of skipping,
+#                                and a package that cannot be installed stops
+#                                the run (.ci/run sets this)
 #
 # Needs the Rust toolchain (rustup with clippy and rustfmt). Everything else
 # is installed with apt-get when it is missing: nats-server (the NATS tests
 # start their own servers), a C compiler (the TLS crate builds C code),
-# procps (`kill`), and for the mesh tests wireguard-go, wireguard-tools and
-# iproute2. Runs unattended: no prompts, no stdin.
+# procps (`kill`), for the mesh tests wireguard-go, wireguard-tools and
+# iproute2, openssl (test certificates) and systemd (`systemd-analyze` checks
+# the shipped units) and fuse3 (`fusermount3`: how a non-root run mounts the
+# fake cpufreq driver). Runs unattended: no prompts, no stdin.
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -60,6 +68,19 @@ have kill || required+=(procps)
 have wireguard-go || optional+=(wireguard-go)
 have wg || optional+=(wireguard-tools)
 have ip || optional+=(iproute2)
+# The fake cpufreq driver is a FUSE filesystem: root mounts it with mount(2),
+# anyone else through the setuid fusermount3.
+have fusermount3 || optional+=(fuse3)
+have openssl || optional+=(openssl)
+have systemd-analyze || optional+=(systemd)
+
+require_all=0
+case "${SKOS_TEST_REQUIRE_ALL:-0}" in 1 | true | yes) require_all=1 ;; esac
+if [ "$require_all" -eq 1 ]; then
+  note "SKOS_TEST_REQUIRE_ALL=1: every prerequisite is required, no test may skip"
+  required+=("${optional[@]}")
+  optional=()
+fi
 
 if [ "${#required[@]}" -eq 0 ] && [ "${#optional[@]}" -eq 0 ]; then
   note "nothing to install"

@@ -14,15 +14,15 @@ use skos_core::config::Config;
 use skos_core::protocol::{Alert, Command, ResultStatus, Severity};
 use skos_testsupport::procgroup::ProcGroup;
 
+/// Whether `/proc` is this machine's; skips (or fails under
+/// `SKOS_TEST_REQUIRE_ALL=1`) where it is not.
 fn live_proc() -> bool {
-    let ok = std::fs::read_link("/proc/self")
-        .ok()
-        .and_then(|t| t.to_str().and_then(|s| s.parse::<u32>().ok()))
-        == Some(std::process::id());
-    if !ok {
-        eprintln!("SKIP: /proc is not this machine's procfs");
-    }
-    ok
+    skos_testsupport::require::require(
+        &skos_testsupport::require::test_name(module_path!()),
+        "the machine's own /proc",
+        skos_testsupport::require::live_procfs(),
+    )
+    .is_some()
 }
 
 fn breaker(groups: &str) -> LoopBreaker {

@@ -15,10 +15,12 @@ use skos_core::protocol::{Alert, Command, Heartbeat, ResultStatus, Severity};
 use skos_testsupport::netns::{self, WgPair, ENDPOINT_B, TUNNEL_B};
 
 fn pair(backup: bool) -> Option<WgPair> {
-    if let Some(why) = netns::unavailable() {
-        eprintln!("SKIP: no real WireGuard tunnels here: {why}");
-        return None;
-    }
+    // Skips, or fails under SKOS_TEST_REQUIRE_ALL=1, without real tunnels.
+    skos_testsupport::require::require(
+        &skos_testsupport::require::test_name(module_path!()),
+        "real WireGuard tunnels",
+        skos_testsupport::require::wireguard(),
+    )?;
     let p = WgPair::new(backup);
     p.up();
     Some(p)

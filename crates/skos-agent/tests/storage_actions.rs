@@ -2,7 +2,8 @@
 //! and that nothing is lost when the agent is killed mid-archive.
 //!
 //! Every test mounts its own tmpfs (root needed; where mounting is
-//! impossible the test says `SKIP` and why).
+//! impossible the test says `SKIP` and why, or fails under
+//! `SKOS_TEST_REQUIRE_ALL=1`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -21,13 +22,7 @@ const DAY: u64 = 86400;
 
 macro_rules! mount_or_skip {
     ($size:expr) => {
-        match Tmpfs::mount($size, None) {
-            Ok(t) => t,
-            Err(reason) => {
-                eprintln!("SKIP {}: cannot mount a tmpfs: {reason}", module_path!());
-                return;
-            }
-        }
+        skos_testsupport::require!("a tmpfs mount", Tmpfs::mount($size, None))
     };
 }
 
@@ -209,13 +204,10 @@ fn cleanup_temp_does_not_cross_into_another_filesystem() {
     let mine = t.fill("tmp/mine", 4096);
     t.age(&mine, 30 * DAY);
     let nested = tmp.join("nested");
-    let inner = match Mount::tmpfs_at(&nested, "1M", None) {
-        Ok(m) => m,
-        Err(reason) => {
-            eprintln!("SKIP nested mount: {reason}");
-            return;
-        }
-    };
+    let inner = skos_testsupport::require!(
+        "a tmpfs mounted inside a tmpfs",
+        Mount::tmpfs_at(&nested, "1M", None)
+    );
     let theirs = nested.join("theirs");
     tmpfs::write_file(&theirs, 4096);
     tmpfs::age(&theirs, 30 * DAY);
@@ -883,16 +875,13 @@ fn emergency_cleanup_archives_largest_first_when_deleting_is_not_enough() {
 // Killed in the middle of an archive run.
 
 const CHILD_ENV: &str = "SKOS_ARCHIVE_CHILD";
+const CHILD_DEST_ENV: &str = "SKOS_ARCHIVE_DEST";
 
-/// Not a test by itself: the child process of
-/// `archive_survives_sigkill_at_any_point` (does nothing unless the
-/// environment says where to archive).
-#[test]
-fn archive_child_entry() {
-    let (Ok(src), Ok(dest)) = (std::env::var(CHILD_ENV), std::env::var("SKOS_ARCHIVE_DEST")) else {
-        return;
-    };
-    let mut cfg = archive_cfg(Path::new(&src), Path::new(&dest));
+/// The child side of `archive_survives_sigkill_at_any_point`: the same test
+/// binary, run again for that one test with the environment saying where to
+/// archive; it prints each progress line and `CHILD DONE` at the end.
+fn archive_child(src: &Path, dest: &Path) {
+    let mut cfg = archive_cfg(src, dest);
     cfg.archive.older_than = DAY as f64;
     let progress = |line: &str| {
         let mut out = std::io::stdout().lock();
@@ -957,89 +946,208 @@ fn check_nothing_lost(
     (in_place, archived.len())
 }
 
-/// How a child run is stopped.
-#[derive(Debug, Clone, Copy)]
+/// Where in an archive run a child is killed. The child is frozen
+/// (SIGSTOP) while the state on disk is read, so "the kill landed here" is
+/// checked on the very state the SIGKILL then interrupts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KillAt {
-    After(Duration),
-    /// This long after the child prints a progress line containing this.
-    Line(&'static str, Duration),
+    /// While the archive is being written: a `.partial` exists, no
+    /// original of this round is deleted.
+    Writing,
+    /// After the archive was written, while it is verified.
+    Verifying,
+    /// After the archive was finalized, before any original is deleted.
+    BeforeDeleting,
+    /// In the middle of the deletions: some originals of this round are
+    /// gone, some are not.
+    MidDeleting,
+}
+
+/// What the disk says about one round of an archive run.
+#[derive(Debug)]
+struct RoundState {
+    partial: bool,
+    /// Finalized archives made by this round.
+    new_archives: usize,
+    /// Originals of this round still in place.
+    remaining: usize,
+}
+
+fn round_state(data: &Path, dest: &Path, before: usize, files: &[PathBuf]) -> RoundState {
+    let partial = fs::read_dir(dest).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".partial")
+    });
+    RoundState {
+        partial,
+        new_archives: finalized(dest).len() - before,
+        remaining: files.iter().filter(|f| data.join(f).exists()).count(),
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory preconditions; the pid is our own child,
+    // not yet reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Waits until the child is stopped (`T` in /proc/<pid>/stat) or gone.
+fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => {
+                let state = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next());
+                if matches!(state, Some("T") | Some("t") | Some("Z")) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    panic!("child {pid} did not stop");
 }
 
 #[test]
 fn archive_survives_sigkill_at_any_point() {
+    if let (Ok(src), Ok(dest)) = (std::env::var(CHILD_ENV), std::env::var(CHILD_DEST_ENV)) {
+        archive_child(Path::new(&src), Path::new(&dest));
+        return;
+    }
     let src = mount_or_skip!("256M");
     let dest = mount_or_skip!("512M");
     let data = src.path().join("data");
     let exe = std::env::current_exe().unwrap();
     let mut expected: BTreeMap<PathBuf, String> = BTreeMap::new();
-    // Kills while writing, while verifying, right after the rename, and in
-    // the middle of the deletions.
     let plan = [
-        KillAt::After(Duration::from_millis(50)),
-        KillAt::Line("verifying", Duration::ZERO),
-        KillAt::Line("deleting originals", Duration::ZERO),
-        KillAt::Line("deleting originals", Duration::from_millis(3)),
-        KillAt::After(Duration::from_millis(300)),
-        KillAt::Line("deleting originals", Duration::from_millis(10)),
+        KillAt::Writing,
+        KillAt::Verifying,
+        KillAt::BeforeDeleting,
+        KillAt::MidDeleting,
+        KillAt::Writing,
+        KillAt::MidDeleting,
     ];
     let mut outcomes = Vec::new();
-    for (gen, kill) in plan.iter().enumerate() {
-        // Each round brings new old files, so each kill lands in real work.
-        for i in 0..300 {
-            let rel = PathBuf::from(format!("g{gen}/d{}/f{i:03}.bin", i % 10));
-            let p = src.fill(&format!("data/{}", rel.display()), 64 * 1024);
-            src.age(&p, 10 * DAY);
-            expected.insert(rel, sha_file(&p));
-        }
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "archive_child_entry",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &data)
-            .env("SKOS_ARCHIVE_DEST", dest.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+    let mut round = 0;
+    for kill in plan {
+        // A kill must land where it is meant to; the phase can be short
+        // (deletions on a tmpfs take milliseconds), so a round whose child
+        // got past it is tried again with new files, a few times at most.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            // Each round brings new old files, so each kill lands in real work.
+            let files: Vec<PathBuf> = (0..300)
+                .map(|i| PathBuf::from(format!("g{round}/d{}/f{i:03}.bin", i % 10)))
+                .collect();
+            round += 1;
+            for rel in &files {
+                let p = src.fill(&format!("data/{}", rel.display()), 64 * 1024);
+                src.age(&p, 10 * DAY);
+                expected.insert(rel.clone(), sha_file(&p));
             }
-        });
-        let start = Instant::now();
-        let mut seen = Vec::new();
-        match kill {
-            KillAt::After(d) => {
-                std::thread::sleep(*d);
-            }
-            KillAt::Line(what, then) => {
-                while let Ok(line) = rx.recv_timeout(Duration::from_secs(120)) {
-                    let hit = line.contains(what);
-                    seen.push(line);
-                    if hit {
-                        std::thread::sleep(*then);
+            let before = finalized(dest.path()).len();
+            let mut child = Command::new(&exe)
+                .args([
+                    "--exact",
+                    "archive_survives_sigkill_at_any_point",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ENV, &data)
+                .env(CHILD_DEST_ENV, dest.path())
+                .env_remove("SKOS_TEST_REQUIRE_ALL")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel::<String>();
+            let reader = std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
                         break;
                     }
                 }
+            });
+            let mut seen: Vec<String> = Vec::new();
+            let seen_line = |seen: &[String], what: &str| seen.iter().any(|l| l.contains(what));
+            // Step the child: run a little, freeze, look at the disk.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let landed = loop {
+                std::thread::sleep(Duration::from_micros(200));
+                signal(pid, libc::SIGSTOP);
+                wait_stopped(pid);
+                seen.extend(rx.try_iter());
+                let st = round_state(&data, dest.path(), before, &files);
+                let here = match kill {
+                    KillAt::Writing => {
+                        st.partial && st.remaining == files.len() && !seen_line(&seen, "verifying")
+                    }
+                    KillAt::Verifying => {
+                        st.partial
+                            && st.new_archives == 0
+                            && seen_line(&seen, "verifying")
+                            && st.remaining == files.len()
+                    }
+                    KillAt::BeforeDeleting => st.new_archives == 1 && st.remaining == files.len(),
+                    KillAt::MidDeleting => {
+                        st.new_archives == 1 && st.remaining > 0 && st.remaining < files.len()
+                    }
+                };
+                if here {
+                    break Some(st);
+                }
+                if child.try_wait().unwrap().is_some()
+                    || seen_line(&seen, "CHILD DONE")
+                    || Instant::now() > deadline
+                {
+                    break None;
+                }
+                // Past the phase already: this round cannot land there.
+                let past = match kill {
+                    KillAt::Writing | KillAt::Verifying => st.new_archives > 0,
+                    KillAt::BeforeDeleting => st.remaining < files.len(),
+                    KillAt::MidDeleting => st.new_archives == 1 && st.remaining == 0,
+                };
+                if past {
+                    break None;
+                }
+                signal(pid, libc::SIGCONT);
+            };
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            let _ = reader.join();
+            seen.extend(rx.try_iter());
+            let finished = seen_line(&seen, "CHILD DONE");
+            let (in_place, archived) = check_nothing_lost(&data, dest.path(), &expected);
+            match landed {
+                Some(st) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    assert_eq!(status.signal(), Some(libc::SIGKILL), "{kill:?}: {status}");
+                    assert!(!finished, "{kill:?}: the child finished before the kill");
+                    outcomes.push(format!(
+                        "{kill:?} (try {tries}): killed at {st:?}; in place {in_place}, archived {archived}"
+                    ));
+                    break;
+                }
+                None => {
+                    assert!(
+                        tries < 5,
+                        "{kill:?}: in {tries} tries the kill never landed in that phase; last seen: {seen:?}"
+                    );
+                }
             }
         }
-        let _ = child.kill();
-        let killed_after = start.elapsed();
-        let status = child.wait().unwrap();
-        let _ = reader.join();
-        seen.extend(rx.try_iter());
-        let finished = seen.iter().any(|l| l.starts_with("CHILD DONE"));
-        let (in_place, archived) = check_nothing_lost(&data, dest.path(), &expected);
-        outcomes.push(format!(
-            "{kill:?}: killed after {killed_after:?} ({status}), finished={finished}, in place {in_place}, archived {archived}"
-        ));
     }
     eprintln!("{}", outcomes.join("\n"));
 

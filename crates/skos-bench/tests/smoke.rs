@@ -1,6 +1,7 @@
 //! Smoke test of the harness itself: a tiny ingest and latency run against
 //! a real nats-server, checked for structure and consistent counts, never
-//! for timings. Skipped (with a message) where nats-server is missing.
+//! for timings. Skipped (with a message) where nats-server is missing, or
+//! failed under `SKOS_TEST_REQUIRE_ALL=1`.
 
 use std::process::Command;
 
@@ -8,10 +9,7 @@ use serde_json::Value;
 
 #[test]
 fn quick_ingest_and_latency_report_every_section_consistently() {
-    if skos_testsupport::nats::nats_server_binary().is_err() {
-        eprintln!("skipped: nats-server not installed");
-        return;
-    }
+    skos_testsupport::require!("nats-server", skos_testsupport::nats::nats_server_binary());
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let out = Command::new(env!("CARGO_BIN_EXE_skos-bench"))

@@ -4,9 +4,14 @@
 //!   in a temp dir, killed on drop, restartable on the same port.
 //! * [`sysfs`]: fake sysfs trees shaped like real machines (hwmon, thermal
 //!   zones, links into `devices/`).
-//! * [`cpufreq`]: fake cpufreq policy trees and real cgroup helpers.
+//! * [`cpufreq`]: fake cpufreq policy trees, a fake cpufreq driver that
+//!   only takes its P-states (FUSE, [`cpufreq::CpufreqDriver`]), and real
+//!   cgroup helpers.
 //! * [`netns`]: network namespaces, veth pairs and real WireGuard tunnels
 //!   (wireguard-go), cleaned up on drop.
+//! * [`require`]: what a test needs from the machine (root, tmpfs, tools);
+//!   a missing prerequisite skips the test, or fails it under
+//!   `SKOS_TEST_REQUIRE_ALL=1` (set by `.ci/run`).
 //! * [`procgroup`]: scripts in a process group of their own, killed whole
 //!   on drop (loop-breaker tests).
 
@@ -14,6 +19,7 @@ pub mod cpufreq;
 pub mod nats;
 pub mod netns;
 pub mod procgroup;
+pub mod require;
 pub mod sinks;
 pub mod sysfs;
 pub mod tmpfs;

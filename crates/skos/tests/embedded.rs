@@ -40,30 +40,133 @@ fn audit(data: &std::path::Path) -> Vec<Value> {
     json_lines(&out)
 }
 
+/// Like `fast_config`, but no reminder comes during a test (cooldown an
+/// hour), a slow machine does not fail verifications or go offline, and
+/// `thermal` is more keys under `thermal:` (indented two spaces).
+fn thermal_config(dir: &std::path::Path, thermal: &str) -> std::path::PathBuf {
+    let path = dir.join("config.yaml");
+    let text = format!(
+        "agent:\n  heartbeat_interval: 0.5\n  monitor_interval: 0.2\n\
+coordinator:\n  heartbeat_timeout: 10\n  verify_within: 120\n  command_deadline: 30\n\
+thermal:\n  clear_for: 1\n  cooldown: 3600\n  gpu: {{nvml: false, nvidia_smi: false, lm_sensors: false}}\n{thermal}"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `skos up` as node `nova` on the fake sysfs; returns it and its data dir.
+fn up_nova(
+    work: &std::path::Path,
+    sys: &FakeSysfs,
+    cfg: &std::path::Path,
+) -> (Proc, std::path::PathBuf) {
+    let data = work.join("data");
+    let mut c = skos();
+    c.arg("up")
+        .arg("--config")
+        .arg(cfg)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("SKOS_SYSFS_ROOT", sys.root())
+        .env("NODE_NAME", "nova");
+    (Proc::spawn(c, work, "skos-up"), data)
+}
+
+/// Every cpufreq policy's `scaling_max_freq` is `khz`. A file caught
+/// between truncation and write (the agent writing it) is not at `khz` yet.
+fn all_at(sys: &FakeSysfs, khz: u64) -> bool {
+    (0..4).all(|p| {
+        let path = sys.root().join(format!(
+            "devices/system/cpu/cpufreq/policy{p}/scaling_max_freq"
+        ));
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            == Some(khz)
+    })
+}
+
+fn at(v: &Value) -> skos_core::timefmt::Timestamp {
+    v.as_str()
+        .and_then(skos_core::timefmt::parse)
+        .unwrap_or_else(|| panic!("not a timestamp: {v}"))
+}
+
+/// The `command` records that send `action`.
+fn commands_of(records: &[Value], action: &str) -> Vec<Value> {
+    audit_events(records, "command")
+        .into_iter()
+        .filter(|c| c["entry"]["data"]["command"]["action_type"] == action)
+        .collect()
+}
+
+/// The action of every command sent, in order.
+fn sent(records: &[Value]) -> Vec<String> {
+    audit_events(records, "command")
+        .iter()
+        .map(|c| {
+            c["entry"]["data"]["command"]["action_type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+/// The results of `action` with `status`.
+fn results_of(records: &[Value], action: &str, status: &str) -> usize {
+    audit_events(records, "result")
+        .iter()
+        .filter(|r| {
+            r["entry"]["data"]["result"]["action_type"] == action
+                && r["entry"]["data"]["result"]["status"] == status
+        })
+        .count()
+}
+
+/// The severities of the thermal sentinel's alerts, in order.
+fn sentinel_says(records: &[Value]) -> Vec<String> {
+    audit_events(records, "alert")
+        .iter()
+        .map(|a| &a["entry"]["data"]["alert"])
+        .filter(|a| a["agent_id"] == "thermal-sentinel-nova" && a["type"] == "thermal")
+        .map(|a| a["severity"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Proof of time on the coordinator's own clock: waits until its status
+/// shows a heartbeat from nova received `secs` or more after `since` that
+/// passes `check`, and returns that status.
+fn heard_after(
+    data: &std::path::Path,
+    since: skos_core::timefmt::Timestamp,
+    secs: i64,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(Duration::from_secs(90), what, || {
+        status(data).filter(|s| {
+            let n = &s["nodes"][0];
+            n["name"] == "nova"
+                && at(&n["last_seen"]) >= since + chrono::Duration::seconds(secs)
+                && check(n)
+        })
+    })
+}
+
 #[test]
 fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
     let work = tempfile::tempdir().unwrap();
     let sys = FakeSysfs::new();
-    let cpu = sys.coretemp(60.0, &[58.0, 59.0]);
+    // The package only: a read that catches its file mid-write is then no
+    // CPU reading at all, not a cool core's (the alerts are counted below).
+    let cpu = sys.coretemp(60.0, &[]);
     sys.nvme(40.0);
     fake_cpufreq(sys.root(), 4, MIN, MAX);
-    let cfg = fast_config(work.path(), "");
-    let data = work.path().join("data");
-    let mut up = Proc::spawn(
-        {
-            let mut c = skos();
-            c.arg("up")
-                .arg("--config")
-                .arg(&cfg)
-                .arg("--data-dir")
-                .arg(&data)
-                .env("SKOS_SYSFS_ROOT", sys.root())
-                .env("NODE_NAME", "nova");
-            c
-        },
-        work.path(),
-        "skos-up",
-    );
+    // No reminder of the critical level during the test, so every command
+    // below is counted exactly.
+    let cfg = thermal_config(work.path(), "");
+    let (mut up, data) = up_nova(work.path(), &sys, &cfg);
     let s = wait_for(
         Duration::from_secs(30),
         "node nova healthy in status",
@@ -78,9 +181,7 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
     // Heat: 87 °C is critical -> throttle_50 (+ redistribute, unsupported).
     cpu.set_temp(1, 87.0);
     wait_for(Duration::from_secs(30), "scaling_max_freq at 50 %", || {
-        (0..4)
-            .all(|p| read_khz(sys.root(), p) == MAX / 2)
-            .then_some(())
+        all_at(&sys, MAX / 2).then_some(())
     });
     let records = wait_for(Duration::from_secs(30), "throttle result in audit", || {
         let r = audit(&data);
@@ -123,15 +224,48 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
     // Cool down: verification succeeds, then after clear_for the throttle is lifted.
     cpu.set_temp(1, 60.0);
     wait_for(Duration::from_secs(30), "scaling_max_freq restored", || {
-        (0..4).all(|p| read_khz(sys.root(), p) == MAX).then_some(())
+        all_at(&sys, MAX).then_some(())
     });
+    let records = wait_for(Duration::from_secs(30), "reset_throttle result", || {
+        let r = audit(&data);
+        (results_of(&r, "reset_throttle", "succeeded") > 0).then_some(r)
+    });
+    // Proof of time: the coordinator hears the cool, unthrottled node for
+    // three times clear_for after the reset; a second reset (or any other
+    // late command) would be in the trail by then.
+    let reset_at = at(&commands_of(&records, "reset_throttle")[0]["entry"]["timestamp"]);
+    heard_after(
+        &data,
+        reset_at,
+        3,
+        "cool unthrottled heartbeats after the reset",
+        |n| n["throttle_level"] == 0 && n["cpu_temp"] == 60.0,
+    );
     let records = audit(&data);
-    assert!(audit_events(&records, "verification")
-        .iter()
-        .any(|v| v["entry"]["data"]["outcome"] == "succeeded"));
-    assert!(audit_events(&records, "command")
-        .iter()
-        .any(|c| c["entry"]["data"]["command"]["action_type"] == "reset_throttle"));
+    let throttle = commands_of(&records, "throttle_50");
+    assert_eq!(throttle.len(), 1, "exactly one throttle_50: {throttle:#?}");
+    assert_eq!(commands_of(&records, "redistribute").len(), 1);
+    assert_eq!(
+        commands_of(&records, "reset_throttle").len(),
+        1,
+        "exactly one reset_throttle"
+    );
+    assert_eq!(
+        sent(&records),
+        ["throttle_50", "redistribute", "reset_throttle"],
+        "no other command"
+    );
+    assert_eq!(results_of(&records, "throttle_50", "succeeded"), 1);
+    assert_eq!(results_of(&records, "reset_throttle", "succeeded"), 1);
+    let throttle_id = &throttle[0]["entry"]["data"]["command"]["action_id"];
+    let verifications: Vec<Value> = audit_events(&records, "verification")
+        .into_iter()
+        .filter(|v| &v["entry"]["data"]["action_id"] == throttle_id)
+        .collect();
+    assert_eq!(verifications.len(), 1, "{verifications:#?}");
+    assert_eq!(verifications[0]["entry"]["data"]["outcome"], "succeeded");
+    assert_eq!(sentinel_says(&records), ["critical", "normal"]);
+    assert!((0..4).all(|p| read_khz(sys.root(), p) == MAX));
 
     assert!(up.sigterm().success(), "skos up exits cleanly on SIGTERM");
 
@@ -288,4 +422,129 @@ fn config_check_reports_key_paths() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// Hot, throttled, then 73.5 °C: below warning (75) but above the clear
+/// level (72). The sentinel steps down to warning, not normal, and the
+/// coordinator keeps the throttle however long it stays there; only below
+/// 72 is the throttle reset, once.
+#[test]
+fn throttle_stays_while_the_cpu_sits_between_the_clear_level_and_warning() {
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    // The package only: a read that catches its file mid-write is then no
+    // CPU reading at all, not a cool core's.
+    let cpu = sys.coretemp(60.0, &[]);
+    fake_cpufreq(sys.root(), 4, MIN, MAX);
+    let cfg = thermal_config(work.path(), "");
+    let (mut up, data) = up_nova(work.path(), &sys, &cfg);
+    wait_for(Duration::from_secs(30), "node nova healthy", || {
+        status(&data)
+            .filter(|s| s["nodes"][0]["name"] == "nova" && s["nodes"][0]["status"] == "healthy")
+    });
+
+    cpu.set_temp(1, 87.0);
+    wait_for(Duration::from_secs(30), "throttle_50 result", || {
+        (results_of(&audit(&data), "throttle_50", "succeeded") == 1).then_some(())
+    });
+    assert!(all_at(&sys, MAX / 2));
+
+    // Inside the band for five times clear_for, proven on the
+    // coordinator's clock by the heartbeats it received.
+    cpu.set_temp(1, 73.5);
+    let first = wait_for(Duration::from_secs(30), "73.5 °C in status", || {
+        status(&data).filter(|s| s["nodes"][0]["cpu_temp"] == 73.5)
+    });
+    let since = at(&first["nodes"][0]["last_seen"]);
+    let s = heard_after(&data, since, 5, "5 s of 73.5 °C heartbeats", |n| {
+        n["cpu_temp"] == 73.5
+    });
+    assert_eq!(s["nodes"][0]["throttle_level"], 50, "{s}");
+    let records = audit(&data);
+    assert!(
+        commands_of(&records, "reset_throttle").is_empty(),
+        "reset_throttle above the clear level: {:#?}",
+        commands_of(&records, "reset_throttle")
+    );
+    assert!(all_at(&sys, MAX / 2), "the cap stays");
+    assert_eq!(
+        sentinel_says(&records),
+        ["critical", "warning"],
+        "73.5 °C is still warning for the sentinel"
+    );
+
+    // Below the clear level: one reset after clear_for.
+    cpu.set_temp(1, 70.0);
+    wait_for(Duration::from_secs(30), "scaling_max_freq restored", || {
+        all_at(&sys, MAX).then_some(())
+    });
+    let records = wait_for(Duration::from_secs(30), "reset_throttle result", || {
+        let r = audit(&data);
+        (results_of(&r, "reset_throttle", "succeeded") > 0).then_some(r)
+    });
+    let reset_at = at(&commands_of(&records, "reset_throttle")[0]["entry"]["timestamp"]);
+    heard_after(
+        &data,
+        reset_at,
+        3,
+        "cool unthrottled heartbeats after the reset",
+        |n| n["throttle_level"] == 0 && n["cpu_temp"] == 70.0,
+    );
+    let records = audit(&data);
+    assert_eq!(
+        sent(&records),
+        [
+            "throttle_50",
+            "redistribute",
+            "throttle_10",
+            "reset_throttle"
+        ],
+        "the warning step-down asks for throttle_10 (weaker, changes nothing); one reset"
+    );
+    assert_eq!(results_of(&records, "reset_throttle", "succeeded"), 1);
+    assert_eq!(sentinel_says(&records), ["critical", "warning", "normal"]);
+    assert!(all_at(&sys, MAX));
+    assert!(up.sigterm().success());
+}
+
+/// `thermal.for.warning`: the warning is raised only once the reading has
+/// stayed above 75 °C that long.
+#[test]
+fn for_warning_holds_the_alert_back_end_to_end() {
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(60.0, &[]);
+    fake_cpufreq(sys.root(), 4, MIN, MAX);
+    let cfg = thermal_config(work.path(), "  for: {warning: 4}\n");
+    let (mut up, data) = up_nova(work.path(), &sys, &cfg);
+    wait_for(Duration::from_secs(30), "node nova healthy", || {
+        status(&data)
+            .filter(|s| s["nodes"][0]["name"] == "nova" && s["nodes"][0]["status"] == "healthy")
+    });
+
+    let before = chrono::Utc::now();
+    cpu.set_temp(1, 77.0);
+    let records = wait_for(Duration::from_secs(60), "warning alert", || {
+        let r = audit(&data);
+        (!sentinel_says(&r).is_empty()).then_some(r)
+    });
+    assert_eq!(sentinel_says(&records), ["warning"]);
+    let alert = audit_events(&records, "alert")
+        .into_iter()
+        .find(|a| a["entry"]["data"]["alert"]["agent_id"] == "thermal-sentinel-nova")
+        .unwrap();
+    let raised = at(&alert["entry"]["data"]["alert"]["timestamp"]);
+    // A lower bound only: the reading was first seen after `before`, and
+    // held 4 s from then (1 s of slack for the sentinel's clock read just
+    // before its sensors).
+    assert!(
+        raised - before >= chrono::Duration::seconds(3),
+        "warning raised {} ms after the reading went up; for.warning is 4 s",
+        (raised - before).num_milliseconds()
+    );
+    wait_for(Duration::from_secs(30), "throttle_10 result", || {
+        (results_of(&audit(&data), "throttle_10", "succeeded") == 1).then_some(())
+    });
+    assert!(all_at(&sys, MAX * 9 / 10));
+    assert!(up.sigterm().success());
 }

@@ -13,10 +13,12 @@ use serde_json::Value;
 use skos_testsupport::netns::{self, WgPair, BACKUP_GW, ENDPOINT_B, PRIMARY_GW, TUNNEL_B};
 
 fn pair(backup: bool) -> Option<WgPair> {
-    if let Some(why) = netns::unavailable() {
-        eprintln!("SKIP: no real WireGuard tunnels here: {why}");
-        return None;
-    }
+    // Skips, or fails under SKOS_TEST_REQUIRE_ALL=1, without real tunnels.
+    skos_testsupport::require::require(
+        &skos_testsupport::require::test_name(module_path!()),
+        "real WireGuard tunnels",
+        skos_testsupport::require::wireguard(),
+    )?;
     let p = WgPair::new(backup);
     p.up();
     Some(p)
@@ -255,6 +257,11 @@ fn corrupt_config_fails_the_restart_and_is_regenerated() {
     audit_verifies(&data);
 }
 
+/// The failover's `hold_seconds` in the test below, and the most a sense
+/// that straddles the primary's return may start before it, in seconds.
+const HOLD: f64 = 8.0;
+const SLACK: i64 = 3;
+
 #[test]
 fn cut_link_fails_the_route_over_and_back_after_the_hold_time() {
     let Some(p) = pair(true) else { return };
@@ -264,7 +271,7 @@ fn cut_link_fails_the_route_over_and_back_after_the_hold_time() {
         networks: [{ENDPOINT_B}/32]
         primary: {{gateway: {PRIMARY_GW}, dev: pa}}
         backup: {{gateway: {BACKUP_GW}, dev: ba}}
-        hold_seconds: 2
+        hold_seconds: {HOLD}
 "
     );
     let cfg = config(work.path(), &p, &failover);
@@ -299,16 +306,47 @@ fn cut_link_fails_the_route_over_and_back_after_the_hold_time() {
     p.traffic_flows(Duration::from_secs(5))
         .expect("traffic flows over the backup path");
 
-    // The primary comes back: routes return after the hold time.
+    // The primary comes back: routes return after the hold time, not
+    // before. The real route is sampled all along.
+    let up_at = chrono::Utc::now();
     p.b.ip(&["link", "set", "pb", "up"]);
-    let records = wait_for(Duration::from_secs(30), "route_restored", || {
+    let mut samples = Vec::new();
+    let records = wait_for(Duration::from_secs(60), "route_restored", || {
+        let route = p.endpoint_route();
+        samples.push((chrono::Utc::now(), route));
         let r = audit(&data);
         (!find(&r, "alert", "route_restored").is_empty()).then_some(r)
     });
-    let back = &entry(find(&records, "alert", "route_restored")[0])["data"]["alert"];
+    let restored = find(&records, "alert", "route_restored");
+    assert_eq!(restored.len(), 1, "routes switched back once");
+    let back = &entry(restored[0])["data"]["alert"];
     assert_eq!(back["severity"], "normal");
-    assert_eq!(back["details"]["hold_seconds"], 2.0);
+    assert_eq!(back["details"]["hold_seconds"], HOLD);
+    assert_eq!(back["details"]["primary_check"]["device"], "pa", "{back}");
+    assert!(
+        back["details"]["primary_check"]["received"].as_u64() > Some(0),
+        "switched back on an answering primary: {back}"
+    );
     assert_eq!(p.endpoint_route(), (PRIMARY_GW.to_string(), "pa".into()));
+    // Lower bounds only, so a slow machine cannot fail them. The primary
+    // could not answer before `up_at`, and the agent's hold starts at the
+    // start of the sense that first saw it answer, at most one sense
+    // (probes of a dead path included) before `up_at`: SLACK covers that.
+    let earliest = up_at + chrono::Duration::seconds(HOLD as i64 - SLACK);
+    let switched = skos_core::timefmt::parse(back["timestamp"].as_str().unwrap()).unwrap();
+    assert!(
+        switched >= earliest,
+        "routes switched back {} ms after the primary came up; the hold is {HOLD} s",
+        (switched - up_at).num_milliseconds()
+    );
+    let early: Vec<_> = samples
+        .iter()
+        .filter(|(t, route)| *t < earliest && route.0 != BACKUP_GW)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "the route left the backup path during the hold: {early:?}"
+    );
     wait_for(
         Duration::from_secs(15),
         "traffic on the primary path",

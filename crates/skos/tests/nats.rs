@@ -101,7 +101,7 @@ fn hot_cpu_over_jetstream_is_throttled_and_audited() {
         || status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "healthy")),
     );
 
-    cpu.set_temp(1, 87.0);
+    cpu.heat(87.0);
     wait_for(Duration::from_secs(30), "scaling_max_freq at 50 %", || {
         (0..2)
             .all(|p| read_khz(sys.root(), p) == MAX / 2)
@@ -127,10 +127,43 @@ fn hot_cpu_over_jetstream_is_throttled_and_audited() {
         .find(|c| c["entry"]["data"]["command"]["action_type"] == "throttle_50")
         .expect("command audited");
     assert!(cmd["entry"]["data"]["command"]["deadline"].is_string());
+    assert_eq!(
+        commands_of(&records, "throttle_50"),
+        1,
+        "one critical alert, one throttle_50"
+    );
     let s = wait_for(Duration::from_secs(10), "critical in status", || {
         status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "critical"))
     });
     assert!(!s["recent_actions"].as_array().unwrap().is_empty());
+
+    // Still 87 °C: the throttle did not bring the CPU below critical within
+    // verify_within, so its verification fails and escalates to emergency
+    // (judged on heartbeats sent after the result, not on the cool one the
+    // coordinator knew when the result came).
+    let throttle = cmd["entry"]["data"]["command"].clone();
+    let escalated = format!("{}-esc-emergency", throttle["cause"].as_str().unwrap());
+    let records = wait_for(
+        Duration::from_secs(60),
+        "throttle_50 not verified, escalated",
+        || {
+            let r = audit(&nats);
+            let failed = audit_events(&r, "verification").iter().any(|v| {
+                v["entry"]["data"]["action_id"] == throttle["action_id"]
+                    && v["entry"]["data"]["outcome"] == "failed"
+            });
+            let esc = audit_events(&r, "decision")
+                .iter()
+                .any(|d| d["entry"]["data"]["alert_id"] == escalated.as_str());
+            (failed && esc).then_some(r)
+        },
+    );
+    let esc = audit_events(&records, "alert")
+        .into_iter()
+        .find(|a| a["entry"]["data"]["alert_id"] == escalated.as_str())
+        .unwrap();
+    assert_eq!(esc["entry"]["data"]["alert"]["severity"], "emergency");
+    assert_eq!(esc["entry"]["data"]["alert"]["agent_id"], "coordinator");
 
     // What the coordinator knew survives a crash: it is kept in SKOS_STATE.
     std::thread::sleep(Duration::from_millis(2500));
@@ -150,8 +183,8 @@ fn hot_cpu_over_jetstream_is_throttled_and_audited() {
         "recent actions restored: {s}"
     );
     assert_eq!(
-        s["open_alerts"][0]["severity"], "critical",
-        "open alerts restored: {s}"
+        s["open_alerts"][0]["severity"], "emergency",
+        "open alerts restored (the escalated one): {s}"
     );
 
     // The audit stream refuses purges and deletes, and its chain verifies.
@@ -175,6 +208,70 @@ fn hot_cpu_over_jetstream_is_throttled_and_audited() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+
+    // Cool below warning - hysteresis (72 °C): after clear_for the
+    // coordinator lifts the throttle, once.
+    cpu.heat(60.0);
+    wait_for(
+        Duration::from_secs(60),
+        "scaling_max_freq back at max",
+        || (0..2).all(|p| read_khz(sys.root(), p) == MAX).then_some(()),
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "reset_throttle result audited",
+        || {
+            let r = audit(&nats);
+            audit_events(&r, "result")
+                .iter()
+                .any(|e| {
+                    e["entry"]["data"]["result"]["action_type"] == "reset_throttle"
+                        && e["entry"]["data"]["result"]["status"] == "succeeded"
+                })
+                .then_some(())
+        },
+    );
+    let s = wait_for(Duration::from_secs(30), "nova healthy, unthrottled", || {
+        status(&nats).filter(|s| {
+            node(s, "nova").is_some_and(|n| n["status"] == "healthy" && n["throttle_level"] == 0)
+        })
+    });
+    // Nothing more: the coordinator handles several more heartbeats (more
+    // than clear_for of them, each a chance to reset again), then the count
+    // is still one.
+    let seen = s["counters"]["heartbeats.received"].as_u64().unwrap();
+    wait_for(Duration::from_secs(30), "six more heartbeats", || {
+        status(&nats).filter(|s| {
+            s["counters"]["heartbeats.received"]
+                .as_u64()
+                .is_some_and(|n| n >= seen + 6)
+        })
+    });
+    let records = audit(&nats);
+    assert_eq!(
+        commands_of(&records, "reset_throttle"),
+        1,
+        "one reset_throttle"
+    );
+    assert_eq!(
+        commands_of(&records, "throttle_50"),
+        1,
+        "still one throttle_50"
+    );
+    let reset = audit_events(&records, "command")
+        .into_iter()
+        .find(|c| c["entry"]["data"]["command"]["action_type"] == "reset_throttle")
+        .unwrap();
+    assert_eq!(reset["entry"]["data"]["command"]["cause"], "recovery");
+    assert!((0..2).all(|p| read_khz(sys.root(), p) == MAX));
+}
+
+/// How many `action` commands the audit trail records.
+fn commands_of(records: &[Value], action: &str) -> usize {
+    audit_events(records, "command")
+        .iter()
+        .filter(|c| c["entry"]["data"]["command"]["action_type"] == action)
+        .count()
 }
 
 #[test]
@@ -270,6 +367,9 @@ fn coordinator_killed_and_restarted_handles_every_alert_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     coord.sigkill();
+    // What coordinator-1 wrote before it died: nothing writes the trail
+    // again until coordinator-2 starts.
+    let cut = audit(&nats).len();
     for i in 20..40 {
         publish(i);
     }
@@ -285,7 +385,7 @@ fn coordinator_killed_and_restarted_handles_every_alert_once() {
             .filter_map(|e| e["entry"]["data"]["alert_id"].as_str().map(str::to_owned))
             .filter(|id| id.starts_with("test-alert-"))
             .collect();
-        (ids.len() == total).then_some(r)
+        (ids.len() == total && outcomes_complete(&r, cut)).then_some(r)
     });
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for e in audit_events(&records, "alert") {
@@ -310,6 +410,7 @@ fn coordinator_killed_and_restarted_handles_every_alert_once() {
         cmds.values().all(|n| *n == 1),
         "commands sent twice: {cmds:?}"
     );
+    check_throttle_10_per_node(&records, cut, &nats);
     // The stored commands are unique too (JetStream de-duplicates by action_id).
     let stored = rt.block_on(async {
         let Bus::Nats(b) = &bus else { unreachable!() };
@@ -343,6 +444,116 @@ fn coordinator_killed_and_restarted_handles_every_alert_once() {
         out.status.success(),
         "after a server restart: {}",
         String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn is_test_alert(r: &Value) -> bool {
+    r["entry"]["event_type"] == "alert"
+        && r["entry"]["data"]["alert_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("test-alert-"))
+}
+
+/// Whether the entries of every handled test alert (alert, decision, then
+/// a command or a skip) are all written, except those of the last alert
+/// coordinator-1 wrote before `cut`, which its SIGKILL may have cut short.
+fn outcomes_complete(records: &[Value], cut: usize) -> bool {
+    records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| is_test_alert(r))
+        .all(|(i, _)| i + 2 < records.len() || (i < cut && i + 2 >= cut))
+}
+
+/// Each warning alert asks for `throttle_10` on its node. No agent answers,
+/// so a sent `throttle_10` stays pending and every later alert for that
+/// node is skipped as `in_progress` (the rate limit is 1000 a minute, no
+/// node is known so none is offline, no breaker fails): one command per
+/// node and coordinator life, except that coordinator-2 sends none for a
+/// node whose pending command it restored from the snapshot.
+fn check_throttle_10_per_node(records: &[Value], cut: usize, nats: &NatsServer) {
+    let data = |r: &Value| r["entry"]["data"].clone();
+    // The entries of one alert are consecutive: the coordinator handles
+    // one message at a time and writes its entries in order.
+    for (i, r) in records.iter().enumerate().filter(|(_, r)| is_test_alert(r)) {
+        let id = data(r)["alert_id"].clone();
+        let group: Vec<&Value> = records[i + 1..].iter().take(2).collect();
+        let limit = if i < cut { cut - i - 1 } else { 2 };
+        let group = &group[..group.len().min(limit)];
+        if group.len() < 2 {
+            assert!(i < cut && i + 2 >= cut, "entries of {id} missing");
+        }
+        if let Some(d) = group.first() {
+            assert_eq!(d["entry"]["event_type"], "decision", "after {id}: {d}");
+            assert_eq!(data(d)["alert_id"], id);
+            assert_eq!(data(d)["actions"], json!(["throttle_10"]), "{d}");
+        }
+        if let Some(o) = group.get(1) {
+            match o["entry"]["event_type"].as_str() {
+                Some("command") => {
+                    assert_eq!(data(o)["command"]["action_type"], "throttle_10", "{o}");
+                    assert_eq!(data(o)["command"]["cause"], id, "{o}");
+                    assert_eq!(data(o)["command"]["node"], r["entry"]["node"], "{o}");
+                }
+                Some("skipped") => {
+                    assert_eq!(data(o)["action"], "throttle_10", "{o}");
+                    assert_eq!(data(o)["reason"], "in_progress", "{o}");
+                }
+                _ => panic!("after the decision for {id}: {o}"),
+            }
+        }
+    }
+    let throttle_10 = |r: &&Value| {
+        r["entry"]["event_type"] == "command"
+            && r["entry"]["data"]["command"]["action_type"] == "throttle_10"
+    };
+    let first: Vec<&Value> = records[..cut].iter().filter(throttle_10).collect();
+    let second: Vec<&Value> = records[cut..].iter().filter(throttle_10).collect();
+    let ids_second: std::collections::BTreeSet<String> = second
+        .iter()
+        .map(|c| {
+            c["entry"]["data"]["command"]["action_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // Restored: coordinator-2 knows a throttle_10 it did not send.
+    let s = status(nats).expect("coordinator-2 answers");
+    let restored: std::collections::BTreeSet<String> = s["recent_actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["action_type"] == "throttle_10"
+                && !ids_second.contains(a["action_id"].as_str().unwrap_or(""))
+        })
+        .map(|a| a["node"].as_str().unwrap().to_string())
+        .collect();
+    let on = |cmds: &[&Value], n: &str| {
+        cmds.iter()
+            .filter(|c| c["entry"]["data"]["command"]["node"] == n)
+            .count()
+    };
+    let mut expected = 0;
+    for i in 0..5 {
+        let n = format!("n{i}");
+        let (one, two) = (on(&first, &n), on(&second, &n));
+        assert!(one <= 1, "coordinator-1 sent {one} throttle_10 to {n}");
+        let want = usize::from(!restored.contains(&n));
+        assert_eq!(
+            two, want,
+            "coordinator-2 sent {two} throttle_10 to {n} (restored: {restored:?})"
+        );
+        assert!(one + two >= 1, "no throttle_10 reached {n}");
+        expected += one + two;
+    }
+    assert!(expected >= 5);
+    assert_eq!(first.len() + second.len(), expected);
+    assert_eq!(
+        first.len() + second.len(),
+        audit_events(records, "command").len(),
+        "nothing but throttle_10 was sent"
     );
 }
 

@@ -127,7 +127,7 @@ fn agents_are_confined_to_their_own_subjects() {
         "agent-nova",
     );
     // The whole loop works within the permissions: heat -> throttle.
-    cpu.set_temp(1, 88.0);
+    cpu.heat(88.0);
     wait_for(
         Duration::from_secs(40),
         "nova throttled through the permissioned server",
@@ -271,14 +271,11 @@ fn certificates(dir: &Path) {
 
 #[test]
 fn tls_with_client_certificates() {
-    if std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIP: openssl is not installed (needed to make test certificates)");
-        return;
-    }
+    // openssl makes the test certificates.
+    skos_testsupport::require!(
+        "openssl",
+        skos_testsupport::require::program("openssl", &["version"], "openssl")
+    );
     let work = tempfile::tempdir().unwrap();
     let d = work.path();
     certificates(d);

@@ -7,17 +7,18 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+use skos_testsupport::require;
 use skos_testsupport::sinks::HttpSink;
 use skos_testsupport::tmpfs::Tmpfs;
 
+/// A real tmpfs, or `None` (skip) where none can be mounted; under
+/// `SKOS_TEST_REQUIRE_ALL=1` that fails the test instead.
 fn mount(size: &str, inodes: Option<u64>) -> Option<Tmpfs> {
-    match Tmpfs::mount(size, inodes) {
-        Ok(t) => Some(t),
-        Err(reason) => {
-            eprintln!("SKIP: cannot mount a tmpfs here: {reason}");
-            None
-        }
-    }
+    require::require(
+        &require::test_name(module_path!()),
+        "a tmpfs mount",
+        Tmpfs::mount(size, inodes),
+    )
 }
 
 fn percent(p: &Path) -> f64 {

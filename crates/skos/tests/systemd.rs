@@ -4,16 +4,14 @@
 use std::path::Path;
 use std::process::Command;
 
+use skos_testsupport::require;
+
 #[test]
 fn shipped_units_verify() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIP: systemd-analyze is not installed (Debian package systemd)");
-        return;
-    }
+    skos_testsupport::require!(
+        "systemd-analyze",
+        require::program("systemd-analyze", &["--version"], "systemd")
+    );
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/systemd");
     let dir = tempfile::tempdir().unwrap();
     let mut checked = 0;
