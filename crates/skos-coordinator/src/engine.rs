@@ -712,7 +712,14 @@ impl Engine {
         let hb = &state.heartbeat;
         let throttled = hb.throttle_level.unwrap_or(0) > 0;
         let temps: Vec<f64> = [hb.cpu_temp, hb.gpu_temp].into_iter().flatten().collect();
-        let cool = !temps.is_empty() && temps.iter().all(|&t| t < clear_below);
+        let cool = !temps.is_empty()
+            && temps.iter().all(|&t| {
+                skos_core::level::cleared(
+                    self.cfg.thermal.thresholds.warning,
+                    self.cfg.thermal.hysteresis,
+                    t,
+                )
+            });
         if !cool || !throttled {
             state.cool_since = None;
             return;
@@ -1595,6 +1602,21 @@ mod tests {
             "{cmds:?}"
         );
         cmds.len()
+    }
+
+    /// Exactly at the clear level (72.0) the agent still reports warning,
+    /// so the coordinator must not lift the throttle either.
+    #[test]
+    fn the_clear_level_itself_is_not_cool() {
+        let mut e = engine();
+        for i in 0..=10 {
+            let at = f64::from(i) * 10.0;
+            let fx = e.on_heartbeat(hb(Some(72.0), 50, at), t(at));
+            assert_eq!(reset_commands(&fx), 0, "72.0 °C at {at} s is not cool");
+        }
+        e.on_heartbeat(hb(Some(71.9), 50, 101.0), t(101.0));
+        let fx = e.on_heartbeat(hb(Some(71.9), 50, 131.0), t(131.0));
+        assert_eq!(reset_commands(&fx), 1);
     }
 
     #[test]

@@ -63,10 +63,18 @@ impl LevelRules {
             .rev()
             .copied()
             .filter(|&l| l <= current)
-            .find(|&l| value > self.threshold(l) - self.hysteresis)
+            .find(|&l| !cleared(self.threshold(l), self.hysteresis, value))
             .unwrap_or(Severity::Normal);
         up.max(stay)
     }
+}
+
+/// Whether `value` has cleared a level whose threshold is `threshold`:
+/// it is below `threshold - hysteresis` (at exactly that value the level
+/// still holds). The one definition of "cleared" for agents and the
+/// coordinator alike, so both sides agree on every reading.
+pub fn cleared(threshold: f64, hysteresis: f64, value: f64) -> bool {
+    value < threshold - hysteresis
 }
 
 /// Why a level is being reported.
@@ -202,6 +210,32 @@ mod tests {
                 from: Severity::Warning,
                 to: Severity::Normal
             })
+        );
+    }
+
+    /// Exactly at `threshold - hysteresis` the level holds; just below, it
+    /// clears. The coordinator's cool-down uses the same `cleared`.
+    #[test]
+    fn the_clear_level_itself_still_holds() {
+        let r = rules();
+        let clear = r.thresholds.warning - r.hysteresis;
+        let mut tr = LevelTracker::default();
+        tr.observe(&r, 60.0, t(0));
+        assert!(tr.observe(&r, r.thresholds.warning + 1.0, t(1)).is_some());
+        assert_eq!(tr.observe(&r, clear, t(2)), None, "at the clear level");
+        assert_eq!(tr.current(), Severity::Warning);
+        assert_eq!(
+            tr.observe(&r, clear - 0.01, t(3)),
+            Some(Report::Changed {
+                from: Severity::Warning,
+                to: Severity::Normal
+            })
+        );
+        assert!(!cleared(75.0, 3.0, 72.0));
+        assert!(cleared(75.0, 3.0, 71.99));
+        assert!(
+            !cleared(75.0, 0.0, 75.0),
+            "no hysteresis: the threshold holds"
         );
     }
 

@@ -54,12 +54,24 @@ pub fn fake_cpufreq(root: &Path, policies: usize, min_khz: u64, max_khz: u64) {
 }
 
 /// The `scaling_max_freq` of `policy<policy>`, in kHz.
+///
+/// On a plain-file tree an agent's write (truncate, then write, as on
+/// sysfs) can be seen half done: an empty read is retried for up to a
+/// second before it is an error.
 pub fn read_khz(root: &Path, policy: usize) -> u64 {
     let path = policy_dir(root, policy).join("scaling_max_freq");
-    let text = fs::read_to_string(&path).unwrap();
-    text.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", path.display()))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let text = fs::read_to_string(&path).unwrap();
+        if text.trim().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            continue;
+        }
+        return text
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", path.display()));
+    }
 }
 
 /// Creates the cgroup v2 directory `<root>/fs/cgroup/<rel>` with `cpu.max`

@@ -394,8 +394,18 @@ pub fn millis(c: f64) -> String {
     format!("{}\n", (c * 1000.0).round() as i64)
 }
 
+/// Replaces `path` whole (a temp file beside it, then a rename): a reader
+/// sees the old or the new value, never an empty or half-written file, as
+/// with a real sysfs attribute.
 fn write(path: &Path, text: &str) {
-    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".skos-write-{name}"));
+    fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    fs::rename(&tmp, path)
+        .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), path.display()));
 }
 
 #[cfg(test)]
