@@ -237,7 +237,7 @@ impl Agent {
                 "deadline passed before execution",
             ))
         } else if let Err(e) =
-            skos_core::policy::validate_parameters(&cmd.action_type, &cmd.parameters)
+            skos_core::catalogue::validate_parameters(&cmd.action_type, &cmd.parameters)
         {
             Some(Outcome::new(
                 ResultStatus::Rejected,

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use serde_json::{json, Value};
+use skos_core::catalogue::{self, Executor};
 use skos_core::config::Config;
 use skos_core::level::{LevelRules, LevelTracker, Report};
-use skos_core::policy;
 use skos_core::protocol::{Alert, AlertKind, Command, Heartbeat, ResultStatus, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
@@ -17,11 +17,11 @@ use crate::sensors::{hottest, Reading, SensorKind, Sensors};
 use crate::throttle::{effective_throttle, FreqCap, Throttler};
 use crate::Outcome;
 
-pub const AGENT_TYPE: &str = "thermal_sentinel";
+pub const AGENT_TYPE: &str = Executor::ThermalSentinel.as_str();
 
-/// The actions this antibody carries out.
+/// The actions this antibody carries out (its entries in the catalogue).
 pub fn handles(action: &str) -> bool {
-    action == "reset_throttle" || policy::throttle_level(action).is_some()
+    Executor::ThermalSentinel.handles(action)
 }
 
 pub struct ThermalSentinel {
@@ -171,7 +171,7 @@ impl ThermalSentinel {
     pub fn execute(&mut self, cmd: &Command) -> Outcome {
         let outcome = if cmd.action_type == "reset_throttle" {
             self.throttler.reset()
-        } else if let Some(level) = policy::throttle_level(&cmd.action_type) {
+        } else if let Some(level) = catalogue::throttle_level(&cmd.action_type) {
             self.throttler.apply(level)
         } else {
             return Outcome::new(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use skos_bus::{subjects, Bus};
-use skos_core::policy::ANTIBODIES;
+use skos_core::catalogue::Executor;
 
 use crate::error::Context;
 use crate::hotcpu::FakeMachine;
@@ -74,7 +74,7 @@ async fn idle(o: &Opts, bin: &Path) -> Result<(Value, Vec<Figure>)> {
         .ctx("temp dir")?;
     let machine = FakeMachine::new()?;
     let trust = procs::trust_section(bin, work.path());
-    let antibodies = ANTIBODIES.join(", ");
+    let antibodies = built_antibodies().join(", ");
     let watched = work.path().join("watched");
     std::fs::create_dir_all(&watched).map_err(|e| Error::io(&watched, e))?;
     let cfg = work.path().join("config.yaml");
@@ -134,9 +134,8 @@ async fn idle(o: &Opts, bin: &Path) -> Result<(Value, Vec<Figure>)> {
     let (ua, uc) = (u[0], u[1]);
     let un = u.get(2).copied();
     let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
-    let skipped: Vec<&str> = ANTIBODIES
-        .iter()
-        .copied()
+    let skipped: Vec<&str> = built_antibodies()
+        .into_iter()
         .filter(|a| {
             log.lines()
                 .any(|l| l.contains("not available in this build") && l.contains(a))
@@ -154,7 +153,7 @@ async fn idle(o: &Opts, bin: &Path) -> Result<(Value, Vec<Figure>)> {
         Figure::new(S, "coordinator idle CPU", uc.cpu_share, CORE),
     ];
     let data = json!({
-        "antibodies_enabled": ANTIBODIES,
+        "antibodies_enabled": built_antibodies(),
         "antibodies_not_built": skipped,
         "agent_intervals": {"monitor": 5.0, "heartbeat": 10.0},
         "agent": ua,
@@ -358,4 +357,13 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         }),
         figures,
     })
+}
+
+/// Every antibody this build carries, by name.
+fn built_antibodies() -> Vec<&'static str> {
+    Executor::ALL
+        .into_iter()
+        .filter(|e| e.built())
+        .map(Executor::as_str)
+        .collect()
 }

@@ -13,12 +13,12 @@ use skos_core::breaker::{Admission, BreakerKey, BreakerSnapshot, Breakers, Trans
 use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::level::secs;
-use skos_core::policy;
 use skos_core::protocol::{
     Alert, AlertKind, AuditEntry, Command, CommandResult, Heartbeat, ResultStatus, Severity,
 };
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
+use skos_core::{catalogue, policy};
 
 use crate::status::{ActionRecord, AgentStatus, NodeStatus, Status};
 
@@ -563,7 +563,7 @@ impl Engine {
         let key = BreakerKey::new(p.node.as_str(), &p.problem, &p.action);
         let freed = result.details.get("bytes_freed").and_then(Value::as_u64);
         match result.status {
-            ResultStatus::Succeeded if policy::frees_space(&p.action) && freed == Some(0) => {
+            ResultStatus::Succeeded if catalogue::frees_space(&p.action) && freed == Some(0) => {
                 self.counters.inc("actions.freed_nothing");
                 out.push(audit(
                     "verification",
@@ -577,7 +577,7 @@ impl Engine {
             }
             ResultStatus::Succeeded => {
                 match (
-                    policy::is_verifiable(&p.action),
+                    catalogue::is_verifiable(&p.action),
                     policy::metric_for(&p.problem),
                 ) {
                     (true, Some(metric)) => {
@@ -1066,7 +1066,7 @@ impl Engine {
             return;
         }
         match result.status {
-            ResultStatus::Succeeded if policy::is_verifiable(&p.action) => {}
+            ResultStatus::Succeeded if catalogue::is_verifiable(&p.action) => {}
             ResultStatus::Succeeded
                 if result.details.get("resolved").and_then(Value::as_bool) == Some(true) =>
             {
@@ -1390,8 +1390,18 @@ mod tests {
         }
     }
 
+    /// The defaults with the seed's thermal table, which also names
+    /// actions no antibody executes (`redistribute`, ...): they show how an
+    /// `unsupported` answer is handled.
+    fn seed_config() -> Config {
+        let mut cfg = Config::default();
+        cfg.thermal.actions.critical = vec!["throttle_50".into(), "redistribute".into()];
+        cfg.thermal.actions.emergency = vec!["shutdown_non_essential".into(), "failover".into()];
+        cfg
+    }
+
     fn engine() -> Engine {
-        Engine::new(Config::default(), Counters::default(), "test")
+        Engine::new(seed_config(), Counters::default(), "test")
     }
 
     #[test]
@@ -1773,7 +1783,7 @@ mod tests {
     fn dry_run_decides_and_audits_but_sends_nothing() {
         let cfg = Config {
             dry_run: true,
-            ..Default::default()
+            ..seed_config()
         };
         let mut e = Engine::new(cfg, Counters::default(), "test");
         let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
@@ -1784,7 +1794,7 @@ mod tests {
 
     #[test]
     fn rate_limit_per_node() {
-        let mut cfg = Config::default();
+        let mut cfg = seed_config();
         cfg.coordinator.max_actions_per_node_per_minute = 2;
         let mut e = Engine::new(cfg, Counters::default(), "test");
         let fx = e.on_alert(alert(Severity::Emergency, 99.0, 0.0), t(0.0));

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod breaker;
+pub mod catalogue;
 pub mod chain;
 pub mod config;
 pub mod counters;

@@ -3,100 +3,6 @@
 use crate::config::{ActionTable, Config};
 use crate::protocol::{Alert, AlertKind, Severity};
 
-/// Antibodies an agent can run.
-pub const ANTIBODIES: &[&str] = &[
-    "thermal_sentinel",
-    "storage_watcher",
-    "mesh_healer",
-    "loop_breaker",
-];
-
-/// Every action name the healing tables may use. Agents implement a subset
-/// and answer `unsupported` for the rest.
-pub const KNOWN_ACTIONS: &[&str] = &[
-    // thermal
-    "throttle_10",
-    "throttle_50",
-    "throttle_100",
-    "reset_throttle",
-    // workloads
-    "redistribute",
-    "shutdown_non_essential",
-    "failover",
-    "failback",
-    // storage
-    "cleanup_temp",
-    "cleanup_logs",
-    "archive_old",
-    "emergency_cleanup",
-    "alert_human",
-    // mesh
-    "restart_wireguard",
-    "regenerate_config",
-    "ping_peer",
-    "failover_route",
-    // loop
-    "circuit_break",
-    "reset_chain",
-];
-
-/// The parameters an action accepts, with their kind. Every other
-/// parameter, or one of the wrong kind, makes the command invalid. The
-/// targets of an action (files, cgroups, interfaces, processes) always come
-/// from the node's configuration, never from a parameter.
-pub fn parameter_schema(action: &str) -> &'static [(&'static str, ParamKind)] {
-    match action {
-        "circuit_break" | "reset_chain" => &[
-            ("chain_id", ParamKind::Token),
-            ("chain_kind", ParamKind::Token),
-        ],
-        "ping_peer" | "failover_route" => &[("peer", ParamKind::Token)],
-        "restart_wireguard" | "regenerate_config" => &[("interface", ParamKind::Token)],
-        _ => &[],
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamKind {
-    /// A short name: letters, digits, `-`, `_`, `.`, `:`, at most 128 bytes;
-    /// it can only select among configured targets.
-    Token,
-}
-
-/// Check a command's parameters against its action's schema.
-pub fn validate_parameters(
-    action: &str,
-    params: &serde_json::Map<String, serde_json::Value>,
-) -> Result<(), String> {
-    let schema = parameter_schema(action);
-    for (name, value) in params {
-        let Some((_, kind)) = schema.iter().find(|(n, _)| n == name) else {
-            return Err(format!("{action} takes no parameter {name:?}"));
-        };
-        match kind {
-            ParamKind::Token => {
-                let ok = value.as_str().is_some_and(|s| {
-                    !s.is_empty()
-                        && s.len() <= 128
-                        && s.chars().all(|c| {
-                            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
-                        })
-                });
-                if !ok {
-                    return Err(format!("{action}: parameter {name:?} must be a short name"));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The throttle level in percent named by an action (`throttle_50` → 50).
-pub fn throttle_level(action: &str) -> Option<u8> {
-    let n: u8 = action.strip_prefix("throttle_")?.parse().ok()?;
-    (n <= 100).then_some(n)
-}
-
 fn by_severity(table: &ActionTable, s: Severity) -> &[String] {
     match s {
         Severity::Normal => &[],
@@ -182,24 +88,6 @@ pub fn mesh_peer_nodes(hb: &crate::protocol::Heartbeat) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Actions whose job is to free space: one that freed nothing failed.
-pub fn frees_space(action: &str) -> bool {
-    matches!(
-        action,
-        "cleanup_temp" | "cleanup_logs" | "archive_old" | "emergency_cleanup"
-    )
-}
-
-/// Whether an action's effect can be checked on a heartbeat metric.
-pub fn is_verifiable(action: &str) -> bool {
-    throttle_level(action).is_some()
-        || frees_space(action)
-        || matches!(
-            action,
-            "restart_wireguard" | "regenerate_config" | "failover_route"
-        )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,8 +110,8 @@ mod tests {
             )
         };
         assert_eq!(t("warning"), vec!["throttle_10"]);
-        assert_eq!(t("critical"), vec!["throttle_50", "redistribute"]);
-        assert_eq!(t("emergency"), vec!["shutdown_non_essential", "failover"]);
+        assert_eq!(t("critical"), vec!["throttle_50"]);
+        assert_eq!(t("emergency"), vec!["throttle_100"]);
         assert!(t("normal").is_empty());
     }
 
@@ -259,32 +147,6 @@ mod tests {
     }
 
     #[test]
-    fn parameters_follow_the_schema() {
-        let p = |v: serde_json::Value| v.as_object().unwrap().clone();
-        assert!(validate_parameters("throttle_50", &p(serde_json::json!({}))).is_ok());
-        assert!(validate_parameters(
-            "throttle_50",
-            &p(serde_json::json!({"path": "/etc/passwd"}))
-        )
-        .is_err());
-        assert!(
-            validate_parameters("reset_chain", &p(serde_json::json!({"chain_id": "job-42"})))
-                .is_ok()
-        );
-        assert!(validate_parameters(
-            "reset_chain",
-            &p(serde_json::json!({"chain_id": "a; rm -rf /"}))
-        )
-        .is_err());
-        assert!(
-            validate_parameters("reset_chain", &p(serde_json::json!({"chain_id": 5}))).is_err()
-        );
-        assert!(
-            validate_parameters("ping_peer", &p(serde_json::json!({"peer": "../../x"}))).is_err()
-        );
-    }
-
-    #[test]
     fn mesh_levels_come_from_heartbeat_metadata() {
         let hb: crate::protocol::Heartbeat = serde_json::from_value(serde_json::json!({
             "agent_id": "a", "agent_type": "mesh_healer", "node": "nova",
@@ -301,15 +163,10 @@ mod tests {
         assert_eq!(mesh_level(&hb, "mesh:nope"), None);
         assert_eq!(mesh_level(&hb, "thermal:cpu"), None);
         assert_eq!(mesh_peer_nodes(&hb), vec!["lyra".to_string()]);
-        assert!(is_verifiable("restart_wireguard") && !is_verifiable("ping_peer"));
     }
 
     #[test]
-    fn throttle_levels() {
-        assert_eq!(throttle_level("throttle_50"), Some(50));
-        assert_eq!(throttle_level("throttle_100"), Some(100));
-        assert_eq!(throttle_level("throttle_150"), None);
-        assert_eq!(throttle_level("reset_throttle"), None);
+    fn metrics_of_problems() {
         assert_eq!(metric_for("thermal:cpu"), Some("cpu_temp"));
         assert_eq!(metric_for("mesh"), None);
     }

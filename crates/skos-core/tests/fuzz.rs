@@ -62,7 +62,7 @@ fn all_messages(bytes: &[u8]) {
     }
     if let Ok(c) = decode::<Command>(bytes, l) {
         let _ = c.validate();
-        let _ = skos_core::policy::validate_parameters(&c.action_type, &c.parameters);
+        let _ = skos_core::catalogue::validate_parameters(&c.action_type, &c.parameters);
     }
     let _ = decode::<CommandResult>(bytes, l);
 }

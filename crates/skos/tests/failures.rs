@@ -41,13 +41,18 @@ const VERIFY_WITHIN: f64 = 2.0;
 /// verification deadline, a small breaker, no rate limit in the way, and a
 /// heartbeat timeout no busy machine reaches (an offline node would turn
 /// the refusals into `node_offline` skips).
+/// The seed's thermal table: its emergency row names only actions no
+/// antibody executes (answered `unsupported`), so an escalation decides but
+/// sends nothing that could cool the node.
+const SEED_THERMAL_TABLE: &str = "  actions:\n    warning: [throttle_10]\n    critical: [throttle_50, redistribute]\n    emergency: [shutdown_non_essential, failover]\n";
+
 fn config(dir: &Path, antibodies: &str, extra: &str) -> PathBuf {
     let path = dir.join("config.yaml");
     let text = format!(
         "agent:\n  heartbeat_interval: 0.5\n  monitor_interval: 0.2\n  antibodies: [{antibodies}]\n\
 coordinator:\n  heartbeat_timeout: 30\n  verify_within: {VERIFY_WITHIN}\n  command_deadline: 30\n  max_actions_per_node_per_minute: 1000\n  recent_actions: 1000\n\
 circuit_breaker:\n  max_failures: {MAX_FAILURES}\n  window_seconds: 300\n  reset_timeout_seconds: {RESET_TIMEOUT}\n\
-thermal:\n  clear_for: 1\n  cooldown: 1\n  gpu: {{nvml: false, nvidia_smi: false, lm_sensors: false}}\n\
+thermal:\n  clear_for: 1\n  cooldown: 1\n  gpu: {{nvml: false, nvidia_smi: false, lm_sensors: false}}\n{SEED_THERMAL_TABLE}\
 {trust}{extra}",
         trust = trust_section(dir),
     );

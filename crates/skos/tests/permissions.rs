@@ -86,7 +86,16 @@ fn agents_are_confined_to_their_own_subjects() {
         ),
     );
     let coord_cfg2 = work.path().join("coordinator.yaml");
-    std::fs::rename(&coord_cfg, &coord_cfg2).unwrap();
+    // No verification deadline passes during the test: an escalation would
+    // send throttle_100, the very command lyra forges below.
+    let text = std::fs::read_to_string(&coord_cfg).unwrap();
+    assert!(text.contains("verify_within: 5\n"), "{text}");
+    std::fs::write(
+        &coord_cfg2,
+        text.replace("verify_within: 5\n", "verify_within: 600\n"),
+    )
+    .unwrap();
+    std::fs::remove_file(&coord_cfg).unwrap();
     let agent_cfg = fast_config(
         work.path(),
         &format!(

@@ -52,9 +52,7 @@ use crate::antibody::{Antibody, Execution};
 use crate::Outcome;
 use procwatch::ProcWatch;
 
-pub const AGENT_TYPE: &str = "loop_breaker";
-
-const ACTIONS: &[&str] = &["circuit_break", "reset_chain"];
+pub const AGENT_TYPE: &str = skos_core::catalogue::Executor::LoopBreaker.as_str();
 
 /// Alerts raised for cooperative chains per minute, at most; beyond that
 /// chains are still denied locally, the alert is only counted.
@@ -68,9 +66,9 @@ const STOP_PASSES: usize = 5;
 /// Respawn times listed in an alert, at most.
 const EVIDENCE_RESPAWNS: usize = 20;
 
-/// The actions this antibody carries out.
+/// The actions this antibody carries out (its entries in the catalogue).
 pub fn handles(action: &str) -> bool {
-    ACTIONS.contains(&action)
+    skos_core::catalogue::Executor::LoopBreaker.handles(action)
 }
 
 /// What a loop alert, and so a command, is about.

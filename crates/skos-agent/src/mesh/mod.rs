@@ -42,18 +42,11 @@ use crate::Outcome;
 use iproute::Link;
 use probe::ProbeReport;
 
-pub const AGENT_TYPE: &str = "mesh_healer";
+pub const AGENT_TYPE: &str = skos_core::catalogue::Executor::MeshHealer.as_str();
 
-const ACTIONS: &[&str] = &[
-    "restart_wireguard",
-    "regenerate_config",
-    "ping_peer",
-    "failover_route",
-];
-
-/// The actions this antibody carries out.
+/// The actions this antibody carries out (its entries in the catalogue).
 pub fn handles(action: &str) -> bool {
-    ACTIONS.contains(&action)
+    skos_core::catalogue::Executor::MeshHealer.handles(action)
 }
 
 /// What background jobs and `sense` share: interfaces being restarted are

@@ -24,19 +24,11 @@ use crate::notify::{self, Notification};
 use crate::Outcome;
 use usage::{FillRate, MountUsage};
 
-pub const AGENT_TYPE: &str = "storage_watcher";
+pub const AGENT_TYPE: &str = skos_core::catalogue::Executor::StorageWatcher.as_str();
 
-const ACTIONS: &[&str] = &[
-    "cleanup_temp",
-    "cleanup_logs",
-    "archive_old",
-    "emergency_cleanup",
-    "alert_human",
-];
-
-/// The actions this antibody carries out.
+/// The actions this antibody carries out (its entries in the catalogue).
 pub fn handles(action: &str) -> bool {
-    ACTIONS.contains(&action)
+    skos_core::catalogue::Executor::StorageWatcher.handles(action)
 }
 
 struct MountState {

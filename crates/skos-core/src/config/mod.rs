@@ -12,8 +12,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::catalogue::{self, Executor};
 use crate::node::NodeName;
-use crate::policy::KNOWN_ACTIONS;
 
 mod loops;
 mod mesh;
@@ -317,9 +317,13 @@ impl Default for ThermalConfig {
                 emergency: 95.0,
             },
             actions: ActionTable {
+                // The seed's table also names redistribute (critical),
+                // shutdown_non_essential and failover (emergency); no
+                // antibody executes those yet, so the defaults name only
+                // what agents carry out. A config naming them still loads.
                 warning: strings(&["throttle_10"]),
-                critical: strings(&["throttle_50", "redistribute"]),
-                emergency: strings(&["shutdown_non_essential", "failover"]),
+                critical: strings(&["throttle_50"]),
+                emergency: strings(&["throttle_100"]),
             },
             hysteresis: 3.0,
             for_: LevelHold::default(),
@@ -845,14 +849,24 @@ impl Config {
             ));
         }
         for (i, a) in self.agent.antibodies.iter().enumerate() {
-            if !crate::policy::ANTIBODIES.contains(&a.as_str()) {
-                out.push(issue(
+            let built: Vec<&str> = Executor::ALL
+                .into_iter()
+                .filter(|e| e.built())
+                .map(Executor::as_str)
+                .collect();
+            match Executor::parse(a) {
+                Some(e) if e.built() => {}
+                Some(_) => out.push(issue(
                     format!("agent.antibodies[{i}]"),
                     format!(
-                        "unknown antibody {a:?} (known: {})",
-                        crate::policy::ANTIBODIES.join(", ")
+                        "antibody {a:?} is not built yet (built: {})",
+                        built.join(", ")
                     ),
-                ));
+                )),
+                None => out.push(issue(
+                    format!("agent.antibodies[{i}]"),
+                    format!("unknown antibody {a:?} (known: {})", built.join(", ")),
+                )),
             }
         }
         check_thresholds(&mut out, "thermal", &self.thermal.thresholds);
@@ -1123,7 +1137,7 @@ fn check_table(out: &mut Vec<ConfigIssue>, prefix: &str, t: &ActionTable) {
 
 fn check_actions(out: &mut Vec<ConfigIssue>, prefix: &str, actions: &[String]) {
     for (i, a) in actions.iter().enumerate() {
-        if !KNOWN_ACTIONS.contains(&a.as_str()) {
+        if !catalogue::is_known(a) {
             out.push(issue(
                 format!("{prefix}[{i}]"),
                 format!("unknown action {a:?}"),
@@ -1154,18 +1168,18 @@ thermal:
 ";
 
     #[test]
-    fn seed_config_parses_to_defaults() {
+    fn seed_config_parses_to_defaults_but_for_its_workload_actions() {
         let cfg = Config::from_yaml(SEED).unwrap();
-        assert_eq!(cfg, Config::default());
+        let mut want = Config::default();
+        want.thermal.actions.critical = strings(&["throttle_50", "redistribute"]);
+        want.thermal.actions.emergency = strings(&["shutdown_non_essential", "failover"]);
+        assert_eq!(cfg, want);
     }
 
     #[test]
     fn empty_file_is_defaults_with_all_four_tables() {
         let cfg = Config::from_yaml("").unwrap();
-        assert_eq!(
-            cfg.thermal.actions.critical,
-            vec!["throttle_50", "redistribute"]
-        );
+        assert_eq!(cfg.thermal.actions.critical, vec!["throttle_50"]);
         assert_eq!(
             cfg.storage.actions.emergency,
             vec!["emergency_cleanup", "alert_human"]

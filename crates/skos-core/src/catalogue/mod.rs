@@ -1,0 +1,345 @@
+//! The action catalogue: one declaration per action, grouped by the
+//! antibody that executes it (one file each).
+//!
+//! Everything the rest of SKOS knows about an action comes from here: the
+//! names a healing table may use ([`is_known`]), the parameters a command
+//! may carry ([`ActionSpec::params`], checked by [`validate_parameters`]),
+//! which antibody carries it out ([`ActionSpec::executor`]; agents derive
+//! `handles` from it), how its effect is verified ([`ActionSpec::verify`]),
+//! whether it must free space, and whether it is destructive.
+//!
+//! To add an action: one entry in its antibody's file here, one arm in that
+//! antibody's `execute`, and, if it is a default, one entry in a default
+//! healing table. The catalogue test in `skos-agent` fails when a default
+//! table names an action no antibody handles, or an antibody handles an
+//! action declared for another.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+mod loops;
+mod mesh;
+mod storage;
+mod thermal;
+mod workloads;
+
+/// The antibodies, each of which executes its own actions. The wire and
+/// config name of each is [`Executor::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Executor {
+    ThermalSentinel,
+    StorageWatcher,
+    MeshHealer,
+    LoopBreaker,
+    /// Moves, stops and starts workloads (redistribute, failover). Not
+    /// built yet: its actions are accepted in tables (the seed's thermal
+    /// table names them) and answered `unsupported` by agents.
+    Workloads,
+}
+
+impl Executor {
+    /// Every antibody, in registry order.
+    pub const ALL: [Executor; 5] = [
+        Executor::ThermalSentinel,
+        Executor::StorageWatcher,
+        Executor::MeshHealer,
+        Executor::LoopBreaker,
+        Executor::Workloads,
+    ];
+
+    /// The antibody's name in `agent.antibodies` and in heartbeats'
+    /// `agent_type`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Executor::ThermalSentinel => "thermal_sentinel",
+            Executor::StorageWatcher => "storage_watcher",
+            Executor::MeshHealer => "mesh_healer",
+            Executor::LoopBreaker => "loop_breaker",
+            Executor::Workloads => "workloads",
+        }
+    }
+
+    /// Whether agents of this build carry this antibody (the workloads
+    /// antibody is declared for its actions' names, not built yet).
+    pub const fn built(self) -> bool {
+        !matches!(self, Executor::Workloads)
+    }
+
+    /// The antibody named `name` in a config, if any.
+    pub fn parse(name: &str) -> Option<Executor> {
+        Executor::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+
+    /// The actions this antibody executes, in catalogue order.
+    pub fn actions(self) -> impl Iterator<Item = &'static ActionSpec> {
+        all().filter(move |a| a.executor == self)
+    }
+
+    /// Whether this antibody executes `action`.
+    pub fn handles(self, action: &str) -> bool {
+        spec(action).is_some_and(|a| a.executor == self)
+    }
+}
+
+impl fmt::Display for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the coordinator checks that an action worked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Not checked on a metric: a `succeeded` result is success.
+    Result,
+    /// The problem's metric (`cpu_temp`, `gpu_temp`, `storage_percent`, a
+    /// mesh level) must fall below the alert level's threshold (for mesh
+    /// problems: to healthy) in a heartbeat sent after the result, within
+    /// `coordinator.verify_within`.
+    MetricBelow,
+}
+
+/// The kind of value a command parameter may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A short name: letters, digits, `-`, `_`, `.`, `:`, at most 128 bytes;
+    /// it can only select among configured targets.
+    Token,
+}
+
+/// One action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionSpec {
+    /// The wire name (`action_type`), also its name in healing tables.
+    pub name: &'static str,
+    pub executor: Executor,
+    /// The parameters a command may carry, with their kind. Every other
+    /// parameter, or one of the wrong kind, makes the command invalid. The
+    /// targets of an action (files, cgroups, interfaces, processes) always
+    /// come from the node's configuration, never from a parameter.
+    pub params: &'static [(&'static str, ParamKind)],
+    pub verify: Verify,
+    /// Its job is to free space: a result with `bytes_freed: 0` is a
+    /// failure at once.
+    pub frees_space: bool,
+    /// It deletes data, stops work or moves it off a node (as opposed to
+    /// slowing a node down or restarting a tunnel).
+    pub destructive: bool,
+}
+
+impl ActionSpec {
+    /// A plain action of `executor`: no parameters, verified by its result
+    /// only, frees nothing, not destructive.
+    pub(crate) const fn new(name: &'static str, executor: Executor) -> Self {
+        ActionSpec {
+            name,
+            executor,
+            params: &[],
+            verify: Verify::Result,
+            frees_space: false,
+            destructive: false,
+        }
+    }
+
+    pub(crate) const fn params(mut self, params: &'static [(&'static str, ParamKind)]) -> Self {
+        self.params = params;
+        self
+    }
+
+    pub(crate) const fn verified(mut self) -> Self {
+        self.verify = Verify::MetricBelow;
+        self
+    }
+
+    pub(crate) const fn frees_space(mut self) -> Self {
+        self.frees_space = true;
+        self
+    }
+
+    pub(crate) const fn destructive(mut self) -> Self {
+        self.destructive = true;
+        self
+    }
+}
+
+/// Every action, antibody by antibody.
+pub fn all() -> impl Iterator<Item = &'static ActionSpec> {
+    thermal::ACTIONS
+        .iter()
+        .chain(storage::ACTIONS)
+        .chain(mesh::ACTIONS)
+        .chain(loops::ACTIONS)
+        .chain(workloads::ACTIONS)
+}
+
+/// The declaration of `action`, if it is one.
+pub fn spec(action: &str) -> Option<&'static ActionSpec> {
+    all().find(|a| a.name == action)
+}
+
+/// Whether `action` is a name the healing tables may use.
+pub fn is_known(action: &str) -> bool {
+    spec(action).is_some()
+}
+
+/// Every action name, in catalogue order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    all().map(|a| a.name)
+}
+
+/// Whether an action's effect is checked on a heartbeat metric.
+pub fn is_verifiable(action: &str) -> bool {
+    spec(action).is_some_and(|a| a.verify == Verify::MetricBelow)
+}
+
+/// Whether an action's job is to free space (one that freed nothing
+/// failed).
+pub fn frees_space(action: &str) -> bool {
+    spec(action).is_some_and(|a| a.frees_space)
+}
+
+/// The throttle level in percent named by a throttle action
+/// (`throttle_50` → 50); `None` for any other action.
+pub fn throttle_level(action: &str) -> Option<u8> {
+    spec(action)?;
+    thermal::level_of(action)
+}
+
+/// Why a command's parameters were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("unknown action {action:?}")]
+    UnknownAction { action: String },
+    #[error("{action} takes no parameter {name:?}")]
+    Unexpected { action: String, name: String },
+    #[error("{action}: parameter {name:?} must be a short name")]
+    NotAToken { action: String, name: String },
+}
+
+/// Check a command's parameters against its action's declaration.
+///
+/// # Errors
+/// [`ParamError`] naming the action and the offending parameter.
+pub fn validate_parameters(action: &str, params: &Map<String, Value>) -> Result<(), ParamError> {
+    let spec = spec(action).ok_or_else(|| ParamError::UnknownAction {
+        action: action.to_string(),
+    })?;
+    for (name, value) in params {
+        let Some((_, kind)) = spec.params.iter().find(|(n, _)| n == name) else {
+            return Err(ParamError::Unexpected {
+                action: action.to_string(),
+                name: name.clone(),
+            });
+        };
+        match kind {
+            ParamKind::Token => {
+                let ok = value.as_str().is_some_and(|s| {
+                    !s.is_empty()
+                        && s.len() <= 128
+                        && s.chars().all(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
+                        })
+                });
+                if !ok {
+                    return Err(ParamError::NotAToken {
+                        action: action.to_string(),
+                        name: name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_are_unique_wire_tokens() {
+        let mut seen = std::collections::BTreeSet::new();
+        for a in all() {
+            assert!(seen.insert(a.name), "{} declared twice", a.name);
+            assert!(
+                !a.name.is_empty()
+                    && a.name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{}",
+                a.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_seed_actions_are_declared() {
+        for name in [
+            "throttle_10",
+            "throttle_50",
+            "throttle_100",
+            "reset_throttle",
+            "redistribute",
+            "shutdown_non_essential",
+            "failover",
+            "cleanup_temp",
+            "cleanup_logs",
+            "archive_old",
+            "emergency_cleanup",
+            "alert_human",
+            "restart_wireguard",
+            "regenerate_config",
+            "ping_peer",
+            "failover_route",
+            "circuit_break",
+            "reset_chain",
+        ] {
+            assert!(is_known(name), "{name}");
+        }
+        assert!(!is_known("rm -rf /"));
+        assert!(!is_known("throttle_37"));
+    }
+
+    #[test]
+    fn derived_properties() {
+        assert_eq!(throttle_level("throttle_50"), Some(50));
+        assert_eq!(throttle_level("throttle_100"), Some(100));
+        assert_eq!(throttle_level("throttle_150"), None);
+        assert_eq!(throttle_level("reset_throttle"), None);
+        assert!(is_verifiable("throttle_10") && is_verifiable("cleanup_temp"));
+        assert!(is_verifiable("restart_wireguard") && !is_verifiable("ping_peer"));
+        assert!(!is_verifiable("reset_throttle") && !is_verifiable("alert_human"));
+        assert!(frees_space("archive_old") && !frees_space("alert_human"));
+        assert!(spec("emergency_cleanup").is_some_and(|a| a.destructive));
+        assert!(spec("throttle_50").is_some_and(|a| !a.destructive));
+        assert!(Executor::ThermalSentinel.handles("reset_throttle"));
+        assert!(!Executor::StorageWatcher.handles("reset_throttle"));
+        assert_eq!(Executor::parse("mesh_healer"), Some(Executor::MeshHealer));
+        assert_eq!(Executor::parse("nope"), None);
+    }
+
+    #[test]
+    fn parameters_follow_the_declaration() {
+        let p = |v: Value| v.as_object().cloned().unwrap_or_default();
+        assert!(validate_parameters("throttle_50", &p(json!({}))).is_ok());
+        assert_eq!(
+            validate_parameters("throttle_50", &p(json!({"path": "/etc/passwd"}))),
+            Err(ParamError::Unexpected {
+                action: "throttle_50".into(),
+                name: "path".into()
+            })
+        );
+        assert!(validate_parameters("reset_chain", &p(json!({"chain_id": "job-42"}))).is_ok());
+        assert!(
+            validate_parameters("reset_chain", &p(json!({"chain_id": "a; rm -rf /"}))).is_err()
+        );
+        assert!(validate_parameters("reset_chain", &p(json!({"chain_id": 5}))).is_err());
+        assert!(validate_parameters("ping_peer", &p(json!({"peer": "../../x"}))).is_err());
+        assert!(matches!(
+            validate_parameters("format_disk", &p(json!({}))),
+            Err(ParamError::UnknownAction { .. })
+        ));
+    }
+}
