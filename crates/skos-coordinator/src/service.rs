@@ -64,14 +64,40 @@ fn encode_snapshot(snap: &crate::engine::EngineSnapshot) -> std::io::Result<Byte
     zstd::bulk::compress(&json, 3).map(Bytes::from)
 }
 
+/// Why the saved snapshot under `key` cannot be restored.
+#[derive(Debug, thiserror::Error)]
+enum SnapshotError {
+    #[error("state {key}: cannot decompress: {source}")]
+    Decompress {
+        key: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state {key}: {source}")]
+    Json {
+        key: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// zstd-compressed (as written now) or plain JSON (as written before).
-fn decode_snapshot(bytes: &[u8]) -> Result<crate::engine::EngineSnapshot, String> {
+fn decode_snapshot(bytes: &[u8]) -> Result<crate::engine::EngineSnapshot, SnapshotError> {
     const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let json = |source| SnapshotError::Json {
+        key: STATE_KEY,
+        source,
+    };
     if bytes.starts_with(&ZSTD_MAGIC) {
-        let json = zstd::bulk::decompress(bytes, SNAPSHOT_MAX_BYTES).map_err(|e| e.to_string())?;
-        serde_json::from_slice(&json).map_err(|e| e.to_string())
+        let plain = zstd::bulk::decompress(bytes, SNAPSHOT_MAX_BYTES).map_err(|source| {
+            SnapshotError::Decompress {
+                key: STATE_KEY,
+                source,
+            }
+        })?;
+        serde_json::from_slice(&plain).map_err(json)
     } else {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+        serde_json::from_slice(bytes).map_err(json)
     }
 }
 

@@ -1,0 +1,742 @@
+//! The coordinator's decisions, as a synchronous state machine.
+//!
+//! Inputs are already-decoded messages and the current time; outputs are
+//! [`Effect`]s, which the service carries out in order. Nothing here does
+//! I/O, so every safety rule is unit-tested directly.
+//!
+//! This file is the flow every problem goes through: an alert is recorded
+//! and decided from its healing table, each action passes the gates
+//! (dry-run, node offline, same action in progress, circuit breaker, rate
+//! limit) and is sent, its result is judged, a fix is verified on a later
+//! heartbeat or escalated, and all of it is audited. What is particular to
+//! a kind of problem (how its actions are carried out, what verifies them,
+//! what happens on a heartbeat, a clear or a tick) lives in [`kinds`], one
+//! module per kind. State that survives a restart is in [`state`].
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use chrono::Duration;
+use serde_json::{json, Value};
+use skos_core::breaker::{Admission, BreakerKey, Breakers, Transition};
+use skos_core::config::Config;
+use skos_core::counters::Counters;
+use skos_core::level::secs;
+use skos_core::protocol::{
+    Alert, AlertKind, AuditEntry, Command, CommandResult, Heartbeat, ResultStatus, Severity,
+};
+use skos_core::timefmt::Timestamp;
+use skos_core::NodeName;
+use skos_core::{catalogue, policy};
+
+use crate::status::{ActionRecord, AgentStatus, NodeStatus, Status};
+
+mod kinds;
+mod state;
+
+use kinds::mesh::Ladder;
+use kinds::Recovery;
+pub use state::EngineSnapshot;
+use state::{NodeState, Pending, Verification, HANDLED_WINDOW};
+
+const ACTOR: &str = "coordinator";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send a command to a node's agent.
+    Command(NodeName, Command),
+    /// Raise an alert (offline node, escalation, open circuit); it comes
+    /// back through the alert feed and is handled like any other.
+    Alert(Alert),
+    Audit(AuditEntry),
+}
+
+pub struct Engine {
+    cfg: Config,
+    counters: Counters,
+    nodes: BTreeMap<NodeName, NodeState>,
+    /// Open alerts by (node, problem).
+    open_alerts: BTreeMap<(NodeName, String), Alert>,
+    breakers: Breakers,
+    pending: BTreeMap<String, Pending>,
+    verifications: Vec<Verification>,
+    recent: VecDeque<ActionRecord>,
+    handled: HashSet<String>,
+    handled_order: VecDeque<String>,
+    sent_times: BTreeMap<NodeName, VecDeque<Timestamp>>,
+    mode: String,
+    /// Mesh problems being healed step by step, by (node, problem).
+    ladders: BTreeMap<(NodeName, String), Ladder>,
+}
+
+fn audit(
+    event: &str,
+    now: Timestamp,
+    node: Option<&NodeName>,
+    summary: impl Into<String>,
+    data: Value,
+) -> Effect {
+    Effect::Audit(AuditEntry::new(event, now, node, ACTOR, summary, data))
+}
+
+impl Engine {
+    pub fn new(cfg: Config, counters: Counters, mode: &str) -> Self {
+        Self {
+            breakers: Breakers::new(cfg.circuit_breaker),
+            cfg,
+            counters,
+            nodes: BTreeMap::new(),
+            open_alerts: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            verifications: Vec::new(),
+            recent: VecDeque::new(),
+            handled: HashSet::new(),
+            handled_order: VecDeque::new(),
+            sent_times: BTreeMap::new(),
+            mode: mode.to_string(),
+            ladders: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Remember an alert as handled (also used to reload the set from the
+    /// audit trail after a restart).
+    pub fn mark_handled(&mut self, alert_id: &str) -> bool {
+        if !self.handled.insert(alert_id.to_string()) {
+            return false;
+        }
+        self.handled_order.push_back(alert_id.to_string());
+        if self.handled_order.len() > HANDLED_WINDOW {
+            if let Some(old) = self.handled_order.pop_front() {
+                self.handled.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// Undo [`Engine::mark_handled`] for an alert whose effects could not
+    /// be carried out, so its redelivery is handled.
+    pub fn forget_handled(&mut self, alert_id: &str) {
+        self.handled.remove(alert_id);
+    }
+
+    pub fn on_heartbeat(&mut self, hb: Heartbeat, now: Timestamp) -> Vec<Effect> {
+        self.counters.inc("heartbeats.received");
+        let mut out = Vec::new();
+        let node = hb.node.clone();
+        let was_offline = self.nodes.get(&node).is_some_and(|n| n.offline);
+        let first = !self.nodes.contains_key(&node);
+        let state = self.nodes.entry(node.clone()).or_insert_with(|| NodeState {
+            last_seen: now,
+            heartbeat: hb.clone(),
+            offline: false,
+            agents: BTreeMap::new(),
+            cool_since: None,
+        });
+        state.last_seen = now;
+        state.offline = false;
+        state
+            .agents
+            .insert(hb.agent_id.clone(), (hb.agent_type.clone(), now));
+        state.heartbeat = hb;
+        if first {
+            out.push(audit(
+                "node",
+                now,
+                Some(&node),
+                format!("node {node} joined"),
+                json!({"event": "joined"}),
+            ));
+        }
+        if was_offline {
+            out.push(Effect::Alert(self.own_alert(
+                &node,
+                AlertKind::HeartbeatMissing,
+                Severity::Normal,
+                format!("node {node} is back: heartbeats resumed"),
+                json!({"sensor": "heartbeat"}),
+                now,
+            )));
+        }
+        self.check_verifications(&node, now, &mut out);
+        for kind in kinds::ALL {
+            kind.on_heartbeat(self, &node, now, &mut out);
+        }
+        out
+    }
+
+    pub fn on_alert(&mut self, mut alert: Alert, now: Timestamp) -> Vec<Effect> {
+        alert.ensure_id();
+        if !self.mark_handled(&alert.alert_id) {
+            self.counters.inc("alerts.duplicate");
+            return Vec::new();
+        }
+        self.counters.inc("alerts.handled");
+        let node = alert.node.clone();
+        let problem = alert.problem();
+        let mut out = vec![audit(
+            "alert",
+            now,
+            Some(&node),
+            format!(
+                "{} {} alert on {node}: {}",
+                alert.severity.as_str(),
+                alert.kind.as_str(),
+                alert.message
+            ),
+            json!({"alert_id": alert.alert_id, "alert": alert}),
+        )];
+        let key = (node.clone(), problem.clone());
+        if alert.severity == Severity::Normal {
+            self.open_alerts.remove(&key);
+            kinds::of(&alert.kind).on_clear(self, &alert, now, &mut out);
+            return out;
+        }
+        self.open_alerts.insert(key, alert.clone());
+        self.decide(&alert, alert.severity, now, &mut out);
+        out
+    }
+
+    /// Choose and send the actions for an alert at a severity.
+    fn decide(&mut self, alert: &Alert, severity: Severity, now: Timestamp, out: &mut Vec<Effect>) {
+        let node = alert.node.clone();
+        let problem = alert.problem();
+        let mut at_level = alert.clone();
+        at_level.severity = severity;
+        let actions = policy::actions_for(&self.cfg, &at_level);
+        out.push(audit(
+            "decision",
+            now,
+            Some(&node),
+            if actions.is_empty() {
+                format!("no action for {problem} at {}", severity.as_str())
+            } else {
+                format!("{problem} at {}: {}", severity.as_str(), actions.join(", "))
+            },
+            json!({"alert_id": alert.alert_id, "problem": problem, "severity": severity, "actions": actions}),
+        ));
+        kinds::of(&alert.kind).plan(self, alert, severity, actions, now, out);
+    }
+
+    /// Record that an action for (node, problem) was not sent, and why.
+    fn skip(
+        &mut self,
+        (node, problem, action): (&NodeName, &str, &str),
+        reason: &str,
+        detail: String,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
+        self.counters.inc(&format!("actions.skipped.{reason}"));
+        out.push(audit(
+            "skipped",
+            now,
+            Some(node),
+            format!("{action} for {problem} on {node} skipped: {detail}"),
+            json!({"problem": problem, "action": action, "reason": reason}),
+        ));
+    }
+
+    fn dispatch(
+        &mut self,
+        alert: &Alert,
+        severity: Severity,
+        action: &str,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
+        let node = alert.node.clone();
+        let problem = alert.problem();
+        if self.cfg.dry_run {
+            self.skip(
+                (&node, &problem, action),
+                "dry_run",
+                "dry-run mode executes nothing".into(),
+                now,
+                out,
+            );
+            return;
+        }
+        if self.nodes.get(&node).is_some_and(|n| n.offline) {
+            self.skip(
+                (&node, &problem, action),
+                "node_offline",
+                "the node is offline".into(),
+                now,
+                out,
+            );
+            return;
+        }
+        let in_progress = self
+            .pending
+            .values()
+            .any(|p| p.node == node && p.problem == problem && p.action == action)
+            || self
+                .verifications
+                .iter()
+                .any(|v| v.node == node && v.problem == problem && v.action == action);
+        if in_progress {
+            self.skip(
+                (&node, &problem, action),
+                "in_progress",
+                "the same action is still being carried out or verified".into(),
+                now,
+                out,
+            );
+            return;
+        }
+        let key = BreakerKey::new(node.as_str(), &problem, action);
+        let (admission, transition) = self.breakers.admit(&key, now);
+        if transition == Some(Transition::HalfOpened) {
+            out.push(audit(
+                "breaker",
+                now,
+                Some(&node),
+                format!("circuit {} half-open: one trial allowed", key_str(&key)),
+                json!({"key": key, "state": "half_open"}),
+            ));
+        }
+        if admission == Admission::Deny {
+            self.skip(
+                (&node, &problem, action),
+                "circuit_open",
+                format!("circuit {} is open", key_str(&key)),
+                now,
+                out,
+            );
+            return;
+        }
+        let window = Duration::seconds(60);
+        let times = self.sent_times.entry(node.clone()).or_default();
+        while times.front().is_some_and(|&t| now - t > window) {
+            times.pop_front();
+        }
+        if times.len() >= self.cfg.coordinator.max_actions_per_node_per_minute as usize {
+            if admission == Admission::Trial {
+                self.breakers.release_trial(&key);
+            }
+            self.skip(
+                (&node, &problem, action),
+                "rate_limited",
+                "per-node action rate limit reached".into(),
+                now,
+                out,
+            );
+            return;
+        }
+        times.push_back(now);
+        // The digest of the whole alert id: alerts raised in one sensing
+        // pass (CPU and GPU, two mounts) share a time and often the end of
+        // their ids, and must still give distinct commands.
+        let action_id = format!(
+            "{node}:{}:{action}:{}:{}",
+            alert.kind.as_str(),
+            alert.timestamp.timestamp(),
+            alert.id_digest()
+        );
+        let cmd = Command {
+            action_id: action_id.clone(),
+            action_type: action.to_string(),
+            parameters: Default::default(),
+            timestamp: now,
+            node: Some(node.clone()),
+            deadline: Some(now + secs(self.cfg.coordinator.command_deadline)),
+            cause: Some(alert.alert_id.clone()),
+            problem: Some(problem.clone()),
+        };
+        self.send(
+            cmd,
+            &node,
+            &problem,
+            severity,
+            alert,
+            admission == Admission::Trial,
+            now,
+            out,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        cmd: Command,
+        node: &NodeName,
+        problem: &str,
+        severity: Severity,
+        alert: &Alert,
+        trial: bool,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
+        self.counters.inc("commands.sent");
+        out.push(audit(
+            "command",
+            now,
+            Some(node),
+            format!("sent {} to {node} for {problem}", cmd.action_type),
+            json!({"command": cmd}),
+        ));
+        self.pending.insert(
+            cmd.action_id.clone(),
+            Pending {
+                node: node.clone(),
+                problem: problem.to_string(),
+                action: cmd.action_type.clone(),
+                severity,
+                alert: alert.clone(),
+                trial,
+            },
+        );
+        self.recent.push_back(ActionRecord {
+            action_id: cmd.action_id.clone(),
+            action_type: cmd.action_type.clone(),
+            node: node.to_string(),
+            problem: problem.to_string(),
+            cause: cmd.cause.clone().unwrap_or_default(),
+            sent_at: now,
+            state: "sent".into(),
+            message: String::new(),
+        });
+        while self.recent.len() > self.cfg.coordinator.recent_actions.max(1) {
+            self.recent.pop_front();
+        }
+        out.push(Effect::Command(node.clone(), cmd));
+    }
+
+    fn set_action_state(&mut self, action_id: &str, state: &str, message: &str) {
+        if let Some(r) = self
+            .recent
+            .iter_mut()
+            .rev()
+            .find(|r| r.action_id == action_id)
+        {
+            r.state = state.to_string();
+            r.message = message.to_string();
+        }
+    }
+
+    pub fn on_result(&mut self, result: CommandResult, now: Timestamp) -> Vec<Effect> {
+        self.counters
+            .inc(&format!("results.{}", result.status.as_str()));
+        let node = result.node.clone();
+        let mut out = vec![audit(
+            "result",
+            now,
+            Some(&node),
+            format!(
+                "{} on {node}: {} {}",
+                result.action_type,
+                result.status.as_str(),
+                result.message
+            ),
+            json!({"result": result}),
+        )];
+        self.set_action_state(&result.action_id, result.status.as_str(), &result.message);
+        let Some(p) = self.pending.remove(&result.action_id) else {
+            // A reset, or a result for a command sent before a restart.
+            if result.status != ResultStatus::Succeeded {
+                self.counters.inc("results.unmatched");
+            }
+            return out;
+        };
+        let key = BreakerKey::new(p.node.as_str(), &p.problem, &p.action);
+        let freed = result.details.get("bytes_freed").and_then(Value::as_u64);
+        match result.status {
+            ResultStatus::Succeeded if catalogue::frees_space(&p.action) && freed == Some(0) => {
+                self.counters.inc("actions.freed_nothing");
+                out.push(audit(
+                    "verification",
+                    now,
+                    Some(&node),
+                    format!("{} on {node} freed nothing", p.action),
+                    json!({"action_id": result.action_id, "outcome": "failed", "reason": "freed_nothing"}),
+                ));
+                self.set_action_state(&result.action_id, "not_verified", "freed nothing");
+                self.failure(&key, now, &mut out);
+            }
+            ResultStatus::Succeeded => {
+                let recovery = kinds::of(&p.alert.kind).recovery(&self.cfg, &p.alert, p.severity);
+                match (catalogue::is_verifiable(&p.action), recovery) {
+                    (true, Some(Recovery { metric, below })) => {
+                        self.verifications.push(Verification {
+                            action_id: result.action_id.clone(),
+                            node: p.node.clone(),
+                            problem: p.problem.clone(),
+                            action: p.action.clone(),
+                            metric: metric.to_string(),
+                            below,
+                            deadline: now + secs(self.cfg.coordinator.verify_within),
+                            alert: p.alert.clone(),
+                            after: Some(result.timestamp),
+                        });
+                        // The node may already be cool (if it reported since).
+                        self.check_verifications(&node, now, &mut out);
+                    }
+                    _ => {
+                        if let Some(t) = self.breakers.record_success(&key) {
+                            self.breaker_transition(&key, t, now, &mut out);
+                        }
+                    }
+                }
+            }
+            ResultStatus::Failed | ResultStatus::Expired | ResultStatus::Rejected => {
+                self.failure(&key, now, &mut out);
+            }
+            ResultStatus::Unsupported => {
+                // Not a failure of the fix: nobody implements it here.
+                if p.trial {
+                    self.breakers.release_trial(&key);
+                }
+            }
+        }
+        kinds::of(&p.alert.kind).on_result(self, &p, &result, now, &mut out);
+        out
+    }
+
+    fn failure(&mut self, key: &BreakerKey, now: Timestamp, out: &mut Vec<Effect>) {
+        self.counters.inc("breaker.failures");
+        if let Some(t) = self.breakers.record_failure(key, now) {
+            self.breaker_transition(key, t, now, out);
+        }
+    }
+
+    fn breaker_transition(
+        &mut self,
+        key: &BreakerKey,
+        t: Transition,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
+        let node = NodeName::parse(&key.node).ok();
+        let state = match t {
+            Transition::Opened => "open",
+            Transition::HalfOpened => "half_open",
+            Transition::Closed => "closed",
+        };
+        self.counters.inc(&format!("breaker.{state}"));
+        out.push(audit(
+            "breaker",
+            now,
+            node.as_ref(),
+            format!("circuit {} {state}", key_str(key)),
+            json!({"key": key, "state": state}),
+        ));
+        if let (Transition::Opened, Some(node)) = (t, node) {
+            out.push(Effect::Alert(self.own_alert(
+                &node,
+                AlertKind::Circuit,
+                Severity::Warning,
+                format!("circuit opened for {} on {}: it failed {} times", key.action, key.problem, self.cfg.circuit_breaker.max_failures),
+                json!({"sensor": format!("{}/{}", key.problem, key.action), "problem": key.problem, "action": key.action}),
+                now,
+            )));
+        }
+    }
+
+    fn check_verifications(&mut self, node: &NodeName, now: Timestamp, out: &mut Vec<Effect>) {
+        let Some(hb) = self.nodes.get(node).map(|n| n.heartbeat.clone()) else {
+            return;
+        };
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications)
+            .into_iter()
+            .partition(|v| {
+                &v.node == node
+                    && v.after.is_none_or(|t| hb.timestamp >= t)
+                    && kinds::of(&v.alert.kind)
+                        .metric_value(&hb, v)
+                        .is_some_and(|x| x < v.below)
+            });
+        self.verifications = keep;
+        for v in done {
+            let value = kinds::of(&v.alert.kind).metric_value(&hb, &v);
+            kinds::of(&v.alert.kind).on_verified(self, &v);
+            self.counters.inc("verifications.succeeded");
+            self.set_action_state(
+                &v.action_id,
+                "verified",
+                &format!("{} fell to {:.1}", v.metric, value.unwrap_or(f64::NAN)),
+            );
+            out.push(audit(
+                "verification",
+                now,
+                Some(node),
+                format!("{} on {node} worked: {} {:.1} < {:.1}", v.action, v.metric, value.unwrap_or(f64::NAN), v.below),
+                json!({"action_id": v.action_id, "outcome": "succeeded", "metric": v.metric, "value": value, "below": v.below}),
+            ));
+            let key = BreakerKey::new(node.as_str(), &v.problem, &v.action);
+            if let Some(t) = self.breakers.record_success(&key) {
+                self.breaker_transition(&key, t, now, out);
+            }
+        }
+    }
+
+    /// Periodic work: offline detection and verification deadlines.
+    pub fn tick(&mut self, now: Timestamp) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for kind in kinds::ALL {
+            kind.on_tick(self, now, &mut out);
+        }
+        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications)
+            .into_iter()
+            .partition(|v| now >= v.deadline);
+        self.verifications = keep;
+        for v in expired {
+            self.counters.inc("verifications.failed");
+            let value = self
+                .nodes
+                .get(&v.node)
+                .and_then(|n| kinds::of(&v.alert.kind).metric_value(&n.heartbeat, &v));
+            self.set_action_state(
+                &v.action_id,
+                "not_verified",
+                &format!(
+                    "{} still {:?} after {}s",
+                    v.metric, value, self.cfg.coordinator.verify_within
+                ),
+            );
+            out.push(audit(
+                "verification",
+                now,
+                Some(&v.node),
+                format!("{} on {} did not work: {} not below {:.1} within {}s", v.action, v.node, v.metric, v.below, self.cfg.coordinator.verify_within),
+                json!({"action_id": v.action_id, "outcome": "failed", "metric": v.metric, "value": value, "below": v.below}),
+            ));
+            let key = BreakerKey::new(v.node.as_str(), &v.problem, &v.action);
+            self.failure(&key, now, &mut out);
+            kinds::of(&v.alert.kind).on_not_verified(self, v, now, &mut out);
+        }
+        out
+    }
+
+    /// A fix that did not verify: raise the alert one severity (its table
+    /// row then decides), or say a human must decide past `emergency`.
+    fn escalate(&mut self, v: Verification, now: Timestamp, out: &mut Vec<Effect>) {
+        match v.alert.severity.next() {
+            Some(next) => {
+                let mut esc = self.own_alert(
+                    &v.node,
+                    v.alert.kind.clone(),
+                    next,
+                    format!(
+                        "escalated: {} did not bring {} below {:.1}",
+                        v.action, v.metric, v.below
+                    ),
+                    Value::Object(v.alert.details.clone()),
+                    now,
+                );
+                esc.alert_id = format!("{}-esc-{}", v.alert.alert_id, next.as_str());
+                out.push(Effect::Alert(esc));
+            }
+            None => out.push(audit(
+                "escalation",
+                now,
+                Some(&v.node),
+                format!(
+                    "{} on {}: nothing left to escalate to; a human must decide",
+                    v.problem, v.node
+                ),
+                json!({"problem": v.problem}),
+            )),
+        }
+    }
+
+    fn own_alert(
+        &self,
+        node: &NodeName,
+        kind: AlertKind,
+        severity: Severity,
+        message: String,
+        details: Value,
+        now: Timestamp,
+    ) -> Alert {
+        let mut a = Alert {
+            alert_id: String::new(),
+            agent_id: ACTOR.to_string(),
+            kind,
+            severity,
+            node: node.clone(),
+            message,
+            details: match details {
+                Value::Object(m) => m,
+                _ => Default::default(),
+            },
+            timestamp: now,
+        };
+        a.ensure_id();
+        a.alert_id = a.alert_id.replacen("seed-", "coord-", 1);
+        a
+    }
+
+    pub fn status(&self, now: Timestamp) -> Status {
+        let node_status = |name: &NodeName, s: &NodeState| -> &'static str {
+            if s.offline {
+                return "offline";
+            }
+            let worst = self
+                .open_alerts
+                .iter()
+                .filter(|((n, _), _)| n == name)
+                .map(|(_, a)| a.severity)
+                .max()
+                .unwrap_or(Severity::Normal);
+            match worst {
+                Severity::Normal => "healthy",
+                Severity::Warning => "degraded",
+                Severity::Critical | Severity::Emergency => "critical",
+            }
+        };
+        let timeout = secs(self.cfg.coordinator.heartbeat_timeout);
+        Status {
+            mode: self.mode.clone(),
+            generated_at: now,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(name, s)| NodeStatus {
+                    name: name.to_string(),
+                    status: node_status(name, s).to_string(),
+                    last_seen: s.last_seen,
+                    cpu_temp: s.heartbeat.cpu_temp,
+                    gpu_temp: s.heartbeat.gpu_temp,
+                    storage_percent: s.heartbeat.storage_percent,
+                    throttle_level: s.heartbeat.throttle_level,
+                })
+                .collect(),
+            agents: self
+                .nodes
+                .iter()
+                .flat_map(|(name, s)| {
+                    s.agents.iter().map(move |(id, (kind, seen))| AgentStatus {
+                        agent_id: id.clone(),
+                        agent_type: kind.clone(),
+                        node: name.to_string(),
+                        last_seen: *seen,
+                        online: now - *seen <= timeout,
+                    })
+                })
+                .collect(),
+            open_alerts: self
+                .open_alerts
+                .values()
+                .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
+                .collect(),
+            recent_actions: self.recent.iter().cloned().collect(),
+            open_circuits: self
+                .breakers
+                .open()
+                .iter()
+                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+                .collect(),
+            counters: self.counters.snapshot(),
+        }
+    }
+}
+
+fn key_str(k: &BreakerKey) -> String {
+    format!("({}, {}, {})", k.node, k.problem, k.action)
+}
+
+#[cfg(test)]
+mod tests;

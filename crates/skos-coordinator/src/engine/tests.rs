@@ -1,0 +1,785 @@
+//! The engine's rules, one test per rule, time passed in.
+
+use super::*;
+use chrono::TimeZone;
+
+fn t(s: f64) -> Timestamp {
+    chrono::Utc.timestamp_opt(1_700_000_000, 0).unwrap() + secs(s)
+}
+
+fn nova() -> NodeName {
+    NodeName::parse("nova").unwrap()
+}
+
+fn hb(cpu: Option<f64>, throttle: u8, at: f64) -> Heartbeat {
+    Heartbeat {
+        agent_id: "thermal-sentinel-nova".into(),
+        agent_type: "thermal_sentinel".into(),
+        node: nova(),
+        timestamp: t(at),
+        cpu_temp: cpu,
+        gpu_temp: None,
+        storage_percent: None,
+        interval_seconds: Some(10.0),
+        throttle_level: Some(throttle),
+        metadata: Default::default(),
+    }
+}
+
+fn alert(severity: Severity, temp: f64, at: f64) -> Alert {
+    let mut a = Alert {
+        alert_id: String::new(),
+        agent_id: "thermal-sentinel-nova".into(),
+        kind: AlertKind::Thermal,
+        severity,
+        node: nova(),
+        message: format!("CPU temperature {temp}°C"),
+        details: json!({"sensor": "cpu", "temperature": temp})
+            .as_object()
+            .unwrap()
+            .clone(),
+        timestamp: t(at),
+    };
+    a.ensure_id();
+    a
+}
+
+fn commands(effects: &[Effect]) -> Vec<Command> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Command(_, c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn audits<'a>(effects: &'a [Effect], kind: &str) -> Vec<&'a AuditEntry> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Audit(a) if a.event_type == kind => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+fn alerts(effects: &[Effect]) -> Vec<Alert> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Alert(a) => Some(a.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn result(cmd: &Command, status: ResultStatus) -> CommandResult {
+    CommandResult {
+        action_id: cmd.action_id.clone(),
+        action_type: cmd.action_type.clone(),
+        node: nova(),
+        agent_id: "thermal-sentinel-nova".into(),
+        status,
+        message: String::new(),
+        changes: vec![],
+        details: Default::default(),
+        timestamp: t(0.0),
+    }
+}
+
+/// The defaults with the seed's thermal table, which also names
+/// actions no antibody executes (`redistribute`, ...): they show how an
+/// `unsupported` answer is handled.
+fn seed_config() -> Config {
+    let mut cfg = Config::default();
+    cfg.thermal.actions.critical = vec!["throttle_50".into(), "redistribute".into()];
+    cfg.thermal.actions.emergency = vec!["shutdown_non_essential".into(), "failover".into()];
+    cfg
+}
+
+fn engine() -> Engine {
+    Engine::new(seed_config(), Counters::default(), "test")
+}
+
+#[test]
+fn critical_alert_follows_the_seed_table_and_is_audited() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+    let cmds = commands(&fx);
+    let names: Vec<&str> = cmds.iter().map(|c| c.action_type.as_str()).collect();
+    assert_eq!(names, ["throttle_50", "redistribute"]);
+    assert!(cmds
+        .iter()
+        .all(|c| c.deadline == Some(t(60.0)) && c.cause.is_some()));
+    assert_eq!(audits(&fx, "alert").len(), 1);
+    assert_eq!(audits(&fx, "decision").len(), 1);
+    assert_eq!(audits(&fx, "command").len(), 2);
+    let s = e.status(t(1.0));
+    assert_eq!(s.nodes[0].status, "critical");
+    assert_eq!(s.open_alerts.len(), 1);
+    assert_eq!(s.recent_actions.len(), 2);
+}
+
+/// CPU and GPU hot in one sensing pass: same node, time and severity,
+/// ids that end alike. Two problems, so two commands, with two ids (the
+/// id is the JetStream message id: a shared one would drop the second).
+#[test]
+fn alerts_of_one_pass_get_distinct_commands() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let mut cpu = alert(Severity::Critical, 87.0, 0.0);
+    cpu.alert_id = "thermal-sentinel-nova-1000-cpu-critical".into();
+    let mut gpu = alert(Severity::Critical, 88.0, 0.0);
+    gpu.alert_id = "thermal-sentinel-nova-1000-gpu-critical".into();
+    gpu.details.insert("sensor".into(), json!("gpu"));
+    let mut ids = Vec::new();
+    for a in [cpu, gpu] {
+        for c in commands(&e.on_alert(a, t(0.0))) {
+            if c.action_type == "throttle_50" {
+                ids.push(c.action_id);
+            }
+        }
+    }
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_ne!(ids[0], ids[1]);
+}
+
+#[test]
+fn duplicate_alert_is_handled_once() {
+    let mut e = engine();
+    let a = alert(Severity::Warning, 76.0, 0.0);
+    assert_eq!(commands(&e.on_alert(a.clone(), t(0.0))).len(), 1);
+    assert!(e.on_alert(a, t(1.0)).is_empty());
+    assert_eq!(e.counters.get("alerts.duplicate"), 1);
+}
+
+#[test]
+fn unsupported_is_audited_but_not_a_breaker_failure() {
+    let mut e = engine();
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+    let redistribute = commands(&fx)
+        .into_iter()
+        .find(|c| c.action_type == "redistribute")
+        .unwrap();
+    let fx = e.on_result(result(&redistribute, ResultStatus::Unsupported), t(1.0));
+    assert_eq!(audits(&fx, "result").len(), 1);
+    let key = BreakerKey::new("nova", "thermal:cpu", "redistribute");
+    assert_eq!(e.breakers.failures(&key), 0);
+    assert_eq!(e.counters.get("breaker.failures"), 0);
+}
+
+#[test]
+fn verification_success_when_temperature_falls() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+    let throttle = commands(&fx).remove(0);
+    e.on_result(result(&throttle, ResultStatus::Succeeded), t(1.0));
+    let fx = e.on_heartbeat(hb(Some(86.0), 50, 10.0), t(10.0));
+    assert!(audits(&fx, "verification").is_empty(), "still hot");
+    let fx = e.on_heartbeat(hb(Some(80.0), 50, 20.0), t(20.0));
+    let v = audits(&fx, "verification");
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].data["outcome"], "succeeded");
+    assert_eq!(e.status(t(21.0)).recent_actions[0].state, "verified");
+}
+
+#[test]
+fn verification_needs_a_heartbeat_sent_after_the_result() {
+    let mut e = engine();
+    // The last heartbeat before the alert: still cool.
+    e.on_heartbeat(hb(Some(60.0), 0, 0.0), t(0.0));
+    let fx = e.on_alert(alert(Severity::Critical, 88.0, 1.0), t(1.0));
+    let throttle = commands(&fx).remove(0);
+    let mut r = result(&throttle, ResultStatus::Succeeded);
+    r.timestamp = t(2.0);
+    let fx = e.on_result(r, t(2.0));
+    assert!(
+        audits(&fx, "verification").is_empty(),
+        "60 °C was read before the alert"
+    );
+    // Sent before the result, delivered after it: no proof either.
+    let fx = e.on_heartbeat(hb(Some(60.0), 0, 1.5), t(2.5));
+    assert!(audits(&fx, "verification").is_empty());
+    let fx = e.on_heartbeat(hb(Some(88.0), 50, 3.0), t(3.0));
+    assert!(audits(&fx, "verification").is_empty(), "still hot");
+    let fx = e.tick(t(122.5));
+    assert_eq!(audits(&fx, "verification")[0].data["outcome"], "failed");
+    assert_eq!(
+        e.breakers
+            .failures(&BreakerKey::new("nova", "thermal:cpu", "throttle_50")),
+        1
+    );
+}
+
+#[test]
+fn failed_verification_counts_and_escalates() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+    let throttle = commands(&fx).remove(0);
+    e.on_result(result(&throttle, ResultStatus::Succeeded), t(1.0));
+    e.on_heartbeat(hb(Some(88.0), 50, 100.0), t(100.0));
+    assert!(e.tick(t(100.0)).is_empty());
+    let fx = e.tick(t(121.5));
+    let v = audits(&fx, "verification");
+    assert_eq!(v[0].data["outcome"], "failed");
+    let key = BreakerKey::new("nova", "thermal:cpu", "throttle_50");
+    assert_eq!(e.breakers.failures(&key), 1);
+    let esc = alerts(&fx);
+    assert_eq!(esc.len(), 1);
+    assert_eq!(esc[0].severity, Severity::Emergency);
+    let fx = e.on_alert(esc[0].clone(), t(122.0));
+    let names: Vec<String> = commands(&fx).into_iter().map(|c| c.action_type).collect();
+    assert_eq!(names, ["shutdown_non_essential", "failover"]);
+}
+
+#[test]
+fn breaker_opens_after_five_failures_and_half_opens() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(76.0), 0, 0.0), t(0.0));
+    for i in 0..5 {
+        let fx = e.on_alert(
+            alert(Severity::Warning, 76.0 + f64::from(i), f64::from(i)),
+            t(f64::from(i)),
+        );
+        let cmd = commands(&fx).remove(0);
+        let fx = e.on_result(result(&cmd, ResultStatus::Failed), t(f64::from(i) + 0.5));
+        if i == 4 {
+            assert_eq!(audits(&fx, "breaker").len(), 1);
+            assert_eq!(alerts(&fx)[0].kind, AlertKind::Circuit);
+        }
+    }
+    let fx = e.on_alert(alert(Severity::Warning, 80.0, 10.0), t(10.0));
+    assert!(commands(&fx).is_empty());
+    assert_eq!(audits(&fx, "skipped")[0].data["reason"], "circuit_open");
+    assert_eq!(e.status(t(10.0)).open_circuits.len(), 1);
+    // After the reset timeout: one trial.
+    let fx = e.on_alert(alert(Severity::Warning, 81.0, 70.0), t(70.0));
+    let trial = commands(&fx).remove(0);
+    e.on_heartbeat(hb(Some(70.0), 10, 71.0), t(71.0));
+    e.on_result(result(&trial, ResultStatus::Succeeded), t(71.0));
+    assert!(
+        e.status(t(72.0)).open_circuits.is_empty(),
+        "trial success closes it"
+    );
+}
+
+#[test]
+fn offline_within_timeout_and_back() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(50.0), 0, 0.0), t(0.0));
+    assert!(e.tick(t(29.9)).is_empty());
+    let fx = e.tick(t(30.3));
+    let a = alerts(&fx);
+    assert_eq!(a[0].kind, AlertKind::HeartbeatMissing);
+    assert_eq!(a[0].severity, Severity::Critical);
+    assert_eq!(e.status(t(31.0)).nodes[0].status, "offline");
+    assert!(e.tick(t(40.0)).is_empty(), "reported once");
+    let fx = e.on_heartbeat(hb(Some(50.0), 0, 50.0), t(50.0));
+    assert_eq!(alerts(&fx)[0].severity, Severity::Normal);
+}
+
+#[test]
+fn cool_node_gets_reset_throttle_after_clear_for() {
+    let mut e = engine();
+    assert!(commands(&e.on_heartbeat(hb(Some(70.0), 50, 0.0), t(0.0))).is_empty());
+    assert!(
+        commands(&e.on_heartbeat(hb(Some(60.0), 50, 1.0), t(1.0))).is_empty(),
+        "72 is the clear level"
+    );
+    assert!(commands(&e.on_heartbeat(hb(Some(60.0), 50, 20.0), t(20.0))).is_empty());
+    let fx = e.on_heartbeat(hb(Some(60.0), 50, 31.0), t(31.0));
+    let cmds = commands(&fx);
+    assert_eq!(cmds.len(), 1);
+    assert_eq!(cmds[0].action_type, "reset_throttle");
+    assert!(
+        commands(&e.on_heartbeat(hb(Some(60.0), 50, 40.0), t(40.0))).is_empty(),
+        "not while pending"
+    );
+}
+
+/// The seed config: warning 75, hysteresis 3 (clear below 72),
+/// clear_for 30 s.
+fn reset_commands(fx: &[Effect]) -> usize {
+    let cmds = commands(fx);
+    assert!(
+        cmds.iter().all(|c| c.action_type == "reset_throttle"),
+        "{cmds:?}"
+    );
+    cmds.len()
+}
+
+/// Exactly at the clear level (72.0) the agent still reports warning,
+/// so the coordinator must not lift the throttle either.
+#[test]
+fn the_clear_level_itself_is_not_cool() {
+    let mut e = engine();
+    for i in 0..=10 {
+        let at = f64::from(i) * 10.0;
+        let fx = e.on_heartbeat(hb(Some(72.0), 50, at), t(at));
+        assert_eq!(reset_commands(&fx), 0, "72.0 °C at {at} s is not cool");
+    }
+    e.on_heartbeat(hb(Some(71.9), 50, 101.0), t(101.0));
+    let fx = e.on_heartbeat(hb(Some(71.9), 50, 131.0), t(131.0));
+    assert_eq!(reset_commands(&fx), 1);
+}
+
+#[test]
+fn throttled_node_inside_the_hysteresis_band_keeps_its_throttle() {
+    let mut e = engine();
+    // 73.5 °C: below warning (75), above the clear level (72), for 400 s,
+    // thirteen times clear_for.
+    for i in 0..=40 {
+        let at = f64::from(i) * 10.0;
+        let fx = e.on_heartbeat(hb(Some(73.5), 50, at), t(at));
+        assert_eq!(reset_commands(&fx), 0, "73.5 °C at {at} s is not cool");
+        assert!(audits(&fx, "decision").is_empty(), "{fx:?}");
+    }
+    // Below the clear level: reset after clear_for, exactly once.
+    assert_eq!(
+        reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 401.0), t(401.0))),
+        0
+    );
+    assert_eq!(
+        reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 420.0), t(420.0))),
+        0
+    );
+    assert_eq!(
+        reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 430.9), t(430.9))),
+        0
+    );
+    let fx = e.on_heartbeat(hb(Some(71.0), 50, 431.0), t(431.0));
+    let cmds = commands(&fx);
+    assert_eq!(cmds.len(), 1, "{cmds:?}");
+    assert_eq!(cmds[0].action_type, "reset_throttle");
+    assert_eq!(cmds[0].cause.as_deref(), Some("recovery"));
+    let decisions = audits(&fx, "decision");
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].data["actions"], json!(["reset_throttle"]));
+    // Still throttled until the result: nothing more while it is pending.
+    for at in [432.0, 470.0, 500.0] {
+        assert_eq!(
+            reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, at), t(at))),
+            0
+        );
+    }
+    e.on_result(result(&cmds[0], ResultStatus::Succeeded), t(501.0));
+    // Unthrottled: nothing to reset, however long it stays cool.
+    for i in 0..20 {
+        let at = 502.0 + f64::from(i) * 10.0;
+        assert_eq!(
+            reset_commands(&e.on_heartbeat(hb(Some(60.0), 0, at), t(at))),
+            0
+        );
+    }
+}
+
+#[test]
+fn a_reading_inside_the_hysteresis_band_starts_clear_for_over() {
+    let mut e = engine();
+    assert_eq!(
+        reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 0.0), t(0.0))),
+        0
+    );
+    assert_eq!(
+        reset_commands(&e.on_heartbeat(hb(Some(73.5), 50, 20.0), t(20.0))),
+        0
+    );
+    assert_eq!(
+        reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 25.0), t(25.0))),
+        0
+    );
+    assert_eq!(
+        reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 54.9), t(54.9))),
+        0,
+        "cool for 29.9 s since the warm reading"
+    );
+    assert_eq!(
+        reset_commands(&e.on_heartbeat(hb(Some(71.0), 50, 55.0), t(55.0))),
+        1
+    );
+}
+
+#[test]
+fn a_gpu_inside_the_hysteresis_band_keeps_the_throttle() {
+    let mut e = engine();
+    for i in 0..=20 {
+        let at = f64::from(i) * 10.0;
+        let mut h = hb(Some(60.0), 50, at);
+        h.gpu_temp = Some(73.5);
+        assert_eq!(reset_commands(&e.on_heartbeat(h, t(at))), 0, "at {at} s");
+    }
+    let mut h = hb(Some(60.0), 50, 201.0);
+    h.gpu_temp = Some(71.0);
+    assert_eq!(reset_commands(&e.on_heartbeat(h.clone(), t(201.0))), 0);
+    assert_eq!(reset_commands(&e.on_heartbeat(h, t(231.0))), 1);
+}
+
+#[test]
+fn snapshot_keeps_breakers_verifications_and_nodes() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+    let throttle = commands(&fx).remove(0);
+    e.on_result(result(&throttle, ResultStatus::Succeeded), t(1.0));
+    for i in 0..5 {
+        e.breakers.record_failure(
+            &BreakerKey::new("nova", "thermal:cpu", "redistribute"),
+            t(f64::from(i)),
+        );
+    }
+    let text = serde_json::to_string(&e.snapshot()).unwrap();
+
+    let mut restarted = engine();
+    restarted.restore(serde_json::from_str(&text).unwrap(), t(50.0));
+    let s = restarted.status(t(50.0));
+    assert_eq!(s.open_circuits.len(), 1);
+    assert_eq!(s.open_alerts.len(), 1);
+    assert_eq!(s.nodes[0].name, "nova");
+    // The restored node is reported offline if it never reports again.
+    let fx = restarted.tick(t(81.0));
+    assert!(alerts(&fx)
+        .iter()
+        .any(|a| a.kind == AlertKind::HeartbeatMissing));
+    // The verification carries on: no heartbeat below 85 by its deadline -> failure.
+    let fx = restarted.tick(t(121.5));
+    assert_eq!(audits(&fx, "verification")[0].data["outcome"], "failed");
+}
+
+#[test]
+fn storage_action_that_freed_nothing_is_a_failure() {
+    let mut e = engine();
+    let mut a = alert(Severity::Warning, 85.0, 0.0);
+    a.kind = AlertKind::Storage;
+    a.details = json!({"sensor": "/data", "percent": 85.0})
+        .as_object()
+        .unwrap()
+        .clone();
+    a.alert_id = "storage-1".into();
+    let fx = e.on_alert(a, t(0.0));
+    let cmd = commands(&fx).remove(0);
+    assert_eq!(cmd.action_type, "cleanup_temp");
+    assert_eq!(cmd.problem.as_deref(), Some("storage:/data"));
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.details.insert("bytes_freed".into(), json!(0));
+    let fx = e.on_result(r, t(1.0));
+    assert_eq!(
+        audits(&fx, "verification")[0].data["reason"],
+        "freed_nothing"
+    );
+    assert_eq!(
+        e.breakers
+            .failures(&BreakerKey::new("nova", "storage:/data", "cleanup_temp")),
+        1
+    );
+}
+
+#[test]
+fn dry_run_decides_and_audits_but_sends_nothing() {
+    let cfg = Config {
+        dry_run: true,
+        ..seed_config()
+    };
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+    assert!(commands(&fx).is_empty());
+    assert_eq!(audits(&fx, "skipped").len(), 2);
+    assert_eq!(audits(&fx, "decision").len(), 1);
+}
+
+#[test]
+fn rate_limit_per_node() {
+    let mut cfg = seed_config();
+    cfg.coordinator.max_actions_per_node_per_minute = 2;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    let fx = e.on_alert(alert(Severity::Emergency, 99.0, 0.0), t(0.0));
+    assert_eq!(commands(&fx).len(), 2);
+    let fx = e.on_alert(alert(Severity::Critical, 90.0, 1.0), t(1.0));
+    assert!(commands(&fx).is_empty());
+    assert!(audits(&fx, "skipped")
+        .iter()
+        .all(|a| a.data["reason"] == "rate_limited"));
+}
+
+fn node(n: &str) -> NodeName {
+    NodeName::parse(n).unwrap()
+}
+
+/// A mesh healer heartbeat: `levels` of interfaces/peers, and the peer
+/// nodes it watches.
+fn mesh_hb(n: &str, at: f64, levels: Value) -> Heartbeat {
+    Heartbeat {
+        agent_id: format!("mesh-healer-{n}"),
+        agent_type: "mesh_healer".into(),
+        node: node(n),
+        timestamp: t(at),
+        cpu_temp: None,
+        gpu_temp: None,
+        storage_percent: None,
+        interval_seconds: Some(10.0),
+        throttle_level: None,
+        metadata: json!({"mesh": levels}).as_object().unwrap().clone(),
+    }
+}
+
+fn mesh_alert(n: &str, severity: Severity, details: Value, at: f64) -> Alert {
+    let mut a = Alert {
+        alert_id: String::new(),
+        agent_id: format!("mesh-healer-{n}"),
+        kind: AlertKind::Mesh,
+        severity,
+        node: node(n),
+        message: format!("mesh {details}"),
+        details: details.as_object().unwrap().clone(),
+        timestamp: t(at),
+    };
+    a.ensure_id();
+    a
+}
+
+fn tunnel_down(n: &str, at: f64) -> Alert {
+    mesh_alert(
+        n,
+        Severity::Critical,
+        json!({"event": "tunnel_down", "sensor": "wg0"}),
+        at,
+    )
+}
+
+fn unreachable(n: &str, peer: &str, at: f64) -> Alert {
+    mesh_alert(
+        n,
+        Severity::Critical,
+        json!({"event": "peer_unreachable", "sensor": peer, "peer_node": peer}),
+        at,
+    )
+}
+
+fn result_on(cmd: &Command, status: ResultStatus, details: Value) -> CommandResult {
+    CommandResult {
+        node: cmd.node.clone().unwrap(),
+        details: details.as_object().cloned().unwrap_or_default(),
+        ..result(cmd, status)
+    }
+}
+
+fn names(fx: &[Effect]) -> Vec<String> {
+    commands(fx).into_iter().map(|c| c.action_type).collect()
+}
+
+#[test]
+fn mesh_actions_are_tried_one_at_a_time() {
+    let mut e = engine();
+    e.on_heartbeat(
+        mesh_hb("nova", 0.0, json!({"interfaces": {"wg0": {"level": 2}}})),
+        t(0.0),
+    );
+    let fx = e.on_alert(tunnel_down("nova", 0.0), t(0.0));
+    assert_eq!(names(&fx), ["restart_wireguard"], "not both at once");
+    let restart = commands(&fx).remove(0);
+    assert_eq!(restart.problem.as_deref(), Some("mesh:wg0"));
+    // A reminder while it is being healed starts nothing new.
+    let fx = e.on_alert(tunnel_down("nova", 5.0), t(5.0));
+    assert!(commands(&fx).is_empty());
+    assert_eq!(audits(&fx, "skipped")[0].data["reason"], "in_progress");
+    // The restart fails (a corrupt config): next step.
+    let fx = e.on_result(result_on(&restart, ResultStatus::Failed, json!({})), t(6.0));
+    assert_eq!(names(&fx), ["regenerate_config"]);
+    let regen = commands(&fx).remove(0);
+    let fx = e.on_result(
+        result_on(&regen, ResultStatus::Succeeded, json!({})),
+        t(8.0),
+    );
+    assert!(
+        audits(&fx, "verification").is_empty(),
+        "waits for the handshake"
+    );
+    let fx = e.on_heartbeat(
+        mesh_hb("nova", 9.0, json!({"interfaces": {"wg0": {"level": 1}}})),
+        t(9.0),
+    );
+    assert!(
+        audits(&fx, "verification").is_empty(),
+        "up but stale is not healed"
+    );
+    let fx = e.on_heartbeat(
+        mesh_hb("nova", 10.0, json!({"interfaces": {"wg0": {"level": 0}}})),
+        t(10.0),
+    );
+    let v = audits(&fx, "verification");
+    assert_eq!(v[0].data["outcome"], "succeeded");
+    assert_eq!(v[0].data["metric"], "mesh_level");
+    assert!(e.ladders.is_empty());
+    assert_eq!(
+        e.breakers
+            .failures(&BreakerKey::new("nova", "mesh:wg0", "restart_wireguard")),
+        1
+    );
+}
+
+#[test]
+fn mesh_fix_that_does_not_verify_moves_on_then_escalates() {
+    let mut e = engine();
+    e.on_heartbeat(
+        mesh_hb("nova", 0.0, json!({"interfaces": {"wg0": {"level": 2}}})),
+        t(0.0),
+    );
+    let restart = commands(&e.on_alert(tunnel_down("nova", 0.0), t(0.0))).remove(0);
+    e.on_result(
+        result_on(&restart, ResultStatus::Succeeded, json!({})),
+        t(1.0),
+    );
+    e.on_heartbeat(
+        mesh_hb("nova", 121.0, json!({"interfaces": {"wg0": {"level": 1}}})),
+        t(121.0),
+    );
+    let fx = e.tick(t(122.0));
+    assert_eq!(audits(&fx, "verification")[0].data["outcome"], "failed");
+    assert_eq!(names(&fx), ["regenerate_config"]);
+    assert!(alerts(&fx).is_empty(), "no escalation while steps are left");
+    let regen = commands(&fx).remove(0);
+    e.on_result(result_on(&regen, ResultStatus::Failed, json!({})), t(123.0));
+    let fx = e.tick(t(124.0));
+    assert!(fx.is_empty());
+    // The last step failed: the ladder is exhausted and escalates.
+    let esc: Vec<Alert> = {
+        let mut e2 = engine();
+        e2.on_heartbeat(mesh_hb("nova", 0.0, json!({})), t(0.0));
+        let r = commands(&e2.on_alert(tunnel_down("nova", 0.0), t(0.0))).remove(0);
+        let fx = e2.on_result(result_on(&r, ResultStatus::Failed, json!({})), t(1.0));
+        let g = commands(&fx).remove(0);
+        let fx = e2.on_result(result_on(&g, ResultStatus::Failed, json!({})), t(2.0));
+        let esc = alerts(&fx);
+        let fx = e2.on_alert(esc[0].clone(), t(3.0));
+        assert!(commands(&fx).is_empty(), "no table entry for escalated");
+        assert_eq!(e2.status(t(3.0)).open_alerts[0]["severity"], "emergency");
+        esc
+    };
+    assert_eq!(esc.len(), 1);
+    assert_eq!(esc[0].severity, Severity::Emergency);
+    assert_eq!(esc[0].details["event"], "escalated");
+    assert_eq!(esc[0].details["escalated_from"], "tunnel_down");
+    assert_eq!(esc[0].problem(), "mesh:wg0");
+}
+
+#[test]
+fn ping_that_finds_the_peer_ends_it_otherwise_failover() {
+    let mut e = engine();
+    let watch = json!({"peers": {"lyra": {"level": 2, "node": "lyra"}}});
+    e.on_heartbeat(mesh_hb("nova", 0.0, watch.clone()), t(0.0));
+    let fx = e.on_alert(unreachable("nova", "lyra", 0.0), t(0.0));
+    assert_eq!(names(&fx), ["ping_peer"]);
+    let ping = commands(&fx).remove(0);
+    let fx = e.on_result(
+        result_on(&ping, ResultStatus::Succeeded, json!({"resolved": false})),
+        t(1.0),
+    );
+    assert_eq!(names(&fx), ["failover_route"]);
+    let fo = commands(&fx).remove(0);
+    e.on_result(result_on(&fo, ResultStatus::Succeeded, json!({})), t(2.0));
+    let fx = e.on_heartbeat(
+        mesh_hb(
+            "nova",
+            3.0,
+            json!({"peers": {"lyra": {"level": 0, "node": "lyra"}}}),
+        ),
+        t(3.0),
+    );
+    assert_eq!(audits(&fx, "verification")[0].data["outcome"], "succeeded");
+
+    let mut e = engine();
+    e.on_heartbeat(mesh_hb("nova", 0.0, watch), t(0.0));
+    let ping = commands(&e.on_alert(unreachable("nova", "lyra", 0.0), t(0.0))).remove(0);
+    let fx = e.on_result(
+        result_on(&ping, ResultStatus::Succeeded, json!({"resolved": true})),
+        t(1.0),
+    );
+    assert!(commands(&fx).is_empty());
+    assert_eq!(audits(&fx, "decision")[0].data["reason"], "resolved");
+}
+
+#[test]
+fn a_peer_down_from_every_node_is_a_node_problem() {
+    let mut e = engine();
+    let watches_c = json!({"peers": {"c": {"level": 2, "node": "c"}}});
+    e.on_heartbeat(mesh_hb("a", 0.0, watches_c.clone()), t(0.0));
+    e.on_heartbeat(mesh_hb("b", 0.0, watches_c), t(0.0));
+    e.on_heartbeat(mesh_hb("c", 0.0, json!({})), t(0.0));
+    // Only a sees c down so far: a tunnel problem, healed on a.
+    let fx = e.on_alert(unreachable("a", "c", 0.0), t(0.0));
+    let ping_a = commands(&fx).remove(0);
+    assert_eq!(ping_a.action_type, "ping_peer");
+    // b sees it down too: c itself is the problem.
+    let fx = e.on_alert(unreachable("b", "c", 1.0), t(1.0));
+    assert!(commands(&fx).is_empty(), "no tunnel touched");
+    let skipped = audits(&fx, "skipped");
+    assert!(skipped.iter().all(|s| s.data["reason"] == "peer_node_down"));
+    assert!(
+        audits(&fx, "decision")
+            .iter()
+            .any(|d| d.data["reason"] == "peer_node_down"),
+        "a's healing stopped"
+    );
+    let node_alert = alerts(&fx).remove(0);
+    assert_eq!(node_alert.node.as_str(), "c");
+    assert_eq!(node_alert.details["event"], "node_unreachable");
+    assert_eq!(node_alert.problem(), "mesh:node");
+    let fx = e.on_alert(node_alert, t(1.5));
+    assert!(commands(&fx).is_empty());
+    // a's ping comes back: no failover follows.
+    let fx = e.on_result(
+        result_on(&ping_a, ResultStatus::Succeeded, json!({"resolved": false})),
+        t(2.0),
+    );
+    assert!(commands(&fx).is_empty(), "{:?}", names(&fx));
+    // a reaches c again: c's node problem clears.
+    let mut back = unreachable("a", "c", 3.0);
+    back.severity = Severity::Normal;
+    back.alert_id = "back".into();
+    let fx = e.on_alert(back, t(3.0));
+    let clear = alerts(&fx).remove(0);
+    assert_eq!(
+        (clear.node.as_str(), clear.severity),
+        ("c", Severity::Normal)
+    );
+}
+
+#[test]
+fn a_peer_whose_node_is_offline_is_not_a_tunnel_problem() {
+    let mut e = engine();
+    e.on_heartbeat(mesh_hb("c", 0.0, json!({})), t(0.0));
+    e.on_heartbeat(
+        mesh_hb(
+            "a",
+            25.0,
+            json!({"peers": {"c": {"node": "c", "level": 2}}}),
+        ),
+        t(25.0),
+    );
+    e.tick(t(31.0));
+    let fx = e.on_alert(unreachable("a", "c", 31.0), t(31.0));
+    assert!(commands(&fx).is_empty());
+    assert_eq!(audits(&fx, "skipped")[0].data["reason"], "peer_node_down");
+    assert!(alerts(&fx).is_empty(), "the offline alert already says it");
+}
+
+#[test]
+fn mesh_ladder_survives_a_restart() {
+    let mut e = engine();
+    e.on_heartbeat(mesh_hb("nova", 0.0, json!({})), t(0.0));
+    let restart = commands(&e.on_alert(tunnel_down("nova", 0.0), t(0.0))).remove(0);
+    let text = serde_json::to_string(&e.snapshot()).unwrap();
+    let mut again = engine();
+    again.restore(serde_json::from_str(&text).unwrap(), t(1.0));
+    let fx = again.on_result(result_on(&restart, ResultStatus::Failed, json!({})), t(2.0));
+    assert_eq!(names(&fx), ["regenerate_config"]);
+    // Snapshots from before ladders existed still load.
+    let old: EngineSnapshot = serde_json::from_str(
+        r#"{"breakers":[],"pending":[],"verifications":[],"open_alerts":[],"recent":[],"nodes":[]}"#,
+    )
+    .unwrap();
+    engine().restore(old, t(0.0));
+}
