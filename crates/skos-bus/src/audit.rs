@@ -94,7 +94,7 @@ impl AuditLog {
         if let Some(bytes) = torn {
             tracing::warn!(path = %path.display(), bytes, "cut a torn record off the end of the audit file");
             log.append_blocking(AuditEntry::new(
-                "audit_recovered",
+                skos_core::AuditEvent::AuditRecovered,
                 chrono::Utc::now(),
                 None,
                 "audit",
@@ -345,7 +345,7 @@ mod tests {
 
     fn entry(i: u32) -> AuditEntry {
         AuditEntry::new(
-            "test",
+            skos_core::AuditEvent::Node,
             chrono::Utc::now(),
             None,
             "t",

@@ -251,7 +251,7 @@ impl Ctx {
         self.counters.inc(&format!("rejected.{feed}.{reason}"));
         tracing::warn!(subject = %m.subject, feed, error = %err, "rejected message");
         let entry = AuditEntry::new(
-            "rejected",
+            skos_core::AuditEvent::Rejected,
             chrono::Utc::now(),
             None,
             "coordinator",

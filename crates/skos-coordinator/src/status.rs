@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use skos_core::protocol::ResultStatus;
 use skos_core::timefmt::{self, Timestamp};
 use std::collections::BTreeMap;
 
@@ -21,8 +22,7 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub name: String,
-    /// `healthy | degraded | critical | offline`
-    pub status: String,
+    pub status: NodeHealth,
     #[serde(with = "timefmt")]
     pub last_seen: Timestamp,
     pub cpu_temp: Option<f64>,
@@ -50,11 +50,87 @@ pub struct ActionRecord {
     pub cause: String,
     #[serde(with = "timefmt")]
     pub sent_at: Timestamp,
-    /// `sent`, then the agent's result (`succeeded`, `failed`, …), then
-    /// `verified` or `not_verified` for actions whose effect is checked.
-    pub state: String,
+    pub state: ActionState,
     #[serde(default)]
     pub message: String,
+}
+
+/// A node as `skos status` sums it up: offline without heartbeats, else
+/// from its worst open alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeHealth {
+    Healthy,
+    /// Its worst open alert is a warning.
+    Degraded,
+    /// Its worst open alert is critical or an emergency.
+    Critical,
+    Offline,
+}
+
+impl NodeHealth {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NodeHealth::Healthy => "healthy",
+            NodeHealth::Degraded => "degraded",
+            NodeHealth::Critical => "critical",
+            NodeHealth::Offline => "offline",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Where a sent action stands: `sent`, then the agent's result, then, for
+/// an action whose effect is checked, `verified` or `not_verified`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    Sent,
+    Succeeded,
+    Failed,
+    Rejected,
+    Expired,
+    Unsupported,
+    Verified,
+    NotVerified,
+}
+
+impl ActionState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Sent => "sent",
+            ActionState::Succeeded => "succeeded",
+            ActionState::Failed => "failed",
+            ActionState::Rejected => "rejected",
+            ActionState::Expired => "expired",
+            ActionState::Unsupported => "unsupported",
+            ActionState::Verified => "verified",
+            ActionState::NotVerified => "not_verified",
+        }
+    }
+}
+
+impl From<ResultStatus> for ActionState {
+    fn from(s: ResultStatus) -> Self {
+        match s {
+            ResultStatus::Succeeded => ActionState::Succeeded,
+            ResultStatus::Failed => ActionState::Failed,
+            ResultStatus::Rejected => ActionState::Rejected,
+            ResultStatus::Expired => ActionState::Expired,
+            ResultStatus::Unsupported => ActionState::Unsupported,
+        }
+    }
+}
+
+impl std::fmt::Display for ActionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 impl Status {

@@ -153,7 +153,7 @@ mod tests {
 
     fn entry(n: u32) -> AuditEntry {
         AuditEntry::new(
-            "alert",
+            crate::protocol::AuditEvent::Alert,
             chrono::Utc
                 .timestamp_opt(1_700_000_000 + i64::from(n), 0)
                 .unwrap(),

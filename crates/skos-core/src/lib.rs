@@ -20,5 +20,6 @@ pub mod timefmt;
 
 pub use node::{NodeName, NodeNameError};
 pub use protocol::{
-    Alert, AlertKind, AuditEntry, Command, CommandResult, Heartbeat, ResultStatus, Severity,
+    Alert, AlertKind, AuditEntry, AuditEvent, Command, CommandResult, Heartbeat, ResultStatus,
+    Severity,
 };

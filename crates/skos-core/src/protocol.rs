@@ -375,6 +375,66 @@ pub struct Change {
     pub after: String,
 }
 
+/// The kinds of audit record SKOS writes; [`AuditEvent::as_str`] is the one
+/// place each `event_type` (and `SKOS_AUDIT.<event_type>` subject token) is
+/// spelt. Records read back keep their `event_type` as text, so a trail
+/// written by another version still reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AuditEvent {
+    /// A process started (`skos up`, coordinator, agent).
+    Start,
+    /// A process stopped cleanly.
+    Stop,
+    /// A torn last line of the trail file was set aside on open.
+    AuditRecovered,
+    /// An alert was handled.
+    Alert,
+    /// The actions chosen for an alert (or a recovery).
+    Decision,
+    /// A command was sent.
+    Command,
+    /// A command's result came back.
+    Result,
+    /// A fix was checked on a later heartbeat (or freed nothing).
+    Verification,
+    /// A circuit breaker changed state.
+    Breaker,
+    /// Nothing is left to escalate to: a human must decide.
+    Escalation,
+    /// An action was not sent, with the reason.
+    Skipped,
+    /// A node joined.
+    Node,
+    /// A message was refused (malformed, hostile, misaddressed).
+    Rejected,
+}
+
+impl AuditEvent {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuditEvent::Start => "start",
+            AuditEvent::Stop => "stop",
+            AuditEvent::AuditRecovered => "audit_recovered",
+            AuditEvent::Alert => "alert",
+            AuditEvent::Decision => "decision",
+            AuditEvent::Command => "command",
+            AuditEvent::Result => "result",
+            AuditEvent::Verification => "verification",
+            AuditEvent::Breaker => "breaker",
+            AuditEvent::Escalation => "escalation",
+            AuditEvent::Skipped => "skipped",
+            AuditEvent::Node => "node",
+            AuditEvent::Rejected => "rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One event in the audit trail (`SKOS_AUDIT.<event_type>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -392,7 +452,7 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     pub fn new(
-        event_type: &str,
+        event_type: AuditEvent,
         timestamp: Timestamp,
         node: Option<&NodeName>,
         actor: &str,
@@ -400,7 +460,7 @@ impl AuditEntry {
         data: Value,
     ) -> Self {
         Self {
-            event_type: event_type.to_string(),
+            event_type: event_type.as_str().to_string(),
             timestamp,
             node: node.cloned(),
             actor: actor.to_string(),

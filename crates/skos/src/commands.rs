@@ -155,7 +155,7 @@ async fn up(cfg: Config) -> Result<ExitCode> {
     );
     audit
         .append(AuditEntry::new(
-            "start",
+            skos_core::AuditEvent::Start,
             chrono::Utc::now(),
             Some(&cfg.node.name),
             "skos",
@@ -197,7 +197,7 @@ async fn up(cfg: Config) -> Result<ExitCode> {
     a??;
     audit
         .append(AuditEntry::new(
-            "stop",
+            skos_core::AuditEvent::Stop,
             chrono::Utc::now(),
             None,
             "skos",

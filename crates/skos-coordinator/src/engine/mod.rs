@@ -22,13 +22,14 @@ use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::level::secs;
 use skos_core::protocol::{
-    Alert, AlertKind, AuditEntry, Command, CommandResult, Heartbeat, ResultStatus, Severity,
+    Alert, AlertKind, AuditEntry, AuditEvent, Command, CommandResult, Heartbeat, ResultStatus,
+    Severity,
 };
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 use skos_core::{catalogue, policy};
 
-use crate::status::{ActionRecord, AgentStatus, NodeStatus, Status};
+use crate::status::{ActionRecord, ActionState, AgentStatus, NodeHealth, NodeStatus, Status};
 
 mod kinds;
 mod state;
@@ -39,6 +40,35 @@ pub use state::EngineSnapshot;
 use state::{NodeState, Pending, Verification, HANDLED_WINDOW};
 
 const ACTOR: &str = "coordinator";
+
+/// Why an action was not sent: the `reason` of a `skipped` audit record
+/// and the last part of its `actions.skipped.<reason>` counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SkipReason {
+    /// `dry_run: true`: decided and audited, never sent.
+    DryRun,
+    NodeOffline,
+    /// The same action for the same problem is being carried out or
+    /// verified (or, for a ladder, the problem is being healed).
+    InProgress,
+    CircuitOpen,
+    RateLimited,
+    /// A mesh problem that is really its peer node's problem.
+    PeerNodeDown,
+}
+
+impl SkipReason {
+    const fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::DryRun => "dry_run",
+            SkipReason::NodeOffline => "node_offline",
+            SkipReason::InProgress => "in_progress",
+            SkipReason::CircuitOpen => "circuit_open",
+            SkipReason::RateLimited => "rate_limited",
+            SkipReason::PeerNodeDown => "peer_node_down",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -69,7 +99,7 @@ pub struct Engine {
 }
 
 fn audit(
-    event: &str,
+    event: AuditEvent,
     now: Timestamp,
     node: Option<&NodeName>,
     summary: impl Into<String>,
@@ -143,7 +173,7 @@ impl Engine {
         state.heartbeat = hb;
         if first {
             out.push(audit(
-                "node",
+                AuditEvent::Node,
                 now,
                 Some(&node),
                 format!("node {node} joined"),
@@ -177,7 +207,7 @@ impl Engine {
         let node = alert.node.clone();
         let problem = alert.problem();
         let mut out = vec![audit(
-            "alert",
+            AuditEvent::Alert,
             now,
             Some(&node),
             format!(
@@ -207,7 +237,7 @@ impl Engine {
         at_level.severity = severity;
         let actions = policy::actions_for(&self.cfg, &at_level);
         out.push(audit(
-            "decision",
+            AuditEvent::Decision,
             now,
             Some(&node),
             if actions.is_empty() {
@@ -224,14 +254,15 @@ impl Engine {
     fn skip(
         &mut self,
         (node, problem, action): (&NodeName, &str, &str),
-        reason: &str,
+        reason: SkipReason,
         detail: String,
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) {
+        let reason = reason.as_str();
         self.counters.inc(&format!("actions.skipped.{reason}"));
         out.push(audit(
-            "skipped",
+            AuditEvent::Skipped,
             now,
             Some(node),
             format!("{action} for {problem} on {node} skipped: {detail}"),
@@ -252,7 +283,7 @@ impl Engine {
         if self.cfg.dry_run {
             self.skip(
                 (&node, &problem, action),
-                "dry_run",
+                SkipReason::DryRun,
                 "dry-run mode executes nothing".into(),
                 now,
                 out,
@@ -262,7 +293,7 @@ impl Engine {
         if self.nodes.get(&node).is_some_and(|n| n.offline) {
             self.skip(
                 (&node, &problem, action),
-                "node_offline",
+                SkipReason::NodeOffline,
                 "the node is offline".into(),
                 now,
                 out,
@@ -280,7 +311,7 @@ impl Engine {
         if in_progress {
             self.skip(
                 (&node, &problem, action),
-                "in_progress",
+                SkipReason::InProgress,
                 "the same action is still being carried out or verified".into(),
                 now,
                 out,
@@ -291,7 +322,7 @@ impl Engine {
         let (admission, transition) = self.breakers.admit(&key, now);
         if transition == Some(Transition::HalfOpened) {
             out.push(audit(
-                "breaker",
+                AuditEvent::Breaker,
                 now,
                 Some(&node),
                 format!("circuit {} half-open: one trial allowed", key_str(&key)),
@@ -301,7 +332,7 @@ impl Engine {
         if admission == Admission::Deny {
             self.skip(
                 (&node, &problem, action),
-                "circuit_open",
+                SkipReason::CircuitOpen,
                 format!("circuit {} is open", key_str(&key)),
                 now,
                 out,
@@ -319,7 +350,7 @@ impl Engine {
             }
             self.skip(
                 (&node, &problem, action),
-                "rate_limited",
+                SkipReason::RateLimited,
                 "per-node action rate limit reached".into(),
                 now,
                 out,
@@ -372,7 +403,7 @@ impl Engine {
     ) {
         self.counters.inc("commands.sent");
         out.push(audit(
-            "command",
+            AuditEvent::Command,
             now,
             Some(node),
             format!("sent {} to {node} for {problem}", cmd.action_type),
@@ -396,7 +427,7 @@ impl Engine {
             problem: problem.to_string(),
             cause: cmd.cause.clone().unwrap_or_default(),
             sent_at: now,
-            state: "sent".into(),
+            state: ActionState::Sent,
             message: String::new(),
         });
         while self.recent.len() > self.cfg.coordinator.recent_actions.max(1) {
@@ -405,14 +436,14 @@ impl Engine {
         out.push(Effect::Command(node.clone(), cmd));
     }
 
-    fn set_action_state(&mut self, action_id: &str, state: &str, message: &str) {
+    fn set_action_state(&mut self, action_id: &str, state: ActionState, message: &str) {
         if let Some(r) = self
             .recent
             .iter_mut()
             .rev()
             .find(|r| r.action_id == action_id)
         {
-            r.state = state.to_string();
+            r.state = state;
             r.message = message.to_string();
         }
     }
@@ -422,7 +453,7 @@ impl Engine {
             .inc(&format!("results.{}", result.status.as_str()));
         let node = result.node.clone();
         let mut out = vec![audit(
-            "result",
+            AuditEvent::Result,
             now,
             Some(&node),
             format!(
@@ -433,7 +464,7 @@ impl Engine {
             ),
             json!({"result": result}),
         )];
-        self.set_action_state(&result.action_id, result.status.as_str(), &result.message);
+        self.set_action_state(&result.action_id, result.status.into(), &result.message);
         let Some(p) = self.pending.remove(&result.action_id) else {
             // A reset, or a result for a command sent before a restart.
             if result.status != ResultStatus::Succeeded {
@@ -447,13 +478,13 @@ impl Engine {
             ResultStatus::Succeeded if catalogue::frees_space(&p.action) && freed == Some(0) => {
                 self.counters.inc("actions.freed_nothing");
                 out.push(audit(
-                    "verification",
+            AuditEvent::Verification,
                     now,
                     Some(&node),
                     format!("{} on {node} freed nothing", p.action),
                     json!({"action_id": result.action_id, "outcome": "failed", "reason": "freed_nothing"}),
                 ));
-                self.set_action_state(&result.action_id, "not_verified", "freed nothing");
+                self.set_action_state(&result.action_id, ActionState::NotVerified, "freed nothing");
                 self.failure(&key, now, &mut out);
             }
             ResultStatus::Succeeded => {
@@ -517,7 +548,7 @@ impl Engine {
         };
         self.counters.inc(&format!("breaker.{state}"));
         out.push(audit(
-            "breaker",
+            AuditEvent::Breaker,
             now,
             node.as_ref(),
             format!("circuit {} {state}", key_str(key)),
@@ -555,11 +586,11 @@ impl Engine {
             self.counters.inc("verifications.succeeded");
             self.set_action_state(
                 &v.action_id,
-                "verified",
+                ActionState::Verified,
                 &format!("{} fell to {:.1}", v.metric, value.unwrap_or(f64::NAN)),
             );
             out.push(audit(
-                "verification",
+            AuditEvent::Verification,
                 now,
                 Some(node),
                 format!("{} on {node} worked: {} {:.1} < {:.1}", v.action, v.metric, value.unwrap_or(f64::NAN), v.below),
@@ -590,14 +621,14 @@ impl Engine {
                 .and_then(|n| kinds::of(&v.alert.kind).metric_value(&n.heartbeat, &v));
             self.set_action_state(
                 &v.action_id,
-                "not_verified",
+                ActionState::NotVerified,
                 &format!(
                     "{} still {:?} after {}s",
                     v.metric, value, self.cfg.coordinator.verify_within
                 ),
             );
             out.push(audit(
-                "verification",
+            AuditEvent::Verification,
                 now,
                 Some(&v.node),
                 format!("{} on {} did not work: {} not below {:.1} within {}s", v.action, v.node, v.metric, v.below, self.cfg.coordinator.verify_within),
@@ -630,7 +661,7 @@ impl Engine {
                 out.push(Effect::Alert(esc));
             }
             None => out.push(audit(
-                "escalation",
+                AuditEvent::Escalation,
                 now,
                 Some(&v.node),
                 format!(
@@ -670,9 +701,9 @@ impl Engine {
     }
 
     pub fn status(&self, now: Timestamp) -> Status {
-        let node_status = |name: &NodeName, s: &NodeState| -> &'static str {
+        let node_status = |name: &NodeName, s: &NodeState| -> NodeHealth {
             if s.offline {
-                return "offline";
+                return NodeHealth::Offline;
             }
             let worst = self
                 .open_alerts
@@ -682,9 +713,9 @@ impl Engine {
                 .max()
                 .unwrap_or(Severity::Normal);
             match worst {
-                Severity::Normal => "healthy",
-                Severity::Warning => "degraded",
-                Severity::Critical | Severity::Emergency => "critical",
+                Severity::Normal => NodeHealth::Healthy,
+                Severity::Warning => NodeHealth::Degraded,
+                Severity::Critical | Severity::Emergency => NodeHealth::Critical,
             }
         };
         let timeout = secs(self.cfg.coordinator.heartbeat_timeout);
@@ -696,7 +727,7 @@ impl Engine {
                 .iter()
                 .map(|(name, s)| NodeStatus {
                     name: name.to_string(),
-                    status: node_status(name, s).to_string(),
+                    status: node_status(name, s),
                     last_seen: s.last_seen,
                     cpu_temp: s.heartbeat.cpu_temp,
                     gpu_temp: s.heartbeat.gpu_temp,

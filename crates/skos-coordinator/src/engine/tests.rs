@@ -117,7 +117,7 @@ fn critical_alert_follows_the_seed_table_and_is_audited() {
     assert_eq!(audits(&fx, "decision").len(), 1);
     assert_eq!(audits(&fx, "command").len(), 2);
     let s = e.status(t(1.0));
-    assert_eq!(s.nodes[0].status, "critical");
+    assert_eq!(s.nodes[0].status, NodeHealth::Critical);
     assert_eq!(s.open_alerts.len(), 1);
     assert_eq!(s.recent_actions.len(), 2);
 }
@@ -183,7 +183,10 @@ fn verification_success_when_temperature_falls() {
     let v = audits(&fx, "verification");
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].data["outcome"], "succeeded");
-    assert_eq!(e.status(t(21.0)).recent_actions[0].state, "verified");
+    assert_eq!(
+        e.status(t(21.0)).recent_actions[0].state,
+        ActionState::Verified
+    );
 }
 
 #[test]
@@ -276,7 +279,7 @@ fn offline_within_timeout_and_back() {
     let a = alerts(&fx);
     assert_eq!(a[0].kind, AlertKind::HeartbeatMissing);
     assert_eq!(a[0].severity, Severity::Critical);
-    assert_eq!(e.status(t(31.0)).nodes[0].status, "offline");
+    assert_eq!(e.status(t(31.0)).nodes[0].status, NodeHealth::Offline);
     assert!(e.tick(t(40.0)).is_empty(), "reported once");
     let fx = e.on_heartbeat(hb(Some(50.0), 0, 50.0), t(50.0));
     assert_eq!(alerts(&fx)[0].severity, Severity::Normal);

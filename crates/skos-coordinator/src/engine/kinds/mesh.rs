@@ -7,12 +7,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use skos_core::config::Config;
 use skos_core::policy;
-use skos_core::protocol::{Alert, AlertKind, CommandResult, Heartbeat, ResultStatus, Severity};
+use skos_core::protocol::{
+    Alert, AlertKind, AuditEvent, CommandResult, Heartbeat, ResultStatus, Severity,
+};
 use skos_core::timefmt::Timestamp;
 use skos_core::{catalogue, NodeName};
 
 use super::{event_of, ProblemKind, Recovery};
-use crate::engine::{audit, Effect, Engine, Pending, Verification};
+use crate::engine::{audit, Effect, Engine, Pending, SkipReason, Verification};
 
 pub(crate) struct Mesh;
 
@@ -103,7 +105,7 @@ impl Engine {
         if self.ladders.get(&key).is_some_and(|l| l.event == event) {
             self.skip(
                 (&node, &problem, &actions.join(", ")),
-                "in_progress",
+                SkipReason::InProgress,
                 format!("{event} on {problem} is still being healed step by step"),
                 now,
                 out,
@@ -180,7 +182,7 @@ impl Engine {
             {
                 self.ladders.remove(&key);
                 out.push(audit(
-                    "decision",
+                    AuditEvent::Decision,
                     now,
                     Some(&p.node),
                     format!(
@@ -218,7 +220,7 @@ impl Engine {
                 out.push(Effect::Alert(esc));
             }
             None => out.push(audit(
-                "escalation",
+                AuditEvent::Escalation,
                 now,
                 Some(&node),
                 format!("{problem} on {node}: nothing left to escalate to; a human must decide"),
@@ -296,7 +298,7 @@ impl Engine {
         for a in actions {
             self.skip(
                 (&node, &problem, a),
-                "peer_node_down",
+                SkipReason::PeerNodeDown,
                 format!("a node problem, not a tunnel problem: {reason}"),
                 now,
                 out,
@@ -312,11 +314,11 @@ impl Engine {
         for k in others {
             self.ladders.remove(&k);
             out.push(audit(
-                "decision",
+                AuditEvent::Decision,
                 now,
                 Some(&k.0),
                 format!("stopped healing {} on {}: {reason}", k.1, k.0),
-                json!({"problem": k.1, "reason": "peer_node_down"}),
+                json!({"problem": k.1, "reason": SkipReason::PeerNodeDown.as_str()}),
             ));
         }
         let nkey = (peer.clone(), "mesh:node".to_string());

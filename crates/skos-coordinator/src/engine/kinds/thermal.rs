@@ -7,12 +7,12 @@ use serde_json::json;
 use skos_core::config::Config;
 use skos_core::level::secs;
 use skos_core::policy;
-use skos_core::protocol::{Alert, AlertKind, Command, Severity};
+use skos_core::protocol::{Alert, AlertKind, AuditEvent, Command, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
 use super::{level_threshold, ProblemKind, Recovery};
-use crate::engine::{audit, Effect, Engine};
+use crate::engine::{audit, Effect, Engine, SkipReason};
 
 pub(crate) struct Thermal;
 
@@ -82,7 +82,7 @@ impl Engine {
             now,
         );
         out.push(audit(
-            "decision",
+            AuditEvent::Decision,
             now,
             Some(node),
             format!(
@@ -110,7 +110,7 @@ impl Engine {
         if self.cfg.dry_run {
             self.skip(
                 (node, "thermal:cpu", "reset_throttle"),
-                "dry_run",
+                SkipReason::DryRun,
                 "dry-run mode executes nothing".into(),
                 now,
                 out,
