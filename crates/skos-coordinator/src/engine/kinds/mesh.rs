@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use skos_core::config::Config;
+use skos_core::events::{peer_node_of, MeshEvent, EVENT_KEY, MESH_NODE_PROBLEM};
 use skos_core::policy;
 use skos_core::protocol::{
     Alert, AlertKind, AuditEvent, CommandResult, Heartbeat, ResultStatus, Severity,
@@ -203,7 +204,7 @@ impl Engine {
         match l.severity.next() {
             Some(next) => {
                 let mut details = l.alert.details.clone();
-                details.insert("event".into(), json!("escalated"));
+                details.insert(EVENT_KEY.into(), json!(MeshEvent::Escalated.as_str()));
                 details.insert("escalated_from".into(), json!(l.event));
                 let mut esc = self.own_alert(
                     &node,
@@ -233,7 +234,7 @@ impl Engine {
     /// that node is offline, or every node (two or more) that watches it
     /// sees it unreachable. Returns (peer node, why, offline).
     fn node_problem(&self, alert: &Alert) -> Option<(NodeName, String, bool)> {
-        if event_of(alert) != "peer_unreachable" {
+        if MeshEvent::of(alert) != Some(MeshEvent::PeerUnreachable) {
             return None;
         }
         let peer = NodeName::parse(peer_node_of(alert)?).ok()?;
@@ -263,7 +264,7 @@ impl Engine {
             self.open_alerts.values().any(|a| {
                 &a.node == o
                     && a.kind == AlertKind::Mesh
-                    && event_of(a) == "peer_unreachable"
+                    && MeshEvent::of(a) == Some(MeshEvent::PeerUnreachable)
                     && peer_node_of(a) == Some(peer.as_str())
             })
         };
@@ -321,13 +322,14 @@ impl Engine {
                 json!({"problem": k.1, "reason": SkipReason::PeerNodeDown.as_str()}),
             ));
         }
-        let nkey = (peer.clone(), "mesh:node".to_string());
+        let nkey = (peer.clone(), MESH_NODE_PROBLEM.to_string());
         if !offline && !self.open_alerts.contains_key(&nkey) {
             let observers: Vec<String> = self
                 .open_alerts
                 .values()
                 .filter(|a| {
-                    event_of(a) == "peer_unreachable" && peer_node_of(a) == Some(peer.as_str())
+                    MeshEvent::of(a) == Some(MeshEvent::PeerUnreachable)
+                        && peer_node_of(a) == Some(peer.as_str())
                 })
                 .map(|a| a.node.to_string())
                 .collect();
@@ -336,7 +338,7 @@ impl Engine {
                 AlertKind::Mesh,
                 Severity::Critical,
                 format!("{reason}: a node problem, not a tunnel problem"),
-                json!({"event": "node_unreachable", "sensor": "node", "observers": observers}),
+                json!({EVENT_KEY: MeshEvent::NodeUnreachable.as_str(), "sensor": "node", "observers": observers}),
                 now,
             )));
         }
@@ -354,20 +356,16 @@ impl Engine {
         };
         if self
             .open_alerts
-            .contains_key(&(peer.clone(), "mesh:node".to_string()))
+            .contains_key(&(peer.clone(), MESH_NODE_PROBLEM.to_string()))
         {
             out.push(Effect::Alert(self.own_alert(
                 &peer,
                 AlertKind::Mesh,
                 Severity::Normal,
                 format!("{peer} is reachable again from {}", alert.node),
-                json!({"event": "node_unreachable", "sensor": "node", "recovered": true}),
+                json!({EVENT_KEY: MeshEvent::NodeUnreachable.as_str(), "sensor": "node", "recovered": true}),
                 now,
             )));
         }
     }
-}
-
-fn peer_node_of(alert: &Alert) -> Option<&str> {
-    alert.details.get("peer_node").and_then(Value::as_str)
 }
