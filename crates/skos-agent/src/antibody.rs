@@ -1,17 +1,13 @@
-//! What every antibody offers the agent runtime, and the list of them.
+//! What every antibody offers the agent runtime. The list of them is in
+//! [`crate::registry`].
 //!
 //! An antibody senses (returning alerts), adds its readings to the
 //! heartbeat, and carries out the actions it knows. Long actions run as
 //! background jobs so heartbeats never stop.
 
-use std::path::Path;
-
-use skos_core::config::Config;
 use skos_core::protocol::{Alert, Command, Heartbeat};
 use skos_core::timefmt::Timestamp;
 
-use crate::storage::StorageWatcher;
-use crate::thermal::ThermalSentinel;
 use crate::Outcome;
 
 pub enum Execution {
@@ -42,23 +38,4 @@ pub trait Antibody: Send + Sync {
     ) -> Option<futures::future::BoxFuture<'static, ()>> {
         None
     }
-}
-
-/// The enabled antibodies, in configuration order. Unknown names were
-/// already refused by `Config::check`; names not built here are skipped
-/// with a warning (their actions are answered `unsupported`).
-pub fn enabled(cfg: &Config, state_dir: Option<&Path>) -> Vec<Box<dyn Antibody>> {
-    let mut out: Vec<Box<dyn Antibody>> = Vec::new();
-    for name in &cfg.agent.antibodies {
-        match name.as_str() {
-            crate::thermal::AGENT_TYPE => out.push(Box::new(ThermalSentinel::new(cfg, state_dir))),
-            crate::storage::AGENT_TYPE => out.push(Box::new(StorageWatcher::new(cfg))),
-            crate::loops::AGENT_TYPE => out.push(Box::new(crate::loops::LoopBreaker::new(cfg))),
-            crate::mesh::AGENT_TYPE => out.push(Box::new(crate::mesh::MeshHealer::new(cfg))),
-            other => {
-                tracing::warn!(antibody = %other, "antibody not available in this build; its commands are answered unsupported")
-            }
-        }
-    }
-    out
 }

@@ -22,7 +22,8 @@ use skos_core::protocol::{decode, Command, CommandResult, Heartbeat, ResultStatu
 use skos_core::NodeName;
 use tokio::sync::mpsc;
 
-use crate::antibody::{self, Antibody, Execution};
+use crate::antibody::{Antibody, Execution};
+use crate::registry;
 use crate::{Outcome, Result};
 
 /// A finished background job: (antibody index, action, outcome).
@@ -53,7 +54,7 @@ impl Agent {
         if let Some(dir) = &state_dir {
             std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
         }
-        let antibodies = antibody::enabled(&cfg, state_dir.as_deref());
+        let antibodies = registry::enabled(&cfg, state_dir.as_deref());
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let verifier = Verifier::new(&cfg.trust.coordinator_keys, cfg.trust.require_signatures)?;
         if verifier.required() && verifier.key_count() == 0 {

@@ -3,7 +3,8 @@
 //! build, the one the catalogue declares; no antibody handles an action
 //! declared for another or missing from the catalogue.
 
-use skos_agent::antibody::{self, Antibody};
+use skos_agent::antibody::Antibody;
+use skos_agent::registry;
 use skos_core::catalogue::{self, Executor};
 use skos_core::config::Config;
 
@@ -15,7 +16,7 @@ fn every_antibody() -> Vec<Box<dyn Antibody>> {
         .filter(|e| e.built())
         .map(|e| e.as_str().to_string())
         .collect();
-    let built = antibody::enabled(&cfg, None);
+    let built = registry::enabled(&cfg, None);
     let names: Vec<&str> = built.iter().map(|a| a.name()).collect();
     assert_eq!(
         names, cfg.agent.antibodies,

@@ -19,7 +19,7 @@ use crate::{natsutil, Error, Result};
 pub struct InProcCoordinator {
     pub counters: Counters,
     stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::result::Result<(), String>>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 /// The coordinator's config for the throughput and latency runs: defaults,
@@ -38,18 +38,18 @@ impl InProcCoordinator {
     pub async fn start(cfg: Config) -> Result<Self> {
         let counters = Counters::default();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = oneshot::channel::<std::result::Result<(), String>>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
         let c = counters.clone();
         let url = cfg.nats.url.clone();
         let thread = std::thread::Builder::new()
             .name("bench-coordinator".into())
-            .spawn(move || -> std::result::Result<(), String> {
+            .spawn(move || -> Result<()> {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .thread_name("coordinator-rt")
                     .enable_all()
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .ctx("build the coordinator's runtime")?;
                 rt.block_on(async move {
                     let setup = async {
                         let nats = natsutil::bus(&cfg.nats.url, "skos-coordinator").await?;
@@ -67,8 +67,8 @@ impl InProcCoordinator {
                             v
                         }
                         Err(e) => {
-                            let _ = ready_tx.send(Err(e.to_string()));
-                            return Err(e.to_string());
+                            let _ = ready_tx.send(Err(Error::failed("start the coordinator", &e)));
+                            return Err(e);
                         }
                     };
                     // Spawned onto the workers, as `skos coordinator` does.
@@ -84,8 +84,8 @@ impl InProcCoordinator {
                         },
                     ));
                     match task.await {
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                        Ok(r) => r.ctx("coordinator"),
+                        Err(e) => Err(Error::failed("coordinator", e)),
                     }
                 })
             })
@@ -97,12 +97,12 @@ impl InProcCoordinator {
         };
         match tokio::time::timeout(Duration::from_secs(30), ready_rx).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(Error::failed("start the coordinator", e)),
+            Ok(Ok(Err(e))) => return Err(e),
             Ok(Err(_)) => {
-                return Err(Error::failed(
-                    "start the coordinator",
-                    me.join_now().unwrap_or_else(|| "thread ended".into()),
-                ))
+                return Err(match me.join_now() {
+                    Some(e) => Error::failed("start the coordinator", e),
+                    None => Error::failed("start the coordinator", "thread ended"),
+                })
             }
             Err(_) => {
                 return Err(Error::timeout(
@@ -116,12 +116,12 @@ impl InProcCoordinator {
         Ok(me)
     }
 
-    fn join_now(&mut self) -> Option<String> {
+    fn join_now(&mut self) -> Option<Error> {
         let t = self.thread.take()?;
         match t.join() {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
-            Err(_) => Some("coordinator thread panicked".into()),
+            Err(_) => Some(Error::failed("coordinator", "thread panicked")),
         }
     }
 
@@ -139,7 +139,7 @@ impl InProcCoordinator {
         }
         match self.join_now() {
             None => Ok(()),
-            Some(e) => Err(Error::failed("coordinator", e)),
+            Some(e) => Err(e),
         }
     }
 }

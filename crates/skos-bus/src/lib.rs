@@ -42,6 +42,12 @@ pub enum Error {
     Connect { url: String, reason: String },
     #[error("stream {stream}: {reason}")]
     Stream { stream: String, reason: String },
+    #[error("stream {stream}, consumer {consumer}: {reason}")]
+    Consumer {
+        stream: String,
+        consumer: String,
+        reason: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,

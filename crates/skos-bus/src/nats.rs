@@ -345,11 +345,13 @@ impl NatsBus {
         consumer_name: &str,
         filter: &str,
         tx: &mpsc::Sender<Incoming>,
-    ) -> Result<(), String> {
-        let stream = js
-            .get_stream(stream_name)
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<()> {
+        let fail = |reason: &dyn std::fmt::Display| Error::Consumer {
+            stream: stream_name.to_string(),
+            consumer: consumer_name.to_string(),
+            reason: reason.to_string(),
+        };
+        let stream = js.get_stream(stream_name).await.map_err(|e| fail(&e))?;
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
                 consumer_name,
@@ -363,16 +365,16 @@ impl NatsBus {
                 },
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| fail(&e))?;
         let mut messages = consumer
             .stream()
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| fail(&e))?;
         while let Some(m) = messages.next().await {
-            let m = m.map_err(|e| e.to_string())?;
+            let m = m.map_err(|e| fail(&e))?;
             let incoming = Incoming {
                 subject: m.subject.to_string(),
                 payload: m.payload.clone(),
@@ -383,7 +385,7 @@ impl NatsBus {
                 return Ok(());
             }
         }
-        Err("message stream ended".into())
+        Err(fail(&"message stream ended"))
     }
 }
 

@@ -24,7 +24,11 @@ use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CycleRule, LoopConfig, RateRule};
+/// The conditions and kind names are the config's vocabulary (the keys of
+/// `loop.actions`, `loop.kinds` and process group names); the chain logic
+/// uses them from there.
+pub use crate::config::{valid_kind, Condition, MAX_KIND_LEN};
+use crate::config::{CycleRule, LoopConfig};
 use crate::level::secs;
 use crate::node::NodeName;
 use crate::protocol::DecodeError;
@@ -32,8 +36,6 @@ use crate::timefmt::{self, Timestamp};
 
 /// Longest chain id, step id and signature, in bytes.
 pub const MAX_ID_LEN: usize = 128;
-/// Longest chain kind (and process group name), in bytes.
-pub const MAX_KIND_LEN: usize = 64;
 /// Chains scanned for an evictable one when the table is full.
 const EVICT_SCAN: usize = 256;
 /// Buckets of the sliding rate window.
@@ -52,15 +54,6 @@ pub fn valid_id(s: &str) -> bool {
 /// spaces (`call:summarise`, `GET:/api/items`).
 pub fn valid_signature(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_ID_LEN && s.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// Chain kinds and process group names: 1 to [`MAX_KIND_LEN`] letters,
-/// digits, `_` or `-`.
-pub fn valid_kind(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_KIND_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// One step of a chain, as an application reports it (`skos.chain.<node>`).
@@ -119,47 +112,6 @@ impl ChainEvent {
 pub enum Verdict {
     Allow,
     Deny,
-}
-
-/// What a loop alert says broke (`details.condition`), keyed in
-/// `loop.actions`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Condition {
-    DepthExceeded,
-    IterationsExceeded,
-    Cycle,
-    RateExceeded,
-    /// A process group has more processes below its roots than allowed.
-    DescendantsExceeded,
-    /// A process group's roots were respawned too often within the window.
-    CrashLoop,
-}
-
-impl Condition {
-    pub const ALL: [Condition; 6] = [
-        Condition::DepthExceeded,
-        Condition::IterationsExceeded,
-        Condition::Cycle,
-        Condition::RateExceeded,
-        Condition::DescendantsExceeded,
-        Condition::CrashLoop,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Condition::DepthExceeded => "depth_exceeded",
-            Condition::IterationsExceeded => "iterations_exceeded",
-            Condition::Cycle => "cycle",
-            Condition::RateExceeded => "rate_exceeded",
-            Condition::DescendantsExceeded => "descendants_exceeded",
-            Condition::CrashLoop => "crash_loop",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Condition> {
-        Condition::ALL.into_iter().find(|c| c.as_str() == s)
-    }
 }
 
 /// Why a step was denied.
@@ -341,16 +293,6 @@ pub struct StepRecord {
     pub verdict: Verdict,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
-}
-
-/// The limits one chain is judged by.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    pub max_depth: u32,
-    pub max_iterations: u32,
-    pub cycle: CycleRule,
-    pub rate: RateRule,
-    pub cool_off_seconds: f64,
 }
 
 /// The period of a cycle closed by the last item of `seq`: the smallest
@@ -977,6 +919,7 @@ impl ChainTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RateRule;
     use chrono::TimeZone;
 
     fn t(s: f64) -> Timestamp {

@@ -100,6 +100,10 @@ fn the_example_names_every_key() {
         missing.is_empty(),
         "config.example.yaml does not document {} key(s):\n  {}",
         missing.len(),
-        missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  ")
+        missing
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n  ")
     );
 }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use skos_core::config::{FailoverConfig, MeshConfig, MeshInterface, MeshPeer, RestartMethod};
 use skos_core::protocol::{Change, ResultStatus};
 
+use super::error::MeshError;
 use super::exec::{self, argv};
 use super::iproute;
 use super::probe::{self, ProbeOpts};
@@ -37,30 +38,42 @@ fn outcome(status: ResultStatus, message: String, details: Value, changes: Vec<C
 }
 
 /// Is the interface there, up and readable by `wg`? `Err` says why not.
-pub fn check_up(cfg: &MeshConfig, name: &str) -> Result<wg::Dump, String> {
+pub fn check_up(cfg: &MeshConfig, name: &str) -> Result<wg::Dump, MeshError> {
     let t = timeout(cfg);
-    match iproute::link(&cfg.tools.ip, name, t) {
-        Ok(Some(l)) if l.up => {}
-        Ok(Some(_)) => return Err(format!("{name} exists but is down")),
-        Ok(None) => return Err(format!("{name} does not exist")),
-        Err(e) => return Err(e.to_string()),
+    match iproute::link(&cfg.tools.ip, name, t)? {
+        Some(l) if l.up => {}
+        Some(_) => {
+            return Err(MeshError::Down {
+                interface: name.to_string(),
+            })
+        }
+        None => {
+            return Err(MeshError::Missing {
+                interface: name.to_string(),
+            })
+        }
     }
     read_dump(cfg, name)
 }
 
 /// `wg show <name> dump`, parsed; the text (which holds the private key)
 /// is wiped as soon as it is parsed.
-pub fn read_dump(cfg: &MeshConfig, name: &str) -> Result<wg::Dump, String> {
+pub fn read_dump(cfg: &MeshConfig, name: &str) -> Result<wg::Dump, MeshError> {
     let out = exec::run(
         &argv(&[cfg.tools.wg.as_str(), "show", name, "dump"]),
         timeout(cfg),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if !out.success() {
-        return Err(format!("wg cannot read {name}: {}", out.describe()));
+        return Err(MeshError::WgShow {
+            interface: name.to_string(),
+            output: out.describe(),
+        });
     }
     let mut text = out.stdout;
-    let parsed = wg::parse_dump(&text).map_err(|e| e.to_string());
+    let parsed = wg::parse_dump(&text).map_err(|source| MeshError::Dump {
+        interface: name.to_string(),
+        source,
+    });
     wipe(&mut text);
     parsed
 }
@@ -131,7 +144,7 @@ fn method_name(m: RestartMethod) -> &'static str {
 pub fn restart(cfg: &MeshConfig, itf: &MeshInterface) -> Outcome {
     let before = match check_up(cfg, &itf.name) {
         Ok(_) => "up".to_string(),
-        Err(e) => e,
+        Err(e) => e.to_string(),
     };
     let attempts = cfg.reconnect_attempts.max(1);
     let mut log = Vec::new();
@@ -163,7 +176,7 @@ pub fn restart(cfg: &MeshConfig, itf: &MeshInterface) -> Outcome {
                 );
             }
             Ok(_) => last_err = "the restart command failed".into(),
-            Err(e) => last_err = e,
+            Err(e) => last_err = e.to_string(),
         }
         tracing::warn!(interface = %itf.name, attempt, error = %last_err, "wireguard restart attempt failed");
     }
@@ -180,18 +193,22 @@ pub fn restart(cfg: &MeshConfig, itf: &MeshInterface) -> Outcome {
     )
 }
 
-fn read_key(path: &Path, what: &str) -> Result<String, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+fn read_key(path: &Path, what: &str) -> Result<String, MeshError> {
+    let text = fs::read_to_string(path).map_err(|source| MeshError::KeyFile {
+        what: what.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })?;
     let key = text.trim().to_string();
     let mut text = text;
     wipe(&mut text);
     if skos_core::config::is_wg_key(&key) {
         Ok(key)
     } else {
-        Err(format!(
-            "{what} {} does not hold a WireGuard key",
-            path.display()
-        ))
+        Err(MeshError::NotAKey {
+            what: what.to_string(),
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -223,16 +240,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn write_config(
     cfg: &MeshConfig,
     itf: &MeshInterface,
-) -> Result<(String, String, Option<PathBuf>), String> {
-    let key_file = itf.private_key_file.as_ref().ok_or_else(|| {
-        format!(
-            "no private_key_file configured for {} (mesh.interfaces[].private_key_file)",
-            itf.name
-        )
-    })?;
+) -> Result<(String, String, Option<PathBuf>), MeshError> {
+    let key_file = itf
+        .private_key_file
+        .as_ref()
+        .ok_or_else(|| MeshError::NoPrivateKeyFile {
+            interface: itf.name.clone(),
+        })?;
     let mut private_key = read_key(key_file, "private_key_file")?;
     let template_text = match &itf.template {
-        Some(t) => fs::read_to_string(t).map_err(|e| format!("template {}: {e}", t.display()))?,
+        Some(t) => fs::read_to_string(t).map_err(|source| MeshError::Template {
+            path: t.clone(),
+            source,
+        })?,
         None => template::BUILTIN.to_string(),
     };
     let mine: Vec<&MeshPeer> = cfg
@@ -258,39 +278,42 @@ fn write_config(
             wipe(psk);
         }
     }
-    let mut text = rendered?;
+    let mut text = rendered.map_err(MeshError::Render)?;
     let result = (|| {
-        let checked = template::validate(&text).map_err(|e| format!("rendered config: {e}"))?;
+        let checked = template::validate(&text).map_err(|source| MeshError::Rendered {
+            interface: itf.name.clone(),
+            source,
+        })?;
         for p in &mine {
             if let Some(k) = &p.public_key {
                 if !checked.peer_keys.contains(k) {
-                    return Err(format!(
-                        "rendered config: peer {} is missing (does the template use {{{{peers}}}}?)",
-                        p.name
-                    ));
+                    return Err(MeshError::PeerMissing {
+                        peer: p.name.clone(),
+                    });
                 }
             }
         }
         let path = itf.config_file();
         let dir = path
             .parent()
-            .ok_or_else(|| format!("{} has no directory", path.display()))?;
+            .ok_or_else(|| MeshError::NoDirectory { path: path.clone() })?;
         let old = fs::read(&path).ok();
         let kept = match &old {
             Some(bytes) => {
                 let prev = previous_path(&path);
-                write_private(&prev, bytes).map_err(|e| {
-                    format!("cannot keep the previous config at {}: {e}", prev.display())
+                write_private(&prev, bytes).map_err(|source| MeshError::KeepPrevious {
+                    path: prev.clone(),
+                    source,
                 })?;
                 Some(prev)
             }
             None => None,
         };
         let tmp = dir.join(format!(".{}.conf.skos-tmp", itf.name));
-        write_private(&tmp, text.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        write_private(&tmp, text.as_bytes()).map_err(|e| crate::Error::io(&tmp, e))?;
         fs::rename(&tmp, &path).map_err(|e| {
             let _ = fs::remove_file(&tmp);
-            format!("{}: {e}", path.display())
+            crate::Error::io(&path, e)
         })?;
         if let Ok(d) = fs::File::open(dir) {
             let _ = d.sync_all();
@@ -394,7 +417,7 @@ pub fn ping(cfg: &MeshConfig, peers: &[MeshPeer]) -> Outcome {
             Err(e) => {
                 all_answered = false;
                 summary.push(format!("{}: not probed: {e}", p.name));
-                reports.insert(p.name.clone(), json!({"error": e}));
+                reports.insert(p.name.clone(), json!({"error": e.to_string()}));
             }
         }
     }
@@ -443,7 +466,7 @@ pub fn switch_routes(
     cfg: &MeshConfig,
     f: &FailoverConfig,
     to: &skos_core::config::RouteVia,
-) -> Result<Vec<Change>, (Vec<Change>, String)> {
+) -> Result<Vec<Change>, (Vec<Change>, crate::Error)> {
     let t = timeout(cfg);
     let mut changes = Vec::new();
     for net in &f.networks {
@@ -451,7 +474,7 @@ pub fn switch_routes(
             .map(|r| describe_route(&r))
             .unwrap_or_else(|e| format!("unknown ({e})"));
         if let Err(e) = iproute::replace(&cfg.tools.ip, net, to, t) {
-            return Err((changes, e.to_string()));
+            return Err((changes, e));
         }
         changes.push(Change {
             target: format!("route {net}"),

@@ -30,10 +30,22 @@ struct RawLink {
     operstate: String,
 }
 
+/// `ip -j` output that is not the JSON expected; `what` is the object
+/// (`link`, `route`).
+#[derive(Debug, thiserror::Error)]
+#[error("ip -j {what}: {source}")]
+pub struct JsonError {
+    pub what: &'static str,
+    #[source]
+    pub source: serde_json::Error,
+}
+
 /// Parse `ip -j link show dev <name>`.
-pub fn parse_link(json: &str) -> Result<Option<Link>, String> {
-    let links: Vec<RawLink> =
-        serde_json::from_str(json.trim()).map_err(|e| format!("ip -j link: {e}"))?;
+pub fn parse_link(json: &str) -> Result<Option<Link>, JsonError> {
+    let links: Vec<RawLink> = serde_json::from_str(json.trim()).map_err(|source| JsonError {
+        what: "link",
+        source,
+    })?;
     Ok(links.into_iter().next().map(|l| Link {
         up: l.flags.iter().any(|f| f == "UP"),
         lower_up: l.flags.iter().any(|f| f == "LOWER_UP"),
@@ -71,12 +83,15 @@ impl Route {
 }
 
 /// Parse `ip -j route show <prefix>`.
-pub fn parse_routes(json: &str) -> Result<Vec<Route>, String> {
+pub fn parse_routes(json: &str) -> Result<Vec<Route>, JsonError> {
     let t = json.trim();
     if t.is_empty() {
         return Ok(Vec::new());
     }
-    serde_json::from_str(t).map_err(|e| format!("ip -j route: {e}"))
+    serde_json::from_str(t).map_err(|source| JsonError {
+        what: "route",
+        source,
+    })
 }
 
 /// The link named `name` in this network namespace; `None` when there is
@@ -92,9 +107,9 @@ pub fn link(ip: &str, name: &str, timeout: Duration) -> Result<Option<Link>> {
             reason: out.describe(),
         });
     }
-    parse_link(&out.stdout).map_err(|reason| Error::Command {
+    parse_link(&out.stdout).map_err(|e| Error::Command {
         command: format!("ip link show dev {name}"),
-        reason,
+        reason: e.to_string(),
     })
 }
 
@@ -118,9 +133,9 @@ pub fn routes(ip: &str, prefix: &str, timeout: Duration) -> Result<Vec<Route>> {
             reason: out.describe(),
         });
     }
-    parse_routes(&out.stdout).map_err(|reason| Error::Command {
+    parse_routes(&out.stdout).map_err(|e| Error::Command {
         command: format!("ip route show {prefix}"),
-        reason,
+        reason: e.to_string(),
     })
 }
 

@@ -20,6 +20,7 @@
 //! under `mesh.tools`) and a configured restart command; argv only.
 
 pub mod actions;
+mod error;
 pub mod exec;
 pub mod iproute;
 pub mod probe;
@@ -36,6 +37,8 @@ use skos_core::level::{secs, LevelRules, LevelTracker, Report};
 use skos_core::protocol::{Alert, AlertKind, Command, Heartbeat, ResultStatus, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
+
+pub use error::MeshError;
 
 use crate::antibody::{Antibody, Execution};
 use crate::Outcome;
@@ -222,17 +225,17 @@ impl MeshHealer {
         }
         let dump = match actions::read_dump(&self.cfg, name) {
             Ok(d) => d,
-            Err(e) if e.contains("Operation not permitted") || e.contains("Permission denied") => {
+            Err(e) if e.is_permission_denied() => {
                 if !self.said_no_permission {
                     tracing::warn!(interface = %name, error = %e, "cannot read WireGuard state: the agent needs CAP_NET_ADMIN (or root); the interface and its peers are not judged");
                 }
                 return IfaceReading {
                     state: "no_permission",
                     judged: false,
-                    ..down("no_permission", e, Some(link))
+                    ..down("no_permission", e.to_string(), Some(link))
                 };
             }
-            Err(e) => return down("unreadable", e, Some(link)),
+            Err(e) => return down("unreadable", e.to_string(), Some(link)),
         };
         let missing: Vec<&str> = configured_keys
             .iter()
@@ -422,7 +425,7 @@ impl MeshHealer {
             };
             match x.main {
                 Some(Ok(rep)) => r.probe = Some(rep),
-                Some(Err(e)) => r.probe_error = Some(e),
+                Some(Err(e)) => r.probe_error = Some(e.to_string()),
                 None => {}
             }
             r.primary_check = x.primary;
@@ -867,7 +870,7 @@ impl MeshHealer {
 struct Probed {
     name: String,
     /// `None` when the peer has no address to probe.
-    main: Option<Result<ProbeReport, String>>,
+    main: Option<Result<ProbeReport, probe::ProbeError>>,
     /// The primary path's check, while failed over.
     primary: Option<ProbeReport>,
 }

@@ -5,7 +5,7 @@
 //! method was used. A node that can probe no way says so: no reading is
 //! invented.
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,44 @@ pub struct ProbeReport {
     /// Why ICMP was not used, or what went wrong sending.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// Why no probe of `target` could be made at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot open an ICMP socket: {source}")]
+    Icmp {
+        target: IpAddr,
+        #[source]
+        source: IcmpUnavailable,
+    },
+    #[error("cannot open an ICMP socket ({source}) and no TCP port is configured")]
+    NoTcpPort {
+        target: IpAddr,
+        #[source]
+        source: IcmpUnavailable,
+    },
+}
+
+/// Why ICMP is not used for a probe.
+#[derive(Debug, thiserror::Error)]
+pub enum IcmpUnavailable {
+    #[error("probe method is tcp")]
+    TcpChosen,
+    #[error("ping socket: {dgram}; raw socket: {raw}")]
+    NoSocket { dgram: io::Error, raw: io::Error },
+    #[error("cannot bind to device {device}: {source}")]
+    Bind {
+        device: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connect {target}: {source}")]
+    Connect {
+        target: IpAddr,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl ProbeReport {
@@ -84,21 +122,25 @@ pub fn summarize(target: IpAddr, method: &'static str, rtts: &[Option<Duration>]
 /// Probe `target` once over a window of `opts.count` echoes (or connects).
 /// `Err` when no probe could be made at all (no socket permitted, no TCP
 /// port configured): the caller reports "not probed", not "unreachable".
-pub fn probe(target: IpAddr, opts: &ProbeOpts) -> Result<ProbeReport, String> {
+pub fn probe(target: IpAddr, opts: &ProbeOpts) -> Result<ProbeReport, ProbeError> {
     let icmp = match opts.method {
-        ProbeMethod::Tcp => Err("probe method is tcp".to_string()),
+        ProbeMethod::Tcp => Err(IcmpUnavailable::TcpChosen),
         _ => open_icmp(target, opts.bind_device.as_deref()),
     };
     let mut report = match icmp {
         Ok((sock, kind)) => icmp_window(&sock, kind, target, opts),
         Err(why) => {
             if opts.method == ProbeMethod::Icmp {
-                return Err(format!("cannot open an ICMP socket: {why}"));
+                return Err(ProbeError::Icmp {
+                    target,
+                    source: why,
+                });
             }
             let Some(port) = opts.tcp_port else {
-                return Err(format!(
-                    "cannot open an ICMP socket ({why}) and no TCP port is configured"
-                ));
+                return Err(ProbeError::NoTcpPort {
+                    target,
+                    source: why,
+                });
             };
             let mut r = tcp_window(target, port, opts);
             if opts.method == ProbeMethod::Auto {
@@ -117,7 +159,7 @@ enum IcmpKind {
     Raw,
 }
 
-fn open_icmp(target: IpAddr, device: Option<&str>) -> Result<(Socket, IcmpKind), String> {
+fn open_icmp(target: IpAddr, device: Option<&str>) -> Result<(Socket, IcmpKind), IcmpUnavailable> {
     let (domain, proto) = match target {
         IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
         IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
@@ -126,15 +168,18 @@ fn open_icmp(target: IpAddr, device: Option<&str>) -> Result<(Socket, IcmpKind),
         Ok(s) => (s, IcmpKind::Dgram),
         Err(dgram) => match Socket::new(domain, Type::RAW, Some(proto)) {
             Ok(s) => (s, IcmpKind::Raw),
-            Err(raw) => return Err(format!("ping socket: {dgram}; raw socket: {raw}")),
+            Err(raw) => return Err(IcmpUnavailable::NoSocket { dgram, raw }),
         },
     };
     if let Some(d) = device {
         sock.bind_device(Some(d.as_bytes()))
-            .map_err(|e| format!("cannot bind to device {d}: {e}"))?;
+            .map_err(|source| IcmpUnavailable::Bind {
+                device: d.to_string(),
+                source,
+            })?;
     }
     sock.connect(&SockAddr::from(SocketAddr::new(target, 0)))
-        .map_err(|e| format!("connect {target}: {e}"))?;
+        .map_err(|source| IcmpUnavailable::Connect { target, source })?;
     Ok((sock, kind))
 }
 

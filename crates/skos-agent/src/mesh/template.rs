@@ -12,6 +12,45 @@ use std::collections::BTreeMap;
 
 use skos_core::config::{endpoint, is_wg_key, parse_cidr, MeshInterface, MeshPeer};
 
+/// Why a template did not render, or a rendered file is not a valid
+/// wg-quick config. Never quotes a key: it names the peer, the placeholder,
+/// or the line and key that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("the private key file does not hold a WireGuard key")]
+    PrivateKey,
+    #[error("peer {peer} has no public_key (mesh.peers)")]
+    NoPublicKey { peer: String },
+    #[error("the preshared key file of peer {peer} does not hold a WireGuard key")]
+    PresharedKey { peer: String },
+    #[error("template: `{{{{` without `}}}}`")]
+    Unclosed,
+    #[error("template: unknown placeholder {{{{{name}}}}}")]
+    UnknownPlaceholder { name: String },
+    #[error("line {line}: the previous [Peer] has no PublicKey")]
+    PeerWithoutKey { line: usize },
+    #[error("line {line}: unknown section")]
+    UnknownSection { line: usize },
+    #[error("line {line}: not `Key = value`")]
+    NotKeyValue { line: usize },
+    #[error("line {line}: {key} outside a section")]
+    OutsideSection { line: usize, key: String },
+    #[error("line {line}: {key} is not {expected}")]
+    BadValue {
+        line: usize,
+        key: String,
+        expected: &'static str,
+    },
+    #[error("line {line}: unknown key {key}")]
+    UnknownKey { line: usize, key: String },
+    #[error("the last [Peer] has no PublicKey")]
+    LastPeerWithoutKey,
+    #[error("{count} [Interface] sections, expected exactly one")]
+    InterfaceCount { count: usize },
+    #[error("[Interface] has no PrivateKey")]
+    NoPrivateKey,
+}
+
 /// The template used when the interface names none.
 pub const BUILTIN: &str = "\
 # {{interface}}: written by SKOS (regenerate_config) from mesh.interfaces and mesh.peers.
@@ -34,9 +73,9 @@ pub fn render(
     itf: &MeshInterface,
     private_key: &str,
     peers: &[PeerKeys<'_>],
-) -> Result<String, String> {
+) -> Result<String, TemplateError> {
     if !is_wg_key(private_key) {
-        return Err("the private key file does not hold a WireGuard key".into());
+        return Err(TemplateError::PrivateKey);
     }
     let mut options = Vec::new();
     if let Some(p) = itf.listen_port {
@@ -54,14 +93,15 @@ pub fn render(
         let key = p
             .public_key
             .as_deref()
-            .ok_or_else(|| format!("peer {} has no public_key (mesh.peers)", p.name))?;
+            .ok_or_else(|| TemplateError::NoPublicKey {
+                peer: p.name.clone(),
+            })?;
         let mut s = format!("[Peer]\n# {}\nPublicKey = {key}\n", p.name);
         if let Some(psk) = &pk.preshared_key {
             if !is_wg_key(psk) {
-                return Err(format!(
-                    "the preshared key file of peer {} does not hold a WireGuard key",
-                    p.name
-                ));
+                return Err(TemplateError::PresharedKey {
+                    peer: p.name.clone(),
+                });
             }
             s.push_str(&format!("PresharedKey = {psk}\n"));
         }
@@ -93,13 +133,13 @@ pub fn render(
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| "template: `{{` without `}}`".to_string())?;
+        let end = after.find("}}").ok_or(TemplateError::Unclosed)?;
         let name = after[..end].trim();
         let v = values
             .get(name)
-            .ok_or_else(|| format!("template: unknown placeholder {{{{{name}}}}}"))?;
+            .ok_or_else(|| TemplateError::UnknownPlaceholder {
+                name: name.to_string(),
+            })?;
         out.push_str(v);
         rest = &after[end + 2..];
     }
@@ -119,7 +159,7 @@ pub struct Checked {
 /// Check a wg-quick file: one `[Interface]` with a valid `PrivateKey`,
 /// `[Peer]` sections with valid `PublicKey`s, known keys only, well-formed
 /// values. Errors give the line number and key, never a key's value.
-pub fn validate(text: &str) -> Result<Checked, String> {
+pub fn validate(text: &str) -> Result<Checked, TemplateError> {
     #[derive(PartialEq)]
     enum Section {
         None,
@@ -139,7 +179,7 @@ pub fn validate(text: &str) -> Result<Checked, String> {
         }
         if line.starts_with('[') {
             if !peer_has_key {
-                return Err(format!("line {n}: the previous [Peer] has no PublicKey"));
+                return Err(TemplateError::PeerWithoutKey { line: n });
             }
             section = match line.to_ascii_lowercase().as_str() {
                 "[interface]" => {
@@ -150,18 +190,29 @@ pub fn validate(text: &str) -> Result<Checked, String> {
                     peer_has_key = false;
                     Section::Peer
                 }
-                _ => return Err(format!("line {n}: unknown section")),
+                _ => return Err(TemplateError::UnknownSection { line: n }),
             };
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            return Err(format!("line {n}: not `Key = value`"));
+            return Err(TemplateError::NotKeyValue { line: n });
         };
         let key = key.trim().to_ascii_lowercase();
         let value = value.trim();
-        let bad = |what: &str| Err(format!("line {n}: {key} is not {what}"));
+        let bad = |expected: &'static str| {
+            Err(TemplateError::BadValue {
+                line: n,
+                key: key.clone(),
+                expected,
+            })
+        };
         match (&section, key.as_str()) {
-            (Section::None, _) => return Err(format!("line {n}: {key} outside a section")),
+            (Section::None, _) => {
+                return Err(TemplateError::OutsideSection {
+                    line: n,
+                    key: key.clone(),
+                })
+            }
             (Section::Interface, "privatekey") => {
                 if !is_wg_key(value) {
                     return bad("a WireGuard key");
@@ -234,19 +285,22 @@ pub fn validate(text: &str) -> Result<Checked, String> {
                     return bad("a number of seconds");
                 }
             }
-            _ => return Err(format!("line {n}: unknown key {key}")),
+            _ => {
+                return Err(TemplateError::UnknownKey {
+                    line: n,
+                    key: key.clone(),
+                })
+            }
         }
     }
     if !peer_has_key {
-        return Err("the last [Peer] has no PublicKey".into());
+        return Err(TemplateError::LastPeerWithoutKey);
     }
     if interfaces != 1 {
-        return Err(format!(
-            "{interfaces} [Interface] sections, expected exactly one"
-        ));
+        return Err(TemplateError::InterfaceCount { count: interfaces });
     }
     if !private_key {
-        return Err("[Interface] has no PrivateKey".into());
+        return Err(TemplateError::NoPrivateKey);
     }
     Ok(Checked { peer_keys })
 }
@@ -311,9 +365,18 @@ mod tests {
         let t = "[Interface]\nPrivateKey={{ private_key }}\nListenPort={{listen_port}}\nPostUp = logger up {{interface}}\n\n{{peers}}";
         let text = render(t, &itf(), PRIV, &peers).unwrap();
         validate(&text).unwrap();
-        assert!(render("{{secret}}", &itf(), PRIV, &peers)
-            .unwrap_err()
-            .contains("unknown placeholder"));
+        assert_eq!(
+            render("{{secret}}", &itf(), PRIV, &peers)
+                .unwrap_err()
+                .to_string(),
+            "template: unknown placeholder {{secret}}"
+        );
+        assert_eq!(
+            render("{{peers", &itf(), PRIV, &peers)
+                .unwrap_err()
+                .to_string(),
+            "template: `{{` without `}}`"
+        );
         assert!(render("{{peers", &itf(), PRIV, &peers).is_err());
         assert!(render(BUILTIN, &itf(), "short", &peers).is_err());
         // ListenPort left empty is caught by validation.
@@ -322,7 +385,10 @@ mod tests {
             ..itf()
         };
         let text = render(t, &no_port, PRIV, &peers).unwrap();
-        assert!(validate(&text).unwrap_err().contains("listenport"));
+        assert_eq!(
+            validate(&text).unwrap_err().to_string(),
+            "line 3: listenport is not a port"
+        );
         let keyless = MeshPeer {
             public_key: None,
             ..peer()
@@ -342,7 +408,7 @@ mod tests {
     #[test]
     fn validation_never_quotes_a_key() {
         let corrupt = format!("[Interface]\nPrivateKey = {}\n", &PRIV[..40]);
-        let e = validate(&corrupt).unwrap_err();
+        let e = validate(&corrupt).unwrap_err().to_string();
         assert!(e.contains("line 2") && !e.contains(&PRIV[..40]), "{e}");
         for bad in [
             "PrivateKey = x\n".to_string(),
@@ -353,7 +419,7 @@ mod tests {
             "[Interface]\nListenPort = 1\n".to_string(),
             "garbage\u{0}\u{1}".to_string(),
         ] {
-            let e = validate(&bad).unwrap_err();
+            let e = validate(&bad).unwrap_err().to_string();
             assert!(!e.contains(PRIV), "{e}");
         }
     }

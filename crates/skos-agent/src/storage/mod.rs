@@ -7,6 +7,7 @@
 //! and `alert_human`, strictly inside the configured directories.
 
 pub mod actions;
+pub mod notify;
 pub mod usage;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -20,8 +21,8 @@ use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
 use crate::antibody::{Antibody, Execution};
-use crate::notify::{self, Notification};
 use crate::Outcome;
+use notify::Notification;
 use usage::{FillRate, MountUsage};
 
 pub const AGENT_TYPE: &str = skos_core::catalogue::Executor::StorageWatcher.as_str();

@@ -11,8 +11,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{issue, relative_inside, strings, ConfigIssue};
-use crate::chain::{self, Condition, Limits};
+use super::levels::check_actions;
+use super::validate::{relative_inside, valid_kind, MAX_KIND_LEN};
+use super::{issue, strings, CheckContext, Config, ConfigIssue, Section};
 
 /// Longest cycle period that can be configured, in steps.
 pub const MAX_CYCLE_PERIOD: usize = 32;
@@ -167,6 +168,58 @@ impl Default for ProcessGroup {
     }
 }
 
+/// What a loop alert says broke (`details.condition`), keyed in
+/// `loop.actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    DepthExceeded,
+    IterationsExceeded,
+    Cycle,
+    RateExceeded,
+    /// A process group has more processes below its roots than allowed.
+    DescendantsExceeded,
+    /// A process group's roots were respawned too often within the window.
+    CrashLoop,
+}
+
+impl Condition {
+    pub const ALL: [Condition; 6] = [
+        Condition::DepthExceeded,
+        Condition::IterationsExceeded,
+        Condition::Cycle,
+        Condition::RateExceeded,
+        Condition::DescendantsExceeded,
+        Condition::CrashLoop,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::DepthExceeded => "depth_exceeded",
+            Condition::IterationsExceeded => "iterations_exceeded",
+            Condition::Cycle => "cycle",
+            Condition::RateExceeded => "rate_exceeded",
+            Condition::DescendantsExceeded => "descendants_exceeded",
+            Condition::CrashLoop => "crash_loop",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Condition> {
+        Condition::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// The limits one chain is judged by: the section's, or its kind's
+/// (`loop.kinds.<kind>`) where set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChainLimits {
+    pub max_depth: u32,
+    pub max_iterations: u32,
+    pub cycle: CycleRule,
+    pub rate: RateRule,
+    pub cool_off_seconds: f64,
+}
+
 /// The limits of one process group, resolved against the section's.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GroupLimits {
@@ -221,13 +274,32 @@ impl Default for LoopConfig {
     }
 }
 
+impl Section for LoopConfig {
+    const KEY: &'static str = "loop";
+
+    fn get(cfg: &Config) -> &Self {
+        &cfg.loop_
+    }
+
+    fn get_mut(cfg: &mut Config) -> &mut Self {
+        &mut cfg.loop_
+    }
+
+    fn check(&self, _ctx: &CheckContext<'_>, out: &mut Vec<ConfigIssue>) {
+        for (cond, actions) in &self.actions {
+            check_actions(out, &format!("loop.actions.{cond}"), actions);
+        }
+        out.extend(self.check_fields());
+    }
+}
+
 impl LoopConfig {
     /// The limits for a chain of `kind` (the section's own when the kind is
     /// absent or not configured).
-    pub fn limits(&self, kind: Option<&str>) -> Limits {
+    pub fn limits(&self, kind: Option<&str>) -> ChainLimits {
         let k = kind.and_then(|k| self.kinds.get(k));
         let pick = |f: fn(&KindLimits) -> Option<u32>, d: u32| k.and_then(f).unwrap_or(d);
-        Limits {
+        ChainLimits {
             max_depth: pick(|k| k.max_depth, self.max_depth),
             max_iterations: pick(|k| k.max_iterations, self.max_iterations),
             cycle: k.and_then(|k| k.cycle).unwrap_or(self.cycle),
@@ -251,8 +323,8 @@ impl LoopConfig {
         }
     }
 
-    /// Checks beyond the action names (which `Config::check` does).
-    pub fn check(&self) -> Vec<ConfigIssue> {
+    /// Checks beyond the action names.
+    fn check_fields(&self) -> Vec<ConfigIssue> {
         let mut out = Vec::new();
         if self.max_depth == 0 {
             out.push(issue("loop.max_depth", "must be at least 1"));
@@ -278,12 +350,12 @@ impl LoopConfig {
         }
         for (name, k) in &self.kinds {
             let at = format!("loop.kinds.{name}");
-            if !chain::valid_kind(name) {
+            if !valid_kind(name) {
                 out.push(issue(
                     at.clone(),
                     format!(
                         "kind names are 1 to {} letters, digits, '_' or '-'",
-                        chain::MAX_KIND_LEN
+                        MAX_KIND_LEN
                     ),
                 ));
             }
@@ -317,13 +389,10 @@ impl LoopConfig {
         let mut names = std::collections::BTreeSet::new();
         for (i, g) in self.process_groups.iter().enumerate() {
             let at = format!("loop.process_groups[{i}]");
-            if !chain::valid_kind(&g.name) {
+            if !valid_kind(&g.name) {
                 out.push(issue(
                     format!("{at}.name"),
-                    format!(
-                        "must be 1 to {} letters, digits, '_' or '-'",
-                        chain::MAX_KIND_LEN
-                    ),
+                    format!("must be 1 to {} letters, digits, '_' or '-'", MAX_KIND_LEN),
                 ));
             } else if !names.insert(g.name.as_str()) {
                 out.push(issue(
@@ -365,7 +434,7 @@ impl LoopConfig {
             }
             if let Some(cg) = &g.cgroup {
                 if let Err(m) = relative_inside(cg) {
-                    out.push(issue(format!("{at}.cgroup"), m));
+                    out.push(issue(format!("{at}.cgroup"), m.to_string()));
                 }
             }
             if g.max_depth == Some(0) {

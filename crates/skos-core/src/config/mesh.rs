@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::{issue, strings, ConfigIssue};
+use super::levels::check_actions;
+use super::validate::{endpoint, interface_name, is_wg_key, parse_cidr, sensor_name};
+use super::{issue, strings, CheckContext, Config, ConfigIssue, Section};
 use crate::node::NodeName;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -363,6 +365,25 @@ impl Default for MeshTools {
     }
 }
 
+impl Section for MeshConfig {
+    const KEY: &'static str = "mesh";
+
+    fn get(cfg: &Config) -> &Self {
+        &cfg.mesh
+    }
+
+    fn get_mut(cfg: &mut Config) -> &mut Self {
+        &mut cfg.mesh
+    }
+
+    fn check(&self, _ctx: &CheckContext<'_>, out: &mut Vec<ConfigIssue>) {
+        for (event, actions) in &self.actions {
+            check_actions(out, &format!("mesh.actions.{event}"), actions);
+        }
+        out.extend(self.check_fields());
+    }
+}
+
 impl MeshConfig {
     pub fn interface(&self, name: &str) -> Option<&MeshInterface> {
         self.interfaces.iter().find(|i| i.name == name)
@@ -372,8 +393,8 @@ impl MeshConfig {
         self.peers.iter().find(|p| p.name == name)
     }
 
-    /// Checks beyond the action names (which `Config::check` does).
-    pub fn check(&self) -> Vec<ConfigIssue> {
+    /// Checks beyond the action names.
+    fn check_fields(&self) -> Vec<ConfigIssue> {
         let mut out = Vec::new();
         let positive = |out: &mut Vec<ConfigIssue>, path: &str, v: f64| {
             if !(v.is_finite() && v > 0.0) {
@@ -440,7 +461,7 @@ impl MeshConfig {
         for (i, itf) in self.interfaces.iter().enumerate() {
             let at = format!("mesh.interfaces[{i}]");
             if let Err(m) = interface_name(&itf.name) {
-                out.push(issue(format!("{at}.name"), m));
+                out.push(issue(format!("{at}.name"), m.to_string()));
             } else if !names.insert(itf.name.clone()) {
                 out.push(issue(
                     format!("{at}.name"),
@@ -499,14 +520,14 @@ impl MeshConfig {
             }
             for (j, a) in itf.address.iter().enumerate() {
                 if let Err(m) = parse_cidr(a) {
-                    out.push(issue(format!("{at}.address[{j}]"), m));
+                    out.push(issue(format!("{at}.address[{j}]"), m.to_string()));
                 }
             }
         }
         for (i, peer) in self.peers.iter().enumerate() {
             let at = format!("mesh.peers[{i}]");
             if let Err(m) = sensor_name(&peer.name) {
-                out.push(issue(format!("{at}.name"), m));
+                out.push(issue(format!("{at}.name"), m.to_string()));
             } else if !names.insert(peer.name.clone()) {
                 out.push(issue(
                     format!("{at}.name"),
@@ -537,12 +558,12 @@ impl MeshConfig {
             }
             if let Some(e) = &peer.endpoint {
                 if let Err(m) = endpoint(e) {
-                    out.push(issue(format!("{at}.endpoint"), m));
+                    out.push(issue(format!("{at}.endpoint"), m.to_string()));
                 }
             }
             for (j, a) in peer.allowed_ips.iter().enumerate() {
                 if let Err(m) = parse_cidr(a) {
-                    out.push(issue(format!("{at}.allowed_ips[{j}]"), m));
+                    out.push(issue(format!("{at}.allowed_ips[{j}]"), m.to_string()));
                 }
             }
             if let Some(f) = &peer.failover {
@@ -559,7 +580,7 @@ impl MeshConfig {
                         Ok((ip, _)) => {
                             families.insert(ip.is_ipv4());
                         }
-                        Err(m) => out.push(issue(format!("{at}.networks[{j}]"), m)),
+                        Err(m) => out.push(issue(format!("{at}.networks[{j}]"), m.to_string())),
                     }
                 }
                 for (key, via) in [("primary", &f.primary), ("backup", &f.backup)] {
@@ -568,7 +589,7 @@ impl MeshConfig {
                     }
                     if let Some(d) = &via.dev {
                         if let Err(m) = interface_name(d) {
-                            out.push(issue(format!("{at}.{key}.dev"), m));
+                            out.push(issue(format!("{at}.{key}.dev"), m.to_string()));
                         }
                     }
                     if let Some(g) = via.gateway {
@@ -600,97 +621,6 @@ impl MeshConfig {
         }
         out
     }
-}
-
-/// A Linux interface name as wg-quick accepts it: 1 to 15 of
-/// `[A-Za-z0-9_=+.-]`, not starting with `-`.
-pub fn interface_name(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 15
-        && !s.starts_with('-')
-        && s != "."
-        && s != ".."
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '=' | '+' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{s:?} is not an interface name (1-15 of A-Z a-z 0-9 _ = + . -)"
-        ))
-    }
-}
-
-/// A peer name: it becomes part of the problem key `mesh:<name>`.
-pub fn sensor_name(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with('-')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{s:?} is not a name (1-64 of A-Z a-z 0-9 _ - .)"))
-    }
-}
-
-/// `address/prefix` (a bare address is a host route).
-pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let ip: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address/prefix"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        None => max,
-        Some(l) => l
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("{s:?}: prefix must be 0 to {max}"))?,
-    };
-    Ok((ip, len))
-}
-
-/// `host:port` or `[v6]:port`, as WireGuard endpoints are written.
-pub fn endpoint(s: &str) -> Result<(), String> {
-    let bad = || format!("{s:?} is not host:port");
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    port.parse::<u16>().map_err(|_| bad())?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let ok = !host.is_empty()
-        && !host.starts_with('-')
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '%' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(bad())
-    }
-}
-
-/// A WireGuard key: 32 bytes in standard base64 (43 characters and `=`).
-pub fn is_wg_key(s: &str) -> bool {
-    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    if b.len() != 44 || b[43] != b'=' {
-        return false;
-    }
-    if !b[..43].iter().all(|c| B64.contains(c)) {
-        return false;
-    }
-    // The last character carries 2 padding bits, which must be zero.
-    B64.iter()
-        .position(|c| *c == b[42])
-        .is_some_and(|v| v & 0b11 == 0)
 }
 
 #[cfg(test)]
@@ -806,28 +736,5 @@ mesh:
                 .any(|e| e.path == "mesh.peers.0.pubkey" && e.message == "unknown key"),
             "{errs:?}"
         );
-    }
-
-    #[test]
-    fn validators() {
-        assert!(is_wg_key(KEY));
-        assert!(!is_wg_key(&KEY.replace('=', "A")));
-        assert!(
-            !is_wg_key("Po5SJsFbRL9I/+l1cP+616Jr6zhCKIJZqmAKYukmgGd="),
-            "padding bits"
-        );
-        assert!(!is_wg_key(""));
-        assert_eq!(parse_cidr("10.0.0.0/8").unwrap().1, 8);
-        assert_eq!(parse_cidr("fd00::1").unwrap().1, 128);
-        assert!(parse_cidr("10.0.0.0/33").is_err());
-        assert!(parse_cidr("-v").is_err());
-        assert!(endpoint("[fd00::1]:51820").is_ok());
-        assert!(endpoint("vpn.example.org:51820").is_ok());
-        assert!(endpoint("host").is_err());
-        assert!(endpoint("-o:1").is_err());
-        assert!(interface_name("wgt123a").is_ok());
-        assert!(interface_name("a-very-long-interface").is_err());
-        assert!(interface_name("--help").is_err());
-        assert!(interface_name("wg0/x").is_err());
     }
 }

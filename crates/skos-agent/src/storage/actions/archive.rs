@@ -112,9 +112,9 @@ impl Dest {
                 reason: "not set: archive_old needs a destination on another mount".into(),
             });
         };
-        let path = walk::resolve(d, &cfg.allowed_roots).map_err(|reason| Error::Device {
-            what: format!("archive destination {}", d.display()),
-            reason,
+        let path = walk::resolve(d, &cfg.allowed_roots).map_err(|e| Error::Device {
+            what: format!("archive destination {}", e.dir().display()),
+            reason: e.to_string(),
         })?;
         let fd = walk::open_dir(&path).map_err(|e| Error::io(&path, e))?;
         let dev = walk::fd_metadata(&fd)
@@ -289,7 +289,39 @@ struct Manifest<'a> {
 enum Written {
     Done(Vec<Entry>),
     /// The file at this index changed while it was written.
-    Changed(usize, String),
+    Changed(usize, Changed),
+}
+
+/// Why an original is kept out of (or beside) its archive: it changed while
+/// it was archived. The skip's reason; names the file.
+#[derive(Debug, thiserror::Error)]
+enum Changed {
+    #[error("{source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("it shrank")]
+    Shrank { path: PathBuf },
+    #[error("modified while being read")]
+    ModifiedWhileRead { path: PathBuf },
+    #[error("content differs from the archived copy")]
+    Differs { path: PathBuf },
+    #[error("modified while being verified")]
+    ModifiedWhileVerified { path: PathBuf },
+}
+
+impl Changed {
+    fn path(&self) -> &Path {
+        match self {
+            Changed::Unreadable { path, .. }
+            | Changed::Shrank { path }
+            | Changed::ModifiedWhileRead { path }
+            | Changed::Differs { path }
+            | Changed::ModifiedWhileVerified { path } => path,
+        }
+    }
 }
 
 fn mtime_secs(t: SystemTime) -> u64 {
@@ -335,7 +367,7 @@ pub(crate) fn archive_batch(
                 dest.remove(&partial);
                 let c = files.remove(i);
                 run.counted = run.counted.saturating_sub(c.size);
-                run.skip(&c.path, format!("changed while archiving ({why})"));
+                run.skip(why.path(), format!("changed while archiving ({why})"));
                 if files.is_empty() {
                     return Ok(());
                 }
@@ -377,7 +409,7 @@ pub(crate) fn archive_batch(
             Err(why) => {
                 e.original_kept = true;
                 run.counted = run.counted.saturating_sub(c.size);
-                run.skip(&c.path, format!("changed while archiving ({why})"));
+                run.skip(why.path(), format!("changed while archiving ({why})"));
             }
         }
     }
@@ -444,7 +476,15 @@ fn write_archive(
         run.tick();
         let (src, _parent, meta) = match root.open_candidate(c) {
             Ok(v) => v,
-            Err(e) => return Ok(Written::Changed(i, e.to_string())),
+            Err(source) => {
+                return Ok(Written::Changed(
+                    i,
+                    Changed::Unreadable {
+                        path: c.path.clone(),
+                        source,
+                    },
+                ))
+            }
         };
         let mtime = mtime_secs(c.mtime);
         let mut header = tar::Header::new_gnu();
@@ -457,13 +497,25 @@ fn write_archive(
         let mut reader = Hashing::new(&src, c.size);
         if let Err(e) = tar.append_data(&mut header, &c.rel, &mut reader) {
             if reader.short {
-                return Ok(Written::Changed(i, "it shrank".into()));
+                return Ok(Written::Changed(
+                    i,
+                    Changed::Shrank {
+                        path: c.path.clone(),
+                    },
+                ));
             }
             return Err(io_err(e));
         }
         match src.metadata() {
             Ok(m) if c.same(&m) => {}
-            _ => return Ok(Written::Changed(i, "modified while being read".into())),
+            _ => {
+                return Ok(Written::Changed(
+                    i,
+                    Changed::ModifiedWhileRead {
+                        path: c.path.clone(),
+                    },
+                ))
+            }
         }
         entries.push(Entry {
             path: c.rel.to_string_lossy().into_owned(),
@@ -526,15 +578,23 @@ fn verify_archive(dest: &Dest, name: &OsStr, entries: &[Entry]) -> io::Result<()
 }
 
 /// The original on disk is still the file that was archived, unchanged.
-fn verify_original(root: &Root, c: &Candidate, sha: &str) -> std::result::Result<(), String> {
-    let (src, _parent, _) = root.open_candidate(c).map_err(|e| e.to_string())?;
-    let (len, h) = hash_all(&src).map_err(|e| e.to_string())?;
+fn verify_original(root: &Root, c: &Candidate, sha: &str) -> std::result::Result<(), Changed> {
+    let unreadable = |source| Changed::Unreadable {
+        path: c.path.clone(),
+        source,
+    };
+    let (src, _parent, _) = root.open_candidate(c).map_err(unreadable)?;
+    let (len, h) = hash_all(&src).map_err(unreadable)?;
     if len != c.size || h != sha {
-        return Err("content differs from the archived copy".into());
+        return Err(Changed::Differs {
+            path: c.path.clone(),
+        });
     }
     match src.metadata() {
         Ok(m) if c.same(&m) => Ok(()),
-        _ => Err("modified while being verified".into()),
+        _ => Err(Changed::ModifiedWhileVerified {
+            path: c.path.clone(),
+        }),
     }
 }
 

@@ -211,15 +211,75 @@ pub(crate) fn compress(run: &mut Run<'_, '_>, root: &mut Root, c: &Candidate, id
                 d.bytes_freed = d.bytes_freed.saturating_add(freed);
             }
         }
-        Err(why) => run.skip(&c.path, why),
+        Err(why) => run.skip(why.path(), why.to_string()),
+    }
+}
+
+/// Why a log was left as it is: the reason of its skip, which names the
+/// log (and its `.gz` where that is in the way).
+#[derive(Debug, thiserror::Error)]
+enum NotCompressed {
+    #[error("not compressed: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("not compressed: {} already exists with other content", .gz.display())]
+    OtherContent { path: PathBuf, gz: PathBuf },
+    #[error("not compressed: {} exists and is not a regular file", .gz.display())]
+    NotRegular { path: PathBuf, gz: PathBuf },
+    #[error("not compressed: changed while compressing")]
+    Changed { path: PathBuf },
+    #[error("not compressed: the compressed copy does not match")]
+    Mismatch { path: PathBuf },
+    #[error("not compressed: reading back the copy: {source}")]
+    ReadBack {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("compressed, but fsync of its dir failed: {source}")]
+    Fsync {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("compressed to {}, original kept: {source}", .gz.display())]
+    OriginalKept {
+        path: PathBuf,
+        gz: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl NotCompressed {
+    /// The log that was not compressed.
+    fn path(&self) -> &Path {
+        match self {
+            NotCompressed::Io { path, .. }
+            | NotCompressed::OtherContent { path, .. }
+            | NotCompressed::NotRegular { path, .. }
+            | NotCompressed::Changed { path }
+            | NotCompressed::Mismatch { path }
+            | NotCompressed::ReadBack { path, .. }
+            | NotCompressed::Fsync { path, .. }
+            | NotCompressed::OriginalKept { path, .. } => path,
+        }
+    }
+
+    fn io(c: &Candidate) -> impl Fn(io::Error) -> NotCompressed + '_ {
+        |source| NotCompressed::Io {
+            path: c.path.clone(),
+            source,
+        }
     }
 }
 
 /// Compresses `c` to `c.gz`; returns the bytes freed, or why not.
-fn compress_one(root: &mut Root, c: &Candidate) -> std::result::Result<u64, String> {
-    let (src, parent, meta) = root
-        .open_candidate(c)
-        .map_err(|e| format!("not compressed: {e}"))?;
+fn compress_one(root: &mut Root, c: &Candidate) -> std::result::Result<u64, NotCompressed> {
+    let (src, parent, meta) = root.open_candidate(c).map_err(NotCompressed::io(c))?;
     let name = c.name();
     let gz = walk::with_suffix(name, ".gz");
     let partial = walk::with_suffix(name, PARTIAL);
@@ -227,26 +287,24 @@ fn compress_one(root: &mut Root, c: &Candidate) -> std::result::Result<u64, Stri
         Ok(m) if m.file_type().is_file() => {
             // An earlier run may have been stopped between the rename and the
             // removal of the original: the same content means it is done.
-            let same =
-                same_content(&parent, &gz, &src).map_err(|e| format!("not compressed: {e}"))?;
+            let same = same_content(&parent, &gz, &src).map_err(NotCompressed::io(c))?;
             if !same {
-                return Err(format!(
-                    "not compressed: {} already exists with other content",
-                    Path::new(&gz).display()
-                ));
+                return Err(NotCompressed::OtherContent {
+                    path: c.path.clone(),
+                    gz: PathBuf::from(&gz),
+                });
             }
-            root.remove_in(&parent, c)
-                .map_err(|e| format!("not compressed: {e}"))?;
+            root.remove_in(&parent, c).map_err(NotCompressed::io(c))?;
             return Ok(c.size);
         }
         Ok(_) => {
-            return Err(format!(
-                "not compressed: {} exists and is not a regular file",
-                Path::new(&gz).display()
-            ))
+            return Err(NotCompressed::NotRegular {
+                path: c.path.clone(),
+                gz: PathBuf::from(&gz),
+            })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("not compressed: {e}")),
+        Err(e) => return Err(NotCompressed::io(c)(e)),
     }
     let cleanup = |parent: &OwnedFd| {
         let _ = walk::unlink_at(parent, &partial);
@@ -266,24 +324,32 @@ fn compress_one(root: &mut Root, c: &Candidate) -> std::result::Result<u64, Stri
         Ok((len, h)) if len == c.size && h == sha => {}
         Ok(_) => {
             cleanup(&parent);
-            return Err("not compressed: the compressed copy does not match".into());
+            return Err(NotCompressed::Mismatch {
+                path: c.path.clone(),
+            });
         }
-        Err(e) => {
+        Err(source) => {
             cleanup(&parent);
-            return Err(format!("not compressed: reading back the copy: {e}"));
+            return Err(NotCompressed::ReadBack {
+                path: c.path.clone(),
+                source,
+            });
         }
     }
     if let Err(e) = walk::rename_noreplace_at(&parent, &partial, &gz) {
         cleanup(&parent);
-        return Err(format!("not compressed: {e}"));
+        return Err(NotCompressed::io(c)(e));
     }
-    walk::fsync_fd(&parent).map_err(|e| format!("compressed, but fsync of its dir failed: {e}"))?;
-    root.remove_in(&parent, c).map_err(|e| {
-        format!(
-            "compressed to {}, original kept: {e}",
-            Path::new(&gz).display()
-        )
+    walk::fsync_fd(&parent).map_err(|source| NotCompressed::Fsync {
+        path: c.path.clone(),
+        source,
     })?;
+    root.remove_in(&parent, c)
+        .map_err(|source| NotCompressed::OriginalKept {
+            path: c.path.clone(),
+            gz: PathBuf::from(&gz),
+            source,
+        })?;
     Ok(c.size.saturating_sub(gz_size))
 }
 
@@ -295,9 +361,11 @@ fn write_gz(
     src: &std::fs::File,
     c: &Candidate,
     meta: &std::fs::Metadata,
-) -> std::result::Result<(u64, String), String> {
-    let out =
-        walk::create_at(parent, partial, 0o600).map_err(|e| format!("not compressed: {e}"))?;
+) -> std::result::Result<(u64, String), NotCompressed> {
+    let changed = || NotCompressed::Changed {
+        path: c.path.clone(),
+    };
+    let out = walk::create_at(parent, partial, 0o600).map_err(NotCompressed::io(c))?;
     // Same owner and mode as the original (logs can be private).
     let _ = rustix::fs::fchown(
         out.as_fd(),
@@ -312,26 +380,23 @@ fn write_gz(
     let mut enc = GzEncoder::new(BufWriter::new(out), Compression::default());
     if let Err(e) = io::copy(&mut reader, &mut enc) {
         return Err(if reader.short {
-            "not compressed: changed while compressing".into()
+            changed()
         } else {
-            format!("not compressed: {e}")
+            NotCompressed::io(c)(e)
         });
     }
     let out = enc
         .finish()
         .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-        .map_err(|e| format!("not compressed: {e}"))?;
+        .map_err(NotCompressed::io(c))?;
     out.set_modified(c.mtime)
         .and_then(|()| out.sync_all())
-        .map_err(|e| format!("not compressed: {e}"))?;
+        .map_err(NotCompressed::io(c))?;
     match src.metadata() {
         Ok(m) if c.same(&m) => {}
-        _ => return Err("not compressed: changed while compressing".into()),
+        _ => return Err(changed()),
     }
-    let size = out
-        .metadata()
-        .map_err(|e| format!("not compressed: {e}"))?
-        .len();
+    let size = out.metadata().map_err(NotCompressed::io(c))?.len();
     Ok((size, reader.hex()))
 }
 

@@ -365,7 +365,7 @@ pub(crate) fn open_roots(
                 let idx = run.dir_index(d);
                 out.push((root, idx));
             }
-            Err(reason) => run.skip(d, reason),
+            Err(e) => run.skip(e.dir(), e.to_string()),
         }
     }
     out

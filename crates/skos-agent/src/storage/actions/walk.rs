@@ -34,6 +34,50 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
 
+/// Why a configured directory is not used: the reason of its skip, which
+/// names the directory.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DirError {
+    #[error("does not exist")]
+    Missing { dir: PathBuf },
+    #[error("cannot resolve: {source}")]
+    Resolve {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("outside allowed dir: {} is a system directory", .canon.display())]
+    SystemDir { dir: PathBuf, canon: PathBuf },
+    #[error("outside allowed dir: {} is not inside storage.allowed_roots", .canon.display())]
+    NotAllowed { dir: PathBuf, canon: PathBuf },
+    #[error("cannot open: {source}")]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot stat: {source}")]
+    Stat {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DirError {
+    /// The directory as configured.
+    pub fn dir(&self) -> &Path {
+        match self {
+            DirError::Missing { dir }
+            | DirError::Resolve { dir, .. }
+            | DirError::SystemDir { dir, .. }
+            | DirError::NotAllowed { dir, .. }
+            | DirError::Open { dir, .. }
+            | DirError::Stat { dir, .. } => dir,
+        }
+    }
+}
+
 /// A regular file chosen by a walk.
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate {
@@ -83,27 +127,36 @@ fn canon_or_self(p: &Path) -> PathBuf {
 }
 
 /// The canonical form of `dir`, checked against the allowed roots.
-pub(crate) fn resolve(dir: &Path, allowed: &[PathBuf]) -> Result<PathBuf, String> {
+pub(crate) fn resolve(dir: &Path, allowed: &[PathBuf]) -> Result<PathBuf, DirError> {
     let canon = match std::fs::canonicalize(dir) {
         Ok(c) => c,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("does not exist".into()),
-        Err(e) => return Err(format!("cannot resolve: {e}")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(DirError::Missing {
+                dir: dir.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(DirError::Resolve {
+                dir: dir.to_path_buf(),
+                source,
+            })
+        }
     };
     if canon == Path::new("/") || FORBIDDEN.iter().any(|f| canon.starts_with(f)) {
-        return Err(format!(
-            "outside allowed dir: {} is a system directory",
-            canon.display()
-        ));
+        return Err(DirError::SystemDir {
+            dir: dir.to_path_buf(),
+            canon,
+        });
     }
     let inside = allowed.iter().any(|r| {
         let r = canon_or_self(r);
         canon.starts_with(&r) && canon != r
     });
     if !inside {
-        return Err(format!(
-            "outside allowed dir: {} is not inside storage.allowed_roots",
-            canon.display()
-        ));
+        return Err(DirError::NotAllowed {
+            dir: dir.to_path_buf(),
+            canon,
+        });
     }
     Ok(canon)
 }
@@ -205,10 +258,16 @@ pub(crate) fn with_suffix(name: &OsStr, suffix: &str) -> OsString {
 impl Root {
     /// Canonicalizes and opens a configured directory; `Err` is the reason
     /// for a [`super::Skip`].
-    pub fn open(dir: &Path, allowed: &[PathBuf]) -> Result<Root, String> {
+    pub fn open(dir: &Path, allowed: &[PathBuf]) -> Result<Root, DirError> {
         let canon = resolve(dir, allowed)?;
-        let fd = open_dir(&canon).map_err(|e| format!("cannot open: {e}"))?;
-        let m = fd_metadata(&fd).map_err(|e| format!("cannot stat: {e}"))?;
+        let fd = open_dir(&canon).map_err(|source| DirError::Open {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let m = fd_metadata(&fd).map_err(|source| DirError::Stat {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         Ok(Root {
             configured: dir.to_path_buf(),
             canon,

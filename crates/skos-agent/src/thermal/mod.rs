@@ -1,6 +1,14 @@
 //! The thermal sentinel antibody: reads temperatures, raises alerts on level
 //! changes (with hysteresis, optional `for` debounce and a cooldown), and
 //! carries out `throttle_*` / `reset_throttle` commands.
+//!
+//! * [`sensors`]: temperature discovery and reading (sysfs under an
+//!   injectable root, NVML, `nvidia-smi`, `sensors -j`); pure parsers.
+//! * [`throttle`]: the actuator (cpufreq caps, cgroup CPU quotas, GPU power
+//!   limits).
+
+pub mod sensors;
+pub mod throttle;
 
 use std::path::Path;
 
@@ -13,9 +21,9 @@ use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
 use crate::antibody::{Antibody, Execution};
-use crate::sensors::{hottest, Reading, SensorKind, Sensors};
-use crate::throttle::{effective_throttle, FreqCap, Throttler};
 use crate::Outcome;
+use sensors::{hottest, Reading, SensorKind, Sensors};
+use throttle::{effective_throttle, FreqCap, Throttler};
 
 pub const AGENT_TYPE: &str = Executor::ThermalSentinel.as_str();
 

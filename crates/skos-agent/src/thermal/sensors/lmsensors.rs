@@ -114,7 +114,7 @@ fn is_unlabelled(feature: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sensors::SensorKind;
+    use crate::thermal::sensors::SensorKind;
     use std::path::Path;
 
     /// `sensors -j` on a ThinkPad-like laptop (lm-sensors 3.6).
@@ -255,8 +255,11 @@ mod tests {
         assert!(!r
             .iter()
             .any(|x| x.path == Path::new("sensors:thinkpad-isa-0000/GPU")));
-        assert_eq!(crate::sensors::hottest(&r, SensorKind::Cpu), Some(58.0));
-        assert_eq!(crate::sensors::hottest(&r, SensorKind::Gpu), None);
+        assert_eq!(
+            crate::thermal::sensors::hottest(&r, SensorKind::Cpu),
+            Some(58.0)
+        );
+        assert_eq!(crate::thermal::sensors::hottest(&r, SensorKind::Gpu), None);
     }
 
     #[test]
@@ -272,7 +275,10 @@ mod tests {
         assert_eq!(edge.kind, SensorKind::Gpu);
         assert_eq!(edge.crit, Some(100.0));
         assert_eq!(edge.max, None);
-        assert_eq!(crate::sensors::hottest(&r, SensorKind::Gpu), Some(56.0));
+        assert_eq!(
+            crate::thermal::sensors::hottest(&r, SensorKind::Gpu),
+            Some(56.0)
+        );
     }
 
     #[test]

@@ -1,0 +1,51 @@
+//! `coordinator:`: offline detection, verification, command deadlines and
+//! rate limits.
+
+use serde::{Deserialize, Serialize};
+
+use super::{positive_seconds, CheckContext, Config, ConfigIssue, Section};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CoordinatorSection {
+    /// Seconds without a heartbeat before a node is offline (`HEARTBEAT_TIMEOUT`).
+    pub heartbeat_timeout: f64,
+    /// Seconds a fix has to bring the metric back below the alert's level.
+    pub verify_within: f64,
+    /// Seconds a command stays valid; not executed after its deadline.
+    pub command_deadline: f64,
+    /// Most commands sent to one node per minute.
+    pub max_actions_per_node_per_minute: u32,
+    /// Recent actions kept for `skos status`.
+    pub recent_actions: usize,
+}
+
+impl Default for CoordinatorSection {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout: 30.0,
+            verify_within: 120.0,
+            command_deadline: 60.0,
+            max_actions_per_node_per_minute: 30,
+            recent_actions: 50,
+        }
+    }
+}
+
+impl Section for CoordinatorSection {
+    const KEY: &'static str = "coordinator";
+
+    fn get(cfg: &Config) -> &Self {
+        &cfg.coordinator
+    }
+
+    fn get_mut(cfg: &mut Config) -> &mut Self {
+        &mut cfg.coordinator
+    }
+
+    fn check(&self, _ctx: &CheckContext<'_>, out: &mut Vec<ConfigIssue>) {
+        positive_seconds(out, "coordinator.heartbeat_timeout", self.heartbeat_timeout);
+        positive_seconds(out, "coordinator.verify_within", self.verify_within);
+        positive_seconds(out, "coordinator.command_deadline", self.command_deadline);
+    }
+}

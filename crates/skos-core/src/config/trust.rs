@@ -1,0 +1,64 @@
+//! `trust:`: who may order a node to act.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{issue, non_negative, CheckContext, Config, ConfigIssue, Section};
+
+/// Who may order a node to act.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrustConfig {
+    /// Agents refuse unsigned commands.
+    pub require_signatures: bool,
+    /// Public keys (nkeys, `U...`) whose signed commands agents accept;
+    /// several, so keys can be rotated.
+    pub coordinator_keys: Vec<String>,
+    /// The coordinator's nkeys seed file (`skos keys generate`).
+    pub signing_key_file: Option<PathBuf>,
+    /// How long an executed `action_id` is remembered when its command
+    /// carries no deadline (seconds).
+    pub replay_window: f64,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            require_signatures: true,
+            coordinator_keys: Vec::new(),
+            signing_key_file: None,
+            replay_window: 7.0 * 86400.0,
+        }
+    }
+}
+
+impl Section for TrustConfig {
+    const KEY: &'static str = "trust";
+
+    fn get(cfg: &Config) -> &Self {
+        &cfg.trust
+    }
+
+    fn get_mut(cfg: &mut Config) -> &mut Self {
+        &mut cfg.trust
+    }
+
+    fn check(&self, _ctx: &CheckContext<'_>, out: &mut Vec<ConfigIssue>) {
+        for (i, k) in self.coordinator_keys.iter().enumerate() {
+            if !(k.len() == 56
+                && k.starts_with('U')
+                && k.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+            {
+                out.push(issue(
+                    format!("trust.coordinator_keys[{i}]"),
+                    format!("{k:?} is not an nkeys public key (56 characters starting with U)"),
+                ));
+            }
+        }
+        if !non_negative(self.replay_window) {
+            out.push(issue("trust.replay_window", "must be zero or more seconds"));
+        }
+    }
+}
