@@ -238,7 +238,15 @@ impl Agent {
                 "deadline passed before execution",
             ))
         } else if let Err(e) =
-            skos_core::catalogue::validate_parameters(&cmd.action_type, &cmd.parameters)
+            skos_core::catalogue::validate_parameters(&cmd.action_type, &cmd.parameters).or_else(
+                |e| match e {
+                    // Not a bad command: an action this build does not
+                    // know is answered `unsupported` below, which is no
+                    // breaker failure.
+                    skos_core::catalogue::ParamError::UnknownAction { .. } => Ok(()),
+                    e => Err(e),
+                },
+            )
         {
             Some(Outcome::new(
                 ResultStatus::Rejected,

@@ -9,7 +9,7 @@
 //!   cgroup helpers.
 //! * [`netns`]: network namespaces, veth pairs and real WireGuard tunnels
 //!   (wireguard-go), cleaned up on drop.
-//! * [`require`]: what a test needs from the machine (root, tmpfs, tools);
+//! * [`mod@require`]: what a test needs from the machine (root, tmpfs, tools);
 //!   a missing prerequisite skips the test, or fails it under
 //!   `SKOS_TEST_REQUIRE_ALL=1` (set by `.ci/run`).
 //! * [`procgroup`]: scripts in a process group of their own, killed whole

@@ -3,7 +3,7 @@
 //! Some tests need root, a tmpfs mount, `/dev/net/tun` and wireguard-go,
 //! a real cgroup, a tool such as `openssl` or `systemd-analyze`, or the
 //! machine's own `/proc`. Each check here returns `Ok(value)` or
-//! `Err(Missing)` with the reason; [`require`] (or the [`require!`] macro)
+//! `Err(Missing)` with the reason; [`require()`] (or the [`crate::require!`] macro)
 //! turns a failed check into either
 //!
 //! * a **failure** with the reason, when `SKOS_TEST_REQUIRE_ALL=1` is set

@@ -153,6 +153,19 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
     send(&elsewhere, signed(&key, &elsewhere));
     assert!(wait_status(&nats, "elsewhere-1", "rejected").contains("another node"));
 
+    // Signed, well formed, but an action this build does not know (a
+    // newer coordinator's, say): unsupported, not rejected (a rejection
+    // would count against the breaker); a throttle level the catalogue
+    // does not declare is no throttle either.
+    for (id, action) in [
+        ("future-1", "defragment_disk"),
+        ("odd-level-1", "throttle_37"),
+    ] {
+        let cmd = command(id, action, "nova", 60);
+        send(&cmd, signed(&key, &cmd));
+        wait_status(&nats, id, "unsupported");
+    }
+
     // Nothing changed on the node.
     assert_eq!(
         read_khz(sys.root(), 0),

@@ -10,8 +10,8 @@
 //! limit) and is sent, its result is judged, a fix is verified on a later
 //! heartbeat or escalated, and all of it is audited. What is particular to
 //! a kind of problem (how its actions are carried out, what verifies them,
-//! what happens on a heartbeat, a clear or a tick) lives in [`kinds`], one
-//! module per kind. State that survives a restart is in [`state`].
+//! what happens on a heartbeat, a clear or a tick) lives in `kinds`, one
+//! module per kind. State that survives a restart is in `state`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 

@@ -3,7 +3,7 @@
 //!
 //! Everything the rest of SKOS knows about an action comes from here: the
 //! names a healing table may use ([`is_known`]), the parameters a command
-//! may carry ([`ActionSpec::params`], checked by [`validate_parameters`]),
+//! may carry (its `params`, checked by [`validate_parameters`]),
 //! which antibody carries it out ([`ActionSpec::executor`]; agents derive
 //! `handles` from it), how its effect is verified ([`ActionSpec::verify`]),
 //! whether it must free space, and whether it is destructive.

@@ -2,7 +2,7 @@
 //! `archive_old` and `emergency_cleanup`, each strictly inside the
 //! directories the configuration names for it.
 //!
-//! Safety rules every action keeps (see [`walk`]):
+//! Safety rules every action keeps (see `walk.rs`):
 //!
 //! * each configured directory is canonicalized once and must lie inside one
 //!   of `storage.allowed_roots` (and outside the system directories); a

@@ -1,0 +1,419 @@
+//! Sensing: every interface's link and `wg` dump, every peer's handshake
+//! and data activity, the failover routes and the probes, judged into
+//! levels and fed to the trackers; and switching routes back once a
+//! primary path has healed.
+
+use std::collections::BTreeSet;
+
+use skos_core::config::{MeshConfig, MeshPeer};
+use skos_core::protocol::Alert;
+use skos_core::timefmt::Timestamp;
+
+use super::jobs::lock;
+use super::probe::{self, ProbeReport};
+use super::{actions, age, iproute, unix, IfaceReading, MeshHealer, PeerReading};
+
+impl MeshHealer {
+    fn read_interface(&self, name: &str, configured_keys: &[&str]) -> IfaceReading {
+        let down = |state, reason: String, link| IfaceReading {
+            level: 2,
+            state,
+            reason: Some(reason),
+            link,
+            dump: None,
+            judged: true,
+        };
+        let link = match iproute::link(&self.cfg.tools.ip, name, self.timeout()) {
+            Ok(Some(l)) => l,
+            Ok(None) => return down("missing", format!("no link named {name}"), None),
+            Err(e) => return down("unreadable", e.to_string(), None),
+        };
+        if !link.up {
+            return down(
+                "down",
+                format!("{name} is administratively down"),
+                Some(link),
+            );
+        }
+        let dump = match actions::read_dump(&self.cfg, name) {
+            Ok(d) => d,
+            Err(e) if e.is_permission_denied() => {
+                if !self.said_no_permission {
+                    tracing::warn!(interface = %name, error = %e, "cannot read WireGuard state: the agent needs CAP_NET_ADMIN (or root); the interface and its peers are not judged");
+                }
+                return IfaceReading {
+                    state: "no_permission",
+                    judged: false,
+                    ..down("no_permission", e.to_string(), Some(link))
+                };
+            }
+            Err(e) => return down("unreadable", e.to_string(), Some(link)),
+        };
+        let missing: Vec<&str> = configured_keys
+            .iter()
+            .copied()
+            .filter(|k| dump.peer(k).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return IfaceReading {
+                level: 2,
+                state: "misconfigured",
+                reason: Some(format!(
+                    "configured peer keys not on {name}: {}",
+                    missing.join(", ")
+                )),
+                link: Some(link),
+                dump: Some(dump),
+                judged: true,
+            };
+        }
+        IfaceReading {
+            level: 0,
+            state: "up",
+            reason: None,
+            link: Some(link),
+            dump: Some(dump),
+            judged: true,
+        }
+    }
+
+    /// Read every source and return the alerts to raise.
+    pub fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
+        if self.cfg.interfaces.is_empty() {
+            if !self.said_empty {
+                tracing::warn!(node = %self.node, "mesh healer has no interfaces configured (mesh.interfaces): nothing to watch");
+                self.said_empty = true;
+            }
+            return Vec::new();
+        }
+        let (busy, settling): (BTreeSet<String>, BTreeSet<String>) = {
+            let mut j = lock(&self.jobs);
+            j.settle_until.retain(|_, until| *until > now);
+            (j.busy.clone(), j.settle_until.keys().cloned().collect())
+        };
+        self.sense_interfaces(&busy);
+        self.sense_activity(now, &busy, &settling);
+        let failed_over = self.sense_routes();
+        self.sense_probes(&failed_over);
+        self.judge(now, &busy);
+        let mut alerts = self.track(now, &busy);
+        alerts.extend(self.fail_back(now));
+        alerts
+    }
+
+    fn sense_interfaces(&mut self, busy: &BTreeSet<String>) {
+        let cfg = self.cfg.clone();
+        for itf in &cfg.interfaces {
+            if busy.contains(&itf.name) {
+                continue;
+            }
+            let keys: Vec<&str> = cfg
+                .peers
+                .iter()
+                .filter(|p| p.interface == itf.name)
+                .filter_map(|p| p.public_key.as_deref())
+                .collect();
+            let reading = self.read_interface(&itf.name, &keys);
+            self.said_no_permission |= !reading.judged;
+            if let Some(st) = self.ifaces.get_mut(&itf.name) {
+                st.last = Some(reading);
+            }
+        }
+    }
+
+    /// Each peer's handshake and data activity, from its interface's dump.
+    fn sense_activity(
+        &mut self,
+        now: Timestamp,
+        busy: &BTreeSet<String>,
+        settling: &BTreeSet<String>,
+    ) {
+        let cfg = self.cfg.clone();
+        for p in &cfg.peers {
+            let itf = self.ifaces.get(&p.interface).and_then(|s| s.last.clone());
+            let Some(st) = self.peers.get_mut(&p.name) else {
+                continue;
+            };
+            let mut r = PeerReading::default();
+            let busy_itf = busy.contains(&p.interface);
+            let down_itf = itf.as_ref().is_none_or(|i| i.level == 2);
+            if down_itf && !busy_itf {
+                // No tunnel, no activity: once it is back, only a new
+                // handshake or new data counts.
+                st.last_activity = None;
+            }
+            let entry = itf.as_ref().and_then(|i| i.dump.as_ref()).and_then(|d| {
+                match p.public_key.as_deref() {
+                    Some(k) => d.peer(k).cloned(),
+                    None if d.peers.len() == 1 => d.peers.first().cloned(),
+                    None => None,
+                }
+            });
+            if let Some(e) = &entry {
+                if let Some(h) = e.latest_handshake.and_then(unix) {
+                    r.handshake_age = Some(age(now, h).max(0.0));
+                    if st.last_activity.is_none_or(|a| h > a) {
+                        st.last_activity = Some(h);
+                    }
+                }
+                // Counters restart with a new wireguard-go: only growth counts.
+                if st.last_rx.is_some_and(|prev| e.rx_bytes > prev) {
+                    st.last_activity = Some(now);
+                }
+                st.last_rx = Some(e.rx_bytes);
+                r.rx_bytes = Some(e.rx_bytes);
+                r.tx_bytes = Some(e.tx_bytes);
+                r.endpoint = e.endpoint.clone();
+            }
+            r.activity_age = st.last_activity.map(|a| age(now, a).max(0.0));
+            let unknown_itf = itf.as_ref().is_some_and(|i| !i.judged);
+            r.judged = !down_itf && !busy_itf && !unknown_itf && !settling.contains(&p.interface);
+            r.state = if busy_itf {
+                "restarting"
+            } else if unknown_itf {
+                "unknown"
+            } else if down_itf {
+                "interface_down"
+            } else if !r.judged {
+                "settling"
+            } else {
+                ""
+            };
+            st.last = Some(r);
+        }
+    }
+
+    /// Which peers are failed over, read from the routing table (so an
+    /// agent restart does not forget).
+    fn sense_routes(&mut self) -> BTreeSet<String> {
+        let cfg = self.cfg.clone();
+        let mut failed_over = BTreeSet::new();
+        for p in &cfg.peers {
+            let Some(f) = &p.failover else { continue };
+            let Some(net) = f.networks.first() else {
+                continue;
+            };
+            let route = match iproute::routes(&cfg.tools.ip, net, self.timeout()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(peer = %p.name, error = %e, "cannot read the failover route");
+                    continue;
+                }
+            };
+            let which = if route.iter().any(|r| r.goes_via(&f.backup)) {
+                failed_over.insert(p.name.clone());
+                "backup"
+            } else if route.iter().any(|r| r.goes_via(&f.primary)) {
+                "primary"
+            } else {
+                "other"
+            };
+            if let Some(r) = self.peers.get_mut(&p.name).and_then(|s| s.last.as_mut()) {
+                r.route = Some(which);
+            }
+        }
+        failed_over
+    }
+
+    /// Probe every peer address, and the primary path of failed-over
+    /// peers, in parallel.
+    fn sense_probes(&mut self, failed_over: &BTreeSet<String>) {
+        let cfg = self.cfg.clone();
+        let results: Vec<Probed> = std::thread::scope(|s| {
+            let handles: Vec<_> = cfg
+                .peers
+                .iter()
+                .map(|p| {
+                    let cfg = &cfg;
+                    let failed = failed_over.contains(&p.name);
+                    s.spawn(move || probe_peer(cfg, p, failed))
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        for x in results {
+            let Some(r) = self.peers.get_mut(&x.name).and_then(|s| s.last.as_mut()) else {
+                continue;
+            };
+            match x.main {
+                Some(Ok(rep)) => r.probe = Some(rep),
+                Some(Err(e)) => r.probe_error = Some(e.to_string()),
+                None => {}
+            }
+            r.primary_check = x.primary;
+        }
+    }
+
+    /// Levels: a peer is unreachable when its probes all went unanswered or
+    /// it has been silent past `stale_after`, degraded on loss or slowness;
+    /// an interface that is up is healthy when one of its peers is fresh.
+    fn judge(&mut self, now: Timestamp, busy: &BTreeSet<String>) {
+        let cfg = self.cfg.clone();
+        let stale_after = cfg.stale_after;
+        for p in &cfg.peers {
+            let Some(r) = self.peers.get_mut(&p.name).and_then(|s| s.last.as_mut()) else {
+                continue;
+            };
+            let stale = r.activity_age.is_none_or(|a| a > stale_after);
+            let lost = r.probe.as_ref().is_some_and(|x| !x.answered());
+            let degraded = r.probe.as_ref().is_some_and(|x| {
+                x.loss_percent >= cfg.probe.degraded_loss_percent
+                    || x.rtt_avg_ms
+                        .is_some_and(|ms| ms >= cfg.probe.degraded_rtt_ms)
+            });
+            r.level = if lost || stale {
+                2
+            } else if degraded {
+                1
+            } else {
+                0
+            };
+            if r.state.is_empty() {
+                if r.probe.is_none() && r.rx_bytes.is_none() {
+                    // Neither a probe nor a dump entry: nothing to judge by.
+                    r.judged = false;
+                    r.state = "unknown";
+                } else {
+                    r.state = ["healthy", "degraded", "unreachable"][usize::from(r.level)];
+                }
+            }
+        }
+        for itf in &cfg.interfaces {
+            let mine: Vec<Option<f64>> = cfg
+                .peers
+                .iter()
+                .filter(|p| p.interface == itf.name)
+                .filter_map(|p| self.peers.get(&p.name)?.last.as_ref())
+                .map(|r| r.activity_age)
+                .collect();
+            let Some(reading) = self.ifaces.get_mut(&itf.name).and_then(|s| s.last.as_mut()) else {
+                continue;
+            };
+            if reading.level == 2 || busy.contains(&itf.name) {
+                continue;
+            }
+            let fresh = if mine.is_empty() {
+                reading.dump.as_ref().is_none_or(|d| {
+                    d.peers.is_empty()
+                        || d.peers.iter().any(|x| {
+                            x.latest_handshake
+                                .and_then(unix)
+                                .is_some_and(|h| age(now, h) <= stale_after)
+                        })
+                })
+            } else {
+                mine.iter().any(|a| a.is_some_and(|a| a <= stale_after))
+            };
+            reading.level = if fresh { 0 } else { 1 };
+            reading.state = if fresh { "up" } else { "stale" };
+            reading.reason =
+                (!fresh).then(|| format!("no peer handshake or data within {stale_after} s"));
+        }
+    }
+
+    /// Feed the levels to the trackers: alerts on changes (after `for`) and
+    /// reminders (after `cooldown`). Interfaces alert only on down.
+    fn track(&mut self, now: Timestamp, busy: &BTreeSet<String>) -> Vec<Alert> {
+        let cfg = self.cfg.clone();
+        let mut alerts = Vec::new();
+        for itf in &cfg.interfaces {
+            if busy.contains(&itf.name) {
+                continue;
+            }
+            let Some(st) = self.ifaces.get_mut(&itf.name) else {
+                continue;
+            };
+            let Some(reading) = st.last.clone().filter(|r| r.judged) else {
+                continue;
+            };
+            let value = if reading.level == 2 { 2.0 } else { 0.0 };
+            if let Some(report) = st.tracker.observe(&self.rules, value, now) {
+                alerts.push(self.iface_alert(&itf.name, &reading, report, now));
+            }
+        }
+        for p in &cfg.peers {
+            let Some(st) = self.peers.get_mut(&p.name) else {
+                continue;
+            };
+            let Some(reading) = st.last.clone().filter(|r| r.judged) else {
+                continue;
+            };
+            if let Some(report) = st
+                .tracker
+                .observe(&self.rules, f64::from(reading.level), now)
+            {
+                alerts.push(self.peer_alert(p, &reading, report, now));
+            }
+        }
+        alerts
+    }
+
+    /// Switch failed-over routes back once the primary path has answered
+    /// for the hold time.
+    fn fail_back(&mut self, now: Timestamp) -> Vec<Alert> {
+        let cfg = self.cfg.clone();
+        let mut alerts = Vec::new();
+        for p in &cfg.peers {
+            let Some(f) = &p.failover else { continue };
+            let Some(st) = self.peers.get_mut(&p.name) else {
+                continue;
+            };
+            let Some(reading) = st.last.clone() else {
+                continue;
+            };
+            let primary_ok = reading.route == Some("backup")
+                && reading.primary_check.as_ref().is_some_and(|c| c.answered());
+            if !primary_ok {
+                st.primary_ok_since = None;
+                continue;
+            }
+            let since = *st.primary_ok_since.get_or_insert(now);
+            if age(now, since) < f.hold_seconds {
+                continue;
+            }
+            st.primary_ok_since = None;
+            match actions::switch_routes(&cfg, f, &f.primary) {
+                Ok(changes) => {
+                    tracing::info!(peer = %p.name, networks = ?f.networks, "primary path healthy for the hold time: routes switched back");
+                    alerts.push(self.failback_alert(p, f, &reading, changes, now));
+                }
+                Err((_, e)) => {
+                    tracing::warn!(peer = %p.name, error = %e, "could not switch routes back to the primary path");
+                }
+            }
+        }
+        alerts
+    }
+}
+
+/// What one peer's probes found.
+struct Probed {
+    name: String,
+    /// `None` when the peer has no address to probe.
+    main: Option<Result<ProbeReport, probe::ProbeError>>,
+    /// The primary path's check, while failed over.
+    primary: Option<ProbeReport>,
+}
+
+fn probe_peer(cfg: &MeshConfig, p: &MeshPeer, failed_over: bool) -> Probed {
+    let main = p
+        .address
+        .map(|a| probe::probe(a, &actions::probe_opts(cfg, Some(p))));
+    let primary = p.failover.as_ref().filter(|_| failed_over).and_then(|f| {
+        let to = f.check_address.or(f.primary.gateway)?;
+        let mut o = actions::probe_opts(cfg, Some(p));
+        o.bind_device = f.primary.dev.clone();
+        match probe::probe(to, &o) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::debug!(peer = %p.name, error = %e, "cannot check the primary path");
+                None
+            }
+        }
+    });
+    Probed {
+        name: p.name.clone(),
+        main,
+        primary,
+    }
+}

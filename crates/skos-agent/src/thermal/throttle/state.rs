@@ -1,0 +1,214 @@
+//! The originals of every value a throttle changed, and the state file
+//! that keeps them over an agent restart (temp file, fsync, rename).
+
+use std::fs::{self, File};
+use std::io::{self, ErrorKind, Write};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Throttler;
+use crate::{Error, Result};
+
+/// What survives an agent restart: the active level and the originals.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct SavedState {
+    pub(super) level: u8,
+    /// In the order they were first changed; restored in reverse.
+    pub(super) originals: Vec<Original>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Original {
+    pub(super) target: Target,
+    pub(super) value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(super) enum Target {
+    /// A sysfs or cgroupfs file, relative to the sysfs root.
+    File { path: PathBuf },
+    /// An NVIDIA GPU's power limit in milliwatts, by UUID.
+    GpuPowerLimit { uuid: String },
+}
+
+impl Throttler {
+    pub(super) fn original(&self, target: &Target) -> Option<&str> {
+        self.state
+            .originals
+            .iter()
+            .find(|o| &o.target == target)
+            .map(|o| o.value.as_str())
+    }
+
+    /// Saves `value` as the original of `target`, unless one is saved already.
+    pub(super) fn remember(&mut self, target: &Target, value: &str) {
+        if self.original(target).is_none() {
+            self.state.originals.push(Original {
+                target: target.clone(),
+                value: value.to_string(),
+            });
+        }
+    }
+
+    pub(super) fn persist(&self) -> Result<()> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let json = serde_json::to_vec_pretty(&self.state)
+            .map_err(|e| Error::io(path, io::Error::new(ErrorKind::InvalidData, e)))?;
+        write_atomic(path, &json)
+    }
+
+    pub(super) fn remove_state_file(&self) -> Result<()> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        match fs::remove_file(path) {
+            Ok(()) => {
+                sync_parent(path);
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temp file in the same directory,
+/// fsynced, then renamed over `path`.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "throttle-state".to_string());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = (|| -> io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    sync_parent(path);
+    Ok(())
+}
+
+/// fsyncs the directory holding `path` (best effort: a rename or removal is
+/// only durable once its directory is).
+fn sync_parent(path: &Path) {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::debug!(path = %dir.display(), error = %e, "cannot fsync directory");
+    }
+}
+
+pub(super) fn load_state(path: &Path) -> SavedState {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return SavedState::default(),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot read the throttle state; originals from before the restart are unknown");
+            return SavedState::default();
+        }
+    };
+    match serde_json::from_slice::<SavedState>(&bytes) {
+        Ok(mut state) => {
+            state.originals.retain(|o| match &o.target {
+                Target::File { path: rel } => {
+                    let ok = !rel.as_os_str().is_empty()
+                        && rel.components().all(|c| matches!(c, Component::Normal(_)));
+                    if !ok {
+                        tracing::error!(path = %path.display(), target = %rel.display(), "throttle state names a path outside the sysfs root; ignored");
+                    }
+                    ok
+                }
+                Target::GpuPowerLimit { .. } => true,
+            });
+            if state.level > 100 {
+                state.level = 100;
+            }
+            state
+        }
+        Err(e) => {
+            let aside = path.with_extension("corrupt");
+            tracing::error!(path = %path.display(), error = %e, moved_to = %aside.display(), "throttle state unreadable; moved aside");
+            if let Err(e) = fs::rename(path, &aside) {
+                tracing::error!(path = %path.display(), error = %e, "cannot move the unreadable throttle state aside");
+            }
+            SavedState::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let state = SavedState {
+            level: 50,
+            originals: vec![
+                Original {
+                    target: Target::File {
+                        path: PathBuf::from("fs/cgroup/batch/cpu.max"),
+                    },
+                    value: "max 100000".to_string(),
+                },
+                Original {
+                    target: Target::GpuPowerLimit {
+                        uuid: "GPU-1234".to_string(),
+                    },
+                    value: "700000".to_string(),
+                },
+            ],
+        };
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(json.contains("\"kind\":\"file\""), "{json}");
+        assert_eq!(serde_json::from_str::<SavedState>(&json).unwrap(), state);
+    }
+
+    #[test]
+    fn tampered_state_paths_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        fs::write(
+            &file,
+            r#"{"level":50,"originals":[
+                {"target":{"kind":"file","path":"../etc/passwd"},"value":"x"},
+                {"target":{"kind":"file","path":"/etc/passwd"},"value":"x"},
+                {"target":{"kind":"file","path":"devices/system/cpu/cpufreq/policy0/scaling_max_freq"},"value":"3600000"}
+            ]}"#,
+        )
+        .unwrap();
+        let state = load_state(&file);
+        assert_eq!(state.level, 50);
+        assert_eq!(state.originals.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_state_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        fs::write(&file, "{not json").unwrap();
+        assert_eq!(load_state(&file), SavedState::default());
+        assert!(!file.exists());
+        assert!(dir.path().join("state.corrupt").exists());
+    }
+}
