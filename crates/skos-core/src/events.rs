@@ -26,15 +26,18 @@ pub enum MeshEvent {
     NodeUnreachable,
     /// Raised by the coordinator when no action of a row healed the problem.
     Escalated,
+    /// A peer's routes went back to the primary path after the hold time.
+    RouteRestored,
 }
 
 impl MeshEvent {
-    pub const ALL: [MeshEvent; 5] = [
+    pub const ALL: [MeshEvent; 6] = [
         MeshEvent::TunnelDown,
         MeshEvent::PeerUnreachable,
         MeshEvent::PeerDegraded,
         MeshEvent::NodeUnreachable,
         MeshEvent::Escalated,
+        MeshEvent::RouteRestored,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -44,6 +47,7 @@ impl MeshEvent {
             MeshEvent::PeerDegraded => "peer_degraded",
             MeshEvent::NodeUnreachable => "node_unreachable",
             MeshEvent::Escalated => "escalated",
+            MeshEvent::RouteRestored => "route_restored",
         }
     }
 

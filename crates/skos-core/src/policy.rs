@@ -32,7 +32,7 @@ pub fn actions_for(cfg: &Config, alert: &Alert) -> Vec<String> {
 fn detail_event(alert: &Alert) -> Option<&str> {
     alert
         .details
-        .get("event")
+        .get(crate::events::EVENT_KEY)
         .or_else(|| alert.details.get("condition"))
         .and_then(|v| v.as_str())
 }
@@ -43,7 +43,7 @@ pub fn metric_for(problem: &str) -> Option<&'static str> {
         "thermal:cpu" => Some("cpu_temp"),
         "thermal:gpu" => Some("gpu_temp"),
         p if p.starts_with("storage") => Some("storage_percent"),
-        p if p.starts_with("mesh:") => Some(MESH_METRIC),
+        p if p.starts_with(crate::events::MESH_PREFIX) => Some(MESH_METRIC),
         _ => None,
     }
 }
@@ -65,7 +65,7 @@ pub fn is_sequential(kind: &AlertKind) -> bool {
 /// The level a heartbeat reports for a mesh problem, from
 /// `metadata.mesh.interfaces.<name>.level` or `metadata.mesh.peers.<name>.level`.
 pub fn mesh_level(hb: &crate::protocol::Heartbeat, problem: &str) -> Option<f64> {
-    let name = problem.strip_prefix("mesh:")?;
+    let name = problem.strip_prefix(crate::events::MESH_PREFIX)?;
     let mesh = hb.metadata.get("mesh")?;
     ["interfaces", "peers"]
         .iter()

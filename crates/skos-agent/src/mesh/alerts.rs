@@ -3,6 +3,7 @@
 
 use serde_json::{json, Map, Value};
 use skos_core::config::MeshPeer;
+use skos_core::events::{MeshEvent, EVENT_KEY, PEER_NODE_KEY};
 use skos_core::level::Report;
 use skos_core::protocol::{Alert, AlertKind, Severity};
 use skos_core::timefmt::Timestamp;
@@ -78,7 +79,7 @@ impl MeshHealer {
             severity,
             message,
             json!({
-                "event": "tunnel_down",
+                EVENT_KEY: MeshEvent::TunnelDown.as_str(),
                 "sensor": name,
                 "interface": name,
                 "state": r.state,
@@ -107,8 +108,10 @@ impl MeshHealer {
             Report::Reminder(s) => (s, s),
         };
         let event = match (severity, previous) {
-            (Severity::Warning, _) | (Severity::Normal, Severity::Warning) => "peer_degraded",
-            _ => "peer_unreachable",
+            (Severity::Warning, _) | (Severity::Normal, Severity::Warning) => {
+                MeshEvent::PeerDegraded
+            }
+            _ => MeshEvent::PeerUnreachable,
         };
         let target = p.address.map(|a| format!(" ({a})")).unwrap_or_default();
         let evidence = describe_evidence(r, self.cfg.stale_after);
@@ -122,10 +125,10 @@ impl MeshHealer {
             severity,
             message,
             json!({
-                "event": event,
+                EVENT_KEY: event.as_str(),
                 "sensor": p.name,
                 "peer": p.name,
-                "peer_node": p.node_name(),
+                PEER_NODE_KEY: p.node_name(),
                 "interface": p.interface,
                 "address": p.address,
                 "state": r.state,
@@ -163,10 +166,10 @@ impl MeshHealer {
                 p.name, f.hold_seconds
             ),
             json!({
-                "event": "route_restored",
+                EVENT_KEY: MeshEvent::RouteRestored.as_str(),
                 "sensor": p.name,
                 "peer": p.name,
-                "peer_node": p.node_name(),
+                PEER_NODE_KEY: p.node_name(),
                 "networks": f.networks,
                 "primary_check": r.primary_check,
                 "hold_seconds": f.hold_seconds,

@@ -18,8 +18,11 @@ impl MeshHealer {
         let from_params = ["interface", "peer"]
             .iter()
             .find_map(|k| cmd.parameters.get(*k).and_then(Value::as_str));
-        let name =
-            from_params.or_else(|| cmd.problem.as_deref().and_then(|p| p.strip_prefix("mesh:")));
+        let name = from_params.or_else(|| {
+            cmd.problem
+                .as_deref()
+                .and_then(|p| p.strip_prefix(skos_core::events::MESH_PREFIX))
+        });
         let Some(name) = name else {
             return Err(Outcome::new(
                 ResultStatus::Rejected,

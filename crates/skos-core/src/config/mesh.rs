@@ -6,6 +6,7 @@
 //! files named by `private_key_file` / `preshared_key_file` when a config is
 //! regenerated.
 
+use crate::events::MeshEvent;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -58,11 +59,11 @@ impl Default for MeshConfig {
         Self {
             actions: BTreeMap::from([
                 (
-                    "tunnel_down".to_string(),
+                    MeshEvent::TunnelDown.as_str().to_string(),
                     strings(&["restart_wireguard", "regenerate_config"]),
                 ),
                 (
-                    "peer_unreachable".to_string(),
+                    MeshEvent::PeerUnreachable.as_str().to_string(),
                     strings(&["ping_peer", "failover_route"]),
                 ),
             ]),
