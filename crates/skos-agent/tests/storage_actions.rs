@@ -834,6 +834,70 @@ fn emergency_cleanup_deletes_largest_first_until_under_critical() {
     assert!(b.exists());
 }
 
+/// A file or a directory swapped for a symlink after the walk chose it (a
+/// race with another process) is not followed when it is deleted: every
+/// component is reopened with `O_NOFOLLOW`. The swaps happen in the usage
+/// check, which runs between two deletions, so the race is taken every time.
+#[test]
+fn emergency_cleanup_never_follows_a_symlink_swapped_in_after_the_walk() {
+    let t = mount_or_skip!("8M");
+    let tmp = t.path().join("tmp");
+    let outside = t.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let first = t.fill("tmp/first", 64 * 1024);
+    let inner = t.fill("tmp/sub/inner", 32 * 1024);
+    let last = t.fill("tmp/last", 16 * 1024);
+    for p in [&first, &inner, &last] {
+        t.age(p, 2 * DAY);
+    }
+    let sub = tmp.join("sub");
+    let moved_sub = outside.join("sub");
+    let moved_last = outside.join("last");
+
+    let mut cfg = base_cfg();
+    cfg.temp.dirs = vec![tmp.clone()];
+    cfg.temp.emergency_max_age = 3600.0;
+    // Called once before the walk, then after every deletion: after the
+    // first one, the chosen subdirectory and file move outside the temp dir
+    // (same filesystem, same inodes) and symlinks to them take their place.
+    let calls = Mutex::new(0u32);
+    let usage = || {
+        let mut n = calls.lock().unwrap();
+        *n += 1;
+        if *n == 2 {
+            fs::rename(&sub, &moved_sub).unwrap();
+            std::os::unix::fs::symlink(&moved_sub, &sub).unwrap();
+            fs::rename(&last, &moved_last).unwrap();
+            std::os::unix::fs::symlink(&moved_last, &last).unwrap();
+        }
+        Some(99.0)
+    };
+    let mut c = ctx(false, u64::MAX);
+    c.usage = &usage;
+    c.stop_below = 10.0;
+    let r = actions::emergency_cleanup(&cfg, &c).unwrap();
+
+    assert!(*calls.lock().unwrap() >= 2, "the swap happened: {r:#?}");
+    assert!(!first.exists(), "the largest file goes: {r:#?}");
+    assert!(
+        moved_sub.join("inner").exists(),
+        "a file outside the temp dir was deleted through a swapped-in directory symlink: {r:#?}"
+    );
+    assert!(
+        moved_last.exists(),
+        "a file outside the temp dir was deleted through a swapped-in symlink: {r:#?}"
+    );
+    for link in [&sub, &last] {
+        assert!(
+            fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()),
+            "the link {} itself is never deleted: {r:#?}",
+            link.display()
+        );
+    }
+    assert_eq!(r.files_deleted, 1, "{r:#?}");
+    assert_eq!(r.bytes_freed, 64 * 1024, "{r:#?}");
+}
+
 #[test]
 fn emergency_cleanup_archives_largest_first_when_deleting_is_not_enough() {
     let t = mount_or_skip!("16M");
