@@ -211,7 +211,38 @@ mod tests {
     fn resume_continues_chain() {
         let mut records = chain(3);
         let mut c = Chain::resume(records.last());
+        assert_eq!(c.next_seq(), 4);
+        assert_eq!(Chain::default().next_seq(), 1);
         records.push(c.seal(entry(99)));
+        assert_eq!(c.next_seq(), 5);
         verify(&records).unwrap();
+    }
+
+    /// `verified` counts the records checked, and an error names the
+    /// 0-based index of the record that broke the chain.
+    #[test]
+    fn the_verifier_counts_and_points_at_the_bad_record() {
+        let records = chain(4);
+        let mut v = Verifier::default();
+        for r in &records {
+            v.push(r).unwrap();
+        }
+        assert_eq!(v.verified(), 4);
+
+        let mut removed = chain(4);
+        removed.remove(2);
+        let mut v = Verifier::default();
+        v.push(&removed[0]).unwrap();
+        v.push(&removed[1]).unwrap();
+        match v.push(&removed[2]) {
+            Err(ChainError::Sequence { index, .. }) => assert_eq!(index, 2),
+            other => panic!("{other:?}"),
+        }
+        let mut v = Verifier::default();
+        v.push(&records[0]).unwrap();
+        match v.push_value(serde_json::json!({"not": "a record"})) {
+            Err(ChainError::Unreadable { index, .. }) => assert_eq!(index, 1),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -239,6 +239,42 @@ mod tests {
         );
     }
 
+    /// A level is entered above its threshold, not at it.
+    #[test]
+    fn a_reading_at_the_threshold_is_not_above_it() {
+        let r = rules();
+        let mut tr = LevelTracker::default();
+        tr.observe(&r, 60.0, t(0));
+        assert_eq!(tr.observe(&r, r.thresholds.warning, t(1)), None);
+        assert_eq!(tr.current(), Severity::Normal);
+        assert!(tr.observe(&r, r.thresholds.warning + 0.1, t(2)).is_some());
+    }
+
+    /// A pending level that changes (warning, then critical) starts its
+    /// own `for` wait: the time spent pending warning does not count.
+    #[test]
+    fn a_new_pending_level_waits_its_own_for() {
+        let mut r = rules();
+        r.hold_up.warning = 10.0;
+        r.hold_up.critical = 10.0;
+        let mut tr = LevelTracker::default();
+        tr.observe(&r, 60.0, t(0));
+        assert_eq!(tr.observe(&r, r.thresholds.warning + 1.0, t(1)), None);
+        assert_eq!(tr.observe(&r, r.thresholds.critical + 1.0, t(8)), None);
+        assert_eq!(
+            tr.observe(&r, r.thresholds.critical + 1.0, t(17)),
+            None,
+            "7 s of critical"
+        );
+        assert_eq!(
+            tr.observe(&r, r.thresholds.critical + 1.0, t(18)),
+            Some(Report::Changed {
+                from: Severity::Normal,
+                to: Severity::Critical
+            })
+        );
+    }
+
     #[test]
     fn for_duration_debounces_spikes() {
         let mut r = rules();

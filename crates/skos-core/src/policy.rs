@@ -57,11 +57,6 @@ pub const MESH_METRIC: &str = "mesh_level";
 /// again (fresh handshake, peer answering).
 pub const MESH_RECOVERED_BELOW: f64 = 1.0;
 
-/// Mesh actions are tried one at a time, in table order, until one works.
-pub fn is_sequential(kind: &AlertKind) -> bool {
-    *kind == AlertKind::Mesh
-}
-
 /// The level a heartbeat reports for a mesh problem, from
 /// `metadata.mesh.interfaces.<name>.level` or `metadata.mesh.peers.<name>.level`.
 pub fn mesh_level(hb: &crate::protocol::Heartbeat, problem: &str) -> Option<f64> {
@@ -168,6 +163,11 @@ mod tests {
     #[test]
     fn metrics_of_problems() {
         assert_eq!(metric_for("thermal:cpu"), Some("cpu_temp"));
+        assert_eq!(metric_for("thermal:gpu"), Some("gpu_temp"));
+        assert_eq!(metric_for("storage:/srv"), Some("storage_percent"));
+        assert_eq!(metric_for("storage"), Some("storage_percent"));
+        assert_eq!(metric_for("mesh:wg0"), Some(MESH_METRIC));
         assert_eq!(metric_for("mesh"), None);
+        assert_eq!(metric_for("loop:job-1"), None);
     }
 }

@@ -786,3 +786,275 @@ fn mesh_ladder_survives_a_restart() {
     .unwrap();
     engine().restore(old, t(0.0));
 }
+
+// --- Guards that mutation testing found without a test of their own. ---
+
+fn storage_alert(severity: Severity, percent: f64, at: f64) -> Alert {
+    let mut a = Alert {
+        alert_id: String::new(),
+        agent_id: "storage-watcher-nova".into(),
+        kind: AlertKind::Storage,
+        severity,
+        node: nova(),
+        message: format!("/srv {percent}% full"),
+        details: json!({"sensor": "/srv", "mount": "/srv", "percent": percent})
+            .as_object()
+            .unwrap()
+            .clone(),
+        timestamp: t(at),
+    };
+    a.ensure_id();
+    a
+}
+
+fn storage_hb(percent: f64, at: f64) -> Heartbeat {
+    Heartbeat {
+        storage_percent: Some(percent),
+        ..hb(Some(50.0), 0, at)
+    }
+}
+
+fn skipped_reasons(fx: &[Effect]) -> Vec<String> {
+    audits(fx, "skipped")
+        .iter()
+        .map(|a| a.data["reason"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn the_same_action_still_pending_or_verifying_is_not_sent_again() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let first = commands(&e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0)));
+    assert_eq!(first.len(), 2);
+    // Still pending: a new critical alert sends nothing again.
+    let fx = e.on_alert(alert(Severity::Critical, 88.0, 1.0), t(1.0));
+    assert!(commands(&fx).is_empty(), "{fx:?}");
+    assert_eq!(skipped_reasons(&fx), ["in_progress", "in_progress"]);
+    // throttle_50 succeeded and is being verified: still in progress;
+    // redistribute answered unsupported: free to be sent again.
+    let throttle = first
+        .iter()
+        .find(|c| c.action_type == "throttle_50")
+        .unwrap();
+    let mut r = result(throttle, ResultStatus::Succeeded);
+    r.timestamp = t(2.0);
+    e.on_result(r, t(2.0));
+    let redistribute = first
+        .iter()
+        .find(|c| c.action_type == "redistribute")
+        .unwrap();
+    e.on_result(result(redistribute, ResultStatus::Unsupported), t(2.0));
+    let fx = e.on_alert(alert(Severity::Critical, 88.0, 3.0), t(3.0));
+    assert_eq!(skipped_reasons(&fx), ["in_progress"]);
+    let sent: Vec<String> = commands(&fx).into_iter().map(|c| c.action_type).collect();
+    assert_eq!(sent, ["redistribute"]);
+    // The same action for another problem (the GPU) is not held back.
+    let mut gpu = alert(Severity::Critical, 90.0, 4.0);
+    gpu.details.insert("sensor".into(), json!("gpu"));
+    gpu.alert_id = "gpu-hot".into();
+    let sent: Vec<String> = commands(&e.on_alert(gpu, t(4.0)))
+        .into_iter()
+        .map(|c| c.action_type)
+        .collect();
+    assert_eq!(sent, ["throttle_50", "redistribute"]);
+}
+
+#[test]
+fn a_rate_limited_trial_is_given_back_to_the_breaker() {
+    let mut cfg = Config::default();
+    cfg.circuit_breaker.max_failures = 1;
+    cfg.circuit_breaker.reset_timeout_seconds = 10.0;
+    cfg.coordinator.max_actions_per_node_per_minute = 1;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let cmd = commands(&e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0))).remove(0);
+    e.on_result(result(&cmd, ResultStatus::Failed), t(1.0));
+    let key = BreakerKey::new("nova", "thermal:cpu", "throttle_50");
+    assert!(e.breakers.open().iter().any(|c| c.key == key));
+    // Half-open at 20 s, but this minute's one action went out at 0 s:
+    // the trial is rate limited.
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 20.0), t(20.0));
+    assert_eq!(skipped_reasons(&fx), ["rate_limited"]);
+    // The trial was given back: once the window passed, it is sent.
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 61.0), t(61.0));
+    let cmds = commands(&fx);
+    assert_eq!(cmds.len(), 1, "{fx:?}");
+    assert_eq!(cmds[0].action_type, "throttle_50");
+    // It is the only trial: another alert meanwhile is refused.
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 62.0), t(62.0));
+    assert!(commands(&fx).is_empty());
+}
+
+#[test]
+fn the_rate_window_is_a_minute() {
+    let mut cfg = Config::default();
+    cfg.coordinator.max_actions_per_node_per_minute = 1;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let cmd = commands(&e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0))).remove(0);
+    e.on_result(result(&cmd, ResultStatus::Failed), t(1.0));
+    assert_eq!(
+        skipped_reasons(&e.on_alert(alert(Severity::Critical, 87.0, 59.0), t(59.0))),
+        ["rate_limited"]
+    );
+    assert_eq!(
+        commands(&e.on_alert(alert(Severity::Critical, 87.0, 60.5), t(60.5))).len(),
+        1
+    );
+}
+
+#[test]
+fn a_forgotten_alert_is_handled_again() {
+    let mut e = engine();
+    let a = alert(Severity::Warning, 77.0, 0.0);
+    assert!(!e.on_alert(a.clone(), t(0.0)).is_empty());
+    assert!(e.on_alert(a.clone(), t(1.0)).is_empty(), "a duplicate");
+    e.forget_handled(&a.alert_id);
+    assert!(!audits(&e.on_alert(a, t(2.0)), "alert").is_empty());
+}
+
+#[test]
+fn the_handled_window_forgets_the_oldest_id_only() {
+    let mut e = engine();
+    for i in 0..=HANDLED_WINDOW {
+        assert!(e.mark_handled(&format!("a{i}")));
+    }
+    // a0 fell out of the window, a1 did not.
+    assert!(e.mark_handled("a0"));
+    assert!(!e.mark_handled("a2"));
+}
+
+#[test]
+fn a_node_joins_once() {
+    let mut e = engine();
+    assert_eq!(
+        audits(&e.on_heartbeat(hb(Some(50.0), 0, 0.0), t(0.0)), "node").len(),
+        1
+    );
+    assert!(audits(&e.on_heartbeat(hb(Some(50.0), 0, 1.0), t(1.0)), "node").is_empty());
+}
+
+#[test]
+fn recent_actions_keep_the_newest() {
+    let mut cfg = seed_config();
+    cfg.coordinator.recent_actions = 3;
+    cfg.coordinator.max_actions_per_node_per_minute = 100;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let mut a = alert(Severity::Critical, 87.0, f64::from(i));
+        a.details.insert("sensor".into(), json!(format!("cpu{i}")));
+        a.alert_id = format!("hot-{i}");
+        sent.extend(commands(&e.on_alert(a, t(f64::from(i)))));
+    }
+    assert_eq!(sent.len(), 6);
+    let recent: Vec<String> = e
+        .status(t(5.0))
+        .recent_actions
+        .into_iter()
+        .map(|r| r.action_id)
+        .collect();
+    let newest: Vec<String> = sent[3..].iter().map(|c| c.action_id.clone()).collect();
+    assert_eq!(recent, newest);
+}
+
+#[test]
+fn results_for_unknown_commands_are_counted() {
+    let mut e = engine();
+    let stray = Command {
+        action_id: "stray".into(),
+        action_type: "throttle_50".into(),
+        parameters: Default::default(),
+        timestamp: t(0.0),
+        node: Some(nova()),
+        deadline: None,
+        cause: None,
+        problem: None,
+    };
+    e.on_result(result(&stray, ResultStatus::Failed), t(0.0));
+    assert_eq!(e.counters.get("results.unmatched"), 1);
+    e.on_result(result(&stray, ResultStatus::Succeeded), t(0.0));
+    assert_eq!(
+        e.counters.get("results.unmatched"),
+        1,
+        "a late success is no news"
+    );
+}
+
+#[test]
+fn one_reset_at_a_time_with_a_deadline_ahead() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(60.0), 50, 0.0), t(0.0));
+    let fx = e.on_heartbeat(hb(Some(60.0), 50, 31.0), t(31.0));
+    let reset = commands(&fx).remove(0);
+    assert_eq!(reset.action_type, "reset_throttle");
+    assert_eq!(reset.deadline, Some(t(31.0 + 60.0)));
+    // Still throttled while the reset is pending: no second reset.
+    for at in [62.0, 93.0, 124.0] {
+        assert!(commands(&e.on_heartbeat(hb(Some(60.0), 50, at), t(at))).is_empty());
+    }
+}
+
+#[test]
+fn offline_alert_says_how_long_the_node_was_silent() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(50.0), 0, 0.0), t(0.0));
+    let fx = e.tick(t(45.0));
+    let a = &alerts(&fx)[0];
+    assert_eq!(a.details["silent_seconds"], 45.0);
+    let s = e.status(t(45.0));
+    assert!(!s.agents[0].online);
+    e.on_heartbeat(hb(Some(50.0), 0, 46.0), t(46.0));
+    assert!(e.status(t(46.0)).agents[0].online);
+}
+
+#[test]
+fn storage_fixes_are_verified_against_the_storage_thresholds() {
+    let mut e = engine();
+    e.on_heartbeat(storage_hb(92.0, 0.0), t(0.0));
+    let fx = e.on_alert(storage_alert(Severity::Critical, 92.0, 0.0), t(0.0));
+    let logs = commands(&fx)
+        .into_iter()
+        .find(|c| c.action_type == "cleanup_logs")
+        .unwrap();
+    let mut r = result(&logs, ResultStatus::Succeeded);
+    r.details.insert("bytes_freed".into(), json!(1_000_000));
+    r.timestamp = t(1.0);
+    e.on_result(r, t(1.0));
+    // Storage's critical threshold is 90 % (thermal's is 85): 91 % does
+    // not verify, 87 % does.
+    let fx = e.on_heartbeat(storage_hb(91.0, 2.0), t(2.0));
+    assert!(
+        audits(&fx, "verification").is_empty(),
+        "91 % is not below 90 %"
+    );
+    let fx = e.on_heartbeat(storage_hb(87.0, 3.0), t(3.0));
+    let v = audits(&fx, "verification");
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].data["outcome"], "succeeded");
+    assert_eq!(v[0].data["below"], 90.0);
+}
+
+#[test]
+fn a_half_open_trial_is_audited() {
+    let mut cfg = Config::default();
+    cfg.circuit_breaker.max_failures = 1;
+    cfg.circuit_breaker.reset_timeout_seconds = 10.0;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let cmd = commands(&e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0))).remove(0);
+    let fx = e.on_result(result(&cmd, ResultStatus::Failed), t(1.0));
+    assert_eq!(audits(&fx, "breaker")[0].data["state"], "open");
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 12.0), t(12.0));
+    let states: Vec<&Value> = audits(&fx, "breaker")
+        .iter()
+        .map(|a| &a.data["state"])
+        .collect();
+    assert_eq!(states, [&json!("half_open")]);
+    assert_eq!(commands(&fx).len(), 1);
+    // The trial's failure opens it again, its success would close it.
+    let trial = commands(&fx).remove(0);
+    let fx = e.on_result(result(&trial, ResultStatus::Failed), t(13.0));
+    assert_eq!(audits(&fx, "breaker")[0].data["state"], "open");
+}
