@@ -346,6 +346,26 @@ fn gpu_power_limit_is_set_and_restored_or_reported_missing() {
             .power_management_limit()
             .unwrap()
     };
+    // Whatever happens below, a failed assertion included, the GPUs get
+    // their limits back: a test must not leave a real machine throttled.
+    struct RestoreGpus<'a>(&'a nvml_wrapper::Nvml, Vec<(String, u32)>);
+    impl Drop for RestoreGpus<'_> {
+        fn drop(&mut self) {
+            for (uuid, mw) in &self.1 {
+                if let Ok(mut d) = self.0.device_by_uuid(uuid.as_str()) {
+                    if d.power_management_limit().ok() != Some(*mw) {
+                        let _ = d.set_power_management_limit(*mw);
+                    }
+                }
+            }
+        }
+    }
+    let _restore = RestoreGpus(
+        &nvml,
+        gpus.iter()
+            .map(|(u, before, _)| (u.clone(), *before))
+            .collect(),
+    );
     let mut t = Throttler::new(dir.path(), config, None);
     match t.apply(50) {
         Ok(out) => {

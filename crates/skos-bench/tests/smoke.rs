@@ -61,6 +61,21 @@ fn quick_ingest_and_latency_report_every_section_consistently() {
         ingest["counters"]["alerts.handled"].as_u64().unwrap(),
         alerts["coordinator_handled"].as_u64().unwrap()
     );
+    // The sums above hold whatever arrived; these say that work was done:
+    // JetStream loses no alert, and every heartbeat and alert reached the
+    // coordinator on an idle server of this size.
+    assert_eq!(
+        alerts["coordinator"]["lost"].as_u64().unwrap(),
+        0,
+        "{alerts}"
+    );
+    assert_eq!(
+        alerts["coordinator_handled"].as_u64().unwrap(),
+        50,
+        "{alerts}"
+    );
+    assert!(hb["coordinator"]["received"].as_u64().unwrap() > 0, "{hb}");
+    assert!(hb["ceiling"]["received"].as_u64().unwrap() > 0, "{hb}");
 
     let latency = &doc["sections"]["latency"]["data"];
     assert_eq!(latency["alerts"].as_u64().unwrap(), 50);
@@ -69,6 +84,10 @@ fn quick_ingest_and_latency_report_every_section_consistently() {
         measured + latency["missing"].as_u64().unwrap(),
         50,
         "every alert measured or counted missing"
+    );
+    assert!(
+        measured > 0,
+        "no alert was answered by a command: {latency}"
     );
     assert_eq!(latency["request_reply_ms"]["n"].as_u64().unwrap(), 200);
 

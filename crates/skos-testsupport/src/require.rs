@@ -225,6 +225,65 @@ mod tests {
         assert_eq!(judge(true, "t", "x", Ok::<u8, Missing>(7)), Judged::Run(7));
     }
 
+    /// Every skip goes through this module: a test that prints its own
+    /// "skip" and returns would pass silently under
+    /// `SKOS_TEST_REQUIRE_ALL=1`.
+    #[test]
+    fn no_test_skips_on_its_own() {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = entry.path();
+                if p.is_dir() && p.file_name().is_some_and(|n| n != "target") {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|e| e == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let crates = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .canonicalize()
+            .unwrap();
+        let mut files = Vec::new();
+        walk(&crates, &mut files);
+        assert!(
+            files.len() > 50,
+            "found {} files under {}",
+            files.len(),
+            crates.display()
+        );
+        let mut offenders = Vec::new();
+        for f in files
+            .iter()
+            .filter(|f| !f.ends_with("skos-testsupport/src/require.rs"))
+        {
+            let text = std::fs::read_to_string(f).unwrap();
+            // Test code: integration tests, test support, and the test
+            // modules of everything else (a tool may report its own skips).
+            let in_tests = f.components().any(|c| c.as_os_str() == "tests")
+                || f.components().any(|c| c.as_os_str() == "skos-testsupport");
+            let start = if in_tests {
+                0
+            } else {
+                match text.find("#[cfg(test)]") {
+                    Some(at) => text[..at].lines().count(),
+                    None => continue,
+                }
+            };
+            for (i, line) in text.lines().enumerate().skip(start) {
+                let l = line.to_lowercase();
+                if l.contains("eprintln!(") && (l.contains("\"skip") || l.contains("skipped:")) {
+                    offenders.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "skips outside skos_testsupport::require:\n{}",
+            offenders.join("\n")
+        );
+    }
+
     #[test]
     fn program_names_the_package() {
         let err = program("skos-no-such-program", &[], "skos-pkg").unwrap_err();

@@ -79,6 +79,17 @@ pub enum Cmd {
     },
 }
 
+impl Cmd {
+    /// `up`, `coordinator` and `agent` run until stopped; the rest print
+    /// and exit.
+    pub fn is_long_running(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Up { .. } | Cmd::Coordinator { .. } | Cmd::Agent { .. }
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum FleetCmd {
     /// Print a nats-server authorization config where each node's agent may

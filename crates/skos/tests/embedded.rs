@@ -550,3 +550,46 @@ fn for_warning_holds_the_alert_back_end_to_end() {
     assert!(all_at(&sys, MAX * 9 / 10));
     assert!(up.sigterm().success());
 }
+
+/// A reader that goes away (`skos audit tail | head -1`) ends a printing
+/// command quietly: no panic, no backtrace, the shell's usual SIGPIPE.
+#[test]
+fn a_closed_pipe_ends_a_printing_command_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    sys.coretemp(50.0, &[]);
+    let cfg = thermal_config(work.path(), "");
+    let (mut up, data) = up_nova(work.path(), &sys, &cfg);
+    wait_for(
+        Duration::from_secs(30),
+        "records in the audit trail",
+        || (data.join("audit.jsonl").exists() && audit(&data).len() >= 2).then_some(()),
+    );
+    up.sigterm();
+
+    // A pipe whose reading end is already closed: the first write fails.
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two fresh descriptors into the array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let out = skos()
+        .args(["audit", "tail", "--json", "-n", "1000", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -565,13 +565,7 @@ fn thermal_fix_that_does_not_cool_escalates_and_opens_the_circuit() {
 
 #[test]
 fn storage_action_that_frees_nothing_opens_the_circuit() {
-    let fs = match Tmpfs::mount("8M", None) {
-        Ok(t) => t,
-        Err(reason) => {
-            eprintln!("SKIP: cannot mount a tmpfs here: {reason}");
-            return;
-        }
-    };
+    let fs = skos_testsupport::require!("a tmpfs mount", Tmpfs::mount("8M", None));
     let m = fs.path();
     // About 85 % used (warning is 80, critical 90), and nothing the
     // cleanup may delete: fresh temp files, an old temp file held open

@@ -31,12 +31,16 @@ fn agent(nats: &NatsServer, cfg: &Path, work: &Path, sys: &Path, name: &str) -> 
 }
 
 fn command(id: &str, action: &str, node: &str, deadline_in: i64) -> Bytes {
+    command_with(id, action, node, deadline_in, json!({}))
+}
+
+fn command_with(id: &str, action: &str, node: &str, deadline_in: i64, parameters: Value) -> Bytes {
     let now = chrono::Utc::now();
     Bytes::from(
         serde_json::to_vec(&json!({
             "action_id": id,
             "action_type": action,
-            "parameters": {},
+            "parameters": parameters,
             "timestamp": now.to_rfc3339(),
             "node": node,
             "deadline": (now + chrono::Duration::seconds(deadline_in)).to_rfc3339(),
@@ -156,12 +160,16 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
     // Signed, well formed, but an action this build does not know (a
     // newer coordinator's, say): unsupported, not rejected (a rejection
     // would count against the breaker); a throttle level the catalogue
-    // does not declare is no throttle either.
-    for (id, action) in [
-        ("future-1", "defragment_disk"),
-        ("odd-level-1", "throttle_37"),
-    ] {
-        let cmd = command(id, action, "nova", 60);
+    // does not declare is no throttle either. Parameters the catalogue
+    // cannot check (it has no entry for the action) do not turn that into
+    // a rejection for invalid parameters.
+    let unknown = [
+        ("future-1", "defragment_disk", json!({})),
+        ("odd-level-1", "throttle_37", json!({})),
+        ("future-params-1", "defragment_disk", json!({"x": 1})),
+    ];
+    for (id, action, parameters) in &unknown {
+        let cmd = command_with(id, action, "nova", 60, parameters.clone());
         send(&cmd, signed(&key, &cmd));
         wait_status(&nats, id, "unsupported");
     }
@@ -179,6 +187,20 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
     send(&good, good_headers.clone());
     wait_status(&nats, "good-1", "succeeded");
     assert_eq!(read_khz(sys.root(), 0), MAX / 2);
+
+    // good-1 was sent after every unknown action and the agent answers its
+    // commands in stream order, so their results are all audited by now:
+    // exactly one each, unsupported because no antibody implements it.
+    for (id, action, _) in &unknown {
+        let answers = status_of(&nats, id);
+        assert_eq!(
+            answers,
+            vec![format!(
+                "unsupported: no enabled antibody on nova implements {action}"
+            )],
+            "{id}"
+        );
+    }
 
     // Its replay is refused, also after the agent restarts.
     let reset = command("reset-1", "reset_throttle", "nova", 120);

@@ -698,13 +698,11 @@ mod tests {
     ];
 
     fn mount(root: &Path, policies: usize, freqs: &[u64]) -> Option<CpufreqDriver> {
-        match CpufreqDriver::mount(root, policies, freqs) {
-            Ok(d) => Some(d),
-            Err(reason) => {
-                eprintln!("SKIP fake cpufreq driver test: {reason}");
-                None
-            }
-        }
+        crate::require::require(
+            &crate::require::test_name(module_path!()),
+            "a FUSE mount",
+            CpufreqDriver::mount(root, policies, freqs),
+        )
     }
 
     fn policy_file(root: &Path, p: usize, name: &str) -> PathBuf {
@@ -824,12 +822,10 @@ mod tests {
     fn unlisted_driver_hides_its_table_but_still_rounds() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let Some(_driver) = CpufreqDriver::mount_unlisted(root, 1, &FREQS)
-            .map_err(|reason| eprintln!("SKIP unlisted driver test: {reason}"))
-            .ok()
-        else {
-            return;
-        };
+        let _driver = crate::require!(
+            "a FUSE mount",
+            CpufreqDriver::mount_unlisted(root, 1, &FREQS)
+        );
         assert!(!policy_file(root, 0, "scaling_available_frequencies").exists());
         write(root, 0, "scaling_max_freq", "3000000").unwrap();
         assert_eq!(read(root, 0, "scaling_max_freq"), "2800000\n");
