@@ -71,11 +71,6 @@ impl Executor {
         Executor::ALL.into_iter().find(|e| e.as_str() == name)
     }
 
-    /// The actions this antibody executes, in catalogue order.
-    pub fn actions(self) -> impl Iterator<Item = &'static ActionSpec> {
-        all().filter(move |a| a.executor == self)
-    }
-
     /// Whether this antibody executes `action`.
     pub fn handles(self, action: &str) -> bool {
         spec(action).is_some_and(|a| a.executor == self)
@@ -181,11 +176,6 @@ pub fn spec(action: &str) -> Option<&'static ActionSpec> {
 /// Whether `action` is a name the healing tables may use.
 pub fn is_known(action: &str) -> bool {
     spec(action).is_some()
-}
-
-/// Every action name, in catalogue order.
-pub fn names() -> impl Iterator<Item = &'static str> {
-    all().map(|a| a.name)
 }
 
 /// Whether an action's effect is checked on a heartbeat metric.
@@ -318,6 +308,10 @@ mod tests {
         assert!(!Executor::StorageWatcher.handles("reset_throttle"));
         assert_eq!(Executor::parse("mesh_healer"), Some(Executor::MeshHealer));
         assert_eq!(Executor::parse("nope"), None);
+        assert_eq!(Executor::LoopBreaker.to_string(), "loop_breaker");
+        let built: Vec<Executor> = Executor::ALL.into_iter().filter(|e| e.built()).collect();
+        assert_eq!(built.len(), Executor::ALL.len() - 1);
+        assert!(!Executor::Workloads.built());
     }
 
     #[test]
@@ -336,6 +330,19 @@ mod tests {
             validate_parameters("reset_chain", &p(json!({"chain_id": "a; rm -rf /"}))).is_err()
         );
         assert!(validate_parameters("reset_chain", &p(json!({"chain_id": 5}))).is_err());
+        // Each declared name is accepted, any other refused by name.
+        assert!(validate_parameters(
+            "circuit_break",
+            &p(json!({"chain_id": "job-1", "chain_kind": "etl"}))
+        )
+        .is_ok());
+        assert_eq!(
+            validate_parameters("circuit_break", &p(json!({"chain_ids": "job-1"}))),
+            Err(ParamError::Unexpected {
+                action: "circuit_break".into(),
+                name: "chain_ids".into()
+            })
+        );
         assert!(validate_parameters("ping_peer", &p(json!({"peer": "../../x"}))).is_err());
         assert!(matches!(
             validate_parameters("format_disk", &p(json!({}))),
