@@ -166,7 +166,29 @@ fn hot_cpu_over_jetstream_is_throttled_and_audited() {
     assert_eq!(esc["entry"]["data"]["alert"]["agent_id"], "coordinator");
 
     // What the coordinator knew survives a crash: it is kept in SKOS_STATE.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Kill it only once a snapshot holding the throttle_50 and the open
+    // escalated alert is stored: one saved after both were audited (the
+    // snapshot itself is zstd, which this crate cannot decode; the restarted
+    // coordinator's status below proves its content).
+    rt().block_on(async {
+        let b = bus(&nats).await;
+        let audited = last_snapshot(&b).await.map_or(0, |(seq, _)| seq);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match last_snapshot(&b).await {
+                Some((seq, payload)) if seq > audited => {
+                    assert!(!payload.is_empty(), "empty coordinator snapshot");
+                    break;
+                }
+                _ => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no coordinator snapshot saved after the escalation (last: {audited})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     coord.sigkill();
     let _coord2 = coordinator(&nats, &cfg, work.path(), "coordinator-2");
     let s = wait_for(
@@ -264,6 +286,29 @@ fn hot_cpu_over_jetstream_is_throttled_and_audited() {
         .unwrap();
     assert_eq!(reset["entry"]["data"]["command"]["cause"], "recovery");
     assert!((0..2).all(|p| read_khz(sys.root(), p) == MAX));
+}
+
+/// The sequence and payload of the coordinator's last snapshot in
+/// `SKOS_STATE`, if it saved one.
+///
+/// The coordinator handles one message at a time and awaits each save, so
+/// a snapshot stored with a sequence above the last one seen after an
+/// entry was audited was taken after that entry's state change.
+async fn last_snapshot(b: &NatsBus) -> Option<(u64, Bytes)> {
+    let stream = b
+        .jetstream()
+        .get_stream(skos_bus::subjects::STREAM_STATE)
+        .await
+        .expect("SKOS_STATE exists once the coordinator runs");
+    // The key the coordinator saves under (`STATE_KEY` in its service).
+    match stream
+        .get_last_raw_message_by_subject(&skos_bus::subjects::state("coordinator"))
+        .await
+    {
+        Ok(m) => Some((m.sequence, m.payload)),
+        Err(e) if e.to_string().contains("no message found") => None,
+        Err(e) => panic!("reading SKOS_STATE: {e}"),
+    }
 }
 
 /// How many `action` commands the audit trail records.
@@ -378,15 +423,45 @@ fn coordinator_killed_and_restarted_handles_every_alert_once() {
         publish(i);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let records = wait_for(Duration::from_secs(60), "every alert audited", || {
+    wait_for(Duration::from_secs(60), "every alert audited", || {
         let r = audit(&nats);
         let ids: std::collections::BTreeSet<String> = audit_events(&r, "alert")
             .iter()
             .filter_map(|e| e["entry"]["data"]["alert_id"].as_str().map(str::to_owned))
             .filter(|id| id.starts_with("test-alert-"))
             .collect();
-        (ids.len() == total && outcomes_complete(&r, cut)).then_some(r)
+        (ids.len() == total && outcomes_complete(&r, cut)).then_some(())
     });
+    // Alerts coordinator-1 took but never acknowledged come back only after
+    // the consumer's ack wait: wait until the coordinator's consumer has
+    // nothing left to deliver and nothing unacknowledged, so that any
+    // second handling is in the trail before it is checked.
+    rt.block_on(async {
+        let Bus::Nats(b) = &bus else { unreachable!() };
+        let stream = b
+            .jetstream()
+            .get_stream(skos_bus::subjects::STREAM_ALERTS)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let info = stream
+                .consumer_info(skos_bus::subjects::CONSUMER_COORDINATOR)
+                .await
+                .unwrap();
+            if info.num_ack_pending == 0 && info.num_pending == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "coordinator consumer not drained: {} unacknowledged, {} undelivered",
+                info.num_ack_pending,
+                info.num_pending
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let records = audit(&nats);
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for e in audit_events(&records, "alert") {
         *seen

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use skos_bus::{Bus, NatsAuth, NatsBus, NatsOptions};
 use skos_testsupport::cpufreq::{fake_cpufreq, read_khz};
 use skos_testsupport::nats::NatsServer;
@@ -160,7 +160,18 @@ fn agents_are_confined_to_their_own_subjects() {
         assert!(bus.publish_alert(&alert).await.is_err(), "JetStream accepted lyra's alert for nova");
         let _ = bus.publish_raw("skos.alert.nova", Bytes::from(forged.to_string())).await;
         let cmd = json!({"action_id": "lyra-cmd", "action_type": "throttle_100", "parameters": {}, "timestamp": "2024-01-01T00:00:00Z"});
-        let _ = bus.publish_raw("skos.command.nova", Bytes::from(cmd.to_string())).await;
+        let forged_cmd: skos_core::Command = serde_json::from_value(cmd.clone()).unwrap();
+        let nova = skos_core::NodeName::parse("nova").unwrap();
+        assert!(
+            bus.send_command(&nova, &forged_cmd, None).await.is_err(),
+            "JetStream accepted lyra's command for nova"
+        );
+        // A core publish is fire and forget: the server refuses it without
+        // telling the client, so its Ok proves nothing. That it was not
+        // stored is checked on SKOS_COMMANDS below.
+        bus.publish_raw("skos.command.nova", Bytes::from(cmd.to_string()))
+            .await
+            .expect("a core publish is only written to the connection");
         // lyra's own subjects are fine.
         let own: skos_core::Alert = serde_json::from_value(json!({
             "alert_id": "lyra-own", "agent_id": "x", "type": "thermal", "severity": "warning",
@@ -169,27 +180,121 @@ fn agents_are_confined_to_their_own_subjects() {
         .unwrap();
         bus.publish_alert(&own).await.expect("lyra may publish its own alerts");
     });
-    // The coordinator saw lyra's own alert, never the forged one.
-    let records = wait_for(Duration::from_secs(20), "lyra's own alert audited", || {
-        let out = run({
-            let mut c = skos();
-            c.args(["audit", "tail", "--json", "-n", "100000"])
-                .env("NATS_URL", nats.url())
-                .env("SKOS_CONFIG", &coord_cfg2);
-            c
-        });
-        let r = json_lines(&out);
-        audit_events(&r, "alert")
-            .iter()
-            .any(|a| a["entry"]["data"]["alert_id"] == "lyra-own")
-            .then_some(r)
-    });
+    // A fence on the command path: a command signed by the coordinator's
+    // key, sent after lyra's attempts (lyra's own alert was acknowledged, so
+    // the server had handled them). Had lyra's command been stored, it would
+    // come before this one in nova's stream, and nova answers its commands
+    // in order: its result would be audited before this one's. throttle_50
+    // leaves nova as it is.
+    let coord_bus = Bus::Nats(
+        rt.block_on(connect_as(
+            &nats.url(),
+            NatsAuth::NkeySeed(seed(work.path(), "coordinator")),
+            None,
+        ))
+        .expect("the coordinator's key connects"),
+    );
+    let signer = skos_bus::trust::Signer::from_seed_file(&keys.join("coordinator.nk")).unwrap();
+    let now = chrono::Utc::now();
+    let fence: skos_core::Command = serde_json::from_value(json!({
+        "action_id": "fence-after-lyra", "action_type": "throttle_50", "parameters": {},
+        "timestamp": now.to_rfc3339(), "node": "nova",
+        "deadline": (now + chrono::Duration::seconds(120)).to_rfc3339(),
+    }))
+    .unwrap();
+    rt.block_on(coord_bus.send_command(
+        &skos_core::NodeName::parse("nova").unwrap(),
+        &fence,
+        Some(&signer),
+    ))
+    .expect("the coordinator's key may command nova");
+    // The coordinator saw lyra's own alert, never the forged one; and nova
+    // answered the fence.
+    let records = wait_for(
+        Duration::from_secs(30),
+        "lyra's own alert and the fence's result audited",
+        || {
+            let out = run({
+                let mut c = skos();
+                c.args(["audit", "tail", "--json", "-n", "100000"])
+                    .env("NATS_URL", nats.url())
+                    .env("SKOS_CONFIG", &coord_cfg2);
+                c
+            });
+            let r = json_lines(&out);
+            let own = audit_events(&r, "alert")
+                .iter()
+                .any(|a| a["entry"]["data"]["alert_id"] == "lyra-own");
+            let fenced = audit_events(&r, "result")
+                .iter()
+                .any(|a| a["entry"]["data"]["result"]["action_id"] == "fence-after-lyra");
+            (own && fenced).then_some(r)
+        },
+    );
+    let fence_results: Vec<Value> = audit_events(&records, "result")
+        .into_iter()
+        .map(|a| a["entry"]["data"]["result"].clone())
+        .filter(|r| r["action_id"] == "fence-after-lyra")
+        .collect();
+    assert_eq!(fence_results.len(), 1, "{fence_results:?}");
+    assert_eq!(fence_results[0]["status"], "succeeded", "{fence_results:?}");
     assert!(!audit_events(&records, "alert")
         .iter()
         .any(|a| a["entry"]["data"]["alert_id"] == "forged-by-lyra"));
     assert!(!audit_events(&records, "result")
         .iter()
         .any(|a| a["entry"]["data"]["result"]["action_id"] == "lyra-cmd"));
+    // Neither of lyra's commands was stored: nothing in SKOS_COMMANDS has
+    // lyra's id, as message id or in the payload (the fence is there, so
+    // the scan does see what is stored).
+    let stored: Vec<(String, String, String)> = rt.block_on(async {
+        let Bus::Nats(b) = &coord_bus else {
+            unreachable!()
+        };
+        let stream = b
+            .jetstream()
+            .get_stream(skos_bus::subjects::STREAM_COMMANDS)
+            .await
+            .unwrap();
+        let state = stream.get_info().await.unwrap().state;
+        let mut stored = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            if state.messages == 0 {
+                break;
+            }
+            let m = stream.get_raw_message(seq).await.unwrap();
+            let msg_id = m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let body: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+            let field = |k: &str| body[k].as_str().unwrap_or_default().to_string();
+            stored.push((msg_id, field("action_id"), field("action_type")));
+        }
+        assert_eq!(stored.len() as u64, state.messages, "{stored:?}");
+        stored
+    });
+    assert!(
+        stored
+            .iter()
+            .all(|(msg_id, action_id, _)| msg_id != "lyra-cmd" && action_id != "lyra-cmd"),
+        "lyra's command was stored: {stored:?}"
+    );
+    assert!(
+        stored
+            .iter()
+            .any(|(msg_id, action_id, _)| msg_id == "fence-after-lyra" && action_id == msg_id),
+        "the fence is stored: {stored:?}"
+    );
+    assert!(
+        stored
+            .iter()
+            .any(|(msg_id, action_id, action)| action == "throttle_50"
+                && action_id == msg_id
+                && action_id != "fence-after-lyra"),
+        "the coordinator's throttle_50 is stored: {stored:?}"
+    );
     assert_eq!(
         read_khz(sys.root(), 0),
         1_500_000,
