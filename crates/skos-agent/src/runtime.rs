@@ -6,6 +6,7 @@
 //! action an enabled antibody knows; otherwise the answer says why
 //! (`rejected`, `expired`, `unsupported`). Every command gets a result.
 
+use skos_core::counters::Counter;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
@@ -158,9 +159,9 @@ impl Agent {
         }
         for a in alerts {
             tracing::info!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), message = %a.message, "alert");
-            self.counters.inc("alerts.sent");
+            self.counters.inc(Counter::AlertsSent);
             if let Err(e) = self.bus.publish_alert(&a).await {
-                self.counters.inc("alerts.send_failed");
+                self.counters.inc(Counter::AlertsSendFailed);
                 tracing::error!(error = %e, "alert not sent");
             }
         }
@@ -190,10 +191,10 @@ impl Agent {
     async fn heartbeat(&mut self) {
         let hb = self.heartbeat_message();
         if let Err(e) = self.bus.publish_heartbeat(&hb).await {
-            self.counters.inc("heartbeats.send_failed");
+            self.counters.inc(Counter::HeartbeatsSendFailed);
             tracing::warn!(error = %e, "heartbeat not sent");
         } else {
-            self.counters.inc("heartbeats.sent");
+            self.counters.inc(Counter::HeartbeatsSent);
         }
     }
 
@@ -205,7 +206,7 @@ impl Agent {
             m.header(trust::HEADER_SIGNER),
             m.header(trust::HEADER_SIGNATURE),
         ) {
-            self.counters.inc("commands.rejected.signature");
+            self.counters.inc(Counter::CommandsRejectedSignature);
             tracing::warn!(subject = %m.subject, error = %e, "refused command");
             if let Some(id) = loose_action_id(&m.payload) {
                 let o = Outcome::new(ResultStatus::Rejected, format!("refused: {e}"));
@@ -217,7 +218,7 @@ impl Agent {
         {
             Ok(c) => c,
             Err(e) => {
-                self.counters.inc("commands.rejected.malformed");
+                self.counters.inc(Counter::CommandsRejectedMalformed);
                 tracing::warn!(subject = %m.subject, error = %e, "rejected command");
                 // Answer when the id can still be read, so it is audited.
                 if let Some(id) = loose_action_id(&m.payload) {
@@ -284,7 +285,7 @@ impl Agent {
             }
         };
         self.counters
-            .inc(&format!("commands.{}", outcome.status.as_str()));
+            .inc(Counter::Commands(outcome.status.as_str()));
         tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, status = outcome.status.as_str(), message = %outcome.message, "command handled");
         self.answer(&cmd.action_id, &cmd.action_type, &outcome)
             .await;
@@ -311,7 +312,7 @@ impl Agent {
             let outcome = tokio::task::spawn_blocking(job).await.unwrap_or_else(|e| {
                 Outcome::new(ResultStatus::Failed, format!("action crashed: {e}"))
             });
-            counters.inc(&format!("commands.{}", outcome.status.as_str()));
+            counters.inc(Counter::Commands(outcome.status.as_str()));
             tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, status = outcome.status.as_str(), message = %outcome.message, "action finished");
             let result = fill(result, &outcome);
             if let Err(e) = bus.publish_result(&result).await {

@@ -7,6 +7,7 @@
 //! are written, then the message is acknowledged. After a restart, alerts
 //! already recorded in the audit trail are not handled again.
 
+use skos_core::counters::Counter;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,7 +133,7 @@ pub async fn run(
                 tracing::info!("coordinator state restored");
             }
             Err(e) => {
-                counters.inc("state.unreadable");
+                counters.inc(Counter::StateUnreadable);
                 tracing::error!(error = %e, "saved coordinator state unreadable; starting afresh");
             }
         },
@@ -235,7 +236,7 @@ impl Ctx {
         match self.state.save(STATE_KEY, bytes).await {
             Ok(()) => self.dirty = false,
             Err(e) => {
-                self.counters.inc("state.save_failed");
+                self.counters.inc(Counter::StateSaveFailed);
                 tracing::error!(error = %e, "coordinator state not saved");
             }
         }
@@ -248,7 +249,7 @@ impl Ctx {
             DecodeError::Malformed(_) => "malformed",
             DecodeError::Invalid(_) => "invalid",
         };
-        self.counters.inc(&format!("rejected.{feed}.{reason}"));
+        self.counters.inc(Counter::Rejected { feed, reason });
         tracing::warn!(subject = %m.subject, feed, error = %err, "rejected message");
         let entry = AuditEntry::new(
             skos_core::AuditEvent::Rejected,

@@ -4,21 +4,139 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use std::borrow::Cow;
+
+/// Every counter SKOS keeps. [`Counter::name`] is the one place each name
+/// (as `skos status` shows it) is spelt; the parts in parentheses are
+/// another type's wire string (a result status, a skip reason...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter<'a> {
+    // Coordinator.
+    HeartbeatsReceived,
+    AlertsHandled,
+    AlertsDuplicate,
+    CommandsSent,
+    /// `results.<status>`: results by status.
+    Results(&'a str),
+    ResultsUnmatched,
+    VerificationsSucceeded,
+    VerificationsFailed,
+    BreakerFailures,
+    /// `breaker.<state>`: breaker transitions.
+    Breaker(&'a str),
+    /// `actions.skipped.<reason>`.
+    ActionsSkipped(&'a str),
+    ActionsFreedNothing,
+    NodesOffline,
+    EscalationsMesh,
+    MeshNodeProblems,
+    StateUnreadable,
+    StateSaveFailed,
+    /// `rejected.<feed>.<reason>`: a message refused on a feed.
+    Rejected {
+        feed: &'a str,
+        reason: &'a str,
+    },
+    // Agent.
+    HeartbeatsSent,
+    HeartbeatsSendFailed,
+    AlertsSent,
+    AlertsSendFailed,
+    CommandsRejectedSignature,
+    CommandsRejectedMalformed,
+    /// `commands.<status>`: commands answered, by status.
+    Commands(&'a str),
+    // Loop breaker.
+    LoopOutboxDropped,
+    LoopReplyFailed,
+    LoopAlertsSuppressed,
+    LoopControlSent,
+    LoopControlSendFailed,
+    LoopStepsAllowed,
+    /// `loop.steps.denied.<reason>`.
+    LoopStepsDenied(&'a str),
+    /// `loop.trips.<condition>`.
+    LoopTrips(&'a str),
+    /// `loop.commands.<action>`.
+    LoopCommands(&'a str),
+    /// `loop.signals.<signal, lower case>`.
+    LoopSignals(&'a str),
+    LoopSignalsFailed,
+    /// Idle chains forgotten by the chain table.
+    LoopChainsEvicted,
+}
+
+impl Counter<'_> {
+    /// The counter's name.
+    pub fn name(&self) -> Cow<'static, str> {
+        use Counter::*;
+        Cow::Borrowed(match *self {
+            HeartbeatsReceived => "heartbeats.received",
+            AlertsHandled => "alerts.handled",
+            AlertsDuplicate => "alerts.duplicate",
+            CommandsSent => "commands.sent",
+            Results(s) => return format!("results.{s}").into(),
+            ResultsUnmatched => "results.unmatched",
+            VerificationsSucceeded => "verifications.succeeded",
+            VerificationsFailed => "verifications.failed",
+            BreakerFailures => "breaker.failures",
+            Breaker(s) => return format!("breaker.{s}").into(),
+            ActionsSkipped(r) => return format!("actions.skipped.{r}").into(),
+            ActionsFreedNothing => "actions.freed_nothing",
+            NodesOffline => "nodes.offline",
+            EscalationsMesh => "escalations.mesh",
+            MeshNodeProblems => "mesh.node_problems",
+            StateUnreadable => "state.unreadable",
+            StateSaveFailed => "state.save_failed",
+            Rejected { feed, reason } => return format!("rejected.{feed}.{reason}").into(),
+            HeartbeatsSent => "heartbeats.sent",
+            HeartbeatsSendFailed => "heartbeats.send_failed",
+            AlertsSent => "alerts.sent",
+            AlertsSendFailed => "alerts.send_failed",
+            CommandsRejectedSignature => "commands.rejected.signature",
+            CommandsRejectedMalformed => "commands.rejected.malformed",
+            Commands(s) => return format!("commands.{s}").into(),
+            LoopOutboxDropped => "loop.outbox.dropped",
+            LoopReplyFailed => "loop.reply_failed",
+            LoopAlertsSuppressed => "loop.alerts.suppressed",
+            LoopControlSent => "loop.control.sent",
+            LoopControlSendFailed => "loop.control.send_failed",
+            LoopStepsAllowed => "loop.steps.allowed",
+            LoopStepsDenied(r) => return format!("loop.steps.denied.{r}").into(),
+            LoopTrips(c) => return format!("loop.trips.{c}").into(),
+            LoopCommands(a) => return format!("loop.commands.{a}").into(),
+            LoopSignals(s) => return format!("loop.signals.{}", s.to_lowercase()).into(),
+            LoopSignalsFailed => "loop.signals.failed",
+            LoopChainsEvicted => "loop.chains.evicted",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Counters(Arc<Mutex<BTreeMap<String, u64>>>);
 
 impl Counters {
-    pub fn inc(&self, name: &str) {
-        self.add(name, 1);
+    pub fn inc(&self, counter: Counter<'_>) {
+        self.add(counter, 1);
     }
 
-    pub fn add(&self, name: &str, n: u64) {
+    pub fn add(&self, counter: Counter<'_>, n: u64) {
+        self.add_named(&counter.name(), n);
+    }
+
+    /// The value of `counter`.
+    pub fn of(&self, counter: Counter<'_>) -> u64 {
+        self.get(&counter.name())
+    }
+
+    fn add_named(&self, name: &str, n: u64) {
         // A poisoned lock only means another thread panicked mid-increment;
         // the map itself is still usable.
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry(name.to_string()).or_insert(0) += n;
     }
 
+    /// The value of the counter named `name` (as `skos status` shows it).
     pub fn get(&self, name: &str) -> u64 {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.get(name).copied().unwrap_or(0)
@@ -37,10 +155,21 @@ mod tests {
     fn counts() {
         let c = Counters::default();
         let c2 = c.clone();
-        c.inc("a");
-        c2.add("a", 2);
-        assert_eq!(c.get("a"), 3);
+        c.inc(Counter::AlertsHandled);
+        c2.inc(Counter::AlertsHandled);
+        c2.inc(Counter::Rejected {
+            feed: "alert",
+            reason: "malformed",
+        });
+        assert_eq!(c.get("alerts.handled"), 2);
+        assert_eq!(c.of(Counter::AlertsHandled), 2);
+        assert_eq!(c.get("rejected.alert.malformed"), 1);
         assert_eq!(c.get("b"), 0);
-        assert_eq!(c.snapshot().len(), 1);
+        assert_eq!(c.snapshot().len(), 2);
+        assert_eq!(Counter::LoopSignals("STOP").name(), "loop.signals.stop");
+        assert_eq!(
+            Counter::ActionsSkipped("dry_run").name(),
+            "actions.skipped.dry_run"
+        );
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! [`ChainTable`]: skos_core::chain::ChainTable
 
+use skos_core::counters::Counter;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,13 +90,16 @@ impl ChainService {
 
     fn queue(&self, o: Outgoing) {
         if self.outbox.try_send(o).is_err() {
-            self.counters.inc("loop.outbox.dropped");
+            self.counters.inc(Counter::LoopOutboxDropped);
             tracing::warn!("loop breaker outbox full; an announcement or alert was dropped");
         }
     }
 
     fn reject(&self, m: &Incoming, reason: &str, message: String) -> ChainDecision {
-        self.counters.inc(&format!("rejected.chain.{reason}"));
+        self.counters.inc(Counter::Rejected {
+            feed: "chain",
+            reason,
+        });
         tracing::warn!(subject = %m.subject, reason, error = %message, "rejected chain step");
         // Echo the ids when they can be read, so the caller can match it.
         let raw = decode::<Value>(&m.payload, self.max_message_bytes).ok();
@@ -139,7 +143,7 @@ impl ChainService {
             }
         };
         if let Err(e) = m.reply(payload).await {
-            self.counters.inc("loop.reply_failed");
+            self.counters.inc(Counter::LoopReplyFailed);
             tracing::warn!(error = %e, "chain decision not sent");
         }
     }
@@ -153,7 +157,7 @@ impl ChainService {
             match t {
                 Transition::Tripped(trip) => {
                     self.counters
-                        .inc(&format!("loop.trips.{}", trip.condition.as_str()));
+                        .inc(Counter::LoopTrips(trip.condition.as_str()));
                     tracing::warn!(chain_id = %trip.chain_id, condition = trip.condition.as_str(), value = trip.value, limit = trip.limit, "chain broke a limit; step denied, circuit open");
                     let view = shared.table.view(&trip.chain_id);
                     controls.push(self.ctx.control(
@@ -174,7 +178,7 @@ impl ChainService {
                         );
                         alerts.push(alert);
                     } else {
-                        self.counters.inc("loop.alerts.suppressed");
+                        self.counters.inc(Counter::LoopAlertsSuppressed);
                     }
                 }
                 Transition::HalfOpened {
@@ -225,11 +229,10 @@ impl ChainService {
         }
         let mut d = outcome.decision;
         match (d.decision, d.reason) {
-            (Verdict::Allow, _) => self.counters.inc("loop.steps.allowed"),
+            (Verdict::Allow, _) => self.counters.inc(Counter::LoopStepsAllowed),
             (Verdict::Deny, r) => {
                 let r = r.unwrap_or(Reason::Invalid);
-                self.counters
-                    .inc(&format!("loop.steps.denied.{}", r.as_str()));
+                self.counters.inc(Counter::LoopStepsDenied(r.as_str()));
                 if self.ctx.dry_run && r != Reason::Invalid && r != Reason::Capacity {
                     d.decision = Verdict::Allow;
                     d.dry_run = true;
@@ -277,7 +280,7 @@ impl ChainService {
         drop(shared);
         if report.evicted > 0 {
             self.counters
-                .add("loop.chains.evicted", report.evicted as u64);
+                .add(Counter::LoopChainsEvicted, report.evicted as u64);
         }
         for a in recoveries {
             self.queue(Outgoing::Alert(a));
@@ -296,10 +299,10 @@ async fn publish(bus: &Bus, counters: &Counters, mut rx: mpsc::Receiver<Outgoing
         match o {
             Outgoing::Control(c) => {
                 if let Err(e) = bus.publish_chain_control(&c).await {
-                    counters.inc("loop.control.send_failed");
+                    counters.inc(Counter::LoopControlSendFailed);
                     tracing::warn!(chain_id = %c.chain_id, event = c.event.as_str(), error = %e, "chain announcement not sent");
                 } else {
-                    counters.inc("loop.control.sent");
+                    counters.inc(Counter::LoopControlSent);
                 }
             }
             Outgoing::Alert(a) => {
@@ -319,10 +322,10 @@ async fn publish(bus: &Bus, counters: &Counters, mut rx: mpsc::Receiver<Outgoing
                     }
                 }
                 if sent {
-                    counters.inc("alerts.sent");
+                    counters.inc(Counter::AlertsSent);
                     tracing::info!(alert_id = %a.alert_id, severity = a.severity.as_str(), message = %a.message, "loop alert");
                 } else {
-                    counters.inc("alerts.send_failed");
+                    counters.inc(Counter::AlertsSendFailed);
                     tracing::error!(alert_id = %a.alert_id, "loop alert dropped after retries");
                 }
             }

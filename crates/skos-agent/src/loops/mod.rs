@@ -29,6 +29,7 @@
 pub mod chain;
 pub mod procwatch;
 
+use skos_core::counters::Counter;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -373,7 +374,7 @@ impl LoopBreaker {
 
     fn queue(&self, o: Outgoing) {
         if self.outbox.try_send(o).is_err() {
-            self.counters.inc("loop.outbox.dropped");
+            self.counters.inc(Counter::LoopOutboxDropped);
             tracing::warn!("loop breaker outbox full; an announcement or alert was dropped");
         }
     }
@@ -474,8 +475,7 @@ impl LoopBreaker {
                 now,
             )));
         }
-        self.counters
-            .inc(&format!("loop.commands.{}", cmd.action_type));
+        self.counters.inc(Counter::LoopCommands(&cmd.action_type));
         tracing::info!(chain_id, action = %cmd.action_type, action_id = %cmd.action_id, "{message}");
         let evidence = before.map(|v| v.evidence).unwrap_or_default();
         let mut o = Outcome::new(ResultStatus::Succeeded, message);
@@ -504,8 +504,7 @@ impl LoopBreaker {
         for (id, sig) in &step.signals {
             match self.procs.signal(*id, *sig, protected) {
                 Ok(()) => {
-                    self.counters
-                        .inc(&format!("loop.signals.{}", sig.as_str().to_lowercase()));
+                    self.counters.inc(Counter::LoopSignals(sig.as_str()));
                     changes.push(Change {
                         target: format!("pid:{}", id.pid),
                         before: "running".into(),
@@ -514,7 +513,7 @@ impl LoopBreaker {
                 }
                 Err(e) => {
                     failed += 1;
-                    self.counters.inc("loop.signals.failed");
+                    self.counters.inc(Counter::LoopSignalsFailed);
                     tracing::debug!(pid = id.pid, signal = sig.as_str(), error = %e, "signal not sent");
                 }
             }
@@ -565,8 +564,7 @@ impl LoopBreaker {
             }
             failed += self.send(&step, &protected, &mut changes);
         }
-        self.counters
-            .inc(&format!("loop.commands.{}", cmd.action_type));
+        self.counters.inc(Counter::LoopCommands(&cmd.action_type));
         let limits = self.cfg.loop_.group_limits(
             self.cfg
                 .loop_
@@ -621,7 +619,7 @@ impl LoopBreaker {
             match c {
                 GroupChange::Tripped(trip) => {
                     self.counters
-                        .inc(&format!("loop.trips.{}", trip.condition.as_str()));
+                        .inc(Counter::LoopTrips(trip.condition.as_str()));
                     let a = self.ctx.group_alert(trip, now);
                     lock(&self.shared).index.insert(
                         &a.alert_id,

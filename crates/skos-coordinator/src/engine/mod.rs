@@ -13,6 +13,7 @@
 //! what happens on a heartbeat, a clear or a tick) lives in `kinds`, one
 //! module per kind. State that survives a restart is in `state`.
 
+use skos_core::counters::Counter;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use chrono::Duration;
@@ -153,7 +154,7 @@ impl Engine {
     }
 
     pub fn on_heartbeat(&mut self, hb: Heartbeat, now: Timestamp) -> Vec<Effect> {
-        self.counters.inc("heartbeats.received");
+        self.counters.inc(Counter::HeartbeatsReceived);
         let mut out = Vec::new();
         let node = hb.node.clone();
         let was_offline = self.nodes.get(&node).is_some_and(|n| n.offline);
@@ -200,10 +201,10 @@ impl Engine {
     pub fn on_alert(&mut self, mut alert: Alert, now: Timestamp) -> Vec<Effect> {
         alert.ensure_id();
         if !self.mark_handled(&alert.alert_id) {
-            self.counters.inc("alerts.duplicate");
+            self.counters.inc(Counter::AlertsDuplicate);
             return Vec::new();
         }
-        self.counters.inc("alerts.handled");
+        self.counters.inc(Counter::AlertsHandled);
         let node = alert.node.clone();
         let problem = alert.problem();
         let mut out = vec![audit(
@@ -260,7 +261,7 @@ impl Engine {
         out: &mut Vec<Effect>,
     ) {
         let reason = reason.as_str();
-        self.counters.inc(&format!("actions.skipped.{reason}"));
+        self.counters.inc(Counter::ActionsSkipped(reason));
         out.push(audit(
             AuditEvent::Skipped,
             now,
@@ -401,7 +402,7 @@ impl Engine {
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) {
-        self.counters.inc("commands.sent");
+        self.counters.inc(Counter::CommandsSent);
         out.push(audit(
             AuditEvent::Command,
             now,
@@ -449,8 +450,7 @@ impl Engine {
     }
 
     pub fn on_result(&mut self, result: CommandResult, now: Timestamp) -> Vec<Effect> {
-        self.counters
-            .inc(&format!("results.{}", result.status.as_str()));
+        self.counters.inc(Counter::Results(result.status.as_str()));
         let node = result.node.clone();
         let mut out = vec![audit(
             AuditEvent::Result,
@@ -468,7 +468,7 @@ impl Engine {
         let Some(p) = self.pending.remove(&result.action_id) else {
             // A reset, or a result for a command sent before a restart.
             if result.status != ResultStatus::Succeeded {
-                self.counters.inc("results.unmatched");
+                self.counters.inc(Counter::ResultsUnmatched);
             }
             return out;
         };
@@ -476,7 +476,7 @@ impl Engine {
         let freed = result.details.get("bytes_freed").and_then(Value::as_u64);
         match result.status {
             ResultStatus::Succeeded if catalogue::frees_space(&p.action) && freed == Some(0) => {
-                self.counters.inc("actions.freed_nothing");
+                self.counters.inc(Counter::ActionsFreedNothing);
                 out.push(audit(
             AuditEvent::Verification,
                     now,
@@ -527,7 +527,7 @@ impl Engine {
     }
 
     fn failure(&mut self, key: &BreakerKey, now: Timestamp, out: &mut Vec<Effect>) {
-        self.counters.inc("breaker.failures");
+        self.counters.inc(Counter::BreakerFailures);
         if let Some(t) = self.breakers.record_failure(key, now) {
             self.breaker_transition(key, t, now, out);
         }
@@ -546,7 +546,7 @@ impl Engine {
             Transition::HalfOpened => "half_open",
             Transition::Closed => "closed",
         };
-        self.counters.inc(&format!("breaker.{state}"));
+        self.counters.inc(Counter::Breaker(state));
         out.push(audit(
             AuditEvent::Breaker,
             now,
@@ -583,7 +583,7 @@ impl Engine {
         for v in done {
             let value = kinds::of(&v.alert.kind).metric_value(&hb, &v);
             kinds::of(&v.alert.kind).on_verified(self, &v);
-            self.counters.inc("verifications.succeeded");
+            self.counters.inc(Counter::VerificationsSucceeded);
             self.set_action_state(
                 &v.action_id,
                 ActionState::Verified,
@@ -614,7 +614,7 @@ impl Engine {
             .partition(|v| now >= v.deadline);
         self.verifications = keep;
         for v in expired {
-            self.counters.inc("verifications.failed");
+            self.counters.inc(Counter::VerificationsFailed);
             let value = self
                 .nodes
                 .get(&v.node)

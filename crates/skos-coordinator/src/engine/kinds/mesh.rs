@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use skos_core::config::Config;
+use skos_core::counters::Counter;
 use skos_core::events::{peer_node_of, MeshEvent, EVENT_KEY, MESH_NODE_PROBLEM};
 use skos_core::policy;
 use skos_core::protocol::{
@@ -200,7 +201,7 @@ impl Engine {
     fn ladder_exhausted(&mut self, l: Ladder, now: Timestamp, out: &mut Vec<Effect>) {
         let node = l.alert.node.clone();
         let problem = l.alert.problem();
-        self.counters.inc("escalations.mesh");
+        self.counters.inc(Counter::EscalationsMesh);
         match l.severity.next() {
             Some(next) => {
                 let mut details = l.alert.details.clone();
@@ -295,7 +296,7 @@ impl Engine {
     ) {
         let node = alert.node.clone();
         let problem = alert.problem();
-        self.counters.inc("mesh.node_problems");
+        self.counters.inc(Counter::MeshNodeProblems);
         for a in actions {
             self.skip(
                 (&node, &problem, a),

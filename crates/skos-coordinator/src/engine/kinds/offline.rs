@@ -3,6 +3,7 @@
 //! heartbeat. No action heals it from here; its table row is empty.
 
 use serde_json::json;
+use skos_core::counters::Counter;
 use skos_core::level::secs;
 use skos_core::protocol::{AlertKind, Severity};
 use skos_core::timefmt::Timestamp;
@@ -34,7 +35,7 @@ impl Engine {
             })
             .collect();
         for node in newly_offline {
-            self.counters.inc("nodes.offline");
+            self.counters.inc(Counter::NodesOffline);
             let last = self.nodes.get(&node).map(|s| s.last_seen).unwrap_or(now);
             let silent = (now - last).num_milliseconds() as f64 / 1000.0;
             out.push(Effect::Alert(self.own_alert(
