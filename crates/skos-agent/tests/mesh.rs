@@ -185,7 +185,7 @@ fn killed_tunnel_is_sensed_restarted_and_recovers() {
         // Just after the kill the tun device may linger a moment.
         let state = a.details["state"].as_str().unwrap();
         assert!(["missing", "unreadable"].contains(&state), "{a:?}");
-        assert_eq!(a.problem(), format!("mesh:{}", p.if_a));
+        assert_eq!(a.problem().as_str(), format!("mesh:{}", p.if_a));
         // Peers of a dead interface are not blamed.
         let hb = heartbeat(&h);
         assert_eq!(

@@ -2,7 +2,56 @@
 //! `details.event`, and the problem keys built from them. Each wire string
 //! is spelt here once.
 
-use crate::protocol::Alert;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Alert, AlertKind};
+
+/// What breakers, verifications, ladders and open alerts are kept per on
+/// a node: an alert's kind and sensor (`thermal:cpu`, `storage:/srv`,
+/// `mesh:wg0`), or its kind alone when it names no sensor. On the wire
+/// (commands' `problem`, snapshots, audit records) it is that string.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProblemKey(String);
+
+impl ProblemKey {
+    /// The problem of an alert of `kind` about `sensor`.
+    pub fn new(kind: &AlertKind, sensor: Option<&str>) -> Self {
+        match sensor {
+            Some(s) => ProblemKey(format!("{}:{s}", kind.as_str())),
+            None => ProblemKey(kind.as_str().to_string()),
+        }
+    }
+
+    /// `mesh:node`: a node that every peer watching it sees down.
+    pub fn mesh_node() -> Self {
+        ProblemKey::new(&AlertKind::Mesh, Some(MESH_NODE_SENSOR))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProblemKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl PartialEq<str> for ProblemKey {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ProblemKey {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
 
 /// `details` key of an alert's event.
 pub const EVENT_KEY: &str = "event";
@@ -10,8 +59,9 @@ pub const EVENT_KEY: &str = "event";
 pub const PEER_NODE_KEY: &str = "peer_node";
 /// Prefix of a mesh problem key: `mesh:<interface or peer>`.
 pub const MESH_PREFIX: &str = "mesh:";
-/// The problem key of a node that every peer watching it sees down.
-pub const MESH_NODE_PROBLEM: &str = "mesh:node";
+/// The sensor of a node that every peer watching it sees down: its
+/// problem is `mesh:node`.
+pub const MESH_NODE_SENSOR: &str = "node";
 
 /// What a mesh alert is about (the row of `mesh.actions` that answers it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

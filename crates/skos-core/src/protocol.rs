@@ -263,11 +263,8 @@ impl Alert {
 
     /// The problem this alert is about: kind plus sensor, e.g. `thermal:cpu`.
     /// Circuit breakers and verification are kept per (node, problem, action).
-    pub fn problem(&self) -> String {
-        match self.sensor() {
-            Some(s) => format!("{}:{}", self.kind.as_str(), s),
-            None => self.kind.as_str().to_string(),
-        }
+    pub fn problem(&self) -> crate::events::ProblemKey {
+        crate::events::ProblemKey::new(&self.kind, self.sensor())
     }
 
     pub fn detail_f64(&self, key: &str) -> Option<f64> {

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use skos_core::breaker::{Admission, BreakerKey, Breakers, Transition};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
+use skos_core::events::ProblemKey;
 use skos_core::level::secs;
 use skos_core::protocol::{
     Alert, AlertKind, AuditEntry, AuditEvent, Command, CommandResult, Heartbeat, ResultStatus,
@@ -86,7 +87,7 @@ pub struct Engine {
     counters: Counters,
     nodes: BTreeMap<NodeName, NodeState>,
     /// Open alerts by (node, problem).
-    open_alerts: BTreeMap<(NodeName, String), Alert>,
+    open_alerts: BTreeMap<(NodeName, ProblemKey), Alert>,
     breakers: Breakers,
     pending: BTreeMap<String, Pending>,
     verifications: Vec<Verification>,
@@ -96,7 +97,7 @@ pub struct Engine {
     sent_times: BTreeMap<NodeName, VecDeque<Timestamp>>,
     mode: String,
     /// Mesh problems being healed step by step, by (node, problem).
-    ladders: BTreeMap<(NodeName, String), Ladder>,
+    ladders: BTreeMap<(NodeName, ProblemKey), Ladder>,
 }
 
 fn audit(
@@ -254,7 +255,7 @@ impl Engine {
     /// Record that an action for (node, problem) was not sent, and why.
     fn skip(
         &mut self,
-        (node, problem, action): (&NodeName, &str, &str),
+        (node, problem, action): (&NodeName, &ProblemKey, &str),
         reason: SkipReason,
         detail: String,
         now: Timestamp,
@@ -319,7 +320,7 @@ impl Engine {
             );
             return;
         }
-        let key = BreakerKey::new(node.as_str(), &problem, action);
+        let key = BreakerKey::new(node.as_str(), problem.as_str(), action);
         let (admission, transition) = self.breakers.admit(&key, now);
         if transition == Some(Transition::HalfOpened) {
             out.push(audit(
@@ -376,7 +377,7 @@ impl Engine {
             node: Some(node.clone()),
             deadline: Some(now + secs(self.cfg.coordinator.command_deadline)),
             cause: Some(alert.alert_id.clone()),
-            problem: Some(problem.clone()),
+            problem: Some(problem.to_string()),
         };
         self.send(
             cmd,
@@ -395,7 +396,7 @@ impl Engine {
         &mut self,
         cmd: Command,
         node: &NodeName,
-        problem: &str,
+        problem: &ProblemKey,
         severity: Severity,
         alert: &Alert,
         trial: bool,
@@ -414,7 +415,7 @@ impl Engine {
             cmd.action_id.clone(),
             Pending {
                 node: node.clone(),
-                problem: problem.to_string(),
+                problem: problem.clone(),
                 action: cmd.action_type.clone(),
                 severity,
                 alert: alert.clone(),
@@ -472,7 +473,7 @@ impl Engine {
             }
             return out;
         };
-        let key = BreakerKey::new(p.node.as_str(), &p.problem, &p.action);
+        let key = BreakerKey::new(p.node.as_str(), p.problem.as_str(), &p.action);
         let freed = result.details.get("bytes_freed").and_then(Value::as_u64);
         match result.status {
             ResultStatus::Succeeded if catalogue::frees_space(&p.action) && freed == Some(0) => {
@@ -596,7 +597,7 @@ impl Engine {
                 format!("{} on {node} worked: {} {:.1} < {:.1}", v.action, v.metric, value.unwrap_or(f64::NAN), v.below),
                 json!({"action_id": v.action_id, "outcome": "succeeded", "metric": v.metric, "value": value, "below": v.below}),
             ));
-            let key = BreakerKey::new(node.as_str(), &v.problem, &v.action);
+            let key = BreakerKey::new(node.as_str(), v.problem.as_str(), &v.action);
             if let Some(t) = self.breakers.record_success(&key) {
                 self.breaker_transition(&key, t, now, out);
             }
@@ -634,7 +635,7 @@ impl Engine {
                 format!("{} on {} did not work: {} not below {:.1} within {}s", v.action, v.node, v.metric, v.below, self.cfg.coordinator.verify_within),
                 json!({"action_id": v.action_id, "outcome": "failed", "metric": v.metric, "value": value, "below": v.below}),
             ));
-            let key = BreakerKey::new(v.node.as_str(), &v.problem, &v.action);
+            let key = BreakerKey::new(v.node.as_str(), v.problem.as_str(), &v.action);
             self.failure(&key, now, &mut out);
             kinds::of(&v.alert.kind).on_not_verified(self, v, now, &mut out);
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use skos_core::breaker::BreakerSnapshot;
+use skos_core::events::ProblemKey;
 use skos_core::protocol::{Alert, Heartbeat, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
@@ -26,7 +27,7 @@ pub(super) struct NodeState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Pending {
     pub(in crate::engine) node: NodeName,
-    pub(in crate::engine) problem: String,
+    pub(in crate::engine) problem: ProblemKey,
     pub(in crate::engine) action: String,
     pub(in crate::engine) severity: Severity,
     pub(in crate::engine) alert: Alert,
@@ -37,7 +38,7 @@ pub(super) struct Pending {
 pub(super) struct Verification {
     pub(in crate::engine) action_id: String,
     pub(in crate::engine) node: NodeName,
-    pub(in crate::engine) problem: String,
+    pub(in crate::engine) problem: ProblemKey,
     pub(in crate::engine) action: String,
     pub(in crate::engine) metric: String,
     /// The metric must fall below this (the alert level's threshold).

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use skos_core::config::Config;
 use skos_core::counters::Counter;
-use skos_core::events::{peer_node_of, MeshEvent, EVENT_KEY, MESH_NODE_PROBLEM};
+use skos_core::events::{peer_node_of, MeshEvent, ProblemKey, EVENT_KEY, MESH_NODE_SENSOR};
 use skos_core::policy;
 use skos_core::protocol::{
     Alert, AlertKind, AuditEvent, CommandResult, Heartbeat, ResultStatus, Severity,
@@ -42,7 +42,7 @@ impl ProblemKind for Mesh {
 
     /// The problem's level in `metadata.mesh`.
     fn metric_value(&self, hb: &Heartbeat, v: &Verification) -> Option<f64> {
-        policy::mesh_level(hb, &v.problem)
+        policy::mesh_level(hb, v.problem.as_str())
     }
 
     fn on_clear(&self, eng: &mut Engine, alert: &Alert, now: Timestamp, out: &mut Vec<Effect>) {
@@ -132,7 +132,7 @@ impl Engine {
     }
 
     /// Send the next action of a ladder; when none is left, escalate.
-    fn climb(&mut self, key: &(NodeName, String), now: Timestamp, out: &mut Vec<Effect>) {
+    fn climb(&mut self, key: &(NodeName, ProblemKey), now: Timestamp, out: &mut Vec<Effect>) {
         loop {
             let Some(l) = self.ladders.get_mut(key) else {
                 return;
@@ -307,7 +307,7 @@ impl Engine {
             );
         }
         // Stop healing tunnels to that node anywhere else.
-        let others: Vec<(NodeName, String)> = self
+        let others: Vec<(NodeName, ProblemKey)> = self
             .ladders
             .iter()
             .filter(|(_, l)| peer_node_of(&l.alert) == Some(peer.as_str()))
@@ -323,7 +323,7 @@ impl Engine {
                 json!({"problem": k.1, "reason": SkipReason::PeerNodeDown.as_str()}),
             ));
         }
-        let nkey = (peer.clone(), MESH_NODE_PROBLEM.to_string());
+        let nkey = (peer.clone(), ProblemKey::mesh_node());
         if !offline && !self.open_alerts.contains_key(&nkey) {
             let observers: Vec<String> = self
                 .open_alerts
@@ -339,7 +339,7 @@ impl Engine {
                 AlertKind::Mesh,
                 Severity::Critical,
                 format!("{reason}: a node problem, not a tunnel problem"),
-                json!({EVENT_KEY: MeshEvent::NodeUnreachable.as_str(), "sensor": "node", "observers": observers}),
+                json!({EVENT_KEY: MeshEvent::NodeUnreachable.as_str(), "sensor": MESH_NODE_SENSOR, "observers": observers}),
                 now,
             )));
         }
@@ -357,14 +357,14 @@ impl Engine {
         };
         if self
             .open_alerts
-            .contains_key(&(peer.clone(), MESH_NODE_PROBLEM.to_string()))
+            .contains_key(&(peer.clone(), ProblemKey::mesh_node()))
         {
             out.push(Effect::Alert(self.own_alert(
                 &peer,
                 AlertKind::Mesh,
                 Severity::Normal,
                 format!("{peer} is reachable again from {}", alert.node),
-                json!({EVENT_KEY: MeshEvent::NodeUnreachable.as_str(), "sensor": "node", "recovered": true}),
+                json!({EVENT_KEY: MeshEvent::NodeUnreachable.as_str(), "sensor": MESH_NODE_SENSOR, "recovered": true}),
                 now,
             )));
         }

@@ -13,7 +13,7 @@ pub(crate) struct Storage;
 impl ProblemKind for Storage {
     fn recovery(&self, cfg: &Config, alert: &Alert, severity: Severity) -> Option<Recovery> {
         Some(Recovery {
-            metric: policy::metric_for(&alert.problem())?,
+            metric: policy::metric_for(alert.problem().as_str())?,
             below: level_threshold(&cfg.storage.thresholds, severity),
         })
     }

@@ -5,6 +5,7 @@
 
 use serde_json::json;
 use skos_core::config::Config;
+use skos_core::events::ProblemKey;
 use skos_core::level::secs;
 use skos_core::policy;
 use skos_core::protocol::{Alert, AlertKind, AuditEvent, Command, Severity};
@@ -19,7 +20,7 @@ pub(crate) struct Thermal;
 impl ProblemKind for Thermal {
     fn recovery(&self, cfg: &Config, alert: &Alert, severity: Severity) -> Option<Recovery> {
         Some(Recovery {
-            metric: policy::metric_for(&alert.problem())?,
+            metric: policy::metric_for(alert.problem().as_str())?,
             below: level_threshold(&cfg.thermal.thresholds, severity),
         })
     }
@@ -38,6 +39,8 @@ impl ProblemKind for Thermal {
 impl Engine {
     /// When a throttled node has been cool for `clear_for`, lift the throttle.
     fn check_cool_down(&mut self, node: &NodeName, now: Timestamp, out: &mut Vec<Effect>) {
+        let cpu = ProblemKey::new(&AlertKind::Thermal, Some("cpu"));
+        let gpu = ProblemKey::new(&AlertKind::Thermal, Some("gpu"));
         let clear_below = self.cfg.thermal.thresholds.warning - self.cfg.thermal.hysteresis;
         let clear_for = secs(self.cfg.thermal.clear_for);
         let Some(state) = self.nodes.get_mut(node) else {
@@ -89,12 +92,9 @@ impl Engine {
                 "{node} has been cool for {}s: reset_throttle",
                 self.cfg.thermal.clear_for
             ),
-            json!({"problem": "thermal:cpu", "actions": ["reset_throttle"], "reason": "recovery"}),
+            json!({"problem": cpu, "actions": ["reset_throttle"], "reason": "recovery"}),
         ));
-        for key in [
-            (node.clone(), "thermal:cpu".to_string()),
-            (node.clone(), "thermal:gpu".to_string()),
-        ] {
+        for key in [(node.clone(), cpu.clone()), (node.clone(), gpu)] {
             self.open_alerts.remove(&key);
         }
         let cmd = Command {
@@ -105,11 +105,11 @@ impl Engine {
             node: Some(node.clone()),
             deadline: Some(now + secs(self.cfg.coordinator.command_deadline)),
             cause: Some("recovery".into()),
-            problem: Some("thermal:cpu".into()),
+            problem: Some(cpu.to_string()),
         };
         if self.cfg.dry_run {
             self.skip(
-                (node, "thermal:cpu", "reset_throttle"),
+                (node, &cpu, "reset_throttle"),
                 SkipReason::DryRun,
                 "dry-run mode executes nothing".into(),
                 now,
@@ -117,15 +117,6 @@ impl Engine {
             );
             return;
         }
-        self.send(
-            cmd,
-            node,
-            "thermal:cpu",
-            Severity::Normal,
-            &alert,
-            false,
-            now,
-            out,
-        );
+        self.send(cmd, node, &cpu, Severity::Normal, &alert, false, now, out);
     }
 }
