@@ -28,10 +28,11 @@ fn sentinel(fake: &FakeSysfs, extra: &str) -> ThermalSentinel {
     ThermalSentinel::new(&cfg, None)
 }
 
-/// One CPU package sensor starting at 60 °C.
+/// A CPU package at 60 °C with two cores a little cooler; the whole CPU
+/// heats and cools together ([`HwmonHandle::heat`]).
 fn machine() -> (FakeSysfs, HwmonHandle) {
     let fake = FakeSysfs::new();
-    let cpu = fake.coretemp(60.0, &[]);
+    let cpu = fake.coretemp(60.0, &[58.0, 57.0]);
     (fake, cpu)
 }
 
@@ -51,9 +52,9 @@ fn said(a: &Alert) -> Said {
     (a.severity, previous, reminder)
 }
 
-/// Sets the package temperature, senses at `at` and returns what was said.
+/// Heats the CPU (package at `c`), senses at `at` and returns what was said.
 fn at(s: &mut ThermalSentinel, cpu: &HwmonHandle, c: f64, at: f64) -> Vec<Said> {
-    cpu.set_temp(1, c);
+    cpu.heat(c);
     let alerts = s.sense(t(at));
     assert_eq!(s.cpu_temp(), Some(c), "the sentinel read what was written");
     for a in &alerts {

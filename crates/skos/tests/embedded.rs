@@ -162,7 +162,7 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
     let sys = FakeSysfs::new();
     // The package only: a read that catches its file mid-write is then no
     // CPU reading at all, not a cool core's (the alerts are counted below).
-    let cpu = sys.coretemp(60.0, &[]);
+    let cpu = sys.coretemp(60.0, &[58.0, 57.0]);
     sys.nvme(40.0);
     fake_cpufreq(sys.root(), 4, MIN, MAX);
     // No reminder of the critical level during the test, so every command
@@ -181,7 +181,7 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
     assert_eq!(s["mode"], "embedded");
 
     // Heat: 87 °C is critical -> throttle_50 (+ redistribute, unsupported).
-    cpu.set_temp(1, 87.0);
+    cpu.heat(87.0);
     wait_for(Duration::from_secs(30), "scaling_max_freq at 50 %", || {
         all_at(&sys, MAX / 2).then_some(())
     });
@@ -224,7 +224,7 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
         .any(|a| a["action_type"] == "throttle_50"));
 
     // Cool down: verification succeeds, then after clear_for the throttle is lifted.
-    cpu.set_temp(1, 60.0);
+    cpu.heat(60.0);
     wait_for(Duration::from_secs(30), "scaling_max_freq restored", || {
         all_at(&sys, MAX).then_some(())
     });
@@ -436,7 +436,7 @@ fn throttle_stays_while_the_cpu_sits_between_the_clear_level_and_warning() {
     let sys = FakeSysfs::new();
     // The package only: a read that catches its file mid-write is then no
     // CPU reading at all, not a cool core's.
-    let cpu = sys.coretemp(60.0, &[]);
+    let cpu = sys.coretemp(60.0, &[58.0, 57.0]);
     fake_cpufreq(sys.root(), 4, MIN, MAX);
     let cfg = thermal_config(work.path(), "");
     let (mut up, data) = up_nova(work.path(), &sys, &cfg);
@@ -445,7 +445,7 @@ fn throttle_stays_while_the_cpu_sits_between_the_clear_level_and_warning() {
             .filter(|s| s["nodes"][0]["name"] == "nova" && s["nodes"][0]["status"] == "healthy")
     });
 
-    cpu.set_temp(1, 87.0);
+    cpu.heat(87.0);
     wait_for(Duration::from_secs(30), "throttle_50 result", || {
         (results_of(&audit(&data), "throttle_50", "succeeded") == 1).then_some(())
     });
@@ -453,7 +453,7 @@ fn throttle_stays_while_the_cpu_sits_between_the_clear_level_and_warning() {
 
     // Inside the band for five times clear_for, proven on the
     // coordinator's clock by the heartbeats it received.
-    cpu.set_temp(1, 73.5);
+    cpu.heat(73.5);
     let first = wait_for(Duration::from_secs(30), "73.5 °C in status", || {
         status(&data).filter(|s| s["nodes"][0]["cpu_temp"] == 73.5)
     });
@@ -476,7 +476,7 @@ fn throttle_stays_while_the_cpu_sits_between_the_clear_level_and_warning() {
     );
 
     // Below the clear level: one reset after clear_for.
-    cpu.set_temp(1, 70.0);
+    cpu.heat(70.0);
     wait_for(Duration::from_secs(30), "scaling_max_freq restored", || {
         all_at(&sys, MAX).then_some(())
     });
@@ -515,7 +515,7 @@ fn throttle_stays_while_the_cpu_sits_between_the_clear_level_and_warning() {
 fn for_warning_holds_the_alert_back_end_to_end() {
     let work = tempfile::tempdir().unwrap();
     let sys = FakeSysfs::new();
-    let cpu = sys.coretemp(60.0, &[]);
+    let cpu = sys.coretemp(60.0, &[58.0, 57.0]);
     fake_cpufreq(sys.root(), 4, MIN, MAX);
     let cfg = thermal_config(work.path(), "  for: {warning: 4}\n");
     let (mut up, data) = up_nova(work.path(), &sys, &cfg);
@@ -525,7 +525,7 @@ fn for_warning_holds_the_alert_back_end_to_end() {
     });
 
     let before = chrono::Utc::now();
-    cpu.set_temp(1, 77.0);
+    cpu.heat(77.0);
     let records = wait_for(Duration::from_secs(60), "warning alert", || {
         let r = audit(&data);
         (!sentinel_says(&r).is_empty()).then_some(r)
