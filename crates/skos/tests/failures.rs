@@ -60,59 +60,6 @@ thermal:\n  clear_for: 1\n  cooldown: 1\n  gpu: {{nvml: false, nvidia_smi: false
     path
 }
 
-fn coordinator(nats: &NatsServer, cfg: &Path, work: &Path) -> Proc {
-    let mut c = skos();
-    c.arg("coordinator")
-        .arg("--config")
-        .arg(cfg)
-        .env("NATS_URL", nats.url());
-    Proc::spawn(c, work, "coordinator")
-}
-
-fn agent(nats: &NatsServer, cfg: &Path, work: &Path, sys: &Path, node: &str) -> Proc {
-    let mut c = skos();
-    c.arg("agent")
-        .arg("--config")
-        .arg(cfg)
-        .arg("--data-dir")
-        .arg(work.join(format!("agent-{node}")))
-        .env("NATS_URL", nats.url())
-        .env("NODE_NAME", node)
-        .env("SKOS_SYSFS_ROOT", sys);
-    Proc::spawn(c, work, &format!("agent-{node}"))
-}
-
-fn status(nats: &NatsServer) -> Option<Value> {
-    let out = run({
-        let mut c = skos();
-        c.args(["status", "--json"]).env("NATS_URL", nats.url());
-        c
-    });
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-fn node<'a>(s: &'a Value, name: &str) -> Option<&'a Value> {
-    s["nodes"].as_array()?.iter().find(|n| n["name"] == name)
-}
-
-fn audit(nats: &NatsServer) -> Vec<Value> {
-    let out = run({
-        let mut c = skos();
-        c.args(["audit", "tail", "--json", "-n", "1000000"])
-            .env("NATS_URL", nats.url());
-        c
-    });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_lines(&out)
-}
-
 /// Poll the audit trail until `ready` accepts it; a little slower than
 /// `wait_for` alone, so the polling does not starve the processes under
 /// test on a two-core machine.
@@ -457,7 +404,7 @@ fn thermal_fix_that_does_not_cool_escalates_and_opens_the_circuit() {
     let cpu = sys.coretemp(60.0, &[55.0]);
     fake_cpufreq(sys.root(), 2, MIN, MAX);
     let cfg = config(work.path(), "thermal_sentinel", "");
-    let _coord = coordinator(&nats, &cfg, work.path());
+    let _coord = coordinator(&nats, &cfg, work.path(), "coordinator");
     let _agent = agent(&nats, &cfg, work.path(), sys.root(), "nova");
     wait_for(Duration::from_secs(60), "nova healthy", || {
         status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "healthy"))
@@ -605,7 +552,7 @@ fn storage_action_that_frees_nothing_opens_the_circuit() {
         ),
     );
     let nats = NatsServer::start();
-    let _coord = coordinator(&nats, &cfg, work.path());
+    let _coord = coordinator(&nats, &cfg, work.path(), "coordinator");
     let _agent = agent(&nats, &cfg, work.path(), sys.root(), "nova");
     let problem = format!("storage:{}", m.display());
     let is_trigger = |r: &Value| {

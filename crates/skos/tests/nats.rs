@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,59 +16,6 @@ use skos_testsupport::sysfs::FakeSysfs;
 
 const MAX: u64 = 3_600_000;
 const MIN: u64 = 800_000;
-
-fn coordinator(nats: &NatsServer, cfg: &Path, work: &Path, name: &str) -> Proc {
-    let mut c = skos();
-    c.arg("coordinator")
-        .arg("--config")
-        .arg(cfg)
-        .env("NATS_URL", nats.url());
-    Proc::spawn(c, work, name)
-}
-
-fn agent(nats: &NatsServer, cfg: &Path, work: &Path, sys: &Path, node: &str) -> Proc {
-    let mut c = skos();
-    c.arg("agent")
-        .arg("--config")
-        .arg(cfg)
-        .arg("--data-dir")
-        .arg(work.join(format!("agent-{node}")))
-        .env("NATS_URL", nats.url())
-        .env("NODE_NAME", node)
-        .env("SKOS_SYSFS_ROOT", sys);
-    Proc::spawn(c, work, &format!("agent-{node}"))
-}
-
-fn status(nats: &NatsServer) -> Option<Value> {
-    let out = run({
-        let mut c = skos();
-        c.args(["status", "--json"]).env("NATS_URL", nats.url());
-        c
-    });
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-fn node<'a>(s: &'a Value, name: &str) -> Option<&'a Value> {
-    s["nodes"].as_array()?.iter().find(|n| n["name"] == name)
-}
-
-fn audit(nats: &NatsServer) -> Vec<Value> {
-    let out = run({
-        let mut c = skos();
-        c.args(["audit", "tail", "--json", "-n", "1000000"])
-            .env("NATS_URL", nats.url());
-        c
-    });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_lines(&out)
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()

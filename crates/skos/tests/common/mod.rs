@@ -6,6 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use skos_testsupport::nats::NatsServer;
 
 pub fn skos() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_skos"));
@@ -165,4 +166,61 @@ pub fn trust_section(dir: &Path) -> String {
         "trust:\n  signing_key_file: {}\n  coordinator_keys: [{public}]\n",
         key.display()
     )
+}
+
+// --- Distributed mode: `skos coordinator` and `skos agent` on a test's own
+// nats-server, and what `skos status` and `skos audit tail` say over it.
+
+/// `skos coordinator` on `nats`, its log named `name`.
+pub fn coordinator(nats: &NatsServer, cfg: &Path, work: &Path, name: &str) -> Proc {
+    let mut c = skos();
+    c.arg("coordinator")
+        .arg("--config")
+        .arg(cfg)
+        .env("NATS_URL", nats.url());
+    Proc::spawn(c, work, name)
+}
+
+pub fn agent(nats: &NatsServer, cfg: &Path, work: &Path, sys: &Path, node: &str) -> Proc {
+    let mut c = skos();
+    c.arg("agent")
+        .arg("--config")
+        .arg(cfg)
+        .arg("--data-dir")
+        .arg(work.join(format!("agent-{node}")))
+        .env("NATS_URL", nats.url())
+        .env("NODE_NAME", node)
+        .env("SKOS_SYSFS_ROOT", sys);
+    Proc::spawn(c, work, &format!("agent-{node}"))
+}
+
+pub fn status(nats: &NatsServer) -> Option<Value> {
+    let out = run({
+        let mut c = skos();
+        c.args(["status", "--json"]).env("NATS_URL", nats.url());
+        c
+    });
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+pub fn node<'a>(s: &'a Value, name: &str) -> Option<&'a Value> {
+    s["nodes"].as_array()?.iter().find(|n| n["name"] == name)
+}
+
+pub fn audit(nats: &NatsServer) -> Vec<Value> {
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "tail", "--json", "-n", "1000000"])
+            .env("NATS_URL", nats.url());
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out)
 }
