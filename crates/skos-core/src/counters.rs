@@ -152,6 +152,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_snapshot_holds_every_counter_by_name() {
+        let c = Counters::default();
+        c.inc(Counter::NodesOffline);
+        c.add(Counter::LoopChainsEvicted, 3);
+        let snap = c.snapshot();
+        assert_eq!(snap.get("nodes.offline"), Some(&1));
+        assert_eq!(snap.get("loop.chains.evicted"), Some(&3));
+        assert_eq!(snap.len(), 2);
+    }
+
+    #[test]
     fn counts() {
         let c = Counters::default();
         let c2 = c.clone();

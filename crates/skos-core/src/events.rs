@@ -131,6 +131,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn events_and_peer_nodes_are_read_from_details() {
+        let a: Alert = serde_json::from_value(serde_json::json!({
+            "agent_id": "mesh-healer-nova", "type": "mesh", "severity": "critical",
+            "node": "nova", "timestamp": "2024-01-01T00:00:00Z",
+            "details": {"event": "peer_unreachable", "peer_node": "lyra", "sensor": "lyra"}
+        }))
+        .unwrap();
+        assert_eq!(MeshEvent::of(&a), Some(MeshEvent::PeerUnreachable));
+        assert_eq!(peer_node_of(&a), Some("lyra"));
+        assert_eq!(a.problem(), "mesh:lyra");
+        assert_eq!(MeshEvent::TunnelDown.to_string(), "tunnel_down");
+        assert_eq!(ProblemKey::mesh_node().to_string(), "mesh:node");
+        let mut b = a.clone();
+        b.details.clear();
+        assert_eq!(MeshEvent::of(&b), None);
+        assert_eq!(peer_node_of(&b), None);
+    }
+
+    #[test]
     fn every_event_round_trips() {
         for e in MeshEvent::ALL {
             assert_eq!(MeshEvent::parse(e.as_str()), Some(e));

@@ -78,6 +78,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_length_limit_is_inclusive_and_the_name_reads_back() {
+        let longest = "n".repeat(MAX_NODE_NAME_LEN);
+        let n = NodeName::parse(&longest).unwrap();
+        assert_eq!(n.to_string(), longest);
+        assert_eq!(n.as_ref(), longest.as_str());
+        assert_eq!(String::from(n), longest);
+        assert!(NodeName::parse(&"n".repeat(MAX_NODE_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
     fn accepts_ordinary_names() {
         for n in ["nova", "lyra-01", "athena_2", "GPU-Box"] {
             assert_eq!(NodeName::parse(n).unwrap().as_str(), n);

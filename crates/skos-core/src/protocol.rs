@@ -471,6 +471,122 @@ impl AuditEntry {
 mod tests {
     use super::*;
 
+    fn hb_json(extra: &str) -> String {
+        format!(
+            r#"{{"agent_id":"a","agent_type":"thermal_sentinel","node":"nova","timestamp":"2024-01-01T00:00:00Z"{extra}}}"#
+        )
+    }
+
+    /// The size limit is inclusive, the depth limit counts brackets only
+    /// outside strings (escaped quotes included), and both come before
+    /// parsing.
+    #[test]
+    fn decode_limits_are_exact() {
+        let text = hb_json("");
+        let n = text.len();
+        assert!(decode::<Heartbeat>(text.as_bytes(), n).is_ok());
+        assert_eq!(
+            decode::<Heartbeat>(text.as_bytes(), n - 1),
+            Err(DecodeError::TooLarge {
+                size: n,
+                limit: n - 1
+            })
+        );
+        assert_eq!(DEFAULT_MAX_MESSAGE_BYTES, 65_536);
+        let nest = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        assert_eq!(json_depth(nest(MAX_JSON_DEPTH).as_bytes()), MAX_JSON_DEPTH);
+        assert!(!matches!(
+            decode::<Value>(nest(MAX_JSON_DEPTH).as_bytes(), 1 << 20),
+            Err(DecodeError::TooDeep)
+        ));
+        assert_eq!(
+            decode::<Value>(nest(MAX_JSON_DEPTH + 1).as_bytes(), 1 << 20),
+            Err(DecodeError::TooDeep)
+        );
+        // Brackets inside strings, behind escaped quotes, do not count;
+        // closing brackets bring the depth down.
+        assert_eq!(json_depth(br#"{"a":"[[[[\"[[[[","b":[1]}"#), 2);
+        assert_eq!(json_depth(br#"[[1],[2],[3]]"#), 2);
+        assert_eq!(json_depth(br#"["\\", [1]]"#), 2);
+    }
+
+    #[test]
+    fn readings_must_be_finite() {
+        let mut hb: Heartbeat = decode(hb_json(r#","cpu_temp":70.5"#).as_bytes(), 1 << 16).unwrap();
+        assert!(hb.validate().is_ok());
+        for field in [
+            "cpu_temp",
+            "gpu_temp",
+            "storage_percent",
+            "interval_seconds",
+        ] {
+            let mut bad = hb.clone();
+            match field {
+                "cpu_temp" => bad.cpu_temp = Some(f64::INFINITY),
+                "gpu_temp" => bad.gpu_temp = Some(f64::NAN),
+                "storage_percent" => bad.storage_percent = Some(f64::NEG_INFINITY),
+                _ => bad.interval_seconds = Some(f64::NAN),
+            }
+            let err = bad.validate().unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        hb.gpu_temp = Some(-5.0);
+        assert!(hb.validate().is_ok());
+        assert_eq!(hb.metric("cpu_temp"), Some(70.5));
+        assert_eq!(hb.metric("gpu_temp"), Some(-5.0));
+        hb.storage_percent = Some(42.0);
+        assert_eq!(hb.metric("storage_percent"), Some(42.0));
+        assert_eq!(hb.metric("fan_rpm"), None);
+    }
+
+    #[test]
+    fn severities_spell_and_escalate() {
+        let names: Vec<&str> = [
+            Severity::Normal,
+            Severity::Warning,
+            Severity::Critical,
+            Severity::Emergency,
+        ]
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+        assert_eq!(names, ["normal", "warning", "critical", "emergency"]);
+        assert_eq!(Severity::Normal.next(), Some(Severity::Warning));
+        assert_eq!(Severity::Warning.next(), Some(Severity::Critical));
+        assert_eq!(Severity::Critical.next(), Some(Severity::Emergency));
+        assert_eq!(Severity::Emergency.next(), None);
+    }
+
+    #[test]
+    fn alert_ids_are_kept_derived_digested_and_checked() {
+        let text = r#"{"agent_id":"x","type":"thermal","severity":"critical","node":"nova","message":"hot","timestamp":"2024-01-01T00:00:00Z"}"#;
+        let mut a: Alert = decode(text.as_bytes(), 1 << 16).unwrap();
+        assert!(a.alert_id.is_empty());
+        a.ensure_id();
+        let derived = a.alert_id.clone();
+        assert!(
+            derived.starts_with("seed-") && derived.len() == 37,
+            "{derived}"
+        );
+        a.ensure_id();
+        assert_eq!(a.alert_id, derived, "an id is kept once set");
+        a.alert_id = "given".into();
+        a.ensure_id();
+        assert_eq!(a.alert_id, "given");
+        let d = a.id_digest();
+        assert_eq!(d.len(), 12);
+        assert!(d.chars().all(|c| c.is_ascii_hexdigit()));
+        a.alert_id = "given2".into();
+        assert_ne!(a.id_digest(), d);
+        assert!(a.validate().is_ok());
+        a.alert_id = "x".repeat(256);
+        assert!(a.validate().is_ok(), "256 bytes is the limit");
+        a.alert_id = "x".repeat(257);
+        assert!(a.validate().is_err());
+        a.alert_id = "bad\nid".into();
+        assert!(a.validate().is_err());
+    }
+
     const SEED_HEARTBEAT: &str = r#"{
       "agent_id": "thermal-sentinel-nova",
       "agent_type": "thermal_sentinel",

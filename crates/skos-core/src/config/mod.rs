@@ -408,6 +408,53 @@ fn positive_seconds(out: &mut Vec<ConfigIssue>, path: &str, v: f64) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn issues_read_as_path_and_message() {
+        let i = issue("thermal.hysteresis", "must be zero or more");
+        assert_eq!(i.to_string(), "thermal.hysteresis: must be zero or more");
+    }
+
+    #[test]
+    fn environment_numbers_must_be_finite() {
+        let mut cfg = Config::default();
+        let issues = cfg.apply_env(|k| (k == "WARNING_TEMP").then(|| "inf".to_string()));
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].path, "env:WARNING_TEMP");
+        assert_eq!(cfg.thermal.thresholds.warning, 75.0);
+        let issues = cfg.apply_env(|k| (k == "WARNING_TEMP").then(|| " 70.5 ".to_string()));
+        assert!(issues.is_empty());
+        assert_eq!(cfg.thermal.thresholds.warning, 70.5);
+    }
+
+    #[test]
+    fn intervals_must_be_positive_seconds() {
+        for (bad, ok) in [(0.0, 0.001), (-1.0, 30.0), (f64::NAN, 5.0)] {
+            let mut cfg = Config::default();
+            cfg.agent.heartbeat_interval = bad;
+            let issues = cfg.check();
+            assert!(
+                issues.iter().any(|i| i.path == "agent.heartbeat_interval"),
+                "{bad}: {issues:?}"
+            );
+            cfg.agent.heartbeat_interval = ok;
+            assert!(cfg
+                .check()
+                .iter()
+                .all(|i| i.path != "agent.heartbeat_interval"));
+        }
+    }
+
+    #[test]
+    fn a_section_error_names_its_key_path() {
+        let err = Config::from_yaml("thermal:\n  thresholds: 5\n").unwrap_err();
+        assert!(
+            err.iter().any(|i| i.path == "thermal.thresholds"),
+            "{err:?}"
+        );
+        let err = Config::from_yaml("thermal: [1, 2]\n").unwrap_err();
+        assert!(err.iter().any(|i| i.path == "thermal"), "{err:?}");
+    }
+
     const SEED: &str = "
 thermal:
   thresholds:
