@@ -1058,3 +1058,60 @@ fn a_half_open_trial_is_audited() {
     let fx = e.on_result(result(&trial, ResultStatus::Failed), t(13.0));
     assert_eq!(audits(&fx, "breaker")[0].data["state"], "open");
 }
+
+#[test]
+fn another_pending_command_does_not_hold_back_the_reset() {
+    let mut e = engine();
+    e.on_heartbeat(storage_hb(92.0, 0.0), t(0.0));
+    // A storage cleanup is still pending on the node...
+    let fx = e.on_alert(storage_alert(Severity::Critical, 92.0, 0.0), t(0.0));
+    assert!(!commands(&fx).is_empty());
+    // ... while the throttled CPU has been cool for clear_for.
+    e.on_heartbeat(
+        Heartbeat {
+            storage_percent: Some(92.0),
+            ..hb(Some(60.0), 50, 1.0)
+        },
+        t(1.0),
+    );
+    let fx = e.on_heartbeat(
+        Heartbeat {
+            storage_percent: Some(92.0),
+            ..hb(Some(60.0), 50, 32.0)
+        },
+        t(32.0),
+    );
+    let sent: Vec<String> = commands(&fx).into_iter().map(|c| c.action_type).collect();
+    assert_eq!(sent, ["reset_throttle"]);
+}
+
+#[test]
+fn an_unsupported_trial_gives_the_trial_back() {
+    let mut cfg = seed_config();
+    cfg.circuit_breaker.max_failures = 1;
+    cfg.circuit_breaker.reset_timeout_seconds = 10.0;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+    let redistribute = commands(&fx)
+        .into_iter()
+        .find(|c| c.action_type == "redistribute")
+        .unwrap();
+    // An agent that once failed it opens its circuit...
+    e.on_result(result(&redistribute, ResultStatus::Failed), t(1.0));
+    // ... half-open at 12 s: the trial goes out and is answered unsupported.
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 12.0), t(12.0));
+    let trial = commands(&fx)
+        .into_iter()
+        .find(|c| c.action_type == "redistribute")
+        .unwrap();
+    e.on_result(result(&trial, ResultStatus::Unsupported), t(13.0));
+    // Nobody implements it: no verdict on the fix, so the trial is free again.
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 14.0), t(14.0));
+    assert!(
+        commands(&fx)
+            .iter()
+            .any(|c| c.action_type == "redistribute"),
+        "{fx:?}"
+    );
+}
