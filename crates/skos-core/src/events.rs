@@ -131,6 +131,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn problem_keys_compare_as_their_text() {
+        let k = ProblemKey::new(&AlertKind::Thermal, Some("cpu"));
+        assert_eq!(k.as_str(), "thermal:cpu");
+        assert!(k == *"thermal:cpu");
+        assert!(k != *"thermal:gpu");
+        assert!(k == "thermal:cpu");
+        assert!(k != "thermal:gpu");
+        assert_eq!(ProblemKey::new(&AlertKind::Loop, None).as_str(), "loop");
+    }
+
+    #[test]
     fn events_and_peer_nodes_are_read_from_details() {
         let a: Alert = serde_json::from_value(serde_json::json!({
             "agent_id": "mesh-healer-nova", "type": "mesh", "severity": "critical",

@@ -471,6 +471,43 @@ impl AuditEntry {
 mod tests {
     use super::*;
 
+    /// The wire strings of result statuses and audit event types.
+    #[test]
+    fn statuses_and_audit_events_are_spelt_once() {
+        for (s, text) in [
+            (ResultStatus::Succeeded, "succeeded"),
+            (ResultStatus::Failed, "failed"),
+            (ResultStatus::Rejected, "rejected"),
+            (ResultStatus::Expired, "expired"),
+            (ResultStatus::Unsupported, "unsupported"),
+        ] {
+            assert_eq!(s.as_str(), text);
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                text,
+                "as_str and serde agree"
+            );
+        }
+        for (e, text) in [
+            (AuditEvent::Start, "start"),
+            (AuditEvent::AuditRecovered, "audit_recovered"),
+            (AuditEvent::Verification, "verification"),
+            (AuditEvent::Skipped, "skipped"),
+        ] {
+            assert_eq!(e.as_str(), text);
+            assert_eq!(e.to_string(), text);
+        }
+        let entry = AuditEntry::new(
+            AuditEvent::Breaker,
+            crate::timefmt::parse("2024-01-01T00:00:00Z").unwrap(),
+            None,
+            "coordinator",
+            "x",
+            Value::Null,
+        );
+        assert_eq!(entry.event_type, "breaker");
+    }
+
     fn hb_json(extra: &str) -> String {
         format!(
             r#"{{"agent_id":"a","agent_type":"thermal_sentinel","node":"nova","timestamp":"2024-01-01T00:00:00Z"{extra}}}"#

@@ -61,6 +61,22 @@ pub mod option {
 mod tests {
     use super::*;
 
+    #[derive(serde::Deserialize)]
+    struct Deadline {
+        #[serde(default, with = "option")]
+        at: Option<Timestamp>,
+    }
+
+    #[test]
+    fn an_optional_timestamp_reads_as_given() {
+        let d: Deadline = serde_json::from_str(r#"{"at":"2024-01-01T00:00:05Z"}"#).unwrap();
+        assert_eq!(d.at, parse("2024-01-01T00:00:05Z"));
+        assert!(d.at.is_some());
+        let d: Deadline = serde_json::from_str(r#"{"at":null}"#).unwrap();
+        assert_eq!(d.at, None);
+        assert!(serde_json::from_str::<Deadline>(r#"{"at":"soon"}"#).is_err());
+    }
+
     #[test]
     fn accepts_seed_forms() {
         let z = parse("2024-01-01T00:00:00Z").unwrap();
