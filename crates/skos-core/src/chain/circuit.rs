@@ -101,3 +101,33 @@ impl ChainState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(ms: i64) -> Timestamp {
+        chrono::Utc
+            .timestamp_millis_opt(1_700_000_000_000 + ms)
+            .unwrap()
+    }
+
+    /// A 10 s window in ten 1 s buckets: a step counts while its bucket is
+    /// one of the last ten, then drops out.
+    #[test]
+    fn the_rate_window_slides_by_buckets() {
+        let mut w = RateWindow::default();
+        w.add(at(0), 10.0);
+        w.add(at(500), 10.0);
+        w.add(at(4_200), 10.0);
+        assert_eq!(w.count(at(4_300), 10.0), 3);
+        assert_eq!(w.count(at(9_999), 10.0), 3);
+        assert_eq!(w.count(at(10_000), 10.0), 1, "the first second's two left");
+        assert_eq!(w.count(at(13_999), 10.0), 1);
+        assert_eq!(w.count(at(14_000), 10.0), 0, "ten buckets after its own");
+        // A bucket reused after a full turn starts from zero.
+        w.add(at(20_100), 10.0);
+        assert_eq!(w.count(at(20_200), 10.0), 1);
+    }
+}

@@ -269,6 +269,19 @@ pub struct StepRecord {
 mod tests {
     use super::*;
 
+    #[test]
+    fn control_events_are_spelt_as_serialised() {
+        for (e, text) in [
+            (ControlEvent::CircuitOpen, "circuit_open"),
+            (ControlEvent::HalfOpen, "half_open"),
+            (ControlEvent::Closed, "closed"),
+            (ControlEvent::Reset, "reset"),
+        ] {
+            assert_eq!(e.as_str(), text);
+            assert_eq!(serde_json::to_value(e).unwrap(), text);
+        }
+    }
+
     fn ev(chain: &str, step: usize, depth: u32, iteration: u32, sig: &str) -> ChainEvent {
         ChainEvent {
             chain_id: chain.into(),
