@@ -408,6 +408,53 @@ fn positive_seconds(out: &mut Vec<ConfigIssue>, path: &str, v: f64) {
 mod tests {
     use super::*;
 
+    /// Every section is read into its place in `Config` and checked under
+    /// its own key: a value set in the file is the value in force, and a
+    /// bad one is reported at its key path.
+    #[test]
+    fn every_section_is_read_and_checked_in_its_place() {
+        let cfg = Config::from_yaml(
+            "node: {name: lyra}\nnats: {max_message_bytes: 2048}\nagent: {monitor_interval: 2}\n\
+coordinator: {verify_within: 7}\ncircuit_breaker: {max_failures: 2}\nthermal: {hysteresis: 4}\n\
+storage: {hysteresis: 1}\ntrust: {replay_window: 9}\nmesh: {stale_after: 99}\nloop: {max_depth: 3}\n\
+dry_run: true\nlog_level: DEBUG\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.node.name.as_str(), "lyra");
+        assert_eq!(cfg.nats.max_message_bytes, 2048);
+        assert_eq!(cfg.agent.monitor_interval, 2.0);
+        assert_eq!(cfg.coordinator.verify_within, 7.0);
+        assert_eq!(cfg.circuit_breaker.max_failures, 2);
+        assert_eq!(cfg.thermal.hysteresis, 4.0);
+        assert_eq!(cfg.storage.hysteresis, 1.0);
+        assert_eq!(cfg.trust.replay_window, 9.0);
+        assert_eq!(cfg.mesh.stale_after, 99.0);
+        assert_eq!(cfg.loop_.max_depth, 3);
+        assert!(cfg.dry_run);
+
+        for (yaml, path) in [
+            ("agent: {monitor_interval: 0}", "agent.monitor_interval"),
+            (
+                "coordinator: {verify_within: -1}",
+                "coordinator.verify_within",
+            ),
+            (
+                "circuit_breaker: {window_seconds: 0}",
+                "circuit_breaker.window_seconds",
+            ),
+            ("agent: {antibodies: [workloads]}", "agent.antibodies[0]"),
+            (
+                "agent: {antibodies: [immune_to_all]}",
+                "agent.antibodies[0]",
+            ),
+        ] {
+            let issues = Config::from_yaml(yaml).unwrap_err();
+            assert!(issues.iter().any(|i| i.path == path), "{yaml}: {issues:?}");
+        }
+        let issues = Config::from_yaml("agent: {antibodies: [workloads]}").unwrap_err();
+        assert!(issues[0].message.contains("not built yet"), "{issues:?}");
+    }
+
     #[test]
     fn issues_read_as_path_and_message() {
         let i = issue("thermal.hysteresis", "must be zero or more");
