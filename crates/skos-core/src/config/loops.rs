@@ -498,6 +498,78 @@ mod tests {
     use super::super::Config;
     use super::*;
 
+    /// The paths of the issues a `loop:` section raises.
+    fn loop_issues(section: &str) -> Vec<String> {
+        match Config::from_yaml(&format!("loop:\n{section}")) {
+            Ok(_) => Vec::new(),
+            Err(issues) => issues.into_iter().map(|i| i.path).collect(),
+        }
+    }
+
+    #[test]
+    fn group_bounds_are_exact() {
+        let group =
+            |extra: &str| loop_issues(&format!("  process_groups:\n    - {{name: g, {extra}}}\n"));
+        // A command needs three literal characters; wildcards do not count.
+        assert!(group("command: 'abc*'").is_empty());
+        assert_eq!(group("command: 'ab**'"), ["loop.process_groups[0].command"]);
+        let long = "x".repeat(512);
+        assert!(group(&format!("command: '{long}'")).is_empty());
+        assert_eq!(
+            group(&format!("command: '{long}y'")),
+            ["loop.process_groups[0].command"]
+        );
+        // A unit is a systemd unit name.
+        assert!(group("unit: worker.service").is_empty());
+        assert!(group("unit: 'worker@1.service'").is_empty());
+        assert_eq!(group("unit: worker"), ["loop.process_groups[0].unit"]);
+        assert_eq!(
+            group("unit: 'a b.service'"),
+            ["loop.process_groups[0].unit"]
+        );
+        assert_eq!(group("unit: ''"), ["loop.process_groups[0].unit"]);
+        let long = format!("{}.service", "u".repeat(248));
+        assert!(group(&format!("unit: '{long}'")).is_empty(), "256 bytes");
+        assert_eq!(
+            group(&format!("unit: 'u{long}'")),
+            ["loop.process_groups[0].unit"]
+        );
+        // Seconds: grace may be zero, not negative; the window must be positive.
+        assert!(group("command: 'abc', grace_seconds: 0").is_empty());
+        assert_eq!(
+            group("command: 'abc', grace_seconds: -1"),
+            ["loop.process_groups[0].grace_seconds"]
+        );
+        assert_eq!(
+            group("command: 'abc', cool_off_seconds: -1"),
+            ["loop.process_groups[0].cool_off_seconds"]
+        );
+    }
+
+    #[test]
+    fn cycle_and_rate_bounds_are_exact() {
+        assert!(loop_issues("  cycle: {min_period: 2, max_period: 2, repeats: 2}\n").is_empty());
+        assert!(loop_issues("  cycle: {min_period: 1, max_period: 32, repeats: 16}\n").is_empty());
+        assert_eq!(
+            loop_issues("  cycle: {min_period: 3, max_period: 2, repeats: 3}\n"),
+            ["loop.cycle.max_period"]
+        );
+        assert_eq!(
+            loop_issues("  cycle: {min_period: 1, max_period: 33, repeats: 3}\n"),
+            ["loop.cycle.max_period"]
+        );
+        assert_eq!(
+            loop_issues("  cycle: {min_period: 1, max_period: 4, repeats: 17}\n"),
+            ["loop.cycle.repeats"]
+        );
+        assert!(loop_issues("  cycle: {min_period: 0, max_period: 0, repeats: 0}\n").is_empty());
+        assert_eq!(
+            loop_issues("  rate: {max_steps: 5, window_seconds: 0}\n"),
+            ["loop.rate.window_seconds"]
+        );
+        assert!(loop_issues("  rate: {max_steps: 0, window_seconds: 0}\n").is_empty());
+    }
+
     #[test]
     fn seed_values_are_the_defaults() {
         let cfg = Config::from_yaml("").unwrap();
