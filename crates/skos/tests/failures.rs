@@ -615,21 +615,3 @@ fn storage_action_that_frees_nothing_opens_the_circuit() {
         "usage changed from {before:.1}% to {after:.1}%"
     );
 }
-
-fn percent(p: &Path) -> f64 {
-    let out = std::process::Command::new("df")
-        .arg("-B1")
-        .arg("--output=used,avail")
-        .arg(p)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let nums: Vec<f64> = text
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
-        .collect();
-    nums[0] * 100.0 / (nums[0] + nums[1])
-}

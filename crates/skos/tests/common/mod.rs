@@ -224,3 +224,30 @@ pub fn audit(nats: &NatsServer) -> Vec<Value> {
     );
     json_lines(&out)
 }
+
+// --- Filesystems, as `df` counts them.
+
+/// Percent of `p`'s filesystem used, as `df` counts it.
+pub fn percent(p: &Path) -> f64 {
+    let s = df(p);
+    s.0 * 100.0 / (s.0 + s.1)
+}
+
+/// (used, available) bytes, as `df` counts them.
+pub fn df(p: &Path) -> (f64, f64) {
+    let out = std::process::Command::new("df")
+        .arg("-B1")
+        .arg("--output=used,avail")
+        .arg(p)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nums: Vec<f64> = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (nums[0], nums[1])
+}
