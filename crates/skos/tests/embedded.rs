@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 use skos_testsupport::cpufreq::{fake_cpufreq, read_khz};
-use skos_testsupport::sysfs::FakeSysfs;
+use skos_testsupport::sysfs::{FakeSysfs, HwmonHandle};
 
 const MAX: u64 = 3_600_000;
 const MIN: u64 = 800_000;
@@ -54,6 +54,36 @@ actions: {{warning: [throttle_10], critical: [throttle_50, redistribute], emerge
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Cools the CPU to `c`, waits for the throttle to be lifted and its
+/// `reset_throttle` to succeed, then for the proof of time: the coordinator
+/// hears the cool, unthrottled node for three seconds (three times
+/// `clear_for`) after the reset, so a second reset or any late command
+/// would be in the trail. Returns the trail read after that.
+fn cool_until_reset(
+    cpu: &HwmonHandle,
+    sys: &FakeSysfs,
+    data: &std::path::Path,
+    c: f64,
+) -> Vec<Value> {
+    cpu.heat(c);
+    wait_for(Duration::from_secs(30), "scaling_max_freq restored", || {
+        all_at(sys, MAX).then_some(())
+    });
+    let records = wait_for(Duration::from_secs(30), "reset_throttle result", || {
+        let r = audit(data);
+        (results_of(&r, "reset_throttle", "succeeded") > 0).then_some(r)
+    });
+    let reset_at = at(&commands_of(&records, "reset_throttle")[0]["entry"]["timestamp"]);
+    heard_after(
+        data,
+        reset_at,
+        3,
+        "cool unthrottled heartbeats after the reset",
+        |n| n["throttle_level"] == 0 && n["cpu_temp"] == c,
+    );
+    audit(data)
 }
 
 /// `skos up` as node `nova` on the fake sysfs; returns it and its data dir.
@@ -224,26 +254,7 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
         .any(|a| a["action_type"] == "throttle_50"));
 
     // Cool down: verification succeeds, then after clear_for the throttle is lifted.
-    cpu.heat(60.0);
-    wait_for(Duration::from_secs(30), "scaling_max_freq restored", || {
-        all_at(&sys, MAX).then_some(())
-    });
-    let records = wait_for(Duration::from_secs(30), "reset_throttle result", || {
-        let r = audit(&data);
-        (results_of(&r, "reset_throttle", "succeeded") > 0).then_some(r)
-    });
-    // Proof of time: the coordinator hears the cool, unthrottled node for
-    // three times clear_for after the reset; a second reset (or any other
-    // late command) would be in the trail by then.
-    let reset_at = at(&commands_of(&records, "reset_throttle")[0]["entry"]["timestamp"]);
-    heard_after(
-        &data,
-        reset_at,
-        3,
-        "cool unthrottled heartbeats after the reset",
-        |n| n["throttle_level"] == 0 && n["cpu_temp"] == 60.0,
-    );
-    let records = audit(&data);
+    let records = cool_until_reset(&cpu, &sys, &data, 60.0);
     let throttle = commands_of(&records, "throttle_50");
     assert_eq!(throttle.len(), 1, "exactly one throttle_50: {throttle:#?}");
     assert_eq!(commands_of(&records, "redistribute").len(), 1);
@@ -476,23 +487,7 @@ fn throttle_stays_while_the_cpu_sits_between_the_clear_level_and_warning() {
     );
 
     // Below the clear level: one reset after clear_for.
-    cpu.heat(70.0);
-    wait_for(Duration::from_secs(30), "scaling_max_freq restored", || {
-        all_at(&sys, MAX).then_some(())
-    });
-    let records = wait_for(Duration::from_secs(30), "reset_throttle result", || {
-        let r = audit(&data);
-        (results_of(&r, "reset_throttle", "succeeded") > 0).then_some(r)
-    });
-    let reset_at = at(&commands_of(&records, "reset_throttle")[0]["entry"]["timestamp"]);
-    heard_after(
-        &data,
-        reset_at,
-        3,
-        "cool unthrottled heartbeats after the reset",
-        |n| n["throttle_level"] == 0 && n["cpu_temp"] == 70.0,
-    );
-    let records = audit(&data);
+    let records = cool_until_reset(&cpu, &sys, &data, 70.0);
     assert_eq!(
         sent(&records),
         [
