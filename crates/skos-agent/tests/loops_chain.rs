@@ -169,6 +169,7 @@ fn cmd(action: &str, id: &str, cause: Option<&str>, problem: Option<&str>) -> Co
         deadline: Some(chrono::Utc::now() + chrono::Duration::seconds(30)),
         cause: cause.map(str::to_owned),
         problem: problem.map(str::to_owned),
+        term: None,
     }
 }
 

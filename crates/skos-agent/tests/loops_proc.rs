@@ -50,6 +50,7 @@ fn command(action: &str, cause: Option<&str>, problem: Option<&str>) -> Command 
         deadline: None,
         cause: cause.map(str::to_owned),
         problem: problem.map(str::to_owned),
+        term: None,
     }
 }
 

@@ -675,6 +675,7 @@ mod driver {
             deadline: None,
             cause: None,
             problem: None,
+            term: None,
         };
         let heartbeat = |sentinel: &ThermalSentinel| {
             let mut hb = Heartbeat {

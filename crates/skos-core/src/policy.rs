@@ -25,7 +25,10 @@ pub fn actions_for(cfg: &Config, alert: &Alert) -> Vec<String> {
             .and_then(|e| cfg.loop_.actions.get(e))
             .cloned()
             .unwrap_or_default(),
-        AlertKind::HeartbeatMissing | AlertKind::Circuit | AlertKind::Other => Vec::new(),
+        AlertKind::HeartbeatMissing
+        | AlertKind::Circuit
+        | AlertKind::ClockSkew
+        | AlertKind::Other => Vec::new(),
     }
 }
 

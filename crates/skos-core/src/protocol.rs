@@ -181,6 +181,9 @@ pub enum AlertKind {
     Loop,
     HeartbeatMissing,
     Circuit,
+    /// A node's clock is off from the coordinator's by more than
+    /// `coordinator.max_clock_skew_seconds`.
+    ClockSkew,
     #[serde(other)]
     Other,
 }
@@ -194,6 +197,7 @@ impl AlertKind {
             AlertKind::Loop => "loop",
             AlertKind::HeartbeatMissing => "heartbeat_missing",
             AlertKind::Circuit => "circuit",
+            AlertKind::ClockSkew => "clock_skew",
             AlertKind::Other => "other",
         }
     }
@@ -297,6 +301,11 @@ pub struct Command {
     /// The problem the command answers, e.g. `thermal:cpu` (added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The term of the coordinator that sent it (added): its fencing token.
+    /// Agents remember the highest term seen and refuse commands from an
+    /// older one, so a deposed leader cannot act.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 impl Command {
@@ -404,6 +413,10 @@ pub enum AuditEvent {
     Node,
     /// A message was refused (malformed, hostile, misaddressed).
     Rejected,
+    /// A coordinator became leader (with its term) or stepped down.
+    Leader,
+    /// A command got no result by its deadline plus the grace period.
+    NoResult,
 }
 
 impl AuditEvent {
@@ -422,6 +435,8 @@ impl AuditEvent {
             AuditEvent::Skipped => "skipped",
             AuditEvent::Node => "node",
             AuditEvent::Rejected => "rejected",
+            AuditEvent::Leader => "leader",
+            AuditEvent::NoResult => "no_result",
         }
     }
 }
@@ -445,6 +460,10 @@ pub struct AuditEntry {
     pub summary: String,
     #[serde(default)]
     pub data: Value,
+    /// The writing coordinator's term (its fencing token), when it has
+    /// one: a deposed leader's append is refused once a newer term wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 impl AuditEntry {
@@ -463,6 +482,7 @@ impl AuditEntry {
             actor: actor.to_string(),
             summary: summary.into(),
             data,
+            term: None,
         }
     }
 }

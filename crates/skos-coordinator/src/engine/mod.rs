@@ -98,6 +98,9 @@ pub struct Engine {
     mode: String,
     /// Mesh problems being healed step by step, by (node, problem).
     ladders: BTreeMap<(NodeName, ProblemKey), Ladder>,
+    /// The leader's term, stamped on every command (its fencing token);
+    /// `None` for a coordinator that elects no leader (embedded mode).
+    term: Option<u64>,
 }
 
 fn audit(
@@ -126,7 +129,18 @@ impl Engine {
             sent_times: BTreeMap::new(),
             mode: mode.to_string(),
             ladders: BTreeMap::new(),
+            term: None,
         }
+    }
+
+    /// Stamp every later command with `term` (see [`Command::term`]).
+    pub fn set_term(&mut self, term: Option<u64>) {
+        self.term = term;
+    }
+
+    /// The term commands are stamped with.
+    pub fn term(&self) -> Option<u64> {
+        self.term
     }
 
     pub fn config(&self) -> &Config {
@@ -378,6 +392,7 @@ impl Engine {
             deadline: Some(now + secs(self.cfg.coordinator.command_deadline)),
             cause: Some(alert.alert_id.clone()),
             problem: Some(problem.to_string()),
+            term: self.term,
         };
         self.send(
             cmd,

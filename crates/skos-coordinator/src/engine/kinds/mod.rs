@@ -120,7 +120,7 @@ pub(super) fn of(kind: &AlertKind) -> &'static dyn ProblemKind {
         AlertKind::Mesh => &mesh::Mesh,
         AlertKind::Loop => &loops::Loops,
         AlertKind::HeartbeatMissing => &offline::Offline,
-        AlertKind::Circuit | AlertKind::Other => &Plain,
+        AlertKind::Circuit | AlertKind::ClockSkew | AlertKind::Other => &Plain,
     }
 }
 

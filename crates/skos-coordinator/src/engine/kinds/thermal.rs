@@ -106,6 +106,7 @@ impl Engine {
             deadline: Some(now + secs(self.cfg.coordinator.command_deadline)),
             cause: Some("recovery".into()),
             problem: Some(cpu.to_string()),
+            term: self.term,
         };
         if self.cfg.dry_run {
             self.skip(
