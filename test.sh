@@ -16,8 +16,9 @@
 # start their own servers), a C compiler (the TLS crate builds C code),
 # procps (`kill`), for the mesh tests wireguard-go, wireguard-tools and
 # iproute2, openssl (test certificates) and systemd (`systemd-analyze` checks
-# the shipped units) and fuse3 (`fusermount3`: how a non-root run mounts the
-# fake cpufreq driver). Runs unattended: no prompts, no stdin.
+# the shipped units), fuse3 (`fusermount3`: how a non-root run mounts the
+# fake cpufreq driver) and faketime (agents whose clock is an hour off).
+# Runs unattended: no prompts, no stdin.
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -73,6 +74,8 @@ have ip || optional+=(iproute2)
 have fusermount3 || optional+=(fuse3)
 have openssl || optional+=(openssl)
 have systemd-analyze || optional+=(systemd)
+# The clock skew tests run agents an hour off through libfaketime.
+have faketime || optional+=(faketime)
 
 require_all=0
 case "${SKOS_TEST_REQUIRE_ALL:-0}" in 1 | true | yes) require_all=1 ;; esac

@@ -17,6 +17,20 @@ pub struct Status {
     pub recent_actions: Vec<ActionRecord>,
     pub open_circuits: Vec<Value>,
     pub counters: BTreeMap<String, u64>,
+    /// The coordinator that answered, when coordinators elect a leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<Leadership>,
+}
+
+/// Who leads the coordinators, in which term, since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leadership {
+    /// The leader's holder id (`<host>:<pid>:<random>`).
+    pub holder: String,
+    /// Its term, the fencing token on its commands and audit records.
+    pub term: u64,
+    #[serde(with = "timefmt")]
+    pub since: Timestamp,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +43,15 @@ pub struct NodeStatus {
     pub gpu_temp: Option<f64>,
     pub storage_percent: Option<f64>,
     pub throttle_level: Option<u8>,
+    /// How far the node's clock is ahead of the coordinator's, in seconds
+    /// (negative: behind), as measured from its heartbeats; `None` before
+    /// its first heartbeat since the coordinator started.
+    #[serde(default)]
+    pub clock_offset_seconds: Option<f64>,
+    /// The offset is beyond `coordinator.max_clock_skew_seconds` (a
+    /// `clock_skew` alert is open).
+    #[serde(default)]
+    pub clock_skewed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,8 +108,10 @@ impl std::fmt::Display for NodeHealth {
     }
 }
 
-/// Where a sent action stands: `sent`, then the agent's result, then, for
-/// an action whose effect is checked, `verified` or `not_verified`.
+/// Where a sent action stands: `sent`, then the agent's result (or
+/// `no_result` when none came by its deadline plus the grace period),
+/// then, for an action whose effect is checked, `verified` or
+/// `not_verified`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionState {
@@ -98,6 +123,9 @@ pub enum ActionState {
     Unsupported,
     Verified,
     NotVerified,
+    /// No result came by the command's deadline plus
+    /// `coordinator.result_grace_seconds`: its outcome is unknown.
+    NoResult,
 }
 
 impl ActionState {
@@ -111,6 +139,7 @@ impl ActionState {
             ActionState::Unsupported => "unsupported",
             ActionState::Verified => "verified",
             ActionState::NotVerified => "not_verified",
+            ActionState::NoResult => "no_result",
         }
     }
 }
@@ -151,8 +180,13 @@ impl Status {
                 .unwrap_or_else(|| "none".into())
         };
         for n in &self.nodes {
+            let clock = match n.clock_offset_seconds {
+                Some(s) if n.clock_skewed => format!("  clock {s:+.1}s SKEWED"),
+                Some(s) => format!("  clock {s:+.1}s"),
+                None => String::new(),
+            };
             out.push_str(&format!(
-                "  {:<16} {:<9} cpu {:<8} gpu {:<8} throttle {}%  last seen {}\n",
+                "  {:<16} {:<9} cpu {:<8} gpu {:<8} throttle {}%  last seen {}{clock}\n",
                 n.name,
                 n.status,
                 temp(n.cpu_temp),

@@ -19,6 +19,13 @@ pub enum Counter<'a> {
     /// `results.<status>`: results by status.
     Results(&'a str),
     ResultsUnmatched,
+    /// A result from another node than the one its command was sent to.
+    ResultsForeign,
+    /// An agent's refusal of an action id it already executed (a replay).
+    ResultsReplay,
+    /// A command closed without a result by its deadline plus the grace
+    /// period.
+    ResultsMissing,
     VerificationsSucceeded,
     VerificationsFailed,
     BreakerFailures,
@@ -32,6 +39,11 @@ pub enum Counter<'a> {
     MeshNodeProblems,
     StateUnreadable,
     StateSaveFailed,
+    /// `leader.<event>`: leadership won (`elected`) or lost (`lost`).
+    Leader(&'a str),
+    /// Effects that could not be published (bus down) and wait in the
+    /// outbox to be published when it is back.
+    EffectsQueued,
     /// `rejected.<feed>.<reason>`: a message refused on a feed.
     Rejected {
         feed: &'a str,
@@ -77,6 +89,9 @@ impl Counter<'_> {
             CommandsSent => "commands.sent",
             Results(s) => return format!("results.{s}").into(),
             ResultsUnmatched => "results.unmatched",
+            ResultsForeign => "results.foreign",
+            ResultsReplay => "results.replay",
+            ResultsMissing => "results.no_result",
             VerificationsSucceeded => "verifications.succeeded",
             VerificationsFailed => "verifications.failed",
             BreakerFailures => "breaker.failures",
@@ -88,6 +103,8 @@ impl Counter<'_> {
             MeshNodeProblems => "mesh.node_problems",
             StateUnreadable => "state.unreadable",
             StateSaveFailed => "state.save_failed",
+            Leader(e) => return format!("leader.{e}").into(),
+            EffectsQueued => "effects.queued",
             Rejected { feed, reason } => return format!("rejected.{feed}.{reason}").into(),
             HeartbeatsSent => "heartbeats.sent",
             HeartbeatsSendFailed => "heartbeats.send_failed",

@@ -184,6 +184,56 @@ pub fn wireguard() -> Result<(), Missing> {
     }
 }
 
+/// The name of libfaketime's preload library for threaded programs.
+const LIBFAKETIME: &str = "libfaketimeMT.so.1";
+
+/// libfaketime (the Debian package `faketime`): the preload library that
+/// shifts a process's wall clock (`LD_PRELOAD`, `FAKETIME="+1h"`). Returns
+/// its path once it has been seen to move the clock of a child process by
+/// an hour.
+pub fn faketime() -> Result<PathBuf, Missing> {
+    let mut dirs = vec![
+        PathBuf::from("/usr/lib/faketime"),
+        PathBuf::from("/usr/local/lib/faketime"),
+    ];
+    // The multiarch directories (`/usr/lib/x86_64-linux-gnu/faketime`).
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(entries.flatten().map(|e| e.path().join("faketime")));
+    }
+    let lib = dirs
+        .into_iter()
+        .map(|d| d.join(LIBFAKETIME))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Missing(format!(
+                "{LIBFAKETIME} not found; ./test.sh installs the Debian package faketime"
+            ))
+        })?;
+    let out = Command::new("date")
+        .arg("+%s")
+        .env("LD_PRELOAD", &lib)
+        .env("FAKETIME", "+1h")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Missing(format!("cannot run date under {}: {e}", lib.display())))?;
+    let faked: i64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| Missing(format!("date under {} printed no time", lib.display())))?;
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if (faked - real - 3600).abs() > 60 {
+        return Err(Missing(format!(
+            "{} does not shift the clock here (date said {faked}, now is {real})",
+            lib.display()
+        )));
+    }
+    Ok(lib)
+}
+
 /// A file or device that must exist.
 pub fn path(p: &Path, why_needed: &str) -> Result<(), Missing> {
     if p.exists() {

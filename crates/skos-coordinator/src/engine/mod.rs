@@ -8,7 +8,15 @@
 //! and decided from its healing table, each action passes the gates
 //! (dry-run, node offline, same action in progress, circuit breaker, rate
 //! limit) and is sent, its result is judged, a fix is verified on a later
-//! heartbeat or escalated, and all of it is audited. What is particular to
+//! heartbeat or escalated, and all of it is audited. A result counts only
+//! from the node its command was sent to; a command without a result by
+//! its deadline plus `coordinator.result_grace_seconds` is closed as
+//! `no_result`. Each node's clock offset is measured from its heartbeats,
+//! and commands carry their timestamp and deadline in the node's clock.
+//! Ids of what a coordinator decides from heartbeats and timers derive from
+//! the agents' timestamps, never from the coordinator's clock, so two
+//! coordinators deciding the same thing give it the same id (JetStream
+//! keeps one). What is particular to
 //! a kind of problem (how its actions are carried out, what verifies them,
 //! what happens on a heartbeat, a clear or a tick) lives in `kinds`, one
 //! module per kind. State that survives a restart is in `state`.
@@ -27,11 +35,13 @@ use skos_core::protocol::{
     Alert, AlertKind, AuditEntry, AuditEvent, Command, CommandResult, Heartbeat, ResultStatus,
     Severity,
 };
-use skos_core::timefmt::Timestamp;
+use skos_core::timefmt::{self, Timestamp};
 use skos_core::NodeName;
 use skos_core::{catalogue, policy};
 
-use crate::status::{ActionRecord, ActionState, AgentStatus, NodeHealth, NodeStatus, Status};
+use crate::status::{
+    ActionRecord, ActionState, AgentStatus, Leadership, NodeHealth, NodeStatus, Status,
+};
 
 mod kinds;
 mod state;
@@ -39,7 +49,7 @@ mod state;
 use kinds::mesh::Ladder;
 use kinds::Recovery;
 pub use state::EngineSnapshot;
-use state::{NodeState, Pending, Verification, HANDLED_WINDOW};
+use state::{NodeState, Pending, ResetAttempt, ResetRetry, Verification, HANDLED_WINDOW};
 
 const ACTOR: &str = "coordinator";
 
@@ -101,6 +111,48 @@ pub struct Engine {
     /// The leader's term, stamped on every command (its fencing token);
     /// `None` for a coordinator that elects no leader (embedded mode).
     term: Option<u64>,
+    /// Throttle resets to send again (their last try failed, expired or
+    /// got no result), by node.
+    reset_retries: BTreeMap<NodeName, ResetRetry>,
+    /// Who leads, shown by `skos status`.
+    leader: Option<Leadership>,
+}
+
+/// Why a result was refused: it came from another node than the one its
+/// command was sent to (the `reason` of its `rejected` audit record).
+const FOREIGN_NODE: &str = "foreign_node";
+
+/// Whether `result` is an agent refusing an action id it has already
+/// executed (a redelivered or re-sent command). That refusal says nothing
+/// about the command's outcome: the first execution's result does.
+fn is_replay(result: &CommandResult) -> bool {
+    if result.status != ResultStatus::Rejected {
+        return false;
+    }
+    if result.details.get("reason").and_then(Value::as_str) == Some("replay") {
+        return true;
+    }
+    let message = result.message.to_ascii_lowercase();
+    message.contains("replay") || message.contains("already executed")
+}
+
+/// The id of an alert the coordinator raises about `node` from its
+/// heartbeats (offline, back, clock skew): the node, the alert's kind and
+/// severity, and the agent's own timestamp of the last heartbeat seen.
+/// Every coordinator sees the same heartbeats, so every one gives the same
+/// alert the same id, whenever each received them.
+fn heartbeat_alert_id(
+    node: &NodeName,
+    kind: &AlertKind,
+    severity: Severity,
+    agent_at: Timestamp,
+) -> String {
+    format!(
+        "coord-{node}-{}-{}-{}",
+        kind.as_str(),
+        severity.as_str(),
+        agent_at.timestamp_millis()
+    )
 }
 
 fn audit(
@@ -130,7 +182,14 @@ impl Engine {
             mode: mode.to_string(),
             ladders: BTreeMap::new(),
             term: None,
+            reset_retries: BTreeMap::new(),
+            leader: None,
         }
+    }
+
+    /// Who leads (this coordinator, when it answers status).
+    pub fn set_leader(&mut self, leader: Option<Leadership>) {
+        self.leader = leader;
     }
 
     /// Stamp every later command with `term` (see [`Command::term`]).
@@ -174,18 +233,17 @@ impl Engine {
         let node = hb.node.clone();
         let was_offline = self.nodes.get(&node).is_some_and(|n| n.offline);
         let first = !self.nodes.contains_key(&node);
-        let state = self.nodes.entry(node.clone()).or_insert_with(|| NodeState {
-            last_seen: now,
-            heartbeat: hb.clone(),
-            offline: false,
-            agents: BTreeMap::new(),
-            cool_since: None,
-        });
+        let sent = hb.timestamp;
+        let state = self
+            .nodes
+            .entry(node.clone())
+            .or_insert_with(|| NodeState::new(hb.clone(), now));
         state.last_seen = now;
         state.offline = false;
         state
             .agents
             .insert(hb.agent_id.clone(), (hb.agent_type.clone(), now));
+        state.measure_offset(sent, now);
         state.heartbeat = hb;
         if first {
             out.push(audit(
@@ -197,14 +255,16 @@ impl Engine {
             ));
         }
         if was_offline {
-            out.push(Effect::Alert(self.own_alert(
+            let mut back = self.own_alert(
                 &node,
                 AlertKind::HeartbeatMissing,
                 Severity::Normal,
                 format!("node {node} is back: heartbeats resumed"),
                 json!({"sensor": "heartbeat"}),
                 now,
-            )));
+            );
+            back.alert_id = heartbeat_alert_id(&node, &back.kind, back.severity, sent);
+            out.push(Effect::Alert(back));
         }
         self.check_verifications(&node, now, &mut out);
         for kind in kinds::ALL {
@@ -355,12 +415,7 @@ impl Engine {
             );
             return;
         }
-        let window = Duration::seconds(60);
-        let times = self.sent_times.entry(node.clone()).or_default();
-        while times.front().is_some_and(|&t| now - t > window) {
-            times.pop_front();
-        }
-        if times.len() >= self.cfg.coordinator.max_actions_per_node_per_minute as usize {
+        if !self.take_rate(&node, now) {
             if admission == Admission::Trial {
                 self.breakers.release_trial(&key);
             }
@@ -373,7 +428,6 @@ impl Engine {
             );
             return;
         }
-        times.push_back(now);
         // The digest of the whole alert id: alerts raised in one sensing
         // pass (CPU and GPU, two mounts) share a time and often the end of
         // their ids, and must still give distinct commands.
@@ -383,60 +437,96 @@ impl Engine {
             alert.timestamp.timestamp(),
             alert.id_digest()
         );
-        let cmd = Command {
-            action_id: action_id.clone(),
-            action_type: action.to_string(),
-            parameters: Default::default(),
-            timestamp: now,
-            node: Some(node.clone()),
-            deadline: Some(now + secs(self.cfg.coordinator.command_deadline)),
-            cause: Some(alert.alert_id.clone()),
-            problem: Some(problem.to_string()),
-            term: self.term,
-        };
-        self.send(
-            cmd,
+        let cmd = self.command(
             &node,
+            action,
+            action_id,
+            Some(alert.alert_id.clone()),
             &problem,
-            severity,
-            alert,
-            admission == Admission::Trial,
             now,
-            out,
         );
+        let pending = Pending {
+            node: node.clone(),
+            problem: problem.clone(),
+            action: action.to_string(),
+            severity,
+            alert: alert.clone(),
+            trial: admission == Admission::Trial,
+            sent_at: None,
+            deadline: None,
+            reset: None,
+        };
+        self.send(cmd, pending, now, out);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &mut self,
-        cmd: Command,
+    /// Whether one more command to `node` fits in the per-node rate limit
+    /// (`max_actions_per_node_per_minute`); if it does, it is counted.
+    fn take_rate(&mut self, node: &NodeName, now: Timestamp) -> bool {
+        let window = Duration::seconds(60);
+        let times = self.sent_times.entry(node.clone()).or_default();
+        while times.front().is_some_and(|&t| now - t > window) {
+            times.pop_front();
+        }
+        if times.len() >= self.cfg.coordinator.max_actions_per_node_per_minute as usize {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+
+    /// `now` in `node`'s clock: the coordinator's time plus the node's
+    /// measured clock offset (none before its first heartbeat).
+    fn node_time(&self, node: &NodeName, now: Timestamp) -> Timestamp {
+        now + self
+            .nodes
+            .get(node)
+            .and_then(NodeState::clock_offset)
+            .unwrap_or_else(Duration::zero)
+    }
+
+    /// A command for `node`, stamped in the node's own clock: its
+    /// `timestamp` is now and its `deadline` `command_deadline` later, both
+    /// shifted by the node's clock offset, so an agent whose clock is
+    /// ahead or behind still has the whole time budget to run it.
+    fn command(
+        &self,
         node: &NodeName,
+        action: &str,
+        action_id: String,
+        cause: Option<String>,
         problem: &ProblemKey,
-        severity: Severity,
-        alert: &Alert,
-        trial: bool,
         now: Timestamp,
-        out: &mut Vec<Effect>,
-    ) {
+    ) -> Command {
+        let local = self.node_time(node, now);
+        Command {
+            action_id,
+            action_type: action.to_string(),
+            parameters: Default::default(),
+            timestamp: local,
+            node: Some(node.clone()),
+            deadline: Some(local + secs(self.cfg.coordinator.command_deadline)),
+            cause,
+            problem: Some(problem.to_string()),
+            term: self.term,
+        }
+    }
+
+    /// Send `cmd` and remember it as `pending` (stamped here with when it
+    /// was sent and its deadline in the coordinator's clock).
+    fn send(&mut self, cmd: Command, mut pending: Pending, now: Timestamp, out: &mut Vec<Effect>) {
+        let node = pending.node.clone();
+        let problem = pending.problem.clone();
+        pending.sent_at = Some(now);
+        pending.deadline = Some(now + secs(self.cfg.coordinator.command_deadline));
         self.counters.inc(Counter::CommandsSent);
         out.push(audit(
             AuditEvent::Command,
             now,
-            Some(node),
+            Some(&node),
             format!("sent {} to {node} for {problem}", cmd.action_type),
             json!({"command": cmd}),
         ));
-        self.pending.insert(
-            cmd.action_id.clone(),
-            Pending {
-                node: node.clone(),
-                problem: problem.clone(),
-                action: cmd.action_type.clone(),
-                severity,
-                alert: alert.clone(),
-                trial,
-            },
-        );
+        self.pending.insert(cmd.action_id.clone(), pending);
         self.recent.push_back(ActionRecord {
             action_id: cmd.action_id.clone(),
             action_type: cmd.action_type.clone(),
@@ -450,24 +540,44 @@ impl Engine {
         while self.recent.len() > self.cfg.coordinator.recent_actions.max(1) {
             self.recent.pop_front();
         }
-        out.push(Effect::Command(node.clone(), cmd));
+        out.push(Effect::Command(node, cmd));
     }
 
-    fn set_action_state(&mut self, action_id: &str, state: ActionState, message: &str) {
+    /// The state of the recent action `action_id` sent to `node`.
+    fn set_action_state(
+        &mut self,
+        action_id: &str,
+        node: &NodeName,
+        state: ActionState,
+        message: &str,
+    ) {
         if let Some(r) = self
             .recent
             .iter_mut()
             .rev()
-            .find(|r| r.action_id == action_id)
+            .find(|r| r.action_id == action_id && r.node == node.as_str())
         {
             r.state = state;
             r.message = message.to_string();
         }
     }
 
+    /// A command's result. It counts only from the node the command was
+    /// sent to: one from another node is refused (audited as `rejected`,
+    /// counted as `results.foreign`) and touches nothing. An agent's
+    /// refusal of an action id it already executed (a replay) is audited
+    /// but closes nothing and is no breaker failure.
     pub fn on_result(&mut self, result: CommandResult, now: Timestamp) -> Vec<Effect> {
+        if let Some(target) = self.foreign_target(&result) {
+            return vec![self.foreign_result(&result, &target, now)];
+        }
         self.counters.inc(Counter::Results(result.status.as_str()));
         let node = result.node.clone();
+        let replay = is_replay(&result);
+        let mut data = json!({"result": result});
+        if replay {
+            data["replay"] = json!(true);
+        }
         let mut out = vec![audit(
             AuditEvent::Result,
             now,
@@ -478,9 +588,30 @@ impl Engine {
                 result.status.as_str(),
                 result.message
             ),
-            json!({"result": result}),
+            data,
         )];
-        self.set_action_state(&result.action_id, result.status.into(), &result.message);
+        if replay {
+            self.counters.inc(Counter::ResultsReplay);
+            return out;
+        }
+        // A late answer (after `no_result`) tells what happened; a second
+        // copy of an answer already judged (a redelivery, an agent's
+        // replayed outcome) must not undo `verified` or `not_verified`.
+        let open = self.pending.contains_key(&result.action_id)
+            || self
+                .recent
+                .iter()
+                .rev()
+                .find(|r| r.action_id == result.action_id && r.node == node.as_str())
+                .is_some_and(|r| matches!(r.state, ActionState::Sent | ActionState::NoResult));
+        if open {
+            self.set_action_state(
+                &result.action_id,
+                &node,
+                result.status.into(),
+                &result.message,
+            );
+        }
         let Some(p) = self.pending.remove(&result.action_id) else {
             // A reset, or a result for a command sent before a restart.
             if result.status != ResultStatus::Succeeded {
@@ -500,7 +631,12 @@ impl Engine {
                     format!("{} on {node} freed nothing", p.action),
                     json!({"action_id": result.action_id, "outcome": "failed", "reason": "freed_nothing"}),
                 ));
-                self.set_action_state(&result.action_id, ActionState::NotVerified, "freed nothing");
+                self.set_action_state(
+                    &result.action_id,
+                    &node,
+                    ActionState::NotVerified,
+                    "freed nothing",
+                );
                 self.failure(&key, now, &mut out);
             }
             ResultStatus::Succeeded => {
@@ -540,6 +676,85 @@ impl Engine {
         }
         kinds::of(&p.alert.kind).on_result(self, &p, &result, now, &mut out);
         out
+    }
+
+    /// The node `result`'s action was sent to, when the result comes from
+    /// another node (a pending command, or a recent one already answered).
+    fn foreign_target(&self, result: &CommandResult) -> Option<String> {
+        if let Some(p) = self.pending.get(&result.action_id) {
+            return (p.node != result.node).then(|| p.node.to_string());
+        }
+        self.recent
+            .iter()
+            .rev()
+            .find(|r| r.action_id == result.action_id)
+            .filter(|r| r.node != result.node.as_str())
+            .map(|r| r.node.clone())
+    }
+
+    /// Refuse a result from a node its action was not sent to.
+    fn foreign_result(&self, result: &CommandResult, target: &str, now: Timestamp) -> Effect {
+        self.counters.inc(Counter::ResultsForeign);
+        let from = &result.node;
+        let error = format!(
+            "result for {} comes from {from}, but the action was sent to {target}",
+            result.action_id
+        );
+        audit(
+            AuditEvent::Rejected,
+            now,
+            Some(from),
+            format!("rejected result from {from}: {error}"),
+            json!({"feed": "result", "reason": FOREIGN_NODE, "error": error, "action_id": result.action_id, "from": from, "sent_to": target, "result": result}),
+        )
+    }
+
+    /// Close every pending command without a result by its deadline plus
+    /// `result_grace_seconds` as `no_result`: audited, counted, a breaker
+    /// failure (its outcome is unknown), and no longer in progress, so a
+    /// later alert can act. Its kind decides what follows (the next step
+    /// of a ladder, another try at a throttle reset).
+    fn expire_pending(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        let grace = secs(self.cfg.coordinator.result_grace_seconds);
+        let lost: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline.is_some_and(|d| now > d + grace))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for action_id in lost {
+            let Some(p) = self.pending.remove(&action_id) else {
+                continue;
+            };
+            self.counters.inc(Counter::ResultsMissing);
+            let grace_s = self.cfg.coordinator.result_grace_seconds;
+            self.set_action_state(
+                &action_id,
+                &p.node,
+                ActionState::NoResult,
+                &format!("no result by the deadline plus {grace_s}s"),
+            );
+            out.push(audit(
+                AuditEvent::NoResult,
+                now,
+                Some(&p.node),
+                format!(
+                    "{} on {} for {}: no result by its deadline plus {grace_s}s",
+                    p.action, p.node, p.problem
+                ),
+                json!({
+                    "action_id": action_id,
+                    "action": p.action,
+                    "problem": p.problem,
+                    "sent_at": p.sent_at.map(|t| timefmt::format(&t)),
+                    "deadline": p.deadline.map(|t| timefmt::format(&t)),
+                    "grace_seconds": grace_s,
+                }),
+            ));
+            let key = BreakerKey::new(p.node.as_str(), p.problem.as_str(), &p.action);
+            self.failure(&key, now, out);
+            kinds::of(&p.alert.kind).on_no_result(self, &p, now, out);
+        }
     }
 
     fn failure(&mut self, key: &BreakerKey, now: Timestamp, out: &mut Vec<Effect>) {
@@ -602,6 +817,7 @@ impl Engine {
             self.counters.inc(Counter::VerificationsSucceeded);
             self.set_action_state(
                 &v.action_id,
+                &v.node,
                 ActionState::Verified,
                 &format!("{} fell to {:.1}", v.metric, value.unwrap_or(f64::NAN)),
             );
@@ -619,12 +835,14 @@ impl Engine {
         }
     }
 
-    /// Periodic work: offline detection and verification deadlines.
+    /// Periodic work: offline detection, held throttle resets, commands
+    /// without a result and verification deadlines.
     pub fn tick(&mut self, now: Timestamp) -> Vec<Effect> {
         let mut out = Vec::new();
         for kind in kinds::ALL {
             kind.on_tick(self, now, &mut out);
         }
+        self.expire_pending(now, &mut out);
         let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications)
             .into_iter()
             .partition(|v| now >= v.deadline);
@@ -637,6 +855,7 @@ impl Engine {
                 .and_then(|n| kinds::of(&v.alert.kind).metric_value(&n.heartbeat, &v));
             self.set_action_state(
                 &v.action_id,
+                &v.node,
                 ActionState::NotVerified,
                 &format!(
                     "{} still {:?} after {}s",
@@ -749,6 +968,10 @@ impl Engine {
                     gpu_temp: s.heartbeat.gpu_temp,
                     storage_percent: s.heartbeat.storage_percent,
                     throttle_level: s.heartbeat.throttle_level,
+                    clock_offset_seconds: s
+                        .clock_offset()
+                        .map(|d| d.num_milliseconds() as f64 / 1000.0),
+                    clock_skewed: s.skewed,
                 })
                 .collect(),
             agents: self
@@ -777,6 +1000,7 @@ impl Engine {
                 .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
                 .collect(),
             counters: self.counters.snapshot(),
+            leader: self.leader.clone(),
         }
     }
 }

@@ -222,8 +222,9 @@ fn failed_verification_counts_and_escalates() {
     let mut e = engine();
     e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
     let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
-    let throttle = commands(&fx).remove(0);
-    e.on_result(result(&throttle, ResultStatus::Succeeded), t(1.0));
+    let sent = commands(&fx);
+    e.on_result(result(&sent[0], ResultStatus::Succeeded), t(1.0));
+    e.on_result(result(&sent[1], ResultStatus::Unsupported), t(1.0));
     e.on_heartbeat(hb(Some(88.0), 50, 100.0), t(100.0));
     assert!(e.tick(t(100.0)).is_empty());
     let fx = e.tick(t(121.5));
@@ -1114,5 +1115,561 @@ fn an_unsupported_trial_gives_the_trial_back() {
             .iter()
             .any(|c| c.action_type == "redistribute"),
         "{fx:?}"
+    );
+}
+
+// --- Results bound to their node, results that never come, ids every
+// coordinator derives alike, and the nodes' clocks. ---
+
+/// A thermal heartbeat from node `n`, stamped `sent` by its agent.
+fn hb_from(n: &str, cpu: f64, throttle: u8, sent: Timestamp) -> Heartbeat {
+    Heartbeat {
+        agent_id: format!("thermal-sentinel-{n}"),
+        node: node(n),
+        timestamp: sent,
+        ..hb(Some(cpu), throttle, 0.0)
+    }
+}
+
+/// A critical CPU alert from node `n`, stamped `sent` by its agent.
+fn hot_on(n: &str, sent: Timestamp) -> Alert {
+    let mut a = alert(Severity::Critical, 87.0, 0.0);
+    a.agent_id = format!("thermal-sentinel-{n}");
+    a.node = node(n);
+    a.timestamp = sent;
+    a.alert_id = String::new();
+    a.ensure_id();
+    a
+}
+
+/// `cmd`'s result as node `from` sends it.
+fn result_from(from: &str, cmd: &Command, status: ResultStatus) -> CommandResult {
+    CommandResult {
+        node: node(from),
+        agent_id: format!("thermal-sentinel-{from}"),
+        ..result(cmd, status)
+    }
+}
+
+fn recent_state(e: &Engine, action_id: &str) -> ActionState {
+    e.status(t(0.0))
+        .recent_actions
+        .iter()
+        .find(|r| r.action_id == action_id)
+        .map(|r| r.state)
+        .unwrap()
+}
+
+fn throttle_50(fx: &[Effect]) -> Command {
+    commands(fx)
+        .into_iter()
+        .find(|c| c.action_type == "throttle_50")
+        .unwrap()
+}
+
+#[test]
+fn a_result_from_another_node_touches_nothing() {
+    let mut e = engine();
+    e.on_heartbeat(hb_from("a", 50.0, 0, t(0.0)), t(0.0));
+    e.on_heartbeat(hb_from("b", 87.0, 0, t(0.0)), t(0.0));
+    let cmd = throttle_50(&e.on_alert(hot_on("b", t(0.0)), t(0.0)));
+    assert_eq!(cmd.node.as_ref().map(NodeName::as_str), Some("b"));
+    let key = BreakerKey::new("b", "thermal:cpu", "throttle_50");
+    // Node a forges failures for b's command, more than open a breaker,
+    // then a success and a replay refusal.
+    let mut forged = vec![ResultStatus::Failed; 6];
+    forged.extend([ResultStatus::Expired, ResultStatus::Succeeded]);
+    for (i, status) in forged.into_iter().enumerate() {
+        let fx = e.on_result(result_from("a", &cmd, status), t(1.0 + i as f64));
+        assert!(audits(&fx, "result").is_empty(), "{fx:?}");
+        assert!(alerts(&fx).is_empty() && commands(&fx).is_empty());
+        let rejected = audits(&fx, "rejected");
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].data["reason"], "foreign_node");
+        assert_eq!(rejected[0].data["sent_to"], "b");
+        assert_eq!(rejected[0].data["from"], "a");
+    }
+    assert_eq!(e.counters.get("results.foreign"), 8);
+    assert_eq!(e.counters.get("results.failed"), 0);
+    assert_eq!(e.breakers.failures(&key), 0);
+    assert!(e.status(t(9.0)).open_circuits.is_empty());
+    assert_eq!(recent_state(&e, &cmd.action_id), ActionState::Sent);
+    assert!(e.pending.contains_key(&cmd.action_id), "still pending");
+    assert!(e.verifications.is_empty(), "a's success verifies nothing");
+    // b's own result closes it.
+    let fx = e.on_result(result_from("b", &cmd, ResultStatus::Failed), t(10.0));
+    assert_eq!(audits(&fx, "result").len(), 1);
+    assert!(!e.pending.contains_key(&cmd.action_id));
+    assert_eq!(e.breakers.failures(&key), 1);
+    assert_eq!(recent_state(&e, &cmd.action_id), ActionState::Failed);
+    // Once answered, a forgery still changes nothing.
+    let fx = e.on_result(result_from("a", &cmd, ResultStatus::Succeeded), t(11.0));
+    assert_eq!(audits(&fx, "rejected").len(), 1);
+    assert_eq!(recent_state(&e, &cmd.action_id), ActionState::Failed);
+    assert_eq!(e.counters.get("results.foreign"), 9);
+}
+
+#[test]
+fn a_forged_success_does_not_stand_in_for_the_real_one() {
+    let mut e = engine();
+    e.on_heartbeat(hb_from("a", 50.0, 0, t(0.0)), t(0.0));
+    e.on_heartbeat(hb_from("b", 87.0, 0, t(0.0)), t(0.0));
+    let cmd = throttle_50(&e.on_alert(hot_on("b", t(0.0)), t(0.0)));
+    e.on_result(result_from("a", &cmd, ResultStatus::Succeeded), t(1.0));
+    // b's real success is the one that starts the verification.
+    let mut real = result_from("b", &cmd, ResultStatus::Succeeded);
+    real.timestamp = t(2.0);
+    e.on_result(real, t(2.0));
+    assert_eq!(recent_state(&e, &cmd.action_id), ActionState::Succeeded);
+    let fx = e.on_heartbeat(hb_from("b", 70.0, 50, t(3.0)), t(3.0));
+    assert_eq!(audits(&fx, "verification")[0].data["outcome"], "succeeded");
+}
+
+#[test]
+fn a_replay_refusal_closes_nothing_and_is_no_failure() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let cmd = throttle_50(&e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0)));
+    let mut replay = result(&cmd, ResultStatus::Rejected);
+    replay.message = "action_id already executed (replay)".into();
+    let fx = e.on_result(replay, t(1.0));
+    assert_eq!(audits(&fx, "result")[0].data["replay"], true);
+    assert_eq!(e.counters.get("results.replay"), 1);
+    assert_eq!(e.counters.get("breaker.failures"), 0);
+    assert_eq!(recent_state(&e, &cmd.action_id), ActionState::Sent);
+    // Still in progress: the same alert again sends nothing.
+    let fx = e.on_alert(alert(Severity::Critical, 88.0, 2.0), t(2.0));
+    assert!(!names(&fx).contains(&"throttle_50".to_string()));
+    // The first execution's result closes it.
+    e.on_result(result(&cmd, ResultStatus::Failed), t(3.0));
+    assert!(!e.pending.contains_key(&cmd.action_id));
+    assert_eq!(e.counters.get("breaker.failures"), 1);
+    // Any other refusal is a failure.
+    let other = throttle_50(&e.on_alert(alert(Severity::Critical, 89.0, 4.0), t(4.0)));
+    let mut refused = result(&other, ResultStatus::Rejected);
+    refused.message = "invalid parameters".into();
+    e.on_result(refused, t(5.0));
+    assert_eq!(e.counters.get("breaker.failures"), 2);
+}
+
+#[test]
+fn a_command_without_a_result_is_closed_after_its_deadline_and_grace() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+    let sent = commands(&fx);
+    assert_eq!(sent.len(), 2);
+    e.on_heartbeat(hb(Some(87.0), 0, 85.0), t(85.0));
+    // Deadline 60 s, grace 30 s: still waiting at 90 s.
+    assert!(audits(&e.tick(t(90.0)), "no_result").is_empty());
+    let fx = e.tick(t(90.5));
+    let lost = audits(&fx, "no_result");
+    assert_eq!(lost.len(), 2);
+    assert_eq!(lost[0].data["grace_seconds"], 30.0);
+    assert_eq!(e.counters.get("results.no_result"), 2);
+    for c in &sent {
+        assert_eq!(recent_state(&e, &c.action_id), ActionState::NoResult);
+        let key = BreakerKey::new("nova", "thermal:cpu", &c.action_type);
+        assert_eq!(e.breakers.failures(&key), 1, "an unknown outcome fails");
+    }
+    assert!(audits(&e.tick(t(91.0)), "no_result").is_empty(), "once");
+    // No longer in progress: a later alert acts.
+    let fx = e.on_alert(alert(Severity::Critical, 88.0, 92.0), t(92.0));
+    assert_eq!(names(&fx), ["throttle_50", "redistribute"]);
+}
+
+#[test]
+fn a_mesh_step_without_a_result_moves_to_the_next_step() {
+    let mut e = engine();
+    e.on_heartbeat(mesh_hb("nova", 0.0, json!({})), t(0.0));
+    let fx = e.on_alert(tunnel_down("nova", 0.0), t(0.0));
+    assert_eq!(names(&fx), ["restart_wireguard"]);
+    e.on_heartbeat(mesh_hb("nova", 90.0, json!({})), t(90.0));
+    let fx = e.tick(t(90.5));
+    assert_eq!(audits(&fx, "no_result").len(), 1);
+    assert_eq!(names(&fx), ["regenerate_config"]);
+}
+
+#[test]
+fn a_pending_command_from_an_old_snapshot_gets_a_deadline_on_restore() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+    let mut snap = serde_json::to_value(e.snapshot()).unwrap();
+    for p in snap["pending"].as_array_mut().unwrap() {
+        let p = p[1].as_object_mut().unwrap();
+        p.remove("deadline");
+        p.remove("sent_at");
+    }
+    let mut again = engine();
+    again.restore(serde_json::from_value(snap).unwrap(), t(50.0));
+    assert!(audits(&again.tick(t(140.0)), "no_result").is_empty());
+    assert_eq!(audits(&again.tick(t(140.5)), "no_result").len(), 2);
+}
+
+/// Heartbeats from a throttled, cool nova every 10 s from `from` to `to`
+/// (agent time = receipt time); the commands they led to.
+fn cool_throttled(e: &mut Engine, from: f64, to: f64) -> Vec<Command> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at <= to {
+        out.extend(commands(&e.on_heartbeat(hb(Some(60.0), 50, at), t(at))));
+        at += 10.0;
+    }
+    out
+}
+
+#[test]
+fn a_lost_reset_is_sent_again_until_a_result_confirms_it() {
+    let mut e = engine();
+    let first = cool_throttled(&mut e, 0.0, 30.0);
+    assert_eq!(first.len(), 1);
+    let origin = t(0.0).timestamp_millis();
+    assert_eq!(
+        first[0].action_id,
+        format!("nova:thermal:reset_throttle:{origin}:1")
+    );
+    assert!(cool_throttled(&mut e, 40.0, 120.0).is_empty(), "pending");
+    // Sent at 30 s, deadline 90 s, grace 30 s: no result by 120 s.
+    let fx = e.tick(t(120.5));
+    assert_eq!(audits(&fx, "no_result").len(), 1);
+    let second = commands(&fx);
+    assert_eq!(second.len(), 1, "{fx:?}");
+    assert_eq!(
+        second[0].action_id,
+        format!("nova:thermal:reset_throttle:{origin}:2")
+    );
+    assert_eq!(second[0].cause.as_deref(), Some("recovery"));
+    assert!(audits(&fx, "decision")
+        .iter()
+        .any(|d| d.data["attempt"] == 2 && d.data["after"] == "no_result"));
+    // Failed, then expired: each time another try.
+    let fx = e.on_result(result(&second[0], ResultStatus::Failed), t(121.0));
+    let third = commands(&fx);
+    assert!(third[0].action_id.ends_with(":3"), "{third:?}");
+    let fx = e.on_result(result(&third[0], ResultStatus::Expired), t(122.0));
+    let fourth = commands(&fx);
+    assert!(fourth[0].action_id.ends_with(":4"), "{fourth:?}");
+    // A success ends it.
+    assert!(
+        commands(&e.on_result(result(&fourth[0], ResultStatus::Succeeded), t(123.0))).is_empty()
+    );
+    assert!(e.reset_retries.is_empty());
+    for i in 0..10 {
+        let at = 124.0 + f64::from(i) * 10.0;
+        assert!(commands(&e.on_heartbeat(hb(Some(60.0), 0, at), t(at))).is_empty());
+        assert!(commands(&e.tick(t(at))).is_empty());
+    }
+}
+
+#[test]
+fn a_held_reset_goes_out_once_the_rate_limit_allows() {
+    let mut cfg = seed_config();
+    cfg.coordinator.max_actions_per_node_per_minute = 1;
+    cfg.coordinator.command_deadline = 10.0;
+    cfg.coordinator.result_grace_seconds = 5.0;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    let first = cool_throttled(&mut e, 0.0, 30.0);
+    assert_eq!(first.len(), 1);
+    // No result by 45 s; this minute's one command went out at 30 s.
+    let fx = e.tick(t(45.5));
+    assert_eq!(audits(&fx, "no_result").len(), 1);
+    assert!(commands(&fx).is_empty());
+    assert_eq!(skipped_reasons(&fx), ["rate_limited"]);
+    for at in [50.0, 60.0, 80.0, 90.0] {
+        e.on_heartbeat(hb(Some(60.0), 50, at), t(at));
+        let fx = e.tick(t(at));
+        assert!(fx.is_empty(), "held quietly at {at}: {fx:?}");
+    }
+    let fx = e.tick(t(90.5));
+    let again = commands(&fx);
+    assert_eq!(again.len(), 1);
+    assert!(again[0].action_id.ends_with(":2"));
+}
+
+#[test]
+fn a_reset_is_not_sent_again_once_the_node_is_hot() {
+    let mut e = engine();
+    let first = cool_throttled(&mut e, 0.0, 30.0);
+    assert_eq!(first.len(), 1);
+    e.on_heartbeat(hb(Some(80.0), 50, 100.0), t(100.0));
+    let fx = e.tick(t(120.5));
+    assert_eq!(audits(&fx, "no_result").len(), 1);
+    assert!(
+        commands(&fx).is_empty(),
+        "lifting the throttle of a hot node"
+    );
+    assert!(audits(&fx, "decision")
+        .iter()
+        .any(|d| d.data["outcome"] == "the node is no longer cool"));
+    assert!(e.reset_retries.is_empty());
+    // Cool again: a new cool period, a new first try.
+    let next = cool_throttled(&mut e, 130.0, 160.0);
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].action_id,
+        format!(
+            "nova:thermal:reset_throttle:{}:1",
+            t(130.0).timestamp_millis()
+        )
+    );
+}
+
+#[test]
+fn a_waiting_reset_survives_a_restart() {
+    let mut e = engine();
+    cool_throttled(&mut e, 0.0, 120.0);
+    e.tick(t(120.5));
+    // The retry went out; say the rate limit had held it instead.
+    let sent = e.pending.keys().next().cloned().unwrap();
+    let attempt = e.pending.remove(&sent).unwrap().reset.unwrap();
+    e.reset_retries.insert(
+        nova(),
+        ResetRetry {
+            next: attempt,
+            held: None,
+        },
+    );
+    let text = serde_json::to_string(&e.snapshot()).unwrap();
+    let mut again = engine();
+    again.restore(serde_json::from_str(&text).unwrap(), t(121.0));
+    let fx = again.tick(t(121.0));
+    assert_eq!(commands(&fx)[0].action_id, sent);
+}
+
+/// Two coordinators see the same heartbeats, each at its own time.
+#[test]
+fn two_engines_give_the_same_ids_whenever_they_receive() {
+    let mut a = engine();
+    let mut b = engine();
+    let mut resets = (Vec::new(), Vec::new());
+    for i in 0..=4 {
+        let sent = f64::from(i) * 10.0;
+        let h = hb(Some(60.0), 50, sent);
+        resets
+            .0
+            .extend(commands(&a.on_heartbeat(h.clone(), t(sent + 0.2))));
+        resets.1.extend(commands(
+            &b.on_heartbeat(h, t(sent + 1.7 - f64::from(i) * 0.3)),
+        ));
+    }
+    assert_eq!(resets.0.len(), 1);
+    assert_eq!(resets.1.len(), 1);
+    assert_eq!(resets.0[0].action_id, resets.1[0].action_id);
+    for i in 5..=14 {
+        let sent = f64::from(i) * 10.0;
+        let h = hb(Some(60.0), 50, sent);
+        a.on_heartbeat(h.clone(), t(sent + 0.2));
+        b.on_heartbeat(h, t(sent + 0.9));
+    }
+    // Both lose it: the second tries match too.
+    let retry_a = commands(&a.tick(t(150.0)));
+    let retry_b = commands(&b.tick(t(152.5)));
+    assert_eq!(retry_a.len(), 1);
+    assert_eq!(retry_a[0].action_id, retry_b[0].action_id);
+    // The node falls silent: the same offline alert, then the same "back".
+    let off_a = alerts(&a.tick(t(200.0)));
+    let off_b = alerts(&b.tick(t(203.0)));
+    assert_eq!(off_a[0].kind, AlertKind::HeartbeatMissing);
+    assert_eq!(off_a[0].alert_id, off_b[0].alert_id);
+    assert!(off_a[0]
+        .alert_id
+        .contains(&t(140.0).timestamp_millis().to_string()));
+    let h = hb(Some(60.0), 0, 300.0);
+    let back_a = alerts(&a.on_heartbeat(h.clone(), t(300.1)));
+    let back_b = alerts(&b.on_heartbeat(h, t(301.0)));
+    assert_eq!(back_a[0].severity, Severity::Normal);
+    assert_eq!(back_a[0].alert_id, back_b[0].alert_id);
+    assert_ne!(back_a[0].alert_id, off_a[0].alert_id);
+    // A skewed clock: the same clock_skew alert.
+    let skewed = hb(Some(60.0), 0, 400.0 + 3600.0);
+    let skew_a = alerts(&a.on_heartbeat(skewed.clone(), t(400.2)));
+    let skew_b = alerts(&b.on_heartbeat(skewed, t(400.9)));
+    assert_eq!(skew_a[0].kind, AlertKind::ClockSkew);
+    assert_eq!(skew_a[0].alert_id, skew_b[0].alert_id);
+}
+
+#[test]
+fn commands_are_stamped_in_the_node_clock() {
+    for offset in [3600.0, -3600.0, 0.0] {
+        let mut e = engine();
+        e.on_heartbeat(hb_from("b", 87.0, 0, t(offset)), t(0.0));
+        let cmd = throttle_50(&e.on_alert(hot_on("b", t(offset + 1.0)), t(1.0)));
+        assert_eq!(cmd.timestamp, t(1.0 + offset), "offset {offset}");
+        assert_eq!(cmd.deadline, Some(t(61.0 + offset)), "offset {offset}");
+        // The coordinator's own deadline is in its clock.
+        assert!(audits(&e.tick(t(91.0)), "no_result").is_empty());
+        assert_eq!(audits(&e.tick(t(91.5)), "no_result").len(), 2);
+    }
+    // A node not heard from yet: no offset.
+    let mut e = engine();
+    let cmd = throttle_50(&e.on_alert(hot_on("c", t(0.0)), t(0.0)));
+    assert_eq!(cmd.deadline, Some(t(60.0)));
+}
+
+#[test]
+fn the_reset_deadline_is_in_the_node_clock_too() {
+    let mut e = engine();
+    let mut sent = Vec::new();
+    for i in 0..=3 {
+        let at = f64::from(i) * 10.0;
+        sent.extend(commands(
+            &e.on_heartbeat(hb(Some(60.0), 50, at - 3600.0), t(at)),
+        ));
+    }
+    assert_eq!(sent[0].action_type, "reset_throttle");
+    assert_eq!(sent[0].deadline, Some(t(30.0 - 3600.0 + 60.0)));
+    assert_eq!(
+        sent[0].action_id,
+        format!(
+            "nova:thermal:reset_throttle:{}:1",
+            t(-3600.0).timestamp_millis()
+        )
+    );
+}
+
+#[test]
+fn the_offset_is_the_least_delayed_of_the_last_samples() {
+    let mut e = engine();
+    let offset = |e: &Engine| e.status(t(0.0)).nodes[0].clock_offset_seconds;
+    // Agent 2 s ahead; transit 0.5 s, then one heartbeat held up 20 s.
+    e.on_heartbeat(hb(Some(50.0), 0, 2.0), t(0.5));
+    assert_eq!(offset(&e), Some(1.5));
+    e.on_heartbeat(hb(Some(50.0), 0, 12.0), t(30.0));
+    assert_eq!(offset(&e), Some(1.5), "a late heartbeat does not move it");
+    e.on_heartbeat(hb(Some(50.0), 0, 22.0), t(20.1));
+    assert_eq!(offset(&e), Some(1.9));
+    // The clock is set back by an hour: it shows once the samples from
+    // before have left the window.
+    for i in 0..4 {
+        let at = 30.0 + f64::from(i);
+        e.on_heartbeat(hb(Some(50.0), 0, at - 3600.0), t(at));
+        assert_eq!(offset(&e), Some(1.9), "sample {i}");
+    }
+    e.on_heartbeat(hb(Some(50.0), 0, 34.0 - 3600.0), t(34.0));
+    assert_eq!(offset(&e), Some(-3600.0));
+}
+
+#[test]
+fn clock_skew_is_raised_once_and_cleared_once() {
+    let mut e = engine();
+    let skew = |fx: &[Effect]| -> Vec<Alert> {
+        alerts(fx)
+            .into_iter()
+            .filter(|a| a.kind == AlertKind::ClockSkew)
+            .collect()
+    };
+    // Within 30 s: nothing.
+    assert!(skew(&e.on_heartbeat(hb(Some(50.0), 0, 29.0), t(0.0))).is_empty());
+    assert!(!e.status(t(0.0)).nodes[0].clock_skewed);
+    let raised = skew(&e.on_heartbeat(hb(Some(50.0), 0, 10.0 + 3600.0), t(10.0)));
+    assert_eq!(raised.len(), 1);
+    assert_eq!(raised[0].severity, Severity::Warning);
+    assert_eq!(raised[0].details["offset_seconds"], 3600.0);
+    assert_eq!(raised[0].problem(), "clock_skew:clock");
+    // Handled like any alert: audited, open, no action.
+    let fx = e.on_alert(raised[0].clone(), t(10.5));
+    assert!(commands(&fx).is_empty());
+    let s = e.status(t(11.0));
+    assert!(s.nodes[0].clock_skewed);
+    assert_eq!(s.nodes[0].clock_offset_seconds, Some(3600.0));
+    assert_eq!(s.nodes[0].status, NodeHealth::Degraded);
+    assert!(
+        s.render().contains("clock +3600.0s SKEWED"),
+        "{}",
+        s.render()
+    );
+    for i in 0..10 {
+        let at = 20.0 + f64::from(i) * 10.0;
+        assert!(skew(&e.on_heartbeat(hb(Some(50.0), 0, at + 3600.0), t(at))).is_empty());
+    }
+    // Fixed: cleared once the window holds only the new offset.
+    let mut cleared = Vec::new();
+    for i in 0..10 {
+        let at = 200.0 + f64::from(i) * 10.0;
+        cleared.extend(skew(&e.on_heartbeat(hb(Some(50.0), 0, at), t(at))));
+    }
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(cleared[0].severity, Severity::Normal);
+    e.on_alert(cleared[0].clone(), t(300.0));
+    let s = e.status(t(300.0));
+    assert!(!s.nodes[0].clock_skewed);
+    assert_eq!(s.nodes[0].status, NodeHealth::Healthy);
+    // A node behind counts the same.
+    let behind = skew(&e.on_heartbeat(hb(Some(50.0), 0, 310.0 - 45.0), t(310.0)));
+    assert!(
+        behind.is_empty(),
+        "the larger samples are still in the window"
+    );
+    for i in 1..5 {
+        let at = 310.0 + f64::from(i);
+        let fx = e.on_heartbeat(hb(Some(50.0), 0, at - 45.0), t(at));
+        if i == 4 {
+            let a = skew(&fx);
+            assert_eq!(a.len(), 1);
+            assert_eq!(a[0].details["offset_seconds"], -45.0);
+            assert!(a[0].message.contains("behind"), "{}", a[0].message);
+        }
+    }
+}
+
+#[test]
+fn an_open_clock_skew_survives_a_restart_without_a_second_alert() {
+    let mut e = engine();
+    let fx = e.on_heartbeat(hb(Some(50.0), 0, 3600.0), t(0.0));
+    let raised = alerts(&fx);
+    e.on_alert(raised[0].clone(), t(0.5));
+    let text = serde_json::to_string(&e.snapshot()).unwrap();
+    let mut again = engine();
+    again.restore(serde_json::from_str(&text).unwrap(), t(1.0));
+    assert!(alerts(&again.on_heartbeat(hb(Some(50.0), 0, 3602.0), t(2.0))).is_empty());
+    let fx = (0..5)
+        .flat_map(|i| {
+            let at = 3.0 + f64::from(i);
+            again.on_heartbeat(hb(Some(50.0), 0, at), t(at))
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(alerts(&fx)[0].severity, Severity::Normal);
+}
+
+#[test]
+fn verification_compares_agent_times_on_a_skewed_node() {
+    let mut e = engine();
+    let ahead = 3600.0;
+    e.on_heartbeat(hb(Some(87.0), 0, ahead), t(0.0));
+    let cmd = throttle_50(&e.on_alert(alert(Severity::Critical, 87.0, ahead), t(0.0)));
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.timestamp = t(ahead + 2.0);
+    e.on_result(r, t(2.0));
+    // Cool, but read before the result (in the agent's clock): no proof,
+    // though it arrives after the result in the coordinator's clock.
+    let fx = e.on_heartbeat(hb(Some(60.0), 50, ahead + 1.0), t(3.0));
+    assert!(audits(&fx, "verification").is_empty());
+    let fx = e.on_heartbeat(hb(Some(60.0), 50, ahead + 4.0), t(4.0));
+    assert_eq!(audits(&fx, "verification")[0].data["outcome"], "succeeded");
+}
+
+#[test]
+fn a_late_answer_shows_what_happened_but_a_copy_undoes_no_verdict() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let sent = commands(&e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0)));
+    let mut r = result(&sent[0], ResultStatus::Succeeded);
+    r.timestamp = t(1.0);
+    e.on_result(r.clone(), t(1.0));
+    e.on_heartbeat(hb(Some(70.0), 50, 2.0), t(2.0));
+    assert_eq!(recent_state(&e, &sent[0].action_id), ActionState::Verified);
+    // The same answer again (redelivered, or replayed by the agent).
+    r.details.insert("replayed".into(), json!(true));
+    e.on_result(r, t(3.0));
+    assert_eq!(recent_state(&e, &sent[0].action_id), ActionState::Verified);
+    // redistribute got no result; its late answer is recorded.
+    e.on_heartbeat(hb(Some(70.0), 0, 85.0), t(85.0));
+    e.tick(t(90.5));
+    assert_eq!(recent_state(&e, &sent[1].action_id), ActionState::NoResult);
+    e.on_result(result(&sent[1], ResultStatus::Unsupported), t(91.0));
+    assert_eq!(
+        recent_state(&e, &sent[1].action_id),
+        ActionState::Unsupported
     );
 }

@@ -18,6 +18,16 @@ pub struct CoordinatorSection {
     pub max_actions_per_node_per_minute: u32,
     /// Recent actions kept for `skos status`.
     pub recent_actions: usize,
+    /// Seconds after a command's deadline that its result may still take
+    /// to arrive; without one by then the command is closed as `no_result`.
+    pub result_grace_seconds: f64,
+    /// Seconds a node's clock may be off from the coordinator's before a
+    /// `clock_skew` warning is raised for it.
+    pub max_clock_skew_seconds: f64,
+    /// Seconds a leader's lease lasts (distributed mode): a standby takes
+    /// over at most this long after the leader dies or is cut off. The
+    /// leader renews every third of it.
+    pub leader_lease_seconds: f64,
 }
 
 impl Default for CoordinatorSection {
@@ -28,6 +38,9 @@ impl Default for CoordinatorSection {
             command_deadline: 60.0,
             max_actions_per_node_per_minute: 30,
             recent_actions: 50,
+            result_grace_seconds: 30.0,
+            max_clock_skew_seconds: 30.0,
+            leader_lease_seconds: 10.0,
         }
     }
 }
@@ -47,5 +60,20 @@ impl Section for CoordinatorSection {
         positive_seconds(out, "coordinator.heartbeat_timeout", self.heartbeat_timeout);
         positive_seconds(out, "coordinator.verify_within", self.verify_within);
         positive_seconds(out, "coordinator.command_deadline", self.command_deadline);
+        positive_seconds(
+            out,
+            "coordinator.result_grace_seconds",
+            self.result_grace_seconds,
+        );
+        positive_seconds(
+            out,
+            "coordinator.max_clock_skew_seconds",
+            self.max_clock_skew_seconds,
+        );
+        positive_seconds(
+            out,
+            "coordinator.leader_lease_seconds",
+            self.leader_lease_seconds,
+        );
     }
 }

@@ -60,6 +60,15 @@ impl ProblemKind for Mesh {
         eng.ladder_result(p, result, now, out);
     }
 
+    /// A step without a result is a failed step: the next one, if the
+    /// problem is still being healed.
+    fn on_no_result(&self, eng: &mut Engine, p: &Pending, now: Timestamp, out: &mut Vec<Effect>) {
+        let key = (p.node.clone(), p.problem.clone());
+        if eng.ladders.contains_key(&key) {
+            eng.climb(&key, now, out);
+        }
+    }
+
     fn on_verified(&self, eng: &mut Engine, v: &Verification) {
         eng.ladders.remove(&(v.node.clone(), v.problem.clone()));
     }

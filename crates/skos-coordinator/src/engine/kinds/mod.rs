@@ -4,8 +4,9 @@
 //! audit) is the same for every problem; a [`ProblemKind`] says how its
 //! actions are carried out (all at once, or a ladder one at a time), which
 //! heartbeat value verifies a fix and below what, and adds hooks on a
-//! heartbeat, a cleared alert, a result, a verified or failed fix and a
-//! tick. One module per kind; [`of`] and [`ALL`] are the registry.
+//! heartbeat, a cleared alert, a result, a command that got no result, a
+//! verified or failed fix and a tick. One module per kind; [`of`] and
+//! [`ALL`] are the registry.
 //!
 //! To add a problem kind: a module here implementing [`ProblemKind`] (only
 //! the methods whose default does not fit), one arm in [`of`], one entry in
@@ -19,6 +20,7 @@ use skos_core::NodeName;
 
 use super::{Effect, Engine, Pending, Verification};
 
+pub(super) mod clock;
 pub(super) mod loops;
 pub(super) mod mesh;
 pub(super) mod offline;
@@ -87,6 +89,18 @@ pub(crate) trait ProblemKind: Sync {
     ) {
     }
 
+    /// A command for a problem of this kind got no result by its deadline
+    /// plus the grace period (already closed as `no_result` and counted
+    /// against its breaker).
+    fn on_no_result(
+        &self,
+        _eng: &mut Engine,
+        _p: &Pending,
+        _now: Timestamp,
+        _out: &mut Vec<Effect>,
+    ) {
+    }
+
     /// A fix was verified.
     fn on_verified(&self, _eng: &mut Engine, _v: &Verification) {}
 
@@ -120,12 +134,18 @@ pub(super) fn of(kind: &AlertKind) -> &'static dyn ProblemKind {
         AlertKind::Mesh => &mesh::Mesh,
         AlertKind::Loop => &loops::Loops,
         AlertKind::HeartbeatMissing => &offline::Offline,
-        AlertKind::Circuit | AlertKind::ClockSkew | AlertKind::Other => &Plain,
+        AlertKind::ClockSkew => &clock::Clock,
+        AlertKind::Circuit | AlertKind::Other => &Plain,
     }
 }
 
 /// Every kind with heartbeat or tick hooks, in the order they run.
-pub(super) const ALL: &[&dyn ProblemKind] = &[&thermal::Thermal, &mesh::Mesh, &offline::Offline];
+pub(super) const ALL: &[&dyn ProblemKind] = &[
+    &thermal::Thermal,
+    &mesh::Mesh,
+    &offline::Offline,
+    &clock::Clock,
+];
 
 /// The threshold of a severity in a table of thresholds (normal counts as
 /// warning: a fix decided at normal has nothing below it to reach).

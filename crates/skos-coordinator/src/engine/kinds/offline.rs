@@ -1,6 +1,8 @@
 //! A node that stopped reporting: offline after `heartbeat_timeout` without
 //! a heartbeat (a critical `heartbeat_missing` alert), back with its next
-//! heartbeat. No action heals it from here; its table row is empty.
+//! heartbeat. No action heals it from here; its table row is empty. Both
+//! alerts' ids derive from the agent's timestamp of the last heartbeat
+//! seen, so every coordinator gives them the same id.
 
 use serde_json::json;
 use skos_core::counters::Counter;
@@ -10,7 +12,7 @@ use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
 use super::ProblemKind;
-use crate::engine::{Effect, Engine};
+use crate::engine::{heartbeat_alert_id, Effect, Engine};
 
 pub(crate) struct Offline;
 
@@ -36,16 +38,21 @@ impl Engine {
             .collect();
         for node in newly_offline {
             self.counters.inc(Counter::NodesOffline);
-            let last = self.nodes.get(&node).map(|s| s.last_seen).unwrap_or(now);
+            let (last, sent) = self
+                .nodes
+                .get(&node)
+                .map_or((now, now), |s| (s.last_seen, s.heartbeat.timestamp));
             let silent = (now - last).num_milliseconds() as f64 / 1000.0;
-            out.push(Effect::Alert(self.own_alert(
+            let mut alert = self.own_alert(
                 &node,
                 AlertKind::HeartbeatMissing,
                 Severity::Critical,
                 format!("node {node} is offline: no heartbeat for {silent:.1}s"),
                 json!({"sensor": "heartbeat", "silent_seconds": silent, "timeout": self.cfg.coordinator.heartbeat_timeout}),
                 now,
-            )));
+            );
+            alert.alert_id = heartbeat_alert_id(&node, &alert.kind, alert.severity, sent);
+            out.push(Effect::Alert(alert));
         }
     }
 }
