@@ -2,15 +2,26 @@
 //! `monitor_interval`, and the node's command feed.
 //!
 //! A command is executed only if it is well-formed, addressed to this node,
-//! inside its deadline, not executed before (by `action_id`), and names an
-//! action an enabled antibody knows; otherwise the answer says why
-//! (`rejected`, `expired`, `unsupported`). Every command gets a result.
+//! not executed before (by `action_id`), of the current coordinator term
+//! (`term`), inside its deadline, and names an action an enabled antibody
+//! knows; otherwise the answer says why (`rejected`, `expired`,
+//! `unsupported`). Every command gets a result. A command delivered again
+//! after it was carried out is answered with the outcome it really had
+//! (kept in `executed`); one delivered again while it still runs is only
+//! acknowledged, its job answers when it finishes.
+//!
+//! A background job tells JetStream every third of the ack wait that its
+//! command is still being worked on, so a long action is not delivered
+//! again; its command is acknowledged once its result is published.
+
+mod executed;
+mod term;
 
 use skos_core::counters::Counter;
-use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,8 +31,12 @@ use skos_bus::{Bus, Feed, Incoming};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::protocol::{decode, Command, CommandResult, Heartbeat, ResultStatus};
+use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 use tokio::sync::mpsc;
+
+use self::executed::{Executed, State};
+use self::term::Fence;
 
 use crate::antibody::{Antibody, Execution};
 use crate::registry;
@@ -37,15 +52,21 @@ pub struct Agent {
     antibodies: Vec<Box<dyn Antibody>>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: Option<mpsc::UnboundedReceiver<Done>>,
-    /// Executed action ids, until when they could still be replayed.
-    executed: HashMap<String, i64>,
-    executed_file: Option<PathBuf>,
+    /// Executed action ids, until when they could still be replayed, and
+    /// their outcomes; shared with the background jobs, which record theirs.
+    executed: Arc<Mutex<Executed>>,
+    /// The highest coordinator term seen.
+    fence: Fence,
     verifier: Verifier,
 }
 
 impl Agent {
     /// `state_dir`: where the agent keeps what must survive a restart
-    /// (throttle originals, executed action ids); `None` keeps it in memory.
+    /// (throttle originals, executed action ids and their outcomes, the
+    /// highest coordinator term seen); `None` keeps it in memory.
+    ///
+    /// Fails when the state dir cannot be created, the trust keys are
+    /// invalid, or the recorded term cannot be read.
     pub fn new(
         cfg: Config,
         bus: Bus,
@@ -61,12 +82,15 @@ impl Agent {
         if verifier.required() && verifier.key_count() == 0 {
             tracing::warn!("trust.require_signatures is on but trust.coordinator_keys is empty: every command will be refused");
         }
-        let executed_file = state_dir.map(|d| d.join(format!("executed-{}.log", cfg.node.name)));
-        let executed = executed_file
+        let executed_file = state_dir
             .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|t| load_executed(&t, chrono::Utc::now().timestamp()))
-            .unwrap_or_default();
+            .map(|d| d.join(format!("executed-{}.log", cfg.node.name)));
+        let executed = Executed::load(executed_file, chrono::Utc::now().timestamp());
+        let fence = Fence::load(
+            state_dir
+                .as_ref()
+                .map(|d| d.join(format!("term-{}", cfg.node.name))),
+        )?;
         Ok(Self {
             cfg,
             bus,
@@ -74,8 +98,8 @@ impl Agent {
             antibodies,
             done_tx,
             done_rx: Some(done_rx),
-            executed,
-            executed_file,
+            executed: Arc::new(Mutex::new(executed)),
+            fence,
             verifier,
         })
     }
@@ -131,7 +155,10 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = monitor.tick() => self.sense().await,
+                _ = monitor.tick() => {
+                    self.prune();
+                    self.sense().await;
+                }
                 _ = heartbeat.tick() => self.heartbeat().await,
                 Some(m) = commands.next() => self.command(m).await,
                 Some((i, action, outcome)) = done.recv() => {
@@ -149,6 +176,11 @@ impl Agent {
         }
         tracing::info!(node = %self.node(), "agent stopped");
         Ok(())
+    }
+
+    /// Forget executed ids past their window (and compact their file).
+    fn prune(&self) {
+        lock(&self.executed).prune(chrono::Utc::now().timestamp());
     }
 
     async fn sense(&mut self) {
@@ -228,38 +260,25 @@ impl Agent {
                 return ack(m).await;
             }
         };
-        let refusal = if cmd.node.as_ref().is_some_and(|n| n != self.node()) {
-            Some(Outcome::new(
-                ResultStatus::Rejected,
-                "command is addressed to another node",
-            ))
-        } else if cmd.deadline.is_some_and(|d| now > d) {
-            Some(Outcome::new(
-                ResultStatus::Expired,
-                "deadline passed before execution",
-            ))
-        } else if let Err(e) =
-            skos_core::catalogue::validate_parameters(&cmd.action_type, &cmd.parameters).or_else(
-                |e| match e {
-                    // Not a bad command: an action this build does not
-                    // know is answered `unsupported` below, which is no
-                    // breaker failure.
-                    skos_core::catalogue::ParamError::UnknownAction { .. } => Ok(()),
-                    e => Err(e),
-                },
-            )
-        {
-            Some(Outcome::new(
-                ResultStatus::Rejected,
-                format!("invalid parameters: {e}"),
-            ))
-        } else if self.executed.contains_key(&cmd.action_id) {
-            Some(Outcome::new(
-                ResultStatus::Rejected,
-                "action_id already executed (replay)",
-            ))
-        } else {
-            None
+        let known = lock(&self.executed).get(&cmd.action_id).cloned();
+        let (gate, new_term) = gate(&cmd, self.node(), now, known.as_ref(), self.fence.highest());
+        if let Some(t) = new_term {
+            self.fence.raise(t);
+        }
+        let refusal = match gate {
+            Gate::Run => None,
+            Gate::Refuse(o) => Some(o),
+            Gate::Running => {
+                self.counters.inc(Counter::Commands("redelivered_running"));
+                tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, "command delivered again while it still runs: not executed twice, its job answers when it finishes");
+                return ack(m).await;
+            }
+            Gate::Replay(o) => {
+                self.counters.inc(Counter::Commands("replayed"));
+                tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, status = o.status.as_str(), message = %o.message, "command delivered again after it was executed: not executed twice, answered with its recorded outcome");
+                self.answer(&cmd.action_id, &cmd.action_type, &o).await;
+                return ack(m).await;
+            }
         };
         let index = self
             .antibodies
@@ -279,7 +298,10 @@ impl Agent {
                 self.remember(&cmd);
                 let execution = tokio::task::block_in_place(|| self.antibodies[i].execute(&cmd));
                 match execution {
-                    Execution::Done(o) => o,
+                    Execution::Done(o) => {
+                        lock(&self.executed).finish(&cmd.action_id, &o);
+                        o
+                    }
                     Execution::Background(job) => return self.spawn_job(i, cmd, m, job),
                 }
             }
@@ -294,8 +316,10 @@ impl Agent {
         ack(m).await;
     }
 
-    /// Long actions run on a blocking thread while heartbeats go on; the
-    /// result is published when they finish, then the command is acked.
+    /// Long actions run on a blocking thread while heartbeats go on. Every
+    /// third of the ack wait the command is marked in progress, so JetStream
+    /// does not deliver it again while it runs; when the job finishes its
+    /// outcome is recorded, the result published, then the command acked.
     fn spawn_job(
         &mut self,
         index: usize,
@@ -307,13 +331,41 @@ impl Agent {
         let bus = self.bus.clone();
         let counters = self.counters.clone();
         let done = self.done_tx.clone();
+        let executed = self.executed.clone();
+        let every = skos_bus::nats::ACK_WAIT / 3;
         tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, "action started in the background");
         tokio::spawn(async move {
-            let outcome = tokio::task::spawn_blocking(job).await.unwrap_or_else(|e| {
+            let mut handle = tokio::task::spawn_blocking(job);
+            let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let joined = loop {
+                tokio::select! {
+                    r = &mut handle => break r,
+                    _ = progress.tick() => {
+                        if let Err(e) = m.in_progress().await {
+                            tracing::warn!(action_id = %cmd.action_id, error = %e, "in-progress ack failed; the command may be delivered again");
+                        } else {
+                            tracing::debug!(action_id = %cmd.action_id, "command still in progress");
+                        }
+                    }
+                }
+            };
+            let outcome = joined.unwrap_or_else(|e| {
                 Outcome::new(ResultStatus::Failed, format!("action crashed: {e}"))
             });
             counters.inc(Counter::Commands(outcome.status.as_str()));
             tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, status = outcome.status.as_str(), message = %outcome.message, "action finished");
+            // Recorded before the result goes out: a command delivered again
+            // from now on is answered with this outcome.
+            let record = (executed, cmd.action_id.clone(), outcome.clone());
+            let recorded = tokio::task::spawn_blocking(move || {
+                let (executed, id, outcome) = record;
+                lock(&executed).finish(&id, &outcome);
+            })
+            .await;
+            if let Err(e) = recorded {
+                tracing::error!(action_id = %cmd.action_id, error = %e, "outcome not recorded");
+            }
             let result = fill(result, &outcome);
             if let Err(e) = bus.publish_result(&result).await {
                 tracing::error!(action_id = %cmd.action_id, error = %e, "result not sent");
@@ -329,19 +381,7 @@ impl Agent {
         let until = cmd.deadline.map(|d| d.timestamp()).unwrap_or_else(|| {
             (chrono::Utc::now() + skos_core::level::secs(self.cfg.trust.replay_window)).timestamp()
         });
-        self.executed.insert(cmd.action_id.clone(), until);
-        if let Some(p) = &self.executed_file {
-            let r = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .and_then(|mut f| {
-                    writeln!(f, "{}\t{until}", cmd.action_id).and_then(|()| f.sync_data())
-                });
-            if let Err(e) = r {
-                tracing::warn!(path = %p.display(), error = %e, "cannot record executed action id");
-            }
-        }
+        lock(&self.executed).begin(&cmd.action_id, until);
     }
 
     fn result_template(&self, action_id: &str, action_type: &str) -> CommandResult {
@@ -377,18 +417,108 @@ fn loose_action_id(payload: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Parse the executed-ids log (`action_id<TAB>until`), dropping entries
-/// whose command can no longer be valid. Older logs without a time are kept.
-fn load_executed(text: &str, now: i64) -> HashMap<String, i64> {
-    text.lines()
-        .filter_map(|l| {
-            let (id, until) = match l.split_once('\t') {
-                Some((id, t)) => (id, t.trim().parse().unwrap_or(i64::MAX)),
-                None => (l, i64::MAX),
-            };
-            (!id.is_empty() && until >= now).then(|| (id.to_string(), until))
+/// What the command gate decides for a trusted, well-formed command.
+#[derive(Debug, Clone, PartialEq)]
+enum Gate {
+    /// Carry it out (if an enabled antibody knows it).
+    Run,
+    /// Refuse it with this answer.
+    Refuse(Outcome),
+    /// Executed before and finished: answer again with its real outcome.
+    Replay(Outcome),
+    /// Executed before and still running: its job answers.
+    Running,
+}
+
+/// The command gate, in order: addressed to this node; not executed before
+/// (`executed`: what is known of its `action_id`); of a term not older than
+/// the `highest` seen; inside its deadline; parameters fit the action. Also
+/// returns the command's term when it is a new highest one, to record
+/// before anything is carried out.
+fn gate(
+    cmd: &Command,
+    node: &NodeName,
+    now: Timestamp,
+    executed: Option<&State>,
+    highest: Option<u64>,
+) -> (Gate, Option<u64>) {
+    let refuse = |status, message: String| (Gate::Refuse(Outcome::new(status, message)), None);
+    if cmd.node.as_ref().is_some_and(|n| n != node) {
+        return refuse(
+            ResultStatus::Rejected,
+            "command is addressed to another node".into(),
+        );
+    }
+    match executed {
+        None => {}
+        Some(State::Running) => return (Gate::Running, None),
+        Some(State::Done { status, message }) => {
+            let mut o = Outcome::new(*status, message.clone());
+            o.details.insert("replayed".into(), Value::Bool(true));
+            return (Gate::Replay(o), None);
+        }
+        Some(State::Unknown) => {
+            let mut o = Outcome::new(
+                ResultStatus::Rejected,
+                "action_id already executed (replay)",
+            );
+            o.details.insert("reason".into(), Value::from("replay"));
+            return (Gate::Refuse(o), None);
+        }
+    }
+    let new_term = match term::judge(highest, cmd.term) {
+        term::Verdict::Accept(t) => t,
+        term::Verdict::Refuse(why) => return refuse(ResultStatus::Rejected, why),
+    };
+    let gate = if cmd.deadline.is_some_and(|d| now > d) {
+        Gate::Refuse(Outcome::new(
+            ResultStatus::Expired,
+            "deadline passed before execution",
+        ))
+    } else if let Err(e) =
+        skos_core::catalogue::validate_parameters(&cmd.action_type, &cmd.parameters).or_else(|e| {
+            match e {
+                // Not a bad command: an action this build does not know is
+                // answered `unsupported` by the caller, which is no breaker
+                // failure.
+                skos_core::catalogue::ParamError::UnknownAction { .. } => Ok(()),
+                e => Err(e),
+            }
         })
-        .collect()
+    {
+        Gate::Refuse(Outcome::new(
+            ResultStatus::Rejected,
+            format!("invalid parameters: {e}"),
+        ))
+    } else {
+        Gate::Run
+    };
+    (gate, new_term)
+}
+
+/// The executed ids, even if a job panicked while holding them.
+fn lock(executed: &Mutex<Executed>) -> MutexGuard<'_, Executed> {
+    executed.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Replace `path` with `bytes` atomically: a temp file beside it, written
+/// and fsynced, renamed over it, and the directory fsynced.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn fill(mut r: CommandResult, o: &Outcome) -> CommandResult {
@@ -407,25 +537,4 @@ async fn ack(m: Incoming) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn executed_log_keeps_only_what_could_still_be_replayed() {
-        let m = load_executed("a\t100\nb\t50\nlegacy\n\n", 60);
-        assert!(m.contains_key("a"));
-        assert!(!m.contains_key("b"));
-        assert!(m.contains_key("legacy"));
-        assert_eq!(m.len(), 2);
-    }
-
-    #[test]
-    fn loose_ids() {
-        assert_eq!(
-            loose_action_id(br#"{"action_id":"x","junk":1}"#).as_deref(),
-            Some("x")
-        );
-        assert_eq!(loose_action_id(b"garbage"), None);
-        assert_eq!(loose_action_id(br#"{"action_id":"a\u0000b"}"#), None);
-    }
-}
+mod tests;

@@ -34,6 +34,10 @@ pub enum AuditStore {
 /// The writer side of the audit trail.
 pub struct AuditLog {
     inner: Mutex<(AuditStore, Chain)>,
+    /// The writing coordinator's term: stamped on every entry without one,
+    /// and the fence: once a record of a higher term is in the stream,
+    /// appends from this writer fail with [`Error::Deposed`].
+    term: std::sync::Mutex<Option<u64>>,
 }
 
 /// What `verify` found.
@@ -90,6 +94,7 @@ impl AuditLog {
                 },
                 chain,
             )),
+            term: std::sync::Mutex::new(None),
         };
         if let Some(bytes) = torn {
             tracing::warn!(path = %path.display(), bytes, "cut a torn record off the end of the audit file");
@@ -117,6 +122,7 @@ impl AuditLog {
                 },
                 Chain::resume(last.as_ref()),
             )),
+            term: std::sync::Mutex::new(None),
         })
     }
 
@@ -143,7 +149,22 @@ impl AuditLog {
         }
     }
 
-    pub async fn append(&self, entry: AuditEntry) -> Result<AuditRecord> {
+    /// Write later entries under `term` (`None`: no leader election).
+    pub fn set_term(&self, term: Option<u64>) {
+        if let Ok(mut t) = self.term.lock() {
+            *t = term;
+        }
+    }
+
+    fn current_term(&self) -> Option<u64> {
+        self.term.lock().ok().and_then(|t| *t)
+    }
+
+    pub async fn append(&self, mut entry: AuditEntry) -> Result<AuditRecord> {
+        let term = self.current_term();
+        if entry.term.is_none() {
+            entry.term = term;
+        }
         let mut guard = self.inner.lock().await;
         let (store, chain) = &mut *guard;
         match store {
@@ -180,6 +201,13 @@ impl AuditLog {
                             attempts += 1;
                             tracing::warn!(error = %e, "audit append raced, re-reading the stream tail");
                             let (last, seq) = last_record(js).await?;
+                            // Fencing: a newer leader has written.
+                            let newer = last.as_ref().and_then(|r| r.entry.term);
+                            if let (Some(mine), Some(newer)) = (term, newer) {
+                                if newer > mine {
+                                    return Err(Error::Deposed { term: mine, newer });
+                                }
+                            }
                             *chain = Chain::resume(last.as_ref());
                             *last_stream_seq = seq;
                         }

@@ -201,6 +201,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn in_progress_is_a_no_op_in_process() {
+        let bus = InProcBus::new();
+        let mut nova = bus
+            .subscribe(&Feed::Commands(NodeName::parse("nova").unwrap()))
+            .unwrap();
+        bus.publish(
+            "skos.command.nova",
+            Bytes::from_static(b"1"),
+            Some("p"),
+            &[],
+        )
+        .unwrap();
+        let m = nova.next().await.unwrap();
+        m.in_progress().await.unwrap();
+        m.in_progress().await.unwrap();
+        m.ack().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn durable_messages_wait_for_their_first_subscriber() {
         let bus = InProcBus::new();
         bus.publish(

@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod inproc;
+pub mod lease;
 pub mod nats;
 pub mod state;
 pub mod subjects;
@@ -60,6 +61,11 @@ pub enum Error {
     Timeout { subject: String, timeout: Duration },
     #[error("bus closed")]
     Closed,
+    /// A coordinator of a newer term has written: this one no longer leads.
+    #[error(
+        "deposed: this coordinator's term {term} is older than term {newer} in the audit trail"
+    )]
+    Deposed { term: u64, newer: u64 },
 }
 
 impl Error {
@@ -158,6 +164,21 @@ impl Incoming {
         }
     }
 
+    /// Tell the server this durable message is still being worked on, so
+    /// it is not delivered again while a long action runs: JetStream's
+    /// in-progress ack (`+WPI`), which restarts the ack wait. A no-op on the
+    /// in-process bus (which never redelivers) and for core messages.
+    /// Call it more often than [`nats::ACK_WAIT`] (every third of it).
+    pub async fn in_progress(&self) -> Result<()> {
+        match &self.ack {
+            Acker::JetStream(m) => m
+                .ack_with(async_nats::jetstream::AckKind::Progress)
+                .await
+                .map_err(|e| Error::subject(&self.subject, format!("in-progress ack: {e}"))),
+            Acker::None | Acker::Reply(_) => Ok(()),
+        }
+    }
+
     /// Answer a request (no-op for messages that expect no answer).
     pub async fn reply(self, payload: Bytes) -> Result<()> {
         match self.ack {
@@ -172,6 +193,29 @@ impl Incoming {
 }
 
 pub type Subscription = BoxStream<'static, Incoming>;
+
+/// The message id a result is published under: `{node}:{action_id}:{status}`,
+/// so one execution's result is stored once (a re-sent one is dropped within
+/// the stream's duplicate window) and node a's result is never taken for a
+/// duplicate of node b's. Refusals (`rejected`, `expired`) add their
+/// timestamp: each is a separate event and is kept.
+pub fn result_message_id(result: &CommandResult) -> String {
+    match result.status {
+        ResultStatus::Rejected | ResultStatus::Expired => format!(
+            "{}:{}:{}:{}",
+            result.node,
+            result.action_id,
+            result.status.as_str(),
+            result.timestamp.timestamp_nanos_opt().unwrap_or_default()
+        ),
+        _ => format!(
+            "{}:{}:{}",
+            result.node,
+            result.action_id,
+            result.status.as_str()
+        ),
+    }
+}
 
 /// The bus, over one of its two transports.
 #[derive(Clone)]
@@ -228,20 +272,14 @@ impl Bus {
             .await
     }
 
+    /// Durable: returns once the stream has stored the result. Its message
+    /// id is [`result_message_id`]: one stored result per node and execution
+    /// (a result re-sent after a crash or a redelivery is dropped), every
+    /// refusal kept.
     pub async fn publish_result(&self, result: &CommandResult) -> Result<()> {
         let subject = subjects::result(&result.node);
         let payload = encode(&subject, result)?;
-        // One stored result per execution (a re-sent result after a crash is
-        // dropped), but every refusal is kept: each is a separate event.
-        let id = match result.status {
-            ResultStatus::Rejected | ResultStatus::Expired => format!(
-                "{}:{}:{}",
-                result.action_id,
-                result.status.as_str(),
-                result.timestamp.timestamp_nanos_opt().unwrap_or_default()
-            ),
-            _ => format!("{}:{}", result.action_id, result.status.as_str()),
-        };
+        let id = result_message_id(result);
         self.publish_durable(&subject, payload, Some(&id), &[])
             .await
     }
@@ -332,5 +370,53 @@ impl Bus {
             Bus::InProc(b) => b.request(subject, Bytes::new(), timeout).await,
             Bus::Nats(b) => b.request(subject, Bytes::new(), timeout).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(node: &str, status: ResultStatus, nanos: i64) -> CommandResult {
+        CommandResult {
+            action_id: "a-1".into(),
+            action_type: "throttle_50".into(),
+            node: NodeName::parse(node).unwrap(),
+            agent_id: format!("skos-agent-{node}"),
+            status,
+            message: String::new(),
+            changes: Vec::new(),
+            details: Default::default(),
+            timestamp: chrono::DateTime::from_timestamp_nanos(nanos),
+        }
+    }
+
+    #[test]
+    fn result_ids_are_keyed_by_node() {
+        let a = result_message_id(&result("nova", ResultStatus::Succeeded, 1));
+        let b = result_message_id(&result("lyra", ResultStatus::Succeeded, 1));
+        assert_eq!(a, "nova:a-1:succeeded");
+        assert_eq!(b, "lyra:a-1:succeeded");
+        // The same execution's result, sent again later, has the same id.
+        assert_eq!(
+            a,
+            result_message_id(&result("nova", ResultStatus::Succeeded, 99))
+        );
+        assert_eq!(
+            result_message_id(&result("nova", ResultStatus::Failed, 1)),
+            "nova:a-1:failed"
+        );
+    }
+
+    #[test]
+    fn refusals_keep_their_timestamp() {
+        let r1 = result_message_id(&result("nova", ResultStatus::Rejected, 5));
+        let r2 = result_message_id(&result("nova", ResultStatus::Rejected, 6));
+        assert_eq!(r1, "nova:a-1:rejected:5");
+        assert_ne!(r1, r2);
+        assert_eq!(
+            result_message_id(&result("nova", ResultStatus::Expired, 7)),
+            "nova:a-1:expired:7"
+        );
     }
 }

@@ -116,8 +116,9 @@ const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 /// How long a delivered, unacknowledged durable message waits before it is
-/// delivered again.
-const ACK_WAIT: Duration = Duration::from_secs(10);
+/// delivered again. Whoever works on a message for longer sends
+/// [`crate::Incoming::in_progress`] more often than this (every third of it).
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
 
 impl NatsBus {
     /// Connect and make sure the streams exist.
@@ -395,4 +396,48 @@ fn header_map(headers: &[(String, String)]) -> async_nats::HeaderMap {
         map.append(name.as_str(), value.as_str());
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Bus;
+    use skos_core::NodeName;
+    use skos_testsupport::nats::{nats_server_binary, NatsServer};
+
+    /// A message marked in progress every third of the ack wait is not
+    /// delivered again while it is worked on, for longer than the ack wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_progress_holds_off_redelivery() {
+        skos_testsupport::require!("nats-server", nats_server_binary());
+        let server = NatsServer::start();
+        let bus = Bus::Nats(
+            NatsBus::connect(&NatsOptions::new(server.url(), "test"))
+                .await
+                .unwrap(),
+        );
+        let nova = NodeName::parse("nova").unwrap();
+        let mut feed = bus.subscribe(Feed::Commands(nova.clone())).await.unwrap();
+        bus.publish_durable(
+            &subjects::command(&nova),
+            Bytes::from_static(b"{}"),
+            Some("long-1"),
+            &[],
+        )
+        .await
+        .unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let until = tokio::time::Instant::now() + ACK_WAIT + ACK_WAIT / 2;
+        while tokio::time::Instant::now() < until {
+            m.in_progress().await.unwrap();
+            let again = tokio::time::timeout(ACK_WAIT / 3, feed.next()).await;
+            assert!(again.is_err(), "delivered again while in progress");
+        }
+        m.ack().await.unwrap();
+        let again = tokio::time::timeout(ACK_WAIT + Duration::from_secs(2), feed.next()).await;
+        assert!(again.is_err(), "delivered again after its ack");
+    }
 }

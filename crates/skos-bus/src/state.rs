@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::{subjects, Error, NatsBus, Result};
 
+#[derive(Clone)]
 pub enum StateStore {
     File(PathBuf),
     JetStream(Box<jetstream::Context>),
@@ -62,6 +63,7 @@ impl StateStore {
                     .get_last_raw_message_by_subject(&subjects::state(key))
                     .await
                 {
+                    Ok(m) if m.payload.is_empty() => Ok(None),
                     Ok(m) => Ok(Some(m.payload)),
                     Err(e) if e.to_string().contains("no message found") => Ok(None),
                     Err(e) if e.to_string().to_lowercase().contains("not found") => Ok(None),
@@ -99,9 +101,154 @@ impl StateStore {
     }
 }
 
+impl StateStore {
+    /// Every key that starts with `prefix` and its value, in key order.
+    /// Removed keys ([`StateStore::remove`]) are left out.
+    pub async fn load_prefix(&self, prefix: &str) -> Result<Vec<(String, Bytes)>> {
+        let mut out = Vec::new();
+        match self {
+            StateStore::File(dir) => {
+                let entries = match std::fs::read_dir(dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                    Err(source) => {
+                        return Err(Error::Io {
+                            path: dir.clone(),
+                            source,
+                        })
+                    }
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|source| Error::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let Some(key) = name.strip_suffix(".state.json") else {
+                        continue;
+                    };
+                    if !key.starts_with(prefix) || key.starts_with('.') {
+                        continue;
+                    }
+                    let path = entry.path();
+                    let bytes = std::fs::read(&path).map_err(|source| Error::Io { path, source })?;
+                    if !bytes.is_empty() {
+                        out.push((key.to_string(), Bytes::from(bytes)));
+                    }
+                }
+            }
+            StateStore::JetStream(js) => {
+                use futures::StreamExt;
+                let mut stream = js
+                    .get_stream(subjects::STREAM_STATE)
+                    .await
+                    .map_err(stream_err)?;
+                if stream.info().await.map_err(stream_err)?.state.messages == 0 {
+                    return Ok(out);
+                }
+                let consumer = stream
+                    .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                        filter_subject: subjects::STATE.to_string(),
+                        deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(stream_err)?;
+                let mut messages = consumer.messages().await.map_err(stream_err)?;
+                while let Some(m) = messages.next().await {
+                    let m = m.map_err(stream_err)?;
+                    let pending = m.info().map(|i| i.pending).unwrap_or(0);
+                    let key = m
+                        .subject
+                        .as_str()
+                        .strip_prefix(subjects::STATE.trim_end_matches('*'))
+                        .unwrap_or_default()
+                        .to_string();
+                    if key.starts_with(prefix) && !m.payload.is_empty() {
+                        out.push((key, m.payload.clone()));
+                    }
+                    if pending == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Forget `key` (an empty value stands for none).
+    pub async fn remove(&self, key: &str) -> Result<()> {
+        match self {
+            StateStore::File(dir) => {
+                let path = dir.join(format!("{key}.state.json"));
+                match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(source) => Err(Error::Io { path, source }),
+                }
+            }
+            StateStore::JetStream(_) => self.save(key, Bytes::new()).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn file_store_lists_keys_by_prefix_and_forgets_removed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::dir(dir.path());
+        assert!(s.load_prefix("node_").await.unwrap().is_empty());
+        for (k, v) in [("node_b", "2"), ("node_a", "1"), ("coordinator", "x")] {
+            s.save(k, Bytes::from(v.to_string())).await.unwrap();
+        }
+        let got = s.load_prefix("node_").await.unwrap();
+        let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["node_a", "node_b"]);
+        assert_eq!(got[1].1.as_ref(), b"2");
+        s.remove("node_a").await.unwrap();
+        s.remove("node_a").await.unwrap();
+        let keys: Vec<String> = s
+            .load_prefix("node_")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["node_b"]);
+    }
+
+    /// The same over JetStream: the last value per key, removed keys left
+    /// out, other keys not listed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_store_lists_the_last_value_per_key() {
+        use skos_testsupport::nats::{nats_server_binary, NatsServer};
+        skos_testsupport::require!("nats-server", nats_server_binary());
+        let server = NatsServer::start();
+        let bus = NatsBus::connect(&crate::NatsOptions::new(server.url(), "test"))
+            .await
+            .unwrap();
+        let s = StateStore::jetstream(&bus).await.unwrap();
+        assert!(s.load_prefix("node_").await.unwrap().is_empty());
+        for (k, v) in [
+            ("node_a", "1"),
+            ("node_b", "2"),
+            ("node_a", "3"),
+            ("coordinator", "x"),
+            ("node_c", "4"),
+        ] {
+            s.save(k, Bytes::from(v.to_string())).await.unwrap();
+        }
+        s.remove("node_c").await.unwrap();
+        let got = s.load_prefix("node_").await.unwrap();
+        let pairs: Vec<(&str, &[u8])> = got.iter().map(|(k, v)| (k.as_str(), v.as_ref())).collect();
+        assert_eq!(pairs, [("node_a", &b"3"[..]), ("node_b", &b"2"[..])]);
+        assert_eq!(s.load("node_c").await.unwrap(), None);
+        assert_eq!(s.load("coordinator").await.unwrap().unwrap().as_ref(), b"x");
+    }
 
     #[tokio::test]
     async fn file_store_round_trips() {

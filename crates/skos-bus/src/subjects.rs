@@ -18,6 +18,10 @@ pub const STREAM_STATE: &str = "SKOS_STATE";
 /// Snapshots of state that must survive a crash, one kept per key.
 pub const STATE: &str = "SKOS_STATE.*";
 
+/// The key-value bucket of the coordinators' leader lease, and its one key.
+pub const LEADER_BUCKET: &str = "SKOS_LEADER";
+pub const LEADER_KEY: &str = "coordinator";
+
 pub const CONSUMER_COORDINATOR: &str = "skos-coordinator";
 
 pub fn heartbeat(node: &NodeName) -> String {

@@ -8,6 +8,7 @@
 //! already recorded in the audit trail are not handled again.
 
 use skos_core::counters::Counter;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,13 +17,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
+use skos_bus::lease::{Lease, Renewal, Term};
 use skos_bus::trust::Signer;
 use skos_bus::{AuditLog, Bus, Feed, Incoming, StateStore};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::protocol::{decode, Alert, AuditEntry, CommandResult, DecodeError, Heartbeat};
+use skos_core::NodeName;
 
 use crate::engine::{Effect, Engine};
+use crate::status::Leadership;
 use crate::{Error, Result};
 
 pub struct ServiceOptions {
@@ -37,6 +41,9 @@ pub struct ServiceOptions {
     pub replay_records: u64,
     /// Signs every command (agents refuse unsigned ones by default).
     pub signer: Option<Arc<Signer>>,
+    /// Leader election (distributed mode): stand by until this lease is
+    /// won. `None`: lead from the start (embedded mode).
+    pub election: Option<Lease>,
 }
 
 impl Default for ServiceOptions {
@@ -47,16 +54,22 @@ impl Default for ServiceOptions {
             tick: Duration::from_millis(250),
             replay_records: 20_000,
             signer: None,
+            election: None,
         }
     }
 }
 
-/// The key the coordinator's snapshot is kept under.
+/// The key a whole-engine snapshot was kept under by earlier versions: read
+/// once at start, split into per-node keys, then removed.
 const STATE_KEY: &str = "coordinator";
 
-/// Snapshots are zstd-compressed JSON; a NATS message must stay under the
-/// server's max_payload (1 MiB by default).
-const SNAPSHOT_WARN_BYTES: usize = 768 * 1024;
+/// Each node's part of the state is kept under `node_<name>`.
+const NODE_KEY_PREFIX: &str = "node_";
+
+fn node_key(node: &NodeName) -> String {
+    format!("{NODE_KEY_PREFIX}{node}")
+}
+
 /// Largest decompressed snapshot accepted.
 const SNAPSHOT_MAX_BYTES: usize = 256 * 1024 * 1024;
 
@@ -103,8 +116,11 @@ fn decode_snapshot(bytes: &[u8]) -> Result<crate::engine::EngineSnapshot, Snapsh
 }
 
 struct Ctx {
-    /// Something changed since the last snapshot.
-    dirty: bool,
+    /// A digest of each node's state as last written, so an unchanged
+    /// node is not written again.
+    written: HashMap<NodeName, u64>,
+    /// Nodes whose state could not be written: retried every tick.
+    unsaved: BTreeSet<NodeName>,
     signer: Option<Arc<Signer>>,
     engine: Engine,
     bus: Bus,
@@ -112,68 +128,260 @@ struct Ctx {
     state: StateStore,
     counters: Counters,
     max_bytes: usize,
+    /// Effects raised by timers and heartbeats that could not be carried
+    /// out (the bus was down), in order: retried on every tick, never
+    /// dropped.
+    outbox: VecDeque<Effect>,
+    /// This coordinator was deposed while carrying out effects.
+    deposed: bool,
 }
 
-/// Run until `shutdown` completes.
+/// How one leadership ended.
+enum Led {
+    Shutdown,
+    Deposed,
+}
+
+/// Run until `shutdown` completes. With [`ServiceOptions::election`] the
+/// coordinator is a standby until it wins the lease, leads while it holds
+/// it, and goes back to standby when it loses it; without, it leads from
+/// the start (embedded mode, or a single coordinator).
 pub async fn run(
     cfg: Config,
     bus: Bus,
     audit: Arc<AuditLog>,
     state: StateStore,
     counters: Counters,
-    opts: ServiceOptions,
+    mut opts: ServiceOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    tokio::pin!(shutdown);
+    let mut lease = opts.election.take();
+    loop {
+        let term = match lease.as_mut() {
+            None => None,
+            Some(l) => match standby(l, &counters, &mut shutdown).await {
+                Some(t) => Some(t),
+                None => break,
+            },
+        };
+        let led = lead(
+            &cfg,
+            &bus,
+            &audit,
+            &state,
+            &counters,
+            &opts,
+            lease.as_mut(),
+            term,
+            &mut shutdown,
+        )
+        .await?;
+        match led {
+            Led::Shutdown => break,
+            Led::Deposed => {
+                counters.inc(Counter::Leader("lost"));
+                audit.set_term(None);
+                if let Some(l) = lease.as_mut() {
+                    l.step_down();
+                }
+                tracing::warn!("no longer the leader: back to standby");
+                if lease.is_none() {
+                    // Without an election there is nobody to wait for.
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(l) = lease.as_mut() {
+        if let Err(e) = l.release().await {
+            tracing::warn!(error = %e, "leader lease not released; it will age out");
+        }
+    }
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+/// Wait as a standby until this coordinator wins the lease (`None`: shut
+/// down first). A standby sends nothing and answers nothing.
+async fn standby(
+    lease: &mut Lease,
+    counters: &Counters,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<Term> {
+    let poll = (lease.lease() / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut said = None::<String>;
+    loop {
+        match lease.try_acquire(chrono::Utc::now()).await {
+            Ok(Some(term)) => {
+                counters.inc(Counter::Leader("elected"));
+                tracing::info!(term = term.term, holder = %lease.holder(), "elected leader");
+                return Some(term);
+            }
+            Ok(None) => {
+                let who = lease
+                    .current()
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|(r, _)| r.holder)
+                    .unwrap_or_default();
+                if said.as_deref() != Some(who.as_str()) {
+                    tracing::info!(leader = %who, lease_s = lease.lease().as_secs_f64(), "standby: another coordinator leads");
+                    said = Some(who);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "leader lease unreachable; retrying"),
+        }
+        tokio::select! {
+            _ = &mut *shutdown => return None,
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// Lead until shutdown or until the lease is lost.
+#[allow(clippy::too_many_arguments)]
+async fn lead(
+    cfg: &Config,
+    bus: &Bus,
+    audit: &Arc<AuditLog>,
+    state: &StateStore,
+    counters: &Counters,
+    opts: &ServiceOptions,
+    mut lease: Option<&mut Lease>,
+    term: Option<Term>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Led> {
     let max_bytes = cfg.nats.max_message_bytes;
-    let mut engine = Engine::new(cfg, counters.clone(), &opts.mode);
-    match state.load(STATE_KEY).await? {
+    let mut engine = Engine::new(cfg.clone(), counters.clone(), &opts.mode);
+    engine.set_term(term.as_ref().map(|t| t.term));
+    audit.set_term(term.as_ref().map(|t| t.term));
+    if let Some(t) = &term {
+        let holder = lease.as_ref().map(|l| l.holder().to_string()).unwrap_or_default();
+        engine.set_leader(Some(Leadership {
+            holder: holder.clone(),
+            term: t.term,
+            since: t.since,
+        }));
+        let entry = AuditEntry::new(
+            skos_core::AuditEvent::Leader,
+            chrono::Utc::now(),
+            None,
+            "coordinator",
+            format!("{holder} leads, term {}", t.term),
+            json!({"event": "elected", "holder": holder, "term": t.term}),
+        );
+        match audit.append(entry).await {
+            Ok(_) => {}
+            Err(skos_bus::Error::Deposed { .. }) => return Ok(Led::Deposed),
+            Err(e) => return Err(Error::Bus(e)),
+        }
+    }
+    let now = chrono::Utc::now();
+    let legacy = match state.load(STATE_KEY).await? {
         Some(bytes) => match decode_snapshot(&bytes) {
             Ok(snap) => {
-                engine.restore(snap, chrono::Utc::now());
-                tracing::info!("coordinator state restored");
+                engine.restore(snap, now);
+                true
             }
             Err(e) => {
                 counters.inc(Counter::StateUnreadable);
-                tracing::error!(error = %e, "saved coordinator state unreadable; starting afresh");
+                tracing::error!(key = STATE_KEY, error = %e, "saved coordinator state unreadable; starting without it");
+                false
             }
         },
-        None => tracing::info!("no saved coordinator state; starting afresh"),
+        None => false,
+    };
+    let parts = state.load_prefix(NODE_KEY_PREFIX).await?;
+    let nodes = parts.len();
+    for (key, bytes) in parts {
+        match decode_snapshot(&bytes) {
+            Ok(snap) => engine.restore(snap, now),
+            Err(e) => {
+                counters.inc(Counter::StateUnreadable);
+                tracing::error!(key = %key, error = %e, "saved node state unreadable; that node starts afresh");
+            }
+        }
     }
+    tracing::info!(nodes, legacy, "coordinator state restored");
     let mut replayed = 0;
+    let mut commanded = HashSet::new();
     for r in audit.read_recent(opts.replay_records).await? {
-        if r["entry"]["event_type"] == "alert" {
+        let event = &r["entry"]["event_type"];
+        if event == skos_core::AuditEvent::Alert.as_str() {
             if let Some(id) = r["entry"]["data"]["alert_id"].as_str() {
                 engine.mark_handled(id);
                 replayed += 1;
             }
+        } else if event == skos_core::AuditEvent::Command.as_str() {
+            if let Some(id) = r["entry"]["data"]["command"]["action_id"].as_str() {
+                commanded.insert(id.to_string());
+            }
         }
     }
-    tracing::info!(replayed, mode = %opts.mode, "coordinator started");
+    let unsent = engine.unsent(&commanded);
+    tracing::info!(replayed, mode = %opts.mode, term = ?term.as_ref().map(|t| t.term), "coordinator started");
     if opts.signer.is_none() {
         tracing::warn!("commands are not signed: agents that require signatures will refuse them (set trust.signing_key_file)");
     }
     let mut ctx = Ctx {
-        dirty: false,
+        written: HashMap::new(),
+        unsaved: BTreeSet::new(),
         signer: opts.signer.clone(),
         engine,
         bus: bus.clone(),
-        audit,
-        state,
-        counters,
+        audit: audit.clone(),
+        state: state.clone(),
+        counters: counters.clone(),
         max_bytes,
+        outbox: VecDeque::new(),
+        deposed: false,
     };
+    if legacy {
+        // Written per node from now on.
+        let all = ctx.engine.known_nodes();
+        ctx.persist(all).await;
+        if ctx.unsaved.is_empty() {
+            if let Err(e) = ctx.state.remove(STATE_KEY).await {
+                tracing::warn!(key = STATE_KEY, error = %e, "old whole-engine state not removed");
+            }
+        }
+    }
+    if !unsent.is_empty() {
+        tracing::warn!(commands = unsent.len() / 2, "publishing commands kept but not sent before the last stop");
+        ctx.apply_or_queue(unsent).await;
+    }
     let mut heartbeats = bus.subscribe(Feed::Heartbeats).await?;
     let mut alerts = bus.subscribe(Feed::Alerts).await?;
     let mut results = bus.subscribe(Feed::Results).await?;
     let mut status = bus.subscribe(Feed::StatusRequests).await?;
     let mut tick = tokio::time::interval(opts.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let renew_every = lease
+        .as_ref()
+        .map(|l| l.lease() / 3)
+        .unwrap_or(Duration::from_secs(3600));
+    let mut renew = tokio::time::interval(renew_every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
     let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(10);
-    let mut last_save = std::time::Instant::now();
-    tokio::pin!(shutdown);
-    loop {
+    let valid = |lease: &Option<&mut Lease>| lease.as_ref().is_none_or(|l| l.valid());
+    let led = loop {
+        if ctx.deposed || !valid(&lease) {
+            break Led::Deposed;
+        }
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut *shutdown => break Led::Shutdown,
+            _ = renew.tick() => {
+                if let Some(l) = lease.as_mut() {
+                    match l.renew().await {
+                        Ok(Renewal::Renewed) => {}
+                        Ok(Renewal::Lost) => break Led::Deposed,
+                        Err(e) => tracing::warn!(error = %e, "leader lease not renewed; retrying"),
+                    }
+                }
+            }
             Some(m) = heartbeats.next() => ctx.heartbeat(m).await,
             Some(m) = alerts.next() => ctx.alert(m).await,
             Some(m) = results.next() => ctx.result(m).await,
@@ -185,18 +393,12 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
+                ctx.flush_outbox().await;
                 let effects = ctx.engine.tick(chrono::Utc::now());
-                ctx.dirty |= !effects.is_empty();
-                if let Err(e) = ctx.apply(effects).await {
-                    tracing::error!(error = %e, "carrying out periodic effects failed");
-                }
-                // Saved at most once a second, and only when something
-                // changed: a snapshot per message would cap alert handling
-                // at the speed of rewriting the whole state.
-                if last_save.elapsed() >= Duration::from_secs(1) && (ctx.dirty || last_save.elapsed() >= Duration::from_secs(10)) {
-                    last_save = std::time::Instant::now();
-                    ctx.save().await;
-                }
+                let mut touched = effect_nodes(&effects);
+                touched.extend(std::mem::take(&mut ctx.unsaved));
+                ctx.persist(touched).await;
+                ctx.apply_or_queue(effects).await;
                 if let Some(path) = &opts.status_file {
                     if last_snapshot.elapsed() >= Duration::from_secs(1) {
                         last_snapshot = std::time::Instant::now();
@@ -205,13 +407,19 @@ pub async fn run(
                 }
             }
         }
+    };
+    if matches!(led, Led::Shutdown) {
+        // What could not be published waits in the saved state's stead:
+        // try once more before stopping.
+        ctx.flush_outbox().await;
+        if !ctx.outbox.is_empty() {
+            tracing::error!(effects = ctx.outbox.len(), "stopping with effects not carried out (bus down)");
+        }
+        if let Some(path) = &opts.status_file {
+            write_status(path, &ctx.engine);
+        }
     }
-    ctx.save().await;
-    if let Some(path) = &opts.status_file {
-        write_status(path, &ctx.engine);
-    }
-    tracing::info!("coordinator stopped");
-    Ok(())
+    Ok(led)
 }
 
 fn write_status(path: &std::path::Path, engine: &Engine) {
@@ -224,22 +432,58 @@ fn write_status(path: &std::path::Path, engine: &Engine) {
 }
 
 impl Ctx {
-    async fn save(&mut self) {
-        let snap = self.engine.snapshot();
-        let bytes = match encode_snapshot(&snap) {
-            Ok(b) => b,
-            Err(e) => return tracing::error!(error = %e, "cannot encode coordinator state"),
-        };
-        if bytes.len() > SNAPSHOT_WARN_BYTES {
-            tracing::warn!(bytes = bytes.len(), "coordinator state snapshot is large");
-        }
-        match self.state.save(STATE_KEY, bytes).await {
-            Ok(()) => self.dirty = false,
-            Err(e) => {
+    /// Write the state of each of `nodes` that changed since it was last
+    /// written, under its own key. A node the engine no longer knows has
+    /// its key removed. What cannot be written is retried on the next tick.
+    async fn persist(&mut self, nodes: BTreeSet<NodeName>) {
+        for node in nodes {
+            if let Err(e) = self.persist_node(&node).await {
                 self.counters.inc(Counter::StateSaveFailed);
-                tracing::error!(error = %e, "coordinator state not saved");
+                tracing::error!(node = %node, error = %e, "node state not saved; retrying");
+                self.unsaved.insert(node);
             }
         }
+    }
+
+    /// [`Ctx::persist`], failing if any node's state was not written.
+    async fn persist_strict(&mut self, nodes: BTreeSet<NodeName>) -> Result<()> {
+        for node in nodes {
+            if let Err(e) = self.persist_node(&node).await {
+                self.counters.inc(Counter::StateSaveFailed);
+                self.unsaved.insert(node);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn persist_node(&mut self, node: &NodeName) -> Result<()> {
+        let snap = self.engine.node_snapshot(node);
+        let key = node_key(node);
+        if snap.is_empty() {
+            if self.written.remove(node).is_some() {
+                self.state.remove(&key).await?;
+            }
+            return Ok(());
+        }
+        let bytes = encode_snapshot(&snap).map_err(|e| {
+            Error::Bus(skos_bus::Error::Io {
+                path: key.clone().into(),
+                source: e,
+            })
+        })?;
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            h.finish()
+        };
+        if self.written.get(node) == Some(&digest) {
+            return Ok(());
+        }
+        self.state.save(&key, bytes).await?;
+        self.written.insert(node.clone(), digest);
+        Ok(())
     }
 
     async fn reject(&mut self, feed: &str, m: &Incoming, err: &DecodeError) {
@@ -284,11 +528,14 @@ impl Ctx {
             },
             Err(e) => return self.reject("heartbeat", &m, &e).await,
         };
+        let node = hb.node.clone();
         let effects = self.engine.on_heartbeat(hb, chrono::Utc::now());
-        self.dirty |= !effects.is_empty();
-        if let Err(e) = self.apply(effects).await {
-            tracing::error!(error = %e, "carrying out heartbeat effects failed");
+        if !effects.is_empty() {
+            let mut touched = effect_nodes(&effects);
+            touched.insert(node);
+            self.persist(touched).await;
         }
+        self.apply_or_queue(effects).await;
     }
 
     async fn alert(&mut self, m: Incoming) {
@@ -309,12 +556,17 @@ impl Ctx {
         };
         alert.ensure_id();
         let id = alert.alert_id.clone();
+        let mut touched = BTreeSet::from([alert.node.clone()]);
         let effects = self.engine.on_alert(alert, chrono::Utc::now());
-        match self.apply(effects).await {
-            Ok(()) => {
-                self.dirty = true;
-                ack(m).await
-            }
+        touched.extend(effect_nodes(&effects));
+        // State first (a restart then finds the pending commands and
+        // publishes those not yet audited), then effects, then the ack.
+        let done = match self.persist_strict(touched).await {
+            Ok(()) => self.apply(effects).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => ack(m).await,
             Err(e) => {
                 // Not acknowledged: JetStream delivers it again.
                 self.engine.forget_handled(&id);
@@ -337,44 +589,111 @@ impl Ctx {
                 return ack(m).await;
             }
         };
+        let mut touched = BTreeSet::from([result.node.clone()]);
         let effects = self.engine.on_result(result, chrono::Utc::now());
-        match self.apply(effects).await {
-            Ok(()) => {
-                self.dirty = true;
-                ack(m).await
-            }
+        touched.extend(effect_nodes(&effects));
+        let done = match self.persist_strict(touched).await {
+            Ok(()) => self.apply(effects).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => ack(m).await,
             Err(e) => {
                 tracing::error!(error = %e, "result not fully handled; it will be delivered again")
             }
         }
     }
 
+    /// Carry out effects: publish commands and alerts (durably), then
+    /// write the audit records. Stops at the first failure.
     async fn apply(&mut self, effects: Vec<Effect>) -> Result<()> {
+        self.try_apply(effects).await.map_err(|(e, _)| e)
+    }
+
+    /// [`Ctx::apply`], handing back on failure the effects not carried
+    /// out, in order. A deposed coordinator marks itself so.
+    async fn try_apply(&mut self, effects: Vec<Effect>) -> Result<(), (Error, Vec<Effect>)> {
         let (publish, audits): (Vec<_>, Vec<_>) = effects
             .into_iter()
             .partition(|e| !matches!(e, Effect::Audit(_)));
-        for e in publish {
-            match e {
+        let mut rest = publish.into_iter().chain(audits).collect::<VecDeque<_>>();
+        while let Some(e) = rest.pop_front() {
+            let done = match &e {
                 Effect::Command(node, cmd) => {
-                    tracing::info!(node = %node, action = %cmd.action_type, action_id = %cmd.action_id, "sending command");
+                    tracing::info!(node = %node, action = %cmd.action_type, action_id = %cmd.action_id, term = ?cmd.term, "sending command");
                     self.bus
-                        .send_command(&node, &cmd, self.signer.as_deref())
-                        .await?;
+                        .send_command(node, cmd, self.signer.as_deref())
+                        .await
                 }
                 Effect::Alert(a) => {
                     tracing::info!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), "raising alert");
-                    self.bus.publish_alert(&a).await?;
+                    self.bus.publish_alert(a).await
                 }
-                Effect::Audit(_) => {}
-            }
-        }
-        for e in audits {
-            if let Effect::Audit(entry) = e {
-                self.audit.append(entry).await.map_err(Error::Bus)?;
+                Effect::Audit(entry) => self.audit.append(entry.clone()).await.map(|_| ()),
+            };
+            if let Err(err) = done {
+                if matches!(err, skos_bus::Error::Deposed { .. }) {
+                    self.deposed = true;
+                }
+                rest.push_front(e);
+                return Err((Error::Bus(err), rest.into()));
             }
         }
         Ok(())
     }
+
+    /// Carry out effects no message waits on (timers, heartbeats): what
+    /// cannot be published now waits in the outbox, behind anything
+    /// already waiting, so order is kept.
+    async fn apply_or_queue(&mut self, effects: Vec<Effect>) {
+        if effects.is_empty() {
+            return;
+        }
+        if !self.outbox.is_empty() {
+            self.counters.add(Counter::EffectsQueued, effects.len() as u64);
+            self.outbox.extend(effects);
+            return;
+        }
+        if let Err((e, rest)) = self.try_apply(effects).await {
+            if self.deposed {
+                // The new leader decides again from the same inputs.
+                return;
+            }
+            tracing::error!(error = %e, queued = rest.len(), "effects not carried out; queued until the bus is back");
+            self.counters.add(Counter::EffectsQueued, rest.len() as u64);
+            self.outbox.extend(rest);
+        }
+    }
+
+    /// Retry the outbox, oldest first.
+    async fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() || self.deposed {
+            return;
+        }
+        let waiting: Vec<Effect> = std::mem::take(&mut self.outbox).into();
+        let n = waiting.len();
+        match self.try_apply(waiting).await {
+            Ok(()) => tracing::info!(effects = n, "queued effects carried out"),
+            Err((e, rest)) => {
+                tracing::debug!(error = %e, left = rest.len(), "queued effects still waiting");
+                if !self.deposed {
+                    self.outbox = rest.into();
+                }
+            }
+        }
+    }
+}
+
+/// The nodes effects concern: whose state they may have changed.
+fn effect_nodes(effects: &[Effect]) -> BTreeSet<NodeName> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Command(node, _) => Some(node.clone()),
+            Effect::Alert(a) => Some(a.node.clone()),
+            Effect::Audit(entry) => entry.node.clone(),
+        })
+        .collect()
 }
 
 async fn ack(m: Incoming) {

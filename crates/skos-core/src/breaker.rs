@@ -71,6 +71,18 @@ pub struct Breakers {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BreakerSnapshot(Vec<(BreakerKey, State)>);
 
+impl BreakerSnapshot {
+    /// No breaker in it.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The keys of the breakers in it.
+    pub fn keys(&self) -> impl Iterator<Item = &BreakerKey> {
+        self.0.iter().map(|(k, _)| k)
+    }
+}
+
 impl Breakers {
     pub fn new(cfg: BreakerConfig) -> Self {
         Self {
@@ -88,8 +100,22 @@ impl Breakers {
         )
     }
 
+    /// The breakers of one node (its part of [`Breakers::snapshot`]).
+    pub fn snapshot_node(&self, node: &str) -> BreakerSnapshot {
+        let from = BreakerKey::new(node, "", "");
+        BreakerSnapshot(
+            self.states
+                .range(from..)
+                .take_while(|(k, _)| k.node == node)
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect(),
+        )
+    }
+
+    /// Take the breakers of a snapshot, keeping those of other nodes (a
+    /// whole snapshot, or one node's part, is restored the same way).
     pub fn restore(&mut self, snap: BreakerSnapshot) {
-        self.states = snap.0.into_iter().collect();
+        self.states.extend(snap.0);
     }
 
     /// Ask whether the action may run now. May move Open → HalfOpen.
@@ -195,6 +221,29 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_nodes_breakers_snapshot_alone_and_restore_beside_the_others() {
+        let cfg = BreakerConfig {
+            max_failures: 1,
+            ..Default::default()
+        };
+        let mut b = Breakers::new(cfg);
+        let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        for node in ["a", "ab", "b"] {
+            b.record_failure(&BreakerKey::new(node, "thermal:cpu", "throttle_50"), now);
+        }
+        let a = b.snapshot_node("a");
+        assert_eq!(a.0.len(), 1, "{a:?}");
+        assert_eq!(a.0[0].0.node, "a");
+        assert!(b.snapshot_node("c").0.is_empty());
+        let mut fresh = Breakers::new(cfg);
+        fresh.restore(b.snapshot_node("b"));
+        fresh.restore(a);
+        let nodes: Vec<String> = fresh.snapshot().0.into_iter().map(|(k, _)| k.node).collect();
+        assert_eq!(nodes, ["a", "b"]);
+        assert_eq!(fresh.open().len(), 2);
+    }
     use chrono::TimeZone;
 
     fn t(s: i64) -> Timestamp {

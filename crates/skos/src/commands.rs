@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use skos_agent::runtime::Agent;
 use skos_agent::sensors::Sensors;
 use skos_bus::audit::{self, AuditLog};
+use skos_bus::lease::{self, Lease};
 use skos_bus::trust::Signer;
 use skos_bus::{Bus, InProcBus, NatsBus, NatsOptions, StateStore};
 use skos_coordinator::{ServiceOptions, Status};
@@ -262,6 +263,12 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
         }
         None => None,
     };
+    let lease = Lease::open(
+        &nats,
+        lease::holder_id(),
+        Duration::from_secs_f64(cfg.coordinator.leader_lease_seconds),
+    )
+    .await?;
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(skos_coordinator::run(
         cfg,
@@ -271,6 +278,7 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
         Counters::default(),
         ServiceOptions {
             signer,
+            election: Some(lease),
             ..Default::default()
         },
         stopped(rx),

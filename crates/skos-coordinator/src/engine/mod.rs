@@ -455,6 +455,7 @@ impl Engine {
             sent_at: None,
             deadline: None,
             reset: None,
+            command: None,
         };
         self.send(cmd, pending, now, out);
     }
@@ -526,6 +527,7 @@ impl Engine {
             format!("sent {} to {node} for {problem}", cmd.action_type),
             json!({"command": cmd}),
         ));
+        pending.command = Some(cmd.clone());
         self.pending.insert(cmd.action_id.clone(), pending);
         self.recent.push_back(ActionRecord {
             action_id: cmd.action_id.clone(),

@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 use skos_core::breaker::BreakerSnapshot;
 use skos_core::events::ProblemKey;
 use skos_core::level::secs;
-use skos_core::protocol::{Alert, Heartbeat, Severity};
+use skos_core::protocol::{Alert, Command, Heartbeat, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
 use super::kinds::mesh::Ladder;
-use super::Engine;
+use super::{Effect, Engine};
 use crate::status::ActionRecord;
 
 /// How many clock offset samples are kept per node; the offset is the
@@ -126,6 +126,11 @@ pub(super) struct Pending {
     /// For a recovery `reset_throttle`: which cool period and try.
     #[serde(default)]
     pub(in crate::engine) reset: Option<ResetAttempt>,
+    /// The command as sent, so a coordinator that stopped between keeping
+    /// it and publishing it can publish it after a restart
+    /// ([`Engine::unsent`]).
+    #[serde(default)]
+    pub(in crate::engine) command: Option<Command>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,8 +171,19 @@ pub struct EngineSnapshot {
     pub(in crate::engine) reset_retries: Vec<(NodeName, ResetRetry)>,
 }
 
-/// Most nodes kept in a snapshot.
-pub(super) const SNAPSHOT_NODES: usize = 1_000;
+impl EngineSnapshot {
+    /// Nothing to keep (a node the engine has forgotten).
+    pub fn is_empty(&self) -> bool {
+        self.breakers.is_empty()
+            && self.pending.is_empty()
+            && self.verifications.is_empty()
+            && self.open_alerts.is_empty()
+            && self.recent.is_empty()
+            && self.nodes.is_empty()
+            && self.ladders.is_empty()
+            && self.reset_retries.is_empty()
+    }
+}
 
 /// Alert ids remembered for de-duplication.
 pub(super) const HANDLED_WINDOW: usize = 100_000;
@@ -187,14 +203,7 @@ impl Engine {
             nodes: self
                 .nodes
                 .iter()
-                .take(SNAPSHOT_NODES)
-                .map(|(n, s)| {
-                    // The node and its agent, not its readings: they come
-                    // back with the next heartbeat.
-                    let mut hb = s.heartbeat.clone();
-                    hb.metadata.clear();
-                    (n.clone(), hb)
-                })
+                .map(|(n, s)| (n.clone(), kept_heartbeat(s)))
                 .collect(),
             ladders: self.ladders.values().cloned().collect(),
             reset_retries: self
@@ -205,35 +214,133 @@ impl Engine {
         }
     }
 
-    /// Continue from a snapshot. Known nodes count as seen `now`: a node
-    /// that does not report within the heartbeat timeout is then offline.
-    /// A pending command from a snapshot that kept no deadline gets one
-    /// from `now`.
+    /// One node's part of [`Engine::snapshot`]: its breakers, pending
+    /// commands, verifications, open alerts, recent actions, ladders and
+    /// throttle retries. The coordinator keeps each node's part under its
+    /// own key, written before the message that changed it is
+    /// acknowledged; its size is bounded by the node's problems and
+    /// actions, not by the fleet.
+    pub fn node_snapshot(&self, node: &NodeName) -> EngineSnapshot {
+        EngineSnapshot {
+            breakers: self.breakers.snapshot_node(node.as_str()),
+            pending: self
+                .pending
+                .iter()
+                .filter(|(_, p)| &p.node == node)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            verifications: self
+                .verifications
+                .iter()
+                .filter(|v| &v.node == node)
+                .cloned()
+                .collect(),
+            open_alerts: self
+                .open_alerts
+                .iter()
+                .filter(|((n, _), _)| n == node)
+                .map(|(_, a)| a.clone())
+                .collect(),
+            recent: self
+                .recent
+                .iter()
+                .filter(|r| r.node == node.as_str())
+                .cloned()
+                .collect(),
+            nodes: self
+                .nodes
+                .get(node)
+                .map(|s| (node.clone(), kept_heartbeat(s)))
+                .into_iter()
+                .collect(),
+            ladders: self
+                .ladders
+                .iter()
+                .filter(|((n, _), _)| n == node)
+                .map(|(_, l)| l.clone())
+                .collect(),
+            reset_retries: self
+                .reset_retries
+                .get(node)
+                .map(|r| (node.clone(), r.clone()))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Every node the engine keeps anything for.
+    pub fn known_nodes(&self) -> std::collections::BTreeSet<NodeName> {
+        let mut out: std::collections::BTreeSet<NodeName> = self.nodes.keys().cloned().collect();
+        out.extend(self.pending.values().map(|p| p.node.clone()));
+        out.extend(self.verifications.iter().map(|v| v.node.clone()));
+        out.extend(self.open_alerts.keys().map(|(n, _)| n.clone()));
+        out.extend(self.ladders.keys().map(|(n, _)| n.clone()));
+        out.extend(self.reset_retries.keys().cloned());
+        out.extend(
+            self.breakers
+                .snapshot()
+                .keys()
+                .filter_map(|k| NodeName::parse(&k.node).ok()),
+        );
+        out
+    }
+
+    /// Commands kept as pending whose `command` record is not among
+    /// `audited` (the action ids of the trail's recent `command` records):
+    /// the coordinator stopped after keeping them and before publishing
+    /// or auditing them. Publishing them again is safe: the action id is
+    /// the message id and agents execute an id once.
+    pub fn unsent(&self, audited: &std::collections::HashSet<String>) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for (id, p) in &self.pending {
+            let Some(cmd) = &p.command else { continue };
+            if audited.contains(id) {
+                continue;
+            }
+            out.push(super::audit(
+                skos_core::AuditEvent::Command,
+                p.sent_at.unwrap_or(cmd.timestamp),
+                Some(&p.node),
+                format!(
+                    "sent {} to {} for {} (again, after a restart)",
+                    cmd.action_type, p.node, p.problem
+                ),
+                serde_json::json!({"command": cmd, "resent": true}),
+            ));
+            out.push(Effect::Command(p.node.clone(), cmd.clone()));
+        }
+        out
+    }
+
+    /// Continue from a snapshot, a whole one or one node's part: what it
+    /// holds is added to what is already restored. Known nodes count as
+    /// seen `now`: a node that does not report within the heartbeat
+    /// timeout is then offline. A pending command from a snapshot that
+    /// kept no deadline gets one from `now`.
     pub fn restore(&mut self, snap: EngineSnapshot, now: Timestamp) {
         self.breakers.restore(snap.breakers);
         let deadline = now + secs(self.cfg.coordinator.command_deadline);
-        self.pending = snap
-            .pending
-            .into_iter()
-            .map(|(id, mut p)| {
-                p.sent_at.get_or_insert(now);
-                p.deadline.get_or_insert(deadline);
-                (id, p)
-            })
-            .collect();
-        self.reset_retries = snap.reset_retries.into_iter().collect();
-        self.verifications = snap.verifications;
-        self.open_alerts = snap
-            .open_alerts
-            .into_iter()
-            .map(|a| ((a.node.clone(), a.problem()), a))
-            .collect();
-        self.recent = snap.recent.into_iter().collect();
-        self.ladders = snap
-            .ladders
-            .into_iter()
-            .map(|l| ((l.alert.node.clone(), l.alert.problem()), l))
-            .collect();
+        self.pending.extend(snap.pending.into_iter().map(|(id, mut p)| {
+            p.sent_at.get_or_insert(now);
+            p.deadline.get_or_insert(deadline);
+            (id, p)
+        }));
+        self.reset_retries.extend(snap.reset_retries);
+        self.verifications.extend(snap.verifications);
+        self.open_alerts.extend(
+            snap.open_alerts
+                .into_iter()
+                .map(|a| ((a.node.clone(), a.problem()), a)),
+        );
+        let mut recent: Vec<ActionRecord> = self.recent.drain(..).chain(snap.recent).collect();
+        recent.sort_by_key(|r| r.sent_at);
+        let keep = self.cfg.coordinator.recent_actions.max(1);
+        self.recent = recent.into_iter().rev().take(keep).rev().collect();
+        self.ladders.extend(
+            snap.ladders
+                .into_iter()
+                .map(|l| ((l.alert.node.clone(), l.alert.problem()), l)),
+        );
         for (name, heartbeat) in snap.nodes {
             let mut state = NodeState::new(heartbeat, now);
             // Its clock_skew alert is still open: not raised again.
@@ -243,4 +350,12 @@ impl Engine {
             self.nodes.entry(name).or_insert(state);
         }
     }
+}
+
+/// The node and its agent, not its readings: they come back with the next
+/// heartbeat.
+fn kept_heartbeat(s: &NodeState) -> Heartbeat {
+    let mut hb = s.heartbeat.clone();
+    hb.metadata.clear();
+    hb
 }

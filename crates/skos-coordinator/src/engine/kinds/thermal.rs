@@ -233,6 +233,7 @@ impl Engine {
             sent_at: None,
             deadline: None,
             reset: Some(tried),
+            command: None,
         };
         self.send(cmd, pending, now, out);
     }

@@ -1,0 +1,409 @@
+//! The command gate (pure), and agents driven over the in-process bus: a
+//! command delivered again, coordinator terms across a restart.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Map;
+use skos_bus::{subjects, Feed, InProcBus, Subscription};
+use tokio::sync::watch;
+
+use super::*;
+
+fn nova() -> NodeName {
+    NodeName::parse("nova").unwrap()
+}
+
+fn cmd(id: &str, term: Option<u64>) -> Command {
+    let now = chrono::Utc::now();
+    Command {
+        action_id: id.into(),
+        action_type: "alert_human".into(),
+        parameters: Map::new(),
+        timestamp: now,
+        node: Some(nova()),
+        deadline: Some(now + chrono::Duration::seconds(30)),
+        cause: Some("test".into()),
+        problem: None,
+        term,
+    }
+}
+
+fn done(status: ResultStatus, message: &str) -> State {
+    State::Done {
+        status,
+        message: message.into(),
+    }
+}
+
+fn refused(g: &Gate) -> Option<(ResultStatus, &str)> {
+    match g {
+        Gate::Refuse(o) => Some((o.status, o.message.as_str())),
+        _ => None,
+    }
+}
+
+#[test]
+fn executed_log_keeps_only_what_could_still_be_replayed() {
+    let m = executed::load("a\t100\nb\t50\nlegacy\n\n", 60).entries;
+    assert!(m.contains_key("a"));
+    assert!(!m.contains_key("b"));
+    assert!(m.contains_key("legacy"));
+    assert_eq!(m.len(), 2);
+}
+
+#[test]
+fn loose_ids() {
+    assert_eq!(
+        loose_action_id(br#"{"action_id":"x","junk":1}"#).as_deref(),
+        Some("x")
+    );
+    assert_eq!(loose_action_id(b"garbage"), None);
+    assert_eq!(loose_action_id(br#"{"action_id":"a\u0000b"}"#), None);
+}
+
+#[test]
+fn gate_runs_a_fresh_command_and_records_a_new_term() {
+    let now = chrono::Utc::now();
+    assert_eq!(
+        gate(&cmd("a", None), &nova(), now, None, None),
+        (Gate::Run, None)
+    );
+    assert_eq!(
+        gate(&cmd("a", Some(3)), &nova(), now, None, None),
+        (Gate::Run, Some(3))
+    );
+    assert_eq!(
+        gate(&cmd("a", Some(3)), &nova(), now, None, Some(3)),
+        (Gate::Run, None)
+    );
+    assert_eq!(
+        gate(&cmd("a", Some(7)), &nova(), now, None, Some(3)),
+        (Gate::Run, Some(7))
+    );
+}
+
+#[test]
+fn gate_refuses_stale_and_missing_terms() {
+    let now = chrono::Utc::now();
+    let (g, t) = gate(&cmd("a", Some(3)), &nova(), now, None, Some(5));
+    assert_eq!(
+        refused(&g),
+        Some((
+            ResultStatus::Rejected,
+            "stale term 3: a coordinator of term 5 has spoken"
+        ))
+    );
+    assert_eq!(t, None);
+    let (g, _) = gate(&cmd("a", None), &nova(), now, None, Some(5));
+    let (status, message) = refused(&g).unwrap();
+    assert_eq!(status, ResultStatus::Rejected);
+    assert!(
+        message.contains("no term") && message.contains("term 5"),
+        "{message}"
+    );
+}
+
+#[test]
+fn gate_answers_a_replay_with_what_is_known_of_it() {
+    let now = chrono::Utc::now();
+    let c = cmd("a", Some(5));
+    let (g, t) = gate(
+        &c,
+        &nova(),
+        now,
+        Some(&done(ResultStatus::Failed, "no channel")),
+        Some(5),
+    );
+    let Gate::Replay(o) = g else { panic!("{g:?}") };
+    assert_eq!(
+        (o.status, o.message.as_str()),
+        (ResultStatus::Failed, "no channel")
+    );
+    assert_eq!(o.details["replayed"], true);
+    assert_eq!(t, None);
+    assert_eq!(
+        gate(&c, &nova(), now, Some(&State::Running), Some(5)).0,
+        Gate::Running
+    );
+    // Outcome unknown (a log of an older version, or the agent stopped
+    // while it ran): refused as before.
+    let (g, _) = gate(&c, &nova(), now, Some(&State::Unknown), Some(5));
+    assert_eq!(
+        refused(&g),
+        Some((
+            ResultStatus::Rejected,
+            "action_id already executed (replay)"
+        ))
+    );
+    let Gate::Refuse(o) = g else { unreachable!() };
+    assert_eq!(o.details["reason"], "replay");
+    // What was carried out under an older term is still told as it was.
+    let (g, _) = gate(
+        &c,
+        &nova(),
+        now,
+        Some(&done(ResultStatus::Succeeded, "sent")),
+        Some(9),
+    );
+    assert!(matches!(g, Gate::Replay(ref o) if o.status == ResultStatus::Succeeded));
+}
+
+#[test]
+fn gate_checks_node_deadline_and_parameters() {
+    let now = chrono::Utc::now();
+    let mut other = cmd("a", None);
+    other.node = Some(NodeName::parse("lyra").unwrap());
+    let (g, _) = gate(&other, &nova(), now, Some(&State::Running), None);
+    assert_eq!(refused(&g).map(|r| r.0), Some(ResultStatus::Rejected));
+
+    // Expired, but the newer term it carries is still recorded.
+    let mut late = cmd("a", Some(4));
+    late.deadline = Some(now - chrono::Duration::seconds(1));
+    let (g, t) = gate(&late, &nova(), now, None, Some(2));
+    assert_eq!(refused(&g).map(|r| r.0), Some(ResultStatus::Expired));
+    assert_eq!(t, Some(4));
+
+    let mut bad = cmd("a", None);
+    bad.action_type = "throttle_50".into();
+    bad.parameters
+        .insert("nonsense".into(), serde_json::json!("x"));
+    let (g, _) = gate(&bad, &nova(), now, None, None);
+    let (status, message) = refused(&g).unwrap();
+    assert_eq!(status, ResultStatus::Rejected);
+    assert!(message.starts_with("invalid parameters"), "{message}");
+
+    let mut unknown = cmd("a", None);
+    unknown.action_type = "make_coffee".into();
+    assert_eq!(gate(&unknown, &nova(), now, None, None).0, Gate::Run);
+}
+
+#[test]
+fn write_atomic_replaces_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    write_atomic(&p, b"one").unwrap();
+    write_atomic(&p, b"two").unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), b"two");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+// --- Agents over the in-process bus.
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An agent with the storage watcher whose only channel for `alert_human`
+/// is a command that appends a line to `side` (so each execution leaves a
+/// trace), then sleeps `sleep` seconds.
+fn config(side: &Path, sleep: f64) -> Config {
+    let script = format!(
+        "cat >/dev/null; echo run >> '{}'; sleep {sleep}",
+        side.display()
+    );
+    Config::from_yaml(&format!(
+        "agent: {{antibodies: [storage_watcher], heartbeat_interval: 0.5, monitor_interval: 0.2}}\n\
+trust: {{require_signatures: false}}\n\
+storage:\n  notify:\n    command: [sh, -c, {script:?}]\n"
+    ))
+    .unwrap()
+}
+
+struct Running {
+    counters: Counters,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Start an agent and wait for its first heartbeat (its command feed is
+    /// subscribed by then).
+    async fn start(bus: &Bus, cfg: Config, state: &Path) -> Running {
+        let mut heartbeats = bus.subscribe(Feed::Heartbeats).await.unwrap();
+        let counters = Counters::default();
+        let agent = Agent::new(cfg, bus.clone(), counters.clone(), Some(state.into())).unwrap();
+        let (stop, mut rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            agent
+                .run(async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                })
+                .await
+                .unwrap();
+        });
+        tokio::time::timeout(WAIT, heartbeats.next())
+            .await
+            .expect("no heartbeat")
+            .expect("heartbeat feed closed");
+        Running {
+            counters,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Deliver a command as JetStream would deliver it again: same payload,
+/// no de-duplication.
+async fn deliver(bus: &Bus, c: &Command) {
+    bus.publish_raw(
+        &subjects::command(&nova()),
+        Bytes::from(serde_json::to_vec(c).unwrap()),
+    )
+    .await
+    .unwrap();
+}
+
+async fn next_result(results: &mut Subscription, within: Duration) -> Option<CommandResult> {
+    let m = tokio::time::timeout(within, results.next()).await.ok()??;
+    Some(serde_json::from_slice(&m.payload).unwrap())
+}
+
+fn runs(side: &Path) -> usize {
+    std::fs::read_to_string(side)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_delivered_again_is_answered_with_its_real_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("side");
+    let state = dir.path().join("state");
+    let bus = Bus::InProc(InProcBus::new());
+    let mut results = bus.subscribe(Feed::Results).await.unwrap();
+    let agent = Running::start(&bus, config(&side, 0.0), &state).await;
+    let c = cmd("human-1", None);
+    deliver(&bus, &c).await;
+    let first = next_result(&mut results, WAIT).await.expect("result");
+    assert_eq!(first.status, ResultStatus::Succeeded, "{first:?}");
+    assert_eq!(runs(&side), 1);
+
+    // Delivered again: not executed again, and never "rejected".
+    deliver(&bus, &c).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while agent.counters.get("commands.replayed") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replay not answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // (The in-process bus, like the stream, drops the re-sent result as a
+    // duplicate: same node, action id and status.)
+    assert!(next_result(&mut results, Duration::from_millis(300))
+        .await
+        .is_none());
+    assert_eq!(runs(&side), 1);
+    assert_eq!(agent.counters.get("commands.rejected"), 0);
+    agent.stop().await;
+
+    // A restarted agent on a bus that never saw the first result (it was
+    // lost) answers the delivered-again command with the recorded outcome.
+    let bus = Bus::InProc(InProcBus::new());
+    let mut results = bus.subscribe(Feed::Results).await.unwrap();
+    let agent = Running::start(&bus, config(&side, 0.0), &state).await;
+    deliver(&bus, &c).await;
+    let again = next_result(&mut results, WAIT).await.expect("result");
+    assert_eq!(again.action_id, "human-1");
+    assert_eq!(again.status, ResultStatus::Succeeded);
+    assert_eq!(again.message, first.message);
+    assert_eq!(again.details["replayed"], true);
+    assert_eq!(runs(&side), 1, "executed once");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_delivered_again_while_it_runs_is_executed_and_answered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("side");
+    let bus = Bus::InProc(InProcBus::new());
+    let mut results = bus.subscribe(Feed::Results).await.unwrap();
+    let agent = Running::start(&bus, config(&side, 2.0), &dir.path().join("state")).await;
+    let c = cmd("human-2", None);
+    deliver(&bus, &c).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while runs(&side) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    deliver(&bus, &c).await;
+    let r = next_result(&mut results, WAIT).await.expect("result");
+    assert_eq!(r.status, ResultStatus::Succeeded, "{r:?}");
+    assert!(
+        next_result(&mut results, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a second answer"
+    );
+    assert_eq!(runs(&side), 1);
+    assert_eq!(agent.counters.get("commands.redelivered_running"), 1);
+    agent.stop().await;
+}
+
+/// Deliver a command and wait for its answer.
+async fn answer(bus: &Bus, results: &mut Subscription, c: Command) -> CommandResult {
+    deliver(bus, &c).await;
+    let r = next_result(results, WAIT).await.expect("result");
+    assert_eq!(r.action_id, c.action_id);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_term_is_refused_and_the_term_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("side");
+    let state = dir.path().join("state");
+    let bus = Bus::InProc(InProcBus::new());
+    let mut results = bus.subscribe(Feed::Results).await.unwrap();
+    let agent = Running::start(&bus, config(&side, 0.0), &state).await;
+    // Before any term: a command without one is carried out.
+    assert_eq!(
+        answer(&bus, &mut results, cmd("t-0", None)).await.status,
+        ResultStatus::Succeeded
+    );
+    assert_eq!(
+        answer(&bus, &mut results, cmd("t-5", Some(5))).await.status,
+        ResultStatus::Succeeded
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("term-nova")).unwrap(),
+        "5\n"
+    );
+    let r = answer(&bus, &mut results, cmd("t-3", Some(3))).await;
+    assert_eq!(r.status, ResultStatus::Rejected);
+    assert_eq!(
+        r.message,
+        "stale term 3: a coordinator of term 5 has spoken"
+    );
+    let r = answer(&bus, &mut results, cmd("t-none", None)).await;
+    assert_eq!(r.status, ResultStatus::Rejected, "{r:?}");
+    assert_eq!(runs(&side), 2);
+    agent.stop().await;
+
+    let bus = Bus::InProc(InProcBus::new());
+    let mut results = bus.subscribe(Feed::Results).await.unwrap();
+    let agent = Running::start(&bus, config(&side, 0.0), &state).await;
+    let r = answer(&bus, &mut results, cmd("t-4", Some(4))).await;
+    assert_eq!(r.status, ResultStatus::Rejected);
+    assert_eq!(
+        r.message,
+        "stale term 4: a coordinator of term 5 has spoken"
+    );
+    assert_eq!(
+        answer(&bus, &mut results, cmd("t-6", Some(6))).await.status,
+        ResultStatus::Succeeded
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("term-nova")).unwrap(),
+        "6\n"
+    );
+    assert_eq!(runs(&side), 3);
+    agent.stop().await;
+}

@@ -1,0 +1,280 @@
+//! Leader election for coordinators: a lease in a JetStream key-value
+//! bucket (`SKOS_LEADER`, one key), taken with compare-and-set.
+//!
+//! * The bucket's `max_age` is the lease time: a leader that stops renewing
+//!   (dead, paused, cut off) loses the key when it ages out, and a standby's
+//!   `create` then succeeds.
+//! * The **term** of a leadership is the key's revision when it was
+//!   created: a stream sequence, so a later leader always has a higher term,
+//!   across restarts of every coordinator and of the server (the bucket is
+//!   file-backed). Commands and audit records carry it (fencing).
+//! * The leader renews with `update` against the revision it last wrote;
+//!   an update that finds another revision means someone else holds the
+//!   key, and the leader steps down at once.
+//! * A leader that cannot renew stops acting once [`Lease::valid`] says
+//!   the lease may have run out: `lease × SAFETY` after the last renewal
+//!   was *sent* (the server stored it after that instant, so the key lives
+//!   at least `lease` past it).
+//!
+//! Works on nats-server 2.9.10 and later (no per-message TTLs).
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{kv, stream};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use skos_core::timefmt::{self, Timestamp};
+
+use crate::{subjects, Error, NatsBus, Result};
+
+/// Share of the lease time a leader trusts its last renewal for.
+pub const SAFETY: f64 = 0.8;
+
+/// What the key holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// The holder's id (`<host>:<pid>:<random>`), unique per process.
+    pub holder: String,
+    /// Its term (absent in the record the lease was created with: the
+    /// term is that record's revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// When it became leader (its clock).
+    #[serde(with = "timefmt")]
+    pub since: Timestamp,
+}
+
+/// A won leadership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    /// The fencing token: higher is newer.
+    pub term: u64,
+    /// When leadership was won (this process's clock).
+    pub since: Timestamp,
+}
+
+/// One coordinator's side of the election.
+pub struct Lease {
+    kv: kv::Store,
+    holder: String,
+    lease: Duration,
+    /// The revision this holder last wrote, while it leads.
+    revision: Option<u64>,
+    term: Option<Term>,
+    /// When the last successful renewal (or the create) was sent.
+    renewed: Option<Instant>,
+}
+
+fn lease_err(reason: impl ToString) -> Error {
+    Error::Stream {
+        stream: format!("KV_{}", subjects::LEADER_BUCKET),
+        reason: reason.to_string(),
+    }
+}
+
+/// Outcome of [`Lease::renew`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still the leader.
+    Renewed,
+    /// Another coordinator holds the lease now: stop acting.
+    Lost,
+}
+
+impl Lease {
+    /// Open (or create) the bucket. `lease` is how long a leader that stops
+    /// renewing keeps the lease; `holder` names this process.
+    pub async fn open(bus: &NatsBus, holder: String, lease: Duration) -> Result<Self> {
+        let js = bus.jetstream();
+        // The bucket's stream, shaped as `create_key_value` would shape it,
+        // created directly: `create_key_value` first asks for the account
+        // info, whose reply from nats-server 2.9 this client cannot parse.
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{}", subjects::LEADER_BUCKET),
+            description: Some("SKOS coordinator leader lease".into()),
+            subjects: vec![format!("$KV.{}.>", subjects::LEADER_BUCKET)],
+            max_messages_per_subject: 1,
+            max_age: lease,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(lease_err)?;
+        let kv = js
+            .get_key_value(subjects::LEADER_BUCKET)
+            .await
+            .map_err(lease_err)?;
+        Ok(Self {
+            kv,
+            holder,
+            lease,
+            revision: None,
+            term: None,
+            renewed: None,
+        })
+    }
+
+    /// This process's holder id.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The lease time.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// The term held, if this process leads.
+    pub fn term(&self) -> Option<&Term> {
+        self.term.as_ref()
+    }
+
+    /// Who holds the lease now, as the bucket says.
+    pub async fn current(&self) -> Result<Option<(LeaderRecord, u64)>> {
+        let entry = self
+            .kv
+            .entry(subjects::LEADER_KEY)
+            .await
+            .map_err(lease_err)?;
+        Ok(entry.and_then(|e| {
+            if e.operation != kv::Operation::Put {
+                return None;
+            }
+            let rec: LeaderRecord = serde_json::from_slice(&e.value).ok()?;
+            Some((rec, e.revision))
+        }))
+    }
+
+    /// Try to become leader: succeeds only when nobody holds the lease.
+    /// `Ok(None)`: someone else leads.
+    pub async fn try_acquire(&mut self, now: Timestamp) -> Result<Option<Term>> {
+        let record = LeaderRecord {
+            holder: self.holder.clone(),
+            term: None,
+            since: now,
+        };
+        let body = Bytes::from(serde_json::to_vec(&record).map_err(lease_err)?);
+        let sent = Instant::now();
+        match self.kv.create(subjects::LEADER_KEY, body).await {
+            Ok(revision) => {
+                let term = Term {
+                    term: revision,
+                    since: now,
+                };
+                self.revision = Some(revision);
+                self.renewed = Some(sent);
+                self.term = Some(term.clone());
+                Ok(Some(term))
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(lease_err(e)),
+        }
+    }
+
+    /// Renew the lease (call about every `lease / 3`).
+    pub async fn renew(&mut self) -> Result<Renewal> {
+        let (Some(revision), Some(term)) = (self.revision, self.term.clone()) else {
+            return Ok(Renewal::Lost);
+        };
+        let record = LeaderRecord {
+            holder: self.holder.clone(),
+            term: Some(term.term),
+            since: term.since,
+        };
+        let body = Bytes::from(serde_json::to_vec(&record).map_err(lease_err)?);
+        let sent = Instant::now();
+        match self.kv.update(subjects::LEADER_KEY, body, revision).await {
+            Ok(rev) => {
+                self.revision = Some(rev);
+                self.renewed = Some(sent);
+                Ok(Renewal::Renewed)
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                self.step_down();
+                Ok(Renewal::Lost)
+            }
+            Err(e) => Err(lease_err(e)),
+        }
+    }
+
+    /// Whether this process may still act as leader: it holds a term and
+    /// its last renewal is recent enough that the key cannot have aged out.
+    pub fn valid(&self) -> bool {
+        self.term.is_some()
+            && self
+                .renewed
+                .is_some_and(|t| t.elapsed() < self.lease.mul_f64(SAFETY))
+    }
+
+    /// Forget the leadership locally (after a lost renewal or a shutdown).
+    pub fn step_down(&mut self) {
+        self.revision = None;
+        self.term = None;
+        self.renewed = None;
+    }
+
+    /// Give the lease up at a clean stop so a standby takes over at once:
+    /// deletes the key only if this process still holds it.
+    pub async fn release(&mut self) -> Result<()> {
+        if let Some(revision) = self.revision {
+            // Purge, not delete: a delete marker would count as a
+            // revision `create` must overwrite, which it does, but a purge
+            // also leaves nothing behind.
+            if let Err(e) = self
+                .kv
+                .purge_expect_revision(subjects::LEADER_KEY, Some(revision))
+                .await
+            {
+                tracing::debug!(error = %e, "lease not released; it will age out");
+            }
+        }
+        self.step_down();
+        Ok(())
+    }
+}
+
+/// A holder id unique to this process: host name, pid and a random part.
+pub fn holder_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &rand[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_record_carries_no_term_and_later_ones_do() {
+        let since = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let first = LeaderRecord {
+            holder: "a:1:x".into(),
+            term: None,
+            since,
+        };
+        let text = serde_json::to_string(&first).unwrap();
+        assert!(!text.contains("term"), "{text}");
+        let back: LeaderRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, first);
+        let renewed = LeaderRecord {
+            term: Some(7),
+            ..first
+        };
+        let back: LeaderRecord =
+            serde_json::from_str(&serde_json::to_string(&renewed).unwrap()).unwrap();
+        assert_eq!(back.term, Some(7));
+    }
+
+    #[test]
+    fn holder_ids_differ_per_call() {
+        let (a, b) = (holder_id(), holder_id());
+        assert_ne!(a, b);
+        assert!(a.contains(&format!(":{}:", std::process::id())), "{a}");
+    }
+}
