@@ -131,7 +131,8 @@ impl StateStore {
                         continue;
                     }
                     let path = entry.path();
-                    let bytes = std::fs::read(&path).map_err(|source| Error::Io { path, source })?;
+                    let bytes =
+                        std::fs::read(&path).map_err(|source| Error::Io { path, source })?;
                     if !bytes.is_empty() {
                         out.push((key.to_string(), Bytes::from(bytes)));
                     }

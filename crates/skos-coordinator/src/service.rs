@@ -258,7 +258,10 @@ async fn lead(
     engine.set_term(term.as_ref().map(|t| t.term));
     audit.set_term(term.as_ref().map(|t| t.term));
     if let Some(t) = &term {
-        let holder = lease.as_ref().map(|l| l.holder().to_string()).unwrap_or_default();
+        let holder = lease
+            .as_ref()
+            .map(|l| l.holder().to_string())
+            .unwrap_or_default();
         engine.set_leader(Some(Leadership {
             holder: holder.clone(),
             term: t.term,
@@ -349,7 +352,10 @@ async fn lead(
         }
     }
     if !unsent.is_empty() {
-        tracing::warn!(commands = unsent.len() / 2, "publishing commands kept but not sent before the last stop");
+        tracing::warn!(
+            commands = unsent.len() / 2,
+            "publishing commands kept but not sent before the last stop"
+        );
         ctx.apply_or_queue(unsent).await;
     }
     let mut heartbeats = bus.subscribe(Feed::Heartbeats).await?;
@@ -413,7 +419,10 @@ async fn lead(
         // try once more before stopping.
         ctx.flush_outbox().await;
         if !ctx.outbox.is_empty() {
-            tracing::error!(effects = ctx.outbox.len(), "stopping with effects not carried out (bus down)");
+            tracing::error!(
+                effects = ctx.outbox.len(),
+                "stopping with effects not carried out (bus down)"
+            );
         }
         if let Some(path) = &opts.status_file {
             write_status(path, &ctx.engine);
@@ -650,7 +659,8 @@ impl Ctx {
             return;
         }
         if !self.outbox.is_empty() {
-            self.counters.add(Counter::EffectsQueued, effects.len() as u64);
+            self.counters
+                .add(Counter::EffectsQueued, effects.len() as u64);
             self.outbox.extend(effects);
             return;
         }

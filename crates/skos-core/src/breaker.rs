@@ -240,7 +240,12 @@ mod tests {
         let mut fresh = Breakers::new(cfg);
         fresh.restore(b.snapshot_node("b"));
         fresh.restore(a);
-        let nodes: Vec<String> = fresh.snapshot().0.into_iter().map(|(k, _)| k.node).collect();
+        let nodes: Vec<String> = fresh
+            .snapshot()
+            .0
+            .into_iter()
+            .map(|(k, _)| k.node)
+            .collect();
         assert_eq!(nodes, ["a", "b"]);
         assert_eq!(fresh.open().len(), 2);
     }

@@ -211,9 +211,11 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
     assert_eq!(read_khz(sys.root(), 0), MAX);
     const REPLAYED: &str = "answered with its recorded outcome";
     send(&good, good_headers.clone());
-    wait_for(Duration::from_secs(20), "replay answered from the record", || {
-        a.log_text().contains(REPLAYED).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "replay answered from the record",
+        || a.log_text().contains(REPLAYED).then_some(()),
+    );
     a.sigkill();
     let a2 = agent(&nats, &cfg, work.path(), sys.root(), "agent-2");
     // The stream delivers nothing new; send the replay once more.

@@ -320,11 +320,12 @@ impl Engine {
     pub fn restore(&mut self, snap: EngineSnapshot, now: Timestamp) {
         self.breakers.restore(snap.breakers);
         let deadline = now + secs(self.cfg.coordinator.command_deadline);
-        self.pending.extend(snap.pending.into_iter().map(|(id, mut p)| {
-            p.sent_at.get_or_insert(now);
-            p.deadline.get_or_insert(deadline);
-            (id, p)
-        }));
+        self.pending
+            .extend(snap.pending.into_iter().map(|(id, mut p)| {
+                p.sent_at.get_or_insert(now);
+                p.deadline.get_or_insert(deadline);
+                (id, p)
+            }));
         self.reset_retries.extend(snap.reset_retries);
         self.verifications.extend(snap.verifications);
         self.open_alerts.extend(
