@@ -59,4 +59,23 @@ mod tests {
         let off = CycleRule { repeats: 0, ..rule };
         assert_eq!(detect_cycle(b"ABABABAB", &off), None);
     }
+
+    #[test]
+    fn two_repeats_are_the_fewest_that_make_a_cycle() {
+        let twice = CycleRule {
+            repeats: 2,
+            ..CycleRule::default()
+        };
+        assert_eq!(detect_cycle(b"ABAB", &twice), Some(2));
+        assert_eq!(detect_cycle(b"ABA", &twice), None);
+        let once = CycleRule {
+            repeats: 1,
+            ..CycleRule::default()
+        };
+        assert_eq!(
+            detect_cycle(b"ABAB", &once),
+            None,
+            "one run is no repetition"
+        );
+    }
 }

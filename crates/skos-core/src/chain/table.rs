@@ -513,7 +513,7 @@ impl ChainTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RateRule;
+    use crate::config::{CycleRule, RateRule};
     use chrono::TimeZone;
 
     fn t(s: f64) -> Timestamp {
@@ -791,5 +791,204 @@ mod tests {
             tab.step(&ev("e", i, 1, 1, &format!("s{i}")), t(i as f64));
         }
         assert_eq!(tab.view("e").unwrap().evidence.len(), 10);
+    }
+
+    #[test]
+    fn a_table_is_empty_until_its_first_step() {
+        let mut tab = table();
+        assert!(tab.is_empty());
+        tab.step(&ev("a", 1, 1, 1, "x"), t(0.0));
+        assert!(!tab.is_empty());
+        assert_eq!(tab.len(), 1);
+    }
+
+    #[test]
+    fn circuits_lists_the_chains_not_closed_by_id() {
+        let mut tab = table();
+        for id in ["c-closed", "b-open", "a-half"] {
+            tab.step(&ev(id, 1, 1, 1, "x"), t(0.0));
+        }
+        assert!(tab.circuits().is_empty(), "every circuit closed");
+        tab.open("b-open", Some(100.0), Reason::Cycle, t(0.0));
+        tab.open("a-half", Some(5.0), Reason::Cycle, t(0.0));
+        tab.tick(t(6.0));
+        assert_eq!(
+            tab.circuits(),
+            vec![
+                ("a-half".to_string(), CircuitState::HalfOpen),
+                ("b-open".to_string(), CircuitState::Open),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_step_makes_its_chain_the_most_recently_used() {
+        let cfg = LoopConfig {
+            max_chains: 2,
+            ..Default::default()
+        };
+        let mut tab = ChainTable::new(&cfg);
+        tab.step(&ev("a", 1, 1, 1, "x"), t(0.0));
+        tab.step(&ev("b", 1, 1, 1, "x"), t(1.0));
+        tab.step(&ev("a", 2, 1, 2, "y"), t(2.0));
+        tab.step(&ev("c", 1, 1, 1, "x"), t(3.0));
+        assert!(tab.view("b").is_none(), "b was the least recently used");
+        assert!(tab.view("a").is_some(), "a stepped after b");
+        assert!(tab.view("c").is_some());
+    }
+
+    #[test]
+    fn a_circuit_half_opens_exactly_when_its_cool_off_ends() {
+        let mut tab = table();
+        tab.open("c", Some(10.0), Reason::Cycle, t(0.0));
+        let o = tab.step(&ev("c", 1, 1, 1, "x"), t(4.0));
+        assert_eq!(o.decision.reason, Some(Reason::CircuitOpen));
+        assert_eq!(o.decision.retry_after_seconds, Some(6.0));
+        assert_eq!(o.decision.message, "circuit open (cycle) for another 6.0 s");
+        let o = tab.step(&ev("c", 2, 1, 1, "x"), t(10.0));
+        assert_eq!(o.decision.decision, Verdict::Allow);
+        assert_eq!(
+            o.transitions,
+            vec![
+                Transition::HalfOpened {
+                    chain_id: "c".into(),
+                    generation: 0
+                },
+                Transition::Closed {
+                    chain_id: "c".into(),
+                    generation: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_circuit_whose_cool_off_ended_no_longer_holds_its_place() {
+        let cfg = LoopConfig {
+            max_chains: 1,
+            ..Default::default()
+        };
+        let mut tab = ChainTable::new(&cfg);
+        tab.open("old", Some(5.0), Reason::Cycle, t(0.0));
+        let o = tab.step(&ev("new", 1, 1, 1, "x"), t(4.9));
+        assert_eq!(o.decision.reason, Some(Reason::Capacity), "still open");
+        // No tick in between: the cool-off ending is enough.
+        let o = tab.step(&ev("new", 1, 1, 1, "x"), t(5.0));
+        assert_eq!(o.decision.decision, Verdict::Allow);
+        assert!(tab.view("old").is_none());
+    }
+
+    #[test]
+    fn the_rate_limit_allows_exactly_max_steps_per_window() {
+        let cfg = LoopConfig {
+            rate: RateRule {
+                max_steps: 5,
+                window_seconds: 10.0,
+            },
+            ..Default::default()
+        };
+        let mut tab = ChainTable::new(&cfg);
+        for i in 1..=5u32 {
+            let o = tab.step(&ev("r", i as usize, 1, i, &format!("s{i}")), t(1.0));
+            assert_eq!(o.decision.decision, Verdict::Allow, "step {i}");
+        }
+        let o = tab.step(&ev("r", 6, 1, 6, "s6"), t(1.0));
+        assert_eq!(o.decision.reason, Some(Reason::RateExceeded));
+        let trip = tripped(&o).expect("tripped");
+        assert_eq!((trip.value, trip.limit), (6, 5));
+    }
+
+    #[test]
+    fn max_steps_zero_turns_the_rate_check_off() {
+        let cfg = LoopConfig {
+            rate: RateRule {
+                max_steps: 0,
+                window_seconds: 10.0,
+            },
+            ..Default::default()
+        };
+        let mut tab = ChainTable::new(&cfg);
+        for i in 1..=50u32 {
+            let o = tab.step(&ev("r", i as usize, 1, i, &format!("s{i}")), t(1.0));
+            assert_eq!(o.decision.decision, Verdict::Allow, "step {i}");
+        }
+    }
+
+    #[test]
+    fn a_cycle_trip_names_one_period_of_the_repeated_steps() {
+        let mut tab = table();
+        let sigs = ["plan", "act", "check"];
+        let mut trip = None;
+        for i in 0..30usize {
+            let o = tab.step(&ev("c3", i + 1, 1, i as u32 + 1, sigs[i % 3]), t(i as f64));
+            if let Some(tr) = tripped(&o) {
+                trip = Some((i + 1, tr.clone()));
+                break;
+            }
+        }
+        let (at, trip) = trip.expect("tripped");
+        assert_eq!(at, 9, "the third repetition closes the cycle");
+        assert_eq!(trip.condition, Condition::Cycle);
+        assert_eq!((trip.value, trip.limit), (3, 3));
+        assert_eq!(
+            trip.message,
+            "the steps [plan → act → check] repeated 3 times in a row"
+        );
+    }
+
+    #[test]
+    fn the_longest_configured_period_is_still_found() {
+        // Defaults: periods 2 to 8, three repetitions.
+        let mut tab = table();
+        let mut denied_at = None;
+        for i in 0..40usize {
+            let sig = format!("step{}", i % 8);
+            let o = tab.step(&ev("c8", i + 1, 1, i as u32 + 1, &sig), t(i as f64));
+            if o.decision.decision == Verdict::Deny {
+                assert_eq!(o.decision.reason, Some(Reason::Cycle));
+                assert_eq!(tripped(&o).expect("tripped").value, 8);
+                denied_at = Some(i + 1);
+                break;
+            }
+        }
+        assert_eq!(denied_at, Some(24));
+    }
+
+    #[test]
+    fn the_cycle_window_is_bounded_and_empty_when_cycles_are_off() {
+        let mut tab = table();
+        for i in 0..60usize {
+            tab.step(&ev("on", i, 1, i as u32 + 1, &format!("s{i}")), t(i as f64));
+        }
+        let rule = CycleRule::default();
+        assert!(tab.chains["on"].fingerprints.len() <= rule.max_period * rule.repeats);
+
+        let cfg = LoopConfig {
+            cycle: CycleRule { repeats: 0, ..rule },
+            ..Default::default()
+        };
+        let mut tab = ChainTable::new(&cfg);
+        for i in 0..60usize {
+            let sig = if i % 2 == 0 { "ping" } else { "pong" };
+            let o = tab.step(&ev("off", i, 1, i as u32 + 1, sig), t(i as f64));
+            assert_eq!(o.decision.decision, Verdict::Allow, "step {i}");
+        }
+        assert!(tab.chains["off"].fingerprints.is_empty());
+    }
+
+    #[test]
+    fn a_chain_idle_for_exactly_idle_seconds_is_kept() {
+        let cfg = LoopConfig {
+            idle_seconds: 10.0,
+            ..Default::default()
+        };
+        let mut tab = ChainTable::new(&cfg);
+        tab.step(&ev("i", 1, 1, 1, "x"), t(0.0));
+        assert_eq!(tab.tick(t(10.0)).evicted, 0);
+        assert!(tab.view("i").is_some());
+        let r = tab.tick(t(10.001));
+        assert_eq!(r.evicted, 1);
+        assert!(r.forgotten_unclosed.is_empty(), "its circuit was closed");
+        assert!(tab.is_empty());
     }
 }

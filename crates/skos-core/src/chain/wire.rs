@@ -349,4 +349,16 @@ mod tests {
             assert_eq!(Reason::from(c).as_str(), c.as_str());
         }
     }
+
+    #[test]
+    fn circuit_states_are_spelt_as_serialised() {
+        for (c, text) in [
+            (CircuitState::Closed, "closed"),
+            (CircuitState::Open, "open"),
+            (CircuitState::HalfOpen, "half_open"),
+        ] {
+            assert_eq!(c.as_str(), text);
+            assert_eq!(serde_json::to_value(c).unwrap(), text);
+        }
+    }
 }

@@ -94,12 +94,14 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // A `*` in the pattern is always a wildcard, even where the text
+        // has a literal `*`: tried first, so a backtrack point is kept.
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((sp, st)) = star {
             pi = sp + 1;
             ti = st + 1;
@@ -326,5 +328,131 @@ mod tests {
         let procs = vec![p(5, 6, "loop-a"), p(6, 5, "other")];
         let obs = observe(&procs, &Selector::Command("loop-*".into()), &HashSet::new());
         assert_eq!(obs.members.len(), 2);
+    }
+
+    #[test]
+    fn a_pattern_star_meeting_a_literal_star_still_matches_any_run() {
+        assert!(glob_match("*b", "*ab"));
+        assert!(glob_match("x*y", "x*zzy"));
+        assert!(glob_match("*", "*"));
+        assert!(!glob_match("*b", "*a"));
+    }
+
+    #[test]
+    fn a_literal_star_in_a_command_line_is_one_character() {
+        // After backtracking to a `*`, a `*` in the text is still text
+        // that `?` (or a literal) must match.
+        assert!(glob_match("sh -c *?", "sh -c rm *"));
+        assert!(glob_match("*clean*?", "make clean *"));
+        assert!(!glob_match("*clean*?", "make clean"));
+    }
+
+    #[test]
+    fn a_group_is_selected_by_command_unit_or_cgroup() {
+        let all = ProcessGroup {
+            command: Some("*fork.sh*".into()),
+            unit: Some("worker.service".into()),
+            cgroup: Some("work.slice/jobs/".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Selector::of(&all),
+            Some(Selector::Command("*fork.sh*".into()))
+        );
+        let unit = ProcessGroup {
+            command: None,
+            ..all.clone()
+        };
+        assert_eq!(
+            Selector::of(&unit),
+            Some(Selector::Unit("worker.service".into()))
+        );
+        let cgroup = ProcessGroup {
+            unit: None,
+            ..unit.clone()
+        };
+        assert_eq!(
+            Selector::of(&cgroup),
+            Some(Selector::Cgroup("/work.slice/jobs".into())),
+            "relative to the cgroup root, without a trailing slash"
+        );
+        let none = ProcessGroup {
+            cgroup: None,
+            ..cgroup
+        };
+        assert_eq!(Selector::of(&none), None);
+    }
+
+    #[test]
+    fn a_unit_is_a_whole_component_of_the_cgroup_path() {
+        let sel = Selector::Unit("worker.service".into());
+        let in_cgroup = |cg: &str| {
+            let mut q = p(30, 1, "worker");
+            q.cgroups = vec![cg.into()];
+            sel.matches(&q)
+        };
+        assert!(in_cgroup("/system.slice/worker.service"));
+        assert!(in_cgroup("/system.slice/worker.service/jobs"));
+        assert!(!in_cgroup("/system.slice/other.service"));
+        assert!(!in_cgroup("/system.slice/worker.service2"));
+        assert!(!in_cgroup("/user.slice/session-1.scope"));
+    }
+
+    fn pids_and_depths(obs: &Observation) -> Vec<(u32, u32)> {
+        obs.evidence.iter().map(|s| (s.pid, s.depth)).collect()
+    }
+
+    #[test]
+    fn the_evidence_is_the_whole_path_from_the_root_to_the_deepest() {
+        let procs = chain_tree(4);
+        let obs = observe(
+            &procs,
+            &Selector::Command("*fork.sh*".into()),
+            &HashSet::new(),
+        );
+        assert_eq!(
+            pids_and_depths(&obs),
+            vec![(20, 0), (21, 1), (22, 2), (23, 3), (99, 4)],
+            "each process once, root first"
+        );
+    }
+
+    #[test]
+    fn of_equally_deep_branches_the_evidence_follows_the_first_found() {
+        // 20 → 21 → 23 and 20 → 22 → 24: the lower pids come first.
+        let procs = vec![
+            p(1, 0, "/sbin/init"),
+            p(20, 1, "sh fork.sh"),
+            p(21, 20, "sh fork.sh a"),
+            p(22, 20, "sh fork.sh b"),
+            p(23, 21, "sleep 1"),
+            p(24, 22, "sleep 2"),
+        ];
+        let obs = observe(
+            &procs,
+            &Selector::Command("*fork.sh*".into()),
+            &HashSet::new(),
+        );
+        assert_eq!(obs.depth, 2);
+        assert_eq!(pids_and_depths(&obs), vec![(20, 0), (21, 1), (23, 2)]);
+    }
+
+    #[test]
+    fn the_evidence_names_at_most_half_its_length_in_roots() {
+        // A respawn storm: twelve lone roots.
+        let mut procs = vec![p(1, 0, "/sbin/init")];
+        procs.extend((100..112).map(|pid| p(pid, 1, "sh crasher.sh")));
+        let obs = observe(
+            &procs,
+            &Selector::Command("*crasher*".into()),
+            &HashSet::new(),
+        );
+        assert_eq!(obs.roots.len(), 12);
+        let mut pids: Vec<u32> = obs.evidence.iter().map(|s| s.pid).collect();
+        pids.sort_unstable();
+        assert_eq!(
+            pids,
+            (100..100 + EVIDENCE_PROCS as u32 / 2).collect::<Vec<_>>()
+        );
     }
 }

@@ -559,4 +559,183 @@ mod tests {
         let step = g.observe(&Observation::default(), &HashSet::new(), t(1.0));
         assert_eq!(step.changes, vec![GroupChange::Cleared]);
     }
+
+    #[test]
+    fn signals_are_named_as_kill_names_them() {
+        for (sig, name) in [
+            (Sig::Stop, "SIGSTOP"),
+            (Sig::Cont, "SIGCONT"),
+            (Sig::Term, "SIGTERM"),
+            (Sig::Kill, "SIGKILL"),
+        ] {
+            assert_eq!(sig.as_str(), name);
+            assert_eq!(serde_json::to_value(sig).unwrap(), &name[3..]);
+        }
+    }
+
+    #[test]
+    fn a_tracker_tells_its_name_and_how_long_it_is_open() {
+        let mut g = GroupTracker::new("forky", limits());
+        assert_eq!(g.name(), "forky");
+        assert_eq!(g.until(), None, "not open");
+        let procs = chain_tree(2);
+        let obs = observe(
+            &procs,
+            &Selector::Command("*fork.sh*".into()),
+            &HashSet::new(),
+        );
+        g.circuit_break(&obs, t(3.0));
+        assert_eq!(g.until(), Some(t(103.0)), "the cool-off from the break");
+        assert_eq!(g.view().until, Some(t(103.0)));
+        g.reset(&obs, t(4.0));
+        assert_eq!(g.until(), None);
+    }
+
+    #[test]
+    fn a_tree_exactly_max_depth_deep_is_within_its_limit() {
+        let sel = Selector::Command("*fork.sh*".into());
+        let mut g = GroupTracker::new("d", limits());
+        let at_limit = chain_tree(3);
+        let obs = observe(&at_limit, &sel, &HashSet::new());
+        assert_eq!(obs.depth, 3);
+        assert!(g.observe(&obs, &live(&at_limit), t(0.0)).changes.is_empty());
+        assert_eq!(g.state(), GroupState::Watching);
+        let over = chain_tree(4);
+        let step = g.observe(&observe(&over, &sel, &HashSet::new()), &live(&over), t(1.0));
+        let Some(GroupChange::Tripped(trip)) = step.changes.first() else {
+            panic!("{step:?}")
+        };
+        assert_eq!(trip.condition, Condition::DepthExceeded);
+        assert_eq!((trip.value, trip.limit), (4, 3));
+    }
+
+    #[test]
+    fn exactly_max_descendants_is_within_the_limit() {
+        let sel = Selector::Command("*fork.sh*".into());
+        let wide = |children: u32| {
+            let mut v = vec![p(1, 0, "/sbin/init"), p(20, 1, "sh fork.sh")];
+            v.extend((0..children).map(|i| p(100 + i, 20, "sleep 30")));
+            v
+        };
+        let mut g = GroupTracker::new("w", limits());
+        let at_limit = wide(10);
+        let obs = observe(&at_limit, &sel, &HashSet::new());
+        assert_eq!((obs.depth, obs.descendants), (1, 10));
+        assert!(g.observe(&obs, &live(&at_limit), t(0.0)).changes.is_empty());
+        let over = wide(11);
+        let step = g.observe(&observe(&over, &sel, &HashSet::new()), &live(&over), t(1.0));
+        let Some(GroupChange::Tripped(trip)) = step.changes.first() else {
+            panic!("{step:?}")
+        };
+        assert_eq!(trip.condition, Condition::DescendantsExceeded);
+        assert_eq!((trip.value, trip.limit), (11, 10));
+    }
+
+    #[test]
+    fn the_grace_ends_exactly_grace_seconds_after_the_stop() {
+        let sel = Selector::Command("*fork.sh*".into());
+        let mut g = GroupTracker::new("g", limits());
+        let procs = chain_tree(2);
+        let obs = observe(&procs, &sel, &HashSet::new());
+        g.circuit_break(&obs, t(3.0));
+        assert!(g.observe(&obs, &live(&procs), t(7.9)).signals.is_empty());
+        let step = g.observe(&obs, &live(&procs), t(8.0));
+        let n = obs.members.len();
+        assert_eq!(step.signals.len(), 2 * n, "{step:?}");
+        assert!(step.signals[..n].iter().all(|(_, s)| *s == Sig::Term));
+    }
+
+    #[test]
+    fn a_respawn_counts_for_exactly_the_window() {
+        let sel = Selector::Command("*crasher*".into());
+        let mk = |pid: u32| vec![p(10, 1, "sh supervisor.sh"), p(pid, 10, "sh crasher.sh")];
+        let mut g = GroupTracker::new("crash", limits());
+        let seen = |g: &mut GroupTracker, pid: u32, at: f64| {
+            let procs = mk(pid);
+            let step = g.observe(
+                &observe(&procs, &sel, &HashSet::new()),
+                &live(&procs),
+                t(at),
+            );
+            assert!(step.changes.is_empty(), "{step:?}");
+            g.respawns()
+        };
+        assert_eq!(
+            seen(&mut g, 100, 0.0),
+            0,
+            "the first scan finds, not respawns"
+        );
+        assert_eq!(seen(&mut g, 101, 1.0), 1);
+        assert_eq!(seen(&mut g, 102, 2.0), 2);
+        assert_eq!(seen(&mut g, 102, 61.0), 2, "the first is exactly 60 s old");
+        assert_eq!(seen(&mut g, 102, 61.5), 1);
+        assert_eq!(g.view().respawns, 1);
+        assert_eq!(seen(&mut g, 102, 62.5), 0);
+    }
+
+    #[test]
+    fn at_most_max_starts_respawns_are_remembered() {
+        let mut g = GroupTracker::new("storm", limits());
+        g.observe(&Observation::default(), &HashSet::new(), t(0.0));
+        let roots: Vec<ProcId> = (0..MAX_STARTS as u32 + 76)
+            .map(|i| ProcId {
+                pid: 1000 + i,
+                start: 1,
+            })
+            .collect();
+        let obs = Observation {
+            roots: roots.clone(),
+            ..Default::default()
+        };
+        let step = g.observe(&obs, &roots.iter().copied().collect(), t(1.0));
+        assert_eq!(g.respawns(), MAX_STARTS);
+        let Some(GroupChange::Tripped(trip)) = step.changes.first() else {
+            panic!("{step:?}")
+        };
+        assert_eq!(trip.condition, Condition::CrashLoop);
+        assert_eq!(trip.value, MAX_STARTS as u64);
+    }
+
+    #[test]
+    fn half_open_thaws_only_the_processes_still_alive() {
+        let mut l = limits();
+        l.on_break = BreakMode::Stop;
+        let sel = Selector::Command("*fork.sh*".into());
+        let mut g = GroupTracker::new("f", l);
+        let procs = chain_tree(2);
+        let obs = observe(&procs, &sel, &HashSet::new());
+        assert_eq!(g.circuit_break(&obs, t(0.0)).signals.len(), 3);
+        // The sleep (99) ended while frozen.
+        let left: Vec<ProcInfo> = procs.iter().filter(|q| q.id.pid != 99).cloned().collect();
+        let step = g.observe(
+            &observe(&left, &sel, &HashSet::new()),
+            &live(&left),
+            t(100.0),
+        );
+        assert_eq!(
+            step.signals,
+            vec![(procs[2].id, Sig::Cont), (procs[3].id, Sig::Cont)]
+        );
+        assert_eq!(
+            step.changes,
+            vec![GroupChange::HalfOpened, GroupChange::Closed]
+        );
+        assert_eq!(g.handling(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_trip_is_raised_again_after_a_whole_cool_off() {
+        let sel = Selector::Command("*fork.sh*".into());
+        let mut g = GroupTracker::new("f", limits());
+        let deep = chain_tree(5);
+        let obs = observe(&deep, &sel, &HashSet::new());
+        let step = g.observe(&obs, &live(&deep), t(0.0));
+        assert!(matches!(step.changes[..], [GroupChange::Tripped(_)]));
+        let step = g.observe(&obs, &live(&deep), t(100.0));
+        assert!(step.changes.is_empty(), "exactly the cool-off: {step:?}");
+        let step = g.observe(&obs, &live(&deep), t(100.5));
+        assert!(matches!(step.changes[..], [GroupChange::Tripped(_)]));
+        let step = g.observe(&obs, &live(&deep), t(150.0));
+        assert!(step.changes.is_empty(), "counted from the last alert");
+    }
 }
