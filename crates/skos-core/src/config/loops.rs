@@ -678,4 +678,219 @@ loop:
             "{errs:?}"
         );
     }
+
+    #[test]
+    fn section_limits_have_exact_bounds() {
+        for key in ["max_depth", "max_iterations"] {
+            assert_eq!(
+                loop_issues(&format!("  {key}: 0\n")),
+                [format!("loop.{key}")]
+            );
+            assert!(loop_issues(&format!("  {key}: 1\n")).is_empty(), "{key}");
+        }
+        assert_eq!(loop_issues("  max_chains: 0\n"), ["loop.max_chains"]);
+        assert!(loop_issues("  max_chains: 1\n").is_empty());
+        assert!(loop_issues(&format!("  max_chains: {MAX_CHAINS}\n")).is_empty());
+        assert_eq!(
+            loop_issues(&format!("  max_chains: {}\n", MAX_CHAINS + 1)),
+            ["loop.max_chains"]
+        );
+        assert_eq!(
+            loop_issues("  evidence_steps: 0\n"),
+            ["loop.evidence_steps"]
+        );
+        assert!(loop_issues("  evidence_steps: 1\n").is_empty());
+        assert!(loop_issues(&format!("  evidence_steps: {MAX_EVIDENCE_STEPS}\n")).is_empty());
+        assert_eq!(
+            loop_issues(&format!("  evidence_steps: {}\n", MAX_EVIDENCE_STEPS + 1)),
+            ["loop.evidence_steps"]
+        );
+    }
+
+    #[test]
+    fn seconds_are_zero_or_more_and_finite() {
+        for key in ["cool_off_seconds", "idle_seconds"] {
+            for bad in ["-1", "-0.001", ".inf", "-.inf", ".nan"] {
+                assert_eq!(
+                    loop_issues(&format!("  {key}: {bad}\n")),
+                    [format!("loop.{key}")],
+                    "{key}: {bad}"
+                );
+            }
+            for ok in ["0", "0.5"] {
+                assert!(
+                    loop_issues(&format!("  {key}: {ok}\n")).is_empty(),
+                    "{key}: {ok}"
+                );
+            }
+        }
+        let cfg = LoopConfig {
+            idle_seconds: -1.0,
+            ..LoopConfig::default()
+        };
+        let issues = cfg.check_fields();
+        assert_eq!(issues[0].message, "must be zero or more seconds");
+    }
+
+    #[test]
+    fn each_cycle_condition_is_checked_on_its_own() {
+        // min_period 0 alone (max_period within bounds, min <= max).
+        assert_eq!(
+            loop_issues("  cycle: {min_period: 0, max_period: 4, repeats: 3}\n"),
+            ["loop.cycle.max_period"]
+        );
+        // min_period above max_period alone.
+        assert_eq!(
+            loop_issues("  cycle: {min_period: 5, max_period: 4, repeats: 3}\n"),
+            ["loop.cycle.max_period"]
+        );
+        // max_period above the limit alone.
+        assert_eq!(
+            loop_issues(&format!(
+                "  cycle: {{min_period: 2, max_period: {}, repeats: 3}}\n",
+                MAX_CYCLE_PERIOD + 1
+            )),
+            ["loop.cycle.max_period"]
+        );
+        assert!(loop_issues(&format!(
+            "  cycle: {{min_period: 2, max_period: {MAX_CYCLE_PERIOD}, repeats: 3}}\n"
+        ))
+        .is_empty());
+        // repeats: 1 is neither off nor a repetition.
+        assert_eq!(
+            loop_issues("  cycle: {min_period: 2, max_period: 4, repeats: 1}\n"),
+            ["loop.cycle.repeats"]
+        );
+        // repeats: 0 turns the rule off, whatever the periods.
+        assert!(loop_issues("  cycle: {min_period: 9, max_period: 99, repeats: 0}\n").is_empty());
+    }
+
+    #[test]
+    fn rate_window_is_checked_only_when_the_rate_is_on() {
+        for bad in ["0", "-1", ".inf"] {
+            assert_eq!(
+                loop_issues(&format!(
+                    "  rate: {{max_steps: 1, window_seconds: {bad}}}\n"
+                )),
+                ["loop.rate.window_seconds"],
+                "{bad}"
+            );
+        }
+        assert!(loop_issues("  rate: {max_steps: 1, window_seconds: 0.01}\n").is_empty());
+        assert!(loop_issues("  rate: {max_steps: 0, window_seconds: -1}\n").is_empty());
+    }
+
+    #[test]
+    fn kind_limits_are_checked_under_their_kind() {
+        let kind = |body: &str| loop_issues(&format!("  kinds:\n    batch: {body}\n"));
+        assert!(kind("{max_depth: 1, max_iterations: 1, cool_off_seconds: 0}").is_empty());
+        assert_eq!(kind("{max_depth: 0}"), ["loop.kinds.batch.max_depth"]);
+        assert_eq!(
+            kind("{max_iterations: 0}"),
+            ["loop.kinds.batch.max_iterations"]
+        );
+        assert_eq!(
+            kind("{cycle: {min_period: 3, max_period: 2, repeats: 2}}"),
+            ["loop.kinds.batch.cycle.max_period"]
+        );
+        assert_eq!(
+            kind("{rate: {max_steps: 3, window_seconds: 0}}"),
+            ["loop.kinds.batch.rate.window_seconds"]
+        );
+        assert_eq!(
+            kind("{cool_off_seconds: -1}"),
+            ["loop.kinds.batch.cool_off_seconds"]
+        );
+        let long = "k".repeat(MAX_KIND_LEN);
+        assert!(loop_issues(&format!("  kinds:\n    {long}: {{}}\n")).is_empty());
+        assert_eq!(
+            loop_issues(&format!("  kinds:\n    {long}k: {{}}\n")),
+            [format!("loop.kinds.{long}k")]
+        );
+    }
+
+    #[test]
+    fn group_names_and_members_are_checked() {
+        let groups = |body: &str| loop_issues(&format!("  process_groups:\n{body}"));
+        assert!(
+            groups("    - {name: a, command: abc}\n    - {name: b, unit: b.service}\n").is_empty()
+        );
+        assert_eq!(
+            groups("    - {name: a, command: abc}\n    - {name: a, command: abd}\n"),
+            ["loop.process_groups[1].name"]
+        );
+        assert_eq!(
+            groups("    - {name: 'a b', command: abc}\n"),
+            ["loop.process_groups[0].name"]
+        );
+        // Exactly one of command, unit and cgroup.
+        assert_eq!(groups("    - {name: a}\n"), ["loop.process_groups[0]"]);
+        assert_eq!(
+            groups("    - {name: a, command: abc, cgroup: work.slice}\n"),
+            ["loop.process_groups[0]"]
+        );
+        assert!(groups("    - {name: a, cgroup: work.slice/jobs}\n").is_empty());
+        assert_eq!(
+            groups("    - {name: a, cgroup: /work.slice}\n"),
+            ["loop.process_groups[0].cgroup"]
+        );
+        // A control character is never part of a command line pattern.
+        assert_eq!(
+            groups("    - {name: a, command: \"abc\\u0007\"}\n"),
+            ["loop.process_groups[0].command"]
+        );
+    }
+
+    #[test]
+    fn group_limits_have_exact_bounds() {
+        let group = |extra: &str| {
+            loop_issues(&format!(
+                "  process_groups:\n    - {{name: g, command: abc, {extra}}}\n"
+            ))
+        };
+        assert!(group("max_depth: 1, max_respawns: 1, respawn_window_seconds: 0.01").is_empty());
+        assert_eq!(group("max_depth: 0"), ["loop.process_groups[0].max_depth"]);
+        assert_eq!(
+            group("max_respawns: 0"),
+            ["loop.process_groups[0].max_respawns"]
+        );
+        for bad in ["0", "-1", ".inf", ".nan"] {
+            assert_eq!(
+                group(&format!("respawn_window_seconds: {bad}")),
+                ["loop.process_groups[0].respawn_window_seconds"],
+                "{bad}"
+            );
+        }
+        for bad in [".inf", "-0.5"] {
+            assert_eq!(
+                group(&format!("grace_seconds: {bad}")),
+                ["loop.process_groups[0].grace_seconds"],
+                "{bad}"
+            );
+        }
+        let cfg = LoopConfig {
+            process_groups: vec![ProcessGroup {
+                name: "g".into(),
+                command: Some("abc".into()),
+                respawn_window_seconds: 0.0,
+                ..ProcessGroup::default()
+            }],
+            ..LoopConfig::default()
+        };
+        let issues = cfg.check_fields();
+        assert_eq!(issues[0].message, "must be a positive number of seconds");
+    }
+
+    #[test]
+    fn conditions_round_trip_through_their_names() {
+        for c in Condition::ALL {
+            assert_eq!(Condition::parse(c.as_str()), Some(c));
+            assert!(default_actions().contains_key(c.as_str()), "{c:?}");
+        }
+        assert_eq!(Condition::parse("melting"), None);
+        assert_eq!(
+            Condition::DescendantsExceeded.as_str(),
+            "descendants_exceeded"
+        );
+    }
 }

@@ -738,4 +738,445 @@ mesh:
             "{errs:?}"
         );
     }
+
+    /// The (path, message) of every issue `check_fields` raises.
+    fn issues(m: &MeshConfig) -> Vec<(String, String)> {
+        m.check_fields()
+            .into_iter()
+            .map(|i| (i.path, i.message))
+            .collect()
+    }
+
+    /// The key paths of every issue `check_fields` raises.
+    fn paths(m: &MeshConfig) -> Vec<String> {
+        issues(m).into_iter().map(|(p, _)| p).collect()
+    }
+
+    fn with(f: impl FnOnce(&mut MeshConfig)) -> MeshConfig {
+        let mut m = MeshConfig::default();
+        f(&mut m);
+        m
+    }
+
+    /// One interface `wg0` and one peer `lyra` reached through it.
+    fn with_peer(f: impl FnOnce(&mut MeshPeer)) -> MeshConfig {
+        let mut m = MeshConfig {
+            interfaces: vec![MeshInterface::named("wg0")],
+            ..MeshConfig::default()
+        };
+        let mut p = MeshPeer {
+            name: "lyra".into(),
+            interface: "wg0".into(),
+            ..MeshPeer::default()
+        };
+        f(&mut p);
+        m.peers.push(p);
+        m
+    }
+
+    /// A peer whose failover is valid but for what `f` changes.
+    fn with_failover(f: impl FnOnce(&mut FailoverConfig)) -> MeshConfig {
+        let mut fo = FailoverConfig {
+            networks: vec!["192.0.2.7/32".into()],
+            primary: RouteVia {
+                gateway: Some("198.51.100.1".parse().unwrap()),
+                dev: Some("eth0".into()),
+            },
+            backup: RouteVia {
+                gateway: Some("203.0.113.1".parse().unwrap()),
+                dev: Some("eth1".into()),
+            },
+            ..FailoverConfig::default()
+        };
+        f(&mut fo);
+        with_peer(|p| p.failover = Some(fo))
+    }
+
+    #[test]
+    fn defaults_and_helpers_are_clean() {
+        assert!(paths(&MeshConfig::default()).is_empty());
+        assert!(paths(&with_peer(|_| {})).is_empty());
+        assert!(paths(&with_failover(|_| {})).is_empty());
+    }
+
+    #[test]
+    fn positive_fields_reject_zero_negative_and_infinite() {
+        for (key, set) in [
+            (
+                "mesh.stale_after",
+                (|m: &mut MeshConfig, v| m.stale_after = v) as fn(&mut MeshConfig, f64),
+            ),
+            ("mesh.command_timeout", |m, v| m.command_timeout = v),
+            ("mesh.probe.timeout", |m, v| m.probe.timeout = v),
+            ("mesh.probe.degraded_rtt_ms", |m, v| {
+                m.probe.degraded_rtt_ms = v
+            }),
+        ] {
+            for bad in [0.0, -1.0, f64::INFINITY, f64::NAN] {
+                assert_eq!(paths(&with(|m| set(m, bad))), [key], "{key} = {bad}");
+            }
+            assert!(paths(&with(|m| set(m, 0.001))).is_empty(), "{key} = 0.001");
+        }
+        let got = issues(&with(|m| m.stale_after = 0.0));
+        assert_eq!(got[0].1, "must be a positive number, got 0");
+    }
+
+    #[test]
+    fn non_negative_fields_accept_zero_and_reject_negative_or_infinite() {
+        for (key, set) in [
+            (
+                "mesh.reconnect_delay_seconds",
+                (|m: &mut MeshConfig, v| m.reconnect_delay_seconds = v) as fn(&mut MeshConfig, f64),
+            ),
+            ("mesh.for", |m, v| m.for_ = v),
+            ("mesh.cooldown", |m, v| m.cooldown = v),
+            ("mesh.settle_seconds", |m, v| m.settle_seconds = v),
+            ("mesh.probe.interval", |m, v| m.probe.interval = v),
+        ] {
+            for bad in [-0.5, f64::INFINITY, f64::NAN] {
+                assert_eq!(paths(&with(|m| set(m, bad))), [key], "{key} = {bad}");
+            }
+            for ok in [0.0, 2.5] {
+                assert!(paths(&with(|m| set(m, ok))).is_empty(), "{key} = {ok}");
+            }
+        }
+        let got = issues(&with(|m| m.cooldown = -0.5));
+        assert_eq!(got[0].1, "must be zero or more, got -0.5");
+    }
+
+    #[test]
+    fn counts_and_percentages_have_exact_bounds() {
+        assert_eq!(
+            paths(&with(|m| m.reconnect_attempts = 0)),
+            ["mesh.reconnect_attempts"]
+        );
+        assert!(paths(&with(|m| m.reconnect_attempts = 1)).is_empty());
+        for bad in [0, 101] {
+            assert_eq!(paths(&with(|m| m.probe.count = bad)), ["mesh.probe.count"]);
+        }
+        for ok in [1, 100] {
+            assert!(paths(&with(|m| m.probe.count = ok)).is_empty());
+        }
+        for bad in [-1.0, 100.5, 150.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                paths(&with(|m| m.probe.degraded_loss_percent = bad)),
+                ["mesh.probe.degraded_loss_percent"],
+                "{bad}"
+            );
+        }
+        for ok in [0.0, 100.0] {
+            assert!(paths(&with(|m| m.probe.degraded_loss_percent = ok)).is_empty());
+        }
+    }
+
+    #[test]
+    fn tcp_probe_needs_a_port_here_or_on_every_peer() {
+        let tcp = |probe_port: Option<u16>, peer_port: Option<u16>| {
+            let mut m = with_peer(|p| p.tcp_port = peer_port);
+            m.probe.method = ProbeMethod::Tcp;
+            m.probe.tcp_port = probe_port;
+            paths(&m)
+        };
+        assert_eq!(tcp(None, None), ["mesh.probe.tcp_port"]);
+        // A port on the probe, or on every peer, is enough.
+        assert!(tcp(Some(22), None).is_empty());
+        assert!(tcp(None, Some(22)).is_empty());
+        // Without peers there is nothing to probe.
+        let mut m = MeshConfig::default();
+        m.probe.method = ProbeMethod::Tcp;
+        assert!(paths(&m).is_empty());
+        // Other methods need no port.
+        for method in [ProbeMethod::Auto, ProbeMethod::Icmp] {
+            let mut m = with_peer(|_| {});
+            m.probe.method = method;
+            assert!(paths(&m).is_empty(), "{method:?}");
+        }
+    }
+
+    #[test]
+    fn tools_must_be_programs() {
+        for (key, set) in [
+            (
+                "mesh.tools.wg",
+                (|t: &mut MeshTools, v: &str| t.wg = v.into()) as fn(&mut MeshTools, &str),
+            ),
+            ("mesh.tools.wg_quick", |t, v| t.wg_quick = v.into()),
+            ("mesh.tools.ip", |t, v| t.ip = v.into()),
+            ("mesh.tools.systemctl", |t, v| t.systemctl = v.into()),
+        ] {
+            for bad in ["", "-x", "w g", "wg\t"] {
+                let got = issues(&with(|m| set(&mut m.tools, bad)));
+                assert_eq!(got.len(), 1, "{key} = {bad:?}: {got:?}");
+                assert_eq!(got[0].0, key);
+                assert_eq!(got[0].1, format!("{bad:?} is not a program"));
+            }
+            assert!(paths(&with(|m| set(&mut m.tools, "/usr/local/bin/t-1"))).is_empty());
+        }
+    }
+
+    #[test]
+    fn interface_names_are_checked_and_unique() {
+        let m = with(|m| {
+            m.interfaces = vec![
+                MeshInterface::named("wg0"),
+                MeshInterface::named("wg1"),
+                MeshInterface::named("wg0"),
+            ]
+        });
+        let got = issues(&m);
+        assert_eq!(
+            got,
+            [(
+                "mesh.interfaces[2].name".to_string(),
+                "wg0 is named twice".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn config_path_is_absolute_without_dots_and_named_for_wg_quick() {
+        let itf = |path: &str, restart: RestartMethod| {
+            paths(&with(|m| {
+                m.interfaces = vec![MeshInterface {
+                    config_path: Some(PathBuf::from(path)),
+                    restart,
+                    ..MeshInterface::named("wg0")
+                }]
+            }))
+        };
+        let at = "mesh.interfaces[0].config_path";
+        assert!(itf("/etc/wireguard/wg0.conf", RestartMethod::WgQuick).is_empty());
+        assert_eq!(itf("wg0.conf", RestartMethod::WgQuick), [at]);
+        assert_eq!(itf("etc/wireguard/wg0.conf", RestartMethod::Systemd), [at]);
+        assert_eq!(
+            itf("/etc/wireguard/../wg0.conf", RestartMethod::WgQuick),
+            [at]
+        );
+        assert_eq!(itf("/etc/../etc/wg0.conf", RestartMethod::Systemd), [at]);
+        // wg-quick names the interface after the file; the others do not care.
+        assert_eq!(
+            itf("/etc/wireguard/other.conf", RestartMethod::WgQuick),
+            [at]
+        );
+        assert!(itf("/etc/wireguard/other.conf", RestartMethod::Systemd).is_empty());
+        assert!(itf("/etc/wireguard/other.conf", RestartMethod::Command)
+            .iter()
+            .all(|p| p != at));
+    }
+
+    #[test]
+    fn template_and_private_key_file_must_be_absolute() {
+        for (key, set) in [
+            (
+                "mesh.interfaces[0].template",
+                (|i: &mut MeshInterface, p: PathBuf| i.template = Some(p))
+                    as fn(&mut MeshInterface, PathBuf),
+            ),
+            ("mesh.interfaces[0].private_key_file", |i, p| {
+                i.private_key_file = Some(p)
+            }),
+        ] {
+            let one = |p: &str| {
+                let mut itf = MeshInterface::named("wg0");
+                set(&mut itf, PathBuf::from(p));
+                paths(&with(|m| m.interfaces = vec![itf]))
+            };
+            assert_eq!(one("wg0.key"), [key]);
+            assert!(one("/etc/wireguard/wg0.key").is_empty());
+        }
+    }
+
+    #[test]
+    fn restart_command_and_systemd_unit_are_checked() {
+        let itf = |restart: RestartMethod, unit: Option<&str>, cmd: &[&str]| {
+            issues(&with(|m| {
+                m.interfaces = vec![MeshInterface {
+                    restart,
+                    unit: unit.map(str::to_string),
+                    restart_command: strings(cmd),
+                    ..MeshInterface::named("wg0")
+                }]
+            }))
+        };
+        let at = |k: &str| format!("mesh.interfaces[0].{k}");
+        assert_eq!(
+            itf(RestartMethod::Command, None, &[])[0].0,
+            at("restart_command")
+        );
+        assert!(itf(RestartMethod::Command, None, &["/usr/bin/up"]).is_empty());
+        // Only `restart: command` needs a command.
+        assert!(itf(RestartMethod::WgQuick, None, &[]).is_empty());
+        assert!(itf(RestartMethod::Systemd, None, &[]).is_empty());
+        for bad in [
+            "",
+            "-x.service",
+            "wg 0.service",
+            "wg0\u{1}.service",
+            "wg0\n",
+        ] {
+            assert_eq!(
+                itf(RestartMethod::Systemd, Some(bad), &[]),
+                [(at("unit"), format!("{bad:?} is not a unit name"))],
+                "{bad:?}"
+            );
+        }
+        assert!(itf(RestartMethod::Systemd, Some("wg-mesh@wg0.service"), &[]).is_empty());
+        // The unit is only used (and checked) by `restart: systemd`.
+        assert!(itf(RestartMethod::WgQuick, Some(""), &[]).is_empty());
+    }
+
+    #[test]
+    fn peer_names_are_unique_across_interfaces_and_peers() {
+        let m = with_peer(|p| p.name = "wg0".into());
+        assert_eq!(
+            issues(&m),
+            [(
+                "mesh.peers[0].name".to_string(),
+                "wg0 is already an interface or peer name".to_string()
+            )]
+        );
+        let mut m = with_peer(|_| {});
+        m.peers.push(m.peers[0].clone());
+        assert_eq!(paths(&m), ["mesh.peers[1].name"]);
+        m.peers[1].name = "vega".into();
+        assert!(paths(&m).is_empty());
+    }
+
+    #[test]
+    fn peer_keys_and_files_are_checked() {
+        assert!(paths(&with_peer(|p| p.public_key = Some(KEY.into()))).is_empty());
+        assert_eq!(
+            paths(&with_peer(|p| p.public_key = Some(KEY[1..].into()))),
+            ["mesh.peers[0].public_key"]
+        );
+        assert!(paths(&with_peer(|p| {
+            p.preshared_key_file = Some("/etc/wireguard/lyra.psk".into())
+        }))
+        .is_empty());
+        assert_eq!(
+            paths(&with_peer(
+                |p| p.preshared_key_file = Some("lyra.psk".into())
+            )),
+            ["mesh.peers[0].preshared_key_file"]
+        );
+    }
+
+    #[test]
+    fn route_via_is_empty_only_without_gateway_and_dev() {
+        let gw = Some("198.51.100.1".parse().unwrap());
+        assert!(RouteVia::default().is_empty());
+        assert!(!RouteVia {
+            gateway: gw,
+            dev: None
+        }
+        .is_empty());
+        assert!(!RouteVia {
+            gateway: None,
+            dev: Some("eth0".into())
+        }
+        .is_empty());
+        // A gateway alone, or a dev alone, is a path.
+        let m = with_failover(|f| {
+            f.primary.dev = None;
+            f.backup.gateway = None;
+        });
+        assert!(paths(&m).is_empty(), "{:?}", issues(&m));
+    }
+
+    #[test]
+    fn failover_gateways_match_the_networks_family() {
+        let at = "mesh.peers[0].failover";
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let m = with_failover(|f| f.primary.gateway = Some(v6));
+        assert_eq!(
+            issues(&m),
+            [(
+                format!("{at}.primary.gateway"),
+                "is not of the networks' address family".to_string()
+            )]
+        );
+        // IPv6 networks with IPv6 gateways are fine.
+        let m = with_failover(|f| {
+            f.networks = vec!["2001:db8:1::/48".into()];
+            f.primary.gateway = Some(v6);
+            f.backup.gateway = Some("2001:db8::2".parse().unwrap());
+        });
+        assert!(paths(&m).is_empty(), "{:?}", issues(&m));
+        // Mixed networks are one error, not one per gateway.
+        let m = with_failover(|f| f.networks.push("2001:db8:1::/48".into()));
+        assert_eq!(
+            issues(&m),
+            [(
+                format!("{at}.networks"),
+                "mixes IPv4 and IPv6; use one peer entry per family".to_string()
+            )]
+        );
+        // Without a valid network there is no family to compare with.
+        let m = with_failover(|f| f.networks = vec!["nope".into()]);
+        assert_eq!(paths(&m), [format!("{at}.networks[0]")]);
+    }
+
+    #[test]
+    fn failover_paths_differ_and_can_be_checked() {
+        let at = "mesh.peers[0].failover";
+        let m = with_failover(|f| f.backup = f.primary.clone());
+        assert_eq!(
+            issues(&m),
+            [(
+                format!("{at}.backup"),
+                "is the same path as primary".to_string()
+            )]
+        );
+        // Two empty paths are each missing, not the same path.
+        let m = with_failover(|f| {
+            f.primary = RouteVia::default();
+            f.backup = RouteVia::default();
+            f.check_address = Some("10.99.0.2".parse().unwrap());
+        });
+        assert_eq!(
+            issues(&m),
+            [
+                (
+                    format!("{at}.primary"),
+                    "needs a gateway or a dev".to_string()
+                ),
+                (
+                    format!("{at}.backup"),
+                    "needs a gateway or a dev".to_string()
+                ),
+            ]
+        );
+        // A primary without gateway needs an address to check it with.
+        let m = with_failover(|f| f.primary.gateway = None);
+        assert_eq!(paths(&m), [format!("{at}.check_address")]);
+        let m = with_failover(|f| {
+            f.primary.gateway = None;
+            f.check_address = Some("10.99.0.2".parse().unwrap());
+        });
+        assert!(paths(&m).is_empty());
+        let m = with_failover(|f| f.check_address = Some("10.99.0.2".parse().unwrap()));
+        assert!(paths(&m).is_empty());
+        // hold_seconds may be zero, not negative.
+        assert!(paths(&with_failover(|f| f.hold_seconds = 0.0)).is_empty());
+        assert_eq!(
+            paths(&with_failover(|f| f.hold_seconds = -1.0)),
+            [format!("{at}.hold_seconds")]
+        );
+    }
+
+    #[test]
+    fn an_interface_is_a_name_or_a_mapping() {
+        let cfg =
+            Config::from_yaml("mesh:\n  interfaces: [wg0, {name: wg1, mtu: 1380}]\n").unwrap();
+        assert_eq!(cfg.mesh.interfaces[0], MeshInterface::named("wg0"));
+        assert_eq!(cfg.mesh.interfaces[1].name, "wg1");
+        assert_eq!(cfg.mesh.interfaces[1].mtu, Some(1380));
+        let errs = Config::from_yaml("mesh:\n  interfaces: [5]\n").unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.path.starts_with("mesh.interfaces")
+                && e.message
+                    .contains("expected an interface name or a mapping with `name`")),
+            "{errs:?}"
+        );
+    }
 }

@@ -696,4 +696,440 @@ storage:
         let errs = Config::from_yaml("thermal: [unclosed").unwrap_err();
         assert!(errs[0].path.starts_with("line"), "{errs:?}");
     }
+
+    /// The key paths of the issues `text` raises (none when it loads).
+    fn paths(text: &str) -> Vec<String> {
+        match Config::from_yaml(text) {
+            Ok(_) => Vec::new(),
+            Err(issues) => issues.into_iter().map(|i| i.path).collect(),
+        }
+    }
+
+    /// `storage: {a: {b: <value>}}` for the dotted key `a.b`.
+    fn storage_yaml(key: &str, value: &str) -> String {
+        let mut yaml = value.to_string();
+        for part in key.rsplit('.') {
+            yaml = format!("{{{part}: {yaml}}}");
+        }
+        format!("storage: {yaml}\n")
+    }
+
+    #[test]
+    fn trust_keys_are_nkeys_public_keys() {
+        let good = format!("U{}23456", "A".repeat(50));
+        assert_eq!(good.len(), 56);
+        assert!(paths(&format!("trust: {{coordinator_keys: [{good}]}}")).is_empty());
+        let lower = format!("U{}", "a".repeat(55));
+        let short = &good[..55];
+        let long = format!("{good}A");
+        let not_u = format!("A{}", &good[1..]);
+        let symbol = format!("{}=", &good[..55]);
+        for bad in [short, &long, &not_u, &lower, &symbol] {
+            let errs =
+                Config::from_yaml(&format!("trust: {{coordinator_keys: [{good}, '{bad}']}}"))
+                    .unwrap_err();
+            assert_eq!(
+                errs,
+                [issue(
+                    "trust.coordinator_keys[1]",
+                    format!("{bad:?} is not an nkeys public key (56 characters starting with U)")
+                )]
+            );
+        }
+    }
+
+    #[test]
+    fn replay_window_may_be_zero_not_negative() {
+        assert!(paths("trust: {replay_window: 0}").is_empty());
+        for bad in ["-1", ".nan"] {
+            let errs = Config::from_yaml(&format!("trust: {{replay_window: {bad}}}")).unwrap_err();
+            assert_eq!(
+                errs,
+                [issue("trust.replay_window", "must be zero or more seconds")],
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn nats_takes_one_auth_method_at_a_time() {
+        for one in [
+            "{user: u, password: p}",
+            "{token: t}",
+            "{nkey_seed_file: /etc/skos/node.nk}",
+            "{creds_file: /etc/skos/node.creds}",
+        ] {
+            assert!(paths(&format!("nats: {one}")).is_empty(), "{one}");
+        }
+        assert_eq!(paths("nats: {token: t, creds_file: /x.creds}"), ["nats"]);
+        assert_eq!(
+            paths("nats: {user: u, password: p, nkey_seed_file: /x.nk}"),
+            ["nats"]
+        );
+        // A user or a password alone still counts as the user/password method.
+        assert_eq!(
+            paths("nats: {user: u, token: t}"),
+            ["nats", "nats.password"]
+        );
+        assert_eq!(
+            paths("nats: {password: p, creds_file: /x.creds}"),
+            ["nats", "nats.password"]
+        );
+        assert_eq!(paths("nats: {user: u}"), ["nats.password"]);
+        assert_eq!(paths("nats: {password: p}"), ["nats.password"]);
+    }
+
+    #[test]
+    fn nats_tls_client_cert_and_key_go_together() {
+        assert!(paths("nats: {tls: {cert_file: /c.pem, key_file: /k.pem}}").is_empty());
+        assert!(paths("nats: {tls: {required: true, ca_file: /ca.pem}}").is_empty());
+        assert_eq!(
+            paths("nats: {tls: {cert_file: /c.pem}}"),
+            ["nats.tls.key_file"]
+        );
+        assert_eq!(
+            paths("nats: {tls: {key_file: /k.pem}}"),
+            ["nats.tls.key_file"]
+        );
+    }
+
+    #[test]
+    fn nats_message_limit_is_at_least_1024() {
+        assert_eq!(
+            paths("nats: {max_message_bytes: 1023}"),
+            ["nats.max_message_bytes"]
+        );
+        assert_eq!(
+            paths("nats: {max_message_bytes: 0}"),
+            ["nats.max_message_bytes"]
+        );
+        assert!(paths("nats: {max_message_bytes: 1024}").is_empty());
+        assert!(paths("nats: {max_message_bytes: 8388608}").is_empty());
+    }
+
+    #[test]
+    fn nats_debug_shows_settings_but_not_secrets() {
+        let cfg =
+            Config::from_yaml("nats: {url: 'nats://hub:4222', user: ops, password: pw5ecret}")
+                .unwrap();
+        let dbg = format!("{:?}", cfg.nats);
+        assert!(dbg.contains("nats://hub:4222"), "{dbg}");
+        assert!(dbg.contains("\"ops\""), "{dbg}");
+        assert!(dbg.contains("<redacted>"), "{dbg}");
+        assert!(!dbg.contains("pw5ecret"), "{dbg}");
+    }
+
+    #[test]
+    fn breaker_needs_one_failure_and_positive_seconds() {
+        assert_eq!(
+            paths("circuit_breaker: {max_failures: 0}"),
+            ["circuit_breaker.max_failures"]
+        );
+        assert!(paths("circuit_breaker: {max_failures: 1}").is_empty());
+        for key in ["window_seconds", "reset_timeout_seconds"] {
+            assert_eq!(
+                paths(&format!("circuit_breaker: {{{key}: 0}}")),
+                [format!("circuit_breaker.{key}")]
+            );
+            assert!(paths(&format!("circuit_breaker: {{{key}: 0.5}}")).is_empty());
+        }
+    }
+
+    #[test]
+    fn timers_are_positive_finite_seconds() {
+        for (section, key) in [
+            ("agent", "heartbeat_interval"),
+            ("agent", "monitor_interval"),
+            ("coordinator", "heartbeat_timeout"),
+            ("coordinator", "verify_within"),
+            ("coordinator", "command_deadline"),
+        ] {
+            for bad in ["0", "-1", ".inf", ".nan"] {
+                let errs = Config::from_yaml(&format!("{section}: {{{key}: {bad}}}")).unwrap_err();
+                assert_eq!(errs.len(), 1, "{section}.{key}: {bad}: {errs:?}");
+                assert_eq!(errs[0].path, format!("{section}.{key}"));
+                assert!(
+                    errs[0]
+                        .message
+                        .starts_with("must be a positive number of seconds, got"),
+                    "{errs:?}"
+                );
+            }
+            assert!(paths(&format!("{section}: {{{key}: 0.01}}")).is_empty());
+        }
+    }
+
+    #[test]
+    fn antibodies_must_be_known_and_built() {
+        assert!(paths("agent: {antibodies: [thermal_sentinel]}").is_empty());
+        assert!(paths("agent: {antibodies: []}").is_empty());
+        let errs = Config::from_yaml("agent: {antibodies: [thermal_sentinel, workloads, zap]}")
+            .unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["agent.antibodies[1]", "agent.antibodies[2]"]);
+        assert!(errs[0]
+            .message
+            .starts_with("antibody \"workloads\" is not built yet"));
+        assert!(errs[1].message.starts_with("unknown antibody \"zap\""));
+    }
+
+    #[test]
+    fn thresholds_must_ascend() {
+        for section in ["thermal", "storage"] {
+            let t = |w: &str, c: &str, e: &str| {
+                paths(&format!(
+                    "{section}: {{thresholds: {{warning: {w}, critical: {c}, emergency: {e}}}}}"
+                ))
+            };
+            assert!(t("70", "71", "72").is_empty());
+            assert_eq!(
+                t("70", "70", "72"),
+                [format!("{section}.thresholds.critical")]
+            );
+            assert_eq!(
+                t("70", "72", "72"),
+                [format!("{section}.thresholds.emergency")]
+            );
+            assert_eq!(
+                t(".nan", "71", "72"),
+                [
+                    format!("{section}.thresholds.warning"),
+                    format!("{section}.thresholds.critical")
+                ]
+            );
+            assert_eq!(
+                t("70", "71", ".inf"),
+                [format!("{section}.thresholds.emergency")]
+            );
+        }
+    }
+
+    #[test]
+    fn action_tables_name_known_actions() {
+        assert_eq!(
+            paths("storage: {actions: {warning: [cleanup_temp, nuke]}}"),
+            ["storage.actions.warning[1]"]
+        );
+        assert_eq!(
+            paths("thermal: {actions: {emergency: [nuke]}}"),
+            ["thermal.actions.emergency[0]"]
+        );
+        let errs = Config::from_yaml("mesh: {actions: {tunnel_down: [nuke]}}").unwrap_err();
+        assert_eq!(
+            errs,
+            [issue(
+                "mesh.actions.tunnel_down[0]",
+                "unknown action \"nuke\""
+            )]
+        );
+    }
+
+    #[test]
+    fn thermal_hysteresis_and_holds_are_zero_or_more() {
+        assert!(
+            paths("thermal: {hysteresis: 0, for: {warning: 0, critical: 0, emergency: 0}}")
+                .is_empty()
+        );
+        assert_eq!(paths("thermal: {hysteresis: -1}"), ["thermal.hysteresis"]);
+        for level in ["warning", "critical", "emergency"] {
+            assert_eq!(
+                paths(&format!("thermal: {{for: {{{level}: -1}}}}")),
+                [format!("thermal.for.{level}")]
+            );
+            assert!(paths(&format!("thermal: {{for: {{{level}: 5}}}}")).is_empty());
+        }
+    }
+
+    #[test]
+    fn allowed_roots_are_absolute_and_not_system_dirs() {
+        let root = |r: &str| paths(&format!("storage: {{allowed_roots: ['{r}']}}"));
+        assert!(root("/srv/data").is_empty());
+        for bad in ["srv", "/srv/../etc", "/", "/etc/skos", "/usr", "/boot"] {
+            assert_eq!(root(bad), ["storage.allowed_roots[0]"], "{bad}");
+        }
+        let errs = Config::from_yaml("storage: {allowed_roots: [srv, /etc/skos]}").unwrap_err();
+        assert_eq!(errs[0].message, "srv must be absolute, without '..'");
+        assert_eq!(errs[1].message, "/etc/skos is a system directory");
+    }
+
+    #[test]
+    fn storage_dirs_lie_strictly_inside_an_allowed_root() {
+        let dirs = |data_dir: &str, list: &str| {
+            Config::from_yaml(&format!(
+                "data_dir: {data_dir}\nstorage: {{temp: {{dirs: [{list}]}}}}\n"
+            ))
+            .err()
+            .unwrap_or_default()
+        };
+        assert!(dirs("/srv/skos", "/tmp/app, /srv/skosx, /srv/other").is_empty());
+        // A root itself is never cleaned, only what lies below it.
+        let errs = dirs("/srv/skos", "/tmp");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "storage.temp.dirs[0]");
+        assert!(errs[0].message.contains("allowed root"), "{errs:?}");
+        // A dir that holds the data dir overlaps it as much as one inside it.
+        let errs = dirs("/srv/skos", "/srv");
+        assert!(
+            errs.iter().any(|e| e.message.contains("data dir")),
+            "{errs:?}"
+        );
+        let errs = dirs("/srv/skos", "/srv/skos/tmp");
+        assert!(
+            errs.iter().any(|e| e.message.contains("data dir")),
+            "{errs:?}"
+        );
+        // A relative data dir cannot be compared and is not.
+        assert!(dirs("./srv/skos", "/srv/skos/tmp").is_empty());
+        let errs = dirs("/srv/skos", "/");
+        assert_eq!(errs, [issue("storage.temp.dirs[0]", "/ is never cleaned")]);
+    }
+
+    #[test]
+    fn every_storage_dir_list_is_checked() {
+        for key in ["temp.dirs", "logs.dirs", "archive.dirs"] {
+            let text = storage_yaml(key, "[/srv/x, relative]");
+            let text = if key == "archive.dirs" {
+                text.replace(
+                    "storage: {archive: {",
+                    "storage: {archive: {destination: /mnt/a, ",
+                )
+            } else {
+                text
+            };
+            assert_eq!(paths(&text), [format!("storage.{key}[1]")], "{text}");
+        }
+        assert_eq!(
+            paths("storage: {archive: {destination: /etc/archive}}"),
+            ["storage.archive.destination"]
+        );
+        assert_eq!(paths("storage: {mounts: [/, data]}"), ["storage.mounts[1]"]);
+    }
+
+    #[test]
+    fn storage_ages_are_zero_or_more_seconds() {
+        for key in [
+            "temp.max_age",
+            "temp.emergency_max_age",
+            "logs.compress_after",
+            "logs.retention",
+            "logs.emergency_retention",
+            "archive.older_than",
+            "archive.emergency_older_than",
+            "fill_rate_window",
+            "predict_horizon",
+        ] {
+            let errs = Config::from_yaml(&storage_yaml(key, "-1")).unwrap_err();
+            assert_eq!(
+                errs,
+                [issue(
+                    format!("storage.{key}"),
+                    "must be zero or more seconds"
+                )],
+                "{key}"
+            );
+            assert!(paths(&storage_yaml(key, "0")).is_empty(), "{key}");
+        }
+    }
+
+    #[test]
+    fn archive_dirs_need_a_destination() {
+        let errs = Config::from_yaml("storage: {archive: {dirs: [/data/old]}}").unwrap_err();
+        assert_eq!(
+            errs,
+            [issue(
+                "storage.archive.destination",
+                "archive.dirs are set but no destination"
+            )]
+        );
+        assert!(paths("storage: {archive: {dirs: [/data/old], destination: /mnt/a}}").is_empty());
+        assert!(paths("storage: {archive: {destination: /mnt/a}}").is_empty());
+    }
+
+    #[test]
+    fn notify_channels_are_checked() {
+        for ok in ["http://hooks.example/x", "https://hooks.example"] {
+            assert!(paths(&format!(
+                "storage: {{notify: {{webhook: {{url: '{ok}'}}}}}}"
+            ))
+            .is_empty());
+        }
+        for bad in ["ftp://hooks.example/x", "hooks.example/x", ""] {
+            assert_eq!(
+                paths(&format!(
+                    "storage: {{notify: {{webhook: {{url: '{bad}'}}}}}}"
+                )),
+                ["storage.notify.webhook.url"],
+                "{bad:?}"
+            );
+        }
+        for security in ["none", "starttls", "tls"] {
+            assert!(paths(&format!(
+                "storage: {{notify: {{email: {{to: [ops@example.org], security: {security}}}}}}}"
+            ))
+            .is_empty());
+        }
+        assert_eq!(
+            paths("storage: {notify: {email: {to: [ops@example.org], security: ssl}}}"),
+            ["storage.notify.email.security"]
+        );
+        assert_eq!(
+            paths("storage: {notify: {email: {to: []}}}"),
+            ["storage.notify.email.to"]
+        );
+        assert_eq!(
+            paths("storage: {notify: {command: []}}"),
+            ["storage.notify.command"]
+        );
+        assert!(paths("storage: {notify: {command: [/usr/bin/logger, -t, skos]}}").is_empty());
+    }
+
+    #[test]
+    fn notify_debug_shows_where_but_not_secrets() {
+        let text = "storage:\n  notify:\n    webhook: {url: 'https://bot:t0k3n@hooks.example/services/T0K3N?x=1', headers: {X-Key: 's3cret'}}\n    email: {smtp_host: mail.example, username: ops, password: hunter2, to: [ops@example.org]}\n";
+        let cfg = Config::from_yaml(text).unwrap();
+        let webhook = format!("{:?}", cfg.storage.notify.webhook.as_ref().unwrap());
+        assert!(
+            webhook.contains("https://hooks.example/<redacted>"),
+            "{webhook}"
+        );
+        assert!(webhook.contains("X-Key"), "{webhook}");
+        for secret in ["t0k3n", "T0K3N", "s3cret", "x=1"] {
+            assert!(!webhook.contains(secret), "{secret} leaked: {webhook}");
+        }
+        let email = format!("{:?}", cfg.storage.notify.email.as_ref().unwrap());
+        for shown in ["mail.example", "\"ops\"", "ops@example.org", "<redacted>"] {
+            assert!(email.contains(shown), "{shown} missing: {email}");
+        }
+        assert!(!email.contains("hunter2"), "{email}");
+        // A URL without a scheme (rejected by the check) is not shown at all.
+        let w = WebhookConfig {
+            url: "hooks.example/T0K3N".into(),
+            ..WebhookConfig::default()
+        };
+        let dbg = format!("{w:?}");
+        assert!(dbg.contains("url: \"<redacted>\""), "{dbg}");
+        assert!(!dbg.contains("T0K3N"), "{dbg}");
+    }
+
+    /// `Section::get` and `get_mut` are where the section lives in a
+    /// `Config`: the very field, not a copy.
+    #[test]
+    fn each_section_gets_its_own_field() {
+        fn same<S: Section>(cfg: &mut Config, field: fn(&Config) -> *const S) {
+            let want = field(cfg);
+            assert!(std::ptr::eq(S::get(cfg), want), "{}", S::KEY);
+            assert!(std::ptr::eq(S::get_mut(cfg), want), "{}", S::KEY);
+        }
+        let mut cfg = Config::default();
+        same::<NodeSection>(&mut cfg, |c| &c.node);
+        same::<NatsSection>(&mut cfg, |c| &c.nats);
+        same::<AgentSection>(&mut cfg, |c| &c.agent);
+        same::<CoordinatorSection>(&mut cfg, |c| &c.coordinator);
+        same::<BreakerConfig>(&mut cfg, |c| &c.circuit_breaker);
+        same::<ThermalConfig>(&mut cfg, |c| &c.thermal);
+        same::<StorageConfig>(&mut cfg, |c| &c.storage);
+        same::<MeshConfig>(&mut cfg, |c| &c.mesh);
+        same::<LoopConfig>(&mut cfg, |c| &c.loop_);
+        same::<TrustConfig>(&mut cfg, |c| &c.trust);
+    }
 }
