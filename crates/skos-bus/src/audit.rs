@@ -8,7 +8,7 @@
 //! a second writer.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use async_nats::jetstream::{self, stream};
@@ -127,15 +127,11 @@ impl AuditLog {
     }
 
     /// The last `n` records, oldest first (used to rebuild state after a
-    /// restart).
+    /// restart). From a file, only its tail is read ([`read_file_tail`]).
     pub async fn read_recent(&self, n: u64) -> Result<Vec<Value>> {
         let guard = self.inner.lock().await;
         match &guard.0 {
-            AuditStore::File { path, .. } => {
-                let mut all = read_file(path)?;
-                let skip = all.len().saturating_sub(n as usize);
-                Ok(all.split_off(skip))
-            }
+            AuditStore::File { path, .. } => read_file_tail(path, n),
             AuditStore::JetStream { js, .. } => read_js(js, Some(n)).await,
         }
     }
@@ -238,30 +234,57 @@ fn append_file(
     Ok(record)
 }
 
-/// Last parseable record, length of the well-formed prefix, total length.
+/// Last parseable record, length of the well-formed prefix (up to the last
+/// newline: anything after it is a torn write), total length. Reads from
+/// the end only: start-up costs the same at any length of trail.
 fn scan_file(path: &Path) -> Result<(Option<AuditRecord>, u64, u64)> {
-    let file = File::open(path).map_err(|e| io(path, e))?;
+    let mut file = File::open(path).map_err(|e| io(path, e))?;
     let total = file.metadata().map_err(|e| io(path, e))?.len();
-    let mut reader = BufReader::new(file);
-    let (mut last, mut good, mut line) = (None, 0u64, Vec::new());
+    let good = last_newline(&mut file, total, TAIL_BLOCK)
+        .map_err(|e| io(path, e))?
+        .map_or(0, |at| at + 1);
+    // The last line that is a record (a stray line is skipped, as before).
+    let mut n = 1;
     loop {
-        line.clear();
-        let n = reader
+        let start = tail_start(&mut file, good, n, TAIL_BLOCK).map_err(|e| io(path, e))?;
+        if start >= good {
+            return Ok((None, good, total));
+        }
+        file.seek(SeekFrom::Start(start)).map_err(|e| io(path, e))?;
+        let mut line = Vec::new();
+        BufReader::new((&mut file).take(good - start))
             .read_until(b'\n', &mut line)
             .map_err(|e| io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        if line.last() != Some(&b'\n') {
-            // Torn: no newline at the end of the file.
-            break;
-        }
         if let Ok(r) = serde_json::from_slice::<AuditRecord>(&line) {
-            last = Some(r);
+            return Ok((Some(r), good, total));
         }
-        good += n as u64;
+        if start == 0 {
+            return Ok((None, good, total));
+        }
+        n += 1;
     }
-    Ok((last, good, total))
+}
+
+/// The offset of the last `\n` in the first `len` bytes of `src`.
+fn last_newline<R: Read + Seek>(
+    src: &mut R,
+    len: u64,
+    block: usize,
+) -> std::io::Result<Option<u64>> {
+    let block = block.max(1);
+    let mut buf = vec![0u8; block];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(block as u64);
+        let chunk = &mut buf[..usize::try_from(end - start).unwrap_or(block)];
+        src.seek(SeekFrom::Start(start))?;
+        src.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(start + i as u64));
+        }
+        end = start;
+    }
+    Ok(None)
 }
 
 async fn last_record(js: &jetstream::Context) -> Result<(Option<AuditRecord>, u64)> {
@@ -302,6 +325,83 @@ pub fn read_file(path: &Path) -> Result<Vec<Value>> {
         out.push(v);
     }
     Ok(out)
+}
+
+/// Bytes read per step when the audit file is read backwards.
+const TAIL_BLOCK: usize = 64 * 1024;
+
+/// The last `n` records of the audit file at `path`, oldest first, as JSON
+/// values. Reads backwards from the end in blocks of 64 KiB until it has
+/// passed `n` complete records, then parses only those: the bytes read are
+/// those of the `n` records plus at most one block, whatever the length
+/// of the file. Blank lines are skipped, as [`read_file`] skips them.
+pub fn read_file_tail(path: &Path, n: u64) -> Result<Vec<Value>> {
+    let mut file = File::open(path).map_err(|e| io(path, e))?;
+    read_tail(&mut file, path, n, TAIL_BLOCK)
+}
+
+/// [`read_file_tail`] over any seekable source, `path` naming it in
+/// errors, read backwards `block` bytes at a time.
+fn read_tail<R: Read + Seek>(src: &mut R, path: &Path, n: u64, block: usize) -> Result<Vec<Value>> {
+    let len = src.seek(SeekFrom::End(0)).map_err(|e| io(path, e))?;
+    let start = tail_start(src, len, n, block).map_err(|e| io(path, e))?;
+    src.seek(SeekFrom::Start(start)).map_err(|e| io(path, e))?;
+    let mut reader = BufReader::new(src.take(len - start));
+    let capacity = usize::try_from(n).unwrap_or(usize::MAX).min(4096);
+    let (mut out, mut line, mut offset) = (Vec::with_capacity(capacity), Vec::new(), start);
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| io(path, e))?;
+        if read == 0 {
+            break;
+        }
+        if !line.trim_ascii().is_empty() {
+            let v = serde_json::from_slice(&line).map_err(|e| Error::Corrupt {
+                path: format!("{} at byte {offset}", path.display()),
+                reason: e.to_string(),
+            })?;
+            out.push(v);
+        }
+        offset += read as u64;
+    }
+    Ok(out)
+}
+
+/// Where the last `n` non-blank lines of `src` (`len` bytes long) begin,
+/// found by reading backwards from the end, `block` bytes at a time, until
+/// the newline before the `n`th last line. A last line without a newline
+/// counts as a line; a line of only ASCII whitespace does not.
+fn tail_start<R: Read + Seek>(src: &mut R, len: u64, n: u64, block: usize) -> std::io::Result<u64> {
+    if n == 0 {
+        return Ok(len);
+    }
+    let block = block.max(1);
+    let mut buf = vec![0u8; block.min(usize::try_from(len).unwrap_or(usize::MAX))];
+    let (mut found, mut content, mut end) = (0u64, false, len);
+    while end > 0 {
+        let start = end.saturating_sub(block as u64);
+        let chunk = &mut buf[..usize::try_from(end - start).unwrap_or(block)];
+        src.seek(SeekFrom::Start(start))?;
+        src.read_exact(chunk)?;
+        for (i, &b) in chunk.iter().enumerate().rev() {
+            if b == b'\n' {
+                // The line after this newline is complete.
+                if content {
+                    found += 1;
+                    if found == n {
+                        return Ok(start + i as u64 + 1);
+                    }
+                }
+                content = false;
+            } else if !b.is_ascii_whitespace() {
+                content = true;
+            }
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// Read the last `n` records of the JetStream audit stream (all when `None`).
@@ -426,6 +526,127 @@ mod tests {
         assert_eq!(records.len(), 3);
         assert_eq!(records[1]["entry"]["event_type"], "audit_recovered");
         assert!(verify(records).error.is_none());
+    }
+
+    /// A source that counts the bytes read from it.
+    struct Counting<R> {
+        inner: R,
+        read: u64,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    impl<R: Seek> Seek for Counting<R> {
+        fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+
+    /// The last `n` of `all`.
+    fn last(all: &[Value], n: usize) -> &[Value] {
+        &all[all.len().saturating_sub(n)..]
+    }
+
+    #[test]
+    fn the_tail_of_a_large_file_is_read_alone_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut text = String::new();
+        for i in 0..200_000u32 {
+            text.push_str(&format!("{{\"seq\":{i},\"pad\":\"{}\"}}\n", "p".repeat(60)));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let size = text.len() as u64;
+        assert!(size > 10 * 1024 * 1024);
+
+        let mut src = Counting {
+            inner: File::open(&path).unwrap(),
+            read: 0,
+        };
+        let got = read_tail(&mut src, &path, 10, TAIL_BLOCK).unwrap();
+        let seqs: Vec<u64> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (199_990..200_000).collect::<Vec<u64>>());
+        // One block backwards, then the ten records again.
+        assert!(
+            src.read <= (TAIL_BLOCK + 10 * 100) as u64,
+            "{} bytes read",
+            src.read
+        );
+
+        let mut src = Counting {
+            inner: File::open(&path).unwrap(),
+            read: 0,
+        };
+        let got = read_tail(&mut src, &path, 20_000, TAIL_BLOCK).unwrap();
+        assert_eq!(got.len(), 20_000);
+        assert_eq!(got[0]["seq"], 180_000);
+        assert_eq!(got[19_999]["seq"], 199_999);
+        assert!(src.read < size / 4, "{} bytes read of {size}", src.read);
+    }
+
+    #[test]
+    fn the_tail_matches_the_whole_file_at_every_block_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // Lines of varied length, blank lines, a last line without newline.
+        let mut text = String::from("\n");
+        for i in 0..300u32 {
+            text.push_str(&format!(
+                "{{\"seq\":{i},\"pad\":\"{}\"}}\n",
+                "x".repeat((i % 37) as usize)
+            ));
+            if i % 50 == 0 {
+                text.push_str("  \n\n");
+            }
+        }
+        text.push_str("{\"seq\":300}");
+        std::fs::write(&path, &text).unwrap();
+        let all = read_file(&path).unwrap();
+        assert_eq!(all.len(), 301);
+        for block in [1, 7, 64, 1000, TAIL_BLOCK] {
+            for n in [0usize, 1, 2, 49, 50, 51, 300, 301, 302, 10_000] {
+                let mut f = File::open(&path).unwrap();
+                let got = read_tail(&mut f, &path, n as u64, block).unwrap();
+                assert_eq!(got, last(&all, n), "block {block}, n {n}");
+            }
+        }
+        let empty = dir.path().join("empty.jsonl");
+        std::fs::write(&empty, "").unwrap();
+        assert!(read_file_tail(&empty, 5).unwrap().is_empty());
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(&bad, "{\"seq\":1}\nnot json\n{\"seq\":3}\n").unwrap();
+        assert_eq!(read_file_tail(&bad, 1).unwrap()[0]["seq"], 3);
+        let err = read_file_tail(&bad, 2).unwrap_err().to_string();
+        assert!(err.contains("at byte 10"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn read_recent_returns_the_last_records_of_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut chain = Chain::resume(None);
+        let mut text = String::new();
+        for i in 0..5_000 {
+            let record = chain.seal(entry(i));
+            text.push_str(&serde_json::to_string(&record).unwrap());
+            text.push('\n');
+        }
+        std::fs::write(&path, text).unwrap();
+        let log = AuditLog::open_file(&path).unwrap();
+        let got = log.read_recent(100).await.unwrap();
+        let seqs: Vec<u64> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (4_901..=5_000).collect::<Vec<u64>>());
+        assert_eq!(log.read_recent(10_000).await.unwrap().len(), 5_000);
+        let r = log.append(entry(5_000)).await.unwrap();
+        assert_eq!(r.seq, 5_001);
+        let got = log.read_recent(1).await.unwrap();
+        assert_eq!(got[0]["seq"], 5_001);
     }
 
     #[test]

@@ -363,13 +363,25 @@ impl Bus {
         }
     }
 
-    /// Ask the coordinator for its status (JSON).
+    /// Ask the coordinator for its status under the default query (an
+    /// empty request): the summary and the first page of nodes (JSON).
     pub async fn request_status(&self, timeout: Duration) -> Result<Bytes> {
+        self.request_raw(subjects::STATUS, Bytes::new(), timeout)
+            .await
+    }
+
+    /// Ask the coordinator for the status `query` selects (the
+    /// coordinator's `StatusQuery`: a page of nodes, one node, problem
+    /// nodes only), sent as JSON; the answer is its status or its refusal
+    /// (JSON).
+    pub async fn request_status_query<Q: Serialize>(
+        &self,
+        query: &Q,
+        timeout: Duration,
+    ) -> Result<Bytes> {
         let subject = subjects::STATUS;
-        match self {
-            Bus::InProc(b) => b.request(subject, Bytes::new(), timeout).await,
-            Bus::Nats(b) => b.request(subject, Bytes::new(), timeout).await,
-        }
+        let payload = encode(subject, query)?;
+        self.request_raw(subject, payload, timeout).await
     }
 }
 

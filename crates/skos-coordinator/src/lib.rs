@@ -8,8 +8,11 @@
 //! * [`service`]: the async shell that feeds the engine from the bus and
 //!   carries out its effects, in order, before acknowledging a message.
 //! * [`status`]: the status report (`skos status`).
+//! * [`failpoint`]: kill points for crash-safety tests (`SKOS_FAILPOINT`),
+//!   inert when unset.
 
 pub mod engine;
+pub mod failpoint;
 pub mod service;
 pub mod status;
 

@@ -26,6 +26,7 @@ use skos_core::protocol::{decode, Alert, AuditEntry, CommandResult, DecodeError,
 use skos_core::NodeName;
 
 use crate::engine::{Effect, Engine};
+use crate::failpoint;
 use crate::status::Leadership;
 use crate::{Error, Result};
 
@@ -392,8 +393,7 @@ async fn lead(
             Some(m) = alerts.next() => ctx.alert(m).await,
             Some(m) = results.next() => ctx.result(m).await,
             Some(m) = status.next() => {
-                let s = ctx.engine.status(chrono::Utc::now());
-                let body = serde_json::to_vec(&s).unwrap_or_default();
+                let body = status_reply(&ctx.engine, &m.payload);
                 if let Err(e) = m.reply(Bytes::from(body)).await {
                     tracing::debug!(error = %e, "status reply failed");
                 }
@@ -404,6 +404,9 @@ async fn lead(
                 let mut touched = effect_nodes(&effects);
                 touched.extend(std::mem::take(&mut ctx.unsaved));
                 ctx.persist(touched).await;
+                if !effects.is_empty() {
+                    failpoint::hit("tick.persisted");
+                }
                 ctx.apply_or_queue(effects).await;
                 if let Some(path) = &opts.status_file {
                     if last_snapshot.elapsed() >= Duration::from_secs(1) {
@@ -431,10 +434,34 @@ async fn lead(
     Ok(led)
 }
 
+/// The answer to a status request: the status its query asks for (an
+/// empty payload is the default query), or a refusal saying what is wrong
+/// with the query.
+fn status_reply(engine: &Engine, payload: &[u8]) -> Vec<u8> {
+    use crate::status::{StatusQuery, StatusRefusal};
+    match StatusQuery::parse(payload) {
+        Ok(query) => engine.status_page(chrono::Utc::now(), &query).to_reply(),
+        Err(e) => {
+            tracing::debug!(error = %e, "status query refused");
+            let refusal = StatusRefusal {
+                error: e.to_string(),
+            };
+            serde_json::to_vec(&refusal).unwrap_or_default()
+        }
+    }
+}
+
+/// Embedded mode's status file: the status of the first
+/// [`crate::status::MAX_PER_PAGE`] nodes (its own node), in the shape and
+/// within the bounds of a status reply; `skos status` pages and filters it.
 fn write_status(path: &std::path::Path, engine: &Engine) {
-    let s = engine.status(chrono::Utc::now());
+    use crate::status::{StatusQuery, MAX_PER_PAGE};
+    let query = StatusQuery {
+        per_page: MAX_PER_PAGE,
+        ..StatusQuery::default()
+    };
+    let body = engine.status_page(chrono::Utc::now(), &query).to_reply();
     let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(&s).unwrap_or_default();
     if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)) {
         tracing::warn!(path = %path.display(), error = %e, "cannot write status snapshot");
     }
@@ -568,14 +595,21 @@ impl Ctx {
         let mut touched = BTreeSet::from([alert.node.clone()]);
         let effects = self.engine.on_alert(alert, chrono::Utc::now());
         touched.extend(effect_nodes(&effects));
+        failpoint::hit("alert.decided");
         // State first (a restart then finds the pending commands and
         // publishes those not yet audited), then effects, then the ack.
         let done = match self.persist_strict(touched).await {
-            Ok(()) => self.apply(effects).await,
+            Ok(()) => {
+                failpoint::hit("alert.persisted");
+                self.apply(effects, "alert.published").await
+            }
             Err(e) => Err(e),
         };
         match done {
-            Ok(()) => ack(m).await,
+            Ok(()) => {
+                failpoint::hit("alert.audited");
+                ack(m).await
+            }
             Err(e) => {
                 // Not acknowledged: JetStream delivers it again.
                 self.engine.forget_handled(&id);
@@ -601,12 +635,19 @@ impl Ctx {
         let mut touched = BTreeSet::from([result.node.clone()]);
         let effects = self.engine.on_result(result, chrono::Utc::now());
         touched.extend(effect_nodes(&effects));
+        failpoint::hit("result.decided");
         let done = match self.persist_strict(touched).await {
-            Ok(()) => self.apply(effects).await,
+            Ok(()) => {
+                failpoint::hit("result.persisted");
+                self.apply(effects, "result.published").await
+            }
             Err(e) => Err(e),
         };
         match done {
-            Ok(()) => ack(m).await,
+            Ok(()) => {
+                failpoint::hit("result.audited");
+                ack(m).await
+            }
             Err(e) => {
                 tracing::error!(error = %e, "result not fully handled; it will be delivered again")
             }
@@ -614,9 +655,15 @@ impl Ctx {
     }
 
     /// Carry out effects: publish commands and alerts (durably), then
-    /// write the audit records. Stops at the first failure.
-    async fn apply(&mut self, effects: Vec<Effect>) -> Result<()> {
-        self.try_apply(effects).await.map_err(|(e, _)| e)
+    /// write the audit records. Stops at the first failure. `published`
+    /// is the kill point between the two ([`failpoint::hit`]).
+    async fn apply(&mut self, effects: Vec<Effect>, published: &'static str) -> Result<()> {
+        let (publish, audits): (Vec<_>, Vec<_>) = effects
+            .into_iter()
+            .partition(|e| !matches!(e, Effect::Audit(_)));
+        self.try_apply(publish).await.map_err(|(e, _)| e)?;
+        failpoint::hit(published);
+        self.try_apply(audits).await.map_err(|(e, _)| e)
     }
 
     /// [`Ctx::apply`], handing back on failure the effects not carried

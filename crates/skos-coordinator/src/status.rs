@@ -1,27 +1,289 @@
-//! What `skos status` shows.
+//! What `skos status` shows: a summary of the whole fleet and one page of
+//! its nodes.
+//!
+//! A status request carries an optional [`StatusQuery`] (JSON; an empty
+//! payload is the default query, so older clients still work) and is
+//! answered with one [`Status`]: the [`Summary`] (nodes by health, agents
+//! online and offline, open alerts by severity, open circuits, recent
+//! actions held), the counters, the leader and the mode, plus one page of
+//! nodes and capped lists of their agents, the open alerts, the recent
+//! actions and the open circuits. Every list has a fixed cap and every
+//! string in it a fixed length ([`MAX_TEXT_BYTES`]), so the reply stays
+//! below the 1 MiB a NATS message may carry whatever the size of the
+//! fleet: under 600 KiB even with every listed string at its cap, and
+//! [`MAX_REPLY_BYTES`] is enforced on top; a full page of 200 nodes with
+//! 100 long alerts takes about 160 KiB.
+//!
+//! | list | at most | which |
+//! |---|---|---|
+//! | `nodes` | `per_page` ([`MAX_PER_PAGE`]) | the page: problems first (critical, offline, degraded, then healthy), by name within each |
+//! | `agents` | [`MAX_AGENTS`] | the agents of the page's nodes |
+//! | `open_alerts` | [`MAX_OPEN_ALERTS`] | worst severity first; with `node`, that node's |
+//! | `recent_actions` | [`MAX_RECENT_ACTIONS`] | the newest, oldest first; with `node`, that node's |
+//! | `open_circuits` | [`MAX_OPEN_CIRCUITS`] | by (node, problem, action); with `node`, that node's |
+//!
+//! The summary always counts everything, so a reply says how much it left
+//! out; `node` shows one node in full (its alerts, actions and circuits).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use skos_core::protocol::ResultStatus;
+use skos_core::protocol::{decode, DecodeError, ResultStatus, Severity};
 use skos_core::timefmt::{self, Timestamp};
+use skos_core::NodeName;
 use std::collections::BTreeMap;
 
+/// Nodes on a page when the query names no `per_page`.
+pub const DEFAULT_PER_PAGE: usize = 50;
+/// The most nodes one reply lists (a larger `per_page` is lowered to it).
+pub const MAX_PER_PAGE: usize = 200;
+/// The most agents one reply lists (those of the page's nodes).
+pub const MAX_AGENTS: usize = 200;
+/// The most open alerts one reply lists.
+pub const MAX_OPEN_ALERTS: usize = 100;
+/// The most recent actions one reply lists.
+pub const MAX_RECENT_ACTIONS: usize = 50;
+/// The most open circuits one reply lists.
+pub const MAX_OPEN_CIRCUITS: usize = 100;
+/// The longest string (in bytes) a listed item keeps; longer ones are cut
+/// on a character boundary and end in `…`.
+pub const MAX_TEXT_BYTES: usize = 256;
+/// The most bytes one listed alert or circuit takes once its strings are
+/// cut; past it, its `details` are replaced by `{"truncated": true}`.
+pub const MAX_ITEM_BYTES: usize = 1024;
+/// The largest status query accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// The largest reply a coordinator sends: a status that would be larger
+/// (it cannot be, given the caps above, unless the counters grew without
+/// bound) is answered with a [`StatusRefusal`] instead.
+pub const MAX_REPLY_BYTES: usize = 768 * 1024;
+
+/// What a status request asks for. Every field may be left out; `{}` and
+/// an empty payload are the default: the first page of
+/// [`DEFAULT_PER_PAGE`] nodes, problems first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusQuery {
+    /// Which page of nodes, from 0.
+    pub page: usize,
+    /// Nodes per page, 1 to [`MAX_PER_PAGE`] (0 means the default; more is
+    /// lowered to the cap).
+    pub per_page: usize,
+    /// Only this node, in full: its alerts, actions and circuits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeName>,
+    /// Only nodes that are not healthy (critical, offline or degraded).
+    pub problem_nodes_only: bool,
+    /// How the nodes are ordered before they are paged.
+    pub order: NodeOrder,
+}
+
+impl Default for StatusQuery {
+    fn default() -> Self {
+        Self {
+            page: 0,
+            per_page: DEFAULT_PER_PAGE,
+            node: None,
+            problem_nodes_only: false,
+            order: NodeOrder::default(),
+        }
+    }
+}
+
+/// How nodes are ordered before they are paged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeOrder {
+    /// Critical, then offline, then degraded, then healthy nodes; by name
+    /// within each: the first page is what needs an operator.
+    #[default]
+    ProblemsFirst,
+    /// By name only: pages that do not move when a node's health changes.
+    Name,
+}
+
+/// A status query that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusQueryError {
+    #[error("status query: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+impl StatusQuery {
+    /// Read a request's payload: empty (or only whitespace) is the default
+    /// query; anything else must be a [`StatusQuery`] of at most
+    /// [`MAX_QUERY_BYTES`]. The result is [`StatusQuery::normalized`].
+    pub fn parse(payload: &[u8]) -> Result<Self, StatusQueryError> {
+        if payload.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        let q: Self = decode(payload, MAX_QUERY_BYTES)?;
+        Ok(q.normalized())
+    }
+
+    /// `per_page` within 1..=[`MAX_PER_PAGE`] (0: the default).
+    pub fn normalized(mut self) -> Self {
+        self.per_page = match self.per_page {
+            0 => DEFAULT_PER_PAGE,
+            n => n.min(MAX_PER_PAGE),
+        };
+        self
+    }
+
+    /// Whether a node with `health` named `name` is selected (before
+    /// paging).
+    pub fn selects(&self, name: &str, health: NodeHealth) -> bool {
+        if self.node.as_ref().is_some_and(|n| n.as_str() != name) {
+            return false;
+        }
+        !self.problem_nodes_only || health.is_problem()
+    }
+
+    /// Whether an item about `node` belongs in the reply (every item
+    /// unless the query names one node).
+    pub fn concerns(&self, node: &str) -> bool {
+        self.node.as_ref().is_none_or(|n| n.as_str() == node)
+    }
+
+    /// How many pages `total` selected nodes fill.
+    pub fn pages(&self, total: usize) -> usize {
+        total.div_ceil(self.per_page.max(1))
+    }
+
+    /// The index range of the page within `total` selected nodes (empty
+    /// past the last page).
+    pub fn range(&self, total: usize) -> std::ops::Range<usize> {
+        let start = self.page.saturating_mul(self.per_page).min(total);
+        start..start.saturating_add(self.per_page).min(total)
+    }
+}
+
+/// The answer to a status request that cannot be given (a malformed query,
+/// a reply that would be too large), sent in place of a [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRefusal {
+    /// Why, for a person.
+    pub error: String,
+}
+
+/// Why a status reply cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusReplyError {
+    /// The coordinator refused the query.
+    #[error("the coordinator refused the status query: {0}")]
+    Refused(String),
+    #[error("unreadable status: {0}")]
+    Unreadable(#[from] serde_json::Error),
+}
+
+/// Counts of nodes by health.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeCounts {
+    pub total: usize,
+    pub healthy: usize,
+    pub degraded: usize,
+    pub critical: usize,
+    pub offline: usize,
+}
+
+impl NodeCounts {
+    /// Count one node.
+    pub fn add(&mut self, health: NodeHealth) {
+        self.total += 1;
+        match health {
+            NodeHealth::Healthy => self.healthy += 1,
+            NodeHealth::Degraded => self.degraded += 1,
+            NodeHealth::Critical => self.critical += 1,
+            NodeHealth::Offline => self.offline += 1,
+        }
+    }
+}
+
+/// Counts of agents: online when heard from within
+/// `coordinator.heartbeat_timeout`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentCounts {
+    pub online: usize,
+    pub offline: usize,
+}
+
+/// Counts of open alerts by severity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AlertCounts {
+    pub total: usize,
+    pub warning: usize,
+    pub critical: usize,
+    pub emergency: usize,
+}
+
+impl AlertCounts {
+    /// Count one open alert.
+    pub fn add(&mut self, severity: Severity) {
+        self.total += 1;
+        match severity {
+            Severity::Warning => self.warning += 1,
+            Severity::Critical => self.critical += 1,
+            Severity::Emergency => self.emergency += 1,
+            Severity::Normal => {}
+        }
+    }
+}
+
+/// The whole fleet in numbers, whatever page the reply lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Summary {
+    pub nodes: NodeCounts,
+    pub agents: AgentCounts,
+    pub open_alerts: AlertCounts,
+    /// Circuits open or half-open.
+    pub open_circuits: usize,
+    /// Recent actions held (`coordinator.recent_actions` at most).
+    pub recent_actions: usize,
+}
+
+/// One status reply: the summary, one page of nodes and capped lists (see
+/// the module documentation).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub mode: String,
     #[serde(with = "timefmt")]
     pub generated_at: Timestamp,
+    /// The whole fleet in numbers (zero in a reply from a coordinator
+    /// older than paging).
+    #[serde(default)]
+    pub summary: Summary,
+    /// The query answered, normalized.
+    #[serde(default)]
+    pub query: StatusQuery,
+    /// How many nodes the query selects (every node unless it filters).
+    #[serde(default)]
+    pub total_nodes: usize,
+    /// This page, from 0.
+    #[serde(default)]
+    pub page: usize,
+    #[serde(default)]
+    pub per_page: usize,
+    /// How many pages the selected nodes fill.
+    #[serde(default)]
+    pub pages: usize,
+    /// The page's nodes, in the query's order.
     pub nodes: Vec<NodeStatus>,
+    /// The agents of the page's nodes (at most [`MAX_AGENTS`]).
     pub agents: Vec<AgentStatus>,
+    /// Open alerts, worst first (at most [`MAX_OPEN_ALERTS`]).
     pub open_alerts: Vec<Value>,
+    /// The newest actions, oldest first (at most [`MAX_RECENT_ACTIONS`]).
     pub recent_actions: Vec<ActionRecord>,
+    /// Open and half-open circuits (at most [`MAX_OPEN_CIRCUITS`]).
     pub open_circuits: Vec<Value>,
     pub counters: BTreeMap<String, u64>,
     /// The coordinator that answered, when coordinators elect a leader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<Leadership>,
 }
-
 /// Who leads the coordinators, in which term, since when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leadership {
@@ -33,6 +295,8 @@ pub struct Leadership {
     pub since: Timestamp,
 }
 
+/// One node as `skos status` lists it: its health and its last heartbeat's
+/// readings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub name: String,
@@ -54,6 +318,8 @@ pub struct NodeStatus {
     pub clock_skewed: bool,
 }
 
+/// One agent of a listed node: online when heard from within
+/// `coordinator.heartbeat_timeout`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub agent_id: String,
@@ -64,6 +330,7 @@ pub struct AgentStatus {
     pub online: bool,
 }
 
+/// An action the coordinator sent, and where it stands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActionRecord {
     pub action_id: String,
@@ -92,6 +359,23 @@ pub enum NodeHealth {
 }
 
 impl NodeHealth {
+    /// Whether an operator should look at the node (anything but healthy).
+    pub const fn is_problem(self) -> bool {
+        !matches!(self, NodeHealth::Healthy)
+    }
+
+    /// Where [`NodeOrder::ProblemsFirst`] puts the node: critical, offline,
+    /// degraded, healthy.
+    pub const fn rank(self) -> u8 {
+        match self {
+            NodeHealth::Critical => 0,
+            NodeHealth::Offline => 1,
+            NodeHealth::Degraded => 2,
+            NodeHealth::Healthy => 3,
+        }
+    }
+
+    /// Its name on the wire.
     pub const fn as_str(self) -> &'static str {
         match self {
             NodeHealth::Healthy => "healthy",
@@ -129,6 +413,7 @@ pub enum ActionState {
 }
 
 impl ActionState {
+    /// Its name on the wire.
     pub const fn as_str(self) -> &'static str {
         match self {
             ActionState::Sent => "sent",
@@ -162,41 +447,231 @@ impl std::fmt::Display for ActionState {
     }
 }
 
+/// `s` cut to at most [`MAX_TEXT_BYTES`] bytes, on a character boundary,
+/// ending in `…` when cut.
+pub fn clip(s: &str) -> String {
+    if s.len() <= MAX_TEXT_BYTES {
+        return s.to_string();
+    }
+    let ellipsis = '…';
+    let mut end = MAX_TEXT_BYTES - ellipsis.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(MAX_TEXT_BYTES);
+    out.push_str(&s[..end]);
+    out.push(ellipsis);
+    out
+}
+
+/// Every string inside `v` [`clip`]ped.
+fn clip_strings(v: &mut Value) {
+    match v {
+        Value::String(s) if s.len() > MAX_TEXT_BYTES => *s = clip(s),
+        Value::Array(items) => items.iter_mut().for_each(clip_strings),
+        Value::Object(map) => map.values_mut().for_each(clip_strings),
+        _ => {}
+    }
+}
+
+/// An alert or circuit as a reply lists it: its strings [`clip`]ped and,
+/// when it still takes more than [`MAX_ITEM_BYTES`], its `details`
+/// replaced by `{"truncated": true}`.
+pub fn bounded_item(mut v: Value) -> Value {
+    clip_strings(&mut v);
+    let size = serde_json::to_vec(&v).map_or(usize::MAX, |b| b.len());
+    if size > MAX_ITEM_BYTES {
+        if let Some(details) = v.get_mut("details") {
+            *details = serde_json::json!({"truncated": true});
+        }
+    }
+    v
+}
+
+/// A person's rendering of a temperature.
+fn celsius(t: Option<f64>) -> String {
+    t.map(|t| format!("{t:.1}°C"))
+        .unwrap_or_else(|| "none".into())
+}
+
 impl Status {
-    /// A short human rendering.
+    /// Read a status reply: a [`Status`], or the coordinator's
+    /// [`StatusRefusal`].
+    pub fn from_reply(body: &[u8]) -> Result<Self, StatusReplyError> {
+        let v: Value = serde_json::from_slice(body)?;
+        if v.get("mode").is_none() {
+            if let Ok(r) = serde_json::from_value::<StatusRefusal>(v.clone()) {
+                return Err(StatusReplyError::Refused(r.error));
+            }
+        }
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// The reply's bytes: this status as JSON, or a [`StatusRefusal`] when
+    /// it would take more than [`MAX_REPLY_BYTES`].
+    pub fn to_reply(&self) -> Vec<u8> {
+        let refuse =
+            |error: String| serde_json::to_vec(&StatusRefusal { error }).unwrap_or_default();
+        match serde_json::to_vec(self) {
+            Ok(body) if body.len() <= MAX_REPLY_BYTES => body,
+            Ok(body) => refuse(format!(
+                "the status reply would take {} bytes (the limit is {MAX_REPLY_BYTES}); \
+                 ask for fewer nodes per page or one node",
+                body.len()
+            )),
+            Err(e) => refuse(format!("status not encoded: {e}")),
+        }
+    }
+
+    /// The part of this status that `query` asks for, chosen from what it
+    /// holds: embedded mode's status file holds the first
+    /// [`MAX_PER_PAGE`] nodes (its own node, in practice), and `skos
+    /// status` pages and filters those. The summary and counters stay
+    /// those of the whole fleet.
+    pub fn select(mut self, query: &StatusQuery) -> Self {
+        if self.per_page == 0 {
+            // Written by a version older than paging: every node, as is.
+            return self;
+        }
+        let query = query.clone().normalized();
+        let mut nodes: Vec<NodeStatus> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .filter(|n| query.selects(&n.name, n.status))
+            .collect();
+        match query.order {
+            NodeOrder::ProblemsFirst => {
+                nodes.sort_by(|a, b| (a.status.rank(), &a.name).cmp(&(b.status.rank(), &b.name)))
+            }
+            NodeOrder::Name => nodes.sort_by(|a, b| a.name.cmp(&b.name)),
+        }
+        self.total_nodes = nodes.len();
+        self.pages = query.pages(nodes.len());
+        let range = query.range(nodes.len());
+        self.nodes = nodes.drain(range).collect();
+        self.page = query.page;
+        self.per_page = query.per_page;
+        let listed: std::collections::BTreeSet<&str> =
+            self.nodes.iter().map(|n| n.name.as_str()).collect();
+        self.agents.retain(|a| listed.contains(a.node.as_str()));
+        let concerns = |v: &Value| query.concerns(v["node"].as_str().unwrap_or_default());
+        self.open_alerts.retain(concerns);
+        self.open_circuits.retain(concerns);
+        self.recent_actions.retain(|a| query.concerns(&a.node));
+        self.query = query;
+        self
+    }
+
+    /// A person's rendering: the summary and the page of nodes, or, for a
+    /// query of one node, that node in full.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str(&format!(
+        let mut out = format!(
             "SKOS status ({}), {}\n",
             self.mode,
             timefmt::format(&self.generated_at)
-        ));
-        out.push_str(&format!("\nNODES ({})\n", self.nodes.len()));
-        if self.nodes.is_empty() {
-            out.push_str("  (no node has reported yet)\n");
-        }
-        let temp = |t: Option<f64>| {
-            t.map(|t| format!("{t:.1}°C"))
-                .unwrap_or_else(|| "none".into())
-        };
-        for n in &self.nodes {
-            let clock = match n.clock_offset_seconds {
-                Some(s) if n.clock_skewed => format!("  clock {s:+.1}s SKEWED"),
-                Some(s) => format!("  clock {s:+.1}s"),
-                None => String::new(),
-            };
+        );
+        if let Some(l) = &self.leader {
             out.push_str(&format!(
-                "  {:<16} {:<9} cpu {:<8} gpu {:<8} throttle {}%  last seen {}{clock}\n",
-                n.name,
-                n.status,
-                temp(n.cpu_temp),
-                temp(n.gpu_temp),
-                n.throttle_level.unwrap_or(0),
-                timefmt::format(&n.last_seen)
+                "leader {} (term {}, since {})\n",
+                l.holder,
+                l.term,
+                timefmt::format(&l.since)
             ));
         }
+        match &self.query.node {
+            Some(name) => self.render_node(name, &mut out),
+            None => self.render_fleet(&mut out),
+        }
+        out
+    }
+
+    fn render_summary(&self, out: &mut String) {
+        let s = &self.summary;
+        out.push_str(&format!(
+            "\nSUMMARY\n  nodes     {} total: {} healthy, {} degraded, {} critical, {} offline\n",
+            s.nodes.total, s.nodes.healthy, s.nodes.degraded, s.nodes.critical, s.nodes.offline
+        ));
+        out.push_str(&format!(
+            "  agents    {} online, {} offline\n",
+            s.agents.online, s.agents.offline
+        ));
+        out.push_str(&format!(
+            "  alerts    {} open: {} emergency, {} critical, {} warning\n",
+            s.open_alerts.total,
+            s.open_alerts.emergency,
+            s.open_alerts.critical,
+            s.open_alerts.warning
+        ));
+        out.push_str(&format!(
+            "  circuits  {} open\n  actions   {} recent\n",
+            s.open_circuits, s.recent_actions
+        ));
+    }
+
+    fn node_line(n: &NodeStatus) -> String {
+        let clock = match n.clock_offset_seconds {
+            Some(s) if n.clock_skewed => format!("  clock {s:+.1}s SKEWED"),
+            Some(s) => format!("  clock {s:+.1}s"),
+            None => String::new(),
+        };
+        format!(
+            "  {:<16} {:<9} cpu {:<8} gpu {:<8} throttle {}%  last seen {}{clock}\n",
+            n.name,
+            n.status,
+            celsius(n.cpu_temp),
+            celsius(n.gpu_temp),
+            n.throttle_level.unwrap_or(0),
+            timefmt::format(&n.last_seen)
+        )
+    }
+
+    fn render_fleet(&self, out: &mut String) {
+        // A reply from a coordinator older than paging lists every node.
+        let paged = self.per_page > 0;
+        if paged {
+            self.render_summary(out);
+        }
+        let order = match self.query.order {
+            NodeOrder::ProblemsFirst => "problems first",
+            NodeOrder::Name => "by name",
+        };
+        let filter = if self.query.problem_nodes_only {
+            ", problem nodes only"
+        } else {
+            ""
+        };
+        if paged {
+            out.push_str(&format!(
+                "\nNODES (page {} of {}: {} of {}, {order}{filter})\n",
+                self.page + 1,
+                self.pages.max(1),
+                self.nodes.len(),
+                self.total_nodes
+            ));
+        } else {
+            out.push_str(&format!("\nNODES ({})\n", self.nodes.len()));
+        }
+        if self.nodes.is_empty() {
+            out.push_str(match (self.total_nodes, self.query.problem_nodes_only) {
+                (0, true) => "  (no node has a problem)\n",
+                (0, false) => "  (no node has reported yet)\n",
+                _ => "  (past the last page)\n",
+            });
+        }
+        for n in &self.nodes {
+            out.push_str(&Self::node_line(n));
+        }
+        if paged && self.page + 1 < self.pages {
+            out.push_str(&format!(
+                "  ... --page {} for the next {}; --node NAME for one node\n",
+                self.page + 2,
+                self.per_page
+            ));
+        }
+        // Many agents: only the offline ones, one line each.
+        let many = self.agents.len() > 10;
+        let online = self.agents.iter().filter(|a| a.online).count();
         out.push_str(&format!("\nAGENTS ({})\n", self.agents.len()));
-        for a in &self.agents {
+        for a in self.agents.iter().filter(|a| !many || !a.online) {
             out.push_str(&format!(
                 "  {:<32} {:<18} {:<12} {}\n",
                 a.agent_id,
@@ -205,7 +680,20 @@ impl Status {
                 if a.online { "online" } else { "offline" }
             ));
         }
-        out.push_str(&format!("\nOPEN ALERTS ({})\n", self.open_alerts.len()));
+        if many && online > 0 {
+            out.push_str(&format!(
+                "  ({online} online, not listed; --node NAME lists a node's agents)\n"
+            ));
+        }
+        out.push_str(&format!(
+            "\nOPEN ALERTS ({}{})\n",
+            self.open_alerts.len(),
+            shown_of(
+                self.open_alerts.len(),
+                self.summary.open_alerts.total,
+                "worst first"
+            )
+        ));
         for a in &self.open_alerts {
             out.push_str(&format!(
                 "  {:<10} {:<12} {}\n",
@@ -215,8 +703,13 @@ impl Status {
             ));
         }
         out.push_str(&format!(
-            "\nRECENT ACTIONS ({})\n",
-            self.recent_actions.len()
+            "\nRECENT ACTIONS ({}{})\n",
+            self.recent_actions.len(),
+            shown_of(
+                self.recent_actions.len(),
+                self.summary.recent_actions,
+                "newest"
+            )
         ));
         for a in self.recent_actions.iter().rev().take(10) {
             out.push_str(&format!(
@@ -228,16 +721,306 @@ impl Status {
                 a.message
             ));
         }
-        out.push_str(&format!("\nOPEN CIRCUITS ({})\n", self.open_circuits.len()));
+        out.push_str(&format!(
+            "\nOPEN CIRCUITS ({}{})\n",
+            self.open_circuits.len(),
+            shown_of(
+                self.open_circuits.len(),
+                self.summary.open_circuits,
+                "by node"
+            )
+        ));
         for c in &self.open_circuits {
+            out.push_str(&circuit_line(c));
+        }
+    }
+
+    fn render_node(&self, name: &NodeName, out: &mut String) {
+        let Some(n) = self.nodes.iter().find(|n| n.name == name.as_str()) else {
+            out.push_str(&format!("\nno node named {name} has reported\n"));
+            return;
+        };
+        let percent = |p: Option<f64>| {
+            p.map(|p| format!("{p:.1}%"))
+                .unwrap_or_else(|| "none".into())
+        };
+        out.push_str(&format!(
+            "\nNODE {}\n  status      {}\n  last seen   {}\n  cpu         {}\n  gpu         {}\n  storage     {}\n  throttle    {}%\n",
+            n.name,
+            n.status,
+            timefmt::format(&n.last_seen),
+            celsius(n.cpu_temp),
+            celsius(n.gpu_temp),
+            percent(n.storage_percent),
+            n.throttle_level.unwrap_or(0),
+        ));
+        if let Some(s) = n.clock_offset_seconds {
+            let skewed = if n.clock_skewed { " SKEWED" } else { "" };
+            out.push_str(&format!("  clock       {s:+.1}s{skewed}\n"));
+        }
+        out.push_str(&format!("\nAGENTS ({})\n", self.agents.len()));
+        for a in &self.agents {
             out.push_str(&format!(
-                "  {} {} {} ({})\n",
-                c["node"].as_str().unwrap_or("?"),
-                c["problem"].as_str().unwrap_or("?"),
-                c["action"].as_str().unwrap_or("?"),
-                c["state"].as_str().unwrap_or("?")
+                "  {:<32} {:<18} {:<8} last seen {}\n",
+                a.agent_id,
+                a.agent_type,
+                if a.online { "online" } else { "offline" },
+                timefmt::format(&a.last_seen)
             ));
         }
-        out
+        out.push_str(&format!("\nOPEN ALERTS ({})\n", self.open_alerts.len()));
+        for a in &self.open_alerts {
+            out.push_str(&format!(
+                "  {:<10} {:<18} {} {}\n",
+                a["severity"].as_str().unwrap_or("?"),
+                a["type"].as_str().unwrap_or("?"),
+                a["timestamp"].as_str().unwrap_or("?"),
+                a["message"].as_str().unwrap_or("")
+            ));
+            if let Some(d) = a
+                .get("details")
+                .filter(|d| d.as_object().is_some_and(|m| !m.is_empty()))
+            {
+                out.push_str(&format!("             details {d}\n"));
+            }
+        }
+        out.push_str(&format!(
+            "\nRECENT ACTIONS ({})\n",
+            self.recent_actions.len()
+        ));
+        for a in self.recent_actions.iter().rev() {
+            out.push_str(&format!(
+                "  {} {:<22} {:<12} {:<16} {}\n",
+                timefmt::format(&a.sent_at),
+                a.action_type,
+                a.state,
+                a.problem,
+                a.message
+            ));
+        }
+        out.push_str(&format!("\nOPEN CIRCUITS ({})\n", self.open_circuits.len()));
+        for c in &self.open_circuits {
+            out.push_str(&circuit_line(c));
+        }
+    }
+}
+
+/// `" of N shown, <order>"` when a list shows `shown` of `total`.
+fn shown_of(shown: usize, total: usize, order: &str) -> String {
+    if total > shown {
+        format!(" of {total} shown, {order}; --node NAME for one node's")
+    } else {
+        String::new()
+    }
+}
+
+fn circuit_line(c: &Value) -> String {
+    format!(
+        "  {} {} {} ({})\n",
+        c["node"].as_str().unwrap_or("?"),
+        c["problem"].as_str().unwrap_or("?"),
+        c["action"].as_str().unwrap_or("?"),
+        c["state"].as_str().unwrap_or("?")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A string at the cap.
+    fn long() -> String {
+        clip(&"x".repeat(10 * MAX_TEXT_BYTES))
+    }
+
+    /// Every list full and every string at its cap (no escapes needed):
+    /// the bound the module documentation states.
+    #[test]
+    fn a_reply_with_every_list_and_string_at_its_cap_fits() {
+        let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let node = "n".repeat(skos_core::node::MAX_NODE_NAME_LEN);
+        let alert = serde_json::json!({
+            "alert_id": long(), "agent_id": long(), "type": "heartbeat_missing",
+            "severity": "emergency", "node": node, "message": long(),
+            "details": {"a": long(), "b": long(), "c": long(), "d": long()},
+            "timestamp": timefmt::format(&now),
+        });
+        let circuit = serde_json::json!({
+            "node": long(), "problem": long(), "action": long(),
+            "state": "half_open", "since": timefmt::format(&now),
+        });
+        let s = Status {
+            mode: "distributed".into(),
+            generated_at: now,
+            summary: Summary::default(),
+            query: StatusQuery {
+                node: NodeName::parse(&node).ok(),
+                ..StatusQuery::default()
+            },
+            total_nodes: usize::MAX,
+            page: usize::MAX,
+            per_page: MAX_PER_PAGE,
+            pages: usize::MAX,
+            nodes: (0..MAX_PER_PAGE)
+                .map(|_| NodeStatus {
+                    name: node.clone(),
+                    status: NodeHealth::Degraded,
+                    last_seen: now,
+                    cpu_temp: Some(-123.456_789_012_345),
+                    gpu_temp: Some(-123.456_789_012_345),
+                    storage_percent: Some(-123.456_789_012_345),
+                    throttle_level: Some(100),
+                    clock_offset_seconds: Some(-123_456.789),
+                    clock_skewed: false,
+                })
+                .collect(),
+            agents: (0..MAX_AGENTS)
+                .map(|_| AgentStatus {
+                    agent_id: long(),
+                    agent_type: long(),
+                    node: node.clone(),
+                    last_seen: now,
+                    online: false,
+                })
+                .collect(),
+            open_alerts: (0..MAX_OPEN_ALERTS)
+                .map(|_| bounded_item(alert.clone()))
+                .collect(),
+            recent_actions: (0..MAX_RECENT_ACTIONS)
+                .map(|_| ActionRecord {
+                    action_id: long(),
+                    action_type: long(),
+                    node: node.clone(),
+                    problem: long(),
+                    cause: long(),
+                    sent_at: now,
+                    state: ActionState::NotVerified,
+                    message: long(),
+                })
+                .collect(),
+            open_circuits: (0..MAX_OPEN_CIRCUITS)
+                .map(|_| bounded_item(circuit.clone()))
+                .collect(),
+            counters: (0..200)
+                .map(|i| (format!("rejected.some_feed.reason_{i}"), u64::MAX))
+                .collect(),
+            leader: Some(Leadership {
+                holder: long(),
+                term: u64::MAX,
+                since: now,
+            }),
+        };
+        let body = serde_json::to_vec(&s).unwrap_or_default();
+        assert!(body.len() < 600 * 1024, "{} bytes", body.len());
+        assert_eq!(s.to_reply(), body);
+        assert_eq!(
+            s.open_alerts[0]["details"],
+            serde_json::json!({"truncated": true})
+        );
+    }
+
+    /// Embedded mode's file, paged and filtered by `skos status`.
+    #[test]
+    fn a_status_file_is_paged_and_filtered_locally() {
+        let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let node = |name: &str, status| NodeStatus {
+            name: name.into(),
+            status,
+            last_seen: now,
+            cpu_temp: None,
+            gpu_temp: None,
+            storage_percent: None,
+            throttle_level: None,
+            clock_offset_seconds: None,
+            clock_skewed: false,
+        };
+        let agent = |name: &str| AgentStatus {
+            agent_id: format!("a-{name}"),
+            agent_type: "thermal_sentinel".into(),
+            node: name.into(),
+            last_seen: now,
+            online: true,
+        };
+        let file = Status {
+            mode: "embedded".into(),
+            generated_at: now,
+            summary: Summary::default(),
+            query: StatusQuery::default(),
+            total_nodes: 3,
+            page: 0,
+            per_page: MAX_PER_PAGE,
+            pages: 1,
+            nodes: vec![
+                node("b", NodeHealth::Critical),
+                node("a", NodeHealth::Healthy),
+                node("c", NodeHealth::Healthy),
+            ],
+            agents: vec![agent("a"), agent("b"), agent("c")],
+            open_alerts: vec![serde_json::json!({"node": "b", "severity": "critical"})],
+            recent_actions: Vec::new(),
+            open_circuits: vec![serde_json::json!({"node": "a", "state": "open"})],
+            counters: BTreeMap::new(),
+            leader: None,
+        };
+        let names = |s: &Status| s.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        let page = file.clone().select(&StatusQuery {
+            page: 1,
+            per_page: 2,
+            ..StatusQuery::default()
+        });
+        assert_eq!(names(&page), ["c"]);
+        assert_eq!((page.total_nodes, page.pages), (3, 2));
+        assert_eq!(page.agents.len(), 1);
+        let by_name = file.clone().select(&StatusQuery {
+            order: NodeOrder::Name,
+            ..StatusQuery::default()
+        });
+        assert_eq!(names(&by_name), ["a", "b", "c"]);
+        let problems = file.clone().select(&StatusQuery {
+            problem_nodes_only: true,
+            ..StatusQuery::default()
+        });
+        assert_eq!(names(&problems), ["b"]);
+        let one = file.select(&StatusQuery {
+            node: NodeName::parse("a").ok(),
+            ..StatusQuery::default()
+        });
+        assert_eq!(names(&one), ["a"]);
+        assert!(one.open_alerts.is_empty());
+        assert_eq!(one.open_circuits.len(), 1);
+        assert!(one.render().contains("NODE a"), "{}", one.render());
+    }
+
+    #[test]
+    fn clip_cuts_on_a_character_boundary() {
+        assert_eq!(clip("short"), "short");
+        let cut = clip(&"é".repeat(MAX_TEXT_BYTES));
+        assert!(cut.len() <= MAX_TEXT_BYTES && cut.ends_with('…'));
+        assert_eq!(clip(&"x".repeat(MAX_TEXT_BYTES)).len(), MAX_TEXT_BYTES);
+    }
+
+    #[test]
+    fn an_oversized_reply_is_a_refusal() {
+        let s = Status {
+            mode: "embedded".into(),
+            generated_at: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            summary: Summary::default(),
+            query: StatusQuery::default(),
+            total_nodes: 0,
+            page: 0,
+            per_page: DEFAULT_PER_PAGE,
+            pages: 0,
+            nodes: Vec::new(),
+            agents: Vec::new(),
+            open_alerts: Vec::new(),
+            recent_actions: Vec::new(),
+            open_circuits: Vec::new(),
+            counters: (0..20_000).map(|i| (format!("c{i:040}"), 1)).collect(),
+            leader: None,
+        };
+        assert!(matches!(
+            Status::from_reply(&s.to_reply()),
+            Err(StatusReplyError::Refused(e)) if e.contains("limit")
+        ));
     }
 }

@@ -47,15 +47,19 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Nodes, agents, open alerts, recent actions and open circuits.
+    /// The fleet's summary and one page of nodes (problems first), with open
+    /// alerts, recent actions and open circuits; or one node in full.
     Status {
         #[command(flatten)]
         config: ConfigArg,
+        /// Print the coordinator's reply as it is (JSON).
         #[arg(long)]
         json: bool,
         /// Read an embedded-mode data dir even when NATS_URL is set.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        query: StatusArgs,
     },
     /// Read or check the audit trail.
     Audit {
@@ -88,6 +92,33 @@ impl Cmd {
             Cmd::Up { .. } | Cmd::Coordinator { .. } | Cmd::Agent { .. }
         )
     }
+}
+
+/// Which part of the status `skos status` asks for.
+#[derive(Debug, Args, Clone, Default)]
+pub struct StatusArgs {
+    /// Show this node in full: its readings, agents, open alerts, recent
+    /// actions and open circuits.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Which page of nodes, from 1.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub page: u64,
+    /// Nodes per page (the coordinator lists at most 200).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub per_page: Option<u64>,
+    /// Only nodes that are not healthy (critical, offline, degraded).
+    #[arg(long)]
+    pub problems: bool,
+    /// Order nodes by name only (pages that do not move when a node's
+    /// health changes), not problems first.
+    #[arg(long)]
+    pub by_name: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,13 +14,15 @@ use skos_bus::audit::{self, AuditLog};
 use skos_bus::lease::{self, Lease};
 use skos_bus::trust::Signer;
 use skos_bus::{Bus, InProcBus, NatsBus, NatsOptions, StateStore};
+use skos_coordinator::status::{NodeOrder, StatusQuery};
 use skos_coordinator::{ServiceOptions, Status};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::AuditEntry;
+use skos_core::NodeName;
 use tokio::sync::watch;
 
-use crate::cli::{AuditCmd, Cli, Cmd, ConfigArg, ConfigCmd, FleetCmd, KeysCmd};
+use crate::cli::{AuditCmd, Cli, Cmd, ConfigArg, ConfigCmd, FleetCmd, KeysCmd, StatusArgs};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -35,7 +37,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             config,
             json,
             data_dir,
-        } => status(&config, data_dir, json).await,
+            query,
+        } => status(&config, data_dir, json, &query).await,
         Cmd::Audit { command } => match command {
             AuditCmd::Tail {
                 config,
@@ -340,13 +343,47 @@ fn use_nats(data_dir: &Option<PathBuf>) -> bool {
     data_dir.is_none() && std::env::var_os("NATS_URL").is_some()
 }
 
-async fn status(arg: &ConfigArg, data_dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode> {
+/// The status query `skos status` sends: the CLI's pages count from 1,
+/// the query's from 0.
+fn status_query(args: &StatusArgs) -> Result<StatusQuery> {
+    let node = args
+        .node
+        .as_deref()
+        .map(NodeName::parse)
+        .transpose()
+        .context("--node")?;
+    let defaults = StatusQuery::default();
+    let per_page = match args.per_page {
+        Some(n) => usize::try_from(n).context("--per-page")?,
+        None => defaults.per_page,
+    };
+    Ok(StatusQuery {
+        page: usize::try_from(args.page.saturating_sub(1)).context("--page")?,
+        per_page,
+        node,
+        problem_nodes_only: args.problems,
+        order: if args.by_name {
+            NodeOrder::Name
+        } else {
+            NodeOrder::ProblemsFirst
+        },
+    }
+    .normalized())
+}
+
+async fn status(
+    arg: &ConfigArg,
+    data_dir: Option<PathBuf>,
+    as_json: bool,
+    args: &StatusArgs,
+) -> Result<ExitCode> {
     let nats = use_nats(&data_dir);
     let cfg = load_quiet(arg)?;
+    let query = status_query(args)?;
     let body: Vec<u8> = if nats {
         let bus = NatsBus::connect(&nats_options(&cfg, "skos-status")?).await?;
         Bus::Nats(bus)
-            .request_status(Duration::from_secs(5))
+            .request_status_query(&query, Duration::from_secs(5))
             .await
             .context("no coordinator answered on the bus")?
             .to_vec()
@@ -360,9 +397,19 @@ async fn status(arg: &ConfigArg, data_dir: Option<PathBuf>, as_json: bool) -> Re
             )
         })?
     };
-    let status: Status = serde_json::from_slice(&body).context("unreadable status")?;
+    let mut status = Status::from_reply(&body)?;
+    if !nats {
+        // The file holds the first page: page and filter it here.
+        status = status.select(&query);
+    }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        if nats {
+            // The reply as it came.
+            let raw: Value = serde_json::from_slice(&body)?;
+            println!("{}", serde_json::to_string_pretty(&raw)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        }
     } else {
         print!("{}", status.render());
         if !nats {
@@ -399,12 +446,12 @@ async fn read_audit(
         if !path.exists() {
             bail!("no audit trail at {}", path.display());
         }
-        let mut all = audit::read_file(&path)?;
-        if let Some(n) = n {
-            let skip = all.len().saturating_sub(n as usize);
-            all = all.split_off(skip);
-        }
-        Ok((path.display().to_string(), all))
+        let records = match n {
+            // Only the end of the file is read.
+            Some(n) => audit::read_file_tail(&path, n)?,
+            None => audit::read_file(&path)?,
+        };
+        Ok((path.display().to_string(), records))
     }
 }
 

@@ -22,7 +22,7 @@
 //! module per kind. State that survives a restart is in `state`.
 
 use skos_core::counters::Counter;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use chrono::Duration;
 use serde_json::{json, Value};
@@ -39,17 +39,22 @@ use skos_core::timefmt::{self, Timestamp};
 use skos_core::NodeName;
 use skos_core::{catalogue, policy};
 
-use crate::status::{
-    ActionRecord, ActionState, AgentStatus, Leadership, NodeHealth, NodeStatus, Status,
-};
+#[cfg(test)]
+use crate::status::NodeHealth;
+use crate::status::{ActionRecord, ActionState, Leadership};
 
+mod index;
 mod kinds;
 mod state;
+mod status;
 
-use kinds::mesh::Ladder;
+use index::{Ladders, OpenAlerts, Pendings, Verifications, Watchers};
 use kinds::Recovery;
 pub use state::EngineSnapshot;
-use state::{NodeState, Pending, ResetAttempt, ResetRetry, Verification, HANDLED_WINDOW};
+use state::{
+    AgentType, LastHeartbeat, NodeState, Pending, ResetAttempt, ResetRetry, Verification,
+    HANDLED_WINDOW,
+};
 
 const ACTOR: &str = "coordinator";
 
@@ -92,22 +97,34 @@ pub enum Effect {
     Audit(AuditEntry),
 }
 
+/// The coordinator's state and decisions (see the module documentation).
+///
+/// What a message touches is found by its node or its action id: a
+/// message costs O(log n) in the fleet plus its node's own entries, never
+/// a walk over every node or every open alert (see `index`).
 pub struct Engine {
     cfg: Config,
     counters: Counters,
     nodes: BTreeMap<NodeName, NodeState>,
     /// Open alerts by (node, problem).
-    open_alerts: BTreeMap<(NodeName, ProblemKey), Alert>,
+    open_alerts: OpenAlerts,
     breakers: Breakers,
-    pending: BTreeMap<String, Pending>,
-    verifications: Vec<Verification>,
+    /// Commands awaiting their result, by node and action id.
+    pending: Pendings,
+    /// Fixes awaiting a heartbeat that shows they worked, by node.
+    verifications: Verifications,
     recent: VecDeque<ActionRecord>,
     handled: HashSet<String>,
     handled_order: VecDeque<String>,
     sent_times: BTreeMap<NodeName, VecDeque<Timestamp>>,
     mode: String,
     /// Mesh problems being healed step by step, by (node, problem).
-    ladders: BTreeMap<(NodeName, ProblemKey), Ladder>,
+    ladders: Ladders,
+    /// Which nodes watch each node as a mesh peer.
+    watchers: Watchers,
+    /// Agent type names, one copy shared by all nodes (see
+    /// [`Engine::agent_type`]).
+    agent_types: BTreeSet<AgentType>,
     /// The leader's term, stamped on every command (its fencing token);
     /// `None` for a coordinator that elects no leader (embedded mode).
     term: Option<u64>,
@@ -172,15 +189,17 @@ impl Engine {
             cfg,
             counters,
             nodes: BTreeMap::new(),
-            open_alerts: BTreeMap::new(),
-            pending: BTreeMap::new(),
-            verifications: Vec::new(),
+            open_alerts: OpenAlerts::default(),
+            pending: Pendings::default(),
+            verifications: Verifications::default(),
             recent: VecDeque::new(),
             handled: HashSet::new(),
             handled_order: VecDeque::new(),
             sent_times: BTreeMap::new(),
             mode: mode.to_string(),
-            ladders: BTreeMap::new(),
+            ladders: Ladders::default(),
+            watchers: Watchers::default(),
+            agent_types: BTreeSet::new(),
             term: None,
             reset_retries: BTreeMap::new(),
             leader: None,
@@ -234,17 +253,25 @@ impl Engine {
         let was_offline = self.nodes.get(&node).is_some_and(|n| n.offline);
         let first = !self.nodes.contains_key(&node);
         let sent = hb.timestamp;
-        let state = self
-            .nodes
-            .entry(node.clone())
-            .or_insert_with(|| NodeState::new(hb.clone(), now));
+        let kind = self.agent_type(&hb.agent_type);
+        let kept = LastHeartbeat::of(&hb);
+        if first {
+            self.nodes
+                .insert(node.clone(), NodeState::new(&hb, kind.clone(), now));
+        }
+        let Some(state) = self.nodes.get_mut(&node) else {
+            return out;
+        };
         state.last_seen = now;
         state.offline = false;
-        state
-            .agents
-            .insert(hb.agent_id.clone(), (hb.agent_type.clone(), now));
+        state.agents.record(&hb.agent_id, kind, now);
         state.measure_offset(sent, now);
-        state.heartbeat = hb;
+        let before = std::mem::replace(&mut state.heartbeat, kept);
+        // A new node's state was made from this heartbeat: it watched no
+        // peer before.
+        let watched = if first { &[] } else { before.mesh_peers() };
+        self.watchers
+            .update(&node, watched, state.heartbeat.mesh_peers());
         if first {
             out.push(audit(
                 AuditEvent::Node,
@@ -294,13 +321,12 @@ impl Engine {
             ),
             json!({"alert_id": alert.alert_id, "alert": alert}),
         )];
-        let key = (node.clone(), problem.clone());
         if alert.severity == Severity::Normal {
-            self.open_alerts.remove(&key);
+            self.open_alerts.remove(&node, &problem);
             kinds::of(&alert.kind).on_clear(self, &alert, now, &mut out);
             return out;
         }
-        self.open_alerts.insert(key, alert.clone());
+        self.open_alerts.insert(&node, problem, alert.clone());
         self.decide(&alert, alert.severity, now, &mut out);
         out
     }
@@ -376,14 +402,15 @@ impl Engine {
             );
             return;
         }
+        // The node's own commands and verifications only.
         let in_progress = self
             .pending
-            .values()
-            .any(|p| p.node == node && p.problem == problem && p.action == action)
+            .of(&node)
+            .any(|(_, p)| p.problem == problem && p.action == action)
             || self
                 .verifications
-                .iter()
-                .any(|v| v.node == node && v.problem == problem && v.action == action);
+                .of(&node)
+                .any(|v| v.problem == problem && v.action == action);
         if in_progress {
             self.skip(
                 (&node, &problem, action),
@@ -718,12 +745,7 @@ impl Engine {
     /// of a ladder, another try at a throttle reset).
     fn expire_pending(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
         let grace = secs(self.cfg.coordinator.result_grace_seconds);
-        let lost: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.deadline.is_some_and(|d| now > d + grace))
-            .map(|(id, _)| id.clone())
-            .collect();
+        let lost = self.pending.due(|deadline| now > deadline + grace);
         for action_id in lost {
             let Some(p) = self.pending.remove(&action_id) else {
                 continue;
@@ -799,22 +821,29 @@ impl Engine {
         }
     }
 
+    /// Close `node`'s verifications that its last heartbeat shows worked
+    /// (only that node's verifications are looked at).
     fn check_verifications(&mut self, node: &NodeName, now: Timestamp, out: &mut Vec<Effect>) {
-        let Some(hb) = self.nodes.get(node).map(|n| n.heartbeat.clone()) else {
+        let Some(hb) = self.nodes.get(node).map(|n| &n.heartbeat) else {
             return;
         };
-        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications)
+        // The value that shows a fix worked: from a heartbeat sent after
+        // the result, below the level.
+        let worked = |v: &Verification| {
+            kinds::of(&v.alert.kind)
+                .metric_value(hb, v)
+                .filter(|x| v.after.is_none_or(|t| hb.timestamp >= t) && *x < v.below)
+        };
+        let done: Vec<(Verification, Option<f64>)> = self
+            .verifications
+            .take_of(node, |v| worked(v).is_some())
             .into_iter()
-            .partition(|v| {
-                &v.node == node
-                    && v.after.is_none_or(|t| hb.timestamp >= t)
-                    && kinds::of(&v.alert.kind)
-                        .metric_value(&hb, v)
-                        .is_some_and(|x| x < v.below)
-            });
-        self.verifications = keep;
-        for v in done {
-            let value = kinds::of(&v.alert.kind).metric_value(&hb, &v);
+            .map(|v| {
+                let value = worked(&v);
+                (v, value)
+            })
+            .collect();
+        for (v, value) in done {
             kinds::of(&v.alert.kind).on_verified(self, &v);
             self.counters.inc(Counter::VerificationsSucceeded);
             self.set_action_state(
@@ -845,11 +874,7 @@ impl Engine {
             kind.on_tick(self, now, &mut out);
         }
         self.expire_pending(now, &mut out);
-        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.verifications)
-            .into_iter()
-            .partition(|v| now >= v.deadline);
-        self.verifications = keep;
-        for v in expired {
+        for v in self.verifications.take_due(now) {
             self.counters.inc(Counter::VerificationsFailed);
             let value = self
                 .nodes
@@ -935,75 +960,6 @@ impl Engine {
         a.ensure_id();
         a.alert_id = a.alert_id.replacen("seed-", "coord-", 1);
         a
-    }
-
-    pub fn status(&self, now: Timestamp) -> Status {
-        let node_status = |name: &NodeName, s: &NodeState| -> NodeHealth {
-            if s.offline {
-                return NodeHealth::Offline;
-            }
-            let worst = self
-                .open_alerts
-                .iter()
-                .filter(|((n, _), _)| n == name)
-                .map(|(_, a)| a.severity)
-                .max()
-                .unwrap_or(Severity::Normal);
-            match worst {
-                Severity::Normal => NodeHealth::Healthy,
-                Severity::Warning => NodeHealth::Degraded,
-                Severity::Critical | Severity::Emergency => NodeHealth::Critical,
-            }
-        };
-        let timeout = secs(self.cfg.coordinator.heartbeat_timeout);
-        Status {
-            mode: self.mode.clone(),
-            generated_at: now,
-            nodes: self
-                .nodes
-                .iter()
-                .map(|(name, s)| NodeStatus {
-                    name: name.to_string(),
-                    status: node_status(name, s),
-                    last_seen: s.last_seen,
-                    cpu_temp: s.heartbeat.cpu_temp,
-                    gpu_temp: s.heartbeat.gpu_temp,
-                    storage_percent: s.heartbeat.storage_percent,
-                    throttle_level: s.heartbeat.throttle_level,
-                    clock_offset_seconds: s
-                        .clock_offset()
-                        .map(|d| d.num_milliseconds() as f64 / 1000.0),
-                    clock_skewed: s.skewed,
-                })
-                .collect(),
-            agents: self
-                .nodes
-                .iter()
-                .flat_map(|(name, s)| {
-                    s.agents.iter().map(move |(id, (kind, seen))| AgentStatus {
-                        agent_id: id.clone(),
-                        agent_type: kind.clone(),
-                        node: name.to_string(),
-                        last_seen: *seen,
-                        online: now - *seen <= timeout,
-                    })
-                })
-                .collect(),
-            open_alerts: self
-                .open_alerts
-                .values()
-                .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
-                .collect(),
-            recent_actions: self.recent.iter().cloned().collect(),
-            open_circuits: self
-                .breakers
-                .open()
-                .iter()
-                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
-                .collect(),
-            counters: self.counters.snapshot(),
-            leader: self.leader.clone(),
-        }
     }
 }
 

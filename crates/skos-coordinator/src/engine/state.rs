@@ -1,7 +1,7 @@
 //! What the engine keeps between messages, and the part of it that must
 //! survive a restart ([`EngineSnapshot`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
@@ -20,46 +20,56 @@ use crate::status::ActionRecord;
 /// largest of them (see [`NodeState::clock_offset`]).
 pub(super) const OFFSET_SAMPLES: usize = 5;
 
+/// What the engine keeps of a node: when it was last heard from, the few
+/// readings of its last heartbeat the engine and `skos status` read
+/// ([`LastHeartbeat`]), its agents, and what its clock and cool-down checks
+/// carry from one heartbeat to the next. Not the heartbeat itself: its
+/// metadata maps are most of its size and the engine reads only the mesh
+/// levels out of them.
 #[derive(Debug, Clone)]
 pub(super) struct NodeState {
+    /// When its last heartbeat arrived (coordinator clock).
     pub(in crate::engine) last_seen: Timestamp,
-    pub(in crate::engine) heartbeat: Heartbeat,
+    /// What is kept of the last heartbeat.
+    pub(in crate::engine) heartbeat: LastHeartbeat,
+    /// Silent for longer than `heartbeat_timeout` (and alerted as such).
     pub(in crate::engine) offline: bool,
-    pub(in crate::engine) agents: BTreeMap<String, (String, Timestamp)>,
+    /// A `clock_skew` alert is raised for the node and not yet cleared.
+    pub(in crate::engine) skewed: bool,
+    /// The agents that sent its heartbeats, and when each was last heard.
+    pub(in crate::engine) agents: Agents,
     /// Since when every temperature has been below `warning - hysteresis`.
     pub(in crate::engine) cool_since: Option<CoolSince>,
     /// The last [`OFFSET_SAMPLES`] clock offsets measured from heartbeats
-    /// (the agent's timestamp minus the time the heartbeat arrived),
-    /// oldest first.
-    pub(in crate::engine) offsets: VecDeque<Duration>,
-    /// A `clock_skew` alert is raised for the node and not yet cleared.
-    pub(in crate::engine) skewed: bool,
+    /// (the agent's timestamp minus the time the heartbeat arrived).
+    pub(in crate::engine) offsets: Offsets,
 }
 
 impl NodeState {
-    /// A node first seen through `heartbeat` at `now`.
-    pub(in crate::engine) fn new(heartbeat: Heartbeat, now: Timestamp) -> Self {
+    /// A node first seen through `heartbeat` (from an agent of `agent_type`)
+    /// at `now`.
+    pub(in crate::engine) fn new(
+        heartbeat: &Heartbeat,
+        agent_type: AgentType,
+        now: Timestamp,
+    ) -> Self {
+        let mut agents = Agents::default();
+        agents.record(&heartbeat.agent_id, agent_type, now);
         Self {
             last_seen: now,
-            agents: BTreeMap::from([(
-                heartbeat.agent_id.clone(),
-                (heartbeat.agent_type.clone(), now),
-            )]),
-            heartbeat,
+            heartbeat: LastHeartbeat::of(heartbeat),
             offline: false,
-            cool_since: None,
-            offsets: VecDeque::new(),
             skewed: false,
+            agents,
+            cool_since: None,
+            offsets: Offsets::default(),
         }
     }
 
     /// Record the clock offset a heartbeat stamped `sent` (agent clock)
     /// and received at `now` (coordinator clock) shows.
     pub(in crate::engine) fn measure_offset(&mut self, sent: Timestamp, now: Timestamp) {
-        self.offsets.push_back(sent - now);
-        while self.offsets.len() > OFFSET_SAMPLES {
-            self.offsets.pop_front();
-        }
+        self.offsets.push(sent - now);
     }
 
     /// How far the node's clock is ahead of the coordinator's (negative:
@@ -72,7 +82,246 @@ impl NodeState {
     /// it, and a clock set forward shows at once. A clock set back shows
     /// once the larger samples from before have left the window.
     pub(in crate::engine) fn clock_offset(&self) -> Option<Duration> {
-        self.offsets.iter().max().copied()
+        self.offsets.max()
+    }
+
+    /// The heartbeat kept in a snapshot: the node and its last agent, the
+    /// readings, not the metadata (it comes back with the next heartbeat).
+    fn kept_heartbeat(&self, node: &NodeName) -> Heartbeat {
+        let (agent_id, agent_type) = self
+            .agents
+            .last()
+            .map(|a| (a.id.to_string(), a.kind.to_string()))
+            .unwrap_or_default();
+        let hb = &self.heartbeat;
+        Heartbeat {
+            agent_id,
+            agent_type,
+            node: node.clone(),
+            timestamp: hb.timestamp,
+            cpu_temp: hb.cpu_temp,
+            gpu_temp: hb.gpu_temp,
+            storage_percent: hb.storage_percent,
+            interval_seconds: hb.interval_seconds,
+            throttle_level: hb.throttle_level,
+            metadata: Default::default(),
+        }
+    }
+}
+
+/// The readings of a node's last heartbeat that the engine and `skos
+/// status` read: its timestamp (the agent's clock), temperatures, storage,
+/// interval, throttle, and the mesh levels and peers from its metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct LastHeartbeat {
+    /// When the agent sent it, in the agent's clock.
+    pub(in crate::engine) timestamp: Timestamp,
+    /// Hottest CPU reading in °C.
+    pub(in crate::engine) cpu_temp: Option<f64>,
+    /// Hottest GPU reading in °C.
+    pub(in crate::engine) gpu_temp: Option<f64>,
+    /// Fullest watched mount, in percent.
+    pub(in crate::engine) storage_percent: Option<f64>,
+    /// Seconds until the next heartbeat (kept for snapshots).
+    pub(in crate::engine) interval_seconds: Option<f64>,
+    /// Active throttle level in percent.
+    pub(in crate::engine) throttle_level: Option<u8>,
+    /// `metadata.mesh`, when it names any level or peer node.
+    pub(in crate::engine) mesh: Option<Box<MeshReadings>>,
+}
+
+impl LastHeartbeat {
+    /// What is kept of `hb`.
+    pub(in crate::engine) fn of(hb: &Heartbeat) -> Self {
+        Self {
+            timestamp: hb.timestamp,
+            cpu_temp: hb.cpu_temp,
+            gpu_temp: hb.gpu_temp,
+            storage_percent: hb.storage_percent,
+            interval_seconds: hb.interval_seconds,
+            throttle_level: hb.throttle_level,
+            mesh: MeshReadings::of(hb).map(Box::new),
+        }
+    }
+
+    /// The reading a problem is measured by, if the heartbeat carried it
+    /// (as [`Heartbeat::metric`]).
+    pub(in crate::engine) fn metric(&self, metric: &str) -> Option<f64> {
+        match metric {
+            "cpu_temp" => self.cpu_temp,
+            "gpu_temp" => self.gpu_temp,
+            "storage_percent" => self.storage_percent,
+            _ => None,
+        }
+    }
+
+    /// The level the heartbeat reported for a mesh problem (as
+    /// [`skos_core::policy::mesh_level`]).
+    pub(in crate::engine) fn mesh_level(&self, problem: &str) -> Option<f64> {
+        self.mesh.as_ref()?.level(problem)
+    }
+
+    /// The nodes the node watches as mesh peers, sorted (as
+    /// [`skos_core::policy::mesh_peer_nodes`], names that are not node
+    /// names left out).
+    pub(in crate::engine) fn mesh_peers(&self) -> &[NodeName] {
+        self.mesh.as_ref().map_or(&[], |m| &m.peer_nodes)
+    }
+}
+
+/// What a heartbeat's `metadata.mesh` says: the level of each interface
+/// and peer, and the nodes its peers run on.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct MeshReadings {
+    /// `interfaces.<name>.level`, where it is a number.
+    interfaces: Vec<(Box<str>, f64)>,
+    /// `peers.<name>.level`, where it is a number.
+    peers: Vec<(Box<str>, f64)>,
+    /// `peers.<name>.node`, where it is a node name: sorted, once each.
+    peer_nodes: Vec<NodeName>,
+}
+
+impl MeshReadings {
+    /// What `hb.metadata.mesh` says, or `None` when it names no level and
+    /// no peer node.
+    fn of(hb: &Heartbeat) -> Option<Self> {
+        let mesh = hb.metadata.get("mesh")?;
+        let levels = |key: &str| -> Vec<(Box<str>, f64)> {
+            mesh.get(key)
+                .and_then(serde_json::Value::as_object)
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter_map(|(name, e)| {
+                            Some((name.as_str().into(), e.get("level")?.as_f64()?))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut peer_nodes: Vec<NodeName> = mesh
+            .get("peers")
+            .and_then(serde_json::Value::as_object)
+            .map(|peers| {
+                peers
+                    .values()
+                    .filter_map(|p| NodeName::parse(p.get("node")?.as_str()?).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        peer_nodes.sort();
+        peer_nodes.dedup();
+        let readings = Self {
+            interfaces: levels("interfaces"),
+            peers: levels("peers"),
+            peer_nodes,
+        };
+        let empty = readings.interfaces.is_empty()
+            && readings.peers.is_empty()
+            && readings.peer_nodes.is_empty();
+        (!empty).then_some(readings)
+    }
+
+    /// The level of a mesh problem (`mesh:<interface or peer>`): the
+    /// interface's, else the peer's.
+    fn level(&self, problem: &str) -> Option<f64> {
+        let name = problem.strip_prefix(skos_core::events::MESH_PREFIX)?;
+        let find = |levels: &[(Box<str>, f64)]| {
+            levels
+                .iter()
+                .find(|(n, _)| &**n == name)
+                .map(|(_, level)| *level)
+        };
+        find(&self.interfaces).or_else(|| find(&self.peers))
+    }
+}
+
+/// An agent type's name, shared by every node whose agent has it (see
+/// [`Engine::agent_type`]).
+pub(super) type AgentType = Arc<str>;
+
+/// One agent of a node, and when it was last heard.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct AgentSeen {
+    /// The agent's id.
+    pub(in crate::engine) id: Box<str>,
+    /// Its type.
+    pub(in crate::engine) kind: AgentType,
+    /// When its last heartbeat arrived (coordinator clock).
+    pub(in crate::engine) seen: Timestamp,
+}
+
+/// A node's agents, by id, and which one sent its last heartbeat.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Agents {
+    /// Sorted by id.
+    seen: Vec<AgentSeen>,
+    /// The index in `seen` of the agent of the last heartbeat.
+    last: usize,
+}
+
+impl Agents {
+    /// `id`, an agent of type `kind`, sent a heartbeat at `now`.
+    pub(in crate::engine) fn record(&mut self, id: &str, kind: AgentType, now: Timestamp) {
+        match self.seen.binary_search_by(|a| (*a.id).cmp(id)) {
+            Ok(i) => {
+                let agent = &mut self.seen[i];
+                if agent.kind != kind {
+                    agent.kind = kind;
+                }
+                agent.seen = now;
+                self.last = i;
+            }
+            Err(i) => {
+                self.seen.reserve_exact(1);
+                self.seen.insert(
+                    i,
+                    AgentSeen {
+                        id: id.into(),
+                        kind,
+                        seen: now,
+                    },
+                );
+                self.last = i;
+            }
+        }
+    }
+
+    /// The agent of the last heartbeat.
+    pub(in crate::engine) fn last(&self) -> Option<&AgentSeen> {
+        self.seen.get(self.last)
+    }
+
+    /// Every agent as (id, (type, last heard)), by id.
+    pub(in crate::engine) fn iter(&self) -> impl Iterator<Item = (&str, (&str, &Timestamp))> {
+        self.seen.iter().map(|a| (&*a.id, (&*a.kind, &a.seen)))
+    }
+}
+
+/// The last [`OFFSET_SAMPLES`] clock offsets, in a ring.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Offsets {
+    samples: [Duration; OFFSET_SAMPLES],
+    /// How many samples are kept (up to [`OFFSET_SAMPLES`]).
+    len: u8,
+    /// Where the next sample goes.
+    next: u8,
+}
+
+impl Offsets {
+    /// Keep `offset`, forgetting the oldest sample past [`OFFSET_SAMPLES`].
+    fn push(&mut self, offset: Duration) {
+        let next = usize::from(self.next) % OFFSET_SAMPLES;
+        self.samples[next] = offset;
+        self.next = ((next + 1) % OFFSET_SAMPLES) as u8;
+        if usize::from(self.len) < OFFSET_SAMPLES {
+            self.len += 1;
+        }
+    }
+
+    /// The largest sample kept.
+    fn max(&self) -> Option<Duration> {
+        self.samples[..usize::from(self.len)].iter().max().copied()
     }
 }
 
@@ -188,7 +437,14 @@ impl EngineSnapshot {
 /// Alert ids remembered for de-duplication.
 pub(super) const HANDLED_WINDOW: usize = 100_000;
 
+/// At most this many agent types are shared ([`Engine::agent_type`]);
+/// past it each node keeps its own copy, so agents sending ever new types
+/// cannot grow the shared set without bound.
+pub(super) const SHARED_AGENT_TYPES: usize = 1024;
+
 impl Engine {
+    /// Everything that must survive a restart, all nodes together (see
+    /// [`Engine::node_snapshot`] for one node's part).
     pub fn snapshot(&self) -> EngineSnapshot {
         EngineSnapshot {
             breakers: self.breakers.snapshot(),
@@ -197,13 +453,13 @@ impl Engine {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            verifications: self.verifications.clone(),
+            verifications: self.verifications.all().into_iter().cloned().collect(),
             open_alerts: self.open_alerts.values().cloned().collect(),
             recent: self.recent.iter().cloned().collect(),
             nodes: self
                 .nodes
                 .iter()
-                .map(|(n, s)| (n.clone(), kept_heartbeat(s)))
+                .map(|(n, s)| (n.clone(), s.kept_heartbeat(n)))
                 .collect(),
             ladders: self.ladders.values().cloned().collect(),
             reset_retries: self
@@ -219,28 +475,19 @@ impl Engine {
     /// throttle retries. The coordinator keeps each node's part under its
     /// own key, written before the message that changed it is
     /// acknowledged; its size is bounded by the node's problems and
-    /// actions, not by the fleet.
+    /// actions, not by the fleet, and so is the time it takes: each part
+    /// is kept by node (the recent actions, bounded by
+    /// `coordinator.recent_actions`, are filtered).
     pub fn node_snapshot(&self, node: &NodeName) -> EngineSnapshot {
         EngineSnapshot {
             breakers: self.breakers.snapshot_node(node.as_str()),
             pending: self
                 .pending
-                .iter()
-                .filter(|(_, p)| &p.node == node)
+                .of(node)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            verifications: self
-                .verifications
-                .iter()
-                .filter(|v| &v.node == node)
-                .cloned()
-                .collect(),
-            open_alerts: self
-                .open_alerts
-                .iter()
-                .filter(|((n, _), _)| n == node)
-                .map(|(_, a)| a.clone())
-                .collect(),
+            verifications: self.verifications.of(node).cloned().collect(),
+            open_alerts: self.open_alerts.of(node).map(|(_, a)| a.clone()).collect(),
             recent: self
                 .recent
                 .iter()
@@ -250,15 +497,10 @@ impl Engine {
             nodes: self
                 .nodes
                 .get(node)
-                .map(|s| (node.clone(), kept_heartbeat(s)))
+                .map(|s| (node.clone(), s.kept_heartbeat(node)))
                 .into_iter()
                 .collect(),
-            ladders: self
-                .ladders
-                .iter()
-                .filter(|((n, _), _)| n == node)
-                .map(|(_, l)| l.clone())
-                .collect(),
+            ladders: self.ladders.of(node).map(|(_, l)| l.clone()).collect(),
             reset_retries: self
                 .reset_retries
                 .get(node)
@@ -271,10 +513,10 @@ impl Engine {
     /// Every node the engine keeps anything for.
     pub fn known_nodes(&self) -> std::collections::BTreeSet<NodeName> {
         let mut out: std::collections::BTreeSet<NodeName> = self.nodes.keys().cloned().collect();
-        out.extend(self.pending.values().map(|p| p.node.clone()));
-        out.extend(self.verifications.iter().map(|v| v.node.clone()));
-        out.extend(self.open_alerts.keys().map(|(n, _)| n.clone()));
-        out.extend(self.ladders.keys().map(|(n, _)| n.clone()));
+        out.extend(self.pending.iter().map(|(_, p)| p.node.clone()));
+        out.extend(self.verifications.nodes().cloned());
+        out.extend(self.open_alerts.nodes().cloned());
+        out.extend(self.ladders.nodes().cloned());
         out.extend(self.reset_retries.keys().cloned());
         out.extend(
             self.breakers
@@ -292,7 +534,7 @@ impl Engine {
     /// the message id and agents execute an id once.
     pub fn unsent(&self, audited: &std::collections::HashSet<String>) -> Vec<Effect> {
         let mut out = Vec::new();
-        for (id, p) in &self.pending {
+        for (id, p) in self.pending.iter() {
             let Some(cmd) = &p.command else { continue };
             if audited.contains(id) {
                 continue;
@@ -320,43 +562,53 @@ impl Engine {
     pub fn restore(&mut self, snap: EngineSnapshot, now: Timestamp) {
         self.breakers.restore(snap.breakers);
         let deadline = now + secs(self.cfg.coordinator.command_deadline);
-        self.pending
-            .extend(snap.pending.into_iter().map(|(id, mut p)| {
-                p.sent_at.get_or_insert(now);
-                p.deadline.get_or_insert(deadline);
-                (id, p)
-            }));
+        for (id, mut p) in snap.pending {
+            p.sent_at.get_or_insert(now);
+            p.deadline.get_or_insert(deadline);
+            self.pending.insert(id, p);
+        }
         self.reset_retries.extend(snap.reset_retries);
-        self.verifications.extend(snap.verifications);
-        self.open_alerts.extend(
-            snap.open_alerts
-                .into_iter()
-                .map(|a| ((a.node.clone(), a.problem()), a)),
-        );
+        for v in snap.verifications {
+            self.verifications.push(v);
+        }
+        for a in snap.open_alerts {
+            let node = a.node.clone();
+            self.open_alerts.insert(&node, a.problem(), a);
+        }
         let mut recent: Vec<ActionRecord> = self.recent.drain(..).chain(snap.recent).collect();
         recent.sort_by_key(|r| r.sent_at);
         let keep = self.cfg.coordinator.recent_actions.max(1);
         self.recent = recent.into_iter().rev().take(keep).rev().collect();
-        self.ladders.extend(
-            snap.ladders
-                .into_iter()
-                .map(|l| ((l.alert.node.clone(), l.alert.problem()), l)),
-        );
+        for l in snap.ladders {
+            let node = l.alert.node.clone();
+            self.ladders.insert(&node, l.alert.problem(), l);
+        }
         for (name, heartbeat) in snap.nodes {
-            let mut state = NodeState::new(heartbeat, now);
+            if self.nodes.contains_key(&name) {
+                continue;
+            }
+            let kind = self.agent_type(&heartbeat.agent_type);
+            let mut state = NodeState::new(&heartbeat, kind, now);
             // Its clock_skew alert is still open: not raised again.
             state.skewed = self
                 .open_alerts
-                .contains_key(&(name.clone(), super::kinds::clock::problem()));
-            self.nodes.entry(name).or_insert(state);
+                .contains(&name, &super::kinds::clock::problem());
+            self.watchers
+                .update(&name, &[], state.heartbeat.mesh_peers());
+            self.nodes.insert(name, state);
         }
     }
-}
 
-/// The node and its agent, not its readings: they come back with the next
-/// heartbeat.
-fn kept_heartbeat(s: &NodeState) -> Heartbeat {
-    let mut hb = s.heartbeat.clone();
-    hb.metadata.clear();
-    hb
+    /// The shared name of an agent type (one copy for every node whose
+    /// agent has it, up to [`SHARED_AGENT_TYPES`] types).
+    pub(super) fn agent_type(&mut self, name: &str) -> AgentType {
+        if let Some(shared) = self.agent_types.get(name) {
+            return shared.clone();
+        }
+        let kind: AgentType = Arc::from(name);
+        if self.agent_types.len() < SHARED_AGENT_TYPES {
+            self.agent_types.insert(kind.clone());
+        }
+        kind
+    }
 }

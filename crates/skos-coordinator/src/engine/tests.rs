@@ -1673,3 +1673,294 @@ fn a_late_answer_shows_what_happened_but_a_copy_undoes_no_verdict() {
         ActionState::Unsupported
     );
 }
+
+// --- Per-node indexes: a message touches its own node's entries only. ---
+
+/// `alert` about another sensor (a new problem), with its own id.
+fn on_sensor(mut a: Alert, sensor: &str) -> Alert {
+    a.details.insert("sensor".into(), json!(sensor));
+    a.alert_id = String::new();
+    a.ensure_id();
+    a
+}
+
+#[test]
+fn a_result_from_another_node_is_foreign_while_that_node_has_its_own_commands() {
+    let mut e = engine();
+    e.on_heartbeat(hb_from("a", 87.0, 0, t(0.0)), t(0.0));
+    e.on_heartbeat(hb_from("b", 87.0, 0, t(0.0)), t(0.0));
+    let on_a = throttle_50(&e.on_alert(hot_on("a", t(0.0)), t(0.0)));
+    let on_b = throttle_50(&e.on_alert(hot_on("b", t(0.0)), t(0.0)));
+    // a answers b's command: foreign, and nothing of a's or b's changes.
+    let fx = e.on_result(result_from("a", &on_b, ResultStatus::Succeeded), t(1.0));
+    let rejected = audits(&fx, "rejected");
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].data["reason"], "foreign_node");
+    assert_eq!(rejected[0].data["sent_to"], "b");
+    assert!(audits(&fx, "result").is_empty());
+    assert!(e.pending.contains_key(&on_a.action_id));
+    assert_eq!(
+        e.pending.get(&on_b.action_id).map(|p| p.node.as_str()),
+        Some("b")
+    );
+    assert!(e.verifications.is_empty());
+    // a's answer to its own command closes that one only.
+    let fx = e.on_result(result_from("a", &on_a, ResultStatus::Failed), t(2.0));
+    assert_eq!(audits(&fx, "result").len(), 1);
+    assert!(!e.pending.contains_key(&on_a.action_id));
+    assert!(e.pending.contains_key(&on_b.action_id));
+    // Each node's pending commands are its own (throttle_50 and
+    // redistribute on b, redistribute left on a).
+    let of = |n: &str| -> Vec<String> {
+        e.pending
+            .of(&node(n))
+            .map(|(_, p)| format!("{}:{}", p.node, p.action))
+            .collect()
+    };
+    assert_eq!(of("a"), ["a:redistribute"]);
+    assert_eq!(of("b"), ["b:redistribute", "b:throttle_50"]);
+}
+
+#[test]
+fn in_progress_is_per_node_problem_and_action() {
+    let mut e = engine();
+    e.on_heartbeat(hb_from("a", 87.0, 0, t(0.0)), t(0.0));
+    e.on_heartbeat(hb_from("b", 87.0, 0, t(0.0)), t(0.0));
+    let fx = e.on_alert(hot_on("a", t(0.0)), t(0.0));
+    assert_eq!(names(&fx), ["throttle_50", "redistribute"]);
+    // The same problem and actions on another node are not in progress.
+    let on_b = commands(&e.on_alert(hot_on("b", t(0.0)), t(0.0)));
+    assert_eq!(on_b.len(), 2);
+    // Another problem on the same node is not either.
+    let fx = e.on_alert(on_sensor(hot_on("a", t(1.0)), "gpu"), t(1.0));
+    assert_eq!(names(&fx), ["throttle_50", "redistribute"]);
+    // The same problem on the same node is, while pending...
+    let fx = e.on_alert(hot_on("a", t(2.0)), t(2.0));
+    assert!(commands(&fx).is_empty());
+    assert_eq!(skipped_reasons(&fx), ["in_progress", "in_progress"]);
+    // ... and while under verification, for that action only: b's
+    // throttle succeeded (verifying), its redistribute failed (done).
+    let mut ok = result_from("b", &on_b[0], ResultStatus::Succeeded);
+    ok.timestamp = t(3.0);
+    e.on_result(ok, t(3.0));
+    e.on_result(result_from("b", &on_b[1], ResultStatus::Failed), t(3.0));
+    assert_eq!(e.verifications.of(&node("b")).count(), 1);
+    assert_eq!(e.verifications.of(&node("a")).count(), 0);
+    let fx = e.on_alert(hot_on("b", t(4.0)), t(4.0));
+    assert_eq!(names(&fx), ["redistribute"]);
+    assert_eq!(skipped_reasons(&fx), ["in_progress"]);
+}
+
+#[test]
+fn one_node_snapshot_among_a_hundred_thousand_holds_exactly_its_entries() {
+    let mut e = engine();
+    // Names that prefix one another: n1, n10, n100, ...
+    let name = |i: usize| format!("n{i}");
+    for i in 0..100_000 {
+        e.on_heartbeat(hb_from(&name(i), 50.0, 0, t(0.0)), t(0.0));
+    }
+    for (k, i) in [1, 10, 100, 1000, 99_999].into_iter().enumerate() {
+        let n = name(i);
+        let at = 1.0 + k as f64;
+        e.on_heartbeat(hb_from(&n, 87.0, 0, t(at)), t(at));
+        let throttle = throttle_50(&e.on_alert(hot_on(&n, t(at)), t(at)));
+        let mut ok = result_from(&n, &throttle, ResultStatus::Succeeded);
+        ok.timestamp = t(at + 0.5);
+        e.on_result(ok, t(at + 0.5));
+        e.on_alert(tunnel_down(&n, at), t(at));
+    }
+    let snap = e.node_snapshot(&node("n10"));
+    let nodes: Vec<&str> = snap.nodes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(nodes, ["n10"]);
+    assert_eq!(snap.nodes[0].1.cpu_temp, Some(87.0));
+    let pending: Vec<(&str, &str)> = snap
+        .pending
+        .iter()
+        .map(|(_, p)| (p.node.as_str(), p.action.as_str()))
+        .collect();
+    assert_eq!(
+        pending,
+        [("n10", "restart_wireguard"), ("n10", "redistribute")],
+        "by action id"
+    );
+    let verifying: Vec<(&str, &str)> = snap
+        .verifications
+        .iter()
+        .map(|v| (v.node.as_str(), v.action.as_str()))
+        .collect();
+    assert_eq!(verifying, [("n10", "throttle_50")]);
+    let open: Vec<String> = snap
+        .open_alerts
+        .iter()
+        .map(|a| format!("{}:{}", a.node, a.problem()))
+        .collect();
+    assert_eq!(open, ["n10:mesh:wg0", "n10:thermal:cpu"]);
+    assert_eq!(snap.ladders.len(), 1);
+    assert_eq!(snap.ladders[0].alert.node.as_str(), "n10");
+    assert_eq!(snap.recent.len(), 3);
+    assert!(snap.recent.iter().all(|r| r.node == "n10"));
+    assert!(snap.reset_retries.is_empty());
+    // A healthy node's part is its node alone; an unknown node has none.
+    let quiet = e.node_snapshot(&node("n5"));
+    assert_eq!(quiet.nodes.len(), 1);
+    assert!(
+        quiet.pending.is_empty()
+            && quiet.verifications.is_empty()
+            && quiet.open_alerts.is_empty()
+            && quiet.ladders.is_empty()
+            && quiet.recent.is_empty()
+    );
+    assert!(e.node_snapshot(&node("nobody")).is_empty());
+}
+
+#[test]
+fn restoring_every_node_part_gives_the_whole() {
+    let mut e = engine();
+    for (k, n) in ["a", "b", "c"].into_iter().enumerate() {
+        let at = k as f64;
+        e.on_heartbeat(hb_from(n, 87.0, 0, t(at)), t(at));
+        let throttle = throttle_50(&e.on_alert(hot_on(n, t(at)), t(at)));
+        let mut ok = result_from(n, &throttle, ResultStatus::Succeeded);
+        ok.timestamp = t(at + 0.5);
+        e.on_result(ok, t(at + 0.5));
+    }
+    e.on_alert(tunnel_down("b", 4.0), t(4.0));
+    let json = |s: &EngineSnapshot| serde_json::to_value(s).unwrap();
+    let whole = e.snapshot();
+    assert_eq!(whole.pending.len(), 4);
+    assert_eq!(whole.verifications.len(), 3);
+    let mut from_parts = engine();
+    for n in e.known_nodes() {
+        from_parts.restore(e.node_snapshot(&n), t(10.0));
+    }
+    let mut from_whole = engine();
+    from_whole.restore(whole.clone(), t(10.0));
+    assert_eq!(json(&from_parts.snapshot()), json(&from_whole.snapshot()));
+    assert_eq!(json(&from_whole.snapshot()), json(&whole));
+    // The restored indexes answer per node: b's result is b's, a's forgery
+    // of it is foreign.
+    let on_b = whole
+        .pending
+        .iter()
+        .find(|(_, p)| p.node.as_str() == "b" && p.action == "redistribute")
+        .map(|(_, p)| p.command.clone().unwrap())
+        .unwrap();
+    let fx = from_parts.on_result(result_from("a", &on_b, ResultStatus::Failed), t(11.0));
+    assert_eq!(audits(&fx, "rejected").len(), 1);
+    let fx = from_parts.on_result(result_from("b", &on_b, ResultStatus::Failed), t(11.0));
+    assert_eq!(audits(&fx, "result").len(), 1);
+    assert_eq!(from_parts.pending.of(&node("b")).count(), 1);
+}
+
+#[test]
+fn deadlines_expire_in_order_across_nodes() {
+    let mut e = engine();
+    e.on_heartbeat(hb_from("b", 87.0, 0, t(0.0)), t(0.0));
+    e.on_heartbeat(hb_from("a", 87.0, 0, t(0.0)), t(0.0));
+    // b's commands go out first, a's ten seconds later.
+    let on_b = commands(&e.on_alert(hot_on("b", t(0.0)), t(0.0)));
+    let on_a = commands(&e.on_alert(hot_on("a", t(10.0)), t(10.0)));
+    // Their throttles succeed; the redistributes never answer.
+    for (n, cmds, at) in [("b", &on_b, 1.0), ("a", &on_a, 11.0)] {
+        let mut ok = result_from(n, &cmds[0], ResultStatus::Succeeded);
+        ok.timestamp = t(at);
+        e.on_result(ok, t(at));
+    }
+    let closed = |fx: &[Effect], event: &str| -> Vec<String> {
+        audits(fx, event)
+            .iter()
+            .filter_map(|a| a.node.as_ref().map(ToString::to_string))
+            .collect()
+    };
+    // b's redistribute is past its deadline (60 s) and grace (30 s), a's is
+    // not yet.
+    let fx = e.tick(t(90.5));
+    assert_eq!(closed(&fx, "no_result"), ["b"]);
+    assert!(e.pending.contains_key(&on_a[1].action_id));
+    // a's is at 100; verifications: b's is due at 121, a's at 131.
+    let fx = e.tick(t(121.0));
+    assert_eq!(closed(&fx, "no_result"), ["a"]);
+    assert_eq!(closed(&fx, "verification"), ["b"]);
+    let fx = e.tick(t(200.0));
+    assert!(closed(&fx, "no_result").is_empty());
+    assert_eq!(closed(&fx, "verification"), ["a"]);
+    assert!(e.pending.is_empty() && e.verifications.is_empty());
+    assert!(e.tick(t(300.0)).is_empty());
+}
+
+#[test]
+fn the_kept_mesh_readings_read_as_the_heartbeat() {
+    let cases = [
+        json!({}),
+        json!({"mesh": "not an object"}),
+        json!({"mesh": {"interfaces": [1, 2], "peers": {"x": 3}}}),
+        json!({"mesh": {
+            "interfaces": {"wg0": {"level": 2}, "wg1": {"level": "high"}, "lyra": {"level": 1}},
+            "peers": {
+                "lyra": {"level": 0, "node": "lyra"},
+                "vega": {"node": "vega"},
+                "bad": {"level": 2, "node": "a.b"},
+                "twin": {"level": 1, "node": "lyra"},
+                "x": {"level": 1.5}
+            }
+        }}),
+    ];
+    for metadata in cases {
+        let mut h = mesh_hb("nova", 0.0, json!({}));
+        h.metadata = metadata.as_object().cloned().unwrap_or_default();
+        let kept = LastHeartbeat::of(&h);
+        for problem in [
+            "mesh:wg0",
+            "mesh:wg1",
+            "mesh:lyra",
+            "mesh:vega",
+            "mesh:bad",
+            "mesh:x",
+            "mesh:nope",
+            "thermal:cpu",
+            "wg0",
+        ] {
+            assert_eq!(
+                kept.mesh_level(problem),
+                policy::mesh_level(&h, problem),
+                "{problem} in {metadata}"
+            );
+        }
+        let mut peers: Vec<String> = policy::mesh_peer_nodes(&h)
+            .into_iter()
+            .filter(|p| NodeName::parse(p).is_ok())
+            .collect();
+        peers.sort();
+        peers.dedup();
+        let kept_peers: Vec<&str> = kept.mesh_peers().iter().map(NodeName::as_str).collect();
+        assert_eq!(kept_peers, peers, "{metadata}");
+        for metric in ["cpu_temp", "gpu_temp", "storage_percent", "mesh_level"] {
+            assert_eq!(kept.metric(metric), h.metric(metric));
+        }
+    }
+}
+
+#[test]
+fn a_node_that_stops_watching_a_peer_no_longer_counts_as_its_observer() {
+    let mut e = engine();
+    let watches_c = json!({"peers": {"c": {"level": 2, "node": "c"}}});
+    e.on_heartbeat(mesh_hb("a", 0.0, watches_c.clone()), t(0.0));
+    e.on_heartbeat(mesh_hb("b", 0.0, watches_c), t(0.0));
+    e.on_heartbeat(mesh_hb("c", 0.0, json!({})), t(0.0));
+    // b no longer has c as a peer.
+    e.on_heartbeat(mesh_hb("b", 1.0, json!({})), t(1.0));
+    e.on_alert(unreachable("a", "c", 2.0), t(2.0));
+    let fx = e.on_alert(unreachable("b", "c", 2.0), t(2.0));
+    assert_eq!(names(&fx), ["ping_peer"], "a tunnel problem on b");
+    assert!(alerts(&fx).is_empty());
+    // Once b watches c again and d does too, every watcher sees it down:
+    // c's node problem, and a's and b's tunnels are no longer healed.
+    let watches_c = json!({"peers": {"c": {"level": 2, "node": "c"}}});
+    e.on_heartbeat(mesh_hb("b", 3.0, watches_c.clone()), t(3.0));
+    e.on_heartbeat(mesh_hb("d", 3.0, watches_c), t(3.0));
+    let fx = e.on_alert(unreachable("d", "c", 4.0), t(4.0));
+    assert!(commands(&fx).is_empty());
+    assert_eq!(alerts(&fx)[0].node.as_str(), "c");
+    assert_eq!(alerts(&fx)[0].details["observers"], json!(["a", "b", "d"]));
+    assert!(e.ladders.is_empty(), "a's and b's ladders stopped");
+}

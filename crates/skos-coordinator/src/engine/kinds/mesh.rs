@@ -9,14 +9,12 @@ use skos_core::config::Config;
 use skos_core::counters::Counter;
 use skos_core::events::{peer_node_of, MeshEvent, ProblemKey, EVENT_KEY, MESH_NODE_SENSOR};
 use skos_core::policy;
-use skos_core::protocol::{
-    Alert, AlertKind, AuditEvent, CommandResult, Heartbeat, ResultStatus, Severity,
-};
+use skos_core::protocol::{Alert, AlertKind, AuditEvent, CommandResult, ResultStatus, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::{catalogue, NodeName};
 
 use super::{event_of, ProblemKind, Recovery};
-use crate::engine::{audit, Effect, Engine, Pending, SkipReason, Verification};
+use crate::engine::{audit, Effect, Engine, LastHeartbeat, Pending, SkipReason, Verification};
 
 pub(crate) struct Mesh;
 
@@ -41,8 +39,8 @@ impl ProblemKind for Mesh {
     }
 
     /// The problem's level in `metadata.mesh`.
-    fn metric_value(&self, hb: &Heartbeat, v: &Verification) -> Option<f64> {
-        policy::mesh_level(hb, v.problem.as_str())
+    fn metric_value(&self, hb: &LastHeartbeat, v: &Verification) -> Option<f64> {
+        hb.mesh_level(v.problem.as_str())
     }
 
     fn on_clear(&self, eng: &mut Engine, alert: &Alert, now: Timestamp, out: &mut Vec<Effect>) {
@@ -63,14 +61,13 @@ impl ProblemKind for Mesh {
     /// A step without a result is a failed step: the next one, if the
     /// problem is still being healed.
     fn on_no_result(&self, eng: &mut Engine, p: &Pending, now: Timestamp, out: &mut Vec<Effect>) {
-        let key = (p.node.clone(), p.problem.clone());
-        if eng.ladders.contains_key(&key) {
-            eng.climb(&key, now, out);
+        if eng.ladders.contains(&p.node, &p.problem) {
+            eng.climb(&p.node, &p.problem, now, out);
         }
     }
 
     fn on_verified(&self, eng: &mut Engine, v: &Verification) {
-        eng.ladders.remove(&(v.node.clone(), v.problem.clone()));
+        eng.ladders.remove(&v.node, &v.problem);
     }
 
     /// The next step, if the problem is still being healed (no ladder: it
@@ -82,7 +79,7 @@ impl ProblemKind for Mesh {
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) {
-        eng.climb(&(v.node.clone(), v.problem.clone()), now, out);
+        eng.climb(&v.node, &v.problem, now, out);
     }
 }
 
@@ -112,8 +109,11 @@ impl Engine {
         let node = alert.node.clone();
         let problem = alert.problem();
         let event = event_of(alert).to_string();
-        let key = (node.clone(), problem.clone());
-        if self.ladders.get(&key).is_some_and(|l| l.event == event) {
+        if self
+            .ladders
+            .get(&node, &problem)
+            .is_some_and(|l| l.event == event)
+        {
             self.skip(
                 (&node, &problem, &actions.join(", ")),
                 SkipReason::InProgress,
@@ -128,7 +128,8 @@ impl Engine {
             return;
         }
         self.ladders.insert(
-            key.clone(),
+            &node,
+            problem.clone(),
             Ladder {
                 alert: alert.clone(),
                 severity,
@@ -137,17 +138,24 @@ impl Engine {
                 sent: false,
             },
         );
-        self.climb(&key, now, out);
+        self.climb(&node, &problem, now, out);
     }
 
-    /// Send the next action of a ladder; when none is left, escalate.
-    fn climb(&mut self, key: &(NodeName, ProblemKey), now: Timestamp, out: &mut Vec<Effect>) {
+    /// Send the next action of the ladder for `problem` on `node`; when none
+    /// is left, escalate.
+    fn climb(
+        &mut self,
+        node: &NodeName,
+        problem: &ProblemKey,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
         loop {
-            let Some(l) = self.ladders.get_mut(key) else {
+            let Some(l) = self.ladders.get_mut(node, problem) else {
                 return;
             };
             if l.remaining.is_empty() {
-                if let Some(l) = self.ladders.remove(key) {
+                if let Some(l) = self.ladders.remove(node, problem) {
                     if l.sent {
                         self.ladder_exhausted(l, now, out);
                     }
@@ -157,14 +165,14 @@ impl Engine {
             let action = l.remaining.remove(0);
             let (alert, severity) = (l.alert.clone(), l.severity);
             if let Some((peer, reason, offline)) = self.node_problem(&alert) {
-                self.ladders.remove(key);
+                self.ladders.remove(node, problem);
                 self.node_problem_found(&alert, &peer, &reason, offline, &[action], now, out);
                 return;
             }
             let before = self.pending.len();
             self.dispatch(&alert, severity, &action, now, out);
             if self.pending.len() > before {
-                if let Some(l) = self.ladders.get_mut(key) {
+                if let Some(l) = self.ladders.get_mut(node, problem) {
                     l.sent = true;
                 }
                 return;
@@ -182,8 +190,7 @@ impl Engine {
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) {
-        let key = (p.node.clone(), p.problem.clone());
-        if !self.ladders.contains_key(&key) {
+        if !self.ladders.contains(&p.node, &p.problem) {
             return;
         }
         match result.status {
@@ -191,7 +198,7 @@ impl Engine {
             ResultStatus::Succeeded
                 if result.details.get("resolved").and_then(Value::as_bool) == Some(true) =>
             {
-                self.ladders.remove(&key);
+                self.ladders.remove(&p.node, &p.problem);
                 out.push(audit(
                     AuditEvent::Decision,
                     now,
@@ -203,7 +210,7 @@ impl Engine {
                     json!({"problem": p.problem, "action": p.action, "reason": "resolved"}),
                 ));
             }
-            _ => self.climb(&key, now, out),
+            _ => self.climb(&p.node, &p.problem, now, out),
         }
     }
 
@@ -258,22 +265,16 @@ impl Engine {
                 true,
             ));
         }
+        // The nodes whose last heartbeat lists the peer (an index, not a
+        // walk over the fleet), and each one's own open alerts.
         let observers: Vec<&NodeName> = self
-            .nodes
-            .iter()
-            .filter(|(n, s)| {
-                !s.offline
-                    && **n != peer
-                    && policy::mesh_peer_nodes(&s.heartbeat)
-                        .iter()
-                        .any(|x| x == peer.as_str())
-            })
-            .map(|(n, _)| n)
+            .watchers
+            .of(&peer)
+            .filter(|n| **n != peer && self.nodes.get(*n).is_some_and(|s| !s.offline))
             .collect();
         let sees_it_down = |o: &NodeName| {
-            self.open_alerts.values().any(|a| {
-                &a.node == o
-                    && a.kind == AlertKind::Mesh
+            self.open_alerts.of(o).any(|(_, a)| {
+                a.kind == AlertKind::Mesh
                     && MeshEvent::of(a) == Some(MeshEvent::PeerUnreachable)
                     && peer_node_of(a) == Some(peer.as_str())
             })
@@ -318,12 +319,11 @@ impl Engine {
         // Stop healing tunnels to that node anywhere else.
         let others: Vec<(NodeName, ProblemKey)> = self
             .ladders
-            .iter()
-            .filter(|(_, l)| peer_node_of(&l.alert) == Some(peer.as_str()))
-            .map(|(k, _)| k.clone())
+            .about_peer(peer)
+            .map(|(n, p, _)| (n.clone(), p.clone()))
             .collect();
         for k in others {
-            self.ladders.remove(&k);
+            self.ladders.remove(&k.0, &k.1);
             out.push(audit(
                 AuditEvent::Decision,
                 now,
@@ -332,16 +332,12 @@ impl Engine {
                 json!({"problem": k.1, "reason": SkipReason::PeerNodeDown.as_str()}),
             ));
         }
-        let nkey = (peer.clone(), ProblemKey::mesh_node());
-        if !offline && !self.open_alerts.contains_key(&nkey) {
+        if !offline && !self.open_alerts.contains(peer, &ProblemKey::mesh_node()) {
             let observers: Vec<String> = self
                 .open_alerts
-                .values()
-                .filter(|a| {
-                    MeshEvent::of(a) == Some(MeshEvent::PeerUnreachable)
-                        && peer_node_of(a) == Some(peer.as_str())
-                })
-                .map(|a| a.node.to_string())
+                .about_peer(peer)
+                .filter(|(_, _, a)| MeshEvent::of(a) == Some(MeshEvent::PeerUnreachable))
+                .map(|(_, _, a)| a.node.to_string())
                 .collect();
             out.push(Effect::Alert(self.own_alert(
                 peer,
@@ -360,14 +356,11 @@ impl Engine {
         if alert.kind != AlertKind::Mesh {
             return;
         }
-        self.ladders.remove(&(alert.node.clone(), alert.problem()));
+        self.ladders.remove(&alert.node, &alert.problem());
         let Some(peer) = peer_node_of(alert).and_then(|p| NodeName::parse(p).ok()) else {
             return;
         };
-        if self
-            .open_alerts
-            .contains_key(&(peer.clone(), ProblemKey::mesh_node()))
-        {
+        if self.open_alerts.contains(&peer, &ProblemKey::mesh_node()) {
             out.push(Effect::Alert(self.own_alert(
                 &peer,
                 AlertKind::Mesh,

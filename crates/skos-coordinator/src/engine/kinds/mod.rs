@@ -14,11 +14,11 @@
 
 use serde_json::Value;
 use skos_core::config::{Config, Thresholds};
-use skos_core::protocol::{Alert, AlertKind, CommandResult, Heartbeat, Severity};
+use skos_core::protocol::{Alert, AlertKind, CommandResult, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
-use super::{Effect, Engine, Pending, Verification};
+use super::{Effect, Engine, LastHeartbeat, Pending, Verification};
 
 pub(super) mod clock;
 pub(super) mod loops;
@@ -58,8 +58,8 @@ pub(crate) trait ProblemKind: Sync {
         None
     }
 
-    /// The value of a verification's metric in a heartbeat.
-    fn metric_value(&self, hb: &Heartbeat, v: &Verification) -> Option<f64> {
+    /// The value of a verification's metric in a node's last heartbeat.
+    fn metric_value(&self, hb: &LastHeartbeat, v: &Verification) -> Option<f64> {
         hb.metric(&v.metric)
     }
 

@@ -18,16 +18,14 @@ use skos_core::config::Config;
 use skos_core::events::ProblemKey;
 use skos_core::level::secs;
 use skos_core::policy;
-use skos_core::protocol::{
-    Alert, AlertKind, AuditEvent, CommandResult, Heartbeat, ResultStatus, Severity,
-};
+use skos_core::protocol::{Alert, AlertKind, AuditEvent, CommandResult, ResultStatus, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
 use super::{level_threshold, ProblemKind, Recovery};
 use crate::engine::state::CoolSince;
 use crate::engine::{
-    audit, key_str, Effect, Engine, Pending, ResetAttempt, ResetRetry, SkipReason,
+    audit, key_str, Effect, Engine, LastHeartbeat, Pending, ResetAttempt, ResetRetry, SkipReason,
 };
 
 /// The action that lifts a throttle.
@@ -105,13 +103,13 @@ fn cpu() -> ProblemKey {
 }
 
 /// Whether a heartbeat shows a throttle in force.
-fn throttled(hb: &Heartbeat) -> bool {
+fn throttled(hb: &LastHeartbeat) -> bool {
     hb.throttle_level.unwrap_or(0) > 0
 }
 
 /// Whether every temperature in a heartbeat (at least one) is below the
 /// clear level.
-fn cool(cfg: &Config, hb: &Heartbeat) -> bool {
+fn cool(cfg: &Config, hb: &LastHeartbeat) -> bool {
     let temps: Vec<f64> = [hb.cpu_temp, hb.gpu_temp].into_iter().flatten().collect();
     !temps.is_empty()
         && temps.iter().all(|&t| {
@@ -151,10 +149,7 @@ impl Engine {
             return;
         }
         let resetting = self.reset_retries.contains_key(node)
-            || self
-                .pending
-                .values()
-                .any(|p| &p.node == node && p.action == RESET);
+            || self.pending.of(node).any(|(_, p)| p.action == RESET);
         if resetting {
             return;
         }
@@ -169,8 +164,8 @@ impl Engine {
             ),
             json!({"problem": cpu, "actions": [RESET], "reason": "recovery", "attempt": 1}),
         ));
-        for key in [(node.clone(), cpu.clone()), (node.clone(), gpu)] {
-            self.open_alerts.remove(&key);
+        for problem in [&cpu, &gpu] {
+            self.open_alerts.remove(node, problem);
         }
         if self.cfg.dry_run {
             self.skip(

@@ -1,0 +1,172 @@
+//! Kill points: a test hook for crash-safety tests.
+//!
+//! [`hit`] marks a point between two steps of the coordinator's work (the
+//! engine decided, the state is written, the effects are published, the
+//! audit records are written). When the environment variable
+//! `SKOS_FAILPOINT` names that point, the process aborts there, as
+//! abruptly as a SIGKILL, after logging which point fired:
+//!
+//! * `SKOS_FAILPOINT=alert.persisted`: at the first time the point is hit;
+//! * `SKOS_FAILPOINT=alert.persisted:3`: at its third hit.
+//!
+//! The variable is read once, at the first hit. Unset (or naming another
+//! point) it is inert: a hit costs one comparison. A value that is not a
+//! name with an optional positive count is ignored, with a warning.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// The environment variable naming the point to abort at.
+pub const ENV: &str = "SKOS_FAILPOINT";
+
+/// A point to abort at: its name and on which hit (from 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// The point's name, as passed to [`hit`].
+    pub name: String,
+    /// Abort on this hit of the point (the first is 1).
+    pub nth: u64,
+}
+
+/// Why a `SKOS_FAILPOINT` value names no point.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Nothing before the `:`.
+    #[error("no point name")]
+    NoName,
+    /// The count after the `:` is not a positive integer.
+    #[error("hit count {0:?} is not a positive integer")]
+    BadCount(String),
+}
+
+/// Parse `<name>` or `<name>:<n>` (`n` ≥ 1; default 1). Surrounding
+/// whitespace is ignored.
+pub fn parse(value: &str) -> Result<Spec, SpecError> {
+    let value = value.trim();
+    let (name, nth) = match value.rsplit_once(':') {
+        Some((name, n)) => {
+            let nth = n
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| SpecError::BadCount(n.to_string()))?;
+            (name.trim(), nth)
+        }
+        None => (value, 1),
+    };
+    if name.is_empty() {
+        return Err(SpecError::NoName);
+    }
+    Ok(Spec {
+        name: name.to_string(),
+        nth,
+    })
+}
+
+struct Armed {
+    spec: Spec,
+    hits: AtomicU64,
+}
+
+impl Armed {
+    /// Count a hit of `name`; true when it is the hit to abort at.
+    fn fires(&self, name: &str) -> bool {
+        name == self.spec.name && self.hits.fetch_add(1, Ordering::SeqCst) + 1 == self.spec.nth
+    }
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let value = std::env::var(ENV).ok()?;
+            if value.trim().is_empty() {
+                return None;
+            }
+            match parse(&value) {
+                Ok(spec) => {
+                    tracing::warn!(point = %spec.name, hit = spec.nth, "{ENV} armed: the process will abort there");
+                    Some(Armed {
+                        spec,
+                        hits: AtomicU64::new(0),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(value = %value, error = %e, "{ENV} ignored");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// A kill point: aborts the process (`std::process::abort`) when
+/// `SKOS_FAILPOINT` names `name` and this is the hit it counts to; does
+/// nothing otherwise.
+pub fn hit(name: &'static str) {
+    let Some(armed) = armed() else {
+        return;
+    };
+    if armed.fires(name) {
+        tracing::error!(
+            point = name,
+            hit = armed.spec.nth,
+            "{ENV}: aborting at this point"
+        );
+        eprintln!("{ENV}: aborting at {name} (hit {})", armed.spec.nth);
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_alone_fires_on_the_first_hit() {
+        assert_eq!(
+            parse("alert.persisted"),
+            Ok(Spec {
+                name: "alert.persisted".into(),
+                nth: 1
+            })
+        );
+        assert_eq!(parse("  tick.persisted \n").unwrap().name, "tick.persisted");
+    }
+
+    #[test]
+    fn a_count_picks_the_nth_hit() {
+        assert_eq!(
+            parse("result.audited:3"),
+            Ok(Spec {
+                name: "result.audited".into(),
+                nth: 3
+            })
+        );
+        assert_eq!(parse("a: 2").unwrap().nth, 2);
+    }
+
+    #[test]
+    fn bad_values_name_no_point() {
+        assert_eq!(parse(""), Err(SpecError::NoName));
+        assert_eq!(parse(":2"), Err(SpecError::NoName));
+        assert_eq!(parse("a:0"), Err(SpecError::BadCount("0".into())));
+        assert_eq!(parse("a:"), Err(SpecError::BadCount("".into())));
+        assert_eq!(parse("a:-1"), Err(SpecError::BadCount("-1".into())));
+        assert_eq!(parse("a:x"), Err(SpecError::BadCount("x".into())));
+    }
+
+    #[test]
+    fn only_the_named_point_counts_and_fires_once() {
+        let armed = Armed {
+            spec: parse("alert.audited:2").unwrap(),
+            hits: AtomicU64::new(0),
+        };
+        assert!(!armed.fires("alert.persisted"));
+        assert!(!armed.fires("alert.audited"));
+        assert!(!armed.fires("result.audited"));
+        assert!(armed.fires("alert.audited"));
+        assert!(!armed.fires("alert.audited"));
+    }
+}
