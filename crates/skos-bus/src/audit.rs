@@ -156,6 +156,80 @@ impl AuditLog {
         self.term.lock().ok().and_then(|t| *t)
     }
 
+    /// Append several entries, in order, as one batch: on the file store
+    /// written together and fsynced once; on JetStream published back to
+    /// back, each with the expected last sequence of the one before it, and
+    /// their acks awaited together. If another writer got in, the stored
+    /// prefix is kept and the rest goes through [`AuditLog::append`] one by
+    /// one (which re-reads the tail, reseals, and fences a deposed leader).
+    pub async fn append_many(&self, entries: Vec<AuditEntry>) -> Result<()> {
+        if entries.len() <= 1 {
+            for e in entries {
+                self.append(e).await?;
+            }
+            return Ok(());
+        }
+        let term = self.current_term();
+        let entries: Vec<AuditEntry> = entries
+            .into_iter()
+            .map(|mut e| {
+                if e.term.is_none() {
+                    e.term = term;
+                }
+                e
+            })
+            .collect();
+        let rest = {
+            let mut guard = self.inner.lock().await;
+            let (store, chain) = &mut *guard;
+            match store {
+                AuditStore::File { path, file } => {
+                    let (path, file) = (&*path, &mut *file);
+                    return tokio::task::block_in_place(|| {
+                        append_file_many(path, file, chain, entries)
+                    });
+                }
+                AuditStore::JetStream {
+                    js,
+                    last_stream_seq,
+                } => {
+                    let mut trial = chain.clone();
+                    let mut sent = Vec::with_capacity(entries.len());
+                    for (seq, entry) in (*last_stream_seq..).zip(entries.iter()) {
+                        let record = trial.seal(entry.clone());
+                        let payload = serde_json::to_vec(&record).map_err(stream_err)?;
+                        let subject = subjects::audit(&record.entry.event_type);
+                        let publish = jetstream::message::PublishMessage::build()
+                            .payload(Bytes::from(payload))
+                            .expected_last_sequence(seq);
+                        let ack = js
+                            .send_publish(subject.clone(), publish)
+                            .await
+                            .map_err(|e| Error::subject(&subject, e))?;
+                        sent.push((ack, trial.clone()));
+                    }
+                    // Acks in order: the stored prefix advances the chain.
+                    let mut stored = 0;
+                    for (ack, after) in sent {
+                        match ack.await {
+                            Ok(ack) if stored == 0 || ack.sequence == *last_stream_seq + 1 => {
+                                *chain = after;
+                                *last_stream_seq = ack.sequence;
+                                stored += 1;
+                            }
+                            Ok(_) | Err(_) => break,
+                        }
+                    }
+                    entries.into_iter().skip(stored).collect::<Vec<_>>()
+                }
+            }
+        };
+        for e in rest {
+            self.append(e).await?;
+        }
+        Ok(())
+    }
+
     pub async fn append(&self, mut entry: AuditEntry) -> Result<AuditRecord> {
         let term = self.current_term();
         if entry.term.is_none() {
@@ -232,6 +306,29 @@ fn append_file(
     file.sync_data().map_err(|e| io(path, e))?;
     *chain = trial;
     Ok(record)
+}
+
+/// [`append_file`] for several entries: one write, one fsync.
+fn append_file_many(
+    path: &Path,
+    file: &mut File,
+    chain: &mut Chain,
+    entries: Vec<AuditEntry>,
+) -> Result<()> {
+    let mut trial = chain.clone();
+    let mut buf = Vec::new();
+    for entry in entries {
+        let record = trial.seal(entry);
+        serde_json::to_writer(&mut buf, &record).map_err(|e| Error::Corrupt {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        buf.push(b'\n');
+    }
+    file.write_all(&buf).map_err(|e| io(path, e))?;
+    file.sync_data().map_err(|e| io(path, e))?;
+    *chain = trial;
+    Ok(())
 }
 
 /// Last parseable record, length of the well-formed prefix (up to the last

@@ -178,6 +178,34 @@ impl StateStore {
         Ok(out)
     }
 
+    /// Save several keys: on JetStream published back to back and their
+    /// acks awaited together; in files one after the other.
+    pub async fn save_many(&self, items: Vec<(String, Bytes)>) -> Result<()> {
+        match self {
+            StateStore::File(_) => {
+                for (key, value) in items {
+                    self.save(&key, value).await?;
+                }
+                Ok(())
+            }
+            StateStore::JetStream(js) => {
+                let mut acks = Vec::with_capacity(items.len());
+                for (key, value) in items {
+                    let subject = subjects::state(&key);
+                    let ack = js
+                        .publish(subject.clone(), value)
+                        .await
+                        .map_err(|e| Error::subject(&subject, e))?;
+                    acks.push((subject, ack));
+                }
+                for (subject, ack) in acks {
+                    ack.await.map_err(|e| Error::subject(&subject, e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Forget `key` (an empty value stands for none).
     pub async fn remove(&self, key: &str) -> Result<()> {
         match self {

@@ -60,6 +60,9 @@ impl Default for ServiceOptions {
     }
 }
 
+/// Most durable messages handled as one batch.
+const BATCH: usize = 256;
+
 /// The key a whole-engine snapshot was kept under by earlier versions: read
 /// once at start, split into per-node keys, then removed.
 const STATE_KEY: &str = "coordinator";
@@ -360,8 +363,11 @@ async fn lead(
         ctx.apply_or_queue(unsent).await;
     }
     let mut heartbeats = bus.subscribe(Feed::Heartbeats).await?;
-    let mut alerts = bus.subscribe(Feed::Alerts).await?;
-    let mut results = bus.subscribe(Feed::Results).await?;
+    // Durable messages are handled in batches of what is ready: the
+    // batch's state is written, its effects published and audited, then
+    // every message in it acknowledged.
+    let mut alerts = bus.subscribe(Feed::Alerts).await?.ready_chunks(BATCH);
+    let mut results = bus.subscribe(Feed::Results).await?.ready_chunks(BATCH);
     let mut status = bus.subscribe(Feed::StatusRequests).await?;
     let mut tick = tokio::time::interval(opts.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -390,8 +396,8 @@ async fn lead(
                 }
             }
             Some(m) = heartbeats.next() => ctx.heartbeat(m).await,
-            Some(m) = alerts.next() => ctx.alert(m).await,
-            Some(m) = results.next() => ctx.result(m).await,
+            Some(batch) = alerts.next() => ctx.alerts(batch).await,
+            Some(batch) = results.next() => ctx.results(batch).await,
             Some(m) = status.next() => {
                 let body = status_reply(&ctx.engine, &m.payload);
                 if let Err(e) = m.reply(Bytes::from(body)).await {
@@ -481,30 +487,50 @@ impl Ctx {
         }
     }
 
-    /// [`Ctx::persist`], failing if any node's state was not written.
+    /// [`Ctx::persist`], failing if any node's state was not written: the
+    /// changed nodes' states are saved together.
     async fn persist_strict(&mut self, nodes: BTreeSet<NodeName>) -> Result<()> {
+        let mut items = Vec::new();
+        let mut digests = Vec::new();
         for node in nodes {
-            if let Err(e) = self.persist_node(&node).await {
-                self.counters.inc(Counter::StateSaveFailed);
-                self.unsaved.insert(node);
-                return Err(e);
+            match self.node_state(&node)? {
+                NodeWrite::Unchanged => {}
+                NodeWrite::Remove => {
+                    self.written.remove(&node);
+                    if let Err(e) = self.state.remove(&node_key(&node)).await {
+                        self.counters.inc(Counter::StateSaveFailed);
+                        self.unsaved.insert(node);
+                        return Err(e.into());
+                    }
+                }
+                NodeWrite::Save(bytes, digest) => {
+                    items.push((node_key(&node), bytes));
+                    digests.push((node, digest));
+                }
             }
         }
+        if let Err(e) = self.state.save_many(items).await {
+            self.counters.inc(Counter::StateSaveFailed);
+            self.unsaved.extend(digests.into_iter().map(|(n, _)| n));
+            return Err(e.into());
+        }
+        self.written.extend(digests);
         Ok(())
     }
 
-    async fn persist_node(&mut self, node: &NodeName) -> Result<()> {
+    /// What to write for `node`, or that nothing changed.
+    fn node_state(&self, node: &NodeName) -> Result<NodeWrite> {
         let snap = self.engine.node_snapshot(node);
-        let key = node_key(node);
         if snap.is_empty() {
-            if self.written.remove(node).is_some() {
-                self.state.remove(&key).await?;
-            }
-            return Ok(());
+            return Ok(if self.written.contains_key(node) {
+                NodeWrite::Remove
+            } else {
+                NodeWrite::Unchanged
+            });
         }
         let bytes = encode_snapshot(&snap).map_err(|e| {
             Error::Bus(skos_bus::Error::Io {
-                path: key.clone().into(),
+                path: node_key(node).into(),
                 source: e,
             })
         })?;
@@ -514,15 +540,19 @@ impl Ctx {
             bytes.hash(&mut h);
             h.finish()
         };
-        if self.written.get(node) == Some(&digest) {
-            return Ok(());
-        }
-        self.state.save(&key, bytes).await?;
-        self.written.insert(node.clone(), digest);
-        Ok(())
+        Ok(if self.written.get(node) == Some(&digest) {
+            NodeWrite::Unchanged
+        } else {
+            NodeWrite::Save(bytes, digest)
+        })
     }
 
-    async fn reject(&mut self, feed: &str, m: &Incoming, err: &DecodeError) {
+    async fn persist_node(&mut self, node: &NodeName) -> Result<()> {
+        self.persist_strict(BTreeSet::from([node.clone()])).await
+    }
+
+    /// Count and log a refused message; the audit entry to write for it.
+    fn reject(&self, feed: &str, m: &Incoming, err: &DecodeError) -> Effect {
         let reason = match err {
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::TooDeep => "too_deep",
@@ -531,17 +561,14 @@ impl Ctx {
         };
         self.counters.inc(Counter::Rejected { feed, reason });
         tracing::warn!(subject = %m.subject, feed, error = %err, "rejected message");
-        let entry = AuditEntry::new(
+        Effect::Audit(AuditEntry::new(
             skos_core::AuditEvent::Rejected,
             chrono::Utc::now(),
             None,
             "coordinator",
             format!("rejected {feed} on {}: {err}", m.subject),
             json!({"subject": m.subject, "feed": feed, "reason": reason, "error": err.to_string(), "bytes": m.payload.len()}),
-        );
-        if let Err(e) = self.audit.append(entry).await {
-            tracing::error!(error = %e, "audit write failed");
-        }
+        ))
     }
 
     fn subject_mismatch(m: &Incoming, node: &skos_core::NodeName) -> Option<DecodeError> {
@@ -557,12 +584,15 @@ impl Ctx {
     async fn heartbeat(&mut self, m: Incoming) {
         let hb =
             decode::<Heartbeat>(&m.payload, self.max_bytes).and_then(|h| h.validate().map(|()| h));
-        let hb = match hb {
-            Ok(hb) => match Self::subject_mismatch(&m, &hb.node) {
-                None => hb,
-                Some(e) => return self.reject("heartbeat", &m, &e).await,
-            },
-            Err(e) => return self.reject("heartbeat", &m, &e).await,
+        let hb = match hb.and_then(|hb| match Self::subject_mismatch(&m, &hb.node) {
+            None => Ok(hb),
+            Some(e) => Err(e),
+        }) {
+            Ok(hb) => hb,
+            Err(e) => {
+                let entry = self.reject("heartbeat", &m, &e);
+                return self.apply_or_queue(vec![entry]).await;
+            }
         };
         let node = hb.node.clone();
         let effects = self.engine.on_heartbeat(hb, chrono::Utc::now());
@@ -574,84 +604,99 @@ impl Ctx {
         self.apply_or_queue(effects).await;
     }
 
-    async fn alert(&mut self, m: Incoming) {
+    /// Decode an alert, or say why it is refused.
+    fn decode_alert(&self, m: &Incoming) -> Result<Alert, DecodeError> {
         let alert =
-            decode::<Alert>(&m.payload, self.max_bytes).and_then(|a| a.validate().map(|()| a));
-        let mut alert = match alert {
-            Ok(a) => match Self::subject_mismatch(&m, &a.node) {
-                None => a,
-                Some(e) => {
-                    self.reject("alert", &m, &e).await;
-                    return ack(m).await;
-                }
-            },
-            Err(e) => {
-                self.reject("alert", &m, &e).await;
-                return ack(m).await;
-            }
-        };
-        alert.ensure_id();
-        let id = alert.alert_id.clone();
-        let mut touched = BTreeSet::from([alert.node.clone()]);
-        let effects = self.engine.on_alert(alert, chrono::Utc::now());
-        touched.extend(effect_nodes(&effects));
-        failpoint::hit("alert.decided");
-        // State first (a restart then finds the pending commands and
-        // publishes those not yet audited), then effects, then the ack.
-        let done = match self.persist_strict(touched).await {
-            Ok(()) => {
-                failpoint::hit("alert.persisted");
-                self.apply(effects, "alert.published").await
-            }
-            Err(e) => Err(e),
-        };
-        match done {
-            Ok(()) => {
-                failpoint::hit("alert.audited");
-                ack(m).await
-            }
-            Err(e) => {
-                // Not acknowledged: JetStream delivers it again.
-                self.engine.forget_handled(&id);
-                tracing::error!(alert_id = %id, error = %e, "alert not fully handled; it will be delivered again");
-            }
+            decode::<Alert>(&m.payload, self.max_bytes).and_then(|a| a.validate().map(|()| a))?;
+        match Self::subject_mismatch(m, &alert.node) {
+            None => Ok(alert),
+            Some(e) => Err(e),
         }
     }
 
-    async fn result(&mut self, m: Incoming) {
-        let result = match decode::<CommandResult>(&m.payload, self.max_bytes) {
-            Ok(r) => match Self::subject_mismatch(&m, &r.node) {
-                None => r,
-                Some(e) => {
-                    self.reject("result", &m, &e).await;
-                    return ack(m).await;
+    /// Handle a batch of alerts: decide each, then write the state of
+    /// every node they touched, publish and audit their effects, and
+    /// acknowledge them all. If any step fails nothing is acknowledged and
+    /// the whole batch is delivered again.
+    async fn alerts(&mut self, batch: Vec<Incoming>) {
+        let now = chrono::Utc::now();
+        let mut work = Work::default();
+        let mut ids = Vec::new();
+        for m in batch {
+            match self.decode_alert(&m) {
+                Ok(mut alert) => {
+                    alert.ensure_id();
+                    ids.push(alert.alert_id.clone());
+                    work.touched.insert(alert.node.clone());
+                    let effects = self.engine.on_alert(alert, now);
+                    work.touched.extend(effect_nodes(&effects));
+                    work.effects.extend(effects);
                 }
-            },
-            Err(e) => {
-                self.reject("result", &m, &e).await;
-                return ack(m).await;
+                Err(e) => work.effects.push(self.reject("alert", &m, &e)),
             }
-        };
-        let mut touched = BTreeSet::from([result.node.clone()]);
-        let effects = self.engine.on_result(result, chrono::Utc::now());
-        touched.extend(effect_nodes(&effects));
-        failpoint::hit("result.decided");
-        let done = match self.persist_strict(touched).await {
-            Ok(()) => {
-                failpoint::hit("result.persisted");
-                self.apply(effects, "result.published").await
-            }
-            Err(e) => Err(e),
-        };
-        match done {
-            Ok(()) => {
-                failpoint::hit("result.audited");
-                ack(m).await
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "result not fully handled; it will be delivered again")
-            }
+            work.acks.push(m);
         }
+        if let Err(e) = self.finish(work, "alert").await {
+            // Not acknowledged: JetStream delivers them again.
+            for id in &ids {
+                self.engine.forget_handled(id);
+            }
+            tracing::error!(alerts = ids.len(), error = %e, "alerts not fully handled; they will be delivered again");
+        }
+    }
+
+    /// Handle a batch of results, as [`Ctx::alerts`].
+    async fn results(&mut self, batch: Vec<Incoming>) {
+        let now = chrono::Utc::now();
+        let mut work = Work::default();
+        for m in batch {
+            let result = decode::<CommandResult>(&m.payload, self.max_bytes).and_then(|r| {
+                match Self::subject_mismatch(&m, &r.node) {
+                    None => Ok(r),
+                    Some(e) => Err(e),
+                }
+            });
+            match result {
+                Ok(result) => {
+                    work.touched.insert(result.node.clone());
+                    let effects = self.engine.on_result(result, now);
+                    work.touched.extend(effect_nodes(&effects));
+                    work.effects.extend(effects);
+                }
+                Err(e) => work.effects.push(self.reject("result", &m, &e)),
+            }
+            work.acks.push(m);
+        }
+        if let Err(e) = self.finish(work, "result").await {
+            tracing::error!(error = %e, "results not fully handled; they will be delivered again");
+        }
+    }
+
+    /// State first (a restart then finds the pending commands and
+    /// publishes those not yet audited), then effects, then the acks.
+    /// `kind` names the failpoints between the steps.
+    async fn finish(&mut self, work: Work, kind: &'static str) -> Result<()> {
+        let points = match kind {
+            "alert" => [
+                "alert.decided",
+                "alert.persisted",
+                "alert.published",
+                "alert.audited",
+            ],
+            _ => [
+                "result.decided",
+                "result.persisted",
+                "result.published",
+                "result.audited",
+            ],
+        };
+        failpoint::hit(points[0]);
+        self.persist_strict(work.touched).await?;
+        failpoint::hit(points[1]);
+        self.apply(work.effects, points[2]).await?;
+        failpoint::hit(points[3]);
+        futures::future::join_all(work.acks.into_iter().map(ack)).await;
+        Ok(())
     }
 
     /// Carry out effects: publish commands and alerts (durably), then
@@ -661,9 +706,45 @@ impl Ctx {
         let (publish, audits): (Vec<_>, Vec<_>) = effects
             .into_iter()
             .partition(|e| !matches!(e, Effect::Audit(_)));
-        self.try_apply(publish).await.map_err(|(e, _)| e)?;
+        // Published back to back, in order; their acks awaited together.
+        let sends = publish.iter().map(|e| self.publish(e));
+        for done in futures::future::join_all(sends).await {
+            done.map_err(Error::Bus)?;
+        }
         failpoint::hit(published);
-        self.try_apply(audits).await.map_err(|(e, _)| e)
+        let entries = audits
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Audit(entry) => Some(entry),
+                _ => None,
+            })
+            .collect();
+        match self.audit.append_many(entries).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if matches!(e, skos_bus::Error::Deposed { .. }) {
+                    self.deposed = true;
+                }
+                Err(Error::Bus(e))
+            }
+        }
+    }
+
+    /// Publish one command or alert (an audit entry is not published).
+    async fn publish(&self, e: &Effect) -> skos_bus::Result<()> {
+        match e {
+            Effect::Command(node, cmd) => {
+                tracing::info!(node = %node, action = %cmd.action_type, action_id = %cmd.action_id, term = ?cmd.term, "sending command");
+                self.bus
+                    .send_command(node, cmd, self.signer.as_deref())
+                    .await
+            }
+            Effect::Alert(a) => {
+                tracing::info!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), "raising alert");
+                self.bus.publish_alert(a).await
+            }
+            Effect::Audit(_) => Ok(()),
+        }
     }
 
     /// [`Ctx::apply`], handing back on failure the effects not carried
@@ -739,6 +820,21 @@ impl Ctx {
             }
         }
     }
+}
+
+/// A batch of durable messages on its way through [`Ctx::finish`].
+#[derive(Default)]
+struct Work {
+    effects: Vec<Effect>,
+    touched: BTreeSet<NodeName>,
+    acks: Vec<Incoming>,
+}
+
+/// What one node's state needs.
+enum NodeWrite {
+    Unchanged,
+    Remove,
+    Save(Bytes, u64),
 }
 
 /// The nodes effects concern: whose state they may have changed.

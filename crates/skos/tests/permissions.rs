@@ -195,11 +195,23 @@ fn agents_are_confined_to_their_own_subjects() {
         .expect("the coordinator's key connects"),
     );
     let signer = skos_bus::trust::Signer::from_seed_file(&keys.join("coordinator.nk")).unwrap();
+    // Under the leader's term: agents refuse commands without one once a
+    // leader has spoken.
+    let term = wait_for(Duration::from_secs(20), "the leader's term", || {
+        let out = run({
+            let mut c = skos();
+            c.args(["status", "--json"])
+                .env("NATS_URL", nats.url())
+                .env("SKOS_CONFIG", &coord_cfg2);
+            c
+        });
+        serde_json::from_slice::<Value>(&out.stdout).ok()?["leader"]["term"].as_u64()
+    });
     let now = chrono::Utc::now();
     let fence: skos_core::Command = serde_json::from_value(json!({
         "action_id": "fence-after-lyra", "action_type": "throttle_50", "parameters": {},
         "timestamp": now.to_rfc3339(), "node": "nova",
-        "deadline": (now + chrono::Duration::seconds(120)).to_rfc3339(),
+        "deadline": (now + chrono::Duration::seconds(120)).to_rfc3339(), "term": term,
     }))
     .unwrap();
     rt.block_on(coord_bus.send_command(
