@@ -233,6 +233,11 @@ mod tests {
         for node in ["a", "ab", "b"] {
             b.record_failure(&BreakerKey::new(node, "thermal:cpu", "throttle_50"), now);
         }
+        assert!(Breakers::new(cfg).snapshot().is_empty());
+        assert!(!b.snapshot().is_empty());
+        let snap = b.snapshot();
+        let nodes: Vec<&str> = snap.keys().map(|k| k.node.as_str()).collect();
+        assert_eq!(nodes, ["a", "ab", "b"]);
         let a = b.snapshot_node("a");
         assert_eq!(a.0.len(), 1, "{a:?}");
         assert_eq!(a.0[0].0.node, "a");
