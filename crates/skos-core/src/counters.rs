@@ -15,6 +15,8 @@ pub enum Counter<'a> {
     HeartbeatsReceived,
     AlertsHandled,
     AlertsDuplicate,
+    /// Alerts over their node's quota, coalesced.
+    AlertsCoalesced,
     CommandsSent,
     /// `results.<status>`: results by status.
     Results(&'a str),
@@ -86,6 +88,7 @@ impl Counter<'_> {
             HeartbeatsReceived => "heartbeats.received",
             AlertsHandled => "alerts.handled",
             AlertsDuplicate => "alerts.duplicate",
+            AlertsCoalesced => "alerts.coalesced",
             CommandsSent => "commands.sent",
             Results(s) => return format!("results.{s}").into(),
             ResultsUnmatched => "results.unmatched",

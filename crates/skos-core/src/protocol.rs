@@ -417,6 +417,8 @@ pub enum AuditEvent {
     Leader,
     /// A command got no result by its deadline plus the grace period.
     NoResult,
+    /// A node's alerts over its quota in a minute, summed up.
+    Coalesced,
 }
 
 impl AuditEvent {
@@ -437,6 +439,7 @@ impl AuditEvent {
             AuditEvent::Rejected => "rejected",
             AuditEvent::Leader => "leader",
             AuditEvent::NoResult => "no_result",
+            AuditEvent::Coalesced => "coalesced",
         }
     }
 }

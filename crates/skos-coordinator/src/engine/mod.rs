@@ -45,6 +45,7 @@ use crate::status::{ActionRecord, ActionState, Leadership};
 
 mod index;
 mod kinds;
+mod quota;
 mod state;
 mod status;
 
@@ -128,6 +129,8 @@ pub struct Engine {
     /// The leader's term, stamped on every command (its fencing token);
     /// `None` for a coordinator that elects no leader (embedded mode).
     term: Option<u64>,
+    /// Alerts per node per minute (fairness).
+    quotas: quota::Quotas,
     /// Throttle resets to send again (their last try failed, expired or
     /// got no result), by node.
     reset_retries: BTreeMap<NodeName, ResetRetry>,
@@ -201,6 +204,7 @@ impl Engine {
             watchers: Watchers::default(),
             agent_types: BTreeSet::new(),
             term: None,
+            quotas: quota::Quotas::default(),
             reset_retries: BTreeMap::new(),
             leader: None,
         }
@@ -306,9 +310,20 @@ impl Engine {
             self.counters.inc(Counter::AlertsDuplicate);
             return Vec::new();
         }
-        self.counters.inc(Counter::AlertsHandled);
         let node = alert.node.clone();
         let problem = alert.problem();
+        let limit = self.cfg.coordinator.max_alerts_per_node_per_minute;
+        if !self.quotas.admit(&node, &alert.alert_id, now, limit) {
+            // Over the node's quota: coalesced, unless it makes its
+            // problem worse than what is open (that is still handled).
+            let open = self.open_alerts.get(&node, &problem).map(|a| a.severity);
+            if open.is_none_or(|s| alert.severity <= s) {
+                self.counters.inc(Counter::AlertsCoalesced);
+                return Vec::new();
+            }
+            self.quotas.handled_anyway(&node);
+        }
+        self.counters.inc(Counter::AlertsHandled);
         let mut out = vec![audit(
             AuditEvent::Alert,
             now,
@@ -870,6 +885,22 @@ impl Engine {
     /// without a result and verification deadlines.
     pub fn tick(&mut self, now: Timestamp) -> Vec<Effect> {
         let mut out = Vec::new();
+        for c in self.quotas.ended(now) {
+            out.push(audit(
+                AuditEvent::Coalesced,
+                now,
+                Some(&c.node),
+                format!(
+                    "{} of {} alerts from {} in the minute since {} coalesced (over {} a minute)",
+                    c.coalesced,
+                    c.seen,
+                    c.node,
+                    skos_core::timefmt::format(&c.since),
+                    self.cfg.coordinator.max_alerts_per_node_per_minute
+                ),
+                json!({"since": skos_core::timefmt::format(&c.since), "seen": c.seen, "coalesced": c.coalesced, "first_alert_id": c.first, "last_alert_id": c.last}),
+            ));
+        }
         for kind in kinds::ALL {
             kind.on_tick(self, now, &mut out);
         }

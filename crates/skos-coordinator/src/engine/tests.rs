@@ -1964,3 +1964,43 @@ fn a_node_that_stops_watching_a_peer_no_longer_counts_as_its_observer() {
     assert_eq!(alerts(&fx)[0].details["observers"], json!(["a", "b", "d"]));
     assert!(e.ladders.is_empty(), "a's and b's ladders stopped");
 }
+
+#[test]
+fn a_nodes_alerts_past_its_quota_are_coalesced_and_summed_up_once() {
+    let mut cfg = seed_config();
+    cfg.coordinator.max_alerts_per_node_per_minute = 3;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
+    // Three warnings are handled (audited); the next two are coalesced.
+    let mut handled = 0;
+    for i in 0..5 {
+        let out = e.on_alert(
+            alert(Severity::Warning, 76.0 + i as f64, i as f64),
+            t(i as f64),
+        );
+        handled += audits(&out, "alert").len();
+        if i >= 3 {
+            assert!(out.is_empty(), "alert {i} coalesced: {out:?}");
+        }
+    }
+    assert_eq!(handled, 3);
+    assert_eq!(e.counters.get("alerts.coalesced"), 2);
+    // One that makes the problem worse is still handled.
+    let worse = e.on_alert(alert(Severity::Critical, 88.0, 5.0), t(5.0));
+    assert_eq!(audits(&worse, "alert").len(), 1);
+    assert!(!commands(&worse).is_empty(), "critical decided: {worse:?}");
+    // Another node is not held back by nova's flood.
+    let mut lyra = alert(Severity::Warning, 77.0, 6.0);
+    lyra.node = NodeName::parse("lyra").unwrap();
+    lyra.alert_id = "lyra-1".into();
+    assert_eq!(audits(&e.on_alert(lyra, t(6.0)), "alert").len(), 1);
+    // The minute ends: one summary, once.
+    assert!(audits(&e.tick(t(59.0)), "coalesced").is_empty());
+    let out = e.tick(t(61.0));
+    let summary = audits(&out, "coalesced");
+    assert_eq!(summary.len(), 1, "{out:?}");
+    assert_eq!(summary[0].node, Some(nova()));
+    assert_eq!(summary[0].data["coalesced"], 2);
+    assert_eq!(summary[0].data["seen"], 6);
+    assert!(audits(&e.tick(t(125.0)), "coalesced").is_empty());
+}

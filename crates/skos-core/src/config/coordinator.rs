@@ -16,6 +16,10 @@ pub struct CoordinatorSection {
     pub command_deadline: f64,
     /// Most commands sent to one node per minute.
     pub max_actions_per_node_per_minute: u32,
+    /// Alerts one node may have handled per minute; past it, its alerts
+    /// are coalesced (counted, summed up in one audit record a minute)
+    /// unless one makes its problem worse.
+    pub max_alerts_per_node_per_minute: u32,
     /// Recent actions kept for `skos status`.
     pub recent_actions: usize,
     /// Seconds after a command's deadline that its result may still take
@@ -37,6 +41,7 @@ impl Default for CoordinatorSection {
             verify_within: 120.0,
             command_deadline: 60.0,
             max_actions_per_node_per_minute: 30,
+            max_alerts_per_node_per_minute: 120,
             recent_actions: 50,
             result_grace_seconds: 30.0,
             max_clock_skew_seconds: 30.0,
@@ -75,5 +80,11 @@ impl Section for CoordinatorSection {
             "coordinator.leader_lease_seconds",
             self.leader_lease_seconds,
         );
+        if self.max_alerts_per_node_per_minute == 0 {
+            out.push(super::issue(
+                "coordinator.max_alerts_per_node_per_minute",
+                "must be at least 1 (0 would coalesce every alert)",
+            ));
+        }
     }
 }

@@ -1132,4 +1132,13 @@ storage:
         same::<LoopConfig>(&mut cfg, |c| &c.loop_);
         same::<TrustConfig>(&mut cfg, |c| &c.trust);
     }
+
+    #[test]
+    fn at_least_one_alert_a_minute_per_node_is_handled() {
+        assert_eq!(
+            paths("coordinator: {max_alerts_per_node_per_minute: 0}\n"),
+            ["coordinator.max_alerts_per_node_per_minute"]
+        );
+        assert!(paths("coordinator: {max_alerts_per_node_per_minute: 1}\n").is_empty());
+    }
 }
