@@ -131,6 +131,9 @@ pub struct Engine {
     term: Option<u64>,
     /// Alerts per node per minute (fairness).
     quotas: quota::Quotas,
+    /// Problems whose actions were skipped because their node was
+    /// offline: decided again when it is back.
+    offline_skipped: BTreeSet<(NodeName, ProblemKey)>,
     /// Throttle resets to send again (their last try failed, expired or
     /// got no result), by node.
     reset_retries: BTreeMap<NodeName, ResetRetry>,
@@ -205,6 +208,7 @@ impl Engine {
             agent_types: BTreeSet::new(),
             term: None,
             quotas: quota::Quotas::default(),
+            offline_skipped: BTreeSet::new(),
             reset_retries: BTreeMap::new(),
             leader: None,
         }
@@ -296,6 +300,7 @@ impl Engine {
             );
             back.alert_id = heartbeat_alert_id(&node, &back.kind, back.severity, sent);
             out.push(Effect::Alert(back));
+            self.retry_skipped_offline(&node, now, &mut out);
         }
         self.check_verifications(&node, now, &mut out);
         for kind in kinds::ALL {
@@ -346,6 +351,23 @@ impl Engine {
         out
     }
 
+    /// Decide again the open problems of `node` whose actions were skipped
+    /// while it was offline, now that it is back.
+    fn retry_skipped_offline(&mut self, node: &NodeName, now: Timestamp, out: &mut Vec<Effect>) {
+        let problems: Vec<ProblemKey> = self
+            .offline_skipped
+            .iter()
+            .filter(|(n, _)| n == node)
+            .map(|(_, p)| p.clone())
+            .collect();
+        for problem in problems {
+            self.offline_skipped.remove(&(node.clone(), problem.clone()));
+            if let Some(alert) = self.open_alerts.get(node, &problem).cloned() {
+                self.decide(&alert, alert.severity, now, out);
+            }
+        }
+    }
+
     /// Choose and send the actions for an alert at a severity.
     fn decide(&mut self, alert: &Alert, severity: Severity, now: Timestamp, out: &mut Vec<Effect>) {
         let node = alert.node.clone();
@@ -376,6 +398,10 @@ impl Engine {
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) {
+        if reason == SkipReason::NodeOffline {
+            self.offline_skipped
+                .insert((node.clone(), problem.clone()));
+        }
         let reason = reason.as_str();
         self.counters.inc(Counter::ActionsSkipped(reason));
         out.push(audit(

@@ -2004,3 +2004,24 @@ fn a_nodes_alerts_past_its_quota_are_coalesced_and_summed_up_once() {
     assert_eq!(summary[0].data["seen"], 6);
     assert!(audits(&e.tick(t(125.0)), "coalesced").is_empty());
 }
+
+#[test]
+fn actions_skipped_while_the_node_was_offline_are_decided_again_when_it_is_back() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
+    // Silent past the heartbeat timeout: offline.
+    e.tick(t(40.0));
+    let out = e.on_alert(alert(Severity::Critical, 88.0, 40.0), t(40.5));
+    assert!(commands(&out).is_empty(), "nothing sent to an offline node");
+    let skipped = audits(&out, "skipped");
+    assert!(!skipped.is_empty());
+    assert!(skipped.iter().all(|a| a.data["reason"] == "node_offline"));
+    // Back: the open critical alert is decided again and each of its
+    // actions sent, once.
+    let back = e.on_heartbeat(hb(Some(88.0), 0, 41.0), t(41.0));
+    let sent: Vec<String> = commands(&back).into_iter().map(|c| c.action_type).collect();
+    assert_eq!(sent.len(), skipped.len(), "{back:?}");
+    assert!(sent.contains(&"throttle_50".to_string()), "{sent:?}");
+    // A later heartbeat does not decide it yet again.
+    assert!(commands(&e.on_heartbeat(hb(Some(88.0), 50, 42.0), t(42.0))).is_empty());
+}
