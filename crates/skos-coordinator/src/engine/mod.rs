@@ -361,7 +361,8 @@ impl Engine {
             .map(|(_, p)| p.clone())
             .collect();
         for problem in problems {
-            self.offline_skipped.remove(&(node.clone(), problem.clone()));
+            self.offline_skipped
+                .remove(&(node.clone(), problem.clone()));
             if let Some(alert) = self.open_alerts.get(node, &problem).cloned() {
                 self.decide(&alert, alert.severity, now, out);
             }
@@ -399,8 +400,7 @@ impl Engine {
         out: &mut Vec<Effect>,
     ) {
         if reason == SkipReason::NodeOffline {
-            self.offline_skipped
-                .insert((node.clone(), problem.clone()));
+            self.offline_skipped.insert((node.clone(), problem.clone()));
         }
         let reason = reason.as_str();
         self.counters.inc(Counter::ActionsSkipped(reason));
