@@ -588,3 +588,46 @@ fn a_closed_pipe_ends_a_printing_command_quietly() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_second_skos_up_on_the_same_data_dir_is_refused_and_the_first_goes_on() {
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    sys.coretemp(60.0, &[55.0]);
+    fake_cpufreq(sys.root(), 4, MIN, MAX);
+    let cfg = fast_config(work.path(), "");
+    let (mut first, data) = up_nova(work.path(), &sys, &cfg);
+    wait_for(Duration::from_secs(30), "the first skos up reports", || {
+        status(&data).filter(|s| s["nodes"][0]["name"] == "nova")
+    });
+    let out = run({
+        let mut c = skos();
+        c.arg("up")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("SKOS_SYSFS_ROOT", sys.root())
+            .env("NODE_NAME", "nova");
+        c
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second skos up started: {err}");
+    assert!(err.contains("locked by another SKOS process"), "{err}");
+    assert!(
+        err.contains("audit.jsonl"),
+        "the message names the file: {err}"
+    );
+    assert!(first.alive(), "the first one stopped");
+    // The trail the first one writes is intact.
+    let verify = run({
+        let mut c = skos();
+        c.args(["audit", "verify", "--data-dir"]).arg(&data);
+        c
+    });
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
