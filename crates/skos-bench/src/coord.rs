@@ -3,10 +3,15 @@
 //! it), on its own thread and its own two-worker runtime like the binary's,
 //! so the harness's clients do not share its scheduler. Its [`Counters`]
 //! are shared with the harness.
+//!
+//! Like `skos coordinator`, it stands by until it wins the leader lease
+//! (`SKOS_LEADER`, `coordinator.leader_lease_seconds`); [`InProcCoordinator::start`]
+//! returns once it leads and answers status requests.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use skos_bus::lease::{self, Lease};
 use skos_bus::{AuditLog, Bus, StateStore};
 use skos_coordinator::ServiceOptions;
 use skos_core::config::Config;
@@ -23,24 +28,28 @@ pub struct InProcCoordinator {
 }
 
 /// The coordinator's config for the throughput and latency runs: defaults,
-/// the server's URL, and a heartbeat timeout long enough that no simulated
-/// node goes offline while the harness is busy elsewhere.
-pub fn bench_config(url: &str) -> Config {
+/// the server's URL, a heartbeat timeout long enough that no simulated
+/// node goes offline while the harness is busy elsewhere, and the leader
+/// lease `lease_seconds` long.
+pub fn bench_config(url: &str, lease_seconds: f64) -> Config {
     let mut cfg = Config::default();
     cfg.nats.url = url.to_string();
     cfg.coordinator.heartbeat_timeout = 3600.0;
+    cfg.coordinator.leader_lease_seconds = lease_seconds;
     cfg
 }
 
 impl InProcCoordinator {
-    /// Start it and wait until it answers status requests (its heartbeat
-    /// subscription exists by then).
+    /// Start it and wait until it has won the lease and answers status
+    /// requests as the leader (its heartbeat, alert and result
+    /// subscriptions exist by then).
     pub async fn start(cfg: Config) -> Result<Self> {
         let counters = Counters::default();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
         let c = counters.clone();
         let url = cfg.nats.url.clone();
+        let lease_s = cfg.coordinator.leader_lease_seconds;
         let thread = std::thread::Builder::new()
             .name("bench-coordinator".into())
             .spawn(move || -> Result<()> {
@@ -59,9 +68,16 @@ impl InProcCoordinator {
                         let state = StateStore::jetstream(&nats)
                             .await
                             .ctx("open the state stream")?;
-                        Ok::<_, Error>((nats, audit, state))
+                        let lease = Lease::open(
+                            &nats,
+                            lease::holder_id(),
+                            Duration::from_secs_f64(cfg.coordinator.leader_lease_seconds),
+                        )
+                        .await
+                        .ctx("open the leader lease")?;
+                        Ok::<_, Error>((nats, audit, state, lease))
                     };
-                    let (nats, audit, state) = match setup.await {
+                    let (nats, audit, state, lease) = match setup.await {
                         Ok(v) => {
                             let _ = ready_tx.send(Ok(()));
                             v
@@ -78,7 +94,10 @@ impl InProcCoordinator {
                         Arc::new(audit),
                         state,
                         c,
-                        ServiceOptions::default(),
+                        ServiceOptions {
+                            election: Some(lease),
+                            ..ServiceOptions::default()
+                        },
                         async move {
                             let _ = stop_rx.await;
                         },
@@ -112,7 +131,17 @@ impl InProcCoordinator {
             }
         }
         let probe = Bus::Nats(natsutil::bus(&url, "skos-bench-status").await?);
-        natsutil::wait_status(&probe, Duration::from_secs(30)).await?;
+        // A lease left by an earlier run (with --nats-url) ages out within
+        // its lease time.
+        let wait = Duration::from_secs(30) + Duration::from_secs_f64(lease_s);
+        if let Err(e) = natsutil::wait_status(&probe, wait).await {
+            if me.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                if let Some(err) = me.join_now() {
+                    return Err(err);
+                }
+            }
+            return Err(e);
+        }
         Ok(me)
     }
 

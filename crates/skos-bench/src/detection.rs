@@ -31,10 +31,11 @@ pub fn write_config(dir: &Path, o: &Opts, trust: &str) -> Result<std::path::Path
     let path = dir.join("config.yaml");
     let text = format!(
         "agent:\n  heartbeat_interval: 1\n  monitor_interval: {mi}\n  antibodies: [thermal_sentinel, loop_breaker]\n\
-coordinator:\n  heartbeat_timeout: {ht}\n  verify_within: 30\n  command_deadline: 30\n\
+coordinator:\n  heartbeat_timeout: {ht}\n  verify_within: 30\n  command_deadline: 30\n  leader_lease_seconds: {ls}\n\
 thermal:\n  clear_for: 1\n  gpu: {{nvml: false, nvidia_smi: false, lm_sensors: false}}\n{trust}",
         mi = o.monitor_interval,
         ht = o.heartbeat_timeout,
+        ls = o.lease_seconds,
     );
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     Ok(path)
@@ -140,7 +141,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     let cfg = write_config(work.path(), o, &trust)?;
     let mut coord = coordinator(&bin, &cfg, &url, o, work.path())?;
     let bus = Bus::Nats(natsutil::bus(&url, "skos-bench-status").await?);
-    if let Err(e) = natsutil::wait_status(&bus, Duration::from_secs(30)).await {
+    if let Err(e) = natsutil::wait_status(&bus, natsutil::leader_wait(o)).await {
         coord.check_alive()?;
         return Err(e);
     }

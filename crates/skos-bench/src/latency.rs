@@ -3,8 +3,9 @@
 //!
 //! * the command on the bus (a core subscriber on `skos.command.>`),
 //! * the command's audit entry (`SKOS_AUDIT.command`),
-//! * the coordinator's state saved (`SKOS_STATE.coordinator`), after which
-//!   it acknowledges the alert: the alert is fully handled;
+//! * the node's state saved (`SKOS_STATE.node_<node>`: the coordinator
+//!   writes the state of the nodes an alert batch touched before it
+//!   publishes the batch's commands, and acknowledges the alerts last);
 //!
 //! and, on the same server in the same run, the bus's own request/reply
 //! round trip and a JetStream publish → ack.
@@ -35,16 +36,24 @@ enum Seen {
     State,
 }
 
-type Event = (Seen, String, Instant, bytes::Bytes);
+type Event = (Seen, String, Instant);
 
-/// Forward every message of a subscription as (what, key, arrival,
-/// payload).
+/// A node's state is kept under this subject prefix plus its name.
+const STATE_PREFIX: &str = "SKOS_STATE.node_";
+
+/// Forward every message of a subscription as (what, key, arrival): the
+/// key is the cause of a command or audited command, the node of a state.
 fn observe(mut sub: async_nats::Subscriber, what: Seen, tx: mpsc::UnboundedSender<Event>) -> Task {
     Task::spawn(async move {
         while let Some(m) = sub.next().await {
             let at = Instant::now();
             let key = match what {
-                Seen::State => String::new(),
+                Seen::State => m
+                    .subject
+                    .as_str()
+                    .strip_prefix(STATE_PREFIX)
+                    .unwrap_or_default()
+                    .to_string(),
                 _ => serde_json::from_slice::<Value>(&m.payload)
                     .ok()
                     .and_then(|v| {
@@ -56,31 +65,21 @@ fn observe(mut sub: async_nats::Subscriber, what: Seen, tx: mpsc::UnboundedSende
                     })
                     .unwrap_or_default(),
             };
-            let payload = match what {
-                Seen::State => m.payload,
-                _ => bytes::Bytes::new(),
-            };
-            if tx.send((what, key, at, payload)).is_err() {
+            if tx.send((what, key, at)).is_err() {
                 return;
             }
         }
     })
 }
 
-/// Note when this alert's command, audit entry and snapshot were seen.
-fn take(ev: Event, id: &str, quoted: &[u8], slots: &mut [Option<Instant>; 3]) {
+/// Note when this alert's command, audit entry and node state were seen.
+fn take(ev: Event, id: &str, node: &str, slots: &mut [Option<Instant>; 3]) {
     match ev {
-        (Seen::Command, k, at, _) if k == id => slots[0] = Some(at),
-        (Seen::Audit, k, at, _) if k == id => slots[1] = Some(at),
-        (Seen::State, _, at, body) if slots[2].is_none() && contains(&body, quoted) => {
-            slots[2] = Some(at)
-        }
+        (Seen::Command, k, at) if k == id => slots[0] = Some(at),
+        (Seen::Audit, k, at) if k == id => slots[1] = Some(at),
+        (Seen::State, k, at) if slots[2].is_none() && k == node => slots[2] = Some(at),
         _ => {}
     }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -98,7 +97,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     let prefix = format!("lat{run}-");
     let n = o.latency_alerts.max(1);
     let _setup = natsutil::bus(&url, "skos-bench-setup").await?;
-    let coordinator = InProcCoordinator::start(coord::bench_config(&url)).await?;
+    let coordinator = InProcCoordinator::start(coord::bench_config(&url, o.lease_seconds)).await?;
     let counters = coordinator.counters.clone();
     let hb_watch = CounterWatch::start(counters.clone(), "heartbeats.received");
 
@@ -108,7 +107,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     for (subject, what) in [
         (subjects::COMMANDS.to_string(), Seen::Command),
         (subjects::audit("command"), Seen::Audit),
-        (subjects::state("coordinator"), Seen::State),
+        (subjects::STATE.to_string(), Seen::State),
     ] {
         let sub = observer
             .subscribe(subject.clone())
@@ -133,6 +132,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     say(S, format!("{n} alerts, one at a time"));
     let js = async_nats::jetstream::new(publisher.clone());
     let (mut to_cmd, mut to_audit, mut to_ack) = (Vec::new(), Vec::new(), Vec::new());
+    let mut to_state = Vec::new();
     let mut missing = 0u64;
     for i in 0..n {
         while rx.try_recv().is_ok() {}
@@ -153,15 +153,16 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             let r = ack.await;
             (r.is_ok(), Instant::now())
         };
-        // The first snapshot that holds this alert is the one saved right
-        // after handling it (the subscriptions are separate channels, so
-        // arrival order across them proves nothing).
-        let quoted = format!("\"{id}\"");
+        // The node's state written after the publish is the one the
+        // alert changed (the node joined long before). It is written
+        // before the command is published, so it has arrived by the time
+        // the command and its audit entry have.
+        let node_s = node.to_string();
         let mut slots = [None; 3];
         let seen = async {
             while slots[0].is_none() || slots[1].is_none() {
                 match rx.recv().await {
-                    Some(ev) => take(ev, &id, quoted.as_bytes(), &mut slots),
+                    Some(ev) => take(ev, &id, &node_s, &mut slots),
                     None => break,
                 }
             }
@@ -172,9 +173,12 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         .await
         .unwrap_or((false, t0));
         match slots {
-            [Some(c), Some(a), _] => {
+            [Some(c), Some(a), st] => {
                 to_cmd.push(ms(c - t0));
                 to_audit.push(ms(a - t0));
+                if let Some(st) = st {
+                    to_state.push(ms(st - t0));
+                }
                 if acked.0 {
                     to_ack.push(ms(acked.1 - t0));
                 }
@@ -203,11 +207,12 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     coordinator.stop(Duration::from_secs(15)).await?;
     drop(tasks);
 
-    let (cmd, audit, ack, rt) = (
+    let (cmd, audit, ack, rt, state) = (
         Summary::of(&to_cmd),
         Summary::of(&to_audit),
         Summary::of(&to_ack),
         Summary::of(&rtt),
+        Summary::of(&to_state),
     );
     let get = |s: &Option<Summary>, f: fn(&Summary) -> f64| s.as_ref().map(f).unwrap_or(f64::NAN);
     let p50 = |s: &Summary| s.p50;
@@ -228,6 +233,9 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             .at_most(5.0)
             .note("the issue's alert → command figure includes the audit write"),
         Figure::new(S, "alert → audit entry max", get(&audit, max), "ms"),
+        Figure::new(S, "alert → node state saved p99", get(&state, p99), "ms")
+            .beside("JetStream publish→ack p99", get(&ack, p99))
+            .note("written before the command is published"),
         Figure::new(
             S,
             "coordinator state saves failed",
@@ -235,7 +243,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             "msgs",
         )
         .derived_at_most(0.0)
-        .note("state is snapshotted (zstd) at most once a second when it changed, not per alert"),
+        .note("each alert batch writes the state of the nodes it touched before its commands"),
     ];
     let data = json!({
         "alerts": n,
@@ -243,6 +251,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         "counters": counters.snapshot(),
         "alert_to_command_ms": summary_json(&cmd),
         "alert_to_audit_ms": summary_json(&audit),
+        "alert_to_node_state_ms": summary_json(&state),
         "alert_publish_to_ack_ms": summary_json(&ack),
         "request_reply_ms": summary_json(&rt),
         "loop_breaker": "measured in the detection section, against a real agent",

@@ -9,6 +9,8 @@
 //!   plain JetStream pull consumer counting the same burst.
 //! * [`latency`]: alert → command and alert → audit entry, beside the bus's
 //!   own request/reply round trip and JetStream publish → ack.
+//! * [`fairness`]: another node's alert → command while one node floods
+//!   alerts, beside the same without the flood.
 //! * [`detection`]: sensor change → command executed on the node, through
 //!   the real `skos coordinator` and `skos agent` processes; offline
 //!   detection after SIGKILL.
@@ -25,6 +27,7 @@ pub mod coord;
 pub mod detection;
 pub mod embedded;
 pub mod error;
+pub mod fairness;
 pub mod footprint;
 pub mod hotcpu;
 pub mod ingest;

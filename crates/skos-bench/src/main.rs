@@ -15,14 +15,16 @@ enum Section {
     All,
     Ingest,
     Latency,
+    Fairness,
     Detection,
     Footprint,
     Embedded,
 }
 
-const ORDER: [Section; 5] = [
+const ORDER: [Section; 6] = [
     Section::Ingest,
     Section::Latency,
+    Section::Fairness,
     Section::Detection,
     Section::Footprint,
     Section::Embedded,
@@ -34,6 +36,7 @@ impl Section {
             Section::All => "all",
             Section::Ingest => "ingest",
             Section::Latency => "latency",
+            Section::Fairness => "fairness",
             Section::Detection => "detection",
             Section::Footprint => "footprint",
             Section::Embedded => "embedded",
@@ -63,6 +66,19 @@ struct Cli {
     /// Alerts for the latency run (one per node).
     #[arg(long)]
     alerts: Option<usize>,
+    /// Open-alert counts for the alert scaling runs, comma-separated (a
+    /// fresh server and coordinator each; 0 to skip).
+    #[arg(long, value_delimiter = ',')]
+    alert_scale: Option<Vec<usize>>,
+    /// Alerts one node floods in the fairness section (0 to skip it).
+    #[arg(long)]
+    flood: Option<usize>,
+    /// Other nodes' alerts timed without the flood (fairness reference).
+    #[arg(long)]
+    fairness_probes: Option<usize>,
+    /// Leader lease of every coordinator started, seconds.
+    #[arg(long)]
+    lease: Option<f64>,
     /// Fleet sizes for the coordinator's footprint, comma-separated.
     #[arg(long, value_delimiter = ',')]
     footprint_nodes: Option<Vec<usize>>,
@@ -110,6 +126,18 @@ fn opts(cli: &Cli) -> Opts {
     if let Some(n) = cli.alerts {
         o.latency_alerts = n.max(1);
     }
+    if let Some(s) = &cli.alert_scale {
+        o.alert_scale = s.iter().copied().filter(|&n| n > 0).collect();
+    }
+    if let Some(n) = cli.flood {
+        o.flood_alerts = n;
+    }
+    if let Some(n) = cli.fairness_probes {
+        o.fairness_probes = n.max(1);
+    }
+    if let Some(l) = cli.lease {
+        o.lease_seconds = l.max(1.0);
+    }
     if let Some(f) = &cli.footprint_nodes {
         o.footprint_nodes = f.clone();
     }
@@ -132,6 +160,7 @@ async fn section(s: Section, o: &Opts) -> skos_bench::Result<SectionReport> {
     match s {
         Section::Ingest => skos_bench::ingest::run(o).await,
         Section::Latency => skos_bench::latency::run(o).await,
+        Section::Fairness => skos_bench::fairness::run(o).await,
         Section::Detection => skos_bench::detection::run(o).await,
         Section::Footprint => skos_bench::footprint::run(o).await,
         Section::Embedded => skos_bench::embedded::run(o).await,

@@ -88,22 +88,41 @@ pub async fn bus(url: &str, name: &str) -> Result<NatsBus> {
     .map_err(|e| Error::failed(format!("connect {url}"), e))
 }
 
-/// Ask for the coordinator's status until it answers. Once it has, its
-/// subscriptions exist (they are made before the status one, on the same
-/// connection).
+/// Ask for the coordinator's status until a leader answers: a coordinator
+/// stands by, answering nothing, until it wins the leader lease, and names
+/// itself in `leader` once it leads. By then its subscriptions exist (they
+/// are made before the status one, on the same connection).
 pub async fn wait_status(bus: &Bus, timeout: Duration) -> Result<Value> {
     let deadline = Instant::now() + timeout;
+    let mut last = "no answer";
     loop {
         if let Ok(body) = bus.request_status(Duration::from_secs(2)).await {
-            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                return Ok(v);
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(v) if has_leader(&v) => return Ok(v),
+                Ok(_) => last = "an answer without a leader",
+                Err(_) => last = "an answer that is not JSON",
             }
         }
         if Instant::now() >= deadline {
-            return Err(Error::timeout("the coordinator's status answer", timeout));
+            return Err(Error::timeout(
+                format!("the coordinator's status answer from a leader (last: {last})"),
+                timeout,
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// How long to wait for a freshly started coordinator to lead: its start
+/// plus, should a lease be left from an earlier run on the same server,
+/// that lease's time.
+pub fn leader_wait(o: &crate::Opts) -> Duration {
+    Duration::from_secs(30) + Duration::from_secs_f64(o.lease_seconds.max(0.0))
+}
+
+/// Whether a status reply names the leader that sent it.
+pub fn has_leader(status: &Value) -> bool {
+    status["leader"]["holder"].is_string()
 }
 
 /// The bus's own request/reply round trip, in ms: a plain responder on its
@@ -178,5 +197,13 @@ mod tests {
         assert_eq!(node_status(&s, "b").as_deref(), Some("offline"));
         assert_eq!(node_status(&s, "c"), None);
         assert_eq!(node_status(&serde_json::json!({}), "a"), None);
+    }
+
+    #[test]
+    fn a_leader_is_named_in_the_status() {
+        let led = serde_json::json!({"leader": {"holder": "h:1:x", "term": 3, "since": "2024-01-01T00:00:00Z"}});
+        assert!(has_leader(&led));
+        assert!(!has_leader(&serde_json::json!({"nodes": []})));
+        assert!(!has_leader(&serde_json::json!({"leader": null})));
     }
 }

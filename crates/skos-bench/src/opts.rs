@@ -19,6 +19,16 @@ pub struct Opts {
     pub ingest_alerts: Option<usize>,
     /// Alerts (one per node) for the latency run.
     pub latency_alerts: usize,
+    /// Open-alert counts for the alert scaling runs (a fresh server and
+    /// coordinator each, one alert per node); empty: none.
+    pub alert_scale: Vec<usize>,
+    /// Alerts one node floods in the fairness run (0: section skipped).
+    pub flood_alerts: usize,
+    /// Other nodes' alerts timed without the flood (fairness baseline).
+    pub fairness_probes: usize,
+    /// `coordinator.leader_lease_seconds` for every coordinator the
+    /// harness starts: short, so a stale lease ages out quickly.
+    pub lease_seconds: f64,
     /// Requests for the bus's own round trip.
     pub round_trips: usize,
     /// Hot-CPU repetitions (distributed).
@@ -56,11 +66,15 @@ impl Opts {
     /// The defaults: a few minutes on a two-core machine.
     pub fn full() -> Self {
         Opts {
-            nodes: 1_000,
-            heartbeats: 50_000,
+            nodes: 100_000,
+            heartbeats: 100_000,
             overload_heartbeats: 200_000,
             ingest_alerts: None,
             latency_alerts: 1_000,
+            alert_scale: vec![1_000, 10_000],
+            flood_alerts: 50_000,
+            fairness_probes: 300,
+            lease_seconds: 3.0,
             round_trips: 1_000,
             detection_repeats: 5,
             offline_repeats: 2,
@@ -84,6 +98,10 @@ impl Opts {
             overload_heartbeats: 0,
             ingest_alerts: None,
             latency_alerts: 200,
+            alert_scale: vec![100, 1_000],
+            flood_alerts: 2_000,
+            fairness_probes: 50,
+            lease_seconds: 3.0,
             round_trips: 200,
             detection_repeats: 1,
             offline_repeats: 1,

@@ -61,6 +61,27 @@ pub fn alert(node: &NodeName, alert_id: &str, severity: &str, temp: f64) -> Resu
     serde_json::to_vec(&a).map(Bytes::from).ctx("encode alert")
 }
 
+/// The result an agent sends once it has carried out a command
+/// successfully (`command` as received, JSON).
+pub fn result(command: &serde_json::Value) -> Result<(NodeName, Bytes)> {
+    let node = command["node"].as_str().unwrap_or_default();
+    let node = NodeName::parse(node).ctx(format!("node of command {command}"))?;
+    let r = json!({
+        "action_id": command["action_id"],
+        "action_type": command["action_type"],
+        "node": node,
+        "agent_id": format!("thermal-sentinel-{node}"),
+        "status": "succeeded",
+        "message": "done (skos-bench responder)",
+        "changes": [],
+        "timestamp": skos_core::timefmt::format(&chrono::Utc::now()),
+    });
+    let body = serde_json::to_vec(&r)
+        .map(Bytes::from)
+        .ctx("encode result")?;
+    Ok((node, body))
+}
+
 /// Subject and heartbeat payload of `n` nodes, built once.
 pub fn fleet(prefix: &str, n: usize, interval: f64) -> Result<Vec<(Subject, Bytes)>> {
     (0..n)
@@ -87,6 +108,12 @@ mod tests {
         let a: Alert = decode(&alert(&n, "x-1", "warning", 80.0).unwrap(), 65536).unwrap();
         assert_eq!(a.alert_id, "x-1");
         assert_eq!(a.problem(), "thermal:cpu");
+        let cmd = serde_json::json!({"action_id": "a-1", "action_type": "throttle_50", "node": "sim-000007", "cause": "x-1"});
+        let (rn, body) = result(&cmd).unwrap();
+        assert_eq!(rn, n);
+        let r: skos_core::protocol::CommandResult = decode(&body, 65536).unwrap();
+        assert_eq!(r.action_id, "a-1");
+        assert!(result(&serde_json::json!({"action_id": "a"})).is_err());
         let f = fleet("f-", 3, 5.0).unwrap();
         assert_eq!(f.len(), 3);
         assert_eq!(f[2].0.as_str(), "skos.heartbeat.f-000002");

@@ -1,4 +1,4 @@
-//! Smoke test of the harness itself: a tiny ingest and latency run against
+//! Smoke test of the harness itself: a tiny ingest, latency and fairness run against
 //! a real nats-server, checked for structure and consistent counts, never
 //! for timings. Skipped (with a message) where nats-server is missing, or
 //! failed under `SKOS_TEST_REQUIRE_ALL=1`.
@@ -8,7 +8,7 @@ use std::process::Command;
 use serde_json::Value;
 
 #[test]
-fn quick_ingest_and_latency_report_every_section_consistently() {
+fn quick_ingest_latency_and_fairness_report_every_section_consistently() {
     skos_testsupport::require!("nats-server", skos_testsupport::nats::nats_server_binary());
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
@@ -16,6 +16,7 @@ fn quick_ingest_and_latency_report_every_section_consistently() {
         .args([
             "ingest",
             "latency",
+            "fairness",
             "--quick",
             "--nodes",
             "50",
@@ -23,6 +24,12 @@ fn quick_ingest_and_latency_report_every_section_consistently() {
             "500",
             "--alerts",
             "50",
+            "--alert-scale",
+            "20,40",
+            "--flood",
+            "300",
+            "--fairness-probes",
+            "10",
         ])
         .arg("--json")
         .arg(&json)
@@ -77,6 +84,36 @@ fn quick_ingest_and_latency_report_every_section_consistently() {
     assert!(hb["coordinator"]["received"].as_u64().unwrap() > 0, "{hb}");
     assert!(hb["ceiling"]["received"].as_u64().unwrap() > 0, "{hb}");
 
+    let scale = ingest["alert_scale"].as_array().unwrap();
+    assert_eq!(scale.len(), 2, "{ingest}");
+    for (run, n) in scale.iter().zip([20, 40]) {
+        assert_eq!(run["open_alerts"].as_u64().unwrap(), n);
+        let b = &run["burst"];
+        assert_eq!(b["published"].as_u64().unwrap(), n);
+        assert_eq!(
+            b["coordinator"]["received"].as_u64().unwrap()
+                + b["coordinator"]["lost"].as_u64().unwrap(),
+            n
+        );
+    }
+
+    let fairness = &doc["sections"]["fairness"]["data"];
+    assert_eq!(fairness["flood_alerts"].as_u64().unwrap(), 300);
+    assert_eq!(
+        fairness["without_flood_ms"]["n"].as_u64().unwrap()
+            + fairness["without_flood_lost"].as_u64().unwrap(),
+        10,
+        "every reference probe measured or counted lost: {fairness}"
+    );
+    assert_eq!(
+        fairness["flood_publish"]["published"].as_u64().unwrap(),
+        300
+    );
+    assert!(
+        fairness["flood_counted"].as_u64().unwrap() <= 300,
+        "{fairness}"
+    );
+
     let latency = &doc["sections"]["latency"]["data"];
     assert_eq!(latency["alerts"].as_u64().unwrap(), 50);
     let measured = latency["alert_to_command_ms"]["n"].as_u64().unwrap();
@@ -94,6 +131,7 @@ fn quick_ingest_and_latency_report_every_section_consistently() {
     let figures = doc["figures"].as_array().unwrap();
     assert!(figures.iter().any(|f| f["section"] == "ingest"));
     assert!(figures.iter().any(|f| f["section"] == "latency"));
+    assert!(figures.iter().any(|f| f["section"] == "fairness"));
     for f in figures {
         assert!(f["name"].is_string() && f["unit"].is_string());
         if f["target"].is_object() && f["met"] == false {
