@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use serde_json::Value;
@@ -162,6 +163,9 @@ impl AuditLog {
     /// their acks awaited together. If another writer got in, the stored
     /// prefix is kept and the rest goes through [`AuditLog::append`] one by
     /// one (which re-reads the tail, reseals, and fences a deposed leader).
+    /// If an ack does not come (the server went away), the stored prefix is
+    /// kept and the error returned: the rest may be stored all the same, so
+    /// the caller checks the trail's tail before it tries again.
     pub async fn append_many(&self, entries: Vec<AuditEntry>) -> Result<()> {
         if entries.len() <= 1 {
             for e in entries {
@@ -195,29 +199,57 @@ impl AuditLog {
                 } => {
                     let mut trial = chain.clone();
                     let mut sent = Vec::with_capacity(entries.len());
-                    for (seq, entry) in (*last_stream_seq..).zip(entries.iter()) {
+                    // The first record expects the stream's last sequence,
+                    // each later one the message id (the hash) of the
+                    // record before it: once one is refused, none after it
+                    // is stored. (Expected sequences alone would store the
+                    // later ones when the tail moved by fewer records than
+                    // the batch holds, sealed on a chain that is not the
+                    // stream's.)
+                    let mut previous: Option<String> = None;
+                    for entry in &entries {
                         let record = trial.seal(entry.clone());
                         let payload = serde_json::to_vec(&record).map_err(stream_err)?;
                         let subject = subjects::audit(&record.entry.event_type);
                         let publish = jetstream::message::PublishMessage::build()
                             .payload(Bytes::from(payload))
-                            .expected_last_sequence(seq);
+                            .message_id(&record.hash);
+                        let publish = match previous.replace(record.hash.clone()) {
+                            None => publish.expected_last_sequence(*last_stream_seq),
+                            Some(id) => publish.expected_last_message_id(id),
+                        };
                         let ack = js
                             .send_publish(subject.clone(), publish)
                             .await
                             .map_err(|e| Error::subject(&subject, e))?;
-                        sent.push((ack, trial.clone()));
+                        sent.push((ack, trial.clone(), subject));
                     }
                     // Acks in order: the stored prefix advances the chain.
                     let mut stored = 0;
-                    for (ack, after) in sent {
+                    for (ack, after, subject) in sent {
                         match ack.await {
                             Ok(ack) if stored == 0 || ack.sequence == *last_stream_seq + 1 => {
                                 *chain = after;
                                 *last_stream_seq = ack.sequence;
                                 stored += 1;
                             }
-                            Ok(_) | Err(_) => break,
+                            Ok(_) => break,
+                            // Refused: another writer got in; the rest goes
+                            // through `append`, which re-reads the tail.
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    PublishErrorKind::WrongLastSequence
+                                        | PublishErrorKind::WrongLastMessageId
+                                ) =>
+                            {
+                                break
+                            }
+                            // No answer: the entry (and those after it) may
+                            // be stored all the same. Not written again here,
+                            // where it could be written twice: the caller
+                            // checks the trail's tail before it tries again.
+                            Err(e) => return Err(Error::subject(&subject, e)),
                         }
                     }
                     entries.into_iter().skip(stored).collect::<Vec<_>>()
@@ -230,6 +262,10 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Append one entry. On JetStream, a refusal because another writer
+    /// got in re-reads the tail and reseals (a newer leader's record fails
+    /// it with [`Error::Deposed`]); a publish without an answer is an error,
+    /// though the entry may be in the stream all the same.
     pub async fn append(&self, mut entry: AuditEntry) -> Result<AuditRecord> {
         let term = self.current_term();
         if entry.term.is_none() {
@@ -265,9 +301,14 @@ impl AuditLog {
                             *last_stream_seq = ack.sequence;
                             return Ok(record);
                         }
-                        Err(e) if attempts < 3 => {
+                        Err(e)
+                            if attempts < 3 && e.kind() == PublishErrorKind::WrongLastSequence =>
+                        {
                             // Someone else wrote (another coordinator, or a
                             // stray publisher): re-read the tail and reseal.
+                            // Any other failure is returned: without an
+                            // answer the entry may be stored all the same,
+                            // and resealing it here could write it twice.
                             attempts += 1;
                             tracing::warn!(error = %e, "audit append raced, re-reading the stream tail");
                             let (last, seq) = last_record(js).await?;
@@ -567,6 +608,37 @@ pub async fn stream_is_locked(bus: &NatsBus) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch appended on a stale tail (another writer got in since)
+    /// writes nothing after the refused first record: every entry is in
+    /// the stream once, and the chain holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_on_a_stale_tail_writes_each_entry_once() {
+        use skos_testsupport::nats::{nats_server_binary, NatsServer};
+        skos_testsupport::require!("nats-server", nats_server_binary());
+        let server = NatsServer::start();
+        let connect = || async {
+            NatsBus::connect(&crate::NatsOptions::new(server.url(), "test"))
+                .await
+                .unwrap()
+        };
+        let (a, b) = (connect().await, connect().await);
+        let mine = AuditLog::open_jetstream(&a).await.unwrap();
+        let other = AuditLog::open_jetstream(&b).await.unwrap();
+        mine.append(entry(0)).await.unwrap();
+        other.append(entry(100)).await.unwrap();
+        mine.append_many((1..=4).map(entry).collect())
+            .await
+            .unwrap();
+        let records = read_jetstream(&a, None).await.unwrap();
+        let summaries: Vec<&str> = records
+            .iter()
+            .map(|r| r["entry"]["summary"].as_str().unwrap())
+            .collect();
+        assert_eq!(summaries, ["e0", "e100", "e1", "e2", "e3", "e4"]);
+        let report = verify(records);
+        assert!(report.error.is_none(), "{:?}", report.error);
+    }
 
     fn entry(i: u32) -> AuditEntry {
         AuditEntry::new(

@@ -187,15 +187,42 @@ impl Lease {
         };
         let body = Bytes::from(serde_json::to_vec(&record).map_err(lease_err)?);
         let sent = Instant::now();
-        match self.kv.update(subjects::LEADER_KEY, body, revision).await {
+        match self
+            .kv
+            .update(subjects::LEADER_KEY, body.clone(), revision)
+            .await
+        {
             Ok(rev) => {
                 self.revision = Some(rev);
                 self.renewed = Some(sent);
                 Ok(Renewal::Renewed)
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                self.step_down();
-                Ok(Renewal::Lost)
+                // An earlier renewal whose answer was lost (the server went
+                // away) may have been stored all the same: the key then
+                // holds this holder's record at a newer revision. Renew on
+                // top of it; anyone else's record means the lease is lost.
+                let mine = match self.current().await? {
+                    Some((rec, rev)) if rec.holder == self.holder => Some(rev),
+                    _ => None,
+                };
+                let Some(rev) = mine else {
+                    self.step_down();
+                    return Ok(Renewal::Lost);
+                };
+                let sent = Instant::now();
+                match self.kv.update(subjects::LEADER_KEY, body, rev).await {
+                    Ok(rev) => {
+                        self.revision = Some(rev);
+                        self.renewed = Some(sent);
+                        Ok(Renewal::Renewed)
+                    }
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        self.step_down();
+                        Ok(Renewal::Lost)
+                    }
+                    Err(e) => Err(lease_err(e)),
+                }
             }
             Err(e) => Err(lease_err(e)),
         }
@@ -249,6 +276,56 @@ pub fn holder_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A renewal stored after its answer was lost (the server restarted)
+    /// leaves this holder's own record at a newer revision: the next
+    /// renewal keeps the lease. Another holder's record loses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewal_stored_without_its_answer_keeps_the_lease() {
+        use skos_testsupport::nats::{nats_server_binary, NatsServer};
+        skos_testsupport::require!("nats-server", nats_server_binary());
+        let server = NatsServer::start();
+        let bus = NatsBus::connect(&crate::NatsOptions::new(server.url(), "test"))
+            .await
+            .unwrap();
+        let mut lease = Lease::open(&bus, "a:1:x".into(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let term = lease
+            .try_acquire(chrono::Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
+        let (first, rev) = lease.current().await.unwrap().unwrap();
+        let lost = LeaderRecord {
+            term: Some(term.term),
+            ..first.clone()
+        };
+        let body = Bytes::from(serde_json::to_vec(&lost).unwrap());
+        lease
+            .kv
+            .update(subjects::LEADER_KEY, body, rev)
+            .await
+            .unwrap();
+        assert_eq!(lease.renew().await.unwrap(), Renewal::Renewed);
+        assert!(lease.valid());
+        assert_eq!(lease.renew().await.unwrap(), Renewal::Renewed);
+
+        let (_, rev) = lease.current().await.unwrap().unwrap();
+        let other = LeaderRecord {
+            holder: "b:2:y".into(),
+            term: Some(term.term + 1),
+            since: first.since,
+        };
+        let body = Bytes::from(serde_json::to_vec(&other).unwrap());
+        lease
+            .kv
+            .update(subjects::LEADER_KEY, body, rev)
+            .await
+            .unwrap();
+        assert_eq!(lease.renew().await.unwrap(), Renewal::Lost);
+        assert!(!lease.valid());
+    }
 
     #[test]
     fn the_first_record_carries_no_term_and_later_ones_do() {

@@ -1,11 +1,18 @@
 //! The coordinator service: feeds the [`Engine`] from the bus and carries
 //! out its effects.
 //!
-//! Order matters for crash safety: for each message, commands and raised
-//! alerts are published first (durably, with their ids as JetStream message
-//! ids, so a re-send after a crash is stored once), then the audit entries
-//! are written, then the message is acknowledged. After a restart, alerts
-//! already recorded in the audit trail are not handled again.
+//! Order matters for crash safety: for each message, the state of the nodes
+//! it changed is written first, together with the effects it decided (see
+//! [`Saved`]); then commands and raised alerts are published (durably, with
+//! their ids as JetStream message ids, so a re-send after a crash is stored
+//! once), then the audit entries are written, then the nodes' states are
+//! written again without those effects, then the message is acknowledged.
+//! A coordinator stopped anywhere in between carries out, after a restart,
+//! the kept effects it had not (audit records already in the trail are not
+//! written twice). Effects that cannot be carried out (the bus is down) wait
+//! in the outbox, in order, and are never decided again. After a restart,
+//! alerts and results already recorded in the audit trail are not handled
+//! again.
 
 use skos_core::counters::Counter;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -16,16 +23,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use skos_bus::lease::{Lease, Renewal, Term};
 use skos_bus::trust::Signer;
 use skos_bus::{AuditLog, Bus, Feed, Incoming, StateStore};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
-use skos_core::protocol::{decode, Alert, AuditEntry, CommandResult, DecodeError, Heartbeat};
+use skos_core::protocol::{
+    decode, Alert, AuditEntry, Command, CommandResult, DecodeError, Heartbeat,
+};
 use skos_core::NodeName;
 
-use crate::engine::{Effect, Engine};
+use crate::engine::{Effect, Engine, EngineSnapshot};
 use crate::failpoint;
 use crate::status::Leadership;
 use crate::{Error, Result};
@@ -77,9 +87,104 @@ fn node_key(node: &NodeName) -> String {
 /// Largest decompressed snapshot accepted.
 const SNAPSHOT_MAX_BYTES: usize = 256 * 1024 * 1024;
 
-fn encode_snapshot(snap: &crate::engine::EngineSnapshot) -> std::io::Result<Bytes> {
+fn encode_snapshot<T: Serialize>(snap: &T) -> std::io::Result<Bytes> {
     let json = serde_json::to_vec(snap).map_err(std::io::Error::other)?;
     zstd::bulk::compress(&json, 3).map(Bytes::from)
+}
+
+/// What is saved under a node's key: its part of the engine's state and
+/// the effects concerning it that were decided with that state and are not
+/// yet all carried out. Written in one message, so a coordinator stopped
+/// after writing the state and before carrying out the effects finds both
+/// after a restart: no breaker transition, verification, escalation or
+/// circuit alert decided before the stop is lost. A record without effects
+/// is a plain [`EngineSnapshot`], as written before.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    #[serde(flatten)]
+    state: EngineSnapshot,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    effects: Vec<Kept>,
+}
+
+/// An [`Effect`] as kept in a [`Saved`] record.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+enum Kept {
+    Command { node: NodeName, command: Command },
+    Alert { alert: Alert },
+    Audit { entry: AuditEntry },
+}
+
+impl From<&Effect> for Kept {
+    fn from(e: &Effect) -> Self {
+        match e {
+            Effect::Command(node, command) => Kept::Command {
+                node: node.clone(),
+                command: command.clone(),
+            },
+            Effect::Alert(alert) => Kept::Alert {
+                alert: alert.clone(),
+            },
+            Effect::Audit(entry) => Kept::Audit {
+                entry: entry.clone(),
+            },
+        }
+    }
+}
+
+impl From<Kept> for Effect {
+    fn from(k: Kept) -> Self {
+        match k {
+            Kept::Command { node, command } => Effect::Command(node, command),
+            Kept::Alert { alert } => Effect::Alert(alert),
+            Kept::Audit { entry } => Effect::Audit(entry),
+        }
+    }
+}
+
+/// An audit entry as the trail holds it, without its term (stamped when it
+/// is written): two entries with the same key are the same record.
+fn entry_key(entry: &Value) -> String {
+    let mut e = entry.clone();
+    if let Some(o) = e.as_object_mut() {
+        o.remove("term");
+    }
+    e.to_string()
+}
+
+/// [`entry_key`] of an entry not yet written.
+fn new_entry_key(entry: &AuditEntry) -> String {
+    serde_json::to_value(entry)
+        .map(|v| entry_key(&v))
+        .unwrap_or_default()
+}
+
+/// Results remembered as handled, so a redelivered one is not handled (and
+/// audited) twice.
+const RESULTS_WINDOW: usize = 100_000;
+
+/// Ids remembered up to [`RESULTS_WINDOW`], the oldest forgotten first.
+#[derive(Default)]
+struct Seen {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Seen {
+    /// Remember `id`; false if it was already remembered.
+    fn insert(&mut self, id: String) -> bool {
+        if !self.ids.insert(id.clone()) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > RESULTS_WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 /// Why the saved snapshot under `key` cannot be restored.
@@ -100,7 +205,7 @@ enum SnapshotError {
 }
 
 /// zstd-compressed (as written now) or plain JSON (as written before).
-fn decode_snapshot(bytes: &[u8]) -> Result<crate::engine::EngineSnapshot, SnapshotError> {
+fn decode_snapshot<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
     const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
     let json = |source| SnapshotError::Json {
         key: STATE_KEY,
@@ -132,10 +237,23 @@ struct Ctx {
     state: StateStore,
     counters: Counters,
     max_bytes: usize,
-    /// Effects raised by timers and heartbeats that could not be carried
-    /// out (the bus was down), in order: retried on every tick, never
-    /// dropped.
+    /// Effects decided and not yet carried out, in order: each is kept in
+    /// the saved state of its node until it is. What cannot be carried out
+    /// (the bus is down) waits here and is retried on every tick, never
+    /// dropped and never decided again.
     outbox: VecDeque<Effect>,
+    /// Nodes whose saved state holds effects: written again once those
+    /// are carried out.
+    kept: BTreeSet<NodeName>,
+    /// Carrying out the outbox failed and has not succeeded since.
+    stalled: bool,
+    /// An audit append failed: some of the entries may be in the trail
+    /// all the same (written, its answer lost), so the next try skips
+    /// those the trail's tail holds.
+    audits_uncertain: bool,
+    /// Results handled: the message ids they were stored under
+    /// ([`skos_bus::result_message_id`]).
+    results_seen: Seen,
     /// This coordinator was deposed while carrying out effects.
     deposed: bool,
 }
@@ -302,9 +420,13 @@ async fn lead(
     };
     let parts = state.load_prefix(NODE_KEY_PREFIX).await?;
     let nodes = parts.len();
+    let mut kept: Vec<Effect> = Vec::new();
     for (key, bytes) in parts {
-        match decode_snapshot(&bytes) {
-            Ok(snap) => engine.restore(snap, now),
+        match decode_snapshot::<Saved>(&bytes) {
+            Ok(saved) => {
+                engine.restore(saved.state, now);
+                kept.extend(saved.effects.into_iter().map(Effect::from));
+            }
             Err(e) => {
                 counters.inc(Counter::StateUnreadable);
                 tracing::error!(key = %key, error = %e, "saved node state unreadable; that node starts afresh");
@@ -314,16 +436,46 @@ async fn lead(
     tracing::info!(nodes, legacy, "coordinator state restored");
     let mut replayed = 0;
     let mut commanded = HashSet::new();
-    for r in audit.read_recent(opts.replay_records).await? {
-        let event = &r["entry"]["event_type"];
+    let mut results_seen = Seen::default();
+    // What an audit entry says was handled: its alert, command or result.
+    let mut remember = |entry: &Value, engine: &mut Engine| {
+        let event = &entry["event_type"];
         if event == skos_core::AuditEvent::Alert.as_str() {
-            if let Some(id) = r["entry"]["data"]["alert_id"].as_str() {
+            if let Some(id) = entry["data"]["alert_id"].as_str() {
                 engine.mark_handled(id);
                 replayed += 1;
             }
         } else if event == skos_core::AuditEvent::Command.as_str() {
-            if let Some(id) = r["entry"]["data"]["command"]["action_id"].as_str() {
+            if let Some(id) = entry["data"]["command"]["action_id"].as_str() {
                 commanded.insert(id.to_string());
+            }
+        } else if event == skos_core::AuditEvent::Result.as_str() {
+            if let Ok(r) = serde_json::from_value::<CommandResult>(entry["data"]["result"].clone())
+            {
+                results_seen.insert(skos_bus::result_message_id(&r));
+            }
+        }
+    };
+    let mut audited = HashSet::new();
+    for r in audit.read_recent(opts.replay_records).await? {
+        remember(&r["entry"], &mut engine);
+        if !kept.is_empty() {
+            audited.insert(entry_key(&r["entry"]));
+        }
+    }
+    // Effects kept with the state and not all carried out before the last
+    // stop: carried out now, but for the audit records already in the
+    // trail (commands and alerts are published again; their ids make that
+    // safe).
+    let kept_nodes: BTreeSet<NodeName> = kept.iter().filter_map(effect_node).collect();
+    kept.retain(|e| match e {
+        Effect::Audit(entry) => !audited.contains(&new_entry_key(entry)),
+        _ => true,
+    });
+    for e in &kept {
+        if let Effect::Audit(entry) = e {
+            if let Ok(v) = serde_json::to_value(entry) {
+                remember(&v, &mut engine);
             }
         }
     }
@@ -343,6 +495,10 @@ async fn lead(
         counters: counters.clone(),
         max_bytes,
         outbox: VecDeque::new(),
+        kept: kept_nodes,
+        stalled: false,
+        audits_uncertain: false,
+        results_seen,
         deposed: false,
     };
     if legacy {
@@ -355,13 +511,21 @@ async fn lead(
             }
         }
     }
+    if !kept.is_empty() {
+        tracing::warn!(
+            effects = kept.len(),
+            "carrying out effects decided but not carried out before the last stop"
+        );
+        ctx.queue(kept);
+    }
     if !unsent.is_empty() {
         tracing::warn!(
             commands = unsent.len() / 2,
             "publishing commands kept but not sent before the last stop"
         );
-        ctx.apply_or_queue(unsent).await;
+        ctx.queue(unsent);
     }
+    ctx.flush(None).await;
     let mut heartbeats = bus.subscribe(Feed::Heartbeats).await?;
     // Durable messages are handled in batches of what is ready: the
     // batch's state is written, its effects published and audited, then
@@ -405,15 +569,16 @@ async fn lead(
                 }
             }
             _ = tick.tick() => {
-                ctx.flush_outbox().await;
                 let effects = ctx.engine.tick(chrono::Utc::now());
                 let mut touched = effect_nodes(&effects);
                 touched.extend(std::mem::take(&mut ctx.unsaved));
+                let decided = !effects.is_empty();
+                ctx.queue(effects);
                 ctx.persist(touched).await;
-                if !effects.is_empty() {
+                if decided {
                     failpoint::hit("tick.persisted");
                 }
-                ctx.apply_or_queue(effects).await;
+                ctx.flush(None).await;
                 if let Some(path) = &opts.status_file {
                     if last_snapshot.elapsed() >= Duration::from_secs(1) {
                         last_snapshot = std::time::Instant::now();
@@ -424,9 +589,9 @@ async fn lead(
         }
     };
     if matches!(led, Led::Shutdown) {
-        // What could not be published waits in the saved state's stead:
-        // try once more before stopping.
-        ctx.flush_outbox().await;
+        // What could not be carried out waits in the saved state: try once
+        // more before stopping.
+        ctx.flush(None).await;
         if !ctx.outbox.is_empty() {
             tracing::error!(
                 effects = ctx.outbox.len(),
@@ -478,57 +643,81 @@ impl Ctx {
     /// written, under its own key. A node the engine no longer knows has
     /// its key removed. What cannot be written is retried on the next tick.
     async fn persist(&mut self, nodes: BTreeSet<NodeName>) {
-        for node in nodes {
-            if let Err(e) = self.persist_node(&node).await {
-                self.counters.inc(Counter::StateSaveFailed);
-                tracing::error!(node = %node, error = %e, "node state not saved; retrying");
-                self.unsaved.insert(node);
-            }
+        if let Err(e) = self.persist_strict(nodes).await {
+            tracing::error!(nodes = self.unsaved.len(), error = %e, "node state not saved; retrying");
         }
     }
 
     /// [`Ctx::persist`], failing if any node's state was not written: the
-    /// changed nodes' states are saved together.
+    /// changed nodes' states are saved together, each with the effects
+    /// waiting in the outbox that concern it.
     async fn persist_strict(&mut self, nodes: BTreeSet<NodeName>) -> Result<()> {
         let mut items = Vec::new();
         let mut digests = Vec::new();
-        for node in nodes {
-            match self.node_state(&node)? {
+        let mut removed = Vec::new();
+        for node in &nodes {
+            match self.node_state(node)? {
                 NodeWrite::Unchanged => {}
-                NodeWrite::Remove => {
-                    self.written.remove(&node);
-                    if let Err(e) = self.state.remove(&node_key(&node)).await {
-                        self.counters.inc(Counter::StateSaveFailed);
-                        self.unsaved.insert(node);
-                        return Err(e.into());
-                    }
-                }
-                NodeWrite::Save(bytes, digest) => {
-                    items.push((node_key(&node), bytes));
-                    digests.push((node, digest));
+                NodeWrite::Remove => removed.push(node.clone()),
+                NodeWrite::Save(bytes, digest, kept) => {
+                    items.push((node_key(node), bytes));
+                    digests.push((node.clone(), digest, kept));
                 }
             }
         }
-        if let Err(e) = self.state.save_many(items).await {
+        let mut done = Ok(());
+        for node in &removed {
+            if let Err(e) = self.state.remove(&node_key(node)).await {
+                done = Err(e);
+                break;
+            }
+            self.written.remove(node);
+            self.kept.remove(node);
+        }
+        if done.is_ok() {
+            done = self.state.save_many(items).await;
+        }
+        if let Err(e) = done {
             self.counters.inc(Counter::StateSaveFailed);
-            self.unsaved.extend(digests.into_iter().map(|(n, _)| n));
+            self.unsaved.extend(nodes);
             return Err(e.into());
         }
-        self.written.extend(digests);
+        for (node, digest, kept) in digests {
+            if kept {
+                self.kept.insert(node.clone());
+            } else {
+                self.kept.remove(&node);
+            }
+            self.written.insert(node, digest);
+        }
+        for node in &nodes {
+            self.unsaved.remove(node);
+        }
         Ok(())
     }
 
     /// What to write for `node`, or that nothing changed.
     fn node_state(&self, node: &NodeName) -> Result<NodeWrite> {
         let snap = self.engine.node_snapshot(node);
-        if snap.is_empty() {
+        let effects: Vec<Kept> = self
+            .outbox
+            .iter()
+            .filter(|e| effect_node(e).as_ref() == Some(node))
+            .map(Kept::from)
+            .collect();
+        if snap.is_empty() && effects.is_empty() {
             return Ok(if self.written.contains_key(node) {
                 NodeWrite::Remove
             } else {
                 NodeWrite::Unchanged
             });
         }
-        let bytes = encode_snapshot(&snap).map_err(|e| {
+        let kept = !effects.is_empty();
+        let saved = Saved {
+            state: snap,
+            effects,
+        };
+        let bytes = encode_snapshot(&saved).map_err(|e| {
             Error::Bus(skos_bus::Error::Io {
                 path: node_key(node).into(),
                 source: e,
@@ -543,12 +732,8 @@ impl Ctx {
         Ok(if self.written.get(node) == Some(&digest) {
             NodeWrite::Unchanged
         } else {
-            NodeWrite::Save(bytes, digest)
+            NodeWrite::Save(bytes, digest, kept)
         })
-    }
-
-    async fn persist_node(&mut self, node: &NodeName) -> Result<()> {
-        self.persist_strict(BTreeSet::from([node.clone()])).await
     }
 
     /// Count and log a refused message; the audit entry to write for it.
@@ -591,17 +776,27 @@ impl Ctx {
             Ok(hb) => hb,
             Err(e) => {
                 let entry = self.reject("heartbeat", &m, &e);
-                return self.apply_or_queue(vec![entry]).await;
+                self.queue(vec![entry]);
+                if !self.stalled {
+                    self.flush(None).await;
+                }
+                return;
             }
         };
         let node = hb.node.clone();
         let effects = self.engine.on_heartbeat(hb, chrono::Utc::now());
-        if !effects.is_empty() {
-            let mut touched = effect_nodes(&effects);
-            touched.insert(node);
-            self.persist(touched).await;
+        if effects.is_empty() {
+            return;
         }
-        self.apply_or_queue(effects).await;
+        let mut touched = effect_nodes(&effects);
+        touched.insert(node);
+        self.queue(effects);
+        self.persist(touched).await;
+        // Waiting effects are retried by the tick: a heartbeat does not
+        // wait for a bus that is down.
+        if !self.stalled {
+            self.flush(None).await;
+        }
     }
 
     /// Decode an alert, or say why it is refused.
@@ -615,9 +810,11 @@ impl Ctx {
     }
 
     /// Handle a batch of alerts: decide each, then write the state of
-    /// every node they touched, publish and audit their effects, and
-    /// acknowledge them all. If any step fails nothing is acknowledged and
-    /// the whole batch is delivered again.
+    /// every node they touched with the effects decided, publish and audit
+    /// those, and acknowledge the alerts. If a step fails nothing is
+    /// acknowledged: the effects wait in the outbox (they are not decided
+    /// again), and the alerts, delivered again, are acknowledged once they
+    /// are carried out.
     async fn alerts(&mut self, batch: Vec<Incoming>) {
         let now = chrono::Utc::now();
         let mut work = Work::default();
@@ -636,12 +833,13 @@ impl Ctx {
             }
             work.acks.push(m);
         }
-        if let Err(e) = self.finish(work, "alert").await {
+        if !self.finish(work, "alert").await {
             // Not acknowledged: JetStream delivers them again.
-            for id in &ids {
-                self.engine.forget_handled(id);
-            }
-            tracing::error!(alerts = ids.len(), error = %e, "alerts not fully handled; they will be delivered again");
+            tracing::error!(
+                alerts = ids.len(),
+                waiting = self.outbox.len(),
+                "alerts' effects not all carried out yet; kept, and the alerts will be delivered again"
+            );
         }
     }
 
@@ -658,24 +856,39 @@ impl Ctx {
             });
             match result {
                 Ok(result) => {
-                    work.touched.insert(result.node.clone());
-                    let effects = self.engine.on_result(result, now);
-                    work.touched.extend(effect_nodes(&effects));
-                    work.effects.extend(effects);
+                    // A result stored under a message id (every agent's)
+                    // and delivered again (after a stop before its ack) is
+                    // not handled, nor audited, twice.
+                    let fresh = match message_id(&m) {
+                        Some(id) => self.results_seen.insert(id.to_string()),
+                        None => true,
+                    };
+                    if fresh {
+                        work.touched.insert(result.node.clone());
+                        let effects = self.engine.on_result(result, now);
+                        work.touched.extend(effect_nodes(&effects));
+                        work.effects.extend(effects);
+                    } else {
+                        tracing::debug!(action_id = %result.action_id, status = result.status.as_str(), "result already handled");
+                    }
                 }
                 Err(e) => work.effects.push(self.reject("result", &m, &e)),
             }
             work.acks.push(m);
         }
-        if let Err(e) = self.finish(work, "result").await {
-            tracing::error!(error = %e, "results not fully handled; they will be delivered again");
+        if !self.finish(work, "result").await {
+            tracing::error!(
+                waiting = self.outbox.len(),
+                "results' effects not all carried out yet; kept, and the results will be delivered again"
+            );
         }
     }
 
-    /// State first (a restart then finds the pending commands and
-    /// publishes those not yet audited), then effects, then the acks.
-    /// `kind` names the failpoints between the steps.
-    async fn finish(&mut self, work: Work, kind: &'static str) -> Result<()> {
+    /// State first, with the effects decided (a restart then carries out
+    /// those not yet carried out), then the effects, then the acks. `kind`
+    /// names the failpoints between the steps. True when the batch is
+    /// acknowledged.
+    async fn finish(&mut self, work: Work, kind: &'static str) -> bool {
         let points = match kind {
             "alert" => [
                 "alert.decided",
@@ -691,43 +904,125 @@ impl Ctx {
             ],
         };
         failpoint::hit(points[0]);
-        self.persist_strict(work.touched).await?;
-        failpoint::hit(points[1]);
-        self.apply(work.effects, points[2]).await?;
+        self.queue(work.effects);
+        let mut touched = work.touched;
+        touched.extend(std::mem::take(&mut self.unsaved));
+        if self.persist_strict(touched).await.is_ok() {
+            failpoint::hit(points[1]);
+        }
+        if !self.flush(Some(points[2])).await {
+            return false;
+        }
         failpoint::hit(points[3]);
         futures::future::join_all(work.acks.into_iter().map(ack)).await;
-        Ok(())
+        true
     }
 
-    /// Carry out effects: publish commands and alerts (durably), then
-    /// write the audit records. Stops at the first failure. `published`
-    /// is the kill point between the two ([`failpoint::hit`]).
-    async fn apply(&mut self, effects: Vec<Effect>, published: &'static str) -> Result<()> {
-        let (publish, audits): (Vec<_>, Vec<_>) = effects
-            .into_iter()
-            .partition(|e| !matches!(e, Effect::Audit(_)));
-        // Published back to back, in order; their acks awaited together.
-        let sends = publish.iter().map(|e| self.publish(e));
-        for done in futures::future::join_all(sends).await {
-            done.map_err(Error::Bus)?;
+    /// Add decided effects to the outbox, behind anything waiting, so
+    /// order is kept.
+    fn queue(&mut self, effects: Vec<Effect>) {
+        if self.stalled {
+            self.counters
+                .add(Counter::EffectsQueued, effects.len() as u64);
         }
-        failpoint::hit(published);
-        let entries = audits
-            .into_iter()
-            .filter_map(|e| match e {
-                Effect::Audit(entry) => Some(entry),
-                _ => None,
-            })
-            .collect();
-        match self.audit.append_many(entries).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if matches!(e, skos_bus::Error::Deposed { .. }) {
-                    self.deposed = true;
-                }
-                Err(Error::Bus(e))
+        self.outbox.extend(effects);
+    }
+
+    /// Carry out the outbox, oldest first: publish its commands and alerts
+    /// (durably, back to back, their acks awaited together), then write its
+    /// audit records; `published` is the kill point between the two
+    /// ([`failpoint::hit`]). Nothing is carried out while the state of a
+    /// node an effect concerns is unsaved (state first). Then the nodes
+    /// whose saved state kept effects are written again without them.
+    /// True when nothing waits; on a failure everything not done waits for
+    /// the next try, in order.
+    async fn flush(&mut self, published: Option<&'static str>) -> bool {
+        if self.deposed {
+            return false;
+        }
+        let blocked = |e: &Effect| effect_node(e).is_some_and(|n| self.unsaved.contains(&n));
+        if self.outbox.iter().any(blocked) {
+            return false;
+        }
+        if !self.outbox.is_empty() {
+            let waiting: Vec<Effect> = std::mem::take(&mut self.outbox).into();
+            let n = waiting.len();
+            let (publish, audits): (Vec<_>, Vec<_>) = waiting
+                .into_iter()
+                .partition(|e| !matches!(e, Effect::Audit(_)));
+            // Published back to back, in order; their acks awaited together.
+            let sends = publish.iter().map(|e| self.publish(e));
+            let failed = futures::future::join_all(sends)
+                .await
+                .into_iter()
+                .find_map(|r| r.err());
+            if let Some(e) = failed {
+                // Published again on the next try: their ids make it safe.
+                return self.stall(e, publish.into_iter().chain(audits).collect());
             }
+            if let Some(point) = published {
+                failpoint::hit(point);
+            }
+            let mut entries: Vec<AuditEntry> = audits
+                .into_iter()
+                .filter_map(|e| match e {
+                    Effect::Audit(entry) => Some(entry),
+                    _ => None,
+                })
+                .collect();
+            if self.audits_uncertain {
+                // The last failed append may have been written all the
+                // same: skip what the trail's tail already holds.
+                match self.audit.read_recent(entries.len() as u64 + 16).await {
+                    Ok(tail) => {
+                        let written: HashSet<String> =
+                            tail.iter().map(|r| entry_key(&r["entry"])).collect();
+                        entries.retain(|e| !written.contains(&new_entry_key(e)));
+                    }
+                    Err(e) => {
+                        let rest = entries.into_iter().map(Effect::Audit).collect();
+                        return self.stall(e, rest);
+                    }
+                }
+            }
+            if let Err(e) = self.audit.append_many(entries.clone()).await {
+                self.audits_uncertain = true;
+                return self.stall(e, entries.into_iter().map(Effect::Audit).collect());
+            }
+            self.audits_uncertain = false;
+            if self.stalled {
+                tracing::info!(effects = n, "queued effects carried out");
+            }
+            self.stalled = false;
         }
+        // The saved states need not keep what is carried out.
+        let done = std::mem::take(&mut self.kept);
+        if let Err(e) = self.persist_strict(done).await {
+            tracing::warn!(error = %e, "node state not written again after its effects; retrying");
+        }
+        true
+    }
+
+    /// A failed try at carrying out the outbox: `rest` waits for the next
+    /// one (a deposed coordinator drops it: the new leader decides again
+    /// from the same inputs). Always false.
+    fn stall(&mut self, e: skos_bus::Error, rest: Vec<Effect>) -> bool {
+        if matches!(e, skos_bus::Error::Deposed { .. }) {
+            self.deposed = true;
+        }
+        if self.deposed {
+            return false;
+        }
+        if self.stalled {
+            tracing::debug!(error = %e, waiting = rest.len(), "queued effects still waiting");
+        } else {
+            tracing::error!(error = %e, queued = rest.len(), "effects not carried out; queued until the bus is back");
+            self.counters.add(Counter::EffectsQueued, rest.len() as u64);
+        }
+        self.stalled = true;
+        let later = std::mem::take(&mut self.outbox);
+        self.outbox = rest.into_iter().chain(later).collect();
+        false
     }
 
     /// Publish one command or alert (an audit entry is not published).
@@ -746,80 +1041,6 @@ impl Ctx {
             Effect::Audit(_) => Ok(()),
         }
     }
-
-    /// [`Ctx::apply`], handing back on failure the effects not carried
-    /// out, in order. A deposed coordinator marks itself so.
-    async fn try_apply(&mut self, effects: Vec<Effect>) -> Result<(), (Error, Vec<Effect>)> {
-        let (publish, audits): (Vec<_>, Vec<_>) = effects
-            .into_iter()
-            .partition(|e| !matches!(e, Effect::Audit(_)));
-        let mut rest = publish.into_iter().chain(audits).collect::<VecDeque<_>>();
-        while let Some(e) = rest.pop_front() {
-            let done = match &e {
-                Effect::Command(node, cmd) => {
-                    tracing::info!(node = %node, action = %cmd.action_type, action_id = %cmd.action_id, term = ?cmd.term, "sending command");
-                    self.bus
-                        .send_command(node, cmd, self.signer.as_deref())
-                        .await
-                }
-                Effect::Alert(a) => {
-                    tracing::info!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), "raising alert");
-                    self.bus.publish_alert(a).await
-                }
-                Effect::Audit(entry) => self.audit.append(entry.clone()).await.map(|_| ()),
-            };
-            if let Err(err) = done {
-                if matches!(err, skos_bus::Error::Deposed { .. }) {
-                    self.deposed = true;
-                }
-                rest.push_front(e);
-                return Err((Error::Bus(err), rest.into()));
-            }
-        }
-        Ok(())
-    }
-
-    /// Carry out effects no message waits on (timers, heartbeats): what
-    /// cannot be published now waits in the outbox, behind anything
-    /// already waiting, so order is kept.
-    async fn apply_or_queue(&mut self, effects: Vec<Effect>) {
-        if effects.is_empty() {
-            return;
-        }
-        if !self.outbox.is_empty() {
-            self.counters
-                .add(Counter::EffectsQueued, effects.len() as u64);
-            self.outbox.extend(effects);
-            return;
-        }
-        if let Err((e, rest)) = self.try_apply(effects).await {
-            if self.deposed {
-                // The new leader decides again from the same inputs.
-                return;
-            }
-            tracing::error!(error = %e, queued = rest.len(), "effects not carried out; queued until the bus is back");
-            self.counters.add(Counter::EffectsQueued, rest.len() as u64);
-            self.outbox.extend(rest);
-        }
-    }
-
-    /// Retry the outbox, oldest first.
-    async fn flush_outbox(&mut self) {
-        if self.outbox.is_empty() || self.deposed {
-            return;
-        }
-        let waiting: Vec<Effect> = std::mem::take(&mut self.outbox).into();
-        let n = waiting.len();
-        match self.try_apply(waiting).await {
-            Ok(()) => tracing::info!(effects = n, "queued effects carried out"),
-            Err((e, rest)) => {
-                tracing::debug!(error = %e, left = rest.len(), "queued effects still waiting");
-                if !self.deposed {
-                    self.outbox = rest.into();
-                }
-            }
-        }
-    }
 }
 
 /// A batch of durable messages on its way through [`Ctx::finish`].
@@ -834,19 +1055,32 @@ struct Work {
 enum NodeWrite {
     Unchanged,
     Remove,
-    Save(Bytes, u64),
+    /// Its record, the record's digest, and whether it keeps effects.
+    Save(Bytes, u64, bool),
+}
+
+/// The JetStream message id a durable message was stored under (an
+/// agent's result: [`skos_bus::result_message_id`]), if it has one.
+fn message_id(m: &Incoming) -> Option<&str> {
+    m.headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("Nats-Msg-Id"))
+        .map(|(_, id)| id.as_str())
 }
 
 /// The nodes effects concern: whose state they may have changed.
 fn effect_nodes(effects: &[Effect]) -> BTreeSet<NodeName> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Command(node, _) => Some(node.clone()),
-            Effect::Alert(a) => Some(a.node.clone()),
-            Effect::Audit(entry) => entry.node.clone(),
-        })
-        .collect()
+    effects.iter().filter_map(effect_node).collect()
+}
+
+/// The node an effect concerns, in whose saved state it is kept until it
+/// is carried out (none for an audit entry about no node).
+fn effect_node(e: &Effect) -> Option<NodeName> {
+    match e {
+        Effect::Command(node, _) => Some(node.clone()),
+        Effect::Alert(a) => Some(a.node.clone()),
+        Effect::Audit(entry) => entry.node.clone(),
+    }
 }
 
 async fn ack(m: Incoming) {
@@ -866,9 +1100,78 @@ mod tests {
         let snap = engine.snapshot();
         let packed = encode_snapshot(&snap).unwrap();
         assert!(packed.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]));
-        assert!(decode_snapshot(&packed).is_ok());
+        assert!(decode_snapshot::<EngineSnapshot>(&packed).is_ok());
         let plain = serde_json::to_vec(&snap).unwrap();
-        assert!(decode_snapshot(&plain).is_ok());
-        assert!(decode_snapshot(b"\x28\xb5\x2f\xfdgarbage").is_err());
+        assert!(decode_snapshot::<EngineSnapshot>(&plain).is_ok());
+        assert!(decode_snapshot::<EngineSnapshot>(b"\x28\xb5\x2f\xfdgarbage").is_err());
+    }
+
+    fn at() -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    fn joined(node: &NodeName) -> AuditEntry {
+        AuditEntry::new(
+            skos_core::AuditEvent::Node,
+            at(),
+            Some(node),
+            "coordinator",
+            format!("node {node} joined"),
+            json!({"event": "joined"}),
+        )
+    }
+
+    #[test]
+    fn a_nodes_record_keeps_its_effects_and_plain_snapshots_still_read() {
+        let engine = Engine::new(Config::default(), Counters::default(), "test");
+        let node = NodeName::parse("nova").unwrap();
+        let alert: Alert = serde_json::from_value(json!({
+            "alert_id": "a-1", "agent_id": "coordinator", "type": "heartbeat_missing",
+            "severity": "critical", "node": "nova", "timestamp": "2023-11-14T22:13:20.000Z",
+        }))
+        .unwrap();
+        let effects = vec![Effect::Alert(alert), Effect::Audit(joined(&node))];
+        let saved = Saved {
+            state: engine.node_snapshot(&node),
+            effects: effects.iter().map(Kept::from).collect(),
+        };
+        let back: Saved = decode_snapshot(&encode_snapshot(&saved).unwrap()).unwrap();
+        let kept: Vec<Effect> = back.effects.into_iter().map(Effect::from).collect();
+        assert_eq!(kept, effects);
+        // Written before effects were kept, or with none: a plain snapshot.
+        let plain = encode_snapshot(&engine.node_snapshot(&node)).unwrap();
+        let back: Saved = decode_snapshot(&plain).unwrap();
+        assert!(back.effects.is_empty());
+        let none = Saved {
+            state: engine.node_snapshot(&node),
+            effects: Vec::new(),
+        };
+        assert_eq!(encode_snapshot(&none).unwrap(), plain);
+    }
+
+    #[test]
+    fn an_entry_is_found_in_the_trail_whatever_its_term() {
+        let node = NodeName::parse("nova").unwrap();
+        let entry = joined(&node);
+        let mut written = entry.clone();
+        written.term = Some(7);
+        let record = json!({"seq": 3, "prev_hash": "x", "hash": "y", "entry": written});
+        assert_eq!(entry_key(&record["entry"]), new_entry_key(&entry));
+        let mut other = entry.clone();
+        other.summary = "node nova joined again".into();
+        assert_ne!(new_entry_key(&other), new_entry_key(&entry));
+    }
+
+    #[test]
+    fn results_seen_are_remembered_up_to_the_window() {
+        let mut seen = Seen::default();
+        assert!(seen.insert("r-0".into()));
+        assert!(!seen.insert("r-0".into()));
+        for i in 1..=RESULTS_WINDOW {
+            assert!(seen.insert(format!("r-{i}")));
+        }
+        assert!(seen.insert("r-0".into()), "the oldest is forgotten first");
+        assert!(!seen.insert(format!("r-{RESULTS_WINDOW}")));
+        assert_eq!(seen.ids.len(), RESULTS_WINDOW);
     }
 }

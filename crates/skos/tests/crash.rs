@@ -1,0 +1,578 @@
+//! Crash safety of the coordinator: a real `skos coordinator` aborted at
+//! each of its kill points (`SKOS_FAILPOINT`, as abrupt as a SIGKILL)
+//! while it handles an alert, a result or a tick, then started again
+//! without it, on a real nats-server with a real agent on a fake sysfs.
+//!
+//! Afterwards nothing is lost and nothing is done twice: every alert in the
+//! alert stream is audited exactly once, every command in the command
+//! stream is audited exactly once and answered by exactly one result, every
+//! result in the result stream is audited exactly once, the breakers and
+//! the pending commands are what the scenario makes them, and the trail's
+//! chain verifies. Each scenario is its own test (they run in parallel);
+//! most of one's time is JetStream's ack wait before the message the
+//! aborted coordinator held is delivered again.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use skos_bus::{subjects, NatsBus, NatsOptions};
+use skos_core::protocol::{Alert, CommandResult};
+use skos_testsupport::cpufreq::{fake_cpufreq, read_khz};
+use skos_testsupport::nats::{nats_server_binary, NatsServer};
+use skos_testsupport::sysfs::{FakeSysfs, HwmonHandle};
+
+const MAX: u64 = 3_600_000;
+const MIN: u64 = 800_000;
+const NODE: &str = "n1";
+
+/// How the scenario's node and coordinator are set up.
+#[derive(Clone, Copy)]
+enum Setup {
+    /// Throttles work; a fix is verified within 600 s (never, here: the
+    /// node stays hot and nothing times out during the test).
+    Throttles,
+    /// Throttles fail (a configured cgroup that does not exist) and one
+    /// failure opens a circuit.
+    ThrottlesFail,
+    /// Throttles work but never cool the node, and a fix must show within
+    /// 2 s: each throttle's verification fails on a tick and escalates.
+    VerifyFails,
+}
+
+fn config(work: &Path, setup: Setup) -> PathBuf {
+    let (verify_within, thermal, extra) = match setup {
+        Setup::Throttles => (600.0, "", ""),
+        Setup::ThrottlesFail => (
+            600.0,
+            "  throttle:\n    cgroups: [missing.slice]\n",
+            "circuit_breaker:\n  max_failures: 1\n",
+        ),
+        Setup::VerifyFails => (2.0, "", ""),
+    };
+    let path = work.join("config.yaml");
+    let text = format!(
+        "agent:\n  heartbeat_interval: 0.5\n  monitor_interval: 0.2\n\
+coordinator:\n  heartbeat_timeout: 10\n  verify_within: {verify_within}\n  command_deadline: 30\n  leader_lease_seconds: 1\n\
+thermal:\n  clear_for: 1\n  cooldown: 60\n  gpu: {{nvml: false, nvidia_smi: false, lm_sensors: false}}\n{thermal}{extra}{}",
+        trust_section(work)
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `skos coordinator`, aborting at `failpoint` when one is given.
+fn coordinator_armed(
+    nats: &NatsServer,
+    cfg: &Path,
+    work: &Path,
+    name: &str,
+    failpoint: Option<&str>,
+) -> Proc {
+    let mut c = skos();
+    c.arg("coordinator")
+        .arg("--config")
+        .arg(cfg)
+        .env("NATS_URL", nats.url());
+    match failpoint {
+        Some(p) => c.env("SKOS_FAILPOINT", p),
+        None => c.env_remove("SKOS_FAILPOINT"),
+    };
+    Proc::spawn(c, work, name)
+}
+
+/// One scenario's world after the crash and the restart (dropped in
+/// this order: the processes before the dir that holds their logs).
+struct Crashed {
+    _coordinator: Proc,
+    _agent: Proc,
+    nats: NatsServer,
+    sys: FakeSysfs,
+    _cpu: HwmonHandle,
+    _work: tempfile::TempDir,
+}
+
+/// Start a nats-server, a coordinator armed with `failpoint` and n1's
+/// agent; heat n1 to 87 °C (one critical alert: `throttle_50`) and wait
+/// for the coordinator to abort at the point; start a coordinator again
+/// without it.
+fn crash_at(failpoint: &str, setup: Setup) -> Crashed {
+    let point = failpoint.split(':').next().unwrap();
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(work.path(), setup);
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 2, MIN, MAX);
+    let mut armed = coordinator_armed(
+        &nats,
+        &cfg,
+        work.path(),
+        "coordinator-armed",
+        Some(failpoint),
+    );
+    let agent = agent(&nats, &cfg, work.path(), sys.root(), NODE);
+    wait_for(Duration::from_secs(30), "n1 healthy", || {
+        status(&nats).filter(|s| node(s, NODE).is_some_and(|n| n["status"] == "healthy"))
+    });
+    cpu.heat(87.0);
+    let exit = wait_for(
+        Duration::from_secs(30),
+        &format!("the coordinator to abort at {failpoint}"),
+        || armed.child.try_wait().unwrap(),
+    );
+    let log = armed.log_text();
+    assert_eq!(
+        exit.signal(),
+        Some(libc::SIGABRT),
+        "the coordinator ended otherwise ({exit}):\n{log}"
+    );
+    assert!(
+        log.contains(&format!("SKOS_FAILPOINT: aborting at {point} ")),
+        "aborted elsewhere:\n{log}"
+    );
+    let coordinator = coordinator_armed(&nats, &cfg, work.path(), "coordinator", None);
+    Crashed {
+        nats,
+        sys,
+        _cpu: cpu,
+        _work: work,
+        _agent: agent,
+        _coordinator: coordinator,
+    }
+}
+
+// --- Reading the streams and the trail.
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+async fn connect(nats: &NatsServer) -> NatsBus {
+    NatsBus::connect(&NatsOptions::new(nats.url(), "crash-test"))
+        .await
+        .unwrap()
+}
+
+/// Every message in a stream, decoded as JSON, in order.
+fn stream_messages(nats: &NatsServer, stream: &str) -> Vec<Value> {
+    rt().block_on(async {
+        let bus = connect(nats).await;
+        let mut s = bus.jetstream().get_stream(stream).await.unwrap();
+        let state = s.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return out;
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(m) = s.get_raw_message(seq).await {
+                out.push(serde_json::from_slice(&m.payload).unwrap());
+            }
+        }
+        out
+    })
+}
+
+/// Whether the coordinator has acknowledged everything in the alert and
+/// result streams (what an aborted coordinator held was delivered again
+/// and handled).
+fn drained(nats: &NatsServer) -> bool {
+    rt().block_on(async {
+        let bus = connect(nats).await;
+        for stream in [subjects::STREAM_ALERTS, subjects::STREAM_RESULTS] {
+            let s = bus.jetstream().get_stream(stream).await.unwrap();
+            match s.consumer_info(subjects::CONSUMER_COORDINATOR).await {
+                Ok(info) if info.num_ack_pending == 0 && info.num_pending == 0 => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+}
+
+fn alert_id(a: &Value) -> String {
+    let mut alert: Alert = serde_json::from_value(a.clone()).unwrap();
+    alert.ensure_id();
+    alert.alert_id
+}
+
+/// How many times each key occurs.
+fn tally(keys: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for k in keys {
+        *out.entry(k).or_default() += 1;
+    }
+    out
+}
+
+fn audited_alert_ids(records: &[Value]) -> BTreeMap<String, usize> {
+    tally(
+        audit_events(records, "alert")
+            .iter()
+            .map(|r| r["entry"]["data"]["alert_id"].as_str().unwrap().to_string()),
+    )
+}
+
+/// Whether every alert in the alert stream is in the trail.
+fn every_alert_audited(nats: &NatsServer, records: &[Value]) -> bool {
+    let audited = audited_alert_ids(records);
+    stream_messages(nats, subjects::STREAM_ALERTS)
+        .iter()
+        .all(|a| audited.contains_key(&alert_id(a)))
+}
+
+fn command_of(r: &Value) -> &Value {
+    &r["entry"]["data"]["command"]
+}
+
+fn result_of(r: &Value) -> &Value {
+    &r["entry"]["data"]["result"]
+}
+
+/// The trail's results for commands of `action_type`, by status.
+fn results(records: &[Value], action_type: &str) -> Vec<String> {
+    audit_events(records, "result")
+        .iter()
+        .map(result_of)
+        .filter(|r| r["action_type"] == action_type)
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// What must hold after any crash: the chain verifies; every alert in the
+/// stream is audited exactly once and every audited alert is in the
+/// stream; every command in the stream is audited exactly once (and every
+/// audited command was published) and answered by exactly one result in
+/// the result stream, executed once; every result in the stream is
+/// audited exactly once. Returns the trail.
+fn check_trail(nats: &NatsServer) -> Vec<Value> {
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
+        c
+    });
+    assert!(
+        out.status.success(),
+        "audit verify failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = audit(nats);
+
+    let alerts = tally(
+        stream_messages(nats, subjects::STREAM_ALERTS)
+            .iter()
+            .map(alert_id),
+    );
+    let audited = audited_alert_ids(&records);
+    for (id, n) in &alerts {
+        assert_eq!(n, &1, "alert {id} stored {n} times in the stream");
+        let times = audited.get(id).copied().unwrap_or(0);
+        assert_eq!(times, 1, "alert {id} audited {times} times");
+    }
+    for id in audited.keys() {
+        assert!(
+            alerts.contains_key(id),
+            "audited alert {id} is not in the stream"
+        );
+    }
+
+    let commands = tally(
+        stream_messages(nats, subjects::STREAM_COMMANDS)
+            .iter()
+            .map(|c| c["action_id"].as_str().unwrap().to_string()),
+    );
+    let audited = tally(
+        audit_events(&records, "command")
+            .iter()
+            .map(|c| command_of(c)["action_id"].as_str().unwrap().to_string()),
+    );
+    for (id, n) in &commands {
+        assert_eq!(n, &1, "command {id} stored {n} times in the stream");
+        let times = audited.get(id).copied().unwrap_or(0);
+        assert_eq!(times, 1, "command {id} audited {times} times");
+    }
+    for id in audited.keys() {
+        assert!(
+            commands.contains_key(id),
+            "audited command {id} never published"
+        );
+    }
+
+    let stream_results: Vec<CommandResult> = stream_messages(nats, subjects::STREAM_RESULTS)
+        .into_iter()
+        .map(|r| serde_json::from_value(r).unwrap())
+        .collect();
+    let per_command = tally(stream_results.iter().map(|r| r.action_id.clone()));
+    for id in commands.keys() {
+        let n = per_command.get(id).copied().unwrap_or(0);
+        assert_eq!(
+            n, 1,
+            "command {id} answered {n} times (executed once, answered once)"
+        );
+    }
+    for id in per_command.keys() {
+        assert!(commands.contains_key(id), "result for unknown command {id}");
+    }
+    let audited = tally(audit_events(&records, "result").iter().map(|r| {
+        let r: CommandResult = serde_json::from_value(result_of(r).clone()).unwrap();
+        skos_bus::result_message_id(&r)
+    }));
+    for r in &stream_results {
+        let id = skos_bus::result_message_id(r);
+        let times = audited.get(&id).copied().unwrap_or(0);
+        assert_eq!(times, 1, "result {id} audited {times} times");
+    }
+    assert_eq!(
+        audited.values().sum::<usize>(),
+        stream_results.len(),
+        "results audited that are not in the stream: {audited:?}"
+    );
+    records
+}
+
+fn caps_at(sys: &FakeSysfs, khz: u64) -> bool {
+    (0..2).all(|p| read_khz(sys.root(), p) == khz)
+}
+
+/// The commands in the trail, as their action types, in order.
+fn command_types(records: &[Value]) -> Vec<String> {
+    audit_events(records, "command")
+        .iter()
+        .map(|c| command_of(c)["action_type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The recent actions `skos status` shows: (action type, state).
+fn recent_actions(s: &Value) -> Vec<(String, String)> {
+    s["recent_actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action_type"].as_str().unwrap().to_string(),
+                a["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The alerts the agent sent (not the coordinator).
+fn agent_alerts(records: &[Value]) -> Vec<Value> {
+    audit_events(records, "alert")
+        .iter()
+        .map(|r| r["entry"]["data"]["alert"].clone())
+        .filter(|a| a["agent_id"] != "coordinator")
+        .collect()
+}
+
+// --- Alert kill points: the throttle works.
+
+/// Killed while handling n1's critical alert: afterwards one
+/// `throttle_50`, audited once, executed once, its result matched;
+/// nothing pending, no circuit open.
+fn alert_crash(failpoint: &str) {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let c = crash_at(failpoint, Setup::Throttles);
+    let nats = &c.nats;
+    wait_for(Duration::from_secs(40), "throttle_50 answered", || {
+        let r = audit(nats);
+        (results(&r, "throttle_50") == ["succeeded"]
+            && every_alert_audited(nats, &r)
+            && drained(nats))
+        .then_some(())
+    });
+    assert!(caps_at(&c.sys, MAX / 2), "n1 capped at 50 %");
+    let records = check_trail(nats);
+    let from_agent = agent_alerts(&records);
+    assert_eq!(from_agent.len(), 1, "one alert from n1: {from_agent:?}");
+    assert_eq!(from_agent[0]["severity"], "critical");
+    assert_eq!(command_types(&records), ["throttle_50"]);
+    let s = status(nats).unwrap();
+    assert_eq!(
+        recent_actions(&s),
+        [("throttle_50".to_string(), "succeeded".to_string())],
+        "{s}"
+    );
+    assert_eq!(s["open_circuits"], serde_json::json!([]), "{s}");
+}
+
+#[test]
+fn killed_after_an_alert_was_decided() {
+    alert_crash("alert.decided");
+}
+
+#[test]
+fn killed_after_an_alerts_state_was_written() {
+    alert_crash("alert.persisted");
+}
+
+#[test]
+fn killed_after_an_alerts_command_was_published() {
+    alert_crash("alert.published");
+}
+
+#[test]
+fn killed_after_an_alert_was_audited() {
+    alert_crash("alert.audited");
+}
+
+// --- Result kill points: the throttle fails and one failure opens the
+// circuit.
+
+/// Killed while handling the failed result of n1's `throttle_50`:
+/// afterwards the result is audited once, the circuit for it is open (one
+/// `breaker` record, one `circuit` alert), nothing pending.
+fn result_crash(failpoint: &str) {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let c = crash_at(failpoint, Setup::ThrottlesFail);
+    let nats = &c.nats;
+    let circuit_alerted = |r: &[Value]| {
+        audit_events(r, "alert")
+            .iter()
+            .any(|a| a["entry"]["data"]["alert"]["type"] == "circuit")
+    };
+    wait_for(
+        Duration::from_secs(40),
+        "the failure, its open circuit and circuit alert",
+        || {
+            let r = audit(nats);
+            (results(&r, "throttle_50") == ["failed"]
+                && circuit_alerted(&r)
+                && every_alert_audited(nats, &r)
+                && drained(nats))
+            .then_some(())
+        },
+    );
+    assert!(caps_at(&c.sys, MAX), "nothing throttled");
+    let records = check_trail(nats);
+    assert_eq!(command_types(&records), ["throttle_50"]);
+    let breakers: Vec<Value> = audit_events(&records, "breaker")
+        .iter()
+        .map(|b| b["entry"]["data"].clone())
+        .collect();
+    assert_eq!(breakers.len(), 1, "one breaker record: {breakers:?}");
+    assert_eq!(breakers[0]["state"], "open");
+    assert_eq!(breakers[0]["key"]["node"], NODE);
+    assert_eq!(breakers[0]["key"]["action"], "throttle_50");
+    let kinds: Vec<String> = audit_events(&records, "alert")
+        .iter()
+        .map(|a| {
+            let a = &a["entry"]["data"]["alert"];
+            format!(
+                "{}/{}",
+                a["type"].as_str().unwrap(),
+                a["severity"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(kinds, ["thermal/critical", "circuit/warning"]);
+    let s = status(nats).unwrap();
+    let open = s["open_circuits"].as_array().unwrap();
+    assert_eq!(open.len(), 1, "{s}");
+    assert_eq!(open[0]["node"], NODE, "{s}");
+    assert_eq!(open[0]["action"], "throttle_50", "{s}");
+    assert_eq!(open[0]["state"], "open", "{s}");
+    assert_eq!(
+        recent_actions(&s),
+        [("throttle_50".to_string(), "failed".to_string())],
+        "{s}"
+    );
+}
+
+#[test]
+fn killed_after_a_result_was_decided() {
+    result_crash("result.decided");
+}
+
+#[test]
+fn killed_after_a_results_state_was_written() {
+    result_crash("result.persisted");
+}
+
+#[test]
+fn killed_after_a_results_alert_was_published() {
+    result_crash("result.published");
+}
+
+#[test]
+fn killed_after_a_result_was_audited() {
+    result_crash("result.audited");
+}
+
+// --- The tick kill point: a verification fails on a tick.
+
+/// Killed after a tick wrote the failed verification of `throttle_50`
+/// (n1 still at 87 °C, not below the critical 85 °C) and before it audited
+/// it and raised the escalation: afterwards the failure is audited once
+/// and the escalation happens once (an emergency alert: `throttle_100`,
+/// which is verified at once, 87 °C being below the emergency 95 °C).
+#[test]
+fn killed_after_a_ticks_state_was_written() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let c = crash_at("tick.persisted", Setup::VerifyFails);
+    let nats = &c.nats;
+    let outcomes = |r: &[Value]| -> Vec<(String, String)> {
+        audit_events(r, "verification")
+            .iter()
+            .map(|v| {
+                let d = &v["entry"]["data"];
+                (
+                    d["action_id"].as_str().unwrap().to_string(),
+                    d["outcome"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    wait_for(
+        Duration::from_secs(40),
+        "throttle_50 not verified, escalated, throttle_100 verified",
+        || {
+            let r = audit(nats);
+            (outcomes(&r).len() >= 2 && every_alert_audited(nats, &r) && drained(nats))
+                .then_some(())
+        },
+    );
+    let records = check_trail(nats);
+    assert_eq!(command_types(&records), ["throttle_50", "throttle_100"]);
+    let commanded: Vec<String> = audit_events(&records, "command")
+        .iter()
+        .map(|c| command_of(c)["action_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        outcomes(&records),
+        [
+            (commanded[0].clone(), "failed".to_string()),
+            (commanded[1].clone(), "succeeded".to_string())
+        ],
+        "each throttle verified once"
+    );
+    let severities: Vec<String> = audit_events(&records, "alert")
+        .iter()
+        .map(|a| {
+            a["entry"]["data"]["alert"]["severity"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(severities, ["critical", "emergency"]);
+    assert!(audit_events(&records, "escalation").is_empty());
+    assert!(caps_at(&c.sys, MIN), "n1 capped at its lowest frequency");
+    let s = status(nats).unwrap();
+    assert_eq!(s["open_circuits"], serde_json::json!([]), "{s}");
+    assert_eq!(
+        recent_actions(&s),
+        [
+            ("throttle_50".to_string(), "not_verified".to_string()),
+            ("throttle_100".to_string(), "verified".to_string())
+        ],
+        "{s}"
+    );
+}

@@ -1,0 +1,262 @@
+//! A bus outage in the middle of an alert storm: 200 simulated nodes (the
+//! test publishes their heartbeats and 2,000 well-formed alerts with unique
+//! ids) and a real `skos coordinator`; nats-server is SIGKILLed half-way
+//! through the storm and started again on the same port and store after
+//! longer than the heartbeat timeout.
+//!
+//! Afterwards every one of the 2,000 alerts is audited exactly once (none
+//! lost, none handled twice), and every node that went silent during the
+//! outage has its offline `heartbeat_missing` alert audited: the
+//! coordinator raised it while the bus was down and kept it in its outbox.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use skos_bus::{subjects, Bus, NatsBus, NatsOptions};
+use skos_core::protocol::{Alert, AlertKind, Heartbeat, Severity};
+use skos_core::NodeName;
+use skos_testsupport::nats::{nats_server_binary, NatsServer};
+
+const NODES: usize = 200;
+const ALERTS_PER_NODE: usize = 10;
+const ALERTS: usize = NODES * ALERTS_PER_NODE;
+/// How long the server stays down: well past the heartbeat timeout (2 s)
+/// and the bus's 5 s answer timeout, so the coordinator's writes fail (not
+/// only wait) while it is down.
+const OUTAGE: Duration = Duration::from_secs(12);
+
+fn node_name(i: usize) -> NodeName {
+    NodeName::parse(&format!("sim-{i:03}")).unwrap()
+}
+
+fn heartbeat(node: &NodeName) -> Heartbeat {
+    Heartbeat {
+        agent_id: format!("sim-agent-{node}"),
+        agent_type: "thermal_sentinel".into(),
+        node: node.clone(),
+        timestamp: chrono::Utc::now(),
+        cpu_temp: Some(60.0),
+        gpu_temp: None,
+        storage_percent: None,
+        interval_seconds: Some(0.5),
+        throttle_level: None,
+        metadata: Default::default(),
+    }
+}
+
+/// Alert `n` of `node`: a CPU warning with a unique id.
+fn alert(node: &NodeName, n: usize) -> Alert {
+    let details = serde_json::json!({"sensor": "cpu", "temperature": 77.0, "threshold": 75.0});
+    Alert {
+        alert_id: format!("storm-{node}-{n}"),
+        agent_id: format!("sim-agent-{node}"),
+        kind: AlertKind::Thermal,
+        severity: Severity::Warning,
+        node: node.clone(),
+        message: format!("CPU temperature 77°C exceeds warning threshold (storm alert {n})"),
+        details: details.as_object().cloned().unwrap_or_default(),
+        timestamp: chrono::Utc::now(),
+    }
+}
+
+async fn connect(url: &str) -> Bus {
+    loop {
+        match NatsBus::connect(&NatsOptions::new(url, "outage-test")).await {
+            Ok(b) => return Bus::Nats(b),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn stream_alert_ids(nats: &NatsServer) -> BTreeMap<String, usize> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let bus = NatsBus::connect(&NatsOptions::new(nats.url(), "outage-check"))
+            .await
+            .unwrap();
+        let mut s = bus
+            .jetstream()
+            .get_stream(subjects::STREAM_ALERTS)
+            .await
+            .unwrap();
+        let state = s.info().await.unwrap().state.clone();
+        let mut out = BTreeMap::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(m) = s.get_raw_message(seq).await {
+                let a: Value = serde_json::from_slice(&m.payload).unwrap();
+                *out.entry(a["alert_id"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+        out
+    })
+}
+
+/// The audited alerts: id → (how many records, the alert).
+fn audited_alerts(records: &[Value]) -> BTreeMap<String, (usize, Value)> {
+    let mut out: BTreeMap<String, (usize, Value)> = BTreeMap::new();
+    for r in audit_events(records, "alert") {
+        let id = r["entry"]["data"]["alert_id"].as_str().unwrap().to_string();
+        let e = out
+            .entry(id)
+            .or_insert_with(|| (0, r["entry"]["data"]["alert"].clone()));
+        e.0 += 1;
+    }
+    out
+}
+
+/// The nodes with an audited offline alert.
+fn offline_nodes(audited: &BTreeMap<String, (usize, Value)>) -> BTreeSet<String> {
+    audited
+        .values()
+        .filter(|(_, a)| a["type"] == "heartbeat_missing" && a["severity"] == "critical")
+        .map(|(_, a)| a["node"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn an_outage_mid_storm_loses_no_alert_and_handles_none_twice() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let mut nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("config.yaml");
+    // The lease outlasts the outage (a leader trusts its last renewal for
+    // 0.8 of it, and renews every third): the coordinator stays the leader
+    // and keeps what it raised while the bus was down.
+    std::fs::write(
+        &cfg,
+        "coordinator:\n  heartbeat_timeout: 2\n  verify_within: 600\n  command_deadline: 120\n  \
+result_grace_seconds: 120\n  leader_lease_seconds: 40\n  max_actions_per_node_per_minute: 100\n",
+    )
+    .unwrap();
+    let _coordinator = coordinator(&nats, &cfg, work.path(), "coordinator");
+    wait_for(Duration::from_secs(30), "the coordinator answers", || {
+        status(&nats)
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let nodes: Arc<Vec<NodeName>> = Arc::new((0..NODES).map(node_name).collect());
+    let url = nats.url();
+    let silent = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Heartbeats of every node every 0.5 s, except while `silent`.
+    let beats = {
+        let (nodes, silent, stop, url) = (nodes.clone(), silent.clone(), stop.clone(), url.clone());
+        rt.spawn(async move {
+            let bus = connect(&url).await;
+            while !stop.load(Ordering::SeqCst) {
+                if !silent.load(Ordering::SeqCst) {
+                    for n in nodes.iter() {
+                        let _ = bus.publish_heartbeat(&heartbeat(n)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    wait_for(Duration::from_secs(30), "200 healthy nodes", || {
+        status(&nats).filter(|s| s["summary"]["nodes"]["healthy"] == NODES)
+    });
+
+    // The storm: round-robin over the nodes, about 1,000 alerts a second;
+    // a publish that fails (the server is down) is retried with the same
+    // id until it is stored.
+    let published = Arc::new(AtomicUsize::new(0));
+    let storm = {
+        let (nodes, published, url) = (nodes.clone(), published.clone(), url.clone());
+        rt.spawn(async move {
+            let bus = connect(&url).await;
+            for n in 0..ALERTS_PER_NODE {
+                for node in nodes.iter() {
+                    let a = alert(node, n);
+                    while bus.publish_alert(&a).await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    published.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+    };
+    wait_for(Duration::from_secs(60), "half the storm published", || {
+        (published.load(Ordering::SeqCst) >= ALERTS / 2).then_some(())
+    });
+    silent.store(true, Ordering::SeqCst);
+    nats.kill();
+    let down = Instant::now();
+    std::thread::sleep(OUTAGE);
+    nats.restart();
+    eprintln!(
+        "server down for {:?}, {} alerts published before the restart",
+        down.elapsed(),
+        published.load(Ordering::SeqCst)
+    );
+    silent.store(false, Ordering::SeqCst);
+    rt.block_on(storm).unwrap();
+
+    let ids: Vec<String> = (0..ALERTS_PER_NODE)
+        .flat_map(|n| nodes.iter().map(move |node| format!("storm-{node}-{n}")))
+        .collect();
+    let records = wait_for(
+        Duration::from_secs(120),
+        "every storm alert and every offline alert audited",
+        || {
+            let r = audit(&nats);
+            let audited = audited_alerts(&r);
+            (ids.iter().all(|id| audited.contains_key(id))
+                && offline_nodes(&audited).len() >= NODES)
+                .then_some(r)
+        },
+    );
+    stop.store(true, Ordering::SeqCst);
+    rt.block_on(beats).unwrap();
+
+    let audited = audited_alerts(&records);
+    let twice: Vec<(&String, usize)> = audited
+        .iter()
+        .filter(|(_, (n, _))| *n > 1)
+        .map(|(id, (n, _))| (id, *n))
+        .collect();
+    assert!(twice.is_empty(), "alerts handled more than once: {twice:?}");
+    let storm_ids = audited.keys().filter(|id| id.starts_with("storm-")).count();
+    assert_eq!(storm_ids, ALERTS, "storm alerts audited");
+    let stored = stream_alert_ids(&nats);
+    for id in &ids {
+        assert_eq!(stored.get(id), Some(&1), "{id} stored once in the stream");
+    }
+    let all: BTreeSet<String> = nodes.iter().map(|n| n.to_string()).collect();
+    assert_eq!(offline_nodes(&audited), all, "every node's offline alert");
+
+    // Every command audited once.
+    let mut commands: BTreeMap<String, usize> = BTreeMap::new();
+    for c in audit_events(&records, "command") {
+        let id = c["entry"]["data"]["command"]["action_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        *commands.entry(id).or_default() += 1;
+    }
+    let doubled: Vec<_> = commands.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "commands audited twice: {doubled:?}");
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
+        c
+    });
+    assert!(
+        out.status.success(),
+        "audit verify failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
