@@ -2025,3 +2025,48 @@ fn actions_skipped_while_the_node_was_offline_are_decided_again_when_it_is_back(
     // A later heartbeat does not decide it yet again.
     assert!(commands(&e.on_heartbeat(hb(Some(88.0), 50, 42.0), t(42.0))).is_empty());
 }
+
+#[test]
+fn commands_carry_the_leaders_term_and_status_names_the_leader() {
+    let mut cfg = seed_config();
+    cfg.coordinator.verify_within = 77.0;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    assert_eq!(e.config().coordinator.verify_within, 77.0);
+    assert_eq!(e.term(), None);
+    e.set_term(Some(7));
+    assert_eq!(e.term(), Some(7));
+    let leader = Leadership {
+        holder: "host:1:abcd".into(),
+        term: 7,
+        since: t(0.0),
+    };
+    e.set_leader(Some(leader.clone()));
+    e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
+    let out = e.on_alert(alert(Severity::Critical, 88.0, 1.0), t(1.0));
+    let sent = commands(&out);
+    assert!(!sent.is_empty());
+    assert!(sent.iter().all(|c| c.term == Some(7)), "{sent:?}");
+    assert_eq!(e.status(t(1.0)).leader, Some(leader));
+}
+
+#[test]
+fn only_a_refusal_that_says_replay_or_already_executed_is_a_replay() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
+    let out = e.on_alert(alert(Severity::Critical, 88.0, 1.0), t(1.0));
+    let cmd = commands(&out).remove(0);
+    for message in ["action_id already executed", "REPLAY refused"] {
+        let mut r = result(&cmd, ResultStatus::Rejected);
+        r.message = message.into();
+        let out = e.on_result(r, t(2.0));
+        assert!(
+            audits(&out, "breaker").is_empty() && e.counters.get("breaker.failures") == 0,
+            "{message:?} counted as a failure"
+        );
+    }
+    // Any other refusal is the command's failure.
+    let mut r = result(&cmd, ResultStatus::Rejected);
+    r.message = "bad signature".into();
+    e.on_result(r, t(3.0));
+    assert_eq!(e.counters.get("breaker.failures"), 1);
+}
