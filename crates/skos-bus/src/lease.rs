@@ -104,6 +104,21 @@ impl Lease {
         })
         .await
         .map_err(lease_err)?;
+        // A bucket made with another lease keeps its max age unless told:
+        // the configured lease is the one every coordinator counts on.
+        let name = format!("KV_{}", subjects::LEADER_BUCKET);
+        let mut s = js.get_stream(&name).await.map_err(lease_err)?;
+        let mut config = s.info().await.map_err(lease_err)?.config.clone();
+        if config.max_age != lease {
+            tracing::warn!(
+                bucket = subjects::LEADER_BUCKET,
+                was_s = config.max_age.as_secs_f64(),
+                now_s = lease.as_secs_f64(),
+                "leader lease changed: the bucket's max age is updated (every coordinator should use the same coordinator.leader_lease_seconds)"
+            );
+            config.max_age = lease;
+            js.update_stream(config).await.map_err(lease_err)?;
+        }
         let kv = js
             .get_key_value(subjects::LEADER_BUCKET)
             .await
@@ -276,6 +291,35 @@ pub fn holder_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bucket's max age follows the configured lease, also when the
+    /// bucket was made with another one: the key ages out when the
+    /// leaders expect it to.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_lease_changes_the_buckets_max_age() {
+        use skos_testsupport::nats::{nats_server_binary, NatsServer};
+        skos_testsupport::require!("nats-server", nats_server_binary());
+        let server = NatsServer::start();
+        let bus = NatsBus::connect(&crate::NatsOptions::new(server.url(), "test"))
+            .await
+            .unwrap();
+        let max_age = || async {
+            let mut s = bus
+                .jetstream()
+                .get_stream(format!("KV_{}", subjects::LEADER_BUCKET))
+                .await
+                .unwrap();
+            s.info().await.unwrap().config.max_age
+        };
+        Lease::open(&bus, "a:1:x".into(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(max_age().await, Duration::from_secs(2));
+        Lease::open(&bus, "b:2:y".into(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(max_age().await, Duration::from_secs(10));
+    }
 
     /// A renewal stored after its answer was lost (the server restarted)
     /// leaves this holder's own record at a newer revision: the next

@@ -314,7 +314,13 @@ pub async fn run(
                 counters.inc(Counter::Leader("lost"));
                 audit.set_term(None);
                 if let Some(l) = lease.as_mut() {
-                    l.step_down();
+                    // Still holding the key by the server's count (only
+                    // this process's clock said stale): give it up, so a
+                    // standby takes over at once rather than after it ages
+                    // out. Held by another, the release changes nothing.
+                    if let Err(e) = l.release().await {
+                        tracing::debug!(error = %e, "lease not released");
+                    }
                 }
                 tracing::warn!("no longer the leader: back to standby");
                 if lease.is_none() {
@@ -535,6 +541,17 @@ async fn lead(
         ctx.queue(unsent);
     }
     ctx.flush(None).await;
+    // Reading the state and the trail's tail may take a while: renew
+    // before leading, so the lease is counted from now, not from the win.
+    if let Some(l) = lease.as_mut() {
+        match l.renew().await {
+            Ok(Renewal::Renewed) => {}
+            Ok(Renewal::Lost) => return Ok(Led::Deposed),
+            Err(e) => {
+                tracing::warn!(error = %e, "leader lease not renewed after start-up; retrying")
+            }
+        }
+    }
     let mut heartbeats = bus.subscribe(Feed::Heartbeats).await?;
     // Durable messages are handled in batches of what is ready: the
     // batch's state is written, its effects published and audited, then
@@ -1004,10 +1021,16 @@ impl Ctx {
             }
             self.stalled = false;
         }
-        // The saved states need not keep what is carried out.
-        let done = std::mem::take(&mut self.kept);
-        if let Err(e) = self.persist_strict(done).await {
-            tracing::warn!(error = %e, "node state not written again after its effects; retrying");
+        // The saved states need not keep what is carried out. After a
+        // batch (`published` named) that write waits for the next tick, so
+        // a burst of batches shares one: a restart before it carries the
+        // effects out again, which is safe as after a kill between the
+        // audit and the ack (ids, and the trail's tail, de-duplicate).
+        if published.is_none() {
+            let done = std::mem::take(&mut self.kept);
+            if let Err(e) = self.persist_strict(done).await {
+                tracing::warn!(error = %e, "node state not written again after its effects; retrying");
+            }
         }
         true
     }

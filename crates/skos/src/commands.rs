@@ -385,7 +385,11 @@ async fn status(
         Bus::Nats(bus)
             .request_status_query(&query, Duration::from_secs(5))
             .await
-            .context("no coordinator answered on the bus")?
+            .context(
+                "no coordinator leads right now (none running, or a standby is waiting for \
+                 the leader's lease to run out: up to coordinator.leader_lease_seconds); \
+                 only the leader answers status",
+            )?
             .to_vec()
     } else {
         let dir = data_dir.unwrap_or(cfg.data_dir);

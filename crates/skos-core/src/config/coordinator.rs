@@ -80,6 +80,15 @@ impl Section for CoordinatorSection {
             "coordinator.leader_lease_seconds",
             self.leader_lease_seconds,
         );
+        let lease = self.leader_lease_seconds;
+        if lease.is_finite() && lease > 0.0 && !(1.0..=600.0).contains(&lease) {
+            out.push(super::issue(
+                "coordinator.leader_lease_seconds",
+                format!(
+                    "must be between 1 and 600 seconds (renewed every third of it; a dead leader is replaced after it), got {lease}"
+                ),
+            ));
+        }
         if self.max_alerts_per_node_per_minute == 0 {
             out.push(super::issue(
                 "coordinator.max_alerts_per_node_per_minute",

@@ -1141,4 +1141,18 @@ storage:
         );
         assert!(paths("coordinator: {max_alerts_per_node_per_minute: 1}\n").is_empty());
     }
+
+    #[test]
+    fn a_leader_lease_is_between_one_second_and_ten_minutes() {
+        for bad in ["0.5", "601"] {
+            assert_eq!(
+                paths(&format!("coordinator: {{leader_lease_seconds: {bad}}}\n")),
+                ["coordinator.leader_lease_seconds"],
+                "{bad}"
+            );
+        }
+        for good in ["1", "600"] {
+            assert!(paths(&format!("coordinator: {{leader_lease_seconds: {good}}}\n")).is_empty());
+        }
+    }
 }
