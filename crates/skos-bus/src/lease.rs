@@ -252,6 +252,13 @@ impl Lease {
                 .is_some_and(|t| t.elapsed() < self.lease.mul_f64(SAFETY))
     }
 
+    /// Until when this process may act as leader on its last renewal
+    /// (`None`: it does not lead).
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.term.as_ref()?;
+        self.renewed.map(|t| t + self.lease.mul_f64(SAFETY))
+    }
+
     /// Forget the leadership locally (after a lost renewal or a shutdown).
     pub fn step_down(&mut self) {
         self.revision = None;

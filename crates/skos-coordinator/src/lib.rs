@@ -24,6 +24,9 @@ pub use status::Status;
 pub enum Error {
     #[error(transparent)]
     Bus(#[from] skos_bus::Error),
+    /// The leader's lease was not renewed in time: it writes nothing more.
+    #[error("no longer the leader: the lease was not renewed in time")]
+    NotLeader,
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,

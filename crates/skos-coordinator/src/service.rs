@@ -265,6 +265,11 @@ struct Ctx {
     results_seen: Seen,
     /// This coordinator was deposed while carrying out effects.
     deposed: bool,
+    /// With an election: until when the last renewal lets this coordinator
+    /// act. Checked again right before every state write and publish, so a
+    /// leader paused in the middle of a batch writes nothing once resumed
+    /// past it.
+    valid_until: Option<std::time::Instant>,
 }
 
 /// How one leadership ended.
@@ -499,6 +504,17 @@ async fn lead(
     if opts.signer.is_none() {
         tracing::warn!("commands are not signed: agents that require signatures will refuse them (set trust.signing_key_file)");
     }
+    // Reading the state and the trail's tail may take a while: renew
+    // before leading, so the lease is counted from now, not from the win.
+    if let Some(l) = lease.as_mut() {
+        match l.renew().await {
+            Ok(Renewal::Renewed) => {}
+            Ok(Renewal::Lost) => return Ok(Led::Deposed),
+            Err(e) => {
+                tracing::warn!(error = %e, "leader lease not renewed after start-up; retrying")
+            }
+        }
+    }
     let mut ctx = Ctx {
         written: HashMap::new(),
         unsaved: BTreeSet::new(),
@@ -515,6 +531,7 @@ async fn lead(
         audits_uncertain: false,
         results_seen,
         deposed: false,
+        valid_until: lease.as_ref().and_then(|l| l.valid_until()),
     };
     if legacy {
         // Written per node from now on.
@@ -541,17 +558,6 @@ async fn lead(
         ctx.queue(unsent);
     }
     ctx.flush(None).await;
-    // Reading the state and the trail's tail may take a while: renew
-    // before leading, so the lease is counted from now, not from the win.
-    if let Some(l) = lease.as_mut() {
-        match l.renew().await {
-            Ok(Renewal::Renewed) => {}
-            Ok(Renewal::Lost) => return Ok(Led::Deposed),
-            Err(e) => {
-                tracing::warn!(error = %e, "leader lease not renewed after start-up; retrying")
-            }
-        }
-    }
     let mut heartbeats = bus.subscribe(Feed::Heartbeats).await?;
     // Durable messages are handled in batches of what is ready: the
     // batch's state is written, its effects published and audited, then
@@ -579,7 +585,7 @@ async fn lead(
             _ = renew.tick() => {
                 if let Some(l) = lease.as_mut() {
                     match l.renew().await {
-                        Ok(Renewal::Renewed) => {}
+                        Ok(Renewal::Renewed) => ctx.valid_until = l.valid_until(),
                         Ok(Renewal::Lost) => break Led::Deposed,
                         Err(e) => tracing::warn!(error = %e, "leader lease not renewed; retrying"),
                     }
@@ -677,7 +683,22 @@ impl Ctx {
     /// [`Ctx::persist`], failing if any node's state was not written: the
     /// changed nodes' states are saved together, each with the effects
     /// waiting in the outbox that concern it.
+    /// Whether this coordinator may still write and publish: false once
+    /// its last renewal no longer covers now (it then counts as deposed).
+    fn still_leader(&mut self) -> bool {
+        if self
+            .valid_until
+            .is_some_and(|t| std::time::Instant::now() >= t)
+        {
+            self.deposed = true;
+        }
+        !self.deposed
+    }
+
     async fn persist_strict(&mut self, nodes: BTreeSet<NodeName>) -> Result<()> {
+        if !self.still_leader() {
+            return Err(Error::NotLeader);
+        }
         let mut items = Vec::new();
         let mut digests = Vec::new();
         let mut removed = Vec::new();
@@ -963,7 +984,7 @@ impl Ctx {
     /// True when nothing waits; on a failure everything not done waits for
     /// the next try, in order.
     async fn flush(&mut self, published: Option<&'static str>) -> bool {
-        if self.deposed {
+        if !self.still_leader() {
             return false;
         }
         let blocked = |e: &Effect| effect_node(e).is_some_and(|n| self.unsaved.contains(&n));
