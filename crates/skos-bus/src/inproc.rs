@@ -1,12 +1,13 @@
 //! The in-process bus of embedded mode: the same subjects and wildcards as
 //! NATS, delivered through channels inside one process.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use skos_core::recent::RecentIds;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{subjects, Acker, Error, Feed, Headers, Incoming, Replier, Result, Subscription};
@@ -19,14 +20,22 @@ pub struct InProcBus {
     inner: Arc<Mutex<Inner>>,
 }
 
-#[derive(Default)]
 struct Inner {
     subs: Vec<(String, mpsc::UnboundedSender<Incoming>)>,
-    seen: HashSet<String>,
-    order: VecDeque<String>,
+    seen: RecentIds,
     /// Durable messages published while nobody consumed their subject,
     /// handed to the first matching subscriber (as a stream would).
     parked: VecDeque<(String, Bytes, Headers)>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            subs: Vec::new(),
+            seen: RecentIds::new(DEDUP_WINDOW),
+            parked: VecDeque::new(),
+        }
+    }
 }
 
 /// Most durable messages parked while nobody listens.
@@ -50,14 +59,8 @@ impl InProcBus {
     ) -> Result<()> {
         let mut inner = self.lock();
         if let Some(id) = id {
-            if !inner.seen.insert(id.to_string()) {
+            if !inner.seen.insert(id) {
                 return Ok(());
-            }
-            inner.order.push_back(id.to_string());
-            if inner.order.len() > DEDUP_WINDOW {
-                if let Some(old) = inner.order.pop_front() {
-                    inner.seen.remove(&old);
-                }
             }
         }
         let mut delivered = false;

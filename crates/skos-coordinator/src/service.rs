@@ -33,6 +33,7 @@ use skos_core::counters::Counters;
 use skos_core::protocol::{
     decode, Alert, AuditEntry, Command, CommandResult, DecodeError, Heartbeat,
 };
+use skos_core::recent::RecentIds;
 use skos_core::NodeName;
 
 use crate::engine::{Effect, Engine, EngineSnapshot};
@@ -173,29 +174,6 @@ fn new_entry_key(entry: &AuditEntry) -> String {
 /// audited) twice.
 const RESULTS_WINDOW: usize = 100_000;
 
-/// Ids remembered up to [`RESULTS_WINDOW`], the oldest forgotten first.
-#[derive(Default)]
-struct Seen {
-    ids: HashSet<String>,
-    order: VecDeque<String>,
-}
-
-impl Seen {
-    /// Remember `id`; false if it was already remembered.
-    fn insert(&mut self, id: String) -> bool {
-        if !self.ids.insert(id.clone()) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > RESULTS_WINDOW {
-            if let Some(old) = self.order.pop_front() {
-                self.ids.remove(&old);
-            }
-        }
-        true
-    }
-}
-
 /// Why the saved snapshot under `key` cannot be restored.
 #[derive(Debug, thiserror::Error)]
 enum SnapshotError {
@@ -262,7 +240,7 @@ struct Ctx {
     audits_uncertain: bool,
     /// Results handled: the message ids they were stored under
     /// ([`skos_bus::result_message_id`]).
-    results_seen: Seen,
+    results_seen: RecentIds,
     /// This coordinator was deposed while carrying out effects.
     deposed: bool,
     /// With an election: until when the last renewal lets this coordinator
@@ -456,7 +434,7 @@ async fn lead(
     tracing::info!(nodes, legacy, "coordinator state restored");
     let mut replayed = 0;
     let mut commanded = HashSet::new();
-    let mut results_seen = Seen::default();
+    let mut results_seen = RecentIds::new(RESULTS_WINDOW);
     // What an audit entry says was handled: its alert, command or result.
     let mut remember = |entry: &Value, engine: &mut Engine| {
         let event = &entry["event_type"];
@@ -472,7 +450,7 @@ async fn lead(
         } else if event == skos_core::AuditEvent::Result.as_str() {
             if let Ok(r) = serde_json::from_value::<CommandResult>(entry["data"]["result"].clone())
             {
-                results_seen.insert(skos_bus::result_message_id(&r));
+                results_seen.insert(&skos_bus::result_message_id(&r));
             }
         }
     };
@@ -907,7 +885,7 @@ impl Ctx {
                     // and delivered again (after a stop before its ack) is
                     // not handled, nor audited, twice.
                     let fresh = match message_id(&m) {
-                        Some(id) => self.results_seen.insert(id.to_string()),
+                        Some(id) => self.results_seen.insert(id),
                         None => true,
                     };
                     if fresh {
@@ -1220,18 +1198,5 @@ mod tests {
         let mut other = entry.clone();
         other.summary = "node nova joined again".into();
         assert_ne!(new_entry_key(&other), new_entry_key(&entry));
-    }
-
-    #[test]
-    fn results_seen_are_remembered_up_to_the_window() {
-        let mut seen = Seen::default();
-        assert!(seen.insert("r-0".into()));
-        assert!(!seen.insert("r-0".into()));
-        for i in 1..=RESULTS_WINDOW {
-            assert!(seen.insert(format!("r-{i}")));
-        }
-        assert!(seen.insert("r-0".into()), "the oldest is forgotten first");
-        assert!(!seen.insert(format!("r-{RESULTS_WINDOW}")));
-        assert_eq!(seen.ids.len(), RESULTS_WINDOW);
     }
 }

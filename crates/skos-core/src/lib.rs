@@ -17,6 +17,7 @@ pub mod level;
 pub mod node;
 pub mod policy;
 pub mod protocol;
+pub mod recent;
 pub mod timefmt;
 
 pub use node::{NodeName, NodeNameError};

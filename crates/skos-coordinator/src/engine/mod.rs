@@ -22,7 +22,9 @@
 //! module per kind. State that survives a restart is in `state`.
 
 use skos_core::counters::Counter;
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use skos_core::recent::RecentIds;
 
 use chrono::Duration;
 use serde_json::{json, Value};
@@ -115,8 +117,7 @@ pub struct Engine {
     /// Fixes awaiting a heartbeat that shows they worked, by node.
     verifications: Verifications,
     recent: VecDeque<ActionRecord>,
-    handled: HashSet<String>,
-    handled_order: VecDeque<String>,
+    handled: RecentIds,
     sent_times: BTreeMap<NodeName, VecDeque<Timestamp>>,
     mode: String,
     /// Mesh problems being healed step by step, by (node, problem).
@@ -199,8 +200,7 @@ impl Engine {
             pending: Pendings::default(),
             verifications: Verifications::default(),
             recent: VecDeque::new(),
-            handled: HashSet::new(),
-            handled_order: VecDeque::new(),
+            handled: RecentIds::new(HANDLED_WINDOW),
             sent_times: BTreeMap::new(),
             mode: mode.to_string(),
             ladders: Ladders::default(),
@@ -236,16 +236,7 @@ impl Engine {
     /// Remember an alert as handled (also used to reload the set from the
     /// audit trail after a restart).
     pub fn mark_handled(&mut self, alert_id: &str) -> bool {
-        if !self.handled.insert(alert_id.to_string()) {
-            return false;
-        }
-        self.handled_order.push_back(alert_id.to_string());
-        if self.handled_order.len() > HANDLED_WINDOW {
-            if let Some(old) = self.handled_order.pop_front() {
-                self.handled.remove(&old);
-            }
-        }
-        true
+        self.handled.insert(alert_id)
     }
 
     /// Undo [`Engine::mark_handled`] for an alert whose effects could not
