@@ -190,7 +190,7 @@ impl AuditLog {
                 AuditStore::File { path, file } => {
                     let (path, file) = (&*path, &mut *file);
                     return tokio::task::block_in_place(|| {
-                        append_file_many(path, file, chain, entries)
+                        append_file_many(path, file, chain, entries).map(drop)
                     });
                 }
                 AuditStore::JetStream {
@@ -336,17 +336,8 @@ fn append_file(
     chain: &mut Chain,
     entry: AuditEntry,
 ) -> Result<AuditRecord> {
-    let mut trial = chain.clone();
-    let record = trial.seal(entry);
-    let mut line = serde_json::to_vec(&record).map_err(|e| Error::Corrupt {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    line.push(b'\n');
-    file.write_all(&line).map_err(|e| io(path, e))?;
-    file.sync_data().map_err(|e| io(path, e))?;
-    *chain = trial;
-    Ok(record)
+    let mut records = append_file_many(path, file, chain, vec![entry])?;
+    records.pop().ok_or(Error::Closed)
 }
 
 /// [`append_file`] for several entries: one write, one fsync.
@@ -355,9 +346,10 @@ fn append_file_many(
     file: &mut File,
     chain: &mut Chain,
     entries: Vec<AuditEntry>,
-) -> Result<()> {
+) -> Result<Vec<AuditRecord>> {
     let mut trial = chain.clone();
     let mut buf = Vec::new();
+    let mut records = Vec::with_capacity(entries.len());
     for entry in entries {
         let record = trial.seal(entry);
         serde_json::to_writer(&mut buf, &record).map_err(|e| Error::Corrupt {
@@ -365,11 +357,12 @@ fn append_file_many(
             reason: e.to_string(),
         })?;
         buf.push(b'\n');
+        records.push(record);
     }
     file.write_all(&buf).map_err(|e| io(path, e))?;
     file.sync_data().map_err(|e| io(path, e))?;
     *chain = trial;
-    Ok(())
+    Ok(records)
 }
 
 /// Last parseable record, length of the well-formed prefix (up to the last

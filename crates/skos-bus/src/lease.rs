@@ -201,46 +201,37 @@ impl Lease {
             since: term.since,
         };
         let body = Bytes::from(serde_json::to_vec(&record).map_err(lease_err)?);
-        let sent = Instant::now();
-        match self
-            .kv
-            .update(subjects::LEADER_KEY, body.clone(), revision)
-            .await
-        {
-            Ok(rev) => {
-                self.revision = Some(rev);
-                self.renewed = Some(sent);
-                Ok(Renewal::Renewed)
-            }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                // An earlier renewal whose answer was lost (the server went
-                // away) may have been stored all the same: the key then
-                // holds this holder's record at a newer revision. Renew on
-                // top of it; anyone else's record means the lease is lost.
-                let mine = match self.current().await? {
-                    Some((rec, rev)) if rec.holder == self.holder => Some(rev),
-                    _ => None,
-                };
-                let Some(rev) = mine else {
-                    self.step_down();
-                    return Ok(Renewal::Lost);
-                };
-                let sent = Instant::now();
-                match self.kv.update(subjects::LEADER_KEY, body, rev).await {
-                    Ok(rev) => {
-                        self.revision = Some(rev);
-                        self.renewed = Some(sent);
-                        Ok(Renewal::Renewed)
-                    }
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                        self.step_down();
-                        Ok(Renewal::Lost)
-                    }
-                    Err(e) => Err(lease_err(e)),
+        let mut revision = revision;
+        // Two tries: the second only on top of this holder's own record.
+        for first in [true, false] {
+            let sent = Instant::now();
+            match self
+                .kv
+                .update(subjects::LEADER_KEY, body.clone(), revision)
+                .await
+            {
+                Ok(rev) => {
+                    self.revision = Some(rev);
+                    self.renewed = Some(sent);
+                    return Ok(Renewal::Renewed);
                 }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision && first => {
+                    // An earlier renewal whose answer was lost (the server
+                    // went away) may have been stored all the same: the key
+                    // then holds this holder's record at a newer revision.
+                    // Renew on top of it; anyone else's record means the
+                    // lease is lost.
+                    match self.current().await? {
+                        Some((rec, rev)) if rec.holder == self.holder => revision = rev,
+                        _ => break,
+                    }
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => break,
+                Err(e) => return Err(lease_err(e)),
             }
-            Err(e) => Err(lease_err(e)),
         }
+        self.step_down();
+        Ok(Renewal::Lost)
     }
 
     /// Whether this process may still act as leader: it holds a term and
