@@ -219,10 +219,7 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
         let r = audit(&data);
         audit_events(&r, "result")
             .iter()
-            .any(|e| {
-                e["entry"]["data"]["result"]["action_type"] == "throttle_50"
-                    && e["entry"]["data"]["result"]["status"] == "succeeded"
-            })
+            .any(|e| result_is(e, "throttle_50", "succeeded"))
             .then_some(())
             .and_then(|()| {
                 audit_events(&r, "result")

@@ -57,10 +57,7 @@ fn hot_cpu_over_jetstream_is_throttled_and_audited() {
         let r = audit(&nats);
         audit_events(&r, "result")
             .iter()
-            .any(|e| {
-                e["entry"]["data"]["result"]["action_type"] == "throttle_50"
-                    && e["entry"]["data"]["result"]["status"] == "succeeded"
-            })
+            .any(|e| result_is(e, "throttle_50", "succeeded"))
             .then_some(r)
     });
     let alert = audit_events(&records, "alert")
@@ -172,10 +169,7 @@ fn hot_cpu_over_jetstream_is_throttled_and_audited() {
             let r = audit(&nats);
             audit_events(&r, "result")
                 .iter()
-                .any(|e| {
-                    e["entry"]["data"]["result"]["action_type"] == "reset_throttle"
-                        && e["entry"]["data"]["result"]["status"] == "succeeded"
-                })
+                .any(|e| result_is(e, "reset_throttle", "succeeded"))
                 .then_some(())
         },
     );

@@ -341,19 +341,13 @@ fn lost_results_are_closed_and_a_lost_reset_is_sent_again() {
             let r = audit(&nats);
             audit_events(&r, "result")
                 .iter()
-                .any(|e| {
-                    e["entry"]["data"]["result"]["action_type"] == "reset_throttle"
-                        && e["entry"]["data"]["result"]["status"] == "succeeded"
-                })
+                .any(|e| result_is(e, "reset_throttle", "succeeded"))
                 .then_some(r)
         },
     );
     let confirmed = audit_events(&records, "result")
         .into_iter()
-        .find(|e| {
-            e["entry"]["data"]["result"]["action_type"] == "reset_throttle"
-                && e["entry"]["data"]["result"]["status"] == "succeeded"
-        })
+        .find(|e| result_is(e, "reset_throttle", "succeeded"))
         .unwrap();
     let confirmed_id = confirmed["entry"]["data"]["result"]["action_id"]
         .as_str()

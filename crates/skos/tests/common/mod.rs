@@ -139,6 +139,12 @@ thermal:\n  clear_for: 1\n  cooldown: 60\n  gpu: {{nvml: false, nvidia_smi: fals
     path
 }
 
+/// Whether an audit record is a `result` of `action` with `status`.
+pub fn result_is(record: &Value, action: &str, status: &str) -> bool {
+    let r = &record["entry"]["data"]["result"];
+    record["entry"]["event_type"] == "result" && r["action_type"] == action && r["status"] == status
+}
+
 pub fn audit_events(records: &[Value], event: &str) -> Vec<Value> {
     records
         .iter()
