@@ -11,8 +11,11 @@
 //! coordinator's result path carries its share of the load.
 //!
 //! The flood is over when the coordinator has counted every flood alert
-//! (`alerts.handled` + `alerts.coalesced` + `alerts.duplicate`, less the
-//! probes); probing stops then.
+//! (`alerts.handled` + `alerts.coalesced` + `alerts.duplicate` +
+//! `alerts.dropped_unread`, less the probes); probing stops then. Dropped:
+//! past `coordinator.max_queued_per_node` of the flooding node's alerts
+//! waiting in the stream, the bus drops its oldest, and the coordinator
+//! counts them from the gap in stream sequences.
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -52,7 +55,10 @@ const FLOOD_LIMIT: Duration = Duration::from_secs(600);
 
 /// Alerts the coordinator has counted, whatever became of them.
 fn counted(c: &Counters) -> u64 {
-    c.get("alerts.handled") + c.get("alerts.coalesced") + c.get("alerts.duplicate")
+    c.get("alerts.handled")
+        + c.get("alerts.coalesced")
+        + c.get("alerts.duplicate")
+        + c.get("alerts.dropped_unread")
 }
 
 fn ms(d: Duration) -> f64 {
@@ -251,7 +257,9 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     // Probe nodes: the baseline's, then enough for the flood's duration.
     let pool = n_base + (n_base * 4).max(5_000);
     let _setup = natsutil::bus(&url, "skos-bench-setup").await?;
-    let coordinator = InProcCoordinator::start(coord::bench_config(&url, o.lease_seconds)).await?;
+    let cfg = coord::bench_config(&url, o.lease_seconds);
+    let bench_cfg_queued = cfg.coordinator.max_queued_per_node;
+    let coordinator = InProcCoordinator::start(cfg).await?;
     let counters = coordinator.counters.clone();
     let hb_watch = CounterWatch::start(counters.clone(), "heartbeats.received");
 
@@ -297,6 +305,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     );
     let c0 = counted(&counters);
     let coalesced0 = counters.get("alerts.coalesced");
+    let dropped0 = counters.get("alerts.dropped_unread");
     let t0 = Instant::now();
     let flood_task = tokio::spawn(flood(flooder, flood_node.clone(), run.clone(), n_flood));
     let cs = counters.clone();
@@ -338,10 +347,11 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         .saturating_sub(c0)
         .saturating_sub(probes_during);
     let coalesced = counters.get("alerts.coalesced") - coalesced0;
+    let dropped = counters.get("alerts.dropped_unread") - dropped0;
     say(
         S,
         format!(
-            "flood counted in {drain_s:.1} s ({:.0}/s; published in {:.1} s), {coalesced} coalesced; {} probes timed during it",
+            "flood counted in {drain_s:.1} s ({:.0}/s; published in {:.1} s), {coalesced} coalesced, {dropped} dropped unread by the per-node limit; {} probes timed during it",
             counted_flood as f64 / drain_s,
             fl.seconds,
             flooded.len()
@@ -391,7 +401,8 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             fl.published as f64 / fl.seconds.max(1e-6),
         )
         .note(format!(
-            "{coalesced} of {n_flood} coalesced past the node's quota"
+            "{coalesced} of {n_flood} coalesced past the node's quota, {dropped} dropped unread past the {} it may have queued",
+            bench_cfg_queued
         )),
         Figure::new(
             S,
@@ -408,6 +419,8 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         "flood_counted": counted_flood,
         "flood_drain_seconds": drain_s,
         "coalesced": coalesced,
+        "dropped_unread": dropped,
+        "max_queued_per_node": bench_cfg_queued,
         "probe_gap_ms": ms(GAP),
         "probe_lanes": LANES,
         "without_flood_ms": serde_json::to_value(&q).unwrap_or(Value::Null),

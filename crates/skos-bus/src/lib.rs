@@ -148,6 +148,15 @@ impl Incoming {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The message's sequence in its stream, for a durable message
+    /// (`None` for core and in-process messages).
+    pub fn stream_sequence(&self) -> Option<u64> {
+        match &self.ack {
+            Acker::JetStream(m) => m.info().ok().map(|i| i.stream_sequence),
+            Acker::None | Acker::Reply(_) => None,
+        }
+    }
+
     /// The node named by the subject's last token, if it is a valid name.
     pub fn subject_node(&self) -> Option<NodeName> {
         subjects::node_of(&self.subject)
@@ -312,6 +321,29 @@ impl Bus {
         match self {
             Bus::InProc(b) => b.publish(subject, payload, id, headers),
             Bus::Nats(b) => b.publish_durable(subject, payload, id, headers).await,
+        }
+    }
+
+    /// Keep at most `max` messages of one node in each of the
+    /// coordinator's durable streams (alerts, results): past it the bus
+    /// drops the node's oldest. No-op in process (nothing queues there).
+    pub async fn limit_per_node(&self, max: u32) -> Result<()> {
+        match self {
+            Bus::InProc(_) => Ok(()),
+            Bus::Nats(b) => b.limit_per_node(max).await,
+        }
+    }
+
+    /// The highest stream sequence of a durable feed (alerts, results)
+    /// delivered to a coordinator so far, so messages the bus dropped
+    /// before any coordinator read them can be counted from there (what
+    /// was delivered and not acknowledged comes again, below it); `None` in
+    /// process, for other feeds, or before the feed's consumer first
+    /// exists.
+    pub async fn last_delivered(&self, feed: &Feed) -> Result<Option<u64>> {
+        match self {
+            Bus::InProc(_) => Ok(None),
+            Bus::Nats(b) => b.last_delivered(feed).await,
         }
     }
 

@@ -4,9 +4,13 @@
 //!
 //! | stream | subjects | notes |
 //! |---|---|---|
-//! | `SKOS_ALERTS` | `skos.alert.>` | durable consumer `skos-coordinator`, explicit ack |
-//! | `SKOS_COMMANDS` | `skos.command.>` | durable consumer `skos-agent-<node>` per node |
-//! | `SKOS_RESULTS` | `skos.result.>` | durable consumer `skos-coordinator` |
+//! | `SKOS_ALERTS` | `skos.alert.>` | durable consumer `skos-coordinator`, explicit ack, at most `coordinator.max_queued_per_node` per node |
+//! | `SKOS_COMMANDS` | `skos.command.>` | durable consumer `skos-agent-<node>` per node, explicit ack |
+//! | `SKOS_RESULTS` | `skos.result.>` | durable consumer `skos-coordinator`, explicit ack, at most `coordinator.max_queued_per_node` per node |
+//!
+//! Acks are explicit, one per message, never cumulative: a new leader must
+//! not acknowledge, with its first batch, messages a dead leader had taken
+//! and not handled (they are delivered again after the ack wait).
 //! | `SKOS_AUDIT` | `SKOS_AUDIT.*` | deny delete, deny purge, kept forever |
 //!
 //! Works with nats-server 2.9 and later: only stream and consumer fields
@@ -205,6 +209,69 @@ impl NatsBus {
                 })?;
         }
         Ok(())
+    }
+
+    /// Set `max_msgs_per_subject` of the alert and result streams (one
+    /// subject per node) to `max`, where it differs.
+    pub(crate) async fn limit_per_node(&self, max: u32) -> Result<()> {
+        for name in [subjects::STREAM_ALERTS, subjects::STREAM_RESULTS] {
+            let fail = |reason: String| Error::Stream {
+                stream: name.to_string(),
+                reason,
+            };
+            let mut stream = self
+                .js
+                .get_stream(name)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let mut config = stream
+                .info()
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .config
+                .clone();
+            if config.max_messages_per_subject == i64::from(max) {
+                continue;
+            }
+            tracing::info!(
+                stream = name,
+                was = config.max_messages_per_subject,
+                now = max,
+                "messages kept per node"
+            );
+            config.max_messages_per_subject = i64::from(max);
+            self.js
+                .update_stream(config)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The highest stream sequence a coordinator feed's durable consumer
+    /// has delivered; `None` for a feed that is not one of the
+    /// coordinator's, or before its consumer first exists.
+    pub(crate) async fn last_delivered(&self, feed: &Feed) -> Result<Option<u64>> {
+        let stream_name = match feed {
+            Feed::Alerts => subjects::STREAM_ALERTS,
+            Feed::Results => subjects::STREAM_RESULTS,
+            _ => return Ok(None),
+        };
+        let fail = |reason: String| Error::Consumer {
+            stream: stream_name.to_string(),
+            consumer: subjects::CONSUMER_COORDINATOR.to_string(),
+            reason,
+        };
+        let stream = self
+            .js
+            .get_stream(stream_name)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        match stream.consumer_info(subjects::CONSUMER_COORDINATOR).await {
+            Ok(info) => Ok(Some(info.delivered.stream_sequence)),
+            Err(e) if e.to_string().contains("not found") => Ok(None),
+            Err(e) => Err(fail(e.to_string())),
+        }
     }
 
     pub(crate) async fn publish(

@@ -13,6 +13,7 @@
 
 pub mod engine;
 pub mod failpoint;
+pub mod gaps;
 pub mod service;
 pub mod status;
 

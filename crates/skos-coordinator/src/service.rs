@@ -38,6 +38,7 @@ use skos_core::NodeName;
 
 use crate::engine::{Effect, Engine, EngineSnapshot};
 use crate::failpoint;
+use crate::gaps::{self, SequenceGaps};
 use crate::status::Leadership;
 use crate::{Error, Result};
 
@@ -248,6 +249,10 @@ struct Ctx {
     /// leader paused in the middle of a batch writes nothing once resumed
     /// past it.
     valid_until: Option<std::time::Instant>,
+    /// Alerts the bus dropped before they were read.
+    alert_gaps: SequenceGaps,
+    /// Results the bus dropped before they were read.
+    result_gaps: SequenceGaps,
 }
 
 /// How one leadership ended.
@@ -510,6 +515,8 @@ async fn lead(
         results_seen,
         deposed: false,
         valid_until: lease.as_ref().and_then(|l| l.valid_until()),
+        alert_gaps: SequenceGaps::after(delivered(bus, &Feed::Alerts).await),
+        result_gaps: SequenceGaps::after(delivered(bus, &Feed::Results).await),
     };
     if legacy {
         // Written per node from now on.
@@ -536,7 +543,27 @@ async fn lead(
         ctx.queue(unsent);
     }
     ctx.flush(None).await;
-    let mut heartbeats = bus.subscribe(Feed::Heartbeats).await?;
+    // One node's flood queues at most this many of its messages ahead of
+    // another node's alert; what the bus drops is counted below.
+    let per_node = cfg.coordinator.max_queued_per_node;
+    if let Err(e) = bus.limit_per_node(per_node).await {
+        tracing::warn!(error = %e, per_node, "messages kept per node not set on the alert and result streams: one node's flood may delay the others");
+    }
+    // Heartbeats are read and decoded on their own task, and reach the
+    // engine in batches of what is ready; the queue between applies back
+    // pressure (nothing is dropped on this side of the subscription).
+    let (hb_tx, hb_rx) = tokio::sync::mpsc::channel(HEARTBEAT_QUEUE);
+    let decoder = tokio::spawn(decode_heartbeats(
+        bus.subscribe(Feed::Heartbeats).await?,
+        hb_tx,
+        max_bytes,
+    ));
+    let _decoder = AbortOnDrop(decoder);
+    let mut heartbeats = futures::stream::poll_fn({
+        let mut rx = hb_rx;
+        move |cx| rx.poll_recv(cx)
+    })
+    .ready_chunks(BATCH);
     // Durable messages are handled in batches of what is ready: the
     // batch's state is written, its effects published and audited, then
     // every message in it acknowledged.
@@ -569,7 +596,7 @@ async fn lead(
                     }
                 }
             }
-            Some(m) = heartbeats.next() => ctx.heartbeat(m).await,
+            Some(batch) = heartbeats.next() => ctx.heartbeats(batch).await,
             Some(batch) = alerts.next() => ctx.alerts(batch).await,
             Some(batch) = results.next() => ctx.results(batch).await,
             Some(m) = status.next() => {
@@ -613,6 +640,17 @@ async fn lead(
         }
     }
     Ok(led)
+}
+
+/// How far a durable feed's consumer has delivered, so what the bus
+/// dropped while no coordinator read is counted too; unknown when it
+/// cannot be asked.
+async fn delivered(bus: &Bus, feed: &Feed) -> Option<u64> {
+    bus.last_delivered(feed)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "consumer's delivered sequence unknown; messages dropped before now are not counted"))
+        .ok()
+        .flatten()
 }
 
 /// The answer to a status request: the status its query asks for (an
@@ -763,6 +801,11 @@ impl Ctx {
 
     /// Count and log a refused message; the audit entry to write for it.
     fn reject(&self, feed: &str, m: &Incoming, err: &DecodeError) -> Effect {
+        self.refuse(feed, &m.subject, m.payload.len(), err)
+    }
+
+    /// [`Ctx::reject`] of a message of `bytes` bytes on `subject`.
+    fn refuse(&self, feed: &str, subject: &str, bytes: usize, err: &DecodeError) -> Effect {
         let reason = match err {
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::TooDeep => "too_deep",
@@ -770,14 +813,14 @@ impl Ctx {
             DecodeError::Invalid(_) => "invalid",
         };
         self.counters.inc(Counter::Rejected { feed, reason });
-        tracing::warn!(subject = %m.subject, feed, error = %err, "rejected message");
+        tracing::warn!(subject, feed, error = %err, "rejected message");
         Effect::Audit(AuditEntry::new(
             skos_core::AuditEvent::Rejected,
             chrono::Utc::now(),
             None,
             "coordinator",
-            format!("rejected {feed} on {}: {err}", m.subject),
-            json!({"subject": m.subject, "feed": feed, "reason": reason, "error": err.to_string(), "bytes": m.payload.len()}),
+            format!("rejected {feed} on {subject}: {err}"),
+            json!({"subject": subject, "feed": feed, "reason": reason, "error": err.to_string(), "bytes": bytes}),
         ))
     }
 
@@ -791,30 +834,33 @@ impl Ctx {
         }
     }
 
-    async fn heartbeat(&mut self, m: Incoming) {
-        let hb =
-            decode::<Heartbeat>(&m.payload, self.max_bytes).and_then(|h| h.validate().map(|()| h));
-        let hb = match hb.and_then(|hb| match Self::subject_mismatch(&m, &hb.node) {
-            None => Ok(hb),
-            Some(e) => Err(e),
-        }) {
-            Ok(hb) => hb,
-            Err(e) => {
-                let entry = self.reject("heartbeat", &m, &e);
-                self.queue(vec![entry]);
-                if !self.stalled {
-                    self.flush(None).await;
+    /// Handle a batch of decoded heartbeats (and refusals): the engine
+    /// takes each, then the state of every node whose state changed is
+    /// written, then the effects are carried out (no ack: heartbeats are
+    /// not durable).
+    async fn heartbeats(&mut self, batch: Vec<Decoded<Heartbeat>>) {
+        let now = chrono::Utc::now();
+        let mut effects = Vec::new();
+        let mut touched = BTreeSet::new();
+        for d in batch {
+            match d {
+                Decoded::Ok(hb) => {
+                    let node = hb.node.clone();
+                    let decided = self.engine.on_heartbeat(hb, now);
+                    if !decided.is_empty() {
+                        touched.extend(effect_nodes(&decided));
+                        touched.insert(node);
+                        effects.extend(decided);
+                    }
                 }
-                return;
+                Decoded::Refused(r) => {
+                    effects.push(self.refuse("heartbeat", &r.subject, r.bytes, &r.error))
+                }
             }
-        };
-        let node = hb.node.clone();
-        let effects = self.engine.on_heartbeat(hb, chrono::Utc::now());
+        }
         if effects.is_empty() {
             return;
         }
-        let mut touched = effect_nodes(&effects);
-        touched.insert(node);
         self.queue(effects);
         self.persist(touched).await;
         // Waiting effects are retried by the tick: a heartbeat does not
@@ -822,6 +868,41 @@ impl Ctx {
         if !self.stalled {
             self.flush(None).await;
         }
+    }
+
+    /// What the bus dropped of a durable feed before this batch was read:
+    /// counted, and summed up in one audit record naming the stream
+    /// sequences skipped.
+    fn dropped(
+        &mut self,
+        feed: &'static str,
+        batch: &[Incoming],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Effect> {
+        let seen = match feed {
+            "alert" => &mut self.alert_gaps,
+            _ => &mut self.result_gaps,
+        };
+        let skipped = seen.observe(batch.iter().filter_map(Incoming::stream_sequence));
+        let n = gaps::count(&skipped);
+        if n == 0 {
+            return None;
+        }
+        self.counters.add(Counter::DroppedUnread(feed), n);
+        tracing::warn!(
+            feed,
+            dropped = n,
+            "messages dropped by the bus before they were read (a node past its per-node limit, or past the stream's age)"
+        );
+        let ranges: Vec<[u64; 2]> = skipped.iter().map(|r| [*r.start(), *r.end()]).collect();
+        Some(Effect::Audit(AuditEntry::new(
+            skos_core::AuditEvent::Dropped,
+            now,
+            None,
+            "coordinator",
+            format!("{n} {feed}s dropped by the bus before they were read"),
+            json!({"feed": feed, "dropped": n, "sequences": ranges}),
+        )))
     }
 
     /// Decode an alert, or say why it is refused.
@@ -843,6 +924,7 @@ impl Ctx {
     async fn alerts(&mut self, batch: Vec<Incoming>) {
         let now = chrono::Utc::now();
         let mut work = Work::default();
+        work.effects.extend(self.dropped("alert", &batch, now));
         let mut ids = Vec::new();
         for m in batch {
             match self.decode_alert(&m) {
@@ -872,6 +954,7 @@ impl Ctx {
     async fn results(&mut self, batch: Vec<Incoming>) {
         let now = chrono::Utc::now();
         let mut work = Work::default();
+        work.effects.extend(self.dropped("result", &batch, now));
         for m in batch {
             let result = decode::<CommandResult>(&m.payload, self.max_bytes).and_then(|r| {
                 match Self::subject_mismatch(&m, &r.node) {
@@ -1074,6 +1157,60 @@ impl Ctx {
     }
 }
 
+/// Heartbeats queued between their decoding task and the engine: past
+/// this the task waits (and the subscription's own buffer holds them).
+const HEARTBEAT_QUEUE: usize = 8192;
+
+/// A message decoded off the service loop, or why it was refused.
+enum Decoded<T> {
+    Ok(T),
+    Refused(Refusal),
+}
+
+/// A message refused by its decoding task, kept for its audit record.
+struct Refusal {
+    subject: String,
+    bytes: usize,
+    error: DecodeError,
+}
+
+/// Decode and check heartbeats as they come, and queue them for the
+/// service loop in order; ends when the loop is gone.
+async fn decode_heartbeats(
+    mut feed: skos_bus::Subscription,
+    tx: tokio::sync::mpsc::Sender<Decoded<Heartbeat>>,
+    max_bytes: usize,
+) {
+    while let Some(m) = feed.next().await {
+        let hb = decode::<Heartbeat>(&m.payload, max_bytes)
+            .and_then(|h| h.validate().map(|()| h))
+            .and_then(|hb| match Ctx::subject_mismatch(&m, &hb.node) {
+                None => Ok(hb),
+                Some(e) => Err(e),
+            });
+        let d = match hb {
+            Ok(hb) => Decoded::Ok(hb),
+            Err(error) => Decoded::Refused(Refusal {
+                subject: m.subject,
+                bytes: m.payload.len(),
+                error,
+            }),
+        };
+        if tx.send(d).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Aborts its task when dropped (the heartbeat decoder of one leadership).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A batch of durable messages on its way through [`Ctx::finish`].
 #[derive(Default)]
 struct Work {
@@ -1099,6 +1236,13 @@ fn message_id(m: &Incoming) -> Option<&str> {
         .map(|(_, id)| id.as_str())
 }
 
+async fn ack(m: Incoming) {
+    let subject = m.subject.clone();
+    if let Err(e) = m.ack().await {
+        tracing::warn!(subject = %subject, error = %e, "ack failed; the message may be delivered again");
+    }
+}
+
 /// The nodes effects concern: whose state they may have changed.
 fn effect_nodes(effects: &[Effect]) -> BTreeSet<NodeName> {
     effects.iter().filter_map(effect_node).collect()
@@ -1111,13 +1255,6 @@ fn effect_node(e: &Effect) -> Option<NodeName> {
         Effect::Command(node, _) => Some(node.clone()),
         Effect::Alert(a) => Some(a.node.clone()),
         Effect::Audit(entry) => entry.node.clone(),
-    }
-}
-
-async fn ack(m: Incoming) {
-    let subject = m.subject.clone();
-    if let Err(e) = m.ack().await {
-        tracing::warn!(subject = %subject, error = %e, "ack failed; the message may be delivered again");
     }
 }
 
