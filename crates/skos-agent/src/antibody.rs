@@ -7,6 +7,8 @@
 
 use skos_core::protocol::{Alert, Command, Heartbeat};
 use skos_core::timefmt::Timestamp;
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 use crate::Outcome;
 
@@ -18,15 +20,46 @@ pub enum Execution {
     Background(Box<dyn FnOnce() -> Outcome + Send>),
 }
 
+/// What an antibody found on this machine, said once at start: the
+/// sensors it reads and the actuators it would use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    /// The sensors read, or "none".
+    pub sensors: String,
+    /// The actuators found, and why the missing ones are missing.
+    pub actuators: String,
+}
+
 pub trait Antibody: Send + Sync {
     /// The antibody's name, as in `agent.antibodies` (`thermal_sentinel`).
     fn name(&self) -> &'static str;
     fn handles(&self, action: &str) -> bool;
-    /// Read the sources; return the alerts to raise.
+    /// Read the sources; return the alerts to raise. Called on the agent
+    /// loop every `monitor_interval`: an antibody whose sources may be slow
+    /// only asks for a read here and judges what has arrived (see
+    /// [`Antibody::arrivals`]).
     fn sense(&mut self, now: Timestamp) -> Vec<Alert>;
+    /// For an antibody that reads its sources off the agent loop: the
+    /// signal raised (from any thread) when new readings arrived. The
+    /// runtime then calls [`Antibody::judge`] at once, so an alert does
+    /// not wait for the next `monitor_interval`. `None` (the default):
+    /// everything happens in `sense`.
+    fn arrivals(&self) -> Option<Arc<Notify>> {
+        None
+    }
+    /// Judge the readings that arrived since the last look, reading
+    /// nothing: the alerts to raise. Must return at once.
+    fn judge(&mut self, _now: Timestamp) -> Vec<Alert> {
+        Vec::new()
+    }
     /// Add this antibody's readings to a heartbeat.
     fn report(&self, hb: &mut Heartbeat);
     fn execute(&mut self, cmd: &Command) -> Execution;
+    /// What it found on this machine (logged once at start, after the
+    /// first sensing pass); `None` for an antibody with nothing to say.
+    fn inventory(&self) -> Option<Inventory> {
+        None
+    }
     /// A background job of this antibody finished.
     fn finished(&mut self, _action: &str, _outcome: &Outcome) {}
     /// A task of its own that the runtime runs beside the agent loop until

@@ -22,6 +22,20 @@ pub enum Error {
     Device { what: String, reason: String },
     #[error("{command}: {reason}")]
     Command { command: String, reason: String },
+    /// An action found nothing on this machine to act on (a throttle on a
+    /// machine without cpufreq, configured cgroups or GPUs): answered
+    /// `unsupported`, not `failed`.
+    #[error("{what}: nothing to act on: {reason}")]
+    NothingToAct { what: String, reason: String },
+    /// A throttle was not applied because the values it would change could
+    /// not be saved first (`path`: the state file or its temp file), so a
+    /// restarted agent could not lift it.
+    #[error("throttle not applied: its originals cannot be saved to {path}: {source}")]
+    OriginalsNotSaved {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("bus: {0}")]
     Bus(#[from] skos_bus::Error),
 }

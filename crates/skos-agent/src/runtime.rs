@@ -1,5 +1,8 @@
 //! The agent runtime: heartbeats every `heartbeat_interval`, sensing every
-//! `monitor_interval`, and the node's command feed.
+//! `monitor_interval`, and the node's command feed. Nothing here waits for
+//! a sensor: an antibody whose sources are slow (the thermal sentinel) reads
+//! them on threads of its own, and what they read is judged as soon as it
+//! arrives (`Antibody::arrivals`, `Antibody::judge`).
 //!
 //! A command is executed only if it is well-formed, addressed to this node,
 //! not executed before (by `action_id`), of the current coordinator term
@@ -147,10 +150,22 @@ impl Agent {
         tracing::info!(node = %self.node(), antibodies = ?names, "agent started");
         // Sense once before the first heartbeat so it carries real readings.
         self.sense().await;
+        for a in &self.antibodies {
+            if let Some(inv) = a.inventory() {
+                tracing::info!(node = %self.node(), antibody = a.name(), sensors = %inv.sensors, actuators = %inv.actuators, "what this machine has");
+            }
+        }
         let mut done = self
             .done_rx
             .take()
             .unwrap_or_else(|| mpsc::unbounded_channel().1);
+        // Antibodies that read off the loop say when readings arrived.
+        let arrivals: Vec<(usize, Arc<tokio::sync::Notify>)> = self
+            .antibodies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.arrivals().map(|n| (i, n)))
+            .collect();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -160,6 +175,7 @@ impl Agent {
                     self.sense().await;
                 }
                 _ = heartbeat.tick() => self.heartbeat().await,
+                i = arrived(&arrivals) => self.judge(i).await,
                 Some(m) = commands.next() => self.command(m).await,
                 Some((i, action, outcome)) = done.recv() => {
                     if let Some(a) = self.antibodies.get_mut(i) {
@@ -189,6 +205,20 @@ impl Agent {
         for a in self.antibodies.iter_mut() {
             alerts.extend(tokio::task::block_in_place(|| a.sense(now)));
         }
+        self.raise(alerts).await;
+    }
+
+    /// Judge what arrived for antibody `i` (it reads nothing).
+    async fn judge(&mut self, i: usize) {
+        let now = chrono::Utc::now();
+        let alerts = match self.antibodies.get_mut(i) {
+            Some(a) => a.judge(now),
+            None => Vec::new(),
+        };
+        self.raise(alerts).await;
+    }
+
+    async fn raise(&mut self, alerts: Vec<skos_core::protocol::Alert>) {
         for a in alerts {
             tracing::info!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), message = %a.message, "alert");
             self.counters.inc(Counter::AlertsSent);
@@ -404,6 +434,21 @@ impl Agent {
             tracing::error!(action_id, error = %e, "result not sent");
         }
     }
+}
+
+/// The index of the first antibody whose readings arrived; never, when none
+/// reads off the loop.
+async fn arrived(arrivals: &[(usize, Arc<tokio::sync::Notify>)]) -> usize {
+    if arrivals.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = arrivals.iter().map(|(i, n)| {
+        Box::pin(async move {
+            n.notified().await;
+            *i
+        })
+    });
+    futures::future::select_all(waits).await.0
 }
 
 /// The action id of a command that could not be decoded or trusted, when it

@@ -31,22 +31,22 @@ proptest! {
         let zone = sys.acpitz_zone(40.0);
         std::fs::write(zone.join("temp"), &temp).unwrap();
         for r in Sensors::new(sys.root(), no_tools()).read_all() {
-            // Whatever was read is a real, plausible temperature from a file under the root.
-            prop_assert!(r.celsius.is_finite() && r.celsius > 0.0 && r.celsius <= 200.0, "{r:?}");
+            // Whatever was read is a real temperature its kind of sensor can give, from a file under the root.
+            prop_assert!(r.celsius.is_finite() && r.celsius >= -55.0 && r.celsius <= 150.0, "{r:?}");
             prop_assert!(r.path.starts_with(sys.root()));
         }
     }
 
     #[test]
     fn nvidia_smi_output(text in "(?s).{0,400}") {
-        for (_, _, c) in parse_nvidia_smi(&text) {
-            prop_assert!(c.is_finite());
+        for r in parse_nvidia_smi(&text).readings {
+            prop_assert!(r.celsius.is_finite());
         }
     }
 
     #[test]
     fn lm_sensors_output(text in "(?s).{0,400}") {
-        for r in parse_lm_sensors_json(&text) {
+        for r in parse_lm_sensors_json(&text).readings {
             prop_assert!(r.celsius.is_finite());
         }
     }
@@ -54,7 +54,7 @@ proptest! {
     #[test]
     fn lm_sensors_json_shapes(chip in "[a-z0-9_-]{1,16}", feature in "[a-zA-Z0-9 _-]{1,16}", key in "[a-z0-9_]{1,16}", v in any::<f64>()) {
         let text = serde_json::json!({ chip: { "Adapter": "x", feature: { key: v } } }).to_string();
-        for r in parse_lm_sensors_json(&text) {
+        for r in parse_lm_sensors_json(&text).readings {
             prop_assert!(r.celsius.is_finite());
         }
     }

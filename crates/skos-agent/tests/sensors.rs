@@ -2,7 +2,7 @@
 //! machines. GPU tools are off: the real machine's NVML, `nvidia-smi` and
 //! `sensors` are never consulted.
 
-use skos_agent::sensors::{hottest, Reading, SensorKind, Sensors};
+use skos_agent::sensors::{hottest, ProblemKind, Reading, Role, SensorKind, Sensors};
 use skos_core::config::GpuConfig;
 use skos_testsupport::sysfs::{FakeSysfs, Temp};
 use std::path::{Path, PathBuf};
@@ -98,6 +98,12 @@ fn amd_desktop_k10temp_amdgpu() {
     );
     assert_eq!(tctl.chip, "k10temp");
     assert_eq!(tctl.crit, None);
+    assert_eq!(
+        (tctl.role, tctl.counts),
+        (Role::Control, true),
+        "Tctl alone is the CPU value"
+    );
+    assert_eq!(at(&r, &gpu.input_path(2)).role, Role::Junction);
 
     let edge = at(&r, &gpu.input_path(1));
     assert_eq!(edge.label, "edge");
@@ -152,6 +158,22 @@ fn broken_link_and_unreadable_file_are_skipped_and_the_rest_still_reads() {
     assert_eq!(pkg.kind, SensorKind::Cpu);
     assert_eq!(pkg.crit, None, "a passive trip at 0 is no limit");
     assert_eq!(hottest(&r, SensorKind::Cpu), Some(62.0));
+
+    // Each one is reported, by path, and nothing else is.
+    let problems = Sensors::new(fake.root(), no_tools()).scan().problems;
+    let mut at: Vec<String> = problems.iter().map(|p| p.at.clone()).collect();
+    at.sort();
+    let mut want = vec![
+        fake.root().join("class/hwmon/hwmon1").display().to_string(),
+        unreadable.display().to_string(),
+        cpu.input_path(2).display().to_string(),
+        dead_zone.join("temp").display().to_string(),
+    ];
+    want.sort();
+    assert_eq!(at, want, "{problems:#?}");
+    assert!(problems
+        .iter()
+        .all(|p| matches!(p.what, ProblemKind::Unreadable { .. })));
 }
 
 #[test]
@@ -193,6 +215,21 @@ fn a_link_escaping_the_root_is_not_followed() {
     let r = read(&fake);
     assert_eq!(labels(&r), vec!["Composite"], "{r:#?}");
     assert_eq!(hottest(&r, SensorKind::Cpu), None);
+    let problems = Sensors::new(fake.root(), no_tools()).scan().problems;
+    let escapes: Vec<&str> = problems
+        .iter()
+        .filter(|p| matches!(p.what, ProblemKind::OutsideRoot { .. }))
+        .map(|p| p.at.as_str())
+        .collect();
+    assert_eq!(
+        escapes,
+        [
+            escaping.display().to_string(),
+            fake.root().join("class/hwmon/hwmon7").display().to_string()
+        ],
+        "{problems:#?}"
+    );
+    assert_eq!(problems.len(), 2, "{problems:#?}");
     // The outside tree itself reads fine.
     assert_eq!(hottest(&read(&outside), SensorKind::Cpu), Some(99.0));
 }

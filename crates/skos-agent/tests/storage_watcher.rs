@@ -116,3 +116,124 @@ fn two_mounts_full_in_one_pass_raise_two_distinct_alerts() {
     let mounts: Vec<_> = alerts.iter().map(|x| x.details["mount"].clone()).collect();
     assert_ne!(mounts[0], mounts[1]);
 }
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The kernel's own read-only flag: a full tmpfs remounted read-only can
+/// neither fill further nor be cleaned, so it raises nothing; writable
+/// again, it is judged again.
+#[test]
+fn a_full_mount_remounted_read_only_is_not_judged() {
+    let Some(fs) = mount("4M", None) else { return };
+    fs.fill("big.bin", 3900 * 1024);
+    let p = fs.path().display().to_string();
+    run(&["mount", "-o", "remount,ro", &p]).unwrap();
+    let mut w = watcher(fs.path());
+    let t0 = Utc::now();
+    assert!(w.sense(t0).is_empty(), "a read-only mount raised an alert");
+    assert!(w.sense(t0 + Duration::seconds(10)).is_empty());
+    assert_eq!(w.storage_percent(), None);
+    assert_eq!(w.not_judged().len(), 1);
+    assert_eq!(w.not_judged()[0].why.to_string(), "read-only tmpfs mount");
+    run(&["mount", "-o", "remount,rw", &p]).unwrap();
+    let alerts = w.sense(t0 + Duration::seconds(20));
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].severity, Severity::Emergency);
+    assert!(w.not_judged().is_empty());
+}
+
+/// No `storage.mounts`: the mount holding the temp dir is watched (found
+/// in the real mountinfo).
+#[test]
+fn the_mount_of_a_configured_dir_is_watched_by_default() {
+    let Some(fs) = mount("4M", None) else { return };
+    std::fs::create_dir_all(fs.path().join("tmp")).unwrap();
+    let mut cfg = Config::default();
+    cfg.storage.temp.dirs = vec![fs.path().join("tmp")];
+    let mut w = StorageWatcher::new(&cfg);
+    let now = Utc::now();
+    assert!(w.sense(now).is_empty());
+    let canon = std::fs::canonicalize(fs.path()).unwrap();
+    assert_eq!(w.usage().len(), 1);
+    assert_eq!(w.usage()[0].mount, canon);
+    fs.fill("tmp/big.bin", 3900 * 1024);
+    let alerts = w.sense(now + Duration::seconds(1));
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].details["mount"], canon.display().to_string());
+}
+
+/// A fill, a cleanup, then a flat mount: no prediction may follow the
+/// cleanup (the fill it was made of ended), or `cleanup_temp` runs again,
+/// frees nothing and counts as a breaker failure. A new fill afterwards is
+/// predicted again, on its own rate.
+#[test]
+fn a_cleanup_restarts_the_fill_rate() {
+    let Some(fs) = mount("16M", None) else { return };
+    let mut w = watcher(fs.path());
+    let t0 = Utc::now();
+    let at = |s: i64| t0 + Duration::seconds(s);
+    assert!(w.sense(at(0)).is_empty());
+    // 3.5 MiB every 10 s: predicted at once, then over warning (80 %).
+    let mut seen = Vec::new();
+    for i in 1..=4 {
+        fs.fill(&format!("grow-{i}.bin"), 3584 * 1024);
+        for a in w.sense(at(10 * i)) {
+            seen.push((
+                a.severity,
+                a.details.get("event").cloned().unwrap_or_default(),
+            ));
+        }
+    }
+    assert_eq!(
+        seen.first().map(|s| s.1.clone()),
+        Some("predicted".into()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(s, e)| *s >= Severity::Warning && e.is_null()),
+        "a level alert: {seen:?}"
+    );
+    // The cleanup: 10.5 of 14 MiB go. The level clears.
+    for i in 1..=3 {
+        std::fs::remove_file(fs.path().join(format!("grow-{i}.bin"))).unwrap();
+    }
+    let back = w.sense(at(50));
+    assert!(
+        back.iter().all(|a| a.severity == Severity::Normal),
+        "{back:#?}"
+    );
+    // Flat afterwards: the window that still held the fill would slope
+    // up and predict critical here.
+    for s in [60, 70, 80, 90] {
+        let alerts = w.sense(at(s));
+        assert!(alerts.is_empty(), "at {s} s: {alerts:#?}");
+    }
+    // A new fill is predicted again, from the readings since the cleanup
+    // (the earlier fill, 350 KiB/s, is not in its rate).
+    let mut predicted = None;
+    for i in 1..=4 {
+        fs.fill(&format!("again-{i}.bin"), 1024 * 1024);
+        if let Some(a) = w.sense(at(90 + 10 * i)).into_iter().next() {
+            predicted = Some(a);
+            break;
+        }
+    }
+    let a = predicted.expect("the new fill predicted");
+    assert_eq!(a.details["event"], "predicted");
+    let rate = a.details["fill_rate_bytes_per_second"].as_f64().unwrap();
+    assert!(rate > 0.0 && rate < 110_000.0, "rate {rate}");
+}

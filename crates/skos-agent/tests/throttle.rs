@@ -108,20 +108,43 @@ fn broken_policy_is_skipped_others_throttled() {
     assert_eq!(all_khz(root), vec![MAX; 4]);
 }
 
+/// No cpufreq policy, no configured cgroup, GPU power limits off: nothing
+/// to act on, which is said (and answered `unsupported`), not passed off as
+/// a throttle that needed no change.
 #[test]
-fn no_cpufreq_policies_is_not_an_error() {
+fn no_cpufreq_policies_and_nothing_else_is_nothing_to_act_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = Throttler::new(dir.path(), cfg(true, &[]), None);
-    let out = t.apply(50).unwrap();
-    assert!(out.changes.is_empty());
+    let err = t.apply(50).unwrap_err();
+    assert!(matches!(err, Error::NothingToAct { .. }), "{err:?}");
+    let text = err.to_string();
     let expected = format!(
-        "no cpufreq policies found under {}",
+        "no cpufreq policy under {}",
         dir.path().join("devices/system/cpu/cpufreq").display()
     );
-    assert!(out.message.contains(&expected), "{}", out.message);
-    assert_eq!(t.level(), 50);
-    t.reset().unwrap();
+    assert!(text.contains(&expected), "{text}");
+    assert!(text.contains("no cgroup configured"), "{text}");
+    assert!(text.contains("GPU power limits are off"), "{text}");
     assert_eq!(t.level(), 0);
+    assert!(matches!(t.reset(), Err(Error::NothingToAct { .. })));
+    assert!(t.actuators().is_empty());
+
+    // A configured cgroup is something to act on: cpufreq's absence is a
+    // note, not a failure.
+    fake_cgroup_v2(dir.path(), "batch", "max 100000");
+    let mut t = Throttler::new(dir.path(), cfg(true, &["batch"]), None);
+    let out = t.apply(50).unwrap();
+    assert_eq!(out.changes.len(), 1, "{out:?}");
+    assert!(
+        out.message.contains("no cpufreq policies found"),
+        "{}",
+        out.message
+    );
+    t.reset().unwrap();
+    assert_eq!(
+        read_trimmed(&dir.path().join("fs/cgroup/batch/cpu.max")),
+        "max 100000"
+    );
 }
 
 #[test]

@@ -307,6 +307,11 @@ pub struct NodeStatus {
     pub gpu_temp: Option<f64>,
     pub storage_percent: Option<f64>,
     pub throttle_level: Option<u8>,
+    /// How many caps in force its agent has no record of (set before the
+    /// agent lost its data dir, or by someone else); counted in
+    /// `throttle_level`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unexplained_caps: u32,
     /// How far the node's clock is ahead of the coordinator's, in seconds
     /// (negative: behind), as measured from its heartbeats; `None` before
     /// its first heartbeat since the coordinator started.
@@ -488,6 +493,19 @@ pub fn bounded_item(mut v: Value) -> Value {
     v
 }
 
+/// `(N caps SKOS has no record of)` after a node's throttle, when any.
+fn unexplained(caps: u32) -> String {
+    if caps == 0 {
+        String::new()
+    } else {
+        format!(" ({caps} cap(s) SKOS has no record of)")
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// A person's rendering of a temperature.
 fn celsius(t: Option<f64>) -> String {
     t.map(|t| format!("{t:.1}°C"))
@@ -614,12 +632,13 @@ impl Status {
             None => String::new(),
         };
         format!(
-            "  {:<16} {:<9} cpu {:<8} gpu {:<8} throttle {}%  last seen {}{clock}\n",
+            "  {:<16} {:<9} cpu {:<8} gpu {:<8} throttle {}%{}  last seen {}{clock}\n",
             n.name,
             n.status,
             celsius(n.cpu_temp),
             celsius(n.gpu_temp),
             n.throttle_level.unwrap_or(0),
+            unexplained(n.unexplained_caps),
             timefmt::format(&n.last_seen)
         )
     }
@@ -745,7 +764,7 @@ impl Status {
                 .unwrap_or_else(|| "none".into())
         };
         out.push_str(&format!(
-            "\nNODE {}\n  status      {}\n  last seen   {}\n  cpu         {}\n  gpu         {}\n  storage     {}\n  throttle    {}%\n",
+            "\nNODE {}\n  status      {}\n  last seen   {}\n  cpu         {}\n  gpu         {}\n  storage     {}\n  throttle    {}%{}\n",
             n.name,
             n.status,
             timefmt::format(&n.last_seen),
@@ -753,6 +772,7 @@ impl Status {
             celsius(n.gpu_temp),
             percent(n.storage_percent),
             n.throttle_level.unwrap_or(0),
+            unexplained(n.unexplained_caps),
         ));
         if let Some(s) = n.clock_offset_seconds {
             let skewed = if n.clock_skewed { " SKEWED" } else { "" };
@@ -870,6 +890,7 @@ mod tests {
                     gpu_temp: Some(-123.456_789_012_345),
                     storage_percent: Some(-123.456_789_012_345),
                     throttle_level: Some(100),
+                    unexplained_caps: u32::MAX,
                     clock_offset_seconds: Some(-123_456.789),
                     clock_skewed: false,
                 })
@@ -931,6 +952,7 @@ mod tests {
             gpu_temp: None,
             storage_percent: None,
             throttle_level: None,
+            unexplained_caps: 0,
             clock_offset_seconds: None,
             clock_skewed: false,
         };

@@ -17,6 +17,9 @@ pub enum Counter<'a> {
     AlertsDuplicate,
     /// Alerts over their node's quota, coalesced.
     AlertsCoalesced,
+    /// `<feed>s.dropped_unread`: messages of a durable feed (`alert`,
+    /// `result`) the bus dropped before the coordinator read them.
+    DroppedUnread(&'a str),
     CommandsSent,
     /// `results.<status>`: results by status.
     Results(&'a str),
@@ -30,6 +33,15 @@ pub enum Counter<'a> {
     ResultsMissing,
     VerificationsSucceeded,
     VerificationsFailed,
+    /// A fix whose metric is down, but did not provably fall after the fix
+    /// took effect and stay down for the hold (it fell before, or its
+    /// problem flapped): neither a success nor a breaker failure.
+    VerificationsUncredited,
+    /// `flapping.<started|stopped>`: problems that started flapping, or
+    /// became stable again.
+    Flapping(&'a str),
+    /// Alerts of a flapping problem recorded but not decided.
+    AlertsHeldFlapping,
     BreakerFailures,
     /// `breaker.<state>`: breaker transitions.
     Breaker(&'a str),
@@ -89,6 +101,7 @@ impl Counter<'_> {
             AlertsHandled => "alerts.handled",
             AlertsDuplicate => "alerts.duplicate",
             AlertsCoalesced => "alerts.coalesced",
+            DroppedUnread(feed) => return format!("{feed}s.dropped_unread").into(),
             CommandsSent => "commands.sent",
             Results(s) => return format!("results.{s}").into(),
             ResultsUnmatched => "results.unmatched",
@@ -97,6 +110,9 @@ impl Counter<'_> {
             ResultsMissing => "results.no_result",
             VerificationsSucceeded => "verifications.succeeded",
             VerificationsFailed => "verifications.failed",
+            VerificationsUncredited => "verifications.uncredited",
+            Flapping(s) => return format!("flapping.{s}").into(),
+            AlertsHeldFlapping => "alerts.held_flapping",
             BreakerFailures => "breaker.failures",
             Breaker(s) => return format!("breaker.{s}").into(),
             ActionsSkipped(r) => return format!("actions.skipped.{r}").into(),

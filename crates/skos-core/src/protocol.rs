@@ -419,6 +419,12 @@ pub enum AuditEvent {
     NoResult,
     /// A node's alerts over its quota in a minute, summed up.
     Coalesced,
+    /// Messages the bus dropped before they were read (a node past its
+    /// per-node limit in the stream), counted from the gap in sequences.
+    Dropped,
+    /// A problem started flapping (its state changed too often to act on
+    /// each change) or became stable again: `data.state` says which.
+    Flapping,
 }
 
 impl AuditEvent {
@@ -440,6 +446,8 @@ impl AuditEvent {
             AuditEvent::Leader => "leader",
             AuditEvent::NoResult => "no_result",
             AuditEvent::Coalesced => "coalesced",
+            AuditEvent::Dropped => "dropped",
+            AuditEvent::Flapping => "flapping",
         }
     }
 }
@@ -516,6 +524,7 @@ mod tests {
             (AuditEvent::AuditRecovered, "audit_recovered"),
             (AuditEvent::Verification, "verification"),
             (AuditEvent::Skipped, "skipped"),
+            (AuditEvent::Flapping, "flapping"),
         ] {
             assert_eq!(e.as_str(), text);
             assert_eq!(e.to_string(), text);

@@ -16,6 +16,9 @@
 //! cpu.set_temp(2, 0.0); // only "Core 0" changes (a sensor that drops out)
 //! ```
 //!
+//! A recorded tree (a field case) is copied with [`FakeSysfs::from_fixture`]
+//! and can then be changed like any other.
+//!
 //! Real machines heat as wholes: a hot package has hot cores, a few degrees
 //! below it. A heat scenario should use [`HwmonHandle::heat`], not raise the
 //! package alone with [`HwmonHandle::set_temp`].
@@ -266,6 +269,53 @@ impl FakeSysfs {
         h
     }
 
+    /// A copy of a recorded sysfs tree (`fixture`, e.g. a test's
+    /// `fixtures/field/<case>/sys`): directories, files and symlinks as
+    /// they are (relative links stay relative, so they resolve inside the
+    /// copy). `hwmonN` and `thermal_zoneN` added afterwards are numbered
+    /// after the copy's own, so they do not collide with them.
+    pub fn from_fixture(fixture: &Path) -> Self {
+        let fake = Self::new();
+        copy_tree(fixture, fake.root());
+        let count = |class: &str, prefix: &str| {
+            fs::read_dir(fake.root().join("class").join(class))
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .filter_map(|n| n.strip_prefix(prefix)?.parse::<u32>().ok())
+                        .map(|n| n + 1)
+                        .max()
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0)
+        };
+        fake.next_hwmon.set(count("hwmon", "hwmon"));
+        fake.next_zone.set(count("thermal", "thermal_zone"));
+        fake
+    }
+
+    /// Writes `text` as it is (no conversion) to `rel`, a path relative to
+    /// the root: an odd value, a label, a limit.
+    pub fn write_file(&self, rel: &str, text: &str) {
+        let path = self.root().join(rel);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        }
+        write(&path, text);
+    }
+
+    /// A 1-Wire DS18B20 probe as the `w1_therm` driver shows it: hwmon
+    /// `w1_slave_temp` with one unlabelled `temp1_input`, at
+    /// `devices/w1_bus_master1/28-<id>/hwmon/hwmonN` (`id` distinguishes
+    /// probes, e.g. "0316a2795bff").
+    pub fn w1_probe(&self, id: &str, c: f64) -> HwmonHandle {
+        self.hwmon(
+            &format!("w1_bus_master1/28-{id}"),
+            "w1_slave_temp",
+            &[Temp::new(None, c)],
+        )
+    }
+
     /// An old-kernel hwmon: `class/hwmon/hwmonN` holds only a `device` link
     /// to `devices/platform/<name>.0`, which holds `name` and the
     /// temperatures (no labels). The handle's `dir()` is the device dir.
@@ -373,6 +423,29 @@ impl FakeSysfs {
     }
 }
 
+/// Copies `from` into `to` (created as needed), keeping symlinks as links.
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    let entries = fs::read_dir(from).unwrap_or_else(|e| panic!("list {}: {e}", from.display()));
+    for entry in entries {
+        let entry = entry.unwrap_or_else(|e| panic!("list {}: {e}", from.display()));
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry
+            .file_type()
+            .unwrap_or_else(|e| panic!("stat {}: {e}", src.display()));
+        if kind.is_symlink() {
+            let target =
+                fs::read_link(&src).unwrap_or_else(|e| panic!("read link {}: {e}", src.display()));
+            symlink(&target, &dst).unwrap_or_else(|e| panic!("link {}: {e}", dst.display()));
+        } else if kind.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            fs::copy(&src, &dst)
+                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), dst.display()));
+        }
+    }
+}
+
 fn write_temps(dir: &Path, temps: &[Temp<'_>]) {
     for (i, t) in temps.iter().enumerate() {
         let i = i + 1;
@@ -453,5 +526,50 @@ mod tests {
         bare.heat(80.0);
         assert_eq!(temp(&bare, 1), "80000\n");
         assert!(!bare.dir().join("temp2_input").exists());
+    }
+
+    #[test]
+    fn a_fixture_copy_keeps_its_links_and_numbers_after_them() {
+        let src = FakeSysfs::new();
+        src.coretemp(50.0, &[48.0]);
+        src.acpitz_zone(30.0);
+        let copy = FakeSysfs::from_fixture(src.root());
+        let link = copy.root().join("class/hwmon/hwmon0");
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            PathBuf::from("../../devices/platform/coretemp.0/hwmon/hwmon0")
+        );
+        assert_eq!(
+            fs::read_to_string(link.join("temp2_input")).unwrap(),
+            "48000\n"
+        );
+        // The copy is its own: changing it leaves the source alone.
+        copy.write_file(
+            "devices/platform/coretemp.0/hwmon/hwmon0/temp1_input",
+            "70000\n",
+        );
+        assert_eq!(
+            fs::read_to_string(link.join("temp1_input")).unwrap(),
+            "70000\n"
+        );
+        assert_eq!(
+            fs::read_to_string(src.root().join("class/hwmon/hwmon0/temp1_input")).unwrap(),
+            "50000\n"
+        );
+        // New devices do not collide with copied ones.
+        let probe = copy.w1_probe("0316a2795bff", -18.3);
+        assert_eq!(probe.class_path(), copy.root().join("class/hwmon/hwmon1"));
+        assert_eq!(
+            fs::read_to_string(probe.dir().join("name")).unwrap(),
+            "w1_slave_temp\n"
+        );
+        assert_eq!(
+            copy.thermal_zone("x", 1.0, None),
+            copy.root().join("class/thermal/thermal_zone1")
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use skos_agent::runtime::Agent;
-use skos_agent::sensors::Sensors;
+use skos_agent::sensors::{ProblemKind, Sensors};
 use skos_bus::audit::{self, AuditLog};
 use skos_bus::lease::{self, Lease};
 use skos_bus::trust::Signer;
@@ -144,7 +144,11 @@ async fn up(cfg: Config) -> Result<ExitCode> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let audit = Arc::new(AuditLog::open_file(&data_dir.join("audit.jsonl"))?);
-    let sensors = Sensors::new(&cfg.sysfs_root, cfg.thermal.gpu.clone()).read_all();
+    // A look bounded to a second: a slow source must not hold up the start
+    // (the agent reads it on its own thread and reports it).
+    let sensors = Sensors::configured(&cfg)
+        .scan_within(Duration::from_secs(1))
+        .readings;
     if sensors.is_empty() {
         eprintln!(
             "skos: no temperature sensor found under {} (heartbeats will say so: cpu_temp and gpu_temp are null)",
@@ -305,9 +309,27 @@ async fn agent(cfg: Config) -> Result<ExitCode> {
 }
 
 fn sensors(cfg: &Config, as_json: bool) -> Result<ExitCode> {
-    let readings = Sensors::new(&cfg.sysfs_root, cfg.thermal.gpu.clone()).read_all();
+    // Each source is waited for at most its own budget
+    // (`thermal.sources`); one still reading then is named slow.
+    let scan = Sensors::configured(cfg).scan();
+    let readings = &scan.readings;
+    let slow: Vec<String> = scan
+        .problems
+        .iter()
+        .filter_map(|p| match &p.what {
+            ProblemKind::Slow { chip, .. } => Some(match chip {
+                Some(chip) => format!("{} ({chip})", p.at),
+                None => p.at.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&readings)?);
+        // stdout stays the array of readings; what gave no reading goes to stderr.
+        println!("{}", serde_json::to_string_pretty(readings)?);
+        for p in &scan.problems {
+            eprintln!("skos sensors: {p}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if readings.is_empty() {
@@ -315,24 +337,35 @@ fn sensors(cfg: &Config, as_json: bool) -> Result<ExitCode> {
             "no temperature sensor found under {}",
             cfg.sysfs_root.display()
         );
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<6} {:>7}  {:<20} {:<12} PATH",
-        "KIND", "°C", "LABEL", "SOURCE"
-    );
-    for r in &readings {
-        let kind = serde_json::to_value(r.kind)?
-            .as_str()
-            .unwrap_or("?")
-            .to_string();
+    } else {
         println!(
-            "{:<6} {:>7.1}  {:<20} {:<12} {}",
-            kind,
+            "{:<6} {:<8} {:<6} {:>7}  {:<20} {:<12} PATH",
+            "KIND", "ROLE", "COUNTS", "°C", "LABEL", "SOURCE"
+        );
+    }
+    let word = |v: Value| v.as_str().unwrap_or("?").to_string();
+    for r in readings {
+        println!(
+            "{:<6} {:<8} {:<6} {:>7.1}  {:<20} {:<12} {}",
+            word(serde_json::to_value(r.kind)?),
+            word(serde_json::to_value(r.role)?),
+            if r.counts { "yes" } else { "no" },
             r.celsius,
             r.label,
             r.source,
             r.path.display()
+        );
+    }
+    if !scan.problems.is_empty() {
+        println!("\nproblems (no reading, or a reading with a caveat):");
+        for p in &scan.problems {
+            println!("  {p}");
+        }
+    }
+    if !slow.is_empty() {
+        println!(
+            "\nslow sources (no answer within their budget, thermal.sources; not shown above): {}",
+            slow.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)

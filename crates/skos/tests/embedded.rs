@@ -41,14 +41,16 @@ fn audit(data: &std::path::Path) -> Vec<Value> {
 }
 
 /// Like `fast_config`, but no reminder comes during a test (cooldown an
-/// hour), a slow machine does not fail verifications or go offline, the
-/// seed's thermal table (its `redistribute` is answered `unsupported`), and
-/// `thermal` is more keys under `thermal:` (indented two spaces).
+/// hour), a slow machine does not fail verifications or go offline, a fix
+/// is credited once its cooling has held for 1 s (before the throttle is
+/// lifted), the seed's thermal table (its `redistribute` is answered
+/// `unsupported`), and `thermal` is more keys under `thermal:` (indented
+/// two spaces).
 fn thermal_config(dir: &std::path::Path, thermal: &str) -> std::path::PathBuf {
     let path = dir.join("config.yaml");
     let text = format!(
         "agent:\n  heartbeat_interval: 0.5\n  monitor_interval: 0.2\n\
-coordinator:\n  heartbeat_timeout: 10\n  verify_within: 120\n  command_deadline: 30\n\
+coordinator:\n  heartbeat_timeout: 10\n  verify_within: 120\n  verify_hold_seconds: 1\n  command_deadline: 30\n\
 thermal:\n  clear_for: 1\n  cooldown: 3600\n  gpu: {{nvml: false, nvidia_smi: false, lm_sensors: false}}\n  \
 actions: {{warning: [throttle_10], critical: [throttle_50, redistribute], emergency: [shutdown_non_essential, failover]}}\n{thermal}"
     );

@@ -282,7 +282,7 @@ fn cut_link_fails_the_route_over_and_back_after_the_hold_time() {
 
     // The primary path loses its carrier (b's end goes down).
     p.b.ip(&["link", "set", "pb", "down"]);
-    let records = wait_for(Duration::from_secs(40), "failover_route verified", || {
+    let records = wait_for(Duration::from_secs(90), "failover_route verified", || {
         let r = audit(&data);
         verified(&r, "failover_route").then_some(r)
     });

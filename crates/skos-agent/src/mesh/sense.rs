@@ -11,10 +11,12 @@ use skos_core::timefmt::Timestamp;
 
 use super::jobs::lock;
 use super::probe::{self, ProbeReport};
-use super::{actions, age, iproute, unix, IfaceReading, MeshHealer, PeerReading};
+use super::{actions, age, iproute, unix, wg, IfaceReading, MeshHealer, PeerReading};
 
 impl MeshHealer {
-    fn read_interface(&self, name: &str, configured_keys: &[&str]) -> IfaceReading {
+    /// One interface's link and dump, the dump's handshakes placed in time
+    /// at `now` (boringtun prints seconds ago, the kernel Unix seconds).
+    fn read_interface(&self, name: &str, configured_keys: &[&str], now: Timestamp) -> IfaceReading {
         let down = |state, reason: String, link| IfaceReading {
             level: 2,
             state,
@@ -36,7 +38,11 @@ impl MeshHealer {
             );
         }
         let dump = match actions::read_dump(&self.cfg, name) {
-            Ok(d) => d,
+            Ok(mut d) => {
+                d.place_handshakes(now.timestamp());
+                self.say_rejected_handshakes(name, &d);
+                d
+            }
             Err(e) if e.is_permission_denied() => {
                 if !self.said_no_permission {
                     tracing::warn!(interface = %name, error = %e, "cannot read WireGuard state: the agent needs CAP_NET_ADMIN (or root); the interface and its peers are not judged");
@@ -91,7 +97,7 @@ impl MeshHealer {
             j.settle_until.retain(|_, until| *until > now);
             (j.busy.clone(), j.settle_until.keys().cloned().collect())
         };
-        self.sense_interfaces(&busy);
+        self.sense_interfaces(&busy, now);
         self.sense_activity(now, &busy, &settling);
         let failed_over = self.sense_routes();
         self.sense_probes(&failed_over);
@@ -101,7 +107,29 @@ impl MeshHealer {
         alerts
     }
 
-    fn sense_interfaces(&mut self, busy: &BTreeSet<String>) {
+    /// Warn about a peer's impossible `latest handshake` when it was not
+    /// already rejected for the same reason at the last reading.
+    fn say_rejected_handshakes(&self, name: &str, dump: &wg::Dump) {
+        let before = self
+            .ifaces
+            .get(name)
+            .and_then(|s| s.last.as_ref())
+            .and_then(|r| r.dump.as_ref());
+        for p in &dump.peers {
+            let Some(e) = &p.handshake_error else {
+                continue;
+            };
+            let said = before
+                .and_then(|d| d.peer(&p.public_key))
+                .and_then(|q| q.handshake_error.as_ref())
+                .is_some_and(|q| std::mem::discriminant(q) == std::mem::discriminant(e));
+            if !said {
+                tracing::warn!(interface = %name, peer = %p.public_key, field = p.latest_handshake_field, error = %e, "latest handshake rejected: judged on received data alone");
+            }
+        }
+    }
+
+    fn sense_interfaces(&mut self, busy: &BTreeSet<String>, now: Timestamp) {
         let cfg = self.cfg.clone();
         for itf in &cfg.interfaces {
             if busy.contains(&itf.name) {
@@ -113,7 +141,7 @@ impl MeshHealer {
                 .filter(|p| p.interface == itf.name)
                 .filter_map(|p| p.public_key.as_deref())
                 .collect();
-            let reading = self.read_interface(&itf.name, &keys);
+            let reading = self.read_interface(&itf.name, &keys, now);
             self.said_no_permission |= !reading.judged;
             if let Some(st) = self.ifaces.get_mut(&itf.name) {
                 st.last = Some(reading);

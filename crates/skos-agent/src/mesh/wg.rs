@@ -2,38 +2,181 @@
 //!
 //! The dump's first line is the interface: private key, public key, listen
 //! port, fwmark. Every further line is a peer: public key, preshared key,
-//! endpoint, allowed IPs, latest handshake (Unix seconds, 0 for never),
-//! bytes received, bytes sent, persistent keepalive. Fields are separated
-//! by tabs; `(none)` and `off` mean absent.
+//! endpoint, allowed IPs, latest handshake, bytes received, bytes sent,
+//! persistent keepalive. Fields are separated by tabs; `(none)` and `off`
+//! mean absent. A userspace implementation may show `(none)` for the
+//! interface's keys (boringtun does).
+//!
+//! The `latest handshake` field's unit depends on the implementation: the
+//! kernel module and wireguard-go print Unix seconds, boringtun prints
+//! seconds since the handshake (so `wg show` says "55 years ago" for a
+//! peer that handshook 37 s ago). [`read_handshake`] tells them apart
+//! against the current time, which the caller passes in: 0 is never; a
+//! value below [`EARLIEST_HANDSHAKE`] (2015, before WireGuard) cannot be a
+//! Unix time of a handshake and is seconds ago; a Unix time more than
+//! [`MAX_FUTURE_SKEW`] seconds ahead of now, or seconds ago reaching back
+//! before 2015, is impossible and rejected with a reason. An age of
+//! decades is never reported.
 //!
 //! The private key is dropped while parsing and never kept, returned,
 //! logged or quoted in an error: errors name the line and the field only.
 
 use serde::Serialize;
 
+/// Unix seconds of 2015-01-01T00:00:00Z. No WireGuard handshake happened
+/// before (its first release was in 2016): a `latest handshake` below this
+/// is seconds ago, not a Unix time.
+pub const EARLIEST_HANDSHAKE: i64 = 1_420_070_400;
+
+/// Seconds a Unix handshake time may lie ahead of the current time (a
+/// clock stepped back between the handshake and the reading); it counts as
+/// just now. Further ahead is rejected.
+pub const MAX_FUTURE_SKEW: i64 = 60;
+
 /// What `wg show <if> dump` says, without the private key.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Dump {
+    /// The interface's public key; `None` when shown as `(none)`.
     pub public_key: Option<String>,
+    /// UDP port.
     pub listen_port: Option<u16>,
+    /// `None` when off.
     pub fwmark: Option<u32>,
     pub peers: Vec<PeerDump>,
 }
 
+/// One peer line of the dump.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerDump {
+    /// The peer's public key (base64).
     pub public_key: String,
     /// Whether a preshared key is set (the key itself is not kept).
     pub preshared_key: bool,
+    /// `host:port` as printed (`[v6%zone]:port` for IPv6).
     pub endpoint: Option<String>,
     pub allowed_ips: Vec<String>,
-    /// Unix seconds of the latest handshake; `None` when there was none.
+    /// Unix seconds of the latest handshake, whatever unit the field was
+    /// printed in; `None` when there was none, when the field was rejected
+    /// (`handshake_error` says why), or when it is seconds ago and no
+    /// current time was given to place it ([`parse_dump`]).
     pub latest_handshake: Option<i64>,
+    /// The `latest handshake` field as printed (unit: `handshake_unit`).
+    pub latest_handshake_field: u64,
+    /// The unit the field was read in; `None` for never and rejected.
+    pub handshake_unit: Option<HandshakeUnit>,
+    /// Why the field was rejected, when it was.
+    pub handshake_error: Option<HandshakeError>,
+    /// Bytes received from the peer.
     pub rx_bytes: u64,
+    /// Bytes sent to the peer.
     pub tx_bytes: u64,
+    /// Seconds; `None` when off.
     pub persistent_keepalive: Option<u16>,
 }
 
+/// The unit a `latest handshake` field was printed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandshakeUnit {
+    /// Unix seconds (the kernel module, wireguard-go).
+    UnixSeconds,
+    /// Seconds since the handshake (boringtun).
+    SecondsAgo,
+}
+
+/// What a `latest handshake` field says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// 0: no handshake yet.
+    Never,
+    /// A handshake at `unix` (Unix seconds, never after now), read in
+    /// `unit`.
+    At { unix: i64, unit: HandshakeUnit },
+}
+
+/// Why a `latest handshake` field cannot be true.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum HandshakeError {
+    /// A Unix time further ahead of now than [`MAX_FUTURE_SKEW`].
+    #[error("latest handshake {field} is {ahead_seconds} s after now")]
+    InFuture { field: u64, ahead_seconds: u64 },
+    /// Seconds ago reaching back before [`EARLIEST_HANDSHAKE`].
+    #[error("latest handshake {field} s ago would be before WireGuard existed")]
+    TooOld { field: u64 },
+    /// The current time itself is before [`EARLIEST_HANDSHAKE`]: Unix
+    /// seconds and seconds ago cannot be told apart.
+    #[error("the clock ({now}) is not set: cannot tell the unit of latest handshake {field}")]
+    ClockUnset { field: u64, now: i64 },
+}
+
+/// Pure: read a `latest handshake` field against `now` (Unix seconds).
+pub fn read_handshake(field: u64, now: i64) -> Result<Handshake, HandshakeError> {
+    if field == 0 {
+        return Ok(Handshake::Never);
+    }
+    if now < EARLIEST_HANDSHAKE {
+        return Err(HandshakeError::ClockUnset { field, now });
+    }
+    // now >= EARLIEST_HANDSHAKE > 0, so these conversions are exact.
+    let now_u = now.unsigned_abs();
+    if field >= EARLIEST_HANDSHAKE.unsigned_abs() {
+        let ahead = field.saturating_sub(now_u);
+        if ahead > MAX_FUTURE_SKEW.unsigned_abs() {
+            return Err(HandshakeError::InFuture {
+                field,
+                ahead_seconds: ahead,
+            });
+        }
+        let unix = i64::try_from(field.min(now_u)).unwrap_or(now);
+        return Ok(Handshake::At {
+            unix,
+            unit: HandshakeUnit::UnixSeconds,
+        });
+    }
+    // field < EARLIEST_HANDSHAKE < now: no overflow.
+    let unix = now - i64::try_from(field).unwrap_or(now);
+    if unix < EARLIEST_HANDSHAKE {
+        return Err(HandshakeError::TooOld { field });
+    }
+    Ok(Handshake::At {
+        unix,
+        unit: HandshakeUnit::SecondsAgo,
+    })
+}
+
+impl PeerDump {
+    /// Place the `latest handshake` field in time at `now` (Unix seconds):
+    /// sets `latest_handshake`, `handshake_unit` and `handshake_error`.
+    pub fn place_handshake(&mut self, now: i64) {
+        let (at, unit, error) = match read_handshake(self.latest_handshake_field, now) {
+            Ok(Handshake::Never) => (None, None, None),
+            Ok(Handshake::At { unix, unit }) => (Some(unix), Some(unit), None),
+            Err(e) => (None, None, Some(e)),
+        };
+        self.latest_handshake = at;
+        self.handshake_unit = unit;
+        self.handshake_error = error;
+    }
+
+    /// Without a clock: Unix-looking values are kept as they are, seconds
+    /// ago cannot be placed (`latest_handshake` stays `None`).
+    fn guess_handshake(&mut self) {
+        let f = self.latest_handshake_field;
+        if f == 0 {
+            return;
+        }
+        if f >= EARLIEST_HANDSHAKE.unsigned_abs() {
+            self.latest_handshake = i64::try_from(f).ok();
+            self.handshake_unit = Some(HandshakeUnit::UnixSeconds);
+        } else {
+            self.handshake_unit = Some(HandshakeUnit::SecondsAgo);
+        }
+    }
+}
+
+/// A dump that cannot be parsed: the line (1-based) and why; never the
+/// line's text (it may hold the private key).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("wg dump line {line}: {reason}")]
 pub struct DumpError {
@@ -55,7 +198,19 @@ fn none(field: &str) -> Option<&str> {
     }
 }
 
-/// Parse the output of `wg show <interface> dump`.
+/// Parse the output of `wg show <interface> dump`, placing every peer's
+/// latest handshake in time at `now` (Unix seconds) whatever unit the
+/// implementation printed it in (see [`read_handshake`]).
+pub fn parse_dump_at(text: &str, now: i64) -> Result<Dump, DumpError> {
+    let mut d = parse_dump(text)?;
+    d.place_handshakes(now);
+    Ok(d)
+}
+
+/// Parse the output of `wg show <interface> dump` without a clock: a
+/// handshake printed as seconds ago is not placed in time and no value is
+/// rejected until [`Dump::place_handshakes`] is called (or use
+/// [`parse_dump_at`]).
 pub fn parse_dump(text: &str) -> Result<Dump, DumpError> {
     let mut lines = text
         .lines()
@@ -104,15 +259,17 @@ pub fn parse_dump(text: &str) -> Result<Dump, DumpError> {
             s.parse::<u64>()
                 .map_err(|_| err(n, format!("{what} {s:?} is not a number")))
         };
-        let handshake = num(f[4], "latest handshake")?;
-        peers.push(PeerDump {
+        let mut peer = PeerDump {
             public_key: f[0].to_string(),
             preshared_key: none(f[1]).is_some(),
             endpoint: none(f[2]).map(str::to_owned),
             allowed_ips: none(f[3])
                 .map(|a| a.split(',').map(|s| s.trim().to_string()).collect())
                 .unwrap_or_default(),
-            latest_handshake: (handshake > 0).then(|| i64::try_from(handshake).unwrap_or(i64::MAX)),
+            latest_handshake: None,
+            latest_handshake_field: num(f[4], "latest handshake")?,
+            handshake_unit: None,
+            handshake_error: None,
             rx_bytes: num(f[5], "rx bytes")?,
             tx_bytes: num(f[6], "tx bytes")?,
             persistent_keepalive: match none(f[7]) {
@@ -122,7 +279,9 @@ pub fn parse_dump(text: &str) -> Result<Dump, DumpError> {
                         .map_err(|_| err(n, format!("keepalive {k:?} is not a number")))?,
                 ),
             },
-        });
+        };
+        peer.guess_handshake();
+        peers.push(peer);
     }
     Ok(Dump {
         public_key,
@@ -140,8 +299,17 @@ fn parse_fwmark(s: &str) -> Option<u32> {
 }
 
 impl Dump {
+    /// The peer with this public key.
     pub fn peer(&self, public_key: &str) -> Option<&PeerDump> {
         self.peers.iter().find(|p| p.public_key == public_key)
+    }
+
+    /// Place every peer's latest handshake in time at `now` (Unix
+    /// seconds); see [`read_handshake`].
+    pub fn place_handshakes(&mut self, now: i64) {
+        for p in &mut self.peers {
+            p.place_handshake(now);
+        }
     }
 }
 
@@ -256,6 +424,137 @@ Po5SJsFbRL9I/+l1cP+616Jr6zhCKIJZqmAKYukmgGc=\t(none)\t10.200.0.2:51820\t10.99.0.
         assert_eq!(parse_dump(&short_peer).unwrap_err().line, 2);
         let bad_rx = ONE_PEER.replace("\t212\t", "\tlots\t");
         assert!(parse_dump(&bad_rx).is_err());
+    }
+
+    const NOW: i64 = 1_764_500_000; // 2025-11-30
+
+    #[test]
+    fn handshake_units_are_told_apart() {
+        use HandshakeUnit::*;
+        let at = |unix, unit| Ok(Handshake::At { unix, unit });
+        // The kernel and wireguard-go: Unix seconds.
+        assert_eq!(
+            read_handshake(1_764_499_963, NOW),
+            at(NOW - 37, UnixSeconds)
+        );
+        assert_eq!(
+            read_handshake(NOW.unsigned_abs(), NOW),
+            at(NOW, UnixSeconds)
+        );
+        // boringtun: seconds ago.
+        assert_eq!(read_handshake(37, NOW), at(NOW - 37, SecondsAgo));
+        assert_eq!(read_handshake(1, NOW), at(NOW - 1, SecondsAgo));
+        assert_eq!(
+            read_handshake(7 * 86400, NOW),
+            at(NOW - 7 * 86400, SecondsAgo)
+        );
+        // 0 is never, whatever the implementation.
+        assert_eq!(read_handshake(0, NOW), Ok(Handshake::Never));
+        assert_eq!(read_handshake(0, 5), Ok(Handshake::Never));
+        // The boundary: 2015-01-01 itself is a Unix time.
+        let edge = EARLIEST_HANDSHAKE.unsigned_abs();
+        assert_eq!(
+            read_handshake(edge, NOW),
+            at(EARLIEST_HANDSHAKE, UnixSeconds)
+        );
+        assert_eq!(
+            read_handshake(edge - 1, NOW),
+            Err(HandshakeError::TooOld { field: edge - 1 })
+        );
+    }
+
+    #[test]
+    fn impossible_handshakes_are_rejected_with_a_reason() {
+        // A little ahead (the clock stepped back): just now.
+        assert_eq!(
+            read_handshake((NOW + MAX_FUTURE_SKEW).unsigned_abs(), NOW),
+            Ok(Handshake::At {
+                unix: NOW,
+                unit: HandshakeUnit::UnixSeconds
+            })
+        );
+        // Further ahead: impossible.
+        let e = read_handshake((NOW + 3600).unsigned_abs(), NOW).unwrap_err();
+        assert_eq!(
+            e,
+            HandshakeError::InFuture {
+                field: (NOW + 3600).unsigned_abs(),
+                ahead_seconds: 3600
+            }
+        );
+        assert!(e.to_string().contains("3600 s after now"), "{e}");
+        assert!(matches!(
+            read_handshake(u64::MAX, NOW),
+            Err(HandshakeError::InFuture { .. })
+        ));
+        // Seconds ago reaching before 2015 (or a 1990s Unix time): no
+        // age of decades.
+        for field in [500_000_000u64, 946_684_800, 1_000_000_000, 1_420_070_399] {
+            assert_eq!(
+                read_handshake(field, NOW),
+                Err(HandshakeError::TooOld { field }),
+                "{field}"
+            );
+        }
+        // A clock that is not set cannot tell the units apart.
+        assert_eq!(
+            read_handshake(37, 86_400),
+            Err(HandshakeError::ClockUnset {
+                field: 37,
+                now: 86_400
+            })
+        );
+        assert!(matches!(
+            read_handshake(37, -1),
+            Err(HandshakeError::ClockUnset { .. })
+        ));
+    }
+
+    #[test]
+    fn no_accepted_handshake_is_decades_old_or_in_the_future() {
+        let decade = 10 * 365 * 86400;
+        for field in
+            (0..64)
+                .map(|b| 1u64 << b)
+                .chain([37, 7200, 1_700_000_000, 1_764_499_963, u64::MAX])
+        {
+            if let Ok(Handshake::At { unix, .. }) = read_handshake(field, NOW) {
+                assert!(unix <= NOW, "{field}: {unix}");
+                assert!(NOW - unix < 2 * decade, "{field}: {unix}");
+            }
+        }
+    }
+
+    /// A boringtun dump (no interface keys shown, handshake as seconds
+    /// ago) placed in time; the same peer line from the kernel agrees.
+    #[test]
+    fn boringtun_and_kernel_dumps_agree_once_placed() {
+        let boringtun = "(none)\t(none)\t58593\toff\n\
+Po5SJsFbRL9I/+l1cP+616Jr6zhCKIJZqmAKYukmgGc=\t(none)\t[2001:db8::1]:51820\t10.9.0.2/32\t37\t14554000\t252800000\toff\n";
+        let kernel = boringtun.replace("\t37\t", &format!("\t{}\t", NOW - 37));
+        let b = parse_dump_at(boringtun, NOW).unwrap();
+        let k = parse_dump_at(&kernel, NOW).unwrap();
+        assert_eq!(b.peers[0].latest_handshake, Some(NOW - 37));
+        assert_eq!(b.peers[0].handshake_unit, Some(HandshakeUnit::SecondsAgo));
+        assert_eq!(k.peers[0].latest_handshake, Some(NOW - 37));
+        assert_eq!(k.peers[0].handshake_unit, Some(HandshakeUnit::UnixSeconds));
+        assert_eq!(b.peers[0].latest_handshake_field, 37);
+        // Without a clock the seconds-ago value is not placed, never read
+        // as 1970.
+        let raw = parse_dump(boringtun).unwrap();
+        assert_eq!(raw.peers[0].latest_handshake, None);
+        assert_eq!(raw.peers[0].handshake_unit, Some(HandshakeUnit::SecondsAgo));
+        // A rejected field leaves the peer parsed, its handshake unknown.
+        let future = boringtun.replace("\t37\t", &format!("\t{}\t", NOW + 86_400));
+        let f = parse_dump_at(&future, NOW).unwrap();
+        assert_eq!(f.peers[0].latest_handshake, None);
+        assert!(matches!(
+            f.peers[0].handshake_error,
+            Some(HandshakeError::InFuture { .. })
+        ));
+        assert_eq!(f.peers[0].rx_bytes, 14_554_000);
+        let j = serde_json::to_value(&f.peers[0]).unwrap();
+        assert_eq!(j["handshake_error"]["reason"], "in_future");
     }
 
     #[test]

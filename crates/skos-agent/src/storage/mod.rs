@@ -1,20 +1,31 @@
 //! The storage watcher antibody.
 //!
-//! Senses statvfs of every configured mount (bytes and inodes), raises
+//! Senses statvfs of every watched mount (bytes and inodes), raises
 //! alerts on level changes with hysteresis, and a `predicted` warning when
 //! the fill rate will take a mount to critical within the horizon. Carries
 //! out `cleanup_temp`, `cleanup_logs`, `archive_old`, `emergency_cleanup`
 //! and `alert_human`, strictly inside the configured directories.
+//!
+//! The watched mounts are `storage.mounts` when it is set, else the mounts
+//! holding the configured temp, log and archive dirs. Only what can fill
+//! and can be cleaned is judged ([`mounts::judge`]): read-only mounts,
+//! image filesystems and mounts without blocks never, pseudo filesystems
+//! only when listed in `storage.mounts`. A mount not judged raises no
+//! alert, is left out of `storage_percent` and of what the actions check
+//! usage on, and is listed with its reason under
+//! `metadata.storage_not_judged`.
 
 pub mod actions;
+pub mod mounts;
 pub mod notify;
 pub mod usage;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
-use skos_core::config::Config;
+use skos_core::config::{Config, StorageConfig};
 use skos_core::level::{LevelRules, LevelTracker, Report};
 use skos_core::protocol::{Alert, AlertKind, Command, Heartbeat, ResultStatus, Severity};
 use skos_core::timefmt::Timestamp;
@@ -22,8 +33,9 @@ use skos_core::NodeName;
 
 use crate::antibody::{Antibody, Execution};
 use crate::Outcome;
+use mounts::{MountEntry, NotJudged};
 use notify::Notification;
-use usage::{FillRate, MountUsage};
+use usage::{FillRate, MountUsage, StatSource};
 
 pub const AGENT_TYPE: &str = skos_core::catalogue::Executor::StorageWatcher.as_str();
 
@@ -32,46 +44,115 @@ pub fn handles(action: &str) -> bool {
     skos_core::catalogue::Executor::StorageWatcher.handles(action)
 }
 
+#[derive(Default)]
 struct MountState {
     tracker: LevelTracker,
     fill: FillRate,
     predicted: bool,
     unreadable: bool,
+    /// Why the mount is not judged, while it is not.
+    not_judged: Option<NotJudged>,
+}
+
+/// A watched mount that is not judged for fullness, and why (in
+/// `metadata.storage_not_judged`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Unjudged {
+    /// The mount as watched (configured, or found holding a configured dir).
+    pub mount: PathBuf,
+    /// Why; serialised flat (`reason`, and `fs_type` where known).
+    #[serde(flatten)]
+    pub why: NotJudged,
+}
+
+/// A mount to watch, and whether it was listed in `storage.mounts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    /// The mount point (or the configured path; statvfs of any path gives
+    /// its filesystem's numbers).
+    pub mount: PathBuf,
+    /// Listed in `storage.mounts` (pseudo filesystems are then judged).
+    pub explicit: bool,
+}
+
+/// The mounts to watch: `storage.mounts` when set (explicit), else the
+/// mount points holding each configured temp, log and archive dir (found in
+/// `table`, the mountinfo entries, when it is known, else by walking up to
+/// the dir's device boundary), each once.
+pub fn watched_mounts(st: &StorageConfig, table: Option<&[MountEntry]>) -> Vec<Watched> {
+    if !st.mounts.is_empty() {
+        return st
+            .mounts
+            .iter()
+            .map(|m| Watched {
+                mount: m.clone(),
+                explicit: true,
+            })
+            .collect();
+    }
+    let mut seen = BTreeSet::new();
+    let dirs = st
+        .temp
+        .dirs
+        .iter()
+        .chain(&st.logs.dirs)
+        .chain(&st.archive.dirs);
+    let mut out = Vec::new();
+    for dir in dirs {
+        let resolved = mounts::resolve_existing(dir);
+        let mount = match table.and_then(|t| mounts::mount_holding(t, &resolved)) {
+            Some(e) => e.mount_point.clone(),
+            None => match mounts::mount_point_by_device(&resolved) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot find the mount of a storage dir");
+                    continue;
+                }
+            },
+        };
+        if seen.insert(mount.clone()) {
+            out.push(Watched {
+                mount,
+                explicit: false,
+            });
+        }
+    }
+    out
 }
 
 pub struct StorageWatcher {
     cfg: Config,
     node: NodeName,
     agent_id: String,
+    stat: StatSource,
     mounts: BTreeMap<PathBuf, MountState>,
     last: Vec<MountUsage>,
+    not_judged: Vec<Unjudged>,
+    /// Whether the missing mountinfo was said (once).
+    said_no_mountinfo: bool,
     /// What the recent actions did, for the message to a person.
     history: VecDeque<String>,
 }
 
 impl StorageWatcher {
+    /// A watcher reading the real statvfs and `<proc_root>/self/mountinfo`.
     pub fn new(cfg: &Config) -> Self {
+        Self::with_stat_source(cfg, usage::system_stat_source())
+    }
+
+    /// A watcher whose statvfs numbers come from `stat` (a replay of what
+    /// a real machine reported, in tests); mountinfo is still read from
+    /// `<proc_root>/self/mountinfo`.
+    pub fn with_stat_source(cfg: &Config, stat: StatSource) -> Self {
         Self {
             node: cfg.node.name.clone(),
             agent_id: format!("storage-watcher-{}", cfg.node.name),
-            mounts: cfg
-                .storage
-                .mounts
-                .iter()
-                .map(|m| {
-                    (
-                        m.clone(),
-                        MountState {
-                            tracker: LevelTracker::default(),
-                            fill: FillRate::default(),
-                            predicted: false,
-                            unreadable: false,
-                        },
-                    )
-                })
-                .collect(),
+            stat,
+            mounts: BTreeMap::new(),
             cfg: cfg.clone(),
             last: Vec::new(),
+            not_judged: Vec::new(),
+            said_no_mountinfo: false,
             history: VecDeque::new(),
         }
     }
@@ -87,27 +168,56 @@ impl StorageWatcher {
         }
     }
 
-    /// The fullest watched mount, in percent; `None` when nothing is watched
+    /// The fullest judged mount, in percent; `None` when nothing is judged
     /// or readable.
     pub fn storage_percent(&self) -> Option<f64> {
         self.last.iter().map(|u| u.percent).reduce(f64::max)
     }
 
+    /// Usage of the judged mounts, as last sensed.
     pub fn usage(&self) -> &[MountUsage] {
         &self.last
+    }
+
+    /// The watched mounts not judged for fullness, with why, as last sensed.
+    pub fn not_judged(&self) -> &[Unjudged] {
+        &self.not_judged
+    }
+
+    fn mount_table(&mut self) -> Option<Vec<MountEntry>> {
+        match mounts::read_mountinfo(&self.cfg.proc_root) {
+            Ok(t) => {
+                self.said_no_mountinfo = false;
+                Some(t)
+            }
+            Err(e) => {
+                if !self.said_no_mountinfo {
+                    tracing::warn!(error = %e, "cannot read mountinfo: filesystem types unknown, mounts judged on statvfs alone");
+                    self.said_no_mountinfo = true;
+                }
+                None
+            }
+        }
     }
 
     /// Read every mount and return the alerts to raise.
     pub fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
         let rules = self.rules();
         let st = self.cfg.storage.clone();
+        let table = self.mount_table();
+        let watched = watched_mounts(&st, table.as_deref());
+        self.mounts
+            .retain(|m, _| watched.iter().any(|w| &w.mount == m));
         let mut alerts = Vec::new();
         let mut last = Vec::new();
-        for (mount, state) in self.mounts.iter_mut() {
-            let u = match usage::read(mount) {
-                Ok(u) => {
+        let mut not_judged = Vec::new();
+        for w in &watched {
+            let mount = &w.mount;
+            let state = self.mounts.entry(mount.clone()).or_default();
+            let raw = match (self.stat)(mount) {
+                Ok(r) => {
                     state.unreadable = false;
-                    u
+                    r
                 }
                 Err(e) => {
                     if !state.unreadable {
@@ -117,7 +227,57 @@ impl StorageWatcher {
                     continue;
                 }
             };
-            state.fill.push(st.fill_rate_window, now, u.used_bytes);
+            let u = usage::usage_from(mount, raw);
+            let entry = table
+                .as_deref()
+                .and_then(|t| mounts::mount_holding(t, &mounts::resolve_existing(mount)));
+            if let Err(why) = mounts::judge(&raw, entry, w.explicit) {
+                if state.not_judged.as_ref() != Some(&why) {
+                    tracing::info!(mount = %mount.display(), reason = %why, percent = u.percent, "mount not judged for fullness");
+                }
+                let was = state.tracker.current();
+                if was != Severity::Normal {
+                    // It was judged and alerting: clear its problem, or the
+                    // coordinator would wait on it forever.
+                    alerts.push(alert(
+                        &self.node,
+                        &self.agent_id,
+                        Severity::Normal,
+                        was,
+                        format!(
+                            "{} is no longer judged for fullness: {why}",
+                            mount.display()
+                        ),
+                        &u,
+                        None,
+                        None,
+                        rules.threshold(was),
+                        None,
+                        now,
+                    ));
+                }
+                *state = MountState {
+                    not_judged: Some(why.clone()),
+                    ..MountState::default()
+                };
+                not_judged.push(Unjudged {
+                    mount: mount.clone(),
+                    why,
+                });
+                continue;
+            }
+            if let Some(why) = state.not_judged.take() {
+                tracing::info!(mount = %mount.display(), was = %why, "mount judged for fullness again");
+            }
+            let capacity = u.used_bytes.saturating_add(u.available_bytes);
+            if state
+                .fill
+                .push(st.fill_rate_window, now, u.used_bytes, capacity)
+            {
+                tracing::debug!(mount = %mount.display(), used_bytes = u.used_bytes, "usage dropped: fill rate restarted");
+                // The fill a prediction was made on has ended.
+                state.predicted = false;
+            }
             let rate = state.fill.rate();
             let to_critical = usage::seconds_until(&u, st.thresholds.critical, rate);
             if let Some(report) = state.tracker.observe(&rules, u.percent, now) {
@@ -180,6 +340,7 @@ impl StorageWatcher {
             last.push(u);
         }
         self.last = last;
+        self.not_judged = not_judged;
         alerts
     }
 
@@ -193,6 +354,8 @@ impl StorageWatcher {
             cause: cmd.cause.clone(),
             problem: cmd.problem.clone(),
             usage: self.last.clone(),
+            judged: self.last.iter().map(|u| u.mount.clone()).collect(),
+            stat: self.stat.clone(),
             history: self.history.iter().cloned().collect(),
         }
     }
@@ -219,7 +382,7 @@ fn what_is_full(u: &MountUsage) -> String {
 }
 
 /// 8 hex digits of the SHA-256 of a mount's path.
-fn mount_digest(mount: &std::path::Path) -> String {
+fn mount_digest(mount: &Path) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(mount.as_os_str().as_encoded_bytes())[..4])
 }
@@ -282,6 +445,10 @@ pub struct StorageJob {
     cause: Option<String>,
     problem: Option<String>,
     usage: Vec<MountUsage>,
+    /// The mounts judged at the last sensing: what "usage now" is read on
+    /// (a read-only mount at 100 % would never let an emergency stop).
+    judged: Vec<PathBuf>,
+    stat: StatSource,
     history: Vec<String>,
 }
 
@@ -295,11 +462,12 @@ impl StorageJob {
             return self.alert_human();
         }
         let st = &self.cfg.storage;
-        let mounts = st.mounts.clone();
+        let mounts = self.judged.clone();
+        let stat = self.stat.clone();
         let usage_now = move || {
             mounts
                 .iter()
-                .filter_map(|m| usage::read(m).ok())
+                .filter_map(|m| stat(m).ok().map(|r| usage::usage_from(m, r)))
                 .map(|u| u.percent)
                 .reduce(f64::max)
         };
@@ -438,6 +606,8 @@ impl Antibody for StorageWatcher {
     fn report(&self, hb: &mut Heartbeat) {
         hb.storage_percent = self.storage_percent();
         hb.metadata.insert("storage".into(), json!(self.usage()));
+        hb.metadata
+            .insert("storage_not_judged".into(), json!(self.not_judged()));
     }
 
     fn execute(&mut self, cmd: &Command) -> Execution {

@@ -11,6 +11,8 @@ pub mod sensors;
 pub mod throttle;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use skos_core::catalogue::{self, Executor};
@@ -22,7 +24,7 @@ use skos_core::NodeName;
 
 use crate::antibody::{Antibody, Execution};
 use crate::Outcome;
-use sensors::{hottest, Reading, SensorKind, Sensors};
+use sensors::{hottest, hottest_reading, Reading, SensorKind, Sensors, SourceTrouble};
 use throttle::{effective_throttle, FreqCap, Throttler};
 
 pub const AGENT_TYPE: &str = Executor::ThermalSentinel.as_str();
@@ -32,6 +34,14 @@ pub fn handles(action: &str) -> bool {
     Executor::ThermalSentinel.handles(action)
 }
 
+/// How long the agent's first look waits for the sources at most, so its
+/// first heartbeat carries what the fast ones read.
+const FIRST_LOOK: Duration = Duration::from_secs(1);
+
+/// How many sources in trouble a heartbeat names (`metadata.sensor_errors`);
+/// the others are counted in `metadata.sensor_errors_omitted`.
+const MAX_REPORTED_TROUBLES: usize = 16;
+
 pub struct ThermalSentinel {
     node: NodeName,
     agent_id: String,
@@ -40,17 +50,35 @@ pub struct ThermalSentinel {
     rules: LevelRules,
     cpu: LevelTracker,
     gpu: LevelTracker,
+    /// The current readings: each source's last good ones, at most
+    /// `max_age` old.
     readings: Vec<Reading>,
+    /// How long ago each of `readings` was read, seconds.
+    ages: Vec<f64>,
+    /// Sources that are slow or keep failing, as of the last look.
+    troubles: Vec<SourceTrouble>,
+    /// How long a source's readings stay current.
+    max_age: Duration,
+    /// Raised from a reader thread when a source answered.
+    arrivals: Arc<tokio::sync::Notify>,
+    /// Whether the agent loop looked once.
+    looked: bool,
     said_none: bool,
 }
 
 impl ThermalSentinel {
+    /// The sentinel `cfg` describes. Its sources are read on their own
+    /// threads, started on the first look; `state_dir` keeps the throttle's
+    /// originals.
     pub fn new(cfg: &Config, state_dir: Option<&Path>) -> Self {
         let t = &cfg.thermal;
+        let arrivals = Arc::new(tokio::sync::Notify::new());
+        let signal = arrivals.clone();
+        let max_age = t.sources.max_age_seconds(cfg.agent.monitor_interval);
         Self {
             node: cfg.node.name.clone(),
             agent_id: format!("thermal-sentinel-{}", cfg.node.name),
-            sensors: Sensors::new(&cfg.sysfs_root, t.gpu.clone()),
+            sensors: Sensors::configured(cfg).on_arrival(move || signal.notify_one()),
             throttler: Throttler::new(
                 &cfg.sysfs_root,
                 t.throttle.clone(),
@@ -66,8 +94,22 @@ impl ThermalSentinel {
             cpu: LevelTracker::default(),
             gpu: LevelTracker::default(),
             readings: Vec::new(),
+            ages: Vec::new(),
+            troubles: Vec::new(),
+            max_age: Duration::try_from_secs_f64(max_age).unwrap_or_default(),
+            arrivals,
+            looked: false,
             said_none: false,
         }
+    }
+
+    /// The same sentinel reading `sensors` (their file reader, budgets and
+    /// tools) in place of the ones its config describes; their answers
+    /// still raise [`Antibody::arrivals`].
+    pub fn with_sensors(mut self, sensors: Sensors) -> Self {
+        let signal = self.arrivals.clone();
+        self.sensors = sensors.on_arrival(move || signal.notify_one());
+        self
     }
 
     pub fn agent_id(&self) -> &str {
@@ -82,17 +124,59 @@ impl ThermalSentinel {
         hottest(&self.readings, SensorKind::Gpu)
     }
 
+    /// The current readings: each source's last good ones, at most
+    /// `thermal.sources.max_age` old, sorted by path.
+    pub fn readings(&self) -> &[Reading] {
+        &self.readings
+    }
+
     pub fn sensor_count(&self) -> usize {
         self.readings.len()
     }
 
+    /// The throttle level in force, as heartbeats report it: the level
+    /// applied, or more when a cap SKOS has no record of takes more away.
     pub fn throttle_level(&self) -> u8 {
-        self.throttler.level()
+        self.throttler.report().effective_level
     }
 
-    /// Read every sensor and return the alerts to raise.
+    /// The sources that are slow or keep failing, as of the last look.
+    pub fn troubles(&self) -> &[SourceTrouble] {
+        &self.troubles
+    }
+
+    /// Reads every source now, waiting for each at most its own budget,
+    /// and returns the alerts to raise. For one-shot use and tests: the
+    /// agent loop never waits for a source (it calls [`Self::look`]).
     pub fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
-        self.readings = self.sensors.read_all();
+        self.sensors.request();
+        self.sensors.settle(self.sensors.full_budget());
+        self.judge(now)
+    }
+
+    /// What the agent loop does every `monitor_interval`: asks every idle
+    /// source for a new read and judges what has arrived, without waiting
+    /// (the first look waits up to a second, so the first heartbeat
+    /// carries what the fast sources read). What arrives later is judged
+    /// when it arrives ([`Antibody::arrivals`]).
+    pub fn look(&mut self, now: Timestamp) -> Vec<Alert> {
+        self.sensors.request();
+        if !self.looked {
+            self.looked = true;
+            self.sensors
+                .settle(FIRST_LOOK.min(self.sensors.read_timeout()));
+        }
+        self.judge(now)
+    }
+
+    /// Judges the current readings (each source's last good ones, at most
+    /// `thermal.sources.max_age` old) without reading anything: the alerts
+    /// to raise.
+    pub fn judge(&mut self, now: Timestamp) -> Vec<Alert> {
+        let current = self.sensors.current(self.max_age);
+        self.readings = current.readings;
+        self.ages = current.ages;
+        self.troubles = current.troubles;
         if self.readings.is_empty() {
             if !self.said_none {
                 tracing::warn!(node = %self.node, "no temperature sensor found: heartbeats will carry null temperatures");
@@ -131,11 +215,11 @@ impl ThermalSentinel {
             Report::Reminder(s) => (s, s),
         };
         let label = name.to_uppercase();
-        let hottest = self
-            .readings
-            .iter()
-            .filter(|r| r.kind == kind)
-            .max_by(|a, b| a.celsius.total_cmp(&b.celsius));
+        let hottest = hottest_reading(&self.readings, kind);
+        let age = hottest.and_then(|h| {
+            let i = self.readings.iter().position(|r| r.path == h.path)?;
+            self.ages.get(i).copied()
+        });
         let (message, threshold) = if severity == Severity::Normal {
             let w = self.rules.thresholds.warning;
             (
@@ -167,6 +251,7 @@ impl ThermalSentinel {
                 "reminder": matches!(report, Report::Reminder(_)),
                 "source": hottest.map(|r| r.path.display().to_string()),
                 "label": hottest.map(|r| r.label.clone()),
+                "age_seconds": age,
             })
             .as_object()
             .cloned()
@@ -175,32 +260,99 @@ impl ThermalSentinel {
         }
     }
 
-    /// Carry out a throttle command.
+    /// Carry out a throttle command. Its `parameters.originals`, the
+    /// coordinator's copy of the originals, give an original to a target
+    /// that has none recorded here (see [`Throttler::apply_with`]).
+    ///
+    /// `unsupported` when there is nothing to act on; `failed` when the
+    /// originals cannot be saved (nothing is written), and for a reset
+    /// that leaves a cap it has no original for.
     pub fn execute(&mut self, cmd: &Command) -> Outcome {
-        let outcome = if cmd.action_type == "reset_throttle" {
-            self.throttler.reset()
+        let given = cmd
+            .parameters
+            .get(catalogue::ORIGINALS)
+            .and_then(|v| catalogue::ThrottleOriginal::parse_list(v).ok())
+            .unwrap_or_default();
+        let reset = cmd.action_type == "reset_throttle";
+        let outcome = if reset {
+            self.throttler.reset_with(&given)
         } else if let Some(level) = catalogue::throttle_level(&cmd.action_type) {
-            self.throttler.apply(level)
+            self.throttler.apply_with(level, &given)
         } else {
             return Outcome::new(
                 ResultStatus::Unsupported,
                 format!("{} is not a thermal action", cmd.action_type),
             );
         };
-        match outcome {
+        let mut result = match outcome {
             Ok(o) => {
+                let status = if reset && !o.unexplained.is_empty() {
+                    ResultStatus::Failed
+                } else {
+                    ResultStatus::Succeeded
+                };
                 let mut result = Outcome {
                     changes: o.changes,
-                    ..Outcome::new(ResultStatus::Succeeded, o.message)
+                    ..Outcome::new(status, o.message)
                 };
                 if let Some(summary) = cpufreq_summary(&o.cpufreq) {
                     result.details.insert("cpufreq".into(), summary);
                 }
                 result
             }
+            Err(e @ crate::Error::NothingToAct { .. }) => {
+                Outcome::new(ResultStatus::Unsupported, e.to_string())
+            }
             Err(e) => Outcome::new(ResultStatus::Failed, e.to_string()),
+        };
+        if let Some(state) = throttle_state(&self.throttler.report()) {
+            result.details.insert("throttle".into(), state);
+        }
+        result
+    }
+
+    /// What this machine has: the sensors read in the last sensing pass
+    /// and the actuators a throttle would use.
+    pub fn inventory(&self) -> crate::antibody::Inventory {
+        let sensors = if self.readings.is_empty() {
+            "none".to_string()
+        } else {
+            let each: Vec<String> = self
+                .readings
+                .iter()
+                .map(|r| {
+                    let kind = match r.kind {
+                        SensorKind::Cpu => "cpu",
+                        SensorKind::Gpu => "gpu",
+                        SensorKind::Other => "other",
+                    };
+                    format!("{kind} {} ({} {})", r.label, r.source, r.chip)
+                })
+                .collect();
+            format!("{}: {}", each.len(), each.join(", "))
+        };
+        crate::antibody::Inventory {
+            sensors,
+            actuators: self.throttler.actuators().to_string(),
         }
     }
+}
+
+/// The throttle's state for the heartbeat's `metadata.throttle` and a
+/// result's `details.throttle`: the level applied, the originals (the
+/// coordinator keeps them and gives them back), and the caps in force SKOS
+/// has no record of (grouped and bounded, with their full count). `None`
+/// when there is neither an original nor such a cap.
+fn throttle_state(report: &throttle::ThrottleReport) -> Option<Value> {
+    if report.originals.is_empty() && report.unexplained.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "level": report.level,
+        "originals": report.originals,
+        "unexplained": report.unexplained,
+        "unexplained_count": report.unexplained_count,
+    }))
 }
 
 /// The cpufreq caps in force, as the driver accepted them, for a result's
@@ -217,6 +369,32 @@ fn cpufreq_summary(caps: &[FreqCap]) -> Option<Value> {
         "max_cap_khz": max,
         "effective_throttle": effective_throttle(caps),
     }))
+}
+
+/// The heartbeat's `metadata.sensor_errors`: each source that is slow or
+/// keeps failing (at most [`MAX_REPORTED_TROUBLES`], slow ones and then
+/// the longest-running first), by source name: what went wrong, since
+/// when, how many times in a row, how long its read in progress has been
+/// running and how old its last good reading is (seconds). With the count
+/// of those left out; `None` when every source is fine.
+fn sensor_errors(troubles: &[SourceTrouble]) -> Option<(Value, usize)> {
+    if troubles.is_empty() {
+        return None;
+    }
+    let mut order: Vec<&SourceTrouble> = troubles.iter().collect();
+    order.sort_by(|a, b| a.problem.cmp(&b.problem).then(a.since.cmp(&b.since)));
+    let mut errors = serde_json::Map::new();
+    for t in order.iter().take(MAX_REPORTED_TROUBLES) {
+        let mut v = serde_json::to_value(t).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("source");
+        }
+        errors.insert(t.source.clone(), v);
+    }
+    Some((
+        Value::Object(errors),
+        troubles.len().saturating_sub(MAX_REPORTED_TROUBLES),
+    ))
 }
 
 /// A unique, readable alert id suffix: time, sensor, level.
@@ -238,18 +416,41 @@ impl Antibody for ThermalSentinel {
     }
 
     fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
-        ThermalSentinel::sense(self, now)
+        ThermalSentinel::look(self, now)
+    }
+
+    fn arrivals(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.arrivals.clone())
+    }
+
+    fn judge(&mut self, now: Timestamp) -> Vec<Alert> {
+        ThermalSentinel::judge(self, now)
     }
 
     fn report(&self, hb: &mut Heartbeat) {
         hb.cpu_temp = self.cpu_temp();
         hb.gpu_temp = self.gpu_temp();
-        hb.throttle_level = Some(self.throttle_level());
+        let throttle = self.throttler.report();
+        hb.throttle_level = Some(throttle.effective_level);
         if let Some(summary) = cpufreq_summary(self.throttler.cpufreq_in_force()) {
             hb.metadata.insert("cpufreq".into(), summary);
         }
+        if let Some(state) = throttle_state(&throttle) {
+            hb.metadata.insert("throttle".into(), state);
+        }
         hb.metadata
             .insert("sensors".into(), json!(self.sensor_count()));
+        if let Some((errors, omitted)) = sensor_errors(&self.troubles) {
+            hb.metadata.insert("sensor_errors".into(), errors);
+            if omitted > 0 {
+                hb.metadata
+                    .insert("sensor_errors_omitted".into(), json!(omitted));
+            }
+        }
+    }
+
+    fn inventory(&self) -> Option<crate::antibody::Inventory> {
+        Some(ThermalSentinel::inventory(self))
     }
 
     fn execute(&mut self, cmd: &Command) -> Execution {

@@ -125,6 +125,17 @@ impl<K: Ord, V> PerNode<K, V> {
             .flat_map(|entries| entries.iter().map(|(k, v)| (k, &**v)))
     }
 
+    /// `node`'s entries, in key order, to change them.
+    pub(super) fn of_mut<'a>(
+        &'a mut self,
+        node: &NodeName,
+    ) -> impl Iterator<Item = (&'a K, &'a mut V)> + 'a {
+        self.map
+            .get_mut(node)
+            .into_iter()
+            .flat_map(|entries| entries.iter_mut().map(|(k, v)| (k, &mut **v)))
+    }
+
     /// Every entry, in (node, key) order.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&NodeName, &K, &V)> {
         self.map
@@ -269,6 +280,15 @@ impl Verifications {
     /// `node`'s verifications, in the order they were started.
     pub(super) fn of<'a>(&'a self, node: &NodeName) -> impl Iterator<Item = &'a Verification> + 'a {
         self.by_node.of(node).map(|(_, v)| v)
+    }
+
+    /// `node`'s verifications, in the order they were started, to change
+    /// what they have seen (never their deadline: that is indexed).
+    pub(super) fn of_mut<'a>(
+        &'a mut self,
+        node: &NodeName,
+    ) -> impl Iterator<Item = &'a mut Verification> + 'a {
+        self.by_node.of_mut(node).map(|(_, v)| v)
     }
 
     /// Take out `node`'s verifications for which `take` is true, in the

@@ -7,8 +7,10 @@
 //! This file is the flow every problem goes through: an alert is recorded
 //! and decided from its healing table, each action passes the gates
 //! (dry-run, node offline, same action in progress, circuit breaker, rate
-//! limit) and is sent, its result is judged, a fix is verified on a later
-//! heartbeat or escalated, and all of it is audited. A result counts only
+//! limit) and is sent, its result is judged, a fix is verified on later
+//! heartbeats (only a fall after it took effect, held: `credit`) or
+//! escalated, a flapping problem is reported once and not acted on at each
+//! swing (`flap`), and all of it is audited. A result counts only
 //! from the node its command was sent to; a command without a result by
 //! its deadline plus `coordinator.result_grace_seconds` is closed as
 //! `no_result`. Each node's clock offset is measured from its heartbeats,
@@ -45,8 +47,11 @@ use skos_core::{catalogue, policy};
 use crate::status::NodeHealth;
 use crate::status::{ActionRecord, ActionState, Leadership};
 
+mod credit;
+mod flap;
 mod index;
 mod kinds;
+mod originals;
 mod quota;
 mod state;
 mod status;
@@ -138,6 +143,10 @@ pub struct Engine {
     /// Throttle resets to send again (their last try failed, expired or
     /// got no result), by node.
     reset_retries: BTreeMap<NodeName, ResetRetry>,
+    /// Readings of the commands waiting for a result (see `credit`).
+    watches: credit::Watches,
+    /// Problems' recent state changes, and which flap (see `flap`).
+    flaps: flap::Flaps,
     /// Who leads, shown by `skos status`.
     leader: Option<Leadership>,
 }
@@ -210,6 +219,8 @@ impl Engine {
             quotas: quota::Quotas::default(),
             offline_skipped: BTreeSet::new(),
             reset_retries: BTreeMap::new(),
+            watches: credit::Watches::default(),
+            flaps: flap::Flaps::default(),
             leader: None,
         }
     }
@@ -271,6 +282,7 @@ impl Engine {
         let watched = if first { &[] } else { before.mesh_peers() };
         self.watchers
             .update(&node, watched, state.heartbeat.mesh_peers());
+        self.keep_throttle_originals(&node, &hb, now, &mut out);
         if first {
             out.push(audit(
                 AuditEvent::Node,
@@ -332,6 +344,7 @@ impl Engine {
             ),
             json!({"alert_id": alert.alert_id, "alert": alert}),
         )];
+        self.note_state(&alert, now, &mut out);
         if alert.severity == Severity::Normal {
             self.open_alerts.remove(&node, &problem);
             kinds::of(&alert.kind).on_clear(self, &alert, now, &mut out);
@@ -362,6 +375,9 @@ impl Engine {
 
     /// Choose and send the actions for an alert at a severity.
     fn decide(&mut self, alert: &Alert, severity: Severity, now: Timestamp, out: &mut Vec<Effect>) {
+        if self.flap_holds(alert, severity) {
+            return;
+        }
         let node = alert.node.clone();
         let problem = alert.problem();
         let mut at_level = alert.clone();
@@ -572,9 +588,17 @@ impl Engine {
     }
 
     /// Send `cmd` and remember it as `pending` (stamped here with when it
-    /// was sent and its deadline in the coordinator's clock).
-    fn send(&mut self, cmd: Command, mut pending: Pending, now: Timestamp, out: &mut Vec<Effect>) {
+    /// was sent and its deadline in the coordinator's clock). A thermal
+    /// command carries the node's throttle originals (`originals`).
+    fn send(
+        &mut self,
+        mut cmd: Command,
+        mut pending: Pending,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
         let node = pending.node.clone();
+        self.give_back_originals(&node, &mut cmd);
         let problem = pending.problem.clone();
         pending.sent_at = Some(now);
         pending.deadline = Some(now + secs(self.cfg.coordinator.command_deadline));
@@ -704,7 +728,7 @@ impl Engine {
                 let recovery = kinds::of(&p.alert.kind).recovery(&self.cfg, &p.alert, p.severity);
                 match (catalogue::is_verifiable(&p.action), recovery) {
                     (true, Some(Recovery { metric, below })) => {
-                        self.verifications.push(Verification {
+                        let v = Verification {
                             action_id: result.action_id.clone(),
                             node: p.node.clone(),
                             problem: p.problem.clone(),
@@ -714,9 +738,9 @@ impl Engine {
                             deadline: now + secs(self.cfg.coordinator.verify_within),
                             alert: p.alert.clone(),
                             after: Some(result.timestamp),
-                        });
-                        // The node may already be cool (if it reported since).
-                        self.check_verifications(&node, now, &mut out);
+                            descent: credit::Descent::default(),
+                        };
+                        self.start_verification(v, now, &mut out);
                     }
                     _ => {
                         if let Some(t) = self.breakers.record_success(&key) {
@@ -853,51 +877,6 @@ impl Engine {
         }
     }
 
-    /// Close `node`'s verifications that its last heartbeat shows worked
-    /// (only that node's verifications are looked at).
-    fn check_verifications(&mut self, node: &NodeName, now: Timestamp, out: &mut Vec<Effect>) {
-        let Some(hb) = self.nodes.get(node).map(|n| &n.heartbeat) else {
-            return;
-        };
-        // The value that shows a fix worked: from a heartbeat sent after
-        // the result, below the level.
-        let worked = |v: &Verification| {
-            kinds::of(&v.alert.kind)
-                .metric_value(hb, v)
-                .filter(|x| v.after.is_none_or(|t| hb.timestamp >= t) && *x < v.below)
-        };
-        let done: Vec<(Verification, Option<f64>)> = self
-            .verifications
-            .take_of(node, |v| worked(v).is_some())
-            .into_iter()
-            .map(|v| {
-                let value = worked(&v);
-                (v, value)
-            })
-            .collect();
-        for (v, value) in done {
-            kinds::of(&v.alert.kind).on_verified(self, &v);
-            self.counters.inc(Counter::VerificationsSucceeded);
-            self.set_action_state(
-                &v.action_id,
-                &v.node,
-                ActionState::Verified,
-                &format!("{} fell to {:.1}", v.metric, value.unwrap_or(f64::NAN)),
-            );
-            out.push(audit(
-            AuditEvent::Verification,
-                now,
-                Some(node),
-                format!("{} on {node} worked: {} {:.1} < {:.1}", v.action, v.metric, value.unwrap_or(f64::NAN), v.below),
-                json!({"action_id": v.action_id, "outcome": "succeeded", "metric": v.metric, "value": value, "below": v.below}),
-            ));
-            let key = BreakerKey::new(node.as_str(), v.problem.as_str(), &v.action);
-            if let Some(t) = self.breakers.record_success(&key) {
-                self.breaker_transition(&key, t, now, out);
-            }
-        }
-    }
-
     /// Periodic work: offline detection, held throttle resets, commands
     /// without a result and verification deadlines.
     pub fn tick(&mut self, now: Timestamp) -> Vec<Effect> {
@@ -921,33 +900,9 @@ impl Engine {
         for kind in kinds::ALL {
             kind.on_tick(self, now, &mut out);
         }
+        self.flap_tick(now, &mut out);
         self.expire_pending(now, &mut out);
-        for v in self.verifications.take_due(now) {
-            self.counters.inc(Counter::VerificationsFailed);
-            let value = self
-                .nodes
-                .get(&v.node)
-                .and_then(|n| kinds::of(&v.alert.kind).metric_value(&n.heartbeat, &v));
-            self.set_action_state(
-                &v.action_id,
-                &v.node,
-                ActionState::NotVerified,
-                &format!(
-                    "{} still {:?} after {}s",
-                    v.metric, value, self.cfg.coordinator.verify_within
-                ),
-            );
-            out.push(audit(
-            AuditEvent::Verification,
-                now,
-                Some(&v.node),
-                format!("{} on {} did not work: {} not below {:.1} within {}s", v.action, v.node, v.metric, v.below, self.cfg.coordinator.verify_within),
-                json!({"action_id": v.action_id, "outcome": "failed", "metric": v.metric, "value": value, "below": v.below}),
-            ));
-            let key = BreakerKey::new(v.node.as_str(), v.problem.as_str(), &v.action);
-            self.failure(&key, now, &mut out);
-            kinds::of(&v.alert.kind).on_not_verified(self, v, now, &mut out);
-        }
+        self.verification_deadlines(now, &mut out);
         out
     }
 

@@ -43,6 +43,9 @@ pub(super) struct NodeState {
     /// The last [`OFFSET_SAMPLES`] clock offsets measured from heartbeats
     /// (the agent's timestamp minus the time the heartbeat arrived).
     pub(in crate::engine) offsets: Offsets,
+    /// The coordinator's copy of the node's throttle originals (see
+    /// [`super::originals`]); empty while it is not throttled.
+    pub(in crate::engine) throttle_originals: Vec<skos_core::catalogue::ThrottleOriginal>,
 }
 
 impl NodeState {
@@ -55,6 +58,10 @@ impl NodeState {
     ) -> Self {
         let mut agents = Agents::default();
         agents.record(&heartbeat.agent_id, agent_type, now);
+        let mut throttle_originals = Vec::new();
+        if let Some(r) = super::originals::reported(heartbeat) {
+            super::originals::merge(&mut throttle_originals, r);
+        }
         Self {
             last_seen: now,
             heartbeat: LastHeartbeat::of(heartbeat),
@@ -63,6 +70,7 @@ impl NodeState {
             agents,
             cool_since: None,
             offsets: Offsets::default(),
+            throttle_originals,
         }
     }
 
@@ -86,7 +94,8 @@ impl NodeState {
     }
 
     /// The heartbeat kept in a snapshot: the node and its last agent, the
-    /// readings, not the metadata (it comes back with the next heartbeat).
+    /// readings, not the metadata (it comes back with the next heartbeat),
+    /// except the throttle originals, kept as `metadata.throttle`.
     fn kept_heartbeat(&self, node: &NodeName) -> Heartbeat {
         let (agent_id, agent_type) = self
             .agents
@@ -94,6 +103,10 @@ impl NodeState {
             .map(|a| (a.id.to_string(), a.kind.to_string()))
             .unwrap_or_default();
         let hb = &self.heartbeat;
+        let mut metadata = serde_json::Map::new();
+        if let Some(throttle) = super::originals::as_metadata(&self.throttle_originals) {
+            metadata.insert("throttle".into(), throttle);
+        }
         Heartbeat {
             agent_id,
             agent_type,
@@ -104,7 +117,7 @@ impl NodeState {
             storage_percent: hb.storage_percent,
             interval_seconds: hb.interval_seconds,
             throttle_level: hb.throttle_level,
-            metadata: Default::default(),
+            metadata,
         }
     }
 }
@@ -128,6 +141,9 @@ pub(super) struct LastHeartbeat {
     pub(in crate::engine) throttle_level: Option<u8>,
     /// `metadata.mesh`, when it names any level or peer node.
     pub(in crate::engine) mesh: Option<Box<MeshReadings>>,
+    /// How many caps in force its agent has no record of
+    /// (`metadata.throttle.unexplained_count`).
+    pub(in crate::engine) unexplained_caps: u32,
 }
 
 impl LastHeartbeat {
@@ -141,6 +157,8 @@ impl LastHeartbeat {
             interval_seconds: hb.interval_seconds,
             throttle_level: hb.throttle_level,
             mesh: MeshReadings::of(hb).map(Box::new),
+            unexplained_caps: u32::try_from(super::originals::unexplained_count(hb))
+                .unwrap_or(u32::MAX),
         }
     }
 
@@ -399,6 +417,10 @@ pub(super) struct Verification {
     /// the alert itself, and shows the value from before the problem.
     #[serde(default)]
     pub(in crate::engine) after: Option<Timestamp>,
+    /// What the readings since the command was sent say about the
+    /// metric's fall (see [`super::credit`]).
+    #[serde(default)]
+    pub(in crate::engine) descent: super::credit::Descent,
 }
 
 /// What the coordinator must not forget across a restart: breakers,

@@ -91,6 +91,7 @@ impl Engine {
                 gpu_temp: s.heartbeat.gpu_temp,
                 storage_percent: s.heartbeat.storage_percent,
                 throttle_level: s.heartbeat.throttle_level,
+                unexplained_caps: s.heartbeat.unexplained_caps,
                 clock_offset_seconds: s
                     .clock_offset()
                     .map(|d| d.num_milliseconds() as f64 / 1000.0),

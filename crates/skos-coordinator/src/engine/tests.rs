@@ -179,12 +179,17 @@ fn verification_success_when_temperature_falls() {
     e.on_result(result(&throttle, ResultStatus::Succeeded), t(1.0));
     let fx = e.on_heartbeat(hb(Some(86.0), 50, 10.0), t(10.0));
     assert!(audits(&fx, "verification").is_empty(), "still hot");
+    // Below 85 from 20 on: credited once it has stayed down for the
+    // hold (verify_hold_seconds, 10 s).
     let fx = e.on_heartbeat(hb(Some(80.0), 50, 20.0), t(20.0));
+    assert!(audits(&fx, "verification").is_empty(), "not held yet");
+    let fx = e.on_heartbeat(hb(Some(80.0), 50, 30.0), t(30.0));
     let v = audits(&fx, "verification");
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].data["outcome"], "succeeded");
+    assert_eq!(v[0].data["held_seconds"], 10.0);
     assert_eq!(
-        e.status(t(21.0)).recent_actions[0].state,
+        e.status(t(31.0)).recent_actions[0].state,
         ActionState::Verified
     );
 }
@@ -265,8 +270,10 @@ fn breaker_opens_after_five_failures_and_half_opens() {
     let trial = commands(&fx).remove(0);
     e.on_heartbeat(hb(Some(70.0), 10, 71.0), t(71.0));
     e.on_result(result(&trial, ResultStatus::Succeeded), t(71.0));
+    assert_eq!(e.status(t(72.0)).open_circuits.len(), 1, "not held yet");
+    e.on_heartbeat(hb(Some(70.0), 10, 81.0), t(81.0));
     assert!(
-        e.status(t(72.0)).open_circuits.is_empty(),
+        e.status(t(82.0)).open_circuits.is_empty(),
         "trial success closes it"
     );
 }
@@ -613,6 +620,11 @@ fn mesh_actions_are_tried_one_at_a_time() {
         mesh_hb("nova", 10.0, json!({"interfaces": {"wg0": {"level": 0}}})),
         t(10.0),
     );
+    assert!(audits(&fx, "verification").is_empty(), "not held yet");
+    let fx = e.on_heartbeat(
+        mesh_hb("nova", 20.0, json!({"interfaces": {"wg0": {"level": 0}}})),
+        t(20.0),
+    );
     let v = audits(&fx, "verification");
     assert_eq!(v[0].data["outcome"], "succeeded");
     assert_eq!(v[0].data["metric"], "mesh_level");
@@ -684,14 +696,9 @@ fn ping_that_finds_the_peer_ends_it_otherwise_failover() {
     assert_eq!(names(&fx), ["failover_route"]);
     let fo = commands(&fx).remove(0);
     e.on_result(result_on(&fo, ResultStatus::Succeeded, json!({})), t(2.0));
-    let fx = e.on_heartbeat(
-        mesh_hb(
-            "nova",
-            3.0,
-            json!({"peers": {"lyra": {"level": 0, "node": "lyra"}}}),
-        ),
-        t(3.0),
-    );
+    let healed = json!({"peers": {"lyra": {"level": 0, "node": "lyra"}}});
+    e.on_heartbeat(mesh_hb("nova", 3.0, healed.clone()), t(3.0));
+    let fx = e.on_heartbeat(mesh_hb("nova", 13.0, healed), t(13.0));
     assert_eq!(audits(&fx, "verification")[0].data["outcome"], "succeeded");
 
     let mut e = engine();
@@ -1031,7 +1038,8 @@ fn storage_fixes_are_verified_against_the_storage_thresholds() {
         audits(&fx, "verification").is_empty(),
         "91 % is not below 90 %"
     );
-    let fx = e.on_heartbeat(storage_hb(87.0, 3.0), t(3.0));
+    e.on_heartbeat(storage_hb(87.0, 3.0), t(3.0));
+    let fx = e.on_heartbeat(storage_hb(87.0, 13.0), t(13.0));
     let v = audits(&fx, "verification");
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].data["outcome"], "succeeded");
@@ -1221,7 +1229,8 @@ fn a_forged_success_does_not_stand_in_for_the_real_one() {
     real.timestamp = t(2.0);
     e.on_result(real, t(2.0));
     assert_eq!(recent_state(&e, &cmd.action_id), ActionState::Succeeded);
-    let fx = e.on_heartbeat(hb_from("b", 70.0, 50, t(3.0)), t(3.0));
+    e.on_heartbeat(hb_from("b", 70.0, 50, t(3.0)), t(3.0));
+    let fx = e.on_heartbeat(hb_from("b", 70.0, 50, t(13.0)), t(13.0));
     assert_eq!(audits(&fx, "verification")[0].data["outcome"], "succeeded");
 }
 
@@ -1641,12 +1650,24 @@ fn verification_compares_agent_times_on_a_skewed_node() {
     let mut r = result(&cmd, ResultStatus::Succeeded);
     r.timestamp = t(ahead + 2.0);
     e.on_result(r, t(2.0));
-    // Cool, but read before the result (in the agent's clock): no proof,
-    // though it arrives after the result in the coordinator's clock.
+    // Cool, but read before the result (in the agent's clock): it fell
+    // before the change took effect, though the reading arrives after the
+    // result in the coordinator's clock. Later cool readings do not make
+    // that fall the fix's.
     let fx = e.on_heartbeat(hb(Some(60.0), 50, ahead + 1.0), t(3.0));
     assert!(audits(&fx, "verification").is_empty());
-    let fx = e.on_heartbeat(hb(Some(60.0), 50, ahead + 4.0), t(4.0));
-    assert_eq!(audits(&fx, "verification")[0].data["outcome"], "succeeded");
+    let fx = e.on_heartbeat(hb(Some(60.0), 50, ahead + 12.0), t(14.0));
+    assert!(audits(&fx, "verification").is_empty());
+    // Hot again, then a fall after the change, held: agent times decide.
+    e.on_heartbeat(hb(Some(87.0), 50, ahead + 13.0), t(15.0));
+    e.on_heartbeat(hb(Some(60.0), 50, ahead + 14.0), t(16.0));
+    let fx = e.on_heartbeat(hb(Some(60.0), 50, ahead + 24.0), t(26.0));
+    let v = audits(&fx, "verification");
+    assert_eq!(v[0].data["outcome"], "succeeded");
+    assert_eq!(
+        v[0].data["fell_at"],
+        timefmt::format(&t(ahead + 14.0)).as_str()
+    );
 }
 
 #[test]
@@ -1658,6 +1679,7 @@ fn a_late_answer_shows_what_happened_but_a_copy_undoes_no_verdict() {
     r.timestamp = t(1.0);
     e.on_result(r.clone(), t(1.0));
     e.on_heartbeat(hb(Some(70.0), 50, 2.0), t(2.0));
+    e.on_heartbeat(hb(Some(70.0), 50, 12.0), t(12.0));
     assert_eq!(recent_state(&e, &sent[0].action_id), ActionState::Verified);
     // The same answer again (redelivered, or replayed by the agent).
     r.details.insert("replayed".into(), json!(true));
@@ -2069,4 +2091,568 @@ fn only_a_refusal_that_says_replay_or_already_executed_is_a_replay() {
     r.message = "bad signature".into();
     e.on_result(r, t(3.0));
     assert_eq!(e.counters.get("breaker.failures"), 1);
+}
+
+// --- Only the fix is credited, and a flapping problem is reported once,
+// not acted on at every swing. ---
+
+/// A CPU as the thermal sentinel reads it at `at`: the package and four
+/// cores, hot (package 88-89 °C, cores 84-87 °C) or cool (package 66-67 °C,
+/// cores 62-65 °C), with a little jitter; the heartbeat's `cpu_temp` and
+/// the alerts carry the hottest of them, as the agent's do.
+fn cpu_readings(at: f64, hot: bool) -> f64 {
+    let jitter = (at * 7.0).rem_euclid(3.0) * 0.3;
+    let (package, core) = if hot { (88.0, 84.0) } else { (66.0, 62.0) };
+    let readings = [
+        package + jitter,
+        core + jitter,
+        core + 1.0 + jitter,
+        core + 2.5,
+        core + 3.0 - jitter,
+    ];
+    readings.into_iter().fold(f64::MIN, f64::max)
+}
+
+/// One node over time, the way the coordinator hears it: every second its
+/// thermal sentinel reads the CPU and feeds the hottest reading to the
+/// same level tracker the agent uses (so alerts come exactly when an
+/// agent's would), sends the alert, then the heartbeat; every command is
+/// carried out at once and answered `succeeded` (a throttle stays in
+/// force until `reset_throttle`); own alerts (escalations) come back; the
+/// coordinator ticks every second.
+struct Node {
+    e: Engine,
+    tracker: skos_core::level::LevelTracker,
+    rules: skos_core::level::LevelRules,
+    throttle: u8,
+    /// Every effect, with the second it came at.
+    fx: Vec<(f64, Effect)>,
+}
+
+impl Node {
+    fn new(cfg: Config) -> Self {
+        let th = &cfg.thermal;
+        let rules = skos_core::level::LevelRules {
+            thresholds: th.thresholds,
+            hysteresis: th.hysteresis,
+            hold_up: th.for_,
+            hold_down: 0.0,
+            cooldown: th.cooldown,
+        };
+        Self {
+            e: Engine::new(cfg, Counters::default(), "test"),
+            tracker: Default::default(),
+            rules,
+            throttle: 0,
+            fx: Vec::new(),
+        }
+    }
+
+    /// Take effects that came at `at`, carrying out their commands and
+    /// feeding their alerts back.
+    fn take(&mut self, at: f64, fx: Vec<Effect>) {
+        let mut queue: VecDeque<Effect> = fx.into();
+        while let Some(effect) = queue.pop_front() {
+            match &effect {
+                Effect::Command(_, cmd) => {
+                    if let Some(level) = catalogue::throttle_level(&cmd.action_type) {
+                        self.throttle = level;
+                    } else if cmd.action_type == "reset_throttle" {
+                        self.throttle = 0;
+                    }
+                    let mut r = result(cmd, ResultStatus::Succeeded);
+                    r.timestamp = t(at + 0.15);
+                    queue.extend(self.e.on_result(r, t(at + 0.2)));
+                }
+                Effect::Alert(a) => queue.extend(self.e.on_alert(a.clone(), t(at + 0.2))),
+                Effect::Audit(_) => {}
+            }
+            self.fx.push((at, effect));
+        }
+    }
+
+    /// One second of the node at `at`, hot or cool.
+    fn second(&mut self, at: f64, hot: bool) {
+        self.second_at(at, cpu_readings(at, hot));
+    }
+
+    /// One second of the node at `at`, its hottest CPU reading `cpu`.
+    fn second_at(&mut self, at: f64, cpu: f64) {
+        if let Some(report) = self.tracker.observe(&self.rules, cpu, t(at)) {
+            let (severity, previous) = match report {
+                skos_core::level::Report::Changed { from, to } => (to, from),
+                skos_core::level::Report::Reminder(s) => (s, s),
+            };
+            let mut a = alert(severity, cpu, at);
+            a.alert_id = format!(
+                "thermal-sentinel-nova-{}-cpu-{}",
+                t(at).timestamp_nanos_opt().unwrap(),
+                severity.as_str()
+            );
+            a.details
+                .insert("previous_severity".into(), json!(previous));
+            let fx = self.e.on_alert(a, t(at + 0.05));
+            self.take(at, fx);
+        }
+        let fx = self
+            .e
+            .on_heartbeat(hb(Some(cpu), self.throttle, at), t(at + 0.1));
+        self.take(at, fx);
+        let fx = self.e.tick(t(at + 0.5));
+        self.take(at, fx);
+    }
+
+    /// The audit records of `kind` that came from `from` on (seconds).
+    fn audits(&self, kind: &str, from: f64) -> Vec<&AuditEntry> {
+        self.fx
+            .iter()
+            .filter(|(at, _)| *at >= from)
+            .filter_map(|(_, e)| match e {
+                Effect::Audit(a) if a.event_type == kind => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The commands of `action` sent.
+    fn sent(&self, action: &str) -> Vec<f64> {
+        self.fx
+            .iter()
+            .filter_map(|(at, e)| match e {
+                Effect::Command(_, c) if c.action_type == action => Some(*at),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The outcomes of the verification records, in order.
+    fn outcomes(&self) -> Vec<String> {
+        self.audits("verification", 0.0)
+            .iter()
+            .map(|a| a.data["outcome"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+/// Found by breaking it on purpose: a flap of hot 3 s and cool 3 s for a
+/// minute got ten verifications credited for cooling the flap caused.
+/// Now: one throttle, no credit, one `flapping` report while it flaps and
+/// one when it is stable again, no action decided at its swings, no
+/// escalation, no breaker failure.
+#[test]
+fn a_flap_is_reported_once_acted_on_once_and_never_credited() {
+    let mut n = Node::new(Config::default());
+    for s in 0..10 {
+        n.second(f64::from(s), false);
+    }
+    // Hot 3 s, cool 3 s, from 10 to 70.
+    for s in 10..70 {
+        n.second(f64::from(s), (s - 10) % 6 < 3);
+    }
+    let alerts_seen = n.audits("alert", 10.0).len();
+    assert_eq!(
+        alerts_seen, 20,
+        "an alert at every swing, as an agent sends"
+    );
+    let flapping = n.audits("flapping", 0.0);
+    assert_eq!(flapping.len(), 1, "{flapping:#?}");
+    assert_eq!(flapping[0].data["state"], "started");
+    assert_eq!(flapping[0].data["problem"], "thermal:cpu");
+    assert_eq!(flapping[0].data["changes"], 6);
+    assert_eq!(n.e.counters.get("flapping.started"), 1);
+    assert_eq!(n.sent("throttle_50"), [10.0], "one action at most");
+    assert!(n.e.counters.get("alerts.held_flapping") >= 5);
+    // Settled cool from 70 on.
+    for s in 70..200 {
+        n.second(f64::from(s), false);
+    }
+    let stopped = n.audits("flapping", 70.0);
+    assert_eq!(stopped.len(), 1, "{stopped:#?}");
+    assert_eq!(stopped[0].data["state"], "stopped");
+    assert_eq!(n.e.counters.get("flapping.stopped"), 1);
+    assert_eq!(
+        n.audits("flapping", 0.0).len(),
+        2,
+        "started and stopped, once each"
+    );
+    // The throttle's verification: closed uncredited when the flap was
+    // found; nothing credited, ever.
+    assert_eq!(n.outcomes(), ["uncredited"]);
+    let v = n.audits("verification", 0.0);
+    assert_eq!(v[0].data["reason"], "flapping");
+    assert_eq!(n.e.counters.get("verifications.succeeded"), 0);
+    assert_eq!(n.e.counters.get("verifications.uncredited"), 1);
+    assert_eq!(n.e.counters.get("breaker.failures"), 0);
+    assert!(
+        n.fx.iter().all(|(_, e)| !matches!(e, Effect::Alert(_))),
+        "no escalation"
+    );
+    // Settled cool: the throttle is lifted, and nothing else is sent.
+    assert_eq!(n.sent("throttle_50").len(), 1);
+    assert_eq!(n.sent("reset_throttle").len(), 1);
+    assert_eq!(n.throttle, 0);
+}
+
+/// Found by breaking it on purpose: a problem that flapped, then swung
+/// between critical and emergency without ever cooling, got one
+/// `throttle_50` and nothing more for ten minutes. Swinging between two
+/// alert levels is no flap, and a worse level is decided even while the
+/// problem flaps.
+#[test]
+fn a_flap_that_turns_into_swings_between_hot_levels_is_escalated() {
+    let mut n = Node::new(Config::default());
+    n.second(0.0, false);
+    // 88 / 66 °C, 3 s each, for a minute: flapping.
+    for s in 1..61 {
+        n.second(f64::from(s), (s - 1) % 6 < 3);
+    }
+    assert_eq!(n.e.counters.get("flapping.started"), 1);
+    assert_eq!(n.sent("throttle_50").len(), 1);
+    // Then 90 / 97 °C, 3 s each: never below critical.
+    for s in 61..240 {
+        let cpu = if (s - 61) % 6 < 3 { 90.0 } else { 97.0 };
+        n.second_at(f64::from(s), cpu);
+    }
+    assert!(
+        !n.sent("throttle_100").is_empty(),
+        "an emergency is decided while the problem flaps"
+    );
+    assert_eq!(n.throttle, 100);
+    assert_eq!(n.sent("reset_throttle").len(), 0, "never lifted while hot");
+}
+
+/// While a problem flaps, its throttle is not lifted at each cool swing
+/// (the fix in place stays in place); once it is stable and cool, it is.
+#[test]
+fn a_flapping_problem_keeps_its_throttle_until_it_is_stable() {
+    let mut cfg = Config::default();
+    cfg.thermal.clear_for = 2.0;
+    // Each throttle's verification is over before the next swing.
+    cfg.coordinator.verify_within = 1.0;
+    cfg.coordinator.verify_hold_seconds = 0.0;
+    let mut n = Node::new(cfg);
+    n.second(0.0, false);
+    // Hot 3 s, cool 5 s (longer than clear_for), for two minutes.
+    for s in 1..121 {
+        n.second(f64::from(s), (s - 1) % 8 < 3);
+    }
+    assert_eq!(n.e.counters.get("flapping.started"), 1);
+    let resets = n.sent("reset_throttle");
+    let started = n.audits("flapping", 0.0)[0].timestamp;
+    let throttles = n.sent("throttle_50");
+    assert!(
+        resets.iter().all(|&r| t(r) < started),
+        "no reset while it flaps: {resets:?}, flapping since {started}"
+    );
+    assert!(n.throttle > 0, "the throttle stays while it flaps");
+    assert!(
+        !throttles.is_empty() && !resets.is_empty(),
+        "{throttles:?} {resets:?}"
+    );
+    for s in 121..300 {
+        n.second(f64::from(s), false);
+    }
+    assert_eq!(n.e.counters.get("flapping.stopped"), 1);
+    assert_eq!(n.throttle, 0, "lifted once stable");
+}
+
+/// A flap that settles hot is acted on once it is stable again.
+#[test]
+fn a_flap_that_settles_hot_is_decided_again_once_stable() {
+    let mut n = Node::new(Config::default());
+    n.second(0.0, false);
+    for s in 1..40 {
+        n.second(f64::from(s), (s - 1) % 6 < 3);
+    }
+    assert_eq!(n.audits("flapping", 0.0).len(), 1);
+    for s in 40..150 {
+        n.second(f64::from(s), true);
+    }
+    let stopped = n.audits("flapping", 40.0);
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(stopped[0].data["open"], "critical");
+    let throttles = n.sent("throttle_50");
+    assert_eq!(throttles.len(), 2, "{throttles:?}");
+    // The second one comes with the stop report, not before.
+    let stopped_at = n
+        .fx
+        .iter()
+        .find(|(_, e)| matches!(e, Effect::Audit(a) if a.event_type == "flapping" && a.data["state"] == "stopped"))
+        .map(|(at, _)| *at)
+        .unwrap();
+    assert_eq!(throttles[1], stopped_at);
+    // Still hot: it fails its verification and escalates, as any fix that
+    // does not work.
+    for s in 150..300 {
+        n.second(f64::from(s), true);
+    }
+    assert_eq!(n.outcomes(), ["uncredited", "failed"]);
+}
+
+/// A throttle that works: the temperature falls after it took effect and
+/// stays down past the hold. Credited once.
+#[test]
+fn a_real_fix_is_credited_once_after_the_hold() {
+    let mut e = Engine::new(Config::default(), Counters::default(), "test");
+    e.on_heartbeat(hb(Some(60.0), 0, 0.0), t(0.0));
+    e.on_heartbeat(hb(Some(88.0), 0, 1.0), t(1.0));
+    let cmd = throttle_50(&e.on_alert(alert(Severity::Critical, 88.0, 1.0), t(1.05)));
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.timestamp = t(1.25);
+    assert!(audits(&e.on_result(r, t(1.3)), "verification").is_empty());
+    let mut credited = Vec::new();
+    // 87, then falling below 85 at 3 and staying down.
+    for (s, temp) in (2..60).map(|s| (f64::from(s), (89.0 - f64::from(s)).max(70.0))) {
+        let fx = e.on_heartbeat(hb(Some(temp), 50, s), t(s + 0.1));
+        for v in audits(&fx, "verification") {
+            credited.push((s, v.data.clone()));
+        }
+        e.tick(t(s + 0.5));
+    }
+    assert_eq!(credited.len(), 1, "{credited:#?}");
+    let (at, data) = &credited[0];
+    assert_eq!(*at, 15.0, "fell at 5 (85 is not below 85), held 10 s");
+    assert_eq!(data["outcome"], "succeeded");
+    assert_eq!(data["fell_at"], timefmt::format(&t(5.0)).as_str());
+    assert_eq!(data["held_seconds"], 10.0);
+    assert_eq!(e.counters.get("verifications.succeeded"), 1);
+    assert_eq!(recent_state(&e, &cmd.action_id), ActionState::Verified);
+    // Nothing is left to judge at the deadline.
+    assert!(audits(&e.tick(t(200.0)), "verification").is_empty());
+}
+
+/// The node cooled after the command was sent but before the agent carried
+/// it out (the load ended; the command was slow to arrive): the fall is not
+/// the fix's. When the throttle is lifted (cool for `clear_for`) the
+/// problem is gone, so neither credit nor breaker failure nor escalation:
+/// `uncredited`, once.
+#[test]
+fn a_fall_before_the_result_is_not_credited() {
+    let mut e = Engine::new(Config::default(), Counters::default(), "test");
+    e.on_heartbeat(hb(Some(88.0), 0, 0.0), t(0.0));
+    let cmd = throttle_50(&e.on_alert(alert(Severity::Critical, 88.0, 0.0), t(0.05)));
+    for s in [1.0, 2.0] {
+        e.on_heartbeat(hb(Some(70.0), 0, s), t(s));
+    }
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.timestamp = t(2.5);
+    assert!(audits(&e.on_result(r, t(3.0)), "verification").is_empty());
+    let mut fx = Vec::new();
+    for s in 3..120 {
+        let s = f64::from(s);
+        fx.extend(e.on_heartbeat(hb(Some(70.0), 50, s), t(s + 0.1)));
+        fx.extend(e.tick(t(s + 0.5)));
+    }
+    fx.extend(e.tick(t(123.5)));
+    let v = audits(&fx, "verification");
+    assert_eq!(v.len(), 1, "{v:#?}");
+    assert_eq!(v[0].data["outcome"], "uncredited");
+    assert_eq!(v[0].data["reason"], "fell_before_change");
+    assert!(alerts(&fx).is_empty(), "nothing to escalate: it is cool");
+    assert_eq!(e.counters.get("verifications.succeeded"), 0);
+    assert_eq!(e.counters.get("verifications.uncredited"), 1);
+    let key = BreakerKey::new("nova", "thermal:cpu", "throttle_50");
+    assert_eq!(e.breakers.failures(&key), 0);
+    assert_eq!(recent_state(&e, &cmd.action_id), ActionState::NotVerified);
+}
+
+/// A fall and a rise within the hold is no fix: not credited then, and,
+/// still hot at the deadline, a failed fix.
+#[test]
+fn a_fall_then_a_rise_within_the_hold_is_not_credited() {
+    let mut e = Engine::new(Config::default(), Counters::default(), "test");
+    e.on_heartbeat(hb(Some(88.0), 0, 0.0), t(0.0));
+    let cmd = throttle_50(&e.on_alert(alert(Severity::Critical, 88.0, 0.0), t(0.05)));
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.timestamp = t(0.5);
+    e.on_result(r, t(0.6));
+    let temps = [(1.0, 87.0), (2.0, 80.0), (3.0, 79.0), (5.0, 88.0)];
+    let later = (6..=120).map(|s| (f64::from(s), 88.0));
+    for (s, temp) in temps.into_iter().chain(later) {
+        let fx = e.on_heartbeat(hb(Some(temp), 50, s), t(s));
+        assert!(audits(&fx, "verification").is_empty(), "credited at {s}");
+    }
+    let fx = e.tick(t(120.6));
+    assert_eq!(audits(&fx, "verification")[0].data["outcome"], "failed");
+    assert_eq!(alerts(&fx)[0].severity, Severity::Emergency);
+    assert_eq!(e.counters.get("verifications.succeeded"), 0);
+}
+
+/// A fall late in `verify_within` finishes its hold after the deadline,
+/// once; one that never finishes it is uncredited, not a failure.
+#[test]
+fn a_fall_late_in_the_window_gets_the_rest_of_its_hold() {
+    for keeps_reporting in [true, false] {
+        let mut e = Engine::new(Config::default(), Counters::default(), "test");
+        e.on_heartbeat(hb(Some(88.0), 0, 0.0), t(0.0));
+        let cmd = throttle_50(&e.on_alert(alert(Severity::Critical, 88.0, 0.0), t(0.05)));
+        let mut r = result(&cmd, ResultStatus::Succeeded);
+        r.timestamp = t(0.5);
+        e.on_result(r, t(0.6));
+        e.on_heartbeat(hb(Some(88.0), 50, 100.0), t(100.0));
+        e.on_heartbeat(hb(Some(80.0), 50, 115.0), t(115.0));
+        // The deadline (120.6): below since 115, the rest of the hold to go.
+        let fx = e.tick(t(120.6));
+        assert!(audits(&fx, "verification").is_empty(), "{fx:?}");
+        if keeps_reporting {
+            let fx = e.on_heartbeat(hb(Some(80.0), 50, 125.0), t(125.0));
+            assert_eq!(audits(&fx, "verification")[0].data["outcome"], "succeeded");
+        } else {
+            // The rest of the hold from the newest reading (10 s), and a
+            // heartbeat interval (10 s) for the reading that would end it.
+            assert!(audits(&e.tick(t(140.5)), "verification").is_empty());
+            let fx = e.tick(t(140.6));
+            let v = audits(&fx, "verification");
+            assert_eq!(v[0].data["outcome"], "uncredited");
+            assert_eq!(v[0].data["reason"], "hold_unfinished");
+            assert_eq!(e.counters.get("breaker.failures"), 0);
+        }
+    }
+}
+
+/// `flap_start_changes: 0` turns detection off: the same flap is never
+/// reported, and the hold alone keeps its cooling from being credited.
+#[test]
+fn flap_detection_can_be_turned_off() {
+    let mut cfg = Config::default();
+    cfg.coordinator.flap_start_changes = 0;
+    let mut n = Node::new(cfg);
+    n.second(0.0, false);
+    for s in 1..61 {
+        n.second(f64::from(s), (s - 1) % 6 < 3);
+    }
+    assert!(n.audits("flapping", 0.0).is_empty());
+    assert_eq!(n.e.counters.get("verifications.succeeded"), 0);
+    assert!(n.outcomes().is_empty(), "still under verification");
+    assert_eq!(n.sent("throttle_50").len(), 1, "in progress at every swing");
+}
+
+/// The coordinator's escalations are its judgements, not the problem's
+/// state: an escalation to emergency followed by the agent's unchanged
+/// critical reminder, over and over, is no flap.
+#[test]
+fn escalations_and_the_agents_reminders_are_no_flap() {
+    let mut cfg = Config::default();
+    cfg.coordinator.verify_within = 2.0;
+    cfg.thermal.cooldown = 1.0;
+    let mut n = Node::new(cfg);
+    n.second(0.0, false);
+    for s in 1..60 {
+        n.second(f64::from(s), true);
+    }
+    let escalations =
+        n.fx.iter()
+            .filter(|(_, e)| matches!(e, Effect::Alert(a) if a.alert_id.contains("-esc-")))
+            .count();
+    assert!(escalations >= 3, "{escalations}");
+    assert!(n.audits("flapping", 0.0).is_empty());
+    assert_eq!(n.e.counters.get("alerts.held_flapping"), 0);
+}
+
+/// A node's part of the state is empty only when every part of it is:
+/// one part alone, whichever, keeps it.
+#[test]
+fn a_snapshot_with_any_one_part_is_not_empty() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(60.0), 0, 0.0), t(0.0));
+    let full = e.node_snapshot(&nova());
+    assert!(!full.nodes.is_empty());
+    let only_nodes = EngineSnapshot {
+        nodes: full.nodes.clone(),
+        ..EngineSnapshot::default()
+    };
+    assert!(!only_nodes.is_empty());
+    let alert = alert(Severity::Critical, 88.0, 1.0);
+    let only_alerts = EngineSnapshot {
+        open_alerts: vec![alert],
+        ..EngineSnapshot::default()
+    };
+    assert!(!only_alerts.is_empty());
+    assert!(EngineSnapshot::default().is_empty());
+}
+
+/// Every node the engine holds anything of is known, whatever it holds:
+/// a fix under verification, an open alert.
+#[test]
+fn known_nodes_include_those_with_only_a_verification_or_an_open_alert() {
+    let mut e = engine();
+    let fx = e.on_alert(alert(Severity::Critical, 88.0, 0.0), t(0.05));
+    let cmd = throttle_50(&fx);
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.timestamp = t(0.5);
+    e.on_result(r, t(0.6));
+    assert!(!e.verifications.is_empty());
+    let snap = e.node_snapshot(&nova());
+    let mut fresh = engine();
+    fresh.restore(
+        EngineSnapshot {
+            verifications: snap.verifications.clone(),
+            ..EngineSnapshot::default()
+        },
+        t(1.0),
+    );
+    assert!(
+        fresh.known_nodes().contains(&nova()),
+        "a verification alone"
+    );
+    let mut fresh = engine();
+    fresh.restore(
+        EngineSnapshot {
+            open_alerts: snap.open_alerts.clone(),
+            ..EngineSnapshot::default()
+        },
+        t(1.0),
+    );
+    assert!(!snap.open_alerts.is_empty());
+    assert!(fresh.known_nodes().contains(&nova()), "an open alert alone");
+}
+
+/// A command kept in the state but never audited as sent (a stop between
+/// the two) is sent again at start; one already audited is not.
+#[test]
+fn unsent_commands_are_those_not_audited() {
+    let mut e = engine();
+    let fx = e.on_alert(alert(Severity::Critical, 88.0, 0.0), t(0.05));
+    let cmd = throttle_50(&fx);
+    let again = e.unsent(&std::collections::HashSet::new());
+    let resent: Vec<&Command> = again
+        .iter()
+        .filter_map(|x| match x {
+            Effect::Command(_, c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let sent = commands(&fx);
+    assert_eq!(resent.len(), sent.len());
+    assert!(resent.iter().any(|c| c.action_id == cmd.action_id));
+    assert_eq!(audits(&again, "command").len(), sent.len());
+    let mut audited: std::collections::HashSet<String> = [cmd.action_id.clone()].into();
+    assert_eq!(e.unsent(&audited).len(), 2 * (sent.len() - 1));
+    audited.extend(sent.iter().map(|c| c.action_id.clone()));
+    assert!(e.unsent(&audited).is_empty());
+}
+
+/// A result from another node for a command already answered (in the
+/// recent actions, no longer pending) is foreign; the right node's late
+/// copy is not.
+#[test]
+fn a_late_result_from_another_node_is_foreign() {
+    let mut e = engine();
+    let fx = e.on_alert(alert(Severity::Critical, 88.0, 0.0), t(0.05));
+    let cmd = throttle_50(&fx);
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.timestamp = t(0.5);
+    e.on_result(r.clone(), t(0.6));
+    assert_eq!(e.counters.get("results.foreign"), 0);
+    // lyra has an action of its own, the newest of the recent ones.
+    let mut hot_lyra = alert(Severity::Warning, 78.0, 0.7);
+    hot_lyra.node = node("lyra");
+    hot_lyra.alert_id = "lyra-warm".into();
+    assert!(!commands(&e.on_alert(hot_lyra, t(0.8))).is_empty());
+    let mut forged = r.clone();
+    forged.node = node("lyra");
+    e.on_result(forged, t(1.0));
+    assert_eq!(e.counters.get("results.foreign"), 1);
+    e.on_result(r, t(1.1));
+    assert_eq!(e.counters.get("results.foreign"), 1, "its own node's copy");
 }

@@ -24,6 +24,8 @@ mod storage;
 mod thermal;
 mod workloads;
 
+pub use thermal::{OriginalsError, ThrottleOriginal, MAX_ORIGINALS, ORIGINALS};
+
 /// The antibodies, each of which executes its own actions. The wire and
 /// config name of each is [`Executor::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,6 +103,9 @@ pub enum ParamKind {
     /// A short name: letters, digits, `-`, `_`, `.`, `:`, at most 128 bytes;
     /// it can only select among configured targets.
     Token,
+    /// A list of throttle originals ([`ThrottleOriginal::parse_list`]):
+    /// values for targets the agent found itself, matched by name.
+    ThrottleOriginals,
 }
 
 /// One action.
@@ -112,7 +117,8 @@ pub struct ActionSpec {
     /// The parameters a command may carry, with their kind. Every other
     /// parameter, or one of the wrong kind, makes the command invalid. The
     /// targets of an action (files, cgroups, interfaces, processes) always
-    /// come from the node's configuration, never from a parameter.
+    /// come from the node's configuration, never from a parameter (throttle
+    /// originals only give values to targets the agent found itself).
     pub params: &'static [(&'static str, ParamKind)],
     pub verify: Verify,
     /// Its job is to free space: a result with `bytes_freed: 0` is a
@@ -205,6 +211,12 @@ pub enum ParamError {
     Unexpected { action: String, name: String },
     #[error("{action}: parameter {name:?} must be a short name")]
     NotAToken { action: String, name: String },
+    #[error("{action}: parameter {name:?}: {reason}")]
+    BadOriginals {
+        action: String,
+        name: String,
+        reason: OriginalsError,
+    },
 }
 
 /// Check a command's parameters against its action's declaration.
@@ -235,6 +247,15 @@ pub fn validate_parameters(action: &str, params: &Map<String, Value>) -> Result<
                     return Err(ParamError::NotAToken {
                         action: action.to_string(),
                         name: name.clone(),
+                    });
+                }
+            }
+            ParamKind::ThrottleOriginals => {
+                if let Err(reason) = ThrottleOriginal::parse_list(value) {
+                    return Err(ParamError::BadOriginals {
+                        action: action.to_string(),
+                        name: name.clone(),
+                        reason,
                     });
                 }
             }
@@ -344,6 +365,24 @@ mod tests {
             })
         );
         assert!(validate_parameters("ping_peer", &p(json!({"peer": "../../x"}))).is_err());
+        // Throttle originals: a checked list, on every thermal action.
+        let originals = json!({"originals": [{"target": "cpufreq:policy0", "value": "3600000"}]});
+        for action in [
+            "throttle_10",
+            "throttle_50",
+            "throttle_100",
+            "reset_throttle",
+        ] {
+            assert!(validate_parameters(action, &p(originals.clone())).is_ok());
+        }
+        assert!(matches!(
+            validate_parameters(
+                "reset_throttle",
+                &p(json!({"originals": [{"target": "file:../../etc/shadow", "value": "x"}]}))
+            ),
+            Err(ParamError::BadOriginals { .. })
+        ));
+        assert!(validate_parameters("cleanup_temp", &p(originals)).is_err());
         assert!(matches!(
             validate_parameters("format_disk", &p(json!({}))),
             Err(ParamError::UnknownAction { .. })

@@ -19,7 +19,11 @@ pub struct StorageConfig {
     pub actions: ActionTable,
     /// Percentage points below a threshold before its level clears.
     pub hysteresis: f64,
-    /// Mount points watched (bytes and inodes; the fuller of the two counts).
+    /// Mount points watched (bytes and inodes; the fuller of the two
+    /// counts). Empty: the mounts holding the configured temp, log and
+    /// archive directories. Read-only mounts, image filesystems and mounts
+    /// without blocks are never judged for fullness, even when listed;
+    /// pseudo filesystems only when listed here.
     pub mounts: Vec<PathBuf>,
     /// Seconds before an unchanged alert is repeated.
     pub cooldown: f64,

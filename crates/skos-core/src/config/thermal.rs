@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::levels::{check_table, check_thresholds, ActionTable, LevelHold, Thresholds};
 use super::validate::relative_inside;
-use super::{issue, non_negative, strings, CheckContext, Config, ConfigIssue, Section};
+use super::{
+    issue, non_negative, positive_seconds, strings, CheckContext, Config, ConfigIssue, Section,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -25,6 +27,9 @@ pub struct ThermalConfig {
     pub cooldown: f64,
     pub throttle: ThrottleConfig,
     pub gpu: GpuConfig,
+    /// How long each sensor source may take, and how long its readings
+    /// stay current.
+    pub sources: SourcesConfig,
 }
 
 impl Default for ThermalConfig {
@@ -50,6 +55,7 @@ impl Default for ThermalConfig {
             cooldown: 300.0,
             throttle: ThrottleConfig::default(),
             gpu: GpuConfig::default(),
+            sources: SourcesConfig::default(),
         }
     }
 }
@@ -98,6 +104,47 @@ impl Default for GpuConfig {
     }
 }
 
+/// `thermal.sources`: the time budget of every sensor source. Each source
+/// (one hwmon device, the thermal zones, NVML, `nvidia-smi`, `sensors -j`)
+/// is read on its own thread, so a slow one delays nothing else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SourcesConfig {
+    /// Seconds one sysfs source (one hwmon device, the thermal zones) or
+    /// NVML may take to answer before it is reported slow. Its reading is
+    /// still used when it comes.
+    pub read_timeout: f64,
+    /// Seconds `nvidia-smi` or `sensors -j` may run before it is killed.
+    /// `nvidia-smi` without the persistence daemon takes several seconds.
+    pub tool_timeout: f64,
+    /// Seconds a source's last good reading stays current; an older one is
+    /// not used. `None`: three `agent.monitor_interval`s.
+    pub max_age: Option<f64>,
+}
+
+impl Default for SourcesConfig {
+    fn default() -> Self {
+        Self {
+            read_timeout: 2.0,
+            tool_timeout: 15.0,
+            max_age: None,
+        }
+    }
+}
+
+impl SourcesConfig {
+    /// How many monitor intervals a reading stays current when `max_age`
+    /// is not set.
+    pub const DEFAULT_AGE_INTERVALS: f64 = 3.0;
+
+    /// Seconds a reading stays current: `max_age`, or three
+    /// `monitor_interval`s (seconds).
+    pub fn max_age_seconds(&self, monitor_interval: f64) -> f64 {
+        self.max_age
+            .unwrap_or(Self::DEFAULT_AGE_INTERVALS * monitor_interval)
+    }
+}
+
 impl Section for ThermalConfig {
     const KEY: &'static str = "thermal";
 
@@ -127,6 +174,12 @@ impl Section for ThermalConfig {
                 ));
             }
         }
+        let s = &self.sources;
+        positive_seconds(out, "thermal.sources.read_timeout", s.read_timeout);
+        positive_seconds(out, "thermal.sources.tool_timeout", s.tool_timeout);
+        if let Some(age) = s.max_age {
+            positive_seconds(out, "thermal.sources.max_age", age);
+        }
         for (i, cg) in self.throttle.cgroups.iter().enumerate() {
             if let Err(m) = relative_inside(cg) {
                 out.push(issue(
@@ -135,5 +188,53 @@ impl Section for ThermalConfig {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_budgets_default_to_what_real_tools_need() {
+        let cfg = Config::from_yaml("").unwrap_or_else(|e| panic!("{e:?}"));
+        let s = &cfg.thermal.sources;
+        assert_eq!(
+            (s.read_timeout, s.tool_timeout, s.max_age),
+            (2.0, 15.0, None)
+        );
+        // nvidia-smi without the persistence daemon answers after ~6 s.
+        assert!(s.tool_timeout > 6.0);
+        assert_eq!(s.max_age_seconds(5.0), 15.0, "three monitor intervals");
+        let set = Config::from_yaml("thermal:\n  sources: {max_age: 40, tool_timeout: 20}\n")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(set.thermal.sources.max_age_seconds(5.0), 40.0);
+        assert_eq!(set.thermal.sources.tool_timeout, 20.0);
+        assert_eq!(set.thermal.sources.read_timeout, 2.0);
+    }
+
+    #[test]
+    fn source_budgets_must_be_positive_seconds_named_by_key() {
+        for (yaml, key) in [
+            ("read_timeout: 0", "thermal.sources.read_timeout"),
+            ("tool_timeout: -1", "thermal.sources.tool_timeout"),
+            ("max_age: 0", "thermal.sources.max_age"),
+            ("tool_timeout: .inf", "thermal.sources.tool_timeout"),
+        ] {
+            let err =
+                Config::from_yaml(&format!("thermal:\n  sources: {{{yaml}}}\n")).expect_err(yaml);
+            assert!(err.iter().any(|i| i.path == key), "{yaml}: {err:?}");
+            let issue = err.iter().find(|i| i.path == key).map(|i| i.to_string());
+            assert!(
+                issue.is_some_and(|m| m.contains("positive number of seconds")),
+                "{yaml}: {err:?}"
+            );
+        }
+        let err = Config::from_yaml("thermal:\n  sources: {read_timeot: 1}\n")
+            .expect_err("a misspelt key");
+        assert!(
+            err.iter().any(|i| i.path == "thermal.sources.read_timeot"),
+            "{err:?}"
+        );
     }
 }

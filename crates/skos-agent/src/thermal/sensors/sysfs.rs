@@ -1,170 +1,326 @@
 //! hwmon and thermal zones under the sysfs root.
+//!
+//! Every `tempN_input` (millidegrees) and every zone's `temp` becomes a
+//! reading when it can be read and its chip can give its value; every
+//! other file is reported as a [`Problem`](super::Problem) on its own, so
+//! one failing file (EIO, ENODATA, EINVAL) never hides its neighbours.
 
-use super::{classify, plausible, Reading};
-use crate::error::{Error, Result};
+use super::chips::{self, classify, settle_counts};
+use super::{ProblemKind, Reading, Role, Scan};
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
-/// Every plausible hwmon and thermal-zone reading under `root`.
-pub(super) fn read(root: &Path) -> Vec<Reading> {
-    let canon_root = match fs::canonicalize(root) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(path = %root.display(), error = %e, "sysfs root not readable; no sysfs sensors");
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::new();
-    read_hwmon(root, &canon_root, &mut out);
-    read_thermal_zones(root, &canon_root, &mut out);
-    out
+/// Reads one file whole (the [`FileReader`](super::FileReader) seam).
+type ReadFile<'a> = &'a (dyn Fn(&Path) -> io::Result<String> + Send + Sync);
+
+/// The entries of `class/hwmon` under `root` (`hwmon0`, `hwmon1`, ...),
+/// sorted: each is one source, read on its own by [`read_hwmon`]. Empty
+/// (with a debug line) when the directory cannot be listed.
+pub(super) fn hwmon_entries(root: &Path) -> Vec<String> {
+    list_dir(&root.join("class/hwmon"), "hwmon")
 }
 
-fn read_hwmon(root: &Path, canon_root: &Path, out: &mut Vec<Reading>) {
-    let class = root.join("class/hwmon");
-    for entry in list_dir(&class, "hwmon") {
-        let class_path = class.join(&entry);
-        let Some(real) = resolve_inside(&class_path, canon_root) else {
-            continue;
+/// Every valid reading of one hwmon device, `class/hwmon/<entry>` under
+/// `root`, and the problems with every file that gave none. `named` is
+/// told the chip's name as soon as it is known (before its inputs are
+/// read, which is where a slow device waits).
+pub(super) fn read_hwmon(
+    root: &Path,
+    entry: &str,
+    read_file: ReadFile<'_>,
+    named: &dyn Fn(&str),
+) -> Scan {
+    let Some(mut walk) = Walk::new(root, read_file) else {
+        return Scan::default();
+    };
+    walk.hwmon_device(entry, named);
+    walk.scan
+}
+
+/// Every valid thermal-zone reading under `root`, and the problems with
+/// every file that gave none.
+pub(super) fn read_thermal_zones(root: &Path, read_file: ReadFile<'_>) -> Scan {
+    let Some(mut walk) = Walk::new(root, read_file) else {
+        return Scan::default();
+    };
+    walk.thermal_zones();
+    walk.scan
+}
+
+/// One walk of the tree.
+struct Walk<'a> {
+    root: &'a Path,
+    canon_root: PathBuf,
+    read_file: ReadFile<'a>,
+    scan: Scan,
+}
+
+/// What an optional file gave.
+enum Optional {
+    Absent,
+    Text(String),
+    /// Unreadable for another reason than absence; already reported.
+    Failed,
+}
+
+impl<'a> Walk<'a> {
+    /// A walk under `root`; `None` (with a debug line) when the root
+    /// cannot be resolved.
+    fn new(root: &'a Path, read_file: ReadFile<'a>) -> Option<Self> {
+        match fs::canonicalize(root) {
+            Ok(canon_root) => Some(Walk {
+                root,
+                canon_root,
+                read_file,
+                scan: Scan::default(),
+            }),
+            Err(e) => {
+                tracing::debug!(path = %root.display(), error = %e, "sysfs root not readable; no sysfs sensors");
+                None
+            }
+        }
+    }
+}
+
+impl Walk<'_> {
+    /// The inputs of `class/hwmon/<entry>`.
+    fn hwmon_device(&mut self, entry: &str, named: &dyn Fn(&str)) {
+        let class_path = self.root.join("class/hwmon").join(entry);
+        let Some(real) = self.resolve_inside(&class_path) else {
+            return;
         };
-        // Current kernels keep the files in hwmonX itself; older ones under
-        // hwmonX/device (a link to the parent device).
+        // Current kernels keep the files in hwmonX itself; older ones
+        // under hwmonX/device (a link to the parent device).
         let (base, base_real) = if temp_indices(&real).is_empty() {
             let dev = class_path.join("device");
             if fs::symlink_metadata(&dev).is_err() {
                 tracing::debug!(path = %class_path.display(), "hwmon without temperature inputs");
-                continue;
+                return;
             }
-            match resolve_inside(&dev, canon_root) {
+            match self.resolve_inside(&dev) {
                 Some(dev_real) => (dev, dev_real),
-                None => continue,
+                None => return,
             }
         } else {
             (class_path.clone(), real.clone())
         };
-        let chip = read_trimmed(&base_real.join("name"))
-            .or_else(|_| read_trimmed(&real.join("name")))
-            .unwrap_or_else(|e| {
-                tracing::debug!(error = %e, "hwmon without a name");
-                entry.clone()
-            });
-        let kind = classify(&chip);
-        let indices = temp_indices(&base_real);
+        let chip = match self.optional(&base_real.join("name"), &base.join("name")) {
+            Optional::Text(name) if !name.is_empty() => name,
+            _ => match self.optional(&real.join("name"), &class_path.join("name")) {
+                Optional::Text(name) if !name.is_empty() => name,
+                _ => {
+                    tracing::debug!(path = %class_path.display(), "hwmon without a name");
+                    entry.to_string()
+                }
+            },
+        };
+        named(&chip);
+        self.chip(&chip, &base, &base_real);
+    }
+
+    /// The inputs of one hwmon chip whose files are in `base_real`
+    /// (reported under `base`).
+    fn chip(&mut self, chip: &str, base: &Path, base_real: &Path) {
+        let kind = classify(chip);
+        let indices = temp_indices(base_real);
         if indices.is_empty() {
             tracing::debug!(path = %base.display(), chip = %chip, "hwmon without temperature inputs");
         }
+        let mut declared: Vec<Role> = Vec::new();
+        let mut readings: Vec<Reading> = Vec::new();
         for n in indices {
-            let file = format!("temp{n}_input");
-            let path = base.join(&file);
-            let celsius = match read_millis(&base_real.join(&file)) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(path = %path.display(), error = %e, "skipping unreadable sensor");
-                    continue;
-                }
-            };
-            let Some(celsius) = plausible(celsius) else {
-                tracing::debug!(path = %path.display(), celsius, "skipping implausible sensor value (no reading)");
+            let file = |suffix: &str| format!("temp{n}_{suffix}");
+            let label =
+                match self.optional(&base_real.join(file("label")), &base.join(file("label"))) {
+                    Optional::Text(l) if !l.is_empty() => Some(l),
+                    _ => None,
+                };
+            let role = chips::role(chip, label.as_deref());
+            declared.push(role);
+            let path = base.join(file("input"));
+            let Some(celsius) = self.temperature(chip, &base_real.join(file("input")), &path)
+            else {
                 continue;
             };
-            let label = read_trimmed(&base_real.join(format!("temp{n}_label")))
-                .ok()
-                .filter(|l| !l.is_empty())
-                .unwrap_or_else(|| format!("{chip} temp{n}"));
-            out.push(Reading {
-                path,
-                label,
+            readings.push(Reading {
+                label: label.unwrap_or_else(|| format!("{chip} temp{n}")),
                 kind,
+                role,
+                counts: true,
                 celsius,
                 source: "hwmon",
-                chip: chip.clone(),
-                crit: optional_millis(&base_real.join(format!("temp{n}_crit"))),
-                max: optional_millis(&base_real.join(format!("temp{n}_max"))),
+                chip: chip.to_string(),
+                crit: self.limit(&base_real.join(file("crit")), &base.join(file("crit"))),
+                max: self.limit(&base_real.join(file("max")), &base.join(file("max"))),
+                path,
             });
         }
+        settle_counts(&mut readings, &declared);
+        self.scan.readings.extend(readings);
     }
-}
 
-fn read_thermal_zones(root: &Path, canon_root: &Path, out: &mut Vec<Reading>) {
-    let class = root.join("class/thermal");
-    for entry in list_dir(&class, "thermal_zone") {
-        let class_path = class.join(&entry);
-        let Some(real) = resolve_inside(&class_path, canon_root) else {
-            continue;
-        };
-        let zone_type = read_trimmed(&real.join("type"))
-            .ok()
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| entry.clone());
-        let path = class_path.join("temp");
-        // Some zones answer EIO or ENODATA; that is "no reading".
-        let celsius = match read_millis(&real.join("temp")) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "skipping unreadable sensor");
+    fn thermal_zones(&mut self) {
+        let class = self.root.join("class/thermal");
+        for entry in list_dir(&class, "thermal_zone") {
+            let class_path = class.join(&entry);
+            let Some(real) = self.resolve_inside(&class_path) else {
                 continue;
+            };
+            let zone_type = match self.optional(&real.join("type"), &class_path.join("type")) {
+                Optional::Text(t) if !t.is_empty() => t,
+                _ => entry.clone(),
+            };
+            let path = class_path.join("temp");
+            // Some zones answer EIO, ENODATA or EINVAL; that is "no reading".
+            let Some(celsius) = self.temperature(&zone_type, &real.join("temp"), &path) else {
+                continue;
+            };
+            let (crit, max) = self.trip_points(&real, &class_path);
+            let mut reading = [Reading {
+                path,
+                label: zone_type.clone(),
+                kind: classify(&zone_type),
+                role: chips::role(&zone_type, Some(&zone_type)),
+                counts: true,
+                celsius,
+                source: "thermal_zone",
+                chip: zone_type,
+                crit,
+                max,
+            }];
+            let declared = [reading[0].role];
+            settle_counts(&mut reading, &declared);
+            self.scan.readings.extend(reading);
+        }
+    }
+
+    /// (critical, hot) trip temperatures of a zone, when it has them.
+    fn trip_points(&mut self, zone: &Path, shown: &Path) -> (Option<f64>, Option<f64>) {
+        let (mut crit, mut hot) = (None, None);
+        for entry in list_dir(zone, "trip_point_") {
+            let Some(n) = entry
+                .strip_prefix("trip_point_")
+                .and_then(|s| s.strip_suffix("_type"))
+            else {
+                continue;
+            };
+            let Optional::Text(kind) = self.optional(&zone.join(&entry), &shown.join(&entry))
+            else {
+                continue;
+            };
+            let slot = match kind.as_str() {
+                "critical" => &mut crit,
+                "hot" => &mut hot,
+                _ => continue,
+            };
+            if slot.is_none() {
+                let file = format!("trip_point_{n}_temp");
+                *slot = self.limit(&zone.join(&file), &shown.join(&file));
+            }
+        }
+        (crit, hot)
+    }
+
+    /// The temperature in `real` (reported as `shown`) when `chip` can give
+    /// it; `None` with a problem otherwise.
+    fn temperature(&mut self, chip: &str, real: &Path, shown: &Path) -> Option<f64> {
+        let at = shown.display().to_string();
+        let text = match (self.read_file)(real) {
+            Ok(t) => t,
+            Err(e) => {
+                self.scan.problem(
+                    at,
+                    ProblemKind::Unreadable {
+                        error: e.to_string(),
+                    },
+                );
+                return None;
             }
         };
-        let Some(celsius) = plausible(celsius) else {
-            tracing::debug!(path = %path.display(), celsius, "skipping implausible sensor value (no reading)");
-            continue;
-        };
-        let (crit, max) = trip_points(&real);
-        out.push(Reading {
-            path,
-            label: zone_type.clone(),
-            kind: classify(&zone_type),
-            celsius,
-            source: "thermal_zone",
-            chip: zone_type,
-            crit,
-            max,
-        });
-    }
-}
-
-/// (critical, hot) trip temperatures of a zone, when it has them.
-fn trip_points(zone: &Path) -> (Option<f64>, Option<f64>) {
-    let (mut crit, mut hot) = (None, None);
-    for entry in list_dir(zone, "trip_point_") {
-        let Some(n) = entry
-            .strip_prefix("trip_point_")
-            .and_then(|s| s.strip_suffix("_type"))
-        else {
-            continue;
-        };
-        let Ok(kind) = read_trimmed(&zone.join(&entry)) else {
-            continue;
-        };
-        let slot = match kind.as_str() {
-            "critical" => &mut crit,
-            "hot" => &mut hot,
-            _ => continue,
-        };
-        if slot.is_none() {
-            *slot = optional_millis(&zone.join(format!("trip_point_{n}_temp")));
-        }
-    }
-    (crit, hot)
-}
-
-/// Canonical target of `path` when it exists and stays inside the root;
-/// `None` (with a debug line) for broken links and links that escape.
-fn resolve_inside(path: &Path, canon_root: &Path) -> Option<PathBuf> {
-    match fs::canonicalize(path) {
-        Ok(real) if real.starts_with(canon_root) => Some(real),
-        Ok(real) => {
-            tracing::debug!(
-                path = %path.display(),
-                target = %real.display(),
-                root = %canon_root.display(),
-                "skipping sensor link that escapes the sysfs root"
+        let Some(celsius) = parse_millis(&text) else {
+            self.scan.problem(
+                at,
+                ProblemKind::NotANumber {
+                    text: text.trim().to_string(),
+                },
             );
-            None
+            return None;
+        };
+        match chips::validate(chip, celsius) {
+            Ok(c) => Some(c),
+            Err(reason) => {
+                self.scan
+                    .problem(at, ProblemKind::Invalid { celsius, reason });
+                None
+            }
         }
-        Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "skipping broken sensor link");
-            None
+    }
+
+    /// An optional limit file (crit, max, trip point): `None` when absent,
+    /// unreadable (reported) or unset (drivers write 0, -273150 or 65535
+    /// when a limit is unset).
+    fn limit(&mut self, real: &Path, shown: &Path) -> Option<f64> {
+        let Optional::Text(text) = self.optional(real, shown) else {
+            return None;
+        };
+        match parse_millis(&text) {
+            Some(c) => chips::limit(c),
+            None => {
+                self.scan.problem(
+                    shown.display().to_string(),
+                    ProblemKind::NotANumber { text },
+                );
+                None
+            }
+        }
+    }
+
+    /// The trimmed text of an optional file: absence is silent, any other
+    /// failure is a problem.
+    fn optional(&mut self, real: &Path, shown: &Path) -> Optional {
+        match (self.read_file)(real) {
+            Ok(t) => Optional::Text(t.trim().to_string()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Optional::Absent,
+            Err(e) => {
+                self.scan.problem(
+                    shown.display().to_string(),
+                    ProblemKind::Unreadable {
+                        error: e.to_string(),
+                    },
+                );
+                Optional::Failed
+            }
+        }
+    }
+
+    /// Canonical target of `path` when it exists and stays inside the root;
+    /// `None` (with a problem) for broken links and links that escape.
+    fn resolve_inside(&mut self, path: &Path) -> Option<PathBuf> {
+        match fs::canonicalize(path) {
+            Ok(real) if real.starts_with(&self.canon_root) => Some(real),
+            Ok(real) => {
+                tracing::debug!(
+                    path = %path.display(),
+                    target = %real.display(),
+                    root = %self.canon_root.display(),
+                    "skipping sensor link that escapes the sysfs root"
+                );
+                self.scan.problem(
+                    path.display().to_string(),
+                    ProblemKind::OutsideRoot { target: real },
+                );
+                None
+            }
+            Err(e) => {
+                self.scan.problem(
+                    path.display().to_string(),
+                    ProblemKind::Unreadable {
+                        error: e.to_string(),
+                    },
+                );
+                None
+            }
         }
     }
 }
@@ -211,22 +367,6 @@ fn parse_temp_input_name(name: &str) -> Option<u32> {
         .ok()
 }
 
-fn read_trimmed(path: &Path) -> Result<String> {
-    fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| Error::io(path, e))
-}
-
-/// A millidegree file, in °C.
-fn read_millis(path: &Path) -> Result<f64> {
-    let text = read_trimmed(path)?;
-    parse_millis(&text).ok_or_else(|| Error::Parse {
-        path: path.to_path_buf(),
-        text,
-        reason: "not an integer number of millidegrees".into(),
-    })
-}
-
 /// Kernel millidegrees (an integer; a decimal is tolerated) to °C.
 fn parse_millis(text: &str) -> Option<f64> {
     let t = text.trim();
@@ -238,19 +378,6 @@ fn parse_millis(text: &str) -> Option<f64> {
         .map(|m| m / 1000.0)
 }
 
-/// An optional limit file (crit, max, trip point): `None` when absent,
-/// unreadable or implausible (drivers report 0 or 65535.x when unset).
-fn optional_millis(path: &Path) -> Option<f64> {
-    match read_millis(path) {
-        Ok(c) => plausible(c),
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            tracing::debug!(error = %e, "ignoring unreadable sensor limit");
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +387,7 @@ mod tests {
         assert_eq!(parse_millis("45000\n"), Some(45.0));
         assert_eq!(parse_millis("38850"), Some(38.85));
         assert_eq!(parse_millis("-273150"), Some(-273.15));
+        assert_eq!(parse_millis("-18312"), Some(-18.312));
         assert_eq!(parse_millis("27800.0"), Some(27.8));
         assert_eq!(parse_millis(""), None);
         assert_eq!(parse_millis("N/A"), None);

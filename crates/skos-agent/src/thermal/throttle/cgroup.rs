@@ -5,8 +5,11 @@ use std::fs;
 use std::io::{self, ErrorKind};
 use std::path::{Component, Path, PathBuf};
 
+use skos_core::catalogue::ThrottleOriginal;
+
 use super::files::{ensure_inside, read_trimmed, read_u64};
-use super::{Step, Throttler};
+use super::reconcile::Check;
+use super::{Step, Survey, Throttler};
 use crate::{Error, Result};
 
 /// Shortest CPU quota ever written, in µs (the kernel refuses less than
@@ -14,7 +17,18 @@ use crate::{Error, Result};
 pub const MIN_QUOTA_US: u64 = 1000;
 
 impl Throttler {
-    pub(super) fn plan_cgroups(&self, level: u8) -> Result<Vec<Step>> {
+    pub(super) fn plan_cgroups(
+        &self,
+        level: u8,
+        given: &[ThrottleOriginal],
+        survey: &mut Survey,
+    ) -> Result<Vec<Step>> {
+        if self.cfg.cgroups.is_empty() {
+            survey
+                .absent
+                .push("no cgroup configured (thermal.throttle.cgroups)".to_string());
+            return Ok(Vec::new());
+        }
         let ncpus = self.online_cpus();
         let mut cgroups: Vec<&PathBuf> = self.cfg.cgroups.iter().collect();
         // Children before parents: a v1 parent may not go below its children.
@@ -22,9 +36,9 @@ impl Throttler {
         let mut steps = Vec::new();
         for rel in cgroups {
             let step = match self.resolve_cgroup(rel)? {
-                Cgroup::V2 { cpu_max } => self.plan_cgroup_v2(&cpu_max, ncpus, level)?,
+                Cgroup::V2 { cpu_max } => self.plan_cgroup_v2(&cpu_max, ncpus, level, given)?,
                 Cgroup::V1 { quota, period } => {
-                    self.plan_cgroup_v1(&quota, &period, ncpus, level)?
+                    self.plan_cgroup_v1(&quota, &period, ncpus, level, given)?
                 }
             };
             steps.push(step);
@@ -32,13 +46,24 @@ impl Throttler {
         Ok(steps)
     }
 
-    fn plan_cgroup_v2(&self, file: &Path, ncpus: usize, level: u8) -> Result<Step> {
+    fn plan_cgroup_v2(
+        &self,
+        file: &Path,
+        ncpus: usize,
+        level: u8,
+        given: &[ThrottleOriginal],
+    ) -> Result<Step> {
         let current = read_trimmed(file)?;
         let target = self.file_target(file)?;
-        let original = self.original(&target).unwrap_or(&current);
-        let (quota, period) = parse_cpu_max(original).ok_or_else(|| Error::Parse {
+        let adopted = self.adopt(&target, Check::CpuMax, given);
+        let original = self
+            .original(&target)
+            .or(adopted.as_deref())
+            .unwrap_or(&current)
+            .to_string();
+        let (quota, period) = parse_cpu_max(&original).ok_or_else(|| Error::Parse {
             path: file.to_path_buf(),
-            text: original.to_string(),
+            text: original.clone(),
             reason: "expected \"<quota|max> <period>\"".to_string(),
         })?;
         let mut new = cgroup_quota(period, ncpus, level);
@@ -49,6 +74,8 @@ impl Throttler {
             target,
             current,
             new: format!("{new} {period}"),
+            original,
+            adopted: adopted.is_some(),
             cap: None,
         })
     }
@@ -59,14 +86,20 @@ impl Throttler {
         period_file: &Path,
         ncpus: usize,
         level: u8,
+        given: &[ThrottleOriginal],
     ) -> Result<Step> {
         let current = read_trimmed(quota_file)?;
         let period = read_u64(period_file)?;
         let target = self.file_target(quota_file)?;
-        let original = self.original(&target).unwrap_or(&current);
-        let quota = parse_cfs_quota(original).ok_or_else(|| Error::Parse {
+        let adopted = self.adopt(&target, Check::CfsQuota, given);
+        let original = self
+            .original(&target)
+            .or(adopted.as_deref())
+            .unwrap_or(&current)
+            .to_string();
+        let quota = parse_cfs_quota(&original).ok_or_else(|| Error::Parse {
             path: quota_file.to_path_buf(),
-            text: original.to_string(),
+            text: original.clone(),
             reason: "expected a quota in µs or -1".to_string(),
         })?;
         let mut new = cgroup_quota(period, ncpus, level);
@@ -77,13 +110,57 @@ impl Throttler {
             target,
             current,
             new: new.to_string(),
+            original,
+            adopted: adopted.is_some(),
             cap: None,
+        })
+    }
+
+    /// The quota in force on the configured cgroup `rel` when it limits
+    /// the cgroup to less than every online CPU; `None` when it is
+    /// unlimited or cannot be read.
+    pub(super) fn cgroup_limit(&self, rel: &Path, ncpus: usize) -> Option<QuotaLimit> {
+        let (file, text, quota, period, full, check) = match self.resolve_cgroup(rel).ok()? {
+            Cgroup::V2 { cpu_max } => {
+                let text = read_trimmed(&cpu_max).ok()?;
+                let (quota, period) = parse_cpu_max(&text)?;
+                let full = format!("max {period}");
+                (cpu_max, text, quota?, period, full, Check::CpuMax)
+            }
+            Cgroup::V1 { quota, period } => {
+                let text = read_trimmed(&quota).ok()?;
+                let limit = parse_cfs_quota(&text)??;
+                let period = read_u64(&period).ok()?;
+                (
+                    quota,
+                    text,
+                    limit,
+                    period,
+                    "-1".to_string(),
+                    Check::CfsQuota,
+                )
+            }
+        };
+        let all = u128::from(period) * u128::try_from(ncpus.max(1)).unwrap_or(1);
+        let quota = u128::from(quota);
+        if quota >= all {
+            return None;
+        }
+        let percent = u8::try_from((all - quota) * 100 / all)
+            .unwrap_or(100)
+            .max(1);
+        Some(QuotaLimit {
+            file,
+            text,
+            full,
+            percent,
+            check,
         })
     }
 
     /// Finds the quota files of the configured cgroup `rel`, refusing any
     /// path that leaves `<root>/fs/cgroup`.
-    fn resolve_cgroup(&self, rel: &Path) -> Result<Cgroup> {
+    pub(super) fn resolve_cgroup(&self, rel: &Path) -> Result<Cgroup> {
         let cg_root = self.root.join("fs/cgroup");
         if rel.as_os_str().is_empty() {
             return Err(Error::Device {
@@ -144,7 +221,7 @@ impl Throttler {
         ))
     }
 
-    fn online_cpus(&self) -> usize {
+    pub(super) fn online_cpus(&self) -> usize {
         let path = self.root.join("devices/system/cpu/online");
         let parsed = fs::read_to_string(&path)
             .ok()
@@ -157,8 +234,25 @@ impl Throttler {
     }
 }
 
-enum Cgroup {
+/// A CPU quota in force that keeps a cgroup below every online CPU.
+pub(super) struct QuotaLimit {
+    /// The quota file (`cpu.max` or `cpu.cfs_quota_us`).
+    pub(super) file: PathBuf,
+    /// What it holds.
+    pub(super) text: String,
+    /// What it holds when unlimited (`max <period>`, `-1`).
+    pub(super) full: String,
+    /// The share of the CPUs it takes away, in percent (at least 1).
+    pub(super) percent: u8,
+    /// How a value for it is checked.
+    pub(super) check: Check,
+}
+
+/// Where a configured cgroup's CPU quota lives.
+pub(super) enum Cgroup {
+    /// cgroup v2: its `cpu.max`.
     V2 { cpu_max: PathBuf },
+    /// cgroup v1: its `cpu.cfs_quota_us` and `cpu.cfs_period_us`.
     V1 { quota: PathBuf, period: PathBuf },
 }
 

@@ -5,9 +5,12 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use skos_core::catalogue::ThrottleOriginal;
+
 use super::files::{ensure_inside, parse_u64_at, read_trimmed, read_u64};
+use super::reconcile::Check;
 use super::state::Target;
-use super::{Step, Throttler};
+use super::{Step, Survey, Throttler};
 use crate::Result;
 
 /// One cpufreq policy's cap: what a throttle asked for and what the driver
@@ -56,7 +59,10 @@ pub(super) struct CapPlan {
 }
 
 impl Throttler {
-    pub(super) fn plan_cpufreq(&self, level: u8, notes: &mut Vec<String>) -> Vec<Step> {
+    /// The cpufreq policy directories (`policyN`), by number, and the
+    /// directory they were looked for in. A directory that cannot be
+    /// listed is logged and counts as none.
+    pub(super) fn policies(&self) -> (PathBuf, Vec<(u64, PathBuf)>) {
         let base = self.root.join("devices/system/cpu/cpufreq");
         let mut policies: Vec<(u64, PathBuf)> = match fs::read_dir(&base) {
             Ok(entries) => entries
@@ -74,21 +80,42 @@ impl Throttler {
                 Vec::new()
             }
         };
+        policies.sort();
+        (base, policies)
+    }
+
+    pub(super) fn plan_cpufreq(
+        &self,
+        level: u8,
+        given: &[ThrottleOriginal],
+        notes: &mut Vec<String>,
+        survey: &mut Survey,
+    ) -> Vec<Step> {
+        if !self.cfg.cpufreq {
+            survey
+                .absent
+                .push("cpufreq caps are off (thermal.throttle.cpufreq)".to_string());
+            return Vec::new();
+        }
+        let (base, policies) = self.policies();
         if policies.is_empty() {
             notes.push(format!(
                 "no cpufreq policies found under {}",
                 base.display()
             ));
+            survey
+                .absent
+                .push(format!("no cpufreq policy under {}", base.display()));
             return Vec::new();
         }
-        policies.sort();
 
         let mut steps = Vec::new();
         for (index, (_, dir)) in policies.into_iter().enumerate() {
-            match self.plan_policy(&dir, level, index) {
+            match self.plan_policy(&dir, level, index, given) {
                 Ok(step) => steps.push(step),
                 Err(e) => {
                     tracing::warn!(path = %dir.display(), error = %e, "skipping cpufreq policy");
+                    survey.broken.get_or_insert(e);
                 }
             }
         }
@@ -98,7 +125,13 @@ impl Throttler {
         steps
     }
 
-    fn plan_policy(&self, dir: &Path, level: u8, index: usize) -> Result<Step> {
+    fn plan_policy(
+        &self,
+        dir: &Path,
+        level: u8,
+        index: usize,
+        given: &[ThrottleOriginal],
+    ) -> Result<Step> {
         let min = read_u64(&dir.join("cpuinfo_min_freq"))?;
         let max = read_u64(&dir.join("cpuinfo_max_freq"))?;
         let file = dir.join("scaling_max_freq");
@@ -106,10 +139,13 @@ impl Throttler {
         let current_khz = parse_u64_at(&file, &current)?;
         ensure_inside(&file, &self.root)?;
         let target = self.file_target(&file)?;
-        let original = self
+        let adopted = self.adopt(&target, Check::Freq { min, max }, given);
+        let original_text = self
             .original(&target)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(current_khz);
+            .or(adopted.as_deref())
+            .unwrap_or(&current)
+            .to_string();
+        let original = original_text.parse::<u64>().unwrap_or(current_khz);
         let cap = capped_freq(min, max, level);
         let wanted = read_pstates(&dir.join("scaling_available_frequencies"))
             .and_then(|pstates| highest_pstate_at_or_below(&pstates, cap))
@@ -126,6 +162,8 @@ impl Throttler {
             target,
             current,
             new: new.to_string(),
+            original: original_text,
+            adopted: adopted.is_some(),
             cap: Some(CapPlan {
                 index,
                 target_khz: cap,
@@ -133,6 +171,26 @@ impl Throttler {
                 max_khz: max,
             }),
         })
+    }
+
+    /// The cap in force on a policy whose original is recorded (after an
+    /// agent restart, before any new apply): what `scaling_max_freq` holds
+    /// now, against the recorded level's cap. `None` when the policy
+    /// cannot be read.
+    pub(super) fn recorded_cap(&self, dir: &Path, index: usize) -> Option<FreqCap> {
+        let min = read_u64(&dir.join("cpuinfo_min_freq")).ok()?;
+        let max = read_u64(&dir.join("cpuinfo_max_freq")).ok()?;
+        let file = dir.join("scaling_max_freq");
+        let khz = read_u64(&file).ok()?;
+        let target = self.file_target(&file).ok()?;
+        self.original(&target)?;
+        let plan = CapPlan {
+            index,
+            target_khz: capped_freq(min, max, self.state.level),
+            requested_khz: khz,
+            max_khz: max,
+        };
+        Some(self.freq_cap(&target, plan, khz))
     }
 
     pub(super) fn freq_cap(&self, target: &Target, plan: CapPlan, accepted_khz: u64) -> FreqCap {

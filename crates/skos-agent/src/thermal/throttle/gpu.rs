@@ -1,14 +1,28 @@
 //! NVIDIA GPUs: the power limit of every GPU NVML sees.
 
 use nvml_wrapper::Nvml;
+use skos_core::catalogue::ThrottleOriginal;
 use skos_core::protocol::Change;
 
+use super::reconcile::Check;
 use super::state::Target;
-use super::{Step, Throttler};
+use super::{Step, Survey, Throttler};
 use crate::{Error, Result};
 
 impl Throttler {
-    pub(super) fn plan_gpu(&self, level: u8, notes: &mut Vec<String>) -> Option<(Nvml, Vec<Step>)> {
+    pub(super) fn plan_gpu(
+        &self,
+        level: u8,
+        given: &[ThrottleOriginal],
+        notes: &mut Vec<String>,
+        survey: &mut Survey,
+    ) -> Option<(Nvml, Vec<Step>)> {
+        if !self.cfg.gpu_power_limit {
+            survey
+                .absent
+                .push("GPU power limits are off (thermal.throttle.gpu_power_limit)".to_string());
+            return None;
+        }
         let nvml = match Nvml::init() {
             Ok(nvml) => nvml,
             Err(e) => {
@@ -16,6 +30,7 @@ impl Throttler {
                 notes.push(format!(
                     "no GPU power limit could be set: NVML not available ({e})"
                 ));
+                survey.absent.push(format!("NVML not available ({e})"));
                 return None;
             }
         };
@@ -24,21 +39,30 @@ impl Throttler {
             Err(e) => {
                 tracing::warn!(error = %e, "NVML cannot count devices");
                 notes.push(format!("no GPU power limit could be set: {e}"));
+                survey.broken.get_or_insert(Error::Device {
+                    what: "NVML".to_string(),
+                    reason: format!("cannot count GPUs: {e}"),
+                });
                 return None;
             }
         };
         let mut steps = Vec::new();
         for index in 0..count {
-            match self.plan_one_gpu(&nvml, index, level) {
+            match self.plan_one_gpu(&nvml, index, level, given) {
                 Ok(step) => steps.push(step),
                 Err(e) => {
                     tracing::warn!(gpu = index, error = %e, "skipping GPU power limit");
                     notes.push(format!("GPU {index}: no power limit set ({e})"));
+                    survey.broken.get_or_insert(Error::Device {
+                        what: format!("GPU {index}"),
+                        reason: e.to_string(),
+                    });
                 }
             }
         }
         if count == 0 {
             notes.push("no GPU power limit could be set: NVML sees no GPU".to_string());
+            survey.absent.push("NVML sees no GPU".to_string());
         }
         Some((nvml, steps))
     }
@@ -48,6 +72,7 @@ impl Throttler {
         nvml: &Nvml,
         index: u32,
         level: u8,
+        given: &[ThrottleOriginal],
     ) -> std::result::Result<Step, nvml_wrapper::error::NvmlError> {
         let device = nvml.device_by_index(index)?;
         let uuid = device.uuid()?;
@@ -55,8 +80,14 @@ impl Throttler {
         let default = device.power_management_limit_default()?;
         let constraints = device.power_management_limit_constraints()?;
         let target = Target::GpuPowerLimit { uuid };
+        let check = Check::PowerLimit {
+            min: constraints.min_limit,
+            max: constraints.max_limit,
+        };
+        let adopted = self.adopt(&target, check, given);
         let original = self
             .original(&target)
+            .or(adopted.as_deref())
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(current);
         let new = gpu_power_limit(constraints.min_limit, default, level)
@@ -65,8 +96,40 @@ impl Throttler {
             target,
             current: current.to_string(),
             new: new.to_string(),
+            original: original.to_string(),
+            adopted: adopted.is_some(),
             cap: None,
         })
+    }
+
+    /// Every GPU whose power limit is below its default, as (target,
+    /// limit, default, its check), in mW; empty when NVML is not there.
+    pub(super) fn gpu_limits(&self) -> Vec<(Target, u32, u32, Check)> {
+        let Ok(nvml) = Nvml::init() else {
+            return Vec::new();
+        };
+        let count = nvml.device_count().unwrap_or(0);
+        (0..count)
+            .filter_map(|index| {
+                let device = nvml.device_by_index(index).ok()?;
+                let uuid = device.uuid().ok()?;
+                let limit = device.power_management_limit().ok()?;
+                let default = device.power_management_limit_default().ok()?;
+                let constraints = device.power_management_limit_constraints().ok()?;
+                let check = Check::PowerLimit {
+                    min: constraints.min_limit,
+                    max: constraints.max_limit,
+                };
+                (limit < default).then_some((Target::GpuPowerLimit { uuid }, limit, default, check))
+            })
+            .collect()
+    }
+
+    /// How many GPUs NVML sees, or why none can be throttled.
+    pub(super) fn gpu_count(&self) -> std::result::Result<u32, String> {
+        let nvml = Nvml::init().map_err(|e| format!("NVML not available ({e})"))?;
+        nvml.device_count()
+            .map_err(|e| format!("NVML cannot count GPUs ({e})"))
     }
 }
 

@@ -34,11 +34,30 @@
 //! Every path is under the sysfs root given to [`Throttler::new`] (`/sys`,
 //! or a fake tree in tests); configured cgroup paths are relative to
 //! `<root>/fs/cgroup` and may not leave it, through `..` or a symlink.
+//!
+//! A throttle SKOS applied can always be lifted. The originals are saved
+//! to the state file before the first write, and a throttle whose
+//! originals cannot be saved there is not applied
+//! ([`Error::OriginalsNotSaved`]). They also travel in every heartbeat
+//! while throttled ([`Throttler::report`]), and the coordinator keeps that
+//! copy and gives it back in the parameters of its thermal commands
+//! (`originals`): an agent that lost its state file takes from there the
+//! original of a target it found itself and has no record of, checked as a
+//! value that target can hold ([`Throttler::apply_with`],
+//! [`Throttler::reset_with`]). At start, and after every apply and reset,
+//! the hardware is reconciled with the record: a cap in force that nothing
+//! recorded explains is an [`UnexplainedCap`], reported in heartbeats and
+//! counted in their throttle level, and lifted only with such an original.
+//!
+//! A throttle with nothing to act on (no cpufreq policy, no configured
+//! cgroup, no GPU) is [`Error::NothingToAct`], answered `unsupported`.
 
 //!
 //! Laid out by concern: `cpufreq.rs` (planning the caps, P-states, what the
 //! driver accepted), `cgroup.rs` (CPU quotas), `gpu.rs` (NVML power
-//! limits), `state.rs` (the saved originals and the state file) and
+//! limits), `state.rs` (the saved originals and the state file),
+//! `reconcile.rs` (caps in force against the record, the heartbeat's
+//! report, the coordinator's originals, the actuators found) and
 //! `files.rs` (single-value sysfs files, paths kept inside their root); the
 //! pure arithmetic and parsers live beside the code that uses them.
 
@@ -46,6 +65,7 @@ mod cgroup;
 mod cpufreq;
 mod files;
 mod gpu;
+mod reconcile;
 mod state;
 
 use std::fs;
@@ -53,6 +73,7 @@ use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
 use nvml_wrapper::Nvml;
+use skos_core::catalogue::ThrottleOriginal;
 use skos_core::config::ThrottleConfig;
 use skos_core::protocol::Change;
 
@@ -60,6 +81,7 @@ use crate::{Error, Result};
 use cpufreq::{cap_notes, CapPlan};
 use files::{ensure_inside, parse_u64_at, read_trimmed, write_value};
 use gpu::{restore_gpu_limit, set_gpu_limit};
+use reconcile::Unexplained;
 use state::{load_state, Original, SavedState, Target};
 
 pub use cgroup::{cgroup_quota, parse_cfs_quota, parse_cpu_list, parse_cpu_max, MIN_QUOTA_US};
@@ -68,6 +90,7 @@ pub use cpufreq::{
     FreqCap,
 };
 pub use gpu::gpu_power_limit;
+pub use reconcile::{Actuators, ThrottleReport, UnexplainedCap, MAX_REPORTED_CAPS};
 
 /// What an [`Throttler::apply`] or [`Throttler::reset`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +105,9 @@ pub struct ThrottleOutcome {
     /// from the driver (empty after a reset, or when cpufreq is not
     /// throttled).
     pub cpufreq: Vec<FreqCap>,
+    /// The caps in force afterwards that SKOS has no original for (after
+    /// a reset: the ones it could not lift).
+    pub unexplained: Vec<UnexplainedCap>,
 }
 
 impl ThrottleOutcome {
@@ -100,8 +126,11 @@ pub struct Throttler {
     cfg: ThrottleConfig,
     state_file: Option<PathBuf>,
     state: SavedState,
-    /// The cpufreq caps in force after the last apply (memory only).
+    /// The cpufreq caps in force after the last apply (memory only), or
+    /// read back at start for a throttle recorded before a restart.
     caps: Vec<FreqCap>,
+    /// Caps in force that nothing recorded explains, as last reconciled.
+    unexplained: Vec<Unexplained>,
 }
 
 /// One value to set: its target, what it holds now, what it will hold.
@@ -110,8 +139,20 @@ struct Step {
     target: Target,
     current: String,
     new: String,
+    /// Its original: the recorded one, the coordinator's, or `current`.
+    original: String,
+    /// The original is the coordinator's (none was recorded here).
+    adopted: bool,
     /// For a `scaling_max_freq`: what the cap was planned from.
     cap: Option<CapPlan>,
+}
+
+/// What planning found to act on: why each kind of target offers nothing,
+/// and the first target found that could not be planned.
+#[derive(Debug, Default)]
+struct Survey {
+    absent: Vec<String>,
+    broken: Option<Error>,
 }
 
 impl Throttler {
@@ -132,13 +173,24 @@ impl Throttler {
                 "throttle state loaded: a throttle from before the restart is still active"
             );
         }
-        Self {
+        let mut throttler = Self {
             root: sysfs_root.into(),
             cfg,
             state_file,
             state,
             caps: Vec::new(),
+            unexplained: Vec::new(),
+        };
+        if throttler.state.level > 0 {
+            let (_, policies) = throttler.policies();
+            throttler.caps = policies
+                .iter()
+                .enumerate()
+                .filter_map(|(index, (_, dir))| throttler.recorded_cap(dir, index))
+                .collect();
         }
+        throttler.reconcile();
+        throttler
     }
 
     /// The active throttle level; 0 = not throttled.
@@ -147,8 +199,8 @@ impl Throttler {
     }
 
     /// The cpufreq caps in force after the last [`Throttler::apply`], as
-    /// read back from the driver; empty when not throttled, and after an
-    /// agent restart until the next apply.
+    /// read back from the driver (after an agent restart: as read at start
+    /// for the recorded throttle); empty when not throttled.
     pub fn cpufreq_in_force(&self) -> &[FreqCap] {
         &self.caps
     }
@@ -164,6 +216,20 @@ impl Throttler {
     /// better than none when hot); the first failure is returned after all
     /// were tried, and the originals of every target stay saved.
     pub fn apply(&mut self, level: u8) -> Result<ThrottleOutcome> {
+        self.apply_with(level, &[])
+    }
+
+    /// [`Throttler::apply`], with the coordinator's copy of the originals
+    /// (`given`): a target found here with no original recorded takes
+    /// its original from there, when it is a value the target can hold
+    /// (an agent that lost its state file throttles a capped target
+    /// without taking the cap for its original).
+    ///
+    /// Fails with [`Error::NothingToAct`] when there is nothing to
+    /// throttle (no cpufreq policy, no configured cgroup, no GPU), and
+    /// with [`Error::OriginalsNotSaved`], writing nothing, when the
+    /// originals cannot be saved to the state file.
+    pub fn apply_with(&mut self, level: u8, given: &[ThrottleOriginal]) -> Result<ThrottleOutcome> {
         if level == 0 || level > 100 {
             return Err(Error::Device {
                 what: format!("throttle_{level}"),
@@ -181,25 +247,63 @@ impl Throttler {
                 changes: Vec::new(),
                 message,
                 cpufreq: self.caps.clone(),
+                unexplained: self.unexplained_caps(),
             });
         }
 
         let mut notes = Vec::new();
+        let mut survey = Survey::default();
         // Configured targets first: a bad one fails before anything is written.
-        let cgroup_steps = self.plan_cgroups(level)?;
-        let mut steps = if self.cfg.cpufreq {
-            self.plan_cpufreq(level, &mut notes)
-        } else {
-            Vec::new()
-        };
+        let cgroup_steps = self.plan_cgroups(level, given, &mut survey)?;
+        let mut steps = self.plan_cpufreq(level, given, &mut notes, &mut survey);
         steps.extend(cgroup_steps);
         let mut nvml = None;
-        if self.cfg.gpu_power_limit {
-            if let Some((handle, gpu_steps)) = self.plan_gpu(level, &mut notes) {
-                steps.extend(gpu_steps);
-                nvml = Some(handle);
+        if let Some((handle, gpu_steps)) = self.plan_gpu(level, given, &mut notes, &mut survey) {
+            steps.extend(gpu_steps);
+            nvml = Some(handle);
+        }
+        if steps.is_empty() {
+            if let Some(e) = survey.broken {
+                return Err(e);
+            }
+            let reason = survey.absent.join("; ");
+            tracing::warn!(level, reason = %reason, "nothing to throttle on this machine");
+            return Err(Error::NothingToAct {
+                what: format!("throttle_{level}"),
+                reason,
+            });
+        }
+
+        // Originals go to disk before the first write, so a crash half-way
+        // still leaves everything restorable; a target left as it is keeps
+        // the coordinator's original when it is capped below it.
+        let before = self.state.clone();
+        let mut adopted = 0;
+        for step in &steps {
+            if step.current != step.new || step.original != step.current {
+                if step.adopted && self.original(&step.target).is_none() {
+                    adopted += 1;
+                }
+                self.remember(&step.target, &step.original);
             }
         }
+        self.state.level = level;
+        if self.state != before {
+            if let Err(e) = self.persist() {
+                self.state = before;
+                tracing::error!(error = %e, level, "cannot save the throttle originals: throttle not applied");
+                return Err(not_saved(e));
+            }
+        }
+        if adopted > 0 {
+            notes.push(format!(
+                "{adopted} original(s) taken from the coordinator's copy"
+            ));
+        }
+        let mut unexplained = std::mem::take(&mut self.unexplained);
+        unexplained.retain(|u| self.original(&u.target).is_none());
+        self.unexplained = unexplained;
+
         // A policy left as it is keeps the cap it holds.
         let mut caps = Vec::new();
         steps.retain(|s| {
@@ -211,19 +315,6 @@ impl Throttler {
             }
             false
         });
-
-        // Originals go to disk before the first write, so a crash half-way
-        // still leaves everything restorable.
-        for step in &steps {
-            self.remember(&step.target, &step.current);
-        }
-        self.state.level = level;
-        if let Err(e) = self.persist() {
-            tracing::error!(error = %e, "cannot persist the throttle originals; throttling anyway");
-            notes.push(format!(
-                "originals NOT persisted ({e}): a restarted agent cannot restore them"
-            ));
-        }
 
         let mut changes = Vec::new();
         let mut first_error = None;
@@ -280,6 +371,7 @@ impl Throttler {
             changes,
             message,
             cpufreq: self.caps.clone(),
+            unexplained: self.unexplained_caps(),
         })
     }
 
@@ -291,8 +383,31 @@ impl Throttler {
     /// failed stay saved (and persisted) for the next reset, the level stays,
     /// and the first failure is returned.
     pub fn reset(&mut self) -> Result<ThrottleOutcome> {
+        self.reset_with(&[])
+    }
+
+    /// [`Throttler::reset`], and every cap in force that nothing recorded
+    /// explains lifted to its original in `given` (the coordinator's
+    /// copy), when that is a value the target can hold. The caps left
+    /// without one stay, and the outcome lists them
+    /// ([`ThrottleOutcome::unexplained`]).
+    ///
+    /// Fails with [`Error::NothingToAct`] when nothing is recorded, no cap
+    /// is in force and the machine has nothing to throttle.
+    pub fn reset_with(&mut self, given: &[ThrottleOriginal]) -> Result<ThrottleOutcome> {
         let previous = self.state.level;
+        self.reconcile();
         let originals = std::mem::take(&mut self.state.originals);
+        let unexplained = std::mem::take(&mut self.unexplained);
+        if previous == 0 && originals.is_empty() && unexplained.is_empty() {
+            let actuators = self.actuators();
+            if actuators.is_empty() {
+                return Err(Error::NothingToAct {
+                    what: "reset_throttle".to_string(),
+                    reason: actuators.absent.join("; "),
+                });
+            }
+        }
         let mut nvml = None;
         let mut changes = Vec::new();
         let mut failed = Vec::new();
@@ -311,30 +426,75 @@ impl Throttler {
                 }
             }
         }
+        let mut adopted = 0;
+        for u in unexplained {
+            let Some(value) = self.adopt(&u.target, u.check, given) else {
+                continue;
+            };
+            let original = Original {
+                target: u.target,
+                value,
+            };
+            match self.restore(&original, &mut nvml) {
+                Ok(change) => {
+                    adopted += 1;
+                    if let Some(change) = change {
+                        tracing::info!(target = %change.target, before = %change.before, after = %change.after, "restored from the coordinator's copy of the original");
+                        changes.push(change);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target = %self.describe(&original.target), error = %e, "restore from the coordinator's copy failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
         if let Some(e) = first_error {
             failed.reverse();
             self.state.originals = failed;
             if let Err(pe) = self.persist() {
                 tracing::error!(error = %pe, "cannot persist the originals left to restore");
             }
+            self.reconcile();
             return Err(e);
         }
         self.state = SavedState::default();
         self.caps.clear();
         self.remove_state_file()?;
-        let message = if previous == 0 && changes.is_empty() {
+        self.reconcile();
+        let mut message = if previous == 0 && changes.is_empty() {
             "not throttled: nothing to restore".to_string()
+        } else if previous == 0 {
+            format!("caps lifted: {} value(s) restored", changes.len())
         } else {
             format!(
                 "throttle_{previous} lifted: {} value(s) restored",
                 changes.len()
             )
         };
+        if adopted > 0 {
+            message.push_str(&format!(
+                "; {adopted} from the coordinator's copy of the originals"
+            ));
+        }
+        let unexplained = self.unexplained_caps();
+        if !unexplained.is_empty() {
+            let caps: Vec<String> = unexplained
+                .iter()
+                .map(|u| format!("{} holds {} (uncapped {})", u.path, u.value, u.full))
+                .collect();
+            message.push_str(&format!(
+                "; {} cap(s) not lifted, no original known here or at the coordinator: {}",
+                unexplained.len(),
+                caps.join(", ")
+            ));
+        }
         Ok(ThrottleOutcome {
             level: 0,
             changes,
             message,
             cpufreq: Vec::new(),
+            unexplained,
         })
     }
 
@@ -422,5 +582,13 @@ impl Throttler {
                 restore_gpu_limit(uuid, &original.value, target, nvml)
             }
         }
+    }
+}
+
+/// A state file that cannot be written, as the refusal of a throttle.
+fn not_saved(e: Error) -> Error {
+    match e {
+        Error::Io { path, source } => Error::OriginalsNotSaved { path, source },
+        other => other,
     }
 }

@@ -6,6 +6,7 @@ use std::io::{self, ErrorKind, Write};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use skos_core::catalogue::ThrottleOriginal;
 
 use super::Throttler;
 use crate::{Error, Result};
@@ -31,6 +32,34 @@ pub(super) enum Target {
     File { path: PathBuf },
     /// An NVIDIA GPU's power limit in milliwatts, by UUID.
     GpuPowerLimit { uuid: String },
+}
+
+impl Target {
+    /// The target's name on the wire ([`ThrottleOriginal::target`]):
+    /// `cpufreq:policy<N>` for a policy's `scaling_max_freq`, `file:<path
+    /// relative to the sysfs root>` for another file, `gpu:<uuid>`; `None`
+    /// for a name the wire does not allow (a path that is not UTF-8).
+    pub(super) fn wire(&self) -> Option<String> {
+        let name = match self {
+            Target::File { path } => {
+                let path = path.to_str()?;
+                match policy_of(path) {
+                    Some(n) => ThrottleOriginal::cpufreq_target(n, n),
+                    None => format!("file:{path}"),
+                }
+            }
+            Target::GpuPowerLimit { uuid } => format!("gpu:{uuid}"),
+        };
+        ThrottleOriginal::target_ok(&name).then_some(name)
+    }
+
+    /// The cpufreq policy whose `scaling_max_freq` this is.
+    pub(super) fn policy(&self) -> Option<u32> {
+        match self {
+            Target::File { path } => policy_of(path.to_str()?),
+            Target::GpuPowerLimit { .. } => None,
+        }
+    }
 }
 
 impl Throttler {
@@ -74,6 +103,14 @@ impl Throttler {
             Err(e) => Err(Error::io(path, e)),
         }
     }
+}
+
+/// `N` of `devices/system/cpu/cpufreq/policy<N>/scaling_max_freq`.
+fn policy_of(path: &str) -> Option<u32> {
+    path.strip_prefix("devices/system/cpu/cpufreq/policy")?
+        .strip_suffix("/scaling_max_freq")?
+        .parse()
+        .ok()
 }
 
 /// Writes `bytes` to `path` through a temp file in the same directory,

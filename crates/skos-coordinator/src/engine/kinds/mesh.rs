@@ -39,8 +39,8 @@ impl ProblemKind for Mesh {
     }
 
     /// The problem's level in `metadata.mesh`.
-    fn metric_value(&self, hb: &LastHeartbeat, v: &Verification) -> Option<f64> {
-        hb.mesh_level(v.problem.as_str())
+    fn metric_value(&self, hb: &LastHeartbeat, _metric: &str, problem: &ProblemKey) -> Option<f64> {
+        hb.mesh_level(problem.as_str())
     }
 
     fn on_clear(&self, eng: &mut Engine, alert: &Alert, now: Timestamp, out: &mut Vec<Effect>) {

@@ -14,6 +14,7 @@
 
 use serde_json::Value;
 use skos_core::config::{Config, Thresholds};
+use skos_core::events::ProblemKey;
 use skos_core::protocol::{Alert, AlertKind, CommandResult, Severity};
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
@@ -58,9 +59,10 @@ pub(crate) trait ProblemKind: Sync {
         None
     }
 
-    /// The value of a verification's metric in a node's last heartbeat.
-    fn metric_value(&self, hb: &LastHeartbeat, v: &Verification) -> Option<f64> {
-        hb.metric(&v.metric)
+    /// The value of `metric`, which verifies a fix for `problem`, in a
+    /// node's last heartbeat.
+    fn metric_value(&self, hb: &LastHeartbeat, metric: &str, _problem: &ProblemKey) -> Option<f64> {
+        hb.metric(metric)
     }
 
     /// A heartbeat from `node` was recorded.

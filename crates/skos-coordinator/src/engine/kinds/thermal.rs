@@ -133,11 +133,13 @@ impl Engine {
         let gpu = ProblemKey::new(&AlertKind::Thermal, Some("gpu"));
         let clear_below = self.cfg.thermal.thresholds.warning - self.cfg.thermal.hysteresis;
         let clear_for = secs(self.cfg.thermal.clear_for);
+        // A flapping problem keeps its throttle until it is stable.
+        let flapping = self.flaps.is_flapping(node, &cpu) || self.flaps.is_flapping(node, &gpu);
         let Some(state) = self.nodes.get_mut(node) else {
             return;
         };
         let hb = &state.heartbeat;
-        if !cool(&self.cfg, hb) || !throttled(hb) {
+        if flapping || !cool(&self.cfg, hb) || !throttled(hb) {
             state.cool_since = None;
             return;
         }
@@ -166,6 +168,8 @@ impl Engine {
         ));
         for problem in [&cpu, &gpu] {
             self.open_alerts.remove(node, problem);
+            self.flap_recovered(node, problem);
+            self.settle_on_recovery(node, problem, now, out);
         }
         if self.cfg.dry_run {
             self.skip(
