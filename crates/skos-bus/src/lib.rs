@@ -334,16 +334,15 @@ impl Bus {
         }
     }
 
-    /// The highest stream sequence of a durable feed (alerts, results)
-    /// delivered to a coordinator so far, so messages the bus dropped
-    /// before any coordinator read them can be counted from there (what
-    /// was delivered and not acknowledged comes again, below it); `None` in
-    /// process, for other feeds, or before the feed's consumer first
-    /// exists.
-    pub async fn last_delivered(&self, feed: &Feed) -> Result<Option<u64>> {
+    /// Where the coordinator's consumer of a durable feed (alerts,
+    /// results) stands: (every sequence acknowledged up to, highest
+    /// delivered), so messages the bus dropped before any coordinator read
+    /// them can be counted; `None` in process, for other feeds, or before
+    /// the feed's consumer first exists.
+    pub async fn consumer_position(&self, feed: &Feed) -> Result<Option<(u64, u64)>> {
         match self {
             Bus::InProc(_) => Ok(None),
-            Bus::Nats(b) => b.last_delivered(feed).await,
+            Bus::Nats(b) => b.consumer_position(feed).await,
         }
     }
 

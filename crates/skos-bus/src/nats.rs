@@ -248,10 +248,11 @@ impl NatsBus {
         Ok(())
     }
 
-    /// The highest stream sequence a coordinator feed's durable consumer
-    /// has delivered; `None` for a feed that is not one of the
-    /// coordinator's, or before its consumer first exists.
-    pub(crate) async fn last_delivered(&self, feed: &Feed) -> Result<Option<u64>> {
+    /// Where a coordinator feed's durable consumer stands: (everything
+    /// acknowledged up to, highest delivered) stream sequences; `None` for
+    /// a feed that is not one of the coordinator's, or before its consumer
+    /// first exists.
+    pub(crate) async fn consumer_position(&self, feed: &Feed) -> Result<Option<(u64, u64)>> {
         let stream_name = match feed {
             Feed::Alerts => subjects::STREAM_ALERTS,
             Feed::Results => subjects::STREAM_RESULTS,
@@ -268,7 +269,10 @@ impl NatsBus {
             .await
             .map_err(|e| fail(e.to_string()))?;
         match stream.consumer_info(subjects::CONSUMER_COORDINATOR).await {
-            Ok(info) => Ok(Some(info.delivered.stream_sequence)),
+            Ok(info) => Ok(Some((
+                info.ack_floor.stream_sequence,
+                info.delivered.stream_sequence,
+            ))),
             Err(e) if e.to_string().contains("not found") => Ok(None),
             Err(e) => Err(fail(e.to_string())),
         }

@@ -515,8 +515,8 @@ async fn lead(
         results_seen,
         deposed: false,
         valid_until: lease.as_ref().and_then(|l| l.valid_until()),
-        alert_gaps: SequenceGaps::after(delivered(bus, &Feed::Alerts).await),
-        result_gaps: SequenceGaps::after(delivered(bus, &Feed::Results).await),
+        alert_gaps: gaps_from(bus, &Feed::Alerts).await,
+        result_gaps: gaps_from(bus, &Feed::Results).await,
     };
     if legacy {
         // Written per node from now on.
@@ -606,7 +606,9 @@ async fn lead(
                 }
             }
             _ = tick.tick() => {
-                let effects = ctx.engine.tick(chrono::Utc::now());
+                let now = chrono::Utc::now();
+                let mut effects = ctx.engine.tick(now);
+                effects.extend(ctx.settled(now));
                 let mut touched = effect_nodes(&effects);
                 touched.extend(std::mem::take(&mut ctx.unsaved));
                 let decided = !effects.is_empty();
@@ -642,15 +644,19 @@ async fn lead(
     Ok(led)
 }
 
-/// How far a durable feed's consumer has delivered, so what the bus
-/// dropped while no coordinator read is counted too; unknown when it
-/// cannot be asked.
-async fn delivered(bus: &Bus, feed: &Feed) -> Option<u64> {
-    bus.last_delivered(feed)
+/// Where a durable feed's consumer stood at start, so what the bus
+/// dropped while no coordinator read is counted too (what was in flight is
+/// settled after twice the ack wait); unknown when it cannot be asked.
+async fn gaps_from(bus: &Bus, feed: &Feed) -> SequenceGaps {
+    let position = bus
+        .consumer_position(feed)
         .await
-        .inspect_err(|e| tracing::warn!(error = %e, "consumer's delivered sequence unknown; messages dropped before now are not counted"))
+        .inspect_err(|e| tracing::warn!(error = %e, "consumer's position unknown; messages dropped before now are not counted"))
         .ok()
         .flatten()
+        .map(|(acked, delivered)| gaps::Position { acked, delivered });
+    let settle_at = std::time::Instant::now() + 2 * skos_bus::nats::ACK_WAIT;
+    SequenceGaps::after(position, settle_at)
 }
 
 /// The answer to a status request: the status its query asks for (an
@@ -883,8 +889,33 @@ impl Ctx {
             "alert" => &mut self.alert_gaps,
             _ => &mut self.result_gaps,
         };
-        let skipped = seen.observe(batch.iter().filter_map(Incoming::stream_sequence));
-        let n = gaps::count(&skipped);
+        let skipped = seen.observe(
+            batch.iter().filter_map(Incoming::stream_sequence),
+            std::time::Instant::now(),
+        );
+        self.audit_dropped(feed, &skipped, now)
+    }
+
+    /// What the feeds' settle time found dropped of the messages in flight
+    /// at start, when no batch came to notice it.
+    fn settled(&mut self, now: chrono::DateTime<chrono::Utc>) -> Vec<Effect> {
+        let at = std::time::Instant::now();
+        let alerts = self.alert_gaps.settle(at);
+        let results = self.result_gaps.settle(at);
+        [("alert", alerts), ("result", results)]
+            .into_iter()
+            .filter_map(|(feed, skipped)| self.audit_dropped(feed, &skipped, now))
+            .collect()
+    }
+
+    /// Count and audit the sequences of `feed` dropped unread.
+    fn audit_dropped(
+        &mut self,
+        feed: &'static str,
+        skipped: &[std::ops::RangeInclusive<u64>],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Effect> {
+        let n = gaps::count(skipped);
         if n == 0 {
             return None;
         }
