@@ -2,19 +2,12 @@
 //! content, tool output, cgroup and cpufreq files. Never a panic, never an
 //! invented value.
 
+mod common;
+use common::no_tools;
 use proptest::prelude::*;
 use skos_agent::sensors::{parse_lm_sensors_json, parse_nvidia_smi, Sensors};
 use skos_agent::throttle::{capped_freq, parse_cfs_quota, parse_cpu_list, parse_cpu_max};
-use skos_core::config::GpuConfig;
 use skos_testsupport::sysfs::FakeSysfs;
-
-fn no_tools() -> GpuConfig {
-    GpuConfig {
-        nvml: false,
-        nvidia_smi: false,
-        lm_sensors: false,
-    }
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]

@@ -2,18 +2,11 @@
 //! machines. GPU tools are off: the real machine's NVML, `nvidia-smi` and
 //! `sensors` are never consulted.
 
+mod common;
+use common::no_tools;
 use skos_agent::sensors::{hottest, ProblemKind, Reading, Role, SensorKind, Sensors};
-use skos_core::config::GpuConfig;
 use skos_testsupport::sysfs::{FakeSysfs, Temp};
 use std::path::{Path, PathBuf};
-
-fn no_tools() -> GpuConfig {
-    GpuConfig {
-        nvml: false,
-        nvidia_smi: false,
-        lm_sensors: false,
-    }
-}
 
 fn read(fake: &FakeSysfs) -> Vec<Reading> {
     Sensors::new(fake.root(), no_tools()).read_all()

@@ -4,32 +4,18 @@
 //! seam, as a driver waiting on its bus does. GPU tools are off: the real
 //! machine's NVML, `nvidia-smi` and `sensors` are never consulted.
 
+mod common;
+use common::{fixture, no_tools};
 use skos_agent::sensors::{
     hottest, ProblemKind, Reading, Role, Scan, SensorKind, Sensors, TroubleKind,
 };
 use skos_agent::thermal::ThermalSentinel;
-use skos_core::config::GpuConfig;
 use skos_testsupport::sysfs::FakeSysfs;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn no_tools() -> GpuConfig {
-    GpuConfig {
-        nvml: false,
-        nvidia_smi: false,
-        lm_sensors: false,
-    }
-}
-
-/// `tests/fixtures/field/<rel>`.
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/field")
-        .join(rel)
-}
 
 fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))

@@ -3,33 +3,20 @@
 //! unless a test hands the parser the tool's output itself: the real
 //! machine's NVML, `nvidia-smi` and `sensors` are never consulted.
 
+mod common;
 use chrono::TimeZone;
+use common::{fixture, no_tools};
 use skos_agent::sensors::{
     hottest, nvidia_smi_scan, parse_lm_sensors_json, Invalid, Problem, ProblemKind, Reading, Role,
     Scan, SensorKind, Sensors,
 };
 use skos_agent::thermal::ThermalSentinel;
-use skos_core::config::{Config, GpuConfig};
+use skos_core::config::Config;
 use skos_core::level::secs;
 use skos_core::protocol::Severity;
 use skos_testsupport::sysfs::FakeSysfs;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-fn no_tools() -> GpuConfig {
-    GpuConfig {
-        nvml: false,
-        nvidia_smi: false,
-        lm_sensors: false,
-    }
-}
-
-/// `tests/fixtures/field/<rel>`.
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/field")
-        .join(rel)
-}
 
 fn fixture_text(rel: &str) -> String {
     let path = fixture(rel);

@@ -5,7 +5,8 @@
 //! `PATH` for this whole test binary (every test here sets the same
 //! value, so none disturbs another).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::fixture;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,6 @@ use skos_core::counters::Counters;
 use skos_core::protocol::Heartbeat;
 use skos_testsupport::sysfs::FakeSysfs;
 use tokio::sync::watch;
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/field")
-        .join(rel)
-}
 
 /// Puts the slow fake `nvidia-smi` first on `PATH` (once).
 fn slow_nvidia_smi() {

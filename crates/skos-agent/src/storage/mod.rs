@@ -236,8 +236,13 @@ impl StorageWatcher {
                     tracing::info!(mount = %mount.display(), reason = %why, percent = u.percent, "mount not judged for fullness");
                 }
                 let was = state.tracker.current();
-                if was != Severity::Normal {
-                    // It was judged and alerting: clear its problem, or the
+                if matches!(why, NotJudged::ReadOnly { .. }) && was != Severity::Normal {
+                    // Full and now read-only too (errors=remount-ro): its
+                    // alert stays open, a clear would call it healthy.
+                    tracing::warn!(mount = %mount.display(), severity = %was.as_str(), "mount turned read-only while alerting; its alert stays open");
+                } else if was != Severity::Normal {
+                    // It was judged and alerting and can no longer fill (an
+                    // image, no blocks): clear its problem, or the
                     // coordinator would wait on it forever.
                     alerts.push(alert(
                         &self.node,

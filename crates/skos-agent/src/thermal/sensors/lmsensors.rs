@@ -544,13 +544,14 @@ mod tests {
             (tctl.kind, tctl.celsius, tctl.chip.as_str()),
             (SensorKind::Cpu, 67.25, "k10temp")
         );
-        assert_eq!((tctl.role, tctl.counts), (Role::Control, false));
+        // No Tdie: Tctl has no offset and counts beside the CCDs.
+        assert_eq!((tctl.role, tctl.counts), (Role::Control, true));
         let ccd = find(&r, "sensors:k10temp-pci-00c3/Tccd1");
         assert_eq!((ccd.role, ccd.counts), (Role::Ccd, true));
         assert_eq!(
             crate::thermal::sensors::hottest(&r, SensorKind::Cpu),
-            Some(61.5),
-            "Tccd1, not Tctl"
+            Some(67.25),
+            "Tctl, the control temperature"
         );
         let junction = find(&r, "sensors:amdgpu-pci-0300/junction");
         assert_eq!(
