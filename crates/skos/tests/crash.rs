@@ -512,8 +512,9 @@ fn killed_after_a_result_was_audited() {
 /// (n1 still at 87 °C, not below the critical 85 °C) and before it audited
 /// it and raised the escalation: afterwards the failure is audited once
 /// and the escalation happens once (an emergency alert: `throttle_100`,
-/// verified once as `uncredited`: 87 °C is below the emergency 95 °C, but
-/// no reading ever showed 95 °C, so no fall can be the fix's doing).
+/// which fails too: it must bring the CPU below the critical 85 °C the
+/// failed fix was judged against, not only below the emergency 95 °C no
+/// reading showed; then a human must decide, once).
 #[test]
 fn killed_after_a_ticks_state_was_written() {
     skos_testsupport::require!("nats-server", nats_server_binary());
@@ -533,7 +534,7 @@ fn killed_after_a_ticks_state_was_written() {
     };
     wait_for(
         Duration::from_secs(40),
-        "throttle_50 not verified, escalated, throttle_100 not credited",
+        "throttle_50 not verified, escalated, throttle_100 not verified",
         || {
             let r = audit(nats);
             (outcomes(&r).len() >= 2 && every_alert_audited(nats, &r) && drained(nats))
@@ -550,7 +551,7 @@ fn killed_after_a_ticks_state_was_written() {
         outcomes(&records),
         [
             (commanded[0].clone(), "failed".to_string()),
-            (commanded[1].clone(), "uncredited".to_string())
+            (commanded[1].clone(), "failed".to_string())
         ],
         "each throttle verified once"
     );
@@ -564,7 +565,11 @@ fn killed_after_a_ticks_state_was_written() {
         })
         .collect();
     assert_eq!(severities, ["critical", "emergency"]);
-    assert!(audit_events(&records, "escalation").is_empty());
+    assert_eq!(
+        audit_events(&records, "escalation").len(),
+        1,
+        "nothing left past emergency: a human must decide, once"
+    );
     assert!(caps_at(&c.sys, MIN), "n1 capped at its lowest frequency");
     let s = status(nats).unwrap();
     assert_eq!(s["open_circuits"], serde_json::json!([]), "{s}");

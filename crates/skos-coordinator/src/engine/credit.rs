@@ -202,12 +202,31 @@ impl Watches {
     }
 }
 
+/// The detail an escalation carries: the level its failed fix was judged
+/// against, a level a reading showed.
+pub(super) const ESCALATED_FROM_BELOW: &str = "escalated_from_below";
+
 /// What verifies the fix `p` is waiting for a result on, if anything does.
-fn recovery_of(cfg: &skos_core::config::Config, p: &Pending) -> Option<Recovery> {
+/// A fix of an escalation (the coordinator's own alert) must bring the
+/// metric below the level the failed fix was judged against, not only
+/// below the escalated level no reading showed: a `throttle_100` that
+/// leaves a CPU at 87 °C, critical since 85 °C, has failed.
+pub(super) fn recovery_of(cfg: &skos_core::config::Config, p: &Pending) -> Option<Recovery> {
     if !catalogue::is_verifiable(&p.action) {
         return None;
     }
-    kinds::of(&p.alert.kind).recovery(cfg, &p.alert, p.severity)
+    let mut r = kinds::of(&p.alert.kind).recovery(cfg, &p.alert, p.severity)?;
+    if p.alert.agent_id == ACTOR {
+        if let Some(b) = p
+            .alert
+            .details
+            .get(ESCALATED_FROM_BELOW)
+            .and_then(serde_json::Value::as_f64)
+        {
+            r.below = r.below.min(b);
+        }
+    }
+    Some(r)
 }
 
 /// The value of `v`'s metric in a heartbeat.

@@ -725,9 +725,8 @@ impl Engine {
                 self.failure(&key, now, &mut out);
             }
             ResultStatus::Succeeded => {
-                let recovery = kinds::of(&p.alert.kind).recovery(&self.cfg, &p.alert, p.severity);
-                match (catalogue::is_verifiable(&p.action), recovery) {
-                    (true, Some(Recovery { metric, below })) => {
+                match credit::recovery_of(&self.cfg, &p) {
+                    Some(Recovery { metric, below }) => {
                         let v = Verification {
                             action_id: result.action_id.clone(),
                             node: p.node.clone(),
@@ -911,6 +910,8 @@ impl Engine {
     fn escalate(&mut self, v: Verification, now: Timestamp, out: &mut Vec<Effect>) {
         match v.alert.severity.next() {
             Some(next) => {
+                let mut details = v.alert.details.clone();
+                details.insert(credit::ESCALATED_FROM_BELOW.into(), json!(v.below));
                 let mut esc = self.own_alert(
                     &v.node,
                     v.alert.kind.clone(),
@@ -919,7 +920,7 @@ impl Engine {
                         "escalated: {} did not bring {} below {:.1}",
                         v.action, v.metric, v.below
                     ),
-                    Value::Object(v.alert.details.clone()),
+                    Value::Object(details),
                     now,
                 );
                 esc.alert_id = format!("{}-esc-{}", v.alert.alert_id, next.as_str());
