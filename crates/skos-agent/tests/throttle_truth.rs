@@ -609,3 +609,38 @@ fn hundreds_of_policies_fit_in_a_heartbeat() {
         skos_core::protocol::decode(&serde_json::to_vec(&hb).unwrap(), limit).unwrap();
     assert_eq!(decoded.throttle_level, Some(50));
 }
+
+/// The coordinator's copy is taken only for a target that holds a cap
+/// this agent reports as unexplained: an uncapped policy keeps what it
+/// holds as its original, so a stale copy (here `cpuinfo_min_freq`) never
+/// becomes one and the reset leaves no cap behind.
+#[test]
+fn a_stale_copy_is_not_adopted_for_an_uncapped_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sys");
+    fake_cpufreq(&root, 2, MIN, MAX);
+    fs::write(policy_dir(&root, 1).join("scaling_max_freq"), "1800000\n").unwrap();
+    let mut t = Throttler::new(&root, cfg(true, &[]), None);
+    assert_eq!(t.unexplained_caps().len(), 1);
+    let stale = vec![
+        ThrottleOriginal {
+            target: policy_target(0),
+            value: MIN.to_string(),
+        },
+        ThrottleOriginal {
+            target: policy_target(1),
+            value: MAX.to_string(),
+        },
+    ];
+    let out = t.apply_with(50, &stale).unwrap();
+    assert!(
+        out.message
+            .contains("1 original(s) taken from the coordinator's copy"),
+        "{}",
+        out.message
+    );
+    let out = t.reset_with(&stale).unwrap();
+    assert!(out.unexplained.is_empty(), "{out:?}");
+    assert_eq!(all_khz(&root, 2), vec![MAX; 2]);
+    assert!(t.unexplained_caps().is_empty());
+}

@@ -724,30 +724,28 @@ impl Engine {
                 );
                 self.failure(&key, now, &mut out);
             }
-            ResultStatus::Succeeded => {
-                match credit::recovery_of(&self.cfg, &p) {
-                    Some(Recovery { metric, below }) => {
-                        let v = Verification {
-                            action_id: result.action_id.clone(),
-                            node: p.node.clone(),
-                            problem: p.problem.clone(),
-                            action: p.action.clone(),
-                            metric: metric.to_string(),
-                            below,
-                            deadline: now + secs(self.cfg.coordinator.verify_within),
-                            alert: p.alert.clone(),
-                            after: Some(result.timestamp),
-                            descent: credit::Descent::default(),
-                        };
-                        self.start_verification(v, now, &mut out);
-                    }
-                    _ => {
-                        if let Some(t) = self.breakers.record_success(&key) {
-                            self.breaker_transition(&key, t, now, &mut out);
-                        }
+            ResultStatus::Succeeded => match credit::recovery_of(&self.cfg, &p) {
+                Some(Recovery { metric, below }) => {
+                    let v = Verification {
+                        action_id: result.action_id.clone(),
+                        node: p.node.clone(),
+                        problem: p.problem.clone(),
+                        action: p.action.clone(),
+                        metric: metric.to_string(),
+                        below,
+                        deadline: now + secs(self.cfg.coordinator.verify_within),
+                        alert: p.alert.clone(),
+                        after: Some(result.timestamp),
+                        descent: credit::Descent::default(),
+                    };
+                    self.start_verification(v, now, &mut out);
+                }
+                _ => {
+                    if let Some(t) = self.breakers.record_success(&key) {
+                        self.breaker_transition(&key, t, now, &mut out);
                     }
                 }
-            }
+            },
             ResultStatus::Failed | ResultStatus::Expired | ResultStatus::Rejected => {
                 self.failure(&key, now, &mut out);
             }

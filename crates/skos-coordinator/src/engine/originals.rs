@@ -5,18 +5,24 @@
 //! an agent that lost its data dir can still lift a throttle SKOS applied.
 //!
 //! A heartbeat with `metadata.throttle` replaces the copy with what it
-//! reports, except that while the agent reports caps it has no record of
-//! (`unexplained_count` above 0: it lost its own copy) the originals it no
-//! longer reports are kept. A heartbeat that reports neither originals nor
-//! such caps ends the copy (the node is no longer throttled). A heartbeat
-//! without `metadata.throttle` (an agent without the thermal sentinel, or
-//! an older one) changes nothing, and a node whose agent never reported
-//! originals gets commands without the parameter, as before.
+//! reports, except that an original it no longer reports is kept while
+//! its target is among the caps the agent reports having no record of
+//! (`metadata.throttle.unexplained`: it lost its own copy); any other old
+//! entry is dropped. A heartbeat that reports neither originals nor such
+//! caps ends the copy (the node is no longer throttled), and so does one
+//! whose recorded level (`metadata.throttle.level`) is 0 with no such
+//! caps, whatever originals it lists. A heartbeat without
+//! `metadata.throttle` (an agent without the thermal sentinel, or an older
+//! one) changes nothing, and a node whose agent never reported originals
+//! gets commands without the parameter, as before.
 //!
 //! A change to the copy is audited (a `node` record, `data.event`
 //! `throttle_originals`), which also has the node's state written: the
 //! copy survives a coordinator restart in the node's kept heartbeat
-//! (`metadata.throttle.originals` of the snapshot's `nodes` entry).
+//! (`metadata.throttle.originals` of the snapshot's `nodes` entry). At most
+//! one such record per node per [`AUDIT_EVERY`]: a change within it
+//! updates the copy but is only counted (`data.suppressed` of the next
+//! record, written with the first heartbeat after it ends).
 
 use serde_json::{json, Value};
 use skos_core::catalogue::{self, ThrottleOriginal, MAX_ORIGINALS};
@@ -26,6 +32,10 @@ use skos_core::NodeName;
 
 use super::{audit, Effect, Engine};
 
+/// At most one `throttle_originals` audit record per node this often, in
+/// seconds: the audit stream cannot be pruned.
+pub(super) const AUDIT_EVERY: i64 = 60;
+
 /// What a heartbeat's `metadata.throttle` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Reported {
@@ -33,6 +43,9 @@ pub(super) struct Reported {
     originals: Vec<ThrottleOriginal>,
     /// How many caps in force it has no record of.
     unexplained: usize,
+    /// The targets of those caps, as listed (at most the agent's
+    /// `MAX_REPORTED_CAPS` entries).
+    unexplained_targets: Vec<String>,
 }
 
 /// What `hb` reports of its throttle; `None` without `metadata.throttle`
@@ -49,10 +62,64 @@ pub(super) fn reported(hb: &Heartbeat) -> Option<Reported> {
             }
         },
     };
+    let unexplained = unexplained_count(hb);
+    // Nothing recorded and nothing unexplained: not throttled, whatever
+    // originals it lists.
+    let originals = if recorded_level(hb) == Some(0) && unexplained == 0 {
+        Vec::new()
+    } else {
+        originals
+    };
     Some(Reported {
         originals,
-        unexplained: unexplained_count(hb),
+        unexplained,
+        unexplained_targets: unexplained_targets(hb),
     })
+}
+
+/// The level SKOS applied and recorded (`metadata.throttle.level`), as
+/// opposed to the heartbeat's `throttle_level`, which unexplained caps
+/// raise; `None` without it.
+pub(super) fn recorded_level(hb: &Heartbeat) -> Option<u8> {
+    let level = hb.metadata.get("throttle")?.get("level")?.as_u64()?;
+    Some(u8::try_from(level).unwrap_or(u8::MAX))
+}
+
+/// The targets of the caps in force the agent of `hb` has no record of
+/// (`metadata.throttle.unexplained[].target`, those well formed).
+pub(super) fn unexplained_targets(hb: &Heartbeat) -> Vec<String> {
+    hb.metadata
+        .get("throttle")
+        .and_then(|t| t.get("unexplained"))
+        .and_then(Value::as_array)
+        .map(|caps| {
+            caps.iter()
+                .filter_map(|c| c.get("target")?.as_str())
+                .filter(|t| ThrottleOriginal::target_ok(t))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether two wire targets name the same target, or cpufreq policy
+/// ranges that share a policy.
+fn same_target(a: &str, b: &str) -> bool {
+    let one = |t: &str| {
+        [ThrottleOriginal {
+            target: t.to_string(),
+            value: String::new(),
+        }]
+    };
+    ThrottleOriginal::find(&one(a), b).is_some() || ThrottleOriginal::find(&one(b), a).is_some()
+}
+
+/// Whether `kept` holds an original for one of `unexplained`: a cap SKOS
+/// set whose record the agent lost, which a reset with the copy lifts.
+pub(super) fn explains_any(kept: &[ThrottleOriginal], unexplained: &[String]) -> bool {
+    unexplained
+        .iter()
+        .any(|u| kept.iter().any(|o| same_target(&o.target, u)))
 }
 
 /// How many caps in force the agent of `hb` has no record of
@@ -81,7 +148,11 @@ pub(super) fn merge(kept: &mut Vec<ThrottleOriginal>, r: Reported) {
         if merged.len() >= MAX_ORIGINALS {
             break;
         }
-        if ThrottleOriginal::find(&merged, &old.target).is_none() {
+        let still_capped = r
+            .unexplained_targets
+            .iter()
+            .any(|t| same_target(&old.target, t));
+        if still_capped && ThrottleOriginal::find(&merged, &old.target).is_none() {
             merged.push(old);
         }
     }
@@ -123,10 +194,20 @@ impl Engine {
         let before = state.throttle_originals.clone();
         merge(&mut state.throttle_originals, r);
         let kept = &state.throttle_originals;
-        if *kept == before {
+        let changed = *kept != before;
+        let due = state
+            .originals_audited_at
+            .is_none_or(|at| now - at >= chrono::Duration::seconds(AUDIT_EVERY));
+        if changed && !due {
+            state.originals_suppressed = state.originals_suppressed.saturating_add(1);
             return;
         }
-        tracing::info!(node = %node, originals = kept.len(), "throttle originals kept");
+        if !due || (!changed && state.originals_suppressed == 0) {
+            return;
+        }
+        let suppressed = std::mem::take(&mut state.originals_suppressed);
+        state.originals_audited_at = Some(now);
+        tracing::info!(node = %node, originals = kept.len(), suppressed, "throttle originals kept");
         let summary = if kept.is_empty() {
             format!("{node} is no longer throttled: its throttle originals are dropped")
         } else {
@@ -135,13 +216,11 @@ impl Engine {
                 kept.len()
             )
         };
-        out.push(audit(
-            AuditEvent::Node,
-            now,
-            Some(node),
-            summary,
-            json!({"event": "throttle_originals", "originals": kept}),
-        ));
+        let mut data = json!({"event": "throttle_originals", "originals": kept});
+        if suppressed > 0 {
+            data["suppressed"] = json!(suppressed);
+        }
+        out.push(audit(AuditEvent::Node, now, Some(node), summary, data));
     }
 
     /// Give `node`'s originals back in `cmd` when it is a thermal command
@@ -236,12 +315,14 @@ mod tests {
     #[test]
     fn a_report_replaces_the_copy_unless_the_agent_lost_its_own() {
         let mut kept = vec![o("cpufreq:policy0-3", "3600000")];
-        // The agent lost its record: what it no longer reports is kept.
+        // The agent lost its record: what it no longer reports is kept
+        // while its target is still capped and unexplained.
         merge(
             &mut kept,
             Reported {
                 originals: vec![o("file:fs/cgroup/batch/cpu.max", "max 100000")],
                 unexplained: 4,
+                unexplained_targets: vec!["cpufreq:policy0-3".into()],
             },
         );
         assert_eq!(
@@ -251,19 +332,20 @@ mod tests {
                 o("cpufreq:policy0-3", "3600000")
             ]
         );
-        // Its own record wins for a target it reports.
+        // Its own record wins for a target it reports; an old entry whose
+        // target it no longer reports unexplained is dropped.
         merge(
             &mut kept,
             Reported {
                 originals: vec![o("cpufreq:policy2", "2000000")],
-                unexplained: 1,
+                unexplained: 2,
+                unexplained_targets: vec!["cpufreq:policy0-1".into()],
             },
         );
         assert_eq!(
             kept,
             [
                 o("cpufreq:policy2", "2000000"),
-                o("file:fs/cgroup/batch/cpu.max", "max 100000"),
                 o("cpufreq:policy0-3", "3600000")
             ]
         );
@@ -273,9 +355,155 @@ mod tests {
             Reported {
                 originals: vec![],
                 unexplained: 0,
+                unexplained_targets: vec![],
             },
         );
         assert!(kept.is_empty());
+    }
+
+    /// An old original is kept only while its target is among the caps
+    /// the agent reports unexplained: one for a target that is no longer
+    /// capped (or never was) goes, even while other caps are unexplained.
+    #[test]
+    fn an_old_original_goes_once_its_target_is_no_longer_unexplained() {
+        let mut kept = vec![
+            o("cpufreq:policy0-3", "800000"),
+            o("gpu:GPU-1234", "700000"),
+        ];
+        merge(
+            &mut kept,
+            Reported {
+                originals: vec![],
+                unexplained: 1,
+                unexplained_targets: vec!["gpu:GPU-1234".into()],
+            },
+        );
+        assert_eq!(kept, [o("gpu:GPU-1234", "700000")]);
+        // A count without a list keeps nothing old.
+        merge(
+            &mut kept,
+            Reported {
+                originals: vec![],
+                unexplained: 3,
+                unexplained_targets: vec![],
+            },
+        );
+        assert!(kept.is_empty());
+    }
+
+    /// A cap SKOS did not set (an operator's GPU power limit) on a cool
+    /// node raises the heartbeat's `throttle_level` but is no throttle of
+    /// SKOS's: no reset is ever sent for it, and the status still shows
+    /// it.
+    #[test]
+    fn a_foreign_cap_on_a_cool_node_sends_no_reset() {
+        let mut e = engine();
+        let foreign = json!({
+            "level": 0,
+            "originals": [],
+            "unexplained": [{"target": "gpu:GPU-1234", "path": "nvml:GPU-1234:power_limit_mw", "value": "490000", "full": "700000", "percent": 30}],
+            "unexplained_count": 1,
+        });
+        let mut sent = Vec::new();
+        for at in 0..200 {
+            sent.extend(commands(
+                &e.on_heartbeat(hb(at, 45.0, 30, foreign.clone()), t(at)),
+            ));
+            sent.extend(commands(&e.tick(t(at))));
+        }
+        assert!(sent.is_empty(), "{sent:?}");
+        assert!(kept(&e).is_empty());
+        let status = e.status(t(200));
+        assert_eq!(status.nodes[0].unexplained_caps, 1);
+        assert_eq!(status.nodes[0].throttle_level, Some(30));
+
+        // A throttle SKOS recorded is still lifted once cool.
+        let ours = json!({
+            "level": 50,
+            "originals": [{"target": "cpufreq:policy0-3", "value": "3600000"}],
+            "unexplained": foreign["unexplained"],
+            "unexplained_count": 1,
+        });
+        for at in 200..204 {
+            sent.extend(commands(
+                &e.on_heartbeat(hb(at, 45.0, 50, ours.clone()), t(at)),
+            ));
+        }
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].action_type, "reset_throttle");
+    }
+
+    /// A node whose originals alternate between two lists gets at most
+    /// one audit record a minute; the copy follows every heartbeat, and
+    /// the next record counts the changes left unaudited.
+    #[test]
+    fn originals_churn_is_audited_at_most_once_a_minute() {
+        let mut e = engine();
+        let a = json!([{"target": "cpufreq:policy0-3", "value": "3600000"}]);
+        let b = json!([{"target": "cpufreq:policy0-3", "value": "3500000"}]);
+        e.on_heartbeat(hb(0, 87.0, 0, Value::Null), t(0));
+        let mut records = Vec::new();
+        for at in 1..=121 {
+            let list = if at % 2 == 0 { &b } else { &a };
+            let fx = e.on_heartbeat(
+                hb(at, 87.0, 50, json!({"level": 50, "originals": list})),
+                t(at),
+            );
+            records.extend(fx.into_iter().filter_map(|f| match f {
+                Effect::Audit(a) if a.data["event"] == "throttle_originals" => Some(a.data),
+                _ => None,
+            }));
+            let want = if at % 2 == 0 { "3500000" } else { "3600000" };
+            assert_eq!(kept(&e), [o("cpufreq:policy0-3", want)]);
+        }
+        assert_eq!(records.len(), 3, "{records:?}");
+        assert!(records[0].get("suppressed").is_none(), "{records:?}");
+        assert_eq!(records[1]["suppressed"], 59);
+        assert_eq!(records[2]["suppressed"], 59);
+
+        // A change left unaudited is written with the first heartbeat
+        // after the minute, even when nothing changes then.
+        e.on_heartbeat(
+            hb(122, 87.0, 50, json!({"level": 50, "originals": b})),
+            t(122),
+        );
+        let fx = e.on_heartbeat(
+            hb(181, 87.0, 50, json!({"level": 50, "originals": b})),
+            t(181),
+        );
+        let flushed: Vec<&Value> = fx
+            .iter()
+            .filter_map(|f| match f {
+                Effect::Audit(a) if a.data["event"] == "throttle_originals" => Some(&a.data),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            flushed,
+            [&json!({"event": "throttle_originals", "originals": b, "suppressed": 1})]
+        );
+    }
+
+    /// Originals from a heartbeat whose recorded level is 0 with no
+    /// unexplained cap are not kept: the node is not throttled.
+    #[test]
+    fn originals_of_an_unthrottled_node_are_ignored() {
+        let mut e = engine();
+        let fx = e.on_heartbeat(
+            hb(
+                0,
+                45.0,
+                0,
+                json!({"level": 0, "originals": [{"target": "cpufreq:policy0", "value": "800000"}], "unexplained": []}),
+            ),
+            t(0),
+        );
+        assert!(kept(&e).is_empty());
+        assert!(
+            !fx.iter()
+                .any(|f| matches!(f, Effect::Audit(a) if a.data["event"] == "throttle_originals")),
+            "{fx:?}"
+        );
     }
 
     #[test]

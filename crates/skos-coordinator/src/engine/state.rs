@@ -46,6 +46,11 @@ pub(super) struct NodeState {
     /// The coordinator's copy of the node's throttle originals (see
     /// [`super::originals`]); empty while it is not throttled.
     pub(in crate::engine) throttle_originals: Vec<skos_core::catalogue::ThrottleOriginal>,
+    /// When a change to `throttle_originals` was last audited.
+    pub(in crate::engine) originals_audited_at: Option<Timestamp>,
+    /// Changes to `throttle_originals` since then that were not audited
+    /// (at most one record per [`super::originals::AUDIT_EVERY`]).
+    pub(in crate::engine) originals_suppressed: u64,
 }
 
 impl NodeState {
@@ -71,6 +76,8 @@ impl NodeState {
             cool_since: None,
             offsets: Offsets::default(),
             throttle_originals,
+            originals_audited_at: None,
+            originals_suppressed: 0,
         }
     }
 
@@ -137,8 +144,14 @@ pub(super) struct LastHeartbeat {
     pub(in crate::engine) storage_percent: Option<f64>,
     /// Seconds until the next heartbeat (kept for snapshots).
     pub(in crate::engine) interval_seconds: Option<f64>,
-    /// Active throttle level in percent.
+    /// Active throttle level in percent, unexplained caps included.
     pub(in crate::engine) throttle_level: Option<u8>,
+    /// The level SKOS applied and recorded
+    /// (`metadata.throttle.level`), when the heartbeat says.
+    pub(in crate::engine) recorded_level: Option<u8>,
+    /// The targets of the caps in force its agent has no record of
+    /// (`metadata.throttle.unexplained[].target`).
+    pub(in crate::engine) unexplained_targets: Vec<String>,
     /// `metadata.mesh`, when it names any level or peer node.
     pub(in crate::engine) mesh: Option<Box<MeshReadings>>,
     /// How many caps in force its agent has no record of
@@ -156,10 +169,25 @@ impl LastHeartbeat {
             storage_percent: hb.storage_percent,
             interval_seconds: hb.interval_seconds,
             throttle_level: hb.throttle_level,
+            recorded_level: super::originals::recorded_level(hb),
+            unexplained_targets: super::originals::unexplained_targets(hb),
             mesh: MeshReadings::of(hb).map(Box::new),
             unexplained_caps: u32::try_from(super::originals::unexplained_count(hb))
                 .unwrap_or(u32::MAX),
         }
+    }
+
+    /// Whether a throttle SKOS set is in force: the recorded level
+    /// (`throttle_level` from an agent that does not say) is above 0, or a
+    /// cap the agent has no record of is one `kept` (the coordinator's
+    /// copy of its originals) explains. A cap nobody recorded (an
+    /// operator's, the firmware's) is reported but is no throttle to lift.
+    pub(in crate::engine) fn throttled(
+        &self,
+        kept: &[skos_core::catalogue::ThrottleOriginal],
+    ) -> bool {
+        self.recorded_level.or(self.throttle_level).unwrap_or(0) > 0
+            || super::originals::explains_any(kept, &self.unexplained_targets)
     }
 
     /// The reading a problem is measured by, if the heartbeat carried it

@@ -220,10 +220,11 @@ impl Throttler {
     }
 
     /// [`Throttler::apply`], with the coordinator's copy of the originals
-    /// (`given`): a target found here with no original recorded takes
-    /// its original from there, when it is a value the target can hold
-    /// (an agent that lost its state file throttles a capped target
-    /// without taking the cap for its original).
+    /// (`given`): a target found here with no original recorded that
+    /// holds a cap reported as unexplained takes its original from there,
+    /// when it is a value the target can hold (an agent that lost its
+    /// state file throttles a capped target without taking the cap for
+    /// its original); any other target keeps what it holds as original.
     ///
     /// Fails with [`Error::NothingToAct`] when there is nothing to
     /// throttle (no cpufreq policy, no configured cgroup, no GPU), and
@@ -428,7 +429,8 @@ impl Throttler {
         }
         let mut adopted = 0;
         for u in unexplained {
-            let Some(value) = self.adopt(&u.target, u.check, given) else {
+            // Each holds a cap this agent reports unexplained.
+            let Some(value) = self.given_original(&u.target, u.check, given) else {
                 continue;
             };
             let original = Original {

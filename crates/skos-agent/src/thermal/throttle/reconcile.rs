@@ -294,8 +294,26 @@ impl Throttler {
     }
 
     /// The value the coordinator gives for `target` (in `given`), when
-    /// there is no record of its own and the value passes `check`.
+    /// there is no record of its own, the target holds a cap this agent
+    /// reports as unexplained (as last reconciled), and the value passes
+    /// `check`. A target that is not capped keeps what it holds as its
+    /// original: a stale or foreign copy never becomes one.
     pub(super) fn adopt(
+        &self,
+        target: &Target,
+        check: Check,
+        given: &[ThrottleOriginal],
+    ) -> Option<String> {
+        if !self.unexplained.iter().any(|u| u.target == *target) {
+            return None;
+        }
+        self.given_original(target, check, given)
+    }
+
+    /// The value the coordinator gives for `target` (in `given`), when
+    /// there is no record of its own and the value passes `check`; for a
+    /// target known to hold an unexplained cap ([`Self::adopt`] checks).
+    pub(super) fn given_original(
         &self,
         target: &Target,
         check: Check,

@@ -1,7 +1,11 @@
 //! Heat: a throttle is verified when the sensor's temperature falls below
 //! the alert level's threshold; a throttled node that has stayed cool (below
 //! `warning - hysteresis`, [`skos_core::level::cleared`]) for `clear_for`
-//! gets `reset_throttle`.
+//! gets `reset_throttle`. Throttled means a throttle SKOS recorded
+//! ([`LastHeartbeat::throttled`]): a cap the agent has no record of and
+//! the coordinator no original for (an operator's power limit, a firmware
+//! cap) raises the heartbeat's `throttle_level` but is no throttle to lift,
+//! so it never sends a reset.
 //!
 //! The reset's action id is derived from the node, the agent's timestamp of
 //! the heartbeat that started the cool period and the try's number, never
@@ -102,11 +106,6 @@ fn cpu() -> ProblemKey {
     ProblemKey::new(&AlertKind::Thermal, Some("cpu"))
 }
 
-/// Whether a heartbeat shows a throttle in force.
-fn throttled(hb: &LastHeartbeat) -> bool {
-    hb.throttle_level.unwrap_or(0) > 0
-}
-
 /// Whether every temperature in a heartbeat (at least one) is below the
 /// clear level.
 fn cool(cfg: &Config, hb: &LastHeartbeat) -> bool {
@@ -139,7 +138,7 @@ impl Engine {
             return;
         };
         let hb = &state.heartbeat;
-        if flapping || !cool(&self.cfg, hb) || !throttled(hb) {
+        if flapping || !cool(&self.cfg, hb) || !hb.throttled(&state.throttle_originals) {
             state.cool_since = None;
             return;
         }
@@ -274,10 +273,12 @@ impl Engine {
         };
         let cpu = cpu();
         let state = self.nodes.get(node);
-        let gone = match state.map(|s| &s.heartbeat) {
+        let gone = match state {
             None => Some("the node is unknown"),
-            Some(hb) if !throttled(hb) => Some("the node is no longer throttled"),
-            Some(hb) if !cool(&self.cfg, hb) => Some("the node is no longer cool"),
+            Some(s) if !s.heartbeat.throttled(&s.throttle_originals) => {
+                Some("the node is no longer throttled")
+            }
+            Some(s) if !cool(&self.cfg, &s.heartbeat) => Some("the node is no longer cool"),
             Some(_) => None,
         };
         if let Some(why) = gone {
