@@ -346,6 +346,15 @@ impl Bus {
         }
     }
 
+    /// Whether a durable feed's stream (alerts, results) still holds the
+    /// message at `sequence`; `false` in process and for other feeds.
+    pub async fn stream_holds(&self, feed: &Feed, sequence: u64) -> Result<bool> {
+        match self {
+            Bus::InProc(_) => Ok(false),
+            Bus::Nats(b) => b.holds(feed, sequence).await,
+        }
+    }
+
     pub async fn subscribe(&self, feed: Feed) -> Result<Subscription> {
         match self {
             Bus::InProc(b) => b.subscribe(&feed),

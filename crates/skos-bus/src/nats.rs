@@ -278,6 +278,30 @@ impl NatsBus {
         }
     }
 
+    /// Whether the stream of a coordinator feed still holds the message at
+    /// `sequence` (`false`: removed, by a limit or its age).
+    pub(crate) async fn holds(&self, feed: &Feed, sequence: u64) -> Result<bool> {
+        let stream_name = match feed {
+            Feed::Alerts => subjects::STREAM_ALERTS,
+            Feed::Results => subjects::STREAM_RESULTS,
+            _ => return Ok(false),
+        };
+        let fail = |reason: String| Error::Stream {
+            stream: stream_name.to_string(),
+            reason,
+        };
+        let stream = self
+            .js
+            .get_stream(stream_name)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        match stream.get_raw_message(sequence).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(fail(format!("message {sequence}: {e}"))),
+        }
+    }
+
     pub(crate) async fn publish(
         &self,
         subject: &str,

@@ -7,19 +7,22 @@
 //! A redelivery goes back and is not a gap.
 //!
 //! At start (a restart, a takeover), what lies between the consumer's ack
-//! floor and its last delivered sequence is unsettled: each such message
-//! was taken by the previous leader and not acknowledged, so it is either
-//! delivered again after the ack wait or was dropped meanwhile. Those seen
-//! again are struck off; the rest count as dropped once the settle time
-//! has passed.
+//! floor and its last delivered sequence is unsettled: such a message was
+//! acknowledged already (acks are per message, the floor stops below the
+//! lowest pending one), or taken by the previous leader and not
+//! acknowledged (it comes again after the ack wait), or dropped by the bus
+//! meanwhile. Those seen again are struck off; once the settle time has
+//! passed the rest are candidates, and only those the stream no longer
+//! holds count as dropped (the service asks the stream).
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
 use std::time::Instant;
 
-/// Most unsettled sequences tracked at start; a larger span (a consumer
-/// far behind) is left uncounted rather than held in memory.
-const MAX_UNSETTLED: u64 = 1_000_000;
+/// Most unsettled sequences looked up at start (a pull consumer has at most
+/// 1,000 unacknowledged by default); a larger span is left uncounted, and
+/// said so.
+pub const MAX_UNSETTLED: u64 = 10_000;
 
 /// Where a durable consumer stood when this coordinator started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +38,9 @@ pub struct Position {
 #[derive(Debug, Default, Clone)]
 pub struct SequenceGaps {
     last: Option<u64>,
-    unsettled: BTreeSet<u64>,
+    /// What was in flight at start, and which of it came again.
+    unsettled: Option<RangeInclusive<u64>>,
+    seen_again: BTreeSet<u64>,
     settle_at: Option<Instant>,
 }
 
@@ -48,30 +53,33 @@ impl SequenceGaps {
             return Self::default();
         };
         let span = p.delivered.saturating_sub(p.acked);
-        let unsettled = if span <= MAX_UNSETTLED {
-            (p.acked + 1..=p.delivered).collect()
-        } else {
-            BTreeSet::new()
-        };
+        if span > MAX_UNSETTLED {
+            tracing::warn!(
+                acked = p.acked,
+                delivered = p.delivered,
+                "too many messages in flight at start to look up; those the bus dropped meanwhile are not counted"
+            );
+        }
+        let unsettled = (span > 0 && span <= MAX_UNSETTLED).then(|| p.acked + 1..=p.delivered);
         Self {
             last: Some(p.delivered),
-            settle_at: (!unsettled.is_empty()).then_some(settle_at),
+            settle_at: unsettled.as_ref().map(|_| settle_at),
             unsettled,
+            seen_again: BTreeSet::new(),
         }
     }
 
-    /// Take the sequences of a batch, in delivery order, at `now`: the
-    /// ranges of sequences skipped since the highest one read before, and,
-    /// once the settle time has passed, those in flight at start that never
-    /// came again.
+    /// Take the sequences of a batch, in delivery order: the ranges of
+    /// sequences skipped since the highest one read before.
     pub fn observe(
         &mut self,
         sequences: impl IntoIterator<Item = u64>,
-        now: Instant,
     ) -> Vec<RangeInclusive<u64>> {
         let mut gaps = Vec::new();
         for seq in sequences {
-            self.unsettled.remove(&seq);
+            if self.unsettled.as_ref().is_some_and(|r| r.contains(&seq)) {
+                self.seen_again.insert(seq);
+            }
             match self.last {
                 Some(last) if seq > last => {
                     if seq - last > 1 {
@@ -83,26 +91,35 @@ impl SequenceGaps {
                 None => self.last = Some(seq),
             }
         }
-        gaps.extend(self.settle(now));
         gaps
     }
 
-    /// The sequences in flight at start that never came again, as ranges,
-    /// once the settle time has passed (then nothing more).
-    pub fn settle(&mut self, now: Instant) -> Vec<RangeInclusive<u64>> {
+    /// Once the settle time has passed (then never again): the sequences
+    /// in flight at start that did not come again, to be looked up in the
+    /// stream.
+    pub fn settle(&mut self, now: Instant) -> Vec<u64> {
         if self.settle_at.is_none_or(|at| now < at) {
             return Vec::new();
         }
         self.settle_at = None;
-        let mut ranges: Vec<RangeInclusive<u64>> = Vec::new();
-        for seq in std::mem::take(&mut self.unsettled) {
-            match ranges.last_mut() {
-                Some(r) if *r.end() + 1 == seq => *r = *r.start()..=seq,
-                _ => ranges.push(seq..=seq),
-            }
-        }
-        ranges
+        let seen = std::mem::take(&mut self.seen_again);
+        self.unsettled
+            .take()
+            .map(|r| r.filter(|s| !seen.contains(s)).collect())
+            .unwrap_or_default()
     }
+}
+
+/// Consecutive sequences as ranges.
+pub fn ranges(sequences: &[u64]) -> Vec<RangeInclusive<u64>> {
+    let mut out: Vec<RangeInclusive<u64>> = Vec::new();
+    for &seq in sequences {
+        match out.last_mut() {
+            Some(r) if *r.end() + 1 == seq => *r = *r.start()..=seq,
+            _ => out.push(seq..=seq),
+        }
+    }
+    out
 }
 
 /// How many sequences the ranges span.
@@ -117,26 +134,25 @@ mod tests {
 
     #[test]
     fn a_jump_is_a_gap_and_a_step_back_is_a_redelivery() {
-        let now = Instant::now();
         let mut g = SequenceGaps::default();
         assert!(
-            g.observe([5, 6, 7], now).is_empty(),
+            g.observe([5, 6, 7]).is_empty(),
             "the first seen has no known predecessor"
         );
-        assert_eq!(g.observe([8, 12, 13, 20], now), vec![9..=11, 14..=19]);
+        assert_eq!(g.observe([8, 12, 13, 20]), vec![9..=11, 14..=19]);
         assert_eq!(count(&[9..=11, 14..=19]), 9);
         // Delivered again after a failed batch: nothing skipped.
-        assert!(g.observe([9, 10, 21], now).is_empty());
-        assert_eq!(g.observe([23], now), vec![22..=22]);
+        assert!(g.observe([9, 10, 21]).is_empty());
+        assert_eq!(g.observe([23]), vec![22..=22]);
         assert_eq!(count(&[22..=22]), 1);
         assert_eq!(count(&[]), 0);
     }
 
-    /// A takeover: 3 to 5 were delivered to a leader that died, 4 was then
-    /// dropped by the bus. The new leader gets 6 first, then 3 and 5 again
-    /// after the ack wait: only 4 is dropped, and only once settled.
+    /// A takeover: 3 to 5 were delivered to a leader that died. The new
+    /// leader gets 6 first, then 3 and 5 again after the ack wait: only 4
+    /// is left to look up, once settled, and only once.
     #[test]
-    fn what_was_in_flight_at_start_is_dropped_only_if_it_never_comes_again() {
+    fn what_was_in_flight_at_start_is_looked_up_only_if_it_never_comes_again() {
         let start = Instant::now();
         let settle = start + Duration::from_secs(30);
         let position = Position {
@@ -144,10 +160,10 @@ mod tests {
             delivered: 5,
         };
         let mut g = SequenceGaps::after(Some(position), settle);
-        assert!(g.observe([6, 7], start).is_empty());
-        assert!(g.observe([3, 5], start).is_empty());
+        assert!(g.observe([6, 7]).is_empty());
+        assert!(g.observe([3, 5]).is_empty());
         assert!(g.settle(start + Duration::from_secs(29)).is_empty());
-        assert_eq!(g.observe([8], settle), vec![4..=4]);
+        assert_eq!(g.settle(settle), [4]);
         assert!(
             g.settle(settle + Duration::from_secs(60)).is_empty(),
             "once"
@@ -158,16 +174,18 @@ mod tests {
             delivered: 10,
         };
         let mut g = SequenceGaps::after(Some(p), settle);
-        assert_eq!(g.observe([15, 16], start), vec![11..=14]);
-        // All of a long span dropped: contiguous ranges.
+        assert_eq!(g.observe([15, 16]), vec![11..=14]);
+        assert!(g.settle(settle).is_empty());
+        // Far too many in flight: nothing looked up.
         let p = Position {
             acked: 0,
-            delivered: 6,
+            delivered: MAX_UNSETTLED + 1,
         };
-        let mut g = SequenceGaps::after(Some(p), settle);
-        assert!(g.observe([2], start).is_empty());
-        assert_eq!(g.settle(settle), vec![1..=1, 3..=6]);
+        assert!(SequenceGaps::after(Some(p), start)
+            .settle(settle)
+            .is_empty());
         let mut g = SequenceGaps::after(None, settle);
-        assert!(g.observe([7], start).is_empty());
+        assert!(g.observe([7]).is_empty());
+        assert_eq!(ranges(&[1, 3, 4, 5, 9]), vec![1..=1, 3..=5, 9..=9]);
     }
 }

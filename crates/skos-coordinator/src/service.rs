@@ -608,7 +608,7 @@ async fn lead(
             _ = tick.tick() => {
                 let now = chrono::Utc::now();
                 let mut effects = ctx.engine.tick(now);
-                effects.extend(ctx.settled(now));
+                effects.extend(ctx.settled(now).await);
                 let mut touched = effect_nodes(&effects);
                 touched.extend(std::mem::take(&mut ctx.unsaved));
                 let decided = !effects.is_empty();
@@ -889,23 +889,36 @@ impl Ctx {
             "alert" => &mut self.alert_gaps,
             _ => &mut self.result_gaps,
         };
-        let skipped = seen.observe(
-            batch.iter().filter_map(Incoming::stream_sequence),
-            std::time::Instant::now(),
-        );
+        let skipped = seen.observe(batch.iter().filter_map(Incoming::stream_sequence));
         self.audit_dropped(feed, &skipped, now)
     }
 
-    /// What the feeds' settle time found dropped of the messages in flight
-    /// at start, when no batch came to notice it.
-    fn settled(&mut self, now: chrono::DateTime<chrono::Utc>) -> Vec<Effect> {
+    /// Once the feeds' settle time has passed: of the messages in flight at
+    /// start that never came again, those the stream no longer holds were
+    /// dropped (the others were acknowledged already).
+    async fn settled(&mut self, now: chrono::DateTime<chrono::Utc>) -> Vec<Effect> {
         let at = std::time::Instant::now();
-        let alerts = self.alert_gaps.settle(at);
-        let results = self.result_gaps.settle(at);
-        [("alert", alerts), ("result", results)]
-            .into_iter()
-            .filter_map(|(feed, skipped)| self.audit_dropped(feed, &skipped, now))
-            .collect()
+        let mut out = Vec::new();
+        for (feed, name) in [(Feed::Alerts, "alert"), (Feed::Results, "result")] {
+            let candidates = match name {
+                "alert" => self.alert_gaps.settle(at),
+                _ => self.result_gaps.settle(at),
+            };
+            let mut gone = Vec::new();
+            for seq in candidates {
+                match self.bus.stream_holds(&feed, seq).await {
+                    Ok(true) => {}
+                    Ok(false) => gone.push(seq),
+                    Err(e) => {
+                        tracing::warn!(error = %e, feed = name, "messages in flight at start not looked up; those dropped are not counted");
+                        gone.clear();
+                        break;
+                    }
+                }
+            }
+            out.extend(self.audit_dropped(name, &gaps::ranges(&gone), now));
+        }
+        out
     }
 
     /// Count and audit the sequences of `feed` dropped unread.
