@@ -170,6 +170,16 @@ impl Severity {
             Severity::Emergency => None,
         }
     }
+
+    /// The severity below this one (`None` for `normal`).
+    pub fn previous(self) -> Option<Severity> {
+        match self {
+            Severity::Normal => None,
+            Severity::Warning => Some(Severity::Normal),
+            Severity::Critical => Some(Severity::Warning),
+            Severity::Emergency => Some(Severity::Critical),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -202,28 +202,27 @@ impl Watches {
     }
 }
 
-/// The detail an escalation carries: the level its failed fix was judged
-/// against, a level a reading showed.
+/// The detail an escalation carries, for the record: the level its
+/// failed fix was judged against.
 pub(super) const ESCALATED_FROM_BELOW: &str = "escalated_from_below";
 
 /// What verifies the fix `p` is waiting for a result on, if anything does.
 /// A fix of an escalation (the coordinator's own alert) must bring the
-/// metric below the level the failed fix was judged against, not only
-/// below the escalated level no reading showed: a `throttle_100` that
-/// leaves a CPU at 87 °C, critical since 85 °C, has failed.
+/// metric below the level the failed fix was judged against, the one of
+/// the severity below (from the config, never from the alert's payload,
+/// which a node could forge), not only below the escalated level no
+/// reading showed: a `throttle_100` that leaves a CPU at 87 °C, critical
+/// since 85 °C, has failed.
 pub(super) fn recovery_of(cfg: &skos_core::config::Config, p: &Pending) -> Option<Recovery> {
     if !catalogue::is_verifiable(&p.action) {
         return None;
     }
-    let mut r = kinds::of(&p.alert.kind).recovery(cfg, &p.alert, p.severity)?;
-    if p.alert.agent_id == ACTOR {
-        if let Some(b) = p
-            .alert
-            .details
-            .get(ESCALATED_FROM_BELOW)
-            .and_then(serde_json::Value::as_f64)
-        {
-            r.below = r.below.min(b);
+    let kind = kinds::of(&p.alert.kind);
+    let mut r = kind.recovery(cfg, &p.alert, p.severity)?;
+    let escalated = p.alert.agent_id == ACTOR && p.alert.details.contains_key(ESCALATED_FROM_BELOW);
+    if let Some(below) = p.severity.previous().filter(|_| escalated) {
+        if let Some(from) = kind.recovery(cfg, &p.alert, below) {
+            r.below = r.below.min(from.below);
         }
     }
     Some(r)
