@@ -75,6 +75,13 @@ struct Flap {
     decided: Option<Severity>,
 }
 
+/// Whether a problem's fix stays in place until its recovery (a throttle,
+/// lifted by `reset_throttle`), so that while it flaps the fix in place is
+/// enough; a storage cleanup or a mesh repair leaves nothing in place.
+fn keeps_its_fix(problem: &ProblemKey) -> bool {
+    problem.as_str().starts_with("thermal:")
+}
+
 /// The flap detection settings.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -127,6 +134,10 @@ impl Flaps {
         };
         let was_normal = flap.last == Severity::Normal;
         flap.last = severity;
+        if severity == Severity::Normal && !keeps_its_fix(&key.1) {
+            // A cleanup leaves nothing in place: the next rise needs its own.
+            flap.decided = None;
+        }
         if was_normal == (severity == Severity::Normal) {
             return None;
         }
@@ -227,21 +238,34 @@ impl Engine {
         self.ladders.remove(&node, &problem);
     }
 
-    /// Whether `alert` at `severity` is held: its problem flaps and that
-    /// severity, or a worse one, was decided since its last recovery
-    /// (counted). Otherwise it is noted as decided.
-    pub(super) fn flap_holds(&mut self, alert: &Alert, severity: Severity) -> bool {
+    /// Whether `alert` at `severity` is held: its problem flaps and a
+    /// command at that severity, or a worse one, was sent for it since its
+    /// last recovery (counted). A decision whose actions were all skipped
+    /// (node offline, breaker open) holds nothing back.
+    pub(super) fn flap_holds(&self, alert: &Alert, severity: Severity) -> bool {
         let key = (alert.node.clone(), alert.problem());
-        let Some(flap) = self.flaps.problems.get_mut(&key) else {
-            return false;
-        };
-        let held = flap.since.is_some() && flap.decided.is_some_and(|d| d >= severity);
+        let held = self
+            .flaps
+            .problems
+            .get(&key)
+            .is_some_and(|f| f.since.is_some() && f.decided.is_some_and(|d| d >= severity));
         if held {
             self.counters.inc(Counter::AlertsHeldFlapping);
-        } else if flap.decided.is_none_or(|d| d < severity) {
-            flap.decided = Some(severity);
         }
         held
+    }
+
+    /// A command at `severity` was sent for `node`'s `problem`.
+    pub(super) fn flap_acted(&mut self, node: &NodeName, problem: &ProblemKey, severity: Severity) {
+        if let Some(flap) = self
+            .flaps
+            .problems
+            .get_mut(&(node.clone(), problem.clone()))
+        {
+            if flap.decided.is_none_or(|d| d < severity) {
+                flap.decided = Some(severity);
+            }
+        }
     }
 
     /// `node`'s `problem` was recovered (its throttle lifted): what is

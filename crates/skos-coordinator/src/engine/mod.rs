@@ -600,6 +600,7 @@ impl Engine {
         let node = pending.node.clone();
         self.give_back_originals(&node, &mut cmd);
         let problem = pending.problem.clone();
+        self.flap_acted(&node, &problem, pending.severity);
         pending.sent_at = Some(now);
         pending.deadline = Some(now + secs(self.cfg.coordinator.command_deadline));
         self.counters.inc(Counter::CommandsSent);

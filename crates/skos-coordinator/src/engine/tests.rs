@@ -2656,3 +2656,34 @@ fn a_late_result_from_another_node_is_foreign() {
     e.on_result(r, t(1.1));
     assert_eq!(e.counters.get("results.foreign"), 1, "its own node's copy");
 }
+
+/// A storage problem that flaps (a burst refills what each cleanup freed)
+/// is reported as flapping, but each rise still gets its cleanup: a
+/// cleanup leaves nothing in place to hold on to, unlike a throttle.
+#[test]
+fn a_flapping_disk_still_gets_a_cleanup_at_each_rise() {
+    let mut e = engine();
+    let mut cleanups_after_flap = 0;
+    for i in 0..10 {
+        let at = f64::from(i) * 6.0;
+        e.on_heartbeat(storage_hb(91.0, at), t(at));
+        let fx = e.on_alert(storage_alert(Severity::Critical, 91.0, at), t(at + 0.1));
+        let flapping = e.counters.get("flapping.started") > 0;
+        for cmd in commands(&fx) {
+            if flapping {
+                cleanups_after_flap += 1;
+            }
+            let mut r = result(&cmd, ResultStatus::Succeeded);
+            r.timestamp = t(at + 0.5);
+            e.on_result(r, t(at + 0.6));
+        }
+        e.on_heartbeat(storage_hb(60.0, at + 3.0), t(at + 3.0));
+        e.on_alert(storage_alert(Severity::Normal, 60.0, at + 3.0), t(at + 3.1));
+        e.tick(t(at + 3.5));
+    }
+    assert_eq!(e.counters.get("flapping.started"), 1);
+    assert!(
+        cleanups_after_flap > 0,
+        "rises after the flap began got no cleanup"
+    );
+}
