@@ -372,5 +372,16 @@ fn a_mount_that_turns_read_only_keeps_its_alert_open() {
         assert!(fx.is_empty(), "{fx:#?}");
     }
     assert_eq!(w.not_judged().len(), 1);
-    assert_eq!(w.storage_percent(), None);
+    assert_eq!(w.storage_percent(), None, "a read-only mount is not judged");
+    // Repaired and remounted writable, and cleaned meanwhile: judged again,
+    // its alert is cleared.
+    state.lock().unwrap().read_only = false;
+    state.lock().unwrap().blocks_available = 900;
+    state.lock().unwrap().blocks_free = 900;
+    mountinfo("rw");
+    let cleared = w.sense(t0 + Duration::seconds(200));
+    assert_eq!(cleared.len(), 1, "{cleared:#?}");
+    assert_eq!(cleared[0].severity, Severity::Normal);
+    assert_eq!(cleared[0].details["previous_severity"], "emergency");
+    assert_eq!(w.storage_percent(), Some(10.0));
 }

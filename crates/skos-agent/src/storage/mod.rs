@@ -236,10 +236,21 @@ impl StorageWatcher {
                     tracing::info!(mount = %mount.display(), reason = %why, percent = u.percent, "mount not judged for fullness");
                 }
                 let was = state.tracker.current();
-                if matches!(why, NotJudged::ReadOnly { .. }) && was != Severity::Normal {
+                let read_only = matches!(why, NotJudged::ReadOnly { .. });
+                if read_only && was != Severity::Normal {
                     // Full and now read-only too (errors=remount-ro): its
-                    // alert stays open, a clear would call it healthy.
-                    tracing::warn!(mount = %mount.display(), severity = %was.as_str(), "mount turned read-only while alerting; its alert stays open");
+                    // alert stays open, a clear would call it healthy. Its
+                    // level is kept, so once it is writable and judged
+                    // again a fall below the level clears it.
+                    if state.not_judged.is_none() {
+                        tracing::warn!(mount = %mount.display(), severity = %was.as_str(), "mount turned read-only while alerting; its alert stays open");
+                    }
+                    state.not_judged = Some(why.clone());
+                    not_judged.push(Unjudged {
+                        mount: mount.clone(),
+                        why,
+                    });
+                    continue;
                 } else if was != Severity::Normal {
                     // It was judged and alerting and can no longer fill (an
                     // image, no blocks): clear its problem, or the
