@@ -33,28 +33,6 @@ thermal:\n  clear_for: 1\n  cooldown: 3600\n  gpu: {{nvml: false, nvidia_smi: fa
     path
 }
 
-/// `skos agent` for `node` on `nats`, as [`agent`] starts it, its log
-/// named `log` (a restarted agent keeps the first one's log).
-fn agent_logged(
-    nats: &NatsServer,
-    cfg: &Path,
-    work: &Path,
-    sys: &Path,
-    node: &str,
-    log: &str,
-) -> Proc {
-    let mut c = skos();
-    c.arg("agent")
-        .arg("--config")
-        .arg(cfg)
-        .arg("--data-dir")
-        .arg(work.join(format!("agent-{node}")))
-        .env("NATS_URL", nats.url())
-        .env("NODE_NAME", node)
-        .env("SKOS_SYSFS_ROOT", sys);
-    Proc::spawn(c, work, log)
-}
-
 /// `text` without its terminal colours (`ESC [ ... m`).
 fn plain(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -185,7 +185,10 @@ impl Flaps {
                     stopped.push((key.clone(), since));
                 }
             }
-            if flap.changes.is_empty() && flap.last == Severity::Normal && flap.since.is_none() {
+            // Nothing left in the window and not flapping: forgotten, even
+            // at an alert level (its next change starts afresh), so a node
+            // naming ever new problems keeps nothing past the window.
+            if flap.changes.is_empty() && flap.since.is_none() {
                 self.problems.remove(&key);
             }
         }
@@ -374,6 +377,15 @@ mod tests {
     fn a_problem_that_starts_normal_and_stays_so_is_not_kept() {
         let mut f = Flaps::default();
         assert_eq!(f.change(&key(), Severity::Normal, t(0.0), limits()), None);
+        assert!(f.problems.is_empty() && f.due.is_empty());
+    }
+
+    #[test]
+    fn a_problem_left_at_an_alert_level_is_forgotten_after_the_window() {
+        let mut f = Flaps::default();
+        assert_eq!(f.change(&key(), Severity::Critical, t(0.0), limits()), None);
+        assert_eq!(f.problems.len(), 1);
+        assert!(f.ended(t(60.0), limits()).is_empty());
         assert!(f.problems.is_empty() && f.due.is_empty());
     }
 

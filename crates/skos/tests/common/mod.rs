@@ -188,6 +188,19 @@ pub fn coordinator(nats: &NatsServer, cfg: &Path, work: &Path, name: &str) -> Pr
 }
 
 pub fn agent(nats: &NatsServer, cfg: &Path, work: &Path, sys: &Path, node: &str) -> Proc {
+    agent_logged(nats, cfg, work, sys, node, &format!("agent-{node}"))
+}
+
+/// [`agent`], its log named `log` (a restarted agent can keep a log of its
+/// own).
+pub fn agent_logged(
+    nats: &NatsServer,
+    cfg: &Path,
+    work: &Path,
+    sys: &Path,
+    node: &str,
+    log: &str,
+) -> Proc {
     let mut c = skos();
     c.arg("agent")
         .arg("--config")
@@ -197,7 +210,7 @@ pub fn agent(nats: &NatsServer, cfg: &Path, work: &Path, sys: &Path, node: &str)
         .env("NATS_URL", nats.url())
         .env("NODE_NAME", node)
         .env("SKOS_SYSFS_ROOT", sys);
-    Proc::spawn(c, work, &format!("agent-{node}"))
+    Proc::spawn(c, work, log)
 }
 
 pub fn status(nats: &NatsServer) -> Option<Value> {
