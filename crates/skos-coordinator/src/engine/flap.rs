@@ -75,11 +75,13 @@ struct Flap {
     decided: Option<Severity>,
 }
 
-/// Whether a problem's fix stays in place until its recovery (a throttle,
-/// lifted by `reset_throttle`), so that while it flaps the fix in place is
-/// enough; a storage cleanup or a mesh repair leaves nothing in place.
-fn keeps_its_fix(problem: &ProblemKey) -> bool {
-    problem.as_str().starts_with("thermal:")
+/// Whether each rise of a problem needs a fix of its own: a storage
+/// cleanup frees what is there and leaves nothing in place, while a
+/// throttle stays until its recovery and a mesh repair (a restart, a route
+/// switch) stays in force, so for those the fix in place is enough while
+/// the problem flaps.
+fn cleaned_each_time(problem: &ProblemKey) -> bool {
+    problem.as_str().starts_with("storage:")
 }
 
 /// The flap detection settings.
@@ -134,7 +136,7 @@ impl Flaps {
         };
         let was_normal = flap.last == Severity::Normal;
         flap.last = severity;
-        if severity == Severity::Normal && !keeps_its_fix(&key.1) {
+        if severity == Severity::Normal && cleaned_each_time(&key.1) {
             // A cleanup leaves nothing in place: the next rise needs its own.
             flap.decided = None;
         }
