@@ -36,6 +36,10 @@ coordinator:
   heartbeat_timeout: 10
   verify_within: 10
   command_deadline: 30
+  # A link cut, a failover, a failback after a short hold, again: within a
+  # minute that is a flap by design here, and flap detection would close
+  # the failover's verification as uncredited before it is credited.
+  flap_start_changes: 0
 mesh:
   stale_after: 3
   settle_seconds: 1
