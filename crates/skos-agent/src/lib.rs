@@ -19,6 +19,7 @@ pub mod antibody;
 pub mod error;
 pub mod loops;
 pub mod mesh;
+pub mod offloop;
 pub mod outcome;
 pub mod registry;
 pub mod runtime;

@@ -61,6 +61,8 @@ pub struct Agent {
     /// The highest coordinator term seen.
     fence: Fence,
     verifier: Verifier,
+    /// The antibodies (by index) whose last look held the loop up.
+    slow_looks: std::collections::BTreeSet<usize>,
 }
 
 impl Agent {
@@ -104,6 +106,7 @@ impl Agent {
             executed: Arc::new(Mutex::new(executed)),
             fence,
             verifier,
+            slow_looks: Default::default(),
         })
     }
 
@@ -202,8 +205,22 @@ impl Agent {
     async fn sense(&mut self) {
         let now = chrono::Utc::now();
         let mut alerts = Vec::new();
-        for a in self.antibodies.iter_mut() {
+        for (i, a) in self.antibodies.iter_mut().enumerate() {
+            let began = std::time::Instant::now();
             alerts.extend(tokio::task::block_in_place(|| a.sense(now)));
+            // Sensing reads off the loop: one that holds it up delays
+            // heartbeats and commands. Said once per run of slow looks.
+            let took = began.elapsed().as_secs_f64();
+            let slow = took > self.cfg.agent.monitor_interval.min(1.0);
+            if slow && self.slow_looks.insert(i) {
+                tracing::warn!(
+                    antibody = a.name(),
+                    seconds = took,
+                    "sensing held the agent loop up"
+                );
+            } else if !slow {
+                self.slow_looks.remove(&i);
+            }
         }
         self.raise(alerts).await;
     }

@@ -12,10 +12,13 @@
 //! * [`mod@require`]: what a test needs from the machine (root, tmpfs, tools);
 //!   a missing prerequisite skips the test, or fails it under
 //!   `SKOS_TEST_REQUIRE_ALL=1` (set by `.ci/run`).
+//! * [`hungfs`]: a FUSE mount whose `statfs` never answers (a network
+//!   mount whose server is gone).
 //! * [`procgroup`]: scripts in a process group of their own, killed whole
 //!   on drop (loop-breaker tests).
 
 pub mod cpufreq;
+pub mod hungfs;
 pub mod nats;
 pub mod netns;
 pub mod procgroup;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -73,6 +73,24 @@ fn heat_and_cool(nodes: &[Node]) {
             || caps_at(n, MAX).then_some(()),
         );
     }
+}
+
+/// The trail once every command in it has a result audited: a cap is
+/// lifted on the node before the reset's result reaches the trail.
+fn answered(nats: &NatsServer) -> Vec<Value> {
+    wait_for(Duration::from_secs(30), "every command answered", || {
+        let records = audit(nats);
+        let ids = |event: &str, field: &str| -> BTreeSet<String> {
+            audit_events(&records, event)
+                .iter()
+                .filter_map(|r| r["entry"]["data"][field]["action_id"].as_str())
+                .map(str::to_string)
+                .collect()
+        };
+        ids("command", "command")
+            .is_subset(&ids("result", "result"))
+            .then_some(records)
+    })
 }
 
 /// Every command in the trail: audited once, answered by one result that
@@ -176,7 +194,7 @@ thermal:\n  clear_for: 1\n  cooldown: 60\n  gpu: {{nvml: false, nvidia_smi: fals
     assert_eq!(elected, 1, "exactly one coordinator leads");
 
     heat_and_cool(&nodes);
-    let records = audit(&nats);
+    let records = answered(&nats);
     every_command_once(&records);
     for n in &nodes {
         let resets = audit_events(&records, "command")
@@ -207,7 +225,7 @@ thermal:\n  clear_for: 1\n  cooldown: 60\n  gpu: {{nvml: false, nvidia_smi: fals
     eprintln!("takeover after {took:?} (lease {LEASE} s)");
 
     heat_and_cool(&nodes);
-    let records = audit(&nats);
+    let records = answered(&nats);
     every_command_once(&records);
     let leaders = audit_events(&records, "leader");
     let terms: Vec<u64> = leaders

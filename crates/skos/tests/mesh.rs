@@ -36,10 +36,6 @@ coordinator:
   heartbeat_timeout: 10
   verify_within: 10
   command_deadline: 30
-  # A link cut, a failover, a failback after a short hold, again: within a
-  # minute that is a flap by design here, and flap detection would close
-  # the failover's verification as uncredited before it is credited.
-  flap_start_changes: 0
 mesh:
   stale_after: 3
   settle_seconds: 1
@@ -357,6 +353,17 @@ fn cut_link_fails_the_route_over_and_back_after_the_hold_time() {
         || p.traffic_flows(Duration::from_secs(2)).ok(),
     );
     no_secret_in(&p, &data, &up);
+    // Probing the dead primary path (every sense while failed over) never
+    // held the agent's heartbeats up: the node was never offline, and the
+    // cut, the failover and the failback were no flap.
+    let records = audit(&data);
+    let offline = find(&records, "alert", "heartbeat_missing");
+    assert!(offline.is_empty(), "the node went offline: {offline:?}");
+    let flapping: Vec<_> = records
+        .iter()
+        .filter(|r| entry(r)["event_type"] == "flapping")
+        .collect();
+    assert!(flapping.is_empty(), "{flapping:?}");
     assert!(up.sigterm().success());
     audit_verifies(&data);
 }

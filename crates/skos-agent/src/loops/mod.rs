@@ -38,7 +38,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 use skos_bus::Bus;
-use skos_core::chain::tree::{self, GroupChange, GroupStep, GroupTracker, GroupTrip, Selector};
+use skos_core::chain::tree::{
+    self, GroupChange, GroupStep, GroupTracker, GroupTrip, ProcInfo, Selector,
+};
 use skos_core::chain::{
     ChainControl, ChainTable, ChainView, CircuitState, ControlEvent, Reason, Trip,
 };
@@ -50,6 +52,7 @@ use skos_core::NodeName;
 use tokio::sync::mpsc;
 
 use crate::antibody::{Antibody, Execution};
+use crate::offloop::Reader;
 use crate::Outcome;
 use procwatch::ProcWatch;
 
@@ -327,7 +330,18 @@ pub struct LoopBreaker {
     groups: Vec<Group>,
     procs: ProcWatch,
     scan_failed: bool,
+    /// The agent loop's scans, off the loop.
+    reader: Reader<crate::Result<Vec<ProcInfo>>>,
+    /// The first look waited for its scan.
+    looked: bool,
 }
+
+/// How long the first look waits for its scan.
+const FIRST_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A scan of `/proc` longer than this is slow (it takes milliseconds; a
+/// process in uninterruptible sleep can hold a read of its `cmdline`).
+const SCAN_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl LoopBreaker {
     pub fn new(cfg: &Config) -> Self {
@@ -364,6 +378,8 @@ impl LoopBreaker {
             groups,
             procs: ProcWatch::new(&cfg.proc_root),
             scan_failed: false,
+            reader: Reader::new("processes", "a scan of /proc", SCAN_BUDGET),
+            looked: false,
         }
     }
 
@@ -647,21 +663,27 @@ impl LoopBreaker {
     }
 }
 
-impl Antibody for LoopBreaker {
-    fn name(&self) -> &'static str {
-        AGENT_TYPE
+impl LoopBreaker {
+    /// Whether a scan must read the processes' cgroups.
+    fn with_cgroups(&self) -> bool {
+        self.groups.iter().any(|g| g.with_cgroups)
     }
 
-    fn handles(&self, action: &str) -> bool {
-        handles(action)
-    }
-
-    fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
+    /// Scan the processes here and now and return the alerts to raise
+    /// (the agent loop scans off the loop instead, then
+    /// [`LoopBreaker::apply`]).
+    pub fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
         if self.groups.is_empty() {
             return Vec::new();
         }
-        let with_cgroups = self.groups.iter().any(|g| g.with_cgroups);
-        let snapshot = match self.procs.scan(with_cgroups) {
+        let scan = self.procs.scan(self.with_cgroups());
+        self.apply(scan, now)
+    }
+
+    /// Judge a scan of the processes: each watched group's tracker, the
+    /// signals an open circuit sends, and the alerts to raise.
+    fn apply(&mut self, scan: crate::Result<Vec<ProcInfo>>, now: Timestamp) -> Vec<Alert> {
+        let snapshot = match scan {
             Ok(s) => {
                 self.scan_failed = false;
                 s
@@ -694,6 +716,43 @@ impl Antibody for LoopBreaker {
         }
         alerts
     }
+}
+
+impl Antibody for LoopBreaker {
+    fn name(&self) -> &'static str {
+        AGENT_TYPE
+    }
+
+    fn handles(&self, action: &str) -> bool {
+        handles(action)
+    }
+
+    /// Judges what arrived and asks for the next scan, off the loop (the
+    /// first look waits up to a second for it).
+    fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
+        if self.groups.is_empty() {
+            return Vec::new();
+        }
+        let mut alerts = Antibody::judge(self, now);
+        let (procs, with_cgroups) = (self.procs.clone(), self.with_cgroups());
+        if self.reader.ask(move || procs.scan(with_cgroups)) && !self.looked {
+            self.looked = true;
+            self.reader.settle(FIRST_LOOK);
+            alerts.extend(Antibody::judge(self, now));
+        }
+        alerts
+    }
+
+    fn arrivals(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.reader.arrivals())
+    }
+
+    fn judge(&mut self, now: Timestamp) -> Vec<Alert> {
+        match self.reader.take() {
+            Some(scan) => self.apply(scan, now),
+            None => Vec::new(),
+        }
+    }
 
     fn report(&self, hb: &mut Heartbeat) {
         let shared = lock(&self.shared);
@@ -713,6 +772,8 @@ impl Antibody for LoopBreaker {
             AGENT_TYPE.into(),
             json!({"chains": shared.table.len(), "circuits": circuits, "groups": groups}),
         );
+        drop(shared);
+        self.reader.report(hb);
     }
 
     fn execute(&mut self, cmd: &Command) -> Execution {

@@ -80,6 +80,7 @@ pub fn parse_cgroup(text: &str) -> Vec<String> {
     v2
 }
 
+#[derive(Debug, Clone)]
 pub struct ProcWatch {
     root: PathBuf,
     live: bool,

@@ -50,6 +50,7 @@ use skos_core::NodeName;
 pub use error::MeshError;
 
 use crate::antibody::{Antibody, Execution};
+use crate::offloop::Reader;
 use iproute::Link;
 use jobs::Jobs;
 use probe::ProbeReport;
@@ -119,9 +120,17 @@ pub struct MeshHealer {
     ifaces: BTreeMap<String, IfaceState>,
     peers: BTreeMap<String, PeerState>,
     jobs: Arc<Mutex<Jobs>>,
+    /// The agent loop's reads, off the loop.
+    reader: Reader<sense::MeshRead>,
+    /// The first look waited for its read.
+    looked: bool,
     said_empty: bool,
     said_no_permission: bool,
 }
+
+/// How long the first look waits for its read, so the first heartbeat
+/// carries what was read.
+const FIRST_LOOK: Duration = Duration::from_secs(1);
 
 fn age(now: Timestamp, then: Timestamp) -> f64 {
     (now - then).num_milliseconds() as f64 / 1000.0
@@ -173,13 +182,17 @@ impl MeshHealer {
                 .collect(),
             cfg: Arc::new(m.clone()),
             jobs: Arc::new(Mutex::new(Jobs::default())),
+            // A pass runs `ip` and `wg` per interface and the probes: past
+            // the time one program may take, it is slow.
+            reader: Reader::new(
+                "mesh",
+                "ip, wg and probes of the mesh",
+                Duration::from_secs_f64(m.command_timeout.max(m.probe.timeout)),
+            ),
+            looked: false,
             said_empty: false,
             said_no_permission: false,
         }
-    }
-
-    fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.cfg.command_timeout)
     }
 
     /// `metadata.mesh`: every interface and peer with its level.
@@ -229,12 +242,40 @@ impl Antibody for MeshHealer {
         handles(action)
     }
 
+    /// Judges what arrived and asks for the next read, off the loop (the
+    /// first look waits up to [`FIRST_LOOK`] for it).
     fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
-        MeshHealer::sense(self, now)
+        if !self.watches_anything() {
+            return Vec::new();
+        }
+        let mut alerts = Antibody::judge(self, now);
+        let (cfg, busy) = (self.cfg.clone(), self.busy_now());
+        if self
+            .reader
+            .ask(move || sense::read(&cfg, busy, chrono::Utc::now()))
+            && !self.looked
+        {
+            self.looked = true;
+            self.reader.settle(FIRST_LOOK);
+            alerts.extend(Antibody::judge(self, now));
+        }
+        alerts
+    }
+
+    fn arrivals(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.reader.arrivals())
+    }
+
+    fn judge(&mut self, now: Timestamp) -> Vec<Alert> {
+        match self.reader.take() {
+            Some(read) => self.apply(read, now),
+            None => Vec::new(),
+        }
     }
 
     fn report(&self, hb: &mut Heartbeat) {
         hb.metadata.insert("mesh".into(), self.metadata());
+        self.reader.report(hb);
     }
 
     fn execute(&mut self, cmd: &Command) -> Execution {

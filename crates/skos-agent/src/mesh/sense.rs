@@ -13,94 +13,248 @@ use super::jobs::lock;
 use super::probe::{self, ProbeReport};
 use super::{actions, age, iproute, unix, wg, IfaceReading, MeshHealer, PeerReading};
 
-impl MeshHealer {
-    /// One interface's link and dump, the dump's handshakes placed in time
-    /// at `now` (boringtun prints seconds ago, the kernel Unix seconds).
-    fn read_interface(&self, name: &str, configured_keys: &[&str], now: Timestamp) -> IfaceReading {
-        let down = |state, reason: String, link| IfaceReading {
-            level: 2,
-            state,
-            reason: Some(reason),
-            link,
-            dump: None,
-            judged: true,
-        };
-        let link = match iproute::link(&self.cfg.tools.ip, name, self.timeout()) {
-            Ok(Some(l)) => l,
-            Ok(None) => return down("missing", format!("no link named {name}"), None),
-            Err(e) => return down("unreadable", e.to_string(), None),
-        };
-        if !link.up {
-            return down(
-                "down",
-                format!("{name} is administratively down"),
-                Some(link),
-            );
+/// One interface's link and dump, the dump's handshakes placed in time
+/// at `now` (boringtun prints seconds ago, the kernel Unix seconds).
+fn read_interface(
+    cfg: &MeshConfig,
+    name: &str,
+    configured_keys: &[&str],
+    now: Timestamp,
+) -> IfaceReading {
+    let down = |state, reason: String, link| IfaceReading {
+        level: 2,
+        state,
+        reason: Some(reason),
+        link,
+        dump: None,
+        judged: true,
+    };
+    let timeout = std::time::Duration::from_secs_f64(cfg.command_timeout);
+    let link = match iproute::link(&cfg.tools.ip, name, timeout) {
+        Ok(Some(l)) => l,
+        Ok(None) => return down("missing", format!("no link named {name}"), None),
+        Err(e) => return down("unreadable", e.to_string(), None),
+    };
+    if !link.up {
+        return down(
+            "down",
+            format!("{name} is administratively down"),
+            Some(link),
+        );
+    }
+    let dump = match actions::read_dump(cfg, name) {
+        Ok(mut d) => {
+            d.place_handshakes(now.timestamp());
+            d
         }
-        let dump = match actions::read_dump(&self.cfg, name) {
-            Ok(mut d) => {
-                d.place_handshakes(now.timestamp());
-                self.say_rejected_handshakes(name, &d);
-                d
-            }
-            Err(e) if e.is_permission_denied() => {
-                if !self.said_no_permission {
-                    tracing::warn!(interface = %name, error = %e, "cannot read WireGuard state: the agent needs CAP_NET_ADMIN (or root); the interface and its peers are not judged");
-                }
-                return IfaceReading {
-                    state: "no_permission",
-                    judged: false,
-                    ..down("no_permission", e.to_string(), Some(link))
-                };
-            }
-            Err(e) => return down("unreadable", e.to_string(), Some(link)),
-        };
-        let missing: Vec<&str> = configured_keys
-            .iter()
-            .copied()
-            .filter(|k| dump.peer(k).is_none())
-            .collect();
-        if !missing.is_empty() {
+        Err(e) if e.is_permission_denied() => {
             return IfaceReading {
-                level: 2,
-                state: "misconfigured",
-                reason: Some(format!(
-                    "configured peer keys not on {name}: {}",
-                    missing.join(", ")
-                )),
-                link: Some(link),
-                dump: Some(dump),
-                judged: true,
+                state: "no_permission",
+                judged: false,
+                ..down("no_permission", e.to_string(), Some(link))
             };
         }
-        IfaceReading {
-            level: 0,
-            state: "up",
-            reason: None,
+        Err(e) => return down("unreadable", e.to_string(), Some(link)),
+    };
+    let missing: Vec<&str> = configured_keys
+        .iter()
+        .copied()
+        .filter(|k| dump.peer(k).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return IfaceReading {
+            level: 2,
+            state: "misconfigured",
+            reason: Some(format!(
+                "configured peer keys not on {name}: {}",
+                missing.join(", ")
+            )),
             link: Some(link),
             dump: Some(dump),
             judged: true,
-        }
+        };
     }
+    IfaceReading {
+        level: 0,
+        state: "up",
+        reason: None,
+        link: Some(link),
+        dump: Some(dump),
+        judged: true,
+    }
+}
 
-    /// Read every source and return the alerts to raise.
-    pub fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
+/// What one pass over the mesh's sources read: taken off the agent loop
+/// ([`read`]), judged on it ([`MeshHealer::apply`]).
+pub(super) struct MeshRead {
+    /// When the pass began.
+    at: Timestamp,
+    /// The interfaces a job was working on when it began: not read.
+    busy: BTreeSet<String>,
+    /// Every other configured interface's link and dump.
+    ifaces: Vec<(String, IfaceReading)>,
+    /// Each failover peer's route as read: over the `backup` path, the
+    /// `primary` one, or `other`; peers whose route could not be read are
+    /// left out.
+    routes: Vec<(String, &'static str)>,
+    /// Every peer's probes, and the primary path's check of the peers
+    /// failed over.
+    probes: Vec<Probed>,
+}
+
+/// Read every source of the mesh, touching no state: the configured
+/// interfaces not in `busy` (link and `wg` dump), the failover routes,
+/// then every peer's probes and, for the peers failed over, their primary
+/// path, `at` the time the pass began (a handshake printed as seconds
+/// ago is placed from it). Bounded by `mesh.command_timeout` per program
+/// and the probes' own timeouts.
+pub(super) fn read(cfg: &MeshConfig, busy: BTreeSet<String>, at: Timestamp) -> MeshRead {
+    let mut ifaces = Vec::new();
+    for itf in &cfg.interfaces {
+        if busy.contains(&itf.name) {
+            continue;
+        }
+        let keys: Vec<&str> = cfg
+            .peers
+            .iter()
+            .filter(|p| p.interface == itf.name)
+            .filter_map(|p| p.public_key.as_deref())
+            .collect();
+        ifaces.push((itf.name.clone(), read_interface(cfg, &itf.name, &keys, at)));
+    }
+    let routes = read_routes(cfg);
+    let failed_over: BTreeSet<String> = routes
+        .iter()
+        .filter(|(_, which)| *which == "backup")
+        .map(|(name, _)| name.clone())
+        .collect();
+    let probes = read_probes(cfg, &failed_over);
+    MeshRead {
+        at,
+        busy,
+        ifaces,
+        routes,
+        probes,
+    }
+}
+
+/// Which path each failover peer's route takes, read from the routing
+/// table (so an agent restart does not forget).
+fn read_routes(cfg: &MeshConfig) -> Vec<(String, &'static str)> {
+    let timeout = std::time::Duration::from_secs_f64(cfg.command_timeout);
+    let mut out = Vec::new();
+    for p in &cfg.peers {
+        let Some(f) = &p.failover else { continue };
+        let Some(net) = f.networks.first() else {
+            continue;
+        };
+        let route = match iproute::routes(&cfg.tools.ip, net, timeout) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(peer = %p.name, error = %e, "cannot read the failover route");
+                continue;
+            }
+        };
+        let which = if route.iter().any(|r| r.goes_via(&f.backup)) {
+            "backup"
+        } else if route.iter().any(|r| r.goes_via(&f.primary)) {
+            "primary"
+        } else {
+            "other"
+        };
+        out.push((p.name.clone(), which));
+    }
+    out
+}
+
+/// Probe every peer address, and the primary path of failed-over peers,
+/// in parallel.
+fn read_probes(cfg: &MeshConfig, failed_over: &BTreeSet<String>) -> Vec<Probed> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = cfg
+            .peers
+            .iter()
+            .map(|p| {
+                let failed = failed_over.contains(&p.name);
+                s.spawn(move || probe_peer(cfg, p, failed))
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    })
+}
+
+impl MeshHealer {
+    /// Whether there is anything to watch (said once when there is not).
+    pub(super) fn watches_anything(&mut self) -> bool {
         if self.cfg.interfaces.is_empty() {
             if !self.said_empty {
                 tracing::warn!(node = %self.node, "mesh healer has no interfaces configured (mesh.interfaces): nothing to watch");
                 self.said_empty = true;
             }
+            return false;
+        }
+        true
+    }
+
+    /// The interfaces a background job is working on now.
+    pub(super) fn busy_now(&self) -> BTreeSet<String> {
+        lock(&self.jobs).busy.clone()
+    }
+
+    /// Read every source here and now and return the alerts to raise (the
+    /// agent loop reads off the loop instead: [`read`], then
+    /// [`MeshHealer::apply`]).
+    pub fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
+        if !self.watches_anything() {
             return Vec::new();
         }
-        let (busy, settling): (BTreeSet<String>, BTreeSet<String>) = {
+        let r = read(&self.cfg, self.busy_now(), now);
+        self.apply(r, now)
+    }
+
+    /// Judge what a pass of [`read`] found: the interfaces and peers'
+    /// levels, the alerts to raise, and routes switched back once a
+    /// primary path has healed. An interface a job started on since the
+    /// pass began is left as it was.
+    pub(super) fn apply(&mut self, read: MeshRead, now: Timestamp) -> Vec<Alert> {
+        let (mut busy, settling): (BTreeSet<String>, BTreeSet<String>) = {
             let mut j = lock(&self.jobs);
             j.settle_until.retain(|_, until| *until > now);
             (j.busy.clone(), j.settle_until.keys().cloned().collect())
         };
-        self.sense_interfaces(&busy, now);
-        self.sense_activity(now, &busy, &settling);
-        let failed_over = self.sense_routes();
-        self.sense_probes(&failed_over);
+        busy.extend(read.busy.iter().cloned());
+        for (name, reading) in read.ifaces {
+            if busy.contains(&name) {
+                continue;
+            }
+            if let Some(d) = &reading.dump {
+                self.say_rejected_handshakes(&name, d);
+            }
+            if !reading.judged && !self.said_no_permission {
+                tracing::warn!(interface = %name, error = ?reading.reason, "cannot read WireGuard state: the agent needs CAP_NET_ADMIN (or root); the interface and its peers are not judged");
+            }
+            self.said_no_permission |= !reading.judged;
+            if let Some(st) = self.ifaces.get_mut(&name) {
+                st.last = Some(reading);
+            }
+        }
+        self.sense_activity(read.at, &busy, &settling);
+        for (name, which) in read.routes {
+            if let Some(r) = self.peers.get_mut(&name).and_then(|s| s.last.as_mut()) {
+                r.route = Some(which);
+            }
+        }
+        for x in read.probes {
+            let Some(r) = self.peers.get_mut(&x.name).and_then(|s| s.last.as_mut()) else {
+                continue;
+            };
+            match x.main {
+                Some(Ok(rep)) => r.probe = Some(rep),
+                Some(Err(e)) => r.probe_error = Some(e.to_string()),
+                None => {}
+            }
+            r.primary_check = x.primary;
+        }
         self.judge(now, &busy);
         let mut alerts = self.track(now, &busy);
         alerts.extend(self.fail_back(now));
@@ -125,26 +279,6 @@ impl MeshHealer {
                 .is_some_and(|q| std::mem::discriminant(q) == std::mem::discriminant(e));
             if !said {
                 tracing::warn!(interface = %name, peer = %p.public_key, field = p.latest_handshake_field, error = %e, "latest handshake rejected: judged on received data alone");
-            }
-        }
-    }
-
-    fn sense_interfaces(&mut self, busy: &BTreeSet<String>, now: Timestamp) {
-        let cfg = self.cfg.clone();
-        for itf in &cfg.interfaces {
-            if busy.contains(&itf.name) {
-                continue;
-            }
-            let keys: Vec<&str> = cfg
-                .peers
-                .iter()
-                .filter(|p| p.interface == itf.name)
-                .filter_map(|p| p.public_key.as_deref())
-                .collect();
-            let reading = self.read_interface(&itf.name, &keys, now);
-            self.said_no_permission |= !reading.judged;
-            if let Some(st) = self.ifaces.get_mut(&itf.name) {
-                st.last = Some(reading);
             }
         }
     }
@@ -208,67 +342,6 @@ impl MeshHealer {
                 ""
             };
             st.last = Some(r);
-        }
-    }
-
-    /// Which peers are failed over, read from the routing table (so an
-    /// agent restart does not forget).
-    fn sense_routes(&mut self) -> BTreeSet<String> {
-        let cfg = self.cfg.clone();
-        let mut failed_over = BTreeSet::new();
-        for p in &cfg.peers {
-            let Some(f) = &p.failover else { continue };
-            let Some(net) = f.networks.first() else {
-                continue;
-            };
-            let route = match iproute::routes(&cfg.tools.ip, net, self.timeout()) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(peer = %p.name, error = %e, "cannot read the failover route");
-                    continue;
-                }
-            };
-            let which = if route.iter().any(|r| r.goes_via(&f.backup)) {
-                failed_over.insert(p.name.clone());
-                "backup"
-            } else if route.iter().any(|r| r.goes_via(&f.primary)) {
-                "primary"
-            } else {
-                "other"
-            };
-            if let Some(r) = self.peers.get_mut(&p.name).and_then(|s| s.last.as_mut()) {
-                r.route = Some(which);
-            }
-        }
-        failed_over
-    }
-
-    /// Probe every peer address, and the primary path of failed-over
-    /// peers, in parallel.
-    fn sense_probes(&mut self, failed_over: &BTreeSet<String>) {
-        let cfg = self.cfg.clone();
-        let results: Vec<Probed> = std::thread::scope(|s| {
-            let handles: Vec<_> = cfg
-                .peers
-                .iter()
-                .map(|p| {
-                    let cfg = &cfg;
-                    let failed = failed_over.contains(&p.name);
-                    s.spawn(move || probe_peer(cfg, p, failed))
-                })
-                .collect();
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
-        });
-        for x in results {
-            let Some(r) = self.peers.get_mut(&x.name).and_then(|s| s.last.as_mut()) else {
-                continue;
-            };
-            match x.main {
-                Some(Ok(rep)) => r.probe = Some(rep),
-                Some(Err(e)) => r.probe_error = Some(e.to_string()),
-                None => {}
-            }
-            r.primary_check = x.primary;
         }
     }
 
@@ -415,7 +488,7 @@ impl MeshHealer {
 }
 
 /// What one peer's probes found.
-struct Probed {
+pub(super) struct Probed {
     name: String,
     /// `None` when the peer has no address to probe.
     main: Option<Result<ProbeReport, probe::ProbeError>>,

@@ -32,6 +32,7 @@ use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
 use crate::antibody::{Antibody, Execution};
+use crate::offloop::Reader;
 use crate::Outcome;
 use mounts::{MountEntry, NotJudged};
 use notify::Notification;
@@ -132,7 +133,19 @@ pub struct StorageWatcher {
     said_no_mountinfo: bool,
     /// What the recent actions did, for the message to a person.
     history: VecDeque<String>,
+    /// The agent loop's reads, off the loop.
+    reader: Reader<StorageRead>,
+    /// The first look waited for its read.
+    looked: bool,
 }
+
+/// How long the first look waits for its read, so the first heartbeat
+/// carries the mounts' usage.
+const FIRST_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A pass (the mount table, a statvfs per watched mount) longer than this
+/// is slow: each takes microseconds on a healthy mount.
+const READ_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl StorageWatcher {
     /// A watcher reading the real statvfs and `<proc_root>/self/mountinfo`.
@@ -154,6 +167,8 @@ impl StorageWatcher {
             not_judged: Vec::new(),
             said_no_mountinfo: false,
             history: VecDeque::new(),
+            reader: Reader::new("storage", "statvfs of the watched mounts", READ_BUDGET),
+            looked: false,
         }
     }
 
@@ -184,8 +199,20 @@ impl StorageWatcher {
         &self.not_judged
     }
 
-    fn mount_table(&mut self) -> Option<Vec<MountEntry>> {
-        match mounts::read_mountinfo(&self.cfg.proc_root) {
+    /// Read every watched mount here and now and return the alerts to
+    /// raise (the agent loop reads off the loop instead: [`read`], then
+    /// [`StorageWatcher::apply`]).
+    pub fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
+        let r = read(&self.cfg.storage, &self.cfg.proc_root, &self.stat);
+        self.apply(r, now)
+    }
+
+    /// Judge what a pass of [`read`] found: each mount's level, fill rate
+    /// and prediction, and the alerts to raise.
+    pub fn apply(&mut self, read: StorageRead, now: Timestamp) -> Vec<Alert> {
+        let rules = self.rules();
+        let st = self.cfg.storage.clone();
+        let table = match read.table {
             Ok(t) => {
                 self.said_no_mountinfo = false;
                 Some(t)
@@ -197,24 +224,16 @@ impl StorageWatcher {
                 }
                 None
             }
-        }
-    }
-
-    /// Read every mount and return the alerts to raise.
-    pub fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
-        let rules = self.rules();
-        let st = self.cfg.storage.clone();
-        let table = self.mount_table();
-        let watched = watched_mounts(&st, table.as_deref());
+        };
         self.mounts
-            .retain(|m, _| watched.iter().any(|w| &w.mount == m));
+            .retain(|m, _| read.mounts.iter().any(|(w, _)| &w.mount == m));
         let mut alerts = Vec::new();
         let mut last = Vec::new();
         let mut not_judged = Vec::new();
-        for w in &watched {
+        for (w, stat) in read.mounts {
             let mount = &w.mount;
             let state = self.mounts.entry(mount.clone()).or_default();
-            let raw = match (self.stat)(mount) {
+            let raw = match stat {
                 Ok(r) => {
                     state.unreadable = false;
                     r
@@ -387,6 +406,32 @@ impl StorageWatcher {
             self.history.pop_front();
         }
     }
+}
+
+/// What one pass over the watched mounts read: taken off the agent loop
+/// ([`read`]), judged on it ([`StorageWatcher::apply`]).
+pub struct StorageRead {
+    /// `<proc_root>/self/mountinfo`, or why it could not be read.
+    table: crate::Result<Vec<MountEntry>>,
+    /// Every watched mount with its statvfs numbers, or why they could
+    /// not be read.
+    mounts: Vec<(Watched, crate::Result<usage::RawStat>)>,
+}
+
+/// Read the mount table and the statvfs of every watched mount, touching
+/// no state. A statvfs of a hung network mount does not return: this runs
+/// off the agent loop ([`crate::offloop`]).
+pub fn read(st: &StorageConfig, proc_root: &Path, stat: &StatSource) -> StorageRead {
+    let table = mounts::read_mountinfo(proc_root);
+    let watched = watched_mounts(st, table.as_deref().ok());
+    let mounts = watched
+        .into_iter()
+        .map(|w| {
+            let raw = stat(&w.mount);
+            (w, raw)
+        })
+        .collect();
+    StorageRead { table, mounts }
 }
 
 fn what_is_full(u: &MountUsage) -> String {
@@ -615,8 +660,32 @@ impl Antibody for StorageWatcher {
         handles(action)
     }
 
+    /// Judges what arrived and asks for the next read, off the loop (the
+    /// first look waits up to a second for it).
     fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
-        StorageWatcher::sense(self, now)
+        let mut alerts = Antibody::judge(self, now);
+        let (st, root, stat) = (
+            self.cfg.storage.clone(),
+            self.cfg.proc_root.clone(),
+            self.stat.clone(),
+        );
+        if self.reader.ask(move || read(&st, &root, &stat)) && !self.looked {
+            self.looked = true;
+            self.reader.settle(FIRST_LOOK);
+            alerts.extend(Antibody::judge(self, now));
+        }
+        alerts
+    }
+
+    fn arrivals(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Some(self.reader.arrivals())
+    }
+
+    fn judge(&mut self, now: Timestamp) -> Vec<Alert> {
+        match self.reader.take() {
+            Some(read) => self.apply(read, now),
+            None => Vec::new(),
+        }
     }
 
     fn report(&self, hb: &mut Heartbeat) {
@@ -624,6 +693,7 @@ impl Antibody for StorageWatcher {
         hb.metadata.insert("storage".into(), json!(self.usage()));
         hb.metadata
             .insert("storage_not_judged".into(), json!(self.not_judged()));
+        self.reader.report(hb);
     }
 
     fn execute(&mut self, cmd: &Command) -> Execution {

@@ -441,7 +441,11 @@ impl Antibody for ThermalSentinel {
         hb.metadata
             .insert("sensors".into(), json!(self.sensor_count()));
         if let Some((errors, omitted)) = sensor_errors(&self.troubles) {
-            hb.metadata.insert("sensor_errors".into(), errors);
+            if let Value::Object(errors) = errors {
+                for (source, entry) in errors {
+                    crate::offloop::add_sensor_error(hb, &source, entry);
+                }
+            }
             if omitted > 0 {
                 hb.metadata
                     .insert("sensor_errors_omitted".into(), json!(omitted));

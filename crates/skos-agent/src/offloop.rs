@@ -1,0 +1,294 @@
+//! Reading an antibody's sources off the agent loop.
+//!
+//! The storage watcher's `statvfs` of a hung network mount, the mesh
+//! healer's `ip`, `wg` and probes of a dead path, the loop breaker's scan
+//! of `/proc` (a process in uninterruptible sleep can hold a read of its
+//! `cmdline`) may take seconds or never return. A [`Reader`] runs such a
+//! read on one thread of its own: the agent loop asks for a read, goes on
+//! with heartbeats and commands, and judges the reading when it arrives
+//! ([`crate::antibody::Antibody::arrivals`]). A read is asked of an idle
+//! reader only, so one that hangs holds that one thread and nothing else,
+//! and no thread piles up behind it. The thermal sentinel does the same
+//! per sensor source (`thermal::sensors::sources`).
+//!
+//! A read that runs past its budget makes the source `slow`, reported in
+//! the heartbeat's `metadata.sensor_errors` under the source's name (the
+//! shape of the thermal sources' entries) until a read ends within it.
+//! The thread is never joined: dropping the reader returns at once, and a
+//! hung thread ends with the process.
+
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use skos_core::protocol::Heartbeat;
+use skos_core::timefmt::Timestamp;
+use tokio::sync::Notify;
+
+/// Stack of a reader thread, bytes: running a tool, a probe or a scan of
+/// `/proc` and parsing what it gives need little.
+const READER_STACK: usize = 512 * 1024;
+
+/// One read, run on the reader's thread.
+type Job<R> = Box<dyn FnOnce() -> R + Send>;
+
+/// What the reader's thread and the agent loop share.
+struct Slot<R> {
+    /// When the read in progress began (monotonic, and in wall time for
+    /// the report); `None` when idle.
+    running: Option<(Instant, Timestamp)>,
+    /// The last read's result, until taken.
+    done: Option<R>,
+    /// When the last read that ended within its budget ended.
+    last_good: Option<Instant>,
+    /// The run of slow reads in progress: when its first began, and how
+    /// many (the one running included once it is past the budget).
+    slow: Option<(Timestamp, u32)>,
+}
+
+/// One source's reads, on a thread of its own, within a time budget.
+pub struct Reader<R> {
+    /// Its name in `metadata.sensor_errors` (`storage`, `mesh`, `processes`).
+    source: &'static str,
+    /// What it reads, for the report (`statvfs of the watched mounts`).
+    at: &'static str,
+    /// A read longer than this is slow.
+    budget: Duration,
+    jobs: Option<SyncSender<Job<R>>>,
+    shared: Arc<(Mutex<Slot<R>>, Condvar)>,
+    arrivals: Arc<Notify>,
+}
+
+fn lock<R>(m: &Mutex<Slot<R>>) -> MutexGuard<'_, Slot<R>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<R: Send + 'static> Reader<R> {
+    /// A reader of `source` (reading `at`) whose reads are slow past
+    /// `budget`. Its thread starts on the first read.
+    pub fn new(source: &'static str, at: &'static str, budget: Duration) -> Self {
+        Self {
+            source,
+            at,
+            budget,
+            jobs: None,
+            shared: Arc::new((
+                Mutex::new(Slot {
+                    running: None,
+                    done: None,
+                    last_good: None,
+                    slow: None,
+                }),
+                Condvar::new(),
+            )),
+            arrivals: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The signal raised when a read has ended.
+    pub fn arrivals(&self) -> Arc<Notify> {
+        self.arrivals.clone()
+    }
+
+    /// Whether a read is in progress.
+    pub fn busy(&self) -> bool {
+        lock(&self.shared.0).running.is_some()
+    }
+
+    /// Start `read` if no read is in progress; false when one is (the
+    /// source is read again once it ends) or the thread cannot be started.
+    pub fn ask(&mut self, read: impl FnOnce() -> R + Send + 'static) -> bool {
+        {
+            let mut slot = lock(&self.shared.0);
+            if slot.running.is_some() {
+                return false;
+            }
+            slot.running = Some((Instant::now(), chrono::Utc::now()));
+        }
+        if self.jobs.is_none() {
+            self.jobs = self.spawn();
+        }
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|tx| tx.send(Box::new(read)).is_ok());
+        if !sent {
+            lock(&self.shared.0).running = None;
+        }
+        sent
+    }
+
+    fn spawn(&self) -> Option<SyncSender<Job<R>>> {
+        let (tx, rx) = mpsc::sync_channel::<Job<R>>(1);
+        let shared = self.shared.clone();
+        let arrivals = self.arrivals.clone();
+        let budget = self.budget;
+        let spawned = std::thread::Builder::new()
+            .name(format!("skos-read-{}", self.source))
+            .stack_size(READER_STACK)
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let out = job();
+                    let (m, cv) = &*shared;
+                    let mut slot = lock(m);
+                    if let Some((began, at)) = slot.running.take() {
+                        if began.elapsed() <= budget {
+                            slot.last_good = Some(Instant::now());
+                            slot.slow = None;
+                        } else {
+                            let (since, count) = slot.slow.unwrap_or((at, 0));
+                            slot.slow = Some((since, count.saturating_add(1)));
+                        }
+                    }
+                    slot.done = Some(out);
+                    drop(slot);
+                    cv.notify_all();
+                    arrivals.notify_one();
+                }
+            });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::error!(source = self.source, error = %e, "cannot start a reader thread");
+                None
+            }
+        }
+    }
+
+    /// Wait at most `limit` for the read in progress to end.
+    pub fn settle(&self, limit: Duration) {
+        let (m, cv) = &*self.shared;
+        let slot = lock(m);
+        let _ = cv.wait_timeout_while(slot, limit, |s| s.running.is_some() && s.done.is_none());
+    }
+
+    /// The last read's result, once (`None` if none ended since).
+    pub fn take(&mut self) -> Option<R> {
+        lock(&self.shared.0).done.take()
+    }
+
+    /// The source's entry for `metadata.sensor_errors` when it is slow
+    /// (its last read ran, or its read in progress runs, past the budget).
+    pub fn trouble(&self) -> Option<Value> {
+        let slot = lock(&self.shared.0);
+        let running_late = slot
+            .running
+            .filter(|(began, _)| began.elapsed() > self.budget);
+        let (since, count) = match (slot.slow, running_late) {
+            (Some((since, n)), Some(_)) => (since, n.saturating_add(1)),
+            (Some(s), None) => s,
+            (None, Some((_, at))) => (at, 1),
+            (None, None) => return None,
+        };
+        let reading_for = slot.running.map(|(began, _)| began.elapsed().as_secs_f64());
+        let message = match reading_for {
+            Some(s) if s > self.budget.as_secs_f64() => format!(
+                "read in progress for {s:.1} s, past its budget of {} s",
+                self.budget.as_secs_f64()
+            ),
+            _ => format!(
+                "last read ran past its budget of {} s",
+                self.budget.as_secs_f64()
+            ),
+        };
+        Some(json!({
+            "at": self.at,
+            "problem": "slow",
+            "message": message,
+            "since": skos_core::timefmt::format(&since),
+            "count": count,
+            "reading_for_seconds": reading_for,
+            "last_good_seconds": slot.last_good.map(|t| t.elapsed().as_secs_f64()),
+        }))
+    }
+
+    /// Add [`Reader::trouble`] to a heartbeat's `metadata.sensor_errors`.
+    pub fn report(&self, hb: &mut Heartbeat) {
+        if let Some(t) = self.trouble() {
+            add_sensor_error(hb, self.source, t);
+        }
+    }
+}
+
+/// Add one source's entry to a heartbeat's `metadata.sensor_errors` (an
+/// object by source name, shared by every antibody).
+pub fn add_sensor_error(hb: &mut Heartbeat, source: &str, entry: Value) {
+    let errors = hb
+        .metadata
+        .entry("sensor_errors")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !errors.is_object() {
+        *errors = Value::Object(Map::new());
+    }
+    if let Some(o) = errors.as_object_mut() {
+        o.insert(source.to_string(), entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_is_run_off_the_caller_and_its_result_taken_once() {
+        let mut r = Reader::new("test", "a test", Duration::from_secs(5));
+        assert!(r.ask(|| 7));
+        r.settle(Duration::from_secs(5));
+        assert_eq!(r.take(), Some(7));
+        assert_eq!(r.take(), None);
+        assert!(!r.busy());
+        assert!(r.trouble().is_none());
+    }
+
+    #[test]
+    fn a_hung_read_is_not_asked_again_and_is_reported_slow() {
+        let mut r = Reader::new("test", "a test", Duration::from_millis(50));
+        let (release, wait) = mpsc::channel::<()>();
+        assert!(r.ask(move || {
+            let _ = wait.recv();
+            1
+        }));
+        assert!(!r.ask(|| 2), "a second read while the first hangs");
+        r.settle(Duration::from_millis(200));
+        assert_eq!(r.take(), None);
+        let t = r.trouble().expect("slow while it hangs");
+        assert_eq!(t["problem"], "slow");
+        assert_eq!(t["count"], 1);
+        assert!(t["reading_for_seconds"].as_f64() > Some(0.05), "{t}");
+        assert!(t["last_good_seconds"].is_null(), "{t}");
+        // It ends late: still slow (the last read ran past the budget),
+        // then a read within the budget clears it.
+        release.send(()).unwrap();
+        r.settle(Duration::from_secs(5));
+        assert_eq!(r.take(), Some(1));
+        let t = r.trouble().expect("the last read was late");
+        assert_eq!(t["count"], 1);
+        assert!(t["reading_for_seconds"].is_null(), "{t}");
+        assert!(r.ask(|| 3));
+        r.settle(Duration::from_secs(5));
+        assert_eq!(r.take(), Some(3));
+        assert!(r.trouble().is_none());
+    }
+
+    #[test]
+    fn sensor_errors_of_several_sources_are_kept_side_by_side() {
+        let mut hb = Heartbeat {
+            agent_id: "a".into(),
+            agent_type: "agent".into(),
+            node: skos_core::NodeName::parse("a").unwrap(),
+            timestamp: chrono::Utc::now(),
+            cpu_temp: None,
+            gpu_temp: None,
+            storage_percent: None,
+            interval_seconds: None,
+            throttle_level: None,
+            metadata: Map::new(),
+        };
+        add_sensor_error(&mut hb, "hwmon3", json!({"problem": "slow"}));
+        add_sensor_error(&mut hb, "storage", json!({"problem": "slow"}));
+        let errors = hb.metadata["sensor_errors"].as_object().unwrap();
+        assert_eq!(errors.len(), 2);
+        assert!(errors.contains_key("hwmon3") && errors.contains_key("storage"));
+    }
+}
