@@ -21,6 +21,10 @@ use tokio::sync::oneshot;
 use crate::error::Context;
 use crate::{natsutil, Error, Result};
 
+/// The name of the coordinator's runtime threads (its CPU time is read
+/// by that name).
+pub const RUNTIME_THREADS: &str = "coordinator-rt";
+
 pub struct InProcCoordinator {
     pub counters: Counters,
     stop: Option<oneshot::Sender<()>>,
@@ -55,7 +59,7 @@ impl InProcCoordinator {
             .spawn(move || -> Result<()> {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
-                    .thread_name("coordinator-rt")
+                    .thread_name(RUNTIME_THREADS)
                     .enable_all()
                     .build()
                     .ctx("build the coordinator's runtime")?;

@@ -202,6 +202,13 @@ pub struct AlertBurst {
     /// The plain pull consumer beside it.
     pub ceiling: Drain,
     pub ratio: f64,
+    /// CPU seconds of the coordinator's runtime threads over the burst
+    /// (from the first publish until both consumers stopped counting).
+    pub coordinator_cpu_seconds: f64,
+    /// CPU seconds of nats-server over the same window (`None` with
+    /// `--nats-url`): it stores the publisher's alerts and serves the plain
+    /// consumer too.
+    pub server_cpu_seconds: Option<f64>,
 }
 
 /// One alert for each of nodes `first..first + n` into `SKOS_ALERTS`
@@ -248,6 +255,9 @@ async fn alert_burst(
         }
     });
     let pjs = async_nats::jetstream::new(rig.publisher.clone());
+    let server_pid = rig.server.pid();
+    let server_cpu0 = server_pid.and_then(|p| crate::procfs::sample(p).ok());
+    let coord_cpu0 = crate::procfs::own_threads_cpu_ticks(coord::RUNTIME_THREADS);
     let (h0, a0, y0) = (
         rig.handled_watch.progress.count(),
         rig.audited_cmds.count(),
@@ -284,6 +294,16 @@ async fn alert_burst(
         wait_count(&rig.audited_cmds, a0 + n, t0, stall, overall),
         wait_count(&ceil_alerts, y0 + n, t0, stall, overall)
     );
+    let hz = crate::procfs::clock_ticks_per_second() as f64;
+    let coordinator_cpu_seconds = crate::procfs::own_threads_cpu_ticks(coord::RUNTIME_THREADS)
+        .saturating_sub(coord_cpu0) as f64
+        / hz;
+    let server_cpu_seconds = match (server_pid, server_cpu0) {
+        (Some(p), Some(a)) => crate::procfs::sample(p)
+            .ok()
+            .map(|b| crate::procfs::usage(&a, &b).cpu_seconds),
+        _ => None,
+    };
     let coordinator = drain(n, a0, ra, t0);
     let ceiling = drain(n, y0, ry, t0);
     let _ = stream.delete_consumer(&ceiling_name).await;
@@ -295,6 +315,8 @@ async fn alert_burst(
         coordinator_handled: rig.handled_watch.progress.count().saturating_sub(h0),
         ceiling,
         ratio: coordinator.rate / ceiling.rate,
+        coordinator_cpu_seconds,
+        server_cpu_seconds,
     })
 }
 
@@ -372,6 +394,16 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         format!(
             "alerts: coordinator {:.0}/s, plain pull consumer {:.0}/s, lost {} / {}",
             al.coordinator.rate, al.ceiling.rate, al.coordinator.lost, al.ceiling.lost
+        ),
+    );
+    say(
+        S,
+        format!(
+            "alerts: CPU per alert: coordinator {:.0} µs, nats-server {} (whole burst, plain consumer included)",
+            al.coordinator_cpu_seconds * 1e6 / n_alerts as f64,
+            al.server_cpu_seconds
+                .map(|s| format!("{:.0} µs", s * 1e6 / n_alerts as f64))
+                .unwrap_or_else(|| "unknown".into())
         ),
     );
     let snapshot = counters.snapshot();
@@ -469,6 +501,21 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         )
         .at_most(0.0),
     ]);
+    // Where the time of an alert goes, less sensitive to the machine's
+    // load than the rates: CPU per alert of each side over the burst.
+    let per_alert = |seconds: f64| seconds * 1e6 / n_alerts as f64;
+    let mut cpu = Figure::new(
+        S,
+        format!("coordinator CPU per alert ({n_alerts} burst)"),
+        per_alert(al.coordinator_cpu_seconds),
+        "µs",
+    );
+    if let Some(server) = al.server_cpu_seconds {
+        cpu = cpu
+            .beside("nats-server CPU per alert", per_alert(server))
+            .note("the server's share includes the publisher's alerts and the plain consumer");
+    }
+    figures.push(cpu);
     for (n, b, _) in &scale {
         figures.push(
             Figure::new(

@@ -108,6 +108,23 @@ pub fn usage(a: &ProcSample, b: &ProcSample) -> Usage {
     }
 }
 
+/// CPU clock ticks (utime + stime) of this process's threads named
+/// `name` (`/proc/self/task/<tid>/comm`), summed: the in-process
+/// coordinator's runtime threads. Threads that ended are not counted.
+pub fn own_threads_cpu_ticks(name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| parse_stat_cpu(&stat))
+        .sum()
+}
+
 /// The pid of a running process whose command line contains `needle`
 /// (used to find the nats-server started for a run by its store dir).
 pub fn find_pid_by_cmdline(needle: &str) -> Option<u32> {

@@ -41,6 +41,16 @@ pub struct AuditLog {
     term: std::sync::Mutex<Option<u64>>,
 }
 
+/// A failed [`AuditLog::append_many`]: why, and the entries of the batch
+/// not known to be stored, in order (some may be stored all the same when
+/// an answer was lost: the caller checks the trail's tail before it tries
+/// them again).
+#[derive(Debug)]
+pub struct AppendFailed {
+    pub error: Error,
+    pub entries: Vec<AuditEntry>,
+}
+
 /// What `verify` found.
 #[derive(Debug)]
 pub struct VerifyReport {
@@ -165,14 +175,10 @@ impl AuditLog {
     /// one (which re-reads the tail, reseals, and fences a deposed leader).
     /// If an ack does not come (the server went away), the stored prefix is
     /// kept and the error returned: the rest may be stored all the same, so
-    /// the caller checks the trail's tail before it tries again.
-    pub async fn append_many(&self, entries: Vec<AuditEntry>) -> Result<()> {
-        if entries.len() <= 1 {
-            for e in entries {
-                self.append(e).await?;
-            }
-            return Ok(());
-        }
+    /// the caller checks the trail's tail before it tries again. A failure
+    /// gives back the entries not known to be stored ([`AppendFailed`]),
+    /// so the caller need not keep a copy of the batch.
+    pub async fn append_many(&self, entries: Vec<AuditEntry>) -> Result<(), AppendFailed> {
         let term = self.current_term();
         let entries: Vec<AuditEntry> = entries
             .into_iter()
@@ -183,14 +189,21 @@ impl AuditLog {
                 e
             })
             .collect();
-        let rest = {
+        let rest = if entries.len() <= 1 {
+            entries
+        } else {
             let mut guard = self.inner.lock().await;
             let (store, chain) = &mut *guard;
             match store {
                 AuditStore::File { path, file } => {
                     let (path, file) = (&*path, &mut *file);
+                    let back = entries.clone();
                     return tokio::task::block_in_place(|| {
                         append_file_many(path, file, chain, entries).map(drop)
+                    })
+                    .map_err(|error| AppendFailed {
+                        error,
+                        entries: back,
                     });
                 }
                 AuditStore::JetStream {
@@ -207,10 +220,20 @@ impl AuditLog {
                     // the batch holds, sealed on a chain that is not the
                     // stream's.)
                     let mut previous: Option<String> = None;
-                    for entry in &entries {
-                        let record = trial.seal(entry.clone());
-                        let payload = serde_json::to_vec(&record).map_err(stream_err)?;
+                    let mut unsent = entries.into_iter();
+                    let mut failed = None;
+                    for entry in unsent.by_ref() {
+                        // Sealed as it is, not a copy: an entry not stored
+                        // is given back from its record.
+                        let record = trial.seal(entry);
                         let subject = subjects::audit(&record.entry.event_type);
+                        let payload = match serde_json::to_vec(&record) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                failed = Some((stream_err(e), record.entry));
+                                break;
+                            }
+                        };
                         let publish = jetstream::message::PublishMessage::build()
                             .payload(Bytes::from(payload))
                             .message_id(&record.hash);
@@ -218,22 +241,37 @@ impl AuditLog {
                             None => publish.expected_last_sequence(*last_stream_seq),
                             Some(id) => publish.expected_last_message_id(id),
                         };
-                        let ack = js
-                            .send_publish(subject.clone(), publish)
-                            .await
-                            .map_err(|e| Error::subject(&subject, e))?;
-                        sent.push((ack, trial.clone(), subject));
+                        match js.send_publish(subject.clone(), publish).await {
+                            Ok(ack) => sent.push((ack, trial.clone(), subject, record.entry)),
+                            Err(e) => {
+                                failed = Some((Error::subject(&subject, e), record.entry));
+                                break;
+                            }
+                        }
+                    }
+                    if let Some((error, entry)) = failed {
+                        // Those sent may be stored: the caller checks.
+                        let mut entries: Vec<AuditEntry> =
+                            sent.into_iter().map(|(_, _, _, e)| e).collect();
+                        entries.push(entry);
+                        entries.extend(unsent);
+                        return Err(AppendFailed { error, entries });
                     }
                     // Acks in order: the stored prefix advances the chain.
                     let mut stored = 0;
-                    for (ack, after, subject) in sent {
+                    let mut rest = Vec::new();
+                    let mut sent = sent.into_iter();
+                    for (ack, after, subject, entry) in sent.by_ref() {
                         match ack.await {
                             Ok(ack) if stored == 0 || ack.sequence == *last_stream_seq + 1 => {
                                 *chain = after;
                                 *last_stream_seq = ack.sequence;
                                 stored += 1;
                             }
-                            Ok(_) => break,
+                            Ok(_) => {
+                                rest.push(entry);
+                                break;
+                            }
                             // Refused: another writer got in; the rest goes
                             // through `append`, which re-reads the tail.
                             Err(e)
@@ -243,21 +281,36 @@ impl AuditLog {
                                         | PublishErrorKind::WrongLastMessageId
                                 ) =>
                             {
-                                break
+                                rest.push(entry);
+                                break;
                             }
                             // No answer: the entry (and those after it) may
                             // be stored all the same. Not written again here,
                             // where it could be written twice: the caller
                             // checks the trail's tail before it tries again.
-                            Err(e) => return Err(Error::subject(&subject, e)),
+                            Err(e) => {
+                                let mut entries = vec![entry];
+                                entries.extend(sent.map(|(_, _, _, e)| e));
+                                return Err(AppendFailed {
+                                    error: Error::subject(&subject, e),
+                                    entries,
+                                });
+                            }
                         }
                     }
-                    entries.into_iter().skip(stored).collect::<Vec<_>>()
+                    rest.extend(sent.map(|(_, _, _, entry)| entry));
+                    rest
                 }
             }
         };
-        for e in rest {
-            self.append(e).await?;
+        let mut rest = rest.into_iter();
+        while let Some(e) = rest.next() {
+            let back = e.clone();
+            if let Err(error) = self.append(e).await {
+                let mut entries = vec![back];
+                entries.extend(rest);
+                return Err(AppendFailed { error, entries });
+            }
         }
         Ok(())
     }

@@ -88,6 +88,17 @@ pub fn node_of(subject: &str) -> Option<NodeName> {
     NodeName::parse(node).ok()
 }
 
+/// Whether `subject` is a `skos.<kind>.<node>` subject of `node`, as
+/// [`node_of`] would find, without building a name (`node` is valid
+/// already, so the same token is too).
+pub fn is_of_node(subject: &str, node: &NodeName) -> bool {
+    let mut parts = subject.split('.');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some("skos"), Some(_), Some(n), None) if n == node.as_str()
+    )
+}
+
 /// NATS subject matching: `*` is one token, `>` the rest (one or more).
 pub fn matches(pattern: &str, subject: &str) -> bool {
     let mut p = pattern.split('.');
@@ -124,6 +135,29 @@ mod tests {
         assert!(node_of("skos.alert.nova.extra").is_none());
         assert!(node_of("skos.alert").is_none());
         assert!(node_of("other.alert.nova").is_none());
+    }
+
+    #[test]
+    fn a_subject_is_of_a_node_exactly_when_node_of_finds_it() {
+        let nova = NodeName::parse("nova").unwrap();
+        for subject in [
+            "skos.alert.nova",
+            "skos.heartbeat.nova",
+            "skos.alert.lyra",
+            "skos.alert.nova.extra",
+            "skos.alert",
+            "skos.nova",
+            "other.alert.nova",
+            "skos..nova",
+            "skos.alert.nova.",
+            "skos.alert.novae",
+        ] {
+            assert_eq!(
+                is_of_node(subject, &nova),
+                node_of(subject).as_ref() == Some(&nova),
+                "{subject}"
+            );
+        }
     }
 
     #[test]

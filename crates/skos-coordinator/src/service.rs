@@ -95,12 +95,25 @@ const SNAPSHOT_MAX_BYTES: usize = 256 * 1024 * 1024;
 const COMPRESS_FROM: usize = 4096;
 
 /// JSON, zstd-compressed when it is large; [`decode_snapshot`] reads both.
+#[cfg(test)]
 fn encode_snapshot<T: Serialize>(snap: &T) -> std::io::Result<Bytes> {
-    let json = serde_json::to_vec(snap).map_err(std::io::Error::other)?;
-    if json.len() < COMPRESS_FROM {
-        return Ok(Bytes::from(json));
+    let mut buf = Vec::new();
+    encode_snapshot_in(snap, &mut buf).map(|b| Bytes::from(b.into_owned()))
+}
+
+/// [`encode_snapshot`], serialised in `buf` (cleared first, so one buffer
+/// serves every node of a batch without growing a new one each time): the
+/// encoded bytes, borrowed from `buf`, or compressed apart.
+fn encode_snapshot_in<'a, T: Serialize>(
+    snap: &T,
+    buf: &'a mut Vec<u8>,
+) -> std::io::Result<std::borrow::Cow<'a, [u8]>> {
+    buf.clear();
+    serde_json::to_writer(&mut *buf, snap).map_err(std::io::Error::other)?;
+    if buf.len() < COMPRESS_FROM {
+        return Ok(std::borrow::Cow::Borrowed(buf));
     }
-    zstd::bulk::compress(&json, 3).map(Bytes::from)
+    zstd::bulk::compress(buf, 3).map(std::borrow::Cow::Owned)
 }
 
 /// What is saved under a node's key: its part of the engine's state and
@@ -140,6 +153,42 @@ impl From<&Effect> for Kept {
             Effect::Audit(entry) => Kept::Audit {
                 entry: entry.clone(),
             },
+        }
+    }
+}
+
+/// [`Saved`] as written: the effects borrowed from the outbox, not
+/// copied. Serialises exactly as a [`Saved`] holding the same effects.
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    #[serde(flatten)]
+    state: &'a EngineSnapshot,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    effects: Vec<KeptRef<'a>>,
+}
+
+/// [`Kept`], borrowed: the same tags and fields.
+#[derive(Serialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+enum KeptRef<'a> {
+    Command {
+        node: &'a NodeName,
+        command: &'a Command,
+    },
+    Alert {
+        alert: &'a Alert,
+    },
+    Audit {
+        entry: &'a AuditEntry,
+    },
+}
+
+impl<'a> From<&'a Effect> for KeptRef<'a> {
+    fn from(e: &'a Effect) -> Self {
+        match e {
+            Effect::Command(node, command) => KeptRef::Command { node, command },
+            Effect::Alert(alert) => KeptRef::Alert { alert },
+            Effect::Audit(entry) => KeptRef::Audit { entry },
         }
     }
 }
@@ -218,6 +267,8 @@ struct Ctx {
     written: HashMap<NodeName, u64>,
     /// Nodes whose state could not be written: retried every tick.
     unsaved: BTreeSet<NodeName>,
+    /// Where node states are serialised, kept from one to the next.
+    scratch: Vec<u8>,
     signer: Option<Arc<Signer>>,
     engine: Engine,
     bus: Bus,
@@ -501,6 +552,7 @@ async fn lead(
     let mut ctx = Ctx {
         written: HashMap::new(),
         unsaved: BTreeSet::new(),
+        scratch: Vec::new(),
         signer: opts.signer.clone(),
         engine,
         bus: bus.clone(),
@@ -550,9 +602,10 @@ async fn lead(
         tracing::warn!(error = %e, per_node, "messages kept per node not set on the alert and result streams: one node's flood may delay the others");
     }
     // Heartbeats are read and decoded on their own task, and reach the
-    // engine in batches of what is ready; the queue between applies back
-    // pressure (nothing is dropped on this side of the subscription).
-    let (hb_tx, hb_rx) = tokio::sync::mpsc::channel(HEARTBEAT_QUEUE);
+    // engine in batches of what is ready (one queue slot a batch); the
+    // queue between applies back pressure (nothing is dropped on this side
+    // of the subscription).
+    let (hb_tx, hb_rx) = tokio::sync::mpsc::channel(HEARTBEAT_QUEUE / BATCH);
     let decoder = tokio::spawn(decode_heartbeats(
         bus.subscribe(Feed::Heartbeats).await?,
         hb_tx,
@@ -562,8 +615,7 @@ async fn lead(
     let mut heartbeats = futures::stream::poll_fn({
         let mut rx = hb_rx;
         move |cx| rx.poll_recv(cx)
-    })
-    .ready_chunks(BATCH);
+    });
     // Durable messages are handled in batches of what is ready: the
     // batch's state is written, its effects published and audited, then
     // every message in it acknowledged.
@@ -724,8 +776,19 @@ impl Ctx {
         let mut items = Vec::new();
         let mut digests = Vec::new();
         let mut removed = Vec::new();
+        // The outbox's effects by node, gathered once: each node's record
+        // keeps its own, in order (a walk of the whole outbox per node
+        // cost O(nodes × effects) per batch).
+        let mut waiting: HashMap<&NodeName, Vec<&Effect>> = HashMap::new();
+        for e in &self.outbox {
+            if let Some(node) = effect_node_ref(e).filter(|n| nodes.contains(*n)) {
+                waiting.entry(node).or_default().push(e);
+            }
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
         for node in &nodes {
-            match self.node_state(node)? {
+            let effects = waiting.remove(node).unwrap_or_default();
+            match self.node_state(node, effects, &mut buf)? {
                 NodeWrite::Unchanged => {}
                 NodeWrite::Remove => removed.push(node.clone()),
                 NodeWrite::Save(bytes, digest, kept) => {
@@ -733,6 +796,10 @@ impl Ctx {
                     digests.push((node.clone(), digest, kept));
                 }
             }
+        }
+        // Kept for the next batch, unless one huge state made it large.
+        if buf.capacity() <= 1 << 20 {
+            self.scratch = buf;
         }
         let mut done = Ok(());
         for node in &removed {
@@ -765,15 +832,17 @@ impl Ctx {
         Ok(())
     }
 
-    /// What to write for `node`, or that nothing changed.
-    fn node_state(&self, node: &NodeName) -> Result<NodeWrite> {
+    /// What to write for `node`, whose effects waiting in the outbox are
+    /// `effects` (in order), or that nothing changed.
+    /// `buf` is where it is serialised (see [`encode_snapshot_in`]).
+    fn node_state(
+        &self,
+        node: &NodeName,
+        effects: Vec<&Effect>,
+        buf: &mut Vec<u8>,
+    ) -> Result<NodeWrite> {
         let snap = self.engine.node_snapshot(node);
-        let effects: Vec<Kept> = self
-            .outbox
-            .iter()
-            .filter(|e| effect_node(e).as_ref() == Some(node))
-            .map(Kept::from)
-            .collect();
+        let effects: Vec<KeptRef> = effects.into_iter().map(KeptRef::from).collect();
         if snap.is_empty() && effects.is_empty() {
             return Ok(if self.written.contains_key(node) {
                 NodeWrite::Remove
@@ -782,11 +851,11 @@ impl Ctx {
             });
         }
         let kept = !effects.is_empty();
-        let saved = Saved {
-            state: snap,
+        let saved = SavedRef {
+            state: &snap,
             effects,
         };
-        let bytes = encode_snapshot(&saved).map_err(|e| {
+        let bytes = encode_snapshot_in(&saved, buf).map_err(|e| {
             Error::Bus(skos_bus::Error::Io {
                 path: node_key(node).into(),
                 source: e,
@@ -801,7 +870,7 @@ impl Ctx {
         Ok(if self.written.get(node) == Some(&digest) {
             NodeWrite::Unchanged
         } else {
-            NodeWrite::Save(bytes, digest, kept)
+            NodeWrite::Save(Bytes::copy_from_slice(&bytes), digest, kept)
         })
     }
 
@@ -831,13 +900,13 @@ impl Ctx {
     }
 
     fn subject_mismatch(m: &Incoming, node: &skos_core::NodeName) -> Option<DecodeError> {
-        match m.subject_node() {
-            Some(n) if &n == node => None,
-            _ => Some(DecodeError::Invalid(format!(
-                "payload node {node} does not match subject {}",
-                m.subject
-            ))),
+        if skos_bus::subjects::is_of_node(&m.subject, node) {
+            return None;
         }
+        Some(DecodeError::Invalid(format!(
+            "payload node {node} does not match subject {}",
+            m.subject
+        )))
     }
 
     /// Handle a batch of decoded heartbeats (and refusals): the engine
@@ -854,7 +923,7 @@ impl Ctx {
                     let node = hb.node.clone();
                     let decided = self.engine.on_heartbeat(hb, now);
                     if !decided.is_empty() {
-                        touched.extend(effect_nodes(&decided));
+                        touch(&mut touched, &decided);
                         touched.insert(node);
                         effects.extend(decided);
                     }
@@ -969,15 +1038,15 @@ impl Ctx {
         let now = chrono::Utc::now();
         let mut work = Work::default();
         work.effects.extend(self.dropped("alert", &batch, now));
-        let mut ids = Vec::new();
+        let mut alerts = 0usize;
         for m in batch {
             match self.decode_alert(&m) {
                 Ok(mut alert) => {
                     alert.ensure_id();
-                    ids.push(alert.alert_id.clone());
+                    alerts += 1;
                     work.touched.insert(alert.node.clone());
                     let effects = self.engine.on_alert(alert, now);
-                    work.touched.extend(effect_nodes(&effects));
+                    touch(&mut work.touched, &effects);
                     work.effects.extend(effects);
                 }
                 Err(e) => work.effects.push(self.reject("alert", &m, &e)),
@@ -987,7 +1056,7 @@ impl Ctx {
         if !self.finish(work, "alert").await {
             // Not acknowledged: JetStream delivers them again.
             tracing::error!(
-                alerts = ids.len(),
+                alerts,
                 waiting = self.outbox.len(),
                 "alerts' effects not all carried out yet; kept, and the alerts will be delivered again"
             );
@@ -1018,7 +1087,7 @@ impl Ctx {
                     if fresh {
                         work.touched.insert(result.node.clone());
                         let effects = self.engine.on_result(result, now);
-                        work.touched.extend(effect_nodes(&effects));
+                        touch(&mut work.touched, &effects);
                         work.effects.extend(effects);
                     } else {
                         tracing::debug!(action_id = %result.action_id, status = result.status.as_str(), "result already handled");
@@ -1092,7 +1161,7 @@ impl Ctx {
         if !self.still_leader() {
             return false;
         }
-        let blocked = |e: &Effect| effect_node(e).is_some_and(|n| self.unsaved.contains(&n));
+        let blocked = |e: &Effect| effect_node_ref(e).is_some_and(|n| self.unsaved.contains(n));
         if self.outbox.iter().any(blocked) {
             return false;
         }
@@ -1137,9 +1206,11 @@ impl Ctx {
                     }
                 }
             }
-            if let Err(e) = self.audit.append_many(entries.clone()).await {
+            if let Err(failed) = self.audit.append_many(entries).await {
+                // What is not known to be stored waits for the next try.
                 self.audits_uncertain = true;
-                return self.stall(e, entries.into_iter().map(Effect::Audit).collect());
+                let rest = failed.entries.into_iter().map(Effect::Audit).collect();
+                return self.stall(failed.error, rest);
             }
             self.audits_uncertain = false;
             if self.stalled {
@@ -1187,13 +1258,15 @@ impl Ctx {
     async fn publish(&self, e: &Effect) -> skos_bus::Result<()> {
         match e {
             Effect::Command(node, cmd) => {
-                tracing::info!(node = %node, action = %cmd.action_type, action_id = %cmd.action_id, term = ?cmd.term, "sending command");
+                // Per message, so debug: the `command` audit record says it.
+                tracing::debug!(node = %node, action = %cmd.action_type, action_id = %cmd.action_id, term = ?cmd.term, "sending command");
                 self.bus
                     .send_command(node, cmd, self.signer.as_deref())
                     .await
             }
             Effect::Alert(a) => {
-                tracing::info!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), "raising alert");
+                // Per message, so debug: it is audited when it comes back.
+                tracing::debug!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), "raising alert");
                 self.bus.publish_alert(a).await
             }
             Effect::Audit(_) => Ok(()),
@@ -1201,8 +1274,9 @@ impl Ctx {
     }
 }
 
-/// Heartbeats queued between their decoding task and the engine: past
-/// this the task waits (and the subscription's own buffer holds them).
+/// Heartbeats queued between their decoding task and the engine (in
+/// batches of at most [`BATCH`]): past this the task waits (and the
+/// subscription's own buffer holds them).
 const HEARTBEAT_QUEUE: usize = 8192;
 
 /// A message decoded off the service loop, or why it was refused.
@@ -1219,30 +1293,40 @@ struct Refusal {
 }
 
 /// Decode and check heartbeats as they come, and queue them for the
-/// service loop in order; ends when the loop is gone.
+/// service loop in order, in batches of what is ready (one queue send per
+/// batch, not per heartbeat); ends when the loop is gone.
 async fn decode_heartbeats(
-    mut feed: skos_bus::Subscription,
-    tx: tokio::sync::mpsc::Sender<Decoded<Heartbeat>>,
+    feed: skos_bus::Subscription,
+    tx: tokio::sync::mpsc::Sender<Vec<Decoded<Heartbeat>>>,
     max_bytes: usize,
 ) {
-    while let Some(m) = feed.next().await {
-        let hb = decode::<Heartbeat>(&m.payload, max_bytes)
-            .and_then(|h| h.validate().map(|()| h))
-            .and_then(|hb| match Ctx::subject_mismatch(&m, &hb.node) {
-                None => Ok(hb),
-                Some(e) => Err(e),
-            });
-        let d = match hb {
-            Ok(hb) => Decoded::Ok(hb),
-            Err(error) => Decoded::Refused(Refusal {
-                subject: m.subject,
-                bytes: m.payload.len(),
-                error,
-            }),
-        };
-        if tx.send(d).await.is_err() {
+    let mut feed = feed.ready_chunks(BATCH);
+    while let Some(messages) = feed.next().await {
+        let batch = messages
+            .into_iter()
+            .map(|m| decode_heartbeat(m, max_bytes))
+            .collect();
+        if tx.send(batch).await.is_err() {
             return;
         }
+    }
+}
+
+/// One heartbeat decoded and checked, or why it is refused.
+fn decode_heartbeat(m: Incoming, max_bytes: usize) -> Decoded<Heartbeat> {
+    let hb = decode::<Heartbeat>(&m.payload, max_bytes)
+        .and_then(|h| h.validate().map(|()| h))
+        .and_then(|hb| match Ctx::subject_mismatch(&m, &hb.node) {
+            None => Ok(hb),
+            Some(e) => Err(e),
+        });
+    match hb {
+        Ok(hb) => Decoded::Ok(hb),
+        Err(error) => Decoded::Refused(Refusal {
+            subject: m.subject,
+            bytes: m.payload.len(),
+            error,
+        }),
     }
 }
 
@@ -1281,9 +1365,9 @@ fn message_id(m: &Incoming) -> Option<&str> {
 }
 
 async fn ack(m: Incoming) {
-    let subject = m.subject.clone();
+    // The error names the subject.
     if let Err(e) = m.ack().await {
-        tracing::warn!(subject = %subject, error = %e, "ack failed; the message may be delivered again");
+        tracing::warn!(error = %e, "ack failed; the message may be delivered again");
     }
 }
 
@@ -1292,13 +1376,28 @@ fn effect_nodes(effects: &[Effect]) -> BTreeSet<NodeName> {
     effects.iter().filter_map(effect_node).collect()
 }
 
+/// Add the nodes `effects` concern to `touched`, copying only the names
+/// not in it yet.
+fn touch(touched: &mut BTreeSet<NodeName>, effects: &[Effect]) {
+    for node in effects.iter().filter_map(effect_node_ref) {
+        if !touched.contains(node) {
+            touched.insert(node.clone());
+        }
+    }
+}
+
 /// The node an effect concerns, in whose saved state it is kept until it
 /// is carried out (none for an audit entry about no node).
 fn effect_node(e: &Effect) -> Option<NodeName> {
+    effect_node_ref(e).cloned()
+}
+
+/// [`effect_node`], borrowed.
+fn effect_node_ref(e: &Effect) -> Option<&NodeName> {
     match e {
-        Effect::Command(node, _) => Some(node.clone()),
-        Effect::Alert(a) => Some(a.node.clone()),
-        Effect::Audit(entry) => entry.node.clone(),
+        Effect::Command(node, _) => Some(node),
+        Effect::Alert(a) => Some(&a.node),
+        Effect::Audit(entry) => entry.node.as_ref(),
     }
 }
 
@@ -1357,6 +1456,40 @@ mod tests {
         let back: Saved = decode_snapshot(&encode_snapshot(&saved).unwrap()).unwrap();
         let kept: Vec<Effect> = back.effects.into_iter().map(Effect::from).collect();
         assert_eq!(kept, effects);
+        // As written (borrowed from the outbox): the same bytes.
+        let snap = engine.node_snapshot(&node);
+        let written = SavedRef {
+            state: &snap,
+            effects: effects.iter().map(KeptRef::from).collect(),
+        };
+        assert_eq!(
+            encode_snapshot(&written).unwrap(),
+            encode_snapshot(&saved).unwrap()
+        );
+        let command = Command {
+            action_id: "nova:x:throttle_50:1:d".into(),
+            action_type: "throttle_50".into(),
+            parameters: Default::default(),
+            timestamp: at(),
+            node: Some(node.clone()),
+            deadline: Some(at()),
+            cause: Some("a-1".into()),
+            problem: Some("thermal:cpu".into()),
+            term: Some(3),
+        };
+        let effects = [Effect::Command(node.clone(), command)];
+        let owned = Saved {
+            state: engine.node_snapshot(&node),
+            effects: effects.iter().map(Kept::from).collect(),
+        };
+        let borrowed = SavedRef {
+            state: &snap,
+            effects: effects.iter().map(KeptRef::from).collect(),
+        };
+        assert_eq!(
+            encode_snapshot(&borrowed).unwrap(),
+            encode_snapshot(&owned).unwrap()
+        );
         // Written before effects were kept, or with none: a plain snapshot.
         let plain = encode_snapshot(&engine.node_snapshot(&node)).unwrap();
         let back: Saved = decode_snapshot(&plain).unwrap();

@@ -10,9 +10,18 @@ pub const MAX_NODE_NAME_LEN: usize = 128;
 /// A node name that is safe to use as a single NATS subject token and as a
 /// file-name component: non-empty, at most [`MAX_NODE_NAME_LEN`] bytes, no
 /// `.`, `*`, `>`, `/`, whitespace or control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct NodeName(String);
+
+/// Written as the plain string, as `into = "String"` wrote it, without
+/// copying the name first (every state, command and audit record names
+/// nodes).
+impl Serialize for NodeName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeNameError {
@@ -26,6 +35,12 @@ pub enum NodeNameError {
 
 impl NodeName {
     pub fn parse(name: &str) -> Result<Self, NodeNameError> {
+        Self::check(name)?;
+        Ok(Self(name.to_owned()))
+    }
+
+    /// Why `name` is not a valid node name, if it is not.
+    fn check(name: &str) -> Result<(), NodeNameError> {
         if name.is_empty() {
             return Err(NodeNameError::Empty);
         }
@@ -40,7 +55,7 @@ impl NodeName {
                 ch,
             });
         }
-        Ok(Self(name.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -51,7 +66,8 @@ impl NodeName {
 impl TryFrom<String> for NodeName {
     type Error = NodeNameError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
+        Self::check(&value)?;
+        Ok(Self(value))
     }
 }
 
@@ -111,6 +127,7 @@ mod tests {
     fn serde_validates() {
         let ok: NodeName = serde_json::from_str("\"nova\"").unwrap();
         assert_eq!(ok.as_str(), "nova");
+        assert_eq!(serde_json::to_string(&ok).unwrap(), "\"nova\"");
         assert!(serde_json::from_str::<NodeName>("\"a.b\"").is_err());
     }
 }

@@ -38,8 +38,14 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8], limit: usize) -> Result<T, De
             limit,
         });
     }
-    if json_depth(payload) > MAX_JSON_DEPTH {
+    if too_deep(payload, MAX_JSON_DEPTH) {
         return Err(DecodeError::TooDeep);
+    }
+    // Parsed plainly first: tracking the path of every field costs a good
+    // part of the parse, and it is only needed to say where a message is
+    // wrong. A refused message is parsed again with it, for that.
+    if let Ok(value) = serde_json::from_slice(payload) {
+        return Ok(value);
     }
     let de = &mut serde_json::Deserializer::from_slice(payload);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -55,6 +61,15 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8], limit: usize) -> Result<T, De
             DecodeError::Malformed(inner.to_string())
         }
     })
+}
+
+/// Whether `payload` nests brackets deeper than `limit` ([`json_depth`]).
+/// Nesting deeper than the limit needs more opening brackets than that: a
+/// message with fewer (any heartbeat or alert) is not walked string by
+/// string, only its brackets counted.
+fn too_deep(payload: &[u8], limit: usize) -> bool {
+    let opening = payload.iter().filter(|&&b| b == b'[' || b == b'{').count();
+    opening > limit && json_depth(payload) > limit
 }
 
 /// Maximum bracket nesting of a JSON text, counted without parsing it, so a
@@ -587,6 +602,12 @@ mod tests {
         assert_eq!(json_depth(br#"{"a":"[[[[\"[[[[","b":[1]}"#), 2);
         assert_eq!(json_depth(br#"[[1],[2],[3]]"#), 2);
         assert_eq!(json_depth(br#"["\\", [1]]"#), 2);
+        // The bracket count only lets a shallow message through early.
+        let deep = nest(MAX_JSON_DEPTH + 1);
+        assert!(too_deep(deep.as_bytes(), MAX_JSON_DEPTH));
+        assert!(!too_deep(nest(MAX_JSON_DEPTH).as_bytes(), MAX_JSON_DEPTH));
+        let many_in_strings = format!("{{\"a\":\"{}\"}}", "[".repeat(100));
+        assert!(!too_deep(many_in_strings.as_bytes(), MAX_JSON_DEPTH));
     }
 
     #[test]
