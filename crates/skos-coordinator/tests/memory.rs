@@ -71,8 +71,12 @@ static ALLOCATOR: Counting = Counting;
 /// Nodes in the fleet.
 const NODES: usize = 100_000;
 
-/// The most heap the engine may keep per healthy node.
-const BUDGET_PER_NODE: usize = 1024;
+/// The most heap the engine may keep per healthy node. The coordinator's
+/// whole resident memory must stay within 1 KB per node at 100,000 nodes
+/// (`skos-bench footprint`), and the engine is only part of it: about
+/// 410 bytes now, with the service's per-node digests, the allocator's
+/// overhead and the code beside it.
+const BUDGET_PER_NODE: usize = 512;
 
 /// A thermal sentinel's heartbeat, as `skos-bench` sends it.
 fn heartbeat(i: usize, now: chrono::DateTime<chrono::Utc>) -> Heartbeat {
@@ -95,7 +99,7 @@ fn heartbeat(i: usize, now: chrono::DateTime<chrono::Utc>) -> Heartbeat {
 }
 
 #[test]
-fn a_healthy_node_costs_at_most_a_kilobyte() {
+fn a_healthy_node_costs_at_most_half_a_kilobyte() {
     let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("a valid time");
     let mut engine = Engine::new(Config::default(), Counters::default(), "memory");
     // The first heartbeat creates the counters' entries: not per node.

@@ -276,6 +276,9 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
         Duration::from_secs_f64(cfg.coordinator.leader_lease_seconds),
     )
     .await?;
+    // What a burst (a fleet joining at once) freed goes back to the
+    // system instead of staying resident.
+    crate::heap::spawn_trim();
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(skos_coordinator::run(
         cfg,

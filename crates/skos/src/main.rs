@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod fleet;
+mod heap;
 
 use clap::Parser;
 

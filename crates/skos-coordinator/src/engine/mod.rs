@@ -113,7 +113,10 @@ pub enum Effect {
 pub struct Engine {
     cfg: Config,
     counters: Counters,
-    nodes: BTreeMap<NodeName, NodeState>,
+    /// Every node's state, boxed: the map's nodes hold only pointers, so
+    /// its slack (a `BTreeMap` node is often half full) costs a few bytes
+    /// per node, not a few hundred.
+    nodes: BTreeMap<NodeName, Box<NodeState>>,
     /// Open alerts by (node, problem).
     open_alerts: OpenAlerts,
     breakers: Breakers,
@@ -266,8 +269,8 @@ impl Engine {
         let kind = self.agent_type(&hb.agent_type);
         let kept = LastHeartbeat::of(&hb);
         if first {
-            self.nodes
-                .insert(node.clone(), NodeState::new(&hb, kind.clone(), now));
+            let state = NodeState::new(&hb, kind.clone(), now);
+            self.nodes.insert(node.clone(), Box::new(state));
         }
         let Some(state) = self.nodes.get_mut(&node) else {
             return out;
@@ -556,7 +559,7 @@ impl Engine {
         now + self
             .nodes
             .get(node)
-            .and_then(NodeState::clock_offset)
+            .and_then(|state| state.clock_offset())
             .unwrap_or_else(Duration::zero)
     }
 

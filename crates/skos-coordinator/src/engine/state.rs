@@ -38,8 +38,9 @@ pub(super) struct NodeState {
     pub(in crate::engine) skewed: bool,
     /// The agents that sent its heartbeats, and when each was last heard.
     pub(in crate::engine) agents: Agents,
-    /// Since when every temperature has been below `warning - hysteresis`.
-    pub(in crate::engine) cool_since: Option<CoolSince>,
+    /// Since when every temperature has been below `warning - hysteresis`
+    /// (only while throttled): boxed, as most nodes never have one.
+    pub(in crate::engine) cool_since: Option<Box<CoolSince>>,
     /// The last [`OFFSET_SAMPLES`] clock offsets measured from heartbeats
     /// (the agent's timestamp minus the time the heartbeat arrived).
     pub(in crate::engine) offsets: Offsets,
@@ -61,8 +62,7 @@ impl NodeState {
         agent_type: AgentType,
         now: Timestamp,
     ) -> Self {
-        let mut agents = Agents::default();
-        agents.record(&heartbeat.agent_id, agent_type, now);
+        let agents = Agents::new(&heartbeat.agent_id, agent_type, now);
         let mut throttle_originals = Vec::new();
         if let Some(r) = super::originals::reported(heartbeat) {
             super::originals::merge(&mut throttle_originals, r);
@@ -297,57 +297,104 @@ pub(super) struct AgentSeen {
     pub(in crate::engine) seen: Timestamp,
 }
 
-/// A node's agents, by id, and which one sent its last heartbeat.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Agents {
-    /// Sorted by id.
-    seen: Vec<AgentSeen>,
-    /// The index in `seen` of the agent of the last heartbeat.
-    last: usize,
+impl AgentSeen {
+    /// `id`, of type `kind`, first heard at `now`.
+    fn new(id: &str, kind: AgentType, now: Timestamp) -> Self {
+        Self {
+            id: id.into(),
+            kind,
+            seen: now,
+        }
+    }
+
+    /// Heard again at `now`, as an agent of type `kind`.
+    fn heard(&mut self, kind: AgentType, now: Timestamp) {
+        if self.kind != kind {
+            self.kind = kind;
+        }
+        self.seen = now;
+    }
+}
+
+/// A node's agents, by id, and which one sent its last heartbeat. Most
+/// nodes have one agent, kept inline: a fleet of them costs no allocation
+/// for it.
+#[derive(Debug, Clone)]
+pub(super) enum Agents {
+    /// The node's only agent so far.
+    One(AgentSeen),
+    /// Several agents, sorted by id, and the index in `seen` of the agent
+    /// of the last heartbeat.
+    Many { seen: Vec<AgentSeen>, last: usize },
 }
 
 impl Agents {
+    /// Agents of a node first heard from `id`, an agent of type `kind`, at
+    /// `now`.
+    pub(in crate::engine) fn new(id: &str, kind: AgentType, now: Timestamp) -> Self {
+        Self::One(AgentSeen::new(id, kind, now))
+    }
+
     /// `id`, an agent of type `kind`, sent a heartbeat at `now`.
     pub(in crate::engine) fn record(&mut self, id: &str, kind: AgentType, now: Timestamp) {
-        match self.seen.binary_search_by(|a| (*a.id).cmp(id)) {
+        if let Self::One(agent) = self {
+            if &*agent.id == id {
+                agent.heard(kind, now);
+                return;
+            }
+        }
+        let none = Self::Many {
+            seen: Vec::new(),
+            last: 0,
+        };
+        let mut seen = match std::mem::replace(self, none) {
+            Self::One(agent) => vec![agent],
+            Self::Many { seen, .. } => seen,
+        };
+        let last = match seen.binary_search_by(|a| (*a.id).cmp(id)) {
             Ok(i) => {
-                let agent = &mut self.seen[i];
-                if agent.kind != kind {
-                    agent.kind = kind;
-                }
-                agent.seen = now;
-                self.last = i;
+                seen[i].heard(kind, now);
+                i
             }
             Err(i) => {
-                self.seen.reserve_exact(1);
-                self.seen.insert(
-                    i,
-                    AgentSeen {
-                        id: id.into(),
-                        kind,
-                        seen: now,
-                    },
-                );
-                self.last = i;
+                seen.reserve_exact(1);
+                seen.insert(i, AgentSeen::new(id, kind, now));
+                i
             }
+        };
+        *self = Self::Many { seen, last };
+    }
+
+    /// Every agent, sorted by id.
+    fn all(&self) -> &[AgentSeen] {
+        match self {
+            Self::One(agent) => std::slice::from_ref(agent),
+            Self::Many { seen, .. } => seen,
         }
     }
 
     /// The agent of the last heartbeat.
     pub(in crate::engine) fn last(&self) -> Option<&AgentSeen> {
-        self.seen.get(self.last)
+        match self {
+            Self::One(agent) => Some(agent),
+            Self::Many { seen, last } => seen.get(*last),
+        }
     }
 
     /// Every agent as (id, (type, last heard)), by id.
     pub(in crate::engine) fn iter(&self) -> impl Iterator<Item = (&str, (&str, &Timestamp))> {
-        self.seen.iter().map(|a| (&*a.id, (&*a.kind, &a.seen)))
+        self.all().iter().map(|a| (&*a.id, (&*a.kind, &a.seen)))
     }
 }
 
-/// The last [`OFFSET_SAMPLES`] clock offsets, in a ring.
+/// The last [`OFFSET_SAMPLES`] clock offsets, in a ring. Each is kept as
+/// its whole seconds and the nanoseconds beyond them (as
+/// [`Duration::num_seconds`] and [`Duration::subsec_nanos`] give them):
+/// the same values as [`Duration`]s, in 12 bytes each instead of 16.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Offsets {
-    samples: [Duration; OFFSET_SAMPLES],
+    secs: [i64; OFFSET_SAMPLES],
+    nanos: [i32; OFFSET_SAMPLES],
     /// How many samples are kept (up to [`OFFSET_SAMPLES`]).
     len: u8,
     /// Where the next sample goes.
@@ -358,16 +405,23 @@ impl Offsets {
     /// Keep `offset`, forgetting the oldest sample past [`OFFSET_SAMPLES`].
     fn push(&mut self, offset: Duration) {
         let next = usize::from(self.next) % OFFSET_SAMPLES;
-        self.samples[next] = offset;
+        self.secs[next] = offset.num_seconds();
+        self.nanos[next] = offset.subsec_nanos();
         self.next = ((next + 1) % OFFSET_SAMPLES) as u8;
         if usize::from(self.len) < OFFSET_SAMPLES {
             self.len += 1;
         }
     }
 
+    /// The sample kept at `i`.
+    fn get(&self, i: usize) -> Option<Duration> {
+        let secs = Duration::try_seconds(*self.secs.get(i)?)?;
+        secs.checked_add(&Duration::nanoseconds(i64::from(*self.nanos.get(i)?)))
+    }
+
     /// The largest sample kept.
     fn max(&self) -> Option<Duration> {
-        self.samples[..usize::from(self.len)].iter().max().copied()
+        (0..usize::from(self.len)).filter_map(|i| self.get(i)).max()
     }
 }
 
@@ -645,7 +699,7 @@ impl Engine {
                 .contains(&name, &super::kinds::clock::problem());
             self.watchers
                 .update(&name, &[], state.heartbeat.mesh_peers());
-            self.nodes.insert(name, state);
+            self.nodes.insert(name, Box::new(state));
         }
     }
 
@@ -660,5 +714,68 @@ impl Engine {
             self.agent_types.insert(kind.clone());
         }
         kind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        chrono::DateTime::from_timestamp(1_700_000_000 + secs, 0).expect("a valid time")
+    }
+
+    #[test]
+    fn offsets_keep_every_sample_exactly() {
+        let mut o = Offsets::default();
+        assert_eq!(o.max(), None);
+        let samples = [
+            Duration::milliseconds(-1_500),
+            Duration::nanoseconds(-1),
+            Duration::nanoseconds(999_999_999),
+            Duration::seconds(-3600) - Duration::nanoseconds(7),
+        ];
+        for s in samples {
+            o.push(s);
+            assert_eq!(o.get(usize::from(o.len) - 1), Some(s));
+        }
+        assert_eq!(o.max(), Some(Duration::nanoseconds(999_999_999)));
+        // The oldest samples leave the window.
+        for _ in 0..OFFSET_SAMPLES {
+            o.push(Duration::milliseconds(-2));
+        }
+        assert_eq!(o.max(), Some(Duration::milliseconds(-2)));
+        let mut extremes = Offsets::default();
+        extremes.push(Duration::MIN);
+        assert_eq!(extremes.max(), Some(Duration::MIN));
+        extremes.push(Duration::MAX);
+        assert_eq!(extremes.max(), Some(Duration::MAX));
+    }
+
+    #[test]
+    fn agents_of_a_node_are_kept_by_id_with_the_last_one() {
+        let kind: AgentType = Arc::from("thermal_sentinel");
+        let mut agents = Agents::new("b", kind.clone(), at(0));
+        agents.record("b", kind.clone(), at(1));
+        assert!(matches!(agents, Agents::One(_)));
+        assert_eq!(agents.last().map(|a| (&*a.id, a.seen)), Some(("b", at(1))));
+        agents.record("a", Arc::from("other"), at(2));
+        agents.record("c", kind.clone(), at(3));
+        let ids: Vec<_> = agents.iter().map(|(id, (k, s))| (id, k, *s)).collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("a", "other", at(2)),
+                ("b", "thermal_sentinel", at(1)),
+                ("c", "thermal_sentinel", at(3))
+            ]
+        );
+        assert_eq!(agents.last().map(|a| &*a.id), Some("c"));
+        agents.record("a", kind, at(4));
+        assert_eq!(
+            agents.last().map(|a| (&*a.id, &*a.kind, a.seen)),
+            Some(("a", "thermal_sentinel", at(4)))
+        );
+        assert_eq!(agents.iter().count(), 3);
     }
 }

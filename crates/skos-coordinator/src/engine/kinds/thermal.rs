@@ -142,10 +142,10 @@ impl Engine {
             state.cool_since = None;
             return;
         }
-        let since = *state.cool_since.get_or_insert(CoolSince {
-            at: now,
-            agent_at: hb.timestamp,
-        });
+        let agent_at = hb.timestamp;
+        let since = **state
+            .cool_since
+            .get_or_insert_with(|| Box::new(CoolSince { at: now, agent_at }));
         if now - since.at < clear_for {
             return;
         }
