@@ -280,11 +280,15 @@ impl Agent {
     async fn command(&mut self, m: Incoming) {
         let now = chrono::Utc::now();
         let limit = self.cfg.nats.max_message_bytes;
-        if let Err(e) = self.verifier.check(
-            &m.payload,
-            m.header(trust::HEADER_SIGNER),
-            m.header(trust::HEADER_SIGNATURE),
-        ) {
+        let headers = trust::CommandHeaders {
+            signer: m.header(trust::HEADER_SIGNER),
+            signature: m.header(trust::HEADER_SIGNATURE),
+            context: m.header(trust::HEADER_CONTEXT),
+        };
+        if let Err(e) =
+            self.verifier
+                .check_command(&m.subject, self.node().as_str(), &m.payload, &headers)
+        {
             self.counters.inc(Counter::CommandsRejectedSignature);
             tracing::warn!(subject = %m.subject, error = %e, "refused command");
             if let Some(id) = loose_action_id(&m.payload) {
@@ -308,7 +312,17 @@ impl Agent {
             }
         };
         let known = lock(&self.executed).get(&cmd.action_id).cloned();
-        let (gate, new_term) = gate(&cmd, self.node(), now, known.as_ref(), self.fence.highest());
+        let max_ahead = chrono::Duration::milliseconds(
+            (self.cfg.trust.max_deadline_seconds * 1000.0).min(i64::MAX as f64) as i64,
+        );
+        let (gate, new_term) = gate(
+            &cmd,
+            self.node(),
+            now,
+            known.as_ref(),
+            self.fence.highest(),
+            max_ahead,
+        );
         if let Some(t) = new_term {
             self.fence.raise(t);
         }
@@ -503,12 +517,33 @@ fn gate(
     now: Timestamp,
     executed: Option<&State>,
     highest: Option<u64>,
+    max_ahead: chrono::Duration,
 ) -> (Gate, Option<u64>) {
     let refuse = |status, message: String| (Gate::Refuse(Outcome::new(status, message)), None);
-    if cmd.node.as_ref().is_some_and(|n| n != node) {
+    match &cmd.node {
+        Some(n) if n != node => {
+            return refuse(
+                ResultStatus::Rejected,
+                "command is addressed to another node".into(),
+            )
+        }
+        Some(_) => {}
+        // A command valid on every node could be replayed on each.
+        None => {
+            return refuse(
+                ResultStatus::Rejected,
+                "command names no node (a command must name the node it is for)".into(),
+            )
+        }
+    }
+    if let Some(d) = cmd.deadline.filter(|d| *d - now > max_ahead) {
         return refuse(
             ResultStatus::Rejected,
-            "command is addressed to another node".into(),
+            format!(
+                "deadline {} is more than trust.max_deadline_seconds ({} s) away",
+                skos_core::timefmt::format(&d),
+                max_ahead.num_seconds()
+            ),
         );
     }
     match executed {

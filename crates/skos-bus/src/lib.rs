@@ -257,8 +257,10 @@ impl Bus {
     /// Durable: returns once the stream has stored the command. The
     /// `action_id` is the message id, so a command re-sent after a
     /// coordinator crash is stored once.
-    /// With a signer, the signature over the exact payload bytes travels
-    /// in the `Skos-Signer` / `Skos-Signature` headers.
+    /// With a signer, the signature of the command message (the context,
+    /// the subject, the node and the exact payload bytes:
+    /// [`trust::command_message`]) travels in the `Skos-Signer`,
+    /// `Skos-Signature` and `Skos-Signature-Context` headers.
     pub async fn send_command(
         &self,
         node: &NodeName,
@@ -268,13 +270,7 @@ impl Bus {
         let subject = subjects::command(node);
         let payload = encode(&subject, cmd)?;
         let headers = match signer {
-            Some(s) => {
-                let (who, sig) = s.sign(&payload)?;
-                vec![
-                    (trust::HEADER_SIGNER.to_string(), who),
-                    (trust::HEADER_SIGNATURE.to_string(), sig),
-                ]
-            }
+            Some(s) => s.sign_command(&subject, node.as_str(), &payload)?,
             None => Vec::new(),
         };
         self.publish_durable(&subject, payload, Some(&cmd.action_id), &headers)

@@ -6,7 +6,16 @@
 //! which ignore headers, can still read it):
 //!
 //! * `Skos-Signer`: the signer's public key (`U...`),
-//! * `Skos-Signature`: base64url (no padding) of the Ed25519 signature.
+//! * `Skos-Signature`: base64url (no padding) of the Ed25519 signature,
+//! * `Skos-Signature-Context`: [`COMMAND_CONTEXT`].
+//!
+//! What is signed is not the payload alone but a labelled message
+//! ([`command_message`]): the context, the subject, the target node and the
+//! payload. A signature made for anything else (a NATS login signs the
+//! server's nonce, whatever the server chose, with its nkey) or for another
+//! node's command cannot pass. The key that signs commands must not be a
+//! NATS login key as well ([`login_key_reused`]): a hostile server could
+//! then send a labelled command as its nonce.
 
 use std::path::Path;
 
@@ -18,6 +27,62 @@ use crate::{Error, Result};
 
 pub const HEADER_SIGNER: &str = "Skos-Signer";
 pub const HEADER_SIGNATURE: &str = "Skos-Signature";
+pub const HEADER_CONTEXT: &str = "Skos-Signature-Context";
+
+/// The purpose a command signature is made for, first in what is signed.
+pub const COMMAND_CONTEXT: &str = "skos-command-v1";
+
+/// What a command's signature covers: [`COMMAND_CONTEXT`], the subject it
+/// is published on, the node it is for and the payload bytes, separated by
+/// NUL bytes (which neither a subject nor a node name may hold).
+pub fn command_message(subject: &str, node: &str, payload: &[u8]) -> Vec<u8> {
+    let mut m =
+        Vec::with_capacity(COMMAND_CONTEXT.len() + subject.len() + node.len() + payload.len() + 3);
+    for part in [
+        COMMAND_CONTEXT.as_bytes(),
+        subject.as_bytes(),
+        node.as_bytes(),
+    ] {
+        m.extend_from_slice(part);
+        m.push(0);
+    }
+    m.extend_from_slice(payload);
+    m
+}
+
+/// The first nkeys seed in a file (an nkey seed file, or a `.creds` file,
+/// whose seed block holds one), if any.
+fn seed_in(path: &Path) -> Result<Option<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("SU"))
+        .map(str::to_owned))
+}
+
+/// The NATS login key file (`nats.nkey_seed_file` or `nats.creds_file`)
+/// that holds the same key as `signer`, if one does. A NATS server signs
+/// its login nonce with the login key: one key for both would let a hostile
+/// server obtain a command signature.
+pub fn login_key_reused(
+    signer: &Signer,
+    login_files: &[&Path],
+) -> Result<Option<std::path::PathBuf>> {
+    for path in login_files {
+        if let Some(seed) = seed_in(path)? {
+            let same =
+                KeyPair::from_seed(&seed).is_ok_and(|k| k.public_key() == signer.public_key());
+            if same {
+                return Ok(Some(path.to_path_buf()));
+            }
+        }
+    }
+    Ok(None)
+}
 
 /// Why a command's signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +95,8 @@ pub enum TrustError {
     BadSignature(String),
     #[error("malformed signature header: {0}")]
     Malformed(String),
+    #[error("signature made for {0:?}, not for a command (a coordinator older than this agent, or a signature taken for another purpose)")]
+    WrongContext(String),
 }
 
 /// The coordinator's signing key.
@@ -80,7 +147,24 @@ impl Signer {
         self.key.public_key()
     }
 
-    /// The two header values for a payload.
+    /// The headers of a command published on `subject` for `node`: the
+    /// signer, the signature of [`command_message`] and the context.
+    pub fn sign_command(
+        &self,
+        subject: &str,
+        node: &str,
+        payload: &[u8],
+    ) -> Result<Vec<(String, String)>> {
+        let (signer, signature) = self.sign(&command_message(subject, node, payload))?;
+        Ok(vec![
+            (HEADER_SIGNER.to_string(), signer),
+            (HEADER_SIGNATURE.to_string(), signature),
+            (HEADER_CONTEXT.to_string(), COMMAND_CONTEXT.to_string()),
+        ])
+    }
+
+    /// The two header values for a message (what [`Signer::sign_command`]
+    /// signs; anything else signed with a command key is a hazard).
     pub fn sign(&self, payload: &[u8]) -> Result<(String, String)> {
         let sig = self.key.sign(payload).map_err(|e| Error::Corrupt {
             path: "signing key".into(),
@@ -88,6 +172,14 @@ impl Signer {
         })?;
         Ok((self.key.public_key(), URL_SAFE_NO_PAD.encode(sig)))
     }
+}
+
+/// The signature headers a command came with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommandHeaders<'a> {
+    pub signer: Option<&'a str>,
+    pub signature: Option<&'a str>,
+    pub context: Option<&'a str>,
 }
 
 /// The agent's side: the coordinator keys it trusts (several, so keys can
@@ -120,8 +212,36 @@ impl Verifier {
         self.keys.len()
     }
 
-    /// Check a payload against its headers. `Ok(None)`: unsigned but
-    /// signatures are not required. `Ok(Some(signer))`: a trusted signature.
+    /// Check a command that arrived on `subject` for `node` against its
+    /// headers: its signature must be over [`command_message`] with
+    /// [`COMMAND_CONTEXT`]. `Ok(None)`: unsigned but signatures are not
+    /// required. `Ok(Some(signer))`: a trusted signature.
+    pub fn check_command(
+        &self,
+        subject: &str,
+        node: &str,
+        payload: &[u8],
+        headers: &CommandHeaders<'_>,
+    ) -> Result<Option<String>, TrustError> {
+        if headers.signer.is_some() || headers.signature.is_some() {
+            match headers.context.map(str::trim) {
+                Some(COMMAND_CONTEXT) => {}
+                Some(other) => {
+                    return Err(TrustError::WrongContext(other.chars().take(64).collect()))
+                }
+                None => return Err(TrustError::WrongContext("nothing".into())),
+            }
+        }
+        self.check(
+            &command_message(subject, node, payload),
+            headers.signer,
+            headers.signature,
+        )
+    }
+
+    /// Check a message against its signature headers. `Ok(None)`: unsigned
+    /// but signatures are not required. `Ok(Some(signer))`: a trusted
+    /// signature.
     pub fn check(
         &self,
         payload: &[u8],
@@ -201,6 +321,107 @@ mod tests {
         ));
         let lax = Verifier::new(&[], false).unwrap();
         assert_eq!(lax.check(payload, None, None), Ok(None));
+    }
+
+    fn headers(h: &[(String, String)]) -> CommandHeaders<'_> {
+        let get = |name: &str| h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        CommandHeaders {
+            signer: get(HEADER_SIGNER),
+            signature: get(HEADER_SIGNATURE),
+            context: get(HEADER_CONTEXT),
+        }
+    }
+
+    #[test]
+    fn command_signatures_are_bound_to_their_purpose_subject_and_node() {
+        let s = Signer::ephemeral();
+        let v = Verifier::new(&[s.public_key()], true).unwrap();
+        let payload = br#"{"action_id":"a","action_type":"throttle_100","node":"b"}"#;
+        let h = s.sign_command("skos.command.b", "b", payload).unwrap();
+        let who = s.public_key();
+        assert_eq!(
+            v.check_command("skos.command.b", "b", payload, &headers(&h)),
+            Ok(Some(who.clone()))
+        );
+        // The same signature on another node's subject, or for another node.
+        assert_eq!(
+            v.check_command("skos.command.a", "b", payload, &headers(&h)),
+            Err(TrustError::BadSignature(who.clone()))
+        );
+        assert_eq!(
+            v.check_command("skos.command.b", "a", payload, &headers(&h)),
+            Err(TrustError::BadSignature(who.clone()))
+        );
+        // A signature over the bare payload (what an nkey login gives a
+        // server that chose it as its nonce), with or without the context.
+        let (signer, bare) = s.sign(payload).unwrap();
+        let mut forged = CommandHeaders {
+            signer: Some(&signer),
+            signature: Some(&bare),
+            context: None,
+        };
+        assert!(matches!(
+            v.check_command("skos.command.b", "b", payload, &forged),
+            Err(TrustError::WrongContext(_))
+        ));
+        forged.context = Some(COMMAND_CONTEXT);
+        assert_eq!(
+            v.check_command("skos.command.b", "b", payload, &forged),
+            Err(TrustError::BadSignature(who.clone()))
+        );
+        // Another context, or none, with a good signature.
+        let mut other = headers(&h);
+        other.context = Some("nats-login");
+        assert_eq!(
+            v.check_command("skos.command.b", "b", payload, &other),
+            Err(TrustError::WrongContext("nats-login".into()))
+        );
+        // Unsigned: refused when required, passed through when not.
+        let none = CommandHeaders::default();
+        assert_eq!(
+            v.check_command("skos.command.b", "b", payload, &none),
+            Err(TrustError::Unsigned)
+        );
+        let lax = Verifier::new(&[], false).unwrap();
+        assert_eq!(
+            lax.check_command("skos.command.b", "b", payload, &none),
+            Ok(None)
+        );
+        // Parts cannot slide into each other.
+        assert_ne!(
+            command_message("skos.command.b", "b", b"x"),
+            command_message("skos.command.", "bb", b"x")
+        );
+    }
+
+    #[test]
+    fn a_login_key_that_also_signs_commands_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seed, _) = Signer::generate().unwrap();
+        let login = dir.path().join("login.nk");
+        std::fs::write(&login, format!("{seed}\n")).unwrap();
+        let creds = dir.path().join("node.creds");
+        std::fs::write(
+            &creds,
+            format!(
+                "-----BEGIN NATS USER JWT-----\neyJ0eXAi\n------END NATS USER JWT------\n\n                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            ),
+        )
+        .unwrap();
+        let signing = dir.path().join("signing.nk");
+        std::fs::write(&signing, format!("{seed}\n")).unwrap();
+        let same = Signer::from_seed_file(&signing).unwrap();
+        assert_eq!(
+            login_key_reused(&same, &[&login]).unwrap(),
+            Some(login.clone())
+        );
+        assert_eq!(
+            login_key_reused(&same, &[&creds]).unwrap(),
+            Some(creds.clone())
+        );
+        let own = Signer::ephemeral();
+        assert_eq!(login_key_reused(&own, &[&login, &creds]).unwrap(), None);
+        assert!(login_key_reused(&own, &[&dir.path().join("missing.nk")]).is_err());
     }
 
     #[test]

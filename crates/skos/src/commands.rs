@@ -258,18 +258,32 @@ async fn connect(cfg: &Config, name: &str) -> Result<NatsBus> {
 }
 
 async fn coordinator(cfg: Config) -> Result<ExitCode> {
-    let nats = connect(&cfg, "skos-coordinator").await?;
-    let audit = Arc::new(AuditLog::open_jetstream(&nats).await?);
-    let state = StateStore::jetstream(&nats).await?;
+    // Before logging in: a signing key that is also the login key is
+    // refused.
     let signer = match &cfg.trust.signing_key_file {
         Some(path) => {
             warn_if_exposed(path);
             let s = Signer::from_seed_file(path)?;
+            let logins: Vec<&std::path::Path> = [&cfg.nats.nkey_seed_file, &cfg.nats.creds_file]
+                .into_iter()
+                .flatten()
+                .map(|p| p.as_path())
+                .collect();
+            if let Some(login) = skos_bus::trust::login_key_reused(&s, &logins)? {
+                anyhow::bail!(
+                    "trust.signing_key_file ({}) holds the same key as the NATS login key in {}: a NATS server signs its login nonce with that key, so it could obtain a command signature; sign commands with a key of their own (`skos keys generate`)",
+                    path.display(),
+                    login.display()
+                );
+            }
             tracing::info!(public_key = %s.public_key(), "commands are signed");
             Some(Arc::new(s))
         }
         None => None,
     };
+    let nats = connect(&cfg, "skos-coordinator").await?;
+    let audit = Arc::new(AuditLog::open_jetstream(&nats).await?);
+    let state = StateStore::jetstream(&nats).await?;
     let lease = Lease::open(
         &nats,
         lease::holder_id(),

@@ -74,6 +74,10 @@ pub fn nats_config(nodes: &[String], out: &Path) -> Result<ExitCode> {
         .with_context(|| format!("cannot chmod {}", out.display()))?;
     let (coord_seed, coord_public) = Signer::generate()?;
     write_seed(&out.join("coordinator.nk"), &coord_seed)?;
+    // Commands are signed with a key of their own: a NATS server signs
+    // its login nonce with the login key, whatever nonce it chose.
+    let (signing_seed, signing_public) = Signer::generate()?;
+    write_seed(&out.join("coordinator-signing.nk"), &signing_seed)?;
     let mut users = vec![format!(
         "    # the coordinator (and operators' skos status / audit)\n    {{ nkey: {coord_public}, permissions: {{ publish: \">\", subscribe: \">\" }} }}"
     )];
@@ -94,10 +98,11 @@ authorization {{\n  users = [\n{}\n  ]\n}}",
         dir = out.display()
     );
     eprintln!(
-        "skos: wrote {} seed files to {} (mode 600); the coordinator's nkey is also a good command signing key: trust.signing_key_file: {}",
-        names.len() + 1,
+        "skos: wrote {} seed files to {} (mode 600). Coordinator: nats.nkey_seed_file: {}, trust.signing_key_file: {} (a separate key: never use a login key to sign commands). Agents: trust.coordinator_keys: [{signing_public}]",
+        names.len() + 2,
         out.display(),
-        out.join("coordinator.nk").display()
+        out.join("coordinator.nk").display(),
+        out.join("coordinator-signing.nk").display()
     );
     Ok(ExitCode::SUCCESS)
 }

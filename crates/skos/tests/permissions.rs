@@ -72,9 +72,9 @@ fn agents_are_confined_to_their_own_subjects() {
     let nats = NatsServer::start_with_config(Some(conf));
     let keys = work.path().join("keys");
     let trust = format!(
-        "trust:\n  signing_key_file: {k}/coordinator.nk\n  coordinator_keys: [{public}]\n",
+        "trust:\n  signing_key_file: {k}/coordinator-signing.nk\n  coordinator_keys: [{public}]\n",
         k = keys.display(),
-        public = skos_bus::trust::Signer::from_seed_file(&keys.join("coordinator.nk"))
+        public = skos_bus::trust::Signer::from_seed_file(&keys.join("coordinator-signing.nk"))
             .unwrap()
             .public_key()
     );
@@ -194,7 +194,8 @@ fn agents_are_confined_to_their_own_subjects() {
         ))
         .expect("the coordinator's key connects"),
     );
-    let signer = skos_bus::trust::Signer::from_seed_file(&keys.join("coordinator.nk")).unwrap();
+    let signer =
+        skos_bus::trust::Signer::from_seed_file(&keys.join("coordinator-signing.nk")).unwrap();
     // Under the leader's term: agents refuse commands without one once a
     // leader has spoken.
     let term = wait_for(Duration::from_secs(20), "the leader's term", || {

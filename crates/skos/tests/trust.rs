@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use serde_json::{json, Value};
-use skos_bus::trust::{Signer, HEADER_SIGNATURE, HEADER_SIGNER};
+use skos_bus::trust::{Signer, COMMAND_CONTEXT, HEADER_CONTEXT, HEADER_SIGNATURE, HEADER_SIGNER};
 use skos_bus::{Bus, NatsBus, NatsOptions};
 use skos_testsupport::cpufreq::{fake_cpufreq, read_khz};
 use skos_testsupport::nats::NatsServer;
@@ -49,9 +49,15 @@ fn command_with(id: &str, action: &str, node: &str, deadline_in: i64, parameters
     )
 }
 
+/// The headers of a command for nova signed as the coordinator signs it.
 fn signed(s: &Signer, payload: &Bytes) -> Vec<(String, String)> {
-    let (who, sig) = s.sign(payload).unwrap();
-    vec![(HEADER_SIGNER.into(), who), (HEADER_SIGNATURE.into(), sig)]
+    signed_for(s, "nova", payload)
+}
+
+/// Signed as a command for `node` (on its subject).
+fn signed_for(s: &Signer, node: &str, payload: &Bytes) -> Vec<(String, String)> {
+    s.sign_command(&format!("skos.command.{node}"), node, payload)
+        .unwrap()
 }
 
 fn results(nats: &NatsServer) -> Vec<Value> {
@@ -148,6 +154,46 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
     );
     send(&tampered, headers);
     assert!(wait_status(&nats, "tampered-1", "rejected").contains("bad signature"));
+
+    // The right key's signature over the bare payload: what an nkey
+    // login gives a hostile server that chose the payload as its nonce.
+    let oracle = command("oracle-1", "throttle_100", "nova", 60);
+    let (who, bare) = key.sign(&oracle).unwrap();
+    send(
+        &oracle,
+        vec![
+            (HEADER_SIGNER.into(), who.clone()),
+            (HEADER_SIGNATURE.into(), bare.clone()),
+        ],
+    );
+    assert!(wait_status(&nats, "oracle-1", "rejected").contains("not for a command"));
+    let oracle = command("oracle-2", "throttle_100", "nova", 60);
+    let (_, bare) = key.sign(&oracle).unwrap();
+    send(
+        &oracle,
+        vec![
+            (HEADER_SIGNER.into(), who),
+            (HEADER_SIGNATURE.into(), bare),
+            (HEADER_CONTEXT.into(), COMMAND_CONTEXT.into()),
+        ],
+    );
+    assert!(wait_status(&nats, "oracle-2", "rejected").contains("bad signature"));
+
+    // A command signed for lyra, relabelled for nova.
+    let relabelled = command("relabelled-1", "throttle_100", "nova", 60);
+    send(&relabelled, signed_for(&key, "lyra", &relabelled));
+    assert!(wait_status(&nats, "relabelled-1", "rejected").contains("bad signature"));
+
+    // Signed, but for no node in particular, or to be kept for ten years.
+    let mut anywhere: Value =
+        serde_json::from_slice(&command("anywhere-1", "throttle_100", "nova", 60)).unwrap();
+    anywhere.as_object_mut().unwrap().remove("node");
+    let anywhere = Bytes::from(serde_json::to_vec(&anywhere).unwrap());
+    send(&anywhere, signed(&key, &anywhere));
+    assert!(wait_status(&nats, "anywhere-1", "rejected").contains("names no node"));
+    let kept = command("kept-1", "throttle_100", "nova", 10 * 365 * 86_400);
+    send(&kept, signed(&key, &kept));
+    assert!(wait_status(&nats, "kept-1", "rejected").contains("max_deadline_seconds"));
 
     let expired = command("expired-1", "throttle_100", "nova", -5);
     send(&expired, signed(&key, &expired));
@@ -281,4 +327,70 @@ fn secret_files_readable_by_others_are_reported() {
         c
     });
     assert!(!again.status.success());
+}
+
+#[test]
+fn a_coordinator_whose_signing_key_is_its_nats_login_key_refuses_to_start() {
+    let work = tempfile::tempdir().unwrap();
+    let trust = trust_section(work.path());
+    let key = work.path().join("coordinator.nk");
+    let cfg = work.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!("nats:\n  nkey_seed_file: {}\n{trust}", key.display()),
+    )
+    .unwrap();
+    // Refused before it connects: no server is needed (nor reached).
+    let out = run({
+        let mut c = skos();
+        c.arg("coordinator")
+            .arg("--config")
+            .arg(&cfg)
+            .env("NATS_URL", "nats://127.0.0.1:1");
+        c
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("trust.signing_key_file")
+            && stderr.contains("same key as the NATS login key")
+            && stderr.contains(&key.display().to_string()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn fleet_nats_config_writes_a_signing_key_apart_from_every_login_key() {
+    let work = tempfile::tempdir().unwrap();
+    let keys = work.path().join("keys");
+    let out = run({
+        let mut c = skos();
+        c.args(["fleet", "nats-config", "--nodes", "nova,lyra", "--out"])
+            .arg(&keys);
+        c
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let signing = Signer::from_seed_file(&keys.join("coordinator-signing.nk")).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "trust.coordinator_keys: [{}]",
+            signing.public_key()
+        )),
+        "{stderr}"
+    );
+    let logins: Vec<std::path::PathBuf> = ["coordinator.nk", "nova.nk", "lyra.nk"]
+        .iter()
+        .map(|f| keys.join(f))
+        .collect();
+    let logins: Vec<&Path> = logins.iter().map(|p| p.as_path()).collect();
+    assert_eq!(
+        skos_bus::trust::login_key_reused(&signing, &logins).unwrap(),
+        None
+    );
+    let config = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !config.contains(&signing.public_key()),
+        "the signing key must not be a NATS user: {config}"
+    );
 }

@@ -31,6 +31,49 @@ fn cmd(id: &str, term: Option<u64>) -> Command {
     }
 }
 
+/// The gate with the default `trust.max_deadline_seconds`.
+fn gate(
+    cmd: &Command,
+    node: &NodeName,
+    now: Timestamp,
+    executed: Option<&State>,
+    highest: Option<u64>,
+) -> (Gate, Option<u64>) {
+    let ahead = skos_core::config::TrustConfig::default().max_deadline_seconds;
+    super::gate(
+        cmd,
+        node,
+        now,
+        executed,
+        highest,
+        chrono::Duration::seconds(ahead as i64),
+    )
+}
+
+#[test]
+fn gate_refuses_a_command_for_no_node_or_with_a_far_deadline() {
+    let now = chrono::Utc::now();
+    let mut c = cmd("a", None);
+    c.node = None;
+    let (g, _) = gate(&c, &nova(), now, None, None);
+    assert!(
+        refused(&g)
+            .is_some_and(|(s, m)| s == ResultStatus::Rejected && m.contains("names no node")),
+        "{g:?}"
+    );
+    let mut c = cmd("b", None);
+    c.deadline = Some(now + chrono::Duration::days(3650));
+    let (g, _) = gate(&c, &nova(), now, None, None);
+    assert!(
+        refused(&g).is_some_and(|(s, m)| s == ResultStatus::Rejected && m.contains("max_deadline_seconds")),
+        "{g:?}"
+    );
+    // At the bound it runs.
+    let mut c = cmd("c", None);
+    c.deadline = Some(now + chrono::Duration::seconds(900));
+    assert_eq!(gate(&c, &nova(), now, None, None).0, Gate::Run);
+}
+
 fn done(status: ResultStatus, message: &str) -> State {
     State::Done {
         status,

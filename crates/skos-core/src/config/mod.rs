@@ -381,6 +381,21 @@ impl Config {
         for s in SECTIONS {
             (s.check)(self, &mut out);
         }
+        // Across sections: agents refuse a deadline further away than
+        // their bound, so the coordinator's must fit in it.
+        let (deadline, ahead) = (
+            self.coordinator.command_deadline,
+            self.trust.max_deadline_seconds,
+        );
+        let ahead_valid = ahead > 0.0 && ahead <= trust::MAX_DEADLINE_BOUND;
+        if deadline.is_finite() && ahead_valid && deadline > ahead {
+            out.push(issue(
+                "trust.max_deadline_seconds",
+                format!(
+                    "is below coordinator.command_deadline ({deadline} s): agents would refuse every command"
+                ),
+            ));
+        }
         out
     }
 }
@@ -703,6 +718,26 @@ storage:
             Ok(_) => Vec::new(),
             Err(issues) => issues.into_iter().map(|i| i.path).collect(),
         }
+    }
+
+    #[test]
+    fn command_deadlines_must_fit_what_agents_accept() {
+        assert!(paths("trust: {max_deadline_seconds: 900}").is_empty());
+        for bad in ["0", "-1", "1e15", ".nan", "86401"] {
+            assert_eq!(
+                paths(&format!("trust: {{max_deadline_seconds: {bad}}}")),
+                ["trust.max_deadline_seconds"],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            paths("coordinator: {command_deadline: 1000}"),
+            ["trust.max_deadline_seconds"]
+        );
+        assert!(paths(
+            "coordinator: {command_deadline: 1000}\ntrust: {max_deadline_seconds: 1200}"
+        )
+        .is_empty());
     }
 
     /// `storage: {a: {b: <value>}}` for the dotted key `a.b`.

@@ -20,7 +20,14 @@ pub struct TrustConfig {
     /// How long an executed `action_id` is remembered when its command
     /// carries no deadline (seconds).
     pub replay_window: f64,
+    /// Agents refuse a command whose deadline is further away than this
+    /// (seconds): a signed command cannot be kept for later use. At least
+    /// `coordinator.command_deadline`.
+    pub max_deadline_seconds: f64,
 }
+
+/// The longest `trust.max_deadline_seconds` may be (a day).
+pub(crate) const MAX_DEADLINE_BOUND: f64 = 86_400.0;
 
 impl Default for TrustConfig {
     fn default() -> Self {
@@ -29,6 +36,7 @@ impl Default for TrustConfig {
             coordinator_keys: Vec::new(),
             signing_key_file: None,
             replay_window: 7.0 * 86400.0,
+            max_deadline_seconds: 900.0,
         }
     }
 }
@@ -45,6 +53,15 @@ impl Section for TrustConfig {
     }
 
     fn check(&self, _ctx: &CheckContext<'_>, out: &mut Vec<ConfigIssue>) {
+        let ahead = self.max_deadline_seconds;
+        if !(ahead.is_finite() && ahead > 0.0 && ahead <= MAX_DEADLINE_BOUND) {
+            out.push(issue(
+                "trust.max_deadline_seconds",
+                format!(
+                    "must be more than 0 and at most {MAX_DEADLINE_BOUND} seconds, got {ahead}"
+                ),
+            ));
+        }
         for (i, k) in self.coordinator_keys.iter().enumerate() {
             if !(k.len() == 56
                 && k.starts_with('U')
