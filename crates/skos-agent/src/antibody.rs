@@ -52,6 +52,13 @@ pub trait Antibody: Send + Sync {
     fn judge(&mut self, _now: Timestamp) -> Vec<Alert> {
         Vec::new()
     }
+    /// After one of its background jobs finished: read what the job left
+    /// and judge it now, waiting at most a second, so the heartbeat sent
+    /// next carries it (a read asked before the job is discarded). The
+    /// default senses as every `monitor_interval`.
+    fn refresh(&mut self, now: Timestamp) -> Vec<Alert> {
+        self.sense(now)
+    }
     /// Add this antibody's readings to a heartbeat.
     fn report(&self, hb: &mut Heartbeat);
     fn execute(&mut self, cmd: &Command) -> Execution;

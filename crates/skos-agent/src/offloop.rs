@@ -11,11 +11,22 @@
 //! and no thread piles up behind it. The thermal sentinel does the same
 //! per sensor source (`thermal::sensors::sources`).
 //!
-//! A read that runs past its budget makes the source `slow`, reported in
-//! the heartbeat's `metadata.sensor_errors` under the source's name (the
-//! shape of the thermal sources' entries) until a read ends within it.
+//! A read that runs past its budget makes the source `slow`, and one that
+//! panics makes it `failing`, reported in the heartbeat's
+//! `metadata.sensor_errors` under the source's name (the shape of the
+//! thermal sources' entries) until a read ends well within it.
+//!
+//! A change the antibody makes itself (a restart, a cleanup, a signal)
+//! outdates a read asked before it: [`Reader::invalidate`] discards what
+//! such a read gives, so nothing is judged on the world as it was before
+//! the change.
+//!
 //! The thread is never joined: dropping the reader returns at once, and a
-//! hung thread ends with the process.
+//! hung thread ends with the process. (A read the kernel waits for
+//! uninterruptibly, as a `statfs` sent to a FUSE daemon that never answers,
+//! keeps the process from exiting until that filesystem is aborted through
+//! `/sys/fs/fuse/connections/<N>/abort` or unmounted: no thread can help
+//! it.)
 
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -38,8 +49,15 @@ struct Slot<R> {
     /// When the read in progress began (monotonic, and in wall time for
     /// the report); `None` when idle.
     running: Option<(Instant, Timestamp)>,
-    /// The last read's result, until taken.
-    done: Option<R>,
+    /// The generation the read in progress was asked in.
+    asked_in: u64,
+    /// The current generation: raised by [`Reader::invalidate`].
+    generation: u64,
+    /// The last read's result and the generation it was asked in, until
+    /// taken.
+    done: Option<(u64, R)>,
+    /// Why the last read gave nothing (it panicked), until one gives.
+    failed: Option<String>,
     /// When the last read that ended within its budget ended.
     last_good: Option<Instant>,
     /// The run of slow reads in progress: when its first began, and how
@@ -49,10 +67,11 @@ struct Slot<R> {
 
 /// One source's reads, on a thread of its own, within a time budget.
 pub struct Reader<R> {
-    /// Its name in `metadata.sensor_errors` (`storage`, `mesh`, `processes`).
-    source: &'static str,
-    /// What it reads, for the report (`statvfs of the watched mounts`).
-    at: &'static str,
+    /// Its name in `metadata.sensor_errors` (`storage:/srv`, `mesh`,
+    /// `processes`).
+    source: String,
+    /// What it reads, for the report (`statvfs of /srv`).
+    at: String,
     /// A read longer than this is slow.
     budget: Duration,
     jobs: Option<SyncSender<Job<R>>>,
@@ -67,16 +86,19 @@ fn lock<R>(m: &Mutex<Slot<R>>) -> MutexGuard<'_, Slot<R>> {
 impl<R: Send + 'static> Reader<R> {
     /// A reader of `source` (reading `at`) whose reads are slow past
     /// `budget`. Its thread starts on the first read.
-    pub fn new(source: &'static str, at: &'static str, budget: Duration) -> Self {
+    pub fn new(source: impl Into<String>, at: impl Into<String>, budget: Duration) -> Self {
         Self {
-            source,
-            at,
+            source: source.into(),
+            at: at.into(),
             budget,
             jobs: None,
             shared: Arc::new((
                 Mutex::new(Slot {
                     running: None,
+                    asked_in: 0,
+                    generation: 0,
                     done: None,
+                    failed: None,
                     last_good: None,
                     slow: None,
                 }),
@@ -84,6 +106,13 @@ impl<R: Send + 'static> Reader<R> {
             )),
             arrivals: Arc::new(Notify::new()),
         }
+    }
+
+    /// The same reader, signalling `arrivals` when a read has ended (one
+    /// signal shared by an antibody's readers).
+    pub fn notify_on(mut self, arrivals: Arc<Notify>) -> Self {
+        self.arrivals = arrivals;
+        self
     }
 
     /// The signal raised when a read has ended.
@@ -105,18 +134,59 @@ impl<R: Send + 'static> Reader<R> {
                 return false;
             }
             slot.running = Some((Instant::now(), chrono::Utc::now()));
+            slot.asked_in = slot.generation;
         }
-        if self.jobs.is_none() {
-            self.jobs = self.spawn();
+        let mut job: Option<Job<R>> = Some(Box::new(read));
+        // A thread that is gone (it cannot be, reads are caught, but a
+        // send can still fail) is started again, once.
+        for _ in 0..2 {
+            if self.jobs.is_none() {
+                self.jobs = self.spawn();
+            }
+            let Some(tx) = &self.jobs else { break };
+            match job.take().map(|j| tx.send(j)) {
+                Some(Ok(())) => return true,
+                Some(Err(mpsc::SendError(j))) => {
+                    job = Some(j);
+                    self.jobs = None;
+                }
+                None => break,
+            }
         }
-        let sent = self
-            .jobs
-            .as_ref()
-            .is_some_and(|tx| tx.send(Box::new(read)).is_ok());
-        if !sent {
-            lock(&self.shared.0).running = None;
+        lock(&self.shared.0).running = None;
+        false
+    }
+
+    /// Discard what any read asked before now gives: the antibody changed
+    /// what it reads (a restart, a cleanup, a signal sent).
+    pub fn invalidate(&mut self) {
+        let mut slot = lock(&self.shared.0);
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.done = None;
+    }
+
+    /// A read asked now and waited for at most `limit` (a read in
+    /// progress, which [`Reader::invalidate`] discards, is waited for
+    /// first, within the same limit); `None` when none came in time.
+    pub fn read_fresh(
+        &mut self,
+        limit: Duration,
+        read: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        let until = Instant::now() + limit;
+        self.invalidate();
+        if self.busy() {
+            self.settle(limit);
+            if self.busy() {
+                return None;
+            }
+            let _ = self.take();
         }
-        sent
+        if !self.ask(read) {
+            return None;
+        }
+        self.settle(until.saturating_duration_since(Instant::now()));
+        self.take()
     }
 
     fn spawn(&self) -> Option<SyncSender<Job<R>>> {
@@ -129,19 +199,35 @@ impl<R: Send + 'static> Reader<R> {
             .stack_size(READER_STACK)
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
-                    let out = job();
+                    // A read that panics gives nothing and is said; the
+                    // thread goes on with the next.
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                     let (m, cv) = &*shared;
                     let mut slot = lock(m);
+                    let asked_in = slot.asked_in;
                     if let Some((began, at)) = slot.running.take() {
-                        if began.elapsed() <= budget {
-                            slot.last_good = Some(Instant::now());
-                            slot.slow = None;
-                        } else {
+                        if began.elapsed() > budget {
                             let (since, count) = slot.slow.unwrap_or((at, 0));
                             slot.slow = Some((since, count.saturating_add(1)));
+                        } else if out.is_ok() {
+                            slot.last_good = Some(Instant::now());
+                            slot.slow = None;
                         }
                     }
-                    slot.done = Some(out);
+                    match out {
+                        Ok(out) => {
+                            slot.failed = None;
+                            slot.done = Some((asked_in, out));
+                        }
+                        Err(panic) => {
+                            let why = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "a panic".into());
+                            slot.failed = Some(format!("the read panicked: {why}"));
+                        }
+                    }
                     drop(slot);
                     cv.notify_all();
                     arrivals.notify_one();
@@ -150,7 +236,7 @@ impl<R: Send + 'static> Reader<R> {
         match spawned {
             Ok(_) => Some(tx),
             Err(e) => {
-                tracing::error!(source = self.source, error = %e, "cannot start a reader thread");
+                tracing::error!(source = %self.source, error = %e, "cannot start a reader thread");
                 None
             }
         }
@@ -163,15 +249,38 @@ impl<R: Send + 'static> Reader<R> {
         let _ = cv.wait_timeout_while(slot, limit, |s| s.running.is_some() && s.done.is_none());
     }
 
-    /// The last read's result, once (`None` if none ended since).
+    /// The last read's result, once (`None` if none ended since, or the
+    /// one that ended was asked before [`Reader::invalidate`]).
     pub fn take(&mut self) -> Option<R> {
-        lock(&self.shared.0).done.take()
+        let mut slot = lock(&self.shared.0);
+        let generation = slot.generation;
+        slot.done
+            .take()
+            .filter(|(asked_in, _)| *asked_in == generation)
+            .map(|(_, r)| r)
+    }
+
+    /// Whether the read in progress has run past its budget.
+    pub fn running_late(&self) -> bool {
+        lock(&self.shared.0)
+            .running
+            .is_some_and(|(began, _)| began.elapsed() > self.budget)
     }
 
     /// The source's entry for `metadata.sensor_errors` when it is slow
-    /// (its last read ran, or its read in progress runs, past the budget).
+    /// (its last read ran, or its read in progress runs, past the budget)
+    /// or failing (its last read panicked).
     pub fn trouble(&self) -> Option<Value> {
         let slot = lock(&self.shared.0);
+        if let (Some(why), false) = (&slot.failed, slot.running.is_some()) {
+            return Some(json!({
+                "at": self.at,
+                "problem": "failing",
+                "message": why,
+                "count": 1,
+                "last_good_seconds": slot.last_good.map(|t| t.elapsed().as_secs_f64()),
+            }));
+        }
         let running_late = slot
             .running
             .filter(|(began, _)| began.elapsed() > self.budget);
@@ -206,7 +315,7 @@ impl<R: Send + 'static> Reader<R> {
     /// Add [`Reader::trouble`] to a heartbeat's `metadata.sensor_errors`.
     pub fn report(&self, hb: &mut Heartbeat) {
         if let Some(t) = self.trouble() {
-            add_sensor_error(hb, self.source, t);
+            add_sensor_error(hb, &self.source, t);
         }
     }
 }
@@ -268,6 +377,55 @@ mod tests {
         assert!(r.ask(|| 3));
         r.settle(Duration::from_secs(5));
         assert_eq!(r.take(), Some(3));
+        assert!(r.trouble().is_none());
+    }
+
+    #[test]
+    fn a_read_asked_before_a_change_is_discarded() {
+        let mut r = Reader::new("test", "a test", Duration::from_secs(5));
+        let (release, wait) = mpsc::channel::<()>();
+        assert!(r.ask(move || {
+            let _ = wait.recv();
+            "before"
+        }));
+        r.invalidate();
+        release.send(()).unwrap();
+        r.settle(Duration::from_secs(5));
+        assert_eq!(r.take(), None, "asked before the change");
+        assert_eq!(
+            r.read_fresh(Duration::from_secs(5), || "after"),
+            Some("after")
+        );
+        // A fresh read waits for a stale one in progress, then reads.
+        let (release, wait) = mpsc::channel::<()>();
+        assert!(r.ask(move || {
+            let _ = wait.recv();
+            "stale"
+        }));
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = release.send(());
+        });
+        assert_eq!(
+            r.read_fresh(Duration::from_secs(5), || "fresh"),
+            Some("fresh")
+        );
+    }
+
+    #[test]
+    fn a_read_that_panics_is_said_and_the_source_read_again() {
+        let mut r: Reader<u32> = Reader::new("test", "a test", Duration::from_secs(5));
+        assert!(r.ask(|| panic!("bad parse")));
+        r.settle(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!r.busy());
+        assert_eq!(r.take(), None);
+        let t = r.trouble().expect("failing");
+        assert_eq!(t["problem"], "failing");
+        assert!(t["message"].as_str().unwrap().contains("bad parse"), "{t}");
+        assert!(r.ask(|| 4), "asked again after a panic");
+        r.settle(Duration::from_secs(5));
+        assert_eq!(r.take(), Some(4));
         assert!(r.trouble().is_none());
     }
 

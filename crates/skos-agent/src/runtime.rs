@@ -181,11 +181,17 @@ impl Agent {
                 i = arrived(&arrivals) => self.judge(i).await,
                 Some(m) = commands.next() => self.command(m).await,
                 Some((i, action, outcome)) = done.recv() => {
-                    if let Some(a) = self.antibodies.get_mut(i) {
-                        a.finished(&action, &outcome);
-                    }
-                    // Report the new state at once.
-                    self.sense().await;
+                    // Report the state the job left at once: read now
+                    // (within a second), judged, then a heartbeat.
+                    let now = chrono::Utc::now();
+                    let alerts = match self.antibodies.get_mut(i) {
+                        Some(a) => {
+                            a.finished(&action, &outcome);
+                            tokio::task::block_in_place(|| a.refresh(now))
+                        }
+                        None => Vec::new(),
+                    };
+                    self.raise(alerts).await;
                     self.heartbeat().await;
                 }
             }

@@ -777,6 +777,9 @@ impl Antibody for LoopBreaker {
     }
 
     fn execute(&mut self, cmd: &Command) -> Execution {
+        // A scan in progress shows the processes from before this command
+        // (a tree just stopped would trip its group again).
+        self.reader.invalidate();
         let now = chrono::Utc::now();
         let outcome = match self.resolve(cmd) {
             Some((Target::Chain(id), reason)) => self.chain_command(cmd, &id, reason, now),

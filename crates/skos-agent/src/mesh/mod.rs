@@ -278,7 +278,23 @@ impl Antibody for MeshHealer {
         self.reader.report(hb);
     }
 
+    /// After a job: the state it left, read now (at most a second).
+    fn refresh(&mut self, now: Timestamp) -> Vec<Alert> {
+        if !self.watches_anything() {
+            return Vec::new();
+        }
+        let (cfg, busy) = (self.cfg.clone(), self.busy_now());
+        match self.reader.read_fresh(FIRST_LOOK, move || {
+            sense::read(&cfg, busy, chrono::Utc::now())
+        }) {
+            Some(read) => self.apply(read, now),
+            None => Vec::new(),
+        }
+    }
+
     fn execute(&mut self, cmd: &Command) -> Execution {
+        // A read in progress shows the mesh from before this command.
+        self.reader.invalidate();
         MeshHealer::execute(self, cmd)
     }
 }

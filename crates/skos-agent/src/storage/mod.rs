@@ -53,6 +53,9 @@ struct MountState {
     unreadable: bool,
     /// Why the mount is not judged, while it is not.
     not_judged: Option<NotJudged>,
+    /// Its usage as last judged; `None` while it is not judged or cannot
+    /// be read.
+    usage: Option<MountUsage>,
 }
 
 /// A watched mount that is not judged for fullness, and why (in
@@ -133,18 +136,29 @@ pub struct StorageWatcher {
     said_no_mountinfo: bool,
     /// What the recent actions did, for the message to a person.
     history: VecDeque<String>,
-    /// The agent loop's reads, off the loop.
-    reader: Reader<StorageRead>,
-    /// The first look waited for its read.
+    /// The watched mounts, as last listed.
+    watched: Vec<Watched>,
+    /// The mount table, as last read (`None`: unreadable).
+    table: Option<Vec<MountEntry>>,
+    /// The agent loop's listings of the watched mounts, off the loop.
+    list: Reader<Listing>,
+    /// Each watched mount's statvfs, off the loop, one reader per mount:
+    /// a hung mount holds its own reads only.
+    stats: BTreeMap<PathBuf, Reader<crate::Result<usage::RawStat>>>,
+    /// Raised when any of its readers has read.
+    arrivals: std::sync::Arc<tokio::sync::Notify>,
+    /// The first look waited for its reads.
     looked: bool,
 }
 
-/// How long the first look waits for its read, so the first heartbeat
+/// How long the first look waits for its reads, so the first heartbeat
 /// carries the mounts' usage.
 const FIRST_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A pass (the mount table, a statvfs per watched mount) longer than this
-/// is slow: each takes microseconds on a healthy mount.
+/// A listing (the mount table, and the mounts holding the configured dirs)
+/// or one mount's statvfs longer than this is slow: each takes
+/// microseconds on a healthy machine. A mount whose statvfs runs past it is
+/// left out of the heartbeat's usage (its last numbers are not current).
 const READ_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl StorageWatcher {
@@ -157,6 +171,7 @@ impl StorageWatcher {
     /// a real machine reported, in tests); mountinfo is still read from
     /// `<proc_root>/self/mountinfo`.
     pub fn with_stat_source(cfg: &Config, stat: StatSource) -> Self {
+        let arrivals = std::sync::Arc::new(tokio::sync::Notify::new());
         Self {
             node: cfg.node.name.clone(),
             agent_id: format!("storage-watcher-{}", cfg.node.name),
@@ -167,7 +182,16 @@ impl StorageWatcher {
             not_judged: Vec::new(),
             said_no_mountinfo: false,
             history: VecDeque::new(),
-            reader: Reader::new("storage", "statvfs of the watched mounts", READ_BUDGET),
+            watched: Vec::new(),
+            table: None,
+            list: Reader::new(
+                "storage",
+                "mountinfo and the mounts of the storage dirs",
+                READ_BUDGET,
+            )
+            .notify_on(arrivals.clone()),
+            stats: BTreeMap::new(),
+            arrivals,
             looked: false,
         }
     }
@@ -200,19 +224,23 @@ impl StorageWatcher {
     }
 
     /// Read every watched mount here and now and return the alerts to
-    /// raise (the agent loop reads off the loop instead: [`read`], then
+    /// raise (the agent loop reads off the loop instead: [`listing`] and
+    /// a statvfs per mount, each on a reader of its own, then
     /// [`StorageWatcher::apply`]).
     pub fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
-        let r = read(&self.cfg.storage, &self.cfg.proc_root, &self.stat);
-        self.apply(r, now)
+        self.set_listing(listing(&self.cfg.storage, &self.cfg.proc_root));
+        let read: Vec<(Watched, crate::Result<usage::RawStat>)> = self
+            .watched
+            .iter()
+            .map(|w| (w.clone(), (self.stat)(&w.mount)))
+            .collect();
+        self.apply(read, now)
     }
 
-    /// Judge what a pass of [`read`] found: each mount's level, fill rate
-    /// and prediction, and the alerts to raise.
-    pub fn apply(&mut self, read: StorageRead, now: Timestamp) -> Vec<Alert> {
-        let rules = self.rules();
-        let st = self.cfg.storage.clone();
-        let table = match read.table {
+    /// Take a listing of the watched mounts: what is no longer watched is
+    /// forgotten.
+    fn set_listing(&mut self, l: Listing) {
+        self.table = match l.table {
             Ok(t) => {
                 self.said_no_mountinfo = false;
                 Some(t)
@@ -225,12 +253,27 @@ impl StorageWatcher {
                 None
             }
         };
+        self.watched = l.watched;
+        let watched = &self.watched;
         self.mounts
-            .retain(|m, _| read.mounts.iter().any(|(w, _)| &w.mount == m));
+            .retain(|m, _| watched.iter().any(|w| &w.mount == m));
+        self.stats
+            .retain(|m, _| watched.iter().any(|w| &w.mount == m));
+    }
+
+    /// Judge the statvfs numbers that arrived for some of the watched
+    /// mounts: each one's level, fill rate and prediction, and the alerts
+    /// to raise. The others keep their state until their numbers come.
+    pub fn apply(
+        &mut self,
+        read: Vec<(Watched, crate::Result<usage::RawStat>)>,
+        now: Timestamp,
+    ) -> Vec<Alert> {
+        let rules = self.rules();
+        let st = self.cfg.storage.clone();
+        let table = self.table.clone();
         let mut alerts = Vec::new();
-        let mut last = Vec::new();
-        let mut not_judged = Vec::new();
-        for (w, stat) in read.mounts {
+        for (w, stat) in read {
             let mount = &w.mount;
             let state = self.mounts.entry(mount.clone()).or_default();
             let raw = match stat {
@@ -243,6 +286,7 @@ impl StorageWatcher {
                         tracing::warn!(mount = %mount.display(), error = %e, "cannot read mount usage");
                         state.unreadable = true;
                     }
+                    state.usage = None;
                     continue;
                 }
             };
@@ -264,11 +308,8 @@ impl StorageWatcher {
                     if state.not_judged.is_none() {
                         tracing::warn!(mount = %mount.display(), severity = %was.as_str(), "mount turned read-only while alerting; its alert stays open");
                     }
-                    state.not_judged = Some(why.clone());
-                    not_judged.push(Unjudged {
-                        mount: mount.clone(),
-                        why,
-                    });
+                    state.not_judged = Some(why);
+                    state.usage = None;
                     continue;
                 } else if was != Severity::Normal {
                     // It was judged and alerting and can no longer fill (an
@@ -292,13 +333,9 @@ impl StorageWatcher {
                     ));
                 }
                 *state = MountState {
-                    not_judged: Some(why.clone()),
+                    not_judged: Some(why),
                     ..MountState::default()
                 };
-                not_judged.push(Unjudged {
-                    mount: mount.clone(),
-                    why,
-                });
                 continue;
             }
             if let Some(why) = state.not_judged.take() {
@@ -372,11 +409,82 @@ impl StorageWatcher {
                     ));
                 }
             }
-            last.push(u);
+            state.usage = Some(u);
+        }
+        self.summarise();
+        alerts
+    }
+
+    /// The heartbeat's view of every watched mount: the usage of those
+    /// judged whose numbers are current (a mount whose statvfs runs past
+    /// its budget is left out: its last numbers are not), and those not
+    /// judged, with why.
+    fn summarise(&mut self) {
+        let mut last = Vec::new();
+        let mut not_judged = Vec::new();
+        for w in &self.watched {
+            let Some(state) = self.mounts.get(&w.mount) else {
+                continue;
+            };
+            if let Some(why) = &state.not_judged {
+                not_judged.push(Unjudged {
+                    mount: w.mount.clone(),
+                    why: why.clone(),
+                });
+            }
+            let late = self.stats.get(&w.mount).is_some_and(Reader::running_late);
+            if let Some(u) = state.usage.as_ref().filter(|_| !late) {
+                last.push(u.clone());
+            }
         }
         self.last = last;
         self.not_judged = not_judged;
+    }
+
+    /// Ask every idle reader for a new read: the listing, and each watched
+    /// mount's statvfs.
+    fn ask_reads(&mut self) {
+        let (st, root) = (self.cfg.storage.clone(), self.cfg.proc_root.clone());
+        self.list.ask(move || listing(&st, &root));
+        for w in &self.watched {
+            let arrivals = &self.arrivals;
+            let reader = self.stats.entry(w.mount.clone()).or_insert_with(|| {
+                Reader::new(
+                    format!("storage:{}", w.mount.display()),
+                    format!("statvfs of {}", w.mount.display()),
+                    READ_BUDGET,
+                )
+                .notify_on(arrivals.clone())
+            });
+            let (stat, mount) = (self.stat.clone(), w.mount.clone());
+            reader.ask(move || stat(&mount));
+        }
+    }
+
+    /// Take what the readers gave since the last look and judge it.
+    fn judge_arrived(&mut self, now: Timestamp) -> Vec<Alert> {
+        if let Some(l) = self.list.take() {
+            self.set_listing(l);
+        }
+        let mut arrived = Vec::new();
+        for w in &self.watched {
+            if let Some(stat) = self.stats.get_mut(&w.mount).and_then(Reader::take) {
+                arrived.push((w.clone(), stat));
+            }
+        }
+        let alerts = self.apply(arrived, now);
+        // A mount's reader running late changes the view even when
+        // nothing arrived.
+        self.summarise();
         alerts
+    }
+
+    /// Discard every read in progress: a job changed the mounts' usage.
+    fn invalidate_reads(&mut self) {
+        self.list.invalidate();
+        for r in self.stats.values_mut() {
+            r.invalidate();
+        }
     }
 
     /// A job that can run on a blocking thread while the agent keeps
@@ -408,30 +516,22 @@ impl StorageWatcher {
     }
 }
 
-/// What one pass over the watched mounts read: taken off the agent loop
-/// ([`read`]), judged on it ([`StorageWatcher::apply`]).
-pub struct StorageRead {
+/// Which mounts are watched: taken off the agent loop ([`listing`]).
+pub struct Listing {
     /// `<proc_root>/self/mountinfo`, or why it could not be read.
     table: crate::Result<Vec<MountEntry>>,
-    /// Every watched mount with its statvfs numbers, or why they could
-    /// not be read.
-    mounts: Vec<(Watched, crate::Result<usage::RawStat>)>,
+    /// The mounts to watch.
+    watched: Vec<Watched>,
 }
 
-/// Read the mount table and the statvfs of every watched mount, touching
-/// no state. A statvfs of a hung network mount does not return: this runs
-/// off the agent loop ([`crate::offloop`]).
-pub fn read(st: &StorageConfig, proc_root: &Path, stat: &StatSource) -> StorageRead {
+/// Read the mount table and find the watched mounts, touching no state
+/// (resolving a configured dir stats each of its components, which a hung
+/// network mount does not answer: this runs off the agent loop,
+/// [`crate::offloop`]).
+pub fn listing(st: &StorageConfig, proc_root: &Path) -> Listing {
     let table = mounts::read_mountinfo(proc_root);
     let watched = watched_mounts(st, table.as_deref().ok());
-    let mounts = watched
-        .into_iter()
-        .map(|w| {
-            let raw = stat(&w.mount);
-            (w, raw)
-        })
-        .collect();
-    StorageRead { table, mounts }
+    Listing { table, watched }
 }
 
 fn what_is_full(u: &MountUsage) -> String {
@@ -660,32 +760,50 @@ impl Antibody for StorageWatcher {
         handles(action)
     }
 
-    /// Judges what arrived and asks for the next read, off the loop (the
-    /// first look waits up to a second for it).
+    /// Judges what arrived and asks every idle reader for the next read,
+    /// off the loop (the first look waits up to a second for them).
     fn sense(&mut self, now: Timestamp) -> Vec<Alert> {
-        let mut alerts = Antibody::judge(self, now);
-        let (st, root, stat) = (
-            self.cfg.storage.clone(),
-            self.cfg.proc_root.clone(),
-            self.stat.clone(),
-        );
-        if self.reader.ask(move || read(&st, &root, &stat)) && !self.looked {
+        let mut alerts = self.judge_arrived(now);
+        self.ask_reads();
+        if !self.looked {
             self.looked = true;
-            self.reader.settle(FIRST_LOOK);
-            alerts.extend(Antibody::judge(self, now));
+            let until = std::time::Instant::now() + FIRST_LOOK;
+            let left = || until.saturating_duration_since(std::time::Instant::now());
+            self.list.settle(left());
+            alerts.extend(self.judge_arrived(now));
+            self.ask_reads();
+            for r in self.stats.values() {
+                r.settle(left());
+            }
+            alerts.extend(self.judge_arrived(now));
         }
         alerts
     }
 
     fn arrivals(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
-        Some(self.reader.arrivals())
+        Some(self.arrivals.clone())
     }
 
     fn judge(&mut self, now: Timestamp) -> Vec<Alert> {
-        match self.reader.take() {
-            Some(read) => self.apply(read, now),
-            None => Vec::new(),
+        self.judge_arrived(now)
+    }
+
+    /// After a job: the usage it left, read now (at most a second).
+    fn refresh(&mut self, now: Timestamp) -> Vec<Alert> {
+        self.invalidate_reads();
+        let until = std::time::Instant::now() + FIRST_LOOK;
+        let mut read = Vec::new();
+        for w in self.watched.clone() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let (stat, mount) = (self.stat.clone(), w.mount.clone());
+            let Some(reader) = self.stats.get_mut(&w.mount) else {
+                continue;
+            };
+            if let Some(r) = reader.read_fresh(left, move || stat(&mount)) {
+                read.push((w, r));
+            }
         }
+        self.apply(read, now)
     }
 
     fn report(&self, hb: &mut Heartbeat) {
@@ -693,10 +811,15 @@ impl Antibody for StorageWatcher {
         hb.metadata.insert("storage".into(), json!(self.usage()));
         hb.metadata
             .insert("storage_not_judged".into(), json!(self.not_judged()));
-        self.reader.report(hb);
+        self.list.report(hb);
+        for r in self.stats.values() {
+            r.report(hb);
+        }
     }
 
     fn execute(&mut self, cmd: &Command) -> Execution {
+        // What is read from now on may be from before the job's changes.
+        self.invalidate_reads();
         let job = self.job(cmd);
         Execution::Background(Box::new(move || job.run()))
     }
