@@ -139,12 +139,26 @@ impl LevelTracker {
 }
 
 pub fn secs(s: f64) -> Duration {
-    Duration::milliseconds((s * 1000.0).round() as i64)
+    // Saturated at about 300 years either way (NaN is 0): a time plus it
+    // never overflows, whatever a config or a message said.
+    const MAX_MS: f64 = 1e13;
+    Duration::milliseconds((s * 1000.0).round().clamp(-MAX_MS, MAX_MS) as i64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secs_saturate_so_time_arithmetic_never_overflows() {
+        let now = chrono::Utc::now();
+        for s in [1e300, -1e300, f64::INFINITY, f64::NAN, 1e15] {
+            let d = secs(s);
+            assert!(now.checked_add_signed(d).is_some(), "{s}");
+        }
+        assert_eq!(secs(f64::NAN), Duration::zero());
+        assert_eq!(secs(1.5), Duration::milliseconds(1500));
+    }
     use chrono::TimeZone;
 
     fn rules() -> LevelRules {

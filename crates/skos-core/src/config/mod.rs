@@ -381,6 +381,17 @@ impl Config {
         for s in SECTIONS {
             (s.check)(self, &mut out);
         }
+        // Every number read as seconds, degrees, a share or a rate is
+        // bounded, whatever its section checks, so no time arithmetic on
+        // it can overflow (a `command_deadline` of 1e15 once panicked the
+        // coordinator's task).
+        if let Ok(v) = serde_json::to_value(self) {
+            let mut unbounded = Vec::new();
+            bounded_numbers(&v, "", &mut unbounded);
+            // Once per key: a section may have said it already.
+            unbounded.retain(|i| !out.iter().any(|o| o.path == i.path));
+            out.extend(unbounded);
+        }
         // Across sections: agents refuse a deadline further away than
         // their bound, so the coordinator's must fit in it.
         let (deadline, ahead) = (
@@ -397,6 +408,42 @@ impl Config {
             ));
         }
         out
+    }
+}
+
+/// The largest size of a number read as a decimal (seconds, degrees,
+/// percents, rates): about 31 years in seconds.
+pub const MAX_DECIMAL: f64 = 1e9;
+
+/// Push an issue for every decimal number in `v` (a serialised config)
+/// larger than [`MAX_DECIMAL`] in size, named by its key path. Integers
+/// (counts, byte sizes) are left to their sections.
+fn bounded_numbers(v: &serde_json::Value, path: &str, out: &mut Vec<ConfigIssue>) {
+    match v {
+        serde_json::Value::Number(n)
+            if n.is_f64() && n.as_f64().is_some_and(|x| x.abs() > MAX_DECIMAL) =>
+        {
+            out.push(issue(
+                path,
+                format!("must be at most {MAX_DECIMAL:e} in size, got {n}"),
+            ));
+        }
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let at = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                bounded_numbers(x, &at, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                bounded_numbers(x, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -718,6 +765,25 @@ storage:
             Ok(_) => Vec::new(),
             Err(issues) => issues.into_iter().map(|i| i.path).collect(),
         }
+    }
+
+    #[test]
+    fn every_decimal_is_bounded_whatever_its_section_checks() {
+        for (yaml, key) in [
+            (
+                "coordinator: {command_deadline: 1e15}",
+                "coordinator.command_deadline",
+            ),
+            ("thermal: {clear_for: 1e12}", "thermal.clear_for"),
+            ("storage: {retention: 1e300}", "storage.retention"),
+            ("thermal: {hysteresis: 1e10}", "thermal.hysteresis"),
+        ] {
+            let got = paths(yaml);
+            assert!(got.iter().any(|p| p == key), "{yaml}: {got:?}");
+        }
+        // The largest accepted, and the defaults.
+        assert!(paths("thermal: {clear_for: 1e9}").is_empty());
+        assert!(Config::default().check().is_empty());
     }
 
     #[test]
