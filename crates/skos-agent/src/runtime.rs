@@ -542,7 +542,15 @@ fn gate(
             )
         }
     }
-    if let Some(d) = cmd.deadline.filter(|d| *d - now > max_ahead) {
+    // Without a deadline a signed command would be valid for good (and
+    // run again once its id is forgotten).
+    let Some(deadline) = cmd.deadline else {
+        return refuse(
+            ResultStatus::Rejected,
+            "command has no deadline (a command must say until when it may run)".into(),
+        );
+    };
+    if let Some(d) = Some(deadline).filter(|d| *d - now > max_ahead) {
         return refuse(
             ResultStatus::Rejected,
             format!(

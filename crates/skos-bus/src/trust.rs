@@ -14,8 +14,8 @@
 //! payload. A signature made for anything else (a NATS login signs the
 //! server's nonce, whatever the server chose, with its nkey) or for another
 //! node's command cannot pass. The key that signs commands must not be a
-//! NATS login key as well ([`login_key_reused`]): a hostile server could
-//! then send a labelled command as its nonce.
+//! NATS login key as well, nor may agents trust one ([`key_conflicts`]): a
+//! hostile server could send a labelled command as its nonce.
 
 use std::path::Path;
 
@@ -50,9 +50,10 @@ pub fn command_message(subject: &str, node: &str, payload: &[u8]) -> Vec<u8> {
     m
 }
 
-/// The first nkeys seed in a file (an nkey seed file, or a `.creds` file,
-/// whose seed block holds one), if any.
-fn seed_in(path: &Path) -> Result<Option<String>> {
+/// The public keys of every user nkeys seed (`SU...`) in a file: an nkey
+/// seed file, or a `.creds` file, whose seed block holds one. Every such
+/// line counts, so a note above the seed cannot hide it.
+fn login_keys_in(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
         path: path.to_path_buf(),
         source: e,
@@ -60,28 +61,56 @@ fn seed_in(path: &Path) -> Result<Option<String>> {
     Ok(text
         .lines()
         .map(str::trim)
-        .find(|l| l.starts_with("SU"))
-        .map(str::to_owned))
+        .filter(|l| l.starts_with("SU"))
+        .filter_map(|l| KeyPair::from_seed(l).ok())
+        .map(|k| k.public_key())
+        .collect())
 }
 
-/// The NATS login key file (`nats.nkey_seed_file` or `nats.creds_file`)
-/// that holds the same key as `signer`, if one does. A NATS server signs
-/// its login nonce with the login key: one key for both would let a hostile
-/// server obtain a command signature.
-pub fn login_key_reused(
-    signer: &Signer,
+/// One way a node's keys would let a NATS server obtain a command
+/// signature, with the config key to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyConflict {
+    /// The config key at fault (`trust.signing_key_file`,
+    /// `trust.coordinator_keys`).
+    pub key: &'static str,
+    pub message: String,
+}
+
+/// What is wrong with a config's keys. A NATS server signs its login
+/// nonce, whatever it chose, with the login key: a signing key that is
+/// also a login key (`nats.nkey_seed_file`, `nats.creds_file`), or a login
+/// key that agents trust as a coordinator key, lets it obtain a command
+/// signature. Reading a login file fails with its path.
+pub fn key_conflicts(
+    signer: Option<&Signer>,
     login_files: &[&Path],
-) -> Result<Option<std::path::PathBuf>> {
+    coordinator_keys: &[String],
+) -> Result<Vec<KeyConflict>> {
+    let mut out = Vec::new();
     for path in login_files {
-        if let Some(seed) = seed_in(path)? {
-            let same =
-                KeyPair::from_seed(&seed).is_ok_and(|k| k.public_key() == signer.public_key());
-            if same {
-                return Ok(Some(path.to_path_buf()));
+        for login in login_keys_in(path)? {
+            if signer.is_some_and(|s| s.public_key() == login) {
+                out.push(KeyConflict {
+                    key: "trust.signing_key_file",
+                    message: format!(
+                        "holds the same key as the NATS login key in {}: a NATS server signs its login nonce with that key, so it could obtain a command signature; generate a new signing key (`skos keys generate`) and take this key out of every agent's trust.coordinator_keys",
+                        path.display()
+                    ),
+                });
+            }
+            if coordinator_keys.iter().any(|k| k.trim() == login) {
+                out.push(KeyConflict {
+                    key: "trust.coordinator_keys",
+                    message: format!(
+                        "lists {login}, the NATS login key in {}: a key that has been a login key must never be trusted to sign commands (a NATS server could have obtained its signature); remove it",
+                        path.display()
+                    ),
+                });
             }
         }
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// Why a command's signature was refused.
@@ -121,10 +150,10 @@ impl Signer {
         let seed = text
             .lines()
             .map(str::trim)
-            .find(|l| l.starts_with('S'))
+            .find(|l| l.starts_with("SU"))
             .ok_or_else(|| Error::Corrupt {
                 path: path.display().to_string(),
-                reason: "no nkeys seed (a line starting with 'S') in the file".into(),
+                reason: "no nkeys user seed (a line starting with 'SU') in the file".into(),
             })?;
         let key = KeyPair::from_seed(seed).map_err(|e| Error::Corrupt {
             path: path.display().to_string(),
@@ -395,33 +424,42 @@ mod tests {
     }
 
     #[test]
-    fn a_login_key_that_also_signs_commands_is_found() {
+    fn a_login_key_that_signs_or_is_trusted_is_found() {
         let dir = tempfile::tempdir().unwrap();
-        let (seed, _) = Signer::generate().unwrap();
+        let (seed, public) = Signer::generate().unwrap();
         let login = dir.path().join("login.nk");
         std::fs::write(&login, format!("{seed}\n")).unwrap();
+        // A note line starting with SU above the seed does not hide it.
         let creds = dir.path().join("node.creds");
         std::fs::write(
             &creds,
             format!(
-                "-----BEGIN NATS USER JWT-----\neyJ0eXAi\n------END NATS USER JWT------\n\n                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+                "SUPPORT: ops@example.org\n-----BEGIN NATS USER JWT-----\neyJ0eXAi\n------END NATS USER JWT------\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
             ),
         )
         .unwrap();
         let signing = dir.path().join("signing.nk");
         std::fs::write(&signing, format!("{seed}\n")).unwrap();
         let same = Signer::from_seed_file(&signing).unwrap();
-        assert_eq!(
-            login_key_reused(&same, &[&login]).unwrap(),
-            Some(login.clone())
-        );
-        assert_eq!(
-            login_key_reused(&same, &[&creds]).unwrap(),
-            Some(creds.clone())
-        );
+        for file in [&login, &creds] {
+            let found = key_conflicts(Some(&same), &[file], &[]).unwrap();
+            assert_eq!(found.len(), 1, "{file:?}: {found:?}");
+            assert_eq!(found[0].key, "trust.signing_key_file");
+            assert!(found[0].message.contains(&file.display().to_string()));
+        }
+        // A login key that agents trust (an old signing key kept while
+        // rotating) is found too.
         let own = Signer::ephemeral();
-        assert_eq!(login_key_reused(&own, &[&login, &creds]).unwrap(), None);
-        assert!(login_key_reused(&own, &[&dir.path().join("missing.nk")]).is_err());
+        let found = key_conflicts(Some(&own), &[&login], &[own.public_key(), public]).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "trust.coordinator_keys");
+        assert!(
+            key_conflicts(Some(&own), &[&login, &creds], &[own.public_key()])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(key_conflicts(None, &[&dir.path().join("missing.nk")], &[]).is_err());
     }
 
     #[test]

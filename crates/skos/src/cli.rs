@@ -125,7 +125,8 @@ pub struct StatusArgs {
 pub enum FleetCmd {
     /// Print a nats-server authorization config where each node's agent may
     /// publish only its own subjects and read only its own commands; write
-    /// one nkeys seed per node (and one for the coordinator) into --out.
+    /// one nkeys login seed per node, one for the coordinator, and the
+    /// coordinator's command signing key apart, into --out.
     NatsConfig {
         /// The nodes, comma-separated (nova,lyra,athena).
         #[arg(long, value_delimiter = ',', required = true)]
@@ -133,6 +134,10 @@ pub enum FleetCmd {
         /// Where the seed files go (created, mode 700; seeds mode 600).
         #[arg(long)]
         out: PathBuf,
+        /// Replace seed files already in --out (every agent then needs the
+        /// new signing key, and every node its new login key).
+        #[arg(long)]
+        force: bool,
     },
 }
 

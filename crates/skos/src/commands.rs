@@ -55,8 +55,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             command: KeysCmd::Generate { out, force },
         } => keys_generate(&out, force),
         Cmd::Fleet {
-            command: FleetCmd::NatsConfig { nodes, out },
-        } => crate::fleet::nats_config(&nodes, &out),
+            command: FleetCmd::NatsConfig { nodes, out, force },
+        } => crate::fleet::nats_config(&nodes, &out, force),
     }
 }
 
@@ -264,18 +264,7 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
         Some(path) => {
             warn_if_exposed(path);
             let s = Signer::from_seed_file(path)?;
-            let logins: Vec<&std::path::Path> = [&cfg.nats.nkey_seed_file, &cfg.nats.creds_file]
-                .into_iter()
-                .flatten()
-                .map(|p| p.as_path())
-                .collect();
-            if let Some(login) = skos_bus::trust::login_key_reused(&s, &logins)? {
-                anyhow::bail!(
-                    "trust.signing_key_file ({}) holds the same key as the NATS login key in {}: a NATS server signs its login nonce with that key, so it could obtain a command signature; sign commands with a key of their own (`skos keys generate`)",
-                    path.display(),
-                    login.display()
-                );
-            }
+            refuse_key_conflicts(&cfg, Some(&s))?;
             tracing::info!(public_key = %s.public_key(), "commands are signed");
             Some(Arc::new(s))
         }
@@ -313,7 +302,30 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The NATS login key files a config names.
+fn login_files(cfg: &Config) -> Vec<&std::path::Path> {
+    [&cfg.nats.nkey_seed_file, &cfg.nats.creds_file]
+        .into_iter()
+        .flatten()
+        .map(|p| p.as_path())
+        .collect()
+}
+
+/// Refuse to run with keys that would let a NATS server obtain a command
+/// signature ([`skos_bus::trust::key_conflicts`]), naming the key to change.
+fn refuse_key_conflicts(cfg: &Config, signer: Option<&Signer>) -> Result<()> {
+    let found =
+        skos_bus::trust::key_conflicts(signer, &login_files(cfg), &cfg.trust.coordinator_keys)?;
+    if let Some(c) = found.first() {
+        bail!("{}: {}", c.key, c.message);
+    }
+    Ok(())
+}
+
 async fn agent(cfg: Config) -> Result<ExitCode> {
+    // Before logging in: an agent that trusts its own login key as a
+    // coordinator key would run what a NATS server had it sign.
+    refuse_key_conflicts(&cfg, None)?;
     let nats = connect(&cfg, &format!("skos-agent-{}", cfg.node.name)).await?;
     let state = cfg.data_dir.join("agent");
     let agent = Agent::new(cfg, Bus::Nats(nats), Counters::default(), Some(state))?;
@@ -571,6 +583,43 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
             if let Ok(abs) = std::path::absolute(&cfg.data_dir) {
                 cfg.data_dir = abs;
                 env_issues.extend(cfg.check());
+            }
+            // The keys the config names, read: a signing key that is a
+            // login key, or a login key trusted as a coordinator key.
+            // (Files not on this machine are not judged: a config may be
+            // checked away from where it runs.)
+            let signer = match cfg.trust.signing_key_file.as_ref().filter(|p| p.exists()) {
+                Some(p) => match Signer::from_seed_file(p) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        env_issues.push(skos_core::config::ConfigIssue {
+                            path: "trust.signing_key_file".into(),
+                            message: e.to_string(),
+                        });
+                        None
+                    }
+                },
+                None => None,
+            };
+            let present: Vec<&std::path::Path> = login_files(&cfg)
+                .into_iter()
+                .filter(|p| p.exists())
+                .collect();
+            match skos_bus::trust::key_conflicts(
+                signer.as_ref(),
+                &present,
+                &cfg.trust.coordinator_keys,
+            ) {
+                Ok(found) => {
+                    env_issues.extend(found.into_iter().map(|c| skos_core::config::ConfigIssue {
+                        path: c.key.into(),
+                        message: c.message,
+                    }))
+                }
+                Err(e) => env_issues.push(skos_core::config::ConfigIssue {
+                    path: "nats".into(),
+                    message: format!("cannot read a login key file: {e}"),
+                }),
             }
             let mut seen = Vec::new();
             env_issues.retain(|i| {

@@ -46,24 +46,41 @@ pub fn agent_permissions(node: &NodeName) -> String {
     )
 }
 
-fn write_seed(path: &Path, seed: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+/// The file names the coordinator's seeds take in --out: no node may
+/// have them (its login seed would replace one of them).
+const COORDINATOR_FILES: [&str; 2] = ["coordinator", "coordinator-signing"];
+
+fn write_seed(path: &Path, seed: &str, force: bool) -> Result<()> {
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).mode(0o600);
+    if force {
+        open.create(true).truncate(true);
+    } else {
+        open.create_new(true);
+    }
+    let mut f = open.open(path).with_context(|| {
+        if path.exists() && !force {
+            format!(
+                "{} exists: replacing a seed changes keys agents and the server already use (--force to replace)",
+                path.display()
+            )
+        } else {
+            format!("cannot write {}", path.display())
+        }
+    })?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot chmod {}", path.display()))?;
     writeln!(f, "{seed}").with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
-pub fn nats_config(nodes: &[String], out: &Path) -> Result<ExitCode> {
+pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode> {
     let mut names = Vec::new();
     for n in nodes {
         match NodeName::parse(n.trim()) {
+            Ok(name) if COORDINATOR_FILES.contains(&name.as_str()) => {
+                bail!("--nodes: {name} is the name of the coordinator's own key file; name the node otherwise")
+            }
             Ok(name) if !names.contains(&name) => names.push(name),
             Ok(name) => bail!("node {name} is named twice"),
             Err(e) => bail!("--nodes: {e}"),
@@ -72,18 +89,30 @@ pub fn nats_config(nodes: &[String], out: &Path) -> Result<ExitCode> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot chmod {}", out.display()))?;
+    // Nothing is written if any seed is there already (unless --force).
+    let files: Vec<std::path::PathBuf> = COORDINATOR_FILES
+        .iter()
+        .map(|f| out.join(format!("{f}.nk")))
+        .chain(names.iter().map(|n| out.join(format!("{n}.nk"))))
+        .collect();
+    if let Some(there) = files.iter().find(|p| p.exists()).filter(|_| !force) {
+        bail!(
+            "{} exists: replacing seeds changes keys agents and the server already use (--force to replace them all)",
+            there.display()
+        );
+    }
     let (coord_seed, coord_public) = Signer::generate()?;
-    write_seed(&out.join("coordinator.nk"), &coord_seed)?;
+    write_seed(&out.join("coordinator.nk"), &coord_seed, force)?;
     // Commands are signed with a key of their own: a NATS server signs
     // its login nonce with the login key, whatever nonce it chose.
     let (signing_seed, signing_public) = Signer::generate()?;
-    write_seed(&out.join("coordinator-signing.nk"), &signing_seed)?;
+    write_seed(&out.join("coordinator-signing.nk"), &signing_seed, force)?;
     let mut users = vec![format!(
         "    # the coordinator (and operators' skos status / audit)\n    {{ nkey: {coord_public}, permissions: {{ publish: \">\", subscribe: \">\" }} }}"
     )];
     for name in &names {
         let (seed, public) = Signer::generate()?;
-        write_seed(&out.join(format!("{name}.nk")), &seed)?;
+        write_seed(&out.join(format!("{name}.nk")), &seed, force)?;
         users.push(format!(
             "    # agent {name}\n    {{ nkey: {public}, {} }}",
             agent_permissions(name)

@@ -191,6 +191,12 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
     let anywhere = Bytes::from(serde_json::to_vec(&anywhere).unwrap());
     send(&anywhere, signed(&key, &anywhere));
     assert!(wait_status(&nats, "anywhere-1", "rejected").contains("names no node"));
+    let mut forever: Value =
+        serde_json::from_slice(&command("forever-1", "throttle_100", "nova", 60)).unwrap();
+    forever.as_object_mut().unwrap().remove("deadline");
+    let forever = Bytes::from(serde_json::to_vec(&forever).unwrap());
+    send(&forever, signed(&key, &forever));
+    assert!(wait_status(&nats, "forever-1", "rejected").contains("no deadline"));
     let kept = command("kept-1", "throttle_100", "nova", 10 * 365 * 86_400);
     send(&kept, signed(&key, &kept));
     assert!(wait_status(&nats, "kept-1", "rejected").contains("max_deadline_seconds"));
@@ -384,13 +390,121 @@ fn fleet_nats_config_writes_a_signing_key_apart_from_every_login_key() {
         .map(|f| keys.join(f))
         .collect();
     let logins: Vec<&Path> = logins.iter().map(|p| p.as_path()).collect();
-    assert_eq!(
-        skos_bus::trust::login_key_reused(&signing, &logins).unwrap(),
-        None
+    assert!(
+        skos_bus::trust::key_conflicts(Some(&signing), &logins, &[signing.public_key()])
+            .unwrap()
+            .is_empty()
     );
     let config = String::from_utf8_lossy(&out.stdout);
     assert!(
         !config.contains(&signing.public_key()),
         "the signing key must not be a NATS user: {config}"
+    );
+
+    // Run again: nothing is replaced without --force (agents already
+    // trust the signing key), and a node may not take the name of the
+    // coordinator's key files.
+    let again = |nodes: &str, force: bool| {
+        run({
+            let mut c = skos();
+            c.args(["fleet", "nats-config", "--nodes", nodes, "--out"])
+                .arg(&keys);
+            if force {
+                c.arg("--force");
+            }
+            c
+        })
+    };
+    let out = again("nova,lyra,athena", false);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert!(!keys.join("athena.nk").exists(), "nothing written");
+    assert_eq!(
+        Signer::from_seed_file(&keys.join("coordinator-signing.nk"))
+            .unwrap()
+            .public_key(),
+        signing.public_key()
+    );
+    for bad in ["coordinator-signing", "coordinator"] {
+        let out = again(&format!("nova,{bad}"), true);
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("coordinator's own key file"),
+            "{bad}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(again("nova,lyra,athena", true).status.success());
+    assert_ne!(
+        Signer::from_seed_file(&keys.join("coordinator-signing.nk"))
+            .unwrap()
+            .public_key(),
+        signing.public_key(),
+        "replaced with --force"
+    );
+}
+
+#[test]
+fn a_login_key_trusted_as_a_coordinator_key_is_refused_everywhere() {
+    let work = tempfile::tempdir().unwrap();
+    let trust = trust_section(work.path());
+    let key = work.path().join("coordinator.nk");
+    let signing_public = Signer::from_seed_file(&key).unwrap().public_key();
+    // The old advice: the login key also signs. Through a creds file
+    // whose note line starts like a seed.
+    let login = Signer::from_seed_file(&key).unwrap();
+    let creds = work.path().join("coordinator.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "SUPPORT: ops\n-----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            std::fs::read_to_string(&key).unwrap().trim()
+        ),
+    )
+    .unwrap();
+    assert_eq!(login.public_key(), signing_public);
+    let check = |yaml: String| {
+        let cfg = work.path().join("check.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        run({
+            let mut c = skos();
+            c.args(["config", "check", "--config"]).arg(&cfg);
+            c
+        })
+    };
+    let out = check(format!("nats:\n  creds_file: {}\n{trust}", creds.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("trust.signing_key_file"), "{text}");
+    assert!(text.contains("trust.coordinator_keys"), "{text}");
+
+    // An agent whose own login key is among the keys it trusts (an old
+    // signing key kept while rotating) refuses to start, before it
+    // connects.
+    let agent_cfg = work.path().join("agent.yaml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "nats:\n  nkey_seed_file: {}\ntrust:\n  coordinator_keys: [{signing_public}]\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = run({
+        let mut c = skos();
+        c.arg("agent")
+            .arg("--config")
+            .arg(&agent_cfg)
+            .arg("--data-dir")
+            .arg(work.path().join("agent-data"))
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .env("NODE_NAME", "nova");
+        c
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("trust.coordinator_keys") && stderr.contains("never be trusted"),
+        "{stderr}"
     );
 }

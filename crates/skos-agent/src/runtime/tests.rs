@@ -68,6 +68,13 @@ fn gate_refuses_a_command_for_no_node_or_with_a_far_deadline() {
         refused(&g).is_some_and(|(s, m)| s == ResultStatus::Rejected && m.contains("max_deadline_seconds")),
         "{g:?}"
     );
+    let mut c = cmd("d", None);
+    c.deadline = None;
+    let (g, _) = gate(&c, &nova(), now, None, None);
+    assert!(
+        refused(&g).is_some_and(|(s, m)| s == ResultStatus::Rejected && m.contains("no deadline")),
+        "{g:?}"
+    );
     // At the bound it runs.
     let mut c = cmd("c", None);
     c.deadline = Some(now + chrono::Duration::seconds(900));

@@ -392,21 +392,6 @@ impl Config {
             unbounded.retain(|i| !out.iter().any(|o| o.path == i.path));
             out.extend(unbounded);
         }
-        // Across sections: agents refuse a deadline further away than
-        // their bound, so the coordinator's must fit in it.
-        let (deadline, ahead) = (
-            self.coordinator.command_deadline,
-            self.trust.max_deadline_seconds,
-        );
-        let ahead_valid = ahead > 0.0 && ahead <= trust::MAX_DEADLINE_BOUND;
-        if deadline.is_finite() && ahead_valid && deadline > ahead {
-            out.push(issue(
-                "trust.max_deadline_seconds",
-                format!(
-                    "is below coordinator.command_deadline ({deadline} s): agents would refuse every command"
-                ),
-            ));
-        }
         out
     }
 }
@@ -787,7 +772,7 @@ storage:
     }
 
     #[test]
-    fn command_deadlines_must_fit_what_agents_accept() {
+    fn max_deadline_seconds_is_bounded() {
         assert!(paths("trust: {max_deadline_seconds: 900}").is_empty());
         for bad in ["0", "-1", "1e15", ".nan", "86401"] {
             assert_eq!(
@@ -796,14 +781,6 @@ storage:
                 "{bad}"
             );
         }
-        assert_eq!(
-            paths("coordinator: {command_deadline: 1000}"),
-            ["trust.max_deadline_seconds"]
-        );
-        assert!(paths(
-            "coordinator: {command_deadline: 1000}\ntrust: {max_deadline_seconds: 1200}"
-        )
-        .is_empty());
     }
 
     /// `storage: {a: {b: <value>}}` for the dotted key `a.b`.
