@@ -12,7 +12,9 @@
 //! per sensor source (`thermal::sensors::sources`).
 //!
 //! A read that runs past its budget makes the source `slow`, and one that
-//! panics makes it `failing`, reported in the heartbeat's
+//! panics makes it `failing` (where the program lets a panic unwind: the
+//! `skos` binary ends the process on any panic instead, so that its
+//! supervisor restarts it), reported in the heartbeat's
 //! `metadata.sensor_errors` under the source's name (the shape of the
 //! thermal sources' entries) until a read ends well within it.
 //!

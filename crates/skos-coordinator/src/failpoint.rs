@@ -7,7 +7,9 @@
 //! abruptly as a SIGKILL, after logging which point fired:
 //!
 //! * `SKOS_FAILPOINT=alert.persisted`: at the first time the point is hit;
-//! * `SKOS_FAILPOINT=alert.persisted:3`: at its third hit.
+//! * `SKOS_FAILPOINT=alert.persisted:3`: at its third hit;
+//! * `SKOS_FAILPOINT=panic@alert.persisted`: panics there instead (a bug in
+//!   a task), to test that a panic ends the process.
 //!
 //! The variable is read once, at the first hit. Unset (or naming another
 //! point) it is inert: a hit costs one comparison. A value that is not a
@@ -26,6 +28,8 @@ pub struct Spec {
     pub name: String,
     /// Abort on this hit of the point (the first is 1).
     pub nth: u64,
+    /// Panic there instead of aborting.
+    pub panic: bool,
 }
 
 /// Why a `SKOS_FAILPOINT` value names no point.
@@ -43,6 +47,10 @@ pub enum SpecError {
 /// whitespace is ignored.
 pub fn parse(value: &str) -> Result<Spec, SpecError> {
     let value = value.trim();
+    let (panic, value) = match value.strip_prefix("panic@") {
+        Some(rest) => (true, rest.trim()),
+        None => (false, value),
+    };
     let (name, nth) = match value.rsplit_once(':') {
         Some((name, n)) => {
             let nth = n
@@ -61,6 +69,7 @@ pub fn parse(value: &str) -> Result<Spec, SpecError> {
     Ok(Spec {
         name: name.to_string(),
         nth,
+        panic,
     })
 }
 
@@ -114,6 +123,9 @@ pub fn hit(name: &'static str) {
             hit = armed.spec.nth,
             "{ENV}: aborting at this point"
         );
+        if armed.spec.panic {
+            panic!("{ENV}: panicking at {name} (hit {})", armed.spec.nth);
+        }
         eprintln!("{ENV}: aborting at {name} (hit {})", armed.spec.nth);
         std::process::abort();
     }
@@ -129,9 +141,12 @@ mod tests {
             parse("alert.persisted"),
             Ok(Spec {
                 name: "alert.persisted".into(),
-                nth: 1
+                nth: 1,
+                panic: false
             })
         );
+        assert!(parse("panic@alert.persisted:2")
+            .is_ok_and(|s| s.panic && s.nth == 2 && s.name == "alert.persisted"));
         assert_eq!(parse("  tick.persisted \n").unwrap().name, "tick.persisted");
     }
 
@@ -141,7 +156,8 @@ mod tests {
             parse("result.audited:3"),
             Ok(Spec {
                 name: "result.audited".into(),
-                nth: 3
+                nth: 3,
+                panic: false
             })
         );
         assert_eq!(parse("a: 2").unwrap().nth, 2);

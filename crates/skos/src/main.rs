@@ -8,6 +8,9 @@ mod heap;
 
 use clap::Parser;
 
+/// The exit status after a panic in a long-running command.
+const PANICKED: i32 = 101;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     if !cli.command.is_long_running() {
@@ -21,6 +24,16 @@ fn main() -> std::process::ExitCode {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
+    } else {
+        // A panic is a bug: in a task it would leave the process running
+        // with the coordinator or the agent gone. Say it and end the
+        // process with a failure, so its supervisor restarts it.
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            eprintln!("skos: a task panicked (a bug): stopping so that a supervisor restarts skos");
+            std::process::exit(PANICKED);
+        }));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -102,7 +102,12 @@ struct Crashed {
 /// for the coordinator to abort at the point; start a coordinator again
 /// without it.
 fn crash_at(failpoint: &str, setup: Setup) -> Crashed {
-    let point = failpoint.split(':').next().unwrap();
+    let panics = failpoint.starts_with("panic@");
+    let point = failpoint
+        .trim_start_matches("panic@")
+        .split(':')
+        .next()
+        .unwrap();
     let nats = NatsServer::start();
     let work = tempfile::tempdir().unwrap();
     let cfg = config(work.path(), setup);
@@ -127,15 +132,26 @@ fn crash_at(failpoint: &str, setup: Setup) -> Crashed {
         || armed.child.try_wait().unwrap(),
     );
     let log = armed.log_text();
-    assert_eq!(
-        exit.signal(),
-        Some(libc::SIGABRT),
-        "the coordinator ended otherwise ({exit}):\n{log}"
-    );
-    assert!(
-        log.contains(&format!("SKOS_FAILPOINT: aborting at {point} ")),
-        "aborted elsewhere:\n{log}"
-    );
+    if panics {
+        // A panic in the coordinator's task ends the process, with a
+        // failure its supervisor restarts it on.
+        assert_eq!(exit.code(), Some(101), "ended otherwise ({exit}):\n{log}");
+        assert!(
+            log.contains(&format!("SKOS_FAILPOINT: panicking at {point} "))
+                && log.contains("a task panicked"),
+            "panicked elsewhere:\n{log}"
+        );
+    } else {
+        assert_eq!(
+            exit.signal(),
+            Some(libc::SIGABRT),
+            "the coordinator ended otherwise ({exit}):\n{log}"
+        );
+        assert!(
+            log.contains(&format!("SKOS_FAILPOINT: aborting at {point} ")),
+            "aborted elsewhere:\n{log}"
+        );
+    }
     let coordinator = coordinator_armed(&nats, &cfg, work.path(), "coordinator", None);
     Crashed {
         nats,
@@ -401,6 +417,11 @@ fn alert_crash(failpoint: &str) {
         "{s}"
     );
     assert_eq!(s["open_circuits"], serde_json::json!([]), "{s}");
+}
+
+#[test]
+fn a_panic_in_the_coordinators_task_ends_the_process_and_a_restart_carries_on() {
+    alert_crash("panic@alert.persisted");
 }
 
 #[test]
