@@ -128,7 +128,7 @@ impl NatsBus {
     /// Connect and make sure the streams exist.
     pub async fn connect(opts: &NatsOptions) -> Result<Self> {
         let fail = |reason: String| Error::Connect {
-            url: opts.url.clone(),
+            url: skos_core::redact::url_credentials(&opts.url),
             reason,
         };
         let mut co = async_nats::ConnectOptions::new()

@@ -18,6 +18,7 @@ pub mod node;
 pub mod policy;
 pub mod protocol;
 pub mod recent;
+pub mod redact;
 pub mod timefmt;
 
 pub use node::{NodeName, NodeNameError};

@@ -242,14 +242,14 @@ async fn connect(cfg: &Config, name: &str) -> Result<NatsBus> {
     loop {
         match NatsBus::connect(&opts).await {
             Ok(b) => {
-                tracing::info!(url = %cfg.nats.url, "connected to NATS");
+                tracing::info!(url = %skos_core::redact::url_credentials(&cfg.nats.url), "connected to NATS");
                 return Ok(b);
             }
             Err(e) => {
-                tracing::warn!(url = %cfg.nats.url, error = %e, "NATS not reachable yet, retrying");
+                tracing::warn!(url = %skos_core::redact::url_credentials(&cfg.nats.url), error = %e, "NATS not reachable yet, retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = tokio::signal::ctrl_c() => bail!("interrupted while connecting to {}", cfg.nats.url),
+                    _ = tokio::signal::ctrl_c() => bail!("interrupted while connecting to {}", skos_core::redact::url_credentials(&cfg.nats.url)),
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -504,7 +504,10 @@ async fn read_audit(
             eprintln!("warning: stream SKOS_AUDIT allows deletes or purges");
         }
         Ok((
-            format!("stream SKOS_AUDIT at {}", cfg.nats.url),
+            format!(
+                "stream SKOS_AUDIT at {}",
+                skos_core::redact::url_credentials(&cfg.nats.url)
+            ),
             audit::read_jetstream(&bus, n).await?,
         ))
     } else {

@@ -508,3 +508,43 @@ fn a_login_key_trusted_as_a_coordinator_key_is_refused_everywhere() {
         "{stderr}"
     );
 }
+
+#[test]
+fn nats_credentials_in_the_url_never_reach_logs_or_errors() {
+    let work = tempfile::tempdir().unwrap();
+    // A one-shot command: its error names the server, not the password.
+    let out = run({
+        let mut c = skos();
+        c.arg("status")
+            .env("NATS_URL", "nats://ops:hunter2@127.0.0.1:1");
+        c
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("nats://127.0.0.1:1"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2") && !stderr.contains("ops:"),
+        "{stderr}"
+    );
+    // A long-running one logs its retries the same way.
+    let mut agent = Proc::spawn(
+        {
+            let mut c = skos();
+            c.arg("agent")
+                .arg("--data-dir")
+                .arg(work.path().join("agent"))
+                .env("NATS_URL", "nats://t0k3n@127.0.0.1:1")
+                .env("NODE_NAME", "nova");
+            c
+        },
+        work.path(),
+        "agent",
+    );
+    let log = wait_for(Duration::from_secs(20), "a retry logged", || {
+        let log = agent.log_text();
+        log.contains("NATS not reachable yet").then_some(log)
+    });
+    agent.sigkill();
+    assert!(log.contains("nats://127.0.0.1:1"), "{log}");
+    assert!(!log.contains("t0k3n"), "{log}");
+}

@@ -113,18 +113,6 @@ fn timeout_from(seconds: f64) -> Duration {
     }
 }
 
-/// `scheme://host[:port]` of a URL: what may be logged of it (the path and
-/// query of a webhook URL are often its secret).
-fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, r)) => (s, r),
-        None => return "<url>".into(),
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    format!("{scheme}://{host}")
-}
-
 /// The JSON body of the webhook: fields for ntfy (`title`, `message`),
 /// Slack (`text`), Discord (`content`) and anything that reads the rest.
 pub fn webhook_body(n: &Notification) -> serde_json::Value {
@@ -145,7 +133,7 @@ fn send_webhook(cfg: &WebhookConfig, n: &Notification) -> Delivery {
     if cfg.url.trim().is_empty() {
         return Delivery::failed(CH, "no url configured");
     }
-    let target = redact_url(&cfg.url);
+    let target = skos_core::redact::url_origin(&cfg.url);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout_from(cfg.timeout)))
         .http_status_as_error(false)
@@ -421,19 +409,6 @@ fn stderr_tail(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_url_keeps_only_scheme_and_host() {
-        assert_eq!(
-            redact_url("https://user:pw@hooks.slack.com/services/T/B/SECRET?x=1"),
-            "https://hooks.slack.com"
-        );
-        assert_eq!(
-            redact_url("http://127.0.0.1:8080/topic"),
-            "http://127.0.0.1:8080"
-        );
-        assert_eq!(redact_url("nonsense"), "<url>");
-    }
 
     #[test]
     fn webhook_body_has_every_style_of_field() {

@@ -56,7 +56,7 @@ impl Default for NatsSection {
 impl fmt::Debug for NatsSection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsSection")
-            .field("url", &self.url)
+            .field("url", &crate::redact::url_credentials(&self.url))
             .field("max_message_bytes", &self.max_message_bytes)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))

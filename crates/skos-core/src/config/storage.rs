@@ -158,7 +158,7 @@ impl Default for ArchiveConfig {
 impl fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &crate::redact::url_origin(&self.url))
             .field(
                 "headers",
                 &self
@@ -184,18 +184,6 @@ impl fmt::Debug for EmailConfig {
             .field("to", &self.to)
             .field("timeout", &self.timeout)
             .finish()
-    }
-}
-
-/// Scheme and host only: webhook paths and queries often carry a token.
-fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let host = host.rsplit('@').next().unwrap_or(host);
-            format!("{scheme}://{host}/<redacted>")
-        }
-        None => "<redacted>".to_string(),
     }
 }
 
