@@ -651,4 +651,43 @@ mod tests {
         e.give_back_originals(&nova(), &mut cmd);
         assert!(cmd.parameters.is_empty());
     }
+
+    /// The copy holds one range for all four policies (as the agent
+    /// compacts them); the agent, back without its data dir, lists the
+    /// cap it has no record of per policy. `cpufreq:policy2` lies within
+    /// `cpufreq:policy0-3`: the copy still explains the cap, is kept, and
+    /// the reset sent once the node is cool carries it. Found by mutation
+    /// testing: matching only when each target holds the other's first
+    /// policy dropped the copy and never lifted the cap.
+    #[test]
+    fn a_copy_for_a_range_explains_a_cap_on_one_of_its_policies() {
+        let mut e = engine();
+        let copy = json!([{"target": "cpufreq:policy0-3", "value": "3600000"}]);
+        e.on_heartbeat(hb(0, 87.0, 0, Value::Null), t(0));
+        e.on_heartbeat(
+            hb(
+                1,
+                87.0,
+                50,
+                json!({"level": 50, "originals": copy, "unexplained": []}),
+            ),
+            t(1),
+        );
+        let lost = json!({
+            "level": 0,
+            "originals": [],
+            "unexplained": [{"target": "cpufreq:policy2", "value": "1800000", "full": "3600000", "percent": 50, "path": "x"}],
+            "unexplained_count": 1,
+        });
+        let mut sent = Vec::new();
+        for at in 2..6 {
+            sent.extend(commands(
+                &e.on_heartbeat(hb(at, 45.0, 50, lost.clone()), t(at)),
+            ));
+            assert_eq!(kept(&e), [o("cpufreq:policy0-3", "3600000")]);
+        }
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].action_type, "reset_throttle");
+        assert_eq!(sent[0].parameters[catalogue::ORIGINALS], copy);
+    }
 }
