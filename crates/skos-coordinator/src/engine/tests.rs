@@ -2687,3 +2687,486 @@ fn a_flapping_disk_still_gets_a_cleanup_at_each_rise() {
         "rises after the flap began got no cleanup"
     );
 }
+
+// --- Found by mutation testing: each test below fails on a change to the
+// code that the tests before it let through. ---
+
+/// The summary of the one verification record among `fx`, an
+/// `uncredited` one, and the status message of the action `action_id`.
+fn uncredited_says(e: &Engine, fx: &[Effect], action_id: &str) -> (String, String) {
+    let v = audits(fx, "verification");
+    assert_eq!(v.len(), 1, "{v:#?}");
+    assert_eq!(v[0].data["outcome"], "uncredited");
+    let record = e
+        .status(t(1000.0))
+        .recent_actions
+        .into_iter()
+        .find(|r| r.action_id == action_id)
+        .unwrap();
+    (v[0].summary.clone(), record.message)
+}
+
+/// The circuit breaker's records name the breaker (node, problem,
+/// action): an operator reading "circuit … is open" must see which fix on
+/// which node was stopped.
+#[test]
+fn a_circuits_records_name_its_node_problem_and_action() {
+    let mut cfg = Config::default();
+    cfg.circuit_breaker.max_failures = 1;
+    cfg.circuit_breaker.reset_timeout_seconds = 10.0;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let cmd = throttle_50(&e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0)));
+    let fx = e.on_result(result(&cmd, ResultStatus::Failed), t(1.0));
+    assert_eq!(
+        audits(&fx, "breaker")[0].summary,
+        "circuit (nova, thermal:cpu, throttle_50) open"
+    );
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 5.0), t(5.0));
+    assert_eq!(
+        audits(&fx, "skipped")[0].summary,
+        "throttle_50 for thermal:cpu on nova skipped: circuit (nova, thermal:cpu, throttle_50) is open"
+    );
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 12.0), t(12.0));
+    assert_eq!(
+        audits(&fx, "breaker")[0].summary,
+        "circuit (nova, thermal:cpu, throttle_50) half-open: one trial allowed"
+    );
+}
+
+/// The load ended while the throttle was on its way: the node read 70 °C
+/// at 1 and 2, the agent carried the throttle out at 1.5 and its answer
+/// came after the reading at 2. The last reading before the answer is
+/// after the change, but the fall began before it: the readings kept
+/// while the command waited for its result say so, and the fix is not
+/// credited, with the reason spelled out for the operator.
+#[test]
+fn a_fall_that_began_before_the_change_is_not_credited_when_the_answer_is_late() {
+    let mut e = Engine::new(Config::default(), Counters::default(), "test");
+    e.on_heartbeat(hb(Some(88.0), 0, 0.0), t(0.0));
+    let cmd = throttle_50(&e.on_alert(alert(Severity::Critical, 88.0, 0.0), t(0.05)));
+    e.on_heartbeat(hb(Some(70.0), 0, 1.0), t(1.0));
+    e.on_heartbeat(hb(Some(70.0), 0, 2.0), t(2.0));
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.timestamp = t(1.5);
+    let mut fx = e.on_result(r, t(2.5));
+    for s in 3..60 {
+        let s = f64::from(s);
+        fx.extend(e.on_heartbeat(hb(Some(70.0), 50, s), t(s + 0.1)));
+        fx.extend(e.tick(t(s + 0.5)));
+    }
+    assert_eq!(e.counters.get("verifications.succeeded"), 0);
+    assert_eq!(e.counters.get("verifications.uncredited"), 1);
+    assert_eq!(
+        audits(&fx, "verification")[0].data["reason"],
+        "fell_before_change"
+    );
+    let (summary, message) = uncredited_says(&e, &fx, &cmd.action_id);
+    assert_eq!(
+        summary,
+        "throttle_50 on nova not credited: it fell before the change took effect \
+         (cpu_temp 70.0, level 85.0)"
+    );
+    assert_eq!(
+        message,
+        "not credited: it fell before the change took effect"
+    );
+    assert_eq!(recent_state(&e, &cmd.action_id), ActionState::NotVerified);
+    let key = BreakerKey::new("nova", "thermal:cpu", "throttle_50");
+    assert_eq!(e.breakers.failures(&key), 0);
+}
+
+/// A heartbeat the agent sent before its alert (still cool then) that
+/// arrives after the command went out is older than the alert, which says
+/// the CPU was hot: it is no fall before the change. The fall after the
+/// change is credited.
+#[test]
+fn a_reading_older_than_the_alert_is_no_fall_before_the_change() {
+    let mut e = Engine::new(Config::default(), Counters::default(), "test");
+    let cmd = throttle_50(&e.on_alert(alert(Severity::Critical, 88.0, 1.0), t(1.05)));
+    e.on_heartbeat(hb(Some(70.0), 0, 0.5), t(1.2));
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.timestamp = t(1.5);
+    e.on_result(r, t(1.6));
+    let mut verified = Vec::new();
+    for s in 2..60 {
+        let s = f64::from(s);
+        let fx = e.on_heartbeat(hb(Some(70.0), 50, s), t(s + 0.1));
+        verified.extend(
+            audits(&fx, "verification")
+                .into_iter()
+                .map(|a| (s, a.data.clone())),
+        );
+        e.tick(t(s + 0.5));
+    }
+    assert_eq!(verified.len(), 1, "{verified:#?}");
+    let (at, data) = &verified[0];
+    assert_eq!(*at, 12.0);
+    assert_eq!(data["outcome"], "succeeded");
+    assert_eq!(data["fell_at"], timefmt::format(&t(2.0)).as_str());
+    assert_eq!(e.counters.get("verifications.uncredited"), 0);
+}
+
+/// Critical at 88 °C; `throttle_50` does not bring it below 85 and is
+/// escalated; `throttle_100` leaves it at 88 °C, below emergency's 95 but
+/// still critical. The escalation's fix is judged against the level the
+/// failed fix was (85 °C): it failed, and past emergency a human must
+/// decide.
+#[test]
+fn an_escalations_fix_must_bring_the_metric_below_the_level_below() {
+    let mut e = Engine::new(Config::default(), Counters::default(), "test");
+    e.on_heartbeat(hb(Some(88.0), 0, 0.0), t(0.0));
+    let cmd = throttle_50(&e.on_alert(alert(Severity::Critical, 88.0, 0.0), t(0.05)));
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.timestamp = t(0.5);
+    e.on_result(r, t(0.6));
+    let mut fx = Vec::new();
+    let mut s = 1.0;
+    while fx.is_empty() || alerts(&fx).is_empty() {
+        e.on_heartbeat(hb(Some(88.0), 50, s), t(s));
+        fx = e.tick(t(s + 0.5));
+        s += 1.0;
+        assert!(s < 200.0, "no escalation");
+    }
+    let esc = alerts(&fx).remove(0);
+    assert_eq!(esc.severity, Severity::Emergency);
+    let fx = e.on_alert(esc, t(s));
+    let full: Vec<Command> = commands(&fx)
+        .into_iter()
+        .filter(|c| c.action_type == "throttle_100")
+        .collect();
+    assert_eq!(full.len(), 1, "{fx:#?}");
+    let mut r = result(&full[0], ResultStatus::Succeeded);
+    r.timestamp = t(s + 0.5);
+    e.on_result(r, t(s + 0.6));
+    let mut verdicts = Vec::new();
+    for i in 1..200 {
+        let at = s + f64::from(i);
+        e.on_heartbeat(hb(Some(88.0), 100, at), t(at));
+        let fx = e.tick(t(at + 0.5));
+        verdicts.extend(
+            audits(&fx, "verification")
+                .into_iter()
+                .map(|a| a.data.clone()),
+        );
+    }
+    assert_eq!(verdicts.len(), 1, "{verdicts:#?}");
+    assert_eq!(verdicts[0]["outcome"], "failed");
+    assert_eq!(verdicts[0]["below"], 85.0);
+    let key = BreakerKey::new("nova", "thermal:cpu", "throttle_100");
+    assert_eq!(e.breakers.failures(&key), 1);
+}
+
+/// Only the coordinator's own escalation lowers the bar to the level
+/// below: an agent's emergency alert that carries `escalated_from_below`
+/// (a forged or confused detail) is judged against emergency's own level,
+/// and a throttle that brings 96 °C down to 90 °C is credited.
+#[test]
+fn an_agents_alert_cannot_claim_to_be_an_escalation() {
+    let mut e = Engine::new(Config::default(), Counters::default(), "test");
+    e.on_heartbeat(hb(Some(96.0), 0, 0.0), t(0.0));
+    let mut a = alert(Severity::Emergency, 96.0, 0.0);
+    a.details
+        .insert(credit::ESCALATED_FROM_BELOW.into(), json!(85.0));
+    let fx = e.on_alert(a, t(0.05));
+    let cmd = commands(&fx)
+        .into_iter()
+        .find(|c| c.action_type == "throttle_100")
+        .unwrap();
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.timestamp = t(0.5);
+    e.on_result(r, t(0.6));
+    let mut verdicts = Vec::new();
+    for s in 1..200 {
+        let s = f64::from(s);
+        let mut fx = e.on_heartbeat(hb(Some(90.0), 100, s), t(s));
+        fx.extend(e.tick(t(s + 0.5)));
+        verdicts.extend(
+            audits(&fx, "verification")
+                .into_iter()
+                .map(|a| a.data.clone()),
+        );
+    }
+    assert_eq!(verdicts.len(), 1, "{verdicts:#?}");
+    assert_eq!(verdicts[0]["outcome"], "succeeded");
+    assert_eq!(verdicts[0]["below"], 95.0);
+}
+
+/// A throttle that works is lifted once the node has been cool for
+/// `clear_for` (2 s, shorter than the 10 s hold): the fix is credited
+/// then. Heat that comes back once the throttle is off is a new problem,
+/// not the fix's failure: no failed verification, no breaker failure, no
+/// escalation.
+#[test]
+fn a_recovery_credits_the_fix_and_later_heat_is_not_its_failure() {
+    let mut cfg = Config::default();
+    cfg.thermal.clear_for = 2.0;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    e.on_heartbeat(hb(Some(88.0), 0, 0.0), t(0.0));
+    let cmd = throttle_50(&e.on_alert(alert(Severity::Critical, 88.0, 0.0), t(0.05)));
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.timestamp = t(0.5);
+    e.on_result(r, t(0.6));
+    let mut lifted_with = None;
+    let mut fx = Vec::new();
+    for s in 1..200 {
+        let s = f64::from(s);
+        let (cpu, throttle) = if lifted_with.is_some() {
+            (88.0, 0)
+        } else {
+            (70.0, 50)
+        };
+        let now = e.on_heartbeat(hb(Some(cpu), throttle, s), t(s + 0.1));
+        if lifted_with.is_none()
+            && commands(&now)
+                .iter()
+                .any(|c| c.action_type == "reset_throttle")
+        {
+            lifted_with = Some(
+                audits(&now, "verification")
+                    .iter()
+                    .map(|a| a.data.clone())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        for reset in commands(&now) {
+            let mut r = result(&reset, ResultStatus::Succeeded);
+            r.timestamp = t(s + 0.2);
+            fx.extend(e.on_result(r, t(s + 0.3)));
+        }
+        fx.extend(now);
+        fx.extend(e.tick(t(s + 0.5)));
+    }
+    let at_reset = lifted_with.expect("the throttle was lifted");
+    assert_eq!(at_reset.len(), 1, "{at_reset:#?}");
+    assert_eq!(at_reset[0]["outcome"], "succeeded");
+    assert_eq!(audits(&fx, "verification").len(), 1);
+    assert_eq!(e.counters.get("verifications.failed"), 0);
+    assert_eq!(e.counters.get("breaker.failures"), 0);
+    assert!(alerts(&fx).is_empty(), "no escalation: {:#?}", alerts(&fx));
+}
+
+/// A node with two fixes under verification at once, a throttle and a
+/// disk cleanup: lifting the throttle settles the throttle's fix only.
+/// The cleanup that freed too little is still judged at its own deadline
+/// (failed: the disk is still full), not closed by the thermal recovery.
+/// Each of the three fixes is kept and judged on its own.
+#[test]
+fn a_thermal_recovery_settles_only_the_thermal_fix() {
+    let mut cfg = Config::default();
+    cfg.thermal.clear_for = 2.0;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    let both = |cpu: f64, throttle: u8, at: f64| Heartbeat {
+        storage_percent: Some(92.0),
+        ..hb(Some(cpu), throttle, at)
+    };
+    e.on_heartbeat(both(88.0, 0, 0.0), t(0.0));
+    let mut sent = commands(&e.on_alert(alert(Severity::Critical, 88.0, 0.0), t(0.05)));
+    sent.extend(commands(
+        &e.on_alert(storage_alert(Severity::Critical, 92.0, 0.0), t(0.05)),
+    ));
+    let names: Vec<&str> = sent.iter().map(|c| c.action_type.as_str()).collect();
+    assert_eq!(names, ["throttle_50", "cleanup_logs", "archive_old"]);
+    for c in &sent {
+        let mut r = result(c, ResultStatus::Succeeded);
+        r.details.insert("bytes_freed".into(), json!(1_000_000));
+        r.timestamp = t(0.5);
+        e.on_result(r, t(0.6));
+    }
+    let mut at_reset = None;
+    let mut fx = Vec::new();
+    for s in 1..200 {
+        let s = f64::from(s);
+        let now = e.on_heartbeat(both(70.0, 50, s), t(s + 0.1));
+        if at_reset.is_none()
+            && commands(&now)
+                .iter()
+                .any(|c| c.action_type == "reset_throttle")
+        {
+            at_reset = Some(
+                audits(&now, "verification")
+                    .iter()
+                    .map(|a| (a.data["action_id"].clone(), a.data["outcome"].clone()))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        fx.extend(now);
+        fx.extend(e.tick(t(s + 0.5)));
+    }
+    assert_eq!(
+        at_reset.expect("the throttle was lifted"),
+        [(json!(sent[0].action_id), json!("succeeded"))]
+    );
+    let mut verdicts: Vec<(String, String)> = audits(&fx, "verification")
+        .iter()
+        .map(|a| {
+            let id = a.data["action_id"].as_str().unwrap();
+            let action = sent.iter().find(|c| c.action_id == id).unwrap();
+            (
+                action.action_type.clone(),
+                a.data["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    verdicts.sort();
+    let want = [
+        ("archive_old", "failed"),
+        ("cleanup_logs", "failed"),
+        ("throttle_50", "succeeded"),
+    ];
+    assert_eq!(verdicts, want.map(|(a, o)| (a.to_string(), o.to_string())));
+}
+
+/// A flapping disk gets a cleanup at each rise after a normal reading,
+/// but the agent's reminder at the same level within a rise is held: it
+/// is no new rise, and the cleanup of that rise was already sent.
+#[test]
+fn a_flapping_disks_reminder_within_a_rise_gets_no_second_cleanup() {
+    let mut e = engine();
+    let mut rises = 0;
+    for i in 0..10 {
+        let at = f64::from(i) * 6.0;
+        e.on_heartbeat(storage_hb(91.0, at), t(at));
+        let flapping = e.counters.get("flapping.started") > 0;
+        let fx = e.on_alert(storage_alert(Severity::Critical, 91.0, at), t(at + 0.1));
+        let sent = commands(&fx);
+        for cmd in &sent {
+            let mut r = result(cmd, ResultStatus::Succeeded);
+            r.details.insert("bytes_freed".into(), json!(1_000_000));
+            r.timestamp = t(at + 0.5);
+            e.on_result(r, t(at + 0.6));
+        }
+        if flapping {
+            assert!(!sent.is_empty(), "the rise at {at} got no cleanup");
+            rises += 1;
+            let held = e.counters.get("alerts.held_flapping");
+            let fx = e.on_alert(
+                storage_alert(Severity::Critical, 91.5, at + 1.0),
+                t(at + 1.1),
+            );
+            assert_eq!(audits(&fx, "alert").len(), 1, "recorded");
+            assert!(
+                commands(&fx).is_empty(),
+                "a second cleanup at {at}: {fx:#?}"
+            );
+            assert_eq!(e.counters.get("alerts.held_flapping"), held + 1);
+        }
+        e.on_heartbeat(storage_hb(60.0, at + 3.0), t(at + 3.0));
+        e.on_alert(storage_alert(Severity::Normal, 60.0, at + 3.0), t(at + 3.1));
+        e.tick(t(at + 3.5));
+    }
+    assert!(rises >= 3, "{rises}");
+}
+
+/// A problem that changes state slowly, then faster: changes leave the
+/// minute one at a time, and those still within it count with the next
+/// ones. Five changes from 0 to 45 s, the first leaving the window at
+/// 60 s, then two more at 62 and 64 s: six within the minute, flapping.
+#[test]
+fn changes_still_within_the_window_count_after_older_ones_leave_it() {
+    let mut e = engine();
+    let changes = [
+        (0.0, Severity::Critical),
+        (30.0, Severity::Normal),
+        (35.0, Severity::Critical),
+        (40.0, Severity::Normal),
+        (45.0, Severity::Critical),
+        (62.0, Severity::Normal),
+        (64.0, Severity::Critical),
+    ];
+    let mut started = Vec::new();
+    let mut next = changes.iter().peekable();
+    for s in 0..80 {
+        let s = f64::from(s);
+        let mut fx = Vec::new();
+        if let Some((_, severity)) = next.next_if(|(at, _)| *at == s) {
+            fx.extend(e.on_alert(alert(*severity, 88.0, s), t(s + 0.1)));
+        }
+        fx.extend(e.tick(t(s + 0.5)));
+        for a in audits(&fx, "flapping") {
+            started.push((s, a.data["state"].clone(), a.data["changes"].clone()));
+        }
+    }
+    assert_eq!(started, [(64.0, json!("started"), json!(6))]);
+}
+
+/// Flapping between warning and normal, then critical: the critical
+/// rise is decided (it is worse), and from then on the critical rises of
+/// the flap are held like the warning ones were, instead of sending
+/// `throttle_50` again at each.
+#[test]
+fn a_flap_that_worsens_is_acted_on_once_at_the_worse_level() {
+    let mut e = Engine::new(Config::default(), Counters::default(), "test");
+    let mut sent: Vec<(f64, String)> = Vec::new();
+    let swings = [
+        (0.0, Severity::Warning),
+        (3.0, Severity::Normal),
+        (6.0, Severity::Warning),
+        (9.0, Severity::Normal),
+        (12.0, Severity::Warning),
+        (15.0, Severity::Normal),
+        (18.0, Severity::Critical),
+        (21.0, Severity::Normal),
+        (24.0, Severity::Critical),
+        (27.0, Severity::Normal),
+        (30.0, Severity::Critical),
+    ];
+    for (at, severity) in swings {
+        let fx = e.on_alert(alert(severity, 80.0, at), t(at + 0.1));
+        for cmd in commands(&fx) {
+            sent.push((at, cmd.action_type.clone()));
+            let mut r = result(&cmd, ResultStatus::Succeeded);
+            r.timestamp = t(at + 0.5);
+            e.on_result(r, t(at + 0.6));
+        }
+        e.tick(t(at + 1.0));
+    }
+    assert_eq!(e.counters.get("flapping.started"), 1);
+    assert_eq!(
+        sent,
+        [
+            (0.0, "throttle_10".to_string()),
+            (18.0, "throttle_50".to_string())
+        ]
+    );
+    assert!(e.counters.get("alerts.held_flapping") >= 2);
+}
+
+/// A problem whose throttle was lifted after each rise starts flapping
+/// with a new rise: that rise is decided afresh (the throttle is off),
+/// and the throttle it sends then stays in place while the problem flaps.
+#[test]
+fn a_flap_that_starts_after_its_throttle_was_lifted_gets_a_throttle() {
+    let mut cfg = Config::default();
+    cfg.thermal.clear_for = 2.0;
+    cfg.coordinator.verify_within = 1.0;
+    cfg.coordinator.verify_hold_seconds = 0.0;
+    // Five changes: the flap starts at a rise.
+    cfg.coordinator.flap_start_changes = 5;
+    let mut n = Node::new(cfg);
+    n.second(0.0, false);
+    // Hot 3 s, cool 5 s (longer than clear_for).
+    for s in 1..60 {
+        n.second(f64::from(s), (s - 1) % 8 < 3);
+    }
+    let flapping = n.audits("flapping", 0.0);
+    assert_eq!(flapping.len(), 1, "{flapping:#?}");
+    let started = flapping[0].timestamp;
+    let resets = n.sent("reset_throttle");
+    assert!(resets.len() >= 2, "lifted after each rise: {resets:?}");
+    assert!(resets.iter().all(|&r| t(r) < started), "{resets:?}");
+    let throttles: Vec<f64> =
+        n.fx.iter()
+            .filter_map(|(at, e)| match e {
+                Effect::Command(_, c) if c.action_type.starts_with("throttle_") => Some(*at),
+                _ => None,
+            })
+            .collect();
+    assert!(
+        throttles
+            .iter()
+            .any(|&at| t(at) <= started && t(at + 1.0) > started),
+        "no throttle at the rise that started the flap ({started}): {throttles:?}"
+    );
+    assert!(n.throttle > 0, "the node flaps unthrottled");
+}
