@@ -115,7 +115,18 @@ fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
+}
+
+/// Whether log lines carry ANSI colours: only on a terminal, and never
+/// with `NO_COLOR` set to anything non-empty (no-color.org), so files and
+/// journald get plain text.
+fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -699,4 +710,18 @@ fn keys_generate(out: &std::path::Path, force: bool) -> Result<ExitCode> {
     eprintln!("skos: set trust.signing_key_file on the coordinator, and this public key in trust.coordinator_keys on every agent:");
     println!("{public}");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colours;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colours_only_on_a_terminal_and_never_with_no_color() {
+        assert!(colours(true, None));
+        assert!(colours(true, Some(OsStr::new(""))));
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(!colours(false, None));
+    }
 }

@@ -365,6 +365,8 @@ fn machine_without_sensors_keeps_running_and_says_so() {
         "{}",
         up.log_text()
     );
+    // A log written to a file is plain text: no ANSI colour codes.
+    assert!(!up.log_text().contains('\x1b'), "{:?}", up.log_text());
     let out = run({
         let mut c = skos();
         c.args(["sensors", "--json"])
