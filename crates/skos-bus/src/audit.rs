@@ -412,8 +412,20 @@ fn append_file_many(
         buf.push(b'\n');
         records.push(record);
     }
-    file.write_all(&buf).map_err(|e| io(path, e))?;
-    file.sync_data().map_err(|e| io(path, e))?;
+    // A write that fails part way (a full disk) is cut back to where the
+    // trail ended: no torn record stays behind for the next one to be
+    // written after on the same line.
+    let before = file.metadata().map_err(|e| io(path, e))?.len();
+    let written = file
+        .write_all(&buf)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| io(path, e));
+    if let Err(e) = written {
+        if let Err(cut) = file.set_len(before).and_then(|()| file.sync_data()) {
+            tracing::error!(path = %path.display(), error = %cut, "failed audit append not cut back; the next start cuts the torn record");
+        }
+        return Err(e);
+    }
     *chain = trial;
     Ok(records)
 }
@@ -722,6 +734,48 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let report = verify(read_file(&path).unwrap());
         assert!(matches!(report.error, Some(ChainError::Content { seq: 2 })));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_append_on_a_full_disk_leaves_no_torn_record() {
+        // A real filesystem that fills up: a 64 KiB tmpfs.
+        let fs = skos_testsupport::require!(
+            "a tmpfs mount",
+            skos_testsupport::tmpfs::Tmpfs::mount("64k", None)
+        );
+        let path = fs.path().join("audit.jsonl");
+        let log = AuditLog::open_file(&path).unwrap();
+        log.append(entry(0)).await.unwrap();
+        let filler = fs.path().join("filler");
+        let mut f = File::create(&filler).unwrap();
+        let _ = f.write_all(&vec![0u8; 1 << 20]);
+        let _ = f.sync_all();
+        drop(f);
+        // Appends fail once it is full; each leaves the trail as it was.
+        let mut failed = 0;
+        for i in 1..200 {
+            let before = std::fs::metadata(&path).unwrap().len();
+            let big = AuditEntry::new(
+                skos_core::AuditEvent::Decision,
+                chrono::Utc::now(),
+                None,
+                "test",
+                format!("e{i}"),
+                serde_json::json!({"pad": "x".repeat(2048)}),
+            );
+            if log.append_many(vec![big.clone(), big]).await.is_err() {
+                failed += 1;
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), before, "cut back");
+            }
+        }
+        assert!(failed > 0, "the disk never filled");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with('\n'), "a torn record is left");
+        // Space again: the next append continues the same chain.
+        std::fs::remove_file(&filler).unwrap();
+        log.append(entry(99)).await.unwrap();
+        let report = verify(read_file(&path).unwrap());
+        assert!(report.error.is_none(), "{:?}", report.error);
     }
 
     #[tokio::test(flavor = "multi_thread")]

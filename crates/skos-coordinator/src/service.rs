@@ -1165,6 +1165,9 @@ impl Ctx {
         if self.outbox.iter().any(blocked) {
             return false;
         }
+        if self.audits_uncertain && !self.outbox.is_empty() && !self.write_waiting_audits().await {
+            return false;
+        }
         if !self.outbox.is_empty() {
             let waiting: Vec<Effect> = std::mem::take(&mut self.outbox).into();
             let n = waiting.len();
@@ -1207,8 +1210,11 @@ impl Ctx {
                 }
             }
             if let Err(failed) = self.audit.append_many(entries).await {
-                // What is not known to be stored waits for the next try.
+                // What is not known to be stored waits for the next try,
+                // and nothing new is carried out until it is written.
                 self.audits_uncertain = true;
+                self.counters.inc(Counter::AuditWriteFailed);
+                tracing::error!(error = %failed.error, waiting = failed.entries.len(), "audit trail cannot be written: no new action is carried out until it can (restoring ones excepted)");
                 let rest = failed.entries.into_iter().map(Effect::Audit).collect();
                 return self.stall(failed.error, rest);
             }
@@ -1232,6 +1238,75 @@ impl Ctx {
         true
     }
 
+    /// After a failed audit append: write the audit records waiting at the
+    /// head of the outbox before anything else is carried out, so no new
+    /// command runs unaudited while the trail cannot be written (a full
+    /// disk, a lost stream). Only restoring commands (lifting a throttle
+    /// SKOS applied) go out meanwhile, their records waiting with the
+    /// rest. True once the trail took them (then the outbox is carried out
+    /// as usual).
+    async fn write_waiting_audits(&mut self) -> bool {
+        let restoring = |e: &Effect| matches!(e, Effect::Command(_, cmd) if skos_core::catalogue::restores(&cmd.action_type));
+        let lead = self
+            .outbox
+            .iter()
+            .take_while(|e| matches!(e, Effect::Audit(_)))
+            .count();
+        let mut entries: Vec<AuditEntry> = self
+            .outbox
+            .drain(..lead)
+            .filter_map(|e| match e {
+                Effect::Audit(entry) => Some(entry),
+                _ => None,
+            })
+            .collect();
+        // The last failed append may have been written all the same.
+        let result = match self.audit.read_recent(entries.len() as u64 + 16).await {
+            Ok(tail) => {
+                let written: HashSet<String> =
+                    tail.iter().map(|r| entry_key(&r["entry"])).collect();
+                entries.retain(|e| !written.contains(&new_entry_key(e)));
+                self.audit
+                    .append_many(entries)
+                    .await
+                    .map_err(|failed| (failed.error, failed.entries))
+            }
+            Err(e) => Err((e, entries)),
+        };
+        match result {
+            Ok(()) => {
+                self.audits_uncertain = false;
+                tracing::info!("audit trail writable again: carrying out what waited");
+                true
+            }
+            Err((e, rest)) => {
+                // Restoring commands still go out; every other effect waits
+                // behind the records the trail could not take.
+                let mut restore = Vec::new();
+                let mut later = VecDeque::new();
+                for eff in std::mem::take(&mut self.outbox) {
+                    if restoring(&eff) {
+                        restore.push(eff);
+                    } else {
+                        later.push_back(eff);
+                    }
+                }
+                self.outbox = later;
+                for eff in &restore {
+                    if let Err(e) = self.publish(eff).await {
+                        tracing::warn!(error = %e, "restoring command not sent; retrying");
+                    }
+                }
+                tracing::debug!(error = %e, waiting = rest.len() + self.outbox.len(), "audit trail still cannot be written");
+                self.counters.inc(Counter::AuditWriteFailed);
+                let rest: Vec<Effect> = rest.into_iter().map(Effect::Audit).collect();
+                // A restoring command sent now is published again (same id)
+                // with the rest later: stored and executed once.
+                self.stall(e, rest.into_iter().chain(restore).collect())
+            }
+        }
+    }
+
     /// A failed try at carrying out the outbox: `rest` waits for the next
     /// one (a deposed coordinator drops it: the new leader decides again
     /// from the same inputs). Always false.
@@ -1245,7 +1320,7 @@ impl Ctx {
         if self.stalled {
             tracing::debug!(error = %e, waiting = rest.len(), "queued effects still waiting");
         } else {
-            tracing::error!(error = %e, queued = rest.len(), "effects not carried out; queued until the bus is back");
+            tracing::error!(error = %e, queued = rest.len(), "effects not carried out; queued and tried again");
             self.counters.add(Counter::EffectsQueued, rest.len() as u64);
         }
         self.stalled = true;

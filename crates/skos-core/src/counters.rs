@@ -53,6 +53,9 @@ pub enum Counter<'a> {
     MeshNodeProblems,
     StateUnreadable,
     StateSaveFailed,
+    /// An audit append failed: new actions wait until the trail is
+    /// writable again.
+    AuditWriteFailed,
     /// `leader.<event>`: leadership won (`elected`) or lost (`lost`).
     Leader(&'a str),
     /// Effects that could not be published (bus down) and wait in the
@@ -122,6 +125,7 @@ impl Counter<'_> {
             MeshNodeProblems => "mesh.node_problems",
             StateUnreadable => "state.unreadable",
             StateSaveFailed => "state.save_failed",
+            AuditWriteFailed => "audit.write_failed",
             Leader(e) => return format!("leader.{e}").into(),
             EffectsQueued => "effects.queued",
             Rejected { feed, reason } => return format!("rejected.{feed}.{reason}").into(),

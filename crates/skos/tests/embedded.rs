@@ -632,3 +632,90 @@ fn a_second_skos_up_on_the_same_data_dir_is_refused_and_the_first_goes_on() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+/// Fills `dir`'s filesystem with one file until it is full.
+fn fill_up(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 4096];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[test]
+fn while_the_trail_cannot_be_written_no_new_action_runs() {
+    // The trail on a small filesystem of its own (a symlink from the
+    // data dir), the node's state beside it with room to spare.
+    let trail_fs = skos_testsupport::require!(
+        "a tmpfs mount",
+        skos_testsupport::tmpfs::Tmpfs::mount("256k", None)
+    );
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 4, MIN, MAX);
+    let cfg = fast_config(work.path(), "");
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(
+        trail_fs.path().join("audit.jsonl"),
+        data.join("audit.jsonl"),
+    )
+    .unwrap();
+    let (mut up, _) = up_nova(work.path(), &sys, &cfg);
+    wait_for(Duration::from_secs(30), "nova joined", || {
+        audit_events(&audit(&data), "node").first().map(|_| ())
+    });
+    let filler = fill_up(trail_fs.path());
+
+    // The first decision after the disk filled goes out before its
+    // records fail to be written; from then on nothing new is carried out.
+    cpu.heat(87.0);
+    wait_for(Duration::from_secs(30), "throttle_50 in force", || {
+        all_at(&sys, MAX / 2).then_some(())
+    });
+    wait_for(Duration::from_secs(30), "the trail failure said", || {
+        up.log_text()
+            .contains("audit trail cannot be written")
+            .then_some(())
+    });
+    cpu.heat(97.0);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        all_at(&sys, MAX / 2),
+        "a new action ran while the trail could not be written:\n{}",
+        up.log_text()
+    );
+    assert!(up.alive());
+
+    // Space again: what waited is audited, then carried out.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(Duration::from_secs(30), "throttle_100 in force", || {
+        all_at(&sys, MIN).then_some(())
+    });
+    let records = wait_for(Duration::from_secs(30), "throttle_100 audited", || {
+        let r = audit(&data);
+        (results_of(&r, "throttle_100", "succeeded") > 0).then_some(r)
+    });
+    for action in ["throttle_50", "throttle_100"] {
+        assert_eq!(
+            commands_of(&records, action).len(),
+            1,
+            "{action} audited once"
+        );
+    }
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify", "--data-dir"]).arg(&data);
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(up.sigterm().success());
+}

@@ -189,6 +189,13 @@ pub fn is_verifiable(action: &str) -> bool {
     spec(action).is_some_and(|a| a.verify == Verify::MetricBelow)
 }
 
+/// Whether an action undoes what SKOS did (lifting its own throttle): it
+/// is still carried out while the audit trail cannot be written, when
+/// every new action waits.
+pub fn restores(action: &str) -> bool {
+    action == thermal::RESET
+}
+
 /// Whether an action's job is to free space (one that freed nothing
 /// failed).
 pub fn frees_space(action: &str) -> bool {
@@ -322,6 +329,8 @@ mod tests {
         assert!(is_verifiable("throttle_10") && is_verifiable("cleanup_temp"));
         assert!(is_verifiable("restart_wireguard") && !is_verifiable("ping_peer"));
         assert!(!is_verifiable("reset_throttle") && !is_verifiable("alert_human"));
+        assert!(restores("reset_throttle"));
+        assert!(!restores("throttle_10") && !restores("emergency_cleanup"));
         assert!(frees_space("archive_old") && !frees_space("alert_human"));
         assert!(spec("emergency_cleanup").is_some_and(|a| a.destructive));
         assert!(spec("throttle_50").is_some_and(|a| !a.destructive));

@@ -22,6 +22,9 @@ pub const MAX_ORIGINALS: usize = 4096;
 
 const PARAMS: &[(&str, ParamKind)] = &[(ORIGINALS, ParamKind::ThrottleOriginals)];
 
+/// The action that lifts a throttle SKOS applied.
+pub(super) const RESET: &str = "reset_throttle";
+
 pub(super) const ACTIONS: &[ActionSpec] = &[
     ActionSpec::new("throttle_10", ThermalSentinel)
         .params(PARAMS)
@@ -33,7 +36,7 @@ pub(super) const ACTIONS: &[ActionSpec] = &[
         .params(PARAMS)
         .verified(),
     // Lifting the cap is the recovery, not a fix to verify.
-    ActionSpec::new("reset_throttle", ThermalSentinel).params(PARAMS),
+    ActionSpec::new(RESET, ThermalSentinel).params(PARAMS),
 ];
 
 /// `throttle_<n>` → n, for n in 1..=100.
