@@ -26,6 +26,7 @@ pub struct AuditRecord {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ChainError {
+    /// `index`: the record's position in what was read, from 1.
     #[error("record {index}: expected seq {expected}, found {found} (removed or reordered)")]
     Sequence {
         index: u64,
@@ -38,6 +39,7 @@ pub enum ChainError {
     Link { seq: u64 },
     #[error("record seq {seq}: hash does not match its content (changed)")]
     Content { seq: u64 },
+    /// `index`: the record's position in what was read, from 1.
     #[error("record {index}: unreadable: {reason}")]
     Unreadable { index: u64, reason: String },
 }
@@ -122,14 +124,17 @@ impl Chain {
 #[derive(Debug, Default)]
 pub struct Verifier {
     chain: Option<Chain>,
-    index: u64,
+    /// Records looked at.
+    seen: u64,
+    /// Records that verified.
+    verified: u64,
 }
 
 impl Verifier {
     pub fn push_value(&mut self, value: Value) -> Result<(), ChainError> {
         let record: AuditRecord =
             serde_json::from_value(value).map_err(|e| ChainError::Unreadable {
-                index: self.index,
+                index: self.seen + 1,
                 reason: e.to_string(),
             })?;
         self.push(&record)
@@ -137,8 +142,8 @@ impl Verifier {
 
     pub fn push(&mut self, record: &AuditRecord) -> Result<(), ChainError> {
         let chain = self.chain.get_or_insert_with(Chain::default);
-        let index = self.index;
-        self.index += 1;
+        self.seen += 1;
+        let index = self.seen;
         if record.seq != chain.next_seq {
             return Err(ChainError::Sequence {
                 index,
@@ -153,11 +158,14 @@ impl Verifier {
             return Err(ChainError::Content { seq: record.seq });
         }
         *chain = Chain::resume(Some(record));
+        self.verified += 1;
         Ok(())
     }
 
+    /// How many records verified (the one that broke the chain is not
+    /// counted).
     pub fn verified(&self) -> u64 {
-        self.index
+        self.verified
     }
 }
 
@@ -245,8 +253,8 @@ mod tests {
         verify(&records).unwrap();
     }
 
-    /// `verified` counts the records checked, and an error names the
-    /// 0-based index of the record that broke the chain.
+    /// `verified` counts the records that verified, and an error names the
+    /// position (from 1) of the record that broke the chain.
     #[test]
     fn the_verifier_counts_and_points_at_the_bad_record() {
         let records = chain(4);
@@ -262,14 +270,16 @@ mod tests {
         v.push(&removed[0]).unwrap();
         v.push(&removed[1]).unwrap();
         match v.push(&removed[2]) {
-            Err(ChainError::Sequence { index, .. }) => assert_eq!(index, 2),
+            Err(ChainError::Sequence { index, .. }) => assert_eq!(index, 3),
             other => panic!("{other:?}"),
         }
+        assert_eq!(v.verified(), 2, "the bad record is not counted");
         let mut v = Verifier::default();
         v.push(&records[0]).unwrap();
         match v.push_value(serde_json::json!({"not": "a record"})) {
-            Err(ChainError::Unreadable { index, .. }) => assert_eq!(index, 1),
+            Err(ChainError::Unreadable { index, .. }) => assert_eq!(index, 2),
             other => panic!("{other:?}"),
         }
+        assert_eq!(v.verified(), 1);
     }
 }

@@ -311,10 +311,15 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
     let mut removed = lines.clone();
     removed.remove(3);
     std::fs::write(&audit_file, removed.join("\n") + "\n").unwrap();
-    assert_eq!(
-        verify(&data).status.code(),
-        Some(1),
-        "removed entry not caught"
+    let out = verify(&data);
+    assert_eq!(out.status.code(), Some(1), "removed entry not caught");
+    // The 4th line now holds record 5: records counted from 1, and the
+    // three before it are the ones verified.
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("record 4: expected seq 4, found 5")
+            && said.contains("(3 records verified before it)"),
+        "{said}"
     );
 
     // Reordered entries.
