@@ -479,6 +479,10 @@ async fn status(
         // The file holds the first page: page and filter it here.
         status = status.select(&query);
     }
+    // `skos up` writes its snapshot every second: an old one is what a
+    // stopped (or stuck) `skos up` left.
+    let age = chrono::Utc::now() - status.generated_at;
+    let stale = !nats && age > chrono::Duration::seconds(STALE_SNAPSHOT_SECONDS);
     if as_json {
         if nats {
             // The reply as it came.
@@ -489,18 +493,20 @@ async fn status(
         }
     } else {
         print!("{}", status.render());
-        if !nats {
-            let age = chrono::Utc::now() - status.generated_at;
-            if age > chrono::Duration::seconds(10) {
-                println!(
-                    "\n(snapshot is {}s old: `skos up` may not be running)",
-                    age.num_seconds()
-                );
-            }
-        }
+    }
+    if stale {
+        eprintln!(
+            "skos: this snapshot is {}s old: `skos up` is not running with this data dir (or is stuck)",
+            age.num_seconds()
+        );
+        // As `systemctl status` does for a unit that is not running.
+        return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Past this age (seconds) an embedded status snapshot is stale.
+const STALE_SNAPSHOT_SECONDS: i64 = 10;
 
 async fn read_audit(
     arg: &ConfigArg,

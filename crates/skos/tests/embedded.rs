@@ -724,3 +724,42 @@ fn while_the_trail_cannot_be_written_no_new_action_runs() {
     );
     assert!(up.sigterm().success());
 }
+
+#[test]
+fn status_of_a_stopped_skos_up_says_so_and_fails() {
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    sys.coretemp(50.0, &[]);
+    let cfg = fast_config(work.path(), "");
+    let (mut up, data) = up_nova(work.path(), &sys, &cfg);
+    wait_for(Duration::from_secs(30), "nova in status", || {
+        status(&data).filter(|s| !s["nodes"][0].is_null())
+    });
+    assert!(up.sigterm().success());
+    // What a stop left, seen later: rewind the snapshot's time by a minute
+    // instead of waiting for it to age.
+    let path = data.join("status.json");
+    let mut snap: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let at = skos_core::timefmt::parse(snap["generated_at"].as_str().unwrap()).unwrap();
+    snap["generated_at"] = Value::from(skos_core::timefmt::format(
+        &(at - chrono::Duration::seconds(60)),
+    ));
+    std::fs::write(&path, serde_json::to_vec(&snap).unwrap()).unwrap();
+    for json in [false, true] {
+        let out = run({
+            let mut c = skos();
+            c.args(["status", "--data-dir"]).arg(&data);
+            if json {
+                c.arg("--json");
+            }
+            c
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "json {json}: {stderr}");
+        assert!(
+            stderr.contains("is not running with this data dir"),
+            "{stderr}"
+        );
+        assert!(!out.stdout.is_empty(), "the snapshot is still shown");
+    }
+}
