@@ -183,6 +183,8 @@ pub struct NodeCounts {
     pub healthy: usize,
     pub degraded: usize,
     pub critical: usize,
+    /// Nodes whose worst open alert is an emergency.
+    pub emergency: usize,
     pub offline: usize,
 }
 
@@ -194,6 +196,7 @@ impl NodeCounts {
             NodeHealth::Healthy => self.healthy += 1,
             NodeHealth::Degraded => self.degraded += 1,
             NodeHealth::Critical => self.critical += 1,
+            NodeHealth::Emergency => self.emergency += 1,
             NodeHealth::Offline => self.offline += 1,
         }
     }
@@ -358,8 +361,10 @@ pub enum NodeHealth {
     Healthy,
     /// Its worst open alert is a warning.
     Degraded,
-    /// Its worst open alert is critical or an emergency.
+    /// Its worst open alert is critical.
     Critical,
+    /// Its worst open alert is an emergency.
+    Emergency,
     Offline,
 }
 
@@ -369,14 +374,15 @@ impl NodeHealth {
         !matches!(self, NodeHealth::Healthy)
     }
 
-    /// Where [`NodeOrder::ProblemsFirst`] puts the node: critical, offline,
-    /// degraded, healthy.
+    /// Where [`NodeOrder::ProblemsFirst`] puts the node: emergency,
+    /// critical, offline, degraded, healthy.
     pub const fn rank(self) -> u8 {
         match self {
-            NodeHealth::Critical => 0,
-            NodeHealth::Offline => 1,
-            NodeHealth::Degraded => 2,
-            NodeHealth::Healthy => 3,
+            NodeHealth::Emergency => 0,
+            NodeHealth::Critical => 1,
+            NodeHealth::Offline => 2,
+            NodeHealth::Degraded => 3,
+            NodeHealth::Healthy => 4,
         }
     }
 
@@ -386,6 +392,7 @@ impl NodeHealth {
             NodeHealth::Healthy => "healthy",
             NodeHealth::Degraded => "degraded",
             NodeHealth::Critical => "critical",
+            NodeHealth::Emergency => "emergency",
             NodeHealth::Offline => "offline",
         }
     }
@@ -605,8 +612,13 @@ impl Status {
     fn render_summary(&self, out: &mut String) {
         let s = &self.summary;
         out.push_str(&format!(
-            "\nSUMMARY\n  nodes     {} total: {} healthy, {} degraded, {} critical, {} offline\n",
-            s.nodes.total, s.nodes.healthy, s.nodes.degraded, s.nodes.critical, s.nodes.offline
+            "\nSUMMARY\n  nodes     {} total: {} healthy, {} degraded, {} critical, {} emergency, {} offline\n",
+            s.nodes.total,
+            s.nodes.healthy,
+            s.nodes.degraded,
+            s.nodes.critical,
+            s.nodes.emergency,
+            s.nodes.offline
         ));
         out.push_str(&format!(
             "  agents    {} online, {} offline\n",

@@ -112,7 +112,7 @@ pub struct StatusArgs {
     /// Nodes per page (the coordinator lists at most 200).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub per_page: Option<u64>,
-    /// Only nodes that are not healthy (critical, offline, degraded).
+    /// Only nodes that are not healthy (emergency, critical, offline, degraded).
     #[arg(long)]
     pub problems: bool,
     /// Order nodes by name only (pages that do not move when a node's

@@ -664,6 +664,8 @@ fn while_the_trail_cannot_be_written_no_new_action_runs() {
     let cfg = fast_config(work.path(), "");
     let data = work.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
+    // An empty trail there from the start, so it can be read at once.
+    std::fs::write(trail_fs.path().join("audit.jsonl"), "").unwrap();
     std::os::unix::fs::symlink(
         trail_fs.path().join("audit.jsonl"),
         data.join("audit.jsonl"),

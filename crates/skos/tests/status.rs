@@ -203,7 +203,7 @@ fn a_fleet_pages_through_every_node_once() {
     let text = skos_status(&nats, &["--per-page", &per_page]).unwrap();
     assert!(
         text.contains(&format!(
-            "nodes     {NODES} total: 297 healthy, 3 degraded, 0 critical, 0 offline"
+            "nodes     {NODES} total: 297 healthy, 3 degraded, 0 critical, 0 emergency, 0 offline"
         )),
         "{text}"
     );

@@ -31,7 +31,8 @@ fn health(state: &NodeState, worst: Option<Severity>) -> NodeHealth {
     match worst.unwrap_or(Severity::Normal) {
         Severity::Normal => NodeHealth::Healthy,
         Severity::Warning => NodeHealth::Degraded,
-        Severity::Critical | Severity::Emergency => NodeHealth::Critical,
+        Severity::Critical => NodeHealth::Critical,
+        Severity::Emergency => NodeHealth::Emergency,
     }
 }
 
@@ -274,6 +275,7 @@ mod tests {
                 healthy: 97_000,
                 degraded: 1_000,
                 critical: 1_000,
+                emergency: 0,
                 offline: 1_000,
             }
         );

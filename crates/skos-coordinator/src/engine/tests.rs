@@ -122,6 +122,25 @@ fn critical_alert_follows_the_seed_table_and_is_audited() {
     assert_eq!(s.recent_actions.len(), 2);
 }
 
+#[test]
+fn a_node_with_an_emergency_open_shows_as_emergency_not_critical() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(97.0), 0, 0.0), t(0.0));
+    e.on_alert(alert(Severity::Emergency, 97.0, 0.0), t(0.0));
+    let s = e.status(t(1.0));
+    assert_eq!(s.nodes[0].status, NodeHealth::Emergency);
+    assert_eq!(s.nodes[0].status.as_str(), "emergency");
+    assert_eq!(
+        (s.summary.nodes.emergency, s.summary.nodes.critical),
+        (1, 0)
+    );
+    assert!(
+        s.render().contains("0 critical, 1 emergency"),
+        "{}",
+        s.render()
+    );
+}
+
 /// CPU and GPU hot in one sensing pass: same node, time and severity,
 /// ids that end alike. Two problems, so two commands, with two ids (the
 /// id is the JetStream message id: a shared one would drop the second).
