@@ -764,6 +764,17 @@ impl Status {
         for c in &self.open_circuits {
             out.push_str(&circuit_line(c));
         }
+        // What `--json` carries in full: the counters that moved.
+        let moved: Vec<String> = self
+            .counters
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        out.push_str(&format!("\nCOUNTERS ({} non-zero)\n", moved.len()));
+        for line in moved.chunks(3) {
+            out.push_str(&format!("  {}\n", line.join(", ")));
+        }
     }
 
     fn render_node(&self, name: &NodeName, out: &mut String) {
@@ -993,9 +1004,22 @@ mod tests {
             open_alerts: vec![serde_json::json!({"node": "b", "severity": "critical"})],
             recent_actions: Vec::new(),
             open_circuits: vec![serde_json::json!({"node": "a", "state": "open"})],
-            counters: BTreeMap::new(),
+            counters: [
+                ("alerts.received", 4),
+                ("commands.sent", 2),
+                ("rejected", 0),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
             leader: None,
         };
+        // The text shows the counters that moved, as --json has them all.
+        let text = file.render();
+        assert!(
+            text.contains("COUNTERS (2 non-zero)\n  alerts.received 4, commands.sent 2\n"),
+            "{text}"
+        );
         let names = |s: &Status| s.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
         let page = file.clone().select(&StatusQuery {
             page: 1,
