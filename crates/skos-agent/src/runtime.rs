@@ -299,7 +299,7 @@ impl Agent {
             tracing::warn!(subject = %m.subject, error = %e, "refused command");
             if let Some(id) = loose_action_id(&m.payload) {
                 let o = Outcome::new(ResultStatus::Rejected, format!("refused: {e}"));
-                self.answer(&id, "unknown", &o).await;
+                self.answer(&id, &loose_action_type(&m.payload), &o).await;
             }
             return ack(m).await;
         }
@@ -312,7 +312,7 @@ impl Agent {
                 // Answer when the id can still be read, so it is audited.
                 if let Some(id) = loose_action_id(&m.payload) {
                     let o = Outcome::new(ResultStatus::Rejected, format!("malformed command: {e}"));
-                    self.answer(&id, "unknown", &o).await;
+                    self.answer(&id, &loose_action_type(&m.payload), &o).await;
                 }
                 return ack(m).await;
             }
@@ -497,6 +497,22 @@ fn loose_action_id(payload: &[u8]) -> Option<String> {
         .as_str()
         .filter(|id| id.len() <= 256 && !id.chars().any(char::is_control))
         .map(str::to_owned)
+}
+
+/// The action type a refused command names, when it can be read and is a
+/// plain name (at most 64 lowercase letters, digits and `_`), so its
+/// result says what was refused; `unreadable` otherwise.
+fn loose_action_type(payload: &[u8]) -> String {
+    serde_json::from_slice::<Value>(payload)
+        .ok()
+        .and_then(|v| v.get("action_type")?.as_str().map(str::to_owned))
+        .filter(|t| {
+            !t.is_empty()
+                && t.len() <= 64
+                && t.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .unwrap_or_else(|| "unreadable".into())
 }
 
 /// What the command gate decides for a trusted, well-formed command.

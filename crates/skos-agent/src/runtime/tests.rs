@@ -105,6 +105,22 @@ fn executed_log_keeps_only_what_could_still_be_replayed() {
 }
 
 #[test]
+fn a_refused_commands_action_type_is_said_when_it_is_a_plain_name() {
+    assert_eq!(
+        loose_action_type(br#"{"action_id":"x","action_type":"throttle_100"}"#),
+        "throttle_100"
+    );
+    for bad in [
+        &br#"{"action_id":"x"}"#[..],
+        br#"{"action_type":"rm -rf /"}"#,
+        br#"{"action_type":"ab"}"#,
+        b"garbage",
+    ] {
+        assert_eq!(loose_action_type(bad), "unreadable");
+    }
+}
+
+#[test]
 fn loose_ids() {
     assert_eq!(
         loose_action_id(br#"{"action_id":"x","junk":1}"#).as_deref(),
