@@ -3189,3 +3189,172 @@ fn a_flap_that_starts_after_its_throttle_was_lifted_gets_a_throttle() {
     );
     assert!(n.throttle > 0, "the node flaps unthrottled");
 }
+
+/// The agents `skos status` lists: (id, type) of each, in order.
+fn shown_agents(e: &Engine, now: Timestamp) -> Vec<(String, String)> {
+    e.status(now)
+        .agents
+        .into_iter()
+        .map(|a| (a.agent_id, a.agent_type))
+        .collect()
+}
+
+#[test]
+fn a_gpu_fix_is_verified_by_the_gpu_temperature() {
+    let mut e = engine();
+    let with_gpu = |gpu: f64, throttle: u8, at: f64| {
+        let mut h = hb(Some(50.0), throttle, at);
+        h.gpu_temp = Some(gpu);
+        h
+    };
+    e.on_heartbeat(with_gpu(88.0, 0, 0.0), t(0.0));
+    let mut gpu = alert(Severity::Critical, 88.0, 0.0);
+    gpu.message = "GPU temperature 88°C".into();
+    gpu.details.insert("sensor".into(), json!("gpu"));
+    let fx = e.on_alert(gpu, t(0.0));
+    let throttle = commands(&fx)
+        .into_iter()
+        .find(|c| c.action_type == "throttle_50")
+        .unwrap();
+    e.on_result(result(&throttle, ResultStatus::Succeeded), t(1.0));
+    // The CPU was cool all along: the GPU's reading is what counts.
+    let fx = e.on_heartbeat(with_gpu(87.0, 50, 10.0), t(10.0));
+    assert!(audits(&fx, "verification").is_empty(), "GPU still hot");
+    e.on_heartbeat(with_gpu(80.0, 50, 20.0), t(20.0));
+    let fx = e.on_heartbeat(with_gpu(80.0, 50, 30.0), t(30.0));
+    let v = audits(&fx, "verification");
+    assert_eq!(v.len(), 1, "the GPU cooled below 85 °C for the hold");
+    assert_eq!(v[0].data["outcome"], "succeeded");
+    assert_eq!(v[0].data["metric"], "gpu_temp");
+    assert_eq!(v[0].data["value"], 80.0);
+}
+
+#[test]
+fn a_node_is_shown_with_the_type_of_each_of_its_agents() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(50.0), 0, 0.0), t(0.0));
+    assert_eq!(
+        shown_agents(&e, t(0.0)),
+        [("thermal-sentinel-nova".into(), "thermal_sentinel".into())]
+    );
+    // A second agent on the node: listed beside the first, with its own
+    // type.
+    let mut other = hb(Some(50.0), 0, 5.0);
+    other.agent_id = "storage-guard-nova".into();
+    other.agent_type = "storage_guard".into();
+    e.on_heartbeat(other, t(5.0));
+    assert_eq!(
+        shown_agents(&e, t(5.0)),
+        [
+            ("storage-guard-nova".into(), "storage_guard".into()),
+            ("thermal-sentinel-nova".into(), "thermal_sentinel".into())
+        ]
+    );
+}
+
+#[test]
+fn an_agent_redeployed_as_another_type_is_shown_as_the_new_one() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(50.0), 0, 0.0), t(0.0));
+    let mut h = hb(Some(50.0), 0, 10.0);
+    h.agent_type = "thermal_sentinel_v2".into();
+    e.on_heartbeat(h, t(10.0));
+    assert_eq!(
+        shown_agents(&e, t(10.0)),
+        [("thermal-sentinel-nova".into(), "thermal_sentinel_v2".into())]
+    );
+    let s = e.status(t(10.0));
+    assert!(s.render().contains("thermal_sentinel_v2"), "{}", s.render());
+}
+
+#[test]
+fn a_restart_keeps_the_agent_of_the_last_heartbeat() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(50.0), 0, 0.0), t(0.0));
+    let mut other = hb(Some(50.0), 0, 5.0);
+    other.agent_id = "storage-guard-nova".into();
+    other.agent_type = "storage_guard".into();
+    e.on_heartbeat(other, t(5.0));
+    let text = serde_json::to_string(&e.snapshot()).unwrap();
+    let mut again = engine();
+    again.restore(serde_json::from_str(&text).unwrap(), t(6.0));
+    // The node comes back with the agent that sent its last heartbeat
+    // (the others are heard again with their next one).
+    assert_eq!(
+        shown_agents(&again, t(6.0)),
+        [("storage-guard-nova".into(), "storage_guard".into())]
+    );
+    // A single-agent node too.
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(50.0), 0, 0.0), t(0.0));
+    let text = serde_json::to_string(&e.snapshot()).unwrap();
+    let mut again = engine();
+    again.restore(serde_json::from_str(&text).unwrap(), t(1.0));
+    assert_eq!(
+        shown_agents(&again, t(1.0)),
+        [("thermal-sentinel-nova".into(), "thermal_sentinel".into())]
+    );
+}
+
+#[test]
+fn a_clock_exactly_at_the_bound_is_not_skewed() {
+    // max_clock_skew_seconds is 30: "off by more than this" raises.
+    assert_eq!(engine().cfg.coordinator.max_clock_skew_seconds, 30.0);
+    for off in [30.0, -30.0] {
+        let mut e = engine();
+        let fx = e.on_heartbeat(hb(Some(50.0), 0, 100.0 + off), t(100.0));
+        assert!(alerts(&fx).is_empty(), "{off:+} s: {:?}", alerts(&fx));
+        let s = e.status(t(100.0));
+        assert_eq!(s.nodes[0].clock_offset_seconds, Some(off));
+        assert!(!s.nodes[0].clock_skewed, "{off:+} s");
+    }
+    // Just past it, ahead: a warning that says so.
+    let mut e = engine();
+    let fx = e.on_heartbeat(hb(Some(50.0), 0, 100.0 + 30.5), t(100.0));
+    let a = alerts(&fx);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].kind, AlertKind::ClockSkew);
+    assert_eq!(a[0].severity, Severity::Warning);
+    assert!(
+        a[0].message.contains("30.5s ahead of the coordinator"),
+        "{}",
+        a[0].message
+    );
+}
+
+#[test]
+fn nodes_share_one_copy_of_an_agent_type_and_the_shared_set_stays_bounded() {
+    use super::state::SHARED_AGENT_TYPES;
+    use std::sync::Arc;
+    let on = |name: &str, kind: &str| {
+        let mut h = hb(Some(50.0), 0, 0.0);
+        h.node = NodeName::parse(name).unwrap();
+        h.agent_id = format!("agent-{name}");
+        h.agent_type = kind.into();
+        h
+    };
+    let kind = |e: &Engine, name: &str| {
+        let node = NodeName::parse(name).unwrap();
+        e.nodes
+            .get(&node)
+            .unwrap()
+            .agents
+            .last()
+            .unwrap()
+            .kind
+            .clone()
+    };
+    let mut e = engine();
+    e.on_heartbeat(on("a", "thermal_sentinel"), t(0.0));
+    e.on_heartbeat(on("b", "thermal_sentinel"), t(0.0));
+    // A fleet of one agent type holds it once.
+    assert!(Arc::ptr_eq(&kind(&e, "a"), &kind(&e, "b")));
+    // Agents that name ever new types cannot grow the shared set past
+    // its bound; a node past it still shows its own type.
+    for i in 0..SHARED_AGENT_TYPES + 2 {
+        e.on_heartbeat(on(&format!("n{i}"), &format!("type-{i}")), t(1.0));
+    }
+    assert_eq!(e.agent_types.len(), SHARED_AGENT_TYPES);
+    let past = SHARED_AGENT_TYPES + 1;
+    assert_eq!(&*kind(&e, &format!("n{past}")), format!("type-{past}"));
+}
