@@ -397,7 +397,8 @@ pub(super) struct Offsets {
     nanos: [i32; OFFSET_SAMPLES],
     /// How many samples are kept (up to [`OFFSET_SAMPLES`]).
     len: u8,
-    /// Where the next sample goes.
+    /// Where the next sample goes, modulo [`OFFSET_SAMPLES`] (at most
+    /// [`OFFSET_SAMPLES`]).
     next: u8,
 }
 
@@ -407,10 +408,10 @@ impl Offsets {
         let next = usize::from(self.next) % OFFSET_SAMPLES;
         self.secs[next] = offset.num_seconds();
         self.nanos[next] = offset.subsec_nanos();
-        self.next = ((next + 1) % OFFSET_SAMPLES) as u8;
-        if usize::from(self.len) < OFFSET_SAMPLES {
-            self.len += 1;
-        }
+        // Wrapped once, where it is read: a second `%` here would change
+        // nothing (a mutation of it no test could tell apart).
+        self.next = (next + 1) as u8;
+        self.len = (self.len + 1).min(OFFSET_SAMPLES as u8);
     }
 
     /// The sample kept at `i`.
