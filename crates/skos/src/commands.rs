@@ -151,6 +151,15 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 async fn up(cfg: Config) -> Result<ExitCode> {
+    // One config serves the coordinator and the agent here: a deadline
+    // the agent refuses would refuse every command.
+    if cfg.coordinator.command_deadline > cfg.trust.max_deadline_seconds {
+        bail!(
+            "coordinator.command_deadline ({} s) is above trust.max_deadline_seconds ({} s): the agent would refuse every command; lower the one or raise the other",
+            cfg.coordinator.command_deadline,
+            cfg.trust.max_deadline_seconds
+        );
+    }
     let data_dir = cfg.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;

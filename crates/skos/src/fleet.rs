@@ -120,8 +120,9 @@ pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode
     }
     println!(
         "# nats-server authorization for a SKOS fleet, written by `skos fleet nats-config`.\n\
-# Seeds: {dir}/coordinator.nk for the coordinator, {dir}/<node>.nk for each agent\n\
-# (set nats.nkey_seed_file to it). Unknown clients cannot connect.\n\
+# Login seeds: {dir}/coordinator.nk for the coordinator, {dir}/<node>.nk for each agent\n\
+# (set nats.nkey_seed_file to it). {dir}/coordinator-signing.nk signs commands\n\
+# (trust.signing_key_file only; never a login key). Unknown clients cannot connect.\n\
 authorization {{\n  users = [\n{}\n  ]\n}}",
         users.join("\n"),
         dir = out.display()

@@ -765,3 +765,26 @@ fn status_of_a_stopped_skos_up_says_so_and_fails() {
         assert!(!out.stdout.is_empty(), "the snapshot is still shown");
     }
 }
+
+#[test]
+fn skos_up_refuses_a_command_deadline_its_agent_would_refuse() {
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("config.yaml");
+    std::fs::write(&cfg, "coordinator: {command_deadline: 1000}\n").unwrap();
+    let out = run({
+        let mut c = skos();
+        c.arg("up")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(work.path().join("data"));
+        c
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("coordinator.command_deadline")
+            && stderr.contains("trust.max_deadline_seconds"),
+        "{stderr}"
+    );
+}

@@ -18,11 +18,13 @@ pub struct TrustConfig {
     /// The coordinator's nkeys seed file (`skos keys generate`).
     pub signing_key_file: Option<PathBuf>,
     /// How long an executed `action_id` is remembered when its command
-    /// carries no deadline (seconds).
+    /// carries no deadline (seconds). No longer used: agents refuse a
+    /// command without a deadline; kept so older configs load.
     pub replay_window: f64,
     /// Agents refuse a command whose deadline is further away than this
-    /// (seconds): a signed command cannot be kept for later use. At least
-    /// `coordinator.command_deadline`.
+    /// (seconds): a signed command cannot be kept for later use. Keep
+    /// `coordinator.command_deadline` below it (`skos up`, one config for
+    /// both, refuses to start otherwise).
     pub max_deadline_seconds: f64,
 }
 
