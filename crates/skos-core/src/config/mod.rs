@@ -277,10 +277,46 @@ fn section<T: DeserializeOwned>(
         Ok(v) => Some(v),
         Err(e) => {
             let path = join(e.path().to_string());
-            issues.push(issue(path, e.into_inner().to_string()));
+            issues.push(issue(path, plain_types(&e.into_inner().to_string())));
             None
         }
     }
+}
+
+/// A deserializer's message with Rust's type names (`expected f64`) in
+/// words an operator reads (`expected a number`).
+fn plain_types(message: &str) -> String {
+    const WORDS: [(&str, &str); 10] = [
+        ("f64", "a number"),
+        ("f32", "a number"),
+        ("usize", "a whole number, 0 or more"),
+        ("u64", "a whole number, 0 or more"),
+        ("u32", "a whole number, 0 or more"),
+        ("u16", "a whole number, 0 or more"),
+        ("u8", "a whole number, 0 or more"),
+        ("i64", "a whole number"),
+        ("i32", "a whole number"),
+        ("bool", "true or false"),
+    ];
+    let mut out = message.to_string();
+    for (rust, plain) in WORDS {
+        let from = format!("expected {rust}");
+        let mut at = 0;
+        while let Some(i) = out[at..].find(&from).map(|i| i + at) {
+            let end = i + from.len();
+            let whole = out[end..]
+                .chars()
+                .next()
+                .is_none_or(|c| !c.is_ascii_alphanumeric());
+            if whole {
+                out.replace_range(i..end, &format!("expected {plain}"));
+                at = i + "expected ".len() + plain.len();
+            } else {
+                at = end;
+            }
+        }
+    }
+    out
 }
 
 impl Config {
@@ -769,6 +805,37 @@ storage:
         // The largest accepted, and the defaults.
         assert!(paths("thermal: {clear_for: 1e9}").is_empty());
         assert!(Config::default().check().is_empty());
+    }
+
+    #[test]
+    fn wrong_types_are_said_in_plain_words() {
+        let issues = Config::from_yaml(
+            "thermal: {clear_for: abc}\nagent: {heartbeat_interval: true}\nnats: {max_message_bytes: -5}\n",
+        )
+        .unwrap_err();
+        let said: Vec<String> = issues
+            .iter()
+            .map(|i| format!("{}: {}", i.path, i.message))
+            .collect();
+        assert!(
+            said.contains(
+                &"thermal.clear_for: invalid type: string \"abc\", expected a number".to_string()
+            ),
+            "{said:?}"
+        );
+        assert!(
+            said.iter()
+                .any(|m| m.starts_with("agent.heartbeat_interval")
+                    && m.ends_with("expected a number")),
+            "{said:?}"
+        );
+        assert!(
+            said.iter().any(|m| m.starts_with("nats.max_message_bytes")
+                && m.ends_with("expected a whole number, 0 or more")),
+            "{said:?}"
+        );
+        assert_eq!(plain_types("expected u64x"), "expected u64x");
+        assert_eq!(plain_types("expected bool"), "expected true or false");
     }
 
     #[test]
