@@ -283,6 +283,41 @@ fn section<T: DeserializeOwned>(
     }
 }
 
+/// For a YAML "duplicate entry with key" error reported at the start of
+/// its mapping (`line`, `column`, from 1): the lines (from 1) of the key's
+/// first and second entries in that mapping, found as lines indented like
+/// the mapping that start with the key and a colon.
+fn duplicate_key_lines(
+    text: &str,
+    message: &str,
+    line: usize,
+    column: usize,
+) -> Option<(usize, usize)> {
+    let key = message
+        .split("duplicate entry with key \"")
+        .nth(1)?
+        .split('"')
+        .next()?;
+    let indent = column.saturating_sub(1);
+    let mut found = text
+        .lines()
+        .enumerate()
+        .skip(line.saturating_sub(1))
+        .filter(|(_, l)| {
+            let body = l.trim_start_matches(' ');
+            l.len() - body.len() == indent
+                && [
+                    format!("{key}:"),
+                    format!("\"{key}\":"),
+                    format!("'{key}':"),
+                ]
+                .iter()
+                .any(|k| body.starts_with(k.as_str()))
+        })
+        .map(|(i, _)| i + 1);
+    Some((found.next()?, found.next()?))
+}
+
 /// A deserializer's message with Rust's type names (`expected f64`) in
 /// words an operator reads (`expected a number`).
 fn plain_types(message: &str) -> String {
@@ -327,11 +362,25 @@ impl Config {
         let root: serde_yaml_ng::Value = match serde_yaml_ng::from_str(text) {
             Ok(v) => v,
             Err(e) => {
-                let at = e
-                    .location()
-                    .map(|l| format!("line {} column {}", l.line(), l.column()))
-                    .unwrap_or_else(|| "(document)".into());
-                return Err(vec![issue(at, e.to_string())]);
+                let message = e.to_string();
+                let at = match e.location() {
+                    Some(l) => match duplicate_key_lines(text, &message, l.line(), l.column()) {
+                        // The parser names where the mapping starts: say
+                        // where the key comes again.
+                        Some((first, again)) => {
+                            return Err(vec![issue(
+                                format!("line {again}"),
+                                format!(
+                                    "{} (first at line {first})",
+                                    message.split(" at line ").next().unwrap_or(&message)
+                                ),
+                            )]);
+                        }
+                        None => format!("line {} column {}", l.line(), l.column()),
+                    },
+                    None => "(document)".into(),
+                };
+                return Err(vec![issue(at, message)]);
             }
         };
         let mut issues = Vec::new();
@@ -805,6 +854,24 @@ storage:
         // The largest accepted, and the defaults.
         assert!(paths("thermal: {clear_for: 1e9}").is_empty());
         assert!(Config::default().check().is_empty());
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named_where_it_comes_again() {
+        let top =
+            "thermal:\n  clear_for: 5\nagent:\n  heartbeat_interval: 1\nthermal:\n  cooldown: 3\n";
+        let issues = Config::from_yaml(top).unwrap_err();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].path, "line 5");
+        assert!(
+            issues[0].message.contains("\"thermal\"")
+                && issues[0].message.contains("first at line 1"),
+            "{issues:?}"
+        );
+        let nested = "thermal:\n  clear_for: 5\n  clear_for: 6\n";
+        let issues = Config::from_yaml(nested).unwrap_err();
+        assert_eq!(issues[0].path, "line 3", "{issues:?}");
+        assert!(issues[0].message.contains("first at line 2"), "{issues:?}");
     }
 
     #[test]
