@@ -39,6 +39,10 @@ use skos_core::protocol::Heartbeat;
 use skos_core::timefmt::Timestamp;
 use tokio::sync::Notify;
 
+/// How long an antibody's first look waits for its read, so the first
+/// heartbeat carries what was read ([`Reader::look`]).
+pub const FIRST_LOOK: Duration = Duration::from_secs(1);
+
 /// Stack of a reader thread, bytes: running a tool, a probe or a scan of
 /// `/proc` and parsing what it gives need little.
 const READER_STACK: usize = 512 * 1024;
@@ -79,6 +83,8 @@ pub struct Reader<R> {
     jobs: Option<SyncSender<Job<R>>>,
     shared: Arc<(Mutex<Slot<R>>, Condvar)>,
     arrivals: Arc<Notify>,
+    /// A read was asked before ([`Reader::look`] waits on the first only).
+    looked: bool,
 }
 
 fn lock<R>(m: &Mutex<Slot<R>>) -> MutexGuard<'_, Slot<R>> {
@@ -107,6 +113,7 @@ impl<R: Send + 'static> Reader<R> {
                 Condvar::new(),
             )),
             arrivals: Arc::new(Notify::new()),
+            looked: false,
         }
     }
 
@@ -157,6 +164,18 @@ impl<R: Send + 'static> Reader<R> {
         }
         lock(&self.shared.0).running = None;
         false
+    }
+
+    /// What an antibody's look does: [`Reader::ask`], and on the first
+    /// one wait up to [`FIRST_LOOK`] for the read. True when it waited, so
+    /// the caller judges what came.
+    pub fn look(&mut self, read: impl FnOnce() -> R + Send + 'static) -> bool {
+        if !self.ask(read) || self.looked {
+            return false;
+        }
+        self.looked = true;
+        self.settle(FIRST_LOOK);
+        true
     }
 
     /// Discard what any read asked before now gives: the antibody changed
@@ -380,6 +399,16 @@ mod tests {
         r.settle(Duration::from_secs(5));
         assert_eq!(r.take(), Some(3));
         assert!(r.trouble().is_none());
+    }
+
+    #[test]
+    fn only_the_first_look_waits_for_its_read() {
+        let mut r = Reader::new("test", "a test", Duration::from_secs(5));
+        assert!(r.look(|| 1), "the first look waited");
+        assert_eq!(r.take(), Some(1), "and the read is there");
+        assert!(!r.look(|| 2), "a later look does not wait");
+        r.settle(Duration::from_secs(5));
+        assert_eq!(r.take(), Some(2));
     }
 
     #[test]

@@ -332,12 +332,7 @@ pub struct LoopBreaker {
     scan_failed: bool,
     /// The agent loop's scans, off the loop.
     reader: Reader<crate::Result<Vec<ProcInfo>>>,
-    /// The first look waited for its scan.
-    looked: bool,
 }
-
-/// How long the first look waits for its scan.
-const FIRST_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A scan of `/proc` longer than this is slow (it takes milliseconds; a
 /// process in uninterruptible sleep can hold a read of its `cmdline`).
@@ -379,7 +374,6 @@ impl LoopBreaker {
             procs: ProcWatch::new(&cfg.proc_root),
             scan_failed: false,
             reader: Reader::new("processes", "a scan of /proc", SCAN_BUDGET),
-            looked: false,
         }
     }
 
@@ -735,9 +729,7 @@ impl Antibody for LoopBreaker {
         }
         let mut alerts = Antibody::judge(self, now);
         let (procs, with_cgroups) = (self.procs.clone(), self.with_cgroups());
-        if self.reader.ask(move || procs.scan(with_cgroups)) && !self.looked {
-            self.looked = true;
-            self.reader.settle(FIRST_LOOK);
+        if self.reader.look(move || procs.scan(with_cgroups)) {
             alerts.extend(Antibody::judge(self, now));
         }
         alerts

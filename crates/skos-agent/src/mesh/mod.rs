@@ -50,7 +50,7 @@ use skos_core::NodeName;
 pub use error::MeshError;
 
 use crate::antibody::{Antibody, Execution};
-use crate::offloop::Reader;
+use crate::offloop::{Reader, FIRST_LOOK};
 use iproute::Link;
 use jobs::Jobs;
 use probe::ProbeReport;
@@ -122,15 +122,9 @@ pub struct MeshHealer {
     jobs: Arc<Mutex<Jobs>>,
     /// The agent loop's reads, off the loop.
     reader: Reader<sense::MeshRead>,
-    /// The first look waited for its read.
-    looked: bool,
     said_empty: bool,
     said_no_permission: bool,
 }
-
-/// How long the first look waits for its read, so the first heartbeat
-/// carries what was read.
-const FIRST_LOOK: Duration = Duration::from_secs(1);
 
 fn age(now: Timestamp, then: Timestamp) -> f64 {
     (now - then).num_milliseconds() as f64 / 1000.0
@@ -189,7 +183,6 @@ impl MeshHealer {
                 "ip, wg and probes of the mesh",
                 Duration::from_secs_f64(m.command_timeout.max(m.probe.timeout)),
             ),
-            looked: false,
             said_empty: false,
             said_no_permission: false,
         }
@@ -252,11 +245,8 @@ impl Antibody for MeshHealer {
         let (cfg, busy) = (self.cfg.clone(), self.busy_now());
         if self
             .reader
-            .ask(move || sense::read(&cfg, busy, chrono::Utc::now()))
-            && !self.looked
+            .look(move || sense::read(&cfg, busy, chrono::Utc::now()))
         {
-            self.looked = true;
-            self.reader.settle(FIRST_LOOK);
             alerts.extend(Antibody::judge(self, now));
         }
         alerts

@@ -32,7 +32,7 @@ use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
 use crate::antibody::{Antibody, Execution};
-use crate::offloop::Reader;
+use crate::offloop::{Reader, FIRST_LOOK};
 use crate::Outcome;
 use mounts::{MountEntry, NotJudged};
 use notify::Notification;
@@ -150,10 +150,6 @@ pub struct StorageWatcher {
     /// The first look waited for its reads.
     looked: bool,
 }
-
-/// How long the first look waits for its reads, so the first heartbeat
-/// carries the mounts' usage.
-const FIRST_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A listing (the mount table, and the mounts holding the configured dirs)
 /// or one mount's statvfs longer than this is slow: each takes
