@@ -24,7 +24,7 @@ use crate::hotcpu::FakeMachine;
 use crate::natsutil::{self, Server};
 use crate::procfs::{self, Usage};
 use crate::procs::{self, Proc};
-use crate::progress::{count_messages, wait_count, Task};
+use crate::progress::{count_audited, wait_count, Task};
 use crate::report::{Figure, SectionReport};
 use crate::{say, sim, Error, Opts, Result};
 
@@ -234,10 +234,10 @@ async fn tracking(o: &Opts, bin: &Path, nodes: usize) -> Result<(Value, Vec<Figu
     }
     let observer = natsutil::client(&url, "skos-bench-observer").await?;
     let joins_sub = observer
-        .subscribe(subjects::audit("node"))
+        .subscribe(subjects::AUDIT)
         .await
         .ctx("subscribe joins")?;
-    let (joins, _joins_task) = count_messages(joins_sub);
+    let (joins, _joins_task) = count_audited(joins_sub, "node");
     let mut alerts = observer
         .subscribe(subjects::ALERTS)
         .await

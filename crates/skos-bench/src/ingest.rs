@@ -34,7 +34,7 @@ use skos_bus::subjects;
 use crate::coord::{self, InProcCoordinator};
 use crate::error::Context;
 use crate::natsutil::{self, Server};
-use crate::progress::{count_messages, wait_count, CounterWatch, Progress, Task};
+use crate::progress::{count_audited, count_messages, wait_count, CounterWatch, Progress, Task};
 use crate::report::{Figure, SectionReport};
 use crate::{say, sim, Error, Opts, Result};
 
@@ -170,10 +170,10 @@ impl Rig {
         let ceiling = natsutil::client(&url, "skos-bench-ceiling").await?;
         let observer = natsutil::client(&url, "skos-bench-observer").await?;
         let sub = observer
-            .subscribe(subjects::audit("command"))
+            .subscribe(subjects::AUDIT)
             .await
             .ctx("subscribe audit")?;
-        let (audited_cmds, audit_task) = count_messages(sub);
+        let (audited_cmds, audit_task) = count_audited(sub, "command");
         observer.flush().await.ctx("flush")?;
         let publisher = natsutil::client(&url, "skos-bench-publisher").await?;
         Ok(Rig {

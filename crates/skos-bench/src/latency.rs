@@ -47,26 +47,31 @@ fn observe(mut sub: async_nats::Subscriber, what: Seen, tx: mpsc::UnboundedSende
     Task::spawn(async move {
         while let Some(m) = sub.next().await {
             let at = Instant::now();
-            let key = match what {
-                Seen::State => m
+            let keys: Vec<String> = match what {
+                Seen::State => vec![m
                     .subject
                     .as_str()
                     .strip_prefix(STATE_PREFIX)
                     .unwrap_or_default()
-                    .to_string(),
-                _ => serde_json::from_slice::<Value>(&m.payload)
+                    .to_string()],
+                Seen::Command => serde_json::from_slice::<Value>(&m.payload)
                     .ok()
-                    .and_then(|v| {
-                        let cause = match what {
-                            Seen::Command => &v["cause"],
-                            _ => &v["entry"]["data"]["command"]["cause"],
-                        };
-                        cause.as_str().map(str::to_owned)
-                    })
-                    .unwrap_or_default(),
+                    .and_then(|v| v["cause"].as_str().map(str::to_owned))
+                    .into_iter()
+                    .collect(),
+                // One record or a batch: each command record's cause.
+                Seen::Audit => skos_bus::audit::records_of(&m.payload)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|r| r["entry"]["event_type"] == "command")
+                    .filter_map(|r| r["entry"]["data"]["command"]["cause"].as_str())
+                    .map(str::to_owned)
+                    .collect(),
             };
-            if tx.send((what, key, at)).is_err() {
-                return;
+            for key in keys {
+                if tx.send((what, key, at)).is_err() {
+                    return;
+                }
             }
         }
     })
@@ -106,7 +111,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     let mut tasks = Vec::new();
     for (subject, what) in [
         (subjects::COMMANDS.to_string(), Seen::Command),
-        (subjects::audit("command"), Seen::Audit),
+        (subjects::AUDIT.to_string(), Seen::Audit),
         (subjects::STATE.to_string(), Seen::State),
     ] {
         let sub = observer

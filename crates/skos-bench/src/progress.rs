@@ -147,6 +147,28 @@ pub fn count_messages(mut sub: async_nats::Subscriber) -> (Arc<Progress>, Task) 
     (p, task)
 }
 
+/// Count the audit records of event `event` seen by `sub` (a subscription
+/// to every audit subject): a message holds one record or a batch of them
+/// (`skos_bus::audit::records_of`).
+pub fn count_audited(
+    mut sub: async_nats::Subscriber,
+    event: &'static str,
+) -> (Arc<Progress>, Task) {
+    use futures::StreamExt;
+    let p = Arc::new(Progress::new());
+    let q = p.clone();
+    let task = Task::spawn(async move {
+        while let Some(m) = sub.next().await {
+            for r in skos_bus::audit::records_of(&m.payload).unwrap_or_default() {
+                if r["entry"]["event_type"] == event {
+                    q.inc();
+                }
+            }
+        }
+    });
+    (p, task)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

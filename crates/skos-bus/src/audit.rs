@@ -209,100 +209,37 @@ impl AuditLog {
                 AuditStore::JetStream {
                     js,
                     last_stream_seq,
-                } => {
-                    let mut trial = chain.clone();
-                    let mut sent = Vec::with_capacity(entries.len());
-                    // The first record expects the stream's last sequence,
-                    // each later one the message id (the hash) of the
-                    // record before it: once one is refused, none after it
-                    // is stored. (Expected sequences alone would store the
-                    // later ones when the tail moved by fewer records than
-                    // the batch holds, sealed on a chain that is not the
-                    // stream's.)
-                    let mut previous: Option<String> = None;
-                    let mut unsent = entries.into_iter();
-                    let mut failed = None;
-                    for entry in unsent.by_ref() {
-                        // Sealed as it is, not a copy: an entry not stored
-                        // is given back from its record.
-                        let record = trial.seal(entry);
-                        let subject = subjects::audit(&record.entry.event_type);
-                        let payload = match serde_json::to_vec(&record) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                failed = Some((stream_err(e), record.entry));
-                                break;
-                            }
-                        };
-                        let publish = jetstream::message::PublishMessage::build()
-                            .payload(Bytes::from(payload))
-                            .message_id(&record.hash);
-                        let publish = match previous.replace(record.hash.clone()) {
-                            None => publish.expected_last_sequence(*last_stream_seq),
-                            Some(id) => publish.expected_last_message_id(id),
-                        };
-                        match js.send_publish(subject.clone(), publish).await {
-                            Ok(ack) => sent.push((ack, trial.clone(), subject, record.entry)),
-                            Err(e) => {
-                                failed = Some((Error::subject(&subject, e), record.entry));
-                                break;
-                            }
-                        }
-                    }
-                    if let Some((error, entry)) = failed {
-                        // Those sent may be stored: the caller checks.
-                        let mut entries: Vec<AuditEntry> =
-                            sent.into_iter().map(|(_, _, _, e)| e).collect();
-                        entries.push(entry);
-                        entries.extend(unsent);
-                        return Err(AppendFailed { error, entries });
-                    }
-                    // Acks in order: the stored prefix advances the chain.
-                    let mut stored = 0;
-                    let mut rest = Vec::new();
-                    let mut sent = sent.into_iter();
-                    for (ack, after, subject, entry) in sent.by_ref() {
-                        match ack.await {
-                            Ok(ack) if stored == 0 || ack.sequence == *last_stream_seq + 1 => {
-                                *chain = after;
-                                *last_stream_seq = ack.sequence;
-                                stored += 1;
-                            }
-                            Ok(_) => {
-                                rest.push(entry);
-                                break;
-                            }
-                            // Refused: another writer got in; the rest goes
-                            // through `append`, which re-reads the tail.
-                            Err(e)
-                                if matches!(
-                                    e.kind(),
-                                    PublishErrorKind::WrongLastSequence
-                                        | PublishErrorKind::WrongLastMessageId
-                                ) =>
-                            {
-                                rest.push(entry);
-                                break;
-                            }
-                            // No answer: the entry (and those after it) may
-                            // be stored all the same. Not written again here,
-                            // where it could be written twice: the caller
-                            // checks the trail's tail before it tries again.
-                            Err(e) => {
-                                let mut entries = vec![entry];
-                                entries.extend(sent.map(|(_, _, _, e)| e));
-                                return Err(AppendFailed {
-                                    error: Error::subject(&subject, e),
-                                    entries,
-                                });
-                            }
-                        }
-                    }
-                    rest.extend(sent.map(|(_, _, _, entry)| entry));
-                    rest
-                }
+                } => publish_batch(js, last_stream_seq, chain, entries).await?,
             }
         };
+        // Refused because another writer got in: sealed again on the new
+        // tail (a newer leader's record fences this writer off), as a batch
+        // while few tries have failed, then one by one.
+        let mut rest = rest;
+        let mut tries = 0;
+        while rest.len() > 1 && tries < 3 {
+            tries += 1;
+            let mut guard = self.inner.lock().await;
+            let (store, chain) = &mut *guard;
+            let AuditStore::JetStream {
+                js,
+                last_stream_seq,
+            } = store
+            else {
+                break;
+            };
+            tracing::warn!(
+                entries = rest.len(),
+                "audit batch raced, re-reading the stream tail"
+            );
+            if let Err(error) = resync(js, term, chain, last_stream_seq).await {
+                return Err(AppendFailed {
+                    error,
+                    entries: rest,
+                });
+            }
+            rest = publish_batch(js, last_stream_seq, chain, rest).await?;
+        }
         let mut rest = rest.into_iter();
         while let Some(e) = rest.next() {
             let back = e.clone();
@@ -364,16 +301,7 @@ impl AuditLog {
                             // and resealing it here could write it twice.
                             attempts += 1;
                             tracing::warn!(error = %e, "audit append raced, re-reading the stream tail");
-                            let (last, seq) = last_record(js).await?;
-                            // Fencing: a newer leader has written.
-                            let newer = last.as_ref().and_then(|r| r.entry.term);
-                            if let (Some(mine), Some(newer)) = (term, newer) {
-                                if newer > mine {
-                                    return Err(Error::Deposed { term: mine, newer });
-                                }
-                            }
-                            *chain = Chain::resume(last.as_ref());
-                            *last_stream_seq = seq;
+                            resync(js, term, chain, last_stream_seq).await?;
                         }
                         Err(e) => return Err(Error::subject(&subject, e)),
                     }
@@ -381,6 +309,212 @@ impl AuditLog {
             }
         }
     }
+}
+
+/// Most bytes of records one audit message holds (well under the server's
+/// default 1 MiB payload). A record larger than this goes alone.
+const MESSAGE_BYTES: usize = 256 * 1024;
+
+/// The records of one audit message, sealed on the chain: a lone record is
+/// published as itself on its event's subject
+/// (`SKOS_AUDIT.<event_type>`); two or more as a JSON array of records on
+/// [`subjects::AUDIT_BATCH`]. Readers take both ([`records_of`]).
+struct Sealed {
+    subject: String,
+    payload: Bytes,
+    /// The last record's hash: the message id.
+    last_hash: String,
+    /// The entries sealed, given back if the message is not stored.
+    entries: Vec<AuditEntry>,
+}
+
+impl Sealed {
+    /// Seal entries from `entries` onto `chain` until the message holds
+    /// [`MESSAGE_BYTES`] (at least one entry). An entry that cannot be
+    /// serialised fails with the entries sealed so far, itself included.
+    #[allow(clippy::result_large_err)]
+    fn next(
+        chain: &mut Chain,
+        entries: &mut std::iter::Peekable<impl Iterator<Item = AuditEntry>>,
+    ) -> std::result::Result<Self, (Error, Vec<AuditEntry>)> {
+        let mut payload = Vec::new();
+        let mut taken = Vec::new();
+        let mut first_subject = None;
+        let mut last_hash = String::new();
+        while let Some(entry) = entries.next_if(|_| payload.len() < MESSAGE_BYTES) {
+            let record = chain.seal(entry);
+            payload.push(if taken.is_empty() { b'[' } else { b',' });
+            if let Err(e) = serde_json::to_writer(&mut payload, &record) {
+                taken.push(record.entry);
+                return Err((stream_err(e), taken));
+            }
+            if first_subject.is_none() {
+                first_subject = Some(subjects::audit(&record.entry.event_type));
+            }
+            last_hash = record.hash;
+            taken.push(record.entry);
+        }
+        let subject = if taken.len() == 1 {
+            // One record: as itself, without the brackets.
+            payload.remove(0);
+            first_subject.unwrap_or_else(|| subjects::AUDIT_BATCH.to_string())
+        } else {
+            payload.push(b']');
+            subjects::AUDIT_BATCH.to_string()
+        };
+        Ok(Self {
+            subject,
+            payload: Bytes::from(payload),
+            last_hash,
+            entries: taken,
+        })
+    }
+}
+
+/// The records one audit message holds, in order: a lone record (a JSON
+/// object) or a batch (a JSON array of records). A payload that is neither
+/// is an error; a batch's elements are given as they are (the chain's
+/// [`Verifier`] judges each).
+pub fn records_of(payload: &[u8]) -> std::result::Result<Vec<Value>, serde_json::Error> {
+    match serde_json::from_slice::<Value>(payload)? {
+        Value::Array(records) => Ok(records),
+        record => Ok(vec![record]),
+    }
+}
+
+/// The last record an audit message holds that is one of ours.
+fn last_record_of(payload: &[u8]) -> Option<AuditRecord> {
+    if payload.first() == Some(&b'[') {
+        let records: Vec<Value> = serde_json::from_slice(payload).ok()?;
+        records
+            .into_iter()
+            .rev()
+            .find_map(|v| serde_json::from_value(v).ok())
+    } else {
+        serde_json::from_slice(payload).ok()
+    }
+}
+
+/// Continue the chain from the stream's tail, unless a newer leader wrote
+/// it ([`Error::Deposed`]: fencing).
+async fn resync(
+    js: &jetstream::Context,
+    term: Option<u64>,
+    chain: &mut Chain,
+    last_stream_seq: &mut u64,
+) -> Result<()> {
+    let (last, seq) = last_record(js).await?;
+    let newer = last.as_ref().and_then(|r| r.entry.term);
+    if let (Some(mine), Some(newer)) = (term, newer) {
+        if newer > mine {
+            return Err(Error::Deposed { term: mine, newer });
+        }
+    }
+    *chain = Chain::resume(last.as_ref());
+    *last_stream_seq = seq;
+    Ok(())
+}
+
+/// Publish `entries` sealed on `chain` after the stream's message
+/// `last_stream_seq`, in as few messages as [`Sealed`] allows. Both advance
+/// over what is stored. Gives back the entries refused because another
+/// writer got in (not stored: seal them again on the new tail), or fails
+/// with those not known to be stored.
+async fn publish_batch(
+    js: &jetstream::Context,
+    last_stream_seq: &mut u64,
+    chain: &mut Chain,
+    entries: Vec<AuditEntry>,
+) -> Result<Vec<AuditEntry>, AppendFailed> {
+    let mut trial = chain.clone();
+    let mut sent = Vec::new();
+    // The batch goes out in messages of at most
+    // `MESSAGE_BYTES` of records ([`Sealed`]). The first
+    // message expects the stream's last sequence, each later
+    // one the message id (its last record's hash) of the one
+    // before it: once one is refused, none after it is
+    // stored. (Expected sequences alone would store the
+    // later ones when the tail moved by fewer messages than
+    // the batch holds, sealed on a chain that is not the
+    // stream's.)
+    let mut previous: Option<String> = None;
+    let mut unsent = entries.into_iter().peekable();
+    let mut failed = None;
+    while unsent.peek().is_some() {
+        // Sealed as they are, not copies: entries not
+        // stored are given back from their records.
+        let sealed = match Sealed::next(&mut trial, &mut unsent) {
+            Ok(s) => s,
+            Err((error, back)) => {
+                failed = Some((error, back));
+                break;
+            }
+        };
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(sealed.payload)
+            .message_id(&sealed.last_hash);
+        let publish = match previous.replace(sealed.last_hash) {
+            None => publish.expected_last_sequence(*last_stream_seq),
+            Some(id) => publish.expected_last_message_id(id),
+        };
+        match js.send_publish(sealed.subject.clone(), publish).await {
+            Ok(ack) => sent.push((ack, trial.clone(), sealed.subject, sealed.entries)),
+            Err(e) => {
+                failed = Some((Error::subject(&sealed.subject, e), sealed.entries));
+                break;
+            }
+        }
+    }
+    if let Some((error, back)) = failed {
+        // Those sent may be stored: the caller checks.
+        let mut entries: Vec<AuditEntry> = sent.into_iter().flat_map(|(_, _, _, e)| e).collect();
+        entries.extend(back);
+        entries.extend(unsent);
+        return Err(AppendFailed { error, entries });
+    }
+    // Acks in order: the stored prefix advances the chain.
+    let mut stored = 0;
+    let mut rest = Vec::new();
+    let mut sent = sent.into_iter();
+    for (ack, after, subject, batch) in sent.by_ref() {
+        match ack.await {
+            Ok(ack) if stored == 0 || ack.sequence == *last_stream_seq + 1 => {
+                *chain = after;
+                *last_stream_seq = ack.sequence;
+                stored += 1;
+            }
+            Ok(_) => {
+                rest.extend(batch);
+                break;
+            }
+            // Refused: another writer got in; the rest goes
+            // through `append`, which re-reads the tail.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
+                ) =>
+            {
+                rest.extend(batch);
+                break;
+            }
+            // No answer: the entries (and those after them)
+            // may be stored all the same. Not written again
+            // here, where they could be written twice: the
+            // caller checks the trail's tail before it tries
+            // again.
+            Err(e) => {
+                let mut entries = batch;
+                entries.extend(sent.flat_map(|(_, _, _, e)| e));
+                return Err(AppendFailed {
+                    error: Error::subject(&subject, e),
+                    entries,
+                });
+            }
+        }
+    }
+    rest.extend(sent.flat_map(|(_, _, _, batch)| batch));
+    Ok(rest)
 }
 
 fn append_file(
@@ -496,7 +630,7 @@ async fn last_record(js: &jetstream::Context) -> Result<(Option<AuditRecord>, u6
     let mut seq = last_seq;
     while seq > 0 {
         if let Ok(m) = s.get_raw_message(seq).await {
-            if let Ok(r) = serde_json::from_slice::<AuditRecord>(&m.payload) {
+            if let Some(r) = last_record_of(&m.payload) {
                 return Ok((Some(r), last_seq));
             }
         }
@@ -611,28 +745,46 @@ async fn read_js(js: &jetstream::Context, n: Option<u64>) -> Result<Vec<Value>> 
         .await
         .map_err(stream_err)?;
     let info = s.info().await.map_err(stream_err)?.state.clone();
-    let first = match n {
-        Some(n) => info
-            .last_sequence
-            .saturating_sub(n.saturating_sub(1))
-            .max(info.first_sequence),
-        None => info.first_sequence,
-    };
-    let mut out = Vec::new();
     if info.messages == 0 {
-        return Ok(out);
+        return Ok(Vec::new());
     }
-    for seq in first..=info.last_sequence {
-        let m = s.get_raw_message(seq).await.map_err(|e| Error::Stream {
-            stream: subjects::STREAM_AUDIT.to_string(),
-            reason: format!("message {seq}: {e}"),
-        })?;
-        let v = serde_json::from_slice(&m.payload).unwrap_or_else(
-            |e| serde_json::json!({ "unreadable": e.to_string(), "stream_seq": seq }),
-        );
-        out.push(v);
+    let first = info.first_sequence.max(1);
+    let Some(n) = n else {
+        let mut out = Vec::new();
+        for seq in first..=info.last_sequence {
+            out.extend(message_records(&mut s, seq).await?);
+        }
+        return Ok(out);
+    };
+    // Backwards, a message (one record or a batch) at a time, until `n`
+    // records are in hand.
+    let want = usize::try_from(n).unwrap_or(usize::MAX);
+    let mut messages = Vec::new();
+    let mut count = 0usize;
+    let mut seq = info.last_sequence;
+    while count < want && seq >= first {
+        let records = message_records(&mut s, seq).await?;
+        count += records.len();
+        messages.push(records);
+        seq -= 1;
+    }
+    let mut out: Vec<Value> = messages.into_iter().rev().flatten().collect();
+    if out.len() > want {
+        out.drain(..out.len() - want);
     }
     Ok(out)
+}
+
+/// The records of the audit message at `seq`; an unreadable one stands as
+/// one record saying so (the verifier then names it).
+async fn message_records(s: &mut stream::Stream, seq: u64) -> Result<Vec<Value>> {
+    let m = s.get_raw_message(seq).await.map_err(|e| Error::Stream {
+        stream: subjects::STREAM_AUDIT.to_string(),
+        reason: format!("message {seq}: {e}"),
+    })?;
+    Ok(records_of(&m.payload).unwrap_or_else(|e| {
+        vec![serde_json::json!({ "unreadable": e.to_string(), "stream_seq": seq })]
+    }))
 }
 
 /// Check a whole chain, in order.
@@ -696,6 +848,75 @@ mod tests {
         assert_eq!(summaries, ["e0", "e100", "e1", "e2", "e3", "e4"]);
         let report = verify(records);
         assert!(report.error.is_none(), "{:?}", report.error);
+    }
+
+    /// Records written together are stored as few messages (split only
+    /// past `MESSAGE_BYTES`), and every reader counts records, not
+    /// messages: the tail, the chain's resumption, verification.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_one_message_and_readers_count_records() {
+        use skos_testsupport::nats::{nats_server_binary, NatsServer};
+        skos_testsupport::require!("nats-server", nats_server_binary());
+        let server = NatsServer::start();
+        let bus = NatsBus::connect(&crate::NatsOptions::new(server.url(), "test"))
+            .await
+            .unwrap();
+        let log = AuditLog::open_jetstream(&bus).await.unwrap();
+        log.append(entry(0)).await.unwrap();
+        log.append_many((1..=5).map(entry).collect()).await.unwrap();
+        let info = |bus: &NatsBus| {
+            let js = bus.jetstream().clone();
+            async move {
+                let mut s = js.get_stream(subjects::STREAM_AUDIT).await.unwrap();
+                s.info().await.unwrap().state.clone()
+            }
+        };
+        assert_eq!(info(&bus).await.messages, 2, "one record, then one batch");
+        let seqs = |records: &[Value]| -> Vec<u64> {
+            records.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
+        };
+        assert_eq!(seqs(&log.read_recent(3).await.unwrap()), [4, 5, 6]);
+        assert_eq!(seqs(&log.read_recent(6).await.unwrap()), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            seqs(&log.read_recent(60).await.unwrap()),
+            [1, 2, 3, 4, 5, 6]
+        );
+        // A second writer resumes after the batch's last record.
+        let other = AuditLog::open_jetstream(&bus).await.unwrap();
+        assert_eq!(other.append(entry(6)).await.unwrap().seq, 7);
+        // A batch larger than one message: split, chained, all verified.
+        let big: Vec<AuditEntry> = (0..600)
+            .map(|i| {
+                AuditEntry::new(
+                    skos_core::AuditEvent::Decision,
+                    chrono::Utc::now(),
+                    None,
+                    "t",
+                    format!("big{i}"),
+                    serde_json::json!({"pad": "x".repeat(1024)}),
+                )
+            })
+            .collect();
+        log.append_many(big).await.unwrap();
+        let messages = info(&bus).await.messages;
+        assert!((5..=6).contains(&messages), "{messages} messages");
+        let records = read_jetstream(&bus, None).await.unwrap();
+        assert_eq!(records.len(), 607);
+        assert_eq!(seqs(&records), (1..=607).collect::<Vec<u64>>());
+        let report = verify(records);
+        assert!(report.error.is_none(), "{:?}", report.error);
+        assert_eq!(report.records, 607);
+        // Published on the batch subject, readable by a live subscriber.
+        let last = bus
+            .jetstream()
+            .get_stream(subjects::STREAM_AUDIT)
+            .await
+            .unwrap()
+            .get_raw_message(messages)
+            .await
+            .unwrap();
+        assert_eq!(last.subject.as_str(), subjects::AUDIT_BATCH);
+        assert!(records_of(&last.payload).unwrap().len() > 1);
     }
 
     fn entry(i: u32) -> AuditEntry {

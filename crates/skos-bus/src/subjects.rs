@@ -7,6 +7,10 @@ pub const ALERTS: &str = "skos.alert.>";
 pub const COMMANDS: &str = "skos.command.>";
 pub const RESULTS: &str = "skos.result.>";
 pub const AUDIT: &str = "SKOS_AUDIT.*";
+/// Where two or more audit records written together go, as one message
+/// holding a JSON array of records (a lone record goes on its event's
+/// subject, [`audit`]).
+pub const AUDIT_BATCH: &str = "SKOS_AUDIT.batch";
 /// Request/reply: the coordinator answers with its status.
 pub const STATUS: &str = "skos.coordinator.status";
 

@@ -2,14 +2,16 @@
 //! out its effects.
 //!
 //! Order matters for crash safety: for each message, the state of the nodes
-//! it changed is written first, together with the effects it decided (see
-//! [`Saved`]); then commands and raised alerts are published (durably, with
-//! their ids as JetStream message ids, so a re-send after a crash is stored
-//! once), then the audit entries are written, then the nodes' states are
-//! written again without those effects, then the message is acknowledged.
+//! it changed is written first, together with the effects it decided and a
+//! [`Stamp`] (see [`Saved`]); then commands and raised alerts are published
+//! (durably, with their ids as JetStream message ids, so a re-send after a
+//! crash is stored once), then the audit entries are written, then the
+//! message is acknowledged. Once every effect decided so far is carried out,
+//! one marker (`carried`) records the last stamp they were kept under,
+//! instead of every node's state being written again without its effects.
 //! A coordinator stopped anywhere in between carries out, after a restart,
-//! the kept effects it had not (audit records already in the trail are not
-//! written twice). Effects that cannot be carried out (the bus is down) wait
+//! the kept effects stamped after the marker (audit records already in the
+//! trail are not written twice). Effects that cannot be carried out (the bus is down) wait
 //! in the outbox, in order, and are never decided again. After a restart,
 //! alerts and results already recorded in the audit trail are not handled
 //! again.
@@ -82,6 +84,16 @@ const STATE_KEY: &str = "coordinator";
 /// Each node's part of the state is kept under `node_<name>`.
 const NODE_KEY_PREFIX: &str = "node_";
 
+/// The key of the marker: the last [`Stamp`] whose effects (and every
+/// earlier one's) were all carried out.
+const CARRIED_KEY: &str = "carried";
+
+/// When a node's record kept effects: the writer's term (0 without an
+/// election) and a count of state writes in that term. Ordered: a later
+/// write, or a later term, is greater.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Stamp(u64, u64);
+
 fn node_key(node: &NodeName) -> String {
     format!("{NODE_KEY_PREFIX}{node}")
 }
@@ -129,6 +141,11 @@ struct Saved {
     state: EngineSnapshot,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     effects: Vec<Kept>,
+    /// When the effects were kept: carried out already if the `carried`
+    /// marker is at or past it. Records written before stamps existed have
+    /// none (their effects are carried out again, de-duplicated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch: Option<Stamp>,
 }
 
 /// An [`Effect`] as kept in a [`Saved`] record.
@@ -165,6 +182,8 @@ struct SavedRef<'a> {
     state: &'a EngineSnapshot,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     effects: Vec<KeptRef<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<Stamp>,
 }
 
 /// [`Kept`], borrowed: the same tags and fields.
@@ -281,9 +300,13 @@ struct Ctx {
     /// (the bus is down) waits here and is retried on every tick, never
     /// dropped and never decided again.
     outbox: VecDeque<Effect>,
-    /// Nodes whose saved state holds effects: written again once those
-    /// are carried out.
-    kept: BTreeSet<NodeName>,
+    /// The stamp of the last state write that kept effects.
+    stamp: Stamp,
+    /// Every effect kept up to this stamp is carried out (the outbox was
+    /// empty after it): written as the `carried` marker on the next tick.
+    carried: Stamp,
+    /// The marker as last written.
+    carried_written: Stamp,
     /// Carrying out the outbox failed and has not succeeded since.
     stalled: bool,
     /// An audit append failed: some of the entries may be in the trail
@@ -472,6 +495,16 @@ async fn lead(
         },
         None => false,
     };
+    // Effects kept at or before the marker were carried out.
+    let carried: Stamp = match state.load(CARRIED_KEY).await? {
+        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            counters.inc(Counter::StateUnreadable);
+            tracing::error!(key = CARRIED_KEY, error = %e, "marker of carried-out effects unreadable; every kept effect is carried out again");
+            Stamp::default()
+        }),
+        None => Stamp::default(),
+    };
+    let mut stamp = carried;
     let parts = state.load_prefix(NODE_KEY_PREFIX).await?;
     let nodes = parts.len();
     let mut kept: Vec<Effect> = Vec::new();
@@ -479,7 +512,13 @@ async fn lead(
         match decode_snapshot::<Saved>(&bytes) {
             Ok(saved) => {
                 engine.restore(saved.state, now);
-                kept.extend(saved.effects.into_iter().map(Effect::from));
+                let done = saved.batch.is_some_and(|b| b <= carried);
+                if let Some(b) = saved.batch {
+                    stamp = stamp.max(b);
+                }
+                if !done {
+                    kept.extend(saved.effects.into_iter().map(Effect::from));
+                }
             }
             Err(e) => {
                 counters.inc(Counter::StateUnreadable);
@@ -487,7 +526,15 @@ async fn lead(
             }
         }
     }
-    tracing::info!(nodes, legacy, "coordinator state restored");
+    // Effects the marker does not cover: carried out again below, but
+    // for the audit records already in the trail.
+    tracing::info!(
+        nodes,
+        legacy,
+        ?carried,
+        kept_effects = kept.len(),
+        "coordinator state restored"
+    );
     let mut replayed = 0;
     let mut commanded = HashSet::new();
     let mut results_seen = RecentIds::new(RESULTS_WINDOW);
@@ -521,7 +568,6 @@ async fn lead(
     // stop: carried out now, but for the audit records already in the
     // trail (commands and alerts are published again; their ids make that
     // safe).
-    let kept_nodes: BTreeSet<NodeName> = kept.iter().filter_map(effect_node).collect();
     kept.retain(|e| match e {
         Effect::Audit(entry) => !audited.contains(&new_entry_key(entry)),
         _ => true,
@@ -561,7 +607,14 @@ async fn lead(
         counters: counters.clone(),
         max_bytes,
         outbox: VecDeque::new(),
-        kept: kept_nodes,
+        // A new term counts afresh; the same term (or none) goes on
+        // after what was written.
+        stamp: match term.as_ref().map(|t| t.term) {
+            Some(t) if t > stamp.0 => Stamp(t, 0),
+            _ => stamp,
+        },
+        carried,
+        carried_written: carried,
         stalled: false,
         audits_uncertain: false,
         results_seen,
@@ -786,16 +839,23 @@ impl Ctx {
             }
         }
         let mut buf = std::mem::take(&mut self.scratch);
+        // Records that keep effects are stamped with this write's stamp.
+        let stamp = Stamp(self.stamp.0, self.stamp.1 + 1);
+        let mut stamped = false;
         for node in &nodes {
             let effects = waiting.remove(node).unwrap_or_default();
-            match self.node_state(node, effects, &mut buf)? {
+            stamped |= !effects.is_empty();
+            match self.node_state(node, effects, stamp, &mut buf)? {
                 NodeWrite::Unchanged => {}
                 NodeWrite::Remove => removed.push(node.clone()),
-                NodeWrite::Save(bytes, digest, kept) => {
+                NodeWrite::Save(bytes, digest) => {
                     items.push((node_key(node), bytes));
-                    digests.push((node.clone(), digest, kept));
+                    digests.push((node.clone(), digest));
                 }
             }
+        }
+        if stamped {
+            self.stamp = stamp;
         }
         // Kept for the next batch, unless one huge state made it large.
         if buf.capacity() <= 1 << 20 {
@@ -808,7 +868,6 @@ impl Ctx {
                 break;
             }
             self.written.remove(node);
-            self.kept.remove(node);
         }
         if done.is_ok() {
             done = self.state.save_many(items).await;
@@ -818,12 +877,7 @@ impl Ctx {
             self.unsaved.extend(nodes);
             return Err(e.into());
         }
-        for (node, digest, kept) in digests {
-            if kept {
-                self.kept.insert(node.clone());
-            } else {
-                self.kept.remove(&node);
-            }
+        for (node, digest) in digests {
             self.written.insert(node, digest);
         }
         for node in &nodes {
@@ -833,12 +887,17 @@ impl Ctx {
     }
 
     /// What to write for `node`, whose effects waiting in the outbox are
-    /// `effects` (in order), or that nothing changed.
+    /// `effects` (in order, kept under `stamp`), or that nothing changed:
+    /// a record with effects is always written; one without, only when the
+    /// node's state differs from what was last written (the digest is of
+    /// the state alone, so a record whose effects were carried out is not
+    /// written again to drop them: the `carried` marker covers them).
     /// `buf` is where it is serialised (see [`encode_snapshot_in`]).
     fn node_state(
         &self,
         node: &NodeName,
         effects: Vec<&Effect>,
+        stamp: Stamp,
         buf: &mut Vec<u8>,
     ) -> Result<NodeWrite> {
         let snap = self.engine.node_snapshot(node);
@@ -850,28 +909,42 @@ impl Ctx {
                 NodeWrite::Unchanged
             });
         }
-        let kept = !effects.is_empty();
-        let saved = SavedRef {
-            state: &snap,
-            effects,
-        };
-        let bytes = encode_snapshot_in(&saved, buf).map_err(|e| {
+        let encode_err = |e| {
             Error::Bus(skos_bus::Error::Io {
                 path: node_key(node).into(),
                 source: e,
             })
-        })?;
-        let digest = {
+        };
+        let digest = |bytes: &[u8]| {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             bytes.hash(&mut h);
             h.finish()
         };
-        Ok(if self.written.get(node) == Some(&digest) {
-            NodeWrite::Unchanged
-        } else {
-            NodeWrite::Save(Bytes::copy_from_slice(&bytes), digest, kept)
-        })
+        let plain = SavedRef {
+            state: &snap,
+            effects: Vec::new(),
+            batch: None,
+        };
+        let bytes = encode_snapshot_in(&plain, buf).map_err(encode_err)?;
+        let state_digest = digest(&bytes);
+        if effects.is_empty() {
+            return Ok(if self.written.get(node) == Some(&state_digest) {
+                NodeWrite::Unchanged
+            } else {
+                NodeWrite::Save(Bytes::copy_from_slice(&bytes), state_digest)
+            });
+        }
+        let saved = SavedRef {
+            state: &snap,
+            effects,
+            batch: Some(stamp),
+        };
+        let bytes = encode_snapshot_in(&saved, buf).map_err(encode_err)?;
+        Ok(NodeWrite::Save(
+            Bytes::copy_from_slice(&bytes),
+            state_digest,
+        ))
     }
 
     /// Count and log a refused message; the audit entry to write for it.
@@ -1224,18 +1297,44 @@ impl Ctx {
             }
             self.stalled = false;
         }
-        // The saved states need not keep what is carried out. After a
-        // batch (`published` named) that write waits for the next tick, so
-        // a burst of batches shares one: a restart before it carries the
-        // effects out again, which is safe as after a kill between the
-        // audit and the ack (ids, and the trail's tail, de-duplicate).
-        if published.is_none() {
-            let done = std::mem::take(&mut self.kept);
-            if let Err(e) = self.persist_strict(done).await {
-                tracing::warn!(error = %e, "node state not written again after its effects; retrying");
-            }
+        // Nothing waits: every effect kept so far is carried out.
+        if self.outbox.is_empty() {
+            self.carried = self.stamp;
+        }
+        // The marker says so. After a batch (`published` named) it waits for
+        // the next tick, so a burst of batches shares one write: a restart
+        // before it carries the effects out again, which is safe as after a
+        // kill between the audit and the ack (ids, and the trail's tail,
+        // de-duplicate).
+        if published.is_none() && self.carried > self.carried_written {
+            self.write_carried().await;
         }
         true
+    }
+
+    /// Write the `carried` marker (failures are retried on the next tick).
+    async fn write_carried(&mut self) {
+        if !self.still_leader() {
+            return;
+        }
+        let carried = self.carried;
+        let bytes = match serde_json::to_vec(&carried) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!(key = CARRIED_KEY, error = %e, "marker of carried-out effects not encoded");
+                return;
+            }
+        };
+        match self.state.save(CARRIED_KEY, bytes).await {
+            Ok(()) => {
+                self.carried_written = carried;
+                failpoint::hit("tick.carried");
+            }
+            Err(e) => {
+                self.counters.inc(Counter::StateSaveFailed);
+                tracing::warn!(key = CARRIED_KEY, error = %e, "marker of carried-out effects not written; retrying");
+            }
+        }
     }
 
     /// After a failed audit append: write the audit records waiting at the
@@ -1426,8 +1525,8 @@ struct Work {
 enum NodeWrite {
     Unchanged,
     Remove,
-    /// Its record, the record's digest, and whether it keeps effects.
-    Save(Bytes, u64, bool),
+    /// Its record, and the digest of its state alone.
+    Save(Bytes, u64),
 }
 
 /// The JetStream message id a durable message was stored under (an
@@ -1527,8 +1626,10 @@ mod tests {
         let saved = Saved {
             state: engine.node_snapshot(&node),
             effects: effects.iter().map(Kept::from).collect(),
+            batch: Some(Stamp(3, 9)),
         };
         let back: Saved = decode_snapshot(&encode_snapshot(&saved).unwrap()).unwrap();
+        assert_eq!(back.batch, Some(Stamp(3, 9)));
         let kept: Vec<Effect> = back.effects.into_iter().map(Effect::from).collect();
         assert_eq!(kept, effects);
         // As written (borrowed from the outbox): the same bytes.
@@ -1536,6 +1637,7 @@ mod tests {
         let written = SavedRef {
             state: &snap,
             effects: effects.iter().map(KeptRef::from).collect(),
+            batch: Some(Stamp(3, 9)),
         };
         assert_eq!(
             encode_snapshot(&written).unwrap(),
@@ -1556,10 +1658,12 @@ mod tests {
         let owned = Saved {
             state: engine.node_snapshot(&node),
             effects: effects.iter().map(Kept::from).collect(),
+            batch: None,
         };
         let borrowed = SavedRef {
             state: &snap,
             effects: effects.iter().map(KeptRef::from).collect(),
+            batch: None,
         };
         assert_eq!(
             encode_snapshot(&borrowed).unwrap(),
@@ -1569,9 +1673,13 @@ mod tests {
         let plain = encode_snapshot(&engine.node_snapshot(&node)).unwrap();
         let back: Saved = decode_snapshot(&plain).unwrap();
         assert!(back.effects.is_empty());
+        assert_eq!(back.batch, None);
+        // Stamps order by term, then by write.
+        assert!(Stamp(3, 9) < Stamp(3, 10) && Stamp(3, 10) < Stamp(4, 0));
         let none = Saved {
             state: engine.node_snapshot(&node),
             effects: Vec::new(),
+            batch: None,
         };
         assert_eq!(encode_snapshot(&none).unwrap(), plain);
     }

@@ -444,6 +444,79 @@ fn killed_after_an_alert_was_audited() {
     alert_crash("alert.audited");
 }
 
+/// SIGKILLed once the `carried` marker covers the alert's effects: the
+/// restarted coordinator carries nothing out again (the node's saved state
+/// still lists them; the marker covers them), and the trail is as before.
+#[test]
+fn killed_after_the_carried_marker_covers_the_effects() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(work.path(), Setup::Throttles);
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 2, MIN, MAX);
+    let mut first = coordinator_armed(&nats, &cfg, work.path(), "coordinator-first", None);
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), NODE);
+    wait_for(Duration::from_secs(30), "n1 healthy", || {
+        status(&nats).filter(|s| node(s, NODE).is_some_and(|n| n["status"] == "healthy"))
+    });
+    cpu.heat(87.0);
+    wait_for(Duration::from_secs(40), "throttle_50 answered", || {
+        let r = audit(&nats);
+        (results(&r, "throttle_50") == ["succeeded"] && drained(&nats)).then_some(())
+    });
+    // The node's record keeps the effects under a stamp; wait for the
+    // marker to reach it.
+    let last = |subject: String| {
+        rt().block_on(async {
+            let bus = connect(&nats).await;
+            let s = bus
+                .jetstream()
+                .get_stream(subjects::STREAM_STATE)
+                .await
+                .unwrap();
+            s.get_last_raw_message_by_subject(&subject)
+                .await
+                .ok()
+                .and_then(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+        })
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "the marker to cover n1's record",
+        || {
+            let carried = last(subjects::state("carried"))?;
+            let kept = last(subjects::state(&format!("node_{NODE}")))?;
+            let at = |v: &Value| (v[0].as_u64(), v[1].as_u64());
+            // A record written since without effects needs no marker.
+            (!kept["effects"].is_array() || at(&carried) >= at(&kept["batch"])).then_some(())
+        },
+    );
+    first.sigkill();
+    let second = coordinator_armed(&nats, &cfg, work.path(), "coordinator-second", None);
+    wait_for(
+        Duration::from_secs(30),
+        "the second coordinator to lead",
+        || {
+            second
+                .log_text()
+                .contains("coordinator started")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let log = second.log_text();
+    assert!(log.contains("kept_effects=0"), "{log}");
+    assert!(
+        !log.contains("carrying out effects decided but not carried out"),
+        "effects covered by the marker were carried out again:\n{log}"
+    );
+    let records = check_trail(&nats);
+    assert_eq!(command_types(&records), ["throttle_50"]);
+    assert!(caps_at(&sys, MAX / 2), "n1 capped at 50 %");
+}
+
 // --- Result kill points: the throttle fails and one failure opens the
 // circuit.
 
