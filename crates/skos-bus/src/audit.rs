@@ -19,7 +19,12 @@ use skos_core::audit::{AuditRecord, Chain, ChainError, Verifier};
 use skos_core::AuditEntry;
 use tokio::sync::Mutex;
 
-use crate::{subjects, Error, NatsBus, Result};
+use std::sync::Arc;
+
+use crate::{subjects, trust, Error, NatsBus, Result};
+
+pub mod check;
+pub use check::{Checkpoint, TrailReport};
 
 pub enum AuditStore {
     File {
@@ -29,7 +34,31 @@ pub enum AuditStore {
     JetStream {
         js: Box<jetstream::Context>,
         last_stream_seq: u64,
+        signing: Option<Box<Signing>>,
     },
+}
+
+/// How a coordinator signs the JetStream trail: every message it writes is
+/// signed ([`trust::Signer::sign_audit`]); the chain continues only from a
+/// message signed by a trusted key, so a record a stranger published on
+/// `SKOS_AUDIT.*` is never built upon.
+pub struct Signing {
+    pub signer: Arc<trust::Signer>,
+    /// The signer's own key and the other coordinators' (for a takeover).
+    pub trusted: trust::Verifier,
+}
+
+impl Signing {
+    /// Sign with `signer`; trust it and `others` (public keys, as
+    /// `trust.coordinator_keys` lists them).
+    pub fn new(signer: Arc<trust::Signer>, others: &[String]) -> Result<Self> {
+        let mut keys = others.to_vec();
+        keys.push(signer.public_key());
+        Ok(Self {
+            trusted: trust::Verifier::new(&keys, true)?,
+            signer,
+        })
+    }
 }
 
 /// The writer side of the audit trail.
@@ -121,15 +150,24 @@ impl AuditLog {
         Ok(log)
     }
 
-    /// Open the JetStream audit stream and continue its chain.
+    /// Open the JetStream audit stream and continue its chain, unsigned.
     pub async fn open_jetstream(bus: &NatsBus) -> Result<Self> {
+        Self::open_jetstream_signed(bus, None).await
+    }
+
+    /// Open the JetStream audit stream and continue its chain from its last
+    /// message signed by a trusted key (with `signing`; without, from its
+    /// last record), signing every message written.
+    pub async fn open_jetstream_signed(bus: &NatsBus, signing: Option<Signing>) -> Result<Self> {
         let js = Box::new(bus.jetstream().clone());
-        let (last, seq) = last_record(&js).await?;
+        let signing = signing.map(Box::new);
+        let (last, seq) = last_record(&js, signing.as_deref()).await?;
         Ok(Self {
             inner: Mutex::new((
                 AuditStore::JetStream {
                     js,
                     last_stream_seq: seq,
+                    signing,
                 },
                 Chain::resume(last.as_ref()),
             )),
@@ -209,7 +247,8 @@ impl AuditLog {
                 AuditStore::JetStream {
                     js,
                     last_stream_seq,
-                } => publish_batch(js, last_stream_seq, chain, entries).await?,
+                    signing,
+                } => publish_batch(js, last_stream_seq, signing.as_deref(), chain, entries).await?,
             }
         };
         // Refused because another writer got in: sealed again on the new
@@ -224,21 +263,23 @@ impl AuditLog {
             let AuditStore::JetStream {
                 js,
                 last_stream_seq,
+                signing,
             } = store
             else {
                 break;
             };
+            let signing = signing.as_deref();
             tracing::warn!(
                 entries = rest.len(),
                 "audit batch raced, re-reading the stream tail"
             );
-            if let Err(error) = resync(js, term, chain, last_stream_seq).await {
+            if let Err(error) = resync(js, signing, term, chain, last_stream_seq).await {
                 return Err(AppendFailed {
                     error,
                     entries: rest,
                 });
             }
-            rest = publish_batch(js, last_stream_seq, chain, rest).await?;
+            rest = publish_batch(js, last_stream_seq, signing, chain, rest).await?;
         }
         let mut rest = rest.into_iter();
         while let Some(e) = rest.next() {
@@ -271,7 +312,9 @@ impl AuditLog {
             AuditStore::JetStream {
                 js,
                 last_stream_seq,
+                signing,
             } => {
+                let signing = signing.as_deref();
                 let mut attempts = 0;
                 loop {
                     let mut trial = chain.clone();
@@ -281,6 +324,7 @@ impl AuditLog {
                     let publish = jetstream::message::PublishMessage::build()
                         .payload(Bytes::from(payload))
                         .expected_last_sequence(*last_stream_seq);
+                    let publish = signed(publish, signing, &subject, record.seq, &record.hash)?;
                     let ack = match js.send_publish(subject.clone(), publish).await {
                         Ok(f) => f.await,
                         Err(e) => return Err(Error::subject(&subject, e)),
@@ -301,7 +345,7 @@ impl AuditLog {
                             // and resealing it here could write it twice.
                             attempts += 1;
                             tracing::warn!(error = %e, "audit append raced, re-reading the stream tail");
-                            resync(js, term, chain, last_stream_seq).await?;
+                            resync(js, signing, term, chain, last_stream_seq).await?;
                         }
                         Err(e) => return Err(Error::subject(&subject, e)),
                     }
@@ -324,6 +368,8 @@ struct Sealed {
     payload: Bytes,
     /// The last record's hash: the message id.
     last_hash: String,
+    /// The last record's sequence number.
+    last_seq: u64,
     /// The entries sealed, given back if the message is not stored.
     entries: Vec<AuditEntry>,
 }
@@ -341,6 +387,7 @@ impl Sealed {
         let mut taken = Vec::new();
         let mut first_subject = None;
         let mut last_hash = String::new();
+        let mut last_seq = 0;
         while let Some(entry) = entries.next_if(|_| payload.len() < MESSAGE_BYTES) {
             let record = chain.seal(entry);
             payload.push(if taken.is_empty() { b'[' } else { b',' });
@@ -352,6 +399,7 @@ impl Sealed {
                 first_subject = Some(subjects::audit(&record.entry.event_type));
             }
             last_hash = record.hash;
+            last_seq = record.seq;
             taken.push(record.entry);
         }
         let subject = if taken.len() == 1 {
@@ -366,6 +414,7 @@ impl Sealed {
             subject,
             payload: Bytes::from(payload),
             last_hash,
+            last_seq,
             entries: taken,
         })
     }
@@ -395,15 +444,35 @@ fn last_record_of(payload: &[u8]) -> Option<AuditRecord> {
     }
 }
 
+/// `publish` with the signature headers of an audit message on `subject`
+/// whose last record is `last_seq` with `last_hash` (unchanged without
+/// `signing`).
+fn signed(
+    publish: jetstream::message::PublishMessage,
+    signing: Option<&Signing>,
+    subject: &str,
+    last_seq: u64,
+    last_hash: &str,
+) -> Result<jetstream::message::PublishMessage> {
+    let Some(signing) = signing else {
+        return Ok(publish);
+    };
+    let headers = signing.signer.sign_audit(subject, last_seq, last_hash)?;
+    Ok(headers.into_iter().fold(publish, |p, (name, value)| {
+        p.header(name.as_str(), value.as_str())
+    }))
+}
+
 /// Continue the chain from the stream's tail, unless a newer leader wrote
 /// it ([`Error::Deposed`]: fencing).
 async fn resync(
     js: &jetstream::Context,
+    signing: Option<&Signing>,
     term: Option<u64>,
     chain: &mut Chain,
     last_stream_seq: &mut u64,
 ) -> Result<()> {
-    let (last, seq) = last_record(js).await?;
+    let (last, seq) = last_record(js, signing).await?;
     let newer = last.as_ref().and_then(|r| r.entry.term);
     if let (Some(mine), Some(newer)) = (term, newer) {
         if newer > mine {
@@ -423,6 +492,7 @@ async fn resync(
 async fn publish_batch(
     js: &jetstream::Context,
     last_stream_seq: &mut u64,
+    signing: Option<&Signing>,
     chain: &mut Chain,
     entries: Vec<AuditEntry>,
 ) -> Result<Vec<AuditEntry>, AppendFailed> {
@@ -453,6 +523,19 @@ async fn publish_batch(
         let publish = jetstream::message::PublishMessage::build()
             .payload(sealed.payload)
             .message_id(&sealed.last_hash);
+        let publish = match signed(
+            publish,
+            signing,
+            &sealed.subject,
+            sealed.last_seq,
+            &sealed.last_hash,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                failed = Some((e, sealed.entries));
+                break;
+            }
+        };
         let publish = match previous.replace(sealed.last_hash) {
             None => publish.expected_last_sequence(*last_stream_seq),
             Some(id) => publish.expected_last_message_id(id),
@@ -617,7 +700,45 @@ fn last_newline<R: Read + Seek>(
     Ok(None)
 }
 
-async fn last_record(js: &jetstream::Context) -> Result<(Option<AuditRecord>, u64)> {
+/// Messages walked back over, looking for one signed by a trusted key,
+/// before the last record of any kind is taken as the tail (a trail
+/// written before signing began).
+const UNSIGNED_WALK: u64 = 1_000;
+
+/// The signature headers of a stored message.
+fn signature_headers(h: &async_nats::HeaderMap) -> trust::CommandHeaders<'_> {
+    trust::CommandHeaders {
+        signer: h.get(trust::HEADER_SIGNER).map(|v| v.as_str()),
+        signature: h.get(trust::HEADER_SIGNATURE).map(|v| v.as_str()),
+        context: h.get(trust::HEADER_CONTEXT).map(|v| v.as_str()),
+    }
+}
+
+/// Whether a stored audit message whose last record is `record` is signed
+/// by a key `trusted` holds.
+fn signed_by(
+    trusted: &trust::Verifier,
+    m: &jetstream::message::StreamMessage,
+    record: &AuditRecord,
+) -> std::result::Result<(), trust::TrustError> {
+    trusted
+        .check_audit(
+            m.subject.as_str(),
+            record.seq,
+            &record.hash,
+            &signature_headers(&m.headers),
+        )
+        .map(drop)
+}
+
+/// The record the chain continues from, and the stream's last sequence.
+/// Walks back over anything that is not one of our records; with
+/// `signing`, over messages not signed by a trusted key too (a stranger's
+/// record is never built upon), up to [`UNSIGNED_WALK`] of them.
+async fn last_record(
+    js: &jetstream::Context,
+    signing: Option<&Signing>,
+) -> Result<(Option<AuditRecord>, u64)> {
     let mut s = js
         .get_stream(subjects::STREAM_AUDIT)
         .await
@@ -626,15 +747,38 @@ async fn last_record(js: &jetstream::Context) -> Result<(Option<AuditRecord>, u6
     if last_seq == 0 {
         return Ok((None, 0));
     }
-    // Walk back over anything that is not one of our records.
     let mut seq = last_seq;
+    let mut unsigned: Option<(u64, AuditRecord)> = None;
     while seq > 0 {
         if let Ok(m) = s.get_raw_message(seq).await {
             if let Some(r) = last_record_of(&m.payload) {
-                return Ok((Some(r), last_seq));
+                let Some(signing) = signing else {
+                    return Ok((Some(r), last_seq));
+                };
+                match signed_by(&signing.trusted, &m, &r) {
+                    Ok(()) => {
+                        if unsigned.is_some() {
+                            tracing::warn!(stream_seq = seq, skipped = last_seq - seq, "audit messages not signed by a trusted key skipped: the chain continues from the last signed one");
+                        }
+                        return Ok((Some(r), last_seq));
+                    }
+                    Err(e) => {
+                        tracing::debug!(stream_seq = seq, error = %e, "audit message not signed by a trusted key");
+                        unsigned.get_or_insert((seq, r));
+                    }
+                }
             }
         }
+        if last_seq - seq >= UNSIGNED_WALK {
+            break;
+        }
         seq -= 1;
+    }
+    // No signed message near the end: a trail written before signing
+    // began. Its last record is the tail.
+    if let Some((at, r)) = unsigned {
+        tracing::warn!(stream_seq = at, "no audit message signed by a trusted key near the end of the trail: continuing from its last record");
+        return Ok((Some(r), last_seq));
     }
     Ok((None, last_seq))
 }

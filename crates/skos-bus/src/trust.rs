@@ -32,6 +32,25 @@ pub const HEADER_CONTEXT: &str = "Skos-Signature-Context";
 /// The purpose a command signature is made for, first in what is signed.
 pub const COMMAND_CONTEXT: &str = "skos-command-v1";
 
+/// The context of an audit message's signature (see [`audit_message`]).
+pub const AUDIT_CONTEXT: &str = "skos-audit-v1";
+
+/// What an audit message's signature covers: [`AUDIT_CONTEXT`], the subject
+/// it is published on, and the sequence number and hash of the last record
+/// it holds, separated by NUL bytes. The records' hash chain binds every
+/// record up to that one, so the signature vouches for the whole trail up
+/// to it; the context keeps it from ever passing as a command's.
+pub fn audit_message(subject: &str, last_seq: u64, last_hash: &str) -> Vec<u8> {
+    let seq = last_seq.to_string();
+    let mut m = Vec::with_capacity(AUDIT_CONTEXT.len() + subject.len() + seq.len() + 67);
+    for part in [AUDIT_CONTEXT, subject, &seq] {
+        m.extend_from_slice(part.as_bytes());
+        m.push(0);
+    }
+    m.extend_from_slice(last_hash.as_bytes());
+    m
+}
+
 /// What a command's signature covers: [`COMMAND_CONTEXT`], the subject it
 /// is published on, the node it is for and the payload bytes, separated by
 /// NUL bytes (which neither a subject nor a node name may hold).
@@ -126,6 +145,8 @@ pub enum TrustError {
     Malformed(String),
     #[error("signature made for {0:?}, not for a command (a coordinator older than this agent, or a signature taken for another purpose)")]
     WrongContext(String),
+    #[error("signature made for {0:?}, not for the audit trail")]
+    NotAudit(String),
 }
 
 /// The coordinator's signing key.
@@ -189,6 +210,23 @@ impl Signer {
             (HEADER_SIGNER.to_string(), signer),
             (HEADER_SIGNATURE.to_string(), signature),
             (HEADER_CONTEXT.to_string(), COMMAND_CONTEXT.to_string()),
+        ])
+    }
+
+    /// The headers of an audit message published on `subject` whose last
+    /// record is `last_seq` with `last_hash`: the signer, the signature of
+    /// [`audit_message`] and [`AUDIT_CONTEXT`].
+    pub fn sign_audit(
+        &self,
+        subject: &str,
+        last_seq: u64,
+        last_hash: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let (signer, signature) = self.sign(&audit_message(subject, last_seq, last_hash))?;
+        Ok(vec![
+            (HEADER_SIGNER.to_string(), signer),
+            (HEADER_SIGNATURE.to_string(), signature),
+            (HEADER_CONTEXT.to_string(), AUDIT_CONTEXT.to_string()),
         ])
     }
 
@@ -268,6 +306,34 @@ impl Verifier {
         )
     }
 
+    /// Check an audit message published on `subject` whose last record is
+    /// `last_seq` with `last_hash` against its headers: signed over
+    /// [`audit_message`] with [`AUDIT_CONTEXT`] by a trusted key.
+    /// `Ok(None)`: unsigned but signatures are not required.
+    pub fn check_audit(
+        &self,
+        subject: &str,
+        last_seq: u64,
+        last_hash: &str,
+        headers: &CommandHeaders<'_>,
+    ) -> Result<Option<String>, TrustError> {
+        if headers.signer.is_some() || headers.signature.is_some() {
+            match headers.context.map(str::trim) {
+                Some(AUDIT_CONTEXT) => {}
+                other => {
+                    return Err(TrustError::NotAudit(
+                        other.unwrap_or("nothing").chars().take(64).collect(),
+                    ))
+                }
+            }
+        }
+        self.check(
+            &audit_message(subject, last_seq, last_hash),
+            headers.signer,
+            headers.signature,
+        )
+    }
+
     /// Check a message against its signature headers. `Ok(None)`: unsigned
     /// but signatures are not required. `Ok(Some(signer))`: a trusted
     /// signature.
@@ -307,6 +373,58 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An audit signature passes only as one, over its own subject, seq
+    /// and hash; a command signature never passes as an audit one, nor the
+    /// reverse.
+    #[test]
+    fn audit_signatures_are_bound_to_their_purpose() {
+        let s = Signer::ephemeral();
+        let v = Verifier::new(&[s.public_key()], true).unwrap();
+        let h = "ab".repeat(32);
+        let headers = s.sign_audit("SKOS_AUDIT.batch", 7, &h).unwrap();
+        let get = |k: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let hs = CommandHeaders {
+            signer: get(HEADER_SIGNER),
+            signature: get(HEADER_SIGNATURE),
+            context: get(HEADER_CONTEXT),
+        };
+        assert!(v
+            .check_audit("SKOS_AUDIT.batch", 7, &h, &hs)
+            .unwrap()
+            .is_some());
+        assert!(v.check_audit("SKOS_AUDIT.batch", 8, &h, &hs).is_err());
+        assert!(v.check_audit("SKOS_AUDIT.alert", 7, &h, &hs).is_err());
+        assert!(v
+            .check_audit("SKOS_AUDIT.batch", 7, &"cd".repeat(32), &hs)
+            .is_err());
+        // Never a command.
+        assert!(matches!(
+            v.check_command("skos.command.n1", "n1", b"{}", &hs),
+            Err(TrustError::WrongContext(_))
+        ));
+        let cmd = s.sign_command("skos.command.n1", "n1", b"{}").unwrap();
+        let get = |k: &str| cmd.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let hc = CommandHeaders {
+            signer: get(HEADER_SIGNER),
+            signature: get(HEADER_SIGNATURE),
+            context: get(HEADER_CONTEXT),
+        };
+        assert!(matches!(
+            v.check_audit("SKOS_AUDIT.batch", 7, &h, &hc),
+            Err(TrustError::NotAudit(_))
+        ));
+        // Unsigned: refused when required.
+        assert_eq!(
+            v.check_audit("SKOS_AUDIT.batch", 7, &h, &CommandHeaders::default()),
+            Err(TrustError::Unsigned)
+        );
+    }
 
     #[test]
     fn sign_and_verify() {

@@ -162,6 +162,13 @@ impl Verifier {
         Ok(())
     }
 
+    /// Go on after a break: the next record must follow `record` (the one
+    /// that broke the chain, now taken as it is), so one change is reported
+    /// once and what follows it is still checked.
+    pub fn resume_after(&mut self, record: &AuditRecord) {
+        self.chain = Some(Chain::resume(Some(record)));
+    }
+
     /// How many records verified (the one that broke the chain is not
     /// counted).
     pub fn verified(&self) -> u64 {

@@ -168,13 +168,32 @@ pub enum AuditCmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Check the hash chain: fails on any changed, removed or reordered entry.
+    /// Check the hash chain: fails on any changed, removed or reordered
+    /// entry; on JetStream, with trusted coordinator keys in the config, on
+    /// any message not signed by one of them (reported by stream sequence).
     Verify {
         #[command(flatten)]
         config: ConfigArg,
         /// Read an embedded-mode data dir even when NATS_URL is set.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Also check the trail still holds the record of this checkpoint
+        /// (written by `skos audit checkpoint`) with the same hash.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Take a checkpoint of the trail's last (signed) record, to keep where
+    /// the trail's writers cannot change it: `verify --checkpoint` then
+    /// detects a trail deleted and rebuilt, or cut short.
+    Checkpoint {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Read an embedded-mode data dir even when NATS_URL is set.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Write it to this new file (0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 

@@ -46,7 +46,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 json,
                 data_dir,
             } => audit_tail(&config, data_dir, n, json).await,
-            AuditCmd::Verify { config, data_dir } => audit_verify(&config, data_dir).await,
+            AuditCmd::Verify {
+                config,
+                data_dir,
+                checkpoint,
+            } => audit_verify(&config, data_dir, checkpoint).await,
+            AuditCmd::Checkpoint {
+                config,
+                data_dir,
+                out,
+            } => audit_checkpoint(&config, data_dir, out).await,
         },
         Cmd::Config {
             command: ConfigCmd::Check { config },
@@ -291,7 +300,14 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
         None => None,
     };
     let nats = connect(&cfg, "skos-coordinator").await?;
-    let audit = Arc::new(AuditLog::open_jetstream(&nats).await?);
+    // Every audit message is signed with the same key as the commands
+    // (under its own context); the chain continues only from messages
+    // signed by this or another trusted coordinator.
+    let signing = match &signer {
+        Some(s) => Some(audit::Signing::new(s.clone(), &cfg.trust.coordinator_keys)?),
+        None => None,
+    };
+    let audit = Arc::new(AuditLog::open_jetstream_signed(&nats, signing).await?);
     let state = StateStore::jetstream(&nats).await?;
     let lease = Lease::open(
         &nats,
@@ -578,25 +594,168 @@ async fn audit_tail(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn audit_verify(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<ExitCode> {
-    let (source, records) = read_audit(arg, data_dir, None).await?;
-    let report = audit::verify(records);
-    match report.error {
-        None => {
-            println!(
-                "OK: {} records in {source}, hash chain intact",
-                report.records
-            );
-            Ok(ExitCode::SUCCESS)
+/// The keys whose signatures the JetStream trail must carry:
+/// `trust.coordinator_keys` and the public key of `trust.signing_key_file`
+/// (when this machine can read it). `None` when there are none.
+fn audit_keys(cfg: &Config) -> Result<Option<skos_bus::trust::Verifier>> {
+    let mut keys = cfg.trust.coordinator_keys.clone();
+    if let Some(path) = cfg.trust.signing_key_file.as_ref().filter(|p| p.exists()) {
+        keys.push(Signer::from_seed_file(path)?.public_key());
+    }
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(skos_bus::trust::Verifier::new(&keys, true)?))
+}
+
+async fn audit_verify(
+    arg: &ConfigArg,
+    data_dir: Option<PathBuf>,
+    checkpoint: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let nats = use_nats(&data_dir);
+    let cfg = load_quiet(arg)?;
+    let checkpoint: Option<audit::Checkpoint> = match &checkpoint {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read checkpoint {}", p.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("checkpoint {} is not one", p.display()))?,
+            )
         }
-        Some(e) => {
+        None => None,
+    };
+    let (source, report) = if nats {
+        let bus = NatsBus::connect(&nats_options(&cfg, "skos-audit")?).await?;
+        if !audit::stream_is_locked(&bus).await? {
+            eprintln!("warning: stream SKOS_AUDIT allows deletes or purges");
+        }
+        let keys = audit_keys(&cfg)?;
+        if keys.is_none() {
+            eprintln!("note: signatures not checked: no trust.coordinator_keys (nor a readable trust.signing_key_file) in the config");
+        }
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut last = std::time::Instant::now();
+        let report = audit::check::verify_jetstream(
+            &bus,
+            keys.as_ref(),
+            checkpoint.as_ref(),
+            |done, total| {
+                if tty && last.elapsed() >= std::time::Duration::from_secs(1) {
+                    last = std::time::Instant::now();
+                    eprint!("\rverifying: {done}/{total} messages");
+                }
+            },
+        )
+        .await?;
+        if tty {
+            eprint!("\r\x1b[K");
+        }
+        (
+            format!(
+                "stream SKOS_AUDIT at {}",
+                skos_core::redact::url_credentials(&cfg.nats.url)
+            ),
+            report,
+        )
+    } else {
+        let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
+        if !path.exists() {
+            bail!("no audit trail at {}", path.display());
+        }
+        let report = audit::check::verify_file(&path, checkpoint.as_ref())?;
+        (path.display().to_string(), report)
+    };
+    let signed = if report.signatures_checked {
+        ", every message signed by a trusted key"
+    } else {
+        ""
+    };
+    if report.ok() {
+        let against = match &checkpoint {
+            Some(cp) => format!(", record {} matches the checkpoint", cp.seq),
+            None => String::new(),
+        };
+        println!(
+            "OK: {} records in {source}, hash chain intact{signed}{against}",
+            report.records
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("FAILED: {source}");
+    for (i, b) in report.breaks.iter().enumerate() {
+        if i == 0 {
             println!(
-                "FAILED: {source}: {e} ({} records verified before it)",
-                report.records
+                "  chain: {b} ({} records verified before it)",
+                report.before_first_break
             );
-            Ok(ExitCode::from(1))
+        } else {
+            println!("  chain: {b}");
         }
     }
+    if report.break_count > report.breaks.len() as u64 {
+        println!("  ... {} breaks in all", report.break_count);
+    }
+    for f in &report.foreign {
+        let what = if f.subject.starts_with("SKOS_AUDIT") {
+            format!("message {} on {}", f.at, f.subject)
+        } else {
+            format!("line {}", f.at)
+        };
+        println!("  foreign: {what}: {} (left out of the chain)", f.reason);
+    }
+    if report.foreign_count > report.foreign.len() as u64 {
+        println!("  ... {} foreign messages in all", report.foreign_count);
+    }
+    if let Some(p) = &report.checkpoint_problem {
+        println!("  checkpoint: {p}");
+    }
+    println!(
+        "  {} records continued the chain, {} breaks, {} foreign",
+        report.records, report.break_count, report.foreign_count
+    );
+    Ok(ExitCode::from(1))
+}
+
+/// Write a checkpoint of the trail's last (signed) record: to `out`
+/// (created 0600, never over an existing file) or standard output.
+async fn audit_checkpoint(
+    arg: &ConfigArg,
+    data_dir: Option<PathBuf>,
+    out: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let nats = use_nats(&data_dir);
+    let cfg = load_quiet(arg)?;
+    let cp = if nats {
+        let bus = NatsBus::connect(&nats_options(&cfg, "skos-audit")?).await?;
+        audit::check::checkpoint_jetstream(&bus, audit_keys(&cfg)?.as_ref()).await?
+    } else {
+        let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
+        audit::check::checkpoint_file(&path)?
+    };
+    let text = serde_json::to_string_pretty(&cp)? + "\n";
+    match out {
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            f.write_all(text.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "checkpoint of record {} written to {}: keep it where the trail's writers cannot change it",
+                cp.seq,
+                path.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config_check(arg: &ConfigArg) -> Result<ExitCode> {

@@ -1,0 +1,217 @@
+//! The JetStream audit trail cannot be quietly rewritten: every message a
+//! coordinator writes is signed; `skos audit verify` reports a stranger's
+//! correctly chained record by its stream sequence and keeps going; the
+//! coordinator never builds on it; a checkpoint kept outside the trail
+//! shows a trail deleted and rebuilt with re-hashed records.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use skos_bus::{subjects, NatsBus, NatsOptions};
+use skos_core::audit::Chain;
+use skos_core::protocol::AuditEntry;
+use skos_testsupport::cpufreq::fake_cpufreq;
+use skos_testsupport::nats::{nats_server_binary, NatsServer};
+use skos_testsupport::sysfs::FakeSysfs;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+fn verify(nats: &NatsServer, cfg: Option<&Path>, checkpoint: Option<&Path>) -> (bool, String) {
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
+        if let Some(cfg) = cfg {
+            c.arg("--config").arg(cfg);
+        }
+        if let Some(cp) = checkpoint {
+            c.arg("--checkpoint").arg(cp);
+        }
+        c
+    });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The last record of the trail, as a stranger reading it would see it.
+fn last_record(nats: &NatsServer) -> skos_core::audit::AuditRecord {
+    let records = audit(nats);
+    serde_json::from_value(records.last().unwrap().clone()).unwrap()
+}
+
+/// Publish `record` on `subject` as a plain client (no signature).
+fn publish_raw(nats: &NatsServer, subject: &str, payload: Vec<u8>) -> u64 {
+    rt().block_on(async {
+        let bus = NatsBus::connect(&NatsOptions::new(nats.url(), "stranger"))
+            .await
+            .unwrap();
+        let ack = bus
+            .jetstream()
+            .publish(subject.to_string(), payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        ack.sequence
+    })
+}
+
+fn forged_entry(summary: &str) -> AuditEntry {
+    AuditEntry::new(
+        skos_core::AuditEvent::Alert,
+        chrono::Utc::now(),
+        None,
+        "coordinator",
+        summary.to_string(),
+        serde_json::json!({"forged": true}),
+    )
+}
+
+#[test]
+fn a_strangers_record_is_named_and_never_built_upon_and_a_rebuilt_trail_is_caught() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = fast_config(work.path(), &trust_section(work.path()));
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 2, 800_000, 3_600_000);
+    let _coordinator = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), "n1");
+    wait_for(Duration::from_secs(30), "n1 joined", || {
+        audit_events(&audit(&nats), "node").first().cloned()
+    });
+
+    // Signed throughout.
+    let (ok, text) = verify(&nats, Some(&cfg), None);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("every message signed by a trusted key"),
+        "{text}"
+    );
+
+    // A checkpoint kept outside the trail.
+    let cp = work.path().join("checkpoint.json");
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "checkpoint", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&cp)
+            .env("NATS_URL", nats.url());
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checkpoint: Value = serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
+    assert!(checkpoint["signature"].is_string(), "{checkpoint}");
+    let (ok, text) = verify(&nats, Some(&cfg), Some(&cp));
+    assert!(ok && text.contains("matches the checkpoint"), "{text}");
+
+    // A stranger appends a correctly chained record.
+    let last = last_record(&nats);
+    let mut chain = Chain::resume(Some(&last));
+    let forged = chain.seal(forged_entry("forged: n1 is fine"));
+    let at = publish_raw(
+        &nats,
+        &subjects::audit("alert"),
+        serde_json::to_vec(&forged).unwrap(),
+    );
+    let (ok, text) = verify(&nats, Some(&cfg), None);
+    assert!(!ok, "a stranger's record passed:\n{text}");
+    assert!(
+        text.contains(&format!("foreign: message {at} on SKOS_AUDIT.alert")),
+        "{text}"
+    );
+    assert!(text.contains("0 breaks, 1 foreign"), "{text}");
+    // Without keys it cannot be told apart: the note says so.
+    let (_, text) = verify(&nats, None, None);
+    assert!(text.contains("signatures not checked"), "{text}");
+
+    // The coordinator goes on from its own last record, not the stranger's.
+    cpu.heat(87.0);
+    wait_for(Duration::from_secs(30), "the throttle audited", || {
+        let r = audit(&nats);
+        r.iter()
+            .any(|r| result_is(r, "throttle_50", "succeeded"))
+            .then_some(())
+    });
+    let records = audit(&nats);
+    let after: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["seq"].as_u64() > Some(last.seq))
+        .collect();
+    assert!(after.len() >= 3, "{after:?}");
+    let own = after
+        .iter()
+        .find(|r| r["entry"]["summary"] != "forged: n1 is fine")
+        .unwrap();
+    assert_eq!(own["seq"].as_u64(), Some(last.seq + 1), "{own}");
+    assert_eq!(own["prev_hash"], last.hash.as_str(), "{own}");
+    let (ok, text) = verify(&nats, Some(&cfg), Some(&cp));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("0 breaks, 1 foreign") && !text.contains("checkpoint:"),
+        "only the stranger's message is wrong:\n{text}"
+    );
+
+    // The stream deleted and rebuilt with every record re-hashed, one of
+    // them changed: nothing in it is signed, and the checkpoint's record
+    // no longer has its hash.
+    let originals = audit(&nats);
+    rt().block_on(async {
+        let bus = NatsBus::connect(&NatsOptions::new(nats.url(), "stranger"))
+            .await
+            .unwrap();
+        bus.jetstream()
+            .delete_stream(subjects::STREAM_AUDIT)
+            .await
+            .unwrap();
+    });
+    drop(_coordinator);
+    rt().block_on(async {
+        // Connecting creates the streams again, as a coordinator would.
+        let bus = NatsBus::connect(&NatsOptions::new(nats.url(), "stranger"))
+            .await
+            .unwrap();
+        let mut chain = Chain::default();
+        for (i, r) in originals.iter().enumerate() {
+            let mut entry: AuditEntry = serde_json::from_value(r["entry"].clone()).unwrap();
+            if i == 1 {
+                entry.summary = "rewritten".into();
+            }
+            let record = chain.seal(entry);
+            bus.jetstream()
+                .publish(
+                    subjects::audit(&record.entry.event_type),
+                    serde_json::to_vec(&record).unwrap().into(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+    let (ok, text) = verify(&nats, Some(&cfg), Some(&cp));
+    assert!(!ok, "{text}");
+    assert!(text.contains("foreign: message 1 "), "{text}");
+    // Even with no key to check signatures, the checkpoint catches it.
+    let (ok, text) = verify(&nats, None, Some(&cp));
+    assert!(
+        !ok,
+        "a rebuilt trail passed against the checkpoint:\n{text}"
+    );
+    assert!(text.contains("the trail was changed or rebuilt"), "{text}");
+}
