@@ -483,41 +483,25 @@ impl<'a, V: AboutAlert> IntoIterator for &'a ByProblem<V> {
     }
 }
 
-/// Which nodes watch each node as a mesh peer, from their last heartbeats
-/// (`metadata.mesh.peers.<name>.node`).
+/// Which nodes have each node as a mesh peer, from the coordinator's
+/// config (`mesh.topology`): the only witnesses of a peer node.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Watchers(BTreeMap<NodeName, BTreeSet<NodeName>>);
 
 impl Watchers {
-    /// `observer` watched the peers `old` and now watches `new` (both
-    /// sorted, without duplicates).
-    pub(super) fn update(&mut self, observer: &NodeName, old: &[NodeName], new: &[NodeName]) {
-        if old == new {
-            return;
-        }
-        for peer in old {
-            if new.binary_search(peer).is_err() {
-                if let Some(watching) = self.0.get_mut(peer) {
-                    watching.remove(observer);
-                    if watching.is_empty() {
-                        self.0.remove(peer);
-                    }
-                }
-            }
-        }
-        for peer in new {
-            if old.binary_search(peer).is_err() {
-                self.0
-                    .entry(peer.clone())
-                    .or_default()
-                    .insert(observer.clone());
-            }
-        }
+    /// From peer → the nodes that have a tunnel to it.
+    pub(super) fn new(witnesses: BTreeMap<NodeName, BTreeSet<NodeName>>) -> Self {
+        Self(witnesses)
     }
 
     /// The nodes that watch `peer`, in name order.
     pub(super) fn of<'a>(&'a self, peer: &NodeName) -> impl Iterator<Item = &'a NodeName> + 'a {
         self.0.get(peer).into_iter().flatten()
+    }
+
+    /// Whether `node` is configured to have `peer` as a mesh peer.
+    pub(super) fn watches(&self, node: &NodeName, peer: &NodeName) -> bool {
+        self.0.get(peer).is_some_and(|w| w.contains(node))
     }
 }
 
@@ -631,19 +615,21 @@ mod tests {
     }
 
     #[test]
-    fn watchers_follow_each_heartbeats_peers() {
-        let mut w = Watchers::default();
-        let (a, b) = (node("a"), node("b"));
-        let (c, d) = (node("c"), node("d"));
-        let (only_c, only_d) = ([node("c")], [node("d")]);
-        let both = [node("c"), node("d")];
-        w.update(&a, &[], &both);
-        w.update(&b, &[], &only_c);
-        assert_eq!(w.of(&c).collect::<Vec<_>>(), [&a, &b]);
-        w.update(&a, &both, &only_d);
-        assert_eq!(w.of(&c).collect::<Vec<_>>(), [&b]);
+    fn watchers_come_from_the_topology() {
+        let mut cfg = skos_core::config::MeshConfig::default();
+        for (n, peers) in [
+            ("a", &["c", "d"][..]),
+            ("b", &["c"]),
+            ("c", &["c"]),
+            ("bad name!", &["c"]),
+        ] {
+            cfg.topology
+                .insert(n.into(), peers.iter().map(|p| p.to_string()).collect());
+        }
+        let w = Watchers::new(cfg.witnesses());
+        let (a, b, c, d) = (node("a"), node("b"), node("c"), node("d"));
+        assert_eq!(w.of(&c).collect::<Vec<_>>(), [&a, &b], "not itself");
         assert_eq!(w.of(&d).collect::<Vec<_>>(), [&a]);
-        w.update(&b, &only_c, &[]);
-        assert!(w.of(&c).next().is_none() && !w.0.contains_key(&c));
+        assert!(w.watches(&b, &c) && !w.watches(&b, &d) && !w.watches(&c, &c));
     }
 }

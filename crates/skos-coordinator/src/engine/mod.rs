@@ -130,7 +130,8 @@ pub struct Engine {
     mode: String,
     /// Mesh problems being healed step by step, by (node, problem).
     ladders: Ladders,
-    /// Which nodes watch each node as a mesh peer.
+    /// Which nodes have each node as a mesh peer: the config's
+    /// `mesh.topology`, never what a node's heartbeat says.
     watchers: Watchers,
     /// Agent type names, one copy shared by all nodes (see
     /// [`Engine::agent_type`]).
@@ -203,6 +204,7 @@ fn audit(
 
 impl Engine {
     pub fn new(cfg: Config, counters: Counters, mode: &str) -> Self {
+        let witnesses = cfg.mesh.witnesses();
         Self {
             breakers: Breakers::new(cfg.circuit_breaker),
             cfg,
@@ -216,7 +218,7 @@ impl Engine {
             sent_times: BTreeMap::new(),
             mode: mode.to_string(),
             ladders: Ladders::default(),
-            watchers: Watchers::default(),
+            watchers: Watchers::new(witnesses),
             agent_types: BTreeSet::new(),
             term: None,
             quotas: quota::Quotas::default(),
@@ -279,12 +281,7 @@ impl Engine {
         state.offline = false;
         state.agents.record(&hb.agent_id, kind, now);
         state.measure_offset(sent, now);
-        let before = std::mem::replace(&mut state.heartbeat, kept);
-        // A new node's state was made from this heartbeat: it watched no
-        // peer before.
-        let watched = if first { &[] } else { before.mesh_peers() };
-        self.watchers
-            .update(&node, watched, state.heartbeat.mesh_peers());
+        state.heartbeat = kept;
         self.keep_throttle_originals(&node, &hb, now, &mut out);
         if first {
             out.push(audit(

@@ -206,30 +206,21 @@ impl LastHeartbeat {
     pub(in crate::engine) fn mesh_level(&self, problem: &str) -> Option<f64> {
         self.mesh.as_ref()?.level(problem)
     }
-
-    /// The nodes the node watches as mesh peers, sorted (as
-    /// [`skos_core::policy::mesh_peer_nodes`], names that are not node
-    /// names left out).
-    pub(in crate::engine) fn mesh_peers(&self) -> &[NodeName] {
-        self.mesh.as_ref().map_or(&[], |m| &m.peer_nodes)
-    }
 }
 
 /// What a heartbeat's `metadata.mesh` says: the level of each interface
-/// and peer, and the nodes its peers run on.
+/// and peer. (Which nodes it has as peers is not kept: the coordinator's
+/// `mesh.topology` says that, never a node about itself.)
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct MeshReadings {
     /// `interfaces.<name>.level`, where it is a number.
     interfaces: Vec<(Box<str>, f64)>,
     /// `peers.<name>.level`, where it is a number.
     peers: Vec<(Box<str>, f64)>,
-    /// `peers.<name>.node`, where it is a node name: sorted, once each.
-    peer_nodes: Vec<NodeName>,
 }
 
 impl MeshReadings {
-    /// What `hb.metadata.mesh` says, or `None` when it names no level and
-    /// no peer node.
+    /// What `hb.metadata.mesh` says, or `None` when it names no level.
     fn of(hb: &Heartbeat) -> Option<Self> {
         let mesh = hb.metadata.get("mesh")?;
         let levels = |key: &str| -> Vec<(Box<str>, f64)> {
@@ -245,26 +236,11 @@ impl MeshReadings {
                 })
                 .unwrap_or_default()
         };
-        let mut peer_nodes: Vec<NodeName> = mesh
-            .get("peers")
-            .and_then(serde_json::Value::as_object)
-            .map(|peers| {
-                peers
-                    .values()
-                    .filter_map(|p| NodeName::parse(p.get("node")?.as_str()?).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        peer_nodes.sort();
-        peer_nodes.dedup();
         let readings = Self {
             interfaces: levels("interfaces"),
             peers: levels("peers"),
-            peer_nodes,
         };
-        let empty = readings.interfaces.is_empty()
-            && readings.peers.is_empty()
-            && readings.peer_nodes.is_empty();
+        let empty = readings.interfaces.is_empty() && readings.peers.is_empty();
         (!empty).then_some(readings)
     }
 
@@ -698,8 +674,6 @@ impl Engine {
             state.skewed = self
                 .open_alerts
                 .contains(&name, &super::kinds::clock::problem());
-            self.watchers
-                .update(&name, &[], state.heartbeat.mesh_peers());
             self.nodes.insert(name, Box::new(state));
         }
     }

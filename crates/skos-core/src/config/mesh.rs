@@ -52,6 +52,13 @@ pub struct MeshConfig {
     pub probe: ProbeConfig,
     /// Programs run (argv, never a shell), found on `PATH` unless absolute.
     pub tools: MeshTools,
+    /// The coordinator's own knowledge of the mesh: for each node, the
+    /// nodes it has tunnels to (`{nova: [lyra, athena]}`). Only these
+    /// witnesses count when a peer node is judged unreachable by every node
+    /// that has it as a peer (two or more of them); what a node's heartbeat
+    /// says it watches never does. Empty: a peer node is a node problem
+    /// only when it is itself silent (offline).
+    pub topology: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for MeshConfig {
@@ -78,6 +85,7 @@ impl Default for MeshConfig {
             command_timeout: 30.0,
             probe: ProbeConfig::default(),
             tools: MeshTools::default(),
+            topology: BTreeMap::new(),
         }
     }
 }
@@ -394,6 +402,26 @@ impl MeshConfig {
         self.peers.iter().find(|p| p.name == name)
     }
 
+    /// The witnesses of each peer node, from [`MeshConfig::topology`]: peer
+    /// → the nodes that have a tunnel to it. Names that are not valid node
+    /// names are left out (`config check` reports them).
+    pub fn witnesses(&self) -> BTreeMap<NodeName, BTreeSet<NodeName>> {
+        let mut out: BTreeMap<NodeName, BTreeSet<NodeName>> = BTreeMap::new();
+        for (node, peers) in &self.topology {
+            let Ok(node) = NodeName::parse(node) else {
+                continue;
+            };
+            for peer in peers {
+                if let Ok(peer) = NodeName::parse(peer) {
+                    if peer != node {
+                        out.entry(peer).or_default().insert(node.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Checks beyond the action names.
     fn check_fields(&self) -> Vec<ConfigIssue> {
         let mut out = Vec::new();
@@ -455,6 +483,25 @@ impl MeshConfig {
                     format!("mesh.tools.{k}"),
                     format!("{v:?} is not a program"),
                 ));
+            }
+        }
+
+        for (node, peers) in &self.topology {
+            let at = format!("mesh.topology.{node}");
+            if let Err(e) = NodeName::parse(node) {
+                out.push(issue(&at, format!("{node:?} is not a node name: {e}")));
+            }
+            for (i, peer) in peers.iter().enumerate() {
+                match NodeName::parse(peer) {
+                    Err(e) => out.push(issue(
+                        format!("{at}[{i}]"),
+                        format!("{peer:?} is not a node name: {e}"),
+                    )),
+                    Ok(_) if peer == node => {
+                        out.push(issue(format!("{at}[{i}]"), "a node is not its own peer"))
+                    }
+                    Ok(_) => {}
+                }
             }
         }
 
@@ -1040,6 +1087,29 @@ mesh:
         assert_eq!(paths(&m), ["mesh.peers[1].name"]);
         m.peers[1].name = "vega".into();
         assert!(paths(&m).is_empty());
+    }
+
+    #[test]
+    fn topology_names_nodes_that_are_not_their_own_peers() {
+        let mut m = MeshConfig::default();
+        m.topology
+            .insert("nova".into(), vec!["lyra".into(), "nova".into()]);
+        m.topology.insert("bad name".into(), vec!["lyra".into()]);
+        m.topology.insert("lyra".into(), vec!["no/slash".into()]);
+        assert_eq!(
+            paths(&m),
+            [
+                "mesh.topology.bad name",
+                "mesh.topology.lyra[0]",
+                "mesh.topology.nova[1]"
+            ]
+        );
+        let w = m.witnesses();
+        let lyra = NodeName::parse("lyra").unwrap();
+        assert_eq!(
+            w[&lyra].iter().map(NodeName::as_str).collect::<Vec<_>>(),
+            ["nova"]
+        );
     }
 
     #[test]

@@ -248,8 +248,11 @@ impl Engine {
     }
 
     /// Whether a mesh alert about a peer is really about the peer's node:
-    /// that node is offline, or every node (two or more) that watches it
-    /// sees it unreachable. Returns (peer node, why, offline).
+    /// that node is offline (the coordinator's own knowledge), or every
+    /// node (two or more) that the config's `mesh.topology` names as having
+    /// it as a peer sees it unreachable, the alerting node among them. What
+    /// a node says it watches never counts. Returns (peer node, why,
+    /// offline).
     fn node_problem(&self, alert: &Alert) -> Option<(NodeName, String, bool)> {
         if MeshEvent::of(alert) != Some(MeshEvent::PeerUnreachable) {
             return None;
@@ -265,8 +268,13 @@ impl Engine {
                 true,
             ));
         }
-        // The nodes whose last heartbeat lists the peer (an index, not a
-        // walk over the fleet), and each one's own open alerts.
+        // A node the topology does not name as the peer's witness is no
+        // evidence against it.
+        if !self.watchers.watches(&alert.node, &peer) {
+            return None;
+        }
+        // The configured witnesses (an index, not a walk over the fleet),
+        // and each one's own open alerts.
         let observers: Vec<&NodeName> = self
             .watchers
             .of(&peer)
@@ -337,6 +345,7 @@ impl Engine {
                 .open_alerts
                 .about_peer(peer)
                 .filter(|(_, _, a)| MeshEvent::of(a) == Some(MeshEvent::PeerUnreachable))
+                .filter(|(_, _, a)| self.watchers.watches(&a.node, peer))
                 .map(|(_, _, a)| a.node.to_string())
                 .collect();
             out.push(Effect::Alert(self.own_alert(
@@ -360,7 +369,10 @@ impl Engine {
         let Some(peer) = peer_node_of(alert).and_then(|p| NodeName::parse(p).ok()) else {
             return;
         };
-        if self.open_alerts.contains(&peer, &ProblemKey::mesh_node()) {
+        // Only a configured witness's word clears it.
+        if self.open_alerts.contains(&peer, &ProblemKey::mesh_node())
+            && self.watchers.watches(&alert.node, &peer)
+        {
             out.push(Effect::Alert(self.own_alert(
                 &peer,
                 AlertKind::Mesh,
