@@ -194,6 +194,14 @@ impl AuditLog {
         }
     }
 
+    /// Where the trail is written: the file's path, or the stream.
+    pub async fn location(&self) -> String {
+        match &self.inner.lock().await.0 {
+            AuditStore::File { path, .. } => path.display().to_string(),
+            AuditStore::JetStream { .. } => format!("stream {}", subjects::STREAM_AUDIT),
+        }
+    }
+
     /// Write later entries under `term` (`None`: no leader election).
     pub fn set_term(&self, term: Option<u64>) {
         if let Ok(mut t) = self.term.lock() {

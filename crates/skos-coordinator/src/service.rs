@@ -323,10 +323,22 @@ struct Ctx {
     /// leader paused in the middle of a batch writes nothing once resumed
     /// past it.
     valid_until: Option<std::time::Instant>,
+    /// Since when the audit trail cannot be written, and whether the alert
+    /// that says so is out.
+    audit_down: Option<AuditDown>,
+    /// This coordinator's node: where its own `audit` alert is raised.
+    node: NodeName,
     /// Alerts the bus dropped before they were read.
     alert_gaps: SequenceGaps,
     /// Results the bus dropped before they were read.
     result_gaps: SequenceGaps,
+}
+
+/// The audit trail cannot be written.
+struct AuditDown {
+    since: chrono::DateTime<chrono::Utc>,
+    /// The `audit` alert was published.
+    raised: bool,
 }
 
 /// How one leadership ended.
@@ -620,6 +632,8 @@ async fn lead(
         results_seen,
         deposed: false,
         valid_until: lease.as_ref().and_then(|l| l.valid_until()),
+        audit_down: None,
+        node: cfg.node.name.clone(),
         alert_gaps: gaps_from(bus, &Feed::Alerts).await,
         result_gaps: gaps_from(bus, &Feed::Results).await,
     };
@@ -1287,11 +1301,13 @@ impl Ctx {
                 // and nothing new is carried out until it is written.
                 self.audits_uncertain = true;
                 self.counters.inc(Counter::AuditWriteFailed);
+                self.audit_failed(&failed.error).await;
                 tracing::error!(error = %failed.error, waiting = failed.entries.len(), "audit trail cannot be written: no new action is carried out until it can (restoring ones excepted)");
                 let rest = failed.entries.into_iter().map(Effect::Audit).collect();
                 return self.stall(failed.error, rest);
             }
             self.audits_uncertain = false;
+            self.audit_written().await;
             if self.stalled {
                 tracing::info!(effects = n, "queued effects carried out");
             }
@@ -1310,6 +1326,92 @@ impl Ctx {
             self.write_carried().await;
         }
         true
+    }
+
+    /// The `audit` alert on this coordinator's node, for the failure that
+    /// began at `since` (`severity` normal: it is over).
+    fn audit_alert(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        severity: skos_core::protocol::Severity,
+        message: String,
+        details: Value,
+    ) -> Alert {
+        let end = if severity == skos_core::protocol::Severity::Normal {
+            "-written"
+        } else {
+            ""
+        };
+        Alert {
+            alert_id: format!(
+                "coord-audit-{}-{}{end}",
+                self.node,
+                since.timestamp_millis()
+            ),
+            agent_id: "coordinator".into(),
+            kind: skos_core::protocol::AlertKind::Audit,
+            severity,
+            node: self.node.clone(),
+            message,
+            details: match details {
+                Value::Object(m) => m,
+                _ => Default::default(),
+            },
+            timestamp: chrono::Utc::now(),
+        }
+    }
+
+    /// An append failed: raise the `audit` alert, once per failure (it is
+    /// published straight away, not through the outbox that waits for the
+    /// trail), saying why and where.
+    async fn audit_failed(&mut self, error: &skos_bus::Error) {
+        let since = self
+            .audit_down
+            .get_or_insert(AuditDown {
+                since: chrono::Utc::now(),
+                raised: false,
+            })
+            .since;
+        if self.audit_down.as_ref().is_some_and(|d| d.raised) {
+            return;
+        }
+        let location = self.audit.location().await;
+        let alert = self.audit_alert(
+            since,
+            skos_core::protocol::Severity::Critical,
+            format!("audit trail cannot be written at {location}: {error}; no new action is carried out until it can (restoring ones excepted)"),
+            json!({"sensor": "audit", "where": location, "error": error.to_string()}),
+        );
+        match self.bus.publish_alert(&alert).await {
+            Ok(()) => {
+                if let Some(d) = self.audit_down.as_mut() {
+                    d.raised = true;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "alert that the audit trail cannot be written not published; retrying")
+            }
+        }
+    }
+
+    /// An append succeeded: clear the `audit` alert if one was raised.
+    async fn audit_written(&mut self) {
+        let Some(down) = self.audit_down.take() else {
+            return;
+        };
+        if !down.raised {
+            return;
+        }
+        let location = self.audit.location().await;
+        let alert = self.audit_alert(
+            down.since,
+            skos_core::protocol::Severity::Normal,
+            format!("audit trail at {location} written again"),
+            json!({"sensor": "audit", "where": location}),
+        );
+        if let Err(e) = self.bus.publish_alert(&alert).await {
+            tracing::warn!(error = %e, "alert that the audit trail is written again not published");
+        }
     }
 
     /// Write the `carried` marker (failures are retried on the next tick).
@@ -1375,6 +1477,7 @@ impl Ctx {
         match result {
             Ok(()) => {
                 self.audits_uncertain = false;
+                self.audit_written().await;
                 tracing::info!("audit trail writable again: carrying out what waited");
                 true
             }
@@ -1398,6 +1501,7 @@ impl Ctx {
                 }
                 tracing::debug!(error = %e, waiting = rest.len() + self.outbox.len(), "audit trail still cannot be written");
                 self.counters.inc(Counter::AuditWriteFailed);
+                self.audit_failed(&e).await;
                 let rest: Vec<Effect> = rest.into_iter().map(Effect::Audit).collect();
                 // A restoring command sent now is published again (same id)
                 // with the rest later: stored and executed once.

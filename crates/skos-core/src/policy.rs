@@ -28,6 +28,7 @@ pub fn actions_for(cfg: &Config, alert: &Alert) -> Vec<String> {
         AlertKind::HeartbeatMissing
         | AlertKind::Circuit
         | AlertKind::ClockSkew
+        | AlertKind::Audit
         | AlertKind::Other => Vec::new(),
     }
 }

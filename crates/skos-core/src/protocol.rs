@@ -209,6 +209,9 @@ pub enum AlertKind {
     /// A node's clock is off from the coordinator's by more than
     /// `coordinator.max_clock_skew_seconds`.
     ClockSkew,
+    /// The coordinator cannot write its audit trail: no new action is
+    /// carried out until it can (raised on the coordinator's node).
+    Audit,
     #[serde(other)]
     Other,
 }
@@ -223,6 +226,7 @@ impl AlertKind {
             AlertKind::HeartbeatMissing => "heartbeat_missing",
             AlertKind::Circuit => "circuit",
             AlertKind::ClockSkew => "clock_skew",
+            AlertKind::Audit => "audit",
             AlertKind::Other => "other",
         }
     }

@@ -688,6 +688,23 @@ fn while_the_trail_cannot_be_written_no_new_action_runs() {
             .contains("audit trail cannot be written")
             .then_some(())
     });
+    // An alert says why and where.
+    let audit_alert = |s: &Value| -> Option<Value> {
+        s["open_alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["type"] == "audit")
+            .cloned()
+    };
+    let raised = wait_for(Duration::from_secs(30), "the audit alert in status", || {
+        status(&data).and_then(|s| audit_alert(&s))
+    });
+    assert_eq!(raised["severity"], "critical", "{raised}");
+    let message = raised["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("audit.jsonl") && message.contains("No space left"),
+        "{raised}"
+    );
     cpu.heat(97.0);
     std::thread::sleep(Duration::from_secs(4));
     assert!(
@@ -713,6 +730,17 @@ fn while_the_trail_cannot_be_written_no_new_action_runs() {
             "{action} audited once"
         );
     }
+    wait_for(Duration::from_secs(30), "the audit alert cleared", || {
+        status(&data)
+            .filter(|s| audit_alert(s).is_none() && s["generated_at"].is_string())
+            .map(|_| ())
+    });
+    let records = audit(&data);
+    assert!(
+        records.iter().any(|r| r["entry"]["event_type"] == "alert"
+            && r["entry"]["data"]["alert"]["type"] == "audit"),
+        "the audit alert is in the trail once it can be written"
+    );
     let out = run({
         let mut c = skos();
         c.args(["audit", "verify", "--data-dir"]).arg(&data);
