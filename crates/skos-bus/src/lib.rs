@@ -330,6 +330,16 @@ impl Bus {
         }
     }
 
+    /// Make sure `node`'s command consumer exists, filtering only
+    /// `node`'s commands, so its agent need not (and, with least-privilege
+    /// credentials, may not) create it. No-op in process.
+    pub async fn ensure_command_consumer(&self, node: &NodeName) -> Result<()> {
+        match self {
+            Bus::InProc(_) => Ok(()),
+            Bus::Nats(b) => b.ensure_command_consumer(node).await,
+        }
+    }
+
     /// Where the coordinator's consumer of a durable feed (alerts,
     /// results) stands: (every sequence acknowledged up to, highest
     /// delivered), so messages the bus dropped before any coordinator read

@@ -1,17 +1,24 @@
 //! The NATS JetStream transport (distributed mode).
 //!
-//! Streams (created if missing, idempotently, by whoever connects first):
+//! Streams (created if missing, idempotently, by whoever connects with
+//! [`NatsOptions::create_streams`]: the coordinator):
 //!
 //! | stream | subjects | notes |
 //! |---|---|---|
 //! | `SKOS_ALERTS` | `skos.alert.>` | durable consumer `skos-coordinator`, explicit ack, at most `coordinator.max_queued_per_node` per node |
-//! | `SKOS_COMMANDS` | `skos.command.>` | durable consumer `skos-agent-<node>` per node, explicit ack |
+//! | `SKOS_COMMANDS` | `skos.command.>` | durable consumer `skos-agent-<node>` per node, filter `skos.command.<node>`, explicit ack |
 //! | `SKOS_RESULTS` | `skos.result.>` | durable consumer `skos-coordinator`, explicit ack, at most `coordinator.max_queued_per_node` per node |
+//! | `SKOS_AUDIT` | `SKOS_AUDIT.*` | deny delete, deny purge, kept forever |
 //!
 //! Acks are explicit, one per message, never cumulative: a new leader must
 //! not acknowledge, with its first batch, messages a dead leader had taken
 //! and not handled (they are delivered again after the ack wait).
-//! | `SKOS_AUDIT` | `SKOS_AUDIT.*` | deny delete, deny purge, kept forever |
+//!
+//! An agent needs no stream rights: it asks for its own command consumer
+//! by name ([`NatsBus::subscribe`] of [`Feed::Commands`]), which the
+//! coordinator creates ([`NatsBus::ensure_command_consumer`]) with its
+//! fixed filter. On a server without permissions an agent that finds no
+//! consumer creates it (and the commands stream) itself.
 //!
 //! Works with nats-server 2.9 and later: only stream and consumer fields
 //! that 2.9 knows are used.
@@ -22,6 +29,10 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
+
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream as consumer_error;
+use skos_core::NodeName;
 
 use crate::{headers_of, subjects, Acker, Error, Feed, Incoming, Replier, Result, Subscription};
 
@@ -36,6 +47,10 @@ pub struct NatsOptions {
     /// Reply subjects start with this (so server permissions can give each
     /// node its own inbox), e.g. `_INBOX_nova`.
     pub inbox_prefix: Option<String>,
+    /// Create the streams at connect if they are missing (the coordinator,
+    /// and tests). Agents and operators' commands leave this off: with
+    /// least-privilege credentials they may not even look at streams.
+    pub create_streams: bool,
 }
 
 #[derive(Clone, Default)]
@@ -70,6 +85,7 @@ impl NatsOptions {
             auth: NatsAuth::None,
             tls: Default::default(),
             inbox_prefix: None,
+            create_streams: true,
         }
     }
 
@@ -165,7 +181,9 @@ impl NatsBus {
             .map_err(|e| fail(e.to_string()))?;
         let js = std::sync::Arc::new(jetstream::new(client.clone()));
         let bus = Self { client, js };
-        bus.ensure_streams().await?;
+        if opts.create_streams {
+            bus.ensure_streams().await?;
+        }
         Ok(bus)
     }
 
@@ -190,23 +208,99 @@ impl NatsBus {
             ),
         ];
         for (name, subject, max_age, locked) in specs {
-            let cfg = stream::Config {
-                name: name.to_string(),
-                subjects: vec![subject.to_string()],
-                max_age,
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                deny_delete: locked,
-                deny_purge: locked,
-                ..Default::default()
+            ensure_stream(&self.js, name, subject, max_age, locked).await?;
+        }
+        Ok(())
+    }
+
+    /// Make sure `node`'s command consumer exists with its fixed filter
+    /// (`skos.command.<node>`): created if missing, replaced if it filters
+    /// anything else (a consumer created or re-pointed by someone else).
+    /// The coordinator calls this for every node it knows, so that agents
+    /// need no right to create consumers.
+    pub async fn ensure_command_consumer(&self, node: &NodeName) -> Result<()> {
+        let name = subjects::agent_consumer(node);
+        let filter = subjects::command(node);
+        let fail = |reason: String| Error::Consumer {
+            stream: subjects::STREAM_COMMANDS.to_string(),
+            consumer: name.clone(),
+            reason,
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(subjects::STREAM_COMMANDS)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        match stream.consumer_info(&name).await {
+            Ok(info) if info.config.filter_subject == filter => return Ok(()),
+            Ok(info) => {
+                tracing::warn!(
+                    consumer = %name,
+                    filter = %info.config.filter_subject,
+                    expected = %filter,
+                    "command consumer filters another subject: replaced"
+                );
+                stream
+                    .delete_consumer(&name)
+                    .await
+                    .map_err(|e| fail(format!("delete: {e}")))?;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                ) => {}
+            Err(e) => return Err(fail(e.to_string())),
+        }
+        stream
+            .create_consumer(command_consumer_config(node))
+            .await
+            .map_err(|e| fail(format!("create: {e}")))?;
+        tracing::info!(consumer = %name, filter = %filter, "command consumer created");
+        Ok(())
+    }
+
+    /// Lock the audit and state streams where they are not: deny deletes
+    /// and purges, no roll-ups (streams made by earlier versions). With
+    /// least-privilege credentials the coordinator may not change either
+    /// stream: one that is not locked is then an error naming what to do.
+    pub async fn lock_streams(&self) -> Result<()> {
+        for name in [subjects::STREAM_AUDIT, subjects::STREAM_STATE] {
+            let fail = |reason: String| Error::Stream {
+                stream: name.to_string(),
+                reason,
             };
-            self.js
-                .get_or_create_stream(cfg)
+            let mut stream = self
+                .js
+                .get_stream(name)
                 .await
-                .map_err(|e| Error::Stream {
-                    stream: name.to_string(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| fail(e.to_string()))?;
+            let mut config = stream
+                .info()
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .config
+                .clone();
+            if is_locked(&config) {
+                continue;
+            }
+            tracing::warn!(
+                stream = name,
+                deny_delete = config.deny_delete,
+                deny_purge = config.deny_purge,
+                allow_rollup = config.allow_rollup,
+                "stream allows deletes or purges: locking it"
+            );
+            config.deny_delete = true;
+            config.deny_purge = true;
+            config.allow_rollup = false;
+            self.js.update_stream(config).await.map_err(|e| {
+                fail(format!(
+                    "allows deletes or purges, and cannot be locked with this credential ({e}): \
+                     set deny_delete and deny_purge (and no roll-ups) with an administrator's \
+                     credential, e.g. `nats stream edit {name} --deny-delete --deny-purge --no-allow-rollup`"
+                ))
+            })?;
         }
         Ok(())
     }
@@ -374,12 +468,106 @@ impl NatsBus {
                 subjects::CONSUMER_COORDINATOR.to_string(),
                 subjects::RESULTS.to_string(),
             )),
-            Feed::Commands(node) => Ok(self.durable(
-                subjects::STREAM_COMMANDS,
-                subjects::agent_consumer(node),
-                subjects::command(node),
-            )),
+            Feed::Commands(node) => Ok(self.commands(node.clone())),
         }
+    }
+
+    /// `node`'s commands, through its own durable consumer, looked up by
+    /// name (the only consumer right an agent has: info, fetch and ack on
+    /// its own). Where it does not exist yet it is created, as on a server
+    /// without permissions; where that is refused (least privilege), this
+    /// waits, saying why, until the coordinator has created it.
+    fn commands(&self, node: NodeName) -> Subscription {
+        let (tx, rx) = mpsc::channel::<Incoming>(256);
+        let js = (*self.js).clone();
+        tokio::spawn(async move {
+            let name = subjects::agent_consumer(&node);
+            let mut backoff = Duration::from_millis(100);
+            let mut said = None::<String>;
+            while !tx.is_closed() {
+                let attached = match Self::command_consumer(&js, &node).await {
+                    Ok(consumer) => {
+                        said = None;
+                        backoff = Duration::from_millis(100);
+                        Self::pump(consumer, subjects::STREAM_COMMANDS, &name, &tx).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match attached {
+                    Ok(()) => return,
+                    Err(e) => {
+                        // The same reason is said once, then quietly retried.
+                        let text = e.to_string();
+                        if said.as_deref() != Some(text.as_str()) {
+                            tracing::warn!(stream = subjects::STREAM_COMMANDS, consumer = %name, error = %text, "no commands until this is resolved; retrying");
+                            said = Some(text);
+                        } else {
+                            tracing::debug!(stream = subjects::STREAM_COMMANDS, consumer = %name, error = %text, "still retrying");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        });
+        let mut rx = rx;
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+    }
+
+    /// `node`'s command consumer: looked up; created where missing and
+    /// allowed; refused where it filters anything but `node`'s commands.
+    async fn command_consumer(
+        js: &jetstream::Context,
+        node: &NodeName,
+    ) -> Result<consumer::PullConsumer> {
+        let name = subjects::agent_consumer(node);
+        let filter = subjects::command(node);
+        let fail = |reason: String| Error::Consumer {
+            stream: subjects::STREAM_COMMANDS.to_string(),
+            consumer: name.clone(),
+            reason,
+        };
+        let found = js
+            .get_consumer_from_stream::<consumer::pull::Config, _, _>(
+                &name,
+                subjects::STREAM_COMMANDS,
+            )
+            .await;
+        let consumer = match found {
+            Ok(c) => c,
+            Err(e) if is_not_found_kind(e.kind()) => {
+                let created = async {
+                    let stream = ensure_stream(
+                        js,
+                        subjects::STREAM_COMMANDS,
+                        subjects::COMMANDS,
+                        DAY,
+                        false,
+                    )
+                    .await?;
+                    stream
+                        .create_consumer(command_consumer_config(node))
+                        .await
+                        .map_err(|e| fail(e.to_string()))
+                }
+                .await;
+                created.map_err(|c| {
+                    fail(format!(
+                        "does not exist ({e}) and could not be created ({c}): with \
+                         least-privilege credentials an agent may not create it; the \
+                         coordinator does when it hears this node's heartbeats"
+                    ))
+                })?
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        let filtered = &consumer.cached_info().config.filter_subject;
+        if *filtered != filter {
+            return Err(fail(format!(
+                "filters {filtered:?}, not {filter:?}: refused (the coordinator replaces it)"
+            )));
+        }
+        Ok(consumer)
     }
 
     async fn core(&self, subject: String, replies: bool) -> Result<Subscription> {
@@ -421,7 +609,14 @@ impl NatsBus {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             while !tx.is_closed() {
-                match Self::pump(&js, stream_name, &consumer_name, &filter, &tx).await {
+                let attached =
+                    match Self::durable_consumer(&js, stream_name, &consumer_name, &filter).await {
+                        Ok(consumer) => {
+                            Self::pump(consumer, stream_name, &consumer_name, &tx).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                match attached {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(stream = stream_name, consumer = %consumer_name, error = %e, "durable consumer interrupted, re-attaching");
@@ -435,11 +630,29 @@ impl NatsBus {
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
     }
 
-    async fn pump(
+    /// A durable consumer of the coordinator's, created if missing.
+    async fn durable_consumer(
         js: &jetstream::Context,
         stream_name: &str,
         consumer_name: &str,
         filter: &str,
+    ) -> Result<consumer::PullConsumer> {
+        let fail = |reason: &dyn std::fmt::Display| Error::Consumer {
+            stream: stream_name.to_string(),
+            consumer: consumer_name.to_string(),
+            reason: reason.to_string(),
+        };
+        let stream = js.get_stream(stream_name).await.map_err(|e| fail(&e))?;
+        stream
+            .get_or_create_consumer(consumer_name, durable_config(consumer_name, filter))
+            .await
+            .map_err(|e| fail(&e))
+    }
+
+    async fn pump(
+        consumer: consumer::PullConsumer,
+        stream_name: &str,
+        consumer_name: &str,
         tx: &mpsc::Sender<Incoming>,
     ) -> Result<()> {
         let fail = |reason: &dyn std::fmt::Display| Error::Consumer {
@@ -447,21 +660,6 @@ impl NatsBus {
             consumer: consumer_name.to_string(),
             reason: reason.to_string(),
         };
-        let stream = js.get_stream(stream_name).await.map_err(|e| fail(&e))?;
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                consumer_name,
-                consumer::pull::Config {
-                    durable_name: Some(consumer_name.to_string()),
-                    filter_subject: filter.to_string(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| fail(&e))?;
         let mut messages = consumer
             .stream()
             .heartbeat(Duration::from_secs(5))
@@ -483,6 +681,68 @@ impl NatsBus {
         }
         Err(fail(&"message stream ended"))
     }
+}
+
+/// A durable pull consumer's config: explicit acks, everything from the
+/// start, only `filter`.
+fn durable_config(name: &str, filter: &str) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(name.to_string()),
+        filter_subject: filter.to_string(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}
+
+/// `node`'s command consumer: only `skos.command.<node>`.
+fn command_consumer_config(node: &NodeName) -> consumer::pull::Config {
+    durable_config(&subjects::agent_consumer(node), &subjects::command(node))
+}
+
+/// Get or create one of the SKOS streams.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subject: &str,
+    max_age: Duration,
+    locked: bool,
+) -> Result<stream::Stream> {
+    let cfg = stream::Config {
+        name: name.to_string(),
+        subjects: vec![subject.to_string()],
+        max_age,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        deny_delete: locked,
+        deny_purge: locked,
+        ..Default::default()
+    };
+    js.get_or_create_stream(cfg)
+        .await
+        .map_err(|e| Error::Stream {
+            stream: name.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Whether a stream's config refuses deletes and purges (roll-ups purge
+/// too).
+pub(crate) fn is_locked(config: &stream::Config) -> bool {
+    config.deny_delete && config.deny_purge && !config.allow_rollup
+}
+
+/// Whether a consumer lookup failed because the consumer (or its stream)
+/// does not exist.
+fn is_not_found_kind(kind: consumer_error::ConsumerErrorKind) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    matches!(
+        kind,
+        consumer_error::ConsumerErrorKind::JetStream(e)
+            if e.error_code() == ErrorCode::CONSUMER_NOT_FOUND
+                || e.error_code() == ErrorCode::STREAM_NOT_FOUND
+    )
 }
 
 fn header_map(headers: &[(String, String)]) -> async_nats::HeaderMap {
@@ -534,5 +794,100 @@ mod tests {
         m.ack().await.unwrap();
         let again = tokio::time::timeout(ACK_WAIT + Duration::from_secs(2), feed.next()).await;
         assert!(again.is_err(), "delivered again after its ack");
+    }
+
+    /// A consumer of nova's filtering every node's commands (as an agent
+    /// that could create its own once made it) is refused by the agent and
+    /// replaced by the coordinator with the fixed filter.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_re_pointed_command_consumer_is_refused_and_replaced() {
+        skos_testsupport::require!("nats-server", nats_server_binary());
+        let server = NatsServer::start();
+        let bus = NatsBus::connect(&NatsOptions::new(server.url(), "test"))
+            .await
+            .unwrap();
+        let nova = NodeName::parse("nova").unwrap();
+        let stream = bus.js.get_stream(subjects::STREAM_COMMANDS).await.unwrap();
+        stream
+            .create_consumer(durable_config(
+                &subjects::agent_consumer(&nova),
+                subjects::COMMANDS,
+            ))
+            .await
+            .unwrap();
+        let refused = NatsBus::command_consumer(&bus.js, &nova).await.err();
+        assert!(
+            refused
+                .as_ref()
+                .is_some_and(|e| e.to_string().contains("filters")),
+            "{refused:?}"
+        );
+        bus.ensure_command_consumer(&nova).await.unwrap();
+        let fixed = NatsBus::command_consumer(&bus.js, &nova).await.unwrap();
+        assert_eq!(
+            fixed.cached_info().config.filter_subject,
+            subjects::command(&nova)
+        );
+        // Again: nothing to do.
+        bus.ensure_command_consumer(&nova).await.unwrap();
+        let mut names = stream.consumer_names();
+        let mut all = Vec::new();
+        while let Some(n) = names.next().await {
+            all.push(n.unwrap());
+        }
+        assert_eq!(all, [subjects::agent_consumer(&nova)]);
+    }
+
+    /// An old, unlocked state stream is locked at start; and nats-server
+    /// refuses an update that would take the locks off again, a purge and
+    /// a message delete (other limits, such as the age, an update could
+    /// still change: no SKOS credential may update these streams).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn locked_streams_stay_locked() {
+        skos_testsupport::require!("nats-server", nats_server_binary());
+        let server = NatsServer::start();
+        let bus = NatsBus::connect(&NatsOptions::new(server.url(), "test"))
+            .await
+            .unwrap();
+        bus.js
+            .create_stream(stream::Config {
+                name: subjects::STREAM_STATE.to_string(),
+                subjects: vec![subjects::STATE.to_string()],
+                max_messages_per_subject: 1,
+                storage: stream::StorageType::File,
+                allow_rollup: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        bus.lock_streams().await.unwrap();
+        for name in [subjects::STREAM_AUDIT, subjects::STREAM_STATE] {
+            let mut s = bus.js.get_stream(name).await.unwrap();
+            let mut cfg = s.info().await.unwrap().config.clone();
+            assert!(is_locked(&cfg), "{name}: {cfg:?}");
+            cfg.deny_delete = false;
+            cfg.deny_purge = false;
+            let unlocked = bus.js.update_stream(cfg.clone()).await;
+            assert!(unlocked.is_err(), "{name}: unlocked by an update");
+            cfg.deny_delete = true;
+            let unlocked = bus.js.update_stream(cfg).await;
+            assert!(unlocked.is_err(), "{name}: purges allowed by an update");
+            assert!(is_locked(&s.info().await.unwrap().config), "{name}");
+            bus.js
+                .publish(format!("{name}.x"), Bytes::from_static(b"{}"))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(s.purge().await.is_err(), "{name}: purged");
+            assert!(
+                s.delete_message(1).await.is_err(),
+                "{name}: message deleted"
+            );
+            // Deleting the whole stream is not refused by the stream
+            // (deny_delete is about messages, on nats-server 2.9.10): only
+            // permissions stop it (`skos fleet nats-config` denies it to
+            // every credential).
+        }
     }
 }

@@ -2,6 +2,10 @@
 //! key, in the JetStream stream `SKOS_STATE` (one message kept per subject,
 //! like a key-value bucket, and readable on nats-server 2.9), or in a file
 //! of the data dir (embedded mode), written atomically.
+//!
+//! The stream refuses deletes and purges (and roll-ups, which purge): a
+//! key is removed by writing an empty value over it, and older values go
+//! by the one-per-key limit, neither of which needs a right to delete.
 
 use std::path::PathBuf;
 
@@ -36,7 +40,8 @@ impl StateStore {
             subjects: vec![subjects::STATE.to_string()],
             max_messages_per_subject: 1,
             storage: stream::StorageType::File,
-            allow_rollup: true,
+            deny_delete: true,
+            deny_purge: true,
             ..Default::default()
         })
         .await

@@ -28,6 +28,12 @@ pub const LEADER_KEY: &str = "coordinator";
 
 pub const CONSUMER_COORDINATOR: &str = "skos-coordinator";
 
+/// Where operators' commands (`skos status`, `skos audit`) take replies:
+/// an inbox of their own, so a read-only credential subscribes to its own
+/// replies only (an agent's is `_INBOX_<node>`; `skos fleet nats-config`
+/// refuses a node named `operator`).
+pub const OPERATOR_INBOX: &str = "_INBOX_operator";
+
 pub fn heartbeat(node: &NodeName) -> String {
     format!("skos.heartbeat.{node}")
 }

@@ -38,6 +38,7 @@ use skos_core::protocol::{
 use skos_core::recent::RecentIds;
 use skos_core::NodeName;
 
+use crate::consumers::Consumers;
 use crate::engine::{Effect, Engine, EngineSnapshot};
 use crate::failpoint;
 use crate::gaps::{self, SequenceGaps};
@@ -281,6 +282,8 @@ fn decode_snapshot<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Sn
 }
 
 struct Ctx {
+    /// Agents' command consumers, asked for once per node.
+    consumers: Consumers,
     /// A digest of each node's state as last written, so an unchanged
     /// node is not written again.
     written: HashMap<NodeName, u64>,
@@ -607,7 +610,12 @@ async fn lead(
             }
         }
     }
+    let mut consumers = Consumers::spawn(bus.clone());
+    for node in engine.known_nodes() {
+        consumers.want(&node);
+    }
     let mut ctx = Ctx {
+        consumers,
         written: HashMap::new(),
         unsaved: BTreeSet::new(),
         scratch: Vec::new(),
@@ -1008,6 +1016,7 @@ impl Ctx {
             match d {
                 Decoded::Ok(hb) => {
                     let node = hb.node.clone();
+                    self.consumers.want(&node);
                     let decided = self.engine.on_heartbeat(hb, now);
                     if !decided.is_empty() {
                         touch(&mut touched, &decided);

@@ -261,11 +261,24 @@ fn nats_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
     Ok(NatsOptions::from_config(&cfg.nats, name)?)
 }
 
+/// Connection options of an operator's command (`skos status`, `skos
+/// audit`): replies on the operator's own inbox, no stream created (a
+/// read-only credential may do neither more nor less).
+fn operator_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
+    let mut opts = nats_options(cfg, name)?;
+    opts.inbox_prefix = Some(skos_bus::subjects::OPERATOR_INBOX.to_string());
+    opts.create_streams = false;
+    Ok(opts)
+}
+
 async fn connect(cfg: &Config, name: &str) -> Result<NatsBus> {
     let mut opts = nats_options(cfg, name)?;
     if name.starts_with("skos-agent-") {
-        // Its own reply subjects, so server permissions can confine it.
+        // Its own reply subjects, so server permissions can confine it;
+        // no stream rights (its command consumer is the coordinator's
+        // to create).
         opts.inbox_prefix = Some(format!("_INBOX_{}", cfg.node.name));
+        opts.create_streams = false;
     }
     let mut delay = Duration::from_millis(200);
     loop {
@@ -309,6 +322,9 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
     };
     let audit = Arc::new(AuditLog::open_jetstream_signed(&nats, signing).await?);
     let state = StateStore::jetstream(&nats).await?;
+    // A trail or state that can be deleted or purged is refused: locked
+    // here where this credential may, else an error saying how.
+    nats.lock_streams().await?;
     let lease = Lease::open(
         &nats,
         lease::holder_id(),
@@ -479,7 +495,7 @@ async fn status(
     let cfg = load_quiet(arg)?;
     let query = status_query(args)?;
     let body: Vec<u8> = if nats {
-        let bus = NatsBus::connect(&nats_options(&cfg, "skos-status")?).await?;
+        let bus = NatsBus::connect(&operator_options(&cfg, "skos-status")?).await?;
         Bus::Nats(bus)
             .request_status_query(&query, Duration::from_secs(5))
             .await
@@ -541,7 +557,7 @@ async fn read_audit(
     let nats = use_nats(&data_dir);
     let cfg = load_quiet(arg)?;
     if nats {
-        let bus = NatsBus::connect(&nats_options(&cfg, "skos-audit")?).await?;
+        let bus = NatsBus::connect(&operator_options(&cfg, "skos-audit")?).await?;
         if !audit::stream_is_locked(&bus).await? {
             eprintln!("warning: stream SKOS_AUDIT allows deletes or purges");
         }
