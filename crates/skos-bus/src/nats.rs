@@ -260,6 +260,42 @@ impl NatsBus {
         Ok(())
     }
 
+    /// What an agent does once connected: where nothing is set up yet (no
+    /// commands stream: no coordinator has run), create the streams as
+    /// the coordinator would, so that what it sends before a coordinator
+    /// runs is kept. Only where its own consumer's lookup (the one right an
+    /// agent has) says the stream is missing: with least-privilege
+    /// credentials the creation is then refused, and the error says so.
+    pub async fn prepare_agent(&self, node: &NodeName) -> Result<()> {
+        let name = subjects::agent_consumer(node);
+        let found = self
+            .js
+            .get_consumer_from_stream::<consumer::pull::Config, _, _>(
+                &name,
+                subjects::STREAM_COMMANDS,
+            )
+            .await;
+        let missing = matches!(
+            &found,
+            Err(e) if matches!(
+                e.kind(),
+                consumer_error::ConsumerErrorKind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+            )
+        );
+        if !missing {
+            return Ok(());
+        }
+        self.ensure_streams().await.map_err(|e| Error::Stream {
+            stream: subjects::STREAM_COMMANDS.to_string(),
+            reason: format!(
+                "does not exist yet, and this agent could not create the streams ({e}): \
+                 with least-privilege credentials only the coordinator may; what this agent \
+                 sends before a coordinator has run is refused by the server"
+            ),
+        })
+    }
+
     /// Lock the audit and state streams where they are not: deny deletes
     /// and purges, no roll-ups (streams made by earlier versions). With
     /// least-privilege credentials the coordinator may not change either
@@ -487,7 +523,9 @@ impl NatsBus {
             while !tx.is_closed() {
                 let attached = match Self::command_consumer(&js, &node).await {
                     Ok(consumer) => {
-                        said = None;
+                        if said.take().is_some() {
+                            tracing::info!(stream = subjects::STREAM_COMMANDS, consumer = %name, "command consumer found: commands flow");
+                        }
                         backoff = Duration::from_millis(100);
                         Self::pump(consumer, subjects::STREAM_COMMANDS, &name, &tx).await
                     }

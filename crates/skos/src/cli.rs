@@ -124,9 +124,12 @@ pub struct StatusArgs {
 #[derive(Debug, Subcommand)]
 pub enum FleetCmd {
     /// Print a nats-server authorization config where each node's agent may
-    /// publish only its own subjects and read only its own commands; write
-    /// one nkeys login seed per node, one for the coordinator, and the
-    /// coordinator's command signing key apart, into --out.
+    /// publish only its own subjects and read only its own commands (through
+    /// the consumer the coordinator makes), the coordinator may not delete or
+    /// purge the audit and state streams, and operators only read; write one
+    /// nkeys login seed per node, one for the coordinator, one for operators
+    /// (`skos status`, `skos audit`), and the coordinator's command signing
+    /// key apart, into --out.
     NatsConfig {
         /// The nodes, comma-separated (nova,lyra,athena).
         #[arg(long, value_delimiter = ',', required = true)]

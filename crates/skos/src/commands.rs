@@ -379,6 +379,9 @@ async fn agent(cfg: Config) -> Result<ExitCode> {
     // coordinator key would run what a NATS server had it sign.
     refuse_key_conflicts(&cfg, None)?;
     let nats = connect(&cfg, &format!("skos-agent-{}", cfg.node.name)).await?;
+    if let Err(e) = nats.prepare_agent(&cfg.node.name).await {
+        tracing::warn!(node = %cfg.node.name, error = %e, "streams not set up yet");
+    }
     let state = cfg.data_dir.join("agent");
     let agent = Agent::new(cfg, Bus::Nats(nats), Counters::default(), Some(state))?;
     let (tx, rx) = watch::channel(false);

@@ -142,7 +142,7 @@ pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode
     for n in nodes {
         match NodeName::parse(n.trim()) {
             Ok(name) if RESERVED_FILES.contains(&name.as_str()) => {
-                bail!("--nodes: {name} is the name of the coordinator's or the operator's own key file; name the node otherwise")
+                bail!("--nodes: {name} is the name of the coordinator's own key file (or the operator's); name the node otherwise")
             }
             Ok(name) if !config_safe(&name) => {
                 bail!("--nodes: {} has characters other than letters, digits, '-' and '_': not written into a server config", name.as_str().escape_debug())

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use skos_bus::{Bus, NatsAuth, NatsBus, NatsOptions};
 use skos_testsupport::cpufreq::{fake_cpufreq, read_khz};
@@ -40,6 +41,8 @@ fn seed(dir: &Path, who: &str) -> String {
         .to_string()
 }
 
+/// Connect with `auth`, replies on `inbox`; only the coordinator's key
+/// (no inbox of its own) creates the streams.
 async fn connect_as(
     url: &str,
     auth: NatsAuth,
@@ -47,9 +50,25 @@ async fn connect_as(
 ) -> Result<NatsBus, skos_bus::Error> {
     let mut o = NatsOptions::new(url, "test");
     o.auth = auth;
+    o.create_streams = inbox.is_none();
     o.inbox_prefix = inbox.map(str::to_owned);
     o.connect_timeout = Duration::from_secs(3);
     NatsBus::connect(&o).await
+}
+
+/// A config file for `skos status` and `skos audit` with the operator's
+/// read-only key.
+fn operator_config(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("operator.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "nats:\n  nkey_seed_file: {}/keys/operator.nk\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    path
 }
 
 #[test]
@@ -57,7 +76,7 @@ fn agents_are_confined_to_their_own_subjects() {
     let work = tempfile::tempdir().unwrap();
     let conf = fleet(work.path(), "nova,lyra");
     let text = std::fs::read_to_string(&conf).unwrap();
-    for p in ["coordinator", "nova", "lyra"] {
+    for p in ["coordinator", "operator", "nova", "lyra"] {
         assert!(
             !text.contains(&seed(work.path(), p)),
             "a seed leaked into the server config"
@@ -119,6 +138,15 @@ fn agents_are_confined_to_their_own_subjects() {
         work.path(),
         "coordinator",
     );
+    // The coordinator first, as a fleet is set up: it creates the streams
+    // (an agent may not). nova's consumer it makes on nova's first
+    // heartbeat; till then nova waits for it.
+    wait_for(Duration::from_secs(20), "the coordinator leads", || {
+        _coord
+            .log_text()
+            .contains("coordinator started")
+            .then_some(())
+    });
     let _agent = Proc::spawn(
         {
             let mut c = skos();
@@ -198,12 +226,14 @@ fn agents_are_confined_to_their_own_subjects() {
         skos_bus::trust::Signer::from_seed_file(&keys.join("coordinator-signing.nk")).unwrap();
     // Under the leader's term: agents refuse commands without one once a
     // leader has spoken.
+    // Asked with the operator's read-only key.
+    let operator_cfg = operator_config(work.path());
     let term = wait_for(Duration::from_secs(20), "the leader's term", || {
         let out = run({
             let mut c = skos();
             c.args(["status", "--json"])
                 .env("NATS_URL", nats.url())
-                .env("SKOS_CONFIG", &coord_cfg2);
+                .env("SKOS_CONFIG", &operator_cfg);
             c
         });
         serde_json::from_slice::<Value>(&out.stdout).ok()?["leader"]["term"].as_u64()
@@ -231,7 +261,7 @@ fn agents_are_confined_to_their_own_subjects() {
                 let mut c = skos();
                 c.args(["audit", "tail", "--json", "-n", "100000"])
                     .env("NATS_URL", nats.url())
-                    .env("SKOS_CONFIG", &coord_cfg2);
+                    .env("SKOS_CONFIG", &operator_cfg);
                 c
             });
             let r = json_lines(&out);
@@ -312,6 +342,25 @@ fn agents_are_confined_to_their_own_subjects() {
         read_khz(sys.root(), 0),
         1_500_000,
         "lyra's command never reached nova"
+    );
+    // The operator's key verifies the trail, and finds it locked.
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify"])
+            .env("NATS_URL", nats.url())
+            .env("SKOS_CONFIG", &operator_cfg);
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("allows deletes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -467,4 +516,409 @@ fn tls_with_client_certificates() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// What the server answered a request within `wait` (`None`: nothing,
+/// as for a subject the credential may not publish on).
+async fn answer(
+    client: &async_nats::Client,
+    subject: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+    wait: Duration,
+) -> Option<Value> {
+    let payload = Bytes::from(if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    });
+    let mut map = async_nats::HeaderMap::new();
+    for (k, v) in headers {
+        map.insert(*k, *v);
+    }
+    let asked = client.request_with_headers(subject.to_string(), map, payload);
+    match tokio::time::timeout(wait, asked).await {
+        Ok(Ok(m)) => Some(serde_json::from_slice(&m.payload).unwrap_or(Value::Null)),
+        _ => None,
+    }
+}
+
+/// One thing a credential must not do: a request and its body.
+struct Try {
+    who: &'static str,
+    subject: String,
+    body: Value,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+fn attempt(who: &'static str, subject: impl Into<String>, body: Value) -> Try {
+    Try {
+        who,
+        subject: subject.into(),
+        body,
+        headers: Vec::new(),
+    }
+}
+
+/// Every overreach tried against the permissions `skos fleet nats-config`
+/// writes, by the agent (nova), the operator and the coordinator: each is
+/// refused (no answer, or an error), and afterwards the streams, their
+/// messages and the consumers are as they were.
+#[test]
+fn no_credential_overreaches() {
+    let work = tempfile::tempdir().unwrap();
+    let conf = fleet(work.path(), "nova,lyra");
+    let nats = NatsServer::start_with_config(Some(conf));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = |who: &str| NatsAuth::NkeySeed(seed(work.path(), who));
+    let nova = skos_core::NodeName::parse("nova").unwrap();
+    let lyra = skos_core::NodeName::parse("lyra").unwrap();
+    rt.block_on(async {
+        // The coordinator's key: streams, both agents' consumers, a
+        // command for each node, an audit record and a state.
+        let coord = connect_as(&nats.url(), key("coordinator"), None)
+            .await
+            .expect("the coordinator connects");
+        let state = skos_bus::StateStore::jetstream(&coord).await.unwrap();
+        coord.lock_streams().await.expect("fresh streams are locked");
+        state
+            .save("node_lyra", Bytes::from_static(b"{\"lyra\":1}"))
+            .await
+            .unwrap();
+        let cjs = coord.jetstream().clone();
+        cjs.publish("SKOS_AUDIT.test", Bytes::from_static(b"{\"record\":1}"))
+            .await
+            .unwrap()
+            .await
+            .expect("the coordinator writes the audit trail");
+        let coord_bus = Bus::Nats(coord.clone());
+        for n in [&nova, &lyra] {
+            coord_bus.ensure_command_consumer(n).await.unwrap();
+        }
+        let command = |id: &str, node: &str| -> skos_core::Command {
+            serde_json::from_value(json!({
+                "action_id": id, "action_type": "throttle_50", "parameters": {},
+                "timestamp": chrono::Utc::now().to_rfc3339(), "node": node,
+            }))
+            .unwrap()
+        };
+        coord_bus
+            .send_command(&lyra, &command("for-lyra", "lyra"), None)
+            .await
+            .unwrap();
+        coord_bus
+            .send_command(&nova, &command("for-nova", "nova"), None)
+            .await
+            .unwrap();
+        let before = |name: &'static str| {
+            let cjs = cjs.clone();
+            async move {
+                let mut s = cjs.get_stream(name).await.unwrap();
+                let info = s.info().await.unwrap();
+                (info.state.messages, info.config.clone())
+            }
+        };
+        let (audit_msgs, audit_cfg) = before("SKOS_AUDIT").await;
+        let (state_msgs, state_cfg) = before("SKOS_STATE").await;
+        assert_eq!((audit_msgs, state_msgs), (1, 1));
+
+        let agent = connect_as(&nats.url(), key("nova"), Some("_INBOX_nova"))
+            .await
+            .expect("nova connects without touching a stream");
+        let operator = connect_as(
+            &nats.url(),
+            key("operator"),
+            Some(skos_bus::subjects::OPERATOR_INBOX),
+        )
+        .await
+        .expect("the operator connects without touching a stream");
+
+        // What each may do.
+        let own = answer(
+            agent.client(),
+            "$JS.API.CONSUMER.INFO.SKOS_COMMANDS.skos-agent-nova",
+            json!({}),
+            &[],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("nova may look at its own consumer");
+        assert_eq!(own["config"]["filter_subject"], "skos.command.nova", "{own}");
+        let audit_info = answer(
+            operator.client(),
+            "$JS.API.STREAM.INFO.SKOS_AUDIT",
+            json!({}),
+            &[],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the operator may look at the audit stream");
+        assert_eq!(audit_info["state"]["messages"], 1, "{audit_info}");
+        let read = skos_bus::audit::read_jetstream(&operator, None)
+            .await
+            .expect("the operator reads the audit trail");
+        assert_eq!(read, [json!({"record": 1})]);
+        assert!(skos_bus::audit::stream_is_locked(&operator).await.unwrap());
+        // nova's commands reach nova through its consumer, lyra's never.
+        let mut feed = Bus::Nats(agent.clone())
+            .subscribe(skos_bus::Feed::Commands(nova.clone()))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(15), feed.next())
+            .await
+            .expect("nova's command reaches nova")
+            .unwrap();
+        let body: Value = serde_json::from_slice(&got.payload).unwrap();
+        assert_eq!(body["action_id"], "for-nova");
+        got.ack().await.unwrap();
+        // A core subscription to other nodes' subjects gets nothing.
+        let mut spy = agent.client().subscribe("skos.command.>").await.unwrap();
+        let mut spy_inbox = agent.client().subscribe("_INBOX.>").await.unwrap();
+        let mut op_spy = operator.client().subscribe(">").await.unwrap();
+
+        // What none may do.
+        let consumer = |filter: &str, durable: Option<&str>| {
+            let mut config = json!({
+                "filter_subject": filter, "ack_policy": "explicit", "deliver_policy": "all",
+            });
+            if let Some(d) = durable {
+                config["durable_name"] = json!(d);
+            }
+            json!({"stream_name": "SKOS_COMMANDS", "config": config})
+        };
+        let api = "$JS.API";
+        let mut tries = vec![
+            // nova re-points its consumer (any filter, any form of create).
+            attempt("nova", format!("{api}.CONSUMER.CREATE.SKOS_COMMANDS.skos-agent-nova.skos.command.nova"), consumer("skos.command.lyra", Some("skos-agent-nova"))),
+            attempt("nova", format!("{api}.CONSUMER.CREATE.SKOS_COMMANDS.skos-agent-nova"), consumer("skos.command.>", Some("skos-agent-nova"))),
+            attempt("nova", format!("{api}.CONSUMER.DURABLE.CREATE.SKOS_COMMANDS.skos-agent-nova"), consumer("skos.command.>", Some("skos-agent-nova"))),
+            attempt("nova", format!("{api}.CONSUMER.CREATE.SKOS_COMMANDS"), consumer("skos.command.lyra", None)),
+            attempt("nova", format!("{api}.CONSUMER.CREATE.SKOS_COMMANDS.spy"), consumer("skos.command.lyra", Some("spy"))),
+            attempt("nova", format!("{api}.CONSUMER.DELETE.SKOS_COMMANDS.skos-agent-nova"), json!({})),
+            attempt("nova", format!("{api}.STREAM.CREATE.SPY"), json!({"name": "SPY", "mirror": {"name": "SKOS_COMMANDS"}})),
+            // nova fetches or looks at lyra's consumer.
+            attempt("nova", format!("{api}.CONSUMER.MSG.NEXT.SKOS_COMMANDS.skos-agent-lyra"), json!({"batch": 10, "no_wait": true})),
+            attempt("nova", format!("{api}.CONSUMER.INFO.SKOS_COMMANDS.skos-agent-lyra"), json!({})),
+            // nova learns other nodes' names.
+            attempt("nova", format!("{api}.INFO"), json!({})),
+            attempt("nova", format!("{api}.STREAM.INFO.SKOS_COMMANDS"), json!({"subjects_filter": ">"})),
+            attempt("nova", format!("{api}.STREAM.INFO.SKOS_ALERTS"), json!({})),
+            attempt("nova", format!("{api}.STREAM.INFO.SKOS_AUDIT"), json!({})),
+            attempt("nova", format!("{api}.STREAM.NAMES"), json!({})),
+            attempt("nova", format!("{api}.STREAM.LIST"), json!({})),
+            attempt("nova", format!("{api}.CONSUMER.NAMES.SKOS_COMMANDS"), json!({})),
+            attempt("nova", format!("{api}.CONSUMER.LIST.SKOS_COMMANDS"), json!({})),
+            attempt("nova", format!("{api}.STREAM.MSG.GET.SKOS_COMMANDS"), json!({"seq": 1})),
+            attempt("nova", format!("{api}.DIRECT.GET.SKOS_COMMANDS"), json!({"seq": 1})),
+            // The operator writes anything.
+            attempt("operator", "skos.command.nova", json!({"action_id": "op", "action_type": "throttle_100"})),
+            attempt("operator", "skos.alert.nova", json!({})),
+            attempt("operator", format!("$KV.{}.{}", skos_bus::subjects::LEADER_BUCKET, skos_bus::subjects::LEADER_KEY), json!({"holder": "operator"})),
+            attempt("operator", format!("{api}.STREAM.CREATE.SPY"), json!({"name": "SPY", "mirror": {"name": "SKOS_COMMANDS"}})),
+            attempt("operator", format!("{api}.CONSUMER.CREATE.SKOS_COMMANDS.spy"), consumer("skos.command.>", Some("spy"))),
+            attempt("operator", format!("{api}.CONSUMER.CREATE.SKOS_AUDIT"), json!({"stream_name": "SKOS_AUDIT", "config": {"ack_policy": "none", "deliver_policy": "all"}})),
+            attempt("operator", format!("{api}.STREAM.INFO.SKOS_COMMANDS"), json!({})),
+        ];
+        for who in ["nova", "operator"] {
+            for subject in ["SKOS_AUDIT.alert", "SKOS_STATE.node_lyra"] {
+                tries.push(attempt(who, subject, json!({"forged": who})));
+            }
+        }
+        for who in ["nova", "operator", "coordinator"] {
+            for stream in ["SKOS_AUDIT", "SKOS_STATE"] {
+                let cfg = if stream == "SKOS_AUDIT" { &audit_cfg } else { &state_cfg };
+                let mut shortened = serde_json::to_value(cfg).unwrap();
+                shortened["max_age"] = json!(1_000_000_000u64);
+                shortened["max_msgs"] = json!(0);
+                let mut unlocked = serde_json::to_value(cfg).unwrap();
+                unlocked["deny_delete"] = json!(false);
+                unlocked["deny_purge"] = json!(false);
+                tries.extend([
+                    attempt(who, format!("{api}.STREAM.DELETE.{stream}"), json!({})),
+                    attempt(who, format!("{api}.STREAM.PURGE.{stream}"), json!({})),
+                    attempt(who, format!("{api}.STREAM.PURGE.{stream}"), json!({"filter": format!("{stream}.>")})),
+                    attempt(who, format!("{api}.STREAM.MSG.DELETE.{stream}"), json!({"seq": 1})),
+                    attempt(who, format!("{api}.STREAM.MSG.DELETE.{stream}"), json!({"seq": 1, "no_erase": true})),
+                    attempt(who, format!("{api}.STREAM.UPDATE.{stream}"), shortened),
+                    attempt(who, format!("{api}.STREAM.UPDATE.{stream}"), unlocked),
+                ]);
+            }
+        }
+        // The coordinator rolls a locked stream up (a purge by publish).
+        for subject in ["SKOS_AUDIT.x", "SKOS_STATE.x"] {
+            tries.push(Try {
+                headers: vec![("Nats-Rollup", "all")],
+                ..attempt("coordinator", subject, json!({"rollup": true}))
+            });
+        }
+        let clients = [
+            ("nova", agent.client().clone()),
+            ("operator", operator.client().clone()),
+            ("coordinator", coord.client().clone()),
+        ];
+        let answers = futures::future::join_all(tries.iter().map(|t| {
+            let client = clients.iter().find(|(w, _)| *w == t.who).unwrap().1.clone();
+            async move {
+                let a = answer(&client, &t.subject, t.body.clone(), &t.headers, Duration::from_secs(3)).await;
+                (t, a)
+            }
+        }))
+        .await;
+        let mut done = Vec::new();
+        for (t, a) in &answers {
+            // Refused: no answer (not permitted), or an error answer.
+            let refused = match a {
+                None => true,
+                Some(v) => v.get("error").is_some(),
+            };
+            if !refused {
+                done.push(format!("{} {} {} -> {}", t.who, t.subject, t.body, a.clone().unwrap_or_default()));
+            }
+        }
+        assert!(done.is_empty(), "overreaches that were not refused:\n{}", done.join("\n"));
+
+        // Nothing changed.
+        let (audit_now, audit_cfg_now) = before("SKOS_AUDIT").await;
+        let (state_now, state_cfg_now) = before("SKOS_STATE").await;
+        assert_eq!((audit_now, state_now), (1, 1), "a message was added or removed");
+        assert_eq!(audit_cfg_now, audit_cfg);
+        assert_eq!(state_cfg_now, state_cfg);
+        assert_eq!(
+            state.load("node_lyra").await.unwrap().as_deref(),
+            Some(&b"{\"lyra\":1}"[..])
+        );
+        let mut names = cjs.stream_names();
+        let mut streams = Vec::new();
+        while let Some(n) = names.next().await {
+            streams.push(n.unwrap());
+        }
+        streams.sort();
+        assert_eq!(
+            streams,
+            ["SKOS_ALERTS", "SKOS_AUDIT", "SKOS_COMMANDS", "SKOS_RESULTS", "SKOS_STATE"]
+        );
+        let commands = cjs.get_stream("SKOS_COMMANDS").await.unwrap();
+        let mut names = commands.consumer_names();
+        let mut consumers = Vec::new();
+        while let Some(n) = names.next().await {
+            consumers.push(n.unwrap());
+        }
+        consumers.sort();
+        assert_eq!(consumers, ["skos-agent-lyra", "skos-agent-nova"]);
+        for n in [&nova, &lyra] {
+            let info = commands
+                .consumer_info(skos_bus::subjects::agent_consumer(n))
+                .await
+                .unwrap();
+            assert_eq!(info.config.filter_subject, skos_bus::subjects::command(n));
+            if n == &lyra {
+                assert_eq!(info.delivered.stream_sequence, 0, "lyra's command was fetched");
+            }
+        }
+        // And the spies heard nothing (lyra is commanded once more).
+        coord_bus
+            .send_command(&lyra, &command("for-lyra-2", "lyra"), None)
+            .await
+            .unwrap();
+        for (what, sub) in [("skos.command.>", &mut spy), ("_INBOX.>", &mut spy_inbox), ("operator >", &mut op_spy)] {
+            let heard = tokio::time::timeout(Duration::from_secs(1), sub.next()).await;
+            assert!(
+                !matches!(heard, Ok(Some(_))),
+                "{what}: heard {:?}",
+                heard.ok().flatten().map(|m| m.subject)
+            );
+        }
+    });
+}
+
+/// An agent started before anything is set up (no streams, no consumer of
+/// its own, which it may not create) keeps running, says why it gets no
+/// commands, and heals once the coordinator has run and made its consumer.
+#[test]
+fn an_agent_waits_for_its_consumer_saying_why() {
+    let work = tempfile::tempdir().unwrap();
+    let conf = fleet(work.path(), "nova");
+    let nats = NatsServer::start_with_config(Some(conf));
+    let keys = work.path().join("keys");
+    let trust = format!(
+        "trust:\n  signing_key_file: {k}/coordinator-signing.nk\n  coordinator_keys: [{public}]\n",
+        k = keys.display(),
+        public = skos_bus::trust::Signer::from_seed_file(&keys.join("coordinator-signing.nk"))
+            .unwrap()
+            .public_key()
+    );
+    let agent_dir = work.path().join("agent-cfg");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let agent_cfg = fast_config(
+        &agent_dir,
+        &format!(
+            "nats:\n  nkey_seed_file: {}/nova.nk\n{trust}",
+            keys.display()
+        ),
+    );
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(50.0, &[]);
+    fake_cpufreq(sys.root(), 1, 800_000, 3_000_000);
+    let mut agent = Proc::spawn(
+        {
+            let mut c = skos();
+            c.arg("agent")
+                .arg("--config")
+                .arg(&agent_cfg)
+                .arg("--data-dir")
+                .arg(work.path().join("agent"))
+                .env("NATS_URL", nats.url())
+                .env("NODE_NAME", "nova")
+                .env("SKOS_SYSFS_ROOT", sys.root());
+            c
+        },
+        work.path(),
+        "agent-nova",
+    );
+    wait_for(
+        Duration::from_secs(40),
+        "nova says why it gets no commands",
+        || {
+            let log = agent.log_text();
+            (log.contains("streams not set up yet")
+                && log.contains("an agent may not create it; the coordinator does"))
+            .then_some(())
+        },
+    );
+    assert!(agent.alive(), "{}", agent.log_text());
+
+    let coord_dir = work.path().join("coord-cfg");
+    std::fs::create_dir_all(&coord_dir).unwrap();
+    let coord_cfg = fast_config(
+        &coord_dir,
+        &format!(
+            "nats:\n  nkey_seed_file: {}/coordinator.nk\n{trust}",
+            keys.display()
+        ),
+    );
+    let _coord = Proc::spawn(
+        {
+            let mut c = skos();
+            c.arg("coordinator")
+                .arg("--config")
+                .arg(&coord_cfg)
+                .env("NATS_URL", nats.url());
+            c
+        },
+        work.path(),
+        "coordinator",
+    );
+    wait_for(Duration::from_secs(40), "nova finds its consumer", || {
+        agent
+            .log_text()
+            .contains("command consumer found: commands flow")
+            .then_some(())
+    });
+    cpu.heat(88.0);
+    wait_for(
+        Duration::from_secs(40),
+        "nova throttled once its consumer is made",
+        || (read_khz(sys.root(), 0) == 1_500_000).then_some(()),
+    );
+    assert!(agent.alive(), "{}", agent.log_text());
 }

@@ -385,7 +385,7 @@ fn fleet_nats_config_writes_a_signing_key_apart_from_every_login_key() {
         )),
         "{stderr}"
     );
-    let logins: Vec<std::path::PathBuf> = ["coordinator.nk", "nova.nk", "lyra.nk"]
+    let logins: Vec<std::path::PathBuf> = ["coordinator.nk", "operator.nk", "nova.nk", "lyra.nk"]
         .iter()
         .map(|f| keys.join(f))
         .collect();
@@ -425,11 +425,21 @@ fn fleet_nats_config_writes_a_signing_key_apart_from_every_login_key() {
             .public_key(),
         signing.public_key()
     );
-    for bad in ["coordinator-signing", "coordinator"] {
+    for bad in ["coordinator-signing", "coordinator", "operator"] {
         let out = again(&format!("nova,{bad}"), true);
         assert!(!out.status.success(), "{bad}");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("coordinator's own key file"),
+            "{bad}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Nor one whose name would need quoting in the server config.
+    for bad in ["a\",\">", "a#b", "a{b"] {
+        let out = again(&format!("nova,{bad}"), true);
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not written into a server config"),
             "{bad}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
