@@ -520,8 +520,12 @@ impl NatsBus {
             let name = subjects::agent_consumer(&node);
             let mut backoff = Duration::from_millis(100);
             let mut said = None::<String>;
+            // Cleared once a creation was refused: from then on the
+            // consumer is only looked up (no request the server refuses
+            // again and again, no wait for its time-out).
+            let mut may_create = true;
             while !tx.is_closed() {
-                let attached = match Self::command_consumer(&js, &node).await {
+                let attached = match Self::command_consumer(&js, &node, &mut may_create).await {
                     Ok(consumer) => {
                         if said.take().is_some() {
                             tracing::info!(stream = subjects::STREAM_COMMANDS, consumer = %name, "command consumer found: commands flow");
@@ -553,10 +557,12 @@ impl NatsBus {
     }
 
     /// `node`'s command consumer: looked up; created where missing and
-    /// allowed; refused where it filters anything but `node`'s commands.
+    /// `may_create` (cleared when the creation fails); refused where it
+    /// filters anything but `node`'s commands.
     async fn command_consumer(
         js: &jetstream::Context,
         node: &NodeName,
+        may_create: &mut bool,
     ) -> Result<consumer::PullConsumer> {
         let name = subjects::agent_consumer(node);
         let filter = subjects::command(node);
@@ -573,6 +579,12 @@ impl NatsBus {
             .await;
         let consumer = match found {
             Ok(c) => c,
+            Err(e) if is_not_found_kind(e.kind()) && !*may_create => {
+                return Err(fail(format!(
+                    "does not exist yet ({e}), and this agent may not create it: the \
+                     coordinator does when it hears this node's heartbeats"
+                )));
+            }
             Err(e) if is_not_found_kind(e.kind()) => {
                 let created = async {
                     let stream = ensure_stream(
@@ -590,6 +602,7 @@ impl NatsBus {
                 }
                 .await;
                 created.map_err(|c| {
+                    *may_create = false;
                     fail(format!(
                         "does not exist ({e}) and could not be created ({c}): with \
                          least-privilege credentials an agent may not create it; the \
@@ -853,7 +866,9 @@ mod tests {
             ))
             .await
             .unwrap();
-        let refused = NatsBus::command_consumer(&bus.js, &nova).await.err();
+        let refused = NatsBus::command_consumer(&bus.js, &nova, &mut true)
+            .await
+            .err();
         assert!(
             refused
                 .as_ref()
@@ -861,7 +876,9 @@ mod tests {
             "{refused:?}"
         );
         bus.ensure_command_consumer(&nova).await.unwrap();
-        let fixed = NatsBus::command_consumer(&bus.js, &nova).await.unwrap();
+        let fixed = NatsBus::command_consumer(&bus.js, &nova, &mut false)
+            .await
+            .unwrap();
         assert_eq!(
             fixed.cached_info().config.filter_subject,
             subjects::command(&nova)
