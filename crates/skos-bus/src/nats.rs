@@ -296,6 +296,26 @@ impl NatsBus {
         })
     }
 
+    /// Whether stream `name` exists (asked with its info: a credential
+    /// that may not look at it gets an error, not `false`).
+    pub async fn has_stream(&self, name: &str) -> Result<bool> {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        match self.js.get_stream(name).await {
+            Ok(_) => Ok(true),
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                _ => Err(Error::Stream {
+                    stream: name.to_string(),
+                    reason: e.to_string(),
+                }),
+            },
+        }
+    }
+
     /// Lock the audit and state streams where they are not: deny deletes
     /// and purges, no roll-ups (streams made by earlier versions). With
     /// least-privilege credentials the coordinator may not change either

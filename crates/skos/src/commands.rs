@@ -561,6 +561,14 @@ async fn read_audit(
     let cfg = load_quiet(arg)?;
     if nats {
         let bus = NatsBus::connect(&operator_options(&cfg, "skos-audit")?).await?;
+        // Nothing creates it here (an operator's key may not): a trail
+        // that is not there is said so, never read as an empty one.
+        if !bus.has_stream(skos_bus::subjects::STREAM_AUDIT).await? {
+            bail!(
+                "no audit trail: stream SKOS_AUDIT does not exist at {} (no coordinator has run with this server yet)",
+                skos_core::redact::url_credentials(&cfg.nats.url)
+            );
+        }
         if !audit::stream_is_locked(&bus).await? {
             eprintln!("warning: stream SKOS_AUDIT allows deletes or purges");
         }

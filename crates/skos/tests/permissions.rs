@@ -922,3 +922,23 @@ fn an_agent_waits_for_its_consumer_saying_why() {
     );
     assert!(agent.alive(), "{}", agent.log_text());
 }
+
+/// `skos audit` creates nothing (an operator's key may not): on a server
+/// where no coordinator has run, there is no trail, and verify says so
+/// rather than "OK: 0 records".
+#[test]
+fn audit_verify_without_a_trail_says_so() {
+    let nats = NatsServer::start();
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
+        c
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("stream SKOS_AUDIT does not exist"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
