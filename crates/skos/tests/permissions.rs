@@ -581,6 +581,10 @@ fn no_credential_overreaches() {
             .expect("the coordinator connects");
         let state = skos_bus::StateStore::jetstream(&coord).await.unwrap();
         coord.lock_streams().await.expect("fresh streams are locked");
+        // The leader's lease bucket, so a write to it would be answered.
+        skos_bus::lease::Lease::open(&coord, "test:1:x".into(), Duration::from_secs(30))
+            .await
+            .unwrap();
         state
             .save("node_lyra", Bytes::from_static(b"{\"lyra\":1}"))
             .await
@@ -744,6 +748,33 @@ fn no_credential_overreaches() {
                 ]);
             }
         }
+        // The coordinator re-creates a locked stream with other limits,
+        // and nova takes the leader's lease.
+        for stream in ["SKOS_AUDIT", "SKOS_STATE"] {
+            let cfg = if stream == "SKOS_AUDIT" {
+                &audit_cfg
+            } else {
+                &state_cfg
+            };
+            let mut shortened = serde_json::to_value(cfg).unwrap();
+            shortened["max_age"] = json!(1_000_000_000u64);
+            shortened["deny_delete"] = json!(false);
+            shortened["deny_purge"] = json!(false);
+            tries.push(attempt(
+                "coordinator",
+                format!("{api}.STREAM.CREATE.{stream}"),
+                shortened,
+            ));
+        }
+        tries.push(attempt(
+            "nova",
+            format!(
+                "$KV.{}.{}",
+                skos_bus::subjects::LEADER_BUCKET,
+                skos_bus::subjects::LEADER_KEY
+            ),
+            json!({"holder": "nova"}),
+        ));
         // The coordinator rolls a locked stream up (a purge by publish).
         for subject in ["SKOS_AUDIT.x", "SKOS_STATE.x"] {
             tries.push(Try {
@@ -795,7 +826,14 @@ fn no_credential_overreaches() {
         streams.sort();
         assert_eq!(
             streams,
-            ["SKOS_ALERTS", "SKOS_AUDIT", "SKOS_COMMANDS", "SKOS_RESULTS", "SKOS_STATE"]
+            [
+                "KV_SKOS_LEADER",
+                "SKOS_ALERTS",
+                "SKOS_AUDIT",
+                "SKOS_COMMANDS",
+                "SKOS_RESULTS",
+                "SKOS_STATE"
+            ]
         );
         let commands = cjs.get_stream("SKOS_COMMANDS").await.unwrap();
         let mut names = commands.consumer_names();
