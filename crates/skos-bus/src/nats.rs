@@ -31,7 +31,6 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream as consumer_error;
 use skos_core::NodeName;
 
 use crate::{headers_of, subjects, Acker, Error, Feed, Incoming, Replier, Result, Subscription};
@@ -279,7 +278,7 @@ impl NatsBus {
             &found,
             Err(e) if matches!(
                 e.kind(),
-                consumer_error::ConsumerErrorKind::JetStream(j)
+                stream::ConsumerErrorKind::JetStream(j)
                     if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
             )
         );
@@ -806,11 +805,11 @@ pub(crate) fn is_locked(config: &stream::Config) -> bool {
 
 /// Whether a consumer lookup failed because the consumer (or its stream)
 /// does not exist.
-fn is_not_found_kind(kind: consumer_error::ConsumerErrorKind) -> bool {
+fn is_not_found_kind(kind: stream::ConsumerErrorKind) -> bool {
     use async_nats::jetstream::ErrorCode;
     matches!(
         kind,
-        consumer_error::ConsumerErrorKind::JetStream(e)
+        stream::ConsumerErrorKind::JetStream(e)
             if e.error_code() == ErrorCode::CONSUMER_NOT_FOUND
                 || e.error_code() == ErrorCode::STREAM_NOT_FOUND
     )
