@@ -352,8 +352,9 @@ impl NatsBus {
             self.js.update_stream(config).await.map_err(|e| {
                 fail(format!(
                     "allows deletes or purges, and cannot be locked with this credential ({e}): \
-                     set deny_delete and deny_purge (and no roll-ups) with an administrator's \
-                     credential, e.g. `nats stream edit {name} --deny-delete --deny-purge --no-allow-rollup`"
+                     set deny_delete and deny_purge, and allow_rollup off, with a credential \
+                     that may update the stream (or start this coordinator once under the \
+                     earlier server config, which let it, before loading the new one)"
                 ))
             })?;
         }

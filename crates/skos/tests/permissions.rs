@@ -980,3 +980,58 @@ fn audit_verify_without_a_trail_says_so() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
+
+/// A state stream an earlier version left open to purges, under the new
+/// permissions (which do not let the coordinator change it): the
+/// coordinator refuses to start, saying what to do, rather than keep a
+/// state anyone with its key could purge.
+#[test]
+fn a_coordinator_refuses_an_unlocked_state_stream_it_may_not_lock() {
+    let work = tempfile::tempdir().unwrap();
+    let conf = fleet(work.path(), "nova");
+    let nats = NatsServer::start_with_config(Some(conf));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let coord = connect_as(
+            &nats.url(),
+            NatsAuth::NkeySeed(seed(work.path(), "coordinator")),
+            None,
+        )
+        .await
+        .unwrap();
+        coord
+            .jetstream()
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "SKOS_STATE".into(),
+                subjects: vec!["SKOS_STATE.*".into()],
+                max_messages_per_subject: 1,
+                allow_rollup: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    let keys = work.path().join("keys");
+    let cfg = fast_config(
+        work.path(),
+        &format!(
+            "nats:\n  nkey_seed_file: {}/coordinator.nk\ntrust:\n  signing_key_file: {}/coordinator-signing.nk\n",
+            keys.display(),
+            keys.display()
+        ),
+    );
+    let out = run({
+        let mut c = skos();
+        c.arg("coordinator")
+            .arg("--config")
+            .arg(&cfg)
+            .env("NATS_URL", nats.url());
+        c
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("SKOS_STATE") && stderr.contains("cannot be locked with this credential"),
+        "{stderr}"
+    );
+}
