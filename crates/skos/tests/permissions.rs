@@ -614,6 +614,17 @@ fn no_credential_overreaches() {
             .send_command(&nova, &command("for-nova", "nova"), None)
             .await
             .unwrap();
+        // The coordinator's own consumers, so taking from them would be
+        // answered.
+        let _alerts = coord_bus.subscribe(skos_bus::Feed::Alerts).await.unwrap();
+        let _results = coord_bus.subscribe(skos_bus::Feed::Results).await.unwrap();
+        for feed in [skos_bus::Feed::Alerts, skos_bus::Feed::Results] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while coord_bus.consumer_position(&feed).await.unwrap().is_none() {
+                assert!(std::time::Instant::now() < deadline, "{feed:?} consumer");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let before = |name: &'static str| {
             let cjs = cjs.clone();
             async move {
@@ -703,6 +714,11 @@ fn no_credential_overreaches() {
             // nova fetches or looks at lyra's consumer.
             attempt("nova", format!("{api}.CONSUMER.MSG.NEXT.SKOS_COMMANDS.skos-agent-lyra"), json!({"batch": 10, "no_wait": true})),
             attempt("nova", format!("{api}.CONSUMER.INFO.SKOS_COMMANDS.skos-agent-lyra"), json!({})),
+            // nova and the operator take what is another's to read.
+            attempt("nova", format!("{api}.CONSUMER.MSG.NEXT.SKOS_ALERTS.skos-coordinator"), json!({"batch": 10, "no_wait": true})),
+            attempt("nova", format!("{api}.CONSUMER.MSG.NEXT.SKOS_RESULTS.skos-coordinator"), json!({"batch": 10, "no_wait": true})),
+            attempt("operator", format!("{api}.CONSUMER.MSG.NEXT.SKOS_COMMANDS.skos-agent-nova"), json!({"batch": 10, "no_wait": true})),
+            attempt("operator", format!("{api}.CONSUMER.MSG.NEXT.SKOS_ALERTS.skos-coordinator"), json!({"batch": 10, "no_wait": true})),
             // nova learns other nodes' names.
             attempt("nova", format!("{api}.INFO"), json!({})),
             attempt("nova", format!("{api}.STREAM.INFO.SKOS_COMMANDS"), json!({"subjects_filter": ">"})),
