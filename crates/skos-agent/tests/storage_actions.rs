@@ -185,7 +185,11 @@ fn cleanup_temp_never_follows_a_symlink_out_of_its_dir() {
     let r = actions::cleanup_temp(&cfg, &ctx(false, u64::MAX)).unwrap();
     assert!(victim.exists() && victim_dir_file.exists());
     let why = skip_reason(&r, &sneaky).unwrap();
-    assert!(why.starts_with("outside allowed dir"), "{why}");
+    assert_eq!(
+        why,
+        format!("not followed: {} is a symlink", sneaky.display()),
+        "{r:#?}"
+    );
 
     // A missing dir is a skip, not an error.
     cfg.allowed_roots = vec![t.path().to_path_buf()];
@@ -321,11 +325,13 @@ fn open_files_come_from_the_given_proc_root() {
         Some("open for writing by pid 4242")
     );
 
-    // An unreadable proc root is said once, and the run goes on.
+    // An unreadable proc root is said once, and every file is left alone:
+    // what cannot be known to be closed is not deleted (fail closed).
     let missing = proc_dir.path().join("nope");
     c.proc_root = &missing;
     let r = actions::cleanup_temp(&cfg, &c).unwrap();
-    assert!(!w.exists() && !rw.exists());
+    assert!(w.exists() && rw.exists(), "{r:#?}");
+    assert_eq!(r.files_deleted, 0, "{r:#?}");
     assert_eq!(
         r.notes
             .iter()
@@ -333,6 +339,11 @@ fn open_files_come_from_the_given_proc_root() {
             .count(),
         1,
         "{r:#?}"
+    );
+    let why = skip_reason(&r, &tmp_c.join("w")).unwrap();
+    assert!(
+        why.starts_with("left alone: cannot tell whether it is open for writing"),
+        "{why}"
     );
 }
 

@@ -112,11 +112,12 @@ impl Dest {
                 reason: "not set: archive_old needs a destination on another mount".into(),
             });
         };
-        let path = walk::resolve(d, &cfg.allowed_roots).map_err(|e| Error::Device {
+        let refused = |e: walk::DirError| Error::Device {
             what: format!("archive destination {}", e.dir().display()),
             reason: e.to_string(),
-        })?;
-        let fd = walk::open_dir(&path).map_err(|e| Error::io(&path, e))?;
+        };
+        let path = walk::resolve(d, &cfg.allowed_roots).map_err(refused)?;
+        let fd = walk::open_checked(d, &path).map_err(refused)?;
         let dev = walk::fd_metadata(&fd)
             .map_err(|e| Error::io(&path, e))?
             .dev();

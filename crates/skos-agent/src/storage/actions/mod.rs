@@ -4,19 +4,28 @@
 //!
 //! Safety rules every action keeps (see `walk.rs`):
 //!
-//! * each configured directory is canonicalized once and must lie inside one
-//!   of `storage.allowed_roots` (and outside the system directories); a
-//!   missing or refused directory is a [`Skip`], not an error;
-//! * the walk never follows a symlink and never crosses into another
-//!   filesystem; symlinks and foreign mounts are reported as skipped and left
+//! * each configured directory must lie, as written, inside one of
+//!   `storage.allowed_roots` (and outside the system directories); it is
+//!   refused when one of its parents could be swapped by someone other than
+//!   root ([`skos_fs::unsafe_ancestor`]), and opened without following a
+//!   symlink at any component; a missing or refused directory is a
+//!   [`Skip`], not an error;
+//! * the walk goes through directory handles, never follows a symlink and
+//!   never crosses into another mount (by mount id: a bind mount of the
+//!   same filesystem is another mount); symlinks, other mounts and
+//!   hard-linked files (more than one link) are reported as skipped and left
 //!   alone; only regular files are ever deleted;
 //! * every file is reached again, at the moment it is read or deleted, from
-//!   the configured directory's open descriptor one component at a time with
-//!   `O_NOFOLLOW`, and must still be the same inode, of the same size and
-//!   mtime, as when it was chosen: a directory swapped for a symlink in the
-//!   meantime cannot lead an action outside its directory;
+//!   the configured directory's open descriptor without following a symlink
+//!   or leaving its mount (`openat2` `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//!   RESOLVE_NO_XDEV`, or an `O_NOFOLLOW` walk), and must still be the same
+//!   inode, with one link, of the same size and mtime, as when it was
+//!   chosen: a directory swapped for a symlink in the meantime cannot lead
+//!   an action outside its directory;
 //! * files held open for writing by any process (read from
-//!   `<proc_root>/<pid>/fd` and `fdinfo`, once per run) are skipped;
+//!   `<proc_root>/<pid>/fd` and `fdinfo`, once per run) are skipped; when
+//!   that cannot be known (procfs unreadable, some processes' descriptors
+//!   unreadable), every file is left alone;
 //! * `dry_run` changes nothing and lists what would go;
 //! * `max_delete_bytes` caps the bytes one run deletes (or archives).
 //!
@@ -54,6 +63,10 @@ pub const MAX_LISTED: usize = 1000;
 
 /// The skip reason of a symlink.
 pub(crate) const SYMLINK: &str = "symlink (not followed)";
+
+/// The start of the skip reason of a file left alone because files open
+/// for writing cannot be known.
+pub(crate) const UNKNOWN_OPEN: &str = "left alone: cannot tell whether it is open for writing";
 
 /// Progress is reported every this many files examined...
 const PROGRESS_EVERY_FILES: u64 = 1000;
@@ -174,7 +187,7 @@ impl<'a, 'c> Run<'a, 'c> {
             last_progress_files: 0,
         };
         if let Some(why) = run.open.unknown.clone() {
-            run.note(why);
+            run.note(format!("{why}; every file is left alone"));
         }
         run
     }
@@ -192,8 +205,9 @@ impl<'a, 'c> Run<'a, 'c> {
         let reason = reason.into();
         tracing::debug!(action = %self.report.action, path = %path.display(), reason = %reason, "skipped");
         if self.report.skipped.len() < MAX_LISTED {
-            // Symlinks are routine in temp dirs: listed, not announced.
-            if reason != SYMLINK {
+            // Symlinks are routine in temp dirs, and unknown open files
+            // are said once in a note: listed, not announced.
+            if reason != SYMLINK && !reason.starts_with(UNKNOWN_OPEN) {
                 (self.ctx.progress)(&format!(
                     "{}: skipped {}: {reason}",
                     self.report.action,
@@ -254,8 +268,12 @@ impl<'a, 'c> Run<'a, 'c> {
         true
     }
 
-    /// The writer holding `c` open, as a skip reason, if any.
+    /// The writer holding `c` open, as a skip reason, if any; when open
+    /// files cannot be known, every file is (fail closed).
     pub fn open_for_writing(&self, c: &Candidate) -> Option<String> {
+        if let Some(why) = &self.open.unknown {
+            return Some(format!("{UNKNOWN_OPEN}: {why}"));
+        }
         self.open
             .writer(c.dev, c.ino)
             .map(|pid| format!("open for writing by pid {pid}"))

@@ -1,25 +1,35 @@
 //! Walking a configured directory safely, and reaching its files again
 //! without following symlinks.
 //!
-//! A [`Root`] is a configured directory: canonicalized once, checked against
-//! the allowed roots, and held open. [`Root::walk`] lists its regular files
-//! (walkdir without following links, on one filesystem; symlinks and foreign
-//! mounts are reported as skipped). Every later read or deletion goes
-//! through [`Root::open_parent`]: from the held descriptor, one component at
-//! a time, with `O_NOFOLLOW | O_DIRECTORY`, checking each directory is still
-//! on the root's filesystem; the file itself is then opened or unlinked
-//! relative to that parent, and must still be the inode that was chosen.
+//! A [`Root`] is a configured directory, checked against the allowed roots
+//! as written (absolute, no `..`, inside an allowed root, not a system
+//! directory), refused when a parent could be swapped by someone other than
+//! root ([`skos_fs::unsafe_ancestor`]), and opened without following a
+//! symlink at any component ([`skos_fs::open_dir`]). It is held open: every
+//! later step works from that descriptor.
+//!
+//! [`Root::walk`] lists its regular files through directory handles: each
+//! subdirectory is opened `O_NOFOLLOW` relative to its parent's descriptor
+//! and must be the inode that was listed, on the root's mount (compared by
+//! mount id, so a bind mount of the same filesystem is another mount);
+//! symlinks, other mounts and hard-linked files (more than one link) are
+//! reported as skipped and left alone. Every later read or deletion goes
+//! through [`Root::open_parent`] ([`skos_fs::open_beneath`]: no symlinks,
+//! not out of the root, not into another mount); the file itself is then
+//! opened or unlinked relative to that parent, and must still be the inode
+//! that was chosen, with one link.
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use super::Run;
 
@@ -29,10 +39,19 @@ const FORBIDDEN: &[&str] = &[
     "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/dev", "/proc", "/sys", "/run",
 ];
 
-const DIR_FLAGS: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
+const DIR_FLAGS: OFlags = skos_fs::DIR_FLAGS;
+
+/// The skip reason of a mount inside a configured directory on the same
+/// filesystem (a bind mount).
+const OTHER_MOUNT: &str = "other mount";
+
+/// Deepest a walk goes (each level holds one descriptor open).
+const MAX_DEPTH: usize = 128;
+
+/// The skip reason of a file with more than one hard link.
+pub(crate) fn hard_linked(nlink: u64) -> String {
+    format!("hard-linked ({nlink} links): left alone")
+}
 
 /// Why a configured directory is not used: the reason of its skip, which
 /// names the directory.
@@ -40,16 +59,19 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
 pub(crate) enum DirError {
     #[error("does not exist")]
     Missing { dir: PathBuf },
-    #[error("cannot resolve: {source}")]
-    Resolve {
-        dir: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("must be an absolute path without '..'")]
+    NotAbsolute { dir: PathBuf },
     #[error("outside allowed dir: {} is a system directory", .canon.display())]
     SystemDir { dir: PathBuf, canon: PathBuf },
     #[error("outside allowed dir: {} is not inside storage.allowed_roots", .canon.display())]
     NotAllowed { dir: PathBuf, canon: PathBuf },
+    #[error("not followed: {} is a symlink", .link.display())]
+    Symlink { dir: PathBuf, link: PathBuf },
+    #[error("refused: its parent {parent}, so it could be swapped for another directory")]
+    UnsafeParent {
+        dir: PathBuf,
+        parent: skos_fs::UnsafeParent,
+    },
     #[error("cannot open: {source}")]
     Open {
         dir: PathBuf,
@@ -69,9 +91,11 @@ impl DirError {
     pub fn dir(&self) -> &Path {
         match self {
             DirError::Missing { dir }
-            | DirError::Resolve { dir, .. }
+            | DirError::NotAbsolute { dir }
             | DirError::SystemDir { dir, .. }
             | DirError::NotAllowed { dir, .. }
+            | DirError::Symlink { dir, .. }
+            | DirError::UnsafeParent { dir, .. }
             | DirError::Open { dir, .. }
             | DirError::Stat { dir, .. } => dir,
         }
@@ -81,7 +105,7 @@ impl DirError {
 /// A regular file chosen by a walk.
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate {
-    /// Full path (under the canonical root), for reports.
+    /// Full path (under the root as configured), for reports.
     pub path: PathBuf,
     /// Path relative to the root (normal components only).
     pub rel: PathBuf,
@@ -96,24 +120,29 @@ impl Candidate {
         self.rel.file_name().unwrap_or_default()
     }
 
-    /// Whether `m` is still this file, unchanged.
+    /// Whether `m` is still this file, unchanged, with one link.
     pub fn same(&self, m: &Metadata) -> bool {
         m.file_type().is_file()
             && m.dev() == self.dev
             && m.ino() == self.ino
+            && m.nlink() == 1
             && m.len() == self.size
             && m.modified().ok() == Some(self.mtime)
     }
 }
 
-/// A configured directory, canonicalized and held open.
+/// A configured directory, checked and held open.
 #[derive(Debug)]
 pub(crate) struct Root {
     /// As configured (for reports).
     pub configured: PathBuf,
+    /// As configured, lexically normalized (no symlink can be on its way:
+    /// it was opened without following any).
     pub canon: PathBuf,
     pub dev: u64,
     pub ino: u64,
+    /// Its mount id: the walk never leaves this mount.
+    pub mnt: u64,
     fd: OwnedFd,
     /// Directories (relative) that were older than the action's age when
     /// walked: they may be removed once a deletion leaves them empty.
@@ -122,25 +151,22 @@ pub(crate) struct Root {
     touched: BTreeSet<PathBuf>,
 }
 
-fn canon_or_self(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+/// `dir` without `.` components; `None` when relative or with `..`.
+fn normalize(dir: &Path) -> Option<PathBuf> {
+    if !dir.is_absolute() || dir.components().any(|c| c == Component::ParentDir) {
+        return None;
+    }
+    Some(dir.components().collect())
 }
 
-/// The canonical form of `dir`, checked against the allowed roots.
+/// `dir` as written, checked against the allowed roots as written: both
+/// are compared without resolving anything (the directory is then opened
+/// without following a symlink, so what is written is what is used).
 pub(crate) fn resolve(dir: &Path, allowed: &[PathBuf]) -> Result<PathBuf, DirError> {
-    let canon = match std::fs::canonicalize(dir) {
-        Ok(c) => c,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(DirError::Missing {
-                dir: dir.to_path_buf(),
-            })
-        }
-        Err(source) => {
-            return Err(DirError::Resolve {
-                dir: dir.to_path_buf(),
-                source,
-            })
-        }
+    let Some(canon) = normalize(dir) else {
+        return Err(DirError::NotAbsolute {
+            dir: dir.to_path_buf(),
+        });
     };
     if canon == Path::new("/") || FORBIDDEN.iter().any(|f| canon.starts_with(f)) {
         return Err(DirError::SystemDir {
@@ -148,10 +174,10 @@ pub(crate) fn resolve(dir: &Path, allowed: &[PathBuf]) -> Result<PathBuf, DirErr
             canon,
         });
     }
-    let inside = allowed.iter().any(|r| {
-        let r = canon_or_self(r);
-        canon.starts_with(&r) && canon != r
-    });
+    let inside = allowed
+        .iter()
+        .filter_map(|r| normalize(r))
+        .any(|r| canon.starts_with(&r) && canon != r);
     if !inside {
         return Err(DirError::NotAllowed {
             dir: dir.to_path_buf(),
@@ -161,9 +187,48 @@ pub(crate) fn resolve(dir: &Path, allowed: &[PathBuf]) -> Result<PathBuf, DirErr
     Ok(canon)
 }
 
-/// Opens a directory by absolute path without following a final symlink.
-pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(path, DIR_FLAGS, Mode::empty())?)
+/// Opens a checked directory: refused when a parent could be swapped,
+/// never through a symlink.
+pub(crate) fn open_checked(dir: &Path, canon: &Path) -> Result<OwnedFd, DirError> {
+    match std::fs::symlink_metadata(canon) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(DirError::Missing {
+                dir: dir.to_path_buf(),
+            })
+        }
+        _ => {}
+    }
+    if let Some(parent) = skos_fs::unsafe_ancestor(canon) {
+        if parent.reason == "a symlink" {
+            return Err(DirError::Symlink {
+                dir: dir.to_path_buf(),
+                link: parent.parent,
+            });
+        }
+        return Err(DirError::UnsafeParent {
+            dir: dir.to_path_buf(),
+            parent,
+        });
+    }
+    skos_fs::open_dir(canon).map_err(|e| match e {
+        skos_fs::Error::Symlink { link, .. } => DirError::Symlink {
+            dir: dir.to_path_buf(),
+            link,
+        },
+        skos_fs::Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+            DirError::Missing {
+                dir: dir.to_path_buf(),
+            }
+        }
+        skos_fs::Error::Io { source, .. } => DirError::Open {
+            dir: dir.to_path_buf(),
+            source,
+        },
+        other => DirError::Open {
+            dir: dir.to_path_buf(),
+            source: io::Error::other(other.to_string()),
+        },
+    })
 }
 
 /// fstat of a descriptor as std [`Metadata`].
@@ -256,136 +321,147 @@ pub(crate) fn with_suffix(name: &OsStr, suffix: &str) -> OsString {
 }
 
 impl Root {
-    /// Canonicalizes and opens a configured directory; `Err` is the reason
-    /// for a [`super::Skip`].
+    /// Checks and opens a configured directory; `Err` is the reason for a
+    /// [`super::Skip`].
     pub fn open(dir: &Path, allowed: &[PathBuf]) -> Result<Root, DirError> {
         let canon = resolve(dir, allowed)?;
-        let fd = open_dir(&canon).map_err(|source| DirError::Open {
+        let fd = open_checked(dir, &canon)?;
+        let stat_err = |source| DirError::Stat {
             dir: dir.to_path_buf(),
             source,
-        })?;
-        let m = fd_metadata(&fd).map_err(|source| DirError::Stat {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+        };
+        let m = fd_metadata(&fd).map_err(stat_err)?;
+        let mnt = skos_fs::mount_id(&fd).map_err(stat_err)?;
         Ok(Root {
             configured: dir.to_path_buf(),
             canon,
             dev: m.dev(),
             ino: m.ino(),
+            mnt,
             fd,
             old_dirs: BTreeSet::new(),
             touched: BTreeSet::new(),
         })
     }
 
-    /// Every regular file under the root, given to `f`; symlinks and other
-    /// filesystems are skipped (and reported). A subdirectory whose mtime
-    /// is older than `dir_age` may later be pruned once emptied.
+    /// Every regular file under the root, given to `f`; symlinks, other
+    /// mounts and hard-linked files are skipped (and reported). A
+    /// subdirectory whose mtime is older than `dir_age` may later be pruned
+    /// once emptied.
     pub fn walk(
         &mut self,
         run: &mut Run<'_, '_>,
         dir_age: Option<std::time::Duration>,
         mut f: impl FnMut(&mut Run<'_, '_>, Candidate),
     ) {
-        let walker = walkdir::WalkDir::new(&self.canon)
-            .follow_links(false)
-            .follow_root_links(false)
-            .same_file_system(true)
-            .sort_by_file_name();
-        for entry in walker {
+        let fd = match self.fd.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => {
+                run.skip(&self.canon, format!("unreadable: {e}"));
+                return;
+            }
+        };
+        self.walk_dir(run, dir_age, &mut f, &fd, PathBuf::new(), 0);
+    }
+
+    /// Lists one directory (held open as `fd`, at `rel`), depth first and
+    /// by name, as walkdir did.
+    fn walk_dir<F: FnMut(&mut Run<'_, '_>, Candidate)>(
+        &mut self,
+        run: &mut Run<'_, '_>,
+        dir_age: Option<std::time::Duration>,
+        f: &mut F,
+        fd: &OwnedFd,
+        rel: PathBuf,
+        depth: usize,
+    ) {
+        let names = match list(fd) {
+            Ok(n) => n,
+            Err(e) => {
+                run.skip(self.canon.join(&rel), format!("unreadable: {e}"));
+                return;
+            }
+        };
+        for name in names {
             run.tick();
-            let entry = match entry {
+            let crel = rel.join(&name);
+            let path = self.canon.join(&crel);
+            let e = match skos_fs::stat_at(fd, &name) {
                 Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    let path = e
-                        .path()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_else(|| self.canon.clone());
-                    run.skip(path, format!("unreadable: {e}"));
+                    run.skip(&path, format!("unreadable: {e}"));
                     continue;
                 }
             };
-            if entry.depth() == 0 {
+            if e.file_type == FileType::Symlink {
+                run.skip(&path, super::SYMLINK);
                 continue;
             }
-            let path = entry.path();
-            let ft = entry.file_type();
-            if ft.is_symlink() {
-                run.skip(path, super::SYMLINK);
+            let is_dir = e.file_type == FileType::Directory;
+            if !is_dir && e.file_type != FileType::RegularFile {
                 continue;
             }
-            let rel = match path.strip_prefix(&self.canon) {
-                Ok(r) if r.components().all(|c| matches!(c, Component::Normal(_))) => {
-                    r.to_path_buf()
-                }
-                _ => {
-                    run.skip(path, "outside allowed dir");
+            if e.dev != self.dev {
+                run.skip(&path, "other filesystem");
+                continue;
+            }
+            if e.mnt_id.is_some_and(|m| m != self.mnt) {
+                run.skip(&path, OTHER_MOUNT);
+                continue;
+            }
+            if is_dir {
+                if depth + 1 >= MAX_DEPTH {
+                    run.skip(&path, format!("deeper than {MAX_DEPTH} levels: not walked"));
                     continue;
                 }
-            };
-            let meta = match entry.metadata() {
-                Ok(m) => m,
-                Err(e) => {
-                    run.skip(path, format!("unreadable: {e}"));
+                let sub = match rustix::fs::openat(fd, name.as_os_str(), DIR_FLAGS, Mode::empty()) {
+                    Ok(sub) => sub,
+                    Err(err) => {
+                        run.skip(&path, format!("unreadable: {}", io::Error::from(err)));
+                        continue;
+                    }
+                };
+                // The directory opened must be the one listed, on this
+                // mount (a swap in between is not followed).
+                let same = fd_metadata(&sub).is_ok_and(|m| m.dev() == e.dev && m.ino() == e.ino)
+                    && skos_fs::mount_id(&sub).is_ok_and(|m| m == self.mnt);
+                if !same {
+                    run.skip(&path, "changed while walked: not followed");
                     continue;
                 }
-            };
-            if meta.dev() != self.dev {
-                run.skip(path, "other filesystem");
-                continue;
-            }
-            if ft.is_dir() {
-                if let (Some(limit), Ok(mtime)) = (dir_age, meta.modified()) {
-                    if super::age(run.ctx.now, mtime) > limit {
-                        self.old_dirs.insert(rel);
+                if let Some(limit) = dir_age {
+                    if super::age(run.ctx.now, e.mtime) > limit {
+                        self.old_dirs.insert(crel.clone());
                     }
                 }
+                self.walk_dir(run, dir_age, f, &sub, crel, depth + 1);
                 continue;
             }
-            if !ft.is_file() {
+            if e.nlink > 1 {
+                run.skip(&path, hard_linked(e.nlink));
                 continue;
             }
-            let mtime = match meta.modified() {
-                Ok(t) => t,
-                Err(e) => {
-                    run.skip(path, format!("no mtime: {e}"));
-                    continue;
-                }
-            };
             f(
                 run,
                 Candidate {
-                    path: path.to_path_buf(),
-                    rel,
-                    size: meta.len(),
-                    mtime,
-                    dev: meta.dev(),
-                    ino: meta.ino(),
+                    path,
+                    rel: crel,
+                    size: e.size,
+                    mtime: e.mtime,
+                    dev: e.dev,
+                    ino: e.ino,
                 },
             );
         }
     }
 
-    /// The directory holding `rel`, reached from the root one component at
-    /// a time without following symlinks, on the root's filesystem.
+    /// The directory holding `rel`, reached from the root without following
+    /// a symlink, without leaving the root and without crossing into another
+    /// mount ([`skos_fs::open_beneath`]).
     pub fn open_parent(&self, rel: &Path) -> io::Result<OwnedFd> {
-        let mut cur = self.fd.try_clone()?;
         let parent = rel.parent().unwrap_or(Path::new(""));
-        for comp in parent.components() {
-            let Component::Normal(name) = comp else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "outside allowed dir",
-                ));
-            };
-            let next = rustix::fs::openat(cur.as_fd(), name, DIR_FLAGS, Mode::empty())?;
-            if fd_metadata(&next)?.dev() != self.dev {
-                return Err(io::Error::other("other filesystem"));
-            }
-            cur = next;
-        }
-        Ok(cur)
+        skos_fs::open_beneath(self.fd.as_fd(), parent, DIR_FLAGS, self.mnt)
     }
 
     /// Opens a candidate for reading; it must still be the same, unchanged
@@ -410,8 +486,17 @@ impl Root {
     /// [`Self::remove_file`] with the parent already open.
     pub fn remove_in(&mut self, parent: &OwnedFd, c: &Candidate) -> io::Result<()> {
         let m = lstat_at(parent, c.name())?;
+        if m.file_type().is_file() && m.nlink() > 1 {
+            return Err(io::Error::other(hard_linked(m.nlink())));
+        }
         if !c.same(&m) {
             return Err(io::Error::other("changed since it was chosen"));
+        }
+        if skos_fs::stat_at(parent, c.name())?
+            .mnt_id
+            .is_some_and(|m| m != self.mnt)
+        {
+            return Err(io::Error::other(OTHER_MOUNT));
         }
         unlink_at(parent, c.name())?;
         fsync_fd(parent)?;
@@ -454,4 +539,19 @@ impl Root {
         }
         removed
     }
+}
+
+/// The names in the directory `fd`, sorted (`.` and `..` left out).
+fn list(fd: &OwnedFd) -> io::Result<Vec<OsString>> {
+    let mut out = Vec::new();
+    for entry in rustix::fs::Dir::read_from(fd)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push(OsStr::from_bytes(name).to_os_string());
+    }
+    out.sort();
+    Ok(out)
 }
