@@ -10,6 +10,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A file or directory SKOS refused to write through (a symlink, a
+    /// directory others may write, a hard-linked file...), or could not.
+    #[error(transparent)]
+    Fs(#[from] skos_fs::Error),
     #[error("{path}: cannot parse {text:?}: {reason}")]
     Parse {
         path: PathBuf,

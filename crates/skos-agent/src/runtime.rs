@@ -22,7 +22,6 @@ mod term;
 
 use skos_core::counters::Counter;
 use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -79,7 +78,9 @@ impl Agent {
         state_dir: Option<PathBuf>,
     ) -> Result<Self> {
         if let Some(dir) = &state_dir {
-            std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+            // Created 0700; refused when another user owns it or others
+            // may write it (they could plant links to root's files).
+            skos_fs::Dir::private(dir)?;
         }
         let antibodies = registry::enabled(&cfg, state_dir.as_deref());
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -628,24 +629,12 @@ fn lock(executed: &Mutex<Executed>) -> MutexGuard<'_, Executed> {
     executed.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Replace `path` with `bytes` atomically: a temp file beside it, written
-/// and fsynced, renamed over it, and the directory fsynced.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+/// Replace `path` with `bytes` atomically, through its private
+/// directory's handle: a temp file beside it created exclusively (mode
+/// 0600), written and fsynced, renamed over it, and the directory fsynced
+/// ([`skos_fs::write_private`]).
+fn write_atomic(path: &Path, bytes: &[u8]) -> skos_fs::Result<()> {
+    skos_fs::write_private(path, bytes)
 }
 
 fn fill(mut r: CommandResult, o: &Outcome) -> CommandResult {

@@ -7,7 +7,7 @@
 //! lines file (embedded mode), fsynced after each record and locked against
 //! a second writer.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -104,16 +104,14 @@ fn stream_err(reason: impl ToString) -> Error {
 impl AuditLog {
     /// Open (or create) the audit file. A torn last line (a crash in the
     /// middle of a write) is cut off and the cut is itself recorded.
+    ///
+    /// Its directory is a private one ([`skos_fs::Dir::private`]: created
+    /// `0700`, refused when another user owns it or others may write it);
+    /// the file is opened through that directory's handle, never through a
+    /// symlink, created `0600`, and refused when hard-linked or another
+    /// user's.
     pub fn open_file(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| io(path, e))?;
+        let mut file = skos_fs::append_private(path)?;
         file.try_lock().map_err(|e| Error::Corrupt {
             path: path.display().to_string(),
             reason: format!("locked by another SKOS process: {e}"),
@@ -1116,7 +1114,8 @@ mod tests {
             "a tmpfs mount",
             skos_testsupport::tmpfs::Tmpfs::mount("64k", None)
         );
-        let path = fs.path().join("audit.jsonl");
+        // The data dir is private: the tmpfs root (1777) would be refused.
+        let path = fs.path().join("data/audit.jsonl");
         let log = AuditLog::open_file(&path).unwrap();
         log.append(entry(0)).await.unwrap();
         let filler = fs.path().join("filler");
@@ -1159,7 +1158,10 @@ mod tests {
             let log = AuditLog::open_file(&path).unwrap();
             log.append(entry(0)).await.unwrap();
         }
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"{\"seq\":2,\"prev_ha").unwrap();
         drop(f);
         let log = AuditLog::open_file(&path).unwrap();

@@ -57,6 +57,10 @@ pub enum Error {
     },
     #[error("{path}: {reason}")]
     Corrupt { path: String, reason: String },
+    /// A file or directory SKOS refused to write through (a symlink, a
+    /// directory others may write, a hard-linked file...), or could not.
+    #[error(transparent)]
+    Fs(#[from] skos_fs::Error),
     #[error("{subject}: no answer within {timeout:?}")]
     Timeout { subject: String, timeout: Duration },
     #[error("bus closed")]

@@ -53,11 +53,7 @@ impl StateStore {
         match self {
             StateStore::File(dir) => {
                 let path = dir.join(format!("{key}.state.json"));
-                match std::fs::read(&path) {
-                    Ok(b) => Ok(Some(Bytes::from(b))),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(Error::Io { path, source: e }),
-                }
+                Ok(skos_fs::read_nofollow(&path)?.map(Bytes::from))
             }
             StateStore::JetStream(js) => {
                 let s = js
@@ -81,17 +77,11 @@ impl StateStore {
     pub async fn save(&self, key: &str, value: Bytes) -> Result<()> {
         match self {
             StateStore::File(dir) => {
-                let path = dir.join(format!("{key}.state.json"));
-                let tmp = dir.join(format!(".{key}.state.json.tmp"));
-                let write = || -> std::io::Result<()> {
-                    use std::io::Write;
-                    std::fs::create_dir_all(dir)?;
-                    let mut f = std::fs::File::create(&tmp)?;
-                    f.write_all(&value)?;
-                    f.sync_data()?;
-                    std::fs::rename(&tmp, &path)
-                };
-                write().map_err(|e| Error::Io { path, source: e })
+                // Through the private dir's handle: a temp file created
+                // exclusively, mode 0600, renamed over the key's file.
+                let name = format!("{key}.state.json");
+                skos_fs::Dir::private(dir)?.write_atomic(name.as_ref(), &value)?;
+                Ok(())
             }
             StateStore::JetStream(js) => {
                 let subject = subjects::state(key);
@@ -135,9 +125,9 @@ impl StateStore {
                     if !key.starts_with(prefix) || key.starts_with('.') {
                         continue;
                     }
-                    let path = entry.path();
-                    let bytes =
-                        std::fs::read(&path).map_err(|source| Error::Io { path, source })?;
+                    let Some(bytes) = skos_fs::read_nofollow(&entry.path())? else {
+                        continue;
+                    };
                     if !bytes.is_empty() {
                         out.push((key.to_string(), Bytes::from(bytes)));
                     }
@@ -216,11 +206,8 @@ impl StateStore {
         match self {
             StateStore::File(dir) => {
                 let path = dir.join(format!("{key}.state.json"));
-                match std::fs::remove_file(&path) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(source) => Err(Error::Io { path, source }),
-                }
+                skos_fs::remove_private(&path)?;
+                Ok(())
             }
             StateStore::JetStream(_) => self.save(key, Bytes::new()).await,
         }

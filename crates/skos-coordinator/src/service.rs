@@ -813,8 +813,9 @@ fn write_status(path: &std::path::Path, engine: &Engine) {
         ..StatusQuery::default()
     };
     let body = engine.status_page(chrono::Utc::now(), &query).to_reply();
-    let tmp = path.with_extension("json.tmp");
-    if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)) {
+    // Through the private data dir's handle: a temp file created
+    // exclusively (mode 0600) and renamed over the snapshot.
+    if let Err(e) = skos_fs::write_private(path, &body) {
         tracing::warn!(path = %path.display(), error = %e, "cannot write status snapshot");
     }
 }

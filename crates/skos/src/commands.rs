@@ -170,8 +170,10 @@ async fn up(cfg: Config) -> Result<ExitCode> {
         );
     }
     let data_dir = cfg.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    // Created 0700; refused (naming its owner and mode) when another user
+    // owns it or others may write it: they could plant links that make
+    // root overwrite its own files.
+    skos_fs::Dir::private(&data_dir).context("data dir refused")?;
     let audit = Arc::new(AuditLog::open_file(&data_dir.join("audit.jsonl"))?);
     // A look bounded to a second: a slow source must not hold up the start
     // (the agent reads it on its own thread and reports it).
@@ -799,6 +801,7 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
                 cfg.data_dir = abs;
                 env_issues.extend(cfg.check());
             }
+            env_issues.extend(swappable_dirs(&cfg));
             // The keys the config names, read: a signing key that is a
             // login key, or a login key trusted as a coordinator key.
             // (Files not on this machine are not judged: a config may be
@@ -869,6 +872,46 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
     }
 }
 
+/// Every directory SKOS writes or cleans whose parent (or a symlink on its
+/// way) would let someone other than root swap it for another directory:
+/// the storage dirs, the archive destination, the data dir and the
+/// WireGuard config dirs. The agent refuses the same dirs when it runs.
+fn swappable_dirs(cfg: &Config) -> Vec<skos_core::config::ConfigIssue> {
+    let st = &cfg.storage;
+    let mut dirs: Vec<(String, PathBuf)> = Vec::new();
+    for (key, list) in [
+        ("storage.temp.dirs", &st.temp.dirs),
+        ("storage.logs.dirs", &st.logs.dirs),
+        ("storage.archive.dirs", &st.archive.dirs),
+    ] {
+        for (i, d) in list.iter().enumerate() {
+            dirs.push((format!("{key}[{i}]"), d.clone()));
+        }
+    }
+    if let Some(d) = &st.archive.destination {
+        dirs.push(("storage.archive.destination".into(), d.clone()));
+    }
+    dirs.push(("data_dir".into(), cfg.data_dir.clone()));
+    for (i, itf) in cfg.mesh.interfaces.iter().enumerate() {
+        if let Some(d) = itf.config_file().parent() {
+            dirs.push((format!("mesh.interfaces[{i}].config_path"), d.to_path_buf()));
+        }
+    }
+    dirs.into_iter()
+        .filter(|(_, d)| d.is_absolute())
+        .filter_map(|(key, d)| {
+            let u = skos_fs::unsafe_ancestor(&d)?;
+            Some(skos_core::config::ConfigIssue {
+                path: key,
+                message: format!(
+                    "{} is refused: {u}, so someone other than root could swap it for another directory",
+                    d.display()
+                ),
+            })
+        })
+        .collect()
+}
+
 /// Secrets must not be readable by others: say so loudly when they are.
 fn warn_if_exposed(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -890,7 +933,8 @@ fn keys_generate(out: &std::path::Path, force: bool) -> Result<ExitCode> {
     use std::os::unix::fs::OpenOptionsExt;
     let (seed, public) = Signer::generate()?;
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).mode(0o600);
+    // Never written through a planted symlink, --force or not.
+    opts.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
     if force {
         opts.create(true).truncate(true);
     } else {

@@ -115,7 +115,8 @@ fn config_safe(name: &NodeName) -> bool {
 
 fn write_seed(path: &Path, seed: &str, force: bool) -> Result<()> {
     let mut open = std::fs::OpenOptions::new();
-    open.write(true).mode(0o600);
+    // Never written through a planted symlink, --force or not.
+    open.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
     if force {
         open.create(true).truncate(true);
     } else {

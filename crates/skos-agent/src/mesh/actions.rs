@@ -3,8 +3,6 @@
 //! configured interface or peer it is about.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -224,17 +222,6 @@ pub fn previous_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
 /// Render, validate, keep the previous file, write the new one (mode 0600,
 /// atomically). Returns (previous fingerprint, new fingerprint, kept at).
 fn write_config(
@@ -294,30 +281,40 @@ fn write_config(
             }
         }
         let path = itf.config_file();
-        let dir = path
-            .parent()
-            .ok_or_else(|| MeshError::NoDirectory { path: path.clone() })?;
-        let old = fs::read(&path).ok();
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(MeshError::NoDirectory { path: path.clone() });
+        };
+        let prev = previous_path(&path);
+        let Some(prev_name) = prev.file_name() else {
+            return Err(MeshError::NoDirectory { path: prev.clone() });
+        };
+        // Everything through the config dir's handle: the dir is opened
+        // without following symlinks and must be SKOS's own (not writable
+        // by others); the old file is read without following a symlink;
+        // `.prev` and the new file are temp files created exclusively
+        // (0600) and renamed into place, so a planted symlink is replaced,
+        // never written through.
+        let dir = skos_fs::Dir::private(dir).map_err(crate::Error::from)?;
+        let old = match dir.read(name) {
+            Ok(old) => old,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "previous config not read; not kept");
+                None
+            }
+        };
         let kept = match &old {
             Some(bytes) => {
-                let prev = previous_path(&path);
-                write_private(&prev, bytes).map_err(|source| MeshError::KeepPrevious {
-                    path: prev.clone(),
-                    source,
-                })?;
-                Some(prev)
+                dir.write_atomic(prev_name, bytes)
+                    .map_err(|source| MeshError::KeepPrevious {
+                        path: prev.clone(),
+                        source,
+                    })?;
+                Some(prev.clone())
             }
             None => None,
         };
-        let tmp = dir.join(format!(".{}.conf.skos-tmp", itf.name));
-        write_private(&tmp, text.as_bytes()).map_err(|e| crate::Error::io(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            crate::Error::io(&path, e)
-        })?;
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        dir.write_atomic(name, text.as_bytes())
+            .map_err(crate::Error::from)?;
         Ok((
             old.as_deref()
                 .map(fingerprint)

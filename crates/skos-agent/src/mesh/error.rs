@@ -54,11 +54,11 @@ pub enum MeshError {
     PeerMissing { peer: String },
     #[error("{} has no directory", .path.display())]
     NoDirectory { path: PathBuf },
-    #[error("cannot keep the previous config at {}: {source}", .path.display())]
+    #[error("cannot keep the previous config: {source}")]
     KeepPrevious {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: skos_fs::Error,
     },
 }
 

@@ -88,9 +88,9 @@ impl Executed {
     /// Load the record from `file` (missing: empty), dropping ids past their
     /// window. `None` keeps it in memory only.
     pub(crate) fn load(file: Option<PathBuf>, now: i64) -> Self {
-        let loaded = match file.as_deref().map(std::fs::read_to_string) {
-            Some(Ok(text)) => load(&text, now),
-            Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+        let loaded = match file.as_deref().map(skos_fs::read_nofollow) {
+            Some(Ok(Some(bytes))) => load(&String::from_utf8_lossy(&bytes), now),
+            Some(Err(e)) => {
                 if let Some(p) = &file {
                     tracing::warn!(path = %p.display(), error = %e, "cannot read the executed action ids; starting without them");
                 }
@@ -212,13 +212,16 @@ impl Executed {
     }
 }
 
-fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    writeln!(f, "{line}")?;
-    f.sync_data()
+/// Appends through the private state dir's handle, never through a
+/// symlink, to a file created 0600 ([`skos_fs::append_private`]).
+fn append_line(path: &Path, line: &str) -> skos_fs::Result<()> {
+    let mut f = skos_fs::append_private(path)?;
+    writeln!(f, "{line}")
+        .and_then(|()| f.sync_data())
+        .map_err(|source| skos_fs::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Parse one line; `None` for an empty or unreadable one. A bare id (the

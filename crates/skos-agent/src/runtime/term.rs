@@ -81,10 +81,9 @@ impl Fence {
 }
 
 fn read_term(path: &Path) -> Result<Option<u64>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(path, e)),
+    let text = match skos_fs::read_nofollow(path)? {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => return Ok(None),
     };
     text.trim()
         .parse::<u64>()

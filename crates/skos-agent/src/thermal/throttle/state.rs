@@ -1,8 +1,7 @@
 //! The originals of every value a throttle changed, and the state file
 //! that keeps them over an agent restart (temp file, fsync, rename).
 
-use std::fs::{self, File};
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -94,14 +93,8 @@ impl Throttler {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
-        match fs::remove_file(path) {
-            Ok(()) => {
-                sync_parent(path);
-                Ok(())
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(path, e)),
-        }
+        skos_fs::remove_private(path)?;
+        Ok(())
     }
 }
 
@@ -113,52 +106,18 @@ fn policy_of(path: &str) -> Option<u32> {
         .ok()
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory,
-/// fsynced, then renamed over `path`.
+/// Writes `bytes` to `path` through its private directory's handle: a
+/// temp file created exclusively (mode 0600), fsynced, then renamed over
+/// `path` ([`skos_fs::write_private`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "throttle-state".to_string());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = (|| -> io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(&tmp, e));
-    }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    sync_parent(path);
+    skos_fs::write_private(path, bytes)?;
     Ok(())
 }
 
-/// fsyncs the directory holding `path` (best effort: a rename or removal is
-/// only durable once its directory is).
-fn sync_parent(path: &Path) {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::debug!(path = %dir.display(), error = %e, "cannot fsync directory");
-    }
-}
-
 pub(super) fn load_state(path: &Path) -> SavedState {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == ErrorKind::NotFound => return SavedState::default(),
+    let bytes = match skos_fs::read_nofollow(path) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return SavedState::default(),
         Err(e) => {
             tracing::error!(path = %path.display(), error = %e, "cannot read the throttle state; originals from before the restart are unknown");
             return SavedState::default();
@@ -185,7 +144,20 @@ pub(super) fn load_state(path: &Path) -> SavedState {
         Err(e) => {
             let aside = path.with_extension("corrupt");
             tracing::error!(path = %path.display(), error = %e, moved_to = %aside.display(), "throttle state unreadable; moved aside");
-            if let Err(e) = fs::rename(path, &aside) {
+            let moved = match (path.parent(), path.file_name(), aside.file_name()) {
+                (Some(dir), Some(from), Some(to)) => {
+                    let dir = if dir.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        dir
+                    };
+                    skos_fs::Dir::private(dir).and_then(|d| d.rename(from, to))
+                }
+                _ => Err(skos_fs::Error::BadName {
+                    path: path.to_path_buf(),
+                }),
+            };
+            if let Err(e) = moved {
                 tracing::error!(path = %path.display(), error = %e, "cannot move the unreadable throttle state aside");
             }
             SavedState::default()
@@ -196,6 +168,7 @@ pub(super) fn load_state(path: &Path) -> SavedState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn state_round_trips_through_json() {
