@@ -107,6 +107,29 @@ impl Mount {
         })
     }
 
+    /// `src` (a directory or a file) bind-mounted on `path` (which must
+    /// exist, of the same kind): the same filesystem, another mount.
+    pub fn bind(src: &Path, path: &Path) -> Result<Mount, String> {
+        let out = Command::new("mount")
+            .arg("--bind")
+            .arg(src)
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount --bind {} {} failed ({}): {}",
+                src.display(),
+                path.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Mount {
+            path: path.to_path_buf(),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

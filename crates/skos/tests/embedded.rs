@@ -651,8 +651,9 @@ fn fill_up(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn while_the_trail_cannot_be_written_no_new_action_runs() {
-    // The trail on a small filesystem of its own (a symlink from the
-    // data dir), the node's state beside it with room to spare.
+    // The trail on a small filesystem of its own (bind-mounted onto the
+    // data dir's audit file: a symlink there is refused), the node's state
+    // beside it with room to spare.
     let trail_fs = skos_testsupport::require!(
         "a tmpfs mount",
         skos_testsupport::tmpfs::Tmpfs::mount("256k", None)
@@ -666,11 +667,14 @@ fn while_the_trail_cannot_be_written_no_new_action_runs() {
     std::fs::create_dir_all(&data).unwrap();
     // An empty trail there from the start, so it can be read at once.
     std::fs::write(trail_fs.path().join("audit.jsonl"), "").unwrap();
-    std::os::unix::fs::symlink(
-        trail_fs.path().join("audit.jsonl"),
-        data.join("audit.jsonl"),
-    )
-    .unwrap();
+    std::fs::write(data.join("audit.jsonl"), "").unwrap();
+    let trail = skos_testsupport::require!(
+        "a bind mount",
+        skos_testsupport::tmpfs::Mount::bind(
+            &trail_fs.path().join("audit.jsonl"),
+            &data.join("audit.jsonl"),
+        )
+    );
     let (mut up, _) = up_nova(work.path(), &sys, &cfg);
     wait_for(Duration::from_secs(30), "nova joined", || {
         audit_events(&audit(&data), "node").first().map(|_| ())
@@ -753,6 +757,7 @@ fn while_the_trail_cannot_be_written_no_new_action_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(up.sigterm().success());
+    drop(trail);
 }
 
 #[test]
