@@ -814,8 +814,9 @@ fn write_status(path: &std::path::Path, engine: &Engine) {
     };
     let body = engine.status_page(chrono::Utc::now(), &query).to_reply();
     // Through the private data dir's handle: a temp file created
-    // exclusively (mode 0600) and renamed over the snapshot.
-    if let Err(e) = skos_fs::write_private(path, &body) {
+    // exclusively (mode 0600) and renamed over the snapshot (not fsynced:
+    // it is rewritten every second).
+    if let Err(e) = skos_fs::write_snapshot(path, &body) {
         tracing::warn!(path = %path.display(), error = %e, "cannot write status snapshot");
     }
 }

@@ -125,6 +125,17 @@ impl Dir {
     /// inside this directory, and the directory fsynced. Whatever `name`
     /// was (a symlink included) is replaced, never written through.
     pub fn write_atomic(&self, name: &OsStr, bytes: &[u8]) -> Result<()> {
+        self.replace(name, bytes, true)
+    }
+
+    /// [`Dir::write_atomic`] without the fsyncs, for a snapshot rewritten
+    /// often that a crash may lose (the old or the new content is there
+    /// either way).
+    pub fn write_snapshot(&self, name: &OsStr, bytes: &[u8]) -> Result<()> {
+        self.replace(name, bytes, false)
+    }
+
+    fn replace(&self, name: &OsStr, bytes: &[u8], durable: bool) -> Result<()> {
         plain(&self.path, name)?;
         let mut tmp = OsString::from(".");
         tmp.push(name);
@@ -144,7 +155,9 @@ impl Dir {
             }
             Err(e) => return Err(e),
         };
-        let written = file.write_all(bytes).and_then(|()| file.sync_all());
+        let written =
+            file.write_all(bytes)
+                .and_then(|()| if durable { file.sync_all() } else { Ok(()) });
         drop(file);
         if let Err(e) = written {
             let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
@@ -154,7 +167,9 @@ impl Dir {
             let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
             return Err(Error::io(&self.path.join(name), e.into()));
         }
-        self.sync();
+        if durable {
+            self.sync();
+        }
         Ok(())
     }
 
@@ -270,6 +285,13 @@ fn trust_file(path: &Path, m: &std::fs::Metadata) -> Result<()> {
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let (dir, name) = split(path)?;
     Dir::private(dir)?.write_atomic(name, bytes)
+}
+
+/// [`Dir::write_snapshot`] of `path` in its directory, opened with
+/// [`Dir::private`].
+pub fn write_snapshot(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (dir, name) = split(path)?;
+    Dir::private(dir)?.write_snapshot(name, bytes)
 }
 
 /// [`Dir::open_append`] of `path` in its directory, opened with

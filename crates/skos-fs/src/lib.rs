@@ -29,7 +29,7 @@ mod mount;
 mod open;
 mod trust;
 
-pub use dir::{append_private, read_nofollow, remove_private, write_private, Dir};
+pub use dir::{append_private, read_nofollow, remove_private, write_private, write_snapshot, Dir};
 pub use error::{Error, Result};
 pub use mount::{mount_id, stat_at, Entry};
 pub use open::{open_beneath, open_dir, DIR_FLAGS};
