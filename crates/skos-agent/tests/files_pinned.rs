@@ -117,8 +117,10 @@ fn a_temp_dir_swapped_for_a_symlink_by_the_owner_of_its_parent_deletes_nothing_o
     fs::create_dir_all(&tmp).unwrap();
     chown_nobody(&home);
     chown_nobody(&tmp);
+    // The victim's files lie inside the allowed root too, as in the attack
+    // found: resolving the swapped dir led inside `allowed_roots`.
     let mut cfg = StorageConfig {
-        allowed_roots: vec![home.clone()],
+        allowed_roots: vec![t.path().to_path_buf()],
         ..StorageConfig::default()
     };
     cfg.temp.dirs = vec![tmp.clone()];
@@ -143,7 +145,6 @@ fn a_temp_dir_swapped_for_a_symlink_by_the_owner_of_its_parent_deletes_nothing_o
     fs::create_dir_all(&safe).unwrap();
     std::os::unix::fs::symlink(&victim, safe.join("tmp")).unwrap();
     std::os::unix::fs::symlink(&victim, safe.join("via")).unwrap();
-    cfg.allowed_roots = vec![safe.clone()];
     cfg.temp.dirs = vec![safe.join("tmp"), safe.join("via/sub")];
     let r = actions::cleanup_temp(&cfg, &ctx()).unwrap();
     assert_eq!(snapshot(&victim), before, "{r:#?}");
