@@ -10,8 +10,8 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 use skos_testsupport::cpufreq::fake_cpufreq;
@@ -25,10 +25,12 @@ fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// `skos up` on `data`: it must refuse at once; its stderr.
+/// `skos up` on `data`: it must refuse at once (killed after 10 s if it
+/// does not); its stderr.
 fn up_refused(work: &Path, data: &Path) -> String {
     let cfg = fast_config(work, "");
-    let out = Command::new(env!("CARGO_BIN_EXE_skos"))
+    let err = work.join("up-refused.stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skos"))
         .arg("up")
         .arg("--config")
         .arg(&cfg)
@@ -37,11 +39,25 @@ fn up_refused(work: &Path, data: &Path) -> String {
         .env("NODE_NAME", "nova")
         .env("SKOS_SYSFS_ROOT", work.join("no-sysfs"))
         .env_remove("SKOS_DATA_DIR")
-        .output()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&err).unwrap();
     assert!(
-        !out.status.success(),
+        status.is_some_and(|s| !s.success()),
         "skos up ran on {}: {stderr}",
         data.display()
     );
@@ -65,14 +81,14 @@ fn a_data_dir_of_another_user_with_planted_links_is_refused_and_nothing_changes(
         std::os::unix::fs::symlink(&victim, data.join(name)).unwrap();
     }
     let stderr = up_refused(work.path(), &data);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root only\n");
+    assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o777, 0o600);
     assert!(
         stderr.contains(&data.display().to_string())
             && stderr.contains("owned by uid 65534")
             && stderr.contains("mode 0755"),
         "{stderr}"
     );
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root only\n");
-    assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o777, 0o600);
 
     // Root's own, but anyone may write it: refused the same way.
     let open = work.path().join("open");
