@@ -403,6 +403,10 @@ fn an_unwritable_data_dir_refuses_the_throttle_with_the_reason() {
 /// A tmpfs mounted, then remounted read-only.
 fn read_only_tmpfs(path: &Path) -> Result<Mount, String> {
     let mount = Mount::tmpfs_at(path, "1M", None)?;
+    // A data dir others may write is refused before any write: private,
+    // as SKOS wants it, so that the write itself fails.
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
     let out = Cmd::new("mount")
         .args(["-o", "remount,ro"])
         .arg(path)

@@ -591,6 +591,11 @@ impl Throttler {
 fn not_saved(e: Error) -> Error {
     match e {
         Error::Io { path, source } => Error::OriginalsNotSaved { path, source },
+        Error::Fs(skos_fs::Error::Io { path, source }) => Error::OriginalsNotSaved { path, source },
+        Error::Fs(e) => Error::OriginalsNotSaved {
+            path: e.path().to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        },
         other => other,
     }
 }
