@@ -555,3 +555,70 @@ fn list(fd: &OwnedFd) -> io::Result<Vec<OsString>> {
     out.sort();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{no_progress, no_usage, Run, RunCtx};
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    /// The configured dir itself, and a subdirectory not walked yet, are
+    /// swapped for symlinks to another dir in the middle of a walk: the
+    /// walk goes on in the directories it holds open, never lists the other
+    /// dir, and the deletion that follows happens where the file was chosen.
+    #[test]
+    fn a_swap_during_the_walk_cannot_redirect_it() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path();
+        let tmp = base.join("tmp");
+        let moved = base.join("moved");
+        let victim = base.join("victim");
+        fs::create_dir_all(tmp.join("z")).unwrap();
+        fs::write(tmp.join("a"), "a").unwrap();
+        fs::write(tmp.join("z/inner"), "z").unwrap();
+        fs::create_dir_all(victim.join("z")).unwrap();
+        fs::write(victim.join("a"), "victim").unwrap();
+        fs::write(victim.join("z/inner"), "victim").unwrap();
+        let ctx = RunCtx {
+            now: SystemTime::now(),
+            dry_run: false,
+            max_delete_bytes: u64::MAX,
+            proc_root: Path::new("/proc"),
+            progress: &no_progress,
+            usage: &no_usage,
+            stop_below: 0.0,
+        };
+        let mut run = Run::new("test", &ctx);
+        let mut root = Root::open(&tmp, &[base.to_path_buf()]).unwrap();
+        let mut chosen: Vec<Candidate> = Vec::new();
+        root.walk(&mut run, None, |_, c| {
+            if chosen.is_empty() {
+                fs::rename(&tmp, &moved).unwrap();
+                symlink(&victim, &tmp).unwrap();
+                fs::rename(moved.join("z"), moved.join("z-real")).unwrap();
+                symlink(victim.join("z"), moved.join("z")).unwrap();
+            }
+            chosen.push(c);
+        });
+        let names: Vec<&Path> = chosen.iter().map(|c| c.rel.as_path()).collect();
+        assert_eq!(names, [Path::new("a")], "{:#?}", run.report);
+        assert_eq!(
+            run.report
+                .skipped
+                .iter()
+                .find(|s| s.path == tmp.join("z"))
+                .map(|s| s.reason.as_str()),
+            Some(super::super::SYMLINK)
+        );
+        for c in &chosen {
+            root.remove_file(c).unwrap();
+        }
+        assert!(!moved.join("a").exists(), "deleted where it was chosen");
+        assert_eq!(fs::read_to_string(victim.join("a")).unwrap(), "victim");
+        assert_eq!(
+            fs::read_to_string(victim.join("z/inner")).unwrap(),
+            "victim"
+        );
+    }
+}
