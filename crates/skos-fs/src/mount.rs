@@ -48,7 +48,8 @@ pub struct Entry {
     pub dev: u64,
     /// Inode.
     pub ino: u64,
-    /// Mount id (`None` where `statx` cannot say).
+    /// Mount id (`None` where neither `statx` nor `/proc/self/fdinfo` can
+    /// say).
     pub mnt_id: Option<u64>,
 }
 
@@ -67,7 +68,11 @@ pub fn stat_at(dir: impl AsFd, name: &OsStr) -> io::Result<Entry> {
                 mtime,
                 dev: rustix::fs::makedev(s.stx_dev_major, s.stx_dev_minor),
                 ino: s.stx_ino,
-                mnt_id: (s.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(s.stx_mnt_id),
+                mnt_id: if s.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
+                    Some(s.stx_mnt_id)
+                } else {
+                    path_mount_id(&dir, name)
+                },
             })
         }
         Err(e) if e == rustix::io::Errno::NOSYS => {
@@ -81,11 +86,24 @@ pub fn stat_at(dir: impl AsFd, name: &OsStr) -> io::Result<Entry> {
                 mtime: time(s.st_mtime, u32::try_from(s.st_mtime_nsec).unwrap_or(0)),
                 dev: s.st_dev,
                 ino: s.st_ino,
-                mnt_id: None,
+                mnt_id: path_mount_id(&dir, name),
             })
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The mount id of `name` in `dir` through an `O_PATH | O_NOFOLLOW`
+/// descriptor (kernels whose `statx` has no `STATX_MNT_ID`).
+fn path_mount_id(dir: &impl AsFd, name: &OsStr) -> Option<u64> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    mount_id(&fd).ok()
 }
 
 fn time(secs: i64, nsec: u32) -> SystemTime {
@@ -114,6 +132,7 @@ mod tests {
         assert_eq!((e.dev, e.ino, e.size, e.nlink), (m.dev(), m.ino(), 3, 1));
         assert_eq!(e.mtime, m.modified().unwrap());
         assert_eq!(e.mnt_id, Some(id));
+        assert_eq!(path_mount_id(&d, OsStr::new("f")), Some(id));
         assert_eq!(e.file_type, FileType::RegularFile);
     }
 }
