@@ -473,3 +473,46 @@ async fn a_stale_term_is_refused_and_the_term_survives_a_restart() {
     assert_eq!(runs(&side), 3);
     agent.stop().await;
 }
+
+/// A state dir another user owns, or anyone may write, is refused before
+/// the agent starts: such a user could plant links that make root
+/// overwrite its own files. The error names the dir, its owner and mode.
+#[test]
+fn a_state_dir_others_could_plant_links_in_is_refused() {
+    skos_testsupport::require!("root", skos_testsupport::require::root());
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("side");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    let bus = Bus::InProc(InProcBus::new());
+    let refused = |state: &Path| match Agent::new(
+        config(&side, 0.0),
+        bus.clone(),
+        Counters::default(),
+        Some(state.into()),
+    ) {
+        Ok(_) => panic!("{} accepted", state.display()),
+        Err(e) => e.to_string(),
+    };
+    let e = refused(&state);
+    assert!(
+        e.contains(&state.display().to_string())
+            && e.contains("owned by uid 65534")
+            && e.contains("mode 0755"),
+        "{e}"
+    );
+    std::os::unix::fs::chown(&state, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(refused(&state).contains("mode 0777"));
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(Agent::new(
+        config(&side, 0.0),
+        bus,
+        Counters::default(),
+        Some(state.clone())
+    )
+    .is_ok());
+}
