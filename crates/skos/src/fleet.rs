@@ -153,7 +153,9 @@ pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode
             Err(e) => bail!("--nodes: {e}"),
         }
     }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // Created 0700; refused when it is (or lies under) a symlink, or is
+    // another user's or writable by others: the seeds go nowhere else.
+    skos_fs::Dir::private(out).context("--out refused")?;
     std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot chmod {}", out.display()))?;
     // Nothing is written if any seed is there already (unless --force).
