@@ -12,6 +12,7 @@ pub mod catalogue;
 pub mod chain;
 pub mod config;
 pub mod counters;
+pub mod escape;
 pub mod events;
 pub mod level;
 pub mod node;
