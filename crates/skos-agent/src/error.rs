@@ -1,10 +1,12 @@
 use std::path::PathBuf;
 
+use skos_core::escape::ShowPath;
+
 /// Errors of the agent and its antibodies; each names the file, device or
 /// command involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", .path.escaped())]
     Io {
         path: PathBuf,
         #[source]
@@ -14,13 +16,13 @@ pub enum Error {
     /// directory others may write, a hard-linked file...), or could not.
     #[error(transparent)]
     Fs(#[from] skos_fs::Error),
-    #[error("{path}: cannot parse {text:?}: {reason}")]
+    #[error("{}: cannot parse {text:?}: {reason}", .path.escaped())]
     Parse {
         path: PathBuf,
         text: String,
         reason: String,
     },
-    #[error("{path}: escapes its root {root}")]
+    #[error("{}: escapes its root {}", .path.escaped(), .root.escaped())]
     OutsideRoot { path: PathBuf, root: PathBuf },
     #[error("{what}: {reason}")]
     Device { what: String, reason: String },
@@ -34,7 +36,7 @@ pub enum Error {
     /// A throttle was not applied because the values it would change could
     /// not be saved first (`path`: the state file or its temp file), so a
     /// restarted agent could not lift it.
-    #[error("throttle not applied: its originals cannot be saved to {path}: {source}")]
+    #[error("throttle not applied: its originals cannot be saved to {}: {source}", .path.escaped())]
     OriginalsNotSaved {
         path: PathBuf,
         #[source]

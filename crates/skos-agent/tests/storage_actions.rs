@@ -1239,3 +1239,40 @@ fn archive_survives_sigkill_at_any_point() {
         .to_string_lossy()
         .ends_with(".partial")));
 }
+
+#[test]
+fn a_file_name_with_a_newline_cannot_forge_a_progress_line() {
+    let t = mount_or_skip!("4M");
+    let dir = t.path().join("tmp");
+    let forged = "held\n2026-01-01T00:00:00Z  INFO skos: forged line";
+    let path = t.fill(&format!("tmp/{forged}"), 1024);
+    t.age(&path, 10 * DAY);
+    // Held open for writing: skipped, and the skip is announced.
+    let _writer = OpenOptions::new().append(true).open(&path).unwrap();
+    let lines = Mutex::new(Vec::<String>::new());
+    let progress = |l: &str| lines.lock().unwrap().push(l.to_string());
+    let mut cfg = base_cfg();
+    cfg.temp.dirs = vec![dir.clone()];
+    cfg.temp.max_age = DAY as f64;
+    let run = RunCtx {
+        progress: &progress,
+        ..ctx(false, u64::MAX)
+    };
+    let r = actions::cleanup_temp(&cfg, &run).unwrap();
+    assert!(path.exists());
+    let lines = lines.into_inner().unwrap();
+    let skipped: Vec<&String> = lines.iter().filter(|l| l.contains("skipped")).collect();
+    assert_eq!(skipped.len(), 1, "{lines:?}");
+    assert!(
+        skipped[0].contains("held\\n2026-01-01T00:00:00Z  INFO skos: forged line"),
+        "{skipped:?}"
+    );
+    assert!(lines.iter().all(|l| !l.contains('\n')), "{lines:?}");
+    // The report keeps the exact path; serialized, it is the escaped text.
+    assert_eq!(r.skipped[0].path, canon(&path));
+    let v = serde_json::to_value(&r).unwrap();
+    assert!(v["skipped"][0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("held\\n2026-01-01T00:00:00Z  INFO skos: forged line"));
+}

@@ -237,3 +237,78 @@ fn a_cleanup_restarts_the_fill_rate() {
     let rate = a.details["fill_rate_bytes_per_second"].as_f64().unwrap();
     assert!(rate > 0.0 && rate < 110_000.0, "rate {rate}");
 }
+
+/// A dry-run `cleanup_temp` through the antibody, as a command would run it.
+fn cleanup_temp_result(dir: &std::path::Path) -> skos_agent::Outcome {
+    use skos_agent::antibody::{Antibody, Execution};
+    let mut cfg = Config::default();
+    cfg.storage.allowed_roots = vec![dir.parent().unwrap().to_path_buf()];
+    cfg.storage.temp.dirs = vec![dir.to_path_buf()];
+    cfg.storage.temp.max_age = 0.0;
+    cfg.storage.dry_run = true;
+    let mut w = StorageWatcher::new(&cfg);
+    let cmd = skos_core::protocol::Command {
+        action_id: "test:cleanup_temp".into(),
+        action_type: "cleanup_temp".into(),
+        parameters: Default::default(),
+        timestamp: Utc::now(),
+        node: None,
+        deadline: None,
+        cause: None,
+        problem: None,
+        term: None,
+    };
+    match w.execute(&cmd) {
+        Execution::Done(o) => o,
+        Execution::Background(job) => job(),
+    }
+}
+
+#[test]
+fn a_file_name_that_is_not_utf8_keeps_the_results_details() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(fs) = mount("4M", None) else { return };
+    let dir = fs.path().join("tmp");
+    std::fs::create_dir(&dir).unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"bad-\xff\xfe.bin");
+    let forged = "x\n2026-01-01T00:00:00Z  INFO skos: all clear";
+    for name in [
+        odd,
+        std::ffi::OsStr::new(forged),
+        std::ffi::OsStr::new("plain.bin"),
+    ] {
+        std::fs::write(dir.join(name), b"0123456789").unwrap();
+        skos_testsupport::tmpfs::age(&dir.join(name), 86400);
+    }
+    let o = cleanup_temp_result(&std::fs::canonicalize(&dir).unwrap());
+    assert_eq!(
+        o.status,
+        skos_core::protocol::ResultStatus::Succeeded,
+        "{}",
+        o.message
+    );
+    // Every detail is there, each name shown losslessly on one line.
+    let listed: Vec<&str> = o.details["would_delete"]
+        .as_array()
+        .unwrap_or_else(|| panic!("details lost: {:?}", o.details))
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(
+        listed.iter().any(|p| p.ends_with("/bad-\\xff\\xfe.bin")),
+        "{listed:?}"
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|p| p.ends_with("/x\\n2026-01-01T00:00:00Z  INFO skos: all clear")),
+        "{listed:?}"
+    );
+    assert!(listed.iter().all(|p| !p.contains('\n')), "{listed:?}");
+    assert_eq!(o.details["files_deleted"], 3);
+    assert!(o.details["dirs"][0]["dir"]
+        .as_str()
+        .unwrap()
+        .ends_with("/tmp"));
+}

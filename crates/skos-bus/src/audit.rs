@@ -7,6 +7,7 @@
 //! lines file (embedded mode), fsynced after each record and locked against
 //! a second writer.
 
+use skos_core::escape::ShowPath;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -113,7 +114,7 @@ impl AuditLog {
     pub fn open_file(path: &Path) -> Result<Self> {
         let mut file = skos_fs::append_private(path)?;
         file.try_lock().map_err(|e| Error::Corrupt {
-            path: path.display().to_string(),
+            path: path.escaped().to_string(),
             reason: format!("locked by another SKOS process: {e}"),
         })?;
         let (last, good_len, total_len) = scan_file(path)?;
@@ -135,7 +136,7 @@ impl AuditLog {
             term: std::sync::Mutex::new(None),
         };
         if let Some(bytes) = torn {
-            tracing::warn!(path = %path.display(), bytes, "cut a torn record off the end of the audit file");
+            tracing::warn!(path = %path.escaped(), bytes, "cut a torn record off the end of the audit file");
             log.append_blocking(AuditEntry::new(
                 skos_core::AuditEvent::AuditRecovered,
                 chrono::Utc::now(),
@@ -629,7 +630,7 @@ fn append_file_many(
     for entry in entries {
         let record = trial.seal(entry);
         serde_json::to_writer(&mut buf, &record).map_err(|e| Error::Corrupt {
-            path: path.display().to_string(),
+            path: path.escaped().to_string(),
             reason: e.to_string(),
         })?;
         buf.push(b'\n');
@@ -645,7 +646,7 @@ fn append_file_many(
         .map_err(|e| io(path, e));
     if let Err(e) = written {
         if let Err(cut) = file.set_len(before).and_then(|()| file.sync_data()) {
-            tracing::error!(path = %path.display(), error = %cut, "failed audit append not cut back; the next start cuts the torn record");
+            tracing::error!(path = %path.escaped(), error = %cut, "failed audit append not cut back; the next start cuts the torn record");
         }
         return Err(e);
     }
@@ -799,7 +800,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Value>> {
             continue;
         }
         let v = serde_json::from_str(&line).map_err(|e| Error::Corrupt {
-            path: format!("{}:{}", path.display(), i + 1),
+            path: format!("{}:{}", path.escaped(), i + 1),
             reason: e.to_string(),
         })?;
         out.push(v);
@@ -839,7 +840,7 @@ fn read_tail<R: Read + Seek>(src: &mut R, path: &Path, n: u64, block: usize) -> 
         }
         if !line.trim_ascii().is_empty() {
             let v = serde_json::from_slice(&line).map_err(|e| Error::Corrupt {
-                path: format!("{} at byte {offset}", path.display()),
+                path: format!("{} at byte {offset}", path.escaped()),
                 reason: e.to_string(),
             })?;
             out.push(v);

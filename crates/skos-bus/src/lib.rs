@@ -22,6 +22,7 @@ pub mod state;
 pub mod subjects;
 pub mod trust;
 
+use skos_core::escape::ShowPath;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,7 +50,7 @@ pub enum Error {
         consumer: String,
         reason: String,
     },
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", .path.escaped())]
     Io {
         path: std::path::PathBuf,
         #[source]

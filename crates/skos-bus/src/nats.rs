@@ -23,6 +23,7 @@
 //! Works with nats-server 2.9 and later: only stream and consumer fields
 //! that 2.9 knows are used.
 
+use skos_core::escape::ShowPath;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -70,7 +71,7 @@ impl std::fmt::Debug for NatsAuth {
             NatsAuth::UserPassword(u, _) => write!(f, "UserPassword({u:?}, <redacted>)"),
             NatsAuth::Token(_) => f.write_str("Token(<redacted>)"),
             NatsAuth::NkeySeed(_) => f.write_str("NkeySeed(<redacted>)"),
-            NatsAuth::CredsFile(p) => write!(f, "CredsFile({})", p.display()),
+            NatsAuth::CredsFile(p) => write!(f, "CredsFile({})", p.escaped()),
         }
     }
 }
@@ -107,7 +108,7 @@ impl NatsOptions {
                 .map(str::trim)
                 .find(|l| l.starts_with("SU") || l.starts_with('S'))
                 .ok_or_else(|| Error::Corrupt {
-                    path: path.display().to_string(),
+                    path: path.escaped().to_string(),
                     reason: "no nkeys seed in the file".into(),
                 })?;
             NatsAuth::NkeySeed(seed.to_string())
@@ -160,7 +161,7 @@ impl NatsBus {
             NatsAuth::CredsFile(path) => co
                 .credentials_file(path)
                 .await
-                .map_err(|e| fail(format!("creds file {}: {e}", path.display())))?,
+                .map_err(|e| fail(format!("creds file {}: {e}", path.escaped())))?,
         };
         if let Some(ca) = &opts.tls.ca_file {
             co = co.add_root_certificates(ca.clone());

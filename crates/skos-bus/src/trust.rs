@@ -17,6 +17,7 @@
 //! NATS login key as well, nor may agents trust one ([`key_conflicts`]): a
 //! hostile server could send a labelled command as its nonce.
 
+use skos_core::escape::ShowPath;
 use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -114,7 +115,7 @@ pub fn key_conflicts(
                     key: "trust.signing_key_file",
                     message: format!(
                         "holds the same key as the NATS login key in {}: a NATS server signs its login nonce with that key, so it could obtain a command signature; generate a new signing key (`skos keys generate`) and take this key out of every agent's trust.coordinator_keys",
-                        path.display()
+                        path.escaped()
                     ),
                 });
             }
@@ -123,7 +124,7 @@ pub fn key_conflicts(
                     key: "trust.coordinator_keys",
                     message: format!(
                         "lists {login}, the NATS login key in {}: a key that has been a login key must never be trusted to sign commands (a NATS server could have obtained its signature); remove it",
-                        path.display()
+                        path.escaped()
                     ),
                 });
             }
@@ -173,11 +174,11 @@ impl Signer {
             .map(str::trim)
             .find(|l| l.starts_with("SU"))
             .ok_or_else(|| Error::Corrupt {
-                path: path.display().to_string(),
+                path: path.escaped().to_string(),
                 reason: "no nkeys user seed (a line starting with 'SU') in the file".into(),
             })?;
         let key = KeyPair::from_seed(seed).map_err(|e| Error::Corrupt {
-            path: path.display().to_string(),
+            path: path.escaped().to_string(),
             reason: format!("not a valid nkeys seed: {e}"),
         })?;
         Ok(Self { key })

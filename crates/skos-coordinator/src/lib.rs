@@ -20,6 +20,8 @@ pub mod gaps;
 pub mod service;
 pub mod status;
 
+use skos_core::escape::ShowPath;
+
 pub use engine::{Effect, Engine};
 pub use service::{run, ServiceOptions};
 pub use status::Status;
@@ -31,7 +33,7 @@ pub enum Error {
     /// The leader's lease was not renewed in time: it writes nothing more.
     #[error("no longer the leader: the lease was not renewed in time")]
     NotLeader,
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", .path.escaped())]
     Io {
         path: std::path::PathBuf,
         #[source]

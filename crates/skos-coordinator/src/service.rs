@@ -17,6 +17,7 @@
 //! again.
 
 use skos_core::counters::Counter;
+use skos_core::escape::ShowPath;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
@@ -817,7 +818,7 @@ fn write_status(path: &std::path::Path, engine: &Engine) {
     // exclusively (mode 0600) and renamed over the snapshot (not fsynced:
     // it is rewritten every second).
     if let Err(e) = skos_fs::write_snapshot(path, &body) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot write status snapshot");
+        tracing::warn!(path = %path.escaped(), error = %e, "cannot write status snapshot");
     }
 }
 

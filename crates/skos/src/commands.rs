@@ -1,6 +1,7 @@
 //! What each subcommand does. The library crates do the work; this module
 //! loads the config, wires a bus and an audit store, and prints.
 
+use skos_core::escape::ShowPath;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -74,10 +75,10 @@ fn read_config(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<Config> {
     let mut cfg = match &arg.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config {}", path.display()))?;
+                .with_context(|| format!("cannot read config {}", path.escaped()))?;
             Config::from_yaml(&text).map_err(|issues| {
                 let lines: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();
-                anyhow!("invalid config {}:\n{}", path.display(), lines.join("\n"))
+                anyhow!("invalid config {}:\n{}", path.escaped(), lines.join("\n"))
             })?
         }
         None => Config::default(),
@@ -183,14 +184,14 @@ async fn up(cfg: Config) -> Result<ExitCode> {
     if sensors.is_empty() {
         eprintln!(
             "skos: no temperature sensor found under {} (heartbeats will say so: cpu_temp and gpu_temp are null)",
-            cfg.sysfs_root.display()
+            cfg.sysfs_root.escaped()
         );
     }
     eprintln!(
         "skos: embedded mode, node {}, {} temperature sensor(s), data dir {}; Ctrl-C to stop",
         cfg.node.name,
         sensors.len(),
-        data_dir.display()
+        data_dir.escaped()
     );
     audit
         .append(AuditEntry::new(
@@ -421,7 +422,7 @@ fn sensors(cfg: &Config, as_json: bool) -> Result<ExitCode> {
     if readings.is_empty() {
         println!(
             "no temperature sensor found under {}",
-            cfg.sysfs_root.display()
+            cfg.sysfs_root.escaped()
         );
     } else {
         println!(
@@ -439,7 +440,7 @@ fn sensors(cfg: &Config, as_json: bool) -> Result<ExitCode> {
             r.celsius,
             r.label,
             r.source,
-            r.path.display()
+            r.path.escaped()
         );
     }
     if !scan.problems.is_empty() {
@@ -516,7 +517,7 @@ async fn status(
         std::fs::read(&path).with_context(|| {
             format!(
                 "no status at {} (is `skos up` running with this data dir?)",
-                path.display()
+                path.escaped()
             )
         })?
     };
@@ -584,14 +585,14 @@ async fn read_audit(
     } else {
         let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
         if !path.exists() {
-            bail!("no audit trail at {}", path.display());
+            bail!("no audit trail at {}", path.escaped());
         }
         let records = match n {
             // Only the end of the file is read.
             Some(n) => audit::read_file_tail(&path, n)?,
             None => audit::read_file(&path)?,
         };
-        Ok((path.display().to_string(), records))
+        Ok((path.escaped().to_string(), records))
     }
 }
 
@@ -792,7 +793,7 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
         bail!("name a config file with --config FILE (or SKOS_CONFIG)");
     };
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.escaped()))?;
     match Config::from_yaml(&text) {
         Ok(cfg) => {
             let mut cfg = cfg;
@@ -846,14 +847,14 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
                 new
             });
             for i in &env_issues {
-                println!("{}: {i}", path.display());
+                println!("{}: {i}", path.escaped());
             }
             if !env_issues.is_empty() {
                 return Ok(ExitCode::from(1));
             }
             println!(
                 "OK: {} (node {}, thermal {}/{}/{} °C, antibodies {})",
-                path.display(),
+                path.escaped(),
                 cfg.node.name,
                 cfg.thermal.thresholds.warning,
                 cfg.thermal.thresholds.critical,
@@ -864,7 +865,7 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
         }
         Err(issues) => {
             for i in &issues {
-                println!("{}: {i}", path.display());
+                println!("{}: {i}", path.escaped());
             }
             println!("{} error(s)", issues.len());
             Ok(ExitCode::from(1))
@@ -918,10 +919,10 @@ fn warn_if_exposed(path: &std::path::Path) {
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "secret file is readable by group or others; chmod 600 it");
+            tracing::warn!(path = %path.escaped(), mode = format!("{:o}", mode & 0o777), "secret file is readable by group or others; chmod 600 it");
             eprintln!(
                 "skos: warning: {} is readable by group or others (mode {:o}); chmod 600 it",
-                path.display(),
+                path.escaped(),
                 mode & 0o777
             );
         }
@@ -942,15 +943,15 @@ fn keys_generate(out: &std::path::Path, force: bool) -> Result<ExitCode> {
     }
     let mut f = opts
         .open(out)
-        .with_context(|| format!("cannot create {} (use --force to overwrite)", out.display()))?;
+        .with_context(|| format!("cannot create {} (use --force to overwrite)", out.escaped()))?;
     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("cannot chmod {}", out.display()))?;
-    writeln!(f, "{seed}").with_context(|| format!("cannot write {}", out.display()))?;
+        .with_context(|| format!("cannot chmod {}", out.escaped()))?;
+    writeln!(f, "{seed}").with_context(|| format!("cannot write {}", out.escaped()))?;
     f.sync_all()
-        .with_context(|| format!("cannot write {}", out.display()))?;
+        .with_context(|| format!("cannot write {}", out.escaped()))?;
     eprintln!(
         "skos: wrote the seed to {} (mode 600; keep it secret)",
-        out.display()
+        out.escaped()
     );
     eprintln!("skos: set trust.signing_key_file on the coordinator, and this public key in trust.coordinator_keys on every agent:");
     println!("{public}");

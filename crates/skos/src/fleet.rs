@@ -16,6 +16,7 @@
 //! The server config holds public keys only; the seeds are written to
 //! files, one per credential.
 
+use skos_core::escape::ShowPath;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -126,15 +127,15 @@ fn write_seed(path: &Path, seed: &str, force: bool) -> Result<()> {
         if path.exists() && !force {
             format!(
                 "{} exists: replacing a seed changes keys agents and the server already use (--force to replace)",
-                path.display()
+                path.escaped()
             )
         } else {
-            format!("cannot write {}", path.display())
+            format!("cannot write {}", path.escaped())
         }
     })?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot chmod {}", path.display()))?;
-    writeln!(f, "{seed}").with_context(|| format!("cannot write {}", path.display()))?;
+        .with_context(|| format!("cannot chmod {}", path.escaped()))?;
+    writeln!(f, "{seed}").with_context(|| format!("cannot write {}", path.escaped()))?;
     Ok(())
 }
 
@@ -157,7 +158,7 @@ pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode
     // another user's or writable by others: the seeds go nowhere else.
     skos_fs::Dir::private(out).context("--out refused")?;
     std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot chmod {}", out.display()))?;
+        .with_context(|| format!("cannot chmod {}", out.escaped()))?;
     // Nothing is written if any seed is there already (unless --force).
     let files: Vec<std::path::PathBuf> = RESERVED_FILES
         .iter()
@@ -167,7 +168,7 @@ pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode
     if let Some(there) = files.iter().find(|p| p.exists()).filter(|_| !force) {
         bail!(
             "{} exists: replacing seeds changes keys agents and the server already use (--force to replace them all)",
-            there.display()
+            there.escaped()
         );
     }
     let (coord_seed, coord_public) = Signer::generate()?;
@@ -205,15 +206,15 @@ pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode
 # (trust.signing_key_file only; never a login key). Unknown clients cannot connect.\n\
 authorization {{\n  users = [\n{}\n  ]\n}}",
         users.join("\n"),
-        dir = out.display()
+        dir = out.escaped()
     );
     eprintln!(
         "skos: wrote {} seed files to {} (mode 600). Coordinator: nats.nkey_seed_file: {}, trust.signing_key_file: {} (a separate key: never use a login key to sign commands). Operators: nats.nkey_seed_file: {}. Agents: trust.coordinator_keys: [{signing_public}]",
         names.len() + 3,
-        out.display(),
-        out.join("coordinator.nk").display(),
-        out.join("coordinator-signing.nk").display(),
-        out.join("operator.nk").display()
+        out.escaped(),
+        out.join("coordinator.nk").escaped(),
+        out.join("coordinator-signing.nk").escaped(),
+        out.join("operator.nk").escaped()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //! program comes from the configuration; a command only names which
 //! configured interface or peer it is about.
 
+use skos_core::escape::ShowPath;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -102,7 +103,7 @@ fn restart_once(cfg: &MeshConfig, itf: &MeshInterface, log: &mut Vec<String>) ->
     };
     match itf.restart {
         RestartMethod::WgQuick => {
-            let target = itf.config_file().display().to_string();
+            let target = itf.config_file().escaped().to_string();
             let exists = iproute::link(&cfg.tools.ip, &itf.name, t)
                 .ok()
                 .flatten()
@@ -337,15 +338,15 @@ pub fn regenerate(cfg: &MeshConfig, itf: &MeshInterface) -> Outcome {
             tracing::warn!(interface = %itf.name, error = %e, "config not regenerated");
             return outcome(
                 ResultStatus::Failed,
-                format!("{} not regenerated: {e}", path.display()),
+                format!("{} not regenerated: {e}", path.escaped()),
                 json!({"interface": itf.name, "config": path}),
                 Vec::new(),
             );
         }
     };
-    tracing::info!(interface = %itf.name, path = %path.display(), kept = ?kept, "wireguard config regenerated");
+    tracing::info!(interface = %itf.name, path = %path.escaped(), kept = ?kept, "wireguard config regenerated");
     let change = Change {
-        target: path.display().to_string(),
+        target: path.escaped().to_string(),
         before,
         after,
     };
@@ -357,13 +358,13 @@ pub fn regenerate(cfg: &MeshConfig, itf: &MeshInterface) -> Outcome {
     changes.extend(restarted.changes.clone());
     let kept_text = kept
         .as_ref()
-        .map(|k| format!(" (previous kept at {})", k.display()))
+        .map(|k| format!(" (previous kept at {})", k.escaped()))
         .unwrap_or_default();
     Outcome {
         status: restarted.status,
         message: format!(
             "{} regenerated{kept_text}; {}",
-            path.display(),
+            path.escaped(),
             restarted.message
         ),
         changes,

@@ -1,6 +1,7 @@
 //! The mesh healer's error: each variant names the interface, peer or file
 //! it failed on. Messages never quote a key.
 
+use skos_core::escape::ShowPath;
 use std::path::PathBuf;
 
 use super::template::TemplateError;
@@ -25,18 +26,18 @@ pub enum MeshError {
     },
     /// `what` is the key that named the file (`private_key_file`,
     /// `preshared_key_file of <peer>`).
-    #[error("{what} {}: {source}", .path.display())]
+    #[error("{what} {}: {source}", .path.escaped())]
     KeyFile {
         what: String,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{what} {} does not hold a WireGuard key", .path.display())]
+    #[error("{what} {} does not hold a WireGuard key", .path.escaped())]
     NotAKey { what: String, path: PathBuf },
     #[error("no private_key_file configured for {interface} (mesh.interfaces[].private_key_file)")]
     NoPrivateKeyFile { interface: String },
-    #[error("template {}: {source}", .path.display())]
+    #[error("template {}: {source}", .path.escaped())]
     Template {
         path: PathBuf,
         #[source]
@@ -52,7 +53,7 @@ pub enum MeshError {
     },
     #[error("rendered config: peer {peer} is missing (does the template use {{{{peers}}}}?)")]
     PeerMissing { peer: String },
-    #[error("{} has no directory", .path.display())]
+    #[error("{} has no directory", .path.escaped())]
     NoDirectory { path: PathBuf },
     #[error("cannot keep the previous config: {source}")]
     KeepPrevious {

@@ -19,6 +19,7 @@
 //! without them (temp file, fsync, rename) once more than half of its lines
 //! are stale.
 
+use skos_core::escape::ShowPath;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -92,7 +93,7 @@ impl Executed {
             Some(Ok(Some(bytes))) => load(&String::from_utf8_lossy(&bytes), now),
             Some(Err(e)) => {
                 if let Some(p) = &file {
-                    tracing::warn!(path = %p.display(), error = %e, "cannot read the executed action ids; starting without them");
+                    tracing::warn!(path = %p.escaped(), error = %e, "cannot read the executed action ids; starting without them");
                 }
                 Loaded::default()
             }
@@ -181,7 +182,7 @@ impl Executed {
         let text = render(&self.entries);
         match super::write_atomic(&path, text.as_bytes()) {
             Ok(()) => {
-                tracing::info!(path = %path.display(), lines_before = self.lines, lines = self.entries.len(), "executed action ids compacted");
+                tracing::info!(path = %path.escaped(), lines_before = self.lines, lines = self.entries.len(), "executed action ids compacted");
                 self.lines = self.entries.len();
                 self.stale = 0;
                 for e in self.entries.values_mut() {
@@ -189,7 +190,7 @@ impl Executed {
                 }
             }
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot compact the executed action ids; kept as they are");
+                tracing::warn!(path = %path.escaped(), error = %e, "cannot compact the executed action ids; kept as they are");
             }
         }
     }
@@ -205,7 +206,7 @@ impl Executed {
                 true
             }
             Err(e) => {
-                tracing::warn!(path = %p.display(), error = %e, "cannot record executed action id");
+                tracing::warn!(path = %p.escaped(), error = %e, "cannot record executed action id");
                 false
             }
         }

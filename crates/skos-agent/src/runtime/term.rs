@@ -8,6 +8,7 @@
 //! cannot act. Once a term has been seen, a command without one is refused
 //! too; before that (embedded mode, older coordinators) it is accepted.
 
+use skos_core::escape::ShowPath;
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
@@ -53,7 +54,7 @@ impl Fence {
             None => None,
         };
         if let (Some(t), Some(p)) = (highest, &file) {
-            tracing::info!(term = t, path = %p.display(), "highest coordinator term seen");
+            tracing::info!(term = t, path = %p.escaped(), "highest coordinator term seen");
         }
         Ok(Self { highest, file })
     }
@@ -72,7 +73,7 @@ impl Fence {
         }
         if let Some(p) = &self.file {
             if let Err(e) = super::write_atomic(p, format!("{term}\n").as_bytes()) {
-                tracing::error!(path = %p.display(), term, error = %e, "cannot record the coordinator term; kept in memory only");
+                tracing::error!(path = %p.escaped(), term, error = %e, "cannot record the coordinator term; kept in memory only");
             }
         }
         tracing::info!(term, previous = ?self.highest, "a coordinator of a new term has spoken");

@@ -20,6 +20,7 @@ pub mod mounts;
 pub mod notify;
 pub mod usage;
 
+use skos_core::escape::ShowPath;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
@@ -63,6 +64,7 @@ struct MountState {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Unjudged {
     /// The mount as watched (configured, or found holding a configured dir).
+    #[serde(serialize_with = "skos_core::escape::path")]
     pub mount: PathBuf,
     /// Why; serialised flat (`reason`, and `fs_type` where known).
     #[serde(flatten)]
@@ -109,7 +111,7 @@ pub fn watched_mounts(st: &StorageConfig, table: Option<&[MountEntry]>) -> Vec<W
             None => match mounts::mount_point_by_device(&resolved) {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::debug!(dir = %dir.display(), error = %e, "cannot find the mount of a storage dir");
+                    tracing::debug!(dir = %dir.escaped(), error = %e, "cannot find the mount of a storage dir");
                     continue;
                 }
             },
@@ -279,7 +281,7 @@ impl StorageWatcher {
                 }
                 Err(e) => {
                     if !state.unreadable {
-                        tracing::warn!(mount = %mount.display(), error = %e, "cannot read mount usage");
+                        tracing::warn!(mount = %mount.escaped(), error = %e, "cannot read mount usage");
                         state.unreadable = true;
                     }
                     state.usage = None;
@@ -292,7 +294,7 @@ impl StorageWatcher {
                 .and_then(|t| mounts::mount_holding(t, &mounts::resolve_existing(mount)));
             if let Err(why) = mounts::judge(&raw, entry, w.explicit) {
                 if state.not_judged.as_ref() != Some(&why) {
-                    tracing::info!(mount = %mount.display(), reason = %why, percent = u.percent, "mount not judged for fullness");
+                    tracing::info!(mount = %mount.escaped(), reason = %why, percent = u.percent, "mount not judged for fullness");
                 }
                 let was = state.tracker.current();
                 let read_only = matches!(why, NotJudged::ReadOnly { .. });
@@ -302,7 +304,7 @@ impl StorageWatcher {
                     // level is kept, so once it is writable and judged
                     // again a fall below the level clears it.
                     if state.not_judged.is_none() {
-                        tracing::warn!(mount = %mount.display(), severity = %was.as_str(), "mount turned read-only while alerting; its alert stays open");
+                        tracing::warn!(mount = %mount.escaped(), severity = %was.as_str(), "mount turned read-only while alerting; its alert stays open");
                     }
                     state.not_judged = Some(why);
                     state.usage = None;
@@ -318,7 +320,7 @@ impl StorageWatcher {
                         was,
                         format!(
                             "{} is no longer judged for fullness: {why}",
-                            mount.display()
+                            mount.escaped()
                         ),
                         &u,
                         None,
@@ -335,14 +337,14 @@ impl StorageWatcher {
                 continue;
             }
             if let Some(why) = state.not_judged.take() {
-                tracing::info!(mount = %mount.display(), was = %why, "mount judged for fullness again");
+                tracing::info!(mount = %mount.escaped(), was = %why, "mount judged for fullness again");
             }
             let capacity = u.used_bytes.saturating_add(u.available_bytes);
             if state
                 .fill
                 .push(st.fill_rate_window, now, u.used_bytes, capacity)
             {
-                tracing::debug!(mount = %mount.display(), used_bytes = u.used_bytes, "usage dropped: fill rate restarted");
+                tracing::debug!(mount = %mount.escaped(), used_bytes = u.used_bytes, "usage dropped: fill rate restarted");
                 // The fill a prediction was made on has ended.
                 state.predicted = false;
             }
@@ -357,11 +359,11 @@ impl StorageWatcher {
                     state.predicted = false;
                 }
                 let message = if severity == Severity::Normal {
-                    format!("{} back to {:.1}% used", mount.display(), u.percent)
+                    format!("{} back to {:.1}% used", mount.escaped(), u.percent)
                 } else {
                     format!(
                         "{} is {:.1}% used ({}), over the {} threshold",
-                        mount.display(),
+                        mount.escaped(),
                         u.percent,
                         what_is_full(&u),
                         severity.as_str()
@@ -385,7 +387,7 @@ impl StorageWatcher {
                     state.predicted = true;
                     let message = format!(
                         "{} will reach critical ({}%) in about {:.0} s at {:.0} B/s",
-                        mount.display(),
+                        mount.escaped(),
                         st.thresholds.critical,
                         eta,
                         rate.unwrap_or(0.0)
@@ -446,8 +448,8 @@ impl StorageWatcher {
             let arrivals = &self.arrivals;
             let reader = self.stats.entry(w.mount.clone()).or_insert_with(|| {
                 Reader::new(
-                    format!("storage:{}", w.mount.display()),
-                    format!("statvfs of {}", w.mount.display()),
+                    format!("storage:{}", w.mount.escaped()),
+                    format!("statvfs of {}", w.mount.escaped()),
                     READ_BUDGET,
                 )
                 .notify_on(arrivals.clone())
@@ -559,8 +561,8 @@ fn alert(
     now: Timestamp,
 ) -> Alert {
     let mut details = json!({
-        "sensor": u.mount.display().to_string(),
-        "mount": u.mount.display().to_string(),
+        "sensor": u.mount.escaped().to_string(),
+        "mount": u.mount.escaped().to_string(),
         "percent": u.percent,
         "bytes_percent": u.bytes_percent,
         "inodes_percent": u.inodes_percent,
@@ -653,9 +655,18 @@ impl StorageJob {
         };
         match report {
             Ok(r) => {
+                // Paths serialize as their escaped text, so this cannot
+                // fail on a file name; should it fail anyway, the result
+                // says so instead of going without details silently.
                 let mut details = match serde_json::to_value(&r) {
                     Ok(Value::Object(m)) => m,
-                    _ => Map::new(),
+                    Ok(_) => Map::new(),
+                    Err(e) => {
+                        tracing::error!(action = %r.action, error = %e, "storage report not serializable");
+                        let mut m = Map::new();
+                        m.insert("details_error".into(), json!(e.to_string()));
+                        m
+                    }
                 };
                 details.insert("bytes_freed".into(), json!(r.bytes_freed));
                 let message = format!(
@@ -689,7 +700,7 @@ impl StorageJob {
             .map(|u| {
                 format!(
                     "{}: {:.1}% used ({}), {} bytes free",
-                    u.mount.display(),
+                    u.mount.escaped(),
                     u.percent,
                     what_is_full(u),
                     u.available_bytes

@@ -16,6 +16,7 @@
 //! itself, [`judge`], is pure over the statvfs numbers, the read-only flag,
 //! the type and whether the mount was configured explicitly.
 
+use skos_core::escape::ShowPath;
 use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::ffi::OsStringExt;
@@ -32,6 +33,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MountEntry {
     /// Field 5, the mount point (octal escapes such as `\040` decoded).
+    #[serde(serialize_with = "skos_core::escape::path")]
     pub mount_point: PathBuf,
     /// The filesystem type after the ` - ` separator (`ext4`, `overlay`,
     /// `fuse.squashfuse`).
@@ -286,7 +288,7 @@ pub fn read_mountinfo(proc_root: &Path) -> Result<Vec<MountEntry>> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let (entries, bad) = parse_mountinfo(&text);
     for b in bad {
-        tracing::debug!(path = %path.display(), line = b.line, reason = b.reason, "mountinfo line skipped");
+        tracing::debug!(path = %path.escaped(), line = b.line, reason = b.reason, "mountinfo line skipped");
     }
     Ok(entries)
 }

@@ -48,6 +48,7 @@ pub fn system_stat_source() -> StatSource {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MountUsage {
     /// The watched mount.
+    #[serde(serialize_with = "skos_core::escape::path")]
     pub mount: PathBuf,
     /// Bytes: `f_blocks` × `f_frsize` (saturating at 2^64 - 1).
     pub total_bytes: u64,

@@ -10,6 +10,7 @@
 pub mod sensors;
 pub mod throttle;
 
+use skos_core::escape::ShowPath;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -249,7 +250,7 @@ impl ThermalSentinel {
                 "threshold": threshold,
                 "previous_severity": previous,
                 "reminder": matches!(report, Report::Reminder(_)),
-                "source": hottest.map(|r| r.path.display().to_string()),
+                "source": hottest.map(|r| r.path.escaped().to_string()),
                 "label": hottest.map(|r| r.label.clone()),
                 "age_seconds": age,
             })

@@ -6,6 +6,7 @@
 //! files named by `private_key_file` / `preshared_key_file` when a config is
 //! regenerated.
 
+use crate::escape::ShowPath;
 use crate::events::MeshEvent;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -520,7 +521,7 @@ impl MeshConfig {
                 if !c.is_absolute() || c.components().any(|c| c.as_os_str() == "..") {
                     out.push(issue(
                         format!("{at}.config_path"),
-                        format!("{} must be absolute, without '..'", c.display()),
+                        format!("{} must be absolute, without '..'", c.escaped()),
                     ));
                 } else if itf.restart == RestartMethod::WgQuick
                     && c.file_name().and_then(|f| f.to_str()) != Some(&format!("{}.conf", itf.name))
@@ -542,7 +543,7 @@ impl MeshConfig {
                     if !p.is_absolute() {
                         out.push(issue(
                             format!("{at}.{key}"),
-                            format!("{} must be absolute", p.display()),
+                            format!("{} must be absolute", p.escaped()),
                         ));
                     }
                 }
@@ -600,7 +601,7 @@ impl MeshConfig {
                 if !p.is_absolute() {
                     out.push(issue(
                         format!("{at}.preshared_key_file"),
-                        format!("{} must be absolute", p.display()),
+                        format!("{} must be absolute", p.escaped()),
                     ));
                 }
             }

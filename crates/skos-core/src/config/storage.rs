@@ -3,6 +3,7 @@
 //! told. Webhook header values, URL paths and the SMTP password never
 //! appear in `Debug` output.
 
+use crate::escape::ShowPath;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -288,12 +289,12 @@ fn check_dirs(st: &StorageConfig, data_dir: &Path, out: &mut Vec<ConfigIssue>) {
         if !r.is_absolute() || has_parent(r) {
             out.push(issue(
                 format!("storage.allowed_roots[{i}]"),
-                format!("{} must be absolute, without '..'", r.display()),
+                format!("{} must be absolute, without '..'", r.escaped()),
             ));
         } else if r == Path::new("/") || FORBIDDEN.iter().any(|f| r.starts_with(f)) {
             out.push(issue(
                 format!("storage.allowed_roots[{i}]"),
-                format!("{} is a system directory", r.display()),
+                format!("{} is a system directory", r.escaped()),
             ));
         }
     }
@@ -301,7 +302,7 @@ fn check_dirs(st: &StorageConfig, data_dir: &Path, out: &mut Vec<ConfigIssue>) {
         if !d.is_absolute() || has_parent(d) {
             out.push(issue(
                 path,
-                format!("{} must be an absolute path without '..'", d.display()),
+                format!("{} must be an absolute path without '..'", d.escaped()),
             ));
             continue;
         }
@@ -312,7 +313,7 @@ fn check_dirs(st: &StorageConfig, data_dir: &Path, out: &mut Vec<ConfigIssue>) {
         if let Some(f) = FORBIDDEN.iter().find(|f| d.starts_with(f)) {
             out.push(issue(
                 path,
-                format!("{} is inside the system directory {f}", d.display()),
+                format!("{} is inside the system directory {f}", d.escaped()),
             ));
             continue;
         }
@@ -321,8 +322,8 @@ fn check_dirs(st: &StorageConfig, data_dir: &Path, out: &mut Vec<ConfigIssue>) {
                 path,
                 format!(
                     "{} overlaps SKOS's own data dir {}",
-                    d.display(),
-                    data_dir.display()
+                    d.escaped(),
+                    data_dir.escaped()
                 ),
             ));
             continue;
@@ -336,7 +337,7 @@ fn check_dirs(st: &StorageConfig, data_dir: &Path, out: &mut Vec<ConfigIssue>) {
                 path,
                 format!(
                     "{} is not inside an allowed root (storage.allowed_roots)",
-                    d.display()
+                    d.escaped()
                 ),
             ));
         }
@@ -345,7 +346,7 @@ fn check_dirs(st: &StorageConfig, data_dir: &Path, out: &mut Vec<ConfigIssue>) {
         if !m.is_absolute() {
             out.push(issue(
                 format!("storage.mounts[{i}]"),
-                format!("{} must be absolute", m.display()),
+                format!("{} must be absolute", m.escaped()),
             ));
         }
     }

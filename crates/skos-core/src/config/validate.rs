@@ -3,6 +3,7 @@
 //! the config sections, the chain logic (which checks the kinds on the
 //! wire) and the agent (which checks what it renders with them).
 
+use crate::escape::ShowPath;
 use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 
@@ -22,9 +23,9 @@ pub enum InvalidValue {
     Endpoint(String),
     #[error("must not be empty")]
     EmptyPath,
-    #[error("{} must not contain '..'", .0.display())]
+    #[error("{} must not contain '..'", .0.escaped())]
     ParentDir(PathBuf),
-    #[error("{} must be relative to the cgroup root", .0.display())]
+    #[error("{} must be relative to the cgroup root", .0.escaped())]
     NotRelative(PathBuf),
 }
 

@@ -22,6 +22,7 @@
 //!    sha256) written the same way, and the verified originals deleted one
 //!    by one (each parent dir fsynced after).
 
+use skos_core::escape::ShowPath;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, BufWriter, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -64,7 +65,7 @@ pub fn archive_old(cfg: &StorageConfig, ctx: &RunCtx) -> Result<Report> {
             }
             run.stop(format!(
                 "archiving {} failed: {e}",
-                root.configured.display()
+                root.configured.escaped()
             ));
         }
     }
@@ -93,8 +94,8 @@ pub(crate) fn prepare(
                 what: "archive_old".into(),
                 reason: format!(
                     "destination {} is on the same filesystem as {}: archives must go to another mount",
-                    dest.path.display(),
-                    root.configured.display()
+                    dest.path.escaped(),
+                    root.configured.escaped()
                 ),
             });
         }
@@ -113,7 +114,7 @@ impl Dest {
             });
         };
         let refused = |e: walk::DirError| Error::Device {
-            what: format!("archive destination {}", e.dir().display()),
+            what: format!("archive destination {}", e.dir().escaped()),
             reason: e.to_string(),
         };
         let path = walk::resolve(d, &cfg.allowed_roots).map_err(refused)?;
@@ -133,7 +134,7 @@ impl Dest {
             what: "archive_old".into(),
             reason: format!(
                 "cannot lock {} ({e}): another archive run is using it",
-                self.path.display()
+                self.path.escaped()
             ),
         })
     }
@@ -156,14 +157,14 @@ impl Dest {
             if run.ctx.dry_run {
                 run.note(format!(
                     "would remove {} (left by an interrupted archive run)",
-                    path.display()
+                    path.escaped()
                 ));
                 continue;
             }
             match walk::remove_regular_at(&self.fd, &name) {
                 Ok(true) => run.note(format!(
                     "removed {} (left by an interrupted archive run)",
-                    path.display()
+                    path.escaped()
                 )),
                 Ok(false) => {}
                 Err(e) => run.skip(&path, format!("leftover partial archive not removed: {e}")),
@@ -200,7 +201,7 @@ impl Dest {
         }
         Err(Error::Device {
             what: "archive_old".into(),
-            reason: format!("no free archive name in {}", self.path.display()),
+            reason: format!("no free archive name in {}", self.path.escaped()),
         })
     }
 
@@ -375,7 +376,7 @@ pub(crate) fn archive_batch(
                 if attempts >= MAX_ATTEMPTS {
                     run.note(format!(
                         "{}: files kept changing while archiving; gave up after {attempts} attempts",
-                        root.configured.display()
+                        root.configured.escaped()
                     ));
                     return Ok(());
                 }
@@ -388,9 +389,9 @@ pub(crate) fn archive_batch(
     };
     (run.ctx.progress)(&format!(
         "archive_old: {}: wrote {} files to {}; verifying",
-        root.configured.display(),
+        root.configured.escaped(),
         files.len(),
-        partial_path.display()
+        partial_path.escaped()
     ));
     if let Err(e) = verify_archive(dest, &partial, &entries) {
         dest.remove(&partial);
@@ -398,7 +399,7 @@ pub(crate) fn archive_batch(
             what: "archive_old".into(),
             reason: format!(
                 "archive {} failed verification ({e}): removed, nothing deleted",
-                partial_path.display()
+                partial_path.escaped()
             ),
         });
     }
@@ -430,11 +431,11 @@ pub(crate) fn archive_batch(
     }
     let line = format!(
         "archive_old: {}: archived and verified {} files into {}; deleting originals",
-        root.configured.display(),
+        root.configured.escaped(),
         verified.len(),
-        final_path.display()
+        final_path.escaped()
     );
-    tracing::info!(dir = %root.configured.display(), archive = %final_path.display(), files = verified.len(), "archive verified");
+    tracing::info!(dir = %root.configured.escaped(), archive = %final_path.escaped(), files = verified.len(), "archive verified");
     (run.ctx.progress)(&line);
     for i in verified {
         let Some(c) = files.get(i) else { continue };
@@ -449,7 +450,7 @@ pub(crate) fn archive_batch(
                 run.counted = run.counted.saturating_sub(c.size);
                 run.skip(
                     &c.path,
-                    format!("archived in {}, original kept: {e}", final_path.display()),
+                    format!("archived in {}, original kept: {e}", final_path.escaped()),
                 );
             }
         }
@@ -519,7 +520,7 @@ fn write_archive(
             }
         }
         entries.push(Entry {
-            path: c.rel.to_string_lossy().into_owned(),
+            path: c.rel.escaped().to_string(),
             rel: c.rel.clone(),
             size: c.size,
             mtime,
@@ -550,21 +551,21 @@ fn verify_archive(dest: &Dest, name: &OsStr, entries: &[Entry]) -> io::Result<()
         if path != exp.rel {
             return Err(io::Error::other(format!(
                 "entry {n} is {}, expected {}",
-                path.display(),
-                exp.rel.display()
+                path.escaped(),
+                exp.rel.escaped()
             )));
         }
         if entry.header().entry_type() != tar::EntryType::Regular {
             return Err(io::Error::other(format!(
                 "{} is not a regular file entry",
-                path.display()
+                path.escaped()
             )));
         }
         let (len, sha) = hash_all(&mut entry)?;
         if len != exp.size || sha != exp.sha256 {
             return Err(io::Error::other(format!(
                 "{} does not match its original",
-                path.display()
+                path.escaped()
             )));
         }
         n += 1;
@@ -611,7 +612,7 @@ fn write_manifest(
     let path = dest.path.join(&manifest_name);
     let manifest = Manifest {
         archive: Path::new(name).to_string_lossy().into_owned(),
-        source: root.canon.to_string_lossy().into_owned(),
+        source: root.canon.escaped().to_string(),
         created: chrono::DateTime::<chrono::Utc>::from(now)
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         files: entries,

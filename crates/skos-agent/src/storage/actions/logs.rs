@@ -16,6 +16,7 @@
 //! present) is removed. Compression deletes nothing that is not kept in the
 //! compressed copy, so the per-run cap applies to the deletions only.
 
+use skos_core::escape::ShowPath;
 use std::ffi::OsStr;
 use std::io::{self, BufReader, BufWriter, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -175,14 +176,14 @@ pub(crate) fn remove_partials(run: &mut Run<'_, '_>, root: &mut Root, partials: 
         if run.ctx.dry_run {
             run.note(format!(
                 "would remove {} (left by an interrupted compression)",
-                p.path.display()
+                p.path.escaped()
             ));
             continue;
         }
         match root.remove_in(&parent, p) {
             Ok(()) => run.note(format!(
                 "removed {} (left by an interrupted compression)",
-                p.path.display()
+                p.path.escaped()
             )),
             Err(e) => run.skip(&p.path, format!("leftover partial not removed: {e}")),
         }
@@ -204,7 +205,7 @@ pub(crate) fn compress(run: &mut Run<'_, '_>, root: &mut Root, c: &Candidate, id
     }
     match compress_one(root, c) {
         Ok(freed) => {
-            tracing::debug!(path = %c.path.display(), bytes_freed = freed, "log compressed");
+            tracing::debug!(path = %c.path.escaped(), bytes_freed = freed, "log compressed");
             run.report.bytes_freed = run.report.bytes_freed.saturating_add(freed);
             if let Some(d) = run.report.dirs.get_mut(idx) {
                 d.files_compressed += 1;
@@ -225,9 +226,9 @@ enum NotCompressed {
         #[source]
         source: io::Error,
     },
-    #[error("not compressed: {} already exists with other content", .gz.display())]
+    #[error("not compressed: {} already exists with other content", .gz.escaped())]
     OtherContent { path: PathBuf, gz: PathBuf },
-    #[error("not compressed: {} exists and is not a regular file", .gz.display())]
+    #[error("not compressed: {} exists and is not a regular file", .gz.escaped())]
     NotRegular { path: PathBuf, gz: PathBuf },
     #[error("not compressed: changed while compressing")]
     Changed { path: PathBuf },
@@ -245,7 +246,7 @@ enum NotCompressed {
         #[source]
         source: io::Error,
     },
-    #[error("compressed to {}, original kept: {source}", .gz.display())]
+    #[error("compressed to {}, original kept: {source}", .gz.escaped())]
     OriginalKept {
         path: PathBuf,
         gz: PathBuf,
@@ -468,14 +469,14 @@ fn vacuum_journal(run: &mut Run<'_, '_>, size: &str) {
     };
     let arg = format!("--vacuum-size={size}");
     if run.ctx.dry_run {
-        run.note(format!("would run {} {arg}", prog.display()));
+        run.note(format!("would run {} {arg}", prog.escaped()));
         return;
     }
     match run_with_timeout(Command::new(&prog).arg(&arg), JOURNAL_TIMEOUT) {
         Ok((status, output)) => {
             let freed = journal_freed(&output);
             run.report.bytes_freed = run.report.bytes_freed.saturating_add(freed);
-            let msg = format!("{} {arg}: {status}, freed {freed} bytes", prog.display());
+            let msg = format!("{} {arg}: {status}, freed {freed} bytes", prog.escaped());
             if status.success() {
                 run.note(msg);
             } else {
@@ -489,7 +490,7 @@ fn vacuum_journal(run: &mut Run<'_, '_>, size: &str) {
                 run.note(format!("{msg}: {tail}"));
             }
         }
-        Err(e) => run.note(format!("{} {arg} failed: {e}", prog.display())),
+        Err(e) => run.note(format!("{} {arg} failed: {e}", prog.escaped())),
     }
 }
 

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use skos_core::escape::{self, ShowPath};
 
 use crate::{Error, Result};
 use openfiles::OpenFiles;
@@ -105,6 +106,7 @@ pub fn no_usage() -> Option<f64> {
 /// What an action did in one configured directory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DirReport {
+    #[serde(serialize_with = "escape::path")]
     pub dir: PathBuf,
     pub bytes_freed: u64,
     pub files_deleted: u64,
@@ -115,6 +117,7 @@ pub struct DirReport {
 /// A path an action left alone, and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Skip {
+    #[serde(serialize_with = "escape::path")]
     pub path: PathBuf,
     pub reason: String,
 }
@@ -131,6 +134,7 @@ pub struct Report {
     pub files_deleted: u64,
     pub dirs: Vec<DirReport>,
     /// Dry run: what would go (at most [`MAX_LISTED`] entries).
+    #[serde(serialize_with = "escape::paths")]
     pub would_delete: Vec<PathBuf>,
     /// How many more would go than `would_delete` lists.
     pub would_delete_omitted: u64,
@@ -139,6 +143,7 @@ pub struct Report {
     /// How many more were skipped than `skipped` lists.
     pub skipped_omitted: u64,
     /// Finalized, verified archives written by this run.
+    #[serde(serialize_with = "escape::paths")]
     pub archives: Vec<PathBuf>,
     /// Why the run stopped early (cap reached, usage under critical...).
     pub stopped: Option<String>,
@@ -203,7 +208,7 @@ impl<'a, 'c> Run<'a, 'c> {
     pub fn skip(&mut self, path: impl Into<PathBuf>, reason: impl Into<String>) {
         let path = path.into();
         let reason = reason.into();
-        tracing::debug!(action = %self.report.action, path = %path.display(), reason = %reason, "skipped");
+        tracing::debug!(action = %self.report.action, path = %path.escaped(), reason = %reason, "skipped");
         if self.report.skipped.len() < MAX_LISTED {
             // Symlinks are routine in temp dirs, and unknown open files
             // are said once in a note: listed, not announced.
@@ -211,7 +216,7 @@ impl<'a, 'c> Run<'a, 'c> {
                 (self.ctx.progress)(&format!(
                     "{}: skipped {}: {reason}",
                     self.report.action,
-                    path.display()
+                    path.escaped()
                 ));
             }
             self.report.skipped.push(Skip { path, reason });
@@ -328,7 +333,7 @@ impl<'a, 'c> Run<'a, 'c> {
                 self.skip(&c.path, format!("not deleted: {e}"));
                 return Deleted::Skipped;
             }
-            tracing::debug!(action = %self.report.action, path = %c.path.display(), bytes = c.size, "deleted");
+            tracing::debug!(action = %self.report.action, path = %c.path.escaped(), bytes = c.size, "deleted");
         }
         self.account_deleted(dir, &c.path, c.size);
         Deleted::Yes

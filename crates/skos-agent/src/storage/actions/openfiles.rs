@@ -5,6 +5,7 @@
 //! A descriptor whose fdinfo cannot be read counts as open for writing (the
 //! safe guess).
 
+use skos_core::escape::ShowPath;
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -45,7 +46,7 @@ impl OpenFiles {
             Err(e) => {
                 out.unknown = Some(format!(
                     "{} is unreadable ({e}): files open for writing cannot be known",
-                    proc_root.display()
+                    proc_root.escaped()
                 ));
                 return out;
             }
@@ -90,7 +91,7 @@ impl OpenFiles {
         if pids == 0 {
             out.unknown = Some(format!(
                 "{} lists no processes: files open for writing cannot be known",
-                proc_root.display()
+                proc_root.escaped()
             ));
         } else if denied > 0 {
             out.unknown = Some(format!(

@@ -19,6 +19,7 @@
 //! opened or unlinked relative to that parent, and must still be the inode
 //! that was chosen, with one link.
 
+use skos_core::escape::ShowPath;
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
@@ -61,9 +62,9 @@ pub(crate) enum DirError {
     Missing { dir: PathBuf },
     #[error("must be an absolute path without '..'")]
     NotAbsolute { dir: PathBuf },
-    #[error("outside allowed dir: {} is a system directory", .canon.display())]
+    #[error("outside allowed dir: {} is a system directory", .canon.escaped())]
     SystemDir { dir: PathBuf, canon: PathBuf },
-    #[error("outside allowed dir: {} is not inside storage.allowed_roots", .canon.display())]
+    #[error("outside allowed dir: {} is not inside storage.allowed_roots", .canon.escaped())]
     NotAllowed { dir: PathBuf, canon: PathBuf },
     #[error("not followed: {} is a symlink", .link.display())]
     Symlink { dir: PathBuf, link: PathBuf },
@@ -301,7 +302,7 @@ pub(crate) fn rename_noreplace_at(dir: &OwnedFd, from: &OsStr, to: &OsStr) -> io
             match lstat_at(dir, to) {
                 Ok(_) => Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!("{} already exists", Path::new(to).display()),
+                    format!("{} already exists", Path::new(to).escaped()),
                 )),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     Ok(rustix::fs::renameat(dir, from, dir, to)?)

@@ -9,6 +9,7 @@
 use super::chips::{self, classify, settle_counts};
 use super::{find_on_path, run_tool, ProblemKind, Reading, Role, Scan, ToolBudget};
 use serde_json::{Map, Value};
+use skos_core::escape::ShowPath;
 use std::path::PathBuf;
 
 /// Readings from `sensors -j`, when it is on `PATH`. Its stderr lines
@@ -24,7 +25,7 @@ pub(super) fn read_lm_sensors(budget: &ToolBudget) -> Scan {
         // prints the others; parse whatever came out.
         Ok(out) => {
             if out.code != Some(0) {
-                tracing::debug!(path = %program.display(), code = ?out.code, "sensors -j exited with an error");
+                tracing::debug!(path = %program.escaped(), code = ?out.code, "sensors -j exited with an error");
             }
             let mut scan = Scan::default();
             for line in out.stderr.lines().map(str::trim).filter(|l| !l.is_empty()) {

@@ -42,6 +42,7 @@ mod sysfs;
 pub use chips::{bounds, validate, Bounds, GENERIC, PROBE_40_125, PROBE_55_125, STUCK};
 pub use lmsensors::parse_lm_sensors_json;
 pub use nvidia::{nvidia_smi_scan, parse_nvidia_smi};
+use skos_core::escape::ShowPath;
 pub use sources::{Current, SourceId, SourceTrouble, TroubleKind};
 
 use crate::error::{Error, Result};
@@ -233,7 +234,7 @@ impl fmt::Display for Problem {
         match &self.what {
             ProblemKind::Unreadable { error } => write!(f, "unreadable: {error}"),
             ProblemKind::OutsideRoot { target } => {
-                write!(f, "link leaves the sysfs root ({})", target.display())
+                write!(f, "link leaves the sysfs root ({})", target.escaped())
             }
             ProblemKind::NotANumber { text } => write!(f, "not a number: {text:?}"),
             ProblemKind::Invalid { celsius, reason } => write!(f, "{celsius} °C is {reason}"),
@@ -509,7 +510,7 @@ pub(crate) struct ToolOutput {
 /// A tool that outlives `budget.timeout`, or is still running when
 /// `budget.stop` is set, is killed with its process group.
 pub(crate) fn run_tool(program: &Path, args: &[&str], budget: &ToolBudget) -> Result<ToolOutput> {
-    let what = || format!("{} {}", program.display(), args.join(" "));
+    let what = || format!("{} {}", program.escaped(), args.join(" "));
     let mut child = Command::new(program)
         .args(args)
         .env("LC_ALL", "C")

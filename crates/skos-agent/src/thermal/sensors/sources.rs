@@ -22,6 +22,7 @@ use super::{
 use nvml_wrapper::Nvml;
 use serde::Serialize;
 use skos_core::config::GpuConfig;
+use skos_core::escape::ShowPath;
 use skos_core::timefmt::Timestamp;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -163,14 +164,14 @@ impl Spec {
     /// Where `id` reads, as problems name it.
     fn at(&self, id: &SourceId) -> String {
         match id {
-            SourceId::HwmonList => self.root.join("class/hwmon").display().to_string(),
+            SourceId::HwmonList => self.root.join("class/hwmon").escaped().to_string(),
             SourceId::Hwmon(entry) => self
                 .root
                 .join("class/hwmon")
                 .join(entry)
-                .display()
+                .escaped()
                 .to_string(),
-            SourceId::ThermalZones => self.root.join("class/thermal").display().to_string(),
+            SourceId::ThermalZones => self.root.join("class/thermal").escaped().to_string(),
             SourceId::Nvml => "nvml".into(),
             SourceId::NvidiaSmi => "nvidia-smi".into(),
             SourceId::LmSensors => "sensors".into(),

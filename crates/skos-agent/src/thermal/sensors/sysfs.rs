@@ -7,6 +7,7 @@
 
 use super::chips::{self, classify, settle_counts};
 use super::{ProblemKind, Reading, Role, Scan};
+use skos_core::escape::ShowPath;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -76,7 +77,7 @@ impl<'a> Walk<'a> {
                 scan: Scan::default(),
             }),
             Err(e) => {
-                tracing::debug!(path = %root.display(), error = %e, "sysfs root not readable; no sysfs sensors");
+                tracing::debug!(path = %root.escaped(), error = %e, "sysfs root not readable; no sysfs sensors");
                 None
             }
         }
@@ -95,7 +96,7 @@ impl Walk<'_> {
         let (base, base_real) = if temp_indices(&real).is_empty() {
             let dev = class_path.join("device");
             if fs::symlink_metadata(&dev).is_err() {
-                tracing::debug!(path = %class_path.display(), "hwmon without temperature inputs");
+                tracing::debug!(path = %class_path.escaped(), "hwmon without temperature inputs");
                 return;
             }
             match self.resolve_inside(&dev) {
@@ -110,7 +111,7 @@ impl Walk<'_> {
             _ => match self.optional(&real.join("name"), &class_path.join("name")) {
                 Optional::Text(name) if !name.is_empty() => name,
                 _ => {
-                    tracing::debug!(path = %class_path.display(), "hwmon without a name");
+                    tracing::debug!(path = %class_path.escaped(), "hwmon without a name");
                     entry.to_string()
                 }
             },
@@ -125,7 +126,7 @@ impl Walk<'_> {
         let kind = classify(chip);
         let indices = temp_indices(base_real);
         if indices.is_empty() {
-            tracing::debug!(path = %base.display(), chip = %chip, "hwmon without temperature inputs");
+            tracing::debug!(path = %base.escaped(), chip = %chip, "hwmon without temperature inputs");
         }
         let mut declared: Vec<Role> = Vec::new();
         let mut readings: Vec<Reading> = Vec::new();
@@ -225,7 +226,7 @@ impl Walk<'_> {
     /// The temperature in `real` (reported as `shown`) when `chip` can give
     /// it; `None` with a problem otherwise.
     fn temperature(&mut self, chip: &str, real: &Path, shown: &Path) -> Option<f64> {
-        let at = shown.display().to_string();
+        let at = shown.escaped().to_string();
         let text = match (self.read_file)(real) {
             Ok(t) => t,
             Err(e) => {
@@ -268,7 +269,7 @@ impl Walk<'_> {
             Some(c) => chips::limit(c),
             None => {
                 self.scan.problem(
-                    shown.display().to_string(),
+                    shown.escaped().to_string(),
                     ProblemKind::NotANumber { text },
                 );
                 None
@@ -284,7 +285,7 @@ impl Walk<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Optional::Absent,
             Err(e) => {
                 self.scan.problem(
-                    shown.display().to_string(),
+                    shown.escaped().to_string(),
                     ProblemKind::Unreadable {
                         error: e.to_string(),
                     },
@@ -301,20 +302,20 @@ impl Walk<'_> {
             Ok(real) if real.starts_with(&self.canon_root) => Some(real),
             Ok(real) => {
                 tracing::debug!(
-                    path = %path.display(),
-                    target = %real.display(),
-                    root = %self.canon_root.display(),
+                    path = %path.escaped(),
+                    target = %real.escaped(),
+                    root = %self.canon_root.escaped(),
                     "skipping sensor link that escapes the sysfs root"
                 );
                 self.scan.problem(
-                    path.display().to_string(),
+                    path.escaped().to_string(),
                     ProblemKind::OutsideRoot { target: real },
                 );
                 None
             }
             Err(e) => {
                 self.scan.problem(
-                    path.display().to_string(),
+                    path.escaped().to_string(),
                     ProblemKind::Unreadable {
                         error: e.to_string(),
                     },
@@ -331,7 +332,7 @@ fn list_dir(dir: &Path, prefix: &str) -> Vec<String> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            tracing::debug!(path = %dir.display(), error = %e, "skipping unreadable sensor directory");
+            tracing::debug!(path = %dir.escaped(), error = %e, "skipping unreadable sensor directory");
             return Vec::new();
         }
     };

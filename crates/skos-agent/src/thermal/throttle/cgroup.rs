@@ -1,6 +1,7 @@
 //! cgroups: the CPU quota of every configured cgroup (v2 `cpu.max`, v1
 //! `cpu.cfs_quota_us`), found under `<root>/fs/cgroup` without leaving it.
 
+use skos_core::escape::ShowPath;
 use std::fs;
 use std::io::{self, ErrorKind};
 use std::path::{Component, Path, PathBuf};
@@ -202,7 +203,7 @@ impl Throttler {
         }
         if v2.exists() {
             return Err(Error::Device {
-                what: format!("cgroup {}", v2.display()),
+                what: format!("cgroup {}", v2.escaped()),
                 reason: "no cpu.max (is +cpu in its parent's cgroup.subtree_control?) \
                          and no cgroup v1 cpu.cfs_quota_us"
                     .to_string(),
@@ -214,8 +215,8 @@ impl Throttler {
                 ErrorKind::NotFound,
                 format!(
                     "configured cgroup {} does not exist (nor under {}/cpu)",
-                    rel.display(),
-                    cg_root.display()
+                    rel.escaped(),
+                    cg_root.escaped()
                 ),
             ),
         ))
@@ -228,7 +229,7 @@ impl Throttler {
             .and_then(|text| parse_cpu_list(&text));
         parsed.unwrap_or_else(|| {
             let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-            tracing::debug!(path = %path.display(), ncpus = n, "cpu list unreadable; using available parallelism");
+            tracing::debug!(path = %path.escaped(), ncpus = n, "cpu list unreadable; using available parallelism");
             n
         })
     }

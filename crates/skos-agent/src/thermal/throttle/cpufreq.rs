@@ -1,6 +1,7 @@
 //! cpufreq: the cap of every policy, planned from `cpuinfo_{min,max}_freq`
 //! and rounded down to a listed P-state, and what the driver put in force.
 
+use skos_core::escape::ShowPath;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -75,7 +76,7 @@ impl Throttler {
                 .collect(),
             Err(e) => {
                 if e.kind() != ErrorKind::NotFound {
-                    tracing::warn!(path = %base.display(), error = %e, "cannot list cpufreq policies");
+                    tracing::warn!(path = %base.escaped(), error = %e, "cannot list cpufreq policies");
                 }
                 Vec::new()
             }
@@ -101,11 +102,11 @@ impl Throttler {
         if policies.is_empty() {
             notes.push(format!(
                 "no cpufreq policies found under {}",
-                base.display()
+                base.escaped()
             ));
             survey
                 .absent
-                .push(format!("no cpufreq policy under {}", base.display()));
+                .push(format!("no cpufreq policy under {}", base.escaped()));
             return Vec::new();
         }
 
@@ -114,13 +115,13 @@ impl Throttler {
             match self.plan_policy(&dir, level, index, given) {
                 Ok(step) => steps.push(step),
                 Err(e) => {
-                    tracing::warn!(path = %dir.display(), error = %e, "skipping cpufreq policy");
+                    tracing::warn!(path = %dir.escaped(), error = %e, "skipping cpufreq policy");
                     survey.broken.get_or_insert(e);
                 }
             }
         }
         if steps.is_empty() {
-            notes.push(format!("no usable cpufreq policy under {}", base.display()));
+            notes.push(format!("no usable cpufreq policy under {}", base.escaped()));
         }
         steps
     }
@@ -213,13 +214,13 @@ fn read_pstates(path: &Path) -> Option<Vec<u64>> {
         Ok(text) => {
             let pstates = parse_available_frequencies(&text);
             if pstates.is_none() {
-                tracing::warn!(path = %path.display(), text = %text.trim(), "unparsable P-state list; ignored");
+                tracing::warn!(path = %path.escaped(), text = %text.trim(), "unparsable P-state list; ignored");
             }
             pstates
         }
         Err(e) if e.kind() == ErrorKind::NotFound => None,
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the P-state list; ignored");
+            tracing::warn!(path = %path.escaped(), error = %e, "cannot read the P-state list; ignored");
             None
         }
     }

@@ -1,6 +1,7 @@
 //! Reading and writing single-value sysfs and cgroupfs files, and keeping
 //! every path inside its root.
 
+use skos_core::escape::ShowPath;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -46,7 +47,7 @@ pub(super) fn ensure_inside(path: &Path, base: &Path) -> Result<()> {
     if real.starts_with(&real_base) {
         Ok(())
     } else {
-        tracing::warn!(path = %path.display(), resolved = %real.display(), root = %base.display(), "path escapes its root");
+        tracing::warn!(path = %path.escaped(), resolved = %real.escaped(), root = %base.escaped(), "path escapes its root");
         Err(Error::OutsideRoot {
             path: path.to_path_buf(),
             root: base.to_path_buf(),

@@ -68,6 +68,7 @@ mod gpu;
 mod reconcile;
 mod state;
 
+use skos_core::escape::ShowPath;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
@@ -516,7 +517,7 @@ impl Throttler {
 
     fn describe(&self, target: &Target) -> String {
         match target {
-            Target::File { path } => self.root.join(path).display().to_string(),
+            Target::File { path } => self.root.join(path).escaped().to_string(),
             Target::GpuPowerLimit { uuid } => format!("nvml:{uuid}:power_limit_mw"),
         }
     }
@@ -560,7 +561,7 @@ impl Throttler {
                 let current = match fs::read_to_string(&file) {
                     Ok(text) => text.trim().to_string(),
                     Err(e) if e.kind() == ErrorKind::NotFound => {
-                        tracing::warn!(path = %file.display(), "throttled target is gone; nothing to restore");
+                        tracing::warn!(path = %file.escaped(), "throttled target is gone; nothing to restore");
                         return Ok(None);
                     }
                     Err(e) => return Err(Error::io(&file, e)),
@@ -572,7 +573,7 @@ impl Throttler {
                 write_value(&file, &original.value)?;
                 let after = read_trimmed(&file)?;
                 if after != original.value {
-                    tracing::warn!(path = %file.display(), original = %original.value, after = %after, "restored, but the value in force differs from the original");
+                    tracing::warn!(path = %file.escaped(), original = %original.value, after = %after, "restored, but the value in force differs from the original");
                 }
                 Ok(Some(Change {
                     target,

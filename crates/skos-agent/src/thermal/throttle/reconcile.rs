@@ -4,6 +4,7 @@
 //! (adopted only for a target found here, after a [`Check`]), and the
 //! actuators this machine has ([`Actuators`]).
 
+use skos_core::escape::ShowPath;
 use std::fmt;
 use std::path::Path;
 
@@ -384,7 +385,7 @@ impl Throttler {
                 .count();
             if a.cpufreq_policies == 0 {
                 a.absent
-                    .push(format!("no cpufreq policy under {}", base.display()));
+                    .push(format!("no cpufreq policy under {}", base.escaped()));
             }
         } else {
             a.absent
@@ -396,8 +397,8 @@ impl Throttler {
         }
         for rel in &self.cfg.cgroups {
             match self.resolve_cgroup(rel) {
-                Ok(_) => a.cgroups.push(rel.display().to_string()),
-                Err(e) => a.absent.push(format!("cgroup {}: {e}", rel.display())),
+                Ok(_) => a.cgroups.push(rel.escaped().to_string()),
+                Err(e) => a.absent.push(format!("cgroup {}: {e}", rel.escaped())),
             }
         }
         if self.cfg.gpu_power_limit {

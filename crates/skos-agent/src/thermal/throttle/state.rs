@@ -1,6 +1,7 @@
 //! The originals of every value a throttle changed, and the state file
 //! that keeps them over an agent restart (temp file, fsync, rename).
 
+use skos_core::escape::ShowPath;
 use std::io::{self, ErrorKind};
 use std::path::{Component, Path, PathBuf};
 
@@ -119,7 +120,7 @@ pub(super) fn load_state(path: &Path) -> SavedState {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return SavedState::default(),
         Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "cannot read the throttle state; originals from before the restart are unknown");
+            tracing::error!(path = %path.escaped(), error = %e, "cannot read the throttle state; originals from before the restart are unknown");
             return SavedState::default();
         }
     };
@@ -130,7 +131,7 @@ pub(super) fn load_state(path: &Path) -> SavedState {
                     let ok = !rel.as_os_str().is_empty()
                         && rel.components().all(|c| matches!(c, Component::Normal(_)));
                     if !ok {
-                        tracing::error!(path = %path.display(), target = %rel.display(), "throttle state names a path outside the sysfs root; ignored");
+                        tracing::error!(path = %path.escaped(), target = %rel.escaped(), "throttle state names a path outside the sysfs root; ignored");
                     }
                     ok
                 }
@@ -143,7 +144,7 @@ pub(super) fn load_state(path: &Path) -> SavedState {
         }
         Err(e) => {
             let aside = path.with_extension("corrupt");
-            tracing::error!(path = %path.display(), error = %e, moved_to = %aside.display(), "throttle state unreadable; moved aside");
+            tracing::error!(path = %path.escaped(), error = %e, moved_to = %aside.escaped(), "throttle state unreadable; moved aside");
             let moved = match (path.parent(), path.file_name(), aside.file_name()) {
                 (Some(dir), Some(from), Some(to)) => {
                     let dir = if dir.as_os_str().is_empty() {
@@ -158,7 +159,7 @@ pub(super) fn load_state(path: &Path) -> SavedState {
                 }),
             };
             if let Err(e) = moved {
-                tracing::error!(path = %path.display(), error = %e, "cannot move the unreadable throttle state aside");
+                tracing::error!(path = %path.escaped(), error = %e, "cannot move the unreadable throttle state aside");
             }
             SavedState::default()
         }
