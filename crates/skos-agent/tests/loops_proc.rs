@@ -5,7 +5,10 @@
 //! the real `/proc` for the rest. Every script runs in its own process
 //! group, killed (SIGKILL) by a guard when the test ends, pass or fail.
 
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use skos_agent::antibody::{Antibody, Execution};
@@ -23,6 +26,11 @@ fn live_proc() -> bool {
         skos_testsupport::require::live_procfs(),
     )
     .is_some()
+}
+
+/// The uid this test runs as (the owner of the scripts it starts).
+fn my_uid() -> u32 {
+    std::fs::metadata("/proc/self").unwrap().uid()
 }
 
 fn breaker(groups: &str) -> LoopBreaker {
@@ -123,7 +131,8 @@ fn a_fork_happy_script_is_stopped_at_its_descendant_limit_then_terminated() {
     let d = dir.path();
     std::fs::write(d.join("fork.sh"), FORK).unwrap();
     let mut lb = breaker(&format!(
-        "    - {{name: forky, command: '*{}/fork.sh*', max_depth: 100, max_descendants: 10, grace_seconds: 0.5, cool_off_seconds: 60}}\n",
+        "    - {{name: forky, uid: {}, command: '*{}/fork.sh*', max_depth: 100, max_descendants: 10, grace_seconds: 0.5, cool_off_seconds: 60}}\n",
+        my_uid(),
         d.display()
     ));
     let group = ProcGroup::spawn_sh(&d.join("fork.sh"), &[d.to_str().unwrap(), "0", "0.5"]);
@@ -139,7 +148,12 @@ fn a_fork_happy_script_is_stopped_at_its_descendant_limit_then_terminated() {
     assert_eq!(alert.problem(), "loop:proc:forky");
     assert_eq!(alert.details["limit"], 10);
     let evidence = alert.details["evidence"].as_array().unwrap();
-    assert!(evidence[0]["cmdline"].as_str().unwrap().contains("fork.sh"));
+    // The program is shown; its arguments (the temp dir, levels) are not.
+    assert_eq!(evidence[0]["command"], "sh fork.sh");
+    assert!(
+        evidence.iter().all(|e| e.get("cmdline").is_none()),
+        "{evidence:?}"
+    );
 
     let o = run(
         &mut lb,
@@ -176,7 +190,8 @@ fn a_respawn_loop_is_a_crash_loop_frozen_by_circuit_break_and_freed_by_reset() {
     std::fs::write(d.join("supervisor.sh"), SUPERVISOR).unwrap();
     std::fs::write(d.join("crasher.sh"), CRASHER).unwrap();
     let mut lb = breaker(&format!(
-        "    - {{name: crashy, command: '*{}/crasher.sh*', max_respawns: 3, respawn_window_seconds: 30, on_break: stop, grace_seconds: 0.5, cool_off_seconds: 60}}\n",
+        "    - {{name: crashy, uid: {}, command: '*{}/crasher.sh*', max_respawns: 3, respawn_window_seconds: 30, on_break: stop, grace_seconds: 0.5, cool_off_seconds: 60}}\n",
+        my_uid(),
         d.display()
     ));
     let group = ProcGroup::spawn_sh(&d.join("supervisor.sh"), &[d.to_str().unwrap()]);
@@ -254,11 +269,21 @@ fn a_fake_proc_tree_is_judged_but_never_signalled() {
         parent = pid;
     }
     std::fs::write(root.path().join("self"), "not a link").unwrap();
+    // The unit's cgroup, owned by this test's user and writable by no one
+    // else: trusted.
+    let sys = tempfile::tempdir().unwrap();
+    let unit = sys.path().join("fs/cgroup/system.slice/batch.service");
+    std::fs::create_dir_all(&unit).unwrap();
+    std::fs::write(unit.join("cgroup.procs"), "").unwrap();
+    for d in [sys.path(), &unit] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     let mut cfg = Config::from_yaml(
         "agent: {antibodies: [loop_breaker]}\nloop:\n  process_groups:\n    - {name: batch, unit: batch.service, max_depth: 5}\n",
     )
     .unwrap();
     cfg.proc_root = root.path().to_path_buf();
+    cfg.sysfs_root = sys.path().to_path_buf();
     let mut lb = LoopBreaker::new(&cfg);
     let alerts = lb.sense(chrono::Utc::now());
     assert_eq!(alerts.len(), 1, "{alerts:?}");
@@ -287,7 +312,7 @@ fn a_fake_proc_tree_is_judged_but_never_signalled() {
 
 #[test]
 fn heartbeats_carry_the_loop_breakers_state() {
-    let mut lb = breaker("    - {name: g, command: '*never-matches-anything*'}\n");
+    let mut lb = breaker("    - {name: g, uid: 0, command: '*never-matches-anything*'}\n");
     lb.sense(chrono::Utc::now());
     let mut hb = skos_core::protocol::Heartbeat {
         agent_id: "a".into(),
@@ -306,4 +331,207 @@ fn heartbeats_carry_the_loop_breakers_state() {
     assert_eq!(m["chains"], 0);
     assert_eq!(m["groups"][0]["name"], "g");
     assert_eq!(m["groups"][0]["state"], "watching");
+}
+
+/// Processes started as another user, in a process group of their own,
+/// killed whole when the guard goes.
+struct AsUser(Child);
+
+impl AsUser {
+    /// `program` with `argv0` as its name, as `uid`:`uid`.
+    fn spawn(uid: u32, program: &str, argv0: &str, args: &[&str]) -> AsUser {
+        let child = std::process::Command::new(program)
+            .arg0(argv0)
+            .args(args)
+            .uid(uid)
+            .gid(uid)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawn as another user");
+        AsUser(child)
+    }
+
+    /// Pids of the group's processes with their state, from `/proc`.
+    fn members(&self) -> Vec<(u32, char, u32)> {
+        let pgid = self.0.id();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            if f.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(pgid) {
+                continue;
+            }
+            let uid = std::fs::metadata(e.path()).map(|m| m.uid()).unwrap_or(0);
+            out.push((pid, f[0].chars().next().unwrap_or('?'), uid));
+        }
+        out
+    }
+}
+
+impl Drop for AsUser {
+    fn drop(&mut self) {
+        if let Ok(pgid) = libc::pid_t::try_from(self.0.id()) {
+            // SAFETY: kill(2) on the process group this guard created.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// uid of `nobody`.
+const NOBODY: u32 = 65534;
+
+#[test]
+fn a_process_of_another_user_naming_itself_after_a_group_is_never_counted_or_signalled() {
+    skos_testsupport::require!("root", skos_testsupport::require::root());
+    if !live_proc() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let worker = d.join("worker.sh");
+    // Root's worker: `n` children, then waits.
+    std::fs::write(
+        &worker,
+        "#!/bin/sh\nfor i in $(seq \"$1\"); do sleep 60 & done\nwait\n",
+    )
+    .unwrap();
+    let pattern = format!("*{}/worker.sh*", d.display());
+    let mut lb = breaker(&format!(
+        "    - {{name: worker, uid: 0, command: '{pattern}', max_descendants: 5, on_break: term, grace_seconds: 0.5, cool_off_seconds: 60}}\n"
+    ));
+    // The impostor (nobody): named like the worker, with 20 children.
+    let fake_name = format!("sh {}", worker.display());
+    let impostor = AsUser::spawn(
+        NOBODY,
+        "/bin/sh",
+        &fake_name,
+        &[
+            "-c",
+            "for i in $(seq 20); do sleep 60 & done; wait",
+            &worker.to_string_lossy(),
+        ],
+    );
+    let root_worker = ProcGroup::spawn_sh(&worker, &["2"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while impostor.members().len() < 21 || root_worker.alive().len() < 3 {
+        assert!(Instant::now() < deadline, "the processes did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The impostor's command line matches the pattern, its uid does not.
+    let shown = std::fs::read(format!("/proc/{}/cmdline", impostor.0.id())).unwrap();
+    assert!(String::from_utf8_lossy(&shown).contains("worker.sh"));
+
+    // Many looks: the impostor's 20 children never trip the group.
+    for _ in 0..5 {
+        let alerts = lb.sense(chrono::Utc::now());
+        assert!(alerts.is_empty(), "the impostor was counted: {alerts:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Root's worker does run away: 10 more children, over the limit.
+    let runaway = ProcGroup::spawn_sh(&worker, &["10"]);
+    let alert = sense_until(&mut lb, "the root worker's trip", |alerts, _| {
+        alerts
+            .iter()
+            .find(|a| a.severity == Severity::Critical)
+            .cloned()
+    });
+    assert_eq!(alert.details["condition"], "descendants_exceeded");
+    let value = alert.details["value"].as_u64().unwrap();
+    assert!(
+        (6..=12).contains(&value),
+        "{value}: only root's count (2 + 10 at most)"
+    );
+    let o = run(
+        &mut lb,
+        command("circuit_break", Some(&alert.alert_id), None),
+    );
+    assert_eq!(o.status, ResultStatus::Succeeded, "{}", o.message);
+    let impostor_pids: Vec<String> = impostor
+        .members()
+        .iter()
+        .map(|m| format!("pid:{}", m.0))
+        .collect();
+    assert!(
+        o.changes.iter().all(|c| !impostor_pids.contains(&c.target)),
+        "a signal went to the impostor: {o:?}"
+    );
+    sense_until(&mut lb, "root's worker terminated", |_, _| {
+        (root_worker.alive().is_empty() && runaway.alive().is_empty()).then_some(())
+    });
+    // Every process of nobody's is still there and running.
+    let left = impostor.members();
+    assert_eq!(left.len(), 21, "{left:?}");
+    assert!(
+        left.iter()
+            .all(|m| m.1 != 'T' && m.1 != 'Z' && m.2 == NOBODY),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn a_cgroup_or_executable_others_can_write_is_not_believed() {
+    skos_testsupport::require!("root", skos_testsupport::require::root());
+    use skos_agent::loops::procwatch::Trust;
+    use std::os::unix::fs::PermissionsExt;
+    let sys = tempfile::tempdir().unwrap();
+    let cg = sys.path().join("fs/cgroup");
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, PermissionsExt::from_mode(m)).unwrap();
+    for (path, owner) in [
+        ("system.slice/worker.service", 0),
+        ("user.slice/app.slice/worker.service", NOBODY),
+    ] {
+        let d = cg.join(path);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cgroup.procs"), "").unwrap();
+        std::os::unix::fs::chown(&d, Some(owner), Some(owner)).unwrap();
+        std::os::unix::fs::chown(d.join("cgroup.procs"), Some(owner), Some(owner)).unwrap();
+    }
+    for p in [sys.path(), &sys.path().join("fs"), &cg] {
+        mode(p, 0o755);
+    }
+    let trust = Trust::new();
+    assert_eq!(trust.cgroup(&cg, "/system.slice/worker.service"), Ok(()));
+    let why = trust
+        .cgroup(&cg, "/user.slice/app.slice/worker.service")
+        .unwrap_err();
+    assert!(why.contains("owned by uid 65534"), "{why}");
+    // Root's, but anyone may move processes in.
+    mode(&cg.join("system.slice/worker.service/cgroup.procs"), 0o666);
+    assert!(trust.cgroup(&cg, "/system.slice/worker.service").is_err());
+    assert!(trust.cgroup(&cg, "/system.slice/../user.slice").is_err());
+    assert!(trust.cgroup(&cg, "/nowhere.slice").is_err());
+
+    // An executable: trusted in a root-only dir, not in a world-writable one.
+    let bin = sys.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy("/bin/sleep", bin.join("worker")).unwrap();
+    mode(&bin, 0o755);
+    mode(&bin.join("worker"), 0o755);
+    let m = trust.exe(&bin.join("worker")).unwrap();
+    let file = m.file.unwrap();
+    assert_eq!(
+        file.ino,
+        std::fs::metadata(bin.join("worker")).unwrap().ino()
+    );
+    mode(&bin, 0o777);
+    let why = trust.exe(&bin.join("worker")).unwrap_err();
+    assert!(why.contains("writable by group or others"), "{why}");
 }

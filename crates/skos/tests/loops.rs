@@ -158,6 +158,12 @@ loop:\n  cool_off_seconds: 120\n{loop_section}\n{trust}"
     }
 }
 
+/// The uid this test runs as: the owner of the scripts it starts.
+fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
@@ -394,7 +400,8 @@ fn a_fork_happy_script_is_stopped_at_the_configured_depth() {
     let d = scripts.path();
     std::fs::write(d.join("fork.sh"), FORK).unwrap();
     let stack = Stack::start(&format!(
-        "  process_groups:\n    - {{name: forky, command: '*{}/fork.sh*', max_depth: 3, max_descendants: 1000, grace_seconds: 1, cool_off_seconds: 120}}",
+        "  process_groups:\n    - {{name: forky, uid: {}, command: '*{}/fork.sh*', max_depth: 3, max_descendants: 1000, grace_seconds: 1, cool_off_seconds: 120}}",
+        my_uid(),
         d.display()
     ));
     // Let the agent take its first look before the script starts.
@@ -410,7 +417,24 @@ fn a_fork_happy_script_is_stopped_at_the_configured_depth() {
     assert_eq!(alert["details"]["condition"], "depth_exceeded");
     assert_eq!(alert["details"]["value"], 4);
     assert_eq!(alert["details"]["limit"], 3);
-    assert!(!alert["details"]["evidence"].as_array().unwrap().is_empty());
+    let evidence = alert["details"]["evidence"].as_array().unwrap();
+    assert!(!evidence.is_empty());
+    // The audit trail names the program, never its arguments.
+    assert!(
+        evidence
+            .iter()
+            .all(|e| e["command"] == "sh fork.sh" || e["command"] == "sleep"),
+        "{evidence:?}"
+    );
+    assert!(
+        evidence.iter().all(|e| e.get("cmdline").is_none()),
+        "{evidence:?}"
+    );
+    let trail = serde_json::to_string(&records).unwrap();
+    assert!(
+        !trail.contains(&format!("{}/fork.sh", d.display())),
+        "a command line reached the audit trail"
+    );
     // Stopped, then terminated after the grace: the whole tree goes.
     wait_for(WAIT, "the fork tree gone", || {
         group.alive().is_empty().then_some(())
@@ -447,7 +471,8 @@ fn a_process_respawned_by_a_loop_is_caught_as_a_crash_loop() {
     std::fs::write(d.join("supervisor.sh"), SUPERVISOR).unwrap();
     std::fs::write(d.join("crasher.sh"), CRASHER).unwrap();
     let stack = Stack::start(&format!(
-        "  process_groups:\n    - {{name: crashy, command: '*{}/crasher.sh*', max_respawns: 3, respawn_window_seconds: 60, on_break: stop, cool_off_seconds: 120}}",
+        "  process_groups:\n    - {{name: crashy, uid: {}, command: '*{}/crasher.sh*', max_respawns: 3, respawn_window_seconds: 60, on_break: stop, cool_off_seconds: 120}}",
+        my_uid(),
         d.display()
     ));
     let group = ProcGroup::spawn_sh(&d.join("supervisor.sh"), &[d.to_str().unwrap()]);

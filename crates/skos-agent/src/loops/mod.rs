@@ -30,8 +30,11 @@ pub mod chain;
 pub mod procwatch;
 
 use skos_core::counters::Counter;
+use skos_core::escape::ShowPath;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -54,7 +57,7 @@ use tokio::sync::mpsc;
 use crate::antibody::{Antibody, Execution};
 use crate::offloop::Reader;
 use crate::Outcome;
-use procwatch::ProcWatch;
+use procwatch::{Needs, ProcWatch, Trust};
 
 pub const AGENT_TYPE: &str = skos_core::catalogue::Executor::LoopBreaker.as_str();
 
@@ -317,7 +320,9 @@ impl Ctx {
 struct Group {
     selector: Selector,
     tracker: GroupTracker,
-    with_cgroups: bool,
+    /// Why the group's executable is not believed, when it is not (said
+    /// once per change).
+    exe_doubt: Option<String>,
 }
 
 pub struct LoopBreaker {
@@ -329,6 +334,9 @@ pub struct LoopBreaker {
     cfg: Config,
     groups: Vec<Group>,
     procs: ProcWatch,
+    trust: Trust,
+    /// Cgroups found untrusted, said once each (bounded).
+    doubted_cgroups: HashSet<String>,
     scan_failed: bool,
     /// The agent loop's scans, off the loop.
     reader: Reader<crate::Result<Vec<ProcInfo>>>,
@@ -346,11 +354,17 @@ impl LoopBreaker {
             .process_groups
             .iter()
             .filter_map(|g| {
-                let selector = Selector::of(g)?;
+                let Some(mut selector) = Selector::of(g) else {
+                    // `config check` refuses such a group; one built
+                    // around it still selects nothing.
+                    tracing::error!(group = %g.name, "process group without uid, exe, unit or cgroup: it has no members");
+                    return None;
+                };
+                selector.command_lines = cfg.loop_.record_command_lines;
                 Some(Group {
-                    with_cgroups: !matches!(selector, Selector::Command(_)),
                     selector,
                     tracker: GroupTracker::new(&g.name, cfg.loop_.group_limits(g)),
+                    exe_doubt: None,
                 })
             })
             .collect();
@@ -372,6 +386,8 @@ impl LoopBreaker {
             cfg: cfg.clone(),
             groups,
             procs: ProcWatch::new(&cfg.proc_root),
+            trust: Trust::new(),
+            doubted_cgroups: HashSet::new(),
             scan_failed: false,
             reader: Reader::new("processes", "a scan of /proc", SCAN_BUDGET),
         }
@@ -540,17 +556,22 @@ impl LoopBreaker {
                 ResultStatus::Failed,
                 format!(
                     "proc_root {} is not this machine's procfs; no process is signalled",
-                    self.procs.root().display()
+                    self.procs.root().escaped()
                 ),
             );
         }
-        let with_cgroups = self.groups[gi].with_cgroups;
-        let snapshot = match self.procs.scan(with_cgroups) {
+        self.resolve_exes();
+        let needs = self.needs();
+        let snapshot = match self.procs.scan(needs) {
             Ok(s) => s,
             Err(e) => return Outcome::new(ResultStatus::Failed, e.to_string()),
         };
         let protected = self.procs.protected(&snapshot);
-        let obs = tree::observe(&snapshot, &self.groups[gi].selector, &protected);
+        let trust = self.trust.clone();
+        let trusted = CgroupTrust::new(&trust, &self.cfg.sysfs_root);
+        let obs = tree::observe(&snapshot, &self.groups[gi].selector, &protected, &|cg| {
+            trusted.check(cg)
+        });
         let breaking = cmd.action_type == "circuit_break";
         let step = if breaking {
             self.groups[gi].tracker.circuit_break(&obs, now)
@@ -564,10 +585,12 @@ impl LoopBreaker {
             if !breaking {
                 break;
             }
-            let Ok(snapshot) = self.procs.scan(with_cgroups) else {
+            let Ok(snapshot) = self.procs.scan(needs) else {
                 break;
             };
-            let obs = tree::observe(&snapshot, &self.groups[gi].selector, &protected);
+            let obs = tree::observe(&snapshot, &self.groups[gi].selector, &protected, &|cg| {
+                trusted.check(cg)
+            });
             let step = self.groups[gi].tracker.enforce(&obs, now);
             if step.signals.is_empty() {
                 break;
@@ -606,6 +629,7 @@ impl LoopBreaker {
         } else {
             ResultStatus::Succeeded
         };
+        self.note_doubts(&trusted);
         let mut o = Outcome::new(status, message);
         o.changes = changes;
         o.details = json!({
@@ -657,10 +681,88 @@ impl LoopBreaker {
     }
 }
 
+/// Cgroup trust, asked once per cgroup path per scan.
+struct CgroupTrust<'a> {
+    trust: &'a Trust,
+    root: PathBuf,
+    seen: RefCell<HashMap<String, Result<(), String>>>,
+}
+
+impl<'a> CgroupTrust<'a> {
+    /// Cgroups under `<sysfs_root>/fs/cgroup`.
+    fn new(trust: &'a Trust, sysfs_root: &std::path::Path) -> Self {
+        CgroupTrust {
+            trust,
+            root: sysfs_root.join("fs/cgroup"),
+            seen: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn check(&self, path: &str) -> bool {
+        if let Some(r) = self.seen.borrow().get(path) {
+            return r.is_ok();
+        }
+        let r = self.trust.cgroup(&self.root, path);
+        let ok = r.is_ok();
+        self.seen.borrow_mut().insert(path.to_string(), r);
+        ok
+    }
+}
+
+/// Most untrusted cgroups remembered (so each is said once).
+const DOUBTED_CGROUPS: usize = 256;
+
 impl LoopBreaker {
-    /// Whether a scan must read the processes' cgroups.
-    fn with_cgroups(&self) -> bool {
-        self.groups.iter().any(|g| g.with_cgroups)
+    /// What a scan must read: only what some group selects by.
+    fn needs(&self) -> Needs {
+        self.groups
+            .iter()
+            .map(|g| {
+                let (cgroups, uids, exe) = g.selector.needs();
+                Needs { cgroups, uids, exe }
+            })
+            .fold(Needs::default(), Needs::or)
+    }
+
+    /// Resolve each group's executable again (it may have been upgraded,
+    /// or its directory made writable); an untrusted one selects nothing.
+    fn resolve_exes(&mut self) {
+        for g in &mut self.groups {
+            let Some(want) = &g.selector.exe else {
+                continue;
+            };
+            let (file, doubt) = match self.trust.exe(&want.configured) {
+                Ok(m) => (m.file, None),
+                Err(why) => (None, Some(why)),
+            };
+            if doubt != g.exe_doubt {
+                match &doubt {
+                    Some(why) => {
+                        tracing::warn!(group = g.tracker.name(), reason = %why, "process group executable not trusted: the group has no members")
+                    }
+                    None => tracing::info!(
+                        group = g.tracker.name(),
+                        "process group executable trusted again"
+                    ),
+                }
+                g.exe_doubt = doubt;
+            }
+            if let Some(exe) = &mut g.selector.exe {
+                exe.file = file;
+            }
+        }
+    }
+
+    /// Say (once each) which cgroups a scan did not believe.
+    fn note_doubts(&mut self, trusted: &CgroupTrust<'_>) {
+        for (path, r) in trusted.seen.borrow().iter() {
+            let Err(why) = r else { continue };
+            if self.doubted_cgroups.len() < DOUBTED_CGROUPS
+                && self.doubted_cgroups.insert(path.clone())
+            {
+                tracing::warn!(cgroup = %path.escaped(), reason = %why, "cgroup not trusted: its processes are no group's members");
+            }
+        }
     }
 
     /// Scan the processes here and now and return the alerts to raise
@@ -670,7 +772,8 @@ impl LoopBreaker {
         if self.groups.is_empty() {
             return Vec::new();
         }
-        let scan = self.procs.scan(self.with_cgroups());
+        self.resolve_exes();
+        let scan = self.procs.scan(self.needs());
         self.apply(scan, now)
     }
 
@@ -684,7 +787,7 @@ impl LoopBreaker {
             }
             Err(e) => {
                 if !self.scan_failed {
-                    tracing::warn!(root = %self.procs.root().display(), error = %e, "cannot read processes");
+                    tracing::warn!(root = %self.procs.root().escaped(), error = %e, "cannot read processes");
                     self.scan_failed = true;
                 }
                 return Vec::new();
@@ -693,8 +796,12 @@ impl LoopBreaker {
         let live = snapshot.iter().map(|p| p.id).collect();
         let protected = self.procs.protected(&snapshot);
         let mut alerts = Vec::new();
+        let trust = self.trust.clone();
+        let trusted = CgroupTrust::new(&trust, &self.cfg.sysfs_root);
         for gi in 0..self.groups.len() {
-            let obs = tree::observe(&snapshot, &self.groups[gi].selector, &protected);
+            let obs = tree::observe(&snapshot, &self.groups[gi].selector, &protected, &|cg| {
+                trusted.check(cg)
+            });
             let step = self.groups[gi].tracker.observe(&obs, &live, now);
             if !step.signals.is_empty() {
                 let mut changes = Vec::new();
@@ -708,6 +815,7 @@ impl LoopBreaker {
             let name = self.groups[gi].tracker.name().to_string();
             alerts.extend(self.group_alerts(&name, &step.changes, now));
         }
+        self.note_doubts(&trusted);
         alerts
     }
 }
@@ -728,8 +836,9 @@ impl Antibody for LoopBreaker {
             return Vec::new();
         }
         let mut alerts = Antibody::judge(self, now);
-        let (procs, with_cgroups) = (self.procs.clone(), self.with_cgroups());
-        if self.reader.look(move || procs.scan(with_cgroups)) {
+        self.resolve_exes();
+        let (procs, needs) = (self.procs.clone(), self.needs());
+        if self.reader.look(move || procs.scan(needs)) {
             alerts.extend(Antibody::judge(self, now));
         }
         alerts

@@ -1,9 +1,17 @@
 //! Process trees from `/proc`, under the configured `proc_root`.
 //!
-//! [`ProcWatch::scan`] reads every `<proc_root>/<pid>/stat`, `cmdline` and
-//! (when a group selects by unit or cgroup) `cgroup` into
-//! [`ProcInfo`]s; the parsers are pure functions over text. A process that
-//! exits during the scan is skipped.
+//! [`ProcWatch::scan`] reads every `<proc_root>/<pid>/stat`, `cmdline` and,
+//! when a group selects by them ([`Needs`]), `cgroup`, the `Uid:` line of
+//! `status` and the `exe` link into [`ProcInfo`]s; the parsers are pure
+//! functions over text. A process that exits during the scan is skipped;
+//! a field that cannot be read stays unknown, and an unknown field selects
+//! nothing.
+//!
+//! [`Trust`] says whether a cgroup or an executable may be believed: owned
+//! by root or by the agent's own user, and neither it nor a directory above
+//! it writable by anyone else. Only the owner of a cgroup can move a
+//! process into it; only whoever can write an executable (or its
+//! directory) can put other code behind its name.
 //!
 //! [`ProcWatch::signal`] sends a signal only when `proc_root` is this
 //! machine's live procfs (its `self` link names the agent's own pid), never
@@ -13,9 +21,11 @@
 //! so a pid reused in between is never hit.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
 
-use skos_core::chain::tree::{ProcId, ProcInfo, Sig};
+use skos_core::chain::tree::{Exe, ExeMatch, ProcId, ProcInfo, Sig};
+use skos_core::escape::{Escaped, ShowPath};
 
 use crate::{Error, Result};
 
@@ -49,15 +59,173 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
-/// `/proc/<pid>/cmdline`: NUL-separated arguments joined by single spaces.
+/// `/proc/<pid>/cmdline`: NUL-separated arguments, each shown as
+/// [`Escaped`] does (control characters and bytes that are not UTF-8
+/// escaped), joined by single spaces.
 pub fn parse_cmdline(bytes: &[u8]) -> String {
     let bytes = &bytes[..bytes.len().min(MAX_CMDLINE)];
     bytes
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .map(|a| Escaped::bytes(a).to_string())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The real and effective uid from `/proc/<pid>/status` (`Uid:` line:
+/// real, effective, saved, filesystem).
+pub fn parse_uids(status: &str) -> Option<(u32, u32)> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut f = line.split_whitespace().map(|v| v.parse::<u32>().ok());
+    Some((f.next()??, f.next()??))
+}
+
+/// Which optional fields a scan reads (only what some group selects by).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub cgroups: bool,
+    pub uids: bool,
+    pub exe: bool,
+}
+
+impl Needs {
+    /// Both scans' needs.
+    pub fn or(self, o: Needs) -> Needs {
+        Needs {
+            cgroups: self.cgroups || o.cgroups,
+            uids: self.uids || o.uids,
+            exe: self.exe || o.exe,
+        }
+    }
+}
+
+/// Who may be believed about a cgroup or an executable: root and the
+/// agent's own user. A file or directory is trusted when its owner is one
+/// of them and it is not writable by group or others; a path when it and
+/// every directory above it are.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    agent_uid: u32,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Trust {
+    /// Root and the user this process runs as.
+    pub fn new() -> Self {
+        // SAFETY: geteuid(2) takes nothing and cannot fail.
+        let agent_uid = unsafe { libc::geteuid() };
+        Trust { agent_uid }
+    }
+
+    fn owner_ok(&self, meta: &std::fs::Metadata) -> bool {
+        meta.uid() == 0 || meta.uid() == self.agent_uid
+    }
+
+    /// Why `meta` (of `path`) is not trusted, if it is not.
+    fn doubt(&self, path: &Path, meta: &std::fs::Metadata) -> Option<String> {
+        let shown = Escaped::path(path);
+        if meta.file_type().is_symlink() {
+            return Some(format!("{shown} is a symlink"));
+        }
+        if !self.owner_ok(meta) {
+            return Some(format!("{shown} is owned by uid {}", meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Some(format!(
+                "{shown} is writable by group or others (mode {:o})",
+                meta.mode() & 0o7777
+            ));
+        }
+        None
+    }
+
+    /// Why `path` or a directory above it is not trusted, if one is not.
+    /// A directory above it may be writable by others when it is sticky
+    /// (`/tmp`): there only an entry's owner may rename or remove it.
+    pub fn doubt_path(&self, path: &Path) -> Option<String> {
+        let mut cur = Some(path);
+        while let Some(p) = cur {
+            match std::fs::symlink_metadata(p) {
+                Ok(m) => {
+                    let sticky_above = p != path && m.is_dir() && m.mode() & 0o1000 != 0;
+                    if let Some(why) = self.doubt(p, &m) {
+                        if !(sticky_above && !m.file_type().is_symlink() && self.owner_ok(&m)) {
+                            return Some(why);
+                        }
+                    }
+                }
+                Err(e) => return Some(format!("{}: {e}", Escaped::path(p))),
+            }
+            cur = p.parent();
+        }
+        None
+    }
+
+    /// Whether the cgroup at `path` (`/system.slice/worker.service`, as
+    /// `/proc/<pid>/cgroup` says it) under `cgroup_root` (`/sys/fs/cgroup`)
+    /// may be believed: the first of the unified hierarchy, a v1
+    /// `systemd` or `unified` one where it exists, with its `cgroup.procs`
+    /// (who may move processes in), itself and the dirs above it up to the
+    /// cgroup root trusted. `Err` says why not.
+    pub fn cgroup(&self, cgroup_root: &Path, path: &str) -> Result<(), String> {
+        let rel = Path::new(path.trim_start_matches('/'));
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(format!(
+                "{} is not a plain cgroup path",
+                Escaped::text(path)
+            ));
+        }
+        let dir = ["", "systemd", "unified"]
+            .iter()
+            .map(|h| cgroup_root.join(h))
+            .find(|base| base.join(rel).join("cgroup.procs").exists())
+            .ok_or_else(|| format!("cgroup {} not found", Escaped::text(path)))?;
+        let procs = dir.join(rel).join("cgroup.procs");
+        let meta = std::fs::symlink_metadata(&procs).map_err(|e| e.to_string())?;
+        if let Some(why) = self.doubt(&procs, &meta) {
+            return Err(why);
+        }
+        let mut cur = Some(dir.join(rel));
+        while let Some(p) = cur {
+            let meta = std::fs::symlink_metadata(&p).map_err(|e| e.to_string())?;
+            if let Some(why) = self.doubt(&p, &meta) {
+                return Err(why);
+            }
+            if p == dir {
+                break;
+            }
+            cur = p.parent().map(Path::to_path_buf);
+        }
+        Ok(())
+    }
+
+    /// The file `configured` names (symlinks resolved), when it and every
+    /// directory above it are trusted; `Err` says why not.
+    pub fn exe(&self, configured: &Path) -> Result<ExeMatch, String> {
+        let real = std::fs::canonicalize(configured)
+            .map_err(|e| format!("{}: {e}", Escaped::path(configured)))?;
+        let meta =
+            std::fs::metadata(&real).map_err(|e| format!("{}: {e}", Escaped::path(&real)))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a file", Escaped::path(&real)));
+        }
+        if let Some(why) = self.doubt_path(&real) {
+            return Err(why);
+        }
+        Ok(ExeMatch {
+            configured: configured.to_path_buf(),
+            file: Some(Exe {
+                path: real,
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }),
+        })
+    }
 }
 
 /// `/proc/<pid>/cgroup`: the path of every hierarchy (`0::/x.slice/y`),
@@ -111,7 +279,7 @@ impl ProcWatch {
     }
 
     /// Every process, skipping those that vanish while being read.
-    pub fn scan(&self, with_cgroups: bool) -> Result<Vec<ProcInfo>> {
+    pub fn scan(&self, needs: Needs) -> Result<Vec<ProcInfo>> {
         let dir = std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
         let mut out = Vec::new();
         for entry in dir.flatten() {
@@ -119,20 +287,38 @@ impl ProcWatch {
             let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some(p) = self.read(pid, with_cgroups) {
+            if let Some(p) = self.read(pid, needs) {
                 out.push(p);
             }
         }
         Ok(out)
     }
 
-    fn read(&self, pid: u32, with_cgroups: bool) -> Option<ProcInfo> {
+    fn read(&self, pid: u32, needs: Needs) -> Option<ProcInfo> {
         let dir = self.root.join(pid.to_string());
         let stat = parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
         let cmdline = std::fs::read(dir.join("cmdline"))
             .map(|b| parse_cmdline(&b))
             .unwrap_or_default();
-        let cgroups = if with_cgroups {
+        let uids = needs
+            .uids
+            .then(|| std::fs::read_to_string(dir.join("status")).ok())
+            .flatten()
+            .and_then(|t| parse_uids(&t));
+        let exe = if needs.exe {
+            let link = dir.join("exe");
+            match (std::fs::read_link(&link), std::fs::metadata(&link)) {
+                (Ok(path), Ok(m)) => Some(Exe {
+                    path,
+                    dev: m.dev(),
+                    ino: m.ino(),
+                }),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let cgroups = if needs.cgroups {
             std::fs::read_to_string(dir.join("cgroup"))
                 .map(|t| parse_cgroup(&t))
                 .unwrap_or_default()
@@ -148,6 +334,8 @@ impl ProcWatch {
             state: stat.state,
             cmdline,
             cgroups,
+            uids,
+            exe,
         })
     }
 
@@ -177,7 +365,7 @@ impl ProcWatch {
         if !self.live {
             return Err(refuse(&format!(
                 "{} is not this machine's procfs; no signal is sent",
-                self.root.display()
+                self.root.escaped()
             )));
         }
         if id.pid <= 1 || protected.contains(&id.pid) {
@@ -290,7 +478,13 @@ mod tests {
         );
         let w = ProcWatch::new(Path::new("/proc"));
         assert!(w.is_live(), "ProcWatch must see the live /proc");
-        let procs = w.scan(true).unwrap();
+        let procs = w
+            .scan(Needs {
+                cgroups: true,
+                uids: true,
+                exe: true,
+            })
+            .unwrap();
         let me = procs
             .iter()
             .find(|p| p.id.pid == std::process::id())

@@ -49,6 +49,11 @@ pub struct LoopConfig {
     pub evidence_steps: usize,
     /// Uncooperative chains: process groups watched through `/proc`.
     pub process_groups: Vec<ProcessGroup>,
+    /// Put whole command lines into alert evidence and results (so into
+    /// the audit trail, status and state). Off: evidence names each
+    /// process by its program only (`sh fork.sh`, `worker`), since
+    /// command lines often carry tokens and passwords.
+    pub record_command_lines: bool,
     /// Actions per condition. Merged over the built-in table: a file that
     /// names one condition keeps the defaults for the others; `[]` turns a
     /// condition's actions off.
@@ -120,20 +125,33 @@ pub enum BreakMode {
     Term,
 }
 
-/// One watched process group. Exactly one of `command`, `unit` and
-/// `cgroup` says which processes belong to it; each member whose parent is
-/// not a member roots a tree, and every process below a root counts.
+/// One watched process group. Its members are the processes that match
+/// every selector given: at least one of `uid`, `exe`, `unit` and `cgroup`
+/// (what a process cannot choose for itself), at most one of `unit` and
+/// `cgroup`, and optionally `command` to narrow them (a command line is
+/// whatever a process says it is, so it never selects on its own). Each
+/// member whose parent is not a member roots a tree, and every process
+/// below a root counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProcessGroup {
     /// Names the group in alerts (`details.sensor` is `proc:<name>`).
     pub name: String,
     /// A glob (`*`, `?`) over the whole command line, arguments joined by
-    /// single spaces.
+    /// single spaces; only beside `uid`, `exe`, `unit` or `cgroup`.
     pub command: Option<String>,
-    /// A systemd unit (`worker.service`): the processes in its cgroup.
+    /// Members run as this user: real and effective uid both.
+    pub uid: Option<u32>,
+    /// Members run this executable (absolute path): `/proc/<pid>/exe` is
+    /// the same file (device and inode) the path names. The file and its
+    /// directories must not be writable by anyone but root or the agent's
+    /// user, or the group has no members.
+    pub exe: Option<PathBuf>,
+    /// A systemd unit (`worker.service`): the processes in its cgroup,
+    /// which must be owned by root or the agent's user.
     pub unit: Option<String>,
-    /// A cgroup path relative to the cgroup root (`work.slice/jobs`).
+    /// A cgroup path relative to the cgroup root (`work.slice/jobs`),
+    /// owned by root or the agent's user.
     pub cgroup: Option<PathBuf>,
     /// Deepest process below a root (a root's children are at depth 1);
     /// default `loop.max_depth`.
@@ -155,6 +173,8 @@ impl Default for ProcessGroup {
         Self {
             name: String::new(),
             command: None,
+            uid: None,
+            exe: None,
             unit: None,
             cgroup: None,
             max_depth: None,
@@ -269,6 +289,7 @@ impl Default for LoopConfig {
             idle_seconds: 3600.0,
             evidence_steps: 10,
             process_groups: Vec::new(),
+            record_command_lines: false,
             actions: default_actions(),
         }
     }
@@ -400,15 +421,42 @@ impl LoopConfig {
                     format!("{:?} is used twice", g.name),
                 ));
             }
-            let chosen = [g.command.is_some(), g.unit.is_some(), g.cgroup.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
-            if chosen != 1 {
+            if g.unit.is_some() && g.cgroup.is_some() {
+                out.push(issue(at.clone(), "takes one of unit or cgroup, not both"));
+            }
+            let anchored =
+                g.uid.is_some() || g.exe.is_some() || g.unit.is_some() || g.cgroup.is_some();
+            if !anchored && g.command.is_some() {
                 out.push(issue(
                     at.clone(),
-                    "needs exactly one of command, unit or cgroup",
+                    format!(
+                        "group {:?}: a command pattern alone selects any process that names \
+                         itself so, whoever runs it; add what its members cannot forge beside \
+                         it: uid (e.g. uid: 0 for root's processes), exe (the executable's \
+                         absolute path), unit or cgroup",
+                        g.name
+                    ),
                 ));
+            } else if !anchored {
+                out.push(issue(at.clone(), "needs one of uid, exe, unit or cgroup"));
+            }
+            if let Some(exe) = &g.exe {
+                let s = exe.as_os_str().as_encoded_bytes();
+                if !exe.is_absolute()
+                    || exe
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                    || s.len() > 4096
+                    || s.iter().any(u8::is_ascii_control)
+                {
+                    out.push(issue(
+                        format!("{at}.exe"),
+                        format!(
+                            "{} must be an absolute path without '..'",
+                            crate::escape::Escaped::path(exe)
+                        ),
+                    ));
+                }
             }
             if let Some(c) = &g.command {
                 let literal = c.chars().filter(|c| !matches!(c, '*' | '?')).count();
@@ -508,8 +556,11 @@ mod tests {
 
     #[test]
     fn group_bounds_are_exact() {
-        let group =
-            |extra: &str| loop_issues(&format!("  process_groups:\n    - {{name: g, {extra}}}\n"));
+        let group = |extra: &str| {
+            loop_issues(&format!(
+                "  process_groups:\n    - {{name: g, uid: 0, {extra}}}\n"
+            ))
+        };
         // A command needs three literal characters; wildcards do not count.
         assert!(group("command: 'abc*'").is_empty());
         assert_eq!(group("command: 'ab**'"), ["loop.process_groups[0].command"]);
@@ -615,7 +666,7 @@ loop:
 loop:
   max_depth: 7
   process_groups:
-    - {name: forky, command: '*fork.sh*', max_descendants: 20, on_break: stop}
+    - {name: forky, uid: 0, command: '*fork.sh*', max_descendants: 20, on_break: stop}
 ";
         let cfg = Config::from_yaml(text).unwrap();
         let g = cfg.loop_.group_limits(&cfg.loop_.process_groups[0]);
@@ -665,6 +716,40 @@ loop:
         ] {
             assert!(paths.contains(&want), "missing {want} in {errs:?}");
         }
+    }
+
+    #[test]
+    fn a_command_pattern_alone_is_refused_with_the_fix() {
+        let errs =
+            Config::from_yaml("loop: {process_groups: [{name: forky, command: '*fork.sh*'}]}")
+                .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "loop.process_groups[0]");
+        for needed in ["\"forky\"", "uid", "exe", "unit", "cgroup", "forge"] {
+            assert!(
+                errs[0].message.contains(needed),
+                "{needed}: {}",
+                errs[0].message
+            );
+        }
+        for anchor in [
+            "uid: 0",
+            "exe: /usr/bin/dash",
+            "unit: w.service",
+            "cgroup: w.slice",
+        ] {
+            let text = format!(
+                "loop: {{process_groups: [{{name: forky, command: '*fork.sh*', {anchor}}}]}}"
+            );
+            assert!(Config::from_yaml(&text).is_ok(), "{anchor}");
+        }
+    }
+
+    #[test]
+    fn command_lines_are_not_recorded_unless_asked() {
+        assert!(!Config::from_yaml("").unwrap().loop_.record_command_lines);
+        let cfg = Config::from_yaml("loop: {record_command_lines: true}").unwrap();
+        assert!(cfg.loop_.record_command_lines);
     }
 
     #[test]
@@ -812,22 +897,35 @@ loop:
     #[test]
     fn group_names_and_members_are_checked() {
         let groups = |body: &str| loop_issues(&format!("  process_groups:\n{body}"));
-        assert!(
-            groups("    - {name: a, command: abc}\n    - {name: b, unit: b.service}\n").is_empty()
-        );
+        assert!(groups(
+            "    - {name: a, uid: 0, command: abc}\n    - {name: b, unit: b.service}\n"
+        )
+        .is_empty());
         assert_eq!(
-            groups("    - {name: a, command: abc}\n    - {name: a, command: abd}\n"),
+            groups(
+                "    - {name: a, uid: 0, command: abc}\n    - {name: a, uid: 0, command: abd}\n"
+            ),
             ["loop.process_groups[1].name"]
         );
         assert_eq!(
-            groups("    - {name: 'a b', command: abc}\n"),
+            groups("    - {name: 'a b', uid: 0, command: abc}\n"),
             ["loop.process_groups[0].name"]
         );
-        // Exactly one of command, unit and cgroup.
+        // Something unforgeable, and at most one cgroup.
         assert_eq!(groups("    - {name: a}\n"), ["loop.process_groups[0]"]);
+        assert!(groups("    - {name: a, command: abc, cgroup: work.slice}\n").is_empty());
+        assert!(groups("    - {name: a, uid: 0, exe: /usr/bin/w, unit: w.service}\n").is_empty());
         assert_eq!(
-            groups("    - {name: a, command: abc, cgroup: work.slice}\n"),
+            groups("    - {name: a, unit: w.service, cgroup: work.slice}\n"),
             ["loop.process_groups[0]"]
+        );
+        assert_eq!(
+            groups("    - {name: a, uid: 0, exe: bin/w}\n"),
+            ["loop.process_groups[0].exe"]
+        );
+        assert_eq!(
+            groups("    - {name: a, uid: 0, exe: /usr/../tmp/w}\n"),
+            ["loop.process_groups[0].exe"]
         );
         assert!(groups("    - {name: a, cgroup: work.slice/jobs}\n").is_empty());
         assert_eq!(
@@ -836,7 +934,7 @@ loop:
         );
         // A control character is never part of a command line pattern.
         assert_eq!(
-            groups("    - {name: a, command: \"abc\\u0007\"}\n"),
+            groups("    - {name: a, uid: 0, command: \"abc\\u0007\"}\n"),
             ["loop.process_groups[0].command"]
         );
     }
@@ -845,7 +943,7 @@ loop:
     fn group_limits_have_exact_bounds() {
         let group = |extra: &str| {
             loop_issues(&format!(
-                "  process_groups:\n    - {{name: g, command: abc, {extra}}}\n"
+                "  process_groups:\n    - {{name: g, uid: 0, command: abc, {extra}}}\n"
             ))
         };
         assert!(group("max_depth: 1, max_respawns: 1, respawn_window_seconds: 0.01").is_empty());
@@ -872,6 +970,7 @@ loop:
             process_groups: vec![ProcessGroup {
                 name: "g".into(),
                 command: Some("abc".into()),
+                uid: Some(0),
                 respawn_window_seconds: 0.0,
                 ..ProcessGroup::default()
             }],

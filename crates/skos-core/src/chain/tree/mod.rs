@@ -1,15 +1,29 @@
 //! Uncooperative chains: process groups, judged from `/proc` snapshots.
 //!
 //! The agent reads every process (pid, parent, start time, state, command
-//! line, cgroup) into [`ProcInfo`]s; [`observe`] finds a group's members
-//! (by command-line glob, systemd unit or cgroup), the trees they root,
-//! their depth and descendant count; [`GroupTracker`] turns successive
-//! observations into trips (depth, descendants, crash loop: too many new
-//! roots within a window) and, once a `circuit_break` or `reset_chain`
-//! command arrives, into the signals to send. The agent sends them.
+//! line, and where a group needs them its uids, executable and cgroup)
+//! into [`ProcInfo`]s; [`observe`] finds a group's members, the trees they
+//! root, their depth and descendant count; [`GroupTracker`] turns
+//! successive observations into trips (depth, descendants, crash loop: too
+//! many new roots within a window) and, once a `circuit_break` or
+//! `reset_chain` command arrives, into the signals to send. The agent
+//! sends them.
+//!
+//! Membership rests on what a process cannot choose for itself
+//! ([`Selector`]): its real and effective uid, its executable (path and
+//! the file's device and inode), or its cgroup when that cgroup is
+//! trusted (owned by root or by the agent's user, not writable by others:
+//! only its owner can move processes into it). A command-line pattern,
+//! which any process can set to anything, only narrows a group that one
+//! of those already selects; a selector without one matches nothing.
 //!
 //! A process is named by [`ProcId`] (pid and start time), so a reused pid
 //! is never mistaken for the process that had it before.
+//!
+//! Evidence ([`ProcSummary`]) names a process by its program only
+//! ([`program_name`]): command lines carry secrets (tokens, passwords,
+//! customer data) and go into the audit trail, status and state only when
+//! `loop.record_command_lines` asks for them.
 //!
 //! This file is the snapshot side ([`observe`]); `tracker.rs` is
 //! [`GroupTracker`].
@@ -17,6 +31,7 @@
 mod tracker;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -28,63 +43,202 @@ pub use tracker::{GroupChange, GroupState, GroupStep, GroupTracker, GroupTrip, G
 const EVIDENCE_CMDLINE: usize = 160;
 /// Most processes listed in a trip's evidence.
 const EVIDENCE_PROCS: usize = 16;
+/// Programs whose first non-option argument is the program that runs (a
+/// script): evidence shows `sh fork.sh`, not just `sh`.
+const INTERPRETERS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "busybox", "python", "python2", "python3", "perl", "ruby",
+    "node", "php", "lua", "tclsh",
+];
 
 /// A process, identified across pid reuse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ProcId {
     pub pid: u32,
     /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
     pub start: u64,
 }
 
+/// A process's executable as `/proc/<pid>/exe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exe {
+    /// Where the link points (` (deleted)` when the file was replaced).
+    pub path: PathBuf,
+    /// The file's device and inode.
+    pub dev: u64,
+    pub ino: u64,
+}
+
 /// One process as read from `/proc`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ProcInfo {
     pub id: ProcId,
     pub ppid: u32,
     /// `R`, `S`, `D`, `T`, `Z`…
     pub state: char,
-    /// Arguments joined by single spaces (empty for kernel threads).
+    /// Arguments joined by single spaces, each shown as
+    /// [`crate::escape::Escaped`] does (empty for kernel threads).
     pub cmdline: String,
     /// The cgroup v2 path (`/system.slice/x.service`), or the v1 paths.
     pub cgroups: Vec<String>,
+    /// Real and effective uid (`/proc/<pid>/status`); `None` when not read.
+    pub uids: Option<(u32, u32)>,
+    /// The executable; `None` when not read (not asked for, or the agent
+    /// may not see it).
+    pub exe: Option<Exe>,
 }
 
-/// Which processes belong to a group.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Selector {
-    Command(String),
+/// The executable a group's members run: the configured path resolved to
+/// the file it names, checked by the agent before each scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExeMatch {
+    /// As configured.
+    pub configured: PathBuf,
+    /// The file it resolves to, with its device and inode; `None` (no
+    /// member) until the agent has resolved it, or when it cannot be
+    /// trusted.
+    pub file: Option<Exe>,
+}
+
+/// Which cgroup a group's members are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupMatch {
+    /// A systemd unit: a whole component of the cgroup path.
     Unit(String),
-    Cgroup(String),
+    /// A cgroup path (`/work.slice/jobs`) and everything below it.
+    Path(String),
+}
+
+/// Which processes belong to a group: every condition given must hold. At
+/// least one of `uid`, `exe` and `cgroup` is needed; `command` only
+/// narrows.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selector {
+    /// Glob over the command line (as [`ProcInfo::cmdline`] shows it).
+    pub command: Option<String>,
+    /// Real and effective uid, both.
+    pub uid: Option<u32>,
+    pub exe: Option<ExeMatch>,
+    pub cgroup: Option<CgroupMatch>,
+    /// Evidence carries whole command lines (`loop.record_command_lines`).
+    pub command_lines: bool,
 }
 
 impl Selector {
+    /// The selector of a configured group; `None` when nothing in it is
+    /// beyond a process's own choosing (a command pattern alone, or
+    /// nothing at all): such a group has no members.
     pub fn of(g: &ProcessGroup) -> Option<Selector> {
-        if let Some(c) = &g.command {
-            return Some(Selector::Command(c.clone()));
-        }
-        if let Some(u) = &g.unit {
-            return Some(Selector::Unit(u.clone()));
-        }
-        g.cgroup.as_ref().map(|c| {
-            let s = c.to_string_lossy();
-            Selector::Cgroup(format!("/{}", s.trim_matches('/')))
-        })
+        let cgroup = match (&g.unit, &g.cgroup) {
+            (Some(u), _) => Some(CgroupMatch::Unit(u.clone())),
+            (None, Some(c)) => {
+                let s = c.to_string_lossy();
+                Some(CgroupMatch::Path(format!("/{}", s.trim_matches('/'))))
+            }
+            (None, None) => None,
+        };
+        let sel = Selector {
+            command: g.command.clone(),
+            uid: g.uid,
+            exe: g.exe.as_ref().map(|p| ExeMatch {
+                configured: p.clone(),
+                file: None,
+            }),
+            cgroup,
+            command_lines: false,
+        };
+        sel.anchored().then_some(sel)
     }
 
-    pub fn matches(&self, p: &ProcInfo) -> bool {
-        match self {
-            Selector::Command(pattern) => !p.cmdline.is_empty() && glob_match(pattern, &p.cmdline),
-            Selector::Unit(unit) => p
-                .cgroups
-                .iter()
-                .any(|cg| cg.split('/').any(|part| part == unit)),
-            Selector::Cgroup(root) => p
-                .cgroups
-                .iter()
-                .any(|cg| cg == root || cg.starts_with(&format!("{root}/"))),
+    /// Whether something a process cannot forge selects it.
+    pub fn anchored(&self) -> bool {
+        self.uid.is_some() || self.exe.is_some() || self.cgroup.is_some()
+    }
+
+    /// Which `/proc` fields matching needs: (cgroups, uids, exe).
+    pub fn needs(&self) -> (bool, bool, bool) {
+        (
+            self.cgroup.is_some(),
+            self.uid.is_some(),
+            self.exe.is_some(),
+        )
+    }
+
+    /// Whether `p` is a member. `trusted` says whether a cgroup path
+    /// (`/system.slice/worker.service`) may be believed: only its owner can
+    /// move a process into it.
+    pub fn matches(&self, p: &ProcInfo, trusted: &dyn Fn(&str) -> bool) -> bool {
+        if !self.anchored() {
+            return false;
+        }
+        if let Some(uid) = self.uid {
+            if p.uids != Some((uid, uid)) {
+                return false;
+            }
+        }
+        if let Some(want) = &self.exe {
+            let (Some(file), Some(exe)) = (&want.file, &p.exe) else {
+                return false;
+            };
+            if file != exe {
+                return false;
+            }
+        }
+        if let Some(cg) = &self.cgroup {
+            if !cgroup_matches(cg, &p.cgroups, trusted) {
+                return false;
+            }
+        }
+        match &self.command {
+            Some(pattern) => !p.cmdline.is_empty() && glob_match(pattern, &p.cmdline),
+            None => true,
         }
     }
+}
+
+/// Whether one of `cgroups` is (below) the group's cgroup, and that cgroup
+/// is trusted.
+fn cgroup_matches(want: &CgroupMatch, cgroups: &[String], trusted: &dyn Fn(&str) -> bool) -> bool {
+    cgroups.iter().any(|cg| match want {
+        CgroupMatch::Unit(unit) => {
+            let parts: Vec<&str> = cg.split('/').collect();
+            parts
+                .iter()
+                .position(|part| part == unit)
+                .is_some_and(|i| trusted(&parts[..=i].join("/")))
+        }
+        CgroupMatch::Path(root) => {
+            (cg == root || cg.starts_with(&format!("{root}/"))) && trusted(root)
+        }
+    })
+}
+
+/// What evidence shows of a command line: the program's name (the last
+/// component of its first word), and for an interpreter the name of the
+/// script it runs (`sh fork.sh`), never the arguments.
+pub fn program_name(cmdline: &str) -> String {
+    let base = |w: &str| w.rsplit('/').next().unwrap_or(w).to_string();
+    let mut words = cmdline.split(' ').filter(|w| !w.is_empty());
+    let Some(first) = words.next() else {
+        return String::new();
+    };
+    let prog = base(first);
+    let interpreter = INTERPRETERS.contains(&prog.as_str())
+        || prog
+            .strip_prefix("python")
+            .is_some_and(|v| v.chars().all(|c| c.is_ascii_digit() || c == '.'));
+    if interpreter {
+        // The script: the first word that is not an option. `sh -c '...'`
+        // runs a command line, not a script: nothing more is shown.
+        for w in words {
+            if w == "-c" || w == "-e" || w == "-m" {
+                break;
+            }
+            if !w.starts_with('-') {
+                return format!("{prog} {}", base(w));
+            }
+        }
+    }
+    prog
 }
 
 /// Glob match over the whole text: `*` any run of characters, `?` one.
@@ -121,7 +275,11 @@ pub struct ProcSummary {
     /// 0 for a root.
     pub depth: u32,
     pub state: String,
-    pub cmdline: String,
+    /// The program ([`program_name`]): what is safe to show.
+    pub command: String,
+    /// The whole command line, only when `loop.record_command_lines` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
 }
 
 /// A group as seen in one snapshot.
@@ -143,8 +301,14 @@ fn gone(p: &ProcInfo) -> bool {
 }
 
 /// Find a group's trees in a snapshot. `protected` pids (the agent and
-/// its ancestors, pid 1) are never members, nor is anything below them.
-pub fn observe(procs: &[ProcInfo], selector: &Selector, protected: &HashSet<u32>) -> Observation {
+/// its ancestors, pid 1) are never members, nor is anything below them;
+/// `trusted` says which cgroups may be believed ([`Selector::matches`]).
+pub fn observe(
+    procs: &[ProcInfo],
+    selector: &Selector,
+    protected: &HashSet<u32>,
+    trusted: &dyn Fn(&str) -> bool,
+) -> Observation {
     let by_pid: HashMap<u32, &ProcInfo> = procs.iter().map(|p| (p.id.pid, p)).collect();
     let mut children: HashMap<u32, Vec<&ProcInfo>> = HashMap::new();
     for p in procs {
@@ -158,7 +322,7 @@ pub fn observe(procs: &[ProcInfo], selector: &Selector, protected: &HashSet<u32>
     let usable = |p: &ProcInfo| !gone(p) && !protected.contains(&p.id.pid) && p.id.pid > 1;
     let matched: HashSet<u32> = procs
         .iter()
-        .filter(|p| usable(p) && selector.matches(p))
+        .filter(|p| usable(p) && selector.matches(p, trusted))
         .map(|p| p.id.pid)
         .collect();
     let mut roots: Vec<&ProcInfo> = procs
@@ -200,7 +364,13 @@ pub fn observe(procs: &[ProcInfo], selector: &Selector, protected: &HashSet<u32>
         ppid: p.ppid,
         depth: depth_of.get(&p.id.pid).copied().unwrap_or(0),
         state: p.state.to_string(),
-        cmdline: p.cmdline.chars().take(EVIDENCE_CMDLINE).collect(),
+        command: program_name(&p.cmdline)
+            .chars()
+            .take(EVIDENCE_CMDLINE)
+            .collect(),
+        cmdline: selector
+            .command_lines
+            .then(|| p.cmdline.chars().take(EVIDENCE_CMDLINE).collect()),
     };
     let mut path = Vec::new();
     let mut cur = deepest.map(|(pid, _)| pid);
@@ -237,7 +407,36 @@ mod tests {
             state: 'S',
             cmdline: cmd.into(),
             cgroups: vec!["/user.slice/session-1.scope".into()],
+            uids: Some((0, 0)),
+            exe: None,
         }
+    }
+
+    /// A command pattern over root's processes.
+    pub(super) fn cmd(pattern: &str) -> Selector {
+        Selector {
+            command: Some(pattern.into()),
+            uid: Some(0),
+            ..Selector::default()
+        }
+    }
+
+    fn unit(u: &str) -> Selector {
+        Selector {
+            cgroup: Some(CgroupMatch::Unit(u.into())),
+            ..Selector::default()
+        }
+    }
+
+    fn cgroup(path: &str) -> Selector {
+        Selector {
+            cgroup: Some(CgroupMatch::Path(path.into())),
+            ..Selector::default()
+        }
+    }
+
+    fn observe(procs: &[ProcInfo], sel: &Selector, protected: &HashSet<u32>) -> Observation {
+        super::observe(procs, sel, protected, &|_| true)
     }
 
     /// init → bash(10) → sh fork.sh(20) → 21 → 22 → 23 → sleep(24)
@@ -266,7 +465,7 @@ mod tests {
     #[test]
     fn trees_by_command_unit_and_cgroup() {
         let procs = chain_tree(4);
-        let sel = Selector::Command("*fork.sh*".into());
+        let sel = cmd("*fork.sh*");
         let obs = observe(&procs, &sel, &HashSet::new());
         assert_eq!(obs.roots.len(), 1);
         assert_eq!(obs.roots[0].pid, 20);
@@ -274,31 +473,23 @@ mod tests {
         assert_eq!(obs.descendants, 4);
         assert_eq!(obs.members.len(), 5);
         assert_eq!(obs.evidence.first().unwrap().pid, 20);
-        assert_eq!(obs.evidence.last().unwrap().cmdline, "sleep 30");
+        assert_eq!(obs.evidence.last().unwrap().command, "sleep");
 
         let mut procs = procs;
         procs[1].cgroups = vec!["/system.slice/worker.service".into()];
         for q in procs.iter_mut().skip(2) {
             q.cgroups = vec!["/system.slice/worker.service/jobs".into()];
         }
-        let unit = observe(
-            &procs,
-            &Selector::Unit("worker.service".into()),
-            &HashSet::new(),
-        );
+        let unit = observe(&procs, &unit("worker.service"), &HashSet::new());
         assert_eq!(unit.roots[0].pid, 10);
         assert_eq!(unit.depth, 5);
         let cg = observe(
             &procs,
-            &Selector::Cgroup("/system.slice/worker.service/jobs".into()),
+            &cgroup("/system.slice/worker.service/jobs"),
             &HashSet::new(),
         );
         assert_eq!(cg.roots[0].pid, 20);
-        let none = observe(
-            &procs,
-            &Selector::Cgroup("/system.slice/worker".into()),
-            &HashSet::new(),
-        );
+        let none = observe(&procs, &cgroup("/system.slice/worker"), &HashSet::new());
         assert!(
             none.roots.is_empty(),
             "a prefix of a name is not a parent cgroup"
@@ -312,21 +503,21 @@ mod tests {
         procs.push(p(51, 50, "sh /tmp/x/fork.sh 9"));
         procs[3].state = 'Z';
         let protected = HashSet::from([50]);
-        let obs = observe(&procs, &Selector::Command("*fork.sh*".into()), &protected);
+        let obs = observe(&procs, &cmd("*fork.sh*"), &protected);
         assert!(!obs.members.iter().any(|m| m.pid == 50 || m.pid == 99));
         // 51 matches and its parent (50) is not a member: its own root.
         assert!(obs.roots.iter().any(|r| r.pid == 51));
-        let everything = observe(&procs, &Selector::Command("*".into()), &HashSet::new());
+        let everything = observe(&procs, &cmd("*"), &HashSet::new());
         assert!(!everything.members.iter().any(|m| m.pid == 1));
     }
 
     #[test]
     fn parent_loops_in_a_torn_snapshot_terminate() {
         let procs = vec![p(5, 6, "loop-a"), p(6, 5, "loop-b")];
-        let obs = observe(&procs, &Selector::Command("loop-*".into()), &HashSet::new());
+        let obs = observe(&procs, &cmd("loop-*"), &HashSet::new());
         assert!(obs.roots.is_empty());
         let procs = vec![p(5, 6, "loop-a"), p(6, 5, "other")];
-        let obs = observe(&procs, &Selector::Command("loop-*".into()), &HashSet::new());
+        let obs = observe(&procs, &cmd("loop-*"), &HashSet::new());
         assert_eq!(obs.members.len(), 2);
     }
 
@@ -348,54 +539,152 @@ mod tests {
     }
 
     #[test]
-    fn a_group_is_selected_by_command_unit_or_cgroup() {
-        let all = ProcessGroup {
-            command: Some("*fork.sh*".into()),
-            unit: Some("worker.service".into()),
-            cgroup: Some("work.slice/jobs/".into()),
-            ..Default::default()
-        };
+    fn a_group_is_selected_by_what_its_members_cannot_choose() {
+        let g = |yaml: &str| -> ProcessGroup { serde_yaml_ng::from_str(yaml).unwrap() };
+        let sel = Selector::of(&g("{name: g, command: '*fork.sh*', uid: 0}")).unwrap();
+        assert_eq!(sel, cmd("*fork.sh*"));
         assert_eq!(
-            Selector::of(&all),
-            Some(Selector::Command("*fork.sh*".into()))
+            Selector::of(&g("{name: g, unit: worker.service}")),
+            Some(unit("worker.service"))
         );
-        let unit = ProcessGroup {
-            command: None,
-            ..all.clone()
-        };
         assert_eq!(
-            Selector::of(&unit),
-            Some(Selector::Unit("worker.service".into()))
-        );
-        let cgroup = ProcessGroup {
-            unit: None,
-            ..unit.clone()
-        };
-        assert_eq!(
-            Selector::of(&cgroup),
-            Some(Selector::Cgroup("/work.slice/jobs".into())),
+            Selector::of(&g("{name: g, cgroup: work.slice/jobs/}")),
+            Some(cgroup("/work.slice/jobs")),
             "relative to the cgroup root, without a trailing slash"
         );
-        let none = ProcessGroup {
-            cgroup: None,
-            ..cgroup
+        let exe = Selector::of(&g("{name: g, exe: /usr/bin/worker}")).unwrap();
+        assert_eq!(
+            exe.exe.unwrap().configured,
+            PathBuf::from("/usr/bin/worker")
+        );
+        // A command pattern alone, or nothing: no selector, no member.
+        assert_eq!(Selector::of(&g("{name: g, command: '*fork.sh*'}")), None);
+        assert_eq!(Selector::of(&g("{name: g}")), None);
+        let forged = Selector {
+            command: Some("*".into()),
+            ..Selector::default()
         };
-        assert_eq!(Selector::of(&none), None);
+        assert!(!forged.matches(&p(30, 1, "anything"), &|_| true));
+    }
+
+    #[test]
+    fn a_process_naming_itself_after_a_group_is_not_a_member() {
+        // Root's worker, and a process of uid 65534 with the same command
+        // line, the same executable, in a cgroup of its own.
+        let worker_exe = Exe {
+            path: "/usr/local/bin/worker".into(),
+            dev: 8,
+            ino: 4242,
+        };
+        let mut root_worker = p(20, 1, "/usr/local/bin/worker --jobs 4");
+        root_worker.exe = Some(worker_exe.clone());
+        root_worker.cgroups = vec!["/system.slice/worker.service".into()];
+        let mut impostor = p(30, 1, "/usr/local/bin/worker --jobs 4");
+        impostor.uids = Some((65534, 65534));
+        impostor.exe = Some(Exe {
+            path: "/tmp/worker".into(),
+            dev: 8,
+            ino: 999,
+        });
+        impostor.cgroups =
+            vec!["/user.slice/user-65534.slice/user@65534.service/app.slice/worker.service".into()];
+        // A setuid program run by the impostor: effective uid 0, real not.
+        let mut setuid = impostor.clone();
+        setuid.id.pid = 31;
+        setuid.uids = Some((65534, 0));
+        let procs = vec![p(1, 0, "/sbin/init"), root_worker, impostor, setuid];
+        let members = |sel: &Selector, trusted: &dyn Fn(&str) -> bool| -> Vec<u32> {
+            super::observe(&procs, sel, &HashSet::new(), trusted)
+                .members
+                .iter()
+                .map(|m| m.pid)
+                .collect()
+        };
+        let only_system = |cg: &str| cg.starts_with("/system.slice");
+        let by_uid = cmd("*worker --jobs*");
+        assert_eq!(members(&by_uid, &only_system), [20]);
+        let by_exe = Selector {
+            command: Some("*worker*".into()),
+            exe: Some(ExeMatch {
+                configured: "/usr/local/bin/worker".into(),
+                file: Some(worker_exe),
+            }),
+            ..Selector::default()
+        };
+        assert_eq!(members(&by_exe, &only_system), [20]);
+        let unresolved = Selector {
+            exe: Some(ExeMatch {
+                configured: "/usr/local/bin/worker".into(),
+                file: None,
+            }),
+            ..Selector::default()
+        };
+        assert!(members(&unresolved, &only_system).is_empty());
+        // A unit of the same name in the impostor's own (delegated,
+        // untrusted) cgroup tree is not the system's unit.
+        assert_eq!(members(&unit("worker.service"), &only_system), [20]);
+        assert_eq!(
+            members(&cgroup("/system.slice/worker.service"), &|_| false),
+            Vec::<u32>::new(),
+            "an untrusted cgroup selects nothing"
+        );
     }
 
     #[test]
     fn a_unit_is_a_whole_component_of_the_cgroup_path() {
-        let sel = Selector::Unit("worker.service".into());
+        let sel = unit("worker.service");
         let in_cgroup = |cg: &str| {
             let mut q = p(30, 1, "worker");
             q.cgroups = vec![cg.into()];
-            sel.matches(&q)
+            sel.matches(&q, &|_| true)
         };
         assert!(in_cgroup("/system.slice/worker.service"));
         assert!(in_cgroup("/system.slice/worker.service/jobs"));
         assert!(!in_cgroup("/system.slice/other.service"));
         assert!(!in_cgroup("/system.slice/worker.service2"));
         assert!(!in_cgroup("/user.slice/session-1.scope"));
+        // The trust asked about is the unit's own cgroup.
+        let mut q = p(30, 1, "worker");
+        q.cgroups = vec!["/system.slice/worker.service/jobs".into()];
+        assert!(sel.matches(&q, &|cg| cg == "/system.slice/worker.service"));
+    }
+
+    #[test]
+    fn evidence_names_the_program_and_keeps_arguments_out() {
+        let mut procs = chain_tree(1);
+        procs[2].cmdline = "sh /tmp/x/fork.sh --token s3cret".into();
+        procs[3].cmdline = "/usr/bin/curl -H Authorization:s3cret https://x".into();
+        let obs = observe(&procs, &cmd("*fork.sh*"), &HashSet::new());
+        let shown = serde_json::to_string(&obs.evidence).unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("cmdline"), "{shown}");
+        assert_eq!(obs.evidence[0].command, "sh fork.sh");
+        assert_eq!(obs.evidence[1].command, "curl");
+        let recorded = Selector {
+            command_lines: true,
+            ..cmd("*fork.sh*")
+        };
+        let obs = observe(&procs, &recorded, &HashSet::new());
+        assert_eq!(
+            obs.evidence[0].cmdline.as_deref(),
+            Some("sh /tmp/x/fork.sh --token s3cret")
+        );
+    }
+
+    #[test]
+    fn program_names() {
+        assert_eq!(
+            program_name("/usr/bin/python3.11 -u /srv/app/run.py --key k"),
+            "python3.11 run.py"
+        );
+        assert_eq!(program_name("bash -c rm -rf /x"), "bash");
+        assert_eq!(
+            program_name("postgres: alice db 10.0.0.1 idle"),
+            "postgres:"
+        );
+        assert_eq!(program_name("/opt/worker"), "worker");
+        assert_eq!(program_name(""), "");
+        assert_eq!(program_name("sh"), "sh");
     }
 
     fn pids_and_depths(obs: &Observation) -> Vec<(u32, u32)> {
@@ -405,11 +694,7 @@ mod tests {
     #[test]
     fn the_evidence_is_the_whole_path_from_the_root_to_the_deepest() {
         let procs = chain_tree(4);
-        let obs = observe(
-            &procs,
-            &Selector::Command("*fork.sh*".into()),
-            &HashSet::new(),
-        );
+        let obs = observe(&procs, &cmd("*fork.sh*"), &HashSet::new());
         assert_eq!(
             pids_and_depths(&obs),
             vec![(20, 0), (21, 1), (22, 2), (23, 3), (99, 4)],
@@ -428,11 +713,7 @@ mod tests {
             p(23, 21, "sleep 1"),
             p(24, 22, "sleep 2"),
         ];
-        let obs = observe(
-            &procs,
-            &Selector::Command("*fork.sh*".into()),
-            &HashSet::new(),
-        );
+        let obs = observe(&procs, &cmd("*fork.sh*"), &HashSet::new());
         assert_eq!(obs.depth, 2);
         assert_eq!(pids_and_depths(&obs), vec![(20, 0), (21, 1), (23, 2)]);
     }
@@ -442,11 +723,7 @@ mod tests {
         // A respawn storm: twelve lone roots.
         let mut procs = vec![p(1, 0, "/sbin/init")];
         procs.extend((100..112).map(|pid| p(pid, 1, "sh crasher.sh")));
-        let obs = observe(
-            &procs,
-            &Selector::Command("*crasher*".into()),
-            &HashSet::new(),
-        );
+        let obs = observe(&procs, &cmd("*crasher*"), &HashSet::new());
         assert_eq!(obs.roots.len(), 12);
         let mut pids: Vec<u32> = obs.evidence.iter().map(|s| s.pid).collect();
         pids.sort_unstable();

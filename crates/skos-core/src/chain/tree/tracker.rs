@@ -406,8 +406,8 @@ impl GroupTracker {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{chain_tree, p};
-    use super::super::{observe, ProcInfo, Selector};
+    use super::super::tests::{chain_tree, cmd, p};
+    use super::super::{observe, ProcInfo};
     use super::*;
     use chrono::TimeZone;
 
@@ -433,17 +433,17 @@ mod tests {
 
     #[test]
     fn deep_tree_trips_then_stop_then_term_then_kill() {
-        let sel = Selector::Command("*fork.sh*".into());
+        let sel = cmd("*fork.sh*");
         let mut g = GroupTracker::new("forky", limits());
         let small = chain_tree(2);
         let step = g.observe(
-            &observe(&small, &sel, &HashSet::new()),
+            &observe(&small, &sel, &HashSet::new(), &|_| true),
             &live(&small),
             t(0.0),
         );
         assert!(step.changes.is_empty());
         let deep = chain_tree(5);
-        let obs = observe(&deep, &sel, &HashSet::new());
+        let obs = observe(&deep, &sel, &HashSet::new(), &|_| true);
         let step = g.observe(&obs, &live(&deep), t(1.0));
         let GroupChange::Tripped(trip) = &step.changes[0] else {
             panic!("{step:?}")
@@ -483,14 +483,14 @@ mod tests {
 
     #[test]
     fn an_open_circuit_takes_in_respawned_processes() {
-        let sel = Selector::Command("*crasher*".into());
+        let sel = cmd("*crasher*");
         let mut g = GroupTracker::new("crash", limits());
         let mk = |pid: u32| vec![p(10, 1, "sh supervisor.sh"), p(pid, 10, "sh crasher.sh")];
         let mut respawn = None;
         for (i, pid) in (100..110).enumerate() {
             let procs = mk(pid);
             let step = g.observe(
-                &observe(&procs, &sel, &HashSet::new()),
+                &observe(&procs, &sel, &HashSet::new(), &|_| true),
                 &live(&procs),
                 t(i as f64),
             );
@@ -503,12 +503,12 @@ mod tests {
         }
         assert_eq!(respawn, Some(3), "the third respawn is one too many");
         let procs = mk(200);
-        let obs = observe(&procs, &sel, &HashSet::new());
+        let obs = observe(&procs, &sel, &HashSet::new(), &|_| true);
         let step = g.circuit_break(&obs, t(10.0));
         assert_eq!(step.signals, vec![(procs[1].id, Sig::Stop)]);
         // The supervisor started another one meanwhile: stopped as well.
         let procs = mk(201);
-        let obs = observe(&procs, &sel, &HashSet::new());
+        let obs = observe(&procs, &sel, &HashSet::new(), &|_| true);
         let step = g.enforce(&obs, t(10.1));
         assert_eq!(step.signals, vec![(procs[1].id, Sig::Stop)]);
         assert_eq!(g.state(), GroupState::Open);
@@ -518,10 +518,10 @@ mod tests {
     fn stop_mode_freezes_and_thaws() {
         let mut l = limits();
         l.on_break = BreakMode::Stop;
-        let sel = Selector::Command("*fork.sh*".into());
+        let sel = cmd("*fork.sh*");
         let mut g = GroupTracker::new("f", l);
         let procs = chain_tree(5);
-        let obs = observe(&procs, &sel, &HashSet::new());
+        let obs = observe(&procs, &sel, &HashSet::new(), &|_| true);
         g.circuit_break(&obs, t(0.0));
         // Never terminated while frozen.
         let step = g.observe(&obs, &live(&procs), t(50.0));
@@ -535,10 +535,10 @@ mod tests {
 
     #[test]
     fn reset_terminates_and_clears_respawns() {
-        let sel = Selector::Command("*fork.sh*".into());
+        let sel = cmd("*fork.sh*");
         let mut g = GroupTracker::new("f", limits());
         let procs = chain_tree(5);
-        let obs = observe(&procs, &sel, &HashSet::new());
+        let obs = observe(&procs, &sel, &HashSet::new(), &|_| true);
         g.observe(&obs, &live(&procs), t(0.0));
         let step = g.reset(&obs, t(1.0));
         let n = obs.members.len();
@@ -551,10 +551,14 @@ mod tests {
 
     #[test]
     fn a_trip_that_clears_by_itself_says_so() {
-        let sel = Selector::Command("*fork.sh*".into());
+        let sel = cmd("*fork.sh*");
         let mut g = GroupTracker::new("f", limits());
         let deep = chain_tree(5);
-        g.observe(&observe(&deep, &sel, &HashSet::new()), &live(&deep), t(0.0));
+        g.observe(
+            &observe(&deep, &sel, &HashSet::new(), &|_| true),
+            &live(&deep),
+            t(0.0),
+        );
         assert_eq!(g.state(), GroupState::Tripped);
         let step = g.observe(&Observation::default(), &HashSet::new(), t(1.0));
         assert_eq!(step.changes, vec![GroupChange::Cleared]);
@@ -579,11 +583,7 @@ mod tests {
         assert_eq!(g.name(), "forky");
         assert_eq!(g.until(), None, "not open");
         let procs = chain_tree(2);
-        let obs = observe(
-            &procs,
-            &Selector::Command("*fork.sh*".into()),
-            &HashSet::new(),
-        );
+        let obs = observe(&procs, &cmd("*fork.sh*"), &HashSet::new(), &|_| true);
         g.circuit_break(&obs, t(3.0));
         assert_eq!(g.until(), Some(t(103.0)), "the cool-off from the break");
         assert_eq!(g.view().until, Some(t(103.0)));
@@ -593,15 +593,19 @@ mod tests {
 
     #[test]
     fn a_tree_exactly_max_depth_deep_is_within_its_limit() {
-        let sel = Selector::Command("*fork.sh*".into());
+        let sel = cmd("*fork.sh*");
         let mut g = GroupTracker::new("d", limits());
         let at_limit = chain_tree(3);
-        let obs = observe(&at_limit, &sel, &HashSet::new());
+        let obs = observe(&at_limit, &sel, &HashSet::new(), &|_| true);
         assert_eq!(obs.depth, 3);
         assert!(g.observe(&obs, &live(&at_limit), t(0.0)).changes.is_empty());
         assert_eq!(g.state(), GroupState::Watching);
         let over = chain_tree(4);
-        let step = g.observe(&observe(&over, &sel, &HashSet::new()), &live(&over), t(1.0));
+        let step = g.observe(
+            &observe(&over, &sel, &HashSet::new(), &|_| true),
+            &live(&over),
+            t(1.0),
+        );
         let Some(GroupChange::Tripped(trip)) = step.changes.first() else {
             panic!("{step:?}")
         };
@@ -611,7 +615,7 @@ mod tests {
 
     #[test]
     fn exactly_max_descendants_is_within_the_limit() {
-        let sel = Selector::Command("*fork.sh*".into());
+        let sel = cmd("*fork.sh*");
         let wide = |children: u32| {
             let mut v = vec![p(1, 0, "/sbin/init"), p(20, 1, "sh fork.sh")];
             v.extend((0..children).map(|i| p(100 + i, 20, "sleep 30")));
@@ -619,11 +623,15 @@ mod tests {
         };
         let mut g = GroupTracker::new("w", limits());
         let at_limit = wide(10);
-        let obs = observe(&at_limit, &sel, &HashSet::new());
+        let obs = observe(&at_limit, &sel, &HashSet::new(), &|_| true);
         assert_eq!((obs.depth, obs.descendants), (1, 10));
         assert!(g.observe(&obs, &live(&at_limit), t(0.0)).changes.is_empty());
         let over = wide(11);
-        let step = g.observe(&observe(&over, &sel, &HashSet::new()), &live(&over), t(1.0));
+        let step = g.observe(
+            &observe(&over, &sel, &HashSet::new(), &|_| true),
+            &live(&over),
+            t(1.0),
+        );
         let Some(GroupChange::Tripped(trip)) = step.changes.first() else {
             panic!("{step:?}")
         };
@@ -633,10 +641,10 @@ mod tests {
 
     #[test]
     fn the_grace_ends_exactly_grace_seconds_after_the_stop() {
-        let sel = Selector::Command("*fork.sh*".into());
+        let sel = cmd("*fork.sh*");
         let mut g = GroupTracker::new("g", limits());
         let procs = chain_tree(2);
-        let obs = observe(&procs, &sel, &HashSet::new());
+        let obs = observe(&procs, &sel, &HashSet::new(), &|_| true);
         g.circuit_break(&obs, t(3.0));
         assert!(g.observe(&obs, &live(&procs), t(7.9)).signals.is_empty());
         let step = g.observe(&obs, &live(&procs), t(8.0));
@@ -647,13 +655,13 @@ mod tests {
 
     #[test]
     fn a_respawn_counts_for_exactly_the_window() {
-        let sel = Selector::Command("*crasher*".into());
+        let sel = cmd("*crasher*");
         let mk = |pid: u32| vec![p(10, 1, "sh supervisor.sh"), p(pid, 10, "sh crasher.sh")];
         let mut g = GroupTracker::new("crash", limits());
         let seen = |g: &mut GroupTracker, pid: u32, at: f64| {
             let procs = mk(pid);
             let step = g.observe(
-                &observe(&procs, &sel, &HashSet::new()),
+                &observe(&procs, &sel, &HashSet::new(), &|_| true),
                 &live(&procs),
                 t(at),
             );
@@ -700,15 +708,15 @@ mod tests {
     fn half_open_thaws_only_the_processes_still_alive() {
         let mut l = limits();
         l.on_break = BreakMode::Stop;
-        let sel = Selector::Command("*fork.sh*".into());
+        let sel = cmd("*fork.sh*");
         let mut g = GroupTracker::new("f", l);
         let procs = chain_tree(2);
-        let obs = observe(&procs, &sel, &HashSet::new());
+        let obs = observe(&procs, &sel, &HashSet::new(), &|_| true);
         assert_eq!(g.circuit_break(&obs, t(0.0)).signals.len(), 3);
         // The sleep (99) ended while frozen.
         let left: Vec<ProcInfo> = procs.iter().filter(|q| q.id.pid != 99).cloned().collect();
         let step = g.observe(
-            &observe(&left, &sel, &HashSet::new()),
+            &observe(&left, &sel, &HashSet::new(), &|_| true),
             &live(&left),
             t(100.0),
         );
@@ -725,10 +733,10 @@ mod tests {
 
     #[test]
     fn an_unanswered_trip_is_raised_again_after_a_whole_cool_off() {
-        let sel = Selector::Command("*fork.sh*".into());
+        let sel = cmd("*fork.sh*");
         let mut g = GroupTracker::new("f", limits());
         let deep = chain_tree(5);
-        let obs = observe(&deep, &sel, &HashSet::new());
+        let obs = observe(&deep, &sel, &HashSet::new(), &|_| true);
         let step = g.observe(&obs, &live(&deep), t(0.0));
         assert!(matches!(step.changes[..], [GroupChange::Tripped(_)]));
         let step = g.observe(&obs, &live(&deep), t(100.0));
