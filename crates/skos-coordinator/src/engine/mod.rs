@@ -314,6 +314,9 @@ impl Engine {
 
     pub fn on_alert(&mut self, mut alert: Alert, now: Timestamp) -> Vec<Effect> {
         alert.ensure_id();
+        if !self.cfg.loop_.record_command_lines {
+            skos_core::chain::tree::strip_command_lines(&mut alert.details);
+        }
         if !self.mark_handled(&alert.alert_id) {
             self.counters.inc(Counter::AlertsDuplicate);
             return Vec::new();
@@ -653,7 +656,10 @@ impl Engine {
     /// counted as `results.foreign`) and touches nothing. An agent's
     /// refusal of an action id it already executed (a replay) is audited
     /// but closes nothing and is no breaker failure.
-    pub fn on_result(&mut self, result: CommandResult, now: Timestamp) -> Vec<Effect> {
+    pub fn on_result(&mut self, mut result: CommandResult, now: Timestamp) -> Vec<Effect> {
+        if !self.cfg.loop_.record_command_lines {
+            skos_core::chain::tree::strip_command_lines(&mut result.details);
+        }
         if let Some(target) = self.foreign_target(&result) {
             return vec![self.foreign_result(&result, &target, now)];
         }

@@ -3399,3 +3399,44 @@ fn nodes_share_one_copy_of_an_agent_type_and_the_shared_set_stays_bounded() {
     let past = SHARED_AGENT_TYPES + 1;
     assert_eq!(&*kind(&e, &format!("n{past}")), format!("type-{past}"));
 }
+
+#[test]
+fn command_lines_from_an_agent_stay_out_of_the_audit_trail() {
+    let evidence = json!([
+        {"pid": 20, "command": "sh fork.sh", "cmdline": "sh /srv/fork.sh --token s3cret"}
+    ]);
+    let loop_alert = |id: &str| {
+        let mut a = alert(Severity::Critical, 0.0, 0.0);
+        a.alert_id = id.into();
+        a.kind = AlertKind::Loop;
+        a.agent_id = "loop-breaker-nova".into();
+        a.details =
+            json!({"sensor": "proc:forky", "condition": "depth_exceeded", "evidence": evidence})
+                .as_object()
+                .unwrap()
+                .clone();
+        a
+    };
+    let mut e = engine();
+    let fx = e.on_alert(loop_alert("a-1"), t(0.0));
+    let text = serde_json::to_string(&audits(&fx, "alert")).unwrap();
+    assert!(text.contains("sh fork.sh"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    let cmd = commands(&fx).into_iter().next().expect("circuit_break");
+    let mut r = result(&cmd, ResultStatus::Succeeded);
+    r.details = json!({"group": "forky", "evidence": evidence})
+        .as_object()
+        .unwrap()
+        .clone();
+    let fx = e.on_result(r.clone(), t(1.0));
+    let text = serde_json::to_string(&audits(&fx, "result")).unwrap();
+    assert!(!text.is_empty() && !text.contains("s3cret"), "{text}");
+
+    // Asked for: kept.
+    let mut cfg = seed_config();
+    cfg.loop_.record_command_lines = true;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    let fx = e.on_alert(loop_alert("a-2"), t(0.0));
+    let text = serde_json::to_string(&audits(&fx, "alert")).unwrap();
+    assert!(text.contains("s3cret"), "{text}");
+}

@@ -282,6 +282,22 @@ pub struct ProcSummary {
     pub cmdline: Option<String>,
 }
 
+/// Drop whole command lines (`cmdline`) from the evidence of a loop alert
+/// or result (`details.evidence[]`): what the coordinator does to what an
+/// agent sends unless its own `loop.record_command_lines` is on, so an
+/// agent configured otherwise (or older) cannot put them in the audit
+/// trail, status or state. Returns how many were dropped.
+pub fn strip_command_lines(details: &mut serde_json::Map<String, serde_json::Value>) -> usize {
+    let Some(serde_json::Value::Array(evidence)) = details.get_mut("evidence") else {
+        return 0;
+    };
+    evidence
+        .iter_mut()
+        .filter_map(serde_json::Value::as_object_mut)
+        .filter_map(|e| e.remove("cmdline"))
+        .count()
+}
+
 /// A group as seen in one snapshot.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observation {
@@ -669,6 +685,26 @@ mod tests {
             obs.evidence[0].cmdline.as_deref(),
             Some("sh /tmp/x/fork.sh --token s3cret")
         );
+    }
+
+    #[test]
+    fn command_lines_are_stripped_from_received_evidence() {
+        let mut d = serde_json::json!({
+            "condition": "depth_exceeded",
+            "evidence": [
+                {"pid": 1, "command": "sh fork.sh", "cmdline": "sh fork.sh --token s3cret"},
+                {"pid": 2, "command": "sleep"},
+                "odd"
+            ]
+        })
+        .as_object()
+        .cloned()
+        .unwrap();
+        assert_eq!(strip_command_lines(&mut d), 1);
+        assert!(!serde_json::to_string(&d).unwrap().contains("s3cret"));
+        assert_eq!(d["evidence"][0]["command"], "sh fork.sh");
+        let mut none = serde_json::Map::new();
+        assert_eq!(strip_command_lines(&mut none), 0);
     }
 
     #[test]
