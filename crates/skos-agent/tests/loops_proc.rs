@@ -531,7 +531,88 @@ fn a_cgroup_or_executable_others_can_write_is_not_believed() {
         file.ino,
         std::fs::metadata(bin.join("worker")).unwrap().ino()
     );
+    // Through a root-owned symlink in a root-only dir (like /bin/sh): the
+    // file it leads to.
+    let links = sys.path().join("links");
+    std::fs::create_dir(&links).unwrap();
+    mode(&links, 0o755);
+    std::os::unix::fs::symlink(bin.join("worker"), links.join("worker")).unwrap();
+    let via = trust.exe(&links.join("worker")).unwrap().file.unwrap();
+    assert_eq!((via.dev, via.ino), (file.dev, file.ino));
+    // A symlink nobody owns, or in a dir nobody may write: it could be
+    // re-pointed at any program.
+    std::os::unix::fs::lchown(links.join("worker"), Some(NOBODY), Some(NOBODY)).unwrap();
+    let why = trust.exe(&links.join("worker")).unwrap_err();
+    assert!(why.contains("symlink owned by uid 65534"), "{why}");
+    std::os::unix::fs::lchown(links.join("worker"), Some(0), Some(0)).unwrap();
+    mode(&links, 0o777);
+    let why = trust.exe(&links.join("worker")).unwrap_err();
+    assert!(why.contains("writable by group or others"), "{why}");
+    // The file's own dir writable by others: anyone could swap it.
     mode(&bin, 0o777);
     let why = trust.exe(&bin.join("worker")).unwrap_err();
     assert!(why.contains("writable by group or others"), "{why}");
+    // A system shell, as configs name it.
+    assert!(trust.exe(Path::new("/bin/sh")).is_ok());
+}
+
+#[test]
+fn a_group_by_executable_counts_that_file_only_whatever_a_process_calls_itself() {
+    skos_testsupport::require!("root", skos_testsupport::require::root());
+    if !live_proc() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, PermissionsExt::from_mode(0o755)).unwrap();
+    // Root's worker: a copy of sleep only root may run.
+    let worker = bin.join("worker");
+    std::fs::copy("/bin/sleep", &worker).unwrap();
+    std::fs::set_permissions(&worker, PermissionsExt::from_mode(0o700)).unwrap();
+    let mut lb = breaker(&format!(
+        "    - {{name: worker, exe: {}, max_descendants: 100, max_respawns: 1, respawn_window_seconds: 60}}\n",
+        worker.display()
+    ));
+    lb.sense(chrono::Utc::now());
+    // nobody's sleeps, each named like the worker: never new roots.
+    let name = worker.to_string_lossy().into_owned();
+    let impostors: Vec<AsUser> = (0..3)
+        .map(|_| AsUser::spawn(NOBODY, "/bin/sleep", &name, &["60"]))
+        .collect();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        let alerts = lb.sense(chrono::Utc::now());
+        assert!(alerts.is_empty(), "an impostor was counted: {alerts:?}");
+    }
+    assert!(impostors.iter().all(|i| i.members().len() == 1));
+    // Root starts the real one twice: two new roots, over max_respawns 1.
+    let spawn = || {
+        std::process::Command::new(&worker)
+            .arg("60")
+            .process_group(0)
+            .spawn()
+            .map(AsUser)
+            .unwrap()
+    };
+    let _a = spawn();
+    let _b = spawn();
+    let alert = sense_until(&mut lb, "the worker's crash loop", |alerts, _| {
+        alerts
+            .iter()
+            .find(|a| a.severity == Severity::Critical)
+            .cloned()
+    });
+    assert_eq!(alert.details["condition"], "crash_loop");
+    assert_eq!(
+        alert.details["value"], 2,
+        "root's two, none of nobody's three"
+    );
+    assert!(alert.details["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["command"] == "worker"));
 }

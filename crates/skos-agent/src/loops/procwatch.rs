@@ -146,22 +146,34 @@ impl Trust {
 
     /// Why `path` or a directory above it is not trusted, if one is not.
     /// A directory above it may be writable by others when it is sticky
-    /// (`/tmp`): there only an entry's owner may rename or remove it.
+    /// (`/tmp`): there only an entry's owner may rename or remove it. A
+    /// symlink on the way (`/bin` → `usr/bin`) needs a trusted owner only:
+    /// it cannot be changed in place, and replacing it needs its
+    /// directory, which is checked next.
     pub fn doubt_path(&self, path: &Path) -> Option<String> {
         let mut cur = Some(path);
         while let Some(p) = cur {
             match std::fs::symlink_metadata(p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    if !self.owner_ok(&m) {
+                        return Some(format!(
+                            "{} is a symlink owned by uid {}",
+                            Escaped::path(p),
+                            m.uid()
+                        ));
+                    }
+                }
                 Ok(m) => {
                     let sticky_above = p != path && m.is_dir() && m.mode() & 0o1000 != 0;
                     if let Some(why) = self.doubt(p, &m) {
-                        if !(sticky_above && !m.file_type().is_symlink() && self.owner_ok(&m)) {
+                        if !(sticky_above && self.owner_ok(&m)) {
                             return Some(why);
                         }
                     }
                 }
                 Err(e) => return Some(format!("{}: {e}", Escaped::path(p))),
             }
-            cur = p.parent();
+            cur = p.parent().filter(|q| !q.as_os_str().is_empty());
         }
         None
     }
@@ -204,9 +216,15 @@ impl Trust {
         Ok(())
     }
 
-    /// The file `configured` names (symlinks resolved), when it and every
-    /// directory above it are trusted; `Err` says why not.
+    /// The file `configured` names (symlinks resolved), when the path as
+    /// configured, the file it resolves to and every directory above
+    /// either are trusted; `Err` says why not.
     pub fn exe(&self, configured: &Path) -> Result<ExeMatch, String> {
+        // The configured path as written (a symlink others could re-point
+        // would choose the file), then the file it leads to.
+        if let Some(why) = self.doubt_path(configured) {
+            return Err(why);
+        }
         let real = std::fs::canonicalize(configured)
             .map_err(|e| format!("{}: {e}", Escaped::path(configured)))?;
         let meta =
