@@ -97,6 +97,7 @@ pub enum Role {
 pub struct Reading {
     /// The file read (full path, root included, through the `class/` link),
     /// or `nvml:<index>`, `nvidia-smi:<index>`, `sensors:<chip>/<feature>`.
+    #[serde(serialize_with = "skos_core::escape::path")]
     pub path: PathBuf,
     /// hwmon `tempN_label`, thermal zone type, GPU name, lm-sensors feature;
     /// `<chip> tempN` when the sensor has no label.
@@ -158,7 +159,10 @@ pub enum ProblemKind {
     /// EINVAL, EACCES, a broken link); `error` is the OS error.
     Unreadable { error: String },
     /// A `class/` link that leaves the sysfs root; not followed.
-    OutsideRoot { target: PathBuf },
+    OutsideRoot {
+        #[serde(serialize_with = "skos_core::escape::path")]
+        target: PathBuf,
+    },
     /// Text where a number was expected.
     NotANumber { text: String },
     /// A number that is not a temperature this sensor can give.
