@@ -134,6 +134,73 @@ fn full_tmpfs_is_cleaned_below_warning_and_audited() {
     assert!(p.sigterm().success());
 }
 
+/// What a user who may write in a temp dir tries: a file name that is not
+/// UTF-8 (it wiped the whole result's details) and one with a newline and
+/// a log line after it (it forged a line in the log).
+#[test]
+fn hostile_file_names_neither_forge_log_lines_nor_lose_the_result() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(fs) = mount("8M", None) else { return };
+    let work = tempfile::tempdir().unwrap();
+    let forged = "2026-01-01T00:00:00.000000Z  INFO skos: forged by a file name";
+    let names: [&std::ffi::OsStr; 3] = [
+        std::ffi::OsStr::from_bytes(b"old-\xff\xfe.bin"),
+        std::ffi::OsStr::new("x\n2026-01-01T00:00:00.000000Z  INFO skos: forged by a file name"),
+        std::ffi::OsStr::new("old-plain.bin"),
+    ];
+    std::fs::create_dir_all(fs.path().join("tmp")).unwrap();
+    for n in names {
+        let p = fs.path().join("tmp").join(n);
+        std::fs::write(&p, vec![7u8; 1536 * 1024]).unwrap();
+        fs.age(&p, 7200);
+    }
+    // Held open for writing: skipped, and the skip is logged with its name.
+    let held = fs.path().join("tmp").join(format!("held\n{forged}"));
+    std::fs::write(&held, b"busy").unwrap();
+    fs.age(&held, 7200);
+    let _writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&held)
+        .unwrap();
+    fs.fill("data/keep.bin", 2200 * 1024);
+
+    let cfg = config(work.path(), fs.path(), "");
+    let data = work.path().join("data");
+    let mut p = up(&cfg, &data, work.path());
+    let records = wait_for(Duration::from_secs(30), "cleanup_temp result", || {
+        let r = audit(&data);
+        audit_events(&r, "result")
+            .iter()
+            .any(|r| r["entry"]["data"]["result"]["action_type"] == "cleanup_temp")
+            .then_some(r)
+    });
+    let result = audit_events(&records, "result")
+        .into_iter()
+        .find(|r| r["entry"]["data"]["result"]["action_type"] == "cleanup_temp")
+        .unwrap();
+    let details = &result["entry"]["data"]["result"]["details"];
+    assert_eq!(details["files_deleted"], 3, "{details}");
+    let skipped = details["skipped"].as_array().expect("details kept");
+    let shown: Vec<&str> = skipped.iter().filter_map(|s| s["path"].as_str()).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|p| p.ends_with(&format!("/tmp/held\\n{forged}"))),
+        "{shown:?}"
+    );
+    assert!(held.exists());
+    assert!(p.sigterm().success());
+    let log = p.log_text();
+    assert!(
+        log.contains("held\\n2026-01-01"),
+        "the skip is logged:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01")),
+        "a file name forged a log line:\n{log}"
+    );
+}
+
 #[test]
 fn emergency_with_nothing_to_delete_tells_a_human_by_webhook() {
     let Some(fs) = mount("4M", None) else { return };
