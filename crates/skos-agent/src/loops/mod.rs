@@ -685,7 +685,7 @@ impl LoopBreaker {
 struct CgroupTrust<'a> {
     trust: &'a Trust,
     root: PathBuf,
-    seen: RefCell<HashMap<String, Result<(), String>>>,
+    seen: RefCell<HashMap<String, Result<(), procwatch::Doubt>>>,
 }
 
 impl<'a> CgroupTrust<'a> {
@@ -733,7 +733,7 @@ impl LoopBreaker {
             };
             let (file, doubt) = match self.trust.exe(&want.configured) {
                 Ok(m) => (m.file, None),
-                Err(why) => (None, Some(why)),
+                Err(why) => (None, Some(why.to_string())),
             };
             if doubt != g.exe_doubt {
                 match &doubt {

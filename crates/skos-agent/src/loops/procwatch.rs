@@ -99,6 +99,48 @@ impl Needs {
     }
 }
 
+/// Why a cgroup or an executable is not believed: the path at fault and
+/// what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {why}", .path.escaped())]
+pub struct Doubt {
+    /// The file, directory, symlink or cgroup (as `/proc` names it).
+    pub path: PathBuf,
+    pub why: DoubtKind,
+}
+
+/// What is wrong with a [`Doubt`]'s path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DoubtKind {
+    #[error("owned by uid {0}, neither root nor the agent's user")]
+    Owner(u32),
+    #[error("a symlink owned by uid {0}")]
+    SymlinkOwner(u32),
+    #[error("a symlink (not followed)")]
+    Symlink,
+    #[error("writable by group or others (mode {0:o})")]
+    Writable(u32),
+    #[error("not a file")]
+    NotAFile,
+    #[error("not a plain cgroup path")]
+    NotPlain,
+    #[error("no such cgroup")]
+    NoCgroup,
+    #[error("{0}")]
+    Io(String),
+}
+
+fn doubt(path: &Path, why: DoubtKind) -> Doubt {
+    Doubt {
+        path: path.to_path_buf(),
+        why,
+    }
+}
+
+fn io_doubt(path: &Path, e: std::io::Error) -> Doubt {
+    doubt(path, DoubtKind::Io(e.to_string()))
+}
+
 /// Who may be believed about a cgroup or an executable: root and the
 /// agent's own user. A file or directory is trusted when its owner is one
 /// of them and it is not writable by group or others; a path when it and
@@ -126,56 +168,43 @@ impl Trust {
         meta.uid() == 0 || meta.uid() == self.agent_uid
     }
 
-    /// Why `meta` (of `path`) is not trusted, if it is not.
-    fn doubt(&self, path: &Path, meta: &std::fs::Metadata) -> Option<String> {
-        let shown = Escaped::path(path);
+    /// What is wrong with `meta` (of `path`), if anything.
+    fn check(&self, path: &Path, meta: &std::fs::Metadata) -> Result<(), Doubt> {
         if meta.file_type().is_symlink() {
-            return Some(format!("{shown} is a symlink"));
+            return Err(doubt(path, DoubtKind::Symlink));
         }
         if !self.owner_ok(meta) {
-            return Some(format!("{shown} is owned by uid {}", meta.uid()));
+            return Err(doubt(path, DoubtKind::Owner(meta.uid())));
         }
         if meta.mode() & 0o022 != 0 {
-            return Some(format!(
-                "{shown} is writable by group or others (mode {:o})",
-                meta.mode() & 0o7777
-            ));
+            return Err(doubt(path, DoubtKind::Writable(meta.mode() & 0o7777)));
         }
-        None
+        Ok(())
     }
 
-    /// Why `path` or a directory above it is not trusted, if one is not.
-    /// A directory above it may be writable by others when it is sticky
+    /// Whether `path` and every directory above it are trusted. A
+    /// directory above it may be writable by others when it is sticky
     /// (`/tmp`): there only an entry's owner may rename or remove it. A
     /// symlink on the way (`/bin` → `usr/bin`) needs a trusted owner only:
     /// it cannot be changed in place, and replacing it needs its
     /// directory, which is checked next.
-    pub fn doubt_path(&self, path: &Path) -> Option<String> {
+    pub fn path(&self, path: &Path) -> Result<(), Doubt> {
         let mut cur = Some(path);
         while let Some(p) = cur {
-            match std::fs::symlink_metadata(p) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    if !self.owner_ok(&m) {
-                        return Some(format!(
-                            "{} is a symlink owned by uid {}",
-                            Escaped::path(p),
-                            m.uid()
-                        ));
-                    }
+            let m = std::fs::symlink_metadata(p).map_err(|e| io_doubt(p, e))?;
+            if m.file_type().is_symlink() {
+                if !self.owner_ok(&m) {
+                    return Err(doubt(p, DoubtKind::SymlinkOwner(m.uid())));
                 }
-                Ok(m) => {
-                    let sticky_above = p != path && m.is_dir() && m.mode() & 0o1000 != 0;
-                    if let Some(why) = self.doubt(p, &m) {
-                        if !(sticky_above && self.owner_ok(&m)) {
-                            return Some(why);
-                        }
-                    }
+            } else if let Err(d) = self.check(p, &m) {
+                let sticky_above = p != path && m.is_dir() && m.mode() & 0o1000 != 0;
+                if !(sticky_above && self.owner_ok(&m)) {
+                    return Err(d);
                 }
-                Err(e) => return Some(format!("{}: {e}", Escaped::path(p))),
             }
             cur = p.parent().filter(|q| !q.as_os_str().is_empty());
         }
-        None
+        Ok(())
     }
 
     /// Whether the cgroup at `path` (`/system.slice/worker.service`, as
@@ -183,31 +212,24 @@ impl Trust {
     /// may be believed: the first of the unified hierarchy, a v1
     /// `systemd` or `unified` one where it exists, with its `cgroup.procs`
     /// (who may move processes in), itself and the dirs above it up to the
-    /// cgroup root trusted. `Err` says why not.
-    pub fn cgroup(&self, cgroup_root: &Path, path: &str) -> Result<(), String> {
+    /// cgroup root trusted.
+    pub fn cgroup(&self, cgroup_root: &Path, path: &str) -> Result<(), Doubt> {
         let rel = Path::new(path.trim_start_matches('/'));
         if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-            return Err(format!(
-                "{} is not a plain cgroup path",
-                Escaped::text(path)
-            ));
+            return Err(doubt(Path::new(path), DoubtKind::NotPlain));
         }
         let dir = ["", "systemd", "unified"]
             .iter()
             .map(|h| cgroup_root.join(h))
             .find(|base| base.join(rel).join("cgroup.procs").exists())
-            .ok_or_else(|| format!("cgroup {} not found", Escaped::text(path)))?;
+            .ok_or_else(|| doubt(Path::new(path), DoubtKind::NoCgroup))?;
         let procs = dir.join(rel).join("cgroup.procs");
-        let meta = std::fs::symlink_metadata(&procs).map_err(|e| e.to_string())?;
-        if let Some(why) = self.doubt(&procs, &meta) {
-            return Err(why);
-        }
+        let meta = std::fs::symlink_metadata(&procs).map_err(|e| io_doubt(&procs, e))?;
+        self.check(&procs, &meta)?;
         let mut cur = Some(dir.join(rel));
         while let Some(p) = cur {
-            let meta = std::fs::symlink_metadata(&p).map_err(|e| e.to_string())?;
-            if let Some(why) = self.doubt(&p, &meta) {
-                return Err(why);
-            }
+            let meta = std::fs::symlink_metadata(&p).map_err(|e| io_doubt(&p, e))?;
+            self.check(&p, &meta)?;
             if p == dir {
                 break;
             }
@@ -218,23 +240,17 @@ impl Trust {
 
     /// The file `configured` names (symlinks resolved), when the path as
     /// configured, the file it resolves to and every directory above
-    /// either are trusted; `Err` says why not.
-    pub fn exe(&self, configured: &Path) -> Result<ExeMatch, String> {
+    /// either are trusted.
+    pub fn exe(&self, configured: &Path) -> Result<ExeMatch, Doubt> {
         // The configured path as written (a symlink others could re-point
         // would choose the file), then the file it leads to.
-        if let Some(why) = self.doubt_path(configured) {
-            return Err(why);
-        }
-        let real = std::fs::canonicalize(configured)
-            .map_err(|e| format!("{}: {e}", Escaped::path(configured)))?;
-        let meta =
-            std::fs::metadata(&real).map_err(|e| format!("{}: {e}", Escaped::path(&real)))?;
+        self.path(configured)?;
+        let real = std::fs::canonicalize(configured).map_err(|e| io_doubt(configured, e))?;
+        let meta = std::fs::metadata(&real).map_err(|e| io_doubt(&real, e))?;
         if !meta.is_file() {
-            return Err(format!("{} is not a file", Escaped::path(&real)));
+            return Err(doubt(&real, DoubtKind::NotAFile));
         }
-        if let Some(why) = self.doubt_path(&real) {
-            return Err(why);
-        }
+        self.path(&real)?;
         Ok(ExeMatch {
             configured: configured.to_path_buf(),
             file: Some(Exe {
