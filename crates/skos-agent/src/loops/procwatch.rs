@@ -479,8 +479,23 @@ mod tests {
             "sh /tmp/fork.sh 3"
         );
         assert_eq!(parse_cmdline(b""), "");
+        // Control characters and bytes that are not UTF-8 are escaped, so
+        // nothing is lost and a command line stays on one line.
+        assert_eq!(
+            parse_cmdline(b"worker\0--name\0a\nb\xff\0"),
+            "worker --name a\\nb\\xff"
+        );
         let cg = parse_cgroup("12:pids:/user.slice\n0::/system.slice/worker.service\n");
         assert_eq!(cg, ["/system.slice/worker.service", "/user.slice"]);
+    }
+
+    #[test]
+    fn uids_are_real_and_effective() {
+        let status = "Name:\tsu\nUmask:\t0022\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n";
+        assert_eq!(parse_uids(status), Some((1000, 0)));
+        assert_eq!(parse_uids("Uid:\t0\t0\t0\t0\n"), Some((0, 0)));
+        assert_eq!(parse_uids("Uid:\tx\t0\n"), None);
+        assert_eq!(parse_uids("Name:\tx\n"), None);
     }
 
     #[test]
