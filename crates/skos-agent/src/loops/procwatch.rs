@@ -538,6 +538,11 @@ mod tests {
             .iter()
             .find(|p| p.id.pid == std::process::id())
             .expect("own process in the scan");
+        // SAFETY: getuid(2) and geteuid(2) take nothing and cannot fail.
+        let (uid, euid) = unsafe { (libc::getuid(), libc::geteuid()) };
+        assert_eq!(me.uids, Some((uid, euid)));
+        let exe = me.exe.as_ref().expect("own executable");
+        assert_eq!(exe.path, std::env::current_exe().unwrap());
         let protected = w.protected(&procs);
         assert!(protected.contains(&me.id.pid));
         assert!(protected.contains(&me.ppid));
