@@ -42,7 +42,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 use skos_bus::Bus;
 use skos_core::chain::tree::{
-    self, GroupChange, GroupStep, GroupTracker, GroupTrip, ProcInfo, Selector,
+    self, ExeMatch, GroupChange, GroupStep, GroupTracker, GroupTrip, ProcInfo, Selector,
 };
 use skos_core::chain::{
     ChainControl, ChainTable, ChainView, CircuitState, ControlEvent, Reason, Trip,
@@ -57,7 +57,7 @@ use tokio::sync::mpsc;
 use crate::antibody::{Antibody, Execution};
 use crate::offloop::Reader;
 use crate::Outcome;
-use procwatch::{Needs, ProcWatch, Trust};
+use procwatch::{Doubt, Needs, ProcWatch, Trust};
 
 pub const AGENT_TYPE: &str = skos_core::catalogue::Executor::LoopBreaker.as_str();
 
@@ -339,7 +339,7 @@ pub struct LoopBreaker {
     doubted_cgroups: HashSet<String>,
     scan_failed: bool,
     /// The agent loop's scans, off the loop.
-    reader: Reader<crate::Result<Vec<ProcInfo>>>,
+    reader: Reader<Look>,
 }
 
 /// A scan of `/proc` longer than this is slow (it takes milliseconds; a
@@ -560,7 +560,8 @@ impl LoopBreaker {
                 ),
             );
         }
-        self.resolve_exes();
+        let exes = resolve_exes(&self.trust, &self.exe_paths());
+        self.set_exes(exes);
         let needs = self.needs();
         let snapshot = match self.procs.scan(needs) {
             Ok(s) => s,
@@ -685,7 +686,7 @@ impl LoopBreaker {
 struct CgroupTrust<'a> {
     trust: &'a Trust,
     root: PathBuf,
-    seen: RefCell<HashMap<String, Result<(), procwatch::Doubt>>>,
+    seen: RefCell<HashMap<String, Result<(), Doubt>>>,
 }
 
 impl<'a> CgroupTrust<'a> {
@@ -712,6 +713,23 @@ impl<'a> CgroupTrust<'a> {
 /// Most untrusted cgroups remembered (so each is said once).
 const DOUBTED_CGROUPS: usize = 256;
 
+/// One look at the processes, with the groups' executables resolved at the
+/// same time (off the agent loop: a stat may wait on a slow filesystem).
+pub(crate) struct Look {
+    procs: crate::Result<Vec<ProcInfo>>,
+    /// Per group, in order: `None` for a group without `exe`.
+    exes: Vec<Option<Result<ExeMatch, Doubt>>>,
+}
+
+/// Resolve each configured executable again (it may have been upgraded,
+/// or its directory made writable).
+fn resolve_exes(trust: &Trust, paths: &[Option<PathBuf>]) -> Vec<Option<Result<ExeMatch, Doubt>>> {
+    paths
+        .iter()
+        .map(|p| p.as_ref().map(|p| trust.exe(p)))
+        .collect()
+}
+
 impl LoopBreaker {
     /// What a scan must read: only what some group selects by.
     fn needs(&self) -> Needs {
@@ -724,14 +742,22 @@ impl LoopBreaker {
             .fold(Needs::default(), Needs::or)
     }
 
-    /// Resolve each group's executable again (it may have been upgraded,
-    /// or its directory made writable); an untrusted one selects nothing.
-    fn resolve_exes(&mut self) {
-        for g in &mut self.groups {
-            let Some(want) = &g.selector.exe else {
+    /// Each group's configured executable, in group order.
+    fn exe_paths(&self) -> Vec<Option<PathBuf>> {
+        self.groups
+            .iter()
+            .map(|g| g.selector.exe.as_ref().map(|e| e.configured.clone()))
+            .collect()
+    }
+
+    /// Take each group's executable as resolved (in group order); an
+    /// untrusted one selects nothing, and is said once per change.
+    fn set_exes(&mut self, exes: Vec<Option<Result<ExeMatch, Doubt>>>) {
+        for (g, resolved) in self.groups.iter_mut().zip(exes) {
+            let Some(resolved) = resolved else {
                 continue;
             };
-            let (file, doubt) = match self.trust.exe(&want.configured) {
+            let (file, doubt) = match resolved {
                 Ok(m) => (m.file, None),
                 Err(why) => (None, Some(why.to_string())),
             };
@@ -772,15 +798,16 @@ impl LoopBreaker {
         if self.groups.is_empty() {
             return Vec::new();
         }
-        self.resolve_exes();
-        let scan = self.procs.scan(self.needs());
-        self.apply(scan, now)
+        let exes = resolve_exes(&self.trust, &self.exe_paths());
+        let procs = self.procs.scan(self.needs());
+        self.apply(Look { procs, exes }, now)
     }
 
     /// Judge a scan of the processes: each watched group's tracker, the
     /// signals an open circuit sends, and the alerts to raise.
-    fn apply(&mut self, scan: crate::Result<Vec<ProcInfo>>, now: Timestamp) -> Vec<Alert> {
-        let snapshot = match scan {
+    fn apply(&mut self, look: Look, now: Timestamp) -> Vec<Alert> {
+        self.set_exes(look.exes);
+        let snapshot = match look.procs {
             Ok(s) => {
                 self.scan_failed = false;
                 s
@@ -836,9 +863,13 @@ impl Antibody for LoopBreaker {
             return Vec::new();
         }
         let mut alerts = Antibody::judge(self, now);
-        self.resolve_exes();
         let (procs, needs) = (self.procs.clone(), self.needs());
-        if self.reader.look(move || procs.scan(needs)) {
+        let (trust, exe_paths) = (self.trust.clone(), self.exe_paths());
+        let look = move || Look {
+            exes: resolve_exes(&trust, &exe_paths),
+            procs: procs.scan(needs),
+        };
+        if self.reader.look(look) {
             alerts.extend(Antibody::judge(self, now));
         }
         alerts
