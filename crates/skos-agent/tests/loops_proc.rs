@@ -275,6 +275,7 @@ fn a_fake_proc_tree_is_judged_but_never_signalled() {
     let unit = sys.path().join("fs/cgroup/system.slice/batch.service");
     std::fs::create_dir_all(&unit).unwrap();
     std::fs::write(unit.join("cgroup.procs"), "").unwrap();
+    std::fs::write(sys.path().join("fs/cgroup/cgroup.controllers"), "").unwrap();
     for d in [sys.path(), &unit] {
         std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
@@ -489,6 +490,7 @@ fn a_process_of_another_user_naming_itself_after_a_group_is_never_counted_or_sig
 fn a_cgroup_or_executable_others_can_write_is_not_believed() {
     skos_testsupport::require!("root", skos_testsupport::require::root());
     use skos_agent::loops::procwatch::{DoubtKind, Trust};
+    use skos_core::chain::tree::CgroupPath;
     use std::os::unix::fs::PermissionsExt;
     let sys = tempfile::tempdir().unwrap();
     let cg = sys.path().join("fs/cgroup");
@@ -507,10 +509,16 @@ fn a_cgroup_or_executable_others_can_write_is_not_believed() {
     for p in [sys.path(), &sys.path().join("fs"), &cg] {
         mode(p, 0o755);
     }
+    // cgroup v2 at the root (what `cgroup.controllers` marks).
+    std::fs::write(cg.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+    let v2 = CgroupPath::v2;
     let trust = Trust::new();
-    assert_eq!(trust.cgroup(&cg, "/system.slice/worker.service"), Ok(()));
+    assert_eq!(
+        trust.cgroup(&cg, &v2("/system.slice/worker.service")),
+        Ok(())
+    );
     let why = trust
-        .cgroup(&cg, "/user.slice/app.slice/worker.service")
+        .cgroup(&cg, &v2("/user.slice/app.slice/worker.service"))
         .unwrap_err();
     assert_eq!(why.why, DoubtKind::Owner(NOBODY), "{why}");
     assert!(why
@@ -518,9 +526,40 @@ fn a_cgroup_or_executable_others_can_write_is_not_believed() {
         .ends_with("user.slice/app.slice/worker.service/cgroup.procs"));
     // Root's, but anyone may move processes in.
     mode(&cg.join("system.slice/worker.service/cgroup.procs"), 0o666);
-    assert!(trust.cgroup(&cg, "/system.slice/worker.service").is_err());
-    assert!(trust.cgroup(&cg, "/system.slice/../user.slice").is_err());
-    assert!(trust.cgroup(&cg, "/nowhere.slice").is_err());
+    assert!(trust
+        .cgroup(&cg, &v2("/system.slice/worker.service"))
+        .is_err());
+    assert!(trust
+        .cgroup(&cg, &v2("/system.slice/../user.slice"))
+        .is_err());
+    assert!(trust.cgroup(&cg, &v2("/nowhere.slice")).is_err());
+    // v1 hierarchies: each path is judged where it was found. The
+    // systemd hierarchy's unit is root's; the memory hierarchy's cgroup of
+    // the same name is nobody's.
+    let v1 = |h: &str, p: &str| CgroupPath {
+        hierarchy: h.into(),
+        path: p.into(),
+    };
+    for (h, owner) in [("systemd", 0), ("memory", NOBODY)] {
+        let d = cg.join(h).join("worker.service");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cgroup.procs"), "").unwrap();
+        mode(&cg.join(h), 0o755);
+        std::os::unix::fs::chown(&d, Some(owner), Some(owner)).unwrap();
+        std::os::unix::fs::chown(d.join("cgroup.procs"), Some(owner), Some(owner)).unwrap();
+    }
+    assert_eq!(
+        trust.cgroup(&cg, &v1("name=systemd", "/worker.service")),
+        Ok(())
+    );
+    let why = trust
+        .cgroup(&cg, &v1("memory", "/worker.service"))
+        .unwrap_err();
+    assert_eq!(why.why, DoubtKind::Owner(NOBODY), "{why}");
+    assert!(trust
+        .cgroup(&cg, &v1("../memory", "/worker.service"))
+        .is_err());
+    assert!(trust.cgroup(&cg, &v1("cpu", "/worker.service")).is_err());
 
     // An executable: trusted in a root-only dir, not in a world-writable one.
     let bin = sys.path().join("bin");
@@ -618,4 +657,152 @@ fn a_group_by_executable_counts_that_file_only_whatever_a_process_calls_itself()
         .unwrap()
         .iter()
         .all(|e| e["command"] == "worker"));
+}
+
+/// A cgroup v2 hierarchy this test may create cgroups in (at the root on
+/// a v2 machine, at `unified` on a hybrid one).
+fn cgroup2_dir() -> Result<std::path::PathBuf, String> {
+    skos_testsupport::require::root().map_err(|e| e.to_string())?;
+    for d in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let d = Path::new(d);
+        if !d.join("cgroup.controllers").exists() {
+            continue;
+        }
+        let probe = d.join(format!("skos-probe-{}", std::process::id()));
+        if std::fs::create_dir(&probe).is_ok() {
+            let _ = std::fs::remove_dir(&probe);
+            return Ok(d.to_path_buf());
+        }
+    }
+    Err("no writable cgroup v2 hierarchy under /sys/fs/cgroup".into())
+}
+
+/// cgroups removed (deepest first) when the test ends, once their
+/// processes are gone.
+struct Cgroups(Vec<std::path::PathBuf>);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// `sh -c script` started in the cgroup `cg` (it moves itself in before
+/// it runs, so everything it starts is there too), as `uid` when given, in
+/// a process group of its own.
+fn spawn_in_cgroup(cg: &Path, uid: Option<u32>, argv0: &str, script: &str) -> AsUser {
+    use std::os::unix::ffi::OsStrExt;
+    let procs = std::ffi::CString::new(cg.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg0(argv0)
+        .args(["-c", script])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls (open, write, close, setgroups,
+    // setgid, setuid) between fork and exec, on memory made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if n != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(u) = uid {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(u) != 0
+                    || libc::setuid(u) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    AsUser(cmd.spawn().expect("spawn in a cgroup"))
+}
+
+#[test]
+fn a_unit_of_the_same_name_in_a_users_own_cgroup_is_not_the_systems() {
+    let base = skos_testsupport::require!("a writable cgroup v2 hierarchy", cgroup2_dir());
+    if !live_proc() {
+        return;
+    }
+    let me = std::process::id();
+    let unit = format!("skos-test-{me}.service");
+    // The system's unit (root's), and one of the same name in a cgroup
+    // delegated to nobody (as a user's own systemd instance has them).
+    let system = base.join(&unit);
+    let user = base.join(format!("skos-user-{me}"));
+    let delegated = user.join(&unit);
+    let _cgroups = Cgroups(vec![system.clone(), user.clone(), delegated.clone()]);
+    for d in [&system, &user, &delegated] {
+        std::fs::create_dir(d).unwrap();
+    }
+    for p in [delegated.clone(), delegated.join("cgroup.procs")] {
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let mut cfg = Config::from_yaml(&format!(
+        "agent: {{antibodies: [loop_breaker]}}\nloop:\n  process_groups:\n    - {{name: unit, unit: {unit}, max_descendants: 5, on_break: term, grace_seconds: 0.5, cool_off_seconds: 60}}\n"
+    ))
+    .unwrap();
+    cfg.sysfs_root = "/sys".into();
+    let mut lb = LoopBreaker::new(&cfg);
+
+    let kids = |n: u32| format!("for i in $(seq {n}); do sleep 60 & done; wait");
+    let impostor = spawn_in_cgroup(&delegated, Some(NOBODY), "worker", &kids(20));
+    let worker = spawn_in_cgroup(&system, None, "worker", &kids(2));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while impostor.members().len() < 21 || worker.members().len() < 3 {
+        assert!(Instant::now() < deadline, "the processes did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cg_of = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cg_of(impostor.0.id()).contains(&format!("skos-user-{me}/{unit}")));
+
+    for _ in 0..5 {
+        let alerts = lb.sense(chrono::Utc::now());
+        assert!(alerts.is_empty(), "nobody's unit was counted: {alerts:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let runaway = spawn_in_cgroup(&system, None, "worker", &kids(10));
+    let alert = sense_until(&mut lb, "the system unit's trip", |alerts, _| {
+        alerts
+            .iter()
+            .find(|a| a.severity == Severity::Critical)
+            .cloned()
+    });
+    assert_eq!(alert.details["condition"], "descendants_exceeded");
+    let value = alert.details["value"].as_u64().unwrap();
+    assert!((6..=12).contains(&value), "{value}: only the system unit's");
+    let o = run(
+        &mut lb,
+        command("circuit_break", Some(&alert.alert_id), None),
+    );
+    assert_eq!(o.status, ResultStatus::Succeeded, "{}", o.message);
+    sense_until(&mut lb, "the system unit's processes terminated", |_, _| {
+        (worker.members().iter().all(|m| m.1 == 'Z')
+            && runaway.members().iter().all(|m| m.1 == 'Z'))
+        .then_some(())
+    });
+    let left = impostor.members();
+    assert_eq!(left.len(), 21, "{left:?}");
+    assert!(
+        left.iter()
+            .all(|m| m.1 != 'T' && m.1 != 'Z' && m.2 == NOBODY),
+        "{left:?}"
+    );
 }

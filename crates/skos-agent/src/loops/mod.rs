@@ -42,7 +42,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 use skos_bus::Bus;
 use skos_core::chain::tree::{
-    self, ExeMatch, GroupChange, GroupStep, GroupTracker, GroupTrip, ProcInfo, Selector,
+    self, CgroupPath, ExeMatch, GroupChange, GroupStep, GroupTracker, GroupTrip, ProcInfo, Selector,
 };
 use skos_core::chain::{
     ChainControl, ChainTable, ChainView, CircuitState, ControlEvent, Reason, Trip,
@@ -336,7 +336,7 @@ pub struct LoopBreaker {
     procs: ProcWatch,
     trust: Trust,
     /// Cgroups found untrusted, said once each (bounded).
-    doubted_cgroups: HashSet<String>,
+    doubted_cgroups: HashSet<CgroupPath>,
     scan_failed: bool,
     /// The agent loop's scans, off the loop.
     reader: Reader<Look>,
@@ -686,7 +686,7 @@ impl LoopBreaker {
 struct CgroupTrust<'a> {
     trust: &'a Trust,
     root: PathBuf,
-    seen: RefCell<HashMap<String, Result<(), Doubt>>>,
+    seen: RefCell<HashMap<CgroupPath, Result<(), Doubt>>>,
 }
 
 impl<'a> CgroupTrust<'a> {
@@ -699,13 +699,13 @@ impl<'a> CgroupTrust<'a> {
         }
     }
 
-    fn check(&self, path: &str) -> bool {
-        if let Some(r) = self.seen.borrow().get(path) {
+    fn check(&self, cg: &CgroupPath) -> bool {
+        if let Some(r) = self.seen.borrow().get(cg) {
             return r.is_ok();
         }
-        let r = self.trust.cgroup(&self.root, path);
+        let r = self.trust.cgroup(&self.root, cg);
         let ok = r.is_ok();
-        self.seen.borrow_mut().insert(path.to_string(), r);
+        self.seen.borrow_mut().insert(cg.clone(), r);
         ok
     }
 }
@@ -786,7 +786,7 @@ impl LoopBreaker {
             if self.doubted_cgroups.len() < DOUBTED_CGROUPS
                 && self.doubted_cgroups.insert(path.clone())
             {
-                tracing::warn!(cgroup = %path.escaped(), reason = %why, "cgroup not trusted: its processes are no group's members");
+                tracing::warn!(cgroup = %path, reason = %why, "cgroup not trusted: its processes are no group's members");
             }
         }
     }

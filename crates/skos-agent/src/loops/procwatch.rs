@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use skos_core::chain::tree::{Exe, ExeMatch, ProcId, ProcInfo, Sig};
+use skos_core::chain::tree::{CgroupPath, Exe, ExeMatch, ProcId, ProcInfo, Sig};
 use skos_core::escape::{Escaped, ShowPath};
 
 use crate::{Error, Result};
@@ -207,22 +207,46 @@ impl Trust {
         Ok(())
     }
 
-    /// Whether the cgroup at `path` (`/system.slice/worker.service`, as
-    /// `/proc/<pid>/cgroup` says it) under `cgroup_root` (`/sys/fs/cgroup`)
-    /// may be believed: the first of the unified hierarchy, a v1
-    /// `systemd` or `unified` one where it exists, with its `cgroup.procs`
-    /// (who may move processes in), itself and the dirs above it up to the
-    /// cgroup root trusted.
-    pub fn cgroup(&self, cgroup_root: &Path, path: &str) -> Result<(), Doubt> {
-        let rel = Path::new(path.trim_start_matches('/'));
-        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-            return Err(doubt(Path::new(path), DoubtKind::NotPlain));
+    /// Where a hierarchy is mounted under `cgroup_root` (`/sys/fs/cgroup`):
+    /// the unified one at the root itself (cgroup v2) or at `unified`
+    /// (hybrid), whichever has `cgroup.controllers`; a v1 one at its
+    /// controllers' name (`cpu,cpuacct`, `systemd` for `name=systemd`),
+    /// through the symlink a distribution may put there (`cpu` →
+    /// `cpu,cpuacct`).
+    fn hierarchy_dir(cgroup_root: &Path, hierarchy: &str) -> Option<PathBuf> {
+        if hierarchy.is_empty() {
+            return [cgroup_root.to_path_buf(), cgroup_root.join("unified")]
+                .into_iter()
+                .find(|d| d.join("cgroup.controllers").exists());
         }
-        let dir = ["", "systemd", "unified"]
-            .iter()
-            .map(|h| cgroup_root.join(h))
-            .find(|base| base.join(rel).join("cgroup.procs").exists())
-            .ok_or_else(|| doubt(Path::new(path), DoubtKind::NoCgroup))?;
+        let name = hierarchy.strip_prefix("name=").unwrap_or(hierarchy);
+        let plain = !name.is_empty()
+            && Path::new(name)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+            && !name.contains('/');
+        if !plain {
+            return None;
+        }
+        let dir = cgroup_root.join(name);
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        dir.is_dir().then_some(dir)
+    }
+
+    /// Whether a cgroup (`/system.slice/worker.service` in a hierarchy, as
+    /// `/proc/<pid>/cgroup` says it) under `cgroup_root` (`/sys/fs/cgroup`)
+    /// may be believed: in the hierarchy it was found in, its
+    /// `cgroup.procs` (who may move processes in), itself and the cgroups
+    /// above it up to the hierarchy's root trusted.
+    pub fn cgroup(&self, cgroup_root: &Path, cg: &CgroupPath) -> Result<(), Doubt> {
+        let named = || PathBuf::from(cg.to_string());
+        let rel = Path::new(cg.path.trim_start_matches('/'));
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(doubt(&named(), DoubtKind::NotPlain));
+        }
+        let dir = Self::hierarchy_dir(cgroup_root, &cg.hierarchy)
+            .filter(|base| base.join(rel).join("cgroup.procs").exists())
+            .ok_or_else(|| doubt(&named(), DoubtKind::NoCgroup))?;
         let procs = dir.join(rel).join("cgroup.procs");
         let meta = std::fs::symlink_metadata(&procs).map_err(|e| io_doubt(&procs, e))?;
         self.check(&procs, &meta)?;
@@ -264,18 +288,22 @@ impl Trust {
 
 /// `/proc/<pid>/cgroup`: the path of every hierarchy (`0::/x.slice/y`),
 /// the unified (v2) one first.
-pub fn parse_cgroup(text: &str) -> Vec<String> {
+pub fn parse_cgroup(text: &str) -> Vec<CgroupPath> {
     let mut v2 = Vec::new();
     let mut v1 = Vec::new();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(_ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(id), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        if id == "0" {
-            v2.push(path.to_string());
+        let cg = CgroupPath {
+            hierarchy: ctrl.to_string(),
+            path: path.to_string(),
+        };
+        if id == "0" && ctrl.is_empty() {
+            v2.push(cg);
         } else {
-            v1.push(path.to_string());
+            v1.push(cg);
         }
     }
     v2.extend(v1);
@@ -486,7 +514,16 @@ mod tests {
             "worker --name a\\nb\\xff"
         );
         let cg = parse_cgroup("12:pids:/user.slice\n0::/system.slice/worker.service\n");
-        assert_eq!(cg, ["/system.slice/worker.service", "/user.slice"]);
+        assert_eq!(
+            cg,
+            [
+                CgroupPath::v2("/system.slice/worker.service"),
+                CgroupPath {
+                    hierarchy: "pids".into(),
+                    path: "/user.slice".into()
+                }
+            ]
+        );
     }
 
     #[test]

@@ -78,13 +78,58 @@ pub struct ProcInfo {
     /// Arguments joined by single spaces, each shown as
     /// [`crate::escape::Escaped`] does (empty for kernel threads).
     pub cmdline: String,
-    /// The cgroup v2 path (`/system.slice/x.service`), or the v1 paths.
-    pub cgroups: Vec<String>,
+    /// Its cgroup in each hierarchy (`/proc/<pid>/cgroup`), the unified
+    /// (v2) one first.
+    pub cgroups: Vec<CgroupPath>,
     /// Real and effective uid (`/proc/<pid>/status`); `None` when not read.
     pub uids: Option<(u32, u32)>,
     /// The executable; `None` when not read (not asked for, or the agent
     /// may not see it).
     pub exe: Option<Exe>,
+}
+
+/// A process's cgroup in one hierarchy: one line of `/proc/<pid>/cgroup`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CgroupPath {
+    /// `""` for the unified (v2) hierarchy, else the v1 hierarchy's
+    /// controllers (`cpu,cpuacct`, `name=systemd`).
+    pub hierarchy: String,
+    /// `/system.slice/worker.service`.
+    pub path: String,
+}
+
+impl CgroupPath {
+    /// A path in the unified (v2) hierarchy.
+    pub fn v2(path: impl Into<String>) -> Self {
+        CgroupPath {
+            hierarchy: String::new(),
+            path: path.into(),
+        }
+    }
+
+    /// The same hierarchy, another path.
+    pub fn with_path(&self, path: impl Into<String>) -> Self {
+        CgroupPath {
+            hierarchy: self.hierarchy.clone(),
+            path: path.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CgroupPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::escape::Escaped;
+        if self.hierarchy.is_empty() {
+            write!(f, "{}", Escaped::text(&self.path))
+        } else {
+            write!(
+                f,
+                "{}:{}",
+                Escaped::text(&self.hierarchy),
+                Escaped::text(&self.path)
+            )
+        }
+    }
 }
 
 /// The executable a group's members run: the configured path resolved to
@@ -163,10 +208,10 @@ impl Selector {
         )
     }
 
-    /// Whether `p` is a member. `trusted` says whether a cgroup path
-    /// (`/system.slice/worker.service`) may be believed: only its owner can
-    /// move a process into it.
-    pub fn matches(&self, p: &ProcInfo, trusted: &dyn Fn(&str) -> bool) -> bool {
+    /// Whether `p` is a member. `trusted` says whether a cgroup
+    /// (`/system.slice/worker.service` in a hierarchy) may be believed:
+    /// only its owner can move a process into it.
+    pub fn matches(&self, p: &ProcInfo, trusted: &dyn Fn(&CgroupPath) -> bool) -> bool {
         if !self.anchored() {
             return false;
         }
@@ -197,17 +242,22 @@ impl Selector {
 
 /// Whether one of `cgroups` is (below) the group's cgroup, and that cgroup
 /// is trusted.
-fn cgroup_matches(want: &CgroupMatch, cgroups: &[String], trusted: &dyn Fn(&str) -> bool) -> bool {
+fn cgroup_matches(
+    want: &CgroupMatch,
+    cgroups: &[CgroupPath],
+    trusted: &dyn Fn(&CgroupPath) -> bool,
+) -> bool {
     cgroups.iter().any(|cg| match want {
         CgroupMatch::Unit(unit) => {
-            let parts: Vec<&str> = cg.split('/').collect();
+            let parts: Vec<&str> = cg.path.split('/').collect();
             parts
                 .iter()
                 .position(|part| part == unit)
-                .is_some_and(|i| trusted(&parts[..=i].join("/")))
+                .is_some_and(|i| trusted(&cg.with_path(parts[..=i].join("/"))))
         }
         CgroupMatch::Path(root) => {
-            (cg == root || cg.starts_with(&format!("{root}/"))) && trusted(root)
+            (cg.path == *root || cg.path.starts_with(&format!("{root}/")))
+                && trusted(&cg.with_path(root.clone()))
         }
     })
 }
@@ -323,7 +373,7 @@ pub fn observe(
     procs: &[ProcInfo],
     selector: &Selector,
     protected: &HashSet<u32>,
-    trusted: &dyn Fn(&str) -> bool,
+    trusted: &dyn Fn(&CgroupPath) -> bool,
 ) -> Observation {
     let by_pid: HashMap<u32, &ProcInfo> = procs.iter().map(|p| (p.id.pid, p)).collect();
     let mut children: HashMap<u32, Vec<&ProcInfo>> = HashMap::new();
@@ -422,7 +472,7 @@ mod tests {
             ppid,
             state: 'S',
             cmdline: cmd.into(),
-            cgroups: vec!["/user.slice/session-1.scope".into()],
+            cgroups: vec![CgroupPath::v2("/user.slice/session-1.scope")],
             uids: Some((0, 0)),
             exe: None,
         }
@@ -492,9 +542,9 @@ mod tests {
         assert_eq!(obs.evidence.last().unwrap().command, "sleep");
 
         let mut procs = procs;
-        procs[1].cgroups = vec!["/system.slice/worker.service".into()];
+        procs[1].cgroups = vec![CgroupPath::v2("/system.slice/worker.service")];
         for q in procs.iter_mut().skip(2) {
-            q.cgroups = vec!["/system.slice/worker.service/jobs".into()];
+            q.cgroups = vec![CgroupPath::v2("/system.slice/worker.service/jobs")];
         }
         let unit = observe(&procs, &unit("worker.service"), &HashSet::new());
         assert_eq!(unit.roots[0].pid, 10);
@@ -594,7 +644,7 @@ mod tests {
         };
         let mut root_worker = p(20, 1, "/usr/local/bin/worker --jobs 4");
         root_worker.exe = Some(worker_exe.clone());
-        root_worker.cgroups = vec!["/system.slice/worker.service".into()];
+        root_worker.cgroups = vec![CgroupPath::v2("/system.slice/worker.service")];
         let mut impostor = p(30, 1, "/usr/local/bin/worker --jobs 4");
         impostor.uids = Some((65534, 65534));
         impostor.exe = Some(Exe {
@@ -602,21 +652,22 @@ mod tests {
             dev: 8,
             ino: 999,
         });
-        impostor.cgroups =
-            vec!["/user.slice/user-65534.slice/user@65534.service/app.slice/worker.service".into()];
+        impostor.cgroups = vec![CgroupPath::v2(
+            "/user.slice/user-65534.slice/user@65534.service/app.slice/worker.service",
+        )];
         // A setuid program run by the impostor: effective uid 0, real not.
         let mut setuid = impostor.clone();
         setuid.id.pid = 31;
         setuid.uids = Some((65534, 0));
         let procs = vec![p(1, 0, "/sbin/init"), root_worker, impostor, setuid];
-        let members = |sel: &Selector, trusted: &dyn Fn(&str) -> bool| -> Vec<u32> {
+        let members = |sel: &Selector, trusted: &dyn Fn(&CgroupPath) -> bool| -> Vec<u32> {
             super::observe(&procs, sel, &HashSet::new(), trusted)
                 .members
                 .iter()
                 .map(|m| m.pid)
                 .collect()
         };
-        let only_system = |cg: &str| cg.starts_with("/system.slice");
+        let only_system = |cg: &CgroupPath| cg.path.starts_with("/system.slice");
         let by_uid = cmd("*worker --jobs*");
         assert_eq!(members(&by_uid, &only_system), [20]);
         let by_exe = Selector {
@@ -651,7 +702,7 @@ mod tests {
         let sel = unit("worker.service");
         let in_cgroup = |cg: &str| {
             let mut q = p(30, 1, "worker");
-            q.cgroups = vec![cg.into()];
+            q.cgroups = vec![CgroupPath::v2(cg)];
             sel.matches(&q, &|_| true)
         };
         assert!(in_cgroup("/system.slice/worker.service"));
@@ -661,8 +712,24 @@ mod tests {
         assert!(!in_cgroup("/user.slice/session-1.scope"));
         // The trust asked about is the unit's own cgroup.
         let mut q = p(30, 1, "worker");
-        q.cgroups = vec!["/system.slice/worker.service/jobs".into()];
-        assert!(sel.matches(&q, &|cg| cg == "/system.slice/worker.service"));
+        q.cgroups = vec![CgroupPath::v2("/system.slice/worker.service/jobs")];
+        assert!(sel.matches(&q, &|cg| cg.path == "/system.slice/worker.service"));
+        // Trust is asked in the hierarchy the path was found in: a v1
+        // controller's cgroup of the same name is another cgroup.
+        let mut q = p(31, 1, "worker");
+        q.cgroups = vec![CgroupPath {
+            hierarchy: "memory".into(),
+            path: "/worker.service".into(),
+        }];
+        let asked = std::cell::RefCell::new(Vec::new());
+        let only_systemd = |cg: &CgroupPath| {
+            asked.borrow_mut().push(cg.to_string());
+            cg.hierarchy == "name=systemd"
+        };
+        assert!(!sel.matches(&q, &only_systemd));
+        assert_eq!(asked.borrow().as_slice(), ["memory:/worker.service"]);
+        q.cgroups[0].hierarchy = "name=systemd".into();
+        assert!(sel.matches(&q, &only_systemd));
     }
 
     #[test]
