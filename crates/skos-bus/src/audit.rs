@@ -196,7 +196,7 @@ impl AuditLog {
     /// Where the trail is written: the file's path, or the stream.
     pub async fn location(&self) -> String {
         match &self.inner.lock().await.0 {
-            AuditStore::File { path, .. } => path.display().to_string(),
+            AuditStore::File { path, .. } => path.escaped().to_string(),
             AuditStore::JetStream { .. } => format!("stream {}", subjects::STREAM_AUDIT),
         }
     }

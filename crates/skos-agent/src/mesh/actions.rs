@@ -299,7 +299,7 @@ fn write_config(
         let old = match dir.read(name) {
             Ok(old) => old,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "previous config not read; not kept");
+                tracing::warn!(path = %path.escaped(), error = %e, "previous config not read; not kept");
                 None
             }
         };

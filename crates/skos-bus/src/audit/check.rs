@@ -19,6 +19,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use skos_core::escape::ShowPath;
 use skos_core::audit::{AuditRecord, ChainError, Verifier};
 
 use super::{last_record_of, records_of, signature_headers, stream_err};
@@ -270,7 +271,7 @@ pub fn verify_file(path: &Path, checkpoint: Option<&Checkpoint>) -> Result<Trail
         source: e,
     })?;
     let mut checker = Checker::new(checkpoint, false);
-    let name = path.display().to_string();
+    let name = path.escaped().to_string();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| Error::Io {
             path: path.to_path_buf(),
@@ -340,13 +341,13 @@ pub fn checkpoint_file(path: &Path) -> Result<Checkpoint> {
         .next()
         .and_then(|v| serde_json::from_value::<AuditRecord>(v).ok())
         .ok_or_else(|| Error::Corrupt {
-            path: path.display().to_string(),
+            path: path.escaped().to_string(),
             reason: "no record to take a checkpoint of".into(),
         })?;
     Ok(Checkpoint {
         seq: r.seq,
         hash: r.hash,
-        stored: path.display().to_string(),
+        stored: path.escaped().to_string(),
         subject: None,
         signer: None,
         signature: None,

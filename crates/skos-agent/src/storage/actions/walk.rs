@@ -66,7 +66,7 @@ pub(crate) enum DirError {
     SystemDir { dir: PathBuf, canon: PathBuf },
     #[error("outside allowed dir: {} is not inside storage.allowed_roots", .canon.escaped())]
     NotAllowed { dir: PathBuf, canon: PathBuf },
-    #[error("not followed: {} is a symlink", .link.display())]
+    #[error("not followed: {} is a symlink", .link.escaped())]
     Symlink { dir: PathBuf, link: PathBuf },
     #[error("refused: its parent {parent}, so it could be swapped for another directory")]
     UnsafeParent {
