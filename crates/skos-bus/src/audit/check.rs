@@ -19,8 +19,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use skos_core::escape::ShowPath;
 use skos_core::audit::{AuditRecord, ChainError, Verifier};
+use skos_core::escape::ShowPath;
 
 use super::{last_record_of, records_of, signature_headers, stream_err};
 use crate::{subjects, trust, Error, NatsBus, Result};
