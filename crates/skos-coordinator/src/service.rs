@@ -914,9 +914,9 @@ impl Ctx {
     /// What to write for `node`, whose effects waiting in the outbox are
     /// `effects` (in order, kept under `stamp`), or that nothing changed:
     /// a record with effects is always written; one without, only when the
-    /// node's state differs from what was last written (the digest is of
-    /// the state alone, so a record whose effects were carried out is not
-    /// written again to drop them: the `carried` marker covers them).
+    /// node's state differs from what was last written (a record whose
+    /// effects were carried out is not written again just to drop them:
+    /// the `carried` marker covers them).
     /// `buf` is where it is serialised (see [`encode_snapshot_in`]).
     fn node_state(
         &self,
@@ -946,14 +946,14 @@ impl Ctx {
             bytes.hash(&mut h);
             h.finish()
         };
-        let plain = SavedRef {
-            state: &snap,
-            effects: Vec::new(),
-            batch: None,
-        };
-        let bytes = encode_snapshot_in(&plain, buf).map_err(encode_err)?;
-        let state_digest = digest(&bytes);
         if effects.is_empty() {
+            let plain = SavedRef {
+                state: &snap,
+                effects,
+                batch: None,
+            };
+            let bytes = encode_snapshot_in(&plain, buf).map_err(encode_err)?;
+            let state_digest = digest(&bytes);
             return Ok(if self.written.get(node) == Some(&state_digest) {
                 NodeWrite::Unchanged
             } else {
@@ -966,9 +966,12 @@ impl Ctx {
             batch: Some(stamp),
         };
         let bytes = encode_snapshot_in(&saved, buf).map_err(encode_err)?;
+        // The state alone is not encoded again for its digest: the next
+        // write without effects writes it (once), the marker covering
+        // these effects meanwhile.
         Ok(NodeWrite::Save(
             Bytes::copy_from_slice(&bytes),
-            state_digest,
+            UNKNOWN_DIGEST,
         ))
     }
 
@@ -1636,6 +1639,10 @@ struct Work {
     touched: BTreeSet<NodeName>,
     acks: Vec<Incoming>,
 }
+
+/// The digest kept for a record written with effects: its state alone was
+/// not encoded, so the next write without effects is not skipped.
+const UNKNOWN_DIGEST: u64 = 0;
 
 /// What one node's state needs.
 enum NodeWrite {

@@ -50,14 +50,45 @@ pub fn entry_hash(prev_hash: &str, seq: u64, entry: &AuditEntry) -> String {
     h.update(b"\n");
     h.update(seq.to_string().as_bytes());
     h.update(b"\n");
-    // Serialising our own type to a Value cannot fail: no maps with
-    // non-string keys, no non-finite floats reach an AuditEntry. The
-    // canonical text (the Value's `to_string`) is written straight into
-    // the hash, not built as a string first.
-    if let Ok(canonical) = serde_json::to_value(entry) {
-        let _ = serde_json::to_writer(HashWriter(&mut h), &canonical);
-    }
+    // The canonical text (what the entry's `Value` renders, keys sorted)
+    // is written straight into the hash, without building the `Value` or
+    // a string first ([`Canonical`]). It cannot fail: no maps with
+    // non-string keys, no non-finite floats reach an AuditEntry.
+    let _ = serde_json::to_writer(HashWriter(&mut h), &Canonical(entry));
     hex::encode(h.finalize())
+}
+
+/// An entry rendered as `serde_json::to_value(entry)` renders it: its
+/// fields in key order (`actor`, `data`, `event_type`, `node`, `summary`,
+/// `term`, `timestamp`; the optional ones left out when absent), `data` as
+/// it is (its objects' keys are already sorted). A test pins it to the
+/// `Value` rendering, which trails already written were hashed over.
+struct Canonical<'a>(&'a AuditEntry);
+
+impl Serialize for Canonical<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Ts<'a>(&'a crate::timefmt::Timestamp);
+        impl Serialize for Ts<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                crate::timefmt::serialize(self.0, s)
+            }
+        }
+        let e = self.0;
+        let mut st = s.serialize_struct("AuditEntry", 7)?;
+        st.serialize_field("actor", &e.actor)?;
+        st.serialize_field("data", &e.data)?;
+        st.serialize_field("event_type", &e.event_type)?;
+        if let Some(node) = &e.node {
+            st.serialize_field("node", node)?;
+        }
+        st.serialize_field("summary", &e.summary)?;
+        if let Some(term) = &e.term {
+            st.serialize_field("term", term)?;
+        }
+        st.serialize_field("timestamp", &Ts(&e.timestamp))?;
+        st.end()
+    }
 }
 
 /// Feeds what is written into a SHA-256.
@@ -224,6 +255,39 @@ mod tests {
         let mut h = Sha256::new();
         h.update(format!("{GENESIS}\n7\n{canonical}").as_bytes());
         assert_eq!(entry_hash(GENESIS, 7, &e), hex::encode(h.finalize()));
+    }
+
+    /// The canonical text written without a `Value` is byte for byte the
+    /// `Value`'s, whatever the entry holds: optional fields present or
+    /// not, escapes, unicode, nested data, numbers of every kind.
+    #[test]
+    fn the_direct_rendering_is_the_values() {
+        let node = crate::NodeName::parse("nova").unwrap();
+        let datas = [
+            serde_json::json!(null),
+            serde_json::json!({}),
+            serde_json::json!({"z": 1, "a": [1.5, -2, 3e300, u64::MAX], "m": {"y": "\n\u{1b}\"", "b": true}}),
+            serde_json::json!(["é", "😀", "\\", {"k": null}]),
+            serde_json::json!(0.1),
+        ];
+        for (i, data) in datas.into_iter().enumerate() {
+            for (node, term) in [(None, None), (Some(&node), Some(7)), (None, Some(0))] {
+                let mut e = AuditEntry::new(
+                    crate::protocol::AuditEvent::Command,
+                    chrono::Utc
+                        .timestamp_opt(1_700_000_000 + i as i64, 123_456_789)
+                        .unwrap(),
+                    node,
+                    "coordinator \"x\"",
+                    format!("sent\tthrottle {i} ünï"),
+                    data.clone(),
+                );
+                e.term = term;
+                let want = serde_json::to_value(&e).unwrap().to_string();
+                let got = serde_json::to_string(&Canonical(&e)).unwrap();
+                assert_eq!(got, want);
+            }
+        }
     }
 
     #[test]
