@@ -555,6 +555,24 @@ async fn status(
 /// Past this age (seconds) an embedded status snapshot is stale.
 const STALE_SNAPSHOT_SECONDS: i64 = 10;
 
+/// The bus, with the operator's credential, for reading the JetStream
+/// trail, and how to name the trail. Nothing creates the stream here (an
+/// operator's key may not): a trail that is not there is said so, never
+/// read as an empty one.
+async fn audit_bus(cfg: &Config) -> Result<(NatsBus, String)> {
+    let bus = NatsBus::connect(&operator_options(cfg, "skos-audit")?).await?;
+    let at = skos_core::redact::url_credentials(&cfg.nats.url);
+    if !bus.has_stream(skos_bus::subjects::STREAM_AUDIT).await? {
+        bail!(
+            "no audit trail: stream SKOS_AUDIT does not exist at {at} (no coordinator has run with this server yet)"
+        );
+    }
+    if !audit::stream_is_locked(&bus).await? {
+        eprintln!("warning: stream SKOS_AUDIT allows deletes or purges");
+    }
+    Ok((bus, format!("stream SKOS_AUDIT at {at}")))
+}
+
 async fn read_audit(
     arg: &ConfigArg,
     data_dir: Option<PathBuf>,
@@ -563,25 +581,8 @@ async fn read_audit(
     let nats = use_nats(&data_dir);
     let cfg = load_quiet(arg)?;
     if nats {
-        let bus = NatsBus::connect(&operator_options(&cfg, "skos-audit")?).await?;
-        // Nothing creates it here (an operator's key may not): a trail
-        // that is not there is said so, never read as an empty one.
-        if !bus.has_stream(skos_bus::subjects::STREAM_AUDIT).await? {
-            bail!(
-                "no audit trail: stream SKOS_AUDIT does not exist at {} (no coordinator has run with this server yet)",
-                skos_core::redact::url_credentials(&cfg.nats.url)
-            );
-        }
-        if !audit::stream_is_locked(&bus).await? {
-            eprintln!("warning: stream SKOS_AUDIT allows deletes or purges");
-        }
-        Ok((
-            format!(
-                "stream SKOS_AUDIT at {}",
-                skos_core::redact::url_credentials(&cfg.nats.url)
-            ),
-            audit::read_jetstream(&bus, n).await?,
-        ))
+        let (bus, source) = audit_bus(&cfg).await?;
+        Ok((source, audit::read_jetstream(&bus, n).await?))
     } else {
         let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
         if !path.exists() {
@@ -657,10 +658,7 @@ async fn audit_verify(
         None => None,
     };
     let (source, report) = if nats {
-        let bus = NatsBus::connect(&nats_options(&cfg, "skos-audit")?).await?;
-        if !audit::stream_is_locked(&bus).await? {
-            eprintln!("warning: stream SKOS_AUDIT allows deletes or purges");
-        }
+        let (bus, source) = audit_bus(&cfg).await?;
         let keys = audit_keys(&cfg)?;
         if keys.is_none() {
             eprintln!("note: signatures not checked: no trust.coordinator_keys (nor a readable trust.signing_key_file) in the config");
@@ -682,13 +680,7 @@ async fn audit_verify(
         if tty {
             eprint!("\r\x1b[K");
         }
-        (
-            format!(
-                "stream SKOS_AUDIT at {}",
-                skos_core::redact::url_credentials(&cfg.nats.url)
-            ),
-            report,
-        )
+        (source, report)
     } else {
         let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
         if !path.exists() {
@@ -758,7 +750,7 @@ async fn audit_checkpoint(
     let nats = use_nats(&data_dir);
     let cfg = load_quiet(arg)?;
     let cp = if nats {
-        let bus = NatsBus::connect(&nats_options(&cfg, "skos-audit")?).await?;
+        let (bus, _) = audit_bus(&cfg).await?;
         audit::check::checkpoint_jetstream(&bus, audit_keys(&cfg)?.as_ref()).await?
     } else {
         let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
