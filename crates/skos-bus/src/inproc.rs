@@ -152,7 +152,9 @@ impl InProcBus {
             }
         }
         if reply.is_some() {
-            return Err(Error::subject(subject, "no responders"));
+            return Err(Error::NoResponders {
+                subject: subject.to_string(),
+            });
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(b)) => Ok(b),
@@ -170,6 +172,22 @@ mod tests {
     use super::*;
     use crate::Bus;
     use skos_core::NodeName;
+
+    /// A request nobody answers says so in plain words.
+    #[tokio::test]
+    async fn a_request_nobody_answers_says_so() {
+        let bus = InProcBus::new();
+        let err = bus
+            .request(
+                crate::subjects::STATUS,
+                Bytes::new(),
+                std::time::Duration::from_secs(1),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NoResponders { .. }), "{err:?}");
+        assert_eq!(err.to_string(), "skos.coordinator.status: nobody answers");
+    }
 
     #[tokio::test]
     async fn routes_by_subject_and_dedups_by_id() {

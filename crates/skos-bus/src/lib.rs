@@ -40,6 +40,9 @@ pub use state::StateStore;
 pub enum Error {
     #[error("{subject}: {reason}")]
     Subject { subject: String, reason: String },
+    /// A request nobody is subscribed to answer.
+    #[error("{subject}: nobody answers")]
+    NoResponders { subject: String },
     #[error("connect {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("stream {stream}: {reason}")]

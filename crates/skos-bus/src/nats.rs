@@ -501,6 +501,11 @@ impl NatsBus {
         match tokio::time::timeout(timeout, self.client.request(subject.to_string(), payload)).await
         {
             Ok(Ok(m)) => Ok(m.payload),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                Err(Error::NoResponders {
+                    subject: subject.to_string(),
+                })
+            }
             Ok(Err(e)) => Err(Error::subject(subject, e)),
             Err(_) => Err(Error::Timeout {
                 subject: subject.to_string(),

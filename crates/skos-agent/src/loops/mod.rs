@@ -609,10 +609,10 @@ impl LoopBreaker {
         );
         let message = if breaking {
             format!(
-                "process group {name}: {} signals sent ({} refused); {:?} for {} s, grace {} s",
+                "process group {name}: {} signals sent ({} refused); on_break {} for {} s, grace {} s",
                 changes.len(),
                 failed,
-                limits.on_break,
+                limits.on_break.as_str(),
                 limits.cool_off_seconds,
                 limits.grace_seconds
             )

@@ -472,7 +472,10 @@ impl Engine {
             &v.action_id,
             &v.node,
             ActionState::NotVerified,
-            &format!("{} still {value:?} after {within}s", v.metric),
+            &match value {
+                Some(value) => format!("{} still {value} after {within}s", v.metric),
+                None => format!("{} not read after {within}s", v.metric),
+            },
         );
         out.push(audit(
             AuditEvent::Verification,

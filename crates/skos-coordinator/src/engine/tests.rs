@@ -267,6 +267,15 @@ fn failed_verification_counts_and_escalates() {
     let fx = e.tick(t(121.5));
     let v = audits(&fx, "verification");
     assert_eq!(v[0].data["outcome"], "failed");
+    // Said in plain words: the reading, not a program's Option.
+    let said = e
+        .status(t(121.5))
+        .recent_actions
+        .into_iter()
+        .find(|r| r.action_id == sent[0].action_id)
+        .unwrap()
+        .message;
+    assert_eq!(said, "cpu_temp still 88 after 120s");
     let key = BreakerKey::new("nova", "thermal:cpu", "throttle_50");
     assert_eq!(e.breakers.failures(&key), 1);
     let esc = alerts(&fx);

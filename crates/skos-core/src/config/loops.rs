@@ -125,6 +125,17 @@ pub enum BreakMode {
     Term,
 }
 
+impl BreakMode {
+    /// As the config spells it (`loop.on_break`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BreakMode::Stop => "stop",
+            BreakMode::StopThenTerm => "stop_then_term",
+            BreakMode::Term => "term",
+        }
+    }
+}
+
 /// One watched process group. Its members are the processes that match
 /// every selector given: at least one of `uid`, `exe`, `unit` and `cgroup`
 /// (what a process cannot choose for itself), at most one of `unit` and
@@ -991,5 +1002,15 @@ loop:
             Condition::DescendantsExceeded.as_str(),
             "descendants_exceeded"
         );
+    }
+
+    #[test]
+    fn break_modes_are_said_as_the_config_spells_them() {
+        for m in [BreakMode::Stop, BreakMode::StopThenTerm, BreakMode::Term] {
+            assert_eq!(
+                serde_json::to_string(&m).unwrap(),
+                format!("\"{}\"", m.as_str())
+            );
+        }
     }
 }
