@@ -225,6 +225,12 @@ fn emergency_with_nothing_to_delete_tells_a_human_by_webhook() {
         "says what is full: {text}"
     );
     assert!(text.contains("What was done"), "{text}");
+    // The cleanup decided beside it ran first: the message says what it
+    // did, not "nothing yet".
+    assert!(
+        text.contains("emergency_cleanup: succeeded") && !text.contains("nothing yet"),
+        "{text}"
+    );
     assert!(text.contains("left to decide"), "{text}");
     assert!(
         fs.path().join("data/precious.bin").exists(),

@@ -23,6 +23,8 @@ pub mod usage;
 use skos_core::escape::ShowPath;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -136,8 +138,9 @@ pub struct StorageWatcher {
     not_judged: Vec<Unjudged>,
     /// Whether the missing mountinfo was said (once).
     said_no_mountinfo: bool,
-    /// What the recent actions did, for the message to a person.
-    history: VecDeque<String>,
+    /// What the recent actions did, and which run now: for the message to a
+    /// person.
+    history: Arc<History>,
     /// The watched mounts, as last listed.
     watched: Vec<Watched>,
     /// The mount table, as last read (`None`: unreadable).
@@ -179,7 +182,7 @@ impl StorageWatcher {
             last: Vec::new(),
             not_judged: Vec::new(),
             said_no_mountinfo: false,
-            history: VecDeque::new(),
+            history: Arc::new(History::default()),
             watched: Vec::new(),
             table: None,
             list: Reader::new(
@@ -497,20 +500,86 @@ impl StorageWatcher {
             usage: self.last.clone(),
             judged: self.last.iter().map(|u| u.mount.clone()).collect(),
             stat: self.stat.clone(),
-            history: self.history.iter().cloned().collect(),
+            history: self.history.clone(),
         }
     }
 
     /// Remember what a finished job did (for the next message to a person).
     pub fn record(&mut self, action: &str, outcome: &Outcome) {
-        self.history.push_back(format!(
-            "{action}: {} ({})",
-            outcome.status.as_str(),
-            outcome.message
-        ));
-        while self.history.len() > 10 {
-            self.history.pop_front();
+        self.history.finished(
+            action,
+            format!(
+                "{action}: {} ({})",
+                outcome.status.as_str(),
+                outcome.message
+            ),
+        );
+    }
+}
+
+/// What the storage actions did lately (the last ten), and which run now:
+/// shared with the jobs, so a message to a person written while a cleanup
+/// for the same problem runs waits for it and says what it freed.
+#[derive(Default)]
+pub struct History {
+    state: std::sync::Mutex<HistoryState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct HistoryState {
+    done: VecDeque<String>,
+    /// Actions running now, with their cause.
+    running: Vec<(String, Option<String>)>,
+}
+
+impl History {
+    /// Kept lines.
+    const KEPT: usize = 10;
+
+    fn started(&self, action: &str, cause: Option<&str>) {
+        if let Ok(mut st) = self.state.lock() {
+            st.running
+                .push((action.to_string(), cause.map(str::to_owned)));
         }
+    }
+
+    fn finished(&self, action: &str, line: String) {
+        if let Ok(mut st) = self.state.lock() {
+            if let Some(i) = st.running.iter().position(|(a, _)| a == action) {
+                st.running.remove(i);
+            }
+            st.done.push_back(line);
+            while st.done.len() > Self::KEPT {
+                st.done.pop_front();
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// What was done, once no other action for `cause` runs (waiting at
+    /// most `wait`; what still runs then is said to be running).
+    fn done_for(&self, action: &str, cause: Option<&str>, wait: Duration) -> Vec<String> {
+        let Ok(st) = self.state.lock() else {
+            return Vec::new();
+        };
+        let others = |st: &HistoryState| {
+            st.running
+                .iter()
+                .any(|(a, c)| a != action && c.as_deref() == cause)
+        };
+        let st = match self.changed.wait_timeout_while(st, wait, |st| others(st)) {
+            Ok((st, _)) => st,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+        let mut out: Vec<String> = st.done.iter().cloned().collect();
+        out.extend(
+            st.running
+                .iter()
+                .filter(|(a, _)| a != action)
+                .map(|(a, _)| format!("{a}: still running")),
+        );
+        out
     }
 }
 
@@ -597,6 +666,10 @@ fn alert(
 }
 
 /// One storage action, ready to run off the agent's loop.
+/// Seconds a message to a person waits for a cleanup of the same problem
+/// running beside it.
+const ALERT_HUMAN_WAIT_SECONDS: u64 = 60;
+
 pub struct StorageJob {
     cfg: Config,
     node: NodeName,
@@ -608,7 +681,7 @@ pub struct StorageJob {
     /// (a read-only mount at 100 % would never let an emergency stop).
     judged: Vec<PathBuf>,
     stat: StatSource,
-    history: Vec<String>,
+    history: Arc<History>,
 }
 
 impl StorageJob {
@@ -707,10 +780,17 @@ impl StorageJob {
                 )
             })
             .collect();
-        let done = if self.history.is_empty() {
+        // A cleanup for the same problem that runs beside this message is
+        // waited for (a while), so the message says what it freed.
+        let history = self.history.done_for(
+            &self.action,
+            self.cause.as_deref(),
+            Duration::from_secs(ALERT_HUMAN_WAIT_SECONDS),
+        );
+        let done = if history.is_empty() {
             "nothing yet".to_string()
         } else {
-            self.history.join("\n  ")
+            history.join("\n  ")
         };
         let message = format!(
             "Storage on {node} needs a person.\n\nWhat is full:\n  {}\n\nWhat was done:\n  {done}\n\n\
@@ -827,6 +907,7 @@ impl Antibody for StorageWatcher {
     fn execute(&mut self, cmd: &Command) -> Execution {
         // What is read from now on may be from before the job's changes.
         self.invalidate_reads();
+        self.history.started(&cmd.action_type, cmd.cause.as_deref());
         let job = self.job(cmd);
         Execution::Background(Box::new(move || job.run()))
     }
