@@ -180,7 +180,11 @@ impl AuditLog {
         let guard = self.inner.lock().await;
         match &guard.0 {
             AuditStore::File { path, .. } => read_file_tail(path, n),
-            AuditStore::JetStream { js, .. } => read_js(js, Some(n)).await,
+            // Only what trusted keys signed: a stranger's records never
+            // mark an alert handled or a command sent.
+            AuditStore::JetStream { js, signing, .. } => {
+                read_js(js, Some(n), signing.as_deref().map(|s| &s.trusted)).await
+            }
         }
     }
 
@@ -331,7 +335,16 @@ impl AuditLog {
                     let publish = jetstream::message::PublishMessage::build()
                         .payload(Bytes::from(payload))
                         .expected_last_sequence(*last_stream_seq);
-                    let publish = signed(publish, signing, &subject, record.seq, &record.hash)?;
+                    // Stored right after the stream's last message, or not
+                    // at all.
+                    let publish = signed(
+                        publish,
+                        signing,
+                        &subject,
+                        *last_stream_seq + 1,
+                        record.seq,
+                        &record.hash,
+                    )?;
                     let ack = match js.send_publish(subject.clone(), publish).await {
                         Ok(f) => f.await,
                         Err(e) => return Err(Error::subject(&subject, e)),
@@ -438,14 +451,12 @@ pub fn records_of(payload: &[u8]) -> std::result::Result<Vec<Value>, serde_json:
     }
 }
 
-/// The last record an audit message holds that is one of ours.
+/// The last record an audit message holds, if its last element is one of
+/// ours (a batch ending in anything else is not ours).
 fn last_record_of(payload: &[u8]) -> Option<AuditRecord> {
     if payload.first() == Some(&b'[') {
-        let records: Vec<Value> = serde_json::from_slice(payload).ok()?;
-        records
-            .into_iter()
-            .rev()
-            .find_map(|v| serde_json::from_value(v).ok())
+        let mut records: Vec<Value> = serde_json::from_slice(payload).ok()?;
+        serde_json::from_value(records.pop()?).ok()
     } else {
         serde_json::from_slice(payload).ok()
     }
@@ -458,13 +469,16 @@ fn signed(
     publish: jetstream::message::PublishMessage,
     signing: Option<&Signing>,
     subject: &str,
+    stream_seq: u64,
     last_seq: u64,
     last_hash: &str,
 ) -> Result<jetstream::message::PublishMessage> {
     let Some(signing) = signing else {
         return Ok(publish);
     };
-    let headers = signing.signer.sign_audit(subject, last_seq, last_hash)?;
+    let headers = signing
+        .signer
+        .sign_audit(subject, stream_seq, last_seq, last_hash)?;
     Ok(headers.into_iter().fold(publish, |p, (name, value)| {
         p.header(name.as_str(), value.as_str())
     }))
@@ -517,7 +531,11 @@ async fn publish_batch(
     let mut previous: Option<String> = None;
     let mut unsent = entries.into_iter().peekable();
     let mut failed = None;
+    // Where the next message is stored, if it is: right after the one
+    // before it.
+    let mut stream_seq = *last_stream_seq;
     while unsent.peek().is_some() {
+        stream_seq += 1;
         // Sealed as they are, not copies: entries not
         // stored are given back from their records.
         let sealed = match Sealed::next(&mut trial, &mut unsent) {
@@ -534,6 +552,7 @@ async fn publish_batch(
             publish,
             signing,
             &sealed.subject,
+            stream_seq,
             sealed.last_seq,
             &sealed.last_hash,
         ) {
@@ -707,11 +726,6 @@ fn last_newline<R: Read + Seek>(
     Ok(None)
 }
 
-/// Messages walked back over, looking for one signed by a trusted key,
-/// before the last record of any kind is taken as the tail (a trail
-/// written before signing began).
-const UNSIGNED_WALK: u64 = 1_000;
-
 /// The signature headers of a stored message.
 fn signature_headers(h: &async_nats::HeaderMap) -> trust::CommandHeaders<'_> {
     trust::CommandHeaders {
@@ -731,6 +745,7 @@ fn signed_by(
     trusted
         .check_audit(
             m.subject.as_str(),
+            m.sequence,
             record.seq,
             &record.hash,
             &signature_headers(&m.headers),
@@ -740,8 +755,11 @@ fn signed_by(
 
 /// The record the chain continues from, and the stream's last sequence.
 /// Walks back over anything that is not one of our records; with
-/// `signing`, over messages not signed by a trusted key too (a stranger's
-/// record is never built upon), up to [`UNSIGNED_WALK`] of them.
+/// `signing`, over every message not signed by a trusted key at the place
+/// it is stored too (a stranger's record, or a genuine message published
+/// again, is never built upon), however many there are. Only a trail with
+/// no signed message at all (written before signing began) continues from
+/// its last record.
 async fn last_record(
     js: &jetstream::Context,
     signing: Option<&Signing>,
@@ -776,15 +794,12 @@ async fn last_record(
                 }
             }
         }
-        if last_seq - seq >= UNSIGNED_WALK {
-            break;
-        }
         seq -= 1;
     }
-    // No signed message near the end: a trail written before signing
-    // began. Its last record is the tail.
+    // No signed message anywhere: a trail written before signing began.
+    // Its last record is the tail.
     if let Some((at, r)) = unsigned {
-        tracing::warn!(stream_seq = at, "no audit message signed by a trusted key near the end of the trail: continuing from its last record");
+        tracing::warn!(stream_seq = at, "no audit message signed by a trusted key in the trail: continuing from its last record");
         return Ok((Some(r), last_seq));
     }
     Ok((None, last_seq))
@@ -887,10 +902,14 @@ fn tail_start<R: Read + Seek>(src: &mut R, len: u64, n: u64, block: usize) -> st
 
 /// Read the last `n` records of the JetStream audit stream (all when `None`).
 pub async fn read_jetstream(bus: &NatsBus, n: Option<u64>) -> Result<Vec<Value>> {
-    read_js(bus.jetstream(), n).await
+    read_js(bus.jetstream(), n, None).await
 }
 
-async fn read_js(js: &jetstream::Context, n: Option<u64>) -> Result<Vec<Value>> {
+async fn read_js(
+    js: &jetstream::Context,
+    n: Option<u64>,
+    trusted: Option<&trust::Verifier>,
+) -> Result<Vec<Value>> {
     let mut s = js
         .get_stream(subjects::STREAM_AUDIT)
         .await
@@ -903,7 +922,7 @@ async fn read_js(js: &jetstream::Context, n: Option<u64>) -> Result<Vec<Value>> 
     let Some(n) = n else {
         let mut out = Vec::new();
         for seq in first..=info.last_sequence {
-            out.extend(message_records(&mut s, seq).await?);
+            out.extend(message_records(&mut s, seq, trusted).await?);
         }
         return Ok(out);
     };
@@ -914,7 +933,7 @@ async fn read_js(js: &jetstream::Context, n: Option<u64>) -> Result<Vec<Value>> 
     let mut count = 0usize;
     let mut seq = info.last_sequence;
     while count < want && seq >= first {
-        let records = message_records(&mut s, seq).await?;
+        let records = message_records(&mut s, seq, trusted).await?;
         count += records.len();
         messages.push(records);
         seq -= 1;
@@ -927,12 +946,23 @@ async fn read_js(js: &jetstream::Context, n: Option<u64>) -> Result<Vec<Value>> 
 }
 
 /// The records of the audit message at `seq`; an unreadable one stands as
-/// one record saying so (the verifier then names it).
-async fn message_records(s: &mut stream::Stream, seq: u64) -> Result<Vec<Value>> {
+/// one record saying so (the verifier then names it). With `trusted`, a
+/// message not signed by one of its keys (at its place) holds none.
+async fn message_records(
+    s: &mut stream::Stream,
+    seq: u64,
+    trusted: Option<&trust::Verifier>,
+) -> Result<Vec<Value>> {
     let m = s.get_raw_message(seq).await.map_err(|e| Error::Stream {
         stream: subjects::STREAM_AUDIT.to_string(),
         reason: format!("message {seq}: {e}"),
     })?;
+    if let Some(trusted) = trusted {
+        let signed = last_record_of(&m.payload).is_some_and(|r| signed_by(trusted, &m, &r).is_ok());
+        if !signed {
+            return Ok(Vec::new());
+        }
+    }
     Ok(records_of(&m.payload).unwrap_or_else(|e| {
         vec![serde_json::json!({ "unreadable": e.to_string(), "stream_seq": seq })]
     }))

@@ -37,14 +37,17 @@ pub const COMMAND_CONTEXT: &str = "skos-command-v1";
 pub const AUDIT_CONTEXT: &str = "skos-audit-v1";
 
 /// What an audit message's signature covers: [`AUDIT_CONTEXT`], the subject
-/// it is published on, and the sequence number and hash of the last record
-/// it holds, separated by NUL bytes. The records' hash chain binds every
-/// record up to that one, so the signature vouches for the whole trail up
-/// to it; the context keeps it from ever passing as a command's.
-pub fn audit_message(subject: &str, last_seq: u64, last_hash: &str) -> Vec<u8> {
-    let seq = last_seq.to_string();
-    let mut m = Vec::with_capacity(AUDIT_CONTEXT.len() + subject.len() + seq.len() + 67);
-    for part in [AUDIT_CONTEXT, subject, &seq] {
+/// it is published on, its stream sequence (where it is stored: the writer
+/// knows it, publishing with the expected last sequence), and the sequence
+/// number and hash of the last record it holds, separated by NUL bytes. The
+/// records' hash chain binds every record up to that one, so the signature
+/// vouches for the whole trail up to it; the stream sequence makes a copy
+/// published again elsewhere in the stream (a replay) fail; the context
+/// keeps it from ever passing as a command's.
+pub fn audit_message(subject: &str, stream_seq: u64, last_seq: u64, last_hash: &str) -> Vec<u8> {
+    let (at, seq) = (stream_seq.to_string(), last_seq.to_string());
+    let mut m = Vec::with_capacity(AUDIT_CONTEXT.len() + subject.len() + at.len() + seq.len() + 68);
+    for part in [AUDIT_CONTEXT, subject, &at, &seq] {
         m.extend_from_slice(part.as_bytes());
         m.push(0);
     }
@@ -220,10 +223,12 @@ impl Signer {
     pub fn sign_audit(
         &self,
         subject: &str,
+        stream_seq: u64,
         last_seq: u64,
         last_hash: &str,
     ) -> Result<Vec<(String, String)>> {
-        let (signer, signature) = self.sign(&audit_message(subject, last_seq, last_hash))?;
+        let (signer, signature) =
+            self.sign(&audit_message(subject, stream_seq, last_seq, last_hash))?;
         Ok(vec![
             (HEADER_SIGNER.to_string(), signer),
             (HEADER_SIGNATURE.to_string(), signature),
@@ -314,6 +319,7 @@ impl Verifier {
     pub fn check_audit(
         &self,
         subject: &str,
+        stream_seq: u64,
         last_seq: u64,
         last_hash: &str,
         headers: &CommandHeaders<'_>,
@@ -329,7 +335,7 @@ impl Verifier {
             }
         }
         self.check(
-            &audit_message(subject, last_seq, last_hash),
+            &audit_message(subject, stream_seq, last_seq, last_hash),
             headers.signer,
             headers.signature,
         )
@@ -383,7 +389,7 @@ mod tests {
         let s = Signer::ephemeral();
         let v = Verifier::new(&[s.public_key()], true).unwrap();
         let h = "ab".repeat(32);
-        let headers = s.sign_audit("SKOS_AUDIT.batch", 7, &h).unwrap();
+        let headers = s.sign_audit("SKOS_AUDIT.batch", 40, 7, &h).unwrap();
         let get = |k: &str| {
             headers
                 .iter()
@@ -396,13 +402,15 @@ mod tests {
             context: get(HEADER_CONTEXT),
         };
         assert!(v
-            .check_audit("SKOS_AUDIT.batch", 7, &h, &hs)
+            .check_audit("SKOS_AUDIT.batch", 40, 7, &h, &hs)
             .unwrap()
             .is_some());
-        assert!(v.check_audit("SKOS_AUDIT.batch", 8, &h, &hs).is_err());
-        assert!(v.check_audit("SKOS_AUDIT.alert", 7, &h, &hs).is_err());
+        assert!(v.check_audit("SKOS_AUDIT.batch", 40, 8, &h, &hs).is_err());
+        assert!(v.check_audit("SKOS_AUDIT.alert", 40, 7, &h, &hs).is_err());
+        // The same message stored elsewhere in the stream (a replay).
+        assert!(v.check_audit("SKOS_AUDIT.batch", 41, 7, &h, &hs).is_err());
         assert!(v
-            .check_audit("SKOS_AUDIT.batch", 7, &"cd".repeat(32), &hs)
+            .check_audit("SKOS_AUDIT.batch", 40, 7, &"cd".repeat(32), &hs)
             .is_err());
         // Never a command.
         assert!(matches!(
@@ -417,12 +425,12 @@ mod tests {
             context: get(HEADER_CONTEXT),
         };
         assert!(matches!(
-            v.check_audit("SKOS_AUDIT.batch", 7, &h, &hc),
+            v.check_audit("SKOS_AUDIT.batch", 40, 7, &h, &hc),
             Err(TrustError::NotAudit(_))
         ));
         // Unsigned: refused when required.
         assert_eq!(
-            v.check_audit("SKOS_AUDIT.batch", 7, &h, &CommandHeaders::default()),
+            v.check_audit("SKOS_AUDIT.batch", 40, 7, &h, &CommandHeaders::default()),
             Err(TrustError::Unsigned)
         );
     }

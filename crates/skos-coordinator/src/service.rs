@@ -865,7 +865,9 @@ impl Ctx {
         }
         let mut buf = std::mem::take(&mut self.scratch);
         // Records that keep effects are stamped with this write's stamp.
-        let stamp = Stamp(self.stamp.0, self.stamp.1 + 1);
+        // Saturating: a marker read back at the last count (forged, or
+        // after 2^64 writes) never overflows it.
+        let stamp = Stamp(self.stamp.0, self.stamp.1.saturating_add(1));
         let mut stamped = false;
         for node in &nodes {
             let effects = waiting.remove(node).unwrap_or_default();

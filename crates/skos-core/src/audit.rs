@@ -162,16 +162,39 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// Check the next record as it was stored: its hash must be over its
+    /// entry exactly as stored (a field added to a stored entry, which the
+    /// typed entry would drop, is a change).
     pub fn push_value(&mut self, value: Value) -> Result<(), ChainError> {
+        let stored = value.get("entry").cloned();
         let record: AuditRecord =
             serde_json::from_value(value).map_err(|e| ChainError::Unreadable {
                 index: self.seen + 1,
                 reason: e.to_string(),
             })?;
-        self.push(&record)
+        self.push_checked(&record, |r| {
+            let mut h = Sha256::new();
+            h.update(r.prev_hash.as_bytes());
+            h.update(b"\n");
+            h.update(r.seq.to_string().as_bytes());
+            h.update(b"\n");
+            if let Some(entry) = &stored {
+                let _ = serde_json::to_writer(HashWriter(&mut h), entry);
+            }
+            hex::encode(h.finalize())
+        })
     }
 
     pub fn push(&mut self, record: &AuditRecord) -> Result<(), ChainError> {
+        self.push_checked(record, |r| entry_hash(&r.prev_hash, r.seq, &r.entry))
+    }
+
+    /// [`Verifier::push`], with the record's content hashed by `hash`.
+    fn push_checked(
+        &mut self,
+        record: &AuditRecord,
+        hash: impl FnOnce(&AuditRecord) -> String,
+    ) -> Result<(), ChainError> {
         let chain = self.chain.get_or_insert_with(Chain::default);
         self.seen += 1;
         let index = self.seen;
@@ -185,7 +208,7 @@ impl Verifier {
         if record.prev_hash != chain.last_hash {
             return Err(ChainError::Link { seq: record.seq });
         }
-        if entry_hash(&record.prev_hash, record.seq, &record.entry) != record.hash {
+        if hash(record) != record.hash {
             return Err(ChainError::Content { seq: record.seq });
         }
         *chain = Chain::resume(Some(record));
@@ -288,6 +311,24 @@ mod tests {
                 assert_eq!(got, want);
             }
         }
+    }
+
+    /// A field added to a stored entry is a change, though the typed
+    /// entry would not hold it.
+    #[test]
+    fn a_field_added_to_a_stored_entry_is_a_change() {
+        let records = chain(3);
+        let mut v = Verifier::default();
+        let mut values: Vec<Value> = records
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap())
+            .collect();
+        values[1]["entry"]["approved_by"] = Value::from("mallory");
+        v.push_value(values[0].clone()).unwrap();
+        assert_eq!(
+            v.push_value(values[1].clone()),
+            Err(ChainError::Content { seq: 2 })
+        );
     }
 
     #[test]

@@ -41,9 +41,12 @@ pub struct Checkpoint {
     /// Where it was stored: the stream sequence and subject (JetStream), or
     /// the audit file's path.
     pub stored: String,
-    /// The subject of the message that held it (JetStream).
+    /// The subject and stream sequence of the message that held it
+    /// (JetStream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_seq: Option<u64>,
     /// The signer and signature of that message, when it was signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<String>,
@@ -208,7 +211,8 @@ pub async fn verify_jetstream(
             context: Some(trust::AUDIT_CONTEXT),
         };
         let subject = cp.subject.as_deref().unwrap_or_default();
-        if let Err(e) = trusted.check_audit(subject, cp.seq, &cp.hash, &headers) {
+        let at = cp.stream_seq.unwrap_or_default();
+        if let Err(e) = trusted.check_audit(subject, at, cp.seq, &cp.hash, &headers) {
             checker.report.checkpoint_problem =
                 Some(format!("the checkpoint's own signature does not hold: {e}"));
         }
@@ -242,6 +246,7 @@ pub async fn verify_jetstream(
                 Some(last) => trusted
                     .check_audit(
                         subject,
+                        seq,
                         last.seq,
                         &last.hash,
                         &signature_headers(&m.headers),
@@ -308,7 +313,7 @@ pub async fn checkpoint_jetstream(
             if let Some(r) = last_record_of(&m.payload) {
                 let headers = signature_headers(&m.headers);
                 let trusted_ok = trusted.is_none_or(|t| {
-                    t.check_audit(m.subject.as_str(), r.seq, &r.hash, &headers)
+                    t.check_audit(m.subject.as_str(), seq, r.seq, &r.hash, &headers)
                         .is_ok()
                 });
                 if trusted_ok {
@@ -316,6 +321,7 @@ pub async fn checkpoint_jetstream(
                         seq: r.seq,
                         hash: r.hash,
                         stored: format!("{} message {seq}", subjects::STREAM_AUDIT),
+                        stream_seq: Some(seq),
                         subject: Some(m.subject.to_string()),
                         signer: headers.signer.map(str::to_owned),
                         signature: headers.signature.map(str::to_owned),
@@ -349,6 +355,7 @@ pub fn checkpoint_file(path: &Path) -> Result<Checkpoint> {
         hash: r.hash,
         stored: path.escaped().to_string(),
         subject: None,
+        stream_seq: None,
         signer: None,
         signature: None,
         taken_at: chrono::Utc::now(),
