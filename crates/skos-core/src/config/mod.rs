@@ -23,6 +23,7 @@ use crate::node::NodeName;
 mod agent;
 mod breaker;
 mod coordinator;
+mod http;
 mod levels;
 mod loops;
 mod mesh;
@@ -36,6 +37,7 @@ mod validate;
 pub use agent::AgentSection;
 pub use breaker::BreakerConfig;
 pub use coordinator::CoordinatorSection;
+pub use http::{HttpConfig, HttpListen, HttpTls, DEFAULT_HTTP_LISTEN};
 pub use levels::{ActionTable, LevelHold, Thresholds};
 pub use loops::{
     BreakMode, ChainLimits, Condition, CycleRule, GroupLimits, KindLimits, LoopConfig,
@@ -100,6 +102,8 @@ pub struct Config {
     #[serde(rename = "loop")]
     pub loop_: LoopConfig,
     pub trust: TrustConfig,
+    /// The operator's HTTP API, metrics and live page.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -120,6 +124,7 @@ impl Default for Config {
             mesh: MeshConfig::default(),
             loop_: LoopConfig::default(),
             trust: TrustConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -223,6 +228,7 @@ pub const SECTIONS: &[TopLevel] = &[
     TopLevel::section::<MeshConfig>(),
     TopLevel::section::<LoopConfig>(),
     TopLevel::section::<TrustConfig>(),
+    TopLevel::section::<HttpConfig>(),
 ];
 
 fn read_value<T: DeserializeOwned>(
