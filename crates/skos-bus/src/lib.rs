@@ -15,6 +15,7 @@
 //! Subject names live in [`subjects`] and nowhere else.
 
 pub mod audit;
+pub mod audit_follow;
 pub mod inproc;
 pub mod lease;
 pub mod nats;

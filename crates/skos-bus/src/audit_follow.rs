@@ -1,0 +1,295 @@
+//! Following the audit trail as it is written: the records appended after
+//! a point, as they come, from either store ([`crate::audit`] writes them).
+//!
+//! A reader of the trail, never a writer: it holds no lock and changes
+//! nothing. Each stored unit (a line of the file, a message of the stream)
+//! may hold one record or a JSON array of records; both are read.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::{audit, subjects, Error, NatsBus, Result};
+
+/// How often the file is looked at for new records.
+const FILE_POLL: Duration = Duration::from_millis(200);
+
+/// The most bytes read from the file in one step.
+const MAX_STEP_BYTES: u64 = 4 << 20;
+
+/// Where the records come from.
+#[derive(Clone)]
+pub enum AuditSource {
+    /// The embedded mode's JSON-lines file.
+    File(PathBuf),
+    /// The `SKOS_AUDIT` stream.
+    JetStream(NatsBus),
+}
+
+/// The records appended to the trail after it was opened, in order.
+pub struct AuditFollower {
+    inner: Inner,
+}
+
+enum Inner {
+    File {
+        path: PathBuf,
+        /// Where the next unread line starts.
+        offset: u64,
+    },
+    JetStream(Box<pull::Ordered>),
+}
+
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn stream_err(reason: impl ToString) -> Error {
+    Error::Stream {
+        stream: subjects::STREAM_AUDIT.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The records one stored unit holds: one record, or an array of them.
+pub fn records_of(unit: Value) -> Vec<Value> {
+    match unit {
+        Value::Array(items) => items,
+        Value::Null => Vec::new(),
+        other => vec![other],
+    }
+}
+
+impl AuditFollower {
+    /// Open `source` and read its last `backfill` records (oldest first);
+    /// [`AuditFollower::next`] then gives what is appended from about that
+    /// point on. A record may come in both: callers drop those whose `seq`
+    /// they have seen.
+    pub async fn open(source: &AuditSource, backfill: u64) -> Result<(Self, Vec<Value>)> {
+        match source {
+            AuditSource::File(path) => {
+                let offset = match std::fs::metadata(path) {
+                    Ok(m) => m.len(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                    Err(e) => return Err(io(path, e)),
+                };
+                let recent = if backfill > 0 && offset > 0 {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || audit::read_file_tail(&path, backfill))
+                        .await
+                        .map_err(|e| stream_err(format!("reader stopped: {e}")))??
+                } else {
+                    Vec::new()
+                };
+                let recent = recent.into_iter().flat_map(records_of).collect();
+                Ok((
+                    Self {
+                        inner: Inner::File {
+                            path: path.clone(),
+                            offset,
+                        },
+                    },
+                    recent,
+                ))
+            }
+            AuditSource::JetStream(bus) => {
+                let js = bus.jetstream();
+                let mut stream = js
+                    .get_stream(subjects::STREAM_AUDIT)
+                    .await
+                    .map_err(stream_err)?;
+                let last = stream.info().await.map_err(stream_err)?.state.last_sequence;
+                let recent = if backfill > 0 {
+                    audit::read_jetstream(bus, Some(backfill)).await?
+                } else {
+                    Vec::new()
+                };
+                let recent = recent.into_iter().flat_map(records_of).collect();
+                let consumer = stream
+                    .create_consumer(pull::OrderedConfig {
+                        deliver_policy: DeliverPolicy::ByStartSequence {
+                            start_sequence: last + 1,
+                        },
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(stream_err)?;
+                let messages = consumer.messages().await.map_err(stream_err)?;
+                Ok((
+                    Self {
+                        inner: Inner::JetStream(Box::new(messages)),
+                    },
+                    recent,
+                ))
+            }
+        }
+    }
+
+    /// The next records appended, at least one (waits for them). An error
+    /// means this follower is done: open a new one.
+    pub async fn next(&mut self) -> Result<Vec<Value>> {
+        match &mut self.inner {
+            Inner::File { path, offset } => loop {
+                let (path_c, from) = (path.clone(), *offset);
+                let (records, next) = tokio::task::spawn_blocking(move || read_from(&path_c, from))
+                    .await
+                    .map_err(|e| stream_err(format!("reader stopped: {e}")))??;
+                *offset = next;
+                if !records.is_empty() {
+                    return Ok(records);
+                }
+                tokio::time::sleep(FILE_POLL).await;
+            },
+            Inner::JetStream(messages) => match messages.next().await {
+                Some(Ok(m)) => Ok(match serde_json::from_slice::<Value>(&m.payload) {
+                    Ok(v) => records_of(v),
+                    Err(e) => vec![serde_json::json!({ "unreadable": e.to_string() })],
+                }),
+                Some(Err(e)) => Err(stream_err(e)),
+                None => Err(Error::Closed),
+            },
+        }
+    }
+}
+
+/// The complete lines of the file from `offset` on (at most
+/// [`MAX_STEP_BYTES`]), as records, and where the next unread line starts.
+/// A file shorter than `offset` (cut after a torn write) is read from its
+/// end.
+fn read_from(path: &Path, offset: u64) -> Result<(Vec<Value>, u64)> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(io(path, e)),
+    };
+    let len = f.metadata().map_err(|e| io(path, e))?.len();
+    if len < offset {
+        return Ok((Vec::new(), len));
+    }
+    if len == offset {
+        return Ok((Vec::new(), offset));
+    }
+    f.seek(SeekFrom::Start(offset)).map_err(|e| io(path, e))?;
+    let mut buf = Vec::new();
+    f.take((len - offset).min(MAX_STEP_BYTES))
+        .read_to_end(&mut buf)
+        .map_err(|e| io(path, e))?;
+    let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
+        return Ok((Vec::new(), offset));
+    };
+    let mut out = Vec::new();
+    for line in buf[..end].split(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Value>(line) {
+            Ok(v) => out.extend(records_of(v)),
+            Err(e) => out.push(serde_json::json!({ "unreadable": e.to_string() })),
+        }
+    }
+    Ok((out, offset + end as u64 + 1))
+}
+
+/// Up to `limit` records of the audit file whose `seq` is above `after`,
+/// oldest first, and whether more follow. Read line by line: memory stays
+/// that of `limit` records whatever the length of the file.
+pub fn read_file_after(path: &Path, after: u64, limit: usize) -> Result<(Vec<Value>, bool)> {
+    use std::io::BufRead;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
+        Err(e) => return Err(io(path, e)),
+    };
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(f).lines() {
+        let line = line.map_err(|e| io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        for r in records_of(v) {
+            if r["seq"].as_u64().is_some_and(|s| s > after) {
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(r);
+            }
+        }
+    }
+    Ok((out, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skos_core::AuditEntry;
+
+    fn entry(i: u64) -> AuditEntry {
+        AuditEntry::new(
+            skos_core::AuditEvent::Node,
+            chrono::Utc::now(),
+            None,
+            "test",
+            format!("e{i}"),
+            Value::Null,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_follower_gives_what_is_appended_after_it_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = audit::AuditLog::open_file(&path).unwrap();
+        for i in 0..3 {
+            log.append(entry(i)).await.unwrap();
+        }
+        let (mut f, recent) = AuditFollower::open(&AuditSource::File(path.clone()), 2)
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = recent.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs.len(), 2);
+        log.append(entry(3)).await.unwrap();
+        log.append(entry(4)).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            got.extend(
+                tokio::time::timeout(Duration::from_secs(5), f.next())
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let summaries: Vec<&str> = got
+            .iter()
+            .map(|r| r["entry"]["summary"].as_str().unwrap())
+            .collect();
+        assert_eq!(summaries, ["e3", "e4"]);
+        // Pages after a seq, bounded.
+        let first = got[0]["seq"].as_u64().unwrap();
+        let (page, more) = read_file_after(&path, first - 3, 2).unwrap();
+        assert_eq!(page.len(), 2);
+        assert!(more);
+        let (page, more) = read_file_after(&path, first, 10).unwrap();
+        assert_eq!(page.len(), 1);
+        assert!(!more);
+    }
+
+    #[test]
+    fn a_unit_holds_one_record_or_an_array() {
+        assert_eq!(records_of(serde_json::json!({"seq": 1})).len(), 1);
+        assert_eq!(
+            records_of(serde_json::json!([{"seq": 1}, {"seq": 2}])).len(),
+            2
+        );
+        assert!(records_of(Value::Null).is_empty());
+    }
+}
