@@ -345,6 +345,10 @@ impl Engine {
             ),
             json!({
                 "action_id": v.action_id,
+                "action": v.action,
+                "problem": v.problem.as_str(),
+                "alert_id": v.alert.alert_id,
+                "alert_at": timefmt::format(&v.alert.timestamp),
                 "outcome": "succeeded",
                 "metric": v.metric,
                 "value": value,
@@ -396,6 +400,8 @@ impl Engine {
             ),
             json!({
                 "action_id": v.action_id,
+                "action": v.action,
+                "problem": v.problem.as_str(),
                 "outcome": "uncredited",
                 "reason": why.as_str(),
                 "metric": v.metric,
@@ -485,7 +491,7 @@ impl Engine {
                 "{} on {} did not work: {} not below {:.1} within {within}s",
                 v.action, v.node, v.metric, v.below
             ),
-            json!({"action_id": v.action_id, "outcome": "failed", "metric": v.metric, "value": value, "below": v.below}),
+            json!({"action_id": v.action_id, "action": v.action, "problem": v.problem.as_str(), "alert_id": v.alert.alert_id, "alert_at": timefmt::format(&v.alert.timestamp), "outcome": "failed", "metric": v.metric, "value": value, "below": v.below}),
         ));
         let key = BreakerKey::new(v.node.as_str(), v.problem.as_str(), &v.action);
         self.failure(&key, now, out);

@@ -721,7 +721,7 @@ impl Engine {
                     now,
                     Some(&node),
                     format!("{} on {node} freed nothing", p.action),
-                    json!({"action_id": result.action_id, "outcome": "failed", "reason": "freed_nothing"}),
+                    json!({"action_id": result.action_id, "action": p.action, "outcome": "failed", "reason": "freed_nothing"}),
                 ));
                 self.set_action_state(
                     &result.action_id,
