@@ -26,11 +26,19 @@ pub enum Cmd {
         /// Where the audit trail and state live (also SKOS_DATA_DIR; default ./skos-data).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Serve the HTTP API, metrics and live page here (IP:port), or
+        /// `off` (default: http.listen, 127.0.0.1:9477).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
     /// The coordinator, over NATS JetStream (NATS_URL).
     Coordinator {
         #[command(flatten)]
         config: ConfigArg,
+        /// Serve the HTTP API, metrics and live page here (IP:port), or
+        /// `off` (default: http.listen, 127.0.0.1:9477).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
     /// The agent of node NODE_NAME, over NATS JetStream (NATS_URL).
     Agent {

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use skos_agent::runtime::Agent;
 use skos_agent::sensors::{ProblemKind, Sensors};
 use skos_bus::audit::{self, AuditLog};
+use skos_bus::audit_follow::AuditSource;
 use skos_bus::lease::{self, Lease};
 use skos_bus::trust::Signer;
 use skos_bus::{Bus, InProcBus, NatsBus, NatsOptions, StateStore};
@@ -21,17 +22,24 @@ use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::AuditEntry;
 use skos_core::NodeName;
+use skos_http::HttpOptions;
 use tokio::sync::watch;
 
 use crate::cli::{AuditCmd, Cli, Cmd, ConfigArg, ConfigCmd, FleetCmd, KeysCmd, StatusArgs};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Up { config, data_dir } => {
+        Cmd::Up {
+            config,
+            data_dir,
+            http,
+        } => {
             let cfg = load(&config, data_dir)?;
-            up(cfg).await
+            up(cfg, http.as_deref()).await
         }
-        Cmd::Coordinator { config } => coordinator(load(&config, None)?).await,
+        Cmd::Coordinator { config, http } => {
+            coordinator(load(&config, None)?, http.as_deref()).await
+        }
         Cmd::Agent { config, data_dir } => agent(load(&config, data_dir)?).await,
         Cmd::Sensors { config, json } => sensors(&load_quiet(&config)?, json),
         Cmd::Status {
@@ -160,7 +168,46 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-async fn up(cfg: Config) -> Result<ExitCode> {
+/// The HTTP options of `cfg` and `--http`, checked before anything starts
+/// (`None`: HTTP is off).
+fn http_options(cfg: &Config, flag: Option<&str>) -> Result<Option<HttpOptions>> {
+    Ok(HttpOptions::resolve(cfg, flag)?)
+}
+
+/// Start the HTTP server when it is on; says where it listens.
+async fn serve_http(
+    opts: Option<HttpOptions>,
+    sources: skos_http::Sources,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<skos_http::Server>> {
+    let Some(opts) = opts else {
+        return Ok(None);
+    };
+    let server = skos_http::start(opts, sources, stopped(stop)).await?;
+    if let Some(s) = &server {
+        let scheme = if s.tls { "https" } else { "http" };
+        eprintln!(
+            "skos: live page and HTTP API on {scheme}://{}/ (metrics: /metrics)",
+            s.addr
+        );
+    }
+    Ok(server)
+}
+
+/// Wait a while for the HTTP server to finish its last answers.
+async fn http_stopped(server: Option<skos_http::Server>) {
+    if let Some(s) = server {
+        if tokio::time::timeout(Duration::from_secs(5), s.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP server still answering after 5 s; stopping without it");
+        }
+    }
+}
+
+async fn up(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
+    let http = http_options(&cfg, http)?;
     // One config serves the coordinator and the agent here: a deadline
     // the agent refuses would refuse every command.
     if cfg.coordinator.command_deadline > cfg.trust.max_deadline_seconds {
@@ -226,13 +273,24 @@ async fn up(cfg: Config) -> Result<ExitCode> {
         opts,
         stopped(rx.clone()),
     ));
+    let server = serve_http(
+        http,
+        skos_http::Sources {
+            bus: bus.clone(),
+            audit: AuditSource::File(data_dir.join("audit.jsonl")),
+            counters: counters.clone(),
+            holder: None,
+        },
+        rx.clone(),
+    )
+    .await?;
     let agent = Agent::new(agent_cfg, bus, counters, Some(data_dir.join("agent")))?;
     let agent = tokio::spawn(agent.run(stopped(rx)));
     tokio::select! {
         _ = shutdown_signal() => {}
     }
     let _ = tx.send(true);
-    let (c, a) = tokio::join!(coordinator, agent);
+    let (c, a, ()) = tokio::join!(coordinator, agent, http_stopped(server));
     c??;
     a??;
     audit
@@ -302,7 +360,8 @@ async fn connect(cfg: &Config, name: &str) -> Result<NatsBus> {
     }
 }
 
-async fn coordinator(cfg: Config) -> Result<ExitCode> {
+async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
+    let http = http_options(&cfg, http)?;
     // Before logging in: a signing key that is also the login key is
     // refused.
     let signer = match &cfg.trust.signing_key_file {
@@ -328,9 +387,10 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
     // A trail or state that can be deleted or purged is refused: locked
     // here where this credential may, else an error saying how.
     nats.lock_streams().await?;
+    let holder = lease::holder_id();
     let lease = Lease::open(
         &nats,
-        lease::holder_id(),
+        holder.clone(),
         Duration::from_secs_f64(cfg.coordinator.leader_lease_seconds),
     )
     .await?;
@@ -338,12 +398,24 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
     // system instead of staying resident.
     crate::heap::spawn_trim();
     let (tx, rx) = watch::channel(false);
+    let counters = Counters::default();
+    let server = serve_http(
+        http,
+        skos_http::Sources {
+            bus: Bus::Nats(nats.clone()),
+            audit: AuditSource::JetStream(nats.clone()),
+            counters: counters.clone(),
+            holder: Some(holder),
+        },
+        rx.clone(),
+    )
+    .await?;
     let task = tokio::spawn(skos_coordinator::run(
         cfg,
         Bus::Nats(nats),
         audit,
         state,
-        Counters::default(),
+        counters,
         ServiceOptions {
             signer,
             election: Some(lease),
@@ -353,7 +425,8 @@ async fn coordinator(cfg: Config) -> Result<ExitCode> {
     ));
     shutdown_signal().await;
     let _ = tx.send(true);
-    task.await??;
+    let (task, ()) = tokio::join!(task, http_stopped(server));
+    task??;
     Ok(ExitCode::SUCCESS)
 }
 
