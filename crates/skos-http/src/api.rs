@@ -1,5 +1,6 @@
-//! The router and its handlers. Every route is listed in [`ROUTES`], which
-//! `docs/openapi.yaml` must match (a test checks it).
+//! The router and its handlers. The router is built from one table of
+//! routes ([`routes`] lists them), which `docs/openapi.yaml` must match (a
+//! test checks it).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
 use futures::Stream;
 use serde::Deserialize;
@@ -23,19 +24,27 @@ use crate::auth::Token;
 use crate::feed::{Feed, Record};
 use crate::{metrics, page, Sources};
 
-/// Every route the router serves, `(method, path)`, paths as OpenAPI
-/// writes them.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/"),
-    ("get", "/assets/{file}"),
-    ("get", "/healthz"),
-    ("get", "/metrics"),
-    ("get", "/api/v1/status"),
-    ("get", "/api/v1/alerts"),
-    ("get", "/api/v1/actions"),
-    ("get", "/api/v1/audit"),
-    ("get", "/api/v1/events"),
-];
+/// Every route the router serves: (method, path as OpenAPI writes it,
+/// handler). The router is built from this table, and `docs/openapi.yaml`
+/// must list exactly its paths (a test checks it).
+fn table() -> Vec<(&'static str, &'static str, MethodRouter<Arc<AppState>>)> {
+    vec![
+        ("get", "/", get(page::index)),
+        ("get", "/assets/{file}", get(page::asset)),
+        ("get", "/healthz", get(healthz)),
+        ("get", "/metrics", get(metrics_text)),
+        ("get", "/api/v1/status", get(status)),
+        ("get", "/api/v1/alerts", get(alerts)),
+        ("get", "/api/v1/actions", get(actions)),
+        ("get", "/api/v1/audit", get(audit)),
+        ("get", "/api/v1/events", get(events)),
+    ]
+}
+
+/// Every route the router serves, `(method, path)`.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
 
 /// The most audit records one page holds.
 pub const MAX_AUDIT_PAGE: usize = 1000;
@@ -118,31 +127,58 @@ impl AppState {
 
 /// The router over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/", get(page::index))
-        .route("/assets/{file}", get(page::asset))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/alerts", get(alerts))
-        .route("/api/v1/actions", get(actions))
-        .route("/api/v1/audit", get(audit))
-        .route("/api/v1/events", get(events))
+    table()
+        .into_iter()
+        .fold(Router::new(), |r, (_, path, handler)| {
+            r.route(path, handler)
+        })
         .fallback(not_found)
         .with_state(state)
 }
 
-fn error(code: StatusCode, message: impl Into<String>) -> Response {
-    (code, Json(json!({ "error": message.into() }))).into_response()
+/// A request the API cannot answer: its status code and why, as JSON
+/// (`{"error": ..., "role": ..., "detail": ...}`).
+#[derive(Debug)]
+pub struct ApiError {
+    code: StatusCode,
+    message: String,
+    /// With no status: whether this process stands by.
+    role: Option<&'static str>,
+    detail: Option<String>,
 }
 
-async fn not_found() -> Response {
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(role) = self.role {
+            body["role"] = json!(role);
+        }
+        if let Some(d) = self.detail {
+            body["detail"] = json!(d);
+        }
+        match self.role {
+            Some(role) => (self.code, role_header(role), Json(body)).into_response(),
+            None => (self.code, Json(body)).into_response(),
+        }
+    }
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        code,
+        message: message.into(),
+        role: None,
+        detail: None,
+    }
+}
+
+async fn not_found() -> ApiError {
     error(StatusCode::NOT_FOUND, "no such path: see docs/openapi.yaml")
 }
 
 /// A failed status request as the API answers it: 503, saying whether this
 /// process is a standby.
-fn unanswered(state: &AppState, NoStatus::NoAnswer(why): NoStatus) -> Response {
+fn unanswered(state: &AppState, NoStatus::NoAnswer(why): NoStatus) -> ApiError {
     let (role, message) = match state.sources.holder {
         Some(_) => (
             "standby",
@@ -151,12 +187,12 @@ fn unanswered(state: &AppState, NoStatus::NoAnswer(why): NoStatus) -> Response {
         None => ("single", "the coordinator did not answer"),
     };
     tracing::debug!(error = %why, "status request unanswered");
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [("x-skos-role", role)],
-        Json(json!({ "error": message, "role": role, "detail": why })),
-    )
-        .into_response()
+    ApiError {
+        code: StatusCode::SERVICE_UNAVAILABLE,
+        message: message.into(),
+        role: Some(role),
+        detail: Some(why),
+    }
 }
 
 async fn healthz() -> Response {
@@ -189,7 +225,7 @@ pub struct StatusParams {
 }
 
 impl StatusParams {
-    fn query(&self) -> Result<StatusQuery, Response> {
+    fn query(&self) -> Result<StatusQuery, ApiError> {
         let node = self
             .node
             .as_deref()
@@ -214,14 +250,14 @@ impl StatusParams {
     }
 }
 
-fn bad_query(e: impl std::fmt::Display) -> Response {
+fn bad_query(e: impl std::fmt::Display) -> ApiError {
     error(StatusCode::BAD_REQUEST, format!("query: {e}"))
 }
 
 async fn ask(
     state: &AppState,
     params: Result<Query<StatusParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Answer, Response> {
+) -> Result<Answer, ApiError> {
     let Query(params) = params.map_err(bad_query)?;
     let query = params.query()?;
     state
@@ -240,7 +276,7 @@ async fn status(
 ) -> Response {
     let answer = match ask(&state, params).await {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let code = if answer.status.is_some() {
         StatusCode::OK
@@ -276,7 +312,7 @@ async fn alerts(
         )
             .into_response(),
         Ok(a) => (StatusCode::BAD_REQUEST, a.body).into_response(),
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -300,7 +336,7 @@ async fn actions(
         )
             .into_response(),
         Ok(a) => (StatusCode::BAD_REQUEST, a.body).into_response(),
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -336,14 +372,15 @@ async fn audit(
 ) -> Response {
     let Query(params) = match params {
         Ok(p) => p,
-        Err(e) => return bad_query(e),
+        Err(e) => return bad_query(e).into_response(),
     };
     let limit = params.limit.unwrap_or(DEFAULT_AUDIT_PAGE);
     if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
         return error(
             StatusCode::BAD_REQUEST,
             format!("limit: 1 to {MAX_AUDIT_PAGE}"),
-        );
+        )
+        .into_response();
     }
     let Some(after) = params.after else {
         return page_of(parsed(state.feed.tail(limit)), false, None);
@@ -365,8 +402,10 @@ async fn audit(
             .await
             {
                 Ok(Ok((records, more))) => page_of(records, more, Some(after)),
-                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                Ok(Err(e)) => {
+                    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                }
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
             }
         }
         AuditSource::JetStream(_) => error(
@@ -376,7 +415,8 @@ async fn audit(
                 state.feed.oldest().unwrap_or(0).saturating_sub(1),
                 crate::feed::RING
             ),
-        ),
+        )
+        .into_response(),
     }
 }
 
@@ -401,7 +441,7 @@ async fn events(
 ) -> Response {
     let Query(params) = match params {
         Ok(p) => p,
-        Err(e) => return bad_query(e),
+        Err(e) => return bad_query(e).into_response(),
     };
     let types: Option<Vec<String>> = params.types.map(|t| {
         t.split(',')
@@ -430,7 +470,7 @@ fn to_event(r: &Record) -> Event {
     Event::default()
         .event(r.event_type.clone())
         .id(r.seq.to_string())
-        .data(r.json.to_string())
+        .data(&*r.json)
 }
 
 fn event_stream(

@@ -277,3 +277,86 @@ pub fn df(p: &Path) -> (f64, f64) {
         .collect();
     (nums[0], nums[1])
 }
+
+// --- The HTTP API of `skos up` / `skos coordinator`.
+
+/// The address `skos` says it serves HTTP on (`--http 127.0.0.1:0` lets
+/// the system choose a free port), read from its log.
+pub fn http_addr(p: &Proc) -> std::net::SocketAddr {
+    wait_for(
+        Duration::from_secs(30),
+        "the HTTP address in the log",
+        || {
+            p.log_text().lines().find_map(|l| {
+                l.split_once("HTTP API on http://")
+                    .and_then(|(_, rest)| rest.split('/').next())
+                    .and_then(|a| a.parse().ok())
+            })
+        },
+    )
+}
+
+/// One plain HTTP/1.1 GET: the status code and the body (dechunked), or
+/// what came within `wait` for a stream.
+pub fn http_get(addr: std::net::SocketAddr, path: &str, wait: Duration) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(wait)).unwrap();
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    );
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            out.push_str(&after[..n.min(after.len())]);
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after.get(n + 2..).unwrap_or("");
+    }
+    out
+}
+
+/// The value of the sample `series` (`name{labels}` as written) in a
+/// `/metrics` text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -1,0 +1,216 @@
+//! The HTTP API of `skos up` through a heat cycle: a fake sysfs tree heated
+//! and cooled, `/metrics` and the event stream read as it happens, on a
+//! port the system chose.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use skos_testsupport::cpufreq::fake_cpufreq;
+use skos_testsupport::sysfs::FakeSysfs;
+
+const MAX: u64 = 3_600_000;
+const MIN: u64 = 800_000;
+
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    fast_config(
+        dir,
+        "  actions: {warning: [throttle_10], critical: [throttle_50], emergency: [throttle_50]}\n",
+    )
+}
+
+fn up(work: &std::path::Path, sys: &FakeSysfs, cfg: &std::path::Path, http: &str) -> Proc {
+    let mut c = skos();
+    c.arg("up")
+        .arg("--config")
+        .arg(cfg)
+        .arg("--data-dir")
+        .arg(work.join("data"))
+        .arg("--http")
+        .arg(http)
+        .env("SKOS_SYSFS_ROOT", sys.root())
+        .env("NODE_NAME", "nova");
+    Proc::spawn(c, work, "skos-up")
+}
+
+#[test]
+fn metrics_and_events_show_a_throttle_and_its_verification() {
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(60.0, &[58.0, 57.0]);
+    fake_cpufreq(sys.root(), 4, MIN, MAX);
+    let cfg = config(work.path());
+    let skos_up = up(work.path(), &sys, &cfg, "127.0.0.1:0");
+    let addr = http_addr(&skos_up);
+
+    let (code, body) = http_get(addr, "/healthz", Duration::from_secs(5));
+    assert_eq!(code, 200, "{body}");
+    let metrics = || http_get(addr, "/metrics", Duration::from_secs(10)).1;
+    wait_for(
+        Duration::from_secs(30),
+        "nova at 60 °C in /metrics",
+        || {
+            let m = metrics();
+            (metric(
+                &m,
+                r#"skos_node_temperature_celsius{node="nova",sensor="cpu"}"#,
+            ) == Some(60.0))
+            .then_some(m)
+        },
+    );
+    let (code, body) = http_get(addr, "/api/v1/status", Duration::from_secs(5));
+    assert_eq!(code, 200, "{body}");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["nodes"][0]["name"], "nova");
+    assert_eq!(status["mode"], "embedded");
+
+    // The event stream, open before the heat.
+    let stream = std::thread::spawn(move || {
+        http_get(
+            addr,
+            "/api/v1/events?types=alert,command,result,verification",
+            Duration::from_secs(60),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Heat: 87 °C is critical -> throttle_50.
+    cpu.heat(87.0);
+    let m = wait_for(Duration::from_secs(30), "the throttle in /metrics", || {
+        let m = metrics();
+        (metric(
+            &m,
+            r#"skos_actions_total{action="throttle_50",outcome="succeeded"}"#,
+        ) == Some(1.0))
+        .then_some(m)
+    });
+    assert_eq!(
+        metric(
+            &m,
+            r#"skos_open_alerts{kind="thermal",severity="critical"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"skos_nodes{status="critical"}"#),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        metric(&m, "skos_time_to_detect_seconds_count").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    let (code, body) = http_get(addr, "/api/v1/alerts", Duration::from_secs(5));
+    assert_eq!(code, 200);
+    let alerts: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(alerts["alerts"][0]["severity"], "critical", "{alerts}");
+
+    // Cool: the fix is verified.
+    cpu.heat(60.0);
+    let m = wait_for(
+        Duration::from_secs(60),
+        "the verification in /metrics",
+        || {
+            let m = metrics();
+            (metric(
+                &m,
+                r#"skos_verifications_total{action="throttle_50",outcome="succeeded"}"#,
+            ) == Some(1.0))
+            .then_some(m)
+        },
+    );
+    let recovered = metric(&m, "skos_time_to_verified_recovery_seconds_count");
+    assert_eq!(recovered, Some(1.0), "{m}");
+    assert!(
+        metric(&m, "skos_time_to_verified_recovery_seconds_sum").is_some_and(|s| s > 0.0),
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            r#"skos_events_total{counter="verifications.succeeded"}"#
+        ) == Some(1.0),
+        "{m}"
+    );
+    let (code, body) = http_get(addr, "/api/v1/actions", Duration::from_secs(5));
+    assert_eq!(code, 200);
+    let actions: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        actions["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action_type"] == "throttle_50" && a["state"] == "verified"),
+        "{actions}"
+    );
+
+    // The stream saw each step as it happened, in order.
+    drop(skos_up);
+    let (code, events) = stream.join().unwrap();
+    assert_eq!(code, 200);
+    let kinds: Vec<&str> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    let first = |k: &str| kinds.iter().position(|e| *e == k);
+    let (a, c, r, v) = (
+        first("alert"),
+        first("command"),
+        first("result"),
+        first("verification"),
+    );
+    assert!(
+        a.is_some() && a < c && c < r && r < v,
+        "alert, command, result, verification in order: {kinds:?}"
+    );
+}
+
+#[test]
+fn a_reachable_address_without_tls_and_a_token_is_refused_and_off_serves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    let cfg = config(work.path());
+    let out = run({
+        let mut c = skos();
+        c.arg("up")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(work.path().join("data"))
+            .args(["--http", "0.0.0.0:0"])
+            .env("SKOS_SYSFS_ROOT", sys.root());
+        c
+    });
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve HTTP on 0.0.0.0:0") && err.contains("without TLS"),
+        "{err}"
+    );
+    let out = run({
+        let mut c = skos();
+        c.arg("up")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(work.path().join("data"))
+            .args(["--http", "localhost"]);
+        c
+    });
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--http: \"localhost\" is not an address"),
+        "{err}"
+    );
+
+    let mut p = up(work.path(), &sys, &cfg, "off");
+    wait_for(Duration::from_secs(30), "skos up started", || {
+        p.log_text().contains("agent started").then_some(())
+    });
+    assert!(!p.log_text().contains("HTTP API on"), "{}", p.log_text());
+    assert!(p.sigterm().success());
+}
