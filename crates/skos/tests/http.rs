@@ -214,3 +214,107 @@ fn a_reachable_address_without_tls_and_a_token_is_refused_and_off_serves_nothing
     assert!(!p.log_text().contains("HTTP API on"), "{}", p.log_text());
     assert!(p.sigterm().success());
 }
+
+/// Two coordinators over NATS, each serving HTTP: the standby answers
+/// status with the leader's reply and says it stands by; both follow the
+/// audit stream into their metrics; once the leader is gone the other one
+/// leads and says so.
+#[test]
+fn a_standby_answers_status_from_the_leader_and_says_it_stands_by() {
+    use skos_testsupport::nats::NatsServer;
+    skos_testsupport::require!("nats-server", skos_testsupport::nats::nats_server_binary());
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "agent:\n  heartbeat_interval: 0.5\n  monitor_interval: 0.2\n\
+coordinator:\n  heartbeat_timeout: 4\n  verify_within: 20\n  command_deadline: 30\n  leader_lease_seconds: 2\n\
+thermal:\n  clear_for: 1\n  cooldown: 60\n  gpu: {{nvml: false, nvidia_smi: false, lm_sensors: false}}\n  \
+actions: {{warning: [throttle_10], critical: [throttle_50], emergency: [throttle_50]}}\n{}",
+            trust_section(work.path())
+        ),
+    )
+    .unwrap();
+    let start = |name: &str| {
+        let mut c = skos();
+        c.arg("coordinator")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--http", "127.0.0.1:0"])
+            .env("NATS_URL", nats.url());
+        Proc::spawn(c, work.path(), name)
+    };
+    let first = start("coordinator-a");
+    wait_for(Duration::from_secs(30), "a leader", || {
+        first.log_text().contains("elected leader").then_some(())
+    });
+    let mut coords = [first, start("coordinator-b")];
+    let addrs: Vec<_> = coords.iter().map(http_addr).collect();
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(60.0, &[58.0]);
+    fake_cpufreq(sys.root(), 2, MIN, MAX);
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), "n1");
+
+    let role = |addr| {
+        let (code, head, body) = http_request(addr, "/api/v1/status", Duration::from_secs(5));
+        let role = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-skos-role: "))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        (code, role, body)
+    };
+    let (code, r, body) = wait_for(
+        Duration::from_secs(30),
+        "n1 in the standby's status",
+        || {
+            let (code, r, body) = role(addrs[1]);
+            body.contains("\"n1\"").then_some((code, r, body))
+        },
+    );
+    assert_eq!((code, r.as_str()), (200, "standby"), "{body}");
+    let (code, r, _) = role(addrs[0]);
+    assert_eq!((code, r.as_str()), (200, "leader"));
+
+    cpu.heat(87.0);
+    for (i, addr) in addrs.iter().enumerate() {
+        let m = wait_for(
+            Duration::from_secs(40),
+            &format!("the throttle in coordinator {i}'s /metrics"),
+            || {
+                let m = http_get(*addr, "/metrics", Duration::from_secs(10)).1;
+                (metric(
+                    &m,
+                    r#"skos_actions_total{action="throttle_50",outcome="succeeded"}"#,
+                ) == Some(1.0))
+                .then_some(m)
+            },
+        );
+        assert_eq!(
+            metric(&m, "skos_coordinator_leader"),
+            Some(if i == 0 { 1.0 } else { 0.0 }),
+            "{m}"
+        );
+    }
+    let (code, body) = http_get(
+        addrs[1],
+        "/api/v1/audit?after=0&limit=1000",
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"throttle_50\""), "{body}");
+
+    // The leader goes: the standby takes over and says it leads.
+    coords[0].sigkill();
+    wait_for(
+        Duration::from_secs(30),
+        "the other coordinator leads",
+        || {
+            let (code, r, _) = role(addrs[1]);
+            (code == 200 && r == "leader").then_some(())
+        },
+    );
+}

@@ -299,9 +299,19 @@ pub fn http_addr(p: &Proc) -> std::net::SocketAddr {
 /// One plain HTTP/1.1 GET: the status code and the body (dechunked), or
 /// what came within `wait` for a stream.
 pub fn http_get(addr: std::net::SocketAddr, path: &str, wait: Duration) -> (u16, String) {
+    let (code, _, body) = http_request(addr, path, wait);
+    (code, body)
+}
+
+/// [`http_get`] with the response's head (status line and headers).
+pub fn http_request(
+    addr: std::net::SocketAddr,
+    path: &str,
+    wait: Duration,
+) -> (u16, String, String) {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return (0, String::new());
+        return (0, String::new(), String::new());
     };
     s.set_read_timeout(Some(wait)).unwrap();
     let _ = write!(
@@ -332,7 +342,7 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str, wait: Duration) -> (u16,
     } else {
         body.to_string()
     };
-    (code, body)
+    (code, head.to_string(), body)
 }
 
 fn dechunk(mut rest: &str) -> String {
