@@ -17,7 +17,8 @@
 # procps (`kill`), for the mesh tests wireguard-go, wireguard-tools and
 # iproute2, openssl (test certificates) and systemd (`systemd-analyze` checks
 # the shipped units), fuse3 (`fusermount3`: how a non-root run mounts the
-# fake cpufreq driver) and faketime (agents whose clock is an hour off).
+# fake cpufreq driver), faketime (agents whose clock is an hour off) and
+# chromium (the live page, in a headless browser).
 # Runs unattended: no prompts, no stdin.
 set -euo pipefail
 
@@ -76,6 +77,8 @@ have openssl || optional+=(openssl)
 have systemd-analyze || optional+=(systemd)
 # The clock skew tests run agents an hour off through libfaketime.
 have faketime || optional+=(faketime)
+# The live page is tested in a real headless browser.
+have chromium || optional+=(chromium)
 
 require_all=0
 case "${SKOS_TEST_REQUIRE_ALL:-0}" in 1 | true | yes) require_all=1 ;; esac

@@ -339,9 +339,9 @@ fn status_metrics(reg: &mut Registry, s: &Status, holder: Option<&str>) {
         gauge(
             &breakers,
             vec![
-                ("node", text(&c["key"]["node"])),
-                ("problem", text(&c["key"]["problem"])),
-                ("action", text(&c["key"]["action"])),
+                ("node", text(&c["node"])),
+                ("problem", text(&c["problem"])),
+                ("action", text(&c["action"])),
                 ("state", st),
             ],
             1.0,
