@@ -66,7 +66,7 @@ function render(s) {
     ["open circuits", sum.open_circuits],
   ];
   document.getElementById("summary").replaceChildren(...boxes.map(([k, v]) => {
-    const d = el("div", null, "s-" + k);
+    const d = el("div", null, v > 0 ? "s-" + k.replace(" ", "_") : "");
     d.append(el("b", v), el("span", k, "muted"));
     return d;
   }));
