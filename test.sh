@@ -79,6 +79,8 @@ have systemd-analyze || optional+=(systemd)
 have faketime || optional+=(faketime)
 # The live page is tested in a real headless browser.
 have chromium || optional+=(chromium)
+# HTTPS to the API is checked with curl.
+have curl || optional+=(curl)
 
 require_all=0
 case "${SKOS_TEST_REQUIRE_ALL:-0}" in 1 | true | yes) require_all=1 ;; esac

@@ -385,6 +385,61 @@ mod tests {
     }
 
     #[test]
+    fn a_status_becomes_node_fleet_alert_and_breaker_series() {
+        let s: Status = serde_json::from_value(json!({
+            "mode": "distributed",
+            "generated_at": "2026-01-01T00:00:00Z",
+            "summary": {"nodes": {"total": 2, "critical": 1, "offline": 1},
+                "agents": {"online": 1, "offline": 1},
+                "open_alerts": {"total": 3, "critical": 3}, "open_circuits": 1},
+            "nodes": [
+                {"name": "nova", "status": "critical", "last_seen": "2026-01-01T00:00:00Z",
+                 "cpu_temp": 87.5, "gpu_temp": null, "storage_percent": 41.0, "throttle_level": 2},
+                {"name": "lyra", "status": "offline", "last_seen": "2026-01-01T00:00:00Z",
+                 "cpu_temp": null, "gpu_temp": 70.0, "storage_percent": null, "throttle_level": null}
+            ],
+            "agents": [],
+            "open_alerts": [{"type": "thermal", "severity": "critical", "node": "nova"},
+                            {"type": "thermal", "severity": "critical", "node": "lyra"}],
+            "recent_actions": [],
+            "open_circuits": [{"node": "nova", "problem": "thermal", "action": "throttle_50",
+                               "state": "open", "since": "2026-01-01T00:00:00Z"}],
+            "counters": {},
+            "leader": {"holder": "h:1:x", "term": 3, "since": "2026-01-01T00:00:00Z"}
+        }))
+        .unwrap();
+        let mut reg = Registry::default();
+        status_metrics(&mut reg, &s, Some("h:2:y"));
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &reg).unwrap();
+        for line in [
+            r#"skos_node_temperature_celsius{node="nova",sensor="cpu"} 87.5"#,
+            r#"skos_node_temperature_celsius{node="lyra",sensor="gpu"} 70.0"#,
+            r#"skos_node_disk_used_percent{node="nova"} 41.0"#,
+            r#"skos_node_throttle_level{node="nova"} 2.0"#,
+            r#"skos_node_status{node="lyra",status="offline"} 1.0"#,
+            r#"skos_nodes{status="critical"} 1.0"#,
+            r#"skos_nodes{status="healthy"} 0.0"#,
+            r#"skos_agents{state="offline"} 1.0"#,
+            r#"skos_open_alerts{kind="thermal",severity="critical"} 2.0"#,
+            "skos_open_alerts_unlisted 1",
+            r#"skos_circuits{state="open"} 1.0"#,
+            r#"skos_circuits{state="half_open"} 0.0"#,
+            r#"skos_breaker_state{node="nova",problem="thermal",action="throttle_50",state="open"} 1.0"#,
+            "skos_coordinator_leader 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains(r#"node="lyra",sensor="cpu""#),
+            "no reading is invented"
+        );
+    }
+
+    #[test]
     fn the_trail_is_counted_into_actions_verifications_and_times() {
         let d = Derived::default();
         d.observe(&json!({"seq": 1, "entry": {"event_type": "alert", "timestamp": "2026-01-01T00:00:02Z",

@@ -318,3 +318,112 @@ actions: {{warning: [throttle_10], critical: [throttle_50], emergency: [throttle
         },
     );
 }
+
+/// A reachable address with TLS and a token: served over HTTPS (checked
+/// with curl against the test's own certificate); a token too short to
+/// guard anything is refused at start.
+#[test]
+fn with_tls_and_a_token_a_reachable_address_is_served_over_https() {
+    skos_testsupport::require!(
+        "curl",
+        skos_testsupport::require::program("curl", &["--version"], "curl")
+    );
+    skos_testsupport::require!(
+        "openssl",
+        skos_testsupport::require::program("openssl", &["version"], "openssl")
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let write_cfg = |token: &str| {
+        std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
+        fast_config(
+            dir,
+            &format!(
+                "http:\n  listen: 0.0.0.0:0\n  token_file: {}\n  tls:\n    cert_file: {}\n    key_file: {}\n",
+                dir.join("token").display(),
+                dir.join("cert.pem").display(),
+                dir.join("key.pem").display()
+            ),
+        )
+    };
+    let sys = FakeSysfs::new();
+
+    let cfg = write_cfg("short");
+    let out = run({
+        let mut c = skos();
+        c.arg("up")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env("SKOS_SYSFS_ROOT", sys.root());
+        c
+    });
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.token_file") && err.contains("16 or more"),
+        "{err}"
+    );
+
+    let cfg = write_cfg("0123456789abcdef0123456789abcdef");
+    let mut c = skos();
+    c.arg("up")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("SKOS_SYSFS_ROOT", sys.root());
+    let p = Proc::spawn(c, dir, "skos-up");
+    let port = http_addr(&p).port();
+    assert!(
+        p.log_text().contains("HTTP API on https://0.0.0.0:"),
+        "{}",
+        p.log_text()
+    );
+    let curl = |extra: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(extra)
+            .arg(format!("https://127.0.0.1:{port}/healthz"))
+            .output()
+            .unwrap()
+    };
+    let ok = curl(&["--cacert", dir.join("cert.pem").to_str().unwrap()]);
+    assert!(
+        ok.status.success() && String::from_utf8_lossy(&ok.stdout).contains("\"ok\""),
+        "{} {}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Without the certificate, curl does not trust it: it is TLS indeed.
+    assert!(!curl(&[]).status.success());
+}

@@ -289,6 +289,7 @@ pub fn http_addr(p: &Proc) -> std::net::SocketAddr {
         || {
             p.log_text().lines().find_map(|l| {
                 l.split_once("HTTP API on http://")
+                    .or_else(|| l.split_once("HTTP API on https://"))
                     .and_then(|(_, rest)| rest.split('/').next())
                     .and_then(|a| a.parse().ok())
             })
