@@ -311,7 +311,12 @@ async fn alerts(
             })),
         )
             .into_response(),
-        Ok(a) => (StatusCode::BAD_REQUEST, a.body).into_response(),
+        Ok(a) => (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            a.body,
+        )
+            .into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -335,7 +340,12 @@ async fn actions(
             })),
         )
             .into_response(),
-        Ok(a) => (StatusCode::BAD_REQUEST, a.body).into_response(),
+        Ok(a) => (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            a.body,
+        )
+            .into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -45,10 +45,19 @@ impl Record {
     }
 }
 
+/// The records held, and the highest seq sent live.
+#[derive(Default)]
+struct Held {
+    ring: VecDeque<Record>,
+    /// The highest seq sent to the streams and counted: what a follower
+    /// gives again after a reopen is not sent twice.
+    live: u64,
+}
+
 /// The followed trail.
 #[derive(Clone)]
 pub struct Feed {
-    ring: Arc<Mutex<VecDeque<Record>>>,
+    ring: Arc<Mutex<Held>>,
     tx: broadcast::Sender<Record>,
     /// The metrics derived from the trail.
     pub derived: Derived,
@@ -62,7 +71,7 @@ impl Feed {
     pub fn start(source: AuditSource) -> Self {
         let (tx, _) = broadcast::channel(BROADCAST);
         let feed = Self {
-            ring: Arc::new(Mutex::new(VecDeque::with_capacity(RING))),
+            ring: Arc::new(Mutex::new(Held::default())),
             tx,
             derived: Derived::default(),
             source,
@@ -106,24 +115,29 @@ impl Feed {
         }
     }
 
-    /// Keep a record not seen before; `live`: it was just written (sent
-    /// to the streams and counted), not read back at start.
+    /// Keep a record not held yet. `live`: the follower gave it (it was
+    /// written after the trail was opened): sent to the streams and counted
+    /// once, even when the backfill read it too. A backfilled record is only
+    /// held.
     fn take(&self, v: &Value, live: bool) {
         let Some(r) = Record::of(v) else {
             return;
         };
-        {
-            let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-            if ring.back().is_some_and(|last| last.seq >= r.seq) {
-                // Read twice (backfill and follower overlap, or a reopen).
-                return;
+        let send = {
+            let mut held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            if held.ring.back().is_none_or(|last| last.seq < r.seq) {
+                if held.ring.len() == RING {
+                    held.ring.pop_front();
+                }
+                held.ring.push_back(r.clone());
             }
-            if ring.len() == RING {
-                ring.pop_front();
+            let send = live && r.seq > held.live;
+            if send {
+                held.live = r.seq;
             }
-            ring.push_back(r.clone());
-        }
-        if live {
+            send
+        };
+        if send {
             self.derived.observe(v);
             // No stream open is no error.
             let _ = self.tx.send(r);
@@ -139,7 +153,8 @@ impl Feed {
     /// oldest first; `covered`: whether the ring holds every record after
     /// `after` (else older ones must be read from the trail).
     pub fn after(&self, after: u64, limit: usize) -> (Vec<Record>, bool) {
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = &held.ring;
         let covered = ring
             .front()
             .is_none_or(|f| f.seq <= after.saturating_add(1));
@@ -154,7 +169,8 @@ impl Feed {
 
     /// The last `n` records held, oldest first.
     pub fn tail(&self, n: usize) -> Vec<Record> {
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = &held.ring;
         ring.iter()
             .skip(ring.len().saturating_sub(n))
             .cloned()
@@ -163,7 +179,65 @@ impl Feed {
 
     /// The oldest record held, when any.
     pub fn oldest(&self) -> Option<u64> {
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.front().map(|r| r.seq)
+        let held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        held.ring.front().map(|r| r.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rec(seq: u64, event: &str) -> Value {
+        json!({"seq": seq, "entry": {"event_type": event, "timestamp": "2026-01-01T00:00:00Z",
+            "data": {"result": {"action_type": "throttle_50", "status": "succeeded"}}}})
+    }
+
+    fn feed() -> Feed {
+        let (tx, _) = broadcast::channel(16);
+        Feed {
+            ring: Arc::new(Mutex::new(Held::default())),
+            tx,
+            derived: Derived::default(),
+            source: AuditSource::File("/nonexistent".into()),
+        }
+    }
+
+    /// A record both backfilled and followed (written while the trail was
+    /// opened) is held once and sent once; a follower's repeat after a
+    /// reopen is not sent again; backfilled history is only held.
+    #[test]
+    fn each_record_is_held_once_and_sent_once() {
+        let f = feed();
+        let mut rx = f.subscribe();
+        f.take(&rec(1, "start"), false);
+        f.take(&rec(2, "result"), false);
+        f.take(&rec(2, "result"), true);
+        f.take(&rec(3, "result"), true);
+        f.take(&rec(3, "result"), true);
+        f.take(&rec(2, "result"), false);
+        let sent: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok().map(|r| r.seq)).collect();
+        assert_eq!(sent, [2, 3]);
+        let held: Vec<u64> = f.tail(10).iter().map(|r| r.seq).collect();
+        assert_eq!(held, [1, 2, 3]);
+        let (after, covered) = f.after(1, 1);
+        assert_eq!((after[0].seq, covered), (2, true));
+        assert!(f.after(0, 10).1, "every record from seq 1 is held");
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_and_says_what_it_no_longer_covers() {
+        let f = feed();
+        for seq in 1..=(RING as u64 + 5) {
+            f.take(&rec(seq, "node"), false);
+        }
+        assert_eq!(f.oldest(), Some(6));
+        assert!(!f.after(3, 10).1, "records 4 and 5 are no longer held");
+        assert!(f.after(5, 10).1);
+        assert_eq!(
+            f.tail(2).iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [2004, 2005]
+        );
     }
 }

@@ -43,10 +43,13 @@ pub enum Error {
     /// An address others can reach, without TLS and a token.
     #[error("{0}")]
     Exposed(String),
+    /// The token file cannot be read, or its token is no guard.
     #[error("http.token_file {path}: {reason}")]
     Token { path: PathBuf, reason: String },
+    /// The certificate or key cannot be used.
     #[error("http.tls: {0}")]
     Tls(String),
+    /// The address cannot be listened on.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
