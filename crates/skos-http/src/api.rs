@@ -195,6 +195,22 @@ fn unanswered(state: &AppState, NoStatus::NoAnswer(why): NoStatus) -> ApiError {
     }
 }
 
+/// The guard every write route calls first: 403 when no token is set
+/// (writes are off), 401 without the right `Authorization: Bearer`.
+pub fn writable(token: Option<&Token>, headers: &HeaderMap) -> Result<(), ApiError> {
+    match token {
+        None => Err(error(
+            StatusCode::FORBIDDEN,
+            "writes are off: set http.token_file to a file holding a token",
+        )),
+        Some(t) if t.admits(headers) => Ok(()),
+        Some(_) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "a write needs Authorization: Bearer <the token in http.token_file>",
+        )),
+    }
+}
+
 async fn healthz() -> Response {
     (
         [(header::CACHE_CONTROL, "no-store")],
@@ -528,4 +544,25 @@ fn event_stream(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_need_the_token_and_are_off_without_one() {
+        let mut h = HeaderMap::new();
+        assert_eq!(writable(None, &h).unwrap_err().code, StatusCode::FORBIDDEN);
+        let t = Token::new("0123456789abcdef").unwrap();
+        assert_eq!(
+            writable(Some(&t), &h).unwrap_err().code,
+            StatusCode::UNAUTHORIZED
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer 0123456789abcdef"),
+        );
+        assert!(writable(Some(&t), &h).is_ok());
+    }
 }
