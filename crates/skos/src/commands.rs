@@ -885,6 +885,17 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
                 },
                 None => None,
             };
+            // The API's token, when its file is on this machine.
+            if let Some(p) = cfg.http.token_file.as_ref().filter(|p| p.exists()) {
+                if let Err(skos_http::Error::Token { path, reason }) =
+                    skos_http::auth::Token::read(p)
+                {
+                    env_issues.push(skos_core::config::ConfigIssue {
+                        path: "http.token_file".into(),
+                        message: format!("{}: {reason}", path.display()),
+                    });
+                }
+            }
             let present: Vec<&std::path::Path> = login_files(&cfg)
                 .into_iter()
                 .filter(|p| p.exists())

@@ -393,6 +393,17 @@ fn with_tls_and_a_token_a_reachable_address_is_served_over_https() {
         err.contains("http.token_file") && err.contains("16 or more"),
         "{err}"
     );
+    let check = run({
+        let mut c = skos();
+        c.args(["config", "check", "--config"]).arg(&cfg);
+        c
+    });
+    assert_eq!(check.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        said.contains("http.token_file: ") && said.contains("16 or more"),
+        "{said}"
+    );
 
     let cfg = write_cfg("0123456789abcdef0123456789abcdef");
     let mut c = skos();

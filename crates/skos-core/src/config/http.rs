@@ -98,6 +98,18 @@ impl Section for HttpConfig {
 
     fn check(&self, _ctx: &CheckContext<'_>, out: &mut Vec<ConfigIssue>) {
         out.extend(Self::listen_issue(&self.listen, "http.listen"));
+        if let Ok(HttpListen::At(addr)) = HttpListen::parse(&self.listen) {
+            let guarded = self.tls.enabled() && self.token_file.is_some();
+            if !(addr.ip().is_loopback() || guarded) {
+                out.push(issue(
+                    "http.listen",
+                    format!(
+                        "{addr} can be reached from other machines: set http.tls (cert_file and \
+                         key_file) and http.token_file too, or listen on 127.0.0.1"
+                    ),
+                ));
+            }
+        }
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => out.push(issue(
                 "http.tls.key_file",
@@ -150,6 +162,17 @@ mod tests {
         assert!(cfg[0].message.contains("or off"), "{}", cfg[0].message);
         let cfg = Config::from_yaml("http:\n  tls:\n    cert_file: /x.pem\n").unwrap_err();
         assert_eq!(cfg[0].path, "http.tls.key_file");
+        let cfg = Config::from_yaml("http:\n  listen: 0.0.0.0:9477\n").unwrap_err();
+        assert_eq!(cfg[0].path, "http.listen");
+        assert!(
+            cfg[0].message.contains("set http.tls"),
+            "{}",
+            cfg[0].message
+        );
+        Config::from_yaml(
+            "http:\n  listen: 0.0.0.0:9477\n  token_file: /t\n  tls: {cert_file: /c, key_file: /k}\n",
+        )
+        .unwrap();
         let ok = Config::from_yaml("http:\n  listen: off\n").unwrap();
         assert_eq!(ok.http.listen, "off");
         assert_eq!(Config::default().http.listen, DEFAULT_HTTP_LISTEN);
