@@ -3,7 +3,7 @@
 //!
 //! A reader of the trail, never a writer: it holds no lock and changes
 //! nothing. Each stored unit (a line of the file, a message of the stream)
-//! may hold one record or a JSON array of records; both are read.
+//! is read through [`audit::records_of`]: one record, or a batch of them.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -58,15 +58,6 @@ fn stream_err(reason: impl ToString) -> Error {
     }
 }
 
-/// The records one stored unit holds: one record, or an array of them.
-pub fn records_of(unit: Value) -> Vec<Value> {
-    match unit {
-        Value::Array(items) => items,
-        Value::Null => Vec::new(),
-        other => vec![other],
-    }
-}
-
 impl AuditFollower {
     /// Open `source` and read its last `backfill` records (oldest first);
     /// [`AuditFollower::next`] then gives what is appended from about that
@@ -88,7 +79,6 @@ impl AuditFollower {
                 } else {
                     Vec::new()
                 };
-                let recent = recent.into_iter().flat_map(records_of).collect();
                 Ok((
                     Self {
                         inner: Inner::File {
@@ -111,7 +101,6 @@ impl AuditFollower {
                 } else {
                     Vec::new()
                 };
-                let recent = recent.into_iter().flat_map(records_of).collect();
                 let consumer = stream
                     .create_consumer(pull::OrderedConfig {
                         deliver_policy: DeliverPolicy::ByStartSequence {
@@ -148,10 +137,8 @@ impl AuditFollower {
                 tokio::time::sleep(FILE_POLL).await;
             },
             Inner::JetStream(messages) => match messages.next().await {
-                Some(Ok(m)) => Ok(match serde_json::from_slice::<Value>(&m.payload) {
-                    Ok(v) => records_of(v),
-                    Err(e) => vec![serde_json::json!({ "unreadable": e.to_string() })],
-                }),
+                Some(Ok(m)) => Ok(audit::records_of(&m.payload)
+                    .unwrap_or_else(|e| vec![serde_json::json!({ "unreadable": e.to_string() })])),
                 Some(Err(e)) => Err(stream_err(e)),
                 None => Err(Error::Closed),
             },
@@ -189,8 +176,8 @@ fn read_from(path: &Path, offset: u64) -> Result<(Vec<Value>, u64)> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<Value>(line) {
-            Ok(v) => out.extend(records_of(v)),
+        match audit::records_of(line) {
+            Ok(records) => out.extend(records),
             Err(e) => out.push(serde_json::json!({ "unreadable": e.to_string() })),
         }
     }
@@ -213,10 +200,10 @@ pub fn read_file_after(path: &Path, after: u64, limit: usize) -> Result<(Vec<Val
         if line.trim().is_empty() {
             continue;
         }
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+        let Ok(records) = audit::records_of(line.as_bytes()) else {
             continue;
         };
-        for r in records_of(v) {
+        for r in records {
             if r["seq"].as_u64().is_some_and(|s| s > after) {
                 if out.len() == limit {
                     return Ok((out, true));
@@ -281,15 +268,5 @@ mod tests {
         let (page, more) = read_file_after(&path, first, 10).unwrap();
         assert_eq!(page.len(), 1);
         assert!(!more);
-    }
-
-    #[test]
-    fn a_unit_holds_one_record_or_an_array() {
-        assert_eq!(records_of(serde_json::json!({"seq": 1})).len(), 1);
-        assert_eq!(
-            records_of(serde_json::json!([{"seq": 1}, {"seq": 2}])).len(),
-            2
-        );
-        assert!(records_of(Value::Null).is_empty());
     }
 }
