@@ -7,13 +7,15 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures::StreamExt;
 use serde_json::Value;
+use skos_core::audit::AuditRecord;
 
-use crate::{audit, subjects, Error, NatsBus, Result};
+use crate::{audit, subjects, trust, Error, NatsBus, Result};
 
 /// How often the file is looked at for new records.
 const FILE_POLL: Duration = Duration::from_millis(200);
@@ -26,8 +28,10 @@ const MAX_STEP_BYTES: u64 = 4 << 20;
 pub enum AuditSource {
     /// The embedded mode's JSON-lines file.
     File(PathBuf),
-    /// The `SKOS_AUDIT` stream.
-    JetStream(NatsBus),
+    /// The `SKOS_AUDIT` stream; with keys, a message not signed by one of
+    /// them (a stranger's publish) is left out, as `skos audit verify`
+    /// leaves it out of the chain.
+    JetStream(NatsBus, Option<Arc<trust::Verifier>>),
 }
 
 /// The records appended to the trail after it was opened, in order.
@@ -41,7 +45,10 @@ enum Inner {
         /// Where the next unread line starts.
         offset: u64,
     },
-    JetStream(Box<pull::Ordered>),
+    JetStream {
+        messages: Box<pull::Ordered>,
+        trusted: Option<Arc<trust::Verifier>>,
+    },
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
@@ -89,31 +96,52 @@ impl AuditFollower {
                     recent,
                 ))
             }
-            AuditSource::JetStream(bus) => {
+            AuditSource::JetStream(bus, trusted) => {
                 let js = bus.jetstream();
                 let mut stream = js
                     .get_stream(subjects::STREAM_AUDIT)
                     .await
                     .map_err(stream_err)?;
-                let last = stream.info().await.map_err(stream_err)?.state.last_sequence;
-                let recent = if backfill > 0 {
-                    audit::read_jetstream(bus, Some(backfill)).await?
-                } else {
-                    Vec::new()
-                };
+                let state = stream.info().await.map_err(stream_err)?.state.clone();
+                // The backfill is the last messages up to `last`, read
+                // through the same consumer (and the same checks) as what
+                // follows: what comes after `last` is new, exactly.
+                let last = state.last_sequence;
+                let start = last
+                    .saturating_sub(backfill.saturating_sub(1))
+                    .max(state.first_sequence)
+                    .max(1);
                 let consumer = stream
                     .create_consumer(pull::OrderedConfig {
                         deliver_policy: DeliverPolicy::ByStartSequence {
-                            start_sequence: last + 1,
+                            start_sequence: if backfill > 0 { start } else { last + 1 },
                         },
                         ..Default::default()
                     })
                     .await
                     .map_err(stream_err)?;
-                let messages = consumer.messages().await.map_err(stream_err)?;
+                let mut messages = Box::new(consumer.messages().await.map_err(stream_err)?);
+                let mut recent = Vec::new();
+                if backfill > 0 && state.messages > 0 {
+                    loop {
+                        let m = match messages.next().await {
+                            Some(Ok(m)) => m,
+                            Some(Err(e)) => return Err(stream_err(e)),
+                            None => return Err(Error::Closed),
+                        };
+                        let at = m.info().map(|i| i.stream_sequence).unwrap_or(last);
+                        recent.extend(checked(&m, trusted.as_deref()));
+                        if at >= last {
+                            break;
+                        }
+                    }
+                }
                 Ok((
                     Self {
-                        inner: Inner::JetStream(Box::new(messages)),
+                        inner: Inner::JetStream {
+                            messages,
+                            trusted: trusted.clone(),
+                        },
                     },
                     recent,
                 ))
@@ -136,12 +164,56 @@ impl AuditFollower {
                 }
                 tokio::time::sleep(FILE_POLL).await;
             },
-            Inner::JetStream(messages) => match messages.next().await {
-                Some(Ok(m)) => Ok(audit::records_of(&m.payload)
-                    .unwrap_or_else(|e| vec![serde_json::json!({ "unreadable": e.to_string() })])),
-                Some(Err(e)) => Err(stream_err(e)),
-                None => Err(Error::Closed),
+            Inner::JetStream { messages, trusted } => loop {
+                match messages.next().await {
+                    Some(Ok(m)) => {
+                        let records = checked(&m, trusted.as_deref());
+                        if !records.is_empty() {
+                            return Ok(records);
+                        }
+                    }
+                    Some(Err(e)) => return Err(stream_err(e)),
+                    None => return Err(Error::Closed),
+                }
             },
+        }
+    }
+}
+
+/// The records of one stream message; none when `trusted` keys are given
+/// and the message is not signed by one of them over its last record
+/// (logged with its stream sequence), or when it holds no record.
+fn checked(m: &async_nats::jetstream::Message, trusted: Option<&trust::Verifier>) -> Vec<Value> {
+    let at = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let records = match audit::records_of(&m.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(stream_seq = at, subject = %m.subject, error = %e, "audit message is not a record; left out");
+            return Vec::new();
+        }
+    };
+    let Some(trusted) = trusted else {
+        return records;
+    };
+    let last = records
+        .iter()
+        .rev()
+        .find_map(|v| serde_json::from_value::<AuditRecord>(v.clone()).ok());
+    let Some(last) = last else {
+        return Vec::new();
+    };
+    let headers = m.headers.as_ref();
+    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    let signature = trust::CommandHeaders {
+        signer: get(trust::HEADER_SIGNER),
+        signature: get(trust::HEADER_SIGNATURE),
+        context: get(trust::HEADER_CONTEXT),
+    };
+    match trusted.check_audit(m.subject.as_str(), last.seq, &last.hash, &signature) {
+        Ok(_) => records,
+        Err(e) => {
+            tracing::warn!(stream_seq = at, subject = %m.subject, error = %e, "audit message not signed by a trusted key; left out");
+            Vec::new()
         }
     }
 }

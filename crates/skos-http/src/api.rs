@@ -434,7 +434,7 @@ async fn audit(
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
             }
         }
-        AuditSource::JetStream(_) => error(
+        AuditSource::JetStream(..) => error(
             StatusCode::GONE,
             format!(
                 "records up to {} are not held by this server (it keeps the last {}); read older ones with skos audit tail -n N",

@@ -403,7 +403,7 @@ async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
         http,
         skos_http::Sources {
             bus: Bus::Nats(nats.clone()),
-            audit: AuditSource::JetStream(nats.clone()),
+            audit: AuditSource::JetStream(nats.clone(), audit_keys(&cfg)?.map(Arc::new)),
             counters: counters.clone(),
             holder: Some(holder),
         },

@@ -307,6 +307,45 @@ actions: {{warning: [throttle_10], critical: [throttle_50], emergency: [throttle
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"throttle_50\""), "{body}");
 
+    // A stranger's record on the audit stream (unsigned) is left out of
+    // the metrics and the event stream.
+    let forged = serde_json::json!({"seq": 999_999, "prev_hash": "0", "hash": "1",
+        "entry": {"event_type": "verification", "timestamp": "2026-01-01T00:00:00Z",
+            "actor": "coordinator", "summary": "forged",
+            "data": {"action": "forged_action", "outcome": "succeeded"}}});
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let bus = skos_bus::NatsBus::connect(&skos_bus::NatsOptions::new(nats.url(), "stranger"))
+            .await
+            .unwrap();
+        bus.jetstream()
+            .publish(
+                skos_bus::subjects::audit("verification"),
+                serde_json::to_vec(&forged).unwrap().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+    wait_for(
+        Duration::from_secs(20),
+        "the stranger's record left out",
+        || {
+            coords[1]
+                .log_text()
+                .contains("audit message not signed by a trusted key; left out")
+                .then_some(())
+        },
+    );
+    for addr in &addrs {
+        let m = http_get(*addr, "/metrics", Duration::from_secs(10)).1;
+        assert!(!m.contains("forged_action"), "{m}");
+    }
+
     // The leader goes: the standby takes over and says it leads.
     coords[0].sigkill();
     wait_for(
