@@ -33,6 +33,7 @@ use skos_bus::audit_follow::AuditSource;
 use skos_bus::Bus;
 use skos_core::config::{Config, HttpListen};
 use skos_core::counters::Counters;
+use skos_core::escape::ShowPath;
 
 /// Why the HTTP server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +45,7 @@ pub enum Error {
     #[error("{0}")]
     Exposed(String),
     /// The token file cannot be read, or its token is no guard.
-    #[error("http.token_file {path}: {reason}")]
+    #[error("http.token_file {}: {reason}", path.escaped())]
     Token { path: PathBuf, reason: String },
     /// The certificate or key cannot be used.
     #[error("http.tls: {0}")]

@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{rustls, TlsAcceptor};
 
+use skos_core::escape::ShowPath;
+
 use crate::Error;
 
 /// How long a client has to complete its handshake.
@@ -23,15 +25,15 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| Error::Tls(format!("cert_file {}: {e}", cert.display())))?;
+        .map_err(|e| Error::Tls(format!("cert_file {}: {e}", cert.escaped())))?;
     if certs.is_empty() {
         return Err(Error::Tls(format!(
             "cert_file {}: no certificate in it",
-            cert.display()
+            cert.escaped()
         )));
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| Error::Tls(format!("key_file {}: {e}", key.display())))?;
+        .map_err(|e| Error::Tls(format!("key_file {}: {e}", key.escaped())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -892,7 +892,7 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
                 {
                     env_issues.push(skos_core::config::ConfigIssue {
                         path: "http.token_file".into(),
-                        message: format!("{}: {reason}", path.display()),
+                        message: format!("{}: {reason}", path.escaped()),
                     });
                 }
             }
