@@ -183,6 +183,16 @@ async fn every_route_answers_and_the_audit_pages_are_bounded() {
     let (code, _) = call("/api/v1/audit?limit=5000", short).await.unwrap();
     assert_eq!(code, 400);
 
+    // A stream that names where it stopped is given what it missed first.
+    let (code, body) = call("/api/v1/events?after=3", Duration::from_millis(800))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("id: 4") && body.contains("id: 5") && !body.contains("id: 3\n"),
+        "{body}"
+    );
+
     // A record written now reaches an open event stream.
     let stream = call("/api/v1/events?types=node", Duration::from_secs(3));
     tokio::time::sleep(Duration::from_millis(500)).await;
