@@ -195,10 +195,11 @@ fn checked(m: &async_nats::jetstream::Message, trusted: Option<&trust::Verifier>
     let Some(trusted) = trusted else {
         return records;
     };
+    // The last element must be the record signed for (as the writer and
+    // `skos audit verify` judge it).
     let last = records
-        .iter()
-        .rev()
-        .find_map(|v| serde_json::from_value::<AuditRecord>(v.clone()).ok());
+        .last()
+        .and_then(|v| serde_json::from_value::<AuditRecord>(v.clone()).ok());
     let Some(last) = last else {
         return Vec::new();
     };
@@ -209,7 +210,7 @@ fn checked(m: &async_nats::jetstream::Message, trusted: Option<&trust::Verifier>
         signature: get(trust::HEADER_SIGNATURE),
         context: get(trust::HEADER_CONTEXT),
     };
-    match trusted.check_audit(m.subject.as_str(), last.seq, &last.hash, &signature) {
+    match trusted.check_audit(m.subject.as_str(), at, last.seq, &last.hash, &signature) {
         Ok(_) => records,
         Err(e) => {
             tracing::warn!(stream_seq = at, subject = %m.subject, error = %e, "audit message not signed by a trusted key; left out");
