@@ -55,6 +55,23 @@ pub fn audit_message(subject: &str, stream_seq: u64, last_seq: u64, last_hash: &
     m
 }
 
+/// The context of a coordinator state record's signature (see
+/// [`state_message`]).
+pub const STATE_CONTEXT: &str = "skos-state-v1";
+
+/// What a state record's signature covers: [`STATE_CONTEXT`], the key it
+/// is stored under and its bytes, separated by NUL bytes (a key holds
+/// none).
+pub fn state_message(key: &str, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(STATE_CONTEXT.len() + key.len() + payload.len() + 2);
+    for part in [STATE_CONTEXT, key] {
+        m.extend_from_slice(part.as_bytes());
+        m.push(0);
+    }
+    m.extend_from_slice(payload);
+    m
+}
+
 /// What a command's signature covers: [`COMMAND_CONTEXT`], the subject it
 /// is published on, the node it is for and the payload bytes, separated by
 /// NUL bytes (which neither a subject nor a node name may hold).
@@ -153,6 +170,9 @@ pub enum TrustError {
     NotAudit(String),
 }
 
+/// How a sealed state record begins ([`Signer::seal_state`]).
+const STATE_SEAL: &str = "SKOSSIG1 ";
+
 /// The coordinator's signing key.
 pub struct Signer {
     key: KeyPair,
@@ -234,6 +254,21 @@ impl Signer {
             (HEADER_SIGNATURE.to_string(), signature),
             (HEADER_CONTEXT.to_string(), AUDIT_CONTEXT.to_string()),
         ])
+    }
+
+    /// A state record stored under `key`, sealed: `SKOSSIG1 <signer>
+    /// <signature>\n` followed by `payload`, the signature over
+    /// [`state_message`] (read back by [`Verifier::open_state`]).
+    pub fn seal_state(&self, key: &str, payload: &[u8]) -> Result<Vec<u8>> {
+        let (signer, signature) = self.sign(&state_message(key, payload))?;
+        let mut out = Vec::with_capacity(payload.len() + signer.len() + signature.len() + 11);
+        out.extend_from_slice(STATE_SEAL.as_bytes());
+        out.extend_from_slice(signer.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(signature.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(payload);
+        Ok(out)
     }
 
     /// The two header values for a message (what [`Signer::sign_command`]
@@ -341,6 +376,27 @@ impl Verifier {
         )
     }
 
+    /// The payload of a state record sealed by [`Signer::seal_state`]
+    /// under `key` by a trusted key; an error says why it is not.
+    pub fn open_state<'a>(&self, key: &str, sealed: &'a [u8]) -> Result<&'a [u8], TrustError> {
+        let rest = sealed
+            .strip_prefix(STATE_SEAL.as_bytes())
+            .ok_or(TrustError::Unsigned)?;
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .filter(|&n| n <= 300)
+            .ok_or_else(|| TrustError::Malformed("state seal line".into()))?;
+        let line = std::str::from_utf8(&rest[..end])
+            .map_err(|_| TrustError::Malformed("state seal line is not text".into()))?;
+        let (signer, signature) = line
+            .split_once(' ')
+            .ok_or_else(|| TrustError::Malformed("state seal line".into()))?;
+        let payload = &rest[end + 1..];
+        self.check(&state_message(key, payload), Some(signer), Some(signature))?;
+        Ok(payload)
+    }
+
     /// Check a message against its signature headers. `Ok(None)`: unsigned
     /// but signatures are not required. `Ok(Some(signer))`: a trusted
     /// signature.
@@ -433,6 +489,30 @@ mod tests {
             v.check_audit("SKOS_AUDIT.batch", 40, 7, &h, &CommandHeaders::default()),
             Err(TrustError::Unsigned)
         );
+    }
+
+    /// A sealed state record opens only under its own key, unchanged, by a
+    /// trusted signer; anything else is refused.
+    #[test]
+    fn state_records_are_sealed_to_their_key() {
+        let s = Signer::ephemeral();
+        let v = Verifier::new(&[s.public_key()], true).unwrap();
+        let sealed = s.seal_state("node_n1", b"{\"a\":1}").unwrap();
+        assert_eq!(v.open_state("node_n1", &sealed).unwrap(), b"{\"a\":1}");
+        assert!(v.open_state("node_n2", &sealed).is_err(), "another key");
+        let mut changed = sealed.clone();
+        *changed.last_mut().unwrap() = b'0';
+        assert!(v.open_state("node_n1", &changed).is_err(), "changed");
+        assert_eq!(
+            v.open_state("node_n1", b"{\"a\":1}"),
+            Err(TrustError::Unsigned)
+        );
+        let stranger = Signer::ephemeral().seal_state("node_n1", b"{}").unwrap();
+        assert!(matches!(
+            v.open_state("node_n1", &stranger),
+            Err(TrustError::UnknownSigner(_))
+        ));
+        assert!(v.open_state("node_n1", b"SKOSSIG1 garbage").is_err());
     }
 
     #[test]

@@ -61,6 +61,12 @@ pub struct ServiceOptions {
     /// Leader election (distributed mode): stand by until this lease is
     /// won. `None`: lead from the start (embedded mode).
     pub election: Option<Lease>,
+    /// With a [`ServiceOptions::signer`]: every state record is sealed with
+    /// it, and only records sealed by one of these keys are restored (a
+    /// record anyone else wrote into `SKOS_STATE` is never trusted: its
+    /// kept effects would be signed and sent). `None`: records are written
+    /// and read plain (embedded mode: its data dir is private).
+    pub state_trust: Option<Arc<skos_bus::trust::Verifier>>,
 }
 
 impl Default for ServiceOptions {
@@ -72,6 +78,7 @@ impl Default for ServiceOptions {
             replay_records: 20_000,
             signer: None,
             election: None,
+            state_trust: None,
         }
     }
 }
@@ -262,6 +269,29 @@ enum SnapshotError {
     },
 }
 
+/// The record's bytes without its seal: with `trusted` keys, it must be
+/// sealed by one of them ([`skos_bus::trust::Verifier::open_state`]);
+/// without, a seal is taken off unchecked (a config that stopped sealing
+/// still reads what it sealed) and a plain record read as it is. An empty
+/// record (a removed key) is read as it is.
+fn unseal<'a>(
+    trusted: Option<&skos_bus::trust::Verifier>,
+    key: &str,
+    bytes: &'a [u8],
+) -> Result<&'a [u8], skos_bus::trust::TrustError> {
+    if bytes.is_empty() {
+        return Ok(bytes);
+    }
+    match trusted {
+        Some(t) => t.open_state(key, bytes),
+        None if bytes.starts_with(b"SKOSSIG1 ") => Ok(bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(&[][..], |n| &bytes[n + 1..])),
+        None => Ok(bytes),
+    }
+}
+
 /// zstd-compressed (as written now) or plain JSON (as written before).
 fn decode_snapshot<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
     const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -332,6 +362,8 @@ struct Ctx {
     audit_down: Option<AuditDown>,
     /// This coordinator's node: where its own `audit` alert is raised.
     node: NodeName,
+    /// Seals every state record written ([`ServiceOptions::state_trust`]).
+    seal: Option<Arc<Signer>>,
     /// Alerts the bus dropped before they were read.
     alert_gaps: SequenceGaps,
     /// Results the bus dropped before they were read.
@@ -497,7 +529,24 @@ async fn lead(
         }
     }
     let now = chrono::Utc::now();
-    let legacy = match state.load(STATE_KEY).await? {
+    // A record not sealed by a trusted key is not restored (see
+    // `ServiceOptions::state_trust`).
+    let trusted = opts.state_trust.as_deref();
+    let open = |key: &str, bytes: Bytes| -> Option<Bytes> {
+        match unseal(trusted, key, &bytes) {
+            Ok(b) => Some(bytes.slice_ref(b)),
+            Err(e) => {
+                counters.inc(Counter::StateUnreadable);
+                tracing::error!(key, error = %e, "saved state not sealed by a trusted coordinator key: not restored");
+                None
+            }
+        }
+    };
+    let legacy = match state
+        .load(STATE_KEY)
+        .await?
+        .and_then(|b| open(STATE_KEY, b))
+    {
         Some(bytes) => match decode_snapshot(&bytes) {
             Ok(snap) => {
                 engine.restore(snap, now);
@@ -512,7 +561,11 @@ async fn lead(
         None => false,
     };
     // Effects kept at or before the marker were carried out.
-    let carried: Stamp = match state.load(CARRIED_KEY).await? {
+    let carried: Stamp = match state
+        .load(CARRIED_KEY)
+        .await?
+        .and_then(|b| open(CARRIED_KEY, b))
+    {
         Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             counters.inc(Counter::StateUnreadable);
             tracing::error!(key = CARRIED_KEY, error = %e, "marker of carried-out effects unreadable; every kept effect is carried out again");
@@ -525,6 +578,9 @@ async fn lead(
     let nodes = parts.len();
     let mut kept: Vec<Effect> = Vec::new();
     for (key, bytes) in parts {
+        let Some(bytes) = open(&key, bytes) else {
+            continue;
+        };
         match decode_snapshot::<Saved>(&bytes) {
             Ok(saved) => {
                 engine.restore(saved.state, now);
@@ -643,6 +699,7 @@ async fn lead(
         valid_until: lease.as_ref().and_then(|l| l.valid_until()),
         audit_down: None,
         node: cfg.node.name.clone(),
+        seal: opts.state_trust.as_ref().and(opts.signer.clone()),
         alert_gaps: gaps_from(bus, &Feed::Alerts).await,
         result_gaps: gaps_from(bus, &Feed::Results).await,
     };
@@ -897,7 +954,10 @@ impl Ctx {
             self.written.remove(node);
         }
         if done.is_ok() {
-            done = self.state.save_many(items).await;
+            done = match self.seal_all(items) {
+                Ok(items) => self.state.save_many(items).await,
+                Err(e) => Err(e),
+            };
         }
         if let Err(e) = done {
             self.counters.inc(Counter::StateSaveFailed);
@@ -1431,6 +1491,21 @@ impl Ctx {
         }
     }
 
+    /// State records as stored: sealed with the signing key when state is
+    /// sealed ([`ServiceOptions::state_trust`]), as they are otherwise.
+    fn seal_all(&self, items: Vec<(String, Bytes)>) -> skos_bus::Result<Vec<(String, Bytes)>> {
+        let Some(signer) = self.seal.as_deref() else {
+            return Ok(items);
+        };
+        items
+            .into_iter()
+            .map(|(key, bytes)| {
+                let sealed = signer.seal_state(&key, &bytes)?;
+                Ok((key, Bytes::from(sealed)))
+            })
+            .collect()
+    }
+
     /// Write the `carried` marker (failures are retried on the next tick).
     async fn write_carried(&mut self) {
         if !self.still_leader() {
@@ -1441,6 +1516,13 @@ impl Ctx {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 tracing::error!(key = CARRIED_KEY, error = %e, "marker of carried-out effects not encoded");
+                return;
+            }
+        };
+        let bytes = match self.seal_all(vec![(CARRIED_KEY.to_string(), bytes)]) {
+            Ok(mut items) => items.pop().map(|(_, b)| b).unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(key = CARRIED_KEY, error = %e, "marker of carried-out effects not sealed");
                 return;
             }
         };

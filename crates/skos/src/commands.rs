@@ -383,6 +383,16 @@ async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
         None => None,
     };
     let audit = Arc::new(AuditLog::open_jetstream_signed(&nats, signing).await?);
+    // The state is sealed with the same key (its own context), and only
+    // records a trusted coordinator sealed are restored.
+    let state_trust = match &signer {
+        Some(s) => {
+            let mut keys = cfg.trust.coordinator_keys.clone();
+            keys.push(s.public_key());
+            Some(Arc::new(skos_bus::trust::Verifier::new(&keys, true)?))
+        }
+        None => None,
+    };
     let state = StateStore::jetstream(&nats).await?;
     // A trail or state that can be deleted or purged is refused: locked
     // here where this credential may, else an error saying how.
@@ -419,6 +429,7 @@ async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
         ServiceOptions {
             signer,
             election: Some(lease),
+            state_trust,
             ..Default::default()
         },
         stopped(rx),

@@ -676,3 +676,299 @@ fn killed_after_a_ticks_state_was_written() {
         "{s}"
     );
 }
+
+// --- Forged state: on a server without permissions any client can write
+// `SKOS_STATE`; a coordinator with a signing key restores only records it
+// (or another trusted coordinator) sealed.
+
+/// Write `SKOS_STATE.carried` as any client of an open server can.
+fn forge_marker(nats: &NatsServer, value: &str) {
+    rt().block_on(async {
+        let bus = connect(nats).await;
+        let state = skos_bus::StateStore::jetstream(&bus).await.unwrap();
+        state
+            .save("carried", bytes::Bytes::from(value.to_string()))
+            .await
+            .unwrap();
+    })
+}
+
+/// A forged marker `[1, 18446744073709551615]` (term 1, the last count) is
+/// not restored, and could not overflow the next stamp anyway: the
+/// coordinator keeps running and throttles.
+#[test]
+fn a_forged_marker_at_the_last_count_is_harmless() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let nats = NatsServer::start();
+    forge_marker(&nats, "[1,18446744073709551615]");
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(work.path(), Setup::Throttles);
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 2, MIN, MAX);
+    let mut coord = coordinator_armed(&nats, &cfg, work.path(), "coordinator", None);
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), NODE);
+    wait_for(Duration::from_secs(30), "n1 healthy", || {
+        status(&nats).filter(|s| node(s, NODE).is_some_and(|n| n["status"] == "healthy"))
+    });
+    cpu.heat(87.0);
+    let mut ended = None;
+    let mut capped = false;
+    for _ in 0..100 {
+        if let Some(e) = coord.child.try_wait().unwrap() {
+            ended = Some(e);
+            break;
+        }
+        if caps_at(&sys, MAX / 2) {
+            capped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = coord.log_text();
+    assert!(
+        ended.is_none() && capped,
+        "the coordinator ended ({ended:?}) or never throttled (capped {capped}) after a forged marker:\n{}",
+        log.lines()
+            .filter(|l| l.contains("panic") || l.contains("overflow") || l.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Killed after an alert's state (with its effects) was written; before the
+/// restart a client forges the marker past every stamp: it is not
+/// restored, so the kept effects are still carried out.
+#[test]
+fn a_forged_marker_after_a_crash_does_not_drop_the_kept_effects() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(work.path(), Setup::Throttles);
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 2, MIN, MAX);
+    let mut armed = coordinator_armed(
+        &nats,
+        &cfg,
+        work.path(),
+        "coordinator-armed",
+        Some("alert.persisted"),
+    );
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), NODE);
+    wait_for(Duration::from_secs(30), "n1 healthy", || {
+        status(&nats).filter(|s| node(s, NODE).is_some_and(|n| n["status"] == "healthy"))
+    });
+    cpu.heat(87.0);
+    wait_for(Duration::from_secs(30), "abort at alert.persisted", || {
+        armed.child.try_wait().unwrap()
+    });
+    forge_marker(&nats, "[1000000,0]");
+    let coordinator = coordinator_armed(&nats, &cfg, work.path(), "coordinator", None);
+    let ok = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        let r = audit(&nats);
+        results(&r, "throttle_50") == ["succeeded"]
+            && every_alert_audited(&nats, &r)
+            && drained(&nats)
+    });
+    let log = coordinator.log_text();
+    assert!(
+        ok,
+        "after a forged marker the kept effects were dropped: audit {:?}\n{}",
+        command_types(&audit(&nats)),
+        log.lines()
+            .filter(|l| l.contains("restored") || l.contains("carrying"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let _ = check_trail(&nats);
+}
+
+/// On a server without permissions, any client may write a node's record in
+/// `SKOS_STATE` with an effect kept after the marker: at its next start the
+/// coordinator does not restore it (not sealed by a trusted key), so the
+/// command is never signed nor executed.
+#[test]
+fn a_forged_node_record_is_not_restored_after_a_restart() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(work.path(), Setup::Throttles);
+    let sys = FakeSysfs::new();
+    let _cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 2, MIN, MAX);
+    let mut first = coordinator_armed(&nats, &cfg, work.path(), "coordinator-first", None);
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), NODE);
+    wait_for(Duration::from_secs(30), "n1 healthy", || {
+        status(&nats).filter(|s| node(s, NODE).is_some_and(|n| n["status"] == "healthy"))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // The stranger reads n1's record and adds a command to it.
+    rt().block_on(async {
+        let bus = connect(&nats).await;
+        let state = skos_bus::StateStore::jetstream(&bus).await.unwrap();
+        let key = format!("node_{NODE}");
+        // Past the seal line, if there is one: the forger rewrites the
+        // record and cannot seal it.
+        let mut rec: Value = match state.load(&key).await.unwrap() {
+            Some(b) => {
+                let body = match b.starts_with(b"SKOSSIG1 ") {
+                    true => &b[b.iter().position(|&c| c == b'\n').unwrap() + 1..],
+                    false => &b[..],
+                };
+                serde_json::from_slice(body).unwrap()
+            }
+            None => serde_json::json!({}),
+        };
+        let now = chrono::Utc::now();
+        rec["effects"] = serde_json::json!([{
+            "effect": "command",
+            "node": NODE,
+            "command": {
+                "action_id": "forged-by-a-stranger",
+                "action_type": "throttle_100",
+                "timestamp": skos_core::timefmt::format(&now),
+                "node": NODE,
+                "deadline": skos_core::timefmt::format(&(now + chrono::Duration::seconds(60))),
+                "cause": "forged",
+                "problem": "thermal:cpu",
+                "term": 1000
+            }
+        }]);
+        rec["batch"] = serde_json::json!([999_999, 0]);
+        state
+            .save(&key, bytes::Bytes::from(serde_json::to_vec(&rec).unwrap()))
+            .await
+            .unwrap();
+    });
+    // Any restart (a crash, an upgrade, a supervisor's restart).
+    first.sigkill();
+    let second = coordinator_armed(&nats, &cfg, work.path(), "coordinator-second", None);
+    wait_for(
+        Duration::from_secs(30),
+        "the second coordinator to lead",
+        || {
+            second
+                .log_text()
+                .contains("coordinator started")
+                .then_some(())
+        },
+    );
+    let executed = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        caps_at(&sys, MIN)
+    });
+    assert!(
+        second
+            .log_text()
+            .contains("saved state not sealed by a trusted coordinator key"),
+        "{}",
+        second.log_text()
+    );
+    assert!(
+        !executed,
+        "a command written into SKOS_STATE by a stranger was signed and executed on n1 (capped at {} kHz):\n{}",
+        read_khz(sys.root(), 0),
+        second
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("carrying") || l.contains("restored"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// As above, with the lease overwritten instead of a restart: the same
+/// process leads again, reads the state again, and does not restore the
+/// forged record.
+#[test]
+fn a_forged_node_record_and_lease_get_no_command_signed() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(work.path(), Setup::Throttles);
+    let sys = FakeSysfs::new();
+    let _cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 2, MIN, MAX);
+    let mut first = coordinator_armed(&nats, &cfg, work.path(), "coordinator-first", None);
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), NODE);
+    wait_for(Duration::from_secs(30), "n1 healthy", || {
+        status(&nats).filter(|s| node(s, NODE).is_some_and(|n| n["status"] == "healthy"))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // The stranger reads n1's record and adds a command to it.
+    rt().block_on(async {
+        let bus = connect(&nats).await;
+        let state = skos_bus::StateStore::jetstream(&bus).await.unwrap();
+        let key = format!("node_{NODE}");
+        // Past the seal line, if there is one: the forger rewrites the
+        // record and cannot seal it.
+        let mut rec: Value = match state.load(&key).await.unwrap() {
+            Some(b) => {
+                let body = match b.starts_with(b"SKOSSIG1 ") {
+                    true => &b[b.iter().position(|&c| c == b'\n').unwrap() + 1..],
+                    false => &b[..],
+                };
+                serde_json::from_slice(body).unwrap()
+            }
+            None => serde_json::json!({}),
+        };
+        let now = chrono::Utc::now();
+        rec["effects"] = serde_json::json!([{
+            "effect": "command",
+            "node": NODE,
+            "command": {
+                "action_id": "forged-by-a-stranger",
+                "action_type": "throttle_100",
+                "timestamp": skos_core::timefmt::format(&now),
+                "node": NODE,
+                "deadline": skos_core::timefmt::format(&(now + chrono::Duration::seconds(60))),
+                "cause": "forged",
+                "problem": "thermal:cpu",
+                "term": 1000
+            }
+        }]);
+        rec["batch"] = serde_json::json!([999_999, 0]);
+        state
+            .save(&key, bytes::Bytes::from(serde_json::to_vec(&rec).unwrap()))
+            .await
+            .unwrap();
+    });
+    // No restart: the stranger overwrites the leader's lease; the same
+    // process loses it, leads again and reads the state again.
+    rt().block_on(async {
+        let bus = connect(&nats).await;
+        let kv = bus
+            .jetstream()
+            .get_key_value(subjects::LEADER_BUCKET)
+            .await
+            .unwrap();
+        kv.put(subjects::LEADER_KEY, bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    });
+    let second = &mut first;
+    let executed = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        caps_at(&sys, MIN)
+    });
+    assert!(
+        second
+            .log_text()
+            .contains("saved state not sealed by a trusted coordinator key"),
+        "{}",
+        second.log_text()
+    );
+    assert!(
+        !executed,
+        "a command written into SKOS_STATE by a stranger was signed and executed on n1 (capped at {} kHz):\n{}",
+        read_khz(sys.root(), 0),
+        second
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("carrying") || l.contains("restored"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
