@@ -215,6 +215,45 @@ pub struct AlertBurst {
 /// (pipelined, 256 acks in flight), counted by the coordinator (commands
 /// audited) and, at the same time, by a plain JetStream pull consumer with
 /// the coordinator's consumer settings that acks each.
+/// Wait until the coordinator has made the command consumer of each of
+/// `nodes` nodes (it makes one per node it hears from, as a fleet's agents
+/// need): their making is part of a fleet joining, not of what is measured
+/// after it.
+async fn wait_consumers(client: &async_nats::Client, nodes: u64) -> Result<()> {
+    let js = async_nats::jetstream::new(client.clone());
+    let started = std::time::Instant::now();
+    let limit = Duration::from_secs(120 + nodes / 100);
+    loop {
+        let mut stream = js
+            .get_stream(subjects::STREAM_COMMANDS)
+            .await
+            .ctx("get stream SKOS_COMMANDS")?;
+        let made = stream
+            .info()
+            .await
+            .ctx("SKOS_COMMANDS info")?
+            .state
+            .consumer_count as u64;
+        if made >= nodes {
+            say(
+                S,
+                format!(
+                    "{made} command consumers made in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            return Err(crate::error::Error::timeout(
+                format!("the command consumers of {nodes} nodes ({made} made)"),
+                limit,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn alert_burst(
     rig: &Rig,
     prefix: &str,
@@ -349,6 +388,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         Duration::from_secs(120 + nodes as u64 / 500),
     )
     .await?;
+    wait_consumers(&rig.ceiling, nodes as u64).await?;
 
     // Heartbeat burst, then (unless 0) an overload burst bigger than a
     // client's default subscription buffer.
@@ -430,6 +470,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             Duration::from_secs(120 + n as u64 / 500),
         )
         .await?;
+        wait_consumers(&rig.ceiling, n as u64).await?;
         let b = alert_burst(&rig, &prefix, &format!("sc{run}"), 0, n as u64).await?;
         let failed = rig.coordinator.counters.get("state.save_failed");
         say(
