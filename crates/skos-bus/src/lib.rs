@@ -257,9 +257,24 @@ impl Bus {
 
     /// Durable: returns once the stream has stored the alert.
     pub async fn publish_alert(&self, alert: &Alert) -> Result<()> {
+        self.publish_alert_signed(alert, None).await
+    }
+
+    /// [`Bus::publish_alert`] for an alert the coordinator raises itself:
+    /// with a signer, signed ([`trust::Signer::sign_alert`]), so a node
+    /// cannot raise or clear one of the coordinator's own problems.
+    pub async fn publish_alert_signed(
+        &self,
+        alert: &Alert,
+        signer: Option<&trust::Signer>,
+    ) -> Result<()> {
         let subject = subjects::alert(&alert.node);
         let payload = encode(&subject, alert)?;
-        self.publish_durable(&subject, payload, Some(&alert.alert_id), &[])
+        let headers = match signer {
+            Some(s) => s.sign_alert(&subject, &payload)?,
+            None => Vec::new(),
+        };
+        self.publish_durable(&subject, payload, Some(&alert.alert_id), &headers)
             .await
     }
 

@@ -55,6 +55,22 @@ pub fn audit_message(subject: &str, stream_seq: u64, last_seq: u64, last_hash: &
     m
 }
 
+/// The context of the signature on an alert the coordinator raises itself
+/// (see [`alert_message`]).
+pub const ALERT_CONTEXT: &str = "skos-alert-v1";
+
+/// What a coordinator's own alert's signature covers: [`ALERT_CONTEXT`],
+/// the subject and the payload, separated by NUL bytes.
+pub fn alert_message(subject: &str, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(ALERT_CONTEXT.len() + subject.len() + payload.len() + 2);
+    for part in [ALERT_CONTEXT, subject] {
+        m.extend_from_slice(part.as_bytes());
+        m.push(0);
+    }
+    m.extend_from_slice(payload);
+    m
+}
+
 /// The context of a coordinator state record's signature (see
 /// [`state_message`]).
 pub const STATE_CONTEXT: &str = "skos-state-v1";
@@ -256,6 +272,18 @@ impl Signer {
         ])
     }
 
+    /// The headers of an alert the coordinator raises itself, published on
+    /// `subject`: the signer, the signature of [`alert_message`] and
+    /// [`ALERT_CONTEXT`].
+    pub fn sign_alert(&self, subject: &str, payload: &[u8]) -> Result<Vec<(String, String)>> {
+        let (signer, signature) = self.sign(&alert_message(subject, payload))?;
+        Ok(vec![
+            (HEADER_SIGNER.to_string(), signer),
+            (HEADER_SIGNATURE.to_string(), signature),
+            (HEADER_CONTEXT.to_string(), ALERT_CONTEXT.to_string()),
+        ])
+    }
+
     /// A state record stored under `key`, sealed: `SKOSSIG1 <signer>
     /// <signature>\n` followed by `payload`, the signature over
     /// [`state_message`] (read back by [`Verifier::open_state`]).
@@ -371,6 +399,33 @@ impl Verifier {
         }
         self.check(
             &audit_message(subject, stream_seq, last_seq, last_hash),
+            headers.signer,
+            headers.signature,
+        )
+    }
+
+    /// Check an alert that claims to be a coordinator's own, published on
+    /// `subject`, against its headers.
+    pub fn check_alert(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        headers: &CommandHeaders<'_>,
+    ) -> Result<Option<String>, TrustError> {
+        if headers.context.map(str::trim) != Some(ALERT_CONTEXT)
+            && (headers.signer.is_some() || headers.signature.is_some())
+        {
+            return Err(TrustError::WrongContext(
+                headers
+                    .context
+                    .unwrap_or("nothing")
+                    .chars()
+                    .take(64)
+                    .collect(),
+            ));
+        }
+        self.check(
+            &alert_message(subject, payload),
             headers.signer,
             headers.signature,
         )

@@ -61,11 +61,15 @@ pub struct ServiceOptions {
     /// Leader election (distributed mode): stand by until this lease is
     /// won. `None`: lead from the start (embedded mode).
     pub election: Option<Lease>,
-    /// With a [`ServiceOptions::signer`]: every state record is sealed with
-    /// it, and only records sealed by one of these keys are restored (a
-    /// record anyone else wrote into `SKOS_STATE` is never trusted: its
-    /// kept effects would be signed and sent). `None`: records are written
-    /// and read plain (embedded mode: its data dir is private).
+    /// The coordinators' keys. With a [`ServiceOptions::signer`]: every
+    /// state record is sealed with it, and only records sealed by one of
+    /// these keys are restored (a record anyone else wrote into
+    /// `SKOS_STATE` is never trusted: its kept effects would be signed and
+    /// sent); an alert that only a coordinator raises
+    /// ([`Alert::is_coordinators_own`]) is refused unless one of them
+    /// signed it. `None`: records are written and read plain, alerts taken
+    /// as they come (embedded mode: its bus is in the process, its data dir
+    /// private).
     pub state_trust: Option<Arc<skos_bus::trust::Verifier>>,
 }
 
@@ -364,6 +368,9 @@ struct Ctx {
     node: NodeName,
     /// Seals every state record written ([`ServiceOptions::state_trust`]).
     seal: Option<Arc<Signer>>,
+    /// The coordinators' keys ([`ServiceOptions::state_trust`]): an alert
+    /// that is a coordinator's own must be signed by one of them.
+    trusted: Option<Arc<skos_bus::trust::Verifier>>,
     /// Alerts the bus dropped before they were read.
     alert_gaps: SequenceGaps,
     /// Results the bus dropped before they were read.
@@ -700,6 +707,7 @@ async fn lead(
         audit_down: None,
         node: cfg.node.name.clone(),
         seal: opts.state_trust.as_ref().and(opts.signer.clone()),
+        trusted: opts.state_trust.clone(),
         alert_gaps: gaps_from(bus, &Feed::Alerts).await,
         result_gaps: gaps_from(bus, &Feed::Results).await,
     };
@@ -1186,10 +1194,26 @@ impl Ctx {
     fn decode_alert(&self, m: &Incoming) -> Result<Alert, DecodeError> {
         let alert =
             decode::<Alert>(&m.payload, self.max_bytes).and_then(|a| a.validate().map(|()| a))?;
-        match Self::subject_mismatch(m, &alert.node) {
-            None => Ok(alert),
-            Some(e) => Err(e),
+        if let Some(e) = Self::subject_mismatch(m, &alert.node) {
+            return Err(e);
         }
+        // One of the coordinator's own problems (a node's silence, a peer
+        // node unreachable...): only a trusted coordinator raises or clears
+        // it, never the node it is about.
+        if let (Some(trusted), true) = (self.trusted.as_deref(), alert.is_coordinators_own()) {
+            let headers = skos_bus::trust::CommandHeaders {
+                signer: m.header(skos_bus::trust::HEADER_SIGNER),
+                signature: m.header(skos_bus::trust::HEADER_SIGNATURE),
+                context: m.header(skos_bus::trust::HEADER_CONTEXT),
+            };
+            if let Err(e) = trusted.check_alert(&m.subject, &m.payload, &headers) {
+                return Err(DecodeError::Invalid(format!(
+                    "a {} alert is the coordinator's own and this one is not signed by a trusted coordinator key: {e}",
+                    alert.problem()
+                )));
+            }
+        }
+        Ok(alert)
     }
 
     /// Handle a batch of alerts: decide each, then write the state of
@@ -1459,7 +1483,11 @@ impl Ctx {
             format!("audit trail cannot be written at {location}: {error}; no new action is carried out until it can (restoring ones excepted)"),
             json!({"sensor": "audit", "where": location, "error": error.to_string()}),
         );
-        match self.bus.publish_alert(&alert).await {
+        match self
+            .bus
+            .publish_alert_signed(&alert, self.signer.as_deref())
+            .await
+        {
             Ok(()) => {
                 if let Some(d) = self.audit_down.as_mut() {
                     d.raised = true;
@@ -1486,7 +1514,11 @@ impl Ctx {
             format!("audit trail at {location} written again"),
             json!({"sensor": "audit", "where": location}),
         );
-        if let Err(e) = self.bus.publish_alert(&alert).await {
+        if let Err(e) = self
+            .bus
+            .publish_alert_signed(&alert, self.signer.as_deref())
+            .await
+        {
             tracing::warn!(error = %e, "alert that the audit trail is written again not published");
         }
     }
@@ -1644,7 +1676,9 @@ impl Ctx {
             Effect::Alert(a) => {
                 // Per message, so debug: it is audited when it comes back.
                 tracing::debug!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), "raising alert");
-                self.bus.publish_alert(a).await
+                self.bus
+                    .publish_alert_signed(a, self.signer.as_deref())
+                    .await
             }
             Effect::Audit(_) => Ok(()),
         }

@@ -294,6 +294,22 @@ impl Alert {
         self.details.get("sensor").and_then(Value::as_str)
     }
 
+    /// Whether only a coordinator raises alerts like this one: a node's
+    /// silence (`heartbeat_missing`), an open circuit, a skewed clock, an
+    /// unwritable audit trail, or a peer node found unreachable
+    /// (`mesh:node`). A coordinator with trusted keys refuses such an alert
+    /// unless one of them signed it.
+    pub fn is_coordinators_own(&self) -> bool {
+        match self.kind {
+            AlertKind::HeartbeatMissing
+            | AlertKind::Circuit
+            | AlertKind::ClockSkew
+            | AlertKind::Audit => true,
+            AlertKind::Mesh => self.sensor() == Some(crate::events::MESH_NODE_SENSOR),
+            _ => false,
+        }
+    }
+
     /// The problem this alert is about: kind plus sensor, e.g. `thermal:cpu`.
     /// Circuit breakers and verification are kept per (node, problem, action).
     pub fn problem(&self) -> crate::events::ProblemKey {

@@ -558,3 +558,63 @@ fn nats_credentials_in_the_url_never_reach_logs_or_errors() {
     assert!(log.contains("nats://127.0.0.1:1"), "{log}");
     assert!(!log.contains("t0k3n"), "{log}");
 }
+
+/// A node cannot raise (nor clear) one of the coordinator's own problems:
+/// a `heartbeat_missing` or `mesh:node` alert published on a node's subject
+/// without a trusted coordinator's signature is refused and audited, and
+/// never opens; the coordinator's own (signed) alerts still are taken.
+#[test]
+fn a_coordinators_own_alert_from_anyone_else_is_refused() {
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = fast_config(work.path(), &trust_section(work.path()));
+    let sys = FakeSysfs::new();
+    sys.coretemp(50.0, &[48.0]);
+    let _coordinator = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), "agent-nova");
+    wait_for(Duration::from_secs(30), "nova joined", || {
+        status(&nats).filter(|s| node(s, "nova").is_some())
+    });
+    let forged = |kind: &str, sensor: &str, id: &str| -> skos_core::protocol::Alert {
+        serde_json::from_value(json!({
+            "alert_id": id, "agent_id": "coordinator", "type": kind,
+            "severity": "critical", "node": "nova", "message": "forged",
+            "details": {"sensor": sensor, "event": "node_unreachable"},
+            "timestamp": skos_core::timefmt::format(&chrono::Utc::now()),
+        }))
+        .unwrap()
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let bus = NatsBus::connect(&NatsOptions::new(nats.url(), "stranger"))
+            .await
+            .unwrap();
+        let bus = Bus::Nats(bus);
+        bus.publish_alert(&forged("heartbeat_missing", "heartbeat", "forged-1"))
+            .await
+            .unwrap();
+        bus.publish_alert(&forged("mesh", "node", "forged-2"))
+            .await
+            .unwrap();
+    });
+    let records = wait_for(Duration::from_secs(30), "both refusals audited", || {
+        let r = audit(&nats);
+        let refused = audit_events(&r, "rejected")
+            .into_iter()
+            .filter(|e| {
+                e["entry"]["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("not signed by a trusted coordinator key"))
+            })
+            .count();
+        (refused == 2).then_some(r)
+    });
+    assert!(
+        !records.iter().any(|r| r["entry"]["event_type"] == "alert"
+            && r["entry"]["data"]["alert"]["alert_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("forged"))),
+        "a forged coordinator alert was handled"
+    );
+    let s = status(&nats).unwrap();
+    assert_eq!(s["open_alerts"], json!([]), "{s}");
+}
