@@ -476,10 +476,17 @@ fn killed_after_the_carried_marker_covers_the_effects() {
                 .get_stream(subjects::STREAM_STATE)
                 .await
                 .unwrap();
+            // Past the seal line: the coordinator seals its state.
             s.get_last_raw_message_by_subject(&subject)
                 .await
                 .ok()
-                .and_then(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+                .and_then(|m| {
+                    let body = match m.payload.starts_with(b"SKOSSIG1 ") {
+                        true => &m.payload[m.payload.iter().position(|&c| c == b'\n')? + 1..],
+                        false => &m.payload[..],
+                    };
+                    serde_json::from_slice::<Value>(body).ok()
+                })
         })
     };
     wait_for(
