@@ -900,6 +900,47 @@ fn tail_start<R: Read + Seek>(src: &mut R, len: u64, n: u64, block: usize) -> st
     Ok(0)
 }
 
+/// The records of the JetStream audit stream's messages stored after stream
+/// sequence `after` (with `None`: its last `n` records), oldest first, and
+/// the stream's last sequence read, to pass as `after` next time (`skos
+/// audit tail -f`). Reads messages by sequence: no consumer is made, so an
+/// operator's read-only credential suffices.
+pub async fn read_jetstream_after(
+    bus: &NatsBus,
+    after: Option<u64>,
+    n: u64,
+) -> Result<(Vec<Value>, u64)> {
+    let js = bus.jetstream();
+    let mut s = js
+        .get_stream(subjects::STREAM_AUDIT)
+        .await
+        .map_err(stream_err)?;
+    let info = s.info().await.map_err(stream_err)?.state.clone();
+    let last = info.last_sequence;
+    let Some(after) = after else {
+        // The last `n` records up to `last`, exactly (what is written
+        // after it comes with the next call).
+        let want = usize::try_from(n).unwrap_or(usize::MAX);
+        let (mut messages, mut count, mut seq) = (Vec::new(), 0usize, last);
+        while count < want && seq >= info.first_sequence.max(1) {
+            let records = message_records(&mut s, seq, None).await?;
+            count += records.len();
+            messages.push(records);
+            seq -= 1;
+        }
+        let mut out: Vec<Value> = messages.into_iter().rev().flatten().collect();
+        if out.len() > want {
+            out.drain(..out.len() - want);
+        }
+        return Ok((out, last));
+    };
+    let mut out = Vec::new();
+    for seq in (after + 1).max(info.first_sequence)..=last {
+        out.extend(message_records(&mut s, seq, None).await?);
+    }
+    Ok((out, last))
+}
+
 /// Read the last `n` records of the JetStream audit stream (all when `None`).
 pub async fn read_jetstream(bus: &NatsBus, n: Option<u64>) -> Result<Vec<Value>> {
     read_js(bus.jetstream(), n, None).await

@@ -175,6 +175,9 @@ pub enum AuditCmd {
         n: u64,
         #[arg(long)]
         json: bool,
+        /// Then print each record as it is written, until stopped.
+        #[arg(short = 'f', long)]
+        follow: bool,
         /// Read an embedded-mode data dir even when NATS_URL is set.
         #[arg(long)]
         data_dir: Option<PathBuf>,

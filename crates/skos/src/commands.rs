@@ -54,7 +54,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 n,
                 json,
                 data_dir,
-            } => audit_tail(&config, data_dir, n, json).await,
+                follow,
+            } => audit_tail(&config, data_dir, n, json, follow).await,
             AuditCmd::Verify {
                 config,
                 data_dir,
@@ -686,9 +687,9 @@ async fn audit_tail(
     data_dir: Option<PathBuf>,
     n: u64,
     as_json: bool,
+    follow: bool,
 ) -> Result<ExitCode> {
-    let (_, records) = read_audit(arg, data_dir, Some(n)).await?;
-    for r in &records {
+    let print = |r: &Value| -> Result<()> {
         if as_json {
             println!("{}", serde_json::to_string(r)?);
         } else {
@@ -705,8 +706,62 @@ async fn audit_tail(
                 e["summary"].as_str().unwrap_or("")
             );
         }
+        Ok(())
+    };
+    if !follow {
+        let (_, records) = read_audit(arg, data_dir, Some(n)).await?;
+        for r in &records {
+            print(r)?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    // Follow: the last `n`, then each record as it is written. A record
+    // the file's backfill and follower both give (by hash) is printed once;
+    // every other record is printed as it is stored, even one that repeats
+    // a sequence number (a stranger's record: `audit verify` names it).
+    let nats = use_nats(&data_dir);
+    let cfg = load_quiet(arg)?;
+    let mut backfilled: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut show = |records: Vec<Value>, backfill: bool| -> Result<()> {
+        for r in records {
+            let hash = r["hash"].as_str().unwrap_or_default().to_string();
+            if backfill {
+                backfilled.insert(hash);
+            } else if !hash.is_empty() && backfilled.remove(&hash) {
+                continue;
+            }
+            print(&r)?;
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        Ok(())
+    };
+    if nats {
+        // By stream sequence, with what an operator's credential may do
+        // (message reads, stream info): no consumer is made.
+        let (bus, _) = audit_bus(&cfg).await?;
+        let (records, mut at) = audit::read_jetstream_after(&bus, None, n).await?;
+        show(records, false)?;
+        loop {
+            tokio::select! {
+                _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            let (records, next) = audit::read_jetstream_after(&bus, Some(at), u64::MAX).await?;
+            at = next;
+            show(records, false)?;
+        }
+    }
+    let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
+    let source = skos_bus::audit_follow::AuditSource::File(path);
+    let (mut follower, recent) = skos_bus::audit_follow::AuditFollower::open(&source, n).await?;
+    show(recent, true)?;
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+            records = follower.next() => show(records?, false)?,
+        }
+    }
 }
 
 /// The keys whose signatures the JetStream trail must carry:

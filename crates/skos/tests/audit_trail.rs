@@ -140,6 +140,18 @@ fn a_strangers_record_is_named_and_never_built_upon_and_a_rebuilt_trail_is_caugh
     let (_, text) = verify(&nats, None, None);
     assert!(text.contains("signatures not checked"), "{text}");
 
+    // `audit tail -f` with the operator's read-only means (no consumer):
+    // what is written from now on is printed as it comes.
+    let mut tail = Proc::spawn(
+        {
+            let mut c = skos();
+            c.args(["audit", "tail", "-f", "-n", "1", "--json"])
+                .env("NATS_URL", nats.url());
+            c
+        },
+        work.path(),
+        "tail-f",
+    );
     // The coordinator goes on from its own last record, not the stranger's.
     cpu.heat(87.0);
     wait_for(Duration::from_secs(30), "the throttle audited", || {
@@ -148,6 +160,39 @@ fn a_strangers_record_is_named_and_never_built_upon_and_a_rebuilt_trail_is_caugh
             .any(|r| result_is(r, "throttle_50", "succeeded"))
             .then_some(())
     });
+    let followed = wait_for(
+        Duration::from_secs(30),
+        "tail -f to print the throttle's result",
+        || {
+            let lines: Vec<Value> = tail
+                .log_text()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            lines
+                .iter()
+                .any(|r| result_is(r, "throttle_50", "succeeded"))
+                .then_some(lines)
+        },
+    );
+    // Every record written meanwhile, once each, as stored: the stranger's
+    // (printed first, by `-n 1`) and then the coordinator's own, though
+    // both say seq {n}.
+    let hashes: Vec<&str> = followed.iter().filter_map(|r| r["hash"].as_str()).collect();
+    let mut unique = hashes.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), hashes.len(), "a record printed twice");
+    let n = last.seq + 1;
+    assert_eq!(
+        followed
+            .iter()
+            .filter(|r| r["seq"].as_u64() == Some(n))
+            .count(),
+        2,
+        "the forged record and the coordinator's own"
+    );
+    assert!(tail.sigterm().success());
     let records = audit(&nats);
     let after: Vec<&Value> = records
         .iter()

@@ -821,3 +821,55 @@ fn skos_up_refuses_a_command_deadline_its_agent_would_refuse() {
         "{stderr}"
     );
 }
+
+/// `skos audit tail -f` on the data dir prints the last records, then each
+/// one as `skos up` writes it, once each, until stopped.
+#[test]
+fn audit_tail_follow_prints_records_as_they_are_written() {
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 4, MIN, MAX);
+    let cfg = fast_config(work.path(), "");
+    let (mut up, data) = up_nova(work.path(), &sys, &cfg);
+    wait_for(Duration::from_secs(30), "the trail", || {
+        data.join("audit.jsonl").exists().then_some(())
+    });
+    wait_for(Duration::from_secs(30), "nova joined", || {
+        audit_events(&audit(&data), "node").first().map(|_| ())
+    });
+    let mut tail = Proc::spawn(
+        {
+            let mut c = skos();
+            c.args(["audit", "tail", "-f", "-n", "2", "--json", "--data-dir"])
+                .arg(&data);
+            c
+        },
+        work.path(),
+        "tail-f",
+    );
+    cpu.heat(87.0);
+    let printed = wait_for(
+        Duration::from_secs(30),
+        "tail -f to print the throttle",
+        || {
+            let lines: Vec<Value> = tail
+                .log_text()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            lines
+                .iter()
+                .any(|r| result_is(r, "throttle_50", "succeeded"))
+                .then_some(lines)
+        },
+    );
+    let seqs: Vec<u64> = printed.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    assert!(seqs.len() > 2, "{seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "the last two, then every record once, in order: {seqs:?}"
+    );
+    assert!(tail.sigterm().success());
+    assert!(up.sigterm().success());
+}
