@@ -66,6 +66,11 @@ pub enum Cmd {
         /// Read an embedded-mode data dir even when NATS_URL is set.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Show it again every SECS seconds (at least 0.2) until stopped;
+        /// on a terminal the screen is redrawn, elsewhere each status
+        /// follows the last.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<f64>,
         #[command(flatten)]
         query: StatusArgs,
     },

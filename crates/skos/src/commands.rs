@@ -46,8 +46,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             config,
             json,
             data_dir,
+            watch,
             query,
-        } => status(&config, data_dir, json, &query).await,
+        } => match watch {
+            None => status(&config, data_dir, json, &query).await,
+            Some(every) => status_watch(&config, data_dir, json, &query, every).await,
+        },
         Cmd::Audit { command } => match command {
             AuditCmd::Tail {
                 config,
@@ -574,6 +578,39 @@ fn status_query(args: &StatusArgs) -> Result<StatusQuery> {
         },
     }
     .normalized())
+}
+
+/// `skos status --watch SECS`: the status again every `every` seconds
+/// until SIGINT or SIGTERM; a status that cannot be had is said, and the
+/// watch goes on.
+async fn status_watch(
+    arg: &ConfigArg,
+    data_dir: Option<PathBuf>,
+    as_json: bool,
+    args: &StatusArgs,
+    every: f64,
+) -> Result<ExitCode> {
+    if !(every.is_finite() && (0.2..=86_400.0).contains(&every)) {
+        bail!("--watch {every}: give seconds between 0.2 and 86400");
+    }
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        if tty {
+            // Clear the screen and go home, as `watch` does.
+            print!("\x1b[2J\x1b[H");
+        }
+        if let Err(e) = status(arg, data_dir.clone(), as_json, args).await {
+            eprintln!("skos: {e:#}");
+        }
+        {
+            use std::io::Write;
+            std::io::stdout().flush()?;
+        }
+        tokio::select! {
+            _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(Duration::from_secs_f64(every)) => {}
+        }
+    }
 }
 
 async fn status(

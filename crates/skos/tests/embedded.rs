@@ -873,3 +873,46 @@ fn audit_tail_follow_prints_records_as_they_are_written() {
     assert!(tail.sigterm().success());
     assert!(up.sigterm().success());
 }
+
+/// `skos status --watch` shows the status again and again until stopped,
+/// and refuses a period it cannot keep.
+#[test]
+fn status_watch_shows_it_again_until_stopped() {
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    sys.coretemp(50.0, &[]);
+    let cfg = fast_config(work.path(), "");
+    let (mut up, data) = up_nova(work.path(), &sys, &cfg);
+    wait_for(Duration::from_secs(30), "nova in status", || {
+        status(&data).filter(|s| !s["nodes"][0].is_null())
+    });
+    let mut watch = Proc::spawn(
+        {
+            let mut c = skos();
+            c.args(["status", "--watch", "0.2", "--json", "--data-dir"])
+                .arg(&data);
+            c
+        },
+        work.path(),
+        "status-watch",
+    );
+    // Each status is one pretty-printed JSON object, one after another.
+    wait_for(Duration::from_secs(30), "three statuses", || {
+        let text = watch.log_text();
+        let n = serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .filter_map(|v| v.ok())
+            .filter(|v| v["nodes"][0]["name"] == "nova")
+            .count();
+        (n >= 3).then_some(())
+    });
+    assert!(watch.sigterm().success());
+    let out = run({
+        let mut c = skos();
+        c.args(["status", "--watch", "0", "--data-dir"]).arg(&data);
+        c
+    });
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--watch 0"));
+    assert!(up.sigterm().success());
+}
