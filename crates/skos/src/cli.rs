@@ -94,6 +94,14 @@ pub enum Cmd {
         #[command(subcommand)]
         command: FleetCmd,
     },
+    /// Shell completions, on standard output (e.g. `skos completions bash >
+    /// /etc/bash_completion.d/skos`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff), on standard output (`skos man > skos.1`).
+    Man,
 }
 
 impl Cmd {

@@ -80,6 +80,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Fleet {
             command: FleetCmd::NatsConfig { nodes, out, force },
         } => crate::fleet::nats_config(&nodes, &out, force),
+        // Both generated from the command line's own definition.
+        Cmd::Completions { shell } => {
+            let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "skos", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man => {
+            let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

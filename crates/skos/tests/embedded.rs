@@ -916,3 +916,56 @@ fn status_watch_shows_it_again_until_stopped() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--watch 0"));
     assert!(up.sigterm().success());
 }
+
+/// Completions and the man page come from the command line's own
+/// definition: every subcommand is in them, and bash can read its script.
+#[test]
+fn completions_and_man_page_name_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run({
+            let mut c = skos();
+            c.args(["completions", shell]);
+            c
+        });
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for word in ["status", "audit", "checkpoint", "fleet", "nats-config"] {
+            assert!(text.contains(word), "{shell} completion lacks {word}");
+        }
+        if shell == "bash" {
+            let dir = tempfile::tempdir().unwrap();
+            let script = dir.path().join("skos.bash");
+            std::fs::write(&script, &out.stdout).unwrap();
+            let check = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert!(check.status.success(), "bash cannot read it");
+        }
+    }
+    let out = run({
+        let mut c = skos();
+        c.arg("man");
+        c
+    });
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH skos 1"), "{page}");
+    for word in [
+        "up",
+        "coordinator",
+        "agent",
+        "status",
+        "audit",
+        "completions",
+    ] {
+        assert!(page.contains(word), "man page lacks {word}");
+    }
+    let bad = run({
+        let mut c = skos();
+        c.args(["completions", "cmd.exe"]);
+        c
+    });
+    assert!(!bad.status.success());
+}
