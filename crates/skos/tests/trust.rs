@@ -618,3 +618,82 @@ fn a_coordinators_own_alert_from_anyone_else_is_refused() {
     let s = status(&nats).unwrap();
     assert_eq!(s["open_alerts"], json!([]), "{s}");
 }
+
+/// The coordinator's own `heartbeat_missing` alert has a predictable id
+/// (`coord-<node>-heartbeat_missing-critical-<ms of the node's last
+/// heartbeat>`), and the alert id is the JetStream message id. A stranger
+/// who sees the heartbeats (any client of an open server) publishes, for
+/// each, an ordinary unsigned alert (`thermal`, normal: no signature
+/// needed) under that id: when the node goes silent the coordinator's own
+/// signed alert is dropped as a duplicate (and would be taken as handled
+/// anyway), so the node's silence is never raised.
+#[test]
+fn a_stranger_preempts_the_coordinators_own_offline_alert_by_its_id() {
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = fast_config(work.path(), &trust_section(work.path()));
+    let sys = FakeSysfs::new();
+    sys.coretemp(50.0, &[48.0]);
+    let _coordinator = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let mut nova = agent(&nats, &cfg, work.path(), sys.root(), "agent-nova");
+    wait_for(Duration::from_secs(30), "nova joined", || {
+        status(&nats).filter(|s| node(s, "nova").is_some())
+    });
+    let url = nats.url();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async move {
+            use futures::StreamExt;
+            let bus = NatsBus::connect(&NatsOptions::new(url, "stranger"))
+                .await
+                .unwrap();
+            let mut hbs = bus
+                .client()
+                .subscribe("skos.heartbeat.nova".to_string())
+                .await
+                .unwrap();
+            let bus = Bus::Nats(bus);
+            let mut sent = 0;
+            while let Some(m) = hbs.next().await {
+                let Ok(hb) = serde_json::from_slice::<skos_core::protocol::Heartbeat>(&m.payload)
+                else {
+                    continue;
+                };
+                let id = format!(
+                    "coord-nova-heartbeat_missing-critical-{}",
+                    hb.timestamp.timestamp_millis()
+                );
+                let forged: skos_core::protocol::Alert = serde_json::from_value(json!({
+                    "alert_id": id, "agent_id": "stranger", "type": "thermal",
+                    "severity": "normal", "node": "nova", "message": "nothing to see",
+                    "details": {"sensor": "nothing"},
+                    "timestamp": skos_core::timefmt::format(&chrono::Utc::now()),
+                }))
+                .unwrap();
+                bus.publish_alert(&forged).await.unwrap();
+                sent += 1;
+                if sent == 3 {
+                    let _ = ready_tx.send(());
+                }
+            }
+        })
+    });
+    ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    // The node dies.
+    nova.sigkill();
+    // heartbeat_timeout is 2 s: the coordinator finds it silent within a
+    // few seconds.
+    let raised = (0..75).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        audit_events(&audit(&nats), "alert").iter().any(|a| {
+            let a = &a["entry"]["data"]["alert"];
+            a["type"] == "heartbeat_missing" && a["node"] == "nova" && a["severity"] == "critical"
+        })
+    });
+    let s = status(&nats).unwrap();
+    assert!(
+        raised,
+        "nova went silent and the coordinator's own heartbeat_missing alert was never handled \
+         (pre-empted by a stranger's unsigned alert under its id): status {s}"
+    );
+}
