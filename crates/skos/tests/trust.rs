@@ -697,3 +697,70 @@ fn a_stranger_preempts_the_coordinators_own_offline_alert_by_its_id() {
          (pre-empted by a stranger's unsigned alert under its id): status {s}"
     );
 }
+
+/// A node whose clock is 10 minutes behind: its heartbeats are published
+/// here (as its agent would), and with `preempt`, before each one, an
+/// ordinary unsigned alert under the id the coordinator gives its own
+/// `clock_skew` alert (`coord-<node>-clock_skew-warning-<ms of the
+/// heartbeat's own timestamp>`, which the node chooses). Whether the
+/// coordinator's `clock_skew` alert about the node was handled.
+fn clock_skew_raised(preempt: bool) -> bool {
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = fast_config(work.path(), &trust_section(work.path()));
+    let _coordinator = coordinator(&nats, &cfg, work.path(), "coordinator");
+    wait_for(Duration::from_secs(30), "the coordinator answers", || {
+        status(&nats)
+    });
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let bus = NatsBus::connect(&NatsOptions::new(nats.url(), "tardy"))
+            .await
+            .unwrap();
+        let bus = Bus::Nats(bus);
+        for _ in 0..12 {
+            let at = chrono::Utc::now() - chrono::Duration::seconds(600);
+            let hb: skos_core::protocol::Heartbeat = serde_json::from_value(json!({
+                "agent_id": "thermal-sentinel-tardy", "agent_type": "thermal_sentinel",
+                "node": "tardy", "timestamp": skos_core::timefmt::format(&at),
+                "cpu_temp": 50.0, "gpu_temp": null,
+            }))
+            .unwrap();
+            if preempt {
+                let forged: skos_core::protocol::Alert = serde_json::from_value(json!({
+                    "alert_id": format!("coord-tardy-clock_skew-warning-{}", hb.timestamp.timestamp_millis()),
+                    "agent_id": "thermal-sentinel-tardy", "type": "thermal",
+                    "severity": "normal", "node": "tardy", "message": "fine",
+                    "details": {"sensor": "nothing"},
+                    "timestamp": skos_core::timefmt::format(&at),
+                }))
+                .unwrap();
+                bus.publish_alert(&forged).await.unwrap();
+            }
+            bus.publish_heartbeat(&hb).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    (0..25).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        audit_events(&audit(&nats), "alert").iter().any(|a| {
+            let a = &a["entry"]["data"]["alert"];
+            a["type"] == "clock_skew" && a["node"] == "tardy"
+        })
+    })
+}
+
+/// The control: the skew is raised (passes).
+#[test]
+fn a_nodes_skewed_clock_is_raised() {
+    assert!(clock_skew_raised(false));
+}
+
+/// The node suppresses the coordinator's own alert about its clock: it
+/// never raises it, yet it decides that the alert never opens.
+#[test]
+fn a_node_preempts_the_coordinators_clock_skew_alert_about_itself() {
+    assert!(
+        clock_skew_raised(true),
+        "a node hid its own skewed clock by an unsigned alert under the coordinator's alert id"
+    );
+}
