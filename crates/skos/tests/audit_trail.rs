@@ -260,3 +260,40 @@ fn a_strangers_record_is_named_and_never_built_upon_and_a_rebuilt_trail_is_caugh
     );
     assert!(text.contains("the trail was changed or rebuilt"), "{text}");
 }
+
+/// Before any coordinator has written (a new fleet), a stranger creates
+/// `SKOS_AUDIT` and publishes one unsigned record. With no signed message
+/// anywhere the coordinator continues the chain from it: its first signed
+/// record builds on the stranger's (`prev_hash` is the forged hash), and
+/// `audit verify` can never pass on this trail again.
+#[test]
+fn a_strangers_record_on_an_unwritten_trail_is_built_upon() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = fast_config(work.path(), &trust_section(work.path()));
+    let forged = rt().block_on(async {
+        let bus = NatsBus::connect(&NatsOptions::new(nats.url(), "stranger"))
+            .await
+            .unwrap();
+        let log = skos_bus::AuditLog::open_jetstream(&bus).await.unwrap();
+        log.append(forged_entry("forged: the fleet's history begins here"))
+            .await
+            .unwrap()
+    });
+    let sys = FakeSysfs::new();
+    sys.coretemp(50.0, &[48.0]);
+    let _coordinator = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), "n1");
+    wait_for(Duration::from_secs(30), "n1 joined", || {
+        audit_events(&audit(&nats), "node").first().cloned()
+    });
+    let records = audit(&nats);
+    let second = &records[1];
+    let (ok, text) = verify(&nats, Some(&cfg), None);
+    assert!(
+        second["prev_hash"] != forged.hash.as_str() && ok,
+        "the coordinator's first record builds on a stranger's ({}), verify: {text}",
+        second["prev_hash"]
+    );
+}
