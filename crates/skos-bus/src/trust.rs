@@ -737,3 +737,34 @@ mod tests {
         assert!(Verifier::new(&[public], true).is_ok());
     }
 }
+
+#[cfg(test)]
+mod sealed_state_probes {
+    use super::*;
+
+    #[test]
+    fn a_sealed_record_opens_only_as_sealed_under_its_key() {
+        let s = Signer::ephemeral();
+        let v = Verifier::new(&[s.public_key()], true).unwrap();
+        let sealed = s.seal_state("node_a", b"{\"x\":1}").unwrap();
+        assert_eq!(v.open_state("node_a", &sealed).unwrap(), b"{\"x\":1}");
+        // Another key.
+        assert!(v.open_state("node_b", &sealed).is_err());
+        // Trailing bytes.
+        let mut t = sealed.clone();
+        t.extend_from_slice(b" ");
+        assert!(v.open_state("node_a", &t).is_err());
+        // A seal line past 300 bytes.
+        let mut long = b"SKOSSIG1 ".to_vec();
+        long.extend(std::iter::repeat(b'A').take(320));
+        long.extend_from_slice(b"\n{}");
+        assert!(v.open_state("node_a", &long).is_err());
+        // A sealed empty payload opens only under its key.
+        let empty = s.seal_state("node_a", b"").unwrap();
+        assert_eq!(v.open_state("node_a", &empty).unwrap(), b"");
+        assert!(v.open_state("carried", &empty).is_err());
+        // Another signer's seal.
+        let other = Signer::ephemeral().seal_state("node_a", b"{}").unwrap();
+        assert!(v.open_state("node_a", &other).is_err());
+    }
+}
