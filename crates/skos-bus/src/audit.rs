@@ -757,9 +757,8 @@ fn signed_by(
 /// Walks back over anything that is not one of our records; with
 /// `signing`, over every message not signed by a trusted key at the place
 /// it is stored too (a stranger's record, or a genuine message published
-/// again, is never built upon), however many there are. Only a trail with
-/// no signed message at all (written before signing began) continues from
-/// its last record.
+/// again, is never built upon), however many there are: a trail with no
+/// signed message at all starts a signed chain afresh.
 async fn last_record(
     js: &jetstream::Context,
     signing: Option<&Signing>,
@@ -796,11 +795,12 @@ async fn last_record(
         }
         seq -= 1;
     }
-    // No signed message anywhere: a trail written before signing began.
-    // Its last record is the tail.
-    if let Some((at, r)) = unsigned {
-        tracing::warn!(stream_seq = at, "no audit message signed by a trusted key in the trail: continuing from its last record");
-        return Ok((Some(r), last_seq));
+    // No signed message anywhere: what is there is not ours to build on
+    // (a stranger's records on a new trail, or a trail written before
+    // signing began): the signed chain starts afresh, and `audit verify`
+    // names every unsigned message as foreign.
+    if let Some((at, _)) = unsigned {
+        tracing::warn!(stream_seq = at, "no audit message signed by a trusted key in the trail: the signed chain starts afresh; the unsigned messages are foreign to it");
     }
     Ok((None, last_seq))
 }

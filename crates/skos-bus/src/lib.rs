@@ -88,6 +88,19 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The JetStream message id of a signed message: its id and the start of
+/// its signature. The same message sent again (after a crash) signs the
+/// same (Ed25519 signatures are deterministic) and is stored once; nobody
+/// without the key can take the id first (a coordinator's ids are
+/// predictable: a stranger's message stored under one would make the
+/// server drop the coordinator's as a duplicate). Unsigned: the id alone.
+fn signed_message_id(id: &str, headers: &[(String, String)]) -> String {
+    match headers.iter().find(|(n, _)| n == trust::HEADER_SIGNATURE) {
+        Some((_, sig)) => format!("{id}.{}", &sig[..sig.len().min(22)]),
+        None => id.to_string(),
+    }
+}
+
 /// The feeds a component can consume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Feed {
@@ -274,7 +287,8 @@ impl Bus {
             Some(s) => s.sign_alert(&subject, &payload)?,
             None => Vec::new(),
         };
-        self.publish_durable(&subject, payload, Some(&alert.alert_id), &headers)
+        let id = signed_message_id(&alert.alert_id, &headers);
+        self.publish_durable(&subject, payload, Some(&id), &headers)
             .await
     }
 
@@ -297,7 +311,8 @@ impl Bus {
             Some(s) => s.sign_command(&subject, node.as_str(), &payload)?,
             None => Vec::new(),
         };
-        self.publish_durable(&subject, payload, Some(&cmd.action_id), &headers)
+        let id = signed_message_id(&cmd.action_id, &headers);
+        self.publish_durable(&subject, payload, Some(&id), &headers)
             .await
     }
 

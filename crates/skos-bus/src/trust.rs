@@ -172,9 +172,9 @@ pub fn key_conflicts(
 /// Why a command's signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrustError {
-    #[error("unsigned command (signatures are required)")]
+    #[error("unsigned (signatures are required)")]
     Unsigned,
-    #[error("command signed by unknown key {0}")]
+    #[error("signed by unknown key {0}")]
     UnknownSigner(String),
     #[error("bad signature from {0}")]
     BadSignature(String),
@@ -756,7 +756,7 @@ mod sealed_state_probes {
         assert!(v.open_state("node_a", &t).is_err());
         // A seal line past 300 bytes.
         let mut long = b"SKOSSIG1 ".to_vec();
-        long.extend(std::iter::repeat(b'A').take(320));
+        long.extend(std::iter::repeat_n(b'A', 320));
         long.extend_from_slice(b"\n{}");
         assert!(v.open_state("node_a", &long).is_err());
         // A sealed empty payload opens only under its key.

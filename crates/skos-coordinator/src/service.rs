@@ -384,6 +384,15 @@ struct AuditDown {
     raised: bool,
 }
 
+/// How the ids of the coordinator's own alerts begin (`Engine::own_alert`,
+/// `heartbeat_alert_id`, the audit alert).
+const COORDINATOR_ID_PREFIX: &str = "coord-";
+
+/// What the id of an escalation the coordinator raises holds (`<the
+/// alert's id>-esc-<severity>`): predictable from the alert, so only a
+/// trusted coordinator may use it.
+const ESCALATION_ID_MARK: &str = "-esc-";
+
 /// How one leadership ended.
 enum Led {
     Shutdown,
@@ -1198,9 +1207,13 @@ impl Ctx {
             return Err(e);
         }
         // One of the coordinator's own problems (a node's silence, a peer
-        // node unreachable...): only a trusted coordinator raises or clears
-        // it, never the node it is about.
-        if let (Some(trusted), true) = (self.trusted.as_deref(), alert.is_coordinators_own()) {
+        // node unreachable...), or one under a coordinator's id (which a
+        // stranger could take first to have the real one dropped as handled):
+        // only a trusted coordinator raises or clears it.
+        let own = alert.is_coordinators_own()
+            || alert.alert_id.starts_with(COORDINATOR_ID_PREFIX)
+            || alert.alert_id.contains(ESCALATION_ID_MARK);
+        if let (Some(trusted), true) = (self.trusted.as_deref(), own) {
             let headers = skos_bus::trust::CommandHeaders {
                 signer: m.header(skos_bus::trust::HEADER_SIGNER),
                 signature: m.header(skos_bus::trust::HEADER_SIGNATURE),

@@ -262,12 +262,11 @@ fn a_strangers_record_is_named_and_never_built_upon_and_a_rebuilt_trail_is_caugh
 }
 
 /// Before any coordinator has written (a new fleet), a stranger creates
-/// `SKOS_AUDIT` and publishes one unsigned record. With no signed message
-/// anywhere the coordinator continues the chain from it: its first signed
-/// record builds on the stranger's (`prev_hash` is the forged hash), and
-/// `audit verify` can never pass on this trail again.
+/// `SKOS_AUDIT` and publishes one unsigned record: the coordinator does not
+/// build on it (its signed chain starts at seq 1 on the genesis hash), and
+/// `audit verify` names the stranger's message and finds the chain intact.
 #[test]
-fn a_strangers_record_on_an_unwritten_trail_is_built_upon() {
+fn a_strangers_record_on_an_unwritten_trail_is_not_built_upon() {
     skos_testsupport::require!("nats-server", nats_server_binary());
     let nats = NatsServer::start();
     let work = tempfile::tempdir().unwrap();
@@ -290,10 +289,13 @@ fn a_strangers_record_on_an_unwritten_trail_is_built_upon() {
     });
     let records = audit(&nats);
     let second = &records[1];
+    assert_ne!(second["prev_hash"], forged.hash.as_str(), "{second}");
+    assert_eq!(second["seq"], 1, "{second}");
+    assert_eq!(second["prev_hash"], skos_core::audit::GENESIS, "{second}");
     let (ok, text) = verify(&nats, Some(&cfg), None);
+    assert!(!ok, "the stranger's message is named: {text}");
     assert!(
-        second["prev_hash"] != forged.hash.as_str() && ok,
-        "the coordinator's first record builds on a stranger's ({}), verify: {text}",
-        second["prev_hash"]
+        text.contains("foreign: message 1 ") && text.contains("0 breaks, 1 foreign"),
+        "{text}"
     );
 }

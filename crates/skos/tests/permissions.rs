@@ -325,16 +325,18 @@ fn agents_are_confined_to_their_own_subjects() {
         "lyra's command was stored: {stored:?}"
     );
     assert!(
-        stored
-            .iter()
-            .any(|(msg_id, action_id, _)| msg_id == "fence-after-lyra" && action_id == msg_id),
+        stored.iter().any(
+            |(msg_id, action_id, _)| msg_id.starts_with("fence-after-lyra.")
+                && action_id == "fence-after-lyra"
+        ),
         "the fence is stored: {stored:?}"
     );
     assert!(
         stored
             .iter()
+            // Signed: stored under its id and the start of its signature.
             .any(|(msg_id, action_id, action)| action == "throttle_50"
-                && action_id == msg_id
+                && msg_id.starts_with(&format!("{action_id}."))
                 && action_id != "fence-after-lyra"),
         "the coordinator's throttle_50 is stored: {stored:?}"
     );

@@ -623,12 +623,13 @@ fn a_coordinators_own_alert_from_anyone_else_is_refused() {
 /// (`coord-<node>-heartbeat_missing-critical-<ms of the node's last
 /// heartbeat>`), and the alert id is the JetStream message id. A stranger
 /// who sees the heartbeats (any client of an open server) publishes, for
-/// each, an ordinary unsigned alert (`thermal`, normal: no signature
-/// needed) under that id: when the node goes silent the coordinator's own
-/// signed alert is dropped as a duplicate (and would be taken as handled
-/// anyway), so the node's silence is never raised.
+/// each, an ordinary unsigned alert (`thermal`, normal) under that id. It
+/// is refused (an unsigned alert may not take a coordinator's id), and the
+/// coordinator's own signed alert is stored under an id that also holds
+/// its signature, so the server never drops it as a duplicate: the node's
+/// silence is raised.
 #[test]
-fn a_stranger_preempts_the_coordinators_own_offline_alert_by_its_id() {
+fn a_stranger_cannot_preempt_the_coordinators_own_offline_alert_by_its_id() {
     let nats = NatsServer::start();
     let work = tempfile::tempdir().unwrap();
     let cfg = fast_config(work.path(), &trust_section(work.path()));
@@ -642,41 +643,44 @@ fn a_stranger_preempts_the_coordinators_own_offline_alert_by_its_id() {
     let url = nats.url();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        tokio::runtime::Runtime::new().unwrap().block_on(async move {
-            use futures::StreamExt;
-            let bus = NatsBus::connect(&NatsOptions::new(url, "stranger"))
-                .await
-                .unwrap();
-            let mut hbs = bus
-                .client()
-                .subscribe("skos.heartbeat.nova".to_string())
-                .await
-                .unwrap();
-            let bus = Bus::Nats(bus);
-            let mut sent = 0;
-            while let Some(m) = hbs.next().await {
-                let Ok(hb) = serde_json::from_slice::<skos_core::protocol::Heartbeat>(&m.payload)
-                else {
-                    continue;
-                };
-                let id = format!(
-                    "coord-nova-heartbeat_missing-critical-{}",
-                    hb.timestamp.timestamp_millis()
-                );
-                let forged: skos_core::protocol::Alert = serde_json::from_value(json!({
-                    "alert_id": id, "agent_id": "stranger", "type": "thermal",
-                    "severity": "normal", "node": "nova", "message": "nothing to see",
-                    "details": {"sensor": "nothing"},
-                    "timestamp": skos_core::timefmt::format(&chrono::Utc::now()),
-                }))
-                .unwrap();
-                bus.publish_alert(&forged).await.unwrap();
-                sent += 1;
-                if sent == 3 {
-                    let _ = ready_tx.send(());
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                use futures::StreamExt;
+                let bus = NatsBus::connect(&NatsOptions::new(url, "stranger"))
+                    .await
+                    .unwrap();
+                let mut hbs = bus
+                    .client()
+                    .subscribe("skos.heartbeat.nova".to_string())
+                    .await
+                    .unwrap();
+                let bus = Bus::Nats(bus);
+                let mut sent = 0;
+                while let Some(m) = hbs.next().await {
+                    let Ok(hb) =
+                        serde_json::from_slice::<skos_core::protocol::Heartbeat>(&m.payload)
+                    else {
+                        continue;
+                    };
+                    let id = format!(
+                        "coord-nova-heartbeat_missing-critical-{}",
+                        hb.timestamp.timestamp_millis()
+                    );
+                    let forged: skos_core::protocol::Alert = serde_json::from_value(json!({
+                        "alert_id": id, "agent_id": "stranger", "type": "thermal",
+                        "severity": "normal", "node": "nova", "message": "nothing to see",
+                        "details": {"sensor": "nothing"},
+                        "timestamp": skos_core::timefmt::format(&chrono::Utc::now()),
+                    }))
+                    .unwrap();
+                    bus.publish_alert(&forged).await.unwrap();
+                    sent += 1;
+                    if sent == 3 {
+                        let _ = ready_tx.send(());
+                    }
                 }
-            }
-        })
+            })
     });
     ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
     // The node dies.
@@ -755,10 +759,10 @@ fn a_nodes_skewed_clock_is_raised() {
     assert!(clock_skew_raised(false));
 }
 
-/// The node suppresses the coordinator's own alert about its clock: it
-/// never raises it, yet it decides that the alert never opens.
+/// A node cannot suppress the coordinator's own alert about its clock by
+/// an unsigned alert under the id it would take.
 #[test]
-fn a_node_preempts_the_coordinators_clock_skew_alert_about_itself() {
+fn a_node_cannot_preempt_the_coordinators_clock_skew_alert_about_itself() {
     assert!(
         clock_skew_raised(true),
         "a node hid its own skewed clock by an unsigned alert under the coordinator's alert id"
