@@ -1042,6 +1042,17 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
                 println!("{}: {i}", path.escaped());
             }
             if !env_issues.is_empty() {
+                // What came from the environment, not from the file: an
+                // error about a key may be about a value set there.
+                for (name, key) in Config::ENV_KEYS {
+                    if let Ok(v) = std::env::var(name) {
+                        let v = skos_core::redact::url_credentials(&v);
+                        println!(
+                            "note: {key} is {v} from the environment ({name}), not from {}",
+                            path.escaped()
+                        );
+                    }
+                }
                 return Ok(ExitCode::from(1));
             }
             println!(

@@ -430,6 +430,35 @@ fn config_check_reports_key_paths() {
     ] {
         assert!(text.contains(p), "{p} missing from:\n{text}");
     }
+    // An unknown action is told with the names it could have meant.
+    assert!(
+        text.contains("unknown action \"melt\"; known: throttle_10, throttle_50"),
+        "{text}"
+    );
+    // An error caused by a value from the environment says where it came
+    // from, not only the file's key it clashes with.
+    let thresholds = work.path().join("thresholds.yaml");
+    std::fs::write(
+        &thresholds,
+        "thermal:\n  thresholds: {warning: 80, critical: 85, emergency: 95}\n",
+    )
+    .unwrap();
+    let out = run({
+        let mut c = skos();
+        c.args(["config", "check", "--config"])
+            .arg(&thresholds)
+            .env("WARNING_TEMP", "90");
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("thermal.thresholds.critical: must be above warning (85 <= 90)")
+            && text.contains(
+                "note: thermal.thresholds.warning is 90 from the environment (WARNING_TEMP)"
+            ),
+        "{text}"
+    );
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config.example.yaml");
     let out = run({
         let mut c = skos();

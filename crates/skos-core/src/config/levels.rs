@@ -68,9 +68,11 @@ pub(super) fn check_table(out: &mut Vec<ConfigIssue>, prefix: &str, t: &ActionTa
 pub(super) fn check_actions(out: &mut Vec<ConfigIssue>, prefix: &str, actions: &[String]) {
     for (i, a) in actions.iter().enumerate() {
         if !catalogue::is_known(a) {
+            // Every name it could have meant (there are a few dozen).
+            let known: Vec<&str> = catalogue::all().map(|s| s.name).collect();
             out.push(issue(
                 format!("{prefix}[{i}]"),
-                format!("unknown action {a:?}"),
+                format!("unknown action {a:?}; known: {}", known.join(", ")),
             ));
         }
     }

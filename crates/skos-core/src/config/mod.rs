@@ -419,6 +419,23 @@ impl Config {
         }
     }
 
+    /// The environment variables [`Config::apply_env`] reads, each with the
+    /// key it sets.
+    pub const ENV_KEYS: &'static [(&'static str, &'static str)] = &[
+        ("HEARTBEAT_TIMEOUT", "coordinator.heartbeat_timeout"),
+        ("HEARTBEAT_INTERVAL", "agent.heartbeat_interval"),
+        ("MONITOR_INTERVAL", "agent.monitor_interval"),
+        ("WARNING_TEMP", "thermal.thresholds.warning"),
+        ("CRITICAL_TEMP", "thermal.thresholds.critical"),
+        ("EMERGENCY_TEMP", "thermal.thresholds.emergency"),
+        ("NODE_NAME", "node.name"),
+        ("NATS_URL", "nats.url"),
+        ("LOG_LEVEL", "log_level"),
+        ("SKOS_DATA_DIR", "data_dir"),
+        ("SKOS_SYSFS_ROOT", "sysfs_root"),
+        ("SKOS_PROC_ROOT", "proc_root"),
+    ];
+
     /// Apply the seed's environment variables (and SKOS_*), looked up
     /// through `env`. Unparseable values are reported with `env:NAME`.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Vec<ConfigIssue> {
@@ -1137,7 +1154,13 @@ storage:
             errs,
             [issue(
                 "mesh.actions.tunnel_down[0]",
-                "unknown action \"nuke\""
+                format!(
+                    "unknown action \"nuke\"; known: {}",
+                    crate::catalogue::all()
+                        .map(|s| s.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             )]
         );
     }
@@ -1184,7 +1207,15 @@ storage:
         let errs = dirs("/srv/skos", "/tmp");
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].path, "storage.temp.dirs[0]");
-        assert!(errs[0].message.contains("allowed root"), "{errs:?}");
+        assert_eq!(
+            errs[0].message,
+            "/tmp is an allowed root itself (storage.allowed_roots); name a dir inside it, e.g. /tmp/myapp"
+        );
+        let errs = dirs("/srv/skos", "/nowhere/app");
+        assert!(
+            errs[0].message.contains("is not inside an allowed root"),
+            "{errs:?}"
+        );
         // A dir that holds the data dir overlaps it as much as one inside it.
         let errs = dirs("/srv/skos", "/srv");
         assert!(

@@ -328,11 +328,18 @@ fn check_dirs(st: &StorageConfig, data_dir: &Path, out: &mut Vec<ConfigIssue>) {
             ));
             continue;
         }
-        if !st
-            .allowed_roots
-            .iter()
-            .any(|r| d.starts_with(r) && d != r.as_path())
-        {
+        if st.allowed_roots.iter().any(|r| d == r.as_path()) {
+            // A root itself holds what other software keeps there: only a
+            // dir of SKOS's own below it may be cleaned.
+            out.push(issue(
+                path,
+                format!(
+                    "{} is an allowed root itself (storage.allowed_roots); name a dir inside it, e.g. {}",
+                    d.escaped(),
+                    d.join("myapp").escaped()
+                ),
+            ));
+        } else if !st.allowed_roots.iter().any(|r| d.starts_with(r)) {
             out.push(issue(
                 path,
                 format!(
