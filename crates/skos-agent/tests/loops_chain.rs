@@ -437,3 +437,40 @@ async fn raw_nats_requests_get_the_documented_answer() {
         .is_err());
     agent.stop().await;
 }
+
+/// The Python example of `docs/chain-protocol.md`, step for step: a loop
+/// whose iterations are the chain's own steps (no parent, depth 1, the
+/// iteration counting up). It runs to `max_iterations` and is denied there,
+/// as `iterations_exceeded`, never for a depth it does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_python_loop_runs_to_its_iteration_limit() {
+    let bus = Bus::InProc(InProcBus::new());
+    // The defaults, as a reader of the example has them.
+    let running = Running::start(bus.clone(), config("")).await;
+    let chain = "crawl-1a2b3c4d";
+    let mut denied = None;
+    for iteration in 1..=150u32 {
+        let step = serde_json::json!({
+            "chain_id": chain,
+            "step_id": format!("s{iteration}"),
+            "depth": 1,
+            "iteration": iteration,
+            "signature": "fetch_page",
+        });
+        let d = if iteration == 1 {
+            // The first waits for the loop breaker to listen.
+            let ev: ChainEvent = serde_json::from_value(step).unwrap();
+            ask(&bus, &ev).await
+        } else {
+            ask_raw(&bus, &serde_json::to_vec(&step).unwrap()).await
+        };
+        if d.decision != Verdict::Allow {
+            denied = Some((iteration, d));
+            break;
+        }
+    }
+    let (at, d) = denied.expect("never denied");
+    assert_eq!(at, 101, "{d:?}");
+    assert_eq!(d.reason, Some(Reason::IterationsExceeded), "{d:?}");
+    running.stop().await;
+}
