@@ -234,6 +234,17 @@ fn a_chain_that_recurses_forever_is_denied_at_depth_11_and_its_circuit_opens() {
     });
 
     let records = stack.wait_result("circuit_break", "loop:chain:recurse-forever");
+    // The open circuit is in `skos status`, beside the coordinator's.
+    wait_for(WAIT, "the chain's circuit among the open circuits", || {
+        let out = run({
+            let mut c = skos();
+            c.args(["status"]).env("NATS_URL", stack.nats.url());
+            c
+        });
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains("nova loop:chain:recurse-forever loop breaker (open)")
+            .then_some(())
+    });
     let alert = loop_alert(&records, "chain:recurse-forever");
     assert_eq!(alert["details"]["condition"], "depth_exceeded");
     let evidence = alert["details"]["evidence"].as_array().unwrap();

@@ -157,6 +157,36 @@ pub(super) struct LastHeartbeat {
     /// How many caps in force its agent has no record of
     /// (`metadata.throttle.unexplained_count`).
     pub(in crate::engine) unexplained_caps: u32,
+    /// The loop breaker's chains whose circuit is not closed
+    /// (`metadata.loop_breaker.circuits`: chain id, state), at most
+    /// [`LOOP_CIRCUITS_KEPT`]; `None` when there are none.
+    pub(in crate::engine) loop_circuits: Option<LoopCircuits>,
+}
+
+/// A node's loop-breaker circuits that are not closed: (chain id, state).
+pub(in crate::engine) type LoopCircuits = Box<[(Box<str>, Box<str>)]>;
+
+/// Loop-breaker circuits kept per node (as many as its agent reports).
+const LOOP_CIRCUITS_KEPT: usize = 20;
+
+/// What `metadata.loop_breaker.circuits` says: `[{chain_id, circuit}]`.
+fn loop_circuits(hb: &Heartbeat) -> Option<LoopCircuits> {
+    let circuits = hb
+        .metadata
+        .get(skos_core::catalogue::Executor::LoopBreaker.as_str())?
+        .get("circuits")?
+        .as_array()?;
+    let kept: Vec<(Box<str>, Box<str>)> = circuits
+        .iter()
+        .filter_map(|c| {
+            let id = c.get("chain_id")?.as_str()?;
+            let state = c.get("circuit")?.as_str()?;
+            (state != "closed" && id.len() <= 128 && state.len() <= 16)
+                .then(|| (id.into(), state.into()))
+        })
+        .take(LOOP_CIRCUITS_KEPT)
+        .collect();
+    (!kept.is_empty()).then(|| kept.into_boxed_slice())
 }
 
 impl LastHeartbeat {
@@ -174,6 +204,7 @@ impl LastHeartbeat {
             mesh: MeshReadings::of(hb).map(Box::new),
             unexplained_caps: u32::try_from(super::originals::unexplained_count(hb))
                 .unwrap_or(u32::MAX),
+            loop_circuits: loop_circuits(hb),
         }
     }
 

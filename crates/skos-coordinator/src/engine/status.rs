@@ -114,7 +114,15 @@ impl Engine {
             .collect();
 
         let open_circuits = self.breakers.open();
-        summary.open_circuits = open_circuits.len();
+        // The loop breakers' own circuits, as each node's last heartbeat
+        // says (a chain denied on the node, before or without a command).
+        let loop_circuits: Vec<(&NodeName, &str, &str)> = self
+            .nodes
+            .iter()
+            .filter_map(|(n, s)| Some((n, s.heartbeat.loop_circuits.as_deref()?)))
+            .flat_map(|(n, cs)| cs.iter().map(move |(id, st)| (n, &**id, &**st)))
+            .collect();
+        summary.open_circuits = open_circuits.len() + loop_circuits.len();
         summary.recent_actions = self.recent.len();
 
         Status {
@@ -132,8 +140,22 @@ impl Engine {
             open_circuits: open_circuits
                 .iter()
                 .filter(|c| query.concerns(&c.key.node))
-                .take(MAX_OPEN_CIRCUITS)
                 .map(|c| bounded_item(serde_json::to_value(c).unwrap_or(Value::Null)))
+                .chain(
+                    loop_circuits
+                        .iter()
+                        .filter(|(n, _, _)| query.concerns(n.as_str()))
+                        .map(|(n, id, st)| {
+                            bounded_item(serde_json::json!({
+                                "node": n.as_str(),
+                                "problem": format!("loop:chain:{id}"),
+                                "action": "loop breaker",
+                                "state": st,
+                                "source": "loop_breaker",
+                            }))
+                        }),
+                )
+                .take(MAX_OPEN_CIRCUITS)
                 .collect(),
             counters: self.counters.snapshot(),
             leader: self.leader.clone(),

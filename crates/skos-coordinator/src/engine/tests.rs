@@ -3449,3 +3449,45 @@ fn command_lines_from_an_agent_stay_out_of_the_audit_trail() {
     let text = serde_json::to_string(&audits(&fx, "alert")).unwrap();
     assert!(text.contains("s3cret"), "{text}");
 }
+
+/// A loop breaker's open circuits (from its node's heartbeat) are among the
+/// status's open circuits, beside the coordinator's breakers; a closed one
+/// or none is not; the next heartbeat without them clears them.
+#[test]
+fn loop_breaker_circuits_show_among_the_open_circuits() {
+    let mut e = engine();
+    let mut h = hb(Some(50.0), 0, 0.0);
+    h.metadata.insert(
+        "loop_breaker".into(),
+        json!({"chains": 3, "circuits": [
+            {"chain_id": "recurse-forever", "circuit": "open"},
+            {"chain_id": "trial", "circuit": "half_open"},
+            {"chain_id": "fine", "circuit": "closed"},
+        ], "groups": []}),
+    );
+    e.on_heartbeat(h, t(0.0));
+    let s = e.status(t(1.0));
+    assert_eq!(s.summary.open_circuits, 2);
+    let listed: Vec<(String, String)> = s
+        .open_circuits
+        .iter()
+        .map(|c| {
+            (
+                c["problem"].as_str().unwrap().to_string(),
+                c["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("loop:chain:recurse-forever".to_string(), "open".to_string()),
+            ("loop:chain:trial".to_string(), "half_open".to_string()),
+        ]
+    );
+    assert!(s.open_circuits.iter().all(|c| c["node"] == "nova"));
+    e.on_heartbeat(hb(Some(50.0), 0, 2.0), t(2.0));
+    let s = e.status(t(3.0));
+    assert_eq!(s.summary.open_circuits, 0);
+    assert!(s.open_circuits.is_empty());
+}
