@@ -62,6 +62,9 @@ pub struct Agent {
     verifier: Verifier,
     /// The antibodies (by index) whose last look held the loop up.
     slow_looks: std::collections::BTreeSet<usize>,
+    /// Print at start, plainly on standard output, what this machine lets
+    /// it sense and act on (`skos up`: a first run shows it).
+    announce: bool,
 }
 
 impl Agent {
@@ -108,7 +111,15 @@ impl Agent {
             fence,
             verifier,
             slow_looks: Default::default(),
+            announce: false,
         })
+    }
+
+    /// Print at start, plainly on standard output, what this machine lets
+    /// the agent sense and act on (as `skos up` does for a first run).
+    pub fn announce_at_start(mut self) -> Self {
+        self.announce = true;
+        self
     }
 
     fn node(&self) -> &NodeName {
@@ -154,10 +165,33 @@ impl Agent {
         tracing::info!(node = %self.node(), antibodies = ?names, "agent started");
         // Sense once before the first heartbeat so it carries real readings.
         self.sense().await;
+        let mut said = Vec::new();
         for a in &self.antibodies {
-            if let Some(inv) = a.inventory() {
-                tracing::info!(node = %self.node(), antibody = a.name(), sensors = %inv.sensors, actuators = %inv.actuators, "what this machine has");
+            match a.inventory() {
+                Some(inv) => {
+                    tracing::info!(node = %self.node(), antibody = a.name(), sensors = %inv.sensors, actuators = %inv.actuators, "what this machine has");
+                    let blind = if inv.sensors == "none" {
+                        " (it sees no heat here: nothing will be throttled; `skos sensors` says what was looked at)"
+                    } else {
+                        ""
+                    };
+                    said.push(format!(
+                        "  {}: senses {}{blind}\n  {}: acts with {}",
+                        a.name(),
+                        inv.sensors,
+                        a.name(),
+                        inv.actuators
+                    ));
+                }
+                None => said.push(format!("  {}: on", a.name())),
             }
+        }
+        if self.announce {
+            println!(
+                "SKOS on node {}: what this machine lets it sense and act on\n{}",
+                self.node(),
+                said.join("\n")
+            );
         }
         let mut done = self
             .done_rx

@@ -302,7 +302,8 @@ async fn up(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
         rx.clone(),
     )
     .await?;
-    let agent = Agent::new(agent_cfg, bus, counters, Some(data_dir.join("agent")))?;
+    let agent =
+        Agent::new(agent_cfg, bus, counters, Some(data_dir.join("agent")))?.announce_at_start();
     let agent = tokio::spawn(agent.run(stopped(rx)));
     tokio::select! {
         _ = shutdown_signal() => {}

@@ -998,3 +998,36 @@ fn completions_and_man_page_name_every_subcommand() {
     });
     assert!(!bad.status.success());
 }
+
+/// `skos up` says plainly at start what this machine lets it sense and act
+/// on; a machine with no sensor is told it will not be throttled.
+#[test]
+fn skos_up_says_what_it_can_sense_and_act_on() {
+    for with_sensor in [true, false] {
+        let work = tempfile::tempdir().unwrap();
+        let sys = FakeSysfs::new();
+        let _cpu = with_sensor.then(|| sys.coretemp(50.0, &[48.0]));
+        if with_sensor {
+            fake_cpufreq(sys.root(), 2, MIN, MAX);
+        }
+        let cfg = fast_config(work.path(), "");
+        let (mut up, _) = up_nova(work.path(), &sys, &cfg);
+        let text = wait_for(Duration::from_secs(30), "the start summary", || {
+            let t = up.log_text();
+            t.contains("thermal_sentinel: acts with").then_some(t)
+        });
+        assert!(
+            text.contains("SKOS on node nova: what this machine lets it sense and act on"),
+            "{text}"
+        );
+        if with_sensor {
+            assert!(
+                text.contains("thermal_sentinel: senses 2: cpu") && text.contains("cpufreq"),
+                "{text}"
+            );
+        } else {
+            assert!(text.contains("it sees no heat here"), "{text}");
+        }
+        assert!(up.sigterm().success());
+    }
+}
