@@ -920,18 +920,7 @@ pub async fn read_jetstream_after(
     let Some(after) = after else {
         // The last `n` records up to `last`, exactly (what is written
         // after it comes with the next call).
-        let want = usize::try_from(n).unwrap_or(usize::MAX);
-        let (mut messages, mut count, mut seq) = (Vec::new(), 0usize, last);
-        while count < want && seq >= info.first_sequence.max(1) {
-            let records = message_records(&mut s, seq, None).await?;
-            count += records.len();
-            messages.push(records);
-            seq -= 1;
-        }
-        let mut out: Vec<Value> = messages.into_iter().rev().flatten().collect();
-        if out.len() > want {
-            out.drain(..out.len() - want);
-        }
+        let out = last_records(&mut s, info.first_sequence, last, n, None).await?;
         return Ok((out, last));
     };
     let mut out = Vec::new();
@@ -967,14 +956,25 @@ async fn read_js(
         }
         return Ok(out);
     };
-    // Backwards, a message (one record or a batch) at a time, until `n`
-    // records are in hand.
+    last_records(&mut s, first, info.last_sequence, n, trusted).await
+}
+
+/// The last `n` records of the stream's messages `first..=last`, oldest
+/// first: read backwards, a message (one record or a batch) at a time,
+/// until `n` records are in hand.
+async fn last_records(
+    s: &mut stream::Stream,
+    first: u64,
+    last: u64,
+    n: u64,
+    trusted: Option<&trust::Verifier>,
+) -> Result<Vec<Value>> {
     let want = usize::try_from(n).unwrap_or(usize::MAX);
     let mut messages = Vec::new();
     let mut count = 0usize;
-    let mut seq = info.last_sequence;
-    while count < want && seq >= first {
-        let records = message_records(&mut s, seq, trusted).await?;
+    let mut seq = last;
+    while count < want && seq >= first.max(1) {
+        let records = message_records(s, seq, trusted).await?;
         count += records.len();
         messages.push(records);
         seq -= 1;

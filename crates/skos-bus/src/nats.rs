@@ -316,6 +316,25 @@ impl NatsBus {
         }
     }
 
+    /// The configuration of stream `name`, as the server holds it.
+    async fn stream_config(&self, name: &str) -> Result<stream::Config> {
+        let fail = |e: String| Error::Stream {
+            stream: name.to_string(),
+            reason: e,
+        };
+        let mut stream = self
+            .js
+            .get_stream(name)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(stream
+            .info()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .config
+            .clone())
+    }
+
     /// Lock the audit and state streams where they are not: deny deletes
     /// and purges, no roll-ups (streams made by earlier versions). With
     /// least-privilege credentials the coordinator may not change either
@@ -326,17 +345,7 @@ impl NatsBus {
                 stream: name.to_string(),
                 reason,
             };
-            let mut stream = self
-                .js
-                .get_stream(name)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let mut config = stream
-                .info()
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .config
-                .clone();
+            let mut config = self.stream_config(name).await?;
             if is_locked(&config) {
                 continue;
             }
@@ -370,17 +379,7 @@ impl NatsBus {
                 stream: name.to_string(),
                 reason,
             };
-            let mut stream = self
-                .js
-                .get_stream(name)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let mut config = stream
-                .info()
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .config
-                .clone();
+            let mut config = self.stream_config(name).await?;
             if config.max_messages_per_subject == i64::from(max) {
                 continue;
             }

@@ -189,6 +189,19 @@ pub enum TrustError {
 /// How a sealed state record begins ([`Signer::seal_state`]).
 const STATE_SEAL: &str = "SKOSSIG1 ";
 
+/// A state record's payload with its seal line taken off, unchecked (a
+/// record without one is returned as it is): for a reader that does not
+/// judge the seal ([`Verifier::open_state`] does).
+pub fn sealed_payload(record: &[u8]) -> &[u8] {
+    if !record.starts_with(STATE_SEAL.as_bytes()) {
+        return record;
+    }
+    record
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(&[][..], |n| &record[n + 1..])
+}
+
 /// The coordinator's signing key.
 pub struct Signer {
     key: KeyPair,

@@ -288,11 +288,7 @@ fn unseal<'a>(
     }
     match trusted {
         Some(t) => t.open_state(key, bytes),
-        None if bytes.starts_with(b"SKOSSIG1 ") => Ok(bytes
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(&[][..], |n| &bytes[n + 1..])),
-        None => Ok(bytes),
+        None => Ok(skos_bus::trust::sealed_payload(bytes)),
     }
 }
 
@@ -820,6 +816,7 @@ async fn lead(
                     failpoint::hit("tick.persisted");
                 }
                 ctx.flush(None).await;
+                ctx.write_carried().await;
                 if let Some(path) = &opts.status_file {
                     if last_snapshot.elapsed() >= Duration::from_secs(1) {
                         last_snapshot = std::time::Instant::now();
@@ -833,6 +830,7 @@ async fn lead(
         // What could not be carried out waits in the saved state: try once
         // more before stopping.
         ctx.flush(None).await;
+        ctx.write_carried().await;
         if !ctx.outbox.is_empty() {
             tracing::error!(
                 effects = ctx.outbox.len(),
@@ -1354,9 +1352,9 @@ impl Ctx {
     /// (durably, back to back, their acks awaited together), then write its
     /// audit records; `published` is the kill point between the two
     /// ([`failpoint::hit`]). Nothing is carried out while the state of a
-    /// node an effect concerns is unsaved (state first). Then the nodes
-    /// whose saved state kept effects are written again without them.
-    /// True when nothing waits; on a failure everything not done waits for
+    /// node an effect concerns is unsaved (state first). Once nothing
+    /// waits, every effect kept so far is carried out (`carried`, written by
+    /// [`Ctx::write_carried`]). True when nothing waits; on a failure everything not done waits for
     /// the next try, in order.
     async fn flush(&mut self, published: Option<&'static str>) -> bool {
         if !self.still_leader() {
@@ -1430,14 +1428,6 @@ impl Ctx {
         // Nothing waits: every effect kept so far is carried out.
         if self.outbox.is_empty() {
             self.carried = self.stamp;
-        }
-        // The marker says so. After a batch (`published` named) it waits for
-        // the next tick, so a burst of batches shares one write: a restart
-        // before it carries the effects out again, which is safe as after a
-        // kill between the audit and the ack (ids, and the trail's tail,
-        // de-duplicate).
-        if published.is_none() && self.carried > self.carried_written {
-            self.write_carried().await;
         }
         true
     }
@@ -1551,9 +1541,13 @@ impl Ctx {
             .collect()
     }
 
-    /// Write the `carried` marker (failures are retried on the next tick).
+    /// Write the `carried` marker when it moved (failures are retried on
+    /// the next tick). Called once a tick (and at a stop), so a burst of
+    /// batches shares one write: a restart before it carries their effects
+    /// out again, which is safe as after a kill between the audit and the
+    /// ack (ids, and the trail's tail, de-duplicate).
     async fn write_carried(&mut self) {
-        if !self.still_leader() {
+        if self.carried <= self.carried_written || !self.still_leader() {
             return;
         }
         let carried = self.carried;

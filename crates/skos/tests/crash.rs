@@ -481,11 +481,8 @@ fn killed_after_the_carried_marker_covers_the_effects() {
                 .await
                 .ok()
                 .and_then(|m| {
-                    let body = match m.payload.starts_with(b"SKOSSIG1 ") {
-                        true => &m.payload[m.payload.iter().position(|&c| c == b'\n')? + 1..],
-                        false => &m.payload[..],
-                    };
-                    serde_json::from_slice::<Value>(body).ok()
+                    serde_json::from_slice::<Value>(skos_bus::trust::sealed_payload(&m.payload))
+                        .ok()
                 })
         })
     };
@@ -700,6 +697,42 @@ fn forge_marker(nats: &NatsServer, value: &str) {
     })
 }
 
+/// As a stranger on a server without permissions: read n1's record and
+/// write it back with a `throttle_100` kept in it past any marker.
+fn forge_node_record(nats: &NatsServer) {
+    rt().block_on(async {
+        let bus = connect(nats).await;
+        let state = skos_bus::StateStore::jetstream(&bus).await.unwrap();
+        let key = format!("node_{NODE}");
+        // Past the seal line, if there is one: the forger rewrites the
+        // record and cannot seal it.
+        let mut rec: Value = match state.load(&key).await.unwrap() {
+            Some(b) => serde_json::from_slice(skos_bus::trust::sealed_payload(&b)).unwrap(),
+            None => serde_json::json!({}),
+        };
+        let now = chrono::Utc::now();
+        rec["effects"] = serde_json::json!([{
+            "effect": "command",
+            "node": NODE,
+            "command": {
+                "action_id": "forged-by-a-stranger",
+                "action_type": "throttle_100",
+                "timestamp": skos_core::timefmt::format(&now),
+                "node": NODE,
+                "deadline": skos_core::timefmt::format(&(now + chrono::Duration::seconds(60))),
+                "cause": "forged",
+                "problem": "thermal:cpu",
+                "term": 1000
+            }
+        }]);
+        rec["batch"] = serde_json::json!([999_999, 0]);
+        state
+            .save(&key, bytes::Bytes::from(serde_json::to_vec(&rec).unwrap()))
+            .await
+            .unwrap();
+    });
+}
+
 /// A forged marker `[1, 18446744073709551615]` (term 1, the last count) is
 /// not restored, and could not overflow the next stamp anyway: the
 /// coordinator keeps running and throttles.
@@ -811,44 +844,7 @@ fn a_forged_node_record_is_not_restored_after_a_restart() {
         status(&nats).filter(|s| node(s, NODE).is_some_and(|n| n["status"] == "healthy"))
     });
     std::thread::sleep(Duration::from_secs(1));
-    // The stranger reads n1's record and adds a command to it.
-    rt().block_on(async {
-        let bus = connect(&nats).await;
-        let state = skos_bus::StateStore::jetstream(&bus).await.unwrap();
-        let key = format!("node_{NODE}");
-        // Past the seal line, if there is one: the forger rewrites the
-        // record and cannot seal it.
-        let mut rec: Value = match state.load(&key).await.unwrap() {
-            Some(b) => {
-                let body = match b.starts_with(b"SKOSSIG1 ") {
-                    true => &b[b.iter().position(|&c| c == b'\n').unwrap() + 1..],
-                    false => &b[..],
-                };
-                serde_json::from_slice(body).unwrap()
-            }
-            None => serde_json::json!({}),
-        };
-        let now = chrono::Utc::now();
-        rec["effects"] = serde_json::json!([{
-            "effect": "command",
-            "node": NODE,
-            "command": {
-                "action_id": "forged-by-a-stranger",
-                "action_type": "throttle_100",
-                "timestamp": skos_core::timefmt::format(&now),
-                "node": NODE,
-                "deadline": skos_core::timefmt::format(&(now + chrono::Duration::seconds(60))),
-                "cause": "forged",
-                "problem": "thermal:cpu",
-                "term": 1000
-            }
-        }]);
-        rec["batch"] = serde_json::json!([999_999, 0]);
-        state
-            .save(&key, bytes::Bytes::from(serde_json::to_vec(&rec).unwrap()))
-            .await
-            .unwrap();
-    });
+    forge_node_record(&nats);
     // Any restart (a crash, an upgrade, a supervisor's restart).
     first.sigkill();
     let second = coordinator_armed(&nats, &cfg, work.path(), "coordinator-second", None);
@@ -904,44 +900,7 @@ fn a_forged_node_record_and_lease_get_no_command_signed() {
         status(&nats).filter(|s| node(s, NODE).is_some_and(|n| n["status"] == "healthy"))
     });
     std::thread::sleep(Duration::from_secs(1));
-    // The stranger reads n1's record and adds a command to it.
-    rt().block_on(async {
-        let bus = connect(&nats).await;
-        let state = skos_bus::StateStore::jetstream(&bus).await.unwrap();
-        let key = format!("node_{NODE}");
-        // Past the seal line, if there is one: the forger rewrites the
-        // record and cannot seal it.
-        let mut rec: Value = match state.load(&key).await.unwrap() {
-            Some(b) => {
-                let body = match b.starts_with(b"SKOSSIG1 ") {
-                    true => &b[b.iter().position(|&c| c == b'\n').unwrap() + 1..],
-                    false => &b[..],
-                };
-                serde_json::from_slice(body).unwrap()
-            }
-            None => serde_json::json!({}),
-        };
-        let now = chrono::Utc::now();
-        rec["effects"] = serde_json::json!([{
-            "effect": "command",
-            "node": NODE,
-            "command": {
-                "action_id": "forged-by-a-stranger",
-                "action_type": "throttle_100",
-                "timestamp": skos_core::timefmt::format(&now),
-                "node": NODE,
-                "deadline": skos_core::timefmt::format(&(now + chrono::Duration::seconds(60))),
-                "cause": "forged",
-                "problem": "thermal:cpu",
-                "term": 1000
-            }
-        }]);
-        rec["batch"] = serde_json::json!([999_999, 0]);
-        state
-            .save(&key, bytes::Bytes::from(serde_json::to_vec(&rec).unwrap()))
-            .await
-            .unwrap();
-    });
+    forge_node_record(&nats);
     // No restart: the stranger overwrites the leader's lease; the same
     // process loses it, leads again and reads the state again.
     rt().block_on(async {
