@@ -33,7 +33,21 @@ impl ProblemKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `workload:<name>`: what the coordinator keeps the steps that move,
+    /// stop and start a workload under (breakers, pending commands).
+    pub fn of_workload(workload: &str) -> Self {
+        ProblemKey(format!("{WORKLOAD_PREFIX}{workload}"))
+    }
+
+    /// The workload of a `workload:<name>` problem.
+    pub fn workload(&self) -> Option<&str> {
+        self.0.strip_prefix(WORKLOAD_PREFIX)
+    }
 }
+
+/// The prefix of a workload's problem key.
+pub const WORKLOAD_PREFIX: &str = "workload:";
 
 impl fmt::Display for ProblemKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -29,6 +29,7 @@ pub fn actions_for(cfg: &Config, alert: &Alert) -> Vec<String> {
         | AlertKind::Circuit
         | AlertKind::ClockSkew
         | AlertKind::Audit
+        | AlertKind::FleetDegraded
         | AlertKind::Other => Vec::new(),
     }
 }

@@ -212,6 +212,9 @@ pub enum AlertKind {
     /// The coordinator cannot write its audit trail: no new action is
     /// carried out until it can (raised on the coordinator's node).
     Audit,
+    /// Fewer nodes are healthy than `failover.min_healthy`: destructive
+    /// actions are frozen until the fleet recovers.
+    FleetDegraded,
     #[serde(other)]
     Other,
 }
@@ -227,6 +230,7 @@ impl AlertKind {
             AlertKind::Circuit => "circuit",
             AlertKind::ClockSkew => "clock_skew",
             AlertKind::Audit => "audit",
+            AlertKind::FleetDegraded => "fleet_degraded",
             AlertKind::Other => "other",
         }
     }
@@ -304,7 +308,8 @@ impl Alert {
             AlertKind::HeartbeatMissing
             | AlertKind::Circuit
             | AlertKind::ClockSkew
-            | AlertKind::Audit => true,
+            | AlertKind::Audit
+            | AlertKind::FleetDegraded => true,
             AlertKind::Mesh => self.sensor() == Some(crate::events::MESH_NODE_SENSOR),
             _ => false,
         }
@@ -470,6 +475,9 @@ pub enum AuditEvent {
     /// A problem started flapping (its state changed too often to act on
     /// each change) or became stable again: `data.state` says which.
     Flapping,
+    /// Where a workload runs changed, or a step of a plan that moves,
+    /// stops or starts workloads was taken (`data.plan`, `data.workload`).
+    Placement,
 }
 
 impl AuditEvent {
@@ -493,6 +501,7 @@ impl AuditEvent {
             AuditEvent::Coalesced => "coalesced",
             AuditEvent::Dropped => "dropped",
             AuditEvent::Flapping => "flapping",
+            AuditEvent::Placement => "placement",
         }
     }
 }

@@ -43,9 +43,9 @@ fn audit(data: &std::path::Path) -> Vec<Value> {
 /// Like `fast_config`, but no reminder comes during a test (cooldown an
 /// hour), a slow machine does not fail verifications or go offline, a fix
 /// is credited once its cooling has held for 1 s (before the throttle is
-/// lifted), the seed's thermal table (its `redistribute` is answered
-/// `unsupported`), and `thermal` is more keys under `thermal:` (indented
-/// two spaces).
+/// lifted), the seed's thermal table (with no workloads configured, its
+/// `redistribute` is skipped as `no_workloads`), and `thermal` is more
+/// keys under `thermal:` (indented two spaces).
 fn thermal_config(dir: &std::path::Path, thermal: &str) -> std::path::PathBuf {
     let path = dir.join("config.yaml");
     let text = format!(
@@ -212,7 +212,8 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
     assert_eq!(s["nodes"][0]["cpu_temp"], 60.0);
     assert_eq!(s["mode"], "embedded");
 
-    // Heat: 87 °C is critical -> throttle_50 (+ redistribute, unsupported).
+    // Heat: 87 °C is critical -> throttle_50 (+ redistribute, skipped: no
+    // workloads are configured).
     cpu.heat(87.0);
     wait_for(Duration::from_secs(30), "scaling_max_freq at 50 %", || {
         all_at(&sys, MAX / 2).then_some(())
@@ -224,9 +225,9 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
             .any(|e| result_is(e, "throttle_50", "succeeded"))
             .then_some(())
             .and_then(|()| {
-                audit_events(&r, "result")
+                audit_events(&r, "skipped")
                     .iter()
-                    .any(|e| e["entry"]["data"]["result"]["action_type"] == "redistribute")
+                    .any(|e| e["entry"]["data"]["action"] == "redistribute")
                     .then_some(r)
             })
     });
@@ -234,13 +235,13 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
     assert!(alerts
         .iter()
         .any(|a| a["entry"]["data"]["alert"]["severity"] == "critical"));
-    let results = audit_events(&records, "result");
+    let skipped = audit_events(&records, "skipped");
     assert!(
-        results.iter().any(
-            |r| r["entry"]["data"]["result"]["action_type"] == "redistribute"
-                && r["entry"]["data"]["result"]["status"] == "unsupported"
-        ),
-        "redistribute answered unsupported"
+        skipped
+            .iter()
+            .any(|r| r["entry"]["data"]["action"] == "redistribute"
+                && r["entry"]["data"]["reason"] == "no_workloads"),
+        "redistribute skipped: no workloads"
     );
     let s = wait_for(Duration::from_secs(10), "node critical in status", || {
         status(&data).filter(|s| s["nodes"][0]["status"] == "critical")
@@ -256,7 +257,7 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
     let records = cool_until_reset(&cpu, &sys, &data, 60.0);
     let throttle = commands_of(&records, "throttle_50");
     assert_eq!(throttle.len(), 1, "exactly one throttle_50: {throttle:#?}");
-    assert_eq!(commands_of(&records, "redistribute").len(), 1);
+    assert!(commands_of(&records, "redistribute").is_empty());
     assert_eq!(
         commands_of(&records, "reset_throttle").len(),
         1,
@@ -264,7 +265,7 @@ fn hot_cpu_is_throttled_verified_and_restored_in_embedded_mode() {
     );
     assert_eq!(
         sent(&records),
-        ["throttle_50", "redistribute", "reset_throttle"],
+        ["throttle_50", "reset_throttle"],
         "no other command"
     );
     assert_eq!(results_of(&records, "throttle_50", "succeeded"), 1);
@@ -525,12 +526,7 @@ fn throttle_stays_while_the_cpu_sits_between_the_clear_level_and_warning() {
     let records = cool_until_reset(&cpu, &sys, &data, 70.0);
     assert_eq!(
         sent(&records),
-        [
-            "throttle_50",
-            "redistribute",
-            "throttle_10",
-            "reset_throttle"
-        ],
+        ["throttle_50", "throttle_10", "reset_throttle"],
         "the warning step-down asks for throttle_10 (weaker, changes nothing); one reset"
     );
     assert_eq!(results_of(&records, "reset_throttle", "succeeded"), 1);

@@ -52,12 +52,14 @@ mod flap;
 mod index;
 mod kinds;
 mod originals;
+mod placement;
 mod quota;
 mod state;
 mod status;
 
 use index::{Ladders, OpenAlerts, Pendings, Verifications, Watchers};
 use kinds::Recovery;
+pub use placement::{Failback, Fleet, MinHealthy, Placement, WorkloadDef};
 pub use state::EngineSnapshot;
 use state::{
     AgentType, LastHeartbeat, NodeState, Pending, ResetAttempt, ResetRetry, Verification,
@@ -80,6 +82,12 @@ enum SkipReason {
     RateLimited,
     /// A mesh problem that is really its peer node's problem.
     PeerNodeDown,
+    /// Fewer nodes are healthy than `failover.min_healthy`: destructive
+    /// actions are frozen.
+    FleetDegraded,
+    /// A workload plan (`redistribute`, `failover`, ...) with no
+    /// workloads configured.
+    NoWorkloads,
 }
 
 impl SkipReason {
@@ -91,6 +99,8 @@ impl SkipReason {
             SkipReason::CircuitOpen => "circuit_open",
             SkipReason::RateLimited => "rate_limited",
             SkipReason::PeerNodeDown => "peer_node_down",
+            SkipReason::FleetDegraded => "fleet_degraded",
+            SkipReason::NoWorkloads => "no_workloads",
         }
     }
 }
@@ -153,6 +163,9 @@ pub struct Engine {
     flaps: flap::Flaps,
     /// Who leads, shown by `skos status`.
     leader: Option<Leadership>,
+    /// Where each workload runs, and the plans moving them (see
+    /// `placement`).
+    placement: placement::Placements,
 }
 
 /// Why a result was refused: it came from another node than the one its
@@ -227,7 +240,14 @@ impl Engine {
             watches: credit::Watches::default(),
             flaps: flap::Flaps::default(),
             leader: None,
+            placement: placement::Placements::new(Fleet::default()),
         }
+    }
+
+    /// The fleet's workloads and failover settings: every workload is
+    /// placed at its home until a saved placement is restored.
+    pub fn set_fleet(&mut self, fleet: Fleet) {
+        self.placement = placement::Placements::new(fleet);
     }
 
     /// Who leads (this coordinator, when it answers status).
@@ -306,6 +326,8 @@ impl Engine {
             self.retry_skipped_offline(&node, now, &mut out);
         }
         self.check_verifications(&node, now, &mut out);
+        let seen = placement::seen(&hb);
+        self.placement_heartbeat(&node, &seen, now, &mut out);
         for kind in kinds::ALL {
             kind.on_heartbeat(self, &node, now, &mut out);
         }
@@ -441,6 +463,9 @@ impl Engine {
                 now,
                 out,
             );
+            return;
+        }
+        if self.plan_action(alert, severity, action, now, out) {
             return;
         }
         if self.nodes.get(&node).is_some_and(|n| n.offline) {
@@ -763,7 +788,11 @@ impl Engine {
                 }
             }
         }
-        kinds::of(&p.alert.kind).on_result(self, &p, &result, now, &mut out);
+        if placement::is_step(&p.action) {
+            self.placement_result(&p, &result.action_id, Some(&result), now, &mut out);
+        } else {
+            kinds::of(&p.alert.kind).on_result(self, &p, &result, now, &mut out);
+        }
         out
     }
 
@@ -837,7 +866,11 @@ impl Engine {
             ));
             let key = BreakerKey::new(p.node.as_str(), p.problem.as_str(), &p.action);
             self.failure(&key, now, out);
-            kinds::of(&p.alert.kind).on_no_result(self, &p, now, out);
+            if placement::is_step(&p.action) {
+                self.placement_result(&p, &action_id, None, now, out);
+            } else {
+                kinds::of(&p.alert.kind).on_no_result(self, &p, now, out);
+            }
         }
     }
 
@@ -906,6 +939,7 @@ impl Engine {
         }
         self.flap_tick(now, &mut out);
         self.expire_pending(now, &mut out);
+        self.placement_tick(now, &mut out);
         self.verification_deadlines(now, &mut out);
         out
     }

@@ -530,6 +530,10 @@ pub struct EngineSnapshot {
     /// Throttle resets waiting to be sent again, by node.
     #[serde(default)]
     pub(in crate::engine) reset_retries: Vec<(NodeName, ResetRetry)>,
+    /// Where the workloads whose home is this node run, and the step of a
+    /// plan under way for each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::engine) placements: Vec<super::Placement>,
 }
 
 impl EngineSnapshot {
@@ -543,6 +547,7 @@ impl EngineSnapshot {
             && self.nodes.is_empty()
             && self.ladders.is_empty()
             && self.reset_retries.is_empty()
+            && self.placements.is_empty()
     }
 }
 
@@ -579,6 +584,7 @@ impl Engine {
                 .iter()
                 .map(|(n, r)| (n.clone(), r.clone()))
                 .collect(),
+            placements: self.placements().all().cloned().collect(),
         }
     }
 
@@ -619,6 +625,7 @@ impl Engine {
                 .map(|r| (node.clone(), r.clone()))
                 .into_iter()
                 .collect(),
+            placements: self.placements().of_home(node),
         }
     }
 
@@ -680,6 +687,7 @@ impl Engine {
             self.pending.insert(id, p);
         }
         self.reset_retries.extend(snap.reset_retries);
+        self.placement.restore(snap.placements);
         for v in snap.verifications {
             self.verifications.push(v);
         }

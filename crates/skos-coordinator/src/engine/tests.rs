@@ -88,13 +88,15 @@ fn result(cmd: &Command, status: ResultStatus) -> CommandResult {
     }
 }
 
-/// The defaults with the seed's thermal table, which also names
-/// actions no antibody executes (`redistribute`, ...): they show how an
-/// `unsupported` answer is handled.
+/// The defaults with a thermal table shaped like the seed's, whose second
+/// actions no antibody executes (`spin_fans`, ...): they show how an
+/// `unsupported` answer is handled. (The seed's own `redistribute`,
+/// `shutdown_non_essential` and `failover` are the coordinator's
+/// placement plans: `placement/tests.rs`.)
 fn seed_config() -> Config {
     let mut cfg = Config::default();
-    cfg.thermal.actions.critical = vec!["throttle_50".into(), "redistribute".into()];
-    cfg.thermal.actions.emergency = vec!["shutdown_non_essential".into(), "failover".into()];
+    cfg.thermal.actions.critical = vec!["throttle_50".into(), "spin_fans".into()];
+    cfg.thermal.actions.emergency = vec!["power_cap".into(), "hand_over".into()];
     cfg
 }
 
@@ -122,7 +124,7 @@ fn critical_alert_follows_the_seed_table_and_is_audited() {
     let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
     let cmds = commands(&fx);
     let names: Vec<&str> = cmds.iter().map(|c| c.action_type.as_str()).collect();
-    assert_eq!(names, ["throttle_50", "redistribute"]);
+    assert_eq!(names, ["throttle_50", "spin_fans"]);
     assert!(cmds
         .iter()
         .all(|c| c.deadline == Some(t(60.0)) && c.cause.is_some()));
@@ -191,13 +193,13 @@ fn duplicate_alert_is_handled_once() {
 fn unsupported_is_audited_but_not_a_breaker_failure() {
     let mut e = engine();
     let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
-    let redistribute = commands(&fx)
+    let spin_fans = commands(&fx)
         .into_iter()
-        .find(|c| c.action_type == "redistribute")
+        .find(|c| c.action_type == "spin_fans")
         .unwrap();
-    let fx = e.on_result(result(&redistribute, ResultStatus::Unsupported), t(1.0));
+    let fx = e.on_result(result(&spin_fans, ResultStatus::Unsupported), t(1.0));
     assert_eq!(audits(&fx, "result").len(), 1);
-    let key = BreakerKey::new("nova", "thermal:cpu", "redistribute");
+    let key = BreakerKey::new("nova", "thermal:cpu", "spin_fans");
     assert_eq!(e.breakers.failures(&key), 0);
     assert_eq!(e.counters.get("breaker.failures"), 0);
 }
@@ -283,7 +285,7 @@ fn failed_verification_counts_and_escalates() {
     assert_eq!(esc[0].severity, Severity::Emergency);
     let fx = e.on_alert(esc[0].clone(), t(122.0));
     let names: Vec<String> = commands(&fx).into_iter().map(|c| c.action_type).collect();
-    assert_eq!(names, ["shutdown_non_essential", "failover"]);
+    assert_eq!(names, ["power_cap", "hand_over"]);
 }
 
 #[test]
@@ -479,7 +481,7 @@ fn snapshot_keeps_breakers_verifications_and_nodes() {
     e.on_result(result(&throttle, ResultStatus::Succeeded), t(1.0));
     for i in 0..5 {
         e.breakers.record_failure(
-            &BreakerKey::new("nova", "thermal:cpu", "redistribute"),
+            &BreakerKey::new("nova", "thermal:cpu", "spin_fans"),
             t(f64::from(i)),
         );
     }
@@ -881,7 +883,7 @@ fn the_same_action_still_pending_or_verifying_is_not_sent_again() {
     assert!(commands(&fx).is_empty(), "{fx:?}");
     assert_eq!(skipped_reasons(&fx), ["in_progress", "in_progress"]);
     // throttle_50 succeeded and is being verified: still in progress;
-    // redistribute answered unsupported: free to be sent again.
+    // spin_fans answered unsupported: free to be sent again.
     let throttle = first
         .iter()
         .find(|c| c.action_type == "throttle_50")
@@ -889,15 +891,12 @@ fn the_same_action_still_pending_or_verifying_is_not_sent_again() {
     let mut r = result(throttle, ResultStatus::Succeeded);
     r.timestamp = t(2.0);
     e.on_result(r, t(2.0));
-    let redistribute = first
-        .iter()
-        .find(|c| c.action_type == "redistribute")
-        .unwrap();
-    e.on_result(result(redistribute, ResultStatus::Unsupported), t(2.0));
+    let spin_fans = first.iter().find(|c| c.action_type == "spin_fans").unwrap();
+    e.on_result(result(spin_fans, ResultStatus::Unsupported), t(2.0));
     let fx = e.on_alert(alert(Severity::Critical, 88.0, 3.0), t(3.0));
     assert_eq!(skipped_reasons(&fx), ["in_progress"]);
     let sent: Vec<String> = commands(&fx).into_iter().map(|c| c.action_type).collect();
-    assert_eq!(sent, ["redistribute"]);
+    assert_eq!(sent, ["spin_fans"]);
     // The same action for another problem (the GPU) is not held back.
     let mut gpu = alert(Severity::Critical, 90.0, 4.0);
     gpu.details.insert("sensor".into(), json!("gpu"));
@@ -906,7 +905,7 @@ fn the_same_action_still_pending_or_verifying_is_not_sent_again() {
         .into_iter()
         .map(|c| c.action_type)
         .collect();
-    assert_eq!(sent, ["throttle_50", "redistribute"]);
+    assert_eq!(sent, ["throttle_50", "spin_fans"]);
 }
 
 #[test]
@@ -1144,25 +1143,23 @@ fn an_unsupported_trial_gives_the_trial_back() {
     let mut e = Engine::new(cfg, Counters::default(), "test");
     e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
     let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
-    let redistribute = commands(&fx)
+    let spin_fans = commands(&fx)
         .into_iter()
-        .find(|c| c.action_type == "redistribute")
+        .find(|c| c.action_type == "spin_fans")
         .unwrap();
     // An agent that once failed it opens its circuit...
-    e.on_result(result(&redistribute, ResultStatus::Failed), t(1.0));
+    e.on_result(result(&spin_fans, ResultStatus::Failed), t(1.0));
     // ... half-open at 12 s: the trial goes out and is answered unsupported.
     let fx = e.on_alert(alert(Severity::Critical, 87.0, 12.0), t(12.0));
     let trial = commands(&fx)
         .into_iter()
-        .find(|c| c.action_type == "redistribute")
+        .find(|c| c.action_type == "spin_fans")
         .unwrap();
     e.on_result(result(&trial, ResultStatus::Unsupported), t(13.0));
     // Nobody implements it: no verdict on the fix, so the trial is free again.
     let fx = e.on_alert(alert(Severity::Critical, 87.0, 14.0), t(14.0));
     assert!(
-        commands(&fx)
-            .iter()
-            .any(|c| c.action_type == "redistribute"),
+        commands(&fx).iter().any(|c| c.action_type == "spin_fans"),
         "{fx:?}"
     );
 }
@@ -1325,7 +1322,7 @@ fn a_command_without_a_result_is_closed_after_its_deadline_and_grace() {
     assert!(audits(&e.tick(t(91.0)), "no_result").is_empty(), "once");
     // No longer in progress: a later alert acts.
     let fx = e.on_alert(alert(Severity::Critical, 88.0, 92.0), t(92.0));
-    assert_eq!(names(&fx), ["throttle_50", "redistribute"]);
+    assert_eq!(names(&fx), ["throttle_50", "spin_fans"]);
 }
 
 #[test]
@@ -1726,7 +1723,7 @@ fn a_late_answer_shows_what_happened_but_a_copy_undoes_no_verdict() {
     r.details.insert("replayed".into(), json!(true));
     e.on_result(r, t(3.0));
     assert_eq!(recent_state(&e, &sent[0].action_id), ActionState::Verified);
-    // redistribute got no result; its late answer is recorded.
+    // spin_fans got no result; its late answer is recorded.
     e.on_heartbeat(hb(Some(70.0), 0, 85.0), t(85.0));
     e.tick(t(90.5));
     assert_eq!(recent_state(&e, &sent[1].action_id), ActionState::NoResult);
@@ -1773,15 +1770,15 @@ fn a_result_from_another_node_is_foreign_while_that_node_has_its_own_commands() 
     assert!(!e.pending.contains_key(&on_a.action_id));
     assert!(e.pending.contains_key(&on_b.action_id));
     // Each node's pending commands are its own (throttle_50 and
-    // redistribute on b, redistribute left on a).
+    // spin_fans on b, spin_fans left on a).
     let of = |n: &str| -> Vec<String> {
         e.pending
             .of(&node(n))
             .map(|(_, p)| format!("{}:{}", p.node, p.action))
             .collect()
     };
-    assert_eq!(of("a"), ["a:redistribute"]);
-    assert_eq!(of("b"), ["b:redistribute", "b:throttle_50"]);
+    assert_eq!(of("a"), ["a:spin_fans"]);
+    assert_eq!(of("b"), ["b:spin_fans", "b:throttle_50"]);
 }
 
 #[test]
@@ -1790,13 +1787,13 @@ fn in_progress_is_per_node_problem_and_action() {
     e.on_heartbeat(hb_from("a", 87.0, 0, t(0.0)), t(0.0));
     e.on_heartbeat(hb_from("b", 87.0, 0, t(0.0)), t(0.0));
     let fx = e.on_alert(hot_on("a", t(0.0)), t(0.0));
-    assert_eq!(names(&fx), ["throttle_50", "redistribute"]);
+    assert_eq!(names(&fx), ["throttle_50", "spin_fans"]);
     // The same problem and actions on another node are not in progress.
     let on_b = commands(&e.on_alert(hot_on("b", t(0.0)), t(0.0)));
     assert_eq!(on_b.len(), 2);
     // Another problem on the same node is not either.
     let fx = e.on_alert(on_sensor(hot_on("a", t(1.0)), "gpu"), t(1.0));
-    assert_eq!(names(&fx), ["throttle_50", "redistribute"]);
+    assert_eq!(names(&fx), ["throttle_50", "spin_fans"]);
     // The same problem on the same node is, while pending...
     let fx = e.on_alert(hot_on("a", t(2.0)), t(2.0));
     assert!(commands(&fx).is_empty());
@@ -1810,7 +1807,7 @@ fn in_progress_is_per_node_problem_and_action() {
     assert_eq!(e.verifications.of(&node("b")).count(), 1);
     assert_eq!(e.verifications.of(&node("a")).count(), 0);
     let fx = e.on_alert(hot_on("b", t(4.0)), t(4.0));
-    assert_eq!(names(&fx), ["redistribute"]);
+    assert_eq!(names(&fx), ["spin_fans"]);
     assert_eq!(skipped_reasons(&fx), ["in_progress"]);
 }
 
@@ -1843,7 +1840,7 @@ fn one_node_snapshot_among_a_hundred_thousand_holds_exactly_its_entries() {
         .collect();
     assert_eq!(
         pending,
-        [("n10", "restart_wireguard"), ("n10", "redistribute")],
+        [("n10", "restart_wireguard"), ("n10", "spin_fans")],
         "by action id"
     );
     let verifying: Vec<(&str, &str)> = snap
@@ -1905,7 +1902,7 @@ fn restoring_every_node_part_gives_the_whole() {
     let on_b = whole
         .pending
         .iter()
-        .find(|(_, p)| p.node.as_str() == "b" && p.action == "redistribute")
+        .find(|(_, p)| p.node.as_str() == "b" && p.action == "spin_fans")
         .map(|(_, p)| p.command.clone().unwrap())
         .unwrap();
     let fx = from_parts.on_result(result_from("a", &on_b, ResultStatus::Failed), t(11.0));

@@ -137,7 +137,9 @@ pub(super) fn of(kind: &AlertKind) -> &'static dyn ProblemKind {
         AlertKind::Loop => &loops::Loops,
         AlertKind::HeartbeatMissing => &offline::Offline,
         AlertKind::ClockSkew => &clock::Clock,
-        AlertKind::Circuit | AlertKind::Audit | AlertKind::Other => &Plain,
+        AlertKind::Circuit | AlertKind::Audit | AlertKind::FleetDegraded | AlertKind::Other => {
+            &Plain
+        }
     }
 }
 

@@ -1,0 +1,484 @@
+//! Placement plans, one test per rule, time passed in: the seed's fleet
+//! (nova primary with qwen, synthesis-core and docker-swarm; lyra and
+//! athena the hot spares).
+
+use super::*;
+use chrono::TimeZone;
+use skos_core::config::Config;
+use skos_core::counters::Counters;
+use skos_core::protocol::{Command, Heartbeat};
+
+fn t(s: f64) -> Timestamp {
+    chrono::Utc.timestamp_opt(1_700_000_000, 0).unwrap() + secs(s)
+}
+
+fn n(name: &str) -> NodeName {
+    NodeName::parse(name).unwrap()
+}
+
+fn def(name: &str, home: &str, priority: u32, essential: bool, movable: bool) -> WorkloadDef {
+    WorkloadDef {
+        name: name.into(),
+        home: n(home),
+        priority,
+        essential,
+        movable,
+        nodes: Vec::new(),
+        roles: Vec::new(),
+    }
+}
+
+/// The seed's fleet: qwen is pinned to nova's GPU (not movable).
+fn fleet() -> Fleet {
+    Fleet {
+        workloads: vec![
+            def("qwen", "nova", 1, true, false),
+            def("synthesis-core", "nova", 2, true, true),
+            def("docker-swarm", "nova", 3, false, true),
+            def("backup", "lyra", 4, false, true),
+        ],
+        spares: vec![n("lyra"), n("athena")],
+        roles: BTreeMap::new(),
+        failover_delay: 10.0,
+        failback: Failback::Auto,
+        failback_hold: 120.0,
+        restart_hold: 60.0,
+        min_healthy: MinHealthy::Count(1),
+        max_concurrent_failovers: 2,
+    }
+}
+
+fn config() -> Config {
+    let mut cfg = Config::default();
+    cfg.thermal.actions.critical = vec!["throttle_50".into(), "redistribute".into()];
+    cfg.thermal.actions.emergency = vec!["shutdown_non_essential".into(), "failover".into()];
+    cfg
+}
+
+fn engine_with(fleet: Fleet, cfg: Config) -> Engine {
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    e.set_fleet(fleet);
+    e
+}
+
+fn engine() -> Engine {
+    engine_with(fleet(), config())
+}
+
+/// A heartbeat from `node` at `cpu` °C listing `workloads` (name, state).
+fn hb(node: &str, cpu: f64, workloads: &[(&str, &str)], at: f64) -> Heartbeat {
+    let list: Vec<Value> = workloads
+        .iter()
+        .map(|(w, s)| json!({"name": w, "state": s, "healthy": *s == "running"}))
+        .collect();
+    let mut metadata = serde_json::Map::new();
+    if !list.is_empty() {
+        metadata.insert("workloads".into(), Value::Array(list));
+    }
+    Heartbeat {
+        agent_id: format!("agent-{node}"),
+        agent_type: "thermal_sentinel".into(),
+        node: n(node),
+        timestamp: t(at),
+        cpu_temp: Some(cpu),
+        gpu_temp: None,
+        storage_percent: None,
+        interval_seconds: Some(10.0),
+        throttle_level: Some(0),
+        metadata,
+    }
+}
+
+const NOVA_ALL: &[(&str, &str)] = &[
+    ("qwen", "running"),
+    ("synthesis-core", "running"),
+    ("docker-swarm", "running"),
+];
+
+/// nova hot at `cpu`, lyra at 60 °C, athena at 50 °C, all at `at`.
+fn fleet_reports(e: &mut Engine, cpu: f64, at: f64) {
+    e.on_heartbeat(hb("nova", cpu, NOVA_ALL, at), t(at));
+    e.on_heartbeat(hb("lyra", 60.0, &[("backup", "running")], at), t(at));
+    e.on_heartbeat(hb("athena", 50.0, &[], at), t(at));
+}
+
+fn thermal(node: &str, severity: Severity, temp: f64, at: f64) -> Alert {
+    let mut a = Alert {
+        alert_id: String::new(),
+        agent_id: format!("agent-{node}"),
+        kind: AlertKind::Thermal,
+        severity,
+        node: n(node),
+        message: format!("CPU temperature {temp}°C"),
+        details: json!({"sensor": "cpu", "temperature": temp})
+            .as_object()
+            .unwrap()
+            .clone(),
+        timestamp: t(at),
+    };
+    a.ensure_id();
+    a
+}
+
+fn commands(effects: &[Effect]) -> Vec<(NodeName, Command)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Command(n, c) => Some((n.clone(), c.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The workload steps among `effects`: (node, action, workload).
+fn steps(effects: &[Effect]) -> Vec<(String, String, String)> {
+    commands(effects)
+        .into_iter()
+        .filter(|(_, c)| is_step(&c.action_type))
+        .map(|(n, c)| {
+            let w = c.parameters[WORKLOAD_PARAM].as_str().unwrap().to_string();
+            (n.to_string(), c.action_type, w)
+        })
+        .collect()
+}
+
+fn step(node: &str, action: &str, workload: &str) -> (String, String, String) {
+    (node.into(), action.into(), workload.into())
+}
+
+fn answer(e: &mut Engine, effects: &[Effect], status: ResultStatus, at: f64) -> Vec<Effect> {
+    let mut out = Vec::new();
+    for (node, c) in commands(effects)
+        .into_iter()
+        .filter(|(_, c)| is_step(&c.action_type))
+    {
+        let r = CommandResult {
+            action_id: c.action_id.clone(),
+            action_type: c.action_type.clone(),
+            node,
+            agent_id: "agent".into(),
+            status,
+            message: String::new(),
+            changes: vec![],
+            details: Default::default(),
+            timestamp: t(at),
+        };
+        out.extend(e.on_result(r, t(at)));
+    }
+    out
+}
+
+fn placed(e: &Engine, workload: &str) -> Option<String> {
+    e.placements()
+        .all()
+        .find(|p| p.workload == workload)
+        .and_then(|p| p.at.as_ref().map(ToString::to_string))
+}
+
+fn skipped(effects: &[Effect], reason: &str) -> usize {
+    effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Audit(a) if a.event_type == "skipped" && a.data["reason"] == reason))
+        .count()
+}
+
+#[test]
+fn redistribute_moves_the_first_movable_workload_to_the_coolest_node_healthy_there_first() {
+    let mut e = engine();
+    fleet_reports(&mut e, 87.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Critical, 87.0, 0.0), t(0.0));
+    let names: Vec<_> = commands(&fx)
+        .iter()
+        .map(|(_, c)| c.action_type.clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["throttle_50", START],
+        "the throttle, then the move's first step"
+    );
+    // qwen is pinned; synthesis-core goes to athena, the coolest.
+    assert_eq!(steps(&fx), [step("athena", START, "synthesis-core")]);
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("nova"));
+    // Healthy at athena: only now is nova's copy stopped.
+    let fx = answer(&mut e, &fx, ResultStatus::Succeeded, 5.0);
+    assert_eq!(steps(&fx), [step("nova", STOP, "synthesis-core")]);
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("nova"));
+    let fx = answer(&mut e, &fx, ResultStatus::Succeeded, 8.0);
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("athena"));
+    // Still critical: the next movable workload goes, one at a time.
+    assert_eq!(steps(&fx), [step("athena", START, "docker-swarm")]);
+    let moved = fx
+        .iter()
+        .any(|x| matches!(x, Effect::Audit(a) if a.event_type == "placement" && a.data["outcome"] == "done"));
+    assert!(moved, "the move is audited: {fx:?}");
+}
+
+#[test]
+fn redistribute_stops_once_the_problem_is_gone() {
+    let mut e = engine();
+    fleet_reports(&mut e, 87.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Critical, 87.0, 0.0), t(0.0));
+    let fx = answer(&mut e, &fx, ResultStatus::Succeeded, 5.0);
+    e.on_alert(thermal("nova", Severity::Normal, 70.0, 6.0), t(6.0));
+    let fx = answer(&mut e, &fx, ResultStatus::Succeeded, 8.0);
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("athena"));
+    assert!(
+        steps(&fx).is_empty(),
+        "nothing more moves once cool: {fx:?}"
+    );
+}
+
+#[test]
+fn a_failed_start_rolls_back_and_tries_the_next_node() {
+    let mut e = engine();
+    fleet_reports(&mut e, 87.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Critical, 87.0, 0.0), t(0.0));
+    let fx = answer(&mut e, &fx, ResultStatus::Failed, 5.0);
+    // athena failed: lyra is next; nova's copy was never stopped.
+    assert_eq!(steps(&fx), [step("lyra", START, "synthesis-core")]);
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("nova"));
+    let fx = answer(&mut e, &fx, ResultStatus::Failed, 6.0);
+    assert!(steps(&fx).is_empty(), "no node left to try");
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("nova"));
+}
+
+#[test]
+fn emergency_sheds_the_non_essential_and_fails_the_essential_over_to_the_first_spare() {
+    let mut e = engine();
+    fleet_reports(&mut e, 96.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Emergency, 96.0, 0.0), t(0.0));
+    let mut got = steps(&fx);
+    got.sort();
+    let mut want = vec![
+        step("nova", STOP, "docker-swarm"),
+        step("lyra", START, "synthesis-core"),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    let fx = answer(&mut e, &fx, ResultStatus::Succeeded, 5.0);
+    assert_eq!(steps(&fx), [step("nova", STOP, "synthesis-core")]);
+    assert_eq!(placed(&e, "docker-swarm"), None, "shed");
+    let fx = answer(&mut e, &fx, ResultStatus::Succeeded, 8.0);
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("lyra"));
+    assert!(
+        steps(&fx).is_empty(),
+        "qwen is pinned: nothing else fails over"
+    );
+
+    // nova cools and stays calm: what was shed starts again after the
+    // restart hold, then synthesis-core fails back after the failback hold.
+    e.on_alert(thermal("nova", Severity::Normal, 60.0, 10.0), t(10.0));
+    let calm = [
+        ("qwen", "running"),
+        ("synthesis-core", "stopped"),
+        ("docker-swarm", "stopped"),
+    ];
+    let report = |e: &mut Engine, at: f64| {
+        e.on_heartbeat(hb("nova", 60.0, &calm, at), t(at));
+        e.on_heartbeat(
+            hb("lyra", 60.0, &[("synthesis-core", "running")], at),
+            t(at),
+        );
+        e.on_heartbeat(hb("athena", 50.0, &[], at), t(at));
+    };
+    report(&mut e, 11.0);
+    assert!(steps(&e.tick(t(12.0))).is_empty(), "not calm long enough");
+    for s in [30.0, 50.0, 70.0] {
+        report(&mut e, s);
+        assert!(
+            steps(&e.tick(t(s))).is_empty(),
+            "not calm long enough at {s}"
+        );
+    }
+    report(&mut e, 75.0);
+    let fx = e.tick(t(75.0));
+    assert_eq!(steps(&fx), [step("nova", START, "docker-swarm")]);
+    answer(&mut e, &fx, ResultStatus::Succeeded, 76.0);
+    assert_eq!(placed(&e, "docker-swarm").as_deref(), Some("nova"));
+    for s in [90.0, 110.0, 130.0] {
+        report(&mut e, s);
+        assert!(
+            steps(&e.tick(t(s))).is_empty(),
+            "not calm long enough at {s}"
+        );
+    }
+    report(&mut e, 135.0);
+    let fx = e.tick(t(135.0));
+    assert_eq!(steps(&fx), [step("nova", START, "synthesis-core")]);
+    let fx = answer(&mut e, &fx, ResultStatus::Succeeded, 136.0);
+    assert_eq!(steps(&fx), [step("lyra", STOP, "synthesis-core")]);
+    answer(&mut e, &fx, ResultStatus::Succeeded, 137.0);
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("nova"));
+}
+
+#[test]
+fn a_dead_node_fails_over_after_the_delay_and_its_stale_copy_is_fenced_when_back() {
+    let mut e = engine();
+    fleet_reports(&mut e, 60.0, 0.0);
+    // lyra and athena keep reporting; nova falls silent.
+    for s in [10.0, 20.0, 30.0, 39.0] {
+        e.on_heartbeat(hb("lyra", 60.0, &[("backup", "running")], s), t(s));
+        e.on_heartbeat(hb("athena", 50.0, &[], s), t(s));
+        assert!(steps(&e.tick(t(s))).is_empty(), "not yet at {s}");
+    }
+    // Offline after 30 s, failed over 10 s later.
+    e.on_heartbeat(hb("lyra", 60.0, &[("backup", "running")], 41.0), t(41.0));
+    e.on_heartbeat(hb("athena", 50.0, &[], 41.0), t(41.0));
+    let fx = e.tick(t(41.0));
+    assert_eq!(steps(&fx), [step("lyra", START, "synthesis-core")]);
+    let fx = answer(&mut e, &fx, ResultStatus::Succeeded, 42.0);
+    assert!(
+        steps(&fx).is_empty(),
+        "nova is unreachable: nothing sent to it"
+    );
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("lyra"));
+    // nova comes back still running its old copy: it is stopped there.
+    let fx = e.on_heartbeat(hb("nova", 60.0, NOVA_ALL, 50.0), t(50.0));
+    assert_eq!(steps(&fx), [step("nova", STOP, "synthesis-core")]);
+    let fence = commands(&fx)
+        .into_iter()
+        .find(|(_, c)| c.action_type == STOP)
+        .unwrap()
+        .1;
+    assert_eq!(fence.parameters["fence"], "true");
+    // While the fence is pending, it is not sent again.
+    let fx = e.on_heartbeat(hb("nova", 60.0, NOVA_ALL, 55.0), t(55.0));
+    assert!(steps(&fx).is_empty());
+}
+
+#[test]
+fn two_of_three_nodes_down_freezes_destructive_plans_and_says_why() {
+    let mut cfg = fleet();
+    cfg.min_healthy = MinHealthy::Count(2);
+    let mut e = engine_with(cfg, config());
+    fleet_reports(&mut e, 60.0, 0.0);
+    // lyra and athena fall silent; nova goes into emergency.
+    for s in [10.0, 20.0, 31.0] {
+        e.on_heartbeat(hb("nova", 60.0, NOVA_ALL, s), t(s));
+        e.tick(t(s));
+    }
+    e.on_heartbeat(hb("nova", 96.0, NOVA_ALL, 32.0), t(32.0));
+    let fx = e.on_alert(thermal("nova", Severity::Emergency, 96.0, 32.0), t(32.0));
+    assert!(steps(&fx).is_empty(), "frozen: {fx:?}");
+    assert_eq!(skipped(&fx, "fleet_degraded"), 2, "both plans skipped");
+    let raised: Vec<_> = fx
+        .iter()
+        .filter_map(|x| match x {
+            Effect::Alert(a) if a.kind == AlertKind::FleetDegraded => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(raised.len(), 1, "one fleet_degraded alert");
+    assert!(
+        raised[0].message.contains("0 of 3 nodes healthy"),
+        "{}",
+        raised[0].message
+    );
+}
+
+#[test]
+fn dry_run_decides_every_plan_and_sends_nothing() {
+    let mut cfg = config();
+    cfg.dry_run = true;
+    let mut e = engine_with(fleet(), cfg);
+    fleet_reports(&mut e, 96.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Emergency, 96.0, 0.0), t(0.0));
+    assert!(commands(&fx).is_empty());
+    assert_eq!(skipped(&fx, "dry_run"), 2);
+}
+
+#[test]
+fn without_workloads_a_plan_is_skipped_not_sent_to_an_agent() {
+    let mut e = engine_with(Fleet::default(), config());
+    fleet_reports(&mut e, 87.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Critical, 87.0, 0.0), t(0.0));
+    let names: Vec<_> = commands(&fx)
+        .iter()
+        .map(|(_, c)| c.action_type.clone())
+        .collect();
+    assert_eq!(names, ["throttle_50"]);
+    assert_eq!(skipped(&fx, "no_workloads"), 1);
+}
+
+#[test]
+fn a_move_interrupted_by_a_restart_completes_from_the_saved_state() {
+    let mut e = engine();
+    fleet_reports(&mut e, 87.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Critical, 87.0, 0.0), t(0.0));
+    // The coordinator keeps each node's part under its own key.
+    let parts: Vec<String> = ["nova", "lyra", "athena"]
+        .iter()
+        .map(|node| serde_json::to_string(&e.node_snapshot(&n(node))).unwrap())
+        .collect();
+    let mut back = engine();
+    for p in &parts {
+        back.restore(serde_json::from_str(p).unwrap(), t(1.0));
+    }
+    // The start's result arrives at the restarted coordinator.
+    let fx = answer(&mut back, &fx, ResultStatus::Succeeded, 5.0);
+    assert_eq!(steps(&fx), [step("nova", STOP, "synthesis-core")]);
+    answer(&mut back, &fx, ResultStatus::Succeeded, 6.0);
+    assert_eq!(placed(&back, "synthesis-core").as_deref(), Some("athena"));
+}
+
+#[test]
+fn a_start_with_no_result_is_fenced_at_its_target_and_the_workload_stays() {
+    let mut cfg = config();
+    cfg.coordinator.result_grace_seconds = 5.0;
+    let mut e = engine_with(fleet(), cfg);
+    fleet_reports(&mut e, 87.0, 0.0);
+    e.on_alert(thermal("nova", Severity::Critical, 87.0, 0.0), t(0.0));
+    // No answer past the deadline (60 s) and grace.
+    for s in [10.0, 20.0, 30.0, 40.0, 50.0, 60.0] {
+        for node in ["nova", "lyra", "athena"] {
+            e.on_heartbeat(
+                hb(node, if node == "nova" { 87.0 } else { 50.0 }, &[], s),
+                t(s),
+            );
+        }
+    }
+    e.tick(t(66.0));
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("nova"));
+    // athena reports a copy running after all: it is stopped.
+    let fx = e.on_heartbeat(
+        hb("athena", 50.0, &[("synthesis-core", "running")], 67.0),
+        t(67.0),
+    );
+    assert!(
+        steps(&fx).contains(&step("athena", STOP, "synthesis-core")),
+        "{fx:?}"
+    );
+}
+
+#[test]
+fn a_workload_placed_here_and_stopped_is_started_again() {
+    let mut e = engine();
+    let fx = e.on_heartbeat(
+        hb(
+            "nova",
+            60.0,
+            &[("qwen", "failed"), ("synthesis-core", "running")],
+            0.0,
+        ),
+        t(0.0),
+    );
+    assert_eq!(steps(&fx), [step("nova", START, "qwen")]);
+    // Not sent twice while under way.
+    let again = e.on_heartbeat(hb("nova", 60.0, &[("qwen", "stopped")], 1.0), t(1.0));
+    assert!(steps(&again).is_empty());
+    answer(&mut e, &fx, ResultStatus::Succeeded, 2.0);
+    assert_eq!(placed(&e, "qwen").as_deref(), Some("nova"));
+}
+
+#[test]
+fn a_spare_that_is_hot_or_offline_is_passed_over() {
+    let mut e = engine();
+    fleet_reports(&mut e, 96.0, 0.0);
+    e.on_heartbeat(hb("lyra", 80.0, &[], 1.0), t(1.0));
+    e.on_alert(thermal("lyra", Severity::Warning, 80.0, 1.0), t(1.0));
+    let fx = e.on_alert(thermal("nova", Severity::Emergency, 96.0, 2.0), t(2.0));
+    assert!(
+        steps(&fx).contains(&step("athena", START, "synthesis-core")),
+        "{fx:?}"
+    );
+}
