@@ -286,6 +286,48 @@ pub struct Status {
     /// The coordinator that answered, when coordinators elect a leader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<Leadership>,
+    /// Where each configured workload runs, and any step under way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadStatus>,
+    /// Plans waiting for `skos approve` or `skos deny`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalStatus>,
+}
+
+/// Workloads listed at most (a fleet configures a few).
+pub const MAX_WORKLOADS: usize = 64;
+/// Plans waiting for approval listed at most.
+pub const MAX_APPROVALS: usize = 32;
+
+/// One workload as `skos status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    pub name: String,
+    /// Where it normally runs.
+    pub home: String,
+    /// Where it runs by SKOS's record; `None`: stopped by SKOS.
+    pub at: Option<String>,
+    /// `placed`, `moving`, `shed` (stopped to shed load) or `stopped`.
+    pub state: String,
+    /// The step under way, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Nodes whose stale copy is stopped as soon as they report it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fenced: Vec<String>,
+}
+
+/// A plan waiting for a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalStatus {
+    /// What `skos approve` and `skos deny` take.
+    pub id: String,
+    pub plan: String,
+    pub node: String,
+    /// The alert it answers, in words.
+    pub reason: String,
+    #[serde(with = "timefmt")]
+    pub expires_at: Timestamp,
 }
 /// Who leads the coordinators, in which term, since when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -764,6 +806,25 @@ impl Status {
         for c in &self.open_circuits {
             out.push_str(&circuit_line(c));
         }
+        if !self.workloads.is_empty() {
+            out.push_str(&format!("\nWORKLOADS ({})\n", self.workloads.len()));
+            for w in &self.workloads {
+                out.push_str(&workload_line(w));
+            }
+        }
+        if !self.approvals.is_empty() {
+            out.push_str(&format!("\nAPPROVALS WAITING ({})\n", self.approvals.len()));
+            for a in &self.approvals {
+                out.push_str(&format!(
+                    "  {} {} on {} until {}: {}\n",
+                    a.id,
+                    a.plan,
+                    a.node,
+                    timefmt::format(&a.expires_at),
+                    a.reason
+                ));
+            }
+        }
         // What `--json` carries in full: the counters that moved.
         let moved: Vec<String> = self
             .counters
@@ -857,6 +918,22 @@ fn shown_of(shown: usize, total: usize, order: &str) -> String {
     }
 }
 
+fn workload_line(w: &WorkloadStatus) -> String {
+    let at = w.at.as_deref().unwrap_or("-");
+    let mut line = format!(
+        "  {:<20} {:<8} on {:<12} home {}",
+        w.name, w.state, at, w.home
+    );
+    if let Some(step) = &w.step {
+        line.push_str(&format!("; {step}"));
+    }
+    if !w.fenced.is_empty() {
+        line.push_str(&format!("; fenced on {}", w.fenced.join(", ")));
+    }
+    line.push('\n');
+    line
+}
+
 fn circuit_line(c: &Value) -> String {
     format!(
         "  {} {} {} ({})\n",
@@ -874,6 +951,10 @@ mod tests {
     /// A string at the cap.
     fn long() -> String {
         clip(&"x".repeat(10 * MAX_TEXT_BYTES))
+    }
+
+    fn token() -> String {
+        "x".repeat(128)
     }
 
     /// Every list full and every string at its cap (no escapes needed):
@@ -953,6 +1034,26 @@ mod tests {
                 term: u64::MAX,
                 since: now,
             }),
+            // Workload and node names are tokens of at most 128 bytes.
+            workloads: (0..MAX_WORKLOADS)
+                .map(|_| WorkloadStatus {
+                    name: token(),
+                    home: token(),
+                    at: Some(token()),
+                    state: "moving".into(),
+                    step: Some(long()),
+                    fenced: vec![token(), token()],
+                })
+                .collect(),
+            approvals: (0..MAX_APPROVALS)
+                .map(|_| ApprovalStatus {
+                    id: long(),
+                    plan: "failover".into(),
+                    node: token(),
+                    reason: long(),
+                    expires_at: now,
+                })
+                .collect(),
         };
         let body = serde_json::to_vec(&s).unwrap_or_default();
         assert!(body.len() < 600 * 1024, "{} bytes", body.len());
@@ -1013,6 +1114,8 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
             leader: None,
+            workloads: Vec::new(),
+            approvals: Vec::new(),
         };
         // The text shows the counters that moved, as --json has them all.
         let text = file.render();
@@ -1075,6 +1178,8 @@ mod tests {
             open_circuits: Vec::new(),
             counters: (0..20_000).map(|i| (format!("c{i:040}"), 1)).collect(),
             leader: None,
+            workloads: Vec::new(),
+            approvals: Vec::new(),
         };
         assert!(matches!(
             Status::from_reply(&s.to_reply()),

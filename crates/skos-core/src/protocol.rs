@@ -478,6 +478,9 @@ pub enum AuditEvent {
     /// Where a workload runs changed, or a step of a plan that moves,
     /// stops or starts workloads was taken (`data.plan`, `data.workload`).
     Placement,
+    /// A plan waits for a person's approval, or was approved, denied or
+    /// expired (`data.state`, `data.by`).
+    Approval,
 }
 
 impl AuditEvent {
@@ -502,6 +505,7 @@ impl AuditEvent {
             AuditEvent::Dropped => "dropped",
             AuditEvent::Flapping => "flapping",
             AuditEvent::Placement => "placement",
+            AuditEvent::Approval => "approval",
         }
     }
 }

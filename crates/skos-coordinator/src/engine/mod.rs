@@ -59,7 +59,10 @@ mod status;
 
 use index::{Ladders, OpenAlerts, Pendings, Verifications, Watchers};
 use kinds::Recovery;
-pub use placement::{Failback, Fleet, MinHealthy, Placement, WorkloadDef};
+pub use placement::{
+    Approval, ApprovalError, Failback, Fleet, MinHealthy, Placement, Reason as PlanReason,
+    WorkloadDef,
+};
 pub use state::EngineSnapshot;
 use state::{
     AgentType, LastHeartbeat, NodeState, Pending, ResetAttempt, ResetRetry, Verification,
@@ -88,6 +91,8 @@ enum SkipReason {
     /// A workload plan (`redistribute`, `failover`, ...) with no
     /// workloads configured.
     NoWorkloads,
+    /// The plan waits for a person's `skos approve`.
+    AwaitingApproval,
 }
 
 impl SkipReason {
@@ -101,6 +106,7 @@ impl SkipReason {
             SkipReason::PeerNodeDown => "peer_node_down",
             SkipReason::FleetDegraded => "fleet_degraded",
             SkipReason::NoWorkloads => "no_workloads",
+            SkipReason::AwaitingApproval => "awaiting_approval",
         }
     }
 }

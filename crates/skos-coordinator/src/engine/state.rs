@@ -534,6 +534,9 @@ pub struct EngineSnapshot {
     /// plan under way for each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(in crate::engine) placements: Vec<super::Placement>,
+    /// Plans for this node waiting for approval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::engine) approvals: Vec<super::Approval>,
 }
 
 impl EngineSnapshot {
@@ -548,6 +551,7 @@ impl EngineSnapshot {
             && self.ladders.is_empty()
             && self.reset_retries.is_empty()
             && self.placements.is_empty()
+            && self.approvals.is_empty()
     }
 }
 
@@ -585,6 +589,7 @@ impl Engine {
                 .map(|(n, r)| (n.clone(), r.clone()))
                 .collect(),
             placements: self.placements().all().cloned().collect(),
+            approvals: self.placements().approvals().cloned().collect(),
         }
     }
 
@@ -626,6 +631,7 @@ impl Engine {
                 .into_iter()
                 .collect(),
             placements: self.placements().of_home(node),
+            approvals: self.placements().approvals_of(node),
         }
     }
 
@@ -688,6 +694,7 @@ impl Engine {
         }
         self.reset_retries.extend(snap.reset_retries);
         self.placement.restore(snap.placements);
+        self.placement.restore_approvals(snap.approvals);
         for v in snap.verifications {
             self.verifications.push(v);
         }

@@ -159,6 +159,8 @@ impl Engine {
                 .collect(),
             counters: self.counters.snapshot(),
             leader: self.leader.clone(),
+            workloads: self.workload_statuses(&query),
+            approvals: self.approval_statuses(&query),
             query,
         }
     }

@@ -47,7 +47,7 @@ const DEGRADED_SENSOR: &str = "min_healthy";
 /// A plan named by a healing table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Reason {
+pub enum Reason {
     /// `shutdown_non_essential`: stop non-essential workloads, lowest
     /// priority first, while the problem lasts.
     Shed,
@@ -66,7 +66,7 @@ pub(crate) enum Reason {
 
 impl Reason {
     /// The plan's name in tables and records.
-    pub(crate) const fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Reason::Shed => "shutdown_non_essential",
             Reason::Restart => "restart",
@@ -78,7 +78,7 @@ impl Reason {
     }
 
     /// The plan a healing-table action names, if it is one.
-    pub(crate) fn of_action(action: &str) -> Option<Reason> {
+    pub fn of_action(action: &str) -> Option<Reason> {
         [
             Reason::Shed,
             Reason::Redistribute,
@@ -175,6 +175,10 @@ pub struct Fleet {
     pub min_healthy: MinHealthy,
     /// Failovers carried out at once, fleet-wide.
     pub max_concurrent_failovers: usize,
+    /// Plans that wait for a person's `skos approve` before they start.
+    pub approval: Vec<Reason>,
+    /// Seconds a plan waits for approval before it expires.
+    pub approval_timeout: f64,
 }
 
 impl Fleet {
@@ -259,6 +263,30 @@ impl Placement {
     }
 }
 
+/// A plan waiting for a person's decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// What `skos approve` and `skos deny` name: the plan, the node and a
+    /// digest of the alert it answers (the same on every coordinator).
+    pub id: String,
+    pub plan: Reason,
+    pub node: NodeName,
+    /// The alert it answers.
+    pub cause: Box<Alert>,
+    pub severity: Severity,
+    #[serde(with = "skos_core::timefmt")]
+    pub requested_at: Timestamp,
+    #[serde(with = "skos_core::timefmt")]
+    pub expires_at: Timestamp,
+}
+
+/// Why an approval or a denial was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("no plan waits for approval under {0:?} (it may have expired, or been decided)")]
+    Unknown(String),
+}
+
 /// What a heartbeat says of one workload on its node.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Seen {
@@ -281,6 +309,8 @@ pub(crate) struct Placements {
     calm_since: BTreeMap<NodeName, Timestamp>,
     /// The node named in the open `fleet_degraded` alert, if one is open.
     degraded: Option<NodeName>,
+    /// Plans waiting for approval, by id.
+    approvals: BTreeMap<String, Approval>,
 }
 
 impl Placements {
@@ -296,6 +326,28 @@ impl Placements {
             by_workload,
             calm_since: BTreeMap::new(),
             degraded: None,
+            approvals: BTreeMap::new(),
+        }
+    }
+
+    /// The plans waiting for approval on `node` (kept in its state).
+    pub(crate) fn approvals_of(&self, node: &NodeName) -> Vec<Approval> {
+        self.approvals
+            .values()
+            .filter(|a| &a.node == node)
+            .cloned()
+            .collect()
+    }
+
+    /// Every plan waiting for approval, by id.
+    pub(crate) fn approvals(&self) -> impl Iterator<Item = &Approval> {
+        self.approvals.values()
+    }
+
+    /// Continue waiting for saved approvals.
+    pub(crate) fn restore_approvals(&mut self, saved: Vec<Approval>) {
+        for a in saved {
+            self.approvals.insert(a.id.clone(), a);
         }
     }
 
@@ -327,6 +379,70 @@ impl Placements {
     /// Every placement, by workload.
     pub(crate) fn all(&self) -> impl Iterator<Item = &Placement> {
         self.by_workload.values()
+    }
+}
+
+impl Engine {
+    /// Every configured workload's placement `query` concerns (its home
+    /// or where it runs), for `skos status`.
+    pub(in crate::engine) fn workload_statuses(
+        &self,
+        query: &crate::status::StatusQuery,
+    ) -> Vec<crate::status::WorkloadStatus> {
+        self.placement
+            .fleet
+            .workloads
+            .iter()
+            .filter_map(|w| {
+                let p = self.placement.by_workload.get(&w.name)?;
+                let concerns = query.concerns(w.home.as_str())
+                    || p.at.as_ref().is_some_and(|a| query.concerns(a.as_str()));
+                if !concerns {
+                    return None;
+                }
+                let state = match (&p.op, &p.at, &p.shed_from) {
+                    (Some(_), _, _) => "moving",
+                    (None, Some(_), _) => "placed",
+                    (None, None, Some(_)) => "shed",
+                    (None, None, None) => "stopped",
+                };
+                let step = p.op.as_ref().map(|op| {
+                    let what = match &op.step {
+                        Step::Start { to, .. } => format!("starting on {to}"),
+                        Step::Stop { from, .. } => format!("stopping on {from}"),
+                    };
+                    crate::status::clip(&format!("{} {what}", op.reason.as_str()))
+                });
+                Some(crate::status::WorkloadStatus {
+                    name: w.name.clone(),
+                    home: w.home.to_string(),
+                    at: p.at.as_ref().map(ToString::to_string),
+                    state: state.into(),
+                    step,
+                    fenced: p.fence.iter().map(ToString::to_string).collect(),
+                })
+            })
+            .take(crate::status::MAX_WORKLOADS)
+            .collect()
+    }
+
+    /// The plans waiting for approval that `query` concerns.
+    pub(in crate::engine) fn approval_statuses(
+        &self,
+        query: &crate::status::StatusQuery,
+    ) -> Vec<crate::status::ApprovalStatus> {
+        self.placement
+            .approvals()
+            .filter(|a| query.concerns(a.node.as_str()))
+            .map(|a| crate::status::ApprovalStatus {
+                id: a.id.clone(),
+                plan: a.plan.as_str().into(),
+                node: a.node.to_string(),
+                reason: crate::status::clip(&a.cause.message),
+                expires_at: a.expires_at,
+            })
+            .take(crate::status::MAX_APPROVALS)
+            .collect()
     }
 }
 
@@ -429,17 +545,20 @@ impl Engine {
             );
             return true;
         }
-        self.start_plan(reason, &node, alert, severity, now, out);
+        self.start_plan(reason, &node, alert, severity, false, now, out);
         true
     }
 
-    /// Begin (or go on with) `reason` for `node`, answering `cause`.
+    /// Begin (or go on with) `reason` for `node`, answering `cause`; a
+    /// plan that needs approval waits for it unless `approved`.
+    #[allow(clippy::too_many_arguments)]
     fn start_plan(
         &mut self,
         reason: Reason,
         node: &NodeName,
         cause: &Alert,
         severity: Severity,
+        approved: bool,
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) {
@@ -456,6 +575,10 @@ impl Engine {
             return;
         }
         if reason.destructive() && !self.fleet_gate(node, (&problem, action), now, out) {
+            return;
+        }
+        if !approved && self.placement.fleet.approval.contains(&reason) {
+            self.request_approval(reason, node, cause, severity, now, out);
             return;
         }
         if reason == Reason::Failover {
@@ -1104,6 +1227,7 @@ impl Engine {
         if self.placement.fleet.workloads.is_empty() {
             return;
         }
+        self.expire_approvals(now, out);
         let nodes: Vec<NodeName> = self.nodes.keys().cloned().collect();
         for node in &nodes {
             let calm = self.online(node) && !self.has_open_alert(node, Severity::Warning);
@@ -1121,7 +1245,7 @@ impl Engine {
                 continue;
             };
             if state.offline && now - state.last_seen >= delay && self.has_essential_at(node) {
-                if self.busy(node, Reason::Failover) {
+                if self.busy(node, Reason::Failover) || self.waiting(node, Reason::Failover) {
                     continue;
                 }
                 let cause = self
@@ -1130,7 +1254,15 @@ impl Engine {
                     .find(|(_, a)| a.kind == AlertKind::HeartbeatMissing)
                     .map(|(_, a)| a.clone())
                     .unwrap_or_else(|| self.placement_alert(node, "*", now));
-                self.start_plan(Reason::Failover, node, &cause, Severity::Critical, now, out);
+                self.start_plan(
+                    Reason::Failover,
+                    node,
+                    &cause,
+                    Severity::Critical,
+                    false,
+                    now,
+                    out,
+                );
             }
         }
         for node in &nodes {
@@ -1157,21 +1289,169 @@ impl Engine {
                 );
             }
             if self.placement.fleet.failback == Failback::Auto
+                && !self.waiting(node, Reason::Failback)
                 && calm_for >= secs(self.placement.fleet.failback_hold)
                 && !self.busy(node, Reason::Failback)
                 && self.away_from_home(node)
             {
                 let cause = self.placement_alert(node, "*", now);
-                self.next_step(
-                    Reason::Failback,
-                    node,
-                    &cause,
-                    Severity::Warning,
-                    &[],
-                    now,
-                    out,
-                );
+                if self.placement.fleet.approval.contains(&Reason::Failback) {
+                    self.request_approval(
+                        Reason::Failback,
+                        node,
+                        &cause,
+                        Severity::Warning,
+                        now,
+                        out,
+                    );
+                } else {
+                    self.next_step(
+                        Reason::Failback,
+                        node,
+                        &cause,
+                        Severity::Warning,
+                        &[],
+                        now,
+                        out,
+                    );
+                }
             }
+        }
+    }
+
+    /// Whether a `reason` plan for `node` waits for approval.
+    fn waiting(&self, node: &NodeName, reason: Reason) -> bool {
+        self.placement
+            .approvals
+            .values()
+            .any(|a| &a.node == node && a.plan == reason)
+    }
+
+    /// Make `reason` for `node` wait for a person (once: a plan already
+    /// waiting is not asked for again).
+    fn request_approval(
+        &mut self,
+        reason: Reason,
+        node: &NodeName,
+        cause: &Alert,
+        severity: Severity,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
+        let action = reason.as_str();
+        let waiting = self
+            .placement
+            .approvals
+            .values()
+            .find(|a| &a.node == node && a.plan == reason)
+            .map(|a| a.id.clone());
+        if let Some(id) = waiting {
+            self.skip(
+                (node, &cause.problem(), action),
+                SkipReason::AwaitingApproval,
+                format!("waiting for approval {id}"),
+                now,
+                out,
+            );
+            return;
+        }
+        let id = format!("{action}-{node}-{}", &cause.id_digest()[..8]);
+        let expires_at = now + secs(self.placement.fleet.approval_timeout);
+        let approval = Approval {
+            id: id.clone(),
+            plan: reason,
+            node: node.clone(),
+            cause: Box::new(cause.clone()),
+            severity,
+            requested_at: now,
+            expires_at,
+        };
+        let until = skos_core::timefmt::format(&expires_at);
+        out.push(audit(
+            AuditEvent::Approval,
+            now,
+            Some(node),
+            format!("{action} on {node} waits for approval: skos approve {id} (or skos deny {id}) before {until}"),
+            json!({"id": id, "plan": action, "state": "waiting", "alert_id": cause.alert_id, "expires_at": until}),
+        ));
+        self.placement.approvals.insert(id, approval);
+    }
+
+    /// A person approved `id`: the plan starts (the fleet gate still
+    /// applies).
+    ///
+    /// # Errors
+    /// [`ApprovalError::Unknown`] when no plan waits under `id`.
+    pub fn approve(
+        &mut self,
+        id: &str,
+        by: &str,
+        now: Timestamp,
+    ) -> Result<Vec<Effect>, ApprovalError> {
+        let a = self
+            .placement
+            .approvals
+            .remove(id)
+            .ok_or_else(|| ApprovalError::Unknown(id.to_string()))?;
+        let mut out = vec![audit(
+            AuditEvent::Approval,
+            now,
+            Some(&a.node),
+            format!("{} on {} approved by {by}", a.plan.as_str(), a.node),
+            json!({"id": a.id, "plan": a.plan.as_str(), "state": "approved", "by": by}),
+        )];
+        self.start_plan(a.plan, &a.node, &a.cause, a.severity, true, now, &mut out);
+        Ok(out)
+    }
+
+    /// A person denied `id`: the plan is dropped.
+    ///
+    /// # Errors
+    /// [`ApprovalError::Unknown`] when no plan waits under `id`.
+    pub fn deny(
+        &mut self,
+        id: &str,
+        by: &str,
+        now: Timestamp,
+    ) -> Result<Vec<Effect>, ApprovalError> {
+        let a = self
+            .placement
+            .approvals
+            .remove(id)
+            .ok_or_else(|| ApprovalError::Unknown(id.to_string()))?;
+        Ok(vec![audit(
+            AuditEvent::Approval,
+            now,
+            Some(&a.node),
+            format!("{} on {} denied by {by}", a.plan.as_str(), a.node),
+            json!({"id": a.id, "plan": a.plan.as_str(), "state": "denied", "by": by}),
+        )])
+    }
+
+    /// Drop the approvals nobody answered in time.
+    fn expire_approvals(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        let expired: Vec<String> = self
+            .placement
+            .approvals
+            .values()
+            .filter(|a| now >= a.expires_at)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in expired {
+            let Some(a) = self.placement.approvals.remove(&id) else {
+                continue;
+            };
+            out.push(audit(
+                AuditEvent::Approval,
+                now,
+                Some(&a.node),
+                format!(
+                    "{} on {} expired: nobody approved it in time",
+                    a.plan.as_str(),
+                    a.node
+                ),
+                json!({"id": a.id, "plan": a.plan.as_str(), "state": "expired"}),
+            ));
         }
     }
 

@@ -45,6 +45,8 @@ fn fleet() -> Fleet {
         restart_hold: 60.0,
         min_healthy: MinHealthy::Count(1),
         max_concurrent_failovers: 2,
+        approval: Vec::new(),
+        approval_timeout: 600.0,
     }
 }
 
@@ -481,4 +483,106 @@ fn a_spare_that_is_hot_or_offline_is_passed_over() {
         steps(&fx).contains(&step("athena", START, "synthesis-core")),
         "{fx:?}"
     );
+}
+
+fn approvals(effects: &[Effect], state: &str) -> Vec<Value> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Audit(a) if a.event_type == "approval" && a.data["state"] == state => {
+                Some(a.data.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn needing_approval() -> Engine {
+    let mut f = fleet();
+    f.approval = vec![Reason::Failover];
+    engine_with(f, config())
+}
+
+#[test]
+fn an_approval_required_failover_waits_and_runs_on_approve() {
+    let mut e = needing_approval();
+    fleet_reports(&mut e, 96.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Emergency, 96.0, 0.0), t(0.0));
+    // Shedding needs no approval; the failover waits.
+    assert_eq!(steps(&fx), [step("nova", STOP, "docker-swarm")]);
+    let waiting = approvals(&fx, "waiting");
+    assert_eq!(waiting.len(), 1);
+    let id = waiting[0]["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("failover-nova-"), "{id}");
+    // Asked once: the same problem again is skipped as awaiting it.
+    let again = e.on_alert(thermal("nova", Severity::Emergency, 97.0, 1.0), t(1.0));
+    assert!(approvals(&again, "waiting").is_empty());
+    assert_eq!(skipped(&again, "awaiting_approval"), 1);
+    // It survives a restart.
+    let saved = serde_json::to_string(&e.node_snapshot(&n("nova"))).unwrap();
+    let mut back = needing_approval();
+    fleet_reports(&mut back, 96.0, 2.0);
+    back.restore(serde_json::from_str(&saved).unwrap(), t(2.0));
+    assert!(matches!(
+        back.approve("nope", "ops", t(3.0)),
+        Err(ApprovalError::Unknown(_))
+    ));
+    let fx = back.approve(&id, "ops@example", t(3.0)).unwrap();
+    assert_eq!(approvals(&fx, "approved")[0]["by"], "ops@example");
+    assert_eq!(steps(&fx), [step("lyra", START, "synthesis-core")]);
+    assert!(back.approve(&id, "ops", t(4.0)).is_err(), "decided once");
+}
+
+#[test]
+fn an_unanswered_approval_expires_and_a_denied_one_is_dropped() {
+    let mut e = needing_approval();
+    fleet_reports(&mut e, 96.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Emergency, 96.0, 0.0), t(0.0));
+    let id = approvals(&fx, "waiting")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for s in [100.0, 200.0, 300.0, 400.0, 500.0] {
+        fleet_reports(&mut e, 96.0, s);
+        assert!(approvals(&e.tick(t(s)), "expired").is_empty());
+    }
+    fleet_reports(&mut e, 96.0, 600.0);
+    let fx = e.tick(t(600.0));
+    assert_eq!(approvals(&fx, "expired").len(), 1);
+    assert!(steps(&fx).is_empty(), "nothing runs on expiry");
+    assert!(e.approve(&id, "ops", t(601.0)).is_err());
+
+    // Asked again, then denied.
+    let fx = e.on_alert(thermal("nova", Severity::Emergency, 97.0, 602.0), t(602.0));
+    let id = approvals(&fx, "waiting")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fx = e.deny(&id, "ops", t(603.0)).unwrap();
+    assert_eq!(approvals(&fx, "denied").len(), 1);
+    assert!(steps(&fx).is_empty());
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("nova"));
+}
+
+#[test]
+fn status_shows_each_workload_where_it_is_and_the_approvals_waiting() {
+    let mut e = needing_approval();
+    fleet_reports(&mut e, 87.0, 0.0);
+    e.on_alert(thermal("nova", Severity::Critical, 87.0, 0.0), t(0.0));
+    e.on_alert(thermal("nova", Severity::Emergency, 96.0, 1.0), t(1.0));
+    let s = e.status(t(2.0));
+    let sc = s
+        .workloads
+        .iter()
+        .find(|w| w.name == "synthesis-core")
+        .unwrap();
+    assert_eq!(sc.state, "moving");
+    assert_eq!(sc.step.as_deref(), Some("redistribute starting on athena"));
+    assert_eq!(sc.at.as_deref(), Some("nova"));
+    assert_eq!(s.approvals.len(), 1);
+    assert_eq!(s.approvals[0].plan, "failover");
+    let text = s.render();
+    assert!(text.contains("WORKLOADS (4)"), "{text}");
+    assert!(text.contains("APPROVALS WAITING (1)"), "{text}");
+    assert!(text.contains(&s.approvals[0].id), "{text}");
 }
