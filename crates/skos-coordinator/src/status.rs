@@ -10,7 +10,7 @@
 //! actions and the open circuits. Every list has a fixed cap and every
 //! string in it a fixed length ([`MAX_TEXT_BYTES`]), so the reply stays
 //! below the 1 MiB a NATS message may carry whatever the size of the
-//! fleet: under 600 KiB even with every listed string at its cap, and
+//! fleet: under 700 KiB even with every listed string at its cap, and
 //! [`MAX_REPLY_BYTES`] is enforced on top; a full page of 200 nodes with
 //! 100 long alerts takes about 160 KiB.
 //!
@@ -21,6 +21,9 @@
 //! | `open_alerts` | [`MAX_OPEN_ALERTS`] | worst severity first; with `node`, that node's |
 //! | `recent_actions` | [`MAX_RECENT_ACTIONS`] | the newest, oldest first; with `node`, that node's |
 //! | `open_circuits` | [`MAX_OPEN_CIRCUITS`] | by (node, problem, action); with `node`, that node's |
+//! | `workloads` | [`MAX_WORKLOADS`] | the configured workloads whose home or place the query concerns |
+//! | `approvals` | [`MAX_APPROVALS`] | plans waiting for approval; with `node`, that node's |
+//! | `ledger` | [`MAX_LEDGER_ROWS`] | the fleet's (problem, action) records, most attempts first; with `node`, that node's |
 //!
 //! The summary always counts everything, so a reply says how much it left
 //! out; `node` shows one node in full (its alerts, actions and circuits).
@@ -292,6 +295,30 @@ pub struct Status {
     /// Plans waiting for `skos approve` or `skos deny`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<ApprovalStatus>,
+    /// What each action did for each problem: the fleet's, or the named
+    /// node's (at most [`MAX_LEDGER_ROWS`], most attempts first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ledger: Vec<LedgerRow>,
+}
+
+/// Ledger rows listed at most.
+pub const MAX_LEDGER_ROWS: usize = 64;
+
+/// What one action did for one problem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerRow {
+    pub problem: String,
+    pub action: String,
+    pub attempts: u64,
+    pub verified: u64,
+    pub failed: u64,
+    pub uncredited: u64,
+    /// Verified over verified plus failed.
+    pub success_rate: Option<f64>,
+    /// Seconds from the fault's alert to its verified recovery.
+    pub mean_recovery_seconds: Option<f64>,
+    pub max_recovery_seconds: Option<f64>,
+    pub last_outcome: Option<crate::engine::LedgerOutcome>,
 }
 
 /// Workloads listed at most (a fleet configures a few).
@@ -812,6 +839,26 @@ impl Status {
                 out.push_str(&workload_line(w));
             }
         }
+        if !self.ledger.is_empty() {
+            out.push_str(&format!(
+                "\nWHAT WORKED ({} problem, action pairs)\n",
+                self.ledger.len()
+            ));
+            for r in self.ledger.iter().take(10) {
+                let rate = r
+                    .success_rate
+                    .map(|x| format!("{:.0}%", x * 100.0))
+                    .unwrap_or_else(|| "-".into());
+                let mean = r
+                    .mean_recovery_seconds
+                    .map(|x| format!("{x:.0}s"))
+                    .unwrap_or_else(|| "-".into());
+                out.push_str(&format!(
+                    "  {:<20} {:<22} {} tried, {} verified, {} failed ({rate}), recovery {mean}\n",
+                    r.problem, r.action, r.attempts, r.verified, r.failed
+                ));
+            }
+        }
         if !self.approvals.is_empty() {
             out.push_str(&format!("\nAPPROVALS WAITING ({})\n", self.approvals.len()));
             for a in &self.approvals {
@@ -1054,9 +1101,23 @@ mod tests {
                     expires_at: now,
                 })
                 .collect(),
+            ledger: (0..MAX_LEDGER_ROWS)
+                .map(|_| LedgerRow {
+                    problem: long(),
+                    action: long(),
+                    attempts: u64::MAX,
+                    verified: u64::MAX,
+                    failed: u64::MAX,
+                    uncredited: u64::MAX,
+                    success_rate: Some(0.123_456_789),
+                    mean_recovery_seconds: Some(f64::MAX),
+                    max_recovery_seconds: Some(f64::MAX),
+                    last_outcome: Some(crate::engine::LedgerOutcome::Uncredited),
+                })
+                .collect(),
         };
         let body = serde_json::to_vec(&s).unwrap_or_default();
-        assert!(body.len() < 600 * 1024, "{} bytes", body.len());
+        assert!(body.len() < 700 * 1024, "{} bytes", body.len());
         assert_eq!(s.to_reply(), body);
         assert_eq!(
             s.open_alerts[0]["details"],
@@ -1116,6 +1177,7 @@ mod tests {
             leader: None,
             workloads: Vec::new(),
             approvals: Vec::new(),
+            ledger: Vec::new(),
         };
         // The text shows the counters that moved, as --json has them all.
         let text = file.render();
@@ -1180,6 +1242,7 @@ mod tests {
             leader: None,
             workloads: Vec::new(),
             approvals: Vec::new(),
+            ledger: Vec::new(),
         };
         assert!(matches!(
             Status::from_reply(&s.to_reply()),

@@ -37,6 +37,9 @@ pub enum Counter<'a> {
     /// took effect and stay down for the hold (it fell before, or its
     /// problem flapped): neither a success nor a breaker failure.
     VerificationsUncredited,
+    /// A decision where the effectiveness ledger changed the table's
+    /// order or skipped a failing action.
+    LearningApplied,
     /// `flapping.<started|stopped>`: problems that started flapping, or
     /// became stable again.
     Flapping(&'a str),
@@ -114,6 +117,7 @@ impl Counter<'_> {
             VerificationsSucceeded => "verifications.succeeded",
             VerificationsFailed => "verifications.failed",
             VerificationsUncredited => "verifications.uncredited",
+            LearningApplied => "learning.applied",
             Flapping(s) => return format!("flapping.{s}").into(),
             AlertsHeldFlapping => "alerts.held_flapping",
             BreakerFailures => "breaker.failures",

@@ -481,6 +481,9 @@ pub enum AuditEvent {
     /// A plan waits for a person's approval, or was approved, denied or
     /// expired (`data.state`, `data.by`).
     Approval,
+    /// The effectiveness ledger changed what a decision tries: the
+    /// table's actions, the ones chosen and the records behind it.
+    Learned,
 }
 
 impl AuditEvent {
@@ -506,6 +509,7 @@ impl AuditEvent {
             AuditEvent::Flapping => "flapping",
             AuditEvent::Placement => "placement",
             AuditEvent::Approval => "approval",
+            AuditEvent::Learned => "learned",
         }
     }
 }

@@ -318,6 +318,12 @@ impl Engine {
             .held(v.after)
             .map(|d| d.num_milliseconds() as f64 / 1000.0);
         kinds::of(&v.alert.kind).on_verified(self, &v);
+        self.ledger_outcome(
+            (&node, &v.problem, &v.action),
+            super::ledger::Outcome::Verified,
+            Some(v.alert.timestamp),
+            now,
+        );
         self.counters.inc(Counter::VerificationsSucceeded);
         self.set_action_state(
             &v.action_id,
@@ -380,6 +386,12 @@ impl Engine {
             .get(&node)
             .and_then(|n| value_of(&n.heartbeat, &v));
         self.counters.inc(Counter::VerificationsUncredited);
+        self.ledger_outcome(
+            (&node, &v.problem, &v.action),
+            super::ledger::Outcome::Uncredited,
+            None,
+            now,
+        );
         self.set_action_state(
             &v.action_id,
             &node,
@@ -469,6 +481,12 @@ impl Engine {
     /// step of a ladder).
     fn not_verified(&mut self, v: Verification, now: Timestamp, out: &mut Vec<Effect>) {
         self.counters.inc(Counter::VerificationsFailed);
+        self.ledger_outcome(
+            (&v.node, &v.problem, &v.action),
+            super::ledger::Outcome::Failed,
+            None,
+            now,
+        );
         let value = self
             .nodes
             .get(&v.node)

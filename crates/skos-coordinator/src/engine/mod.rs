@@ -51,6 +51,7 @@ mod credit;
 mod flap;
 mod index;
 mod kinds;
+mod ledger;
 mod originals;
 mod placement;
 mod quota;
@@ -59,6 +60,7 @@ mod status;
 
 use index::{Ladders, OpenAlerts, Pendings, Verifications, Watchers};
 use kinds::Recovery;
+pub use ledger::{LedgerEntry, Outcome as LedgerOutcome, Record as LedgerRecord};
 pub use placement::{
     Approval, ApprovalError, Failback, Fleet, MinHealthy, Placement, Reason as PlanReason,
     WorkloadDef,
@@ -172,6 +174,8 @@ pub struct Engine {
     /// Where each workload runs, and the plans moving them (see
     /// `placement`).
     placement: placement::Placements,
+    /// What each action did for each problem on each node (see `ledger`).
+    ledger: ledger::Ledger,
 }
 
 /// Why a result was refused: it came from another node than the one its
@@ -247,6 +251,7 @@ impl Engine {
             flaps: flap::Flaps::default(),
             leader: None,
             placement: placement::Placements::new(Fleet::default()),
+            ledger: ledger::Ledger::default(),
         }
     }
 
@@ -414,6 +419,7 @@ impl Engine {
         let mut at_level = alert.clone();
         at_level.severity = severity;
         let actions = policy::actions_for(&self.cfg, &at_level);
+        let actions = self.learned(alert, severity, actions, now, out);
         out.push(audit(
             AuditEvent::Decision,
             now,
@@ -646,6 +652,7 @@ impl Engine {
             json!({"command": cmd}),
         ));
         pending.command = Some(cmd.clone());
+        self.ledger_attempt(&node, &problem, &cmd.action_type);
         self.pending.insert(cmd.action_id.clone(), pending);
         self.recent.push_back(ActionRecord {
             action_id: cmd.action_id.clone(),
@@ -760,6 +767,12 @@ impl Engine {
                     ActionState::NotVerified,
                     "freed nothing",
                 );
+                self.ledger_outcome(
+                    (&p.node, &p.problem, &p.action),
+                    ledger::Outcome::Failed,
+                    None,
+                    now,
+                );
                 self.failure(&key, now, &mut out);
             }
             ResultStatus::Succeeded => match credit::recovery_of(&self.cfg, &p) {
@@ -779,12 +792,25 @@ impl Engine {
                     self.start_verification(v, now, &mut out);
                 }
                 _ => {
+                    let fault = Some(p.alert.timestamp);
+                    self.ledger_outcome(
+                        (&p.node, &p.problem, &p.action),
+                        ledger::Outcome::Verified,
+                        fault,
+                        now,
+                    );
                     if let Some(t) = self.breakers.record_success(&key) {
                         self.breaker_transition(&key, t, now, &mut out);
                     }
                 }
             },
             ResultStatus::Failed | ResultStatus::Expired | ResultStatus::Rejected => {
+                self.ledger_outcome(
+                    (&p.node, &p.problem, &p.action),
+                    ledger::Outcome::Failed,
+                    None,
+                    now,
+                );
                 self.failure(&key, now, &mut out);
             }
             ResultStatus::Unsupported => {
@@ -871,6 +897,12 @@ impl Engine {
                 }),
             ));
             let key = BreakerKey::new(p.node.as_str(), p.problem.as_str(), &p.action);
+            self.ledger_outcome(
+                (&p.node, &p.problem, &p.action),
+                ledger::Outcome::Failed,
+                None,
+                now,
+            );
             self.failure(&key, now, out);
             if placement::is_step(&p.action) {
                 self.placement_result(&p, &action_id, None, now, out);

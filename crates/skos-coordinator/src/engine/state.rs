@@ -537,6 +537,9 @@ pub struct EngineSnapshot {
     /// Plans for this node waiting for approval.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(in crate::engine) approvals: Vec<super::Approval>,
+    /// What each action did for each problem on this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::engine) ledger: Vec<super::LedgerEntry>,
 }
 
 impl EngineSnapshot {
@@ -552,6 +555,7 @@ impl EngineSnapshot {
             && self.reset_retries.is_empty()
             && self.placements.is_empty()
             && self.approvals.is_empty()
+            && self.ledger.is_empty()
     }
 }
 
@@ -590,6 +594,7 @@ impl Engine {
                 .collect(),
             placements: self.placements().all().cloned().collect(),
             approvals: self.placements().approvals().cloned().collect(),
+            ledger: self.ledger.all(),
         }
     }
 
@@ -632,6 +637,7 @@ impl Engine {
                 .collect(),
             placements: self.placements().of_home(node),
             approvals: self.placements().approvals_of(node),
+            ledger: self.ledger.of_node(node),
         }
     }
 
@@ -695,6 +701,7 @@ impl Engine {
         self.reset_retries.extend(snap.reset_retries);
         self.placement.restore(snap.placements);
         self.placement.restore_approvals(snap.approvals);
+        self.ledger.restore(snap.ledger);
         for v in snap.verifications {
             self.verifications.push(v);
         }

@@ -161,6 +161,7 @@ impl Engine {
             leader: self.leader.clone(),
             workloads: self.workload_statuses(&query),
             approvals: self.approval_statuses(&query),
+            ledger: self.ledger_rows(&query),
             query,
         }
     }

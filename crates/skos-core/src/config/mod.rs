@@ -24,6 +24,7 @@ mod agent;
 mod breaker;
 mod coordinator;
 mod http;
+mod learning;
 mod levels;
 mod loops;
 mod mesh;
@@ -38,6 +39,7 @@ pub use agent::AgentSection;
 pub use breaker::BreakerConfig;
 pub use coordinator::CoordinatorSection;
 pub use http::{HttpConfig, HttpListen, HttpTls, DEFAULT_HTTP_LISTEN};
+pub use learning::{LearningConfig, LEARNABLE_KINDS};
 pub use levels::{ActionTable, LevelHold, Thresholds};
 pub use loops::{
     BreakMode, ChainLimits, Condition, CycleRule, GroupLimits, KindLimits, LoopConfig,
@@ -104,6 +106,7 @@ pub struct Config {
     pub trust: TrustConfig,
     /// The operator's HTTP API, metrics and live page.
     pub http: HttpConfig,
+    pub learning: LearningConfig,
 }
 
 impl Default for Config {
@@ -125,6 +128,7 @@ impl Default for Config {
             loop_: LoopConfig::default(),
             trust: TrustConfig::default(),
             http: HttpConfig::default(),
+            learning: LearningConfig::default(),
         }
     }
 }
@@ -229,6 +233,7 @@ pub const SECTIONS: &[TopLevel] = &[
     TopLevel::section::<LoopConfig>(),
     TopLevel::section::<TrustConfig>(),
     TopLevel::section::<HttpConfig>(),
+    TopLevel::section::<LearningConfig>(),
 ];
 
 fn read_value<T: DeserializeOwned>(
