@@ -5,12 +5,18 @@
 //! over the environment as a lookup function. Every problem is reported with
 //! its key path (`thermal.thresholds.critical`) or variable (`env:WARNING_TEMP`).
 //!
-//! Each top-level section is a [`Section`] in its own file (`node.rs`,
-//! `nats.rs`, `agent.rs`, `coordinator.rs`, `breaker.rs`, `thermal.rs`,
-//! `storage.rs`, `mesh.rs`, `loops.rs`, `trust.rs`; `levels.rs` holds what
-//! thermal and storage share, `validate.rs` the validators of single
-//! values). [`Config::from_yaml`] reads and [`Config::check`] checks every
-//! top-level key through one table, [`SECTIONS`].
+//! Each top-level section is a [`Section`] in its own file (`general.rs`,
+//! `node.rs`, `nats.rs`, `agent.rs`, `agents.rs`, `fleet.rs` (`nodes` and
+//! `failover`), `coordinator.rs`, `breaker.rs`, `thermal.rs`, `storage.rs`,
+//! `mesh.rs`, `loops.rs`, `trust.rs`; `levels.rs` holds what thermal and
+//! storage share, `validate.rs` the validators of single values, `seed.rs`
+//! the seed's names for keys SKOS spells otherwise). [`Config::from_yaml`]
+//! reads and [`Config::check`] checks every top-level key through one
+//! table, [`SECTIONS`].
+//!
+//! Besides errors, a file may draw warnings ([`Config::warnings`]): a key
+//! of the seed that SKOS accepts but does not apply as the seed did, each
+//! saying what SKOS does instead. A file with warnings loads.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,22 +27,29 @@ use serde::{Deserialize, Serialize};
 use crate::node::NodeName;
 
 mod agent;
+mod agents;
 mod breaker;
 mod coordinator;
+mod fleet;
+mod general;
 mod http;
 mod levels;
 mod loops;
 mod mesh;
 mod nats;
 mod node;
+mod seed;
 mod storage;
 mod thermal;
 mod trust;
 mod validate;
 
 pub use agent::AgentSection;
+pub use agents::{AgentsSection, AntibodyTimers};
 pub use breaker::BreakerConfig;
 pub use coordinator::CoordinatorSection;
+pub use fleet::{is_service_name, FleetNodes, NodeSpec, SpareConfig, MAX_SERVICE_NAME_LEN};
+pub use general::{GeneralSection, SKOS_VERSION};
 pub use http::{HttpConfig, HttpListen, HttpTls, DEFAULT_HTTP_LISTEN};
 pub use levels::{ActionTable, LevelHold, Thresholds};
 pub use loops::{
@@ -49,6 +62,7 @@ pub use mesh::{
 };
 pub use nats::{NatsSection, NatsTls};
 pub use node::NodeSection;
+pub use seed::{SeedKey, SEED_KEYS};
 pub use storage::{
     ArchiveConfig, EmailConfig, LogCleanup, NotifyConfig, StorageConfig, TempCleanup, WebhookConfig,
 };
@@ -82,6 +96,8 @@ pub(crate) fn issue(path: impl Into<String>, message: impl Into<String>) -> Conf
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
+    /// The seed's general settings (version stamp, audit retention).
+    pub general: GeneralSection,
     pub node: NodeSection,
     pub nats: NatsSection,
     /// Where embedded mode keeps its audit trail and state.
@@ -94,6 +110,12 @@ pub struct Config {
     /// Decide and audit, execute nothing.
     pub dry_run: bool,
     pub agent: AgentSection,
+    /// The seed's timers per antibody.
+    pub agents: AgentsSection,
+    /// The fleet: each node's role and home services.
+    pub nodes: FleetNodes,
+    /// Hot spares and the order services move in.
+    pub failover: SpareConfig,
     pub coordinator: CoordinatorSection,
     pub circuit_breaker: BreakerConfig,
     pub thermal: ThermalConfig,
@@ -109,6 +131,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            general: GeneralSection::default(),
             node: NodeSection::default(),
             nats: NatsSection::default(),
             data_dir: PathBuf::from("./skos-data"),
@@ -117,6 +140,9 @@ impl Default for Config {
             log_level: "INFO".into(),
             dry_run: false,
             agent: AgentSection::default(),
+            agents: AgentsSection::default(),
+            nodes: FleetNodes::default(),
+            failover: SpareConfig::default(),
             coordinator: CoordinatorSection::default(),
             circuit_breaker: BreakerConfig::default(),
             thermal: ThermalConfig::default(),
@@ -145,6 +171,11 @@ pub trait Section: DeserializeOwned {
 
     /// Push every problem, with its key path, onto `out`.
     fn check(&self, _ctx: &CheckContext<'_>, _out: &mut Vec<ConfigIssue>) {}
+
+    /// Push a warning, with its key path, for every value that is
+    /// accepted but not applied as written (saying what SKOS does
+    /// instead). `cfg` is the whole config.
+    fn warn(&self, _cfg: &Config, _out: &mut Vec<ConfigIssue>) {}
 }
 
 /// What a section's check may know of the rest of the config.
@@ -152,6 +183,8 @@ pub trait Section: DeserializeOwned {
 pub struct CheckContext<'a> {
     /// Storage dirs must stay apart from it.
     pub data_dir: &'a Path,
+    /// The fleet's nodes: hot spares must be among them.
+    pub nodes: &'a FleetNodes,
 }
 
 /// How one top-level key is read into a [`Config`] and checked.
@@ -159,6 +192,7 @@ pub struct TopLevel {
     pub key: &'static str,
     read: fn(&mut Config, serde_yaml_ng::Value, &mut Vec<ConfigIssue>),
     check: fn(&Config, &mut Vec<ConfigIssue>),
+    warn: fn(&Config, &mut Vec<ConfigIssue>),
 }
 
 impl TopLevel {
@@ -167,6 +201,7 @@ impl TopLevel {
             key: S::KEY,
             read: read_section::<S>,
             check: check_section::<S>,
+            warn: warn_section::<S>,
         }
     }
 }
@@ -184,8 +219,13 @@ fn read_section<S: Section>(
 fn check_section<S: Section>(cfg: &Config, out: &mut Vec<ConfigIssue>) {
     let ctx = CheckContext {
         data_dir: &cfg.data_dir,
+        nodes: &cfg.nodes,
     };
     S::get(cfg).check(&ctx, out);
+}
+
+fn warn_section<S: Section>(cfg: &Config, out: &mut Vec<ConfigIssue>) {
+    S::get(cfg).warn(cfg, out);
 }
 
 fn no_check(_: &Config, _: &mut Vec<ConfigIssue>) {}
@@ -193,34 +233,43 @@ fn no_check(_: &Config, _: &mut Vec<ConfigIssue>) {}
 /// Every top-level key, in the order of the file's sections: the sections,
 /// and the plain values (`data_dir`, `log_level`, ...) that are checked here.
 pub const SECTIONS: &[TopLevel] = &[
+    TopLevel::section::<GeneralSection>(),
     TopLevel::section::<NodeSection>(),
     TopLevel::section::<NatsSection>(),
     TopLevel {
         key: "data_dir",
         read: |cfg, v, issues| read_value(&mut cfg.data_dir, "data_dir", v, issues),
         check: no_check,
+        warn: no_check,
     },
     TopLevel {
         key: "sysfs_root",
         read: |cfg, v, issues| read_value(&mut cfg.sysfs_root, "sysfs_root", v, issues),
         check: no_check,
+        warn: no_check,
     },
     TopLevel {
         key: "proc_root",
         read: |cfg, v, issues| read_value(&mut cfg.proc_root, "proc_root", v, issues),
         check: no_check,
+        warn: no_check,
     },
     TopLevel {
         key: "log_level",
         read: |cfg, v, issues| read_value(&mut cfg.log_level, "log_level", v, issues),
         check: check_log_level,
+        warn: no_check,
     },
     TopLevel {
         key: "dry_run",
         read: |cfg, v, issues| read_value(&mut cfg.dry_run, "dry_run", v, issues),
         check: no_check,
+        warn: no_check,
     },
     TopLevel::section::<AgentSection>(),
+    TopLevel::section::<AgentsSection>(),
+    TopLevel::section::<FleetNodes>(),
+    TopLevel::section::<SpareConfig>(),
     TopLevel::section::<CoordinatorSection>(),
     TopLevel::section::<BreakerConfig>(),
     TopLevel::section::<ThermalConfig>(),
@@ -391,7 +440,7 @@ impl Config {
         };
         let mut issues = Vec::new();
         let mut cfg = Config::default();
-        let map = match root {
+        let mut map = match root {
             serde_yaml_ng::Value::Null => serde_yaml_ng::Mapping::new(),
             serde_yaml_ng::Value::Mapping(m) => m,
             _ => {
@@ -401,6 +450,9 @@ impl Config {
                 )])
             }
         };
+        // The seed's names for SKOS keys, moved to where SKOS reads them.
+        let moved = seed::move_seed_keys(&mut map, &mut issues);
+        let heartbeat_given = seed::given(&map, "agent.heartbeat_interval");
         for (key, value) in map {
             let Some(key) = key.as_str().map(str::to_owned) else {
                 issues.push(issue("(root)", format!("non-string key {key:?}")));
@@ -411,7 +463,21 @@ impl Config {
                 None => issues.push(issue(key.clone(), "unknown key")),
             }
         }
+        // One heartbeat per node: as often as the most demanding antibody
+        // it runs asks, unless the file says how often.
+        if !heartbeat_given {
+            if let Some(s) = cfg.agents.shortest_heartbeat(&cfg.agent.antibodies) {
+                cfg.agent.heartbeat_interval = s;
+            }
+        }
         issues.extend(cfg.check());
+        seed::rename_issues(&mut issues, &moved);
+        let mut seen = Vec::new();
+        issues.retain(|i| {
+            let new = !seen.contains(i);
+            seen.push(i.clone());
+            new
+        });
         if issues.is_empty() {
             Ok(cfg)
         } else {
@@ -453,6 +519,12 @@ impl Config {
         };
         num("HEARTBEAT_TIMEOUT", &mut self.coordinator.heartbeat_timeout);
         num("HEARTBEAT_INTERVAL", &mut self.agent.heartbeat_interval);
+        if env("MONITOR_INTERVAL").is_some() {
+            // The environment's interval is every antibody's.
+            for t in self.agents.0.values_mut() {
+                t.monitor_interval_seconds = None;
+            }
+        }
         num("MONITOR_INTERVAL", &mut self.agent.monitor_interval);
         num("WARNING_TEMP", &mut self.thermal.thresholds.warning);
         num("CRITICAL_TEMP", &mut self.thermal.thresholds.critical);
@@ -480,6 +552,18 @@ impl Config {
         }
         issues.extend(self.check());
         issues
+    }
+
+    /// The warnings of a config that loads: each value accepted but not
+    /// applied as written, with its key path and what SKOS does instead,
+    /// in the order of [`SECTIONS`]. Callers say them (`skos config
+    /// check` prints them; the daemons log them at start).
+    pub fn warnings(&self) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        for s in SECTIONS {
+            (s.warn)(self, &mut out);
+        }
+        out
     }
 
     /// Semantic checks, every problem with its key path: each section's in
