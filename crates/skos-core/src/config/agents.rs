@@ -137,7 +137,10 @@ agents: {storage_watcher: {monitor_interval_seconds: 60}}\n",
         let text = "agent: {antibodies: [thermal_sentinel, storage_watcher]}\n\
 agents:\n  thermal_sentinel: {heartbeat_interval_seconds: 10}\n  storage_watcher: {heartbeat_interval_seconds: 30}\n  loop_breaker: {heartbeat_interval_seconds: 5}\n";
         let cfg = load(text);
-        assert_eq!(cfg.agent.heartbeat_interval, 10.0, "loop_breaker does not run");
+        assert_eq!(
+            cfg.agent.heartbeat_interval, 10.0,
+            "loop_breaker does not run"
+        );
         let said: Vec<String> = cfg.warnings().iter().map(ToString::to_string).collect();
         assert_eq!(
             said,

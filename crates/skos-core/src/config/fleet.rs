@@ -141,8 +141,7 @@ impl Section for SpareConfig {
                 ));
             }
         }
-        if !(non_negative(self.failover_delay_seconds) && self.failover_delay_seconds.is_finite())
-        {
+        if !(non_negative(self.failover_delay_seconds) && self.failover_delay_seconds.is_finite()) {
             out.push(issue(
                 "failover.failover_delay_seconds",
                 format!(
@@ -252,7 +251,10 @@ failover:
         let cfg = Config::from_yaml("failover: {hot_spare_nodes: [vega]}\n")
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(cfg.failover.hot_spare_nodes, [node("vega")]);
-        assert_eq!(cfg.failover.failover_delay_seconds, 10.0, "the seed's delay");
+        assert_eq!(
+            cfg.failover.failover_delay_seconds, 10.0,
+            "the seed's delay"
+        );
         assert_eq!(cfg.home_of("qwen"), None);
     }
 
@@ -306,7 +308,10 @@ failover:
         assert!(errs[0].path.starts_with("nodes"), "{errs:?}");
         assert!(errs[0].message.contains("nova.local"), "{errs:?}");
         let errs = errors("failover: {hot_spare_nodes: ['a b']}\n");
-        assert!(errs[0].path.starts_with("failover.hot_spare_nodes"), "{errs:?}");
+        assert!(
+            errs[0].path.starts_with("failover.hot_spare_nodes"),
+            "{errs:?}"
+        );
         let errs = errors("nodes:\n  nova: {role: primary, colour: blue}\n");
         assert_eq!(errs[0].path, "nodes.nova.colour", "{errs:?}");
     }

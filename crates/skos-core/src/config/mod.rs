@@ -767,6 +767,153 @@ thermal:
         assert_eq!(cfg, want);
     }
 
+    /// The seed's own `config.yaml`, byte for byte.
+    const SEED_FILE: &str = include_str!("../../tests/fixtures/seed-config.yaml");
+
+    /// Every key of the seed's file lands where SKOS reads it: the whole
+    /// config is the defaults but for what the file sets, and what SKOS
+    /// does not apply as the seed did is said in a warning.
+    #[test]
+    fn the_seed_config_file_loads_each_key_in_its_place() {
+        let cfg = Config::from_yaml(SEED_FILE).unwrap_or_else(|e| panic!("{e:#?}"));
+        let node = |n: &str| NodeName::parse(n).unwrap();
+        let mut want = Config::default();
+        want.general.version = Some("0.1.0".into());
+        want.general.audit_retention_days = Some(30);
+        want.log_level = "INFO".into();
+        want.nats.url = "nats://localhost:4222".into();
+        want.nats.audit_stream = "SKOS_AUDIT".into();
+        want.nats.max_reconnects = Some(10);
+        want.nats.reconnect_wait_seconds = Some(2.0);
+        for (name, role, services) in [
+            (
+                "nova",
+                "primary",
+                &["qwen", "synthesis-core", "docker-swarm"][..],
+            ),
+            ("lyra", "secondary", &["backup", "monitoring"]),
+            ("athena", "storage", &["minio", "postgres"]),
+        ] {
+            want.nodes.0.insert(
+                node(name),
+                NodeSpec {
+                    role: role.into(),
+                    services: strings(services),
+                },
+            );
+        }
+        for (antibody, monitor, heartbeat) in [
+            ("thermal_sentinel", 5.0, 10.0),
+            ("storage_watcher", 60.0, 30.0),
+            ("mesh_healer", 10.0, 15.0),
+            ("loop_breaker", 1.0, 5.0),
+        ] {
+            want.agents.0.insert(
+                antibody.into(),
+                AntibodyTimers {
+                    monitor_interval_seconds: Some(monitor),
+                    heartbeat_interval_seconds: Some(heartbeat),
+                },
+            );
+        }
+        // One heartbeat for the antibodies this agent runs (the default
+        // thermal_sentinel alone): its 10 s.
+        want.agent.heartbeat_interval = 10.0;
+        want.thermal.actions.critical = strings(&["throttle_50", "redistribute"]);
+        want.thermal.actions.emergency = strings(&["shutdown_non_essential", "failover"]);
+        // thermal.cooldown_seconds and the sentinel's alert_cooldown_seconds.
+        want.thermal.cooldown = 60.0;
+        want.storage.mounts = ["/var/log", "/var/lib/docker", "/data"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        want.mesh.reconnect_attempts = 3;
+        want.mesh.reconnect_delay_seconds = 5.0;
+        want.mesh.actions.insert(
+            "peer_unreachable".into(),
+            strings(&["ping_peer", "failover_route"]),
+        );
+        // loop.max_chain_depth
+        want.loop_.max_depth = 10;
+        want.loop_.max_iterations = 100;
+        want.circuit_breaker.max_failures = 5;
+        want.circuit_breaker.reset_timeout_seconds = 300.0;
+        want.failover = SpareConfig {
+            hot_spare_nodes: vec![node("lyra"), node("athena")],
+            failover_delay_seconds: 10.0,
+            services_priority: strings(&["qwen", "synthesis-core", "docker-swarm"]),
+        };
+        assert_eq!(cfg, want);
+
+        assert_eq!(cfg.home_of("synthesis-core"), Some(&node("nova")));
+        assert_eq!(cfg.home_of("postgres"), Some(&node("athena")));
+        assert_eq!(cfg.role_of(&node("lyra")), Some("secondary"));
+        assert_eq!(cfg.service_priority("docker-swarm"), Some(3));
+        assert_eq!(cfg.monitor_interval_of("thermal_sentinel"), 5.0);
+        assert_eq!(cfg.monitor_interval_of("storage_watcher"), 60.0);
+
+        let warnings: Vec<String> = cfg.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            [
+                "general.audit_retention_days: not applied: SKOS keeps every audit record (the trail is never aged out), so records older than 30 days stay",
+                "nats.max_reconnects: not applied: SKOS keeps reconnecting for as long as it runs (after 10 attempts an agent that gave up would stop healing until restarted)",
+                "agents.loop_breaker: loop_breaker is not in agent.antibodies (thermal_sentinel): its settings here are unused until it is enabled there",
+                "agents.mesh_healer: mesh_healer is not in agent.antibodies (thermal_sentinel): its settings here are unused until it is enabled there",
+                "agents.storage_watcher: storage_watcher is not in agent.antibodies (thermal_sentinel): its settings here are unused until it is enabled there",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_seed_config_with_every_antibody_running_beats_at_the_shortest_interval() {
+        let text = SEED_FILE.replace(
+            "# Agent configuration\n",
+            "agent: {antibodies: [thermal_sentinel, storage_watcher, mesh_healer, loop_breaker]}\n",
+        );
+        let cfg = Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(cfg.agent.heartbeat_interval, 5.0, "the loop breaker's");
+        let paths: Vec<String> = cfg.warnings().into_iter().map(|w| w.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "general.audit_retention_days",
+                "nats.max_reconnects",
+                "agents.mesh_healer.heartbeat_interval_seconds",
+                "agents.storage_watcher.heartbeat_interval_seconds",
+                "agents.thermal_sentinel.heartbeat_interval_seconds",
+            ]
+        );
+        // A version stamp other than this SKOS's is said to be unused.
+        let cfg = Config::from_yaml(&SEED_FILE.replace("\"0.1.0\"", "\"0.0.9\"")).unwrap();
+        assert_eq!(cfg.warnings()[0].path, "general.version");
+        assert!(cfg.warnings()[0].message.contains("not used"));
+    }
+
+    #[test]
+    fn the_environment_interval_is_every_antibodys() {
+        let mut cfg = Config::from_yaml(SEED_FILE).unwrap();
+        let issues = cfg.apply_env(|k| (k == "MONITOR_INTERVAL").then(|| "3".to_string()));
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(cfg.monitor_interval_of("storage_watcher"), 3.0);
+        assert_eq!(cfg.monitor_interval_of("thermal_sentinel"), 3.0);
+    }
+
+    #[test]
+    fn an_audit_stream_other_than_skos_audit_is_refused() {
+        assert!(paths("nats: {audit_stream: SKOS_AUDIT}").is_empty());
+        let errs = Config::from_yaml("nats: {audit_stream: MY_AUDIT}").unwrap_err();
+        assert_eq!(
+            errs[0].to_string(),
+            "nats.audit_stream: \"MY_AUDIT\": the audit stream is always SKOS_AUDIT; name it or leave the key out"
+        );
+        assert!(paths("nats: {reconnect_wait_seconds: 0}").is_empty());
+        assert_eq!(
+            paths("nats: {reconnect_wait_seconds: -1}"),
+            ["nats.reconnect_wait_seconds"]
+        );
+    }
+
     #[test]
     fn empty_file_is_defaults_with_all_four_tables() {
         let cfg = Config::from_yaml("").unwrap();
