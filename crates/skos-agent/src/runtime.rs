@@ -160,6 +160,11 @@ impl Agent {
         let mut heartbeat =
             tokio::time::interval(Duration::from_secs_f64(self.cfg.agent.heartbeat_interval));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Executed ids past their window are forgotten at the agent's
+        // interval, whatever its antibodies (even none).
+        let mut prune =
+            tokio::time::interval(Duration::from_secs_f64(self.cfg.agent.monitor_interval));
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Each antibody looks at its own interval: when each is next due.
         let every: Vec<Duration> = self
             .antibodies
@@ -224,8 +229,8 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = prune.tick() => self.prune(),
                 _ = next_due(&due) => {
-                    self.prune();
                     // Every antibody due now; each next due one interval
                     // after this look (a late look delays the next).
                     let now = tokio::time::Instant::now();
