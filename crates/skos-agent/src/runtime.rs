@@ -1,5 +1,6 @@
-//! The agent runtime: heartbeats every `heartbeat_interval`, sensing every
-//! `monitor_interval`, and the node's command feed. Nothing here waits for
+//! The agent runtime: heartbeats every `heartbeat_interval`, each antibody
+//! sensing at its own interval (`agents.<name>.monitor_interval_seconds`,
+//! default `agent.monitor_interval`), and the node's command feed. Nothing here waits for
 //! a sensor: an antibody whose sources are slow (the thermal sentinel) reads
 //! them on threads of its own, and what they read is judged as soon as it
 //! arrives (`Antibody::arrivals`, `Antibody::judge`).
@@ -43,6 +44,14 @@ use self::term::Fence;
 use crate::antibody::{Antibody, Execution};
 use crate::registry;
 use crate::{Outcome, Result};
+
+/// Resolves when the earliest of `due` comes; never when there is none.
+async fn next_due(due: &[tokio::time::Instant]) {
+    match due.iter().min() {
+        Some(at) => tokio::time::sleep_until(*at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// A finished background job: (antibody index, action, outcome).
 type Done = (usize, String, Outcome);
@@ -150,10 +159,19 @@ impl Agent {
             .await?;
         let mut heartbeat =
             tokio::time::interval(Duration::from_secs_f64(self.cfg.agent.heartbeat_interval));
-        let mut monitor =
-            tokio::time::interval(Duration::from_secs_f64(self.cfg.agent.monitor_interval));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        monitor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Executed ids past their window are forgotten at the agent's
+        // interval, whatever its antibodies (even none).
+        let mut prune =
+            tokio::time::interval(Duration::from_secs_f64(self.cfg.agent.monitor_interval));
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Each antibody looks at its own interval: when each is next due.
+        let every: Vec<Duration> = self
+            .antibodies
+            .iter()
+            .map(|a| Duration::from_secs_f64(self.cfg.monitor_interval_of(a.name())))
+            .collect();
+        let mut due: Vec<tokio::time::Instant> = Vec::new();
         // Antibodies' own tasks (the loop breaker's chain feed), stopped with the agent.
         let served: Vec<_> = self
             .antibodies
@@ -164,7 +182,10 @@ impl Agent {
         let names: Vec<&str> = self.antibodies.iter().map(|a| a.name()).collect();
         tracing::info!(node = %self.node(), antibodies = ?names, "agent started");
         // Sense once before the first heartbeat so it carries real readings.
-        self.sense().await;
+        let all: Vec<usize> = (0..self.antibodies.len()).collect();
+        self.sense(&all).await;
+        let started = tokio::time::Instant::now();
+        due.extend(every.iter().map(|d| started + *d));
         let mut said = Vec::new();
         for a in &self.antibodies {
             match a.inventory() {
@@ -208,9 +229,16 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = monitor.tick() => {
-                    self.prune();
-                    self.sense().await;
+                _ = prune.tick() => self.prune(),
+                _ = next_due(&due) => {
+                    // Every antibody due now; each next due one interval
+                    // after this look (a late look delays the next).
+                    let now = tokio::time::Instant::now();
+                    let which: Vec<usize> = (0..due.len()).filter(|i| due[*i] <= now).collect();
+                    for i in &which {
+                        due[*i] = now + every[*i];
+                    }
+                    self.sense(&which).await;
                 }
                 _ = heartbeat.tick() => self.heartbeat().await,
                 i = arrived(&arrivals) => self.judge(i).await,
@@ -243,16 +271,20 @@ impl Agent {
         lock(&self.executed).prune(chrono::Utc::now().timestamp());
     }
 
-    async fn sense(&mut self) {
+    /// Let the antibodies `which` (indices) look.
+    async fn sense(&mut self, which: &[usize]) {
         let now = chrono::Utc::now();
         let mut alerts = Vec::new();
         for (i, a) in self.antibodies.iter_mut().enumerate() {
+            if !which.contains(&i) {
+                continue;
+            }
             let began = std::time::Instant::now();
             alerts.extend(tokio::task::block_in_place(|| a.sense(now)));
             // Sensing reads off the loop: one that holds it up delays
             // heartbeats and commands. Said once per run of slow looks.
             let took = began.elapsed().as_secs_f64();
-            let slow = took > self.cfg.agent.monitor_interval.min(1.0);
+            let slow = took > self.cfg.monitor_interval_of(a.name()).min(1.0);
             if slow && self.slow_looks.insert(i) {
                 tracing::warn!(
                     antibody = a.name(),

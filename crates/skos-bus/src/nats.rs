@@ -51,6 +51,11 @@ pub struct NatsOptions {
     /// and tests). Agents and operators' commands leave this off: with
     /// least-privilege credentials they may not even look at streams.
     pub create_streams: bool,
+    /// Wait between two reconnect attempts after the connection is lost
+    /// (`nats.reconnect_wait_seconds`). `None`: the client's backoff (at
+    /// once, then doubling from 2 ms up to 4 s). Either way the client
+    /// keeps trying for as long as it runs.
+    pub reconnect_wait: Option<Duration>,
 }
 
 #[derive(Clone, Default)]
@@ -86,6 +91,7 @@ impl NatsOptions {
             tls: Default::default(),
             inbox_prefix: None,
             create_streams: true,
+            reconnect_wait: None,
         }
     }
 
@@ -120,6 +126,9 @@ impl NatsOptions {
         Ok(Self {
             auth,
             tls: cfg.tls.clone(),
+            reconnect_wait: cfg
+                .reconnect_wait_seconds
+                .and_then(|s| Duration::try_from_secs_f64(s).ok()),
             ..Self::new(cfg.url.clone(), name)
         })
     }
@@ -174,6 +183,9 @@ impl NatsBus {
         }
         if let Some(prefix) = &opts.inbox_prefix {
             co = co.custom_inbox_prefix(prefix);
+        }
+        if let Some(wait) = opts.reconnect_wait {
+            co = co.reconnect_delay_callback(move |_attempts| wait);
         }
         let client = co
             .connect(opts.url.as_str())
@@ -835,6 +847,51 @@ mod tests {
     use crate::Bus;
     use skos_core::NodeName;
     use skos_testsupport::nats::{nats_server_binary, NatsServer};
+
+    #[test]
+    fn the_reconnect_wait_comes_from_the_config() {
+        let mut cfg = skos_core::config::NatsSection::default();
+        assert_eq!(
+            NatsOptions::from_config(&cfg, "t").unwrap().reconnect_wait,
+            None
+        );
+        cfg.reconnect_wait_seconds = Some(2.0);
+        assert_eq!(
+            NatsOptions::from_config(&cfg, "t").unwrap().reconnect_wait,
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    /// With a fixed reconnect wait the client still comes back once the
+    /// server does, and the streams are there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fixed_reconnect_wait_reconnects() {
+        skos_testsupport::require!("nats-server", nats_server_binary());
+        let mut server = NatsServer::start();
+        let mut opts = NatsOptions::new(server.url(), "reconnect");
+        opts.reconnect_wait = Some(Duration::from_millis(200));
+        let bus = NatsBus::connect(&opts).await.unwrap();
+        server.kill();
+        let mut waited = 0;
+        while bus.client().connection_state() == async_nats::connection::State::Connected
+            && waited < 200
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        server.restart();
+        let mut tries = 0;
+        while bus.client().connection_state() != async_nats::connection::State::Connected {
+            tries += 1;
+            assert!(tries < 600, "no reconnect");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bus.client().flush().await.unwrap();
+        bus.jetstream()
+            .get_stream_no_info(subjects::STREAM_AUDIT)
+            .await
+            .unwrap();
+    }
 
     /// A message marked in progress every third of the ack wait is not
     /// delivered again while it is worked on, for longer than the ack wait.

@@ -17,7 +17,7 @@ pub const STATUS: &str = "skos.coordinator.status";
 pub const STREAM_ALERTS: &str = "SKOS_ALERTS";
 pub const STREAM_COMMANDS: &str = "SKOS_COMMANDS";
 pub const STREAM_RESULTS: &str = "SKOS_RESULTS";
-pub const STREAM_AUDIT: &str = "SKOS_AUDIT";
+pub const STREAM_AUDIT: &str = skos_core::protocol::AUDIT_STREAM;
 pub const STREAM_STATE: &str = "SKOS_STATE";
 /// Snapshots of state that must survive a crash, one kept per key.
 pub const STATE: &str = "SKOS_STATE.*";

@@ -15,6 +15,10 @@ use crate::timefmt::{self, Timestamp};
 
 /// Largest message accepted on any subject, unless configured otherwise.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The JetStream stream holding the audit trail (`SKOS_AUDIT.<event_type>`).
+/// Fixed: `nats.audit_stream` may only name it.
+pub const AUDIT_STREAM: &str = "SKOS_AUDIT";
 /// Deepest JSON nesting accepted.
 pub const MAX_JSON_DEPTH: usize = 32;
 

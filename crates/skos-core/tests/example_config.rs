@@ -52,8 +52,13 @@ fn key_line(line: &str) -> Option<(usize, &str, &str)> {
 
 #[test]
 fn the_example_loads() {
-    if let Err(issues) = Config::from_yaml(&example_text()) {
-        panic!("config.example.yaml does not load: {issues:#?}");
+    match Config::from_yaml(&example_text()) {
+        Ok(cfg) => assert!(
+            cfg.warnings().is_empty(),
+            "config.example.yaml draws warnings: {:#?}",
+            cfg.warnings()
+        ),
+        Err(issues) => panic!("config.example.yaml does not load: {issues:#?}"),
     }
 }
 

@@ -132,6 +132,10 @@ fn read_config(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<Config> {
 fn load(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<Config> {
     let cfg = read_config(arg, data_dir)?;
     init_logging(&cfg.log_level);
+    // What the file sets but SKOS does not apply as written.
+    for w in cfg.warnings() {
+        tracing::warn!(key = %w.path, "config: {}", w.message);
+    }
     Ok(cfg)
 }
 
@@ -1042,6 +1046,11 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
             for i in &env_issues {
                 println!("{}: {i}", path.escaped());
             }
+            // Accepted, but not applied as written: said, and the file passes.
+            let warnings = cfg.warnings();
+            for w in &warnings {
+                println!("{}: warning: {w}", path.escaped());
+            }
             if !env_issues.is_empty() {
                 // What came from the environment, not from the file: an
                 // error about a key may be about a value set there.
@@ -1056,8 +1065,12 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::from(1));
             }
+            let warned = match warnings.len() {
+                0 => String::new(),
+                n => format!("; {n} warning(s) above"),
+            };
             println!(
-                "OK: {} (node {}, thermal {}/{}/{} °C, antibodies {})",
+                "OK: {} (node {}, thermal {}/{}/{} °C, antibodies {}{warned})",
                 path.escaped(),
                 cfg.node.name,
                 cfg.thermal.thresholds.warning,

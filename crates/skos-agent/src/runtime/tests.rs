@@ -516,3 +516,52 @@ fn a_state_dir_others_could_plant_links_in_is_refused() {
     )
     .is_ok());
 }
+
+/// The next heartbeat's CPU temperature (`None`: not read yet).
+async fn next_cpu_temp(heartbeats: &mut Subscription) -> Option<f64> {
+    let m = tokio::time::timeout(WAIT, heartbeats.next())
+        .await
+        .expect("no heartbeat")
+        .expect("heartbeat feed closed");
+    let hb: Heartbeat = serde_json::from_slice(&m.payload).unwrap();
+    hb.cpu_temp
+}
+
+/// Each antibody looks at its own interval
+/// (`agents.<name>.monitor_interval_seconds`): a thermal sentinel that
+/// looks once an hour keeps reporting its first reading while heartbeats go
+/// on, and one that looks at the agent's interval reports the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_antibody_looks_at_its_own_interval() {
+    for (own, sees_new) in [(3600.0, false), (0.1, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = skos_testsupport::sysfs::FakeSysfs::new();
+        let cpu = fake.coretemp(60.0, &[]);
+        let mut cfg = Config::from_yaml(&format!(
+            "agent: {{antibodies: [thermal_sentinel], heartbeat_interval: 0.2, monitor_interval: 0.1}}\n\
+agents: {{thermal_sentinel: {{monitor_interval_seconds: {own}}}}}\n\
+trust: {{require_signatures: false}}\n\
+thermal: {{gpu: {{nvml: false, nvidia_smi: false, lm_sensors: false}}}}\n"
+        ))
+        .unwrap();
+        cfg.sysfs_root = fake.root().to_path_buf();
+        let bus = Bus::InProc(InProcBus::new());
+        let mut heartbeats = bus.subscribe(Feed::Heartbeats).await.unwrap();
+        let agent = Running::start(&bus, cfg, &dir.path().join("state")).await;
+        // The first look's reading (it arrives from the sensor thread).
+        while next_cpu_temp(&mut heartbeats).await != Some(60.0) {}
+        cpu.heat(70.0);
+        if sees_new {
+            while next_cpu_temp(&mut heartbeats).await != Some(70.0) {}
+        } else {
+            for _ in 0..10 {
+                assert_eq!(
+                    next_cpu_temp(&mut heartbeats).await,
+                    Some(60.0),
+                    "looked again before its hour"
+                );
+            }
+        }
+        agent.stop().await;
+    }
+}

@@ -75,7 +75,9 @@ impl ThermalSentinel {
         let t = &cfg.thermal;
         let arrivals = Arc::new(tokio::sync::Notify::new());
         let signal = arrivals.clone();
-        let max_age = t.sources.max_age_seconds(cfg.agent.monitor_interval);
+        let max_age = t.sources.max_age_seconds(
+            cfg.monitor_interval_of(skos_core::catalogue::Executor::ThermalSentinel.as_str()),
+        );
         Self {
             node: cfg.node.name.clone(),
             agent_id: format!("thermal-sentinel-{}", cfg.node.name),

@@ -5,12 +5,18 @@
 //! over the environment as a lookup function. Every problem is reported with
 //! its key path (`thermal.thresholds.critical`) or variable (`env:WARNING_TEMP`).
 //!
-//! Each top-level section is a [`Section`] in its own file (`node.rs`,
-//! `nats.rs`, `agent.rs`, `coordinator.rs`, `breaker.rs`, `thermal.rs`,
-//! `storage.rs`, `mesh.rs`, `loops.rs`, `trust.rs`; `levels.rs` holds what
-//! thermal and storage share, `validate.rs` the validators of single
-//! values). [`Config::from_yaml`] reads and [`Config::check`] checks every
-//! top-level key through one table, [`SECTIONS`].
+//! Each top-level section is a [`Section`] in its own file (`general.rs`,
+//! `node.rs`, `nats.rs`, `agent.rs`, `agents.rs`, `fleet.rs` (`nodes` and
+//! `failover`), `coordinator.rs`, `breaker.rs`, `thermal.rs`, `storage.rs`,
+//! `mesh.rs`, `loops.rs`, `trust.rs`; `levels.rs` holds what thermal and
+//! storage share, `validate.rs` the validators of single values, `seed.rs`
+//! the seed's names for keys SKOS spells otherwise). [`Config::from_yaml`]
+//! reads and [`Config::check`] checks every top-level key through one
+//! table, [`SECTIONS`].
+//!
+//! Besides errors, a file may draw warnings ([`Config::warnings`]): a key
+//! of the seed that SKOS accepts but does not apply as the seed did, each
+//! saying what SKOS does instead. A file with warnings loads.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,8 +27,11 @@ use serde::{Deserialize, Serialize};
 use crate::node::NodeName;
 
 mod agent;
+mod agents;
 mod breaker;
 mod coordinator;
+mod fleet;
+mod general;
 mod http;
 mod learning;
 mod levels;
@@ -30,14 +39,18 @@ mod loops;
 mod mesh;
 mod nats;
 mod node;
+mod seed;
 mod storage;
 mod thermal;
 mod trust;
 mod validate;
 
 pub use agent::AgentSection;
+pub use agents::{AgentsSection, AntibodyTimers};
 pub use breaker::BreakerConfig;
 pub use coordinator::CoordinatorSection;
+pub use fleet::{is_service_name, FleetNodes, NodeSpec, SpareConfig, MAX_SERVICE_NAME_LEN};
+pub use general::{GeneralSection, SKOS_VERSION};
 pub use http::{HttpConfig, HttpListen, HttpTls, DEFAULT_HTTP_LISTEN};
 pub use learning::{LearningConfig, LEARNABLE_KINDS};
 pub use levels::{ActionTable, LevelHold, Thresholds};
@@ -51,6 +64,7 @@ pub use mesh::{
 };
 pub use nats::{NatsSection, NatsTls};
 pub use node::NodeSection;
+pub use seed::{SeedKey, SEED_KEYS};
 pub use storage::{
     ArchiveConfig, EmailConfig, LogCleanup, NotifyConfig, StorageConfig, TempCleanup, WebhookConfig,
 };
@@ -84,6 +98,8 @@ pub(crate) fn issue(path: impl Into<String>, message: impl Into<String>) -> Conf
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
+    /// The seed's general settings (version stamp, audit retention).
+    pub general: GeneralSection,
     pub node: NodeSection,
     pub nats: NatsSection,
     /// Where embedded mode keeps its audit trail and state.
@@ -96,6 +112,12 @@ pub struct Config {
     /// Decide and audit, execute nothing.
     pub dry_run: bool,
     pub agent: AgentSection,
+    /// The seed's timers per antibody.
+    pub agents: AgentsSection,
+    /// The fleet: each node's role and home services.
+    pub nodes: FleetNodes,
+    /// Hot spares and the order services move in.
+    pub failover: SpareConfig,
     pub coordinator: CoordinatorSection,
     pub circuit_breaker: BreakerConfig,
     pub thermal: ThermalConfig,
@@ -112,6 +134,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            general: GeneralSection::default(),
             node: NodeSection::default(),
             nats: NatsSection::default(),
             data_dir: PathBuf::from("./skos-data"),
@@ -120,6 +143,9 @@ impl Default for Config {
             log_level: "INFO".into(),
             dry_run: false,
             agent: AgentSection::default(),
+            agents: AgentsSection::default(),
+            nodes: FleetNodes::default(),
+            failover: SpareConfig::default(),
             coordinator: CoordinatorSection::default(),
             circuit_breaker: BreakerConfig::default(),
             thermal: ThermalConfig::default(),
@@ -149,6 +175,11 @@ pub trait Section: DeserializeOwned {
 
     /// Push every problem, with its key path, onto `out`.
     fn check(&self, _ctx: &CheckContext<'_>, _out: &mut Vec<ConfigIssue>) {}
+
+    /// Push a warning, with its key path, for every value that is
+    /// accepted but not applied as written (saying what SKOS does
+    /// instead). `cfg` is the whole config.
+    fn warn(&self, _cfg: &Config, _out: &mut Vec<ConfigIssue>) {}
 }
 
 /// What a section's check may know of the rest of the config.
@@ -156,6 +187,8 @@ pub trait Section: DeserializeOwned {
 pub struct CheckContext<'a> {
     /// Storage dirs must stay apart from it.
     pub data_dir: &'a Path,
+    /// The fleet's nodes: hot spares must be among them.
+    pub nodes: &'a FleetNodes,
 }
 
 /// How one top-level key is read into a [`Config`] and checked.
@@ -163,6 +196,7 @@ pub struct TopLevel {
     pub key: &'static str,
     read: fn(&mut Config, serde_yaml_ng::Value, &mut Vec<ConfigIssue>),
     check: fn(&Config, &mut Vec<ConfigIssue>),
+    warn: fn(&Config, &mut Vec<ConfigIssue>),
 }
 
 impl TopLevel {
@@ -171,6 +205,7 @@ impl TopLevel {
             key: S::KEY,
             read: read_section::<S>,
             check: check_section::<S>,
+            warn: warn_section::<S>,
         }
     }
 }
@@ -188,8 +223,13 @@ fn read_section<S: Section>(
 fn check_section<S: Section>(cfg: &Config, out: &mut Vec<ConfigIssue>) {
     let ctx = CheckContext {
         data_dir: &cfg.data_dir,
+        nodes: &cfg.nodes,
     };
     S::get(cfg).check(&ctx, out);
+}
+
+fn warn_section<S: Section>(cfg: &Config, out: &mut Vec<ConfigIssue>) {
+    S::get(cfg).warn(cfg, out);
 }
 
 fn no_check(_: &Config, _: &mut Vec<ConfigIssue>) {}
@@ -197,34 +237,43 @@ fn no_check(_: &Config, _: &mut Vec<ConfigIssue>) {}
 /// Every top-level key, in the order of the file's sections: the sections,
 /// and the plain values (`data_dir`, `log_level`, ...) that are checked here.
 pub const SECTIONS: &[TopLevel] = &[
+    TopLevel::section::<GeneralSection>(),
     TopLevel::section::<NodeSection>(),
     TopLevel::section::<NatsSection>(),
     TopLevel {
         key: "data_dir",
         read: |cfg, v, issues| read_value(&mut cfg.data_dir, "data_dir", v, issues),
         check: no_check,
+        warn: no_check,
     },
     TopLevel {
         key: "sysfs_root",
         read: |cfg, v, issues| read_value(&mut cfg.sysfs_root, "sysfs_root", v, issues),
         check: no_check,
+        warn: no_check,
     },
     TopLevel {
         key: "proc_root",
         read: |cfg, v, issues| read_value(&mut cfg.proc_root, "proc_root", v, issues),
         check: no_check,
+        warn: no_check,
     },
     TopLevel {
         key: "log_level",
         read: |cfg, v, issues| read_value(&mut cfg.log_level, "log_level", v, issues),
         check: check_log_level,
+        warn: no_check,
     },
     TopLevel {
         key: "dry_run",
         read: |cfg, v, issues| read_value(&mut cfg.dry_run, "dry_run", v, issues),
         check: no_check,
+        warn: no_check,
     },
     TopLevel::section::<AgentSection>(),
+    TopLevel::section::<AgentsSection>(),
+    TopLevel::section::<FleetNodes>(),
+    TopLevel::section::<SpareConfig>(),
     TopLevel::section::<CoordinatorSection>(),
     TopLevel::section::<BreakerConfig>(),
     TopLevel::section::<ThermalConfig>(),
@@ -396,7 +445,7 @@ impl Config {
         };
         let mut issues = Vec::new();
         let mut cfg = Config::default();
-        let map = match root {
+        let mut map = match root {
             serde_yaml_ng::Value::Null => serde_yaml_ng::Mapping::new(),
             serde_yaml_ng::Value::Mapping(m) => m,
             _ => {
@@ -406,6 +455,9 @@ impl Config {
                 )])
             }
         };
+        // The seed's names for SKOS keys, moved to where SKOS reads them.
+        let moved = seed::move_seed_keys(&mut map, &mut issues);
+        let heartbeat_given = seed::given(&map, "agent.heartbeat_interval");
         for (key, value) in map {
             let Some(key) = key.as_str().map(str::to_owned) else {
                 issues.push(issue("(root)", format!("non-string key {key:?}")));
@@ -416,7 +468,21 @@ impl Config {
                 None => issues.push(issue(key.clone(), "unknown key")),
             }
         }
+        // One heartbeat per node: as often as the most demanding antibody
+        // it runs asks, unless the file says how often.
+        if !heartbeat_given {
+            if let Some(s) = cfg.agents.shortest_heartbeat(&cfg.agent.antibodies) {
+                cfg.agent.heartbeat_interval = s;
+            }
+        }
         issues.extend(cfg.check());
+        seed::rename_issues(&mut issues, &moved);
+        let mut seen = Vec::new();
+        issues.retain(|i| {
+            let new = !seen.contains(i);
+            seen.push(i.clone());
+            new
+        });
         if issues.is_empty() {
             Ok(cfg)
         } else {
@@ -458,6 +524,12 @@ impl Config {
         };
         num("HEARTBEAT_TIMEOUT", &mut self.coordinator.heartbeat_timeout);
         num("HEARTBEAT_INTERVAL", &mut self.agent.heartbeat_interval);
+        if env("MONITOR_INTERVAL").is_some() {
+            // The environment's interval is every antibody's.
+            for t in self.agents.0.values_mut() {
+                t.monitor_interval_seconds = None;
+            }
+        }
         num("MONITOR_INTERVAL", &mut self.agent.monitor_interval);
         num("WARNING_TEMP", &mut self.thermal.thresholds.warning);
         num("CRITICAL_TEMP", &mut self.thermal.thresholds.critical);
@@ -485,6 +557,18 @@ impl Config {
         }
         issues.extend(self.check());
         issues
+    }
+
+    /// The warnings of a config that loads: each value accepted but not
+    /// applied as written, with its key path and what SKOS does instead,
+    /// in the order of [`SECTIONS`]. Callers say them (`skos config
+    /// check` prints them; the daemons log them at start).
+    pub fn warnings(&self) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        for s in SECTIONS {
+            (s.warn)(self, &mut out);
+        }
+        out
     }
 
     /// Semantic checks, every problem with its key path: each section's in
@@ -686,6 +770,153 @@ thermal:
         want.thermal.actions.critical = strings(&["throttle_50", "redistribute"]);
         want.thermal.actions.emergency = strings(&["shutdown_non_essential", "failover"]);
         assert_eq!(cfg, want);
+    }
+
+    /// The seed's own `config.yaml`, byte for byte.
+    const SEED_FILE: &str = include_str!("../../tests/fixtures/seed-config.yaml");
+
+    /// Every key of the seed's file lands where SKOS reads it: the whole
+    /// config is the defaults but for what the file sets, and what SKOS
+    /// does not apply as the seed did is said in a warning.
+    #[test]
+    fn the_seed_config_file_loads_each_key_in_its_place() {
+        let cfg = Config::from_yaml(SEED_FILE).unwrap_or_else(|e| panic!("{e:#?}"));
+        let node = |n: &str| NodeName::parse(n).unwrap();
+        let mut want = Config::default();
+        want.general.version = Some("0.1.0".into());
+        want.general.audit_retention_days = Some(30);
+        want.log_level = "INFO".into();
+        want.nats.url = "nats://localhost:4222".into();
+        want.nats.audit_stream = "SKOS_AUDIT".into();
+        want.nats.max_reconnects = Some(10);
+        want.nats.reconnect_wait_seconds = Some(2.0);
+        for (name, role, services) in [
+            (
+                "nova",
+                "primary",
+                &["qwen", "synthesis-core", "docker-swarm"][..],
+            ),
+            ("lyra", "secondary", &["backup", "monitoring"]),
+            ("athena", "storage", &["minio", "postgres"]),
+        ] {
+            want.nodes.0.insert(
+                node(name),
+                NodeSpec {
+                    role: role.into(),
+                    services: strings(services),
+                },
+            );
+        }
+        for (antibody, monitor, heartbeat) in [
+            ("thermal_sentinel", 5.0, 10.0),
+            ("storage_watcher", 60.0, 30.0),
+            ("mesh_healer", 10.0, 15.0),
+            ("loop_breaker", 1.0, 5.0),
+        ] {
+            want.agents.0.insert(
+                antibody.into(),
+                AntibodyTimers {
+                    monitor_interval_seconds: Some(monitor),
+                    heartbeat_interval_seconds: Some(heartbeat),
+                },
+            );
+        }
+        // One heartbeat for the antibodies this agent runs (the default
+        // thermal_sentinel alone): its 10 s.
+        want.agent.heartbeat_interval = 10.0;
+        want.thermal.actions.critical = strings(&["throttle_50", "redistribute"]);
+        want.thermal.actions.emergency = strings(&["shutdown_non_essential", "failover"]);
+        // thermal.cooldown_seconds and the sentinel's alert_cooldown_seconds.
+        want.thermal.cooldown = 60.0;
+        want.storage.mounts = ["/var/log", "/var/lib/docker", "/data"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        want.mesh.reconnect_attempts = 3;
+        want.mesh.reconnect_delay_seconds = 5.0;
+        want.mesh.actions.insert(
+            "peer_unreachable".into(),
+            strings(&["ping_peer", "failover_route"]),
+        );
+        // loop.max_chain_depth
+        want.loop_.max_depth = 10;
+        want.loop_.max_iterations = 100;
+        want.circuit_breaker.max_failures = 5;
+        want.circuit_breaker.reset_timeout_seconds = 300.0;
+        want.failover = SpareConfig {
+            hot_spare_nodes: vec![node("lyra"), node("athena")],
+            failover_delay_seconds: 10.0,
+            services_priority: strings(&["qwen", "synthesis-core", "docker-swarm"]),
+        };
+        assert_eq!(cfg, want);
+
+        assert_eq!(cfg.home_of("synthesis-core"), Some(&node("nova")));
+        assert_eq!(cfg.home_of("postgres"), Some(&node("athena")));
+        assert_eq!(cfg.role_of(&node("lyra")), Some("secondary"));
+        assert_eq!(cfg.service_priority("docker-swarm"), Some(3));
+        assert_eq!(cfg.monitor_interval_of("thermal_sentinel"), 5.0);
+        assert_eq!(cfg.monitor_interval_of("storage_watcher"), 60.0);
+
+        let warnings: Vec<String> = cfg.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            [
+                "general.audit_retention_days: not applied: SKOS keeps every audit record (the trail is never aged out), so records older than 30 days stay",
+                "nats.max_reconnects: not applied: SKOS keeps reconnecting for as long as it runs (after 10 attempts an agent that gave up would stop healing until restarted)",
+                "agents.loop_breaker: loop_breaker is not in agent.antibodies (thermal_sentinel): its settings here are unused until it is enabled there",
+                "agents.mesh_healer: mesh_healer is not in agent.antibodies (thermal_sentinel): its settings here are unused until it is enabled there",
+                "agents.storage_watcher: storage_watcher is not in agent.antibodies (thermal_sentinel): its settings here are unused until it is enabled there",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_seed_config_with_every_antibody_running_beats_at_the_shortest_interval() {
+        let text = SEED_FILE.replace(
+            "# Agent configuration\n",
+            "agent: {antibodies: [thermal_sentinel, storage_watcher, mesh_healer, loop_breaker]}\n",
+        );
+        let cfg = Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(cfg.agent.heartbeat_interval, 5.0, "the loop breaker's");
+        let paths: Vec<String> = cfg.warnings().into_iter().map(|w| w.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "general.audit_retention_days",
+                "nats.max_reconnects",
+                "agents.mesh_healer.heartbeat_interval_seconds",
+                "agents.storage_watcher.heartbeat_interval_seconds",
+                "agents.thermal_sentinel.heartbeat_interval_seconds",
+            ]
+        );
+        // A version stamp other than this SKOS's is said to be unused.
+        let cfg = Config::from_yaml(&SEED_FILE.replace("\"0.1.0\"", "\"0.0.9\"")).unwrap();
+        assert_eq!(cfg.warnings()[0].path, "general.version");
+        assert!(cfg.warnings()[0].message.contains("not used"));
+    }
+
+    #[test]
+    fn the_environment_interval_is_every_antibodys() {
+        let mut cfg = Config::from_yaml(SEED_FILE).unwrap();
+        let issues = cfg.apply_env(|k| (k == "MONITOR_INTERVAL").then(|| "3".to_string()));
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(cfg.monitor_interval_of("storage_watcher"), 3.0);
+        assert_eq!(cfg.monitor_interval_of("thermal_sentinel"), 3.0);
+    }
+
+    #[test]
+    fn an_audit_stream_other_than_skos_audit_is_refused() {
+        assert!(paths("nats: {audit_stream: SKOS_AUDIT}").is_empty());
+        let errs = Config::from_yaml("nats: {audit_stream: MY_AUDIT}").unwrap_err();
+        assert_eq!(
+            errs[0].to_string(),
+            "nats.audit_stream: \"MY_AUDIT\": the audit stream is always SKOS_AUDIT; name it or leave the key out"
+        );
+        assert!(paths("nats: {reconnect_wait_seconds: 0}").is_empty());
+        assert_eq!(
+            paths("nats: {reconnect_wait_seconds: -1}"),
+            ["nats.reconnect_wait_seconds"]
+        );
     }
 
     #[test]

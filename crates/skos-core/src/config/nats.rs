@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{issue, CheckContext, Config, ConfigIssue, Section};
+use super::{issue, non_negative, CheckContext, Config, ConfigIssue, Section};
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -23,6 +23,18 @@ pub struct NatsSection {
     /// A NATS `.creds` file (JWT + seed).
     pub creds_file: Option<PathBuf>,
     pub tls: NatsTls,
+    /// The audit stream's name. Always `SKOS_AUDIT`
+    /// ([`crate::protocol::AUDIT_STREAM`]); the seed's key is accepted
+    /// with that value only.
+    pub audit_stream: String,
+    /// Seconds between two attempts to reconnect after the connection is
+    /// lost. `None`: the client's backoff (at once, then doubling from
+    /// 2 ms up to 4 s).
+    pub reconnect_wait_seconds: Option<f64>,
+    /// The seed's limit on reconnect attempts. Not applied: SKOS keeps
+    /// reconnecting for as long as it runs (a process that gave up would
+    /// stop healing until restarted).
+    pub max_reconnects: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -48,6 +60,9 @@ impl Default for NatsSection {
             nkey_seed_file: None,
             creds_file: None,
             tls: NatsTls::default(),
+            audit_stream: crate::protocol::AUDIT_STREAM.into(),
+            reconnect_wait_seconds: None,
+            max_reconnects: None,
         }
     }
 }
@@ -64,6 +79,9 @@ impl fmt::Debug for NatsSection {
             .field("nkey_seed_file", &self.nkey_seed_file)
             .field("creds_file", &self.creds_file)
             .field("tls", &self.tls)
+            .field("audit_stream", &self.audit_stream)
+            .field("reconnect_wait_seconds", &self.reconnect_wait_seconds)
+            .field("max_reconnects", &self.max_reconnects)
             .finish()
     }
 }
@@ -103,6 +121,33 @@ impl Section for NatsSection {
         }
         if self.max_message_bytes < 1024 {
             out.push(issue("nats.max_message_bytes", "must be at least 1024"));
+        }
+        if self.audit_stream != crate::protocol::AUDIT_STREAM {
+            out.push(issue(
+                "nats.audit_stream",
+                format!(
+                    "{:?}: the audit stream is always {}; name it or leave the key out",
+                    self.audit_stream,
+                    crate::protocol::AUDIT_STREAM
+                ),
+            ));
+        }
+        if let Some(s) = self.reconnect_wait_seconds {
+            if !(non_negative(s) && s.is_finite()) {
+                out.push(issue(
+                    "nats.reconnect_wait_seconds",
+                    format!("must be zero or more seconds, got {s}"),
+                ));
+            }
+        }
+    }
+
+    fn warn(&self, _cfg: &Config, out: &mut Vec<ConfigIssue>) {
+        if let Some(n) = self.max_reconnects {
+            out.push(issue(
+                "nats.max_reconnects",
+                format!("not applied: SKOS keeps reconnecting for as long as it runs (after {n} attempts an agent that gave up would stop healing until restarted)"),
+            ));
         }
     }
 }

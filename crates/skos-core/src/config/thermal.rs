@@ -118,7 +118,8 @@ pub struct SourcesConfig {
     /// `nvidia-smi` without the persistence daemon takes several seconds.
     pub tool_timeout: f64,
     /// Seconds a source's last good reading stays current; an older one is
-    /// not used. `None`: three `agent.monitor_interval`s.
+    /// not used. `None`: three of the thermal sentinel's monitor
+    /// intervals ([`Config::monitor_interval_of`]).
     pub max_age: Option<f64>,
 }
 
