@@ -53,7 +53,72 @@ pub struct SpareConfig {
     /// Services in order of importance: the first moves first and is
     /// stopped last. Each at most once.
     pub services_priority: Vec<String>,
+    /// Workloads go back home by themselves once it has been calm for
+    /// `failback_hold_seconds` (`auto`), or only when a table or a person
+    /// asks (`off`).
+    pub failback: FailbackMode,
+    /// Seconds a node must be calm (online, no open alert) before moved
+    /// workloads go back to it.
+    pub failback_hold_seconds: f64,
+    /// Seconds a node must be calm before the workloads shed from it
+    /// start again.
+    pub restart_hold_seconds: f64,
+    /// Below this many healthy nodes (online, no emergency), destructive
+    /// actions freeze and a `fleet_degraded` alert says why: a count
+    /// (`2`) or a fraction of the known nodes (`"50%"`).
+    pub min_healthy: MinHealthySpec,
+    /// Failovers carried out at once, fleet-wide.
+    pub max_concurrent: u32,
+    /// Plans that wait for `skos approve` (`failover`, `failback`,
+    /// `redistribute`, `shutdown_non_essential`).
+    pub require_approval: Vec<String>,
+    /// Seconds a plan waits for approval before it expires.
+    pub approval_timeout_seconds: f64,
 }
+
+/// `failover.failback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailbackMode {
+    #[default]
+    Auto,
+    Off,
+}
+
+/// `failover.min_healthy`: a count of nodes, or a percentage of the known
+/// ones (`"50%"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MinHealthySpec {
+    Count(u32),
+    Percent(String),
+}
+
+impl Default for MinHealthySpec {
+    fn default() -> Self {
+        MinHealthySpec::Count(1)
+    }
+}
+
+impl MinHealthySpec {
+    /// The fraction (0–1) a percentage names, or `None` for a count or a
+    /// text that is not `N%` with N from 0 to 100.
+    pub fn fraction(&self) -> Option<f64> {
+        let MinHealthySpec::Percent(text) = self else {
+            return None;
+        };
+        let n: f64 = text.strip_suffix('%')?.trim().parse().ok()?;
+        (0.0..=100.0).contains(&n).then_some(n / 100.0)
+    }
+}
+
+/// The plans `failover.require_approval` may name.
+pub const APPROVABLE_PLANS: &[&str] = &[
+    "shutdown_non_essential",
+    "redistribute",
+    "failover",
+    "failback",
+];
 
 impl Default for SpareConfig {
     fn default() -> Self {
@@ -61,6 +126,13 @@ impl Default for SpareConfig {
             hot_spare_nodes: Vec::new(),
             failover_delay_seconds: 10.0,
             services_priority: Vec::new(),
+            failback: FailbackMode::Auto,
+            failback_hold_seconds: 300.0,
+            restart_hold_seconds: 120.0,
+            min_healthy: MinHealthySpec::Count(1),
+            max_concurrent: 1,
+            require_approval: Vec::new(),
+            approval_timeout_seconds: 900.0,
         }
     }
 }
@@ -149,6 +221,47 @@ impl Section for SpareConfig {
                     self.failover_delay_seconds
                 ),
             ));
+        }
+        for (key, v) in [
+            ("failover.failback_hold_seconds", self.failback_hold_seconds),
+            ("failover.restart_hold_seconds", self.restart_hold_seconds),
+        ] {
+            if !(non_negative(v) && v.is_finite()) {
+                out.push(issue(key, format!("must be zero or more seconds, got {v}")));
+            }
+        }
+        if !(self.approval_timeout_seconds.is_finite() && self.approval_timeout_seconds > 0.0) {
+            out.push(issue(
+                "failover.approval_timeout_seconds",
+                format!(
+                    "must be more than 0 seconds, got {}",
+                    self.approval_timeout_seconds
+                ),
+            ));
+        }
+        if let MinHealthySpec::Percent(text) = &self.min_healthy {
+            if self.min_healthy.fraction().is_none() {
+                out.push(issue(
+                    "failover.min_healthy",
+                    format!(
+                        "{text:?} is neither a count of nodes nor a percentage such as \"50%\""
+                    ),
+                ));
+            }
+        }
+        if self.max_concurrent == 0 {
+            out.push(issue("failover.max_concurrent", "must be at least 1"));
+        }
+        for (i, p) in self.require_approval.iter().enumerate() {
+            if !APPROVABLE_PLANS.contains(&p.as_str()) {
+                out.push(issue(
+                    format!("failover.require_approval[{i}]"),
+                    format!(
+                        "{p:?} is not a plan that can wait for approval (known: {})",
+                        APPROVABLE_PLANS.join(", ")
+                    ),
+                ));
+            }
         }
         for (i, s) in self.services_priority.iter().enumerate() {
             let key = format!("failover.services_priority[{i}]");

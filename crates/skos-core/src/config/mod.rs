@@ -49,7 +49,10 @@ pub use agent::AgentSection;
 pub use agents::{AgentsSection, AntibodyTimers};
 pub use breaker::BreakerConfig;
 pub use coordinator::CoordinatorSection;
-pub use fleet::{is_service_name, FleetNodes, NodeSpec, SpareConfig, MAX_SERVICE_NAME_LEN};
+pub use fleet::{
+    is_service_name, FailbackMode, FleetNodes, MinHealthySpec, NodeSpec, SpareConfig,
+    APPROVABLE_PLANS, MAX_SERVICE_NAME_LEN,
+};
 pub use general::{GeneralSection, SKOS_VERSION};
 pub use http::{HttpConfig, HttpListen, HttpTls, DEFAULT_HTTP_LISTEN};
 pub use learning::{LearningConfig, LEARNABLE_KINDS};
@@ -847,6 +850,7 @@ thermal:
             hot_spare_nodes: vec![node("lyra"), node("athena")],
             failover_delay_seconds: 10.0,
             services_priority: strings(&["qwen", "synthesis-core", "docker-swarm"]),
+            ..SpareConfig::default()
         };
         assert_eq!(cfg, want);
 
@@ -917,6 +921,29 @@ thermal:
             paths("nats: {reconnect_wait_seconds: -1}"),
             ["nats.reconnect_wait_seconds"]
         );
+    }
+
+    #[test]
+    fn fleet_safety_keys_are_checked_with_their_paths() {
+        let issues = Config::from_yaml(
+            "failover: {min_healthy: \"half\", max_concurrent: 0, require_approval: [failover, reboot], approval_timeout_seconds: 0, failback_hold_seconds: -1}",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        for p in [
+            "failover.min_healthy",
+            "failover.max_concurrent",
+            "failover.require_approval[1]",
+            "failover.approval_timeout_seconds",
+            "failover.failback_hold_seconds",
+        ] {
+            assert!(paths.contains(&p), "{p} in {issues:?}");
+        }
+        let cfg = Config::from_yaml("failover: {min_healthy: \"50%\", failback: off}").unwrap();
+        assert_eq!(cfg.failover.min_healthy.fraction(), Some(0.5));
+        assert_eq!(cfg.failover.failback, FailbackMode::Off);
+        let cfg = Config::from_yaml("failover: {min_healthy: 2}").unwrap();
+        assert_eq!(cfg.failover.min_healthy, MinHealthySpec::Count(2));
     }
 
     #[test]
