@@ -21,8 +21,10 @@ pub mod protocol;
 pub mod recent;
 pub mod redact;
 pub mod timefmt;
+pub mod workload;
 
 pub use node::{NodeName, NodeNameError};
+pub use workload::{WorkloadName, WorkloadReport, WorkloadState};
 pub use protocol::{
     Alert, AlertKind, AuditEntry, AuditEvent, Command, CommandResult, Heartbeat, ResultStatus,
     Severity,

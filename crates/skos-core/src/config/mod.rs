@@ -7,7 +7,8 @@
 //!
 //! Each top-level section is a [`Section`] in its own file (`node.rs`,
 //! `nats.rs`, `agent.rs`, `coordinator.rs`, `breaker.rs`, `thermal.rs`,
-//! `storage.rs`, `mesh.rs`, `loops.rs`, `trust.rs`; `levels.rs` holds what
+//! `storage.rs`, `mesh.rs`, `loops.rs`, `trust.rs`, `http.rs`,
+//! `workloads.rs`; `levels.rs` holds what
 //! thermal and storage share, `validate.rs` the validators of single
 //! values). [`Config::from_yaml`] reads and [`Config::check`] checks every
 //! top-level key through one table, [`SECTIONS`].
@@ -33,6 +34,7 @@ mod storage;
 mod thermal;
 mod trust;
 mod validate;
+mod workloads;
 
 pub use agent::AgentSection;
 pub use breaker::BreakerConfig;
@@ -54,6 +56,10 @@ pub use storage::{
 };
 pub use thermal::{GpuConfig, SourcesConfig, ThermalConfig, ThrottleConfig};
 pub use trust::TrustConfig;
+pub use workloads::{
+    AgentWorkloads, DockerHost, DriverKind, HealthCheck, HealthProbe, StopSignal, WorkloadSpec,
+    WorkloadsConfig, DEFAULT_DOCKER_HOST,
+};
 pub use validate::{
     endpoint, interface_name, is_wg_key, parse_cidr, relative_inside, sensor_name, valid_kind,
     InvalidValue, MAX_KIND_LEN,
@@ -104,6 +110,8 @@ pub struct Config {
     pub trust: TrustConfig,
     /// The operator's HTTP API, metrics and live page.
     pub http: HttpConfig,
+    /// What runs on the nodes and can be started, stopped and checked.
+    pub workloads: WorkloadsConfig,
 }
 
 impl Default for Config {
@@ -125,6 +133,7 @@ impl Default for Config {
             loop_: LoopConfig::default(),
             trust: TrustConfig::default(),
             http: HttpConfig::default(),
+            workloads: WorkloadsConfig::default(),
         }
     }
 }
@@ -229,6 +238,7 @@ pub const SECTIONS: &[TopLevel] = &[
     TopLevel::section::<LoopConfig>(),
     TopLevel::section::<TrustConfig>(),
     TopLevel::section::<HttpConfig>(),
+    TopLevel::section::<WorkloadsConfig>(),
 ];
 
 fn read_value<T: DeserializeOwned>(
@@ -434,6 +444,7 @@ impl Config {
         ("SKOS_DATA_DIR", "data_dir"),
         ("SKOS_SYSFS_ROOT", "sysfs_root"),
         ("SKOS_PROC_ROOT", "proc_root"),
+        ("DOCKER_HOST", "agent.workloads.docker_host"),
     ];
 
     /// Apply the seed's environment variables (and SKOS_*), looked up
@@ -477,6 +488,9 @@ impl Config {
         }
         if let Some(v) = env("SKOS_PROC_ROOT") {
             self.proc_root = PathBuf::from(v);
+        }
+        if let Some(v) = env("DOCKER_HOST") {
+            self.agent.workloads.docker_host = v;
         }
         issues.extend(self.check());
         issues
@@ -597,7 +611,6 @@ dry_run: true\nlog_level: DEBUG\n",
                 "circuit_breaker: {window_seconds: 0}",
                 "circuit_breaker.window_seconds",
             ),
-            ("agent: {antibodies: [workloads]}", "agent.antibodies[0]"),
             (
                 "agent: {antibodies: [immune_to_all]}",
                 "agent.antibodies[0]",
@@ -606,8 +619,6 @@ dry_run: true\nlog_level: DEBUG\n",
             let issues = Config::from_yaml(yaml).unwrap_err();
             assert!(issues.iter().any(|i| i.path == path), "{yaml}: {issues:?}");
         }
-        let issues = Config::from_yaml("agent: {antibodies: [workloads]}").unwrap_err();
-        assert!(issues[0].message.contains("not built yet"), "{issues:?}");
     }
 
     #[test]
@@ -1098,14 +1109,12 @@ storage:
     fn antibodies_must_be_known_and_built() {
         assert!(paths("agent: {antibodies: [thermal_sentinel]}").is_empty());
         assert!(paths("agent: {antibodies: []}").is_empty());
+        assert!(paths("agent: {antibodies: [thermal_sentinel, workloads]}").is_empty());
         let errs = Config::from_yaml("agent: {antibodies: [thermal_sentinel, workloads, zap]}")
             .unwrap_err();
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["agent.antibodies[1]", "agent.antibodies[2]"]);
-        assert!(errs[0]
-            .message
-            .starts_with("antibody \"workloads\" is not built yet"));
-        assert!(errs[1].message.starts_with("unknown antibody \"zap\""));
+        assert_eq!(paths, ["agent.antibodies[2]"]);
+        assert!(errs[0].message.starts_with("unknown antibody \"zap\""));
     }
 
     #[test]
@@ -1388,6 +1397,7 @@ storage:
         same::<MeshConfig>(&mut cfg, |c| &c.mesh);
         same::<LoopConfig>(&mut cfg, |c| &c.loop_);
         same::<TrustConfig>(&mut cfg, |c| &c.trust);
+        same::<WorkloadsConfig>(&mut cfg, |c| &c.workloads);
     }
 
     #[test]
