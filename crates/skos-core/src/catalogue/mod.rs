@@ -25,6 +25,7 @@ mod thermal;
 mod workloads;
 
 pub use thermal::{OriginalsError, ThrottleOriginal, MAX_ORIGINALS, ORIGINALS};
+pub use workloads::{START as WORKLOAD_START, STOP as WORKLOAD_STOP};
 
 /// The antibodies, each of which executes its own actions. The wire and
 /// config name of each is [`Executor::as_str`].
