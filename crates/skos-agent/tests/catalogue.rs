@@ -121,7 +121,12 @@ fn coordinator_plans_are_handled_by_no_antibody() {
         .collect();
     assert_eq!(
         plans,
-        ["redistribute", "shutdown_non_essential", "failover", "failback"]
+        [
+            "redistribute",
+            "shutdown_non_essential",
+            "failover",
+            "failback"
+        ]
     );
     for plan in plans {
         assert!(

@@ -90,11 +90,7 @@ fn web_root(dir: &Path) -> String {
 }
 
 fn serves(port: u16) -> bool {
-    health::http(
-        &format!("http://127.0.0.1:{port}/"),
-        Duration::from_secs(2),
-    )
-    .ok()
+    health::http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(2)).ok()
 }
 
 /// Processes whose command line is exactly `argv` and that lead their
@@ -135,6 +131,24 @@ fn group_members(argv: &[String]) -> Vec<(u32, u32)> {
     out
 }
 
+/// Kills, on drop, the process groups led by `argv` (a test that fails
+/// half-way leaves nothing running).
+struct KillOnDrop(Vec<String>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in processes_running(&self.0) {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill has no memory effects; the group is led by
+                // a process this test started.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 fn busybox_httpd(port: u16, root: &str) -> Vec<String> {
     [BUSYBOX, "httpd", "-f", "-p", &port.to_string(), "-h", root]
         .iter()
@@ -153,6 +167,7 @@ fn a_process_workload_starts_healthy_stops_and_is_found_after_a_restart() {
     let port = free_port();
     let root = web_root(dir.path());
     let argv = busybox_httpd(port, &root);
+    let _cleanup = KillOnDrop(argv.clone());
     let cfg = config(&format!(
         "  web:\n    driver: process\n    command: {}\n    health: {{http: 'http://127.0.0.1:{port}/', timeout_seconds: 2}}\n    start_timeout_seconds: 20\n    nodes: [nova]\n",
         serde_json::to_string(&argv).unwrap()
@@ -177,7 +192,12 @@ fn a_process_workload_starts_healthy_stops_and_is_found_after_a_restart() {
     assert_eq!(r.detail, format!("pid {}", pids[0]));
     // It runs in a session of its own, its output in the state dir.
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pids[0])).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     assert_eq!(fields[3], pids[0].to_string(), "session id is its own pid");
     assert!(state.join("workloads/web.log").is_file());
 
@@ -217,6 +237,7 @@ fn a_workload_told_to_start_is_remembered_across_a_restart_until_stopped() {
     let port = free_port();
     let root = web_root(dir.path());
     let argv = busybox_httpd(port, &root);
+    let _cleanup = KillOnDrop(argv.clone());
     // Its home is lyra: nova reports it only once told to start it.
     let cfg = config(&format!(
         "  moved:\n    driver: process\n    command: {}\n    health: {{tcp: '127.0.0.1:{port}'}}\n    nodes: [lyra, nova]\n",
@@ -242,7 +263,10 @@ fn a_workload_told_to_start_is_remembered_across_a_restart_until_stopped() {
     assert!(reported(&mut w, "moved").is_none());
     drop(w);
     let mut w = Workloads::new(&cfg, Some(&state));
-    assert!(reported(&mut w, "moved").is_none(), "forgotten once stopped");
+    assert!(
+        reported(&mut w, "moved").is_none(),
+        "forgotten once stopped"
+    );
 }
 
 #[test]
@@ -253,11 +277,13 @@ fn a_start_that_never_becomes_healthy_is_undone_and_fails() {
     let cfg = config(&format!(
         "  deaf:\n    driver: process\n    command: [/bin/sleep, '301']\n    health: {{http: 'http://127.0.0.1:{port}/', timeout_seconds: 1}}\n    start_timeout_seconds: 1.5\n"
     ));
+    let _cleanup = KillOnDrop(argv.iter().map(|s| s.to_string()).collect());
     let mut w = Workloads::new(&cfg, Some(dir.path()));
     let o = start(&mut w, "deaf");
     assert_eq!(o.status, ResultStatus::Failed, "{o:?}");
     assert!(
-        o.message.contains("not healthy within start_timeout_seconds (1.5 s)"),
+        o.message
+            .contains("not healthy within start_timeout_seconds (1.5 s)"),
         "{}",
         o.message
     );
@@ -268,7 +294,8 @@ fn a_start_that_never_becomes_healthy_is_undone_and_fails() {
     // A workload that is not configured, or may not run here, is refused.
     let o = start(&mut w, "ghost");
     assert_eq!(o.status, ResultStatus::Rejected);
-    let cfg = config("  elsewhere:\n    driver: process\n    command: [/bin/true]\n    nodes: [lyra]\n");
+    let cfg =
+        config("  elsewhere:\n    driver: process\n    command: [/bin/true]\n    nodes: [lyra]\n");
     let mut w = Workloads::new(&cfg, Some(dir.path()));
     let o = start(&mut w, "elsewhere");
     assert_eq!(o.status, ResultStatus::Rejected, "{o:?}");
@@ -280,14 +307,18 @@ fn a_process_that_ignores_its_stop_signal_is_killed_with_its_group() {
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("skos-stubborn-{}", std::process::id());
     let script = format!("trap '' TERM; /bin/sleep 302 & wait; # {marker}");
+    let leader = vec!["/bin/sh".to_string(), "-c".to_string(), script.clone()];
+    let _cleanup = KillOnDrop(leader.clone());
     let cfg = config(&format!(
         "  stubborn:\n    driver: process\n    command: [/bin/sh, -c, {script:?}]\n    stop_timeout_seconds: 0.5\n"
     ));
     let mut w = Workloads::new(&cfg, Some(dir.path()));
     let o = start(&mut w, "stubborn");
     assert_eq!(o.status, ResultStatus::Succeeded, "{o:?}");
-    assert_eq!(o.details["healthy"], true, "running is healthy without a check");
-    let leader = vec!["/bin/sh".to_string(), "-c".to_string(), script.clone()];
+    assert_eq!(
+        o.details["healthy"], true,
+        "running is healthy without a check"
+    );
     let r = reported(&mut w, "stubborn").unwrap();
     let pid: u32 = r.detail.strip_prefix("pid ").unwrap().parse().unwrap();
     assert!(processes_running(&leader).contains(&pid), "{r:?}");
@@ -321,14 +352,25 @@ fn a_container_workload_runs_through_the_docker_engine_api_of_podman() {
     assert!(r.detail.contains("no container skos-web"), "{r:?}");
 
     let o = start(&mut w, "web");
-    assert_eq!(o.status, ResultStatus::Succeeded, "{o:?}\n{}", engine.service_log());
+    assert_eq!(
+        o.status,
+        ResultStatus::Succeeded,
+        "{o:?}\n{}",
+        engine.service_log()
+    );
     assert!(o.message.contains("created and started"), "{}", o.message);
     assert_eq!(o.details["healthy"], true);
     assert!(serves(port));
-    assert_eq!(engine.container_status("skos-web").as_deref(), Some("running"));
+    assert_eq!(
+        engine.container_status("skos-web").as_deref(),
+        Some("running")
+    );
     let r = reported(&mut w, "web").unwrap();
     assert_eq!((r.state, r.healthy), (WorkloadState::Running, Some(true)));
-    assert!(r.detail.starts_with("container ") && r.detail.ends_with(" running"), "{r:?}");
+    assert!(
+        r.detail.starts_with("container ") && r.detail.ends_with(" running"),
+        "{r:?}"
+    );
 
     // A restarted agent finds it running; a start is answered at once.
     drop(w);
@@ -340,9 +382,16 @@ fn a_container_workload_runs_through_the_docker_engine_api_of_podman() {
     let o = stop(&mut w, "web");
     assert_eq!(o.status, ResultStatus::Succeeded, "{o:?}");
     assert!(!serves(port));
-    assert_eq!(engine.container_status("skos-web").as_deref(), Some("exited"));
+    assert_eq!(
+        engine.container_status("skos-web").as_deref(),
+        Some("exited")
+    );
     let r = reported(&mut w, "web").unwrap();
-    assert_eq!((r.state, r.healthy), (WorkloadState::Stopped, None), "{r:?}");
+    assert_eq!(
+        (r.state, r.healthy),
+        (WorkloadState::Stopped, None),
+        "{r:?}"
+    );
     assert_eq!(stop(&mut w, "web").status, ResultStatus::Succeeded);
 
     // Started again: the container is reused, not created twice.
@@ -365,7 +414,8 @@ fn a_container_whose_image_is_missing_fails_to_start_and_says_why() {
     let o = start(&mut w, "ghost");
     assert_eq!(o.status, ResultStatus::Failed, "{o:?}");
     assert!(
-        o.message.contains("create skos-ghost from localhost/skos-test-not-built"),
+        o.message
+            .contains("create skos-ghost from localhost/skos-test-not-built"),
         "{}",
         o.message
     );

@@ -24,8 +24,8 @@ pub mod timefmt;
 pub mod workload;
 
 pub use node::{NodeName, NodeNameError};
-pub use workload::{WorkloadName, WorkloadReport, WorkloadState};
 pub use protocol::{
     Alert, AlertKind, AuditEntry, AuditEvent, Command, CommandResult, Heartbeat, ResultStatus,
     Severity,
 };
+pub use workload::{WorkloadName, WorkloadReport, WorkloadState};

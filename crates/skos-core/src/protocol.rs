@@ -652,8 +652,7 @@ mod tests {
         assert_eq!(hb.workloads[0].state, WorkloadState::Running);
         assert_eq!(hb.workloads[0].healthy, Some(true));
         assert_eq!(hb.workloads[1].healthy, None);
-        let again: Heartbeat =
-            serde_json::from_str(&serde_json::to_string(&hb).unwrap()).unwrap();
+        let again: Heartbeat = serde_json::from_str(&serde_json::to_string(&hb).unwrap()).unwrap();
         assert_eq!(again, hb);
         let bad = hb_json(r#","workloads":[{"name":"../x","state":"running"}]"#);
         assert!(decode::<Heartbeat>(bad.as_bytes(), 1 << 16).is_err());

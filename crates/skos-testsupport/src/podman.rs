@@ -46,9 +46,20 @@ pub fn available() -> Result<(), Missing> {
             )));
         }
     }
-    if !Path::new(BUSYBOX).is_file() {
+    static_busybox()
+}
+
+/// The static busybox at [`BUSYBOX`] (a dynamically linked one cannot
+/// run in an image `FROM scratch`).
+pub fn static_busybox() -> Result<(), Missing> {
+    let bytes = std::fs::read(BUSYBOX).map_err(|e| {
+        Missing(format!(
+            "{BUSYBOX}: {e}; ./test.sh installs the Debian package busybox-static"
+        ))
+    })?;
+    if has_interpreter(&bytes) {
         return Err(Missing(format!(
-            "{BUSYBOX} is missing; ./test.sh installs the Debian package busybox-static"
+            "{BUSYBOX} is dynamically linked; ./test.sh installs the Debian package busybox-static"
         )));
     }
     Ok(())
@@ -116,8 +127,7 @@ impl Podman {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        if s
-            .write_all(b"GET /version HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
+        if s.write_all(b"GET /version HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
             .is_err()
         {
             return false;
@@ -177,13 +187,51 @@ impl Podman {
     pub fn container_status(&self, container: &str) -> Option<String> {
         let out = self
             .podman()
-            .args(["inspect", "--type", "container", "--format", "{{.State.Status}}", container])
+            .args([
+                "inspect",
+                "--type",
+                "container",
+                "--format",
+                "{{.State.Status}}",
+                container,
+            ])
             .output()
             .ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
+}
+
+/// Whether an ELF64 little-endian executable names a program
+/// interpreter (a `PT_INTERP` program header): it is dynamically linked.
+/// Anything else reads as having one.
+fn has_interpreter(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if !elf.starts_with(b"\x7fELF\x02\x01") {
+        return true;
+    }
+    let (Some(phoff), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return true;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return true;
+    };
+    (0..count).any(|i| {
+        let at = phoff + i * size;
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .is_none_or(|t| t == PT_INTERP)
+    })
 }
 
 /// `podman` over the storage, run dir and configuration under `dir`.
@@ -194,14 +242,25 @@ fn podman_command(dir: &Path) -> Command {
         .arg(dir.join("root"))
         .arg("--runroot")
         .arg(dir.join("run"))
-        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ]);
     cmd
 }
 
 impl Drop for Podman {
     fn drop(&mut self) {
         let quiet = |mut c: Command| {
-            let _ = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = c
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         };
         let mut rm = self.podman();
         rm.args(["rm", "--all", "--force", "--time", "0"]);
@@ -220,4 +279,17 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_executable_names_its_interpreter() {
+        let sh = std::fs::read("/bin/sh").unwrap();
+        assert!(has_interpreter(&sh), "/bin/sh is dynamically linked");
+        assert!(has_interpreter(b"#!/bin/sh\n"));
+        assert!(has_interpreter(b""));
+    }
 }

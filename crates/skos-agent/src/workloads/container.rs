@@ -104,7 +104,8 @@ impl ContainerDriver {
     fn with_engine<T: Send>(
         &self,
         timeout: u64,
-        f: impl for<'a> FnOnce(&'a Docker) -> futures::future::BoxFuture<'a, Result<T, WorkloadError>> + Send,
+        f: impl for<'a> FnOnce(&'a Docker) -> futures::future::BoxFuture<'a, Result<T, WorkloadError>>
+            + Send,
     ) -> Result<T, WorkloadError> {
         let cfg = skos_core::config::AgentWorkloads {
             docker_host: self.host.clone(),
@@ -180,7 +181,9 @@ impl ContainerDriver {
                 let mut detail = format!(
                     "container {} {}",
                     short(&id),
-                    status.map(|s| s.to_string()).unwrap_or_else(|| "in no known state".into())
+                    status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "in no known state".into())
                 );
                 if let (Some(code), Some(ContainerStateStatusEnum::EXITED)) = (exit_code, status) {
                     detail.push_str(&format!(" (exit code {code})"));
@@ -216,10 +219,7 @@ impl ContainerDriver {
                 let body = ContainerCreateBody {
                     image: Some(self.image.clone()),
                     cmd: (!self.command.is_empty()).then(|| self.command.clone()),
-                    labels: Some(HashMap::from([(
-                        LABEL.to_string(),
-                        self.name.to_string(),
-                    )])),
+                    labels: Some(HashMap::from([(LABEL.to_string(), self.name.to_string())])),
                     host_config: Some(HostConfig {
                         network_mode: self.network.clone(),
                         ..Default::default()
@@ -230,7 +230,9 @@ impl ContainerDriver {
                 let made = docker
                     .create_container(Some(options), body)
                     .await
-                    .map_err(|e| self.engine_error(format!("create {name} from {}: {e}", self.image)))?;
+                    .map_err(|e| {
+                        self.engine_error(format!("create {name} from {}: {e}", self.image))
+                    })?;
                 (made.id, true)
             }
         };
@@ -261,10 +263,13 @@ impl ContainerDriver {
         match self.find(docker).await? {
             Found::Missing => return Ok(format!("no container {name}")),
             Found::Present {
-                status: Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::RESTARTING),
+                status:
+                    Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::RESTARTING),
                 ..
             } => {}
-            Found::Present { id, .. } => return Ok(format!("container {} not running", short(&id))),
+            Found::Present { id, .. } => {
+                return Ok(format!("container {} not running", short(&id)))
+            }
         }
         let t = i32::try_from(wait).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::new().t(t).build();
@@ -301,8 +306,7 @@ mod tests {
 
     #[test]
     fn an_engine_that_is_not_there_is_unknown_and_named() {
-        let spec: WorkloadSpec =
-            serde_yaml_ng_free_spec();
+        let spec: WorkloadSpec = serde_yaml_ng_free_spec();
         let d = ContainerDriver::new(
             &WorkloadName::parse("w").unwrap(),
             &spec,
@@ -310,9 +314,16 @@ mod tests {
         );
         let seen = d.observe();
         assert_eq!(seen.state, WorkloadState::Unknown);
-        assert!(seen.detail.contains("/nonexistent/skos-test/docker.sock"), "{}", seen.detail);
+        assert!(
+            seen.detail.contains("/nonexistent/skos-test/docker.sock"),
+            "{}",
+            seen.detail
+        );
         let err = d.start().unwrap_err().to_string();
-        assert!(err.contains("container engine at unix:///nonexistent"), "{err}");
+        assert!(
+            err.contains("container engine at unix:///nonexistent"),
+            "{err}"
+        );
     }
 
     fn serde_yaml_ng_free_spec() -> WorkloadSpec {

@@ -35,7 +35,10 @@ pub enum WorkloadError {
     },
     /// It did not stop within its stop timeout and SIGKILL.
     #[error("{workload}: {what} still runs after SIGKILL")]
-    Unkillable { workload: WorkloadName, what: String },
+    Unkillable {
+        workload: WorkloadName,
+        what: String,
+    },
     /// The container engine refused or did not answer (`host`: where it
     /// was asked).
     #[error("{workload}: container engine at {host}: {reason}")]

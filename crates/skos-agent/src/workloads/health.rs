@@ -115,7 +115,10 @@ mod tests {
         assert_eq!(http(&answer_once("200 OK"), t), Health::Healthy);
         assert_eq!(http(&answer_once("302 Found"), t), Health::Healthy);
         let h = http(&answer_once("503 Service Unavailable"), t);
-        assert!(matches!(&h, Health::Unhealthy(w) if w.contains("503")), "{h:?}");
+        assert!(
+            matches!(&h, Health::Unhealthy(w) if w.contains("503")),
+            "{h:?}"
+        );
     }
 
     #[test]
@@ -129,7 +132,10 @@ mod tests {
         let t = Duration::from_secs(2);
         assert!(!http(&format!("http://127.0.0.1:{port}/"), t).ok());
         let h = tcp(&format!("127.0.0.1:{port}"), t);
-        assert!(matches!(&h, Health::Unhealthy(w) if w.contains("refused")), "{h:?}");
+        assert!(
+            matches!(&h, Health::Unhealthy(w) if w.contains("refused")),
+            "{h:?}"
+        );
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         assert!(tcp(&l.local_addr().unwrap().to_string(), t).ok());
     }
@@ -140,9 +146,18 @@ mod tests {
         let argv = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert!(command(&argv(&["/bin/sh", "-c", "exit 0"]), t).ok());
         let h = command(&argv(&["/bin/sh", "-c", "exit 3"]), t);
-        assert!(matches!(&h, Health::Unhealthy(w) if w.contains("exit status 3")), "{h:?}");
-        let h = command(&argv(&["/bin/sh", "-c", "sleep 30"]), Duration::from_millis(300));
-        assert!(matches!(&h, Health::Unhealthy(w) if w.contains("timeout")), "{h:?}");
+        assert!(
+            matches!(&h, Health::Unhealthy(w) if w.contains("exit status 3")),
+            "{h:?}"
+        );
+        let h = command(
+            &argv(&["/bin/sh", "-c", "sleep 30"]),
+            Duration::from_millis(300),
+        );
+        assert!(
+            matches!(&h, Health::Unhealthy(w) if w.contains("timeout")),
+            "{h:?}"
+        );
         assert!(!command(&argv(&["/nonexistent/check"]), t).ok());
     }
 }

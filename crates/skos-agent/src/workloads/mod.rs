@@ -304,7 +304,11 @@ impl Workloads {
                 started,
                 ..Default::default()
             })),
-            reader: Reader::new("workloads", "workloads' drivers and health checks", READ_BUDGET),
+            reader: Reader::new(
+                "workloads",
+                "workloads' drivers and health checks",
+                READ_BUDGET,
+            ),
         }
     }
 
@@ -316,7 +320,9 @@ impl Workloads {
     }
 
     /// Ask for a read of every workload reported and not busy.
-    fn read_job(&self) -> impl FnOnce() -> Vec<(WorkloadName, Seen, Option<bool>)> + Send + 'static {
+    fn read_job(
+        &self,
+    ) -> impl FnOnce() -> Vec<(WorkloadName, Seen, Option<bool>)> + Send + 'static {
         let busy = lock(&self.shared).busy.clone();
         let todo: Vec<(WorkloadName, WorkloadSpec, Driver)> = self
             .responsible()
@@ -391,7 +397,10 @@ impl Workloads {
         if cmd.action_type == START && !spec.nodes.is_empty() && !spec.nodes.contains(&self.node) {
             return Err(Outcome::new(
                 ResultStatus::Rejected,
-                format!("{name} may not run on {} (workloads.{name}.nodes)", self.node),
+                format!(
+                    "{name} may not run on {} (workloads.{name}.nodes)",
+                    self.node
+                ),
             ));
         }
         if !lock(&self.shared).busy.insert(name.clone()) {
@@ -451,7 +460,13 @@ impl Job {
         self.started_file.save(&names)
     }
 
-    fn outcome(&self, status: ResultStatus, message: String, seen: &Seen, healthy: Option<bool>) -> Outcome {
+    fn outcome(
+        &self,
+        status: ResultStatus,
+        message: String,
+        seen: &Seen,
+        healthy: Option<bool>,
+    ) -> Outcome {
         let mut o = Outcome::new(status, message);
         let mut d = Map::new();
         d.insert("workload".into(), json!(self.name));
@@ -470,7 +485,10 @@ impl Job {
             let seen = Seen::new(WorkloadState::Unknown, "not started");
             return self.outcome(
                 ResultStatus::Failed,
-                format!("{}: not started: the record of started workloads cannot be written: {e}", self.name),
+                format!(
+                    "{}: not started: the record of started workloads cannot be written: {e}",
+                    self.name
+                ),
                 &seen,
                 None,
             );
@@ -566,7 +584,10 @@ impl Job {
             }
             Ok(how) => self.outcome(
                 ResultStatus::Failed,
-                format!("{}: {how}, but it is {}: {}", self.name, seen.state, seen.detail),
+                format!(
+                    "{}: {how}, but it is {}: {}",
+                    self.name, seen.state, seen.detail
+                ),
                 &seen,
                 healthy,
             ),
@@ -681,13 +702,33 @@ mod tests {
         let mut sh = Shared::default();
         let n = WorkloadName::parse("w").unwrap();
         let t = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap();
-        sh.record(&n, Seen::new(WorkloadState::Running, "pid 1"), Some(true), t(10));
+        sh.record(
+            &n,
+            Seen::new(WorkloadState::Running, "pid 1"),
+            Some(true),
+            t(10),
+        );
         assert_eq!(sh.seen[&n].since, None);
-        sh.record(&n, Seen::new(WorkloadState::Running, "pid 1"), Some(false), t(20));
+        sh.record(
+            &n,
+            Seen::new(WorkloadState::Running, "pid 1"),
+            Some(false),
+            t(20),
+        );
         assert_eq!(sh.seen[&n].since, None);
-        sh.record(&n, Seen::new(WorkloadState::Stopped, "not running"), None, t(30));
+        sh.record(
+            &n,
+            Seen::new(WorkloadState::Stopped, "not running"),
+            None,
+            t(30),
+        );
         assert_eq!(sh.seen[&n].since, Some(t(30)));
-        sh.record(&n, Seen::new(WorkloadState::Stopped, "not running"), None, t(40));
+        sh.record(
+            &n,
+            Seen::new(WorkloadState::Stopped, "not running"),
+            None,
+            t(40),
+        );
         assert_eq!(sh.seen[&n].since, Some(t(30)));
     }
 }

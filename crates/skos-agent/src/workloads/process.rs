@@ -173,7 +173,12 @@ pub fn signal_number(s: StopSignal) -> i32 {
 }
 
 impl ProcessDriver {
-    pub fn new(name: &WorkloadName, spec: &WorkloadSpec, proc_root: &Path, records: Records) -> Self {
+    pub fn new(
+        name: &WorkloadName,
+        spec: &WorkloadSpec,
+        proc_root: &Path,
+        records: Records,
+    ) -> Self {
         ProcessDriver {
             name: name.clone(),
             argv: spec.command.clone(),
@@ -194,7 +199,8 @@ impl ProcessDriver {
     }
 
     fn running(&self, id: ProcId) -> Option<Stat> {
-        read_stat(&self.proc_root, id.pid).filter(|st| st.start == id.start && !matches!(st.state, 'Z' | 'X' | 'x'))
+        read_stat(&self.proc_root, id.pid)
+            .filter(|st| st.start == id.start && !matches!(st.state, 'Z' | 'X' | 'x'))
     }
 
     pub fn observe(&self) -> Seen {
@@ -211,11 +217,17 @@ impl ProcessDriver {
         if let Some((id, _)) = self.alive()? {
             return Ok(format!("already running as pid {}", id.pid));
         }
-        let (program, args) = self.argv.split_first().ok_or_else(|| WorkloadError::Spawn {
-            workload: self.name.clone(),
-            program: String::new(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command configured"),
-        })?;
+        let (program, args) = self
+            .argv
+            .split_first()
+            .ok_or_else(|| WorkloadError::Spawn {
+                workload: self.name.clone(),
+                program: String::new(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "no command configured",
+                ),
+            })?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null());
         match self.records.log_file(&self.name) {
@@ -367,7 +379,10 @@ mod tests {
 
     #[test]
     fn pid_files_hold_pid_and_start_time() {
-        let id = ProcId { pid: 77, start: 12345 };
+        let id = ProcId {
+            pid: 77,
+            start: 12345,
+        };
         assert_eq!(ProcId::parse(&id.render()), Some(id));
         for bad in ["", "77", "77 x", "1 5", "-3 5", "77 5 9"] {
             assert_eq!(ProcId::parse(bad), None, "{bad:?}");

@@ -36,7 +36,11 @@ pub fn parse_is_active(text: &str) -> WorkloadState {
 }
 
 impl SystemdDriver {
-    fn systemctl(&self, verb: &str, timeout: Duration) -> Result<crate::mesh::exec::Output, WorkloadError> {
+    fn systemctl(
+        &self,
+        verb: &str,
+        timeout: Duration,
+    ) -> Result<crate::mesh::exec::Output, WorkloadError> {
         let argv = crate::mesh::exec::argv(&["systemctl", verb, "--", &self.unit]);
         crate::mesh::exec::run(&argv, timeout).map_err(|e| WorkloadError::Systemctl {
             workload: self.name.clone(),

@@ -368,9 +368,17 @@ mod tests {
         // Workload plans are the coordinator's: no agent handles them.
         assert!(Executor::Workloads.handles("workload_start"));
         assert!(Executor::Workloads.handles("workload_stop"));
-        for plan in ["redistribute", "shutdown_non_essential", "failover", "failback"] {
+        for plan in [
+            "redistribute",
+            "shutdown_non_essential",
+            "failover",
+            "failback",
+        ] {
             assert!(is_coordinator_plan(plan), "{plan}");
-            assert!(Executor::ALL.into_iter().all(|e| !e.handles(plan)), "{plan}");
+            assert!(
+                Executor::ALL.into_iter().all(|e| !e.handles(plan)),
+                "{plan}"
+            );
         }
         assert!(!is_coordinator_plan("workload_stop") && !is_coordinator_plan("throttle_50"));
         assert!(spec("workload_stop").is_some_and(|a| a.destructive));
@@ -406,13 +414,20 @@ mod tests {
             })
         );
         assert!(validate_parameters("ping_peer", &p(json!({"peer": "../../x"}))).is_err());
-        assert!(validate_parameters("workload_start", &p(json!({"workload": "synthesis-core"}))).is_ok());
+        assert!(
+            validate_parameters("workload_start", &p(json!({"workload": "synthesis-core"})))
+                .is_ok()
+        );
         assert!(validate_parameters(
             "workload_stop",
             &p(json!({"workload": "synthesis-core", "fence": "true"}))
         )
         .is_ok());
-        assert!(validate_parameters("workload_start", &p(json!({"fence": "true", "workload": "x"}))).is_err());
+        assert!(validate_parameters(
+            "workload_start",
+            &p(json!({"fence": "true", "workload": "x"}))
+        )
+        .is_err());
         assert!(validate_parameters("workload_start", &p(json!({"workload": "a/b"}))).is_err());
         // Throttle originals: a checked list, on every thermal action.
         let originals = json!({"originals": [{"target": "cpufreq:policy0", "value": "3600000"}]});

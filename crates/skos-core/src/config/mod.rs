@@ -56,13 +56,13 @@ pub use storage::{
 };
 pub use thermal::{GpuConfig, SourcesConfig, ThermalConfig, ThrottleConfig};
 pub use trust::TrustConfig;
-pub use workloads::{
-    AgentWorkloads, DockerHost, DriverKind, HealthCheck, HealthProbe, StopSignal, WorkloadSpec,
-    WorkloadsConfig, DEFAULT_DOCKER_HOST,
-};
 pub use validate::{
     endpoint, interface_name, is_wg_key, parse_cidr, relative_inside, sensor_name, valid_kind,
     InvalidValue, MAX_KIND_LEN,
+};
+pub use workloads::{
+    AgentWorkloads, DockerHost, DriverKind, HealthCheck, HealthProbe, StopSignal, WorkloadSpec,
+    WorkloadsConfig, DEFAULT_DOCKER_HOST,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -255,7 +255,12 @@ impl WorkloadSpec {
                 ));
             }
         };
-        own("command", !self.command.is_empty(), DriverKind::Process, out);
+        own(
+            "command",
+            !self.command.is_empty(),
+            DriverKind::Process,
+            out,
+        );
         own(
             "stop_signal",
             self.stop_signal != StopSignal::default(),
@@ -269,7 +274,12 @@ impl WorkloadSpec {
             DriverKind::Container,
             out,
         );
-        own("network", self.network.is_some(), DriverKind::Container, out);
+        own(
+            "network",
+            self.network.is_some(),
+            DriverKind::Container,
+            out,
+        );
         own("unit", self.unit.is_some(), DriverKind::Systemd, out);
         match self.driver {
             DriverKind::Process => argv(&format!("{at}.command"), &self.command, out),
@@ -281,7 +291,10 @@ impl WorkloadSpec {
                     )),
                     Some(i) if !image_ref(i) => out.push(issue(
                         format!("{at}.image"),
-                        format!("{:?} is not an image reference", i.escape_debug().to_string()),
+                        format!(
+                            "{:?} is not an image reference",
+                            i.escape_debug().to_string()
+                        ),
                     )),
                     Some(_) => {}
                 }
@@ -423,9 +436,8 @@ fn image_ref(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 512
         && !s.starts_with('-')
-        && s.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '@')
-        })
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '@'))
 }
 
 /// A systemd unit name: `name.type`, of systemd's characters, not an
@@ -816,7 +828,10 @@ workloads:
     #[test]
     fn the_docker_host_is_a_socket_or_an_address() {
         let mut a = AgentWorkloads::default();
-        assert_eq!(a.docker_host(), Some(DockerHost::Unix("/var/run/docker.sock")));
+        assert_eq!(
+            a.docker_host(),
+            Some(DockerHost::Unix("/var/run/docker.sock"))
+        );
         a.docker_host = "tcp://127.0.0.1:2375".into();
         assert_eq!(a.docker_host(), Some(DockerHost::Http("127.0.0.1:2375")));
         a.docker_host = "http://engine.local:2375/".into();
@@ -828,7 +843,10 @@ workloads:
             (k == "DOCKER_HOST").then(|| "unix:///run/podman/podman.sock".to_string())
         });
         assert!(issues.is_empty(), "{issues:?}");
-        assert_eq!(cfg.agent.workloads.docker_host, "unix:///run/podman/podman.sock");
+        assert_eq!(
+            cfg.agent.workloads.docker_host,
+            "unix:///run/podman/podman.sock"
+        );
     }
 
     #[test]
