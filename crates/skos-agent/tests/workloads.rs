@@ -2,7 +2,8 @@
 //! as a plain process and as a container through Podman's Docker Engine
 //! API, started, health-checked over HTTP, stopped, and found again by a
 //! restarted antibody; a start that never becomes healthy is undone; a
-//! process that ignores its stop signal is killed.
+//! process that ignores its stop signal is killed. A systemd unit the same
+//! way where systemd runs as PID 1 (ignored elsewhere).
 
 use std::path::Path;
 use std::time::Duration;
@@ -418,5 +419,76 @@ fn a_container_whose_image_is_missing_fails_to_start_and_says_why() {
             .contains("create skos-ghost from localhost/skos-test-not-built"),
         "{}",
         o.message
+    );
+}
+
+/// A unit written to `/run/systemd/system`, stopped and removed on drop.
+struct TestUnit(String);
+
+impl Drop for TestUnit {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("systemctl")
+            .args(["stop", &self.0])
+            .status();
+        let _ = std::fs::remove_file(Path::new("/run/systemd/system").join(&self.0));
+        let _ = std::process::Command::new("systemctl")
+            .arg("daemon-reload")
+            .status();
+    }
+}
+
+/// Needs systemd as PID 1, which no test machine or container of this
+/// project runs and `./test.sh` cannot install: ignored by default, so
+/// `SKOS_TEST_REQUIRE_ALL=1` does not fail on it; run it with
+/// `--ignored` on a machine booted with systemd.
+#[test]
+#[ignore = "needs systemd as PID 1 (run with --ignored on a machine booted with systemd)"]
+fn a_systemd_workload_starts_and_stops_through_systemctl() {
+    require!(
+        "systemd running as PID 1",
+        require::path(
+            Path::new("/run/systemd/system"),
+            "systemd is not PID 1 on this machine"
+        )
+    );
+    require!("root (to install a unit)", require::root());
+    require!(
+        "the static busybox",
+        require::path(Path::new(BUSYBOX), "./test.sh installs busybox-static")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let root = web_root(dir.path());
+    let port = free_port();
+    let unit = format!("skos-test-web-{}.service", std::process::id());
+    std::fs::write(
+        Path::new("/run/systemd/system").join(&unit),
+        format!("[Service]\nExecStart={BUSYBOX} httpd -f -p {port} -h {root}\n"),
+    )
+    .unwrap();
+    let _unit = TestUnit(unit.clone());
+    let reload = std::process::Command::new("systemctl")
+        .arg("daemon-reload")
+        .status()
+        .unwrap();
+    assert!(reload.success());
+    let cfg = config(&format!(
+        "  web:\n    driver: systemd\n    unit: {unit}\n    health: {{http: 'http://127.0.0.1:{port}/'}}\n    nodes: [nova]\n"
+    ));
+    let mut w = Workloads::new(&cfg, Some(dir.path()));
+    let r = reported(&mut w, "web").unwrap();
+    assert_eq!(r.state, WorkloadState::Stopped, "{r:?}");
+    let o = start(&mut w, "web");
+    assert_eq!(o.status, ResultStatus::Succeeded, "{o:?}");
+    assert_eq!(o.details["healthy"], true);
+    assert!(serves(port));
+    let r = reported(&mut w, "web").unwrap();
+    assert_eq!((r.state, r.healthy), (WorkloadState::Running, Some(true)));
+    assert_eq!(r.detail, format!("{unit} active"));
+    let o = stop(&mut w, "web");
+    assert_eq!(o.status, ResultStatus::Succeeded, "{o:?}");
+    assert!(!serves(port));
+    assert_eq!(
+        reported(&mut w, "web").unwrap().state,
+        WorkloadState::Stopped
     );
 }

@@ -84,12 +84,24 @@ pub struct Seen {
     pub detail: String,
 }
 
+/// Longest `detail` kept, in bytes (a health check's error can be long;
+/// a heartbeat lists every workload).
+pub const MAX_DETAIL: usize = 240;
+
 impl Seen {
+    /// `detail` is cut to [`MAX_DETAIL`] bytes (at a character boundary,
+    /// with `…`).
     pub fn new(state: WorkloadState, detail: impl Into<String>) -> Self {
-        Seen {
-            state,
-            detail: detail.into(),
+        let mut detail = detail.into();
+        if detail.len() > MAX_DETAIL {
+            let mut cut = MAX_DETAIL;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+            detail.push('…');
         }
+        Seen { state, detail }
     }
 }
 
@@ -695,6 +707,14 @@ mod tests {
         let names = |s: BTreeSet<WorkloadName>| s.into_iter().map(String::from).collect::<Vec<_>>();
         assert_eq!(names(homed_here(&cfg.workloads, &nova)), ["a"]);
         assert_eq!(names(homed_here(&cfg.workloads, &lyra)), ["b"]);
+    }
+
+    #[test]
+    fn a_long_detail_is_cut_at_a_character() {
+        let s = Seen::new(WorkloadState::Unknown, "é".repeat(200));
+        assert!(s.detail.len() <= MAX_DETAIL + '…'.len_utf8());
+        assert!(s.detail.ends_with('…'));
+        assert_eq!(Seen::new(WorkloadState::Running, "pid 7").detail, "pid 7");
     }
 
     #[test]
