@@ -107,10 +107,7 @@ impl ContainerDriver {
         f: impl for<'a> FnOnce(&'a Docker) -> futures::future::BoxFuture<'a, Result<T, WorkloadError>>
             + Send,
     ) -> Result<T, WorkloadError> {
-        let cfg = skos_core::config::AgentWorkloads {
-            docker_host: self.host.clone(),
-        };
-        let docker = match cfg.docker_host() {
+        let docker = match DockerHost::parse(&self.host) {
             Some(DockerHost::Unix(path)) => {
                 Docker::connect_with_unix(path, timeout, bollard::API_DEFAULT_VERSION)
             }
@@ -306,7 +303,7 @@ mod tests {
 
     #[test]
     fn an_engine_that_is_not_there_is_unknown_and_named() {
-        let spec: WorkloadSpec = serde_yaml_ng_free_spec();
+        let spec: WorkloadSpec = container_spec();
         let d = ContainerDriver::new(
             &WorkloadName::parse("w").unwrap(),
             &spec,
@@ -326,7 +323,7 @@ mod tests {
         );
     }
 
-    fn serde_yaml_ng_free_spec() -> WorkloadSpec {
+    fn container_spec() -> WorkloadSpec {
         serde_json::from_value(serde_json::json!({"driver": "container", "image": "local/x"}))
             .unwrap()
     }

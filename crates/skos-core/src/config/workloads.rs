@@ -569,10 +569,10 @@ pub enum DockerHost<'a> {
     Http(&'a str),
 }
 
-impl AgentWorkloads {
-    /// The engine's address; `None` for one that failed its check.
-    pub fn docker_host(&self) -> Option<DockerHost<'_>> {
-        let h = self.docker_host.as_str();
+impl<'a> DockerHost<'a> {
+    /// Read `unix:///path.sock`, `tcp://host:port` or `http://host:port`;
+    /// `None` for anything else.
+    pub fn parse(h: &'a str) -> Option<DockerHost<'a>> {
         if let Some(p) = h.strip_prefix("unix://") {
             return p.starts_with('/').then_some(DockerHost::Unix(p));
         }
@@ -581,6 +581,13 @@ impl AgentWorkloads {
             .or_else(|| h.strip_prefix("http://"))?;
         let addr = addr.strip_suffix('/').unwrap_or(addr);
         host_port(addr).then_some(DockerHost::Http(addr))
+    }
+}
+
+impl AgentWorkloads {
+    /// The engine's address; `None` for one that failed its check.
+    pub fn docker_host(&self) -> Option<DockerHost<'_>> {
+        DockerHost::parse(&self.docker_host)
     }
 
     pub(super) fn check(&self, out: &mut Vec<ConfigIssue>) {
