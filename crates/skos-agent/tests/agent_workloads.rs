@@ -2,6 +2,7 @@
 //! in-process bus: a signed `workload_start` command starts busybox's
 //! HTTP server as a process workload and is answered `succeeded` with the
 //! workload healthy; the heartbeats list it running and healthy; a
+//! restarted agent finds the same process and does not start a second; a
 //! `workload_stop` stops it and the heartbeats say so; a coordinator plan
 //! (`failover`) sent to the agent is answered `unsupported`.
 
@@ -143,7 +144,7 @@ health: {{http: 'http://127.0.0.1:{port}/', timeout_seconds: 2}}\n    start_time
     let bus = Bus::InProc(InProcBus::new());
     let mut results = bus.subscribe(Feed::Results).await.unwrap();
     let mut heartbeats = bus.subscribe(Feed::Heartbeats).await.unwrap();
-    let agent = Running::start(&bus, cfg, &dir.path().join("state"));
+    let agent = Running::start(&bus, cfg.clone(), &dir.path().join("state"));
 
     // Its home is nova: listed, stopped, before anything is started.
     let (hb, r) = heartbeat_where(&mut heartbeats, "synthesis-core", |r| {
@@ -187,6 +188,37 @@ health: {{http: 'http://127.0.0.1:{port}/', timeout_seconds: 2}}\n    start_time
     )
     .await;
     assert_eq!(res.status, ResultStatus::Unsupported, "{res:?}");
+
+    // The agent restarts: it finds the process it started, and a start
+    // does not make a second copy.
+    agent.stop().await;
+    let restarted = chrono::Utc::now();
+    let agent = Running::start(&bus, cfg.clone(), &dir.path().join("state"));
+    let again = loop {
+        let (hb, again) = heartbeat_where(&mut heartbeats, "synthesis-core", |r| {
+            r.state == WorkloadState::Running
+        })
+        .await;
+        // One of the restarted agent's, not one left from before.
+        if hb.timestamp >= restarted {
+            break again;
+        }
+    };
+    assert_eq!(again.detail, r.detail, "the same process");
+    assert_eq!(again.healthy, Some(true));
+    let res = send(
+        &bus,
+        &agent,
+        &mut results,
+        command(
+            "workload_start",
+            "w3",
+            json!({"workload": "synthesis-core"}),
+        ),
+    )
+    .await;
+    assert_eq!(res.status, ResultStatus::Succeeded, "{res:?}");
+    assert!(res.message.contains("already runs"), "{}", res.message);
 
     let res = send(
         &bus,
