@@ -148,6 +148,11 @@ impl Heartbeat {
         finite(self.interval_seconds, "interval_seconds")
     }
 
+    /// What the heartbeat says of the workload `name`, if it lists it.
+    pub fn workload(&self, name: &str) -> Option<&WorkloadReport> {
+        self.workloads.iter().find(|w| w.name.as_str() == name)
+    }
+
     /// The reading a problem is measured by, if the heartbeat carries it.
     pub fn metric(&self, metric: &str) -> Option<f64> {
         match metric {
@@ -652,6 +657,11 @@ mod tests {
         assert_eq!(hb.workloads[0].state, WorkloadState::Running);
         assert_eq!(hb.workloads[0].healthy, Some(true));
         assert_eq!(hb.workloads[1].healthy, None);
+        assert_eq!(
+            hb.workload("minio").map(|w| w.state),
+            Some(WorkloadState::Stopped)
+        );
+        assert!(hb.workload("qwen").is_none());
         let again: Heartbeat = serde_json::from_str(&serde_json::to_string(&hb).unwrap()).unwrap();
         assert_eq!(again, hb);
         let bad = hb_json(r#","workloads":[{"name":"../x","state":"running"}]"#);
