@@ -17,8 +17,9 @@
 # procps (`kill`), for the mesh tests wireguard-go, wireguard-tools and
 # iproute2, openssl (test certificates) and systemd (`systemd-analyze` checks
 # the shipped units), fuse3 (`fusermount3`: how a non-root run mounts the
-# fake cpufreq driver), faketime (agents whose clock is an hour off) and
-# chromium (the live page, in a headless browser).
+# fake cpufreq driver), faketime (agents whose clock is an hour off),
+# chromium (the live page, in a headless browser), and podman, runc and
+# busybox-static (workloads as real containers and processes).
 # Runs unattended: no prompts, no stdin.
 set -euo pipefail
 
@@ -81,6 +82,13 @@ have faketime || optional+=(faketime)
 have chromium || optional+=(chromium)
 # HTTPS to the API is checked with curl.
 have curl || optional+=(curl)
+# Workloads run as real containers through Podman's Docker Engine API
+# (runc: crun refuses hybrid cgroups), from images built FROM scratch
+# with the static busybox, which also serves HTTP as a process workload.
+have podman || optional+=(podman)
+have runc || optional+=(runc)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
+  optional+=(busybox-static)
 
 require_all=0
 case "${SKOS_TEST_REQUIRE_ALL:-0}" in 1 | true | yes) require_all=1 ;; esac

@@ -11,6 +11,9 @@
 //!   groups).
 //! * [`mesh`]: the mesh healer antibody (WireGuard tunnels, peers,
 //!   failover routes).
+//! * [`workloads`]: the workloads antibody (processes, containers and
+//!   systemd units started, stopped and health-checked; their state in
+//!   heartbeats).
 //! * [`antibody`]: what every antibody offers the runtime.
 //! * [`registry`]: the antibodies this build has, and which are enabled.
 //! * [`runtime`]: heartbeats, the monitor loop, command execution.
@@ -25,6 +28,7 @@ pub mod registry;
 pub mod runtime;
 pub mod storage;
 pub mod thermal;
+pub mod workloads;
 
 pub use error::{Error, Result};
 pub use outcome::Outcome;

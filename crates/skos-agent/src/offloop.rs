@@ -473,6 +473,7 @@ mod tests {
             interval_seconds: None,
             throttle_level: None,
             metadata: Map::new(),
+            workloads: Vec::new(),
         };
         add_sensor_error(&mut hb, "hwmon3", json!({"problem": "slow"}));
         add_sensor_error(&mut hb, "storage", json!({"problem": "slow"}));

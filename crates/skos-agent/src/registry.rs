@@ -7,7 +7,7 @@ use std::path::Path;
 use skos_core::config::Config;
 
 use crate::antibody::Antibody;
-use crate::{loops, mesh, storage, thermal};
+use crate::{loops, mesh, storage, thermal, workloads};
 
 /// Builds one antibody from the config and the agent's state dir.
 type Build = fn(&Config, Option<&Path>) -> Box<dyn Antibody>;
@@ -25,6 +25,9 @@ const BUILT: &[(&str, Build)] = &[
     }),
     (mesh::AGENT_TYPE, |cfg, _| {
         Box::new(mesh::MeshHealer::new(cfg))
+    }),
+    (workloads::AGENT_TYPE, |cfg, state| {
+        Box::new(workloads::Workloads::new(cfg, state))
     }),
 ];
 

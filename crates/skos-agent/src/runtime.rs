@@ -333,6 +333,7 @@ impl Agent {
             interval_seconds: Some(self.cfg.agent.heartbeat_interval),
             throttle_level: None,
             metadata,
+            workloads: Vec::new(),
         };
         for a in &self.antibodies {
             a.report(&mut hb);

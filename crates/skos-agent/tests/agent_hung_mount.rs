@@ -164,6 +164,7 @@ fn after_a_job_the_heartbeat_carries_what_it_left() {
             interval_seconds: None,
             throttle_level: None,
             metadata: Default::default(),
+            workloads: Vec::new(),
         };
         w.report(&mut hb);
         hb.storage_percent

@@ -1,7 +1,9 @@
 //! The action catalogue and the antibodies agree: every action a default
 //! healing table names is carried out by exactly one antibody of this
 //! build, the one the catalogue declares; no antibody handles an action
-//! declared for another or missing from the catalogue.
+//! declared for another or missing from the catalogue; no antibody handles
+//! a coordinator plan (`failover`, `redistribute`...), which the
+//! coordinator carries out as commands of other actions.
 
 use skos_agent::antibody::Antibody;
 use skos_agent::registry;
@@ -85,7 +87,7 @@ fn antibodies_handle_their_catalogue_entries_and_nothing_else() {
         for a in &antibodies {
             assert_eq!(
                 a.handles(spec.name),
-                a.name() == spec.executor.as_str(),
+                a.name() == spec.executor.as_str() && !spec.coordinator_plan,
                 "{} and {} (declared for {})",
                 a.name(),
                 spec.name,
@@ -107,21 +109,37 @@ fn antibodies_handle_their_catalogue_entries_and_nothing_else() {
     }
 }
 
-/// The workload actions are declared (the seed's tables name them) but no
-/// antibody is built for them yet: agents answer `unsupported`, and no
-/// default table names them.
+/// The coordinator's plans are declared (the seed's tables name them)
+/// and handled by no antibody: an agent sent one answers `unsupported`.
+/// The actions they are made of are handled by the workloads antibody.
 #[test]
-fn actions_without_a_built_executor_are_in_no_default_table() {
-    let unbuilt: Vec<&str> = catalogue::all()
-        .filter(|s| !s.executor.built())
+fn coordinator_plans_are_handled_by_no_antibody() {
+    let antibodies = every_antibody();
+    let plans: Vec<&str> = catalogue::all()
+        .filter(|s| s.coordinator_plan)
         .map(|s| s.name)
         .collect();
-    assert!(unbuilt.contains(&"redistribute"), "{unbuilt:?}");
-    let defaults = default_table_actions();
-    for name in unbuilt {
+    assert_eq!(
+        plans,
+        [
+            "redistribute",
+            "shutdown_non_essential",
+            "failover",
+            "failback"
+        ]
+    );
+    for plan in plans {
         assert!(
-            defaults.iter().all(|(_, a)| a != name),
-            "{name} is in a default table"
+            antibodies.iter().all(|a| !a.handles(plan)),
+            "{plan} is handled by an antibody"
         );
+    }
+    for action in [catalogue::WORKLOAD_START, catalogue::WORKLOAD_STOP] {
+        let by: Vec<&str> = antibodies
+            .iter()
+            .filter(|a| a.handles(action))
+            .map(|a| a.name())
+            .collect();
+        assert_eq!(by, ["workloads"], "{action}");
     }
 }

@@ -326,6 +326,7 @@ fn heartbeats_carry_the_loop_breakers_state() {
         interval_seconds: None,
         throttle_level: None,
         metadata: Default::default(),
+        workloads: Vec::new(),
     };
     lb.report(&mut hb);
     let m = &hb.metadata["loop_breaker"];

@@ -712,6 +712,7 @@ mod driver {
                 interval_seconds: None,
                 throttle_level: None,
                 metadata: Default::default(),
+                workloads: Vec::new(),
             };
             sentinel.report(&mut hb);
             hb

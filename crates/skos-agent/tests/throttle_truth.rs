@@ -77,6 +77,7 @@ fn heartbeat(sentinel: &ThermalSentinel) -> Heartbeat {
         interval_seconds: None,
         throttle_level: None,
         metadata: Default::default(),
+        workloads: Vec::new(),
     };
     sentinel.report(&mut hb);
     hb

@@ -95,6 +95,7 @@ fn heartbeat(i: usize, now: chrono::DateTime<chrono::Utc>) -> Heartbeat {
             .as_object()
             .cloned()
             .unwrap_or_default(),
+        workloads: Vec::new(),
     }
 }
 

@@ -21,9 +21,11 @@ pub mod protocol;
 pub mod recent;
 pub mod redact;
 pub mod timefmt;
+pub mod workload;
 
 pub use node::{NodeName, NodeNameError};
 pub use protocol::{
     Alert, AlertKind, AuditEntry, AuditEvent, Command, CommandResult, Heartbeat, ResultStatus,
     Severity,
 };
+pub use workload::{WorkloadName, WorkloadReport, WorkloadState};

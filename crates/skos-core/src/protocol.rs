@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::node::NodeName;
 use crate::timefmt::{self, Timestamp};
+pub use crate::workload::{WorkloadName, WorkloadReport, WorkloadState};
 
 /// Largest message accepted on any subject, unless configured otherwise.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -136,6 +137,11 @@ pub struct Heartbeat {
     pub throttle_level: Option<u8>,
     #[serde(default)]
     pub metadata: Map<String, Value>,
+    /// The workloads this agent is responsible for (those whose home is
+    /// this node, and those it was told to start), as it saw them (added;
+    /// omitted when empty, absent from older agents' heartbeats).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadReport>,
 }
 
 impl Heartbeat {
@@ -144,6 +150,11 @@ impl Heartbeat {
         finite(self.gpu_temp, "gpu_temp")?;
         finite(self.storage_percent, "storage_percent")?;
         finite(self.interval_seconds, "interval_seconds")
+    }
+
+    /// What the heartbeat says of the workload `name`, if it lists it.
+    pub fn workload(&self, name: &str) -> Option<&WorkloadReport> {
+        self.workloads.iter().find(|w| w.name.as_str() == name)
     }
 
     /// The reading a problem is measured by, if the heartbeat carries it.
@@ -649,6 +660,33 @@ mod tests {
         assert!(!too_deep(nest(MAX_JSON_DEPTH).as_bytes(), MAX_JSON_DEPTH));
         let many_in_strings = format!("{{\"a\":\"{}\"}}", "[".repeat(100));
         assert!(!too_deep(many_in_strings.as_bytes(), MAX_JSON_DEPTH));
+    }
+
+    /// A heartbeat without workloads (an older agent's) decodes, one
+    /// without any says none, and one with them carries them both ways.
+    #[test]
+    fn heartbeat_workloads_are_optional_and_omitted_when_empty() {
+        let old: Heartbeat = decode(hb_json("").as_bytes(), 1 << 16).unwrap();
+        assert!(old.workloads.is_empty());
+        let text = serde_json::to_string(&old).unwrap();
+        assert!(!text.contains("workloads"), "{text}");
+        let with = hb_json(
+            r#","workloads":[{"name":"synthesis-core","state":"running","healthy":true,"since":"2026-12-01T01:00:00Z","detail":"pid 7"},{"name":"minio","state":"stopped"}]"#,
+        );
+        let hb: Heartbeat = decode(with.as_bytes(), 1 << 16).unwrap();
+        assert_eq!(hb.workloads.len(), 2);
+        assert_eq!(hb.workloads[0].state, WorkloadState::Running);
+        assert_eq!(hb.workloads[0].healthy, Some(true));
+        assert_eq!(hb.workloads[1].healthy, None);
+        assert_eq!(
+            hb.workload("minio").map(|w| w.state),
+            Some(WorkloadState::Stopped)
+        );
+        assert!(hb.workload("qwen").is_none());
+        let again: Heartbeat = serde_json::from_str(&serde_json::to_string(&hb).unwrap()).unwrap();
+        assert_eq!(again, hb);
+        let bad = hb_json(r#","workloads":[{"name":"../x","state":"running"}]"#);
+        assert!(decode::<Heartbeat>(bad.as_bytes(), 1 << 16).is_err());
     }
 
     #[test]

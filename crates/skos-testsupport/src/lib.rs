@@ -14,6 +14,9 @@
 //!   `SKOS_TEST_REQUIRE_ALL=1` (set by `.ci/run`).
 //! * [`hungfs`]: a FUSE mount whose `statfs` never answers (a network
 //!   mount whose server is gone).
+//! * [`podman`]: a real container engine (`podman system service`, the
+//!   Docker Engine API) on a socket in a temp dir, images built `FROM
+//!   scratch` with the static busybox; all removed on drop.
 //! * [`procgroup`]: scripts in a process group of their own, killed whole
 //!   on drop (loop-breaker tests).
 
@@ -21,6 +24,7 @@ pub mod cpufreq;
 pub mod hungfs;
 pub mod nats;
 pub mod netns;
+pub mod podman;
 pub mod procgroup;
 pub mod require;
 pub mod sinks;

@@ -47,6 +47,7 @@ fn heartbeat(node: &NodeName) -> Heartbeat {
         interval_seconds: Some(0.5),
         throttle_level: None,
         metadata: Default::default(),
+        workloads: Vec::new(),
     }
 }
 

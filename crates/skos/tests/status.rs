@@ -38,6 +38,7 @@ fn heartbeat(i: usize) -> Heartbeat {
         interval_seconds: Some(10.0),
         throttle_level: Some(0),
         metadata: Default::default(),
+        workloads: Vec::new(),
     }
 }
 

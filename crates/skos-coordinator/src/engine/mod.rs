@@ -228,6 +228,7 @@ fn audit(
 impl Engine {
     pub fn new(cfg: Config, counters: Counters, mode: &str) -> Self {
         let witnesses = cfg.mesh.witnesses();
+        let fleet = Fleet::from_config(&cfg);
         Self {
             breakers: Breakers::new(cfg.circuit_breaker),
             cfg,
@@ -250,7 +251,7 @@ impl Engine {
             watches: credit::Watches::default(),
             flaps: flap::Flaps::default(),
             leader: None,
-            placement: placement::Placements::new(Fleet::default()),
+            placement: placement::Placements::new(fleet),
             ledger: ledger::Ledger::default(),
         }
     }

@@ -286,6 +286,7 @@ mod tests {
             interval_seconds: Some(1.0),
             throttle_level: Some(level),
             metadata,
+            workloads: Vec::new(),
         }
     }
 

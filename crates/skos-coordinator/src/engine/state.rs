@@ -125,6 +125,7 @@ impl NodeState {
             interval_seconds: hb.interval_seconds,
             throttle_level: hb.throttle_level,
             metadata,
+            workloads: Vec::new(),
         }
     }
 }

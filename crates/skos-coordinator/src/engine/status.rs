@@ -240,6 +240,7 @@ mod tests {
             interval_seconds: Some(10.0),
             throttle_level: Some(0),
             metadata: Default::default(),
+            workloads: Vec::new(),
         }
     }
 

@@ -23,6 +23,7 @@ fn hb(cpu: Option<f64>, throttle: u8, at: f64) -> Heartbeat {
         interval_seconds: Some(10.0),
         throttle_level: Some(throttle),
         metadata: Default::default(),
+        workloads: Vec::new(),
     }
 }
 
@@ -576,6 +577,7 @@ fn mesh_hb(n: &str, at: f64, levels: Value) -> Heartbeat {
         interval_seconds: Some(10.0),
         throttle_level: None,
         metadata: json!({"mesh": levels}).as_object().unwrap().clone(),
+        workloads: Vec::new(),
     }
 }
 

@@ -25,6 +25,7 @@ mod thermal;
 mod workloads;
 
 pub use thermal::{OriginalsError, ThrottleOriginal, MAX_ORIGINALS, ORIGINALS};
+pub use workloads::{START as WORKLOAD_START, STOP as WORKLOAD_STOP};
 
 /// The antibodies, each of which executes its own actions. The wire and
 /// config name of each is [`Executor::as_str`].
@@ -34,9 +35,10 @@ pub enum Executor {
     StorageWatcher,
     MeshHealer,
     LoopBreaker,
-    /// Moves, stops and starts workloads (redistribute, failover). Not
-    /// built yet: its actions are accepted in tables (the seed's thermal
-    /// table names them) and answered `unsupported` by agents.
+    /// Starts, stops and checks workloads (processes, containers, systemd
+    /// units): `workload_start`, `workload_stop`. Its coordinator plans
+    /// (`redistribute`, `failover`...) are declared beside them but
+    /// handled by no agent ([`ActionSpec::coordinator_plan`]).
     Workloads,
 }
 
@@ -62,10 +64,11 @@ impl Executor {
         }
     }
 
-    /// Whether agents of this build carry this antibody (the workloads
-    /// antibody is declared for its actions' names, not built yet).
+    /// Whether agents of this build carry this antibody (every one is
+    /// built today; a declared antibody not yet built would answer its
+    /// actions `unsupported`).
     pub const fn built(self) -> bool {
-        !matches!(self, Executor::Workloads)
+        true
     }
 
     /// The antibody named `name` in a config, if any.
@@ -73,9 +76,10 @@ impl Executor {
         Executor::ALL.into_iter().find(|e| e.as_str() == name)
     }
 
-    /// Whether this antibody executes `action`.
+    /// Whether this antibody executes `action` on an agent (a coordinator
+    /// plan is executed by no agent, whatever its executor).
     pub fn handles(self, action: &str) -> bool {
-        spec(action).is_some_and(|a| a.executor == self)
+        spec(action).is_some_and(|a| a.executor == self && !a.coordinator_plan)
     }
 }
 
@@ -127,6 +131,12 @@ pub struct ActionSpec {
     /// It deletes data, stops work or moves it off a node (as opposed to
     /// slowing a node down or restarting a tunnel).
     pub destructive: bool,
+    /// A plan the coordinator carries out itself, as commands of other
+    /// actions to the nodes concerned (`failover` is `workload_start` on a
+    /// spare, then `workload_stop` where it ran). Never sent to an agent:
+    /// no antibody handles it ([`Executor::handles`]); its `executor` says
+    /// whose actions the plan is made of.
+    pub coordinator_plan: bool,
 }
 
 impl ActionSpec {
@@ -140,6 +150,7 @@ impl ActionSpec {
             verify: Verify::Result,
             frees_space: false,
             destructive: false,
+            coordinator_plan: false,
         }
     }
 
@@ -160,6 +171,11 @@ impl ActionSpec {
 
     pub(crate) const fn destructive(mut self) -> Self {
         self.destructive = true;
+        self
+    }
+
+    pub(crate) const fn coordinator_plan(mut self) -> Self {
+        self.coordinator_plan = true;
         self
     }
 }
@@ -194,6 +210,12 @@ pub fn is_verifiable(action: &str) -> bool {
 /// every new action waits.
 pub fn restores(action: &str) -> bool {
     action == thermal::RESET
+}
+
+/// Whether an action is a plan the coordinator carries out itself
+/// ([`ActionSpec::coordinator_plan`]), never sent to an agent as such.
+pub fn is_coordinator_plan(action: &str) -> bool {
+    spec(action).is_some_and(|a| a.coordinator_plan)
 }
 
 /// Whether an action's job is to free space (one that freed nothing
@@ -302,6 +324,9 @@ mod tests {
             "redistribute",
             "shutdown_non_essential",
             "failover",
+            "failback",
+            "workload_start",
+            "workload_stop",
             "cleanup_temp",
             "cleanup_logs",
             "archive_old",
@@ -339,9 +364,24 @@ mod tests {
         assert_eq!(Executor::parse("mesh_healer"), Some(Executor::MeshHealer));
         assert_eq!(Executor::parse("nope"), None);
         assert_eq!(Executor::LoopBreaker.to_string(), "loop_breaker");
-        let built: Vec<Executor> = Executor::ALL.into_iter().filter(|e| e.built()).collect();
-        assert_eq!(built.len(), Executor::ALL.len() - 1);
-        assert!(!Executor::Workloads.built());
+        assert!(Executor::ALL.into_iter().all(|e| e.built()));
+        // Workload plans are the coordinator's: no agent handles them.
+        assert!(Executor::Workloads.handles("workload_start"));
+        assert!(Executor::Workloads.handles("workload_stop"));
+        for plan in [
+            "redistribute",
+            "shutdown_non_essential",
+            "failover",
+            "failback",
+        ] {
+            assert!(is_coordinator_plan(plan), "{plan}");
+            assert!(
+                Executor::ALL.into_iter().all(|e| !e.handles(plan)),
+                "{plan}"
+            );
+        }
+        assert!(!is_coordinator_plan("workload_stop") && !is_coordinator_plan("throttle_50"));
+        assert!(spec("workload_stop").is_some_and(|a| a.destructive));
     }
 
     #[test]
@@ -374,6 +414,21 @@ mod tests {
             })
         );
         assert!(validate_parameters("ping_peer", &p(json!({"peer": "../../x"}))).is_err());
+        assert!(
+            validate_parameters("workload_start", &p(json!({"workload": "synthesis-core"})))
+                .is_ok()
+        );
+        assert!(validate_parameters(
+            "workload_stop",
+            &p(json!({"workload": "synthesis-core", "fence": "true"}))
+        )
+        .is_ok());
+        assert!(validate_parameters(
+            "workload_start",
+            &p(json!({"fence": "true", "workload": "x"}))
+        )
+        .is_err());
+        assert!(validate_parameters("workload_start", &p(json!({"workload": "a/b"}))).is_err());
         // Throttle originals: a checked list, on every thermal action.
         let originals = json!({"originals": [{"target": "cpufreq:policy0", "value": "3600000"}]});
         for action in [

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{issue, positive_seconds, CheckContext, Config, ConfigIssue, Section};
+use super::{issue, positive_seconds, AgentWorkloads, CheckContext, Config, ConfigIssue, Section};
 use crate::catalogue::Executor;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -14,6 +14,8 @@ pub struct AgentSection {
     pub monitor_interval: f64,
     /// Enabled antibodies.
     pub antibodies: Vec<String>,
+    /// The workloads antibody's settings (the container engine).
+    pub workloads: AgentWorkloads,
 }
 
 impl Default for AgentSection {
@@ -22,6 +24,7 @@ impl Default for AgentSection {
             heartbeat_interval: 10.0,
             monitor_interval: 5.0,
             antibodies: vec!["thermal_sentinel".into()],
+            workloads: AgentWorkloads::default(),
         }
     }
 }
@@ -40,6 +43,7 @@ impl Section for AgentSection {
     fn check(&self, _ctx: &CheckContext<'_>, out: &mut Vec<ConfigIssue>) {
         positive_seconds(out, "agent.heartbeat_interval", self.heartbeat_interval);
         positive_seconds(out, "agent.monitor_interval", self.monitor_interval);
+        self.workloads.check(out);
         for (i, a) in self.antibodies.iter().enumerate() {
             let built: Vec<&str> = Executor::ALL
                 .into_iter()

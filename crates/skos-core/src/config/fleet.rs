@@ -289,6 +289,18 @@ impl Config {
             .map(|(node, _)| node)
     }
 
+    /// Where the workload `name` normally runs (its home): the node whose
+    /// `nodes.<node>.services` lists it, else the first node its own
+    /// `workloads.<name>.nodes` allows; `None` when neither says. The one
+    /// place agents and coordinator resolve a home.
+    pub fn workload_home(&self, name: &str) -> Option<&NodeName> {
+        self.home_of(name).or_else(|| {
+            self.workloads
+                .find(name)
+                .and_then(|(_, spec)| spec.nodes.first())
+        })
+    }
+
     /// `node`'s role in `nodes`, when it is listed with one.
     pub fn role_of(&self, node: &NodeName) -> Option<&str> {
         self.nodes

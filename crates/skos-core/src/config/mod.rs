@@ -8,7 +8,8 @@
 //! Each top-level section is a [`Section`] in its own file (`general.rs`,
 //! `node.rs`, `nats.rs`, `agent.rs`, `agents.rs`, `fleet.rs` (`nodes` and
 //! `failover`), `coordinator.rs`, `breaker.rs`, `thermal.rs`, `storage.rs`,
-//! `mesh.rs`, `loops.rs`, `trust.rs`; `levels.rs` holds what thermal and
+//! `mesh.rs`, `loops.rs`, `trust.rs`, `http.rs`, `learning.rs`,
+//! `workloads.rs`; `levels.rs` holds what thermal and
 //! storage share, `validate.rs` the validators of single values, `seed.rs`
 //! the seed's names for keys SKOS spells otherwise). [`Config::from_yaml`]
 //! reads and [`Config::check`] checks every top-level key through one
@@ -44,6 +45,7 @@ mod storage;
 mod thermal;
 mod trust;
 mod validate;
+mod workloads;
 
 pub use agent::AgentSection;
 pub use agents::{AgentsSection, AntibodyTimers};
@@ -76,6 +78,10 @@ pub use trust::TrustConfig;
 pub use validate::{
     endpoint, interface_name, is_wg_key, parse_cidr, relative_inside, sensor_name, valid_kind,
     InvalidValue, MAX_KIND_LEN,
+};
+pub use workloads::{
+    AgentWorkloads, DockerHost, DriverKind, HealthCheck, HealthProbe, StopSignal, WorkloadSpec,
+    WorkloadsConfig, DEFAULT_DOCKER_HOST,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +138,8 @@ pub struct Config {
     /// The operator's HTTP API, metrics and live page.
     pub http: HttpConfig,
     pub learning: LearningConfig,
+    /// What runs on the nodes and can be started, stopped and checked.
+    pub workloads: WorkloadsConfig,
 }
 
 impl Default for Config {
@@ -158,6 +166,7 @@ impl Default for Config {
             trust: TrustConfig::default(),
             http: HttpConfig::default(),
             learning: LearningConfig::default(),
+            workloads: WorkloadsConfig::default(),
         }
     }
 }
@@ -286,6 +295,7 @@ pub const SECTIONS: &[TopLevel] = &[
     TopLevel::section::<TrustConfig>(),
     TopLevel::section::<HttpConfig>(),
     TopLevel::section::<LearningConfig>(),
+    TopLevel::section::<WorkloadsConfig>(),
 ];
 
 fn read_value<T: DeserializeOwned>(
@@ -508,6 +518,7 @@ impl Config {
         ("SKOS_DATA_DIR", "data_dir"),
         ("SKOS_SYSFS_ROOT", "sysfs_root"),
         ("SKOS_PROC_ROOT", "proc_root"),
+        ("DOCKER_HOST", "agent.workloads.docker_host"),
     ];
 
     /// Apply the seed's environment variables (and SKOS_*), looked up
@@ -557,6 +568,9 @@ impl Config {
         }
         if let Some(v) = env("SKOS_PROC_ROOT") {
             self.proc_root = PathBuf::from(v);
+        }
+        if let Some(v) = env("DOCKER_HOST") {
+            self.agent.workloads.docker_host = v;
         }
         issues.extend(self.check());
         issues
@@ -689,7 +703,6 @@ dry_run: true\nlog_level: DEBUG\n",
                 "circuit_breaker: {window_seconds: 0}",
                 "circuit_breaker.window_seconds",
             ),
-            ("agent: {antibodies: [workloads]}", "agent.antibodies[0]"),
             (
                 "agent: {antibodies: [immune_to_all]}",
                 "agent.antibodies[0]",
@@ -698,8 +711,6 @@ dry_run: true\nlog_level: DEBUG\n",
             let issues = Config::from_yaml(yaml).unwrap_err();
             assert!(issues.iter().any(|i| i.path == path), "{yaml}: {issues:?}");
         }
-        let issues = Config::from_yaml("agent: {antibodies: [workloads]}").unwrap_err();
-        assert!(issues[0].message.contains("not built yet"), "{issues:?}");
     }
 
     #[test]
@@ -1361,14 +1372,12 @@ storage:
     fn antibodies_must_be_known_and_built() {
         assert!(paths("agent: {antibodies: [thermal_sentinel]}").is_empty());
         assert!(paths("agent: {antibodies: []}").is_empty());
+        assert!(paths("agent: {antibodies: [thermal_sentinel, workloads]}").is_empty());
         let errs = Config::from_yaml("agent: {antibodies: [thermal_sentinel, workloads, zap]}")
             .unwrap_err();
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["agent.antibodies[1]", "agent.antibodies[2]"]);
-        assert!(errs[0]
-            .message
-            .starts_with("antibody \"workloads\" is not built yet"));
-        assert!(errs[1].message.starts_with("unknown antibody \"zap\""));
+        assert_eq!(paths, ["agent.antibodies[2]"]);
+        assert!(errs[0].message.starts_with("unknown antibody \"zap\""));
     }
 
     #[test]
@@ -1651,6 +1660,7 @@ storage:
         same::<MeshConfig>(&mut cfg, |c| &c.mesh);
         same::<LoopConfig>(&mut cfg, |c| &c.loop_);
         same::<TrustConfig>(&mut cfg, |c| &c.trust);
+        same::<WorkloadsConfig>(&mut cfg, |c| &c.workloads);
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn hb(node: &str, cpu: f64, at: f64) -> Heartbeat {
         interval_seconds: Some(10.0),
         throttle_level: Some(0),
         metadata: Default::default(),
+        workloads: Vec::new(),
     }
 }
 

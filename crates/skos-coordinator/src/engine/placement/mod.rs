@@ -35,9 +35,9 @@ use super::state::Pending;
 use super::{audit, Effect, Engine, SkipReason};
 
 /// The agent action that starts a workload on a node.
-pub(crate) const START: &str = "workload_start";
+pub(crate) const START: &str = skos_core::catalogue::WORKLOAD_START;
 /// The agent action that stops a workload on a node.
-pub(crate) const STOP: &str = "workload_stop";
+pub(crate) const STOP: &str = skos_core::catalogue::WORKLOAD_STOP;
 /// The parameter naming the workload in both.
 const WORKLOAD_PARAM: &str = "workload";
 
@@ -182,6 +182,70 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// The fleet `cfg` describes: each workload of `workloads:` with a home
+    /// ([`skos_core::config::Config::workload_home`]), its priority and
+    /// whether it is essential from `failover.services_priority` unless it
+    /// says itself, sorted by priority then name; the spares, roles and
+    /// holds of `nodes:` and `failover:`.
+    pub fn from_config(cfg: &skos_core::config::Config) -> Self {
+        let f = &cfg.failover;
+        let order = &f.services_priority;
+        let mut workloads: Vec<WorkloadDef> = cfg
+            .workloads
+            .iter()
+            .filter_map(|(name, spec)| {
+                let home = cfg.workload_home(name.as_str())?.clone();
+                Some(WorkloadDef {
+                    name: name.as_str().to_string(),
+                    home,
+                    priority: cfg.workloads.priority_of(name, order),
+                    essential: cfg.workloads.is_essential(name, order),
+                    movable: spec.movable,
+                    nodes: spec.nodes.clone(),
+                    roles: spec.roles.clone(),
+                })
+            })
+            .collect();
+        workloads.sort_by(|a, b| {
+            a.priority
+                .cmp(&b.priority)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let min_healthy = match f.min_healthy.fraction() {
+            Some(fr) => MinHealthy::Fraction(fr),
+            None => match f.min_healthy {
+                skos_core::config::MinHealthySpec::Count(n) => MinHealthy::Count(n as usize),
+                skos_core::config::MinHealthySpec::Percent(_) => MinHealthy::Count(1),
+            },
+        };
+        Fleet {
+            workloads,
+            spares: f.hot_spare_nodes.clone(),
+            roles: cfg
+                .nodes
+                .0
+                .iter()
+                .filter(|(_, s)| !s.role.is_empty())
+                .map(|(n, s)| (n.clone(), s.role.clone()))
+                .collect(),
+            failover_delay: f.failover_delay_seconds,
+            failback: match f.failback {
+                skos_core::config::FailbackMode::Auto => Failback::Auto,
+                skos_core::config::FailbackMode::Off => Failback::Off,
+            },
+            failback_hold: f.failback_hold_seconds,
+            restart_hold: f.restart_hold_seconds,
+            min_healthy,
+            max_concurrent_failovers: f.max_concurrent as usize,
+            approval: f
+                .require_approval
+                .iter()
+                .filter_map(|p| Reason::of_action(p))
+                .collect(),
+            approval_timeout: f.approval_timeout_seconds,
+        }
+    }
+
     fn def(&self, workload: &str) -> Option<&WorkloadDef> {
         self.workloads.iter().find(|w| w.name == workload)
     }
@@ -456,20 +520,15 @@ fn problem_of(workload: &str) -> ProblemKey {
     ProblemKey::of_workload(workload)
 }
 
-/// What `hb` says of its node's workloads (`workloads`: name and state).
+/// What `hb` says of its node's workloads.
 pub(crate) fn seen(hb: &skos_core::protocol::Heartbeat) -> Vec<Seen> {
-    let Some(list) = hb.metadata.get("workloads").and_then(Value::as_array) else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|w| {
-            let name = w.get("name")?.as_str()?;
-            let state = w.get("state")?.as_str()?;
-            Some(Seen {
-                name: name.to_string(),
-                running: matches!(state, "running" | "starting"),
-                stopped: matches!(state, "stopped" | "failed"),
-            })
+    use skos_core::WorkloadState as S;
+    hb.workloads
+        .iter()
+        .map(|w| Seen {
+            name: w.name.as_str().to_string(),
+            running: matches!(w.state, S::Running | S::Starting),
+            stopped: matches!(w.state, S::Stopped | S::Failed),
         })
         .collect()
 }

@@ -69,14 +69,16 @@ fn engine() -> Engine {
 
 /// A heartbeat from `node` at `cpu` °C listing `workloads` (name, state).
 fn hb(node: &str, cpu: f64, workloads: &[(&str, &str)], at: f64) -> Heartbeat {
-    let list: Vec<Value> = workloads
+    let workloads = workloads
         .iter()
-        .map(|(w, s)| json!({"name": w, "state": s, "healthy": *s == "running"}))
+        .map(|(w, s)| skos_core::WorkloadReport {
+            name: skos_core::WorkloadName::parse(w).unwrap(),
+            state: serde_json::from_value(json!(s)).unwrap(),
+            healthy: Some(*s == "running"),
+            since: None,
+            detail: String::new(),
+        })
         .collect();
-    let mut metadata = serde_json::Map::new();
-    if !list.is_empty() {
-        metadata.insert("workloads".into(), Value::Array(list));
-    }
     Heartbeat {
         agent_id: format!("agent-{node}"),
         agent_type: "thermal_sentinel".into(),
@@ -87,7 +89,8 @@ fn hb(node: &str, cpu: f64, workloads: &[(&str, &str)], at: f64) -> Heartbeat {
         storage_percent: None,
         interval_seconds: Some(10.0),
         throttle_level: Some(0),
-        metadata,
+        metadata: Default::default(),
+        workloads,
     }
 }
 
@@ -585,4 +588,44 @@ fn status_shows_each_workload_where_it_is_and_the_approvals_waiting() {
     assert!(text.contains("WORKLOADS (4)"), "{text}");
     assert!(text.contains("APPROVALS WAITING (1)"), "{text}");
     assert!(text.contains(&s.approvals[0].id), "{text}");
+}
+
+#[test]
+fn the_fleet_comes_from_the_seeds_nodes_failover_and_the_workloads_defined() {
+    let seed = include_str!("../../../../skos-core/tests/fixtures/seed-config.yaml");
+    let text = format!(
+        "{seed}\nworkloads:\n  synthesis-core: {{driver: process, command: [/bin/true]}}\n  docker-swarm: {{driver: process, command: [/bin/true], essential: false}}\n  minio: {{driver: container, image: local/minio, movable: false}}\n  scratch: {{driver: process, command: [/bin/true]}}\n"
+    );
+    let cfg = Config::from_yaml(&text).unwrap();
+    let f = Fleet::from_config(&cfg);
+    let got: Vec<(&str, &str, u32, bool, bool)> = f
+        .workloads
+        .iter()
+        .map(|w| {
+            (
+                w.name.as_str(),
+                w.home.as_str(),
+                w.priority,
+                w.essential,
+                w.movable,
+            )
+        })
+        .collect();
+    // scratch has no home (no node lists it, no nodes of its own): not placed.
+    assert_eq!(
+        got,
+        [
+            ("synthesis-core", "nova", 2, true, true),
+            ("docker-swarm", "nova", 3, false, true),
+            ("minio", "athena", 4, false, false),
+        ]
+    );
+    assert_eq!(f.spares, [n("lyra"), n("athena")]);
+    assert_eq!(f.failover_delay, 10.0);
+    assert_eq!(
+        f.roles.get(&n("athena")).map(String::as_str),
+        Some("storage")
+    );
+    let e = Engine::new(cfg, Counters::default(), "test");
+    assert_eq!(placed(&e, "minio").as_deref(), Some("athena"));
 }
