@@ -29,7 +29,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use skos_bus::lease::{Lease, Renewal, Term};
-use skos_bus::trust::Signer;
+use skos_bus::trust::{NodeMessage, Signer};
 use skos_bus::{AuditLog, Bus, Feed, Incoming, StateStore};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
@@ -71,6 +71,12 @@ pub struct ServiceOptions {
     /// as they come (embedded mode: its bus is in the process, its data dir
     /// private).
     pub state_trust: Option<Arc<skos_bus::trust::Verifier>>,
+    /// Nodes' keys (`trust.node_keys`): a heartbeat, alert or result that
+    /// speaks for a node with a key is taken only signed with it (and,
+    /// with `trust.require_node_signatures`, one from a node without a key
+    /// is refused); refusals are counted (`rejected.<feed>.untrusted`) and
+    /// audited. `None`: nodes' messages are taken as they come.
+    pub node_trust: Option<Arc<skos_bus::trust::NodeVerifier>>,
 }
 
 impl Default for ServiceOptions {
@@ -83,6 +89,7 @@ impl Default for ServiceOptions {
             signer: None,
             election: None,
             state_trust: None,
+            node_trust: None,
         }
     }
 }
@@ -367,6 +374,8 @@ struct Ctx {
     /// The coordinators' keys ([`ServiceOptions::state_trust`]): an alert
     /// that is a coordinator's own must be signed by one of them.
     trusted: Option<Arc<skos_bus::trust::Verifier>>,
+    /// Nodes' keys ([`ServiceOptions::node_trust`]).
+    node_trust: Option<Arc<skos_bus::trust::NodeVerifier>>,
     /// Alerts the bus dropped before they were read.
     alert_gaps: SequenceGaps,
     /// Results the bus dropped before they were read.
@@ -713,6 +722,7 @@ async fn lead(
         node: cfg.node.name.clone(),
         seal: opts.state_trust.as_ref().and(opts.signer.clone()),
         trusted: opts.state_trust.clone(),
+        node_trust: opts.node_trust.clone(),
         alert_gaps: gaps_from(bus, &Feed::Alerts).await,
         result_gaps: gaps_from(bus, &Feed::Results).await,
     };
@@ -756,6 +766,7 @@ async fn lead(
         bus.subscribe(Feed::Heartbeats).await?,
         hb_tx,
         max_bytes,
+        opts.node_trust.clone(),
     ));
     let _decoder = AbortOnDrop(decoder);
     let mut heartbeats = futures::stream::poll_fn({
@@ -1064,6 +1075,7 @@ impl Ctx {
             DecodeError::TooDeep => "too_deep",
             DecodeError::Malformed(_) => "malformed",
             DecodeError::Invalid(_) => "invalid",
+            DecodeError::Untrusted(_) => "untrusted",
         };
         self.counters.inc(Counter::Rejected { feed, reason });
         tracing::warn!(subject, feed, error = %err, "rejected message");
@@ -1224,6 +1236,11 @@ impl Ctx {
                 )));
             }
         }
+        // Any other alert speaks for its node: with a key, it must be
+        // signed with it.
+        if let (Some(nodes), false) = (self.node_trust.as_deref(), own) {
+            check_node(nodes, NodeMessage::Alert, m, &alert.node)?;
+        }
         Ok(alert)
     }
 
@@ -1268,19 +1285,27 @@ impl Ctx {
         let mut work = Work::default();
         work.effects.extend(self.dropped("result", &batch, now));
         for m in batch {
-            let result = decode::<CommandResult>(&m.payload, self.max_bytes).and_then(|r| {
-                match Self::subject_mismatch(&m, &r.node) {
+            let result = decode::<CommandResult>(&m.payload, self.max_bytes)
+                .and_then(|r| match Self::subject_mismatch(&m, &r.node) {
                     None => Ok(r),
                     Some(e) => Err(e),
-                }
-            });
+                })
+                .and_then(|r| match self.node_trust.as_deref() {
+                    Some(nodes) => check_node(nodes, NodeMessage::Result, &m, &r.node).map(|_| r),
+                    None => Ok(r),
+                });
             match result {
                 Ok(result) => {
                     // A result stored under a message id (every agent's)
                     // and delivered again (after a stop before its ack) is
-                    // not handled, nor audited, twice.
+                    // not handled, nor audited, twice. Remembered by its
+                    // id ([`skos_bus::result_message_id`]), without the
+                    // signature a signed one's message id adds, as the
+                    // trail's results are at start.
                     let fresh = match message_id(&m) {
-                        Some(id) => self.results_seen.insert(id),
+                        Some(_) => self
+                            .results_seen
+                            .insert(&skos_bus::result_message_id(&result)),
                         None => true,
                     };
                     if fresh {
@@ -1717,12 +1742,14 @@ async fn decode_heartbeats(
     feed: skos_bus::Subscription,
     tx: tokio::sync::mpsc::Sender<Vec<Decoded<Heartbeat>>>,
     max_bytes: usize,
+    trust: Option<Arc<skos_bus::trust::NodeVerifier>>,
 ) {
     let mut feed = feed.ready_chunks(BATCH);
+    let mut last = HashMap::new();
     while let Some(messages) = feed.next().await {
         let batch = messages
             .into_iter()
-            .map(|m| decode_heartbeat(m, max_bytes))
+            .map(|m| decode_heartbeat(m, max_bytes, trust.as_deref(), &mut last))
             .collect();
         if tx.send(batch).await.is_err() {
             return;
@@ -1730,13 +1757,62 @@ async fn decode_heartbeats(
     }
 }
 
-/// One heartbeat decoded and checked, or why it is refused.
-fn decode_heartbeat(m: Incoming, max_bytes: usize) -> Decoded<Heartbeat> {
+/// Check a node's message against the node's key: `Ok(Some(signer))`
+/// signed by it, `Ok(None)` taken unsigned (the node has no key and
+/// node signatures are not required), or why it is refused.
+fn check_node(
+    trust: &skos_bus::trust::NodeVerifier,
+    kind: NodeMessage,
+    m: &Incoming,
+    node: &NodeName,
+) -> Result<Option<String>, DecodeError> {
+    let headers = skos_bus::trust::CommandHeaders {
+        signer: m.header(skos_bus::trust::HEADER_SIGNER),
+        signature: m.header(skos_bus::trust::HEADER_SIGNATURE),
+        context: m.header(skos_bus::trust::HEADER_CONTEXT),
+    };
+    trust
+        .check(kind, &m.subject, node.as_str(), &m.payload, &headers)
+        .map_err(|e| {
+            DecodeError::Untrusted(format!(
+                "a {} of node {node} and not signed with its key (trust.node_keys): {e}",
+                kind.as_str()
+            ))
+        })
+}
+
+/// One heartbeat decoded and checked, or why it is refused. With node
+/// keys, a heartbeat of a node with a key must be signed with it, and be
+/// newer than the last signed one taken from that node (`last`): a signed
+/// heartbeat seen on the bus and published again (to make a silent node
+/// look alive) is refused.
+fn decode_heartbeat(
+    m: Incoming,
+    max_bytes: usize,
+    trust: Option<&skos_bus::trust::NodeVerifier>,
+    last: &mut HashMap<NodeName, chrono::DateTime<chrono::Utc>>,
+) -> Decoded<Heartbeat> {
     let hb = decode::<Heartbeat>(&m.payload, max_bytes)
         .and_then(|h| h.validate().map(|()| h))
         .and_then(|hb| match Ctx::subject_mismatch(&m, &hb.node) {
             None => Ok(hb),
             Some(e) => Err(e),
+        })
+        .and_then(|hb| {
+            let Some(trust) = trust else {
+                return Ok(hb);
+            };
+            if check_node(trust, NodeMessage::Heartbeat, &m, &hb.node)?.is_some() {
+                if last.get(&hb.node).is_some_and(|newest| hb.timestamp <= *newest) {
+                    return Err(DecodeError::Untrusted(format!(
+                        "signed heartbeat of {} from {} is not newer than one already taken (a replay)",
+                        hb.node,
+                        skos_core::timefmt::format(&hb.timestamp)
+                    )));
+                }
+                last.insert(hb.node.clone(), hb.timestamp);
+            }
+            Ok(hb)
         });
     match hb {
         Ok(hb) => Decoded::Ok(hb),

@@ -28,6 +28,11 @@ pub enum DecodeError {
     Malformed(String),
     #[error("invalid message: {0}")]
     Invalid(String),
+    /// Well formed, but not signed as its sender must sign it (a node's
+    /// message without its node key's signature, a coordinator's own alert
+    /// without a coordinator's).
+    #[error("untrusted message: {0}")]
+    Untrusted(String),
 }
 
 /// Decode a message with the size and depth limits applied before parsing.
