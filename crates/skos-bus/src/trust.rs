@@ -159,6 +159,36 @@ fn labelled(parts: &[&str], payload: &[u8]) -> Vec<u8> {
     m
 }
 
+/// The context of an ordered state record's seal (see
+/// [`state_message_ordered`]).
+pub const STATE_ORDERED_CONTEXT: &str = "skos-state-v2";
+
+/// Where a sealed state record stands among the writes of its key: the
+/// writing coordinator's term (0 without an election) and its clock when
+/// it wrote, in milliseconds since the Unix epoch. Ordered by term, then
+/// time. Signed with the record, so a record written back later (a
+/// rollback) still says when it was first written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SealOrder {
+    pub term: u64,
+    pub at_ms: i64,
+}
+
+/// What an ordered state record's seal covers: [`STATE_ORDERED_CONTEXT`],
+/// the key it is stored under, the term and the time of the write, and
+/// its bytes, separated by NUL bytes.
+pub fn state_message_ordered(key: &str, order: SealOrder, payload: &[u8]) -> Vec<u8> {
+    labelled(
+        &[
+            STATE_ORDERED_CONTEXT,
+            key,
+            &order.term.to_string(),
+            &order.at_ms.to_string(),
+        ],
+        payload,
+    )
+}
+
 /// What a command's signature covers: [`COMMAND_CONTEXT`], the subject it
 /// is published on, the node it is for and the payload bytes, separated by
 /// NUL bytes (which neither a subject nor a node name may hold).
@@ -283,11 +313,17 @@ pub enum TrustError {
 /// How a sealed state record begins ([`Signer::seal_state`]).
 const STATE_SEAL: &str = "SKOSSIG1 ";
 
+/// How an ordered sealed state record begins
+/// ([`Signer::seal_state_ordered`]).
+const STATE_SEAL_ORDERED: &str = "SKOSSIG2 ";
+
 /// A state record's payload with its seal line taken off, unchecked (a
 /// record without one is returned as it is): for a reader that does not
 /// judge the seal ([`Verifier::open_state`] does).
 pub fn sealed_payload(record: &[u8]) -> &[u8] {
-    if !record.starts_with(STATE_SEAL.as_bytes()) {
+    if !record.starts_with(STATE_SEAL.as_bytes())
+        && !record.starts_with(STATE_SEAL_ORDERED.as_bytes())
+    {
         return record;
     }
     record
@@ -429,6 +465,29 @@ impl Signer {
     pub fn result_message_id(&self, subject: &str, id: &str) -> Result<String> {
         let (_, sig) = self.sign(&result_id_message(subject, id))?;
         Ok(format!("{id}.{}", &sig[..sig.len().min(22)]))
+    }
+
+    /// A state record stored under `key`, sealed with its place among the
+    /// key's writes: `SKOSSIG2 <signer> <signature> <term> <at_ms>\n`
+    /// followed by `payload`, the signature over
+    /// [`state_message_ordered`] (read back by
+    /// [`Verifier::open_state_ordered`]). An empty payload stands for a
+    /// removed key, sealed as well: a removal is told apart from a wipe.
+    pub fn seal_state_ordered(
+        &self,
+        key: &str,
+        order: SealOrder,
+        payload: &[u8],
+    ) -> Result<Vec<u8>> {
+        let (signer, signature) = self.sign(&state_message_ordered(key, order, payload))?;
+        let line = format!(
+            "{STATE_SEAL_ORDERED}{signer} {signature} {} {}\n",
+            order.term, order.at_ms
+        );
+        let mut out = Vec::with_capacity(line.len() + payload.len());
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(payload);
+        Ok(out)
     }
 
     /// The two header values for a message (what [`Signer::sign_command`]
@@ -582,6 +641,48 @@ impl Verifier {
         let payload = &rest[end + 1..];
         self.check(&state_message(key, payload), Some(signer), Some(signature))?;
         Ok(payload)
+    }
+
+    /// [`Verifier::open_state`], for a record sealed with its order
+    /// ([`Signer::seal_state_ordered`]) or without (an earlier version's
+    /// seal: `None`): the payload and where the record stands.
+    pub fn open_state_ordered<'a>(
+        &self,
+        key: &str,
+        sealed: &'a [u8],
+    ) -> Result<(&'a [u8], Option<SealOrder>), TrustError> {
+        let Some(rest) = sealed.strip_prefix(STATE_SEAL_ORDERED.as_bytes()) else {
+            return self.open_state(key, sealed).map(|p| (p, None));
+        };
+        let bad = || TrustError::Malformed("state seal line".into());
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .filter(|&n| n <= 300)
+            .ok_or_else(bad)?;
+        let line = std::str::from_utf8(&rest[..end])
+            .map_err(|_| TrustError::Malformed("state seal line is not text".into()))?;
+        let mut parts = line.split(' ');
+        let (Some(signer), Some(signature), Some(term), Some(at_ms), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(bad());
+        };
+        let order = SealOrder {
+            term: term.parse().map_err(|_| bad())?,
+            at_ms: at_ms.parse().map_err(|_| bad())?,
+        };
+        let payload = &rest[end + 1..];
+        self.check(
+            &state_message_ordered(key, order, payload),
+            Some(signer),
+            Some(signature),
+        )?;
+        Ok((payload, Some(order)))
     }
 
     /// Check a message against its signature headers. `Ok(None)`: unsigned
@@ -895,6 +996,55 @@ mod tests {
                 .result_message_id("skos.result.nova", "nova:a-1:succeeded")
                 .unwrap()
         );
+    }
+
+    /// An ordered seal opens under its key with its order; changing the
+    /// order (to pass an old record for a new one), the key or the bytes
+    /// breaks it; an earlier version's seal still opens, without an order.
+    #[test]
+    fn ordered_state_seals_carry_their_order() {
+        let s = Signer::ephemeral();
+        let v = Verifier::new(&[s.public_key()], true).unwrap();
+        let order = SealOrder {
+            term: 3,
+            at_ms: 1_700_000_000_123,
+        };
+        let sealed = s
+            .seal_state_ordered("node_n1", order, b"{\"a\":1}")
+            .unwrap();
+        assert_eq!(
+            v.open_state_ordered("node_n1", &sealed).unwrap(),
+            (&b"{\"a\":1}"[..], Some(order))
+        );
+        assert_eq!(sealed_payload(&sealed), b"{\"a\":1}");
+        assert!(v.open_state_ordered("node_n2", &sealed).is_err());
+        let text = String::from_utf8(sealed.clone()).unwrap();
+        let later = text.replace(" 1700000000123\n", " 1800000000123\n");
+        assert_ne!(later, text);
+        assert!(matches!(
+            v.open_state_ordered("node_n1", later.as_bytes()),
+            Err(TrustError::BadSignature(_))
+        ));
+        let newer_term = text.replace(" 3 1700000000123\n", " 4 1700000000123\n");
+        assert!(v
+            .open_state_ordered("node_n1", newer_term.as_bytes())
+            .is_err());
+        assert!(v
+            .open_state_ordered("node_n1", text.replace(" 3 ", " x ").as_bytes())
+            .is_err());
+        // A removal, sealed.
+        let gone = s.seal_state_ordered("node_n1", order, b"").unwrap();
+        assert_eq!(
+            v.open_state_ordered("node_n1", &gone).unwrap(),
+            (&b""[..], Some(order))
+        );
+        // An earlier version's seal: no order.
+        let old = s.seal_state("node_n1", b"{}").unwrap();
+        assert_eq!(
+            v.open_state_ordered("node_n1", &old).unwrap(),
+            (&b"{}"[..], None)
+        );
+        assert!(SealOrder { term: 4, at_ms: 0 } > order);
     }
 
     #[test]

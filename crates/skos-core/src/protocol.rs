@@ -475,6 +475,10 @@ pub enum AuditEvent {
     /// A problem started flapping (its state changed too often to act on
     /// each change) or became stable again: `data.state` says which.
     Flapping,
+    /// At start, nodes' saved state older than the audit trail says it
+    /// must be (written back, emptied or replaced on the bus), listed by
+    /// node.
+    StateRollback,
 }
 
 impl AuditEvent {
@@ -498,6 +502,7 @@ impl AuditEvent {
             AuditEvent::Coalesced => "coalesced",
             AuditEvent::Dropped => "dropped",
             AuditEvent::Flapping => "flapping",
+            AuditEvent::StateRollback => "state_rollback",
         }
     }
 }

@@ -1068,6 +1068,23 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
                     message: format!("cannot read a login key file: {e}"),
                 }),
             }
+            // The node's own key: readable, and never its login key.
+            if let Some(p) = cfg.trust.node_key_file.as_ref().filter(|p| p.exists()) {
+                let found = Signer::from_seed_file(p)
+                    .and_then(|s| skos_bus::trust::node_key_conflicts(&s, &present));
+                match found {
+                    Ok(found) => env_issues.extend(found.into_iter().map(|c| {
+                        skos_core::config::ConfigIssue {
+                            path: c.key.into(),
+                            message: c.message,
+                        }
+                    })),
+                    Err(e) => env_issues.push(skos_core::config::ConfigIssue {
+                        path: "trust.node_key_file".into(),
+                        message: e.to_string(),
+                    }),
+                }
+            }
             let mut seen = Vec::new();
             env_issues.retain(|i| {
                 let new = !seen.contains(i);
