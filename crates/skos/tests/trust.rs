@@ -546,6 +546,44 @@ fn a_login_key_trusted_as_a_coordinator_key_is_refused_everywhere() {
         stderr.contains("trust.coordinator_keys") && stderr.contains("never be trusted"),
         "{stderr}"
     );
+
+    // Nor may a node sign its messages with its login key: config check
+    // says so, and the agent refuses to start, before it connects.
+    let agent_cfg = work.path().join("agent-node-key.yaml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "nats:\n  nkey_seed_file: {}\ntrust:\n  node_key_file: {}\n",
+            key.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = run({
+        let mut c = skos();
+        c.args(["config", "check", "--config"]).arg(&agent_cfg);
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("trust.node_key_file"), "{text}");
+    let out = run({
+        let mut c = skos();
+        c.arg("agent")
+            .arg("--config")
+            .arg(&agent_cfg)
+            .arg("--data-dir")
+            .arg(work.path().join("agent-data"))
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .env("NODE_NAME", "nova");
+        c
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("trust.node_key_file") && stderr.contains("login key"),
+        "{stderr}"
+    );
 }
 
 #[test]
