@@ -466,6 +466,8 @@ struct Ctx {
     seal: Option<Arc<Signer>>,
     /// The term each sealed record carries (0 without an election).
     seal_term: u64,
+    /// The time the last sealed write carried (ms since the epoch).
+    sealed_at: i64,
     /// The coordinators' keys ([`ServiceOptions::state_trust`]): an alert
     /// that is a coordinator's own must be signed by one of them.
     trusted: Option<Arc<skos_bus::trust::Verifier>>,
@@ -853,6 +855,17 @@ async fn lead(
             }
         }
     }
+    // Sealed writes go on from the last one of the same term (a restart
+    // without an election) or, where the trail is later, from the trail.
+    let seal_term = term.as_ref().map_or(0, |t| t.term);
+    let sealed_at = orders
+        .values()
+        .flatten()
+        .chain(last_event.values().map(|(_, o)| o))
+        .filter(|o| o.term == seal_term)
+        .map(|o| o.at_ms)
+        .max()
+        .unwrap_or(0);
     let mut consumers = Consumers::spawn(bus.clone());
     for node in engine.known_nodes() {
         consumers.want(&node);
@@ -886,7 +899,8 @@ async fn lead(
         audit_down: None,
         node: cfg.node.name.clone(),
         seal: opts.state_trust.as_ref().and(opts.signer.clone()),
-        seal_term: term.as_ref().map_or(0, |t| t.term),
+        seal_term,
+        sealed_at,
         trusted: opts.state_trust.clone(),
         node_trust: opts.node_trust.clone(),
         alert_gaps: gaps_from(bus, &Feed::Alerts).await,
@@ -1730,14 +1744,17 @@ impl Ctx {
     /// sealed ([`ServiceOptions::state_trust`]), as they are otherwise.
     /// Each sealed record carries its order: this coordinator's term and
     /// the time of the write ([`SealOrder`]), which the restorer checks
-    /// against the audit trail.
-    fn seal_all(&self, items: Vec<(String, Bytes)>) -> skos_bus::Result<Vec<(String, Bytes)>> {
+    /// against the audit trail. Never earlier than the last write's (a
+    /// clock stepped back within a term does not make a newer record look
+    /// older than an event audited before the step).
+    fn seal_all(&mut self, items: Vec<(String, Bytes)>) -> skos_bus::Result<Vec<(String, Bytes)>> {
         let Some(signer) = self.seal.as_deref() else {
             return Ok(items);
         };
+        self.sealed_at = self.sealed_at.max(chrono::Utc::now().timestamp_millis());
         let order = SealOrder {
             term: self.seal_term,
-            at_ms: chrono::Utc::now().timestamp_millis(),
+            at_ms: self.sealed_at,
         };
         items
             .into_iter()
