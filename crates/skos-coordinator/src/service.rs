@@ -284,9 +284,8 @@ enum SnapshotError {
 /// sealed by one of them ([`skos_bus::trust::Verifier::open_state`]);
 /// without, a seal is taken off unchecked (a config that stopped sealing
 /// still reads what it sealed) and a plain record read as it is. An empty
-/// record (a removed key) is read as it is.
-/// With an ordered seal, where the record stands among its key's writes
-/// too ([`skos_bus::trust::SealOrder`]).
+/// record (a removed key) is read as it is. With an ordered seal, where
+/// the record stands among its key's writes too ([`SealOrder`]).
 fn unseal<'a>(
     trusted: Option<&skos_bus::trust::Verifier>,
     key: &str,
@@ -366,10 +365,10 @@ fn last_state_events(records: &[Value]) -> HashMap<String, (NodeName, SealOrder)
 }
 
 /// Compare each node's last audited event (`last_event`, by state key:
-/// the node and the event's order) with where its sealed record stands (`orders`: key → order of
-/// a record that opened; `None` for one sealed without an order). A node
-/// whose record is missing, unordered or older than its last event is
-/// listed.
+/// the node and the event's order) with where its sealed record stands
+/// (`orders`: key → order of a record that opened; `None` for one sealed
+/// without an order). A node whose record is missing, unordered or older
+/// than its last event is listed.
 fn rollbacks(
     last_event: &HashMap<String, (NodeName, SealOrder)>,
     orders: &HashMap<String, Option<SealOrder>>,
@@ -796,7 +795,7 @@ async fn lead(
                 older = ?names(&found.older),
                 missing = ?names(&found.missing),
                 unordered = ?names(&found.unordered),
-                "saved state of {} node(s) is older than the audit trail says: written back, emptied or replaced on the bus (or sealed by an earlier version); restored as found",
+                "saved state of {} node(s) is older than the audit trail says: written back, emptied or replaced on the bus (or written by an earlier version); records written back are not restored, records sealed without an order are",
                 found.count()
             );
             let entry = AuditEntry::new(
@@ -1974,7 +1973,7 @@ fn check_node(
         .check(kind, &m.subject, node.as_str(), &m.payload, &headers)
         .map_err(|e| {
             DecodeError::Untrusted(format!(
-                "a {} of node {node} and not signed with its key (trust.node_keys): {e}",
+                "{} of node {node} not signed with its key (trust.node_keys): {e}",
                 kind.as_str()
             ))
         })
