@@ -262,15 +262,52 @@ fn encode<T: Serialize>(subject: &str, value: &T) -> Result<Bytes> {
 }
 
 impl Bus {
+    /// The node key this bus signs a node's messages with (NATS only:
+    /// [`NatsBus::with_node_signer`]).
+    fn node_signer(&self) -> Option<&trust::Signer> {
+        match self {
+            Bus::Nats(b) => b.node_signer(),
+            Bus::InProc(_) => None,
+        }
+    }
+
+    /// The signature headers of a node's message, with a node key.
+    fn node_headers(
+        &self,
+        kind: trust::NodeMessage,
+        subject: &str,
+        node: &NodeName,
+        payload: &[u8],
+    ) -> Result<Headers> {
+        match self.node_signer() {
+            Some(s) => s.sign_node(kind, subject, node.as_str(), payload),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Core, not durable. Signed with the node key, if the bus has one
+    /// ([`trust::NodeMessage::Heartbeat`]).
     pub async fn publish_heartbeat(&self, hb: &Heartbeat) -> Result<()> {
         let subject = subjects::heartbeat(&hb.node);
         let payload = encode(&subject, hb)?;
-        self.publish_raw(&subject, payload).await
+        let headers =
+            self.node_headers(trust::NodeMessage::Heartbeat, &subject, &hb.node, &payload)?;
+        self.publish_raw_with_headers(&subject, payload, &headers)
+            .await
     }
 
-    /// Durable: returns once the stream has stored the alert.
+    /// A node's alert. Durable: returns once the stream has stored the
+    /// alert. Signed with the node key, if the bus has one
+    /// ([`trust::NodeMessage::Alert`]), and then stored under a message
+    /// id that holds the start of its signature.
     pub async fn publish_alert(&self, alert: &Alert) -> Result<()> {
-        self.publish_alert_signed(alert, None).await
+        let subject = subjects::alert(&alert.node);
+        let payload = encode(&subject, alert)?;
+        let headers =
+            self.node_headers(trust::NodeMessage::Alert, &subject, &alert.node, &payload)?;
+        let id = signed_message_id(&alert.alert_id, &headers);
+        self.publish_durable(&subject, payload, Some(&id), &headers)
+            .await
     }
 
     /// [`Bus::publish_alert`] for an alert the coordinator raises itself:
@@ -319,12 +356,23 @@ impl Bus {
     /// Durable: returns once the stream has stored the result. Its message
     /// id is [`result_message_id`]: one stored result per node and execution
     /// (a result re-sent after a crash or a redelivery is dropped), every
-    /// refusal kept.
+    /// refusal kept. With a node key ([`NatsBus::with_node_signer`]) the
+    /// result is signed ([`trust::NodeMessage::Result`]) and its message
+    /// id followed by the start of a signature of that id
+    /// ([`trust::Signer::result_message_id`]): the same for the same
+    /// execution, and out of reach of anyone without the key, who could
+    /// otherwise store a result under the id first and have the node's
+    /// own dropped as a duplicate.
     pub async fn publish_result(&self, result: &CommandResult) -> Result<()> {
         let subject = subjects::result(&result.node);
         let payload = encode(&subject, result)?;
-        let id = result_message_id(result);
-        self.publish_durable(&subject, payload, Some(&id), &[])
+        let headers =
+            self.node_headers(trust::NodeMessage::Result, &subject, &result.node, &payload)?;
+        let id = match self.node_signer() {
+            Some(s) => s.result_message_id(&subject, &result_message_id(result))?,
+            None => result_message_id(result),
+        };
+        self.publish_durable(&subject, payload, Some(&id), &headers)
             .await
     }
 

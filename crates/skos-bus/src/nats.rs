@@ -138,6 +138,9 @@ impl NatsOptions {
 pub struct NatsBus {
     client: async_nats::Client,
     js: std::sync::Arc<jetstream::Context>,
+    /// The node key an agent signs its heartbeats, alerts and results
+    /// with ([`NatsBus::with_node_signer`]).
+    node_signer: Option<std::sync::Arc<crate::trust::Signer>>,
 }
 
 /// Messages a core subscription may hold before the client drops them.
@@ -192,11 +195,29 @@ impl NatsBus {
             .await
             .map_err(|e| fail(e.to_string()))?;
         let js = std::sync::Arc::new(jetstream::new(client.clone()));
-        let bus = Self { client, js };
+        let bus = Self {
+            client,
+            js,
+            node_signer: None,
+        };
         if opts.create_streams {
             bus.ensure_streams().await?;
         }
         Ok(bus)
+    }
+
+    /// This bus, signing the heartbeats, alerts and results it publishes
+    /// with `signer`, the node's own key (`trust.node_key_file`): the
+    /// coordinator checks them against the node's key in
+    /// `trust.node_keys`.
+    pub fn with_node_signer(mut self, signer: std::sync::Arc<crate::trust::Signer>) -> Self {
+        self.node_signer = Some(signer);
+        self
+    }
+
+    /// The node key this bus signs with, if any.
+    pub fn node_signer(&self) -> Option<&crate::trust::Signer> {
+        self.node_signer.as_deref()
     }
 
     pub fn client(&self) -> &async_nats::Client {

@@ -88,6 +88,107 @@ pub fn state_message(key: &str, payload: &[u8]) -> Vec<u8> {
     m
 }
 
+/// What a node signs: its heartbeats, its alerts and its command results,
+/// each under a context of its own (first in what is signed), so that no
+/// signature made for one kind of message, nor a coordinator's, passes as
+/// another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeMessage {
+    Heartbeat,
+    Alert,
+    Result,
+}
+
+/// The context of a node's heartbeat signature.
+pub const HEARTBEAT_CONTEXT: &str = "skos-heartbeat-v1";
+/// The context of a node's alert signature (a coordinator's own alerts
+/// use [`ALERT_CONTEXT`]).
+pub const NODE_ALERT_CONTEXT: &str = "skos-node-alert-v1";
+/// The context of a node's command result signature.
+pub const RESULT_CONTEXT: &str = "skos-result-v1";
+/// The context of the signature whose start a signed result's message id
+/// carries ([`result_id_message`]).
+pub const RESULT_ID_CONTEXT: &str = "skos-result-id-v1";
+
+impl NodeMessage {
+    /// The context its signature is made for.
+    pub fn context(self) -> &'static str {
+        match self {
+            NodeMessage::Heartbeat => HEARTBEAT_CONTEXT,
+            NodeMessage::Alert => NODE_ALERT_CONTEXT,
+            NodeMessage::Result => RESULT_CONTEXT,
+        }
+    }
+
+    /// How it is named in logs, audit records and counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeMessage::Heartbeat => "heartbeat",
+            NodeMessage::Alert => "alert",
+            NodeMessage::Result => "result",
+        }
+    }
+}
+
+/// What a node's message signature covers: the kind's context, the
+/// subject it is published on, the node it speaks for and the payload
+/// bytes, separated by NUL bytes (as [`command_message`]).
+pub fn node_message(kind: NodeMessage, subject: &str, node: &str, payload: &[u8]) -> Vec<u8> {
+    labelled(&[kind.context(), subject, node], payload)
+}
+
+/// What the signature in a signed result's message id covers:
+/// [`RESULT_ID_CONTEXT`], the subject and the result's id
+/// ([`crate::result_message_id`]). It depends on the id alone, so the same
+/// execution's result sent again (with another timestamp) is stored under
+/// the same message id and de-duplicated; nobody without the node's key
+/// can compute it, so nobody can take that message id first.
+pub fn result_id_message(subject: &str, id: &str) -> Vec<u8> {
+    labelled(&[RESULT_ID_CONTEXT, subject], id.as_bytes())
+}
+
+/// `parts`, each followed by a NUL byte, then `payload`.
+fn labelled(parts: &[&str], payload: &[u8]) -> Vec<u8> {
+    let mut m =
+        Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + payload.len());
+    for part in parts {
+        m.extend_from_slice(part.as_bytes());
+        m.push(0);
+    }
+    m.extend_from_slice(payload);
+    m
+}
+
+/// The context of an ordered state record's seal (see
+/// [`state_message_ordered`]).
+pub const STATE_ORDERED_CONTEXT: &str = "skos-state-v2";
+
+/// Where a sealed state record stands among the writes of its key: the
+/// writing coordinator's term (0 without an election) and its clock when
+/// it wrote, in milliseconds since the Unix epoch. Ordered by term, then
+/// time. Signed with the record, so a record written back later (a
+/// rollback) still says when it was first written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SealOrder {
+    pub term: u64,
+    pub at_ms: i64,
+}
+
+/// What an ordered state record's seal covers: [`STATE_ORDERED_CONTEXT`],
+/// the key it is stored under, the term and the time of the write, and
+/// its bytes, separated by NUL bytes.
+pub fn state_message_ordered(key: &str, order: SealOrder, payload: &[u8]) -> Vec<u8> {
+    labelled(
+        &[
+            STATE_ORDERED_CONTEXT,
+            key,
+            &order.term.to_string(),
+            &order.at_ms.to_string(),
+        ],
+        payload,
+    )
+}
+
 /// What a command's signature covers: [`COMMAND_CONTEXT`], the subject it
 /// is published on, the node it is for and the payload bytes, separated by
 /// NUL bytes (which neither a subject nor a node name may hold).
@@ -169,6 +270,27 @@ pub fn key_conflicts(
     Ok(out)
 }
 
+/// What is wrong with a node's own key (`trust.node_key_file`): the same
+/// as a NATS login key of the node's (a NATS server signs its login
+/// nonce, whatever it chose, with that key, so it could obtain the node's
+/// signature on a message of its choosing). Reading a login file fails
+/// with its path.
+pub fn node_key_conflicts(node: &Signer, login_files: &[&Path]) -> Result<Vec<KeyConflict>> {
+    let mut out = Vec::new();
+    for path in login_files {
+        if login_keys_in(path)?.contains(&node.public_key()) {
+            out.push(KeyConflict {
+                key: "trust.node_key_file",
+                message: format!(
+                    "holds the same key as the NATS login key in {}: a NATS server signs its login nonce with that key, so it could obtain this node's signature; generate a node key of its own (`skos keys generate`) and put its public key in the coordinator's trust.node_keys",
+                    path.escaped()
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Why a command's signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrustError {
@@ -184,16 +306,24 @@ pub enum TrustError {
     WrongContext(String),
     #[error("signature made for {0:?}, not for the audit trail")]
     NotAudit(String),
+    #[error("node {0} has no key in trust.node_keys and node signatures are required")]
+    NoNodeKey(String),
 }
 
 /// How a sealed state record begins ([`Signer::seal_state`]).
 const STATE_SEAL: &str = "SKOSSIG1 ";
 
+/// How an ordered sealed state record begins
+/// ([`Signer::seal_state_ordered`]).
+const STATE_SEAL_ORDERED: &str = "SKOSSIG2 ";
+
 /// A state record's payload with its seal line taken off, unchecked (a
 /// record without one is returned as it is): for a reader that does not
 /// judge the seal ([`Verifier::open_state`] does).
 pub fn sealed_payload(record: &[u8]) -> &[u8] {
-    if !record.starts_with(STATE_SEAL.as_bytes()) {
+    if !record.starts_with(STATE_SEAL.as_bytes())
+        && !record.starts_with(STATE_SEAL_ORDERED.as_bytes())
+    {
         return record;
     }
     record
@@ -308,6 +438,54 @@ impl Signer {
         out.push(b' ');
         out.extend_from_slice(signature.as_bytes());
         out.push(b'\n');
+        out.extend_from_slice(payload);
+        Ok(out)
+    }
+
+    /// The headers of a node's message of `kind` published on `subject`
+    /// for `node`: the signer, the signature of [`node_message`] and the
+    /// kind's context.
+    pub fn sign_node(
+        &self,
+        kind: NodeMessage,
+        subject: &str,
+        node: &str,
+        payload: &[u8],
+    ) -> Result<Vec<(String, String)>> {
+        let (signer, signature) = self.sign(&node_message(kind, subject, node, payload))?;
+        Ok(vec![
+            (HEADER_SIGNER.to_string(), signer),
+            (HEADER_SIGNATURE.to_string(), signature),
+            (HEADER_CONTEXT.to_string(), kind.context().to_string()),
+        ])
+    }
+
+    /// The message id of a signed result whose id is `id`, published on
+    /// `subject`: `<id>.<start of the signature of [`result_id_message`]>`.
+    pub fn result_message_id(&self, subject: &str, id: &str) -> Result<String> {
+        let (_, sig) = self.sign(&result_id_message(subject, id))?;
+        Ok(format!("{id}.{}", &sig[..sig.len().min(22)]))
+    }
+
+    /// A state record stored under `key`, sealed with its place among the
+    /// key's writes: `SKOSSIG2 <signer> <signature> <term> <at_ms>\n`
+    /// followed by `payload`, the signature over
+    /// [`state_message_ordered`] (read back by
+    /// [`Verifier::open_state_ordered`]). An empty payload stands for a
+    /// removed key, sealed as well: a removal is told apart from a wipe.
+    pub fn seal_state_ordered(
+        &self,
+        key: &str,
+        order: SealOrder,
+        payload: &[u8],
+    ) -> Result<Vec<u8>> {
+        let (signer, signature) = self.sign(&state_message_ordered(key, order, payload))?;
+        let line = format!(
+            "{STATE_SEAL_ORDERED}{signer} {signature} {} {}\n",
+            order.term, order.at_ms
+        );
+        let mut out = Vec::with_capacity(line.len() + payload.len());
+        out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(payload);
         Ok(out)
     }
@@ -465,6 +643,48 @@ impl Verifier {
         Ok(payload)
     }
 
+    /// [`Verifier::open_state`], for a record sealed with its order
+    /// ([`Signer::seal_state_ordered`]) or without (an earlier version's
+    /// seal: `None`): the payload and where the record stands.
+    pub fn open_state_ordered<'a>(
+        &self,
+        key: &str,
+        sealed: &'a [u8],
+    ) -> Result<(&'a [u8], Option<SealOrder>), TrustError> {
+        let Some(rest) = sealed.strip_prefix(STATE_SEAL_ORDERED.as_bytes()) else {
+            return self.open_state(key, sealed).map(|p| (p, None));
+        };
+        let bad = || TrustError::Malformed("state seal line".into());
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .filter(|&n| n <= 300)
+            .ok_or_else(bad)?;
+        let line = std::str::from_utf8(&rest[..end])
+            .map_err(|_| TrustError::Malformed("state seal line is not text".into()))?;
+        let mut parts = line.split(' ');
+        let (Some(signer), Some(signature), Some(term), Some(at_ms), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(bad());
+        };
+        let order = SealOrder {
+            term: term.parse().map_err(|_| bad())?,
+            at_ms: at_ms.parse().map_err(|_| bad())?,
+        };
+        let payload = &rest[end + 1..];
+        self.check(
+            &state_message_ordered(key, order, payload),
+            Some(signer),
+            Some(signature),
+        )?;
+        Ok((payload, Some(order)))
+    }
+
     /// Check a message against its signature headers. `Ok(None)`: unsigned
     /// but signatures are not required. `Ok(Some(signer))`: a trusted
     /// signature.
@@ -496,6 +716,97 @@ impl Verifier {
             .decode(signature)
             .map_err(|e| TrustError::Malformed(format!("signature is not base64url: {e}")))?;
         key.verify(payload, &sig)
+            .map_err(|_| TrustError::BadSignature(signer.to_string()))?;
+        Ok(Some(signer.to_string()))
+    }
+}
+
+/// The coordinator's side of nodes' signatures: each node's public key
+/// (`trust.node_keys`), and whether a message from a node without one is
+/// refused (`trust.require_node_signatures`).
+pub struct NodeVerifier {
+    keys: std::collections::HashMap<String, KeyPair>,
+    required: bool,
+}
+
+impl NodeVerifier {
+    /// `keys`: node name → public key (`U...`); an invalid key is an error
+    /// naming its node.
+    pub fn new(keys: &std::collections::BTreeMap<String, String>, required: bool) -> Result<Self> {
+        let keys = keys
+            .iter()
+            .map(|(node, k)| {
+                KeyPair::from_public_key(k.trim())
+                    .map(|key| (node.clone(), key))
+                    .map_err(|e| Error::Corrupt {
+                        path: format!("trust.node_keys.{node}"),
+                        reason: format!("{k:?} is not a public key: {e}"),
+                    })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { keys, required })
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether `node` has a key: its messages must then be signed with it.
+    pub fn has_key(&self, node: &str) -> bool {
+        self.keys.contains_key(node)
+    }
+
+    /// Check a message of `kind` published on `subject` that speaks for
+    /// `node`: with a key for `node`, it must be signed with that key over
+    /// [`node_message`] under the kind's context. `Ok(None)`: `node` has no
+    /// key and signatures are not required (taken as it is, signed or
+    /// not). `Ok(Some(signer))`: signed by the node's key.
+    pub fn check(
+        &self,
+        kind: NodeMessage,
+        subject: &str,
+        node: &str,
+        payload: &[u8],
+        headers: &CommandHeaders<'_>,
+    ) -> Result<Option<String>, TrustError> {
+        let Some(key) = self.keys.get(node) else {
+            return if self.required {
+                Err(TrustError::NoNodeKey(node.chars().take(64).collect()))
+            } else {
+                Ok(None)
+            };
+        };
+        let (signer, signature) = match (headers.signer, headers.signature) {
+            (Some(a), Some(b)) => (a.trim(), b.trim()),
+            (None, None) => return Err(TrustError::Unsigned),
+            _ => {
+                return Err(TrustError::Malformed(
+                    "one of the two signature headers is missing".into(),
+                ))
+            }
+        };
+        match headers.context.map(str::trim) {
+            Some(c) if c == kind.context() => {}
+            other => {
+                return Err(TrustError::WrongContext(
+                    other.unwrap_or("nothing").chars().take(64).collect(),
+                ))
+            }
+        }
+        if signer.len() > 64 || signature.len() > 200 {
+            return Err(TrustError::Malformed("header too long".into()));
+        }
+        if key.public_key() != signer {
+            return Err(TrustError::UnknownSigner(signer.to_string()));
+        }
+        let sig = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|e| TrustError::Malformed(format!("signature is not base64url: {e}")))?;
+        key.verify(&node_message(kind, subject, node, payload), &sig)
             .map_err(|_| TrustError::BadSignature(signer.to_string()))?;
         Ok(Some(signer.to_string()))
     }
@@ -581,6 +892,159 @@ mod tests {
             Err(TrustError::UnknownSigner(_))
         ));
         assert!(v.open_state("node_n1", b"SKOSSIG1 garbage").is_err());
+    }
+
+    /// A node's signature passes only for its own node, kind and subject,
+    /// and only with the node's own key; a node without a key is taken
+    /// unsigned unless node signatures are required.
+    #[test]
+    fn node_signatures_are_bound_to_their_node_kind_and_key() {
+        let nova = Signer::ephemeral();
+        let keys = std::collections::BTreeMap::from([("nova".to_string(), nova.public_key())]);
+        let v = NodeVerifier::new(&keys, false).unwrap();
+        let p = br#"{"node":"nova"}"#;
+        let s = "skos.alert.nova";
+        let h = nova.sign_node(NodeMessage::Alert, s, "nova", p).unwrap();
+        assert_eq!(
+            v.check(NodeMessage::Alert, s, "nova", p, &headers(&h)),
+            Ok(Some(nova.public_key()))
+        );
+        // Another kind, subject or node; a changed payload.
+        assert!(v
+            .check(NodeMessage::Heartbeat, s, "nova", p, &headers(&h))
+            .is_err());
+        let mut as_result = headers(&h);
+        as_result.context = Some(RESULT_CONTEXT);
+        assert!(matches!(
+            v.check(NodeMessage::Result, s, "nova", p, &as_result),
+            Err(TrustError::BadSignature(_))
+        ));
+        assert!(v
+            .check(
+                NodeMessage::Alert,
+                "skos.alert.lyra",
+                "nova",
+                p,
+                &headers(&h)
+            )
+            .is_err());
+        assert!(v
+            .check(NodeMessage::Alert, s, "nova", b"{}", &headers(&h))
+            .is_err());
+        // Unsigned, or signed by another key, for a keyed node.
+        assert_eq!(
+            v.check(NodeMessage::Alert, s, "nova", p, &CommandHeaders::default()),
+            Err(TrustError::Unsigned)
+        );
+        let stranger = Signer::ephemeral();
+        let hs = stranger
+            .sign_node(NodeMessage::Alert, s, "nova", p)
+            .unwrap();
+        assert!(matches!(
+            v.check(NodeMessage::Alert, s, "nova", p, &headers(&hs)),
+            Err(TrustError::UnknownSigner(_))
+        ));
+        // A coordinator's alert signature is not a node's.
+        let ha = nova.sign_alert(s, p).unwrap();
+        assert!(matches!(
+            v.check(NodeMessage::Alert, s, "nova", p, &headers(&ha)),
+            Err(TrustError::WrongContext(_))
+        ));
+        // A node without a key: taken unsigned, unless required.
+        assert_eq!(
+            v.check(
+                NodeMessage::Heartbeat,
+                "skos.heartbeat.lyra",
+                "lyra",
+                p,
+                &CommandHeaders::default()
+            ),
+            Ok(None)
+        );
+        let strict = NodeVerifier::new(&keys, true).unwrap();
+        assert_eq!(
+            strict.check(
+                NodeMessage::Heartbeat,
+                "skos.heartbeat.lyra",
+                "lyra",
+                p,
+                &CommandHeaders::default()
+            ),
+            Err(TrustError::NoNodeKey("lyra".into()))
+        );
+        let bad = std::collections::BTreeMap::from([("nova".to_string(), "nope".to_string())]);
+        assert!(NodeVerifier::new(&bad, false).is_err());
+        // A result's message id is the same for the same id whatever the
+        // payload, and another for another id or subject.
+        let a = nova
+            .result_message_id("skos.result.nova", "nova:a-1:succeeded")
+            .unwrap();
+        assert_eq!(
+            a,
+            nova.result_message_id("skos.result.nova", "nova:a-1:succeeded")
+                .unwrap()
+        );
+        assert!(a.starts_with("nova:a-1:succeeded."));
+        assert_ne!(
+            a,
+            nova.result_message_id("skos.result.nova", "nova:a-1:failed")
+                .unwrap()
+        );
+        assert_ne!(
+            a,
+            stranger
+                .result_message_id("skos.result.nova", "nova:a-1:succeeded")
+                .unwrap()
+        );
+    }
+
+    /// An ordered seal opens under its key with its order; changing the
+    /// order (to pass an old record for a new one), the key or the bytes
+    /// breaks it; an earlier version's seal still opens, without an order.
+    #[test]
+    fn ordered_state_seals_carry_their_order() {
+        let s = Signer::ephemeral();
+        let v = Verifier::new(&[s.public_key()], true).unwrap();
+        let order = SealOrder {
+            term: 3,
+            at_ms: 1_700_000_000_123,
+        };
+        let sealed = s
+            .seal_state_ordered("node_n1", order, b"{\"a\":1}")
+            .unwrap();
+        assert_eq!(
+            v.open_state_ordered("node_n1", &sealed).unwrap(),
+            (&b"{\"a\":1}"[..], Some(order))
+        );
+        assert_eq!(sealed_payload(&sealed), b"{\"a\":1}");
+        assert!(v.open_state_ordered("node_n2", &sealed).is_err());
+        let text = String::from_utf8(sealed.clone()).unwrap();
+        let later = text.replace(" 1700000000123\n", " 1800000000123\n");
+        assert_ne!(later, text);
+        assert!(matches!(
+            v.open_state_ordered("node_n1", later.as_bytes()),
+            Err(TrustError::BadSignature(_))
+        ));
+        let newer_term = text.replace(" 3 1700000000123\n", " 4 1700000000123\n");
+        assert!(v
+            .open_state_ordered("node_n1", newer_term.as_bytes())
+            .is_err());
+        assert!(v
+            .open_state_ordered("node_n1", text.replace(" 3 ", " x ").as_bytes())
+            .is_err());
+        // A removal, sealed.
+        let gone = s.seal_state_ordered("node_n1", order, b"").unwrap();
+        assert_eq!(
+            v.open_state_ordered("node_n1", &gone).unwrap(),
+            (&b""[..], Some(order))
+        );
+        // An earlier version's seal: no order.
+        let old = s.seal_state("node_n1", b"{}").unwrap();
+        assert_eq!(
+            v.open_state_ordered("node_n1", &old).unwrap(),
+            (&b"{}"[..], None)
+        );
+        assert!(SealOrder { term: 4, at_ms: 0 } > order);
     }
 
     #[test]

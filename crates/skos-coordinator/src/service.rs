@@ -29,7 +29,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use skos_bus::lease::{Lease, Renewal, Term};
-use skos_bus::trust::Signer;
+use skos_bus::trust::{NodeMessage, SealOrder, Signer};
 use skos_bus::{AuditLog, Bus, Feed, Incoming, StateStore};
 use skos_core::config::Config;
 use skos_core::counters::Counters;
@@ -71,6 +71,12 @@ pub struct ServiceOptions {
     /// as they come (embedded mode: its bus is in the process, its data dir
     /// private).
     pub state_trust: Option<Arc<skos_bus::trust::Verifier>>,
+    /// Nodes' keys (`trust.node_keys`): a heartbeat, alert or result that
+    /// speaks for a node with a key is taken only signed with it (and,
+    /// with `trust.require_node_signatures`, one from a node without a key
+    /// is refused); refusals are counted (`rejected.<feed>.untrusted`) and
+    /// audited. `None`: nodes' messages are taken as they come.
+    pub node_trust: Option<Arc<skos_bus::trust::NodeVerifier>>,
 }
 
 impl Default for ServiceOptions {
@@ -83,6 +89,7 @@ impl Default for ServiceOptions {
             signer: None,
             election: None,
             state_trust: None,
+            node_trust: None,
         }
     }
 }
@@ -277,20 +284,112 @@ enum SnapshotError {
 /// sealed by one of them ([`skos_bus::trust::Verifier::open_state`]);
 /// without, a seal is taken off unchecked (a config that stopped sealing
 /// still reads what it sealed) and a plain record read as it is. An empty
-/// record (a removed key) is read as it is.
+/// record (a removed key) is read as it is. With an ordered seal, where
+/// the record stands among its key's writes too ([`SealOrder`]).
 fn unseal<'a>(
     trusted: Option<&skos_bus::trust::Verifier>,
     key: &str,
     bytes: &'a [u8],
-) -> Result<&'a [u8], skos_bus::trust::TrustError> {
+) -> Result<(&'a [u8], Option<SealOrder>), skos_bus::trust::TrustError> {
     if bytes.is_empty() {
-        return Ok(bytes);
+        return Ok((bytes, None));
     }
     match trusted {
-        Some(t) => t.open_state(key, bytes),
-        None => Ok(skos_bus::trust::sealed_payload(bytes)),
+        Some(t) => t.open_state_ordered(key, bytes),
+        None => Ok((skos_bus::trust::sealed_payload(bytes), None)),
     }
 }
+
+/// The audit events that concern a node's saved state: each is decided
+/// with that node's state and written only after the record that keeps it
+/// ("state first"), so the node's record, when sealed, was written no
+/// earlier than the event's timestamp.
+const STATE_EVENTS: [skos_core::AuditEvent; 10] = [
+    skos_core::AuditEvent::Alert,
+    skos_core::AuditEvent::Decision,
+    skos_core::AuditEvent::Command,
+    skos_core::AuditEvent::Result,
+    skos_core::AuditEvent::Verification,
+    skos_core::AuditEvent::Breaker,
+    skos_core::AuditEvent::Escalation,
+    skos_core::AuditEvent::Node,
+    skos_core::AuditEvent::NoResult,
+    skos_core::AuditEvent::Flapping,
+];
+
+/// Nodes whose saved state is older than the audit trail says it must be.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Rollbacks {
+    /// A sealed record written before the node's last audited event.
+    older: Vec<NodeName>,
+    /// No record at all, an empty one, or one not sealed by a trusted key.
+    missing: Vec<NodeName>,
+    /// A record sealed without an order (an earlier version's seal).
+    unordered: Vec<NodeName>,
+}
+
+impl Rollbacks {
+    fn count(&self) -> usize {
+        self.older.len() + self.missing.len() + self.unordered.len()
+    }
+}
+
+/// Each node's last audited event of [`STATE_EVENTS`] in `records` (the
+/// trail's tail, as read back), by the node's state key: the node, and
+/// where the event stands as a [`SealOrder`] (the writer's term, 0 without
+/// one, and the entry's timestamp in ms since the epoch). The record kept
+/// with that event was sealed by the same coordinator (same term, same
+/// clock) no earlier, or by a later one (a higher term): a sealed record
+/// ordered below it is older than it.
+fn last_state_events(records: &[Value]) -> HashMap<String, (NodeName, SealOrder)> {
+    let mut out: HashMap<String, (NodeName, SealOrder)> = HashMap::new();
+    for r in records {
+        let entry = &r["entry"];
+        let state_event = entry["event_type"]
+            .as_str()
+            .is_some_and(|e| STATE_EVENTS.iter().any(|s| s.as_str() == e));
+        let node = entry["node"].as_str().and_then(|n| NodeName::parse(n).ok());
+        let at = entry["timestamp"]
+            .as_str()
+            .and_then(skos_core::timefmt::parse);
+        if let (true, Some(node), Some(at)) = (state_event, node, at) {
+            let order = SealOrder {
+                term: entry["term"].as_u64().unwrap_or(0),
+                at_ms: at.timestamp_millis(),
+            };
+            let last = out.entry(node_key(&node)).or_insert((node, order));
+            last.1 = last.1.max(order);
+        }
+    }
+    out
+}
+
+/// Compare each node's last audited event (`last_event`, by state key:
+/// the node and the event's order) with where its sealed record stands
+/// (`orders`: key → order of a record that opened; `None` for one sealed
+/// without an order). A node whose record is missing, unordered or older
+/// than its last event is listed.
+fn rollbacks(
+    last_event: &HashMap<String, (NodeName, SealOrder)>,
+    orders: &HashMap<String, Option<SealOrder>>,
+) -> Rollbacks {
+    let mut out = Rollbacks::default();
+    for (key, (node, at)) in last_event {
+        match orders.get(key) {
+            Some(Some(o)) if o >= at => {}
+            Some(Some(_)) => out.older.push(node.clone()),
+            Some(None) => out.unordered.push(node.clone()),
+            None => out.missing.push(node.clone()),
+        }
+    }
+    out.older.sort();
+    out.missing.sort();
+    out.unordered.sort();
+    out
+}
+
+/// How many nodes of each kind a rollback's audit record names.
+const ROLLBACK_NAMES: usize = 100;
 
 /// zstd-compressed (as written now) or plain JSON (as written before).
 fn decode_snapshot<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
@@ -364,9 +463,15 @@ struct Ctx {
     node: NodeName,
     /// Seals every state record written ([`ServiceOptions::state_trust`]).
     seal: Option<Arc<Signer>>,
+    /// The term each sealed record carries (0 without an election).
+    seal_term: u64,
+    /// The time the last sealed write carried (ms since the epoch).
+    sealed_at: i64,
     /// The coordinators' keys ([`ServiceOptions::state_trust`]): an alert
     /// that is a coordinator's own must be signed by one of them.
     trusted: Option<Arc<skos_bus::trust::Verifier>>,
+    /// Nodes' keys ([`ServiceOptions::node_trust`]).
+    node_trust: Option<Arc<skos_bus::trust::NodeVerifier>>,
     /// Alerts the bus dropped before they were read.
     alert_gaps: SequenceGaps,
     /// Results the bus dropped before they were read.
@@ -544,9 +649,17 @@ async fn lead(
     // A record not sealed by a trusted key is not restored (see
     // `ServiceOptions::state_trust`).
     let trusted = opts.state_trust.as_deref();
-    let open = |key: &str, bytes: Bytes| -> Option<Bytes> {
+    // Where each node's record that opened stands (its seal's order).
+    let mut orders: HashMap<String, Option<SealOrder>> = HashMap::new();
+    let open = |key: &str,
+                bytes: Bytes,
+                orders: &mut HashMap<String, Option<SealOrder>>|
+     -> Option<Bytes> {
         match unseal(trusted, key, &bytes) {
-            Ok(b) => Some(bytes.slice_ref(b)),
+            Ok((b, order)) => {
+                orders.insert(key.to_string(), order);
+                Some(bytes.slice_ref(b))
+            }
             Err(e) => {
                 counters.inc(Counter::StateUnreadable);
                 tracing::error!(key, error = %e, "saved state not sealed by a trusted coordinator key: not restored");
@@ -557,7 +670,7 @@ async fn lead(
     let legacy = match state
         .load(STATE_KEY)
         .await?
-        .and_then(|b| open(STATE_KEY, b))
+        .and_then(|b| open(STATE_KEY, b, &mut orders))
     {
         Some(bytes) => match decode_snapshot(&bytes) {
             Ok(snap) => {
@@ -576,7 +689,7 @@ async fn lead(
     let carried: Stamp = match state
         .load(CARRIED_KEY)
         .await?
-        .and_then(|b| open(CARRIED_KEY, b))
+        .and_then(|b| open(CARRIED_KEY, b, &mut orders))
     {
         Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             counters.inc(Counter::StateUnreadable);
@@ -586,13 +699,29 @@ async fn lead(
         None => Stamp::default(),
     };
     let mut stamp = carried;
+    // The trail's tail, read before the nodes' records: each node's last
+    // audited event that its saved state must postdate.
+    let recent = audit.read_recent(opts.replay_records).await?;
+    let last_event = last_state_events(&recent);
     let parts = state.load_prefix(NODE_KEY_PREFIX).await?;
     let nodes = parts.len();
     let mut kept: Vec<Effect> = Vec::new();
     for (key, bytes) in parts {
-        let Some(bytes) = open(&key, bytes) else {
+        let Some(bytes) = open(&key, bytes, &mut orders) else {
             continue;
         };
+        if bytes.is_empty() {
+            // A removal, sealed with its order.
+            continue;
+        }
+        // Sealed before the node's last audited event: an older record
+        // written back on the bus. Not restored (reported below).
+        if let (Some(Some(order)), Some(at)) = (orders.get(&key), last_event.get(&key)) {
+            if trusted.is_some() && *order < at.1 {
+                tracing::error!(key = %key, sealed = ?order, last_event = ?at.1, "saved node state is older than its last audited event (written back on the bus): not restored; that node starts afresh");
+                continue;
+            }
+        }
         match decode_snapshot::<Saved>(&bytes) {
             Ok(saved) => {
                 engine.restore(saved.state, now);
@@ -642,10 +771,56 @@ async fn lead(
         }
     };
     let mut audited = HashSet::new();
-    for r in audit.read_recent(opts.replay_records).await? {
-        remember(&r["entry"], &mut engine);
+    for r in &recent {
+        let entry = &r["entry"];
+        remember(entry, &mut engine);
         if !kept.is_empty() {
-            audited.insert(entry_key(&r["entry"]));
+            audited.insert(entry_key(entry));
+        }
+    }
+    drop(recent);
+    // Sealed records say when they were written: one older than its
+    // node's last audited event was written back (or is gone) on the bus.
+    if trusted.is_some() {
+        let found = rollbacks(&last_event, &orders);
+        if found.count() > 0 {
+            counters.add(Counter::StateRolledBack, found.count() as u64);
+            let names = |v: &[NodeName]| -> Vec<String> {
+                v.iter()
+                    .take(ROLLBACK_NAMES)
+                    .map(|n| n.to_string())
+                    .collect()
+            };
+            tracing::error!(
+                older = ?names(&found.older),
+                missing = ?names(&found.missing),
+                unordered = ?names(&found.unordered),
+                "saved state of {} node(s) is older than the audit trail says: written back, emptied or replaced on the bus (or written by an earlier version); records written back are not restored, records sealed without an order are",
+                found.count()
+            );
+            let entry = AuditEntry::new(
+                skos_core::AuditEvent::StateRollback,
+                chrono::Utc::now(),
+                None,
+                "coordinator",
+                format!(
+                    "saved state older than the audit trail: {} node(s) written back, {} missing, {} sealed without an order",
+                    found.older.len(),
+                    found.missing.len(),
+                    found.unordered.len()
+                ),
+                json!({
+                    "older": names(&found.older),
+                    "missing": names(&found.missing),
+                    "unordered": names(&found.unordered),
+                    "nodes": found.count(),
+                }),
+            );
+            match audit.append(entry).await {
+                Ok(_) => {}
+                Err(skos_bus::Error::Deposed { .. }) => return Ok(Led::Deposed),
+                Err(e) => tracing::error!(error = %e, "state rollback not audited"),
+            }
         }
     }
     // Effects kept with the state and not all carried out before the last
@@ -679,6 +854,17 @@ async fn lead(
             }
         }
     }
+    // Sealed writes go on from the last one of the same term (a restart
+    // without an election) or, where the trail is later, from the trail.
+    let seal_term = term.as_ref().map_or(0, |t| t.term);
+    let sealed_at = orders
+        .values()
+        .flatten()
+        .chain(last_event.values().map(|(_, o)| o))
+        .filter(|o| o.term == seal_term)
+        .map(|o| o.at_ms)
+        .max()
+        .unwrap_or(0);
     let mut consumers = Consumers::spawn(bus.clone());
     for node in engine.known_nodes() {
         consumers.want(&node);
@@ -712,7 +898,10 @@ async fn lead(
         audit_down: None,
         node: cfg.node.name.clone(),
         seal: opts.state_trust.as_ref().and(opts.signer.clone()),
+        seal_term,
+        sealed_at,
         trusted: opts.state_trust.clone(),
+        node_trust: opts.node_trust.clone(),
         alert_gaps: gaps_from(bus, &Feed::Alerts).await,
         result_gaps: gaps_from(bus, &Feed::Results).await,
     };
@@ -756,6 +945,7 @@ async fn lead(
         bus.subscribe(Feed::Heartbeats).await?,
         hb_tx,
         max_bytes,
+        opts.node_trust.clone(),
     ));
     let _decoder = AbortOnDrop(decoder);
     let mut heartbeats = futures::stream::poll_fn({
@@ -961,12 +1151,18 @@ impl Ctx {
             self.scratch = buf;
         }
         let mut done = Ok(());
-        for node in &removed {
-            if let Err(e) = self.state.remove(&node_key(node)).await {
-                done = Err(e);
-                break;
+        if self.seal.is_some() {
+            // A removal is sealed too (an empty record with its order), so
+            // that a record emptied on the bus is told apart from it.
+            items.extend(removed.iter().map(|n| (node_key(n), Bytes::new())));
+        } else {
+            for node in &removed {
+                if let Err(e) = self.state.remove(&node_key(node)).await {
+                    done = Err(e);
+                    break;
+                }
+                self.written.remove(node);
             }
-            self.written.remove(node);
         }
         if done.is_ok() {
             done = match self.seal_all(items) {
@@ -978,6 +1174,9 @@ impl Ctx {
             self.counters.inc(Counter::StateSaveFailed);
             self.unsaved.extend(nodes);
             return Err(e.into());
+        }
+        for node in &removed {
+            self.written.remove(node);
         }
         for (node, digest) in digests {
             self.written.insert(node, digest);
@@ -1064,6 +1263,7 @@ impl Ctx {
             DecodeError::TooDeep => "too_deep",
             DecodeError::Malformed(_) => "malformed",
             DecodeError::Invalid(_) => "invalid",
+            DecodeError::Untrusted(_) => "untrusted",
         };
         self.counters.inc(Counter::Rejected { feed, reason });
         tracing::warn!(subject, feed, error = %err, "rejected message");
@@ -1224,6 +1424,11 @@ impl Ctx {
                 )));
             }
         }
+        // Any other alert speaks for its node: with a key, it must be
+        // signed with it.
+        if let (Some(nodes), false) = (self.node_trust.as_deref(), own) {
+            check_node(nodes, NodeMessage::Alert, m, &alert.node)?;
+        }
         Ok(alert)
     }
 
@@ -1268,19 +1473,27 @@ impl Ctx {
         let mut work = Work::default();
         work.effects.extend(self.dropped("result", &batch, now));
         for m in batch {
-            let result = decode::<CommandResult>(&m.payload, self.max_bytes).and_then(|r| {
-                match Self::subject_mismatch(&m, &r.node) {
+            let result = decode::<CommandResult>(&m.payload, self.max_bytes)
+                .and_then(|r| match Self::subject_mismatch(&m, &r.node) {
                     None => Ok(r),
                     Some(e) => Err(e),
-                }
-            });
+                })
+                .and_then(|r| match self.node_trust.as_deref() {
+                    Some(nodes) => check_node(nodes, NodeMessage::Result, &m, &r.node).map(|_| r),
+                    None => Ok(r),
+                });
             match result {
                 Ok(result) => {
                     // A result stored under a message id (every agent's)
                     // and delivered again (after a stop before its ack) is
-                    // not handled, nor audited, twice.
+                    // not handled, nor audited, twice. Remembered by its
+                    // id ([`skos_bus::result_message_id`]), without the
+                    // signature a signed one's message id adds, as the
+                    // trail's results are at start.
                     let fresh = match message_id(&m) {
-                        Some(id) => self.results_seen.insert(id),
+                        Some(_) => self
+                            .results_seen
+                            .insert(&skos_bus::result_message_id(&result)),
                         None => true,
                     };
                     if fresh {
@@ -1528,14 +1741,24 @@ impl Ctx {
 
     /// State records as stored: sealed with the signing key when state is
     /// sealed ([`ServiceOptions::state_trust`]), as they are otherwise.
-    fn seal_all(&self, items: Vec<(String, Bytes)>) -> skos_bus::Result<Vec<(String, Bytes)>> {
+    /// Each sealed record carries its order: this coordinator's term and
+    /// the time of the write ([`SealOrder`]), which the restorer checks
+    /// against the audit trail. Never earlier than the last write's (a
+    /// clock stepped back within a term does not make a newer record look
+    /// older than an event audited before the step).
+    fn seal_all(&mut self, items: Vec<(String, Bytes)>) -> skos_bus::Result<Vec<(String, Bytes)>> {
         let Some(signer) = self.seal.as_deref() else {
             return Ok(items);
+        };
+        self.sealed_at = self.sealed_at.max(chrono::Utc::now().timestamp_millis());
+        let order = SealOrder {
+            term: self.seal_term,
+            at_ms: self.sealed_at,
         };
         items
             .into_iter()
             .map(|(key, bytes)| {
-                let sealed = signer.seal_state(&key, &bytes)?;
+                let sealed = signer.seal_state_ordered(&key, order, &bytes)?;
                 Ok((key, Bytes::from(sealed)))
             })
             .collect()
@@ -1717,12 +1940,14 @@ async fn decode_heartbeats(
     feed: skos_bus::Subscription,
     tx: tokio::sync::mpsc::Sender<Vec<Decoded<Heartbeat>>>,
     max_bytes: usize,
+    trust: Option<Arc<skos_bus::trust::NodeVerifier>>,
 ) {
     let mut feed = feed.ready_chunks(BATCH);
+    let mut last = HashMap::new();
     while let Some(messages) = feed.next().await {
         let batch = messages
             .into_iter()
-            .map(|m| decode_heartbeat(m, max_bytes))
+            .map(|m| decode_heartbeat(m, max_bytes, trust.as_deref(), &mut last))
             .collect();
         if tx.send(batch).await.is_err() {
             return;
@@ -1730,13 +1955,62 @@ async fn decode_heartbeats(
     }
 }
 
-/// One heartbeat decoded and checked, or why it is refused.
-fn decode_heartbeat(m: Incoming, max_bytes: usize) -> Decoded<Heartbeat> {
+/// Check a node's message against the node's key: `Ok(Some(signer))`
+/// signed by it, `Ok(None)` taken unsigned (the node has no key and
+/// node signatures are not required), or why it is refused.
+fn check_node(
+    trust: &skos_bus::trust::NodeVerifier,
+    kind: NodeMessage,
+    m: &Incoming,
+    node: &NodeName,
+) -> Result<Option<String>, DecodeError> {
+    let headers = skos_bus::trust::CommandHeaders {
+        signer: m.header(skos_bus::trust::HEADER_SIGNER),
+        signature: m.header(skos_bus::trust::HEADER_SIGNATURE),
+        context: m.header(skos_bus::trust::HEADER_CONTEXT),
+    };
+    trust
+        .check(kind, &m.subject, node.as_str(), &m.payload, &headers)
+        .map_err(|e| {
+            DecodeError::Untrusted(format!(
+                "{} of node {node} not signed with its key (trust.node_keys): {e}",
+                kind.as_str()
+            ))
+        })
+}
+
+/// One heartbeat decoded and checked, or why it is refused. With node
+/// keys, a heartbeat of a node with a key must be signed with it, and be
+/// newer than the last signed one taken from that node (`last`): a signed
+/// heartbeat seen on the bus and published again (to make a silent node
+/// look alive) is refused.
+fn decode_heartbeat(
+    m: Incoming,
+    max_bytes: usize,
+    trust: Option<&skos_bus::trust::NodeVerifier>,
+    last: &mut HashMap<NodeName, chrono::DateTime<chrono::Utc>>,
+) -> Decoded<Heartbeat> {
     let hb = decode::<Heartbeat>(&m.payload, max_bytes)
         .and_then(|h| h.validate().map(|()| h))
         .and_then(|hb| match Ctx::subject_mismatch(&m, &hb.node) {
             None => Ok(hb),
             Some(e) => Err(e),
+        })
+        .and_then(|hb| {
+            let Some(trust) = trust else {
+                return Ok(hb);
+            };
+            if check_node(trust, NodeMessage::Heartbeat, &m, &hb.node)?.is_some() {
+                if last.get(&hb.node).is_some_and(|newest| hb.timestamp <= *newest) {
+                    return Err(DecodeError::Untrusted(format!(
+                        "signed heartbeat of {} from {} is not newer than one already taken (a replay)",
+                        hb.node,
+                        skos_core::timefmt::format(&hb.timestamp)
+                    )));
+                }
+                last.insert(hb.node.clone(), hb.timestamp);
+            }
+            Ok(hb)
         });
     match hb {
         Ok(hb) => Decoded::Ok(hb),
@@ -1826,6 +2100,58 @@ fn effect_node_ref(e: &Effect) -> Option<&NodeName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each node's last state event is ordered by term, then time; refusals
+    /// and entries without a node do not count. A node whose record is
+    /// ordered below it, missing, or sealed without an order is listed.
+    #[test]
+    fn a_record_older_than_its_nodes_last_audited_event_is_found() {
+        let rec = |event: &str, node: Option<&str>, at: &str, term: Option<u64>| json!({"entry": {"event_type": event, "node": node, "timestamp": at, "term": term}});
+        let records = vec![
+            rec("alert", Some("a"), "2026-01-01T00:00:05Z", Some(2)),
+            // A later term with an earlier clock is still later.
+            rec("breaker", Some("a"), "2026-01-01T00:00:01Z", Some(3)),
+            rec("rejected", Some("a"), "2026-01-01T00:00:09Z", Some(3)),
+            rec("result", Some("b"), "2026-01-01T00:00:02Z", None),
+            rec("leader", None, "2026-01-01T00:00:09Z", Some(3)),
+            rec("node", Some("c"), "2026-01-01T00:00:03Z", None),
+            rec("command", Some("d"), "2026-01-01T00:00:03Z", None),
+            rec("command", Some("e"), "2026-01-01T00:00:03Z", None),
+        ];
+        let last = last_state_events(&records);
+        let ms = |t: &str| skos_core::timefmt::parse(t).unwrap().timestamp_millis();
+        assert_eq!(
+            last["node_a"].1,
+            SealOrder {
+                term: 3,
+                at_ms: ms("2026-01-01T00:00:01Z")
+            }
+        );
+        assert_eq!(last.len(), 5, "{last:?}");
+        let order = |term, t: &str| Some(SealOrder { term, at_ms: ms(t) });
+        let orders = HashMap::from([
+            // Written by term 2 after its event, but term 3 wrote since.
+            ("node_a".to_string(), order(2, "2026-01-01T00:00:06Z")),
+            // Written when its last event was (the same millisecond).
+            ("node_b".to_string(), order(0, "2026-01-01T00:00:02Z")),
+            // Written a second before its last event.
+            ("node_c".to_string(), order(0, "2026-01-01T00:00:02Z")),
+            ("node_d".to_string(), None),
+        ]);
+        let found = rollbacks(&last, &orders);
+        let names = |v: &[&str]| -> Vec<NodeName> {
+            v.iter().map(|n| NodeName::parse(n).unwrap()).collect()
+        };
+        assert_eq!(
+            found,
+            Rollbacks {
+                older: names(&["a", "c"]),
+                missing: names(&["e"]),
+                unordered: names(&["d"]),
+            }
+        );
+        assert_eq!(found.count(), 4);
+    }
 
     #[test]
     fn large_snapshots_are_compressed_small_ones_plain_and_both_read() {

@@ -55,6 +55,9 @@ pub enum Counter<'a> {
     EscalationsMesh,
     MeshNodeProblems,
     StateUnreadable,
+    /// Nodes whose saved state, at start, was older than the audit trail
+    /// says (rolled back, emptied or replaced on the bus).
+    StateRolledBack,
     StateSaveFailed,
     /// An audit append failed: new actions wait until the trail is
     /// writable again.
@@ -128,6 +131,7 @@ impl Counter<'_> {
             EscalationsMesh => "escalations.mesh",
             MeshNodeProblems => "mesh.node_problems",
             StateUnreadable => "state.unreadable",
+            StateRolledBack => "state.rolled_back",
             StateSaveFailed => "state.save_failed",
             AuditWriteFailed => "audit.write_failed",
             Leader(e) => return format!("leader.{e}").into(),

@@ -33,6 +33,11 @@ pub enum DecodeError {
     Malformed(String),
     #[error("invalid message: {0}")]
     Invalid(String),
+    /// Well formed, but not signed as its sender must sign it (a node's
+    /// message without its node key's signature, a coordinator's own alert
+    /// without a coordinator's).
+    #[error("untrusted message: {0}")]
+    Untrusted(String),
 }
 
 /// Decode a message with the size and depth limits applied before parsing.
@@ -499,6 +504,10 @@ pub enum AuditEvent {
     /// The effectiveness ledger changed what a decision tries: the
     /// table's actions, the ones chosen and the records behind it.
     Learned,
+    /// At start, nodes' saved state older than the audit trail says it
+    /// must be (written back, emptied or replaced on the bus), listed by
+    /// node.
+    StateRollback,
 }
 
 impl AuditEvent {
@@ -525,6 +534,7 @@ impl AuditEvent {
             AuditEvent::Placement => "placement",
             AuditEvent::Approval => "approval",
             AuditEvent::Learned => "learned",
+            AuditEvent::StateRollback => "state_rollback",
         }
     }
 }

@@ -416,6 +416,22 @@ async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
         }
         None => None,
     };
+    // Nodes' keys: a node's messages are taken only signed with its key.
+    let node_trust = if cfg.trust.node_keys.is_empty() && !cfg.trust.require_node_signatures {
+        tracing::warn!("nodes' messages are not checked (no trust.node_keys): on a server without SKOS's permissions anyone can speak for a node");
+        None
+    } else {
+        let v = skos_bus::trust::NodeVerifier::new(
+            &cfg.trust.node_keys,
+            cfg.trust.require_node_signatures,
+        )?;
+        tracing::info!(
+            keyed_nodes = v.key_count(),
+            required = v.required(),
+            "nodes' heartbeats, alerts and results are checked against their keys"
+        );
+        Some(Arc::new(v))
+    };
     let state = StateStore::jetstream(&nats).await?;
     // A trail or state that can be deleted or purged is refused: locked
     // here where this credential may, else an error saying how.
@@ -453,6 +469,7 @@ async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
             signer,
             election: Some(lease),
             state_trust,
+            node_trust,
             ..Default::default()
         },
         stopped(rx),
@@ -488,7 +505,25 @@ async fn agent(cfg: Config) -> Result<ExitCode> {
     // Before logging in: an agent that trusts its own login key as a
     // coordinator key would run what a NATS server had it sign.
     refuse_key_conflicts(&cfg, None)?;
-    let nats = connect(&cfg, &format!("skos-agent-{}", cfg.node.name)).await?;
+    // The node's own key signs its heartbeats, alerts and results; never
+    // its login key.
+    let node_signer = match &cfg.trust.node_key_file {
+        Some(path) => {
+            warn_if_exposed(path);
+            let s = Signer::from_seed_file(path)?;
+            let found = skos_bus::trust::node_key_conflicts(&s, &login_files(&cfg))?;
+            if let Some(c) = found.first() {
+                bail!("{}: {}", c.key, c.message);
+            }
+            tracing::info!(public_key = %s.public_key(), "heartbeats, alerts and results are signed with the node key");
+            Some(Arc::new(s))
+        }
+        None => None,
+    };
+    let mut nats = connect(&cfg, &format!("skos-agent-{}", cfg.node.name)).await?;
+    if let Some(s) = node_signer {
+        nats = nats.with_node_signer(s);
+    }
     if let Err(e) = nats.prepare_agent(&cfg.node.name).await {
         tracing::warn!(node = %cfg.node.name, error = %e, "streams not set up yet");
     }
@@ -1037,6 +1072,23 @@ fn config_check(arg: &ConfigArg) -> Result<ExitCode> {
                     message: format!("cannot read a login key file: {e}"),
                 }),
             }
+            // The node's own key: readable, and never its login key.
+            if let Some(p) = cfg.trust.node_key_file.as_ref().filter(|p| p.exists()) {
+                let found = Signer::from_seed_file(p)
+                    .and_then(|s| skos_bus::trust::node_key_conflicts(&s, &present));
+                match found {
+                    Ok(found) => env_issues.extend(found.into_iter().map(|c| {
+                        skos_core::config::ConfigIssue {
+                            path: c.key.into(),
+                            message: c.message,
+                        }
+                    })),
+                    Err(e) => env_issues.push(skos_core::config::ConfigIssue {
+                        path: "trust.node_key_file".into(),
+                        message: e.to_string(),
+                    }),
+                }
+            }
             let mut seen = Vec::new();
             env_issues.retain(|i| {
                 let new = !seen.contains(i);
@@ -1170,7 +1222,7 @@ fn keys_generate(out: &std::path::Path, force: bool) -> Result<ExitCode> {
         "skos: wrote the seed to {} (mode 600; keep it secret)",
         out.escaped()
     );
-    eprintln!("skos: set trust.signing_key_file on the coordinator, and this public key in trust.coordinator_keys on every agent:");
+    eprintln!("skos: for the coordinator's key: set trust.signing_key_file on the coordinator, and this public key in trust.coordinator_keys on every agent; for a node's key: set trust.node_key_file on that node's agent, and this public key under its name in the coordinator's trust.node_keys:");
     println!("{public}");
     Ok(ExitCode::SUCCESS)
 }

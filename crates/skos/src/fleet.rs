@@ -105,6 +105,9 @@ pub fn operator_permissions() -> String {
 /// an agent `operator` would share the operator's inbox).
 const RESERVED_FILES: [&str; 3] = ["coordinator", "coordinator-signing", "operator"];
 
+/// Where, under `--out`, each node's own signing key goes (`<node>.nk`).
+const NODE_KEYS_DIR: &str = "node-keys";
+
 /// A node name as it goes into the server config: letters, digits, `-`
 /// and `_` only, so that no name can close a quoted subject and add a
 /// permission.
@@ -164,6 +167,11 @@ pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode
         .iter()
         .map(|f| out.join(format!("{f}.nk")))
         .chain(names.iter().map(|n| out.join(format!("{n}.nk"))))
+        .chain(
+            names
+                .iter()
+                .map(|n| out.join(NODE_KEYS_DIR).join(format!("{n}.nk"))),
+        )
         .collect();
     if let Some(there) = files.iter().find(|p| p.exists()).filter(|_| !force) {
         bail!(
@@ -190,6 +198,13 @@ pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode
             operator_permissions()
         ),
     ];
+    // Each node signs its heartbeats, alerts and results with a key of its
+    // own, apart from its login key (for the same reason as commands).
+    let node_keys_dir = out.join(NODE_KEYS_DIR);
+    skos_fs::Dir::private(&node_keys_dir).context("--out refused")?;
+    std::fs::set_permissions(&node_keys_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot chmod {}", node_keys_dir.escaped()))?;
+    let mut node_keys = Vec::new();
     for name in &names {
         let (seed, public) = Signer::generate()?;
         write_seed(&out.join(format!("{name}.nk")), &seed, force)?;
@@ -197,24 +212,31 @@ pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode
             "    # agent {name}\n    {{ nkey: {public}, {} }}",
             agent_permissions(name)
         ));
+        let (seed, public) = Signer::generate()?;
+        write_seed(&node_keys_dir.join(format!("{name}.nk")), &seed, force)?;
+        node_keys.push(format!("{name}: {public}"));
     }
     println!(
         "# nats-server authorization for a SKOS fleet, written by `skos fleet nats-config`.\n\
 # Login seeds: {dir}/coordinator.nk for the coordinator, {dir}/operator.nk for operators'\n\
 # skos status and skos audit (read only), {dir}/<node>.nk for each agent (set\n\
 # nats.nkey_seed_file to it). {dir}/coordinator-signing.nk signs commands\n\
-# (trust.signing_key_file only; never a login key). Unknown clients cannot connect.\n\
+# (trust.signing_key_file only; never a login key); {dir}/node-keys/<node>.nk signs\n\
+# each node's heartbeats, alerts and results (trust.node_key_file only). Unknown\n\
+# clients cannot connect.\n\
 authorization {{\n  users = [\n{}\n  ]\n}}",
         users.join("\n"),
         dir = out.escaped()
     );
     eprintln!(
-        "skos: wrote {} seed files to {} (mode 600). Coordinator: nats.nkey_seed_file: {}, trust.signing_key_file: {} (a separate key: never use a login key to sign commands). Operators: nats.nkey_seed_file: {}. Agents: trust.coordinator_keys: [{signing_public}]",
-        names.len() + 3,
+        "skos: wrote {} seed files to {} (mode 600). Coordinator: nats.nkey_seed_file: {}, trust.signing_key_file: {} (a separate key: never use a login key to sign commands), trust.node_keys: {{{}}}. Operators: nats.nkey_seed_file: {}. Agents: trust.coordinator_keys: [{signing_public}], trust.node_key_file: {}/<node>.nk",
+        2 * names.len() + 3,
         out.escaped(),
         out.join("coordinator.nk").escaped(),
         out.join("coordinator-signing.nk").escaped(),
-        out.join("operator.nk").escaped()
+        node_keys.join(", "),
+        out.join("operator.nk").escaped(),
+        node_keys_dir.escaped()
     );
     Ok(ExitCode::SUCCESS)
 }

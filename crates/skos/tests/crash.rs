@@ -279,6 +279,12 @@ fn check_trail(nats: &NatsServer) -> Vec<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let records = audit(nats);
+    // A crash and a restart never look like state written back on the bus.
+    assert_eq!(
+        audit_events(&records, "state_rollback"),
+        Vec::<Value>::new(),
+        "a restart after a crash reported a rollback"
+    );
 
     let alerts = tally(
         stream_messages(nats, subjects::STREAM_ALERTS)
@@ -936,5 +942,111 @@ fn a_forged_node_record_and_lease_get_no_command_signed() {
             .filter(|l| l.contains("carrying") || l.contains("restored"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+// --- Rolled-back state: on a server without permissions any client can
+// write an older sealed record of a node back into `SKOS_STATE`, or empty
+// it. Each sealed record says when it was written; the trail says when
+// the node's state last changed.
+
+/// n1's sealed record, as any client of an open server reads it.
+fn read_node_record(nats: &NatsServer) -> Option<bytes::Bytes> {
+    rt().block_on(async {
+        let bus = connect(nats).await;
+        let state = skos_bus::StateStore::jetstream(&bus).await.unwrap();
+        state.load(&format!("node_{NODE}")).await.unwrap()
+    })
+}
+
+/// Write n1's record as any client of an open server can.
+fn write_node_record(nats: &NatsServer, bytes: bytes::Bytes) {
+    rt().block_on(async {
+        let bus = connect(nats).await;
+        let state = skos_bus::StateStore::jetstream(&bus).await.unwrap();
+        state.save(&format!("node_{NODE}"), bytes).await.unwrap();
+    })
+}
+
+/// The `state_rollback` records of the trail: the nodes each names as
+/// written back (`older`) and as missing.
+fn rollback_reports(nats: &NatsServer) -> Vec<(Vec<String>, Vec<String>)> {
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    audit_events(&audit(nats), "state_rollback")
+        .iter()
+        .map(|r| {
+            let d = &r["entry"]["data"];
+            (names(&d["older"]), names(&d["missing"]))
+        })
+        .collect()
+}
+
+/// n1's sealed record is read while n1 is healthy; n1 heats up, its
+/// throttle fails and opens its circuit; the coordinator stops and the old
+/// record is written back. The next coordinator does not restore it and
+/// reports it (`state_rollback`, n1 written back). Then the record is
+/// emptied: the next coordinator reports n1's state missing.
+#[test]
+fn an_older_sealed_state_record_written_back_is_not_restored_and_is_reported() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(work.path(), Setup::ThrottlesFail);
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 2, MIN, MAX);
+    let mut coord = coordinator_armed(&nats, &cfg, work.path(), "coordinator", None);
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), NODE);
+    wait_for(Duration::from_secs(30), "n1 healthy", || {
+        status(&nats).filter(|s| node(s, NODE).is_some_and(|n| n["status"] == "healthy"))
+    });
+    let old = wait_for(Duration::from_secs(10), "n1's record written", || {
+        read_node_record(&nats)
+    });
+    assert!(old.starts_with(b"SKOSSIG"), "sealed");
+    cpu.heat(87.0);
+    wait_for(Duration::from_secs(30), "n1's circuit open", || {
+        status(&nats).filter(|s| s["open_circuits"].as_array().is_some_and(|c| !c.is_empty()))
+    });
+    assert_ne!(read_node_record(&nats).unwrap(), old);
+    coord.sigterm();
+    assert!(rollback_reports(&nats).is_empty());
+    write_node_record(&nats, old.clone());
+    let mut coord = coordinator_armed(&nats, &cfg, work.path(), "coordinator-2", None);
+    let reports = wait_for(Duration::from_secs(30), "the rollback reported", || {
+        Some(rollback_reports(&nats)).filter(|r| !r.is_empty())
+    });
+    assert_eq!(
+        reports,
+        [(vec![NODE.to_string()], Vec::<String>::new())],
+        "n1 reported as written back"
+    );
+    let log = coord.log_text();
+    assert!(
+        log.contains("older than its last audited event") && log.contains("not restored"),
+        "{log}"
+    );
+    // The next records are sealed again; then n1's record is emptied.
+    wait_for(Duration::from_secs(10), "n1's record written again", || {
+        read_node_record(&nats).filter(|r| *r != old)
+    });
+    coord.sigterm();
+    write_node_record(&nats, bytes::Bytes::new());
+    let _coord = coordinator_armed(&nats, &cfg, work.path(), "coordinator-3", None);
+    let reports = wait_for(Duration::from_secs(30), "the wipe reported", || {
+        Some(rollback_reports(&nats)).filter(|r| r.len() == 2)
+    });
+    assert_eq!(
+        reports[1],
+        (Vec::<String>::new(), vec![NODE.to_string()]),
+        "n1 reported as missing"
     );
 }

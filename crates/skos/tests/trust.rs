@@ -400,6 +400,35 @@ fn fleet_nats_config_writes_a_signing_key_apart_from_every_login_key() {
         !config.contains(&signing.public_key()),
         "the signing key must not be a NATS user: {config}"
     );
+    // Each node has a signing key of its own, apart from every login key,
+    // listed for the coordinator's trust.node_keys.
+    let node_keys: Vec<Signer> = ["nova", "lyra"]
+        .iter()
+        .map(|n| Signer::from_seed_file(&keys.join("node-keys").join(format!("{n}.nk"))).unwrap())
+        .collect();
+    assert!(
+        stderr.contains(&format!(
+            "trust.node_keys: {{nova: {}, lyra: {}}}",
+            node_keys[0].public_key(),
+            node_keys[1].public_key()
+        )),
+        "{stderr}"
+    );
+    for k in &node_keys {
+        assert!(skos_bus::trust::node_key_conflicts(k, &logins)
+            .unwrap()
+            .is_empty());
+        assert!(
+            !config.contains(&k.public_key()),
+            "a node key is a NATS user: {config}"
+        );
+    }
+    // A node key that is its login key is found.
+    let login = Signer::from_seed_file(&keys.join("nova.nk")).unwrap();
+    assert_eq!(
+        skos_bus::trust::node_key_conflicts(&login, &logins).unwrap()[0].key,
+        "trust.node_key_file"
+    );
 
     // Run again: nothing is replaced without --force (agents already
     // trust the signing key), and a node may not take the name of the
@@ -515,6 +544,44 @@ fn a_login_key_trusted_as_a_coordinator_key_is_refused_everywhere() {
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("trust.coordinator_keys") && stderr.contains("never be trusted"),
+        "{stderr}"
+    );
+
+    // Nor may a node sign its messages with its login key: config check
+    // says so, and the agent refuses to start, before it connects.
+    let agent_cfg = work.path().join("agent-node-key.yaml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "nats:\n  nkey_seed_file: {}\ntrust:\n  node_key_file: {}\n",
+            key.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = run({
+        let mut c = skos();
+        c.args(["config", "check", "--config"]).arg(&agent_cfg);
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("trust.node_key_file"), "{text}");
+    let out = run({
+        let mut c = skos();
+        c.arg("agent")
+            .arg("--config")
+            .arg(&agent_cfg)
+            .arg("--data-dir")
+            .arg(work.path().join("agent-data"))
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .env("NODE_NAME", "nova");
+        c
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("trust.node_key_file") && stderr.contains("login key"),
         "{stderr}"
     );
 }
@@ -767,4 +834,254 @@ fn a_node_cannot_preempt_the_coordinators_clock_skew_alert_about_itself() {
         clock_skew_raised(true),
         "a node hid its own skewed clock by an unsigned alert under the coordinator's alert id"
     );
+}
+
+/// The `trust:` section with a coordinator key and a key of nova's own
+/// (`skos keys generate`): nova's agent signs its heartbeats, alerts and
+/// results with it, and the coordinator takes nova's messages only signed
+/// with it. `extra` lines go under `trust:` too.
+fn node_trust_section(dir: &Path, extra: &str) -> String {
+    let key = dir.join("nova-node.nk");
+    let out = run({
+        let mut c = skos();
+        c.args(["keys", "generate", "--out"]).arg(&key);
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    format!(
+        "{}  node_key_file: {}\n  node_keys: {{nova: {public}}}\n{extra}",
+        trust_section(dir),
+        key.display()
+    )
+}
+
+/// Audit records of messages refused as not signed with their node's key,
+/// on a subject starting with `subject`.
+fn untrusted(records: &[Value], subject: &str) -> Vec<String> {
+    audit_events(records, "rejected")
+        .into_iter()
+        .filter(|e| {
+            e["entry"]["data"]["subject"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(subject))
+                && e["entry"]["data"]["reason"] == "untrusted"
+        })
+        .map(|e| e["entry"]["summary"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// A stranger who knows (or guesses) a command's id stores a result under
+/// the message id a node's result would take (`nova:<id>:succeeded`),
+/// before the node answers. Nova signs its results with its own key and
+/// stores them under an id that holds a signature of that id: the forged
+/// result is refused and audited as such, nova's own is handled; sent
+/// again (a redelivered command answered from the record, with a new
+/// timestamp), nova's result takes the same message id and is handled
+/// once.
+#[test]
+fn a_stranger_cannot_preempt_a_signed_nodes_result_by_its_id() {
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let sys = FakeSysfs::new();
+    sys.coretemp(50.0, &[]);
+    fake_cpufreq(sys.root(), 2, 800_000, MAX);
+    let cfg = fast_config(work.path(), &node_trust_section(work.path(), ""));
+    let key = Signer::from_seed_file(&work.path().join("coordinator.nk")).unwrap();
+    let _coord = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let a = agent(&nats, &cfg, work.path(), sys.root(), "agent-nova");
+    wait_for(Duration::from_secs(30), "nova joined", || {
+        status(&nats).filter(|s| node(s, "nova").is_some())
+    });
+    assert!(
+        a.log_text().contains("signed with the node key"),
+        "{}",
+        a.log_text()
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bus = Bus::Nats(
+        rt.block_on(NatsBus::connect(&NatsOptions::new(nats.url(), "stranger")))
+            .unwrap(),
+    );
+    let forged: skos_core::protocol::CommandResult = serde_json::from_value(json!({
+        "action_id": "pre-1", "action_type": "throttle_50", "node": "nova",
+        "agent_id": "skos-agent-nova", "status": "succeeded", "message": "forged",
+        "timestamp": skos_core::timefmt::format(&chrono::Utc::now()),
+    }))
+    .unwrap();
+    assert_eq!(skos_bus::result_message_id(&forged), "nova:pre-1:succeeded");
+    rt.block_on(bus.publish_result(&forged)).unwrap();
+    let cmd = command("pre-1", "throttle_50", "nova", 120);
+    let headers = signed(&key, &cmd);
+    let send = |headers: &[(String, String)]| {
+        rt.block_on(bus.publish_raw_with_headers("skos.command.nova", cmd.clone(), headers))
+            .unwrap()
+    };
+    send(&headers);
+    let answers = wait_for(Duration::from_secs(30), "nova's own result handled", || {
+        let s = status_of(&nats, "pre-1");
+        s.iter().any(|s| !s.ends_with("forged")).then_some(s)
+    });
+    assert!(
+        answers.iter().all(|s| !s.ends_with("forged")),
+        "the stranger's result was handled: {answers:?}"
+    );
+    assert_eq!(read_khz(sys.root(), 0), MAX / 2);
+    let refused = untrusted(&audit(&nats), "skos.result.nova");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("unsigned"), "{refused:?}");
+    // Delivered again: answered from the record, under the same message id.
+    send(&headers);
+    wait_for(Duration::from_secs(20), "the replay answered", || {
+        a.log_text()
+            .contains("answered with its recorded outcome")
+            .then_some(())
+    });
+    // A later command's result is handled after the replay's would be.
+    let next = command("next-1", "reset_throttle", "nova", 120);
+    rt.block_on(bus.publish_raw_with_headers(
+        "skos.command.nova",
+        next.clone(),
+        &signed(&key, &next),
+    ))
+    .unwrap();
+    wait_status(&nats, "next-1", "succeeded");
+    assert_eq!(
+        status_of(&nats, "pre-1").len(),
+        1,
+        "{:?}",
+        status_of(&nats, "pre-1")
+    );
+}
+
+/// Nova has a key, and node signatures are required: an alert for nova
+/// that nobody signed, or a stranger signed; a heartbeat of nova's that
+/// nobody signed, or nova's own signed heartbeat published again (to make
+/// nova look alive once it falls silent); a heartbeat from lyra, which has
+/// no key: each is refused (never handled), audited and counted. Nova's
+/// own keep being taken.
+#[test]
+fn forged_heartbeats_and_alerts_of_a_keyed_node_are_refused_and_audited() {
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = fast_config(
+        work.path(),
+        &node_trust_section(work.path(), "  require_node_signatures: true\n"),
+    );
+    let sys = FakeSysfs::new();
+    sys.coretemp(50.0, &[48.0]);
+    let _coordinator = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), "agent-nova");
+    wait_for(Duration::from_secs(30), "nova joined", || {
+        status(&nats).filter(|s| node(s, "nova").is_some())
+    });
+    let alert = |id: &str| -> skos_core::protocol::Alert {
+        serde_json::from_value(json!({
+            "alert_id": id, "agent_id": "thermal-sentinel-nova", "type": "thermal",
+            "severity": "critical", "node": "nova", "message": "forged",
+            "details": {"sensor": "cpu", "temp": 99.0},
+            "timestamp": skos_core::timefmt::format(&chrono::Utc::now()),
+        }))
+        .unwrap()
+    };
+    let heartbeat = |node: &str| -> skos_core::protocol::Heartbeat {
+        serde_json::from_value(json!({
+            "agent_id": format!("thermal-sentinel-{node}"), "agent_type": "thermal_sentinel",
+            "node": node, "timestamp": skos_core::timefmt::format(&chrono::Utc::now()),
+            "cpu_temp": 99.0, "gpu_temp": null,
+        }))
+        .unwrap()
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use futures::StreamExt;
+        let nats_bus = NatsBus::connect(&NatsOptions::new(nats.url(), "stranger"))
+            .await
+            .unwrap();
+        let mut hbs = nats_bus
+            .client()
+            .subscribe("skos.heartbeat.nova".to_string())
+            .await
+            .unwrap();
+        let client = nats_bus.client().clone();
+        let bus = Bus::Nats(nats_bus);
+        bus.publish_alert(&alert("forged-unsigned")).await.unwrap();
+        let stranger = Signer::ephemeral();
+        let a = alert("forged-stranger");
+        let payload = Bytes::from(serde_json::to_vec(&a).unwrap());
+        let headers = stranger
+            .sign_node(
+                skos_bus::trust::NodeMessage::Alert,
+                "skos.alert.nova",
+                "nova",
+                &payload,
+            )
+            .unwrap();
+        bus.publish_raw_with_headers("skos.alert.nova", payload, &headers)
+            .await
+            .unwrap();
+        bus.publish_heartbeat(&heartbeat("nova")).await.unwrap();
+        bus.publish_heartbeat(&heartbeat("lyra")).await.unwrap();
+        // Nova's own signed heartbeat, published again as it was.
+        let real = loop {
+            let m = hbs.next().await.unwrap();
+            if m.headers.is_some() {
+                break m;
+            }
+        };
+        let headers: Vec<(String, String)> = real
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
+            .collect();
+        assert!(
+            headers.iter().any(|(k, _)| k == HEADER_SIGNATURE),
+            "nova's heartbeat is signed: {headers:?}"
+        );
+        bus.publish_raw_with_headers("skos.heartbeat.nova", real.payload.clone(), &headers)
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    });
+    let records = wait_for(Duration::from_secs(30), "every forgery refused", || {
+        let r = audit(&nats);
+        let alerts = untrusted(&r, "skos.alert.nova");
+        let nova = untrusted(&r, "skos.heartbeat.nova");
+        let lyra = untrusted(&r, "skos.heartbeat.lyra");
+        (alerts.len() == 2 && nova.len() == 2 && lyra.len() == 1).then_some(r)
+    });
+    let alerts = untrusted(&records, "skos.alert.nova");
+    assert!(alerts.iter().any(|s| s.contains("unsigned")), "{alerts:?}");
+    assert!(
+        alerts.iter().any(|s| s.contains("unknown key")),
+        "{alerts:?}"
+    );
+    let nova = untrusted(&records, "skos.heartbeat.nova");
+    assert!(nova.iter().any(|s| s.contains("unsigned")), "{nova:?}");
+    assert!(nova.iter().any(|s| s.contains("a replay")), "{nova:?}");
+    assert!(
+        untrusted(&records, "skos.heartbeat.lyra")[0].contains("has no key"),
+        "{records:?}"
+    );
+    assert!(
+        !records.iter().any(|r| r["entry"]["event_type"] == "alert"
+            && r["entry"]["data"]["alert"]["alert_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("forged"))),
+        "a forged alert was handled"
+    );
+    let s = status(&nats).unwrap();
+    assert_eq!(s["open_alerts"], json!([]), "{s}");
+    assert!(
+        node(&s, "lyra").is_none(),
+        "lyra joined on an unsigned heartbeat: {s}"
+    );
+    // Nova's own heartbeats are still taken: it stays online.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = status(&nats).unwrap();
+    assert_eq!(node(&s, "nova").unwrap()["status"], "healthy", "{s}");
 }

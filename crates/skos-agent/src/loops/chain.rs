@@ -45,6 +45,7 @@ fn reject_reason(e: &DecodeError) -> &'static str {
         DecodeError::TooDeep => "too_deep",
         DecodeError::Malformed(_) => "malformed",
         DecodeError::Invalid(_) => "invalid",
+        DecodeError::Untrusted(_) => "untrusted",
     }
 }
 

@@ -1247,6 +1247,31 @@ storage:
         }
     }
 
+    /// Each node key belongs to a valid node name, is a public key, and
+    /// is no coordinator key.
+    #[test]
+    fn node_keys_are_nkeys_public_keys_of_named_nodes() {
+        let good = format!("U{}23456", "A".repeat(50));
+        let other = format!("U{}23457", "A".repeat(50));
+        assert!(paths(&format!(
+            "trust: {{node_keys: {{nova: {good}, lyra: {other}}}, require_node_signatures: true}}"
+        ))
+        .is_empty());
+        let errs = Config::from_yaml("trust: {node_keys: {nova: 'U123'}}").unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "trust.node_keys.nova");
+        let errs =
+            Config::from_yaml(&format!("trust: {{node_keys: {{'a b': {good}}}}}")).unwrap_err();
+        assert_eq!(errs[0].path, "trust.node_keys.a b");
+        let errs = Config::from_yaml(&format!(
+            "trust: {{coordinator_keys: [{good}], node_keys: {{nova: {good}}}}}"
+        ))
+        .unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "trust.node_keys.nova");
+        assert!(errs[0].message.contains("coordinator_keys"), "{errs:?}");
+    }
+
     #[test]
     fn replay_window_may_be_zero_not_negative() {
         assert!(paths("trust: {replay_window: 0}").is_empty());

@@ -1,5 +1,6 @@
 //! `trust:`: who may order a node to act.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,20 @@ pub struct TrustConfig {
     /// `coordinator.command_deadline` below it (`skos up`, one config for
     /// both, refuses to start otherwise).
     pub max_deadline_seconds: f64,
+    /// This node's own nkeys seed file (`skos keys generate`, or the
+    /// `<node>-signing.nk` that `skos fleet nats-config` writes): the
+    /// agent signs its heartbeats, alerts and command results with it.
+    /// Never a NATS login key.
+    pub node_key_file: Option<PathBuf>,
+    /// Each node's public key (node name → `U...`), on the coordinator:
+    /// a message that speaks for a node listed here (its heartbeat, alert
+    /// or result) is taken only signed with that node's key; any other is
+    /// refused, counted and audited.
+    pub node_keys: BTreeMap<String, String>,
+    /// The coordinator refuses a heartbeat, alert or result from a node
+    /// that has no key in `node_keys` too (off: such a node's messages are
+    /// taken unsigned, as before node keys existed).
+    pub require_node_signatures: bool,
 }
 
 /// The longest `trust.max_deadline_seconds` may be (a day).
@@ -39,6 +54,9 @@ impl Default for TrustConfig {
             signing_key_file: None,
             replay_window: 7.0 * 86400.0,
             max_deadline_seconds: 900.0,
+            node_key_file: None,
+            node_keys: BTreeMap::new(),
+            require_node_signatures: false,
         }
     }
 }
@@ -64,15 +82,36 @@ impl Section for TrustConfig {
                 ),
             ));
         }
-        for (i, k) in self.coordinator_keys.iter().enumerate() {
-            if !(k.len() == 56
+        let public_key = |k: &str| {
+            k.len() == 56
                 && k.starts_with('U')
                 && k.chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
-            {
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        };
+        for (i, k) in self.coordinator_keys.iter().enumerate() {
+            if !public_key(k) {
                 out.push(issue(
                     format!("trust.coordinator_keys[{i}]"),
                     format!("{k:?} is not an nkeys public key (56 characters starting with U)"),
+                ));
+            }
+        }
+        for (node, k) in &self.node_keys {
+            if let Err(e) = crate::NodeName::parse(node) {
+                out.push(issue(
+                    format!("trust.node_keys.{}", node.escape_debug()),
+                    format!("not a node name: {e}"),
+                ));
+            }
+            if !public_key(k) {
+                out.push(issue(
+                    format!("trust.node_keys.{}", node.escape_debug()),
+                    format!("{k:?} is not an nkeys public key (56 characters starting with U)"),
+                ));
+            } else if self.coordinator_keys.iter().any(|c| c == k) {
+                out.push(issue(
+                    format!("trust.node_keys.{}", node.escape_debug()),
+                    "is also in trust.coordinator_keys: a node's key must be its own, never a coordinator's",
                 ));
             }
         }
