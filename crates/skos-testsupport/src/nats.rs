@@ -14,6 +14,8 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     config: Option<PathBuf>,
+    /// The address it listens on (`127.0.0.1`, or every address).
+    listen: &'static str,
 }
 
 /// Why no server could be started: `nats-server` missing is the usual one.
@@ -40,14 +42,25 @@ impl NatsServer {
         Self::start_with_config(None)
     }
 
+    /// Start one that listens on every address (random port), for agents
+    /// in other network namespaces reaching it over veth links.
+    pub fn start_on_every_address() -> NatsServer {
+        Self::start_listening(None, "0.0.0.0")
+    }
+
     /// Start with an extra server config file (auth, permissions, TLS).
     pub fn start_with_config(config: Option<PathBuf>) -> NatsServer {
+        Self::start_listening(config, "127.0.0.1")
+    }
+
+    fn start_listening(config: Option<PathBuf>, listen: &'static str) -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir for the JetStream store");
         let mut s = NatsServer {
             child: None,
             port: 0,
             store,
             config,
+            listen,
         };
         s.spawn(None);
         s
@@ -57,7 +70,7 @@ impl NatsServer {
         let bin = nats_server_binary().unwrap_or_else(|e| panic!("{e}"));
         let mut cmd = Command::new(bin);
         cmd.arg("-a")
-            .arg("127.0.0.1")
+            .arg(self.listen)
             .arg("-p")
             .arg(port.map(|p| p.to_string()).unwrap_or_else(|| "-1".into()))
             .arg("-js")

@@ -339,7 +339,7 @@ impl Engine {
         }
         self.check_verifications(&node, now, &mut out);
         let seen = placement::seen(&hb);
-        self.placement_heartbeat(&node, &seen, now, &mut out);
+        self.placement_heartbeat(&node, &seen, sent, now, &mut out);
         for kind in kinds::ALL {
             kind.on_heartbeat(self, &node, now, &mut out);
         }

@@ -351,6 +351,21 @@ pub enum ApprovalError {
     Unknown(String),
 }
 
+/// How a step's command goes: as a fence, as a half-open trial.
+#[derive(Debug, Clone, Copy)]
+struct Send {
+    fence: bool,
+    trial: bool,
+}
+
+/// The node a step's command goes to.
+fn step_node(step: &Step) -> &NodeName {
+    match step {
+        Step::Start { to, .. } => to,
+        Step::Stop { from, .. } => from,
+    }
+}
+
 /// What a heartbeat says of one workload on its node.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Seen {
@@ -835,7 +850,8 @@ impl Engine {
         let Some((workload, step)) = choice else {
             return false;
         };
-        self.send_step(
+        let target = step_node(&step).clone();
+        if let Err((why, detail)) = self.send_step(
             &workload,
             reason,
             step,
@@ -844,8 +860,62 @@ impl Engine {
             tried.to_vec(),
             now,
             out,
-        );
+        ) {
+            let problem = problem_of(&workload);
+            if reason.destructive() {
+                self.skip((&target, &problem, reason.as_str()), why, detail, now, out);
+            } else {
+                // Tried again on every tick or heartbeat: counted, not
+                // audited each time (the breaker's opening was).
+                self.counters
+                    .inc(skos_core::counters::Counter::ActionsSkipped(why.as_str()));
+            }
+        }
         true
+    }
+
+    /// Whether a step's command may go to `node` now: the breaker of
+    /// (node, `workload:<name>`, action) admits it and the node's action
+    /// rate has room. `Ok(trial)`: it may (as a half-open trial or not).
+    fn admit_step(
+        &mut self,
+        node: &NodeName,
+        workload: &str,
+        action: &str,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) -> Result<bool, (SkipReason, String)> {
+        use skos_core::breaker::{Admission, BreakerKey, Transition};
+        let key = BreakerKey::new(node.as_str(), problem_of(workload).as_str(), action);
+        let (admission, transition) = self.breakers.admit(&key, now);
+        if transition == Some(Transition::HalfOpened) {
+            out.push(audit(
+                AuditEvent::Breaker,
+                now,
+                Some(node),
+                format!(
+                    "circuit {} half-open: one trial allowed",
+                    super::key_str(&key)
+                ),
+                json!({"key": key, "state": "half_open"}),
+            ));
+        }
+        if admission == Admission::Deny {
+            return Err((
+                SkipReason::CircuitOpen,
+                format!("circuit {} is open", super::key_str(&key)),
+            ));
+        }
+        if !self.take_rate(node, now) {
+            if admission == Admission::Trial {
+                self.breakers.release_trial(&key);
+            }
+            return Err((
+                SkipReason::RateLimited,
+                "per-node action rate limit reached".into(),
+            ));
+        }
+        Ok(admission == Admission::Trial)
     }
 
     /// The best node to move `w` to from `from`: online, not itself hot,
@@ -904,16 +974,20 @@ impl Engine {
         tried: Vec<NodeName>,
         now: Timestamp,
         out: &mut Vec<Effect>,
-    ) {
-        let Some(p) = self.placement.by_workload.get_mut(workload) else {
-            return;
-        };
-        p.epoch += 1;
-        let epoch = p.epoch;
+    ) -> Result<(), (SkipReason, String)> {
         let (node, action) = match &step {
             Step::Start { to, .. } => (to.clone(), START),
             Step::Stop { from, .. } => (from.clone(), STOP),
         };
+        if !self.placement.by_workload.contains_key(workload) {
+            return Ok(());
+        }
+        let trial = self.admit_step(&node, workload, action, now, out)?;
+        let Some(p) = self.placement.by_workload.get_mut(workload) else {
+            return Ok(());
+        };
+        p.epoch += 1;
+        let epoch = p.epoch;
         let action_id = format!("{node}:{action}:{workload}:{epoch}");
         p.op = Some(Op {
             reason,
@@ -941,9 +1015,14 @@ impl Engine {
             format!("{} step: {what}", reason.as_str()),
             json!({"plan": reason.as_str(), "workload": workload, "step": step, "action_id": action_id, "alert_id": cause.alert_id}),
         ));
+        let how = Send {
+            fence: false,
+            trial,
+        };
         self.send_workload_command(
-            &node, action, action_id, workload, cause, severity, false, now, out,
+            &node, action, action_id, workload, cause, severity, how, now, out,
         );
+        Ok(())
     }
 
     /// Send `action` for `workload` to `node` as a pending command.
@@ -956,10 +1035,11 @@ impl Engine {
         workload: &str,
         cause: &Alert,
         severity: Severity,
-        fence: bool,
+        how: Send,
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) {
+        let Send { fence, trial } = how;
         let problem = problem_of(workload);
         let mut cmd = self.command(
             node,
@@ -981,7 +1061,7 @@ impl Engine {
             action: action.to_string(),
             severity,
             alert: cause.clone(),
-            trial: false,
+            trial,
             sent_at: None,
             deadline: None,
             reset: None,
@@ -1036,17 +1116,35 @@ impl Engine {
                         to: Some(to.clone()),
                     };
                     let cause = op.cause.clone();
-                    self.send_step(
+                    let (to, f) = (to.clone(), f.clone());
+                    let sent = self.send_step(
                         &workload,
                         op.reason,
                         step,
                         &cause,
                         op.severity,
-                        op.tried,
+                        op.tried.clone(),
                         now,
                         out,
                     );
-                    return;
+                    let Err((_, why)) = sent else {
+                        return;
+                    };
+                    // The stop cannot go now: running at its new place,
+                    // the old copy is fenced (stopped once it may be).
+                    let pl = self.placement_mut(&workload);
+                    pl.at = Some(to.clone());
+                    pl.shed_from = None;
+                    if !pl.fence.contains(&f) {
+                        pl.fence.push(f.clone());
+                    }
+                    out.push(audit(
+                        AuditEvent::Placement,
+                        now,
+                        Some(&home),
+                        format!("{plan}: {workload} healthy on {to}; stopping it on {f} held ({why}): fenced there"),
+                        json!({"plan": plan, "workload": workload, "outcome": "fenced", "from": f, "to": to, "reason": why}),
+                    ));
                 }
                 Some(f) => {
                     let (to, f) = (to.clone(), f.clone());
@@ -1192,6 +1290,7 @@ impl Engine {
         &mut self,
         node: &NodeName,
         seen: &[Seen],
+        agent_at: Timestamp,
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) {
@@ -1231,7 +1330,17 @@ impl Engine {
                     ),
                     json!({"workload": s.name, "outcome": "fence", "node": node, "at": at}),
                 ));
-                let action_id = format!("{node}:{STOP}:{}:{epoch}:fence", s.name);
+                // Named by the heartbeat that saw the copy (the same on
+                // every coordinator), so a fence that failed is sent anew.
+                let action_id = format!(
+                    "{node}:{STOP}:{}:{epoch}:fence:{}",
+                    s.name,
+                    agent_at.timestamp_millis()
+                );
+                let Ok(trial) = self.admit_step(node, &s.name, STOP, now, out) else {
+                    continue;
+                };
+                let how = Send { fence: true, trial };
                 self.send_workload_command(
                     node,
                     STOP,
@@ -1239,7 +1348,7 @@ impl Engine {
                     &s.name,
                     &cause,
                     Severity::Warning,
-                    true,
+                    how,
                     now,
                     out,
                 );
@@ -1250,7 +1359,7 @@ impl Engine {
                     to: node.clone(),
                     from: None,
                 };
-                self.send_step(
+                if let Err((why, _)) = self.send_step(
                     &name,
                     Reason::Supervise,
                     step,
@@ -1259,7 +1368,10 @@ impl Engine {
                     Vec::new(),
                     now,
                     out,
-                );
+                ) {
+                    self.counters
+                        .inc(skos_core::counters::Counter::ActionsSkipped(why.as_str()));
+                }
             }
         }
     }

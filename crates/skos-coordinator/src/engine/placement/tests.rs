@@ -629,3 +629,39 @@ fn the_fleet_comes_from_the_seeds_nodes_failover_and_the_workloads_defined() {
     let e = Engine::new(cfg, Counters::default(), "test");
     assert_eq!(placed(&e, "minio").as_deref(), Some("athena"));
 }
+
+#[test]
+fn steps_pass_the_breaker_a_workload_that_never_starts_is_not_tried_forever() {
+    let mut e = engine();
+    let mut sent = 0;
+    for i in 0..20 {
+        let at = f64::from(i) * 2.0;
+        let fx = e.on_heartbeat(hb("nova", 60.0, &[("qwen", "failed")], at), t(at));
+        let s = steps(&fx);
+        sent += s.len();
+        answer(&mut e, &fx, ResultStatus::Failed, at + 1.0);
+    }
+    // circuit_breaker.max_failures (5) failed starts, then the circuit is
+    // open: no more tries within its reset timeout.
+    assert_eq!(sent, 5);
+    let open = e.status(t(40.0)).open_circuits;
+    assert!(
+        open.iter()
+            .any(|c| c["problem"] == "workload:qwen" && c["action"] == START),
+        "{open:?}"
+    );
+}
+
+#[test]
+fn a_fence_that_failed_is_sent_again_under_a_new_id() {
+    let mut e = engine();
+    fleet_reports(&mut e, 60.0, 0.0);
+    let stale = [("backup", "running")];
+    let fx = e.on_heartbeat(hb("nova", 60.0, &stale, 1.0), t(1.0));
+    assert_eq!(steps(&fx), [step("nova", STOP, "backup")]);
+    let first = commands(&fx)[0].1.action_id.clone();
+    answer(&mut e, &fx, ResultStatus::Failed, 2.0);
+    let fx = e.on_heartbeat(hb("nova", 60.0, &stale, 3.0), t(3.0));
+    assert_eq!(steps(&fx), [step("nova", STOP, "backup")]);
+    assert_ne!(commands(&fx)[0].1.action_id, first);
+}
