@@ -321,14 +321,8 @@ fn render_line(id: &str, until: i64, outcome: Option<(ResultStatus, &str)>) -> S
 }
 
 fn parse_status(s: &str) -> Option<ResultStatus> {
-    [
-        ResultStatus::Succeeded,
-        ResultStatus::Failed,
-        ResultStatus::Rejected,
-        ResultStatus::Expired,
-        ResultStatus::Unsupported,
-    ]
-    .into_iter()
+    ResultStatus::ALL
+        .into_iter()
     .find(|st| st.as_str() == s)
 }
 
