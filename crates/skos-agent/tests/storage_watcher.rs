@@ -257,6 +257,7 @@ fn cleanup_temp_result(dir: &std::path::Path) -> skos_agent::Outcome {
         cause: None,
         problem: None,
         term: None,
+        level: None,
     };
     match w.execute(&cmd) {
         Execution::Done(o) => o,

@@ -1020,6 +1020,7 @@ fn results_for_unknown_commands_are_counted() {
         cause: None,
         problem: None,
         term: None,
+        level: None,
     };
     e.on_result(result(&stray, ResultStatus::Failed), t(0.0));
     assert_eq!(e.counters.get("results.unmatched"), 1);

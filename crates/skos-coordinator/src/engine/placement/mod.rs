@@ -35,9 +35,9 @@ use super::state::Pending;
 use super::{audit, Effect, Engine, SkipReason};
 
 /// The agent action that starts a workload on a node.
-pub(crate) const START: &str = "workload_start";
+pub(crate) const START: &str = skos_core::catalogue::WORKLOAD_START;
 /// The agent action that stops a workload on a node.
-pub(crate) const STOP: &str = "workload_stop";
+pub(crate) const STOP: &str = skos_core::catalogue::WORKLOAD_STOP;
 /// The parameter naming the workload in both.
 const WORKLOAD_PARAM: &str = "workload";
 
