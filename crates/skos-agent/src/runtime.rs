@@ -407,14 +407,15 @@ impl Agent {
                     lock(&self.executed).finish(&cmd.action_id, &o);
                     o
                 } else {
-                let execution = tokio::task::block_in_place(|| self.antibodies[i].execute(&cmd));
-                match execution {
-                    Execution::Done(o) => {
-                        lock(&self.executed).finish(&cmd.action_id, &o);
-                        o
+                    let execution =
+                        tokio::task::block_in_place(|| self.antibodies[i].execute(&cmd));
+                    match execution {
+                        Execution::Done(o) => {
+                            lock(&self.executed).finish(&cmd.action_id, &o);
+                            o
+                        }
+                        Execution::Background(job) => return self.spawn_job(i, cmd, m, job),
                     }
-                    Execution::Background(job) => return self.spawn_job(i, cmd, m, job),
-                }
                 }
             }
         };

@@ -98,9 +98,11 @@ impl Fixture {
     /// Heat the CPU to `c` and wait until a heartbeat says the agent read it.
     async fn temperature(&mut self, c: f64) {
         self.cpu.heat(c);
-        next(&mut self.beats, &format!("heartbeat at {c} °C"), |hb: &Heartbeat| {
-            hb.cpu_temp == Some(c)
-        })
+        next(
+            &mut self.beats,
+            &format!("heartbeat at {c} °C"),
+            |hb: &Heartbeat| hb.cpu_temp == Some(c),
+        )
         .await;
     }
 
@@ -111,9 +113,11 @@ impl Fixture {
             .await
             .unwrap();
         let id = cmd.action_id.clone();
-        next(&mut self.results, &format!("result of {id}"), |r: &CommandResult| {
-            r.action_id == id
-        })
+        next(
+            &mut self.results,
+            &format!("result of {id}"),
+            |r: &CommandResult| r.action_id == id,
+        )
         .await
     }
 }
@@ -129,7 +133,13 @@ async fn a_fault_gone_before_the_command_runs_is_answered_not_needed() {
     let mut alerts = bus.subscribe(Feed::Alerts).await.unwrap();
     let results = bus.subscribe(Feed::Results).await.unwrap();
     let signer = Signer::ephemeral();
-    let agent = Agent::new(config(&root, &signer), bus.clone(), Counters::default(), None).unwrap();
+    let agent = Agent::new(
+        config(&root, &signer),
+        bus.clone(),
+        Counters::default(),
+        None,
+    )
+    .unwrap();
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
         agent
@@ -159,7 +169,11 @@ async fn a_fault_gone_before_the_command_runs_is_answered_not_needed() {
     // written.
     f.temperature(60.0).await;
     let r = f
-        .run(command("nova:thermal:throttle_50:1", "throttle_50", Some(85.0)))
+        .run(command(
+            "nova:thermal:throttle_50:1",
+            "throttle_50",
+            Some(85.0),
+        ))
         .await;
     assert_eq!(r.status, ResultStatus::NotNeeded, "{r:?}");
     assert_eq!(r.details["reading"], 60.0, "{r:?}");
@@ -171,7 +185,11 @@ async fn a_fault_gone_before_the_command_runs_is_answered_not_needed() {
     // Still hot when it arrives: carried out.
     f.temperature(90.0).await;
     let r = f
-        .run(command("nova:thermal:throttle_50:2", "throttle_50", Some(85.0)))
+        .run(command(
+            "nova:thermal:throttle_50:2",
+            "throttle_50",
+            Some(85.0),
+        ))
         .await;
     assert_eq!(r.status, ResultStatus::Succeeded, "{r:?}");
     let capped = khz(&root);
@@ -180,7 +198,11 @@ async fn a_fault_gone_before_the_command_runs_is_answered_not_needed() {
     // Cool: a reset is never refused as not needed, even with a level.
     f.temperature(60.0).await;
     let r = f
-        .run(command("nova:thermal:reset_throttle:3", "reset_throttle", Some(75.0)))
+        .run(command(
+            "nova:thermal:reset_throttle:3",
+            "reset_throttle",
+            Some(75.0),
+        ))
         .await;
     assert_eq!(r.status, ResultStatus::Succeeded, "{r:?}");
     assert_eq!(khz(&root), [MAX; POLICIES], "restored");

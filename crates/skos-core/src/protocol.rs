@@ -595,7 +595,8 @@ mod tests {
     /// send none) and must be a finite number when present.
     #[test]
     fn a_command_level_is_optional_and_finite() {
-        let text = r#"{"action_id":"a","action_type":"throttle_10","timestamp":"2024-01-01T00:00:00Z"}"#;
+        let text =
+            r#"{"action_id":"a","action_type":"throttle_10","timestamp":"2024-01-01T00:00:00Z"}"#;
         let old: Command = decode(text.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES).unwrap();
         assert_eq!(old.level, None);
         assert!(!serde_json::to_string(&old).unwrap().contains("level"));

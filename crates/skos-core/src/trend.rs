@@ -34,11 +34,7 @@ impl Fit {
 /// The least-squares line through `points` (x, y); `None` with fewer than
 /// two points, with every x the same, or with a value that is not finite.
 pub fn least_squares(points: &[(f64, f64)]) -> Option<Fit> {
-    if points.len() < 2
-        || points
-            .iter()
-            .any(|(x, y)| !x.is_finite() || !y.is_finite())
-    {
+    if points.len() < 2 || points.iter().any(|(x, y)| !x.is_finite() || !y.is_finite()) {
         return None;
     }
     let n = points.len() as f64;
@@ -236,7 +232,9 @@ mod tests {
         let short = least_squares(&pts[..5]).unwrap();
         assert!(!TRUST.trusts(&short));
         // Nor is a rise slower than the minimum.
-        let slow: Vec<(f64, f64)> = (0..12).map(|i| (i as f64, 60.0 + 0.001 * i as f64)).collect();
+        let slow: Vec<(f64, f64)> = (0..12)
+            .map(|i| (i as f64, 60.0 + 0.001 * i as f64))
+            .collect();
         assert!(!TRUST.trusts(&least_squares(&slow).unwrap()));
         // Nor a fall.
         let fall: Vec<(f64, f64)> = (0..12).map(|i| (i as f64, 60.0 - i as f64)).collect();

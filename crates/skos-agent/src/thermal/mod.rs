@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 use skos_core::catalogue::{self, Executor};
 use skos_core::config::{Config, PredictConfig};
 use skos_core::level::{LevelRules, LevelTracker, Report};
-use skos_core::trend::{Fit, Window};
 use skos_core::protocol::{Alert, AlertKind, Command, Heartbeat, ResultStatus, Severity};
 use skos_core::timefmt::Timestamp;
+use skos_core::trend::{Fit, Window};
 use skos_core::NodeName;
 
 use crate::antibody::{Antibody, Execution, Precondition};
@@ -284,11 +284,7 @@ impl ThermalSentinel {
         level: Severity,
         now: Timestamp,
     ) -> Option<Alert> {
-        let rising = self
-            .trend(kind)
-            .window
-            .slope()
-            .is_some_and(|s| s > 0.0);
+        let rising = self.trend(kind).window.slope().is_some_and(|s| s > 0.0);
         let trend = match kind {
             SensorKind::Cpu => &mut self.cpu_trend,
             _ => &mut self.gpu_trend,
@@ -318,8 +314,10 @@ impl ThermalSentinel {
         );
         a.details.insert("threshold".into(), json!(critical));
         a.details.insert("reminder".into(), json!(false));
-        a.details
-            .insert(skos_core::events::EVENT_KEY.into(), json!(skos_core::events::PREDICTED));
+        a.details.insert(
+            skos_core::events::EVENT_KEY.into(),
+            json!(skos_core::events::PREDICTED),
+        );
         a.details.insert("seconds_to_critical".into(), json!(eta));
         Some(a)
     }

@@ -3527,7 +3527,10 @@ fn commands_carry_the_level_of_their_problem() {
         .clone();
     s.alert_id = "storage-1".into();
     let fx = e.on_alert(s, t(2.0));
-    assert!(commands(&fx).iter().all(|c| c.level == Some(90.0)), "{fx:?}");
+    assert!(
+        commands(&fx).iter().all(|c| c.level == Some(90.0)),
+        "{fx:?}"
+    );
     // A prediction is acted on as raised: its reading is below every
     // threshold by design.
     let mut p = alert(Severity::Warning, 65.0, 3.0);
@@ -3572,7 +3575,10 @@ fn a_not_needed_answer_closes_the_command_without_a_verdict() {
     assert_eq!(v[0].data["reason"], "avoided");
     assert_eq!(v[0].data["reading"], 60.0);
     assert_eq!(v[0].data["level"], 85.0);
-    assert_eq!(audits(&fx, "result")[0].data["result"]["status"], "not_needed");
+    assert_eq!(
+        audits(&fx, "result")[0].data["result"]["status"],
+        "not_needed"
+    );
     assert_eq!(e.counters.get("results.not_needed"), 1);
     assert_eq!(e.counters.get("remediations.avoided"), 1);
     assert_eq!(e.counters.get("breaker.failures"), 0);
@@ -3592,11 +3598,7 @@ fn a_not_needed_answer_closes_the_command_without_a_verdict() {
     assert_eq!(rec.failing_streak, 0);
     assert_eq!(rec.last_outcome, Some(ledger::Outcome::NotNeeded));
     let s = e.status(t(2.0));
-    let row = s
-        .ledger
-        .iter()
-        .find(|r| r.action == "throttle_50")
-        .unwrap();
+    let row = s.ledger.iter().find(|r| r.action == "throttle_50").unwrap();
     assert_eq!(row.not_needed, 1);
     let sent = s
         .recent_actions

@@ -342,7 +342,9 @@ mod tests {
         assert!(restores("reset_throttle"));
         assert!(rechecked_before_acting("throttle_10") && rechecked_before_acting("cleanup_temp"));
         assert!(!rechecked_before_acting("reset_throttle"));
-        assert!(!rechecked_before_acting(WORKLOAD_START) && !rechecked_before_acting(WORKLOAD_STOP));
+        assert!(
+            !rechecked_before_acting(WORKLOAD_START) && !rechecked_before_acting(WORKLOAD_STOP)
+        );
         assert!(!restores("throttle_10") && !restores("emergency_cleanup"));
         assert!(frees_space("archive_old") && !frees_space("alert_human"));
         assert!(spec("emergency_cleanup").is_some_and(|a| a.destructive));

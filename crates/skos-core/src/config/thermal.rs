@@ -297,7 +297,10 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         let p = &set.thermal.predict;
-        assert_eq!((p.window_seconds, p.horizon_seconds, p.min_samples), (60.0, 600.0, 4));
+        assert_eq!(
+            (p.window_seconds, p.horizon_seconds, p.min_samples),
+            (60.0, 600.0, 4)
+        );
         assert_eq!(p.min_r2, 0.8);
         for (yaml, key) in [
             ("window_seconds: 0", "thermal.predict.window_seconds"),
