@@ -30,6 +30,26 @@ pub struct Inventory {
     pub actuators: String,
 }
 
+/// Whether the problem a command answers is still there, as an
+/// antibody's current readings say ([`Antibody::precondition`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Precondition {
+    /// The reading is still at the command's level: act.
+    Holds,
+    /// The reading has cleared the command's level (fallen below it by the
+    /// antibody's hysteresis, as a level alert would clear): the problem is
+    /// gone, nothing is to be done.
+    Gone {
+        /// The reading now, in the problem's unit (°C, percent, mesh level).
+        reading: f64,
+        /// What it was read from (a sensor, a mount, an interface).
+        source: String,
+    },
+    /// The antibody has no current reading for the problem (or does not
+    /// know it): act, as without a check.
+    Unknown,
+}
+
 pub trait Antibody: Send + Sync {
     /// The antibody's name, as in `agent.antibodies` (`thermal_sentinel`).
     fn name(&self) -> &'static str;
@@ -62,6 +82,13 @@ pub trait Antibody: Send + Sync {
     /// Add this antibody's readings to a heartbeat.
     fn report(&self, hb: &mut Heartbeat);
     fn execute(&mut self, cmd: &Command) -> Execution;
+    /// Whether `problem` (a command's `problem`, e.g. `thermal:cpu`) is
+    /// still at `level` (its `level`) by the current readings. Asked just
+    /// before a command that carries both runs; must return at once. The
+    /// default: [`Precondition::Unknown`] (the command runs).
+    fn precondition(&self, _problem: &str, _level: f64) -> Precondition {
+        Precondition::Unknown
+    }
     /// What it found on this machine (logged once at start, after the
     /// first sensing pass); `None` for an antibody with nothing to say.
     fn inventory(&self) -> Option<Inventory> {

@@ -9,7 +9,12 @@
 //! not executed before (by `action_id`), of the current coordinator term
 //! (`term`), inside its deadline, and names an action an enabled antibody
 //! knows; otherwise the answer says why (`rejected`, `expired`,
-//! `unsupported`). Every command gets a result. A command delivered again
+//! `unsupported`). Just before a command runs, its problem is checked to
+//! be still there when the command says at what `level` (the antibody's
+//! current reading against it, [`Antibody::precondition`]); where the
+//! reading has cleared it, the command is answered `not_needed` and nothing
+//! is done (never for restoring actions or workload steps). Every command
+//! gets a result. A command delivered again
 //! after it was carried out is answered with the outcome it really had
 //! (kept in `executed`); one delivered again while it still runs is only
 //! acknowledged, its job answers when it finishes.
@@ -41,7 +46,7 @@ use tokio::sync::mpsc;
 use self::executed::{Executed, State};
 use self::term::Fence;
 
-use crate::antibody::{Antibody, Execution};
+use crate::antibody::{Antibody, Execution, Precondition};
 use crate::registry;
 use crate::{Outcome, Result};
 
@@ -431,13 +436,19 @@ impl Agent {
             ),
             (None, Some(i)) => {
                 self.remember(&cmd);
-                let execution = tokio::task::block_in_place(|| self.antibodies[i].execute(&cmd));
-                match execution {
-                    Execution::Done(o) => {
-                        lock(&self.executed).finish(&cmd.action_id, &o);
-                        o
+                if let Some(o) = not_needed(self.antibodies[i].as_ref(), &cmd) {
+                    lock(&self.executed).finish(&cmd.action_id, &o);
+                    o
+                } else {
+                    let execution =
+                        tokio::task::block_in_place(|| self.antibodies[i].execute(&cmd));
+                    match execution {
+                        Execution::Done(o) => {
+                            lock(&self.executed).finish(&cmd.action_id, &o);
+                            o
+                        }
+                        Execution::Background(job) => return self.spawn_job(i, cmd, m, job),
                     }
-                    Execution::Background(job) => return self.spawn_job(i, cmd, m, job),
                 }
             }
         };
@@ -594,6 +605,38 @@ enum Gate {
     Replay(Outcome),
     /// Executed before and still running: its job answers.
     Running,
+}
+
+/// The answer to `cmd` when its problem is gone: `not_needed`, saying the
+/// reading and the level, when the command carries a `problem` and a
+/// `level`, its action is one rechecked before acting
+/// ([`skos_core::catalogue::rechecked_before_acting`]) and `antibody`'s
+/// current reading has cleared the level. `None`: run it.
+fn not_needed(antibody: &dyn Antibody, cmd: &Command) -> Option<Outcome> {
+    let (Some(problem), Some(level)) = (cmd.problem.as_deref(), cmd.level) else {
+        return None;
+    };
+    if !skos_core::catalogue::rechecked_before_acting(&cmd.action_type) {
+        return None;
+    }
+    match antibody.precondition(problem, level) {
+        Precondition::Holds | Precondition::Unknown => None,
+        Precondition::Gone { reading, source } => {
+            tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, problem, level, reading, source = %source, "problem gone before the action ran: not acted on");
+            let mut o = Outcome::new(
+                ResultStatus::NotNeeded,
+                format!(
+                    "{problem} is gone: {source} reads {reading:.1}, cleared from {level}; {} not carried out",
+                    cmd.action_type
+                ),
+            );
+            o.details.insert("problem".into(), json!(problem));
+            o.details.insert("level".into(), json!(level));
+            o.details.insert("reading".into(), json!(reading));
+            o.details.insert("source".into(), json!(source));
+            Some(o)
+        }
+    }
 }
 
 /// The command gate, in order: addressed to this node; not executed before

@@ -75,6 +75,7 @@ fn command(action: &str, id: &str, params: serde_json::Value) -> Command {
         cause: None,
         problem: None,
         term: None,
+        level: None,
     }
 }
 

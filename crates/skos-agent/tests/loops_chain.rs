@@ -170,6 +170,7 @@ fn cmd(action: &str, id: &str, cause: Option<&str>, problem: Option<&str>) -> Co
         cause: cause.map(str::to_owned),
         problem: problem.map(str::to_owned),
         term: None,
+        level: None,
     }
 }
 

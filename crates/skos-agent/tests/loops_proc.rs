@@ -59,6 +59,7 @@ fn command(action: &str, cause: Option<&str>, problem: Option<&str>) -> Command 
         cause: cause.map(str::to_owned),
         problem: problem.map(str::to_owned),
         term: None,
+        level: None,
     }
 }
 

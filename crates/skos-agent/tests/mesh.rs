@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use skos_agent::antibody::{Antibody, Execution};
+use skos_agent::antibody::{Antibody, Execution, Precondition};
 use skos_agent::mesh::probe::{probe, ProbeOpts};
 use skos_agent::mesh::wg::parse_dump;
 use skos_agent::mesh::MeshHealer;
@@ -177,9 +177,16 @@ fn killed_tunnel_is_sensed_restarted_and_recovers() {
         );
         assert_eq!(hb.metadata["mesh"]["peers"]["hermes"]["level"], 0, "{hb:?}");
         assert_eq!(hb.metadata["mesh"]["peers"]["hermes"]["node"], "hermes");
+        // The check before acting: a tunnel that is up is no problem.
+        let problem = format!("mesh:{}", p.if_a);
+        assert!(
+            matches!(h.precondition(&problem, 1.0), Precondition::Gone { reading, .. } if reading == 0.0)
+        );
+        assert_eq!(h.precondition("mesh:nowhere", 1.0), Precondition::Unknown);
 
         assert_eq!(netns::kill_wireguard(&p.if_a), 1);
         let a = sense_until(&mut h, &p.if_a, "tunnel_down");
+        assert_eq!(h.precondition(&problem, 1.0), Precondition::Holds);
         assert_eq!(a.severity, Severity::Critical);
         assert_eq!(a.details["event"], "tunnel_down");
         // Just after the kill the tun device may linger a moment.
@@ -202,6 +209,10 @@ fn killed_tunnel_is_sensed_restarted_and_recovers() {
         let back = sense_until(&mut h, &p.if_a, "recovery");
         assert_eq!(back.severity, Severity::Normal);
         assert_eq!(back.details["recovered"], Value::Bool(true));
+        assert!(matches!(
+            h.precondition(&problem, 1.0),
+            Precondition::Gone { .. }
+        ));
         // Unknown targets are refused: names come from the config only.
         let o = run(h.execute(&cmd("restart_wireguard", "mesh:eth0")));
         assert_eq!(o.status, ResultStatus::Rejected);

@@ -257,6 +257,7 @@ fn cleanup_temp_result(dir: &std::path::Path) -> skos_agent::Outcome {
         cause: None,
         problem: None,
         term: None,
+        level: None,
     };
     match w.execute(&cmd) {
         Execution::Done(o) => o,
@@ -311,4 +312,40 @@ fn a_file_name_that_is_not_utf8_keeps_the_results_details() {
         .as_str()
         .unwrap()
         .ends_with("/tmp"));
+}
+
+/// The check before acting on a real tmpfs: the mount's problem holds
+/// while it is full, and is gone once a file was deleted and the usage
+/// read again (below the level by the hysteresis); another mount's or
+/// kind's problem is unknown.
+#[test]
+fn the_precondition_follows_the_mounts_usage() {
+    use skos_agent::antibody::Precondition;
+    let Some(fs) = mount("16M", None) else { return };
+    let mut w = watcher(fs.path());
+    let t0 = Utc::now();
+    assert!(w.sense(t0).is_empty());
+    fs.fill("big.bin", 15 * 1024 * 1024);
+    let alerts = w.sense(t0 + Duration::seconds(1));
+    let alert = alerts
+        .iter()
+        .find(|a| a.severity >= Severity::Critical)
+        .unwrap_or_else(|| panic!("{alerts:?}"));
+    let problem = alert.problem().to_string();
+    assert!(problem.starts_with("storage:"), "{problem}");
+    assert_eq!(w.precondition(&problem, 90.0), Precondition::Holds);
+    std::fs::remove_file(fs.path().join("big.bin")).unwrap();
+    w.sense(t0 + Duration::seconds(2));
+    match w.precondition(&problem, 90.0) {
+        Precondition::Gone { reading, source } => {
+            assert!(reading < 10.0, "{reading}");
+            assert_eq!(format!("storage:{source}"), problem);
+        }
+        other => panic!("an emptied mount still full? {other:?}"),
+    }
+    assert_eq!(
+        w.precondition("storage:/not/watched", 90.0),
+        Precondition::Unknown
+    );
+    assert_eq!(w.precondition("thermal:cpu", 90.0), Precondition::Unknown);
 }

@@ -175,3 +175,215 @@ fn without_for_a_single_reading_above_warning_is_enough() {
     at(&mut s, &cpu, 60.0, 0.0);
     assert_eq!(at(&mut s, &cpu, 75.001, 0.1), [(Warning, Normal, false)]);
 }
+
+/// What one sensing pass raised, with the event: (severity, event) where
+/// event is `details.event` or "level".
+fn raised(s: &mut ThermalSentinel, cpu: &HwmonHandle, c: f64, secs: f64) -> Vec<Alert> {
+    cpu.heat(c);
+    let alerts = s.sense(t(secs));
+    assert_eq!(s.cpu_temp(), Some(c), "the sentinel read what was written");
+    alerts
+}
+
+fn event(a: &Alert) -> &str {
+    a.details
+        .get("event")
+        .and_then(|e| e.as_str())
+        .unwrap_or("level")
+}
+
+/// A CPU heating steadily, one reading every 5 s, 1 °C each (0.2 °C/s),
+/// from 60 °C: with the default early warning (fitted over 120 s, trusted
+/// from 6 readings, r² 0.8, 0.01 °C/s, horizon 300 s) a `predicted`
+/// warning comes while the CPU is still below warning, once; the level
+/// alerts follow as before.
+#[test]
+fn a_steady_rise_raises_predicted_before_warning() {
+    let (fake, cpu) = machine();
+    let mut s = sentinel(&fake, "");
+    let mut said: Vec<(f64, Severity, String, Alert)> = Vec::new();
+    for i in 0..=30 {
+        let c = 60.0 + i as f64;
+        for a in raised(&mut s, &cpu, c, 5.0 * i as f64) {
+            said.push((c, a.severity, event(&a).to_string(), a));
+        }
+    }
+    let summary: Vec<(f64, Severity, &str)> = said
+        .iter()
+        .map(|(c, sev, e, _)| (*c, *sev, e.as_str()))
+        .collect();
+    // Six readings (60..=65 °C) make the first trusted trend: critical
+    // (85 °C) is 100 s away, within the horizon.
+    assert_eq!(
+        summary,
+        [
+            (65.0, Warning, "predicted"),
+            (76.0, Warning, "level"),
+            (86.0, Critical, "level")
+        ],
+        "{said:#?}"
+    );
+    let p = &said[0].3;
+    assert_eq!(p.kind, AlertKind::Thermal);
+    assert_eq!(p.details["sensor"], "cpu");
+    assert_eq!(p.details["temperature"], 65.0);
+    assert_eq!(p.details["threshold"], 85.0, "the level it will reach");
+    assert_eq!(p.details["previous_severity"], "normal");
+    assert_eq!(p.details["reminder"], false);
+    let slope = p.details["trend_celsius_per_second"].as_f64().unwrap();
+    assert!((slope - 0.2).abs() < 1e-6, "{p:?}");
+    let eta = p.details["seconds_to_critical"].as_f64().unwrap();
+    assert!((eta - 100.0).abs() < 1e-6, "{p:?}");
+    assert_eq!(p.details["trend_samples"], 6);
+    assert!(p.message.contains("will reach critical"), "{}", p.message);
+    assert!(p.alert_id.ends_with("-predicted"), "{}", p.alert_id);
+    // The level alerts carry the trend too.
+    let w = &said[1].3;
+    assert!(w.details["seconds_to_critical"].as_f64().is_some(), "{w:?}");
+}
+
+/// The horizon bounds the warning: with 20 s, the same rise is predicted
+/// only once critical is that close (81 °C, after the level warning).
+#[test]
+fn the_horizon_bounds_how_early_the_warning_comes() {
+    let (fake, cpu) = machine();
+    let mut s = sentinel(&fake, "  predict: {horizon_seconds: 20}\n");
+    let mut said = Vec::new();
+    for i in 0..=30 {
+        let c = 60.0 + i as f64;
+        for a in raised(&mut s, &cpu, c, 5.0 * i as f64) {
+            said.push((c, a.severity, event(&a).to_string()));
+        }
+    }
+    assert_eq!(
+        said,
+        [
+            (76.0, Warning, "level".to_string()),
+            (81.0, Warning, "predicted".to_string()),
+            (86.0, Critical, "level".to_string())
+        ]
+    );
+}
+
+/// Ten minutes of a flat temperature with ±1.5 °C of noise (a fan
+/// cycling, a busy core): the fitted line explains little of it, no
+/// prediction.
+#[test]
+fn a_noisy_flat_series_raises_no_prediction() {
+    let (fake, cpu) = machine();
+    let mut s = sentinel(&fake, "");
+    // A fixed pseudo-random sequence in [-1.5, 1.5].
+    let mut x: u32 = 12345;
+    for i in 0..120 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let noise = ((x >> 16) % 301) as f64 / 100.0 - 1.5;
+        let c = 68.0 + noise;
+        let alerts = raised(&mut s, &cpu, c, 5.0 * i as f64);
+        assert!(alerts.is_empty(), "at {i}: {c} °C: {alerts:?}");
+    }
+}
+
+/// One reading far above the rest and back: the line through the window
+/// barely rises and does not explain the readings, no prediction (and no
+/// level alert: the spike stays below warning).
+#[test]
+fn a_single_spike_raises_no_prediction() {
+    let (fake, cpu) = machine();
+    let mut s = sentinel(&fake, "");
+    for i in 0..24 {
+        assert!(raised(&mut s, &cpu, 60.0, 5.0 * i as f64).is_empty());
+    }
+    let spike = raised(&mut s, &cpu, 74.0, 120.0);
+    assert!(spike.is_empty(), "{spike:?}");
+    for i in 25..50 {
+        let alerts = raised(&mut s, &cpu, 60.0, 5.0 * i as f64);
+        assert!(alerts.is_empty(), "{alerts:?}");
+    }
+}
+
+/// `thermal.predict.enabled: false`: the rise raises its level alerts only.
+#[test]
+fn the_early_warning_can_be_turned_off() {
+    let (fake, cpu) = machine();
+    let mut s = sentinel(&fake, "  predict: {enabled: false}\n");
+    let mut said = Vec::new();
+    for i in 0..=30 {
+        let c = 60.0 + i as f64;
+        for a in raised(&mut s, &cpu, c, 5.0 * i as f64) {
+            said.push((c, a.severity, event(&a).to_string()));
+        }
+    }
+    assert_eq!(
+        said,
+        [
+            (76.0, Warning, "level".to_string()),
+            (86.0, Critical, "level".to_string())
+        ]
+    );
+}
+
+/// A rise predicted, then ended (the CPU cools back), then a new rise:
+/// predicted again, once per rise.
+#[test]
+fn each_rise_is_predicted_once() {
+    let (fake, cpu) = machine();
+    let mut s = sentinel(&fake, "");
+    let mut predicted = Vec::new();
+    let mut clock = 0.0;
+    let mut step = |s: &mut ThermalSentinel, c: f64, predicted: &mut Vec<f64>| {
+        for a in raised(s, &cpu, c, clock) {
+            assert_eq!(event(&a), "predicted", "{a:?}");
+            predicted.push(c);
+        }
+        clock += 5.0;
+    };
+    for i in 0..10 {
+        step(&mut s, 60.0 + i as f64, &mut predicted);
+    }
+    assert_eq!(predicted, [65.0]);
+    // Cooling back to 60 for two minutes: the trend falls, the rise ended.
+    for i in 0..30 {
+        step(&mut s, (69.0 - i as f64).max(60.0), &mut predicted);
+    }
+    assert_eq!(predicted, [65.0], "no prediction while cooling");
+    // The new rise, up to 74 °C (below warning): once the window holds
+    // enough of it to trust, predicted again, once.
+    for i in 0..15 {
+        step(&mut s, 60.0 + i as f64, &mut predicted);
+    }
+    assert_eq!(predicted.len(), 2, "{predicted:?}");
+}
+
+/// The check before acting: `thermal:cpu` is still there while the
+/// hottest CPU reading has not cleared the command's level (below it by
+/// the hysteresis), gone after; a problem the sentinel has no reading for
+/// is unknown (the command runs).
+#[test]
+fn the_precondition_follows_the_reading_and_the_hysteresis() {
+    use skos_agent::antibody::Precondition;
+    let (fake, cpu) = machine();
+    let mut s = sentinel(&fake, "");
+    raised(&mut s, &cpu, 80.0, 0.0);
+    assert_eq!(s.precondition("thermal:cpu", 75.0), Precondition::Holds);
+    raised(&mut s, &cpu, 73.0, 5.0);
+    assert_eq!(
+        s.precondition("thermal:cpu", 75.0),
+        Precondition::Holds,
+        "73 °C is inside the hysteresis band of 75"
+    );
+    raised(&mut s, &cpu, 70.0, 10.0);
+    match s.precondition("thermal:cpu", 75.0) {
+        Precondition::Gone { reading, source } => {
+            assert_eq!(reading, 70.0);
+            assert!(source.ends_with("temp1_input"), "{source}");
+        }
+        other => panic!("70 °C cleared 75: {other:?}"),
+    }
+    assert_eq!(
+        s.precondition("thermal:cpu", 60.0),
+        Precondition::Holds,
+        "still at a lower level"
+    );
+    assert_eq!(s.precondition("thermal:gpu", 75.0), Precondition::Unknown);
+    assert_eq!(s.precondition("storage:/", 75.0), Precondition::Unknown);
+}

@@ -699,6 +699,7 @@ mod driver {
             cause: None,
             problem: None,
             term: None,
+            level: None,
         };
         let heartbeat = |sentinel: &ThermalSentinel| {
             let mut hb = Heartbeat {

@@ -62,6 +62,7 @@ fn command(action: &str, parameters: Value) -> Command {
         cause: None,
         problem: None,
         term: None,
+        level: None,
     }
 }
 

@@ -2227,6 +2227,7 @@ mod tests {
             cause: Some("a-1".into()),
             problem: Some("thermal:cpu".into()),
             term: Some(3),
+            level: None,
         };
         let effects = [Effect::Command(node.clone(), command)];
         let owned = Saved {

@@ -313,6 +313,10 @@ pub struct LedgerRow {
     pub verified: u64,
     pub failed: u64,
     pub uncredited: u64,
+    /// Answered `not_needed`: the problem was gone before the action ran
+    /// (false remediations avoided).
+    #[serde(default)]
+    pub not_needed: u64,
     /// Verified over verified plus failed.
     pub success_rate: Option<f64>,
     /// Seconds from the fault's alert to its verified recovery.
@@ -486,6 +490,9 @@ pub enum ActionState {
     Rejected,
     Expired,
     Unsupported,
+    /// The agent found the problem gone when the action was to run, and
+    /// did nothing.
+    NotNeeded,
     Verified,
     NotVerified,
     /// No result came by the command's deadline plus
@@ -503,6 +510,7 @@ impl ActionState {
             ActionState::Rejected => "rejected",
             ActionState::Expired => "expired",
             ActionState::Unsupported => "unsupported",
+            ActionState::NotNeeded => "not_needed",
             ActionState::Verified => "verified",
             ActionState::NotVerified => "not_verified",
             ActionState::NoResult => "no_result",
@@ -518,6 +526,7 @@ impl From<ResultStatus> for ActionState {
             ResultStatus::Rejected => ActionState::Rejected,
             ResultStatus::Expired => ActionState::Expired,
             ResultStatus::Unsupported => ActionState::Unsupported,
+            ResultStatus::NotNeeded => ActionState::NotNeeded,
         }
     }
 }
@@ -853,8 +862,13 @@ impl Status {
                     .mean_recovery_seconds
                     .map(|x| format!("{x:.0}s"))
                     .unwrap_or_else(|| "-".into());
+                let avoided = if r.not_needed > 0 {
+                    format!(", {} not needed", r.not_needed)
+                } else {
+                    String::new()
+                };
                 out.push_str(&format!(
-                    "  {:<20} {:<22} {} tried, {} verified, {} failed ({rate}), recovery {mean}\n",
+                    "  {:<20} {:<22} {} tried, {} verified, {} failed ({rate}){avoided}, recovery {mean}\n",
                     r.problem, r.action, r.attempts, r.verified, r.failed
                 ));
             }
@@ -1109,6 +1123,7 @@ mod tests {
                     verified: u64::MAX,
                     failed: u64::MAX,
                     uncredited: u64::MAX,
+                    not_needed: u64::MAX,
                     success_rate: Some(0.123_456_789),
                     mean_recovery_seconds: Some(f64::MAX),
                     max_recovery_seconds: Some(f64::MAX),

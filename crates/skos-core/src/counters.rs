@@ -51,6 +51,9 @@ pub enum Counter<'a> {
     /// `actions.skipped.<reason>`.
     ActionsSkipped(&'a str),
     ActionsFreedNothing,
+    /// A command its agent answered `not_needed` (the problem was gone when
+    /// it was to run): a false remediation avoided.
+    RemediationsAvoided,
     NodesOffline,
     EscalationsMesh,
     MeshNodeProblems,
@@ -127,6 +130,7 @@ impl Counter<'_> {
             Breaker(s) => return format!("breaker.{s}").into(),
             ActionsSkipped(r) => return format!("actions.skipped.{r}").into(),
             ActionsFreedNothing => "actions.freed_nothing",
+            RemediationsAvoided => "remediations.avoided",
             NodesOffline => "nodes.offline",
             EscalationsMesh => "escalations.mesh",
             MeshNodeProblems => "mesh.node_problems",

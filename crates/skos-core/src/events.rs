@@ -69,6 +69,10 @@ impl PartialEq<&str> for ProblemKey {
 
 /// `details` key of an alert's event.
 pub const EVENT_KEY: &str = "event";
+/// `details.event` of an early warning: a `warning` raised because the
+/// reading's trend (a mount's fill rate, a temperature's rise) will reach
+/// critical within the horizon, before any threshold is crossed.
+pub const PREDICTED: &str = "predicted";
 /// `details` key of the SKOS node a mesh peer runs on.
 pub const PEER_NODE_KEY: &str = "peer_node";
 /// Prefix of a mesh problem key: `mesh:<interface or peer>`.

@@ -2,7 +2,8 @@
 //!
 //! Everything here is plain data and pure functions: protocol messages, node
 //! names, configuration, the healing tables, threshold tracking with
-//! hysteresis, circuit breakers and the audit hash chain. Nothing in this
+//! hysteresis, trends (least squares over a window), circuit breakers and the
+//! audit hash chain. Nothing in this
 //! crate reads a file, opens a socket or looks at the clock: time is always
 //! passed in, and text is always handed over already read.
 
@@ -22,6 +23,7 @@ pub mod recent;
 pub mod redact;
 pub mod timefmt;
 pub mod workload;
+pub mod trend;
 
 pub use node::{NodeName, NodeNameError};
 pub use protocol::{

@@ -376,6 +376,15 @@ pub struct Command {
     /// older one, so a deposed leader cannot act.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<u64>,
+    /// The level of `problem`'s reading the command answers (added): the
+    /// threshold of the alert's level (°C, percent, a mesh health level).
+    /// Just before acting the agent checks that its reading is still at it
+    /// (not cleared past the hysteresis); where it is not, the command is
+    /// answered [`ResultStatus::NotNeeded`] and nothing is done. Absent: no
+    /// such check (restoring actions, workload steps, predictions, older
+    /// coordinators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<f64>,
 }
 
 impl Command {
@@ -397,21 +406,38 @@ impl Command {
                 self.action_type.escape_debug().to_string()
             )));
         }
+        if self.level.is_some_and(|l| !l.is_finite()) {
+            return Err(DecodeError::Invalid("level is not finite".into()));
+        }
         Ok(())
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ResultStatus {
     Succeeded,
     Failed,
     Rejected,
     Expired,
     Unsupported,
+    /// The problem the command answers was gone when it was to run (its
+    /// reading had cleared the command's `level`): nothing was done.
+    NotNeeded,
 }
 
 impl ResultStatus {
+    /// Every status, for parsing one back from [`ResultStatus::as_str`].
+    pub const ALL: [ResultStatus; 6] = [
+        ResultStatus::Succeeded,
+        ResultStatus::Failed,
+        ResultStatus::Rejected,
+        ResultStatus::Expired,
+        ResultStatus::Unsupported,
+        ResultStatus::NotNeeded,
+    ];
+
+    /// Its name on the wire (as serde writes it).
     pub fn as_str(self) -> &'static str {
         match self {
             ResultStatus::Succeeded => "succeeded",
@@ -419,6 +445,7 @@ impl ResultStatus {
             ResultStatus::Rejected => "rejected",
             ResultStatus::Expired => "expired",
             ResultStatus::Unsupported => "unsupported",
+            ResultStatus::NotNeeded => "not_needed",
         }
     }
 }
@@ -589,6 +616,33 @@ impl AuditEntry {
 mod tests {
     use super::*;
 
+    /// A command's `level` is optional on the wire (older coordinators
+    /// send none) and must be a finite number when present.
+    #[test]
+    fn a_command_level_is_optional_and_finite() {
+        let text =
+            r#"{"action_id":"a","action_type":"throttle_10","timestamp":"2024-01-01T00:00:00Z"}"#;
+        let old: Command = decode(text.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES).unwrap();
+        assert_eq!(old.level, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("level"));
+        let with = Command {
+            level: Some(75.0),
+            ..old.clone()
+        };
+        let back: Command = decode(
+            serde_json::to_string(&with).unwrap().as_bytes(),
+            DEFAULT_MAX_MESSAGE_BYTES,
+        )
+        .unwrap();
+        assert_eq!(back.level, Some(75.0));
+        assert!(with.validate().is_ok());
+        let inf = Command {
+            level: Some(f64::INFINITY),
+            ..old
+        };
+        assert!(inf.validate().is_err());
+    }
+
     /// The wire strings of result statuses and audit event types.
     #[test]
     fn statuses_and_audit_events_are_spelt_once() {
@@ -598,6 +652,7 @@ mod tests {
             (ResultStatus::Rejected, "rejected"),
             (ResultStatus::Expired, "expired"),
             (ResultStatus::Unsupported, "unsupported"),
+            (ResultStatus::NotNeeded, "not_needed"),
         ] {
             assert_eq!(s.as_str(), text);
             assert_eq!(
@@ -605,7 +660,9 @@ mod tests {
                 text,
                 "as_str and serde agree"
             );
+            assert!(ResultStatus::ALL.contains(&s));
         }
+        assert_eq!(ResultStatus::ALL.len(), 6);
         for (e, text) in [
             (AuditEvent::Start, "start"),
             (AuditEvent::AuditRecovered, "audit_recovered"),

@@ -140,12 +140,12 @@ impl Derived {
     fn register(&self, reg: &mut Registry) {
         reg.register(
             "skos_actions",
-            "Actions carried out, by action and the agent's result (succeeded, failed, rejected, expired, unsupported)",
+            "Actions carried out, by action and the agent's result (succeeded, failed, rejected, expired, unsupported, not_needed)",
             self.actions.clone(),
         );
         reg.register(
             "skos_verifications",
-            "Fixes checked against the metric that raised the alert, by action and outcome (succeeded, failed, uncredited)",
+            "Fixes checked against the metric that raised the alert, by action and outcome (succeeded, failed, uncredited, not_needed: the problem was gone before the action ran)",
             self.verifications.clone(),
         );
         reg.register(

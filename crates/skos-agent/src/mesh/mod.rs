@@ -49,7 +49,7 @@ use skos_core::NodeName;
 
 pub use error::MeshError;
 
-use crate::antibody::{Antibody, Execution};
+use crate::antibody::{Antibody, Execution, Precondition};
 use crate::offloop::{Reader, FIRST_LOOK};
 use iproute::Link;
 use jobs::Jobs;
@@ -286,5 +286,43 @@ impl Antibody for MeshHealer {
         // A read in progress shows the mesh from before this command.
         self.reader.invalidate();
         MeshHealer::execute(self, cmd)
+    }
+
+    fn precondition(&self, problem: &str, level: f64) -> Precondition {
+        MeshHealer::precondition(self, problem, level)
+    }
+}
+
+impl MeshHealer {
+    /// Whether `problem` (`mesh:<interface or peer>`) is still at `level`
+    /// (a mesh health level: 1 degraded, 2 down) by its last judged
+    /// reading, as `metadata.mesh` shows it: gone once its level is below
+    /// `level` (the tunnel is up again, the peer answers).
+    /// [`Precondition::Unknown`] for another problem, or one not judged.
+    pub fn precondition(&self, problem: &str, level: f64) -> Precondition {
+        let Some(name) = problem.strip_prefix(skos_core::events::MESH_PREFIX) else {
+            return Precondition::Unknown;
+        };
+        let reading = self
+            .ifaces
+            .get(name)
+            .and_then(|st| st.last.as_ref())
+            .filter(|r| r.judged)
+            .map(|r| r.level)
+            .or_else(|| {
+                self.peers
+                    .get(name)
+                    .and_then(|st| st.last.as_ref())
+                    .filter(|r| r.state != "unknown")
+                    .map(|r| r.level)
+            });
+        match reading.map(f64::from) {
+            None => Precondition::Unknown,
+            Some(r) if r < level => Precondition::Gone {
+                reading: r,
+                source: problem.to_string(),
+            },
+            Some(_) => Precondition::Holds,
+        }
     }
 }

@@ -321,15 +321,7 @@ fn render_line(id: &str, until: i64, outcome: Option<(ResultStatus, &str)>) -> S
 }
 
 fn parse_status(s: &str) -> Option<ResultStatus> {
-    [
-        ResultStatus::Succeeded,
-        ResultStatus::Failed,
-        ResultStatus::Rejected,
-        ResultStatus::Expired,
-        ResultStatus::Unsupported,
-    ]
-    .into_iter()
-    .find(|st| st.as_str() == s)
+    ResultStatus::ALL.into_iter().find(|st| st.as_str() == s)
 }
 
 /// `\`, tab, newline and carriage return as two-character escapes.

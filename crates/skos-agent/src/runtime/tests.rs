@@ -28,6 +28,7 @@ fn cmd(id: &str, term: Option<u64>) -> Command {
         cause: Some("test".into()),
         problem: None,
         term,
+        level: None,
     }
 }
 

@@ -34,7 +34,7 @@ use skos_core::protocol::{Alert, AlertKind, Command, Heartbeat, ResultStatus, Se
 use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
-use crate::antibody::{Antibody, Execution};
+use crate::antibody::{Antibody, Execution, Precondition};
 use crate::offloop::{Reader, FIRST_LOOK};
 use crate::Outcome;
 use mounts::{MountEntry, NotJudged};
@@ -405,7 +405,7 @@ impl StorageWatcher {
                         rate,
                         Some(eta),
                         st.thresholds.critical,
-                        Some("predicted"),
+                        Some(skos_core::events::PREDICTED),
                         now,
                     ));
                 }
@@ -485,6 +485,32 @@ impl StorageWatcher {
         self.list.invalidate();
         for r in self.stats.values_mut() {
             r.invalidate();
+        }
+    }
+
+    /// Whether `problem` (`storage:<mount>`) is still at `level` percent by
+    /// the mount's usage as last judged: gone once it is below `level -
+    /// storage.hysteresis` (as its level alert would clear).
+    /// [`Precondition::Unknown`] for another problem, or a mount not judged
+    /// or not readable now.
+    pub fn precondition(&self, problem: &str, level: f64) -> Precondition {
+        let Some(mount) = problem.strip_prefix("storage:") else {
+            return Precondition::Unknown;
+        };
+        let Some(u) = self
+            .last
+            .iter()
+            .find(|u| u.mount.escaped().to_string() == mount)
+        else {
+            return Precondition::Unknown;
+        };
+        if skos_core::level::cleared(level, self.cfg.storage.hysteresis, u.percent) {
+            Precondition::Gone {
+                reading: u.percent,
+                source: mount.to_string(),
+            }
+        } else {
+            Precondition::Holds
         }
     }
 
@@ -914,5 +940,9 @@ impl Antibody for StorageWatcher {
 
     fn finished(&mut self, action: &str, outcome: &Outcome) {
         self.record(action, outcome);
+    }
+
+    fn precondition(&self, problem: &str, level: f64) -> Precondition {
+        StorageWatcher::precondition(self, problem, level)
     }
 }

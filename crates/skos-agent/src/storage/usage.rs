@@ -4,12 +4,12 @@
 //! in 128 bits (no wrap-around), inode counts near 2^64 (composefs reports
 //! 2^64 - 1) stay exact, and nothing divides by zero.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
 use skos_core::timefmt::Timestamp;
+use skos_core::trend::{self, Window};
 
 use crate::{Error, Result};
 
@@ -139,10 +139,13 @@ pub fn read(mount: &Path) -> Result<MountUsage> {
 /// Bytes per second a mount fills at, over a sliding window that restarts
 /// when usage drops: a cleanup (or any deletion bigger than the noise)
 /// ends the fill that came before it, and a rate over both would predict a
-/// fill that is no longer happening.
+/// fill that is no longer happening. The fit is skos-core's
+/// ([`skos_core::trend`]), as the thermal sentinel's early warning.
 #[derive(Debug, Clone, Default)]
 pub struct FillRate {
-    samples: VecDeque<(Timestamp, u64)>,
+    window: Window,
+    /// The last reading, in bytes (the window holds them as f64).
+    last_used: Option<u64>,
 }
 
 /// A drop of more than this part of the capacity restarts the window
@@ -163,58 +166,35 @@ impl FillRate {
     ) -> bool {
         let tolerance = capacity_bytes / 1000 * RESTART_DROP_PER_MILLE;
         let dropped = self
-            .samples
-            .back()
-            .is_some_and(|&(_, prev)| prev.saturating_sub(used_bytes) > tolerance);
+            .last_used
+            .is_some_and(|prev| prev.saturating_sub(used_bytes) > tolerance);
         if dropped {
-            self.samples.clear();
+            self.window.clear();
         }
-        self.samples.push_back((t, used_bytes));
-        let window = skos_core::level::secs(window_seconds);
-        while self.samples.len() > 2 && self.samples.front().is_some_and(|&(t0, _)| t - t0 > window)
-        {
-            self.samples.pop_front();
-        }
+        self.window.push(window_seconds, t, used_bytes as f64);
+        self.last_used = Some(used_bytes);
         dropped
     }
 
     /// Forget every reading (the mount is no longer judged).
     pub fn clear(&mut self) {
-        self.samples.clear();
+        self.window.clear();
+        self.last_used = None;
     }
 
     /// Least-squares slope in bytes per second; `None` with fewer than two
     /// samples or no time between them.
     pub fn rate(&self) -> Option<f64> {
-        let (t0, _) = *self.samples.front()?;
-        let pts: Vec<(f64, f64)> = self
-            .samples
-            .iter()
-            .map(|&(t, u)| ((t - t0).num_milliseconds() as f64 / 1000.0, u as f64))
-            .collect();
-        if pts.len() < 2 {
-            return None;
-        }
-        let n = pts.len() as f64;
-        let mx = pts.iter().map(|p| p.0).sum::<f64>() / n;
-        let my = pts.iter().map(|p| p.1).sum::<f64>() / n;
-        let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
-        if sxx <= 0.0 {
-            return None;
-        }
-        let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-        Some(sxy / sxx)
+        self.window.slope()
     }
 }
 
 /// Seconds until `usage` reaches `percent` at `rate` bytes/s; `None` when
 /// not filling.
 pub fn seconds_until(usage: &MountUsage, percent: f64, rate: Option<f64>) -> Option<f64> {
-    let rate = rate.filter(|r| *r > 0.0)?;
     let capacity = usage.used_bytes as f64 + usage.available_bytes as f64;
     let target = capacity * percent / 100.0;
-    let left = target - usage.used_bytes as f64;
-    Some((left / rate).max(0.0))
+    trend::seconds_until(usage.used_bytes as f64, target, rate?)
 }
 
 #[cfg(test)]
@@ -439,7 +419,8 @@ mod tests {
         let mut kept = FillRate::default();
         let mut restarted = FillRate::default();
         for &(s, used) in &readings {
-            kept.samples.push_back((t(s), used));
+            // Kept: no restart, and a window long enough to hold them all.
+            kept.window.push(1e9, t(s), used as f64);
             restarted.push(300.0, t(s), used, cap);
         }
         let last = u(40 * MIB);

@@ -1,6 +1,8 @@
 //! The thermal sentinel antibody: reads temperatures, raises alerts on level
-//! changes (with hysteresis, optional `for` debounce and a cooldown), and
-//! carries out `throttle_*` / `reset_throttle` commands.
+//! changes (with hysteresis, optional `for` debounce and a cooldown), a
+//! `predicted` warning when the temperature's trend (least squares over
+//! `thermal.predict.window_seconds`) will reach critical within the
+//! horizon, and carries out `throttle_*` / `reset_throttle` commands.
 //!
 //! * [`sensors`]: temperature discovery and reading (sysfs under an
 //!   injectable root, NVML, `nvidia-smi`, `sensors -j`); pure parsers.
@@ -17,13 +19,14 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use skos_core::catalogue::{self, Executor};
-use skos_core::config::Config;
+use skos_core::config::{Config, PredictConfig};
 use skos_core::level::{LevelRules, LevelTracker, Report};
 use skos_core::protocol::{Alert, AlertKind, Command, Heartbeat, ResultStatus, Severity};
 use skos_core::timefmt::Timestamp;
+use skos_core::trend::{Fit, Window};
 use skos_core::NodeName;
 
-use crate::antibody::{Antibody, Execution};
+use crate::antibody::{Antibody, Execution, Precondition};
 use crate::Outcome;
 use sensors::{hottest, hottest_reading, Reading, SensorKind, Sensors, SourceTrouble};
 use throttle::{effective_throttle, FreqCap, Throttler};
@@ -33,6 +36,25 @@ pub const AGENT_TYPE: &str = Executor::ThermalSentinel.as_str();
 /// The actions this antibody carries out (its entries in the catalogue).
 pub fn handles(action: &str) -> bool {
     Executor::ThermalSentinel.handles(action)
+}
+
+/// The hottest reading of one kind over the prediction window, and
+/// whether this rise was predicted already.
+#[derive(Debug, Default)]
+struct Trend {
+    window: Window,
+    predicted: bool,
+}
+
+impl Trend {
+    /// Take a reading read at `at`, unless it is not newer than the last
+    /// one taken (the same reading judged again).
+    fn push(&mut self, window_seconds: f64, at: Timestamp, value: f64) {
+        if self.window.last().is_some_and(|(t, _)| at <= t) {
+            return;
+        }
+        self.window.push(window_seconds, at, value);
+    }
 }
 
 /// How long the agent's first look waits for the sources at most, so its
@@ -51,6 +73,11 @@ pub struct ThermalSentinel {
     rules: LevelRules,
     cpu: LevelTracker,
     gpu: LevelTracker,
+    /// The early warning's settings.
+    predict: PredictConfig,
+    /// The hottest CPU and GPU readings over the prediction window.
+    cpu_trend: Trend,
+    gpu_trend: Trend,
     /// The current readings: each source's last good ones, at most
     /// `max_age` old.
     readings: Vec<Reading>,
@@ -96,6 +123,9 @@ impl ThermalSentinel {
             },
             cpu: LevelTracker::default(),
             gpu: LevelTracker::default(),
+            predict: t.predict.clone(),
+            cpu_trend: Trend::default(),
+            gpu_trend: Trend::default(),
             readings: Vec::new(),
             ages: Vec::new(),
             troubles: Vec::new(),
@@ -193,16 +223,105 @@ impl ThermalSentinel {
             let Some(value) = hottest(&self.readings, kind) else {
                 continue;
             };
-            let tracker = match kind {
-                SensorKind::Cpu => &mut self.cpu,
-                _ => &mut self.gpu,
+            // The trend takes each reading once, at the time it was read.
+            let read_at = now - skos_core::level::secs(self.age_of_hottest(kind).unwrap_or(0.0));
+            let window = self.predict.window_seconds;
+            let (tracker, trend) = match kind {
+                SensorKind::Cpu => (&mut self.cpu, &mut self.cpu_trend),
+                _ => (&mut self.gpu, &mut self.gpu_trend),
             };
-            let Some(report) = tracker.observe(&self.rules, value, now) else {
+            trend.push(window, read_at, value);
+            let report = tracker.observe(&self.rules, value, now);
+            let level = tracker.current();
+            if let Some(report) = report {
+                if level == Severity::Normal {
+                    trend.predicted = false;
+                }
+                alerts.push(self.alert(name, kind, value, report, now));
                 continue;
-            };
-            alerts.push(self.alert(name, kind, value, report, now));
+            }
+            if let Some(a) = self.prediction(name, kind, value, level, now) {
+                alerts.push(a);
+            }
         }
         alerts
+    }
+
+    /// How long ago the hottest reading of `kind` was read, seconds.
+    fn age_of_hottest(&self, kind: SensorKind) -> Option<f64> {
+        let h = hottest_reading(&self.readings, kind)?;
+        let i = self.readings.iter().position(|r| r.path == h.path)?;
+        self.ages.get(i).copied()
+    }
+
+    /// The trend of `kind`'s hottest reading.
+    fn trend(&self, kind: SensorKind) -> &Trend {
+        match kind {
+            SensorKind::Cpu => &self.cpu_trend,
+            _ => &self.gpu_trend,
+        }
+    }
+
+    /// Seconds until `value` reaches critical on `kind`'s trend, when the
+    /// trend is trusted (`thermal.predict`): the fit and the time.
+    fn to_critical(&self, kind: SensorKind, value: f64) -> Option<(Fit, f64)> {
+        let fit = self.trend(kind).window.fit()?;
+        if !self.predict.trust().trusts(&fit) {
+            return None;
+        }
+        let eta =
+            skos_core::trend::seconds_until(value, self.rules.thresholds.critical, fit.slope)?;
+        Some((fit, eta))
+    }
+
+    /// A `predicted` warning for `kind`, below critical at `level`, when
+    /// its trusted trend reaches critical within the horizon and none was
+    /// raised for this rise yet. A rise that ended (the trend no longer
+    /// rising) may be predicted again when it resumes.
+    fn prediction(
+        &mut self,
+        name: &str,
+        kind: SensorKind,
+        value: f64,
+        level: Severity,
+        now: Timestamp,
+    ) -> Option<Alert> {
+        let rising = self.trend(kind).window.slope().is_some_and(|s| s > 0.0);
+        let trend = match kind {
+            SensorKind::Cpu => &mut self.cpu_trend,
+            _ => &mut self.gpu_trend,
+        };
+        if !rising {
+            trend.predicted = false;
+        }
+        if !self.predict.enabled || level >= Severity::Critical || trend.predicted {
+            return None;
+        }
+        let (fit, eta) = self.to_critical(kind, value)?;
+        if eta > self.predict.horizon_seconds {
+            return None;
+        }
+        match kind {
+            SensorKind::Cpu => self.cpu_trend.predicted = true,
+            _ => self.gpu_trend.predicted = true,
+        }
+        let critical = self.rules.thresholds.critical;
+        let mut a = self.alert(name, kind, value, Report::Reminder(level), now);
+        a.severity = Severity::Warning;
+        a.alert_id = format!("{}-predicted", a.alert_id);
+        a.message = format!(
+            "{} temperature {value:.1}°C will reach critical ({critical}) in about {eta:.0} s at {:.2}°C/s",
+            name.to_uppercase(),
+            fit.slope
+        );
+        a.details.insert("threshold".into(), json!(critical));
+        a.details.insert("reminder".into(), json!(false));
+        a.details.insert(
+            skos_core::events::EVENT_KEY.into(),
+            json!(skos_core::events::PREDICTED),
+        );
+        a.details.insert("seconds_to_critical".into(), json!(eta));
+        Some(a)
     }
 
     fn alert(
@@ -239,6 +358,8 @@ impl ThermalSentinel {
                 th,
             )
         };
+        let fit = self.trend(kind).window.fit();
+        let to_critical = self.to_critical(kind, value).map(|(_, eta)| eta);
         Alert {
             alert_id: format!("{}-{}", self.agent_id, uuid_like(now, name, severity)),
             agent_id: self.agent_id.clone(),
@@ -255,6 +376,10 @@ impl ThermalSentinel {
                 "source": hottest.map(|r| r.path.escaped().to_string()),
                 "label": hottest.map(|r| r.label.clone()),
                 "age_seconds": age,
+                "trend_celsius_per_second": fit.map(|f| f.slope),
+                "trend_r2": fit.and_then(|f| f.r2),
+                "trend_samples": fit.map_or(0, |f| f.samples),
+                "seconds_to_critical": to_critical,
             })
             .as_object()
             .cloned()
@@ -312,6 +437,30 @@ impl ThermalSentinel {
             result.details.insert("throttle".into(), state);
         }
         result
+    }
+
+    /// Whether `problem` (`thermal:cpu`, `thermal:gpu`) is still at
+    /// `level` °C by the current hottest reading of its kind: gone once the
+    /// reading is below `level - thermal.hysteresis` (as its level alert
+    /// would clear). [`Precondition::Unknown`] for another problem or
+    /// without a current reading.
+    pub fn precondition(&self, problem: &str, level: f64) -> Precondition {
+        let kind = match problem.strip_prefix("thermal:") {
+            Some("cpu") => SensorKind::Cpu,
+            Some("gpu") => SensorKind::Gpu,
+            _ => return Precondition::Unknown,
+        };
+        let Some(h) = hottest_reading(&self.readings, kind) else {
+            return Precondition::Unknown;
+        };
+        if skos_core::level::cleared(level, self.rules.hysteresis, h.celsius) {
+            Precondition::Gone {
+                reading: h.celsius,
+                source: h.path.escaped().to_string(),
+            }
+        } else {
+            Precondition::Holds
+        }
     }
 
     /// What this machine has: the sensors read in the last sensing pass
@@ -462,5 +611,9 @@ impl Antibody for ThermalSentinel {
 
     fn execute(&mut self, cmd: &Command) -> Execution {
         Execution::Done(ThermalSentinel::execute(self, cmd))
+    }
+
+    fn precondition(&self, problem: &str, level: f64) -> Precondition {
+        ThermalSentinel::precondition(self, problem, level)
     }
 }

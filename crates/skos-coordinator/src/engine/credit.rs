@@ -37,7 +37,7 @@ use skos_core::breaker::BreakerKey;
 use skos_core::catalogue;
 use skos_core::counters::Counter;
 use skos_core::level::secs;
-use skos_core::protocol::{Alert, AuditEvent};
+use skos_core::protocol::{Alert, AuditEvent, Severity};
 use skos_core::timefmt::{self, Timestamp};
 use skos_core::NodeName;
 
@@ -217,15 +217,48 @@ pub(super) fn recovery_of(cfg: &skos_core::config::Config, p: &Pending) -> Optio
     if !catalogue::is_verifiable(&p.action) {
         return None;
     }
-    let kind = kinds::of(&p.alert.kind);
-    let mut r = kind.recovery(cfg, &p.alert, p.severity)?;
-    let escalated = p.alert.agent_id == ACTOR && p.alert.details.contains_key(ESCALATED_FROM_BELOW);
-    if let Some(below) = p.severity.previous().filter(|_| escalated) {
-        if let Some(from) = kind.recovery(cfg, &p.alert, below) {
+    problem_level(cfg, &p.alert, p.severity)
+}
+
+/// The metric that measures `alert`'s problem decided at `severity`, and
+/// the level it is at while the problem is there: the severity's
+/// threshold, or for an escalation the lower one of the severity below
+/// (see [`recovery_of`]). `None` for a problem no metric measures.
+pub(super) fn problem_level(
+    cfg: &skos_core::config::Config,
+    alert: &Alert,
+    severity: Severity,
+) -> Option<Recovery> {
+    let kind = kinds::of(&alert.kind);
+    let mut r = kind.recovery(cfg, alert, severity)?;
+    let escalated = alert.agent_id == ACTOR && alert.details.contains_key(ESCALATED_FROM_BELOW);
+    if let Some(below) = severity.previous().filter(|_| escalated) {
+        if let Some(from) = kind.recovery(cfg, alert, below) {
             r.below = r.below.min(from.below);
         }
     }
     Some(r)
+}
+
+/// The `level` a command for `action` answering `alert` at `severity`
+/// carries, for the agent's check just before acting that the problem is
+/// still there ([`skos_core::protocol::Command::level`]): the problem's
+/// level ([`problem_level`]). None for an action not rechecked (restoring
+/// ones, workload steps), for a prediction (its reading is below every
+/// threshold by design; it is acted on as raised) and for a problem no
+/// metric measures.
+pub(super) fn command_level(
+    cfg: &skos_core::config::Config,
+    alert: &Alert,
+    severity: Severity,
+    action: &str,
+) -> Option<f64> {
+    if !catalogue::rechecked_before_acting(action)
+        || kinds::event_of(alert) == skos_core::events::PREDICTED
+    {
+        return None;
+    }
+    problem_level(cfg, alert, severity).map(|r| r.below)
 }
 
 /// The value of `v`'s metric in a heartbeat.

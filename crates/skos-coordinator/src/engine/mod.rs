@@ -553,7 +553,7 @@ impl Engine {
             alert.timestamp.timestamp(),
             alert.id_digest()
         );
-        let cmd = self.command(
+        let mut cmd = self.command(
             &node,
             action,
             action_id,
@@ -561,6 +561,7 @@ impl Engine {
             &problem,
             now,
         );
+        cmd.level = credit::command_level(&self.cfg, alert, severity, action);
         let pending = Pending {
             node: node.clone(),
             problem: problem.clone(),
@@ -625,6 +626,7 @@ impl Engine {
             cause,
             problem: Some(problem.to_string()),
             term: self.term,
+            level: None,
         }
     }
 
@@ -819,6 +821,31 @@ impl Engine {
                 if p.trial {
                     self.breakers.release_trial(&key);
                 }
+            }
+            ResultStatus::NotNeeded => {
+                // The problem was gone when the command was to run: a
+                // false remediation avoided. Neither a failure nor a
+                // success of the fix, which never ran.
+                self.counters.inc(Counter::RemediationsAvoided);
+                if p.trial {
+                    self.breakers.release_trial(&key);
+                }
+                out.push(audit(
+                    AuditEvent::Verification,
+                    now,
+                    Some(&node),
+                    format!(
+                        "{} on {node} not carried out: {} was gone ({})",
+                        p.action, p.problem, result.message
+                    ),
+                    json!({"action_id": result.action_id, "action": p.action, "problem": p.problem, "outcome": "not_needed", "reason": "avoided", "level": result.details.get("level"), "reading": result.details.get("reading")}),
+                ));
+                self.ledger_outcome(
+                    (&p.node, &p.problem, &p.action),
+                    ledger::Outcome::NotNeeded,
+                    None,
+                    now,
+                );
             }
         }
         if placement::is_step(&p.action) {

@@ -641,6 +641,7 @@ mod tests {
             cause: None,
             problem: None,
             term: None,
+            level: None,
         };
         e.give_back_originals(&nova(), &mut cmd);
         assert_eq!(

@@ -1022,6 +1022,7 @@ fn results_for_unknown_commands_are_counted() {
         cause: None,
         problem: None,
         term: None,
+        level: None,
     };
     e.on_result(result(&stray, ResultStatus::Failed), t(0.0));
     assert_eq!(e.counters.get("results.unmatched"), 1);
@@ -3489,4 +3490,154 @@ fn loop_breaker_circuits_show_among_the_open_circuits() {
     let s = e.status(t(3.0));
     assert_eq!(s.summary.open_circuits, 0);
     assert!(s.open_circuits.is_empty());
+}
+
+// --- The check before acting: the level a command carries, and a
+// `not_needed` answer. ---
+
+/// A command carries the level its problem is at: the threshold of the
+/// alert's level (config, not the alert's payload); none for a prediction,
+/// a restoring action or a workload step.
+#[test]
+fn commands_carry_the_level_of_their_problem() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(76.0), 0, 0.0), t(0.0));
+    let fx = e.on_alert(alert(Severity::Warning, 76.0, 0.0), t(0.0));
+    let cmd = commands(&fx).remove(0);
+    assert_eq!(
+        (cmd.action_type.as_str(), cmd.level),
+        ("throttle_10", Some(75.0))
+    );
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    let levels: Vec<(String, Option<f64>)> = commands(&fx)
+        .into_iter()
+        .map(|c| (c.action_type, c.level))
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            ("throttle_50".to_string(), Some(85.0)),
+            ("spin_fans".to_string(), Some(85.0))
+        ]
+    );
+    // A storage problem: its percent.
+    let mut s = alert(Severity::Critical, 91.0, 2.0);
+    s.kind = AlertKind::Storage;
+    s.details = json!({"sensor": "/data", "percent": 91.0})
+        .as_object()
+        .unwrap()
+        .clone();
+    s.alert_id = "storage-1".into();
+    let fx = e.on_alert(s, t(2.0));
+    assert!(
+        commands(&fx).iter().all(|c| c.level == Some(90.0)),
+        "{fx:?}"
+    );
+    // A prediction is acted on as raised: its reading is below every
+    // threshold by design.
+    let mut p = alert(Severity::Warning, 65.0, 3.0);
+    p.details
+        .insert("event".into(), json!(skos_core::events::PREDICTED));
+    p.details.insert("sensor".into(), json!("gpu"));
+    p.alert_id = "predicted-1".into();
+    let fx = e.on_alert(p, t(3.0));
+    let cmd = commands(&fx).remove(0);
+    assert_eq!((cmd.action_type.as_str(), cmd.level), ("throttle_10", None));
+    // Restoring actions and workload steps carry none.
+    let cfg = seed_config();
+    let a = alert(Severity::Warning, 76.0, 0.0);
+    for action in ["reset_throttle", "workload_start", "workload_stop"] {
+        assert_eq!(
+            credit::command_level(&cfg, &a, Severity::Warning, action),
+            None,
+            "{action}"
+        );
+    }
+}
+
+/// A command its agent answers `not_needed` (the CPU cooled before it
+/// ran): audited as an avoided remediation, counted, closed (the same
+/// action can be sent again), neither a breaker failure nor a success (no
+/// verification), and recorded in the ledger.
+#[test]
+fn a_not_needed_answer_closes_the_command_without_a_verdict() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+    let cmd = commands(&fx).remove(0);
+    assert_eq!(cmd.action_type, "throttle_50");
+    let mut r = result(&cmd, ResultStatus::NotNeeded);
+    r.message = "thermal:cpu is gone".into();
+    r.details.insert("level".into(), json!(85.0));
+    r.details.insert("reading".into(), json!(60.0));
+    let fx = e.on_result(r, t(1.0));
+    let v = audits(&fx, "verification");
+    assert_eq!(v.len(), 1, "{fx:?}");
+    assert_eq!(v[0].data["outcome"], "not_needed");
+    assert_eq!(v[0].data["reason"], "avoided");
+    assert_eq!(v[0].data["reading"], 60.0);
+    assert_eq!(v[0].data["level"], 85.0);
+    assert_eq!(
+        audits(&fx, "result")[0].data["result"]["status"],
+        "not_needed"
+    );
+    assert_eq!(e.counters.get("results.not_needed"), 1);
+    assert_eq!(e.counters.get("remediations.avoided"), 1);
+    assert_eq!(e.counters.get("breaker.failures"), 0);
+    let key = BreakerKey::new("nova", "thermal:cpu", "throttle_50");
+    assert_eq!(e.breakers.failures(&key), 0);
+    assert!(e.pending.get(&cmd.action_id).is_none(), "closed");
+    assert_eq!(e.verifications.of(&nova()).count(), 0, "nothing to verify");
+    let rec = e
+        .ledger
+        .get(&nova(), "thermal:cpu", "throttle_50")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (rec.attempts, rec.not_needed, rec.verified, rec.failed),
+        (1, 1, 0, 0)
+    );
+    assert_eq!(rec.failing_streak, 0);
+    assert_eq!(rec.last_outcome, Some(ledger::Outcome::NotNeeded));
+    let s = e.status(t(2.0));
+    let row = s.ledger.iter().find(|r| r.action == "throttle_50").unwrap();
+    assert_eq!(row.not_needed, 1);
+    let sent = s
+        .recent_actions
+        .iter()
+        .find(|a| a.action_id == cmd.action_id)
+        .unwrap();
+    assert_eq!(sent.state, ActionState::NotNeeded);
+    assert!(s.render().contains("1 not needed"), "{}", s.render());
+    // Closed: the next alert sends it again instead of waiting on it.
+    let fx = e.on_alert(alert(Severity::Critical, 88.0, 3.0), t(3.0));
+    assert!(
+        commands(&fx).iter().any(|c| c.action_type == "throttle_50"),
+        "{fx:?}"
+    );
+}
+
+/// A half-open trial answered `not_needed` says nothing of the fix: the
+/// trial is given back, as for `unsupported`.
+#[test]
+fn a_not_needed_trial_gives_the_trial_back() {
+    let mut cfg = seed_config();
+    cfg.circuit_breaker.max_failures = 1;
+    cfg.circuit_breaker.reset_timeout_seconds = 10.0;
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0));
+    let first = commands(&fx).remove(0);
+    e.on_result(result(&first, ResultStatus::Failed), t(1.0));
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 12.0), t(12.0));
+    let trial = commands(&fx)
+        .into_iter()
+        .find(|c| c.action_type == "throttle_50")
+        .unwrap();
+    e.on_result(result(&trial, ResultStatus::NotNeeded), t(13.0));
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 14.0), t(14.0));
+    assert!(
+        commands(&fx).iter().any(|c| c.action_type == "throttle_50"),
+        "{fx:?}"
+    );
 }

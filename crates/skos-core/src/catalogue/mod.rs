@@ -25,7 +25,7 @@ mod thermal;
 mod workloads;
 
 pub use thermal::{OriginalsError, ThrottleOriginal, MAX_ORIGINALS, ORIGINALS};
-pub use workloads::{START as WORKLOAD_START, STOP as WORKLOAD_STOP};
+pub use workloads::{is_workload_step, START as WORKLOAD_START, STOP as WORKLOAD_STOP};
 
 /// The antibodies, each of which executes its own actions. The wire and
 /// config name of each is [`Executor::as_str`].
@@ -218,6 +218,15 @@ pub fn is_coordinator_plan(action: &str) -> bool {
     spec(action).is_some_and(|a| a.coordinator_plan)
 }
 
+/// Whether a command for `action` is checked, just before it runs, for
+/// whether its problem is still there (see `Command::level`): every
+/// action but the restoring ones (they undo a fix: the problem being gone
+/// is their reason) and workload steps (steps of a plan, not answers to a
+/// reading).
+pub fn rechecked_before_acting(action: &str) -> bool {
+    !restores(action) && !workloads::is_workload_step(action)
+}
+
 /// Whether an action's job is to free space (one that freed nothing
 /// failed).
 pub fn frees_space(action: &str) -> bool {
@@ -355,6 +364,11 @@ mod tests {
         assert!(is_verifiable("restart_wireguard") && !is_verifiable("ping_peer"));
         assert!(!is_verifiable("reset_throttle") && !is_verifiable("alert_human"));
         assert!(restores("reset_throttle"));
+        assert!(rechecked_before_acting("throttle_10") && rechecked_before_acting("cleanup_temp"));
+        assert!(!rechecked_before_acting("reset_throttle"));
+        assert!(
+            !rechecked_before_acting(WORKLOAD_START) && !rechecked_before_acting(WORKLOAD_STOP)
+        );
         assert!(!restores("throttle_10") && !restores("emergency_cleanup"));
         assert!(frees_space("archive_old") && !frees_space("alert_human"));
         assert!(spec("emergency_cleanup").is_some_and(|a| a.destructive));

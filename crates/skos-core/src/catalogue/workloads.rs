@@ -13,6 +13,11 @@ pub const START: &str = "workload_start";
 /// that it stops because the workload now runs elsewhere.
 pub const STOP: &str = "workload_stop";
 
+/// Whether `action` is a step of a placement plan.
+pub fn is_workload_step(action: &str) -> bool {
+    action == START || action == STOP
+}
+
 pub(super) const ACTIONS: &[ActionSpec] = &[
     ActionSpec::new(START, Workloads).params(&[("workload", Token)]),
     ActionSpec::new(STOP, Workloads)

@@ -73,7 +73,7 @@ pub use seed::{SeedKey, SEED_KEYS};
 pub use storage::{
     ArchiveConfig, EmailConfig, LogCleanup, NotifyConfig, StorageConfig, TempCleanup, WebhookConfig,
 };
-pub use thermal::{GpuConfig, SourcesConfig, ThermalConfig, ThrottleConfig};
+pub use thermal::{GpuConfig, PredictConfig, SourcesConfig, ThermalConfig, ThrottleConfig};
 pub use trust::TrustConfig;
 pub use validate::{
     endpoint, interface_name, is_wg_key, parse_cidr, relative_inside, sensor_name, valid_kind,

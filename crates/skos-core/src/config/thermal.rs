@@ -1,5 +1,5 @@
-//! `thermal:`: the thermal sentinel's thresholds, table, debounce, and how
-//! it throttles and reads GPUs.
+//! `thermal:`: the thermal sentinel's thresholds, table, debounce, early
+//! warning, and how it throttles and reads GPUs.
 
 use std::path::PathBuf;
 
@@ -30,6 +30,9 @@ pub struct ThermalConfig {
     /// How long each sensor source may take, and how long its readings
     /// stay current.
     pub sources: SourcesConfig,
+    /// The early warning: a `predicted` warning when the temperature's
+    /// trend will reach critical within the horizon.
+    pub predict: PredictConfig,
 }
 
 impl Default for ThermalConfig {
@@ -56,6 +59,54 @@ impl Default for ThermalConfig {
             throttle: ThrottleConfig::default(),
             gpu: GpuConfig::default(),
             sources: SourcesConfig::default(),
+            predict: PredictConfig::default(),
+        }
+    }
+}
+
+/// `thermal.predict`: when a rising temperature raises a `predicted`
+/// warning before it reaches critical. The trend is the least-squares line
+/// through the hottest reading of each kind (CPU, GPU) over the window;
+/// it is trusted only with enough readings, a fit that explains them
+/// (noise around a flat mean does not) and a real rise, so a single spike
+/// or a noisy flat series raises nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PredictConfig {
+    /// Raise `predicted` warnings at all.
+    pub enabled: bool,
+    /// Seconds of readings the trend is fitted to.
+    pub window_seconds: f64,
+    /// A `predicted` warning when critical is at most this many seconds away.
+    pub horizon_seconds: f64,
+    /// Readings in the window needed before the trend is trusted (at least 3).
+    pub min_samples: usize,
+    /// The fit's coefficient of determination (r², 0–1) needed.
+    pub min_r2: f64,
+    /// The rise needed, °C per second (0.01: 0.6 °C a minute).
+    pub min_slope: f64,
+}
+
+impl Default for PredictConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_seconds: 120.0,
+            horizon_seconds: 300.0,
+            min_samples: 6,
+            min_r2: 0.8,
+            min_slope: 0.01,
+        }
+    }
+}
+
+impl PredictConfig {
+    /// When the trend is trusted to predict.
+    pub fn trust(&self) -> crate::trend::Trust {
+        crate::trend::Trust {
+            min_samples: self.min_samples,
+            min_r2: self.min_r2,
+            min_slope: self.min_slope,
         }
     }
 }
@@ -181,6 +232,29 @@ impl Section for ThermalConfig {
         if let Some(age) = s.max_age {
             positive_seconds(out, "thermal.sources.max_age", age);
         }
+        let p = &self.predict;
+        positive_seconds(out, "thermal.predict.window_seconds", p.window_seconds);
+        if !non_negative(p.horizon_seconds) {
+            out.push(issue(
+                "thermal.predict.horizon_seconds",
+                "must be zero or more seconds",
+            ));
+        }
+        if p.min_samples < 3 {
+            out.push(issue(
+                "thermal.predict.min_samples",
+                "must be at least 3 (a line through two readings always fits)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&p.min_r2) {
+            out.push(issue("thermal.predict.min_r2", "must be between 0 and 1"));
+        }
+        if !non_negative(p.min_slope) {
+            out.push(issue(
+                "thermal.predict.min_slope",
+                "must be zero or more °C per second",
+            ));
+        }
         for (i, cg) in self.throttle.cgroups.iter().enumerate() {
             if let Err(m) = relative_inside(cg) {
                 out.push(issue(
@@ -212,6 +286,36 @@ mod tests {
         assert_eq!(set.thermal.sources.max_age_seconds(5.0), 40.0);
         assert_eq!(set.thermal.sources.tool_timeout, 20.0);
         assert_eq!(set.thermal.sources.read_timeout, 2.0);
+    }
+
+    #[test]
+    fn the_early_warning_has_defaults_and_its_keys_are_checked_by_name() {
+        let cfg = Config::from_yaml("").unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(cfg.thermal.predict, PredictConfig::default());
+        assert!(cfg.thermal.predict.enabled);
+        let set = Config::from_yaml(
+            "thermal:\n  predict: {window_seconds: 60, horizon_seconds: 600, min_samples: 4}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let p = &set.thermal.predict;
+        assert_eq!(
+            (p.window_seconds, p.horizon_seconds, p.min_samples),
+            (60.0, 600.0, 4)
+        );
+        assert_eq!(p.min_r2, 0.8);
+        for (yaml, key) in [
+            ("window_seconds: 0", "thermal.predict.window_seconds"),
+            ("horizon_seconds: -1", "thermal.predict.horizon_seconds"),
+            ("min_samples: 2", "thermal.predict.min_samples"),
+            ("min_r2: 1.5", "thermal.predict.min_r2"),
+            ("min_r2: -0.1", "thermal.predict.min_r2"),
+            ("min_slope: -1", "thermal.predict.min_slope"),
+            ("horizon: 5", "thermal.predict.horizon"),
+        ] {
+            let err =
+                Config::from_yaml(&format!("thermal:\n  predict: {{{yaml}}}\n")).expect_err(yaml);
+            assert!(err.iter().any(|i| i.path == key), "{yaml}: {err:?}");
+        }
     }
 
     #[test]

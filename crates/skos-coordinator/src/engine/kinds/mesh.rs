@@ -195,6 +195,9 @@ impl Engine {
         }
         match result.status {
             ResultStatus::Succeeded if catalogue::is_verifiable(&p.action) => {}
+            ResultStatus::NotNeeded => {
+                self.ladders.remove(&p.node, &p.problem);
+            }
             ResultStatus::Succeeded
                 if result.details.get("resolved").and_then(Value::as_bool) == Some(true) =>
             {

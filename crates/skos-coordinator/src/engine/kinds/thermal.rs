@@ -71,7 +71,9 @@ impl ProblemKind for Thermal {
             ResultStatus::Failed | ResultStatus::Expired => {
                 eng.retry_reset_later(&p.node, tried, result.status.as_str(), now, out);
             }
-            ResultStatus::Rejected | ResultStatus::Unsupported => out.push(audit(
+            // A reset is never refused as not needed; an agent that did
+            // anyway is not asked again, as for a refusal.
+            ResultStatus::Rejected | ResultStatus::Unsupported | ResultStatus::NotNeeded => out.push(audit(
                 AuditEvent::Decision,
                 now,
                 Some(&p.node),

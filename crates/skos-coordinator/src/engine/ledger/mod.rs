@@ -43,6 +43,10 @@ pub enum Outcome {
     Failed,
     /// The metric fell without proof the action brought it down.
     Uncredited,
+    /// The agent found the problem gone when the action was to run and did
+    /// nothing (`not_needed`): a false remediation avoided; neither a
+    /// success nor a failure of the action.
+    NotNeeded,
 }
 
 /// What one action did for one problem on one node.
@@ -53,6 +57,10 @@ pub struct Record {
     pub verified: u64,
     pub failed: u64,
     pub uncredited: u64,
+    /// Commands answered `not_needed`: the problem was gone before the
+    /// action ran.
+    #[serde(default)]
+    pub not_needed: u64,
     /// Failures since the last verified success.
     pub failing_streak: u32,
     /// Seconds from the fault's alert to its verified recovery, summed
@@ -87,6 +95,7 @@ impl Record {
         self.verified += other.verified;
         self.failed += other.failed;
         self.uncredited += other.uncredited;
+        self.not_needed += other.not_needed;
         self.recovery_seconds_total += other.recovery_seconds_total;
         self.recovery_seconds_max = self.recovery_seconds_max.max(other.recovery_seconds_max);
         if other.last_at > self.last_at {
@@ -212,6 +221,7 @@ impl Engine {
                 r.failing_streak = r.failing_streak.saturating_add(1);
             }
             Outcome::Uncredited => r.uncredited += 1,
+            Outcome::NotNeeded => r.not_needed += 1,
         }
         r.last_outcome = Some(outcome);
         r.last_at = Some(now);
@@ -343,6 +353,7 @@ impl Engine {
                 verified: r.verified,
                 failed: r.failed,
                 uncredited: r.uncredited,
+                not_needed: r.not_needed,
                 success_rate: r.success_rate(),
                 mean_recovery_seconds: r.mean_recovery_seconds(),
                 max_recovery_seconds: (r.verified > 0).then_some(r.recovery_seconds_max),
