@@ -68,7 +68,8 @@ fn config(dir: &Path, extra_failover: &str) -> PathBuf {
     let path = dir.join("config.yaml");
     let trust = trust_section(dir);
     let text = format!(
-        "{trust}agent:
+        "{trust}http: {{listen: \"off\"}}
+agent:
   heartbeat_interval: 0.5
   monitor_interval: 0.3
   antibodies: [thermal_sentinel, workloads]
@@ -193,7 +194,7 @@ impl Fleet {
             .arg(self.work.path().join(format!("agent-{}", n.name)))
             .env_remove("NATS_URL")
             .env_remove("RUST_LOG")
-            .env("LOG_LEVEL", "DEBUG")
+            .env("LOG_LEVEL", "INFO")
             .env(
                 "NATS_URL",
                 format!("nats://{}:{}", n.host_ip, self.nats.port()),
@@ -212,19 +213,22 @@ impl Fleet {
         self.nodes.iter().position(|n| n.name == name).unwrap()
     }
 
-    /// Whether `port` answers HTTP on `node`'s own loopback.
+    /// Whether `port` answers HTTP 200 on `node`'s own loopback (asked
+    /// from a thread inside its namespace).
     fn serves(&self, node: &str, port: u16) -> bool {
-        let out = self.node(node).ns.exec(&[
-            "/bin/busybox",
-            "wget",
-            "-q",
-            "-T",
-            "2",
-            "-O",
-            "/dev/null",
-            &format!("http://127.0.0.1:{port}/"),
-        ]);
-        out.status.success()
+        self.node(node).ns.run_in(|| {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let req = format!("GET / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+            if s.write_all(req.as_bytes()).is_err() {
+                return false;
+            }
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+        })
     }
 
     fn status(&self) -> Value {
