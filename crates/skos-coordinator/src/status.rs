@@ -21,6 +21,7 @@
 //! | `open_alerts` | [`MAX_OPEN_ALERTS`] | worst severity first; with `node`, that node's |
 //! | `recent_actions` | [`MAX_RECENT_ACTIONS`] | the newest, oldest first; with `node`, that node's |
 //! | `open_circuits` | [`MAX_OPEN_CIRCUITS`] | by (node, problem, action); with `node`, that node's |
+//! | `silences` | [`MAX_SILENCES`] | by node, then start; with `node`, that node's |
 //!
 //! The summary always counts everything, so a reply says how much it left
 //! out; `node` shows one node in full (its alerts, actions and circuits).
@@ -28,6 +29,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use skos_core::protocol::{decode, DecodeError, ResultStatus, Severity};
+use skos_core::silence::Silence;
 use skos_core::timefmt::{self, Timestamp};
 use skos_core::NodeName;
 use std::collections::BTreeMap;
@@ -44,6 +46,8 @@ pub const MAX_OPEN_ALERTS: usize = 100;
 pub const MAX_RECENT_ACTIONS: usize = 50;
 /// The most open circuits one reply lists.
 pub const MAX_OPEN_CIRCUITS: usize = 100;
+/// The most silences one reply lists.
+pub const MAX_SILENCES: usize = 50;
 /// The longest string (in bytes) a listed item keeps; longer ones are cut
 /// on a character boundary and end in `…`.
 pub const MAX_TEXT_BYTES: usize = 256;
@@ -245,6 +249,9 @@ pub struct Summary {
     pub open_circuits: usize,
     /// Recent actions held (`coordinator.recent_actions` at most).
     pub recent_actions: usize,
+    /// Silences kept (holding now or starting later).
+    #[serde(default)]
+    pub silences: usize,
 }
 
 /// One status reply: the summary, one page of nodes and capped lists (see
@@ -283,6 +290,10 @@ pub struct Status {
     /// Open and half-open circuits (at most [`MAX_OPEN_CIRCUITS`]).
     pub open_circuits: Vec<Value>,
     pub counters: BTreeMap<String, u64>,
+    /// Silences and maintenance windows, holding now or starting later
+    /// (at most [`MAX_SILENCES`]; comments cut to [`MAX_TEXT_BYTES`]).
+    #[serde(default)]
+    pub silences: Vec<Silence>,
     /// The coordinator that answered, when coordinators elect a leader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<Leadership>,
@@ -582,6 +593,7 @@ impl Status {
         self.open_alerts.retain(concerns);
         self.open_circuits.retain(concerns);
         self.recent_actions.retain(|a| query.concerns(&a.node));
+        self.silences.retain(|s| query.concerns(s.node.as_str()));
         self.query = query;
         self
     }
@@ -632,9 +644,38 @@ impl Status {
             s.open_alerts.warning
         ));
         out.push_str(&format!(
-            "  circuits  {} open\n  actions   {} recent\n",
-            s.open_circuits, s.recent_actions
+            "  circuits  {} open\n  actions   {} recent\n  silences  {}\n",
+            s.open_circuits, s.recent_actions, s.silences
         ));
+    }
+
+    /// The silences listed, one line each: holding now (until when) or
+    /// from when to when.
+    fn render_silences(&self, out: &mut String) {
+        out.push_str(&format!(
+            "\nSILENCES ({}{})\n",
+            self.silences.len(),
+            shown_of(self.silences.len(), self.summary.silences, "by node")
+        ));
+        for s in &self.silences {
+            let when = if s.holds_at(self.generated_at) {
+                format!("holding until {}", timefmt::format(&s.end))
+            } else {
+                format!(
+                    "from {} to {}",
+                    timefmt::format(&s.start),
+                    timefmt::format(&s.end)
+                )
+            };
+            out.push_str(&format!(
+                "  {}  {}  {}  by {}: {}\n",
+                s.id,
+                s.scope(),
+                when,
+                s.by,
+                s.comment
+            ));
+        }
     }
 
     fn node_line(n: &NodeStatus) -> String {
@@ -764,6 +805,7 @@ impl Status {
         for c in &self.open_circuits {
             out.push_str(&circuit_line(c));
         }
+        self.render_silences(out);
         // What `--json` carries in full: the counters that moved.
         let moved: Vec<String> = self
             .counters
@@ -845,6 +887,7 @@ impl Status {
         for c in &self.open_circuits {
             out.push_str(&circuit_line(c));
         }
+        self.render_silences(out);
     }
 }
 
@@ -893,6 +936,7 @@ mod tests {
             "state": "half_open", "since": timefmt::format(&now),
         });
         let s = Status {
+            silences: Vec::new(),
             mode: "distributed".into(),
             generated_at: now,
             summary: Summary::default(),
@@ -987,6 +1031,7 @@ mod tests {
             online: true,
         };
         let file = Status {
+            silences: Vec::new(),
             mode: "embedded".into(),
             generated_at: now,
             summary: Summary::default(),
@@ -1060,6 +1105,7 @@ mod tests {
     #[test]
     fn an_oversized_reply_is_a_refusal() {
         let s = Status {
+            silences: Vec::new(),
             mode: "embedded".into(),
             generated_at: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
             summary: Summary::default(),

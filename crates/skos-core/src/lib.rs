@@ -20,6 +20,7 @@ pub mod policy;
 pub mod protocol;
 pub mod recent;
 pub mod redact;
+pub mod silence;
 pub mod timefmt;
 
 pub use node::{NodeName, NodeNameError};

@@ -470,6 +470,9 @@ pub enum AuditEvent {
     /// A problem started flapping (its state changed too often to act on
     /// each change) or became stable again: `data.state` says which.
     Flapping,
+    /// A silence was added, expired by someone, or ended at its time:
+    /// `data.event` says which (`added`, `expired`, `ended`), `data.by` who.
+    Silence,
 }
 
 impl AuditEvent {
@@ -493,6 +496,7 @@ impl AuditEvent {
             AuditEvent::Coalesced => "coalesced",
             AuditEvent::Dropped => "dropped",
             AuditEvent::Flapping => "flapping",
+            AuditEvent::Silence => "silence",
         }
     }
 }

@@ -160,7 +160,7 @@ function follow() {
   es.onmessage = (m) => handle(m);
   for (const t of ["alert", "decision", "command", "result", "verification", "breaker",
     "escalation", "skipped", "node", "rejected", "leader", "no_result", "coalesced",
-    "dropped", "flapping", "start", "stop", "audit_recovered"]) {
+    "dropped", "flapping", "silence", "start", "stop", "audit_recovered"]) {
     es.addEventListener(t, handle);
   }
   es.addEventListener("lagged", () => { loadAudit(); soon(); });

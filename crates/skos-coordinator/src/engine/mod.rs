@@ -53,6 +53,7 @@ mod index;
 mod kinds;
 mod originals;
 mod quota;
+mod silence;
 mod state;
 mod status;
 
@@ -80,6 +81,8 @@ enum SkipReason {
     RateLimited,
     /// A mesh problem that is really its peer node's problem.
     PeerNodeDown,
+    /// An operator's silence or maintenance window covers it.
+    Silenced,
 }
 
 impl SkipReason {
@@ -91,6 +94,7 @@ impl SkipReason {
             SkipReason::CircuitOpen => "circuit_open",
             SkipReason::RateLimited => "rate_limited",
             SkipReason::PeerNodeDown => "peer_node_down",
+            SkipReason::Silenced => "silenced",
         }
     }
 }
@@ -153,6 +157,8 @@ pub struct Engine {
     flaps: flap::Flaps,
     /// Who leads, shown by `skos status`.
     leader: Option<Leadership>,
+    /// Operators' silences and maintenance windows, by node (see `silence`).
+    silences: silence::Silences,
 }
 
 /// Why a result was refused: it came from another node than the one its
@@ -227,6 +233,7 @@ impl Engine {
             watches: credit::Watches::default(),
             flaps: flap::Flaps::default(),
             leader: None,
+            silences: silence::Silences::new(),
         }
     }
 
@@ -433,6 +440,30 @@ impl Engine {
     ) {
         let node = alert.node.clone();
         let problem = alert.problem();
+        if let Some(s) = self.silenced(&node, &alert.kind, &problem, action, now) {
+            let (id, detail) = (
+                s.id.clone(),
+                format!(
+                    "silence {} by {} until {}: {}",
+                    s.id,
+                    s.by,
+                    timefmt::format(&s.end),
+                    s.comment
+                ),
+            );
+            self.silence_held(&node, &id, &problem);
+            self.skip(
+                (&node, &problem, action),
+                SkipReason::Silenced,
+                detail,
+                now,
+                out,
+            );
+            if let Some(Effect::Audit(entry)) = out.last_mut() {
+                entry.data["silence_id"] = json!(id);
+            }
+            return;
+        }
         if self.cfg.dry_run {
             self.skip(
                 (&node, &problem, action),
@@ -905,6 +936,7 @@ impl Engine {
             kind.on_tick(self, now, &mut out);
         }
         self.flap_tick(now, &mut out);
+        self.silence_tick(now, &mut out);
         self.expire_pending(now, &mut out);
         self.verification_deadlines(now, &mut out);
         out

@@ -530,6 +530,9 @@ pub struct EngineSnapshot {
     /// Throttle resets waiting to be sent again, by node.
     #[serde(default)]
     pub(in crate::engine) reset_retries: Vec<(NodeName, ResetRetry)>,
+    /// Operators' silences and maintenance windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::engine) silences: Vec<skos_core::silence::Silence>,
 }
 
 impl EngineSnapshot {
@@ -543,6 +546,7 @@ impl EngineSnapshot {
             && self.nodes.is_empty()
             && self.ladders.is_empty()
             && self.reset_retries.is_empty()
+            && self.silences.is_empty()
     }
 }
 
@@ -579,6 +583,7 @@ impl Engine {
                 .iter()
                 .map(|(n, r)| (n.clone(), r.clone()))
                 .collect(),
+            silences: self.silences.values().flatten().cloned().collect(),
         }
     }
 
@@ -619,6 +624,7 @@ impl Engine {
                 .map(|r| (node.clone(), r.clone()))
                 .into_iter()
                 .collect(),
+            silences: self.silences.get(node).cloned().unwrap_or_default(),
         }
     }
 
@@ -630,6 +636,7 @@ impl Engine {
         out.extend(self.open_alerts.nodes().cloned());
         out.extend(self.ladders.nodes().cloned());
         out.extend(self.reset_retries.keys().cloned());
+        out.extend(self.silences.keys().cloned());
         out.extend(
             self.breakers
                 .snapshot()
@@ -680,6 +687,12 @@ impl Engine {
             self.pending.insert(id, p);
         }
         self.reset_retries.extend(snap.reset_retries);
+        for s in snap.silences {
+            let kept = self.silences.entry(s.node.clone()).or_default();
+            if !kept.iter().any(|k| k.id == s.id) {
+                kept.push(s);
+            }
+        }
         for v in snap.verifications {
             self.verifications.push(v);
         }

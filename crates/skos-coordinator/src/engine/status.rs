@@ -20,6 +20,7 @@ use crate::status::MAX_PER_PAGE;
 use crate::status::{
     bounded_item, clip, ActionRecord, AgentStatus, NodeHealth, NodeOrder, NodeStatus, Status,
     StatusQuery, Summary, MAX_AGENTS, MAX_OPEN_ALERTS, MAX_OPEN_CIRCUITS, MAX_RECENT_ACTIONS,
+    MAX_SILENCES,
 };
 
 /// A node's health: offline without heartbeats, else from its worst open
@@ -124,6 +125,8 @@ impl Engine {
             .collect();
         summary.open_circuits = open_circuits.len() + loop_circuits.len();
         summary.recent_actions = self.recent.len();
+        let silences = self.silences();
+        summary.silences = silences.len();
 
         Status {
             mode: self.mode.clone(),
@@ -159,6 +162,17 @@ impl Engine {
                 .collect(),
             counters: self.counters.snapshot(),
             leader: self.leader.clone(),
+            silences: silences
+                .into_iter()
+                .filter(|s| query.concerns(s.node.as_str()))
+                .take(MAX_SILENCES)
+                .map(|mut s| {
+                    s.comment = clip(&s.comment);
+                    s.by = clip(&s.by);
+                    s.held.clear();
+                    s
+                })
+                .collect(),
             query,
         }
     }

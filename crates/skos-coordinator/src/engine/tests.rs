@@ -3491,3 +3491,142 @@ fn loop_breaker_circuits_show_among_the_open_circuits() {
     assert_eq!(s.summary.open_circuits, 0);
     assert!(s.open_circuits.is_empty());
 }
+
+fn silence_spec(duration: u64) -> skos_core::silence::SilenceSpec {
+    skos_core::silence::SilenceSpec {
+        node: nova(),
+        kind: Some("thermal".into()),
+        problem: None,
+        action: None,
+        start: None,
+        end: None,
+        duration_seconds: Some(duration),
+        comment: "fan replacement".into(),
+        by: "ana".into(),
+    }
+}
+
+#[test]
+fn a_silenced_problem_is_recorded_and_decided_but_never_acted_on() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let (s, fx) = e.add_silence(&silence_spec(600), t(0.0)).unwrap();
+    let added = audits(&fx, "silence");
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0].actor, "ana");
+    assert_eq!(added[0].data["event"], "added");
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    assert!(
+        commands(&fx).is_empty(),
+        "a silenced problem gets no command"
+    );
+    assert_eq!(audits(&fx, "alert").len(), 1, "the alert is still recorded");
+    assert_eq!(audits(&fx, "decision").len(), 1);
+    assert_eq!(skipped_reasons(&fx), ["silenced", "silenced"]);
+    for skipped in audits(&fx, "skipped") {
+        assert_eq!(skipped.data["silence_id"], s.id.as_str());
+    }
+    let status = e.status(t(2.0));
+    assert_eq!(status.silences.len(), 1);
+    assert_eq!(status.silences[0].id, s.id);
+    assert_eq!(status.summary.silences, 1);
+}
+
+#[test]
+fn a_silence_covers_only_its_node_kind_and_action() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let mut spec = silence_spec(600);
+    spec.kind = None;
+    spec.action = Some("redistribute".into());
+    e.add_silence(&spec, t(0.0)).unwrap();
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    let names: Vec<String> = commands(&fx).into_iter().map(|c| c.action_type).collect();
+    assert_eq!(names, ["throttle_50"], "only the silenced action is held");
+    assert_eq!(skipped_reasons(&fx), ["silenced"]);
+}
+
+#[test]
+fn an_expired_silence_acts_again_on_what_it_held() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let (s, _) = e.add_silence(&silence_spec(600), t(0.0)).unwrap();
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    assert!(commands(&fx).is_empty());
+    assert!(matches!(
+        e.expire_silence("s-000000000000", "ana", t(5.0)),
+        Err(skos_core::silence::SilenceError::Unknown(_))
+    ));
+    let (gone, fx) = e.expire_silence(&s.id, "bo", t(5.0)).unwrap();
+    assert_eq!(gone.id, s.id);
+    let expired = audits(&fx, "silence");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].actor, "bo");
+    assert_eq!(expired[0].data["event"], "expired");
+    let names: Vec<String> = commands(&fx).into_iter().map(|c| c.action_type).collect();
+    assert_eq!(
+        names,
+        ["throttle_50", "redistribute"],
+        "decided again at once"
+    );
+    assert!(e.silences().is_empty());
+    assert!(e.status(t(6.0)).silences.is_empty());
+}
+
+#[test]
+fn a_silence_that_ends_on_a_tick_acts_again_and_a_later_one_waits_for_its_start() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    // A window starting later does not hold yet.
+    let mut later = silence_spec(60);
+    later.start = Some(t(1000.0));
+    later.comment = "planned work".into();
+    e.add_silence(&later, t(0.0)).unwrap();
+    let (s, _) = e.add_silence(&silence_spec(60), t(0.0)).unwrap();
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    assert!(commands(&fx).is_empty());
+    e.on_heartbeat(hb(Some(87.0), 0, 30.0), t(30.0));
+    let fx = e.tick(t(30.0));
+    assert!(audits(&fx, "silence").is_empty(), "not ended yet");
+    e.on_heartbeat(hb(Some(87.0), 0, 59.0), t(59.0));
+    let fx = e.tick(t(60.0));
+    let ended = audits(&fx, "silence");
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].data["event"], "ended");
+    assert_eq!(ended[0].data["silence"]["id"], s.id.as_str());
+    assert_eq!(commands(&fx).len(), 2, "acted on once the window closed");
+    assert_eq!(e.silences().len(), 1, "the later window is still kept");
+}
+
+#[test]
+fn silences_survive_a_restart_in_their_node_snapshot() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let (s, _) = e.add_silence(&silence_spec(600), t(0.0)).unwrap();
+    e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    let snap = e.node_snapshot(&nova());
+    assert!(!snap.is_empty());
+    let json = serde_json::to_string(&snap).unwrap();
+    let mut again = engine();
+    again.restore(serde_json::from_str(&json).unwrap(), t(2.0));
+    assert_eq!(again.silences().len(), 1);
+    assert!(again.known_nodes().contains(&nova()));
+    // What it held is decided again when it is expired after the restart.
+    let (_, fx) = again.expire_silence(&s.id, "ana", t(3.0)).unwrap();
+    assert_eq!(commands(&fx).len(), 2);
+}
+
+#[test]
+fn a_silence_for_a_node_never_seen_is_kept_in_that_nodes_state() {
+    let mut e = engine();
+    let mut spec = silence_spec(600);
+    spec.node = node("lyra");
+    e.add_silence(&spec, t(0.0)).unwrap();
+    assert!(e.known_nodes().contains(&node("lyra")));
+    assert_eq!(e.node_snapshot(&node("lyra")).silences.len(), 1);
+    let fx = e.add_silence(&spec, t(0.0));
+    assert!(matches!(
+        fx,
+        Err(skos_core::silence::SilenceError::Exists(_))
+    ));
+}
