@@ -47,8 +47,10 @@ use skos_core::{catalogue, policy};
 use crate::status::NodeHealth;
 use crate::status::{ActionRecord, ActionState, Leadership};
 
+mod control;
 mod credit;
 mod flap;
+mod forget;
 mod index;
 mod kinds;
 mod originals;
@@ -57,6 +59,7 @@ mod silence;
 mod state;
 mod status;
 
+pub use forget::ForgetError;
 use index::{Ladders, OpenAlerts, Pendings, Verifications, Watchers};
 use kinds::Recovery;
 pub use state::EngineSnapshot;

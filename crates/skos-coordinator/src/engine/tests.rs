@@ -3630,3 +3630,80 @@ fn a_silence_for_a_node_never_seen_is_kept_in_that_nodes_state() {
         Err(skos_core::silence::SilenceError::Exists(_))
     ));
 }
+
+#[test]
+fn a_node_seen_recently_is_not_forgotten_unless_forced() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    assert!(matches!(
+        e.forget_node(&nova(), "ana", false, t(2.0)),
+        Err(ForgetError::Recent { .. })
+    ));
+    assert!(matches!(
+        e.forget_node(&node("lyra"), "ana", false, t(2.0)),
+        Err(ForgetError::Unknown(_))
+    ));
+    assert_eq!(e.known_nodes().len(), 1, "nothing dropped by a refusal");
+    let fx = e.forget_node(&nova(), "ana", true, t(2.0)).unwrap();
+    let forgotten = audits(&fx, "node");
+    assert_eq!(forgotten.len(), 1);
+    assert_eq!(forgotten[0].actor, "ana");
+    assert_eq!(forgotten[0].data["event"], "forgotten");
+    assert_eq!(forgotten[0].data["dropped"]["open_alerts"], 1);
+    assert_eq!(forgotten[0].data["dropped"]["pending_commands"], 2);
+    assert!(e.known_nodes().is_empty());
+    assert!(
+        e.node_snapshot(&nova()).is_empty(),
+        "its saved state is removed"
+    );
+    assert!(e.status(t(3.0)).open_alerts.is_empty());
+    // Its deadlines are gone: a later tick closes nothing as no_result.
+    let fx = e.tick(t(500.0));
+    assert!(audits(&fx, "no_result").is_empty());
+}
+
+#[test]
+fn an_offline_node_is_forgotten_without_force_and_rejoins_with_a_heartbeat() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(50.0), 0, 0.0), t(0.0));
+    e.tick(t(100.0));
+    assert!(e.nodes.get(&nova()).is_some_and(|n| n.offline));
+    let fx = e.forget_node(&nova(), "ana", false, t(101.0)).unwrap();
+    assert_eq!(audits(&fx, "node").len(), 1);
+    assert!(e.known_nodes().is_empty());
+    let fx = e.on_heartbeat(hb(Some(50.0), 0, 200.0), t(200.0));
+    assert_eq!(audits(&fx, "node")[0].data["event"], "joined");
+}
+
+#[test]
+fn control_requests_are_answered_with_what_was_done_or_why_not() {
+    use crate::control::{ControlRequest, Refusal};
+    let mut e = engine();
+    let (reply, fx) = e.control(
+        &ControlRequest::SilenceAdd {
+            silence: silence_spec(600),
+        },
+        t(0.0),
+    );
+    assert!(reply.error.is_none(), "{reply:?}");
+    assert_eq!(reply.silences.len(), 1);
+    assert_eq!(audits(&fx, "silence").len(), 1);
+    let (list, fx) = e.control(&ControlRequest::SilenceList, t(1.0));
+    assert!(fx.is_empty());
+    assert_eq!(list.silences, reply.silences);
+    let (bad, fx) = e.control(
+        &ControlRequest::SilenceExpire {
+            id: "s-nope".into(),
+            by: "ana".into(),
+        },
+        t(1.0),
+    );
+    assert!(fx.is_empty());
+    assert_eq!(bad.refusal, Some(Refusal::NotFound));
+    let mut wrong = silence_spec(600);
+    wrong.comment = String::new();
+    let (bad, _) = e.control(&ControlRequest::SilenceAdd { silence: wrong }, t(1.0));
+    assert_eq!(bad.refusal, Some(Refusal::Invalid));
+    assert!(bad.error.unwrap().contains("comment"));
+}
