@@ -89,6 +89,20 @@ pub enum Cmd {
         #[command(subcommand)]
         command: KeysCmd,
     },
+    /// Silences and maintenance windows: actions the coordinator must not
+    /// take on a node for a while (alerts are still recorded and decided,
+    /// the actions skipped as `silenced`). Sent to the leading coordinator
+    /// over NATS when NATS_URL is set, else to `skos up`'s HTTP API
+    /// (http.listen, with the token in http.token_file).
+    Silence {
+        #[command(subcommand)]
+        command: SilenceCmd,
+    },
+    /// What the coordinator keeps about nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCmd,
+    },
     /// Fleet-wide setup.
     Fleet {
         #[command(subcommand)]
@@ -142,12 +156,99 @@ pub struct StatusArgs {
     pub by_name: bool,
 }
 
+/// Where an operator's change goes, and who asks.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ControlArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The address of `skos up`'s HTTP API (IP:port) when NATS_URL is not
+    /// set (default: http.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Who asks, as the audit trail records it (default: the login name,
+    /// from SUDO_USER, USER or LOGNAME).
+    #[arg(long, value_name = "WHO")]
+    pub by: Option<String>,
+    /// Print the coordinator's reply as it is (JSON).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SilenceCmd {
+    /// Silence a node (or one kind, problem or action on it) for a while,
+    /// from now or from --start.
+    Add {
+        /// The node.
+        #[arg(long)]
+        node: String,
+        /// Only problems of this kind (thermal, storage, mesh, loop, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this problem (thermal:cpu, storage:/srv).
+        #[arg(long)]
+        problem: Option<String>,
+        /// Only this action (throttle_50, clean_temp, ...).
+        #[arg(long)]
+        action: Option<String>,
+        /// How long it holds from its start (90m, 4h, 2days).
+        #[arg(
+            long = "for",
+            value_name = "DURATION",
+            conflicts_with = "until",
+            required_unless_present = "until"
+        )]
+        duration: Option<String>,
+        /// When it stops holding (RFC 3339: 2026-03-01T06:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// When it starts holding (RFC 3339; default now): a maintenance
+        /// window planned ahead.
+        #[arg(long, value_name = "TIME")]
+        start: Option<String>,
+        /// Why (required; recorded in the audit trail).
+        #[arg(long)]
+        comment: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Every silence kept, holding now or starting later.
+    List {
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// End a silence now; the problems it held are decided again.
+    Expire {
+        /// The silence's id (s-...).
+        id: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Forget a node that left the fleet: its state, open alerts, pending
+    /// commands and deadlines are dropped (audited with who asked).
+    Forget {
+        /// The node.
+        name: String,
+        /// Forget it even though it was heard from recently (it comes
+        /// back with its next heartbeat).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum FleetCmd {
     /// Print a nats-server authorization config where each node's agent may
     /// publish only its own subjects and read only its own commands (through
     /// the consumer the coordinator makes), the coordinator may not delete or
-    /// purge the audit and state streams, and operators only read; write one
+    /// purge the audit and state streams, and operators only read the trail and
+    /// ask the coordinator (status, silences, forgetting a node); write one
     /// nkeys login seed per node, one for the coordinator, one for operators
     /// (`skos status`, `skos audit`), and the coordinator's command signing
     /// key apart, into --out.

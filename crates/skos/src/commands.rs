@@ -77,6 +77,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Keys {
             command: KeysCmd::Generate { out, force },
         } => keys_generate(&out, force),
+        Cmd::Silence { command } => crate::control::silence(command).await,
+        Cmd::Node { command } => crate::control::node(command).await,
         Cmd::Fleet {
             command: FleetCmd::NatsConfig { nodes, out, force },
         } => crate::fleet::nats_config(&nodes, &out, force),
@@ -135,7 +137,7 @@ fn load(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<Config> {
     Ok(cfg)
 }
 
-fn load_quiet(arg: &ConfigArg) -> Result<Config> {
+pub(crate) fn load_quiet(arg: &ConfigArg) -> Result<Config> {
     let cfg = read_config(arg, None)?;
     init_logging("ERROR");
     Ok(cfg)
@@ -344,7 +346,7 @@ fn nats_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
 /// Connection options of an operator's command (`skos status`, `skos
 /// audit`): replies on the operator's own inbox, no stream created (a
 /// read-only credential may do neither more nor less).
-fn operator_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
+pub(crate) fn operator_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
     let mut opts = nats_options(cfg, name)?;
     opts.inbox_prefix = Some(skos_bus::subjects::OPERATOR_INBOX.to_string());
     opts.create_streams = false;

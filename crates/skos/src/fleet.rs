@@ -10,8 +10,10 @@
 //! * **the coordinator** may do everything but delete, purge, update or
 //!   restore the audit and state streams (`SKOS_AUDIT`, `SKOS_STATE`) or
 //!   delete their messages; only it may publish on their subjects.
-//! * **operators** (`skos status`, `skos audit tail/verify`) read only: a
-//!   status request, and the audit stream's info and messages.
+//! * **operators** (`skos status`, `skos audit tail/verify`, `skos
+//!   silence`, `skos node forget`): a status or control request to the
+//!   coordinator, which audits every change with who asked, and the audit
+//!   stream's info and messages; nothing else.
 //!
 //! The server config holds public keys only; the seeds are written to
 //! files, one per credential.
@@ -82,12 +84,15 @@ pub fn coordinator_permissions() -> String {
     )
 }
 
-/// The operator's permissions: read only. A status request (answered on
-/// its own inbox), and the audit stream's info and messages.
+/// The operator's permissions: status and control requests (answered on
+/// its own inbox: silences, forgetting a node, which the coordinator
+/// audits with who asked), and reading the audit stream's info and
+/// messages. Nothing else: no command, alert, stream or consumer.
 pub fn operator_permissions() -> String {
     let audit = subjects::STREAM_AUDIT;
     let publish = [
         subjects::STATUS.to_string(),
+        subjects::CONTROL.to_string(),
         format!("$JS.API.STREAM.INFO.{audit}"),
         format!("$JS.API.STREAM.MSG.GET.{audit}"),
         format!("$JS.API.DIRECT.GET.{audit}"),
@@ -186,7 +191,7 @@ pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode
             coordinator_permissions()
         ),
         format!(
-            "    # operators (skos status, skos audit tail/verify): read only\n    {{ nkey: {operator_public}, {} }}",
+            "    # operators (skos status, skos audit, skos silence, skos node forget): status and control requests, reading the trail\n    {{ nkey: {operator_public}, {} }}",
             operator_permissions()
         ),
     ];
@@ -201,7 +206,7 @@ pub fn nats_config(nodes: &[String], out: &Path, force: bool) -> Result<ExitCode
     println!(
         "# nats-server authorization for a SKOS fleet, written by `skos fleet nats-config`.\n\
 # Login seeds: {dir}/coordinator.nk for the coordinator, {dir}/operator.nk for operators'\n\
-# skos status and skos audit (read only), {dir}/<node>.nk for each agent (set\n\
+# skos status, skos audit, skos silence and skos node forget, {dir}/<node>.nk for each agent (set\n\
 # nats.nkey_seed_file to it). {dir}/coordinator-signing.nk signs commands\n\
 # (trust.signing_key_file only; never a login key). Unknown clients cannot connect.\n\
 authorization {{\n  users = [\n{}\n  ]\n}}",

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod control;
 mod fleet;
 mod heap;
 
