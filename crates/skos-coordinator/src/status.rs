@@ -658,15 +658,7 @@ impl Status {
             shown_of(self.silences.len(), self.summary.silences, "by node")
         ));
         for s in &self.silences {
-            let when = if s.holds_at(self.generated_at) {
-                format!("holding until {}", timefmt::format(&s.end))
-            } else {
-                format!(
-                    "from {} to {}",
-                    timefmt::format(&s.start),
-                    timefmt::format(&s.end)
-                )
-            };
+            let when = s.when(self.generated_at);
             out.push_str(&format!(
                 "  {}  {}  {}  by {}: {}\n",
                 s.id,

@@ -470,8 +470,9 @@ pub enum AuditEvent {
     /// A problem started flapping (its state changed too often to act on
     /// each change) or became stable again: `data.state` says which.
     Flapping,
-    /// A silence was added, expired by someone, or ended at its time:
-    /// `data.event` says which (`added`, `expired`, `ended`), `data.by` who.
+    /// A silence was added, expired by someone, ended at its time, or one
+    /// window of a recurring silence closed: `data.event` says which
+    /// (`added`, `expired`, `ended`, `window_closed`), `data.by` who.
     Silence,
 }
 

@@ -8,6 +8,14 @@
 //! every action it matches is skipped as `silenced` (never sent). When it
 //! ends or is expired, the problems it held are decided again.
 //!
+//! A recurring silence (a maintenance window for planned work) holds only
+//! inside its windows: each begins at an occurrence of a 5-field cron
+//! pattern (minute, hour, day of month, month, day of week; in UTC; `#n`
+//! for the n-th weekday of the month, as in `0 2 * * SUN#1`, the first
+//! Sunday at 02:00) and lasts its window's length; the series runs from
+//! its start to its end (a year when none is given). The problems a window
+//! held are decided again when it closes.
+//!
 //! Pure: the time is always a parameter.
 
 use std::collections::BTreeSet;
@@ -29,6 +37,8 @@ pub const MAX_BY_CHARS: usize = 64;
 pub const MAX_SECONDS: i64 = 366 * 24 * 3600;
 /// Most silences kept per node; one more is refused.
 pub const MAX_PER_NODE: usize = 64;
+/// Longest window of a recurring silence, in seconds (31 days).
+pub const MAX_WINDOW_SECONDS: i64 = 31 * 24 * 3600;
 
 /// What is wrong with a silence asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +67,12 @@ pub enum SilenceError {
     Unknown(String),
     #[error("silence {0} exists already")]
     Exists(String),
+    #[error("every {pattern:?}: {reason} (5 fields in UTC: minute hour day-of-month month day-of-week, e.g. \"0 2 * * SUN#1\")")]
+    Every { pattern: String, reason: String },
+    #[error("a recurring silence needs the length of each window (a duration)")]
+    WindowLength,
+    #[error("each window may last at most 31 days ({0} s asked)")]
+    WindowTooLong(i64),
 }
 
 /// A silence asked for: what `skos silence add` and `POST
@@ -88,9 +104,15 @@ pub struct SilenceSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub end: Option<Timestamp>,
-    /// How long it holds from its start, in seconds.
+    /// How long it holds from its start, in seconds; with `every`, how long
+    /// each window lasts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<u64>,
+    /// Recurring windows: a 5-field cron pattern in UTC (`0 2 * * SUN#1`).
+    /// `end` is then when the series ends (a year after its start when
+    /// absent), `duration_seconds` each window's length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
     /// Why (required).
     pub comment: String,
     /// Who made it (required).
@@ -117,9 +139,59 @@ pub struct Silence {
     pub by: String,
     #[serde(with = "timefmt")]
     pub created: Timestamp,
-    /// Problems whose actions it held: decided again when it ends.
+    /// For a recurring silence, its windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<Every>,
+    /// Problems whose actions it held: decided again when it ends (for a
+    /// recurring silence, when its window closes).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub held: BTreeSet<ProblemKey>,
+}
+
+/// The windows of a recurring silence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Every {
+    /// A 5-field cron pattern, in UTC.
+    pub cron: String,
+    /// How long each window lasts, in seconds.
+    pub window_seconds: i64,
+}
+
+/// `pattern` read as 5 cron fields (no seconds, no year).
+fn parse_cron(pattern: &str) -> Result<croner::Cron, SilenceError> {
+    use croner::parser::{CronParser, Seconds, Year};
+    let bad = |reason: String| SilenceError::Every {
+        pattern: pattern.to_string(),
+        reason,
+    };
+    if pattern.split_whitespace().count() != 5 {
+        return Err(bad("not 5 fields".into()));
+    }
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(pattern)
+        .map_err(|e| bad(e.to_string()))
+}
+
+impl Every {
+    /// The window holding at `now`, as (start, end), if any.
+    pub fn window_at(&self, now: Timestamp) -> Option<(Timestamp, Timestamp)> {
+        let cron = parse_cron(&self.cron).ok()?;
+        let len = chrono::Duration::seconds(self.window_seconds);
+        // The first occurrence after now - len: holding when it has begun.
+        let begun = cron.find_next_occurrence(&(now - len), false).ok()?;
+        (begun <= now).then_some((begun, begun + len))
+    }
+
+    /// When the next window after `now` begins.
+    pub fn next_after(&self, now: Timestamp) -> Option<Timestamp> {
+        parse_cron(&self.cron)
+            .ok()?
+            .find_next_occurrence(&now, false)
+            .ok()
+    }
 }
 
 /// Every kind a silence may name: the kinds a problem can have.
@@ -174,16 +246,27 @@ impl SilenceSpec {
             }
         }
         let start = self.start.unwrap_or(now);
-        let end = match (self.end, self.duration_seconds) {
-            (Some(end), None) => end,
-            (None, Some(d)) => {
-                let d = i64::try_from(d).map_err(|_| SilenceError::TooLong(i64::MAX))?;
-                if d > MAX_SECONDS {
-                    return Err(SilenceError::TooLong(d));
+        let seconds = |d: u64| i64::try_from(d).map_err(|_| SilenceError::TooLong(i64::MAX));
+        let (end, every) = match &self.every {
+            Some(pattern) => {
+                parse_cron(pattern)?;
+                let window = seconds(self.duration_seconds.ok_or(SilenceError::WindowLength)?)?;
+                if window <= 0 {
+                    return Err(SilenceError::WindowLength);
                 }
-                start + chrono::Duration::seconds(d)
+                if window > MAX_WINDOW_SECONDS {
+                    return Err(SilenceError::WindowTooLong(window));
+                }
+                let every = Every {
+                    cron: pattern.split_whitespace().collect::<Vec<_>>().join(" "),
+                    window_seconds: window,
+                };
+                let end = self
+                    .end
+                    .unwrap_or(start + chrono::Duration::seconds(MAX_SECONDS));
+                (end, Some(every))
             }
-            _ => return Err(SilenceError::EndOrDuration),
+            None => (self.one_off_end(start)?, None),
         };
         if end <= start {
             return Err(SilenceError::EndBeforeStart {
@@ -209,10 +292,27 @@ impl SilenceSpec {
             comment: comment.to_string(),
             by: self.by.clone(),
             created: now,
+            every,
             held: BTreeSet::new(),
         };
         s.id = s.derive_id();
         Ok(s)
+    }
+
+    /// The end of a silence that does not recur: its `end`, or its start
+    /// plus its duration (exactly one of them).
+    fn one_off_end(&self, start: Timestamp) -> Result<Timestamp, SilenceError> {
+        match (self.end, self.duration_seconds) {
+            (Some(end), None) => Ok(end),
+            (None, Some(d)) => {
+                let d = i64::try_from(d).map_err(|_| SilenceError::TooLong(i64::MAX))?;
+                if d > MAX_SECONDS {
+                    return Err(SilenceError::TooLong(d));
+                }
+                Ok(start + chrono::Duration::seconds(d))
+            }
+            _ => Err(SilenceError::EndOrDuration),
+        }
     }
 }
 
@@ -260,6 +360,10 @@ impl Silence {
             self.comment.clone(),
             self.by.clone(),
             self.created.timestamp_nanos_opt().unwrap_or(0).to_string(),
+            self.every
+                .as_ref()
+                .map(|e| format!("{} {}", e.cron, e.window_seconds))
+                .unwrap_or_default(),
         ];
         for p in parts {
             h.update(p.as_bytes());
@@ -268,9 +372,34 @@ impl Silence {
         format!("s-{}", &hex::encode(h.finalize())[..12])
     }
 
-    /// Whether it holds at `now` (from its start, until its end).
+    /// Whether it holds at `now`: from its start, until its end, and for a
+    /// recurring silence inside one of its windows.
     pub fn holds_at(&self, now: Timestamp) -> bool {
-        self.start <= now && now < self.end
+        self.start <= now
+            && now < self.end
+            && self
+                .every
+                .as_ref()
+                .is_none_or(|e| e.window_at(now).is_some())
+    }
+
+    /// When it stops holding, seen at `now`: the end of the window holding
+    /// (recurring), else its end.
+    pub fn holds_until(&self, now: Timestamp) -> Timestamp {
+        match self.every.as_ref().and_then(|e| e.window_at(now)) {
+            Some((_, end)) => end.min(self.end),
+            None => self.end,
+        }
+    }
+
+    /// When it next begins to hold after `now` (none once it has ended).
+    pub fn next_start(&self, now: Timestamp) -> Option<Timestamp> {
+        let next = match &self.every {
+            None => self.start,
+            Some(e) if self.start > now && e.window_at(self.start).is_some() => self.start,
+            Some(e) => e.next_after(now.max(self.start))?,
+        };
+        (next > now && next < self.end).then_some(next)
     }
 
     /// Whether it has ended at `now`.
@@ -304,10 +433,37 @@ impl Silence {
             (None, Some(k)) => what.push(format!("for {} problems", k.as_str())),
             (None, None) => {}
         }
-        if what.is_empty() {
+        let scope = if what.is_empty() {
             format!("every action on {}", self.node)
         } else {
             format!("{} on {}", what.join(" "), self.node)
+        };
+        match &self.every {
+            Some(e) => format!(
+                "{scope}, windows `{}` (UTC) of {} s",
+                e.cron, e.window_seconds
+            ),
+            None => scope,
+        }
+    }
+
+    /// When it holds, in words, seen at `now`.
+    pub fn when(&self, now: Timestamp) -> String {
+        if self.holds_at(now) {
+            return format!("holding until {}", timefmt::format(&self.holds_until(now)));
+        }
+        match (self.next_start(now), &self.every) {
+            (Some(t), None) => format!(
+                "from {} to {}",
+                timefmt::format(&t),
+                timefmt::format(&self.end)
+            ),
+            (Some(t), Some(_)) => format!(
+                "next window from {} (the series ends {})",
+                timefmt::format(&t),
+                timefmt::format(&self.end)
+            ),
+            (None, _) => format!("ended {}", timefmt::format(&self.end)),
         }
     }
 }
@@ -329,6 +485,7 @@ mod tests {
             start: None,
             end: None,
             duration_seconds: Some(3600),
+            every: None,
             comment: "replacing the fan".into(),
             by: "ana".into(),
         }
@@ -438,6 +595,53 @@ mod tests {
             refused(&|s| s.duration_seconds = Some(400 * 24 * 3600)),
             SilenceError::TooLong(_)
         ));
+    }
+
+    #[test]
+    fn a_recurring_window_holds_inside_its_windows_only() {
+        // 2026-03-01 is a Sunday: the first Sunday of March.
+        let now = t("2026-02-20T12:00:00Z");
+        let mut sp = spec();
+        sp.every = Some("0 2 * * SUN#1".into());
+        sp.duration_seconds = Some(4 * 3600);
+        let s = sp.build(now).unwrap();
+        assert_eq!(s.end, now + chrono::Duration::seconds(MAX_SECONDS));
+        assert!(!s.holds_at(now));
+        assert_eq!(s.next_start(now), Some(t("2026-03-01T02:00:00Z")));
+        assert!(!s.holds_at(t("2026-03-01T01:59:59Z")));
+        assert!(s.holds_at(t("2026-03-01T02:00:00Z")));
+        assert!(s.holds_at(t("2026-03-01T05:59:59Z")));
+        assert_eq!(
+            s.holds_until(t("2026-03-01T03:00:00Z")),
+            t("2026-03-01T06:00:00Z")
+        );
+        assert!(!s.holds_at(t("2026-03-01T06:00:00Z")));
+        assert!(!s.holds_at(t("2026-03-08T03:00:00Z")), "the second Sunday");
+        assert!(
+            s.holds_at(t("2026-04-05T03:00:00Z")),
+            "April's first Sunday"
+        );
+        assert!(s
+            .when(t("2026-03-01T03:00:00Z"))
+            .starts_with("holding until"));
+        assert!(s.when(now).starts_with("next window from 2026-03-01T02:00"));
+    }
+
+    #[test]
+    fn a_bad_recurrence_is_refused() {
+        let now = t("2026-01-01T10:00:00Z");
+        let mut sp = spec();
+        sp.every = Some("0 2 * *".into());
+        assert!(matches!(sp.build(now), Err(SilenceError::Every { .. })));
+        sp.every = Some("0 25 * * *".into());
+        assert!(matches!(sp.build(now), Err(SilenceError::Every { .. })));
+        sp.every = Some("0 0 2 * * *".into());
+        assert!(matches!(sp.build(now), Err(SilenceError::Every { .. })));
+        sp.every = Some("0 2 * * *".into());
+        sp.duration_seconds = None;
+        assert_eq!(sp.build(now), Err(SilenceError::WindowLength));
+        sp.duration_seconds = Some(40 * 24 * 3600);
+        assert!(matches!(sp.build(now), Err(SilenceError::WindowTooLong(_))));
     }
 
     #[test]

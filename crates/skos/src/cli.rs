@@ -191,17 +191,23 @@ pub enum SilenceCmd {
         /// Only this action (throttle_50, clean_temp, ...).
         #[arg(long)]
         action: Option<String>,
-        /// How long it holds from its start (90m, 4h, 2days).
+        /// How long it holds from its start (90m, 4h, 2days); with --every,
+        /// how long each window lasts.
         #[arg(
             long = "for",
             value_name = "DURATION",
-            conflicts_with = "until",
             required_unless_present = "until"
         )]
         duration: Option<String>,
-        /// When it stops holding (RFC 3339: 2026-03-01T06:00:00Z).
+        /// When it stops holding (RFC 3339: 2026-03-01T06:00:00Z); with
+        /// --every, when the series ends (default: a year after its start).
         #[arg(long, value_name = "TIME")]
         until: Option<String>,
+        /// Recurring windows for planned work: a 5-field cron pattern in
+        /// UTC at which each window begins ("0 2 * * SUN#1": the first
+        /// Sunday of each month at 02:00), each lasting --for.
+        #[arg(long, value_name = "CRON")]
+        every: Option<String>,
         /// When it starts holding (RFC 3339; default now): a maintenance
         /// window planned ahead.
         #[arg(long, value_name = "TIME")]

@@ -47,6 +47,7 @@ pub async fn silence(cmd: SilenceCmd) -> Result<ExitCode> {
             duration,
             until,
             start,
+            every,
             comment,
             control,
         } => {
@@ -65,6 +66,7 @@ pub async fn silence(cmd: SilenceCmd) -> Result<ExitCode> {
                 start: start.as_deref().map(|s| time("--start", s)).transpose()?,
                 end: until.as_deref().map(|s| time("--until", s)).transpose()?,
                 duration_seconds,
+                every,
                 comment,
                 by: who(&control)?,
             };
@@ -115,16 +117,7 @@ pub async fn node(cmd: NodeCmd) -> Result<ExitCode> {
 
 /// One silence on one line.
 fn line(s: &Silence) -> String {
-    let now = chrono::Utc::now();
-    let when = if s.holds_at(now) {
-        format!("holding until {}", timefmt::format(&s.end))
-    } else {
-        format!(
-            "from {} to {}",
-            timefmt::format(&s.start),
-            timefmt::format(&s.end)
-        )
-    };
+    let when = s.when(chrono::Utc::now());
     format!(
         "{}  {}  {}  by {}: {}",
         s.id,
@@ -163,7 +156,7 @@ async fn ask(args: &ControlArgs, req: ControlRequest) -> Result<ControlReply> {
             "no coordinator leads right now (none running, or a standby is waiting for \
              the leader's lease to run out); only the leader answers",
         )?;
-        return Ok(serde_json::from_slice(&body).context("the coordinator's reply")?);
+        return serde_json::from_slice(&body).context("the coordinator's reply");
     }
     let cfg2 = cfg.clone();
     let http = args.http.clone();

@@ -211,4 +211,44 @@ fn a_silenced_hot_node_is_not_throttled_until_the_silence_is_expired() {
     );
     let (ok, _, err) = silence(&cfg, addr, &["expire", &id, "--by", "bo"]);
     assert!(!ok && err.contains("no silence"), "{err}");
+
+    // A recurring maintenance window: kept, listed with its pattern.
+    let (ok, window, err) = silence(
+        &cfg,
+        addr,
+        &[
+            "add",
+            "--node",
+            "nova",
+            "--every",
+            "0 2 * * SUN#1",
+            "--for",
+            "4h",
+            "--comment",
+            "monthly patching",
+            "--by",
+            "ana",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(window["silences"][0]["every"]["cron"], "0 2 * * SUN#1");
+    assert_eq!(window["silences"][0]["every"]["window_seconds"], 4 * 3600);
+    let (ok, _, err) = silence(
+        &cfg,
+        addr,
+        &[
+            "add",
+            "--node",
+            "nova",
+            "--every",
+            "0 2 * *",
+            "--for",
+            "4h",
+            "--comment",
+            "x",
+            "--by",
+            "ana",
+        ],
+    );
+    assert!(!ok && err.contains("5 fields"), "{err}");
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use skos_core::events::ProblemKey;
 use skos_core::protocol::{AlertKind, AuditEntry, AuditEvent};
 use skos_core::silence::{Silence, SilenceError, SilenceSpec, MAX_PER_NODE};
-use skos_core::timefmt::{self, Timestamp};
+use skos_core::timefmt::Timestamp;
 use skos_core::NodeName;
 
 use super::{Effect, Engine};
@@ -26,6 +26,8 @@ enum Stop {
     Expired,
     /// Its end came.
     Ended,
+    /// One window of a recurring silence closed (the silence goes on).
+    WindowClosed,
 }
 
 impl Stop {
@@ -33,6 +35,7 @@ impl Stop {
         match self {
             Stop::Expired => "expired",
             Stop::Ended => "ended",
+            Stop::WindowClosed => "window_closed",
         }
     }
 }
@@ -61,12 +64,11 @@ impl Engine {
             Some(&s.node),
             &s.by,
             format!(
-                "silence {} added by {}: {} from {} to {}: {}",
+                "silence {} added by {}: {}, {}: {}",
                 s.id,
                 s.by,
                 s.scope(),
-                timefmt::format(&s.start),
-                timefmt::format(&s.end),
+                s.when(now),
                 s.comment
             ),
             json!({"event": "added", "by": s.by, "silence": s}),
@@ -136,18 +138,35 @@ impl Engine {
         }
     }
 
-    /// End the silences whose end has come (a tick). Walks only the nodes
-    /// that have silences.
+    /// End the silences whose end has come, and close the windows of
+    /// recurring ones that held something (a tick): what they held is
+    /// decided again. Walks only the nodes that have silences.
     pub(super) fn silence_tick(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        let closed = |s: &Silence| !s.held.is_empty() && !s.holds_at(now);
         let due: Vec<NodeName> = self
             .silences
             .iter()
-            .filter(|(_, v)| v.iter().any(|s| s.ended_at(now)))
+            .filter(|(_, v)| v.iter().any(|s| s.ended_at(now) || closed(s)))
             .map(|(n, _)| n.clone())
             .collect();
         for node in due {
             for s in self.take_silence(&node, |s| s.ended_at(now)) {
                 self.silence_stopped(&s, Stop::Ended, "coordinator", now, out);
+            }
+            let windows: Vec<Silence> = self
+                .silences
+                .get_mut(&node)
+                .into_iter()
+                .flatten()
+                .filter(|s| closed(s))
+                .map(|s| {
+                    let shut = s.clone();
+                    s.held.clear();
+                    shut
+                })
+                .collect();
+            for s in windows {
+                self.silence_stopped(&s, Stop::WindowClosed, "coordinator", now, out);
             }
         }
     }
@@ -179,6 +198,12 @@ impl Engine {
         let summary = match how {
             Stop::Expired => format!("silence {} expired by {by}: {}", s.id, s.scope()),
             Stop::Ended => format!("silence {} ended: {}", s.id, s.scope()),
+            Stop::WindowClosed => format!(
+                "silence {} window closed: {}; {} problem(s) decided again",
+                s.id,
+                s.scope(),
+                s.held.len()
+            ),
         };
         out.push(Effect::Audit(AuditEntry::new(
             AuditEvent::Silence,

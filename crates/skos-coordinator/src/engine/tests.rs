@@ -3501,6 +3501,7 @@ fn silence_spec(duration: u64) -> skos_core::silence::SilenceSpec {
         start: None,
         end: None,
         duration_seconds: Some(duration),
+        every: None,
         comment: "fan replacement".into(),
         by: "ana".into(),
     }
@@ -3706,4 +3707,35 @@ fn control_requests_are_answered_with_what_was_done_or_why_not() {
     let (bad, _) = e.control(&ControlRequest::SilenceAdd { silence: wrong }, t(1.0));
     assert_eq!(bad.refusal, Some(Refusal::Invalid));
     assert!(bad.error.unwrap().contains("comment"));
+}
+
+#[test]
+fn a_recurring_window_holds_only_inside_and_acts_when_it_closes() {
+    // t(0) is 2023-11-14T22:13:20Z; a daily window at 22:15 for a minute.
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let mut spec = silence_spec(60);
+    spec.every = Some("15 22 * * *".into());
+    let (s, _) = e.add_silence(&spec, t(0.0)).unwrap();
+    assert!(!s.holds_at(t(0.0)));
+    // Before the window: acted on.
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    assert_eq!(commands(&fx).len(), 2, "no window yet");
+    // Inside the window (22:15:00 is t(100)): an alert's actions are held.
+    e.on_heartbeat(hb(Some(99.0), 0, 101.0), t(101.0));
+    let fx = e.on_alert(alert(Severity::Emergency, 99.0, 101.0), t(101.0));
+    assert!(commands(&fx).is_empty());
+    assert!(skipped_reasons(&fx).iter().all(|r| r == "silenced"));
+    assert!(!skipped_reasons(&fx).is_empty());
+    e.on_heartbeat(hb(Some(99.0), 0, 150.0), t(150.0));
+    assert!(audits(&e.tick(t(150.0)), "silence").is_empty());
+    // The window closes at 22:16:00 (t(160)): decided again, the silence kept.
+    e.on_heartbeat(hb(Some(99.0), 0, 159.0), t(159.0));
+    let fx = e.tick(t(161.0));
+    let closed = audits(&fx, "silence");
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].data["event"], "window_closed");
+    assert_eq!(commands(&fx).len(), 2, "the emergency actions go out");
+    assert_eq!(e.silences().len(), 1);
+    assert!(e.silences()[0].held.is_empty());
 }
