@@ -293,11 +293,22 @@ pub struct Status {
     /// Silences and maintenance windows, holding now or starting later
     /// (at most [`MAX_SILENCES`]; comments cut to [`MAX_TEXT_BYTES`]).
     #[serde(default)]
-    pub silences: Vec<Silence>,
+    pub silences: Vec<SilenceStatus>,
     /// The coordinator that answered, when coordinators elect a leader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<Leadership>,
 }
+/// A silence as status lists it: the silence, whether it holds when the
+/// status was made, and when it holds in words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SilenceStatus {
+    #[serde(flatten)]
+    pub silence: Silence,
+    pub holding: bool,
+    /// `holding until ...`, `from ... to ...`, `next window from ...`.
+    pub when: String,
+}
+
 /// Who leads the coordinators, in which term, since when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leadership {
@@ -593,7 +604,8 @@ impl Status {
         self.open_alerts.retain(concerns);
         self.open_circuits.retain(concerns);
         self.recent_actions.retain(|a| query.concerns(&a.node));
-        self.silences.retain(|s| query.concerns(s.node.as_str()));
+        self.silences
+            .retain(|s| query.concerns(s.silence.node.as_str()));
         self.query = query;
         self
     }
@@ -657,8 +669,10 @@ impl Status {
             self.silences.len(),
             shown_of(self.silences.len(), self.summary.silences, "by node")
         ));
-        for s in &self.silences {
-            let when = s.when(self.generated_at);
+        for SilenceStatus {
+            silence: s, when, ..
+        } in &self.silences
+        {
             out.push_str(&format!(
                 "  {}  {}  {}  by {}: {}\n",
                 s.id,

@@ -18,9 +18,9 @@ use super::Engine;
 #[cfg(doc)]
 use crate::status::MAX_PER_PAGE;
 use crate::status::{
-    bounded_item, clip, ActionRecord, AgentStatus, NodeHealth, NodeOrder, NodeStatus, Status,
-    StatusQuery, Summary, MAX_AGENTS, MAX_OPEN_ALERTS, MAX_OPEN_CIRCUITS, MAX_RECENT_ACTIONS,
-    MAX_SILENCES,
+    bounded_item, clip, ActionRecord, AgentStatus, NodeHealth, NodeOrder, NodeStatus,
+    SilenceStatus, Status, StatusQuery, Summary, MAX_AGENTS, MAX_OPEN_ALERTS, MAX_OPEN_CIRCUITS,
+    MAX_RECENT_ACTIONS, MAX_SILENCES,
 };
 
 /// A node's health: offline without heartbeats, else from its worst open
@@ -170,7 +170,11 @@ impl Engine {
                     s.comment = clip(&s.comment);
                     s.by = clip(&s.by);
                     s.held.clear();
-                    s
+                    SilenceStatus {
+                        holding: s.holds_at(now),
+                        when: s.when(now),
+                        silence: s,
+                    }
                 })
                 .collect(),
             query,

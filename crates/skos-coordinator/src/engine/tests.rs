@@ -3529,7 +3529,8 @@ fn a_silenced_problem_is_recorded_and_decided_but_never_acted_on() {
     }
     let status = e.status(t(2.0));
     assert_eq!(status.silences.len(), 1);
-    assert_eq!(status.silences[0].id, s.id);
+    assert_eq!(status.silences[0].silence.id, s.id);
+    assert!(status.silences[0].holding);
     assert_eq!(status.summary.silences, 1);
 }
 
