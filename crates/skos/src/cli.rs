@@ -89,6 +89,19 @@ pub enum Cmd {
         #[command(subcommand)]
         command: KeysCmd,
     },
+    /// The whole loop on a sandbox it makes and removes (a fake CPU and a
+    /// small tmpfs; never the real machine): heat, alert, throttle,
+    /// verified, restored; a filling disk, cleanup, verified. Every line
+    /// and audit record is labelled [demo].
+    Demo {
+        /// Serve the HTTP API and live page here (IP:port) while it runs.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+        /// Seconds to wait between steps, so each can be seen (default 1;
+        /// 5 with --http, for the page).
+        #[arg(long, value_name = "SECS")]
+        pace: Option<f64>,
+    },
     /// Silences and maintenance windows: actions the coordinator must not
     /// take on a node for a while (alerts are still recorded and decided,
     /// the actions skipped as `silenced`). Sent to the leading coordinator

@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod control;
+mod demo;
 mod fleet;
 mod heap;
 
