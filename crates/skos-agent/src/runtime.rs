@@ -198,13 +198,18 @@ impl Agent {
             }
         }
         if let Some(label) = &self.announce {
-            println!(
+            // A reader gone (a closed pipe) is no reason to stop.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
                 "{label}SKOS on node {}: what this machine lets it sense and act on",
                 self.node()
             );
             for line in said.iter().flat_map(|s| s.lines()) {
-                println!("{label}{line}");
+                let _ = writeln!(out, "{label}{line}");
             }
+            let _ = out.flush();
         }
         let mut done = self
             .done_rx

@@ -2,9 +2,36 @@
 
 use std::path::{Path, PathBuf};
 
-use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
+use rustix::mount::{
+    mount, mount_change, unmount, MountFlags, MountPropagationFlags, UnmountFlags,
+};
 
 use crate::{Error, Result};
+
+/// Give this process mounts of its own (a new mount namespace whose
+/// mounts propagate nowhere): a tmpfs mounted afterwards is seen by this
+/// process only and goes with it, however it ends. Call it while the
+/// process has one thread (before an async runtime starts); it needs root.
+pub fn private_mounts() -> Result<()> {
+    let root = Path::new("/");
+    // SAFETY: the only danger `unshare_unsafe` warns of is FILES (file
+    // descriptor tables split between threads); NEWNS only gives this
+    // process a view of the mounts of its own.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }.map_err(
+        |e| Error::Mount {
+            path: root.to_path_buf(),
+            source: e.into(),
+        },
+    )?;
+    mount_change(
+        root,
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| Error::Mount {
+        path: root.to_path_buf(),
+        source: e.into(),
+    })
+}
 
 /// A tmpfs mounted on `path`, detached (`MNT_DETACH`) on drop.
 #[derive(Debug)]

@@ -132,12 +132,13 @@ pub enum Cmd {
 }
 
 impl Cmd {
-    /// `up`, `coordinator` and `agent` run until stopped; the rest print
-    /// and exit.
+    /// `up`, `coordinator` and `agent` run until stopped, and `demo` runs
+    /// its loop (a closed pipe must not end it before it removes its
+    /// sandbox); the rest print and exit.
     pub fn is_long_running(&self) -> bool {
         matches!(
             self,
-            Cmd::Up { .. } | Cmd::Coordinator { .. } | Cmd::Agent { .. }
+            Cmd::Up { .. } | Cmd::Coordinator { .. } | Cmd::Agent { .. } | Cmd::Demo { .. }
         )
     }
 }

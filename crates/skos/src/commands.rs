@@ -27,6 +27,15 @@ use tokio::sync::watch;
 
 use crate::cli::{AuditCmd, Cli, Cmd, ConfigArg, ConfigCmd, FleetCmd, KeysCmd, StatusArgs};
 
+/// A line on standard error for a person; a reader gone (a closed pipe)
+/// is no reason to stop.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Cmd::Up {
@@ -234,7 +243,7 @@ async fn serve_http(
     let server = skos_http::start(opts, sources, stopped(stop)).await?;
     if let Some(s) = &server {
         let scheme = if s.tls { "https" } else { "http" };
-        eprintln!(
+        note!(
             "{say} live page and HTTP API on {scheme}://{}/ (metrics: /metrics)",
             s.addr
         );
@@ -313,12 +322,12 @@ pub(crate) async fn embedded(
         .scan_within(Duration::from_secs(1))
         .readings;
     if sensors.is_empty() {
-        eprintln!(
+        note!(
             "{say} no temperature sensor found under {} (heartbeats will say so: cpu_temp and gpu_temp are null)",
             cfg.sysfs_root.escaped()
         );
     }
-    eprintln!(
+    note!(
         "{say} {} mode, node {}, {} temperature sensor(s), data dir {}; Ctrl-C to stop",
         how.mode,
         cfg.node.name,

@@ -46,9 +46,12 @@ const FILES: usize = 14;
 /// How long one step may take before the demo says it failed.
 const STEP: Duration = Duration::from_secs(60);
 
+/// One line on standard output; a reader gone is no reason to stop
+/// before the sandbox is removed.
 fn say(text: impl AsRef<str>) {
-    println!("{LABEL} {}", text.as_ref());
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{LABEL} {}", text.as_ref());
+    let _ = out.flush();
 }
 
 /// The sandbox: removed (tmpfs first) when dropped.
