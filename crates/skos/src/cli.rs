@@ -264,6 +264,24 @@ pub enum NodeCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum FleetCmd {
+    /// Write everything a fleet needs into --out: the nats-server config
+    /// with least-privilege users (as nats-config), the keys (in keys/),
+    /// the coordinator's config, one config per agent trusting the
+    /// coordinator's signing key, the operator's, and NEXT-STEPS (printed).
+    Init {
+        /// The nodes, comma-separated (nova,lyra,athena).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// Where it all goes (created, mode 700).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the server will be, as every process reaches it.
+        #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// Replace a fleet already in --out (every key changes).
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a nats-server authorization config where each node's agent may
     /// publish only its own subjects and read only its own commands (through
     /// the consumer the coordinator makes), the coordinator may not delete or

@@ -92,6 +92,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Fleet {
             command: FleetCmd::NatsConfig { nodes, out, force },
         } => crate::fleet::nats_config(&nodes, &out, force),
+        Cmd::Fleet {
+            command:
+                FleetCmd::Init {
+                    nodes,
+                    out,
+                    nats_url,
+                    force,
+                },
+        } => crate::fleet::init(&nodes, &out, &nats_url, force),
         // Both generated from the command line's own definition.
         Cmd::Completions { shell } => {
             let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
