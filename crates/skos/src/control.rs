@@ -187,7 +187,7 @@ fn over_http(cfg: &Config, flag: Option<&str>, req: &ControlRequest) -> Result<C
         ),
         HttpListen::At(a) => a,
     };
-    if cfg.http.tls.enabled() && flag.is_none() {
+    if cfg.http.tls.enabled() {
         bail!("skos up serves HTTPS here (http.tls): use the API with a client that trusts its certificate, or set NATS_URL");
     }
     let base = format!("http://{addr}/api/v1");

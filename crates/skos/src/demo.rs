@@ -103,10 +103,18 @@ impl Sandbox {
     /// The config of the demo: node `demo`, everything in the sandbox,
     /// short intervals so the loop closes within a minute.
     fn config(&self) -> Result<Config> {
-        let root = self.root().display().to_string();
+        let text = self.root().to_str().ok_or_else(|| {
+            anyhow!(
+                "the sandbox's path {} is not UTF-8: set TMPDIR to a plain path",
+                self.root().display()
+            )
+        })?;
+        // A JSON string is a YAML string: quoted, escaped.
+        let q = |rel: &str| serde_json::to_string(&format!("{text}{rel}"));
+        let (root, data, sys, scratch) = (q("")?, q("/data")?, q("/sys")?, q("/disk/scratch")?);
         let storage = if self.disk.is_some() {
             format!(
-                "storage:\n  allowed_roots: [{root}]\n  temp: {{dirs: [{root}/disk/scratch], max_age: 60}}\n  \
+                "storage:\n  allowed_roots: [{root}]\n  temp: {{dirs: [{scratch}], max_age: 60}}\n  \
                  actions: {{warning: [cleanup_temp], critical: [cleanup_temp], emergency: [cleanup_temp]}}\n  cooldown: 3600\n"
             )
         } else {
@@ -119,8 +127,8 @@ impl Sandbox {
         };
         let yaml = format!(
             "node: {{name: demo}}\n\
-             data_dir: {root}/data\n\
-             sysfs_root: {root}/sys\n\
+             data_dir: {data}\n\
+             sysfs_root: {sys}\n\
              log_level: ERROR\n\
              http: {{listen: \"off\"}}\n\
              agent: {{heartbeat_interval: 0.5, monitor_interval: 0.25, antibodies: {antibodies}}}\n\
