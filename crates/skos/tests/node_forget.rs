@@ -92,3 +92,61 @@ fn a_node_that_left_is_forgotten_and_one_still_heard_is_refused() {
         status(&nats).filter(|s| node(s, "nova").is_some())
     });
 }
+
+/// A silence lives in the coordinator's saved state: a new coordinator
+/// (a restart, or a standby taking over) still holds it, and the
+/// operator's CLI reaches it over NATS.
+#[test]
+fn a_silence_survives_the_coordinator_restarting() {
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = fast_config(work.path(), "");
+    let sys = FakeSysfs::new();
+    sys.coretemp(50.0, &[]);
+    let mut coord = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let _nova = agent(&nats, &cfg, work.path(), sys.root(), "nova");
+    wait_for(Duration::from_secs(60), "nova healthy", || {
+        status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "healthy"))
+    });
+    let silence = |args: &[&str]| {
+        let out = run({
+            let mut c = skos();
+            c.arg("silence")
+                .args(args)
+                .args(["--json", "--by", "ana", "--config"])
+                .arg(&cfg)
+                .env("NATS_URL", nats.url());
+            c
+        });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let added = silence(&[
+        "add",
+        "--node",
+        "nova",
+        "--every",
+        "0 2 * * SUN#1",
+        "--for",
+        "4h",
+        "--start",
+        "2090-01-01T00:00:00Z",
+        "--comment",
+        "patching",
+    ]);
+    let id = added["silences"][0]["id"].clone();
+    coord.sigterm();
+    let _coord = coordinator(&nats, &cfg, work.path(), "coordinator-2");
+    let listed = wait_for(Duration::from_secs(60), "the new leader answers", || {
+        status(&nats).map(|_| silence(&["list"]))
+    });
+    assert_eq!(listed["silences"][0]["id"], id, "{listed}");
+    assert_eq!(listed["silences"][0]["every"]["cron"], "0 2 * * SUN#1");
+    let s = status(&nats).unwrap();
+    assert_eq!(s["silences"][0]["id"], id);
+    assert_eq!(s["silences"][0]["holding"], false, "{s}");
+}
