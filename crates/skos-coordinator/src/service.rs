@@ -1089,10 +1089,6 @@ impl Ctx {
         )))
     }
 
-    /// Handle a batch of decoded heartbeats (and refusals): the engine
-    /// takes each, then the state of every node whose state changed is
-    /// written, then the effects are carried out (no ack: heartbeats are
-    /// not durable).
     /// An operator's request (`crate::control`): decided by the engine,
     /// the state of the node it changed written, its audit records (and
     /// any command an expired silence lets out) carried out, then
@@ -1131,6 +1127,10 @@ impl Ctx {
         }
     }
 
+    /// Handle a batch of decoded heartbeats (and refusals): the engine
+    /// takes each, then the state of every node whose state changed is
+    /// written, then the effects are carried out (no ack: heartbeats are
+    /// not durable).
     async fn heartbeats(&mut self, batch: Vec<Decoded<Heartbeat>>) {
         let now = chrono::Utc::now();
         let mut effects = Vec::new();

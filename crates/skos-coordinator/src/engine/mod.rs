@@ -450,7 +450,7 @@ impl Engine {
                     "silence {} by {} until {}: {}",
                     s.id,
                     s.by,
-                    timefmt::format(&s.end),
+                    timefmt::format(&s.holds_until(now)),
                     s.comment
                 ),
             );
