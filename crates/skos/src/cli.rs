@@ -202,7 +202,7 @@ pub enum SilenceCmd {
         /// Only this problem (thermal:cpu, storage:/srv).
         #[arg(long)]
         problem: Option<String>,
-        /// Only this action (throttle_50, clean_temp, ...).
+        /// Only this action (throttle_50, cleanup_temp, ...).
         #[arg(long)]
         action: Option<String>,
         /// How long it holds from its start (90m, 4h, 2days); with --every,
