@@ -531,7 +531,7 @@ mod tests {
         sp.kind = Some("thermal".into());
         let thermal = sp.build(now).unwrap();
         assert!(thermal.covers(&nova, &AlertKind::Thermal, &cpu, "throttle_50"));
-        assert!(!thermal.covers(&nova, &AlertKind::Storage, &srv, "clean_temp"));
+        assert!(!thermal.covers(&nova, &AlertKind::Storage, &srv, "cleanup_temp"));
 
         let mut sp = spec();
         sp.problem = Some("thermal:cpu".into());
