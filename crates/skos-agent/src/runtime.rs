@@ -77,8 +77,9 @@ pub struct Agent {
     /// The antibodies (by index) whose last look held the loop up.
     slow_looks: std::collections::BTreeSet<usize>,
     /// Print at start, plainly on standard output, what this machine lets
-    /// it sense and act on (`skos up`: a first run shows it).
-    announce: bool,
+    /// it sense and act on (`skos up`: a first run shows it), each line
+    /// after this label (`None`: say nothing).
+    announce: Option<String>,
 }
 
 impl Agent {
@@ -125,14 +126,24 @@ impl Agent {
             fence,
             verifier,
             slow_looks: Default::default(),
-            announce: false,
+            announce: None,
         })
     }
 
     /// Print at start, plainly on standard output, what this machine lets
     /// the agent sense and act on (as `skos up` does for a first run).
-    pub fn announce_at_start(mut self) -> Self {
-        self.announce = true;
+    pub fn announce_at_start(self) -> Self {
+        self.announce_labelled("")
+    }
+
+    /// [`Agent::announce_at_start`], every line starting with `label`
+    /// (`skos demo`: `[demo]`).
+    pub fn announce_labelled(mut self, label: &str) -> Self {
+        self.announce = Some(if label.is_empty() {
+            String::new()
+        } else {
+            format!("{label} ")
+        });
         self
     }
 
@@ -212,12 +223,19 @@ impl Agent {
                 None => said.push(format!("  {}: on", a.name())),
             }
         }
-        if self.announce {
-            println!(
-                "SKOS on node {}: what this machine lets it sense and act on\n{}",
-                self.node(),
-                said.join("\n")
+        if let Some(label) = &self.announce {
+            // A reader gone (a closed pipe) is no reason to stop.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{label}SKOS on node {}: what this machine lets it sense and act on",
+                self.node()
             );
+            for line in said.iter().flat_map(|s| s.lines()) {
+                let _ = writeln!(out, "{label}{line}");
+            }
+            let _ = out.flush();
         }
         let mut done = self
             .done_rx

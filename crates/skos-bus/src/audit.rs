@@ -69,6 +69,9 @@ pub struct AuditLog {
     /// and the fence: once a record of a higher term is in the stream,
     /// appends from this writer fail with [`Error::Deposed`].
     term: std::sync::Mutex<Option<u64>>,
+    /// Put before every entry's summary (`[demo]`), so no record of a
+    /// sandbox can be taken for a real one.
+    label: Option<String>,
 }
 
 /// A failed [`AuditLog::append_many`]: why, and the entries of the batch
@@ -134,6 +137,7 @@ impl AuditLog {
                 chain,
             )),
             term: std::sync::Mutex::new(None),
+            label: None,
         };
         if let Some(bytes) = torn {
             tracing::warn!(path = %path.escaped(), bytes, "cut a torn record off the end of the audit file");
@@ -171,6 +175,7 @@ impl AuditLog {
                 Chain::resume(last.as_ref()),
             )),
             term: std::sync::Mutex::new(None),
+            label: None,
         })
     }
 
@@ -205,6 +210,26 @@ impl AuditLog {
         }
     }
 
+    /// Every entry written from now on with `label` before its summary
+    /// (`skos demo` labels its sandbox's trail `[demo]`).
+    pub fn labelled(mut self, label: &str) -> Self {
+        self.label = Some(label.to_string());
+        self
+    }
+
+    /// `entry` as written: under the writer's term, with its label.
+    fn stamp(&self, mut entry: AuditEntry, term: Option<u64>) -> AuditEntry {
+        if entry.term.is_none() {
+            entry.term = term;
+        }
+        if let Some(l) = &self.label {
+            if !entry.summary.starts_with(l.as_str()) {
+                entry.summary = format!("{l} {}", entry.summary);
+            }
+        }
+        entry
+    }
+
     /// Write later entries under `term` (`None`: no leader election).
     pub fn set_term(&self, term: Option<u64>) {
         if let Ok(mut t) = self.term.lock() {
@@ -229,15 +254,7 @@ impl AuditLog {
     /// so the caller need not keep a copy of the batch.
     pub async fn append_many(&self, entries: Vec<AuditEntry>) -> Result<(), AppendFailed> {
         let term = self.current_term();
-        let entries: Vec<AuditEntry> = entries
-            .into_iter()
-            .map(|mut e| {
-                if e.term.is_none() {
-                    e.term = term;
-                }
-                e
-            })
-            .collect();
+        let entries: Vec<AuditEntry> = entries.into_iter().map(|e| self.stamp(e, term)).collect();
         let rest = if entries.len() <= 1 {
             entries
         } else {
@@ -308,11 +325,9 @@ impl AuditLog {
     /// got in re-reads the tail and reseals (a newer leader's record fails
     /// it with [`Error::Deposed`]); a publish without an answer is an error,
     /// though the entry may be in the stream all the same.
-    pub async fn append(&self, mut entry: AuditEntry) -> Result<AuditRecord> {
+    pub async fn append(&self, entry: AuditEntry) -> Result<AuditRecord> {
         let term = self.current_term();
-        if entry.term.is_none() {
-            entry.term = term;
-        }
+        let entry = self.stamp(entry, term);
         let mut guard = self.inner.lock().await;
         let (store, chain) = &mut *guard;
         match store {
@@ -1363,6 +1378,28 @@ mod tests {
         assert_eq!(r.seq, 5_001);
         let got = log.read_recent(1).await.unwrap();
         assert_eq!(got[0]["seq"], 5_001);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_labelled_trail_labels_every_summary_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_file(&path).unwrap().labelled("[demo]");
+        log.append(entry(0)).await.unwrap();
+        let mut again = entry(1);
+        again.summary = format!("[demo] {}", again.summary);
+        log.append_many(vec![entry(2), again]).await.unwrap();
+        let records = read_file(&path).unwrap();
+        assert_eq!(records.len(), 3);
+        for r in &records {
+            let summary = r["entry"]["summary"].as_str().unwrap();
+            assert!(summary.starts_with("[demo] "), "{summary}");
+            assert!(!summary.starts_with("[demo] [demo]"), "{summary}");
+        }
+        assert!(
+            check::verify_file(&path, None).unwrap().ok(),
+            "the labelled chain holds"
+        );
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl InProcBus {
             Feed::Commands(node) => subjects::command(node),
             Feed::Results => subjects::RESULTS.to_string(),
             Feed::StatusRequests => subjects::STATUS.to_string(),
+            Feed::ControlRequests => subjects::CONTROL.to_string(),
             Feed::ChainEvents(node) => subjects::chain(node),
             Feed::ChainControl(node) => subjects::chain_control(node),
         }

@@ -114,6 +114,9 @@ pub enum Feed {
     Results,
     /// Status requests addressed to the coordinator (request/reply).
     StatusRequests,
+    /// Operators' control requests addressed to the coordinator
+    /// (request/reply: silences, forgetting a node).
+    ControlRequests,
     /// Applications' chain steps for one node's loop breaker (core;
     /// request/reply, or fire-and-forget when there is no reply subject).
     ChainEvents(NodeName),
@@ -501,6 +504,19 @@ impl Bus {
     pub async fn request_status(&self, timeout: Duration) -> Result<Bytes> {
         self.request_raw(subjects::STATUS, Bytes::new(), timeout)
             .await
+    }
+
+    /// Send the coordinator an operator's control request (the
+    /// coordinator's `ControlRequest`, as JSON); the answer is its
+    /// `ControlReply` (JSON).
+    pub async fn request_control<Q: Serialize>(
+        &self,
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<Bytes> {
+        let subject = subjects::CONTROL;
+        let payload = encode(subject, request)?;
+        self.request_raw(subject, payload, timeout).await
     }
 
     /// Ask the coordinator for the status `query` selects (the

@@ -550,6 +550,7 @@ impl NatsBus {
         match feed {
             Feed::Heartbeats => self.core(subjects::HEARTBEATS.to_string(), false).await,
             Feed::StatusRequests => self.core(subjects::STATUS.to_string(), true).await,
+            Feed::ControlRequests => self.core(subjects::CONTROL.to_string(), true).await,
             Feed::ChainEvents(node) => self.core(subjects::chain(node), true).await,
             Feed::ChainControl(node) => self.core(subjects::chain_control(node), false).await,
             Feed::Alerts => Ok(self.durable(

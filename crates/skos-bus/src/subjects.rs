@@ -13,6 +13,9 @@ pub const AUDIT: &str = "SKOS_AUDIT.*";
 pub const AUDIT_BATCH: &str = "SKOS_AUDIT.batch";
 /// Request/reply: the coordinator answers with its status.
 pub const STATUS: &str = "skos.coordinator.status";
+/// Request/reply: operators' changes (silences, forgetting a node),
+/// answered by the leader.
+pub const CONTROL: &str = "skos.coordinator.control";
 
 pub const STREAM_ALERTS: &str = "SKOS_ALERTS";
 pub const STREAM_COMMANDS: &str = "SKOS_COMMANDS";

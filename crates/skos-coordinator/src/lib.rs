@@ -8,12 +8,14 @@
 //! * [`service`]: the async shell that feeds the engine from the bus and
 //!   carries out its effects, in order, before acknowledging a message.
 //! * [`status`]: the status report (`skos status`).
+//! * [`control`]: operators' requests (silences, forgetting a node).
 //! * `consumers`: each agent's command consumer, made by the leader for
 //!   every node it knows, so agents need no right to create one.
 //! * [`failpoint`]: kill points for crash-safety tests (`SKOS_FAILPOINT`),
 //!   inert when unset.
 
 mod consumers;
+pub mod control;
 pub mod engine;
 pub mod failpoint;
 pub mod gaps;

@@ -958,6 +958,7 @@ async fn lead(
     let mut alerts = bus.subscribe(Feed::Alerts).await?.ready_chunks(BATCH);
     let mut results = bus.subscribe(Feed::Results).await?.ready_chunks(BATCH);
     let mut status = bus.subscribe(Feed::StatusRequests).await?;
+    let mut control = bus.subscribe(Feed::ControlRequests).await?;
     let mut tick = tokio::time::interval(opts.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let renew_every = lease
@@ -993,6 +994,7 @@ async fn lead(
                     tracing::debug!(error = %e, "status reply failed");
                 }
             }
+            Some(m) = control.next() => ctx.control(m).await,
             _ = tick.tick() => {
                 let now = chrono::Utc::now();
                 let mut effects = ctx.engine.tick(now);
@@ -1285,6 +1287,44 @@ impl Ctx {
             "payload node {node} does not match subject {}",
             m.subject
         )))
+    }
+
+    /// An operator's request (`crate::control`): decided by the engine,
+    /// the state of the node it changed written, its audit records (and
+    /// any command an expired silence lets out) carried out, then
+    /// answered. A request that cannot be read is answered with why.
+    async fn control(&mut self, m: Incoming) {
+        use crate::control::{ControlReply, ControlRequest, Refusal};
+        let reply = match ControlRequest::parse(&m.payload) {
+            Err(e) => {
+                self.counters.inc(Counter::Rejected {
+                    feed: "control",
+                    reason: "malformed",
+                });
+                ControlReply::refused(Refusal::Invalid, e)
+            }
+            Ok(req) => {
+                let now = chrono::Utc::now();
+                let (mut reply, effects) = self.engine.control(&req, now);
+                if !effects.is_empty() {
+                    let touched = effect_nodes(&effects);
+                    self.queue(effects);
+                    self.persist(touched.clone()).await;
+                    if touched.iter().any(|n| self.unsaved.contains(n)) {
+                        tracing::error!(request = ?req, "control request decided, but its node's state is not saved yet; retrying on each tick");
+                        reply
+                            .message
+                            .push_str(" (not saved yet: the coordinator retries)");
+                    }
+                    self.flush(None).await;
+                }
+                tracing::info!(request = ?req, refused = ?reply.error, "control request");
+                reply
+            }
+        };
+        if let Err(e) = m.reply(Bytes::from(reply.to_bytes())).await {
+            tracing::debug!(error = %e, "control reply failed");
+        }
     }
 
     /// Handle a batch of decoded heartbeats (and refusals): the engine

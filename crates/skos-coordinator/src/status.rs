@@ -24,6 +24,7 @@
 //! | `workloads` | [`MAX_WORKLOADS`] | the configured workloads whose home or place the query concerns |
 //! | `approvals` | [`MAX_APPROVALS`] | plans waiting for approval; with `node`, that node's |
 //! | `ledger` | [`MAX_LEDGER_ROWS`] | the fleet's (problem, action) records, most attempts first; with `node`, that node's |
+//! | `silences` | [`MAX_SILENCES`] | by node, then start; with `node`, that node's |
 //!
 //! The summary always counts everything, so a reply says how much it left
 //! out; `node` shows one node in full (its alerts, actions and circuits).
@@ -31,6 +32,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use skos_core::protocol::{decode, DecodeError, ResultStatus, Severity};
+use skos_core::silence::Silence;
 use skos_core::timefmt::{self, Timestamp};
 use skos_core::NodeName;
 use std::collections::BTreeMap;
@@ -47,6 +49,8 @@ pub const MAX_OPEN_ALERTS: usize = 100;
 pub const MAX_RECENT_ACTIONS: usize = 50;
 /// The most open circuits one reply lists.
 pub const MAX_OPEN_CIRCUITS: usize = 100;
+/// The most silences one reply lists.
+pub const MAX_SILENCES: usize = 50;
 /// The longest string (in bytes) a listed item keeps; longer ones are cut
 /// on a character boundary and end in `…`.
 pub const MAX_TEXT_BYTES: usize = 256;
@@ -248,6 +252,9 @@ pub struct Summary {
     pub open_circuits: usize,
     /// Recent actions held (`coordinator.recent_actions` at most).
     pub recent_actions: usize,
+    /// Silences kept (holding now or starting later).
+    #[serde(default)]
+    pub silences: usize,
 }
 
 /// One status reply: the summary, one page of nodes and capped lists (see
@@ -286,6 +293,10 @@ pub struct Status {
     /// Open and half-open circuits (at most [`MAX_OPEN_CIRCUITS`]).
     pub open_circuits: Vec<Value>,
     pub counters: BTreeMap<String, u64>,
+    /// Silences and maintenance windows, holding now or starting later
+    /// (at most [`MAX_SILENCES`]; comments cut to [`MAX_TEXT_BYTES`]).
+    #[serde(default)]
+    pub silences: Vec<SilenceStatus>,
     /// The coordinator that answered, when coordinators elect a leader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<Leadership>,
@@ -360,6 +371,17 @@ pub struct ApprovalStatus {
     #[serde(with = "timefmt")]
     pub expires_at: Timestamp,
 }
+/// A silence as status lists it: the silence, whether it holds when the
+/// status was made, and when it holds in words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SilenceStatus {
+    #[serde(flatten)]
+    pub silence: Silence,
+    pub holding: bool,
+    /// `holding until ...`, `from ... to ...`, `next window from ...`.
+    pub when: String,
+}
+
 /// Who leads the coordinators, in which term, since when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leadership {
@@ -660,6 +682,8 @@ impl Status {
         self.open_alerts.retain(concerns);
         self.open_circuits.retain(concerns);
         self.recent_actions.retain(|a| query.concerns(&a.node));
+        self.silences
+            .retain(|s| query.concerns(s.silence.node.as_str()));
         self.query = query;
         self
     }
@@ -710,9 +734,32 @@ impl Status {
             s.open_alerts.warning
         ));
         out.push_str(&format!(
-            "  circuits  {} open\n  actions   {} recent\n",
-            s.open_circuits, s.recent_actions
+            "  circuits  {} open\n  actions   {} recent\n  silences  {}\n",
+            s.open_circuits, s.recent_actions, s.silences
         ));
+    }
+
+    /// The silences listed, one line each: holding now (until when) or
+    /// from when to when.
+    fn render_silences(&self, out: &mut String) {
+        out.push_str(&format!(
+            "\nSILENCES ({}{})\n",
+            self.silences.len(),
+            shown_of(self.silences.len(), self.summary.silences, "by node")
+        ));
+        for SilenceStatus {
+            silence: s, when, ..
+        } in &self.silences
+        {
+            out.push_str(&format!(
+                "  {}  {}  {}  by {}: {}\n",
+                s.id,
+                s.scope(),
+                when,
+                s.by,
+                s.comment
+            ));
+        }
     }
 
     fn node_line(n: &NodeStatus) -> String {
@@ -886,6 +933,7 @@ impl Status {
                 ));
             }
         }
+        self.render_silences(out);
         // What `--json` carries in full: the counters that moved.
         let moved: Vec<String> = self
             .counters
@@ -967,6 +1015,7 @@ impl Status {
         for c in &self.open_circuits {
             out.push_str(&circuit_line(c));
         }
+        self.render_silences(out);
     }
 }
 
@@ -1035,6 +1084,7 @@ mod tests {
             "state": "half_open", "since": timefmt::format(&now),
         });
         let s = Status {
+            silences: Vec::new(),
             mode: "distributed".into(),
             generated_at: now,
             summary: Summary::default(),
@@ -1164,6 +1214,7 @@ mod tests {
             online: true,
         };
         let file = Status {
+            silences: Vec::new(),
             mode: "embedded".into(),
             generated_at: now,
             summary: Summary::default(),
@@ -1240,6 +1291,7 @@ mod tests {
     #[test]
     fn an_oversized_reply_is_a_refusal() {
         let s = Status {
+            silences: Vec::new(),
             mode: "embedded".into(),
             generated_at: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
             summary: Summary::default(),

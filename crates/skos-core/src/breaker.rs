@@ -112,6 +112,13 @@ impl Breakers {
         )
     }
 
+    /// Drop every breaker of `node` (a forgotten node); how many went.
+    pub fn forget_node(&mut self, node: &str) -> usize {
+        let before = self.states.len();
+        self.states.retain(|k, _| k.node != node);
+        before - self.states.len()
+    }
+
     /// Take the breakers of a snapshot, keeping those of other nodes (a
     /// whole snapshot, or one node's part, is restored the same way).
     pub fn restore(&mut self, snap: BreakerSnapshot) {

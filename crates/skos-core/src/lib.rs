@@ -21,9 +21,10 @@ pub mod policy;
 pub mod protocol;
 pub mod recent;
 pub mod redact;
+pub mod silence;
 pub mod timefmt;
-pub mod workload;
 pub mod trend;
+pub mod workload;
 
 pub use node::{NodeName, NodeNameError};
 pub use protocol::{

@@ -535,6 +535,10 @@ pub enum AuditEvent {
     /// must be (written back, emptied or replaced on the bus), listed by
     /// node.
     StateRollback,
+    /// A silence was added, expired by someone, ended at its time, or one
+    /// window of a recurring silence closed: `data.event` says which
+    /// (`added`, `expired`, `ended`, `window_closed`), `data.by` who.
+    Silence,
 }
 
 impl AuditEvent {
@@ -562,6 +566,7 @@ impl AuditEvent {
             AuditEvent::Approval => "approval",
             AuditEvent::Learned => "learned",
             AuditEvent::StateRollback => "state_rollback",
+            AuditEvent::Silence => "silence",
         }
     }
 }

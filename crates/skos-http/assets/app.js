@@ -93,6 +93,14 @@ function render(s) {
     el("td", c.node), el("td", c.problem), el("td", c.action),
     state(c.state), el("td", time(c.since)),
   ])), "none");
+  const silences = s.silences || [];
+  document.getElementById("silences-count").textContent = "(" + (sum.silences || 0) + ")";
+  fill("silences", silences.map(x => row([
+    el("td", x.id), el("td", x.node),
+    el("td", ([x.action, x.problem || x.kind].filter(Boolean).join(" for ") || "every action")
+      + (x.every ? ", windows " + x.every.cron + " (UTC)" : "")),
+    el("td", x.when, x.holding ? "s-warning" : "muted"), el("td", x.by), el("td", x.comment),
+  ], { silence: x.id, holding: x.holding ? "yes" : "no" })), "none");
 }
 
 function problem(text) {
@@ -160,7 +168,7 @@ function follow() {
   es.onmessage = (m) => handle(m);
   for (const t of ["alert", "decision", "command", "result", "verification", "breaker",
     "escalation", "skipped", "node", "rejected", "leader", "no_result", "coalesced",
-    "dropped", "flapping", "start", "stop", "audit_recovered"]) {
+    "dropped", "flapping", "silence", "start", "stop", "audit_recovered"]) {
     es.addEventListener(t, handle);
   }
   es.addEventListener("lagged", () => { loadAudit(); soon(); });

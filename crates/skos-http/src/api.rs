@@ -6,16 +6,17 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use skos_bus::audit_follow::{self, AuditSource};
+use skos_coordinator::control::{ControlReply, ControlRequest, Refusal};
 use skos_coordinator::status::{NodeOrder, Status, StatusQuery};
 use skos_core::NodeName;
 use tokio::sync::{broadcast, watch};
@@ -38,6 +39,13 @@ fn table() -> Vec<(&'static str, &'static str, MethodRouter<Arc<AppState>>)> {
         ("get", "/api/v1/actions", get(actions)),
         ("get", "/api/v1/audit", get(audit)),
         ("get", "/api/v1/events", get(events)),
+        ("get", "/api/v1/silences", get(silences)),
+        ("post", "/api/v1/silences", post(silence_add)),
+        ("delete", "/api/v1/silences/{id}", delete(silence_expire)),
+        ("post", "/api/v1/nodes/{node}/forget", post(node_forget)),
+        ("get", "/api/v1/approvals", get(approvals)),
+        ("post", "/api/v1/approvals/{id}/approve", post(approve)),
+        ("post", "/api/v1/approvals/{id}/deny", post(deny)),
     ]
 }
 
@@ -122,6 +130,25 @@ impl AppState {
             (Some(_), _) => "standby",
         };
         Ok(Answer { body, status, role })
+    }
+}
+
+impl AppState {
+    /// Send the coordinator an operator's control request (over the bus: a
+    /// standby's request reaches the leader) and read its reply.
+    pub async fn control(
+        &self,
+        req: &ControlRequest,
+        timeout: Duration,
+    ) -> Result<ControlReply, NoStatus> {
+        let body = self
+            .sources
+            .bus
+            .request_control(req, timeout)
+            .await
+            .map_err(|e| NoStatus::NoAnswer(e.to_string()))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| NoStatus::NoAnswer(format!("unreadable control reply: {e}")))
     }
 }
 
@@ -544,6 +571,160 @@ fn event_stream(
             }
         },
     )
+}
+
+/// Ask the coordinator `req`, and answer as the API does: `ok` with the
+/// reply, the refusal's status code (400 invalid, 404 not found, 409
+/// conflict) with its reason, or 503 when no coordinator answers.
+async fn control(state: &AppState, req: ControlRequest, ok: StatusCode) -> Response {
+    match state.control(&req, STATUS_TIMEOUT).await {
+        Ok(reply) => {
+            let code = match reply.refusal {
+                None if reply.error.is_none() => ok,
+                Some(Refusal::NotFound) => StatusCode::NOT_FOUND,
+                Some(Refusal::Conflict) => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (code, Json(reply)).into_response()
+        }
+        Err(e) => unanswered(state, e).into_response(),
+    }
+}
+
+/// Every silence the coordinator keeps.
+async fn silences(State(state): State<Arc<AppState>>) -> Response {
+    control(&state, ControlRequest::SilenceList, StatusCode::OK).await
+}
+
+/// Add a silence (the body is a `SilenceSpec`); needs the token.
+async fn silence_add(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<skos_core::silence::SilenceSpec>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(e) = writable(state.token.as_ref(), &headers) {
+        return e.into_response();
+    }
+    let Json(spec) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")).into_response(),
+    };
+    control(
+        &state,
+        ControlRequest::SilenceAdd { silence: spec },
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+/// Who asks a write that has no body (`?by=`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ByParams {
+    by: Option<String>,
+    force: Option<bool>,
+}
+
+/// Expire a silence now (`?by=WHO`, default `http`); needs the token.
+async fn silence_expire(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    params: Result<Query<ByParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = writable(state.token.as_ref(), &headers) {
+        return e.into_response();
+    }
+    let Query(params) = match params {
+        Ok(p) => p,
+        Err(e) => return bad_query(e).into_response(),
+    };
+    let by = params.by.unwrap_or_else(|| "http".into());
+    control(
+        &state,
+        ControlRequest::SilenceExpire { id, by },
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// Forget a node that left the fleet (`?by=WHO&force=true`); needs the
+/// token.
+async fn node_forget(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    params: Result<Query<ByParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = writable(state.token.as_ref(), &headers) {
+        return e.into_response();
+    }
+    let Query(params) = match params {
+        Ok(p) => p,
+        Err(e) => return bad_query(e).into_response(),
+    };
+    let node = match NodeName::parse(&node) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("node: {e}")).into_response(),
+    };
+    control(
+        &state,
+        ControlRequest::NodeForget {
+            node,
+            by: params.by.unwrap_or_else(|| "http".into()),
+            force: params.force.unwrap_or(false),
+        },
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// The plans waiting for approval.
+async fn approvals(State(state): State<Arc<AppState>>) -> Response {
+    control(&state, ControlRequest::ApprovalList, StatusCode::OK).await
+}
+
+/// Approve a plan waiting for approval (`?by=WHO`); needs the token.
+async fn approve(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    params: Result<Query<ByParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    decide(&state, &headers, id, params, true).await
+}
+
+/// Deny a plan waiting for approval (`?by=WHO`); needs the token.
+async fn deny(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    params: Result<Query<ByParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    decide(&state, &headers, id, params, false).await
+}
+
+async fn decide(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: String,
+    params: Result<Query<ByParams>, axum::extract::rejection::QueryRejection>,
+    approve: bool,
+) -> Response {
+    if let Err(e) = writable(state.token.as_ref(), headers) {
+        return e.into_response();
+    }
+    let Query(params) = match params {
+        Ok(p) => p,
+        Err(e) => return bad_query(e).into_response(),
+    };
+    let by = params.by.unwrap_or_else(|| "http".into());
+    let req = if approve {
+        ControlRequest::Approve { id, by }
+    } else {
+        ControlRequest::Deny { id, by }
+    };
+    control(state, req, StatusCode::OK).await
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@
 //! Everything it shows comes from the coordinator's status reply (asked
 //! over the bus, so a standby forwards to the leader), the process's
 //! counters, and the audit trail: the HTTP side holds no state of the
-//! fleet of its own and cannot change it.
+//! fleet of its own. Its writes (silences, forgetting a node) need the
+//! bearer token and are the coordinator's control requests
+//! (`skos_coordinator::control`), sent over the bus like the CLI's.
 
 pub mod api;
 pub mod auth;

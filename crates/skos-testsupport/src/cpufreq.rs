@@ -30,27 +30,15 @@ fn write(path: &Path, text: &str) {
 }
 
 /// `<root>/devices/system/cpu/cpufreq/policy<policy>`.
-pub fn policy_dir(root: &Path, policy: usize) -> PathBuf {
-    root.join(format!("devices/system/cpu/cpufreq/policy{policy}"))
-}
+pub use skos_sandbox::sysfs::policy_dir;
 
 /// Builds `policies` cpufreq policies (`policy0`..) whose frequencies range
 /// from `min_khz` to `max_khz`, with `scaling_max_freq` at `max_khz` and
 /// `scaling_min_freq` at `min_khz`, and `devices/system/cpu/online` listing
 /// one CPU per policy (`"0-3"` for four).
 pub fn fake_cpufreq(root: &Path, policies: usize, min_khz: u64, max_khz: u64) {
-    for n in 0..policies {
-        let dir = policy_dir(root, n);
-        write(&dir.join("cpuinfo_min_freq"), &format!("{min_khz}\n"));
-        write(&dir.join("cpuinfo_max_freq"), &format!("{max_khz}\n"));
-        write(&dir.join("scaling_max_freq"), &format!("{max_khz}\n"));
-        write(&dir.join("scaling_min_freq"), &format!("{min_khz}\n"));
-    }
-    let online = match policies {
-        0 | 1 => "0\n".to_string(),
-        n => format!("0-{}\n", n - 1),
-    };
-    write(&root.join("devices/system/cpu/online"), &online);
+    skos_sandbox::sysfs::cpufreq(root, policies, min_khz, max_khz)
+        .unwrap_or_else(|e| panic!("fake cpufreq: {e}"));
 }
 
 /// The `scaling_max_freq` of `policy<policy>`, in kHz.

@@ -64,33 +64,8 @@ impl HwmonHandle {
     /// when cooling: a reader in between sees the hottest reading go
     /// straight from the old package temperature to the new one.
     pub fn heat(&self, package_c: f64) {
-        let entries =
-            fs::read_dir(&self.dir).unwrap_or_else(|e| panic!("list {}: {e}", self.dir.display()));
-        let mut inputs: Vec<u32> = entries
-            .filter_map(|entry| {
-                let entry = entry.ok()?;
-                let name = entry.file_name().into_string().ok()?;
-                let n = name.strip_prefix("temp")?.strip_suffix("_input")?;
-                let n = n.parse::<u32>().ok()?;
-                entry.file_type().ok()?.is_file().then_some(n)
-            })
-            .collect();
-        inputs.sort_unstable();
-        let old = fs::read_to_string(self.dir.join("temp1_input"))
-            .ok()
-            .and_then(|t| t.trim().parse::<i64>().ok());
-        let new = (package_c * 1000.0).round() as i64;
-        if old.is_some_and(|old| new < old) {
-            inputs.reverse(); // cooling: the cores first
-        }
-        for n in inputs {
-            let below = if n <= 1 { 0 } else { 2 + (n - 2) % 4 };
-            let file = self.dir.join(format!("temp{n}_input"));
-            let tmp = self.dir.join(format!(".heat-temp{n}_input"));
-            write(&tmp, &millis(package_c - f64::from(below)));
-            fs::rename(&tmp, &file)
-                .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), file.display()));
-        }
+        skos_sandbox::sysfs::heat(&self.dir, package_c)
+            .unwrap_or_else(|e| panic!("heat {}: {e}", self.dir.display()));
     }
 
     /// The directory that holds the `name` and `tempN_*` files (inside
@@ -111,35 +86,9 @@ impl HwmonHandle {
     }
 }
 
-/// One temperature input of a generic hwmon device.
-#[derive(Debug, Clone, Copy)]
-pub struct Temp<'a> {
-    pub label: Option<&'a str>,
-    pub c: f64,
-    pub crit: Option<f64>,
-    pub max: Option<f64>,
-}
-
-impl<'a> Temp<'a> {
-    pub fn new(label: Option<&'a str>, c: f64) -> Self {
-        Self {
-            label,
-            c,
-            crit: None,
-            max: None,
-        }
-    }
-
-    pub fn crit(mut self, c: f64) -> Self {
-        self.crit = Some(c);
-        self
-    }
-
-    pub fn max(mut self, c: f64) -> Self {
-        self.max = Some(c);
-        self
-    }
-}
+/// One temperature input of a generic hwmon device (the sandbox's, which
+/// `skos demo` builds its machine with).
+pub use skos_sandbox::sysfs::Temp;
 
 impl Default for FakeSysfs {
     fn default() -> Self {
@@ -415,11 +364,8 @@ impl FakeSysfs {
 
     /// `class/<class>/<entry> -> ../../<target_rel>`, the kernel's shape.
     fn link_class(&self, class: &str, entry: &str, target_rel: &str) -> PathBuf {
-        let link = self.root().join("class").join(class).join(entry);
-        fs::create_dir_all(link.parent().expect("class dir has a parent"))
-            .expect("create class dir");
-        symlink(format!("../../{target_rel}"), &link).expect("create class link");
-        link
+        skos_sandbox::sysfs::link_class(self.root(), class, entry, target_rel)
+            .unwrap_or_else(|e| panic!("create class link: {e}"))
     }
 }
 
@@ -447,38 +393,18 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 fn write_temps(dir: &Path, temps: &[Temp<'_>]) {
-    for (i, t) in temps.iter().enumerate() {
-        let i = i + 1;
-        write(&dir.join(format!("temp{i}_input")), &millis(t.c));
-        if let Some(label) = t.label {
-            write(&dir.join(format!("temp{i}_label")), &format!("{label}\n"));
-        }
-        if let Some(crit) = t.crit {
-            write(&dir.join(format!("temp{i}_crit")), &millis(crit));
-        }
-        if let Some(max) = t.max {
-            write(&dir.join(format!("temp{i}_max")), &millis(max));
-        }
-    }
+    skos_sandbox::sysfs::write_temps(dir, temps)
+        .unwrap_or_else(|e| panic!("write temperatures: {e}"));
 }
 
 /// `c` as the kernel writes it: integer millidegrees and a newline.
-pub fn millis(c: f64) -> String {
-    format!("{}\n", (c * 1000.0).round() as i64)
-}
+pub use skos_sandbox::sysfs::millis;
 
 /// Replaces `path` whole (a temp file beside it, then a rename): a reader
 /// sees the old or the new value, never an empty or half-written file, as
 /// with a real sysfs attribute.
 fn write(path: &Path, text: &str) {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".skos-write-{name}"));
-    fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
-    fs::rename(&tmp, path)
-        .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), path.display()));
+    skos_sandbox::sysfs::replace(path, text).unwrap_or_else(|e| panic!("write: {e}"));
 }
 
 #[cfg(test)]

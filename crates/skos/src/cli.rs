@@ -89,6 +89,53 @@ pub enum Cmd {
         #[command(subcommand)]
         command: KeysCmd,
     },
+    /// The whole loop on a sandbox it makes and removes (a fake CPU and a
+    /// small tmpfs; never the real machine): heat, alert, throttle,
+    /// verified, restored; a filling disk, cleanup, verified. Every line
+    /// and audit record is labelled [demo].
+    Demo {
+        /// Serve the HTTP API and live page here (IP:port) while it runs.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+        /// Seconds to wait between steps, so each can be seen (default 1;
+        /// 5 with --http, for the page).
+        #[arg(long, value_name = "SECS")]
+        pace: Option<f64>,
+    },
+    /// Silences and maintenance windows: actions the coordinator must not
+    /// take on a node for a while (alerts are still recorded and decided,
+    /// the actions skipped as `silenced`). Sent to the leading coordinator
+    /// over NATS when NATS_URL is set, else to `skos up`'s HTTP API
+    /// (http.listen, with the token in http.token_file).
+    Silence {
+        #[command(subcommand)]
+        command: SilenceCmd,
+    },
+    /// Plans waiting for a person (`failover.require_approval`): list them.
+    Approvals {
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Start a plan waiting for approval (the id `skos approvals` and
+    /// `skos status` show); audited with who approved it.
+    Approve {
+        /// The approval's id.
+        id: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Drop a plan waiting for approval; audited with who denied it.
+    Deny {
+        /// The approval's id.
+        id: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// What the coordinator keeps about nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCmd,
+    },
     /// Fleet-wide setup.
     Fleet {
         #[command(subcommand)]
@@ -105,12 +152,13 @@ pub enum Cmd {
 }
 
 impl Cmd {
-    /// `up`, `coordinator` and `agent` run until stopped; the rest print
-    /// and exit.
+    /// `up`, `coordinator` and `agent` run until stopped, and `demo` runs
+    /// its loop (a closed pipe must not end it before it removes its
+    /// sandbox); the rest print and exit.
     pub fn is_long_running(&self) -> bool {
         matches!(
             self,
-            Cmd::Up { .. } | Cmd::Coordinator { .. } | Cmd::Agent { .. }
+            Cmd::Up { .. } | Cmd::Coordinator { .. } | Cmd::Agent { .. } | Cmd::Demo { .. }
         )
     }
 }
@@ -142,12 +190,123 @@ pub struct StatusArgs {
     pub by_name: bool,
 }
 
+/// Where an operator's change goes, and who asks.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ControlArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The address of `skos up`'s HTTP API (IP:port) when NATS_URL is not
+    /// set (default: http.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Who asks, as the audit trail records it (default: the login name,
+    /// from SUDO_USER, USER or LOGNAME).
+    #[arg(long, value_name = "WHO")]
+    pub by: Option<String>,
+    /// Print the coordinator's reply as it is (JSON).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SilenceCmd {
+    /// Silence a node (or one kind, problem or action on it) for a while,
+    /// from now or from --start.
+    Add {
+        /// The node.
+        #[arg(long)]
+        node: String,
+        /// Only problems of this kind (thermal, storage, mesh, loop, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this problem (thermal:cpu, storage:/srv).
+        #[arg(long)]
+        problem: Option<String>,
+        /// Only this action (throttle_50, cleanup_temp, ...).
+        #[arg(long)]
+        action: Option<String>,
+        /// How long it holds from its start (90m, 4h, 2days); with --every,
+        /// how long each window lasts.
+        #[arg(
+            long = "for",
+            value_name = "DURATION",
+            required_unless_present = "until"
+        )]
+        duration: Option<String>,
+        /// When it stops holding (RFC 3339: 2026-03-01T06:00:00Z); with
+        /// --every, when the series ends (default: a year after its start).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Recurring windows for planned work: a 5-field cron pattern in
+        /// UTC at which each window begins ("0 2 * * SUN#1": the first
+        /// Sunday of each month at 02:00), each lasting --for.
+        #[arg(long, value_name = "CRON")]
+        every: Option<String>,
+        /// When it starts holding (RFC 3339; default now): a maintenance
+        /// window planned ahead.
+        #[arg(long, value_name = "TIME")]
+        start: Option<String>,
+        /// Why (required; recorded in the audit trail).
+        #[arg(long)]
+        comment: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Every silence kept, holding now or starting later.
+    List {
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// End a silence now; the problems it held are decided again.
+    Expire {
+        /// The silence's id (s-...).
+        id: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Forget a node that left the fleet: its state, open alerts, pending
+    /// commands and deadlines are dropped (audited with who asked).
+    Forget {
+        /// The node.
+        name: String,
+        /// Forget it even though it was heard from recently (it comes
+        /// back with its next heartbeat).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum FleetCmd {
+    /// Write everything a fleet needs into --out: the nats-server config
+    /// with least-privilege users (as nats-config), the keys (in keys/),
+    /// the coordinator's config, one config per agent trusting the
+    /// coordinator's signing key, the operator's, and NEXT-STEPS (printed).
+    Init {
+        /// The nodes, comma-separated (nova,lyra,athena).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// Where it all goes (created, mode 700).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the server will be, as every process reaches it.
+        #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// Replace a fleet already in --out (every key changes).
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a nats-server authorization config where each node's agent may
     /// publish only its own subjects and read only its own commands (through
     /// the consumer the coordinator makes), the coordinator may not delete or
-    /// purge the audit and state streams, and operators only read; write one
+    /// purge the audit and state streams, and operators only read the trail and
+    /// ask the coordinator (status, silences, forgetting a node); write one
     /// nkeys login seed per node, one for the coordinator, one for operators
     /// (`skos status`, `skos audit`), and the coordinator's command signing
     /// key apart, into --out.

@@ -27,6 +27,15 @@ use tokio::sync::watch;
 
 use crate::cli::{AuditCmd, Cli, Cmd, ConfigArg, ConfigCmd, FleetCmd, KeysCmd, StatusArgs};
 
+/// A line on standard error for a person; a reader gone (a closed pipe)
+/// is no reason to stop.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Cmd::Up {
@@ -77,9 +86,24 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Keys {
             command: KeysCmd::Generate { out, force },
         } => keys_generate(&out, force),
+        Cmd::Demo { http, pace } => crate::demo::demo(http.as_deref(), pace).await,
+        Cmd::Silence { command } => crate::control::silence(command).await,
+        Cmd::Node { command } => crate::control::node(command).await,
+        Cmd::Approvals { control } => crate::control::approvals(control).await,
+        Cmd::Approve { id, control } => crate::control::decide(id, true, control).await,
+        Cmd::Deny { id, control } => crate::control::decide(id, false, control).await,
         Cmd::Fleet {
             command: FleetCmd::NatsConfig { nodes, out, force },
         } => crate::fleet::nats_config(&nodes, &out, force),
+        Cmd::Fleet {
+            command:
+                FleetCmd::Init {
+                    nodes,
+                    out,
+                    nats_url,
+                    force,
+                },
+        } => crate::fleet::init(&nodes, &out, &nats_url, force),
         // Both generated from the command line's own definition.
         Cmd::Completions { shell } => {
             let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
@@ -139,27 +163,53 @@ fn load(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<Config> {
     Ok(cfg)
 }
 
-fn load_quiet(arg: &ConfigArg) -> Result<Config> {
+pub(crate) fn load_quiet(arg: &ConfigArg) -> Result<Config> {
     let cfg = read_config(arg, None)?;
     init_logging("ERROR");
     Ok(cfg)
 }
 
-fn init_logging(level: &str) {
+pub(crate) fn init_logging(level: &str) {
+    init_logging_labelled(level, None);
+}
+
+/// Log lines on stderr, each after `label` (`[demo]`) when given.
+struct Labelled(&'static str);
+
+impl std::io::Write for Labelled {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The formatter writes one whole event at a time.
+        let mut err = std::io::stderr().lock();
+        err.write_all(self.0.as_bytes())?;
+        err.write_all(b" ")?;
+        err.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// [`init_logging`], each line after `label` when given.
+pub(crate) fn init_logging_labelled(level: &str, label: Option<&'static str>) {
     let level = match level.to_ascii_uppercase().as_str() {
         "WARNING" => "warn".to_string(),
         other => other.to_ascii_lowercase(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},async_nats=warn")));
-    let _ = tracing_subscriber::fmt()
+    let ansi = colours(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colours(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .try_init();
+        .with_ansi(ansi);
+    let _ = match label {
+        Some(label) => fmt.with_writer(move || Labelled(label)).try_init(),
+        None => fmt.with_writer(std::io::stderr).try_init(),
+    };
 }
 
 /// Whether log lines carry ANSI colours: only on a terminal, and never
@@ -170,7 +220,7 @@ fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -192,7 +242,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// The HTTP options of `cfg` and `--http`, checked before anything starts
 /// (`None`: HTTP is off).
-fn http_options(cfg: &Config, flag: Option<&str>) -> Result<Option<HttpOptions>> {
+pub(crate) fn http_options(cfg: &Config, flag: Option<&str>) -> Result<Option<HttpOptions>> {
     Ok(HttpOptions::resolve(cfg, flag)?)
 }
 
@@ -201,6 +251,7 @@ async fn serve_http(
     opts: Option<HttpOptions>,
     sources: skos_http::Sources,
     stop: watch::Receiver<bool>,
+    say: &str,
 ) -> Result<Option<skos_http::Server>> {
     let Some(opts) = opts else {
         return Ok(None);
@@ -208,8 +259,8 @@ async fn serve_http(
     let server = skos_http::start(opts, sources, stopped(stop)).await?;
     if let Some(s) = &server {
         let scheme = if s.tls { "https" } else { "http" };
-        eprintln!(
-            "skos: live page and HTTP API on {scheme}://{}/ (metrics: /metrics)",
+        note!(
+            "{say} live page and HTTP API on {scheme}://{}/ (metrics: /metrics)",
             s.addr
         );
     }
@@ -239,25 +290,62 @@ async fn up(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
             cfg.trust.max_deadline_seconds
         );
     }
+    embedded(cfg, http, &Embedded::UP, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What differs between `skos up` and `skos demo`.
+pub(crate) struct Embedded {
+    /// `embedded` or `demo`: the mode status and the start record show.
+    pub mode: &'static str,
+    /// What its lines on the terminal start with.
+    pub say: &'static str,
+    /// Put before every audit record's summary (`[demo]`).
+    pub audit_label: Option<&'static str>,
+}
+
+impl Embedded {
+    const UP: Embedded = Embedded {
+        mode: "embedded",
+        say: "skos:",
+        audit_label: None,
+    };
+}
+
+/// Embedded mode: the coordinator, the local agent and the HTTP server
+/// (when `http` is on) in this process over an in-process bus, the audit
+/// trail and state in the data dir, until `stop` completes.
+pub(crate) async fn embedded(
+    cfg: Config,
+    http: Option<HttpOptions>,
+    how: &Embedded,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let data_dir = cfg.data_dir.clone();
+    let say = how.say;
     // Created 0700; refused (naming its owner and mode) when another user
     // owns it or others may write it: they could plant links that make
     // root overwrite its own files.
     skos_fs::Dir::private(&data_dir).context("data dir refused")?;
-    let audit = Arc::new(AuditLog::open_file(&data_dir.join("audit.jsonl"))?);
+    let mut audit = AuditLog::open_file(&data_dir.join("audit.jsonl"))?;
+    if let Some(label) = how.audit_label {
+        audit = audit.labelled(label);
+    }
+    let audit = Arc::new(audit);
     // A look bounded to a second: a slow source must not hold up the start
     // (the agent reads it on its own thread and reports it).
     let sensors = Sensors::configured(&cfg)
         .scan_within(Duration::from_secs(1))
         .readings;
     if sensors.is_empty() {
-        eprintln!(
-            "skos: no temperature sensor found under {} (heartbeats will say so: cpu_temp and gpu_temp are null)",
+        note!(
+            "{say} no temperature sensor found under {} (heartbeats will say so: cpu_temp and gpu_temp are null)",
             cfg.sysfs_root.escaped()
         );
     }
-    eprintln!(
-        "skos: embedded mode, node {}, {} temperature sensor(s), data dir {}; Ctrl-C to stop",
+    note!(
+        "{say} {} mode, node {}, {} temperature sensor(s), data dir {}; Ctrl-C to stop",
+        how.mode,
         cfg.node.name,
         sensors.len(),
         data_dir.escaped()
@@ -268,8 +356,8 @@ async fn up(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
             chrono::Utc::now(),
             Some(&cfg.node.name),
             "skos",
-            format!("embedded mode started on {}", cfg.node.name),
-            json!({"mode": "embedded", "sensors": sensors.len(), "version": env!("CARGO_PKG_VERSION")}),
+            format!("{} mode started on {}", how.mode, cfg.node.name),
+            json!({"mode": how.mode, "sensors": sensors.len(), "version": env!("CARGO_PKG_VERSION")}),
         ))
         .await?;
     let bus = Bus::InProc(InProcBus::new());
@@ -281,7 +369,7 @@ async fn up(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
     let mut agent_cfg = cfg.clone();
     agent_cfg.trust.coordinator_keys = vec![signer.public_key()];
     let opts = ServiceOptions {
-        mode: "embedded".into(),
+        mode: how.mode.into(),
         status_file: Some(data_dir.join("status.json")),
         signer: Some(signer),
         ..Default::default()
@@ -304,14 +392,16 @@ async fn up(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
             holder: None,
         },
         rx.clone(),
+        say,
     )
     .await?;
-    let agent =
-        Agent::new(agent_cfg, bus, counters, Some(data_dir.join("agent")))?.announce_at_start();
+    let agent = Agent::new(agent_cfg, bus, counters, Some(data_dir.join("agent")))?;
+    let agent = match how.audit_label {
+        Some(label) => agent.announce_labelled(label),
+        None => agent.announce_at_start(),
+    };
     let agent = tokio::spawn(agent.run(stopped(rx)));
-    tokio::select! {
-        _ = shutdown_signal() => {}
-    }
+    stop.await;
     let _ = tx.send(true);
     let (c, a, ()) = tokio::join!(coordinator, agent, http_stopped(server));
     c??;
@@ -322,11 +412,11 @@ async fn up(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
             chrono::Utc::now(),
             None,
             "skos",
-            "embedded mode stopped",
+            format!("{} mode stopped", how.mode),
             Value::Null,
         ))
         .await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Connection options from the config; secrets files are checked for
@@ -348,7 +438,7 @@ fn nats_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
 /// Connection options of an operator's command (`skos status`, `skos
 /// audit`): replies on the operator's own inbox, no stream created (a
 /// read-only credential may do neither more nor less).
-fn operator_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
+pub(crate) fn operator_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
     let mut opts = nats_options(cfg, name)?;
     opts.inbox_prefix = Some(skos_bus::subjects::OPERATOR_INBOX.to_string());
     opts.create_streams = false;
@@ -457,6 +547,7 @@ async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
             holder: Some(holder),
         },
         rx.clone(),
+        "skos:",
     )
     .await?;
     let task = tokio::spawn(skos_coordinator::run(

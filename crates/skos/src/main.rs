@@ -3,6 +3,8 @@
 
 mod cli;
 mod commands;
+mod control;
+mod demo;
 mod fleet;
 mod heap;
 
@@ -34,6 +36,13 @@ fn main() -> std::process::ExitCode {
             eprintln!("skos: a task panicked (a bug): stopping so that a supervisor restarts skos");
             std::process::exit(PANICKED);
         }));
+    }
+    if matches!(cli.command, cli::Cmd::Demo { .. }) {
+        // The demo's tmpfs is its own, gone with the process however it
+        // ends; where this cannot be (not root), the demo mounts nothing.
+        if let Err(e) = skos_sandbox::tmpfs::private_mounts() {
+            tracing::debug!(error = %e, "no mounts of its own for the demo");
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -179,9 +179,14 @@ fn the_live_page_shows_a_heated_node_its_throttle_and_verification_without_a_rel
     let sys = FakeSysfs::new();
     let cpu = sys.coretemp(60.0, &[58.0, 57.0]);
     fake_cpufreq(sys.root(), 4, 800_000, 3_600_000);
+    let token = work.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
     let cfg = fast_config(
         work.path(),
-        "  actions: {warning: [throttle_10], critical: [throttle_50], emergency: [throttle_50]}\n",
+        &format!(
+            "  actions: {{warning: [throttle_10], critical: [throttle_50], emergency: [throttle_50]}}\nhttp:\n  token_file: {}\n",
+            token.display()
+        ),
     );
     let mut c = skos();
     c.arg("up")
@@ -240,6 +245,43 @@ fn the_live_page_shows_a_heated_node_its_throttle_and_verification_without_a_rel
     // trail once, at load).
     let v = b.text(r#"#audit tr[data-event="verification"]"#);
     assert!(v.contains("throttle_50"), "{v}");
+    // A silence shows on the page as it is added, holding.
+    let out = run({
+        let mut c = skos();
+        c.args([
+            "silence",
+            "add",
+            "--node",
+            "nova",
+            "--kind",
+            "thermal",
+            "--for",
+            "1h",
+            "--comment",
+            "fan swap",
+            "--by",
+            "ana",
+            "--json",
+            "--http",
+            &addr.to_string(),
+            "--config",
+        ])
+        .arg(&cfg);
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = added["silences"][0]["id"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(30), "the silence on the page", || {
+        let t = b.text(&format!(
+            r#"#silences tr[data-silence="{id}"][data-holding="yes"]"#
+        ));
+        (t.contains("fan swap") && t.contains("holding until")).then_some(())
+    });
     assert_eq!(
         b.eval("performance.timeOrigin"),
         loaded,

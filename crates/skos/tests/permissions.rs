@@ -238,6 +238,63 @@ fn agents_are_confined_to_their_own_subjects() {
         });
         serde_json::from_slice::<Value>(&out.stdout).ok()?["leader"]["term"].as_u64()
     });
+    // The operator's key may add and list silences (the coordinator's
+    // control subject); an agent's may not even ask.
+    let out = run({
+        let mut c = skos();
+        c.args([
+            "silence",
+            "add",
+            "--node",
+            "athena",
+            "--for",
+            "1h",
+            "--comment",
+            "rack move",
+            "--by",
+            "ana",
+            "--json",
+        ])
+        .env("NATS_URL", nats.url())
+        .env("SKOS_CONFIG", &operator_cfg);
+        c
+    });
+    assert!(
+        out.status.success(),
+        "the operator adds a silence: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(added["silences"][0]["node"], "athena", "{added}");
+    let nova_bus = Bus::Nats(
+        rt.block_on(connect_as(
+            &nats.url(),
+            NatsAuth::NkeySeed(seed(work.path(), "nova")),
+            Some("_INBOX_nova"),
+        ))
+        .expect("nova's key connects"),
+    );
+    let asked = rt.block_on(nova_bus.request_control(
+        &json!({"op": "silence_expire", "id": added["silences"][0]["id"], "by": "nova"}),
+        Duration::from_secs(3),
+    ));
+    assert!(
+        asked.is_err(),
+        "an agent's key may not send control requests: {asked:?}"
+    );
+    let out = run({
+        let mut c = skos();
+        c.args(["silence", "list", "--json"])
+            .env("NATS_URL", nats.url())
+            .env("SKOS_CONFIG", &operator_cfg);
+        c
+    });
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed["silences"][0]["id"], added["silences"][0]["id"],
+        "still there: nova's expiry never reached the coordinator ({listed})"
+    );
     let now = chrono::Utc::now();
     let fence: skos_core::Command = serde_json::from_value(json!({
         "action_id": "fence-after-lyra", "action_type": "throttle_50", "parameters": {},

@@ -191,6 +191,11 @@ pub(super) struct Watches {
 }
 
 impl Watches {
+    /// Drop every reading followed for `node` (a forgotten node).
+    pub(super) fn forget(&mut self, node: &NodeName) {
+        self.by_node.remove(node);
+    }
+
     /// Take out the readings of the command `action_id` sent to `node`.
     fn take(&mut self, node: &NodeName, action_id: &str) -> Option<Descent> {
         let of_node = self.by_node.get_mut(node)?;

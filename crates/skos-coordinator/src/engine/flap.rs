@@ -107,6 +107,14 @@ impl Flap {
 }
 
 impl Flaps {
+    /// Drop every problem of `node` (a forgotten node).
+    pub(super) fn forget(&mut self, node: &NodeName) {
+        self.problems.retain(|(n, _), _| n != node);
+        self.due.retain(|(_, (n, _))| n != node);
+    }
+}
+
+impl Flaps {
     /// `key` is flapping.
     pub(super) fn is_flapping(&self, node: &NodeName, problem: &ProblemKey) -> bool {
         self.problems

@@ -47,17 +47,21 @@ use skos_core::{catalogue, policy};
 use crate::status::NodeHealth;
 use crate::status::{ActionRecord, ActionState, Leadership};
 
+mod control;
 mod credit;
 mod flap;
+mod forget;
 mod index;
 mod kinds;
 mod ledger;
 mod originals;
 mod placement;
 mod quota;
+mod silence;
 mod state;
 mod status;
 
+pub use forget::ForgetError;
 use index::{Ladders, OpenAlerts, Pendings, Verifications, Watchers};
 use kinds::Recovery;
 pub use ledger::{LedgerEntry, Outcome as LedgerOutcome, Record as LedgerRecord};
@@ -95,6 +99,8 @@ enum SkipReason {
     NoWorkloads,
     /// The plan waits for a person's `skos approve`.
     AwaitingApproval,
+    /// An operator's silence or maintenance window covers it.
+    Silenced,
 }
 
 impl SkipReason {
@@ -109,6 +115,7 @@ impl SkipReason {
             SkipReason::FleetDegraded => "fleet_degraded",
             SkipReason::NoWorkloads => "no_workloads",
             SkipReason::AwaitingApproval => "awaiting_approval",
+            SkipReason::Silenced => "silenced",
         }
     }
 }
@@ -176,6 +183,8 @@ pub struct Engine {
     placement: placement::Placements,
     /// What each action did for each problem on each node (see `ledger`).
     ledger: ledger::Ledger,
+    /// Operators' silences and maintenance windows, by node (see `silence`).
+    silences: silence::Silences,
 }
 
 /// Why a result was refused: it came from another node than the one its
@@ -253,6 +262,7 @@ impl Engine {
             leader: None,
             placement: placement::Placements::new(fleet),
             ledger: ledger::Ledger::default(),
+            silences: silence::Silences::new(),
         }
     }
 
@@ -468,6 +478,30 @@ impl Engine {
     ) {
         let node = alert.node.clone();
         let problem = alert.problem();
+        if let Some(s) = self.silenced(&node, &alert.kind, &problem, action, now) {
+            let (id, detail) = (
+                s.id.clone(),
+                format!(
+                    "silence {} by {} until {}: {}",
+                    s.id,
+                    s.by,
+                    timefmt::format(&s.holds_until(now)),
+                    s.comment
+                ),
+            );
+            self.silence_held(&node, &id, &problem);
+            self.skip(
+                (&node, &problem, action),
+                SkipReason::Silenced,
+                detail,
+                now,
+                out,
+            );
+            if let Some(Effect::Audit(entry)) = out.last_mut() {
+                entry.data["silence_id"] = json!(id);
+            }
+            return;
+        }
         if self.cfg.dry_run {
             self.skip(
                 (&node, &problem, action),
@@ -1004,6 +1038,7 @@ impl Engine {
             kind.on_tick(self, now, &mut out);
         }
         self.flap_tick(now, &mut out);
+        self.silence_tick(now, &mut out);
         self.expire_pending(now, &mut out);
         self.placement_tick(now, &mut out);
         self.verification_deadlines(now, &mut out);

@@ -541,6 +541,9 @@ pub struct EngineSnapshot {
     /// What each action did for each problem on this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(in crate::engine) ledger: Vec<super::LedgerEntry>,
+    /// Operators' silences and maintenance windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::engine) silences: Vec<skos_core::silence::Silence>,
 }
 
 impl EngineSnapshot {
@@ -557,6 +560,7 @@ impl EngineSnapshot {
             && self.placements.is_empty()
             && self.approvals.is_empty()
             && self.ledger.is_empty()
+            && self.silences.is_empty()
     }
 }
 
@@ -596,6 +600,7 @@ impl Engine {
             placements: self.placements().all().cloned().collect(),
             approvals: self.placements().approvals().cloned().collect(),
             ledger: self.ledger.all(),
+            silences: self.silences.values().flatten().cloned().collect(),
         }
     }
 
@@ -639,6 +644,7 @@ impl Engine {
             placements: self.placements().of_home(node),
             approvals: self.placements().approvals_of(node),
             ledger: self.ledger.of_node(node),
+            silences: self.silences.get(node).cloned().unwrap_or_default(),
         }
     }
 
@@ -650,6 +656,7 @@ impl Engine {
         out.extend(self.open_alerts.nodes().cloned());
         out.extend(self.ladders.nodes().cloned());
         out.extend(self.reset_retries.keys().cloned());
+        out.extend(self.silences.keys().cloned());
         out.extend(
             self.breakers
                 .snapshot()
@@ -703,6 +710,12 @@ impl Engine {
         self.placement.restore(snap.placements);
         self.placement.restore_approvals(snap.approvals);
         self.ledger.restore(snap.ledger);
+        for s in snap.silences {
+            let kept = self.silences.entry(s.node.clone()).or_default();
+            if !kept.iter().any(|k| k.id == s.id) {
+                kept.push(s);
+            }
+        }
         for v in snap.verifications {
             self.verifications.push(v);
         }

@@ -18,8 +18,9 @@ use super::Engine;
 #[cfg(doc)]
 use crate::status::MAX_PER_PAGE;
 use crate::status::{
-    bounded_item, clip, ActionRecord, AgentStatus, NodeHealth, NodeOrder, NodeStatus, Status,
-    StatusQuery, Summary, MAX_AGENTS, MAX_OPEN_ALERTS, MAX_OPEN_CIRCUITS, MAX_RECENT_ACTIONS,
+    bounded_item, clip, ActionRecord, AgentStatus, NodeHealth, NodeOrder, NodeStatus,
+    SilenceStatus, Status, StatusQuery, Summary, MAX_AGENTS, MAX_OPEN_ALERTS, MAX_OPEN_CIRCUITS,
+    MAX_RECENT_ACTIONS, MAX_SILENCES,
 };
 
 /// A node's health: offline without heartbeats, else from its worst open
@@ -124,6 +125,8 @@ impl Engine {
             .collect();
         summary.open_circuits = open_circuits.len() + loop_circuits.len();
         summary.recent_actions = self.recent.len();
+        let silences = self.silences();
+        summary.silences = silences.len();
 
         Status {
             mode: self.mode.clone(),
@@ -162,6 +165,21 @@ impl Engine {
             workloads: self.workload_statuses(&query),
             approvals: self.approval_statuses(&query),
             ledger: self.ledger_rows(&query),
+            silences: silences
+                .into_iter()
+                .filter(|s| query.concerns(s.node.as_str()))
+                .take(MAX_SILENCES)
+                .map(|mut s| {
+                    s.comment = clip(&s.comment);
+                    s.by = clip(&s.by);
+                    s.held.clear();
+                    SilenceStatus {
+                        holding: s.holds_at(now),
+                        when: s.when(now),
+                        silence: s,
+                    }
+                })
+                .collect(),
             query,
         }
     }

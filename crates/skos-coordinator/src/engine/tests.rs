@@ -3641,3 +3641,252 @@ fn a_not_needed_trial_gives_the_trial_back() {
         "{fx:?}"
     );
 }
+
+fn silence_spec(duration: u64) -> skos_core::silence::SilenceSpec {
+    skos_core::silence::SilenceSpec {
+        node: nova(),
+        kind: Some("thermal".into()),
+        problem: None,
+        action: None,
+        start: None,
+        end: None,
+        duration_seconds: Some(duration),
+        every: None,
+        comment: "fan replacement".into(),
+        by: "ana".into(),
+    }
+}
+
+#[test]
+fn a_silenced_problem_is_recorded_and_decided_but_never_acted_on() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let (s, fx) = e.add_silence(&silence_spec(600), t(0.0)).unwrap();
+    let added = audits(&fx, "silence");
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0].actor, "ana");
+    assert_eq!(added[0].data["event"], "added");
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    assert!(
+        commands(&fx).is_empty(),
+        "a silenced problem gets no command"
+    );
+    assert_eq!(audits(&fx, "alert").len(), 1, "the alert is still recorded");
+    assert_eq!(audits(&fx, "decision").len(), 1);
+    assert_eq!(skipped_reasons(&fx), ["silenced", "silenced"]);
+    for skipped in audits(&fx, "skipped") {
+        assert_eq!(skipped.data["silence_id"], s.id.as_str());
+    }
+    let status = e.status(t(2.0));
+    assert_eq!(status.silences.len(), 1);
+    assert_eq!(status.silences[0].silence.id, s.id);
+    assert!(status.silences[0].holding);
+    assert_eq!(status.summary.silences, 1);
+}
+
+#[test]
+fn a_silence_covers_only_its_node_kind_and_action() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let mut spec = silence_spec(600);
+    spec.kind = None;
+    spec.action = Some("redistribute".into());
+    e.add_silence(&spec, t(0.0)).unwrap();
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    let names: Vec<String> = commands(&fx).into_iter().map(|c| c.action_type).collect();
+    assert_eq!(names, ["throttle_50"], "only the silenced action is held");
+    assert_eq!(skipped_reasons(&fx), ["silenced"]);
+}
+
+#[test]
+fn an_expired_silence_acts_again_on_what_it_held() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let (s, _) = e.add_silence(&silence_spec(600), t(0.0)).unwrap();
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    assert!(commands(&fx).is_empty());
+    assert!(matches!(
+        e.expire_silence("s-000000000000", "ana", t(5.0)),
+        Err(skos_core::silence::SilenceError::Unknown(_))
+    ));
+    let (gone, fx) = e.expire_silence(&s.id, "bo", t(5.0)).unwrap();
+    assert_eq!(gone.id, s.id);
+    let expired = audits(&fx, "silence");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].actor, "bo");
+    assert_eq!(expired[0].data["event"], "expired");
+    let names: Vec<String> = commands(&fx).into_iter().map(|c| c.action_type).collect();
+    assert_eq!(
+        names,
+        ["throttle_50", "redistribute"],
+        "decided again at once"
+    );
+    assert!(e.silences().is_empty());
+    assert!(e.status(t(6.0)).silences.is_empty());
+}
+
+#[test]
+fn a_silence_that_ends_on_a_tick_acts_again_and_a_later_one_waits_for_its_start() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    // A window starting later does not hold yet.
+    let mut later = silence_spec(60);
+    later.start = Some(t(1000.0));
+    later.comment = "planned work".into();
+    e.add_silence(&later, t(0.0)).unwrap();
+    let (s, _) = e.add_silence(&silence_spec(60), t(0.0)).unwrap();
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    assert!(commands(&fx).is_empty());
+    e.on_heartbeat(hb(Some(87.0), 0, 30.0), t(30.0));
+    let fx = e.tick(t(30.0));
+    assert!(audits(&fx, "silence").is_empty(), "not ended yet");
+    e.on_heartbeat(hb(Some(87.0), 0, 59.0), t(59.0));
+    let fx = e.tick(t(60.0));
+    let ended = audits(&fx, "silence");
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].data["event"], "ended");
+    assert_eq!(ended[0].data["silence"]["id"], s.id.as_str());
+    assert_eq!(commands(&fx).len(), 2, "acted on once the window closed");
+    assert_eq!(e.silences().len(), 1, "the later window is still kept");
+}
+
+#[test]
+fn silences_survive_a_restart_in_their_node_snapshot() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let (s, _) = e.add_silence(&silence_spec(600), t(0.0)).unwrap();
+    e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    let snap = e.node_snapshot(&nova());
+    assert!(!snap.is_empty());
+    let json = serde_json::to_string(&snap).unwrap();
+    let mut again = engine();
+    again.restore(serde_json::from_str(&json).unwrap(), t(2.0));
+    assert_eq!(again.silences().len(), 1);
+    assert!(again.known_nodes().contains(&nova()));
+    // What it held is decided again when it is expired after the restart.
+    let (_, fx) = again.expire_silence(&s.id, "ana", t(3.0)).unwrap();
+    assert_eq!(commands(&fx).len(), 2);
+}
+
+#[test]
+fn a_silence_for_a_node_never_seen_is_kept_in_that_nodes_state() {
+    let mut e = engine();
+    let mut spec = silence_spec(600);
+    spec.node = node("lyra");
+    e.add_silence(&spec, t(0.0)).unwrap();
+    assert!(e.known_nodes().contains(&node("lyra")));
+    assert_eq!(e.node_snapshot(&node("lyra")).silences.len(), 1);
+    let fx = e.add_silence(&spec, t(0.0));
+    assert!(matches!(
+        fx,
+        Err(skos_core::silence::SilenceError::Exists(_))
+    ));
+}
+
+#[test]
+fn a_node_seen_recently_is_not_forgotten_unless_forced() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    assert!(matches!(
+        e.forget_node(&nova(), "ana", false, t(2.0)),
+        Err(ForgetError::Recent { .. })
+    ));
+    assert!(matches!(
+        e.forget_node(&node("lyra"), "ana", false, t(2.0)),
+        Err(ForgetError::Unknown(_))
+    ));
+    assert_eq!(e.known_nodes().len(), 1, "nothing dropped by a refusal");
+    let fx = e.forget_node(&nova(), "ana", true, t(2.0)).unwrap();
+    let forgotten = audits(&fx, "node");
+    assert_eq!(forgotten.len(), 1);
+    assert_eq!(forgotten[0].actor, "ana");
+    assert_eq!(forgotten[0].data["event"], "forgotten");
+    assert_eq!(forgotten[0].data["dropped"]["open_alerts"], 1);
+    assert_eq!(forgotten[0].data["dropped"]["pending_commands"], 2);
+    assert!(e.known_nodes().is_empty());
+    assert!(
+        e.node_snapshot(&nova()).is_empty(),
+        "its saved state is removed"
+    );
+    assert!(e.status(t(3.0)).open_alerts.is_empty());
+    // Its deadlines are gone: a later tick closes nothing as no_result.
+    let fx = e.tick(t(500.0));
+    assert!(audits(&fx, "no_result").is_empty());
+}
+
+#[test]
+fn an_offline_node_is_forgotten_without_force_and_rejoins_with_a_heartbeat() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(50.0), 0, 0.0), t(0.0));
+    e.tick(t(100.0));
+    assert!(e.nodes.get(&nova()).is_some_and(|n| n.offline));
+    let fx = e.forget_node(&nova(), "ana", false, t(101.0)).unwrap();
+    assert_eq!(audits(&fx, "node").len(), 1);
+    assert!(e.known_nodes().is_empty());
+    let fx = e.on_heartbeat(hb(Some(50.0), 0, 200.0), t(200.0));
+    assert_eq!(audits(&fx, "node")[0].data["event"], "joined");
+}
+
+#[test]
+fn control_requests_are_answered_with_what_was_done_or_why_not() {
+    use crate::control::{ControlRequest, Refusal};
+    let mut e = engine();
+    let (reply, fx) = e.control(
+        &ControlRequest::SilenceAdd {
+            silence: silence_spec(600),
+        },
+        t(0.0),
+    );
+    assert!(reply.error.is_none(), "{reply:?}");
+    assert_eq!(reply.silences.len(), 1);
+    assert_eq!(audits(&fx, "silence").len(), 1);
+    let (list, fx) = e.control(&ControlRequest::SilenceList, t(1.0));
+    assert!(fx.is_empty());
+    assert_eq!(list.silences, reply.silences);
+    let (bad, fx) = e.control(
+        &ControlRequest::SilenceExpire {
+            id: "s-nope".into(),
+            by: "ana".into(),
+        },
+        t(1.0),
+    );
+    assert!(fx.is_empty());
+    assert_eq!(bad.refusal, Some(Refusal::NotFound));
+    let mut wrong = silence_spec(600);
+    wrong.comment = String::new();
+    let (bad, _) = e.control(&ControlRequest::SilenceAdd { silence: wrong }, t(1.0));
+    assert_eq!(bad.refusal, Some(Refusal::Invalid));
+    assert!(bad.error.unwrap().contains("comment"));
+}
+
+#[test]
+fn a_recurring_window_holds_only_inside_and_acts_when_it_closes() {
+    // t(0) is 2023-11-14T22:13:20Z; a daily window at 22:15 for a minute.
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let mut spec = silence_spec(60);
+    spec.every = Some("15 22 * * *".into());
+    let (s, _) = e.add_silence(&spec, t(0.0)).unwrap();
+    assert!(!s.holds_at(t(0.0)));
+    // Before the window: acted on.
+    let fx = e.on_alert(alert(Severity::Critical, 87.0, 1.0), t(1.0));
+    assert_eq!(commands(&fx).len(), 2, "no window yet");
+    // Inside the window (22:15:00 is t(100)): an alert's actions are held.
+    e.on_heartbeat(hb(Some(99.0), 0, 101.0), t(101.0));
+    let fx = e.on_alert(alert(Severity::Emergency, 99.0, 101.0), t(101.0));
+    assert!(commands(&fx).is_empty());
+    assert!(skipped_reasons(&fx).iter().all(|r| r == "silenced"));
+    assert!(!skipped_reasons(&fx).is_empty());
+    e.on_heartbeat(hb(Some(99.0), 0, 150.0), t(150.0));
+    assert!(audits(&e.tick(t(150.0)), "silence").is_empty());
+    // The window closes at 22:16:00 (t(160)): decided again, the silence kept.
+    e.on_heartbeat(hb(Some(99.0), 0, 159.0), t(159.0));
+    let fx = e.tick(t(161.0));
+    let closed = audits(&fx, "silence");
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].data["event"], "window_closed");
+    assert_eq!(commands(&fx).len(), 2, "the emergency actions go out");
+    assert_eq!(e.silences().len(), 1);
+    assert!(e.silences()[0].held.is_empty());
+}

@@ -171,6 +171,11 @@ impl Ledger {
         }
     }
 
+    /// Forget a node's entries (it left the fleet); how many there were.
+    pub(crate) fn forget(&mut self, node: &NodeName) -> usize {
+        self.by.remove(node).map_or(0, |m| m.len())
+    }
+
     /// The fleet's view: records summed per (problem, action).
     pub(crate) fn fleet(&self) -> BTreeMap<(String, String), Record> {
         let mut out: BTreeMap<(String, String), Record> = BTreeMap::new();

@@ -423,6 +423,14 @@ impl Placements {
         self.approvals.values()
     }
 
+    /// Drop the plans waiting for approval on `node` (it left the fleet);
+    /// how many there were.
+    pub(crate) fn forget_approvals(&mut self, node: &NodeName) -> usize {
+        let before = self.approvals.len();
+        self.approvals.retain(|_, a| &a.node != node);
+        before - self.approvals.len()
+    }
+
     /// Continue waiting for saved approvals.
     pub(crate) fn restore_approvals(&mut self, saved: Vec<Approval>) {
         for a in saved {
