@@ -34,6 +34,8 @@ pub struct Podman {
     dir: tempfile::TempDir,
     service: Child,
     socket: PathBuf,
+    /// The network namespace the service runs in, if not this process's.
+    netns: Option<String>,
 }
 
 /// What this machine needs for [`Podman::start`]: podman, runc and the
@@ -69,6 +71,16 @@ impl Podman {
     /// Start the service on `<tempdir>/podman.sock`, waiting (at most a
     /// minute) until it answers.
     pub fn start() -> Result<Podman, Missing> {
+        Self::start_in(None)
+    }
+
+    /// [`Podman::start`], the service (and so every container it runs
+    /// with `--network host`) inside the network namespace `netns`.
+    pub fn start_in_netns(netns: &str) -> Result<Podman, Missing> {
+        Self::start_in(Some(netns.to_string()))
+    }
+
+    fn start_in(netns: Option<String>) -> Result<Podman, Missing> {
         available()?;
         let dir = tempfile::Builder::new()
             .prefix("skos-podman-")
@@ -85,7 +97,7 @@ impl Podman {
         let log2 = log
             .try_clone()
             .map_err(|e| Missing(format!("service log: {e}")))?;
-        let mut cmd = podman_command(dir.path());
+        let mut cmd = podman_command(dir.path(), netns.as_deref());
         let service = cmd
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
@@ -98,6 +110,7 @@ impl Podman {
             dir,
             service,
             socket,
+            netns,
         };
         let until = Instant::now() + Duration::from_secs(60);
         loop {
@@ -148,7 +161,7 @@ impl Podman {
 
     /// `podman` with this engine's storage and configuration.
     pub fn podman(&self) -> Command {
-        podman_command(self.dir.path())
+        podman_command(self.dir.path(), self.netns.as_deref())
     }
 
     /// Build `localhost/skos-test-<name>` `FROM scratch`: `/bin/busybox`
@@ -235,8 +248,17 @@ fn has_interpreter(elf: &[u8]) -> bool {
 }
 
 /// `podman` over the storage, run dir and configuration under `dir`.
-fn podman_command(dir: &Path) -> Command {
-    let mut cmd = Command::new("podman");
+fn podman_command(dir: &Path, netns: Option<&str>) -> Command {
+    let mut cmd = match netns {
+        // nsenter, not `ip netns exec`: that also gives the command a
+        // mount namespace whose /sys hides the cgroup mounts runc needs.
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{ns}")).arg("podman");
+            c
+        }
+        None => Command::new("podman"),
+    };
     cmd.env("CONTAINERS_CONF", dir.join("containers.conf"))
         .arg("--root")
         .arg(dir.join("root"))

@@ -2,7 +2,9 @@
 //! each a network namespace with its own agent joined to a real
 //! nats-server by a veth link, the seed's `nodes` and `failover` plus
 //! workload definitions, and workloads run as plain processes (busybox's
-//! HTTP server, health-checked over HTTP on the node's own loopback).
+//! HTTP server, health-checked over HTTP on the node's own loopback) and
+//! as real containers through each node's own Podman engine (its Docker
+//! Engine API, the service inside the node's namespace).
 //!
 //! - nova critical → `throttle_50` and `redistribute`: synthesis-core moves
 //!   to the coolest node, healthy there before nova's copy stops;
@@ -10,7 +12,9 @@
 //!   `failover_delay_seconds`; nova's agent back → its stale copy is
 //!   fenced, nothing runs twice; nova calm → failback after the hold;
 //! - two of three nodes down → destructive plans frozen, `fleet_degraded`;
-//! - an approval-required failover waits and runs on `skos approve`.
+//! - an approval-required failover waits and runs on `skos approve`;
+//! - a container workload fails over in `services_priority` order and its
+//!   stale copy is fenced when its node is back.
 
 mod common;
 
@@ -28,6 +32,10 @@ use skos_testsupport::sysfs::{FakeSysfs, HwmonHandle};
 const SYNTH_PORT: u16 = 18081;
 /// docker-swarm's port (a non-essential, movable workload).
 const SWARM_PORT: u16 = 18082;
+/// qwen's port, when it runs as a container.
+const QWEN_PORT: u16 = 18083;
+/// The image qwen runs as a container (built on every node's engine).
+const QWEN_IMAGE: &str = "localhost/skos-test-qwen";
 
 /// Root, network namespaces and a static busybox, or why not.
 fn prerequisites(test: &str) -> Option<()> {
@@ -42,6 +50,9 @@ fn prerequisites(test: &str) -> Option<()> {
 
 struct Node {
     name: &'static str,
+    /// The node's own container engine (Podman's Docker Engine API, in
+    /// its namespace), when the fleet runs containers.
+    engine: Option<skos_testsupport::podman::Podman>,
     ns: Netns,
     sys: FakeSysfs,
     cpu: HwmonHandle,
@@ -60,7 +71,22 @@ struct Fleet {
     work: tempfile::TempDir,
 }
 
-fn config(dir: &Path, extra_failover: &str) -> PathBuf {
+/// qwen as a container on every node's engine: busybox's HTTP server.
+fn qwen_container() -> String {
+    format!(
+        "  qwen:
+    driver: container
+    image: {QWEN_IMAGE}
+    container_command: [/bin/busybox, httpd, -f, -p, \"127.0.0.1:{QWEN_PORT}\", -h, /www]
+    network: host
+    stop_timeout_seconds: 2
+    start_timeout_seconds: 20
+    health: {{http: \"http://127.0.0.1:{QWEN_PORT}/\", timeout_seconds: 1}}
+"
+    )
+}
+
+fn config(dir: &Path, extra_failover: &str, extra_workloads: &str) -> PathBuf {
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("index.html"), "ok\n").unwrap();
@@ -110,26 +136,54 @@ failover:
     health: {{http: \"http://127.0.0.1:{SWARM_PORT}/\", timeout_seconds: 1}}
     start_timeout_seconds: 10
     stop_timeout_seconds: 3
-"
+{extra_workloads}"
     );
     std::fs::write(&path, text).unwrap();
     path
 }
 
+/// The second octet of a `10.X.0.0/16` no interface here has an address
+/// in: each test (its own process, run beside others) links its nodes in
+/// one of its own. Starts from the process id, so tests running at once
+/// rarely even try the same one.
+fn free_subnet() -> u32 {
+    let used = must(&["ip", "-o", "-4", "addr", "show"]);
+    let start = std::process::id() % 200;
+    (0..200)
+        .map(|i| 40 + (start + i) % 200)
+        .find(|x| !used.contains(&format!(" 10.{x}.")))
+        .expect("a free 10.X.0.0/16 for the test's links")
+}
+
 impl Fleet {
     fn new(extra_failover: &str) -> Fleet {
+        Self::build(extra_failover, false)
+    }
+
+    /// A fleet whose qwen runs as a container on each node's own engine.
+    fn with_containers() -> Fleet {
+        Self::build("", true)
+    }
+
+    fn build(extra_failover: &str, containers: bool) -> Fleet {
         let nats = NatsServer::start_on_every_address();
         let work = tempfile::tempdir().unwrap();
-        let cfg = config(work.path(), extra_failover);
+        let extra = if containers {
+            qwen_container()
+        } else {
+            String::new()
+        };
+        let cfg = config(work.path(), extra_failover, &extra);
         let mut nodes = Vec::new();
+        let net = free_subnet();
         for (i, (name, temp)) in [("nova", 60.0), ("lyra", 55.0), ("athena", 50.0)]
             .into_iter()
             .enumerate()
         {
             let ns = Netns::new(name);
             let host_if = unique("skw");
-            let host_ip = format!("10.231.{}.1", i + 1);
-            let node_ip = format!("10.231.{}.2", i + 1);
+            let host_ip = format!("10.{net}.{}.1", i + 1);
+            let node_ip = format!("10.{net}.{}.2", i + 1);
             must(&[
                 "ip",
                 "link",
@@ -156,8 +210,17 @@ impl Fleet {
             ns.ip(&["link", "set", "eth0", "up"]);
             let sys = FakeSysfs::new();
             let cpu = sys.coretemp(temp, &[]);
+            let engine = containers.then(|| {
+                let engine = skos_testsupport::podman::Podman::start_in_netns(ns.name())
+                    .unwrap_or_else(|e| panic!("podman in {name}'s namespace: {e}"));
+                engine
+                    .busybox_image("qwen", &[("www/index.html", "qwen\n")])
+                    .unwrap_or_else(|e| panic!("{e}"));
+                engine
+            });
             nodes.push(Node {
                 name,
+                engine,
                 ns,
                 sys,
                 cpu,
@@ -201,6 +264,9 @@ impl Fleet {
             )
             .env("NODE_NAME", n.name)
             .env("SKOS_SYSFS_ROOT", n.sys.root());
+        if let Some(engine) = &n.engine {
+            c.env("DOCKER_HOST", engine.docker_host());
+        }
         let log = format!("{log}-{}", n.name);
         self.nodes[i].agent = Some(Proc::spawn(c, self.work.path(), &log));
     }
@@ -218,7 +284,9 @@ impl Fleet {
     fn serves(&self, node: &str, port: u16) -> bool {
         self.node(node).ns.run_in(|| {
             use std::io::{Read, Write};
-            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            else {
                 return false;
             };
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -491,4 +559,66 @@ fn an_approval_required_failover_waits_and_runs_on_skos_approve() {
     let approved = entries(&records, "approval", |d| d["state"] == "approved");
     assert_eq!(approved.len(), 1);
     assert_eq!(approved[0]["data"]["by"], "ops");
+}
+
+#[test]
+fn a_container_workload_fails_over_to_the_spare_and_its_stale_copy_is_fenced() {
+    if prerequisites("workloads::containers").is_none() {
+        return;
+    }
+    if skos_testsupport::require::require(
+        "workloads::containers",
+        "podman (its Docker Engine API) with runc",
+        skos_testsupport::podman::available(),
+    )
+    .is_none()
+    {
+        return;
+    }
+    let mut f = Fleet::with_containers();
+    wait_for(
+        Duration::from_secs(90),
+        "qwen's container serving on nova",
+        || f.serves("nova", QWEN_PORT).then_some(()),
+    );
+    f.wait_placed("qwen", "nova", 60);
+    let nova = f.index("nova");
+    if let Some(mut a) = f.nodes[nova].agent.take() {
+        a.sigkill();
+    }
+    // qwen (priority 1) fails over first, then synthesis-core, to lyra.
+    f.wait_placed("qwen", "lyra", 120);
+    assert!(
+        f.serves("lyra", QWEN_PORT),
+        "the container serves on the spare"
+    );
+    assert!(
+        f.serves("nova", QWEN_PORT),
+        "nova's stale container still runs"
+    );
+    f.wait_placed("synthesis-core", "lyra", 120);
+    let records = f.audit();
+    let order: Vec<String> = entries(&records, "command", |d| {
+        d["command"]["action_type"] == "workload_start" && d["command"]["node"] == "lyra"
+    })
+    .iter()
+    .map(|e| {
+        e["data"]["command"]["parameters"]["workload"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    })
+    .collect();
+    assert_eq!(order, ["qwen", "synthesis-core"], "services_priority order");
+
+    // nova's agent back: its stale container is stopped (fenced).
+    f.start_agent(nova, "agent-again");
+    wait_for(
+        Duration::from_secs(90),
+        "nova's stale container fenced",
+        || (!f.serves("nova", QWEN_PORT)).then_some(()),
+    );
+    let engine = f.node("nova").engine.as_ref().unwrap();
+    let status = engine.container_status("skos-qwen");
+    assert_ne!(status.as_deref(), Some("running"), "{status:?}");
 }
