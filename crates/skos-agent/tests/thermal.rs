@@ -242,12 +242,12 @@ fn a_steady_rise_raises_predicted_before_warning() {
     assert!(w.details["seconds_to_critical"].as_f64().is_some(), "{w:?}");
 }
 
-/// The horizon bounds the warning: with 20 s, the same rise is predicted
+/// The horizon bounds the warning: with 22 s, the same rise is predicted
 /// only once critical is that close (81 °C, after the level warning).
 #[test]
 fn the_horizon_bounds_how_early_the_warning_comes() {
     let (fake, cpu) = machine();
-    let mut s = sentinel(&fake, "  predict: {horizon_seconds: 20}\n");
+    let mut s = sentinel(&fake, "  predict: {horizon_seconds: 22}\n");
     let mut said = Vec::new();
     for i in 0..=30 {
         let c = 60.0 + i as f64;
