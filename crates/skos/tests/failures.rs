@@ -41,9 +41,10 @@ const VERIFY_WITHIN: f64 = 2.0;
 /// verification deadline, a small breaker, no rate limit in the way, and a
 /// heartbeat timeout no busy machine reaches (an offline node would turn
 /// the refusals into `node_offline` skips).
-/// The seed's thermal table: its emergency row names only actions no
-/// antibody executes (answered `unsupported`), so an escalation decides but
-/// sends nothing that could cool the node.
+/// The seed's thermal table: its emergency row names only the
+/// coordinator's workload plans (skipped as `no_workloads`: none are
+/// configured), so an escalation decides but sends nothing that could
+/// cool the node.
 const SEED_THERMAL_TABLE: &str = "  actions:\n    warning: [throttle_10]\n    critical: [throttle_50, redistribute]\n    emergency: [shutdown_non_essential, failover]\n";
 
 fn config(dir: &Path, antibodies: &str, extra: &str) -> PathBuf {

@@ -317,6 +317,13 @@ impl Placement {
         }
     }
 
+    /// It runs on `node` now: a fence there is over (a copy that was
+    /// fenced on it is the one placed there again).
+    fn place_at(&mut self, node: NodeName) {
+        self.fence.retain(|n| n != &node);
+        self.at = Some(node);
+    }
+
     /// Whether `node` takes part in the step under way.
     fn op_touches(&self, node: &NodeName) -> bool {
         match self.op.as_ref().map(|o| &o.step) {
@@ -776,11 +783,17 @@ impl Engine {
         out: &mut Vec<Effect>,
     ) -> bool {
         let fleet = &self.placement.fleet;
+        // No step under way, and no other command for it (a fence stop)
+        // waiting for its result anywhere: a plan never races a fence.
         let idle = |w: &WorkloadDef| {
             self.placement
                 .by_workload
                 .get(&w.name)
                 .is_some_and(|p| p.op.is_none())
+                && !self
+                    .pending
+                    .iter()
+                    .any(|(_, q)| workload_of(&q.problem) == Some(w.name.as_str()))
         };
         let at = |w: &WorkloadDef, n: &NodeName| {
             self.placement
@@ -1109,7 +1122,7 @@ impl Engine {
                     pl.fence.retain(|n| n != &p.node);
                 }
                 if p.action == START && ok && pl.at.is_none() && pl.op.is_none() {
-                    pl.at = Some(p.node.clone());
+                    pl.place_at(p.node.clone());
                 }
                 return;
             }
@@ -1141,7 +1154,7 @@ impl Engine {
                     // The stop cannot go now: running at its new place,
                     // the old copy is fenced (stopped once it may be).
                     let pl = self.placement_mut(&workload);
-                    pl.at = Some(to.clone());
+                    pl.place_at(to.clone());
                     pl.shed_from = None;
                     if !pl.fence.contains(&f) {
                         pl.fence.push(f.clone());
@@ -1157,7 +1170,7 @@ impl Engine {
                 Some(f) => {
                     let (to, f) = (to.clone(), f.clone());
                     let pl = self.placement_mut(&workload);
-                    pl.at = Some(to.clone());
+                    pl.place_at(to.clone());
                     pl.shed_from = None;
                     if !pl.fence.contains(&f) {
                         pl.fence.push(f.clone());
@@ -1173,7 +1186,7 @@ impl Engine {
                 None => {
                     let to = to.clone();
                     let pl = self.placement_mut(&workload);
-                    pl.at = Some(to.clone());
+                    pl.place_at(to.clone());
                     pl.shed_from = None;
                     out.push(audit(
                         AuditEvent::Placement,
@@ -1221,7 +1234,7 @@ impl Engine {
                 let (from, to) = (from.clone(), to.clone());
                 let pl = self.placement_mut(&workload);
                 match &to {
-                    Some(t) => pl.at = Some(t.clone()),
+                    Some(t) => pl.place_at(t.clone()),
                     None if ok => {
                         pl.at = None;
                         pl.shed_from = Some(from.clone());
@@ -1662,3 +1675,4 @@ impl Engine {
 
 #[cfg(test)]
 mod tests;
+

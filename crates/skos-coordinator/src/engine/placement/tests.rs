@@ -665,3 +665,59 @@ fn a_fence_that_failed_is_sent_again_under_a_new_id() {
     assert_eq!(steps(&fx), [step("nova", STOP, "backup")]);
     assert_ne!(commands(&fx)[0].1.action_id, first);
 }
+
+#[test]
+fn a_workload_placed_back_on_a_fenced_node_is_no_longer_fenced_there() {
+    let mut e = engine();
+    fleet_reports(&mut e, 60.0, 0.0);
+    // nova dies: synthesis-core fails over to lyra, nova's copy fenced.
+    for s in [10.0, 20.0, 30.0, 41.0] {
+        e.on_heartbeat(hb("lyra", 60.0, &[("backup", "running")], s), t(s));
+        e.on_heartbeat(hb("athena", 50.0, &[], s), t(s));
+        let fx = e.tick(t(s));
+        answer(&mut e, &fx, ResultStatus::Succeeded, s + 0.5);
+    }
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("lyra"));
+    let fenced = |e: &Engine| {
+        e.placements()
+            .all()
+            .find(|p| p.workload == "synthesis-core")
+            .unwrap()
+            .fence
+            .clone()
+    };
+    assert_eq!(fenced(&e), [n("nova")]);
+    // nova is back and calm; stopping its stale copy fails, and failback
+    // adopts the copy there ("already runs").
+    let report = |e: &mut Engine, at: f64| {
+        let fx = e.on_heartbeat(hb("nova", 60.0, &[("synthesis-core", "running")], at), t(at));
+        answer(e, &fx, ResultStatus::Failed, at + 0.5);
+        e.on_heartbeat(hb("lyra", 60.0, &[("synthesis-core", "running")], at), t(at));
+        e.on_heartbeat(hb("athena", 50.0, &[], at), t(at));
+    };
+    for s in [50.0, 100.0, 150.0, 200.0] {
+        report(&mut e, s);
+        let fx = e.tick(t(s));
+        let starts: Vec<_> = commands(&fx)
+            .into_iter()
+            .filter(|(_, c)| c.action_type == START)
+            .collect();
+        for (node, c) in starts {
+            let r = CommandResult {
+                action_id: c.action_id.clone(),
+                action_type: c.action_type.clone(),
+                node,
+                agent_id: "agent".into(),
+                status: ResultStatus::Succeeded,
+                message: "already runs".into(),
+                changes: vec![],
+                details: Default::default(),
+                timestamp: t(s + 1.0),
+            };
+            let fx = e.on_result(r, t(s + 1.0));
+            answer(&mut e, &fx, ResultStatus::Succeeded, s + 2.0);
+        }
+    }
+    assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("nova"));
+    assert!(fenced(&e).is_empty(), "{:?}", fenced(&e));
+}
