@@ -22,8 +22,8 @@ pub mod protocol;
 pub mod recent;
 pub mod redact;
 pub mod timefmt;
-pub mod workload;
 pub mod trend;
+pub mod workload;
 
 pub use node::{NodeName, NodeNameError};
 pub use protocol::{
