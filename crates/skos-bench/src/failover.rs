@@ -447,6 +447,11 @@ struct Trial {
     reset_seconds: f64,
 }
 
+/// The section: prerequisites, the fleet, `o.failover_trials` trials of
+/// each failover; the figures in seconds. Needs a multi-threaded runtime
+/// (the spares are probed from blocking threads). Errors: `Missing` when a
+/// prerequisite is absent; a timeout naming what was awaited (and the last
+/// thing seen) when a move or a reset takes over 90 s, the logs kept.
 pub async fn run(o: &Opts) -> Result<SectionReport> {
     let bin = procs::skos_binary(o.skos_bin.as_deref())?;
     prerequisites()?;
