@@ -17,6 +17,8 @@
 //! * [`footprint`]: memory and CPU of an idle agent, an idle coordinator and
 //!   a coordinator tracking many simulated nodes.
 //! * [`embedded`]: the hot-CPU scenario through `skos up`.
+//! * [`failover`]: emergency temperature or a dead agent → the essential
+//!   workload healthy on a hot spare, across three network namespaces.
 //!
 //! Supporting modules: [`report`] (figures, targets, the table), [`stats`],
 //! [`procfs`] (VmRSS, VmHWM, CPU time), [`procs`] (child processes killed on
@@ -27,6 +29,7 @@ pub mod coord;
 pub mod detection;
 pub mod embedded;
 pub mod error;
+pub mod failover;
 pub mod fairness;
 pub mod footprint;
 pub mod hotcpu;

@@ -19,15 +19,17 @@ enum Section {
     Detection,
     Footprint,
     Embedded,
+    Failover,
 }
 
-const ORDER: [Section; 6] = [
+const ORDER: [Section; 7] = [
     Section::Ingest,
     Section::Latency,
     Section::Fairness,
     Section::Detection,
     Section::Footprint,
     Section::Embedded,
+    Section::Failover,
 ];
 
 impl Section {
@@ -40,6 +42,7 @@ impl Section {
             Section::Detection => "detection",
             Section::Footprint => "footprint",
             Section::Embedded => "embedded",
+            Section::Failover => "failover",
         }
     }
 }
@@ -91,6 +94,12 @@ struct Cli {
     /// HEARTBEAT_TIMEOUT for offline detection, seconds.
     #[arg(long)]
     heartbeat_timeout: Option<f64>,
+    /// Trials of each failover (emergency temperature, agent SIGKILL).
+    #[arg(long)]
+    failover_trials: Option<usize>,
+    /// failover_delay_seconds for the failover section.
+    #[arg(long)]
+    failover_delay: Option<f64>,
     /// Smoke run: small counts, short windows (about half a minute).
     #[arg(long)]
     quick: bool,
@@ -151,6 +160,12 @@ fn opts(cli: &Cli) -> Opts {
     if let Some(t) = cli.heartbeat_timeout {
         o.heartbeat_timeout = t.max(0.5);
     }
+    if let Some(n) = cli.failover_trials {
+        o.failover_trials = n.max(1);
+    }
+    if let Some(d) = cli.failover_delay {
+        o.failover_delay = d.max(0.0);
+    }
     o.nats_url = cli.nats_url.clone();
     o.skos_bin = cli.skos_bin.clone();
     o
@@ -164,6 +179,7 @@ async fn section(s: Section, o: &Opts) -> skos_bench::Result<SectionReport> {
         Section::Detection => skos_bench::detection::run(o).await,
         Section::Footprint => skos_bench::footprint::run(o).await,
         Section::Embedded => skos_bench::embedded::run(o).await,
+        Section::Failover => skos_bench::failover::run(o).await,
         Section::All => Ok(SectionReport::default()),
     }
 }

@@ -48,6 +48,10 @@ pub struct Opts {
     pub window: Duration,
     /// Hot-CPU repetitions through `skos up`.
     pub embedded_repeats: usize,
+    /// Trials of each failover (emergency, node death).
+    pub failover_trials: usize,
+    /// `failover.failover_delay_seconds` for the failover run.
+    pub failover_delay: f64,
     pub nats_url: Option<String>,
     pub skos_bin: Option<PathBuf>,
     pub quick: bool,
@@ -84,6 +88,8 @@ impl Opts {
             footprint_interval: 5.0,
             window: Duration::from_secs(15),
             embedded_repeats: 3,
+            failover_trials: 5,
+            failover_delay: 2.0,
             nats_url: None,
             skos_bin: None,
             quick: false,
@@ -111,6 +117,8 @@ impl Opts {
             footprint_interval: 5.0,
             window: Duration::from_secs(2),
             embedded_repeats: 1,
+            failover_trials: 1,
+            failover_delay: 2.0,
             nats_url: None,
             skos_bin: None,
             quick: true,

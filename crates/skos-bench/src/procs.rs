@@ -69,6 +69,13 @@ pub fn skos_binary(explicit: Option<&Path>) -> Result<PathBuf> {
 /// what the harness sets applies.
 pub fn skos_command(bin: &Path) -> Command {
     let mut c = Command::new(bin);
+    scrub_env(&mut c);
+    c
+}
+
+/// Remove the caller's SKOS environment from `c` (a `skos` command, or
+/// one that runs it, such as `ip netns exec`).
+pub fn scrub_env(c: &mut Command) {
     for var in [
         "NATS_URL",
         "SKOS_CONFIG",
@@ -87,7 +94,6 @@ pub fn skos_command(bin: &Path) -> Command {
     ] {
         c.env_remove(var);
     }
-    c
 }
 
 /// A running child: SIGKILLed and reaped on drop.

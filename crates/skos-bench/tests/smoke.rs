@@ -163,3 +163,56 @@ fn a_missing_skos_binary_is_reported_not_fatal() {
     let skipped = doc["sections"]["embedded"]["skipped"].as_str().unwrap();
     assert!(skipped.contains("/nonexistent/skos"), "{skipped}");
 }
+
+/// The failover section end to end, one trial of each (`--quick`): real
+/// namespaces, agents, coordinator and workloads; both trials end with the
+/// workload answering on a hot spare and are reported, never judged by
+/// their timing.
+#[test]
+fn quick_failover_reports_one_trial_of_each_on_a_hot_spare() {
+    skos_testsupport::require!(
+        "root, ip netns, a static busybox and nats-server",
+        skos_bench::failover::prerequisites()
+    );
+    skos_testsupport::require!(
+        "the skos binary (cargo build -p skos)",
+        skos_bench::procs::skos_binary(None)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_skos-bench"))
+        .args(["failover", "--quick"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let data = &doc["sections"]["failover"]["data"];
+    for kind in ["emergency", "death"] {
+        let trials = data[kind]["trials"].as_array().unwrap();
+        assert_eq!(trials.len(), 1, "{kind}: {data}");
+        let t = &trials[0];
+        assert!(
+            ["lyra", "athena"].contains(&t["spare"].as_str().unwrap()),
+            "{kind} came up on a hot spare: {t}"
+        );
+        assert!(t["seconds"].as_f64().unwrap() > 0.0, "{t}");
+        assert_eq!(data[kind]["seconds"]["n"], 1, "{data}");
+    }
+    assert_eq!(
+        data["hot_spare_nodes"],
+        serde_json::json!(["lyra", "athena"])
+    );
+    let figures: Vec<&Value> = doc["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["section"] == "failover")
+        .collect();
+    assert_eq!(figures.len(), 4, "{figures:?}");
+    assert!(figures.iter().all(|f| f["value"].as_f64().is_some()));
+    assert_eq!(doc["summary"]["sections_failed"], 0);
+}
