@@ -52,7 +52,8 @@ pub use agents::{AgentsSection, AntibodyTimers};
 pub use breaker::BreakerConfig;
 pub use coordinator::CoordinatorSection;
 pub use fleet::{
-    is_service_name, FailbackMode, FleetNodes, MinHealthySpec, NodeSpec, SpareConfig,
+    is_service_name, DrainCommand, FailbackMode, FleetNodes, MinHealthySpec, NodeSpec,
+    OrchestratorSpec, SpareConfig, NODE_PLACEHOLDER,
     APPROVABLE_PLANS, MAX_SERVICE_NAME_LEN,
 };
 pub use general::{GeneralSection, SKOS_VERSION};
