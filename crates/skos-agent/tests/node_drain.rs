@@ -56,7 +56,11 @@ fn antibody(dir: &Path) -> Workloads {
             dir.display()
         ),
     );
-    let fail = script(dir, "fail", "echo first line; echo \"cannot reach the API server\" >&2; exit 3");
+    let fail = script(
+        dir,
+        "fail",
+        "echo first line; echo \"cannot reach the API server\" >&2; exit 3",
+    );
     let hang = script(dir, "hang", "sleep 30");
     let yaml = format!(
         "agent: {{antibodies: [workloads]}}
@@ -81,7 +85,10 @@ fn a_drain_and_an_undrain_run_the_nodes_commands() {
     let o = run(&mut w, "node_drain", json!({"node": "nova"}));
     assert_eq!(o.status, ResultStatus::Succeeded, "{}", o.message);
     let argv = std::fs::read_to_string(dir.path().join("argv-drain")).unwrap();
-    assert_eq!(argv, "drain\nnova\n--ignore-daemonsets\n", "{{node}} replaced, no shell");
+    assert_eq!(
+        argv, "drain\nnova\n--ignore-daemonsets\n",
+        "{{node}} replaced, no shell"
+    );
     assert_eq!(o.details["node"], json!("nova"));
     assert_eq!(o.details["command"], json!("drain"));
     assert_eq!(o.details["exit_status"], json!(0));
@@ -116,7 +123,11 @@ fn a_command_past_its_timeout_is_killed_and_fails() {
     let mut w = antibody(dir.path());
     let o = run(&mut w, "node_undrain", json!({"node": "lyra"}));
     assert_eq!(o.status, ResultStatus::Failed);
-    assert!(o.message.contains("timeout_seconds (0.5 s)"), "{}", o.message);
+    assert!(
+        o.message.contains("timeout_seconds (0.5 s)"),
+        "{}",
+        o.message
+    );
     assert_eq!(o.details["timed_out"], json!(true));
 }
 
@@ -126,7 +137,11 @@ fn a_node_without_orchestrator_commands_is_refused() {
     let mut w = antibody(dir.path());
     let o = run(&mut w, "node_drain", json!({"node": "athena"}));
     assert_eq!(o.status, ResultStatus::Rejected);
-    assert!(o.message.contains("nodes.athena.orchestrator"), "{}", o.message);
+    assert!(
+        o.message.contains("nodes.athena.orchestrator"),
+        "{}",
+        o.message
+    );
     let o = run(&mut w, "node_drain", json!({}));
     assert_eq!(o.status, ResultStatus::Rejected);
     assert!(o.message.contains("parameter node"), "{}", o.message);

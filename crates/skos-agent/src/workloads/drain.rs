@@ -84,7 +84,12 @@ impl Orchestrators {
                 which.key()
             )));
         }
-        if !self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone()) {
+        if !self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.clone())
+        {
             return Err(refuse(format!(
                 "a drain or undrain of {node} is in progress"
             )));
@@ -131,24 +136,30 @@ impl DrainJob {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(node = %node, command = what, error = %e, "orchestrator command not started");
-                let mut o = Outcome::new(
-                    ResultStatus::Failed,
-                    format!("{what} of {node}: {e}"),
-                );
+                let mut o = Outcome::new(ResultStatus::Failed, format!("{what} of {node}: {e}"));
                 o.details = details;
                 return o;
             }
         };
         let code = out.status.and_then(|s| s.code());
-        let output = tail(&format!("{}\n{}", out.stdout.trim(), out.stderr.trim()), MAX_OUTPUT);
+        let output = tail(
+            &format!("{}\n{}", out.stdout.trim(), out.stderr.trim()),
+            MAX_OUTPUT,
+        );
         details.insert("exit_status".into(), json!(code));
         details.insert("timed_out".into(), json!(out.timed_out));
         details.insert("output".into(), json!(output));
         let (status, message) = if out.success() {
-            (ResultStatus::Succeeded, format!("{what} of {node} done ({})", out.program))
+            (
+                ResultStatus::Succeeded,
+                format!("{what} of {node} done ({})", out.program),
+            )
         } else {
             let how = if out.timed_out {
-                format!("killed after timeout_seconds ({} s)", self.timeout.as_secs_f64())
+                format!(
+                    "killed after timeout_seconds ({} s)",
+                    self.timeout.as_secs_f64()
+                )
             } else {
                 match code {
                     Some(c) => format!("exit status {c}"),

@@ -136,10 +136,7 @@ impl OrchestratorSpec {
         if !(self.timeout_seconds.is_finite() && self.timeout_seconds > 0.0) {
             out.push(issue(
                 format!("{at}.timeout_seconds"),
-                format!(
-                    "must be more than 0 seconds, got {}",
-                    self.timeout_seconds
-                ),
+                format!("must be more than 0 seconds, got {}", self.timeout_seconds),
             ));
         }
     }

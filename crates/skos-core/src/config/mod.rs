@@ -53,8 +53,7 @@ pub use breaker::BreakerConfig;
 pub use coordinator::CoordinatorSection;
 pub use fleet::{
     is_service_name, DrainCommand, FailbackMode, FleetNodes, MinHealthySpec, NodeSpec,
-    OrchestratorSpec, SpareConfig, NODE_PLACEHOLDER,
-    APPROVABLE_PLANS, MAX_SERVICE_NAME_LEN,
+    OrchestratorSpec, SpareConfig, APPROVABLE_PLANS, MAX_SERVICE_NAME_LEN, NODE_PLACEHOLDER,
 };
 pub use general::{GeneralSection, SKOS_VERSION};
 pub use http::{HttpConfig, HttpListen, HttpTls, DEFAULT_HTTP_LISTEN};
