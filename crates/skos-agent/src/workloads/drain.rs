@@ -55,7 +55,7 @@ impl Orchestrators {
     }
 
     /// How many nodes have orchestrator commands.
-    pub fn len(&self) -> usize {
+    pub fn configured(&self) -> usize {
         self.specs.len()
     }
 

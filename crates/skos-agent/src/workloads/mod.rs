@@ -675,7 +675,7 @@ impl Antibody for Workloads {
                 "{} configured workloads (process, container at {}, systemd); {} nodes with orchestrator commands",
                 self.workloads.iter().count(),
                 self.ctx.docker_host,
-                self.orchestrators.len()
+                self.orchestrators.configured()
             ),
         })
     }

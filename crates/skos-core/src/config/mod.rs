@@ -818,6 +818,7 @@ thermal:
                 NodeSpec {
                     role: role.into(),
                     services: strings(services),
+                    orchestrator: None,
                 },
             );
         }
