@@ -134,7 +134,12 @@ fn coordinator_plans_are_handled_by_no_antibody() {
             "{plan} is handled by an antibody"
         );
     }
-    for action in [catalogue::WORKLOAD_START, catalogue::WORKLOAD_STOP] {
+    for action in [
+        catalogue::WORKLOAD_START,
+        catalogue::WORKLOAD_STOP,
+        catalogue::NODE_DRAIN,
+        catalogue::NODE_UNDRAIN,
+    ] {
         let by: Vec<&str> = antibodies
             .iter()
             .filter(|a| a.handles(action))

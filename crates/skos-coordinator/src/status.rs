@@ -22,6 +22,7 @@
 //! | `recent_actions` | [`MAX_RECENT_ACTIONS`] | the newest, oldest first; with `node`, that node's |
 //! | `open_circuits` | [`MAX_OPEN_CIRCUITS`] | by (node, problem, action); with `node`, that node's |
 //! | `workloads` | [`MAX_WORKLOADS`] | the configured workloads whose home or place the query concerns |
+//! | `drains` | [`MAX_DRAINS`] | the nodes with `nodes.<node>.orchestrator` the query concerns, and their drain state |
 //! | `approvals` | [`MAX_APPROVALS`] | plans waiting for approval; with `node`, that node's |
 //! | `ledger` | [`MAX_LEDGER_ROWS`] | the fleet's (problem, action) records, most attempts first; with `node`, that node's |
 //! | `silences` | [`MAX_SILENCES`] | by node, then start; with `node`, that node's |
@@ -303,6 +304,9 @@ pub struct Status {
     /// Where each configured workload runs, and any step under way.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<WorkloadStatus>,
+    /// Nodes drained and undrained through their orchestrator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drains: Vec<DrainStatus>,
     /// Plans waiting for `skos approve` or `skos deny`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<ApprovalStatus>,
@@ -340,6 +344,19 @@ pub struct LedgerRow {
 pub const MAX_WORKLOADS: usize = 64;
 /// Plans waiting for approval listed at most.
 pub const MAX_APPROVALS: usize = 32;
+/// Orchestrated nodes listed at most.
+pub const MAX_DRAINS: usize = 64;
+
+/// A node with `nodes.<node>.orchestrator`, as `skos status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    pub node: String,
+    /// `drained`, `draining`, `undraining` or `undrained`.
+    pub state: String,
+    /// The node whose agent runs the drain or undrain under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
 
 /// One workload as `skos status` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -895,6 +912,17 @@ impl Status {
                 out.push_str(&workload_line(w));
             }
         }
+        if !self.drains.is_empty() {
+            out.push_str(&format!("\nORCHESTRATED NODES ({})\n", self.drains.len()));
+            for d in &self.drains {
+                let via = d
+                    .via
+                    .as_deref()
+                    .map(|v| format!(" (run on {v})"))
+                    .unwrap_or_default();
+                out.push_str(&format!("  {:<20} {}{via}\n", d.node, d.state));
+            }
+        }
         if !self.ledger.is_empty() {
             out.push_str(&format!(
                 "\nWHAT WORKED ({} problem, action pairs)\n",
@@ -1156,6 +1184,13 @@ mod tests {
                     fenced: vec![token(), token()],
                 })
                 .collect(),
+            drains: (0..MAX_DRAINS)
+                .map(|_| DrainStatus {
+                    node: token(),
+                    state: "undraining".into(),
+                    via: Some(token()),
+                })
+                .collect(),
             approvals: (0..MAX_APPROVALS)
                 .map(|_| ApprovalStatus {
                     id: long(),
@@ -1242,6 +1277,7 @@ mod tests {
             .collect(),
             leader: None,
             workloads: Vec::new(),
+            drains: Vec::new(),
             approvals: Vec::new(),
             ledger: Vec::new(),
         };
@@ -1308,6 +1344,7 @@ mod tests {
             counters: (0..20_000).map(|i| (format!("c{i:040}"), 1)).collect(),
             leader: None,
             workloads: Vec::new(),
+            drains: Vec::new(),
             approvals: Vec::new(),
             ledger: Vec::new(),
         };

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{Alert, AlertKind};
+use crate::NodeName;
 
 /// What breakers, verifications, ladders and open alerts are kept per on
 /// a node: an alert's kind and sensor (`thermal:cpu`, `storage:/srv`,
@@ -44,7 +45,23 @@ impl ProblemKey {
     pub fn workload(&self) -> Option<&str> {
         self.0.strip_prefix(WORKLOAD_PREFIX)
     }
+
+    /// `orchestrator:<node>`: what the coordinator keeps the drain and
+    /// undrain of a node through its orchestrator under.
+    pub fn of_orchestrator(node: &NodeName) -> Self {
+        ProblemKey(format!("{ORCHESTRATOR_PREFIX}{node}"))
+    }
+
+    /// The node of an `orchestrator:<node>` problem.
+    pub fn orchestrated_node(&self) -> Option<NodeName> {
+        self.0
+            .strip_prefix(ORCHESTRATOR_PREFIX)
+            .and_then(|n| NodeName::parse(n).ok())
+    }
 }
+
+/// The prefix of a node's orchestrator problem key.
+pub const ORCHESTRATOR_PREFIX: &str = "orchestrator:";
 
 /// The prefix of a workload's problem key.
 pub const WORKLOAD_PREFIX: &str = "workload:";

@@ -19,12 +19,15 @@
 //!   and answered `failed` with the reason.
 //! * `workload_stop`: stops it (idempotent); `fence: "true"` is recorded
 //!   in the result only.
+//! * `node_drain` / `node_undrain` (parameter `node`): run that node's
+//!   `nodes.<node>.orchestrator` command ([`drain`]).
 //!
 //! Drivers: [`process`] (argv in a session of its own, pid file with start
 //! time), [`container`] (Docker Engine API through `bollard`), [`systemd`]
 //! (`systemctl`). Health checks: [`health`].
 
 pub mod container;
+pub mod drain;
 mod error;
 pub mod health;
 pub mod process;
@@ -297,6 +300,7 @@ pub struct Workloads {
     started_file: StartedFile,
     shared: Arc<Mutex<Shared>>,
     reader: Reader<Vec<(WorkloadName, Seen, Option<bool>)>>,
+    orchestrators: drain::Orchestrators,
 }
 
 impl Workloads {
@@ -321,6 +325,7 @@ impl Workloads {
                 "workloads' drivers and health checks",
                 READ_BUDGET,
             ),
+            orchestrators: drain::Orchestrators::new(cfg),
         }
     }
 
@@ -667,14 +672,21 @@ impl Antibody for Workloads {
                 format!("workloads {}", names.join(", "))
             },
             actuators: format!(
-                "{} configured workloads (process, container at {}, systemd)",
+                "{} configured workloads (process, container at {}, systemd); {} nodes with orchestrator commands",
                 self.workloads.iter().count(),
-                self.ctx.docker_host
+                self.ctx.docker_host,
+                self.orchestrators.configured()
             ),
         })
     }
 
     fn execute(&mut self, cmd: &Command) -> Execution {
+        if let Some(which) = drain::command_of(&cmd.action_type) {
+            return match self.orchestrators.job(which, cmd) {
+                Ok(job) => Execution::Background(Box::new(move || job.run())),
+                Err(o) => Execution::Done(o),
+            };
+        }
         // A read in progress shows the workloads from before this command.
         self.reader.invalidate();
         let job = match self.job(cmd) {

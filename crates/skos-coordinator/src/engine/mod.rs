@@ -66,7 +66,7 @@ use index::{Ladders, OpenAlerts, Pendings, Verifications, Watchers};
 use kinds::Recovery;
 pub use ledger::{LedgerEntry, Outcome as LedgerOutcome, Record as LedgerRecord};
 pub use placement::{
-    Approval, ApprovalError, Failback, Fleet, MinHealthy, Placement, Reason as PlanReason,
+    Approval, ApprovalError, Drain, Failback, Fleet, MinHealthy, Placement, Reason as PlanReason,
     WorkloadDef,
 };
 pub use state::EngineSnapshot;

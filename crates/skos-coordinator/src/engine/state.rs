@@ -538,6 +538,9 @@ pub struct EngineSnapshot {
     /// Plans for this node waiting for approval.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(in crate::engine) approvals: Vec<super::Approval>,
+    /// Orchestrated nodes' drain state (kept once ever drained).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::engine) drains: Vec<super::placement::Drain>,
     /// What each action did for each problem on this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(in crate::engine) ledger: Vec<super::LedgerEntry>,
@@ -559,6 +562,7 @@ impl EngineSnapshot {
             && self.reset_retries.is_empty()
             && self.placements.is_empty()
             && self.approvals.is_empty()
+            && self.drains.is_empty()
             && self.ledger.is_empty()
             && self.silences.is_empty()
     }
@@ -599,6 +603,7 @@ impl Engine {
                 .collect(),
             placements: self.placements().all().cloned().collect(),
             approvals: self.placements().approvals().cloned().collect(),
+            drains: self.placements().drains().cloned().collect(),
             ledger: self.ledger.all(),
             silences: self.silences.values().flatten().cloned().collect(),
         }
@@ -643,6 +648,7 @@ impl Engine {
                 .collect(),
             placements: self.placements().of_home(node),
             approvals: self.placements().approvals_of(node),
+            drains: self.placements().drains_of(node),
             ledger: self.ledger.of_node(node),
             silences: self.silences.get(node).cloned().unwrap_or_default(),
         }
@@ -709,6 +715,7 @@ impl Engine {
         self.reset_retries.extend(snap.reset_retries);
         self.placement.restore(snap.placements);
         self.placement.restore_approvals(snap.approvals);
+        self.placement.restore_drains(snap.drains);
         self.ledger.restore(snap.ledger);
         for s in snap.silences {
             let kept = self.silences.entry(s.node.clone()).or_default();

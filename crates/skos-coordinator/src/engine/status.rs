@@ -163,6 +163,7 @@ impl Engine {
             counters: self.counters.snapshot(),
             leader: self.leader.clone(),
             workloads: self.workload_statuses(&query),
+            drains: self.drain_statuses(&query),
             approvals: self.approval_statuses(&query),
             ledger: self.ledger_rows(&query),
             silences: silences

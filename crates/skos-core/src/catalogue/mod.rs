@@ -25,7 +25,9 @@ mod thermal;
 mod workloads;
 
 pub use thermal::{OriginalsError, ThrottleOriginal, MAX_ORIGINALS, ORIGINALS};
-pub use workloads::{is_workload_step, START as WORKLOAD_START, STOP as WORKLOAD_STOP};
+pub use workloads::{
+    is_workload_step, NODE_DRAIN, NODE_UNDRAIN, START as WORKLOAD_START, STOP as WORKLOAD_STOP,
+};
 
 /// The antibodies, each of which executes its own actions. The wire and
 /// config name of each is [`Executor::as_str`].
@@ -36,7 +38,8 @@ pub enum Executor {
     MeshHealer,
     LoopBreaker,
     /// Starts, stops and checks workloads (processes, containers, systemd
-    /// units): `workload_start`, `workload_stop`. Its coordinator plans
+    /// units): `workload_start`, `workload_stop`; drains and undrains a node
+    /// through its orchestrator: `node_drain`, `node_undrain`. Its coordinator plans
     /// (`redistribute`, `failover`...) are declared beside them but
     /// handled by no agent ([`ActionSpec::coordinator_plan`]).
     Workloads,

@@ -1,5 +1,6 @@
 //! Workload actions. Agents carry out `workload_start` and `workload_stop`
-//! on one named workload (the workloads antibody). The others are plans of
+//! on one named workload, and `node_drain` / `node_undrain` on a node that
+//! belongs to an orchestrator (the workloads antibody). The others are plans of
 //! the coordinator ([`ActionSpec::coordinator_plan`]): it carries them out
 //! as a series of `workload_start` / `workload_stop` commands to the nodes
 //! concerned, and never sends them to an agent as such.
@@ -13,9 +14,16 @@ pub const START: &str = "workload_start";
 /// that it stops because the workload now runs elsewhere.
 pub const STOP: &str = "workload_stop";
 
+/// Run the node's `nodes.<node>.orchestrator.drain` command (parameter
+/// `node`): its orchestrator moves its work elsewhere.
+pub const NODE_DRAIN: &str = "node_drain";
+/// Run the node's `nodes.<node>.orchestrator.undrain` command (parameter
+/// `node`): its orchestrator may place work on it again.
+pub const NODE_UNDRAIN: &str = "node_undrain";
+
 /// Whether `action` is a step of a placement plan.
 pub fn is_workload_step(action: &str) -> bool {
-    action == START || action == STOP
+    matches!(action, START | STOP | NODE_DRAIN | NODE_UNDRAIN)
 }
 
 pub(super) const ACTIONS: &[ActionSpec] = &[
@@ -23,6 +31,10 @@ pub(super) const ACTIONS: &[ActionSpec] = &[
     ActionSpec::new(STOP, Workloads)
         .params(&[("workload", Token), ("fence", Token)])
         .destructive(),
+    ActionSpec::new(NODE_DRAIN, Workloads)
+        .params(&[("node", Token)])
+        .destructive(),
+    ActionSpec::new(NODE_UNDRAIN, Workloads).params(&[("node", Token)]),
     ActionSpec::new("redistribute", Workloads)
         .destructive()
         .coordinator_plan(),

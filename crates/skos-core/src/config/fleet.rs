@@ -39,6 +39,107 @@ pub struct NodeSpec {
     pub role: String,
     /// The services whose home is this node (a service has one home).
     pub services: Vec<String>,
+    /// The node belongs to an orchestrator (Docker Swarm, Kubernetes,
+    /// Nomad): the coordinator's plans drain it through these commands
+    /// instead of moving its workloads themselves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orchestrator: Option<OrchestratorSpec>,
+}
+
+/// `nodes.<node>.orchestrator`: the commands that hand a node's work to
+/// its orchestrator. Each is an argv (never a shell): the program an
+/// absolute path, `{node}` in any argument replaced by the node's name.
+/// Run by the `node_drain` / `node_undrain` agent actions, on the node
+/// itself or, while it is offline, on a hot spare.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OrchestratorSpec {
+    /// Moves the node's work elsewhere and keeps new work off it (e.g.
+    /// `[/usr/bin/kubectl, drain, "{node}", --ignore-daemonsets]`).
+    pub drain: Vec<String>,
+    /// Lets work onto the node again (e.g. `[/usr/bin/kubectl, uncordon, "{node}"]`).
+    pub undrain: Vec<String>,
+    /// Seconds either command may run before it is killed and fails.
+    pub timeout_seconds: f64,
+}
+
+impl Default for OrchestratorSpec {
+    fn default() -> Self {
+        Self {
+            drain: Vec::new(),
+            undrain: Vec::new(),
+            timeout_seconds: 300.0,
+        }
+    }
+}
+
+/// What [`OrchestratorSpec::argv`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainCommand {
+    Drain,
+    Undrain,
+}
+
+impl DrainCommand {
+    /// The command's key under `nodes.<node>.orchestrator`.
+    pub const fn key(self) -> &'static str {
+        match self {
+            DrainCommand::Drain => "drain",
+            DrainCommand::Undrain => "undrain",
+        }
+    }
+}
+
+/// What replaces `{node}` in an orchestrator command's arguments.
+pub const NODE_PLACEHOLDER: &str = "{node}";
+
+impl OrchestratorSpec {
+    /// The argv to run for `which` on `node`: `{node}` replaced by its
+    /// name in every argument.
+    pub fn argv(&self, which: DrainCommand, node: &NodeName) -> Vec<String> {
+        let raw = match which {
+            DrainCommand::Drain => &self.drain,
+            DrainCommand::Undrain => &self.undrain,
+        };
+        raw.iter()
+            .map(|a| a.replace(NODE_PLACEHOLDER, node.as_str()))
+            .collect()
+    }
+
+    fn check(&self, at: &str, out: &mut Vec<ConfigIssue>) {
+        for which in [DrainCommand::Drain, DrainCommand::Undrain] {
+            let key = format!("{at}.{}", which.key());
+            let argv = match which {
+                DrainCommand::Drain => &self.drain,
+                DrainCommand::Undrain => &self.undrain,
+            };
+            let Some(program) = argv.first() else {
+                out.push(issue(
+                    key,
+                    "must name a command (argv: the program an absolute path, then its arguments)",
+                ));
+                continue;
+            };
+            let path = std::path::Path::new(program);
+            if !path.is_absolute() || path.components().any(|c| c.as_os_str() == "..") {
+                out.push(issue(
+                    format!("{key}[0]"),
+                    format!("{program:?} must be an absolute path without '..'"),
+                ));
+            }
+            for (i, a) in argv.iter().enumerate() {
+                if a.contains('\0') {
+                    out.push(issue(format!("{key}[{i}]"), "must not contain a NUL byte"));
+                }
+            }
+        }
+        if !(self.timeout_seconds.is_finite() && self.timeout_seconds > 0.0) {
+            out.push(issue(
+                format!("{at}.timeout_seconds"),
+                format!("must be more than 0 seconds, got {}", self.timeout_seconds),
+            ));
+        }
+    }
 }
 
 /// `failover:`: where services go when their home fails.
@@ -184,6 +285,9 @@ impl Section for FleetNodes {
                     out.push(issue(key, message));
                     homes.insert(s, home);
                 }
+            }
+            if let Some(o) = &spec.orchestrator {
+                o.check(&format!("{at}.orchestrator"), out);
             }
         }
     }
@@ -369,6 +473,40 @@ failover:
         assert_eq!(cfg.service_priority("backup"), None);
         assert_eq!(cfg.failover.hot_spare_nodes, [node("lyra"), node("athena")]);
         assert_eq!(cfg.failover.failover_delay_seconds, 0.0);
+    }
+
+    #[test]
+    fn an_orchestrator_names_its_commands_with_the_node() {
+        let cfg = Config::from_yaml(
+            "nodes:\n  nova:\n    orchestrator:\n      drain: [/usr/bin/kubectl, drain, \"{node}\", --ignore-daemonsets]\n      undrain: [/usr/bin/kubectl, uncordon, \"node={node}\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let o = cfg.nodes.0[&node("nova")].orchestrator.clone().unwrap();
+        assert_eq!(o.timeout_seconds, 300.0, "the default");
+        assert_eq!(
+            o.argv(DrainCommand::Drain, &node("nova")),
+            ["/usr/bin/kubectl", "drain", "nova", "--ignore-daemonsets"]
+        );
+        assert_eq!(
+            o.argv(DrainCommand::Undrain, &node("nova")),
+            ["/usr/bin/kubectl", "uncordon", "node=nova"]
+        );
+    }
+
+    #[test]
+    fn an_orchestrator_command_is_checked_with_its_key() {
+        let errs = errors(
+            "nodes:\n  nova:\n    orchestrator: {drain: [kubectl, drain], timeout_seconds: 0}\n",
+        );
+        let said: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            said,
+            [
+                "nodes.nova.orchestrator.drain[0]: \"kubectl\" must be an absolute path without '..'",
+                "nodes.nova.orchestrator.undrain: must name a command (argv: the program an absolute path, then its arguments)",
+                "nodes.nova.orchestrator.timeout_seconds: must be more than 0 seconds, got 0",
+            ]
+        );
     }
 
     #[test]

@@ -52,8 +52,8 @@ pub use agents::{AgentsSection, AntibodyTimers};
 pub use breaker::BreakerConfig;
 pub use coordinator::CoordinatorSection;
 pub use fleet::{
-    is_service_name, FailbackMode, FleetNodes, MinHealthySpec, NodeSpec, SpareConfig,
-    APPROVABLE_PLANS, MAX_SERVICE_NAME_LEN,
+    is_service_name, DrainCommand, FailbackMode, FleetNodes, MinHealthySpec, NodeSpec,
+    OrchestratorSpec, SpareConfig, APPROVABLE_PLANS, MAX_SERVICE_NAME_LEN, NODE_PLACEHOLDER,
 };
 pub use general::{GeneralSection, SKOS_VERSION};
 pub use http::{HttpConfig, HttpListen, HttpTls, DEFAULT_HTTP_LISTEN};
@@ -818,6 +818,7 @@ thermal:
                 NodeSpec {
                     role: role.into(),
                     services: strings(services),
+                    orchestrator: None,
                 },
             );
         }

@@ -16,12 +16,17 @@
 //! where the placement says it must not is stopped (fenced), and one
 //! that should run where it is placed but does not is started again.
 //!
+//! A node with `nodes.<node>.orchestrator` is drained and undrained
+//! through its orchestrator instead ([`drain`]).
+//!
 //! Fleet safety: destructive plans freeze while fewer nodes than
 //! `failover.min_healthy` are healthy (a `fleet_degraded` alert says why),
 //! at most `failover.max_concurrent` failovers run at once, and dry-run
 //! decides and audits every plan without sending anything.
 
-use std::collections::BTreeMap;
+mod drain;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -33,6 +38,7 @@ use skos_core::NodeName;
 
 use super::state::Pending;
 use super::{audit, Effect, Engine, SkipReason};
+pub use drain::Drain;
 
 /// The agent action that starts a workload on a node.
 pub(crate) const START: &str = skos_core::catalogue::WORKLOAD_START;
@@ -179,6 +185,9 @@ pub struct Fleet {
     pub approval: Vec<Reason>,
     /// Seconds a plan waits for approval before it expires.
     pub approval_timeout: f64,
+    /// Nodes with `nodes.<node>.orchestrator`: drained and undrained
+    /// through their orchestrator instead of having workloads moved.
+    pub orchestrated: BTreeSet<NodeName>,
 }
 
 impl Fleet {
@@ -243,6 +252,13 @@ impl Fleet {
                 .filter_map(|p| Reason::of_action(p))
                 .collect(),
             approval_timeout: f.approval_timeout_seconds,
+            orchestrated: cfg
+                .nodes
+                .0
+                .iter()
+                .filter(|(_, s)| s.orchestrator.is_some())
+                .map(|(n, _)| n.clone())
+                .collect(),
         }
     }
 
@@ -397,6 +413,8 @@ pub(crate) struct Placements {
     degraded: Option<NodeName>,
     /// Plans waiting for approval, by id.
     approvals: BTreeMap<String, Approval>,
+    /// Orchestrated nodes' drain state, by node.
+    drains: BTreeMap<NodeName, Drain>,
 }
 
 impl Placements {
@@ -413,6 +431,29 @@ impl Placements {
             calm_since: BTreeMap::new(),
             degraded: None,
             approvals: BTreeMap::new(),
+            drains: BTreeMap::new(),
+        }
+    }
+
+    /// `node`'s drain state, kept in its state once it was ever drained.
+    pub(crate) fn drains_of(&self, node: &NodeName) -> Vec<Drain> {
+        self.drains
+            .get(node)
+            .filter(|d| d.epoch > 0)
+            .cloned()
+            .into_iter()
+            .collect()
+    }
+
+    /// Every drain state kept.
+    pub(crate) fn drains(&self) -> impl Iterator<Item = &Drain> {
+        self.drains.values().filter(|d| d.epoch > 0)
+    }
+
+    /// Continue from saved drain states.
+    pub(crate) fn restore_drains(&mut self, saved: Vec<Drain>) {
+        for d in saved {
+            self.drains.insert(d.node.clone(), d);
         }
     }
 
@@ -563,9 +604,10 @@ pub(crate) fn seen(hb: &skos_core::protocol::Heartbeat) -> Vec<Seen> {
         .collect()
 }
 
-/// Whether `action` is one of the agent steps placement sends.
+/// Whether `action` is one of the agent steps placement sends
+/// (`workload_start`, `workload_stop`, `node_drain`, `node_undrain`).
 pub(crate) fn is_step(action: &str) -> bool {
-    action == START || action == STOP
+    skos_core::catalogue::is_workload_step(action)
 }
 
 impl Engine {
@@ -614,7 +656,7 @@ impl Engine {
         };
         let node = alert.node.clone();
         let problem = alert.problem();
-        if self.placement.fleet.workloads.is_empty() {
+        if self.placement.fleet.workloads.is_empty() && !self.orchestrated(&node) {
             self.skip(
                 (&node, &problem, action),
                 SkipReason::NoWorkloads,
@@ -687,6 +729,10 @@ impl Engine {
                 );
                 return;
             }
+        }
+        if self.orchestrated(node) {
+            self.drain_step(reason, node, cause, severity, now, out);
+            return;
         }
         if !self.next_step(reason, node, cause, severity, &[], now, out) {
             out.push(audit(
@@ -896,18 +942,18 @@ impl Engine {
     }
 
     /// Whether a step's command may go to `node` now: the breaker of
-    /// (node, `workload:<name>`, action) admits it and the node's action
+    /// (node, `problem`: `workload:<name>` or `orchestrator:<node>`, action) admits it and the node's action
     /// rate has room. `Ok(trial)`: it may (as a half-open trial or not).
     fn admit_step(
         &mut self,
         node: &NodeName,
-        workload: &str,
+        problem: &ProblemKey,
         action: &str,
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) -> Result<bool, (SkipReason, String)> {
         use skos_core::breaker::{Admission, BreakerKey, Transition};
-        let key = BreakerKey::new(node.as_str(), problem_of(workload).as_str(), action);
+        let key = BreakerKey::new(node.as_str(), problem.as_str(), action);
         let (admission, transition) = self.breakers.admit(&key, now);
         if transition == Some(Transition::HalfOpened) {
             out.push(audit(
@@ -1003,7 +1049,7 @@ impl Engine {
         if !self.placement.by_workload.contains_key(workload) {
             return Ok(());
         }
-        let trial = self.admit_step(&node, workload, action, now, out)?;
+        let trial = self.admit_step(&node, &problem_of(workload), action, now, out)?;
         let Some(p) = self.placement.by_workload.get_mut(workload) else {
             return Ok(());
         };
@@ -1100,6 +1146,10 @@ impl Engine {
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) {
+        if let Some(node) = p.problem.orchestrated_node() {
+            self.drain_result(&node, action_id, result, now, out);
+            return;
+        }
         let Some(workload) = workload_of(&p.problem).map(str::to_string) else {
             return;
         };
@@ -1358,7 +1408,7 @@ impl Engine {
                     s.name,
                     agent_at.timestamp_millis()
                 );
-                let Ok(trial) = self.admit_step(node, &s.name, STOP, now, out) else {
+                let Ok(trial) = self.admit_step(node, &problem_of(&s.name), STOP, now, out) else {
                     continue;
                 };
                 let how = Send { fence: true, trial };
@@ -1416,7 +1466,8 @@ impl Engine {
     /// `failover_delay`, failback and restart once a node has been calm,
     /// the `fleet_degraded` alert cleared once the fleet recovers.
     pub(super) fn placement_tick(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
-        if self.placement.fleet.workloads.is_empty() {
+        if self.placement.fleet.workloads.is_empty() && self.placement.fleet.orchestrated.is_empty()
+        {
             return;
         }
         self.expire_approvals(now, out);
@@ -1436,7 +1487,12 @@ impl Engine {
             let Some(state) = self.nodes.get(node) else {
                 continue;
             };
-            if state.offline && now - state.last_seen >= delay && self.has_essential_at(node) {
+            let wanted = if self.orchestrated(node) {
+                !self.drained(node) && !self.draining(node)
+            } else {
+                self.has_essential_at(node)
+            };
+            if state.offline && now - state.last_seen >= delay && wanted {
                 if self.busy(node, Reason::Failover) || self.waiting(node, Reason::Failover) {
                     continue;
                 }
@@ -1479,6 +1535,28 @@ impl Engine {
                     now,
                     out,
                 );
+            }
+            if self.placement.fleet.failback == Failback::Auto
+                && !self.waiting(node, Reason::Failback)
+                && calm_for >= secs(self.placement.fleet.failback_hold)
+                && self.orchestrated(node)
+                && self.drained(node)
+            {
+                // Handed back to its orchestrator's scheduling.
+                let cause = self.placement_alert(node, "*", now);
+                if self.placement.fleet.approval.contains(&Reason::Failback) {
+                    self.request_approval(
+                        Reason::Failback,
+                        node,
+                        &cause,
+                        Severity::Warning,
+                        now,
+                        out,
+                    );
+                } else {
+                    self.drain_step(Reason::Failback, node, &cause, Severity::Warning, now, out);
+                }
+                continue;
             }
             if self.placement.fleet.failback == Failback::Auto
                 && !self.waiting(node, Reason::Failback)
@@ -1675,4 +1753,3 @@ impl Engine {
 
 #[cfg(test)]
 mod tests;
-

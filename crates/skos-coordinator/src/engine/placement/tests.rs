@@ -47,6 +47,7 @@ fn fleet() -> Fleet {
         max_concurrent_failovers: 2,
         approval: Vec::new(),
         approval_timeout: 600.0,
+        orchestrated: BTreeSet::new(),
     }
 }
 
@@ -690,9 +691,15 @@ fn a_workload_placed_back_on_a_fenced_node_is_no_longer_fenced_there() {
     // nova is back and calm; stopping its stale copy fails, and failback
     // adopts the copy there ("already runs").
     let report = |e: &mut Engine, at: f64| {
-        let fx = e.on_heartbeat(hb("nova", 60.0, &[("synthesis-core", "running")], at), t(at));
+        let fx = e.on_heartbeat(
+            hb("nova", 60.0, &[("synthesis-core", "running")], at),
+            t(at),
+        );
         answer(e, &fx, ResultStatus::Failed, at + 0.5);
-        e.on_heartbeat(hb("lyra", 60.0, &[("synthesis-core", "running")], at), t(at));
+        e.on_heartbeat(
+            hb("lyra", 60.0, &[("synthesis-core", "running")], at),
+            t(at),
+        );
         e.on_heartbeat(hb("athena", 50.0, &[], at), t(at));
     };
     for s in [50.0, 100.0, 150.0, 200.0] {
@@ -720,4 +727,186 @@ fn a_workload_placed_back_on_a_fenced_node_is_no_longer_fenced_there() {
     }
     assert_eq!(placed(&e, "synthesis-core").as_deref(), Some("nova"));
     assert!(fenced(&e).is_empty(), "{:?}", fenced(&e));
+}
+
+/// The seed's fleet with nova in an orchestrator (`nodes.nova.orchestrator`).
+fn orchestrated_fleet() -> Fleet {
+    Fleet {
+        orchestrated: [n("nova")].into_iter().collect(),
+        ..fleet()
+    }
+}
+
+/// The drain steps among `effects`: (agent's node, action, drained node).
+fn drains(effects: &[Effect]) -> Vec<(String, String, String)> {
+    commands(effects)
+        .into_iter()
+        .filter(|(_, c)| c.action_type == NODE_DRAIN || c.action_type == NODE_UNDRAIN)
+        .map(|(at, c)| {
+            let node = c.parameters["node"].as_str().unwrap().to_string();
+            (at.to_string(), c.action_type, node)
+        })
+        .collect()
+}
+
+fn drain_state(e: &Engine, node: &str) -> Option<&'static str> {
+    e.placements().drains.get(&n(node)).map(|d| d.state())
+}
+
+use skos_core::catalogue::{NODE_DRAIN, NODE_UNDRAIN};
+
+/// A thermal alert about another sensor (another problem).
+fn thermal_on(sensor: &str, node: &str, severity: Severity, temp: f64, at: f64) -> Alert {
+    let mut a = thermal(node, severity, temp, at);
+    a.details.insert("sensor".into(), json!(sensor));
+    a.alert_id.clear();
+    a.ensure_id();
+    a
+}
+
+#[test]
+fn an_orchestrated_node_is_drained_once_instead_of_moving_its_workloads() {
+    let mut e = engine_with(orchestrated_fleet(), config());
+    fleet_reports(&mut e, 87.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Critical, 87.0, 0.0), t(0.0));
+    assert_eq!(
+        drains(&fx),
+        [step("nova", NODE_DRAIN, "nova")],
+        "one drain, on the node's own agent"
+    );
+    let moves = commands(&fx)
+        .into_iter()
+        .filter(|(_, c)| c.action_type == START || c.action_type == STOP)
+        .count();
+    assert_eq!(moves, 0, "no workload is moved by SKOS");
+    let cmd = commands(&fx)
+        .into_iter()
+        .find(|(_, c)| c.action_type == NODE_DRAIN)
+        .unwrap()
+        .1;
+    assert_eq!(cmd.problem.as_deref(), Some("orchestrator:nova"));
+    assert!(fx.iter().any(|f| matches!(f, Effect::Audit(a)
+        if a.event_type == "placement" && a.data["step"] == NODE_DRAIN && a.data["plan"] == "redistribute")));
+    assert_eq!(drain_state(&e, "nova"), Some("draining"));
+
+    // Asked again while it runs: in progress, nothing sent.
+    let fx2 = e.on_alert(thermal("nova", Severity::Emergency, 96.0, 1.0), t(1.0));
+    assert!(drains(&fx2).is_empty());
+    assert!(skipped(&fx2, "in_progress") >= 1);
+
+    answer(&mut e, &fx, ResultStatus::Succeeded, 2.0);
+    assert_eq!(drain_state(&e, "nova"), Some("drained"));
+    // Kept in nova's part of the snapshot.
+    let saved = serde_json::to_string(&e.node_snapshot(&n("nova"))).unwrap();
+    let mut back = engine_with(orchestrated_fleet(), config());
+    back.restore(serde_json::from_str(&saved).unwrap(), t(3.0));
+    assert_eq!(drain_state(&back, "nova"), Some("drained"));
+
+    // Drained: not drained again until undrained.
+    let fx = e.on_alert(
+        thermal_on("gpu", "nova", Severity::Critical, 88.0, 4.0),
+        t(4.0),
+    );
+    assert!(drains(&fx).is_empty());
+    assert!(fx.iter().any(|f| matches!(f, Effect::Audit(a)
+        if a.event_type == "placement" && a.data["outcome"] == "nothing_to_do")));
+}
+
+#[test]
+fn a_calm_drained_node_is_undrained_after_the_failback_hold() {
+    let mut e = engine_with(orchestrated_fleet(), config());
+    fleet_reports(&mut e, 87.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Critical, 87.0, 0.0), t(0.0));
+    answer(&mut e, &fx, ResultStatus::Succeeded, 1.0);
+    assert_eq!(drain_state(&e, "nova"), Some("drained"));
+    e.on_alert(thermal("nova", Severity::Normal, 60.0, 10.0), t(10.0));
+    for s in [10.0, 40.0, 70.0, 100.0, 125.0] {
+        fleet_reports(&mut e, 60.0, s);
+        assert!(
+            drains(&e.tick(t(s))).is_empty(),
+            "not calm long enough at {s}"
+        );
+    }
+    fleet_reports(&mut e, 60.0, 131.0);
+    let fx = e.tick(t(131.0));
+    assert_eq!(drains(&fx), [step("nova", NODE_UNDRAIN, "nova")]);
+    assert_eq!(drain_state(&e, "nova"), Some("undraining"));
+    // A failed undrain leaves it drained (tried again later).
+    answer(&mut e, &fx, ResultStatus::Failed, 132.0);
+    assert_eq!(drain_state(&e, "nova"), Some("drained"));
+    fleet_reports(&mut e, 60.0, 140.0);
+    let fx = e.tick(t(140.0));
+    assert_eq!(drains(&fx), [step("nova", NODE_UNDRAIN, "nova")]);
+    answer(&mut e, &fx, ResultStatus::Succeeded, 141.0);
+    assert_eq!(drain_state(&e, "nova"), Some("undrained"));
+    fleet_reports(&mut e, 60.0, 150.0);
+    assert!(drains(&e.tick(t(150.0))).is_empty(), "undrained once");
+}
+
+#[test]
+fn a_table_failback_undrains_and_an_undrained_node_is_left_alone() {
+    let mut cfg = config();
+    cfg.thermal.actions.warning = vec!["failback".into()];
+    let mut e = engine_with(orchestrated_fleet(), cfg);
+    fleet_reports(&mut e, 80.0, 0.0);
+    let fx = e.on_alert(
+        thermal_on("gpu", "nova", Severity::Warning, 80.0, 0.0),
+        t(0.0),
+    );
+    assert!(drains(&fx).is_empty(), "not drained: nothing to undrain");
+    assert!(fx.iter().any(|f| matches!(f, Effect::Audit(a)
+        if a.event_type == "placement" && a.data["outcome"] == "nothing_to_do")));
+    let fx = e.on_alert(thermal("nova", Severity::Critical, 87.0, 1.0), t(1.0));
+    answer(&mut e, &fx, ResultStatus::Succeeded, 2.0);
+    let fx = e.on_alert(
+        thermal_on("gpu1", "nova", Severity::Warning, 80.0, 3.0),
+        t(3.0),
+    );
+    assert_eq!(drains(&fx), [step("nova", NODE_UNDRAIN, "nova")]);
+}
+
+#[test]
+fn an_offline_orchestrated_node_is_drained_through_the_first_online_spare() {
+    let mut e = engine_with(orchestrated_fleet(), config());
+    fleet_reports(&mut e, 60.0, 0.0);
+    // lyra (the first spare) falls silent too; athena keeps reporting.
+    for s in [10.0, 20.0, 30.0, 39.0] {
+        e.on_heartbeat(hb("athena", 50.0, &[], s), t(s));
+        assert!(drains(&e.tick(t(s))).is_empty(), "not yet at {s}");
+    }
+    e.on_heartbeat(hb("athena", 50.0, &[], 41.0), t(41.0));
+    let fx = e.tick(t(41.0));
+    assert_eq!(
+        drains(&fx),
+        [step("athena", NODE_DRAIN, "nova")],
+        "run by athena's agent for nova"
+    );
+    let moves = commands(&fx)
+        .into_iter()
+        .filter(|(_, c)| c.action_type == START)
+        .count();
+    assert_eq!(moves, 0);
+    answer(&mut e, &fx, ResultStatus::Succeeded, 42.0);
+    assert_eq!(drain_state(&e, "nova"), Some("drained"));
+    e.on_heartbeat(hb("athena", 50.0, &[], 50.0), t(50.0));
+    assert!(drains(&e.tick(t(50.0))).is_empty(), "drained once");
+}
+
+#[test]
+fn dry_run_drains_nothing() {
+    let mut cfg = config();
+    cfg.dry_run = true;
+    let mut e = engine_with(orchestrated_fleet(), cfg);
+    fleet_reports(&mut e, 96.0, 0.0);
+    let fx = e.on_alert(thermal("nova", Severity::Emergency, 96.0, 0.0), t(0.0));
+    assert!(commands(&fx).is_empty());
+    assert_eq!(skipped(&fx, "dry_run"), 2);
+    assert_eq!(drain_state(&e, "nova"), None);
+    // The offline path too.
+    for s in [20.0, 41.0] {
+        e.on_heartbeat(hb("athena", 50.0, &[], s), t(s));
+        e.on_heartbeat(hb("lyra", 50.0, &[], s), t(s));
+        assert!(commands(&e.tick(t(s))).is_empty());
+    }
+    assert_eq!(drain_state(&e, "nova"), None);
 }
