@@ -40,6 +40,9 @@ pub enum Counter<'a> {
     /// A decision where the effectiveness ledger changed the table's
     /// order or skipped a failing action.
     LearningApplied,
+    /// A plan tried on a tick that came to the same nothing as its last
+    /// try (not audited again).
+    PlacementRepeatsQuiet,
     /// `flapping.<started|stopped>`: problems that started flapping, or
     /// became stable again.
     Flapping(&'a str),
@@ -124,6 +127,7 @@ impl Counter<'_> {
             VerificationsFailed => "verifications.failed",
             VerificationsUncredited => "verifications.uncredited",
             LearningApplied => "learning.applied",
+            PlacementRepeatsQuiet => "placement.repeats_quiet",
             Flapping(s) => return format!("flapping.{s}").into(),
             AlertsHeldFlapping => "alerts.held_flapping",
             BreakerFailures => "breaker.failures",

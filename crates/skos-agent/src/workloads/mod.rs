@@ -80,6 +80,10 @@ pub fn homed_here(cfg: &Config, node: &NodeName) -> BTreeSet<WorkloadName> {
         .collect()
 }
 
+/// The `reason` of a refusal because another start or stop of the same
+/// workload is running: it says nothing of the refused step's own outcome.
+pub const BUSY: &str = "busy";
+
 /// What a driver saw of a workload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
@@ -421,10 +425,12 @@ impl Workloads {
             ));
         }
         if !lock(&self.shared).busy.insert(name.clone()) {
-            return Err(Outcome::new(
+            let mut busy = Outcome::new(
                 ResultStatus::Rejected,
                 format!("a start or stop of {name} is in progress"),
-            ));
+            );
+            busy.details.insert("reason".into(), json!(BUSY));
+            return Err(busy);
         }
         let fence = cmd.parameters.get("fence").and_then(Value::as_str) == Some("true");
         Ok(Job {

@@ -82,6 +82,7 @@ impl Engine {
         let silences = self.silences.remove(node).map_or(0, |v| v.len());
         let ledger = self.ledger.forget(node);
         let approvals = self.placement.forget_approvals(node);
+        let unplaced = self.placement.forget_node(node);
         self.reset_retries.remove(node);
         self.sent_times.remove(node);
         self.offline_skipped.retain(|(n, _)| n != node);
@@ -108,6 +109,7 @@ impl Engine {
                     "silences": silences,
                     "ledger_entries": ledger,
                     "approvals": approvals,
+                    "workloads_unplaced": unplaced,
                 },
             }),
         );

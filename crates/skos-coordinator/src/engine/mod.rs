@@ -99,6 +99,8 @@ enum SkipReason {
     NoWorkloads,
     /// The plan waits for a person's `skos approve`.
     AwaitingApproval,
+    /// A person denied this plan for this alert.
+    Denied,
     /// An operator's silence or maintenance window covers it.
     Silenced,
 }
@@ -115,6 +117,7 @@ impl SkipReason {
             SkipReason::FleetDegraded => "fleet_degraded",
             SkipReason::NoWorkloads => "no_workloads",
             SkipReason::AwaitingApproval => "awaiting_approval",
+            SkipReason::Denied => "denied",
             SkipReason::Silenced => "silenced",
         }
     }
@@ -194,6 +197,14 @@ const FOREIGN_NODE: &str = "foreign_node";
 /// Whether `result` is an agent refusing an action id it has already
 /// executed (a redelivered or re-sent command). That refusal says nothing
 /// about the command's outcome: the first execution's result does.
+/// Whether `result` is an agent refusing a step because another start or
+/// stop of the same workload runs there (`details.reason: busy`): no
+/// verdict on the step, so no breaker failure.
+fn is_busy(result: &CommandResult) -> bool {
+    result.status == ResultStatus::Rejected
+        && result.details.get("reason").and_then(Value::as_str) == Some("busy")
+}
+
 fn is_replay(result: &CommandResult) -> bool {
     if result.status != ResultStatus::Rejected {
         return false;
@@ -841,6 +852,11 @@ impl Engine {
                     }
                 }
             },
+            ResultStatus::Rejected if is_busy(&result) => {
+                if p.trial {
+                    self.breakers.release_trial(&key);
+                }
+            }
             ResultStatus::Failed | ResultStatus::Expired | ResultStatus::Rejected => {
                 self.ledger_outcome(
                     (&p.node, &p.problem, &p.action),

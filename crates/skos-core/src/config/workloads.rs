@@ -531,6 +531,51 @@ impl Section for WorkloadsConfig {
         &mut cfg.workloads
     }
 
+    /// Workloads SKOS would not manage as the file seems to mean: no
+    /// home, a home their own `nodes` exclude, a start longer than a
+    /// command may take, none able to run them, or no antibody to run them.
+    fn warn(&self, cfg: &Config, out: &mut Vec<ConfigIssue>) {
+        if self.0.is_empty() {
+            return;
+        }
+        let executor = crate::catalogue::Executor::Workloads.as_str();
+        if !cfg.agent.antibodies.iter().any(|a| a == executor) {
+            out.push(issue(
+                "workloads",
+                format!(
+                    "workloads are configured but {executor} is not in agent.antibodies ({}): agents with this config neither report nor start them",
+                    cfg.agent.antibodies.join(", ")
+                ),
+            ));
+        }
+        let budget = cfg.coordinator.command_deadline;
+        for (name, spec) in &self.0 {
+            let at = format!("workloads.{name}");
+            match cfg.workload_home(name.as_str()) {
+                None => out.push(issue(
+                    at.clone(),
+                    "no home: no nodes.<node>.services lists it and it names no nodes, so SKOS never places, moves or fences it",
+                )),
+                Some(home) if !spec.nodes.is_empty() && !spec.nodes.contains(home) => {
+                    out.push(issue(
+                        format!("{at}.nodes"),
+                        format!("its home {home} (nodes.{home}.services) is not among them: the agent there refuses to start it"),
+                    ))
+                }
+                Some(_) => {}
+            }
+            if spec.start_timeout_seconds >= budget {
+                out.push(issue(
+                    format!("{at}.start_timeout_seconds"),
+                    format!(
+                        "{} s is not less than coordinator.command_deadline ({budget} s): a start that takes that long is closed as no_result and its target fenced; raise command_deadline or lower this",
+                        spec.start_timeout_seconds
+                    ),
+                ));
+            }
+        }
+    }
+
     fn check(&self, _ctx: &CheckContext<'_>, out: &mut Vec<ConfigIssue>) {
         for (name, spec) in &self.0 {
             spec.check(&format!("workloads.{name}"), out);
@@ -868,5 +913,27 @@ workloads:
         }
         assert!(StopSignal::try_from("SIGSTOP".to_string()).is_err());
         assert_eq!(String::from(StopSignal::Hup), "SIGHUP");
+    }
+
+    #[test]
+    fn workloads_skos_would_not_manage_as_meant_draw_warnings_with_their_keys() {
+        let cfg = Config::from_yaml(
+            "nodes: {nova: {services: [a]}}\ncoordinator: {command_deadline: 60}\nworkloads:\n  a: {driver: process, command: [/bin/true], nodes: [lyra], start_timeout_seconds: 90}\n  b: {driver: process, command: [/bin/true]}\n",
+        )
+        .unwrap();
+        let paths: Vec<String> = cfg.warnings().into_iter().map(|w| w.path).collect();
+        for p in [
+            "workloads",
+            "workloads.a.nodes",
+            "workloads.a.start_timeout_seconds",
+            "workloads.b",
+        ] {
+            assert!(paths.iter().any(|x| x == p), "{p} in {paths:?}");
+        }
+        let fine = Config::from_yaml(
+            "agent: {antibodies: [thermal_sentinel, workloads]}\nnodes: {nova: {services: [a]}}\nworkloads:\n  a: {driver: process, command: [/bin/true]}\n",
+        )
+        .unwrap();
+        assert!(fine.warnings().is_empty(), "{:?}", fine.warnings());
     }
 }

@@ -13,8 +13,8 @@
 //!
 //! Learning (`learning.kinds`) stays inside the table: an action whose
 //! last `skip_after_failures` verifications on a node all failed is
-//! replaced there by the next action of the table's higher rows that has
-//! not failed so; within a row, the action with the best record on the
+//! replaced there by the next action of the table's next row up that has
+//! not failed so (never more than one level stronger); within a row, the action with the best record on the
 //! node goes first. Nothing the table does not list is ever chosen, and
 //! every choice still passes the gates (breakers, rate, approval).
 //! Each change to the table's order is audited with its evidence.
@@ -371,7 +371,9 @@ impl Engine {
     }
 }
 
-/// The actions of the table rows above `severity` for `kind`, in order.
+/// The actions of the table row just above `severity` for `kind`: a
+/// failing action is replaced by one at most one level stronger (a
+/// warning's by a critical one, never an emergency's).
 fn higher_rows(
     cfg: &skos_core::config::Config,
     kind: &AlertKind,
@@ -382,14 +384,11 @@ fn higher_rows(
         AlertKind::Storage => &cfg.storage.actions,
         _ => return Vec::new(),
     };
-    let mut out = Vec::new();
-    if severity < Severity::Critical {
-        out.extend(table.critical.iter().cloned());
+    match severity {
+        Severity::Normal | Severity::Warning => table.critical.clone(),
+        Severity::Critical => table.emergency.clone(),
+        Severity::Emergency => Vec::new(),
     }
-    if severity < Severity::Emergency {
-        out.extend(table.emergency.iter().cloned());
-    }
-    out
 }
 
 #[cfg(test)]

@@ -233,8 +233,9 @@ fn a_failing_action_is_never_replaced_by_a_destructive_one() {
     }
     e.on_heartbeat(hb("nova", 77.0, at), t(at));
     let fx = e.on_alert(thermal("nova", Severity::Warning, 77.0, at), t(at));
-    // Only the emergency row's throttle_100 is not destructive.
-    assert_eq!(names(&fx), ["throttle_100"], "{fx:?}");
+    // The next row up has only redistribute: nothing replaces it, and
+    // the emergency row is two levels up.
+    assert_eq!(names(&fx), ["throttle_10"], "{fx:?}");
 }
 
 #[test]
@@ -255,4 +256,44 @@ fn within_a_row_the_better_record_goes_first() {
     let fx = e.on_alert(thermal("nova", Severity::Critical, 87.0, 10.0), t(10.0));
     assert_eq!(names(&fx), ["throttle_100", "throttle_50"]);
     assert_eq!(learned(&fx).len(), 1);
+}
+#[test]
+fn learning_never_answers_a_storage_warning_with_the_emergency_cleanup() {
+    let mut cfg = Config::default();
+    cfg.learning.kinds = vec!["storage".into()];
+    let mut e = Engine::new(cfg, Counters::default(), "test");
+    let mut alert = Alert {
+        alert_id: String::new(),
+        agent_id: "agent-nova".into(),
+        kind: AlertKind::Storage,
+        severity: Severity::Warning,
+        node: n("nova"),
+        message: "/srv at 81%".into(),
+        details: json!({"mount": "/srv", "percent": 81.0})
+            .as_object()
+            .unwrap()
+            .clone(),
+        timestamp: t(0.0),
+    };
+    alert.ensure_id();
+    let problem = alert.problem();
+    // cleanup_temp, cleanup_logs and archive_old each failed three times
+    // here (a node's own results can say so).
+    for a in ["cleanup_temp", "cleanup_logs", "archive_old"] {
+        for _ in 0..3 {
+            e.ledger_outcome((&n("nova"), &problem, a), Outcome::Failed, None, t(1.0));
+        }
+    }
+    let mut out = Vec::new();
+    let chosen = e.learned(
+        &alert,
+        Severity::Warning,
+        vec!["cleanup_temp".into()],
+        t(2.0),
+        &mut out,
+    );
+    assert!(
+        !chosen.contains(&"emergency_cleanup".to_string()),
+        "a warning answered with {chosen:?}"
+    );
 }

@@ -51,7 +51,7 @@ const WORKLOAD_PARAM: &str = "workload";
 const DEGRADED_SENSOR: &str = "min_healthy";
 
 /// A plan named by a healing table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// `shutdown_non_essential`: stop non-essential workloads, lowest
@@ -393,7 +393,7 @@ fn step_node(step: &Step) -> &NodeName {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Seen {
     pub(crate) name: String,
-    /// Running or starting.
+    /// Running (not still starting).
     pub(crate) running: bool,
     /// Stopped or failed (not unknown, not on its way).
     pub(crate) stopped: bool,
@@ -415,6 +415,13 @@ pub(crate) struct Placements {
     approvals: BTreeMap<String, Approval>,
     /// Orchestrated nodes' drain state, by node.
     drains: BTreeMap<NodeName, Drain>,
+    /// Plans a person denied: (node, plan, the alert they answered), not
+    /// asked again for that alert (dropped once the node is calm).
+    denied: std::collections::BTreeSet<(NodeName, Reason, String)>,
+    /// What the last try of a plan tried on every tick came to when it
+    /// sent nothing (its audit records' kinds and reasons): the same
+    /// outcome again is counted, not audited again.
+    quiet: BTreeMap<(NodeName, Reason), String>,
 }
 
 impl Placements {
@@ -432,6 +439,8 @@ impl Placements {
             degraded: None,
             approvals: BTreeMap::new(),
             drains: BTreeMap::new(),
+            denied: std::collections::BTreeSet::new(),
+            quiet: BTreeMap::new(),
         }
     }
 
@@ -469,6 +478,39 @@ impl Placements {
     /// Every plan waiting for approval, by id.
     pub(crate) fn approvals(&self) -> impl Iterator<Item = &Approval> {
         self.approvals.values()
+    }
+
+    /// `node` left the fleet: what was placed on it is placed nowhere
+    /// (stopped, to be failed over or started again by the next plan),
+    /// fences and steps touching it are dropped; the workloads moved.
+    pub(crate) fn forget_node(&mut self, node: &NodeName) -> Vec<String> {
+        let mut moved = Vec::new();
+        for p in self.by_workload.values_mut() {
+            p.fence.retain(|n| n != node);
+            if p.op_touches(node) {
+                p.op = None;
+            }
+            let home = self
+                .fleet
+                .workloads
+                .iter()
+                .find(|w| w.name == p.workload)
+                .map(|w| w.home.clone());
+            if p.shed_from.as_ref() == Some(node) {
+                p.shed_from = None;
+            }
+            if p.at.as_ref() == Some(node) {
+                p.at = None;
+                p.epoch += 1;
+                // Started again at home once it is calm (as a shed one).
+                p.shed_from = home.filter(|h| h != node);
+                moved.push(p.workload.clone());
+            }
+        }
+        self.calm_since.remove(node);
+        self.denied.retain(|(n, _, _)| n != node);
+        self.quiet.retain(|(n, _), _| n != node);
+        moved
     }
 
     /// Drop the plans waiting for approval on `node` (it left the fleet);
@@ -598,7 +640,9 @@ pub(crate) fn seen(hb: &skos_core::protocol::Heartbeat) -> Vec<Seen> {
         .iter()
         .map(|w| Seen {
             name: w.name.as_str().to_string(),
-            running: matches!(w.state, S::Running | S::Starting),
+            // A copy still starting is left alone until it runs: it may be
+            // the start of a step whose result is on its way.
+            running: w.state == S::Running,
             stopped: matches!(w.state, S::Stopped | S::Failed),
         })
         .collect()
@@ -695,6 +739,31 @@ impl Engine {
     ) {
         let problem = cause.problem();
         let action = reason.as_str();
+        if let Some(s) = self.silenced(node, &cause.kind, &problem, action, now) {
+            let why = format!("silence {} holds {node} ({})", s.id, s.when(now));
+            self.skip(
+                (node, &problem, action),
+                SkipReason::Silenced,
+                why,
+                now,
+                out,
+            );
+            return;
+        }
+        if self
+            .placement
+            .denied
+            .contains(&(node.clone(), reason, cause.alert_id.clone()))
+        {
+            self.skip(
+                (node, &problem, action),
+                SkipReason::Denied,
+                format!("a person denied {action} on {node} for this alert"),
+                now,
+                out,
+            );
+            return;
+        }
         if self.busy(node, reason) {
             self.skip(
                 (node, &problem, action),
@@ -941,6 +1010,28 @@ impl Engine {
         true
     }
 
+    /// Why no step may go to `node` now whatever its breaker says: dry-run
+    /// (every plan is decided and audited, nothing is sent), or a silence
+    /// on the node covering it.
+    fn step_held(
+        &self,
+        node: &NodeName,
+        kind: &AlertKind,
+        problem: &ProblemKey,
+        action: &str,
+        now: Timestamp,
+    ) -> Option<(SkipReason, String)> {
+        if self.cfg.dry_run {
+            return Some((SkipReason::DryRun, "dry-run mode executes nothing".into()));
+        }
+        self.silenced(node, kind, problem, action, now).map(|s| {
+            (
+                SkipReason::Silenced,
+                format!("silence {} holds {node} ({})", s.id, s.when(now)),
+            )
+        })
+    }
+
     /// Whether a step's command may go to `node` now: the breaker of
     /// (node, `problem`: `workload:<name>` or `orchestrator:<node>`, action) admits it and the node's action
     /// rate has room. `Ok(trial)`: it may (as a half-open trial or not).
@@ -996,15 +1087,24 @@ impl Engine {
         tried: &[NodeName],
     ) -> Option<NodeName> {
         let fleet = &self.placement.fleet;
+        let configured = &self.cfg.nodes.0;
         let fit = |n: &NodeName| {
             n != from
+                && (configured.is_empty() || configured.contains_key(n))
                 && !tried.contains(n)
                 && self.online(n)
                 && !self.has_open_alert(n, Severity::Warning)
                 && w.allowed_on(n, fleet.roles.get(n).map(String::as_str))
         };
         if reason == Reason::Failover {
-            return fleet.spares.iter().find(|n| fit(n)).cloned();
+            // The hot spares in order; when none can take it, its home,
+            // then any other node that may run it.
+            if let Some(spare) = fleet.spares.iter().find(|n| fit(n)) {
+                return Some(spare.clone());
+            }
+            if fit(&w.home) {
+                return Some(w.home.clone());
+            }
         }
         // Coolest first; a node that reports no temperature after every
         // one that does; then the fewest workloads, then the name.
@@ -1049,7 +1149,11 @@ impl Engine {
         if !self.placement.by_workload.contains_key(workload) {
             return Ok(());
         }
-        let trial = self.admit_step(&node, &problem_of(workload), action, now, out)?;
+        let problem = problem_of(workload);
+        if let Some(held) = self.step_held(&node, &cause.kind, &problem, action, now) {
+            return Err(held);
+        }
+        let trial = self.admit_step(&node, &problem, action, now, out)?;
         let Some(p) = self.placement.by_workload.get_mut(workload) else {
             return Ok(());
         };
@@ -1346,7 +1450,11 @@ impl Engine {
                 .open_alerts
                 .get(&op.cause.node, &op.cause.problem())
                 .is_some_and(|a| a.severity >= op.severity),
-            Reason::Failover | Reason::Failback | Reason::Restart => true,
+            Reason::Failover => true,
+            // Going home, or starting again at home, only while it is calm.
+            Reason::Failback | Reason::Restart => {
+                self.online(&node) && !self.has_open_alert(&node, Severity::Warning)
+            }
             Reason::Supervise => false,
         };
         if goes_on {
@@ -1387,6 +1495,15 @@ impl Engine {
                 let epoch = p.epoch;
                 let at = p.at.clone();
                 let cause = self.placement_alert(node, &s.name, now);
+                let problem = problem_of(&s.name);
+                if let Some((why, _)) = self.step_held(node, &cause.kind, &problem, STOP, now) {
+                    self.counters
+                        .inc(skos_core::counters::Counter::ActionsSkipped(why.as_str()));
+                    continue;
+                }
+                let Ok(trial) = self.admit_step(node, &problem, STOP, now, out) else {
+                    continue;
+                };
                 out.push(audit(
                     AuditEvent::Placement,
                     now,
@@ -1408,9 +1525,6 @@ impl Engine {
                     s.name,
                     agent_at.timestamp_millis()
                 );
-                let Ok(trial) = self.admit_step(node, &problem_of(&s.name), STOP, now, out) else {
-                    continue;
-                };
                 let how = Send { fence: true, trial };
                 self.send_workload_command(
                     node,
@@ -1502,6 +1616,7 @@ impl Engine {
                     .find(|(_, a)| a.kind == AlertKind::HeartbeatMissing)
                     .map(|(_, a)| a.clone())
                     .unwrap_or_else(|| self.placement_alert(node, "*", now));
+                let mut local = Vec::new();
                 self.start_plan(
                     Reason::Failover,
                     node,
@@ -1509,14 +1624,17 @@ impl Engine {
                     Severity::Critical,
                     false,
                     now,
-                    out,
+                    &mut local,
                 );
+                self.quietly((node.clone(), Reason::Failover), local, out);
             }
         }
         for node in &nodes {
             let Some(since) = self.placement.calm_since.get(node).copied() else {
                 continue;
             };
+            // Calm again: what a person denied for its last alert is over.
+            self.placement.denied.retain(|(n, _, _)| n != node);
             let calm_for = now - since;
             if calm_for >= secs(self.placement.fleet.restart_hold)
                 && !self.busy(node, Reason::Restart)
@@ -1526,15 +1644,28 @@ impl Engine {
                     .any(|p| p.at.is_none() && p.shed_from.as_ref() == Some(node) && p.op.is_none())
             {
                 let cause = self.placement_alert(node, "*", now);
-                self.next_step(
-                    Reason::Restart,
-                    node,
-                    &cause,
-                    Severity::Warning,
-                    &[],
-                    now,
-                    out,
-                );
+                let mut local = Vec::new();
+                if self
+                    .step_held(
+                        node,
+                        &cause.kind,
+                        &cause.problem(),
+                        Reason::Restart.as_str(),
+                        now,
+                    )
+                    .is_none()
+                {
+                    self.next_step(
+                        Reason::Restart,
+                        node,
+                        &cause,
+                        Severity::Warning,
+                        &[],
+                        now,
+                        &mut local,
+                    );
+                }
+                self.quietly((node.clone(), Reason::Restart), local, out);
             }
             if self.placement.fleet.failback == Failback::Auto
                 && !self.waiting(node, Reason::Failback)
@@ -1575,6 +1706,7 @@ impl Engine {
                         out,
                     );
                 } else {
+                    let mut local = Vec::new();
                     self.next_step(
                         Reason::Failback,
                         node,
@@ -1582,8 +1714,9 @@ impl Engine {
                         Severity::Warning,
                         &[],
                         now,
-                        out,
+                        &mut local,
                     );
+                    self.quietly((node.clone(), Reason::Failback), local, out);
                 }
             }
         }
@@ -1658,11 +1791,21 @@ impl Engine {
         by: &str,
         now: Timestamp,
     ) -> Result<Vec<Effect>, ApprovalError> {
-        let a = self
-            .placement
-            .approvals
-            .remove(id)
-            .ok_or_else(|| ApprovalError::Unknown(id.to_string()))?;
+        let a = self.take_approval(id, now)?;
+        if !self.still_needed(&a) {
+            return Ok(vec![audit(
+                AuditEvent::Approval,
+                now,
+                Some(&a.node),
+                format!(
+                    "{} on {} approved by {by}, but no longer needed: {} is over",
+                    a.plan.as_str(),
+                    a.node,
+                    a.cause.problem()
+                ),
+                json!({"id": a.id, "plan": a.plan.as_str(), "state": "not_needed", "by": by}),
+            )]);
+        }
         let mut out = vec![audit(
             AuditEvent::Approval,
             now,
@@ -1684,11 +1827,10 @@ impl Engine {
         by: &str,
         now: Timestamp,
     ) -> Result<Vec<Effect>, ApprovalError> {
-        let a = self
-            .placement
-            .approvals
-            .remove(id)
-            .ok_or_else(|| ApprovalError::Unknown(id.to_string()))?;
+        let a = self.take_approval(id, now)?;
+        self.placement
+            .denied
+            .insert((a.node.clone(), a.plan, a.cause.alert_id.clone()));
         Ok(vec![audit(
             AuditEvent::Approval,
             now,
@@ -1696,6 +1838,36 @@ impl Engine {
             format!("{} on {} denied by {by}", a.plan.as_str(), a.node),
             json!({"id": a.id, "plan": a.plan.as_str(), "state": "denied", "by": by}),
         )])
+    }
+
+    /// Take the approval `id` if it is still waiting (not past its
+    /// expiry: the tick may not have dropped it yet).
+    fn take_approval(&mut self, id: &str, now: Timestamp) -> Result<Approval, ApprovalError> {
+        match self.placement.approvals.get(id) {
+            Some(a) if now < a.expires_at => {}
+            _ => return Err(ApprovalError::Unknown(id.to_string())),
+        }
+        self.placement
+            .approvals
+            .remove(id)
+            .ok_or_else(|| ApprovalError::Unknown(id.to_string()))
+    }
+
+    /// Whether what an approval answers is still so: a failover's node
+    /// still offline or its alert still open at its level, another
+    /// plan's alert still open at its level, a failback's node still calm.
+    fn still_needed(&self, a: &Approval) -> bool {
+        let open = self
+            .open_alerts
+            .get(&a.node, &a.cause.problem())
+            .is_some_and(|o| o.severity >= a.severity);
+        match a.plan {
+            Reason::Failover => open || self.nodes.get(&a.node).is_some_and(|n| n.offline),
+            Reason::Failback | Reason::Restart | Reason::Supervise => {
+                self.online(&a.node) && !self.has_open_alert(&a.node, Severity::Warning)
+            }
+            Reason::Shed | Reason::Redistribute => open,
+        }
     }
 
     /// Drop the approvals nobody answered in time.
@@ -1723,6 +1895,48 @@ impl Engine {
                 json!({"id": a.id, "plan": a.plan.as_str(), "state": "expired"}),
             ));
         }
+    }
+
+    /// Keep `local` (what a plan tried on a tick) in `out`, but its audit
+    /// records only when its outcome differs from the last try's for
+    /// (node, plan) or it sent something: a plan that can do nothing
+    /// says so once, not on every tick (the repeats are counted).
+    fn quietly(&mut self, key: (NodeName, Reason), local: Vec<Effect>, out: &mut Vec<Effect>) {
+        let acted = local
+            .iter()
+            .any(|e| matches!(e, Effect::Command(..) | Effect::Alert(..)));
+        if acted {
+            self.placement.quiet.remove(&key);
+            out.extend(local);
+            return;
+        }
+        let outcome: Vec<String> = local
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Audit(a) => Some(format!(
+                    "{}:{}",
+                    a.event_type,
+                    a.data
+                        .get("reason")
+                        .or_else(|| a.data.get("outcome"))
+                        .or_else(|| a.data.get("state"))
+                        .map(Value::to_string)
+                        .unwrap_or_default()
+                )),
+                _ => None,
+            })
+            .collect();
+        let outcome = outcome.join(",");
+        if outcome.is_empty() {
+            return;
+        }
+        if self.placement.quiet.get(&key) == Some(&outcome) {
+            self.counters
+                .inc(skos_core::counters::Counter::PlacementRepeatsQuiet);
+            return;
+        }
+        self.placement.quiet.insert(key, outcome);
+        out.extend(local);
     }
 
     /// Whether an essential workload is placed on `node`.

@@ -910,3 +910,5 @@ fn dry_run_drains_nothing() {
     }
     assert_eq!(drain_state(&e, "nova"), None);
 }
+
+mod attack;
