@@ -101,6 +101,18 @@ function render(s) {
       + (x.every ? ", windows " + x.every.cron + " (UTC)" : "")),
     el("td", x.when, x.holding ? "s-warning" : "muted"), el("td", x.by), el("td", x.comment),
   ], { silence: x.id, holding: x.holding ? "yes" : "no" })), "none");
+  const workloads = s.workloads || [];
+  document.getElementById("workloads-count").textContent = "(" + workloads.length + ")";
+  fill("workloads", workloads.map(w => row([
+    el("td", w.name), el("td", w.at || "nowhere"),
+    el("td", w.state, w.state === "moving" ? "s-warning" : ""), el("td", w.home),
+    el("td", w.step || ""), el("td", (w.fenced || []).join(", ")),
+  ], { workload: w.name, at: w.at || "", state: w.state })), "none configured");
+  const approvals = s.approvals || [];
+  document.getElementById("approvals-count").textContent = "(" + approvals.length + ")";
+  fill("approvals", approvals.map(a => row([
+    el("td", a.id), el("td", a.plan), el("td", a.node), el("td", time(a.expires_at)), el("td", a.reason),
+  ], { approval: a.id, plan: a.plan })), "none");
 }
 
 function problem(text) {
@@ -168,7 +180,8 @@ function follow() {
   es.onmessage = (m) => handle(m);
   for (const t of ["alert", "decision", "command", "result", "verification", "breaker",
     "escalation", "skipped", "node", "rejected", "leader", "no_result", "coalesced",
-    "dropped", "flapping", "silence", "start", "stop", "audit_recovered"]) {
+    "dropped", "flapping", "silence", "placement", "approval", "learned", "state_rollback",
+    "start", "stop", "audit_recovered"]) {
     es.addEventListener(t, handle);
   }
   es.addEventListener("lagged", () => { loadAudit(); soon(); });

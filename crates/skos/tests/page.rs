@@ -188,6 +188,23 @@ fn the_live_page_shows_a_heated_node_its_throttle_and_verification_without_a_rel
             token.display()
         ),
     );
+    // A workload at home on nova (busybox's HTTP server, when the machine
+    // has a static busybox): the page lists where it runs.
+    let web = skos_testsupport::podman::static_busybox().is_ok().then(|| {
+        let www = work.path().join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("index.html"), "ok\n").unwrap();
+        let port = skos_testsupport::podman::free_port();
+        let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+            "agent:\n",
+            "agent:\n  antibodies: [thermal_sentinel, workloads]\n",
+            1,
+        ) + &format!(
+            "nodes: {{nova: {{services: [web]}}}}\nworkloads:\n  web:\n    driver: process\n    command: [/bin/busybox, httpd, -f, -p, \"127.0.0.1:{port}\", -h, \"{}\"]\n    health: {{http: \"http://127.0.0.1:{port}/\"}}\n",
+            www.display()
+        );
+        std::fs::write(&cfg, text).unwrap();
+    });
     let mut c = skos();
     c.arg("up")
         .arg("--config")
@@ -211,6 +228,13 @@ fn the_live_page_shows_a_heated_node_its_throttle_and_verification_without_a_rel
             (t.contains("healthy") && t.contains("60.0")).then_some(())
         },
     );
+    if web.is_some() {
+        wait_for(Duration::from_secs(30), "the workload on the page", || {
+            let t = b
+                .text(r#"#workloads tr[data-workload="web"][data-at="nova"][data-state="placed"]"#);
+            t.contains("web").then_some(())
+        });
+    }
     wait_for(Duration::from_secs(10), "the event stream live", || {
         (b.text("#live") == "live").then_some(())
     });

@@ -14,7 +14,9 @@
 //! - two of three nodes down → destructive plans frozen, `fleet_degraded`;
 //! - an approval-required failover waits and runs on `skos approve`;
 //! - a container workload fails over in `services_priority` order and its
-//!   stale copy is fenced when its node is back.
+//!   stale copy is fenced when its node is back;
+//! - the coordinator SIGKILLed while a move's start runs: restarted, it
+//!   takes the start's result and completes the move.
 
 mod common;
 
@@ -32,6 +34,8 @@ use skos_testsupport::sysfs::{FakeSysfs, HwmonHandle};
 const SYNTH_PORT: u16 = 18081;
 /// docker-swarm's port (a non-essential, movable workload).
 const SWARM_PORT: u16 = 18082;
+/// slow-core's port (a workload whose start takes seconds).
+const SLOW_PORT: u16 = 18084;
 /// qwen's port, when it runs as a container.
 const QWEN_PORT: u16 = 18083;
 /// The image qwen runs as a container (built on every node's engine).
@@ -166,13 +170,18 @@ impl Fleet {
     }
 
     fn build(extra_failover: &str, containers: bool) -> Fleet {
+        Self::build_with(extra_failover, containers, "")
+    }
+
+    fn build_with(extra_failover: &str, containers: bool, extra_workloads: &str) -> Fleet {
         let nats = NatsServer::start_on_every_address();
         let work = tempfile::tempdir().unwrap();
-        let extra = if containers {
+        let mut extra = if containers {
             qwen_container()
         } else {
             String::new()
         };
+        extra.push_str(extra_workloads);
         let cfg = config(work.path(), extra_failover, &extra);
         let mut nodes = Vec::new();
         let net = free_subnet();
@@ -296,6 +305,15 @@ impl Fleet {
             }
             let mut head = [0u8; 12];
             s.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+        })
+    }
+
+    /// Whether something accepts TCP connections on `port` on `node`'s
+    /// own loopback.
+    fn serves_tcp(&self, node: &str, port: u16) -> bool {
+        self.node(node).ns.run_in(|| {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
         })
     }
 
@@ -621,4 +639,69 @@ fn a_container_workload_fails_over_to_the_spare_and_its_stale_copy_is_fenced() {
     let engine = f.node("nova").engine.as_ref().unwrap();
     let status = engine.container_status("skos-qwen");
     assert_ne!(status.as_deref(), Some("running"), "{status:?}");
+}
+
+/// A workload whose start takes seconds (its server comes up after a
+/// sleep), for a move the coordinator can be killed in the middle of.
+fn slow_start() -> String {
+    format!(
+        "  slow-core:
+    driver: process
+    priority: 1
+    nodes: [nova, lyra, athena]
+    command: [/bin/sh, -c, \"sleep 4; exec /bin/busybox httpd -f -p 127.0.0.1:{SLOW_PORT} -h /\"]
+    health: {{tcp: \"127.0.0.1:{SLOW_PORT}\", timeout_seconds: 1}}
+    start_timeout_seconds: 20
+    stop_timeout_seconds: 3
+"
+    )
+}
+
+#[test]
+fn a_move_under_way_when_the_coordinator_is_killed_completes_after_its_restart() {
+    if prerequisites("workloads::coordinator_killed").is_none() {
+        return;
+    }
+    let mut f = Fleet::build_with("", false, &slow_start());
+    wait_for(Duration::from_secs(60), "slow-core serving on nova", || {
+        f.serves_tcp("nova", SLOW_PORT).then_some(())
+    });
+    f.wait_placed("slow-core", "nova", 30);
+    f.node("nova").cpu.heat(87.0);
+    // The move's first step is sent: slow-core starting on athena.
+    wait_for(Duration::from_secs(60), "the start on athena sent", || {
+        let r = f.audit();
+        (!entries(&r, "command", |d| {
+            is_command(d, "workload_start", "athena", "slow-core")
+        })
+        .is_empty())
+        .then_some(())
+    });
+    // The coordinator dies while the start runs (it takes 4 s).
+    if let Some(mut c) = f.coord.take() {
+        c.sigkill();
+    }
+    assert!(!f.serves_tcp("athena", SLOW_PORT), "still starting");
+    f.coord = Some(coordinator(
+        &f.nats,
+        &f.cfg,
+        f.work.path(),
+        "coordinator-again",
+    ));
+    // The restarted coordinator takes the start's result and finishes the
+    // move: healthy on athena, then stopped on nova.
+    f.wait_placed("slow-core", "athena", 120);
+    assert!(f.serves_tcp("athena", SLOW_PORT));
+    wait_for(Duration::from_secs(30), "nova's copy stopped", || {
+        (!f.serves_tcp("nova", SLOW_PORT)).then_some(())
+    });
+    let records = f.audit();
+    let started = entries(&records, "command", |d| {
+        is_command(d, "workload_start", "athena", "slow-core")
+    });
+    assert_eq!(
+        started.len(),
+        1,
+        "the start was not sent twice: {started:?}"
+    );
 }
