@@ -358,6 +358,77 @@ fn status_metrics(reg: &mut Registry, s: &Status, holder: Option<&str>) {
         breakers,
     );
 
+    // The effectiveness ledger, per (problem, action), fleet-wide.
+    let attempts: Family<Labels, FGauge> = Family::default();
+    let rate: Family<Labels, FGauge> = Family::default();
+    let recovery: Family<Labels, FGauge> = Family::default();
+    for r in &s.ledger {
+        let key = |extra: Option<(&'static str, &str)>| {
+            let mut l: Labels = vec![("problem", r.problem.clone()), ("action", r.action.clone())];
+            if let Some((k, v)) = extra {
+                l.push((k, v.to_string()));
+            }
+            l
+        };
+        for (outcome, n) in [
+            ("sent", r.attempts),
+            ("verified", r.verified),
+            ("failed", r.failed),
+            ("uncredited", r.uncredited),
+            ("not_needed", r.not_needed),
+        ] {
+            gauge(&attempts, key(Some(("outcome", outcome))), n as f64);
+        }
+        if let Some(x) = r.success_rate {
+            gauge(&rate, key(None), x);
+        }
+        if let Some(x) = r.mean_recovery_seconds {
+            gauge(&recovery, key(None), x);
+        }
+    }
+    reg.register(
+        "skos_ledger_attempts",
+        "Actions sent per (problem, action), fleet-wide, and how they ended (the effectiveness ledger)",
+        attempts,
+    );
+    reg.register(
+        "skos_ledger_success_ratio",
+        "Verified over verified plus failed, per (problem, action)",
+        rate,
+    );
+    reg.register(
+        "skos_ledger_recovery_seconds_mean",
+        "Mean seconds from a fault's alert to its verified recovery, per (problem, action)",
+        recovery,
+    );
+
+    // Where each workload runs (1 per workload, by node and state).
+    let workloads: Family<Labels, FGauge> = Family::default();
+    for w in &s.workloads {
+        gauge(
+            &workloads,
+            vec![
+                ("workload", w.name.clone()),
+                ("node", w.at.clone().unwrap_or_default()),
+                ("home", w.home.clone()),
+                ("state", w.state.clone()),
+            ],
+            1.0,
+        );
+    }
+    reg.register(
+        "skos_workload_placement",
+        "1 for each configured workload: the node it runs on (empty: stopped by SKOS), its home and state",
+        workloads,
+    );
+    let approvals: Gauge = Gauge::default();
+    approvals.set(i64::try_from(s.approvals.len()).unwrap_or(i64::MAX));
+    reg.register(
+        "skos_approvals_waiting",
+        "Plans waiting for skos approve",
+        approvals,
+    );
+
     if let Some(mine) = holder {
         let leads: Gauge = Gauge::default();
         leads.set(i64::from(
@@ -405,7 +476,12 @@ mod tests {
             "open_circuits": [{"node": "nova", "problem": "thermal", "action": "throttle_50",
                                "state": "open", "since": "2026-01-01T00:00:00Z"}],
             "counters": {},
-            "leader": {"holder": "h:1:x", "term": 3, "since": "2026-01-01T00:00:00Z"}
+            "leader": {"holder": "h:1:x", "term": 3, "since": "2026-01-01T00:00:00Z"},
+            "workloads": [{"name": "synthesis-core", "home": "nova", "at": "athena", "state": "placed"}],
+            "ledger": [{"problem": "thermal:cpu", "action": "throttle_10", "attempts": 4,
+                        "verified": 1, "failed": 3, "uncredited": 0, "not_needed": 0,
+                        "success_rate": 0.25, "mean_recovery_seconds": 42.0,
+                        "max_recovery_seconds": 42.0, "last_outcome": "failed"}]
         }))
         .unwrap();
         let mut reg = Registry::default();
@@ -427,6 +503,11 @@ mod tests {
             r#"skos_circuits{state="half_open"} 0.0"#,
             r#"skos_breaker_state{node="nova",problem="thermal",action="throttle_50",state="open"} 1.0"#,
             "skos_coordinator_leader 0",
+            r#"skos_ledger_attempts{problem="thermal:cpu",action="throttle_10",outcome="failed"} 3.0"#,
+            r#"skos_ledger_success_ratio{problem="thermal:cpu",action="throttle_10"} 0.25"#,
+            r#"skos_ledger_recovery_seconds_mean{problem="thermal:cpu",action="throttle_10"} 42.0"#,
+            r#"skos_workload_placement{workload="synthesis-core",node="athena",home="nova",state="placed"} 1.0"#,
+            "skos_approvals_waiting 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
