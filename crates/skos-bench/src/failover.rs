@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use skos_bus::Bus;
 use skos_testsupport::nats::{nats_server_binary, NatsServer};
-use skos_testsupport::netns::{must, unique, Netns};
+use skos_testsupport::netns::{unique, Netns};
 use skos_testsupport::sysfs::{FakeSysfs, HwmonHandle};
 
 use crate::error::{guarded, Context};
@@ -186,35 +186,9 @@ workloads:
 
 /// A node's namespace, its veth link to the host and its fake sysfs.
 /// `subnet` picks `10.<subnet>.<i+1>.0/30`.
-fn build_node(name: &'static str, calm_c: f64, i: usize, subnet: u8) -> Node {
+fn build_node(name: &'static str, calm_c: f64, i: usize, subnet: u32) -> Node {
     let ns = Netns::new(name);
-    let host_if = unique("skb");
-    let host_ip = format!("10.{subnet}.{}.1", i + 1);
-    let node_ip = format!("10.{subnet}.{}.2", i + 1);
-    must(&[
-        "ip",
-        "link",
-        "add",
-        &host_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ]);
-    must(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{host_ip}/30"),
-        "dev",
-        &host_if,
-    ]);
-    must(&["ip", "link", "set", &host_if, "up"]);
-    ns.ip(&["addr", "add", &format!("{node_ip}/30"), "dev", "eth0"]);
-    ns.ip(&["link", "set", "eth0", "up"]);
+    let host_ip = ns.link_to_host(&format!("10.{subnet}.{}", i + 1));
     let sys = FakeSysfs::new();
     let cpu = sys.coretemp(calm_c, &[]);
     Node {
@@ -240,9 +214,9 @@ impl Fleet {
             .ctx("temp dir")?;
         let trust = procs::trust_section(&bin, work.path());
         let cfg = write_config(work.path(), &trust, o.heartbeat_timeout, o.failover_delay)?;
-        // A second octet of this run's own, so two runs (or a run beside
-        // the workloads test, on 10.231) do not share addresses.
-        let subnet = 200 + (std::process::id() % 30) as u8;
+        // A second octet no interface here uses, so two runs (or a run
+        // beside the workloads test) do not share addresses.
+        let subnet = skos_testsupport::netns::free_subnet();
         let mut nodes = Vec::new();
         for (i, (name, c)) in NODES.into_iter().enumerate() {
             nodes.push(guarded(&format!("build node {name}"), || {

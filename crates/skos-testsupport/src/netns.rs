@@ -170,6 +170,32 @@ impl Netns {
         })
     }
 
+    /// Join this namespace to the host's with a veth pair: `eth0` inside
+    /// with `<prefix>.2/30`, a uniquely named interface on the host with
+    /// `<prefix>.1/30` (`prefix`: the first three octets, `10.40.1`).
+    /// Returns the host's address, which processes inside reach the host
+    /// at. The pair goes with the namespace.
+    pub fn link_to_host(&self, prefix: &str) -> String {
+        let host_if = unique("skh");
+        let host_ip = format!("{prefix}.1");
+        must(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
+            &self.name,
+        ]);
+        must(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{host_ip}/30"),
+            "dev",
+            &host_if,
+        ]);
+        must(&["ip", "link", "set", &host_if, "up"]);
+        self.ip(&["addr", "add", &format!("{prefix}.2/30"), "dev", "eth0"]);
+        self.ip(&["link", "set", "eth0", "up"]);
+        host_ip
+    }
+
     /// The ids of the processes in this namespace.
     pub fn pids(&self) -> Vec<u32> {
         let out = run(&["ip", "netns", "pids", &self.name]);
@@ -197,6 +223,19 @@ fn kill(pid: u32) {
             libc::kill(p, libc::SIGKILL);
         }
     }
+}
+
+/// The second octet of a `10.X.0.0/16` in which no interface here has an
+/// address: a test (its own process, run beside others) links its
+/// namespaces in one of its own ([`Netns::link_to_host`]). Starts from the
+/// process id, so tests running at once rarely even try the same one.
+pub fn free_subnet() -> u32 {
+    let used = must(&["ip", "-o", "-4", "addr", "show"]);
+    let start = std::process::id() % 200;
+    (0..200)
+        .map(|i| 40 + (start + i) % 200)
+        .find(|x| !used.contains(&format!(" 10.{x}.")))
+        .expect("a free 10.X.0.0/16 for the test's links")
 }
 
 /// Join two namespaces with a veth pair: `a_if` (with `a_cidr`) in `a`,

@@ -26,7 +26,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 use skos_testsupport::nats::NatsServer;
-use skos_testsupport::netns::{must, unique, Netns};
+use skos_testsupport::netns::{free_subnet, Netns};
 use skos_testsupport::sysfs::{FakeSysfs, HwmonHandle};
 
 /// Where every node's synthesis-core serves (each node has its own
@@ -146,19 +146,6 @@ failover:
     path
 }
 
-/// The second octet of a `10.X.0.0/16` no interface here has an address
-/// in: each test (its own process, run beside others) links its nodes in
-/// one of its own. Starts from the process id, so tests running at once
-/// rarely even try the same one.
-fn free_subnet() -> u32 {
-    let used = must(&["ip", "-o", "-4", "addr", "show"]);
-    let start = std::process::id() % 200;
-    (0..200)
-        .map(|i| 40 + (start + i) % 200)
-        .find(|x| !used.contains(&format!(" 10.{x}.")))
-        .expect("a free 10.X.0.0/16 for the test's links")
-}
-
 impl Fleet {
     fn new(extra_failover: &str) -> Fleet {
         Self::build(extra_failover, false)
@@ -190,33 +177,7 @@ impl Fleet {
             .enumerate()
         {
             let ns = Netns::new(name);
-            let host_if = unique("skw");
-            let host_ip = format!("10.{net}.{}.1", i + 1);
-            let node_ip = format!("10.{net}.{}.2", i + 1);
-            must(&[
-                "ip",
-                "link",
-                "add",
-                &host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ]);
-            must(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{host_ip}/30"),
-                "dev",
-                &host_if,
-            ]);
-            must(&["ip", "link", "set", &host_if, "up"]);
-            ns.ip(&["addr", "add", &format!("{node_ip}/30"), "dev", "eth0"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
+            let host_ip = ns.link_to_host(&format!("10.{net}.{}", i + 1));
             let sys = FakeSysfs::new();
             let cpu = sys.coretemp(temp, &[]);
             let engine = containers.then(|| {
