@@ -359,8 +359,10 @@ impl Engine {
             self.retry_skipped_offline(&node, now, &mut out);
         }
         self.check_verifications(&node, now, &mut out);
-        let seen = placement::seen(&hb);
-        self.placement_heartbeat(&node, &seen, sent, now, &mut out);
+        if !hb.workloads.is_empty() {
+            let seen = placement::seen(&hb);
+            self.placement_heartbeat(&node, &seen, sent, now, &mut out);
+        }
         for kind in kinds::ALL {
             kind.on_heartbeat(self, &node, now, &mut out);
         }

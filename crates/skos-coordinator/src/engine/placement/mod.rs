@@ -1087,10 +1087,15 @@ impl Engine {
         tried: &[NodeName],
     ) -> Option<NodeName> {
         let fleet = &self.placement.fleet;
+        // Only a node the config names, and, where nodes sign, one with a
+        // key: a node that merely heartbeated (a stray agent, a forged
+        // heartbeat) never receives a workload.
         let configured = &self.cfg.nodes.0;
+        let keyed = &self.cfg.trust.node_keys;
         let fit = |n: &NodeName| {
             n != from
                 && (configured.is_empty() || configured.contains_key(n))
+                && (keyed.is_empty() || keyed.contains_key(n.as_str()))
                 && !tried.contains(n)
                 && self.online(n)
                 && !self.has_open_alert(n, Severity::Warning)

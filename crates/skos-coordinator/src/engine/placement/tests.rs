@@ -911,4 +911,17 @@ fn dry_run_drains_nothing() {
     assert_eq!(drain_state(&e, "nova"), None);
 }
 
+#[test]
+fn where_nodes_sign_only_a_node_with_a_key_receives_a_workload() {
+    let mut cfg = config();
+    cfg.trust
+        .node_keys
+        .insert("lyra".into(), "ULYRAPUBLICKEY".into());
+    let mut e = engine_with(fleet(), cfg);
+    fleet_reports(&mut e, 87.0, 0.0);
+    // athena is cooler but has no key: lyra takes synthesis-core.
+    let fx = e.on_alert(thermal("nova", Severity::Critical, 87.0, 0.0), t(0.0));
+    assert_eq!(steps(&fx), [step("lyra", START, "synthesis-core")]);
+}
+
 mod attack;
