@@ -490,6 +490,15 @@ pub enum AuditEvent {
     Stop,
     /// A torn last line of the trail file was set aside on open.
     AuditRecovered,
+    /// Old records of the trail file moved into a sealed, compressed
+    /// segment: `data` names the segment, its first and last seq, the
+    /// first record's prev_hash, the last record's hash, the record count
+    /// and the SHA-256 of the segment file.
+    AuditSealed,
+    /// Records aged out by the retention policy: `data` names the range
+    /// (`first_seq` ..= `through_seq`) and `through_hash`, the last aged-out
+    /// record's hash, so `skos audit verify` tells expiry from deletion.
+    AuditExpired,
     /// An alert was handled.
     Alert,
     /// The actions chosen for an alert (or a recovery).
@@ -547,6 +556,8 @@ impl AuditEvent {
             AuditEvent::Start => "start",
             AuditEvent::Stop => "stop",
             AuditEvent::AuditRecovered => "audit_recovered",
+            AuditEvent::AuditSealed => "audit_sealed",
+            AuditEvent::AuditExpired => "audit_expired",
             AuditEvent::Alert => "alert",
             AuditEvent::Decision => "decision",
             AuditEvent::Command => "command",
@@ -671,6 +682,8 @@ mod tests {
         for (e, text) in [
             (AuditEvent::Start, "start"),
             (AuditEvent::AuditRecovered, "audit_recovered"),
+            (AuditEvent::AuditSealed, "audit_sealed"),
+            (AuditEvent::AuditExpired, "audit_expired"),
             (AuditEvent::Verification, "verification"),
             (AuditEvent::Skipped, "skipped"),
             (AuditEvent::Flapping, "flapping"),

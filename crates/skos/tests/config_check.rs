@@ -17,8 +17,7 @@ fn seed_file() -> PathBuf {
 }
 
 /// The warnings the seed's file draws, by key.
-const WARNED: [&str; 5] = [
-    "general.audit_retention_days",
+const WARNED: [&str; 4] = [
     "nats.max_reconnects",
     "agents.loop_breaker",
     "agents.mesh_healer",
