@@ -219,6 +219,58 @@ impl AuditLog {
         self.rotate_stopping(RotateStop::Never).await
     }
 
+    /// Write an `audit_checkpoint` record on the stream (a leader, at the
+    /// start of its term and periodically, when the stream ages records
+    /// out by `max_age`): it names the chain's head before it (seq, hash)
+    /// and when the stream stored that head's message, so `skos audit
+    /// verify` can tell records aged out by the stream's `max_age` from
+    /// records purged ([`check::verify_jetstream_within`]). On a file
+    /// trail it writes nothing (its expiry is recorded by `audit_expired`).
+    pub async fn checkpoint(&self, max_age: std::time::Duration) -> Result<Option<AuditRecord>> {
+        let (head_seq, head_hash, head_time) = {
+            let guard = self.inner.lock().await;
+            let (store, chain) = &*guard;
+            let AuditStore::JetStream {
+                js,
+                last_stream_seq,
+                ..
+            } = store
+            else {
+                return Ok(None);
+            };
+            let mut time = None;
+            if *last_stream_seq > 0 {
+                if let Ok(s) = js.get_stream(subjects::STREAM_AUDIT).await {
+                    if let Ok(m) = s.get_raw_message(*last_stream_seq).await {
+                        time = chrono::DateTime::from_timestamp(
+                            m.time.unix_timestamp(),
+                            m.time.nanosecond(),
+                        );
+                    }
+                }
+            }
+            (chain.next_seq() - 1, chain.last_hash().to_string(), time)
+        };
+        let data = check::CheckpointData {
+            head_seq,
+            head_hash,
+            head_stored: head_time,
+            max_age_seconds: max_age.as_secs(),
+        };
+        let entry = AuditEntry::new(
+            skos_core::AuditEvent::AuditCheckpoint,
+            chrono::Utc::now(),
+            None,
+            "coordinator",
+            format!(
+                "checkpoint: the trail's head is seq {head_seq}; records older than {} days age out of the stream",
+                max_age.as_secs() / 86_400
+            ),
+            serde_json::to_value(&data).unwrap_or_default(),
+        );
+        self.append(entry).await.map(Some)
+    }
+
     /// [`AuditLog::rotate_now`], stopping after `stop` (a test's crash).
     #[doc(hidden)]
     pub async fn rotate_stopping(&self, stop: RotateStop) -> Result<bool> {

@@ -422,3 +422,111 @@ async fn a_rotation_cut_short_verifies_and_is_completed_on_open() {
         assert!(strays.is_empty(), "{strays:?}");
     }
 }
+
+async fn stream_state(bus: &skos_bus::NatsBus) -> async_nats::jetstream::stream::State {
+    let mut s = bus
+        .jetstream()
+        .get_stream(skos_bus::subjects::STREAM_AUDIT)
+        .await
+        .unwrap();
+    s.info().await.unwrap().state.clone()
+}
+
+/// On the stream the records age out by its `max_age` (set when it is
+/// made: no SKOS credential may purge it or change it), and the leader's
+/// checkpoint records let `verify` tell that from a purge: the first record
+/// left must be within a checkpoint interval of the age-out horizon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_aged_out_of_the_stream_are_told_apart_from_a_purge() {
+    use skos_bus::audit::Signing;
+    use skos_bus::{trust, NatsBus, NatsOptions};
+    use skos_testsupport::nats::{nats_server_binary, NatsServer};
+    use std::sync::Arc;
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let signer = Arc::new(trust::Signer::ephemeral());
+    let trusted = trust::Verifier::new(&[signer.public_key()], true).unwrap();
+    let every = Duration::from_secs(60);
+
+    // Aged out: a stream that keeps records 4 s.
+    let server = NatsServer::start();
+    let mut opts = NatsOptions::new(server.url(), "test");
+    opts.audit_max_age = Duration::from_secs(4);
+    let bus = NatsBus::connect(&opts).await.unwrap();
+    let log =
+        AuditLog::open_jetstream_signed(&bus, Some(Signing::new(signer.clone(), &[]).unwrap()))
+            .await
+            .unwrap();
+    for i in 0..5 {
+        log.append(entry(i)).await.unwrap();
+    }
+    // The server ages them out (waited for, not timed).
+    while stream_state(&bus).await.messages > 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cp = log.checkpoint(opts.audit_max_age).await.unwrap().unwrap();
+    assert_eq!(cp.seq, 6);
+    assert_eq!(cp.entry.event_type, "audit_checkpoint");
+    assert_eq!(cp.entry.data["head_seq"], 5);
+    log.append(entry(9)).await.unwrap();
+    let r = audit::check::verify_jetstream_within(&bus, Some(&trusted), None, every, |_, _| {})
+        .await
+        .unwrap();
+    assert!(r.ok(), "{r:?}");
+    // (Or later still, if the server aged more out meanwhile.)
+    assert!(r.aged_out.is_some_and(|(a, b)| a == 1 && b >= 5), "{r:?}");
+
+    // Purged: a stream that keeps 30 days, made without the purge lock
+    // (by an admin, before SKOS ran), purged of its first three messages.
+    let server = NatsServer::start();
+    let mut opts = NatsOptions::new(server.url(), "test");
+    opts.audit_max_age = Duration::from_secs(30 * 86_400);
+    let admin = NatsBus::connect(&NatsOptions {
+        create_streams: false,
+        ..NatsOptions::new(server.url(), "admin")
+    })
+    .await
+    .unwrap();
+    admin
+        .jetstream()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: skos_bus::subjects::STREAM_AUDIT.to_string(),
+            subjects: vec![skos_bus::subjects::AUDIT.to_string()],
+            max_age: opts.audit_max_age,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let bus = NatsBus::connect(&opts).await.unwrap();
+    let log =
+        AuditLog::open_jetstream_signed(&bus, Some(Signing::new(signer.clone(), &[]).unwrap()))
+            .await
+            .unwrap();
+    for i in 0..6 {
+        log.append(entry(i)).await.unwrap();
+    }
+    let before =
+        audit::check::verify_jetstream_within(&bus, Some(&trusted), None, every, |_, _| {})
+            .await
+            .unwrap();
+    assert!(before.ok(), "{before:?}");
+    admin
+        .jetstream()
+        .get_stream(skos_bus::subjects::STREAM_AUDIT)
+        .await
+        .unwrap()
+        .purge()
+        .sequence(4)
+        .await
+        .unwrap();
+    let r = audit::check::verify_jetstream_within(&bus, Some(&trusted), None, every, |_, _| {})
+        .await
+        .unwrap();
+    assert!(!r.ok(), "{r:?}");
+    assert_eq!(r.aged_out, None);
+    assert!(
+        r.breaks[0].contains("records seq 1..3 are missing")
+            && r.breaks[0].contains("purged or deleted, not aged out by policy"),
+        "{:?}",
+        r.breaks
+    );
+}

@@ -499,6 +499,11 @@ pub enum AuditEvent {
     /// (`first_seq` ..= `through_seq`) and `through_hash`, the last aged-out
     /// record's hash, so `skos audit verify` tells expiry from deletion.
     AuditExpired,
+    /// A leader's anchor on a stream that ages records out by its
+    /// `max_age`: `data` names the head before it (seq, hash, when it was
+    /// stored) and the `max_age`, so `skos audit verify` tells expiry from
+    /// a purge.
+    AuditCheckpoint,
     /// An alert was handled.
     Alert,
     /// The actions chosen for an alert (or a recovery).
@@ -558,6 +563,7 @@ impl AuditEvent {
             AuditEvent::AuditRecovered => "audit_recovered",
             AuditEvent::AuditSealed => "audit_sealed",
             AuditEvent::AuditExpired => "audit_expired",
+            AuditEvent::AuditCheckpoint => "audit_checkpoint",
             AuditEvent::Alert => "alert",
             AuditEvent::Decision => "decision",
             AuditEvent::Command => "command",
@@ -684,6 +690,7 @@ mod tests {
             (AuditEvent::AuditRecovered, "audit_recovered"),
             (AuditEvent::AuditSealed, "audit_sealed"),
             (AuditEvent::AuditExpired, "audit_expired"),
+            (AuditEvent::AuditCheckpoint, "audit_checkpoint"),
             (AuditEvent::Verification, "verification"),
             (AuditEvent::Skipped, "skipped"),
             (AuditEvent::Flapping, "flapping"),

@@ -444,7 +444,11 @@ fn nats_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
     {
         warn_if_exposed(path);
     }
-    Ok(NatsOptions::from_config(&cfg.nats, name)?)
+    let mut opts = NatsOptions::from_config(&cfg.nats, name)?;
+    opts.audit_max_age = cfg.audit_retention_days().map_or(Duration::ZERO, |d| {
+        Duration::from_secs(d.saturating_mul(86_400))
+    });
+    Ok(opts)
 }
 
 /// Connection options of an operator's command (`skos status`, `skos
@@ -997,10 +1001,11 @@ async fn audit_verify(
         }
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let mut last = std::time::Instant::now();
-        let report = audit::check::verify_jetstream(
+        let report = audit::check::verify_jetstream_within(
             &bus,
             keys.as_ref(),
             checkpoint.as_ref(),
+            Duration::from_secs(cfg.audit.checkpoint_minutes.saturating_mul(60)),
             |done, total| {
                 if tty && last.elapsed() >= std::time::Duration::from_secs(1) {
                     last = std::time::Instant::now();

@@ -16,6 +16,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -55,6 +56,80 @@ pub struct Checkpoint {
     pub signature: Option<String>,
     /// When the checkpoint was taken.
     pub taken_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The data of an `audit_checkpoint` record ([`super::AuditLog::checkpoint`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointData {
+    /// The chain's head before the checkpoint: its seq and hash.
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// When the stream stored the head's message (`None`: no longer
+    /// there, or none).
+    #[serde(default)]
+    pub head_stored: Option<chrono::DateTime<chrono::Utc>>,
+    /// The stream's `max_age` the writer applied, in seconds.
+    pub max_age_seconds: u64,
+}
+
+/// Clock skew between the verifier and the server, and the server's
+/// expiry sweep, allowed for when judging an age-out.
+pub const EXPIRY_SLACK: Duration = Duration::from_secs(300);
+
+/// How often leaders write an `audit_checkpoint` record, by default
+/// (`audit.checkpoint_minutes`).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(3600);
+
+/// Whether the records before `first` (the first record the stream still
+/// holds, its message stored at `stored`) aged out by the stream's
+/// `max_age`, judged at `now`, with leaders writing a checkpoint at least
+/// every `every`: the stream removes exactly the messages older than
+/// `max_age`, so the record before `first` was older than the horizon
+/// (`now - max_age`). Either `first` is a checkpoint naming that record and
+/// when it was stored (before the horizon), or `first` was stored within
+/// one checkpoint interval of the horizon (a leader writes at least that
+/// often, so the record before it was not much older). A purge of records
+/// younger than that shows. `Err` says why not, for a person.
+pub fn aged_out_of_stream(
+    first: &AuditRecord,
+    stored: chrono::DateTime<chrono::Utc>,
+    max_age: Duration,
+    every: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> std::result::Result<(), String> {
+    let gone = format!("records seq 1..{} are missing", first.seq.saturating_sub(1));
+    if max_age.is_zero() {
+        return Err(format!(
+            "{gone}, and the stream keeps every record (no max_age): deleted or purged, not aged out by policy"
+        ));
+    }
+    let delta = |d: Duration| chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
+    let horizon = now
+        .checked_sub_signed(delta(max_age))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    let within = |t: chrono::DateTime<chrono::Utc>, d: Duration| {
+        horizon
+            .checked_add_signed(delta(d))
+            .is_none_or(|limit| t < limit)
+    };
+    if first.entry.event_type == AuditEvent::AuditCheckpoint.as_str() {
+        if let Ok(d) = serde_json::from_value::<CheckpointData>(first.entry.data.clone()) {
+            let names_before = d.head_seq + 1 == first.seq && d.head_hash == first.prev_hash;
+            if names_before && d.head_stored.is_some_and(|t| within(t, EXPIRY_SLACK)) {
+                return Ok(());
+            }
+        }
+    }
+    if within(stored, every + EXPIRY_SLACK) {
+        return Ok(());
+    }
+    Err(format!(
+        "{gone}, but the first record left (seq {}) was stored at {}, less than {} days old and more than a checkpoint interval ({} min) inside the retention: purged or deleted, not aged out by policy",
+        first.seq,
+        stored.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        max_age.as_secs() / 86_400,
+        every.as_secs() / 60
+    ))
 }
 
 /// A stored message left out of the chain.
@@ -121,6 +196,9 @@ struct Checker<'a> {
     /// The trail starts after seq 1: the last missing seq and the hash its
     /// next record names, until a record of the chain says they aged out.
     start_gap: Option<(u64, String)>,
+    /// Why the records missing at the start were not aged out, when it is
+    /// known as soon as they are found (a stream's).
+    gap_problem: Option<String>,
 }
 
 impl<'a> Checker<'a> {
@@ -135,6 +213,7 @@ impl<'a> Checker<'a> {
             checkpoint_seen: false,
             place: String::new(),
             start_gap: None,
+            gap_problem: None,
         }
     }
 
@@ -241,9 +320,9 @@ impl<'a> Checker<'a> {
 
     fn finish(mut self) -> TrailReport {
         if let (Some((end, _)), None) = (&self.start_gap, &self.report.aged_out) {
-            let text = format!(
+            let text = self.gap_problem.take().unwrap_or_else(|| format!(
                 "records seq 1..{end} are missing and no record of the trail says they aged out by policy: deleted"
-            );
+            ));
             self.problem(text);
         }
         if let Some(cp) = self.checkpoint {
@@ -279,6 +358,20 @@ pub async fn verify_jetstream(
     bus: &NatsBus,
     trusted: Option<&trust::Verifier>,
     checkpoint: Option<&Checkpoint>,
+    progress: impl FnMut(u64, u64),
+) -> Result<TrailReport> {
+    verify_jetstream_within(bus, trusted, checkpoint, CHECKPOINT_EVERY, progress).await
+}
+
+/// [`verify_jetstream`], with leaders writing a checkpoint at least every
+/// `checkpoint_every` (`audit.checkpoint_minutes`): records missing at the
+/// start of the stream are aged out by its `max_age` when
+/// [`aged_out_of_stream`] says so, and a purge or deletion otherwise.
+pub async fn verify_jetstream_within(
+    bus: &NatsBus,
+    trusted: Option<&trust::Verifier>,
+    checkpoint: Option<&Checkpoint>,
+    checkpoint_every: Duration,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<TrailReport> {
     let mut s = bus
@@ -286,7 +379,10 @@ pub async fn verify_jetstream(
         .get_stream(subjects::STREAM_AUDIT)
         .await
         .map_err(stream_err)?;
-    let state = s.info().await.map_err(stream_err)?.state.clone();
+    let info = s.info().await.map_err(stream_err)?;
+    let max_age = info.config.max_age;
+    let state = info.state.clone();
+    let mut begun = false;
     let mut checker = Checker::new(checkpoint, trusted.is_some());
     if let (Some(cp), Some(trusted)) = (checkpoint, trusted) {
         let headers = trust::CommandHeaders {
@@ -342,6 +438,28 @@ pub async fn verify_jetstream(
             if let Err(reason) = verdict {
                 checker.foreign(seq, subject, reason);
                 continue;
+            }
+        }
+        if !begun {
+            begun = true;
+            let first = records
+                .first()
+                .and_then(|v| serde_json::from_value::<AuditRecord>(v.clone()).ok());
+            if let Some(first) = first.filter(|r| r.seq > 1) {
+                checker.first(&first);
+                let stored =
+                    chrono::DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
+                        .unwrap_or_default();
+                match aged_out_of_stream(
+                    &first,
+                    stored,
+                    max_age,
+                    checkpoint_every,
+                    chrono::Utc::now(),
+                ) {
+                    Ok(()) => checker.report.aged_out = Some((1, first.seq - 1)),
+                    Err(why) => checker.gap_problem = Some(why),
+                }
             }
         }
         for r in records {
@@ -722,6 +840,62 @@ mod tests {
                 serde_json::to_string(&chain.seal(e)).unwrap()
             })
             .collect()
+    }
+
+    fn record_at(seq: u64, event: skos_core::AuditEvent, data: Value) -> AuditRecord {
+        let mut chain = skos_core::audit::Chain::after(seq - 1, &"ab".repeat(32));
+        chain.seal(AuditEntry::new(
+            event,
+            chrono::Utc::now(),
+            None,
+            "t",
+            "x",
+            data,
+        ))
+    }
+
+    /// Aged out of a stream: the first record left is a checkpoint naming
+    /// the record before it, stored before the horizon, or it was stored
+    /// within a checkpoint interval of the horizon; anything younger, or a
+    /// stream that keeps every record, is a purge.
+    #[test]
+    fn an_age_out_is_judged_by_the_horizon() {
+        let now = chrono::Utc::now();
+        let day = Duration::from_secs(86_400);
+        let hour = Duration::from_secs(3600);
+        let ago = |d: Duration| now - chrono::TimeDelta::from_std(d).unwrap();
+        let plain = record_at(7, skos_core::AuditEvent::Node, Value::Null);
+        // Stored at the horizon, or half an hour inside it: aged out.
+        assert!(aged_out_of_stream(&plain, ago(30 * day), 30 * day, hour, now).is_ok());
+        assert!(aged_out_of_stream(&plain, ago(30 * day - hour / 2), 30 * day, hour, now).is_ok());
+        // A day inside it: what came before was younger than the policy.
+        let e = aged_out_of_stream(&plain, ago(29 * day), 30 * day, hour, now).unwrap_err();
+        assert!(
+            e.contains("records seq 1..6 are missing") && e.contains("purged"),
+            "{e}"
+        );
+        // No max_age: nothing ages out.
+        let e = aged_out_of_stream(&plain, ago(30 * day), Duration::ZERO, hour, now).unwrap_err();
+        assert!(e.contains("keeps every record"), "{e}");
+        // A checkpoint after a leaderless week: its head was stored before
+        // the horizon, so what it follows aged out, though it is young.
+        let data = |head_seq: u64, stored: Duration| {
+            serde_json::to_value(CheckpointData {
+                head_seq,
+                head_hash: "ab".repeat(32),
+                head_stored: Some(ago(stored)),
+                max_age_seconds: (30 * day).as_secs(),
+            })
+            .unwrap()
+        };
+        let cp = record_at(7, skos_core::AuditEvent::AuditCheckpoint, data(6, 37 * day));
+        assert!(aged_out_of_stream(&cp, ago(23 * day), 30 * day, hour, now).is_ok());
+        // One naming another head, or a head inside the retention, is no
+        // evidence.
+        let cp = record_at(7, skos_core::AuditEvent::AuditCheckpoint, data(5, 37 * day));
+        assert!(aged_out_of_stream(&cp, ago(23 * day), 30 * day, hour, now).is_err());
+        let cp = record_at(7, skos_core::AuditEvent::AuditCheckpoint, data(6, 25 * day));
+        assert!(aged_out_of_stream(&cp, ago(23 * day), 30 * day, hour, now).is_err());
     }
 
     /// A change is reported once and the records after it still checked;
