@@ -299,3 +299,95 @@ fn a_strangers_record_on_an_unwritten_trail_is_not_built_upon() {
         "{text}"
     );
 }
+
+/// The embedded trail kept compact: `skos audit verify` goes through the
+/// sealed segments and the live file, says how many records aged out by
+/// policy (recorded in the chain) and passes; `skos audit tail` reads
+/// across the rotation; a segment removed by hand fails, named.
+#[test]
+fn sealed_segments_and_an_age_out_verify_and_a_removed_segment_is_named() {
+    use skos_bus::audit::{AuditLog, Policy};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = data.join("audit.jsonl");
+    let entry = |i: u32, at: chrono::DateTime<chrono::Utc>| {
+        AuditEntry::new(
+            skos_core::AuditEvent::Decision,
+            at,
+            None,
+            "coordinator",
+            format!("e{i}"),
+            serde_json::json!({ "i": i }),
+        )
+    };
+    rt().block_on(async {
+        let log = AuditLog::open_file_with(
+            &path,
+            Policy {
+                segment_bytes: u64::MAX,
+                segment_age: Duration::from_secs(365 * 86_400),
+                retain: Some(Duration::from_secs(30 * 86_400)),
+            },
+        )
+        .unwrap();
+        let old = chrono::Utc::now() - chrono::Duration::days(40);
+        log.append_many((0..20).map(|i| entry(i, old)).collect())
+            .await
+            .unwrap();
+        // 1..=20 sealed and aged out at once (seal 21, expired 22).
+        log.rotate_now().await.unwrap();
+        log.append_many((20..30).map(|i| entry(i, chrono::Utc::now())).collect())
+            .await
+            .unwrap();
+        // 21..=32 sealed (seal 33), then 34..=36 in the live file.
+        log.rotate_now().await.unwrap();
+        for i in 30..33 {
+            log.append(entry(i, chrono::Utc::now())).await.unwrap();
+        }
+    });
+    let verify = || {
+        run({
+            let mut c = skos();
+            c.args(["audit", "verify", "--data-dir"]).arg(&data);
+            c
+        })
+    };
+    let out = verify();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("OK: 16 records")
+            && said.contains("1 sealed segments")
+            && said.contains("20 records aged out by policy (seq 1..20)"),
+        "{said}"
+    );
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "tail", "-n", "6", "--json", "--data-dir"])
+            .arg(&data);
+        c
+    });
+    let seqs: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (31..=36).collect::<Vec<u64>>());
+
+    let segment = skos_bus::audit::segments::list(&path).unwrap()[0]
+        .name
+        .clone();
+    std::fs::remove_file(data.join(&segment)).unwrap();
+    let out = verify();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "segment {segment} (seq 21..32), sealed at seq 33, is missing"
+        )),
+        "{said}"
+    );
+}

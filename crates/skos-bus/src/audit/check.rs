@@ -504,6 +504,9 @@ struct FileWalk<'a> {
     checker: Checker<'a>,
     segments: std::collections::BTreeMap<String, SegmentSeen>,
     started: bool,
+    /// Segments sealed in the chain but missing before its first record
+    /// left (the first [`LISTED`]).
+    gap_segments: Vec<String>,
 }
 
 impl FileWalk<'_> {
@@ -607,12 +610,16 @@ impl FileWalk<'_> {
                     .start_gap
                     .as_ref()
                     .is_some_and(|(end, _)| seal.last_seq <= *end);
+                let text = format!(
+                    "segment {} (seq {}..{}), sealed at seq {at}, is missing: removed, not aged out by policy",
+                    seal.segment, seal.first_seq, seal.last_seq
+                );
                 if !aged {
-                    let text = format!(
-                        "segment {} (seq {}..{}), sealed at seq {at}, is missing: removed, not aged out by policy",
-                        seal.segment, seal.first_seq, seal.last_seq
-                    );
                     self.checker.problem(text);
+                } else if self.gap_segments.len() < LISTED {
+                    // Missing before the first record left: aged out, or
+                    // named as removed if no record says so.
+                    self.gap_segments.push(text);
                 }
             }
         }
@@ -680,6 +687,11 @@ impl FileWalk<'_> {
                 "segment {name} has no audit_sealed record in the chain: not sealed by SKOS"
             ));
         }
+        if self.checker.start_gap.is_some() && self.checker.report.aged_out.is_none() {
+            for text in std::mem::take(&mut self.gap_segments) {
+                self.checker.problem(text);
+            }
+        }
         self.checker.finish()
     }
 }
@@ -703,6 +715,7 @@ pub fn verify_file_trail(
         checker: Checker::new(checkpoint, false),
         segments: Default::default(),
         started: false,
+        gap_segments: Vec::new(),
     };
     for seg in segments::list(path)? {
         walk.checker.report.segments += 1;
