@@ -723,7 +723,7 @@ pub fn verify_file_trail(
         let mut src = Source::default();
         let scanned = segments::scan(&seg.path, |n, line| {
             walk.line(&mut src, &seg.name, n, line);
-            if n % 4096 == 0 {
+            if n.is_multiple_of(4096) {
                 progress(&seg.name, n);
             }
         });
@@ -756,7 +756,7 @@ pub fn verify_file_trail(
             })?;
             let n = i as u64 + 1;
             walk.line(&mut src, &name, n, &line);
-            if n % 4096 == 0 {
+            if n.is_multiple_of(4096) {
                 progress(&name, n);
             }
         }
