@@ -1028,10 +1028,12 @@ fn rotate(
     };
     let seal = segments::write(&segs.dir, path, len, &header)?;
     tracing::info!(segment = %seal.segment, records, bytes = seal.bytes, "audit records sealed into a segment");
+    crate::failpoint::hit("audit.segment_written");
     if stop == RotateStop::AfterSegment {
         return Ok(true);
     }
     append_file_many(path, file, chain, vec![seal_entry(&seal)])?;
+    crate::failpoint::hit("audit.sealed");
     if stop == RotateStop::AfterSeal {
         return Ok(true);
     }

@@ -391,3 +391,98 @@ fn sealed_segments_and_an_age_out_verify_and_a_removed_segment_is_named() {
         "{said}"
     );
 }
+
+/// `skos up` killed (`SKOS_FAILPOINT`, as abrupt as a SIGKILL) between
+/// the steps of sealing its audit file into a segment, at start when the
+/// file is past `audit.segment_bytes`: the trail verifies as the crash left
+/// it, and the next `skos up` completes the rotation.
+#[test]
+fn skos_up_killed_mid_rotation_leaves_a_trail_that_verifies() {
+    use skos_bus::audit::AuditLog;
+    for point in ["audit.segment_written", "audit.sealed"] {
+        let work = tempfile::tempdir().unwrap();
+        let sys = FakeSysfs::new();
+        let data = work.path().join("data");
+        let path = data.join("audit.jsonl");
+        rt().block_on(async {
+            let log = AuditLog::open_file(&path).unwrap();
+            let entries = (0..400)
+                .map(|i| {
+                    AuditEntry::new(
+                        skos_core::AuditEvent::Decision,
+                        chrono::Utc::now(),
+                        None,
+                        "coordinator",
+                        format!("e{i}"),
+                        serde_json::json!({ "i": i, "pad": "x".repeat(200) }),
+                    )
+                })
+                .collect();
+            log.append_many(entries).await.unwrap();
+        });
+        assert!(std::fs::metadata(&path).unwrap().len() > 65_536);
+        let cfg = fast_config(
+            work.path(),
+            "audit:\n  segment_bytes: 65536\nhttp:\n  listen: 'off'\n",
+        );
+        let up = |failpoint: Option<&str>, name: &str| {
+            let mut c = skos();
+            c.arg("up")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--data-dir")
+                .arg(&data)
+                .env("SKOS_SYSFS_ROOT", sys.root());
+            match failpoint {
+                Some(p) => c.env("SKOS_FAILPOINT", p),
+                None => c.env_remove("SKOS_FAILPOINT"),
+            };
+            Proc::spawn(c, work.path(), name)
+        };
+        let verify = || {
+            let out = run({
+                let mut c = skos();
+                c.args(["audit", "verify", "--data-dir"]).arg(&data);
+                c
+            });
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+            )
+        };
+        let mut crashed = up(Some(point), "crashed");
+        wait_for(Duration::from_secs(30), "skos up to abort", || {
+            (!crashed.alive()).then_some(())
+        });
+        assert!(
+            crashed
+                .log_text()
+                .contains(&format!("SKOS_FAILPOINT: aborting at {point} ")),
+            "{point}: {}",
+            crashed.log_text()
+        );
+        let (ok, said) = verify();
+        assert!(
+            ok && said.contains("copies left by an interrupted rotation"),
+            "{point}: {said}"
+        );
+
+        let mut again = up(None, "again");
+        wait_for(Duration::from_secs(30), "the start record", || {
+            skos_bus::audit::read_file_tail(&path, 3)
+                .ok()?
+                .iter()
+                .any(|r| r["entry"]["event_type"] == "start")
+                .then_some(())
+        });
+        assert!(again.sigterm().success());
+        let (ok, said) = verify();
+        assert!(ok, "{point}: {said}");
+        assert!(
+            said.contains("1 sealed segments") && !said.contains("copies"),
+            "{point}: {said}"
+        );
+        let live = skos_bus::audit::read_file(&path).unwrap();
+        assert_eq!(live[0]["entry"]["event_type"], "audit_sealed", "{point}");
+    }
+}
