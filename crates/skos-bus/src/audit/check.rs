@@ -18,6 +18,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use skos_core::audit::{AuditRecord, ChainError, Verifier};
@@ -26,6 +27,9 @@ use skos_core::escape::ShowPath;
 use super::{last_record_of, records_of, segments, signature_headers, stream_err};
 use crate::{subjects, trust, Error, NatsBus, Result};
 use skos_core::AuditEvent;
+
+/// Stream messages a check requests ahead of the one it judges.
+const READ_AHEAD: usize = 16;
 
 /// How many foreign messages and chain breaks a report lists (all are
 /// counted).
@@ -401,8 +405,14 @@ pub async fn verify_jetstream_within(
         return Ok(checker.finish());
     }
     let total = state.last_sequence - state.first_sequence + 1;
-    for seq in state.first_sequence.max(1)..=state.last_sequence {
-        let m = match s.get_raw_message(seq).await {
+    // Read ahead: up to `READ_AHEAD` requests in flight, answered in
+    // order (memory stays that of as many messages, at most 256 KiB each).
+    let stream = &s;
+    let mut fetched = futures::stream::iter(state.first_sequence.max(1)..=state.last_sequence)
+        .map(|seq| async move { (seq, stream.get_raw_message(seq).await) })
+        .buffered(READ_AHEAD);
+    while let Some((seq, got)) = fetched.next().await {
+        let m = match got {
             Ok(m) => m,
             // Deleted in the middle (a stream that allowed it): the chain
             // shows what is missing.
