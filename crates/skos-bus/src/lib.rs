@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod audit_follow;
+pub mod failpoint;
 pub mod inproc;
 pub mod lease;
 pub mod nats;

@@ -624,6 +624,23 @@ async fn lead(
     let mut engine = Engine::new(cfg.clone(), counters.clone(), &opts.mode);
     engine.set_term(term.as_ref().map(|t| t.term));
     audit.set_term(term.as_ref().map(|t| t.term));
+    // Where the stream ages records out (its max_age, the retention), the
+    // leader anchors the trail at the start of its term and then at least
+    // every `audit.checkpoint_minutes`: `skos audit verify` tells records
+    // aged out from records purged by them (a file trail records its own
+    // expiry: no checkpoint is written there).
+    let retention = cfg
+        .audit_retention_days()
+        .map(|d| Duration::from_secs(d.saturating_mul(86_400)));
+    let checkpoint_every = Duration::from_secs(cfg.audit.checkpoint_minutes.saturating_mul(60));
+    let mut last_checkpoint = std::time::Instant::now();
+    if let Some(max_age) = retention {
+        match audit.checkpoint(max_age).await {
+            Ok(_) => {}
+            Err(skos_bus::Error::Deposed { .. }) => return Ok(Led::Deposed),
+            Err(e) => tracing::warn!(error = %e, "audit checkpoint not written; tried again later"),
+        }
+    }
     if let Some(t) = &term {
         let holder = lease
             .as_ref()
@@ -1000,6 +1017,14 @@ async fn lead(
             }
             Some(m) = control.next() => ctx.control(m).await,
             _ = tick.tick() => {
+                if let Some(max_age) = retention.filter(|_| last_checkpoint.elapsed() >= checkpoint_every) {
+                    last_checkpoint = std::time::Instant::now();
+                    match audit.checkpoint(max_age).await {
+                        Ok(_) => {}
+                        Err(skos_bus::Error::Deposed { .. }) => break Led::Deposed,
+                        Err(e) => tracing::warn!(error = %e, "audit checkpoint not written; tried again later"),
+                    }
+                }
                 let now = chrono::Utc::now();
                 let mut effects = ctx.engine.tick(now);
                 effects.extend(ctx.settled(now).await);
