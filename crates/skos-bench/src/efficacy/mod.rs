@@ -228,14 +228,9 @@ pub const ROWS: [Row; 14] = [
 /// Rows of the healing tables this section does not inject, and why.
 pub fn not_covered() -> Vec<(&'static str, &'static str)> {
     vec![
-        (
-            "node_unreachable (dead node) → failover of its workloads",
-            "measured by the failover section (agent SIGKILL → healthy on the spare)",
-        ),
-        (
-            "thermal emergency with workloads → shutdown_non_essential, failover",
-            "measured by the failover section (emergency → healthy on the spare)",
-        ),
+        ("mesh peer_degraded, node_unreachable, escalated", "no action by default: nothing to heal (node_unreachable and escalated are the coordinator's own alerts)"),
+        ("node_unreachable (dead node) → failover of its workloads", "needs `workloads:` configured (not in the default tables): measured by the failover section (agent SIGKILL → healthy on the spare), not from the trail"),
+        ("thermal critical/emergency with workloads → redistribute, shutdown_non_essential, failover", "as above (emergency → healthy on the spare)"),
     ]
 }
 
