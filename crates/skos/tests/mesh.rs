@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use skos_testsupport::netns::{self, WgPair, BACKUP_GW, ENDPOINT_B, PRIMARY_GW, TUNNEL_B};
+use skos_testsupport::netns::{self, WgPair, BACKUP_GW, ENDPOINT_B, PRIMARY_GW};
 
 fn pair(backup: bool) -> Option<WgPair> {
     // Skips, or fails under SKOS_TEST_REQUIRE_ALL=1, without real tunnels.

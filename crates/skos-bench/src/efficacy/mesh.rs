@@ -31,16 +31,17 @@ pub enum MeshFault {
     CutPrimary,
 }
 
-/// Why the mesh rows cannot run here, or `Ok`.
-pub fn prerequisites() -> std::result::Result<(), String> {
+/// `Ok` when the mesh rows can run here; `Missing` saying why not (not
+/// root, no `ip netns`, no wireguard-go or wg-quick).
+pub fn prerequisites() -> Result<()> {
     if !rustix::process::geteuid().is_root() {
-        return Err(
+        return Err(Error::Missing(
             "not running as root: the mesh rows build network namespaces and WireGuard tunnels"
                 .into(),
-        );
+        ));
     }
     match netns::unavailable() {
-        Some(why) => Err(why),
+        Some(why) => Err(Error::Missing(why)),
         None => Ok(()),
     }
 }

@@ -1030,7 +1030,8 @@ async fn mesh_trials(
     trials: usize,
     out: &mut Vec<RowSummary>,
 ) -> Result<()> {
-    if let Err(why) = mesh::prerequisites() {
+    if let Err(e) = mesh::prerequisites() {
+        let why = e.to_string();
         for row in rows {
             say(S, format!("{}: skipped: {why}", row.name));
             out.push(RowSummary::skipped(row, why.clone()));
