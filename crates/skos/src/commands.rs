@@ -110,6 +110,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(shell, &mut cmd, "skos", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Install {
+            root,
+            config,
+            enable,
+            uninstall,
+            purge,
+        } => {
+            let binary = std::env::current_exe().context("cannot find this binary")?;
+            let plan = crate::install::Plan {
+                root,
+                binary,
+                config,
+                enable,
+            };
+            crate::install::command(&plan, uninstall, purge)
+        }
         Cmd::Man => {
             let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(cmd)
