@@ -33,7 +33,8 @@ bin=${1:-${SKOS_BIN:-}}
 out=${2:-$repo/target/deb}
 [ -n "$bin" ] || { echo "usage: $0 BINARY [OUT_DIR]" >&2; exit 2; }
 [ -x "$bin" ] || { echo "$0: $bin: not an executable file" >&2; exit 1; }
-if file_out=$(file -b "$bin" 2>/dev/null) && [[ "$file_out" == *dynamically* ]]; then
+# A static binary has no program interpreter (PT_INTERP).
+if LC_ALL=C readelf -lW "$bin" 2>/dev/null | grep -q 'Requesting program interpreter'; then
   echo "$0: $bin is dynamically linked; the package wants the static build (dist/build-static.sh)" >&2
   exit 1
 fi

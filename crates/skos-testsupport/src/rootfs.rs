@@ -23,38 +23,44 @@ use crate::require::{on_path, Missing};
 /// `SKOS_DEBOOTSTRAP_SUITE` when set, else the first Debian mirror in apt's
 /// sources and this machine's `VERSION_CODENAME`.
 pub fn mirror_and_suite() -> (String, String) {
-    let mirror = std::env::var("SKOS_DEBOOTSTRAP_MIRROR").ok().unwrap_or_else(|| {
-        let mut texts = vec![std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
-        if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-            let mut paths: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
-            paths.sort();
-            texts.extend(paths.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
-        }
-        texts
-            .iter()
-            .flat_map(|t| t.lines())
-            .filter_map(|l| {
-                let l = l.trim();
-                l.strip_prefix("URIs:")
-                    .map(|u| u.split_whitespace().next().unwrap_or(""))
-                    .or_else(|| {
-                        l.strip_prefix("deb ")
-                            .and_then(|r| r.split_whitespace().find(|w| w.contains("://")))
-                    })
-            })
-            .find(|u| u.trim_end_matches('/').ends_with("/debian"))
-            .unwrap_or("http://deb.debian.org/debian")
-            .to_string()
-    });
-    let suite = std::env::var("SKOS_DEBOOTSTRAP_SUITE").ok().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/os-release")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
-            .map(|s| s.trim_matches('"').to_string())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "bookworm".to_string())
-    });
+    let mirror = std::env::var("SKOS_DEBOOTSTRAP_MIRROR")
+        .ok()
+        .unwrap_or_else(|| {
+            let mut texts =
+                vec![std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
+            if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+                let mut paths: Vec<PathBuf> =
+                    dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                paths.sort();
+                texts.extend(paths.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
+            }
+            texts
+                .iter()
+                .flat_map(|t| t.lines())
+                .filter_map(|l| {
+                    let l = l.trim();
+                    l.strip_prefix("URIs:")
+                        .map(|u| u.split_whitespace().next().unwrap_or(""))
+                        .or_else(|| {
+                            l.strip_prefix("deb ")
+                                .and_then(|r| r.split_whitespace().find(|w| w.contains("://")))
+                        })
+                })
+                .find(|u| u.trim_end_matches('/').ends_with("/debian"))
+                .unwrap_or("http://deb.debian.org/debian")
+                .to_string()
+        });
+    let suite = std::env::var("SKOS_DEBOOTSTRAP_SUITE")
+        .ok()
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/os-release")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+                .map(|s| s.trim_matches('"').to_string())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "bookworm".to_string())
+        });
     (mirror, suite)
 }
 

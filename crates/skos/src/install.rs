@@ -225,7 +225,10 @@ impl Installer {
         let path = self.at(rel);
         let before = fs::symlink_metadata(&path).ok();
         if let Some(meta) = &before {
-            if meta.is_dir() && meta.uid() == uid && meta.gid() == gid && meta.mode() & 0o7777 == mode
+            if meta.is_dir()
+                && meta.uid() == uid
+                && meta.gid() == gid
+                && meta.mode() & 0o7777 == mode
             {
                 self.note(Change::Unchanged, Self::shown(rel));
                 return Ok(());
@@ -399,7 +402,10 @@ pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
         systemctl(&["daemon-reload"])?;
         for role in &plan.enable {
             systemctl(&["enable", "--now", role.unit()])?;
-            i.note(Change::Installed, format!("enabled and started {}", role.unit()));
+            i.note(
+                Change::Installed,
+                format!("enabled and started {}", role.unit()),
+            );
         }
     }
     Ok(i.steps)
@@ -499,7 +505,9 @@ mod tests {
             );
             assert!(text.contains(&format!("SKOS_CONFIG=/{CONFIG}")), "{name}");
         }
-        assert!(UNITS[0].1.contains(&format!("SKOS_DATA_DIR=/{COORDINATOR_DATA}")));
+        assert!(UNITS[0]
+            .1
+            .contains(&format!("SKOS_DATA_DIR=/{COORDINATOR_DATA}")));
         assert!(UNITS[0].1.contains(&format!("User={USER}")));
         assert!(UNITS[1].1.contains(&format!("SKOS_DATA_DIR=/{AGENT_DATA}")));
     }

@@ -68,7 +68,10 @@ fn skos_install_on_a_fresh_node_is_idempotent_and_uninstalls_cleanly() {
         assert!(first.contains(what), "{what}:\n{first}");
     }
     let passwd = std::fs::read_to_string(node.join("/etc/passwd")).unwrap();
-    let line = passwd.lines().find(|l| l.starts_with("skos:")).expect("user skos");
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("skos:"))
+        .expect("user skos");
     let uid: u32 = line.split(':').nth(2).unwrap().parse().unwrap();
     let gid: u32 = line.split(':').nth(3).unwrap().parse().unwrap();
     assert!(uid < 1000, "a system user: {line}");
@@ -79,7 +82,10 @@ fn skos_install_on_a_fresh_node_is_idempotent_and_uninstalls_cleanly() {
     );
     assert_eq!(meta("/usr/local/bin/skos").mode() & 0o7777, 0o755);
     assert_eq!(
-        (meta("/var/lib/skos").uid(), meta("/var/lib/skos").mode() & 0o7777),
+        (
+            meta("/var/lib/skos").uid(),
+            meta("/var/lib/skos").mode() & 0o7777
+        ),
         (uid, 0o700)
     );
     assert_eq!(
@@ -114,7 +120,10 @@ fn skos_install_on_a_fresh_node_is_idempotent_and_uninstalls_cleanly() {
     let second = stdout("skos install (again)", &node.run(&["/tmp/skos", "install"]));
     assert!(!second.contains("installed"), "{second}");
     assert!(second.contains("unchanged user skos"), "{second}");
-    assert!(second.contains("kept      /etc/skos/config.yaml"), "{second}");
+    assert!(
+        second.contains("kept      /etc/skos/config.yaml"),
+        "{second}"
+    );
     assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
 
     // The installed coordinator runs as the unit says: user skos, its
@@ -163,7 +172,10 @@ fn skos_install_on_a_fresh_node_is_idempotent_and_uninstalls_cleanly() {
     let after = node.paths(NOT_OURS);
     let left: Vec<_> = after.difference(&before).collect();
     let gone: Vec<_> = before.difference(&after).collect();
-    assert!(left.is_empty() && gone.is_empty(), "left: {left:?}; gone: {gone:?}");
+    assert!(
+        left.is_empty() && gone.is_empty(),
+        "left: {left:?}; gone: {gone:?}"
+    );
 }
 
 #[test]

@@ -61,9 +61,15 @@ fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
 /// it: as its `User=`, with its `Environment=`, its `ExecStart=` command
 /// line, and `extra_env` (what the test's machine differs in).
 fn start_as_unit(root: &DebianRoot, unit: &str, extra_env: &[String], log: &Path) -> Proc {
-    let user = unit_values(unit, "User").first().map(|u| format!("{u}:{u}"));
+    let user = unit_values(unit, "User")
+        .first()
+        .map(|u| format!("{u}:{u}"));
     let mut argv: Vec<String> = vec!["/usr/bin/env".into()];
-    argv.extend(unit_values(unit, "Environment").iter().map(|e| e.to_string()));
+    argv.extend(
+        unit_values(unit, "Environment")
+            .iter()
+            .map(|e| e.to_string()),
+    );
     argv.extend(extra_env.iter().cloned());
     let exec = unit_values(unit, "ExecStart");
     assert_eq!(exec.len(), 1, "one ExecStart");
@@ -107,7 +113,10 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() {
         .lines()
         .find(|l| l.starts_with("skos:"))
         .expect("the skos user");
-    assert!(skos_line.ends_with(":/var/lib/skos:/usr/sbin/nologin"), "{skos_line}");
+    assert!(
+        skos_line.ends_with(":/var/lib/skos:/usr/sbin/nologin"),
+        "{skos_line}"
+    );
     let uid: u32 = skos_line.split(':').nth(2).unwrap().parse().unwrap();
     assert!(uid < 1000, "a system user: {skos_line}");
     let meta = |p: &str| std::fs::metadata(root.join(p)).unwrap();
@@ -132,10 +141,17 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() {
     let units = ["skos-coordinator.service", "skos-agent.service"];
     for name in units {
         let unit = std::fs::read_to_string(root.join("/lib/systemd/system").join(name)).unwrap();
-        assert_eq!(unit_values(&unit, "ExecStart")[0].split(' ').next(), Some("/usr/bin/skos"));
+        assert_eq!(
+            unit_values(&unit, "ExecStart")[0].split(' ').next(),
+            Some("/usr/bin/skos")
+        );
         let copy = work.path().join(name);
         let here = root.join("/usr/bin/skos");
-        std::fs::write(&copy, unit.replace("/usr/bin/skos", &here.to_string_lossy())).unwrap();
+        std::fs::write(
+            &copy,
+            unit.replace("/usr/bin/skos", &here.to_string_lossy()),
+        )
+        .unwrap();
         let out = Command::new("systemd-analyze")
             .arg("verify")
             .arg(&copy)
@@ -154,7 +170,10 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() {
     let edited = std::fs::read_to_string(&config_path)
         .unwrap()
         .replace("listen: 127.0.0.1:9477", "listen: 127.0.0.1:0");
-    assert!(edited.contains("listen: 127.0.0.1:0"), "the example names http.listen");
+    assert!(
+        edited.contains("listen: 127.0.0.1:0"),
+        "the example names http.listen"
+    );
     std::fs::write(&config_path, &edited).unwrap();
 
     // The coordinator and the agent, as their units run them.
@@ -167,12 +186,18 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() {
         std::fs::read_to_string(root.join("/lib/systemd/system/skos-coordinator.service")).unwrap();
     let agent_unit =
         std::fs::read_to_string(root.join("/lib/systemd/system/skos-agent.service")).unwrap();
-    let mut coordinator =
-        start_as_unit(&root, &coordinator_unit, &env, &work.path().join("coordinator"));
+    let mut coordinator = start_as_unit(
+        &root,
+        &coordinator_unit,
+        &env,
+        &work.path().join("coordinator"),
+    );
     let mut agent = start_as_unit(&root, &agent_unit, &env, &work.path().join("agent"));
-    let s = wait_for(Duration::from_secs(60), "nova heard by the coordinator", || {
-        status_json(&nats).filter(|s| node(s, "nova").is_some())
-    });
+    let s = wait_for(
+        Duration::from_secs(60),
+        "nova heard by the coordinator",
+        || status_json(&nats).filter(|s| node(s, "nova").is_some()),
+    );
     assert_eq!(node(&s, "nova").unwrap()["status"], "healthy", "{s}");
     assert!(coordinator.alive(), "{}", coordinator.log_text());
     assert!(agent.alive(), "{}", agent.log_text());
@@ -181,7 +206,10 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() {
     assert_eq!(std::fs::metadata(&agent_dir).unwrap().uid(), 0);
     coordinator.sigterm();
     agent.sigterm();
-    assert_eq!(std::fs::metadata(&agent_dir).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&agent_dir).unwrap().mode() & 0o7777,
+        0o700
+    );
     // What a node keeps (its executed actions, throttle originals).
     let kept_state = vec![agent_dir.clone(), agent_dir.join("executed-nova.log")];
     std::fs::write(&kept_state[1], "a1\n").unwrap();
@@ -206,12 +234,18 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() {
     ok("dpkg -P", &dpkg(&root, &["-P", "skos"]));
     for f in ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"] {
         let text = std::fs::read_to_string(root.join(f)).unwrap();
-        assert!(!text.lines().any(|l| l.starts_with("skos:")), "{f}: skos is gone");
+        assert!(
+            !text.lines().any(|l| l.starts_with("skos:")),
+            "{f}: skos is gone"
+        );
     }
     let after = root.paths(NOT_THE_PACKAGES);
     let left: Vec<_> = after.difference(&before).collect();
     let gone: Vec<_> = before.difference(&after).collect();
-    assert!(left.is_empty() && gone.is_empty(), "left: {left:?}; gone: {gone:?}");
+    assert!(
+        left.is_empty() && gone.is_empty(),
+        "left: {left:?}; gone: {gone:?}"
+    );
 }
 
 #[test]

@@ -391,7 +391,12 @@ pub fn static_skos() -> Result<PathBuf, skos_testsupport::require::Missing> {
         .unwrap_or_default();
     ["dist", "release", "debug"]
         .iter()
-        .map(|profile| target.join("x86_64-unknown-linux-gnu").join(profile).join("skos"))
+        .map(|profile| {
+            target
+                .join("x86_64-unknown-linux-gnu")
+                .join(profile)
+                .join("skos")
+        })
         .filter(|p| skos_testsupport::podman::is_static(p).is_ok())
         .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .ok_or_else(|| {
