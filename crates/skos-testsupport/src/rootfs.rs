@@ -2,7 +2,8 @@
 //! or `skos install` is installed into, then inspected and thrown away.
 //!
 //! The root is `debootstrap --variant=minbase` of this machine's Debian
-//! release from the mirror apt uses, made once and kept as a tar in a
+//! release from the mirror apt uses, with systemd (so it can also boot, in
+//! a container: [`DebianRoot::tar`]), made once and kept as a tar in a
 //! cache dir the test names (its `CARGO_TARGET_TMPDIR`, so it lives with
 //! the build), then unpacked afresh for each test into a temp dir. Making
 //! it takes a couple of minutes and needs root, `debootstrap` and the
@@ -64,12 +65,12 @@ pub fn mirror_and_suite() -> (String, String) {
     (mirror, suite)
 }
 
-/// The cached tar of a minbase root in `cache`, made with debootstrap when
-/// missing.
+/// The cached tar of a minbase root with systemd in `cache`, made with
+/// debootstrap when missing.
 pub fn cached_tar(cache: &Path) -> Result<PathBuf, Missing> {
     crate::require::root()?;
     let (mirror, suite) = mirror_and_suite();
-    let tar = cache.join(format!("debian-{suite}-minbase.tar"));
+    let tar = cache.join(format!("debian-{suite}-minbase-systemd.tar"));
     if tar.is_file() {
         return Ok(tar);
     }
@@ -86,7 +87,11 @@ pub fn cached_tar(cache: &Path) -> Result<PathBuf, Missing> {
         .map_err(|e| Missing(format!("{}: {e}", cache.display())))?;
     let root = work.path().join("root");
     let out = Command::new("debootstrap")
-        .args(["--variant=minbase", &suite])
+        .args([
+            "--variant=minbase",
+            "--include=systemd,systemd-sysv,dbus",
+            &suite,
+        ])
         .arg(&root)
         .arg(&mirror)
         .stdin(Stdio::null())
@@ -146,6 +151,16 @@ impl DebianRoot {
             return Err(Missing(format!("unpacking {}: {status}", tar.display())));
         }
         Ok(DebianRoot { dir })
+    }
+
+    /// The root as a tar stream (for `podman import`): its files as they are
+    /// now, owners kept.
+    pub fn tar(&self) -> Command {
+        let mut c = Command::new("tar");
+        c.args(["--numeric-owner", "-C"])
+            .arg(self.dir.path())
+            .args(["-c", "."]);
+        c
     }
 
     /// The root dir.

@@ -5,17 +5,20 @@
 //! verify`, the coordinator and an agent run as the units say (user,
 //! environment, command line) against a real nats-server, an upgrade keeps
 //! the operator's config and the data, and a purge leaves the root as it
-//! was. `lintian` finds nothing but what is explained here.
+//! was. Booted with systemd in a container, the same root runs both units
+//! from the package under systemd itself. `lintian` finds nothing but the
+//! overrides, each with its reason.
 
 mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
 use skos_testsupport::nats::{nats_server_binary, NatsServer};
+use skos_testsupport::podman::Podman;
 use skos_testsupport::require;
 use skos_testsupport::rootfs::DebianRoot;
 
@@ -246,6 +249,220 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() {
         left.is_empty() && gone.is_empty(),
         "left: {left:?}; gone: {gone:?}"
     );
+}
+
+/// `podman exec CONTAINER argv`, its output; panics naming `what` unless
+/// it succeeds.
+fn exec(engine: &Podman, container: &str, argv: &[&str]) -> String {
+    let out = engine
+        .podman()
+        .args(["exec", container])
+        .args(argv)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    ok(&format!("podman exec {argv:?}"), &out);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The throwaway root booted with systemd as PID 1 in a container; the
+/// package installed with dpkg and both units started by systemd itself,
+/// with all their sandboxing: they stay active, the coordinator runs as
+/// `skos`, the agent's heartbeats reach the coordinator over a real
+/// nats-server; purged, the units and the user are gone.
+///
+/// The container is privileged: systemd sets up each unit's namespaces
+/// (PrivateTmp, ProtectSystem, ...) itself. The agent is pointed at an
+/// empty sysfs (a drop-in), so it can never throttle the test machine.
+#[test]
+fn the_package_runs_under_systemd() {
+    require!("root", require::root());
+    require!("nats-server", nats_server_binary());
+    let binary = require!("a static skos binary", static_skos());
+    let engine = require!("podman", Podman::start());
+    let root = require!(
+        "a Debian root (debootstrap)",
+        DebianRoot::fresh(Path::new(env!("CARGO_TARGET_TMPDIR")))
+    );
+    let work = tempfile::tempdir().unwrap();
+    let deb = build_deb(&binary, work.path(), "0.1.0-1");
+    let image = "localhost/skos-test-debian-systemd";
+    let mut tar = root.tar().stdout(Stdio::piped()).spawn().unwrap();
+    let import = engine
+        .podman()
+        .args(["import", "-", image])
+        .stdin(tar.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(tar.wait().unwrap().success());
+    ok("podman import", &import);
+    let name = format!("skos-systemd-{}", std::process::id());
+    let run = engine
+        .podman()
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--privileged",
+            "--network",
+            "host",
+        ])
+        .args(["--systemd", "always", image, "/sbin/init"])
+        .output()
+        .unwrap();
+    ok("podman run /sbin/init", &run);
+    let container = Container {
+        engine: &engine,
+        name: name.clone(),
+    };
+    wait_for(Duration::from_secs(120), "systemd up", || {
+        let out = engine
+            .podman()
+            .args(["exec", &name, "systemctl", "is-system-running"])
+            .output()
+            .ok()?;
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        matches!(state.as_str(), "running" | "degraded").then_some(())
+    });
+
+    let copy = engine
+        .podman()
+        .arg("cp")
+        .arg(&deb)
+        .arg(format!("{name}:/root/skos.deb"))
+        .output()
+        .unwrap();
+    ok("podman cp", &copy);
+    exec(&engine, &name, &["dpkg", "-i", "/root/skos.deb"]);
+    let nats = NatsServer::start();
+    exec(
+        &engine,
+        &name,
+        &[
+            "sed",
+            "-i",
+            &format!(
+                "s|url: nats://localhost:4222|url: {}|; s|listen: 127.0.0.1:9477|listen: 127.0.0.1:0|",
+                nats.url()
+            ),
+            "/etc/skos/config.yaml",
+        ],
+    );
+    exec(
+        &engine,
+        &name,
+        &[
+            "mkdir",
+            "-p",
+            "/etc/systemd/system/skos-agent.service.d",
+            "/var/lib/skos-test-sys",
+        ],
+    );
+    exec(
+        &engine,
+        &name,
+        &[
+            "sh",
+            "-c",
+            "printf '[Service]\\nEnvironment=SKOS_SYSFS_ROOT=/var/lib/skos-test-sys\\n' \
+             > /etc/systemd/system/skos-agent.service.d/test.conf && systemctl daemon-reload",
+        ],
+    );
+    exec(
+        &engine,
+        &name,
+        &[
+            "systemctl",
+            "start",
+            "skos-coordinator.service",
+            "skos-agent.service",
+        ],
+    );
+    let s = wait_for(Duration::from_secs(90), "nova heard, under systemd", || {
+        status(&nats).filter(|s| node(s, "nova").is_some())
+    });
+    assert_eq!(node(&s, "nova").unwrap()["status"], "healthy", "{s}");
+    let journal = || {
+        exec(
+            &engine,
+            &name,
+            &[
+                "journalctl",
+                "--no-pager",
+                "-u",
+                "skos-coordinator",
+                "-u",
+                "skos-agent",
+            ],
+        )
+    };
+    for unit in ["skos-coordinator.service", "skos-agent.service"] {
+        let active = exec(&engine, &name, &["systemctl", "is-active", unit]);
+        assert_eq!(active, "active", "{unit}: {}", journal());
+    }
+    let pid = exec(
+        &engine,
+        &name,
+        &[
+            "systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "--value",
+            "skos-coordinator",
+        ],
+    );
+    let proc_status = exec(&engine, &name, &["cat", &format!("/proc/{pid}/status")]);
+    let uid = exec(&engine, &name, &["id", "-u", "skos"]);
+    let uid_line = proc_status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid_line.split_whitespace().nth(1),
+        Some(uid.as_str()),
+        "the coordinator runs as skos: {uid_line}"
+    );
+    let caps = proc_status
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap();
+    assert!(caps.ends_with("0000000000000000"), "no capability: {caps}");
+
+    exec(&engine, &name, &["dpkg", "-P", "skos"]);
+    let gone = engine
+        .podman()
+        .args([
+            "exec",
+            &name,
+            "systemctl",
+            "cat",
+            "skos-coordinator.service",
+        ])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "the unit is gone after purge");
+    let user = engine
+        .podman()
+        .args(["exec", &name, "id", "skos"])
+        .output()
+        .unwrap();
+    assert!(!user.status.success(), "the user is gone after purge");
+    drop(container);
+}
+
+/// A container removed on drop.
+struct Container<'a> {
+    engine: &'a Podman,
+    name: String,
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .engine
+            .podman()
+            .args(["rm", "-f", "-t", "2", &self.name])
+            .output();
+    }
 }
 
 #[test]
