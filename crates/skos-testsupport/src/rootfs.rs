@@ -81,6 +81,22 @@ pub fn cached_tar(cache: &Path) -> Result<PathBuf, Missing> {
         ));
     }
     std::fs::create_dir_all(cache).map_err(|e| Missing(format!("{}: {e}", cache.display())))?;
+    // One debootstrap at a time: tests running at once wait for the first.
+    let lock_path = cache.join("debootstrap.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| Missing(format!("{}: {e}", lock_path.display())))?;
+    // SAFETY: flock on a file descriptor this function owns (released
+    // when `lock` is dropped, at return).
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(Missing(format!(
+            "{}: {}",
+            lock_path.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    if tar.is_file() {
+        return Ok(tar);
+    }
     let work = tempfile::Builder::new()
         .prefix("debootstrap-")
         .tempdir_in(cache)
@@ -117,7 +133,6 @@ pub fn cached_tar(cache: &Path) -> Result<PathBuf, Missing> {
     if !status.success() {
         return Err(Missing(format!("tar of the debootstrap root: {status}")));
     }
-    // Another test may have made it meanwhile: either copy is as good.
     std::fs::rename(&partial, &tar).map_err(|e| Missing(format!("{}: {e}", tar.display())))?;
     Ok(tar)
 }

@@ -269,7 +269,8 @@ fn exec(engine: &Podman, container: &str, argv: &[&str]) -> String {
 /// package installed with dpkg and both units started by systemd itself,
 /// with all their sandboxing: they stay active, the coordinator runs as
 /// `skos`, the agent's heartbeats reach the coordinator over a real
-/// nats-server; purged, the units and the user are gone.
+/// nats-server; purged, the units and the user are gone. Then `skos
+/// install --enable` on the same running systemd, and `--uninstall --purge`.
 ///
 /// The container is privileged: systemd sets up each unit's namespaces
 /// (PrivateTmp, ProtectSystem, ...) itself. The agent is pointed at an
@@ -446,6 +447,74 @@ fn the_package_runs_under_systemd() {
         .output()
         .unwrap();
     assert!(!user.status.success(), "the user is gone after purge");
+
+    // The same machine, now with `skos install` (the remote-node path) on
+    // a running systemd: it reloads systemd, enables and starts the units,
+    // and --uninstall --purge stops, disables and removes them.
+    let config = work.path().join("config.yaml");
+    let edited = std::fs::read_to_string(repo().join("config.example.yaml"))
+        .unwrap()
+        .replace(
+            "url: nats://localhost:4222",
+            &format!("url: {}", nats.url()),
+        )
+        .replace("listen: 127.0.0.1:9477", "listen: 127.0.0.1:0");
+    std::fs::write(&config, edited).unwrap();
+    for (from, to) in [
+        (binary.as_path(), "/root/skos"),
+        (config.as_path(), "/root/config.yaml"),
+    ] {
+        let copy = engine
+            .podman()
+            .arg("cp")
+            .arg(from)
+            .arg(format!("{name}:{to}"))
+            .output()
+            .unwrap();
+        ok("podman cp", &copy);
+    }
+    let installed = exec(
+        &engine,
+        &name,
+        &[
+            "/root/skos",
+            "install",
+            "--config",
+            "/root/config.yaml",
+            "--enable",
+            "coordinator,agent",
+        ],
+    );
+    assert!(
+        installed.contains("enabled and started skos-agent.service"),
+        "{installed}"
+    );
+    for unit in ["skos-coordinator.service", "skos-agent.service"] {
+        assert_eq!(
+            exec(&engine, &name, &["systemctl", "is-enabled", unit]),
+            "enabled"
+        );
+        let active = exec(&engine, &name, &["systemctl", "is-active", unit]);
+        assert_eq!(active, "active", "{unit}: {}", journal());
+    }
+    let removed = exec(
+        &engine,
+        &name,
+        &["/root/skos", "install", "--uninstall", "--purge"],
+    );
+    assert!(removed.contains("removed   user skos"), "{removed}");
+    let left = engine
+        .podman()
+        .args([
+            "exec",
+            &name,
+            "systemctl",
+            "is-active",
+            "skos-agent.service",
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&left.stdout).trim(), "active");
     drop(container);
 }
 
