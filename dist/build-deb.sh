@@ -15,6 +15,10 @@
 #
 # Prints the path of the .deb it wrote. What is in it:
 #   /usr/bin/skos                       the binary
+#   /usr/bin/skos-agent                 the lean agent, where the agent's unit
+#                                       runs it (SKOS_AGENT_BIN, else beside
+#                                       BINARY; without it the unit runs
+#                                       `skos agent`)
 #   /lib/systemd/system/skos-*.service  dist/systemd's units, ExecStart=/usr/bin/skos
 #   /etc/skos/config.yaml               config.example.yaml (a conffile)
 #   /usr/share/man/man1/skos.1.gz       `skos man`
@@ -49,12 +53,32 @@ pkg=$stage/skos
 umask 022
 
 install -D -m 0755 "$bin" "$pkg/usr/bin/skos"
+install -d "$pkg/usr/bin"
 # As Debian strips: symbols and notes out (the release profile keeps the
 # symbol table for backtraces).
 strip --remove-section=.comment --remove-section=.note --strip-unneeded "$pkg/usr/bin/skos"
+# A unit may run the lean agent binary (skos-agent): packed when it is at
+# hand (SKOS_AGENT_BIN, else beside BINARY), else the unit runs `skos agent`
+# from the full binary, the same agent.
+agent_bin=${SKOS_AGENT_BIN:-$(dirname "$bin")/skos-agent}
+with_agent=0
+if grep -q '^ExecStart=/usr/local/bin/skos-agent' "$repo"/dist/systemd/*.service; then
+  if [ -x "$agent_bin" ] && ! LC_ALL=C readelf -lW "$agent_bin" 2>/dev/null | grep -q 'Requesting program interpreter'; then
+    with_agent=1
+    install -m 0755 "$agent_bin" "$pkg/usr/bin/skos-agent"
+    strip --remove-section=.comment --remove-section=.note --strip-unneeded "$pkg/usr/bin/skos-agent"
+  else
+    echo "$0: no static skos-agent at $agent_bin: the agent's unit runs \`skos agent\`" >&2
+  fi
+fi
 for unit in "$repo"/dist/systemd/*.service; do
   install -d "$pkg/lib/systemd/system"
-  sed 's|/usr/local/bin/skos|/usr/bin/skos|g' "$unit" >"$pkg/lib/systemd/system/$(basename "$unit")"
+  if [ "$with_agent" -eq 1 ]; then
+    sed 's|/usr/local/bin/skos|/usr/bin/skos|g' "$unit"
+  else
+    sed -e 's|^ExecStart=/usr/local/bin/skos-agent|ExecStart=/usr/bin/skos agent|' \
+      -e 's|/usr/local/bin/skos|/usr/bin/skos|g' "$unit"
+  fi >"$pkg/lib/systemd/system/$(basename "$unit")"
   chmod 0644 "$pkg/lib/systemd/system/$(basename "$unit")"
 done
 install -D -m 0644 "$repo/config.example.yaml" "$pkg/etc/skos/config.yaml"
@@ -62,6 +86,8 @@ install -d "$pkg/usr/share/man/man1" "$pkg/usr/share/bash-completion/completions
 "$bin" man | gzip -9n >"$pkg/usr/share/man/man1/skos.1.gz"
 "$bin" completions bash >"$pkg/usr/share/bash-completion/completions/skos"
 chmod 0644 "$pkg/usr/share/man/man1/skos.1.gz" "$pkg/usr/share/bash-completion/completions/skos"
+# skos-agent is `skos agent`: the same page.
+[ "$with_agent" -eq 0 ] || ln -s skos.1.gz "$pkg/usr/share/man/man1/skos-agent.1.gz"
 
 cat >"$pkg/usr/share/doc/skos/copyright" <<COPYRIGHT
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/

@@ -160,6 +160,11 @@ pub enum Cmd {
         /// The config to install where there is none (default: the example).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The lean agent binary to install, where the agent's unit runs
+        /// `skos-agent` (default: `skos-agent` beside this binary; without
+        /// one, the unit runs `skos agent`).
+        #[arg(long, value_name = "FILE")]
+        agent_binary: Option<PathBuf>,
         /// Enable and start these units afterwards (coordinator, agent;
         /// comma-separated; only with systemd running and --root /).
         #[arg(long, value_delimiter = ',', value_name = "ROLE")]

@@ -113,14 +113,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Install {
             root,
             config,
+            agent_binary,
             enable,
             uninstall,
             purge,
         } => {
             let binary = std::env::current_exe().context("cannot find this binary")?;
+            let agent_binary = agent_binary.or_else(|| {
+                let beside = binary.with_file_name("skos-agent");
+                beside.is_file().then_some(beside)
+            });
             let plan = crate::install::Plan {
                 root,
                 binary,
+                agent_binary,
                 config,
                 enable,
             };

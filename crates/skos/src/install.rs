@@ -25,6 +25,8 @@ use skos_core::escape::ShowPath;
 
 /// Where the binary goes: the path the units' `ExecStart` names.
 pub const BINARY: &str = "usr/local/bin/skos";
+/// Where the lean agent binary goes, when a unit runs it and it is at hand.
+pub const AGENT_BINARY: &str = "usr/local/bin/skos-agent";
 /// Where the units go (the administrator's unit dir).
 pub const UNIT_DIR: &str = "etc/systemd/system";
 /// The config the units point at (`SKOS_CONFIG`).
@@ -77,6 +79,9 @@ pub struct Plan {
     pub root: PathBuf,
     /// The binary to install (this one, when not given).
     pub binary: PathBuf,
+    /// The lean agent binary, for a unit that runs `skos-agent`; without
+    /// it, such a unit runs `skos agent` from [`Plan::binary`].
+    pub agent_binary: Option<PathBuf>,
     /// A config to install instead of the example (only where there is none).
     pub config: Option<PathBuf>,
     /// Units to enable and start (only on `/`, with systemd running).
@@ -153,6 +158,24 @@ impl std::fmt::Display for Step {
         };
         write!(f, "{word} {}", self.what)
     }
+}
+
+/// A unit's text as installed: where it runs the lean agent binary
+/// (`/usr/local/bin/skos-agent`) and none is installed, `skos agent` from
+/// the full binary instead (the same agent). A pure function.
+pub fn unit_text(text: &str, with_agent_binary: bool) -> String {
+    let lean = format!("ExecStart=/{AGENT_BINARY}");
+    if with_agent_binary {
+        return text.to_string();
+    }
+    text.lines()
+        .map(|line| match line.strip_prefix(lean.as_str()) {
+            Some(rest) => format!("ExecStart=/{BINARY} agent{rest}"),
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + if text.ends_with('\n') { "\n" } else { "" }
 }
 
 /// A user's uid and gid from a passwd file's text (`name:x:uid:gid:...`),
@@ -379,7 +402,16 @@ pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
     };
     let binary = fs::read(&plan.binary).map_err(io_err(&plan.binary))?;
     i.file(BINARY, &binary, 0o755)?;
+    let lean_unit = UNITS
+        .iter()
+        .any(|(_, text)| text.contains(&format!("ExecStart=/{AGENT_BINARY}")));
+    let agent_binary = plan.agent_binary.as_ref().filter(|_| lean_unit);
+    if let Some(path) = agent_binary {
+        let bytes = fs::read(path).map_err(io_err(path))?;
+        i.file(AGENT_BINARY, &bytes, 0o755)?;
+    }
     for (name, text) in UNITS {
+        let text = unit_text(text, agent_binary.is_some());
         i.file(&format!("{UNIT_DIR}/{name}"), text.as_bytes(), 0o644)?;
     }
     let (uid, gid) = i.user()?;
@@ -434,6 +466,7 @@ pub fn uninstall(root: &Path, purge: bool) -> Result<Vec<Step>, InstallError> {
         systemctl(&["daemon-reload"])?;
     }
     i.remove_file(BINARY)?;
+    i.remove_file(AGENT_BINARY)?;
     if !purge {
         for kept in [CONFIG, COORDINATOR_DATA, AGENT_DATA] {
             if i.at(kept).exists() {
@@ -499,6 +532,7 @@ mod tests {
     #[test]
     fn the_units_run_the_installed_binary_with_the_installed_paths() {
         for (name, text) in UNITS {
+            let text = unit_text(text, false);
             assert!(
                 text.contains(&format!("ExecStart=/{BINARY} ")),
                 "{name}: ExecStart"
@@ -510,5 +544,17 @@ mod tests {
             .contains(&format!("SKOS_DATA_DIR=/{COORDINATOR_DATA}")));
         assert!(UNITS[0].1.contains(&format!("User={USER}")));
         assert!(UNITS[1].1.contains(&format!("SKOS_DATA_DIR=/{AGENT_DATA}")));
+    }
+
+    #[test]
+    fn a_unit_running_the_lean_agent_runs_skos_agent_without_it() {
+        let unit = "[Service]\nExecStart=/usr/local/bin/skos-agent --flag\nRestart=on-failure\n";
+        assert_eq!(unit_text(unit, true), unit);
+        assert_eq!(
+            unit_text(unit, false),
+            "[Service]\nExecStart=/usr/local/bin/skos agent --flag\nRestart=on-failure\n"
+        );
+        let full = "ExecStart=/usr/local/bin/skos agent\n";
+        assert_eq!(unit_text(full, false), full);
     }
 }

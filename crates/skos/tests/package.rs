@@ -144,9 +144,13 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() {
     let units = ["skos-coordinator.service", "skos-agent.service"];
     for name in units {
         let unit = std::fs::read_to_string(root.join("/lib/systemd/system").join(name)).unwrap();
-        assert_eq!(
-            unit_values(&unit, "ExecStart")[0].split(' ').next(),
-            Some("/usr/bin/skos")
+        let exec = unit_values(&unit, "ExecStart")[0]
+            .split(' ')
+            .next()
+            .unwrap();
+        assert!(
+            exec.starts_with("/usr/bin/skos") && root.join(exec).is_file(),
+            "{name}: ExecStart={exec}, a binary of the package"
         );
         let copy = work.path().join(name);
         let here = root.join("/usr/bin/skos");
