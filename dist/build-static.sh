@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Build a fully static SKOS binary for x86_64 (no dynamic loader, no
+# shared libraries: it runs on a bare machine and in a FROM scratch image)
+# and print its path on standard output; progress goes to standard error.
+#
+#   dist/build-static.sh              the full `skos` binary
+#   dist/build-static.sh skos-agent   the lean agent for nodes (`skos-agent`)
+#   dist/build-static.sh all          both, one path a line (skos first)
+#
+# glibc, linked statically (`-C target-feature=+crt-static`): the musl
+# target is not needed. The profile is `dist` (Cargo.toml: size first,
+# fat LTO). CARGO_TARGET_DIR is honoured. Names in NATS_URL resolve from
+# /etc/hosts and DNS (glibc >= 2.34 has both built into libc.a); other NSS
+# modules (mdns, LDAP, systemd's myhostname) are not loaded by a static
+# binary. A static binary cannot load the NVIDIA management library: GPU
+# nodes run the dynamic build (`cargo build --release`).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+what="${1:-skos}"
+case "$what" in
+  skos) bins=(skos) ;;
+  skos-agent) bins=(skos-agent) ;;
+  all) bins=(skos skos-agent) ;;
+  *)
+    echo "build-static.sh: unknown binary '$what' (skos, skos-agent or all)" >&2
+    exit 2
+    ;;
+esac
+
+target=x86_64-unknown-linux-gnu
+profile=dist
+args=()
+for b in "${bins[@]}"; do args+=(--bin "$b"); done
+
+# --target keeps build scripts and proc macros dynamic (they run here);
+# only the shipped binaries are static.
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+  cargo build --locked --profile "$profile" --target "$target" -p skos "${args[@]}" >&2
+
+dir="${CARGO_TARGET_DIR:-target}/$target/$profile"
+for b in "${bins[@]}"; do
+  bin="$dir/$b"
+  [ -x "$bin" ] || {
+    echo "build-static.sh: $bin was not built" >&2
+    exit 1
+  }
+  # A static binary has no program interpreter (PT_INTERP).
+  if LC_ALL=C readelf -lW "$bin" 2>/dev/null | grep -q 'Requesting program interpreter'; then
+    echo "build-static.sh: $bin is dynamically linked" >&2
+    exit 1
+  fi
+  realpath "$bin"
+done
