@@ -19,7 +19,8 @@
 # the shipped units), fuse3 (`fusermount3`: how a non-root run mounts the
 # fake cpufreq driver), faketime (agents whose clock is an hour off),
 # chromium (the live page, in a headless browser), and podman, runc and
-# busybox-static (workloads as real containers and processes).
+# busybox-static (workloads as real containers and processes), monit and
+# prometheus-node-exporter (measured beside the agent by skos-bench).
 # Runs unattended: no prompts, no stdin.
 set -euo pipefail
 
@@ -87,6 +88,10 @@ have curl || optional+=(curl)
 # with the static busybox, which also serves HTTP as a process workload.
 have podman || optional+=(podman)
 have runc || optional+=(runc)
+# skos-bench footprint measures the agent beside Monit and the Prometheus
+# node exporter (the bench only starts them; it installs nothing).
+have monit || optional+=(monit)
+have prometheus-node-exporter || optional+=(prometheus-node-exporter)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
   optional+=(busybox-static)
 

@@ -54,6 +54,9 @@ pub struct Opts {
     pub failover_delay: f64,
     pub nats_url: Option<String>,
     pub skos_bin: Option<PathBuf>,
+    /// The lean agent binary (`skos-agent`) the footprint measures; `None`:
+    /// `SKOS_AGENT_BIN`, then next to the `skos` binary.
+    pub agent_bin: Option<PathBuf>,
     pub quick: bool,
 }
 
@@ -92,6 +95,7 @@ impl Opts {
             failover_delay: 2.0,
             nats_url: None,
             skos_bin: None,
+            agent_bin: None,
             quick: false,
         }
     }
@@ -121,6 +125,7 @@ impl Opts {
             failover_delay: 2.0,
             nats_url: None,
             skos_bin: None,
+            agent_bin: None,
             quick: true,
         }
     }
