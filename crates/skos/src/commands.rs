@@ -391,7 +391,7 @@ async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
     .await?;
     // What a burst (a fleet joining at once) freed goes back to the
     // system instead of staying resident.
-    crate::heap::spawn_trim();
+    skos::heap::spawn_trim();
     let (tx, rx) = watch::channel(false);
     let counters = Counters::default();
     let server = serve_http(

@@ -6,7 +6,6 @@ mod commands;
 mod control;
 mod demo;
 mod fleet;
-mod heap;
 
 use clap::Parser;
 

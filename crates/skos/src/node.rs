@@ -17,6 +17,9 @@ use skos_core::config::Config;
 use skos_core::counters::Counters;
 use skos_core::escape::ShowPath;
 use tokio::sync::watch;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// The exit status after a panic in a long-running command.
 pub const PANICKED: i32 = 101;
@@ -116,18 +119,30 @@ pub fn init_logging_labelled(level: &str, label: Option<&'static str>) {
         "WARNING" => "warn".to_string(),
         other => other.to_ascii_lowercase(),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},async_nats=warn")));
+    // RUST_LOG, when set and valid, in the `target=level,...` form
+    // (`info,skos_agent=debug`); else the config's level.
+    let default = format!("{level},async_nats=warn");
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .or_else(|| default.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let ansi = colours(
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
+    let fmt = tracing_subscriber::fmt().with_ansi(ansi);
     let _ = match label {
-        Some(label) => fmt.with_writer(move || Labelled(label)).try_init(),
-        None => fmt.with_writer(std::io::stderr).try_init(),
+        Some(label) => fmt
+            .with_writer(move || Labelled(label))
+            .finish()
+            .with(filter)
+            .try_init(),
+        None => fmt
+            .with_writer(std::io::stderr)
+            .finish()
+            .with(filter)
+            .try_init(),
     };
 }
 
