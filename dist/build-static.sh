@@ -8,8 +8,8 @@
 #   dist/build-static.sh all          both, one path a line (skos first)
 #
 # glibc, linked statically (`-C target-feature=+crt-static`): the musl
-# target is not needed. The profile is `dist` (Cargo.toml: size first,
-# fat LTO). CARGO_TARGET_DIR is honoured. Names in NATS_URL resolve from
+# target is not needed. The profiles are `dist` and, for skos-agent,
+# `dist-agent` (Cargo.toml: size first, fat LTO). CARGO_TARGET_DIR is honoured. Names in NATS_URL resolve from
 # /etc/hosts and DNS (glibc >= 2.34 has both built into libc.a); other NSS
 # modules (mdns, LDAP, systemd's myhostname) are not loaded by a static
 # binary. A static binary cannot load the NVIDIA management library: GPU
@@ -30,23 +30,25 @@ case "$what" in
 esac
 
 target=x86_64-unknown-linux-gnu
-profile=dist
 
 # --target keeps build scripts and proc macros dynamic (they run here);
 # only the shipped binaries are static. Still position-independent (the
 # kernel places it at a random address), with its relative relocations
 # packed (DT_RELR, glibc >= 2.36): a table of a few kB instead of half a
-# megabyte that every process reads at start. That link flag is the
-# final binary's alone (`cargo rustc`), so the dependencies stay built.
+# megabyte that every process reads at start (a flag of each final
+# binary's link alone: `cargo rustc`). The agent, which runs on every node
+# and is mostly asleep, has a profile of its own, `dist-agent`: every
+# crate optimised for size alone (`opt-level = "z"`); the coordinator
+# keeps `dist` (`"s"`).
+profile_of() { if [ "$1" = skos-agent ]; then echo dist-agent; else echo dist; fi; }
 for b in "${bins[@]}"; do
   RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo rustc --locked --profile "$profile" --target "$target" -p skos --bin "$b" \
+    cargo rustc --locked --profile "$(profile_of "$b")" --target "$target" -p skos --bin "$b" \
     -- -C link-arg=-Wl,-z,pack-relative-relocs >&2
 done
 
-dir="${CARGO_TARGET_DIR:-target}/$target/$profile"
 for b in "${bins[@]}"; do
-  bin="$dir/$b"
+  bin="${CARGO_TARGET_DIR:-target}/$target/$(profile_of "$b")/$b"
   [ -x "$bin" ] || {
     echo "build-static.sh: $bin was not built" >&2
     exit 1

@@ -133,7 +133,8 @@ fn start_monit(work: &Path, agent_pid: u32) -> Result<Option<Proc>> {
 /// upstream's `node_exporter`) on a free loopback port, default
 /// collectors; `Ok(None)` when it is not installed.
 fn start_node_exporter(work: &Path) -> Result<Option<(Proc, u16)>> {
-    let Some(bin) = procs::tool("prometheus-node-exporter").or_else(|| procs::tool("node_exporter"))
+    let Some(bin) =
+        procs::tool("prometheus-node-exporter").or_else(|| procs::tool("node_exporter"))
     else {
         return Ok(None);
     };
@@ -160,9 +161,7 @@ async fn scrape(port: u16) -> Result<usize> {
                     .await
                     .ctx("scrape node_exporter")?;
                 let mut body = Vec::new();
-                s.read_to_end(&mut body)
-                    .await
-                    .ctx("scrape node_exporter")?;
+                s.read_to_end(&mut body).await.ctx("scrape node_exporter")?;
                 return Ok(body.len());
             }
             Err(e) => last = Some(e),
@@ -341,8 +340,13 @@ async fn idle(o: &Opts, bin: &Path) -> Result<(Value, Vec<Figure>)> {
     // The issue's target: the agent at or below Monit's resident memory,
     // measured in the same run; where Monit is missing, its figure on the
     // machine the issue measured (about 6 MB).
-    let mut rss = Figure::new(S, format!("{lead} idle VmRSS (all antibodies)"), ua.rss_mb, MB)
-        .note(split(&ua));
+    let mut rss = Figure::new(
+        S,
+        format!("{lead} idle VmRSS (all antibodies)"),
+        ua.rss_mb,
+        MB,
+    )
+    .note(split(&ua));
     rss = match um {
         Some(m) => rss.beside("monit", m.rss_mb).ratio_at_most(1.0),
         None => rss.at_most(6.0),
@@ -355,12 +359,22 @@ async fn idle(o: &Opts, bin: &Path) -> Result<(Value, Vec<Figure>)> {
     let mut figures = vec![rss, pss_fig];
     if let Some(e) = ue {
         figures.push(
-            Figure::new(S, format!("{lead} idle VmRSS beside node_exporter"), ua.rss_mb, MB)
-                .beside("node_exporter", e.rss_mb),
+            Figure::new(
+                S,
+                format!("{lead} idle VmRSS beside node_exporter"),
+                ua.rss_mb,
+                MB,
+            )
+            .beside("node_exporter", e.rss_mb),
         );
         figures.push(
-            Figure::new(S, format!("{lead} idle PSS beside node_exporter"), pss(&ua), MB)
-                .beside("node_exporter", pss(&e)),
+            Figure::new(
+                S,
+                format!("{lead} idle PSS beside node_exporter"),
+                pss(&ua),
+                MB,
+            )
+            .beside("node_exporter", pss(&e)),
         );
     }
     if let Some(m) = um {

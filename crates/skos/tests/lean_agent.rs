@@ -109,9 +109,11 @@ thermal:\n  clear_for: 1\n  cooldown: 60\n  gpu: {{nvml: false, nvidia_smi: fals
         .env("NODE_NAME", "nova")
         .env("SKOS_SYSFS_ROOT", sys.root());
     let mut agent = Proc::spawn(c, work.path(), "skos-agent-nova");
-    wait_for(Duration::from_secs(30), "nova online via NATS status", || {
-        status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] != "offline"))
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "nova online via NATS status",
+        || status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] != "offline")),
+    );
     let log = agent.log_text();
     assert!(
         !log.contains("not available in this build"),
@@ -141,7 +143,10 @@ fn static_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let skos = Path::new(env!("CARGO_BIN_EXE_skos"));
-    let target = skos.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+    let target = skos
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
     target.join("x86_64-unknown-linux-gnu").join("dist")
 }
 
@@ -185,11 +190,22 @@ fn static_binaries_need_no_loader_and_resolve_names_from_etc_hosts() {
             bin.display()
         );
     }
-    // A FROM scratch image, as a chroot: the binary, /etc/hosts, nothing
-    // else (no libc, no loader, no NSS modules, no /proc).
-    require!("root (chroot)", skos_testsupport::require::root());
+    // A FROM scratch image, as a chroot: the binary, /etc/hosts and the
+    // two random devices every container runtime gives (a static binary
+    // reads its seeds there); no libc, no loader, no NSS modules, no /proc.
+    require!("root (chroot, mknod)", skos_testsupport::require::root());
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir(root.path().join("etc")).unwrap();
+    std::fs::create_dir(root.path().join("dev")).unwrap();
+    for (name, minor) in [("random", 8), ("urandom", 9)] {
+        let made = Command::new("mknod")
+            .args(["-m", "444"])
+            .arg(root.path().join("dev").join(name))
+            .args(["c", "1", &minor.to_string()])
+            .status()
+            .unwrap();
+        assert!(made.success(), "mknod /dev/{name}");
+    }
     std::fs::write(
         root.path().join("etc/hosts"),
         "127.0.0.1 nats-box.skos.test\n",
@@ -223,10 +239,7 @@ fn static_binaries_need_no_loader_and_resolve_names_from_etc_hosts() {
         .env("LOG_LEVEL", "DEBUG");
     let agent = Proc::spawn(c, work.path(), "static-agent");
     wait_for(Duration::from_secs(30), "connected to NATS by name", || {
-        agent
-            .log_text()
-            .contains("connected to NATS")
-            .then_some(())
+        agent.log_text().contains("connected to NATS").then_some(())
     });
     let log = agent.log_text();
     assert!(

@@ -108,13 +108,13 @@ fn main() -> ExitCode {
     // SIGPIPE stays ignored (Rust's default): a closed log pipe must not
     // kill the agent.
     skos::node::exit_on_panic();
-    // Two malloc arenas: a mostly idle process with a handful of threads
+    // One malloc arena: a mostly idle process with a handful of threads
     // needs no more, and each arena keeps its own free pages.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: called before any thread is started; mallopt only changes
     // the allocator's tunables.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
@@ -129,7 +129,12 @@ fn main() -> ExitCode {
         }
     };
     let run = async {
-        let cfg = skos::node::load(config.as_deref(), data_dir)?;
+        // Reading the config takes deep stacks (the YAML parser, the
+        // checks): on a pool thread, whose stack goes back to the system
+        // when it ends, not on the main thread's, which would keep it.
+        let cfg =
+            tokio::task::spawn_blocking(move || skos::node::load(config.as_deref(), data_dir))
+                .await??;
         skos::heap::spawn_trim();
         skos::node::agent(cfg).await
     };
@@ -153,7 +158,10 @@ mod tests {
     #[test]
     fn flags_in_both_forms_and_the_environment() {
         assert_eq!(
-            parse(args(&["-c", "/etc/skos.yaml", "--data-dir=/var/lib/a"]), None),
+            parse(
+                args(&["-c", "/etc/skos.yaml", "--data-dir=/var/lib/a"]),
+                None
+            ),
             Ok(Cli::Run {
                 config: Some("/etc/skos.yaml".into()),
                 data_dir: Some("/var/lib/a".into())
