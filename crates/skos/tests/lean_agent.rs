@@ -135,19 +135,25 @@ thermal:\n  clear_for: 1\n  cooldown: 60\n  gpu: {{nvml: false, nvidia_smi: fals
     assert!(agent.sigterm().success(), "{}", agent.log_text());
 }
 
-/// Where `dist/build-static.sh all` leaves its binaries: SKOS_STATIC_DIR,
-/// else `<target>/x86_64-unknown-linux-gnu/dist` of this build's target
-/// dir.
-fn static_dir() -> PathBuf {
+/// Where `dist/build-static.sh all` leaves its binaries, `(skos,
+/// skos-agent)`: both in SKOS_STATIC_DIR when set, else
+/// `<target>/x86_64-unknown-linux-gnu/{dist,dist-agent}` of this build's
+/// target dir.
+fn static_binaries() -> (PathBuf, PathBuf) {
     if let Some(d) = std::env::var_os("SKOS_STATIC_DIR") {
-        return PathBuf::from(d);
+        let d = PathBuf::from(d);
+        return (d.join("skos"), d.join("skos-agent"));
     }
     let skos = Path::new(env!("CARGO_BIN_EXE_skos"));
     let target = skos
         .parent()
         .and_then(Path::parent)
-        .unwrap_or(Path::new("."));
-    target.join("x86_64-unknown-linux-gnu").join("dist")
+        .unwrap_or(Path::new("."))
+        .join("x86_64-unknown-linux-gnu");
+    (
+        target.join("dist").join("skos"),
+        target.join("dist-agent").join("skos-agent"),
+    )
 }
 
 /// The program headers' types of a 64-bit little-endian ELF file.
@@ -168,16 +174,27 @@ fn program_header_types(elf: &[u8]) -> Vec<u32> {
 
 const PT_INTERP: u32 = 3;
 
+/// `chroot` (coreutils), which lives in an sbin directory not on every
+/// user's PATH.
+fn chroot() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join("chroot"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("chroot"))
+}
+
 #[test]
 fn static_binaries_need_no_loader_and_resolve_names_from_etc_hosts() {
-    let dir = static_dir();
-    let (skos, agent) = (dir.join("skos"), dir.join("skos-agent"));
+    let (skos, agent) = static_binaries();
     // Built by dist/build-static.sh (minutes of whole-program
     // optimisation), not by the test run: skipped when absent.
     if !skos.is_file() || !agent.is_file() {
         eprintln!(
-            "SKIP static_binaries_need_no_loader_and_resolve_names_from_etc_hosts: {} not built (run `dist/build-static.sh all`, or set SKOS_STATIC_DIR)",
-            dir.display()
+            "SKIP static_binaries_need_no_loader_and_resolve_names_from_etc_hosts: {} or {} not built (run `dist/build-static.sh all`, or set SKOS_STATIC_DIR)",
+            skos.display(),
+            agent.display()
         );
         return;
     }
@@ -215,7 +232,7 @@ fn static_binaries_need_no_loader_and_resolve_names_from_etc_hosts() {
         std::fs::copy(bin, root.path().join(bin.file_name().unwrap())).unwrap();
     }
     let version = run({
-        let mut c = Command::new("chroot");
+        let mut c = Command::new(chroot());
         c.arg(root.path()).args(["/skos", "--version"]).env_clear();
         c
     });
@@ -229,7 +246,7 @@ fn static_binaries_need_no_loader_and_resolve_names_from_etc_hosts() {
     let nats = NatsServer::start();
     let port = nats.port();
     let work = tempfile::tempdir().unwrap();
-    let mut c = Command::new("chroot");
+    let mut c = Command::new(chroot());
     c.arg(root.path())
         .arg("/skos-agent")
         .env_clear()
