@@ -20,6 +20,7 @@
 
 pub mod antibody;
 pub mod error;
+pub mod held;
 pub mod loops;
 pub mod mesh;
 pub mod offloop;

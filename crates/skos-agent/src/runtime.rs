@@ -58,8 +58,9 @@ async fn next_due(due: &[tokio::time::Instant]) {
     }
 }
 
-/// A finished background job: (antibody index, action, outcome).
-type Done = (usize, String, Outcome);
+/// A finished background job: (antibody index, action, outcome, the
+/// problem its command answered).
+type Done = (usize, String, Outcome, Option<String>);
 
 pub struct Agent {
     cfg: Config,
@@ -73,6 +74,8 @@ pub struct Agent {
     executed: Arc<Mutex<Executed>>,
     /// The highest coordinator term seen.
     fence: Fence,
+    /// Commands waiting for a running job of their problem to end.
+    held: crate::held::Held,
     verifier: Verifier,
     /// The antibodies (by index) whose last look held the loop up.
     slow_looks: std::collections::BTreeSet<usize>,
@@ -122,6 +125,7 @@ impl Agent {
             antibodies,
             done_tx,
             done_rx: Some(done_rx),
+            held: crate::held::Held::default(),
             executed: Arc::new(Mutex::new(executed)),
             fence,
             verifier,
@@ -248,6 +252,9 @@ impl Agent {
             .enumerate()
             .filter_map(|(i, a)| a.arrivals().map(|n| (i, n)))
             .collect();
+        // Held commands are kept from redelivery as long as they wait.
+        let mut hold_tick = tokio::time::interval(skos_bus::nats::ACK_WAIT / 3);
+        hold_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -266,7 +273,8 @@ impl Agent {
                 _ = heartbeat.tick() => self.heartbeat().await,
                 i = arrived(&arrivals) => self.judge(i).await,
                 Some(m) = commands.next() => self.command(m).await,
-                Some((i, action, outcome)) = done.recv() => {
+                _ = hold_tick.tick(), if !self.held.is_empty() => self.held.keep_alive().await,
+                Some((i, action, outcome, problem)) = done.recv() => {
                     // Report the state the job left at once: read now
                     // (within a second), judged, then a heartbeat.
                     let now = chrono::Utc::now();
@@ -279,6 +287,12 @@ impl Agent {
                     };
                     self.raise(alerts).await;
                     self.heartbeat().await;
+                    // What waited for this job is judged now, in order.
+                    if let Some(p) = problem {
+                        for m in self.held.ended(&p) {
+                            self.command(m).await;
+                        }
+                    }
                 }
             }
         }
@@ -453,6 +467,12 @@ impl Agent {
                 ),
             ),
             (None, Some(i)) => {
+                if let Some(problem) = self.held.must_wait(&cmd) {
+                    self.counters.inc(Counter::Commands("held"));
+                    tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, problem = %problem, "command waits for the running action on its problem; judged when that ends");
+                    self.held.hold(problem, m);
+                    return;
+                }
                 self.remember(&cmd);
                 if let Some(o) = not_needed(self.antibodies[i].as_ref(), &cmd) {
                     lock(&self.executed).finish(&cmd.action_id, &o);
@@ -498,6 +518,9 @@ impl Agent {
         let executed = self.executed.clone();
         let every = skos_bus::nats::ACK_WAIT / 3;
         tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, "action started in the background");
+        if let Some(p) = &cmd.problem {
+            self.held.started(p);
+        }
         tokio::spawn(async move {
             let mut handle = tokio::task::spawn_blocking(job);
             let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -534,7 +557,7 @@ impl Agent {
             if let Err(e) = bus.publish_result(&result).await {
                 tracing::error!(action_id = %cmd.action_id, error = %e, "result not sent");
             }
-            let _ = done.send((index, cmd.action_type.clone(), outcome));
+            let _ = done.send((index, cmd.action_type.clone(), outcome, cmd.problem.clone()));
             ack(m).await;
         });
     }

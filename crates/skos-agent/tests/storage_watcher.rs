@@ -349,3 +349,67 @@ fn the_precondition_follows_the_mounts_usage() {
     );
     assert_eq!(w.precondition("thermal:cpu", 90.0), Precondition::Unknown);
 }
+
+/// A fill predicted while the mount is below warning, then stopped short:
+/// once the fill no longer reaches critical within twice the horizon, the
+/// early warning is withdrawn with one `normal` alert, so it (and the
+/// cleanup that answered it) does not stay open; files going away end the
+/// fill at once. A new fill is predicted again.
+#[test]
+fn a_fill_that_stops_short_withdraws_its_prediction() {
+    let Some(fs) = mount("16M", None) else { return };
+    let mut w = watcher(fs.path());
+    let t0 = Utc::now();
+    let at = |s: i64| t0 + Duration::seconds(s);
+    assert!(w.sense(at(0)).is_empty());
+    let event = |a: &skos_core::protocol::Alert| {
+        a.details
+            .get("event")
+            .and_then(|e| e.as_str())
+            .unwrap_or("level")
+            .to_string()
+    };
+    // 1 MiB every 10 s, four times: predicted, still below warning.
+    let mut seen = Vec::new();
+    for i in 1..=4 {
+        fs.fill(&format!("grow-{i}.bin"), 1024 * 1024);
+        seen.extend(w.sense(at(10 * i)).iter().map(|a| (a.severity, event(a))));
+    }
+    assert_eq!(seen, [(Severity::Warning, "predicted".to_string())]);
+    // Flat for as long as a horizon: the fill slows to nothing in the
+    // window, and the prediction is withdrawn once, with one alert.
+    let mut withdrawn = Vec::new();
+    for i in 1..=60 {
+        for a in w.sense(at(40 + 60 * i)) {
+            withdrawn.push((i, a));
+        }
+    }
+    assert_eq!(withdrawn.len(), 1, "{withdrawn:#?}");
+    let a = &withdrawn[0].1;
+    assert_eq!(a.severity, Severity::Normal);
+    assert_eq!(event(a), "prediction_withdrawn");
+    assert_eq!(a.details["previous_severity"], "warning");
+    assert!(a.message.contains("withdrawn"), "{}", a.message);
+    // A new fill: predicted again; then a file deleted ends it at once.
+    let base = 40 + 60 * 60;
+    let mut again = Vec::new();
+    for i in 1..=4 {
+        fs.fill(&format!("again-{i}.bin"), 1024 * 1024);
+        again.extend(
+            w.sense(at(base + 10 * i))
+                .iter()
+                .map(|a| (a.severity, event(a))),
+        );
+    }
+    assert_eq!(again, [(Severity::Warning, "predicted".to_string())]);
+    std::fs::remove_file(fs.path().join("again-4.bin")).unwrap();
+    let gone: Vec<_> = w
+        .sense(at(base + 50))
+        .iter()
+        .map(|a| (a.severity, event(a)))
+        .collect();
+    assert_eq!(
+        gone,
+        [(Severity::Normal, "prediction_withdrawn".to_string())]
+    );
+}

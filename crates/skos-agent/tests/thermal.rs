@@ -325,35 +325,81 @@ fn the_early_warning_can_be_turned_off() {
 }
 
 /// A rise predicted, then ended (the CPU cools back), then a new rise:
-/// predicted again, once per rise.
+/// predicted again, once per rise; each prediction raised below warning
+/// is withdrawn once its rise stopped short (one `normal` alert, so the
+/// early warning and the throttle that answered it do not stay open).
 #[test]
 fn each_rise_is_predicted_once() {
     let (fake, cpu) = machine();
     let mut s = sentinel(&fake, "");
-    let mut predicted = Vec::new();
+    let mut said: Vec<(f64, Severity, String)> = Vec::new();
     let mut clock = 0.0;
-    let mut step = |s: &mut ThermalSentinel, c: f64, predicted: &mut Vec<f64>| {
+    let mut step = |s: &mut ThermalSentinel, c: f64, said: &mut Vec<(f64, Severity, String)>| {
         for a in raised(s, &cpu, c, clock) {
-            assert_eq!(event(&a), "predicted", "{a:?}");
-            predicted.push(c);
+            said.push((c, a.severity, event(&a).to_string()));
         }
         clock += 5.0;
     };
     for i in 0..10 {
-        step(&mut s, 60.0 + i as f64, &mut predicted);
+        step(&mut s, 60.0 + i as f64, &mut said);
     }
-    assert_eq!(predicted, [65.0]);
-    // Cooling back to 60 for two minutes: the trend falls, the rise ended.
+    assert_eq!(said, [(65.0, Warning, "predicted".to_string())]);
+    // Cooling back to 60 for two minutes: the trend falls, the rise ended
+    // short of warning: withdrawn, once, and nothing predicted.
     for i in 0..30 {
-        step(&mut s, (69.0 - i as f64).max(60.0), &mut predicted);
+        step(&mut s, (69.0 - i as f64).max(60.0), &mut said);
     }
-    assert_eq!(predicted, [65.0], "no prediction while cooling");
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert_eq!(
+        (said[1].1, said[1].2.as_str()),
+        (Normal, "prediction_withdrawn"),
+        "{said:?}"
+    );
     // The new rise, up to 74 °C (below warning): once the window holds
     // enough of it to trust, predicted again, once.
     for i in 0..15 {
-        step(&mut s, 60.0 + i as f64, &mut predicted);
+        step(&mut s, 60.0 + i as f64, &mut said);
     }
-    assert_eq!(predicted.len(), 2, "{predicted:?}");
+    let predicted: Vec<f64> = said
+        .iter()
+        .filter(|(_, _, e)| e == "predicted")
+        .map(|(c, _, _)| *c)
+        .collect();
+    assert_eq!(predicted.len(), 2, "{said:?}");
+}
+
+/// A prediction raised below warning, then the CPU levels off at 72 °C
+/// (below warning): the flat window no longer reaches critical, so the
+/// early warning is withdrawn once.
+#[test]
+fn a_rise_that_levels_off_withdraws_its_prediction() {
+    let (fake, cpu) = machine();
+    let mut s = sentinel(&fake, "");
+    let mut said: Vec<(f64, Severity, String, Alert)> = Vec::new();
+    let mut clock = 0.0;
+    let mut push = |s: &mut ThermalSentinel, c: f64, said: &mut Vec<_>| {
+        for a in raised(s, &cpu, c, clock) {
+            said.push((c, a.severity, event(&a).to_string(), a));
+        }
+        clock += 5.0;
+    };
+    for i in 0..=12 {
+        push(&mut s, 60.0 + i as f64, &mut said);
+    }
+    for _ in 0..60 {
+        push(&mut s, 72.0, &mut said);
+    }
+    let summary: Vec<(Severity, &str)> = said.iter().map(|(_, s, e, _)| (*s, e.as_str())).collect();
+    assert_eq!(
+        summary,
+        [(Warning, "predicted"), (Normal, "prediction_withdrawn")],
+        "{said:#?}"
+    );
+    let w = &said[1].3;
+    assert_eq!(w.details["sensor"], "cpu");
+    assert_eq!(w.details["previous_severity"], "warning");
+    assert!(w.alert_id.ends_with("-withdrawn"), "{}", w.alert_id);
+    assert!(w.message.contains("withdrawn"), "{}", w.message);
 }
 
 /// The check before acting: `thermal:cpu` is still there while the

@@ -254,6 +254,55 @@ async fn wait_consumers(client: &async_nats::Client, nodes: u64) -> Result<()> {
     }
 }
 
+/// The coordinator's `batches.alert` and `batches.alert.<phase>_us`
+/// counters ([`skos_core::counters::BatchPhase`]): where the time of its
+/// alert batches went, wall-clock, phase by phase.
+#[derive(Debug, Clone, Copy, Default)]
+struct BatchTimes {
+    batches: u64,
+    /// Microseconds per phase, in `BatchPhase::ALL`'s order.
+    micros: [u64; 5],
+}
+
+impl BatchTimes {
+    fn of(counters: &skos_core::counters::Counters) -> Self {
+        use skos_core::counters::{BatchPhase, Counter};
+        let mut micros = [0; 5];
+        for (slot, phase) in micros.iter_mut().zip(BatchPhase::ALL) {
+            *slot = counters.of(Counter::BatchMicros("alert", phase));
+        }
+        Self {
+            batches: counters.of(Counter::Batches("alert")),
+            micros,
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        let mut micros = self.micros;
+        for (m, b) in micros.iter_mut().zip(before.micros) {
+            *m = m.saturating_sub(b);
+        }
+        Self {
+            batches: self.batches.saturating_sub(before.batches),
+            micros,
+        }
+    }
+
+    /// "decide 21 µs, state 77 µs, ..." per alert of `alerts`; none when
+    /// no batch was counted.
+    fn summary(&self, alerts: u64) -> Option<String> {
+        if self.batches == 0 || alerts == 0 {
+            return None;
+        }
+        let parts: Vec<String> = skos_core::counters::BatchPhase::ALL
+            .iter()
+            .zip(self.micros)
+            .map(|(p, m)| format!("{} {:.1} µs", p.as_str(), m as f64 / alerts as f64))
+            .collect();
+        Some(parts.join(", "))
+    }
+}
+
 async fn alert_burst(
     rig: &Rig,
     prefix: &str,
@@ -428,7 +477,9 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         S,
         format!("{n_alerts} alerts (one per node) into SKOS_ALERTS"),
     );
+    let phases0 = BatchTimes::of(&counters);
     let al = alert_burst(&rig, &prefix, &run, 0, n_alerts).await?;
+    let phases = BatchTimes::of(&counters).since(&phases0);
     say(
         S,
         format!(
@@ -446,6 +497,12 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
                 .unwrap_or_else(|| "unknown".into())
         ),
     );
+    if let Some(line) = phases.summary(n_alerts) {
+        say(
+            S,
+            format!("alerts: where a batch's time went, per alert: {line}"),
+        );
+    }
     let snapshot = counters.snapshot();
     let own_server = rig.server.is_own();
     rig.coordinator.stop(Duration::from_secs(15)).await?;
@@ -557,6 +614,23 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             .note("the server's share includes the publisher's alerts and the plain consumer");
     }
     figures.push(cpu);
+    if phases.batches > 0 {
+        let total: u64 = phases.micros.iter().sum();
+        figures.push(
+            Figure::new(
+                S,
+                format!("coordinator time per alert, batch by batch ({n_alerts} burst)"),
+                total as f64 / n_alerts as f64,
+                "µs",
+            )
+            .note(format!(
+                "{}; {} batches of {:.0} alerts on average",
+                phases.summary(n_alerts).unwrap_or_default(),
+                phases.batches,
+                n_alerts as f64 / phases.batches as f64
+            )),
+        );
+    }
     for (n, b, _) in &scale {
         figures.push(
             Figure::new(

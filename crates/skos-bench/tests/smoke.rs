@@ -81,6 +81,17 @@ fn quick_ingest_latency_and_fairness_report_every_section_consistently() {
         50,
         "{alerts}"
     );
+    // Every alert went through a batch that reached its acks, and each
+    // phase of those batches was timed.
+    let counters = &ingest["counters"];
+    let batches = counters["batches.alert"].as_u64().unwrap();
+    assert!((1..=50).contains(&batches), "{counters}");
+    for phase in ["decide", "state", "publish", "audit", "ack"] {
+        assert!(
+            counters[format!("batches.alert.{phase}_us")].is_u64(),
+            "{phase}: {counters}"
+        );
+    }
     assert!(hb["coordinator"]["received"].as_u64().unwrap() > 0, "{hb}");
     assert!(hb["ceiling"]["received"].as_u64().unwrap() > 0, "{hb}");
 

@@ -25,12 +25,15 @@ use std::sync::Arc;
 use crate::{subjects, trust, Error, NatsBus, Result};
 
 pub mod check;
+pub mod segments;
 pub use check::{Checkpoint, TrailReport};
+pub use segments::Policy;
 
 pub enum AuditStore {
     File {
         path: PathBuf,
         file: File,
+        segs: Box<Segments>,
     },
     JetStream {
         js: Box<jetstream::Context>,
@@ -60,6 +63,26 @@ impl Signing {
             signer,
         })
     }
+}
+
+/// The file store's segments: where they go, the policy, and the live
+/// file's oldest record time (rotation by age).
+pub struct Segments {
+    dir: skos_fs::Dir,
+    policy: Policy,
+    oldest: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Where a rotation stops early: a test's crash between two steps.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotateStop {
+    /// After the segment file is in place, before its seal is recorded.
+    AfterSegment,
+    /// After the seal is recorded, before the live file is cut.
+    AfterSeal,
+    /// Not at all.
+    Never,
 }
 
 /// The writer side of the audit trail.
@@ -115,6 +138,14 @@ impl AuditLog {
     /// symlink, created `0600`, and refused when hard-linked or another
     /// user's.
     pub fn open_file(path: &Path) -> Result<Self> {
+        Self::open_file_with(path, Policy::default())
+    }
+
+    /// [`AuditLog::open_file`], sealing old records into segments and
+    /// expiring segments by `policy` ([`segments`]). A rotation a crash
+    /// interrupted is completed here; a live file with no record (removed)
+    /// continues the chain from the newest segment.
+    pub fn open_file_with(path: &Path, policy: Policy) -> Result<Self> {
         let mut file = skos_fs::append_private(path)?;
         file.try_lock().map_err(|e| Error::Corrupt {
             path: path.escaped().to_string(),
@@ -127,12 +158,28 @@ impl AuditLog {
             file.seek(SeekFrom::End(0)).map_err(|e| io(path, e))?;
             torn = Some(total_len - good_len);
         }
-        let chain = Chain::resume(last.as_ref());
+        let mut chain = Chain::resume(last.as_ref());
+        if last.is_none() {
+            if let Some(newest) = segments::list(path)?.pop() {
+                let h = segments::header(&newest.path)?;
+                chain = Chain::after(h.last_seq, &h.last_hash);
+            }
+        }
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let segs = Box::new(Segments {
+            dir: skos_fs::Dir::private(dir)?,
+            policy,
+            oldest: first_record(path)?.map(|r| r.entry.timestamp),
+        });
         let log = Self {
             inner: Mutex::new((
                 AuditStore::File {
                     path: path.to_path_buf(),
                     file,
+                    segs,
                 },
                 chain,
             )),
@@ -150,7 +197,98 @@ impl AuditLog {
                 serde_json::json!({ "bytes": bytes }),
             ))?;
         }
+        {
+            let mut guard = log.inner.try_lock().map_err(|_| Error::Closed)?;
+            let (store, chain) = &mut *guard;
+            if let AuditStore::File { path, file, segs } = store {
+                remove_leftovers(path, segs)?;
+                recover(path, file, chain, segs)?;
+                if segs.due(file, chrono::Utc::now()) {
+                    rotate(path, file, chain, segs, RotateStop::Never)?;
+                }
+                expire(path, file, chain, segs, chrono::Utc::now())?;
+            }
+        }
         Ok(log)
+    }
+
+    /// Seal the live file into a segment now, whatever its size (and
+    /// expire what the policy says); whether a segment was written. A file
+    /// trail only: the stream's records age out by its `max_age`.
+    pub async fn rotate_now(&self) -> Result<bool> {
+        self.rotate_stopping(RotateStop::Never).await
+    }
+
+    /// Write an `audit_checkpoint` record on the stream (a leader, at the
+    /// start of its term and periodically, when the stream ages records
+    /// out by `max_age`): it names the chain's head before it (seq, hash)
+    /// and when the stream stored that head's message, so `skos audit
+    /// verify` can tell records aged out by the stream's `max_age` from
+    /// records purged ([`check::verify_jetstream_within`]). On a file
+    /// trail it writes nothing (its expiry is recorded by `audit_expired`).
+    pub async fn checkpoint(&self, max_age: std::time::Duration) -> Result<Option<AuditRecord>> {
+        let (head_seq, head_hash, head_time) = {
+            let guard = self.inner.lock().await;
+            let (store, chain) = &*guard;
+            let AuditStore::JetStream {
+                js,
+                last_stream_seq,
+                ..
+            } = store
+            else {
+                return Ok(None);
+            };
+            let mut time = None;
+            if *last_stream_seq > 0 {
+                if let Ok(s) = js.get_stream(subjects::STREAM_AUDIT).await {
+                    if let Ok(m) = s.get_raw_message(*last_stream_seq).await {
+                        time = chrono::DateTime::from_timestamp(
+                            m.time.unix_timestamp(),
+                            m.time.nanosecond(),
+                        );
+                    }
+                }
+            }
+            (chain.next_seq() - 1, chain.last_hash().to_string(), time)
+        };
+        let data = check::CheckpointData {
+            head_seq,
+            head_hash,
+            head_stored: head_time,
+            max_age_seconds: max_age.as_secs(),
+        };
+        let entry = AuditEntry::new(
+            skos_core::AuditEvent::AuditCheckpoint,
+            chrono::Utc::now(),
+            None,
+            "coordinator",
+            format!(
+                "checkpoint: the trail's head is seq {head_seq}; records older than {} days age out of the stream",
+                max_age.as_secs() / 86_400
+            ),
+            serde_json::to_value(&data).unwrap_or_default(),
+        );
+        self.append(entry).await.map(Some)
+    }
+
+    /// [`AuditLog::rotate_now`], stopping after `stop` (a test's crash).
+    #[doc(hidden)]
+    pub async fn rotate_stopping(&self, stop: RotateStop) -> Result<bool> {
+        let mut guard = self.inner.lock().await;
+        let (store, chain) = &mut *guard;
+        match store {
+            AuditStore::File { path, file, segs } => {
+                let (path, file) = (&*path, &mut *file);
+                tokio::task::block_in_place(|| {
+                    let wrote = rotate(path, file, chain, segs, stop)?;
+                    if stop == RotateStop::Never {
+                        expire(path, file, chain, segs, chrono::Utc::now())?;
+                    }
+                    Ok(wrote)
+                })
+            }
+            AuditStore::JetStream { .. } => Ok(false),
+        }
     }
 
     /// Open the JetStream audit stream and continue its chain, unsigned.
@@ -197,7 +335,7 @@ impl AuditLog {
         let mut guard = self.inner.try_lock().map_err(|_| Error::Closed)?;
         let (store, chain) = &mut *guard;
         match store {
-            AuditStore::File { path, file } => append_file(path, file, chain, entry),
+            AuditStore::File { path, file, .. } => append_file(path, file, chain, entry),
             AuditStore::JetStream { .. } => Err(Error::Closed),
         }
     }
@@ -261,11 +399,13 @@ impl AuditLog {
             let mut guard = self.inner.lock().await;
             let (store, chain) = &mut *guard;
             match store {
-                AuditStore::File { path, file } => {
+                AuditStore::File { path, file, segs } => {
                     let (path, file) = (&*path, &mut *file);
                     let back = entries.clone();
                     return tokio::task::block_in_place(|| {
-                        append_file_many(path, file, chain, entries).map(drop)
+                        append_file_many(path, file, chain, entries)?;
+                        after_append(path, file, chain, segs);
+                        Ok(())
                     })
                     .map_err(|error| AppendFailed {
                         error,
@@ -331,9 +471,13 @@ impl AuditLog {
         let mut guard = self.inner.lock().await;
         let (store, chain) = &mut *guard;
         match store {
-            AuditStore::File { path, file } => {
+            AuditStore::File { path, file, segs } => {
                 let (path, file) = (&*path, &mut *file);
-                tokio::task::block_in_place(|| append_file(path, file, chain, entry))
+                tokio::task::block_in_place(|| {
+                    let record = append_file(path, file, chain, entry)?;
+                    after_append(path, file, chain, segs);
+                    Ok(record)
+                })
             }
             AuditStore::JetStream {
                 js,
@@ -688,6 +832,307 @@ fn append_file_many(
     Ok(records)
 }
 
+impl Segments {
+    /// Whether the live file is due to be sealed: it holds
+    /// `segment_bytes`, or its oldest record is `segment_age` old.
+    fn due(&self, file: &File, now: chrono::DateTime<chrono::Utc>) -> bool {
+        let big = file
+            .metadata()
+            .is_ok_and(|m| m.len() >= self.policy.segment_bytes);
+        let old = self.oldest.is_some_and(|t| {
+            (now - t)
+                .to_std()
+                .is_ok_and(|age| age >= self.policy.segment_age)
+        });
+        big || old
+    }
+}
+
+/// After records were appended to the live file: seal it into a segment
+/// when due (and expire by the policy). A failure is logged and tried
+/// again after the next append: the records are stored either way, and a
+/// rotation cut short is completed by the next one.
+fn after_append(path: &Path, file: &mut File, chain: &mut Chain, segs: &mut Segments) {
+    let now = chrono::Utc::now();
+    if segs.oldest.is_none() {
+        segs.oldest = Some(now);
+    }
+    if !segs.due(file, now) {
+        return;
+    }
+    let done = rotate(path, file, chain, segs, RotateStop::Never)
+        .and_then(|_| expire(path, file, chain, segs, now));
+    if let Err(e) = done {
+        tracing::warn!(path = %path.escaped(), error = %e, "audit file not sealed into a segment; tried again after the next record");
+    }
+}
+
+/// Remove the temp files of a rotation step a crash cut short (a segment
+/// or a live file half written, never renamed into place: no record is
+/// only there).
+fn remove_leftovers(path: &Path, segs: &Segments) -> Result<()> {
+    let stem = segments::stem(path);
+    let cut = format!(
+        ".{}.cut",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let entries = std::fs::read_dir(segs.dir.path()).map_err(|e| io(segs.dir.path(), e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let segment_tmp =
+            name.starts_with(&format!(".{stem}-")) && name.ends_with(".jsonl.zst.tmp");
+        if segment_tmp || name == cut {
+            tracing::warn!(file = %name, "removing a half-written audit rotation file");
+            segs.dir.remove(name.as_ref())?;
+        }
+    }
+    Ok(())
+}
+
+/// The first record of the live file, if any.
+fn first_record(path: &Path) -> Result<Option<AuditRecord>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(path, e)),
+    };
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(|e| io(path, e))?;
+        if let Ok(r) = serde_json::from_str::<AuditRecord>(&line) {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
+
+/// Complete a rotation a crash (or a failed write) cut short: the newest
+/// segment still overlaps the live file. Its seal is recorded if it is not
+/// yet, and the live file is cut after the segment's last record. A
+/// segment that does not match the live file's records is left alone (and
+/// `skos audit verify` names it).
+fn recover(path: &Path, file: &mut File, chain: &mut Chain, segs: &mut Segments) -> Result<()> {
+    let Some(newest) = segments::list(path)?.pop() else {
+        return Ok(());
+    };
+    let Some(first) = first_record(path)? else {
+        return Ok(());
+    };
+    if first.seq > newest.last_seq {
+        return Ok(());
+    }
+    let scanned = segments::scan(&newest.path, |_, _| {})?;
+    let header = match scanned.header {
+        Ok(h) if h.first_seq == first.seq && h.first_prev_hash == first.prev_hash => h,
+        _ => {
+            tracing::warn!(segment = %newest.path.escaped(), "audit segment overlaps the live file but does not match it: left as it is");
+            return Ok(());
+        }
+    };
+    // Where the records after the segment begin, and whether its seal is
+    // recorded.
+    let mut cut_at = None;
+    let mut sealed = false;
+    let mut offset = 0u64;
+    let live = File::open(path).map_err(|e| io(path, e))?;
+    for line in BufReader::with_capacity(segments::READ_BUFFER, live).split(b'\n') {
+        let line = line.map_err(|e| io(path, e))?;
+        offset += line.len() as u64 + 1;
+        let Ok(r) = serde_json::from_slice::<AuditRecord>(&line) else {
+            continue;
+        };
+        if r.seq == header.last_seq && r.hash == header.last_hash {
+            cut_at = Some(offset);
+        }
+        if r.entry.event_type == skos_core::AuditEvent::AuditSealed.as_str()
+            && r.entry.data["segment"].as_str() == Some(newest.name.as_str())
+        {
+            sealed = true;
+        }
+    }
+    let Some(cut_at) = cut_at else {
+        tracing::warn!(segment = %newest.path.escaped(), "audit segment's last record is not in the live file: left as it is");
+        return Ok(());
+    };
+    tracing::warn!(segment = %newest.path.escaped(), sealed, "completing an audit rotation that was cut short");
+    if !sealed {
+        let seal = segments::Seal {
+            segment: newest.name.clone(),
+            first_seq: header.first_seq,
+            last_seq: header.last_seq,
+            first_prev_hash: header.first_prev_hash.clone(),
+            last_hash: header.last_hash.clone(),
+            records: header.records,
+            sha256: scanned.sha256,
+            bytes: scanned.bytes,
+        };
+        append_file_many(path, file, chain, vec![seal_entry(&seal)])?;
+    }
+    cut(path, file, segs, cut_at)
+}
+
+fn seal_entry(seal: &segments::Seal) -> AuditEntry {
+    AuditEntry::new(
+        skos_core::AuditEvent::AuditSealed,
+        chrono::Utc::now(),
+        None,
+        "audit",
+        format!(
+            "sealed records seq {}..{} ({} records) into {}",
+            seal.first_seq, seal.last_seq, seal.records, seal.segment
+        ),
+        serde_json::to_value(seal).unwrap_or_default(),
+    )
+}
+
+/// Seal the live file's records into a segment, record the seal, and cut
+/// the live file to what follows (the seal record), each step durable
+/// before the next ([`segments`]). Whether a segment was written (not when
+/// the live file holds fewer than two records).
+fn rotate(
+    path: &Path,
+    file: &mut File,
+    chain: &mut Chain,
+    segs: &mut Segments,
+    stop: RotateStop,
+) -> Result<bool> {
+    recover(path, file, chain, segs)?;
+    let len = file.metadata().map_err(|e| io(path, e))?.len();
+    let live = File::open(path).map_err(|e| io(path, e))?;
+    let (mut first, mut last, mut records, mut newest) = (None::<AuditRecord>, None, 0u64, None);
+    for line in BufReader::with_capacity(segments::READ_BUFFER, live.take(len)).split(b'\n') {
+        let line = line.map_err(|e| io(path, e))?;
+        let Ok(r) = serde_json::from_slice::<AuditRecord>(&line) else {
+            continue;
+        };
+        records += 1;
+        newest = newest.max(Some(r.entry.timestamp));
+        if first.is_none() {
+            first = Some(r.clone());
+        }
+        last = Some((r.seq, r.hash));
+    }
+    let (Some(first), Some((last_seq, last_hash)), Some(newest)) = (first, last, newest) else {
+        return Ok(false);
+    };
+    if records < 2 {
+        return Ok(false);
+    }
+    let header = segments::SegmentHeader {
+        skos_audit_segment: segments::FORMAT,
+        first_seq: first.seq,
+        last_seq,
+        first_prev_hash: first.prev_hash,
+        last_hash,
+        records,
+        newest,
+    };
+    let seal = segments::write(&segs.dir, path, len, &header)?;
+    tracing::info!(segment = %seal.segment, records, bytes = seal.bytes, "audit records sealed into a segment");
+    crate::failpoint::hit("audit.segment_written");
+    if stop == RotateStop::AfterSegment {
+        return Ok(true);
+    }
+    append_file_many(path, file, chain, vec![seal_entry(&seal)])?;
+    crate::failpoint::hit("audit.sealed");
+    if stop == RotateStop::AfterSeal {
+        return Ok(true);
+    }
+    cut(path, file, segs, len)?;
+    Ok(true)
+}
+
+/// Replace the live file with its bytes from `at` on: a temp file beside
+/// it, written, fsynced and locked, renamed over it (the directory
+/// fsynced); the writer goes on with the new file.
+fn cut(path: &Path, file: &mut File, segs: &mut Segments, at: u64) -> Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Corrupt {
+            path: path.escaped().to_string(),
+            reason: "not a file name".into(),
+        })?
+        .to_os_string();
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(&name);
+    tmp.push(".cut");
+    let tmp_path = segs.dir.path().join(&tmp);
+    segs.dir.remove(&tmp)?;
+    let mut out = segs.dir.create_new(&tmp)?;
+    let mut src = File::open(path).map_err(|e| io(path, e))?;
+    src.seek(SeekFrom::Start(at)).map_err(|e| io(path, e))?;
+    std::io::copy(&mut src, &mut out)
+        .and_then(|_| out.sync_all())
+        .map_err(|e| io(&tmp_path, e))?;
+    drop(out);
+    let new = segs.dir.open_append(&tmp)?;
+    new.try_lock().map_err(|e| Error::Corrupt {
+        path: tmp_path.escaped().to_string(),
+        reason: format!("cannot lock: {e}"),
+    })?;
+    segs.dir.rename(&tmp, &name)?;
+    *file = new;
+    segs.oldest = first_record(path)?.map(|r| r.entry.timestamp);
+    Ok(())
+}
+
+/// Remove the oldest segments whose newest record is older than the
+/// retention, each after an `audit_expired` record naming its range and
+/// last hash is written (fsynced): a crash between leaves the segment and
+/// the record, and the next expiry removes it. How many were removed.
+fn expire(
+    path: &Path,
+    file: &mut File,
+    chain: &mut Chain,
+    segs: &mut Segments,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<u64> {
+    let Some(retain) = segs.policy.retain else {
+        return Ok(0);
+    };
+    let live_first = first_record(path)?.map(|r| r.seq);
+    let mut removed = 0;
+    for seg in segments::list(path)? {
+        if live_first.is_none_or(|f| seg.last_seq >= f) {
+            // Not cut from the live file yet: never the only copy.
+            break;
+        }
+        let h = segments::header(&seg.path)?;
+        let old_enough = (now - h.newest).to_std().is_ok_and(|age| age >= retain);
+        if !old_enough {
+            break;
+        }
+        let expired = segments::Expired {
+            segment: seg.name.clone(),
+            first_seq: h.first_seq,
+            through_seq: h.last_seq,
+            through_hash: h.last_hash.clone(),
+            records: h.records,
+            newest: h.newest,
+            retain_seconds: retain.as_secs(),
+        };
+        let entry = AuditEntry::new(
+            skos_core::AuditEvent::AuditExpired,
+            now,
+            None,
+            "audit",
+            format!(
+                "{} records aged out by policy (seq {}..{}, {}, kept {} days)",
+                h.records,
+                h.first_seq,
+                h.last_seq,
+                seg.name,
+                retain.as_secs() / 86_400
+            ),
+            serde_json::to_value(&expired).unwrap_or_default(),
+        );
+        append_file_many(path, file, chain, vec![entry])?;
+        segs.dir.remove(seg.name.as_ref())?;
+        tracing::info!(segment = %seg.name, records = h.records, "audit segment aged out by policy");
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// Last parseable record, length of the well-formed prefix (up to the last
 /// newline: anything after it is a torn write), total length. Reads from
 /// the end only: start-up costs the same at any length of trail.
@@ -846,9 +1291,40 @@ const TAIL_BLOCK: usize = 64 * 1024;
 /// passed `n` complete records, then parses only those: the bytes read are
 /// those of the `n` records plus at most one block, whatever the length
 /// of the file. Blank lines are skipped, as [`read_file`] skips them.
+///
+/// When the live file holds fewer than `n`, the rest comes from the newest
+/// sealed segments ([`segments::tail`]), decompressed in turn.
 pub fn read_file_tail(path: &Path, n: u64) -> Result<Vec<Value>> {
     let mut file = File::open(path).map_err(|e| io(path, e))?;
-    read_tail(&mut file, path, n, TAIL_BLOCK)
+    let mut out = read_tail(&mut file, path, n, TAIL_BLOCK)?;
+    let want = usize::try_from(n).unwrap_or(usize::MAX);
+    if out.len() < want {
+        let below = out
+            .iter()
+            .find_map(|v| v["seq"].as_u64())
+            .unwrap_or(u64::MAX);
+        let mut older = segments::tail(path, want - out.len(), below)?;
+        older.append(&mut out);
+        out = older;
+    }
+    Ok(out)
+}
+
+/// Every record of the trail, sealed segments first, then the live file,
+/// as JSON values, in order (a record held by both, after an interrupted
+/// rotation, once).
+pub fn read_trail(path: &Path) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let last = segments::each_after(path, 0, |v| {
+        out.push(v);
+        true
+    })?;
+    for v in read_file(path)? {
+        if v["seq"].as_u64().is_none_or(|s| s > last) {
+            out.push(v);
+        }
+    }
+    Ok(out)
 }
 
 /// [`read_file_tail`] over any seekable source, `path` naming it in

@@ -44,6 +44,11 @@ enum Inner {
         path: PathBuf,
         /// Where the next unread line starts.
         offset: u64,
+        /// The file read, held open: when another one is at the path (the
+        /// live file replaced after its records were sealed into a
+        /// segment), the rest of this one is read, then the new one from
+        /// its start.
+        held: Option<std::fs::File>,
     },
     JetStream {
         messages: Box<pull::Ordered>,
@@ -73,9 +78,9 @@ impl AuditFollower {
     pub async fn open(source: &AuditSource, backfill: u64) -> Result<(Self, Vec<Value>)> {
         match source {
             AuditSource::File(path) => {
-                let offset = match std::fs::metadata(path) {
-                    Ok(m) => m.len(),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                let (offset, held) = match std::fs::File::open(path) {
+                    Ok(f) => (f.metadata().map_err(|e| io(path, e))?.len(), Some(f)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
                     Err(e) => return Err(io(path, e)),
                 };
                 let recent = if backfill > 0 && offset > 0 {
@@ -91,6 +96,7 @@ impl AuditFollower {
                         inner: Inner::File {
                             path: path.clone(),
                             offset,
+                            held,
                         },
                     },
                     recent,
@@ -153,12 +159,14 @@ impl AuditFollower {
     /// means this follower is done: open a new one.
     pub async fn next(&mut self) -> Result<Vec<Value>> {
         match &mut self.inner {
-            Inner::File { path, offset } => loop {
-                let (path_c, from) = (path.clone(), *offset);
-                let (records, next) = tokio::task::spawn_blocking(move || read_from(&path_c, from))
-                    .await
-                    .map_err(|e| stream_err(format!("reader stopped: {e}")))??;
+            Inner::File { path, offset, held } => loop {
+                let (path_c, from, was) = (path.clone(), *offset, held.take());
+                let (records, next, now) =
+                    tokio::task::spawn_blocking(move || read_from(&path_c, from, was))
+                        .await
+                        .map_err(|e| stream_err(format!("reader stopped: {e}")))??;
                 *offset = next;
+                *held = now;
                 if !records.is_empty() {
                     return Ok(records);
                 }
@@ -219,16 +227,58 @@ fn checked(m: &async_nats::jetstream::Message, trusted: Option<&trust::Verifier>
     }
 }
 
-/// The complete lines of the file from `offset` on (at most
-/// [`MAX_STEP_BYTES`]), as records, and where the next unread line starts.
-/// A file shorter than `offset` (cut after a torn write) is read from its
-/// end.
-fn read_from(path: &Path, offset: u64) -> Result<(Vec<Value>, u64)> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+/// The records appended to the file at `path` since `offset` of `held`
+/// (the file read so far), where the next unread line starts, and the file
+/// to hold on to. When another file is at the path (the live file replaced
+/// after a rotation), the rest of `held` comes first, then the new file
+/// from its start.
+fn read_from(
+    path: &Path,
+    offset: u64,
+    held: Option<std::fs::File>,
+) -> Result<(Vec<Value>, u64, Option<std::fs::File>)> {
+    use std::os::unix::fs::MetadataExt;
+    let current = match std::fs::File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io(path, e)),
     };
+    let ino = |f: &std::fs::File| f.metadata().map(|m| m.ino()).ok();
+    match (held, current) {
+        (Some(mut old), Some(mut new)) if ino(&old) != ino(&new) => {
+            let mut out = Vec::new();
+            let mut at = offset;
+            loop {
+                let (records, next) = read_lines(&mut old, path, at)?;
+                if next == at {
+                    break;
+                }
+                out.extend(records);
+                at = next;
+            }
+            // The new file begins with the seal record the old one ends
+            // with: each record once.
+            let seen = out.iter().filter_map(|v| v["seq"].as_u64()).max();
+            let (records, next) = read_lines(&mut new, path, 0)?;
+            out.extend(records.into_iter().filter(|v| {
+                v["seq"]
+                    .as_u64()
+                    .is_none_or(|s| seen.is_none_or(|seen| s > seen))
+            }));
+            Ok((out, next, Some(new)))
+        }
+        (_, Some(mut f)) => {
+            let (records, next) = read_lines(&mut f, path, offset)?;
+            Ok((records, next, Some(f)))
+        }
+        (held, None) => Ok((Vec::new(), offset, held)),
+    }
+}
+
+/// The complete lines of `f` from `offset` on (at most [`MAX_STEP_BYTES`]),
+/// as records, and where the next unread line starts. A file shorter than
+/// `offset` (cut after a torn write) is read from its end.
+fn read_lines(f: &mut std::fs::File, path: &Path, offset: u64) -> Result<(Vec<Value>, u64)> {
     let len = f.metadata().map_err(|e| io(path, e))?.len();
     if len < offset {
         return Ok((Vec::new(), len));
@@ -260,14 +310,29 @@ fn read_from(path: &Path, offset: u64) -> Result<(Vec<Value>, u64)> {
 /// Up to `limit` records of the audit file whose `seq` is above `after`,
 /// oldest first, and whether more follow. Read line by line: memory stays
 /// that of `limit` records whatever the length of the file.
+///
+/// Records sealed into segments come first ([`audit::segments::each_after`]),
+/// each once.
 pub fn read_file_after(path: &Path, after: u64, limit: usize) -> Result<(Vec<Value>, bool)> {
     use std::io::BufRead;
+    let mut out = Vec::new();
+    let mut more = false;
+    let after = audit::segments::each_after(path, after, |v| {
+        if out.len() == limit {
+            more = true;
+            return false;
+        }
+        out.push(v);
+        true
+    })?;
+    if more {
+        return Ok((out, true));
+    }
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, false)),
         Err(e) => return Err(io(path, e)),
     };
-    let mut out = Vec::new();
     for line in std::io::BufReader::new(f).lines() {
         let line = line.map_err(|e| io(path, e))?;
         if line.trim().is_empty() {

@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod audit_follow;
+pub mod failpoint;
 pub mod inproc;
 pub mod lease;
 pub mod nats;
@@ -165,6 +166,17 @@ pub(crate) enum Replier {
 }
 
 impl Incoming {
+    /// A message with no headers and nothing to acknowledge or answer, as
+    /// a core NATS message without a reply subject is.
+    pub fn plain(subject: String, payload: Bytes) -> Self {
+        Self {
+            subject,
+            payload,
+            headers: Vec::new(),
+            ack: Acker::None,
+        }
+    }
+
     /// The first value of a header, by name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -56,6 +56,10 @@ pub struct NatsOptions {
     /// once, then doubling from 2 ms up to 4 s). Either way the client
     /// keeps trying for as long as it runs.
     pub reconnect_wait: Option<Duration>,
+    /// The audit stream's `max_age` when this connection creates it: the
+    /// retention (`audit.retention_days`); zero keeps every record. No
+    /// SKOS credential may change it later (nor purge the stream).
+    pub audit_max_age: Duration,
 }
 
 #[derive(Clone, Default)]
@@ -92,6 +96,7 @@ impl NatsOptions {
             inbox_prefix: None,
             create_streams: true,
             reconnect_wait: None,
+            audit_max_age: Duration::ZERO,
         }
     }
 
@@ -141,6 +146,8 @@ pub struct NatsBus {
     /// The node key an agent signs its heartbeats, alerts and results
     /// with ([`NatsBus::with_node_signer`]).
     node_signer: Option<std::sync::Arc<crate::trust::Signer>>,
+    /// [`NatsOptions::audit_max_age`].
+    audit_max_age: Duration,
 }
 
 /// Messages a core subscription may hold before the client drops them.
@@ -199,6 +206,7 @@ impl NatsBus {
             client,
             js,
             node_signer: None,
+            audit_max_age: opts.audit_max_age,
         };
         if opts.create_streams {
             bus.ensure_streams().await?;
@@ -236,7 +244,7 @@ impl NatsBus {
             (
                 subjects::STREAM_AUDIT,
                 subjects::AUDIT,
-                Duration::ZERO,
+                self.audit_max_age,
                 true,
             ),
         ];
@@ -379,6 +387,16 @@ impl NatsBus {
                 reason,
             };
             let mut config = self.stream_config(name).await?;
+            if name == subjects::STREAM_AUDIT && config.max_age != self.audit_max_age {
+                // Set when the stream was made; no SKOS credential may
+                // change it (that would let it age the trail out at will).
+                tracing::warn!(
+                    stream = name,
+                    max_age_seconds = config.max_age.as_secs(),
+                    retention_seconds = self.audit_max_age.as_secs(),
+                    "the audit stream's max_age is not the configured retention: the stream's applies (change it with the server's admin credential)"
+                );
+            }
             if is_locked(&config) {
                 continue;
             }
@@ -824,7 +842,12 @@ async fn ensure_stream(
         subjects: vec![subject.to_string()],
         max_age,
         storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
+        // Never longer than what the stream keeps (the server refuses it).
+        duplicate_window: if max_age.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            max_age.min(Duration::from_secs(120))
+        },
         deny_delete: locked,
         deny_purge: locked,
         ..Default::default()

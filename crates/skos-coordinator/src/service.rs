@@ -16,7 +16,7 @@
 //! alerts and results already recorded in the audit trail are not handled
 //! again.
 
-use skos_core::counters::Counter;
+use skos_core::counters::{BatchPhase, Counter};
 use skos_core::escape::ShowPath;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -414,6 +414,9 @@ fn decode_snapshot<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Sn
 struct Ctx {
     /// Agents' command consumers, asked for once per node.
     consumers: Consumers,
+    /// How long the last [`Ctx::flush`] spent publishing and appending to
+    /// the trail, for the batch phase counters.
+    flushed: FlushTimes,
     /// A digest of each node's state as last written, so an unchanged
     /// node is not written again.
     written: HashMap<NodeName, u64>,
@@ -621,6 +624,23 @@ async fn lead(
     let mut engine = Engine::new(cfg.clone(), counters.clone(), &opts.mode);
     engine.set_term(term.as_ref().map(|t| t.term));
     audit.set_term(term.as_ref().map(|t| t.term));
+    // Where the stream ages records out (its max_age, the retention), the
+    // leader anchors the trail at the start of its term and then at least
+    // every `audit.checkpoint_minutes`: `skos audit verify` tells records
+    // aged out from records purged by them (a file trail records its own
+    // expiry: no checkpoint is written there).
+    let retention = cfg
+        .audit_retention_days()
+        .map(|d| Duration::from_secs(d.saturating_mul(86_400)));
+    let checkpoint_every = Duration::from_secs(cfg.audit.checkpoint_minutes.saturating_mul(60));
+    let mut last_checkpoint = std::time::Instant::now();
+    if let Some(max_age) = retention {
+        match audit.checkpoint(max_age).await {
+            Ok(_) => {}
+            Err(skos_bus::Error::Deposed { .. }) => return Ok(Led::Deposed),
+            Err(e) => tracing::warn!(error = %e, "audit checkpoint not written; tried again later"),
+        }
+    }
     if let Some(t) = &term {
         let holder = lease
             .as_ref()
@@ -896,6 +916,7 @@ async fn lead(
         deposed: false,
         valid_until: lease.as_ref().and_then(|l| l.valid_until()),
         audit_down: None,
+        flushed: FlushTimes::default(),
         node: cfg.node.name.clone(),
         seal: opts.state_trust.as_ref().and(opts.signer.clone()),
         seal_term,
@@ -996,6 +1017,14 @@ async fn lead(
             }
             Some(m) = control.next() => ctx.control(m).await,
             _ = tick.tick() => {
+                if let Some(max_age) = retention.filter(|_| last_checkpoint.elapsed() >= checkpoint_every) {
+                    last_checkpoint = std::time::Instant::now();
+                    match audit.checkpoint(max_age).await {
+                        Ok(_) => {}
+                        Err(skos_bus::Error::Deposed { .. }) => break Led::Deposed,
+                        Err(e) => tracing::warn!(error = %e, "audit checkpoint not written; tried again later"),
+                    }
+                }
                 let now = chrono::Utc::now();
                 let mut effects = ctx.engine.tick(now);
                 effects.extend(ctx.settled(now).await);
@@ -1479,6 +1508,7 @@ impl Ctx {
     /// again), and the alerts, delivered again, are acknowledged once they
     /// are carried out.
     async fn alerts(&mut self, batch: Vec<Incoming>) {
+        let started = std::time::Instant::now();
         let now = chrono::Utc::now();
         let mut work = Work::default();
         work.effects.extend(self.dropped("alert", &batch, now));
@@ -1497,7 +1527,7 @@ impl Ctx {
             }
             work.acks.push(m);
         }
-        if !self.finish(work, "alert").await {
+        if !self.finish(work, "alert", started).await {
             // Not acknowledged: JetStream delivers them again.
             tracing::error!(
                 alerts,
@@ -1509,6 +1539,7 @@ impl Ctx {
 
     /// Handle a batch of results, as [`Ctx::alerts`].
     async fn results(&mut self, batch: Vec<Incoming>) {
+        let started = std::time::Instant::now();
         let now = chrono::Utc::now();
         let mut work = Work::default();
         work.effects.extend(self.dropped("result", &batch, now));
@@ -1549,7 +1580,7 @@ impl Ctx {
             }
             work.acks.push(m);
         }
-        if !self.finish(work, "result").await {
+        if !self.finish(work, "result", started).await {
             tracing::error!(
                 waiting = self.outbox.len(),
                 "results' effects not all carried out yet; kept, and the results will be delivered again"
@@ -1560,8 +1591,14 @@ impl Ctx {
     /// State first, with the effects decided (a restart then carries out
     /// those not yet carried out), then the effects, then the acks. `kind`
     /// names the failpoints between the steps. True when the batch is
-    /// acknowledged.
-    async fn finish(&mut self, work: Work, kind: &'static str) -> bool {
+    /// acknowledged; then how long each phase took since `started` (when
+    /// the batch was taken) is counted ([`Counter::BatchMicros`]).
+    async fn finish(
+        &mut self,
+        work: Work,
+        kind: &'static str,
+        started: std::time::Instant,
+    ) -> bool {
         let points = match kind {
             "alert" => [
                 "alert.decided",
@@ -1577,17 +1614,33 @@ impl Ctx {
             ],
         };
         failpoint::hit(points[0]);
+        let decided = std::time::Instant::now();
         self.queue(work.effects);
         let mut touched = work.touched;
         touched.extend(std::mem::take(&mut self.unsaved));
         if self.persist_strict(touched).await.is_ok() {
             failpoint::hit(points[1]);
         }
+        let persisted = std::time::Instant::now();
         if !self.flush(Some(points[2])).await {
             return false;
         }
         failpoint::hit(points[3]);
+        let audited = std::time::Instant::now();
         futures::future::join_all(work.acks.into_iter().map(ack)).await;
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let flushed = std::mem::take(&mut self.flushed);
+        for (phase, took) in [
+            (BatchPhase::Decide, decided - started),
+            (BatchPhase::State, persisted - decided),
+            (BatchPhase::Publish, flushed.publish),
+            (BatchPhase::Audit, flushed.audit),
+            (BatchPhase::Ack, audited.elapsed()),
+        ] {
+            self.counters
+                .add(Counter::BatchMicros(kind, phase), micros(took));
+        }
+        self.counters.inc(Counter::Batches(kind));
         true
     }
 
@@ -1610,6 +1663,7 @@ impl Ctx {
     /// [`Ctx::write_carried`]). True when nothing waits; on a failure everything not done waits for
     /// the next try, in order.
     async fn flush(&mut self, published: Option<&'static str>) -> bool {
+        self.flushed = FlushTimes::default();
         if !self.still_leader() {
             return false;
         }
@@ -1627,11 +1681,13 @@ impl Ctx {
                 .into_iter()
                 .partition(|e| !matches!(e, Effect::Audit(_)));
             // Published back to back, in order; their acks awaited together.
+            let publishing = std::time::Instant::now();
             let sends = publish.iter().map(|e| self.publish(e));
             let failed = futures::future::join_all(sends)
                 .await
                 .into_iter()
                 .find_map(|r| r.err());
+            self.flushed.publish = publishing.elapsed();
             if let Some(e) = failed {
                 // Published again on the next try: their ids make it safe.
                 return self.stall(e, publish.into_iter().chain(audits).collect());
@@ -1661,7 +1717,10 @@ impl Ctx {
                     }
                 }
             }
-            if let Err(failed) = self.audit.append_many(entries).await {
+            let appending = std::time::Instant::now();
+            let appended = self.audit.append_many(entries).await;
+            self.flushed.audit = appending.elapsed();
+            if let Err(failed) = appended {
                 // What is not known to be stored waits for the next try,
                 // and nothing new is carried out until it is written.
                 self.audits_uncertain = true;
@@ -1953,6 +2012,14 @@ impl Ctx {
             Effect::Audit(_) => Ok(()),
         }
     }
+}
+
+/// How long one [`Ctx::flush`] spent publishing its effects and appending
+/// its audit records (zero for what it did not do).
+#[derive(Debug, Clone, Copy, Default)]
+struct FlushTimes {
+    publish: Duration,
+    audit: Duration,
 }
 
 /// Heartbeats queued between their decoding task and the engine (in

@@ -133,6 +133,20 @@ impl Chain {
         }
     }
 
+    /// Continue a chain whose last record is `seq` with `hash` (known
+    /// from a segment's seal, not from the record itself).
+    pub fn after(seq: u64, hash: &str) -> Self {
+        Self {
+            next_seq: seq + 1,
+            last_hash: hash.to_string(),
+        }
+    }
+
+    /// The hash the next record must carry as its `prev_hash`.
+    pub fn last_hash(&self) -> &str {
+        &self.last_hash
+    }
+
     pub fn seal(&mut self, entry: AuditEntry) -> AuditRecord {
         let seq = self.next_seq;
         let hash = entry_hash(&self.last_hash, seq, &entry);
@@ -221,6 +235,24 @@ impl Verifier {
     /// once and what follows it is still checked.
     pub fn resume_after(&mut self, record: &AuditRecord) {
         self.chain = Some(Chain::resume(Some(record)));
+    }
+
+    /// Go on as if record `seq` with `hash` had verified: the start of a
+    /// trail whose older records aged out, anchored on the first record
+    /// left (the caller judges whether the records before it were
+    /// removed by policy).
+    pub fn resume_at(&mut self, seq: u64, hash: &str) {
+        self.chain = Some(Chain::after(seq, hash));
+    }
+
+    /// The seq the next record must carry (1 before any record).
+    pub fn next_seq(&self) -> u64 {
+        self.chain.as_ref().map_or(1, Chain::next_seq)
+    }
+
+    /// The hash of the last record taken (the genesis hash before any).
+    pub fn last_hash(&self) -> &str {
+        self.chain.as_ref().map_or(GENESIS, Chain::last_hash)
     }
 
     /// How many records verified (the one that broke the chain is not

@@ -73,6 +73,14 @@ pub enum Counter<'a> {
     /// Effects that could not be published (bus down) and wait in the
     /// outbox to be published when it is back.
     EffectsQueued,
+    /// `batches.<feed>`: batches of a durable feed (`alert`, `result`)
+    /// carried through to their acks.
+    Batches(&'a str),
+    /// `batches.<feed>.<phase>_us`: microseconds those batches spent in
+    /// one phase of their handling ([`BatchPhase`]), summed; with
+    /// `batches.<feed>` and the messages handled, where a batch's time
+    /// goes.
+    BatchMicros(&'a str, BatchPhase),
     /// `rejected.<feed>.<reason>`: a message refused on a feed.
     Rejected {
         feed: &'a str,
@@ -105,6 +113,40 @@ pub enum Counter<'a> {
     LoopSignalsFailed,
     /// Idle chains forgotten by the chain table.
     LoopChainsEvicted,
+}
+
+/// The phases of handling one batch of a durable feed, in their order:
+/// deciding, writing the touched nodes' states, publishing the effects
+/// (commands, alerts), appending the audit records, acknowledging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchPhase {
+    Decide,
+    State,
+    Publish,
+    Audit,
+    Ack,
+}
+
+impl BatchPhase {
+    /// Every phase, in order.
+    pub const ALL: [BatchPhase; 5] = [
+        BatchPhase::Decide,
+        BatchPhase::State,
+        BatchPhase::Publish,
+        BatchPhase::Audit,
+        BatchPhase::Ack,
+    ];
+
+    /// The phase's name in its counter (`batches.<feed>.<name>_us`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BatchPhase::Decide => "decide",
+            BatchPhase::State => "state",
+            BatchPhase::Publish => "publish",
+            BatchPhase::Audit => "audit",
+            BatchPhase::Ack => "ack",
+        }
+    }
 }
 
 impl Counter<'_> {
@@ -144,6 +186,10 @@ impl Counter<'_> {
             AuditWriteFailed => "audit.write_failed",
             Leader(e) => return format!("leader.{e}").into(),
             EffectsQueued => "effects.queued",
+            Batches(feed) => return format!("batches.{feed}").into(),
+            BatchMicros(feed, phase) => {
+                return format!("batches.{feed}.{}_us", phase.as_str()).into()
+            }
             Rejected { feed, reason } => return format!("rejected.{feed}.{reason}").into(),
             HeartbeatsSent => "heartbeats.sent",
             HeartbeatsSendFailed => "heartbeats.send_failed",
@@ -216,6 +262,20 @@ mod tests {
         assert_eq!(snap.get("nodes.offline"), Some(&1));
         assert_eq!(snap.get("loop.chains.evicted"), Some(&3));
         assert_eq!(snap.len(), 2);
+    }
+
+    #[test]
+    fn batch_counters_are_named_by_feed_and_phase() {
+        let c = Counters::default();
+        c.inc(Counter::Batches("alert"));
+        c.add(Counter::BatchMicros("alert", BatchPhase::State), 120);
+        c.add(Counter::BatchMicros("result", BatchPhase::Ack), 7);
+        let snap = c.snapshot();
+        assert_eq!(snap.get("batches.alert"), Some(&1));
+        assert_eq!(snap.get("batches.alert.state_us"), Some(&120));
+        assert_eq!(snap.get("batches.result.ack_us"), Some(&7));
+        let names: Vec<&str> = BatchPhase::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names, ["decide", "state", "publish", "audit", "ack"]);
     }
 
     #[test]

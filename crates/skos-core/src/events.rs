@@ -90,6 +90,11 @@ pub const EVENT_KEY: &str = "event";
 /// reading's trend (a mount's fill rate, a temperature's rise) will reach
 /// critical within the horizon, before any threshold is crossed.
 pub const PREDICTED: &str = "predicted";
+/// `details.event` of the `normal` alert that withdraws an early warning
+/// raised while the level was `normal`, once the trend no longer reaches
+/// critical within twice the horizon (the rise stopped short, or the fill
+/// ended): it closes the warning and lifts what answered it.
+pub const PREDICTION_WITHDRAWN: &str = "prediction_withdrawn";
 /// `details` key of the SKOS node a mesh peer runs on.
 pub const PEER_NODE_KEY: &str = "peer_node";
 /// Prefix of a mesh problem key: `mesh:<interface or peer>`.

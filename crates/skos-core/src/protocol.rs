@@ -490,6 +490,20 @@ pub enum AuditEvent {
     Stop,
     /// A torn last line of the trail file was set aside on open.
     AuditRecovered,
+    /// Old records of the trail file moved into a sealed, compressed
+    /// segment: `data` names the segment, its first and last seq, the
+    /// first record's prev_hash, the last record's hash, the record count
+    /// and the SHA-256 of the segment file.
+    AuditSealed,
+    /// Records aged out by the retention policy: `data` names the range
+    /// (`first_seq` ..= `through_seq`) and `through_hash`, the last aged-out
+    /// record's hash, so `skos audit verify` tells expiry from deletion.
+    AuditExpired,
+    /// A leader's anchor on a stream that ages records out by its
+    /// `max_age`: `data` names the head before it (seq, hash, when it was
+    /// stored) and the `max_age`, so `skos audit verify` tells expiry from
+    /// a purge.
+    AuditCheckpoint,
     /// An alert was handled.
     Alert,
     /// The actions chosen for an alert (or a recovery).
@@ -547,6 +561,9 @@ impl AuditEvent {
             AuditEvent::Start => "start",
             AuditEvent::Stop => "stop",
             AuditEvent::AuditRecovered => "audit_recovered",
+            AuditEvent::AuditSealed => "audit_sealed",
+            AuditEvent::AuditExpired => "audit_expired",
+            AuditEvent::AuditCheckpoint => "audit_checkpoint",
             AuditEvent::Alert => "alert",
             AuditEvent::Decision => "decision",
             AuditEvent::Command => "command",
@@ -671,6 +688,9 @@ mod tests {
         for (e, text) in [
             (AuditEvent::Start, "start"),
             (AuditEvent::AuditRecovered, "audit_recovered"),
+            (AuditEvent::AuditSealed, "audit_sealed"),
+            (AuditEvent::AuditExpired, "audit_expired"),
+            (AuditEvent::AuditCheckpoint, "audit_checkpoint"),
             (AuditEvent::Verification, "verification"),
             (AuditEvent::Skipped, "skipped"),
             (AuditEvent::Flapping, "flapping"),

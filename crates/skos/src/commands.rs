@@ -212,6 +212,18 @@ impl Embedded {
     };
 }
 
+/// The embedded trail's segments and retention, from `audit.*` (and
+/// `general.audit_retention_days`).
+pub(crate) fn audit_policy(cfg: &Config) -> audit::Policy {
+    audit::Policy {
+        segment_bytes: cfg.audit.segment_bytes,
+        segment_age: Duration::from_secs(cfg.audit.segment_hours.saturating_mul(3600)),
+        retain: cfg
+            .audit_retention_days()
+            .map(|d| Duration::from_secs(d.saturating_mul(86_400))),
+    }
+}
+
 /// Embedded mode: the coordinator, the local agent and the HTTP server
 /// (when `http` is on) in this process over an in-process bus, the audit
 /// trail and state in the data dir, until `stop` completes.
@@ -227,7 +239,7 @@ pub(crate) async fn embedded(
     // owns it or others may write it: they could plant links that make
     // root overwrite its own files.
     skos_fs::Dir::private(&data_dir).context("data dir refused")?;
-    let mut audit = AuditLog::open_file(&data_dir.join("audit.jsonl"))?;
+    let mut audit = AuditLog::open_file_with(&data_dir.join("audit.jsonl"), audit_policy(&cfg))?;
     if let Some(label) = how.audit_label {
         audit = audit.labelled(label);
     }
@@ -657,7 +669,7 @@ async fn read_audit(
         let records = match n {
             // Only the end of the file is read.
             Some(n) => audit::read_file_tail(&path, n)?,
-            None => audit::read_file(&path)?,
+            None => audit::read_trail(&path)?,
         };
         Ok((path.escaped().to_string(), records))
     }
@@ -785,10 +797,11 @@ async fn audit_verify(
         }
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let mut last = std::time::Instant::now();
-        let report = audit::check::verify_jetstream(
+        let report = audit::check::verify_jetstream_within(
             &bus,
             keys.as_ref(),
             checkpoint.as_ref(),
+            Duration::from_secs(cfg.audit.checkpoint_minutes.saturating_mul(60)),
             |done, total| {
                 if tty && last.elapsed() >= std::time::Duration::from_secs(1) {
                     last = std::time::Instant::now();
@@ -803,10 +816,20 @@ async fn audit_verify(
         (source, report)
     } else {
         let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
-        if !path.exists() {
+        if !path.exists() && audit::segments::list(&path)?.is_empty() {
             bail!("no audit trail at {}", path.display());
         }
-        let report = audit::check::verify_file(&path, checkpoint.as_ref())?;
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut last = std::time::Instant::now();
+        let report = audit::check::verify_file_trail(&path, checkpoint.as_ref(), |at, lines| {
+            if tty && last.elapsed() >= std::time::Duration::from_secs(1) {
+                last = std::time::Instant::now();
+                eprint!("\r\x1b[Kverifying: {at}: {lines} lines");
+            }
+        })?;
+        if tty {
+            eprint!("\r\x1b[K");
+        }
         (path.display().to_string(), report)
     };
     let signed = if report.signatures_checked {
@@ -814,15 +837,41 @@ async fn audit_verify(
     } else {
         ""
     };
+    let summary = |report: &audit::TrailReport| {
+        let mut parts = vec![format!("{} records verified", report.records)];
+        if report.segments > 0 {
+            parts.push(format!("{} sealed segments", report.segments));
+        }
+        if let Some((a, b)) = report.aged_out {
+            parts.push(format!(
+                "{} records aged out by policy (seq {a}..{b})",
+                b - a + 1
+            ));
+        }
+        if report.copies > 0 {
+            parts.push(format!(
+                "{} copies left by an interrupted rotation checked",
+                report.copies
+            ));
+        }
+        parts.push(format!("{} foreign", report.foreign_count));
+        parts.join(", ")
+    };
+    for note in &report.notes {
+        println!("  note: {note}");
+    }
     if report.ok() {
         let against = match &checkpoint {
-            Some(cp) => format!(", record {} matches the checkpoint", cp.seq),
-            None => String::new(),
+            Some(cp) if !report.notes.iter().any(|n| n.contains("checkpoint")) => {
+                format!(", record {} matches the checkpoint", cp.seq)
+            }
+            _ => String::new(),
         };
         println!(
             "OK: {} records in {source}, hash chain intact{signed}{against}",
             report.records
         );
+        println!("  {}: OK", summary(&report));
         return Ok(ExitCode::SUCCESS);
     }
     println!("FAILED: {source}");
@@ -857,6 +906,7 @@ async fn audit_verify(
         "  {} records continued the chain, {} breaks, {} foreign",
         report.records, report.break_count, report.foreign_count
     );
+    println!("  {}: FAILED", summary(&report));
     Ok(ExitCode::from(1))
 }
 

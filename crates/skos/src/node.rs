@@ -187,7 +187,11 @@ pub fn nats_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
     {
         warn_if_exposed(path);
     }
-    Ok(NatsOptions::from_config(&cfg.nats, name)?)
+    let mut opts = NatsOptions::from_config(&cfg.nats, name)?;
+    opts.audit_max_age = cfg.audit_retention_days().map_or(Duration::ZERO, |d| {
+        Duration::from_secs(d.saturating_mul(86_400))
+    });
+    Ok(opts)
 }
 
 pub async fn connect(cfg: &Config, name: &str) -> Result<NatsBus> {

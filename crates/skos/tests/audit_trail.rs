@@ -299,3 +299,187 @@ fn a_strangers_record_on_an_unwritten_trail_is_not_built_upon() {
         "{text}"
     );
 }
+
+/// The embedded trail kept compact: `skos audit verify` goes through the
+/// sealed segments and the live file, says how many records aged out by
+/// policy (recorded in the chain) and passes; `skos audit tail` reads
+/// across the rotation; a segment removed by hand fails, named.
+#[test]
+fn sealed_segments_and_an_age_out_verify_and_a_removed_segment_is_named() {
+    use skos_bus::audit::{AuditLog, Policy};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = data.join("audit.jsonl");
+    let entry = |i: u32, at: chrono::DateTime<chrono::Utc>| {
+        AuditEntry::new(
+            skos_core::AuditEvent::Decision,
+            at,
+            None,
+            "coordinator",
+            format!("e{i}"),
+            serde_json::json!({ "i": i }),
+        )
+    };
+    rt().block_on(async {
+        let log = AuditLog::open_file_with(
+            &path,
+            Policy {
+                segment_bytes: u64::MAX,
+                segment_age: Duration::from_secs(365 * 86_400),
+                retain: Some(Duration::from_secs(30 * 86_400)),
+            },
+        )
+        .unwrap();
+        let old = chrono::Utc::now() - chrono::Duration::days(40);
+        log.append_many((0..20).map(|i| entry(i, old)).collect())
+            .await
+            .unwrap();
+        // 1..=20 sealed and aged out at once (seal 21, expired 22).
+        log.rotate_now().await.unwrap();
+        log.append_many((20..30).map(|i| entry(i, chrono::Utc::now())).collect())
+            .await
+            .unwrap();
+        // 21..=32 sealed (seal 33), then 34..=36 in the live file.
+        log.rotate_now().await.unwrap();
+        for i in 30..33 {
+            log.append(entry(i, chrono::Utc::now())).await.unwrap();
+        }
+    });
+    let verify = || {
+        run({
+            let mut c = skos();
+            c.args(["audit", "verify", "--data-dir"]).arg(&data);
+            c
+        })
+    };
+    let out = verify();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("OK: 16 records")
+            && said.contains("1 sealed segments")
+            && said.contains("20 records aged out by policy (seq 1..20)"),
+        "{said}"
+    );
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "tail", "-n", "6", "--json", "--data-dir"])
+            .arg(&data);
+        c
+    });
+    let seqs: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (31..=36).collect::<Vec<u64>>());
+
+    let segment = skos_bus::audit::segments::list(&path).unwrap()[0]
+        .name
+        .clone();
+    std::fs::remove_file(data.join(&segment)).unwrap();
+    let out = verify();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "segment {segment} (seq 21..32), sealed at seq 33, is missing"
+        )),
+        "{said}"
+    );
+}
+
+/// `skos up` killed (`SKOS_FAILPOINT`, as abrupt as a SIGKILL) between
+/// the steps of sealing its audit file into a segment, at start when the
+/// file is past `audit.segment_bytes`: the trail verifies as the crash left
+/// it, and the next `skos up` completes the rotation.
+#[test]
+fn skos_up_killed_mid_rotation_leaves_a_trail_that_verifies() {
+    use skos_bus::audit::AuditLog;
+    for point in ["audit.segment_written", "audit.sealed"] {
+        let work = tempfile::tempdir().unwrap();
+        let sys = FakeSysfs::new();
+        let data = work.path().join("data");
+        let path = data.join("audit.jsonl");
+        rt().block_on(async {
+            let log = AuditLog::open_file(&path).unwrap();
+            let entries = (0..400)
+                .map(|i| {
+                    AuditEntry::new(
+                        skos_core::AuditEvent::Decision,
+                        chrono::Utc::now(),
+                        None,
+                        "coordinator",
+                        format!("e{i}"),
+                        serde_json::json!({ "i": i, "pad": "x".repeat(200) }),
+                    )
+                })
+                .collect();
+            log.append_many(entries).await.unwrap();
+        });
+        assert!(std::fs::metadata(&path).unwrap().len() > 65_536);
+        let cfg = fast_config(
+            work.path(),
+            "audit:\n  segment_bytes: 65536\nhttp:\n  listen: 'off'\n",
+        );
+        let up = |failpoint: Option<&str>, name: &str| {
+            let mut c = skos();
+            c.arg("up")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--data-dir")
+                .arg(&data)
+                .env("SKOS_SYSFS_ROOT", sys.root());
+            match failpoint {
+                Some(p) => c.env("SKOS_FAILPOINT", p),
+                None => c.env_remove("SKOS_FAILPOINT"),
+            };
+            Proc::spawn(c, work.path(), name)
+        };
+        let verify = || {
+            let out = run({
+                let mut c = skos();
+                c.args(["audit", "verify", "--data-dir"]).arg(&data);
+                c
+            });
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+            )
+        };
+        let mut crashed = up(Some(point), "crashed");
+        wait_for(Duration::from_secs(30), "skos up to abort", || {
+            (!crashed.alive()).then_some(())
+        });
+        wait_for(Duration::from_secs(10), "the abort in the log", || {
+            let log = crashed.log_text();
+            (log.contains("SKOS_FAILPOINT: aborting at") && log.contains(point)).then_some(())
+        });
+        let (ok, said) = verify();
+        assert!(
+            ok && said.contains("copies left by an interrupted rotation"),
+            "{point}: {said}"
+        );
+
+        let mut again = up(None, "again");
+        wait_for(Duration::from_secs(30), "the start record", || {
+            skos_bus::audit::read_file_tail(&path, 3)
+                .ok()?
+                .iter()
+                .any(|r| r["entry"]["event_type"] == "start")
+                .then_some(())
+        });
+        assert!(again.sigterm().success());
+        let (ok, said) = verify();
+        assert!(ok, "{point}: {said}");
+        assert!(
+            said.contains("1 sealed segments") && !said.contains("copies"),
+            "{point}: {said}"
+        );
+        let live = skos_bus::audit::read_file(&path).unwrap();
+        assert_eq!(live[0]["entry"]["event_type"], "audit_sealed", "{point}");
+    }
+}

@@ -254,3 +254,79 @@ fn emergency_with_nothing_to_delete_tells_a_human_by_webhook() {
     assert!(!p.log_text().contains("t0ken"));
     assert!(p.sigterm().success());
 }
+
+/// Storage critical sends `cleanup_logs` and `archive_old` together. The
+/// agent runs the second only once the first has ended, and judges it
+/// then: the logs' compression alone took the mount far below critical,
+/// so `archive_old` is answered `not_needed` and the old file it would
+/// have moved stays where it is (run side by side, it ran although the
+/// fault was gone: a false remediation).
+#[test]
+fn a_second_action_for_the_same_problem_waits_and_is_not_run_once_the_first_fixed_it() {
+    let Some(fs) = mount("16M", None) else { return };
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    // 6 MiB of old rotated logs (text: compresses to almost nothing), an
+    // old file to archive, and fresh data: about 92 % used.
+    let line = b"2026-01-01T00:00:00Z INFO request served in 3 ms\n";
+    std::fs::create_dir_all(fs.path().join("log")).unwrap();
+    for i in 1..=3 {
+        let p = fs.path().join(format!("log/app.log.{i}"));
+        let body: Vec<u8> = line.iter().copied().cycle().take(2 << 20).collect();
+        std::fs::write(&p, body).unwrap();
+        // Past the default compress_after (a day), within the retention.
+        fs.age(&p, 2 * 86400);
+    }
+    let report = fs.fill("old/report.dat", 512 * 1024);
+    fs.age(&report, 7200);
+    let total = 16.0 * 1024.0 * 1024.0;
+    let used_now = percent(fs.path()) / 100.0 * total;
+    let ballast = (0.925 * total - used_now) as usize;
+    fs.fill("data/keep.bin", ballast);
+    let before = percent(fs.path());
+    assert!((90.5..95.0).contains(&before), "setup: {before:.1}% used");
+
+    let cfg = config(
+        work.path(),
+        fs.path(),
+        &format!(
+            "  archive: {{dirs: [{m}/old], older_than: 3600, destination: {a}}}\n",
+            m = fs.path().display(),
+            a = archive.display()
+        ),
+    );
+    let data = work.path().join("data");
+    let mut p = up(&cfg, &data, work.path());
+    let results = wait_for(Duration::from_secs(60), "both results audited", || {
+        let r = audit(&data);
+        let results: Vec<Value> = audit_events(&r, "result")
+            .into_iter()
+            .map(|e| e["entry"]["data"]["result"].clone())
+            .filter(|r| r["action_type"] == "cleanup_logs" || r["action_type"] == "archive_old")
+            .collect();
+        (results.len() >= 2).then_some(results)
+    });
+    let status = |action: &str| {
+        results
+            .iter()
+            .find(|r| r["action_type"] == action)
+            .map(|r| r["status"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(
+        status("cleanup_logs").as_deref(),
+        Some("succeeded"),
+        "{results:#?}"
+    );
+    assert_eq!(
+        status("archive_old").as_deref(),
+        Some("not_needed"),
+        "{results:#?}"
+    );
+    assert!(
+        report.exists(),
+        "archive_old ran although the fault was gone"
+    );
+    assert!(percent(fs.path()) < 90.0);
+    assert!(p.sigterm().success());
+}

@@ -348,8 +348,11 @@ impl StorageWatcher {
                 .push(st.fill_rate_window, now, u.used_bytes, capacity)
             {
                 tracing::debug!(mount = %mount.escaped(), used_bytes = u.used_bytes, "usage dropped: fill rate restarted");
-                // The fill a prediction was made on has ended.
-                state.predicted = false;
+                // The fill a prediction was made on has ended: one raised
+                // at `normal` is withdrawn below, any other forgotten.
+                if state.tracker.current() != Severity::Normal {
+                    state.predicted = false;
+                }
             }
             let rate = state.fill.rate();
             let to_critical = usage::seconds_until(&u, st.thresholds.critical, rate);
@@ -383,6 +386,33 @@ impl StorageWatcher {
                     to_critical,
                     rules.threshold(severity),
                     None,
+                    now,
+                ));
+            } else if state.predicted
+                && state.tracker.current() == Severity::Normal
+                && !to_critical.is_some_and(|eta| eta <= 2.0 * st.predict_horizon)
+            {
+                // Raised at `normal` and no longer coming within twice the
+                // horizon (the fill ended or slowed): withdrawn, so the
+                // warning and what answered it do not stay open.
+                state.predicted = false;
+                let message = format!(
+                    "{} at {:.1}% no longer heading for critical ({}%): early warning withdrawn",
+                    mount.escaped(),
+                    u.percent,
+                    st.thresholds.critical
+                );
+                alerts.push(alert(
+                    &self.node,
+                    &self.agent_id,
+                    Severity::Normal,
+                    Severity::Warning,
+                    message,
+                    &u,
+                    rate,
+                    to_critical,
+                    rules.threshold(Severity::Warning),
+                    Some(skos_core::events::PREDICTION_WITHDRAWN),
                     now,
                 ));
             } else if state.tracker.current() < Severity::Critical && !state.predicted {

@@ -278,6 +278,13 @@ impl ThermalSentinel {
     /// its trusted trend reaches critical within the horizon and none was
     /// raised for this rise yet. A rise that ended (the trend no longer
     /// rising) may be predicted again when it resumes.
+    ///
+    /// A prediction raised while the level was `normal` is withdrawn (a
+    /// `normal` alert, `details.event` `prediction_withdrawn`) once the
+    /// level is still `normal` and the trend no longer reaches critical
+    /// within twice the horizon (or is no longer trusted): the early
+    /// warning, and what it was answered with, do not stay open for a rise
+    /// that stopped short.
     fn prediction(
         &mut self,
         name: &str,
@@ -287,6 +294,16 @@ impl ThermalSentinel {
         now: Timestamp,
     ) -> Option<Alert> {
         let rising = self.trend(kind).window.slope().is_some_and(|s| s > 0.0);
+        let predicted = self.trend(kind).predicted;
+        if predicted && level == Severity::Normal {
+            let horizon = self.predict.horizon_seconds;
+            let still = self
+                .to_critical(kind, value)
+                .is_some_and(|(_, eta)| eta <= 2.0 * horizon);
+            if !still {
+                return Some(self.withdrawal(name, kind, value, now));
+            }
+        }
         let trend = match kind {
             SensorKind::Cpu => &mut self.cpu_trend,
             _ => &mut self.gpu_trend,
@@ -322,6 +339,32 @@ impl ThermalSentinel {
         );
         a.details.insert("seconds_to_critical".into(), json!(eta));
         Some(a)
+    }
+
+    /// The `normal` alert that withdraws `kind`'s early warning (see
+    /// [`ThermalSentinel::prediction`]); the next rise may be predicted
+    /// again.
+    fn withdrawal(&mut self, name: &str, kind: SensorKind, value: f64, now: Timestamp) -> Alert {
+        match kind {
+            SensorKind::Cpu => self.cpu_trend.predicted = false,
+            _ => self.gpu_trend.predicted = false,
+        }
+        let critical = self.rules.thresholds.critical;
+        let report = Report::Changed {
+            from: Severity::Warning,
+            to: Severity::Normal,
+        };
+        let mut a = self.alert(name, kind, value, report, now);
+        a.alert_id = format!("{}-withdrawn", a.alert_id);
+        a.message = format!(
+            "{} temperature {value:.1}°C no longer heading for critical ({critical}): early warning withdrawn",
+            name.to_uppercase()
+        );
+        a.details.insert(
+            skos_core::events::EVENT_KEY.into(),
+            json!(skos_core::events::PREDICTION_WITHDRAWN),
+        );
+        a
     }
 
     fn alert(

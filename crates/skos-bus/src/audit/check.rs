@@ -16,14 +16,20 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::time::Duration;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use skos_core::audit::{AuditRecord, ChainError, Verifier};
 use skos_core::escape::ShowPath;
 
-use super::{last_record_of, records_of, signature_headers, stream_err};
+use super::{last_record_of, records_of, segments, signature_headers, stream_err};
 use crate::{subjects, trust, Error, NatsBus, Result};
+use skos_core::AuditEvent;
+
+/// Stream messages a check requests ahead of the one it judges.
+const READ_AHEAD: usize = 16;
 
 /// How many foreign messages and chain breaks a report lists (all are
 /// counted).
@@ -56,6 +62,80 @@ pub struct Checkpoint {
     pub taken_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// The data of an `audit_checkpoint` record ([`super::AuditLog::checkpoint`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointData {
+    /// The chain's head before the checkpoint: its seq and hash.
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// When the stream stored the head's message (`None`: no longer
+    /// there, or none).
+    #[serde(default)]
+    pub head_stored: Option<chrono::DateTime<chrono::Utc>>,
+    /// The stream's `max_age` the writer applied, in seconds.
+    pub max_age_seconds: u64,
+}
+
+/// Clock skew between the verifier and the server, and the server's
+/// expiry sweep, allowed for when judging an age-out.
+pub const EXPIRY_SLACK: Duration = Duration::from_secs(300);
+
+/// How often leaders write an `audit_checkpoint` record, by default
+/// (`audit.checkpoint_minutes`).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(3600);
+
+/// Whether the records before `first` (the first record the stream still
+/// holds, its message stored at `stored`) aged out by the stream's
+/// `max_age`, judged at `now`, with leaders writing a checkpoint at least
+/// every `every`: the stream removes exactly the messages older than
+/// `max_age`, so the record before `first` was older than the horizon
+/// (`now - max_age`). Either `first` is a checkpoint naming that record and
+/// when it was stored (before the horizon), or `first` was stored within
+/// one checkpoint interval of the horizon (a leader writes at least that
+/// often, so the record before it was not much older). A purge of records
+/// younger than that shows. `Err` says why not, for a person.
+pub fn aged_out_of_stream(
+    first: &AuditRecord,
+    stored: chrono::DateTime<chrono::Utc>,
+    max_age: Duration,
+    every: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> std::result::Result<(), String> {
+    let gone = format!("records seq 1..{} are missing", first.seq.saturating_sub(1));
+    if max_age.is_zero() {
+        return Err(format!(
+            "{gone}, and the stream keeps every record (no max_age): deleted or purged, not aged out by policy"
+        ));
+    }
+    let delta = |d: Duration| chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
+    let horizon = now
+        .checked_sub_signed(delta(max_age))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    let within = |t: chrono::DateTime<chrono::Utc>, d: Duration| {
+        horizon
+            .checked_add_signed(delta(d))
+            .is_none_or(|limit| t < limit)
+    };
+    if first.entry.event_type == AuditEvent::AuditCheckpoint.as_str() {
+        if let Ok(d) = serde_json::from_value::<CheckpointData>(first.entry.data.clone()) {
+            let names_before = d.head_seq + 1 == first.seq && d.head_hash == first.prev_hash;
+            if names_before && d.head_stored.is_some_and(|t| within(t, EXPIRY_SLACK)) {
+                return Ok(());
+            }
+        }
+    }
+    if within(stored, every + EXPIRY_SLACK) {
+        return Ok(());
+    }
+    Err(format!(
+        "{gone}, but the first record left (seq {}) was stored at {}, less than {} days old and more than a checkpoint interval ({} min) inside the retention: purged or deleted, not aged out by policy",
+        first.seq,
+        stored.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        max_age.as_secs() / 86_400,
+        every.as_secs() / 60
+    ))
+}
+
 /// A stored message left out of the chain.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Foreign {
@@ -86,6 +166,19 @@ pub struct TrailReport {
     pub head: Option<(u64, String)>,
     /// What the checkpoint given showed, when it does not match.
     pub checkpoint_problem: Option<String>,
+    /// Sealed segments read (embedded mode).
+    pub segments: u64,
+    /// Records that aged out by the retention policy: the range of seqs
+    /// (from the first record ever to the last aged out), told apart from
+    /// a deletion by the `audit_expired` record (file) or the checkpoint
+    /// record (stream) that names it.
+    pub aged_out: Option<(u64, u64)>,
+    /// Copies of records already checked (a rotation a crash cut short
+    /// leaves the records in both the segment and the live file), checked
+    /// against each other and counted once.
+    pub copies: u64,
+    /// Remarks that are not failures (a checkpoint whose record aged out).
+    pub notes: Vec<String>,
 }
 
 impl TrailReport {
@@ -101,6 +194,15 @@ struct Checker<'a> {
     report: TrailReport,
     checkpoint: Option<&'a Checkpoint>,
     checkpoint_seen: bool,
+    /// Where the records now read are (a segment's or the file's name),
+    /// put before every break found there.
+    place: String,
+    /// The trail starts after seq 1: the last missing seq and the hash its
+    /// next record names, until a record of the chain says they aged out.
+    start_gap: Option<(u64, String)>,
+    /// Why the records missing at the start were not aged out, when it is
+    /// known as soon as they are found (a stream's).
+    gap_problem: Option<String>,
 }
 
 impl<'a> Checker<'a> {
@@ -113,6 +215,51 @@ impl<'a> Checker<'a> {
             },
             checkpoint,
             checkpoint_seen: false,
+            place: String::new(),
+            start_gap: None,
+            gap_problem: None,
+        }
+    }
+
+    /// A failure found beside the chain (a segment missing or changed, a
+    /// removal not by policy): counted as a break.
+    fn problem(&mut self, text: String) {
+        if self.report.break_count == 0 {
+            self.report.before_first_break = self.report.records;
+        }
+        self.report.break_count += 1;
+        if self.report.breaks.len() < LISTED {
+            self.report.breaks.push(text);
+        }
+    }
+
+    /// The trail's first record is `r`: a seq above 1 means older records
+    /// are gone, by policy if a later record says so; the chain is checked
+    /// from `r` on meanwhile.
+    fn first(&mut self, r: &AuditRecord) {
+        if r.seq > 1 {
+            self.start_gap = Some((r.seq - 1, r.prev_hash.clone()));
+            self.verifier.resume_at(r.seq - 1, &r.prev_hash);
+        }
+    }
+
+    /// A record that continued the chain and says older records aged out
+    /// by policy (`audit_expired`, whose range ends where the trail now
+    /// starts, with the hash the first record left names).
+    fn expired(&mut self, through_seq: u64, through_hash: &str) {
+        let Some((gap_end, gap_hash)) = &self.start_gap else {
+            return;
+        };
+        if through_seq == *gap_end {
+            if through_hash == gap_hash {
+                self.report.aged_out = Some((1, through_seq));
+            } else {
+                let text = format!(
+                    "the records aged out through seq {through_seq} ended with hash {through_hash}, but the trail's first record follows {gap_hash}: the trail was changed where it begins"
+                );
+                self.problem(text);
+                self.report.aged_out = Some((1, through_seq));
+            }
         }
     }
 
@@ -127,32 +274,39 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn broke(&mut self, e: &ChainError) {
-        if self.report.break_count == 0 {
-            self.report.before_first_break = self.report.records;
-        }
-        self.report.break_count += 1;
-        if self.report.breaks.len() < LISTED {
-            self.report.breaks.push(e.to_string());
-        }
-    }
-
     /// One record, in order.
-    fn record(&mut self, value: Value) {
+    /// One record, in order: the record as read, and whether it continued
+    /// the chain.
+    fn record(&mut self, value: Value) -> Option<(AuditRecord, bool)> {
         let record = serde_json::from_value::<AuditRecord>(value.clone()).ok();
-        match self.verifier.push_value(value) {
+        let verified = match self.verifier.push_value(value) {
             Ok(()) => {
                 self.report.records += 1;
+                true
             }
             Err(e) => {
-                self.broke(&e);
+                let e = match e {
+                    ChainError::Sequence {
+                        expected, found, ..
+                    } if found > expected => format!(
+                        "{e}: records seq {expected}..{} are missing, deleted (not aged out by policy)",
+                        found - 1
+                    ),
+                    e => e.to_string(),
+                };
+                if self.place.is_empty() {
+                    self.problem(e);
+                } else {
+                    self.problem(format!("{}: {e}", self.place));
+                }
                 // Go on from the record that broke it.
                 if let Some(r) = &record {
                     self.verifier.resume_after(r);
                 }
+                false
             }
-        }
-        let Some(r) = record else { return };
+        };
+        let r = record?;
         if let Some(cp) = self.checkpoint {
             if r.seq == cp.seq {
                 self.checkpoint_seen = true;
@@ -164,12 +318,25 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        self.report.head = Some((r.seq, r.hash));
+        self.report.head = Some((r.seq, r.hash.clone()));
+        Some((r, verified))
     }
 
     fn finish(mut self) -> TrailReport {
+        if let (Some((end, _)), None) = (&self.start_gap, &self.report.aged_out) {
+            let text = self.gap_problem.take().unwrap_or_else(|| format!(
+                "records seq 1..{end} are missing and no record of the trail says they aged out by policy: deleted"
+            ));
+            self.problem(text);
+        }
         if let Some(cp) = self.checkpoint {
-            if !self.checkpoint_seen && self.report.checkpoint_problem.is_none() {
+            let aged = self.report.aged_out.is_some_and(|(_, end)| cp.seq <= end);
+            if aged && !self.checkpoint_seen {
+                self.report.notes.push(format!(
+                    "the checkpoint's record seq {} aged out by policy: not checked",
+                    cp.seq
+                ));
+            } else if !self.checkpoint_seen && self.report.checkpoint_problem.is_none() {
                 let end = self
                     .report
                     .head
@@ -195,6 +362,20 @@ pub async fn verify_jetstream(
     bus: &NatsBus,
     trusted: Option<&trust::Verifier>,
     checkpoint: Option<&Checkpoint>,
+    progress: impl FnMut(u64, u64),
+) -> Result<TrailReport> {
+    verify_jetstream_within(bus, trusted, checkpoint, CHECKPOINT_EVERY, progress).await
+}
+
+/// [`verify_jetstream`], with leaders writing a checkpoint at least every
+/// `checkpoint_every` (`audit.checkpoint_minutes`): records missing at the
+/// start of the stream are aged out by its `max_age` when
+/// [`aged_out_of_stream`] says so, and a purge or deletion otherwise.
+pub async fn verify_jetstream_within(
+    bus: &NatsBus,
+    trusted: Option<&trust::Verifier>,
+    checkpoint: Option<&Checkpoint>,
+    checkpoint_every: Duration,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<TrailReport> {
     let mut s = bus
@@ -202,7 +383,10 @@ pub async fn verify_jetstream(
         .get_stream(subjects::STREAM_AUDIT)
         .await
         .map_err(stream_err)?;
-    let state = s.info().await.map_err(stream_err)?.state.clone();
+    let info = s.info().await.map_err(stream_err)?;
+    let max_age = info.config.max_age;
+    let state = info.state.clone();
+    let mut begun = false;
     let mut checker = Checker::new(checkpoint, trusted.is_some());
     if let (Some(cp), Some(trusted)) = (checkpoint, trusted) {
         let headers = trust::CommandHeaders {
@@ -221,8 +405,14 @@ pub async fn verify_jetstream(
         return Ok(checker.finish());
     }
     let total = state.last_sequence - state.first_sequence + 1;
-    for seq in state.first_sequence.max(1)..=state.last_sequence {
-        let m = match s.get_raw_message(seq).await {
+    // Read ahead: up to `READ_AHEAD` requests in flight, answered in
+    // order (memory stays that of as many messages, at most 256 KiB each).
+    let stream = &s;
+    let mut fetched = futures::stream::iter(state.first_sequence.max(1)..=state.last_sequence)
+        .map(|seq| async move { (seq, stream.get_raw_message(seq).await) })
+        .buffered(READ_AHEAD);
+    while let Some((seq, got)) = fetched.next().await {
+        let m = match got {
             Ok(m) => m,
             // Deleted in the middle (a stream that allowed it): the chain
             // shows what is missing.
@@ -260,38 +450,328 @@ pub async fn verify_jetstream(
                 continue;
             }
         }
+        if !begun {
+            begun = true;
+            let first = records
+                .first()
+                .and_then(|v| serde_json::from_value::<AuditRecord>(v.clone()).ok());
+            if let Some(first) = first.filter(|r| r.seq > 1) {
+                checker.first(&first);
+                let stored =
+                    chrono::DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
+                        .unwrap_or_default();
+                match aged_out_of_stream(
+                    &first,
+                    stored,
+                    max_age,
+                    checkpoint_every,
+                    chrono::Utc::now(),
+                ) {
+                    Ok(()) => checker.report.aged_out = Some((1, first.seq - 1)),
+                    Err(why) => checker.gap_problem = Some(why),
+                }
+            }
+        }
         for r in records {
-            checker.record(r);
+            let _ = checker.record(r);
         }
     }
     Ok(checker.finish())
 }
 
-/// Check the audit file (embedded mode), line by line. A line that is not
-/// a record is reported (as foreign, by its line number) and the check
-/// goes on.
+/// Check the audit file (embedded mode) with its sealed segments
+/// ([`verify_file_trail`]), without progress.
 pub fn verify_file(path: &Path, checkpoint: Option<&Checkpoint>) -> Result<TrailReport> {
-    let file = File::open(path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let mut checker = Checker::new(checkpoint, false);
-    let name = path.escaped().to_string();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-        if line.trim().is_empty() {
-            continue;
+    verify_file_trail(path, checkpoint, |_, _| {})
+}
+
+/// A segment read, to be judged against its seal when the chain reaches it.
+struct SegmentSeen {
+    sha256: String,
+    bytes: u64,
+    first_seq: u64,
+    last_seq: u64,
+    sealed: bool,
+    /// Its records are also in what follows it (a rotation cut short).
+    copied: bool,
+}
+
+/// What one stored file (a segment, the live file) showed so far.
+#[derive(Default)]
+struct Source {
+    /// A record of it was read.
+    begun: bool,
+    /// Checking copies of records already checked: the copies' own chain.
+    copies: Option<Verifier>,
+    first: Option<(u64, String)>,
+    last: Option<(u64, String)>,
+    records: u64,
+}
+
+/// The check of a file trail in progress: the chain across the segments
+/// and the live file, and the segments' seals.
+struct FileWalk<'a> {
+    checker: Checker<'a>,
+    segments: std::collections::BTreeMap<String, SegmentSeen>,
+    started: bool,
+    /// Segments sealed in the chain but missing before its first record
+    /// left (the first [`LISTED`]).
+    gap_segments: Vec<String>,
+}
+
+impl FileWalk<'_> {
+    /// One stored line of `src`, line number `line_no` of `at`.
+    fn line(&mut self, src: &mut Source, at: &str, line_no: u64, bytes: &[u8]) {
+        if bytes.trim_ascii().is_empty() {
+            return;
         }
-        checker.report.messages += 1;
-        match serde_json::from_str::<Value>(&line) {
-            Ok(v) => checker.record(v),
-            Err(e) => checker.foreign(i as u64 + 1, &name, format!("not a record: {e}")),
+        self.checker.report.messages += 1;
+        let v = match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                self.checker
+                    .foreign(line_no, at, format!("not a record: {e}"));
+                return;
+            }
+        };
+        if let Ok(r) = serde_json::from_value::<AuditRecord>(v.clone()) {
+            src.records += 1;
+            if src.first.is_none() {
+                src.first = Some((r.seq, r.prev_hash.clone()));
+            }
+            src.last = Some((r.seq, r.hash.clone()));
+            if !src.begun {
+                src.begun = true;
+                if !self.started {
+                    self.checker.first(&r);
+                } else if r.seq < self.checker.verifier.next_seq() {
+                    // Records already checked, again: a rotation cut
+                    // short. Their own chain must hold and meet the one
+                    // checked at its last record.
+                    let mut copies = Verifier::default();
+                    copies.resume_at(r.seq - 1, &r.prev_hash);
+                    src.copies = Some(copies);
+                    for seen in self.segments.values_mut() {
+                        if seen.first_seq >= r.seq {
+                            seen.copied = true;
+                        }
+                    }
+                }
+            }
+            self.started = true;
+            let next = self.checker.verifier.next_seq();
+            if let Some(copies) = src.copies.as_mut().filter(|_| r.seq < next) {
+                self.checker.report.copies += 1;
+                let mut differs = copies.push_value(v).err().map(|e| e.to_string());
+                if differs.is_none()
+                    && r.seq + 1 == next
+                    && r.hash != self.checker.verifier.last_hash()
+                {
+                    differs = Some(format!(
+                        "record seq {} differs from the one checked before",
+                        r.seq
+                    ));
+                }
+                if let Some(e) = differs {
+                    self.checker
+                        .problem(format!("{at}: a copy of records already checked: {e}"));
+                    src.copies = None;
+                }
+                return;
+            }
+            src.copies = None;
+        }
+        let Some((r, verified)) = self.checker.record(v) else {
+            return;
+        };
+        let data = &r.entry.data;
+        // A seal is judged even on a record that broke the chain (its
+        // segment named, the trail already failed); an expiry only on one
+        // the chain vouches for.
+        if verified && r.entry.event_type == AuditEvent::AuditExpired.as_str() {
+            if let Ok(e) = serde_json::from_value::<segments::Expired>(data.clone()) {
+                self.checker.expired(e.through_seq, &e.through_hash);
+            }
+        } else if r.entry.event_type == AuditEvent::AuditSealed.as_str() {
+            if let Ok(seal) = serde_json::from_value::<segments::Seal>(data.clone()) {
+                self.sealed(&seal, r.seq);
+            }
         }
     }
-    Ok(checker.finish())
+
+    /// The chain recorded `seal` at seq `at`: the segment it names must be
+    /// the file read, unless it aged out.
+    fn sealed(&mut self, seal: &segments::Seal, at: u64) {
+        match self.segments.get_mut(&seal.segment) {
+            Some(seen) => {
+                seen.sealed = true;
+                let same_range = (seen.first_seq, seen.last_seq) == (seal.first_seq, seal.last_seq);
+                if seen.sha256 != seal.sha256 || seen.bytes != seal.bytes || !same_range {
+                    let text = format!(
+                        "segment {} was changed after it was sealed (the seal at seq {at} names SHA-256 {}, {} bytes; the file is {}, {} bytes)",
+                        seal.segment, seal.sha256, seal.bytes, seen.sha256, seen.bytes
+                    );
+                    self.checker.problem(text);
+                }
+            }
+            None => {
+                let aged = self
+                    .checker
+                    .start_gap
+                    .as_ref()
+                    .is_some_and(|(end, _)| seal.last_seq <= *end);
+                let text = format!(
+                    "segment {} (seq {}..{}), sealed at seq {at}, is missing: removed, not aged out by policy",
+                    seal.segment, seal.first_seq, seal.last_seq
+                );
+                if !aged {
+                    self.checker.problem(text);
+                } else if self.gap_segments.len() < LISTED {
+                    // Missing before the first record left: aged out, or
+                    // named as removed if no record says so.
+                    self.gap_segments.push(text);
+                }
+            }
+        }
+    }
+
+    /// A segment read in whole: its header must describe its records.
+    fn segment_read(
+        &mut self,
+        seg: &segments::SegmentFile,
+        src: &Source,
+        scanned: segments::Scanned,
+    ) {
+        match &scanned.header {
+            Err(e) => self
+                .checker
+                .problem(format!("segment {}: no header: {e}", seg.name)),
+            Ok(h) => {
+                let says = (
+                    Some((h.first_seq, h.first_prev_hash.clone())),
+                    Some((h.last_seq, h.last_hash.clone())),
+                    h.records,
+                );
+                let holds = (src.first.clone(), src.last.clone(), src.records);
+                if says != holds || (h.first_seq, h.last_seq) != (seg.first_seq, seg.last_seq) {
+                    let range = |f: &Option<(u64, String)>, l: &Option<(u64, String)>| match (f, l)
+                    {
+                        (Some((a, _)), Some((b, _))) => format!("seq {a}..{b}"),
+                        _ => "no record".to_string(),
+                    };
+                    let text = format!(
+                        "segment {}: its header says seq {}..{} ({} records), it holds {} ({} records): changed",
+                        seg.name,
+                        h.first_seq,
+                        h.last_seq,
+                        h.records,
+                        range(&src.first, &src.last),
+                        src.records
+                    );
+                    self.checker.problem(text);
+                }
+            }
+        }
+        self.segments.insert(
+            seg.name.clone(),
+            SegmentSeen {
+                sha256: scanned.sha256,
+                bytes: scanned.bytes,
+                first_seq: seg.first_seq,
+                last_seq: seg.last_seq,
+                sealed: false,
+                copied: false,
+            },
+        );
+    }
+
+    fn finish(mut self) -> TrailReport {
+        let unsealed: Vec<String> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| !s.sealed && !s.copied)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in unsealed {
+            self.checker.problem(format!(
+                "segment {name} has no audit_sealed record in the chain: not sealed by SKOS"
+            ));
+        }
+        if self.checker.start_gap.is_some() && self.checker.report.aged_out.is_none() {
+            for text in std::mem::take(&mut self.gap_segments) {
+                self.checker.problem(text);
+            }
+        }
+        self.checker.finish()
+    }
+}
+
+/// Check the embedded trail: its sealed segments in chain order, then the
+/// live file, as one chain, streamed line by line through 256 KiB reads
+/// (memory stays constant whatever the trail's length; a record per
+/// segment is kept for the seals). A line that is not a record is reported
+/// (as foreign, by its line number in its file) and the check goes on;
+/// each segment must match its header and the seal the chain recorded for
+/// it; records missing at the start must have aged out by policy (an
+/// `audit_expired` record names the last of them and its hash), anywhere
+/// else they were deleted. `progress` is told the file being read and the
+/// lines read of it.
+pub fn verify_file_trail(
+    path: &Path,
+    checkpoint: Option<&Checkpoint>,
+    mut progress: impl FnMut(&str, u64),
+) -> Result<TrailReport> {
+    let mut walk = FileWalk {
+        checker: Checker::new(checkpoint, false),
+        segments: Default::default(),
+        started: false,
+        gap_segments: Vec::new(),
+    };
+    for seg in segments::list(path)? {
+        walk.checker.report.segments += 1;
+        walk.checker.place = format!("segment {}", seg.name);
+        let mut src = Source::default();
+        let scanned = segments::scan(&seg.path, |n, line| {
+            walk.line(&mut src, &seg.name, n, line);
+            if n.is_multiple_of(4096) {
+                progress(&seg.name, n);
+            }
+        });
+        match scanned {
+            Ok(scanned) => walk.segment_read(&seg, &src, scanned),
+            Err(e) => walk
+                .checker
+                .problem(format!("segment {}: unreadable: {e}", seg.name)),
+        }
+    }
+    let name = path.escaped().to_string();
+    walk.checker.place = name.clone();
+    let file = match File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
+    };
+    if let Some(file) = file {
+        let mut src = Source::default();
+        let reader = BufReader::with_capacity(segments::READ_BUFFER, file);
+        for (i, line) in reader.split(b'\n').enumerate() {
+            let line = line.map_err(|e| Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+            let n = i as u64 + 1;
+            walk.line(&mut src, &name, n, &line);
+            if n.is_multiple_of(4096) {
+                progress(&name, n);
+            }
+        }
+    }
+    Ok(walk.finish())
 }
 
 /// A checkpoint of the JetStream trail's last message (with `trusted`, its
@@ -383,6 +863,62 @@ mod tests {
                 serde_json::to_string(&chain.seal(e)).unwrap()
             })
             .collect()
+    }
+
+    fn record_at(seq: u64, event: skos_core::AuditEvent, data: Value) -> AuditRecord {
+        let mut chain = skos_core::audit::Chain::after(seq - 1, &"ab".repeat(32));
+        chain.seal(AuditEntry::new(
+            event,
+            chrono::Utc::now(),
+            None,
+            "t",
+            "x",
+            data,
+        ))
+    }
+
+    /// Aged out of a stream: the first record left is a checkpoint naming
+    /// the record before it, stored before the horizon, or it was stored
+    /// within a checkpoint interval of the horizon; anything younger, or a
+    /// stream that keeps every record, is a purge.
+    #[test]
+    fn an_age_out_is_judged_by_the_horizon() {
+        let now = chrono::Utc::now();
+        let day = Duration::from_secs(86_400);
+        let hour = Duration::from_secs(3600);
+        let ago = |d: Duration| now - chrono::TimeDelta::from_std(d).unwrap();
+        let plain = record_at(7, skos_core::AuditEvent::Node, Value::Null);
+        // Stored at the horizon, or half an hour inside it: aged out.
+        assert!(aged_out_of_stream(&plain, ago(30 * day), 30 * day, hour, now).is_ok());
+        assert!(aged_out_of_stream(&plain, ago(30 * day - hour / 2), 30 * day, hour, now).is_ok());
+        // A day inside it: what came before was younger than the policy.
+        let e = aged_out_of_stream(&plain, ago(29 * day), 30 * day, hour, now).unwrap_err();
+        assert!(
+            e.contains("records seq 1..6 are missing") && e.contains("purged"),
+            "{e}"
+        );
+        // No max_age: nothing ages out.
+        let e = aged_out_of_stream(&plain, ago(30 * day), Duration::ZERO, hour, now).unwrap_err();
+        assert!(e.contains("keeps every record"), "{e}");
+        // A checkpoint after a leaderless week: its head was stored before
+        // the horizon, so what it follows aged out, though it is young.
+        let data = |head_seq: u64, stored: Duration| {
+            serde_json::to_value(CheckpointData {
+                head_seq,
+                head_hash: "ab".repeat(32),
+                head_stored: Some(ago(stored)),
+                max_age_seconds: (30 * day).as_secs(),
+            })
+            .unwrap()
+        };
+        let cp = record_at(7, skos_core::AuditEvent::AuditCheckpoint, data(6, 37 * day));
+        assert!(aged_out_of_stream(&cp, ago(23 * day), 30 * day, hour, now).is_ok());
+        // One naming another head, or a head inside the retention, is no
+        // evidence.
+        let cp = record_at(7, skos_core::AuditEvent::AuditCheckpoint, data(5, 37 * day));
+        assert!(aged_out_of_stream(&cp, ago(23 * day), 30 * day, hour, now).is_err());
+        let cp = record_at(7, skos_core::AuditEvent::AuditCheckpoint, data(6, 25 * day));
+        assert!(aged_out_of_stream(&cp, ago(23 * day), 30 * day, hour, now).is_err());
     }
 
     /// A change is reported once and the records after it still checked;

@@ -3886,3 +3886,35 @@ fn a_recurring_window_holds_only_inside_and_acts_when_it_closes() {
     assert_eq!(e.silences().len(), 1);
     assert!(e.silences()[0].held.is_empty());
 }
+
+/// An early warning answered as raised, then withdrawn by its agent (the
+/// rise stopped short of warning): the `normal` alert closes it, so the
+/// node is not left showing a warning that no reading supports.
+#[test]
+fn a_withdrawn_prediction_closes_the_early_warning() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(65.0), 0, 0.0), t(0.0));
+    let mut p = alert(Severity::Warning, 65.0, 1.0);
+    p.details
+        .insert("event".into(), json!(skos_core::events::PREDICTED));
+    p.alert_id = "nova-predicted".into();
+    let fx = e.on_alert(p, t(1.0));
+    assert_eq!(commands(&fx)[0].action_type, "throttle_10");
+    assert_eq!(e.status(t(1.5)).open_alerts.len(), 1);
+    let mut w = alert(Severity::Normal, 70.0, 60.0);
+    w.details.insert(
+        "event".into(),
+        json!(skos_core::events::PREDICTION_WITHDRAWN),
+    );
+    w.details
+        .insert("previous_severity".into(), json!("warning"));
+    w.alert_id = "nova-withdrawn".into();
+    let fx = e.on_alert(w, t(60.0));
+    assert_eq!(audits(&fx, "alert").len(), 1, "{fx:?}");
+    assert!(commands(&fx)
+        .iter()
+        .all(|c| c.action_type == "reset_throttle"));
+    let s = e.status(t(61.0));
+    assert!(s.open_alerts.is_empty(), "{:?}", s.open_alerts);
+    assert_eq!(s.nodes[0].status, NodeHealth::Healthy);
+}

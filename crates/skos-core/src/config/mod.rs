@@ -29,6 +29,7 @@ use crate::node::NodeName;
 
 mod agent;
 mod agents;
+mod audit;
 mod breaker;
 mod coordinator;
 mod fleet;
@@ -49,6 +50,7 @@ mod workloads;
 
 pub use agent::AgentSection;
 pub use agents::{AgentsSection, AntibodyTimers};
+pub use audit::{AuditConfig, CHECKPOINT_MINUTES, RETENTION_DAYS, SEGMENT_BYTES, SEGMENT_HOURS};
 pub use breaker::BreakerConfig;
 pub use coordinator::CoordinatorSection;
 pub use fleet::{
@@ -109,6 +111,8 @@ pub(crate) fn issue(path: impl Into<String>, message: impl Into<String>) -> Conf
 pub struct Config {
     /// The seed's general settings (version stamp, audit retention).
     pub general: GeneralSection,
+    /// How the audit trail is kept compact: segments, retention.
+    pub audit: AuditConfig,
     pub node: NodeSection,
     pub nats: NatsSection,
     /// Where embedded mode keeps its audit trail and state.
@@ -146,6 +150,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             general: GeneralSection::default(),
+            audit: AuditConfig::default(),
             node: NodeSection::default(),
             nats: NatsSection::default(),
             data_dir: PathBuf::from("./skos-data"),
@@ -250,6 +255,7 @@ fn no_check(_: &Config, _: &mut Vec<ConfigIssue>) {}
 /// and the plain values (`data_dir`, `log_level`, ...) that are checked here.
 pub const SECTIONS: &[TopLevel] = &[
     TopLevel::section::<GeneralSection>(),
+    TopLevel::section::<AuditConfig>(),
     TopLevel::section::<NodeSection>(),
     TopLevel::section::<NatsSection>(),
     TopLevel {
@@ -877,7 +883,6 @@ thermal:
         assert_eq!(
             warnings,
             [
-                "general.audit_retention_days: not applied: SKOS keeps every audit record (the trail is never aged out), so records older than 30 days stay",
                 "nats.max_reconnects: not applied: SKOS keeps reconnecting for as long as it runs (after 10 attempts an agent that gave up would stop healing until restarted)",
                 "agents.loop_breaker: loop_breaker is not in agent.antibodies (thermal_sentinel): its settings here are unused until it is enabled there",
                 "agents.mesh_healer: mesh_healer is not in agent.antibodies (thermal_sentinel): its settings here are unused until it is enabled there",
@@ -898,7 +903,6 @@ thermal:
         assert_eq!(
             paths,
             [
-                "general.audit_retention_days",
                 "nats.max_reconnects",
                 "agents.mesh_healer.heartbeat_interval_seconds",
                 "agents.storage_watcher.heartbeat_interval_seconds",

@@ -1,0 +1,141 @@
+//! Commands held behind a running action for the same problem.
+//!
+//! A row of the healing tables may answer one problem with several actions
+//! at once (storage critical: `cleanup_logs` and `archive_old`). Run side by
+//! side, the second is judged before the first has freed anything, runs
+//! although the first was enough, and counts as a false remediation. So a
+//! command that is checked before acting ([`Command::level`]) and whose
+//! problem has a background job running waits here, unacknowledged (kept
+//! from redelivery by in-progress acks), until that job ends; it is then
+//! handled as if just delivered: its deadline, and whether its problem is
+//! still there, are judged at that moment.
+
+use std::collections::{HashMap, VecDeque};
+
+use skos_bus::Incoming;
+use skos_core::protocol::Command;
+
+/// The problems with background jobs running, and the commands waiting
+/// for them, in arrival order.
+#[derive(Default)]
+pub struct Held {
+    /// Background jobs running, by problem.
+    running: HashMap<String, usize>,
+    /// Commands waiting, by problem.
+    waiting: HashMap<String, VecDeque<Incoming>>,
+}
+
+impl Held {
+    /// The problem `cmd` must wait on: its own, when the command is checked
+    /// before acting and a job for that problem is running.
+    pub fn must_wait(&self, cmd: &Command) -> Option<String> {
+        let problem = cmd.problem.as_ref()?;
+        (cmd.level.is_some() && self.running.get(problem).is_some_and(|n| *n > 0))
+            .then(|| problem.clone())
+    }
+
+    /// Keep `m` until `problem`'s jobs have ended.
+    pub fn hold(&mut self, problem: String, m: Incoming) {
+        self.waiting.entry(problem).or_default().push_back(m);
+    }
+
+    /// A background job for `problem` started.
+    pub fn started(&mut self, problem: &str) {
+        *self.running.entry(problem.to_string()).or_default() += 1;
+    }
+
+    /// A background job for `problem` ended: the commands that waited for
+    /// it, once no other job of that problem runs.
+    pub fn ended(&mut self, problem: &str) -> Vec<Incoming> {
+        let left = match self.running.get_mut(problem) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left > 0 {
+            return Vec::new();
+        }
+        self.running.remove(problem);
+        self.waiting
+            .remove(problem)
+            .map(Vec::from)
+            .unwrap_or_default()
+    }
+
+    /// How many commands wait.
+    pub fn len(&self) -> usize {
+        self.waiting.values().map(VecDeque::len).sum()
+    }
+
+    /// Whether no command waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tell the bus each waiting command is still being worked on, so it is
+    /// not delivered again meanwhile.
+    pub async fn keep_alive(&self) {
+        for m in self.waiting.values().flatten() {
+            if let Err(e) = m.in_progress().await {
+                tracing::warn!(subject = %m.subject, error = %e, "in-progress ack of a held command failed; it may be delivered again");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn cmd(problem: Option<&str>, level: Option<f64>) -> Command {
+        let mut c: Command = serde_json::from_value(serde_json::json!({
+            "action_id": "a1",
+            "action_type": "archive_old",
+            "parameters": {},
+            "timestamp": "2026-12-01T00:00:00Z",
+        }))
+        .unwrap();
+        c.problem = problem.map(str::to_string);
+        c.level = level;
+        c
+    }
+
+    fn incoming(subject: &str) -> Incoming {
+        Incoming::plain(subject.to_string(), Bytes::new())
+    }
+
+    #[test]
+    fn a_checked_command_waits_only_while_a_job_of_its_problem_runs() {
+        let mut h = Held::default();
+        let c = cmd(Some("storage:/data"), Some(90.0));
+        assert_eq!(h.must_wait(&c), None, "nothing runs");
+        h.started("storage:/data");
+        assert_eq!(h.must_wait(&c).as_deref(), Some("storage:/data"));
+        assert_eq!(h.must_wait(&cmd(Some("storage:/logs"), Some(90.0))), None);
+        assert_eq!(
+            h.must_wait(&cmd(Some("storage:/data"), None)),
+            None,
+            "a command not checked before acting does not wait"
+        );
+        assert_eq!(h.must_wait(&cmd(None, Some(90.0))), None);
+    }
+
+    #[test]
+    fn waiting_commands_come_back_in_order_once_every_job_of_the_problem_ended() {
+        let mut h = Held::default();
+        h.started("p");
+        h.started("p");
+        h.hold("p".into(), incoming("one"));
+        h.hold("p".into(), incoming("two"));
+        assert_eq!(h.len(), 2);
+        assert!(h.ended("p").is_empty(), "another job of p still runs");
+        let back: Vec<String> = h.ended("p").into_iter().map(|m| m.subject).collect();
+        assert_eq!(back, ["one", "two"]);
+        assert!(h.is_empty());
+        assert!(h.ended("p").is_empty(), "an extra end is harmless");
+        assert_eq!(h.must_wait(&cmd(Some("p"), Some(1.0))), None);
+    }
+}
