@@ -19,11 +19,13 @@
 # the shipped units), fuse3 (`fusermount3`: how a non-root run mounts the
 # fake cpufreq driver), faketime (agents whose clock is an hour off),
 # chromium (the live page, in a headless browser), and podman, runc and
-# busybox-static (workloads as real containers and processes), and for the
-# install paths lintian (the .deb's checks) and debootstrap (a throwaway
-# Debian root the .deb and `skos install` go into). Before the tests it builds the statically linked binary
-# (dist/build-static.sh) the package and the images are made of, and
-# exports its path as SKOS_STATIC_BIN (SKOS_STATIC_BIN set: that one is used).
+# busybox-static (workloads as real containers and processes), monit and
+# prometheus-node-exporter (measured beside the agent by skos-bench), and for
+# the install paths lintian (the .deb's checks) and debootstrap (a throwaway
+# Debian root the .deb and `skos install` go into). Before the tests it builds
+# the statically linked binary (dist/build-static.sh) the package and the
+# images are made of, and exports its path as SKOS_STATIC_BIN (SKOS_STATIC_BIN
+# set: that one is used).
 # Runs unattended: no prompts, no stdin.
 set -euo pipefail
 
@@ -91,6 +93,10 @@ have curl || optional+=(curl)
 # with the static busybox, which also serves HTTP as a process workload.
 have podman || optional+=(podman)
 have runc || optional+=(runc)
+# skos-bench footprint measures the agent beside Monit and the Prometheus
+# node exporter (the bench only starts them; it installs nothing).
+have monit || optional+=(monit)
+have prometheus-node-exporter || optional+=(prometheus-node-exporter)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
   optional+=(busybox-static)
 # The install paths: the .deb checked by lintian and installed into a
@@ -188,18 +194,15 @@ fi
 # The package, `skos install` and compose tests use the static binary.
 if [ -z "${SKOS_STATIC_BIN:-}" ]; then
   heading "the static binary (dist/build-static.sh)"
+  # Both binaries (skos, skos-agent), with the dev profile: static all the
+  # same, without the release profiles' whole-program optimisation.
   build_static() {
-    if [ -x dist/build-static.sh ]; then
-      dist/build-static.sh
-    else
-      RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-        cargo build --release -p skos --target x86_64-unknown-linux-gnu >&2 &&
-        realpath "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/skos"
-    fi
+    SKOS_STATIC_PROFILE="${SKOS_STATIC_PROFILE:-dev}" dist/build-static.sh all | head -n 1
   }
-  if SKOS_STATIC_BIN=$(build_static); then
-    export SKOS_STATIC_BIN
-    note "static binary: $SKOS_STATIC_BIN"
+  if SKOS_STATIC_BIN=$(build_static) && [ -n "$SKOS_STATIC_BIN" ]; then
+    SKOS_STATIC_DIR=$(dirname "$SKOS_STATIC_BIN")
+    export SKOS_STATIC_BIN SKOS_STATIC_DIR
+    note "static binaries: $SKOS_STATIC_DIR (skos, skos-agent)"
   else
     [ "$require_all" -eq 0 ] || die "dist/build-static.sh failed"
     unset SKOS_STATIC_BIN

@@ -120,6 +120,10 @@ struct Cli {
     /// The skos binary (default: next to this one, target/<profile>/skos).
     #[arg(long)]
     skos_bin: Option<PathBuf>,
+    /// The lean agent binary the footprint measures (default:
+    /// SKOS_AGENT_BIN, then skos-agent next to the skos binary).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
     /// Where to write the JSON report (default: next to this binary,
     /// skos-bench-latest.json).
     #[arg(long)]
@@ -185,6 +189,7 @@ fn opts(cli: &Cli) -> Opts {
     }
     o.nats_url = cli.nats_url.clone();
     o.skos_bin = cli.skos_bin.clone();
+    o.agent_bin = cli.agent_bin.clone();
     o
 }
 

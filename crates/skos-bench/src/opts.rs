@@ -59,6 +59,9 @@ pub struct Opts {
     pub efficacy_rows: Vec<String>,
     pub nats_url: Option<String>,
     pub skos_bin: Option<PathBuf>,
+    /// The lean agent binary (`skos-agent`) the footprint measures; `None`:
+    /// `SKOS_AGENT_BIN`, then next to the `skos` binary.
+    pub agent_bin: Option<PathBuf>,
     pub quick: bool,
 }
 
@@ -99,6 +102,7 @@ impl Opts {
             efficacy_rows: Vec::new(),
             nats_url: None,
             skos_bin: None,
+            agent_bin: None,
             quick: false,
         }
     }
@@ -130,6 +134,7 @@ impl Opts {
             efficacy_rows: Vec::new(),
             nats_url: None,
             skos_bin: None,
+            agent_bin: None,
             quick: true,
         }
     }

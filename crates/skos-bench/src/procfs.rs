@@ -1,5 +1,6 @@
-//! Memory and CPU time of a process, from `/proc/<pid>/status` and
-//! `/proc/<pid>/stat`. The parsers are pure functions over the text.
+//! Memory and CPU time of a process, from `/proc/<pid>/status`,
+//! `/proc/<pid>/smaps_rollup` and `/proc/<pid>/stat`. The parsers are pure
+//! functions over the text.
 
 use std::time::Instant;
 
@@ -19,6 +20,10 @@ pub struct ProcSample {
     pub anon_kb: u64,
     /// Resident file-backed memory (the binary's code and data), kB.
     pub file_kb: u64,
+    /// Proportional set size, kB: each resident page divided by the
+    /// number of processes mapping it (shared libraries counted in part).
+    /// `None` where `smaps_rollup` cannot be read.
+    pub pss_kb: Option<u64>,
     /// utime + stime, in clock ticks.
     pub cpu_ticks: u64,
 }
@@ -60,6 +65,10 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     let stat_path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&stat_path).map_err(|e| Error::io(&stat_path, e))?;
     let (rss, hwm) = parse_status(&status);
+    // Pss is in the same `Name:  123 kB` shape as the status fields.
+    let pss = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| status_field(&t, "Pss"));
     let cpu = parse_stat_cpu(&stat)
         .ok_or_else(|| Error::failed(&stat_path, "cannot read utime and stime"))?;
     Ok(ProcSample {
@@ -68,6 +77,7 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
         hwm_kb: hwm.ok_or_else(|| Error::failed(&status_path, "no VmHWM"))?,
         anon_kb: status_field(&status, "RssAnon").unwrap_or(0),
         file_kb: status_field(&status, "RssFile").unwrap_or(0),
+        pss_kb: pss,
         cpu_ticks: cpu,
     })
 }
@@ -82,6 +92,8 @@ pub struct Usage {
     /// Of the RSS: anonymous (heap, stacks) and file-backed (code), MB.
     pub rss_anon_mb: f64,
     pub rss_file_mb: f64,
+    /// PSS at the end of the window, MB; `None` where not readable.
+    pub pss_mb: Option<f64>,
     /// CPU seconds (user + system) over the window.
     pub cpu_seconds: f64,
     pub window_seconds: f64,
@@ -101,6 +113,7 @@ pub fn usage(a: &ProcSample, b: &ProcSample) -> Usage {
         hwm_mb: b.hwm_kb.max(a.hwm_kb) as f64 * 1024.0 / 1e6,
         rss_anon_mb: b.anon_kb as f64 * 1024.0 / 1e6,
         rss_file_mb: b.file_kb as f64 * 1024.0 / 1e6,
+        pss_mb: b.pss_kb.map(|kb| kb as f64 * 1024.0 / 1e6),
         cpu_seconds: cpu,
         window_seconds: window,
         cpu_share: cpu / window,
@@ -151,6 +164,8 @@ mod tests {
         assert_eq!(status_field(text, "RssAnon"), Some(1000));
         assert_eq!(status_field(text, "RssFile"), None);
         assert_eq!(parse_status("Name: x\n"), (None, None));
+        let rollup = "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:  7404 kB\nPss:  5411 kB\nPss_Dirty:  1108 kB\n";
+        assert_eq!(status_field(rollup, "Pss"), Some(5411));
     }
 
     #[test]
@@ -166,6 +181,8 @@ mod tests {
     fn reads_itself() {
         let a = sample(std::process::id()).unwrap();
         assert!(a.rss_kb > 0 && a.hwm_kb >= a.rss_kb);
+        let pss = a.pss_kb.expect("a process reads its own smaps_rollup");
+        assert!(pss > 0 && pss <= a.rss_kb + 64);
         let mut b = a;
         b.cpu_ticks += clock_ticks_per_second();
         b.at = a.at + std::time::Duration::from_secs(2);

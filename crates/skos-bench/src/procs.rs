@@ -65,6 +65,45 @@ pub fn skos_binary(explicit: Option<&Path>) -> Result<PathBuf> {
     })
 }
 
+/// Where the lean agent binary is: `--agent-bin`, then `SKOS_AGENT_BIN`,
+/// then `skos-agent` beside `skos_bin`. `Ok(None)` when none is there (the
+/// caller measures `skos agent` instead and says so).
+///
+/// # Errors
+/// [`Error::Missing`] when an explicit path names no file.
+pub fn agent_binary(explicit: Option<&Path>, skos_bin: &Path) -> Result<Option<PathBuf>> {
+    let named = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("SKOS_AGENT_BIN").map(PathBuf::from));
+    if let Some(p) = named {
+        return if p.is_file() {
+            Ok(Some(p))
+        } else {
+            Err(Error::Missing(format!(
+                "the agent binary {}: no such file",
+                p.display()
+            )))
+        };
+    }
+    Ok(skos_bin
+        .parent()
+        .map(|d| d.join("skos-agent"))
+        .filter(|p| p.is_file()))
+}
+
+/// An executable named `name` on PATH or in the sbin directories (which
+/// are not on every user's PATH).
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// A `skos` command with the caller's SKOS environment removed, so only
 /// what the harness sets applies.
 pub fn skos_command(bin: &Path) -> Command {

@@ -88,6 +88,10 @@ impl Figure {
         self.with_target(Goal::AtLeast, value, true, false)
     }
 
+    pub fn ratio_at_most(self, value: f64) -> Self {
+        self.with_target(Goal::AtMost, value, true, false)
+    }
+
     /// A target derived from the configuration, not given by the issue.
     pub fn derived_at_most(self, value: f64) -> Self {
         self.with_target(Goal::AtMost, value, false, true)

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use skos_agent::runtime::Agent;
 use skos_agent::sensors::{ProblemKind, Sensors};
@@ -26,6 +26,10 @@ use skos_http::HttpOptions;
 use tokio::sync::watch;
 
 use crate::cli::{AuditCmd, Cli, Cmd, ConfigArg, ConfigCmd, FleetCmd, KeysCmd, StatusArgs};
+use skos::node::{
+    agent, connect, login_files, nats_options, refuse_key_conflicts, stopped, warn_if_exposed,
+};
+pub(crate) use skos::node::{init_logging, init_logging_labelled, shutdown_signal};
 
 /// A line on standard error for a person; a reader gone (a closed pipe)
 /// is no reason to stop.
@@ -144,122 +148,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Defaults < file < environment < flags.
 fn read_config(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<Config> {
-    let mut cfg = match &arg.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config {}", path.escaped()))?;
-            Config::from_yaml(&text).map_err(|issues| {
-                let lines: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();
-                anyhow!("invalid config {}:\n{}", path.escaped(), lines.join("\n"))
-            })?
-        }
-        None => Config::default(),
-    };
-    let issues = cfg.apply_env(|k| std::env::var(k).ok());
-    if !issues.is_empty() {
-        let lines: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();
-        bail!("invalid settings:\n{}", lines.join("\n"));
-    }
-    if let Some(d) = data_dir {
-        cfg.data_dir = d;
-    }
-    // An absolute data dir lets the checks see when a cleaned dir overlaps it.
-    if let Ok(abs) = std::path::absolute(&cfg.data_dir) {
-        cfg.data_dir = abs;
-    }
-    let issues = cfg.check();
-    if !issues.is_empty() {
-        let lines: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();
-        bail!("invalid settings:\n{}", lines.join("\n"));
-    }
-    Ok(cfg)
+    skos::node::read_config(arg.config.as_deref(), data_dir)
 }
 
+/// [`read_config`], then logging at the config's level and its warnings.
 fn load(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<Config> {
-    let cfg = read_config(arg, data_dir)?;
-    init_logging(&cfg.log_level);
-    // What the file sets but SKOS does not apply as written.
-    for w in cfg.warnings() {
-        tracing::warn!(key = %w.path, "config: {}", w.message);
-    }
-    Ok(cfg)
+    skos::node::load(arg.config.as_deref(), data_dir)
 }
 
 pub(crate) fn load_quiet(arg: &ConfigArg) -> Result<Config> {
     let cfg = read_config(arg, None)?;
     init_logging("ERROR");
     Ok(cfg)
-}
-
-pub(crate) fn init_logging(level: &str) {
-    init_logging_labelled(level, None);
-}
-
-/// Log lines on stderr, each after `label` (`[demo]`) when given.
-struct Labelled(&'static str);
-
-impl std::io::Write for Labelled {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        // The formatter writes one whole event at a time.
-        let mut err = std::io::stderr().lock();
-        err.write_all(self.0.as_bytes())?;
-        err.write_all(b" ")?;
-        err.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
-
-/// [`init_logging`], each line after `label` when given.
-pub(crate) fn init_logging_labelled(level: &str, label: Option<&'static str>) {
-    let level = match level.to_ascii_uppercase().as_str() {
-        "WARNING" => "warn".to_string(),
-        other => other.to_ascii_lowercase(),
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},async_nats=warn")));
-    let ansi = colours(
-        std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    let _ = match label {
-        Some(label) => fmt.with_writer(move || Labelled(label)).try_init(),
-        None => fmt.with_writer(std::io::stderr).try_init(),
-    };
-}
-
-/// Whether log lines carry ANSI colours: only on a terminal, and never
-/// with `NO_COLOR` set to anything non-empty (no-color.org), so files and
-/// journald get plain text.
-fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    terminal && no_color.is_none_or(|v| v.is_empty())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
 }
 
 /// The HTTP options of `cfg` and `--http`, checked before anything starts
@@ -453,26 +353,6 @@ pub(crate) async fn embedded(
     Ok(())
 }
 
-/// Connection options from the config; secrets files are checked for
-/// loose permissions.
-fn nats_options(cfg: &Config, name: &str) -> Result<NatsOptions> {
-    for path in [
-        &cfg.nats.nkey_seed_file,
-        &cfg.nats.creds_file,
-        &cfg.nats.tls.key_file,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        warn_if_exposed(path);
-    }
-    let mut opts = NatsOptions::from_config(&cfg.nats, name)?;
-    opts.audit_max_age = cfg.audit_retention_days().map_or(Duration::ZERO, |d| {
-        Duration::from_secs(d.saturating_mul(86_400))
-    });
-    Ok(opts)
-}
-
 /// Connection options of an operator's command (`skos status`, `skos
 /// audit`): replies on the operator's own inbox, no stream created (a
 /// read-only credential may do neither more nor less).
@@ -481,34 +361,6 @@ pub(crate) fn operator_options(cfg: &Config, name: &str) -> Result<NatsOptions> 
     opts.inbox_prefix = Some(skos_bus::subjects::OPERATOR_INBOX.to_string());
     opts.create_streams = false;
     Ok(opts)
-}
-
-async fn connect(cfg: &Config, name: &str) -> Result<NatsBus> {
-    let mut opts = nats_options(cfg, name)?;
-    if name.starts_with("skos-agent-") {
-        // Its own reply subjects, so server permissions can confine it;
-        // no stream rights (its command consumer is the coordinator's
-        // to create).
-        opts.inbox_prefix = Some(format!("_INBOX_{}", cfg.node.name));
-        opts.create_streams = false;
-    }
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match NatsBus::connect(&opts).await {
-            Ok(b) => {
-                tracing::info!(url = %skos_core::redact::url_credentials(&cfg.nats.url), "connected to NATS");
-                return Ok(b);
-            }
-            Err(e) => {
-                tracing::warn!(url = %skos_core::redact::url_credentials(&cfg.nats.url), error = %e, "NATS not reachable yet, retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = tokio::signal::ctrl_c() => bail!("interrupted while connecting to {}", skos_core::redact::url_credentials(&cfg.nats.url)),
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
 }
 
 async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
@@ -573,7 +425,7 @@ async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
     .await?;
     // What a burst (a fleet joining at once) freed goes back to the
     // system instead of staying resident.
-    crate::heap::spawn_trim();
+    skos::heap::spawn_trim();
     let (tx, rx) = watch::channel(false);
     let counters = Counters::default();
     let server = serve_http(
@@ -607,62 +459,6 @@ async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
     let _ = tx.send(true);
     let (task, ()) = tokio::join!(task, http_stopped(server));
     task??;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The NATS login key files a config names.
-fn login_files(cfg: &Config) -> Vec<&std::path::Path> {
-    [&cfg.nats.nkey_seed_file, &cfg.nats.creds_file]
-        .into_iter()
-        .flatten()
-        .map(|p| p.as_path())
-        .collect()
-}
-
-/// Refuse to run with keys that would let a NATS server obtain a command
-/// signature ([`skos_bus::trust::key_conflicts`]), naming the key to change.
-fn refuse_key_conflicts(cfg: &Config, signer: Option<&Signer>) -> Result<()> {
-    let found =
-        skos_bus::trust::key_conflicts(signer, &login_files(cfg), &cfg.trust.coordinator_keys)?;
-    if let Some(c) = found.first() {
-        bail!("{}: {}", c.key, c.message);
-    }
-    Ok(())
-}
-
-async fn agent(cfg: Config) -> Result<ExitCode> {
-    // Before logging in: an agent that trusts its own login key as a
-    // coordinator key would run what a NATS server had it sign.
-    refuse_key_conflicts(&cfg, None)?;
-    // The node's own key signs its heartbeats, alerts and results; never
-    // its login key.
-    let node_signer = match &cfg.trust.node_key_file {
-        Some(path) => {
-            warn_if_exposed(path);
-            let s = Signer::from_seed_file(path)?;
-            let found = skos_bus::trust::node_key_conflicts(&s, &login_files(&cfg))?;
-            if let Some(c) = found.first() {
-                bail!("{}: {}", c.key, c.message);
-            }
-            tracing::info!(public_key = %s.public_key(), "heartbeats, alerts and results are signed with the node key");
-            Some(Arc::new(s))
-        }
-        None => None,
-    };
-    let mut nats = connect(&cfg, &format!("skos-agent-{}", cfg.node.name)).await?;
-    if let Some(s) = node_signer {
-        nats = nats.with_node_signer(s);
-    }
-    if let Err(e) = nats.prepare_agent(&cfg.node.name).await {
-        tracing::warn!(node = %cfg.node.name, error = %e, "streams not set up yet");
-    }
-    let state = cfg.data_dir.join("agent");
-    let agent = Agent::new(cfg, Bus::Nats(nats), Counters::default(), Some(state))?;
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(agent.run(stopped(rx)));
-    shutdown_signal().await;
-    let _ = tx.send(true);
-    task.await??;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1349,22 +1145,6 @@ fn swappable_dirs(cfg: &Config) -> Vec<skos_core::config::ConfigIssue> {
         .collect()
 }
 
-/// Secrets must not be readable by others: say so loudly when they are.
-fn warn_if_exposed(path: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            tracing::warn!(path = %path.escaped(), mode = format!("{:o}", mode & 0o777), "secret file is readable by group or others; chmod 600 it");
-            eprintln!(
-                "skos: warning: {} is readable by group or others (mode {:o}); chmod 600 it",
-                path.escaped(),
-                mode & 0o777
-            );
-        }
-    }
-}
-
 fn keys_generate(out: &std::path::Path, force: bool) -> Result<ExitCode> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -1392,18 +1172,4 @@ fn keys_generate(out: &std::path::Path, force: bool) -> Result<ExitCode> {
     eprintln!("skos: for the coordinator's key: set trust.signing_key_file on the coordinator, and this public key in trust.coordinator_keys on every agent; for a node's key: set trust.node_key_file on that node's agent, and this public key under its name in the coordinator's trust.node_keys:");
     println!("{public}");
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::colours;
-    use std::ffi::OsStr;
-
-    #[test]
-    fn colours_only_on_a_terminal_and_never_with_no_color() {
-        assert!(colours(true, None));
-        assert!(colours(true, Some(OsStr::new(""))));
-        assert!(!colours(true, Some(OsStr::new("1"))));
-        assert!(!colours(false, None));
-    }
 }

@@ -6,13 +6,9 @@ mod commands;
 mod control;
 mod demo;
 mod fleet;
-mod heap;
 mod install;
 
 use clap::Parser;
-
-/// The exit status after a panic in a long-running command.
-const PANICKED: i32 = 101;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
@@ -28,15 +24,7 @@ fn main() -> std::process::ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     } else {
-        // A panic is a bug: in a task it would leave the process running
-        // with the coordinator or the agent gone. Say it and end the
-        // process with a failure, so its supervisor restarts it.
-        let report = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            report(info);
-            eprintln!("skos: a task panicked (a bug): stopping so that a supervisor restarts skos");
-            std::process::exit(PANICKED);
-        }));
+        skos::node::exit_on_panic();
     }
     if matches!(cli.command, cli::Cmd::Demo { .. }) {
         // The demo's tmpfs is its own, gone with the process however it
@@ -45,11 +33,7 @@ fn main() -> std::process::ExitCode {
             tracing::debug!(error = %e, "no mounts of its own for the demo");
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match skos::node::runtime(2) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("skos: cannot start the async runtime: {e}");

@@ -21,11 +21,13 @@ fn shipped_units_verify() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            text.contains("ExecStart=/usr/local/bin/skos "),
-            "{}",
-            path.display()
-        );
+        // Nodes run the lean agent binary; the coordinator the full one.
+        let exec = if path.file_name().is_some_and(|n| n == "skos-agent.service") {
+            "ExecStart=/usr/local/bin/skos-agent\n"
+        } else {
+            "ExecStart=/usr/local/bin/skos "
+        };
+        assert!(text.contains(exec), "{}: no {exec:?}", path.display());
         assert!(text.contains("NoNewPrivileges=yes"), "{}", path.display());
         assert!(
             text.contains("CapabilityBoundingSet="),
@@ -35,7 +37,14 @@ fn shipped_units_verify() {
         let local = dir.path().join(path.file_name().unwrap());
         std::fs::write(
             &local,
-            text.replace("/usr/local/bin/skos", env!("CARGO_BIN_EXE_skos")),
+            text.replace(
+                "/usr/local/bin/skos-agent",
+                env!("CARGO_BIN_EXE_skos-agent"),
+            )
+            .replace(
+                "/usr/local/bin/skos ",
+                &format!("{} ", env!("CARGO_BIN_EXE_skos")),
+            ),
         )
         .unwrap();
         let out = Command::new("systemd-analyze")
