@@ -315,6 +315,13 @@ fn read_lines(f: &mut std::fs::File, path: &Path, offset: u64) -> Result<(Vec<Va
 /// each once.
 pub fn read_file_after(path: &Path, after: u64, limit: usize) -> Result<(Vec<Value>, bool)> {
     use std::io::BufRead;
+    // Opened before the segments are listed: records sealed by a rotation
+    // meanwhile are still in this file (the one replaced).
+    let live = match std::fs::File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(path, e)),
+    };
     let mut out = Vec::new();
     let mut more = false;
     let after = audit::segments::each_after(path, after, |v| {
@@ -328,10 +335,8 @@ pub fn read_file_after(path: &Path, after: u64, limit: usize) -> Result<(Vec<Val
     if more {
         return Ok((out, true));
     }
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, false)),
-        Err(e) => return Err(io(path, e)),
+    let Some(f) = live else {
+        return Ok((out, false));
     };
     for line in std::io::BufReader::new(f).lines() {
         let line = line.map_err(|e| io(path, e))?;

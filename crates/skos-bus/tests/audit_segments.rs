@@ -530,3 +530,155 @@ async fn records_aged_out_of_the_stream_are_told_apart_from_a_purge() {
         r.breaks
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_segment_does_not_keep_the_trail_from_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    {
+        let log = AuditLog::open_file_with(&path, manual(None)).unwrap();
+        let old = chrono::Utc::now() - chrono::Duration::days(40);
+        log.append_many((0..10).map(|i| entry_at(i, old)).collect())
+            .await
+            .unwrap();
+        assert!(log.rotate_now().await.unwrap());
+        for i in 0..3 {
+            log.append(entry(100 + i)).await.unwrap();
+        }
+    }
+    // The oldest segment, past the retention, rotted on disk; and one that
+    // claims to overlap the live file (a rotation cut short) is garbage.
+    let oldest = segment_names(&path).remove(0);
+    std::fs::write(path.with_file_name(&oldest), b"not zstd at all").unwrap();
+    let planted = segments::name(&path, 11, 99);
+    std::fs::write(path.with_file_name(&planted), b"\x28\xb5\x2f\xfdgarbage").unwrap();
+
+    let log = AuditLog::open_file_with(&path, manual(Some(Duration::from_secs(30 * 86_400))))
+        .expect("the trail opens and records go on");
+    log.append(entry(7)).await.unwrap();
+    drop(log);
+    assert_eq!(
+        segment_names(&path),
+        [oldest.clone(), planted.clone()],
+        "an unreadable segment is not aged out (its range cannot be recorded), nor trusted"
+    );
+    let live = audit::read_file(&path).unwrap();
+    assert_eq!(
+        seqs(&live),
+        [11, 12, 13, 14, 15],
+        "the live file was not cut"
+    );
+    failed_with(
+        &path,
+        &[
+            &format!("segment {oldest}: unreadable"),
+            &format!("segment {planted}: unreadable"),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_while_the_live_file_is_sealed_sees_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open_file_with(&path, manual(None)).unwrap();
+    log.append_many((0..5000).map(entry).collect())
+        .await
+        .unwrap();
+    assert!(log.rotate_now().await.unwrap());
+    for i in 0..10 {
+        log.append(entry(100 + i)).await.unwrap();
+    }
+    // verify is told its progress every 4096 lines of the first segment:
+    // the writer seals the live file (5001..=5011) there.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let p = path.clone();
+    let verify = std::thread::spawn(move || {
+        let mut once = Some((go_tx, done_rx));
+        audit::check::verify_file_trail(&p, None, |_, _| {
+            if let Some((go, done)) = once.take() {
+                go.send(()).unwrap();
+                done.recv().unwrap();
+            }
+        })
+        .unwrap()
+    });
+    tokio::task::spawn_blocking(move || go_rx.recv())
+        .await
+        .unwrap()
+        .expect("verify reached the first segment's 4096th line");
+    assert!(log.rotate_now().await.unwrap());
+    assert_eq!(segment_names(&path).len(), 2);
+    done_tx.send(()).unwrap();
+    let r = tokio::task::spawn_blocking(move || verify.join().unwrap())
+        .await
+        .unwrap();
+    assert!(r.ok(), "a rotation meanwhile is no deletion: {r:?}");
+    assert_eq!(
+        r.records, 5012,
+        "5001..=5011 and their seal, in the file replaced"
+    );
+    assert!(
+        r.notes[0].contains("sealed while the check ran"),
+        "{:?}",
+        r.notes
+    );
+    // And once it is over, the new segment is read as such.
+    let r = audit::check::verify_file(&path, None).unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!((r.records, r.segments), (5012, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_inflating_to_an_endless_line_is_passed_over() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = three_segments(dir.path()).await;
+    let names = segment_names(&path);
+    let seg = path.with_file_name(&names[1]);
+    // The segment rewritten with 40 MiB of one line (no newline) after its
+    // header: a few kilobytes on disk.
+    let plain = zstd::decode_all(std::fs::File::open(&seg).unwrap()).unwrap();
+    let mut lines = plain.split_inclusive(|b| *b == b'\n');
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    enc.write_all(lines.next().unwrap()).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..40 {
+        enc.write_all(&chunk).unwrap();
+    }
+    enc.write_all(b"\n").unwrap();
+    for l in lines {
+        enc.write_all(l).unwrap();
+    }
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+    std::fs::write(&seg, &bomb).unwrap();
+
+    let r = audit::check::verify_file(&path, None).unwrap();
+    assert!(!r.ok());
+    let f = r
+        .foreign
+        .iter()
+        .find(|f| f.subject == names[1])
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert_eq!(f.at, 2, "{f:?}");
+    assert!(
+        f.reason
+            .contains(&format!("longer than {} bytes", segments::MAX_LINE)),
+        "{f:?}"
+    );
+    // Its records are still read and the chain holds; the seal names the
+    // change.
+    assert!(
+        r.breaks
+            .iter()
+            .any(|b| b.contains(&format!("segment {} was changed", names[1]))),
+        "{:?}",
+        r.breaks
+    );
+    assert_eq!(r.break_count, 1, "{:?}", r.breaks);
+    assert_eq!(r.records, 38);
+    // The readers pass it over too.
+    assert_eq!(audit::read_trail(&path).unwrap().len(), 38);
+}

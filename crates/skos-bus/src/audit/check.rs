@@ -14,7 +14,7 @@
 //! re-hash every record.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
 use std::time::Duration;
 
@@ -517,6 +517,8 @@ struct FileWalk<'a> {
     /// Segments sealed in the chain but missing before its first record
     /// left (the first [`LISTED`]).
     gap_segments: Vec<String>,
+    /// The directory the segments are in.
+    dir: std::path::PathBuf,
 }
 
 impl FileWalk<'_> {
@@ -614,6 +616,14 @@ impl FileWalk<'_> {
                     self.checker.problem(text);
                 }
             }
+            None if self.dir.join(&seal.segment).is_file() => {
+                // Written after the segments were listed: its records are
+                // in the live file read (opened before), checked there.
+                self.checker.report.notes.push(format!(
+                    "segment {} was sealed while the check ran: its records were checked in the live file",
+                    seal.segment
+                ));
+            }
             None => {
                 let aged = self
                     .checker
@@ -642,6 +652,18 @@ impl FileWalk<'_> {
         src: &Source,
         scanned: segments::Scanned,
     ) {
+        if let Some(line) = scanned.first_overlong {
+            self.checker.report.messages += scanned.overlong;
+            self.checker.foreign(
+                line,
+                &seg.name,
+                format!(
+                    "not a record: {} line(s) longer than {} bytes, passed over",
+                    scanned.overlong,
+                    segments::MAX_LINE
+                ),
+            );
+        }
         match &scanned.header {
             Err(e) => self
                 .checker
@@ -726,6 +748,25 @@ pub fn verify_file_trail(
         segments: Default::default(),
         started: false,
         gap_segments: Vec::new(),
+        dir: path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
+    };
+    // The live file is opened first: a rotation while the segments are
+    // read leaves its records in this file (the one replaced), which is
+    // read whole; opened after, they would be in neither what was listed
+    // nor what was read, and look deleted.
+    let file = match File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
     };
     for seg in segments::list(path)? {
         walk.checker.report.segments += 1;
@@ -746,26 +787,32 @@ pub fn verify_file_trail(
     }
     let name = path.escaped().to_string();
     walk.checker.place = name.clone();
-    let file = match File::open(path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err(Error::Io {
-                path: path.to_path_buf(),
-                source: e,
-            })
-        }
-    };
     if let Some(file) = file {
         let mut src = Source::default();
-        let reader = BufReader::with_capacity(segments::READ_BUFFER, file);
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let line = line.map_err(|e| Error::Io {
+        let mut reader = BufReader::with_capacity(segments::READ_BUFFER, file);
+        let mut line = Vec::new();
+        let mut n = 0u64;
+        while let Some(too_long) =
+            segments::read_line_capped(&mut reader, &mut line).map_err(|e| Error::Io {
                 path: path.to_path_buf(),
                 source: e,
-            })?;
-            let n = i as u64 + 1;
-            walk.line(&mut src, &name, n, &line);
+            })?
+        {
+            n += 1;
+            if too_long {
+                walk.checker.report.messages += 1;
+                walk.checker.foreign(
+                    n,
+                    &name,
+                    format!(
+                        "not a record: longer than {} bytes, passed over",
+                        segments::MAX_LINE
+                    ),
+                );
+            } else {
+                let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                walk.line(&mut src, &name, n, text);
+            }
             if n.is_multiple_of(4096) {
                 progress(&name, n);
             }
