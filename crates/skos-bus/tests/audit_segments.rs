@@ -682,3 +682,82 @@ async fn a_segment_inflating_to_an_endless_line_is_passed_over() {
     // The readers pass it over too.
     assert_eq!(audit::read_trail(&path).unwrap().len(), 38);
 }
+
+/// The stream's `max_age` lowered by an admin after it was made (the
+/// leaders applied 30 days) ages the whole trail out in seconds: `verify`
+/// judges the gap by what the leaders' checkpoints say they applied, not
+/// by the stream's config as it is now, and names the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_max_age_is_no_age_out_by_policy() {
+    use skos_bus::audit::Signing;
+    use skos_bus::{trust, NatsBus, NatsOptions};
+    use skos_testsupport::nats::{nats_server_binary, NatsServer};
+    use std::sync::Arc;
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let signer = Arc::new(trust::Signer::ephemeral());
+    let trusted = trust::Verifier::new(&[signer.public_key()], true).unwrap();
+    let every = Duration::from_secs(60);
+    let server = NatsServer::start();
+    let mut opts = NatsOptions::new(server.url(), "test");
+    opts.audit_max_age = Duration::from_secs(30 * 86_400);
+    let admin = NatsBus::connect(&NatsOptions {
+        create_streams: false,
+        ..NatsOptions::new(server.url(), "admin")
+    })
+    .await
+    .unwrap();
+    let config = async_nats::jetstream::stream::Config {
+        name: skos_bus::subjects::STREAM_AUDIT.to_string(),
+        subjects: vec![skos_bus::subjects::AUDIT.to_string()],
+        max_age: opts.audit_max_age,
+        ..Default::default()
+    };
+    admin
+        .jetstream()
+        .create_stream(config.clone())
+        .await
+        .unwrap();
+    let bus = NatsBus::connect(&opts).await.unwrap();
+    let log =
+        AuditLog::open_jetstream_signed(&bus, Some(Signing::new(signer.clone(), &[]).unwrap()))
+            .await
+            .unwrap();
+    for i in 0..3 {
+        log.append(entry(i)).await.unwrap();
+    }
+    log.checkpoint(opts.audit_max_age).await.unwrap().unwrap();
+    for i in 3..6 {
+        log.append(entry(i)).await.unwrap();
+    }
+    // The admin lowers max_age to 2 s: the server removes every record.
+    admin
+        .jetstream()
+        .update_stream(async_nats::jetstream::stream::Config {
+            max_age: Duration::from_secs(2),
+            duplicate_window: Duration::from_secs(1),
+            ..config
+        })
+        .await
+        .unwrap();
+    while stream_state(&bus).await.messages > 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The leader goes on: its next checkpoint, and a record.
+    log.checkpoint(opts.audit_max_age).await.unwrap().unwrap();
+    log.append(entry(9)).await.unwrap();
+    let r = audit::check::verify_jetstream_within(&bus, Some(&trusted), None, every, |_, _| {})
+        .await
+        .unwrap();
+    assert!(!r.ok(), "{r:?}");
+    assert_eq!(r.aged_out, None, "{r:?}");
+    let all = r.breaks.join("\n");
+    assert!(
+        all.contains("the stream's max_age is 2 s, shorter than the 2592000 s the leaders applied"),
+        "{all}"
+    );
+    assert!(
+        all.contains("records seq 1..7 are missing")
+            && all.contains("purged or deleted, not aged out by policy"),
+        "{all}"
+    );
+}

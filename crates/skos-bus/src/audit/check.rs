@@ -408,6 +408,12 @@ pub async fn verify_jetstream_within(
     // Read ahead: up to `READ_AHEAD` requests in flight, answered in
     // order (memory stays that of as many messages, at most 256 KiB each).
     let stream = &s;
+    // The longest `max_age` the leaders' checkpoint records say they
+    // applied, and the trail's first record left with when it was stored:
+    // a stream whose `max_age` was lowered after it was made ages the
+    // trail out at will, so the gap is judged by what the leaders applied.
+    let mut applied: Option<(u64, u64)> = None;
+    let mut gap: Option<(AuditRecord, chrono::DateTime<chrono::Utc>)> = None;
     let mut fetched = futures::stream::iter(state.first_sequence.max(1)..=state.last_sequence)
         .map(|seq| async move { (seq, stream.get_raw_message(seq).await) })
         .buffered(READ_AHEAD);
@@ -470,10 +476,47 @@ pub async fn verify_jetstream_within(
                     Ok(()) => checker.report.aged_out = Some((1, first.seq - 1)),
                     Err(why) => checker.gap_problem = Some(why),
                 }
+                gap = Some((first, stored));
             }
         }
         for r in records {
-            let _ = checker.record(r);
+            let Some((r, verified)) = checker.record(r) else {
+                continue;
+            };
+            if verified && r.entry.event_type == AuditEvent::AuditCheckpoint.as_str() {
+                if let Ok(d) = serde_json::from_value::<CheckpointData>(r.entry.data.clone()) {
+                    if applied.is_none_or(|(secs, _)| d.max_age_seconds > secs) {
+                        applied = Some((d.max_age_seconds, r.seq));
+                    }
+                }
+            }
+        }
+    }
+    if let Some((secs, at)) = applied.filter(|(secs, _)| *secs > max_age.as_secs()) {
+        let lowered = if max_age.is_zero() {
+            None
+        } else {
+            Some(max_age)
+        };
+        if let Some(now) = lowered {
+            checker.problem(format!(
+                "the stream's max_age is {} s, shorter than the {} s the leaders applied (checkpoint seq {at}): lowered (or the stream made with a shorter one), what it removed is not aged out by policy",
+                now.as_secs(),
+                secs
+            ));
+        }
+        if let Some((first, stored)) = &gap {
+            let judged = aged_out_of_stream(
+                first,
+                *stored,
+                Duration::from_secs(secs),
+                checkpoint_every,
+                chrono::Utc::now(),
+            );
+            if let Err(why) = judged {
+                checker.report.aged_out = None;
+                checker.gap_problem = Some(why);
+            }
         }
     }
     Ok(checker.finish())
