@@ -761,3 +761,77 @@ async fn a_lowered_max_age_is_no_age_out_by_policy() {
         "{all}"
     );
 }
+
+/// A full filesystem at every point of a rotation (a real tmpfs, filled to
+/// leave from 0 to 24 KiB): every record whose append succeeded is in the
+/// trail, the trail verifies once space is back, the next rotation
+/// completes, and no half-written file is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_filesystem_during_rotation_never_tears_the_trail() {
+    use skos_testsupport::tmpfs::Tmpfs;
+    for room in (0..24 * 1024).step_by(1536) {
+        let fs = skos_testsupport::require!("a tmpfs mount", Tmpfs::mount("1M", None));
+        let dir = fs.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let path = dir.join("audit.jsonl");
+        let policy = Policy {
+            segment_bytes: 64 * 1024,
+            segment_age: Duration::from_secs(365 * 86_400),
+            retain: None,
+        };
+        let log = AuditLog::open_file_with(&path, policy.clone()).unwrap();
+        let mut stored = Vec::new();
+        let mut i = 0u32;
+        while std::fs::metadata(&path).unwrap().len() < 60 * 1024 {
+            stored.push(log.append(entry(i)).await.unwrap().seq);
+            i += 1;
+        }
+        // Fill what is left but `room` bytes.
+        let free = {
+            let out = std::process::Command::new("df")
+                .args(["-B1", "--output=avail"])
+                .arg(fs.path())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .trim()
+                .parse::<usize>()
+                .unwrap()
+        };
+        let filler = fs.path().join("filler");
+        let _ = std::fs::write(&filler, vec![0u8; free.saturating_sub(room)]);
+        let mut failed = 0;
+        for _ in 0..60 {
+            match log.append(entry(i)).await {
+                Ok(r) => stored.push(r.seq),
+                Err(_) => failed += 1,
+            }
+            i += 1;
+        }
+        std::fs::remove_file(&filler).unwrap();
+        stored.push(log.append(entry(i)).await.unwrap().seq);
+        log.rotate_now().await.unwrap();
+        stored.push(log.append(entry(i + 1)).await.unwrap().seq);
+        drop(log);
+        let r = audit::check::verify_file(&path, None).unwrap();
+        assert!(r.ok(), "room {room} ({failed} appends failed): {r:?}");
+        let all: std::collections::BTreeSet<u64> = seqs(&audit::read_trail(&path).unwrap())
+            .into_iter()
+            .collect();
+        for s in &stored {
+            assert!(all.contains(s), "room {room}: record {s} lost");
+        }
+        let strays: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(strays.is_empty(), "room {room}: {strays:?}");
+        drop(AuditLog::open_file_with(&path, policy).unwrap());
+    }
+}
