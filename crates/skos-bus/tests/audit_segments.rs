@@ -870,3 +870,56 @@ async fn a_follower_behind_several_rotations_misses_no_record() {
     let gaps: Vec<&[u64]> = seen.windows(2).filter(|w| w[0] + 1 != w[1]).collect();
     assert!(gaps.is_empty(), "not each once, in order: {gaps:?}");
 }
+
+/// Segments aged out by the writer while `verify` reads the trail (listed,
+/// then removed before they were read, their `audit_expired` records
+/// written to the live file): no deletion is reported, the check starts
+/// over and finds them aged out by policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_aged_out_while_verify_reads_are_no_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let old = chrono::Utc::now() - chrono::Duration::days(40);
+    {
+        let log = AuditLog::open_file_with(&path, manual(None)).unwrap();
+        log.append_many((0..5000).map(|i| entry_at(i, old)).collect())
+            .await
+            .unwrap();
+        assert!(log.rotate_now().await.unwrap());
+        log.append_many((0..10).map(|i| entry_at(i, old)).collect())
+            .await
+            .unwrap();
+        assert!(log.rotate_now().await.unwrap());
+        log.append(entry(1)).await.unwrap();
+    }
+    assert_eq!(segment_names(&path).len(), 2);
+    // While verify reads the first segment, the writer starts with a
+    // retention both are past (none kept: the policy's edge) and ages both
+    // out.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let p = path.clone();
+    let verify = std::thread::spawn(move || {
+        let mut once = Some((go_tx, done_rx));
+        audit::check::verify_file_trail(&p, None, |_, _| {
+            if let Some((go, done)) = once.take() {
+                go.send(()).unwrap();
+                done.recv().unwrap();
+            }
+        })
+        .unwrap()
+    });
+    tokio::task::spawn_blocking(move || go_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = AuditLog::open_file_with(&path, manual(Some(Duration::ZERO))).unwrap();
+    assert!(segment_names(&path).is_empty());
+    done_tx.send(()).unwrap();
+    let r = tokio::task::spawn_blocking(move || verify.join().unwrap())
+        .await
+        .unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.aged_out, Some((1, 5011)), "{r:?}");
+    drop(log);
+}

@@ -781,11 +781,44 @@ impl FileWalk<'_> {
 /// `audit_expired` record names the last of them and its hash), anywhere
 /// else they were deleted. `progress` is told the file being read and the
 /// lines read of it.
+///
+/// A segment listed but gone before it was read (aged out by the writer
+/// while the check ran: its `audit_expired` record is in the live file) makes
+/// the check start over, at most [`VERIFY_TRIES`] times in all.
 pub fn verify_file_trail(
     path: &Path,
     checkpoint: Option<&Checkpoint>,
     mut progress: impl FnMut(&str, u64),
 ) -> Result<TrailReport> {
+    let mut tries = 1;
+    loop {
+        match verify_file_once(path, checkpoint, &mut progress)? {
+            Walked::Done(report) => return Ok(report),
+            Walked::Vanished(report) if tries >= VERIFY_TRIES => return Ok(report),
+            Walked::Vanished(_) => {
+                tracing::info!(path = %path.escaped(), tries, "an audit segment aged out while it was checked: checking again");
+                tries += 1;
+            }
+        }
+    }
+}
+
+/// How many times [`verify_file_trail`] starts over at most.
+pub const VERIFY_TRIES: u32 = 3;
+
+/// One pass of [`verify_file_trail`]: its report, and whether a segment
+/// listed was gone before it was read.
+enum Walked {
+    Done(TrailReport),
+    Vanished(TrailReport),
+}
+
+fn verify_file_once(
+    path: &Path,
+    checkpoint: Option<&Checkpoint>,
+    progress: &mut impl FnMut(&str, u64),
+) -> Result<Walked> {
+    let mut vanished = false;
     let mut walk = FileWalk {
         checker: Checker::new(checkpoint, false),
         segments: Default::default(),
@@ -823,6 +856,15 @@ pub fn verify_file_trail(
         });
         match scanned {
             Ok(scanned) => walk.segment_read(&seg, &src, scanned),
+            Err(Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && src.records == 0 =>
+            {
+                vanished = true;
+                walk.checker.problem(format!(
+                    "segment {}: removed while it was checked",
+                    seg.name
+                ));
+            }
             Err(e) => walk
                 .checker
                 .problem(format!("segment {}: unreadable: {e}", seg.name)),
@@ -861,7 +903,12 @@ pub fn verify_file_trail(
             }
         }
     }
-    Ok(walk.finish())
+    let report = walk.finish();
+    Ok(if vanished {
+        Walked::Vanished(report)
+    } else {
+        Walked::Done(report)
+    })
 }
 
 /// A checkpoint of the JetStream trail's last message (with `trusted`, its
