@@ -867,7 +867,7 @@ async fn read_audit(
         Ok((source, audit::read_jetstream(&bus, n).await?))
     } else {
         let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
-        if !path.exists() {
+        if !trail_exists(&path)? {
             bail!("no audit trail at {}", path.escaped());
         }
         let records = match n {
@@ -1020,7 +1020,7 @@ async fn audit_verify(
         (source, report)
     } else {
         let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
-        if !path.exists() && audit::segments::list(&path)?.is_empty() {
+        if !trail_exists(&path)? && audit::segments::list(&path)?.is_empty() {
             bail!("no audit trail at {}", path.display());
         }
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -1384,4 +1384,12 @@ mod tests {
         assert!(!colours(true, Some(OsStr::new("1"))));
         assert!(!colours(false, None));
     }
+}
+
+/// Whether the live audit file at `path` exists; a path that cannot be
+/// looked at (a data dir the user may not read) is an error saying so, not
+/// a missing trail.
+fn trail_exists(path: &std::path::Path) -> Result<bool> {
+    path.try_exists()
+        .with_context(|| format!("cannot look for the audit trail at {}", path.escaped()))
 }
