@@ -1372,6 +1372,14 @@ fn keys_generate(out: &std::path::Path, force: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the live audit file at `path` exists; a path that cannot be
+/// looked at (a data dir the user may not read) is an error saying so, not
+/// a missing trail.
+fn trail_exists(path: &std::path::Path) -> Result<bool> {
+    path.try_exists()
+        .with_context(|| format!("cannot look for the audit trail at {}", path.escaped()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::colours;
@@ -1384,12 +1392,4 @@ mod tests {
         assert!(!colours(true, Some(OsStr::new("1"))));
         assert!(!colours(false, None));
     }
-}
-
-/// Whether the live audit file at `path` exists; a path that cannot be
-/// looked at (a data dir the user may not read) is an error saying so, not
-/// a missing trail.
-fn trail_exists(path: &std::path::Path) -> Result<bool> {
-    path.try_exists()
-        .with_context(|| format!("cannot look for the audit trail at {}", path.escaped()))
 }
