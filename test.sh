@@ -19,7 +19,11 @@
 # the shipped units), fuse3 (`fusermount3`: how a non-root run mounts the
 # fake cpufreq driver), faketime (agents whose clock is an hour off),
 # chromium (the live page, in a headless browser), and podman, runc and
-# busybox-static (workloads as real containers and processes).
+# busybox-static (workloads as real containers and processes), and for the
+# install paths lintian (the .deb's checks) and debootstrap (a throwaway
+# Debian root the .deb and `skos install` go into). Before the tests it builds the statically linked binary
+# (dist/build-static.sh) the package and the images are made of, and
+# exports its path as SKOS_STATIC_BIN (SKOS_STATIC_BIN set: that one is used).
 # Runs unattended: no prompts, no stdin.
 set -euo pipefail
 
@@ -89,6 +93,10 @@ have podman || optional+=(podman)
 have runc || optional+=(runc)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
   optional+=(busybox-static)
+# The install paths: the .deb checked by lintian and installed into a
+# debootstrap root (so does `skos install`).
+have lintian || optional+=(lintian)
+have debootstrap || optional+=(debootstrap)
 
 require_all=0
 case "${SKOS_TEST_REQUIRE_ALL:-0}" in 1 | true | yes) require_all=1 ;; esac
@@ -175,6 +183,29 @@ else
   heading "cargo clippy --workspace --all-targets -- -D warnings"
   cargo clippy --workspace --all-targets -- -D warnings
   ran+=(clippy)
+fi
+
+# The package, `skos install` and compose tests use the static binary.
+if [ -z "${SKOS_STATIC_BIN:-}" ]; then
+  heading "the static binary (dist/build-static.sh)"
+  build_static() {
+    if [ -x dist/build-static.sh ]; then
+      dist/build-static.sh
+    else
+      RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+        cargo build --release -p skos --target x86_64-unknown-linux-gnu >&2 &&
+        realpath "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/skos"
+    fi
+  }
+  if SKOS_STATIC_BIN=$(build_static); then
+    export SKOS_STATIC_BIN
+    note "static binary: $SKOS_STATIC_BIN"
+  else
+    [ "$require_all" -eq 0 ] || die "dist/build-static.sh failed"
+    unset SKOS_STATIC_BIN
+    warn "no static binary: the package and compose tests will skip"
+  fi
+  ran+=("static build")
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

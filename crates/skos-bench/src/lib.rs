@@ -19,6 +19,9 @@
 //! * [`embedded`]: the hot-CPU scenario through `skos up`.
 //! * [`failover`]: emergency temperature or a dead agent → the essential
 //!   workload healthy on a hot spare, across three network namespaces.
+//! * [`efficacy`]: each healing-table row's fault injected on real
+//!   components several times; detected, healed, escalated, recovery
+//!   times and false remediations, from the audit trail.
 //!
 //! Supporting modules: [`report`] (figures, targets, the table), [`stats`],
 //! [`procfs`] (VmRSS, VmHWM, CPU time), [`procs`] (child processes killed on
@@ -27,6 +30,7 @@
 
 pub mod coord;
 pub mod detection;
+pub mod efficacy;
 pub mod embedded;
 pub mod error;
 pub mod failover;

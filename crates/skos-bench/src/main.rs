@@ -20,9 +20,10 @@ enum Section {
     Footprint,
     Embedded,
     Failover,
+    Efficacy,
 }
 
-const ORDER: [Section; 7] = [
+const ORDER: [Section; 8] = [
     Section::Ingest,
     Section::Latency,
     Section::Fairness,
@@ -30,6 +31,7 @@ const ORDER: [Section; 7] = [
     Section::Footprint,
     Section::Embedded,
     Section::Failover,
+    Section::Efficacy,
 ];
 
 impl Section {
@@ -43,6 +45,7 @@ impl Section {
             Section::Footprint => "footprint",
             Section::Embedded => "embedded",
             Section::Failover => "failover",
+            Section::Efficacy => "efficacy",
         }
     }
 }
@@ -100,6 +103,14 @@ struct Cli {
     /// failover_delay_seconds for the failover section.
     #[arg(long)]
     failover_delay: Option<f64>,
+    /// Trials of each healing-table row (efficacy section; default 5, 1
+    /// with --quick).
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Efficacy rows to run, comma-separated: each keeps the rows whose
+    /// name contains it (`thermal`, `storage critical`, `crash_loop`).
+    #[arg(long, value_delimiter = ',')]
+    rows: Option<Vec<String>>,
     /// Smoke run: small counts, short windows (about half a minute).
     #[arg(long)]
     quick: bool,
@@ -166,6 +177,12 @@ fn opts(cli: &Cli) -> Opts {
     if let Some(d) = cli.failover_delay {
         o.failover_delay = d.max(0.0);
     }
+    if let Some(n) = cli.trials {
+        o.efficacy_trials = n.max(1);
+    }
+    if let Some(r) = &cli.rows {
+        o.efficacy_rows = r.iter().map(|s| s.trim().to_string()).collect();
+    }
     o.nats_url = cli.nats_url.clone();
     o.skos_bin = cli.skos_bin.clone();
     o
@@ -180,6 +197,7 @@ async fn section(s: Section, o: &Opts) -> skos_bench::Result<SectionReport> {
         Section::Footprint => skos_bench::footprint::run(o).await,
         Section::Embedded => skos_bench::embedded::run(o).await,
         Section::Failover => skos_bench::failover::run(o).await,
+        Section::Efficacy => skos_bench::efficacy::run(o).await,
         Section::All => Ok(SectionReport::default()),
     }
 }
@@ -194,7 +212,8 @@ async fn run_all(chosen: &[Section], o: &Opts) -> (Map<String, Value>, Vec<Figur
         let name = s.name();
         eprintln!("== {name} ==");
         let t = Instant::now();
-        let limit = Duration::from_secs(900);
+        // Efficacy runs every healing-table row several times.
+        let limit = Duration::from_secs(if s == Section::Efficacy { 3600 } else { 900 });
         let r = tokio::time::timeout(limit, section(s, o)).await;
         let seconds = t.elapsed().as_secs_f64();
         let entry = match r {

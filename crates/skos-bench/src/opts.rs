@@ -52,6 +52,11 @@ pub struct Opts {
     pub failover_trials: usize,
     /// `failover.failover_delay_seconds` for the failover run.
     pub failover_delay: f64,
+    /// Trials of each healing-table row in the efficacy section.
+    pub efficacy_trials: usize,
+    /// Efficacy rows to run: those whose name contains one of these
+    /// (all when empty).
+    pub efficacy_rows: Vec<String>,
     pub nats_url: Option<String>,
     pub skos_bin: Option<PathBuf>,
     pub quick: bool,
@@ -90,6 +95,8 @@ impl Opts {
             embedded_repeats: 3,
             failover_trials: 5,
             failover_delay: 2.0,
+            efficacy_trials: 5,
+            efficacy_rows: Vec::new(),
             nats_url: None,
             skos_bin: None,
             quick: false,
@@ -119,6 +126,8 @@ impl Opts {
             embedded_repeats: 1,
             failover_trials: 1,
             failover_delay: 2.0,
+            efficacy_trials: 1,
+            efficacy_rows: Vec::new(),
             nats_url: None,
             skos_bin: None,
             quick: true,

@@ -17,6 +17,9 @@
 //! * [`podman`]: a real container engine (`podman system service`, the
 //!   Docker Engine API) on a socket in a temp dir, images built `FROM
 //!   scratch` with the static busybox; all removed on drop.
+//! * [`rootfs`]: a throwaway Debian root (debootstrap minbase, cached as
+//!   a tar) standing in for another machine: packages and `skos install`
+//!   go into it, commands run in it with `chroot`.
 //! * [`procgroup`]: scripts in a process group of their own, killed whole
 //!   on drop (loop-breaker tests).
 
@@ -27,6 +30,7 @@ pub mod netns;
 pub mod podman;
 pub mod procgroup;
 pub mod require;
+pub mod rootfs;
 pub mod sinks;
 pub mod sysfs;
 pub mod tmpfs;

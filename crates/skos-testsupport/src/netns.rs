@@ -462,6 +462,41 @@ impl WgPair {
         pair
     }
 
+    /// The `mesh:` section of a SKOS config whose node sits in `a`: it
+    /// watches `a`'s interface and peer `hermes` (b's tunnel address), with
+    /// short timings (stale after 3 s, probes of 0.5 s). `failover` is the
+    /// peer's `failover:` block (indented six spaces) or empty.
+    pub fn mesh_section(&self, failover: &str) -> String {
+        format!(
+            "mesh:
+  stale_after: 3
+  settle_seconds: 1
+  reconnect_attempts: 2
+  reconnect_delay_seconds: 0.3
+  command_timeout: 10
+  probe: {{count: 2, interval: 0.05, timeout: 0.5}}
+  interfaces:
+    - name: {if_a}
+      config_path: {conf}
+      private_key_file: {key}
+      address: [10.99.0.1/24]
+      listen_port: 51820
+  peers:
+    - name: hermes
+      interface: {if_a}
+      public_key: '{pub_b}'
+      endpoint: {ENDPOINT_B}:51820
+      allowed_ips: [{TUNNEL_B}/32]
+      persistent_keepalive: 1
+      address: {TUNNEL_B}
+{failover}",
+            if_a = self.if_a,
+            conf = self.conf_a().display(),
+            key = self.key_file_a().display(),
+            pub_b = self.keys_b.public,
+        )
+    }
+
     /// `a`'s wg-quick file as it should be.
     pub fn config_a(&self) -> String {
         format!(

@@ -195,6 +195,37 @@ impl Podman {
         Ok(image)
     }
 
+    /// A shell script running `podman` with this engine's storage and
+    /// configuration, for tools that take a podman command
+    /// (`podman-compose --podman-path`, `PODMAN=`). Written once into the
+    /// engine's dir; removed with it.
+    pub fn wrapper(&self) -> Result<PathBuf, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join("podman-wrapper");
+        if !path.exists() {
+            let cmd = self.podman();
+            let mut line = String::from("#!/bin/sh\n");
+            for (k, v) in cmd.get_envs() {
+                if let Some(v) = v {
+                    line.push_str(&format!(
+                        "export {}='{}'\n",
+                        k.to_string_lossy(),
+                        v.to_string_lossy()
+                    ));
+                }
+            }
+            line.push_str("exec");
+            for part in std::iter::once(cmd.get_program()).chain(cmd.get_args()) {
+                line.push_str(&format!(" '{}'", part.to_string_lossy()));
+            }
+            line.push_str(" \"$@\"\n");
+            std::fs::write(&path, line).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(path)
+    }
+
     /// `podman inspect --format {{.State.Status}} <container>`: the
     /// engine's own word on a container, or `None` when there is none.
     pub fn container_status(&self, container: &str) -> Option<String> {
@@ -214,6 +245,19 @@ impl Podman {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
+}
+
+/// Whether the file at `path` is a statically linked ELF64 executable
+/// (one that can run in an image `FROM scratch`).
+pub fn is_static(path: &Path) -> Result<(), Missing> {
+    let bytes = std::fs::read(path).map_err(|e| Missing(format!("{}: {e}", path.display())))?;
+    if has_interpreter(&bytes) {
+        return Err(Missing(format!(
+            "{} is dynamically linked (or not an executable)",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Whether an ELF64 little-endian executable names a program

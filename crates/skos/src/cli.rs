@@ -149,6 +149,35 @@ pub enum Cmd {
     },
     /// The man page (roff), on standard output (`skos man > skos.1`).
     Man,
+    /// Install this binary, the systemd units, /etc/skos/config.yaml (from
+    /// the example, only where there is none), the `skos` system user and
+    /// the data dirs; idempotent. Needs root.
+    Install {
+        /// Install under this dir instead of / (a chroot, an image, a
+        /// mounted disk): systemd is then left alone.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// The config to install where there is none (default: the example).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The lean agent binary to install, where the agent's unit runs
+        /// `skos-agent` (default: `skos-agent` beside this binary; without
+        /// one, the unit runs `skos agent`).
+        #[arg(long, value_name = "FILE")]
+        agent_binary: Option<PathBuf>,
+        /// Enable and start these units afterwards (coordinator, agent;
+        /// comma-separated; only with systemd running and --root /).
+        #[arg(long, value_delimiter = ',', value_name = "ROLE")]
+        enable: Vec<crate::install::Role>,
+        /// Stop and remove the units and the binary (the config, the data
+        /// dirs and the user are kept unless --purge).
+        #[arg(long)]
+        uninstall: bool,
+        /// With --uninstall: also remove the config, the data dirs and the
+        /// user.
+        #[arg(long, requires = "uninstall")]
+        purge: bool,
+    },
 }
 
 impl Cmd {

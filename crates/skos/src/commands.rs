@@ -110,6 +110,28 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(shell, &mut cmd, "skos", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Install {
+            root,
+            config,
+            agent_binary,
+            enable,
+            uninstall,
+            purge,
+        } => {
+            let binary = std::env::current_exe().context("cannot find this binary")?;
+            let agent_binary = agent_binary.or_else(|| {
+                let beside = binary.with_file_name("skos-agent");
+                beside.is_file().then_some(beside)
+            });
+            let plan = crate::install::Plan {
+                root,
+                binary,
+                agent_binary,
+                config,
+                enable,
+            };
+            crate::install::command(&plan, uninstall, purge)
+        }
         Cmd::Man => {
             let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(cmd)

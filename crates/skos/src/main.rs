@@ -7,6 +7,7 @@ mod control;
 mod demo;
 mod fleet;
 mod heap;
+mod install;
 
 use clap::Parser;
 

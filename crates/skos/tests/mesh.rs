@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use skos_testsupport::netns::{self, WgPair, BACKUP_GW, ENDPOINT_B, PRIMARY_GW, TUNNEL_B};
+use skos_testsupport::netns::{self, WgPair, BACKUP_GW, ENDPOINT_B, PRIMARY_GW};
 
 fn pair(backup: bool) -> Option<WgPair> {
     // Skips, or fails under SKOS_TEST_REQUIRE_ALL=1, without real tunnels.
@@ -36,32 +36,8 @@ coordinator:
   heartbeat_timeout: 10
   verify_within: 10
   command_deadline: 30
-mesh:
-  stale_after: 3
-  settle_seconds: 1
-  reconnect_attempts: 2
-  reconnect_delay_seconds: 0.3
-  command_timeout: 10
-  probe: {{count: 2, interval: 0.05, timeout: 0.5}}
-  interfaces:
-    - name: {if_a}
-      config_path: {conf}
-      private_key_file: {key}
-      address: [10.99.0.1/24]
-      listen_port: 51820
-  peers:
-    - name: hermes
-      interface: {if_a}
-      public_key: '{pub_b}'
-      endpoint: {ENDPOINT_B}:51820
-      allowed_ips: [{TUNNEL_B}/32]
-      persistent_keepalive: 1
-      address: {TUNNEL_B}
-{failover}",
-        if_a = p.if_a,
-        conf = p.conf_a().display(),
-        key = p.key_file_a().display(),
-        pub_b = p.keys_b.public,
+{}",
+        p.mesh_section(failover)
     );
     std::fs::write(&path, text).unwrap();
     let check = run({

@@ -371,3 +371,72 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+// --- The statically linked binary the package and the images are made of.
+
+/// The statically linked `skos` (what `./test.sh` builds with
+/// `dist/build-static.sh`): `SKOS_STATIC_BIN`, else the newest of this
+/// target dir's `x86_64-unknown-linux-gnu/{dist,release,debug}/skos` that is
+/// static.
+pub fn static_skos() -> Result<PathBuf, skos_testsupport::require::Missing> {
+    use skos_testsupport::require::Missing;
+    if let Some(p) = std::env::var_os("SKOS_STATIC_BIN") {
+        let p = PathBuf::from(p);
+        skos_testsupport::podman::is_static(&p)?;
+        return Ok(p);
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    ["dist", "release", "debug"]
+        .iter()
+        .map(|profile| {
+            target
+                .join("x86_64-unknown-linux-gnu")
+                .join(profile)
+                .join("skos")
+        })
+        .filter(|p| skos_testsupport::podman::is_static(p).is_ok())
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .ok_or_else(|| {
+            Missing(format!(
+                "no statically linked skos: set SKOS_STATIC_BIN or build one with \
+                 dist/build-static.sh (./test.sh does) into {}",
+                target.display()
+            ))
+        })
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `dist/build-deb.sh BINARY OUT` with the package version `version`: the
+/// path of the `.deb`.
+pub fn build_deb(binary: &Path, out: &Path, version: &str) -> PathBuf {
+    let run = Command::new(repo().join("dist/build-deb.sh"))
+        .arg(binary)
+        .arg(out)
+        .env("SKOS_DEB_VERSION", version)
+        .env("SKOS_DEB_COMPRESSION", "gzip")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "dist/build-deb.sh: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&run.stdout).trim())
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
