@@ -435,3 +435,28 @@ fn the_precondition_follows_the_reading_and_the_hysteresis() {
     assert_eq!(s.precondition("thermal:gpu", 75.0), Precondition::Unknown);
     assert_eq!(s.precondition("storage:/", 75.0), Precondition::Unknown);
 }
+
+/// A steady rise toward critical read through a noisy sensor (±2.5 °C): the
+/// fit's R² wanders around `min_r2` from reading to reading, but the
+/// rise never stops short, so the early warning is raised once and not
+/// withdrawn and raised again on the noise.
+#[test]
+fn a_noisy_rise_is_predicted_once_and_not_withdrawn_on_the_noise() {
+    let (fake, cpu) = machine();
+    let mut s = sentinel(&fake, "");
+    let mut said: Vec<(f64, Severity, String)> = Vec::new();
+    // 0.08 °C/s (0.4 °C a reading) from 60 °C, kept below warning (75).
+    let noise = [
+        -0.65, 0.76, 0.82, 2.18, -0.34, -0.51, -1.9, -0.06, -1.17, -1.87, -2.44, -0.43, 1.5, 0.76,
+        2.21, -0.21, -0.61, 0.01, 1.57, 2.09, -1.73, 0.12, -1.97, -1.23, -0.18, 1.55, 1.02, 1.46,
+        -1.36, 0.98, 2.46, 0.22, -1.25, -0.39, -1.71, -1.6,
+    ];
+    for (i, n) in noise.iter().enumerate() {
+        let c = ((60.0 + 0.4 * i as f64 + n) * 100.0).round() / 100.0;
+        for a in raised(&mut s, &cpu, c, 5.0 * i as f64) {
+            said.push((c, a.severity, event(&a).to_string()));
+        }
+    }
+    let events: Vec<&str> = said.iter().map(|(_, _, e)| e.as_str()).collect();
+    assert_eq!(events, ["predicted"], "{said:?}");
+}

@@ -920,7 +920,13 @@ fn recover(path: &Path, file: &mut File, chain: &mut Chain, segs: &mut Segments)
     if first.seq > newest.last_seq {
         return Ok(());
     }
-    let scanned = segments::scan(&newest.path, |_, _| {})?;
+    let scanned = match segments::scan(&newest.path, |_, _| {}) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(segment = %newest.path.escaped(), error = %e, "audit segment overlaps the live file and cannot be read: left as it is");
+            return Ok(());
+        }
+    };
     let header = match scanned.header {
         Ok(h) if h.first_seq == first.seq && h.first_prev_hash == first.prev_hash => h,
         _ => {
@@ -1096,7 +1102,16 @@ fn expire(
             // Not cut from the live file yet: never the only copy.
             break;
         }
-        let h = segments::header(&seg.path)?;
+        let h = match segments::header(&seg.path) {
+            Ok(h) => h,
+            Err(e) => {
+                // Its range and last hash cannot be recorded: kept (verify
+                // names it), and the trail goes on; expiry stops here, as
+                // records age out from the start only.
+                tracing::warn!(segment = %seg.name, error = %e, "audit segment unreadable: not aged out");
+                break;
+            }
+        };
         let old_enough = (now - h.newest).to_std().is_ok_and(|age| age >= retain);
         if !old_enough {
             break;
@@ -1268,6 +1283,11 @@ async fn last_record(
 /// Read every record of the audit file as JSON values, in order.
 pub fn read_file(path: &Path) -> Result<Vec<Value>> {
     let file = File::open(path).map_err(|e| io(path, e))?;
+    read_open_file(file, path)
+}
+
+/// [`read_file`] of the file opened from `path`.
+fn read_open_file(file: File, path: &Path) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| io(path, e))?;
@@ -1313,13 +1333,18 @@ pub fn read_file_tail(path: &Path, n: u64) -> Result<Vec<Value>> {
 /// Every record of the trail, sealed segments first, then the live file,
 /// as JSON values, in order (a record held by both, after an interrupted
 /// rotation, once).
+///
+/// The live file is opened before the segments are listed: records sealed
+/// by a rotation meanwhile are still read, from the file they were cut
+/// from.
 pub fn read_trail(path: &Path) -> Result<Vec<Value>> {
+    let live = File::open(path).map_err(|e| io(path, e))?;
     let mut out = Vec::new();
     let last = segments::each_after(path, 0, |v| {
         out.push(v);
         true
     })?;
-    for v in read_file(path)? {
+    for v in read_open_file(live, path)? {
         if v["seq"].as_u64().is_none_or(|s| s > last) {
             out.push(v);
         }

@@ -23,6 +23,10 @@ const FILE_POLL: Duration = Duration::from_millis(200);
 /// The most bytes read from the file in one step.
 const MAX_STEP_BYTES: u64 = 4 << 20;
 
+/// The most records taken from sealed segments in one step, when the live
+/// file was replaced more than once since the last read.
+const MAX_STEP_SEALED: usize = 10_000;
+
 /// Where the records come from.
 #[derive(Clone)]
 pub enum AuditSource {
@@ -49,6 +53,10 @@ enum Inner {
         /// segment), the rest of this one is read, then the new one from
         /// its start.
         held: Option<std::fs::File>,
+        /// The highest seq given (or in the file when it was opened): a
+        /// file read from its start that begins after the next one was
+        /// replaced more than once; what it lacks is in the segments.
+        last: Option<u64>,
     },
     JetStream {
         messages: Box<pull::Ordered>,
@@ -83,6 +91,16 @@ impl AuditFollower {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
                     Err(e) => return Err(io(path, e)),
                 };
+                let last = if offset > 0 {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || audit::read_file_tail(&path, 1))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                        .and_then(|r| r.last().and_then(|v| v["seq"].as_u64()))
+                } else {
+                    None
+                };
                 let recent = if backfill > 0 && offset > 0 {
                     let path = path.clone();
                     tokio::task::spawn_blocking(move || audit::read_file_tail(&path, backfill))
@@ -97,6 +115,7 @@ impl AuditFollower {
                             path: path.clone(),
                             offset,
                             held,
+                            last,
                         },
                     },
                     recent,
@@ -159,14 +178,22 @@ impl AuditFollower {
     /// means this follower is done: open a new one.
     pub async fn next(&mut self) -> Result<Vec<Value>> {
         match &mut self.inner {
-            Inner::File { path, offset, held } => loop {
-                let (path_c, from, was) = (path.clone(), *offset, held.take());
+            Inner::File {
+                path,
+                offset,
+                held,
+                last,
+            } => loop {
+                let (path_c, from, was, seen) = (path.clone(), *offset, held.take(), *last);
                 let (records, next, now) =
-                    tokio::task::spawn_blocking(move || read_from(&path_c, from, was))
+                    tokio::task::spawn_blocking(move || read_from(&path_c, from, was, seen))
                         .await
                         .map_err(|e| stream_err(format!("reader stopped: {e}")))??;
                 *offset = next;
                 *held = now;
+                if let Some(top) = records.iter().filter_map(|v| v["seq"].as_u64()).max() {
+                    *last = Some(last.map_or(top, |l| l.max(top)));
+                }
                 if !records.is_empty() {
                     return Ok(records);
                 }
@@ -231,11 +258,16 @@ fn checked(m: &async_nats::jetstream::Message, trusted: Option<&trust::Verifier>
 /// (the file read so far), where the next unread line starts, and the file
 /// to hold on to. When another file is at the path (the live file replaced
 /// after a rotation), the rest of `held` comes first, then the new file
-/// from its start.
+/// from its start. A file read from its start whose first record is not
+/// the one after `last` (the highest seq given; the file was replaced more
+/// than once since) is preceded by the records sealed in between, from the
+/// segments ([`MAX_STEP_SEALED`] a step, the file read once they are all
+/// given). Each record once: none at or below `last`.
 fn read_from(
     path: &Path,
     offset: u64,
     held: Option<std::fs::File>,
+    last: Option<u64>,
 ) -> Result<(Vec<Value>, u64, Option<std::fs::File>)> {
     use std::os::unix::fs::MetadataExt;
     let current = match std::fs::File::open(path) {
@@ -244,8 +276,9 @@ fn read_from(
         Err(e) => return Err(io(path, e)),
     };
     let ino = |f: &std::fs::File| f.metadata().map(|m| m.ino()).ok();
-    match (held, current) {
-        (Some(mut old), Some(mut new)) if ino(&old) != ino(&new) => {
+    let seq = |v: &Value| v["seq"].as_u64();
+    let (mut out, mut file, at) = match (held, current) {
+        (Some(mut old), Some(new)) if ino(&old) != ino(&new) => {
             let mut out = Vec::new();
             let mut at = offset;
             loop {
@@ -256,23 +289,38 @@ fn read_from(
                 out.extend(records);
                 at = next;
             }
-            // The new file begins with the seal record the old one ends
-            // with: each record once.
-            let seen = out.iter().filter_map(|v| v["seq"].as_u64()).max();
-            let (records, next) = read_lines(&mut new, path, 0)?;
-            out.extend(records.into_iter().filter(|v| {
-                v["seq"]
-                    .as_u64()
-                    .is_none_or(|s| seen.is_none_or(|seen| s > seen))
-            }));
-            Ok((out, next, Some(new)))
+            (out, new, 0)
         }
-        (_, Some(mut f)) => {
-            let (records, next) = read_lines(&mut f, path, offset)?;
-            Ok((records, next, Some(f)))
+        (_, Some(f)) => (Vec::new(), f, offset),
+        (held, None) => return Ok((Vec::new(), offset, held)),
+    };
+    let mut last = out.iter().filter_map(seq).max().max(last);
+    let (records, next) = read_lines(&mut file, path, at)?;
+    let first = records.iter().find_map(seq);
+    if let (0, Some(seen), Some(first)) = (at, last, first) {
+        if first > seen + 1 {
+            let mut full = false;
+            audit::segments::each_after(path, seen, |v| {
+                if seq(&v).is_some_and(|s| s >= first) {
+                    return false;
+                }
+                out.push(v);
+                full = out.len() >= MAX_STEP_SEALED;
+                !full
+            })?;
+            if full {
+                // The file is read once the segments are through.
+                return Ok((out, 0, Some(file)));
+            }
+            last = out.iter().filter_map(seq).max().max(last);
         }
-        (held, None) => Ok((Vec::new(), offset, held)),
     }
+    out.extend(
+        records
+            .into_iter()
+            .filter(|v| seq(v).is_none_or(|s| last.is_none_or(|l| s > l))),
+    );
+    Ok((out, next, Some(file)))
 }
 
 /// The complete lines of `f` from `offset` on (at most [`MAX_STEP_BYTES`]),
@@ -315,6 +363,13 @@ fn read_lines(f: &mut std::fs::File, path: &Path, offset: u64) -> Result<(Vec<Va
 /// each once.
 pub fn read_file_after(path: &Path, after: u64, limit: usize) -> Result<(Vec<Value>, bool)> {
     use std::io::BufRead;
+    // Opened before the segments are listed: records sealed by a rotation
+    // meanwhile are still in this file (the one replaced).
+    let live = match std::fs::File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(path, e)),
+    };
     let mut out = Vec::new();
     let mut more = false;
     let after = audit::segments::each_after(path, after, |v| {
@@ -328,10 +383,8 @@ pub fn read_file_after(path: &Path, after: u64, limit: usize) -> Result<(Vec<Val
     if more {
         return Ok((out, true));
     }
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, false)),
-        Err(e) => return Err(io(path, e)),
+    let Some(f) = live else {
+        return Ok((out, false));
     };
     for line in std::io::BufReader::new(f).lines() {
         let line = line.map_err(|e| io(path, e))?;

@@ -530,3 +530,396 @@ async fn records_aged_out_of_the_stream_are_told_apart_from_a_purge() {
         r.breaks
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_segment_does_not_keep_the_trail_from_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    {
+        let log = AuditLog::open_file_with(&path, manual(None)).unwrap();
+        let old = chrono::Utc::now() - chrono::Duration::days(40);
+        log.append_many((0..10).map(|i| entry_at(i, old)).collect())
+            .await
+            .unwrap();
+        assert!(log.rotate_now().await.unwrap());
+        for i in 0..3 {
+            log.append(entry(100 + i)).await.unwrap();
+        }
+    }
+    // The oldest segment, past the retention, rotted on disk; and one that
+    // claims to overlap the live file (a rotation cut short) is garbage.
+    let oldest = segment_names(&path).remove(0);
+    std::fs::write(path.with_file_name(&oldest), b"not zstd at all").unwrap();
+    let planted = segments::name(&path, 11, 99);
+    std::fs::write(path.with_file_name(&planted), b"\x28\xb5\x2f\xfdgarbage").unwrap();
+
+    let log = AuditLog::open_file_with(&path, manual(Some(Duration::from_secs(30 * 86_400))))
+        .expect("the trail opens and records go on");
+    log.append(entry(7)).await.unwrap();
+    drop(log);
+    assert_eq!(
+        segment_names(&path),
+        [oldest.clone(), planted.clone()],
+        "an unreadable segment is not aged out (its range cannot be recorded), nor trusted"
+    );
+    let live = audit::read_file(&path).unwrap();
+    assert_eq!(
+        seqs(&live),
+        [11, 12, 13, 14, 15],
+        "the live file was not cut"
+    );
+    failed_with(
+        &path,
+        &[
+            &format!("segment {oldest}: unreadable"),
+            &format!("segment {planted}: unreadable"),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_while_the_live_file_is_sealed_sees_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open_file_with(&path, manual(None)).unwrap();
+    log.append_many((0..5000).map(entry).collect())
+        .await
+        .unwrap();
+    assert!(log.rotate_now().await.unwrap());
+    for i in 0..10 {
+        log.append(entry(100 + i)).await.unwrap();
+    }
+    // verify is told its progress every 4096 lines of the first segment:
+    // the writer seals the live file (5001..=5011) there.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let p = path.clone();
+    let verify = std::thread::spawn(move || {
+        let mut once = Some((go_tx, done_rx));
+        audit::check::verify_file_trail(&p, None, |_, _| {
+            if let Some((go, done)) = once.take() {
+                go.send(()).unwrap();
+                done.recv().unwrap();
+            }
+        })
+        .unwrap()
+    });
+    tokio::task::spawn_blocking(move || go_rx.recv())
+        .await
+        .unwrap()
+        .expect("verify reached the first segment's 4096th line");
+    assert!(log.rotate_now().await.unwrap());
+    assert_eq!(segment_names(&path).len(), 2);
+    done_tx.send(()).unwrap();
+    let r = tokio::task::spawn_blocking(move || verify.join().unwrap())
+        .await
+        .unwrap();
+    assert!(r.ok(), "a rotation meanwhile is no deletion: {r:?}");
+    assert_eq!(
+        r.records, 5012,
+        "5001..=5011 and their seal, in the file replaced"
+    );
+    assert!(
+        r.notes[0].contains("sealed while the check ran"),
+        "{:?}",
+        r.notes
+    );
+    // And once it is over, the new segment is read as such.
+    let r = audit::check::verify_file(&path, None).unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!((r.records, r.segments), (5012, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_inflating_to_an_endless_line_is_passed_over() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = three_segments(dir.path()).await;
+    let names = segment_names(&path);
+    let seg = path.with_file_name(&names[1]);
+    // The segment rewritten with 40 MiB of one line (no newline) after its
+    // header: a few kilobytes on disk.
+    let plain = zstd::decode_all(std::fs::File::open(&seg).unwrap()).unwrap();
+    let mut lines = plain.split_inclusive(|b| *b == b'\n');
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    enc.write_all(lines.next().unwrap()).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..40 {
+        enc.write_all(&chunk).unwrap();
+    }
+    enc.write_all(b"\n").unwrap();
+    for l in lines {
+        enc.write_all(l).unwrap();
+    }
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+    std::fs::write(&seg, &bomb).unwrap();
+
+    let r = audit::check::verify_file(&path, None).unwrap();
+    assert!(!r.ok());
+    let f = r
+        .foreign
+        .iter()
+        .find(|f| f.subject == names[1])
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert_eq!(f.at, 2, "{f:?}");
+    assert!(
+        f.reason
+            .contains(&format!("longer than {} bytes", segments::MAX_LINE)),
+        "{f:?}"
+    );
+    // Its records are still read and the chain holds; the seal names the
+    // change.
+    assert!(
+        r.breaks
+            .iter()
+            .any(|b| b.contains(&format!("segment {} was changed", names[1]))),
+        "{:?}",
+        r.breaks
+    );
+    assert_eq!(r.break_count, 1, "{:?}", r.breaks);
+    assert_eq!(r.records, 38);
+    // The readers pass it over too.
+    assert_eq!(audit::read_trail(&path).unwrap().len(), 38);
+}
+
+/// The stream's `max_age` lowered by an admin after it was made (the
+/// leaders applied 30 days) ages the whole trail out in seconds: `verify`
+/// judges the gap by what the leaders' checkpoints say they applied, not
+/// by the stream's config as it is now, and names the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_max_age_is_no_age_out_by_policy() {
+    use skos_bus::audit::Signing;
+    use skos_bus::{trust, NatsBus, NatsOptions};
+    use skos_testsupport::nats::{nats_server_binary, NatsServer};
+    use std::sync::Arc;
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let signer = Arc::new(trust::Signer::ephemeral());
+    let trusted = trust::Verifier::new(&[signer.public_key()], true).unwrap();
+    let every = Duration::from_secs(60);
+    let server = NatsServer::start();
+    let mut opts = NatsOptions::new(server.url(), "test");
+    opts.audit_max_age = Duration::from_secs(30 * 86_400);
+    let admin = NatsBus::connect(&NatsOptions {
+        create_streams: false,
+        ..NatsOptions::new(server.url(), "admin")
+    })
+    .await
+    .unwrap();
+    let config = async_nats::jetstream::stream::Config {
+        name: skos_bus::subjects::STREAM_AUDIT.to_string(),
+        subjects: vec![skos_bus::subjects::AUDIT.to_string()],
+        max_age: opts.audit_max_age,
+        ..Default::default()
+    };
+    admin
+        .jetstream()
+        .create_stream(config.clone())
+        .await
+        .unwrap();
+    let bus = NatsBus::connect(&opts).await.unwrap();
+    let log =
+        AuditLog::open_jetstream_signed(&bus, Some(Signing::new(signer.clone(), &[]).unwrap()))
+            .await
+            .unwrap();
+    for i in 0..3 {
+        log.append(entry(i)).await.unwrap();
+    }
+    log.checkpoint(opts.audit_max_age).await.unwrap().unwrap();
+    for i in 3..6 {
+        log.append(entry(i)).await.unwrap();
+    }
+    // The admin lowers max_age to 2 s: the server removes every record.
+    admin
+        .jetstream()
+        .update_stream(async_nats::jetstream::stream::Config {
+            max_age: Duration::from_secs(2),
+            duplicate_window: Duration::from_secs(1),
+            ..config
+        })
+        .await
+        .unwrap();
+    while stream_state(&bus).await.messages > 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The leader goes on: its next checkpoint, and a record.
+    log.checkpoint(opts.audit_max_age).await.unwrap().unwrap();
+    log.append(entry(9)).await.unwrap();
+    let r = audit::check::verify_jetstream_within(&bus, Some(&trusted), None, every, |_, _| {})
+        .await
+        .unwrap();
+    assert!(!r.ok(), "{r:?}");
+    assert_eq!(r.aged_out, None, "{r:?}");
+    let all = r.breaks.join("\n");
+    assert!(
+        all.contains("the stream's max_age is 2 s, shorter than the 2592000 s the leaders applied"),
+        "{all}"
+    );
+    assert!(
+        all.contains("records seq 1..7 are missing")
+            && all.contains("purged or deleted, not aged out by policy"),
+        "{all}"
+    );
+}
+
+/// A full filesystem at every point of a rotation (a real tmpfs, filled to
+/// leave from 0 to 24 KiB): every record whose append succeeded is in the
+/// trail, the trail verifies once space is back, the next rotation
+/// completes, and no half-written file is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_filesystem_during_rotation_never_tears_the_trail() {
+    use skos_testsupport::tmpfs::Tmpfs;
+    for room in (0..24 * 1024).step_by(1536) {
+        let fs = skos_testsupport::require!("a tmpfs mount", Tmpfs::mount("1M", None));
+        let dir = fs.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let path = dir.join("audit.jsonl");
+        let policy = Policy {
+            segment_bytes: 64 * 1024,
+            segment_age: Duration::from_secs(365 * 86_400),
+            retain: None,
+        };
+        let log = AuditLog::open_file_with(&path, policy.clone()).unwrap();
+        let mut stored = Vec::new();
+        let mut i = 0u32;
+        while std::fs::metadata(&path).unwrap().len() < 60 * 1024 {
+            stored.push(log.append(entry(i)).await.unwrap().seq);
+            i += 1;
+        }
+        // Fill what is left but `room` bytes.
+        let free = {
+            let out = std::process::Command::new("df")
+                .args(["-B1", "--output=avail"])
+                .arg(fs.path())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .trim()
+                .parse::<usize>()
+                .unwrap()
+        };
+        let filler = fs.path().join("filler");
+        let _ = std::fs::write(&filler, vec![0u8; free.saturating_sub(room)]);
+        let mut failed = 0;
+        for _ in 0..60 {
+            match log.append(entry(i)).await {
+                Ok(r) => stored.push(r.seq),
+                Err(_) => failed += 1,
+            }
+            i += 1;
+        }
+        std::fs::remove_file(&filler).unwrap();
+        stored.push(log.append(entry(i)).await.unwrap().seq);
+        log.rotate_now().await.unwrap();
+        stored.push(log.append(entry(i + 1)).await.unwrap().seq);
+        drop(log);
+        let r = audit::check::verify_file(&path, None).unwrap();
+        assert!(r.ok(), "room {room} ({failed} appends failed): {r:?}");
+        let all: std::collections::BTreeSet<u64> = seqs(&audit::read_trail(&path).unwrap())
+            .into_iter()
+            .collect();
+        for s in &stored {
+            assert!(all.contains(s), "room {room}: record {s} lost");
+        }
+        let strays: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(strays.is_empty(), "room {room}: {strays:?}");
+        drop(AuditLog::open_file_with(&path, policy).unwrap());
+    }
+}
+
+/// A follower (`skos audit tail -f`) that falls behind by more than one
+/// rotation (the live file replaced twice or more between two reads) still
+/// gives every record once, in order: those sealed meanwhile come from the
+/// segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_several_rotations_misses_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let policy = Policy {
+        segment_bytes: 64 * 1024,
+        ..manual(None)
+    };
+    let log = AuditLog::open_file_with(&path, policy).unwrap();
+    log.append(entry(0)).await.unwrap();
+    let source = skos_bus::audit_follow::AuditSource::File(path.clone());
+    let (mut follower, _) = skos_bus::audit_follow::AuditFollower::open(&source, 0)
+        .await
+        .unwrap();
+    log.append(entry(1)).await.unwrap();
+    assert_eq!(seqs(&follower.next().await.unwrap()), [2]);
+    for i in 2..1500 {
+        log.append(entry(i)).await.unwrap();
+    }
+    assert!(segments::list(&path).unwrap().len() >= 3);
+    let head = audit::read_file_tail(&path, 1).unwrap()[0]["seq"]
+        .as_u64()
+        .unwrap();
+    let mut seen = vec![2];
+    while *seen.last().unwrap() < head {
+        seen.extend(seqs(&follower.next().await.unwrap()));
+    }
+    let gaps: Vec<&[u64]> = seen.windows(2).filter(|w| w[0] + 1 != w[1]).collect();
+    assert!(gaps.is_empty(), "not each once, in order: {gaps:?}");
+}
+
+/// Segments aged out by the writer while `verify` reads the trail (listed,
+/// then removed before they were read, their `audit_expired` records
+/// written to the live file): no deletion is reported, the check starts
+/// over and finds them aged out by policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_aged_out_while_verify_reads_are_no_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let old = chrono::Utc::now() - chrono::Duration::days(40);
+    {
+        let log = AuditLog::open_file_with(&path, manual(None)).unwrap();
+        log.append_many((0..5000).map(|i| entry_at(i, old)).collect())
+            .await
+            .unwrap();
+        assert!(log.rotate_now().await.unwrap());
+        log.append_many((0..10).map(|i| entry_at(i, old)).collect())
+            .await
+            .unwrap();
+        assert!(log.rotate_now().await.unwrap());
+        log.append(entry(1)).await.unwrap();
+    }
+    assert_eq!(segment_names(&path).len(), 2);
+    // While verify reads the first segment, the writer starts with a
+    // retention both are past (none kept: the policy's edge) and ages both
+    // out.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let p = path.clone();
+    let verify = std::thread::spawn(move || {
+        let mut once = Some((go_tx, done_rx));
+        audit::check::verify_file_trail(&p, None, |_, _| {
+            if let Some((go, done)) = once.take() {
+                go.send(()).unwrap();
+                done.recv().unwrap();
+            }
+        })
+        .unwrap()
+    });
+    tokio::task::spawn_blocking(move || go_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = AuditLog::open_file_with(&path, manual(Some(Duration::ZERO))).unwrap();
+    assert!(segment_names(&path).is_empty());
+    done_tx.send(()).unwrap();
+    let r = tokio::task::spawn_blocking(move || verify.join().unwrap())
+        .await
+        .unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.aged_out, Some((1, 5011)), "{r:?}");
+    drop(log);
+}

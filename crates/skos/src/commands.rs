@@ -685,7 +685,7 @@ async fn read_audit(
         Ok((source, audit::read_jetstream(&bus, n).await?))
     } else {
         let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
-        if !path.exists() {
+        if !trail_exists(&path)? {
             bail!("no audit trail at {}", path.escaped());
         }
         let records = match n {
@@ -838,7 +838,7 @@ async fn audit_verify(
         (source, report)
     } else {
         let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
-        if !path.exists() && audit::segments::list(&path)?.is_empty() {
+        if !trail_exists(&path)? && audit::segments::list(&path)?.is_empty() {
             bail!("no audit trail at {}", path.display());
         }
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -1172,4 +1172,12 @@ fn keys_generate(out: &std::path::Path, force: bool) -> Result<ExitCode> {
     eprintln!("skos: for the coordinator's key: set trust.signing_key_file on the coordinator, and this public key in trust.coordinator_keys on every agent; for a node's key: set trust.node_key_file on that node's agent, and this public key under its name in the coordinator's trust.node_keys:");
     println!("{public}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the live audit file at `path` exists; a path that cannot be
+/// looked at (a data dir the user may not read) is an error saying so, not
+/// a missing trail.
+fn trail_exists(path: &std::path::Path) -> Result<bool> {
+    path.try_exists()
+        .with_context(|| format!("cannot look for the audit trail at {}", path.escaped()))
 }

@@ -483,3 +483,38 @@ fn skos_up_killed_mid_rotation_leaves_a_trail_that_verifies() {
         assert_eq!(live[0]["entry"]["event_type"], "audit_sealed", "{point}");
     }
 }
+
+/// A user who may not read the data dir (`0700` root's, read by `nobody`)
+/// is told so by `skos audit tail` and `verify`, not that there is no trail.
+#[test]
+fn a_trail_the_user_may_not_read_is_said_so_not_missing() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    skos_testsupport::require!("root", skos_testsupport::require::root());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut chain = Chain::resume(None);
+    let record = chain.seal(forged_entry("a record"));
+    std::fs::write(
+        data.join("audit.jsonl"),
+        format!("{}\n", serde_json::to_string(&record).unwrap()),
+    )
+    .unwrap();
+    for what in ["tail", "verify"] {
+        let out = run({
+            let mut c = skos();
+            c.args(["audit", what, "--data-dir"])
+                .arg(&data)
+                .uid(65534)
+                .gid(65534);
+            c
+        });
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: {err}");
+        assert!(!err.contains("no audit trail"), "{what}: {err}");
+        assert!(err.contains("Permission denied"), "{what}: {err}");
+    }
+}

@@ -281,8 +281,9 @@ impl ThermalSentinel {
     ///
     /// A prediction raised while the level was `normal` is withdrawn (a
     /// `normal` alert, `details.event` `prediction_withdrawn`) once the
-    /// level is still `normal` and the trend no longer reaches critical
-    /// within twice the horizon (or is no longer trusted): the early
+    /// level is still `normal` and the fitted trend (trusted or not: a
+    /// noisy fit's R² dipping is no end of the rise) no longer reaches
+    /// critical within twice the horizon: the early
     /// warning, and what it was answered with, do not stay open for a rise
     /// that stopped short.
     fn prediction(
@@ -297,9 +298,16 @@ impl ThermalSentinel {
         let predicted = self.trend(kind).predicted;
         if predicted && level == Severity::Normal {
             let horizon = self.predict.horizon_seconds;
-            let still = self
-                .to_critical(kind, value)
-                .is_some_and(|(_, eta)| eta <= 2.0 * horizon);
+            // Judged on the fitted slope whether or not the fit is trusted:
+            // a noisy rise whose R² wanders below `min_r2` from one reading
+            // to the next has not stopped short, and withdrawing it then
+            // would raise and withdraw the warning on the noise.
+            let critical = self.rules.thresholds.critical;
+            let still = self.trend(kind).window.fit().is_some_and(|fit| {
+                fit.slope > 0.0
+                    && skos_core::trend::seconds_until(value, critical, fit.slope)
+                        .is_some_and(|eta| eta <= 2.0 * horizon)
+            });
             if !still {
                 return Some(self.withdrawal(name, kind, value, now));
             }

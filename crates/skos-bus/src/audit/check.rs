@@ -14,7 +14,7 @@
 //! re-hash every record.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
 use std::time::Duration;
 
@@ -408,6 +408,12 @@ pub async fn verify_jetstream_within(
     // Read ahead: up to `READ_AHEAD` requests in flight, answered in
     // order (memory stays that of as many messages, at most 256 KiB each).
     let stream = &s;
+    // The longest `max_age` the leaders' checkpoint records say they
+    // applied, and the trail's first record left with when it was stored:
+    // a stream whose `max_age` was lowered after it was made ages the
+    // trail out at will, so the gap is judged by what the leaders applied.
+    let mut applied: Option<(u64, u64)> = None;
+    let mut gap: Option<(AuditRecord, chrono::DateTime<chrono::Utc>)> = None;
     let mut fetched = futures::stream::iter(state.first_sequence.max(1)..=state.last_sequence)
         .map(|seq| async move { (seq, stream.get_raw_message(seq).await) })
         .buffered(READ_AHEAD);
@@ -470,10 +476,47 @@ pub async fn verify_jetstream_within(
                     Ok(()) => checker.report.aged_out = Some((1, first.seq - 1)),
                     Err(why) => checker.gap_problem = Some(why),
                 }
+                gap = Some((first, stored));
             }
         }
         for r in records {
-            let _ = checker.record(r);
+            let Some((r, verified)) = checker.record(r) else {
+                continue;
+            };
+            if verified && r.entry.event_type == AuditEvent::AuditCheckpoint.as_str() {
+                if let Ok(d) = serde_json::from_value::<CheckpointData>(r.entry.data.clone()) {
+                    if applied.is_none_or(|(secs, _)| d.max_age_seconds > secs) {
+                        applied = Some((d.max_age_seconds, r.seq));
+                    }
+                }
+            }
+        }
+    }
+    if let Some((secs, at)) = applied.filter(|(secs, _)| *secs > max_age.as_secs()) {
+        let lowered = if max_age.is_zero() {
+            None
+        } else {
+            Some(max_age)
+        };
+        if let Some(now) = lowered {
+            checker.problem(format!(
+                "the stream's max_age is {} s, shorter than the {} s the leaders applied (checkpoint seq {at}): lowered (or the stream made with a shorter one), what it removed is not aged out by policy",
+                now.as_secs(),
+                secs
+            ));
+        }
+        if let Some((first, stored)) = &gap {
+            let judged = aged_out_of_stream(
+                first,
+                *stored,
+                Duration::from_secs(secs),
+                checkpoint_every,
+                chrono::Utc::now(),
+            );
+            if let Err(why) = judged {
+                checker.report.aged_out = None;
+                checker.gap_problem = Some(why);
+            }
         }
     }
     Ok(checker.finish())
@@ -517,6 +560,8 @@ struct FileWalk<'a> {
     /// Segments sealed in the chain but missing before its first record
     /// left (the first [`LISTED`]).
     gap_segments: Vec<String>,
+    /// The directory the segments are in.
+    dir: std::path::PathBuf,
 }
 
 impl FileWalk<'_> {
@@ -614,6 +659,14 @@ impl FileWalk<'_> {
                     self.checker.problem(text);
                 }
             }
+            None if self.dir.join(&seal.segment).is_file() => {
+                // Written after the segments were listed: its records are
+                // in the live file read (opened before), checked there.
+                self.checker.report.notes.push(format!(
+                    "segment {} was sealed while the check ran: its records were checked in the live file",
+                    seal.segment
+                ));
+            }
             None => {
                 let aged = self
                     .checker
@@ -642,6 +695,18 @@ impl FileWalk<'_> {
         src: &Source,
         scanned: segments::Scanned,
     ) {
+        if let Some(line) = scanned.first_overlong {
+            self.checker.report.messages += scanned.overlong;
+            self.checker.foreign(
+                line,
+                &seg.name,
+                format!(
+                    "not a record: {} line(s) longer than {} bytes, passed over",
+                    scanned.overlong,
+                    segments::MAX_LINE
+                ),
+            );
+        }
         match &scanned.header {
             Err(e) => self
                 .checker
@@ -716,16 +781,68 @@ impl FileWalk<'_> {
 /// `audit_expired` record names the last of them and its hash), anywhere
 /// else they were deleted. `progress` is told the file being read and the
 /// lines read of it.
+///
+/// A segment listed but gone before it was read (aged out by the writer
+/// while the check ran: its `audit_expired` record is in the live file) makes
+/// the check start over, at most [`VERIFY_TRIES`] times in all.
 pub fn verify_file_trail(
     path: &Path,
     checkpoint: Option<&Checkpoint>,
     mut progress: impl FnMut(&str, u64),
 ) -> Result<TrailReport> {
+    let mut tries = 1;
+    loop {
+        match verify_file_once(path, checkpoint, &mut progress)? {
+            Walked::Done(report) => return Ok(report),
+            Walked::Vanished(report) if tries >= VERIFY_TRIES => return Ok(report),
+            Walked::Vanished(_) => {
+                tracing::info!(path = %path.escaped(), tries, "an audit segment aged out while it was checked: checking again");
+                tries += 1;
+            }
+        }
+    }
+}
+
+/// How many times [`verify_file_trail`] starts over at most.
+pub const VERIFY_TRIES: u32 = 3;
+
+/// One pass of [`verify_file_trail`]: its report, and whether a segment
+/// listed was gone before it was read.
+enum Walked {
+    Done(TrailReport),
+    Vanished(TrailReport),
+}
+
+fn verify_file_once(
+    path: &Path,
+    checkpoint: Option<&Checkpoint>,
+    progress: &mut impl FnMut(&str, u64),
+) -> Result<Walked> {
+    let mut vanished = false;
     let mut walk = FileWalk {
         checker: Checker::new(checkpoint, false),
         segments: Default::default(),
         started: false,
         gap_segments: Vec::new(),
+        dir: path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
+    };
+    // The live file is opened first: a rotation while the segments are
+    // read leaves its records in this file (the one replaced), which is
+    // read whole; opened after, they would be in neither what was listed
+    // nor what was read, and look deleted.
+    let file = match File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
     };
     for seg in segments::list(path)? {
         walk.checker.report.segments += 1;
@@ -739,6 +856,15 @@ pub fn verify_file_trail(
         });
         match scanned {
             Ok(scanned) => walk.segment_read(&seg, &src, scanned),
+            Err(Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && src.records == 0 =>
+            {
+                vanished = true;
+                walk.checker.problem(format!(
+                    "segment {}: removed while it was checked",
+                    seg.name
+                ));
+            }
             Err(e) => walk
                 .checker
                 .problem(format!("segment {}: unreadable: {e}", seg.name)),
@@ -746,32 +872,43 @@ pub fn verify_file_trail(
     }
     let name = path.escaped().to_string();
     walk.checker.place = name.clone();
-    let file = match File::open(path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err(Error::Io {
-                path: path.to_path_buf(),
-                source: e,
-            })
-        }
-    };
     if let Some(file) = file {
         let mut src = Source::default();
-        let reader = BufReader::with_capacity(segments::READ_BUFFER, file);
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let line = line.map_err(|e| Error::Io {
+        let mut reader = BufReader::with_capacity(segments::READ_BUFFER, file);
+        let mut line = Vec::new();
+        let mut n = 0u64;
+        while let Some(too_long) =
+            segments::read_line_capped(&mut reader, &mut line).map_err(|e| Error::Io {
                 path: path.to_path_buf(),
                 source: e,
-            })?;
-            let n = i as u64 + 1;
-            walk.line(&mut src, &name, n, &line);
+            })?
+        {
+            n += 1;
+            if too_long {
+                walk.checker.report.messages += 1;
+                walk.checker.foreign(
+                    n,
+                    &name,
+                    format!(
+                        "not a record: longer than {} bytes, passed over",
+                        segments::MAX_LINE
+                    ),
+                );
+            } else {
+                let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                walk.line(&mut src, &name, n, text);
+            }
             if n.is_multiple_of(4096) {
                 progress(&name, n);
             }
         }
     }
-    Ok(walk.finish())
+    let report = walk.finish();
+    Ok(if vanished {
+        Walked::Vanished(report)
+    } else {
+        Walked::Done(report)
+    })
 }
 
 /// A checkpoint of the JetStream trail's last message (with `trusted`, its

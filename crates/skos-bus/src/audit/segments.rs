@@ -41,6 +41,53 @@ const LEVEL: i32 = 3;
 /// The buffer segments and live files are read through (batched reads).
 pub const READ_BUFFER: usize = 256 * 1024;
 
+/// The longest line read whole from a segment or a live file, in bytes
+/// (16 MiB, far above the largest record or batch): a longer one is passed
+/// over without being kept, so a few kilobytes of zstd that inflate to one
+/// endless line cannot take the reader's memory.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// The next line of `r` into `line` (its newline kept, if any), reading at
+/// most [`MAX_LINE`] bytes of it into memory: `None` at the end; `Some(true)`
+/// when the line was longer (`line` is then empty and the rest of the line
+/// was read past).
+pub fn read_line_capped<R: BufRead + ?Sized>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let mut any = false;
+    let mut too_long = false;
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(any.then_some(too_long));
+        }
+        any = true;
+        let (n, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if !too_long {
+            if line.len() + n > MAX_LINE + 1 {
+                too_long = true;
+                line.clear();
+                line.shrink_to(READ_BUFFER);
+            } else {
+                line.extend_from_slice(&buf[..n]);
+            }
+        }
+        r.consume(n);
+        if done {
+            return Ok(Some(too_long));
+        }
+    }
+}
+
 /// When the live file is sealed into a segment, and how long segments are
 /// kept.
 #[derive(Debug, Clone, PartialEq)]
@@ -238,12 +285,18 @@ pub struct Scanned {
     pub sha256: String,
     /// The file's size in bytes.
     pub bytes: u64,
+    /// Lines longer than [`MAX_LINE`] passed over (not given to `each`),
+    /// and the number of the first.
+    pub overlong: u64,
+    pub first_overlong: Option<u64>,
 }
 
 /// Read the segment at `path` in one pass, in constant memory: each line
 /// after the header goes to `each` (its line number in the segment, from 2,
-/// and its bytes without the newline). Fails when the file cannot be read
-/// or decompressed (what was given to `each` before stays given).
+/// and its bytes without the newline); a line longer than [`MAX_LINE`] is
+/// passed over and counted ([`Scanned::overlong`]), so memory stays
+/// constant whatever the segment inflates to. Fails when the file cannot
+/// be read or decompressed (what was given to `each` before stays given).
 pub fn scan(path: &Path, mut each: impl FnMut(u64, &[u8])) -> Result<Scanned> {
     let file = File::open(path).map_err(|e| io(path, e))?;
     let hashing = Hashing {
@@ -258,15 +311,18 @@ pub fn scan(path: &Path, mut each: impl FnMut(u64, &[u8])) -> Result<Scanned> {
     let mut line = Vec::new();
     let mut header = Err("empty".to_string());
     let mut n = 0u64;
-    loop {
-        line.clear();
-        let read = lines
-            .read_until(b'\n', &mut line)
-            .map_err(|e| io(path, e))?;
-        if read == 0 {
-            break;
-        }
+    let (mut overlong, mut first_overlong) = (0u64, None);
+    while let Some(too_long) = read_line_capped(&mut lines, &mut line).map_err(|e| io(path, e))? {
         n += 1;
+        if too_long {
+            if n == 1 {
+                header = Err(format!("a first line longer than {MAX_LINE} bytes"));
+            } else {
+                overlong += 1;
+                first_overlong.get_or_insert(n);
+            }
+            continue;
+        }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         if n == 1 {
             header = serde_json::from_slice::<SegmentHeader>(text).map_err(|e| e.to_string());
@@ -282,6 +338,8 @@ pub fn scan(path: &Path, mut each: impl FnMut(u64, &[u8])) -> Result<Scanned> {
         header,
         sha256: hex::encode(hashing.hash.finalize()),
         bytes: hashing.bytes,
+        overlong,
+        first_overlong,
     })
 }
 
