@@ -197,7 +197,9 @@ if [ -z "${SKOS_STATIC_BIN:-}" ]; then
   # Both binaries (skos, skos-agent), with the dev profile: static all the
   # same, without the release profiles' whole-program optimisation.
   build_static() {
-    SKOS_STATIC_PROFILE="${SKOS_STATIC_PROFILE:-dev}" dist/build-static.sh all | head -n 1
+    local paths
+    paths=$(SKOS_STATIC_PROFILE="${SKOS_STATIC_PROFILE:-dev}" dist/build-static.sh all) || return 1
+    printf '%s\n' "$paths" | sed -n 1p
   }
   if SKOS_STATIC_BIN=$(build_static) && [ -n "$SKOS_STATIC_BIN" ]; then
     SKOS_STATIC_DIR=$(dirname "$SKOS_STATIC_BIN")
