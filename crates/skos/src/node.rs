@@ -131,7 +131,11 @@ pub fn init_logging_labelled(level: &str, label: Option<&'static str>) {
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    let fmt = tracing_subscriber::fmt().with_ansi(ansi);
+    // The builder's own filter lets everything through (its default stops
+    // at INFO): `filter` alone says what is logged.
+    let fmt = tracing_subscriber::fmt()
+        .with_ansi(ansi)
+        .with_max_level(tracing::Level::TRACE);
     let _ = match label {
         Some(label) => fmt
             .with_writer(move || Labelled(label))
