@@ -114,6 +114,14 @@ pub enum InstallError {
         /// The passwd file.
         path: String,
     },
+    /// A path is there but is not what the step may take over.
+    #[error("{path}: {why}")]
+    Refused {
+        /// The path, escaped for printing.
+        path: String,
+        /// What is wrong with it and what to do.
+        why: String,
+    },
     /// Installing needs root (files under /usr and /etc, a system user).
     #[error("skos install needs root (uid 0); run it with sudo")]
     NotRoot,
@@ -213,8 +221,10 @@ impl Installer {
     /// dir and a rename) unless it already holds them with that mode.
     fn file(&mut self, rel: &str, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
         let path = self.at(rel);
-        if let Ok(meta) = fs::metadata(&path) {
-            if meta.mode() & 0o7777 == mode && same_content(&path, bytes)? {
+        // A link is replaced by the file (the rename below), never
+        // followed: what it points at is left as it is.
+        if let Ok(meta) = fs::symlink_metadata(&path) {
+            if meta.is_file() && meta.mode() & 0o7777 == mode && same_content(&path, bytes)? {
                 self.note(Change::Unchanged, Self::shown(rel));
                 return Ok(());
             }
@@ -243,16 +253,29 @@ impl Installer {
     }
 
     /// Make `rel` a dir owned by `uid:gid` with `mode`, fixing owner and
-    /// mode of one that exists.
+    /// mode of one that exists. One that is not a dir (a link, a file) or
+    /// that another user owns (neither root nor `uid`) is refused: it is
+    /// not followed, and what another user put in it is not handed over.
     fn dir(&mut self, rel: &str, uid: u32, gid: u32, mode: u32) -> Result<(), InstallError> {
         let path = self.at(rel);
         let before = fs::symlink_metadata(&path).ok();
         if let Some(meta) = &before {
-            if meta.is_dir()
-                && meta.uid() == uid
-                && meta.gid() == gid
-                && meta.mode() & 0o7777 == mode
-            {
+            if !meta.is_dir() {
+                return Err(InstallError::Refused {
+                    path: path.escaped().to_string(),
+                    why: "not a dir (a link or a file); remove it and run again".into(),
+                });
+            }
+            if meta.uid() != 0 && meta.uid() != uid {
+                return Err(InstallError::Refused {
+                    path: path.escaped().to_string(),
+                    why: format!(
+                        "owned by uid {}, not root or {USER}; remove it or chown it and run again",
+                        meta.uid()
+                    ),
+                });
+            }
+            if meta.uid() == uid && meta.gid() == gid && meta.mode() & 0o7777 == mode {
                 self.note(Change::Unchanged, Self::shown(rel));
                 return Ok(());
             }
@@ -380,6 +403,13 @@ fn systemctl(args: &[&str]) -> Result<(), InstallError> {
     run(cmd)
 }
 
+/// The root as an absolute path without `.`, `..` or links (`useradd
+/// --root` takes only absolute paths, and `/` must be recognised however
+/// it is spelt).
+fn resolve_root(root: &Path) -> Result<PathBuf, InstallError> {
+    fs::canonicalize(root).map_err(io_err(root))
+}
+
 fn check_root() -> Result<(), InstallError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -396,8 +426,9 @@ fn check_root() -> Result<(), InstallError> {
 /// it stay done (running again finishes the rest).
 pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
     check_root()?;
+    let root = resolve_root(&plan.root)?;
     let mut i = Installer {
-        root: plan.root.clone(),
+        root: root.clone(),
         steps: Vec::new(),
     };
     let binary = fs::read(&plan.binary).map_err(io_err(&plan.binary))?;
@@ -430,7 +461,7 @@ pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
     }
     i.dir(COORDINATOR_DATA, uid, gid, 0o700)?;
     i.dir(AGENT_DATA, 0, 0, 0o700)?;
-    if plan.root == Path::new("/") && systemd_running() {
+    if root == Path::new("/") && systemd_running() {
         systemctl(&["daemon-reload"])?;
         for role in &plan.enable {
             systemctl(&["enable", "--now", role.unit()])?;
@@ -451,6 +482,7 @@ pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
 /// The first step that fails, with its path or command.
 pub fn uninstall(root: &Path, purge: bool) -> Result<Vec<Step>, InstallError> {
     check_root()?;
+    let root = &resolve_root(root)?;
     let mut i = Installer {
         root: root.to_path_buf(),
         steps: Vec::new(),
