@@ -302,6 +302,9 @@ fn a_rust_log_that_does_not_parse_is_refused_with_its_value() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("RUST_LOG=\"skos=verbose\""), "{stderr}");
-        assert!(!stderr.contains("nova.nk"), "refused before starting: {stderr}");
+        assert!(
+            !stderr.contains("nova.nk"),
+            "refused before starting: {stderr}"
+        );
     }
 }

@@ -640,7 +640,10 @@ fn the_package_takes_over_nothing_the_machine_already_had() {
         "groupadd skos",
         &root.run(&["groupadd", "--system", "skos"]),
     );
-    ok("dpkg -i (group there)", &dpkg(&root, &["-i", &in_root(&v1)]));
+    ok(
+        "dpkg -i (group there)",
+        &dpkg(&root, &["-i", &in_root(&v1)]),
+    );
     let line = skos_line(&root).expect("the skos user");
     let group = std::fs::read_to_string(root.join("/etc/group")).unwrap();
     let gid = group
