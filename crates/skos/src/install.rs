@@ -37,6 +37,9 @@ pub const COORDINATOR_DATA: &str = "var/lib/skos";
 pub const AGENT_DATA: &str = "var/lib/skos-agent";
 /// The system user the coordinator runs as.
 pub const USER: &str = "skos";
+/// Where it is noted that the `skos` user was made here (by `skos install`
+/// or the package), in root's data dir: a purge takes only such a user.
+pub const MADE_USER: &str = "var/lib/skos-agent/.made-user";
 
 /// The shipped units, by file name.
 pub const UNITS: [(&str, &str); 2] = [
@@ -186,6 +189,14 @@ pub fn unit_text(text: &str, with_agent_binary: bool) -> String {
         + if text.ends_with('\n') { "\n" } else { "" }
 }
 
+/// Whether a group file's text (`name:x:gid:members`) has `name`. A pure
+/// parser.
+pub fn group_exists(group: &str, name: &str) -> bool {
+    group
+        .lines()
+        .any(|line| line.split(':').next() == Some(name))
+}
+
 /// A user's uid and gid from a passwd file's text (`name:x:uid:gid:...`),
 /// or `None` when it has no such user. A pure parser.
 pub fn passwd_ids(passwd: &str, user: &str) -> Option<(u32, u32)> {
@@ -298,20 +309,32 @@ impl Installer {
         }
     }
 
-    /// The `skos` system user and group (added with `useradd` when missing):
-    /// no login, home the coordinator's data dir.
-    fn user(&mut self) -> Result<(u32, u32), InstallError> {
-        if let Some(ids) = passwd_ids(&self.passwd()?, USER) {
+    /// The `skos` system user and group (added with `useradd` when missing,
+    /// in a `skos` group already there if there is one): no login, home the
+    /// coordinator's data dir. Returns its ids and whether it was added.
+    fn user(&mut self) -> Result<(u32, u32, bool), InstallError> {
+        if let Some((uid, gid)) = passwd_ids(&self.passwd()?, USER) {
             self.note(Change::Unchanged, format!("user {USER}"));
-            return Ok(ids);
+            return Ok((uid, gid, false));
         }
+        let group_path = self.at("etc/group");
+        let groups = match fs::read_to_string(&group_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err(&group_path)(e)),
+        };
         let mut cmd = Command::new("useradd");
         if self.root != Path::new("/") {
             cmd.arg("--root").arg(&self.root);
         }
+        // useradd --user-group refuses a group name already taken.
+        if group_exists(&groups, USER) {
+            cmd.args(["--gid", USER]);
+        } else {
+            cmd.arg("--user-group");
+        }
         cmd.args([
             "--system",
-            "--user-group",
             "--no-create-home",
             "--home-dir",
             "/var/lib/skos",
@@ -326,7 +349,7 @@ impl Installer {
             path: self.at("etc/passwd").escaped().to_string(),
         })?;
         self.note(Change::Installed, format!("user {USER}"));
-        Ok(ids)
+        Ok((ids.0, ids.1, true))
     }
 
     fn remove_file(&mut self, rel: &str) -> Result<(), InstallError> {
@@ -445,7 +468,7 @@ pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
         let text = unit_text(text, agent_binary.is_some());
         i.file(&format!("{UNIT_DIR}/{name}"), text.as_bytes(), 0o644)?;
     }
-    let (uid, gid) = i.user()?;
+    let (uid, gid, made_user) = i.user()?;
     i.dir("etc/skos", 0, gid, 0o750)?;
     let config = i.at(CONFIG);
     if fs::symlink_metadata(&config).is_ok() {
@@ -461,6 +484,10 @@ pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
     }
     i.dir(COORDINATOR_DATA, uid, gid, 0o700)?;
     i.dir(AGENT_DATA, 0, 0, 0o700)?;
+    if made_user {
+        let marker = i.at(MADE_USER);
+        fs::write(&marker, b"").map_err(io_err(&marker))?;
+    }
     if root == Path::new("/") && systemd_running() {
         systemctl(&["daemon-reload"])?;
         for role in &plan.enable {
@@ -476,7 +503,8 @@ pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
 
 /// Take away what [`install`] put under `root`: the units (stopped and
 /// disabled first when systemd runs `/`) and the binary; with `purge`,
-/// also the config, the data dirs and the user. Returns each step.
+/// also the config, the data dirs and the user (only one that `skos
+/// install` or the package made: [`MADE_USER`]). Returns each step.
 ///
 /// # Errors
 /// The first step that fails, with its path or command.
@@ -510,11 +538,15 @@ pub fn uninstall(root: &Path, purge: bool) -> Result<Vec<Step>, InstallError> {
         }
         return Ok(i.steps);
     }
+    // The user goes only if it was made here: one the machine had stays.
+    let made_user = fs::symlink_metadata(i.at(MADE_USER)).is_ok_and(|m| m.is_file());
     i.remove_file(CONFIG)?;
     i.remove_empty_dir("etc/skos");
     i.remove_tree(COORDINATOR_DATA)?;
     i.remove_tree(AGENT_DATA)?;
-    if passwd_ids(&i.passwd()?, USER).is_some() {
+    if passwd_ids(&i.passwd()?, USER).is_some() && !made_user {
+        i.note(Change::Kept, format!("user {USER}"));
+    } else if passwd_ids(&i.passwd()?, USER).is_some() {
         let mut cmd = Command::new("userdel");
         if root != Path::new("/") {
             cmd.arg("--root").arg(root);
@@ -559,6 +591,9 @@ mod tests {
         assert_eq!(passwd_ids(text, "root"), Some((0, 0)));
         assert_eq!(passwd_ids(text, "nobody"), None);
         assert_eq!(passwd_ids("skos:x:notanumber:1::/:\n", "skos"), None);
+        let group = "root:x:0:\nskosx:x:5:\nskos:x:998:\n";
+        assert!(group_exists(group, "skos") && group_exists(group, "root"));
+        assert!(!group_exists(group, "sko") && !group_exists("", "skos"));
     }
 
     #[test]

@@ -337,3 +337,58 @@ fn skos_install_takes_a_relative_root_and_uninstalls_what_is_not_there() {
     );
     assert!(!again.contains("installed"), "{again}");
 }
+
+#[test]
+fn skos_install_uses_and_keeps_a_skos_user_or_group_the_machine_had() {
+    require!("root", require::root());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let skos_line = |node: &DebianRoot| {
+        std::fs::read_to_string(node.join("/etc/passwd"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("skos:"))
+            .map(str::to_string)
+    };
+    let install = |node: &DebianRoot, extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["install".as_ref()];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        args.extend(["--root".as_ref(), node.path().as_os_str()]);
+        stdout(&format!("skos install {extra:?}"), &run_skos(&args, None))
+    };
+
+    // A `skos` group alone: the user joins it.
+    let node = require!("a Debian root (debootstrap)", DebianRoot::fresh(cache));
+    stdout(
+        "groupadd skos",
+        &node.run(&["groupadd", "--system", "skos"]),
+    );
+    install(&node, &[]);
+    let line = skos_line(&node).expect("the skos user");
+    let group = std::fs::read_to_string(node.join("/etc/group")).unwrap();
+    let gid = group
+        .lines()
+        .find(|l| l.starts_with("skos:"))
+        .and_then(|l| l.split(':').nth(2))
+        .unwrap();
+    assert_eq!(line.split(':').nth(3), Some(gid), "{line}");
+    let purge = install(&node, &["--uninstall", "--purge"]);
+    assert!(purge.contains("removed   user skos"), "{purge}");
+    assert_eq!(skos_line(&node), None);
+
+    // The operator's own `skos` user: used, and kept by the purge.
+    let node = require!("a Debian root (debootstrap)", DebianRoot::fresh(cache));
+    stdout(
+        "useradd skos",
+        &node.run(&["useradd", "--uid", "4242", "--comment", "ours", "skos"]),
+    );
+    let theirs = skos_line(&node).unwrap();
+    install(&node, &[]);
+    assert_eq!(
+        std::fs::metadata(node.join("/var/lib/skos")).unwrap().uid(),
+        4242
+    );
+    let purge = install(&node, &["--uninstall", "--purge"]);
+    assert!(purge.contains("kept      user skos"), "{purge}");
+    assert_eq!(skos_line(&node).as_deref(), Some(theirs.as_str()));
+    assert!(!node.join("/var/lib/skos").exists());
+}
