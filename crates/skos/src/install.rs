@@ -497,6 +497,16 @@ pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
                 format!("enabled and started {}", role.unit()),
             );
         }
+    } else {
+        // Said, not left to be assumed: nothing was enabled.
+        let why = if root == Path::new("/") {
+            "systemd does not run this machine"
+        } else {
+            "--root is not /"
+        };
+        for role in &plan.enable {
+            i.note(Change::Kept, format!("{} not enabled: {why}", role.unit()));
+        }
     }
     Ok(i.steps)
 }

@@ -328,14 +328,28 @@ fn skos_install_takes_a_relative_root_and_uninstalls_what_is_not_there() {
     let passwd = std::fs::read_to_string(node.join("/etc/passwd")).unwrap();
     assert!(passwd.lines().any(|l| l.starts_with("skos:")), "{passwd}");
 
-    // The same root spelt with `..`: the same root, nothing to change.
+    // The same root spelt with `..`: the same root, nothing to change;
+    // --enable there says that it enabled nothing.
     let mut dotted = node.join("/etc").into_os_string();
     dotted.push("/..");
     let again = stdout(
-        "skos install --root ROOT/etc/..",
-        &run_skos(&["install".as_ref(), "--root".as_ref(), &dotted], None),
+        "skos install --root ROOT/etc/.. --enable agent",
+        &run_skos(
+            &[
+                "install".as_ref(),
+                "--root".as_ref(),
+                &dotted,
+                "--enable".as_ref(),
+                "agent".as_ref(),
+            ],
+            None,
+        ),
     );
     assert!(!again.contains("installed"), "{again}");
+    assert!(
+        again.contains("skos-agent.service not enabled: --root is not /"),
+        "{again}"
+    );
 }
 
 #[test]
