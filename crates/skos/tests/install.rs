@@ -365,7 +365,7 @@ fn skos_install_uses_and_keeps_a_skos_user_or_group_the_machine_had() {
     };
     let install = |node: &DebianRoot, extra: &[&str]| {
         let mut args: Vec<&std::ffi::OsStr> = vec!["install".as_ref()];
-        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         args.extend(["--root".as_ref(), node.path().as_os_str()]);
         stdout(&format!("skos install {extra:?}"), &run_skos(&args, None))
     };
