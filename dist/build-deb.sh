@@ -28,7 +28,8 @@
 #                                       lintian says that is so on purpose
 # and dist/deb's maintainer scripts: the `skos` system user, the data dirs
 # /var/lib/skos (skos, 0700) and /var/lib/skos-agent (root, 0700), the
-# config readable by group skos; on purge all of them go.
+# config readable by group skos; on purge all of them go (the user only
+# if the package made it: a `skos` user the machine had is kept).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

@@ -158,7 +158,7 @@ fn load(arg: &ConfigArg, data_dir: Option<PathBuf>) -> Result<Config> {
 
 pub(crate) fn load_quiet(arg: &ConfigArg) -> Result<Config> {
     let cfg = read_config(arg, None)?;
-    init_logging("ERROR");
+    init_logging("ERROR")?;
     Ok(cfg)
 }
 

@@ -302,7 +302,7 @@ pub async fn demo(http: Option<&str>, pace: Option<f64>) -> Result<ExitCode> {
     let started = Instant::now();
     let (sb, disk_skipped) = Sandbox::create()?;
     let cfg = sb.config()?;
-    crate::commands::init_logging_labelled(&cfg.log_level, Some(LABEL));
+    crate::commands::init_logging_labelled(&cfg.log_level, Some(LABEL))?;
     let http = match http {
         Some(addr) => http_options(&cfg, Some(addr))?,
         None => None,

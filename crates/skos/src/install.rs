@@ -37,6 +37,9 @@ pub const COORDINATOR_DATA: &str = "var/lib/skos";
 pub const AGENT_DATA: &str = "var/lib/skos-agent";
 /// The system user the coordinator runs as.
 pub const USER: &str = "skos";
+/// Where it is noted that the `skos` user was made here (by `skos install`
+/// or the package), in root's data dir: a purge takes only such a user.
+pub const MADE_USER: &str = "var/lib/skos-agent/.made-user";
 
 /// The shipped units, by file name.
 pub const UNITS: [(&str, &str); 2] = [
@@ -114,6 +117,14 @@ pub enum InstallError {
         /// The passwd file.
         path: String,
     },
+    /// A path is there but is not what the step may take over.
+    #[error("{path}: {why}")]
+    Refused {
+        /// The path, escaped for printing.
+        path: String,
+        /// What is wrong with it and what to do.
+        why: String,
+    },
     /// Installing needs root (files under /usr and /etc, a system user).
     #[error("skos install needs root (uid 0); run it with sudo")]
     NotRoot,
@@ -178,6 +189,14 @@ pub fn unit_text(text: &str, with_agent_binary: bool) -> String {
         + if text.ends_with('\n') { "\n" } else { "" }
 }
 
+/// Whether a group file's text (`name:x:gid:members`) has `name`. A pure
+/// parser.
+pub fn group_exists(group: &str, name: &str) -> bool {
+    group
+        .lines()
+        .any(|line| line.split(':').next() == Some(name))
+}
+
 /// A user's uid and gid from a passwd file's text (`name:x:uid:gid:...`),
 /// or `None` when it has no such user. A pure parser.
 pub fn passwd_ids(passwd: &str, user: &str) -> Option<(u32, u32)> {
@@ -213,8 +232,10 @@ impl Installer {
     /// dir and a rename) unless it already holds them with that mode.
     fn file(&mut self, rel: &str, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
         let path = self.at(rel);
-        if let Ok(meta) = fs::metadata(&path) {
-            if meta.mode() & 0o7777 == mode && same_content(&path, bytes)? {
+        // A link is replaced by the file (the rename below), never
+        // followed: what it points at is left as it is.
+        if let Ok(meta) = fs::symlink_metadata(&path) {
+            if meta.is_file() && meta.mode() & 0o7777 == mode && same_content(&path, bytes)? {
                 self.note(Change::Unchanged, Self::shown(rel));
                 return Ok(());
             }
@@ -243,16 +264,29 @@ impl Installer {
     }
 
     /// Make `rel` a dir owned by `uid:gid` with `mode`, fixing owner and
-    /// mode of one that exists.
+    /// mode of one that exists. One that is not a dir (a link, a file) or
+    /// that another user owns (neither root nor `uid`) is refused: it is
+    /// not followed, and what another user put in it is not handed over.
     fn dir(&mut self, rel: &str, uid: u32, gid: u32, mode: u32) -> Result<(), InstallError> {
         let path = self.at(rel);
         let before = fs::symlink_metadata(&path).ok();
         if let Some(meta) = &before {
-            if meta.is_dir()
-                && meta.uid() == uid
-                && meta.gid() == gid
-                && meta.mode() & 0o7777 == mode
-            {
+            if !meta.is_dir() {
+                return Err(InstallError::Refused {
+                    path: path.escaped().to_string(),
+                    why: "not a dir (a link or a file); remove it and run again".into(),
+                });
+            }
+            if meta.uid() != 0 && meta.uid() != uid {
+                return Err(InstallError::Refused {
+                    path: path.escaped().to_string(),
+                    why: format!(
+                        "owned by uid {}, not root or {USER}; remove it or chown it and run again",
+                        meta.uid()
+                    ),
+                });
+            }
+            if meta.uid() == uid && meta.gid() == gid && meta.mode() & 0o7777 == mode {
                 self.note(Change::Unchanged, Self::shown(rel));
                 return Ok(());
             }
@@ -275,20 +309,32 @@ impl Installer {
         }
     }
 
-    /// The `skos` system user and group (added with `useradd` when missing):
-    /// no login, home the coordinator's data dir.
-    fn user(&mut self) -> Result<(u32, u32), InstallError> {
-        if let Some(ids) = passwd_ids(&self.passwd()?, USER) {
+    /// The `skos` system user and group (added with `useradd` when missing,
+    /// in a `skos` group already there if there is one): no login, home the
+    /// coordinator's data dir. Returns its ids and whether it was added.
+    fn user(&mut self) -> Result<(u32, u32, bool), InstallError> {
+        if let Some((uid, gid)) = passwd_ids(&self.passwd()?, USER) {
             self.note(Change::Unchanged, format!("user {USER}"));
-            return Ok(ids);
+            return Ok((uid, gid, false));
         }
+        let group_path = self.at("etc/group");
+        let groups = match fs::read_to_string(&group_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err(&group_path)(e)),
+        };
         let mut cmd = Command::new("useradd");
         if self.root != Path::new("/") {
             cmd.arg("--root").arg(&self.root);
         }
+        // useradd --user-group refuses a group name already taken.
+        if group_exists(&groups, USER) {
+            cmd.args(["--gid", USER]);
+        } else {
+            cmd.arg("--user-group");
+        }
         cmd.args([
             "--system",
-            "--user-group",
             "--no-create-home",
             "--home-dir",
             "/var/lib/skos",
@@ -303,7 +349,7 @@ impl Installer {
             path: self.at("etc/passwd").escaped().to_string(),
         })?;
         self.note(Change::Installed, format!("user {USER}"));
-        Ok(ids)
+        Ok((ids.0, ids.1, true))
     }
 
     fn remove_file(&mut self, rel: &str) -> Result<(), InstallError> {
@@ -380,6 +426,13 @@ fn systemctl(args: &[&str]) -> Result<(), InstallError> {
     run(cmd)
 }
 
+/// The root as an absolute path without `.`, `..` or links (`useradd
+/// --root` takes only absolute paths, and `/` must be recognised however
+/// it is spelt).
+fn resolve_root(root: &Path) -> Result<PathBuf, InstallError> {
+    fs::canonicalize(root).map_err(io_err(root))
+}
+
 fn check_root() -> Result<(), InstallError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -396,8 +449,9 @@ fn check_root() -> Result<(), InstallError> {
 /// it stay done (running again finishes the rest).
 pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
     check_root()?;
+    let root = resolve_root(&plan.root)?;
     let mut i = Installer {
-        root: plan.root.clone(),
+        root: root.clone(),
         steps: Vec::new(),
     };
     let binary = fs::read(&plan.binary).map_err(io_err(&plan.binary))?;
@@ -414,7 +468,7 @@ pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
         let text = unit_text(text, agent_binary.is_some());
         i.file(&format!("{UNIT_DIR}/{name}"), text.as_bytes(), 0o644)?;
     }
-    let (uid, gid) = i.user()?;
+    let (uid, gid, made_user) = i.user()?;
     i.dir("etc/skos", 0, gid, 0o750)?;
     let config = i.at(CONFIG);
     if fs::symlink_metadata(&config).is_ok() {
@@ -430,7 +484,11 @@ pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
     }
     i.dir(COORDINATOR_DATA, uid, gid, 0o700)?;
     i.dir(AGENT_DATA, 0, 0, 0o700)?;
-    if plan.root == Path::new("/") && systemd_running() {
+    if made_user {
+        let marker = i.at(MADE_USER);
+        fs::write(&marker, b"").map_err(io_err(&marker))?;
+    }
+    if root == Path::new("/") && systemd_running() {
         systemctl(&["daemon-reload"])?;
         for role in &plan.enable {
             systemctl(&["enable", "--now", role.unit()])?;
@@ -439,18 +497,30 @@ pub fn install(plan: &Plan) -> Result<Vec<Step>, InstallError> {
                 format!("enabled and started {}", role.unit()),
             );
         }
+    } else {
+        // Said, not left to be assumed: nothing was enabled.
+        let why = if root == Path::new("/") {
+            "systemd does not run this machine"
+        } else {
+            "--root is not /"
+        };
+        for role in &plan.enable {
+            i.note(Change::Kept, format!("{} not enabled: {why}", role.unit()));
+        }
     }
     Ok(i.steps)
 }
 
 /// Take away what [`install`] put under `root`: the units (stopped and
 /// disabled first when systemd runs `/`) and the binary; with `purge`,
-/// also the config, the data dirs and the user. Returns each step.
+/// also the config, the data dirs and the user (only one that `skos
+/// install` or the package made: [`MADE_USER`]). Returns each step.
 ///
 /// # Errors
 /// The first step that fails, with its path or command.
 pub fn uninstall(root: &Path, purge: bool) -> Result<Vec<Step>, InstallError> {
     check_root()?;
+    let root = &resolve_root(root)?;
     let mut i = Installer {
         root: root.to_path_buf(),
         steps: Vec::new(),
@@ -478,11 +548,15 @@ pub fn uninstall(root: &Path, purge: bool) -> Result<Vec<Step>, InstallError> {
         }
         return Ok(i.steps);
     }
+    // The user goes only if it was made here: one the machine had stays.
+    let made_user = fs::symlink_metadata(i.at(MADE_USER)).is_ok_and(|m| m.is_file());
     i.remove_file(CONFIG)?;
     i.remove_empty_dir("etc/skos");
     i.remove_tree(COORDINATOR_DATA)?;
     i.remove_tree(AGENT_DATA)?;
-    if passwd_ids(&i.passwd()?, USER).is_some() {
+    if passwd_ids(&i.passwd()?, USER).is_some() && !made_user {
+        i.note(Change::Kept, format!("user {USER}"));
+    } else if passwd_ids(&i.passwd()?, USER).is_some() {
         let mut cmd = Command::new("userdel");
         if root != Path::new("/") {
             cmd.arg("--root").arg(root);
@@ -527,6 +601,9 @@ mod tests {
         assert_eq!(passwd_ids(text, "root"), Some((0, 0)));
         assert_eq!(passwd_ids(text, "nobody"), None);
         assert_eq!(passwd_ids("skos:x:notanumber:1::/:\n", "skos"), None);
+        let group = "root:x:0:\nskosx:x:5:\nskos:x:998:\n";
+        assert!(group_exists(group, "skos") && group_exists(group, "root"));
+        assert!(!group_exists(group, "sko") && !group_exists("", "skos"));
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub fn read_config(config: Option<&Path>, data_dir: Option<PathBuf>) -> Result<C
 
 pub fn load(config: Option<&Path>, data_dir: Option<PathBuf>) -> Result<Config> {
     let cfg = read_config(config, data_dir)?;
-    init_logging(&cfg.log_level);
+    init_logging(&cfg.log_level)?;
     // What the file sets but SKOS does not apply as written.
     for w in cfg.warnings() {
         tracing::warn!(key = %w.path, "config: {}", w.message);
@@ -91,8 +91,50 @@ pub fn load(config: Option<&Path>, data_dir: Option<PathBuf>) -> Result<Config> 
     Ok(cfg)
 }
 
-pub fn init_logging(level: &str) {
-    init_logging_labelled(level, None);
+///
+/// # Errors
+/// A RUST_LOG that does not parse ([`log_filter`]).
+pub fn init_logging(level: &str) -> Result<(), LogFilterError> {
+    init_logging_labelled(level, None)
+}
+
+/// A RUST_LOG that is not `target=level,...`: it is refused rather than
+/// let the config's level stand in for it unsaid.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "RUST_LOG={value:?}: {source}; give a level and target=level pairs \
+     (info,skos_agent=debug)"
+)]
+pub struct LogFilterError {
+    /// The variable's value, as set.
+    pub value: String,
+    /// What the parser said.
+    #[source]
+    pub source: tracing_subscriber::filter::ParseError,
+}
+
+/// The log filter: `rust_log` (RUST_LOG) when set and not empty, in the
+/// `target=level,...` form (`info,skos_agent=debug`), else `level` (the
+/// config's `log_level`: ERROR, WARN or WARNING, INFO, DEBUG, TRACE, any
+/// case) with async_nats at warn. A pure function.
+///
+/// # Errors
+/// A `rust_log` that does not parse, with its value.
+pub fn log_filter(level: &str, rust_log: Option<&str>) -> Result<Targets, LogFilterError> {
+    if let Some(value) = rust_log.filter(|v| !v.trim().is_empty()) {
+        return value.parse().map_err(|source| LogFilterError {
+            value: value.to_string(),
+            source,
+        });
+    }
+    let level = match level.to_ascii_uppercase().as_str() {
+        "WARNING" => "warn".to_string(),
+        other => other.to_ascii_lowercase(),
+    };
+    let default = format!("{level},async_nats=warn");
+    Ok(default
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO)))
 }
 
 /// Log lines on stderr, each after `label` (`[demo]`) when given.
@@ -114,19 +156,15 @@ impl std::io::Write for Labelled {
 }
 
 /// [`init_logging`], each line after `label` when given.
-pub fn init_logging_labelled(level: &str, label: Option<&'static str>) {
-    let level = match level.to_ascii_uppercase().as_str() {
-        "WARNING" => "warn".to_string(),
-        other => other.to_ascii_lowercase(),
-    };
-    // RUST_LOG, when set and valid, in the `target=level,...` form
-    // (`info,skos_agent=debug`); else the config's level.
-    let default = format!("{level},async_nats=warn");
-    let filter: Targets = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .or_else(|| default.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+///
+/// # Errors
+/// A RUST_LOG that does not parse ([`log_filter`]).
+pub fn init_logging_labelled(
+    level: &str,
+    label: Option<&'static str>,
+) -> Result<(), LogFilterError> {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = log_filter(level, rust_log.as_deref())?;
     let ansi = colours(
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
         std::env::var_os("NO_COLOR").as_deref(),
@@ -148,6 +186,7 @@ pub fn init_logging_labelled(level: &str, label: Option<&'static str>) {
             .with(filter)
             .try_init(),
     };
+    Ok(())
 }
 
 /// Whether log lines carry ANSI colours: only on a terminal, and never
@@ -300,8 +339,28 @@ pub fn warn_if_exposed(path: &std::path::Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::colours;
+    use super::{colours, log_filter};
     use std::ffi::OsStr;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_overrides_the_level_and_one_that_does_not_parse_is_refused() {
+        let f = log_filter("WARNING", None).unwrap();
+        assert!(f.would_enable("skos", &Level::WARN));
+        assert!(!f.would_enable("skos", &Level::INFO));
+        assert!(!f.would_enable("async_nats", &Level::INFO));
+        let f = log_filter("ERROR", Some("info,skos_agent=debug")).unwrap();
+        assert!(f.would_enable("skos_agent", &Level::DEBUG));
+        assert!(f.would_enable("skos", &Level::INFO));
+        // Empty is unset.
+        let f = log_filter("debug", Some(" ")).unwrap();
+        assert!(f.would_enable("skos", &Level::DEBUG));
+        for bad in ["skos=verbose", "info,skos_agent=loud", "=debug=trace"] {
+            let e = log_filter("INFO", Some(bad)).unwrap_err();
+            assert_eq!(e.value, bad);
+            assert!(e.to_string().starts_with("RUST_LOG="), "{e}");
+        }
+    }
 
     #[test]
     fn colours_only_on_a_terminal_and_never_with_no_color() {

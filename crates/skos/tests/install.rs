@@ -210,3 +210,199 @@ fn skos_install_refuses_without_root_and_names_why() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"));
     }
 }
+
+fn run_skos(args: &[&std::ffi::OsStr], dir: Option<&Path>) -> Output {
+    let mut cmd = skos();
+    cmd.args(args);
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn skos_install_into_a_root_follows_no_planted_link_and_takes_no_foreign_dir() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    require!("root", require::root());
+    let node = require!(
+        "a Debian root (debootstrap)",
+        DebianRoot::fresh(Path::new(env!("CARGO_TARGET_TMPDIR")))
+    );
+    // What whoever could write into the root points at, outside it.
+    let outside = tempfile::tempdir().unwrap();
+    let victim_dir = outside.path().join("dir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    std::fs::set_permissions(&victim_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let victim_file = outside.path().join("file");
+    std::fs::write(&victim_file, "secret\n").unwrap();
+    std::fs::set_permissions(&victim_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    symlink(&victim_dir, node.join("/var/lib/skos")).unwrap();
+    std::fs::create_dir_all(node.join("/etc/systemd/system")).unwrap();
+    let unit = node.join("/etc/systemd/system/skos-agent.service");
+    symlink(&victim_file, &unit).unwrap();
+
+    let root = node.path().as_os_str();
+    let out = run_skos(&["install".as_ref(), "--root".as_ref(), root], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a link as the data dir is refused");
+    assert!(
+        stderr.contains("/var/lib/skos:") && stderr.contains("not a dir"),
+        "{stderr}"
+    );
+    let meta = std::fs::metadata(&victim_dir).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o7777),
+        (0, 0o755),
+        "the dir the link points at keeps its owner and mode"
+    );
+    assert_eq!(std::fs::read_to_string(&victim_file).unwrap(), "secret\n");
+    assert_eq!(
+        std::fs::metadata(&victim_file).unwrap().mode() & 0o7777,
+        0o600
+    );
+    assert!(
+        std::fs::symlink_metadata(&unit).unwrap().is_file(),
+        "the unit replaces the link, not what it points at"
+    );
+
+    // A data dir another user made, open to all, with their file in it.
+    std::fs::remove_file(node.join("/var/lib/skos")).unwrap();
+    let foreign = node.join("/var/lib/skos-agent");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("planted"), "x").unwrap();
+    std::os::unix::fs::chown(&foreign, Some(12345), Some(12345)).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run_skos(&["install".as_ref(), "--root".as_ref(), root], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a foreign data dir is refused");
+    assert!(
+        stderr.contains("/var/lib/skos-agent:") && stderr.contains("owned by uid 12345"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::metadata(&foreign).unwrap().uid(),
+        12345,
+        "not handed to root"
+    );
+
+    // Once it is gone, the install completes.
+    std::fs::remove_dir_all(&foreign).unwrap();
+    let out = run_skos(&["install".as_ref(), "--root".as_ref(), root], None);
+    stdout("skos install (after the cleanup)", &out);
+}
+
+#[test]
+fn skos_install_takes_a_relative_root_and_uninstalls_what_is_not_there() {
+    require!("root", require::root());
+    let node = require!(
+        "a Debian root (debootstrap)",
+        DebianRoot::fresh(Path::new(env!("CARGO_TARGET_TMPDIR")))
+    );
+    let before = node.paths(NOT_OURS);
+    let parent = node.path().parent().unwrap();
+    let name = node.path().file_name().unwrap();
+
+    // Nothing installed: uninstalling (and purging) changes nothing.
+    let off = stdout(
+        "skos install --uninstall --purge (nothing installed)",
+        &run_skos(
+            &[
+                "install".as_ref(),
+                "--uninstall".as_ref(),
+                "--purge".as_ref(),
+                "--root".as_ref(),
+                node.path().as_os_str(),
+            ],
+            None,
+        ),
+    );
+    assert!(!off.contains("removed"), "{off}");
+    assert_eq!(node.paths(NOT_OURS), before);
+
+    // --root relative to the working dir.
+    let first = stdout(
+        "skos install --root RELATIVE",
+        &run_skos(&["install".as_ref(), "--root".as_ref(), name], Some(parent)),
+    );
+    assert!(first.contains("installed user skos"), "{first}");
+    let passwd = std::fs::read_to_string(node.join("/etc/passwd")).unwrap();
+    assert!(passwd.lines().any(|l| l.starts_with("skos:")), "{passwd}");
+
+    // The same root spelt with `..`: the same root, nothing to change;
+    // --enable there says that it enabled nothing.
+    let mut dotted = node.join("/etc").into_os_string();
+    dotted.push("/..");
+    let again = stdout(
+        "skos install --root ROOT/etc/.. --enable agent",
+        &run_skos(
+            &[
+                "install".as_ref(),
+                "--root".as_ref(),
+                &dotted,
+                "--enable".as_ref(),
+                "agent".as_ref(),
+            ],
+            None,
+        ),
+    );
+    assert!(!again.contains("installed"), "{again}");
+    assert!(
+        again.contains("skos-agent.service not enabled: --root is not /"),
+        "{again}"
+    );
+}
+
+#[test]
+fn skos_install_uses_and_keeps_a_skos_user_or_group_the_machine_had() {
+    require!("root", require::root());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let skos_line = |node: &DebianRoot| {
+        std::fs::read_to_string(node.join("/etc/passwd"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("skos:"))
+            .map(str::to_string)
+    };
+    let install = |node: &DebianRoot, extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["install".as_ref()];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        args.extend(["--root".as_ref(), node.path().as_os_str()]);
+        stdout(&format!("skos install {extra:?}"), &run_skos(&args, None))
+    };
+
+    // A `skos` group alone: the user joins it.
+    let node = require!("a Debian root (debootstrap)", DebianRoot::fresh(cache));
+    stdout(
+        "groupadd skos",
+        &node.run(&["groupadd", "--system", "skos"]),
+    );
+    install(&node, &[]);
+    let line = skos_line(&node).expect("the skos user");
+    let group = std::fs::read_to_string(node.join("/etc/group")).unwrap();
+    let gid = group
+        .lines()
+        .find(|l| l.starts_with("skos:"))
+        .and_then(|l| l.split(':').nth(2))
+        .unwrap();
+    assert_eq!(line.split(':').nth(3), Some(gid), "{line}");
+    let purge = install(&node, &["--uninstall", "--purge"]);
+    assert!(purge.contains("removed   user skos"), "{purge}");
+    assert_eq!(skos_line(&node), None);
+
+    // The operator's own `skos` user: used, and kept by the purge.
+    let node = require!("a Debian root (debootstrap)", DebianRoot::fresh(cache));
+    stdout(
+        "useradd skos",
+        &node.run(&["useradd", "--uid", "4242", "--comment", "ours", "skos"]),
+    );
+    let theirs = skos_line(&node).unwrap();
+    install(&node, &[]);
+    assert_eq!(
+        std::fs::metadata(node.join("/var/lib/skos")).unwrap().uid(),
+        4242
+    );
+    let purge = install(&node, &["--uninstall", "--purge"]);
+    assert!(purge.contains("kept      user skos"), "{purge}");
+    assert_eq!(skos_line(&node).as_deref(), Some(theirs.as_str()));
+    assert!(!node.join("/var/lib/skos").exists());
+}

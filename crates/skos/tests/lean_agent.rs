@@ -275,3 +275,36 @@ fn static_binaries_need_no_loader_and_resolve_names_from_etc_hosts() {
         "the log names the server:\n{log}"
     );
 }
+
+#[test]
+fn a_rust_log_that_does_not_parse_is_refused_with_its_value() {
+    // The node key file is missing, so an agent that took the bad RUST_LOG
+    // silently would stop there, on another error, without NATS.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "node:\n  name: nova\ntrust:\n  node_key_file: /nonexistent/nova.nk\n",
+    )
+    .unwrap();
+    for mut cmd in [lean(), {
+        let mut c = skos();
+        c.arg("agent");
+        c
+    }] {
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .env("RUST_LOG", "skos=verbose");
+        let out = run(cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("RUST_LOG=\"skos=verbose\""), "{stderr}");
+        assert!(
+            !stderr.contains("nova.nk"),
+            "refused before starting: {stderr}"
+        );
+    }
+}

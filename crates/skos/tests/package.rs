@@ -578,3 +578,80 @@ fn lintian_finds_nothing_but_the_explained_overrides() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The package on machines that already have part of what it makes: a
+/// `skos` user of the operator's own (another uid) is used and survives
+/// the purge; a `skos` group alone does not stop the install; an upgrade
+/// after the operator deleted the config (dpkg does not bring a deleted
+/// conffile back) still configures.
+#[test]
+fn the_package_takes_over_nothing_the_machine_already_had() {
+    require!("root", require::root());
+    let binary = require!("a static skos binary", static_skos());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let work = tempfile::tempdir().unwrap();
+    let v1 = build_deb(&binary, work.path(), "0.1.0-1");
+    let v2 = build_deb(&binary, work.path(), "0.1.0-2");
+    let copy_in = |root: &DebianRoot| {
+        for deb in [&v1, &v2] {
+            std::fs::copy(deb, root.join("/tmp").join(deb.file_name().unwrap())).unwrap();
+        }
+    };
+    let in_root = |deb: &Path| format!("/tmp/{}", deb.file_name().unwrap().to_string_lossy());
+    let skos_line = |root: &DebianRoot| {
+        std::fs::read_to_string(root.join("/etc/passwd"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("skos:"))
+            .map(str::to_string)
+    };
+
+    // The operator's own `skos` user, there before the package.
+    let root = require!("a Debian root (debootstrap)", DebianRoot::fresh(cache));
+    copy_in(&root);
+    ok(
+        "useradd skos",
+        &root.run(&["useradd", "--uid", "4242", "--comment", "ours", "skos"]),
+    );
+    let theirs = skos_line(&root).unwrap();
+    ok("dpkg -i", &dpkg(&root, &["-i", &in_root(&v1)]));
+    assert_eq!(skos_line(&root).as_deref(), Some(theirs.as_str()));
+    assert_eq!(
+        std::fs::metadata(root.join("/var/lib/skos")).unwrap().uid(),
+        4242
+    );
+    std::fs::remove_file(root.join("/etc/skos/config.yaml")).unwrap();
+    ok(
+        "dpkg -i (upgrade, config deleted)",
+        &dpkg(&root, &["-i", &in_root(&v2)]),
+    );
+    ok("dpkg --purge", &dpkg(&root, &["--purge", "skos"]));
+    assert_eq!(
+        skos_line(&root).as_deref(),
+        Some(theirs.as_str()),
+        "the purge keeps a user the package did not make"
+    );
+    assert!(!root.join("/var/lib/skos").exists());
+
+    // A `skos` group alone.
+    let root = require!("a Debian root (debootstrap)", DebianRoot::fresh(cache));
+    copy_in(&root);
+    ok(
+        "groupadd skos",
+        &root.run(&["groupadd", "--system", "skos"]),
+    );
+    ok(
+        "dpkg -i (group there)",
+        &dpkg(&root, &["-i", &in_root(&v1)]),
+    );
+    let line = skos_line(&root).expect("the skos user");
+    let group = std::fs::read_to_string(root.join("/etc/group")).unwrap();
+    let gid = group
+        .lines()
+        .find(|l| l.starts_with("skos:"))
+        .and_then(|l| l.split(':').nth(2))
+        .unwrap();
+    assert_eq!(line.split(':').nth(3), Some(gid), "{line}");
+    ok("dpkg --purge", &dpkg(&root, &["--purge", "skos"]));
+    assert_eq!(skos_line(&root), None, "the purge takes the user it made");
+}

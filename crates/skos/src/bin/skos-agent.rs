@@ -63,9 +63,16 @@ fn parse(
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let text = arg.to_string_lossy();
+        // `--flag=VALUE`; `-cVALUE` and `-c=VALUE`, as clap takes them.
         let (flag, inline) = match text.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(OsString::from(v))),
-            _ => (text.to_string(), None),
+            _ => match text.strip_prefix("-c").filter(|v| !v.is_empty()) {
+                Some(v) => (
+                    "-c".to_string(),
+                    Some(OsString::from(v.strip_prefix('=').unwrap_or(v))),
+                ),
+                None => (text.to_string(), None),
+            },
         };
         let (slot, name) = match flag.as_str() {
             "-h" | "--help" => return Ok(Cli::Help),
@@ -183,6 +190,16 @@ mod tests {
         );
         assert_eq!(parse(args(&["--data-dir", "x", "-h"]), None), Ok(Cli::Help));
         assert_eq!(parse(args(&["-V"]), None), Ok(Cli::Version));
+        for short in ["-c/etc/s.yaml", "-c=/etc/s.yaml"] {
+            assert_eq!(
+                parse(args(&[short]), None),
+                Ok(Cli::Run {
+                    config: Some("/etc/s.yaml".into()),
+                    data_dir: None
+                }),
+                "{short}"
+            );
+        }
     }
 
     #[test]
