@@ -460,3 +460,30 @@ fn a_noisy_rise_is_predicted_once_and_not_withdrawn_on_the_noise() {
     let events: Vec<&str> = said.iter().map(|(_, _, e)| e.as_str()).collect();
     assert_eq!(events, ["predicted"], "{said:?}");
 }
+
+/// `for.warning` holds an early warning back as it holds the level one: a
+/// steep, steady climb (0.5 °C every 0.2 s, a trusted trend from its sixth
+/// reading), still below warning, is predicted only once the trend has
+/// reached critical within the horizon for the 4 s hold.
+#[test]
+fn a_prediction_waits_for_the_warning_hold_too() {
+    let (fake, cpu) = machine();
+    let mut s = sentinel(&fake, "  for: {warning: 4}\n");
+    let mut said = Vec::new();
+    for i in 0..35 {
+        let at = 0.2 * f64::from(i);
+        let c = (60.0 + 0.5 * f64::from(i)).min(74.0);
+        for a in raised(&mut s, &cpu, c, at) {
+            said.push((at, a.severity, event(&a).to_string()));
+        }
+    }
+    assert!(
+        said.iter().all(|(at, _, _)| *at >= 4.0),
+        "raised before the 4 s hold: {said:?}"
+    );
+    assert_eq!(
+        said.first().map(|(_, s, e)| (*s, e.as_str())),
+        Some((Warning, "predicted")),
+        "{said:?}"
+    );
+}

@@ -44,6 +44,10 @@ pub fn handles(action: &str) -> bool {
 struct Trend {
     window: Window,
     predicted: bool,
+    /// Since when the trend has reached critical within the horizon
+    /// without a break (a prediction holds for `for.warning`, as a level
+    /// warning does).
+    predicting_since: Option<Timestamp>,
 }
 
 impl Trend {
@@ -322,8 +326,24 @@ impl ThermalSentinel {
         if !self.predict.enabled || level >= Severity::Critical || trend.predicted {
             return None;
         }
-        let (fit, eta) = self.to_critical(kind, value)?;
-        if eta > self.predict.horizon_seconds {
+        let horizon = self.predict.horizon_seconds;
+        let hold = self.rules.hold_up.warning;
+        let within = self
+            .to_critical(kind, value)
+            .filter(|(_, eta)| *eta <= horizon);
+        let trend = match kind {
+            SensorKind::Cpu => &mut self.cpu_trend,
+            _ => &mut self.gpu_trend,
+        };
+        let Some((fit, eta)) = within else {
+            trend.predicting_since = None;
+            return None;
+        };
+        // `for.warning` holds a prediction back as it holds the level
+        // warning: a step that the fit reads as a steep rise, gone before
+        // the hold, raises nothing.
+        let since = *trend.predicting_since.get_or_insert(now);
+        if now - since < skos_core::level::secs(hold) {
             return None;
         }
         match kind {
