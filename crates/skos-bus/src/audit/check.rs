@@ -93,19 +93,17 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(3600);
 /// when it was stored (before the horizon), or `first` was stored within
 /// one checkpoint interval of the horizon (a leader writes at least that
 /// often, so the record before it was not much older). A purge of records
-/// younger than that shows. `Err` says why not, for a person.
+/// younger than that shows. `Err` says why not.
 pub fn aged_out_of_stream(
     first: &AuditRecord,
     stored: chrono::DateTime<chrono::Utc>,
     max_age: Duration,
     every: Duration,
     now: chrono::DateTime<chrono::Utc>,
-) -> std::result::Result<(), String> {
-    let gone = format!("records seq 1..{} are missing", first.seq.saturating_sub(1));
+) -> std::result::Result<(), NotAgedOut> {
+    let missing = first.seq.saturating_sub(1);
     if max_age.is_zero() {
-        return Err(format!(
-            "{gone}, and the stream keeps every record (no max_age): deleted or purged, not aged out by policy"
-        ));
+        return Err(NotAgedOut::NoMaxAge { missing });
     }
     let delta = |d: Duration| chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
     let horizon = now
@@ -127,13 +125,29 @@ pub fn aged_out_of_stream(
     if within(stored, every + EXPIRY_SLACK) {
         return Ok(());
     }
-    Err(format!(
-        "{gone}, but the first record left (seq {}) was stored at {}, less than {} days old and more than a checkpoint interval ({} min) inside the retention: purged or deleted, not aged out by policy",
-        first.seq,
-        stored.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        max_age.as_secs() / 86_400,
-        every.as_secs() / 60
-    ))
+    Err(NotAgedOut::TooYoung {
+        missing,
+        first: first.seq,
+        stored: stored.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        days: max_age.as_secs() / 86_400,
+        every_minutes: every.as_secs() / 60,
+    })
+}
+
+/// Why records missing at a stream's start did not age out by policy
+/// ([`aged_out_of_stream`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAgedOut {
+    #[error("records seq 1..{missing} are missing, and the stream keeps every record (no max_age): deleted or purged, not aged out by policy")]
+    NoMaxAge { missing: u64 },
+    #[error("records seq 1..{missing} are missing, but the first record left (seq {first}) was stored at {stored}, less than {days} days old and more than a checkpoint interval ({every_minutes} min) inside the retention: purged or deleted, not aged out by policy")]
+    TooYoung {
+        missing: u64,
+        first: u64,
+        stored: String,
+        days: u64,
+        every_minutes: u64,
+    },
 }
 
 /// A stored message left out of the chain.
@@ -474,7 +488,7 @@ pub async fn verify_jetstream_within(
                     chrono::Utc::now(),
                 ) {
                     Ok(()) => checker.report.aged_out = Some((1, first.seq - 1)),
-                    Err(why) => checker.gap_problem = Some(why),
+                    Err(why) => checker.gap_problem = Some(why.to_string()),
                 }
                 gap = Some((first, stored));
             }
@@ -515,7 +529,7 @@ pub async fn verify_jetstream_within(
             );
             if let Err(why) = judged {
                 checker.report.aged_out = None;
-                checker.gap_problem = Some(why);
+                checker.gap_problem = Some(why.to_string());
             }
         }
     }
@@ -1029,13 +1043,17 @@ mod tests {
         assert!(aged_out_of_stream(&plain, ago(30 * day), 30 * day, hour, now).is_ok());
         assert!(aged_out_of_stream(&plain, ago(30 * day - hour / 2), 30 * day, hour, now).is_ok());
         // A day inside it: what came before was younger than the policy.
-        let e = aged_out_of_stream(&plain, ago(29 * day), 30 * day, hour, now).unwrap_err();
+        let e = aged_out_of_stream(&plain, ago(29 * day), 30 * day, hour, now)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("records seq 1..6 are missing") && e.contains("purged"),
             "{e}"
         );
         // No max_age: nothing ages out.
-        let e = aged_out_of_stream(&plain, ago(30 * day), Duration::ZERO, hour, now).unwrap_err();
+        let e = aged_out_of_stream(&plain, ago(30 * day), Duration::ZERO, hour, now)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("keeps every record"), "{e}");
         // A checkpoint after a leaderless week: its head was stored before
         // the horizon, so what it follows aged out, though it is young.

@@ -276,11 +276,22 @@ impl<W: Write> Write for HashingWrite<W> {
     }
 }
 
+/// Why a segment's first line is not its header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadHeader {
+    #[error("empty")]
+    Empty,
+    #[error("a first line longer than {MAX_LINE} bytes")]
+    TooLong,
+    #[error("{0}")]
+    Unreadable(String),
+}
+
 /// What reading a whole segment found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scanned {
     /// Its header, or why it is not one.
-    pub header: std::result::Result<SegmentHeader, String>,
+    pub header: std::result::Result<SegmentHeader, BadHeader>,
     /// SHA-256 (hex) of the file.
     pub sha256: String,
     /// The file's size in bytes.
@@ -309,14 +320,14 @@ pub fn scan(path: &Path, mut each: impl FnMut(u64, &[u8])) -> Result<Scanned> {
             .map_err(|e| io(path, e))?;
     let mut lines = BufReader::with_capacity(READ_BUFFER, decoder);
     let mut line = Vec::new();
-    let mut header = Err("empty".to_string());
+    let mut header = Err(BadHeader::Empty);
     let mut n = 0u64;
     let (mut overlong, mut first_overlong) = (0u64, None);
     while let Some(too_long) = read_line_capped(&mut lines, &mut line).map_err(|e| io(path, e))? {
         n += 1;
         if too_long {
             if n == 1 {
-                header = Err(format!("a first line longer than {MAX_LINE} bytes"));
+                header = Err(BadHeader::TooLong);
             } else {
                 overlong += 1;
                 first_overlong.get_or_insert(n);
@@ -325,7 +336,8 @@ pub fn scan(path: &Path, mut each: impl FnMut(u64, &[u8])) -> Result<Scanned> {
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         if n == 1 {
-            header = serde_json::from_slice::<SegmentHeader>(text).map_err(|e| e.to_string());
+            header = serde_json::from_slice::<SegmentHeader>(text)
+                .map_err(|e| BadHeader::Unreadable(e.to_string()));
             continue;
         }
         each(n, text);
