@@ -609,18 +609,14 @@ impl Engine {
             now,
         );
         cmd.level = credit::command_level(&self.cfg, alert, severity, action);
-        let pending = Pending {
-            node: node.clone(),
-            problem: problem.clone(),
-            action: action.to_string(),
+        let pending = Pending::new(
+            node.clone(),
+            problem.clone(),
+            action,
             severity,
-            alert: alert.clone(),
-            trial: admission == Admission::Trial,
-            sent_at: None,
-            deadline: None,
-            reset: None,
-            command: None,
-        };
+            alert.clone(),
+            admission == Admission::Trial,
+        );
         self.send(cmd, pending, now, out);
     }
 

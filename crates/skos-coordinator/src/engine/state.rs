@@ -491,6 +491,33 @@ pub(super) struct Pending {
     pub(in crate::engine) command: Option<Command>,
 }
 
+impl Pending {
+    /// A command for `action` on `node`'s `problem` at `severity`, raised by
+    /// `alert`, about to be sent (`Engine::send` fills in when, its
+    /// deadline and the command).
+    pub(in crate::engine) fn new(
+        node: NodeName,
+        problem: ProblemKey,
+        action: &str,
+        severity: Severity,
+        alert: Alert,
+        trial: bool,
+    ) -> Self {
+        Self {
+            node,
+            problem,
+            action: action.to_string(),
+            severity,
+            alert,
+            trial,
+            sent_at: None,
+            deadline: None,
+            reset: None,
+            command: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Verification {
     pub(in crate::engine) action_id: String,

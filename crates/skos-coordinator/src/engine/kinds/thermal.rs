@@ -224,16 +224,8 @@ impl Engine {
             now,
         );
         let pending = Pending {
-            node: node.clone(),
-            problem: cpu,
-            action: RESET.into(),
-            severity: Severity::Normal,
-            alert,
-            trial,
-            sent_at: None,
-            deadline: None,
             reset: Some(tried),
-            command: None,
+            ..Pending::new(node.clone(), cpu, RESET, Severity::Normal, alert, trial)
         };
         self.send(cmd, pending, now, out);
     }

@@ -227,18 +227,7 @@ impl Engine {
         );
         cmd.parameters
             .insert(NODE_PARAM.into(), Value::String(node.to_string()));
-        let pending = Pending {
-            node: via,
-            problem,
-            action: action.to_string(),
-            severity,
-            alert: cause.clone(),
-            trial,
-            sent_at: None,
-            deadline: None,
-            reset: None,
-            command: None,
-        };
+        let pending = Pending::new(via, problem, action, severity, cause.clone(), trial);
         self.send(cmd, pending, now, out);
     }
 

@@ -1231,18 +1231,14 @@ impl Engine {
             cmd.parameters
                 .insert("fence".into(), Value::String("true".into()));
         }
-        let pending = Pending {
-            node: node.clone(),
+        let pending = Pending::new(
+            node.clone(),
             problem,
-            action: action.to_string(),
+            action,
             severity,
-            alert: cause.clone(),
+            cause.clone(),
             trial,
-            sent_at: None,
-            deadline: None,
-            reset: None,
-            command: None,
-        };
+        );
         self.send(cmd, pending, now, out);
     }
 
