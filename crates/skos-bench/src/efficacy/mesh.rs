@@ -113,21 +113,9 @@ coordinator:\n  heartbeat_timeout: 10\n  verify_within: 20\n  verify_hold_second
     }
 
     fn audit(&self) -> Result<Vec<Value>> {
-        let mut c = procs::skos_command(&self.bin);
-        c.args(["audit", "tail", "--json", "-n", "10000000", "--data-dir"])
-            .arg(&self.data)
-            .stdin(std::process::Stdio::null());
-        let out = c.output().ctx("skos audit tail")?;
-        if !out.status.success() {
-            return Err(Error::failed(
-                "skos audit tail",
-                String::from_utf8_lossy(&out.stderr).trim(),
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        let mut c = super::audit_tail(&self.bin);
+        c.arg("--data-dir").arg(&self.data);
+        super::audit_records(c)
     }
 
     /// Before a trial: the node healthy, the route on the primary path.

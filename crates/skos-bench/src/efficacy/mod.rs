@@ -574,21 +574,9 @@ impl Stack {
 
     /// Every record of the trail, as `skos audit tail --json` prints it.
     fn audit(&self) -> Result<Vec<Value>> {
-        let mut c = procs::skos_command(&self.bin);
-        c.args(["audit", "tail", "--json", "-n", "10000000"])
-            .env("NATS_URL", &self.url)
-            .stdin(std::process::Stdio::null());
-        let out = c.output().ctx("skos audit tail")?;
-        if !out.status.success() {
-            return Err(Error::failed(
-                "skos audit tail",
-                String::from_utf8_lossy(&out.stderr).trim(),
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        let mut c = audit_tail(&self.bin);
+        c.env("NATS_URL", &self.url);
+        audit_records(c)
     }
 
     fn alive(&mut self) -> Result<()> {
@@ -1107,4 +1095,28 @@ fn figures(rows: &[RowSummary]) -> Vec<Figure> {
         "%",
     ));
     out
+}
+
+/// `skos audit tail --json` for every record of a trail (where it is read
+/// from is for the caller to add: `NATS_URL`, `--data-dir`).
+fn audit_tail(bin: &Path) -> std::process::Command {
+    let mut c = procs::skos_command(bin);
+    c.args(["audit", "tail", "--json", "-n", "10000000"])
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// Run `c` (an [`audit_tail`]) and read its records.
+fn audit_records(mut c: std::process::Command) -> Result<Vec<Value>> {
+    let out = c.output().ctx("skos audit tail")?;
+    if !out.status.success() {
+        return Err(Error::failed(
+            "skos audit tail",
+            String::from_utf8_lossy(&out.stderr).trim(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
