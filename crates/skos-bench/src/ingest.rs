@@ -260,6 +260,8 @@ async fn wait_consumers(client: &async_nats::Client, nodes: u64) -> Result<()> {
 #[derive(Debug, Clone, Copy, Default)]
 struct BatchTimes {
     batches: u64,
+    /// Of those, decided while the batch before was carried out.
+    overlapped: u64,
     /// Microseconds per phase, in `BatchPhase::ALL`'s order.
     micros: [u64; 5],
 }
@@ -273,6 +275,7 @@ impl BatchTimes {
         }
         Self {
             batches: counters.of(Counter::Batches("alert")),
+            overlapped: counters.of(Counter::BatchesOverlapped("alert")),
             micros,
         }
     }
@@ -284,6 +287,7 @@ impl BatchTimes {
         }
         Self {
             batches: self.batches.saturating_sub(before.batches),
+            overlapped: self.overlapped.saturating_sub(before.overlapped),
             micros,
         }
     }
@@ -299,7 +303,12 @@ impl BatchTimes {
             .zip(self.micros)
             .map(|(p, m)| format!("{} {:.1} µs", p.as_str(), m as f64 / alerts as f64))
             .collect();
-        Some(parts.join(", "))
+        Some(format!(
+            "{} ({} batches, {} decided while the one before was carried out)",
+            parts.join(", "),
+            self.batches,
+            self.overlapped
+        ))
     }
 }
 

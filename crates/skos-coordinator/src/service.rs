@@ -46,6 +46,10 @@ use crate::gaps::{self, SequenceGaps};
 use crate::status::Leadership;
 use crate::{Error, Result};
 
+mod pipeline;
+
+use pipeline::Durable;
+
 pub struct ServiceOptions {
     /// `embedded` or `distributed`, shown in the status.
     pub mode: String,
@@ -1007,8 +1011,8 @@ async fn lead(
                 }
             }
             Some(batch) = heartbeats.next() => ctx.heartbeats(batch).await,
-            Some(batch) = alerts.next() => ctx.alerts(batch).await,
-            Some(batch) = results.next() => ctx.results(batch).await,
+            Some(batch) = alerts.next() => ctx.batches(Durable::Alert, batch, &mut alerts).await,
+            Some(batch) = results.next() => ctx.batches(Durable::Result, batch, &mut results).await,
             Some(m) = status.next() => {
                 let body = status_reply(&ctx.engine, &m.payload);
                 if let Err(e) = m.reply(Bytes::from(body)).await {
@@ -1141,11 +1145,38 @@ impl Ctx {
     }
 
     async fn persist_strict(&mut self, nodes: BTreeSet<NodeName>) -> Result<()> {
+        let plan = self.plan_writes(&nodes)?;
+        let mut done = Ok(());
+        for key in &plan.remove {
+            if let Err(e) = self.state.remove(key).await {
+                done = Err(e);
+                break;
+            }
+        }
+        if done.is_ok() {
+            done = self.state.save_many(plan.save).await;
+        }
+        if let Err(e) = done {
+            self.counters.inc(Counter::StateSaveFailed);
+            self.unsaved.extend(nodes);
+            return Err(e.into());
+        }
+        self.wrote(&nodes, plan.written);
+        Ok(())
+    }
+
+    /// What writing the state of `nodes` takes, each record with the
+    /// effects waiting in the outbox that concern it (sealed where state
+    /// is sealed): the records to save, the keys to remove, and each
+    /// written node's digest (`None`: removed). Advances the stamp when a
+    /// record keeps effects. Fails when this coordinator no longer leads
+    /// or a record cannot be encoded or sealed.
+    fn plan_writes(&mut self, nodes: &BTreeSet<NodeName>) -> Result<Writes> {
         if !self.still_leader() {
             return Err(Error::NotLeader);
         }
         let mut items = Vec::new();
-        let mut digests = Vec::new();
+        let mut written = Vec::new();
         let mut removed = Vec::new();
         // The outbox's effects by node, gathered once: each node's record
         // keeps its own, in order (a walk of the whole outbox per node
@@ -1162,60 +1193,69 @@ impl Ctx {
         // after 2^64 writes) never overflows it.
         let stamp = Stamp(self.stamp.0, self.stamp.1.saturating_add(1));
         let mut stamped = false;
-        for node in &nodes {
+        let mut failed = None;
+        for node in nodes {
             let effects = waiting.remove(node).unwrap_or_default();
             stamped |= !effects.is_empty();
-            match self.node_state(node, effects, stamp, &mut buf)? {
-                NodeWrite::Unchanged => {}
-                NodeWrite::Remove => removed.push(node.clone()),
-                NodeWrite::Save(bytes, digest) => {
+            match self.node_state(node, effects, stamp, &mut buf) {
+                Ok(NodeWrite::Unchanged) => {}
+                Ok(NodeWrite::Remove) => removed.push(node.clone()),
+                Ok(NodeWrite::Save(bytes, digest)) => {
                     items.push((node_key(node), bytes));
-                    digests.push((node.clone(), digest));
+                    written.push((node.clone(), Some(digest)));
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
             }
-        }
-        if stamped {
-            self.stamp = stamp;
         }
         // Kept for the next batch, unless one huge state made it large.
         if buf.capacity() <= 1 << 20 {
             self.scratch = buf;
         }
-        let mut done = Ok(());
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if stamped {
+            self.stamp = stamp;
+        }
+        let mut remove = Vec::new();
         if self.seal.is_some() {
             // A removal is sealed too (an empty record with its order), so
             // that a record emptied on the bus is told apart from it.
             items.extend(removed.iter().map(|n| (node_key(n), Bytes::new())));
         } else {
-            for node in &removed {
-                if let Err(e) = self.state.remove(&node_key(node)).await {
-                    done = Err(e);
-                    break;
-                }
-                self.written.remove(node);
-            }
+            remove.extend(removed.iter().map(node_key));
         }
-        if done.is_ok() {
-            done = match self.seal_all(items) {
-                Ok(items) => self.state.save_many(items).await,
-                Err(e) => Err(e),
+        written.extend(removed.into_iter().map(|n| (n, None)));
+        let save = match self.seal_all(items) {
+            Ok(save) => save,
+            Err(e) => {
+                self.counters.inc(Counter::StateSaveFailed);
+                self.unsaved.extend(nodes.iter().cloned());
+                return Err(e.into());
+            }
+        };
+        Ok(Writes {
+            save,
+            remove,
+            written,
+        })
+    }
+
+    /// `nodes` were written as planned ([`Ctx::plan_writes`]): their
+    /// digests are kept and none of them waits to be saved any more.
+    fn wrote(&mut self, nodes: &BTreeSet<NodeName>, written: Vec<(NodeName, Option<u64>)>) {
+        for (node, digest) in written {
+            match digest {
+                Some(d) => self.written.insert(node, d),
+                None => self.written.remove(&node),
             };
         }
-        if let Err(e) = done {
-            self.counters.inc(Counter::StateSaveFailed);
-            self.unsaved.extend(nodes);
-            return Err(e.into());
-        }
-        for node in &removed {
-            self.written.remove(node);
-        }
-        for (node, digest) in digests {
-            self.written.insert(node, digest);
-        }
-        for node in &nodes {
+        for node in nodes {
             self.unsaved.remove(node);
         }
-        Ok(())
     }
 
     /// What to write for `node`, whose effects waiting in the outbox are
@@ -1509,25 +1549,9 @@ impl Ctx {
     /// are carried out.
     async fn alerts(&mut self, batch: Vec<Incoming>) {
         let started = std::time::Instant::now();
-        let now = chrono::Utc::now();
-        let mut work = Work::default();
-        work.effects.extend(self.dropped("alert", &batch, now));
-        let mut alerts = 0usize;
-        for m in batch {
-            match self.decode_alert(&m) {
-                Ok(mut alert) => {
-                    alert.ensure_id();
-                    alerts += 1;
-                    work.touched.insert(alert.node.clone());
-                    let effects = self.engine.on_alert(alert, now);
-                    touch(&mut work.touched, &effects);
-                    work.effects.extend(effects);
-                }
-                Err(e) => work.effects.push(self.reject("alert", &m, &e)),
-            }
-            work.acks.push(m);
-        }
-        if !self.finish(work, "alert", started).await {
+        let work = self.decide_alerts(batch);
+        let alerts = work.acks.len();
+        if !self.finish(work, Durable::Alert, started).await {
             // Not acknowledged: JetStream delivers them again.
             tracing::error!(
                 alerts,
@@ -1537,9 +1561,43 @@ impl Ctx {
         }
     }
 
+    /// Decide each alert of `batch` (the engine's step alone: nothing is
+    /// written or published yet).
+    fn decide_alerts(&mut self, batch: Vec<Incoming>) -> Work {
+        let now = chrono::Utc::now();
+        let mut work = Work::default();
+        work.effects.extend(self.dropped("alert", &batch, now));
+        for m in batch {
+            match self.decode_alert(&m) {
+                Ok(mut alert) => {
+                    alert.ensure_id();
+                    work.touched.insert(alert.node.clone());
+                    let effects = self.engine.on_alert(alert, now);
+                    touch(&mut work.touched, &effects);
+                    work.effects.extend(effects);
+                }
+                Err(e) => work.effects.push(self.reject("alert", &m, &e)),
+            }
+            work.acks.push(m);
+        }
+        work
+    }
+
     /// Handle a batch of results, as [`Ctx::alerts`].
     async fn results(&mut self, batch: Vec<Incoming>) {
         let started = std::time::Instant::now();
+        let work = self.decide_results(batch);
+        if !self.finish(work, Durable::Result, started).await {
+            tracing::error!(
+                waiting = self.outbox.len(),
+                "results' effects not all carried out yet; kept, and the results will be delivered again"
+            );
+        }
+    }
+
+    /// Decide each result of `batch` (the engine's step alone), as
+    /// [`Ctx::decide_alerts`].
+    fn decide_results(&mut self, batch: Vec<Incoming>) -> Work {
         let now = chrono::Utc::now();
         let mut work = Work::default();
         work.effects.extend(self.dropped("result", &batch, now));
@@ -1580,12 +1638,7 @@ impl Ctx {
             }
             work.acks.push(m);
         }
-        if !self.finish(work, "result", started).await {
-            tracing::error!(
-                waiting = self.outbox.len(),
-                "results' effects not all carried out yet; kept, and the results will be delivered again"
-            );
-        }
+        work
     }
 
     /// State first, with the effects decided (a restart then carries out
@@ -1593,26 +1646,9 @@ impl Ctx {
     /// names the failpoints between the steps. True when the batch is
     /// acknowledged; then how long each phase took since `started` (when
     /// the batch was taken) is counted ([`Counter::BatchMicros`]).
-    async fn finish(
-        &mut self,
-        work: Work,
-        kind: &'static str,
-        started: std::time::Instant,
-    ) -> bool {
-        let points = match kind {
-            "alert" => [
-                "alert.decided",
-                "alert.persisted",
-                "alert.published",
-                "alert.audited",
-            ],
-            _ => [
-                "result.decided",
-                "result.persisted",
-                "result.published",
-                "result.audited",
-            ],
-        };
+    async fn finish(&mut self, work: Work, feed: Durable, started: std::time::Instant) -> bool {
+        let points = feed.points();
+        let kind = feed.name();
         failpoint::hit(points[0]);
         let decided = std::time::Instant::now();
         self.queue(work.effects);
@@ -1994,23 +2030,25 @@ impl Ctx {
 
     /// Publish one command or alert (an audit entry is not published).
     async fn publish(&self, e: &Effect) -> skos_bus::Result<()> {
-        match e {
-            Effect::Command(node, cmd) => {
-                // Per message, so debug: the `command` audit record says it.
-                tracing::debug!(node = %node, action = %cmd.action_type, action_id = %cmd.action_id, term = ?cmd.term, "sending command");
-                self.bus
-                    .send_command(node, cmd, self.signer.as_deref())
-                    .await
-            }
-            Effect::Alert(a) => {
-                // Per message, so debug: it is audited when it comes back.
-                tracing::debug!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), "raising alert");
-                self.bus
-                    .publish_alert_signed(a, self.signer.as_deref())
-                    .await
-            }
-            Effect::Audit(_) => Ok(()),
+        publish_effect(&self.bus, self.signer.as_deref(), e).await
+    }
+}
+
+/// Publish one command or alert on `bus`, signed by `signer` where
+/// commands are signed (an audit entry is not published).
+async fn publish_effect(bus: &Bus, signer: Option<&Signer>, e: &Effect) -> skos_bus::Result<()> {
+    match e {
+        Effect::Command(node, cmd) => {
+            // Per message, so debug: the `command` audit record says it.
+            tracing::debug!(node = %node, action = %cmd.action_type, action_id = %cmd.action_id, term = ?cmd.term, "sending command");
+            bus.send_command(node, cmd, signer).await
         }
+        Effect::Alert(a) => {
+            // Per message, so debug: it is audited when it comes back.
+            tracing::debug!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), "raising alert");
+            bus.publish_alert_signed(a, signer).await
+        }
+        Effect::Audit(_) => Ok(()),
     }
 }
 
@@ -2149,6 +2187,17 @@ struct Work {
 /// The digest kept for a record written with effects: its state alone was
 /// not encoded, so the next write without effects is not skipped.
 const UNKNOWN_DIGEST: u64 = 0;
+
+/// The state writes one batch takes ([`Ctx::plan_writes`]).
+struct Writes {
+    /// Records to save, by key, sealed where state is sealed.
+    save: Vec<(String, Bytes)>,
+    /// Keys to remove (where state is not sealed; a sealed removal is an
+    /// empty record in `save`).
+    remove: Vec<String>,
+    /// Each written node's digest; `None` where its key is removed.
+    written: Vec<(NodeName, Option<u64>)>,
+}
 
 /// What one node's state needs.
 enum NodeWrite {

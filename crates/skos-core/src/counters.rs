@@ -76,6 +76,10 @@ pub enum Counter<'a> {
     /// `batches.<feed>`: batches of a durable feed (`alert`, `result`)
     /// carried through to their acks.
     Batches(&'a str),
+    /// `batches.<feed>.overlapped`: those batches decided while the batch
+    /// before them was still being carried out (written, published,
+    /// audited, acknowledged) on its own task.
+    BatchesOverlapped(&'a str),
     /// `batches.<feed>.<phase>_us`: microseconds those batches spent in
     /// one phase of their handling ([`BatchPhase`]), summed; with
     /// `batches.<feed>` and the messages handled, where a batch's time
@@ -187,6 +191,7 @@ impl Counter<'_> {
             Leader(e) => return format!("leader.{e}").into(),
             EffectsQueued => "effects.queued",
             Batches(feed) => return format!("batches.{feed}").into(),
+            BatchesOverlapped(feed) => return format!("batches.{feed}.overlapped").into(),
             BatchMicros(feed, phase) => {
                 return format!("batches.{feed}.{}_us", phase.as_str()).into()
             }
@@ -270,7 +275,9 @@ mod tests {
         c.inc(Counter::Batches("alert"));
         c.add(Counter::BatchMicros("alert", BatchPhase::State), 120);
         c.add(Counter::BatchMicros("result", BatchPhase::Ack), 7);
+        c.inc(Counter::BatchesOverlapped("alert"));
         let snap = c.snapshot();
+        assert_eq!(snap.get("batches.alert.overlapped"), Some(&1));
         assert_eq!(snap.get("batches.alert"), Some(&1));
         assert_eq!(snap.get("batches.alert.state_us"), Some(&120));
         assert_eq!(snap.get("batches.result.ack_us"), Some(&7));

@@ -1,0 +1,414 @@
+//! Durable batches (alerts, results) carried out while the next one is
+//! decided.
+//!
+//! A batch's handling waits on the bus four times: the touched nodes'
+//! states, its commands and raised alerts, its audit records, the acks
+//! ([`Ctx::finish`]). Done one batch after another, the coordinator idles
+//! while the server stores, and the server idles while the coordinator
+//! decides. Here one batch is carried out on its own task ([`carry`]) while
+//! the service decides the next batch that is ready and plans its state
+//! writes; the next is carried out once the one before it is.
+//!
+//! Invariants (the same as [`Ctx::finish`]'s):
+//! - per batch, in order: state written, effects published, audit
+//!   records appended, then the messages acknowledged; a kill between two
+//!   steps leaves what [`Ctx::finish`] would leave (the kill points are
+//!   the same);
+//! - batches are carried out one at a time, in the order they were
+//!   decided; a batch's records keep only its own effects, because every
+//!   batch takes the whole outbox;
+//! - a failure ends the pipeline: what was not carried out (the failed
+//!   batch's and the next one's effects, in order) goes back to the
+//!   outbox, their nodes wait to be saved again, nothing of them is
+//!   acknowledged, and the usual retries ([`Ctx::flush`]) take over.
+//!
+//! The pipeline is only entered when nothing waits (no queued effect, no
+//! unsaved node, no uncertain audit append), and hands back to the service
+//! loop after [`TURN`] so that ticks, lease renewals and other feeds are
+//! not starved by a long burst.
+
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use skos_bus::audit::AppendFailed;
+
+use super::*;
+
+/// The longest one call of [`Ctx::batches`] keeps taking batches before
+/// the service loop runs again.
+const TURN: Duration = Duration::from_millis(100);
+
+/// A durable feed handled in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Durable {
+    Alert,
+    Result,
+}
+
+impl Durable {
+    /// Its name in counters (`batches.<name>`) and kill points.
+    pub(super) const fn name(self) -> &'static str {
+        match self {
+            Durable::Alert => "alert",
+            Durable::Result => "result",
+        }
+    }
+
+    /// Its kill points ([`failpoint::hit`]): after deciding, after the
+    /// state is written, after the effects are published, after the audit
+    /// records are appended.
+    pub(super) const fn points(self) -> [&'static str; 4] {
+        match self {
+            Durable::Alert => [
+                "alert.decided",
+                "alert.persisted",
+                "alert.published",
+                "alert.audited",
+            ],
+            Durable::Result => [
+                "result.decided",
+                "result.persisted",
+                "result.published",
+                "result.audited",
+            ],
+        }
+    }
+}
+
+/// What carrying out a batch needs, off the service loop.
+#[derive(Clone)]
+struct Carrier {
+    bus: Bus,
+    state: StateStore,
+    audit: Arc<AuditLog>,
+    signer: Option<Arc<Signer>>,
+}
+
+/// One decided batch, its state writes planned, ready to be carried out.
+struct Decided {
+    feed: Durable,
+    /// When the batch was taken and when it was decided.
+    started: Instant,
+    decided: Instant,
+    /// The stamp its records with effects carry: once it is carried out,
+    /// every effect up to this stamp is.
+    stamp: Stamp,
+    /// The nodes whose state it may have changed.
+    touched: BTreeSet<NodeName>,
+    /// Its state writes, already counted as written (undone on failure).
+    save: Vec<(String, Bytes)>,
+    remove: Vec<String>,
+    /// Its effects, in the order decided.
+    effects: Vec<Effect>,
+    acks: Vec<Incoming>,
+}
+
+/// The step of [`carry`] that failed, with the effects not carried out.
+enum Failed {
+    /// A state write: nothing of the batch was published.
+    State(skos_bus::Error, Vec<Effect>),
+    /// A publish: the batch's effects and audit records wait (published
+    /// again with the same ids).
+    Publish(skos_bus::Error, Vec<Effect>),
+    /// An audit append: what is not known to be stored waits.
+    Audit(AppendFailed),
+}
+
+/// How carrying out one batch went.
+struct Carried {
+    feed: Durable,
+    started: Instant,
+    decided: Instant,
+    stamp: Stamp,
+    touched: BTreeSet<NodeName>,
+    failed: Option<Failed>,
+    /// Time in each step that ran: state, publish, audit, ack.
+    took: [Duration; 4],
+}
+
+/// Carry out `batch`: its state, then its commands and raised alerts
+/// (published back to back, their acks awaited together), then its audit
+/// records, then its acks; the kill points between the steps are
+/// [`Ctx::finish`]'s.
+async fn carry(c: Carrier, batch: Decided) -> Carried {
+    let Decided {
+        feed,
+        started,
+        decided,
+        stamp,
+        touched,
+        save,
+        remove,
+        effects,
+        acks,
+    } = batch;
+    let mut took = [Duration::ZERO; 4];
+    let done = |took, failed| Carried {
+        feed,
+        started,
+        decided,
+        stamp,
+        touched,
+        failed,
+        took,
+    };
+    let at = Instant::now();
+    let mut written = Ok(());
+    for key in &remove {
+        if let Err(e) = c.state.remove(key).await {
+            written = Err(e);
+            break;
+        }
+    }
+    if written.is_ok() {
+        written = c.state.save_many(save).await;
+    }
+    took[0] = at.elapsed();
+    if let Err(e) = written {
+        return done(took, Some(Failed::State(e, effects)));
+    }
+    let [_, persisted, published, audited] = feed.points();
+    failpoint::hit(persisted);
+    let (publish, audits): (Vec<_>, Vec<_>) = effects
+        .into_iter()
+        .partition(|e| !matches!(e, Effect::Audit(_)));
+    let at = Instant::now();
+    let sends = publish
+        .iter()
+        .map(|e| publish_effect(&c.bus, c.signer.as_deref(), e));
+    let failed = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .find_map(|r| r.err());
+    took[1] = at.elapsed();
+    if let Some(e) = failed {
+        let rest = publish.into_iter().chain(audits).collect();
+        return done(took, Some(Failed::Publish(e, rest)));
+    }
+    failpoint::hit(published);
+    let entries = audits
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Audit(entry) => Some(entry),
+            _ => None,
+        })
+        .collect();
+    let at = Instant::now();
+    let appended = c.audit.append_many(entries).await;
+    took[2] = at.elapsed();
+    if let Err(failed) = appended {
+        return done(took, Some(Failed::Audit(failed)));
+    }
+    failpoint::hit(audited);
+    let at = Instant::now();
+    futures::future::join_all(acks.into_iter().map(ack)).await;
+    took[3] = at.elapsed();
+    done(took, None)
+}
+
+impl Ctx {
+    /// Handle the batch `first` of `feed` and, while its effects are
+    /// carried out, the batches `more` has ready (for at most [`TURN`]);
+    /// see the module's text. Where something already waits, `first` goes
+    /// through [`Ctx::alerts`] or [`Ctx::results`] alone.
+    pub(super) async fn batches<S>(&mut self, feed: Durable, first: Vec<Incoming>, more: &mut S)
+    where
+        S: Stream<Item = Vec<Incoming>> + Unpin,
+    {
+        if self.stalled
+            || self.audits_uncertain
+            || !self.outbox.is_empty()
+            || !self.unsaved.is_empty()
+            || !self.still_leader()
+        {
+            return match feed {
+                Durable::Alert => self.alerts(first).await,
+                Durable::Result => self.results(first).await,
+            };
+        }
+        let until = Instant::now() + TURN;
+        let carrier = Carrier {
+            bus: self.bus.clone(),
+            state: self.state.clone(),
+            audit: self.audit.clone(),
+            signer: self.signer.clone(),
+        };
+        let mut running: Option<tokio::task::JoinHandle<Carried>> = None;
+        let mut next = Some(first);
+        while let Some(batch) = next.take() {
+            let started = Instant::now();
+            let work = match feed {
+                Durable::Alert => self.decide_alerts(batch),
+                Durable::Result => self.decide_results(batch),
+            };
+            failpoint::hit(feed.points()[0]);
+            let decided = self.plan_batch(feed, work, started);
+            if let Some(handle) = running.take() {
+                self.counters.inc(Counter::BatchesOverlapped(feed.name()));
+                if !self.settle_joined(handle.await).await {
+                    if let Some(d) = decided {
+                        self.undo(d);
+                    }
+                    return;
+                }
+            }
+            let Some(d) = decided else {
+                // Its effects wait in the outbox; its messages come again.
+                tracing::error!(
+                    feed = feed.name(),
+                    waiting = self.outbox.len(),
+                    "batch's state not written; its effects wait, and its messages will be delivered again"
+                );
+                return;
+            };
+            let mut handle = tokio::spawn(carry(carrier.clone(), d));
+            if Instant::now() >= until || !self.still_leader() {
+                running = Some(handle);
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some(batch) = more.next() => {
+                    next = Some(batch);
+                    running = Some(handle);
+                }
+                carried = &mut handle => {
+                    self.settle_joined(carried).await;
+                }
+            }
+        }
+        if let Some(handle) = running {
+            self.settle_joined(handle.await).await;
+        }
+    }
+
+    /// Queue `work`'s effects and plan the state writes of the nodes it
+    /// touched; the batch then takes the whole outbox. `None` when the
+    /// writes cannot be planned (not leading, a record not encoded or
+    /// sealed): the effects then wait in the outbox and the alerts are not
+    /// acknowledged.
+    fn plan_batch(&mut self, feed: Durable, work: Work, started: Instant) -> Option<Decided> {
+        self.queue(work.effects);
+        let touched = work.touched;
+        let writes = match self.plan_writes(&touched) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(nodes = touched.len(), error = %e, "node state not planned; retrying");
+                self.unsaved.extend(touched);
+                return None;
+            }
+        };
+        // Counted as written now, so that the next batch, planned while
+        // this one is carried out, compares against it; undone on failure.
+        self.wrote(&touched, writes.written);
+        Some(Decided {
+            feed,
+            started,
+            decided: Instant::now(),
+            stamp: self.stamp,
+            touched,
+            save: writes.save,
+            remove: writes.remove,
+            effects: std::mem::take(&mut self.outbox).into(),
+            acks: work.acks,
+        })
+    }
+
+    /// A decided batch that will not be carried out now: its effects go
+    /// back to the end of the outbox, its nodes wait to be saved again
+    /// (their digests forgotten, so that they are written whatever they
+    /// hold), and its alerts, not acknowledged, come again.
+    fn undo(&mut self, d: Decided) {
+        self.forget_written(&d.touched);
+        self.outbox.extend(d.effects);
+    }
+
+    /// `nodes`' last writes are not known to be stored: each is written
+    /// again whatever it holds.
+    fn forget_written(&mut self, nodes: &BTreeSet<NodeName>) {
+        for node in nodes {
+            if let Some(d) = self.written.get_mut(node) {
+                *d = UNKNOWN_DIGEST;
+            }
+            self.unsaved.insert(node.clone());
+        }
+    }
+
+    /// Take the outcome of carrying out a batch: on success its effects
+    /// count as carried out and its phases are counted; on a failure what
+    /// was not carried out goes to the front of the outbox, as
+    /// [`Ctx::flush`] leaves it. True on success.
+    async fn settle(&mut self, c: Carried) -> bool {
+        let Some(failed) = c.failed else {
+            self.audits_uncertain = false;
+            self.audit_written().await;
+            if self.outbox.is_empty() {
+                self.carried = c.stamp;
+            }
+            let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            let [state, publish, audit, acks] = c.took;
+            for (phase, took) in [
+                (BatchPhase::Decide, c.decided - c.started),
+                (BatchPhase::State, state),
+                (BatchPhase::Publish, publish),
+                (BatchPhase::Audit, audit),
+                (BatchPhase::Ack, acks),
+            ] {
+                self.counters
+                    .add(Counter::BatchMicros(c.feed.name(), phase), micros(took));
+            }
+            self.counters.inc(Counter::Batches(c.feed.name()));
+            return true;
+        };
+        self.forget_written(&c.touched);
+        match failed {
+            Failed::State(e, effects) => {
+                self.counters.inc(Counter::StateSaveFailed);
+                tracing::error!(nodes = c.touched.len(), error = %e, "node state not saved; retrying");
+                let later = std::mem::take(&mut self.outbox);
+                self.outbox = effects.into_iter().chain(later).collect();
+            }
+            Failed::Publish(e, rest) => {
+                self.stall(e, rest);
+            }
+            Failed::Audit(failed) => {
+                self.audits_uncertain = true;
+                self.counters.inc(Counter::AuditWriteFailed);
+                self.audit_failed(&failed.error).await;
+                tracing::error!(error = %failed.error, waiting = failed.entries.len(), "audit trail cannot be written: no new action is carried out until it can (restoring ones excepted)");
+                let rest = failed.entries.into_iter().map(Effect::Audit).collect();
+                self.stall(failed.error, rest);
+            }
+        }
+        tracing::error!(
+            feed = c.feed.name(),
+            waiting = self.outbox.len(),
+            "batch's effects not all carried out yet; kept, and its messages will be delivered again"
+        );
+        false
+    }
+}
+
+impl Ctx {
+    /// [`Ctx::settle`] the outcome of a carrying task. A panic in it is
+    /// the coordinator's own: it ends the coordinator's task as it would
+    /// have on the service loop. A task cancelled (the runtime stopping)
+    /// left its batch's outcome unknown: this coordinator stops leading,
+    /// and whoever leads next carries out what the saved state keeps.
+    async fn settle_joined(
+        &mut self,
+        r: std::result::Result<Carried, tokio::task::JoinError>,
+    ) -> bool {
+        match r {
+            Ok(c) => self.settle(c).await,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => {
+                    tracing::error!(error = %e, "alert batch task ended before its batch was carried out; stepping down");
+                    self.deposed = true;
+                    false
+                }
+            },
+        }
+    }
+}
