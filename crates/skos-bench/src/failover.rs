@@ -25,11 +25,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 use skos_bus::Bus;
+use skos_testsupport::cpufreq::fake_cpufreq;
 use skos_testsupport::nats::{nats_server_binary, NatsServer};
 use skos_testsupport::netns::{unique, Netns};
 use skos_testsupport::sysfs::{FakeSysfs, HwmonHandle};
 
 use crate::error::{guarded, Context};
+use crate::hotcpu;
 use crate::natsutil;
 use crate::procs::{self, Proc};
 use crate::report::{Figure, SectionReport};
@@ -38,20 +40,20 @@ use crate::{say, Error, Opts, Result};
 
 const S: &str = "failover";
 /// Where synthesis-core serves on every node (each has its own loopback).
-const SYNTH_PORT: u16 = 18081;
+pub(crate) const SYNTH_PORT: u16 = 18081;
 /// Where docker-swarm (non-essential) serves.
 const SWARM_PORT: u16 = 18082;
 /// The workload measured: nova's essential one.
-const WORKLOAD: &str = "synthesis-core";
-const HOME: &str = "nova";
+pub(crate) const WORKLOAD: &str = "synthesis-core";
+pub(crate) const HOME: &str = "nova";
 const SPARES: [&str; 2] = ["lyra", "athena"];
 /// The seed's nodes and their calm package temperatures.
 const NODES: [(&str, f64); 3] = [("nova", 60.0), ("lyra", 55.0), ("athena", 50.0)];
 /// Above the default emergency threshold (95 °C).
 const EMERGENCY_C: f64 = 96.0;
 /// Agent intervals, seconds.
-const HEARTBEAT_INTERVAL: f64 = 0.5;
-const MONITOR_INTERVAL: f64 = 0.3;
+pub(crate) const HEARTBEAT_INTERVAL: f64 = 0.5;
+pub(crate) const MONITOR_INTERVAL: f64 = 0.3;
 /// `failback_hold_seconds` and `restart_hold_seconds`: short, so a trial's
 /// reset takes seconds.
 const FAILBACK_HOLD: f64 = 2.0;
@@ -66,7 +68,8 @@ const POLL: Duration = Duration::from_millis(20);
 const WAIT: Duration = Duration::from_secs(90);
 
 /// Why the section cannot run here, or `Ok` when it can: root, `ip netns`,
-/// a static busybox (the workload), nats-server.
+/// a static busybox (the workload), nats-server. The efficacy section's
+/// workload rows run on the same fleet and need the same.
 pub fn prerequisites() -> Result<()> {
     if !rustix::process::geteuid().is_root() {
         return Err(Error::Missing(
@@ -99,14 +102,16 @@ pub fn prerequisites() -> Result<()> {
     Ok(())
 }
 
-struct Node {
-    name: &'static str,
+pub(crate) struct Node {
+    pub(crate) name: &'static str,
     /// The agent first: it is killed before its namespace goes.
-    agent: Option<Proc>,
+    pub(crate) agent: Option<Proc>,
     ns: Netns,
-    sys: FakeSysfs,
-    cpu: HwmonHandle,
-    calm_c: f64,
+    /// coretemp and cpufreq ([`hotcpu::POLICIES`] policies at
+    /// [`hotcpu::MAX_KHZ`]).
+    pub(crate) sys: FakeSysfs,
+    pub(crate) cpu: HwmonHandle,
+    pub(crate) calm_c: f64,
     /// The host's side of the node's veth link.
     host_ip: String,
     /// How many agents this node has had (each gets its own log).
@@ -116,18 +121,48 @@ struct Node {
 /// Dropped in field order: the coordinator, then the nodes (agents, then
 /// every process left in each namespace, workloads included), then the
 /// server, then the work dir.
-struct Fleet {
-    coord: Proc,
-    nodes: Vec<Node>,
-    nats: NatsServer,
-    bin: PathBuf,
+pub(crate) struct Fleet {
+    pub(crate) coord: Proc,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) nats: NatsServer,
+    pub(crate) bin: PathBuf,
     cfg: PathBuf,
-    work: tempfile::TempDir,
+    pub(crate) work: tempfile::TempDir,
+}
+
+/// What the fleet's config varies by: the failover section's, or the
+/// efficacy section's (the seed's whole thermal table, settings that let
+/// trials repeat).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tables {
+    /// `coordinator.heartbeat_timeout`, seconds.
+    pub heartbeat_timeout: f64,
+    /// `failover.failover_delay_seconds`.
+    pub failover_delay: f64,
+    /// `thermal.actions`: warning, critical and emergency, each a YAML
+    /// flow list (`[throttle_50, redistribute]`).
+    pub thermal: [&'static str; 3],
+    /// More `coordinator:` settings, one `  key: value` line each.
+    pub coordinator: &'static str,
+}
+
+impl Tables {
+    /// The failover section's: no throttling (nothing but the move is
+    /// measured), this run's heartbeat timeout and failover delay.
+    fn failover(o: &Opts) -> Tables {
+        Tables {
+            heartbeat_timeout: o.heartbeat_timeout,
+            failover_delay: o.failover_delay,
+            thermal: ["[]", "[redistribute]", "[shutdown_non_essential, failover]"],
+            coordinator: "",
+        }
+    }
 }
 
 /// The config every process reads: the workloads test's, with the
-/// heartbeat timeout and failover delay of this run and short holds.
-fn write_config(dir: &Path, trust: &str, heartbeat_timeout: f64, delay: f64) -> Result<PathBuf> {
+/// heartbeat timeout, failover delay and thermal table of `t` and short
+/// holds.
+fn write_config(dir: &Path, trust: &str, t: &Tables) -> Result<PathBuf> {
     let www = dir.join("www");
     std::fs::create_dir_all(&www).map_err(|e| Error::io(&www, e))?;
     let index = www.join("index.html");
@@ -141,19 +176,19 @@ agent:
   monitor_interval: {MONITOR_INTERVAL}
   antibodies: [thermal_sentinel, workloads]
 coordinator:
-  heartbeat_timeout: {heartbeat_timeout}
+  heartbeat_timeout: {hb}
   verify_within: 30
   command_deadline: 30
   result_grace_seconds: 5
   max_actions_per_node_per_minute: {MAX_ACTIONS}
-thermal:
+{coord_extra}thermal:
   clear_for: 1
   cooldown: 3600
   gpu: {{nvml: false, nvidia_smi: false, lm_sensors: false}}
   actions:
-    warning: []
-    critical: [redistribute]
-    emergency: [shutdown_non_essential, failover]
+    warning: {warning}
+    critical: {critical}
+    emergency: {emergency}
 nodes:
   nova: {{role: primary, services: [qwen, synthesis-core, docker-swarm]}}
   lyra: {{role: secondary, services: [backup, monitoring]}}
@@ -178,19 +213,32 @@ workloads:
     health: {{http: \"http://127.0.0.1:{SWARM_PORT}/\", timeout_seconds: 1}}
     start_timeout_seconds: 10
     stop_timeout_seconds: 3
-"
+",
+        hb = t.heartbeat_timeout,
+        delay = t.failover_delay,
+        coord_extra = t.coordinator,
+        warning = t.thermal[0],
+        critical = t.thermal[1],
+        emergency = t.thermal[2],
     );
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     Ok(path)
 }
 
-/// A node's namespace, its veth link to the host and its fake sysfs.
+/// A node's namespace, its veth link to the host and its fake sysfs
+/// (coretemp and cpufreq, so a throttle has something to write).
 /// `subnet` picks `10.<subnet>.<i+1>.0/30`.
 fn build_node(name: &'static str, calm_c: f64, i: usize, subnet: u32) -> Node {
     let ns = Netns::new(name);
     let host_ip = ns.link_to_host(&format!("10.{subnet}.{}", i + 1));
     let sys = FakeSysfs::new();
     let cpu = sys.coretemp(calm_c, &[]);
+    fake_cpufreq(
+        sys.root(),
+        hotcpu::POLICIES,
+        hotcpu::MIN_KHZ,
+        hotcpu::MAX_KHZ,
+    );
     Node {
         name,
         agent: None,
@@ -204,7 +252,10 @@ fn build_node(name: &'static str, calm_c: f64, i: usize, subnet: u32) -> Node {
 }
 
 impl Fleet {
-    fn build(o: &Opts, bin: PathBuf) -> Result<Fleet> {
+    /// The three nodes, each with its agent, and the coordinator, all
+    /// started (not yet at rest: see [`wait_at_rest`]). Errors: a server,
+    /// namespace or process that cannot be started.
+    pub(crate) fn build(bin: PathBuf, tables: &Tables) -> Result<Fleet> {
         let nats = guarded("start nats-server on every address", || {
             NatsServer::start_on_every_address()
         })?;
@@ -213,7 +264,7 @@ impl Fleet {
             .tempdir()
             .ctx("temp dir")?;
         let trust = procs::trust_section(&bin, work.path());
-        let cfg = write_config(work.path(), &trust, o.heartbeat_timeout, o.failover_delay)?;
+        let cfg = write_config(work.path(), &trust, tables)?;
         // A second octet no interface here uses, so two runs (or a run
         // beside the workloads test) do not share addresses.
         let subnet = skos_testsupport::netns::free_subnet();
@@ -244,7 +295,9 @@ impl Fleet {
         Ok(fleet)
     }
 
-    fn start_agent(&mut self, i: usize) -> Result<()> {
+    /// Start node `i`'s agent (again), its log named by how many it has
+    /// had.
+    pub(crate) fn start_agent(&mut self, i: usize) -> Result<()> {
         let port = self.nats.port();
         let n = &mut self.nodes[i];
         let mut c = n.ns.command(&self.bin);
@@ -271,7 +324,7 @@ impl Fleet {
             .ok_or_else(|| Error::failed("fleet", format!("no node {name}")))
     }
 
-    fn index(&self, name: &str) -> usize {
+    pub(crate) fn index(&self, name: &str) -> usize {
         self.nodes
             .iter()
             .position(|n| n.name == name)
@@ -280,7 +333,7 @@ impl Fleet {
 
     /// Fail with the end of its log if the coordinator or a running agent
     /// has exited.
-    fn check_alive(&mut self) -> Result<()> {
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
         self.coord.check_alive()?;
         for n in &mut self.nodes {
             if let Some(a) = &mut n.agent {
@@ -359,8 +412,10 @@ fn not_at_rest(status: &Value) -> Option<String> {
     None
 }
 
-/// Until the fleet is at rest and synthesis-core serves at home only.
-async fn wait_at_rest(f: &mut Fleet, bus: &Bus, what: &str) -> Result<Duration> {
+/// Until the fleet is at rest and synthesis-core serves at home only;
+/// how long that took. Errors: a process exited, or not at rest within
+/// 90 s (the timeout names the last thing seen).
+pub(crate) async fn wait_at_rest(f: &mut Fleet, bus: &Bus, what: &str) -> Result<Duration> {
     let t0 = Instant::now();
     let mut last = "no status answer".to_string();
     loop {
@@ -435,7 +490,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             "--nats-url is not used here: the agents in their namespaces need a server listening on every address, so the section starts its own",
         );
     }
-    let mut f = Fleet::build(o, bin)?;
+    let mut f = Fleet::build(bin, &Tables::failover(o))?;
     match measure(&mut f, o).await {
         Ok(r) => Ok(r),
         Err(e) => {
@@ -613,7 +668,12 @@ mod tests {
     #[test]
     fn the_config_has_the_seeds_sections_and_this_runs_timings() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_config(dir.path(), "", 3.0, 2.0).unwrap();
+        let o = Opts {
+            heartbeat_timeout: 3.0,
+            failover_delay: 2.0,
+            ..Opts::quick()
+        };
+        let path = write_config(dir.path(), "", &Tables::failover(&o)).unwrap();
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains("heartbeat_timeout: 3\n"), "{text}");
         assert!(text.contains("failover_delay_seconds: 2\n"), "{text}");

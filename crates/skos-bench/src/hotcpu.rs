@@ -50,19 +50,23 @@ impl FakeMachine {
             .map_err(|e| Error::io(path, e))
     }
 
-    fn max_freq_path(&self, policy: usize) -> PathBuf {
-        policy_dir(self.root(), policy).join("scaling_max_freq")
-    }
-
     /// Whether every policy's `scaling_max_freq` reads `khz`.
     pub fn all_at(&self, khz: u64) -> bool {
-        (0..POLICIES).all(|p| {
-            std::fs::read_to_string(self.max_freq_path(p))
-                .ok()
-                .and_then(|t| t.trim().parse::<u64>().ok())
-                == Some(khz)
-        })
+        all_at(self.root(), khz)
     }
+}
+
+/// Whether every one of the [`POLICIES`] cpufreq policies under the fake
+/// sysfs `root` has its `scaling_max_freq` at `khz` (an unreadable one
+/// does not).
+pub fn all_at(root: &Path, khz: u64) -> bool {
+    (0..POLICIES).all(|p| {
+        let path: PathBuf = policy_dir(root, p).join("scaling_max_freq");
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            == Some(khz)
+    })
 }
 
 /// Where a run's status is read: the coordinator over the bus, or the

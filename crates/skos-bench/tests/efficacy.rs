@@ -1,10 +1,13 @@
 //! The efficacy section, short: one trial each of a thermal, a storage and
 //! two loop rows through the real `skos coordinator` and `skos agent` over
-//! a real nats-server, checked for what the trail says (detected, healed or
-//! escalated, the problem and the actions named in the audit records),
-//! never for timings. Skipped (with a message) where nats-server, the
-//! `skos` binary or (for the storage row) root is missing; failed instead
-//! under `SKOS_TEST_REQUIRE_ALL=1`.
+//! a real nats-server, and of the emergency row with workloads on the
+//! three-node fleet (network namespaces, busybox workloads), checked for
+//! what the trail says (detected, healed or escalated, the problem and the
+//! actions named in the audit records), never for timings. Skipped (with a
+//! message) where nats-server or the `skos` binary is missing; the storage
+//! row without root, the workload row without root, network namespaces or
+//! a static busybox (the harness says why); failed instead under
+//! `SKOS_TEST_REQUIRE_ALL=1`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,6 +39,14 @@ fn one_trial_of_a_few_rows_is_detected_and_healed_as_the_trail_says() {
         require::root(),
     )
     .is_some();
+    let fleet = require::require(
+        &require::test_name(module_path!()),
+        "root, network namespaces and a static busybox (the workload row's fleet)",
+        skos_testsupport::netns::unavailable()
+            .map_or(Ok(()), Err)
+            .and_then(|()| skos_testsupport::podman::static_busybox().map_err(|m| m.to_string())),
+    )
+    .is_some();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let out = Command::new(env!("CARGO_BIN_EXE_skos-bench"))
@@ -44,7 +55,7 @@ fn one_trial_of_a_few_rows_is_detected_and_healed_as_the_trail_says() {
             "--trials",
             "1",
             "--rows",
-            "thermal critical,storage warning,loop depth_exceeded,crash_loop",
+            "thermal critical →,storage warning,loop depth_exceeded,crash_loop,thermal emergency + workloads",
         ])
         .arg("--skos-bin")
         .arg(&skos)
@@ -75,6 +86,7 @@ fn one_trial_of_a_few_rows_is_detected_and_healed_as_the_trail_says() {
             "storage warning → cleanup_temp",
             "loop depth_exceeded → circuit_break",
             "loop crash_loop → circuit_break",
+            "thermal emergency + workloads → shutdown_non_essential, failover",
         ]
     );
     for (row, (problem, action)) in rows.iter().zip([
@@ -82,10 +94,15 @@ fn one_trial_of_a_few_rows_is_detected_and_healed_as_the_trail_says() {
         ("storage:", "cleanup_temp"),
         ("loop:chain:efficacy-depth_exceeded-0-", "circuit_break"),
         ("loop:proc:crashy-0", "circuit_break"),
+        ("thermal:", "failover"),
     ]) {
         if action == "cleanup_temp" && !root {
             let why = row["skipped"].as_str().expect("skipped without root");
             assert!(why.contains("root"), "{why}");
+            continue;
+        }
+        if action == "failover" && !fleet {
+            assert!(row["skipped"].is_string(), "skipped without a fleet: {row}");
             continue;
         }
         let name = row["row"].as_str().unwrap();
@@ -119,6 +136,20 @@ fn one_trial_of_a_few_rows_is_detected_and_healed_as_the_trail_says() {
             row["false_remediations"].as_u64().unwrap(),
             t["false_remediations"].as_array().unwrap().len() as u64
         );
+    }
+    if fleet {
+        // The emergency with workloads: nova's non-essential workload shed
+        // and its essential one confirmed healthy on a spare, from the
+        // trail's placement records.
+        let t = &rows[4]["trial_figures"][0];
+        assert_eq!(t["outcome"], "healed", "{t}");
+        let actions: Vec<&str> = t["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert!(actions.contains(&"shutdown_non_essential"), "{t}");
     }
     let figures = doc["figures"].as_array().unwrap();
     assert!(figures

@@ -21,11 +21,16 @@
 //! * loop, process groups: a fork-happy script and a crash loop; the fault
 //!   time is when the bench sees the limit crossed in `/proc`.
 //!
+//! The mesh rows run on a node of their own in a network namespace
+//! ([`mesh`]); the rows with workloads (a hot node with workloads, a dead
+//! node) on the failover section's three-node fleet ([`fleet`]).
+//!
 //! Coordinator settings that would hide repeated trials are relaxed and
 //! reported: flap detection is set to 1000 changes a minute, the action
 //! and alert quotas raised, the agent's alert cooldowns 1 s and
 //! `verify_hold_seconds` 1 s (default 10).
 
+pub mod fleet;
 pub mod mesh;
 pub mod trail;
 
@@ -75,6 +80,8 @@ enum Fault {
     CrashLoop,
     /// A WireGuard tunnel or its path broken ([`mesh`]).
     Mesh(mesh::MeshFault),
+    /// A hot or dead node with workloads ([`fleet`]).
+    Fleet(fleet::FleetFault),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -107,10 +114,9 @@ pub struct Row {
     fault: Fault,
 }
 
-/// Every row the section knows, in order. The thermal table's
-/// `redistribute`, `shutdown_non_essential` and `failover` (workloads)
-/// and a dead node run in [`crate::failover`]; see [`not_covered`].
-pub const ROWS: [Row; 14] = [
+/// Every row the section knows, in order; see [`not_covered`] for those
+/// it does not inject.
+pub const ROWS: [Row; 17] = [
     Row {
         name: "thermal warning → throttle_10",
         kind: "thermal",
@@ -223,14 +229,36 @@ pub const ROWS: [Row; 14] = [
         actions: &["ping_peer", "failover_route"],
         fault: Fault::Mesh(mesh::MeshFault::CutPrimary),
     },
+    Row {
+        name: "thermal critical + workloads → throttle_50, redistribute",
+        kind: "thermal",
+        severity: "critical",
+        condition: None,
+        actions: &["throttle_50", "redistribute"],
+        fault: Fault::Fleet(fleet::FleetFault::Critical),
+    },
+    Row {
+        name: "thermal emergency + workloads → shutdown_non_essential, failover",
+        kind: "thermal",
+        severity: "emergency",
+        condition: None,
+        actions: &["shutdown_non_essential", "failover"],
+        fault: Fault::Fleet(fleet::FleetFault::Emergency),
+    },
+    Row {
+        name: "dead node → failover",
+        kind: "heartbeat_missing",
+        severity: "critical",
+        condition: None,
+        actions: &["failover"],
+        fault: Fault::Fleet(fleet::FleetFault::Dead),
+    },
 ];
 
 /// Rows of the healing tables this section does not inject, and why.
 pub fn not_covered() -> Vec<(&'static str, &'static str)> {
     vec![
         ("mesh peer_degraded, node_unreachable, escalated", "no action by default: nothing to heal (node_unreachable and escalated are the coordinator's own alerts)"),
-        ("node_unreachable (dead node) → failover of its workloads", "needs `workloads:` configured (not in the default tables): measured by the failover section (agent SIGKILL → healthy on the spare), not from the trail"),
-        ("thermal critical/emergency with workloads → redistribute, shutdown_non_essential, failover", "as above (emergency → healthy on the spare)"),
     ]
 }
 
@@ -260,6 +288,10 @@ pub struct RowSummary {
     pub false_remediations: usize,
     pub avoided: usize,
     pub skipped: Option<String>,
+    /// The bound on the time to detect, seconds, and what it is (the
+    /// agent's monitor interval; for a dead node the heartbeat timeout).
+    pub detect_within_s: f64,
+    pub detect_within: String,
     pub trial_figures: Vec<TrialFigures>,
 }
 
@@ -292,8 +324,17 @@ impl RowSummary {
             false_remediations: trials.iter().map(|t| t.false_remediations.len()).sum(),
             avoided: trials.iter().map(|t| t.avoided).sum(),
             skipped: None,
+            detect_within_s: MONITOR_INTERVAL,
+            detect_within: "monitor_interval".into(),
             trial_figures: trials,
         }
+    }
+
+    /// The same, its time to detect bounded by `(seconds, what)`.
+    fn within(mut self, (s, what): (f64, String)) -> RowSummary {
+        self.detect_within_s = s;
+        self.detect_within = what;
+        self
     }
 
     fn skipped(row: &Row, why: String) -> RowSummary {
@@ -828,6 +869,7 @@ async fn trial(st: &mut Stack, row: &Row, k: usize) -> Result<TrialFigures> {
             (at, Some(format!("proc:crashy-{k}")), Some(g))
         }
         Fault::Mesh(_) => return Err(Error::failed(row.name, "a mesh row runs on the mesh stack")),
+        Fault::Fleet(_) => return Err(Error::failed(row.name, "a workload row runs on the fleet")),
     };
     let x = Expect {
         kind: row.kind,
@@ -927,7 +969,10 @@ fn describe(f: &TrialFigures) -> String {
     )
 }
 
-/// The section: every chosen row, `o.efficacy_trials` trials each.
+/// The section: every chosen row, `o.efficacy_trials` trials each: the
+/// single-node rows, then the mesh rows, then the rows with workloads,
+/// each group on its own stack (started only when one of its rows is
+/// chosen).
 pub async fn run(o: &Opts) -> Result<SectionReport> {
     let rows = chosen(&o.efficacy_rows);
     if rows.is_empty() {
@@ -940,44 +985,29 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     let (mesh_rows, rows): (Vec<Row>, Vec<Row>) = rows
         .into_iter()
         .partition(|r| matches!(r.fault, Fault::Mesh(_)));
-    let mut st = Stack::start(o, trials).await?;
-    say(
-        S,
-        format!(
-            "{NODE} healthy; {} rows × {trials} trials (monitor interval {MONITOR_INTERVAL} s)",
-            rows.len()
-        ),
-    );
+    let (fleet_rows, rows): (Vec<Row>, Vec<Row>) = rows
+        .into_iter()
+        .partition(|r| matches!(r.fault, Fault::Fleet(_)));
     let mut summaries = Vec::new();
     let mut failure = None;
-    for row in &rows {
-        if matches!(row.fault, Fault::Fill(_)) && st.fs.is_none() {
-            let why = st.no_fs.clone().unwrap_or_default();
-            say(S, format!("{}: skipped: {why}", row.name));
-            summaries.push(RowSummary::skipped(row, why));
-            continue;
+    let mut server_own = None;
+    if !rows.is_empty() {
+        let mut st = Stack::start(o, trials).await?;
+        server_own = Some(st.server.is_own());
+        if let Err(e) = node_trials(&mut st, &rows, trials, &mut summaries).await {
+            st.work.disable_cleanup(true);
+            say(S, format!("logs kept in {}", st.work.path().display()));
+            failure = Some(e);
         }
-        let mut figs = Vec::new();
-        for k in 0..trials {
-            match trial(&mut st, row, k).await {
-                Ok(f) => {
-                    say(S, format!("{} #{}: {}", row.name, k + 1, describe(&f)));
-                    figs.push(f);
-                }
-                Err(e) => {
-                    say(S, format!("{} #{}: FAILED: {e}", row.name, k + 1));
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        summaries.push(RowSummary::of(row, figs));
-        if failure.is_some() {
-            break;
-        }
+        st.coord.sigterm(Duration::from_secs(10)).await;
     }
     if failure.is_none() && !mesh_rows.is_empty() {
         if let Err(e) = mesh_trials(o, &mesh_rows, trials, &mut summaries).await {
+            failure = Some(e);
+        }
+    }
+    if failure.is_none() && !fleet_rows.is_empty() {
+        if let Err(e) = fleet_trials(o, &fleet_rows, trials, &mut summaries).await {
             failure = Some(e);
         }
     }
@@ -987,10 +1017,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     for (row, why) in not_covered() {
         println!("not injected here: {row}: {why}");
     }
-    st.coord.sigterm(Duration::from_secs(10)).await;
     if let Some(e) = failure {
-        st.work.disable_cleanup(true);
-        say(S, format!("logs kept in {}", st.work.path().display()));
         return Err(e);
     }
     let figures = figures(&summaries);
@@ -1003,11 +1030,103 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             "alert_cooldown_seconds": 1, "max_actions_per_node_per_minute": 1000,
             "max_descendants": MAX_DESCENDANTS, "max_respawns": MAX_RESPAWNS, "burst_max_steps": BURST_STEPS,
         },
+        "workload_rows": fleet::settings(o),
         "rows": summaries,
         "not_covered": not_covered().iter().map(|(r, w)| json!({"row": r, "why": w})).collect::<Vec<_>>(),
-        "server_own": st.server.is_own(),
+        "server_own": server_own,
     });
     Ok(SectionReport { data, figures })
+}
+
+/// The single-node rows on `st`; the first trial that fails ends them.
+async fn node_trials(
+    st: &mut Stack,
+    rows: &[Row],
+    trials: usize,
+    out: &mut Vec<RowSummary>,
+) -> Result<()> {
+    say(
+        S,
+        format!(
+            "{NODE} healthy; {} rows × {trials} trials (monitor interval {MONITOR_INTERVAL} s)",
+            rows.len()
+        ),
+    );
+    for row in rows {
+        if matches!(row.fault, Fault::Fill(_)) && st.fs.is_none() {
+            let why = st.no_fs.clone().unwrap_or_default();
+            say(S, format!("{}: skipped: {why}", row.name));
+            out.push(RowSummary::skipped(row, why));
+            continue;
+        }
+        let mut figs = Vec::new();
+        for k in 0..trials {
+            match trial(st, row, k).await {
+                Ok(f) => {
+                    say(S, format!("{} #{}: {}", row.name, k + 1, describe(&f)));
+                    figs.push(f);
+                }
+                Err(e) => {
+                    say(S, format!("{} #{}: FAILED: {e}", row.name, k + 1));
+                    out.push(RowSummary::of(row, figs));
+                    return Err(e);
+                }
+            }
+        }
+        out.push(RowSummary::of(row, figs));
+    }
+    Ok(())
+}
+
+/// The rows with workloads, on the fleet; skipped (with the reason) where
+/// namespaces, busybox or nats-server are missing or not root.
+async fn fleet_trials(
+    o: &Opts,
+    rows: &[Row],
+    trials: usize,
+    out: &mut Vec<RowSummary>,
+) -> Result<()> {
+    if let Err(e) = fleet::prerequisites() {
+        let why = e.to_string();
+        for row in rows {
+            say(S, format!("{}: skipped: {why}", row.name));
+            out.push(RowSummary::skipped(row, why.clone()));
+        }
+        return Ok(());
+    }
+    let mut fl = fleet::FleetStack::start(o).await?;
+    say(
+        S,
+        format!(
+            "fleet at rest ({} with synthesis-core and docker-swarm, spares lyra and athena); {} rows × {trials} trials",
+            fleet::NODE,
+            rows.len()
+        ),
+    );
+    for row in rows {
+        let Fault::Fleet(fault) = row.fault else {
+            continue;
+        };
+        let bound = fleet::detect_bound(fault, o);
+        let mut figs = Vec::new();
+        for k in 0..trials {
+            match fl.trial(row, fault, k).await {
+                Ok(f) => {
+                    say(S, format!("{} #{}: {}", row.name, k + 1, describe(&f)));
+                    figs.push(f);
+                }
+                Err(e) => {
+                    say(S, format!("{} #{}: FAILED: {e}", row.name, k + 1));
+                    out.push(RowSummary::of(row, figs).within(bound));
+                    say(S, format!("logs kept in {}", fl.keep_logs()));
+                    return Err(e);
+                }
+            }
+        }
+        out.push(RowSummary::of(row, figs).within(bound));
+    }
+    fl.stop().await;
+    Ok(())
 }
 
 /// The mesh rows, on a stack of their own; skipped (with the reason)
@@ -1065,9 +1184,9 @@ fn figures(rows: &[RowSummary]) -> Vec<Figure> {
         let max = r.detect_s.as_ref().map(|s| s.max).unwrap_or(f64::NAN);
         out.push(
             Figure::new(S, format!("{}: detect max", r.row), max, "s")
-                .beside("monitor_interval", MONITOR_INTERVAL)
-                .at_most(MONITOR_INTERVAL)
-                .note("fault → the alert's own timestamp (the agent's reading)"),
+                .beside(r.detect_within.clone(), r.detect_within_s)
+                .at_most(r.detect_within_s)
+                .note("fault → the alert's own timestamp (the agent's reading; the coordinator's for a dead node)"),
         );
         let rec = r.recovery_s.as_ref().map(|s| s.p99).unwrap_or(f64::NAN);
         out.push(Figure::new(S, format!("{}: recovery p99", r.row), rec, "s"));

@@ -14,6 +14,18 @@
 //! * false remediation: a command of the row whose verification failed or
 //!   was not credited (its metric did not move, or moved without it), or
 //!   one that ran after the problem was already verified healed.
+//!
+//! A row may name coordinator plans (`redistribute`,
+//! `shutdown_non_essential`, `failover`): none is a command, each is a
+//! series of `workload_start` / `workload_stop` steps, each step audited as
+//! a `placement` record naming its plan, workload, `action_id` and the
+//! alert it answers, its command and result under that `action_id` on the
+//! node it ran on. A plan counts as one action per workload it touched
+//! (moved or shed); it heals, in a row with no verifiable command, when a
+//! moving plan's (`failover`, `redistribute`) start step succeeds: the
+//! workload answered its health check on its new node. It is a false
+//! remediation when its first step for that workload was sent after the
+//! problem was healed.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -32,7 +44,8 @@ pub struct Expect<'a> {
     /// `details.sensor`, when the row names one (one trial's chain or
     /// process group).
     pub sensor: Option<&'a str>,
-    /// The row's actions.
+    /// The row's actions: the agent's commands and the coordinator's
+    /// plans.
     pub actions: &'a [&'a str],
     /// Whether the coordinator raises the alert itself (a dead node).
     pub raised_by_coordinator: bool,
@@ -97,6 +110,9 @@ fn secs(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from).num_microseconds().unwrap_or(0) as f64 / 1e6
 }
 
+/// Plans that heal by moving a workload to another node.
+const MOVING_PLANS: [&str; 2] = ["failover", "redistribute"];
+
 /// The problem key of an alert object: `kind:sensor` (or `kind`).
 pub fn problem_of(alert: &Value) -> String {
     let kind = alert["type"].as_str().unwrap_or("");
@@ -148,6 +164,16 @@ struct Cmd<'r> {
     at: DateTime<Utc>,
 }
 
+/// One step of a plan, from its `placement` record.
+struct PlanStep<'r> {
+    plan: &'r str,
+    workload: &'r str,
+    id: &'r str,
+    at: DateTime<Utc>,
+    /// A `workload_start` (else a `workload_stop`).
+    start: bool,
+}
+
 /// The figures of one trial on `node`, from every record of the trail
 /// (`skos audit tail --json`): records from `since` (the trial's start)
 /// on are the trial's; times are measured from `fault_at` (when the fault
@@ -160,10 +186,15 @@ pub fn judge(
     fault_at: DateTime<Utc>,
     x: &Expect<'_>,
 ) -> TrialFigures {
-    let after = |r: &&Value| {
-        entry(r)["node"] == node && time_of(&entry(r)["timestamp"]).is_some_and(|t| t >= since)
-    };
-    let mine: Vec<&Value> = records.iter().filter(after).collect();
+    let after = |r: &&Value| time_of(&entry(r)["timestamp"]).is_some_and(|t| t >= since);
+    // Every node's records (a plan's steps run on other nodes), and the
+    // node's own.
+    let all: Vec<&Value> = records.iter().filter(after).collect();
+    let mine: Vec<&Value> = all
+        .iter()
+        .copied()
+        .filter(|r| entry(r)["node"] == node)
+        .collect();
     let alert = mine.iter().find_map(|r| {
         let a = &entry(r)["data"]["alert"];
         (event(r) == "alert" && matches(a, x)).then_some(a)
@@ -198,9 +229,47 @@ pub fn judge(
             })
         })
         .collect();
-    out.actions = cmds.iter().map(|c| c.action.to_string()).collect();
+    // Every alert of the problem (a repeat has an id of its own), and the
+    // steps of the row's plans that answer one of them.
+    let alert_ids: Vec<&str> = mine
+        .iter()
+        .filter(|r| event(r) == "alert")
+        .map(|r| &entry(r)["data"]["alert"])
+        .filter(|a| problem_of(a) == problem)
+        .filter_map(|a| a["alert_id"].as_str())
+        .collect();
+    let steps: Vec<PlanStep<'_>> = all
+        .iter()
+        .filter(|r| event(r) == "placement")
+        .filter_map(|r| {
+            let d = &entry(r)["data"];
+            let plan = d["plan"].as_str()?;
+            let answers = d["alert_id"]
+                .as_str()
+                .is_some_and(|a| alert_ids.contains(&a));
+            (x.actions.contains(&plan) && answers).then_some(())?;
+            Some(PlanStep {
+                plan,
+                workload: d["workload"].as_str()?,
+                id: d["action_id"].as_str()?,
+                at: time_of(&entry(r)["timestamp"])?,
+                start: d["step"]["step"] == "start",
+            })
+        })
+        .collect();
+    // One action per command, and one per plan and workload, in order.
+    let mut moves: Vec<(&str, &str, DateTime<Utc>)> = Vec::new();
+    for s in &steps {
+        if !moves.iter().any(|m| m.0 == s.plan && m.1 == s.workload) {
+            moves.push((s.plan, s.workload, s.at));
+        }
+    }
+    let mut used: Vec<(DateTime<Utc>, &str)> = cmds.iter().map(|c| (c.at, c.action)).collect();
+    used.extend(moves.iter().map(|m| (m.2, m.0)));
+    used.sort_by_key(|u| u.0);
+    out.actions = used.iter().map(|u| u.1.to_string()).collect();
     let of = |kind: &str, id: &str| -> Vec<&Value> {
-        mine.iter()
+        all.iter()
             .copied()
             .filter(|r| event(r) == kind)
             .filter(|r| {
@@ -264,7 +333,51 @@ pub fn judge(
             }
         }
     }
+    for s in &steps {
+        let results = of("result", s.id);
+        let status = results
+            .first()
+            .and_then(|r| entry(r)["data"]["result"]["status"].as_str());
+        if status == Some("not_needed") {
+            out.avoided += 1;
+        }
+        all_final &= status.is_some() || !of("no_result", s.id).is_empty();
+        let confirmed = (!any_verifiable
+            && s.start
+            && MOVING_PLANS.contains(&s.plan)
+            && status == Some("succeeded"))
+        .then(|| {
+            results
+                .first()
+                .and_then(|r| time_of(&entry(r)["timestamp"]))
+        })
+        .flatten();
+        if let Some(t) = confirmed {
+            healed_at = Some(healed_at.map_or(t, |h| h.min(t)));
+        }
+    }
     if let Some(h) = healed_at {
+        for (plan, workload, at) in &moves {
+            let ran = steps
+                .iter()
+                .filter(|s| s.plan == *plan && s.workload == *workload)
+                .any(|s| {
+                    of("result", s.id)
+                        .iter()
+                        .any(|r| entry(r)["data"]["result"]["status"] == "succeeded")
+                });
+            if *at > h && ran {
+                out.false_remediations.push(FalseRemediation {
+                    action: plan.to_string(),
+                    action_id: steps
+                        .iter()
+                        .find(|s| s.plan == *plan && s.workload == *workload)
+                        .map(|s| s.id.to_string())
+                        .unwrap_or_default(),
+                    why: format!("{workload} moved or shed after the problem was healed"),
+                });
+            }
+        }
         for c in &row {
             let ran = of("result", c.id)
                 .iter()
@@ -303,7 +416,8 @@ pub fn judge(
         };
     }
     out.problem = Some(problem);
-    out.settled = out.outcome != Outcome::Open && all_final && !row.is_empty();
+    out.settled =
+        out.outcome != Outcome::Open && all_final && !(row.is_empty() && steps.is_empty());
     out
 }
 
@@ -315,7 +429,207 @@ mod tests {
     const T0: &str = "2026-01-01T00:00:00Z";
 
     fn rec(event: &str, at: &str, data: Value) -> Value {
-        json!({"entry": {"event_type": event, "timestamp": at, "node": "n1", "actor": "x", "summary": "", "data": data}})
+        rec_on("n1", event, at, data)
+    }
+
+    fn rec_on(node: &str, event: &str, at: &str, data: Value) -> Value {
+        json!({"entry": {"event_type": event, "timestamp": at, "node": node, "actor": "x", "summary": "", "data": data}})
+    }
+
+    /// A plan's step (recorded on the workload's home, n1), its command
+    /// and its result on `on`.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        out: &mut Vec<Value>,
+        (at, done): (&str, &str),
+        plan: &str,
+        workload: &str,
+        id: &str,
+        alert_id: &str,
+        (kind, on): (&str, &str),
+        status: &str,
+    ) {
+        out.push(rec(
+            "placement",
+            at,
+            json!({"plan": plan, "workload": workload, "step": {"step": kind, "to": on, "from": "n1"}, "action_id": id, "alert_id": alert_id}),
+        ));
+        let action = if kind == "start" {
+            "workload_start"
+        } else {
+            "workload_stop"
+        };
+        out.push(rec_on(
+            on,
+            "command",
+            at,
+            json!({"command": {"action_id": id, "action_type": action, "problem": format!("workload:{workload}")}}),
+        ));
+        out.push(rec_on(
+            on,
+            "result",
+            done,
+            json!({"result": {"action_id": id, "status": status}}),
+        ));
+    }
+
+    fn thermal_alert(at: &str, id: &str, severity: &str) -> Value {
+        rec(
+            "alert",
+            at,
+            json!({"alert": {"alert_id": id, "agent_id": "agent-n1", "type": "thermal", "severity": severity, "timestamp": at, "details": {"sensor": "cpu"}}}),
+        )
+    }
+
+    #[test]
+    fn a_failover_heals_when_its_start_on_the_spare_succeeds_and_each_workload_is_one_action() {
+        let x = Expect {
+            kind: "thermal",
+            severity: "emergency",
+            condition: None,
+            sensor: None,
+            actions: &["shutdown_non_essential", "failover"],
+            raised_by_coordinator: false,
+        };
+        let mut r = vec![thermal_alert("2026-01-01T00:00:00.200Z", "a1", "emergency")];
+        let t = "2026-01-01T00:00:00.300Z";
+        step(
+            &mut r,
+            (t, "2026-01-01T00:00:00.500Z"),
+            "shutdown_non_essential",
+            "swarm",
+            "s1",
+            "a1",
+            ("stop", "n1"),
+            "succeeded",
+        );
+        step(
+            &mut r,
+            (t, "2026-01-01T00:00:01.500Z"),
+            "failover",
+            "synth",
+            "f1",
+            "a1",
+            ("start", "n2"),
+            "succeeded",
+        );
+        // Not settled while the second step (the stop at home) is open.
+        r.push(rec(
+            "placement",
+            "2026-01-01T00:00:01.500Z",
+            json!({"plan": "failover", "workload": "synth", "step": {"step": "stop", "from": "n1", "to": "n2"}, "action_id": "f2", "alert_id": "a1"}),
+        ));
+        let f = judge(&r, "n1", t0(), t0(), &x);
+        assert_eq!(f.outcome, Outcome::Healed);
+        assert!(!f.settled);
+        assert!((f.recovery_s.unwrap() - 1.5).abs() < 1e-9);
+        r.push(rec(
+            "result",
+            "2026-01-01T00:00:02Z",
+            json!({"result": {"action_id": "f2", "status": "succeeded"}}),
+        ));
+        // A step answering another problem's alert is not this trial's.
+        step(
+            &mut r,
+            (t, "2026-01-01T00:00:00.400Z"),
+            "failover",
+            "other",
+            "o1",
+            "zz",
+            ("start", "n2"),
+            "succeeded",
+        );
+        let f = judge(&r, "n1", t0(), t0(), &x);
+        assert!(f.settled, "{f:?}");
+        assert_eq!(f.actions, ["shutdown_non_essential", "failover"]);
+        assert!(f.false_remediations.is_empty());
+    }
+
+    #[test]
+    fn with_a_verifiable_throttle_a_move_heals_nothing_and_one_begun_after_the_heal_is_false() {
+        let x = Expect {
+            kind: "thermal",
+            severity: "critical",
+            condition: None,
+            sensor: None,
+            actions: &["throttle_50", "redistribute"],
+            raised_by_coordinator: false,
+        };
+        let mut r = vec![
+            thermal_alert("2026-01-01T00:00:00.200Z", "a1", "critical"),
+            rec(
+                "command",
+                "2026-01-01T00:00:00.300Z",
+                json!({"command": {"action_id": "c1", "action_type": "throttle_50", "problem": "thermal:cpu"}}),
+            ),
+            result("2026-01-01T00:00:00.400Z", "c1", "succeeded"),
+        ];
+        step(
+            &mut r,
+            ("2026-01-01T00:00:00.300Z", "2026-01-01T00:00:01Z"),
+            "redistribute",
+            "synth",
+            "r1",
+            "a1",
+            ("start", "n3"),
+            "succeeded",
+        );
+        let f = judge(&r, "n1", t0(), t0(), &x);
+        assert_eq!(f.outcome, Outcome::Open, "the node has not cooled yet");
+        r.push(verification("2026-01-01T00:00:02Z", "c1", "succeeded"));
+        // A repeat of the alert (an id of its own) moves a second workload
+        // after the heal.
+        r.push(thermal_alert("2026-01-01T00:00:02.100Z", "a2", "critical"));
+        step(
+            &mut r,
+            ("2026-01-01T00:00:02.500Z", "2026-01-01T00:00:03Z"),
+            "redistribute",
+            "swarm",
+            "r2",
+            "a2",
+            ("start", "n3"),
+            "succeeded",
+        );
+        let f = judge(&r, "n1", t0(), t0(), &x);
+        assert_eq!(f.outcome, Outcome::Healed);
+        assert!((f.recovery_s.unwrap() - 2.0).abs() < 1e-9);
+        assert_eq!(f.actions, ["throttle_50", "redistribute", "redistribute"]);
+        assert_eq!(f.false_remediations.len(), 1, "{:?}", f.false_remediations);
+        assert_eq!(f.false_remediations[0].action_id, "r2");
+    }
+
+    #[test]
+    fn a_dead_node_is_detected_by_the_coordinators_alert_and_healed_on_the_spare() {
+        let x = Expect {
+            kind: "heartbeat_missing",
+            severity: "critical",
+            condition: None,
+            sensor: None,
+            actions: &["failover"],
+            raised_by_coordinator: true,
+        };
+        let mut r = vec![rec(
+            "alert",
+            "2026-01-01T00:00:03.100Z",
+            json!({"alert": {"alert_id": "hb1", "agent_id": "coordinator", "type": "heartbeat_missing", "severity": "critical", "timestamp": "2026-01-01T00:00:03.100Z", "details": {"sensor": "heartbeat"}}}),
+        )];
+        assert!(!judge(&r, "n1", t0(), t0(), &x).settled);
+        step(
+            &mut r,
+            ("2026-01-01T00:00:05.200Z", "2026-01-01T00:00:05.600Z"),
+            "failover",
+            "synth",
+            "f1",
+            "hb1",
+            ("start", "n2"),
+            "succeeded",
+        );
+        let f = judge(&r, "n1", t0(), t0(), &x);
+        assert!(f.detected && f.settled, "{f:?}");
+        assert!((f.detect_s.unwrap() - 3.1).abs() < 1e-9);
+        assert_eq!(f.problem.as_deref(), Some("heartbeat_missing:heartbeat"));
+        assert!((f.recovery_s.unwrap() - 5.6).abs() < 1e-9);
+        assert_eq!(f.actions, ["failover"]);
     }
 
     fn t0() -> DateTime<Utc> {
