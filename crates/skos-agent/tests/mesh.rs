@@ -296,7 +296,13 @@ fn corrupt_config_is_regenerated_from_the_template_keeping_the_previous() {
 
 /// `config` probing with windows of `count` probes `interval` s apart,
 /// each waited for `timeout` s, back to back or not.
-fn config_probing(p: &WgPair, count: u32, interval: f64, timeout: f64, back_to_back: bool) -> Config {
+fn config_probing(
+    p: &WgPair,
+    count: u32,
+    interval: f64,
+    timeout: f64,
+    back_to_back: bool,
+) -> Config {
     let mut cfg = config(p, "");
     cfg.mesh.probe.count = count;
     cfg.mesh.probe.interval = interval;
@@ -383,4 +389,21 @@ fn back_to_back_probes_find_a_cut_peer_without_waiting_for_the_next_look() {
         assert_eq!(a.details["probe"]["received"], 0, "{a:?}");
     });
     p.b.ip(&["link", "set", "pb", "up"]);
+}
+
+/// A link change is heard from the kernel and looked at at once: after
+/// one look, the tunnel killed is seen by judging what arrives, no
+/// further look asked.
+#[test]
+fn a_tunnel_going_down_is_heard_without_waiting_for_the_next_look() {
+    let Some(p) = pair(false) else { return };
+    let cfg = config(&p, "");
+    p.a.run_in(|| {
+        let mut h = MeshHealer::new(&cfg);
+        let quiet = Antibody::sense(&mut h, now());
+        assert!(quiet.is_empty(), "{quiet:?}");
+        assert_eq!(netns::kill_wireguard(&p.if_a), 1);
+        let a = loop_until(&mut h, &p.if_a, "tunnel_down", false);
+        assert_eq!(a.details["event"], "tunnel_down");
+    });
 }

@@ -31,6 +31,7 @@ mod error;
 pub mod exec;
 pub mod iproute;
 mod jobs;
+pub mod linkwatch;
 pub mod probe;
 mod sense;
 pub mod template;
@@ -133,6 +134,12 @@ pub struct MeshHealer {
     /// The agent loop's probe windows, off the loop and apart from the
     /// links (a dead peer's window never delays a look at the links).
     prober: Reader<Vec<sense::Probed>>,
+    /// Link changes heard from the kernel (started on the first look).
+    link_watch: Option<linkwatch::LinkWatch>,
+    link_watch_tried: bool,
+    /// A link changed while a look was in progress: look again once it
+    /// arrives.
+    look_again: bool,
     said_empty: bool,
     said_no_permission: bool,
 }
@@ -156,7 +163,8 @@ impl MeshHealer {
         );
         // A window: `count` probes `interval` apart, the last waited for
         // `timeout`.
-        let window = f64::from(m.probe.count.saturating_sub(1)) * m.probe.interval + m.probe.timeout;
+        let window =
+            f64::from(m.probe.count.saturating_sub(1)) * m.probe.interval + m.probe.timeout;
         let prober = Reader::new(
             "mesh probes",
             "probes of the mesh's peers",
@@ -205,6 +213,9 @@ impl MeshHealer {
             // the probes): past the time one program may take, it is slow.
             reader,
             prober,
+            link_watch: None,
+            link_watch_tried: false,
+            look_again: false,
             said_empty: false,
             said_no_permission: false,
         }
@@ -263,6 +274,15 @@ impl Antibody for MeshHealer {
         if !self.watches_anything() {
             return Vec::new();
         }
+        if !self.link_watch_tried {
+            self.link_watch_tried = true;
+            match linkwatch::LinkWatch::start(self.reader.arrivals()) {
+                Ok(w) => self.link_watch = Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "mesh healer: link changes not heard; links are read every monitor interval only")
+                }
+            }
+        }
         let mut alerts = Antibody::judge(self, now);
         let (cfg, busy) = (self.cfg.clone(), self.busy_now());
         let waited = self
@@ -291,6 +311,15 @@ impl Antibody for MeshHealer {
             if self.cfg.probe.back_to_back {
                 self.probe();
             }
+        }
+        // A link changed (a tunnel's device gone, an interface set down):
+        // look at the links now, not at the next monitor interval.
+        self.look_again |= self.link_watch.as_ref().is_some_and(|w| w.take());
+        if self.look_again {
+            let (cfg, busy) = (self.cfg.clone(), self.busy_now());
+            self.look_again = !self
+                .reader
+                .ask(move || sense::read_links(&cfg, busy, chrono::Utc::now()));
         }
         alerts
     }
