@@ -382,6 +382,13 @@ fn back_to_back_probes_find_a_cut_peer_without_waiting_for_the_next_look() {
             assert!(std::time::Instant::now() < deadline, "{hb:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // A command discards the window in progress (it shows the mesh
+        // from before the command): the next starts all the same.
+        let o = run(Antibody::execute(
+            &mut h,
+            &cmd("failover_route", "mesh:hermes"),
+        ));
+        assert_eq!(o.status, ResultStatus::Unsupported, "{o:?}");
         p.b.ip(&["link", "set", "pb", "down"]);
         // A window that straddles the cut lost some: degraded on the way.
         let a = loop_until(&mut h, "hermes", "peer_unreachable", false);

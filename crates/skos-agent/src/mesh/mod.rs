@@ -308,9 +308,11 @@ impl Antibody for MeshHealer {
         }
         if let Some(probes) = self.prober.take() {
             alerts.extend(self.apply_probes(probes, now));
-            if self.cfg.probe.back_to_back {
-                self.probe();
-            }
+        }
+        // Also after a window a command discarded (it arrives, and gives
+        // nothing): the next starts all the same.
+        if self.cfg.probe.back_to_back {
+            self.probe();
         }
         // A link changed (a tunnel's device gone, an interface set down):
         // look at the links now, not at the next monitor interval.

@@ -24,10 +24,10 @@ pub const NODE: &str = "bench-mesh";
 /// The failover's `hold_seconds`: short, so a trial is undone in seconds.
 const HOLD: f64 = 2.0;
 /// Probes: windows back to back, so a cut peer is found within
-/// `2 × (count − 1) × interval + timeout` (0.3 s) whatever the monitor
-/// interval; 0.2 s is some hundred times a round trip between the
+/// `2 × ((count − 1) × interval + timeout)` (0.4 s) whatever the monitor
+/// interval; 0.15 s is a thousand times a round trip between the
 /// namespaces.
-const PROBE: &str = "{count: 2, interval: 0.05, timeout: 0.2, back_to_back: true}";
+const PROBE: &str = "{count: 2, interval: 0.05, timeout: 0.15, back_to_back: true}";
 
 /// What a mesh row breaks.
 #[derive(Debug, Clone, Copy, PartialEq)]
