@@ -260,7 +260,7 @@ fn a_crash_loop_between_two_snapshots_is_counted_from_the_kernels_process_events
         return;
     }
     skos_testsupport::require!(
-        "root (the proc connector needs CAP_NET_ADMIN)",
+        "root (the proc connector needs CAP_NET_ADMIN before Linux 6.6)",
         skos_testsupport::require::root()
     );
     let dir = tempfile::tempdir().unwrap();
@@ -910,4 +910,53 @@ fn a_unit_of_the_same_name_in_a_users_own_cgroup_is_not_the_systems() {
             .all(|m| m.1 != 'T' && m.1 != 'Z' && m.2 == NOBODY),
         "{left:?}"
     );
+}
+
+/// Where the kernel's process events cannot be heard (here: `proc_root`
+/// is not this machine's procfs, so its pids are not the kernel's), the
+/// breaker says why, the heartbeat too, and snapshots count alone.
+#[test]
+fn where_process_events_cannot_be_heard_the_breaker_says_why_and_counts_from_snapshots() {
+    let root = tempfile::tempdir().unwrap();
+    let crasher = |pid: u32| {
+        fake_proc(root.path(), pid, 1, "sh /opt/x/crasher.sh");
+        let status = root.path().join(pid.to_string()).join("status");
+        std::fs::write(status, "Uid:\t0\t0\t0\t0\n").unwrap();
+    };
+    crasher(300);
+    let mut cfg = Config::from_yaml(
+        "agent: {antibodies: [loop_breaker]}\nloop:\n  process_groups:\n    - {name: g, uid: 0, command: '*crasher.sh*', max_respawns: 1}\n",
+    )
+    .unwrap();
+    cfg.proc_root = root.path().to_path_buf();
+    let mut lb = LoopBreaker::new(&cfg);
+    let err = lb.listen().unwrap_err();
+    assert!(
+        err.to_string().contains("not this machine's procfs"),
+        "{err}"
+    );
+    assert!(!lb.listening());
+    // The agent loop's look says so once and judges the snapshot.
+    assert!(Antibody::sense(&mut lb, chrono::Utc::now()).is_empty());
+    let mut hb = heartbeat();
+    lb.report(&mut hb);
+    let events = &hb.metadata["loop_breaker"]["process_events"];
+    assert_eq!(events["listening"], false, "{events}");
+    assert!(
+        events["why"]
+            .as_str()
+            .unwrap()
+            .contains("not this machine's procfs"),
+        "{events}"
+    );
+    // Two respawns seen by snapshots: over max_respawns 1.
+    for pid in [301, 302] {
+        std::fs::remove_dir_all(root.path().join((pid - 1).to_string())).unwrap();
+        crasher(pid);
+        let alerts = lb.sense(chrono::Utc::now());
+        if pid == 302 {
+            assert_eq!(alerts.len(), 1, "{alerts:?}");
+            assert_eq!(alerts[0].details["condition"], "crash_loop");
+        }
+    }
 }

@@ -21,8 +21,8 @@
 //!   stopping new members for the cool-off; `reset_chain` terminates the
 //!   trees so their supervisor starts them fresh.
 //!   Respawns are also heard as they happen ([`procevents`], the kernel's
-//!   process events, where the agent may listen: root or
-//!   `CAP_NET_ADMIN`), so a crash loop whose process lives less than one
+//!   process events, where the agent may listen: the initial namespaces,
+//!   and `CAP_NET_ADMIN` before Linux 6.6), so a crash loop whose process lives less than one
 //!   monitor interval is counted at every start, not only when a snapshot
 //!   happens to see it; without them (said once, with why) the snapshots
 //!   count alone.
@@ -423,9 +423,9 @@ impl LoopBreaker {
     /// snapshots count alone.
     ///
     /// # Errors
-    /// Why events cannot be heard ([`EventsError`]): no `CAP_NET_ADMIN`,
-    /// not in the initial pid and user namespace, `proc_root` not this
-    /// machine's procfs.
+    /// Why events cannot be heard ([`EventsError`]): no `CAP_NET_ADMIN`
+    /// (before Linux 6.6), not in the initial pid and user namespace,
+    /// `proc_root` not this machine's procfs.
     pub fn listen(&mut self) -> std::result::Result<(), EventsError> {
         if matches!(self.events, Events::Listening(_)) {
             return Ok(());

@@ -6,9 +6,9 @@
 //! is seen by some snapshots only, and its circuit opens late. The kernel
 //! tells every `fork`, `exec` and `exit` to a netlink socket of protocol
 //! `NETLINK_CONNECTOR` joined to the multicast group `CN_IDX_PROC`
-//! (`linux/cn_proc.h`). Listening needs `CAP_NET_ADMIN` in the initial
-//! user namespace and a process in the initial pid namespace (elsewhere the
-//! kernel ignores the request, and no answer comes).
+//! (`linux/cn_proc.h`). Listening needs a process in the initial user and
+//! pid namespaces (elsewhere the kernel ignores the request, and no answer
+//! comes) and, before Linux 6.6, `CAP_NET_ADMIN`.
 //!
 //! [`parse`] is a pure parser over the bytes one receive gives (netlink
 //! messages, each a connector message carrying one `struct proc_event`);
@@ -216,7 +216,9 @@ pub fn listen_message(token: u32) -> Vec<u8> {
 pub enum EventsError {
     #[error("cannot open a NETLINK_CONNECTOR socket: {0}")]
     Socket(#[source] io::Error),
-    #[error("cannot join the process events group (needs CAP_NET_ADMIN): {0}")]
+    #[error(
+        "cannot join the process events group (before Linux 6.6 this needs CAP_NET_ADMIN): {0}"
+    )]
     Bind(#[source] io::Error),
     #[error("cannot ask for process events: {0}")]
     Send(#[source] io::Error),
