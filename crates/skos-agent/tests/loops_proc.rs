@@ -244,6 +244,109 @@ fn a_respawn_loop_is_a_crash_loop_frozen_by_circuit_break_and_freed_by_reset() {
     });
 }
 
+/// Runs the crasher five times, one after the other, then ends.
+const FIVE_TIMES: &str = r#"#!/bin/sh
+for i in 1 2 3 4 5; do
+  sh "$1/crasher.sh" "$1"
+done
+"#;
+
+/// A crash loop that ends before any snapshot can see it: only the
+/// kernel's process events count its starts. A breaker that counts from
+/// snapshots alone, sensing before and after, sees none of them.
+#[test]
+fn a_crash_loop_between_two_snapshots_is_counted_from_the_kernels_process_events() {
+    if !live_proc() {
+        return;
+    }
+    skos_testsupport::require!(
+        "root (the proc connector needs CAP_NET_ADMIN before Linux 6.6)",
+        skos_testsupport::require::root()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("supervisor.sh"), FIVE_TIMES).unwrap();
+    std::fs::write(d.join("crasher.sh"), CRASHER).unwrap();
+    let group = format!(
+        "    - {{name: crashy, uid: {}, command: '*{}/crasher.sh*', max_respawns: 3, respawn_window_seconds: 60, on_break: stop, cool_off_seconds: 60}}\n",
+        my_uid(),
+        d.display()
+    );
+    let mut heard = breaker(&group);
+    let mut snapshots = breaker(&group);
+    skos_testsupport::require!(
+        "the kernel's process events (initial pid and user namespace, CONFIG_PROC_EVENTS)",
+        heard.listen()
+    );
+    assert!(heard.listening());
+    assert!(heard.sense(chrono::Utc::now()).is_empty());
+    assert!(snapshots.sense(chrono::Utc::now()).is_empty());
+
+    let loop_ = ProcGroup::spawn_sh(&d.join("supervisor.sh"), &[d.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !loop_.alive().is_empty() {
+        assert!(Instant::now() < deadline, "the crash loop did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(starts(d), 5);
+
+    // No snapshot was taken while it ran, and the one now finds nothing.
+    assert!(
+        snapshots.sense(chrono::Utc::now()).is_empty(),
+        "snapshots alone cannot see a crash loop that ended between them"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alert = loop {
+        let alerts = heard.hear();
+        if let Some(a) = alerts.iter().find(|a| a.severity == Severity::Critical) {
+            break a.clone();
+        }
+        assert!(Instant::now() < deadline, "no crash-loop alert heard");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(alert.details["condition"], "crash_loop");
+    assert_eq!(alert.details["limit"], 3);
+    assert_eq!(
+        alert.details["value"], 4,
+        "tripped at the fourth start, as it was heard"
+    );
+    assert_eq!(alert.details["respawns"].as_array().unwrap().len(), 4);
+    let respawns = |lb: &LoopBreaker| {
+        let mut hb = heartbeat();
+        lb.report(&mut hb);
+        assert_eq!(
+            hb.metadata["loop_breaker"]["process_events"]["listening"],
+            true
+        );
+        hb.metadata["loop_breaker"]["groups"][0]["respawns"].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while respawns(&heard) != 5 {
+        assert!(Instant::now() < deadline, "the fifth start not heard");
+        heard.hear();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A snapshot after it counts none of them again.
+    assert!(heard.sense(chrono::Utc::now()).is_empty());
+    assert_eq!(respawns(&heard), 5);
+}
+
+fn heartbeat() -> skos_core::protocol::Heartbeat {
+    skos_core::protocol::Heartbeat {
+        agent_id: "a".into(),
+        agent_type: "loop_breaker".into(),
+        node: skos_core::NodeName::parse("nova").unwrap(),
+        timestamp: chrono::Utc::now(),
+        cpu_temp: None,
+        gpu_temp: None,
+        storage_percent: None,
+        interval_seconds: None,
+        throttle_level: None,
+        metadata: Default::default(),
+        workloads: Vec::new(),
+    }
+}
+
 fn fake_proc(root: &Path, pid: u32, ppid: u32, cmd: &str) {
     let dir = root.join(pid.to_string());
     std::fs::create_dir_all(&dir).unwrap();
@@ -807,4 +910,53 @@ fn a_unit_of_the_same_name_in_a_users_own_cgroup_is_not_the_systems() {
             .all(|m| m.1 != 'T' && m.1 != 'Z' && m.2 == NOBODY),
         "{left:?}"
     );
+}
+
+/// Where the kernel's process events cannot be heard (here: `proc_root`
+/// is not this machine's procfs, so its pids are not the kernel's), the
+/// breaker says why, the heartbeat too, and snapshots count alone.
+#[test]
+fn where_process_events_cannot_be_heard_the_breaker_says_why_and_counts_from_snapshots() {
+    let root = tempfile::tempdir().unwrap();
+    let crasher = |pid: u32| {
+        fake_proc(root.path(), pid, 1, "sh /opt/x/crasher.sh");
+        let status = root.path().join(pid.to_string()).join("status");
+        std::fs::write(status, "Uid:\t0\t0\t0\t0\n").unwrap();
+    };
+    crasher(300);
+    let mut cfg = Config::from_yaml(
+        "agent: {antibodies: [loop_breaker]}\nloop:\n  process_groups:\n    - {name: g, uid: 0, command: '*crasher.sh*', max_respawns: 1}\n",
+    )
+    .unwrap();
+    cfg.proc_root = root.path().to_path_buf();
+    let mut lb = LoopBreaker::new(&cfg);
+    let err = lb.listen().unwrap_err();
+    assert!(
+        err.to_string().contains("not this machine's procfs"),
+        "{err}"
+    );
+    assert!(!lb.listening());
+    // The agent loop's look says so once and judges the snapshot.
+    assert!(Antibody::sense(&mut lb, chrono::Utc::now()).is_empty());
+    let mut hb = heartbeat();
+    lb.report(&mut hb);
+    let events = &hb.metadata["loop_breaker"]["process_events"];
+    assert_eq!(events["listening"], false, "{events}");
+    assert!(
+        events["why"]
+            .as_str()
+            .unwrap()
+            .contains("not this machine's procfs"),
+        "{events}"
+    );
+    // Two respawns seen by snapshots: over max_respawns 1.
+    for pid in [301, 302] {
+        std::fs::remove_dir_all(root.path().join((pid - 1).to_string())).unwrap();
+        crasher(pid);
+        let alerts = lb.sense(chrono::Utc::now());
+        if pid == 302 {
+            assert_eq!(alerts.len(), 1, "{alerts:?}");
+            assert_eq!(alerts[0].details["condition"], "crash_loop");
+        }
+    }
 }

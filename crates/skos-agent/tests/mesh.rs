@@ -293,3 +293,124 @@ fn corrupt_config_is_regenerated_from_the_template_keeping_the_previous() {
     p.wait_handshake_after(0, Duration::from_secs(15));
     p.traffic_flows(Duration::from_secs(5)).unwrap();
 }
+
+/// `config` probing with windows of `count` probes `interval` s apart,
+/// each waited for `timeout` s, back to back or not.
+fn config_probing(
+    p: &WgPair,
+    count: u32,
+    interval: f64,
+    timeout: f64,
+    back_to_back: bool,
+) -> Config {
+    let mut cfg = config(p, "");
+    cfg.mesh.probe.count = count;
+    cfg.mesh.probe.interval = interval;
+    cfg.mesh.probe.timeout = timeout;
+    cfg.mesh.probe.back_to_back = back_to_back;
+    cfg
+}
+
+/// The agent loop's way: sense (links asked, a probe window asked), then
+/// judge whatever arrived.
+fn loop_until(h: &mut MeshHealer, sensor: &str, what: &str, sensing: bool) -> Alert {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let alerts = if sensing {
+            Antibody::sense(h, now())
+        } else {
+            Antibody::judge(h, now())
+        };
+        if let Some(a) = alerts
+            .into_iter()
+            .find(|a| a.sensor() == Some(sensor) && a.details["event"] == what)
+        {
+            return a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} alert for {sensor}; heartbeat: {}",
+            serde_json::to_string(&heartbeat(h).metadata).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A probe window waiting out a dead peer (here 60 s) never delays the
+/// next look at the links: the tunnel going down is seen while that window
+/// still waits.
+#[test]
+fn a_dead_peers_probe_window_never_delays_seeing_the_tunnel_go_down() {
+    let Some(p) = pair(false) else { return };
+    let cfg = config_probing(&p, 1, 0.05, 60.0, false);
+    p.b.ip(&["link", "set", "pb", "down"]);
+    p.a.run_in(|| {
+        let mut h = MeshHealer::new(&cfg);
+        Antibody::sense(&mut h, now());
+        assert_eq!(netns::kill_wireguard(&p.if_a), 1);
+        let a = loop_until(&mut h, &p.if_a, "tunnel_down", true);
+        assert_eq!(a.details["event"], "tunnel_down");
+        let hb = heartbeat(&h);
+        assert_eq!(
+            hb.metadata["mesh"]["peers"]["hermes"]["loss_percent"],
+            Value::Null,
+            "the window is still waiting: {hb:?}"
+        );
+    });
+    p.b.ip(&["link", "set", "pb", "up"]);
+}
+
+/// With `probe.back_to_back`, windows follow one another without the
+/// monitor schedule: after one look, a peer cut off is found unreachable
+/// by judging what arrives, no further look asked.
+#[test]
+fn back_to_back_probes_find_a_cut_peer_without_waiting_for_the_next_look() {
+    let Some(p) = pair(false) else { return };
+    let cfg = config_probing(&p, 2, 0.05, 0.3, true);
+    p.a.run_in(|| {
+        let mut h = MeshHealer::new(&cfg);
+        let quiet = Antibody::sense(&mut h, now());
+        assert!(quiet.is_empty(), "{quiet:?}");
+        // A window judged healthy first.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            Antibody::judge(&mut h, now());
+            let hb = heartbeat(&h);
+            if hb.metadata["mesh"]["peers"]["hermes"]["loss_percent"] == 0.0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{hb:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A command discards the window in progress (it shows the mesh
+        // from before the command): the next starts all the same.
+        let o = run(Antibody::execute(
+            &mut h,
+            &cmd("failover_route", "mesh:hermes"),
+        ));
+        assert_eq!(o.status, ResultStatus::Unsupported, "{o:?}");
+        p.b.ip(&["link", "set", "pb", "down"]);
+        // A window that straddles the cut lost some: degraded on the way.
+        let a = loop_until(&mut h, "hermes", "peer_unreachable", false);
+        assert_eq!(a.details["event"], "peer_unreachable");
+        assert_eq!(a.details["probe"]["received"], 0, "{a:?}");
+    });
+    p.b.ip(&["link", "set", "pb", "up"]);
+}
+
+/// A link change is heard from the kernel and looked at at once: after
+/// one look, the tunnel killed is seen by judging what arrives, no
+/// further look asked.
+#[test]
+fn a_tunnel_going_down_is_heard_without_waiting_for_the_next_look() {
+    let Some(p) = pair(false) else { return };
+    let cfg = config(&p, "");
+    p.a.run_in(|| {
+        let mut h = MeshHealer::new(&cfg);
+        let quiet = Antibody::sense(&mut h, now());
+        assert!(quiet.is_empty(), "{quiet:?}");
+        assert_eq!(netns::kill_wireguard(&p.if_a), 1);
+        let a = loop_until(&mut h, &p.if_a, "tunnel_down", false);
+        assert_eq!(a.details["event"], "tunnel_down");
+    });
+}

@@ -467,6 +467,12 @@ impl WgPair {
     /// short timings (stale after 3 s, probes of 0.5 s). `failover` is the
     /// peer's `failover:` block (indented six spaces) or empty.
     pub fn mesh_section(&self, failover: &str) -> String {
+        self.mesh_section_probing("{count: 2, interval: 0.05, timeout: 0.5}", failover)
+    }
+
+    /// [`WgPair::mesh_section`] with `mesh.probe` as given (a YAML flow
+    /// mapping: `{count: 2, timeout: 0.2}`).
+    pub fn mesh_section_probing(&self, probe: &str, failover: &str) -> String {
         format!(
             "mesh:
   stale_after: 3
@@ -474,7 +480,7 @@ impl WgPair {
   reconnect_attempts: 2
   reconnect_delay_seconds: 0.3
   command_timeout: 10
-  probe: {{count: 2, interval: 0.05, timeout: 0.5}}
+  probe: {probe}
   interfaces:
     - name: {if_a}
       config_path: {conf}

@@ -20,6 +20,12 @@
 //!   then SIGTERM and SIGKILL after the grace, or as configured) and keeps
 //!   stopping new members for the cool-off; `reset_chain` terminates the
 //!   trees so their supervisor starts them fresh.
+//!   Respawns are also heard as they happen ([`procevents`], the kernel's
+//!   process events, where the agent may listen: the initial namespaces,
+//!   and `CAP_NET_ADMIN` before Linux 6.6), so a crash loop whose process lives less than one
+//!   monitor interval is counted at every start, not only when a snapshot
+//!   happens to see it; without them (said once, with why) the snapshots
+//!   count alone.
 //!
 //! A command names its chain through its `cause` (the id of the alert this
 //! antibody raised), or `parameters.chain_id`, or its `problem`
@@ -27,6 +33,7 @@
 //! tracked chains and configured groups.
 
 pub mod chain;
+pub mod procevents;
 pub mod procwatch;
 
 use skos_core::counters::Counter;
@@ -57,6 +64,7 @@ use tokio::sync::mpsc;
 use crate::antibody::{Antibody, Execution};
 use crate::offloop::Reader;
 use crate::Outcome;
+use procevents::{EventsError, Inbox};
 use procwatch::{Doubt, Needs, ProcWatch, Trust};
 
 pub const AGENT_TYPE: &str = skos_core::catalogue::Executor::LoopBreaker.as_str();
@@ -340,6 +348,19 @@ pub struct LoopBreaker {
     scan_failed: bool,
     /// The agent loop's scans, off the loop.
     reader: Reader<Look>,
+    /// Processes started as the kernel tells it, when it does.
+    events: Events,
+    /// Processes never signalled, as of the last scan.
+    protected: HashSet<u32>,
+}
+
+/// Whether respawns are heard from the kernel's process events.
+enum Events {
+    /// Not asked for yet (asked on the agent loop's first look).
+    Untried,
+    Listening(Arc<Mutex<Inbox>>),
+    /// Not available; the snapshots count alone.
+    Unavailable(String),
 }
 
 /// A scan of `/proc` longer than this is slow (it takes milliseconds; a
@@ -390,7 +411,89 @@ impl LoopBreaker {
             doubted_cgroups: HashSet::new(),
             scan_failed: false,
             reader: Reader::new("processes", "a scan of /proc", SCAN_BUDGET),
+            events: Events::Untried,
+            protected: HashSet::from([0, 1, 2, std::process::id()]),
         }
+    }
+
+    /// Hear processes start from the kernel's process events
+    /// ([`procevents`]) from now on, so a respawn is counted even when the
+    /// process lives less than one monitor interval. The agent loop does
+    /// this on its first look; where it fails, it says why once and the
+    /// snapshots count alone.
+    ///
+    /// # Errors
+    /// Why events cannot be heard ([`EventsError`]): no `CAP_NET_ADMIN`
+    /// (before Linux 6.6), not in the initial pid and user namespace,
+    /// `proc_root` not this machine's procfs.
+    pub fn listen(&mut self) -> std::result::Result<(), EventsError> {
+        if matches!(self.events, Events::Listening(_)) {
+            return Ok(());
+        }
+        match procevents::spawn(self.procs.clone(), self.needs(), self.reader.arrivals()) {
+            Ok(inbox) => {
+                tracing::info!("loop breaker: respawns heard from the kernel's process events");
+                self.events = Events::Listening(inbox);
+                Ok(())
+            }
+            Err(e) => {
+                self.events = Events::Unavailable(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether respawns are heard from the kernel's process events.
+    pub fn listening(&self) -> bool {
+        matches!(self.events, Events::Listening(_))
+    }
+
+    /// Judge the processes started since the last call, as the kernel told
+    /// them: each that roots a group's tree is a respawn at once
+    /// ([`GroupTracker::started`]), and an open circuit stops it at once.
+    /// Returns the alerts to raise. Nothing when not listening.
+    pub fn hear(&mut self) -> Vec<Alert> {
+        let Events::Listening(inbox) = &self.events else {
+            return Vec::new();
+        };
+        let started: Vec<procevents::Started> = procevents_lock(inbox).started.drain(..).collect();
+        if started.is_empty() || self.groups.is_empty() {
+            return Vec::new();
+        }
+        let protected = self.protected.clone();
+        let trust = self.trust.clone();
+        let trusted = CgroupTrust::new(&trust, &self.cfg.sysfs_root);
+        let mut alerts = Vec::new();
+        for s in &started {
+            for gi in 0..self.groups.len() {
+                let root = tree::is_root(
+                    &s.proc,
+                    s.parent.as_ref(),
+                    &self.groups[gi].selector,
+                    &protected,
+                    &|cg| trusted.check(cg),
+                );
+                if !root {
+                    continue;
+                }
+                let step = self.groups[gi].tracker.started(s.proc.id, s.at);
+                if !step.signals.is_empty() {
+                    let mut changes = Vec::new();
+                    let refused = self.send(&step, &protected, &mut changes);
+                    tracing::info!(
+                        group = self.groups[gi].tracker.name(),
+                        pid = s.proc.id.pid,
+                        sent = changes.len(),
+                        refused,
+                        "open circuit: a new member stopped as it started"
+                    );
+                }
+                let name = self.groups[gi].tracker.name().to_string();
+                alerts.extend(self.group_alerts(&name, &step.changes, s.at));
+            }
+        }
+        self.note_doubts(&trusted);
+        alerts
     }
 
     /// A tracked chain, as the loop breaker sees it now.
@@ -682,6 +785,10 @@ impl LoopBreaker {
     }
 }
 
+fn procevents_lock(inbox: &Mutex<Inbox>) -> MutexGuard<'_, Inbox> {
+    inbox.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Cgroup trust, asked once per cgroup path per scan.
 struct CgroupTrust<'a> {
     trust: &'a Trust,
@@ -798,9 +905,11 @@ impl LoopBreaker {
         if self.groups.is_empty() {
             return Vec::new();
         }
+        let mut alerts = self.hear();
         let exes = resolve_exes(&self.trust, &self.exe_paths());
         let procs = self.procs.scan(self.needs());
-        self.apply(Look { procs, exes }, now)
+        alerts.extend(self.apply(Look { procs, exes }, now));
+        alerts
     }
 
     /// Judge a scan of the processes: each watched group's tracker, the
@@ -822,6 +931,7 @@ impl LoopBreaker {
         };
         let live = snapshot.iter().map(|p| p.id).collect();
         let protected = self.procs.protected(&snapshot);
+        self.protected = protected.clone();
         let mut alerts = Vec::new();
         let trust = self.trust.clone();
         let trusted = CgroupTrust::new(&trust, &self.cfg.sysfs_root);
@@ -862,6 +972,11 @@ impl Antibody for LoopBreaker {
         if self.groups.is_empty() {
             return Vec::new();
         }
+        if matches!(self.events, Events::Untried) {
+            if let Err(e) = self.listen() {
+                tracing::warn!(error = %e, "loop breaker: process events unavailable; respawns are counted from /proc snapshots every monitor interval, so a process that lives less than one may be missed");
+            }
+        }
         let mut alerts = Antibody::judge(self, now);
         let (procs, needs) = (self.procs.clone(), self.needs());
         let (trust, exe_paths) = (self.trust.clone(), self.exe_paths());
@@ -880,10 +995,11 @@ impl Antibody for LoopBreaker {
     }
 
     fn judge(&mut self, now: Timestamp) -> Vec<Alert> {
-        match self.reader.take() {
-            Some(scan) => self.apply(scan, now),
-            None => Vec::new(),
+        let mut alerts = self.hear();
+        if let Some(scan) = self.reader.take() {
+            alerts.extend(self.apply(scan, now));
         }
+        alerts
     }
 
     fn report(&self, hb: &mut Heartbeat) {
@@ -900,9 +1016,17 @@ impl Antibody for LoopBreaker {
             .iter()
             .map(|g| serde_json::to_value(g.tracker.view()).unwrap_or(Value::Null))
             .collect();
+        let process_events = match &self.events {
+            Events::Untried => json!({"listening": false}),
+            Events::Listening(inbox) => {
+                let ib = procevents_lock(inbox);
+                json!({"listening": true, "lost": ib.lost, "unread": ib.unread})
+            }
+            Events::Unavailable(why) => json!({"listening": false, "why": why}),
+        };
         hb.metadata.insert(
             AGENT_TYPE.into(),
-            json!({"chains": shared.table.len(), "circuits": circuits, "groups": groups}),
+            json!({"chains": shared.table.len(), "circuits": circuits, "groups": groups, "process_events": process_events}),
         );
         drop(shared);
         self.reader.report(hb);

@@ -349,14 +349,16 @@ impl ProcWatch {
             let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some(p) = self.read(pid, needs) {
+            if let Some(p) = self.read_one(pid, needs) {
                 out.push(p);
             }
         }
         Ok(out)
     }
 
-    fn read(&self, pid: u32, needs: Needs) -> Option<ProcInfo> {
+    /// One process (the fields `needs` names); `None` when it is gone or
+    /// its `stat` cannot be read.
+    pub fn read_one(&self, pid: u32, needs: Needs) -> Option<ProcInfo> {
         let dir = self.root.join(pid.to_string());
         let stat = parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
         let cmdline = std::fs::read(dir.join("cmdline"))

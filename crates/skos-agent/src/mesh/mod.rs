@@ -31,6 +31,7 @@ mod error;
 pub mod exec;
 pub mod iproute;
 mod jobs;
+pub mod linkwatch;
 pub mod probe;
 mod sense;
 pub mod template;
@@ -109,6 +110,14 @@ struct PeerState {
     /// starts at the agent's start, a grace period for the first handshake.
     last_activity: Option<Timestamp>,
     primary_ok_since: Option<Timestamp>,
+    /// The reading from the last links read, before probes and judging.
+    base: Option<PeerReading>,
+    /// The last window of probes: `None` when the peer has no address (or
+    /// none was made yet), else its report or why none could be made.
+    probe: Option<Result<ProbeReport, String>>,
+    /// The primary path's last check, while failed over.
+    primary_check: Option<ProbeReport>,
+    /// `base` with the probes, judged.
     last: Option<PeerReading>,
 }
 
@@ -120,8 +129,17 @@ pub struct MeshHealer {
     ifaces: BTreeMap<String, IfaceState>,
     peers: BTreeMap<String, PeerState>,
     jobs: Arc<Mutex<Jobs>>,
-    /// The agent loop's reads, off the loop.
+    /// The agent loop's reads of links, dumps and routes, off the loop.
     reader: Reader<sense::MeshRead>,
+    /// The agent loop's probe windows, off the loop and apart from the
+    /// links (a dead peer's window never delays a look at the links).
+    prober: Reader<Vec<sense::Probed>>,
+    /// Link changes heard from the kernel (started on the first look).
+    link_watch: Option<linkwatch::LinkWatch>,
+    link_watch_tried: bool,
+    /// A link changed while a look was in progress: look again once it
+    /// arrives.
+    look_again: bool,
     said_empty: bool,
     said_no_permission: bool,
 }
@@ -138,6 +156,21 @@ impl MeshHealer {
     pub fn new(cfg: &Config) -> Self {
         let m = &cfg.mesh;
         let now = chrono::Utc::now();
+        let reader = Reader::new(
+            "mesh",
+            "ip, wg and routes of the mesh",
+            Duration::from_secs_f64(m.command_timeout.max(m.probe.timeout)),
+        );
+        // A window: `count` probes `interval` apart, the last waited for
+        // `timeout`.
+        let window =
+            f64::from(m.probe.count.saturating_sub(1)) * m.probe.interval + m.probe.timeout;
+        let prober = Reader::new(
+            "mesh probes",
+            "probes of the mesh's peers",
+            Duration::from_secs_f64(window.max(0.0) + 1.0),
+        )
+        .notify_on(reader.arrivals());
         Self {
             node: cfg.node.name.clone(),
             agent_id: format!("mesh-healer-{}", cfg.node.name),
@@ -176,13 +209,13 @@ impl MeshHealer {
                 .collect(),
             cfg: Arc::new(m.clone()),
             jobs: Arc::new(Mutex::new(Jobs::default())),
-            // A pass runs `ip` and `wg` per interface and the probes: past
-            // the time one program may take, it is slow.
-            reader: Reader::new(
-                "mesh",
-                "ip, wg and probes of the mesh",
-                Duration::from_secs_f64(m.command_timeout.max(m.probe.timeout)),
-            ),
+            // A pass runs `ip` and `wg` per interface (and, after a job,
+            // the probes): past the time one program may take, it is slow.
+            reader,
+            prober,
+            link_watch: None,
+            link_watch_tried: false,
+            look_again: false,
             said_empty: false,
             said_no_permission: false,
         }
@@ -241,12 +274,22 @@ impl Antibody for MeshHealer {
         if !self.watches_anything() {
             return Vec::new();
         }
+        if !self.link_watch_tried {
+            self.link_watch_tried = true;
+            match linkwatch::LinkWatch::start(self.reader.arrivals()) {
+                Ok(w) => self.link_watch = Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "mesh healer: link changes not heard; links are read every monitor interval only")
+                }
+            }
+        }
         let mut alerts = Antibody::judge(self, now);
         let (cfg, busy) = (self.cfg.clone(), self.busy_now());
-        if self
+        let waited = self
             .reader
-            .look(move || sense::read(&cfg, busy, chrono::Utc::now()))
-        {
+            .look(move || sense::read_links(&cfg, busy, chrono::Utc::now()));
+        self.probe();
+        if waited {
             alerts.extend(Antibody::judge(self, now));
         }
         alerts
@@ -256,16 +299,37 @@ impl Antibody for MeshHealer {
         Some(self.reader.arrivals())
     }
 
+    /// Judges the links and the probes that arrived; with
+    /// `probe.back_to_back`, the next window starts as this one is judged.
     fn judge(&mut self, now: Timestamp) -> Vec<Alert> {
-        match self.reader.take() {
-            Some(read) => self.apply(read, now),
-            None => Vec::new(),
+        let mut alerts = Vec::new();
+        if let Some(read) = self.reader.take() {
+            alerts.extend(self.apply(read, now));
         }
+        if let Some(probes) = self.prober.take() {
+            alerts.extend(self.apply_probes(probes, now));
+        }
+        // Also after a window a command discarded (it arrives, and gives
+        // nothing): the next starts all the same.
+        if self.cfg.probe.back_to_back {
+            self.probe();
+        }
+        // A link changed (a tunnel's device gone, an interface set down):
+        // look at the links now, not at the next monitor interval.
+        self.look_again |= self.link_watch.as_ref().is_some_and(|w| w.take());
+        if self.look_again {
+            let (cfg, busy) = (self.cfg.clone(), self.busy_now());
+            self.look_again = !self
+                .reader
+                .ask(move || sense::read_links(&cfg, busy, chrono::Utc::now()));
+        }
+        alerts
     }
 
     fn report(&self, hb: &mut Heartbeat) {
         hb.metadata.insert("mesh".into(), self.metadata());
         self.reader.report(hb);
+        self.prober.report(hb);
     }
 
     /// After a job: the state it left, read now (at most a second).
@@ -285,6 +349,7 @@ impl Antibody for MeshHealer {
     fn execute(&mut self, cmd: &Command) -> Execution {
         // A read in progress shows the mesh from before this command.
         self.reader.invalidate();
+        self.prober.invalidate();
         MeshHealer::execute(self, cmd)
     }
 
@@ -294,6 +359,17 @@ impl Antibody for MeshHealer {
 }
 
 impl MeshHealer {
+    /// Start a window of probes off the loop, unless one is in progress
+    /// or no peer has an address.
+    fn probe(&mut self) {
+        if !self.cfg.peers.iter().any(|p| p.address.is_some()) {
+            return;
+        }
+        let (cfg, failed_over) = (self.cfg.clone(), self.failed_over());
+        self.prober
+            .ask(move || sense::read_probes(&cfg, &failed_over));
+    }
+
     /// Whether `problem` (`mesh:<interface or peer>`) is still at `level`
     /// (a mesh health level: 1 degraded, 2 down) by its last judged
     /// reading, as `metadata.mesh` shows it: gone once its level is below

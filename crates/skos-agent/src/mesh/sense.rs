@@ -2,6 +2,12 @@
 //! and data activity, the failover routes and the probes, judged into
 //! levels and fed to the trackers; and switching routes back once a
 //! primary path has healed.
+//!
+//! The agent loop reads links (`ip`, `wg`, routes: [`read_links`]) and
+//! probes ([`read_probes`]) on two readers of their own: a probe window
+//! waiting out a dead peer's timeout never delays the next look at the
+//! links, so a tunnel that goes down is seen at the next monitor interval.
+//! Each arrival is judged at once with the latest of the other.
 
 use std::collections::BTreeSet;
 
@@ -98,8 +104,8 @@ pub(super) struct MeshRead {
     /// left out.
     routes: Vec<(String, &'static str)>,
     /// Every peer's probes, and the primary path's check of the peers
-    /// failed over.
-    probes: Vec<Probed>,
+    /// failed over; `None` when only the links were read.
+    probes: Option<Vec<Probed>>,
 }
 
 /// Read every source of the mesh, touching no state: the configured
@@ -109,6 +115,19 @@ pub(super) struct MeshRead {
 /// ago is placed from it). Bounded by `mesh.command_timeout` per program
 /// and the probes' own timeouts.
 pub(super) fn read(cfg: &MeshConfig, busy: BTreeSet<String>, at: Timestamp) -> MeshRead {
+    let mut r = read_links(cfg, busy, at);
+    let failed_over: BTreeSet<String> = r
+        .routes
+        .iter()
+        .filter(|(_, which)| *which == "backup")
+        .map(|(name, _)| name.clone())
+        .collect();
+    r.probes = Some(read_probes(cfg, &failed_over));
+    r
+}
+
+/// [`read`] without the probes: links, dumps and routes only.
+pub(super) fn read_links(cfg: &MeshConfig, busy: BTreeSet<String>, at: Timestamp) -> MeshRead {
     let mut ifaces = Vec::new();
     for itf in &cfg.interfaces {
         if busy.contains(&itf.name) {
@@ -123,18 +142,12 @@ pub(super) fn read(cfg: &MeshConfig, busy: BTreeSet<String>, at: Timestamp) -> M
         ifaces.push((itf.name.clone(), read_interface(cfg, &itf.name, &keys, at)));
     }
     let routes = read_routes(cfg);
-    let failed_over: BTreeSet<String> = routes
-        .iter()
-        .filter(|(_, which)| *which == "backup")
-        .map(|(name, _)| name.clone())
-        .collect();
-    let probes = read_probes(cfg, &failed_over);
     MeshRead {
         at,
         busy,
         ifaces,
         routes,
-        probes,
+        probes: None,
     }
 }
 
@@ -167,9 +180,10 @@ fn read_routes(cfg: &MeshConfig) -> Vec<(String, &'static str)> {
     out
 }
 
-/// Probe every peer address, and the primary path of failed-over peers,
-/// in parallel.
-fn read_probes(cfg: &MeshConfig, failed_over: &BTreeSet<String>) -> Vec<Probed> {
+/// Probe every peer address, and the primary path of the peers in
+/// `failed_over`, in parallel: one window each, bounded by
+/// `(count − 1) × interval + timeout`.
+pub(super) fn read_probes(cfg: &MeshConfig, failed_over: &BTreeSet<String>) -> Vec<Probed> {
     std::thread::scope(|s| {
         let handles: Vec<_> = cfg
             .peers
@@ -240,23 +254,59 @@ impl MeshHealer {
         }
         self.sense_activity(read.at, &busy, &settling);
         for (name, which) in read.routes {
-            if let Some(r) = self.peers.get_mut(&name).and_then(|s| s.last.as_mut()) {
+            if let Some(r) = self.peers.get_mut(&name).and_then(|s| s.base.as_mut()) {
                 r.route = Some(which);
             }
         }
-        for x in read.probes {
-            let Some(r) = self.peers.get_mut(&x.name).and_then(|s| s.last.as_mut()) else {
+        if let Some(probes) = read.probes {
+            self.keep_probes(probes);
+        }
+        self.conclude(now, &busy)
+    }
+
+    /// Judge a window of probes ([`read_probes`]) with the last links
+    /// read: the peers' levels and the alerts to raise.
+    pub(super) fn apply_probes(&mut self, probes: Vec<Probed>, now: Timestamp) -> Vec<Alert> {
+        let busy = lock(&self.jobs).busy.clone();
+        self.keep_probes(probes);
+        self.conclude(now, &busy)
+    }
+
+    /// The peers whose route takes the backup path, as last read.
+    pub(super) fn failed_over(&self) -> BTreeSet<String> {
+        self.peers
+            .iter()
+            .filter(|(_, st)| st.base.as_ref().and_then(|r| r.route) == Some("backup"))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn keep_probes(&mut self, probes: Vec<Probed>) {
+        for x in probes {
+            let Some(st) = self.peers.get_mut(&x.name) else {
                 continue;
             };
-            match x.main {
-                Some(Ok(rep)) => r.probe = Some(rep),
-                Some(Err(e)) => r.probe_error = Some(e.to_string()),
-                None => {}
-            }
-            r.primary_check = x.primary;
+            st.probe = x.main.map(|m| m.map_err(|e| e.to_string()));
+            st.primary_check = x.primary;
         }
-        self.judge(now, &busy);
-        let mut alerts = self.track(now, &busy);
+    }
+
+    /// Each peer's reading (its links as last read, its probes as last
+    /// made), judged; the alerts to raise, and routes switched back.
+    fn conclude(&mut self, now: Timestamp, busy: &BTreeSet<String>) -> Vec<Alert> {
+        for st in self.peers.values_mut() {
+            st.last = st.base.clone().map(|mut r| {
+                match &st.probe {
+                    Some(Ok(rep)) => r.probe = Some(rep.clone()),
+                    Some(Err(e)) => r.probe_error = Some(e.clone()),
+                    None => {}
+                }
+                r.primary_check = st.primary_check.clone();
+                r
+            });
+        }
+        self.judge(now, busy);
+        let mut alerts = self.track(now, busy);
         alerts.extend(self.fail_back(now));
         alerts
     }
@@ -341,7 +391,7 @@ impl MeshHealer {
             } else {
                 ""
             };
-            st.last = Some(r);
+            st.base = Some(r);
         }
     }
 

@@ -23,6 +23,11 @@ use crate::{Error, Opts, Result};
 pub const NODE: &str = "bench-mesh";
 /// The failover's `hold_seconds`: short, so a trial is undone in seconds.
 const HOLD: f64 = 2.0;
+/// Probes: windows back to back, so a cut peer is found within
+/// `2 × ((count − 1) × interval + timeout)` (0.4 s) whatever the monitor
+/// interval; 0.15 s is a thousand times a round trip between the
+/// namespaces.
+const PROBE: &str = "{count: 2, interval: 0.05, timeout: 0.15, back_to_back: true}";
 
 /// What a mesh row breaks.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,7 +84,7 @@ impl MeshStack {
                 "agent:\n  heartbeat_interval: 0.5\n  monitor_interval: {MONITOR_INTERVAL}\n  antibodies: [mesh_healer]\n\
 coordinator:\n  heartbeat_timeout: 10\n  verify_within: 20\n  verify_hold_seconds: 1\n  flap_start_changes: 1000\n  command_deadline: 30\n  max_actions_per_node_per_minute: 1000\n\
 {}",
-                pair.mesh_section(&failover)
+                pair.mesh_section_probing(PROBE, &failover)
             ),
         )?;
         let data = work.path().join("data");

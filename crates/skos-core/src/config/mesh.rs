@@ -339,6 +339,12 @@ pub struct ProbeConfig {
     pub degraded_loss_percent: f64,
     /// A peer answering slower than this on average is degraded.
     pub degraded_rtt_ms: f64,
+    /// Start the next window as soon as one ends instead of once per
+    /// monitor interval: continuous probing (`count` probes every window),
+    /// so a peer cut off is found unreachable within about
+    /// `2 × ((count − 1) × interval + timeout)` seconds of the cut, whatever
+    /// the monitor interval.
+    pub back_to_back: bool,
 }
 
 impl Default for ProbeConfig {
@@ -351,6 +357,7 @@ impl Default for ProbeConfig {
             tcp_port: None,
             degraded_loss_percent: 20.0,
             degraded_rtt_ms: 500.0,
+            back_to_back: false,
         }
     }
 }

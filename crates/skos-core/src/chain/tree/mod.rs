@@ -366,6 +366,23 @@ fn gone(p: &ProcInfo) -> bool {
     matches!(p.state, 'Z' | 'X' | 'x')
 }
 
+/// Whether `p`, just started (heard from the kernel's process events, not
+/// found in a snapshot), roots a tree of the group: it is a member as
+/// [`observe`] finds members and its parent (`None`: gone or unreadable)
+/// is not. The same rule as a snapshot's roots, for one process.
+pub fn is_root(
+    p: &ProcInfo,
+    parent: Option<&ProcInfo>,
+    selector: &Selector,
+    protected: &HashSet<u32>,
+    trusted: &dyn Fn(&CgroupPath) -> bool,
+) -> bool {
+    let member = |q: &ProcInfo| {
+        !gone(q) && !protected.contains(&q.id.pid) && q.id.pid > 1 && selector.matches(q, trusted)
+    };
+    member(p) && !parent.filter(|q| q.id.pid == p.ppid).is_some_and(member)
+}
+
 /// Find a group's trees in a snapshot. `protected` pids (the agent and
 /// its ancestors, pid 1) are never members, nor is anything below them;
 /// `trusted` says which cgroups may be believed ([`Selector::matches`]).
@@ -516,6 +533,45 @@ mod tests {
         }
         v.push(p(99, parent, "sleep 30"));
         v
+    }
+
+    #[test]
+    fn a_started_process_is_a_root_as_a_snapshot_would_find_it() {
+        let sel = cmd("*crasher.sh*");
+        let none = HashSet::new();
+        let all = |_: &CgroupPath| true;
+        let sup = p(10, 1, "sh supervisor.sh");
+        let crasher = p(20, 10, "sh /tmp/crasher.sh");
+        assert!(is_root(&crasher, Some(&sup), &sel, &none, &all));
+        assert!(is_root(&crasher, None, &sel, &none, &all), "parent gone");
+        // Below a member: part of that member's tree.
+        let outer = p(10, 1, "sh /tmp/crasher.sh");
+        assert!(!is_root(&crasher, Some(&outer), &sel, &none, &all));
+        // A parent read for another pid (reused) says nothing.
+        let other = p(11, 1, "sh /tmp/crasher.sh");
+        assert!(is_root(&crasher, Some(&other), &sel, &none, &all));
+        // Not a member: wrong command, protected, gone, another user.
+        assert!(!is_root(&sup, None, &sel, &none, &all));
+        assert!(!is_root(
+            &crasher,
+            Some(&sup),
+            &sel,
+            &HashSet::from([20]),
+            &all
+        ));
+        let zombie = ProcInfo {
+            state: 'Z',
+            ..crasher.clone()
+        };
+        assert!(!is_root(&zombie, Some(&sup), &sel, &none, &all));
+        let theirs = ProcInfo {
+            uids: Some((1000, 1000)),
+            ..crasher.clone()
+        };
+        assert!(!is_root(&theirs, Some(&sup), &sel, &none, &all));
+        // The same verdict as a snapshot holding both.
+        let snap = [sup.clone(), crasher.clone()];
+        assert_eq!(observe(&snap, &sel, &none).roots, vec![crasher.id]);
     }
 
     #[test]

@@ -1,8 +1,14 @@
 //! [`GroupTracker`]: a process group's successive observations turned into
 //! trips, and a command into the signals to send (SIGSTOP → SIGTERM →
 //! SIGKILL after the grace period).
+//!
+//! Respawns are counted from two sources, each root once: snapshots (a
+//! root not in the previous snapshot is new: [`GroupTracker::observe`])
+//! and, where the agent hears the kernel's process events, the start of a
+//! root as it happens ([`GroupTracker::started`]), so a process that lives
+//! less than one monitor interval is counted even when no snapshot saw it.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 
@@ -94,6 +100,16 @@ pub struct GroupTracker {
     known_roots: HashSet<ProcId>,
     first_scan: bool,
     starts: VecDeque<Timestamp>,
+    /// Snapshots observed so far.
+    scans: u64,
+    /// Roots counted by [`GroupTracker::started`], with the number of
+    /// snapshots observed when they were: a snapshot read before the
+    /// start was heard may still arrive without them, and must not count
+    /// them again once the next does see them.
+    heard: HashMap<ProcId, u64>,
+    /// The last snapshot's observation (what a start heard between
+    /// snapshots is judged with).
+    last: Observation,
     /// Processes being stopped or terminated, with the stage reached and when.
     handled: BTreeMap<ProcId, (Stage, Timestamp)>,
 }
@@ -109,6 +125,9 @@ impl GroupTracker {
             known_roots: HashSet::new(),
             first_scan: true,
             starts: VecDeque::new(),
+            scans: 0,
+            heard: HashMap::new(),
+            last: Observation::default(),
             handled: BTreeMap::new(),
         }
     }
@@ -255,18 +274,24 @@ impl GroupTracker {
         let mut out = GroupStep::default();
         let roots: HashSet<ProcId> = obs.roots.iter().copied().collect();
         if !self.first_scan {
-            for _ in roots.difference(&self.known_roots) {
-                self.starts.push_back(now);
+            for id in roots.difference(&self.known_roots) {
+                if !self.heard.contains_key(id) {
+                    self.starts.push_back(now);
+                }
             }
         }
         self.first_scan = false;
         self.known_roots = roots;
-        let window = secs(self.limits.respawn_window_seconds);
-        while self.starts.front().is_some_and(|t| now - *t > window)
-            || self.starts.len() > MAX_STARTS
-        {
-            self.starts.pop_front();
-        }
+        self.scans += 1;
+        // The snapshot observed before this one may have been read before
+        // a start was heard; this one was asked for after that one was
+        // observed (the agent asks for a scan only once the last is
+        // judged), so a root heard before it is in it while alive, and in
+        // `known_roots` from now on.
+        let scans = self.scans;
+        self.heard.retain(|_, at| scans < *at + 2);
+        self.prune(now);
+        self.last = obs.clone();
 
         if self.state == GroupState::Open {
             if self.until.is_some_and(|u| now >= u) {
@@ -293,7 +318,57 @@ impl GroupTracker {
             }
         }
         self.escalate(live, now, &mut out);
+        self.judge(obs, now, &mut out);
+        out
+    }
 
+    /// Forget respawns older than the window (and any beyond the most
+    /// remembered).
+    fn prune(&mut self, now: Timestamp) {
+        let window = secs(self.limits.respawn_window_seconds);
+        while self.starts.front().is_some_and(|t| now - *t > window)
+            || self.starts.len() > MAX_STARTS
+        {
+            self.starts.pop_front();
+        }
+    }
+
+    /// A root of the group started at `now`, heard as it happened (the
+    /// kernel's process events) rather than found in a snapshot: count it
+    /// as a respawn unless a snapshot or an earlier event already did,
+    /// judge the limits at once with the last snapshot's tree, and under
+    /// an open circuit take it in (stop or terminate) without waiting for
+    /// the next snapshot. Before the first snapshot nothing is known to
+    /// compare with, and a start heard then is still a start.
+    pub fn started(&mut self, id: ProcId, now: Timestamp) -> GroupStep {
+        let mut out = GroupStep::default();
+        if self.known_roots.contains(&id) || self.heard.contains_key(&id) {
+            return out;
+        }
+        self.heard.insert(id, self.scans);
+        if self.heard.len() > MAX_STARTS {
+            // Bounded: the oldest go (each at most one recount).
+            let oldest = self.heard.values().copied().min().unwrap_or(0);
+            self.heard.retain(|_, at| *at > oldest);
+        }
+        self.starts.push_back(now);
+        self.prune(now);
+        match self.state {
+            GroupState::Open if self.until.is_some_and(|u| now < u) => {
+                self.take_in(id, now, &mut out);
+            }
+            GroupState::Open | GroupState::HalfOpen => {}
+            GroupState::Watching | GroupState::Tripped => {
+                let last = std::mem::take(&mut self.last);
+                self.judge(&last, now, &mut out);
+                self.last = last;
+            }
+        }
+        out
+    }
+
+    /// Judge the limits on `obs` and the respawns counted so far.
+    fn judge(&mut self, obs: &Observation, now: Timestamp, out: &mut GroupStep) {
         match self.state {
             GroupState::Open => {}
             GroupState::Watching => {
@@ -330,7 +405,6 @@ impl GroupTracker {
                 }
             },
         }
-        out
     }
 
     /// `circuit_break`: open the circuit for the cool-off and take every
@@ -679,6 +753,82 @@ mod tests {
         assert_eq!(seen(&mut g, 102, 61.5), 1);
         assert_eq!(g.view().respawns, 1);
         assert_eq!(seen(&mut g, 102, 62.5), 0);
+    }
+
+    fn pid(pid: u32) -> ProcId {
+        ProcId {
+            pid,
+            start: u64::from(pid) * 10,
+        }
+    }
+
+    /// A supervisor (10) and, when given, the crasher it runs.
+    fn crash_snapshot(g: &mut GroupTracker, crasher: Option<u32>, at: f64) -> GroupStep {
+        let mut procs = vec![p(10, 1, "sh supervisor.sh")];
+        procs.extend(crasher.map(|c| p(c, 10, "sh crasher.sh")));
+        let obs = observe(&procs, &cmd("*crasher*"), &HashSet::new(), &|_| true);
+        g.observe(&obs, &live(&procs), t(at))
+    }
+
+    #[test]
+    fn starts_heard_between_snapshots_are_respawns_no_snapshot_saw() {
+        let mut g = GroupTracker::new("crash", limits());
+        assert!(crash_snapshot(&mut g, None, 0.0).changes.is_empty());
+        // Three crashers, each gone before the next snapshot: only the
+        // events know of them. The third is one over max_respawns 2, and
+        // trips at once, not at the next snapshot.
+        assert!(g.started(pid(101), t(0.1)).changes.is_empty());
+        assert!(g.started(pid(102), t(0.2)).changes.is_empty());
+        assert_eq!(g.respawns(), 2);
+        let step = g.started(pid(103), t(0.3));
+        let Some(GroupChange::Tripped(trip)) = step.changes.first() else {
+            panic!("no trip: {step:?}");
+        };
+        assert_eq!(trip.condition, Condition::CrashLoop);
+        assert_eq!((trip.value, trip.limit), (3, 2));
+        assert_eq!(trip.respawns, vec![t(0.1), t(0.2), t(0.3)]);
+        assert_eq!(g.state(), GroupState::Tripped);
+        // The snapshot after finds none of them: still tripped, not cleared.
+        assert!(crash_snapshot(&mut g, None, 0.5).changes.is_empty());
+        assert_eq!(g.respawns(), 3);
+    }
+
+    #[test]
+    fn a_root_heard_and_then_seen_counts_once() {
+        let mut g = GroupTracker::new("crash", limits());
+        crash_snapshot(&mut g, None, 0.0);
+        g.started(pid(101), t(0.1));
+        // Heard twice (a second event for the same process): once.
+        g.started(pid(101), t(0.1));
+        assert_eq!(g.respawns(), 1);
+        // A snapshot read before the start was heard arrives after it,
+        // without the root; the next one sees it alive.
+        crash_snapshot(&mut g, None, 0.5);
+        crash_snapshot(&mut g, Some(101), 1.0);
+        assert_eq!(g.respawns(), 1, "heard, then seen: one respawn");
+        crash_snapshot(&mut g, Some(101), 1.5);
+        crash_snapshot(&mut g, Some(101), 2.0);
+        assert_eq!(g.respawns(), 1, "a long-lived root is never counted again");
+        // Seen first, heard late (the event read after the snapshot).
+        crash_snapshot(&mut g, Some(102), 2.5);
+        assert_eq!(g.respawns(), 2);
+        g.started(pid(102), t(2.5));
+        assert_eq!(g.respawns(), 2, "seen, then heard: one respawn");
+    }
+
+    #[test]
+    fn a_start_heard_under_an_open_circuit_is_taken_in_at_once() {
+        let mut g = GroupTracker::new("crash", limits());
+        crash_snapshot(&mut g, Some(100), 0.0);
+        let procs = [p(10, 1, "sh supervisor.sh"), p(100, 10, "sh crasher.sh")];
+        let obs = observe(&procs, &cmd("*crasher*"), &HashSet::new(), &|_| true);
+        let step = g.circuit_break(&obs, t(1.0));
+        assert_eq!(step.signals, vec![(pid(100), Sig::Stop)]);
+        let step = g.started(pid(104), t(2.0));
+        assert_eq!(step.signals, vec![(pid(104), Sig::Stop)]);
+        assert!(step.changes.is_empty(), "an open circuit raises nothing");
+        // Once the cool-off is over, a start waits for the next snapshot.
+        assert!(g.started(pid(105), t(200.0)).signals.is_empty());
     }
 
     #[test]
