@@ -8,12 +8,19 @@
 //! problem has a background job running waits here, unacknowledged (kept
 //! from redelivery by in-progress acks), until that job ends; it is then
 //! handled as if just delivered: its deadline, and whether its problem is
-//! still there, are judged at that moment.
+//! still there, are judged at that moment. A command whose deadline passes
+//! while it waits (a job that hangs) is let go then, to be answered
+//! `expired`, rather than held for as long as the job runs.
 
 use std::collections::{HashMap, VecDeque};
 
+use chrono::{DateTime, Utc};
+
 use skos_bus::Incoming;
 use skos_core::protocol::Command;
+
+/// A held command and its deadline (none: it never expires).
+type Waiting = (Option<DateTime<Utc>>, Incoming);
 
 /// The problems with background jobs running, and the commands waiting
 /// for them, in arrival order.
@@ -21,8 +28,8 @@ use skos_core::protocol::Command;
 pub struct Held {
     /// Background jobs running, by problem.
     running: HashMap<String, usize>,
-    /// Commands waiting, by problem.
-    waiting: HashMap<String, VecDeque<Incoming>>,
+    /// Commands waiting, by problem, in arrival order.
+    waiting: HashMap<String, VecDeque<Waiting>>,
 }
 
 impl Held {
@@ -34,9 +41,29 @@ impl Held {
             .then(|| problem.clone())
     }
 
-    /// Keep `m` until `problem`'s jobs have ended.
-    pub fn hold(&mut self, problem: String, m: Incoming) {
-        self.waiting.entry(problem).or_default().push_back(m);
+    /// Keep `m`, the command `cmd`, until `problem`'s jobs have ended or
+    /// its deadline has passed.
+    pub fn hold(&mut self, problem: String, cmd: &Command, m: Incoming) {
+        self.waiting
+            .entry(problem)
+            .or_default()
+            .push_back((cmd.deadline, m));
+    }
+
+    /// The waiting commands whose deadline is before `now`, in arrival
+    /// order per problem, no longer kept: judged again, they are answered
+    /// `expired`.
+    pub fn past_deadline(&mut self, now: DateTime<Utc>) -> Vec<Incoming> {
+        let mut out = Vec::new();
+        for queue in self.waiting.values_mut() {
+            let (late, keep): (VecDeque<_>, VecDeque<_>) = std::mem::take(queue)
+                .into_iter()
+                .partition(|(deadline, _)| deadline.is_some_and(|d| d < now));
+            *queue = keep;
+            out.extend(late.into_iter().map(|(_, m)| m));
+        }
+        self.waiting.retain(|_, q| !q.is_empty());
+        out
     }
 
     /// A background job for `problem` started.
@@ -60,7 +87,7 @@ impl Held {
         self.running.remove(problem);
         self.waiting
             .remove(problem)
-            .map(Vec::from)
+            .map(|q| q.into_iter().map(|(_, m)| m).collect())
             .unwrap_or_default()
     }
 
@@ -77,7 +104,7 @@ impl Held {
     /// Tell the bus each waiting command is still being worked on, so it is
     /// not delivered again meanwhile.
     pub async fn keep_alive(&self) {
-        for m in self.waiting.values().flatten() {
+        for (_, m) in self.waiting.values().flatten() {
             if let Err(e) = m.in_progress().await {
                 tracing::warn!(subject = %m.subject, error = %e, "in-progress ack of a held command failed; it may be delivered again");
             }
@@ -128,8 +155,9 @@ mod tests {
         let mut h = Held::default();
         h.started("p");
         h.started("p");
-        h.hold("p".into(), incoming("one"));
-        h.hold("p".into(), incoming("two"));
+        let c = cmd(Some("p"), Some(1.0));
+        h.hold("p".into(), &c, incoming("one"));
+        h.hold("p".into(), &c, incoming("two"));
         assert_eq!(h.len(), 2);
         assert!(h.ended("p").is_empty(), "another job of p still runs");
         let back: Vec<String> = h.ended("p").into_iter().map(|m| m.subject).collect();
@@ -137,5 +165,37 @@ mod tests {
         assert!(h.is_empty());
         assert!(h.ended("p").is_empty(), "an extra end is harmless");
         assert_eq!(h.must_wait(&cmd(Some("p"), Some(1.0))), None);
+    }
+
+    #[test]
+    fn a_held_command_past_its_deadline_is_let_go_while_the_job_still_runs() {
+        let now: DateTime<Utc> = "2026-12-01T00:10:00Z".parse().unwrap();
+        let mut h = Held::default();
+        h.started("p");
+        h.started("q");
+        let mut early = cmd(Some("p"), Some(1.0));
+        early.deadline = Some(now - chrono::Duration::seconds(1));
+        let mut later = cmd(Some("p"), Some(1.0));
+        later.deadline = Some(now + chrono::Duration::seconds(60));
+        let mut other = cmd(Some("q"), Some(1.0));
+        other.deadline = Some(now - chrono::Duration::seconds(5));
+        h.hold("p".into(), &early, incoming("early"));
+        h.hold("p".into(), &later, incoming("later"));
+        h.hold("q".into(), &other, incoming("other"));
+        let mut late: Vec<String> = h
+            .past_deadline(now)
+            .into_iter()
+            .map(|m| m.subject)
+            .collect();
+        late.sort();
+        assert_eq!(late, ["early", "other"]);
+        assert_eq!(h.len(), 1, "the one still in time waits on");
+        assert!(h.past_deadline(now).is_empty(), "let go once");
+        assert!(
+            h.ended("q").is_empty(),
+            "q's queue is gone with its last command"
+        );
+        let back: Vec<String> = h.ended("p").into_iter().map(|m| m.subject).collect();
+        assert_eq!(back, ["later"]);
     }
 }

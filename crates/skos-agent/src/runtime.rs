@@ -273,7 +273,14 @@ impl Agent {
                 _ = heartbeat.tick() => self.heartbeat().await,
                 i = arrived(&arrivals) => self.judge(i).await,
                 Some(m) = commands.next() => self.command(m).await,
-                _ = hold_tick.tick(), if !self.held.is_empty() => self.held.keep_alive().await,
+                _ = hold_tick.tick(), if !self.held.is_empty() => {
+                    // Past its deadline a held command is answered now
+                    // (`expired`), not when a hung job ends.
+                    for m in self.held.past_deadline(chrono::Utc::now()) {
+                        self.command(m).await;
+                    }
+                    self.held.keep_alive().await;
+                }
                 Some((i, action, outcome, problem)) = done.recv() => {
                     // Report the state the job left at once: read now
                     // (within a second), judged, then a heartbeat.
@@ -470,7 +477,7 @@ impl Agent {
                 if let Some(problem) = self.held.must_wait(&cmd) {
                     self.counters.inc(Counter::Commands("held"));
                     tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, problem = %problem, "command waits for the running action on its problem; judged when that ends");
-                    self.held.hold(problem, m);
+                    self.held.hold(problem, &cmd, m);
                     return;
                 }
                 self.remember(&cmd);
