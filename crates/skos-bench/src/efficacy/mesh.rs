@@ -23,11 +23,11 @@ use crate::{Error, Opts, Result};
 pub const NODE: &str = "bench-mesh";
 /// The failover's `hold_seconds`: short, so a trial is undone in seconds.
 const HOLD: f64 = 2.0;
-/// Probes: windows back to back, so a cut peer is found within three
-/// windows of `(count − 1) × interval + timeout` (0.45 s) whatever the
-/// monitor interval: the window in progress at the cut, whose first probe
-/// may have been answered, then the two whose every probe must time out.
-/// 0.1 s is a thousand times a round trip between the namespaces.
+/// Probes: windows back to back, so a cut peer is found within two
+/// windows of `(count − 1) × interval + timeout` (0.3 s) whatever the
+/// monitor interval, three (0.45 s) when `ping_peer`, sent on the
+/// `degraded` alert of the window in progress at the cut, discards the
+/// next. 0.1 s is a thousand times a round trip between the namespaces.
 const PROBE: &str = "{count: 2, interval: 0.05, timeout: 0.1, back_to_back: true}";
 
 /// What a mesh row breaks.

@@ -342,8 +342,9 @@ pub struct ProbeConfig {
     /// Start the next window as soon as one ends instead of once per
     /// monitor interval: continuous probing (`count` probes every window),
     /// so a peer cut off is found unreachable within about
-    /// `2 × ((count − 1) × interval + timeout)` seconds of the cut, whatever
-    /// the monitor interval.
+    /// `2 × ((count − 1) × interval + timeout)` seconds of the cut (one
+    /// window more when a command discards the window in progress),
+    /// whatever the monitor interval.
     pub back_to_back: bool,
 }
 
