@@ -17,6 +17,11 @@
 //! - batches are carried out one at a time, in the order they were
 //!   decided; a batch's records keep only its own effects, because every
 //!   batch takes the whole outbox;
+//! - nothing of a batch is written or published once the lease ran out
+//!   (checked before each, as [`Ctx::flush`] does before publishing): a
+//!   batch decided while the one before was carried out may wait that
+//!   long; the coordinator then steps down, and the next leader carries
+//!   out what the saved state keeps;
 //! - a failure ends the pipeline: what was not carried out (the failed
 //!   batch's and the next one's effects, in order) goes back to the
 //!   outbox, their nodes wait to be saved again, nothing of them is
@@ -82,6 +87,19 @@ struct Carrier {
     state: StateStore,
     audit: Arc<AuditLog>,
     signer: Option<Arc<Signer>>,
+    /// Until when this coordinator leads (its lease, as of the pipeline's
+    /// start: no renewal runs while the pipeline holds the service loop);
+    /// `None` without a lease. A batch is neither written nor published
+    /// past it.
+    valid_until: Option<Instant>,
+}
+
+impl Carrier {
+    /// Whether this coordinator still leads now, as [`Ctx::still_leader`]
+    /// would say.
+    fn leads(&self) -> bool {
+        self.valid_until.is_none_or(|t| Instant::now() < t)
+    }
 }
 
 /// One decided batch, its state writes planned, ready to be carried out.
@@ -112,6 +130,11 @@ enum Failed {
     Publish(skos_bus::Error, Vec<Effect>),
     /// An audit append: what is not known to be stored waits.
     Audit(AppendFailed),
+    /// The lease ran out before the state write or before the publish
+    /// (while the batch before was carried out): nothing more of the batch
+    /// is carried out by this coordinator; its effects are kept by the
+    /// saved state where it was written, for the next leader.
+    Deposed(Vec<Effect>),
 }
 
 /// How carrying out one batch went.
@@ -152,6 +175,9 @@ async fn carry(c: Carrier, batch: Decided) -> Carried {
         failed,
         took,
     };
+    if !c.leads() {
+        return done(took, Some(Failed::Deposed(effects)));
+    }
     let at = Instant::now();
     let mut written = Ok(());
     for key in &remove {
@@ -169,6 +195,11 @@ async fn carry(c: Carrier, batch: Decided) -> Carried {
     }
     let [_, persisted, published, audited] = feed.points();
     failpoint::hit(persisted);
+    // As [`Ctx::flush`]: nothing is published once the lease ran out (the
+    // batch before may have taken long).
+    if !c.leads() {
+        return done(took, Some(Failed::Deposed(effects)));
+    }
     let (publish, audits): (Vec<_>, Vec<_>) = effects
         .into_iter()
         .partition(|e| !matches!(e, Effect::Audit(_)));
@@ -232,6 +263,7 @@ impl Ctx {
             state: self.state.clone(),
             audit: self.audit.clone(),
             signer: self.signer.clone(),
+            valid_until: self.valid_until,
         };
         let mut running: Option<tokio::task::JoinHandle<Carried>> = None;
         let mut next = Some(first);
@@ -379,6 +411,15 @@ impl Ctx {
                 let rest = failed.entries.into_iter().map(Effect::Audit).collect();
                 self.stall(failed.error, rest);
             }
+            Failed::Deposed(effects) => {
+                self.deposed = true;
+                tracing::error!(
+                    effects = effects.len(),
+                    "leader lease ran out while a batch waited to be carried out: stepping down; its effects are left to the next leader"
+                );
+                let later = std::mem::take(&mut self.outbox);
+                self.outbox = effects.into_iter().chain(later).collect();
+            }
         }
         tracing::error!(
             feed = c.feed.name(),
@@ -410,5 +451,78 @@ impl Ctx {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skos_bus::InProcBus;
+
+    fn throttle(node: &NodeName) -> Effect {
+        let cmd: Command = serde_json::from_value(json!({
+            "action_id": "a-1",
+            "action_type": "throttle_50",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "node": node,
+            "term": 1,
+        }))
+        .expect("a command");
+        Effect::Command(node.clone(), cmd)
+    }
+
+    /// A batch decided while the one before was carried out, whose turn
+    /// comes after the lease ran out (the batch before took that long):
+    /// neither its state nor its command is written, the command comes
+    /// back to be kept, and nothing is appended to the trail. Before, it
+    /// was published by a coordinator no longer leading.
+    #[tokio::test]
+    async fn a_batch_whose_turn_comes_after_the_lease_ran_out_is_not_carried_out() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let bus = Bus::InProc(InProcBus::new());
+        let node = NodeName::parse("n1").expect("a node name");
+        let mut commands = bus
+            .subscribe(Feed::Commands(node.clone()))
+            .await
+            .expect("subscribe to the node's commands");
+        let audit_path = dir.path().join("audit.jsonl");
+        let carrier = Carrier {
+            bus,
+            state: StateStore::dir(dir.path()),
+            audit: Arc::new(AuditLog::open_file(&audit_path).expect("an audit trail")),
+            signer: None,
+            valid_until: Some(Instant::now()),
+        };
+        let at = Instant::now();
+        let key = node_key(&node);
+        let batch = Decided {
+            feed: Durable::Alert,
+            started: at,
+            decided: at,
+            stamp: Stamp(1, 1),
+            touched: BTreeSet::from([node.clone()]),
+            save: vec![(key.clone(), Bytes::from_static(b"{}"))],
+            remove: Vec::new(),
+            effects: vec![throttle(&node)],
+            acks: Vec::new(),
+        };
+        let carried = carry(carrier.clone(), batch).await;
+        let Some(Failed::Deposed(kept)) = carried.failed else {
+            panic!("carried out past the lease");
+        };
+        assert!(
+            matches!(kept.as_slice(), [Effect::Command(n, c)] if *n == node && c.action_id == "a-1")
+        );
+        use futures::FutureExt;
+        assert!(
+            commands.next().now_or_never().is_none(),
+            "a command published after the lease ran out"
+        );
+        assert_eq!(
+            carrier.state.load(&key).await.expect("state readable"),
+            None
+        );
+        let trail = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        assert!(trail.is_empty(), "{trail}");
     }
 }
