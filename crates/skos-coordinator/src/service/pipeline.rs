@@ -258,13 +258,7 @@ impl Ctx {
             };
         }
         let until = Instant::now() + TURN;
-        let carrier = Carrier {
-            bus: self.bus.clone(),
-            state: self.state.clone(),
-            audit: self.audit.clone(),
-            signer: self.signer.clone(),
-            valid_until: self.valid_until,
-        };
+        let carrier = self.carrier();
         let mut running: Option<tokio::task::JoinHandle<Carried>> = None;
         let mut next = Some(first);
         while let Some(batch) = next.take() {
@@ -314,6 +308,17 @@ impl Ctx {
         }
     }
 
+    /// What carrying out a batch needs, as this coordinator holds it now.
+    fn carrier(&self) -> Carrier {
+        Carrier {
+            bus: self.bus.clone(),
+            state: self.state.clone(),
+            audit: self.audit.clone(),
+            signer: self.signer.clone(),
+            valid_until: self.valid_until,
+        }
+    }
+
     /// Queue `work`'s effects and plan the state writes of the nodes it
     /// touched; the batch then takes the whole outbox. `None` when the
     /// writes cannot be planned (not leading, a record not encoded or
@@ -356,12 +361,12 @@ impl Ctx {
     }
 
     /// `nodes`' last writes are not known to be stored: each is written
-    /// again whatever it holds.
+    /// again whatever it holds, a removal too (a node the failed write
+    /// removed is kept as written, with no digest to match, so that its
+    /// record, perhaps still on the bus, is removed again).
     fn forget_written(&mut self, nodes: &BTreeSet<NodeName>) {
         for node in nodes {
-            if let Some(d) = self.written.get_mut(node) {
-                *d = UNKNOWN_DIGEST;
-            }
+            self.written.insert(node.clone(), UNKNOWN_DIGEST);
             self.unsaved.insert(node.clone());
         }
     }
@@ -524,5 +529,91 @@ mod tests {
         );
         let trail = std::fs::read_to_string(&audit_path).unwrap_or_default();
         assert!(trail.is_empty(), "{trail}");
+    }
+
+    /// A coordinator's context over `bus`, state in `state` and the trail
+    /// at `audit`, its engine empty, leading without a lease.
+    fn ctx(bus: Bus, state: StateStore, audit: &std::path::Path) -> Ctx {
+        Ctx {
+            consumers: Consumers::spawn(bus.clone()),
+            flushed: FlushTimes::default(),
+            written: HashMap::new(),
+            unsaved: BTreeSet::new(),
+            scratch: Vec::new(),
+            signer: None,
+            engine: Engine::new(Config::default(), Counters::default(), "test"),
+            bus,
+            audit: Arc::new(AuditLog::open_file(audit).expect("an audit trail")),
+            state,
+            counters: Counters::default(),
+            max_bytes: 1 << 20,
+            outbox: VecDeque::new(),
+            stamp: Stamp::default(),
+            carried: Stamp::default(),
+            carried_written: Stamp::default(),
+            stalled: false,
+            audits_uncertain: false,
+            results_seen: RecentIds::new(16),
+            deposed: false,
+            valid_until: None,
+            audit_down: None,
+            node: NodeName::parse("coord").expect("a node name"),
+            seal: None,
+            seal_term: 0,
+            sealed_at: 0,
+            trusted: None,
+            node_trust: None,
+            alert_gaps: SequenceGaps::default(),
+            result_gaps: SequenceGaps::default(),
+        }
+    }
+
+    /// A batch that empties a node's state removes its record; when that
+    /// removal fails, it is tried again. Before, the removal counted as
+    /// done when it was planned (so that the next batch compares against
+    /// it), and undoing it on the failure kept nothing to compare with:
+    /// the record stayed on the bus, and a new leader restored the node
+    /// from it.
+    #[tokio::test]
+    async fn a_removal_that_failed_is_tried_again() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let states = dir.path().join("state");
+        std::fs::create_dir(&states).expect("the state directory");
+        let mut c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(&states),
+            &dir.path().join("audit.jsonl"),
+        );
+        let node = NodeName::parse("n1").expect("a node name");
+        let key = node_key(&node);
+        // Written once (with what the engine held then); its state now
+        // empty.
+        c.state
+            .save(&key, Bytes::from_static(b"{}"))
+            .await
+            .expect("a record written");
+        c.written.insert(node.clone(), 42);
+        let work = Work {
+            effects: Vec::new(),
+            touched: BTreeSet::from([node.clone()]),
+            acks: Vec::new(),
+        };
+        let batch = c
+            .plan_batch(Durable::Alert, work, Instant::now())
+            .expect("planned");
+        assert_eq!(batch.remove, vec![key.clone()]);
+        // The state store cannot be written to: the removal fails.
+        std::fs::rename(&states, dir.path().join("away")).expect("moved away");
+        std::fs::write(&states, b"not a directory").expect("a file in its place");
+        let carried = carry(c.carrier(), batch).await;
+        assert!(matches!(carried.failed, Some(Failed::State(..))));
+        assert!(!c.settle(carried).await);
+        std::fs::remove_file(&states).expect("the file removed");
+        std::fs::rename(dir.path().join("away"), &states).expect("moved back");
+        assert!(c.unsaved.contains(&node));
+        // The retry writes the node's state as it now is: removed.
+        c.persist(c.unsaved.clone()).await;
+        assert!(c.unsaved.is_empty());
+        assert_eq!(c.state.load(&key).await.expect("state readable"), None);
     }
 }
