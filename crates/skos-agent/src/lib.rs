@@ -23,6 +23,7 @@ pub mod error;
 pub mod held;
 pub mod loops;
 pub mod mesh;
+pub mod netlink;
 pub mod offloop;
 pub mod outcome;
 pub mod registry;

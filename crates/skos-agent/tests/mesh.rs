@@ -414,3 +414,55 @@ fn a_tunnel_going_down_is_heard_without_waiting_for_the_next_look() {
         assert_eq!(a.details["event"], "tunnel_down");
     });
 }
+
+/// ICMP echo requests `ns` has received (`/proc/net/snmp`, `Icmp:
+/// InEchos`).
+fn echoes_received(ns: &netns::Netns) -> u64 {
+    let out = ns.exec(&["cat", "/proc/net/snmp"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut icmp = text.lines().filter(|l| l.starts_with("Icmp: "));
+    let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "InEchos")
+        .unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// Back to back, a window whose probes are all answered at once still
+/// lasts its span (`(count − 1) × interval + timeout`): a window of one
+/// probe answered in well under a millisecond is not followed by the next
+/// at once, a flood of probes at the peer, however fast the agent loop
+/// judges what arrives.
+#[test]
+fn back_to_back_windows_answered_at_once_are_no_flood() {
+    let Some(p) = pair(false) else { return };
+    let cfg = config_probing(&p, 1, 0.0, 0.5, true);
+    let before = echoes_received(&p.b);
+    p.a.run_in(|| {
+        let mut h = MeshHealer::new(&cfg);
+        Antibody::sense(&mut h, now());
+        let arrivals = Antibody::arrivals(&h).expect("the mesh healer's arrivals");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // The agent loop's way: judge whatever arrives, as it arrives.
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            rt.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_millis(100), arrivals.notified()).await;
+            });
+            Antibody::judge(&mut h, now());
+        }
+        let hb = heartbeat(&h);
+        assert_eq!(
+            hb.metadata["mesh"]["peers"]["hermes"]["loss_percent"], 0.0,
+            "{hb:?}"
+        );
+    });
+    // 2 s of windows of one probe, each lasting 0.5 s: 4, and one more
+    // in progress (and the look's own).
+    let sent = echoes_received(&p.b) - before;
+    assert!((1..=6).contains(&sent), "{sent} probes in 2 s");
+}

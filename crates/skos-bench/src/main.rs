@@ -108,7 +108,8 @@ struct Cli {
     #[arg(long)]
     trials: Option<usize>,
     /// Efficacy rows to run, comma-separated: each keeps the rows whose
-    /// name contains it (`thermal`, `storage critical`, `crash_loop`).
+    /// name contains it (`thermal`, `storage critical`, `crash_loop`,
+    /// `mesh`, `workloads`, `dead node`).
     #[arg(long, value_delimiter = ',')]
     rows: Option<Vec<String>>,
     /// Smoke run: small counts, short windows (about half a minute).

@@ -1020,7 +1020,7 @@ impl Antibody for LoopBreaker {
             Events::Untried => json!({"listening": false}),
             Events::Listening(inbox) => {
                 let ib = procevents_lock(inbox);
-                json!({"listening": true, "lost": ib.lost, "unread": ib.unread})
+                json!({"listening": true, "lost": ib.lost, "unread": ib.unread, "forged": ib.forged})
             }
             Events::Unavailable(why) => json!({"listening": false, "why": why}),
         };

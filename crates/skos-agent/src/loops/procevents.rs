@@ -36,6 +36,7 @@ use skos_core::timefmt::Timestamp;
 use tokio::sync::Notify;
 
 use super::procwatch::{Needs, ProcWatch};
+use crate::netlink::{recv_from_kernel, Received};
 
 /// `NLMSG_DONE`: the type of every connector message.
 const NLMSG_DONE: u16 = 3;
@@ -237,6 +238,12 @@ pub struct Listener {
     fd: OwnedFd,
     /// Events received while waiting for the acknowledgement.
     early: Vec<ProcEvent>,
+    /// Datagrams another process sent to this socket (not the kernel's:
+    /// any local user may unicast to it), dropped unread, since opened.
+    pub forged: u64,
+    /// The port the last of them came from (`/proc/net/netlink` names its
+    /// owner).
+    pub forged_from: Option<u32>,
 }
 
 fn setsockopt(fd: &OwnedFd, opt: libc::c_int, value: &[u8]) -> io::Result<()> {
@@ -323,6 +330,8 @@ impl Listener {
         let mut l = Listener {
             fd,
             early: Vec::new(),
+            forged: 0,
+            forged_from: None,
         };
         let until = Instant::now() + ACK_WAIT;
         loop {
@@ -362,16 +371,21 @@ impl Listener {
 
     /// One receive: the events it held and what else it held
     /// ([`parse`]). A timeout is an error of kind `WouldBlock` or
-    /// `TimedOut`; `ENOBUFS` says events were dropped.
+    /// `TimedOut`; `ENOBUFS` says events were dropped. A datagram another
+    /// process sent is dropped unread and counted ([`Listener::forged`]):
+    /// only the kernel tells process events.
     pub fn recv(&mut self) -> io::Result<(Vec<ProcEvent>, Option<ParseError>)> {
         let mut buf = [0u8; 8192];
-        // SAFETY: `buf` is a live buffer of the length passed.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let n = match recv_from_kernel(&self.fd, &mut buf)? {
+            Received::Kernel(n) => n,
+            Received::Forged { port } => {
+                self.forged += 1;
+                self.forged_from = Some(port);
+                0
+            }
+        };
         let mut out = std::mem::take(&mut self.early);
-        let (events, trouble) = parse(&buf[..n as usize]);
+        let (events, trouble) = parse(&buf[..n]);
         out.extend(events);
         Ok((out, trouble))
     }
@@ -403,6 +417,9 @@ pub struct Inbox {
     pub lost: u64,
     /// Processes that ended before they could be read.
     pub unread: u64,
+    /// Messages another process sent to the listener's socket, dropped
+    /// ([`Listener::forged`]).
+    pub forged: u64,
 }
 
 /// Start listening on a thread of its own: each `exec` is read from
@@ -443,11 +460,19 @@ fn listen(
     arrivals: &Notify,
 ) {
     let mut said_lost = false;
+    let mut said_forged = 0;
     loop {
         let received = listener.recv();
         let Some(inbox) = inbox.upgrade() else {
             return;
         };
+        if listener.forged != said_forged {
+            if said_forged == 0 {
+                tracing::warn!(port = ?listener.forged_from, "process events: a message not from the kernel dropped (another local process wrote to the socket; /proc/net/netlink names the port's owner)");
+            }
+            said_forged = listener.forged;
+            lock(&inbox).forged = said_forged;
+        }
         let events = match received {
             Ok((events, trouble)) => {
                 if let Some(t) = trouble {
@@ -651,5 +676,48 @@ mod tests {
             }
         }
         panic!("exec and exit of pid {pid} not heard: {seen:?}");
+    }
+
+    /// Another process may write to the listener's socket (one with
+    /// `CAP_NET_ADMIN` over the network namespace: another container's
+    /// root sharing the host's, a tool mis-addressing its request; the
+    /// kernel refuses an unprivileged user's): an `exec` it forged, for a
+    /// process that never ran one, is dropped and counted; the kernel's
+    /// own events, after it, are still heard.
+    #[test]
+    fn an_exec_forged_by_another_process_is_not_heard() {
+        skos_testsupport::require!(
+            "root in the initial namespaces (the proc connector)",
+            skos_testsupport::require::root()
+        );
+        let mut l = Listener::open().expect("subscribe to process events as root");
+        let me = std::process::id();
+        let forged = message(CN_IDX_PROC, PROC_EVENT_EXEC, &[me, me]);
+        let port = crate::netlink::tests::port(&l.fd);
+        let refused =
+            crate::netlink::tests::send_from(libc::NETLINK_CONNECTOR, port, forged.clone(), true);
+        assert_eq!(
+            refused.map_err(|e| e.raw_os_error()),
+            Err(Some(libc::EPERM))
+        );
+        let sender = crate::netlink::tests::send_from(libc::NETLINK_CONNECTOR, port, forged, false)
+            .expect("a privileged process writes to the listener");
+        // Queued after the forged message: its exec ends the reading.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let mut heard = Vec::new();
+        for _ in 0..100 {
+            let Ok((events, _)) = l.recv() else { continue };
+            heard.extend(events.iter().filter_map(|ev| match ev {
+                ProcEvent::Exec { tgid, .. } if *tgid == me || *tgid == pid => Some(*tgid),
+                _ => None,
+            }));
+            if heard.contains(&pid) {
+                break;
+            }
+        }
+        assert_eq!(heard, vec![pid], "the forged exec of {me} believed");
+        assert_eq!((l.forged, l.forged_from), (1, Some(sender)));
     }
 }

@@ -6,7 +6,8 @@
 //! is added, removed or changes state (wireguard-go's tun device vanishing
 //! with its process, `ip link set wg0 down`). Nothing is parsed: any such
 //! message only asks for a look at the links (`ip`, `wg`), which judges
-//! them as every look does. Joining the group needs no privilege.
+//! them as every look does. Joining the group needs no privilege. Only
+//! the kernel's messages count ([`crate::netlink`]).
 //!
 //! The thread ends once the [`LinkWatch`] is dropped (within a second).
 
@@ -17,6 +18,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+
+use crate::netlink::{recv_from_kernel, Received};
 
 /// `RTMGRP_LINK`: the link group's bit in `nl_groups`.
 const RTMGRP_LINK: u32 = 1;
@@ -112,15 +115,23 @@ impl LinkWatch {
 
 fn watch(fd: &OwnedFd, changed: &Weak<AtomicBool>, arrivals: &Notify) {
     let mut buf = [0u8; 16384];
+    let mut said_forged = false;
     loop {
-        // SAFETY: `buf` is a live buffer of the length passed.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let received = recv_from_kernel(fd, &mut buf);
         let Some(flag) = changed.upgrade() else {
             return;
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
+        match received {
+            Ok(Received::Kernel(_)) => {}
+            // Not a link change: another process wrote to the socket.
+            Ok(Received::Forged { port }) => {
+                if !said_forged {
+                    tracing::warn!(port, "link watch: a message not from the kernel dropped (another process wrote to the socket; /proc/net/netlink names the port's owner)");
+                    said_forged = true;
+                }
+                continue;
+            }
+            Err(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN | libc::EINTR) => continue,
                 // Messages were dropped: something changed all the same.
                 Some(libc::ENOBUFS) => {}
@@ -128,7 +139,7 @@ fn watch(fd: &OwnedFd, changed: &Weak<AtomicBool>, arrivals: &Notify) {
                     tracing::warn!(error = %e, "link watch: receive failed; links are read every monitor interval only from now on");
                     return;
                 }
-            }
+            },
         }
         flag.store(true, Ordering::Release);
         arrivals.notify_one();

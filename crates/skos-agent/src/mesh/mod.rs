@@ -358,16 +358,39 @@ impl Antibody for MeshHealer {
     }
 }
 
+/// The longest one window of probes takes:
+/// `(count − 1) × interval + timeout` (a bad configuration's negative or
+/// non-finite values count as 0).
+pub fn window_span(p: &skos_core::config::ProbeConfig) -> Duration {
+    let secs = |v: f64| Duration::try_from_secs_f64(v).unwrap_or_default();
+    secs(p.interval).saturating_mul(p.count.saturating_sub(1)) + secs(p.timeout)
+}
+
 impl MeshHealer {
     /// Start a window of probes off the loop, unless one is in progress
-    /// or no peer has an address.
+    /// or no peer has an address. Back to back, a window lasts its whole
+    /// span ([`window_span`]) even when every probe was answered sooner:
+    /// otherwise a window of one probe (or probes 0 s apart) answered in
+    /// a fraction of a millisecond is followed by the next at once, a
+    /// flood of probes at every peer and a loop never idle.
     fn probe(&mut self) {
         if !self.cfg.peers.iter().any(|p| p.address.is_some()) {
             return;
         }
         let (cfg, failed_over) = (self.cfg.clone(), self.failed_over());
-        self.prober
-            .ask(move || sense::read_probes(&cfg, &failed_over));
+        let least = if cfg.probe.back_to_back {
+            window_span(&cfg.probe)
+        } else {
+            Duration::ZERO
+        };
+        self.prober.ask(move || {
+            let start = std::time::Instant::now();
+            let probed = sense::read_probes(&cfg, &failed_over);
+            if let Some(rest) = least.checked_sub(start.elapsed()) {
+                std::thread::sleep(rest);
+            }
+            probed
+        });
     }
 
     /// Whether `problem` (`mesh:<interface or peer>`) is still at `level`

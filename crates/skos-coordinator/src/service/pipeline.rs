@@ -17,6 +17,11 @@
 //! - batches are carried out one at a time, in the order they were
 //!   decided; a batch's records keep only its own effects, because every
 //!   batch takes the whole outbox;
+//! - nothing of a batch is written or published once the lease ran out
+//!   (checked before each, as [`Ctx::flush`] does before publishing): a
+//!   batch decided while the one before was carried out may wait that
+//!   long; the coordinator then steps down, and the next leader carries
+//!   out what the saved state keeps;
 //! - a failure ends the pipeline: what was not carried out (the failed
 //!   batch's and the next one's effects, in order) goes back to the
 //!   outbox, their nodes wait to be saved again, nothing of them is
@@ -82,6 +87,19 @@ struct Carrier {
     state: StateStore,
     audit: Arc<AuditLog>,
     signer: Option<Arc<Signer>>,
+    /// Until when this coordinator leads (its lease, as of the pipeline's
+    /// start: no renewal runs while the pipeline holds the service loop);
+    /// `None` without a lease. A batch is neither written nor published
+    /// past it.
+    valid_until: Option<Instant>,
+}
+
+impl Carrier {
+    /// Whether this coordinator still leads now, as [`Ctx::still_leader`]
+    /// would say.
+    fn leads(&self) -> bool {
+        self.valid_until.is_none_or(|t| Instant::now() < t)
+    }
 }
 
 /// One decided batch, its state writes planned, ready to be carried out.
@@ -112,6 +130,11 @@ enum Failed {
     Publish(skos_bus::Error, Vec<Effect>),
     /// An audit append: what is not known to be stored waits.
     Audit(AppendFailed),
+    /// The lease ran out before the state write or before the publish
+    /// (while the batch before was carried out): nothing more of the batch
+    /// is carried out by this coordinator; its effects are kept by the
+    /// saved state where it was written, for the next leader.
+    Deposed(Vec<Effect>),
 }
 
 /// How carrying out one batch went.
@@ -152,6 +175,9 @@ async fn carry(c: Carrier, batch: Decided) -> Carried {
         failed,
         took,
     };
+    if !c.leads() {
+        return done(took, Some(Failed::Deposed(effects)));
+    }
     let at = Instant::now();
     let mut written = Ok(());
     for key in &remove {
@@ -169,6 +195,11 @@ async fn carry(c: Carrier, batch: Decided) -> Carried {
     }
     let [_, persisted, published, audited] = feed.points();
     failpoint::hit(persisted);
+    // As [`Ctx::flush`]: nothing is published once the lease ran out (the
+    // batch before may have taken long).
+    if !c.leads() {
+        return done(took, Some(Failed::Deposed(effects)));
+    }
     let (publish, audits): (Vec<_>, Vec<_>) = effects
         .into_iter()
         .partition(|e| !matches!(e, Effect::Audit(_)));
@@ -227,12 +258,7 @@ impl Ctx {
             };
         }
         let until = Instant::now() + TURN;
-        let carrier = Carrier {
-            bus: self.bus.clone(),
-            state: self.state.clone(),
-            audit: self.audit.clone(),
-            signer: self.signer.clone(),
-        };
+        let carrier = self.carrier();
         let mut running: Option<tokio::task::JoinHandle<Carried>> = None;
         let mut next = Some(first);
         while let Some(batch) = next.take() {
@@ -282,6 +308,17 @@ impl Ctx {
         }
     }
 
+    /// What carrying out a batch needs, as this coordinator holds it now.
+    fn carrier(&self) -> Carrier {
+        Carrier {
+            bus: self.bus.clone(),
+            state: self.state.clone(),
+            audit: self.audit.clone(),
+            signer: self.signer.clone(),
+            valid_until: self.valid_until,
+        }
+    }
+
     /// Queue `work`'s effects and plan the state writes of the nodes it
     /// touched; the batch then takes the whole outbox. `None` when the
     /// writes cannot be planned (not leading, a record not encoded or
@@ -324,12 +361,12 @@ impl Ctx {
     }
 
     /// `nodes`' last writes are not known to be stored: each is written
-    /// again whatever it holds.
+    /// again whatever it holds, a removal too (a node the failed write
+    /// removed is kept as written, with no digest to match, so that its
+    /// record, perhaps still on the bus, is removed again).
     fn forget_written(&mut self, nodes: &BTreeSet<NodeName>) {
         for node in nodes {
-            if let Some(d) = self.written.get_mut(node) {
-                *d = UNKNOWN_DIGEST;
-            }
+            self.written.insert(node.clone(), UNKNOWN_DIGEST);
             self.unsaved.insert(node.clone());
         }
     }
@@ -379,6 +416,15 @@ impl Ctx {
                 let rest = failed.entries.into_iter().map(Effect::Audit).collect();
                 self.stall(failed.error, rest);
             }
+            Failed::Deposed(effects) => {
+                self.deposed = true;
+                tracing::error!(
+                    effects = effects.len(),
+                    "leader lease ran out while a batch waited to be carried out: stepping down; its effects are left to the next leader"
+                );
+                let later = std::mem::take(&mut self.outbox);
+                self.outbox = effects.into_iter().chain(later).collect();
+            }
         }
         tracing::error!(
             feed = c.feed.name(),
@@ -410,5 +456,164 @@ impl Ctx {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skos_bus::InProcBus;
+
+    fn throttle(node: &NodeName) -> Effect {
+        let cmd: Command = serde_json::from_value(json!({
+            "action_id": "a-1",
+            "action_type": "throttle_50",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "node": node,
+            "term": 1,
+        }))
+        .expect("a command");
+        Effect::Command(node.clone(), cmd)
+    }
+
+    /// A batch decided while the one before was carried out, whose turn
+    /// comes after the lease ran out (the batch before took that long):
+    /// neither its state nor its command is written, the command comes
+    /// back to be kept, and nothing is appended to the trail. Before, it
+    /// was published by a coordinator no longer leading.
+    #[tokio::test]
+    async fn a_batch_whose_turn_comes_after_the_lease_ran_out_is_not_carried_out() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let bus = Bus::InProc(InProcBus::new());
+        let node = NodeName::parse("n1").expect("a node name");
+        let mut commands = bus
+            .subscribe(Feed::Commands(node.clone()))
+            .await
+            .expect("subscribe to the node's commands");
+        let audit_path = dir.path().join("audit.jsonl");
+        let carrier = Carrier {
+            bus,
+            state: StateStore::dir(dir.path()),
+            audit: Arc::new(AuditLog::open_file(&audit_path).expect("an audit trail")),
+            signer: None,
+            valid_until: Some(Instant::now()),
+        };
+        let at = Instant::now();
+        let key = node_key(&node);
+        let batch = Decided {
+            feed: Durable::Alert,
+            started: at,
+            decided: at,
+            stamp: Stamp(1, 1),
+            touched: BTreeSet::from([node.clone()]),
+            save: vec![(key.clone(), Bytes::from_static(b"{}"))],
+            remove: Vec::new(),
+            effects: vec![throttle(&node)],
+            acks: Vec::new(),
+        };
+        let carried = carry(carrier.clone(), batch).await;
+        let Some(Failed::Deposed(kept)) = carried.failed else {
+            panic!("carried out past the lease");
+        };
+        assert!(
+            matches!(kept.as_slice(), [Effect::Command(n, c)] if *n == node && c.action_id == "a-1")
+        );
+        use futures::FutureExt;
+        assert!(
+            commands.next().now_or_never().is_none(),
+            "a command published after the lease ran out"
+        );
+        assert_eq!(
+            carrier.state.load(&key).await.expect("state readable"),
+            None
+        );
+        let trail = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        assert!(trail.is_empty(), "{trail}");
+    }
+
+    /// A coordinator's context over `bus`, state in `state` and the trail
+    /// at `audit`, its engine empty, leading without a lease.
+    fn ctx(bus: Bus, state: StateStore, audit: &std::path::Path) -> Ctx {
+        Ctx {
+            consumers: Consumers::spawn(bus.clone()),
+            flushed: FlushTimes::default(),
+            written: HashMap::new(),
+            unsaved: BTreeSet::new(),
+            scratch: Vec::new(),
+            signer: None,
+            engine: Engine::new(Config::default(), Counters::default(), "test"),
+            bus,
+            audit: Arc::new(AuditLog::open_file(audit).expect("an audit trail")),
+            state,
+            counters: Counters::default(),
+            max_bytes: 1 << 20,
+            outbox: VecDeque::new(),
+            stamp: Stamp::default(),
+            carried: Stamp::default(),
+            carried_written: Stamp::default(),
+            stalled: false,
+            audits_uncertain: false,
+            results_seen: RecentIds::new(16),
+            deposed: false,
+            valid_until: None,
+            audit_down: None,
+            node: NodeName::parse("coord").expect("a node name"),
+            seal: None,
+            seal_term: 0,
+            sealed_at: 0,
+            trusted: None,
+            node_trust: None,
+            alert_gaps: SequenceGaps::default(),
+            result_gaps: SequenceGaps::default(),
+        }
+    }
+
+    /// A batch that empties a node's state removes its record; when that
+    /// removal fails, it is tried again. Before, the removal counted as
+    /// done when it was planned (so that the next batch compares against
+    /// it), and undoing it on the failure kept nothing to compare with:
+    /// the record stayed on the bus, and a new leader restored the node
+    /// from it.
+    #[tokio::test]
+    async fn a_removal_that_failed_is_tried_again() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let states = dir.path().join("state");
+        std::fs::create_dir(&states).expect("the state directory");
+        let mut c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(&states),
+            &dir.path().join("audit.jsonl"),
+        );
+        let node = NodeName::parse("n1").expect("a node name");
+        let key = node_key(&node);
+        // Written once (with what the engine held then); its state now
+        // empty.
+        c.state
+            .save(&key, Bytes::from_static(b"{}"))
+            .await
+            .expect("a record written");
+        c.written.insert(node.clone(), 42);
+        let work = Work {
+            effects: Vec::new(),
+            touched: BTreeSet::from([node.clone()]),
+            acks: Vec::new(),
+        };
+        let batch = c
+            .plan_batch(Durable::Alert, work, Instant::now())
+            .expect("planned");
+        assert_eq!(batch.remove, vec![key.clone()]);
+        // The state store cannot be written to: the removal fails.
+        std::fs::rename(&states, dir.path().join("away")).expect("moved away");
+        std::fs::write(&states, b"not a directory").expect("a file in its place");
+        let carried = carry(c.carrier(), batch).await;
+        assert!(matches!(carried.failed, Some(Failed::State(..))));
+        assert!(!c.settle(carried).await);
+        std::fs::remove_file(&states).expect("the file removed");
+        std::fs::rename(dir.path().join("away"), &states).expect("moved back");
+        assert!(c.unsaved.contains(&node));
+        // The retry writes the node's state as it now is: removed.
+        c.persist(c.unsaved.clone()).await;
+        assert!(c.unsaved.is_empty());
+        assert_eq!(c.state.load(&key).await.expect("state readable"), None);
     }
 }
