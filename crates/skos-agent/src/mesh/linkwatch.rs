@@ -10,12 +10,14 @@
 //! the kernel's messages count ([`crate::netlink`]).
 //!
 //! The thread ends once the [`LinkWatch`] is dropped (within a second).
+//! Looks are asked for at most once per [`LOOK_GAP`]: a flapping link does
+//! not keep `ip` and `wg` running back to back.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -116,32 +118,138 @@ impl LinkWatch {
 fn watch(fd: &OwnedFd, changed: &Weak<AtomicBool>, arrivals: &Notify) {
     let mut buf = [0u8; 16384];
     let mut said_forged = false;
+    let mut pacer = Pacer::default();
     loop {
-        let received = recv_from_kernel(fd, &mut buf);
+        let ready = match readable(fd, pacer.wait(Instant::now())) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "link watch: waiting for link changes failed; links are read every monitor interval only from now on");
+                return;
+            }
+        };
         let Some(flag) = changed.upgrade() else {
             return;
         };
-        match received {
-            Ok(Received::Kernel(_)) => {}
-            // Not a link change: another process wrote to the socket.
-            Ok(Received::Forged { port }) => {
-                if !said_forged {
-                    tracing::warn!(port, "link watch: a message not from the kernel dropped (another process wrote to the socket; /proc/net/netlink names the port's owner)");
-                    said_forged = true;
+        let heard = if ready {
+            match recv_from_kernel(fd, &mut buf) {
+                Ok(Received::Kernel(_)) => true,
+                // Not a link change: another process wrote to the socket.
+                Ok(Received::Forged { port }) => {
+                    if !said_forged {
+                        tracing::warn!(port, "link watch: a message not from the kernel dropped (another process wrote to the socket; /proc/net/netlink names the port's owner)");
+                        said_forged = true;
+                    }
+                    false
                 }
-                continue;
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINTR) => false,
+                    // Messages were dropped: something changed all the same.
+                    Some(libc::ENOBUFS) => true,
+                    _ => {
+                        tracing::warn!(error = %e, "link watch: receive failed; links are read every monitor interval only from now on");
+                        return;
+                    }
+                },
             }
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::EINTR) => continue,
-                // Messages were dropped: something changed all the same.
-                Some(libc::ENOBUFS) => {}
-                _ => {
-                    tracing::warn!(error = %e, "link watch: receive failed; links are read every monitor interval only from now on");
-                    return;
-                }
-            },
+        } else {
+            false
+        };
+        let now = Instant::now();
+        let ask = if heard {
+            pacer.heard(now)
+        } else {
+            pacer.due(now)
+        };
+        if ask {
+            flag.store(true, Ordering::Release);
+            arrivals.notify_one();
         }
-        flag.store(true, Ordering::Release);
-        arrivals.notify_one();
+    }
+}
+
+/// Whether `fd` has a message to read within `wait` (`poll(2)`).
+fn readable(fd: &OwnedFd, wait: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(wait.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one live pollfd, and one is the count passed.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n > 0)
+}
+
+/// The shortest time between two looks the watch asks for: a flapping
+/// link, or links coming and going by the hundred, asks for at most one
+/// look per gap; the last change of a burst is asked for at most one gap
+/// late, and a lone change at once.
+const LOOK_GAP: Duration = Duration::from_millis(100);
+
+/// When to ask for a look, from the changes heard (times in, answers out).
+#[derive(Debug, Default)]
+struct Pacer {
+    /// When a look was last asked for.
+    asked: Option<Instant>,
+    /// A change heard and not asked for yet.
+    waiting: bool,
+}
+
+impl Pacer {
+    /// A change was heard at `now`: whether to ask for a look now.
+    fn heard(&mut self, now: Instant) -> bool {
+        self.waiting = true;
+        self.due(now)
+    }
+
+    /// Whether a change heard earlier is to be asked for at `now`.
+    fn due(&mut self, now: Instant) -> bool {
+        let gap_over = self
+            .asked
+            .is_none_or(|t| now.saturating_duration_since(t) >= LOOK_GAP);
+        if self.waiting && gap_over {
+            self.asked = Some(now);
+            self.waiting = false;
+            return true;
+        }
+        false
+    }
+
+    /// How long to wait for the next change: until a waiting change is
+    /// due, else [`RECV_TIMEOUT`].
+    fn wait(&self, now: Instant) -> Duration {
+        match (self.waiting, self.asked) {
+            (true, Some(t)) => LOOK_GAP.saturating_sub(now.saturating_duration_since(t)),
+            _ => RECV_TIMEOUT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_change_is_asked_for_at_once_and_a_burst_once_per_gap() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut p = Pacer::default();
+        assert_eq!(p.wait(t0), RECV_TIMEOUT, "nothing waits");
+        assert!(p.heard(ms(0)), "a lone change: at once");
+        // A flap: changes every 5 ms are not asked for within the gap...
+        for n in (5..100).step_by(5) {
+            assert!(!p.heard(ms(n)), "asked again {n} ms after the last look");
+        }
+        assert_eq!(p.wait(ms(95)), Duration::from_millis(5));
+        assert!(!p.due(ms(99)));
+        // ...but the last of them is, once the gap is over, heard or not.
+        assert!(p.due(ms(100)));
+        assert!(!p.due(ms(300)), "nothing new: nothing to ask");
+        assert_eq!(p.wait(ms(300)), RECV_TIMEOUT);
+        assert!(p.heard(ms(400)), "the next lone change: at once");
     }
 }
