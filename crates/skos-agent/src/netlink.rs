@@ -11,7 +11,7 @@
 //! said to the caller.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// What one receive gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,54 @@ pub enum Received {
     Kernel(usize),
     /// A datagram another process sent, from its `port`: dropped.
     Forged { port: u32 },
+}
+
+/// Why a netlink socket could not be opened and joined to its group.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// `socket(2)` failed.
+    #[error("cannot open the netlink socket: {0}")]
+    Socket(#[source] io::Error),
+    /// `bind(2)` to the multicast group failed.
+    #[error("cannot join the netlink group: {0}")]
+    Bind(#[source] io::Error),
+}
+
+/// A netlink socket of `kind` (`SOCK_RAW`, `SOCK_DGRAM`) and `protocol`
+/// (`NETLINK_ROUTE`, `NETLINK_CONNECTOR`), close-on-exec, bound to the
+/// multicast `groups` (a bit mask), with a port id the kernel picks.
+///
+/// # Errors
+/// [`OpenError`]: which of the two calls failed, with the OS error.
+pub fn open_group(
+    kind: libc::c_int,
+    protocol: libc::c_int,
+    groups: u32,
+) -> Result<OwnedFd, OpenError> {
+    // SAFETY: socket(2) with plain integer arguments; the fd it returns
+    // is owned below.
+    let raw = unsafe { libc::socket(libc::AF_NETLINK, kind | libc::SOCK_CLOEXEC, protocol) };
+    if raw < 0 {
+        return Err(OpenError::Socket(io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a new fd nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: a zeroed sockaddr_nl is valid; fields set after.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    addr.nl_groups = groups;
+    // SAFETY: `addr` is a sockaddr_nl of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(OpenError::Bind(io::Error::last_os_error()));
+    }
+    Ok(fd)
 }
 
 /// One `recvfrom(2)` on the netlink socket `fd` into `buf`.

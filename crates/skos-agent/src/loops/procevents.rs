@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ use skos_core::timefmt::Timestamp;
 use tokio::sync::Notify;
 
 use super::procwatch::{Needs, ProcWatch};
-use crate::netlink::{recv_from_kernel, Received};
+use crate::netlink::{open_group, recv_from_kernel, OpenError, Received};
 
 /// `NLMSG_DONE`: the type of every connector message.
 const NLMSG_DONE: u16 = 3;
@@ -287,37 +287,14 @@ impl Listener {
     /// # Errors
     /// [`EventsError`]: which step failed and why.
     pub fn open() -> Result<Self, EventsError> {
-        // SAFETY: socket(2) with constant arguments; the fd it returns is
-        // owned below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::NETLINK_CONNECTOR,
-            )
-        };
-        if raw < 0 {
-            return Err(EventsError::Socket(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a new fd nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = open_group(libc::SOCK_DGRAM, libc::NETLINK_CONNECTOR, CN_IDX_PROC).map_err(
+            |e| match e {
+                OpenError::Socket(e) => EventsError::Socket(e),
+                OpenError::Bind(e) => EventsError::Bind(e),
+            },
+        )?;
         // A larger buffer is best effort: the default still works.
         let _ = setsockopt(&fd, libc::SO_RCVBUF, &RCVBUF.to_ne_bytes());
-        // SAFETY: a zeroed sockaddr_nl is valid; fields set after.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = CN_IDX_PROC;
-        // SAFETY: `addr` is a sockaddr_nl of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(EventsError::Bind(io::Error::last_os_error()));
-        }
         // Another listener's subscription is answered to every listener
         // too: ours is told by its token.
         let token = std::process::id().wrapping_mul(2_654_435_761) & 0x7fff_ffff;

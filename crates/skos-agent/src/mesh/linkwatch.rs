@@ -14,14 +14,14 @@
 //! not keep `ip` and `wg` running back to back.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::netlink::{recv_from_kernel, Received};
+use crate::netlink::{open_group, recv_from_kernel, OpenError, Received};
 
 /// `RTMGRP_LINK`: the link group's bit in `nl_groups`.
 const RTMGRP_LINK: u32 = 1;
@@ -54,34 +54,11 @@ impl LinkWatch {
     /// # Errors
     /// [`LinkWatchError`]: which step failed.
     pub fn start(arrivals: Arc<Notify>) -> Result<Self, LinkWatchError> {
-        // SAFETY: socket(2) with constant arguments; the fd is owned below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(LinkWatchError::Socket(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a new fd nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: a zeroed sockaddr_nl is valid; fields set after.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = RTMGRP_LINK;
-        // SAFETY: `addr` is a sockaddr_nl of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(LinkWatchError::Bind(io::Error::last_os_error()));
-        }
+        let fd =
+            open_group(libc::SOCK_RAW, libc::NETLINK_ROUTE, RTMGRP_LINK).map_err(|e| match e {
+                OpenError::Socket(e) => LinkWatchError::Socket(e),
+                OpenError::Bind(e) => LinkWatchError::Bind(e),
+            })?;
         let tv = libc::timeval {
             tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
             tv_usec: 0,
