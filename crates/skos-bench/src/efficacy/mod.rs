@@ -1054,9 +1054,11 @@ async fn node_trials(
     );
     for row in rows {
         if matches!(row.fault, Fault::Fill(_)) && st.fs.is_none() {
-            let why = st.no_fs.clone().unwrap_or_default();
-            say(S, format!("{}: skipped: {why}", row.name));
-            out.push(RowSummary::skipped(row, why));
+            skip_rows(
+                std::slice::from_ref(row),
+                st.no_fs.as_deref().unwrap_or_default(),
+                out,
+            );
             continue;
         }
         let mut figs = Vec::new();
@@ -1078,6 +1080,14 @@ async fn node_trials(
     Ok(())
 }
 
+/// Say and record that each of `rows` is skipped, and `why`.
+fn skip_rows(rows: &[Row], why: &str, out: &mut Vec<RowSummary>) {
+    for row in rows {
+        say(S, format!("{}: skipped: {why}", row.name));
+        out.push(RowSummary::skipped(row, why.to_string()));
+    }
+}
+
 /// The rows with workloads, on the fleet; skipped (with the reason) where
 /// namespaces, busybox or nats-server are missing or not root.
 async fn fleet_trials(
@@ -1087,11 +1097,7 @@ async fn fleet_trials(
     out: &mut Vec<RowSummary>,
 ) -> Result<()> {
     if let Err(e) = fleet::prerequisites() {
-        let why = e.to_string();
-        for row in rows {
-            say(S, format!("{}: skipped: {why}", row.name));
-            out.push(RowSummary::skipped(row, why.clone()));
-        }
+        skip_rows(rows, &e.to_string(), out);
         return Ok(());
     }
     let mut fl = fleet::FleetStack::start(o).await?;
@@ -1138,11 +1144,7 @@ async fn mesh_trials(
     out: &mut Vec<RowSummary>,
 ) -> Result<()> {
     if let Err(e) = mesh::prerequisites() {
-        let why = e.to_string();
-        for row in rows {
-            say(S, format!("{}: skipped: {why}", row.name));
-            out.push(RowSummary::skipped(row, why.clone()));
-        }
+        skip_rows(rows, &e.to_string(), out);
         return Ok(());
     }
     let mut m = mesh::MeshStack::start(o).await?;
