@@ -25,7 +25,8 @@ use crate::netlink::{open_group, recv_from_kernel, OpenError, Received};
 
 /// `RTMGRP_LINK`: the link group's bit in `nl_groups`.
 const RTMGRP_LINK: u32 = 1;
-/// A receive wakes at least this often, so a watch whose healer is gone ends.
+/// The watch wakes at least this often (its `poll` times out), so a watch
+/// whose healer is gone ends.
 const RECV_TIMEOUT: Duration = Duration::from_secs(1);
 /// Stack of the watch's thread, bytes.
 const STACK: usize = 128 * 1024;
@@ -59,23 +60,6 @@ impl LinkWatch {
                 OpenError::Socket(e) => LinkWatchError::Socket(e),
                 OpenError::Bind(e) => LinkWatchError::Bind(e),
             })?;
-        let tv = libc::timeval {
-            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: `tv` is a live timeval of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(LinkWatchError::Socket(io::Error::last_os_error()));
-        }
         let changed = Arc::new(AtomicBool::new(false));
         let weak = Arc::downgrade(&changed);
         std::thread::Builder::new()

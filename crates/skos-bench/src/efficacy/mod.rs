@@ -1061,23 +1061,37 @@ async fn node_trials(
             );
             continue;
         }
-        let mut figs = Vec::new();
-        for k in 0..trials {
-            match trial(st, row, k).await {
-                Ok(f) => {
-                    say(S, format!("{} #{}: {}", row.name, k + 1, describe(&f)));
-                    figs.push(f);
-                }
-                Err(e) => {
-                    say(S, format!("{} #{}: FAILED: {e}", row.name, k + 1));
-                    out.push(RowSummary::of(row, figs));
-                    return Err(e);
-                }
-            }
-        }
+        let (figs, failed) = row_trials(row, trials, async |k| trial(st, row, k).await).await;
         out.push(RowSummary::of(row, figs));
+        if let Some(e) = failed {
+            return Err(e);
+        }
     }
     Ok(())
+}
+
+/// `trials` trials of `row` by `trial` (given the trial's index), each
+/// said as it ends; the first that fails ends them and is given back with
+/// the figures of those before it.
+async fn row_trials(
+    row: &Row,
+    trials: usize,
+    mut trial: impl AsyncFnMut(usize) -> Result<TrialFigures>,
+) -> (Vec<TrialFigures>, Option<Error>) {
+    let mut figs = Vec::new();
+    for k in 0..trials {
+        match trial(k).await {
+            Ok(f) => {
+                say(S, format!("{} #{}: {}", row.name, k + 1, describe(&f)));
+                figs.push(f);
+            }
+            Err(e) => {
+                say(S, format!("{} #{}: FAILED: {e}", row.name, k + 1));
+                return (figs, Some(e));
+            }
+        }
+    }
+    (figs, None)
 }
 
 /// Say and record that each of `rows` is skipped, and `why`.
@@ -1114,22 +1128,12 @@ async fn fleet_trials(
             continue;
         };
         let bound = fleet::detect_bound(fault, o);
-        let mut figs = Vec::new();
-        for k in 0..trials {
-            match fl.trial(row, fault, k).await {
-                Ok(f) => {
-                    say(S, format!("{} #{}: {}", row.name, k + 1, describe(&f)));
-                    figs.push(f);
-                }
-                Err(e) => {
-                    say(S, format!("{} #{}: FAILED: {e}", row.name, k + 1));
-                    out.push(RowSummary::of(row, figs).within(bound));
-                    say(S, format!("logs kept in {}", fl.keep_logs()));
-                    return Err(e);
-                }
-            }
-        }
+        let (figs, failed) = row_trials(row, trials, async |k| fl.trial(row, fault, k).await).await;
         out.push(RowSummary::of(row, figs).within(bound));
+        if let Some(e) = failed {
+            say(S, format!("logs kept in {}", fl.keep_logs()));
+            return Err(e);
+        }
     }
     fl.stop().await;
     Ok(())
@@ -1153,23 +1157,13 @@ async fn mesh_trials(
         let Fault::Mesh(fault) = row.fault else {
             continue;
         };
-        let mut figs = Vec::new();
-        for k in 0..trials {
-            match m.trial(row, fault, k).await {
-                Ok(f) => {
-                    say(S, format!("{} #{}: {}", row.name, k + 1, describe(&f)));
-                    figs.push(f);
-                }
-                Err(e) => {
-                    say(S, format!("{} #{}: FAILED: {e}", row.name, k + 1));
-                    out.push(RowSummary::of(row, figs));
-                    m.work.disable_cleanup(true);
-                    say(S, format!("logs kept in {}", m.work.path().display()));
-                    return Err(e);
-                }
-            }
-        }
+        let (figs, failed) = row_trials(row, trials, async |k| m.trial(row, fault, k).await).await;
         out.push(RowSummary::of(row, figs));
+        if let Some(e) = failed {
+            m.work.disable_cleanup(true);
+            say(S, format!("logs kept in {}", m.work.path().display()));
+            return Err(e);
+        }
     }
     m.stop().await;
     Ok(())

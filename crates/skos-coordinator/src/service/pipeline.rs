@@ -377,7 +377,6 @@ impl Ctx {
     /// [`Ctx::flush`] leaves it. True on success.
     async fn settle(&mut self, c: Carried) -> bool {
         let Some(failed) = c.failed else {
-            self.audits_uncertain = false;
             self.audit_written().await;
             if self.outbox.is_empty() {
                 self.carried = c.stamp;
