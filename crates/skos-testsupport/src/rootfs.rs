@@ -188,6 +188,24 @@ impl DebianRoot {
         self.dir.path().join(rel.trim_start_matches('/'))
     }
 
+    /// The line of `name` in the root's colon-separated database `db`
+    /// (`/etc/passwd`, `/etc/group`), if it has one. Panics when the file
+    /// cannot be read (a test helper).
+    pub fn entry(&self, db: &str, name: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.join(db))
+            .unwrap_or_else(|e| panic!("{db} in the root: {e}"));
+        let prefix = format!("{name}:");
+        text.lines()
+            .find(|l| l.starts_with(&prefix))
+            .map(str::to_string)
+    }
+
+    /// The gid of group `name` in the root, if it has the group.
+    pub fn gid(&self, name: &str) -> Option<String> {
+        self.entry("/etc/group", name)
+            .and_then(|l| l.split(':').nth(2).map(str::to_string))
+    }
+
     /// A command run inside the root, as `user` (`name` or `uid:gid`) when
     /// given: `chroot` in a mount namespace of its own with `/proc`
     /// mounted (gone with the process). Each step `exec`s the next, so the

@@ -356,13 +356,7 @@ fn skos_install_takes_a_relative_root_and_uninstalls_what_is_not_there() {
 fn skos_install_uses_and_keeps_a_skos_user_or_group_the_machine_had() {
     require!("root", require::root());
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let skos_line = |node: &DebianRoot| {
-        std::fs::read_to_string(node.join("/etc/passwd"))
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("skos:"))
-            .map(str::to_string)
-    };
+    let skos_line = |node: &DebianRoot| node.entry("/etc/passwd", "skos");
     let install = |node: &DebianRoot, extra: &[&str]| {
         let mut args: Vec<&std::ffi::OsStr> = vec!["install".as_ref()];
         args.extend(extra.iter().map(std::ffi::OsStr::new));
@@ -378,13 +372,8 @@ fn skos_install_uses_and_keeps_a_skos_user_or_group_the_machine_had() {
     );
     install(&node, &[]);
     let line = skos_line(&node).expect("the skos user");
-    let group = std::fs::read_to_string(node.join("/etc/group")).unwrap();
-    let gid = group
-        .lines()
-        .find(|l| l.starts_with("skos:"))
-        .and_then(|l| l.split(':').nth(2))
-        .unwrap();
-    assert_eq!(line.split(':').nth(3), Some(gid), "{line}");
+    let gid = node.gid("skos").expect("the skos group");
+    assert_eq!(line.split(':').nth(3), Some(gid.as_str()), "{line}");
     let purge = install(&node, &["--uninstall", "--purge"]);
     assert!(purge.contains("removed   user skos"), "{purge}");
     assert_eq!(skos_line(&node), None);

@@ -598,13 +598,7 @@ fn the_package_takes_over_nothing_the_machine_already_had() {
         }
     };
     let in_root = |deb: &Path| format!("/tmp/{}", deb.file_name().unwrap().to_string_lossy());
-    let skos_line = |root: &DebianRoot| {
-        std::fs::read_to_string(root.join("/etc/passwd"))
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("skos:"))
-            .map(str::to_string)
-    };
+    let skos_line = |root: &DebianRoot| root.entry("/etc/passwd", "skos");
 
     // The operator's own `skos` user, there before the package.
     let root = require!("a Debian root (debootstrap)", DebianRoot::fresh(cache));
@@ -645,13 +639,8 @@ fn the_package_takes_over_nothing_the_machine_already_had() {
         &dpkg(&root, &["-i", &in_root(&v1)]),
     );
     let line = skos_line(&root).expect("the skos user");
-    let group = std::fs::read_to_string(root.join("/etc/group")).unwrap();
-    let gid = group
-        .lines()
-        .find(|l| l.starts_with("skos:"))
-        .and_then(|l| l.split(':').nth(2))
-        .unwrap();
-    assert_eq!(line.split(':').nth(3), Some(gid), "{line}");
+    let gid = root.gid("skos").expect("the skos group");
+    assert_eq!(line.split(':').nth(3), Some(gid.as_str()), "{line}");
     ok("dpkg --purge", &dpkg(&root, &["--purge", "skos"]));
     assert_eq!(skos_line(&root), None, "the purge takes the user it made");
 }
