@@ -38,6 +38,49 @@ fn seqs(records: &[Value]) -> Vec<u64> {
     records.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
 }
 
+/// `skos audit verify`'s check of the file trail at `path`, on a thread,
+/// held at its first progress report (the first segment's 4096th line)
+/// until [`Paused::finish`]: what a writer does meanwhile is what the check
+/// meets.
+struct Paused {
+    go_on: std::sync::mpsc::Sender<()>,
+    verify: std::thread::JoinHandle<audit::check::TrailReport>,
+}
+
+impl Paused {
+    async fn verify(path: &Path) -> Self {
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let p = path.to_path_buf();
+        let verify = std::thread::spawn(move || {
+            let mut once = Some((go_tx, done_rx));
+            audit::check::verify_file_trail(&p, None, |_, _| {
+                if let Some((go, done)) = once.take() {
+                    go.send(()).unwrap();
+                    done.recv().unwrap();
+                }
+            })
+            .unwrap()
+        });
+        tokio::task::spawn_blocking(move || go_rx.recv())
+            .await
+            .unwrap()
+            .expect("verify reached the first segment's 4096th line");
+        Paused {
+            go_on: done_tx,
+            verify,
+        }
+    }
+
+    /// Let the check go on; its report.
+    async fn finish(self) -> audit::check::TrailReport {
+        self.go_on.send(()).unwrap();
+        tokio::task::spawn_blocking(move || self.verify.join().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
 fn segment_names(path: &Path) -> Vec<String> {
     segments::list(path)
         .unwrap()
@@ -591,29 +634,10 @@ async fn verify_while_the_live_file_is_sealed_sees_every_record() {
     }
     // verify is told its progress every 4096 lines of the first segment:
     // the writer seals the live file (5001..=5011) there.
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let p = path.clone();
-    let verify = std::thread::spawn(move || {
-        let mut once = Some((go_tx, done_rx));
-        audit::check::verify_file_trail(&p, None, |_, _| {
-            if let Some((go, done)) = once.take() {
-                go.send(()).unwrap();
-                done.recv().unwrap();
-            }
-        })
-        .unwrap()
-    });
-    tokio::task::spawn_blocking(move || go_rx.recv())
-        .await
-        .unwrap()
-        .expect("verify reached the first segment's 4096th line");
+    let paused = Paused::verify(&path).await;
     assert!(log.rotate_now().await.unwrap());
     assert_eq!(segment_names(&path).len(), 2);
-    done_tx.send(()).unwrap();
-    let r = tokio::task::spawn_blocking(move || verify.join().unwrap())
-        .await
-        .unwrap();
+    let r = paused.finish().await;
     assert!(r.ok(), "a rotation meanwhile is no deletion: {r:?}");
     assert_eq!(
         r.records, 5012,
@@ -896,29 +920,10 @@ async fn segments_aged_out_while_verify_reads_are_no_deletion() {
     // While verify reads the first segment, the writer starts with a
     // retention both are past (none kept: the policy's edge) and ages both
     // out.
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let p = path.clone();
-    let verify = std::thread::spawn(move || {
-        let mut once = Some((go_tx, done_rx));
-        audit::check::verify_file_trail(&p, None, |_, _| {
-            if let Some((go, done)) = once.take() {
-                go.send(()).unwrap();
-                done.recv().unwrap();
-            }
-        })
-        .unwrap()
-    });
-    tokio::task::spawn_blocking(move || go_rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let paused = Paused::verify(&path).await;
     let log = AuditLog::open_file_with(&path, manual(Some(Duration::ZERO))).unwrap();
     assert!(segment_names(&path).is_empty());
-    done_tx.send(()).unwrap();
-    let r = tokio::task::spawn_blocking(move || verify.join().unwrap())
-        .await
-        .unwrap();
+    let r = paused.finish().await;
     assert!(r.ok(), "{r:?}");
     assert_eq!(r.aged_out, Some((1, 5011)), "{r:?}");
     drop(log);
