@@ -462,19 +462,12 @@ mod tests {
 
     #[test]
     fn sensor_errors_of_several_sources_are_kept_side_by_side() {
-        let mut hb = Heartbeat {
-            agent_id: "a".into(),
-            agent_type: "agent".into(),
-            node: skos_core::NodeName::parse("a").unwrap(),
-            timestamp: chrono::Utc::now(),
-            cpu_temp: None,
-            gpu_temp: None,
-            storage_percent: None,
-            interval_seconds: None,
-            throttle_level: None,
-            metadata: Map::new(),
-            workloads: Vec::new(),
-        };
+        let mut hb = Heartbeat::bare(
+            "a",
+            "agent",
+            skos_core::NodeName::parse("a").unwrap(),
+            chrono::Utc::now(),
+        );
         add_sensor_error(&mut hb, "hwmon3", json!({"problem": "slow"}));
         add_sensor_error(&mut hb, "storage", json!({"problem": "slow"}));
         let errors = hb.metadata["sensor_errors"].as_object().unwrap();

@@ -367,17 +367,14 @@ impl Agent {
         let mut metadata = Map::new();
         metadata.insert("antibodies".into(), json!(self.cfg.agent.antibodies));
         let mut hb = Heartbeat {
-            agent_id: self.agent_id(),
-            agent_type: self.agent_type().to_string(),
-            node: self.node().clone(),
-            timestamp: chrono::Utc::now(),
-            cpu_temp: None,
-            gpu_temp: None,
-            storage_percent: None,
             interval_seconds: Some(self.cfg.agent.heartbeat_interval),
-            throttle_level: None,
             metadata,
-            workloads: Vec::new(),
+            ..Heartbeat::bare(
+                self.agent_id(),
+                self.agent_type(),
+                self.node().clone(),
+                chrono::Utc::now(),
+            )
         };
         for a in &self.antibodies {
             a.report(&mut hb);

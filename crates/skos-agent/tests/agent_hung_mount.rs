@@ -153,19 +153,12 @@ fn after_a_job_the_heartbeat_carries_what_it_left() {
     cfg.storage.mounts = vec![fs.path().to_path_buf()];
     let mut w = StorageWatcher::new(&cfg);
     let report = |w: &StorageWatcher| {
-        let mut hb = Heartbeat {
-            agent_id: "a".into(),
-            agent_type: "agent".into(),
-            node: skos_core::NodeName::parse("a").unwrap(),
-            timestamp: chrono::Utc::now(),
-            cpu_temp: None,
-            gpu_temp: None,
-            storage_percent: None,
-            interval_seconds: None,
-            throttle_level: None,
-            metadata: Default::default(),
-            workloads: Vec::new(),
-        };
+        let mut hb = Heartbeat::bare(
+            "a",
+            "agent",
+            skos_core::NodeName::parse("a").unwrap(),
+            chrono::Utc::now(),
+        );
         w.report(&mut hb);
         hb.storage_percent
     };

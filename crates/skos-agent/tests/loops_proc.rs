@@ -332,19 +332,12 @@ fn a_crash_loop_between_two_snapshots_is_counted_from_the_kernels_process_events
 }
 
 fn heartbeat() -> skos_core::protocol::Heartbeat {
-    skos_core::protocol::Heartbeat {
-        agent_id: "a".into(),
-        agent_type: "loop_breaker".into(),
-        node: skos_core::NodeName::parse("nova").unwrap(),
-        timestamp: chrono::Utc::now(),
-        cpu_temp: None,
-        gpu_temp: None,
-        storage_percent: None,
-        interval_seconds: None,
-        throttle_level: None,
-        metadata: Default::default(),
-        workloads: Vec::new(),
-    }
+    skos_core::protocol::Heartbeat::bare(
+        "a",
+        "loop_breaker",
+        skos_core::NodeName::parse("nova").unwrap(),
+        chrono::Utc::now(),
+    )
 }
 
 fn fake_proc(root: &Path, pid: u32, ppid: u32, cmd: &str) {
@@ -419,19 +412,7 @@ fn a_fake_proc_tree_is_judged_but_never_signalled() {
 fn heartbeats_carry_the_loop_breakers_state() {
     let mut lb = breaker("    - {name: g, uid: 0, command: '*never-matches-anything*'}\n");
     lb.sense(chrono::Utc::now());
-    let mut hb = skos_core::protocol::Heartbeat {
-        agent_id: "a".into(),
-        agent_type: "loop_breaker".into(),
-        node: skos_core::NodeName::parse("nova").unwrap(),
-        timestamp: chrono::Utc::now(),
-        cpu_temp: None,
-        gpu_temp: None,
-        storage_percent: None,
-        interval_seconds: None,
-        throttle_level: None,
-        metadata: Default::default(),
-        workloads: Vec::new(),
-    };
+    let mut hb = heartbeat();
     lb.report(&mut hb);
     let m = &hb.metadata["loop_breaker"];
     assert_eq!(m["chains"], 0);

@@ -67,19 +67,12 @@ fn command(action: &str, parameters: Value) -> Command {
 }
 
 fn heartbeat(sentinel: &ThermalSentinel) -> Heartbeat {
-    let mut hb = Heartbeat {
-        agent_id: "a".into(),
-        agent_type: "thermal_sentinel".into(),
-        node: skos_core::NodeName::parse("nova").unwrap(),
-        timestamp: chrono::Utc::now(),
-        cpu_temp: None,
-        gpu_temp: None,
-        storage_percent: None,
-        interval_seconds: None,
-        throttle_level: None,
-        metadata: Default::default(),
-        workloads: Vec::new(),
-    };
+    let mut hb = Heartbeat::bare(
+        "a",
+        "thermal_sentinel",
+        skos_core::NodeName::parse("nova").unwrap(),
+        chrono::Utc::now(),
+    );
     sentinel.report(&mut hb);
     hb
 }

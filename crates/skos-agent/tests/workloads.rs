@@ -66,19 +66,7 @@ fn stop(w: &mut Workloads, name: &str) -> Outcome {
 /// The antibody's heartbeat entry for `name`, after a fresh read.
 fn reported(w: &mut Workloads, name: &str) -> Option<WorkloadReport> {
     w.refresh(chrono::Utc::now());
-    let mut hb = Heartbeat {
-        agent_id: "a".into(),
-        agent_type: "workloads".into(),
-        node: nova(),
-        timestamp: chrono::Utc::now(),
-        cpu_temp: None,
-        gpu_temp: None,
-        storage_percent: None,
-        interval_seconds: None,
-        throttle_level: None,
-        metadata: Default::default(),
-        workloads: Vec::new(),
-    };
+    let mut hb = Heartbeat::bare("a", "workloads", nova(), chrono::Utc::now());
     w.report(&mut hb);
     hb.workloads.into_iter().find(|r| r.name.as_str() == name)
 }

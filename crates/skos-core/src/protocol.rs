@@ -150,6 +150,30 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
+    /// A heartbeat with no reading yet: every sensor `null` (a reading is
+    /// never invented), no metadata, no workloads; antibodies fill in what
+    /// they read (`report`).
+    pub fn bare(
+        agent_id: impl Into<String>,
+        agent_type: impl Into<String>,
+        node: NodeName,
+        timestamp: Timestamp,
+    ) -> Self {
+        Heartbeat {
+            agent_id: agent_id.into(),
+            agent_type: agent_type.into(),
+            node,
+            timestamp,
+            cpu_temp: None,
+            gpu_temp: None,
+            storage_percent: None,
+            interval_seconds: None,
+            throttle_level: None,
+            metadata: Map::new(),
+            workloads: Vec::new(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), DecodeError> {
         finite(self.cpu_temp, "cpu_temp")?;
         finite(self.gpu_temp, "gpu_temp")?;

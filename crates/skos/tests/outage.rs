@@ -37,17 +37,14 @@ fn node_name(i: usize) -> NodeName {
 
 fn heartbeat(node: &NodeName) -> Heartbeat {
     Heartbeat {
-        agent_id: format!("sim-agent-{node}"),
-        agent_type: "thermal_sentinel".into(),
-        node: node.clone(),
-        timestamp: chrono::Utc::now(),
         cpu_temp: Some(60.0),
-        gpu_temp: None,
-        storage_percent: None,
         interval_seconds: Some(0.5),
-        throttle_level: None,
-        metadata: Default::default(),
-        workloads: Vec::new(),
+        ..Heartbeat::bare(
+            format!("sim-agent-{node}"),
+            "thermal_sentinel",
+            node.clone(),
+            chrono::Utc::now(),
+        )
     }
 }
 

@@ -13,17 +13,10 @@ fn nova() -> NodeName {
 
 fn hb(cpu: Option<f64>, throttle: u8, at: f64) -> Heartbeat {
     Heartbeat {
-        agent_id: "thermal-sentinel-nova".into(),
-        agent_type: "thermal_sentinel".into(),
-        node: nova(),
-        timestamp: t(at),
         cpu_temp: cpu,
-        gpu_temp: None,
-        storage_percent: None,
         interval_seconds: Some(10.0),
         throttle_level: Some(throttle),
-        metadata: Default::default(),
-        workloads: Vec::new(),
+        ..Heartbeat::bare("thermal-sentinel-nova", "thermal_sentinel", nova(), t(at))
     }
 }
 
@@ -567,17 +560,9 @@ fn node(n: &str) -> NodeName {
 /// nodes it watches.
 fn mesh_hb(n: &str, at: f64, levels: Value) -> Heartbeat {
     Heartbeat {
-        agent_id: format!("mesh-healer-{n}"),
-        agent_type: "mesh_healer".into(),
-        node: node(n),
-        timestamp: t(at),
-        cpu_temp: None,
-        gpu_temp: None,
-        storage_percent: None,
         interval_seconds: Some(10.0),
-        throttle_level: None,
         metadata: json!({"mesh": levels}).as_object().unwrap().clone(),
-        workloads: Vec::new(),
+        ..Heartbeat::bare(format!("mesh-healer-{n}"), "mesh_healer", node(n), t(at))
     }
 }
 
