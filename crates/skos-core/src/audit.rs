@@ -45,16 +45,33 @@ pub enum ChainError {
 }
 
 pub fn entry_hash(prev_hash: &str, seq: u64, entry: &AuditEntry) -> String {
+    // The canonical text (what the entry's `Value` renders, keys sorted)
+    // is written straight into the hash, without building the `Value` or
+    // a string first ([`Canonical`]).
+    hash_over(prev_hash, seq, Some(&Canonical(entry)))
+}
+
+/// The hash of a record: SHA-256 over `prev_hash`, `\n`, `seq`, `\n`,
+/// then `entry`'s JSON text (nothing when there is none), as lowercase
+/// hex. The text goes into the hash through a buffer on the stack (the
+/// serialiser writes a quote, a key or a comma at a time). It cannot
+/// fail: no maps with non-string keys, no non-finite floats reach a
+/// record.
+fn hash_over<T: Serialize>(prev_hash: &str, seq: u64, entry: Option<&T>) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(b"\n");
     h.update(seq.to_string().as_bytes());
     h.update(b"\n");
-    // The canonical text (what the entry's `Value` renders, keys sorted)
-    // is written straight into the hash, without building the `Value` or
-    // a string first ([`Canonical`]). It cannot fail: no maps with
-    // non-string keys, no non-finite floats reach an AuditEntry.
-    let _ = serde_json::to_writer(HashWriter(&mut h), &Canonical(entry));
+    let mut w = HashWriter {
+        hash: &mut h,
+        buf: [0; HASH_BUFFER],
+        len: 0,
+    };
+    if let Some(entry) = entry {
+        let _ = serde_json::to_writer(&mut w, entry);
+    }
+    w.drain();
     hex::encode(h.finalize())
 }
 
@@ -91,16 +108,40 @@ impl Serialize for Canonical<'_> {
     }
 }
 
-/// Feeds what is written into a SHA-256.
-struct HashWriter<'a>(&'a mut Sha256);
+/// Bytes gathered before they are fed to the hash.
+const HASH_BUFFER: usize = 1024;
+
+/// Feeds what is written into a SHA-256, gathered [`HASH_BUFFER`] bytes
+/// at a time ([`HashWriter::drain`] feeds the rest).
+struct HashWriter<'a> {
+    hash: &'a mut Sha256,
+    buf: [u8; HASH_BUFFER],
+    len: usize,
+}
+
+impl HashWriter<'_> {
+    fn drain(&mut self) {
+        self.hash.update(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
 
 impl std::io::Write for HashWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
+        if self.len + buf.len() > HASH_BUFFER {
+            self.drain();
+        }
+        if buf.len() >= HASH_BUFFER {
+            self.hash.update(buf);
+        } else {
+            self.buf[self.len..self.len + buf.len()].copy_from_slice(buf);
+            self.len += buf.len();
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        self.drain();
         Ok(())
     }
 }
@@ -186,17 +227,7 @@ impl Verifier {
                 index: self.seen + 1,
                 reason: e.to_string(),
             })?;
-        self.push_checked(&record, |r| {
-            let mut h = Sha256::new();
-            h.update(r.prev_hash.as_bytes());
-            h.update(b"\n");
-            h.update(r.seq.to_string().as_bytes());
-            h.update(b"\n");
-            if let Some(entry) = &stored {
-                let _ = serde_json::to_writer(HashWriter(&mut h), entry);
-            }
-            hex::encode(h.finalize())
-        })
+        self.push_checked(&record, |r| hash_over(&r.prev_hash, r.seq, stored.as_ref()))
     }
 
     pub fn push(&mut self, record: &AuditRecord) -> Result<(), ChainError> {
@@ -310,6 +341,41 @@ mod tests {
         let mut h = Sha256::new();
         h.update(format!("{GENESIS}\n7\n{canonical}").as_bytes());
         assert_eq!(entry_hash(GENESIS, 7, &e), hex::encode(h.finalize()));
+    }
+
+    /// The same over entries whose text crosses the hash's buffer: one
+    /// piece longer than the buffer, pieces that fill it exactly, and
+    /// many small ones around its edge.
+    #[test]
+    fn the_hash_is_over_the_canonical_text_of_entries_longer_than_its_buffer() {
+        let sizes = [
+            0,
+            1,
+            HASH_BUFFER - 40,
+            HASH_BUFFER - 1,
+            HASH_BUFFER,
+            3 * HASH_BUFFER + 7,
+        ];
+        for (i, n) in sizes.into_iter().enumerate() {
+            let mut e = entry(i as u32);
+            let keys: serde_json::Map<String, serde_json::Value> = (0..n / 16 + 1)
+                .map(|k| (format!("k{k:04}"), serde_json::json!(k)))
+                .collect();
+            e.data = serde_json::json!({
+                "escaped": "é\"x".repeat(n / 3 + 1),
+                "keys": keys,
+                "n": n,
+                "plain": "x".repeat(n),
+            });
+            let canonical = serde_json::to_value(&e).unwrap().to_string();
+            let mut h = Sha256::new();
+            h.update(format!("{GENESIS}\n{i}\n{canonical}").as_bytes());
+            assert_eq!(
+                entry_hash(GENESIS, i as u64, &e),
+                hex::encode(h.finalize()),
+                "data of about {n} bytes"
+            );
+        }
     }
 
     /// The canonical text written without a `Value` is byte for byte the
