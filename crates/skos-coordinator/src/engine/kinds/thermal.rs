@@ -111,9 +111,9 @@ fn cpu() -> ProblemKey {
 /// Whether every temperature in a heartbeat (at least one) is below the
 /// clear level.
 fn cool(cfg: &Config, hb: &LastHeartbeat) -> bool {
-    let temps: Vec<f64> = [hb.cpu_temp, hb.gpu_temp].into_iter().flatten().collect();
-    !temps.is_empty()
-        && temps.iter().all(|&t| {
+    let mut temps = [hb.cpu_temp, hb.gpu_temp].into_iter().flatten().peekable();
+    temps.peek().is_some()
+        && temps.all(|t| {
             skos_core::level::cleared(cfg.thermal.thresholds.warning, cfg.thermal.hysteresis, t)
         })
 }
@@ -130,17 +130,22 @@ fn reset_id(node: &NodeName, tried: ResetAttempt) -> String {
 impl Engine {
     /// When a throttled node has been cool for `clear_for`, lift the throttle.
     fn check_cool_down(&mut self, node: &NodeName, now: Timestamp, out: &mut Vec<Effect>) {
-        let cpu = cpu();
-        let gpu = ProblemKey::new(&AlertKind::Thermal, Some("gpu"));
         let clear_below = self.cfg.thermal.thresholds.warning - self.cfg.thermal.hysteresis;
         let clear_for = secs(self.cfg.thermal.clear_for);
-        // A flapping problem keeps its throttle until it is stable.
-        let flapping = self.flaps.is_flapping(node, &cpu) || self.flaps.is_flapping(node, &gpu);
         let Some(state) = self.nodes.get_mut(node) else {
             return;
         };
         let hb = &state.heartbeat;
-        if flapping || !cool(&self.cfg, hb) || !hb.throttled(&state.throttle_originals) {
+        // Most heartbeats end here (a node not throttled, or not cool):
+        // the problem keys are made only past it.
+        if !cool(&self.cfg, hb) || !hb.throttled(&state.throttle_originals) {
+            state.cool_since = None;
+            return;
+        }
+        let cpu = cpu();
+        let gpu = ProblemKey::new(&AlertKind::Thermal, Some("gpu"));
+        // A flapping problem keeps its throttle until it is stable.
+        if self.flaps.is_flapping(node, &cpu) || self.flaps.is_flapping(node, &gpu) {
             state.cool_since = None;
             return;
         }
