@@ -113,16 +113,59 @@ fn drain(sent: u64, base: u64, r: crate::progress::Reached, t0: Instant) -> Drai
     }
 }
 
+/// CPU time of the coordinator's runtime threads and of nats-server (when
+/// the run started it) from [`CpuWindow::open`] to [`CpuWindow::close`].
+struct CpuWindow {
+    coordinator_ticks: u64,
+    server: Option<(u32, crate::procfs::ProcSample)>,
+}
+
+impl CpuWindow {
+    fn open(server_pid: Option<u32>) -> Self {
+        Self {
+            server: server_pid.and_then(|p| Some((p, crate::procfs::sample(p).ok()?))),
+            coordinator_ticks: crate::procfs::own_threads_cpu_ticks(coord::RUNTIME_THREADS),
+        }
+    }
+
+    /// CPU seconds since opened: the coordinator's, and nats-server's
+    /// (`None` with `--nats-url`, or when it could not be read).
+    fn close(self) -> (f64, Option<f64>) {
+        let hz = crate::procfs::clock_ticks_per_second() as f64;
+        let coordinator = crate::procfs::own_threads_cpu_ticks(coord::RUNTIME_THREADS)
+            .saturating_sub(self.coordinator_ticks) as f64
+            / hz;
+        let server = self.server.and_then(|(pid, a)| {
+            let b = crate::procfs::sample(pid).ok()?;
+            Some(crate::procfs::usage(&a, &b).cpu_seconds)
+        });
+        (coordinator, server)
+    }
+}
+
+/// What one heartbeat burst measured.
+struct HeartbeatBurst {
+    /// From the first publish until the publisher's connection flushed.
+    publish_seconds: f64,
+    coordinator: Drain,
+    ceiling: Drain,
+    /// CPU seconds of the coordinator's runtime threads and of nats-server
+    /// from the first publish until both subscribers stopped counting.
+    coordinator_cpu_seconds: f64,
+    server_cpu_seconds: Option<f64>,
+}
+
 /// Publish `m` heartbeats round-robin as fast as one connection can and
 /// wait until both consumers stop counting.
 async fn burst(
-    publisher: &async_nats::Client,
+    rig: &Rig,
     fleet: &[(Subject, Bytes)],
     m: u64,
-    coord: &Progress,
     ceiling: &Progress,
-) -> Result<(Drain, Drain, f64)> {
+) -> Result<HeartbeatBurst> {
+    let (publisher, coord) = (&rig.publisher, &rig.hb_watch.progress);
     let (c0, x0) = (coord.count(), ceiling.count());
+    let cpu = CpuWindow::open(rig.server.pid());
     let t0 = Instant::now();
     for i in 0..m as usize {
         let (subject, payload) = &fleet[i % fleet.len()];
@@ -132,14 +175,21 @@ async fn burst(
             .ctx("publish heartbeat")?;
     }
     publisher.flush().await.ctx("flush")?;
-    let publish_s = t0.elapsed().as_secs_f64();
+    let publish_seconds = t0.elapsed().as_secs_f64();
     let stall = Duration::from_secs(3);
     let overall = Duration::from_secs(300);
     let (rc, rx) = tokio::join!(
         wait_count(coord, c0 + m, t0, stall, overall),
         wait_count(ceiling, x0 + m, t0, stall, overall)
     );
-    Ok((drain(m, c0, rc, t0), drain(m, x0, rx, t0), publish_s))
+    let (coordinator_cpu_seconds, server_cpu_seconds) = cpu.close();
+    Ok(HeartbeatBurst {
+        publish_seconds,
+        coordinator: drain(m, c0, rc, t0),
+        ceiling: drain(m, x0, rx, t0),
+        coordinator_cpu_seconds,
+        server_cpu_seconds,
+    })
 }
 
 /// A run's server, in-process coordinator and plain clients, every
@@ -352,9 +402,7 @@ async fn alert_burst(
         }
     });
     let pjs = async_nats::jetstream::new(rig.publisher.clone());
-    let server_pid = rig.server.pid();
-    let server_cpu0 = server_pid.and_then(|p| crate::procfs::sample(p).ok());
-    let coord_cpu0 = crate::procfs::own_threads_cpu_ticks(coord::RUNTIME_THREADS);
+    let cpu = CpuWindow::open(rig.server.pid());
     let (h0, a0, y0) = (
         rig.handled_watch.progress.count(),
         rig.audited_cmds.count(),
@@ -391,16 +439,7 @@ async fn alert_burst(
         wait_count(&rig.audited_cmds, a0 + n, t0, stall, overall),
         wait_count(&ceil_alerts, y0 + n, t0, stall, overall)
     );
-    let hz = crate::procfs::clock_ticks_per_second() as f64;
-    let coordinator_cpu_seconds = crate::procfs::own_threads_cpu_ticks(coord::RUNTIME_THREADS)
-        .saturating_sub(coord_cpu0) as f64
-        / hz;
-    let server_cpu_seconds = match (server_pid, server_cpu0) {
-        (Some(p), Some(a)) => crate::procfs::sample(p)
-            .ok()
-            .map(|b| crate::procfs::usage(&a, &b).cpu_seconds),
-        _ => None,
-    };
+    let (coordinator_cpu_seconds, server_cpu_seconds) = cpu.close();
     let coordinator = drain(n, a0, ra, t0);
     let ceiling = drain(n, y0, ry, t0);
     let _ = stream.delete_consumer(&ceiling_name).await;
@@ -452,8 +491,8 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     // client's default subscription buffer.
     let m = o.heartbeats.max(nodes) as u64;
     say(S, format!("{m} heartbeats as fast as the publisher can"));
-    let (hb_coord, hb_ceil, publish_s) =
-        burst(&rig.publisher, &fleet, m, &rig.hb_watch.progress, &ceil_hb).await?;
+    let hb = burst(&rig, &fleet, m, &ceil_hb).await?;
+    let (hb_coord, hb_ceil, publish_s) = (hb.coordinator, hb.ceiling, hb.publish_seconds);
     say(
         S,
         format!(
@@ -461,10 +500,22 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             hb_coord.rate, hb_ceil.rate, hb_coord.lost, hb_ceil.lost
         ),
     );
+    let per_heartbeat = |seconds: f64| seconds * 1e6 / m as f64;
+    say(
+        S,
+        format!(
+            "heartbeats: CPU per heartbeat: coordinator {:.2} µs, nats-server {} (whole burst, plain subscriber included)",
+            per_heartbeat(hb.coordinator_cpu_seconds),
+            hb.server_cpu_seconds
+                .map(|s| format!("{:.2} µs", per_heartbeat(s)))
+                .unwrap_or_else(|| "unknown".into())
+        ),
+    );
     let overload = if o.overload_heartbeats > 0 {
         let m = o.overload_heartbeats as u64;
         say(S, format!("overload: {m} heartbeats in one burst"));
-        let (c, x, _) = burst(&rig.publisher, &fleet, m, &rig.hb_watch.progress, &ceil_hb).await?;
+        let b = burst(&rig, &fleet, m, &ceil_hb).await?;
+        let (c, x) = (b.coordinator, b.ceiling);
         say(
             S,
             format!(
@@ -566,6 +617,20 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         )
         .beside("plain subscriber", hb_ceil.rate)
         .ratio_at_least(0.9),
+        {
+            let cpu = Figure::new(
+                S,
+                format!("coordinator CPU per heartbeat ({m} burst)"),
+                per_heartbeat(hb.coordinator_cpu_seconds),
+                "µs",
+            );
+            match hb.server_cpu_seconds {
+                Some(server) => cpu
+                    .beside("nats-server CPU per heartbeat", per_heartbeat(server))
+                    .note("the server's share includes the publisher and the plain subscriber"),
+                None => cpu,
+            }
+        },
         Figure::new(
             S,
             format!("heartbeats lost by the coordinator ({m} burst, {nodes} nodes)"),
