@@ -270,7 +270,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     let publisher = natsutil::client(&url, "skos-bench-publisher").await?;
     let flooder = natsutil::client(&url, "skos-bench-flooder").await?;
     // Node `pool` is the flooding one; 0..pool are probed.
-    let fleet = sim::fleet(&prefix, pool + 1, 5.0)?;
+    let fleet = sim::nodes(&prefix, pool + 1)?;
     say(S, format!("{} nodes join", pool + 1));
     join_fleet(
         &publisher,

@@ -437,10 +437,11 @@ async fn idle(o: &Opts, bin: &Path) -> Result<(Value, Vec<Figure>)> {
     Ok((data, figures))
 }
 
-/// Heartbeats for `fleet` spread evenly over `interval`, until dropped.
+/// Heartbeats for `fleet` spread evenly over `interval`, each stamped as
+/// it is sent, until dropped.
 fn simulate(
     client: async_nats::Client,
-    fleet: Arc<Vec<(async_nats::Subject, bytes::Bytes)>>,
+    fleet: Arc<Vec<sim::SimNode>>,
     interval: f64,
     sent: Arc<AtomicU64>,
 ) -> Task {
@@ -456,9 +457,12 @@ fn simulate(
             owed += per_tick;
             while owed >= 1.0 {
                 owed -= 1.0;
-                let (s, p) = &fleet[next];
+                let n = &fleet[next];
                 next = (next + 1) % fleet.len();
-                if client.publish(s.clone(), p.clone()).await.is_err() {
+                let Ok(payload) = n.heartbeat(interval) else {
+                    return;
+                };
+                if client.publish(n.subject.clone(), payload).await.is_err() {
                     return;
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -515,7 +519,7 @@ async fn tracking(o: &Opts, bin: &Path, nodes: usize) -> Result<(Value, Vec<Figu
     });
     observer.flush().await.ctx("flush")?;
     let prefix = format!("fp{}-", sim::run_id());
-    let fleet = Arc::new(sim::fleet(&prefix, nodes, o.footprint_interval)?);
+    let fleet = Arc::new(sim::nodes(&prefix, nodes)?);
     let publisher = natsutil::client(&url, "skos-bench-fleet").await?;
     let sent = Arc::new(AtomicU64::new(0));
     say(
@@ -540,6 +544,9 @@ async fn tracking(o: &Opts, bin: &Path, nodes: usize) -> Result<(Value, Vec<Figu
         ));
     }
     let join_s = r.last_change.duration_since(t0).as_secs_f64();
+    // The coordinator makes each node's command consumer as it hears
+    // from it: part of joining, not of the steady state measured.
+    crate::ingest::wait_consumers(S, &observer, nodes as u64).await?;
     // One full heartbeat round after the joins before measuring.
     tokio::time::sleep(Duration::from_secs_f64(o.footprint_interval).min(o.window)).await;
     say(

@@ -124,7 +124,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
 
     let publisher = natsutil::client(&url, "skos-bench-publisher").await?;
     say(S, format!("{n} nodes join"));
-    let fleet = sim::fleet(&prefix, n, 5.0)?;
+    let fleet = sim::nodes(&prefix, n)?;
     join_fleet(
         &publisher,
         &fleet,

@@ -82,14 +82,44 @@ pub fn result(command: &serde_json::Value) -> Result<(NodeName, Bytes)> {
     Ok((node, body))
 }
 
-/// Subject and heartbeat payload of `n` nodes, built once.
-pub fn fleet(prefix: &str, n: usize, interval: f64) -> Result<Vec<(Subject, Bytes)>> {
+/// A simulated node: its name, heartbeat subject and the CPU temperature
+/// its heartbeats report (°C).
+pub struct SimNode {
+    pub node: NodeName,
+    pub subject: Subject,
+    pub cpu_temp: f64,
+}
+
+impl SimNode {
+    /// Its heartbeat, stamped now. A payload sent long after it was built
+    /// reads as a clock that is behind (the coordinator raises
+    /// `clock_skew` past `coordinator.max_clock_skew_seconds`), so
+    /// payloads are built just before they are sent.
+    pub fn heartbeat(&self, interval: f64) -> Result<Bytes> {
+        heartbeat(&self.node, interval, self.cpu_temp)
+    }
+}
+
+/// `n` simulated nodes named `prefix` and a number, at 45–64 °C.
+pub fn nodes(prefix: &str, n: usize) -> Result<Vec<SimNode>> {
     (0..n)
         .map(|i| {
             let node = node(prefix, i)?;
-            let payload = heartbeat(&node, interval, 45.0 + (i % 20) as f64)?;
-            Ok((Subject::from(subjects::heartbeat(&node)), payload))
+            Ok(SimNode {
+                subject: Subject::from(subjects::heartbeat(&node)),
+                node,
+                cpu_temp: 45.0 + (i % 20) as f64,
+            })
         })
+        .collect()
+}
+
+/// Subject and heartbeat payload of `n` nodes ([`nodes`]), stamped now:
+/// build them just before they are sent ([`SimNode::heartbeat`]).
+pub fn fleet(prefix: &str, n: usize, interval: f64) -> Result<Vec<(Subject, Bytes)>> {
+    nodes(prefix, n)?
+        .into_iter()
+        .map(|s| Ok((s.subject.clone(), s.heartbeat(interval)?)))
         .collect()
 }
 
@@ -97,6 +127,25 @@ pub fn fleet(prefix: &str, n: usize, interval: f64) -> Result<Vec<(Subject, Byte
 mod tests {
     use super::*;
     use skos_core::protocol::{decode, Alert, Heartbeat};
+
+    /// A simulated node's heartbeat says when it was built, not when its
+    /// node was made: a payload built once and sent a minute later read
+    /// as a clock a minute behind, and every node raised `clock_skew`.
+    #[test]
+    fn a_heartbeat_is_stamped_when_it_is_built() {
+        let fleet = nodes("sim-", 3).unwrap();
+        assert_eq!(fleet[2].node.as_str(), "sim-000002");
+        assert_eq!(fleet[2].subject.as_str(), subjects::heartbeat(&fleet[2].node));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let before = chrono::Utc::now() - chrono::Duration::milliseconds(1);
+        let hb: Heartbeat = decode(&fleet[1].heartbeat(5.0).unwrap(), 65536).unwrap();
+        assert!(
+            hb.timestamp >= before && hb.timestamp <= chrono::Utc::now(),
+            "stamped {} (built after {before})",
+            hb.timestamp
+        );
+        assert_eq!(hb.cpu_temp, Some(46.0));
+    }
 
     #[test]
     fn messages_decode_as_the_coordinator_decodes_them() {
