@@ -10,6 +10,12 @@ use clap::{Parser, ValueEnum};
 use serde_json::{json, Map, Value};
 use skos_bench::{machine, report, Figure, Opts, SectionReport};
 
+/// The `skos` binary's allocator: the in-process coordinator (ingest,
+/// latency, fairness) allocates as the real one does. The plain clients
+/// measured beside it share it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Section {
     All,

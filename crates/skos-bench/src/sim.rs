@@ -135,7 +135,10 @@ mod tests {
     fn a_heartbeat_is_stamped_when_it_is_built() {
         let fleet = nodes("sim-", 3).unwrap();
         assert_eq!(fleet[2].node.as_str(), "sim-000002");
-        assert_eq!(fleet[2].subject.as_str(), subjects::heartbeat(&fleet[2].node));
+        assert_eq!(
+            fleet[2].subject.as_str(),
+            subjects::heartbeat(&fleet[2].node)
+        );
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let before = chrono::Utc::now() - chrono::Duration::milliseconds(1);
         let hb: Heartbeat = decode(&fleet[1].heartbeat(5.0).unwrap(), 65536).unwrap();

@@ -423,9 +423,6 @@ async fn coordinator(cfg: Config, http: Option<&str>) -> Result<ExitCode> {
         Duration::from_secs_f64(cfg.coordinator.leader_lease_seconds),
     )
     .await?;
-    // What a burst (a fleet joining at once) freed goes back to the
-    // system instead of staying resident.
-    skos::heap::spawn_trim();
     let (tx, rx) = watch::channel(false);
     let counters = Counters::default();
     let server = serve_http(

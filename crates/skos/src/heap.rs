@@ -1,12 +1,12 @@
-//! Giving the heap's free memory back to the system.
+//! Giving the heap's free memory back to the system, for the lean
+//! `skos-agent` binary, which keeps glibc's malloc (the `skos` binary,
+//! coordinator included, allocates with jemalloc: see its `main.rs`).
 //!
-//! glibc's malloc keeps what a burst freed (a fleet joining at once, a
-//! heartbeat backlog drained): a free chunk below a live one stays in the
-//! process's resident set for ever. At 100,000 nodes such a burst left
-//! up to 15 MB of free heap resident beside ~70 MB of live state, a fifth
-//! of the coordinator's memory. `malloc_trim(0)` returns the free pages of
-//! every arena; with nothing to return it walks the free lists and makes
-//! no system call, so running it every [`EVERY`] costs next to nothing.
+//! glibc's malloc keeps what a burst freed: a free chunk below a live one
+//! stays in the process's resident set for ever. `malloc_trim(0)` returns
+//! the free pages of every arena; with nothing to return it walks the free
+//! lists and makes no system call, so running it every [`EVERY`] costs
+//! next to nothing.
 
 use std::time::Duration;
 

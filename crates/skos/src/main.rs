@@ -10,6 +10,17 @@ mod install;
 
 use clap::Parser;
 
+/// jemalloc, not glibc's malloc: a coordinator tracking 100,000 nodes
+/// holds them in many small blocks allocated while a fleet joins, among
+/// the short-lived ones of that burst (making each node's command
+/// consumer, decoding heartbeats). glibc left the freed ones resident
+/// between live ones: 1,123 - 1,192 bytes per node, 0.27 - 0.39 core,
+/// against 792 bytes and 0.10 core under jemalloc, which also hands its
+/// free pages back to the system on its own (`skos-bench footprint`,
+/// bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     if !cli.command.is_long_running() {
