@@ -13,7 +13,8 @@
 #
 # Needs the Rust toolchain (rustup with clippy and rustfmt). Everything else
 # is installed with apt-get when it is missing: nats-server (the NATS tests
-# start their own servers), a C compiler (the TLS crate builds C code),
+# start their own servers), a C compiler and make (the TLS crate and
+# jemalloc build C code),
 # procps (`kill`), for the mesh tests wireguard-go, wireguard-tools and
 # iproute2, openssl (test certificates) and systemd (`systemd-analyze` checks
 # the shipped units), fuse3 (`fusermount3`: how a non-root run mounts the
@@ -73,6 +74,8 @@ required=()  # without these the tests cannot run
 optional=()  # later tests need these; a failed install only warns
 have nats-server || required+=(nats-server)
 have cc || required+=(gcc libc6-dev)
+# jemalloc (the skos binary's allocator) is built with its configure and make.
+have make || required+=(make)
 have kill || required+=(procps)
 have wireguard-go || optional+=(wireguard-go)
 have wg || optional+=(wireguard-tools)

@@ -459,8 +459,12 @@ fn simulate(
                 owed -= 1.0;
                 let n = &fleet[next];
                 next = (next + 1) % fleet.len();
-                let Ok(payload) = n.heartbeat(interval) else {
-                    return;
+                let payload = match n.heartbeat(interval) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        say(S, format!("the simulated fleet stopped: {e}"));
+                        return;
+                    }
                 };
                 if client.publish(n.subject.clone(), payload).await.is_err() {
                     return;
@@ -522,6 +526,7 @@ async fn tracking(o: &Opts, bin: &Path, nodes: usize) -> Result<(Value, Vec<Figu
     let fleet = Arc::new(sim::nodes(&prefix, nodes)?);
     let publisher = natsutil::client(&url, "skos-bench-fleet").await?;
     let sent = Arc::new(AtomicU64::new(0));
+    let consumers = crate::ingest::command_consumers(&observer).await?;
     say(
         S,
         format!(
@@ -546,7 +551,7 @@ async fn tracking(o: &Opts, bin: &Path, nodes: usize) -> Result<(Value, Vec<Figu
     let join_s = r.last_change.duration_since(t0).as_secs_f64();
     // The coordinator makes each node's command consumer as it hears
     // from it: part of joining, not of the steady state measured.
-    crate::ingest::wait_consumers(S, &observer, nodes as u64).await?;
+    crate::ingest::wait_consumers(S, &observer, consumers, nodes as u64).await?;
     // One full heartbeat round after the joins before measuring.
     tokio::time::sleep(Duration::from_secs_f64(o.footprint_interval).min(o.window)).await;
     say(

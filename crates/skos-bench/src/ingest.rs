@@ -313,29 +313,36 @@ pub struct AlertBurst {
     pub server_cpu_seconds: Option<f64>,
 }
 
-/// One alert for each of nodes `first..first + n` into `SKOS_ALERTS`
-/// (pipelined, 256 acks in flight), counted by the coordinator (commands
-/// audited) and, at the same time, by a plain JetStream pull consumer with
-/// the coordinator's consumer settings that acks each.
-/// Wait until the coordinator has made the command consumer of each of
-/// `nodes` nodes (it makes one per node it hears from, as a fleet's agents
-/// need): their making is part of a fleet joining, not of what is measured
-/// after it.
-pub async fn wait_consumers(section: &str, client: &async_nats::Client, nodes: u64) -> Result<()> {
+/// The durable consumers on `SKOS_COMMANDS` now.
+pub async fn command_consumers(client: &async_nats::Client) -> Result<u64> {
     let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js
+        .get_stream(subjects::STREAM_COMMANDS)
+        .await
+        .ctx("get stream SKOS_COMMANDS")?;
+    Ok(stream
+        .info()
+        .await
+        .ctx("SKOS_COMMANDS info")?
+        .state
+        .consumer_count as u64)
+}
+
+/// Wait until the coordinator has made the command consumer of each of
+/// `nodes` nodes joined since there were `before` ([`command_consumers`];
+/// with `--nats-url` the stream may hold an earlier run's): it makes one
+/// per node it hears from, as a fleet's agents need, and their making is
+/// part of a fleet joining, not of what is measured after it.
+pub async fn wait_consumers(
+    section: &str,
+    client: &async_nats::Client,
+    before: u64,
+    nodes: u64,
+) -> Result<()> {
     let started = std::time::Instant::now();
     let limit = Duration::from_secs(120 + nodes / 100);
     loop {
-        let mut stream = js
-            .get_stream(subjects::STREAM_COMMANDS)
-            .await
-            .ctx("get stream SKOS_COMMANDS")?;
-        let made = stream
-            .info()
-            .await
-            .ctx("SKOS_COMMANDS info")?
-            .state
-            .consumer_count as u64;
+        let made = command_consumers(client).await?.saturating_sub(before);
         if made >= nodes {
             say(
                 section,
@@ -414,6 +421,10 @@ impl BatchTimes {
     }
 }
 
+/// One alert for each of nodes `first..first + n` into `SKOS_ALERTS`
+/// (pipelined, 256 acks in flight), counted by the coordinator (commands
+/// audited) and, at the same time, by a plain JetStream pull consumer with
+/// the coordinator's consumer settings that acks each.
 async fn alert_burst(
     rig: &Rig,
     prefix: &str,
@@ -525,6 +536,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     rig.ceiling.flush().await.ctx("flush")?;
 
     let fleet = sim::nodes(&prefix, nodes)?;
+    let consumers = command_consumers(&rig.ceiling).await?;
     say(
         S,
         format!("{nodes} nodes join (one heartbeat each, audited)"),
@@ -537,7 +549,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         Duration::from_secs(120 + nodes as u64 / 500),
     )
     .await?;
-    wait_consumers(S, &rig.ceiling, nodes as u64).await?;
+    wait_consumers(S, &rig.ceiling, consumers, nodes as u64).await?;
 
     // Heartbeat burst, then (unless 0) an overload burst bigger than a
     // client's default subscription buffer.
@@ -586,7 +598,16 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
                 c.rate, x.rate, c.lost, x.lost
             ),
         );
-        Some((m, c, x))
+        if b.alerts_handled > 0 {
+            say(
+                S,
+                format!(
+                    "overload: the burst made the coordinator handle {} alerts: its rate is not heartbeats' alone",
+                    b.alerts_handled
+                ),
+            );
+        }
+        Some((m, c, x, b.alerts_handled))
     } else {
         None
     };
@@ -643,6 +664,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         let run = sim::run_id();
         let prefix = format!("sc{run}-");
         let fleet = sim::nodes(&prefix, n)?;
+        let consumers = command_consumers(&rig.ceiling).await?;
         join_fleet(
             &rig.publisher,
             &fleet,
@@ -651,7 +673,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             Duration::from_secs(120 + n as u64 / 500),
         )
         .await?;
-        wait_consumers(S, &rig.ceiling, n as u64).await?;
+        wait_consumers(S, &rig.ceiling, consumers, n as u64).await?;
         settle(&rig, "alert scaling", QUIET_LIMIT).await;
         let b = alert_burst(&rig, &prefix, &format!("sc{run}"), 0, n as u64).await?;
         let failed = rig.coordinator.counters.get("state.save_failed");
@@ -709,7 +731,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         )
         .at_most(0.0),
     ];
-    if let Some((m, c, x)) = &overload {
+    if let Some((m, c, x, alerts)) = &overload {
         figures.push(
             Figure::new(
                 S,
@@ -720,7 +742,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             .beside("plain subscriber lost", x.lost as f64)
             .at_most(0.0)
             .note(format!(
-                "coordinator drained {:.0}/s, plain subscriber {:.0}/s",
+                "coordinator drained {:.0}/s, plain subscriber {:.0}/s; {alerts} alerts raised",
                 c.rate, x.rate
             )),
         );
@@ -847,8 +869,11 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             "coordinator": hb_coord,
             "ceiling": hb_ceil,
             "ratio": hb_coord.rate / hb_ceil.rate,
+            "coordinator_cpu_seconds": hb.coordinator_cpu_seconds,
+            "server_cpu_seconds": hb.server_cpu_seconds,
+            "alerts_handled": hb.alerts_handled,
         },
-        "overload": overload.map(|(m, c, x)| json!({"published": m, "coordinator": c, "ceiling": x})),
+        "overload": overload.map(|(m, c, x, alerts)| json!({"published": m, "coordinator": c, "ceiling": x, "alerts_handled": alerts})),
         "alerts": al,
         "alert_scale": scale.iter().map(|(n, b, failed)| json!({"open_alerts": n, "burst": b, "state_save_failed": failed})).collect::<Vec<_>>(),
         "counters": snapshot,

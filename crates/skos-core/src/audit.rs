@@ -378,6 +378,33 @@ mod tests {
         }
     }
 
+    /// Records longer than the hash's buffer verify as stored (through
+    /// JSON text, the verifier's own path), and a byte changed past the
+    /// buffer's first fill is caught.
+    #[test]
+    fn records_longer_than_the_hash_buffer_verify_and_a_late_change_is_caught() {
+        let mut c = Chain::default();
+        let records: Vec<AuditRecord> = [10, HASH_BUFFER - 1, HASH_BUFFER, 5 * HASH_BUFFER + 3]
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut e = entry(i as u32);
+                e.data = serde_json::json!({"text": "ä\"y".repeat(n / 3 + 1), "n": n});
+                c.seal(e)
+            })
+            .collect();
+        verify(&records).unwrap();
+        let mut forged = records.clone();
+        let text = forged[3].entry.data["text"].as_str().unwrap().to_string();
+        let at = text.len() - 5;
+        forged[3].entry.data["text"] =
+            serde_json::Value::String(format!("{}z{}", &text[..at], &text[at + 1..]));
+        match verify(&forged) {
+            Err(ChainError::Content { seq: 3 }) => {}
+            other => panic!("expected a changed content at seq 3, got {other:?}"),
+        }
+    }
+
     /// The canonical text written without a `Value` is byte for byte the
     /// `Value`'s, whatever the entry holds: optional fields present or
     /// not, escapes, unicode, nested data, numbers of every kind.

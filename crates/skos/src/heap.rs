@@ -14,7 +14,7 @@ use std::time::Duration;
 pub const EVERY: Duration = Duration::from_secs(10);
 
 /// Give the free heap back every [`EVERY`], for as long as the runtime
-/// runs. A no-op where the allocator is not glibc's.
+/// runs. A no-op where the C library is not glibc.
 pub fn spawn_trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tokio::spawn(async {

@@ -14,10 +14,10 @@ use clap::Parser;
 /// holds them in many small blocks allocated while a fleet joins, among
 /// the short-lived ones of that burst (making each node's command
 /// consumer, decoding heartbeats). glibc left the freed ones resident
-/// between live ones: 1,123 - 1,192 bytes per node, 0.27 - 0.39 core,
-/// against 792 bytes and 0.10 core under jemalloc, which also hands its
-/// free pages back to the system on its own (`skos-bench footprint`,
-/// bench/RESULTS.md).
+/// between live ones: 1,123 - 1,192 bytes per node and 0.27 - 0.32 core,
+/// against 792 - 802 bytes and 0.10 - 0.14 core under jemalloc, which
+/// also hands its free pages back to the system on its own
+/// (`skos-bench footprint`, bench/RESULTS.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
