@@ -400,8 +400,10 @@ mod tests {
         forged[3].entry.data["text"] =
             serde_json::Value::String(format!("{}z{}", &text[..at], &text[at + 1..]));
         match verify(&forged) {
-            Err(ChainError::Content { seq: 3 }) => {}
-            other => panic!("expected a changed content at seq 3, got {other:?}"),
+            Err(ChainError::Content { seq: 4 }) => {}
+            other => {
+                panic!("expected a changed content at seq 4 (the fourth record), got {other:?}")
+            }
         }
     }
 
