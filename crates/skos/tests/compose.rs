@@ -369,19 +369,24 @@ thermal:\n  clear_for: 2\n  cooldown: 3600\n  gpu: {nvml: false, nvidia_smi: fal
     wait_for(Duration::from_secs(60), "the throttle in force", || {
         (0..2).all(|p| read_khz(sys.root(), p) < MAX).then_some(())
     });
-    // Cool: verified, then lifted.
+    // Cool: verified, then lifted. The agent restores the files before it
+    // answers, and the answer is audited after that: the wait is for the
+    // audited answer, not the files alone.
     cpu.heat(50.0);
     let records = wait_for(
         Duration::from_secs(120),
-        "the fix verified and the throttle lifted",
+        "the fix verified and the throttle lifted, its result audited",
         || {
             let r = fleet_audit(&fleet, &url);
             let verified = r
                 .iter()
                 .filter_map(|r| event(r, "verification"))
                 .any(|d| d["outcome"] == "succeeded");
+            let audited = r
+                .iter()
+                .any(|r| result_is(r, "reset_throttle", "succeeded"));
             let lifted = (0..2).all(|p| read_khz(sys.root(), p) == MAX);
-            (verified && lifted).then_some(r)
+            (verified && audited && lifted).then_some(r)
         },
     );
     let alert = records
