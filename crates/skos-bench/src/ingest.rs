@@ -202,16 +202,24 @@ struct HeartbeatBurst {
     alerts_handled: u64,
 }
 
-/// Publish `m` heartbeats of the `nodes` nodes named `prefix` and a
-/// number, round-robin, as fast as one connection can (stamped when the
-/// burst starts), and wait until both consumers stop counting.
+/// Once the coordinator and nats-server are quiet ([`settle`]), publish
+/// `m` heartbeats of the `nodes` nodes named `prefix` and a number,
+/// round-robin, as fast as one connection can (stamped when the burst
+/// starts), and wait until both consumers stop counting. `what` names the
+/// burst in what it says.
 async fn burst(
     rig: &Rig,
+    what: &str,
     prefix: &str,
     nodes: usize,
     m: u64,
     ceiling: &Progress,
 ) -> Result<HeartbeatBurst> {
+    settle(rig, what, QUIET_LIMIT).await;
+    say(
+        S,
+        format!("{what}: {m} heartbeats as fast as the publisher can"),
+    );
     let fleet = sim::fleet(prefix, nodes, 5.0)?;
     let (publisher, coord) = (&rig.publisher, &rig.hb_watch.progress);
     let (c0, x0) = (coord.count(), ceiling.count());
@@ -234,13 +242,22 @@ async fn burst(
         wait_count(ceiling, x0 + m, t0, stall, overall)
     );
     let (coordinator_cpu_seconds, server_cpu_seconds) = cpu.close();
+    let alerts_handled = rig.handled_watch.progress.count().saturating_sub(alerts0);
+    if alerts_handled > 0 {
+        say(
+            S,
+            format!(
+                "{what}: the burst made the coordinator handle {alerts_handled} alerts: its rate is not heartbeats' alone"
+            ),
+        );
+    }
     Ok(HeartbeatBurst {
         publish_seconds,
         coordinator: drain(m, c0, rc, t0),
         ceiling: drain(m, x0, rx, t0),
         coordinator_cpu_seconds,
         server_cpu_seconds,
-        alerts_handled: rig.handled_watch.progress.count().saturating_sub(alerts0),
+        alerts_handled,
     })
 }
 
@@ -554,9 +571,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     // Heartbeat burst, then (unless 0) an overload burst bigger than a
     // client's default subscription buffer.
     let m = o.heartbeats.max(nodes) as u64;
-    settle(&rig, "heartbeat burst", QUIET_LIMIT).await;
-    say(S, format!("{m} heartbeats as fast as the publisher can"));
-    let hb = burst(&rig, &prefix, nodes, m, &ceil_hb).await?;
+    let hb = burst(&rig, "heartbeats", &prefix, nodes, m, &ceil_hb).await?;
     let (hb_coord, hb_ceil, publish_s) = (hb.coordinator, hb.ceiling, hb.publish_seconds);
     say(
         S,
@@ -565,15 +580,6 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             hb_coord.rate, hb_ceil.rate, hb_coord.lost, hb_ceil.lost
         ),
     );
-    if hb.alerts_handled > 0 {
-        say(
-            S,
-            format!(
-                "heartbeats: the burst made the coordinator handle {} alerts: its rate is not heartbeats' alone",
-                hb.alerts_handled
-            ),
-        );
-    }
     let per_heartbeat = |seconds: f64| seconds * 1e6 / m as f64;
     say(
         S,
@@ -587,9 +593,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     );
     let overload = if o.overload_heartbeats > 0 {
         let m = o.overload_heartbeats as u64;
-        settle(&rig, "overload burst", QUIET_LIMIT).await;
-        say(S, format!("overload: {m} heartbeats in one burst"));
-        let b = burst(&rig, &prefix, nodes, m, &ceil_hb).await?;
+        let b = burst(&rig, "overload", &prefix, nodes, m, &ceil_hb).await?;
         let (c, x) = (b.coordinator, b.ceiling);
         say(
             S,
@@ -598,15 +602,6 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
                 c.rate, x.rate, c.lost, x.lost
             ),
         );
-        if b.alerts_handled > 0 {
-            say(
-                S,
-                format!(
-                    "overload: the burst made the coordinator handle {} alerts: its rate is not heartbeats' alone",
-                    b.alerts_handled
-                ),
-            );
-        }
         Some((m, c, x, b.alerts_handled))
     } else {
         None
