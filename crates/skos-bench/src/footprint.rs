@@ -43,6 +43,27 @@ fn split(u: &Usage) -> String {
     )
 }
 
+/// Which binary a memory figure is of: its path and size, and, where it is
+/// not from a shipped profile's directory (`dist`, `dist-agent`:
+/// `dist/build-static.sh all`), that the targets are the shipped build's
+/// (a release build maps about twice the code, and on kernels that map
+/// code around each fault, most of it is resident).
+fn built(bin: &Path) -> String {
+    let size = std::fs::metadata(bin)
+        .map(|m| format!(", {:.1} MB", m.len() as f64 / 1e6))
+        .unwrap_or_default();
+    let shipped = bin
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|d| d == "dist" || d == "dist-agent");
+    let caveat = if shipped {
+        ""
+    } else {
+        "; not the shipped build, which the targets are for (dist/build-static.sh all)"
+    };
+    format!("binary {}{size}{caveat}", bin.display())
+}
+
 /// Sample several processes at the start and end of one window.
 async fn measure(pids: &[u32], window: Duration) -> Result<Vec<Usage>> {
     let a: Vec<_> = pids
@@ -346,7 +367,7 @@ async fn idle(o: &Opts, bin: &Path) -> Result<(Value, Vec<Figure>)> {
         ua.rss_mb,
         MB,
     )
-    .note(split(&ua));
+    .note(format!("{}; {}", split(&ua), built(wanted[0].bin)));
     rss = match um {
         Some(m) => rss.beside("monit", m.rss_mb).ratio_at_most(1.0),
         None => rss.at_most(6.0),
@@ -586,7 +607,7 @@ async fn tracking(o: &Opts, bin: &Path, nodes: usize) -> Result<(Value, Vec<Figu
         MB,
     );
     if nodes == 1_000 {
-        rss = rss.at_most(15.0);
+        rss = rss.at_most(15.0).note(built(bin));
     }
     let mut cpu = Figure::new(
         S,

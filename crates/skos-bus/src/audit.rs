@@ -568,12 +568,14 @@ impl Sealed {
         let mut last_hash = String::new();
         let mut last_seq = 0;
         while let Some(entry) = entries.next_if(|_| payload.len() < MESSAGE_BYTES) {
-            let record = chain.seal(entry);
             payload.push(if taken.is_empty() { b'[' } else { b',' });
-            if let Err(e) = serde_json::to_writer(&mut payload, &record) {
-                taken.push(record.entry);
-                return Err((stream_err(e), taken));
-            }
+            let record = match chain.seal_to(entry, &mut payload) {
+                Ok(record) => record,
+                Err((e, entry)) => {
+                    taken.push(*entry);
+                    return Err((stream_err(e), taken));
+                }
+            };
             if first_subject.is_none() {
                 first_subject = Some(subjects::audit(&record.entry.event_type));
             }
@@ -806,11 +808,12 @@ fn append_file_many(
     let mut buf = Vec::new();
     let mut records = Vec::with_capacity(entries.len());
     for entry in entries {
-        let record = trial.seal(entry);
-        serde_json::to_writer(&mut buf, &record).map_err(|e| Error::Corrupt {
-            path: path.escaped().to_string(),
-            reason: e.to_string(),
-        })?;
+        let record = trial
+            .seal_to(entry, &mut buf)
+            .map_err(|(e, _)| Error::Corrupt {
+                path: path.escaped().to_string(),
+                reason: e.to_string(),
+            })?;
         buf.push(b'\n');
         records.push(record);
     }

@@ -75,6 +75,17 @@ fn hash_over<T: Serialize>(prev_hash: &str, seq: u64, entry: Option<&T>) -> Stri
     hex::encode(h.finalize())
 }
 
+/// [`hash_over`] an entry's text already rendered ([`Canonical`]).
+fn hash_text(prev_hash: &str, seq: u64, text: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(seq.to_string().as_bytes());
+    h.update(b"\n");
+    h.update(text);
+    hex::encode(h.finalize())
+}
+
 /// An entry rendered as `serde_json::to_value(entry)` renders it: its
 /// fields in key order (`actor`, `data`, `event_type`, `node`, `summary`,
 /// `term`, `timestamp`; the optional ones left out when absent), `data` as
@@ -199,6 +210,55 @@ impl Chain {
         };
         self.next_seq += 1;
         record
+    }
+
+    /// [`Chain::seal`], and the record's JSON text appended to `out`: the
+    /// same record `serde_json` writes for [`AuditRecord`] (`seq`,
+    /// `prev_hash`, `hash`, then `entry`), with the entry in its canonical
+    /// text, the one its hash is over, so the entry is rendered once, not
+    /// once for the hash and again for the record. On an error (an entry
+    /// that cannot be rendered) nothing is sealed, `out` is as it was, and
+    /// the entry is given back with the error.
+    pub fn seal_to(
+        &mut self,
+        entry: AuditEntry,
+        out: &mut Vec<u8>,
+    ) -> Result<AuditRecord, (serde_json::Error, Box<AuditEntry>)> {
+        let seq = self.next_seq;
+        let start = out.len();
+        let written = (|| {
+            out.extend_from_slice(b"{\"seq\":");
+            out.extend_from_slice(seq.to_string().as_bytes());
+            out.extend_from_slice(b",\"prev_hash\":");
+            serde_json::to_writer(&mut *out, &self.last_hash)?;
+            // The hash's 64 hex digits are written once the entry is.
+            out.extend_from_slice(b",\"hash\":\"");
+            let hash_at = out.len();
+            out.extend_from_slice(&[b'0'; 64]);
+            out.extend_from_slice(b"\",\"entry\":");
+            let text_at = out.len();
+            serde_json::to_writer(&mut *out, &Canonical(&entry))?;
+            let hash = hash_text(&self.last_hash, seq, &out[text_at..]);
+            out[hash_at..hash_at + 64].copy_from_slice(hash.as_bytes());
+            out.push(b'}');
+            Ok(hash)
+        })();
+        match written {
+            Ok(hash) => {
+                let record = AuditRecord {
+                    seq,
+                    prev_hash: std::mem::replace(&mut self.last_hash, hash.clone()),
+                    hash,
+                    entry,
+                };
+                self.next_seq += 1;
+                Ok(record)
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err((e, Box::new(entry)))
+            }
+        }
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -438,6 +498,37 @@ mod tests {
                 assert_eq!(got, want);
             }
         }
+    }
+
+    /// A record sealed with its text written ([`Chain::seal_to`]) is the
+    /// record [`Chain::seal`] makes, its text reads back as that record,
+    /// and a trail of such texts verifies: entries with and without their
+    /// optional fields, escapes, and text longer than the hash's buffer.
+    #[test]
+    fn sealing_with_the_text_is_sealing_then_rendering() {
+        let node = crate::NodeName::parse("nova").unwrap();
+        let mut by_text = Chain::default();
+        let mut plain = Chain::default();
+        let mut verifier = Verifier::default();
+        for i in 0..6u32 {
+            let mut e = entry(i);
+            if i % 2 == 1 {
+                e.node = Some(node.clone());
+                e.term = Some(u64::from(i));
+            }
+            e.data = serde_json::json!({"z": i, "a": "\"é\n".repeat(i as usize * 300), "m": {"b": [1.5, null]}});
+            let mut out = b"[".to_vec();
+            let record = by_text.seal_to(e.clone(), &mut out).unwrap();
+            assert_eq!(out[0], b'[', "what was in the buffer stays");
+            assert_eq!(record, plain.seal(e));
+            let read: AuditRecord = serde_json::from_slice(&out[1..]).unwrap();
+            assert_eq!(read, record);
+            verifier
+                .push_value(serde_json::from_slice(&out[1..]).unwrap())
+                .unwrap();
+        }
+        assert_eq!(by_text.last_hash(), plain.last_hash());
+        assert_eq!(by_text.next_seq(), 7);
     }
 
     /// A field added to a stored entry is a change, though the typed

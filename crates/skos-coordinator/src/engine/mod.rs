@@ -318,17 +318,22 @@ impl Engine {
         self.counters.inc(Counter::HeartbeatsReceived);
         let mut out = Vec::new();
         let node = hb.node.clone();
-        let was_offline = self.nodes.get(&node).is_some_and(|n| n.offline);
-        let first = !self.nodes.contains_key(&node);
         let sent = hb.timestamp;
         let kind = self.agent_type(&hb.agent_type);
         let kept = LastHeartbeat::of(&hb);
-        if first {
-            let state = NodeState::new(&hb, kind.clone(), now);
-            self.nodes.insert(node.clone(), Box::new(state));
-        }
-        let Some(state) = self.nodes.get_mut(&node) else {
-            return out;
+        // One search of the fleet's map per heartbeat (its keys share
+        // long prefixes: each search compares names a dozen times).
+        let (state, first, was_offline) = match self.nodes.entry(node.clone()) {
+            std::collections::btree_map::Entry::Occupied(e) => {
+                let state = e.into_mut();
+                let was_offline = state.offline;
+                (state, false, was_offline)
+            }
+            std::collections::btree_map::Entry::Vacant(e) => (
+                e.insert(Box::new(NodeState::new(&hb, kind.clone(), now))),
+                true,
+                false,
+            ),
         };
         state.last_seen = now;
         state.offline = false;
