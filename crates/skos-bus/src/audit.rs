@@ -488,8 +488,10 @@ impl AuditLog {
                 let mut attempts = 0;
                 loop {
                     let mut trial = chain.clone();
-                    let record = trial.seal(entry.clone());
-                    let payload = serde_json::to_vec(&record).map_err(stream_err)?;
+                    let mut payload = Vec::new();
+                    let record = trial
+                        .seal_to(entry.clone(), &mut payload)
+                        .map_err(|(e, _)| stream_err(e))?;
                     let subject = subjects::audit(&record.entry.event_type);
                     let publish = jetstream::message::PublishMessage::build()
                         .payload(Bytes::from(payload))
