@@ -5,3 +5,22 @@
 
 pub mod heap;
 pub mod node;
+
+#[cfg(test)]
+mod tests {
+    /// The audit trail's verifier needs floats read back exactly (the
+    /// default `exact-floats` feature): a build of this package without it
+    /// fails here.
+    #[test]
+    fn floats_read_back_exactly() {
+        for text in [
+            "10059.572680154533",
+            "30031.507059462838",
+            "-1.603964615428183e+143",
+            "1.5860846119992697e-265",
+        ] {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(v.to_string(), text);
+        }
+    }
+}

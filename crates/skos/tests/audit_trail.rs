@@ -518,3 +518,50 @@ fn a_trail_the_user_may_not_read_is_said_so_not_missing() {
         assert!(err.contains("Permission denied"), "{what}: {err}");
     }
 }
+
+/// An intact trail whose entries hold floats at full precision (a usage
+/// percentage computed from counters, an averaged reading) verifies:
+/// `skos audit verify` hashes each entry as it renders again after reading
+/// it, which holds only where floats read back exactly (the package's
+/// default `exact-floats`). Read approximately, `10059.572680154533` came
+/// back as `10059.572680154532` and the record was reported changed. Both
+/// ways a record is written are checked: the entry's canonical text
+/// (`Chain::seal_to`, what the binary writes) and its fields in declared
+/// order (what earlier versions wrote).
+#[test]
+fn full_precision_floats_in_an_intact_trail_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let floats = [
+        10059.572680154533,
+        30031.507059462838,
+        -1.603964615428183e143,
+        1.5860846119992697e-265,
+        100.0 / 3.0,
+        93.737_362_918_73,
+    ];
+    let mut chain = Chain::resume(None);
+    let mut text = Vec::new();
+    for (i, f) in floats.into_iter().enumerate() {
+        let mut entry = forged_entry(&format!("reading {i}"));
+        entry.data = serde_json::json!({"usage_percent": f, "mean": [f / 3.0, f * 7.0]});
+        if i % 2 == 0 {
+            chain.seal_to(entry, &mut text).unwrap();
+        } else {
+            serde_json::to_writer(&mut text, &chain.seal(entry)).unwrap();
+        }
+        text.push(b'\n');
+    }
+    std::fs::write(dir.path().join("audit.jsonl"), &text).unwrap();
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify", "--data-dir"]).arg(dir.path());
+        c
+    });
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&floats.len().to_string()), "{said}");
+}
