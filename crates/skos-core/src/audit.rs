@@ -199,11 +199,17 @@ impl Chain {
         &self.last_hash
     }
 
+    /// `entry` as the chain's next record, its hash over the entry's
+    /// canonical text; the chain moves past it.
     pub fn seal(&mut self, entry: AuditEntry) -> AuditRecord {
-        let seq = self.next_seq;
-        let hash = entry_hash(&self.last_hash, seq, &entry);
+        let hash = entry_hash(&self.last_hash, self.next_seq, &entry);
+        self.advance(hash, entry)
+    }
+
+    /// The next record, `entry` with its `hash`; the chain moves past it.
+    fn advance(&mut self, hash: String, entry: AuditEntry) -> AuditRecord {
         let record = AuditRecord {
-            seq,
+            seq: self.next_seq,
             prev_hash: std::mem::replace(&mut self.last_hash, hash.clone()),
             hash,
             entry,
@@ -244,16 +250,7 @@ impl Chain {
             Ok(hash)
         })();
         match written {
-            Ok(hash) => {
-                let record = AuditRecord {
-                    seq,
-                    prev_hash: std::mem::replace(&mut self.last_hash, hash.clone()),
-                    hash,
-                    entry,
-                };
-                self.next_seq += 1;
-                Ok(record)
-            }
+            Ok(hash) => Ok(self.advance(hash, entry)),
             Err(e) => {
                 out.truncate(start);
                 Err((e, Box::new(entry)))
