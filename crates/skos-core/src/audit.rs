@@ -58,11 +58,7 @@ pub fn entry_hash(prev_hash: &str, seq: u64, entry: &AuditEntry) -> String {
 /// fail: no maps with non-string keys, no non-finite floats reach a
 /// record.
 fn hash_over<T: Serialize>(prev_hash: &str, seq: u64, entry: Option<&T>) -> String {
-    let mut h = Sha256::new();
-    h.update(prev_hash.as_bytes());
-    h.update(b"\n");
-    h.update(seq.to_string().as_bytes());
-    h.update(b"\n");
+    let mut h = chained(prev_hash, seq);
     let mut w = HashWriter {
         hash: &mut h,
         buf: [0; HASH_BUFFER],
@@ -77,13 +73,20 @@ fn hash_over<T: Serialize>(prev_hash: &str, seq: u64, entry: Option<&T>) -> Stri
 
 /// [`hash_over`] an entry's text already rendered ([`Canonical`]).
 fn hash_text(prev_hash: &str, seq: u64, text: &[u8]) -> String {
+    let mut h = chained(prev_hash, seq);
+    h.update(text);
+    hex::encode(h.finalize())
+}
+
+/// A hash fed what every record's hash starts with: `prev_hash`, `\n`,
+/// `seq`, `\n`.
+fn chained(prev_hash: &str, seq: u64) -> Sha256 {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(b"\n");
     h.update(seq.to_string().as_bytes());
     h.update(b"\n");
-    h.update(text);
-    hex::encode(h.finalize())
+    h
 }
 
 /// An entry rendered as `serde_json::to_value(entry)` renders it: its
