@@ -194,6 +194,20 @@ else
   ran+=(clippy)
 fi
 
+# `skos` (and skos-bench's in-process coordinator) verify audit trails and
+# compare entries read back, which needs floats parsed exactly: serde_json's
+# float_roundtrip, the skos package's default `exact-floats`. A workspace-wide
+# build unifies features across crates and would not notice a package losing
+# it, so each package's own graph is asked.
+heading "exact float parsing in skos and skos-bench (cargo tree)"
+for pkg in skos skos-bench; do
+  graph=$(cargo tree --locked -p "$pkg" -e features,normal --target all -i serde_json) \
+    || die "cargo tree -p $pkg failed"
+  grep -q 'serde_json feature "float_roundtrip"' <<<"$graph" \
+    || die "$pkg is built without serde_json's float_roundtrip: audit records holding full-precision floats would verify as changed"
+done
+ran+=(exact-floats)
+
 # The package, `skos install` and compose tests use the static binary.
 if [ -z "${SKOS_STATIC_BIN:-}" ]; then
   heading "the static binary (dist/build-static.sh)"

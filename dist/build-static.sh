@@ -56,12 +56,14 @@ profile_of() {
   fi
 }
 out_of() { if [ "$1" = dev ]; then echo debug; else echo "$1"; fi; }
-# The shipped agent verifies no audit trail: in its own profile it is built
-# without the `skos` package's default `exact-floats` (serde_json's exact float
-# parser, code it would carry and map on every node for nothing). Under
-# SKOS_STATIC_PROFILE both binaries share one build, features and all.
+# The shipped agent verifies no audit trail: it is built without the `skos`
+# package's default `exact-floats` (serde_json's exact float parser, code it
+# would carry and map on every node for nothing). Under SKOS_STATIC_PROFILE
+# both binaries share one build, features and all; `skos` always has it.
 features_of() {
-  if [ "$(profile_of "$1")" = dist-agent ]; then echo --no-default-features; fi
+  if [ "$1" = skos-agent ] && [ -z "${SKOS_STATIC_PROFILE:-}" ]; then
+    echo --no-default-features
+  fi
 }
 for b in "${bins[@]}"; do
   RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \

@@ -9,8 +9,10 @@ pub mod node;
 #[cfg(test)]
 mod tests {
     /// The audit trail's verifier needs floats read back exactly (the
-    /// default `exact-floats` feature): a build of this package without it
-    /// fails here.
+    /// default `exact-floats` feature): this package tested alone
+    /// (`cargo test -p skos`) without it fails here. A workspace-wide run
+    /// unifies features across crates, so `test.sh` also asks the package's
+    /// own dependency graph (`cargo tree`).
     #[test]
     fn floats_read_back_exactly() {
         for text in [

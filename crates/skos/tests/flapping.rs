@@ -96,11 +96,18 @@ fn a_flapping_cpu_is_throttled_once_reported_once_and_never_credited() {
     }
     let records = wait_for(
         Duration::from_secs(90),
-        "flapping reported stable again and the throttle lifted",
+        "flapping reported stable again and the throttle lifted, its result audited",
         || {
             let r = audit(&nats);
             let lifted = (0..2).all(|p| read_khz(sys.root(), p) == MAX);
-            (flap_states(&r).len() >= 2 && lifted).then_some(r)
+            // The agent restores the files as soon as the command reaches
+            // it, which can be before the coordinator has appended the
+            // command's record (published, then audited): the trail is
+            // read once the reset's result is in it, which comes after.
+            let audited = r
+                .iter()
+                .any(|r| result_is(r, "reset_throttle", "succeeded"));
+            (flap_states(&r).len() >= 2 && lifted && audited).then_some(r)
         },
     );
     let swings = records
