@@ -614,6 +614,19 @@ pub fn records_of(payload: &[u8]) -> std::result::Result<Vec<Value>, serde_json:
     }
 }
 
+/// The records an audit message holds, each as its text stands in
+/// `payload` ([`records_of`], not parsed further): what the verifier
+/// hashes ([`skos_core::audit::entry_text`]).
+pub fn record_texts_of(
+    payload: &[u8],
+) -> std::result::Result<Vec<&serde_json::value::RawValue>, serde_json::Error> {
+    if payload.trim_ascii_start().first() == Some(&b'[') {
+        serde_json::from_slice(payload)
+    } else {
+        Ok(vec![serde_json::from_slice(payload)?])
+    }
+}
+
 /// The last record an audit message holds, if its last element is one of
 /// ours (a batch ending in anything else is not ours).
 fn last_record_of(payload: &[u8]) -> Option<AuditRecord> {

@@ -47,8 +47,10 @@ use crate::status::Leadership;
 use crate::{Error, Result};
 
 mod pipeline;
+mod written;
 
 use pipeline::Durable;
+use written::Written;
 
 pub struct ServiceOptions {
     /// `embedded` or `distributed`, shown in the status.
@@ -244,23 +246,6 @@ impl From<Kept> for Effect {
             Kept::Audit { entry } => Effect::Audit(entry),
         }
     }
-}
-
-/// An audit entry as the trail holds it, without its term (stamped when it
-/// is written): two entries with the same key are the same record.
-fn entry_key(entry: &Value) -> String {
-    let mut e = entry.clone();
-    if let Some(o) = e.as_object_mut() {
-        o.remove("term");
-    }
-    e.to_string()
-}
-
-/// [`entry_key`] of an entry not yet written.
-fn new_entry_key(entry: &AuditEntry) -> String {
-    serde_json::to_value(entry)
-        .map(|v| entry_key(&v))
-        .unwrap_or_default()
 }
 
 /// Results remembered as handled, so a redelivered one is not handled (and
@@ -794,12 +779,12 @@ async fn lead(
             }
         }
     };
-    let mut audited = HashSet::new();
+    let mut audited = Written::default();
     for r in &recent {
         let entry = &r["entry"];
         remember(entry, &mut engine);
         if !kept.is_empty() {
-            audited.insert(entry_key(entry));
+            audited.insert(entry);
         }
     }
     drop(recent);
@@ -852,7 +837,7 @@ async fn lead(
     // trail (commands and alerts are published again; their ids make that
     // safe).
     kept.retain(|e| match e {
-        Effect::Audit(entry) => !audited.contains(&new_entry_key(entry)),
+        Effect::Audit(entry) => !audited.contains(entry),
         _ => true,
     });
     for e in &kept {
@@ -1743,9 +1728,9 @@ impl Ctx {
                 // same: skip what the trail's tail already holds.
                 match self.audit.read_recent(entries.len() as u64 + 16).await {
                     Ok(tail) => {
-                        let written: HashSet<String> =
-                            tail.iter().map(|r| entry_key(&r["entry"])).collect();
-                        entries.retain(|e| !written.contains(&new_entry_key(e)));
+                        let mut written = Written::default();
+                        tail.iter().for_each(|r| written.insert(&r["entry"]));
+                        entries.retain(|e| !written.contains(e));
                     }
                     Err(e) => {
                         let rest = entries.into_iter().map(Effect::Audit).collect();
@@ -1960,9 +1945,9 @@ impl Ctx {
         // The last failed append may have been written all the same.
         let result = match self.audit.read_recent(entries.len() as u64 + 16).await {
             Ok(tail) => {
-                let written: HashSet<String> =
-                    tail.iter().map(|r| entry_key(&r["entry"])).collect();
-                entries.retain(|e| !written.contains(&new_entry_key(e)));
+                let mut written = Written::default();
+                tail.iter().for_each(|r| written.insert(&r["entry"]));
+                entries.retain(|e| !written.contains(e));
                 self.audit
                     .append_many(entries)
                     .await
@@ -2422,9 +2407,11 @@ mod tests {
         let mut written = entry.clone();
         written.term = Some(7);
         let record = json!({"seq": 3, "prev_hash": "x", "hash": "y", "entry": written});
-        assert_eq!(entry_key(&record["entry"]), new_entry_key(&entry));
+        let mut trail = Written::default();
+        trail.insert(&record["entry"]);
+        assert!(trail.contains(&entry));
         let mut other = entry.clone();
         other.summary = "node nova joined again".into();
-        assert_ne!(new_entry_key(&other), new_entry_key(&entry));
+        assert!(!trail.contains(&other));
     }
 }

@@ -160,6 +160,20 @@ impl std::io::Write for HashWriter<'_> {
     }
 }
 
+/// The text of a stored record's `entry`, exactly as it stands in
+/// `record` (one record's JSON text); `None` when `record` is not a JSON
+/// object with an `entry`. What [`Verifier::push_stored`] hashes.
+pub fn entry_text(record: &[u8]) -> Option<&str> {
+    #[derive(Deserialize)]
+    struct Entry<'a> {
+        #[serde(borrow)]
+        entry: &'a serde_json::value::RawValue,
+    }
+    serde_json::from_slice::<Entry>(record)
+        .ok()
+        .map(|e| e.entry.get())
+}
+
 /// Builds the chain: remembers the last hash and sequence number.
 #[derive(Debug, Clone)]
 pub struct Chain {
@@ -281,13 +295,36 @@ impl Verifier {
     /// entry exactly as stored (a field added to a stored entry, which the
     /// typed entry would drop, is a change).
     pub fn push_value(&mut self, value: Value) -> Result<(), ChainError> {
+        self.push_stored(value, None)
+    }
+
+    /// [`Verifier::push_value`], given also the record's entry exactly as
+    /// it was stored ([`entry_text`]). A hash over that text verifies the
+    /// record as it is, whatever a parser makes of the floats in it (a
+    /// float read back a unit in the last place off renders differently);
+    /// an entry stored in another form than it was hashed over (spacing,
+    /// key order) is hashed as its `Value` renders, as
+    /// [`Verifier::push_value`] does.
+    pub fn push_stored(
+        &mut self,
+        value: Value,
+        entry_text: Option<&str>,
+    ) -> Result<(), ChainError> {
         let stored = value.get("entry").cloned();
         let record: AuditRecord =
             serde_json::from_value(value).map_err(|e| ChainError::Unreadable {
                 index: self.seen + 1,
                 reason: e.to_string(),
             })?;
-        self.push_checked(&record, |r| hash_over(&r.prev_hash, r.seq, stored.as_ref()))
+        self.push_checked(&record, |r| {
+            if let Some(text) = entry_text {
+                let hash = hash_text(&r.prev_hash, r.seq, text.as_bytes());
+                if hash == r.hash {
+                    return hash;
+                }
+            }
+            hash_over(&r.prev_hash, r.seq, stored.as_ref())
+        })
     }
 
     pub fn push(&mut self, record: &AuditRecord) -> Result<(), ChainError> {
@@ -572,6 +609,51 @@ mod tests {
                 panic!("{f:e} stored as {}: {err}", String::from_utf8_lossy(&text));
             }
         }
+    }
+
+    /// A record is verified from its entry's stored text, whatever the
+    /// parser made of the floats in it: here the parsed float is a unit in
+    /// the last place off (what a parser without exact float reading
+    /// returned for about one float in five), and only the stored text
+    /// still verifies it. A record stored in another form than it was
+    /// hashed over (spaced out) verifies as its `Value` renders; a changed
+    /// text verifies neither way.
+    #[test]
+    fn a_record_is_verified_from_its_entry_as_stored() {
+        let mut c = Chain::default();
+        let mut e = entry(1);
+        e.data = serde_json::json!({"percent": 10059.572680154533_f64});
+        let mut text = Vec::new();
+        c.seal_to(e, &mut text).unwrap();
+        let stored = entry_text(&text).unwrap();
+        assert!(stored.contains("10059.572680154533"), "{stored}");
+        let mut off: Value = serde_json::from_slice(&text).unwrap();
+        off["entry"]["data"]["percent"] =
+            Value::from(f64::from_bits(10059.572680154533_f64.to_bits() - 1));
+        assert!(matches!(
+            Verifier::default().push_value(off.clone()),
+            Err(ChainError::Content { seq: 1 })
+        ));
+        Verifier::default().push_stored(off, Some(stored)).unwrap();
+
+        // Spaced out: the stored text is not what was hashed; its value is.
+        let value: Value = serde_json::from_slice(&text).unwrap();
+        let spaced = serde_json::to_vec_pretty(&value).unwrap();
+        let mut v = Verifier::default();
+        v.push_stored(value, entry_text(&spaced)).unwrap();
+        assert_eq!(v.verified(), 1);
+
+        // Changed: neither the text nor its value is what was hashed.
+        let changed = String::from_utf8(text)
+            .unwrap()
+            .replace("10059.57", "10059.58");
+        let value: Value = serde_json::from_str(&changed).unwrap();
+        assert!(matches!(
+            Verifier::default().push_stored(value, entry_text(changed.as_bytes())),
+            Err(ChainError::Content { seq: 1 })
+        ));
+        assert_eq!(entry_text(b"not json"), None);
+        assert_eq!(entry_text(b"{\"seq\": 1}"), None);
     }
 
     /// A field added to a stored entry is a change, though the typed

@@ -520,14 +520,15 @@ fn a_trail_the_user_may_not_read_is_said_so_not_missing() {
 }
 
 /// An intact trail whose entries hold floats at full precision (a usage
-/// percentage computed from counters, an averaged reading) verifies:
-/// `skos audit verify` hashes each entry as it renders again after reading
-/// it, which holds only where floats read back exactly (the package's
-/// default `exact-floats`). Read approximately, `10059.572680154533` came
-/// back as `10059.572680154532` and the record was reported changed. Both
+/// percentage computed from counters, an averaged reading) verifies. Both
 /// ways a record is written are checked: the entry's canonical text
-/// (`Chain::seal_to`, what the binary writes) and its fields in declared
-/// order (what earlier versions wrote).
+/// (`Chain::seal_to`, what the binary writes), verified from its stored
+/// text whatever the float parser, and its fields in declared order (what
+/// earlier versions wrote), hashed as the entry renders again after
+/// reading it, which holds only where floats read back exactly (the
+/// package's default `exact-floats`): read approximately,
+/// `10059.572680154533` came back as `10059.572680154532` and the record
+/// was reported changed.
 #[test]
 fn full_precision_floats_in_an_intact_trail_verify() {
     let dir = tempfile::tempdir().unwrap();

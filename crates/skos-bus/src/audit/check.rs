@@ -21,10 +21,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use skos_core::audit::{AuditRecord, ChainError, Verifier};
+use skos_core::audit::{entry_text, AuditRecord, ChainError, Verifier};
 use skos_core::escape::ShowPath;
 
-use super::{last_record_of, records_of, segments, signature_headers, stream_err};
+use super::{last_record_of, record_texts_of, segments, signature_headers, stream_err};
 use crate::{subjects, trust, Error, NatsBus, Result};
 use skos_core::AuditEvent;
 
@@ -288,12 +288,11 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// One record, in order.
     /// One record, in order: the record as read, and whether it continued
-    /// the chain.
-    fn record(&mut self, value: Value) -> Option<(AuditRecord, bool)> {
+    /// the chain. `entry_text`: its entry as stored ([`Verifier::push_stored`]).
+    fn record(&mut self, value: Value, entry_text: Option<&str>) -> Option<(AuditRecord, bool)> {
         let record = serde_json::from_value::<AuditRecord>(value.clone()).ok();
-        let verified = match self.verifier.push_value(value) {
+        let verified = match self.verifier.push_stored(value, entry_text) {
             Ok(()) => {
                 self.report.records += 1;
                 true
@@ -444,7 +443,7 @@ pub async fn verify_jetstream_within(
         checker.report.messages += 1;
         progress(checker.report.messages, total);
         let subject = m.subject.as_str();
-        let records = match records_of(&m.payload) {
+        let records = match record_texts_of(&m.payload) {
             Ok(r) => r,
             Err(e) => {
                 checker.foreign(seq, subject, format!("not a record: {e}"));
@@ -474,7 +473,7 @@ pub async fn verify_jetstream_within(
             begun = true;
             let first = records
                 .first()
-                .and_then(|v| serde_json::from_value::<AuditRecord>(v.clone()).ok());
+                .and_then(|t| serde_json::from_str::<AuditRecord>(t.get()).ok());
             if let Some(first) = first.filter(|r| r.seq > 1) {
                 checker.first(&first);
                 let stored =
@@ -493,8 +492,15 @@ pub async fn verify_jetstream_within(
                 gap = Some((first, stored));
             }
         }
-        for r in records {
-            let Some((r, verified)) = checker.record(r) else {
+        for text in records {
+            let r = match serde_json::from_str::<Value>(text.get()) {
+                Ok(r) => r,
+                Err(e) => {
+                    checker.foreign(seq, subject, format!("not a record: {e}"));
+                    continue;
+                }
+            };
+            let Some((r, verified)) = checker.record(r, entry_text(text.get().as_bytes())) else {
                 continue;
             };
             if verified && r.entry.event_type == AuditEvent::AuditCheckpoint.as_str() {
@@ -621,7 +627,10 @@ impl FileWalk<'_> {
             let next = self.checker.verifier.next_seq();
             if let Some(copies) = src.copies.as_mut().filter(|_| r.seq < next) {
                 self.checker.report.copies += 1;
-                let mut differs = copies.push_value(v).err().map(|e| e.to_string());
+                let mut differs = copies
+                    .push_stored(v, entry_text(bytes))
+                    .err()
+                    .map(|e| e.to_string());
                 if differs.is_none()
                     && r.seq + 1 == next
                     && r.hash != self.checker.verifier.last_hash()
@@ -640,7 +649,7 @@ impl FileWalk<'_> {
             }
             src.copies = None;
         }
-        let Some((r, verified)) = self.checker.record(v) else {
+        let Some((r, verified)) = self.checker.record(v, entry_text(bytes)) else {
             return;
         };
         let data = &r.entry.data;
