@@ -388,6 +388,9 @@ struct BatchTimes {
     batches: u64,
     /// Of those, decided while the batch before was carried out.
     overlapped: u64,
+    /// Of those, whose state was written while the batch before was
+    /// published, audited and acknowledged.
+    state_ahead: u64,
     /// Microseconds per phase, in `BatchPhase::ALL`'s order.
     micros: [u64; 5],
 }
@@ -402,6 +405,7 @@ impl BatchTimes {
         Self {
             batches: counters.of(Counter::Batches("alert")),
             overlapped: counters.of(Counter::BatchesOverlapped("alert")),
+            state_ahead: counters.of(Counter::BatchesStateAhead("alert")),
             micros,
         }
     }
@@ -414,6 +418,7 @@ impl BatchTimes {
         Self {
             batches: self.batches.saturating_sub(before.batches),
             overlapped: self.overlapped.saturating_sub(before.overlapped),
+            state_ahead: self.state_ahead.saturating_sub(before.state_ahead),
             micros,
         }
     }
@@ -430,10 +435,11 @@ impl BatchTimes {
             .map(|(p, m)| format!("{} {:.1} µs", p.as_str(), m as f64 / alerts as f64))
             .collect();
         Some(format!(
-            "{} ({} batches, {} decided while the one before was carried out)",
+            "{} ({} batches, {} decided while the one before was carried out, {} of them with their state written meanwhile)",
             parts.join(", "),
             self.batches,
-            self.overlapped
+            self.overlapped,
+            self.state_ahead
         ))
     }
 }

@@ -80,6 +80,11 @@ pub enum Counter<'a> {
     /// before them was still being carried out (written, published,
     /// audited, acknowledged) on its own task.
     BatchesOverlapped(&'a str),
+    /// `batches.<feed>.state_ahead`: of those, batches whose node states
+    /// were written while the batch before them was still being
+    /// published, audited and acknowledged (they touched none of its
+    /// nodes).
+    BatchesStateAhead(&'a str),
     /// `batches.<feed>.<phase>_us`: microseconds those batches spent in
     /// one phase of their handling ([`BatchPhase`]), summed; with
     /// `batches.<feed>` and the messages handled, where a batch's time
@@ -192,6 +197,7 @@ impl Counter<'_> {
             EffectsQueued => "effects.queued",
             Batches(feed) => return format!("batches.{feed}").into(),
             BatchesOverlapped(feed) => return format!("batches.{feed}.overlapped").into(),
+            BatchesStateAhead(feed) => return format!("batches.{feed}.state_ahead").into(),
             BatchMicros(feed, phase) => {
                 return format!("batches.{feed}.{}_us", phase.as_str()).into()
             }
@@ -276,8 +282,10 @@ mod tests {
         c.add(Counter::BatchMicros("alert", BatchPhase::State), 120);
         c.add(Counter::BatchMicros("result", BatchPhase::Ack), 7);
         c.inc(Counter::BatchesOverlapped("alert"));
+        c.inc(Counter::BatchesStateAhead("alert"));
         let snap = c.snapshot();
         assert_eq!(snap.get("batches.alert.overlapped"), Some(&1));
+        assert_eq!(snap.get("batches.alert.state_ahead"), Some(&1));
         assert_eq!(snap.get("batches.alert"), Some(&1));
         assert_eq!(snap.get("batches.alert.state_us"), Some(&120));
         assert_eq!(snap.get("batches.result.ack_us"), Some(&7));

@@ -8,6 +8,13 @@
 //! lost, none handled twice), and every node that went silent during the
 //! outage has its offline `heartbeat_missing` alert audited: the
 //! coordinator raised it while the bus was down and kept it in its outbox.
+//!
+//! The same storm, sent at once, against a coordinator aborted at one of
+//! its kill points part-way through (`SKOS_FAILPOINT`, as abrupt as a
+//! SIGKILL), with batches in flight one behind the other (a batch's node
+//! states written while the batch before is carried out), then started
+//! again: every alert audited exactly once, every command stored and
+//! audited exactly once, and the trail verifies.
 
 mod common;
 
@@ -72,28 +79,60 @@ async fn connect(url: &str) -> Bus {
     }
 }
 
-fn stream_alert_ids(nats: &NatsServer) -> BTreeMap<String, usize> {
+/// How many times each id (`id` of each message's JSON) is stored in
+/// `stream`.
+fn stream_ids(nats: &NatsServer, stream: &str, id: &str) -> BTreeMap<String, usize> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let bus = NatsBus::connect(&NatsOptions::new(nats.url(), "outage-check"))
             .await
             .unwrap();
-        let mut s = bus
-            .jetstream()
-            .get_stream(subjects::STREAM_ALERTS)
-            .await
-            .unwrap();
+        let mut s = bus.jetstream().get_stream(stream).await.unwrap();
         let state = s.info().await.unwrap().state.clone();
         let mut out = BTreeMap::new();
+        if state.messages == 0 {
+            return out;
+        }
         for seq in state.first_sequence..=state.last_sequence {
             if let Ok(m) = s.get_raw_message(seq).await {
                 let a: Value = serde_json::from_slice(&m.payload).unwrap();
-                *out.entry(a["alert_id"].as_str().unwrap().to_string())
-                    .or_default() += 1;
+                *out.entry(a[id].as_str().unwrap().to_string()).or_default() += 1;
             }
         }
         out
     })
+}
+
+fn stream_alert_ids(nats: &NatsServer) -> BTreeMap<String, usize> {
+    stream_ids(nats, subjects::STREAM_ALERTS, "alert_id")
+}
+
+/// How many records audit each command, by action id.
+fn audited_commands(records: &[Value]) -> BTreeMap<String, usize> {
+    let mut commands: BTreeMap<String, usize> = BTreeMap::new();
+    for c in audit_events(records, "command") {
+        let id = c["entry"]["data"]["command"]["action_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        *commands.entry(id).or_default() += 1;
+    }
+    commands
+}
+
+/// `skos audit verify` on `nats` passes.
+fn assert_trail_verifies(nats: &NatsServer) {
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
+        c
+    });
+    assert!(
+        out.status.success(),
+        "audit verify failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The audited alerts: id → (how many records, the alert).
@@ -236,25 +275,184 @@ result_grace_seconds: 120\n  leader_lease_seconds: 40\n  max_actions_per_node_pe
     assert_eq!(offline_nodes(&audited), all, "every node's offline alert");
 
     // Every command audited once.
-    let mut commands: BTreeMap<String, usize> = BTreeMap::new();
-    for c in audit_events(&records, "command") {
-        let id = c["entry"]["data"]["command"]["action_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        *commands.entry(id).or_default() += 1;
-    }
+    let commands = audited_commands(&records);
     let doubled: Vec<_> = commands.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "commands audited twice: {doubled:?}");
-    let out = run({
+    assert_trail_verifies(&nats);
+}
+
+/// Nodes of the storm a coordinator is killed in.
+const KILLED_NODES: usize = 60;
+/// Most rounds of one alert per node sent to reach the kill point.
+const MAX_ROUNDS: usize = 100;
+
+/// A storm (of [`KILLED_NODES`] nodes) sent at once to a coordinator that
+/// aborts at the `hit`th time it reaches kill point `point`, with batches
+/// in flight; a coordinator started again finishes it. Every alert
+/// audited once, every command stored once (one execution) and audited
+/// once, none of them lost, and every action the coordinator holds for a
+/// node was sent.
+fn killed_mid_storm(point: &str, hit: u32) {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        "coordinator:\n  heartbeat_timeout: 3600\n  verify_within: 600\n  command_deadline: 120\n  \
+result_grace_seconds: 120\n  leader_lease_seconds: 2\n  max_actions_per_node_per_minute: 100\n",
+    )
+    .unwrap();
+    let failpoint = format!("{point}:{hit}");
+    let mut armed = {
         let mut c = skos();
-        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
-        c
+        c.arg("coordinator")
+            .arg("--config")
+            .arg(&cfg)
+            .env("NATS_URL", nats.url())
+            .env("SKOS_FAILPOINT", &failpoint);
+        Proc::spawn(c, work.path(), "coordinator-armed")
+    };
+    wait_for(Duration::from_secs(30), "the coordinator answers", || {
+        status(&nats)
     });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let nodes: Arc<Vec<NodeName>> = Arc::new((0..KILLED_NODES).map(node_name).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let beats = {
+        let (nodes, stop, url) = (nodes.clone(), stop.clone(), nats.url());
+        rt.spawn(async move {
+            let bus = connect(&url).await;
+            while !stop.load(Ordering::SeqCst) {
+                for n in nodes.iter() {
+                    let _ = bus.publish_heartbeat(&heartbeat(n)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    wait_for(Duration::from_secs(30), "every node healthy", || {
+        status(&nats).filter(|s| s["summary"]["nodes"]["healthy"] == KILLED_NODES)
+    });
+    // Rounds of one alert per node, warning and critical in turn (each
+    // alert changes its node's state), until the coordinator reaches the
+    // point: how batches fall depends on the machine's load.
+    let mut rounds = 0;
+    let exit = rt.block_on(async {
+        let bus = connect(&nats.url()).await;
+        while rounds < MAX_ROUNDS {
+            for node in nodes.iter() {
+                let mut a = alert(node, rounds);
+                if rounds % 2 == 1 {
+                    a.severity = Severity::Critical;
+                }
+                bus.publish_alert(&a).await.unwrap();
+            }
+            rounds += 1;
+            if let Some(exit) = armed.child.try_wait().unwrap() {
+                return Some(exit);
+            }
+        }
+        None
+    });
+    let exit = exit.unwrap_or_else(|| {
+        wait_for(
+            Duration::from_secs(60),
+            &format!("the coordinator to abort at {failpoint}"),
+            || armed.child.try_wait().unwrap(),
+        )
+    });
+    let log = armed.log_text();
     assert!(
-        out.status.success(),
-        "audit verify failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        log.contains(&format!("SKOS_FAILPOINT: aborting at {point} ")),
+        "aborted elsewhere ({exit}):\n{log}"
     );
+    let _coordinator = coordinator(&nats, &cfg, work.path(), "coordinator");
+
+    let ids: Vec<String> = (0..rounds)
+        .flat_map(|n| nodes.iter().map(move |node| format!("storm-{node}-{n}")))
+        .collect();
+    let records = wait_for(
+        Duration::from_secs(120),
+        "every storm alert audited",
+        || {
+            let r = audit(&nats);
+            let audited = audited_alerts(&r);
+            ids.iter().all(|id| audited.contains_key(id)).then_some(r)
+        },
+    );
+    stop.store(true, Ordering::SeqCst);
+    rt.block_on(beats).unwrap();
+    let audited = audited_alerts(&records);
+    let twice: Vec<(&String, usize)> = audited
+        .iter()
+        .filter(|(_, (n, _))| *n > 1)
+        .map(|(id, (n, _))| (id, *n))
+        .collect();
+    assert!(twice.is_empty(), "alerts handled more than once: {twice:?}");
+    let commands = audited_commands(&records);
+    assert!(!commands.is_empty(), "the storm raised no command");
+    let doubled: Vec<_> = commands.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "commands audited twice: {doubled:?}");
+    let stored = stream_ids(&nats, subjects::STREAM_COMMANDS, "action_id");
+    let unaudited: Vec<_> = stored
+        .keys()
+        .filter(|id| !commands.contains_key(*id))
+        .collect();
+    assert!(
+        unaudited.is_empty(),
+        "commands sent, never audited: {unaudited:?}"
+    );
+    let resent: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(resent.is_empty(), "commands stored twice: {resent:?}");
+    let lost: Vec<_> = commands
+        .keys()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    assert!(lost.is_empty(), "commands audited, never sent: {lost:?}");
+    // What the coordinator holds as sent for each node was sent.
+    for node in nodes.iter() {
+        let out = run({
+            let mut c = skos();
+            c.args(["status", "--json", "--node", node.as_str()])
+                .env("NATS_URL", nats.url());
+            c
+        });
+        assert!(out.status.success(), "status of {node}");
+        let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for a in s["recent_actions"].as_array().unwrap() {
+            let id = a["action_id"].as_str().unwrap();
+            assert!(
+                stored.contains_key(id),
+                "{node}'s action {a} was never sent"
+            );
+        }
+    }
+    assert_trail_verifies(&nats);
+}
+
+#[test]
+fn killed_mid_storm_after_a_batchs_state_was_written() {
+    killed_mid_storm("alert.persisted", 12);
+}
+
+/// Aborted once a batch's state is written ahead, before the batch before
+/// it is settled: the restart finds the records of both batches.
+#[test]
+fn killed_mid_storm_after_a_batchs_state_was_written_ahead() {
+    killed_mid_storm("alert.persisted_ahead", 2);
+}
+
+#[test]
+fn killed_mid_storm_after_a_batchs_commands_were_published() {
+    killed_mid_storm("alert.published", 12);
+}
+
+#[test]
+fn killed_mid_storm_after_a_batch_was_audited() {
+    killed_mid_storm("alert.audited", 12);
 }

@@ -7,16 +7,29 @@
 //! while the server stores, and the server idles while the coordinator
 //! decides. Here one batch is carried out on its own task ([`carry`]) while
 //! the service decides the next batch that is ready and plans its state
-//! writes; the next is carried out once the one before it is.
+//! writes. The next batch's node states are written at once, while the
+//! batch before it is still published, audited and acknowledged, when the
+//! two touch no node in common ("state ahead"); the rest of it (publish,
+//! audit, acks) waits until the batch before is carried out. Touching a
+//! node in common, the next batch is carried out, state and all, once the
+//! one before it is.
 //!
 //! Invariants (the same as [`Ctx::finish`]'s):
 //! - per batch, in order: state written, effects published, audit
 //!   records appended, then the messages acknowledged; a kill between two
 //!   steps leaves what [`Ctx::finish`] would leave (the kill points are
-//!   the same);
-//! - batches are carried out one at a time, in the order they were
-//!   decided; a batch's records keep only its own effects, because every
-//!   batch takes the whole outbox;
+//!   the same): a batch whose state was written ahead is, to a restart,
+//!   a batch killed after its state was written;
+//! - batches are published, audited and acknowledged one at a time, in
+//!   the order they were decided; a batch's records keep only its own
+//!   effects, because every batch takes the whole outbox, which is why
+//!   only a batch touching none of the nodes of the batch before it has
+//!   its states written ahead (a node's record written by the later batch
+//!   would replace one keeping the earlier batch's effects not yet
+//!   carried out);
+//! - a batch written ahead is held when the batch before it fails: none of
+//!   it is published, its effects go back to the outbox behind the failed
+//!   batch's, and its nodes wait to be written again (with those effects);
 //! - nothing of a batch is written or published once the lease ran out
 //!   (checked before each, as [`Ctx::flush`] does before publishing): a
 //!   batch decided while the one before was carried out may wait that
@@ -78,6 +91,15 @@ impl Durable {
             ],
         }
     }
+
+    /// Its kill point after a batch's state was written ahead, while the
+    /// batch before it is still being carried out.
+    pub(super) const fn ahead_point(self) -> &'static str {
+        match self {
+            Durable::Alert => "alert.persisted_ahead",
+            Durable::Result => "result.persisted_ahead",
+        }
+    }
 }
 
 /// What carrying out a batch needs, off the service loop.
@@ -121,6 +143,12 @@ struct Decided {
     acks: Vec<Incoming>,
 }
 
+/// A batch being carried out on its own task, and the nodes it touched.
+struct Running {
+    handle: tokio::task::JoinHandle<Carried>,
+    touched: BTreeSet<NodeName>,
+}
+
 /// The step of [`carry`] that failed, with the effects not carried out.
 enum Failed {
     /// A state write: nothing of the batch was published.
@@ -135,6 +163,9 @@ enum Failed {
     /// is carried out by this coordinator; its effects are kept by the
     /// saved state where it was written, for the next leader.
     Deposed(Vec<Effect>),
+    /// Its state was written ahead, and the batch before it was not
+    /// carried out: nothing of it was published.
+    Held(Vec<Effect>),
 }
 
 /// How carrying out one batch went.
@@ -152,8 +183,14 @@ struct Carried {
 /// Carry out `batch`: its state, then its commands and raised alerts
 /// (published back to back, their acks awaited together), then its audit
 /// records, then its acks; the kill points between the steps are
-/// [`Ctx::finish`]'s.
-async fn carry(c: Carrier, batch: Decided) -> Carried {
+/// [`Ctx::finish`]'s. With `after`, the state is written ahead: the rest
+/// waits for `after` to say that the batch before was carried out, and is
+/// held ([`Failed::Held`]) when it says otherwise or is dropped.
+async fn carry(
+    c: Carrier,
+    batch: Decided,
+    after: Option<tokio::sync::oneshot::Receiver<bool>>,
+) -> Carried {
     let Decided {
         feed,
         started,
@@ -195,6 +232,20 @@ async fn carry(c: Carrier, batch: Decided) -> Carried {
     }
     let [_, persisted, published, audited] = feed.points();
     failpoint::hit(persisted);
+    if let Some(mut before) = after {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let carried = match before.try_recv() {
+            Ok(carried) => carried,
+            Err(TryRecvError::Empty) => {
+                failpoint::hit(feed.ahead_point());
+                before.await.unwrap_or(false)
+            }
+            Err(TryRecvError::Closed) => false,
+        };
+        if !carried {
+            return done(took, Some(Failed::Held(effects)));
+        }
+    }
     // As [`Ctx::flush`]: nothing is published once the lease ran out (the
     // batch before may have taken long).
     if !c.leads() {
@@ -259,7 +310,7 @@ impl Ctx {
         }
         let until = Instant::now() + TURN;
         let carrier = self.carrier();
-        let mut running: Option<tokio::task::JoinHandle<Carried>> = None;
+        let mut running: Option<Running> = None;
         let mut next = Some(first);
         while let Some(batch) = next.take() {
             let started = Instant::now();
@@ -269,16 +320,14 @@ impl Ctx {
             };
             failpoint::hit(feed.points()[0]);
             let decided = self.plan_batch(feed, work, started);
-            if let Some(handle) = running.take() {
+            let before = running.take();
+            if before.is_some() {
                 self.counters.inc(Counter::BatchesOverlapped(feed.name()));
-                if !self.settle_joined(handle.await).await {
-                    if let Some(d) = decided {
-                        self.undo(d);
-                    }
-                    return;
-                }
             }
             let Some(d) = decided else {
+                if let Some(before) = before {
+                    self.settle_joined(before.handle.await).await;
+                }
                 // Its effects wait in the outbox; its messages come again.
                 tracing::error!(
                     feed = feed.name(),
@@ -287,24 +336,48 @@ impl Ctx {
                 );
                 return;
             };
-            let mut handle = tokio::spawn(carry(carrier.clone(), d));
+            let touched = d.touched.clone();
+            let mut handle = match before {
+                None => tokio::spawn(carry(carrier.clone(), d, None)),
+                Some(before) if before.touched.is_disjoint(&d.touched) => {
+                    // Its state written while the batch before is carried
+                    // out; the rest once that one is.
+                    self.counters.inc(Counter::BatchesStateAhead(feed.name()));
+                    let (done, after) = tokio::sync::oneshot::channel();
+                    let handle = tokio::spawn(carry(carrier.clone(), d, Some(after)));
+                    let carried = self.settle_joined(before.handle.await).await;
+                    let _ = done.send(carried);
+                    if !carried {
+                        self.settle_joined(handle.await).await;
+                        return;
+                    }
+                    handle
+                }
+                Some(before) => {
+                    if !self.settle_joined(before.handle.await).await {
+                        self.undo(d);
+                        return;
+                    }
+                    tokio::spawn(carry(carrier.clone(), d, None))
+                }
+            };
             if Instant::now() >= until || !self.still_leader() {
-                running = Some(handle);
+                running = Some(Running { handle, touched });
                 break;
             }
             tokio::select! {
                 biased;
                 Some(batch) = more.next() => {
                     next = Some(batch);
-                    running = Some(handle);
+                    running = Some(Running { handle, touched });
                 }
                 carried = &mut handle => {
                     self.settle_joined(carried).await;
                 }
             }
         }
-        if let Some(handle) = running {
-            self.settle_joined(handle.await).await;
+        if let Some(r) = running {
+            self.settle_joined(r.handle.await).await;
         }
     }
 
@@ -415,6 +488,10 @@ impl Ctx {
                 let rest = failed.entries.into_iter().map(Effect::Audit).collect();
                 self.stall(failed.error, rest);
             }
+            Failed::Held(effects) => {
+                // Behind the failed batch's effects, which went first.
+                self.outbox.extend(effects);
+            }
             Failed::Deposed(effects) => {
                 self.deposed = true;
                 tracing::error!(
@@ -510,7 +587,7 @@ mod tests {
             effects: vec![throttle(&node)],
             acks: Vec::new(),
         };
-        let carried = carry(carrier.clone(), batch).await;
+        let carried = carry(carrier.clone(), batch, None).await;
         let Some(Failed::Deposed(kept)) = carried.failed else {
             panic!("carried out past the lease");
         };
@@ -528,6 +605,91 @@ mod tests {
         );
         let trail = std::fs::read_to_string(&audit_path).unwrap_or_default();
         assert!(trail.is_empty(), "{trail}");
+    }
+
+    /// A batch whose state was written ahead, while the batch before it
+    /// was carried out: when that one is not carried out, the batch is
+    /// held (its record, keeping its command, is written; the command is
+    /// not published and nothing is appended), and settling it puts the
+    /// command back in the outbox behind what waits there, its node to be
+    /// written again. When the batch before is carried out, it is carried
+    /// out in full.
+    #[tokio::test]
+    async fn a_batch_written_ahead_is_held_when_the_one_before_fails() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let states = dir.path().join("state");
+        std::fs::create_dir(&states).expect("the state directory");
+        let bus = Bus::InProc(InProcBus::new());
+        let node = NodeName::parse("n1").expect("a node name");
+        let mut commands = bus
+            .subscribe(Feed::Commands(node.clone()))
+            .await
+            .expect("subscribe to the node's commands");
+        let audit_path = dir.path().join("audit.jsonl");
+        let mut c = ctx(bus, StateStore::dir(&states), &audit_path);
+        let key = node_key(&node);
+        let batch = |stamp: u64| Decided {
+            feed: Durable::Alert,
+            started: Instant::now(),
+            decided: Instant::now(),
+            stamp: Stamp(1, stamp),
+            touched: BTreeSet::from([node.clone()]),
+            save: vec![(key.clone(), Bytes::from(format!("{{\"batch\":{stamp}}}")))],
+            remove: Vec::new(),
+            effects: vec![throttle(&node)],
+            acks: Vec::new(),
+        };
+
+        let (done, after) = tokio::sync::oneshot::channel();
+        let ahead = tokio::spawn(carry(c.carrier(), batch(1), Some(after)));
+        // Its state is written before the batch before it is settled.
+        let mut waited = 0;
+        while c.state.load(&key).await.expect("state readable").is_none() {
+            waited += 1;
+            assert!(waited < 500, "the state was not written ahead");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!ahead.is_finished(), "carried on without the batch before");
+        done.send(false).expect("the batch waits");
+        let carried = ahead.await.expect("the task ran");
+        let Some(Failed::Held(kept)) = &carried.failed else {
+            panic!("not held: {:?}", carried.failed.is_some());
+        };
+        assert_eq!(kept.len(), 1);
+        use futures::FutureExt;
+        assert!(
+            commands.next().now_or_never().is_none(),
+            "a held batch's command was published"
+        );
+        let trail = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        assert!(trail.is_empty(), "{trail}");
+        // What the failed batch before put back goes first.
+        c.outbox.push_back(Effect::Audit(AuditEntry::new(
+            skos_core::AuditEvent::Command,
+            chrono::Utc::now(),
+            Some(&node),
+            "coordinator",
+            "the failed batch's",
+            json!({}),
+        )));
+        assert!(!c.settle(carried).await);
+        assert!(matches!(
+            c.outbox.iter().collect::<Vec<_>>().as_slice(),
+            [Effect::Audit(_), Effect::Command(n, cmd)] if *n == node && cmd.action_id == "a-1"
+        ));
+        assert!(c.unsaved.contains(&node), "its node is not written again");
+
+        // The batch before carried out: carried out in full.
+        let (done, after) = tokio::sync::oneshot::channel();
+        let ahead = tokio::spawn(carry(c.carrier(), batch(2), Some(after)));
+        done.send(true).expect("the batch waits");
+        let carried = ahead.await.expect("the task ran");
+        assert!(carried.failed.is_none());
+        let sent = tokio::time::timeout(Duration::from_secs(5), commands.next())
+            .await
+            .expect("the command published")
+            .expect("a command");
+        assert_eq!(sent.subject_node(), Some(node));
     }
 
     /// A coordinator's context over `bus`, state in `state` and the trail
@@ -604,7 +766,7 @@ mod tests {
         // The state store cannot be written to: the removal fails.
         std::fs::rename(&states, dir.path().join("away")).expect("moved away");
         std::fs::write(&states, b"not a directory").expect("a file in its place");
-        let carried = carry(c.carrier(), batch).await;
+        let carried = carry(c.carrier(), batch, None).await;
         assert!(matches!(carried.failed, Some(Failed::State(..))));
         assert!(!c.settle(carried).await);
         std::fs::remove_file(&states).expect("the file removed");
