@@ -267,17 +267,7 @@ fn results(records: &[Value], action_type: &str) -> Vec<String> {
 /// the result stream, executed once; every result in the stream is
 /// audited exactly once. Returns the trail.
 fn check_trail(nats: &NatsServer) -> Vec<Value> {
-    let out = run({
-        let mut c = skos();
-        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
-        c
-    });
-    assert!(
-        out.status.success(),
-        "audit verify failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_trail_verifies(nats);
     let records = audit(nats);
     // A crash and a restart never look like state written back on the bus.
     assert_eq!(

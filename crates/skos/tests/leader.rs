@@ -133,20 +133,6 @@ fn every_command_once(records: &[Value]) {
     }
 }
 
-fn verify_trail(nats: &NatsServer) {
-    let out = run({
-        let mut c = skos();
-        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
-        c
-    });
-    assert!(
-        out.status.success(),
-        "audit verify failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Nodes are heated and cooled seconds apart, cycle after cycle: a flap,
 /// by design (see `flapping.rs`); flap detection is off here, where each
 /// cycle must be healed by whichever coordinator leads.
@@ -237,7 +223,7 @@ thermal:\n  clear_for: 1\n  cooldown: 60\n  gpu: {{nvml: false, nvidia_smi: fals
     let late = audit_events(&records, "command");
     let last = late.last().unwrap();
     assert_eq!(last["entry"]["data"]["command"]["term"], term2);
-    verify_trail(&nats);
+    assert_trail_verifies(&nats);
 }
 
 #[test]

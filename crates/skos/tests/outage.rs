@@ -70,6 +70,25 @@ fn alert(node: &NodeName, n: usize) -> Alert {
     }
 }
 
+/// Heartbeats of every node in `nodes` every 0.5 s, except while
+/// `silent`, until `stop`.
+async fn beat(
+    url: String,
+    nodes: Arc<Vec<NodeName>>,
+    silent: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) {
+    let bus = connect(&url).await;
+    while !stop.load(Ordering::SeqCst) {
+        if !silent.load(Ordering::SeqCst) {
+            for n in nodes.iter() {
+                let _ = bus.publish_heartbeat(&heartbeat(n)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn connect(url: &str) -> Bus {
     loop {
         match NatsBus::connect(&NatsOptions::new(url, "outage-test")).await {
@@ -118,21 +137,6 @@ fn audited_commands(records: &[Value]) -> BTreeMap<String, usize> {
         *commands.entry(id).or_default() += 1;
     }
     commands
-}
-
-/// `skos audit verify` on `nats` passes.
-fn assert_trail_verifies(nats: &NatsServer) {
-    let out = run({
-        let mut c = skos();
-        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
-        c
-    });
-    assert!(
-        out.status.success(),
-        "audit verify failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The audited alerts: id → (how many records, the alert).
@@ -186,21 +190,12 @@ result_grace_seconds: 120\n  leader_lease_seconds: 40\n  max_actions_per_node_pe
     let url = nats.url();
     let silent = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    // Heartbeats of every node every 0.5 s, except while `silent`.
-    let beats = {
-        let (nodes, silent, stop, url) = (nodes.clone(), silent.clone(), stop.clone(), url.clone());
-        rt.spawn(async move {
-            let bus = connect(&url).await;
-            while !stop.load(Ordering::SeqCst) {
-                if !silent.load(Ordering::SeqCst) {
-                    for n in nodes.iter() {
-                        let _ = bus.publish_heartbeat(&heartbeat(n)).await;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        })
-    };
+    let beats = rt.spawn(beat(
+        url.clone(),
+        nodes.clone(),
+        silent.clone(),
+        stop.clone(),
+    ));
     wait_for(Duration::from_secs(30), "200 healthy nodes", || {
         status(&nats).filter(|s| s["summary"]["nodes"]["healthy"] == NODES)
     });
@@ -323,18 +318,8 @@ result_grace_seconds: 120\n  leader_lease_seconds: 2\n  max_actions_per_node_per
         .unwrap();
     let nodes: Arc<Vec<NodeName>> = Arc::new((0..KILLED_NODES).map(node_name).collect());
     let stop = Arc::new(AtomicBool::new(false));
-    let beats = {
-        let (nodes, stop, url) = (nodes.clone(), stop.clone(), nats.url());
-        rt.spawn(async move {
-            let bus = connect(&url).await;
-            while !stop.load(Ordering::SeqCst) {
-                for n in nodes.iter() {
-                    let _ = bus.publish_heartbeat(&heartbeat(n)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        })
-    };
+    let never = Arc::new(AtomicBool::new(false));
+    let beats = rt.spawn(beat(nats.url(), nodes.clone(), never, stop.clone()));
     wait_for(Duration::from_secs(30), "every node healthy", || {
         status(&nats).filter(|s| s["summary"]["nodes"]["healthy"] == KILLED_NODES)
     });

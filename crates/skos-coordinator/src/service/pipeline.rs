@@ -552,6 +552,16 @@ mod tests {
         Effect::Command(node.clone(), cmd)
     }
 
+    /// An in-process bus, and a subscription to `node`'s commands on it.
+    async fn watching(node: &NodeName) -> (Bus, skos_bus::Subscription) {
+        let bus = Bus::InProc(InProcBus::new());
+        let commands = bus
+            .subscribe(Feed::Commands(node.clone()))
+            .await
+            .expect("subscribe to the node's commands");
+        (bus, commands)
+    }
+
     /// A batch decided while the one before was carried out, whose turn
     /// comes after the lease ran out (the batch before took that long):
     /// neither its state nor its command is written, the command comes
@@ -560,12 +570,8 @@ mod tests {
     #[tokio::test]
     async fn a_batch_whose_turn_comes_after_the_lease_ran_out_is_not_carried_out() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let bus = Bus::InProc(InProcBus::new());
         let node = NodeName::parse("n1").expect("a node name");
-        let mut commands = bus
-            .subscribe(Feed::Commands(node.clone()))
-            .await
-            .expect("subscribe to the node's commands");
+        let (bus, mut commands) = watching(&node).await;
         let audit_path = dir.path().join("audit.jsonl");
         let carrier = Carrier {
             bus,
@@ -619,12 +625,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let states = dir.path().join("state");
         std::fs::create_dir(&states).expect("the state directory");
-        let bus = Bus::InProc(InProcBus::new());
         let node = NodeName::parse("n1").expect("a node name");
-        let mut commands = bus
-            .subscribe(Feed::Commands(node.clone()))
-            .await
-            .expect("subscribe to the node's commands");
+        let (bus, mut commands) = watching(&node).await;
         let audit_path = dir.path().join("audit.jsonl");
         let mut c = ctx(bus, StateStore::dir(&states), &audit_path);
         let key = node_key(&node);

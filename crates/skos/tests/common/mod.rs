@@ -229,6 +229,21 @@ pub fn node<'a>(s: &'a Value, name: &str) -> Option<&'a Value> {
     s["nodes"].as_array()?.iter().find(|n| n["name"] == name)
 }
 
+/// `skos audit verify` on `nats` passes.
+pub fn assert_trail_verifies(nats: &NatsServer) {
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "verify"]).env("NATS_URL", nats.url());
+        c
+    });
+    assert!(
+        out.status.success(),
+        "audit verify failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The audit trail on `nats`, as `skos audit tail` prints it (empty
 /// until the coordinator has created the stream).
 pub fn audit(nats: &NatsServer) -> Vec<Value> {
