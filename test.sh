@@ -194,17 +194,20 @@ else
   ran+=(clippy)
 fi
 
-# `skos` (and skos-bench's in-process coordinator) verify audit trails and
-# compare entries read back, which needs floats parsed exactly: serde_json's
-# float_roundtrip, the skos package's default `exact-floats`. A workspace-wide
-# build unifies features across crates and would not notice a package losing
-# it, so each package's own graph is asked.
+# `skos` verifies audit trails: records of this version from their stored
+# text, records of earlier versions (stored in another form than hashed) as
+# their entry renders again after parsing, which needs floats parsed exactly:
+# serde_json's float_roundtrip, the skos package's default `exact-floats`
+# (node records read back hold the exact values with it too; skos-bench runs
+# a coordinator in its own process). A workspace-wide build unifies features
+# across crates and would not notice a package losing it, so each package's
+# own graph is asked.
 heading "exact float parsing in skos and skos-bench (cargo tree)"
 for pkg in skos skos-bench; do
   graph=$(cargo tree --locked -p "$pkg" -e features,normal --target all -i serde_json) \
     || die "cargo tree -p $pkg failed"
   grep -q 'serde_json feature "float_roundtrip"' <<<"$graph" \
-    || die "$pkg is built without serde_json's float_roundtrip: audit records holding full-precision floats would verify as changed"
+    || die "$pkg is built without serde_json's float_roundtrip: audit records of earlier versions holding full-precision floats would verify as changed"
 done
 ran+=(exact-floats)
 

@@ -248,6 +248,14 @@ impl From<Kept> for Effect {
     }
 }
 
+/// Kept effects, by the stamp of the write that kept them, in the order
+/// they were kept: by stamp (batches written one ahead of another leave two
+/// stamps), each write's records in the order given (node key order).
+fn in_kept_order(mut by_write: Vec<(Stamp, Vec<Effect>)>) -> Vec<Effect> {
+    by_write.sort_by_key(|(stamp, _)| *stamp);
+    by_write.into_iter().flat_map(|(_, e)| e).collect()
+}
+
 /// Results remembered as handled, so a redelivered one is not handled (and
 /// audited) twice.
 const RESULTS_WINDOW: usize = 100_000;
@@ -714,7 +722,9 @@ async fn lead(
     let last_event = last_state_events(&recent);
     let parts = state.load_prefix(NODE_KEY_PREFIX).await?;
     let nodes = parts.len();
-    let mut kept: Vec<Effect> = Vec::new();
+    // Each record's kept effects, under the stamp of the write that kept
+    // them.
+    let mut kept_by_write: Vec<(Stamp, Vec<Effect>)> = Vec::new();
     for (key, bytes) in parts {
         let Some(bytes) = open(&key, bytes, &mut orders) else {
             continue;
@@ -738,8 +748,11 @@ async fn lead(
                 if let Some(b) = saved.batch {
                     stamp = stamp.max(b);
                 }
-                if !done {
-                    kept.extend(saved.effects.into_iter().map(Effect::from));
+                if !done && !saved.effects.is_empty() {
+                    kept_by_write.push((
+                        saved.batch.unwrap_or_default(),
+                        saved.effects.into_iter().map(Effect::from).collect(),
+                    ));
                 }
             }
             Err(e) => {
@@ -750,6 +763,7 @@ async fn lead(
     }
     // Effects the marker does not cover: carried out again below, but
     // for the audit records already in the trail.
+    let mut kept = in_kept_order(kept_by_write);
     tracing::info!(
         nodes,
         legacy,
@@ -2398,6 +2412,28 @@ mod tests {
             batch: None,
         };
         assert_eq!(encode_snapshot(&none).unwrap(), plain);
+    }
+
+    /// Records read back in key order hold the effects of two writes (a
+    /// batch's states written ahead of the one before it was carried out):
+    /// they are carried out in the order kept, the earlier write's first.
+    #[test]
+    fn kept_effects_are_carried_out_in_the_order_kept() {
+        let entry = |node: &str| Effect::Audit(joined(&NodeName::parse(node).unwrap()));
+        let kept = in_kept_order(vec![
+            (Stamp(2, 8), vec![entry("a")]),
+            (Stamp(2, 7), vec![entry("b"), entry("b2")]),
+            (Stamp(2, 8), vec![entry("c")]),
+            (Stamp(1, 9), vec![entry("d")]),
+        ]);
+        let order: Vec<String> = kept
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Audit(a) => a.node.as_ref().map(|n| n.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(order, ["d", "b", "b2", "a", "c"]);
     }
 
     #[test]

@@ -443,7 +443,14 @@ pub async fn verify_jetstream_within(
         checker.report.messages += 1;
         progress(checker.report.messages, total);
         let subject = m.subject.as_str();
-        let records = match record_texts_of(&m.payload) {
+        // Each record parsed, beside its text as stored; a message any
+        // part of which is not JSON is foreign as a whole.
+        let records = match record_texts_of(&m.payload).and_then(|texts| {
+            texts
+                .into_iter()
+                .map(|t| Ok((serde_json::from_str::<Value>(t.get())?, t.get())))
+                .collect::<std::result::Result<Vec<_>, serde_json::Error>>()
+        }) {
             Ok(r) => r,
             Err(e) => {
                 checker.foreign(seq, subject, format!("not a record: {e}"));
@@ -473,7 +480,7 @@ pub async fn verify_jetstream_within(
             begun = true;
             let first = records
                 .first()
-                .and_then(|t| serde_json::from_str::<AuditRecord>(t.get()).ok());
+                .and_then(|(v, _)| AuditRecord::deserialize(v).ok());
             if let Some(first) = first.filter(|r| r.seq > 1) {
                 checker.first(&first);
                 let stored =
@@ -492,15 +499,8 @@ pub async fn verify_jetstream_within(
                 gap = Some((first, stored));
             }
         }
-        for text in records {
-            let r = match serde_json::from_str::<Value>(text.get()) {
-                Ok(r) => r,
-                Err(e) => {
-                    checker.foreign(seq, subject, format!("not a record: {e}"));
-                    continue;
-                }
-            };
-            let Some((r, verified)) = checker.record(r, entry_text(text.get().as_bytes())) else {
+        for (r, text) in records {
+            let Some((r, verified)) = checker.record(r, entry_text(text.as_bytes())) else {
                 continue;
             };
             if verified && r.entry.event_type == AuditEvent::AuditCheckpoint.as_str() {

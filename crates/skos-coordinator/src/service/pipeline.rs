@@ -178,6 +178,9 @@ struct Carried {
     failed: Option<Failed>,
     /// Time in each step that ran: state, publish, audit, ack.
     took: [Duration; 4],
+    /// Settled after the batch before it failed: what it gives back goes
+    /// behind what that batch gave back, whatever step failed.
+    behind: bool,
 }
 
 /// Carry out `batch`: its state, then its commands and raised alerts
@@ -211,6 +214,7 @@ async fn carry(
         touched,
         failed,
         took,
+        behind: false,
     };
     if !c.leads() {
         return done(took, Some(Failed::Deposed(effects)));
@@ -348,7 +352,13 @@ impl Ctx {
                     let carried = self.settle_joined(before.handle.await).await;
                     let _ = done.send(carried);
                     if !carried {
-                        self.settle_joined(handle.await).await;
+                        // Held, or failed at its own state write or lease
+                        // check: behind the batch before either way.
+                        let mut held = handle.await;
+                        if let Ok(c) = held.as_mut() {
+                            c.behind = true;
+                        }
+                        self.settle_joined(held).await;
                         return;
                     }
                     handle
@@ -474,8 +484,7 @@ impl Ctx {
             Failed::State(e, effects) => {
                 self.counters.inc(Counter::StateSaveFailed);
                 tracing::error!(nodes = c.touched.len(), error = %e, "node state not saved; retrying");
-                let later = std::mem::take(&mut self.outbox);
-                self.outbox = effects.into_iter().chain(later).collect();
+                self.give_back(effects, c.behind);
             }
             Failed::Publish(e, rest) => {
                 self.stall(e, rest);
@@ -490,7 +499,7 @@ impl Ctx {
             }
             Failed::Held(effects) => {
                 // Behind the failed batch's effects, which went first.
-                self.outbox.extend(effects);
+                self.give_back(effects, true);
             }
             Failed::Deposed(effects) => {
                 self.deposed = true;
@@ -498,8 +507,7 @@ impl Ctx {
                     effects = effects.len(),
                     "leader lease ran out while a batch waited to be carried out: stepping down; its effects are left to the next leader"
                 );
-                let later = std::mem::take(&mut self.outbox);
-                self.outbox = effects.into_iter().chain(later).collect();
+                self.give_back(effects, c.behind);
             }
         }
         tracing::error!(
@@ -512,6 +520,18 @@ impl Ctx {
 }
 
 impl Ctx {
+    /// Put `effects`, not carried out, back in the outbox: in front of what
+    /// waits there (decided later), or `behind` it (what waits there is a
+    /// batch before theirs that failed first).
+    fn give_back(&mut self, effects: Vec<Effect>, behind: bool) {
+        if behind {
+            self.outbox.extend(effects);
+        } else {
+            let later = std::mem::take(&mut self.outbox);
+            self.outbox = effects.into_iter().chain(later).collect();
+        }
+    }
+
     /// [`Ctx::settle`] the outcome of a carrying task. A panic in it is
     /// the coordinator's own: it ends the coordinator's task as it would
     /// have on the service loop. A task cancelled (the runtime stopping)
@@ -692,6 +712,114 @@ mod tests {
             .expect("the command published")
             .expect("a command");
         assert_eq!(sent.subject_node(), Some(node));
+    }
+
+    /// A CPU alert from `node`, as it arrives on the bus.
+    fn alert_from(node: &NodeName, n: u32) -> Incoming {
+        let alert = Alert {
+            alert_id: format!("a-{node}-{n}"),
+            agent_id: format!("agent-{node}"),
+            kind: skos_core::protocol::AlertKind::Thermal,
+            severity: skos_core::protocol::Severity::Warning,
+            node: node.clone(),
+            message: format!("CPU temperature 77°C exceeds warning threshold ({n})"),
+            details: json!({"sensor": "cpu", "temperature": 77.0, "threshold": 75.0})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            timestamp: chrono::Utc::now(),
+        };
+        Incoming::plain(
+            skos_bus::subjects::alert(node),
+            Bytes::from(serde_json::to_vec(&alert).expect("an alert encodes")),
+        )
+    }
+
+    /// The nodes the audit entries waiting in the outbox are about, in
+    /// order.
+    fn audited_nodes(c: &Ctx) -> Vec<String> {
+        c.outbox
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Audit(entry) => entry.node.as_ref().map(|n| n.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Through the service's own loop: a batch is decided while the one
+    /// before it is carried out; its state is written ahead only when it
+    /// touches none of that one's nodes (n1 then n1 again: not ahead; n1
+    /// then n2: ahead). Everything is carried out, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_batch_touching_none_of_the_nodes_before_it_is_written_ahead() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (n1, n2) = (
+            NodeName::parse("n1").expect("a node name"),
+            NodeName::parse("n2").expect("a node name"),
+        );
+        let audit_path = dir.path().join("audit.jsonl");
+        let mut c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(dir.path()),
+            &audit_path,
+        );
+        let mut more =
+            futures::stream::iter(vec![vec![alert_from(&n1, 2)], vec![alert_from(&n2, 1)]]);
+        c.batches(Durable::Alert, vec![alert_from(&n1, 1)], &mut more)
+            .await;
+        let counted = |counter| c.counters.of(counter);
+        assert_eq!(counted(Counter::Batches("alert")), 3);
+        assert_eq!(counted(Counter::BatchesOverlapped("alert")), 2);
+        assert_eq!(counted(Counter::BatchesStateAhead("alert")), 1);
+        assert!(c.outbox.is_empty());
+        let trail = std::fs::read_to_string(&audit_path).expect("the trail");
+        let alerts: Vec<&str> = ["a-n1-1", "a-n1-2", "a-n2-1"]
+            .into_iter()
+            .filter(|id| trail.contains(*id))
+            .collect();
+        assert_eq!(alerts.len(), 3, "{trail}");
+        let at = |id: &str| trail.find(id).expect("audited");
+        assert!(
+            at("a-n1-1") < at("a-n1-2") && at("a-n1-2") < at("a-n2-1"),
+            "{trail}"
+        );
+    }
+
+    /// Both state writes fail (the store is gone), the second batch's
+    /// written ahead: what they give back waits in the order decided, the
+    /// first batch's before the second's. Before, the second batch's own
+    /// failure put its effects in front.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_batches_that_failed_give_back_their_effects_in_order() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let states = dir.path().join("state");
+        std::fs::write(&states, b"not a directory").expect("a file in its place");
+        let (n1, n2) = (
+            NodeName::parse("n1").expect("a node name"),
+            NodeName::parse("n2").expect("a node name"),
+        );
+        let mut c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(&states),
+            &dir.path().join("audit.jsonl"),
+        );
+        let mut more = futures::stream::iter(vec![vec![alert_from(&n2, 1)]]);
+        c.batches(Durable::Alert, vec![alert_from(&n1, 1)], &mut more)
+            .await;
+        assert_eq!(c.counters.of(Counter::BatchesStateAhead("alert")), 1);
+        let nodes = audited_nodes(&c);
+        assert!(!nodes.is_empty());
+        let first_n2 = nodes
+            .iter()
+            .position(|n| n == "n2")
+            .expect("n2's entry waits");
+        assert!(
+            nodes[..first_n2].iter().any(|n| n == "n1")
+                && nodes[first_n2..].iter().all(|n| n == "n2"),
+            "{nodes:?}"
+        );
+        assert!(c.unsaved.contains(&n1) && c.unsaved.contains(&n2));
     }
 
     /// A coordinator's context over `bus`, state in `state` and the trail
