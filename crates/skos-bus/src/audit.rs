@@ -630,7 +630,7 @@ pub fn record_texts_of(
 /// The last record an audit message holds, if its last element is one of
 /// ours (a batch ending in anything else is not ours).
 fn last_record_of(payload: &[u8]) -> Option<AuditRecord> {
-    if payload.first() == Some(&b'[') {
+    if payload.trim_ascii_start().first() == Some(&b'[') {
         let mut records: Vec<Value> = serde_json::from_slice(payload).ok()?;
         serde_json::from_value(records.pop()?).ok()
     } else {
@@ -1574,6 +1574,24 @@ pub async fn stream_is_locked(bus: &NatsBus) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message's records are read alike by every reader, whatever
+    /// spacing comes before them: its records as parsed, as stored texts,
+    /// and its last record (what its signature is over).
+    #[test]
+    fn a_message_is_read_alike_with_leading_spacing() {
+        let mut chain = Chain::default();
+        let records: Vec<AuditRecord> = (0..3).map(|i| chain.seal(entry(i))).collect();
+        let batch = format!(" \n\t{}", serde_json::to_string(&records).unwrap());
+        assert_eq!(records_of(batch.as_bytes()).unwrap().len(), 3);
+        assert_eq!(record_texts_of(batch.as_bytes()).unwrap().len(), 3);
+        let last = |payload: &str| last_record_of(payload.as_bytes()).map(|r| (r.seq, r.hash));
+        assert_eq!(last(&batch), Some((3, records[2].hash.clone())));
+        let one = format!("  {}", serde_json::to_string(&records[0]).unwrap());
+        assert_eq!(records_of(one.as_bytes()).unwrap().len(), 1);
+        assert_eq!(record_texts_of(one.as_bytes()).unwrap().len(), 1);
+        assert_eq!(last(&one), Some((1, records[0].hash.clone())));
+    }
 
     /// A batch appended on a stale tail (another writer got in since)
     /// writes nothing after the refused first record: every entry is in

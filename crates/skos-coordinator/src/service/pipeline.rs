@@ -301,6 +301,19 @@ impl Ctx {
     where
         S: Stream<Item = Vec<Incoming>> + Unpin,
     {
+        self.batches_for(TURN, feed, first, more).await;
+    }
+
+    /// [`Ctx::batches`], taking batches for at most `turn`.
+    async fn batches_for<S>(
+        &mut self,
+        turn: Duration,
+        feed: Durable,
+        first: Vec<Incoming>,
+        more: &mut S,
+    ) where
+        S: Stream<Item = Vec<Incoming>> + Unpin,
+    {
         if self.stalled
             || self.audits_uncertain
             || !self.outbox.is_empty()
@@ -312,7 +325,7 @@ impl Ctx {
                 Durable::Result => self.results(first).await,
             };
         }
-        let until = Instant::now() + TURN;
+        let until = Instant::now() + turn;
         let carrier = self.carrier();
         let mut running: Option<Running> = None;
         let mut next = Some(first);
@@ -766,8 +779,14 @@ mod tests {
         );
         let mut more =
             futures::stream::iter(vec![vec![alert_from(&n1, 2)], vec![alert_from(&n2, 1)]]);
-        c.batches(Durable::Alert, vec![alert_from(&n1, 1)], &mut more)
-            .await;
+        // A turn long enough for any machine: every batch is taken.
+        c.batches_for(
+            Duration::from_secs(60),
+            Durable::Alert,
+            vec![alert_from(&n1, 1)],
+            &mut more,
+        )
+        .await;
         let counted = |counter| c.counters.of(counter);
         assert_eq!(counted(Counter::Batches("alert")), 3);
         assert_eq!(counted(Counter::BatchesOverlapped("alert")), 2);
@@ -805,8 +824,14 @@ mod tests {
             &dir.path().join("audit.jsonl"),
         );
         let mut more = futures::stream::iter(vec![vec![alert_from(&n2, 1)]]);
-        c.batches(Durable::Alert, vec![alert_from(&n1, 1)], &mut more)
-            .await;
+        // A turn long enough for any machine: every batch is taken.
+        c.batches_for(
+            Duration::from_secs(60),
+            Durable::Alert,
+            vec![alert_from(&n1, 1)],
+            &mut more,
+        )
+        .await;
         assert_eq!(c.counters.of(Counter::BatchesStateAhead("alert")), 1);
         let nodes = audited_nodes(&c);
         assert!(!nodes.is_empty());
