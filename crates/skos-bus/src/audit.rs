@@ -630,12 +630,8 @@ pub fn record_texts_of(
 /// The last record an audit message holds, if its last element is one of
 /// ours (a batch ending in anything else is not ours).
 fn last_record_of(payload: &[u8]) -> Option<AuditRecord> {
-    if payload.trim_ascii_start().first() == Some(&b'[') {
-        let mut records: Vec<Value> = serde_json::from_slice(payload).ok()?;
-        serde_json::from_value(records.pop()?).ok()
-    } else {
-        serde_json::from_slice(payload).ok()
-    }
+    let texts = record_texts_of(payload).ok()?;
+    serde_json::from_str(texts.last()?.get()).ok()
 }
 
 /// `publish` with the signature headers of an audit message on `subject`

@@ -298,32 +298,29 @@ impl Verifier {
         self.push_stored(value, None)
     }
 
-    /// [`Verifier::push_value`], given also the record's entry exactly as
-    /// it was stored ([`entry_text`]). A hash over that text verifies the
-    /// record as it is, whatever a parser makes of the floats in it (a
-    /// float read back a unit in the last place off renders differently);
-    /// an entry stored in another form than it was hashed over (spacing,
-    /// key order) is hashed as its `Value` renders, as
-    /// [`Verifier::push_value`] does.
-    pub fn push_stored(
-        &mut self,
-        value: Value,
-        entry_text: Option<&str>,
-    ) -> Result<(), ChainError> {
+    /// [`Verifier::push_value`], given also the record's text as it was
+    /// stored (`value` is that text parsed). A record whose entry, as its
+    /// `Value` renders, does not hash to the record's hash is judged by its
+    /// entry's text as it stands ([`entry_text`]): that verifies it
+    /// whatever a parser made of the floats in it (a float read back a unit
+    /// in the last place off renders differently). Only then is the text
+    /// read again.
+    pub fn push_stored(&mut self, value: Value, record: Option<&[u8]>) -> Result<(), ChainError> {
         let stored = value.get("entry").cloned();
-        let record: AuditRecord =
+        let parsed: AuditRecord =
             serde_json::from_value(value).map_err(|e| ChainError::Unreadable {
                 index: self.seen + 1,
                 reason: e.to_string(),
             })?;
-        self.push_checked(&record, |r| {
-            if let Some(text) = entry_text {
-                let hash = hash_text(&r.prev_hash, r.seq, text.as_bytes());
-                if hash == r.hash {
-                    return hash;
-                }
+        self.push_checked(&parsed, |r| {
+            let rendered = hash_over(&r.prev_hash, r.seq, stored.as_ref());
+            if rendered == r.hash {
+                return rendered;
             }
-            hash_over(&r.prev_hash, r.seq, stored.as_ref())
+            record
+                .and_then(entry_text)
+                .map(|text| hash_text(&r.prev_hash, r.seq, text.as_bytes()))
+                .unwrap_or(rendered)
         })
     }
 
@@ -634,13 +631,13 @@ mod tests {
             Verifier::default().push_value(off.clone()),
             Err(ChainError::Content { seq: 1 })
         ));
-        Verifier::default().push_stored(off, Some(stored)).unwrap();
+        Verifier::default().push_stored(off, Some(&text)).unwrap();
 
         // Spaced out: the stored text is not what was hashed; its value is.
         let value: Value = serde_json::from_slice(&text).unwrap();
         let spaced = serde_json::to_vec_pretty(&value).unwrap();
         let mut v = Verifier::default();
-        v.push_stored(value, entry_text(&spaced)).unwrap();
+        v.push_stored(value, Some(&spaced)).unwrap();
         assert_eq!(v.verified(), 1);
 
         // Changed: neither the text nor its value is what was hashed.
@@ -649,7 +646,7 @@ mod tests {
             .replace("10059.57", "10059.58");
         let value: Value = serde_json::from_str(&changed).unwrap();
         assert!(matches!(
-            Verifier::default().push_stored(value, entry_text(changed.as_bytes())),
+            Verifier::default().push_stored(value, Some(changed.as_bytes())),
             Err(ChainError::Content { seq: 1 })
         ));
         assert_eq!(entry_text(b"not json"), None);

@@ -70,6 +70,15 @@ fn alert(node: &NodeName, n: usize) -> Alert {
     }
 }
 
+/// The runtime the simulated nodes publish from.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Heartbeats of every node in `nodes` every 0.5 s, except while
 /// `silent`, until `stop`.
 async fn beat(
@@ -126,19 +135,6 @@ fn stream_alert_ids(nats: &NatsServer) -> BTreeMap<String, usize> {
     stream_ids(nats, subjects::STREAM_ALERTS, "alert_id")
 }
 
-/// How many records audit each command, by action id.
-fn audited_commands(records: &[Value]) -> BTreeMap<String, usize> {
-    let mut commands: BTreeMap<String, usize> = BTreeMap::new();
-    for c in audit_events(records, "command") {
-        let id = c["entry"]["data"]["command"]["action_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        *commands.entry(id).or_default() += 1;
-    }
-    commands
-}
-
 /// The audited alerts: id → (how many records, the alert).
 fn audited_alerts(records: &[Value]) -> BTreeMap<String, (usize, Value)> {
     let mut out: BTreeMap<String, (usize, Value)> = BTreeMap::new();
@@ -181,11 +177,7 @@ result_grace_seconds: 120\n  leader_lease_seconds: 40\n  max_actions_per_node_pe
         status(&nats)
     });
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let nodes: Arc<Vec<NodeName>> = Arc::new((0..NODES).map(node_name).collect());
     let url = nats.url();
     let silent = Arc::new(AtomicBool::new(false));
@@ -311,11 +303,7 @@ result_grace_seconds: 120\n  leader_lease_seconds: 2\n  max_actions_per_node_per
     wait_for(Duration::from_secs(30), "the coordinator answers", || {
         status(&nats)
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let nodes: Arc<Vec<NodeName>> = Arc::new((0..KILLED_NODES).map(node_name).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let never = Arc::new(AtomicBool::new(false));

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use skos_core::audit::{entry_text, AuditRecord, ChainError, Verifier};
+use skos_core::audit::{AuditRecord, ChainError, Verifier};
 use skos_core::escape::ShowPath;
 
 use super::{last_record_of, record_texts_of, segments, signature_headers, stream_err};
@@ -289,10 +289,11 @@ impl<'a> Checker<'a> {
     }
 
     /// One record, in order: the record as read, and whether it continued
-    /// the chain. `entry_text`: its entry as stored ([`Verifier::push_stored`]).
-    fn record(&mut self, value: Value, entry_text: Option<&str>) -> Option<(AuditRecord, bool)> {
+    /// the chain. `stored`: the record's text as stored
+    /// ([`Verifier::push_stored`]).
+    fn record(&mut self, value: Value, stored: &[u8]) -> Option<(AuditRecord, bool)> {
         let record = serde_json::from_value::<AuditRecord>(value.clone()).ok();
-        let verified = match self.verifier.push_stored(value, entry_text) {
+        let verified = match self.verifier.push_stored(value, Some(stored)) {
             Ok(()) => {
                 self.report.records += 1;
                 true
@@ -500,7 +501,7 @@ pub async fn verify_jetstream_within(
             }
         }
         for (r, text) in records {
-            let Some((r, verified)) = checker.record(r, entry_text(text.as_bytes())) else {
+            let Some((r, verified)) = checker.record(r, text.as_bytes()) else {
                 continue;
             };
             if verified && r.entry.event_type == AuditEvent::AuditCheckpoint.as_str() {
@@ -628,7 +629,7 @@ impl FileWalk<'_> {
             if let Some(copies) = src.copies.as_mut().filter(|_| r.seq < next) {
                 self.checker.report.copies += 1;
                 let mut differs = copies
-                    .push_stored(v, entry_text(bytes))
+                    .push_stored(v, Some(bytes))
                     .err()
                     .map(|e| e.to_string());
                 if differs.is_none()
@@ -649,7 +650,7 @@ impl FileWalk<'_> {
             }
             src.copies = None;
         }
-        let Some((r, verified)) = self.checker.record(v, entry_text(bytes)) else {
+        let Some((r, verified)) = self.checker.record(v, bytes) else {
             return;
         };
         let data = &r.entry.data;

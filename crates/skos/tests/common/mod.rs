@@ -229,6 +229,19 @@ pub fn node<'a>(s: &'a Value, name: &str) -> Option<&'a Value> {
     s["nodes"].as_array()?.iter().find(|n| n["name"] == name)
 }
 
+/// How many records audit each command, by action id.
+pub fn audited_commands(records: &[Value]) -> std::collections::BTreeMap<String, usize> {
+    let mut commands = std::collections::BTreeMap::new();
+    for c in audit_events(records, "command") {
+        let id = c["entry"]["data"]["command"]["action_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        *commands.entry(id).or_default() += 1;
+    }
+    commands
+}
+
 /// `skos audit verify` on `nats` passes.
 pub fn assert_trail_verifies(nats: &NatsServer) {
     let out = run({
