@@ -172,6 +172,37 @@ struct Saved {
     /// none (their effects are carried out again, de-duplicated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     batch: Option<Stamp>,
+    /// Each effect's place in the outbox when the write was planned, in
+    /// the order of `effects`: the records of one write, read back in key
+    /// order, are carried out again in the order decided. Records of
+    /// earlier versions have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    at: Vec<u32>,
+}
+
+/// Where a kept effect goes among all the records' effects: by the stamp
+/// of the write that kept it, then by its place in that write's outbox.
+type Place = (Stamp, u32);
+
+impl Saved {
+    /// Its node's state, and its kept effects, each with its [`Place`].
+    /// Records without places (earlier versions), or without as many
+    /// places as effects, give each effect place 0 in its write: they keep
+    /// the order they are read in.
+    fn split(self) -> (EngineSnapshot, Vec<(Place, Effect)>) {
+        let stamp = self.batch.unwrap_or_default();
+        let at = if self.at.len() == self.effects.len() {
+            self.at
+        } else {
+            vec![0; self.effects.len()]
+        };
+        let kept = at
+            .into_iter()
+            .zip(self.effects)
+            .map(|(at, e)| ((stamp, at), Effect::from(e)))
+            .collect();
+        (self.state, kept)
+    }
 }
 
 /// An [`Effect`] as kept in a [`Saved`] record.
@@ -210,6 +241,8 @@ struct SavedRef<'a> {
     effects: Vec<KeptRef<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     batch: Option<Stamp>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    at: Vec<u32>,
 }
 
 /// [`Kept`], borrowed: the same tags and fields.
@@ -248,12 +281,13 @@ impl From<Kept> for Effect {
     }
 }
 
-/// Kept effects, by the stamp of the write that kept them, in the order
-/// they were kept: by stamp (batches written one ahead of another leave two
-/// stamps), each write's records in the order given (node key order).
-fn in_kept_order(mut by_write: Vec<(Stamp, Vec<Effect>)>) -> Vec<Effect> {
-    by_write.sort_by_key(|(stamp, _)| *stamp);
-    by_write.into_iter().flat_map(|(_, e)| e).collect()
+/// Kept effects, each with its [`Place`], in the order they were kept: by
+/// the stamp of the write (batches written one ahead of another leave two
+/// stamps), then by place in that write's outbox. Effects with the same
+/// place (records of earlier versions) keep the order given.
+fn in_kept_order(mut kept: Vec<(Place, Effect)>) -> Vec<Effect> {
+    kept.sort_by_key(|(place, _)| *place);
+    kept.into_iter().map(|(_, e)| e).collect()
 }
 
 /// Results remembered as handled, so a redelivered one is not handled (and
@@ -722,9 +756,8 @@ async fn lead(
     let last_event = last_state_events(&recent);
     let parts = state.load_prefix(NODE_KEY_PREFIX).await?;
     let nodes = parts.len();
-    // Each record's kept effects, under the stamp of the write that kept
-    // them.
-    let mut kept_by_write: Vec<(Stamp, Vec<Effect>)> = Vec::new();
+    // Each record's kept effects, with their places.
+    let mut kept_placed: Vec<(Place, Effect)> = Vec::new();
     for (key, bytes) in parts {
         let Some(bytes) = open(&key, bytes, &mut orders) else {
             continue;
@@ -743,16 +776,14 @@ async fn lead(
         }
         match decode_snapshot::<Saved>(&bytes) {
             Ok(saved) => {
-                engine.restore(saved.state, now);
-                let done = saved.batch.is_some_and(|b| b <= carried);
-                if let Some(b) = saved.batch {
+                let batch = saved.batch;
+                let (state, kept) = saved.split();
+                engine.restore(state, now);
+                if let Some(b) = batch {
                     stamp = stamp.max(b);
                 }
-                if !done && !saved.effects.is_empty() {
-                    kept_by_write.push((
-                        saved.batch.unwrap_or_default(),
-                        saved.effects.into_iter().map(Effect::from).collect(),
-                    ));
+                if batch.is_none_or(|b| b > carried) {
+                    kept_placed.extend(kept);
                 }
             }
             Err(e) => {
@@ -763,7 +794,7 @@ async fn lead(
     }
     // Effects the marker does not cover: carried out again below, but
     // for the audit records already in the trail.
-    let mut kept = in_kept_order(kept_by_write);
+    let mut kept = in_kept_order(kept_placed);
     tracing::info!(
         nodes,
         legacy,
@@ -1179,11 +1210,14 @@ impl Ctx {
         let mut removed = Vec::new();
         // The outbox's effects by node, gathered once: each node's record
         // keeps its own, in order (a walk of the whole outbox per node
-        // cost O(nodes × effects) per batch).
-        let mut waiting: HashMap<&NodeName, Vec<&Effect>> = HashMap::new();
-        for e in &self.outbox {
+        // cost O(nodes × effects) per batch), each with its place in the
+        // outbox (saturating: an outbox of 2^32 effects is not kept apart
+        // past that).
+        let mut waiting: HashMap<&NodeName, Vec<(u32, &Effect)>> = HashMap::new();
+        for (at, e) in self.outbox.iter().enumerate() {
             if let Some(node) = effect_node_ref(e).filter(|n| nodes.contains(*n)) {
-                waiting.entry(node).or_default().push(e);
+                let at = u32::try_from(at).unwrap_or(u32::MAX);
+                waiting.entry(node).or_default().push((at, e));
             }
         }
         let mut buf = std::mem::take(&mut self.scratch);
@@ -1258,7 +1292,8 @@ impl Ctx {
     }
 
     /// What to write for `node`, whose effects waiting in the outbox are
-    /// `effects` (in order, kept under `stamp`), or that nothing changed:
+    /// `effects` (in order, each with its place in the outbox, kept under
+    /// `stamp`), or that nothing changed:
     /// a record with effects is always written; one without, only when the
     /// node's state differs from what was last written (a record whose
     /// effects were carried out is not written again just to drop them:
@@ -1267,12 +1302,15 @@ impl Ctx {
     fn node_state(
         &self,
         node: &NodeName,
-        effects: Vec<&Effect>,
+        effects: Vec<(u32, &Effect)>,
         stamp: Stamp,
         buf: &mut Vec<u8>,
     ) -> Result<NodeWrite> {
         let snap = self.engine.node_snapshot(node);
-        let effects: Vec<KeptRef> = effects.into_iter().map(KeptRef::from).collect();
+        let (at, effects): (Vec<u32>, Vec<KeptRef>) = effects
+            .into_iter()
+            .map(|(at, e)| (at, KeptRef::from(e)))
+            .unzip();
         if snap.is_empty() && effects.is_empty() {
             return Ok(if self.written.contains_key(node) {
                 NodeWrite::Remove
@@ -1297,6 +1335,7 @@ impl Ctx {
                 state: &snap,
                 effects,
                 batch: None,
+                at,
             };
             let bytes = encode_snapshot_in(&plain, buf).map_err(encode_err)?;
             let state_digest = digest(&bytes);
@@ -1310,6 +1349,7 @@ impl Ctx {
             state: &snap,
             effects,
             batch: Some(stamp),
+            at,
         };
         let bytes = encode_snapshot_in(&saved, buf).map_err(encode_err)?;
         // The state alone is not encoded again for its digest: the next
@@ -2356,10 +2396,14 @@ mod tests {
             state: engine.node_snapshot(&node),
             effects: effects.iter().map(Kept::from).collect(),
             batch: Some(Stamp(3, 9)),
+            at: vec![4, 7],
         };
         let back: Saved = decode_snapshot(&encode_snapshot(&saved).unwrap()).unwrap();
         assert_eq!(back.batch, Some(Stamp(3, 9)));
-        let kept: Vec<Effect> = back.effects.into_iter().map(Effect::from).collect();
+        let (_, kept) = back.split();
+        let places: Vec<Place> = kept.iter().map(|(p, _)| *p).collect();
+        assert_eq!(places, [(Stamp(3, 9), 4), (Stamp(3, 9), 7)]);
+        let kept: Vec<Effect> = kept.into_iter().map(|(_, e)| e).collect();
         assert_eq!(kept, effects);
         // As written (borrowed from the outbox): the same bytes.
         let snap = engine.node_snapshot(&node);
@@ -2367,6 +2411,7 @@ mod tests {
             state: &snap,
             effects: effects.iter().map(KeptRef::from).collect(),
             batch: Some(Stamp(3, 9)),
+            at: vec![4, 7],
         };
         assert_eq!(
             encode_snapshot(&written).unwrap(),
@@ -2389,16 +2434,23 @@ mod tests {
             state: engine.node_snapshot(&node),
             effects: effects.iter().map(Kept::from).collect(),
             batch: None,
+            at: Vec::new(),
         };
         let borrowed = SavedRef {
             state: &snap,
             effects: effects.iter().map(KeptRef::from).collect(),
             batch: None,
+            at: Vec::new(),
         };
-        assert_eq!(
-            encode_snapshot(&borrowed).unwrap(),
-            encode_snapshot(&owned).unwrap()
-        );
+        let bytes = encode_snapshot(&owned).unwrap();
+        assert_eq!(encode_snapshot(&borrowed).unwrap(), bytes);
+        // Kept by an earlier version (no stamp, no places): place 0 in
+        // write 0.
+        let (_, kept) = decode_snapshot::<Saved>(&bytes).unwrap().split();
+        assert!(matches!(
+            kept.as_slice(),
+            [((Stamp(0, 0), 0), Effect::Command(..))]
+        ));
         // Written before effects were kept, or with none: a plain snapshot.
         let plain = encode_snapshot(&engine.node_snapshot(&node)).unwrap();
         let back: Saved = decode_snapshot(&plain).unwrap();
@@ -2410,21 +2462,26 @@ mod tests {
             state: engine.node_snapshot(&node),
             effects: Vec::new(),
             batch: None,
+            at: Vec::new(),
         };
         assert_eq!(encode_snapshot(&none).unwrap(), plain);
     }
 
     /// Records read back in key order hold the effects of two writes (a
     /// batch's states written ahead of the one before it was carried out):
-    /// they are carried out in the order kept, the earlier write's first.
+    /// they are carried out in the order kept, the earlier write's first,
+    /// each write's by place in its outbox, records without places (an
+    /// earlier version's) in the order read.
     #[test]
     fn kept_effects_are_carried_out_in_the_order_kept() {
         let entry = |node: &str| Effect::Audit(joined(&NodeName::parse(node).unwrap()));
         let kept = in_kept_order(vec![
-            (Stamp(2, 8), vec![entry("a")]),
-            (Stamp(2, 7), vec![entry("b"), entry("b2")]),
-            (Stamp(2, 8), vec![entry("c")]),
-            (Stamp(1, 9), vec![entry("d")]),
+            ((Stamp(2, 8), 1), entry("a")),
+            ((Stamp(2, 7), 0), entry("b")),
+            ((Stamp(2, 7), 1), entry("b2")),
+            ((Stamp(2, 8), 0), entry("c")),
+            ((Stamp(1, 9), 0), entry("d")),
+            ((Stamp(1, 9), 0), entry("e")),
         ]);
         let order: Vec<String> = kept
             .iter()
@@ -2433,7 +2490,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(order, ["d", "b", "b2", "a", "c"]);
+        assert_eq!(order, ["d", "e", "b", "b2", "c", "a"]);
     }
 
     #[test]

@@ -847,6 +847,64 @@ mod tests {
         assert!(c.unsaved.contains(&n1) && c.unsaved.contains(&n2));
     }
 
+    /// One write keeps the effects of several nodes, each in its node's
+    /// record: read back in key order, they are carried out again in the
+    /// order decided, not node by node. Before, a restart went node by
+    /// node, so records about different nodes could reach the trail out
+    /// of the order they were decided in.
+    #[tokio::test]
+    async fn effects_kept_by_one_write_come_back_in_the_order_decided() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(dir.path()),
+            &dir.path().join("audit.jsonl"),
+        );
+        let a = NodeName::parse("a").expect("a node name");
+        let b = NodeName::parse("b").expect("a node name");
+        let decided = [(&b, "first"), (&a, "second"), (&b, "third"), (&a, "fourth")];
+        let work = Work {
+            effects: decided
+                .iter()
+                .map(|(node, what)| {
+                    Effect::Audit(AuditEntry::new(
+                        skos_core::AuditEvent::Command,
+                        chrono::Utc::now(),
+                        Some(node),
+                        "coordinator",
+                        *what,
+                        json!({}),
+                    ))
+                })
+                .collect(),
+            touched: BTreeSet::from([a.clone(), b.clone()]),
+            acks: Vec::new(),
+        };
+        let mut batch = c
+            .plan_batch(Durable::Alert, work, Instant::now())
+            .expect("planned");
+        // As a restart reads them: by key.
+        batch.save.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(batch.save.len(), 2);
+        let kept = batch
+            .save
+            .iter()
+            .flat_map(|(key, bytes)| {
+                let saved: Saved = decode_snapshot(bytes).expect("a record");
+                assert_eq!(saved.effects.len(), 2, "{key} keeps its own");
+                saved.split().1
+            })
+            .collect();
+        let order: Vec<String> = in_kept_order(kept)
+            .into_iter()
+            .map(|e| match e {
+                Effect::Audit(entry) => entry.summary,
+                _ => panic!("not an audit entry"),
+            })
+            .collect();
+        assert_eq!(order, ["first", "second", "third", "fourth"]);
+    }
+
     /// A coordinator's context over `bus`, state in `state` and the trail
     /// at `audit`, its engine empty, leading without a lease.
     fn ctx(bus: Bus, state: StateStore, audit: &std::path::Path) -> Ctx {
