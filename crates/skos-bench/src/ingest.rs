@@ -391,6 +391,9 @@ struct BatchTimes {
     /// Of those, whose state was written while the batch before was
     /// published, audited and acknowledged.
     state_ahead: u64,
+    /// Of those, published while the batch before was audited and
+    /// acknowledged.
+    published_ahead: u64,
     /// Microseconds per phase, in `BatchPhase::ALL`'s order.
     micros: [u64; 5],
 }
@@ -406,6 +409,7 @@ impl BatchTimes {
             batches: counters.of(Counter::Batches("alert")),
             overlapped: counters.of(Counter::BatchesOverlapped("alert")),
             state_ahead: counters.of(Counter::BatchesStateAhead("alert")),
+            published_ahead: counters.of(Counter::BatchesPublishedAhead("alert")),
             micros,
         }
     }
@@ -419,6 +423,7 @@ impl BatchTimes {
             batches: self.batches.saturating_sub(before.batches),
             overlapped: self.overlapped.saturating_sub(before.overlapped),
             state_ahead: self.state_ahead.saturating_sub(before.state_ahead),
+            published_ahead: self.published_ahead.saturating_sub(before.published_ahead),
             micros,
         }
     }
@@ -435,11 +440,12 @@ impl BatchTimes {
             .map(|(p, m)| format!("{} {:.1} µs", p.as_str(), m as f64 / alerts as f64))
             .collect();
         Some(format!(
-            "{} ({} batches, {} decided while the one before was carried out, {} of them with their state written meanwhile)",
+            "{} ({} batches, {} decided while the one before was carried out, {} of them with their state written meanwhile, {} published meanwhile)",
             parts.join(", "),
             self.batches,
             self.overlapped,
-            self.state_ahead
+            self.state_ahead,
+            self.published_ahead
         ))
     }
 }

@@ -3,8 +3,9 @@
 //! [`hit`] marks a point between two steps of the coordinator's work (the
 //! engine decided, the state is written, the effects are published, the
 //! audit records are written; `alert.persisted_ahead`: a batch's state is
-//! written while the batch before it is not yet carried out) or of an
-//! audit file's rotation
+//! written while the batch before it is not yet published;
+//! `alert.published_ahead`: a batch's effects are published while the batch
+//! before it is not yet audited) or of an audit file's rotation
 //! (`audit.segment_written`, `audit.sealed`: after the segment is in place,
 //! after its seal is recorded). When the environment variable
 //! `SKOS_FAILPOINT` names that point, the process aborts there, as

@@ -85,6 +85,10 @@ pub enum Counter<'a> {
     /// published, audited and acknowledged (they touched none of its
     /// nodes).
     BatchesStateAhead(&'a str),
+    /// `batches.<feed>.published_ahead`: of those, batches whose effects
+    /// were published while the batch before them was still being
+    /// audited and acknowledged.
+    BatchesPublishedAhead(&'a str),
     /// `batches.<feed>.<phase>_us`: microseconds those batches spent in
     /// one phase of their handling ([`BatchPhase`]), summed; with
     /// `batches.<feed>` and the messages handled, where a batch's time
@@ -198,6 +202,7 @@ impl Counter<'_> {
             Batches(feed) => return format!("batches.{feed}").into(),
             BatchesOverlapped(feed) => return format!("batches.{feed}.overlapped").into(),
             BatchesStateAhead(feed) => return format!("batches.{feed}.state_ahead").into(),
+            BatchesPublishedAhead(feed) => return format!("batches.{feed}.published_ahead").into(),
             BatchMicros(feed, phase) => {
                 return format!("batches.{feed}.{}_us", phase.as_str()).into()
             }
@@ -283,7 +288,9 @@ mod tests {
         c.add(Counter::BatchMicros("result", BatchPhase::Ack), 7);
         c.inc(Counter::BatchesOverlapped("alert"));
         c.inc(Counter::BatchesStateAhead("alert"));
+        c.inc(Counter::BatchesPublishedAhead("alert"));
         let snap = c.snapshot();
+        assert_eq!(snap.get("batches.alert.published_ahead"), Some(&1));
         assert_eq!(snap.get("batches.alert.overlapped"), Some(&1));
         assert_eq!(snap.get("batches.alert.state_ahead"), Some(&1));
         assert_eq!(snap.get("batches.alert"), Some(&1));

@@ -420,6 +420,14 @@ fn killed_mid_storm_after_a_batchs_state_was_written_ahead() {
     killed_mid_storm("alert.persisted_ahead", 2);
 }
 
+/// Aborted once a batch's commands are published ahead, before the batch
+/// before it is audited: the restart finds both batches' records, and
+/// audits what neither audited.
+#[test]
+fn killed_mid_storm_after_a_batchs_commands_were_published_ahead() {
+    killed_mid_storm("alert.published_ahead", 1);
+}
+
 #[test]
 fn killed_mid_storm_after_a_batchs_commands_were_published() {
     killed_mid_storm("alert.published", 12);
