@@ -32,6 +32,33 @@ fn command(program: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Microseconds to create a file in a fresh directory under `dir` and
+/// write one byte to it: the median of `n` files, all removed after; `None`
+/// when `dir` cannot be written. Each section's nats-server keeps its store
+/// under the temp dir, and creates a file for each message block and each
+/// consumer: on a file system slow to allocate inodes (ext4 after millions
+/// of files created and removed) every one of them stalls the server, and
+/// the bus's own latency with it.
+pub fn file_create_micros(dir: &std::path::Path, n: usize) -> Option<f64> {
+    use std::io::Write;
+    let scratch = tempfile::Builder::new()
+        .prefix("skos-bench-create")
+        .tempdir_in(dir)
+        .ok()?;
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = std::time::Instant::now();
+        let mut f = std::fs::File::create(scratch.path().join(format!("f{i}"))).ok()?;
+        f.write_all(b"x").ok()?;
+        took.push(at.elapsed().as_secs_f64() * 1e6);
+    }
+    took.sort_by(f64::total_cmp);
+    took.get(n / 2).copied()
+}
+
+/// Files [`file_create_micros`] creates to judge the temp dir.
+const CREATE_PROBES: usize = 200;
+
 pub fn describe() -> Value {
     let mem_total_kb = read("/proc/meminfo").and_then(|t| {
         t.lines()
@@ -46,12 +73,23 @@ pub fn describe() -> Value {
         "kernel": read("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()),
         "nats_server": crate::natsutil::server_version(),
         "load_at_start": load(),
+        "temp_dir": std::env::temp_dir(),
+        "temp_file_create_us": file_create_micros(&std::env::temp_dir(), CREATE_PROBES),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_created_in_a_writable_dir_is_timed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let us = file_create_micros(dir.path(), 5).expect("timed");
+        assert!(us > 0.0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(file_create_micros(&dir.path().join("missing"), 5), None);
+    }
 
     #[test]
     fn model_name() {

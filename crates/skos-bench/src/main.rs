@@ -276,14 +276,18 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
     let t0 = Instant::now();
     let machine = machine::describe();
     eprintln!(
-        "skos-bench: {} on {} CPU(s), load {:?}",
+        "skos-bench: {} on {} CPU(s), load {:?}; nats-server stores under {} (a file created there in {})",
         chosen
             .iter()
             .map(|s| s.name())
             .collect::<Vec<_>>()
             .join(", "),
         machine["nproc"],
-        machine::load().unwrap_or_default()
+        machine::load().unwrap_or_default(),
+        std::env::temp_dir().display(),
+        machine["temp_file_create_us"]
+            .as_f64()
+            .map_or("?".to_string(), |us| format!("{us:.0} µs")),
     );
     let interrupted = tokio::select! {
         r = run_all(&chosen, &o) => Some(r),
