@@ -36,9 +36,9 @@ fn command(program: &str, args: &[&str]) -> Option<String> {
 /// write one byte to it: the median of `n` files, all removed after; `None`
 /// when `dir` cannot be written. Each section's nats-server keeps its store
 /// under the temp dir, and creates a file for each message block and each
-/// consumer: on a file system slow to allocate inodes (ext4 after millions
-/// of files created and removed) every one of them stalls the server, and
-/// the bus's own latency with it.
+/// consumer: on a file system slow to allocate inodes (ext4 just after
+/// many files were created and removed) every one of them stalls the
+/// server, and the bus's own latency with it.
 pub fn file_create_micros(dir: &std::path::Path, n: usize) -> Option<f64> {
     use std::io::Write;
     let scratch = tempfile::Builder::new()
