@@ -1988,6 +1988,12 @@ impl Ctx {
             .iter()
             .take_while(|e| matches!(e, Effect::Audit(_)))
             .count();
+        if lead == 0 {
+            // Nothing to prove the trail writable with: what waits is
+            // carried out, and its records checked against the trail's
+            // tail before they are appended ([`Ctx::flush`]).
+            return true;
+        }
         let mut entries: Vec<AuditEntry> = self
             .outbox
             .drain(..lead)
@@ -2049,6 +2055,13 @@ impl Ctx {
     /// one (a deposed coordinator drops it: the new leader decides again
     /// from the same inputs). Always false.
     fn stall(&mut self, e: skos_bus::Error, rest: Vec<Effect>) -> bool {
+        self.stall_at(e, rest, false)
+    }
+
+    /// [`Ctx::stall`], `rest` waiting in front of what waits (decided
+    /// later), or `behind` it (what waits there is a batch before `rest`'s
+    /// that failed first).
+    fn stall_at(&mut self, e: skos_bus::Error, rest: Vec<Effect>, behind: bool) -> bool {
         if matches!(e, skos_bus::Error::Deposed { .. }) {
             self.deposed = true;
         }
@@ -2062,8 +2075,12 @@ impl Ctx {
             self.counters.add(Counter::EffectsQueued, rest.len() as u64);
         }
         self.stalled = true;
-        let later = std::mem::take(&mut self.outbox);
-        self.outbox = rest.into_iter().chain(later).collect();
+        if behind {
+            self.outbox.extend(rest);
+        } else {
+            let later = std::mem::take(&mut self.outbox);
+            self.outbox = rest.into_iter().chain(later).collect();
+        }
         false
     }
 

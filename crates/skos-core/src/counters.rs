@@ -86,8 +86,8 @@ pub enum Counter<'a> {
     /// nodes).
     BatchesStateAhead(&'a str),
     /// `batches.<feed>.published_ahead`: of those, batches whose effects
-    /// were published while the batch before them was still being
-    /// audited and acknowledged.
+    /// were published before the batch before them had appended its
+    /// audit records.
     BatchesPublishedAhead(&'a str),
     /// `batches.<feed>.<phase>_us`: microseconds those batches spent in
     /// one phase of their handling ([`BatchPhase`]), summed; with

@@ -10,8 +10,9 @@
 //! that is ready and plans its state writes. A batch touching none of the
 //! nodes of the batches being carried out has its node states written at
 //! once ("state ahead"); it publishes its effects once the batch before it
-//! has published, and appends its audit records once the batch before it
-//! has appended its own. A batch touching a node in common is carried out,
+//! has published and the one before that has appended its audit records
+//! (one batch publishes while the one before it appends), and appends its
+//! own once the batch before it has. A batch touching a node in common is carried out,
 //! state and all, once every batch before it is.
 //!
 //! Invariants (the same as [`Ctx::finish`]'s):
@@ -33,8 +34,9 @@
 //!   outbox behind the failed batch's, and its nodes wait to be written
 //!   again (with those effects); when the batch before it is published
 //!   but not audited, its own audit records go back behind that one's;
-//!   so at most [`IN_FLIGHT`] batches' commands are out before their
-//!   audit records are appended;
+//!   so at most two batches' commands are out before their audit records
+//!   are appended, and once an append is known to have failed, no batch
+//!   behind the one published meanwhile publishes;
 //! - nothing of a batch is written or published once the lease ran out
 //!   (checked before each, as [`Ctx::flush`] does before publishing): a
 //!   batch decided while those before it were carried out may wait that
@@ -152,8 +154,8 @@ struct Decided {
 }
 
 /// Batches carried out at once at most, each after the one before it at
-/// every step: so many batches' commands may be out before their audit
-/// records are appended.
+/// every step: one writing its node states, one publishing, one appending
+/// its audit records.
 const IN_FLIGHT: usize = 3;
 
 /// A batch being carried out on its own task, and the nodes it touched.
@@ -166,7 +168,8 @@ struct Running {
 
 /// What a batch carried out ahead waits on from the batch before it.
 struct Before {
-    /// Its effects are published (`false`, or dropped: they are not).
+    /// Its effects are published and the batch before it audited (`false`,
+    /// or dropped: they are not).
     published: Receiver<bool>,
     /// Its audit records are appended (`false`, or dropped: they are not).
     audited: Receiver<bool>,
@@ -268,9 +271,11 @@ struct Carried {
 /// once its audit records are appended (dropped unsaid when they are not).
 /// With `before`, the batch is carried out ahead of the one before it: its
 /// state is written at once; its effects are published once the one
-/// before's are, and held ([`Failed::Held`]) when they are not; its audit
-/// records are appended once the one before's are, and wait
-/// ([`Failed::Unaudited`]) when they are not.
+/// before has published (and said so once the batch before it appended),
+/// and held ([`Failed::Held`]) when it has not; its audit records are
+/// appended once the one before's are, and wait ([`Failed::Unaudited`])
+/// when they are not. It tells the batch after it that it published only
+/// once its own audit records may follow (the one before appended).
 async fn carry(c: Carrier, batch: Decided, before: Option<Before>, tell: Option<Tell>) -> Carried {
     let Decided {
         feed,
@@ -347,19 +352,21 @@ async fn carry(c: Carrier, batch: Decided, before: Option<Before>, tell: Option<
         return done(took, Some(Failed::Publish(e, rest)), false);
     }
     failpoint::hit(published_point);
-    // Whether the batch before was audited when these were published:
-    // read before the batch after is told.
+    // Whether the batch before was audited when these were published.
     let audited_before = audited_before.map(Word::now);
     let published_ahead = matches!(audited_before, Some(Word::Awaited(_)));
-    let tell_audited = tell.map(|t| {
-        let _ = t.published.send(true);
-        t.audited
-    });
     if let Some(audited) = audited_before {
         if !audited.said(published_ahead_point).await {
             return done(took, Some(Failed::Unaudited(audits)), published_ahead);
         }
     }
+    // The batch after publishes only now: once an append is known to have
+    // failed, no batch behind it publishes (only the one that published
+    // while it was appended).
+    let tell_audited = tell.map(|t| {
+        let _ = t.published.send(true);
+        t.audited
+    });
     let entries = audits
         .into_iter()
         .filter_map(|e| match e {
@@ -435,7 +442,7 @@ impl Ctx {
                     self.counters.inc(Counter::BatchesOverlapped(feed.name()));
                 }
                 let Some(d) = decided else {
-                    self.settle_in_order(&mut flight, false).await;
+                    self.settle_before_unplanned(&mut flight).await;
                     // Its effects wait in the outbox; its messages come again.
                     tracing::error!(
                         feed = feed.name(),
@@ -470,6 +477,17 @@ impl Ctx {
             if Instant::now() >= until || !self.still_leader() {
                 break;
             }
+            // A batch already carried out (or failed) is settled before
+            // another is taken: a failure ends the pipeline at once.
+            if flight.front().is_some_and(|r| r.handle.is_finished()) {
+                if let Some(oldest) = flight.pop_front() {
+                    if !self.settle_joined(oldest.handle.await).await {
+                        self.settle_in_order(&mut flight, true).await;
+                        return;
+                    }
+                }
+                continue;
+            }
             let room = flight.len() < IN_FLIGHT;
             let Some(oldest) = flight.front_mut() else {
                 break;
@@ -489,6 +507,15 @@ impl Ctx {
             }
         }
         self.settle_in_order(&mut flight, false).await;
+    }
+
+    /// Settle every batch of `flight`, when the batch decided after them
+    /// could not be planned: its effects, left in the outbox, wait behind
+    /// what they give back.
+    async fn settle_before_unplanned(&mut self, flight: &mut VecDeque<Running>) {
+        let unplanned = std::mem::take(&mut self.outbox);
+        self.settle_in_order(flight, false).await;
+        self.outbox.extend(unplanned);
     }
 
     /// Settle every batch of `flight`, oldest first; after one that was
@@ -608,7 +635,7 @@ impl Ctx {
                 self.give_back(effects, c.behind);
             }
             Failed::Publish(e, rest) => {
-                self.stall(e, rest);
+                self.stall_at(e, rest, c.behind);
             }
             Failed::Audit(failed) => {
                 self.audits_uncertain = true;
@@ -616,7 +643,7 @@ impl Ctx {
                 self.audit_failed(&failed.error).await;
                 tracing::error!(error = %failed.error, waiting = failed.entries.len(), "audit trail cannot be written: no new action is carried out until it can (restoring ones excepted)");
                 let rest = failed.entries.into_iter().map(Effect::Audit).collect();
-                self.stall(failed.error, rest);
+                self.stall_at(failed.error, rest, c.behind);
             }
             Failed::Held(effects) => {
                 // Behind the failed batch's effects, which went first.
@@ -872,11 +899,13 @@ mod tests {
             .await
             .expect("the command published before the batch before was carried out")
             .expect("a command");
-        assert_eq!(told.published.await, Ok(true));
         assert!(!task.is_finished(), "audited before the batch before was");
         assert!(trail().is_empty(), "{}", trail());
         audited.send(false).expect("the batch waits");
         let mut unaudited = task.await.expect("the task ran");
+        // The batch after it is held: nothing more is published once an
+        // append is known to have failed.
+        assert!(told.published.await.is_err(), "let the batch after publish");
         assert!(told.audited.await.is_err(), "said it was audited");
         let Some(Failed::Unaudited(waiting)) = &unaudited.failed else {
             panic!("not left unaudited: {:?}", unaudited.failed.is_some());
@@ -894,23 +923,26 @@ mod tests {
         assert!(c.unsaved.contains(&node), "its node is not written again");
         c.outbox.clear();
 
-        // The one before published and carried out: carried out in full,
-        // counted as published ahead.
-        let (task, published, audited, told) = ahead(&c, 3);
+        // The one before published and audited: carried out in full; the
+        // batch after it is told it may publish only once the one before
+        // is audited.
+        let (task, published, audited, mut told) = ahead(&c, 3);
         published.send(true).expect("the batch waits");
         let sent = tokio::time::timeout(Duration::from_secs(5), commands.next())
             .await
             .expect("the command published")
             .expect("a command");
         assert_eq!(sent.subject_node(), Some(node));
-        assert_eq!(told.published.await, Ok(true));
+        assert!(
+            told.published.try_recv().is_err(),
+            "let the batch after publish before the one before was audited"
+        );
         audited.send(true).expect("the batch waits");
         let done = task.await.expect("the task ran");
         assert!(done.failed.is_none());
-        assert!(done.published_ahead);
+        assert_eq!(told.published.await, Ok(true));
         assert_eq!(told.audited.await, Ok(true));
         assert!(c.settle(done).await);
-        assert_eq!(c.counters.of(Counter::BatchesPublishedAhead("alert")), 1);
         assert!(trail().contains("its own"), "{}", trail());
     }
 
@@ -1014,7 +1046,7 @@ mod tests {
         );
         let mut more =
             futures::stream::iter(vec![vec![alert_from(&n2, 1)], vec![alert_from(&n3, 1)]]);
-        // A turn long enough for any machine: every batch is taken.
+        // A turn long enough for any machine.
         c.batches_for(
             Duration::from_secs(60),
             Durable::Alert,
@@ -1023,13 +1055,23 @@ mod tests {
         )
         .await;
         let nodes = audited_nodes(&c);
-        // However many were carried out at once (how the batches fall
-        // depends on the machine), each node's entries wait together, in
-        // the order the batches were decided.
+        // However many were decided before the first failure was settled
+        // (which ends the pipeline; how the batches fall depends on the
+        // machine), each node's entries wait together, in the order the
+        // batches were decided.
         let mut runs = nodes.clone();
         runs.dedup();
-        assert_eq!(runs, ["n1", "n2", "n3"], "{nodes:?}");
-        assert!(c.unsaved.contains(&n1) && c.unsaved.contains(&n2) && c.unsaved.contains(&n3));
+        let decided = ["n1", "n2", "n3"];
+        assert!(
+            !runs.is_empty() && runs.as_slice() == &decided[..runs.len()],
+            "{nodes:?}"
+        );
+        for node in [&n1, &n2, &n3].into_iter().take(runs.len()) {
+            assert!(c.unsaved.contains(node), "{node} is not written again");
+        }
+        // The batches not decided are delivered again: none of their
+        // effects waits.
+        assert_eq!(c.counters.of(Counter::Batches("alert")), 0);
     }
 
     /// One write keeps the effects of several nodes, each in its node's
@@ -1088,6 +1130,277 @@ mod tests {
             })
             .collect();
         assert_eq!(order, ["first", "second", "third", "fourth"]);
+    }
+
+    /// An audit entry about `node` that says `what`.
+    fn entry_about(node: &NodeName, what: &str) -> AuditEntry {
+        AuditEntry::new(
+            skos_core::AuditEvent::Command,
+            chrono::Utc::now(),
+            Some(node),
+            "coordinator",
+            what,
+            json!({}),
+        )
+    }
+
+    /// A bus error, as a failed step reports it.
+    fn bus_down() -> skos_bus::Error {
+        skos_bus::Error::Io {
+            path: "bus".into(),
+            source: std::io::Error::other("down"),
+        }
+    }
+
+    /// Batch `stamp` about `node`, carried out as far as `failed` says.
+    fn failed_batch(stamp: u64, node: &NodeName, failed: Failed) -> Carried {
+        Carried {
+            feed: Durable::Alert,
+            started: Instant::now(),
+            decided: Instant::now(),
+            stamp: Stamp(1, stamp),
+            touched: BTreeSet::from([node.clone()]),
+            failed: Some(failed),
+            took: [Duration::ZERO; 4],
+            behind: false,
+            published_ahead: false,
+        }
+    }
+
+    /// `carried`, as the task carrying it out hands it over.
+    fn in_flight(carried: Carried, node: &NodeName) -> Running {
+        Running {
+            handle: tokio::spawn(async move { carried }),
+            touched: BTreeSet::from([node.clone()]),
+            next: None,
+        }
+    }
+
+    /// What waits in the outbox: audit entries by what they say,
+    /// commands by their node.
+    fn waiting(c: &Ctx) -> Vec<String> {
+        c.outbox
+            .iter()
+            .map(|e| match e {
+                Effect::Audit(a) => a.summary.clone(),
+                Effect::Command(n, _) => format!("command to {n}"),
+                Effect::Alert(_) => "alert".into(),
+            })
+            .collect()
+    }
+
+    /// B1 published and its append failed; B2 published while B1 was
+    /// appended, and its own publish failed. What B2 gives back waits
+    /// behind B1's records, and reaches the trail after them. Before, a
+    /// failed publish always went in front: B2's records were appended
+    /// first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_later_batch_whose_publish_failed_waits_behind_the_earlier_ones_records() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (n1, n2) = (
+            NodeName::parse("n1").expect("a node name"),
+            NodeName::parse("n2").expect("a node name"),
+        );
+        let audit_path = dir.path().join("audit.jsonl");
+        let mut c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(dir.path()),
+            &audit_path,
+        );
+        let b1 = failed_batch(
+            1,
+            &n1,
+            Failed::Audit(AppendFailed {
+                error: bus_down(),
+                entries: vec![entry_about(&n1, "b1's record")],
+            }),
+        );
+        let b2 = failed_batch(
+            2,
+            &n2,
+            Failed::Publish(
+                bus_down(),
+                vec![
+                    throttle(&n2),
+                    Effect::Audit(entry_about(&n2, "b2's record")),
+                ],
+            ),
+        );
+        assert!(!c.settle_joined(Ok(b1)).await);
+        let mut flight = VecDeque::from([in_flight(b2, &n2)]);
+        assert!(!c.settle_in_order(&mut flight, true).await);
+        assert_eq!(waiting(&c), ["b1's record", "command to n2", "b2's record"]);
+        // The usual retry, the bus and the trail back.
+        c.persist(c.unsaved.clone()).await;
+        assert!(c.flush(None).await);
+        let trail = std::fs::read_to_string(&audit_path).expect("the trail");
+        let at = |what: &str| trail.find(what).expect("audited");
+        assert!(at("b1's record") < at("b2's record"), "{trail}");
+    }
+
+    /// As above, and B1's append was stored though it failed (its answer
+    /// lost): B1's record is not written twice. Before, B2's command at
+    /// the head of the outbox made the retry take the trail for writable
+    /// again without reading its tail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_stored_though_it_failed_is_not_written_again_after_a_later_failure() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (n1, n2) = (
+            NodeName::parse("n1").expect("a node name"),
+            NodeName::parse("n2").expect("a node name"),
+        );
+        let audit_path = dir.path().join("audit.jsonl");
+        let mut c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(dir.path()),
+            &audit_path,
+        );
+        let stored = entry_about(&n1, "b1's record");
+        c.audit
+            .append(stored.clone())
+            .await
+            .expect("the record stored");
+        let b1 = failed_batch(
+            1,
+            &n1,
+            Failed::Audit(AppendFailed {
+                error: bus_down(),
+                entries: vec![stored],
+            }),
+        );
+        let b2 = failed_batch(
+            2,
+            &n2,
+            Failed::Publish(
+                bus_down(),
+                vec![
+                    throttle(&n2),
+                    Effect::Audit(entry_about(&n2, "b2's record")),
+                ],
+            ),
+        );
+        assert!(!c.settle_joined(Ok(b1)).await);
+        let mut flight = VecDeque::from([in_flight(b2, &n2)]);
+        assert!(!c.settle_in_order(&mut flight, true).await);
+        c.persist(c.unsaved.clone()).await;
+        assert!(c.flush(None).await);
+        let trail = std::fs::read_to_string(&audit_path).expect("the trail");
+        assert_eq!(trail.matches("b1's record").count(), 1, "{trail}");
+        assert_eq!(trail.matches("b2's record").count(), 1, "{trail}");
+    }
+
+    /// After an append of unknown outcome, with no record at the head of
+    /// the outbox to prove the trail writable with (a command waits
+    /// first): the records that wait are still checked against the
+    /// trail's tail, so one already stored is not written twice. Before,
+    /// the empty head counted as proof and the check was skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_waiting_behind_a_command_are_checked_against_the_trail() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let node = NodeName::parse("n1").expect("a node name");
+        let audit_path = dir.path().join("audit.jsonl");
+        let mut c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(dir.path()),
+            &audit_path,
+        );
+        let stored = entry_about(&node, "stored though its append failed");
+        c.audit
+            .append(stored.clone())
+            .await
+            .expect("the record stored");
+        c.audits_uncertain = true;
+        c.outbox.push_back(throttle(&node));
+        c.outbox.push_back(Effect::Audit(stored));
+        assert!(c.flush(None).await);
+        let trail = std::fs::read_to_string(&audit_path).expect("the trail");
+        assert_eq!(
+            trail.matches("stored though its append failed").count(),
+            1,
+            "{trail}"
+        );
+        assert!(!c.audits_uncertain);
+    }
+
+    /// A batch whose records could not be planned leaves its effects in
+    /// the outbox; the batches before it, failed, give back theirs in
+    /// front of them, in the order decided. Before, the second failed
+    /// batch's went behind the unplanned one's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_not_planned_waits_behind_the_batches_before_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (n1, n2, n3) = (
+            NodeName::parse("n1").expect("a node name"),
+            NodeName::parse("n2").expect("a node name"),
+            NodeName::parse("n3").expect("a node name"),
+        );
+        let mut c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(dir.path()),
+            &dir.path().join("audit.jsonl"),
+        );
+        c.outbox
+            .push_back(Effect::Audit(entry_about(&n3, "the unplanned batch's")));
+        let b1 = failed_batch(
+            1,
+            &n1,
+            Failed::State(bus_down(), vec![Effect::Audit(entry_about(&n1, "b1's"))]),
+        );
+        let b2 = failed_batch(
+            2,
+            &n2,
+            Failed::Held(vec![Effect::Audit(entry_about(&n2, "b2's"))]),
+        );
+        let mut flight = VecDeque::from([in_flight(b1, &n1), in_flight(b2, &n2)]);
+        c.settle_before_unplanned(&mut flight).await;
+        assert_eq!(waiting(&c), ["b1's", "b2's", "the unplanned batch's"]);
+    }
+
+    /// The lease runs out while a batch waits for the one before it to
+    /// publish: nothing of it is published once it may. Before, only the
+    /// check before the state write was tested.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_whose_lease_ran_out_while_it_waited_publishes_nothing() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let node = NodeName::parse("n1").expect("a node name");
+        let (bus, mut commands) = watching(&node).await;
+        let carrier = Carrier {
+            bus,
+            state: StateStore::dir(dir.path()),
+            audit: Arc::new(
+                AuditLog::open_file(&dir.path().join("audit.jsonl")).expect("an audit trail"),
+            ),
+            signer: None,
+            valid_until: Some(Instant::now() + Duration::from_millis(300)),
+        };
+        let batch = Decided {
+            feed: Durable::Alert,
+            started: Instant::now(),
+            decided: Instant::now(),
+            stamp: Stamp(1, 1),
+            touched: BTreeSet::from([node.clone()]),
+            save: vec![(node_key(&node), Bytes::from_static(b"{}"))],
+            remove: Vec::new(),
+            effects: vec![throttle(&node)],
+            acks: Vec::new(),
+        };
+        let (before, waits) = chain();
+        let task = tokio::spawn(carry(carrier, batch, Some(waits), None));
+        // Past the lease, whatever the machine's load: the deadline is an
+        // instant, not a timer.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let _ = before.published.send(true);
+        let _ = before.audited.send(true);
+        let carried = task.await.expect("the task ran");
+        assert!(
+            matches!(carried.failed, Some(Failed::Deposed(_))),
+            "carried out past the lease"
+        );
+        use futures::FutureExt;
+        assert!(
+            !matches!(commands.next().now_or_never(), Some(Some(_))),
+            "published past the lease"
+        );
     }
 
     /// A coordinator's context over `bus`, state in `state` and the trail
