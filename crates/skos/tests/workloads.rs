@@ -455,16 +455,30 @@ fn a_dead_nodes_workload_fails_over_its_stale_copy_is_fenced_and_it_fails_back()
         is_result(d, "workload_stop", "nova", "synthesis-core", "succeeded")
     })
     .unwrap();
-    let back = position(&records, "command", |d| {
-        is_command(d, "workload_start", "nova", "synthesis-core")
-            && d["command"]["action_id"]
-                .as_str()
-                .is_some_and(|id| !id.ends_with(":1"))
+    // The first start on nova after the failover to lyra (the start at
+    // home may have been sent more than once, on a loaded machine).
+    let failover = position(&records, "command", |d| {
+        is_command(d, "workload_start", "lyra", "synthesis-core")
     })
-    .expect("failback started synthesis-core on nova");
+    .expect("failed over to lyra");
+    let back = records
+        .iter()
+        .enumerate()
+        .skip(failover + 1)
+        .find(|(_, r)| {
+            r["entry"]["event_type"] == "command"
+                && is_command(
+                    &r["entry"]["data"],
+                    "workload_start",
+                    "nova",
+                    "synthesis-core",
+                )
+        })
+        .map(|(i, _)| i)
+        .expect("failback started synthesis-core on nova");
     assert!(
-        fence < back,
-        "fenced ({fence}) before started again ({back})"
+        failover < fence && fence < back,
+        "failed over ({failover}), fenced ({fence}), started again ({back})"
     );
 }
 
