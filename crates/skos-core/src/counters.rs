@@ -76,18 +76,19 @@ pub enum Counter<'a> {
     /// `batches.<feed>`: batches of a durable feed (`alert`, `result`)
     /// carried through to their acks.
     Batches(&'a str),
-    /// `batches.<feed>.overlapped`: those batches decided while the batch
-    /// before them was still being carried out (written, published,
-    /// audited, acknowledged) on its own task.
+    /// `batches.<feed>.overlapped`: batches decided while another batch
+    /// of the feed was still being carried out (written, published,
+    /// audited, acknowledged) on its own task; counted when decided,
+    /// whether or not they are carried out.
     BatchesOverlapped(&'a str),
     /// `batches.<feed>.state_ahead`: of those, batches whose node states
-    /// were written while the batch before them was still being
-    /// published, audited and acknowledged (they touched none of its
-    /// nodes).
+    /// were written while the batch before them was still being carried
+    /// out (they touched none of the nodes in flight); counted when
+    /// handed to their task, whether or not they are carried out.
     BatchesStateAhead(&'a str),
-    /// `batches.<feed>.published_ahead`: of those, batches whose effects
-    /// were published before the batch before them had appended its
-    /// audit records.
+    /// `batches.<feed>.published_ahead`: batches carried through to their
+    /// acks whose effects were published before the batch before them had
+    /// appended its audit records.
     BatchesPublishedAhead(&'a str),
     /// `batches.<feed>.<phase>_us`: microseconds those batches spent in
     /// one phase of their handling ([`BatchPhase`]), summed; with

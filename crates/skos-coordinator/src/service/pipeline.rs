@@ -153,9 +153,10 @@ struct Decided {
     acks: Vec<Incoming>,
 }
 
-/// Batches carried out at once at most, each after the one before it at
-/// every step: one writing its node states, one publishing, one appending
-/// its audit records.
+/// Batches carried out at once at most: each publishes and appends its
+/// audit records after the one before it does (their state writes may
+/// run together, and their acks), so at a time one publishes while the
+/// one before it appends.
 const IN_FLIGHT: usize = 3;
 
 /// A batch being carried out on its own task, and the nodes it touched.
@@ -477,8 +478,8 @@ impl Ctx {
             if Instant::now() >= until || !self.still_leader() {
                 break;
             }
-            // A batch already carried out (or failed) is settled before
-            // another is taken: a failure ends the pipeline at once.
+            // The oldest batch, once carried out (or failed), is settled
+            // before another is taken: its failure ends the pipeline.
             if flight.front().is_some_and(|r| r.handle.is_finished()) {
                 if let Some(oldest) = flight.pop_front() {
                     if !self.settle_joined(oldest.handle.await).await {
@@ -488,7 +489,10 @@ impl Ctx {
                 }
                 continue;
             }
-            let room = flight.len() < IN_FLIGHT;
+            // A batch in flight that finished before the oldest failed (a
+            // batch is carried out only after the one before it appended):
+            // no more are taken; the oldest is settled first.
+            let room = flight.len() < IN_FLIGHT && !flight.iter().any(|r| r.handle.is_finished());
             let Some(oldest) = flight.front_mut() else {
                 break;
             };
