@@ -990,16 +990,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_a_batch_touching_none_of_the_nodes_before_it_is_written_ahead() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let (n1, n2) = (
-            NodeName::parse("n1").expect("a node name"),
-            NodeName::parse("n2").expect("a node name"),
-        );
-        let audit_path = dir.path().join("audit.jsonl");
-        let mut c = ctx(
-            Bus::InProc(InProcBus::new()),
-            StateStore::dir(dir.path()),
-            &audit_path,
-        );
+        let [n1, n2] = nodes(["n1", "n2"]);
+        let (mut c, audit_path) = in_proc(dir.path());
         let mut more =
             futures::stream::iter(vec![vec![alert_from(&n1, 2)], vec![alert_from(&n2, 1)]]);
         // A turn long enough for any machine: every batch is taken.
@@ -1038,11 +1030,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let states = dir.path().join("state");
         std::fs::write(&states, b"not a directory").expect("a file in its place");
-        let (n1, n2, n3) = (
-            NodeName::parse("n1").expect("a node name"),
-            NodeName::parse("n2").expect("a node name"),
-            NodeName::parse("n3").expect("a node name"),
-        );
+        let [n1, n2, n3] = nodes(["n1", "n2", "n3"]);
         let mut c = ctx(
             Bus::InProc(InProcBus::new()),
             StateStore::dir(&states),
@@ -1086,11 +1074,7 @@ mod tests {
     #[tokio::test]
     async fn effects_kept_by_one_write_come_back_in_the_order_decided() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut c = ctx(
-            Bus::InProc(InProcBus::new()),
-            StateStore::dir(dir.path()),
-            &dir.path().join("audit.jsonl"),
-        );
+        let (mut c, _) = in_proc(dir.path());
         let a = NodeName::parse("a").expect("a node name");
         let b = NodeName::parse("b").expect("a node name");
         let decided = [(&b, "first"), (&a, "second"), (&b, "third"), (&a, "fourth")];
@@ -1193,6 +1177,32 @@ mod tests {
             .collect()
     }
 
+    /// B1's append of `b1_record` failed; B2, about `n2`, published while
+    /// B1 was appended, and its own publish failed: both settled as the
+    /// service loop settles them, B2 behind.
+    async fn b1_audit_failed_b2_publish_failed(c: &mut Ctx, b1_record: AuditEntry, n2: &NodeName) {
+        let n1 = b1_record.node.clone().expect("b1's record is about a node");
+        let b1 = failed_batch(
+            1,
+            &n1,
+            Failed::Audit(AppendFailed {
+                error: bus_down(),
+                entries: vec![b1_record],
+            }),
+        );
+        let b2 = failed_batch(
+            2,
+            n2,
+            Failed::Publish(
+                bus_down(),
+                vec![throttle(n2), Effect::Audit(entry_about(n2, "b2's record"))],
+            ),
+        );
+        assert!(!c.settle_joined(Ok(b1)).await);
+        let mut flight = VecDeque::from([in_flight(b2, n2)]);
+        assert!(!c.settle_in_order(&mut flight, true).await);
+    }
+
     /// B1 published and its append failed; B2 published while B1 was
     /// appended, and its own publish failed. What B2 gives back waits
     /// behind B1's records, and reaches the trail after them. Before, a
@@ -1201,38 +1211,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_later_batch_whose_publish_failed_waits_behind_the_earlier_ones_records() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let (n1, n2) = (
-            NodeName::parse("n1").expect("a node name"),
-            NodeName::parse("n2").expect("a node name"),
-        );
-        let audit_path = dir.path().join("audit.jsonl");
-        let mut c = ctx(
-            Bus::InProc(InProcBus::new()),
-            StateStore::dir(dir.path()),
-            &audit_path,
-        );
-        let b1 = failed_batch(
-            1,
-            &n1,
-            Failed::Audit(AppendFailed {
-                error: bus_down(),
-                entries: vec![entry_about(&n1, "b1's record")],
-            }),
-        );
-        let b2 = failed_batch(
-            2,
-            &n2,
-            Failed::Publish(
-                bus_down(),
-                vec![
-                    throttle(&n2),
-                    Effect::Audit(entry_about(&n2, "b2's record")),
-                ],
-            ),
-        );
-        assert!(!c.settle_joined(Ok(b1)).await);
-        let mut flight = VecDeque::from([in_flight(b2, &n2)]);
-        assert!(!c.settle_in_order(&mut flight, true).await);
+        let [n1, n2] = nodes(["n1", "n2"]);
+        let (mut c, audit_path) = in_proc(dir.path());
+        b1_audit_failed_b2_publish_failed(&mut c, entry_about(&n1, "b1's record"), &n2).await;
         assert_eq!(waiting(&c), ["b1's record", "command to n2", "b2's record"]);
         // The usual retry, the bus and the trail back.
         c.persist(c.unsaved.clone()).await;
@@ -1249,43 +1230,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_append_stored_though_it_failed_is_not_written_again_after_a_later_failure() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let (n1, n2) = (
-            NodeName::parse("n1").expect("a node name"),
-            NodeName::parse("n2").expect("a node name"),
-        );
-        let audit_path = dir.path().join("audit.jsonl");
-        let mut c = ctx(
-            Bus::InProc(InProcBus::new()),
-            StateStore::dir(dir.path()),
-            &audit_path,
-        );
+        let [n1, n2] = nodes(["n1", "n2"]);
+        let (mut c, audit_path) = in_proc(dir.path());
         let stored = entry_about(&n1, "b1's record");
         c.audit
             .append(stored.clone())
             .await
             .expect("the record stored");
-        let b1 = failed_batch(
-            1,
-            &n1,
-            Failed::Audit(AppendFailed {
-                error: bus_down(),
-                entries: vec![stored],
-            }),
-        );
-        let b2 = failed_batch(
-            2,
-            &n2,
-            Failed::Publish(
-                bus_down(),
-                vec![
-                    throttle(&n2),
-                    Effect::Audit(entry_about(&n2, "b2's record")),
-                ],
-            ),
-        );
-        assert!(!c.settle_joined(Ok(b1)).await);
-        let mut flight = VecDeque::from([in_flight(b2, &n2)]);
-        assert!(!c.settle_in_order(&mut flight, true).await);
+        b1_audit_failed_b2_publish_failed(&mut c, stored, &n2).await;
         c.persist(c.unsaved.clone()).await;
         assert!(c.flush(None).await);
         let trail = std::fs::read_to_string(&audit_path).expect("the trail");
@@ -1302,12 +1254,7 @@ mod tests {
     async fn records_waiting_behind_a_command_are_checked_against_the_trail() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let node = NodeName::parse("n1").expect("a node name");
-        let audit_path = dir.path().join("audit.jsonl");
-        let mut c = ctx(
-            Bus::InProc(InProcBus::new()),
-            StateStore::dir(dir.path()),
-            &audit_path,
-        );
+        let (mut c, audit_path) = in_proc(dir.path());
         let stored = entry_about(&node, "stored though its append failed");
         c.audit
             .append(stored.clone())
@@ -1333,16 +1280,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_not_planned_waits_behind_the_batches_before_it() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let (n1, n2, n3) = (
-            NodeName::parse("n1").expect("a node name"),
-            NodeName::parse("n2").expect("a node name"),
-            NodeName::parse("n3").expect("a node name"),
-        );
-        let mut c = ctx(
-            Bus::InProc(InProcBus::new()),
-            StateStore::dir(dir.path()),
-            &dir.path().join("audit.jsonl"),
-        );
+        let [n1, n2, n3] = nodes(["n1", "n2", "n3"]);
+        let (mut c, _) = in_proc(dir.path());
         c.outbox
             .push_back(Effect::Audit(entry_about(&n3, "the unplanned batch's")));
         let b1 = failed_batch(
@@ -1405,6 +1344,23 @@ mod tests {
             !matches!(commands.next().now_or_never(), Some(Some(_))),
             "published past the lease"
         );
+    }
+
+    /// Nodes named `names`.
+    fn nodes<const N: usize>(names: [&str; N]) -> [NodeName; N] {
+        names.map(|n| NodeName::parse(n).expect("a node name"))
+    }
+
+    /// A coordinator's context over an in-process bus, its state and its
+    /// trail (`audit.jsonl`, whose path is returned) in `dir`.
+    fn in_proc(dir: &std::path::Path) -> (Ctx, std::path::PathBuf) {
+        let audit_path = dir.join("audit.jsonl");
+        let c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(dir),
+            &audit_path,
+        );
+        (c, audit_path)
     }
 
     /// A coordinator's context over `bus`, state in `state` and the trail
