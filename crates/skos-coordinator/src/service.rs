@@ -2075,13 +2075,20 @@ impl Ctx {
             self.counters.add(Counter::EffectsQueued, rest.len() as u64);
         }
         self.stalled = true;
+        self.give_back(rest, behind);
+        false
+    }
+
+    /// Put `effects`, not carried out, back in the outbox: in front of what
+    /// waits there (decided later), or `behind` it (what waits there is a
+    /// batch before theirs that failed first).
+    fn give_back(&mut self, effects: Vec<Effect>, behind: bool) {
         if behind {
-            self.outbox.extend(rest);
+            self.outbox.extend(effects);
         } else {
             let later = std::mem::take(&mut self.outbox);
-            self.outbox = rest.into_iter().chain(later).collect();
+            self.outbox = effects.into_iter().chain(later).collect();
         }
-        false
     }
 
     /// Publish one command or alert (an audit entry is not published).

@@ -23,7 +23,8 @@
 //!   a batch killed after its state was written, and one published ahead
 //!   a batch killed after it was published;
 //! - batches are published and audited in the order they were decided,
-//!   each step of a batch after the same step of the one before; a
+//!   each after the one before it (state writes and acks may run
+//!   together); a
 //!   batch's records keep only its own effects, because every batch takes
 //!   the whole outbox, which is why only a batch touching none of the
 //!   nodes of the batches being carried out has its states written ahead
@@ -103,7 +104,7 @@ impl Durable {
     /// Its kill points of a batch carried out ahead, while the batch
     /// before it is still being carried out: after its state is written
     /// (the one before not yet published), after its effects are published
-    /// (the one before not yet audited and acknowledged).
+    /// (the one before not yet audited).
     pub(super) const fn ahead_points(self) -> [&'static str; 2] {
         match self {
             Durable::Alert => ["alert.persisted_ahead", "alert.published_ahead"],
@@ -478,17 +479,6 @@ impl Ctx {
             if Instant::now() >= until || !self.still_leader() {
                 break;
             }
-            // The oldest batch, once carried out (or failed), is settled
-            // before another is taken: its failure ends the pipeline.
-            if flight.front().is_some_and(|r| r.handle.is_finished()) {
-                if let Some(oldest) = flight.pop_front() {
-                    if !self.settle_joined(oldest.handle.await).await {
-                        self.settle_in_order(&mut flight, true).await;
-                        return;
-                    }
-                }
-                continue;
-            }
             // A batch in flight that finished before the oldest failed (a
             // batch is carried out only after the one before it appended):
             // no more are taken; the oldest is settled first.
@@ -496,17 +486,19 @@ impl Ctx {
             let Some(oldest) = flight.front_mut() else {
                 break;
             };
+            // The oldest batch, once carried out (or failed), is settled
+            // before another is taken: its failure ends the pipeline.
             tokio::select! {
                 biased;
-                Some(batch) = more.next(), if room => {
-                    next = Some(batch);
-                }
                 carried = &mut oldest.handle => {
                     flight.pop_front();
                     if !self.settle_joined(carried).await {
                         self.settle_in_order(&mut flight, true).await;
                         return;
                     }
+                }
+                Some(batch) = more.next(), if room => {
+                    next = Some(batch);
                 }
             }
         }
@@ -681,18 +673,6 @@ impl Ctx {
 }
 
 impl Ctx {
-    /// Put `effects`, not carried out, back in the outbox: in front of what
-    /// waits there (decided later), or `behind` it (what waits there is a
-    /// batch before theirs that failed first).
-    fn give_back(&mut self, effects: Vec<Effect>, behind: bool) {
-        if behind {
-            self.outbox.extend(effects);
-        } else {
-            let later = std::mem::take(&mut self.outbox);
-            self.outbox = effects.into_iter().chain(later).collect();
-        }
-    }
-
     /// [`Ctx::settle`] the outcome of a carrying task. A panic in it is
     /// the coordinator's own: it ends the coordinator's task as it would
     /// have on the service loop. A task cancelled (the runtime stopping)
@@ -800,9 +780,9 @@ mod tests {
     /// nothing is published or appended, and settling it puts its effects
     /// back in the outbox behind what waits there, its node to be written
     /// again. When the one before is published, it publishes too, and its
-    /// audit records wait until the one before is carried out: when that
-    /// one is not, they go back behind it. When it is, everything is
-    /// carried out.
+    /// audit records wait until the one before has appended its own: when
+    /// that one does not, they go back behind it. When it does, everything
+    /// is carried out.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_carried_out_ahead_waits_on_the_one_before_at_each_step() {
         use futures::FutureExt;
@@ -992,14 +972,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let [n1, n2] = nodes(["n1", "n2"]);
         let (mut c, audit_path) = in_proc(dir.path());
-        let mut more =
-            futures::stream::iter(vec![vec![alert_from(&n1, 2)], vec![alert_from(&n2, 1)]]);
-        // A turn long enough for any machine: every batch is taken.
-        c.batches_for(
-            Duration::from_secs(60),
-            Durable::Alert,
-            vec![alert_from(&n1, 1)],
-            &mut more,
+        take_batches(
+            &mut c,
+            alert_from(&n1, 1),
+            vec![alert_from(&n1, 2), alert_from(&n2, 1)],
         )
         .await;
         let counted = |counter| c.counters.of(counter);
@@ -1036,14 +1012,10 @@ mod tests {
             StateStore::dir(&states),
             &dir.path().join("audit.jsonl"),
         );
-        let mut more =
-            futures::stream::iter(vec![vec![alert_from(&n2, 1)], vec![alert_from(&n3, 1)]]);
-        // A turn long enough for any machine.
-        c.batches_for(
-            Duration::from_secs(60),
-            Durable::Alert,
-            vec![alert_from(&n1, 1)],
-            &mut more,
+        take_batches(
+            &mut c,
+            alert_from(&n1, 1),
+            vec![alert_from(&n2, 1), alert_from(&n3, 1)],
         )
         .await;
         let nodes = audited_nodes(&c);
@@ -1344,6 +1316,19 @@ mod tests {
             !matches!(commands.next().now_or_never(), Some(Some(_))),
             "published past the lease"
         );
+    }
+
+    /// The service loop's batches for a turn long enough for any machine:
+    /// `first`, then each of `more` as it is ready.
+    async fn take_batches(c: &mut Ctx, first: Incoming, more: Vec<Incoming>) {
+        let mut more = futures::stream::iter(more.into_iter().map(|m| vec![m]));
+        c.batches_for(
+            Duration::from_secs(60),
+            Durable::Alert,
+            vec![first],
+            &mut more,
+        )
+        .await;
     }
 
     /// Nodes named `names`.
