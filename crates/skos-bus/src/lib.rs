@@ -155,6 +155,8 @@ pub(crate) enum Acker {
     None,
     JetStream(Box<async_nats::jetstream::Message>),
     Reply(Replier),
+    /// Told on its channel when acknowledged ([`Incoming::told_when_acked`]).
+    Told(tokio::sync::oneshot::Sender<()>),
 }
 
 pub(crate) enum Replier {
@@ -177,6 +179,24 @@ impl Incoming {
         }
     }
 
+    /// A message like [`Incoming::plain`] whose acknowledgement is told on
+    /// the receiver returned: `Ok(())` once [`Incoming::ack`] is called, an
+    /// error once the message is dropped unacknowledged. For tests of when
+    /// a handler acknowledges what it took.
+    pub fn told_when_acked(
+        subject: String,
+        payload: Bytes,
+    ) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let m = Self {
+            subject,
+            payload,
+            headers: Vec::new(),
+            ack: Acker::Told(tx),
+        };
+        (m, rx)
+    }
+
     /// The first value of a header, by name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -190,7 +210,7 @@ impl Incoming {
     pub fn stream_sequence(&self) -> Option<u64> {
         match &self.ack {
             Acker::JetStream(m) => m.info().ok().map(|i| i.stream_sequence),
-            Acker::None | Acker::Reply(_) => None,
+            Acker::None | Acker::Reply(_) | Acker::Told(_) => None,
         }
     }
 
@@ -206,6 +226,10 @@ impl Incoming {
                 .ack()
                 .await
                 .map_err(|e| Error::subject(&self.subject, format!("ack: {e}"))),
+            Acker::Told(tx) => {
+                let _ = tx.send(());
+                Ok(())
+            }
             Acker::None | Acker::Reply(_) => Ok(()),
         }
     }
@@ -221,7 +245,7 @@ impl Incoming {
                 .ack_with(async_nats::jetstream::AckKind::Progress)
                 .await
                 .map_err(|e| Error::subject(&self.subject, format!("in-progress ack: {e}"))),
-            Acker::None | Acker::Reply(_) => Ok(()),
+            Acker::None | Acker::Reply(_) | Acker::Told(_) => Ok(()),
         }
     }
 

@@ -2,8 +2,9 @@
 //! out its effects.
 //!
 //! Order matters for crash safety: for each message, the state of the nodes
-//! it changed is written first, together with the effects it decided and a
-//! [`Stamp`] (see [`Saved`]); then commands and raised alerts are published
+//! it changed is written first, together with the effects it decided (each
+//! with its [`Seq`], its place among all effects decided) and a [`Stamp`]
+//! (see [`Saved`]); then commands and raised alerts are published
 //! (durably, with their ids as JetStream message ids, so a re-send after a
 //! crash is stored once), then the audit entries are written, then the
 //! message is acknowledged. Once every effect decided so far is carried out,
@@ -120,6 +121,60 @@ const CARRIED_KEY: &str = "carried";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct Stamp(u64, u64);
 
+/// Where an effect stands among all those decided: the term it was queued
+/// in (0 without an election) and a count of effects queued in that term,
+/// from 1. Kept with the effect in its node's record ([`Saved::seq`]), so
+/// that a restart carries out the effects kept by different writes in the
+/// order they were decided, however often each node was written since.
+/// `Seq(0, 0)` is an effect read from a record of an earlier version,
+/// which came before any effect this version decided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Seq(u64, u64);
+
+impl Seq {
+    /// The one after it.
+    fn next(self) -> Seq {
+        Seq(self.0, self.1.saturating_add(1))
+    }
+}
+
+/// An effect decided and not yet carried out, with its [`Seq`].
+#[derive(Debug, Clone, PartialEq)]
+struct Queued {
+    seq: Seq,
+    effect: Effect,
+}
+
+/// The seq of the first effect a coordinator leading in `term` (`None`:
+/// no election) queues, after restoring `kept`: a new term counts from 1;
+/// the same term (a restart without an election), or none, goes on after
+/// every seq kept, which the kept effects keep.
+fn first_seq(kept: &[Queued], term: Option<u64>) -> Seq {
+    let last = kept.iter().map(|q| q.seq).max().unwrap_or_default();
+    match term {
+        Some(t) if t > last.0 => Seq(t, 1),
+        _ => Seq(last.0, last.1.saturating_add(1)),
+    }
+}
+
+/// The audit records of `sent` (queued records, in order) that an append
+/// gave back as not known to be stored (`back`, a suffix of what was sent:
+/// [`AppendFailed`](skos_bus::audit::AppendFailed)), each with the seq it
+/// was queued under. Should more come back than were sent, the extra ones
+/// take the first seq (they wait in front, where they came back).
+fn given_back(sent: &[Seq], back: Vec<AuditEntry>) -> Vec<Queued> {
+    let skip = sent.len().saturating_sub(back.len());
+    let first = sent.first().copied().unwrap_or_default();
+    let extra = back.len().saturating_sub(sent.len());
+    let seqs = std::iter::repeat_n(first, extra).chain(sent[skip..].iter().copied());
+    seqs.zip(back)
+        .map(|(seq, entry)| Queued {
+            seq,
+            effect: Effect::Audit(entry),
+        })
+        .collect()
+}
+
 fn node_key(node: &NodeName) -> String {
     format!("{NODE_KEY_PREFIX}{node}")
 }
@@ -172,34 +227,52 @@ struct Saved {
     /// none (their effects are carried out again, de-duplicated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     batch: Option<Stamp>,
-    /// Each effect's place in the outbox when the write was planned, in
-    /// the order of `effects`: the records of one write, read back in key
-    /// order, are carried out again in the order decided. Records of
-    /// earlier versions have none.
+    /// Each effect's [`Seq`], in the order of `effects`: the records of
+    /// every write, read back in key order, are carried out again in the
+    /// order decided.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    seq: Vec<Seq>,
+    /// Read only: each effect's place in the outbox of the write that kept
+    /// it, as the version before [`Saved::seq`] wrote it (places compare
+    /// only within one write).
+    #[serde(default, skip_serializing)]
     at: Vec<u32>,
 }
 
-/// Where a kept effect goes among all the records' effects: by the stamp
-/// of the write that kept it, then by its place in that write's outbox.
-type Place = (Stamp, u32);
+/// Where a kept effect goes among all the records' effects: by its
+/// [`Seq`]; effects of earlier versions' records (all `Seq(0, 0)`) among
+/// themselves by the stamp of the write that kept them, then by their
+/// place in that write's outbox.
+type Place = (Seq, Stamp, u32);
 
 impl Saved {
     /// Its node's state, and its kept effects, each with its [`Place`].
-    /// Records without places (earlier versions), or without as many
-    /// places as effects, give each effect place 0 in its write: they keep
-    /// the order they are read in.
+    /// Records of earlier versions, without seqs, give their effects
+    /// `Seq(0, 0)` and their places (place 0 without places): they keep
+    /// the order they are read in. A record without as many seqs as
+    /// effects is read as one without seqs.
     fn split(self) -> (EngineSnapshot, Vec<(Place, Effect)>) {
-        let stamp = self.batch.unwrap_or_default();
-        let at = if self.at.len() == self.effects.len() {
-            self.at
+        let n = self.effects.len();
+        let places: Vec<Place> = if self.seq.len() == n {
+            self.seq
+                .into_iter()
+                .map(|s| (s, Stamp::default(), 0))
+                .collect()
         } else {
-            vec![0; self.effects.len()]
+            let stamp = self.batch.unwrap_or_default();
+            if self.at.len() == n {
+                self.at
+                    .into_iter()
+                    .map(|at| (Seq::default(), stamp, at))
+                    .collect()
+            } else {
+                vec![(Seq::default(), stamp, 0); n]
+            }
         };
-        let kept = at
+        let kept = places
             .into_iter()
             .zip(self.effects)
-            .map(|(at, e)| ((stamp, at), Effect::from(e)))
+            .map(|(place, e)| (place, Effect::from(e)))
             .collect();
         (self.state, kept)
     }
@@ -242,7 +315,7 @@ struct SavedRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     batch: Option<Stamp>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    at: Vec<u32>,
+    seq: Vec<Seq>,
 }
 
 /// [`Kept`], borrowed: the same tags and fields.
@@ -281,13 +354,15 @@ impl From<Kept> for Effect {
     }
 }
 
-/// Kept effects, each with its [`Place`], in the order they were kept: by
-/// the stamp of the write (batches written one ahead of another leave two
-/// stamps), then by place in that write's outbox. Effects with the same
-/// place (records of earlier versions) keep the order given.
-fn in_kept_order(mut kept: Vec<(Place, Effect)>) -> Vec<Effect> {
+/// Kept effects, each with its [`Place`], in the order they were decided
+/// (by seq; those of earlier versions' records first, by the stamp of the
+/// write that kept them, then by place in its outbox), each with its seq.
+/// Effects with the same place keep the order given.
+fn in_kept_order(mut kept: Vec<(Place, Effect)>) -> Vec<Queued> {
     kept.sort_by_key(|(place, _)| *place);
-    kept.into_iter().map(|(_, e)| e).collect()
+    kept.into_iter()
+        .map(|((seq, _, _), effect)| Queued { seq, effect })
+        .collect()
 }
 
 /// Results remembered as handled, so a redelivered one is not handled (and
@@ -466,7 +541,9 @@ struct Ctx {
     /// the saved state of its node until it is. What cannot be carried out
     /// (the bus is down) waits here and is retried on every tick, never
     /// dropped and never decided again.
-    outbox: VecDeque<Effect>,
+    outbox: VecDeque<Queued>,
+    /// The seq the next effect queued takes.
+    next_seq: Seq,
     /// The stamp of the last state write that kept effects.
     stamp: Stamp,
     /// Every effect kept up to this stamp is carried out (the outbox was
@@ -881,12 +958,12 @@ async fn lead(
     // stop: carried out now, but for the audit records already in the
     // trail (commands and alerts are published again; their ids make that
     // safe).
-    kept.retain(|e| match e {
+    kept.retain(|q| match &q.effect {
         Effect::Audit(entry) => !audited.contains(entry),
         _ => true,
     });
-    for e in &kept {
-        if let Effect::Audit(entry) = e {
+    for q in &kept {
+        if let Effect::Audit(entry) = &q.effect {
             if let Ok(v) = serde_json::to_value(entry) {
                 remember(&v, &mut engine);
             }
@@ -936,6 +1013,9 @@ async fn lead(
         counters: counters.clone(),
         max_bytes,
         outbox: VecDeque::new(),
+        // After every seq kept (the effects kept come back with theirs),
+        // in this term.
+        next_seq: first_seq(&kept, term.as_ref().map(|t| t.term)),
         // A new term counts afresh; the same term (or none) goes on
         // after what was written.
         stamp: match term.as_ref().map(|t| t.term) {
@@ -975,7 +1055,7 @@ async fn lead(
             effects = kept.len(),
             "carrying out effects decided but not carried out before the last stop"
         );
-        ctx.queue(kept);
+        ctx.requeue(kept);
     }
     if !unsent.is_empty() {
         tracing::warn!(
@@ -1159,9 +1239,6 @@ impl Ctx {
         }
     }
 
-    /// [`Ctx::persist`], failing if any node's state was not written: the
-    /// changed nodes' states are saved together, each with the effects
-    /// waiting in the outbox that concern it.
     /// Whether this coordinator may still write and publish: false once
     /// its last renewal no longer covers now (it then counts as deposed).
     fn still_leader(&mut self) -> bool {
@@ -1174,6 +1251,9 @@ impl Ctx {
         !self.deposed
     }
 
+    /// [`Ctx::persist`], failing if any node's state was not written: the
+    /// changed nodes' states are saved together, each with the effects
+    /// waiting in the outbox that concern it.
     async fn persist_strict(&mut self, nodes: BTreeSet<NodeName>) -> Result<()> {
         let plan = self.plan_writes(&nodes)?;
         let mut done = Ok(());
@@ -1209,15 +1289,12 @@ impl Ctx {
         let mut written = Vec::new();
         let mut removed = Vec::new();
         // The outbox's effects by node, gathered once: each node's record
-        // keeps its own, in order (a walk of the whole outbox per node
-        // cost O(nodes × effects) per batch), each with its place in the
-        // outbox (saturating: an outbox of 2^32 effects is not kept apart
-        // past that).
-        let mut waiting: HashMap<&NodeName, Vec<(u32, &Effect)>> = HashMap::new();
-        for (at, e) in self.outbox.iter().enumerate() {
-            if let Some(node) = effect_node_ref(e).filter(|n| nodes.contains(*n)) {
-                let at = u32::try_from(at).unwrap_or(u32::MAX);
-                waiting.entry(node).or_default().push((at, e));
+        // keeps its own, in order, each with its seq (a walk of the whole
+        // outbox per node cost O(nodes × effects) per batch).
+        let mut waiting: HashMap<&NodeName, Vec<&Queued>> = HashMap::new();
+        for q in &self.outbox {
+            if let Some(node) = effect_node_ref(&q.effect).filter(|n| nodes.contains(*n)) {
+                waiting.entry(node).or_default().push(q);
             }
         }
         let mut buf = std::mem::take(&mut self.scratch);
@@ -1292,8 +1369,8 @@ impl Ctx {
     }
 
     /// What to write for `node`, whose effects waiting in the outbox are
-    /// `effects` (in order, each with its place in the outbox, kept under
-    /// `stamp`), or that nothing changed:
+    /// `effects` (in order, each with its seq, kept under `stamp`), or
+    /// that nothing changed:
     /// a record with effects is always written; one without, only when the
     /// node's state differs from what was last written (a record whose
     /// effects were carried out is not written again just to drop them:
@@ -1302,14 +1379,14 @@ impl Ctx {
     fn node_state(
         &self,
         node: &NodeName,
-        effects: Vec<(u32, &Effect)>,
+        effects: Vec<&Queued>,
         stamp: Stamp,
         buf: &mut Vec<u8>,
     ) -> Result<NodeWrite> {
         let snap = self.engine.node_snapshot(node);
-        let (at, effects): (Vec<u32>, Vec<KeptRef>) = effects
+        let (seq, effects): (Vec<Seq>, Vec<KeptRef>) = effects
             .into_iter()
-            .map(|(at, e)| (at, KeptRef::from(e)))
+            .map(|q| (q.seq, KeptRef::from(&q.effect)))
             .unzip();
         if snap.is_empty() && effects.is_empty() {
             return Ok(if self.written.contains_key(node) {
@@ -1335,7 +1412,7 @@ impl Ctx {
                 state: &snap,
                 effects,
                 batch: None,
-                at,
+                seq,
             };
             let bytes = encode_snapshot_in(&plain, buf).map_err(encode_err)?;
             let state_digest = digest(&bytes);
@@ -1349,7 +1426,7 @@ impl Ctx {
             state: &snap,
             effects,
             batch: Some(stamp),
-            at,
+            seq,
         };
         let bytes = encode_snapshot_in(&saved, buf).map_err(encode_err)?;
         // The state alone is not encoded again for its digest: the next
@@ -1720,13 +1797,22 @@ impl Ctx {
     }
 
     /// Add decided effects to the outbox, behind anything waiting, so
-    /// order is kept.
+    /// order is kept, each with the next seq.
     fn queue(&mut self, effects: Vec<Effect>) {
         if self.stalled {
             self.counters
                 .add(Counter::EffectsQueued, effects.len() as u64);
         }
-        self.outbox.extend(effects);
+        for effect in effects {
+            let seq = self.next_seq;
+            self.next_seq = seq.next();
+            self.outbox.push_back(Queued { seq, effect });
+        }
+    }
+
+    /// Add effects kept before a restart to the outbox, with their seqs.
+    fn requeue(&mut self, kept: Vec<Queued>) {
+        self.outbox.extend(kept);
     }
 
     /// Carry out the outbox, oldest first: publish its commands and alerts
@@ -1742,7 +1828,8 @@ impl Ctx {
         if !self.still_leader() {
             return false;
         }
-        let blocked = |e: &Effect| effect_node_ref(e).is_some_and(|n| self.unsaved.contains(n));
+        let blocked =
+            |q: &Queued| effect_node_ref(&q.effect).is_some_and(|n| self.unsaved.contains(n));
         if self.outbox.iter().any(blocked) {
             return false;
         }
@@ -1750,14 +1837,14 @@ impl Ctx {
             return false;
         }
         if !self.outbox.is_empty() {
-            let waiting: Vec<Effect> = std::mem::take(&mut self.outbox).into();
+            let waiting: Vec<Queued> = std::mem::take(&mut self.outbox).into();
             let n = waiting.len();
-            let (publish, audits): (Vec<_>, Vec<_>) = waiting
+            let (publish, mut audits): (Vec<_>, Vec<_>) = waiting
                 .into_iter()
-                .partition(|e| !matches!(e, Effect::Audit(_)));
+                .partition(|q| !matches!(q.effect, Effect::Audit(_)));
             // Published back to back, in order; their acks awaited together.
             let publishing = std::time::Instant::now();
-            let sends = publish.iter().map(|e| self.publish(e));
+            let sends = publish.iter().map(|q| self.publish(&q.effect));
             let failed = futures::future::join_all(sends)
                 .await
                 .into_iter()
@@ -1770,28 +1857,21 @@ impl Ctx {
             if let Some(point) = published {
                 failpoint::hit(point);
             }
-            let mut entries: Vec<AuditEntry> = audits
-                .into_iter()
-                .filter_map(|e| match e {
-                    Effect::Audit(entry) => Some(entry),
-                    _ => None,
-                })
-                .collect();
             if self.audits_uncertain {
                 // The last failed append may have been written all the
                 // same: skip what the trail's tail already holds.
-                match self.audit.read_recent(entries.len() as u64 + 16).await {
+                match self.audit.read_recent(audits.len() as u64 + 16).await {
                     Ok(tail) => {
                         let mut written = Written::default();
                         tail.iter().for_each(|r| written.insert(&r["entry"]));
-                        entries.retain(|e| !written.contains(e));
+                        audits.retain(
+                            |q| !matches!(&q.effect, Effect::Audit(e) if written.contains(e)),
+                        );
                     }
-                    Err(e) => {
-                        let rest = entries.into_iter().map(Effect::Audit).collect();
-                        return self.stall(e, rest);
-                    }
+                    Err(e) => return self.stall(e, audits),
                 }
             }
+            let (seqs, entries) = audit_entries(audits);
             let appending = std::time::Instant::now();
             let appended = self.audit.append_many(entries).await;
             self.flushed.audit = appending.elapsed();
@@ -1802,7 +1882,7 @@ impl Ctx {
                 self.counters.inc(Counter::AuditWriteFailed);
                 self.audit_failed(&failed.error).await;
                 tracing::error!(error = %failed.error, waiting = failed.entries.len(), "audit trail cannot be written: no new action is carried out until it can (restoring ones excepted)");
-                let rest = failed.entries.into_iter().map(Effect::Audit).collect();
+                let rest = given_back(&seqs, failed.entries);
                 return self.stall(failed.error, rest);
             }
             self.audits_uncertain = false;
@@ -1982,11 +2062,11 @@ impl Ctx {
     /// rest. True once the trail took them (then the outbox is carried out
     /// as usual).
     async fn write_waiting_audits(&mut self) -> bool {
-        let restoring = |e: &Effect| matches!(e, Effect::Command(_, cmd) if skos_core::catalogue::restores(&cmd.action_type));
+        let restoring = |q: &Queued| matches!(&q.effect, Effect::Command(_, cmd) if skos_core::catalogue::restores(&cmd.action_type));
         let lead = self
             .outbox
             .iter()
-            .take_while(|e| matches!(e, Effect::Audit(_)))
+            .take_while(|q| matches!(q.effect, Effect::Audit(_)))
             .count();
         if lead == 0 {
             // Nothing to prove the trail writable with: what waits is
@@ -1994,26 +2074,20 @@ impl Ctx {
             // tail before they are appended ([`Ctx::flush`]).
             return true;
         }
-        let mut entries: Vec<AuditEntry> = self
-            .outbox
-            .drain(..lead)
-            .filter_map(|e| match e {
-                Effect::Audit(entry) => Some(entry),
-                _ => None,
-            })
-            .collect();
+        let mut records: Vec<Queued> = self.outbox.drain(..lead).collect();
         // The last failed append may have been written all the same.
-        let result = match self.audit.read_recent(entries.len() as u64 + 16).await {
+        let result = match self.audit.read_recent(records.len() as u64 + 16).await {
             Ok(tail) => {
                 let mut written = Written::default();
                 tail.iter().for_each(|r| written.insert(&r["entry"]));
-                entries.retain(|e| !written.contains(e));
+                records.retain(|q| !matches!(&q.effect, Effect::Audit(e) if written.contains(e)));
+                let (seqs, entries) = audit_entries(records);
                 self.audit
                     .append_many(entries)
                     .await
-                    .map_err(|failed| (failed.error, failed.entries))
+                    .map_err(|failed| (failed.error, given_back(&seqs, failed.entries)))
             }
-            Err(e) => Err((e, entries)),
+            Err(e) => Err((e, records)),
         };
         match result {
             Ok(()) => {
@@ -2035,15 +2109,14 @@ impl Ctx {
                     }
                 }
                 self.outbox = later;
-                for eff in &restore {
-                    if let Err(e) = self.publish(eff).await {
+                for q in &restore {
+                    if let Err(e) = self.publish(&q.effect).await {
                         tracing::warn!(error = %e, "restoring command not sent; retrying");
                     }
                 }
                 tracing::debug!(error = %e, waiting = rest.len() + self.outbox.len(), "audit trail still cannot be written");
                 self.counters.inc(Counter::AuditWriteFailed);
                 self.audit_failed(&e).await;
-                let rest: Vec<Effect> = rest.into_iter().map(Effect::Audit).collect();
                 // A restoring command sent now is published again (same id)
                 // with the rest later: stored and executed once.
                 self.stall(e, rest.into_iter().chain(restore).collect())
@@ -2054,14 +2127,14 @@ impl Ctx {
     /// A failed try at carrying out the outbox: `rest` waits for the next
     /// one (a deposed coordinator drops it: the new leader decides again
     /// from the same inputs). Always false.
-    fn stall(&mut self, e: skos_bus::Error, rest: Vec<Effect>) -> bool {
+    fn stall(&mut self, e: skos_bus::Error, rest: Vec<Queued>) -> bool {
         self.stall_at(e, rest, false)
     }
 
     /// [`Ctx::stall`], `rest` waiting in front of what waits (decided
     /// later), or `behind` it (what waits there is a batch before `rest`'s
     /// that failed first).
-    fn stall_at(&mut self, e: skos_bus::Error, rest: Vec<Effect>, behind: bool) -> bool {
+    fn stall_at(&mut self, e: skos_bus::Error, rest: Vec<Queued>, behind: bool) -> bool {
         if matches!(e, skos_bus::Error::Deposed { .. }) {
             self.deposed = true;
         }
@@ -2082,7 +2155,7 @@ impl Ctx {
     /// Put `effects`, not carried out, back in the outbox: in front of what
     /// waits there (decided later), or `behind` it (what waits there is a
     /// batch before theirs that failed first).
-    fn give_back(&mut self, effects: Vec<Effect>, behind: bool) {
+    fn give_back(&mut self, effects: Vec<Queued>, behind: bool) {
         if behind {
             self.outbox.extend(effects);
         } else {
@@ -2095,6 +2168,18 @@ impl Ctx {
     async fn publish(&self, e: &Effect) -> skos_bus::Result<()> {
         publish_effect(&self.bus, self.signer.as_deref(), e).await
     }
+}
+
+/// The audit entries of `records` (queued audit records; anything else is
+/// left out), with their seqs, in order.
+fn audit_entries(records: Vec<Queued>) -> (Vec<Seq>, Vec<AuditEntry>) {
+    records
+        .into_iter()
+        .filter_map(|q| match q.effect {
+            Effect::Audit(entry) => Some((q.seq, entry)),
+            _ => None,
+        })
+        .unzip()
 }
 
 /// Publish one command or alert on `bus`, signed by `signer` where
@@ -2420,13 +2505,16 @@ mod tests {
             state: engine.node_snapshot(&node),
             effects: effects.iter().map(Kept::from).collect(),
             batch: Some(Stamp(3, 9)),
-            at: vec![4, 7],
+            seq: vec![Seq(3, 40), Seq(3, 12)],
+            at: Vec::new(),
         };
-        let back: Saved = decode_snapshot(&encode_snapshot(&saved).unwrap()).unwrap();
+        let bytes = encode_snapshot(&saved).unwrap();
+        let back: Saved = decode_snapshot(&bytes).unwrap();
         assert_eq!(back.batch, Some(Stamp(3, 9)));
         let (_, kept) = back.split();
         let places: Vec<Place> = kept.iter().map(|(p, _)| *p).collect();
-        assert_eq!(places, [(Stamp(3, 9), 4), (Stamp(3, 9), 7)]);
+        let none = Stamp::default();
+        assert_eq!(places, [(Seq(3, 40), none, 0), (Seq(3, 12), none, 0)]);
         let kept: Vec<Effect> = kept.into_iter().map(|(_, e)| e).collect();
         assert_eq!(kept, effects);
         // As written (borrowed from the outbox): the same bytes.
@@ -2435,12 +2523,21 @@ mod tests {
             state: &snap,
             effects: effects.iter().map(KeptRef::from).collect(),
             batch: Some(Stamp(3, 9)),
-            at: vec![4, 7],
+            seq: vec![Seq(3, 40), Seq(3, 12)],
         };
-        assert_eq!(
-            encode_snapshot(&written).unwrap(),
-            encode_snapshot(&saved).unwrap()
-        );
+        assert_eq!(encode_snapshot(&written).unwrap(), bytes);
+        // As the version before seqs wrote it: places in its write's
+        // outbox, read as seq 0 of that write.
+        let mut earlier: Value = serde_json::from_slice(&bytes).unwrap();
+        let fields = earlier.as_object_mut().unwrap();
+        fields.remove("seq");
+        fields.insert("at".into(), json!([4, 7]));
+        let (_, kept) = decode_snapshot::<Saved>(&serde_json::to_vec(&earlier).unwrap())
+            .unwrap()
+            .split();
+        let places: Vec<Place> = kept.iter().map(|(p, _)| *p).collect();
+        let zero = Seq::default();
+        assert_eq!(places, [(zero, Stamp(3, 9), 4), (zero, Stamp(3, 9), 7)]);
         let command = Command {
             action_id: "nova:x:throttle_50:1:d".into(),
             action_type: "throttle_50".into(),
@@ -2458,13 +2555,14 @@ mod tests {
             state: engine.node_snapshot(&node),
             effects: effects.iter().map(Kept::from).collect(),
             batch: None,
+            seq: Vec::new(),
             at: Vec::new(),
         };
         let borrowed = SavedRef {
             state: &snap,
             effects: effects.iter().map(KeptRef::from).collect(),
             batch: None,
-            at: Vec::new(),
+            seq: Vec::new(),
         };
         let bytes = encode_snapshot(&owned).unwrap();
         assert_eq!(encode_snapshot(&borrowed).unwrap(), bytes);
@@ -2473,7 +2571,7 @@ mod tests {
         let (_, kept) = decode_snapshot::<Saved>(&bytes).unwrap().split();
         assert!(matches!(
             kept.as_slice(),
-            [((Stamp(0, 0), 0), Effect::Command(..))]
+            [((Seq(0, 0), Stamp(0, 0), 0), Effect::Command(..))]
         ));
         // Written before effects were kept, or with none: a plain snapshot.
         let plain = encode_snapshot(&engine.node_snapshot(&node)).unwrap();
@@ -2486,35 +2584,88 @@ mod tests {
             state: engine.node_snapshot(&node),
             effects: Vec::new(),
             batch: None,
+            seq: Vec::new(),
             at: Vec::new(),
         };
         assert_eq!(encode_snapshot(&none).unwrap(), plain);
     }
 
-    /// Records read back in key order hold the effects of two writes (a
-    /// batch's states written ahead of the one before it was carried out):
-    /// they are carried out in the order kept, the earlier write's first,
-    /// each write's by place in its outbox, records without places (an
-    /// earlier version's) in the order read.
+    /// Records read back in key order hold effects kept by several
+    /// writes: they are carried out in the order decided, by seq (across
+    /// terms), whatever write kept them; those of an earlier version's
+    /// records (seq 0) first, the earlier write's first, each write's by
+    /// place in its outbox, records without places in the order read.
+    /// Each comes back with its seq.
     #[test]
     fn kept_effects_are_carried_out_in_the_order_kept() {
         let entry = |node: &str| Effect::Audit(joined(&NodeName::parse(node).unwrap()));
+        let (zero, none) = (Seq::default(), Stamp::default());
         let kept = in_kept_order(vec![
-            ((Stamp(2, 8), 1), entry("a")),
-            ((Stamp(2, 7), 0), entry("b")),
-            ((Stamp(2, 7), 1), entry("b2")),
-            ((Stamp(2, 8), 0), entry("c")),
-            ((Stamp(1, 9), 0), entry("d")),
-            ((Stamp(1, 9), 0), entry("e")),
+            ((Seq(1, 5), none, 0), entry("f")),
+            ((zero, Stamp(2, 8), 1), entry("a")),
+            ((zero, Stamp(2, 7), 0), entry("b")),
+            ((Seq(2, 1), none, 0), entry("h")),
+            ((zero, Stamp(2, 7), 1), entry("b2")),
+            ((Seq(1, 3), none, 0), entry("g")),
+            ((zero, Stamp(2, 8), 0), entry("c")),
+            ((zero, Stamp(1, 9), 0), entry("d")),
+            ((zero, Stamp(1, 9), 0), entry("e")),
         ]);
         let order: Vec<String> = kept
             .iter()
-            .filter_map(|e| match e {
+            .filter_map(|q| match &q.effect {
                 Effect::Audit(a) => a.node.as_ref().map(|n| n.to_string()),
                 _ => None,
             })
             .collect();
-        assert_eq!(order, ["d", "e", "b", "b2", "c", "a"]);
+        assert_eq!(order, ["d", "e", "b", "b2", "c", "a", "g", "f", "h"]);
+        let seqs: Vec<Seq> = kept.iter().map(|q| q.seq).collect();
+        assert_eq!(seqs[6..], [Seq(1, 3), Seq(1, 5), Seq(2, 1)]);
+    }
+
+    /// After a restart, effects queued come after every effect kept: in
+    /// a new term from 1, in the same term (or without an election) after
+    /// the last seq kept.
+    #[test]
+    fn effects_queued_after_a_restart_come_after_those_kept() {
+        let kept = |seqs: &[Seq]| -> Vec<Queued> {
+            seqs.iter()
+                .map(|&seq| Queued {
+                    seq,
+                    effect: Effect::Audit(joined(&NodeName::parse("nova").unwrap())),
+                })
+                .collect()
+        };
+        assert_eq!(first_seq(&[], None), Seq(0, 1));
+        assert_eq!(first_seq(&[], Some(4)), Seq(4, 1));
+        let some = kept(&[Seq(3, 7), Seq(3, 9), Seq(2, 40), Seq::default()]);
+        assert_eq!(first_seq(&some, Some(4)), Seq(4, 1));
+        assert_eq!(first_seq(&some, Some(3)), Seq(3, 10));
+        assert_eq!(first_seq(&some, None), Seq(3, 10));
+        assert_eq!(first_seq(&kept(&[Seq::default()]), None), Seq(0, 1));
+        assert_eq!(first_seq(&kept(&[Seq(0, 5)]), None), Seq(0, 6));
+    }
+
+    /// An append gives back the records it does not know stored, the last
+    /// ones sent: each takes back the seq it was queued under.
+    #[test]
+    fn records_given_back_by_an_append_keep_their_seqs() {
+        let entry = |node: &str| joined(&NodeName::parse(node).unwrap());
+        let sent = [Seq(1, 4), Seq(1, 6), Seq(1, 9)];
+        let back = given_back(&sent, vec![entry("b"), entry("c")]);
+        let seqs: Vec<Seq> = back.iter().map(|q| q.seq).collect();
+        assert_eq!(seqs, [Seq(1, 6), Seq(1, 9)]);
+        assert!(
+            matches!(&back[0].effect, Effect::Audit(e) if e.node.as_ref().is_some_and(|n| n.as_str() == "b"))
+        );
+        assert!(given_back(&sent, Vec::new()).is_empty());
+        // More than were sent (not done by the trail): the extra ones go
+        // first, under the first seq.
+        let seqs: Vec<Seq> = given_back(&sent[..1], vec![entry("a"), entry("b")])
+            .iter()
+            .map(|q| q.seq)
+            .collect();
+        assert_eq!(seqs, [Seq(1, 4), Seq(1, 4)]);
     }
 
     #[test]

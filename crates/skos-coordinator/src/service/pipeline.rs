@@ -150,7 +150,7 @@ struct Decided {
     save: Vec<(String, Bytes)>,
     remove: Vec<String>,
     /// Its effects, in the order decided.
-    effects: Vec<Effect>,
+    effects: Vec<Queued>,
     acks: Vec<Incoming>,
 }
 
@@ -230,23 +230,23 @@ impl Word {
 /// The step of [`carry`] that failed, with the effects not carried out.
 enum Failed {
     /// A state write: nothing of the batch was published.
-    State(skos_bus::Error, Vec<Effect>),
+    State(skos_bus::Error, Vec<Queued>),
     /// A publish: the batch's effects and audit records wait (published
     /// again with the same ids).
-    Publish(skos_bus::Error, Vec<Effect>),
+    Publish(skos_bus::Error, Vec<Queued>),
     /// An audit append: what is not known to be stored waits.
-    Audit(AppendFailed),
+    Audit(skos_bus::Error, Vec<Queued>),
     /// The lease ran out before the state write or before the publish
     /// (while the batch before was carried out): nothing more of the batch
     /// is carried out by this coordinator; its effects are kept by the
     /// saved state where it was written, for the next leader.
-    Deposed(Vec<Effect>),
+    Deposed(Vec<Queued>),
     /// Its state was written ahead, and the batch before it was not
     /// published: nothing of it was published.
-    Held(Vec<Effect>),
+    Held(Vec<Queued>),
     /// Its effects were published ahead, and the batch before it was not
     /// audited: its audit records wait behind that batch's.
-    Unaudited(Vec<Effect>),
+    Unaudited(Vec<Queued>),
 }
 
 /// How carrying out one batch went.
@@ -339,11 +339,11 @@ async fn carry(c: Carrier, batch: Decided, before: Option<Before>, tell: Option<
     }
     let (publish, audits): (Vec<_>, Vec<_>) = effects
         .into_iter()
-        .partition(|e| !matches!(e, Effect::Audit(_)));
+        .partition(|q| !matches!(q.effect, Effect::Audit(_)));
     let at = Instant::now();
     let sends = publish
         .iter()
-        .map(|e| publish_effect(&c.bus, c.signer.as_deref(), e));
+        .map(|q| publish_effect(&c.bus, c.signer.as_deref(), &q.effect));
     let failed = futures::future::join_all(sends)
         .await
         .into_iter()
@@ -369,18 +369,13 @@ async fn carry(c: Carrier, batch: Decided, before: Option<Before>, tell: Option<
         let _ = t.published.send(true);
         t.audited
     });
-    let entries = audits
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::Audit(entry) => Some(entry),
-            _ => None,
-        })
-        .collect();
+    let (seqs, entries) = audit_entries(audits);
     let at = Instant::now();
     let appended = c.audit.append_many(entries).await;
     took[2] = at.elapsed();
-    if let Err(failed) = appended {
-        return done(took, Some(Failed::Audit(failed)), published_ahead);
+    if let Err(AppendFailed { error, entries }) = appended {
+        let rest = given_back(&seqs, entries);
+        return done(took, Some(Failed::Audit(error, rest)), published_ahead);
     }
     failpoint::hit(audited);
     if let Some(tell) = tell_audited {
@@ -633,13 +628,12 @@ impl Ctx {
             Failed::Publish(e, rest) => {
                 self.stall_at(e, rest, c.behind);
             }
-            Failed::Audit(failed) => {
+            Failed::Audit(error, rest) => {
                 self.audits_uncertain = true;
                 self.counters.inc(Counter::AuditWriteFailed);
-                self.audit_failed(&failed.error).await;
-                tracing::error!(error = %failed.error, waiting = failed.entries.len(), "audit trail cannot be written: no new action is carried out until it can (restoring ones excepted)");
-                let rest = failed.entries.into_iter().map(Effect::Audit).collect();
-                self.stall_at(failed.error, rest, c.behind);
+                self.audit_failed(&error).await;
+                tracing::error!(error = %error, waiting = rest.len(), "audit trail cannot be written: no new action is carried out until it can (restoring ones excepted)");
+                self.stall_at(error, rest, c.behind);
             }
             Failed::Held(effects) => {
                 // Behind the failed batch's effects, which went first.
@@ -701,6 +695,19 @@ mod tests {
     use super::*;
     use skos_bus::InProcBus;
 
+    /// `effect`, queued (its seq does not matter where it is used).
+    fn q(effect: Effect) -> Queued {
+        Queued {
+            seq: Seq::default(),
+            effect,
+        }
+    }
+
+    /// The effects of `queued`, in order.
+    fn effects_of<'a>(queued: impl IntoIterator<Item = &'a Queued>) -> Vec<&'a Effect> {
+        queued.into_iter().map(|q| &q.effect).collect()
+    }
+
     fn throttle(node: &NodeName) -> Effect {
         let cmd: Command = serde_json::from_value(json!({
             "action_id": "a-1",
@@ -751,7 +758,7 @@ mod tests {
             touched: BTreeSet::from([node.clone()]),
             save: vec![(key.clone(), Bytes::from_static(b"{}"))],
             remove: Vec::new(),
-            effects: vec![throttle(&node)],
+            effects: vec![q(throttle(&node))],
             acks: Vec::new(),
         };
         let carried = carry(carrier.clone(), batch, None, None).await;
@@ -759,7 +766,7 @@ mod tests {
             panic!("carried out past the lease");
         };
         assert!(
-            matches!(kept.as_slice(), [Effect::Command(n, c)] if *n == node && c.action_id == "a-1")
+            matches!(effects_of(&kept).as_slice(), [Effect::Command(n, c)] if *n == node && c.action_id == "a-1")
         );
         use futures::FutureExt;
         assert!(
@@ -814,14 +821,14 @@ mod tests {
             remove: Vec::new(),
             effects: vec![
                 // Its own action id: the bus keeps one message per id.
-                match throttle(&node) {
+                q(match throttle(&node) {
                     Effect::Command(n, mut cmd) => {
                         cmd.action_id = format!("a-{stamp}");
                         Effect::Command(n, cmd)
                     }
                     other => other,
-                },
-                entry("its own"),
+                }),
+                q(entry("its own")),
             ],
             acks: Vec::new(),
         };
@@ -864,10 +871,10 @@ mod tests {
         );
         assert!(trail().is_empty(), "{}", trail());
         // What the failed batch before put back goes first.
-        c.outbox.push_back(entry("the failed batch's"));
+        c.outbox.push_back(q(entry("the failed batch's")));
         assert!(!c.settle(carried).await);
         assert!(matches!(
-            c.outbox.iter().collect::<Vec<_>>().as_slice(),
+            effects_of(&c.outbox).as_slice(),
             [Effect::Audit(first), Effect::Command(n, cmd), Effect::Audit(own)]
                 if first.summary == "the failed batch's" && *n == node
                     && cmd.action_id == "a-1" && own.summary == "its own"
@@ -894,13 +901,15 @@ mod tests {
         let Some(Failed::Unaudited(waiting)) = &unaudited.failed else {
             panic!("not left unaudited: {:?}", unaudited.failed.is_some());
         };
-        assert!(matches!(waiting.as_slice(), [Effect::Audit(e)] if e.summary == "its own"));
+        assert!(
+            matches!(effects_of(waiting).as_slice(), [Effect::Audit(e)] if e.summary == "its own")
+        );
         assert!(trail().is_empty(), "{}", trail());
-        c.outbox.push_back(entry("the failed batch's"));
+        c.outbox.push_back(q(entry("the failed batch's")));
         unaudited.behind = true;
         assert!(!c.settle(unaudited).await);
         assert!(matches!(
-            c.outbox.iter().collect::<Vec<_>>().as_slice(),
+            effects_of(&c.outbox).as_slice(),
             [Effect::Audit(first), Effect::Audit(own)]
                 if first.summary == "the failed batch's" && own.summary == "its own"
         ));
@@ -956,7 +965,7 @@ mod tests {
     fn audited_nodes(c: &Ctx) -> Vec<String> {
         c.outbox
             .iter()
-            .filter_map(|e| match e {
+            .filter_map(|q| match &q.effect {
                 Effect::Audit(entry) => entry.node.as_ref().map(|n| n.to_string()),
                 _ => None,
             })
@@ -1084,12 +1093,185 @@ mod tests {
             .collect();
         let order: Vec<String> = in_kept_order(kept)
             .into_iter()
-            .map(|e| match e {
+            .map(|q| match q.effect {
                 Effect::Audit(entry) => entry.summary,
                 _ => panic!("not an audit entry"),
             })
             .collect();
         assert_eq!(order, ["first", "second", "third", "fourth"]);
+    }
+
+    /// Effects of two nodes wait (the bus is down), b's decided first;
+    /// then b alone is written again (a heartbeat changed it). Its record
+    /// now comes from a later write than a's, and still a restart, reading
+    /// the records back, carries out b's effect first, then a's, then the
+    /// one decided with b's new write. Before, effects were ordered by the
+    /// write that kept them, then by place in its outbox: a's came back
+    /// first.
+    #[tokio::test]
+    async fn a_node_written_again_while_effects_wait_keeps_the_order_decided() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut c, _) = in_proc(dir.path());
+        let [a, b] = nodes(["a", "b"]);
+        let record = |node: &NodeName, what: &str| Effect::Audit(entry_about(node, what));
+        c.queue(vec![record(&b, "first"), record(&a, "second")]);
+        c.persist_strict(BTreeSet::from([a.clone(), b.clone()]))
+            .await
+            .expect("both written");
+        c.queue(vec![record(&b, "third")]);
+        c.persist_strict(BTreeSet::from([b.clone()]))
+            .await
+            .expect("b written again");
+        // As a restart reads them back.
+        let mut kept = Vec::new();
+        for (key, bytes) in c.state.load_prefix(NODE_KEY_PREFIX).await.expect("read") {
+            let saved: Saved = decode_snapshot(&bytes).expect("a record");
+            assert!(saved.batch.is_some(), "{key} keeps no effects");
+            kept.extend(saved.split().1);
+        }
+        let order: Vec<String> = in_kept_order(kept)
+            .into_iter()
+            .map(|q| match q.effect {
+                Effect::Audit(entry) => entry.summary,
+                _ => panic!("not an audit entry"),
+            })
+            .collect();
+        assert_eq!(order, ["first", "second", "third"]);
+    }
+
+    /// A batch is acknowledged only once its audit records are appended:
+    /// with the trail's disk full, its messages are not acknowledged (they
+    /// come again); with room, they are, after the records.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_acknowledged_only_once_its_records_are_appended() {
+        use skos_testsupport::tmpfs::Tmpfs;
+        let full = skos_testsupport::require!("a tmpfs mount", Tmpfs::mount("64k", None));
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let node = NodeName::parse("n1").expect("a node name");
+        let carrier = |audit: AuditLog| Carrier {
+            bus: Bus::InProc(InProcBus::new()),
+            state: StateStore::dir(dir.path()),
+            audit: Arc::new(audit),
+            signer: None,
+            valid_until: None,
+        };
+        let batch = |what: &str| {
+            let (m, acked) = Incoming::told_when_acked(
+                skos_bus::subjects::alert(&node),
+                Bytes::from_static(b"{}"),
+            );
+            let d = Decided {
+                feed: Durable::Alert,
+                started: Instant::now(),
+                decided: Instant::now(),
+                stamp: Stamp(1, 1),
+                touched: BTreeSet::from([node.clone()]),
+                save: vec![(node_key(&node), Bytes::from_static(b"{}"))],
+                remove: Vec::new(),
+                effects: vec![
+                    q(throttle(&node)),
+                    q(Effect::Audit(entry_about(&node, what))),
+                ],
+                acks: vec![m],
+            };
+            (d, acked)
+        };
+
+        let trail = dir.path().join("audit.jsonl");
+        let writable = carrier(AuditLog::open_file(&trail).expect("an audit trail"));
+        let (d, acked) = batch("appended");
+        let carried = carry(writable, d, None, None).await;
+        assert!(carried.failed.is_none());
+        assert_eq!(acked.await, Ok(()), "not acknowledged");
+        let written = std::fs::read_to_string(&trail).expect("the trail");
+        assert!(written.contains("appended"), "{written}");
+
+        // In a private directory, as the trail's directory must be.
+        let private = full.path().join("trail");
+        std::fs::create_dir(&private).expect("a directory");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))
+            .expect("made private");
+        let trail = private.join("audit.jsonl");
+        let on_full = carrier(AuditLog::open_file(&trail).expect("an audit trail"));
+        fill_up(full.path());
+        let (d, acked) = batch("not appended");
+        let carried = carry(on_full, d, None, None).await;
+        assert!(
+            matches!(&carried.failed, Some(Failed::Audit(_, rest)) if rest.len() == 1),
+            "the append did not fail"
+        );
+        assert!(
+            acked.await.is_err(),
+            "acknowledged though its audit records were not appended"
+        );
+    }
+
+    /// Fill the filesystem at `dir` until a write fails for want of room.
+    fn fill_up(dir: &std::path::Path) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(dir.join("filler")).expect("a filler file");
+        let chunk = [0x5a_u8; 4096];
+        while f.write_all(&chunk).and_then(|()| f.flush()).is_ok() {}
+    }
+
+    /// B1 (n1 and n2) fails to write n2's state; B2, taken while B1 is
+    /// carried out, touches n1 too. B2 is not carried out: its effects
+    /// wait behind B1's, nothing of it reaches the trail, and n1's record
+    /// still keeps B1's effects. Taking B2 ahead (its state written while
+    /// B1 is carried out), or carrying it out once B1 failed, would
+    /// replace that record with one keeping only B2's effects, and the
+    /// second would append B2's records before B1's.
+    #[tokio::test]
+    async fn a_batch_touching_a_node_of_a_batch_that_failed_is_not_carried_out() {
+        // One thread: B2 is taken before B1 is carried out at all.
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut c, audit_path) = in_proc(dir.path());
+        let [n1, n2] = nodes(["n1", "n2"]);
+        // n2's record cannot be written: a directory with a file in it
+        // stands in its place.
+        let blocked = dir.path().join(format!("{}.state.json", node_key(&n2)));
+        std::fs::create_dir(&blocked).expect("a directory");
+        std::fs::write(blocked.join("x"), b"").expect("a file in it");
+        let mut more = futures::stream::iter(vec![vec![alert_from(&n1, 2)]]);
+        c.batches_for(
+            Duration::from_secs(60),
+            Durable::Alert,
+            vec![alert_from(&n1, 1), alert_from(&n2, 1)],
+            &mut more,
+        )
+        .await;
+        let trail = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        assert!(!trail.contains("a-n1-"), "{trail}");
+        // What waits: B1's alert records, then B2's.
+        let mut alerts: Vec<String> = c
+            .outbox
+            .iter()
+            .filter_map(|q| match &q.effect {
+                Effect::Audit(e) => e.data["alert_id"].as_str().map(String::from),
+                _ => None,
+            })
+            .collect();
+        alerts.dedup();
+        assert_eq!(alerts, ["a-n1-1", "a-n2-1", "a-n1-2"]);
+        assert!(c.unsaved.contains(&n1) && c.unsaved.contains(&n2));
+        let record = c
+            .state
+            .load(&node_key(&n1))
+            .await
+            .expect("readable")
+            .expect("n1's record, written by B1");
+        let saved: Saved = decode_snapshot(&record).expect("a record");
+        let mut kept: Vec<String> = saved
+            .effects
+            .into_iter()
+            .filter_map(|k| match Effect::from(k) {
+                Effect::Audit(e) => e.data["alert_id"].as_str().map(String::from),
+                _ => None,
+            })
+            .collect();
+        kept.dedup();
+        assert_eq!(kept, ["a-n1-1"], "n1's record lost B1's effects");
     }
 
     /// An audit entry about `node` that says `what`.
@@ -1141,7 +1323,7 @@ mod tests {
     fn waiting(c: &Ctx) -> Vec<String> {
         c.outbox
             .iter()
-            .map(|e| match e {
+            .map(|q| match &q.effect {
                 Effect::Audit(a) => a.summary.clone(),
                 Effect::Command(n, _) => format!("command to {n}"),
                 Effect::Alert(_) => "alert".into(),
@@ -1157,17 +1339,17 @@ mod tests {
         let b1 = failed_batch(
             1,
             &n1,
-            Failed::Audit(AppendFailed {
-                error: bus_down(),
-                entries: vec![b1_record],
-            }),
+            Failed::Audit(bus_down(), vec![q(Effect::Audit(b1_record))]),
         );
         let b2 = failed_batch(
             2,
             n2,
             Failed::Publish(
                 bus_down(),
-                vec![throttle(n2), Effect::Audit(entry_about(n2, "b2's record"))],
+                vec![
+                    q(throttle(n2)),
+                    q(Effect::Audit(entry_about(n2, "b2's record"))),
+                ],
             ),
         );
         assert!(!c.settle_joined(Ok(b1)).await);
@@ -1233,8 +1415,8 @@ mod tests {
             .await
             .expect("the record stored");
         c.audits_uncertain = true;
-        c.outbox.push_back(throttle(&node));
-        c.outbox.push_back(Effect::Audit(stored));
+        c.outbox.push_back(q(throttle(&node)));
+        c.outbox.push_back(q(Effect::Audit(stored)));
         assert!(c.flush(None).await);
         let trail = std::fs::read_to_string(&audit_path).expect("the trail");
         assert_eq!(
@@ -1255,16 +1437,16 @@ mod tests {
         let [n1, n2, n3] = nodes(["n1", "n2", "n3"]);
         let (mut c, _) = in_proc(dir.path());
         c.outbox
-            .push_back(Effect::Audit(entry_about(&n3, "the unplanned batch's")));
+            .push_back(q(Effect::Audit(entry_about(&n3, "the unplanned batch's"))));
         let b1 = failed_batch(
             1,
             &n1,
-            Failed::State(bus_down(), vec![Effect::Audit(entry_about(&n1, "b1's"))]),
+            Failed::State(bus_down(), vec![q(Effect::Audit(entry_about(&n1, "b1's")))]),
         );
         let b2 = failed_batch(
             2,
             &n2,
-            Failed::Held(vec![Effect::Audit(entry_about(&n2, "b2's"))]),
+            Failed::Held(vec![q(Effect::Audit(entry_about(&n2, "b2's")))]),
         );
         let mut flight = VecDeque::from([in_flight(b1, &n1), in_flight(b2, &n2)]);
         c.settle_before_unplanned(&mut flight).await;
@@ -1296,7 +1478,7 @@ mod tests {
             touched: BTreeSet::from([node.clone()]),
             save: vec![(node_key(&node), Bytes::from_static(b"{}"))],
             remove: Vec::new(),
-            effects: vec![throttle(&node)],
+            effects: vec![q(throttle(&node))],
             acks: Vec::new(),
         };
         let (before, waits) = chain();
@@ -1365,6 +1547,7 @@ mod tests {
             counters: Counters::default(),
             max_bytes: 1 << 20,
             outbox: VecDeque::new(),
+            next_seq: Seq(0, 1),
             stamp: Stamp::default(),
             carried: Stamp::default(),
             carried_written: Stamp::default(),
