@@ -35,6 +35,7 @@ pub mod embedded;
 pub mod error;
 pub mod failover;
 pub mod fairness;
+pub mod fanout;
 pub mod footprint;
 pub mod hotcpu;
 pub mod ingest;
