@@ -720,6 +720,22 @@ mod tests {
         Effect::Command(node.clone(), cmd)
     }
 
+    /// An alert batch about `node` alone, decided now: its record written
+    /// as an empty state, then `effects`, then `acks`.
+    fn one_node_batch(node: &NodeName, effects: Vec<Queued>, acks: Vec<Incoming>) -> Decided {
+        Decided {
+            feed: Durable::Alert,
+            started: Instant::now(),
+            decided: Instant::now(),
+            stamp: Stamp(1, 1),
+            touched: BTreeSet::from([node.clone()]),
+            save: vec![(node_key(node), Bytes::from_static(b"{}"))],
+            remove: Vec::new(),
+            effects,
+            acks,
+        }
+    }
+
     /// An in-process bus, and a subscription to `node`'s commands on it.
     async fn watching(node: &NodeName) -> (Bus, skos_bus::Subscription) {
         let bus = Bus::InProc(InProcBus::new());
@@ -748,19 +764,8 @@ mod tests {
             signer: None,
             valid_until: Some(Instant::now()),
         };
-        let at = Instant::now();
         let key = node_key(&node);
-        let batch = Decided {
-            feed: Durable::Alert,
-            started: at,
-            decided: at,
-            stamp: Stamp(1, 1),
-            touched: BTreeSet::from([node.clone()]),
-            save: vec![(key.clone(), Bytes::from_static(b"{}"))],
-            remove: Vec::new(),
-            effects: vec![q(throttle(&node))],
-            acks: Vec::new(),
-        };
+        let batch = one_node_batch(&node, vec![q(throttle(&node))], Vec::new());
         let carried = carry(carrier.clone(), batch, None, None).await;
         let Some(Failed::Deposed(kept)) = carried.failed else {
             panic!("carried out past the lease");
@@ -1091,14 +1096,18 @@ mod tests {
                 saved.split().1
             })
             .collect();
-        let order: Vec<String> = in_kept_order(kept)
-            .into_iter()
+        let order = summaries(in_kept_order(kept));
+        assert_eq!(order, ["first", "second", "third", "fourth"]);
+    }
+
+    /// What the audit records of `kept` say, in order.
+    fn summaries(kept: Vec<Queued>) -> Vec<String> {
+        kept.into_iter()
             .map(|q| match q.effect {
                 Effect::Audit(entry) => entry.summary,
                 _ => panic!("not an audit entry"),
             })
-            .collect();
-        assert_eq!(order, ["first", "second", "third", "fourth"]);
+            .collect()
     }
 
     /// Effects of two nodes wait (the bus is down), b's decided first;
@@ -1129,13 +1138,7 @@ mod tests {
             assert!(saved.batch.is_some(), "{key} keeps no effects");
             kept.extend(saved.split().1);
         }
-        let order: Vec<String> = in_kept_order(kept)
-            .into_iter()
-            .map(|q| match q.effect {
-                Effect::Audit(entry) => entry.summary,
-                _ => panic!("not an audit entry"),
-            })
-            .collect();
+        let order = summaries(in_kept_order(kept));
         assert_eq!(order, ["first", "second", "third"]);
     }
 
@@ -1160,21 +1163,11 @@ mod tests {
                 skos_bus::subjects::alert(&node),
                 Bytes::from_static(b"{}"),
             );
-            let d = Decided {
-                feed: Durable::Alert,
-                started: Instant::now(),
-                decided: Instant::now(),
-                stamp: Stamp(1, 1),
-                touched: BTreeSet::from([node.clone()]),
-                save: vec![(node_key(&node), Bytes::from_static(b"{}"))],
-                remove: Vec::new(),
-                effects: vec![
-                    q(throttle(&node)),
-                    q(Effect::Audit(entry_about(&node, what))),
-                ],
-                acks: vec![m],
-            };
-            (d, acked)
+            let effects = vec![
+                q(throttle(&node)),
+                q(Effect::Audit(entry_about(&node, what))),
+            ];
+            (one_node_batch(&node, effects, vec![m]), acked)
         };
 
         let trail = dir.path().join("audit.jsonl");
@@ -1470,17 +1463,7 @@ mod tests {
             signer: None,
             valid_until: Some(Instant::now() + Duration::from_millis(300)),
         };
-        let batch = Decided {
-            feed: Durable::Alert,
-            started: Instant::now(),
-            decided: Instant::now(),
-            stamp: Stamp(1, 1),
-            touched: BTreeSet::from([node.clone()]),
-            save: vec![(node_key(&node), Bytes::from_static(b"{}"))],
-            remove: Vec::new(),
-            effects: vec![q(throttle(&node))],
-            acks: Vec::new(),
-        };
+        let batch = one_node_batch(&node, vec![q(throttle(&node))], Vec::new());
         let (before, waits) = chain();
         let task = tokio::spawn(carry(carrier, batch, Some(waits), None));
         // Past the lease, whatever the machine's load: the deadline is an
