@@ -121,21 +121,22 @@ const CARRIED_KEY: &str = "carried";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct Stamp(u64, u64);
 
-/// Where an effect stands among all those decided: the term it was queued
-/// in (0 without an election) and a count of effects queued in that term,
-/// from 1. Kept with the effect in its node's record ([`Saved::seq`]), so
-/// that a restart carries out the effects kept by different writes in the
-/// order they were decided, however often each node was written since.
-/// `Seq(0, 0)` is an effect read from a record of an earlier version,
-/// which came before any effect this version decided.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-struct Seq(u64, u64);
-
-impl Seq {
-    /// The one after it.
-    fn next(self) -> Seq {
-        Seq(self.0, self.1.saturating_add(1))
-    }
+/// Where an effect stands among all those decided, kept with it in its
+/// node's record ([`Saved::seq`]) and through every failure and restart,
+/// so that a restart carries out the effects kept by different writes in
+/// the order they were decided, however often each node was written
+/// since. Ordered: every `Placed` before every `Counted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Seq {
+    /// Kept by a version before seqs: the stamp of the write that kept it
+    /// and its place in that write's outbox (0 where that version kept no
+    /// places). Written again as it is when its node is, so it keeps its
+    /// place among the others of those versions. `[[term, write], place]`.
+    Placed(Stamp, u32),
+    /// Queued by this version: the term (0 without an election) and a
+    /// count of effects queued in that term, from 1. `[term, count]`.
+    Counted(u64, u64),
 }
 
 /// An effect decided and not yet carried out, with its [`Seq`].
@@ -145,16 +146,31 @@ struct Queued {
     effect: Effect,
 }
 
-/// The seq of the first effect a coordinator leading in `term` (`None`:
-/// no election) queues, after restoring `kept`: a new term counts from 1;
-/// the same term (a restart without an election), or none, goes on after
-/// every seq kept, which the kept effects keep.
-fn first_seq(kept: &[Queued], term: Option<u64>) -> Seq {
-    let last = kept.iter().map(|q| q.seq).max().unwrap_or_default();
+/// The `(term, count)` of the first effect a coordinator leading in `term`
+/// (`None`: no election) queues, when `last` is the highest
+/// [`Seq::Counted`] of every record read at start (those whose effects
+/// the `carried` marker covers included): a new term counts from 1; the
+/// same term (a restart without an election), or none, goes on after it.
+fn first_seq(last: Option<(u64, u64)>, term: Option<u64>) -> (u64, u64) {
+    let (t, n) = last.unwrap_or_default();
     match term {
-        Some(t) if t > last.0 => Seq(t, 1),
-        _ => Seq(last.0, last.1.saturating_add(1)),
+        Some(term) if term > t => (term, 1),
+        _ => (t, n.saturating_add(1)),
     }
+}
+
+/// The highest [`Seq::Counted`] among `seqs` and `last`.
+fn last_counted<'a>(
+    last: Option<(u64, u64)>,
+    seqs: impl IntoIterator<Item = &'a Seq>,
+) -> Option<(u64, u64)> {
+    seqs.into_iter()
+        .filter_map(|s| match *s {
+            Seq::Counted(t, n) => Some((t, n)),
+            Seq::Placed(..) => None,
+        })
+        .chain(last)
+        .max()
 }
 
 /// The audit records of `sent` (queued records, in order) that an append
@@ -164,7 +180,10 @@ fn first_seq(kept: &[Queued], term: Option<u64>) -> Seq {
 /// take the first seq (they wait in front, where they came back).
 fn given_back(sent: &[Seq], back: Vec<AuditEntry>) -> Vec<Queued> {
     let skip = sent.len().saturating_sub(back.len());
-    let first = sent.first().copied().unwrap_or_default();
+    let first = sent
+        .first()
+        .copied()
+        .unwrap_or(Seq::Placed(Stamp::default(), 0));
     let extra = back.len().saturating_sub(sent.len());
     let seqs = std::iter::repeat_n(first, extra).chain(sent[skip..].iter().copied());
     seqs.zip(back)
@@ -229,50 +248,41 @@ struct Saved {
     batch: Option<Stamp>,
     /// Each effect's [`Seq`], in the order of `effects`: the records of
     /// every write, read back in key order, are carried out again in the
-    /// order decided.
+    /// order decided. Records of earlier versions have none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     seq: Vec<Seq>,
     /// Read only: each effect's place in the outbox of the write that kept
-    /// it, as the version before [`Saved::seq`] wrote it (places compare
-    /// only within one write).
+    /// it, as the version before [`Saved::seq`] wrote it; read as
+    /// [`Seq::Placed`].
     #[serde(default, skip_serializing)]
     at: Vec<u32>,
 }
 
-/// Where a kept effect goes among all the records' effects: by its
-/// [`Seq`]; effects of earlier versions' records (all `Seq(0, 0)`) among
-/// themselves by the stamp of the write that kept them, then by their
-/// place in that write's outbox.
-type Place = (Seq, Stamp, u32);
-
 impl Saved {
-    /// Its node's state, and its kept effects, each with its [`Place`].
+    /// Its node's state, and its kept effects, each with its [`Seq`].
     /// Records of earlier versions, without seqs, give their effects
-    /// `Seq(0, 0)` and their places (place 0 without places): they keep
-    /// the order they are read in. A record without as many seqs as
-    /// effects is read as one without seqs.
-    fn split(self) -> (EngineSnapshot, Vec<(Place, Effect)>) {
+    /// [`Seq::Placed`] by the write's stamp and their places (place 0
+    /// without places: they keep the order they are read in). A record
+    /// without as many seqs as effects is read as one without seqs.
+    fn split(self) -> (EngineSnapshot, Vec<(Seq, Effect)>) {
         let n = self.effects.len();
-        let places: Vec<Place> = if self.seq.len() == n {
+        let seqs: Vec<Seq> = if self.seq.len() == n {
             self.seq
-                .into_iter()
-                .map(|s| (s, Stamp::default(), 0))
-                .collect()
         } else {
             let stamp = self.batch.unwrap_or_default();
             if self.at.len() == n {
                 self.at
                     .into_iter()
-                    .map(|at| (Seq::default(), stamp, at))
+                    .map(|at| Seq::Placed(stamp, at))
                     .collect()
             } else {
-                vec![(Seq::default(), stamp, 0); n]
+                vec![Seq::Placed(stamp, 0); n]
             }
         };
-        let kept = places
+        let kept = seqs
             .into_iter()
             .zip(self.effects)
-            .map(|(place, e)| (place, Effect::from(e)))
+            .map(|(seq, e)| (seq, Effect::from(e)))
             .collect();
         (self.state, kept)
     }
@@ -354,14 +364,13 @@ impl From<Kept> for Effect {
     }
 }
 
-/// Kept effects, each with its [`Place`], in the order they were decided
-/// (by seq; those of earlier versions' records first, by the stamp of the
-/// write that kept them, then by place in its outbox), each with its seq.
-/// Effects with the same place keep the order given.
-fn in_kept_order(mut kept: Vec<(Place, Effect)>) -> Vec<Queued> {
-    kept.sort_by_key(|(place, _)| *place);
+/// Kept effects, each with its [`Seq`], in the order they were decided
+/// (by seq), as queued effects. Effects with the same seq keep the order
+/// given.
+fn in_kept_order(mut kept: Vec<(Seq, Effect)>) -> Vec<Queued> {
+    kept.sort_by_key(|(seq, _)| *seq);
     kept.into_iter()
-        .map(|((seq, _, _), effect)| Queued { seq, effect })
+        .map(|(seq, effect)| Queued { seq, effect })
         .collect()
 }
 
@@ -542,8 +551,8 @@ struct Ctx {
     /// (the bus is down) waits here and is retried on every tick, never
     /// dropped and never decided again.
     outbox: VecDeque<Queued>,
-    /// The seq the next effect queued takes.
-    next_seq: Seq,
+    /// The `(term, count)` of the next effect queued ([`Seq::Counted`]).
+    next_seq: (u64, u64),
     /// The stamp of the last state write that kept effects.
     stamp: Stamp,
     /// Every effect kept up to this stamp is carried out (the outbox was
@@ -833,8 +842,10 @@ async fn lead(
     let last_event = last_state_events(&recent);
     let parts = state.load_prefix(NODE_KEY_PREFIX).await?;
     let nodes = parts.len();
-    // Each record's kept effects, with their places.
-    let mut kept_placed: Vec<(Place, Effect)> = Vec::new();
+    // Each record's kept effects, with their seqs; and the last seq of
+    // every record read (the marker's too), which new effects follow.
+    let mut kept_placed: Vec<(Seq, Effect)> = Vec::new();
+    let mut last_seq = None;
     for (key, bytes) in parts {
         let Some(bytes) = open(&key, bytes, &mut orders) else {
             continue;
@@ -855,6 +866,7 @@ async fn lead(
             Ok(saved) => {
                 let batch = saved.batch;
                 let (state, kept) = saved.split();
+                last_seq = last_counted(last_seq, kept.iter().map(|(seq, _)| seq));
                 engine.restore(state, now);
                 if let Some(b) = batch {
                     stamp = stamp.max(b);
@@ -1015,7 +1027,7 @@ async fn lead(
         outbox: VecDeque::new(),
         // After every seq kept (the effects kept come back with theirs),
         // in this term.
-        next_seq: first_seq(&kept, term.as_ref().map(|t| t.term)),
+        next_seq: first_seq(last_seq, term.as_ref().map(|t| t.term)),
         // A new term counts afresh; the same term (or none) goes on
         // after what was written.
         stamp: match term.as_ref().map(|t| t.term) {
@@ -1804,8 +1816,9 @@ impl Ctx {
                 .add(Counter::EffectsQueued, effects.len() as u64);
         }
         for effect in effects {
-            let seq = self.next_seq;
-            self.next_seq = seq.next();
+            let (term, n) = self.next_seq;
+            self.next_seq = (term, n.saturating_add(1));
+            let seq = Seq::Counted(term, n);
             self.outbox.push_back(Queued { seq, effect });
         }
     }
@@ -2505,16 +2518,18 @@ mod tests {
             state: engine.node_snapshot(&node),
             effects: effects.iter().map(Kept::from).collect(),
             batch: Some(Stamp(3, 9)),
-            seq: vec![Seq(3, 40), Seq(3, 12)],
+            seq: vec![Seq::Counted(3, 40), Seq::Placed(Stamp(2, 5), 1)],
             at: Vec::new(),
         };
         let bytes = encode_snapshot(&saved).unwrap();
+        // Counted as [term, count], placed as [[term, write], place].
+        let fields: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(fields["seq"], json!([[3, 40], [[2, 5], 1]]));
         let back: Saved = decode_snapshot(&bytes).unwrap();
         assert_eq!(back.batch, Some(Stamp(3, 9)));
         let (_, kept) = back.split();
-        let places: Vec<Place> = kept.iter().map(|(p, _)| *p).collect();
-        let none = Stamp::default();
-        assert_eq!(places, [(Seq(3, 40), none, 0), (Seq(3, 12), none, 0)]);
+        let seqs: Vec<Seq> = kept.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [Seq::Counted(3, 40), Seq::Placed(Stamp(2, 5), 1)]);
         let kept: Vec<Effect> = kept.into_iter().map(|(_, e)| e).collect();
         assert_eq!(kept, effects);
         // As written (borrowed from the outbox): the same bytes.
@@ -2523,11 +2538,11 @@ mod tests {
             state: &snap,
             effects: effects.iter().map(KeptRef::from).collect(),
             batch: Some(Stamp(3, 9)),
-            seq: vec![Seq(3, 40), Seq(3, 12)],
+            seq: vec![Seq::Counted(3, 40), Seq::Placed(Stamp(2, 5), 1)],
         };
         assert_eq!(encode_snapshot(&written).unwrap(), bytes);
         // As the version before seqs wrote it: places in its write's
-        // outbox, read as seq 0 of that write.
+        // outbox.
         let mut earlier: Value = serde_json::from_slice(&bytes).unwrap();
         let fields = earlier.as_object_mut().unwrap();
         fields.remove("seq");
@@ -2535,9 +2550,11 @@ mod tests {
         let (_, kept) = decode_snapshot::<Saved>(&serde_json::to_vec(&earlier).unwrap())
             .unwrap()
             .split();
-        let places: Vec<Place> = kept.iter().map(|(p, _)| *p).collect();
-        let zero = Seq::default();
-        assert_eq!(places, [(zero, Stamp(3, 9), 4), (zero, Stamp(3, 9), 7)]);
+        let seqs: Vec<Seq> = kept.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            seqs,
+            [Seq::Placed(Stamp(3, 9), 4), Seq::Placed(Stamp(3, 9), 7)]
+        );
         let command = Command {
             action_id: "nova:x:throttle_50:1:d".into(),
             action_type: "throttle_50".into(),
@@ -2571,7 +2588,7 @@ mod tests {
         let (_, kept) = decode_snapshot::<Saved>(&bytes).unwrap().split();
         assert!(matches!(
             kept.as_slice(),
-            [((Seq(0, 0), Stamp(0, 0), 0), Effect::Command(..))]
+            [(Seq::Placed(Stamp(0, 0), 0), Effect::Command(..))]
         ));
         // Written before effects were kept, or with none: a plain snapshot.
         let plain = encode_snapshot(&engine.node_snapshot(&node)).unwrap();
@@ -2592,24 +2609,23 @@ mod tests {
 
     /// Records read back in key order hold effects kept by several
     /// writes: they are carried out in the order decided, by seq (across
-    /// terms), whatever write kept them; those of an earlier version's
-    /// records (seq 0) first, the earlier write's first, each write's by
-    /// place in its outbox, records without places in the order read.
-    /// Each comes back with its seq.
+    /// terms), whatever write kept them; those of earlier versions'
+    /// records first, the earlier write's first, each write's by place in
+    /// its outbox, records without places in the order read. Each comes
+    /// back with its seq.
     #[test]
     fn kept_effects_are_carried_out_in_the_order_kept() {
         let entry = |node: &str| Effect::Audit(joined(&NodeName::parse(node).unwrap()));
-        let (zero, none) = (Seq::default(), Stamp::default());
         let kept = in_kept_order(vec![
-            ((Seq(1, 5), none, 0), entry("f")),
-            ((zero, Stamp(2, 8), 1), entry("a")),
-            ((zero, Stamp(2, 7), 0), entry("b")),
-            ((Seq(2, 1), none, 0), entry("h")),
-            ((zero, Stamp(2, 7), 1), entry("b2")),
-            ((Seq(1, 3), none, 0), entry("g")),
-            ((zero, Stamp(2, 8), 0), entry("c")),
-            ((zero, Stamp(1, 9), 0), entry("d")),
-            ((zero, Stamp(1, 9), 0), entry("e")),
+            (Seq::Counted(1, 5), entry("f")),
+            (Seq::Placed(Stamp(2, 8), 1), entry("a")),
+            (Seq::Placed(Stamp(2, 7), 0), entry("b")),
+            (Seq::Counted(2, 1), entry("h")),
+            (Seq::Placed(Stamp(2, 7), 1), entry("b2")),
+            (Seq::Counted(1, 3), entry("g")),
+            (Seq::Placed(Stamp(2, 8), 0), entry("c")),
+            (Seq::Placed(Stamp(1, 9), 0), entry("d")),
+            (Seq::Placed(Stamp(1, 9), 0), entry("e")),
         ]);
         let order: Vec<String> = kept
             .iter()
@@ -2620,30 +2636,128 @@ mod tests {
             .collect();
         assert_eq!(order, ["d", "e", "b", "b2", "c", "a", "g", "f", "h"]);
         let seqs: Vec<Seq> = kept.iter().map(|q| q.seq).collect();
-        assert_eq!(seqs[6..], [Seq(1, 3), Seq(1, 5), Seq(2, 1)]);
+        assert_eq!(
+            seqs[5..],
+            [
+                Seq::Placed(Stamp(2, 8), 1),
+                Seq::Counted(1, 3),
+                Seq::Counted(1, 5),
+                Seq::Counted(2, 1)
+            ]
+        );
     }
 
-    /// After a restart, effects queued come after every effect kept: in
+    /// After a restart, effects queued come after every effect read: in
     /// a new term from 1, in the same term (or without an election) after
-    /// the last seq kept.
+    /// the last count of any record, those whose effects were carried out
+    /// included; effects of earlier versions' records do not count.
     #[test]
     fn effects_queued_after_a_restart_come_after_those_kept() {
-        let kept = |seqs: &[Seq]| -> Vec<Queued> {
-            seqs.iter()
-                .map(|&seq| Queued {
-                    seq,
-                    effect: Effect::Audit(joined(&NodeName::parse("nova").unwrap())),
-                })
+        let seqs = [
+            Seq::Counted(3, 7),
+            Seq::Counted(3, 9),
+            Seq::Counted(2, 40),
+            Seq::Placed(Stamp(9, 9), 9),
+        ];
+        let last = last_counted(None, &seqs);
+        assert_eq!(last, Some((3, 9)));
+        assert_eq!(last_counted(last, &[Seq::Counted(3, 8)]), Some((3, 9)));
+        assert_eq!(last_counted(None, &[Seq::Placed(Stamp(1, 1), 0)]), None);
+        assert_eq!(first_seq(None, None), (0, 1));
+        assert_eq!(first_seq(None, Some(4)), (4, 1));
+        assert_eq!(first_seq(last, Some(4)), (4, 1));
+        assert_eq!(first_seq(last, Some(3)), (3, 10));
+        assert_eq!(first_seq(last, None), (3, 10));
+        assert_eq!(first_seq(Some((0, 5)), None), (0, 6));
+    }
+
+    /// Records kept before a stop hold effects of several nodes, read back
+    /// in key order, not in the order decided, and one node's record is an
+    /// earlier version's: a coordinator started over them appends their
+    /// records to the trail in the order decided, the earlier version's
+    /// first. Through the service's own start-up, as `skos up` runs it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_appends_the_records_kept_in_the_order_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let states = dir.path().join("state");
+        std::fs::create_dir(&states).unwrap();
+        let state = StateStore::dir(&states);
+        let engine = Engine::new(Config::default(), Counters::default(), "test");
+        let record = |node: &NodeName, what: &str| {
+            Effect::Audit(AuditEntry::new(
+                skos_core::AuditEvent::Node,
+                at(),
+                Some(node),
+                "coordinator",
+                what,
+                json!({"event": "noted"}),
+            ))
+        };
+        let [a, b, c] = ["a", "b", "c"].map(|n| NodeName::parse(n).unwrap());
+        let kept = [
+            (&a, [("second", 2), ("fourth", 4)], Stamp(2, 3)),
+            (&b, [("first", 1), ("third", 3)], Stamp(2, 1)),
+        ];
+        for (node, effects, stamp) in kept {
+            let saved = Saved {
+                state: engine.node_snapshot(node),
+                effects: effects
+                    .iter()
+                    .map(|(what, _)| Kept::from(&record(node, what)))
+                    .collect(),
+                batch: Some(stamp),
+                seq: effects.iter().map(|(_, n)| Seq::Counted(2, *n)).collect(),
+                at: Vec::new(),
+            };
+            let bytes = encode_snapshot(&saved).unwrap();
+            state.save(&node_key(node), bytes).await.unwrap();
+        }
+        let earlier = Saved {
+            state: engine.node_snapshot(&c),
+            effects: vec![Kept::from(&record(&c, "zeroth"))],
+            batch: Some(Stamp(1, 7)),
+            seq: Vec::new(),
+            at: Vec::new(),
+        };
+        let mut earlier: Value =
+            serde_json::from_slice(&encode_snapshot(&earlier).unwrap()).unwrap();
+        earlier["at"] = json!([0]);
+        let bytes = Bytes::from(serde_json::to_vec(&earlier).unwrap());
+        state.save(&node_key(&c), bytes).await.unwrap();
+
+        let trail = dir.path().join("audit.jsonl");
+        let audit = Arc::new(AuditLog::open_file(&trail).unwrap());
+        let summaries = || -> Vec<String> {
+            let text = std::fs::read_to_string(&trail).unwrap_or_default();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|r| r["entry"]["data"]["event"] == "noted")
+                .filter_map(|r| r["entry"]["summary"].as_str().map(String::from))
                 .collect()
         };
-        assert_eq!(first_seq(&[], None), Seq(0, 1));
-        assert_eq!(first_seq(&[], Some(4)), Seq(4, 1));
-        let some = kept(&[Seq(3, 7), Seq(3, 9), Seq(2, 40), Seq::default()]);
-        assert_eq!(first_seq(&some, Some(4)), Seq(4, 1));
-        assert_eq!(first_seq(&some, Some(3)), Seq(3, 10));
-        assert_eq!(first_seq(&some, None), Seq(3, 10));
-        assert_eq!(first_seq(&kept(&[Seq::default()]), None), Seq(0, 1));
-        assert_eq!(first_seq(&kept(&[Seq(0, 5)]), None), Seq(0, 6));
+        let appended = async {
+            for _ in 0..500 {
+                if summaries().len() >= 5 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        run(
+            Config::default(),
+            Bus::InProc(skos_bus::InProcBus::new()),
+            audit,
+            state,
+            Counters::default(),
+            ServiceOptions::default(),
+            appended,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            summaries(),
+            ["zeroth", "first", "second", "third", "fourth"]
+        );
     }
 
     /// An append gives back the records it does not know stored, the last
@@ -2651,10 +2765,10 @@ mod tests {
     #[test]
     fn records_given_back_by_an_append_keep_their_seqs() {
         let entry = |node: &str| joined(&NodeName::parse(node).unwrap());
-        let sent = [Seq(1, 4), Seq(1, 6), Seq(1, 9)];
+        let sent = [Seq::Counted(1, 4), Seq::Counted(1, 6), Seq::Counted(1, 9)];
         let back = given_back(&sent, vec![entry("b"), entry("c")]);
         let seqs: Vec<Seq> = back.iter().map(|q| q.seq).collect();
-        assert_eq!(seqs, [Seq(1, 6), Seq(1, 9)]);
+        assert_eq!(seqs, [Seq::Counted(1, 6), Seq::Counted(1, 9)]);
         assert!(
             matches!(&back[0].effect, Effect::Audit(e) if e.node.as_ref().is_some_and(|n| n.as_str() == "b"))
         );
@@ -2665,7 +2779,7 @@ mod tests {
             .iter()
             .map(|q| q.seq)
             .collect();
-        assert_eq!(seqs, [Seq(1, 4), Seq(1, 4)]);
+        assert_eq!(seqs, [Seq::Counted(1, 4), Seq::Counted(1, 4)]);
     }
 
     #[test]

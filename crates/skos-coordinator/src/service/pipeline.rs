@@ -698,7 +698,7 @@ mod tests {
     /// `effect`, queued (its seq does not matter where it is used).
     fn q(effect: Effect) -> Queued {
         Queued {
-            seq: Seq::default(),
+            seq: Seq::Counted(0, 0),
             effect,
         }
     }
@@ -1132,32 +1132,28 @@ mod tests {
             .await
             .expect("b written again");
         // As a restart reads them back.
-        let mut kept = Vec::new();
-        for (key, bytes) in c.state.load_prefix(NODE_KEY_PREFIX).await.expect("read") {
-            let saved: Saved = decode_snapshot(&bytes).expect("a record");
-            assert!(saved.batch.is_some(), "{key} keeps no effects");
-            kept.extend(saved.split().1);
-        }
-        let order = summaries(in_kept_order(kept));
-        assert_eq!(order, ["first", "second", "third"]);
+        assert_eq!(read_back(&c).await, ["first", "second", "third"]);
     }
 
     /// A batch is acknowledged only once its audit records are appended:
     /// with the trail's disk full, its messages are not acknowledged (they
-    /// come again); with room, they are, after the records.
+    /// come again), nor when its state cannot be written or it is held
+    /// (the batch before it not published); with room, they are, after
+    /// the records.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_is_acknowledged_only_once_its_records_are_appended() {
         use skos_testsupport::tmpfs::Tmpfs;
         let full = skos_testsupport::require!("a tmpfs mount", Tmpfs::mount("64k", None));
         let dir = tempfile::tempdir().expect("a temporary directory");
         let node = NodeName::parse("n1").expect("a node name");
-        let carrier = |audit: AuditLog| Carrier {
+        let carrier_in = |audit: AuditLog, state: &std::path::Path| Carrier {
             bus: Bus::InProc(InProcBus::new()),
-            state: StateStore::dir(dir.path()),
+            state: StateStore::dir(state),
             audit: Arc::new(audit),
             signer: None,
             valid_until: None,
         };
+        let carrier = |audit: AuditLog| carrier_in(audit, dir.path());
         let batch = |what: &str| {
             let (m, acked) = Incoming::told_when_acked(
                 skos_bus::subjects::alert(&node),
@@ -1178,14 +1174,29 @@ mod tests {
         assert_eq!(acked.await, Ok(()), "not acknowledged");
         let written = std::fs::read_to_string(&trail).expect("the trail");
         assert!(written.contains("appended"), "{written}");
+        let not_acked = "acknowledged though its audit records were not appended";
 
-        // In a private directory, as the trail's directory must be.
-        let private = full.path().join("trail");
-        std::fs::create_dir(&private).expect("a directory");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))
-            .expect("made private");
-        let trail = private.join("audit.jsonl");
+        // Its state not written: a file stands where the records go.
+        let no_dir = dir.path().join("not a directory");
+        std::fs::write(&no_dir, b"").expect("a file");
+        let other = dir.path().join("other.jsonl");
+        let unwritable = carrier_in(AuditLog::open_file(&other).expect("a trail"), &no_dir);
+        let (d, acked) = batch("state not written");
+        let carried = carry(unwritable, d, None, None).await;
+        assert!(matches!(carried.failed, Some(Failed::State(..))));
+        assert!(acked.await.is_err(), "{not_acked}");
+
+        // Held: the batch before it was not published.
+        let other = dir.path().join("held.jsonl");
+        let held = carrier(AuditLog::open_file(&other).expect("a trail"));
+        let (before, waits) = chain();
+        let (d, acked) = batch("held");
+        let _ = before.published.send(false);
+        let carried = carry(held, d, Some(waits), None).await;
+        assert!(matches!(carried.failed, Some(Failed::Held(_))));
+        assert!(acked.await.is_err(), "{not_acked}");
+
+        let trail = private_dir(full.path()).join("audit.jsonl");
         let on_full = carrier(AuditLog::open_file(&trail).expect("an audit trail"));
         fill_up(full.path());
         let (d, acked) = batch("not appended");
@@ -1194,10 +1205,7 @@ mod tests {
             matches!(&carried.failed, Some(Failed::Audit(_, rest)) if rest.len() == 1),
             "the append did not fail"
         );
-        assert!(
-            acked.await.is_err(),
-            "acknowledged though its audit records were not appended"
-        );
+        assert!(acked.await.is_err(), "{not_acked}");
     }
 
     /// Fill the filesystem at `dir` until a write fails for want of room.
@@ -1265,6 +1273,103 @@ mod tests {
             .collect();
         kept.dedup();
         assert_eq!(kept, ["a-n1-1"], "n1's record lost B1's effects");
+    }
+
+    /// Every node record read back as a restart reads them: what their
+    /// kept audit records say, in the order they are carried out.
+    async fn read_back(c: &Ctx) -> Vec<String> {
+        let mut kept = Vec::new();
+        for (_, bytes) in c.state.load_prefix(NODE_KEY_PREFIX).await.expect("read") {
+            let saved: Saved = decode_snapshot(&bytes).expect("a record");
+            kept.extend(saved.split().1);
+        }
+        summaries(in_kept_order(kept))
+    }
+
+    /// The same through a real failure: b's then a's records are decided
+    /// and written, their append fails (the trail's disk is full) and
+    /// gives them back, then both nodes are written again, b with a new
+    /// effect. A restart still reads first, second, third: the records
+    /// given back kept their seqs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn seqs_survive_a_failed_append_and_both_nodes_written_again() {
+        use skos_testsupport::tmpfs::Tmpfs;
+        let full = skos_testsupport::require!("a tmpfs mount", Tmpfs::mount("64k", None));
+        let private = private_dir(full.path());
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(dir.path()),
+            &private.join("audit.jsonl"),
+        );
+        fill_up(full.path());
+        let [a, b] = nodes(["a", "b"]);
+        let record = |node: &NodeName, what: &str| Effect::Audit(entry_about(node, what));
+        c.queue(vec![record(&b, "first"), record(&a, "second")]);
+        let both = BTreeSet::from([a.clone(), b.clone()]);
+        c.persist_strict(both.clone()).await.expect("both written");
+        assert!(!c.flush(None).await, "appended on a full disk");
+        assert_eq!(c.outbox.len(), 2);
+        c.queue(vec![record(&b, "third")]);
+        c.persist_strict(both).await.expect("both written again");
+        assert_eq!(read_back(&c).await, ["first", "second", "third"]);
+    }
+
+    /// Records of the version before seqs (places in one write's outbox)
+    /// keep x's "first" and y's "second". A restart takes them back (the
+    /// bus is down: not carried out), then y is written again with a new
+    /// effect. After another restart the order is still first, second,
+    /// third: y's old effect, written again, kept its place among the
+    /// earlier version's. Before, it came back as the first seq of all.
+    #[tokio::test]
+    async fn an_earlier_versions_effect_written_again_keeps_its_place() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut c, _) = in_proc(dir.path());
+        let [x, y] = nodes(["x", "y"]);
+        let record = |node: &NodeName, what: &str| Effect::Audit(entry_about(node, what));
+        for (node, what, place) in [(&x, "first", 0), (&y, "second", 1)] {
+            let saved = Saved {
+                state: c.engine.node_snapshot(node),
+                effects: vec![Kept::from(&record(node, what))],
+                batch: Some(Stamp(0, 5)),
+                seq: Vec::new(),
+                at: Vec::new(),
+            };
+            let mut earlier: Value =
+                serde_json::from_slice(&encode_snapshot(&saved).expect("encoded")).expect("JSON");
+            earlier["at"] = json!([place]);
+            let bytes = Bytes::from(serde_json::to_vec(&earlier).expect("encoded"));
+            c.state.save(&node_key(node), bytes).await.expect("saved");
+        }
+        // A restart, as `lead` restores.
+        let mut kept = Vec::new();
+        for (_, bytes) in c.state.load_prefix(NODE_KEY_PREFIX).await.expect("read") {
+            kept.extend(
+                decode_snapshot::<Saved>(&bytes)
+                    .expect("a record")
+                    .split()
+                    .1,
+            );
+        }
+        let kept = in_kept_order(kept);
+        c.next_seq = first_seq(last_counted(None, kept.iter().map(|q| &q.seq)), None);
+        assert_eq!(summaries(kept.clone()), ["first", "second"]);
+        c.requeue(kept);
+        c.queue(vec![record(&y, "third")]);
+        c.persist_strict(BTreeSet::from([y.clone()]))
+            .await
+            .expect("y written again");
+        assert_eq!(read_back(&c).await, ["first", "second", "third"]);
+    }
+
+    /// A directory under `root`, private as the trail's directory must be.
+    fn private_dir(root: &std::path::Path) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let private = root.join("trail");
+        std::fs::create_dir(&private).expect("a directory");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))
+            .expect("made private");
+        private
     }
 
     /// An audit entry about `node` that says `what`.
@@ -1530,7 +1635,7 @@ mod tests {
             counters: Counters::default(),
             max_bytes: 1 << 20,
             outbox: VecDeque::new(),
-            next_seq: Seq(0, 1),
+            next_seq: (0, 1),
             stamp: Stamp::default(),
             carried: Stamp::default(),
             carried_written: Stamp::default(),
