@@ -12,10 +12,6 @@
 //! new node), paced so the coordinator keeps up; then the burst is sent as
 //! fast as the publisher can. Every message not counted is reported lost.
 //!
-//! Then, on a server this run started, what one stored message costs the
-//! bus with one filtered consumer per node, as `SKOS_COMMANDS` has, beside
-//! none ([`crate::fanout`]): the server's own share of each command.
-//!
 //! Then the alert scaling runs: for each size in `Opts::alert_scale` (1,000
 //! and 10,000 by default) a fresh server and coordinator, as many nodes,
 //! one alert each (so that many alerts are open at the end), the same
@@ -663,28 +659,6 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     let own_server = rig.server.is_own();
     rig.coordinator.stop(Duration::from_secs(15)).await?;
 
-    // The bus's own cost of a command, on this server, with as many
-    // per-node consumers as the fleet has.
-    let fanout = match rig.server.pid() {
-        Some(pid) => {
-            say(
-                S,
-                format!("command fan-out: {n_alerts} messages into a stream with no consumer, then with one per node ({nodes})"),
-            );
-            let names: Vec<String> = fleet.iter().map(|n| n.node.to_string()).collect();
-            let f = crate::fanout::measure(&rig.ceiling, pid, &names, n_alerts).await?;
-            say(
-                S,
-                format!(
-                    "command fan-out: nats-server CPU per stored message {:.1} µs with {} consumers ({:.1} s to make), {:.1} µs with none",
-                    f.per_node_us, f.consumers, f.make_seconds, f.plain_us
-                ),
-            );
-            Some(f)
-        }
-        None => None,
-    };
-
     // Alert scaling: a fresh server and coordinator per size.
     let mut scale = Vec::new();
     for &n in &o.alert_scale {
@@ -798,18 +772,6 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         )
         .at_most(0.0),
     ]);
-    if let Some(f) = &fanout {
-        figures.push(
-            Figure::new(
-                S,
-                format!("nats-server CPU per stored message, {} per-node consumers", f.consumers),
-                f.per_node_us,
-                "µs",
-            )
-            .beside("with no consumer", f.plain_us)
-            .note("the bus's own share of each command: SKOS_COMMANDS has one filtered consumer per node (a scratch stream here)"),
-        );
-    }
     // Where the time of an alert goes, less sensitive to the machine's
     // load than the rates: CPU per alert of each side over the burst.
     let per_alert = |seconds: f64| seconds * 1e6 / n_alerts as f64;
@@ -920,7 +882,6 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         },
         "overload": overload.map(|(m, c, x, alerts)| json!({"published": m, "coordinator": c, "ceiling": x, "alerts_handled": alerts})),
         "alerts": al,
-        "command_fanout": fanout,
         "alert_scale": scale.iter().map(|(n, b, failed)| json!({"open_alerts": n, "burst": b, "state_save_failed": failed})).collect::<Vec<_>>(),
         "counters": snapshot,
     });

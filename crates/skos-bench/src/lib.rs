@@ -35,7 +35,6 @@ pub mod embedded;
 pub mod error;
 pub mod failover;
 pub mod fairness;
-pub mod fanout;
 pub mod footprint;
 pub mod hotcpu;
 pub mod ingest;
