@@ -134,8 +134,9 @@ enum Seq {
     /// places). Written again as it is when its node is, so it keeps its
     /// place among the others of those versions. `[[term, write], place]`.
     Placed(Stamp, u32),
-    /// Queued by this version: the term (0 without an election) and a
-    /// count of effects queued in that term, from 1. `[term, count]`.
+    /// Queued by this version: the term it was queued in and a count of
+    /// effects queued in that term, from 1 (without an election, the term
+    /// of the highest count read at start, 0 at first). `[term, count]`.
     Counted(u64, u64),
 }
 
@@ -148,9 +149,11 @@ struct Queued {
 
 /// The `(term, count)` of the first effect a coordinator leading in `term`
 /// (`None`: no election) queues, when `last` is the highest
-/// [`Seq::Counted`] of every record read at start (those whose effects
-/// the `carried` marker covers included): a new term counts from 1; the
-/// same term (a restart without an election), or none, goes on after it.
+/// [`Seq::Counted`] of every record restored at start (those whose
+/// effects the `carried` marker covers, or whose audit records the trail
+/// already holds, included; records not restored, unreadable or older
+/// than the trail, are not counted): a new term counts from 1; the same
+/// term (a restart without an election), or none, goes on after it.
 fn first_seq(last: Option<(u64, u64)>, term: Option<u64>) -> (u64, u64) {
     let (t, n) = last.unwrap_or_default();
     match term {
@@ -177,7 +180,8 @@ fn last_counted<'a>(
 /// gave back as not known to be stored (`back`, a suffix of what was sent:
 /// [`AppendFailed`](skos_bus::audit::AppendFailed)), each with the seq it
 /// was queued under. Should more come back than were sent, the extra ones
-/// take the first seq (they wait in front, where they came back).
+/// take the first seq (they wait in front, where they came back), or,
+/// with nothing sent, the first seq of all (`Placed` at stamp 0, place 0).
 fn given_back(sent: &[Seq], back: Vec<AuditEntry>) -> Vec<Queued> {
     let skip = sent.len().saturating_sub(back.len());
     let first = sent
@@ -842,8 +846,9 @@ async fn lead(
     let last_event = last_state_events(&recent);
     let parts = state.load_prefix(NODE_KEY_PREFIX).await?;
     let nodes = parts.len();
-    // Each record's kept effects, with their seqs; and the last seq of
-    // every record read (the marker's too), which new effects follow.
+    // Each record's kept effects, with their seqs; and the last count of
+    // every record restored (those whose effects the marker covers too),
+    // which new effects follow.
     let mut kept_placed: Vec<(Seq, Effect)> = Vec::new();
     let mut last_seq = None;
     for (key, bytes) in parts {
@@ -1052,16 +1057,6 @@ async fn lead(
         alert_gaps: gaps_from(bus, &Feed::Alerts).await,
         result_gaps: gaps_from(bus, &Feed::Results).await,
     };
-    if legacy {
-        // Written per node from now on.
-        let all = ctx.engine.known_nodes();
-        ctx.persist(all).await;
-        if ctx.unsaved.is_empty() {
-            if let Err(e) = ctx.state.remove(STATE_KEY).await {
-                tracing::warn!(key = STATE_KEY, error = %e, "old whole-engine state not removed");
-            }
-        }
-    }
     if !kept.is_empty() {
         tracing::warn!(
             effects = kept.len(),
@@ -1075,6 +1070,18 @@ async fn lead(
             "publishing commands kept but not sent before the last stop"
         );
         ctx.queue(unsent);
+    }
+    if legacy {
+        // Written per node from now on, each record with the effects kept
+        // for its node (queued above): none is dropped from the saved
+        // state before it is carried out.
+        let all = ctx.engine.known_nodes();
+        ctx.persist(all).await;
+        if ctx.unsaved.is_empty() {
+            if let Err(e) = ctx.state.remove(STATE_KEY).await {
+                tracing::warn!(key = STATE_KEY, error = %e, "old whole-engine state not removed");
+            }
+        }
     }
     ctx.flush(None).await;
     // One node's flood queues at most this many of its messages ahead of
@@ -2758,6 +2765,95 @@ mod tests {
             summaries(),
             ["zeroth", "first", "second", "third", "fourth"]
         );
+    }
+
+    /// Records read at start: a's effect is covered by the carried marker
+    /// and holds count 9; d's is past the marker but already in the trail
+    /// and holds 7; b's waits and holds 2. An effect decided after the
+    /// restart (an alert about c) counts after 9, through the service's
+    /// own start-up. Counting on from the effects restored alone gave it
+    /// 3.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn effects_decided_after_a_restart_count_after_every_record_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let states = dir.path().join("state");
+        std::fs::create_dir(&states).unwrap();
+        let state = StateStore::dir(&states);
+        let engine = Engine::new(Config::default(), Counters::default(), "test");
+        let entry = |node: &NodeName, what: &str| {
+            AuditEntry::new(
+                skos_core::AuditEvent::Node,
+                at(),
+                Some(node),
+                "coordinator",
+                what,
+                json!({"event": "noted"}),
+            )
+        };
+        let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| NodeName::parse(n).unwrap());
+        for (node, what, n, stamp) in [
+            (&a, "covered", 9, Stamp(0, 3)),
+            (&d, "audited", 7, Stamp(0, 5)),
+            (&b, "waiting", 2, Stamp(0, 4)),
+        ] {
+            let saved = Saved {
+                state: engine.node_snapshot(node),
+                effects: vec![Kept::from(&Effect::Audit(entry(node, what)))],
+                batch: Some(stamp),
+                seq: vec![Seq::Counted(0, n)],
+                at: Vec::new(),
+            };
+            let bytes = encode_snapshot(&saved).unwrap();
+            state.save(&node_key(node), bytes).await.unwrap();
+        }
+        let marker = Bytes::from(serde_json::to_vec(&Stamp(0, 3)).unwrap());
+        state.save(CARRIED_KEY, marker).await.unwrap();
+        let trail = dir.path().join("audit.jsonl");
+        let audit = Arc::new(AuditLog::open_file(&trail).unwrap());
+        audit.append(entry(&d, "audited")).await.unwrap();
+        let bus = skos_bus::InProcBus::new();
+        let alert: Alert = serde_json::from_value(json!({
+            "alert_id": "c-1", "agent_id": "agent", "type": "cpu_high",
+            "severity": "warning", "node": "c", "timestamp": chrono::Utc::now(),
+        }))
+        .unwrap();
+        let (reader, sender) = (state.clone(), Bus::InProc(bus.clone()));
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let got = seen.clone();
+        // Until c's record keeps the alert's effects.
+        let kept = async move {
+            for i in 0..500 {
+                if i % 10 == 0 {
+                    let _ = sender.publish_alert(&alert).await;
+                }
+                if let Ok(Some(bytes)) = reader.load(&node_key(&c)).await {
+                    if let Ok(saved) = decode_snapshot::<Saved>(&bytes) {
+                        if !saved.seq.is_empty() {
+                            *got.lock().unwrap() = Some(saved.seq);
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        run(
+            Config::default(),
+            Bus::InProc(bus),
+            audit,
+            state,
+            Counters::default(),
+            ServiceOptions::default(),
+            kept,
+        )
+        .await
+        .unwrap();
+        let seqs = seen
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("c's record kept effects");
+        assert!(seqs.iter().all(|s| *s > Seq::Counted(0, 9)), "{seqs:?}");
     }
 
     /// An append gives back the records it does not know stored, the last

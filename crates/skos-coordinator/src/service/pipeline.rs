@@ -1316,18 +1316,20 @@ mod tests {
     }
 
     /// Records of the version before seqs (places in one write's outbox)
-    /// keep x's "first" and y's "second". A restart takes them back (the
-    /// bus is down: not carried out), then y is written again with a new
-    /// effect. After another restart the order is still first, second,
-    /// third: y's old effect, written again, kept its place among the
-    /// earlier version's. Before, it came back as the first seq of all.
+    /// keep y's "first" and x's "second". A restart takes them back (the
+    /// bus is down: not carried out), then y, holding the one decided
+    /// first, is written again with a new effect. After another restart
+    /// the order is still first, second, third: y's old effect, written
+    /// again, kept its place among the earlier version's, and the new one
+    /// comes after them. Written again as a seq of this version, it would
+    /// go after x's.
     #[tokio::test]
     async fn an_earlier_versions_effect_written_again_keeps_its_place() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (mut c, _) = in_proc(dir.path());
         let [x, y] = nodes(["x", "y"]);
         let record = |node: &NodeName, what: &str| Effect::Audit(entry_about(node, what));
-        for (node, what, place) in [(&x, "first", 0), (&y, "second", 1)] {
+        for (node, what, place) in [(&x, "second", 1), (&y, "first", 0)] {
             let saved = Saved {
                 state: c.engine.node_snapshot(node),
                 effects: vec![Kept::from(&record(node, what))],
@@ -1360,6 +1362,95 @@ mod tests {
             .await
             .expect("y written again");
         assert_eq!(read_back(&c).await, ["first", "second", "third"]);
+    }
+
+    /// Effects given back in front of one decided after them keep their
+    /// seqs: written with it, they still come back first. A give_back
+    /// that numbered them anew would put them after it.
+    #[tokio::test]
+    async fn effects_given_back_in_front_keep_their_seqs() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut c, _) = in_proc(dir.path());
+        let [a, b] = nodes(["a", "b"]);
+        let record = |node: &NodeName, what: &str| Effect::Audit(entry_about(node, what));
+        c.queue(vec![record(&a, "first")]);
+        let taken: Vec<Queued> = std::mem::take(&mut c.outbox).into();
+        c.queue(vec![record(&b, "second")]);
+        c.give_back(taken, false);
+        c.persist_strict(BTreeSet::from([a.clone(), b.clone()]))
+            .await
+            .expect("written");
+        assert_eq!(read_back(&c).await, ["first", "second"]);
+    }
+
+    /// A coordinator started over an earlier version's whole-engine state
+    /// (which it splits into per-node records) and a node record keeping
+    /// an effect not carried out: while the trail cannot take it (a full
+    /// disk), that node's record still keeps it. Before, the split wrote
+    /// every node's record before the kept effects were queued again, so
+    /// the record lost them until they were carried out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn splitting_an_earlier_whole_state_keeps_the_effects_kept() {
+        use skos_testsupport::tmpfs::Tmpfs;
+        let full = skos_testsupport::require!("a tmpfs mount", Tmpfs::mount("64k", None));
+        let audit = AuditLog::open_file(&private_dir(full.path()).join("audit.jsonl"))
+            .expect("an audit trail");
+        fill_up(full.path());
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let state = StateStore::dir(dir.path());
+        let node = NodeName::parse("b").expect("a node name");
+        let mut engine = Engine::new(Config::default(), Counters::default(), "test");
+        let now = chrono::Utc::now();
+        let hb =
+            skos_core::protocol::Heartbeat::bare("agent-b", "thermal_sentinel", node.clone(), now);
+        engine.on_heartbeat(hb, now);
+        let whole = encode_snapshot(&engine.snapshot()).expect("encoded");
+        state.save(STATE_KEY, whole).await.expect("saved");
+        let kept = Saved {
+            state: engine.node_snapshot(&node),
+            effects: vec![Kept::from(&Effect::Audit(entry_about(&node, "kept")))],
+            batch: Some(Stamp(0, 1)),
+            seq: vec![Seq::Counted(0, 1)],
+            at: Vec::new(),
+        };
+        let bytes = encode_snapshot(&kept).expect("encoded");
+        state.save(&node_key(&node), bytes).await.expect("saved");
+        let reader = state.clone();
+        let key = node_key(&node);
+        // Until the whole-engine state is split (and removed), then a
+        // little longer.
+        let split = async move {
+            for _ in 0..500 {
+                if reader.load(STATE_KEY).await.ok().flatten().is_none() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        run(
+            Config::default(),
+            Bus::InProc(InProcBus::new()),
+            Arc::new(audit),
+            state.clone(),
+            Counters::default(),
+            ServiceOptions::default(),
+            split,
+        )
+        .await
+        .expect("ran");
+        assert_eq!(
+            state.load(STATE_KEY).await.expect("readable"),
+            None,
+            "not split"
+        );
+        let record = state
+            .load(&key)
+            .await
+            .expect("readable")
+            .expect("b's record");
+        let saved: Saved = decode_snapshot(&record).expect("a record");
+        assert_eq!(summaries(in_kept_order(saved.split().1)), ["kept"]);
     }
 
     /// A directory under `root`, private as the trail's directory must be.
