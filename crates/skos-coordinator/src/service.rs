@@ -2678,6 +2678,26 @@ mod tests {
         assert_eq!(first_seq(Some((0, 5)), None), (0, 6));
     }
 
+    /// A state store in a new directory under `dir`.
+    fn state_in(dir: &std::path::Path) -> StateStore {
+        let states = dir.join("state");
+        std::fs::create_dir(&states).unwrap();
+        StateStore::dir(&states)
+    }
+
+    /// A `node` audit entry about `node` that says `what`, marked
+    /// `"event": "noted"` to be found in the trail.
+    fn noted(node: &NodeName, what: &str) -> AuditEntry {
+        AuditEntry::new(
+            skos_core::AuditEvent::Node,
+            at(),
+            Some(node),
+            "coordinator",
+            what,
+            json!({"event": "noted"}),
+        )
+    }
+
     /// Records kept before a stop hold effects of several nodes, read back
     /// in key order, not in the order decided, and one node's record is an
     /// earlier version's: a coordinator started over them appends their
@@ -2686,20 +2706,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restart_appends_the_records_kept_in_the_order_decided() {
         let dir = tempfile::tempdir().unwrap();
-        let states = dir.path().join("state");
-        std::fs::create_dir(&states).unwrap();
-        let state = StateStore::dir(&states);
+        let state = state_in(dir.path());
         let engine = Engine::new(Config::default(), Counters::default(), "test");
-        let record = |node: &NodeName, what: &str| {
-            Effect::Audit(AuditEntry::new(
-                skos_core::AuditEvent::Node,
-                at(),
-                Some(node),
-                "coordinator",
-                what,
-                json!({"event": "noted"}),
-            ))
-        };
+        let record = |node: &NodeName, what: &str| Effect::Audit(noted(node, what));
         let [a, b, c] = ["a", "b", "c"].map(|n| NodeName::parse(n).unwrap());
         let kept = [
             (&a, [("second", 2), ("fourth", 4)], Stamp(2, 3)),
@@ -2776,20 +2785,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn effects_decided_after_a_restart_count_after_every_record_read() {
         let dir = tempfile::tempdir().unwrap();
-        let states = dir.path().join("state");
-        std::fs::create_dir(&states).unwrap();
-        let state = StateStore::dir(&states);
+        let state = state_in(dir.path());
         let engine = Engine::new(Config::default(), Counters::default(), "test");
-        let entry = |node: &NodeName, what: &str| {
-            AuditEntry::new(
-                skos_core::AuditEvent::Node,
-                at(),
-                Some(node),
-                "coordinator",
-                what,
-                json!({"event": "noted"}),
-            )
-        };
+        let entry = noted;
         let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| NodeName::parse(n).unwrap());
         for (node, what, n, stamp) in [
             (&a, "covered", 9, Stamp(0, 3)),

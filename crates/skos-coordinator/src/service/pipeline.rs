@@ -1122,7 +1122,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (mut c, _) = in_proc(dir.path());
         let [a, b] = nodes(["a", "b"]);
-        let record = |node: &NodeName, what: &str| Effect::Audit(entry_about(node, what));
+        let record = audit_about;
         c.queue(vec![record(&b, "first"), record(&a, "second")]);
         c.persist_strict(BTreeSet::from([a.clone(), b.clone()]))
             .await
@@ -1304,7 +1304,7 @@ mod tests {
         );
         fill_up(full.path());
         let [a, b] = nodes(["a", "b"]);
-        let record = |node: &NodeName, what: &str| Effect::Audit(entry_about(node, what));
+        let record = audit_about;
         c.queue(vec![record(&b, "first"), record(&a, "second")]);
         let both = BTreeSet::from([a.clone(), b.clone()]);
         c.persist_strict(both.clone()).await.expect("both written");
@@ -1328,7 +1328,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (mut c, _) = in_proc(dir.path());
         let [x, y] = nodes(["x", "y"]);
-        let record = |node: &NodeName, what: &str| Effect::Audit(entry_about(node, what));
+        let record = audit_about;
         for (node, what, place) in [(&x, "second", 1), (&y, "first", 0)] {
             let saved = Saved {
                 state: c.engine.node_snapshot(node),
@@ -1372,7 +1372,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (mut c, _) = in_proc(dir.path());
         let [a, b] = nodes(["a", "b"]);
-        let record = |node: &NodeName, what: &str| Effect::Audit(entry_about(node, what));
+        let record = audit_about;
         c.queue(vec![record(&a, "first")]);
         let taken: Vec<Queued> = std::mem::take(&mut c.outbox).into();
         c.queue(vec![record(&b, "second")]);
@@ -1461,6 +1461,11 @@ mod tests {
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))
             .expect("made private");
         private
+    }
+
+    /// [`entry_about`], as an effect.
+    fn audit_about(node: &NodeName, what: &str) -> Effect {
+        Effect::Audit(entry_about(node, what))
     }
 
     /// An audit entry about `node` that says `what`.
