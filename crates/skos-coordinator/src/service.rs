@@ -378,6 +378,31 @@ fn in_kept_order(mut kept: Vec<(Seq, Effect)>) -> Vec<Queued> {
         .collect()
 }
 
+/// `saved` as the version before seqs wrote it: each effect's place in its
+/// write's outbox (`at`) instead of its seq.
+#[cfg(test)]
+fn as_earlier_version(saved: &Saved, at: &[u32]) -> Bytes {
+    let mut record: Value =
+        serde_json::from_slice(&encode_snapshot(saved).expect("encoded")).expect("JSON");
+    if let Some(fields) = record.as_object_mut() {
+        fields.remove("seq");
+        fields.insert("at".into(), json!(at));
+    }
+    Bytes::from(serde_json::to_vec(&record).expect("encoded"))
+}
+
+/// Every node record in `state`, read back as a restart reads them: the
+/// effects they keep, in the order they are carried out.
+#[cfg(test)]
+async fn kept_in(state: &StateStore) -> Vec<Queued> {
+    let mut kept = Vec::new();
+    for (_, bytes) in state.load_prefix(NODE_KEY_PREFIX).await.expect("read") {
+        let saved: Saved = decode_snapshot(&bytes).expect("a record");
+        kept.extend(saved.split().1);
+    }
+    in_kept_order(kept)
+}
+
 /// Results remembered as handled, so a redelivered one is not handled (and
 /// audited) twice.
 const RESULTS_WINDOW: usize = 100_000;
@@ -1030,8 +1055,8 @@ async fn lead(
         counters: counters.clone(),
         max_bytes,
         outbox: VecDeque::new(),
-        // After every seq kept (the effects kept come back with theirs),
-        // in this term.
+        // After the last count of every record restored (the effects
+        // kept come back with theirs).
         next_seq: first_seq(last_seq, term.as_ref().map(|t| t.term)),
         // A new term counts afresh; the same term (or none) goes on
         // after what was written.
@@ -2550,13 +2575,8 @@ mod tests {
         assert_eq!(encode_snapshot(&written).unwrap(), bytes);
         // As the version before seqs wrote it: places in its write's
         // outbox.
-        let mut earlier: Value = serde_json::from_slice(&bytes).unwrap();
-        let fields = earlier.as_object_mut().unwrap();
-        fields.remove("seq");
-        fields.insert("at".into(), json!([4, 7]));
-        let (_, kept) = decode_snapshot::<Saved>(&serde_json::to_vec(&earlier).unwrap())
-            .unwrap()
-            .split();
+        let earlier = as_earlier_version(&saved, &[4, 7]);
+        let (_, kept) = decode_snapshot::<Saved>(&earlier).unwrap().split();
         let seqs: Vec<Seq> = kept.iter().map(|(s, _)| *s).collect();
         assert_eq!(
             seqs,
@@ -2735,10 +2755,7 @@ mod tests {
             seq: Vec::new(),
             at: Vec::new(),
         };
-        let mut earlier: Value =
-            serde_json::from_slice(&encode_snapshot(&earlier).unwrap()).unwrap();
-        earlier["at"] = json!([0]);
-        let bytes = Bytes::from(serde_json::to_vec(&earlier).unwrap());
+        let bytes = as_earlier_version(&earlier, &[0]);
         state.save(&node_key(&c), bytes).await.unwrap();
 
         let trail = dir.path().join("audit.jsonl");
@@ -2787,7 +2804,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = state_in(dir.path());
         let engine = Engine::new(Config::default(), Counters::default(), "test");
-        let entry = noted;
         let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| NodeName::parse(n).unwrap());
         for (node, what, n, stamp) in [
             (&a, "covered", 9, Stamp(0, 3)),
@@ -2796,7 +2812,7 @@ mod tests {
         ] {
             let saved = Saved {
                 state: engine.node_snapshot(node),
-                effects: vec![Kept::from(&Effect::Audit(entry(node, what)))],
+                effects: vec![Kept::from(&Effect::Audit(noted(node, what)))],
                 batch: Some(stamp),
                 seq: vec![Seq::Counted(0, n)],
                 at: Vec::new(),
@@ -2808,7 +2824,7 @@ mod tests {
         state.save(CARRIED_KEY, marker).await.unwrap();
         let trail = dir.path().join("audit.jsonl");
         let audit = Arc::new(AuditLog::open_file(&trail).unwrap());
-        audit.append(entry(&d, "audited")).await.unwrap();
+        audit.append(noted(&d, "audited")).await.unwrap();
         let bus = skos_bus::InProcBus::new();
         let alert: Alert = serde_json::from_value(json!({
             "alert_id": "c-1", "agent_id": "agent", "type": "cpu_high",

@@ -1122,12 +1122,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (mut c, _) = in_proc(dir.path());
         let [a, b] = nodes(["a", "b"]);
-        let record = audit_about;
-        c.queue(vec![record(&b, "first"), record(&a, "second")]);
+        c.queue(vec![audit_about(&b, "first"), audit_about(&a, "second")]);
         c.persist_strict(BTreeSet::from([a.clone(), b.clone()]))
             .await
             .expect("both written");
-        c.queue(vec![record(&b, "third")]);
+        c.queue(vec![audit_about(&b, "third")]);
         c.persist_strict(BTreeSet::from([b.clone()]))
             .await
             .expect("b written again");
@@ -1278,12 +1277,7 @@ mod tests {
     /// Every node record read back as a restart reads them: what their
     /// kept audit records say, in the order they are carried out.
     async fn read_back(c: &Ctx) -> Vec<String> {
-        let mut kept = Vec::new();
-        for (_, bytes) in c.state.load_prefix(NODE_KEY_PREFIX).await.expect("read") {
-            let saved: Saved = decode_snapshot(&bytes).expect("a record");
-            kept.extend(saved.split().1);
-        }
-        summaries(in_kept_order(kept))
+        summaries(kept_in(&c.state).await)
     }
 
     /// The same through a real failure: b's then a's records are decided
@@ -1304,13 +1298,12 @@ mod tests {
         );
         fill_up(full.path());
         let [a, b] = nodes(["a", "b"]);
-        let record = audit_about;
-        c.queue(vec![record(&b, "first"), record(&a, "second")]);
+        c.queue(vec![audit_about(&b, "first"), audit_about(&a, "second")]);
         let both = BTreeSet::from([a.clone(), b.clone()]);
         c.persist_strict(both.clone()).await.expect("both written");
         assert!(!c.flush(None).await, "appended on a full disk");
         assert_eq!(c.outbox.len(), 2);
-        c.queue(vec![record(&b, "third")]);
+        c.queue(vec![audit_about(&b, "third")]);
         c.persist_strict(both).await.expect("both written again");
         assert_eq!(read_back(&c).await, ["first", "second", "third"]);
     }
@@ -1328,36 +1321,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (mut c, _) = in_proc(dir.path());
         let [x, y] = nodes(["x", "y"]);
-        let record = audit_about;
         for (node, what, place) in [(&x, "second", 1), (&y, "first", 0)] {
             let saved = Saved {
                 state: c.engine.node_snapshot(node),
-                effects: vec![Kept::from(&record(node, what))],
+                effects: vec![Kept::from(&audit_about(node, what))],
                 batch: Some(Stamp(0, 5)),
                 seq: Vec::new(),
                 at: Vec::new(),
             };
-            let mut earlier: Value =
-                serde_json::from_slice(&encode_snapshot(&saved).expect("encoded")).expect("JSON");
-            earlier["at"] = json!([place]);
-            let bytes = Bytes::from(serde_json::to_vec(&earlier).expect("encoded"));
+            let bytes = as_earlier_version(&saved, &[place]);
             c.state.save(&node_key(node), bytes).await.expect("saved");
         }
         // A restart, as `lead` restores.
-        let mut kept = Vec::new();
-        for (_, bytes) in c.state.load_prefix(NODE_KEY_PREFIX).await.expect("read") {
-            kept.extend(
-                decode_snapshot::<Saved>(&bytes)
-                    .expect("a record")
-                    .split()
-                    .1,
-            );
-        }
-        let kept = in_kept_order(kept);
+        let kept = kept_in(&c.state).await;
         c.next_seq = first_seq(last_counted(None, kept.iter().map(|q| &q.seq)), None);
         assert_eq!(summaries(kept.clone()), ["first", "second"]);
         c.requeue(kept);
-        c.queue(vec![record(&y, "third")]);
+        c.queue(vec![audit_about(&y, "third")]);
         c.persist_strict(BTreeSet::from([y.clone()]))
             .await
             .expect("y written again");
@@ -1372,10 +1352,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (mut c, _) = in_proc(dir.path());
         let [a, b] = nodes(["a", "b"]);
-        let record = audit_about;
-        c.queue(vec![record(&a, "first")]);
+        c.queue(vec![audit_about(&a, "first")]);
         let taken: Vec<Queued> = std::mem::take(&mut c.outbox).into();
-        c.queue(vec![record(&b, "second")]);
+        c.queue(vec![audit_about(&b, "second")]);
         c.give_back(taken, false);
         c.persist_strict(BTreeSet::from([a.clone(), b.clone()]))
             .await
