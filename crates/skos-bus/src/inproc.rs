@@ -26,6 +26,8 @@ struct Inner {
     /// Durable messages published while nobody consumed their subject,
     /// handed to the first matching subscriber (as a stream would).
     parked: VecDeque<(String, Bytes, Headers)>,
+    /// Subject patterns whose publishes fail ([`InProcBus::refuse`]).
+    refused: Vec<String>,
 }
 
 impl Default for Inner {
@@ -34,6 +36,7 @@ impl Default for Inner {
             subs: Vec::new(),
             seen: RecentIds::new(DEDUP_WINDOW),
             parked: VecDeque::new(),
+            refused: Vec::new(),
         }
     }
 }
@@ -44,6 +47,19 @@ const PARK_LIMIT: usize = 10_000;
 impl InProcBus {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Make every later publish on a subject matching `pattern` (NATS
+    /// wildcards) fail with [`Error::Subject`], as a bus that is down
+    /// would, until [`InProcBus::accept_all`]. For tests of what a
+    /// publisher does when a publish fails; nothing in SKOS calls it.
+    pub fn refuse(&self, pattern: &str) {
+        self.lock().refused.push(pattern.to_string());
+    }
+
+    /// Take back every [`InProcBus::refuse`]: publishes succeed again.
+    pub fn accept_all(&self) {
+        self.lock().refused.clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -58,6 +74,12 @@ impl InProcBus {
         headers: &[(String, String)],
     ) -> Result<()> {
         let mut inner = self.lock();
+        if let Some(pattern) = inner.refused.iter().find(|p| subjects::matches(p, subject)) {
+            return Err(Error::subject(
+                subject,
+                format!("refused: publishes on {pattern} fail"),
+            ));
+        }
         if let Some(id) = id {
             if !inner.seen.insert(id) {
                 return Ok(());
@@ -220,6 +242,45 @@ mod tests {
         assert_eq!(all.next().await.unwrap().payload.as_ref(), b"2");
         let none = tokio::time::timeout(Duration::from_millis(50), nova.next()).await;
         assert!(none.is_err(), "duplicate delivered");
+    }
+
+    /// A refused subject fails its publishes, naming the subject, and
+    /// nothing of them is delivered, parked or remembered as seen: once
+    /// accepted again, the same id goes through.
+    #[tokio::test]
+    async fn a_refused_publish_fails_and_leaves_nothing_behind() {
+        let bus = InProcBus::new();
+        let mut nova = bus
+            .subscribe(&Feed::Commands(NodeName::parse("nova").unwrap()))
+            .unwrap();
+        bus.refuse("skos.command.>");
+        let err = bus
+            .publish(
+                "skos.command.nova",
+                Bytes::from_static(b"1"),
+                Some("c1"),
+                &[],
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "skos.command.nova: refused: publishes on skos.command.> fail"
+        );
+        bus.publish("skos.alert.nova", Bytes::from_static(b"a"), Some("a1"), &[])
+            .expect("another subject is not refused");
+        let none = tokio::time::timeout(Duration::from_millis(50), nova.next()).await;
+        assert!(none.is_err(), "a refused publish was delivered");
+        bus.accept_all();
+        bus.publish(
+            "skos.command.nova",
+            Bytes::from_static(b"2"),
+            Some("c1"),
+            &[],
+        )
+        .expect("accepted again");
+        assert_eq!(nova.next().await.unwrap().payload.as_ref(), b"2");
+        let mut alerts = bus.subscribe(&Feed::Alerts).unwrap();
+        assert_eq!(alerts.next().await.unwrap().payload.as_ref(), b"a");
     }
 
     #[tokio::test]

@@ -944,6 +944,98 @@ mod tests {
         assert!(trail().contains("its own"), "{}", trail());
     }
 
+    /// [`alert_from`], told when it is acknowledged
+    /// ([`Incoming::told_when_acked`]).
+    fn told_alert_from(node: &NodeName, n: u32) -> (Incoming, Receiver<()>) {
+        let m = alert_from(node, n);
+        Incoming::told_when_acked(m.subject, m.payload)
+    }
+
+    /// The bus refuses a batch's command: its alert is not acknowledged
+    /// (it comes again), nothing of it reaches the trail, and its command
+    /// then its records wait, the records in the order decided, all of
+    /// them kept with their seqs in the node's record. Once the bus takes publishes again, the next flush
+    /// publishes the command once, then appends the records.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_whose_publish_fails_is_not_acknowledged_and_waits() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let [n1] = nodes(["n1"]);
+        let in_proc = InProcBus::new();
+        let bus = Bus::InProc(in_proc.clone());
+        let mut commands = bus
+            .subscribe(Feed::Commands(n1.clone()))
+            .await
+            .expect("subscribe to the node's commands");
+        let audit_path = dir.path().join("audit.jsonl");
+        let mut c = ctx(bus, StateStore::dir(dir.path()), &audit_path);
+        let trail = || std::fs::read_to_string(&audit_path).unwrap_or_default();
+        in_proc.refuse("skos.command.>");
+        let (alert, acked) = told_alert_from(&n1, 1);
+        take_batches(&mut c, alert, Vec::new()).await;
+        assert!(
+            acked.await.is_err(),
+            "acknowledged though its command was not published"
+        );
+        assert!(!trail().contains("a-n1-1"), "{}", trail());
+        assert!(commands.next().now_or_never().is_none(), "published");
+        let waiting: Vec<Queued> = c.outbox.iter().cloned().collect();
+        assert!(
+            matches!(
+                waiting.first(),
+                Some(Queued {
+                    effect: Effect::Command(..),
+                    ..
+                })
+            ),
+            "the command does not wait first: {waiting:?}"
+        );
+        assert!(
+            waiting
+                .iter()
+                .skip(1)
+                .all(|q| matches!(q.effect, Effect::Audit(_)))
+                && waiting.len() > 1,
+            "{waiting:?}"
+        );
+        // Commands are published before any record is appended, so only
+        // the records' order among themselves is the order decided.
+        assert!(
+            waiting[1..].windows(2).all(|w| w[0].seq < w[1].seq),
+            "records not in the order decided: {waiting:?}"
+        );
+        // (Times are kept to the millisecond: compared by what they say.)
+        let said = |kept: &[Queued]| -> Vec<(Seq, String)> {
+            let mut said: Vec<_> = kept
+                .iter()
+                .map(|q| match &q.effect {
+                    Effect::Audit(e) => (q.seq, e.summary.clone()),
+                    Effect::Command(_, cmd) => (q.seq, cmd.action_id.clone()),
+                    other => panic!("not decided here: {other:?}"),
+                })
+                .collect();
+            said.sort();
+            said
+        };
+        assert_eq!(
+            said(&kept_in(&c.state).await),
+            said(&waiting),
+            "the record keeps otherwise"
+        );
+
+        in_proc.accept_all();
+        // As the service's tick does: the nodes not known written, then
+        // what waits.
+        c.persist(c.unsaved.clone()).await;
+        assert!(c.flush(None).await, "not carried out once the bus is back");
+        let published = commands.next().await.expect("the command");
+        let command: Command = serde_json::from_slice(&published.payload).expect("a command");
+        assert_eq!(command.node, Some(n1));
+        assert!(commands.next().now_or_never().is_none(), "published twice");
+        assert!(trail().contains("a-n1-1"), "{}", trail());
+        assert!(c.outbox.is_empty());
+    }
+
     /// A CPU alert from `node`, as it arrives on the bus.
     fn alert_from(node: &NodeName, n: u32) -> Incoming {
         let alert = Alert {
