@@ -31,8 +31,11 @@ use skos_bus::subjects;
 
 use crate::coord::{self, InProcCoordinator};
 use crate::error::Context;
+use crate::logged::{logged, Since};
 use crate::natsutil::{self, Server};
-use crate::progress::{count_audited, count_messages, wait_count, CounterWatch, Progress, Task};
+use crate::progress::{
+    count_audited, count_messages, wait_count, watch_pauses, CounterWatch, Progress, Task,
+};
 use crate::report::{Figure, SectionReport};
 use crate::{say, sim, Error, Opts, Result};
 
@@ -200,6 +203,8 @@ struct HeartbeatBurst {
     /// Alerts the coordinator handled meanwhile: 0 unless the heartbeats
     /// made it raise some (then the burst measured more than heartbeats).
     alerts_handled: u64,
+    /// Warnings and errors the process logged meanwhile.
+    logged: Since,
 }
 
 /// Once the coordinator and nats-server are quiet ([`settle`]), publish
@@ -224,6 +229,7 @@ async fn burst(
     let (publisher, coord) = (&rig.publisher, &rig.hb_watch.progress);
     let (c0, x0) = (coord.count(), ceiling.count());
     let alerts0 = rig.handled_watch.progress.count();
+    let mark = logged().mark();
     let cpu = CpuWindow::open(rig.server.pid());
     let t0 = Instant::now();
     for i in 0..m as usize {
@@ -258,6 +264,7 @@ async fn burst(
         coordinator_cpu_seconds,
         server_cpu_seconds,
         alerts_handled,
+        logged: logged().since(mark),
     })
 }
 
@@ -309,7 +316,7 @@ impl Rig {
 }
 
 /// What one alert burst measured.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct AlertBurst {
     pub published: u64,
     pub publish_errors: u64,
@@ -328,6 +335,13 @@ pub struct AlertBurst {
     /// `--nats-url`): it stores the publisher's alerts and serves the plain
     /// consumer too.
     pub server_cpu_seconds: Option<f64>,
+    /// The longest stretch with no command audited, from the first one
+    /// to the last, in ms: a stall of the coordinator (or of the bus)
+    /// shows here.
+    pub longest_pause_ms: f64,
+    /// Warnings and errors the process (the coordinator's included)
+    /// logged over the burst.
+    pub logged: Since,
 }
 
 /// The durable consumers on `SKOS_COMMANDS` now.
@@ -500,6 +514,8 @@ async fn alert_burst(
         rig.audited_cmds.count(),
         ceil_alerts.count(),
     );
+    let mark = logged().mark();
+    let pauses = watch_pauses(rig.audited_cmds.clone(), a0 + n);
     let t0 = Instant::now();
     let mut inflight = FuturesUnordered::new();
     let mut publish_errors = 0u64;
@@ -545,6 +561,8 @@ async fn alert_burst(
         ratio: coordinator.rate / ceiling.rate,
         coordinator_cpu_seconds,
         server_cpu_seconds,
+        longest_pause_ms: pauses.longest().as_secs_f64() * 1e3,
+        logged: logged().since(mark),
     })
 }
 
@@ -614,7 +632,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
                 c.rate, x.rate, c.lost, x.lost
             ),
         );
-        Some((m, c, x, b.alerts_handled))
+        Some((m, c, x, b.alerts_handled, b.logged))
     } else {
         None
     };
@@ -655,6 +673,28 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             format!("alerts: where a batch's time went, per alert: {line}"),
         );
     }
+    say(
+        S,
+        format!(
+            "alerts: longest pause with no command audited, first to last: {:.1} ms",
+            al.longest_pause_ms
+        ),
+    );
+    // What went wrong while it measured, from the coordinator's own log.
+    let logged_in_bursts = [
+        ("heartbeats", Some(&hb.logged)),
+        ("overload", overload.as_ref().map(|o| &o.4)),
+        ("alerts", Some(&al.logged)),
+    ];
+    for (what, l) in logged_in_bursts {
+        if let Some(line) = l.and_then(Since::summary) {
+            say(S, format!("{what}: {line}"));
+        }
+    }
+    let logged_total: u64 = logged_in_bursts
+        .iter()
+        .filter_map(|(_, l)| l.map(Since::total))
+        .sum();
     let snapshot = counters.snapshot();
     let own_server = rig.server.is_own();
     rig.coordinator.stop(Duration::from_secs(15)).await?;
@@ -738,7 +778,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         )
         .at_most(0.0),
     ];
-    if let Some((m, c, x, alerts)) = &overload {
+    if let Some((m, c, x, alerts, _)) = &overload {
         figures.push(
             Figure::new(
                 S,
@@ -771,6 +811,29 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             "msgs",
         )
         .at_most(0.0),
+        Figure::new(
+            S,
+            format!("longest pause with no alert handled ({n_alerts} burst)"),
+            al.longest_pause_ms,
+            "ms",
+        )
+        .note("from the first command audited to the last: a stall of the coordinator or the bus shows here"),
+        Figure::new(
+            S,
+            "warnings and errors logged during the bursts",
+            logged_total as f64,
+            "lines",
+        )
+        .note(
+            logged_in_bursts
+                .iter()
+                .rev()
+                .find_map(|&(what, l)| Some(format!("{what}: {}", l?.summary()?)))
+                .unwrap_or_else(|| {
+                    "the coordinator's and the clients' warnings and errors, whatever RUST_LOG says"
+                        .to_string()
+                }),
+        ),
     ]);
     // Where the time of an alert goes, less sensitive to the machine's
     // load than the rates: CPU per alert of each side over the burst.
@@ -879,8 +942,9 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             "coordinator_cpu_seconds": hb.coordinator_cpu_seconds,
             "server_cpu_seconds": hb.server_cpu_seconds,
             "alerts_handled": hb.alerts_handled,
+            "logged": hb.logged,
         },
-        "overload": overload.map(|(m, c, x, alerts)| json!({"published": m, "coordinator": c, "ceiling": x, "alerts_handled": alerts})),
+        "overload": overload.map(|(m, c, x, alerts, logged)| json!({"published": m, "coordinator": c, "ceiling": x, "alerts_handled": alerts, "logged": logged})),
         "alerts": al,
         "alert_scale": scale.iter().map(|(n, b, failed)| json!({"open_alerts": n, "burst": b, "state_save_failed": failed})).collect::<Vec<_>>(),
         "counters": snapshot,

@@ -39,6 +39,7 @@ pub mod footprint;
 pub mod hotcpu;
 pub mod ingest;
 pub mod latency;
+pub mod logged;
 pub mod machine;
 pub mod natsutil;
 pub mod opts;

@@ -336,10 +336,23 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        // Printed only with RUST_LOG; warnings and errors always counted
+        // (`skos_bench::logged`), for the sections to report.
+        let printed = std::env::var_os("RUST_LOG").is_some().then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(tracing_subscriber::EnvFilter::from_default_env())
+        });
+        let _ = tracing_subscriber::registry()
+            .with(printed)
+            .with(
+                skos_bench::logged::Counting
+                    .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+            )
             .try_init();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -126,6 +126,78 @@ pub async fn wait_count(
     }
 }
 
+/// The longest time a count stood still while it was watched
+/// ([`watch_pauses`]): from its first change after the watch began to the
+/// moment it reached its target. Precise to about the poll, 1 ms.
+pub struct Pauses {
+    longest_ns: Arc<AtomicU64>,
+    _task: Task,
+}
+
+impl Pauses {
+    /// The longest stretch with no change so far.
+    pub fn longest(&self) -> Duration {
+        Duration::from_nanos(self.longest_ns.load(Ordering::Acquire))
+    }
+}
+
+/// The longest stretch between two changes seen so far, the wait before
+/// the first change left out.
+#[derive(Debug, Clone, Copy)]
+struct PauseTracker {
+    last: Instant,
+    counting: bool,
+    longest: Duration,
+}
+
+impl PauseTracker {
+    fn new(began: Instant) -> Self {
+        Self {
+            last: began,
+            counting: false,
+            longest: Duration::ZERO,
+        }
+    }
+
+    /// The count's last change is now `changed`.
+    fn observe(&mut self, changed: Instant) {
+        if changed <= self.last {
+            return;
+        }
+        if self.counting {
+            self.longest = self.longest.max(changed - self.last);
+        }
+        self.counting = true;
+        self.last = changed;
+    }
+}
+
+/// Watch `p` until it counts `target`, keeping the longest stretch between
+/// two changes (the wait before its first change, a start-up latency, is
+/// not one).
+pub fn watch_pauses(p: Arc<Progress>, target: u64) -> Pauses {
+    let longest_ns = Arc::new(AtomicU64::new(0));
+    let longest = longest_ns.clone();
+    let mut tracker = PauseTracker::new(p.last_change());
+    let task = Task::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            tracker.observe(p.last_change());
+            let ns = u64::try_from(tracker.longest.as_nanos()).unwrap_or(u64::MAX);
+            longest.store(ns, Ordering::Release);
+            if p.count() >= target {
+                return;
+            }
+        }
+    });
+    Pauses {
+        longest_ns,
+        _task: task,
+    }
+}
+
 /// A spawned task aborted on drop.
 pub struct Task(tokio::task::JoinHandle<()>);
 
@@ -262,5 +334,21 @@ mod tests {
         p.set(5);
         p.set(7);
         assert_eq!(p.count(), 7);
+    }
+
+    /// The longest stretch between changes, the wait before the first
+    /// one left out; a change seen again (no new stamp) is no change.
+    #[test]
+    fn the_longest_pause_leaves_out_the_wait_before_the_first_change() {
+        let began = Instant::now();
+        let at = |ms: u64| began + Duration::from_millis(ms);
+        let mut t = PauseTracker::new(began);
+        t.observe(began);
+        t.observe(at(5_000));
+        assert_eq!(t.longest, Duration::ZERO, "the start-up wait counted");
+        for (ms, longest) in [(5_010, 10), (5_010, 10), (5_900, 890), (5_920, 890)] {
+            t.observe(at(ms));
+            assert_eq!(t.longest, Duration::from_millis(longest), "at {ms} ms");
+        }
     }
 }

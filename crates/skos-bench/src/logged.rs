@@ -1,0 +1,208 @@
+//! What the harness's process logged at warning level or above: the
+//! in-process coordinator's warnings and errors (a failed publish or
+//! state write, a consumer re-attached) and its clients', counted
+//! whatever `RUST_LOG` says, so that a section can say what went wrong
+//! while it measured. Without it they were dropped unless `RUST_LOG` was
+//! set.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+/// How many of the last lines are kept.
+const KEEP: usize = 8;
+
+/// Warnings and errors logged since the process started.
+#[derive(Debug, Default)]
+pub struct Logged {
+    warnings: AtomicU64,
+    errors: AtomicU64,
+    /// The last [`KEEP`] of them, each with the count it took.
+    last: Mutex<VecDeque<(u64, String)>>,
+}
+
+/// Counts at one moment, to tell what was logged after it
+/// ([`Logged::since`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    pub warnings: u64,
+    pub errors: u64,
+}
+
+/// What was logged between a [`Mark`] and now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Since {
+    pub warnings: u64,
+    pub errors: u64,
+    /// The last lines of them (at most [`KEEP`]), oldest first: level,
+    /// target, message and fields.
+    pub last: Vec<String>,
+}
+
+impl Since {
+    /// Warnings and errors together.
+    pub fn total(&self) -> u64 {
+        self.warnings + self.errors
+    }
+
+    /// "2 warnings, 1 error; last: ..." or `None` when nothing was logged.
+    pub fn summary(&self) -> Option<String> {
+        if self.total() == 0 {
+            return None;
+        }
+        let last = self.last.last().map(String::as_str).unwrap_or_default();
+        Some(format!(
+            "{} warning(s), {} error(s) logged; last: {last}",
+            self.warnings, self.errors
+        ))
+    }
+}
+
+impl Logged {
+    /// The counts now.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            warnings: self.warnings.load(Ordering::Acquire),
+            errors: self.errors.load(Ordering::Acquire),
+        }
+    }
+
+    /// What was logged after `mark`.
+    pub fn since(&self, mark: Mark) -> Since {
+        let now = self.mark();
+        let from = mark.warnings + mark.errors;
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(n, _)| *n > from)
+            .map(|(_, line)| line.clone())
+            .collect();
+        Since {
+            warnings: now.warnings.saturating_sub(mark.warnings),
+            errors: now.errors.saturating_sub(mark.errors),
+            last,
+        }
+    }
+
+    fn note(&self, level: Level, line: String) {
+        let counter = if level == Level::ERROR {
+            &self.errors
+        } else {
+            &self.warnings
+        };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        counter.fetch_add(1, Ordering::AcqRel);
+        let n = {
+            let m = self.mark();
+            m.warnings + m.errors
+        };
+        if last.len() == KEEP {
+            last.pop_front();
+        }
+        last.push_back((n, line));
+    }
+}
+
+/// The process's record, shared by the layer and the sections.
+pub fn logged() -> &'static Logged {
+    static LOGGED: OnceLock<Logged> = OnceLock::new();
+    LOGGED.get_or_init(Logged::default)
+}
+
+/// A layer that notes every event at warning level or above in
+/// [`logged`]; the caller filters it to that level.
+#[derive(Debug, Default)]
+pub struct Counting;
+
+impl<S: Subscriber> Layer<S> for Counting {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() > Level::WARN {
+            return;
+        }
+        let mut line = Line::default();
+        event.record(&mut line);
+        logged().note(
+            *meta.level(),
+            format!(
+                "{} {}: {}{}",
+                meta.level(),
+                meta.target(),
+                line.message,
+                line.fields
+            ),
+        );
+    }
+}
+
+/// An event's message, then its other fields as ` key=value`.
+#[derive(Default)]
+struct Line {
+    message: String,
+    fields: String,
+}
+
+impl Visit for Line {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.fields, " {}={value}", field.name());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Warnings and errors are counted apart, with their lines; what is
+    /// below warning level is not; `since` tells only what came after its
+    /// mark.
+    #[test]
+    fn warnings_and_errors_are_counted_with_their_last_lines() {
+        let subscriber = tracing_subscriber::registry().with(Counting);
+        tracing::subscriber::with_default(subscriber, || {
+            let before = logged().mark();
+            tracing::info!("not counted");
+            tracing::warn!(consumer = "c1", "durable consumer interrupted");
+            let mid = logged().mark();
+            tracing::error!(waiting = 3, "batch's effects not all carried out yet");
+            let all = logged().since(before);
+            assert_eq!((all.warnings, all.errors), (1, 1));
+            assert_eq!(all.last.len(), 2);
+            assert!(
+                all.last[0].starts_with("WARN ")
+                    && all.last[0].ends_with("durable consumer interrupted consumer=c1"),
+                "{:?}",
+                all.last
+            );
+            let after = logged().since(mid);
+            assert_eq!((after.warnings, after.errors), (0, 1));
+            assert_eq!(
+                after.summary().as_deref(),
+                Some(
+                    "0 warning(s), 1 error(s) logged; last: ERROR skos_bench::logged::tests: \
+                     batch's effects not all carried out yet waiting=3"
+                )
+            );
+            assert_eq!(logged().since(logged().mark()).summary(), None);
+        });
+    }
+}
