@@ -7,8 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -20,10 +19,16 @@ const KEEP: usize = 8;
 /// Warnings and errors logged since the process started.
 #[derive(Debug, Default)]
 pub struct Logged {
-    warnings: AtomicU64,
-    errors: AtomicU64,
-    /// The last [`KEEP`] of them, each with the count it took.
-    last: Mutex<VecDeque<(u64, String)>>,
+    /// Counts and lines together, so that a mark and the lines after it
+    /// always agree.
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    counts: Mark,
+    /// The last [`KEEP`] of them, each with the total count it made.
+    last: VecDeque<(u64, String)>,
 }
 
 /// Counts at one moment, to tell what was logged after it
@@ -64,49 +69,44 @@ impl Since {
 }
 
 impl Logged {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The counts now.
     pub fn mark(&self) -> Mark {
-        Mark {
-            warnings: self.warnings.load(Ordering::Acquire),
-            errors: self.errors.load(Ordering::Acquire),
-        }
+        self.lock().counts
     }
 
     /// What was logged after `mark`.
     pub fn since(&self, mark: Mark) -> Since {
-        let now = self.mark();
+        let inner = self.lock();
         let from = mark.warnings + mark.errors;
-        let last = self
+        let last = inner
             .last
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(n, _)| *n > from)
             .map(|(_, line)| line.clone())
             .collect();
         Since {
-            warnings: now.warnings.saturating_sub(mark.warnings),
-            errors: now.errors.saturating_sub(mark.errors),
+            warnings: inner.counts.warnings.saturating_sub(mark.warnings),
+            errors: inner.counts.errors.saturating_sub(mark.errors),
             last,
         }
     }
 
     fn note(&self, level: Level, line: String) {
-        let counter = if level == Level::ERROR {
-            &self.errors
+        let mut inner = self.lock();
+        if level == Level::ERROR {
+            inner.counts.errors += 1;
         } else {
-            &self.warnings
-        };
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        counter.fetch_add(1, Ordering::AcqRel);
-        let n = {
-            let m = self.mark();
-            m.warnings + m.errors
-        };
-        if last.len() == KEEP {
-            last.pop_front();
+            inner.counts.warnings += 1;
         }
-        last.push_back((n, line));
+        let n = inner.counts.warnings + inner.counts.errors;
+        if inner.last.len() == KEEP {
+            inner.last.pop_front();
+        }
+        inner.last.push_back((n, line));
     }
 }
 

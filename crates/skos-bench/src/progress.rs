@@ -13,6 +13,11 @@ pub struct Progress {
     count: AtomicU64,
     /// Nanoseconds after `base` of the last change.
     last_ns: AtomicU64,
+    /// Nanoseconds after `base` from which stretches between changes are
+    /// kept ([`Progress::watch_pauses`]); `u64::MAX` until then.
+    pauses_from_ns: AtomicU64,
+    /// The longest stretch between two changes since `pauses_from_ns`.
+    longest_pause_ns: AtomicU64,
 }
 
 impl Default for Progress {
@@ -27,12 +32,63 @@ impl Progress {
             base: Instant::now(),
             count: AtomicU64::new(0),
             last_ns: AtomicU64::new(0),
+            pauses_from_ns: AtomicU64::new(u64::MAX),
+            longest_pause_ns: AtomicU64::new(0),
         }
     }
 
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     fn stamp(&self) {
-        let ns = self.base.elapsed().as_nanos() as u64;
-        self.last_ns.store(ns, Ordering::Release);
+        self.stamp_at(self.now_ns());
+    }
+
+    /// A change at `ns` after `base`: the stretch since the last change
+    /// is kept when that change came after [`Progress::watch_pauses`].
+    fn stamp_at(&self, ns: u64) {
+        let prev = self.last_ns.swap(ns, Ordering::AcqRel);
+        if prev >= self.pauses_from_ns.load(Ordering::Acquire) {
+            self.longest_pause_ns
+                .fetch_max(ns.saturating_sub(prev), Ordering::AcqRel);
+        }
+    }
+
+    /// From now on, keep the longest stretch between two changes (the
+    /// wait before the first change, a start-up latency, is not one),
+    /// read by [`Progress::longest_pause`]. Exact: measured as each
+    /// change is counted, not polled.
+    pub fn watch_pauses(&self) {
+        self.watch_pauses_at(self.now_ns());
+    }
+
+    fn watch_pauses_at(&self, ns: u64) {
+        self.longest_pause_ns.store(0, Ordering::Release);
+        self.pauses_from_ns.store(ns, Ordering::Release);
+    }
+
+    /// The longest stretch between two changes since
+    /// [`Progress::watch_pauses`]; with `still`, the count did not reach
+    /// what was waited for, and the stretch from its last change (or from
+    /// the watch's start) to now counts too: a stall that never ended.
+    pub fn longest_pause(&self, still: bool) -> Duration {
+        Duration::from_nanos(self.longest_pause_at(still, self.now_ns()))
+    }
+
+    fn longest_pause_at(&self, still: bool, now_ns: u64) -> u64 {
+        let between = self.longest_pause_ns.load(Ordering::Acquire);
+        if !still {
+            return between;
+        }
+        let from = self.pauses_from_ns.load(Ordering::Acquire);
+        let last = self.last_ns.load(Ordering::Acquire);
+        let since = if from == u64::MAX {
+            last
+        } else {
+            last.max(from)
+        };
+        between.max(now_ns.saturating_sub(since))
     }
 
     pub fn inc(&self) {
@@ -123,78 +179,6 @@ pub async fn wait_count(
             };
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// The longest time a count stood still while it was watched
-/// ([`watch_pauses`]): from its first change after the watch began to the
-/// moment it reached its target. Precise to about the poll, 1 ms.
-pub struct Pauses {
-    longest_ns: Arc<AtomicU64>,
-    _task: Task,
-}
-
-impl Pauses {
-    /// The longest stretch with no change so far.
-    pub fn longest(&self) -> Duration {
-        Duration::from_nanos(self.longest_ns.load(Ordering::Acquire))
-    }
-}
-
-/// The longest stretch between two changes seen so far, the wait before
-/// the first change left out.
-#[derive(Debug, Clone, Copy)]
-struct PauseTracker {
-    last: Instant,
-    counting: bool,
-    longest: Duration,
-}
-
-impl PauseTracker {
-    fn new(began: Instant) -> Self {
-        Self {
-            last: began,
-            counting: false,
-            longest: Duration::ZERO,
-        }
-    }
-
-    /// The count's last change is now `changed`.
-    fn observe(&mut self, changed: Instant) {
-        if changed <= self.last {
-            return;
-        }
-        if self.counting {
-            self.longest = self.longest.max(changed - self.last);
-        }
-        self.counting = true;
-        self.last = changed;
-    }
-}
-
-/// Watch `p` until it counts `target`, keeping the longest stretch between
-/// two changes (the wait before its first change, a start-up latency, is
-/// not one).
-pub fn watch_pauses(p: Arc<Progress>, target: u64) -> Pauses {
-    let longest_ns = Arc::new(AtomicU64::new(0));
-    let longest = longest_ns.clone();
-    let mut tracker = PauseTracker::new(p.last_change());
-    let task = Task::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tick.tick().await;
-            tracker.observe(p.last_change());
-            let ns = u64::try_from(tracker.longest.as_nanos()).unwrap_or(u64::MAX);
-            longest.store(ns, Ordering::Release);
-            if p.count() >= target {
-                return;
-            }
-        }
-    });
-    Pauses {
-        longest_ns,
-        _task: task,
     }
 }
 
@@ -336,19 +320,35 @@ mod tests {
         assert_eq!(p.count(), 7);
     }
 
-    /// The longest stretch between changes, the wait before the first
-    /// one left out; a change seen again (no new stamp) is no change.
+    /// Stretches between changes count from the watch on, the wait
+    /// before the first change left out; a stall that never ended counts
+    /// from the last change; a new watch starts afresh.
     #[test]
     fn the_longest_pause_leaves_out_the_wait_before_the_first_change() {
-        let began = Instant::now();
-        let at = |ms: u64| began + Duration::from_millis(ms);
-        let mut t = PauseTracker::new(began);
-        t.observe(began);
-        t.observe(at(5_000));
-        assert_eq!(t.longest, Duration::ZERO, "the start-up wait counted");
-        for (ms, longest) in [(5_010, 10), (5_010, 10), (5_900, 890), (5_920, 890)] {
-            t.observe(at(ms));
-            assert_eq!(t.longest, Duration::from_millis(longest), "at {ms} ms");
+        const MS: u64 = 1_000_000;
+        let p = Progress::new();
+        p.stamp_at(100 * MS);
+        p.watch_pauses_at(1_000 * MS);
+        p.stamp_at(5_000 * MS);
+        assert_eq!(
+            p.longest_pause_at(false, 5_000 * MS),
+            0,
+            "the start-up wait counted"
+        );
+        for (ms, longest) in [(5_010, 10), (5_900, 890), (5_920, 890)] {
+            p.stamp_at(ms * MS);
+            assert_eq!(
+                p.longest_pause_at(false, ms * MS),
+                longest * MS,
+                "at {ms} ms"
+            );
         }
+        // Not reached: stuck since the last change at 5,920 ms.
+        assert_eq!(p.longest_pause_at(true, 7_000 * MS), 1_080 * MS);
+        assert_eq!(p.longest_pause_at(true, 6_000 * MS), 890 * MS);
+        p.watch_pauses_at(8_000 * MS);
+        assert_eq!(p.longest_pause_at(false, 8_000 * MS), 0);
+        // Nothing since the watch began: stuck since it began.
+        assert_eq!(p.longest_pause_at(true, 8_500 * MS), 500 * MS);
     }
 }

@@ -281,6 +281,22 @@ mod tests {
         assert_eq!(nova.next().await.unwrap().payload.as_ref(), b"2");
         let mut alerts = bus.subscribe(&Feed::Alerts).unwrap();
         assert_eq!(alerts.next().await.unwrap().payload.as_ref(), b"a");
+        // Refused with nobody listening: not parked for a later subscriber.
+        bus.refuse("skos.command.lyra");
+        assert!(bus
+            .publish(
+                "skos.command.lyra",
+                Bytes::from_static(b"3"),
+                Some("c3"),
+                &[]
+            )
+            .is_err());
+        bus.accept_all();
+        let mut lyra = bus
+            .subscribe(&Feed::Commands(NodeName::parse("lyra").unwrap()))
+            .unwrap();
+        let none = tokio::time::timeout(Duration::from_millis(50), lyra.next()).await;
+        assert!(none.is_err(), "a refused publish was parked");
     }
 
     #[tokio::test]
