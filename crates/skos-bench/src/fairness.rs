@@ -262,6 +262,8 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     let coordinator = InProcCoordinator::start(cfg).await?;
     let counters = coordinator.counters.clone();
     let hb_watch = CounterWatch::start(counters.clone(), "heartbeats.received");
+    // What the process logs from here on (not the coordinator's start).
+    let mark = crate::logged::logged().mark();
 
     let results = Arc::new(AtomicU64::new(0));
     let waiting: Waiting = Arc::default();
@@ -358,6 +360,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         ),
     );
     let snapshot = counters.snapshot();
+    let logged = crate::logged::logged().since(mark);
     coordinator.stop(Duration::from_secs(15)).await?;
 
     let (q, f) = (Summary::of(&quiet), Summary::of(&flooded));
@@ -411,9 +414,11 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             "msgs",
         )
         .at_most(0.0),
+        logged.figure(S, "while alerts were timed"),
     ];
     let data = json!({
         "flood_alerts": n_flood,
+        "logged": logged,
         "flood_node": flood_node,
         "flood_publish": fl,
         "flood_counted": counted_flood,

@@ -690,10 +690,6 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             say(S, format!("{what}: {line}"));
         }
     }
-    let logged_total: u64 = logged_in_bursts
-        .iter()
-        .filter_map(|(_, l)| l.map(Since::total))
-        .sum();
     let snapshot = counters.snapshot();
     let own_server = rig.server.is_own();
     rig.coordinator.stop(Duration::from_secs(15)).await?;
@@ -817,22 +813,8 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
             "ms",
         )
         .note("from the first command audited to the last (or to the end of the wait): a stall of the coordinator or the bus shows here"),
-        Figure::new(
-            S,
-            "warnings and errors logged during the bursts",
-            logged_total as f64,
-            "lines",
-        )
-        .note(
-            logged_in_bursts
-                .iter()
-                .rev()
-                .find_map(|&(what, l)| Some(format!("{what}: {}", l?.summary()?)))
-                .unwrap_or_else(|| {
-                    "the coordinator's and the clients' warnings and errors, whatever RUST_LOG says"
-                        .to_string()
-                }),
-        ),
+        Since::merged(logged_in_bursts.iter().filter_map(|(_, l)| *l))
+            .figure(S, "during the bursts"),
     ]);
     // Where the time of an alert goes, less sensitive to the machine's
     // load than the rates: CPU per alert of each side over the burst.

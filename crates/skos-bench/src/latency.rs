@@ -105,6 +105,8 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     let coordinator = InProcCoordinator::start(coord::bench_config(&url, o.lease_seconds)).await?;
     let counters = coordinator.counters.clone();
     let hb_watch = CounterWatch::start(counters.clone(), "heartbeats.received");
+    // What the process logs from here on (not the coordinator's start).
+    let mark = crate::logged::logged().mark();
 
     let observer = natsutil::client(&url, "skos-bench-observer").await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -209,6 +211,7 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
     );
     let probe = sim::alert(&sim::node(&prefix, 0)?, "probe", "warning", 80.0)?;
     let rtt = natsutil::echo_round_trips(&url, &publisher, probe, o.round_trips).await?;
+    let logged = crate::logged::logged().since(mark);
     coordinator.stop(Duration::from_secs(15)).await?;
     drop(tasks);
 
@@ -249,9 +252,11 @@ pub async fn run(o: &Opts) -> Result<SectionReport> {
         )
         .derived_at_most(0.0)
         .note("each alert batch writes the state of the nodes it touched before its commands"),
+        logged.figure(S, "while alerts were timed"),
     ];
     let data = json!({
         "alerts": n,
+        "logged": logged,
         "missing": missing,
         "counters": counters.snapshot(),
         "alert_to_command_ms": summary_json(&cmd),

@@ -50,6 +50,20 @@ pub struct Since {
 }
 
 impl Since {
+    /// What `parts` (in order) logged, together: their counts summed,
+    /// their last lines kept (at most [`KEEP`], the latest).
+    pub fn merged<'a>(parts: impl IntoIterator<Item = &'a Since>) -> Since {
+        let mut all = Since::default();
+        for p in parts {
+            all.warnings += p.warnings;
+            all.errors += p.errors;
+            all.last.extend(p.last.iter().cloned());
+        }
+        let extra = all.last.len().saturating_sub(KEEP);
+        all.last.drain(..extra);
+        all
+    }
+
     /// Warnings and errors together.
     pub fn total(&self) -> u64 {
         self.warnings + self.errors
@@ -65,6 +79,23 @@ impl Since {
             "{} warning(s), {} error(s) logged; last: {last}",
             self.warnings, self.errors
         ))
+    }
+}
+
+impl Since {
+    /// The figure of `section` saying how many warnings and errors were
+    /// logged `while` (e.g. "during the bursts"), its note the last one.
+    /// No target: what they say matters more than how many.
+    pub fn figure(&self, section: &str, while_: &str) -> crate::report::Figure {
+        crate::report::Figure::new(
+            section,
+            format!("warnings and errors logged {while_}"),
+            self.total() as f64,
+            "lines",
+        )
+        .note(self.summary().unwrap_or_else(|| {
+            "the in-process coordinator's and the clients', whatever RUST_LOG says".to_string()
+        }))
     }
 }
 
@@ -203,6 +234,12 @@ mod tests {
                 )
             );
             assert_eq!(logged().since(logged().mark()).summary(), None);
+            let both = Since::merged([&after, &all]);
+            assert_eq!((both.warnings, both.errors), (1, 2));
+            assert_eq!(both.last.len(), 3);
+            let many: Vec<Since> = (0..10).map(|_| all.clone()).collect();
+            let kept = Since::merged(&many);
+            assert_eq!((kept.total(), kept.last.len()), (20, KEEP));
         });
     }
 }

@@ -48,9 +48,11 @@ use crate::status::Leadership;
 use crate::{Error, Result};
 
 mod pipeline;
+mod refusals;
 mod written;
 
 use pipeline::Durable;
+use refusals::Refusals;
 use written::Written;
 
 pub struct ServiceOptions {
@@ -598,6 +600,9 @@ struct Ctx {
     /// Results handled: the message ids they were stored under
     /// ([`skos_bus::result_message_id`]).
     results_seen: RecentIds,
+    /// Refused messages of this leadership, audited one by one up to a
+    /// limit a minute per feed, then summed up.
+    refusals: Refusals,
     /// This coordinator was deposed while carrying out effects.
     deposed: bool,
     /// With an election: until when the last renewal lets this coordinator
@@ -1069,6 +1074,7 @@ async fn lead(
         stalled: false,
         audits_uncertain: false,
         results_seen,
+        refusals: Refusals::default(),
         deposed: false,
         valid_until: lease.as_ref().and_then(|l| l.valid_until()),
         audit_down: None,
@@ -1186,6 +1192,7 @@ async fn lead(
                 let now = chrono::Utc::now();
                 let mut effects = ctx.engine.tick(now);
                 effects.extend(ctx.settled(now).await);
+                effects.extend(ctx.refusals_held(now, false));
                 let mut touched = effect_nodes(&effects);
                 touched.extend(std::mem::take(&mut ctx.unsaved));
                 let decided = !effects.is_empty();
@@ -1206,6 +1213,9 @@ async fn lead(
         }
     };
     if matches!(led, Led::Shutdown) {
+        // The refusals held so far are summed up now, not lost.
+        let held = ctx.refusals_held(chrono::Utc::now(), true);
+        ctx.queue(held);
         // What could not be carried out waits in the saved state: try once
         // more before stopping.
         ctx.flush(None).await;
@@ -1482,13 +1492,23 @@ impl Ctx {
         ))
     }
 
-    /// Count and log a refused message; the audit entry to write for it.
-    fn reject(&self, feed: &str, m: &Incoming, err: &DecodeError) -> Effect {
+    /// Count a refused message; the audit entry to write for it, unless
+    /// it is held for its feed's summary ([`refusals`]).
+    fn reject(&mut self, feed: &'static str, m: &Incoming, err: &DecodeError) -> Option<Effect> {
         self.refuse(feed, &m.subject, m.payload.len(), err)
     }
 
-    /// [`Ctx::reject`] of a message of `bytes` bytes on `subject`.
-    fn refuse(&self, feed: &str, subject: &str, bytes: usize, err: &DecodeError) -> Effect {
+    /// [`Ctx::reject`] of a message of `bytes` bytes on `subject`: counted
+    /// always; logged and audited one by one up to
+    /// [`refusals::AUDITED_PER_MINUTE`] a minute per feed, the rest summed
+    /// up when the minute ends ([`Ctx::refusals_held`]).
+    fn refuse(
+        &mut self,
+        feed: &'static str,
+        subject: &str,
+        bytes: usize,
+        err: &DecodeError,
+    ) -> Option<Effect> {
         let reason = match err {
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::TooDeep => "too_deep",
@@ -1497,15 +1517,68 @@ impl Ctx {
             DecodeError::Untrusted(_) => "untrusted",
         };
         self.counters.inc(Counter::Rejected { feed, reason });
+        let now = chrono::Utc::now();
+        if !self.refusals.note(feed, subject, reason, bytes, now) {
+            tracing::debug!(subject, feed, error = %err, "rejected message (held for the minute's summary)");
+            return None;
+        }
         tracing::warn!(subject, feed, error = %err, "rejected message");
-        Effect::Audit(AuditEntry::new(
+        Some(Effect::Audit(AuditEntry::new(
             skos_core::AuditEvent::Rejected,
             chrono::Utc::now(),
             None,
             "coordinator",
             format!("rejected {feed} on {subject}: {err}"),
             json!({"subject": subject, "feed": feed, "reason": reason, "error": err.to_string(), "bytes": bytes}),
-        ))
+        )))
+    }
+
+    /// The summaries of the refusals held in the minutes that ended by
+    /// `now` (every one held, with `all`), logged and to be audited.
+    fn refusals_held(&mut self, now: chrono::DateTime<chrono::Utc>, all: bool) -> Vec<Effect> {
+        self.refusals
+            .ended(now, all)
+            .into_iter()
+            .map(|h| {
+                let n = h.count();
+                let reasons: Vec<String> =
+                    h.reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+                let subjects = if h.more_subjects {
+                    format!("{}, and more", h.subjects.join(", "))
+                } else {
+                    h.subjects.join(", ")
+                };
+                tracing::warn!(
+                    feed = h.feed,
+                    held = n,
+                    audited = h.audited,
+                    reasons = %reasons.join(", "),
+                    "rejected messages past the first of the minute: summed up in one audit record"
+                );
+                Effect::Audit(AuditEntry::new(
+                    skos_core::AuditEvent::Rejected,
+                    now,
+                    None,
+                    "coordinator",
+                    format!(
+                        "{n} more {} messages rejected in the minute since {} ({}), on {subjects}",
+                        h.feed,
+                        skos_core::timefmt::format(&h.since),
+                        reasons.join(", ")
+                    ),
+                    json!({
+                        "feed": h.feed,
+                        "since": skos_core::timefmt::format(&h.since),
+                        "held": n,
+                        "audited_one_by_one": h.audited,
+                        "reasons": h.reasons,
+                        "bytes": h.bytes,
+                        "subjects": h.subjects,
+                        "more_subjects": h.more_subjects,
+                    }),
+                ))
+            })
+            .collect()
     }
 
     fn subject_mismatch(m: &Incoming, node: &skos_core::NodeName) -> Option<DecodeError> {
@@ -1577,7 +1650,7 @@ impl Ctx {
                     }
                 }
                 Decoded::Refused(r) => {
-                    effects.push(self.refuse("heartbeat", &r.subject, r.bytes, &r.error))
+                    effects.extend(self.refuse("heartbeat", &r.subject, r.bytes, &r.error))
                 }
             }
         }
@@ -1736,7 +1809,7 @@ impl Ctx {
                     touch(&mut work.touched, &effects);
                     work.effects.extend(effects);
                 }
-                Err(e) => work.effects.push(self.reject("alert", &m, &e)),
+                Err(e) => work.effects.extend(self.reject("alert", &m, &e)),
             }
             work.acks.push(m);
         }
@@ -1794,7 +1867,7 @@ impl Ctx {
                         tracing::debug!(action_id = %result.action_id, status = result.status.as_str(), "result already handled");
                     }
                 }
-                Err(e) => work.effects.push(self.reject("result", &m, &e)),
+                Err(e) => work.effects.extend(self.reject("result", &m, &e)),
             }
             work.acks.push(m);
         }

@@ -605,4 +605,48 @@ fn malformed_messages_on_every_subject_are_counted_not_fatal() {
     wait_for(Duration::from_secs(10), "nova still reporting", || {
         status(&nats).filter(|s| node(s, "nova").is_some_and(|n| n["status"] == "healthy"))
     });
+
+    // A flood of 500 more malformed heartbeats: every one counted, but
+    // past ten a minute they are not audited one by one; stopping sums
+    // up the rest in one record.
+    rt.block_on(async {
+        for _ in 0..500 {
+            bus.publish_raw("skos.heartbeat.nova", Bytes::from_static(b"{"))
+                .await
+                .unwrap();
+        }
+    });
+    wait_for(Duration::from_secs(20), "the flood counted", || {
+        status(&nats).filter(|s| {
+            s["counters"]["rejected.heartbeat.malformed"]
+                .as_u64()
+                .is_some_and(|n| n >= 501)
+        })
+    });
+    let one_by_one = |records: &[Value]| {
+        audit_events(records, "rejected")
+            .into_iter()
+            .filter(|r| r["entry"]["data"]["subject"] == "skos.heartbeat.nova")
+            .count()
+    };
+    assert_eq!(
+        one_by_one(&audit(&nats)),
+        10,
+        "past ten a minute audited one by one"
+    );
+    assert!(coord.sigterm().success());
+    let records = audit(&nats);
+    let summary: Vec<Value> = audit_events(&records, "rejected")
+        .into_iter()
+        .filter(|r| {
+            r["entry"]["data"]["feed"] == "heartbeat" && r["entry"]["data"]["held"].is_u64()
+        })
+        .collect();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    // 4 hostile heartbeats and 500 more: 10 audited, 494 summed up.
+    assert_eq!(summary[0]["entry"]["data"]["held"], 494, "{summary:?}");
+    assert_eq!(
+        summary[0]["entry"]["data"]["subjects"],
+        json!(["skos.heartbeat.nova"])
+    );
 }

@@ -1057,6 +1057,71 @@ mod tests {
         assert!(c.outbox.is_empty());
     }
 
+    /// A flood of refused heartbeats (1,000 in one batch, from three
+    /// subjects): every one is counted, the first ten of the minute are
+    /// audited one by one, and the rest in one summary when the minute
+    /// ends, with the count by reason and the subjects. Before, each wrote
+    /// its own audit record (and warning): as many records as a source
+    /// could send.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_refused_messages_is_audited_ten_then_in_one_summary() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut c, audit_path) = in_proc(dir.path());
+        let refused = (0..1_000)
+            .map(|i| {
+                super::Decoded::Refused(super::Refusal {
+                    subject: format!("skos.heartbeat.n{}", i % 3),
+                    bytes: 7,
+                    error: DecodeError::Malformed("expected value".into()),
+                })
+            })
+            .collect();
+        c.heartbeats(refused).await;
+        let counted = c.counters.of(Counter::Rejected {
+            feed: "heartbeat",
+            reason: "malformed",
+        });
+        assert_eq!(counted, 1_000);
+        let rejected = |trail: &str| -> Vec<Value> {
+            trail
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("a record")["entry"].clone())
+                .filter(|e| e["event_type"] == "rejected")
+                .collect()
+        };
+        let trail = std::fs::read_to_string(&audit_path).expect("the trail");
+        assert_eq!(rejected(&trail).len(), 10, "{trail}");
+        assert!(
+            c.refusals_held(chrono::Utc::now(), false).is_empty(),
+            "summed up early"
+        );
+        let minute_later = chrono::Utc::now() + chrono::Duration::seconds(61);
+        let held = c.refusals_held(minute_later, false);
+        c.queue(held);
+        assert!(c.flush(None).await);
+        let trail = std::fs::read_to_string(&audit_path).expect("the trail");
+        let all = rejected(&trail);
+        assert_eq!(all.len(), 11, "{trail}");
+        let summary = &all[10];
+        assert_eq!(summary["data"]["held"], 990, "{summary}");
+        assert_eq!(summary["data"]["reasons"]["malformed"], 990, "{summary}");
+        assert_eq!(summary["data"]["bytes"], 990 * 7, "{summary}");
+        assert_eq!(
+            summary["data"]["subjects"],
+            json!([
+                "skos.heartbeat.n0",
+                "skos.heartbeat.n1",
+                "skos.heartbeat.n2"
+            ])
+        );
+        assert!(
+            summary["summary"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("990 more heartbeat messages rejected")),
+            "{summary}"
+        );
+    }
+
     /// A CPU alert from `node`, as it arrives on the bus.
     fn alert_from(node: &NodeName, n: u32) -> Incoming {
         let alert = Alert {
@@ -1830,6 +1895,7 @@ mod tests {
             stalled: false,
             audits_uncertain: false,
             results_seen: RecentIds::new(16),
+            refusals: super::Refusals::default(),
             deposed: false,
             valid_until: None,
             audit_down: None,
