@@ -47,10 +47,12 @@ use crate::gaps::{self, SequenceGaps};
 use crate::status::Leadership;
 use crate::{Error, Result};
 
+mod dropped;
 mod pipeline;
 mod refusals;
 mod written;
 
+use dropped::Drops;
 use pipeline::Durable;
 use refusals::Refusals;
 use written::Written;
@@ -603,6 +605,9 @@ struct Ctx {
     /// Refused messages of this leadership, audited one by one up to a
     /// limit a minute per feed, then summed up.
     refusals: Refusals,
+    /// Messages the bus dropped unread, audited one gap at a time up to a
+    /// limit a minute per feed, then summed up.
+    drops: Drops,
     /// This coordinator was deposed while carrying out effects.
     deposed: bool,
     /// With an election: until when the last renewal lets this coordinator
@@ -1075,6 +1080,7 @@ async fn lead(
         audits_uncertain: false,
         results_seen,
         refusals: Refusals::default(),
+        drops: Drops::default(),
         deposed: false,
         valid_until: lease.as_ref().and_then(|l| l.valid_until()),
         audit_down: None,
@@ -1192,7 +1198,7 @@ async fn lead(
                 let now = chrono::Utc::now();
                 let mut effects = ctx.engine.tick(now);
                 effects.extend(ctx.settled(now).await);
-                effects.extend(ctx.refusals_held(now, false));
+                effects.extend(ctx.summed_up(now, false));
                 let mut touched = effect_nodes(&effects);
                 touched.extend(std::mem::take(&mut ctx.unsaved));
                 let decided = !effects.is_empty();
@@ -1213,8 +1219,8 @@ async fn lead(
         }
     };
     if matches!(led, Led::Shutdown) {
-        // The refusals held so far are summed up now, not lost.
-        let held = ctx.refusals_held(chrono::Utc::now(), true);
+        // What was held for the minute's summaries is summed up now.
+        let held = ctx.summed_up(chrono::Utc::now(), true);
         ctx.queue(held);
         // What could not be carried out waits in the saved state: try once
         // more before stopping.
@@ -1533,8 +1539,57 @@ impl Ctx {
         )))
     }
 
-    /// The summaries of the refusals held in the minutes that ended by
-    /// `now` (every one held, with `all`), logged and to be audited.
+    /// The summaries of what was held in the minutes that ended by `now`
+    /// (everything held, with `all`): refusals, then drops; logged and to
+    /// be audited.
+    fn summed_up(&mut self, now: chrono::DateTime<chrono::Utc>, all: bool) -> Vec<Effect> {
+        let mut out = self.refusals_held(now, all);
+        out.extend(self.drops_held(now, all));
+        out
+    }
+
+    /// The summaries of the drops held ([`dropped`]).
+    fn drops_held(&mut self, now: chrono::DateTime<chrono::Utc>, all: bool) -> Vec<Effect> {
+        self.drops
+            .ended(now, all)
+            .into_iter()
+            .map(|h| {
+                tracing::warn!(
+                    feed = h.feed,
+                    dropped = h.dropped,
+                    audited = h.audited,
+                    "messages dropped by the bus before they were read, past the minute's first gaps: summed up in one audit record"
+                );
+                let unnamed = if h.unnamed > 0 {
+                    format!(" ({} in ranges not named)", h.unnamed)
+                } else {
+                    String::new()
+                };
+                Effect::Audit(AuditEntry::new(
+                    skos_core::AuditEvent::Dropped,
+                    now,
+                    None,
+                    "coordinator",
+                    format!(
+                        "{} more {}s dropped by the bus before they were read in the minute since {}{unnamed}",
+                        h.dropped,
+                        h.feed,
+                        skos_core::timefmt::format(&h.since)
+                    ),
+                    json!({
+                        "feed": h.feed,
+                        "dropped": h.dropped,
+                        "sequences": h.sequences,
+                        "unnamed": h.unnamed,
+                        "since": skos_core::timefmt::format(&h.since),
+                        "gaps_audited_one_by_one": h.audited,
+                    }),
+                ))
+            })
+            .collect()
+    }
+
+    /// The summaries of the refusals held ([`refusals`]).
     fn refusals_held(&mut self, now: chrono::DateTime<chrono::Utc>, all: bool) -> Vec<Effect> {
         self.refusals
             .ended(now, all)
@@ -1711,7 +1766,8 @@ impl Ctx {
         out
     }
 
-    /// Count and audit the sequences of `feed` dropped unread.
+    /// Count the sequences of `feed` dropped unread; audit them, unless
+    /// held for the minute's summary ([`dropped`]).
     fn audit_dropped(
         &mut self,
         feed: &'static str,
@@ -1723,6 +1779,14 @@ impl Ctx {
             return None;
         }
         self.counters.add(Counter::DroppedUnread(feed), n);
+        if !self.drops.note(feed, skipped, now) {
+            tracing::debug!(
+                feed,
+                dropped = n,
+                "messages dropped by the bus before they were read (held for the minute's summary)"
+            );
+            return None;
+        }
         tracing::warn!(
             feed,
             dropped = n,

@@ -1122,6 +1122,42 @@ mod tests {
         );
     }
 
+    /// Gaps in a feed (the bus dropped messages before they were read),
+    /// fifteen batches of them in a minute: every message counted, the
+    /// first ten gaps audited one by one, the other five summed up in one
+    /// record once the leader stops, with their sequences.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gaps_past_ten_a_minute_are_audited_in_one_summary() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut c, audit_path) = in_proc(dir.path());
+        let now = chrono::Utc::now();
+        let mut effects = Vec::new();
+        for i in 0..15u64 {
+            effects.extend(c.audit_dropped("alert", &[i * 10..=i * 10 + 2], now));
+        }
+        assert_eq!(effects.len(), 10);
+        assert_eq!(c.counters.of(Counter::DroppedUnread("alert")), 45);
+        effects.extend(c.summed_up(now, true));
+        c.queue(effects);
+        assert!(c.flush(None).await);
+        let trail = std::fs::read_to_string(&audit_path).expect("the trail");
+        let dropped: Vec<Value> = trail
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a record")["entry"].clone())
+            .filter(|e| e["event_type"] == "dropped")
+            .collect();
+        assert_eq!(dropped.len(), 11, "{trail}");
+        let total: u64 = dropped
+            .iter()
+            .map(|e| e["data"]["dropped"].as_u64().expect("a count"))
+            .sum();
+        assert_eq!(total, 45, "every drop audited");
+        assert_eq!(
+            dropped[10]["data"]["sequences"],
+            json!([[100, 102], [110, 112], [120, 122], [130, 132], [140, 142]])
+        );
+    }
+
     /// A CPU alert from `node`, as it arrives on the bus.
     fn alert_from(node: &NodeName, n: u32) -> Incoming {
         let alert = Alert {
@@ -1896,6 +1932,7 @@ mod tests {
             audits_uncertain: false,
             results_seen: RecentIds::new(16),
             refusals: super::Refusals::default(),
+            drops: super::Drops::default(),
             deposed: false,
             valid_until: None,
             audit_down: None,

@@ -1,0 +1,167 @@
+//! Messages the bus dropped before they were read (a node past its
+//! per-node limit, messages past the stream's age; found by
+//! [`crate::gaps`]): every one is counted (`<feed>s.dropped_unread`), but a
+//! flood that keeps a node past its limit fills neither the audit trail nor
+//! the log. Per feed, in a minute, the first [`AUDITED_PER_MINUTE`] gaps
+//! have an audited record (and a warning) each, naming their stream
+//! sequences; the rest are held and summed up in one record when the minute
+//! ends, or when the coordinator stops leading, with their sequences (the
+//! first [`RANGES_KEPT`] ranges). Before, every batch with a gap wrote its
+//! own record and warning: about one per batch of a flood, for as long as
+//! it lasted.
+//!
+//! Sans-IO: time comes in, what to audit goes out.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+
+use skos_core::level::secs;
+use skos_core::timefmt::Timestamp;
+
+/// Gaps of one feed audited one by one in a minute.
+pub(super) const AUDITED_PER_MINUTE: u32 = 10;
+
+/// Ranges of sequences named in a summary; past them only counted.
+const RANGES_KEPT: usize = 64;
+
+/// The window, seconds.
+const WINDOW: f64 = 60.0;
+
+/// One feed's current minute.
+#[derive(Debug, Clone)]
+struct Window {
+    start: Timestamp,
+    audited: u32,
+    held: Held,
+}
+
+/// A minute of one feed whose gaps past the first were held.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Held {
+    pub(super) feed: &'static str,
+    pub(super) since: Timestamp,
+    /// Gaps audited one by one in that minute.
+    pub(super) audited: u32,
+    /// Messages dropped in the gaps held.
+    pub(super) dropped: u64,
+    /// Their sequences, `[first, last]`, merged where they touch (at most
+    /// [`RANGES_KEPT`]).
+    pub(super) sequences: Vec<[u64; 2]>,
+    /// Messages in ranges past those kept.
+    pub(super) unnamed: u64,
+}
+
+impl Held {
+    fn add(&mut self, skipped: &[RangeInclusive<u64>]) {
+        for r in skipped {
+            let (start, end) = (*r.start(), *r.end());
+            self.dropped += end - start + 1;
+            let kept = self.sequences.len();
+            match self.sequences.last_mut() {
+                Some(last) if last[1] + 1 == start => last[1] = end,
+                _ if kept < RANGES_KEPT => self.sequences.push([start, end]),
+                _ => self.unnamed += end - start + 1,
+            }
+        }
+    }
+}
+
+/// The windows of the feeds with gaps in the last minute.
+#[derive(Debug, Default)]
+pub(super) struct Drops {
+    windows: BTreeMap<&'static str, Window>,
+}
+
+impl Drops {
+    /// Count a batch's gaps (`skipped`, not empty) on `feed`: true when
+    /// they are to be audited (and logged) on their own, false when held
+    /// for the minute's summary.
+    pub(super) fn note(
+        &mut self,
+        feed: &'static str,
+        skipped: &[RangeInclusive<u64>],
+        now: Timestamp,
+    ) -> bool {
+        let w = self.windows.entry(feed).or_insert_with(|| Window {
+            start: now,
+            audited: 0,
+            held: Held {
+                feed,
+                since: now,
+                audited: 0,
+                dropped: 0,
+                sequences: Vec::new(),
+                unnamed: 0,
+            },
+        });
+        if w.audited < AUDITED_PER_MINUTE {
+            w.audited += 1;
+            return true;
+        }
+        w.held.add(skipped);
+        false
+    }
+
+    /// End the windows a minute old (every window, with `all`): those
+    /// that held gaps, to be summed up in the audit trail.
+    pub(super) fn ended(&mut self, now: Timestamp, all: bool) -> Vec<Held> {
+        let mut out = Vec::new();
+        self.windows.retain(|_, w| {
+            if !all && now - w.start < secs(WINDOW) {
+                return true;
+            }
+            if w.held.dropped > 0 {
+                let mut held = w.held.clone();
+                held.audited = w.audited;
+                out.push(held);
+            }
+            false
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: f64) -> Timestamp {
+        chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap() + secs(s)
+    }
+
+    /// Past ten gaps a minute, the rest are held and summed up once: their
+    /// count, and their sequences merged where they touch, up to the ranges
+    /// kept; another feed has its own ten; stopping ends every window.
+    #[test]
+    fn past_ten_gaps_a_minute_they_are_summed_up_once() {
+        let mut d = Drops::default();
+        for i in 0..u64::from(AUDITED_PER_MINUTE) {
+            assert!(d.note("alert", &[i * 10..=i * 10 + 1], t(i as f64)));
+        }
+        // Touching ranges merge: 100..=109 is one range.
+        for i in 100..110 {
+            assert!(!d.note("alert", &[i..=i], t(20.0)));
+        }
+        // 100 more, apart: past the ranges kept they are only counted.
+        for i in 0..100u64 {
+            assert!(!d.note("alert", &[1_000 + i * 2..=1_000 + i * 2], t(21.0)));
+        }
+        assert!(d.note("result", &[5..=5], t(22.0)));
+        assert!(d.ended(t(59.0), false).is_empty(), "ended early");
+        let held = d.ended(t(60.0), false);
+        assert_eq!(held.len(), 1, "{held:?}");
+        let h = &held[0];
+        assert_eq!((h.feed, h.since, h.audited), ("alert", t(0.0), 10));
+        assert_eq!(h.dropped, 110);
+        assert_eq!(h.sequences.len(), RANGES_KEPT);
+        assert_eq!(h.sequences[0], [100, 109]);
+        assert_eq!(h.sequences[1], [1_000, 1_000]);
+        assert_eq!(h.unnamed, 100 - (RANGES_KEPT as u64 - 1));
+        // The result feed held nothing.
+        assert!(d.ended(t(100.0), true).is_empty());
+        assert!(
+            d.note("alert", &[7..=7], t(101.0)),
+            "a new minute starts afresh"
+        );
+    }
+}
