@@ -119,6 +119,46 @@ const NODE_KEY_PREFIX: &str = "node_";
 /// earlier one's) were all carried out.
 const CARRIED_KEY: &str = "carried";
 
+/// The key of what is held for the minute's summaries: refusals
+/// ([`refusals`]) and drops ([`dropped`]), written before the messages
+/// that added to it are acknowledged.
+const HELD_KEY: &str = "held";
+
+/// What is saved under [`HELD_KEY`]: the windows still counting, and the
+/// summaries of those that ended, kept until they are appended.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct HeldRecord {
+    #[serde(default)]
+    refusals: Refusals,
+    #[serde(default)]
+    drops: Drops,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    summaries: Vec<AuditEntry>,
+}
+
+/// The summaries in `records` (the trail's tail): a `rejected` or
+/// `dropped` record summing up a minute, by (feed, start of the minute in
+/// ms since the epoch).
+fn summed_up_in(records: &[Value]) -> BTreeSet<(String, i64)> {
+    records
+        .iter()
+        .map(|r| &r["entry"])
+        .filter(|e| {
+            e["event_type"] == skos_core::AuditEvent::Rejected.as_str()
+                || e["event_type"] == skos_core::AuditEvent::Dropped.as_str()
+        })
+        .filter_map(|e| {
+            let since = e["data"]["since"]
+                .as_str()
+                .and_then(skos_core::timefmt::parse)?;
+            Some((
+                e["data"]["feed"].as_str()?.to_string(),
+                since.timestamp_millis(),
+            ))
+        })
+        .collect()
+}
+
 /// When a node's record kept effects: the writer's term (0 without an
 /// election) and a count of state writes in that term. Ordered: a later
 /// write, or a later term, is greater.
@@ -608,6 +648,15 @@ struct Ctx {
     /// Messages the bus dropped unread, audited one gap at a time up to a
     /// limit a minute per feed, then summed up.
     drops: Drops,
+    /// Something was held since [`HELD_KEY`] was last planned: written
+    /// with the next state write, before its batch is acknowledged.
+    held_dirty: bool,
+    /// Summaries queued and not yet known appended, kept in [`HELD_KEY`]
+    /// meanwhile.
+    held_summaries: Vec<AuditEntry>,
+    /// Summaries were queued: once the outbox is carried out,
+    /// [`HELD_KEY`] is written again without them.
+    held_after_flush: bool,
     /// This coordinator was deposed while carrying out effects.
     deposed: bool,
     /// With an election: until when the last renewal lets this coordinator
@@ -879,6 +928,33 @@ async fn lead(
     // audited event that its saved state must postdate.
     let recent = audit.read_recent(opts.replay_records).await?;
     let last_event = last_state_events(&recent);
+    // What the last leader held for its minute's summaries, less what the
+    // trail shows it summed up already.
+    let held: HeldRecord = match state
+        .load(HELD_KEY)
+        .await?
+        .and_then(|b| open(HELD_KEY, b, &mut orders))
+    {
+        Some(bytes) if !bytes.is_empty() => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            counters.inc(Counter::StateUnreadable);
+            tracing::error!(key = HELD_KEY, error = %e, "refusals and drops held for the minute's summary unreadable: not summed up");
+            HeldRecord::default()
+        }),
+        _ => HeldRecord::default(),
+    };
+    let HeldRecord {
+        mut refusals,
+        mut drops,
+        summaries,
+    } = held;
+    let summed = summed_up_in(&recent);
+    refusals.covered(&summed);
+    drops.covered(&summed);
+    // Summaries queued before the stop and not in the trail: queued again.
+    let held_summaries: Vec<AuditEntry> = summaries
+        .into_iter()
+        .filter(|e| !summed_up_in(&[json!({"entry": e})]).is_subset(&summed))
+        .collect();
     let parts = state.load_prefix(NODE_KEY_PREFIX).await?;
     let nodes = parts.len();
     // Each record's kept effects, with their seqs; and the last count of
@@ -1079,8 +1155,11 @@ async fn lead(
         stalled: false,
         audits_uncertain: false,
         results_seen,
-        refusals: Refusals::default(),
-        drops: Drops::default(),
+        held_dirty: !refusals.is_empty() || !drops.is_empty() || !held_summaries.is_empty(),
+        held_after_flush: !held_summaries.is_empty(),
+        held_summaries: held_summaries.clone(),
+        refusals,
+        drops,
         deposed: false,
         valid_until: lease.as_ref().and_then(|l| l.valid_until()),
         audit_down: None,
@@ -1100,6 +1179,13 @@ async fn lead(
             "carrying out effects decided but not carried out before the last stop"
         );
         ctx.requeue(kept);
+    }
+    if !held_summaries.is_empty() {
+        tracing::warn!(
+            summaries = held_summaries.len(),
+            "appending summaries of refused and dropped messages queued before the last stop"
+        );
+        ctx.queue(held_summaries.into_iter().map(Effect::Audit).collect());
     }
     if !unsent.is_empty() {
         tracing::warn!(
@@ -1219,12 +1305,16 @@ async fn lead(
         }
     };
     if matches!(led, Led::Shutdown) {
-        // What was held for the minute's summaries is summed up now.
+        // What was held for the minute's summaries is summed up now (kept
+        // in the saved state until appended).
         let held = ctx.summed_up(chrono::Utc::now(), true);
         ctx.queue(held);
+        ctx.persist(BTreeSet::new()).await;
         // What could not be carried out waits in the saved state: try once
         // more before stopping.
         ctx.flush(None).await;
+        // The summaries appended leave the saved state.
+        ctx.persist(BTreeSet::new()).await;
         ctx.write_carried().await;
         if !ctx.outbox.is_empty() {
             tracing::error!(
@@ -1329,6 +1419,7 @@ impl Ctx {
         if let Err(e) = done {
             self.counters.inc(Counter::StateSaveFailed);
             self.unsaved.extend(nodes);
+            self.held_dirty = true;
             return Err(e.into());
         }
         self.wrote(&nodes, plan.written);
@@ -1387,6 +1478,26 @@ impl Ctx {
         if let Some(e) = failed {
             return Err(e);
         }
+        if std::mem::take(&mut self.held_dirty) {
+            let held = HeldRecord {
+                refusals: std::mem::take(&mut self.refusals),
+                drops: std::mem::take(&mut self.drops),
+                summaries: std::mem::take(&mut self.held_summaries),
+            };
+            let encoded = serde_json::to_vec(&held);
+            (self.refusals, self.drops, self.held_summaries) =
+                (held.refusals, held.drops, held.summaries);
+            match encoded {
+                Ok(bytes) => items.push((HELD_KEY.to_string(), Bytes::from(bytes))),
+                Err(e) => {
+                    self.held_dirty = true;
+                    return Err(Error::Io {
+                        path: HELD_KEY.into(),
+                        source: std::io::Error::other(e),
+                    });
+                }
+            }
+        }
         if stamped {
             self.stamp = stamp;
         }
@@ -1404,6 +1515,7 @@ impl Ctx {
             Err(e) => {
                 self.counters.inc(Counter::StateSaveFailed);
                 self.unsaved.extend(nodes.iter().cloned());
+                self.held_dirty = true;
                 return Err(e.into());
             }
         };
@@ -1525,6 +1637,7 @@ impl Ctx {
         self.counters.inc(Counter::Rejected { feed, reason });
         let now = chrono::Utc::now();
         if !self.refusals.note(feed, subject, reason, bytes, now) {
+            self.held_dirty = true;
             tracing::debug!(subject, feed, error = %err, "rejected message (held for the minute's summary)");
             return None;
         }
@@ -1545,6 +1658,18 @@ impl Ctx {
     fn summed_up(&mut self, now: chrono::DateTime<chrono::Utc>, all: bool) -> Vec<Effect> {
         let mut out = self.refusals_held(now, all);
         out.extend(self.drops_held(now, all));
+        // The summaries replace their windows in the saved record until
+        // they are appended: a restart meanwhile queues them again, unless
+        // the trail shows them ([`summed_up_in`]).
+        if !out.is_empty() {
+            self.held_summaries
+                .extend(out.iter().filter_map(|e| match e {
+                    Effect::Audit(entry) => Some(entry.clone()),
+                    _ => None,
+                }));
+            self.held_dirty = true;
+            self.held_after_flush = true;
+        }
         out
     }
 
@@ -1780,6 +1905,7 @@ impl Ctx {
         }
         self.counters.add(Counter::DroppedUnread(feed), n);
         if !self.drops.note(feed, skipped, now) {
+            self.held_dirty = true;
             tracing::debug!(
                 feed,
                 dropped = n,
@@ -2077,6 +2203,11 @@ impl Ctx {
         // Nothing waits: every effect kept so far is carried out.
         if self.outbox.is_empty() {
             self.carried = self.stamp;
+            // The summaries queued are appended: they go from the record.
+            if std::mem::take(&mut self.held_after_flush) {
+                self.held_summaries.clear();
+                self.held_dirty = true;
+            }
         }
         true
     }
@@ -3005,6 +3136,150 @@ mod tests {
             .clone()
             .expect("c's record kept effects");
         assert!(seqs.iter().all(|s| *s > Seq::Counted(0, 9)), "{seqs:?}");
+    }
+
+    /// What a leader held for its minute's summaries is in the saved
+    /// state when it stops without summing it up (killed, deposed): the
+    /// next leader sums it up once its minute has ended, and a summary the
+    /// trail holds already is not written again. Before, held refusals
+    /// and drops lived in memory only, and were lost with the leader.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_stopped_leader_held_is_summed_up_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state_in(dir.path());
+        let then = chrono::Utc::now() - chrono::Duration::seconds(120);
+        let mut held = HeldRecord::default();
+        for _ in 0..15 {
+            held.refusals
+                .note("alert", "skos.alert.n1", "malformed", 5, then);
+        }
+        let later = then + chrono::Duration::seconds(1);
+        for i in 0..12u64 {
+            held.drops.note("alert", &[i * 10..=i * 10], later);
+        }
+        let bytes = Bytes::from(serde_json::to_vec(&held).unwrap());
+        state.save(HELD_KEY, bytes).await.unwrap();
+        // The drops' summary reached the trail before the stop.
+        let trail = dir.path().join("audit.jsonl");
+        let audit = Arc::new(AuditLog::open_file(&trail).unwrap());
+        audit
+            .append(AuditEntry::new(
+                skos_core::AuditEvent::Dropped,
+                later,
+                None,
+                "coordinator",
+                "2 more alerts dropped",
+                json!({"feed": "alert", "dropped": 2, "since": skos_core::timefmt::format(&later)}),
+            ))
+            .await
+            .unwrap();
+        let events = |kind: &str| -> Vec<Value> {
+            std::fs::read_to_string(&trail)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .map(|r| r["entry"].clone())
+                .filter(|e| e["event_type"] == kind)
+                .collect()
+        };
+        let summed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = summed.clone();
+        let trail_read = trail.clone();
+        // Until the refusals' summary is in the trail (before the stop,
+        // which would sum up what is held anyway).
+        let until = async move {
+            for _ in 0..500 {
+                let text = std::fs::read_to_string(&trail_read).unwrap_or_default();
+                if text.contains("more alert messages rejected") {
+                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        run(
+            Config::default(),
+            Bus::InProc(skos_bus::InProcBus::new()),
+            audit,
+            state.clone(),
+            Counters::default(),
+            ServiceOptions::default(),
+            until,
+        )
+        .await
+        .unwrap();
+        assert!(
+            summed.load(std::sync::atomic::Ordering::SeqCst),
+            "not summed up while leading"
+        );
+        let rejected = events("rejected");
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0]["data"]["held"], 5);
+        assert_eq!(rejected[0]["data"]["audited_one_by_one"], 10);
+        assert_eq!(events("dropped").len(), 1, "summed up twice");
+        // And the saved record no longer holds them.
+        let left: HeldRecord =
+            serde_json::from_slice(&state.load(HELD_KEY).await.unwrap().unwrap()).unwrap();
+        assert!(left.refusals.is_empty() && left.drops.is_empty() && left.summaries.is_empty());
+    }
+
+    /// Summaries queued by a leader that stopped before they were
+    /// appended are kept in the saved state: the next leader appends
+    /// those the trail does not hold, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn summaries_queued_before_a_stop_are_appended_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state_in(dir.path());
+        let then = at();
+        let summary = |feed: &str, what: &str| {
+            AuditEntry::new(
+                skos_core::AuditEvent::Rejected,
+                then,
+                None,
+                "coordinator",
+                what,
+                json!({"feed": feed, "held": 3, "since": skos_core::timefmt::format(&then)}),
+            )
+        };
+        let held = HeldRecord {
+            summaries: vec![
+                summary("alert", "appended before"),
+                summary("result", "not appended"),
+            ],
+            ..HeldRecord::default()
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&held).unwrap());
+        state.save(HELD_KEY, bytes).await.unwrap();
+        let trail = dir.path().join("audit.jsonl");
+        let audit = Arc::new(AuditLog::open_file(&trail).unwrap());
+        audit
+            .append(summary("alert", "appended before"))
+            .await
+            .unwrap();
+        let trail_read = trail.clone();
+        let until = async move {
+            for _ in 0..500 {
+                let text = std::fs::read_to_string(&trail_read).unwrap_or_default();
+                if text.contains("not appended") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        run(
+            Config::default(),
+            Bus::InProc(skos_bus::InProcBus::new()),
+            audit,
+            state,
+            Counters::default(),
+            ServiceOptions::default(),
+            until,
+        )
+        .await
+        .unwrap();
+        let text = std::fs::read_to_string(&trail).unwrap();
+        assert_eq!(text.matches("appended before").count(), 1, "{text}");
+        assert_eq!(text.matches("not appended").count(), 1, "{text}");
     }
 
     /// An append gives back the records it does not know stored, the last

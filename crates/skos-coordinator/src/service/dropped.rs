@@ -2,18 +2,22 @@
 //! per-node limit, messages past the stream's age; found by
 //! [`crate::gaps`]): every one is counted (`<feed>s.dropped_unread`), but a
 //! flood that keeps a node past its limit fills neither the audit trail nor
-//! the log. Per feed, in a minute, the first [`AUDITED_PER_MINUTE`] gaps
-//! have an audited record (and a warning) each, naming their stream
-//! sequences; the rest are held and summed up in one record when the minute
+//! the log. Per feed, in a minute, the first [`AUDITED_PER_MINUTE`] batches
+//! with a gap have an audited record (and a warning) each, naming their
+//! stream sequences; the rest are held and summed up in one record when the minute
 //! ends, or when the coordinator stops leading, with their sequences (the
 //! first [`RANGES_KEPT`] ranges). Before, every batch with a gap wrote its
 //! own record and warning: about one per batch of a flood, for as long as
-//! it lasted.
+//! it lasted. What is held is kept in the saved state with the refusals
+//! held ([`super::refusals`]), and a window from the future (the clock
+//! went back) ends at once, as theirs.
 //!
 //! Sans-IO: time comes in, what to audit goes out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
+
+use serde::{Deserialize, Serialize};
 
 use skos_core::level::secs;
 use skos_core::timefmt::Timestamp;
@@ -28,7 +32,7 @@ const RANGES_KEPT: usize = 64;
 const WINDOW: f64 = 60.0;
 
 /// One feed's current minute.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Window {
     start: Timestamp,
     audited: u32,
@@ -36,9 +40,9 @@ struct Window {
 }
 
 /// A minute of one feed whose gaps past the first were held.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Held {
-    pub(super) feed: &'static str,
+    pub(super) feed: String,
     pub(super) since: Timestamp,
     /// Gaps audited one by one in that minute.
     pub(super) audited: u32,
@@ -67,9 +71,9 @@ impl Held {
 }
 
 /// The windows of the feeds with gaps in the last minute.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct Drops {
-    windows: BTreeMap<&'static str, Window>,
+    windows: BTreeMap<String, Window>,
 }
 
 impl Drops {
@@ -78,22 +82,25 @@ impl Drops {
     /// for the minute's summary.
     pub(super) fn note(
         &mut self,
-        feed: &'static str,
+        feed: &str,
         skipped: &[RangeInclusive<u64>],
         now: Timestamp,
     ) -> bool {
-        let w = self.windows.entry(feed).or_insert_with(|| Window {
-            start: now,
-            audited: 0,
-            held: Held {
-                feed,
-                since: now,
+        let w = self
+            .windows
+            .entry(feed.to_string())
+            .or_insert_with(|| Window {
+                start: now,
                 audited: 0,
-                dropped: 0,
-                sequences: Vec::new(),
-                unnamed: 0,
-            },
-        });
+                held: Held {
+                    feed: feed.to_string(),
+                    since: now,
+                    audited: 0,
+                    dropped: 0,
+                    sequences: Vec::new(),
+                    unnamed: 0,
+                },
+            });
         if w.audited < AUDITED_PER_MINUTE {
             w.audited += 1;
             return true;
@@ -107,7 +114,7 @@ impl Drops {
     pub(super) fn ended(&mut self, now: Timestamp, all: bool) -> Vec<Held> {
         let mut out = Vec::new();
         self.windows.retain(|_, w| {
-            if !all && now - w.start < secs(WINDOW) {
+            if !all && w.start <= now && now - w.start < secs(WINDOW) {
                 return true;
             }
             if w.held.dropped > 0 {
@@ -118,6 +125,20 @@ impl Drops {
             false
         });
         out
+    }
+
+    /// Forget the windows a summary in the trail already covers (feed,
+    /// start of its minute), as [`super::refusals::Refusals::covered`].
+    /// `summed`: (feed, start in ms since the epoch, as the summary's
+    /// `since` says it).
+    pub(super) fn covered(&mut self, summed: &BTreeSet<(String, i64)>) {
+        self.windows
+            .retain(|feed, w| !summed.contains(&(feed.clone(), w.start.timestamp_millis())));
+    }
+
+    /// Nothing is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.windows.values().all(|w| w.held.dropped == 0)
     }
 }
 
@@ -151,7 +172,7 @@ mod tests {
         let held = d.ended(t(60.0), false);
         assert_eq!(held.len(), 1, "{held:?}");
         let h = &held[0];
-        assert_eq!((h.feed, h.since, h.audited), ("alert", t(0.0), 10));
+        assert_eq!((h.feed.as_str(), h.since, h.audited), ("alert", t(0.0), 10));
         assert_eq!(h.dropped, 110);
         assert_eq!(h.sequences.len(), RANGES_KEPT);
         assert_eq!(h.sequences[0], [100, 109]);

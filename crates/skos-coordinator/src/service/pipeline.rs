@@ -583,6 +583,8 @@ impl Ctx {
     /// removed is kept as written, with no digest to match, so that its
     /// record, perhaps still on the bus, is removed again).
     fn forget_written(&mut self, nodes: &BTreeSet<NodeName>) {
+        // What is held may not be written either.
+        self.held_dirty = true;
         for node in nodes {
             self.written.insert(node.clone(), UNKNOWN_DIGEST);
             self.unsaved.insert(node.clone());
@@ -1120,6 +1122,40 @@ mod tests {
                 .is_some_and(|s| s.starts_with("990 more heartbeat messages rejected")),
             "{summary}"
         );
+    }
+
+    /// Fifteen malformed alerts: the five held past the minute's ten are
+    /// in the saved state (`held`) once their batch is acknowledged, so a
+    /// leader killed now leaves them to the next one to sum up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusals_held_are_saved_before_their_batch_is_acknowledged() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut c, _) = in_proc(dir.path());
+        let [n1] = nodes(["n1"]);
+        let (alerts, acked): (Vec<Incoming>, Vec<_>) = (0..15)
+            .map(|_| {
+                Incoming::told_when_acked(skos_bus::subjects::alert(&n1), Bytes::from_static(b"{"))
+            })
+            .unzip();
+        let mut alerts = alerts.into_iter();
+        let first = alerts.next().expect("an alert");
+        take_batches(&mut c, first, alerts.collect()).await;
+        for a in acked {
+            assert_eq!(a.await, Ok(()), "a refused alert not acknowledged");
+        }
+        let saved = c
+            .state
+            .load(super::HELD_KEY)
+            .await
+            .expect("readable")
+            .expect("what is held is saved");
+        let held: super::HeldRecord = serde_json::from_slice(&saved).expect("a held record");
+        let summed = {
+            let mut r = held.refusals;
+            r.ended(chrono::Utc::now(), true)
+        };
+        assert_eq!(summed.len(), 1, "{summed:?}");
+        assert_eq!(summed[0].count(), 5);
     }
 
     /// Gaps in a feed (the bus dropped messages before they were read),
@@ -1933,6 +1969,9 @@ mod tests {
             results_seen: RecentIds::new(16),
             refusals: super::Refusals::default(),
             drops: super::Drops::default(),
+            held_dirty: false,
+            held_summaries: Vec::new(),
+            held_after_flush: false,
             deposed: false,
             valid_until: None,
             audit_down: None,

@@ -10,9 +10,17 @@
 //! fast as the bus takes them wrote as many records, which can never be
 //! deleted.
 //!
+//! What is held is kept in the saved state (the `held` record, written
+//! before the messages that added to it are acknowledged), so a
+//! coordinator killed or deposed within the minute leaves it to the next
+//! leader to sum up. A window whose start is later than now (the clock
+//! went back) ends at once.
+//!
 //! Sans-IO: time comes in, what to audit goes out.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
 
 use skos_core::level::secs;
 use skos_core::timefmt::Timestamp;
@@ -28,13 +36,13 @@ const SUBJECTS_KEPT: usize = 8;
 const WINDOW: f64 = 60.0;
 
 /// One feed's current minute.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Window {
     start: Timestamp,
     /// Audited one by one.
     audited: u32,
     /// Held for the summary, by reason.
-    held: BTreeMap<&'static str, u64>,
+    held: BTreeMap<String, u64>,
     /// Bytes of the held ones.
     bytes: u64,
     /// The first [`SUBJECTS_KEPT`] distinct subjects of the held ones.
@@ -46,12 +54,12 @@ struct Window {
 /// A minute of one feed that ended with refusals held.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Held {
-    pub(super) feed: &'static str,
+    pub(super) feed: String,
     pub(super) since: Timestamp,
     /// Audited one by one in that minute.
     pub(super) audited: u32,
     /// Held, by reason.
-    pub(super) reasons: BTreeMap<&'static str, u64>,
+    pub(super) reasons: BTreeMap<String, u64>,
     pub(super) bytes: u64,
     pub(super) subjects: Vec<String>,
     pub(super) more_subjects: bool,
@@ -65,9 +73,9 @@ impl Held {
 }
 
 /// The windows of the feeds with refusals in the last minute.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct Refusals {
-    windows: BTreeMap<&'static str, Window>,
+    windows: BTreeMap<String, Window>,
 }
 
 impl Refusals {
@@ -76,25 +84,28 @@ impl Refusals {
     /// on its own, false when it is held for the minute's summary.
     pub(super) fn note(
         &mut self,
-        feed: &'static str,
+        feed: &str,
         subject: &str,
-        reason: &'static str,
+        reason: &str,
         bytes: usize,
         now: Timestamp,
     ) -> bool {
-        let w = self.windows.entry(feed).or_insert_with(|| Window {
-            start: now,
-            audited: 0,
-            held: BTreeMap::new(),
-            bytes: 0,
-            subjects: BTreeSet::new(),
-            more_subjects: false,
-        });
+        let w = self
+            .windows
+            .entry(feed.to_string())
+            .or_insert_with(|| Window {
+                start: now,
+                audited: 0,
+                held: BTreeMap::new(),
+                bytes: 0,
+                subjects: BTreeSet::new(),
+                more_subjects: false,
+            });
         if w.audited < AUDITED_PER_MINUTE {
             w.audited += 1;
             return true;
         }
-        *w.held.entry(reason).or_default() += 1;
+        *w.held.entry(reason.to_string()).or_default() += 1;
         w.bytes = w.bytes.saturating_add(bytes as u64);
         if w.subjects.len() < SUBJECTS_KEPT {
             w.subjects.insert(subject.to_string());
@@ -110,12 +121,12 @@ impl Refusals {
     pub(super) fn ended(&mut self, now: Timestamp, all: bool) -> Vec<Held> {
         let mut out = Vec::new();
         self.windows.retain(|feed, w| {
-            if !all && now - w.start < secs(WINDOW) {
+            if !all && w.start <= now && now - w.start < secs(WINDOW) {
                 return true;
             }
             if !w.held.is_empty() {
                 out.push(Held {
-                    feed,
+                    feed: feed.clone(),
                     since: w.start,
                     audited: w.audited,
                     reasons: std::mem::take(&mut w.held),
@@ -127,6 +138,21 @@ impl Refusals {
             false
         });
         out
+    }
+
+    /// Forget the windows a summary in the trail already covers (its
+    /// feed and the start of its minute): summed up before a restart that
+    /// found them still kept.
+    /// `summed`: (feed, start in ms since the epoch, as the summary's
+    /// `since` says it).
+    pub(super) fn covered(&mut self, summed: &BTreeSet<(String, i64)>) {
+        self.windows
+            .retain(|feed, w| !summed.contains(&(feed.clone(), w.start.timestamp_millis())));
+    }
+
+    /// Nothing is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.windows.values().all(|w| w.held.is_empty())
     }
 }
 
@@ -163,11 +189,17 @@ mod tests {
         let held = r.ended(t(60.0), false);
         assert_eq!(held.len(), 1, "{held:?}");
         let h = &held[0];
-        assert_eq!((h.feed, h.since, h.audited), ("heartbeat", t(0.0), 10));
+        assert_eq!(
+            (h.feed.as_str(), h.since, h.audited),
+            ("heartbeat", t(0.0), 10)
+        );
         assert_eq!(h.count(), 1_000);
         assert_eq!(
             h.reasons,
-            BTreeMap::from([("malformed", 750), ("too_large", 250)])
+            BTreeMap::from([
+                ("malformed".to_string(), 750),
+                ("too_large".to_string(), 250)
+            ])
         );
         assert_eq!(h.bytes, 100_000);
         assert_eq!(h.subjects.len(), SUBJECTS_KEPT);
@@ -188,9 +220,36 @@ mod tests {
         r.note("alert", "skos.alert.a", "invalid", 1, t(1.0));
         let held = r.ended(t(12.0), true);
         assert_eq!(held.len(), 1);
-        assert_eq!((held[0].feed, held[0].count()), ("result", 1));
+        assert_eq!((held[0].feed.as_str(), held[0].count()), ("result", 1));
         assert_eq!(held[0].subjects, ["skos.result.b"]);
         assert!(!held[0].more_subjects);
         assert!(r.ended(t(13.0), true).is_empty(), "summed up twice");
+    }
+
+    /// A window that starts after now (the clock went back) ends at
+    /// once; one kept across a restart and already summed up in the trail
+    /// is forgotten; the windows survive being written and read back.
+    #[test]
+    fn a_window_from_the_future_ends_and_one_summed_up_is_forgotten() {
+        let mut r = Refusals::default();
+        for i in 0..=AUDITED_PER_MINUTE {
+            r.note(
+                "alert",
+                "skos.alert.a",
+                "malformed",
+                3,
+                t(3_600.0 + f64::from(i)),
+            );
+        }
+        let back: Refusals = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert!(!back.is_empty());
+        let held = r.ended(t(0.0), false);
+        assert_eq!(held.len(), 1, "a window from the future kept");
+        let mut back = back;
+        back.covered(&BTreeSet::from([(
+            "alert".to_string(),
+            t(3_600.0).timestamp_millis(),
+        )]));
+        assert!(back.is_empty() && back.ended(t(10_000.0), true).is_empty());
     }
 }
