@@ -119,6 +119,11 @@ const NODE_KEY_PREFIX: &str = "node_";
 /// earlier one's) were all carried out.
 const CARRIED_KEY: &str = "carried";
 
+/// The reason a result from another node than its command's is refused
+/// for, in a refusals summary (the engine's `rejected` records say the
+/// same).
+const FOREIGN: &str = "foreign_node";
+
 /// The key of what is held for the minute's summaries: refusals
 /// ([`refusals`]) and drops ([`dropped`]), written before the messages
 /// that added to it are acknowledged.
@@ -2048,7 +2053,26 @@ impl Ctx {
                             .insert(&skos_bus::result_message_id(&result)),
                         None => true,
                     };
-                    if fresh {
+                    let foreign = if fresh {
+                        self.engine.foreign_target(&result)
+                    } else {
+                        None
+                    };
+                    if let Some(target) = foreign {
+                        // Another node's: refused, touching nothing, and
+                        // audited one by one only up to the minute's
+                        // refusals ([`refusals`]).
+                        self.counters.inc(Counter::ResultsForeign);
+                        if self
+                            .refusals
+                            .note("result", &m.subject, FOREIGN, m.payload.len(), now)
+                        {
+                            work.effects
+                                .push(self.engine.refuse_foreign(result, &target, now));
+                        } else {
+                            self.held_dirty = true;
+                        }
+                    } else if fresh {
                         work.touched.insert(result.node.clone());
                         let effects = self.engine.on_result(result, now);
                         touch(&mut work.touched, &effects);

@@ -911,7 +911,7 @@ impl Engine {
 
     /// The node `result`'s action was sent to, when the result comes from
     /// another node (a pending command, or a recent one already answered).
-    fn foreign_target(&self, result: &CommandResult) -> Option<String> {
+    pub(crate) fn foreign_target(&self, result: &CommandResult) -> Option<String> {
         if let Some(p) = self.pending.get(&result.action_id) {
             return (p.node != result.node).then(|| p.node.to_string());
         }
@@ -923,9 +923,28 @@ impl Engine {
             .map(|r| r.node.clone())
     }
 
+    /// The audit record refusing a result as it came off the bus from a
+    /// node its action was not sent to (the caller counts it): its command
+    /// lines stripped first, as [`Engine::on_result`] strips them.
+    pub(crate) fn refuse_foreign(
+        &self,
+        mut result: CommandResult,
+        target: &str,
+        now: Timestamp,
+    ) -> Effect {
+        if !self.cfg.loop_.record_command_lines {
+            skos_core::chain::tree::strip_command_lines(&mut result.details);
+        }
+        Self::foreign_audit(&result, target, now)
+    }
+
     /// Refuse a result from a node its action was not sent to.
     fn foreign_result(&self, result: &CommandResult, target: &str, now: Timestamp) -> Effect {
         self.counters.inc(Counter::ResultsForeign);
+        Self::foreign_audit(result, target, now)
+    }
+
+    fn foreign_audit(result: &CommandResult, target: &str, now: Timestamp) -> Effect {
         let from = &result.node;
         let error = format!(
             "result for {} comes from {from}, but the action was sent to {target}",

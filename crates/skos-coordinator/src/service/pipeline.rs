@@ -1158,6 +1158,62 @@ mod tests {
         assert_eq!(summed[0].count(), 5);
     }
 
+    /// Fifteen results from n2 for n1's command: none touches n1's
+    /// command, each is counted (`results.foreign`), ten are audited one by
+    /// one and the other five held for the minute's summary. Before, each
+    /// wrote its own record with the whole result in it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_from_another_node_are_bounded_like_refusals() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut c, audit_path) = in_proc(dir.path());
+        let [n1, n2] = nodes(["n1", "n2"]);
+        take_batches(&mut c, alert_from(&n1, 1), Vec::new()).await;
+        let trail = || std::fs::read_to_string(&audit_path).expect("the trail");
+        let sent: Value = trail()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a record")["entry"].clone())
+            .find(|e| e["event_type"] == "command")
+            .expect("n1's command audited");
+        let action_id = sent["data"]["command"]["action_id"]
+            .as_str()
+            .expect("an id");
+        let forged = |i: u32| {
+            let result = json!({
+                "action_id": action_id, "action_type": "throttle_10", "node": "n2",
+                "agent_id": "agent-n2", "status": "failed",
+                "message": format!("forged {i}"), "timestamp": chrono::Utc::now(),
+            });
+            Incoming::plain(
+                skos_bus::subjects::result(&n2),
+                Bytes::from(serde_json::to_vec(&result).expect("a result")),
+            )
+        };
+        let mut more = futures::stream::iter((1..15).map(|i| vec![forged(i)]));
+        c.batches_for(
+            Duration::from_secs(60),
+            Durable::Result,
+            vec![forged(0)],
+            &mut more,
+        )
+        .await;
+        assert_eq!(c.counters.of(Counter::ResultsForeign), 15);
+        let foreign = trail()
+            .lines()
+            .filter(|l| l.contains("\"foreign_node\""))
+            .count();
+        assert_eq!(foreign, 10, "{}", trail());
+        let held = c.summed_up(chrono::Utc::now(), true);
+        let [Effect::Audit(summary)] = held.as_slice() else {
+            panic!("not one summary: {held:?}");
+        };
+        assert_eq!(summary.data["reasons"]["foreign_node"], 5, "{summary:?}");
+        assert_eq!(
+            c.counters.of(Counter::Results("failed")),
+            0,
+            "a forged result counted as n1's"
+        );
+    }
+
     /// Gaps in a feed (the bus dropped messages before they were read),
     /// fifteen batches of them in a minute: every message counted, the
     /// first ten gaps audited one by one, the other five summed up in one
