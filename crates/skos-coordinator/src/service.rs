@@ -142,9 +142,10 @@ struct HeldRecord {
 }
 
 /// The summaries in `records` (the trail's tail): a `rejected` or
-/// `dropped` record summing up a minute, by (feed, start of the minute in
-/// ms since the epoch).
-fn summed_up_in(records: &[Value]) -> BTreeSet<(String, i64)> {
+/// `dropped` record summing up a minute, by (event type, feed, start of
+/// the minute in ms since the epoch): a refusals' summary never covers a
+/// drops' window of the same feed and start, nor the other way round.
+fn summed_up_in(records: &[Value]) -> BTreeSet<(String, String, i64)> {
     records
         .iter()
         .map(|r| &r["entry"])
@@ -157,6 +158,7 @@ fn summed_up_in(records: &[Value]) -> BTreeSet<(String, i64)> {
                 .as_str()
                 .and_then(skos_core::timefmt::parse)?;
             Some((
+                e["event_type"].as_str()?.to_string(),
                 e["data"]["feed"].as_str()?.to_string(),
                 since.timestamp_millis(),
             ))
@@ -1661,6 +1663,12 @@ impl Ctx {
     /// (everything held, with `all`): refusals, then drops; logged and to
     /// be audited.
     fn summed_up(&mut self, now: chrono::DateTime<chrono::Utc>, all: bool) -> Vec<Effect> {
+        // One set of summaries at a time: while the last ones wait to be
+        // appended (the trail or the bus down), the windows go on counting,
+        // so the saved record stays small however long that lasts.
+        if self.held_after_flush && !all {
+            return Vec::new();
+        }
         let mut out = self.refusals_held(now, all);
         out.extend(self.drops_held(now, all));
         // The summaries replace their windows in the saved record until
@@ -2101,11 +2109,14 @@ impl Ctx {
         self.queue(work.effects);
         let mut touched = work.touched;
         touched.extend(std::mem::take(&mut self.unsaved));
-        if self.persist_strict(touched).await.is_ok() {
+        let saved = self.persist_strict(touched).await.is_ok();
+        if saved {
             failpoint::hit(points[1]);
         }
         let persisted = std::time::Instant::now();
-        if !self.flush(Some(points[2])).await {
+        // Not acknowledged while what it held is not saved (a refusal has
+        // no effect of a node's for the flush to wait on).
+        if !self.flush(Some(points[2])).await || (!saved && self.held_dirty) {
             return false;
         }
         failpoint::hit(points[3]);

@@ -129,11 +129,16 @@ impl Drops {
 
     /// Forget the windows a summary in the trail already covers (feed,
     /// start of its minute), as [`super::refusals::Refusals::covered`].
-    /// `summed`: (feed, start in ms since the epoch, as the summary's
-    /// `since` says it).
-    pub(super) fn covered(&mut self, summed: &BTreeSet<(String, i64)>) {
-        self.windows
-            .retain(|feed, w| !summed.contains(&(feed.clone(), w.start.timestamp_millis())));
+    /// `summed`: (event type, feed, start in ms since the epoch, as the
+    /// summary's `since` says it).
+    pub(super) fn covered(&mut self, summed: &BTreeSet<(String, String, i64)>) {
+        self.windows.retain(|feed, w| {
+            !summed.contains(&(
+                skos_core::AuditEvent::Dropped.as_str().to_string(),
+                feed.clone(),
+                w.start.timestamp_millis(),
+            ))
+        });
     }
 
     /// Nothing is held.

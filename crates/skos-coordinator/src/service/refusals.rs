@@ -143,11 +143,16 @@ impl Refusals {
     /// Forget the windows a summary in the trail already covers (its
     /// feed and the start of its minute): summed up before a restart that
     /// found them still kept.
-    /// `summed`: (feed, start in ms since the epoch, as the summary's
-    /// `since` says it).
-    pub(super) fn covered(&mut self, summed: &BTreeSet<(String, i64)>) {
-        self.windows
-            .retain(|feed, w| !summed.contains(&(feed.clone(), w.start.timestamp_millis())));
+    /// `summed`: (event type, feed, start in ms since the epoch, as the
+    /// summary's `since` says it).
+    pub(super) fn covered(&mut self, summed: &BTreeSet<(String, String, i64)>) {
+        self.windows.retain(|feed, w| {
+            !summed.contains(&(
+                skos_core::AuditEvent::Rejected.as_str().to_string(),
+                feed.clone(),
+                w.start.timestamp_millis(),
+            ))
+        });
     }
 
     /// Nothing is held.
@@ -246,7 +251,15 @@ mod tests {
         let held = r.ended(t(0.0), false);
         assert_eq!(held.len(), 1, "a window from the future kept");
         let mut back = back;
+        // A drops' summary of the same feed and start covers nothing here.
         back.covered(&BTreeSet::from([(
+            "dropped".to_string(),
+            "alert".to_string(),
+            t(3_600.0).timestamp_millis(),
+        )]));
+        assert!(!back.is_empty(), "covered by another kind's summary");
+        back.covered(&BTreeSet::from([(
+            "rejected".to_string(),
             "alert".to_string(),
             t(3_600.0).timestamp_millis(),
         )]));
