@@ -48,6 +48,7 @@ use crate::status::Leadership;
 use crate::{Error, Result};
 
 mod dropped;
+mod minutes;
 mod pipeline;
 mod refusals;
 mod written;
@@ -955,8 +956,8 @@ async fn lead(
         summaries,
     } = held;
     let summed = summed_up_in(&recent);
-    refusals.covered(&summed);
-    drops.covered(&summed);
+    refusals.covered(skos_core::AuditEvent::Rejected, &summed);
+    drops.covered(skos_core::AuditEvent::Dropped, &summed);
     // Summaries queued before the stop and not in the trail: queued again.
     let held_summaries: Vec<AuditEntry> = summaries
         .into_iter()
@@ -1694,12 +1695,12 @@ impl Ctx {
             .map(|h| {
                 tracing::warn!(
                     feed = h.feed,
-                    dropped = h.dropped,
+                    dropped = h.held.dropped,
                     audited = h.audited,
                     "messages dropped by the bus before they were read, past the minute's first gaps: summed up in one audit record"
                 );
-                let unnamed = if h.unnamed > 0 {
-                    format!(" ({} in ranges not named)", h.unnamed)
+                let unnamed = if h.held.unnamed > 0 {
+                    format!(" ({} in ranges not named)", h.held.unnamed)
                 } else {
                     String::new()
                 };
@@ -1710,15 +1711,15 @@ impl Ctx {
                     "coordinator",
                     format!(
                         "{} more {}s dropped by the bus before they were read in the minute since {}{unnamed}",
-                        h.dropped,
+                        h.held.dropped,
                         h.feed,
                         skos_core::timefmt::format(&h.since)
                     ),
                     json!({
                         "feed": h.feed,
-                        "dropped": h.dropped,
-                        "sequences": h.sequences,
-                        "unnamed": h.unnamed,
+                        "dropped": h.held.dropped,
+                        "sequences": h.held.sequences,
+                        "unnamed": h.held.unnamed,
                         "since": skos_core::timefmt::format(&h.since),
                         "gaps_audited_one_by_one": h.audited,
                     }),
@@ -1733,13 +1734,30 @@ impl Ctx {
             .ended(now, all)
             .into_iter()
             .map(|h| {
-                let n = h.count();
-                let reasons: Vec<String> =
-                    h.reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
-                let subjects = if h.more_subjects {
-                    format!("{}, and more", h.subjects.join(", "))
+                let n = h.held.count();
+                let reasons: Vec<String> = h
+                    .held
+                    .reasons
+                    .iter()
+                    .map(|(r, n)| format!("{r} {n}"))
+                    .collect();
+                let subjects = if h.held.more_subjects {
+                    format!(
+                        "{}, and more",
+                        h.held
+                            .subjects
+                            .iter()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 } else {
-                    h.subjects.join(", ")
+                    h.held
+                        .subjects
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
                 tracing::warn!(
                     feed = h.feed,
@@ -1764,10 +1782,10 @@ impl Ctx {
                         "since": skos_core::timefmt::format(&h.since),
                         "held": n,
                         "audited_one_by_one": h.audited,
-                        "reasons": h.reasons,
-                        "bytes": h.bytes,
-                        "subjects": h.subjects,
-                        "more_subjects": h.more_subjects,
+                        "reasons": h.held.reasons,
+                        "bytes": h.held.bytes,
+                        "subjects": h.held.subjects,
+                        "more_subjects": h.held.more_subjects,
                     }),
                 ))
             })

@@ -4,49 +4,30 @@
 //! flood that keeps a node past its limit fills neither the audit trail nor
 //! the log. Per feed, in a minute, the first [`AUDITED_PER_MINUTE`] batches
 //! with a gap have an audited record (and a warning) each, naming their
-//! stream sequences; the rest are held and summed up in one record when the minute
-//! ends, or when the coordinator stops leading, with their sequences (the
-//! first [`RANGES_KEPT`] ranges). Before, every batch with a gap wrote its
-//! own record and warning: about one per batch of a flood, for as long as
-//! it lasted. What is held is kept in the saved state with the refusals
-//! held ([`super::refusals`]), and a window from the future (the clock
-//! went back) ends at once, as theirs.
-//!
-//! Sans-IO: time comes in, what to audit goes out.
+//! stream sequences; the rest are held and summed up in one record when the
+//! minute ends, or when the coordinator stops leading, with their sequences
+//! (the first [`RANGES_KEPT`] ranges) ([`super::minutes`]). Before, every
+//! batch with a gap wrote its own record and warning: about one per batch
+//! of a flood, for as long as it lasted. What is held is kept in the saved
+//! state with the refusals held ([`super::refusals`]).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 
-use skos_core::level::secs;
 use skos_core::timefmt::Timestamp;
 
-/// Gaps of one feed audited one by one in a minute.
-pub(super) const AUDITED_PER_MINUTE: u32 = 10;
+#[cfg(test)]
+use super::minutes::AUDITED_PER_MINUTE;
+use super::minutes::{Minutes, Tally};
 
 /// Ranges of sequences named in a summary; past them only counted.
 const RANGES_KEPT: usize = 64;
 
-/// The window, seconds.
-const WINDOW: f64 = 60.0;
-
-/// One feed's current minute.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Window {
-    start: Timestamp,
-    audited: u32,
-    held: Held,
-}
-
-/// A minute of one feed whose gaps past the first were held.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct Held {
-    pub(super) feed: String,
-    pub(super) since: Timestamp,
-    /// Gaps audited one by one in that minute.
-    pub(super) audited: u32,
-    /// Messages dropped in the gaps held.
+/// The gaps of one feed's minute past those audited one by one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct Gaps {
+    /// Messages dropped in them.
     pub(super) dropped: u64,
     /// Their sequences, `[first, last]`, merged where they touch (at most
     /// [`RANGES_KEPT`]).
@@ -55,14 +36,14 @@ pub(super) struct Held {
     pub(super) unnamed: u64,
 }
 
-impl Held {
+impl Gaps {
     fn add(&mut self, skipped: &[RangeInclusive<u64>]) {
         for r in skipped {
             let (start, end) = (*r.start(), *r.end());
             self.dropped += end - start + 1;
             let kept = self.sequences.len();
             match self.sequences.last_mut() {
-                Some(last) if last[1] + 1 == start => last[1] = end,
+                Some(last) if last[1].checked_add(1) == Some(start) => last[1] = end,
                 _ if kept < RANGES_KEPT => self.sequences.push([start, end]),
                 _ => self.unnamed += end - start + 1,
             }
@@ -70,11 +51,14 @@ impl Held {
     }
 }
 
-/// The windows of the feeds with gaps in the last minute.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(super) struct Drops {
-    windows: BTreeMap<String, Window>,
+impl Tally for Gaps {
+    fn is_empty(&self) -> bool {
+        self.dropped == 0
+    }
 }
+
+/// The windows of the feeds with gaps in the last minute.
+pub(super) type Drops = Minutes<Gaps>;
 
 impl Drops {
     /// Count a batch's gaps (`skipped`, not empty) on `feed`: true when
@@ -86,70 +70,14 @@ impl Drops {
         skipped: &[RangeInclusive<u64>],
         now: Timestamp,
     ) -> bool {
-        let w = self
-            .windows
-            .entry(feed.to_string())
-            .or_insert_with(|| Window {
-                start: now,
-                audited: 0,
-                held: Held {
-                    feed: feed.to_string(),
-                    since: now,
-                    audited: 0,
-                    dropped: 0,
-                    sequences: Vec::new(),
-                    unnamed: 0,
-                },
-            });
-        if w.audited < AUDITED_PER_MINUTE {
-            w.audited += 1;
-            return true;
-        }
-        w.held.add(skipped);
-        false
-    }
-
-    /// End the windows a minute old (every window, with `all`): those
-    /// that held gaps, to be summed up in the audit trail.
-    pub(super) fn ended(&mut self, now: Timestamp, all: bool) -> Vec<Held> {
-        let mut out = Vec::new();
-        self.windows.retain(|_, w| {
-            if !all && w.start <= now && now - w.start < secs(WINDOW) {
-                return true;
-            }
-            if w.held.dropped > 0 {
-                let mut held = w.held.clone();
-                held.audited = w.audited;
-                out.push(held);
-            }
-            false
-        });
-        out
-    }
-
-    /// Forget the windows a summary in the trail already covers (feed,
-    /// start of its minute), as [`super::refusals::Refusals::covered`].
-    /// `summed`: (event type, feed, start in ms since the epoch, as the
-    /// summary's `since` says it).
-    pub(super) fn covered(&mut self, summed: &BTreeSet<(String, String, i64)>) {
-        self.windows.retain(|feed, w| {
-            !summed.contains(&(
-                skos_core::AuditEvent::Dropped.as_str().to_string(),
-                feed.clone(),
-                w.start.timestamp_millis(),
-            ))
-        });
-    }
-
-    /// Nothing is held.
-    pub(super) fn is_empty(&self) -> bool {
-        self.windows.values().all(|w| w.held.dropped == 0)
+        self.note_with(feed, now, |held| held.add(skipped))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skos_core::level::secs;
 
     fn t(s: f64) -> Timestamp {
         chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap() + secs(s)
@@ -178,11 +106,11 @@ mod tests {
         assert_eq!(held.len(), 1, "{held:?}");
         let h = &held[0];
         assert_eq!((h.feed.as_str(), h.since, h.audited), ("alert", t(0.0), 10));
-        assert_eq!(h.dropped, 110);
-        assert_eq!(h.sequences.len(), RANGES_KEPT);
-        assert_eq!(h.sequences[0], [100, 109]);
-        assert_eq!(h.sequences[1], [1_000, 1_000]);
-        assert_eq!(h.unnamed, 100 - (RANGES_KEPT as u64 - 1));
+        assert_eq!(h.held.dropped, 110);
+        assert_eq!(h.held.sequences.len(), RANGES_KEPT);
+        assert_eq!(h.held.sequences[0], [100, 109]);
+        assert_eq!(h.held.sequences[1], [1_000, 1_000]);
+        assert_eq!(h.held.unnamed, 100 - (RANGES_KEPT as u64 - 1));
         // The result feed held nothing.
         assert!(d.ended(t(100.0), true).is_empty());
         assert!(

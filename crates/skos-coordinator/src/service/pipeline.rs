@@ -1164,7 +1164,7 @@ mod tests {
             r.ended(chrono::Utc::now(), true)
         };
         assert_eq!(summed.len(), 1, "{summed:?}");
-        assert_eq!(summed[0].count(), 5);
+        assert_eq!(summed[0].held.count(), 5);
     }
 
     /// Two batches of refused alerts in flight at once, the first with
@@ -1218,7 +1218,11 @@ mod tests {
         let mut stored = held.refusals;
         let stored = stored.ended(chrono::Utc::now(), true);
         assert_eq!(stored.len(), 1, "{stored:?}");
-        assert_eq!(stored[0].count(), 6, "the saved record is an older one");
+        assert_eq!(
+            stored[0].held.count(),
+            6,
+            "the saved record is an older one"
+        );
     }
 
     /// Batches handled one at a time (`finish`, as after a failure): one

@@ -1,82 +1,72 @@
-//! Refused messages (malformed, too large, invalid, not signed): every one
-//! is counted (`rejected.<feed>.<reason>`), but a flood of them, from one
-//! broken or hostile source or many, fills neither the audit trail nor the
-//! log. Per feed, in a minute, the first [`AUDITED_PER_MINUTE`] refusals
-//! are audited and logged one by one, with their error; the rest are held
-//! (counted by reason, a few of their subjects kept) and summed up in one
-//! audited record when the minute ends, or when the coordinator stops
-//! leading. Before, each refused heartbeat, alert or result wrote its own
-//! audit record and warning: a source sending malformed heartbeats as
-//! fast as the bus takes them wrote as many records, which can never be
-//! deleted.
+//! Refused messages (malformed, too large, invalid, not signed, another
+//! node's result): every one is counted (`rejected.<feed>.<reason>`,
+//! `results.foreign`), but a flood of them, from one broken or hostile
+//! source or many, fills neither the audit trail nor the log. Per feed, in
+//! a minute, the first [`AUDITED_PER_MINUTE`] refusals are audited and
+//! logged one by one, with their error; the rest are held (counted by
+//! reason, a few of their subjects kept) and summed up in one audited
+//! record when the minute ends, or when the coordinator stops leading
+//! ([`super::minutes`]). Before, each refused heartbeat, alert or result
+//! wrote its own audit record and warning: a source sending malformed
+//! heartbeats as fast as the bus takes them wrote as many records, which
+//! can never be deleted.
 //!
 //! What is held is kept in the saved state (the `held` record, written
 //! before the messages that added to it are acknowledged), so a
 //! coordinator killed or deposed within the minute leaves it to the next
-//! leader to sum up. A window whose start is later than now (the clock
-//! went back) ends at once.
-//!
-//! Sans-IO: time comes in, what to audit goes out.
+//! leader to sum up.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use skos_core::level::secs;
 use skos_core::timefmt::Timestamp;
 
-/// Refusals of one feed audited one by one in a minute; past it, the
-/// minute's summary says the rest.
-pub(super) const AUDITED_PER_MINUTE: u32 = 10;
+#[cfg(test)]
+use super::minutes::AUDITED_PER_MINUTE;
+use super::minutes::{Minutes, Tally};
 
 /// Subjects of held refusals named in a summary.
 const SUBJECTS_KEPT: usize = 8;
 
-/// The window, seconds.
-const WINDOW: f64 = 60.0;
-
-/// One feed's current minute.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Window {
-    start: Timestamp,
-    /// Audited one by one.
-    audited: u32,
-    /// Held for the summary, by reason.
-    held: BTreeMap<String, u64>,
-    /// Bytes of the held ones.
-    bytes: u64,
-    /// The first [`SUBJECTS_KEPT`] distinct subjects of the held ones.
-    subjects: BTreeSet<String>,
-    /// Distinct subjects past those kept were seen.
-    more_subjects: bool,
-}
-
-/// A minute of one feed that ended with refusals held.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Held {
-    pub(super) feed: String,
-    pub(super) since: Timestamp,
-    /// Audited one by one in that minute.
-    pub(super) audited: u32,
-    /// Held, by reason.
+/// The refusals of one feed's minute past those audited one by one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct Refused {
+    /// By reason.
     pub(super) reasons: BTreeMap<String, u64>,
+    /// Their bytes.
     pub(super) bytes: u64,
-    pub(super) subjects: Vec<String>,
+    /// The first [`SUBJECTS_KEPT`] distinct subjects.
+    pub(super) subjects: BTreeSet<String>,
+    /// Distinct subjects past those kept were seen.
     pub(super) more_subjects: bool,
 }
 
-impl Held {
+impl Refused {
     /// How many were held.
     pub(super) fn count(&self) -> u64 {
         self.reasons.values().sum()
     }
+
+    fn add(&mut self, subject: &str, reason: &str, bytes: usize) {
+        *self.reasons.entry(reason.to_string()).or_default() += 1;
+        self.bytes = self.bytes.saturating_add(bytes as u64);
+        if self.subjects.len() < SUBJECTS_KEPT {
+            self.subjects.insert(subject.to_string());
+        } else if !self.subjects.contains(subject) {
+            self.more_subjects = true;
+        }
+    }
+}
+
+impl Tally for Refused {
+    fn is_empty(&self) -> bool {
+        self.reasons.is_empty()
+    }
 }
 
 /// The windows of the feeds with refusals in the last minute.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(super) struct Refusals {
-    windows: BTreeMap<String, Window>,
-}
+pub(super) type Refusals = Minutes<Refused>;
 
 impl Refusals {
     /// Count a refusal of a message of `bytes` bytes on `subject` of
@@ -90,80 +80,14 @@ impl Refusals {
         bytes: usize,
         now: Timestamp,
     ) -> bool {
-        let w = self
-            .windows
-            .entry(feed.to_string())
-            .or_insert_with(|| Window {
-                start: now,
-                audited: 0,
-                held: BTreeMap::new(),
-                bytes: 0,
-                subjects: BTreeSet::new(),
-                more_subjects: false,
-            });
-        if w.audited < AUDITED_PER_MINUTE {
-            w.audited += 1;
-            return true;
-        }
-        *w.held.entry(reason.to_string()).or_default() += 1;
-        w.bytes = w.bytes.saturating_add(bytes as u64);
-        if w.subjects.len() < SUBJECTS_KEPT {
-            w.subjects.insert(subject.to_string());
-        } else if !w.subjects.contains(subject) {
-            w.more_subjects = true;
-        }
-        false
-    }
-
-    /// End the windows a minute old (every window, with `all`: the
-    /// coordinator stops leading): those that held refusals, to be summed
-    /// up in the audit trail.
-    pub(super) fn ended(&mut self, now: Timestamp, all: bool) -> Vec<Held> {
-        let mut out = Vec::new();
-        self.windows.retain(|feed, w| {
-            if !all && w.start <= now && now - w.start < secs(WINDOW) {
-                return true;
-            }
-            if !w.held.is_empty() {
-                out.push(Held {
-                    feed: feed.clone(),
-                    since: w.start,
-                    audited: w.audited,
-                    reasons: std::mem::take(&mut w.held),
-                    bytes: w.bytes,
-                    subjects: std::mem::take(&mut w.subjects).into_iter().collect(),
-                    more_subjects: w.more_subjects,
-                });
-            }
-            false
-        });
-        out
-    }
-
-    /// Forget the windows a summary in the trail already covers (its
-    /// feed and the start of its minute): summed up before a restart that
-    /// found them still kept.
-    /// `summed`: (event type, feed, start in ms since the epoch, as the
-    /// summary's `since` says it).
-    pub(super) fn covered(&mut self, summed: &BTreeSet<(String, String, i64)>) {
-        self.windows.retain(|feed, w| {
-            !summed.contains(&(
-                skos_core::AuditEvent::Rejected.as_str().to_string(),
-                feed.clone(),
-                w.start.timestamp_millis(),
-            ))
-        });
-    }
-
-    /// Nothing is held.
-    pub(super) fn is_empty(&self) -> bool {
-        self.windows.values().all(|w| w.held.is_empty())
+        self.note_with(feed, now, |held| held.add(subject, reason, bytes))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skos_core::level::secs;
 
     fn t(s: f64) -> Timestamp {
         chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap() + secs(s)
@@ -198,17 +122,17 @@ mod tests {
             (h.feed.as_str(), h.since, h.audited),
             ("heartbeat", t(0.0), 10)
         );
-        assert_eq!(h.count(), 1_000);
+        assert_eq!(h.held.count(), 1_000);
         assert_eq!(
-            h.reasons,
+            h.held.reasons,
             BTreeMap::from([
                 ("malformed".to_string(), 750),
                 ("too_large".to_string(), 250)
             ])
         );
-        assert_eq!(h.bytes, 100_000);
-        assert_eq!(h.subjects.len(), SUBJECTS_KEPT);
-        assert!(h.more_subjects);
+        assert_eq!(h.held.bytes, 100_000);
+        assert_eq!(h.held.subjects.len(), SUBJECTS_KEPT);
+        assert!(h.held.more_subjects);
         // The alert feed's window held nothing: it ends without a summary.
         assert!(r.ended(t(90.0), false).is_empty());
         assert!(r.note("heartbeat", "skos.heartbeat.a", "malformed", 10, t(61.0)));
@@ -225,9 +149,12 @@ mod tests {
         r.note("alert", "skos.alert.a", "invalid", 1, t(1.0));
         let held = r.ended(t(12.0), true);
         assert_eq!(held.len(), 1);
-        assert_eq!((held[0].feed.as_str(), held[0].count()), ("result", 1));
-        assert_eq!(held[0].subjects, ["skos.result.b"]);
-        assert!(!held[0].more_subjects);
+        assert_eq!((held[0].feed.as_str(), held[0].held.count()), ("result", 1));
+        assert_eq!(
+            held[0].held.subjects,
+            BTreeSet::from(["skos.result.b".to_string()])
+        );
+        assert!(!held[0].held.more_subjects);
         assert!(r.ended(t(13.0), true).is_empty(), "summed up twice");
     }
 
@@ -252,17 +179,17 @@ mod tests {
         assert_eq!(held.len(), 1, "a window from the future kept");
         let mut back = back;
         // A drops' summary of the same feed and start covers nothing here.
-        back.covered(&BTreeSet::from([(
-            "dropped".to_string(),
-            "alert".to_string(),
-            t(3_600.0).timestamp_millis(),
-        )]));
+        let event = skos_core::AuditEvent::Rejected;
+        let summary = |kind: &str| {
+            BTreeSet::from([(
+                kind.to_string(),
+                "alert".to_string(),
+                t(3_600.0).timestamp_millis(),
+            )])
+        };
+        back.covered(event, &summary("dropped"));
         assert!(!back.is_empty(), "covered by another kind's summary");
-        back.covered(&BTreeSet::from([(
-            "rejected".to_string(),
-            "alert".to_string(),
-            t(3_600.0).timestamp_millis(),
-        )]));
+        back.covered(event, &summary("rejected"));
         assert!(back.is_empty() && back.ended(t(10_000.0), true).is_empty());
     }
 }
