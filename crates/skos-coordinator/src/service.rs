@@ -3191,6 +3191,42 @@ mod tests {
         assert!(seqs.iter().all(|s| *s > Seq::Counted(0, 9)), "{seqs:?}");
     }
 
+    /// Run the service (an in-process bus, `state`, the trail at `trail`)
+    /// until the trail contains `text`, for at most 10 s: whether it did
+    /// before the service stopped.
+    async fn run_until_audited(
+        state: StateStore,
+        audit: Arc<AuditLog>,
+        trail: &std::path::Path,
+        text: &'static str,
+    ) -> bool {
+        let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let said = seen.clone();
+        let trail = trail.to_path_buf();
+        let until = async move {
+            for _ in 0..500 {
+                let written = std::fs::read_to_string(&trail).unwrap_or_default();
+                if written.contains(text) {
+                    said.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        run(
+            Config::default(),
+            Bus::InProc(skos_bus::InProcBus::new()),
+            audit,
+            state,
+            Counters::default(),
+            ServiceOptions::default(),
+            until,
+        )
+        .await
+        .unwrap();
+        seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// What a leader held for its minute's summaries is in the saved
     /// state when it stops without summing it up (killed, deposed): the
     /// next leader sums it up once its minute has ended, and a summary the
@@ -3235,36 +3271,11 @@ mod tests {
                 .filter(|e| e["event_type"] == kind)
                 .collect()
         };
-        let summed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = summed.clone();
-        let trail_read = trail.clone();
-        // Until the refusals' summary is in the trail (before the stop,
-        // which would sum up what is held anyway).
-        let until = async move {
-            for _ in 0..500 {
-                let text = std::fs::read_to_string(&trail_read).unwrap_or_default();
-                if text.contains("more alert messages rejected") {
-                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        run(
-            Config::default(),
-            Bus::InProc(skos_bus::InProcBus::new()),
-            audit,
-            state.clone(),
-            Counters::default(),
-            ServiceOptions::default(),
-            until,
-        )
-        .await
-        .unwrap();
-        assert!(
-            summed.load(std::sync::atomic::Ordering::SeqCst),
-            "not summed up while leading"
-        );
+        // Summed up while leading, before the stop (which would sum up
+        // what is held anyway).
+        let summed =
+            run_until_audited(state.clone(), audit, &trail, "more alert messages rejected").await;
+        assert!(summed, "not summed up while leading");
         let rejected = events("rejected");
         assert_eq!(rejected.len(), 1, "{rejected:?}");
         assert_eq!(rejected[0]["data"]["held"], 5);
@@ -3309,27 +3320,7 @@ mod tests {
             .append(summary("alert", "appended before"))
             .await
             .unwrap();
-        let trail_read = trail.clone();
-        let until = async move {
-            for _ in 0..500 {
-                let text = std::fs::read_to_string(&trail_read).unwrap_or_default();
-                if text.contains("not appended") {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        run(
-            Config::default(),
-            Bus::InProc(skos_bus::InProcBus::new()),
-            audit,
-            state,
-            Counters::default(),
-            ServiceOptions::default(),
-            until,
-        )
-        .await
-        .unwrap();
+        assert!(run_until_audited(state, audit, &trail, "not appended").await);
         let text = std::fs::read_to_string(&trail).unwrap();
         assert_eq!(text.matches("appended before").count(), 1, "{text}");
         assert_eq!(text.matches("not appended").count(), 1, "{text}");

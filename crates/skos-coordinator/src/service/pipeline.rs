@@ -1133,6 +1133,30 @@ mod tests {
         );
     }
 
+    /// The refusals held in `c`'s saved record, as their summaries would
+    /// say them.
+    async fn refusals_saved(c: &Ctx) -> Vec<super::minutes::Ended<super::refusals::Refused>> {
+        let saved = c
+            .state
+            .load(super::HELD_KEY)
+            .await
+            .expect("readable")
+            .expect("what is held is saved");
+        let held: super::HeldRecord = serde_json::from_slice(&saved).expect("a held record");
+        let mut refusals = held.refusals;
+        refusals.ended(chrono::Utc::now(), true)
+    }
+
+    /// `n` malformed alerts of `node` (not JSON), each told when
+    /// acknowledged.
+    fn malformed_alerts(node: &NodeName, n: usize) -> (Vec<Incoming>, Vec<Receiver<()>>) {
+        (0..n)
+            .map(|_| {
+                Incoming::told_when_acked(skos_bus::subjects::alert(node), Bytes::from_static(b"{"))
+            })
+            .unzip()
+    }
+
     /// Fifteen malformed alerts: the five held past the minute's ten are
     /// in the saved state (`held`) once their batch is acknowledged, so a
     /// leader killed now leaves them to the next one to sum up.
@@ -1141,28 +1165,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (mut c, _) = in_proc(dir.path());
         let [n1] = nodes(["n1"]);
-        let (alerts, acked): (Vec<Incoming>, Vec<_>) = (0..15)
-            .map(|_| {
-                Incoming::told_when_acked(skos_bus::subjects::alert(&n1), Bytes::from_static(b"{"))
-            })
-            .unzip();
+        let (alerts, acked) = malformed_alerts(&n1, 15);
         let mut alerts = alerts.into_iter();
         let first = alerts.next().expect("an alert");
         take_batches(&mut c, first, alerts.collect()).await;
         for a in acked {
             assert_eq!(a.await, Ok(()), "a refused alert not acknowledged");
         }
-        let saved = c
-            .state
-            .load(super::HELD_KEY)
-            .await
-            .expect("readable")
-            .expect("what is held is saved");
-        let held: super::HeldRecord = serde_json::from_slice(&saved).expect("a held record");
-        let summed = {
-            let mut r = held.refusals;
-            r.ended(chrono::Utc::now(), true)
-        };
+        let summed = refusals_saved(&c).await;
         assert_eq!(summed.len(), 1, "{summed:?}");
         assert_eq!(summed[0].held.count(), 5);
     }
@@ -1179,44 +1189,16 @@ mod tests {
         let many: Vec<NodeName> = (0..300)
             .map(|i| NodeName::parse(&format!("n{i}")).expect("a node name"))
             .collect();
-        let bad = || {
-            Incoming::told_when_acked(
-                skos_bus::subjects::alert(&many[0]),
-                Bytes::from_static(b"{"),
-            )
-        };
         let mut first: Vec<Incoming> = many.iter().map(|n| alert_from(n, 1)).collect();
-        let mut acks = Vec::new();
-        for _ in 0..11 {
-            let (m, a) = bad();
-            first.push(m);
-            acks.push(a);
-        }
-        let mut second = Vec::new();
-        for _ in 0..5 {
-            let (m, a) = bad();
-            second.push(m);
-            acks.push(a);
-        }
-        let mut more = futures::stream::iter(vec![second]);
-        c.batches_for(Duration::from_secs(60), Durable::Alert, first, &mut more)
-            .await;
-        while let Some(b) = more.next().await {
-            c.batches_for(Duration::from_secs(60), Durable::Alert, b, &mut more)
-                .await;
-        }
+        let (bad, mut acks) = malformed_alerts(&many[0], 11);
+        first.extend(bad);
+        let (second, more_acks) = malformed_alerts(&many[0], 5);
+        acks.extend(more_acks);
+        every_batch(&mut c, Durable::Alert, vec![first, second]).await;
         for a in acks {
             assert_eq!(a.await, Ok(()), "not acknowledged");
         }
-        let saved = c
-            .state
-            .load(super::HELD_KEY)
-            .await
-            .expect("readable")
-            .expect("what is held is saved");
-        let held: super::HeldRecord = serde_json::from_slice(&saved).expect("a held record");
-        let mut stored = held.refusals;
-        let stored = stored.ended(chrono::Utc::now(), true);
+        let stored = refusals_saved(&c).await;
         assert_eq!(stored.len(), 1, "{stored:?}");
         assert_eq!(
             stored[0].held.count(),
@@ -1231,21 +1213,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_whose_held_record_is_not_written_is_not_acknowledged() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let states = dir.path().join("state");
-        std::fs::create_dir(&states).expect("the state directory");
-        let mut c = ctx(
-            Bus::InProc(InProcBus::new()),
-            StateStore::dir(&states),
-            &dir.path().join("audit.jsonl"),
-        );
+        let (mut c, states) = with_state_dir(dir.path());
         let [n1] = nodes(["n1"]);
         std::fs::rename(&states, dir.path().join("away")).expect("moved away");
         std::fs::write(&states, b"not a directory").expect("a file in its place");
-        let (batch, acks): (Vec<Incoming>, Vec<_>) = (0..15)
-            .map(|_| {
-                Incoming::told_when_acked(skos_bus::subjects::alert(&n1), Bytes::from_static(b"{"))
-            })
-            .unzip();
+        let (batch, acks) = malformed_alerts(&n1, 15);
         let work = c.decide_alerts(batch);
         assert!(
             !c.finish(work, Durable::Alert, Instant::now()).await,
@@ -1290,18 +1262,8 @@ mod tests {
                 Bytes::from(serde_json::to_vec(&result).expect("a result")),
             )
         };
-        let mut more = futures::stream::iter((1..15).map(|i| vec![forged(i)]));
-        c.batches_for(
-            Duration::from_secs(60),
-            Durable::Result,
-            vec![forged(0)],
-            &mut more,
-        )
-        .await;
-        while let Some(b) = more.next().await {
-            c.batches_for(Duration::from_secs(60), Durable::Result, b, &mut more)
-                .await;
-        }
+        let batches = (0..15).map(|i| vec![forged(i)]).collect();
+        every_batch(&mut c, Durable::Result, batches).await;
         assert_eq!(c.counters.of(Counter::ResultsForeign), 15);
         let foreign = trail()
             .lines()
@@ -2086,23 +2048,37 @@ mod tests {
         );
     }
 
-    /// The service loop's batches for a turn long enough for any machine:
-    /// `first`, then each of `more` as it is ready.
+    /// [`every_batch`] of alerts: `first`, then each of `more`, one
+    /// message a batch.
     async fn take_batches(c: &mut Ctx, first: Incoming, more: Vec<Incoming>) {
-        let mut more = futures::stream::iter(more.into_iter().map(|m| vec![m]));
-        c.batches_for(
-            Duration::from_secs(60),
-            Durable::Alert,
-            vec![first],
-            &mut more,
-        )
-        .await;
-        // It returns once nothing is in flight, the rest unread (the
-        // service loop reads it): read it here.
-        while let Some(b) = more.next().await {
-            c.batches_for(Duration::from_secs(60), Durable::Alert, b, &mut more)
+        let batches = std::iter::once(first).chain(more).map(|m| vec![m]);
+        every_batch(c, Durable::Alert, batches.collect()).await;
+    }
+
+    /// The service loop's batches of `feed` for a turn long enough for
+    /// any machine, each of `batches` taken as it is ready, until every
+    /// one is handled: a turn ends once nothing is in flight, the rest
+    /// unread (the service loop reads it), and the next turn goes on.
+    async fn every_batch(c: &mut Ctx, feed: Durable, batches: Vec<Vec<Incoming>>) {
+        let mut more = futures::stream::iter(batches);
+        while let Some(first) = more.next().await {
+            c.batches_for(Duration::from_secs(60), feed, first, &mut more)
                 .await;
         }
+    }
+
+    /// A coordinator's context over an in-process bus, its trail in `dir`
+    /// and its state in the directory `state` in it (returned), which a
+    /// test can move away to make writes fail.
+    fn with_state_dir(dir: &std::path::Path) -> (Ctx, std::path::PathBuf) {
+        let states = dir.join("state");
+        std::fs::create_dir(&states).expect("the state directory");
+        let c = ctx(
+            Bus::InProc(InProcBus::new()),
+            StateStore::dir(&states),
+            &dir.join("audit.jsonl"),
+        );
+        (c, states)
     }
 
     /// Nodes named `names`.
@@ -2174,13 +2150,7 @@ mod tests {
     #[tokio::test]
     async fn a_removal_that_failed_is_tried_again() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let states = dir.path().join("state");
-        std::fs::create_dir(&states).expect("the state directory");
-        let mut c = ctx(
-            Bus::InProc(InProcBus::new()),
-            StateStore::dir(&states),
-            &dir.path().join("audit.jsonl"),
-        );
+        let (mut c, states) = with_state_dir(dir.path());
         let node = NodeName::parse("n1").expect("a node name");
         let key = node_key(&node);
         // Written once (with what the engine held then); its state now
