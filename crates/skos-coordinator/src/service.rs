@@ -142,28 +142,41 @@ struct HeldRecord {
     summaries: Vec<AuditEntry>,
 }
 
-/// The summaries in `records` (the trail's tail): a `rejected` or
-/// `dropped` record summing up a minute, by (event type, feed, start of
-/// the minute in ms since the epoch): a refusals' summary never covers a
-/// drops' window of the same feed and start, nor the other way round.
+/// What [`HeldRecord`] writes, borrowed from the context.
+#[derive(Serialize)]
+struct HeldRef<'a> {
+    refusals: &'a Refusals,
+    drops: &'a Drops,
+    #[serde(skip_serializing_if = "<[AuditEntry]>::is_empty")]
+    summaries: &'a [AuditEntry],
+}
+
+/// Which minute an audit entry sums up, if it is a `rejected` or
+/// `dropped` summary: (event type, feed, start of the minute in ms since
+/// the epoch). A refusals' summary never covers a drops' window of the
+/// same feed and start, nor the other way round.
+fn summary_key(entry: &Value) -> Option<(String, String, i64)> {
+    let event = entry["event_type"].as_str()?;
+    if event != skos_core::AuditEvent::Rejected.as_str()
+        && event != skos_core::AuditEvent::Dropped.as_str()
+    {
+        return None;
+    }
+    let since = entry["data"]["since"]
+        .as_str()
+        .and_then(skos_core::timefmt::parse)?;
+    Some((
+        event.to_string(),
+        entry["data"]["feed"].as_str()?.to_string(),
+        since.timestamp_millis(),
+    ))
+}
+
+/// The summaries in `records` (the trail's tail), by [`summary_key`].
 fn summed_up_in(records: &[Value]) -> BTreeSet<(String, String, i64)> {
     records
         .iter()
-        .map(|r| &r["entry"])
-        .filter(|e| {
-            e["event_type"] == skos_core::AuditEvent::Rejected.as_str()
-                || e["event_type"] == skos_core::AuditEvent::Dropped.as_str()
-        })
-        .filter_map(|e| {
-            let since = e["data"]["since"]
-                .as_str()
-                .and_then(skos_core::timefmt::parse)?;
-            Some((
-                e["event_type"].as_str()?.to_string(),
-                e["data"]["feed"].as_str()?.to_string(),
-                since.timestamp_millis(),
-            ))
-        })
+        .filter_map(|r| summary_key(&r["entry"]))
         .collect()
 }
 
@@ -961,7 +974,12 @@ async fn lead(
     // Summaries queued before the stop and not in the trail: queued again.
     let held_summaries: Vec<AuditEntry> = summaries
         .into_iter()
-        .filter(|e| !summed_up_in(&[json!({"entry": e})]).is_subset(&summed))
+        .filter(|e| {
+            serde_json::to_value(e)
+                .ok()
+                .and_then(|v| summary_key(&v))
+                .is_some_and(|key| !summed.contains(&key))
+        })
         .collect();
     let parts = state.load_prefix(NODE_KEY_PREFIX).await?;
     let nodes = parts.len();
@@ -1487,15 +1505,12 @@ impl Ctx {
             return Err(e);
         }
         if std::mem::take(&mut self.held_dirty) {
-            let held = HeldRecord {
-                refusals: std::mem::take(&mut self.refusals),
-                drops: std::mem::take(&mut self.drops),
-                summaries: std::mem::take(&mut self.held_summaries),
+            let held = HeldRef {
+                refusals: &self.refusals,
+                drops: &self.drops,
+                summaries: &self.held_summaries,
             };
-            let encoded = serde_json::to_vec(&held);
-            (self.refusals, self.drops, self.held_summaries) =
-                (held.refusals, held.drops, held.summaries);
-            match encoded {
+            match serde_json::to_vec(&held) {
                 Ok(bytes) => items.push((HELD_KEY.to_string(), Bytes::from(bytes))),
                 Err(e) => {
                     self.held_dirty = true;
@@ -1741,24 +1756,11 @@ impl Ctx {
                     .iter()
                     .map(|(r, n)| format!("{r} {n}"))
                     .collect();
-                let subjects = if h.held.more_subjects {
-                    format!(
-                        "{}, and more",
-                        h.held
-                            .subjects
-                            .iter()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                } else {
-                    h.held
-                        .subjects
-                        .iter()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
+                let mut subjects: Vec<&str> = h.held.subjects.iter().map(String::as_str).collect();
+                if h.held.more_subjects {
+                    subjects.push("and more");
+                }
+                let subjects = subjects.join(", ");
                 tracing::warn!(
                     feed = h.feed,
                     held = n,
@@ -3097,17 +3099,13 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        run(
-            Config::default(),
+        run_in_proc(
             Bus::InProc(skos_bus::InProcBus::new()),
             audit,
             state,
-            Counters::default(),
-            ServiceOptions::default(),
             appended,
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(
             summaries(),
             ["zeroth", "first", "second", "third", "fourth"]
@@ -3172,23 +3170,34 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        run(
-            Config::default(),
-            Bus::InProc(bus),
-            audit,
-            state,
-            Counters::default(),
-            ServiceOptions::default(),
-            kept,
-        )
-        .await
-        .unwrap();
+        run_in_proc(Bus::InProc(bus), audit, state, kept).await;
         let seqs = seen
             .lock()
             .unwrap()
             .clone()
             .expect("c's record kept effects");
         assert!(seqs.iter().all(|s| *s > Seq::Counted(0, 9)), "{seqs:?}");
+    }
+
+    /// Run the service with the defaults over `bus`, `audit` and `state`
+    /// until `until` is done.
+    async fn run_in_proc(
+        bus: Bus,
+        audit: Arc<AuditLog>,
+        state: StateStore,
+        until: impl Future<Output = ()> + Send,
+    ) {
+        run(
+            Config::default(),
+            bus,
+            audit,
+            state,
+            Counters::default(),
+            ServiceOptions::default(),
+            until,
+        )
+        .await
+        .expect("the service ran");
     }
 
     /// Run the service (an in-process bus, `state`, the trail at `trail`)
@@ -3213,17 +3222,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        run(
-            Config::default(),
-            Bus::InProc(skos_bus::InProcBus::new()),
-            audit,
-            state,
-            Counters::default(),
-            ServiceOptions::default(),
-            until,
-        )
-        .await
-        .unwrap();
+        run_in_proc(Bus::InProc(skos_bus::InProcBus::new()), audit, state, until).await;
         seen.load(std::sync::atomic::Ordering::SeqCst)
     }
 
