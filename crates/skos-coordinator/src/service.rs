@@ -125,6 +125,12 @@ const CARRIED_KEY: &str = "carried";
 /// same).
 const FOREIGN: &str = "foreign_node";
 
+/// The reason, in a refusals summary, a result from its command's node is
+/// held past the minute's first ten: it answers no open command (see
+/// [`Engine::result_is_news`]), so it changes nothing and is only counted
+/// (`results.unmatched` unless a success or a replay).
+const UNMATCHED: &str = "unmatched";
+
 /// The key of what is held for the minute's summaries: refusals
 /// ([`refusals`]) and drops ([`dropped`]), written before the messages
 /// that added to it are acknowledged.
@@ -2100,6 +2106,23 @@ impl Ctx {
                         } else {
                             self.held_dirty = true;
                         }
+                    } else if fresh
+                        && !self.engine.result_is_news(&result)
+                        && !self.refusals.note(
+                            "result",
+                            &m.subject,
+                            UNMATCHED,
+                            m.payload.len(),
+                            now,
+                        )
+                    {
+                        // Answers nothing open, past the minute's ten
+                        // audited one by one: counted and held for the
+                        // minute's summary, as a refusal is, so a node
+                        // sending such results grows the trail by one
+                        // record a minute, not one per result.
+                        self.engine.count_result(&result, false);
+                        self.held_dirty = true;
                     } else if fresh {
                         work.touched.insert(result.node.clone());
                         let effects = self.engine.on_result(result, now);

@@ -60,17 +60,30 @@ fn signed_for(s: &Signer, node: &str, payload: &Bytes) -> Vec<(String, String)> 
         .unwrap()
 }
 
+/// The results the agent published, as the results stream keeps them. (The
+/// coordinator audits one by one only the first ten a minute of those that
+/// answer no command it sent, so its trail does not show them all.)
 fn results(nats: &NatsServer) -> Vec<Value> {
-    let out = run({
-        let mut c = skos();
-        c.args(["audit", "tail", "--json", "-n", "100000"])
-            .env("NATS_URL", nats.url());
-        c
-    });
-    audit_events(&json_lines(&out), "result")
-        .into_iter()
-        .map(|r| r["entry"]["data"]["result"].clone())
-        .collect()
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        // Not there until the coordinator has made it.
+        let Ok(mut stream) = js.get_stream(skos_bus::subjects::STREAM_RESULTS).await else {
+            return Vec::new();
+        };
+        let state = stream.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                out.push(serde_json::from_slice(&m.payload).unwrap());
+            }
+        }
+        out
+    })
 }
 
 fn status_of(nats: &NatsServer, id: &str) -> Vec<String> {
@@ -109,7 +122,6 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
     let cfg = fast_config(work.path(), &trust_section(work.path()));
     let key = Signer::from_seed_file(&work.path().join("coordinator.nk")).unwrap();
     let stranger = Signer::ephemeral();
-    // The coordinator audits every result.
     let _coord = Proc::spawn(
         {
             let mut c = skos();

@@ -752,7 +752,7 @@ impl Engine {
         if let Some(target) = self.foreign_target(&result) {
             return vec![self.foreign_result(&result, &target, now)];
         }
-        self.counters.inc(Counter::Results(result.status.as_str()));
+        self.count_result(&result, self.pending.contains_key(&result.action_id));
         let node = result.node.clone();
         let replay = is_replay(&result);
         let mut data = json!({"result": result});
@@ -772,20 +772,9 @@ impl Engine {
             data,
         )];
         if replay {
-            self.counters.inc(Counter::ResultsReplay);
             return out;
         }
-        // A late answer (after `no_result`) tells what happened; a second
-        // copy of an answer already judged (a redelivery, an agent's
-        // replayed outcome) must not undo `verified` or `not_verified`.
-        let open = self.pending.contains_key(&result.action_id)
-            || self
-                .recent
-                .iter()
-                .rev()
-                .find(|r| r.action_id == result.action_id && r.node == node.as_str())
-                .is_some_and(|r| matches!(r.state, ActionState::Sent | ActionState::NoResult));
-        if open {
+        if self.result_is_news(&result) {
             self.set_action_state(
                 &result.action_id,
                 &node,
@@ -795,9 +784,6 @@ impl Engine {
         }
         let Some(p) = self.pending.remove(&result.action_id) else {
             // A reset, or a result for a command sent before a restart.
-            if result.status != ResultStatus::Succeeded {
-                self.counters.inc(Counter::ResultsUnmatched);
-            }
             return out;
         };
         let key = BreakerKey::new(p.node.as_str(), p.problem.as_str(), &p.action);
@@ -907,6 +893,34 @@ impl Engine {
             kinds::of(&p.alert.kind).on_result(self, &p, &result, now, &mut out);
         }
         out
+    }
+
+    /// Whether `result`, from the node its action was sent to (see
+    /// [`Engine::foreign_target`]), can change anything: it answers a
+    /// pending command, or a recent one still open (sent, or closed as
+    /// `no_result`, whose late answer tells what happened). Any other (a
+    /// second answer to a command already judged, one for an action id
+    /// never sent or long forgotten) is only audited and counted.
+    pub(crate) fn result_is_news(&self, result: &CommandResult) -> bool {
+        self.pending.contains_key(&result.action_id)
+            || self
+                .recent
+                .iter()
+                .rev()
+                .find(|r| r.action_id == result.action_id && r.node == result.node.as_str())
+                .is_some_and(|r| matches!(r.state, ActionState::Sent | ActionState::NoResult))
+    }
+
+    /// Count `result` by its status, as a replay, and as unmatched when it
+    /// answers no `pending` command and is no success (a late success is
+    /// no news).
+    pub(crate) fn count_result(&self, result: &CommandResult, pending: bool) {
+        self.counters.inc(Counter::Results(result.status.as_str()));
+        if is_replay(result) {
+            self.counters.inc(Counter::ResultsReplay);
+        } else if !pending && result.status != ResultStatus::Succeeded {
+            self.counters.inc(Counter::ResultsUnmatched);
+        }
     }
 
     /// The node `result`'s action was sent to, when the result comes from

@@ -1282,6 +1282,91 @@ mod tests {
         );
     }
 
+    /// Results from the node a command went to that answer nothing open:
+    /// fifteen for action ids never sent, then the real answer, then five
+    /// second answers to it. Each is counted; the first ten that answer
+    /// nothing are audited one by one, the other ten held for the
+    /// minute's summary; the real answer, behind the fifteen, is never
+    /// held and closes its command. Before, every one wrote its own
+    /// `result` record: a node grew the trail at the rate it sent them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_answering_nothing_open_are_bounded_like_refusals() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut c, audit_path) = in_proc(dir.path());
+        let [n1] = nodes(["n1"]);
+        take_batches(&mut c, alert_from(&n1, 1), Vec::new()).await;
+        let entries = || {
+            std::fs::read_to_string(&audit_path)
+                .expect("the trail")
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("a record")["entry"].clone())
+                .collect::<Vec<Value>>()
+        };
+        let sent = entries()
+            .into_iter()
+            .find(|e| e["event_type"] == "command")
+            .expect("n1's command audited");
+        let action_id = sent["data"]["command"]["action_id"]
+            .as_str()
+            .expect("an id")
+            .to_string();
+        let result = |id: &str, status: &str, i: u32| {
+            let result = json!({
+                "action_id": id, "action_type": "throttle_10", "node": "n1",
+                "agent_id": "agent-n1", "status": status,
+                "message": format!("answer {i}"),
+                "timestamp": chrono::Utc::now() + chrono::Duration::milliseconds(i.into()),
+            });
+            Incoming::plain(
+                skos_bus::subjects::result(&n1),
+                Bytes::from(serde_json::to_vec(&result).expect("a result")),
+            )
+        };
+        let mut batches: Vec<Vec<Incoming>> = (0..15)
+            .map(|i| vec![result(&format!("never-sent-{i}"), "failed", i)])
+            .collect();
+        batches.push(vec![result(&action_id, "succeeded", 15)]);
+        batches.extend((16..21).map(|i| vec![result(&action_id, "rejected", i)]));
+        every_batch(&mut c, Durable::Result, batches).await;
+        assert_eq!(c.counters.of(Counter::Results("failed")), 15);
+        assert_eq!(c.counters.of(Counter::Results("rejected")), 5);
+        assert_eq!(c.counters.of(Counter::Results("succeeded")), 1);
+        assert_eq!(c.counters.of(Counter::ResultsUnmatched), 20);
+        let results: Vec<Value> = entries()
+            .into_iter()
+            .filter(|e| e["event_type"] == "result")
+            .collect();
+        assert_eq!(results.len(), 11, "{results:#?}");
+        assert!(
+            results
+                .iter()
+                .any(|e| e["data"]["result"]["action_id"] == action_id.as_str()
+                    && e["data"]["result"]["status"] == "succeeded"),
+            "the real answer held: {results:#?}"
+        );
+        let status = c.engine.status(chrono::Utc::now());
+        let answered = status
+            .recent_actions
+            .iter()
+            .find(|r| r.action_id == action_id)
+            .expect("the command among the recent actions");
+        assert_ne!(
+            answered.state,
+            crate::status::ActionState::Sent,
+            "the real answer did not close its command"
+        );
+        let held = c.summed_up(chrono::Utc::now(), true);
+        let [Effect::Audit(summary)] = held.as_slice() else {
+            panic!("not one summary: {held:?}");
+        };
+        assert_eq!(
+            summary.data["reasons"],
+            json!({"unmatched": 10}),
+            "{summary:?}"
+        );
+        assert_eq!(summary.data["subjects"], json!(["skos.result.n1"]));
+    }
+
     /// Gaps in a feed (the bus dropped messages before they were read),
     /// fifteen batches of them in a minute: every message counted, the
     /// first ten gaps audited one by one, the other five summed up in one
@@ -2101,6 +2186,9 @@ mod tests {
     /// A coordinator's context over `bus`, state in `state` and the trail
     /// at `audit`, its engine empty, leading without a lease.
     fn ctx(bus: Bus, state: StateStore, audit: &std::path::Path) -> Ctx {
+        // One set of counters for the engine and the service, as
+        // `run` makes them.
+        let counters = Counters::default();
         Ctx {
             consumers: Consumers::spawn(bus.clone()),
             flushed: FlushTimes::default(),
@@ -2108,11 +2196,11 @@ mod tests {
             unsaved: BTreeSet::new(),
             scratch: Vec::new(),
             signer: None,
-            engine: Engine::new(Config::default(), Counters::default(), "test"),
+            engine: Engine::new(Config::default(), counters.clone(), "test"),
             bus,
             audit: Arc::new(AuditLog::open_file(audit).expect("an audit trail")),
             state,
-            counters: Counters::default(),
+            counters,
             max_bytes: 1 << 20,
             outbox: VecDeque::new(),
             next_seq: (0, 1),
