@@ -24,6 +24,7 @@
 //! again; its command is acknowledged once its result is published.
 
 mod executed;
+mod quiet;
 mod term;
 
 use skos_core::counters::Counter;
@@ -74,6 +75,10 @@ pub struct Agent {
     executed: Arc<Mutex<Executed>>,
     /// The highest coordinator term seen.
     fence: Fence,
+    /// Refused commands' log lines this minute.
+    refusals_logged: quiet::LogBudget,
+    /// Replayed commands' log lines this minute.
+    replays_logged: quiet::LogBudget,
     /// Commands waiting for a running job of their problem to end.
     held: crate::held::Held,
     verifier: Verifier,
@@ -128,6 +133,8 @@ impl Agent {
             held: crate::held::Held::default(),
             executed: Arc::new(Mutex::new(executed)),
             fence,
+            refusals_logged: quiet::LogBudget::default(),
+            replays_logged: quiet::LogBudget::default(),
             verifier,
             slow_looks: Default::default(),
             announce: None,
@@ -405,7 +412,9 @@ impl Agent {
                 .check_command(&m.subject, self.node().as_str(), &m.payload, &headers)
         {
             self.counters.inc(Counter::CommandsRejectedSignature);
-            tracing::warn!(subject = %m.subject, error = %e, "refused command");
+            if let Some(not_logged) = self.refusals_logged.take(std::time::Instant::now()) {
+                tracing::warn!(subject = %m.subject, error = %e, not_logged, "refused command");
+            }
             if let Some(id) = loose_action_id(&m.payload) {
                 let o = Outcome::new(ResultStatus::Rejected, format!("refused: {e}"));
                 self.answer(&id, &loose_action_type(&m.payload), &o).await;
@@ -417,7 +426,9 @@ impl Agent {
             Ok(c) => c,
             Err(e) => {
                 self.counters.inc(Counter::CommandsRejectedMalformed);
-                tracing::warn!(subject = %m.subject, error = %e, "rejected command");
+                if let Some(not_logged) = self.refusals_logged.take(std::time::Instant::now()) {
+                    tracing::warn!(subject = %m.subject, error = %e, not_logged, "rejected command");
+                }
                 // Answer when the id can still be read, so it is audited.
                 if let Some(id) = loose_action_id(&m.payload) {
                     let o = Outcome::new(ResultStatus::Rejected, format!("malformed command: {e}"));
@@ -451,7 +462,9 @@ impl Agent {
             }
             Gate::Replay(o) => {
                 self.counters.inc(Counter::Commands("replayed"));
-                tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, status = o.status.as_str(), message = %o.message, "command delivered again after it was executed: not executed twice, answered with its recorded outcome");
+                if let Some(not_logged) = self.replays_logged.take(std::time::Instant::now()) {
+                    tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, status = o.status.as_str(), message = %o.message, not_logged, "command delivered again after it was executed: not executed twice, answered with its recorded outcome");
+                }
                 self.answer(&cmd.action_id, &cmd.action_type, &o).await;
                 return ack(m).await;
             }
