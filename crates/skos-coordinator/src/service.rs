@@ -125,12 +125,6 @@ const CARRIED_KEY: &str = "carried";
 /// same).
 const FOREIGN: &str = "foreign_node";
 
-/// The reason, in a refusals summary, a result from its command's node is
-/// held past the minute's first ten: it answers no open command (see
-/// [`Engine::result_is_news`]), so it changes nothing and is only counted
-/// (`results.unmatched` unless a success or a replay).
-const UNMATCHED: &str = "unmatched";
-
 /// The key of what is held for the minute's summaries: refusals
 /// ([`refusals`]) and drops ([`dropped`]), written before the messages
 /// that added to it are acknowledged.
@@ -2111,7 +2105,7 @@ impl Ctx {
                         && !self.refusals.note(
                             "result",
                             &m.subject,
-                            UNMATCHED,
+                            Engine::no_news_reason(&result),
                             m.payload.len(),
                             now,
                         )

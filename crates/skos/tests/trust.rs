@@ -60,10 +60,24 @@ fn signed_for(s: &Signer, node: &str, payload: &Bytes) -> Vec<(String, String)> 
         .unwrap()
 }
 
+/// The results the coordinator audited.
+fn audited(nats: &NatsServer) -> Vec<Value> {
+    let out = run({
+        let mut c = skos();
+        c.args(["audit", "tail", "--json", "-n", "100000"])
+            .env("NATS_URL", nats.url());
+        c
+    });
+    audit_events(&json_lines(&out), "result")
+        .into_iter()
+        .map(|r| r["entry"]["data"]["result"].clone())
+        .collect()
+}
+
 /// The results the agent published, as the results stream keeps them. (The
 /// coordinator audits one by one only the first ten a minute of those that
 /// answer no command it sent, so its trail does not show them all.)
-fn results(nats: &NatsServer) -> Vec<Value> {
+fn published(nats: &NatsServer) -> Vec<Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -86,7 +100,11 @@ fn results(nats: &NatsServer) -> Vec<Value> {
     })
 }
 
-fn status_of(nats: &NatsServer, id: &str) -> Vec<String> {
+/// Where results are read from: [`audited`] or [`published`].
+type Results = fn(&NatsServer) -> Vec<Value>;
+
+/// `status: message` of each result for `id` in `results`.
+fn status_of(results: Results, nats: &NatsServer, id: &str) -> Vec<String> {
     results(nats)
         .iter()
         .filter(|r| r["action_id"] == id)
@@ -100,12 +118,12 @@ fn status_of(nats: &NatsServer, id: &str) -> Vec<String> {
         .collect()
 }
 
-fn wait_status(nats: &NatsServer, id: &str, want: &str) -> String {
+fn wait_status(results: Results, nats: &NatsServer, id: &str, want: &str) -> String {
     wait_for(
         Duration::from_secs(20),
         &format!("{id} answered {want}"),
         || {
-            status_of(nats, id)
+            status_of(results, nats, id)
                 .into_iter()
                 .find(|s| s.starts_with(want))
         },
@@ -150,11 +168,11 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
 
     let forged = command("forged-1", "throttle_100", "nova", 60);
     send(&forged, signed(&stranger, &forged));
-    assert!(wait_status(&nats, "forged-1", "rejected").contains("unknown key"));
+    assert!(wait_status(published, &nats, "forged-1", "rejected").contains("unknown key"));
 
     let unsigned = command("unsigned-1", "throttle_100", "nova", 60);
     send(&unsigned, vec![]);
-    assert!(wait_status(&nats, "unsigned-1", "rejected").contains("unsigned"));
+    assert!(wait_status(published, &nats, "unsigned-1", "rejected").contains("unsigned"));
 
     // Signed by the right key, but the payload was changed after signing.
     let original = command("tampered-1", "throttle_10", "nova", 60);
@@ -165,7 +183,7 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
             .replace("throttle_10", "throttle_100"),
     );
     send(&tampered, headers);
-    assert!(wait_status(&nats, "tampered-1", "rejected").contains("bad signature"));
+    assert!(wait_status(published, &nats, "tampered-1", "rejected").contains("bad signature"));
 
     // The right key's signature over the bare payload: what an nkey
     // login gives a hostile server that chose the payload as its nonce.
@@ -178,7 +196,7 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
             (HEADER_SIGNATURE.into(), bare.clone()),
         ],
     );
-    assert!(wait_status(&nats, "oracle-1", "rejected").contains("not for a command"));
+    assert!(wait_status(published, &nats, "oracle-1", "rejected").contains("not for a command"));
     let oracle = command("oracle-2", "throttle_100", "nova", 60);
     let (_, bare) = key.sign(&oracle).unwrap();
     send(
@@ -189,12 +207,12 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
             (HEADER_CONTEXT.into(), COMMAND_CONTEXT.into()),
         ],
     );
-    assert!(wait_status(&nats, "oracle-2", "rejected").contains("bad signature"));
+    assert!(wait_status(published, &nats, "oracle-2", "rejected").contains("bad signature"));
 
     // A command signed for lyra, relabelled for nova.
     let relabelled = command("relabelled-1", "throttle_100", "nova", 60);
     send(&relabelled, signed_for(&key, "lyra", &relabelled));
-    assert!(wait_status(&nats, "relabelled-1", "rejected").contains("bad signature"));
+    assert!(wait_status(published, &nats, "relabelled-1", "rejected").contains("bad signature"));
 
     // Signed, but for no node in particular, or to be kept for ten years.
     let mut anywhere: Value =
@@ -202,24 +220,24 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
     anywhere.as_object_mut().unwrap().remove("node");
     let anywhere = Bytes::from(serde_json::to_vec(&anywhere).unwrap());
     send(&anywhere, signed(&key, &anywhere));
-    assert!(wait_status(&nats, "anywhere-1", "rejected").contains("names no node"));
+    assert!(wait_status(published, &nats, "anywhere-1", "rejected").contains("names no node"));
     let mut forever: Value =
         serde_json::from_slice(&command("forever-1", "throttle_100", "nova", 60)).unwrap();
     forever.as_object_mut().unwrap().remove("deadline");
     let forever = Bytes::from(serde_json::to_vec(&forever).unwrap());
     send(&forever, signed(&key, &forever));
-    assert!(wait_status(&nats, "forever-1", "rejected").contains("no deadline"));
+    assert!(wait_status(published, &nats, "forever-1", "rejected").contains("no deadline"));
     let kept = command("kept-1", "throttle_100", "nova", 10 * 365 * 86_400);
     send(&kept, signed(&key, &kept));
-    assert!(wait_status(&nats, "kept-1", "rejected").contains("max_deadline_seconds"));
+    assert!(wait_status(published, &nats, "kept-1", "rejected").contains("max_deadline_seconds"));
 
     let expired = command("expired-1", "throttle_100", "nova", -5);
     send(&expired, signed(&key, &expired));
-    wait_status(&nats, "expired-1", "expired");
+    wait_status(published, &nats, "expired-1", "expired");
 
     let elsewhere = command("elsewhere-1", "throttle_100", "lyra", 60);
     send(&elsewhere, signed(&key, &elsewhere));
-    assert!(wait_status(&nats, "elsewhere-1", "rejected").contains("another node"));
+    assert!(wait_status(published, &nats, "elsewhere-1", "rejected").contains("another node"));
 
     // Signed, well formed, but an action this build does not know (a
     // newer coordinator's, say): unsupported, not rejected (a rejection
@@ -235,7 +253,7 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
     for (id, action, parameters) in &unknown {
         let cmd = command_with(id, action, "nova", 60, parameters.clone());
         send(&cmd, signed(&key, &cmd));
-        wait_status(&nats, id, "unsupported");
+        wait_status(published, &nats, id, "unsupported");
     }
 
     // Nothing changed on the node.
@@ -249,14 +267,14 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
     let good = command("good-1", "throttle_50", "nova", 120);
     let good_headers = signed(&key, &good);
     send(&good, good_headers.clone());
-    wait_status(&nats, "good-1", "succeeded");
+    wait_status(published, &nats, "good-1", "succeeded");
     assert_eq!(read_khz(sys.root(), 0), MAX / 2);
 
     // good-1 was sent after every unknown action and the agent answers its
     // commands in stream order, so their results are all audited by now:
     // exactly one each, unsupported because no antibody implements it.
     for (id, action, _) in &unknown {
-        let answers = status_of(&nats, id);
+        let answers = status_of(published, &nats, id);
         assert_eq!(
             answers,
             vec![format!(
@@ -271,7 +289,7 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
     // also after the agent restarts.
     let reset = command("reset-1", "reset_throttle", "nova", 120);
     send(&reset, signed(&key, &reset));
-    wait_status(&nats, "reset-1", "succeeded");
+    wait_status(published, &nats, "reset-1", "succeeded");
     assert_eq!(read_khz(sys.root(), 0), MAX);
     const REPLAYED: &str = "answered with its recorded outcome";
     send(&good, good_headers.clone());
@@ -290,7 +308,7 @@ fn forged_unsigned_expired_replayed_and_misaddressed_commands_are_refused() {
         "replay answered from the record after restart",
         || a2.log_text().contains(REPLAYED).then_some(()),
     );
-    let statuses = status_of(&nats, "good-1");
+    let statuses = status_of(published, &nats, "good-1");
     assert!(
         !statuses.is_empty() && statuses.iter().all(|s| s.starts_with("succeeded")),
         "good-1 answered once, as it ran: {statuses:?}"
@@ -935,7 +953,7 @@ fn a_stranger_cannot_preempt_a_signed_nodes_result_by_its_id() {
     };
     send(&headers);
     let answers = wait_for(Duration::from_secs(30), "nova's own result handled", || {
-        let s = status_of(&nats, "pre-1");
+        let s = status_of(audited, &nats, "pre-1");
         s.iter().any(|s| !s.ends_with("forged")).then_some(s)
     });
     assert!(
@@ -961,12 +979,12 @@ fn a_stranger_cannot_preempt_a_signed_nodes_result_by_its_id() {
         &signed(&key, &next),
     ))
     .unwrap();
-    wait_status(&nats, "next-1", "succeeded");
+    wait_status(audited, &nats, "next-1", "succeeded");
     assert_eq!(
-        status_of(&nats, "pre-1").len(),
+        status_of(audited, &nats, "pre-1").len(),
         1,
         "{:?}",
-        status_of(&nats, "pre-1")
+        status_of(audited, &nats, "pre-1")
     );
 }
 

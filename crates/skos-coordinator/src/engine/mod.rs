@@ -900,8 +900,13 @@ impl Engine {
     /// pending command, or a recent one still open (sent, or closed as
     /// `no_result`, whose late answer tells what happened). Any other (a
     /// second answer to a command already judged, one for an action id
-    /// never sent or long forgotten) is only audited and counted.
+    /// never sent or long forgotten) is only audited and counted. Nor is
+    /// a replay (the agent refusing an id it already executed): it closes
+    /// nothing, so it would stay news as long as its command stays open.
     pub(crate) fn result_is_news(&self, result: &CommandResult) -> bool {
+        if is_replay(result) {
+            return false;
+        }
         self.pending.contains_key(&result.action_id)
             || self
                 .recent
@@ -920,6 +925,21 @@ impl Engine {
             self.counters.inc(Counter::ResultsReplay);
         } else if !pending && result.status != ResultStatus::Succeeded {
             self.counters.inc(Counter::ResultsUnmatched);
+        }
+    }
+
+    /// Why a result that is no news ([`Engine::result_is_news`]) changes
+    /// nothing, as a refusals summary names it and as
+    /// [`Engine::count_result`] counts it besides its status: `replay`
+    /// (`results.replay`), `unmatched` (`results.unmatched`), or
+    /// `late_success` (a success answering nothing open: no news).
+    pub(crate) fn no_news_reason(result: &CommandResult) -> &'static str {
+        if is_replay(result) {
+            "replay"
+        } else if result.status != ResultStatus::Succeeded {
+            "unmatched"
+        } else {
+            "late_success"
         }
     }
 

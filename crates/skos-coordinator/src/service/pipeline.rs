@@ -1367,6 +1367,83 @@ mod tests {
         assert_eq!(summary.data["subjects"], json!(["skos.result.n1"]));
     }
 
+    /// Replays (the agent refusing an id it already executed) close
+    /// nothing, so they are never news: twenty for a pending command give
+    /// ten records and ten held; the command stays open. Once it is closed
+    /// as `no_result`, its late answer, behind a minute's window already
+    /// spent, is still audited and tells what happened. Before, every
+    /// replay of an open command (each with a new timestamp, so a new
+    /// message id) wrote its own record for as long as it stayed open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replays_are_bounded_and_a_late_answer_is_never_held() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut c, audit_path) = in_proc(dir.path());
+        let [n1] = nodes(["n1"]);
+        take_batches(&mut c, alert_from(&n1, 1), Vec::new()).await;
+        let results = || {
+            std::fs::read_to_string(&audit_path)
+                .expect("the trail")
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("a record")["entry"].clone())
+                .filter(|e| e["event_type"] == "result")
+                .collect::<Vec<Value>>()
+        };
+        let action_id = c.engine.status(chrono::Utc::now()).recent_actions[0]
+            .action_id
+            .clone();
+        let result = |status: &str, details: Value, i: u32| {
+            let result = json!({
+                "action_id": action_id, "action_type": "throttle_10", "node": "n1",
+                "agent_id": "agent-n1", "status": status, "details": details,
+                "message": format!("answer {i}"),
+                "timestamp": chrono::Utc::now() + chrono::Duration::milliseconds(i.into()),
+            });
+            Incoming::plain(
+                skos_bus::subjects::result(&n1),
+                Bytes::from(serde_json::to_vec(&result).expect("a result")),
+            )
+        };
+        let state = |c: &Ctx| {
+            c.engine
+                .status(chrono::Utc::now())
+                .recent_actions
+                .into_iter()
+                .find(|r| r.action_id == action_id)
+                .expect("the command among the recent actions")
+                .state
+        };
+        let replays = (0..20)
+            .map(|i| vec![result("rejected", json!({"reason": "replay"}), i)])
+            .collect();
+        every_batch(&mut c, Durable::Result, replays).await;
+        assert_eq!(results().len(), 10);
+        assert_eq!(c.counters.of(Counter::ResultsReplay), 20);
+        assert_eq!(state(&c), crate::status::ActionState::Sent);
+        // Past its deadline and grace: closed as `no_result`.
+        let later = chrono::Utc::now() + chrono::Duration::seconds(600);
+        let _ = c.engine.tick(later);
+        assert_eq!(state(&c), crate::status::ActionState::NoResult);
+        every_batch(
+            &mut c,
+            Durable::Result,
+            vec![vec![result("failed", json!({}), 20)]],
+        )
+        .await;
+        let audited = results();
+        assert_eq!(audited.len(), 11, "{audited:#?}");
+        assert_eq!(audited[10]["data"]["result"]["status"], "failed");
+        assert_eq!(state(&c), crate::status::ActionState::Failed);
+        let held = c.summed_up(chrono::Utc::now(), true);
+        let [Effect::Audit(summary)] = held.as_slice() else {
+            panic!("not one summary: {held:?}");
+        };
+        assert_eq!(
+            summary.data["reasons"],
+            json!({"replay": 10}),
+            "{summary:?}"
+        );
+    }
+
     /// Gaps in a feed (the bus dropped messages before they were read),
     /// fifteen batches of them in a minute: every message counted, the
     /// first ten gaps audited one by one, the other five summed up in one
