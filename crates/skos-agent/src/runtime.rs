@@ -754,11 +754,11 @@ fn gate(
             return (Gate::Replay(o), None);
         }
         Some(State::Unknown) => {
-            let mut o = Outcome::new(
-                ResultStatus::Rejected,
-                "action_id already executed (replay)",
+            let mut o = Outcome::new(ResultStatus::Rejected, skos_core::protocol::REPLAY_MESSAGE);
+            o.details.insert(
+                "reason".into(),
+                Value::from(skos_core::protocol::REASON_REPLAY),
             );
-            o.details.insert("reason".into(), Value::from("replay"));
             return (Gate::Refuse(o), None);
         }
     }

@@ -474,6 +474,16 @@ impl ResultStatus {
     }
 }
 
+/// `details.reason` of a `rejected` result refusing an action id the agent
+/// already executed (a replay): no verdict on the command.
+pub const REASON_REPLAY: &str = "replay";
+
+/// The message of that refusal, as agents have always sent it. An answer
+/// without `details.reason` is a replay only with exactly this message:
+/// any other text (a workload or peer named `replay-…`, a tool's error)
+/// is the command's real answer.
+pub const REPLAY_MESSAGE: &str = "action_id already executed (replay)";
+
 /// The agent's answer to a command, `skos.result.<node>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandResult {

@@ -205,15 +205,23 @@ fn is_busy(result: &CommandResult) -> bool {
         && result.details.get("reason").and_then(Value::as_str) == Some("busy")
 }
 
+/// Whether `result` is an agent refusing an action id it already executed
+/// (`details.reason: replay`; without a reason, only the exact
+/// [`REPLAY_MESSAGE`]): no verdict on the command, which stays open. Never
+/// judged by words in the message, which may name anything (a workload
+/// called `replay-worker`) and would keep a real answer from closing its
+/// command.
+///
+/// [`REPLAY_MESSAGE`]: skos_core::protocol::REPLAY_MESSAGE
 fn is_replay(result: &CommandResult) -> bool {
+    use skos_core::protocol::{REASON_REPLAY, REPLAY_MESSAGE};
     if result.status != ResultStatus::Rejected {
         return false;
     }
-    if result.details.get("reason").and_then(Value::as_str) == Some("replay") {
-        return true;
+    match result.details.get("reason") {
+        Some(reason) => reason.as_str() == Some(REASON_REPLAY),
+        None => result.message == REPLAY_MESSAGE,
     }
-    let message = result.message.to_ascii_lowercase();
-    message.contains("replay") || message.contains("already executed")
 }
 
 /// The id of an alert the coordinator raises about `node` from its
@@ -935,7 +943,7 @@ impl Engine {
     /// `late_success` (a success answering nothing open: no news).
     pub(crate) fn no_news_reason(result: &CommandResult) -> &'static str {
         if is_replay(result) {
-            "replay"
+            skos_core::protocol::REASON_REPLAY
         } else if result.status != ResultStatus::Succeeded {
             "unmatched"
         } else {

@@ -2131,19 +2131,36 @@ fn only_a_refusal_that_says_replay_or_already_executed_is_a_replay() {
     e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
     let out = e.on_alert(alert(Severity::Critical, 88.0, 1.0), t(1.0));
     let cmd = commands(&out).remove(0);
-    for message in ["action_id already executed", "REPLAY refused"] {
+    let refusal = |message: &str, reason: Option<&str>| {
         let mut r = result(&cmd, ResultStatus::Rejected);
         r.message = message.into();
-        let out = e.on_result(r, t(2.0));
+        if let Some(reason) = reason {
+            r.details.insert("reason".into(), reason.into());
+        }
+        r
+    };
+    // The agent's replay refusal, with its reason, and as agents without
+    // one said it.
+    for r in [
+        refusal("anything", Some("replay")),
+        refusal(skos_core::protocol::REPLAY_MESSAGE, None),
+    ] {
+        let out = e.on_result(r.clone(), t(2.0));
         assert!(
             audits(&out, "breaker").is_empty() && e.counters.get("breaker.failures") == 0,
-            "{message:?} counted as a failure"
+            "{r:?} counted as a failure"
         );
     }
-    // Any other refusal is the command's failure.
-    let mut r = result(&cmd, ResultStatus::Rejected);
-    r.message = "bad signature".into();
-    e.on_result(r, t(3.0));
+    assert_eq!(e.counters.get("results.replay"), 2);
+    // Words in a real refusal do not make it a replay, with a reason of
+    // its own or without: it is the command's answer.
+    let busy = refusal(
+        "workload replay-worker already executed a step",
+        Some("busy"),
+    );
+    assert!(!is_replay(&busy));
+    e.on_result(refusal("REPLAY refused: bad signature", None), t(3.0));
+    assert_eq!(e.counters.get("results.replay"), 2);
     assert_eq!(e.counters.get("breaker.failures"), 1);
 }
 

@@ -1295,14 +1295,7 @@ mod tests {
         let (mut c, audit_path) = in_proc(dir.path());
         let [n1] = nodes(["n1"]);
         take_batches(&mut c, alert_from(&n1, 1), Vec::new()).await;
-        let entries = || {
-            std::fs::read_to_string(&audit_path)
-                .expect("the trail")
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).expect("a record")["entry"].clone())
-                .collect::<Vec<Value>>()
-        };
-        let sent = entries()
+        let sent = trail_entries(&audit_path)
             .into_iter()
             .find(|e| e["event_type"] == "command")
             .expect("n1's command audited");
@@ -1310,18 +1303,7 @@ mod tests {
             .as_str()
             .expect("an id")
             .to_string();
-        let result = |id: &str, status: &str, i: u32| {
-            let result = json!({
-                "action_id": id, "action_type": "throttle_10", "node": "n1",
-                "agent_id": "agent-n1", "status": status,
-                "message": format!("answer {i}"),
-                "timestamp": chrono::Utc::now() + chrono::Duration::milliseconds(i.into()),
-            });
-            Incoming::plain(
-                skos_bus::subjects::result(&n1),
-                Bytes::from(serde_json::to_vec(&result).expect("a result")),
-            )
-        };
+        let result = |id: &str, status: &str, i: u32| result_from(&n1, id, status, json!({}), i);
         let mut batches: Vec<Vec<Incoming>> = (0..15)
             .map(|i| vec![result(&format!("never-sent-{i}"), "failed", i)])
             .collect();
@@ -1332,7 +1314,7 @@ mod tests {
         assert_eq!(c.counters.of(Counter::Results("rejected")), 5);
         assert_eq!(c.counters.of(Counter::Results("succeeded")), 1);
         assert_eq!(c.counters.of(Counter::ResultsUnmatched), 20);
-        let results: Vec<Value> = entries()
+        let results: Vec<Value> = trail_entries(&audit_path)
             .into_iter()
             .filter(|e| e["event_type"] == "result")
             .collect();
@@ -1381,28 +1363,16 @@ mod tests {
         let [n1] = nodes(["n1"]);
         take_batches(&mut c, alert_from(&n1, 1), Vec::new()).await;
         let results = || {
-            std::fs::read_to_string(&audit_path)
-                .expect("the trail")
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).expect("a record")["entry"].clone())
+            trail_entries(&audit_path)
+                .into_iter()
                 .filter(|e| e["event_type"] == "result")
                 .collect::<Vec<Value>>()
         };
         let action_id = c.engine.status(chrono::Utc::now()).recent_actions[0]
             .action_id
             .clone();
-        let result = |status: &str, details: Value, i: u32| {
-            let result = json!({
-                "action_id": action_id, "action_type": "throttle_10", "node": "n1",
-                "agent_id": "agent-n1", "status": status, "details": details,
-                "message": format!("answer {i}"),
-                "timestamp": chrono::Utc::now() + chrono::Duration::milliseconds(i.into()),
-            });
-            Incoming::plain(
-                skos_bus::subjects::result(&n1),
-                Bytes::from(serde_json::to_vec(&result).expect("a result")),
-            )
-        };
+        let result =
+            |status: &str, details: Value, i: u32| result_from(&n1, &action_id, status, details, i);
         let state = |c: &Ctx| {
             c.engine
                 .status(chrono::Utc::now())
@@ -1481,6 +1451,36 @@ mod tests {
     }
 
     /// A CPU alert from `node`, as it arrives on the bus.
+    /// `node`'s answer `status` to `action_id` with `details`, as it
+    /// arrives on the bus; `i` tells answers apart (message, timestamp).
+    fn result_from(
+        node: &NodeName,
+        action_id: &str,
+        status: &str,
+        details: Value,
+        i: u32,
+    ) -> Incoming {
+        let result = json!({
+            "action_id": action_id, "action_type": "throttle_10", "node": node,
+            "agent_id": format!("agent-{node}"), "status": status, "details": details,
+            "message": format!("answer {i}"),
+            "timestamp": chrono::Utc::now() + chrono::Duration::milliseconds(i.into()),
+        });
+        Incoming::plain(
+            skos_bus::subjects::result(node),
+            Bytes::from(serde_json::to_vec(&result).expect("a result")),
+        )
+    }
+
+    /// The entries of the file trail at `path`, in order.
+    fn trail_entries(path: &std::path::Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .expect("the trail")
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a record")["entry"].clone())
+            .collect()
+    }
+
     fn alert_from(node: &NodeName, n: u32) -> Incoming {
         let alert = Alert {
             alert_id: format!("a-{node}-{n}"),
