@@ -45,6 +45,7 @@ use skos_core::NodeName;
 use tokio::sync::mpsc;
 
 use self::executed::{Executed, State};
+use self::quiet::Refusal;
 use self::term::Fence;
 
 use crate::antibody::{Antibody, Execution, Precondition};
@@ -75,10 +76,8 @@ pub struct Agent {
     executed: Arc<Mutex<Executed>>,
     /// The highest coordinator term seen.
     fence: Fence,
-    /// Refused commands' log lines this minute.
-    refusals_logged: quiet::LogBudget,
-    /// Replayed commands' log lines this minute.
-    replays_logged: quiet::LogBudget,
+    /// Refused and replayed commands' log lines this minute, by kind.
+    refusals_logged: quiet::RefusalLog,
     /// Commands waiting for a running job of their problem to end.
     held: crate::held::Held,
     verifier: Verifier,
@@ -133,8 +132,7 @@ impl Agent {
             held: crate::held::Held::default(),
             executed: Arc::new(Mutex::new(executed)),
             fence,
-            refusals_logged: quiet::LogBudget::default(),
-            replays_logged: quiet::LogBudget::default(),
+            refusals_logged: quiet::RefusalLog::default(),
             verifier,
             slow_looks: Default::default(),
             announce: None,
@@ -412,7 +410,7 @@ impl Agent {
                 .check_command(&m.subject, self.node().as_str(), &m.payload, &headers)
         {
             self.counters.inc(Counter::CommandsRejectedSignature);
-            if let Some(not_logged) = self.refusals_logged.take(std::time::Instant::now()) {
+            if let Some(not_logged) = self.logged(Refusal::Signature) {
                 tracing::warn!(subject = %m.subject, error = %e, not_logged, "refused command");
             }
             if let Some(id) = loose_action_id(&m.payload) {
@@ -426,7 +424,7 @@ impl Agent {
             Ok(c) => c,
             Err(e) => {
                 self.counters.inc(Counter::CommandsRejectedMalformed);
-                if let Some(not_logged) = self.refusals_logged.take(std::time::Instant::now()) {
+                if let Some(not_logged) = self.logged(Refusal::Malformed) {
                     tracing::warn!(subject = %m.subject, error = %e, not_logged, "rejected command");
                 }
                 // Answer when the id can still be read, so it is audited.
@@ -452,9 +450,18 @@ impl Agent {
         if let Some(t) = new_term {
             self.fence.raise(t);
         }
-        let refusal = match gate {
-            Gate::Run => None,
-            Gate::Refuse(o) => Some(o),
+        match gate {
+            Gate::Run => {}
+            // Nothing was done, so no heartbeat follows: a flood of signed
+            // commands replayed past their deadline costs one answer each.
+            Gate::Refuse(o) => {
+                self.counters.inc(Counter::Commands(o.status.as_str()));
+                if let Some(not_logged) = self.logged(Refusal::Gate) {
+                    tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, status = o.status.as_str(), message = %o.message, not_logged, "command refused");
+                }
+                self.answer(&cmd.action_id, &cmd.action_type, &o).await;
+                return ack(m).await;
+            }
             Gate::Running => {
                 self.counters.inc(Counter::Commands("redelivered_running"));
                 tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, "command delivered again while it still runs: not executed twice, its job answers when it finishes");
@@ -462,7 +469,7 @@ impl Agent {
             }
             Gate::Replay(o) => {
                 self.counters.inc(Counter::Commands("replayed"));
-                if let Some(not_logged) = self.replays_logged.take(std::time::Instant::now()) {
+                if let Some(not_logged) = self.logged(Refusal::Replay) {
                     tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, status = o.status.as_str(), message = %o.message, not_logged, "command delivered again after it was executed: not executed twice, answered with its recorded outcome");
                 }
                 self.answer(&cmd.action_id, &cmd.action_type, &o).await;
@@ -473,9 +480,8 @@ impl Agent {
             .antibodies
             .iter()
             .position(|a| a.handles(&cmd.action_type));
-        let outcome = match (refusal, index) {
-            (Some(o), _) => o,
-            (None, None) => Outcome::new(
+        let outcome = match index {
+            None => Outcome::new(
                 ResultStatus::Unsupported,
                 format!(
                     "no enabled antibody on {} implements {}",
@@ -483,7 +489,7 @@ impl Agent {
                     cmd.action_type
                 ),
             ),
-            (None, Some(i)) => {
+            Some(i) => {
                 if let Some(problem) = self.held.must_wait(&cmd) {
                     self.counters.inc(Counter::Commands("held"));
                     tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, problem = %problem, "command waits for the running action on its problem; judged when that ends");
@@ -515,6 +521,17 @@ impl Agent {
         // Heartbeat right away so the coordinator sees the new state.
         self.heartbeat().await;
         ack(m).await;
+    }
+
+    /// Whether a refused command of `kind` is logged now: `Some(n)`, `n`
+    /// the ones of its kind not logged before it; `None` (counted as
+    /// `commands.not_logged`) past its kind's ten this minute.
+    fn logged(&mut self, kind: Refusal) -> Option<u64> {
+        let logged = self.refusals_logged.take(kind, std::time::Instant::now());
+        if logged.is_none() {
+            self.counters.inc(Counter::CommandsNotLogged);
+        }
+        logged
     }
 
     /// Long actions run on a blocking thread while heartbeats go on. Every

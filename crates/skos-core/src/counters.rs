@@ -107,6 +107,9 @@ pub enum Counter<'a> {
     AlertsSendFailed,
     CommandsRejectedSignature,
     CommandsRejectedMalformed,
+    /// Refused or replayed commands not logged one by one: past their
+    /// kind's ten log lines of the minute.
+    CommandsNotLogged,
     /// `commands.<status>`: commands answered, by status.
     Commands(&'a str),
     // Loop breaker.
@@ -213,6 +216,7 @@ impl Counter<'_> {
             AlertsSent => "alerts.sent",
             AlertsSendFailed => "alerts.send_failed",
             CommandsRejectedSignature => "commands.rejected.signature",
+            CommandsNotLogged => "commands.not_logged",
             CommandsRejectedMalformed => "commands.rejected.malformed",
             Commands(s) => return format!("commands.{s}").into(),
             LoopOutboxDropped => "loop.outbox.dropped",

@@ -1,10 +1,11 @@
 //! The agent's log of refused and replayed commands, bounded. Whoever can
 //! publish on the node's command subject without the coordinator's key can
-//! send refused commands (or replay signed ones) as fast as the bus takes
-//! them; each is counted and answered (the coordinator bounds what it
-//! audits of the answers), but only the first [`LOGGED_PER_MINUTE`] of a
-//! minute of each are logged one by one. The next one logged says how many
-//! were not.
+//! send refused commands (or replay signed ones, expired or not) as fast as
+//! the bus takes them; each is counted and answered (the coordinator bounds
+//! what it audits of the answers), but only the first
+//! [`LOGGED_PER_MINUTE`] of a minute of each [`Refusal`] kind are logged
+//! one by one, so a flood of one kind never hides the first of another.
+//! The next one logged says how many were not.
 //!
 //! Sans-IO: the caller passes the time.
 
@@ -15,6 +16,43 @@ pub(super) const LOGGED_PER_MINUTE: u32 = 10;
 
 /// The window.
 const WINDOW: Duration = Duration::from_secs(60);
+
+/// Why a command was not carried out, for its log line's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Not signed by a coordinator key this agent trusts.
+    Signature,
+    /// Trusted but not a well-formed command.
+    Malformed,
+    /// Trusted and well formed, refused by the command gate: another
+    /// node's, stale term, past its deadline, bad parameters, an id whose
+    /// outcome is unknown.
+    Gate,
+    /// Executed before: answered with its recorded outcome.
+    Replay,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 4] = [
+        Refusal::Signature,
+        Refusal::Malformed,
+        Refusal::Gate,
+        Refusal::Replay,
+    ];
+}
+
+/// A [`LogBudget`] per [`Refusal`] kind.
+#[derive(Debug, Default)]
+pub(super) struct RefusalLog {
+    budgets: [LogBudget; Refusal::ALL.len()],
+}
+
+impl RefusalLog {
+    /// One more refusal of `kind` at `now`: see [`LogBudget::take`].
+    pub(super) fn take(&mut self, kind: Refusal, now: Instant) -> Option<u64> {
+        self.budgets[kind as usize].take(now)
+    }
+}
 
 /// The current minute of refused commands' log lines.
 #[derive(Debug, Default)]
@@ -64,5 +102,26 @@ mod tests {
         assert_eq!(b.take(t0 + Duration::from_secs(59)), None);
         assert_eq!(b.take(t0 + WINDOW), Some(1_001));
         assert_eq!(b.take(t0 + WINDOW), Some(0));
+    }
+
+    /// A flood of one kind leaves every other kind its own ten.
+    #[test]
+    fn each_kind_has_its_own_budget() {
+        let t0 = Instant::now();
+        let mut log = RefusalLog::default();
+        for _ in 0..1_000 {
+            log.take(Refusal::Signature, t0);
+        }
+        assert_eq!(log.take(Refusal::Signature, t0), None);
+        for kind in [Refusal::Malformed, Refusal::Gate, Refusal::Replay] {
+            for _ in 0..LOGGED_PER_MINUTE {
+                assert_eq!(log.take(kind, t0), Some(0), "{kind:?}");
+            }
+            assert_eq!(log.take(kind, t0), None, "{kind:?}");
+        }
+        assert_eq!(
+            log.take(Refusal::Signature, t0 + WINDOW),
+            Some(1_001 - u64::from(LOGGED_PER_MINUTE))
+        );
     }
 }

@@ -414,6 +414,42 @@ async fn a_command_delivered_again_while_it_runs_is_executed_and_answered_once()
     agent.stop().await;
 }
 
+/// Signed commands replayed past their deadline are each counted and
+/// answered `expired`, but logged ten a minute and followed by no
+/// heartbeat: a flood of them fills neither the log nor the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_commands_are_answered_but_neither_logged_nor_heartbeated_one_by_one() {
+    const FLOOD: u64 = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("side");
+    let bus = Bus::InProc(InProcBus::new());
+    let mut results = bus.subscribe(Feed::Results).await.unwrap();
+    let agent = Running::start(&bus, config(&side, 0.0), &dir.path().join("state")).await;
+    let began = tokio::time::Instant::now();
+    let beats_before = agent.counters.get("heartbeats.sent");
+    for i in 0..FLOOD {
+        let mut c = cmd(&format!("late-{i}"), None);
+        c.deadline = Some(chrono::Utc::now() - chrono::Duration::seconds(5));
+        deliver(&bus, &c).await;
+    }
+    for i in 0..FLOOD {
+        let r = next_result(&mut results, WAIT).await.expect("result");
+        assert_eq!(r.action_id, format!("late-{i}"));
+        assert_eq!(r.status, ResultStatus::Expired, "{r:?}");
+    }
+    let beats = agent.counters.get("heartbeats.sent") - beats_before;
+    // Only the agent's own 0.5 s heartbeats (and one to spare).
+    let due = (began.elapsed().as_secs_f64() / 0.5).ceil() as u64 + 1;
+    assert!(beats <= due, "{beats} heartbeats for {due} due");
+    assert_eq!(agent.counters.get("commands.expired"), FLOOD);
+    assert_eq!(
+        agent.counters.get("commands.not_logged"),
+        FLOOD - u64::from(quiet::LOGGED_PER_MINUTE)
+    );
+    assert_eq!(runs(&side), 0);
+    agent.stop().await;
+}
+
 /// Deliver a command and wait for its answer.
 async fn answer(bus: &Bus, results: &mut Subscription, c: Command) -> CommandResult {
     deliver(bus, &c).await;
