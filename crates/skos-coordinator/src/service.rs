@@ -1324,7 +1324,7 @@ async fn lead(
                 if let Some(path) = &opts.status_file {
                     if last_snapshot.elapsed() >= Duration::from_secs(1) {
                         last_snapshot = std::time::Instant::now();
-                        write_status(path, &ctx.engine);
+                        write_status(path, &ctx.engine, None);
                     }
                 }
             }
@@ -1349,7 +1349,7 @@ async fn lead(
             );
         }
         if let Some(path) = &opts.status_file {
-            write_status(path, &ctx.engine);
+            write_status(path, &ctx.engine, Some(chrono::Utc::now()));
         }
     }
     Ok(led)
@@ -1390,13 +1390,20 @@ fn status_reply(engine: &Engine, payload: &[u8]) -> Vec<u8> {
 /// Embedded mode's status file: the status of the first
 /// [`crate::status::MAX_PER_PAGE`] nodes (its own node), in the shape and
 /// within the bounds of a status reply; `skos status` pages and filters it.
-fn write_status(path: &std::path::Path, engine: &Engine) {
+/// `stopped_at`: the last one, written on a clean stop.
+fn write_status(
+    path: &std::path::Path,
+    engine: &Engine,
+    stopped_at: Option<skos_core::timefmt::Timestamp>,
+) {
     use crate::status::{StatusQuery, MAX_PER_PAGE};
     let query = StatusQuery {
         per_page: MAX_PER_PAGE,
         ..StatusQuery::default()
     };
-    let body = engine.status_page(chrono::Utc::now(), &query).to_reply();
+    let mut status = engine.status_page(chrono::Utc::now(), &query);
+    status.stopped_at = stopped_at;
+    let body = status.to_reply();
     // Through the private data dir's handle: a temp file created
     // exclusively (mode 0600) and renamed over the snapshot (not fsynced:
     // it is rewritten every second).

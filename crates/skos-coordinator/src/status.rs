@@ -314,6 +314,14 @@ pub struct Status {
     /// node's (at most [`MAX_LEDGER_ROWS`], most attempts first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ledger: Vec<LedgerRow>,
+    /// When the process that wrote this snapshot stopped cleanly (an
+    /// embedded `status.json` written last, on the way out).
+    #[serde(
+        default,
+        with = "timefmt::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stopped_at: Option<Timestamp>,
 }
 
 /// Ledger rows listed at most.
@@ -713,6 +721,12 @@ impl Status {
             self.mode,
             timefmt::format(&self.generated_at)
         );
+        if let Some(at) = &self.stopped_at {
+            out.push_str(&format!(
+                "stopped at {}: what follows is as it was then\n",
+                timefmt::format(at)
+            ));
+        }
         if let Some(l) = &self.leader {
             out.push_str(&format!(
                 "leader {} (term {}, since {})\n",
@@ -1215,6 +1229,7 @@ mod tests {
                     last_outcome: Some(crate::engine::LedgerOutcome::Uncredited),
                 })
                 .collect(),
+            stopped_at: Some(now),
         };
         let body = serde_json::to_vec(&s).unwrap_or_default();
         assert!(body.len() < 700 * 1024, "{} bytes", body.len());
@@ -1280,6 +1295,7 @@ mod tests {
             drains: Vec::new(),
             approvals: Vec::new(),
             ledger: Vec::new(),
+            stopped_at: None,
         };
         // The text shows the counters that moved, as --json has them all.
         let text = file.render();
@@ -1347,6 +1363,7 @@ mod tests {
             drains: Vec::new(),
             approvals: Vec::new(),
             ledger: Vec::new(),
+            stopped_at: None,
         };
         assert!(matches!(
             Status::from_reply(&s.to_reply()),

@@ -416,7 +416,8 @@ pub enum AuditCmd {
 pub enum ConfigCmd {
     /// Validate a config file; every error with its key path.
     Check {
-        #[command(flatten)]
-        config: ConfigArg,
+        /// The config file to check (also SKOS_CONFIG); required.
+        #[arg(long, short = 'c', env = "SKOS_CONFIG")]
+        config: Option<PathBuf>,
     },
 }

@@ -86,7 +86,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         },
         Cmd::Config {
             command: ConfigCmd::Check { config },
-        } => config_check(&config),
+        } => config_check(&ConfigArg { config }),
         Cmd::Keys {
             command: KeysCmd::Generate { out, force },
         } => keys_generate(&out, force),
@@ -599,24 +599,34 @@ async fn status(
     let query = status_query(args)?;
     let body: Vec<u8> = if nats {
         let bus = NatsBus::connect(&operator_options(&cfg, "skos-status")?).await?;
-        Bus::Nats(bus)
+        match Bus::Nats(bus)
             .request_status_query(&query, Duration::from_secs(5))
             .await
-            .context(
-                "no coordinator leads right now (none running, or a standby is waiting for \
-                 the leader's lease to run out: up to coordinator.leader_lease_seconds); \
-                 only the leader answers status",
-            )?
-            .to_vec()
+        {
+            Ok(body) => body.to_vec(),
+            Err(e) => {
+                eprintln!(
+                    "skos: no coordinator leads right now (none running, a standby waiting for \
+                     the leader's lease to run out: up to coordinator.leader_lease_seconds, or \
+                     this credential may not ask: only the operator's and the coordinator's may); \
+                     only the leader answers status: {e}"
+                );
+                return Ok(ExitCode::from(NOT_RUNNING));
+            }
+        }
     } else {
         let dir = data_dir.unwrap_or(cfg.data_dir);
         let path = dir.join("status.json");
-        std::fs::read(&path).with_context(|| {
-            format!(
-                "no status at {} (is `skos up` running with this data dir?)",
-                path.escaped()
-            )
-        })?
+        match std::fs::read(&path) {
+            Ok(body) => body,
+            Err(e) => {
+                eprintln!(
+                    "skos: no status at {} (is `skos up` running with this data dir?): {e}",
+                    path.escaped()
+                );
+                return Ok(ExitCode::from(NOT_RUNNING));
+            }
+        }
     };
     let mut status = Status::from_reply(&body)?;
     if !nats {
@@ -626,7 +636,8 @@ async fn status(
     // `skos up` writes its snapshot every second: an old one is what a
     // stopped (or stuck) `skos up` left.
     let age = chrono::Utc::now() - status.generated_at;
-    let stale = !nats && age > chrono::Duration::seconds(STALE_SNAPSHOT_SECONDS);
+    let stopped = !nats && status.stopped_at.is_some();
+    let stale = !nats && !stopped && age > chrono::Duration::seconds(STALE_SNAPSHOT_SECONDS);
     if as_json {
         if nats {
             // The reply as it came.
@@ -643,11 +654,19 @@ async fn status(
             "skos: this snapshot is {}s old: `skos up` is not running with this data dir (or is stuck)",
             age.num_seconds()
         );
-        // As `systemctl status` does for a unit that is not running.
-        return Ok(ExitCode::from(3));
+        return Ok(ExitCode::from(NOT_RUNNING));
+    }
+    if stopped {
+        eprintln!("skos: `skos up` stopped with this data dir; this is the status it left");
+        return Ok(ExitCode::from(NOT_RUNNING));
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `skos status`'s exit status when nothing runs to answer (no snapshot,
+/// a stale or stopped one, no leader answering): as `systemctl status`
+/// does for a unit that is not running.
+const NOT_RUNNING: u8 = 3;
 
 /// Past this age (seconds) an embedded status snapshot is stale.
 const STALE_SNAPSHOT_SECONDS: i64 = 10;

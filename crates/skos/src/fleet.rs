@@ -340,10 +340,18 @@ jetstream {{ store_dir: {store} }}\n\
     let coordinator = format!(
         "# The coordinator, written by `skos fleet init`: skos coordinator -c {this}\n\
 {url_line}  nkey_seed_file: {login}\n\
-trust:\n  signing_key_file: {signing_file}\n  coordinator_keys: [{signing}]\n",
+trust:\n  signing_key_file: {signing_file}\n  coordinator_keys: [{signing}]\n\
+{node_trust}",
         this = out.join("coordinator.yaml").escaped(),
         login = key("coordinator")?,
         signing_file = key("coordinator-signing")?,
+        // Every node's messages are taken only signed with its own key.
+        node_trust = [
+            "  # A node added later needs its key here.".to_string(),
+            format!("  node_keys: {{{}}}", keys.node_keys.join(", ")),
+            "  require_node_signatures: true\n".to_string(),
+        ]
+        .join("\n"),
     );
     let operator = format!(
         "# Operators, written by `skos fleet init`: NATS_URL={url} skos status -c {this}\n\
@@ -365,9 +373,10 @@ trust:\n  coordinator_keys: [{signing}]\n",
             "# The agent of {name}, written by `skos fleet init`: skos agent -c {this}\n\
 node:\n  name: {name}\n\
 {url_line}  nkey_seed_file: {login}\n\
-trust:\n  coordinator_keys: [{signing}]\n",
+trust:\n  coordinator_keys: [{signing}]\n  node_key_file: {node_key}\n",
             this = out.join(format!("agent-{name}.yaml")).escaped(),
             login = key(name.as_str())?,
+            node_key = quoted(&keys_dir.join(NODE_KEYS_DIR).join(format!("{name}.nk")))?,
         );
         write(&format!("agent-{name}.yaml"), &agent)?;
     }
@@ -384,8 +393,9 @@ trust:\n  coordinator_keys: [{signing}]\n",
         format!("2. Start the coordinator (anywhere that reaches {url}) first: it creates"),
         "   the streams and each agent's command consumer, which agents may not.".into(),
         format!("     skos coordinator -c {d}/coordinator.yaml"),
-        "3. On each node, with its config and its key at the same paths (copy them".into(),
-        "   there, mode 600; a node needs only its agent-<node>.yaml and keys/<node>.nk):".into(),
+        "3. On each node, with its config and its keys at the same paths (copy them".into(),
+        "   there, mode 600; a node needs only its agent-<node>.yaml, keys/<node>.nk".into(),
+        "   and keys/node-keys/<node>.nk):".into(),
     ];
     for n in &keys.names {
         lines.push(format!("     skos agent -c {d}/agent-{n}.yaml    # on {n}"));
@@ -397,7 +407,7 @@ trust:\n  coordinator_keys: [{signing}]\n",
         String::new(),
         format!("The seeds in {d}/keys are secrets: keys/coordinator.nk and"),
         "keys/coordinator-signing.nk stay with the coordinator, keys/operator.nk with".into(),
-        "operators, keys/<node>.nk with its node. The server listens without TLS: across".into(),
+        "operators, keys/<node>.nk and keys/node-keys/<node>.nk with its node. The server listens without TLS: across".into(),
         "machines, add TLS to nats-server.conf and nats.tls to every config (README:".into(),
         "Credentials on the bus).".into(),
     ]);
@@ -408,7 +418,7 @@ trust:\n  coordinator_keys: [{signing}]\n",
         "skos: wrote the fleet of {} node(s) to {d}: nats-server.conf, coordinator.yaml, operator.yaml, {} agent config(s), NEXT-STEPS, and {} seeds in keys/ (mode 600)",
         keys.names.len(),
         keys.names.len(),
-        keys.names.len() + 3
+        2 * keys.names.len() + 3
     );
     Ok(ExitCode::SUCCESS)
 }

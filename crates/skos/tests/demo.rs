@@ -68,3 +68,75 @@ fn the_demo_runs_every_step_labelled_and_leaves_nothing_behind() {
     let sandbox = tmp.path().display().to_string();
     assert!(!mounts.contains(&sandbox), "a mount left behind:\n{mounts}");
 }
+
+/// The README's quick start runs `cargo run ... -p PKG -- ...`: cargo must
+/// know which binary of PKG to run (its only one, or its `default-run`),
+/// or the first command a new user types fails.
+#[test]
+fn the_quick_starts_cargo_run_lines_name_a_binary_cargo_can_pick() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let quick = readme
+        .split_once("## Quick start")
+        .and_then(|(_, after)| after.split_once("```sh\n"))
+        .and_then(|(_, block)| block.split_once("```"))
+        .expect("a sh block in the README's quick start")
+        .0;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut checked = 0;
+    for line in quick
+        .lines()
+        .filter(|l| l.trim_start().starts_with("cargo run"))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let package = words
+            .iter()
+            .position(|w| *w == "-p")
+            .and_then(|i| words.get(i + 1))
+            .unwrap_or_else(|| panic!("{line:?} names no package"));
+        let pkg = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == *package)
+            .unwrap_or_else(|| panic!("{line:?}: no package {package}"));
+        let bins: Vec<&str> = pkg["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        let picked = words.contains(&"--bin")
+            || bins.len() == 1
+            || pkg["default_run"]
+                .as_str()
+                .is_some_and(|d| bins.contains(&d));
+        assert!(
+            picked,
+            "{line:?}: package {package} has binaries {bins:?} and no default-run"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "the quick start runs the system with cargo run:\n{quick}"
+    );
+}

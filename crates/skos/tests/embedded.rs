@@ -796,24 +796,42 @@ fn status_of_a_stopped_skos_up_says_so_and_fails() {
         status(&data).filter(|s| !s["nodes"][0].is_null())
     });
     assert!(up.sigterm().success());
-    // What a stop left, seen later: rewind the snapshot's time by a minute
-    // instead of waiting for it to age.
-    let path = data.join("status.json");
-    let mut snap: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let at = skos_core::timefmt::parse(snap["generated_at"].as_str().unwrap()).unwrap();
-    snap["generated_at"] = Value::from(skos_core::timefmt::format(
-        &(at - chrono::Duration::seconds(60)),
-    ));
-    std::fs::write(&path, serde_json::to_vec(&snap).unwrap()).unwrap();
-    for json in [false, true] {
-        let out = run({
+    let status_of = |json: bool| {
+        run({
             let mut c = skos();
             c.args(["status", "--data-dir"]).arg(&data);
             if json {
                 c.arg("--json");
             }
             c
-        });
+        })
+    };
+    // Right after a clean stop: the snapshot it wrote last says so.
+    for json in [false, true] {
+        let out = status_of(json);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "json {json}: {stderr}");
+        assert!(stderr.contains("`skos up` stopped"), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if json {
+            let snap: Value = serde_json::from_str(&stdout).unwrap();
+            assert!(snap["stopped_at"].is_string(), "{stdout}");
+        } else {
+            assert!(stdout.contains("stopped at "), "{stdout}");
+        }
+    }
+    // What a killed one left, seen later: no stop recorded, and the
+    // snapshot's time rewound by a minute instead of waiting for it to age.
+    let path = data.join("status.json");
+    let mut snap: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    snap.as_object_mut().unwrap().remove("stopped_at");
+    let at = skos_core::timefmt::parse(snap["generated_at"].as_str().unwrap()).unwrap();
+    snap["generated_at"] = Value::from(skos_core::timefmt::format(
+        &(at - chrono::Duration::seconds(60)),
+    ));
+    std::fs::write(&path, serde_json::to_vec(&snap).unwrap()).unwrap();
+    for json in [false, true] {
+        let out = status_of(json);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "json {json}: {stderr}");
         assert!(
@@ -822,6 +840,12 @@ fn status_of_a_stopped_skos_up_says_so_and_fails() {
         );
         assert!(!out.stdout.is_empty(), "the snapshot is still shown");
     }
+    // No snapshot at all: not running either.
+    std::fs::remove_file(&path).unwrap();
+    let out = status_of(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("no status at"), "{stderr}");
 }
 
 #[test]

@@ -212,4 +212,25 @@ fn fleet_init_replaces_nothing_without_force_and_refuses_a_bad_url() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+    // Each node signs with its own key, and the coordinator takes only
+    // those: no node under a name nobody gave out.
+    let coordinator: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("coordinator.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(coordinator["trust"]["require_node_signatures"], true);
+    for n in ["nova", "lyra"] {
+        let agent: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(dir.join(format!("agent-{n}.yaml"))).unwrap(),
+        )
+        .unwrap();
+        let file = agent["trust"]["node_key_file"].as_str().unwrap();
+        assert_eq!(
+            std::path::Path::new(file),
+            dir.join(format!("keys/node-keys/{n}.nk"))
+        );
+        let public = skos_bus::trust::Signer::from_seed_file(std::path::Path::new(file))
+            .unwrap()
+            .public_key();
+        assert_eq!(coordinator["trust"]["node_keys"][n], public.as_str(), "{n}");
+    }
 }

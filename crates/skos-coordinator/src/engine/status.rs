@@ -166,6 +166,7 @@ impl Engine {
             drains: self.drain_statuses(&query),
             approvals: self.approval_statuses(&query),
             ledger: self.ledger_rows(&query),
+            stopped_at: None,
             silences: silences
                 .into_iter()
                 .filter(|s| query.concerns(s.node.as_str()))
