@@ -19,8 +19,9 @@ use chrono::{DateTime, Utc};
 use skos_bus::Incoming;
 use skos_core::protocol::Command;
 
-/// A held command and its deadline (none: it never expires).
-type Waiting = (Option<DateTime<Utc>>, Incoming);
+/// A held command's deadline (none: it never expires), its action id and
+/// the message.
+type Waiting = (Option<DateTime<Utc>>, String, Incoming);
 
 /// The problems with background jobs running, and the commands waiting
 /// for them, in arrival order.
@@ -44,10 +45,20 @@ impl Held {
     /// Keep `m`, the command `cmd`, until `problem`'s jobs have ended or
     /// its deadline has passed.
     pub fn hold(&mut self, problem: String, cmd: &Command, m: Incoming) {
+        self.waiting.entry(problem).or_default().push_back((
+            cmd.deadline,
+            cmd.action_id.clone(),
+            m,
+        ));
+    }
+
+    /// Whether a command with `action_id` is held: a copy of it delivered
+    /// again is not held a second time.
+    pub fn holds(&self, action_id: &str) -> bool {
         self.waiting
-            .entry(problem)
-            .or_default()
-            .push_back((cmd.deadline, m));
+            .values()
+            .flatten()
+            .any(|(_, id, _)| id == action_id)
     }
 
     /// The waiting commands whose deadline is before `now`, in arrival
@@ -58,9 +69,9 @@ impl Held {
         for queue in self.waiting.values_mut() {
             let (late, keep): (VecDeque<_>, VecDeque<_>) = std::mem::take(queue)
                 .into_iter()
-                .partition(|(deadline, _)| deadline.is_some_and(|d| d < now));
+                .partition(|(deadline, _, _)| deadline.is_some_and(|d| d < now));
             *queue = keep;
-            out.extend(late.into_iter().map(|(_, m)| m));
+            out.extend(late.into_iter().map(|(_, _, m)| m));
         }
         self.waiting.retain(|_, q| !q.is_empty());
         out
@@ -87,7 +98,7 @@ impl Held {
         self.running.remove(problem);
         self.waiting
             .remove(problem)
-            .map(|q| q.into_iter().map(|(_, m)| m).collect())
+            .map(|q| q.into_iter().map(|(_, _, m)| m).collect())
             .unwrap_or_default()
     }
 
@@ -104,7 +115,7 @@ impl Held {
     /// Tell the bus each waiting command is still being worked on, so it is
     /// not delivered again meanwhile.
     pub async fn keep_alive(&self) {
-        for (_, m) in self.waiting.values().flatten() {
+        for (_, _, m) in self.waiting.values().flatten() {
             if let Err(e) = m.in_progress().await {
                 tracing::warn!(subject = %m.subject, error = %e, "in-progress ack of a held command failed; it may be delivered again");
             }
@@ -156,7 +167,9 @@ mod tests {
         h.started("p");
         h.started("p");
         let c = cmd(Some("p"), Some(1.0));
+        assert!(!h.holds("a1"));
         h.hold("p".into(), &c, incoming("one"));
+        assert!(h.holds("a1"));
         h.hold("p".into(), &c, incoming("two"));
         assert_eq!(h.len(), 2);
         assert!(h.ended("p").is_empty(), "another job of p still runs");

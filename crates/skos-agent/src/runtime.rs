@@ -414,7 +414,11 @@ impl Agent {
                 tracing::warn!(subject = %m.subject, error = %e, not_logged, "refused command");
             }
             if let Some(id) = loose_action_id(&m.payload) {
-                let o = Outcome::new(ResultStatus::Rejected, format!("refused: {e}"));
+                let mut o = Outcome::new(ResultStatus::Rejected, format!("refused: {e}"));
+                o.details.insert(
+                    "reason".into(),
+                    Value::from(skos_core::protocol::REASON_UNTRUSTED),
+                );
                 self.answer(&id, &loose_action_type(&m.payload), &o).await;
             }
             return ack(m).await;
@@ -429,7 +433,12 @@ impl Agent {
                 }
                 // Answer when the id can still be read, so it is audited.
                 if let Some(id) = loose_action_id(&m.payload) {
-                    let o = Outcome::new(ResultStatus::Rejected, format!("malformed command: {e}"));
+                    let mut o =
+                        Outcome::new(ResultStatus::Rejected, format!("malformed command: {e}"));
+                    o.details.insert(
+                        "reason".into(),
+                        Value::from(skos_core::protocol::REASON_MALFORMED),
+                    );
                     self.answer(&id, &loose_action_type(&m.payload), &o).await;
                 }
                 return ack(m).await;
@@ -464,7 +473,9 @@ impl Agent {
             }
             Gate::Running => {
                 self.counters.inc(Counter::Commands("redelivered_running"));
-                tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, "command delivered again while it still runs: not executed twice, its job answers when it finishes");
+                if let Some(not_logged) = self.logged(Refusal::Replay) {
+                    tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, not_logged, "command delivered again while it still runs: not executed twice, its job answers when it finishes");
+                }
                 return ack(m).await;
             }
             Gate::Replay(o) => {
@@ -481,16 +492,38 @@ impl Agent {
             .iter()
             .position(|a| a.handles(&cmd.action_type));
         let outcome = match index {
-            None => Outcome::new(
-                ResultStatus::Unsupported,
-                format!(
-                    "no enabled antibody on {} implements {}",
-                    self.node(),
-                    cmd.action_type
-                ),
-            ),
+            None => {
+                // Remembered with its answer, so a copy delivered again is
+                // a replay (answered, logged within its budget), and no
+                // heartbeat follows: nothing was done.
+                let o = Outcome::new(
+                    ResultStatus::Unsupported,
+                    format!(
+                        "no enabled antibody on {} implements {}",
+                        self.node(),
+                        cmd.action_type
+                    ),
+                );
+                self.remember(&cmd);
+                lock(&self.executed).finish(&cmd.action_id, &o);
+                self.counters.inc(Counter::Commands(o.status.as_str()));
+                if let Some(not_logged) = self.logged(Refusal::Gate) {
+                    tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, status = o.status.as_str(), message = %o.message, not_logged, "command refused");
+                }
+                self.answer(&cmd.action_id, &cmd.action_type, &o).await;
+                return ack(m).await;
+            }
             Some(i) => {
                 if let Some(problem) = self.held.must_wait(&cmd) {
+                    if self.held.holds(&cmd.action_id) {
+                        // A copy of a command already waiting: the one held
+                        // is judged when the job ends.
+                        self.counters.inc(Counter::Commands("redelivered_held"));
+                        if let Some(not_logged) = self.logged(Refusal::Replay) {
+                            tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, not_logged, "command delivered again while it waits for the running action on its problem: held once");
+                        }
+                        return ack(m).await;
+                    }
                     self.counters.inc(Counter::Commands("held"));
                     tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, problem = %problem, "command waits for the running action on its problem; judged when that ends");
                     self.held.hold(problem, &cmd, m);

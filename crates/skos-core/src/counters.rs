@@ -28,6 +28,10 @@ pub enum Counter<'a> {
     ResultsForeign,
     /// An agent's refusal of an action id it already executed (a replay).
     ResultsReplay,
+    /// `results.refused.<reason>`: an agent's refusal of a command it
+    /// could not trust (`untrusted`) or read (`malformed`): someone else's
+    /// copy, closing nothing.
+    ResultsRefused(&'a str),
     /// A command closed without a result by its deadline plus the grace
     /// period.
     ResultsMissing,
@@ -181,6 +185,7 @@ impl Counter<'_> {
             ResultsUnmatched => "results.unmatched",
             ResultsForeign => "results.foreign",
             ResultsReplay => "results.replay",
+            ResultsRefused(r) => return format!("results.refused.{r}").into(),
             ResultsMissing => "results.no_result",
             VerificationsSucceeded => "verifications.succeeded",
             VerificationsFailed => "verifications.failed",

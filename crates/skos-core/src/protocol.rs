@@ -484,6 +484,18 @@ pub const REASON_REPLAY: &str = "replay";
 /// is the command's real answer.
 pub const REPLAY_MESSAGE: &str = "action_id already executed (replay)";
 
+/// `details.reason` of a `rejected` result refusing a command the agent
+/// could not trust (unsigned, a bad signature, an unknown signer). The
+/// coordinator signs what it sends, so such a command is someone else's:
+/// a copy of a real one under its action id says nothing of the real one,
+/// which stays open.
+pub const REASON_UNTRUSTED: &str = "untrusted";
+
+/// `details.reason` of a `rejected` result refusing a trusted message that
+/// is not a well-formed command: as [`REASON_UNTRUSTED`], no verdict on a
+/// command of that action id.
+pub const REASON_MALFORMED: &str = "malformed";
+
 /// The agent's answer to a command, `skos.result.<node>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandResult {

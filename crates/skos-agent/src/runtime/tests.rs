@@ -450,6 +450,93 @@ async fn expired_commands_are_answered_but_neither_logged_nor_heartbeated_one_by
     agent.stop().await;
 }
 
+/// Wait until counter `name` reaches `n`.
+async fn counted(agent: &Running, name: &str, n: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while agent.counters.get(name) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: {} of {n}",
+            agent.counters.get(name)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Copies of a command no antibody here implements: the first answered
+/// `unsupported`, the rest as replays of that answer, logged within the
+/// budget and with no heartbeat after any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_an_unsupported_command_are_replays_not_logged_or_heartbeated_each() {
+    const FLOOD: u64 = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("side");
+    let bus = Bus::InProc(InProcBus::new());
+    let agent = Running::start(&bus, config(&side, 0.0), &dir.path().join("state")).await;
+    let began = tokio::time::Instant::now();
+    let beats_before = agent.counters.get("heartbeats.sent");
+    let mut c = cmd("unsupported-1", None);
+    c.action_type = "throttle_10".into();
+    for _ in 0..FLOOD {
+        deliver(&bus, &c).await;
+    }
+    counted(&agent, "commands.replayed", FLOOD - 1).await;
+    assert_eq!(agent.counters.get("commands.unsupported"), 1);
+    let beats = agent.counters.get("heartbeats.sent") - beats_before;
+    let due = (began.elapsed().as_secs_f64() / 0.5).ceil() as u64 + 1;
+    assert!(beats <= due, "{beats} heartbeats for {due} due");
+    assert_eq!(
+        agent.counters.get("commands.not_logged"),
+        FLOOD - 1 - u64::from(quiet::LOGGED_PER_MINUTE)
+    );
+    agent.stop().await;
+}
+
+/// Copies of a command that still runs, or that waits behind a running
+/// job of its problem: executed once, held once, logged within the
+/// budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_running_or_held_command_are_held_once_and_logged_within_budget() {
+    const FLOOD: u64 = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("side");
+    let bus = Bus::InProc(InProcBus::new());
+    let mut results = bus.subscribe(Feed::Results).await.unwrap();
+    let agent = Running::start(&bus, config(&side, 3.0), &dir.path().join("state")).await;
+    let mut a = cmd("held-a", None);
+    a.problem = Some("storage:/".into());
+    a.level = Some(90.0);
+    deliver(&bus, &a).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while runs(&side) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut b = a.clone();
+    b.action_id = "held-b".into();
+    for _ in 0..FLOOD {
+        deliver(&bus, &a).await;
+        deliver(&bus, &b).await;
+    }
+    counted(&agent, "commands.redelivered_running", FLOOD).await;
+    counted(&agent, "commands.redelivered_held", FLOOD - 1).await;
+    assert_eq!(agent.counters.get("commands.held"), 1, "b held once");
+    // Ten log lines for the two kinds of copies together (both replays).
+    assert_eq!(
+        agent.counters.get("commands.not_logged"),
+        2 * FLOOD - 1 - u64::from(quiet::LOGGED_PER_MINUTE)
+    );
+    // a's job ends; b, judged then, runs (the problem is not rechecked by
+    // this antibody's notify channel) once.
+    let mut answered = std::collections::BTreeMap::new();
+    while answered.len() < 2 {
+        let r = next_result(&mut results, WAIT).await.expect("a result");
+        *answered.entry(r.action_id).or_insert(0) += 1;
+    }
+    assert_eq!(answered.values().sum::<u32>(), 2, "{answered:?}");
+    agent.stop().await;
+}
+
 /// Deliver a command and wait for its answer.
 async fn answer(bus: &Bus, results: &mut Subscription, c: Command) -> CommandResult {
     deliver(bus, &c).await;

@@ -80,6 +80,7 @@ impl Engine {
         }
         let breakers = self.breakers.forget_node(node.as_str());
         let silences = self.silences.remove(node).map_or(0, |v| v.len());
+        self.unanswered.forget(node);
         let ledger = self.ledger.forget(node);
         let approvals = self.placement.forget_approvals(node);
         let unplaced = self.placement.forget_node(node);

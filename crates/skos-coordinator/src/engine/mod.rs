@@ -60,6 +60,7 @@ mod quota;
 mod silence;
 mod state;
 mod status;
+mod unanswered;
 
 pub use forget::ForgetError;
 use index::{Ladders, OpenAlerts, Pendings, Verifications, Watchers};
@@ -188,15 +189,14 @@ pub struct Engine {
     ledger: ledger::Ledger,
     /// Operators' silences and maintenance windows, by node (see `silence`).
     silences: silence::Silences,
+    /// Commands closed as `no_result` whose late answer is still news.
+    unanswered: unanswered::Unanswereds,
 }
 
 /// Why a result was refused: it came from another node than the one its
 /// command was sent to (the `reason` of its `rejected` audit record).
 const FOREIGN_NODE: &str = "foreign_node";
 
-/// Whether `result` is an agent refusing an action id it has already
-/// executed (a redelivered or re-sent command). That refusal says nothing
-/// about the command's outcome: the first execution's result does.
 /// Whether `result` is an agent refusing a step because another start or
 /// stop of the same workload runs there (`details.reason: busy`): no
 /// verdict on the step, so no breaker failure.
@@ -222,6 +222,38 @@ fn is_replay(result: &CommandResult) -> bool {
         Some(reason) => reason.as_str() == Some(REASON_REPLAY),
         None => result.message == REPLAY_MESSAGE,
     }
+}
+
+/// Whether `result` is an agent refusing a command that was not the
+/// coordinator's to judge by: an action id it already executed
+/// ([`is_replay`]), or a message under that id it could not trust or read
+/// (`details.reason: untrusted | malformed`: someone else's copy, whose
+/// refusal says nothing of the real command). It closes nothing: the
+/// command stays open for its real answer, or until `no_result`.
+fn closes_nothing(result: &CommandResult) -> bool {
+    is_replay(result) || refused_copy(result).is_some()
+}
+
+/// The reason of an agent's refusal of a command it could not trust or
+/// read (`untrusted`, `malformed`); `None` for any other result.
+fn refused_copy(result: &CommandResult) -> Option<&'static str> {
+    use skos_core::protocol::{REASON_MALFORMED, REASON_UNTRUSTED};
+    if result.status != ResultStatus::Rejected {
+        return None;
+    }
+    match result.details.get("reason").and_then(Value::as_str) {
+        Some(REASON_UNTRUSTED) => Some(REASON_UNTRUSTED),
+        Some(REASON_MALFORMED) => Some(REASON_MALFORMED),
+        _ => None,
+    }
+}
+
+/// Whether `result` is an agent answering again, with its recorded outcome,
+/// a command it already executed (`details.replayed: true`): the real
+/// outcome, which closes a command still open (its first answer was lost),
+/// but a replay when nothing is open.
+fn is_replayed_answer(result: &CommandResult) -> bool {
+    result.details.get("replayed").and_then(Value::as_bool) == Some(true)
 }
 
 /// The id of an alert the coordinator raises about `node` from its
@@ -282,6 +314,7 @@ impl Engine {
             placement: placement::Placements::new(fleet),
             ledger: ledger::Ledger::default(),
             silences: silence::Silences::new(),
+            unanswered: unanswered::Unanswereds::default(),
         }
     }
 
@@ -763,6 +796,7 @@ impl Engine {
         self.count_result(&result, self.pending.contains_key(&result.action_id));
         let node = result.node.clone();
         let replay = is_replay(&result);
+        let closes_nothing = closes_nothing(&result);
         let mut data = json!({"result": result});
         if replay {
             data["replay"] = json!(true);
@@ -779,10 +813,11 @@ impl Engine {
             ),
             data,
         )];
-        if replay {
+        if closes_nothing {
             return out;
         }
         if self.result_is_news(&result) {
+            self.unanswered.answered(&node, &result.action_id);
             self.set_action_state(
                 &result.action_id,
                 &node,
@@ -909,13 +944,15 @@ impl Engine {
     /// `no_result`, whose late answer tells what happened). Any other (a
     /// second answer to a command already judged, one for an action id
     /// never sent or long forgotten) is only audited and counted. Nor is
-    /// a replay (the agent refusing an id it already executed): it closes
-    /// nothing, so it would stay news as long as its command stays open.
+    /// a refusal that closes nothing ([`closes_nothing`]: a replay, or a
+    /// copy the agent could not trust or read): it would stay news as long
+    /// as its command stays open.
     pub(crate) fn result_is_news(&self, result: &CommandResult) -> bool {
-        if is_replay(result) {
+        if closes_nothing(result) {
             return false;
         }
         self.pending.contains_key(&result.action_id)
+            || self.unanswered.contains(&result.node, &result.action_id)
             || self
                 .recent
                 .iter()
@@ -924,13 +961,17 @@ impl Engine {
                 .is_some_and(|r| matches!(r.state, ActionState::Sent | ActionState::NoResult))
     }
 
-    /// Count `result` by its status, as a replay, and as unmatched when it
-    /// answers no `pending` command and is no success (a late success is
-    /// no news).
+    /// Count `result` by its status; besides, as a replay (a refusal of an
+    /// id already executed, or an answer given again when nothing is
+    /// `pending`), as a refused copy (`results.refused.<reason>`), or as
+    /// unmatched when it answers no `pending` command and is no success (a
+    /// late success is no news).
     pub(crate) fn count_result(&self, result: &CommandResult, pending: bool) {
         self.counters.inc(Counter::Results(result.status.as_str()));
-        if is_replay(result) {
+        if is_replay(result) || (!pending && is_replayed_answer(result)) {
             self.counters.inc(Counter::ResultsReplay);
+        } else if let Some(reason) = refused_copy(result) {
+            self.counters.inc(Counter::ResultsRefused(reason));
         } else if !pending && result.status != ResultStatus::Succeeded {
             self.counters.inc(Counter::ResultsUnmatched);
         }
@@ -939,11 +980,15 @@ impl Engine {
     /// Why a result that is no news ([`Engine::result_is_news`]) changes
     /// nothing, as a refusals summary names it and as
     /// [`Engine::count_result`] counts it besides its status: `replay`
-    /// (`results.replay`), `unmatched` (`results.unmatched`), or
-    /// `late_success` (a success answering nothing open: no news).
+    /// (`results.replay`), `untrusted` or `malformed` (a copy the agent
+    /// refused, `results.refused.<reason>`), `unmatched`
+    /// (`results.unmatched`), or `late_success` (a success answering
+    /// nothing open: no news).
     pub(crate) fn no_news_reason(result: &CommandResult) -> &'static str {
-        if is_replay(result) {
+        if is_replay(result) || is_replayed_answer(result) {
             skos_core::protocol::REASON_REPLAY
+        } else if let Some(reason) = refused_copy(result) {
+            reason
         } else if result.status != ResultStatus::Succeeded {
             "unmatched"
         } else {
@@ -1014,6 +1059,7 @@ impl Engine {
                 continue;
             };
             self.counters.inc(Counter::ResultsMissing);
+            self.unanswered.close(&p.node, &action_id, now);
             let grace_s = self.cfg.coordinator.result_grace_seconds;
             self.set_action_state(
                 &action_id,

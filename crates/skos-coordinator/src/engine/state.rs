@@ -574,6 +574,9 @@ pub struct EngineSnapshot {
     /// Operators' silences and maintenance windows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(in crate::engine) silences: Vec<skos_core::silence::Silence>,
+    /// Commands closed as `no_result` whose late answer is still news.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::engine) unanswered: Vec<super::unanswered::Unanswered>,
 }
 
 impl EngineSnapshot {
@@ -592,6 +595,7 @@ impl EngineSnapshot {
             && self.drains.is_empty()
             && self.ledger.is_empty()
             && self.silences.is_empty()
+            && self.unanswered.is_empty()
     }
 }
 
@@ -633,6 +637,7 @@ impl Engine {
             drains: self.placements().drains().cloned().collect(),
             ledger: self.ledger.all(),
             silences: self.silences.values().flatten().cloned().collect(),
+            unanswered: self.unanswered.all(),
         }
     }
 
@@ -678,6 +683,7 @@ impl Engine {
             drains: self.placements().drains_of(node),
             ledger: self.ledger.of_node(node),
             silences: self.silences.get(node).cloned().unwrap_or_default(),
+            unanswered: self.unanswered.of(node),
         }
     }
 
@@ -690,6 +696,7 @@ impl Engine {
         out.extend(self.ladders.nodes().cloned());
         out.extend(self.reset_retries.keys().cloned());
         out.extend(self.silences.keys().cloned());
+        out.extend(self.unanswered.nodes().cloned());
         out.extend(
             self.breakers
                 .snapshot()
@@ -740,6 +747,7 @@ impl Engine {
             self.pending.insert(id, p);
         }
         self.reset_retries.extend(snap.reset_retries);
+        self.unanswered.restore(snap.unanswered);
         self.placement.restore(snap.placements);
         self.placement.restore_approvals(snap.approvals);
         self.placement.restore_drains(snap.drains);

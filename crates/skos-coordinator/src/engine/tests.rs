@@ -1313,6 +1313,93 @@ fn a_command_without_a_result_is_closed_after_its_deadline_and_grace() {
     assert_eq!(names(&fx), ["throttle_50", "spin_fans"]);
 }
 
+/// A command closed as `no_result` stays news for its node until its late
+/// answer comes, however many commands the fleet sent since (the fleet's
+/// recent actions, 50, would have let it go), and across a restart from
+/// the node's record; another node's result under its id is no news.
+#[test]
+fn a_late_answer_stays_news_after_the_fleets_recent_actions_moved_on() {
+    let mut cfg = seed_config();
+    cfg.coordinator.recent_actions = 1;
+    let mut e = Engine::new(cfg.clone(), Counters::default(), "test");
+    e.on_heartbeat(hb(Some(87.0), 0, 0.0), t(0.0));
+    let sent = commands(&e.on_alert(alert(Severity::Critical, 87.0, 0.0), t(0.0)));
+    assert_eq!(sent.len(), 2);
+    e.on_heartbeat(hb(Some(87.0), 0, 85.0), t(85.0));
+    assert_eq!(audits(&e.tick(t(90.5)), "no_result").len(), 2);
+    // Only one recent action is kept: the first command is gone from it.
+    assert!(e.recent.iter().all(|r| r.action_id != sent[0].action_id));
+    let mut late = result(&sent[0], ResultStatus::Succeeded);
+    assert!(e.result_is_news(&late), "a late answer is news");
+    let mut foreign = late.clone();
+    foreign.node = NodeName::parse("lyra").unwrap();
+    assert!(!e.result_is_news(&foreign), "not from another node");
+    // What the node's record keeps, a new leader keeps.
+    let mut again = Engine::new(cfg, Counters::default(), "test");
+    again.restore(e.node_snapshot(&nova()), t(100.0));
+    assert!(again.result_is_news(&late));
+    late.timestamp = t(101.0);
+    let fx = again.on_result(late.clone(), t(101.0));
+    assert_eq!(audits(&fx, "result").len(), 1);
+    assert!(!again.result_is_news(&late), "answered once");
+    assert!(again
+        .node_snapshot(&nova())
+        .unanswered
+        .iter()
+        .all(|u| u.action_id != sent[0].action_id));
+}
+
+/// An agent's refusal of a copy it could not trust or read, under a real
+/// command's id, closes nothing: no breaker failure, and the real answer
+/// that follows is news and closes the command.
+#[test]
+fn a_refused_copy_under_a_real_commands_id_closes_nothing() {
+    use skos_core::protocol::{REASON_MALFORMED, REASON_UNTRUSTED};
+    for reason in [REASON_UNTRUSTED, REASON_MALFORMED] {
+        let mut e = engine();
+        e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
+        let cmd = commands(&e.on_alert(alert(Severity::Critical, 88.0, 1.0), t(1.0))).remove(0);
+        let mut copy = result(&cmd, ResultStatus::Rejected);
+        copy.message = "refused: command is not signed".into();
+        copy.details.insert("reason".into(), json!(reason));
+        assert!(!e.result_is_news(&copy), "{reason}");
+        assert_eq!(Engine::no_news_reason(&copy), reason);
+        let fx = e.on_result(copy, t(2.0));
+        assert_eq!(audits(&fx, "result").len(), 1, "audited");
+        assert_eq!(e.counters.get("breaker.failures"), 0, "{reason}");
+        assert_eq!(e.counters.get(&format!("results.refused.{reason}")), 1);
+        assert_eq!(e.counters.get("results.unmatched"), 0);
+        let real = result(&cmd, ResultStatus::Succeeded);
+        assert!(e.result_is_news(&real), "{reason}: the real answer");
+        e.on_result(real, t(3.0));
+        assert!(!e.pending.contains_key(&cmd.action_id), "closed by it");
+    }
+}
+
+/// An answer given again with the recorded outcome (`replayed: true`)
+/// closes a command still open (its first answer was lost); with nothing
+/// open it is counted a replay, not unmatched.
+#[test]
+fn an_answer_given_again_closes_an_open_command_and_is_otherwise_a_replay() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
+    let cmd = commands(&e.on_alert(alert(Severity::Critical, 88.0, 1.0), t(1.0))).remove(0);
+    let mut again = result(&cmd, ResultStatus::Rejected);
+    again.message = "invalid parameters".into();
+    again.details.insert("replayed".into(), json!(true));
+    assert!(e.result_is_news(&again));
+    e.on_result(again.clone(), t(2.0));
+    assert!(!e.pending.contains_key(&cmd.action_id));
+    assert_eq!(e.counters.get("breaker.failures"), 1);
+    assert_eq!(e.counters.get("results.replay"), 0);
+    // Once more: nothing is open.
+    assert!(!e.result_is_news(&again));
+    assert_eq!(Engine::no_news_reason(&again), "replay");
+    e.count_result(&again, false);
+    assert_eq!(e.counters.get("results.replay"), 1);
+    assert_eq!(e.counters.get("results.unmatched"), 0);
+}
+
 #[test]
 fn a_mesh_step_without_a_result_moves_to_the_next_step() {
     let mut e = engine();

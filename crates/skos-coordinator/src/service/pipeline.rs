@@ -1414,6 +1414,61 @@ mod tests {
         );
     }
 
+    /// A late answer to a command closed as `no_result` has its own record
+    /// even past the minute's ten and after the fleet's recent actions
+    /// moved on (a storm sent more commands since than they keep).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_answer_is_never_held_once_the_recent_actions_moved_on() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut c, audit_path) = in_proc(dir.path());
+        let mut cfg = skos_core::config::Config::default();
+        cfg.coordinator.recent_actions = 1;
+        c.engine = Engine::new(cfg, c.counters.clone(), "test");
+        let [n1, n2, n3] = nodes(["n1", "n2", "n3"]);
+        take_batches(&mut c, alert_from(&n1, 1), vec![alert_from(&n2, 1)]).await;
+        let n1s = trail_entries(&audit_path)
+            .into_iter()
+            .find(|e| e["event_type"] == "command" && e["data"]["command"]["node"] == "n1")
+            .expect("n1's command")["data"]["command"]["action_id"]
+            .as_str()
+            .expect("an action id")
+            .to_string();
+        let _ = c
+            .engine
+            .tick(chrono::Utc::now() + chrono::Duration::seconds(600));
+        let noise = (0..10)
+            .map(|i| {
+                vec![result_from(
+                    &n3,
+                    &format!("never-sent-{i}"),
+                    "failed",
+                    json!({}),
+                    i,
+                )]
+            })
+            .collect();
+        every_batch(&mut c, Durable::Result, noise).await;
+        every_batch(
+            &mut c,
+            Durable::Result,
+            vec![vec![result_from(
+                &n1,
+                &n1s,
+                "succeeded",
+                json!({"bytes_freed": 1}),
+                99,
+            )]],
+        )
+        .await;
+        assert!(
+            trail_entries(&audit_path)
+                .iter()
+                .any(|e| e["event_type"] == "result"
+                    && e["data"]["result"]["action_id"] == n1s.as_str()),
+            "n1's late answer to {n1s} has no record of its own"
+        );
+    }
+
     /// Gaps in a feed (the bus dropped messages before they were read),
     /// fifteen batches of them in a minute: every message counted, the
     /// first ten gaps audited one by one, the other five summed up in one
