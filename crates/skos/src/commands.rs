@@ -527,6 +527,24 @@ fn use_nats(data_dir: &Option<PathBuf>) -> bool {
     data_dir.is_none() && std::env::var_os("NATS_URL").is_some()
 }
 
+/// What to add to "nothing in the data dir" when the config names a bus
+/// (a URL other than the default, or a bus credential) and `NATS_URL` is
+/// not set: the operator most likely meant the fleet's.
+fn bus_hint(cfg: &Config) -> String {
+    let n = &cfg.nats;
+    let names_bus = n.url != skos_core::config::NatsSection::default().url
+        || n.nkey_seed_file.is_some()
+        || n.creds_file.is_some();
+    if names_bus && std::env::var_os("NATS_URL").is_none() {
+        format!(
+            "; this config names a bus: set NATS_URL={} to ask the fleet's",
+            n.url
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// The status query `skos status` sends: the CLI's pages count from 1,
 /// the query's from 0.
 fn status_query(args: &StatusArgs) -> Result<StatusQuery> {
@@ -615,14 +633,15 @@ async fn status(
             }
         }
     } else {
-        let dir = data_dir.unwrap_or(cfg.data_dir);
+        let dir = data_dir.unwrap_or_else(|| cfg.data_dir.clone());
         let path = dir.join("status.json");
         match std::fs::read(&path) {
             Ok(body) => body,
             Err(e) => {
                 eprintln!(
-                    "skos: no status at {} (is `skos up` running with this data dir?): {e}",
-                    path.escaped()
+                    "skos: no status at {} (is `skos up` running with this data dir?{}): {e}",
+                    path.escaped(),
+                    bus_hint(&cfg)
                 );
                 return Ok(ExitCode::from(NOT_RUNNING));
             }
@@ -700,9 +719,11 @@ async fn read_audit(
         let (bus, source) = audit_bus(&cfg).await?;
         Ok((source, audit::read_jetstream(&bus, n).await?))
     } else {
-        let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
+        let path = data_dir
+            .unwrap_or_else(|| cfg.data_dir.clone())
+            .join("audit.jsonl");
         if !trail_exists(&path)? {
-            bail!("no audit trail at {}", path.escaped());
+            bail!("no audit trail at {}{}", path.escaped(), bus_hint(&cfg));
         }
         let records = match n {
             // Only the end of the file is read.
@@ -853,9 +874,11 @@ async fn audit_verify(
         }
         (source, report)
     } else {
-        let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");
+        let path = data_dir
+            .unwrap_or_else(|| cfg.data_dir.clone())
+            .join("audit.jsonl");
         if !trail_exists(&path)? && audit::segments::list(&path)?.is_empty() {
-            bail!("no audit trail at {}", path.display());
+            bail!("no audit trail at {}{}", path.escaped(), bus_hint(&cfg));
         }
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let mut last = std::time::Instant::now();

@@ -54,7 +54,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("skos: {e:#}");
+            eprintln!("skos: {}", skos::node::error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }

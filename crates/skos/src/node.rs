@@ -36,6 +36,25 @@ pub fn exit_on_panic() {
     }));
 }
 
+/// An error as the command line prints it: the message, then each cause
+/// not already said (many errors name their cause in their own message,
+/// and `{:#}` would say it twice: `…: Not a directory (os error 20): Not
+/// a directory (os error 20)`).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
+
 /// The async runtime: `workers` threads (at least 1; `block_in_place`,
 /// which the agent's sensing uses, needs the multi-thread scheduler).
 ///
@@ -311,6 +330,9 @@ pub async fn agent(cfg: Config) -> Result<ExitCode> {
     if let Err(e) = nats.prepare_agent(&cfg.node.name).await {
         tracing::warn!(node = %cfg.node.name, error = %e, "streams not set up yet");
     }
+    // Created 0700 when missing, as `skos up` makes its own (its parents
+    // as usual); refused when another user's or writable by others.
+    skos_fs::Dir::private(&cfg.data_dir).context("data dir refused")?;
     let state = cfg.data_dir.join("agent");
     let agent = Agent::new(cfg, Bus::Nats(nats), Counters::default(), Some(state))?;
     let (tx, rx) = watch::channel(false);
@@ -339,9 +361,27 @@ pub fn warn_if_exposed(path: &std::path::Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::{colours, log_filter};
+    use super::{colours, error_text, log_filter};
     use std::ffi::OsStr;
     use tracing::Level;
+
+    /// A cause the message already names is not said again; one it does
+    /// not name is.
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(20);
+        let fs = skos_fs::Error::Io {
+            path: "/tmp/afile".into(),
+            source: io,
+        };
+        let e = anyhow::Error::new(fs).context("data dir refused");
+        assert_eq!(
+            error_text(&e),
+            "data dir refused: /tmp/afile: Not a directory (os error 20)"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&e), "outer: inner");
+    }
 
     #[test]
     fn rust_log_overrides_the_level_and_one_that_does_not_parse_is_refused() {

@@ -846,6 +846,26 @@ fn status_of_a_stopped_skos_up_says_so_and_fails() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("no status at"), "{stderr}");
+    assert!(!stderr.contains("NATS_URL"), "{stderr}");
+    // With a config that names a bus, and no NATS_URL: the hint says how
+    // to ask the fleet's coordinator instead.
+    let fleet = work.path().join("operator.yaml");
+    std::fs::write(&fleet, "nats:\n  url: nats://bus.example:4222\n").unwrap();
+    let out = run({
+        let mut c = skos();
+        c.args(["status", "--data-dir"])
+            .arg(&data)
+            .arg("-c")
+            .arg(&fleet)
+            .env_remove("NATS_URL");
+        c
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("set NATS_URL=nats://bus.example:4222"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -459,6 +459,12 @@ impl Config {
                     },
                     None => "(document)".into(),
                 };
+                // The place is said once, before the message.
+                let said = format!(" at {at}");
+                let message = message
+                    .strip_suffix(&said)
+                    .map(str::to_string)
+                    .unwrap_or(message);
                 return Err(vec![issue(at, message)]);
             }
         };
@@ -1156,6 +1162,16 @@ storage:
         // The largest accepted, and the defaults.
         assert!(paths("thermal: {clear_for: 1e9}").is_empty());
         assert!(Config::default().check().is_empty());
+    }
+
+    /// A YAML syntax error says where once, as its path.
+    #[test]
+    fn a_syntax_error_says_where_once() {
+        let issues = Config::from_yaml("agent:\n  heartbeat_interval: 1\n  a: b: c\n").unwrap_err();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].path.starts_with("line 3 column "), "{issues:?}");
+        assert!(!issues[0].message.contains(" at line "), "{issues:?}");
+        assert!(!issues[0].message.is_empty());
     }
 
     #[test]

@@ -148,7 +148,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("skos-agent: {e:#}");
+            eprintln!("skos-agent: {}", skos::node::error_text(&e));
             ExitCode::FAILURE
         }
     }
