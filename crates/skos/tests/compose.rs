@@ -288,18 +288,13 @@ fn the_compose_stack_heals_a_hot_node() {
     let work = tempfile::tempdir().unwrap();
 
     // The images, as a user without a registry builds them.
-    let built = Command::new(repo().join("dist/container/build-images.sh"))
+    let mut build = Command::new(repo().join("dist/container/build-images.sh"));
+    build
         .arg(&binary)
         .arg("--nats")
         .env("PODMAN", &wrapper)
-        .env("SKOS_IMAGE", "localhost/skos:test")
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "build-images.sh: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+        .env("SKOS_IMAGE", "localhost/skos:test");
+    run_ok(build);
 
     // The fleet: one node, the server on a port of its own.
     let port = free_port();

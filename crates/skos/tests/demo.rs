@@ -83,7 +83,8 @@ fn the_quick_starts_cargo_run_lines_name_a_binary_cargo_can_pick() {
         .expect("a sh block in the README's quick start")
         .0;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
+    let mut metadata = std::process::Command::new(cargo);
+    metadata
         .args([
             "metadata",
             "--no-deps",
@@ -91,14 +92,8 @@ fn the_quick_starts_cargo_run_lines_name_a_binary_cargo_can_pick() {
             "1",
             "--offline",
         ])
-        .current_dir(root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .current_dir(root);
+    let out = run_ok(metadata);
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut checked = 0;
     for line in quick

@@ -373,7 +373,8 @@ fn with_tls_and_a_token_a_reachable_address_is_served_over_https() {
     );
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    let out = std::process::Command::new("openssl")
+    let mut openssl = std::process::Command::new("openssl");
+    openssl
         .args([
             "req",
             "-x509",
@@ -393,14 +394,8 @@ fn with_tls_and_a_token_a_reachable_address_is_served_over_https() {
             "-addext",
             "subjectAltName=IP:127.0.0.1",
         ])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .current_dir(dir);
+    run_ok(openssl);
     let write_cfg = |token: &str| {
         std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
         fast_config(

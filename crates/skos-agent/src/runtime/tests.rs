@@ -338,6 +338,15 @@ fn runs(side: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Wait until the notify command has run once (its job started).
+async fn started(side: &Path) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while runs(side) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_delivered_again_is_answered_with_its_real_outcome() {
     let dir = tempfile::tempdir().unwrap();
@@ -395,11 +404,7 @@ async fn a_command_delivered_again_while_it_runs_is_executed_and_answered_once()
     let agent = Running::start(&bus, config(&side, 2.0), &dir.path().join("state")).await;
     let c = cmd("human-2", None);
     deliver(&bus, &c).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while runs(&side) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    started(&side).await;
     deliver(&bus, &c).await;
     let r = next_result(&mut results, WAIT).await.expect("result");
     assert_eq!(r.status, ResultStatus::Succeeded, "{r:?}");
@@ -507,11 +512,7 @@ async fn copies_of_a_running_or_held_command_are_held_once_and_logged_within_bud
     a.problem = Some("storage:/".into());
     a.level = Some(90.0);
     deliver(&bus, &a).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while runs(&side) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    started(&side).await;
     let mut b = a.clone();
     b.action_id = "held-b".into();
     for _ in 0..FLOOD {

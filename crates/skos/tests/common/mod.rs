@@ -120,6 +120,19 @@ pub fn run(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap()
 }
 
+/// Run `cmd` (standard input closed), which must succeed: the panic says
+/// which program failed and what it printed on stderr.
+pub fn run_ok(cmd: Command) -> Output {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 pub fn json_lines(out: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -444,19 +457,13 @@ pub fn repo() -> PathBuf {
 /// `dist/build-deb.sh BINARY OUT` with the package version `version`: the
 /// path of the `.deb`.
 pub fn build_deb(binary: &Path, out: &Path, version: &str) -> PathBuf {
-    let run = Command::new(repo().join("dist/build-deb.sh"))
+    let mut build = Command::new(repo().join("dist/build-deb.sh"));
+    build
         .arg(binary)
         .arg(out)
         .env("SKOS_DEB_VERSION", version)
-        .env("SKOS_DEB_COMPRESSION", "gzip")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "dist/build-deb.sh: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+        .env("SKOS_DEB_COMPRESSION", "gzip");
+    let run = run_ok(build);
     PathBuf::from(String::from_utf8_lossy(&run.stdout).trim())
 }
 
