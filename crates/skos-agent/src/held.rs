@@ -52,13 +52,25 @@ impl Held {
         ));
     }
 
-    /// Whether a command with `action_id` is held: a copy of it delivered
-    /// again is not held a second time.
-    pub fn holds(&self, action_id: &str) -> bool {
-        self.waiting
-            .values()
+    /// `m`, a copy of the held command `action_id` delivered again, takes
+    /// the place of the one held (`None`), so the command is held once and
+    /// stays unacknowledged until judged: JetStream delivers a message
+    /// again when an in-progress ack did not reach it, and acknowledging
+    /// the copy would lose the command with an agent stopped meanwhile.
+    /// `Some(m)` when no such command is held.
+    pub fn hold_again(&mut self, action_id: &str, m: Incoming) -> Option<Incoming> {
+        match self
+            .waiting
+            .values_mut()
             .flatten()
-            .any(|(_, id, _)| id == action_id)
+            .find(|(_, id, _)| id == action_id)
+        {
+            Some((_, _, held)) => {
+                *held = m;
+                None
+            }
+            None => Some(m),
+        }
     }
 
     /// The waiting commands whose deadline is before `now`, in arrival
@@ -167,14 +179,22 @@ mod tests {
         h.started("p");
         h.started("p");
         let c = cmd(Some("p"), Some(1.0));
-        assert!(!h.holds("a1"));
+        let back = h.hold_again("a1", incoming("not held"));
+        assert_eq!(back.map(|m| m.subject).as_deref(), Some("not held"));
         h.hold("p".into(), &c, incoming("one"));
-        assert!(h.holds("a1"));
-        h.hold("p".into(), &c, incoming("two"));
+        assert!(h.hold_again("a1", incoming("one again")).is_none());
+        assert_eq!(h.len(), 1, "held once");
+        let mut other = c.clone();
+        other.action_id = "a2".into();
+        h.hold("p".into(), &other, incoming("two"));
         assert_eq!(h.len(), 2);
         assert!(h.ended("p").is_empty(), "another job of p still runs");
         let back: Vec<String> = h.ended("p").into_iter().map(|m| m.subject).collect();
-        assert_eq!(back, ["one", "two"]);
+        assert_eq!(
+            back,
+            ["one again", "two"],
+            "the copy took the first's place"
+        );
         assert!(h.is_empty());
         assert!(h.ended("p").is_empty(), "an extra end is harmless");
         assert_eq!(h.must_wait(&cmd(Some("p"), Some(1.0))), None);

@@ -515,15 +515,15 @@ impl Agent {
             }
             Some(i) => {
                 if let Some(problem) = self.held.must_wait(&cmd) {
-                    if self.held.holds(&cmd.action_id) {
-                        // A copy of a command already waiting: the one held
-                        // is judged when the job ends.
+                    // A copy of a command already waiting takes its place:
+                    // held once, judged when the job ends.
+                    let Some(m) = self.held.hold_again(&cmd.action_id, m) else {
                         self.counters.inc(Counter::Commands("redelivered_held"));
                         if let Some(not_logged) = self.logged(Refusal::Replay) {
                             tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, not_logged, "command delivered again while it waits for the running action on its problem: held once");
                         }
-                        return ack(m).await;
-                    }
+                        return;
+                    };
                     self.counters.inc(Counter::Commands("held"));
                     tracing::info!(action_id = %cmd.action_id, action = %cmd.action_type, problem = %problem, "command waits for the running action on its problem; judged when that ends");
                     self.held.hold(problem, &cmd, m);

@@ -234,7 +234,8 @@ fn write_keys(nodes: &[String], out: &Path, force: bool) -> Result<Keys> {
         ));
         let (seed, public) = Signer::generate()?;
         write_seed(&node_keys_dir.join(format!("{name}.nk")), &seed, force)?;
-        node_keys.push(format!("{name}: {public}"));
+        // Quoted: a name such as `123`, `null` or `true` is a string.
+        node_keys.push(format!("\"{name}\": {public}"));
     }
     Ok(Keys {
         authorization: format!(
@@ -371,7 +372,7 @@ trust:\n  coordinator_keys: [{signing}]\n",
     for name in &keys.names {
         let agent = format!(
             "# The agent of {name}, written by `skos fleet init`: skos agent -c {this}\n\
-node:\n  name: {name}\n\
+node:\n  name: \"{name}\"\n\
 {url_line}  nkey_seed_file: {login}\n\
 trust:\n  coordinator_keys: [{signing}]\n  node_key_file: {node_key}\n",
             this = out.join(format!("agent-{name}.yaml")).escaped(),

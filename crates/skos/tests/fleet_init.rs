@@ -234,3 +234,43 @@ fn fleet_init_replaces_nothing_without_force_and_refuses_a_bad_url() {
         assert_eq!(coordinator["trust"]["node_keys"][n], public.as_str(), "{n}");
     }
 }
+
+/// Node names that YAML would read as a number, null or a boolean are
+/// still names in every config written.
+#[test]
+fn fleet_init_writes_names_yaml_would_read_as_other_types_as_names() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("fleet");
+    let out = run({
+        let mut c = skos();
+        c.args(["fleet", "init", "--nodes", "123,null,true,1e3", "--out"])
+            .arg(&dir);
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files = vec!["coordinator.yaml".to_string()];
+    files.extend(["123", "null", "true", "1e3"].map(|n| format!("agent-{n}.yaml")));
+    for f in &files {
+        let out = run({
+            let mut c = skos();
+            c.args(["config", "check", "--config"]).arg(dir.join(f));
+            c
+        });
+        assert!(
+            out.status.success(),
+            "{f}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let coordinator: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("coordinator.yaml")).unwrap())
+            .unwrap();
+    for n in ["123", "null", "true", "1e3"] {
+        assert!(coordinator["trust"]["node_keys"][n].is_string(), "{n}");
+    }
+}

@@ -962,13 +962,15 @@ impl Engine {
     }
 
     /// Count `result` by its status; besides, as a replay (a refusal of an
-    /// id already executed, or an answer given again when nothing is
-    /// `pending`), as a refused copy (`results.refused.<reason>`), or as
+    /// id already executed, or an answer given again when it answers
+    /// nothing open), as a refused copy (`results.refused.<reason>`), or as
     /// unmatched when it answers no `pending` command and is no success (a
     /// late success is no news).
     pub(crate) fn count_result(&self, result: &CommandResult, pending: bool) {
         self.counters.inc(Counter::Results(result.status.as_str()));
-        if is_replay(result) || (!pending && is_replayed_answer(result)) {
+        if is_replay(result)
+            || (!pending && is_replayed_answer(result) && !self.result_is_news(result))
+        {
             self.counters.inc(Counter::ResultsReplay);
         } else if let Some(reason) = refused_copy(result) {
             self.counters.inc(Counter::ResultsRefused(reason));
@@ -997,10 +999,14 @@ impl Engine {
     }
 
     /// The node `result`'s action was sent to, when the result comes from
-    /// another node (a pending command, or a recent one already answered).
+    /// another node (a pending command, one closed as `no_result` and not
+    /// answered, or a recent one).
     pub(crate) fn foreign_target(&self, result: &CommandResult) -> Option<String> {
         if let Some(p) = self.pending.get(&result.action_id) {
             return (p.node != result.node).then(|| p.node.to_string());
+        }
+        if let Some(node) = self.unanswered.node_of(&result.action_id) {
+            return (*node != result.node).then(|| node.to_string());
         }
         self.recent
             .iter()

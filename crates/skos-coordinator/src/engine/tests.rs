@@ -1334,6 +1334,16 @@ fn a_late_answer_stays_news_after_the_fleets_recent_actions_moved_on() {
     let mut foreign = late.clone();
     foreign.node = NodeName::parse("lyra").unwrap();
     assert!(!e.result_is_news(&foreign), "not from another node");
+    assert_eq!(e.foreign_target(&foreign).as_deref(), Some("nova"));
+    // The late answer most often comes as the agent's recorded outcome
+    // given again: news, and not counted a replay.
+    let mut given_again = result(&sent[1], ResultStatus::Failed);
+    given_again.details.insert("replayed".into(), json!(true));
+    assert!(e.result_is_news(&given_again));
+    let fx = e.on_result(given_again.clone(), t(95.0));
+    assert_eq!(audits(&fx, "result").len(), 1);
+    assert_eq!(e.counters.get("results.replay"), 0);
+    assert!(!e.result_is_news(&given_again), "answered once");
     // What the node's record keeps, a new leader keeps.
     let mut again = Engine::new(cfg, Counters::default(), "test");
     again.restore(e.node_snapshot(&nova()), t(100.0));

@@ -7,7 +7,7 @@
 //! answering nothing. Kept here instead, [`PER_NODE`] a node (the oldest
 //! goes first), each until its answer comes; saved in the node's record.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use skos_core::timefmt::{self, Timestamp};
@@ -31,40 +31,52 @@ pub struct Unanswered {
 #[derive(Debug, Default)]
 pub(super) struct Unanswereds {
     by_node: BTreeMap<NodeName, VecDeque<(String, Timestamp)>>,
+    /// The node each is kept for, by action id (so a result from another
+    /// node is known as foreign).
+    by_id: HashMap<String, NodeName>,
 }
 
 impl Unanswereds {
     /// `action_id`, sent to `node`, closed as `no_result` at `at`; past
     /// [`PER_NODE`] the node's oldest is let go.
     pub(super) fn close(&mut self, node: &NodeName, action_id: &str, at: Timestamp) {
+        if let Some(other) = self.by_id.get(action_id).cloned() {
+            self.answered(&other, action_id);
+        }
         let kept = self.by_node.entry(node.clone()).or_default();
-        kept.retain(|(id, _)| id != action_id);
         kept.push_back((action_id.to_string(), at));
+        self.by_id.insert(action_id.to_string(), node.clone());
         while kept.len() > PER_NODE {
-            kept.pop_front();
+            if let Some((id, _)) = kept.pop_front() {
+                self.by_id.remove(&id);
+            }
         }
     }
 
     /// Whether `action_id`, sent to `node`, was closed as `no_result` and
     /// not answered since.
     pub(super) fn contains(&self, node: &NodeName, action_id: &str) -> bool {
-        self.by_node
-            .get(node)
-            .is_some_and(|kept| kept.iter().any(|(id, _)| id == action_id))
+        self.by_id.get(action_id) == Some(node)
+    }
+
+    /// The node `action_id` was sent to, when it is kept.
+    pub(super) fn node_of(&self, action_id: &str) -> Option<&NodeName> {
+        self.by_id.get(action_id)
     }
 
     /// `node` answered `action_id`: no longer kept. Whether it was.
     pub(super) fn answered(&mut self, node: &NodeName, action_id: &str) -> bool {
-        let Some(kept) = self.by_node.get_mut(node) else {
+        if !self.contains(node, action_id) {
             return false;
-        };
-        let before = kept.len();
-        kept.retain(|(id, _)| id != action_id);
-        let was = kept.len() != before;
-        if kept.is_empty() {
-            self.by_node.remove(node);
         }
-        was
+        self.by_id.remove(action_id);
+        if let Some(kept) = self.by_node.get_mut(node) {
+            kept.retain(|(id, _)| id != action_id);
+            if kept.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+        true
     }
 
     /// `node`'s, oldest first, as saved in its record.
@@ -101,7 +113,9 @@ impl Unanswereds {
 
     /// Let go of `node`'s (the node is forgotten).
     pub(super) fn forget(&mut self, node: &NodeName) {
-        self.by_node.remove(node);
+        for (id, _) in self.by_node.remove(node).into_iter().flatten() {
+            self.by_id.remove(&id);
+        }
     }
 }
 
@@ -121,10 +135,13 @@ mod tests {
         u.close(&a, "x", t(0));
         assert!(u.contains(&a, "x"));
         assert!(!u.contains(&b, "x"), "another node's answer is not news");
+        assert_eq!(u.node_of("x"), Some(&a));
+        assert!(!u.answered(&b, "x"), "nor does it answer");
         for i in 0..PER_NODE {
             u.close(&a, &format!("y{i}"), t(i as i64 + 1));
         }
         assert!(!u.contains(&a, "x"), "the oldest let go past the bound");
+        assert_eq!(u.node_of("x"), None);
         assert_eq!(u.of(&a).len(), PER_NODE);
         assert!(u.answered(&a, "y0"));
         assert!(!u.answered(&a, "y0"), "answered once");
@@ -135,6 +152,7 @@ mod tests {
         assert_eq!(back.of(&a), u.of(&a));
         back.forget(&a);
         assert!(back.of(&a).is_empty());
+        assert_eq!(back.node_of("y1"), None);
         assert_eq!(back.nodes().count(), 0);
     }
 }
