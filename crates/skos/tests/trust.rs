@@ -438,7 +438,7 @@ fn fleet_nats_config_writes_a_signing_key_apart_from_every_login_key() {
         .collect();
     assert!(
         stderr.contains(&format!(
-            "trust.node_keys: {{nova: {}, lyra: {}}}",
+            "trust.node_keys: {{\"nova\": {}, \"lyra\": {}}}",
             node_keys[0].public_key(),
             node_keys[1].public_key()
         )),
