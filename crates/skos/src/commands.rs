@@ -294,6 +294,7 @@ pub(crate) async fn embedded(
             json!({"mode": how.mode, "sensors": sensors.len(), "version": env!("CARGO_PKG_VERSION")}),
         ))
         .await?;
+    let node = cfg.node.name.clone();
     let bus = Bus::InProc(InProcBus::new());
     let counters = Counters::default();
     let (tx, rx) = watch::channel(false);
@@ -340,14 +341,15 @@ pub(crate) async fn embedded(
     let (c, a, ()) = tokio::join!(coordinator, agent, http_stopped(server));
     c??;
     a??;
+    // Said as the start is: the node, the mode.
     audit
         .append(AuditEntry::new(
             skos_core::AuditEvent::Stop,
             chrono::Utc::now(),
-            None,
+            Some(&node),
             "skos",
-            format!("{} mode stopped", how.mode),
-            Value::Null,
+            format!("{} mode stopped on {node}", how.mode),
+            json!({"mode": how.mode}),
         ))
         .await?;
     Ok(())

@@ -796,6 +796,11 @@ fn status_of_a_stopped_skos_up_says_so_and_fails() {
         status(&data).filter(|s| !s["nodes"][0].is_null())
     });
     assert!(up.sigterm().success());
+    // The trail says where it stopped, as it says where it started.
+    let records = audit(&data);
+    let last = records.last().expect("records");
+    assert_eq!(last["entry"]["event_type"], "stop", "{last}");
+    assert_eq!(last["entry"]["node"], "nova", "{last}");
     let status_of = |json: bool| {
         run({
             let mut c = skos();
