@@ -463,14 +463,7 @@ impl Agent {
             Gate::Run => {}
             // Nothing was done, so no heartbeat follows: a flood of signed
             // commands replayed past their deadline costs one answer each.
-            Gate::Refuse(o) => {
-                self.counters.inc(Counter::Commands(o.status.as_str()));
-                if let Some(not_logged) = self.logged(Refusal::Gate) {
-                    tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, status = o.status.as_str(), message = %o.message, not_logged, "command refused");
-                }
-                self.answer(&cmd.action_id, &cmd.action_type, &o).await;
-                return ack(m).await;
-            }
+            Gate::Refuse(o) => return self.refuse(&cmd, &o, m).await,
             Gate::Running => {
                 self.counters.inc(Counter::Commands("redelivered_running"));
                 if let Some(not_logged) = self.logged(Refusal::Replay) {
@@ -506,12 +499,7 @@ impl Agent {
                 );
                 self.remember(&cmd);
                 lock(&self.executed).finish(&cmd.action_id, &o);
-                self.counters.inc(Counter::Commands(o.status.as_str()));
-                if let Some(not_logged) = self.logged(Refusal::Gate) {
-                    tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, status = o.status.as_str(), message = %o.message, not_logged, "command refused");
-                }
-                self.answer(&cmd.action_id, &cmd.action_type, &o).await;
-                return ack(m).await;
+                return self.refuse(&cmd, &o, m).await;
             }
             Some(i) => {
                 if let Some(problem) = self.held.must_wait(&cmd) {
@@ -553,6 +541,19 @@ impl Agent {
             .await;
         // Heartbeat right away so the coordinator sees the new state.
         self.heartbeat().await;
+        ack(m).await;
+    }
+
+    /// Answer `cmd` with `o` without carrying it out (refused by the gate,
+    /// or implemented by no antibody here): counted by status, logged
+    /// within the gate's budget, acknowledged, and no heartbeat after it:
+    /// nothing was done.
+    async fn refuse(&mut self, cmd: &Command, o: &Outcome, m: Incoming) {
+        self.counters.inc(Counter::Commands(o.status.as_str()));
+        if let Some(not_logged) = self.logged(Refusal::Gate) {
+            tracing::warn!(action_id = %cmd.action_id, action = %cmd.action_type, status = o.status.as_str(), message = %o.message, not_logged, "command refused");
+        }
+        self.answer(&cmd.action_id, &cmd.action_type, o).await;
         ack(m).await;
     }
 
