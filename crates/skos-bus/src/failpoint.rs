@@ -19,12 +19,27 @@
 //! The variable is read once, at the first hit. Unset (or naming another
 //! point) it is inert: a hit costs one comparison. A value that is not a
 //! name with an optional positive count is ignored, with a warning.
+//!
+//! [`stall`] marks a point where a test may make the coordinator wait, so
+//! that an interleaving the machine's speed would otherwise decide happens
+//! every time (`alert.appending`: a batch told the next one it published
+//! and is about to append its audit records; `alert.publishing`: a batch's
+//! state is written and its effects are about to be published).
+//! `SKOS_FAILPOINT_STALL=alert.appending=300,alert.publishing=50` makes
+//! each pass through those points wait that many milliseconds. Unset it
+//! costs one check; an entry that is not `<name>=<ms>` is ignored, with a
+//! warning.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The environment variable naming the point to abort at.
 pub const ENV: &str = "SKOS_FAILPOINT";
+
+/// The environment variable naming the points to wait at, and how long.
+pub const STALL_ENV: &str = "SKOS_FAILPOINT_STALL";
 
 /// A point to abort at: its name and on which hit (from 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,9 +151,72 @@ pub fn hit(name: &'static str) {
     }
 }
 
+/// Parse `SKOS_FAILPOINT_STALL`: comma-separated `<name>=<ms>` entries
+/// (whitespace ignored, empty entries skipped). The entries that are not
+/// of that shape come back apart, as written, with the waits of the rest.
+pub fn parse_stalls(value: &str) -> (BTreeMap<String, Duration>, Vec<String>) {
+    let mut stalls = BTreeMap::new();
+    let mut bad = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let parsed = entry.split_once('=').and_then(|(name, ms)| {
+            let name = name.trim();
+            let ms = ms.trim().parse::<u64>().ok()?;
+            (!name.is_empty()).then(|| (name.to_string(), Duration::from_millis(ms)))
+        });
+        match parsed {
+            Some((name, wait)) => {
+                stalls.insert(name, wait);
+            }
+            None => bad.push(entry.to_string()),
+        }
+    }
+    (stalls, bad)
+}
+
+fn stalls() -> &'static BTreeMap<String, Duration> {
+    static STALLS: OnceLock<BTreeMap<String, Duration>> = OnceLock::new();
+    STALLS.get_or_init(|| {
+        let Ok(value) = std::env::var(STALL_ENV) else {
+            return BTreeMap::new();
+        };
+        let (stalls, bad) = parse_stalls(&value);
+        for entry in bad {
+            tracing::warn!(entry = %entry, "{STALL_ENV} entry ignored: not <point>=<milliseconds>");
+        }
+        for (point, wait) in &stalls {
+            tracing::warn!(point = %point, wait_ms = wait.as_millis(), "{STALL_ENV} armed: each pass waits there");
+        }
+        stalls
+    })
+}
+
+/// A point to wait at: waits as long as `SKOS_FAILPOINT_STALL` says for
+/// `name` (without blocking the runtime's thread); returns at once
+/// otherwise.
+pub async fn stall(name: &'static str) {
+    if let Some(wait) = stalls().get(name) {
+        tokio::time::sleep(*wait).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stalls_name_a_point_and_milliseconds() {
+        let (stalls, bad) =
+            parse_stalls(" alert.appending=300, ,alert.publishing = 5,x,=3,y=z,w=-1");
+        assert_eq!(
+            stalls.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("alert.appending".to_string(), Duration::from_millis(300)),
+                ("alert.publishing".to_string(), Duration::from_millis(5)),
+            ]
+        );
+        assert_eq!(bad, ["x", "=3", "y=z", "w=-1"]);
+        assert_eq!(parse_stalls(""), (BTreeMap::new(), vec![]));
+    }
 
     #[test]
     fn a_name_alone_fires_on_the_first_hit() {

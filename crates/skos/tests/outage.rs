@@ -272,6 +272,8 @@ result_grace_seconds: 120\n  leader_lease_seconds: 40\n  max_actions_per_node_pe
 const KILLED_NODES: usize = 60;
 /// Most rounds of one alert per node sent to reach the kill point.
 const MAX_ROUNDS: usize = 100;
+/// Nodes whose alerts are sent together, when batches are made to wait.
+const GROUP: usize = 20;
 
 /// A storm (of [`KILLED_NODES`] nodes) sent at once to a coordinator that
 /// aborts at the `hit`th time it reaches kill point `point`, with batches
@@ -279,7 +281,12 @@ const MAX_ROUNDS: usize = 100;
 /// audited once, every command stored once (one execution) and audited
 /// once, none of them lost, and every action the coordinator holds for a
 /// node was sent.
-fn killed_mid_storm(point: &str, hit: u32) {
+///
+/// `stall` (`SKOS_FAILPOINT_STALL`) makes each batch wait at a point, so
+/// that a point reached only when the next batch overtakes it (the `_ahead`
+/// ones) is reached on any machine: each round is then sent in groups of
+/// [`GROUP`] nodes, apart, so that batches touch no node in common.
+fn killed_mid_storm(point: &str, hit: u32, stall: Option<&str>) {
     skos_testsupport::require!("nats-server", nats_server_binary());
     let nats = NatsServer::start();
     let work = tempfile::tempdir().unwrap();
@@ -298,6 +305,9 @@ result_grace_seconds: 120\n  leader_lease_seconds: 2\n  max_actions_per_node_per
             .arg(&cfg)
             .env("NATS_URL", nats.url())
             .env("SKOS_FAILPOINT", &failpoint);
+        if let Some(stall) = stall {
+            c.env("SKOS_FAILPOINT_STALL", stall);
+        }
         Proc::spawn(c, work.path(), "coordinator-armed")
     };
     wait_for(Duration::from_secs(30), "the coordinator answers", || {
@@ -318,7 +328,10 @@ result_grace_seconds: 120\n  leader_lease_seconds: 2\n  max_actions_per_node_per
     let exit = rt.block_on(async {
         let bus = connect(&nats.url()).await;
         while rounds < MAX_ROUNDS {
-            for node in nodes.iter() {
+            for (i, node) in nodes.iter().enumerate() {
+                if stall.is_some() && i > 0 && i % GROUP == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 let mut a = alert(node, rounds);
                 if rounds % 2 == 1 {
                     a.severity = Severity::Critical;
@@ -410,14 +423,14 @@ result_grace_seconds: 120\n  leader_lease_seconds: 2\n  max_actions_per_node_per
 
 #[test]
 fn killed_mid_storm_after_a_batchs_state_was_written() {
-    killed_mid_storm("alert.persisted", 12);
+    killed_mid_storm("alert.persisted", 12, None);
 }
 
 /// Aborted once a batch's state is written ahead, before the batch before
 /// it is settled: the restart finds the records of both batches.
 #[test]
 fn killed_mid_storm_after_a_batchs_state_was_written_ahead() {
-    killed_mid_storm("alert.persisted_ahead", 2);
+    killed_mid_storm("alert.persisted_ahead", 2, Some("alert.publishing=300"));
 }
 
 /// Aborted once a batch's commands are published ahead, before the batch
@@ -425,15 +438,15 @@ fn killed_mid_storm_after_a_batchs_state_was_written_ahead() {
 /// audits what neither audited.
 #[test]
 fn killed_mid_storm_after_a_batchs_commands_were_published_ahead() {
-    killed_mid_storm("alert.published_ahead", 1);
+    killed_mid_storm("alert.published_ahead", 1, Some("alert.appending=300"));
 }
 
 #[test]
 fn killed_mid_storm_after_a_batchs_commands_were_published() {
-    killed_mid_storm("alert.published", 12);
+    killed_mid_storm("alert.published", 12, None);
 }
 
 #[test]
 fn killed_mid_storm_after_a_batch_was_audited() {
-    killed_mid_storm("alert.audited", 12);
+    killed_mid_storm("alert.audited", 12, None);
 }

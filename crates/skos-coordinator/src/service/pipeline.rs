@@ -111,6 +111,17 @@ impl Durable {
             Durable::Result => ["result.persisted_ahead", "result.published_ahead"],
         }
     }
+
+    /// Its points to wait at ([`failpoint::stall`]), so that tests make
+    /// the batch after one carried out ahead every time: before a batch's
+    /// effects are published (its state written), and before its audit
+    /// records are appended (the next batch told it published).
+    pub(super) const fn stall_points(self) -> [&'static str; 2] {
+        match self {
+            Durable::Alert => ["alert.publishing", "alert.appending"],
+            Durable::Result => ["result.publishing", "result.appending"],
+        }
+    }
 }
 
 /// What carrying out a batch needs, off the service loop.
@@ -337,6 +348,8 @@ async fn carry(c: Carrier, batch: Decided, before: Option<Before>, tell: Option<
     };
     // As [`Ctx::flush`]: nothing is published once the lease ran out (the
     // batch before may have taken long).
+    let [publishing, appending] = feed.stall_points();
+    failpoint::stall(publishing).await;
     if !c.leads() {
         return done(took, Some(Failed::Deposed(effects)), false);
     }
@@ -372,6 +385,7 @@ async fn carry(c: Carrier, batch: Decided, before: Option<Before>, tell: Option<
         let _ = t.published.send(true);
         t.audited
     });
+    failpoint::stall(appending).await;
     let (seqs, entries) = audit_entries(audits);
     let at = Instant::now();
     let appended = c.audit.append_many(entries).await;
