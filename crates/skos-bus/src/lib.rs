@@ -45,6 +45,11 @@ pub enum Error {
     /// A request nobody is subscribed to answer.
     #[error("{subject}: nobody answers")]
     NoResponders { subject: String },
+    /// The server refused this credential a request's subject or the
+    /// subject its answer would come back on (`reason`: the server's
+    /// words).
+    #[error("{subject}: the bus refused this credential: {reason}")]
+    Denied { subject: String, reason: String },
     #[error("connect {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("stream {stream}: {reason}")]

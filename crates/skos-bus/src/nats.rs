@@ -36,6 +36,8 @@ use skos_core::NodeName;
 
 use crate::{headers_of, subjects, Acker, Error, Feed, Incoming, Replier, Result, Subscription};
 
+mod events;
+
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
     pub url: String,
@@ -148,6 +150,8 @@ pub struct NatsBus {
     node_signer: Option<std::sync::Arc<crate::trust::Signer>>,
     /// [`NatsOptions::audit_max_age`].
     audit_max_age: Duration,
+    /// What the server refused this connection ([`events`]).
+    refusals: std::sync::Arc<events::Refusals>,
 }
 
 /// Messages a core subscription may hold before the client drops them.
@@ -166,7 +170,15 @@ impl NatsBus {
             url: skos_core::redact::url_credentials(&opts.url),
             reason,
         };
+        let inbox = opts.inbox_prefix.as_deref().unwrap_or("_INBOX");
+        let refusals = std::sync::Arc::new(events::Refusals::new(inbox));
+        let heard = refusals.clone();
+        let connection = opts.name.clone();
         let mut co = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                events::on_event(&heard, &connection, event);
+                std::future::ready(())
+            })
             .name(&opts.name)
             .connection_timeout(opts.connect_timeout)
             // A heartbeat burst from a large fleet must queue, not be
@@ -207,6 +219,7 @@ impl NatsBus {
             js,
             node_signer: None,
             audit_max_age: opts.audit_max_age,
+            refusals,
         };
         if opts.create_streams {
             bus.ensure_streams().await?;
@@ -548,20 +561,45 @@ impl NatsBus {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Bytes> {
-        match tokio::time::timeout(timeout, self.client.request(subject.to_string(), payload)).await
-        {
-            Ok(Ok(m)) => Ok(m.payload),
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                Err(Error::NoResponders {
+        let since = std::time::Instant::now();
+        let ask = tokio::time::timeout(timeout, self.client.request(subject.to_string(), payload));
+        tokio::pin!(ask);
+        // The server's refusal of the question or of the answer's way back
+        // ends the wait: nothing will come.
+        let asked = loop {
+            let heard = self.refusals.heard();
+            if let Some(reason) = self.refusals.naming(since, subject) {
+                return Err(Error::Denied {
                     subject: subject.to_string(),
-                })
+                    reason,
+                });
             }
-            Ok(Err(e)) => Err(Error::subject(subject, e)),
-            Err(_) => Err(Error::Timeout {
+            tokio::select! {
+                asked = &mut ask => break asked,
+                () = heard => {}
+            }
+        };
+        let unanswered = match asked {
+            Ok(Ok(m)) => return Ok(m.payload),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                Error::NoResponders {
+                    subject: subject.to_string(),
+                }
+            }
+            Ok(Err(e)) => Error::subject(subject, e),
+            Err(_) => Error::Timeout {
                 subject: subject.to_string(),
                 timeout,
-            }),
-        }
+            },
+        };
+        // A refusal heard as the wait ended.
+        Err(match self.refusals.naming(since, subject) {
+            Some(reason) => Error::Denied {
+                subject: subject.to_string(),
+                reason,
+            },
+            None => unanswered,
+        })
     }
 
     pub(crate) async fn subscribe(&self, feed: &Feed) -> Result<Subscription> {

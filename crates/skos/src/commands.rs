@@ -624,11 +624,16 @@ async fn status(
             .await
         {
             Ok(body) => body.to_vec(),
+            Err(e @ skos_bus::Error::Denied { .. }) => {
+                bail!(
+                    "this credential may not ask for status (only the operator's and the \
+                     coordinator's may; see `skos fleet nats-config`): {e}"
+                );
+            }
             Err(e) => {
                 eprintln!(
-                    "skos: no coordinator leads right now (none running, a standby waiting for \
-                     the leader's lease to run out: up to coordinator.leader_lease_seconds, or \
-                     this credential may not ask: only the operator's and the coordinator's may); \
+                    "skos: no coordinator leads right now (none running, or a standby waiting \
+                     for the leader's lease to run out: up to coordinator.leader_lease_seconds); \
                      only the leader answers status: {e}"
                 );
                 return Ok(ExitCode::from(NOT_RUNNING));

@@ -184,10 +184,18 @@ async fn ask(args: &ControlArgs, req: ControlRequest) -> Result<ControlReply> {
     if std::env::var_os("NATS_URL").is_some() && args.http.is_none() {
         let opts = crate::commands::operator_options(&cfg, "skos-control")?;
         let bus = Bus::Nats(NatsBus::connect(&opts).await?);
-        let body = bus.request_control(&req, TIMEOUT).await.context(
-            "no coordinator leads right now (none running, or a standby is waiting for \
-             the leader's lease to run out); only the leader answers",
-        )?;
+        let body =
+            match bus.request_control(&req, TIMEOUT).await {
+                Ok(body) => body,
+                Err(e @ skos_bus::Error::Denied { .. }) => bail!(
+                    "this credential may not send control requests (only the operator's may; see \
+                 `skos fleet nats-config`): {e}"
+                ),
+                Err(e) => return Err(e).context(
+                    "no coordinator leads right now (none running, or a standby is waiting for \
+                     the leader's lease to run out); only the leader answers",
+                ),
+            };
         return serde_json::from_slice(&body).context("the coordinator's reply");
     }
     let cfg2 = cfg.clone();

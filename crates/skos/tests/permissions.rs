@@ -279,10 +279,38 @@ fn agents_are_confined_to_their_own_subjects() {
         &json!({"op": "silence_expire", "id": added["silences"][0]["id"], "by": "nova"}),
         Duration::from_secs(3),
     ));
+    // The server's refusal is what the caller hears, not that nobody
+    // answered.
     assert!(
-        asked.is_err(),
+        matches!(&asked, Err(skos_bus::Error::Denied { subject, reason })
+            if subject == skos_bus::subjects::CONTROL && reason.starts_with("Permissions Violation for ")),
         "an agent's key may not send control requests: {asked:?}"
     );
+    let nova_cfg = work.path().join("nova-operator.yaml");
+    std::fs::write(
+        &nova_cfg,
+        format!("nats:\n  nkey_seed_file: {}/nova.nk\n", keys.display()),
+    )
+    .unwrap();
+    for args in [&["status"][..], &["silence", "list"]] {
+        let out = run({
+            let mut c = skos();
+            c.args(args)
+                .env("NATS_URL", nats.url())
+                .env("SKOS_CONFIG", &nova_cfg);
+            c
+        });
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} with nova's key: {err}"
+        );
+        assert!(
+            err.contains("this credential may not") && err.contains("Permissions Violation for "),
+            "{args:?} with nova's key says the bus refused it: {err}"
+        );
+    }
     let out = run({
         let mut c = skos();
         c.args(["silence", "list", "--json"])
