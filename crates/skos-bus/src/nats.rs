@@ -566,13 +566,18 @@ impl NatsBus {
         tokio::pin!(ask);
         // The server's refusal of the question or of the answer's way back
         // ends the wait: nothing will come.
-        let asked = loop {
-            let heard = self.refusals.heard();
-            if let Some(reason) = self.refusals.naming(since, subject) {
-                return Err(Error::Denied {
+        let denied = || {
+            self.refusals
+                .naming(since, subject)
+                .map(|reason| Error::Denied {
                     subject: subject.to_string(),
                     reason,
-                });
+                })
+        };
+        let asked = loop {
+            let heard = self.refusals.heard();
+            if let Some(denied) = denied() {
+                return Err(denied);
             }
             tokio::select! {
                 asked = &mut ask => break asked,
@@ -593,13 +598,7 @@ impl NatsBus {
             },
         };
         // A refusal heard as the wait ended.
-        Err(match self.refusals.naming(since, subject) {
-            Some(reason) => Error::Denied {
-                subject: subject.to_string(),
-                reason,
-            },
-            None => unanswered,
-        })
+        Err(denied().unwrap_or(unanswered))
     }
 
     pub(crate) async fn subscribe(&self, feed: &Feed) -> Result<Subscription> {

@@ -346,10 +346,10 @@ async fn carry(c: Carrier, batch: Decided, before: Option<Before>, tell: Option<
         }
         None => None,
     };
-    // As [`Ctx::flush`]: nothing is published once the lease ran out (the
-    // batch before may have taken long).
     let [publishing, appending] = feed.stall_points();
     failpoint::stall(publishing).await;
+    // As [`Ctx::flush`]: nothing is published once the lease ran out (the
+    // batch before may have taken long).
     if !c.leads() {
         return done(took, Some(Failed::Deposed(effects)), false);
     }
