@@ -21,6 +21,17 @@ impl std::fmt::Debug for Token {
 /// Tokens shorter than this are refused: a guessable token is no guard.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// Why a token's text is refused ([`Token::new`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Shorter than [`MIN_TOKEN_LEN`] characters (its length).
+    #[error("the token is {0} characters long: write one of {MIN_TOKEN_LEN} or more on its first line (openssl rand -hex 32)")]
+    Short(usize),
+    /// Holds whitespace or control characters inside it.
+    #[error("the token holds spaces or control characters")]
+    Spaces,
+}
+
 impl Token {
     /// The first line of `path`, surrounding whitespace removed.
     pub fn read(path: &Path) -> Result<Self, Error> {
@@ -28,23 +39,24 @@ impl Token {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        Self::new(text.lines().next().unwrap_or_default()).map_err(|reason| Error::Token {
+        Self::new(text.lines().next().unwrap_or_default()).map_err(|e| Error::Token {
             path: path.to_path_buf(),
-            reason,
+            reason: e.to_string(),
         })
     }
 
-    /// A token from its text.
-    pub fn new(text: &str) -> Result<Self, String> {
+    /// A token from its text, surrounding whitespace removed.
+    ///
+    /// # Errors
+    /// [`TokenError`] when it is shorter than [`MIN_TOKEN_LEN`] or holds
+    /// whitespace or control characters.
+    pub fn new(text: &str) -> Result<Self, TokenError> {
         let t = text.trim();
         if t.len() < MIN_TOKEN_LEN {
-            return Err(format!(
-                "the token is {} characters long: write one of {MIN_TOKEN_LEN} or more on its first line (openssl rand -hex 32)",
-                t.len()
-            ));
+            return Err(TokenError::Short(t.len()));
         }
         if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("the token holds spaces or control characters".into());
+            return Err(TokenError::Spaces);
         }
         Ok(Self(t.to_string()))
     }
@@ -126,6 +138,23 @@ mod tests {
             "Basic 0123456789abcdef0123".parse().unwrap(),
         );
         assert!(!t.admits(&h));
-        assert!(Token::new("short").is_err());
+        assert_eq!(Token::new("short").unwrap_err(), TokenError::Short(5));
+        assert_eq!(
+            Token::new("0123456789 abcdef0123").unwrap_err(),
+            TokenError::Spaces
+        );
+    }
+
+    #[test]
+    fn a_refused_token_file_is_named_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "tooshort\n").unwrap();
+        let e = Token::read(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("token") && e.contains("8 characters long"),
+            "{e}"
+        );
+        assert!(e.contains(&path.display().to_string()), "{e}");
     }
 }
