@@ -61,6 +61,10 @@ pub enum SpecError {
     /// The count after the `:` is not a positive integer.
     #[error("hit count {0:?} is not a positive integer")]
     BadCount(String),
+    /// The name holds characters no point's name has (letters, digits,
+    /// `.`, `_`, `-` only).
+    #[error("point name {0:?} holds characters no point's name has")]
+    BadName(String),
 }
 
 /// Parse `<name>` or `<name>:<n>` (`n` ≥ 1; default 1). Surrounding
@@ -86,6 +90,9 @@ pub fn parse(value: &str) -> Result<Spec, SpecError> {
     if name.is_empty() {
         return Err(SpecError::NoName);
     }
+    if !point_name(name) {
+        return Err(SpecError::BadName(name.to_string()));
+    }
     Ok(Spec {
         name: name.to_string(),
         nth,
@@ -109,7 +116,7 @@ fn armed() -> Option<&'static Armed> {
     static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
     ARMED
         .get_or_init(|| {
-            let value = std::env::var(ENV).ok()?;
+            let value = env_text(ENV)?;
             if value.trim().is_empty() {
                 return None;
             }
@@ -122,7 +129,7 @@ fn armed() -> Option<&'static Armed> {
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(value = %value, error = %e, "{ENV} ignored");
+                    tracing::warn!(value = ?value, error = %e, "{ENV} ignored");
                     None
                 }
             }
@@ -161,7 +168,7 @@ pub fn parse_stalls(value: &str) -> (BTreeMap<String, Duration>, Vec<String>) {
         let parsed = entry.split_once('=').and_then(|(name, ms)| {
             let name = name.trim();
             let ms = ms.trim().parse::<u64>().ok()?;
-            (!name.is_empty()).then(|| (name.to_string(), Duration::from_millis(ms)))
+            point_name(name).then(|| (name.to_string(), Duration::from_millis(ms)))
         });
         match parsed {
             Some((name, wait)) => {
@@ -173,15 +180,39 @@ pub fn parse_stalls(value: &str) -> (BTreeMap<String, Duration>, Vec<String>) {
     (stalls, bad)
 }
 
+/// Whether `name` can name a point: letters, digits, `.`, `_` and `-`
+/// (as every point's name is), so that no name puts control characters
+/// in the log.
+fn point_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The environment variable `var`, as text; `None` when unset. One that
+/// is not UTF-8 is warned about, and read with its bad bytes replaced (so
+/// its other entries still count).
+fn env_text(var: &str) -> Option<String> {
+    let raw = std::env::var_os(var)?;
+    Some(match raw.into_string() {
+        Ok(text) => text,
+        Err(raw) => {
+            tracing::warn!(value = ?raw, "{var} is not UTF-8: its bad bytes are read as U+FFFD");
+            raw.to_string_lossy().into_owned()
+        }
+    })
+}
+
 fn stalls() -> &'static BTreeMap<String, Duration> {
     static STALLS: OnceLock<BTreeMap<String, Duration>> = OnceLock::new();
     STALLS.get_or_init(|| {
-        let Ok(value) = std::env::var(STALL_ENV) else {
+        let Some(value) = env_text(STALL_ENV) else {
             return BTreeMap::new();
         };
         let (stalls, bad) = parse_stalls(&value);
         for entry in bad {
-            tracing::warn!(entry = %entry, "{STALL_ENV} entry ignored: not <point>=<milliseconds>");
+            tracing::warn!(entry = ?entry, "{STALL_ENV} entry ignored: not <point>=<milliseconds>");
         }
         for (point, wait) in &stalls {
             tracing::warn!(point = %point, wait_ms = wait.as_millis(), "{STALL_ENV} armed: each pass waits there");
@@ -216,6 +247,15 @@ mod tests {
         );
         assert_eq!(bad, ["x", "=3", "y=z", "w=-1"]);
         assert_eq!(parse_stalls(""), (BTreeMap::new(), vec![]));
+        // Names no point has (a control character would reach the log).
+        let (stalls, bad) =
+            parse_stalls("\u{1b}[31mRED=1,a\u{0}b=2,\u{1f600}=3,ok.one=4,\u{fffd}=5");
+        assert_eq!(stalls.keys().collect::<Vec<_>>(), ["ok.one"]);
+        assert_eq!(bad.len(), 4);
+        assert_eq!(
+            parse("\u{1b}[31mRED:2"),
+            Err(SpecError::BadName("\u{1b}[31mRED".into()))
+        );
     }
 
     #[test]
