@@ -164,8 +164,12 @@ impl Lease {
         }))
     }
 
-    /// Try to become leader: succeeds only when nobody holds the lease.
-    /// `Ok(None)`: someone else leads.
+    /// Try to become leader: succeeds when nobody holds the lease, or when
+    /// the record still in the bucket is this process's own, left by a
+    /// leadership it gave up because it could not renew in time (the key
+    /// had not aged out, so nobody else can have led since): that record is
+    /// replaced by compare-and-set, and the new revision is a new, higher
+    /// term. `Ok(None)`: someone else leads.
     pub async fn try_acquire(&mut self, now: Timestamp) -> Result<Option<Term>> {
         let record = LeaderRecord {
             holder: self.holder.clone(),
@@ -174,20 +178,34 @@ impl Lease {
         };
         let body = Bytes::from(serde_json::to_vec(&record).map_err(lease_err)?);
         let sent = Instant::now();
-        match self.kv.create(subjects::LEADER_KEY, body).await {
-            Ok(revision) => {
-                let term = Term {
-                    term: revision,
-                    since: now,
+        let revision = match self.kv.create(subjects::LEADER_KEY, body.clone()).await {
+            Ok(revision) => revision,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let Some((held, revision)) = self.current().await? else {
+                    // Aged out meanwhile: the next try creates it.
+                    return Ok(None);
                 };
-                self.revision = Some(revision);
-                self.renewed = Some(sent);
-                self.term = Some(term.clone());
-                Ok(Some(term))
+                if held.holder != self.holder {
+                    return Ok(None);
+                }
+                match self.kv.update(subjects::LEADER_KEY, body, revision).await {
+                    Ok(revision) => revision,
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        return Ok(None)
+                    }
+                    Err(e) => return Err(lease_err(e)),
+                }
             }
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(lease_err(e)),
-        }
+            Err(e) => return Err(lease_err(e)),
+        };
+        let term = Term {
+            term: revision,
+            since: now,
+        };
+        self.revision = Some(revision);
+        self.renewed = Some(sent);
+        self.term = Some(term.clone());
+        Ok(Some(term))
     }
 
     /// Renew the lease (call about every `lease / 3`).
@@ -367,6 +385,49 @@ mod tests {
             .unwrap();
         assert_eq!(lease.renew().await.unwrap(), Renewal::Lost);
         assert!(!lease.valid());
+    }
+
+    /// A leader that gave its leadership up for want of a renewal finds
+    /// its own record still in the bucket: it leads again at once, in a
+    /// new, higher term, rather than waiting a lease for its own record
+    /// to age out. Another holder's record still keeps it out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn its_own_record_left_behind_is_taken_back_in_a_new_term() {
+        use skos_testsupport::nats::{nats_server_binary, NatsServer};
+        skos_testsupport::require!("nats-server", nats_server_binary());
+        let server = NatsServer::start();
+        let bus = NatsBus::connect(&crate::NatsOptions::new(server.url(), "test"))
+            .await
+            .unwrap();
+        let mut a = Lease::open(&bus, "a:1:x".into(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mut b = Lease::open(&bus, "b:2:y".into(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let first = a.try_acquire(chrono::Utc::now()).await.unwrap().unwrap();
+        assert_eq!(a.renew().await.unwrap(), Renewal::Renewed);
+        // Its renewals stopped in time (the bus was away): it stepped down,
+        // and its record stays until it ages out.
+        a.step_down();
+        assert!(b.try_acquire(chrono::Utc::now()).await.unwrap().is_none());
+        let again = a.try_acquire(chrono::Utc::now()).await.unwrap().unwrap();
+        assert!(again.term > first.term, "{again:?} after {first:?}");
+        assert!(a.valid());
+        let (held, rev) = a.current().await.unwrap().unwrap();
+        assert_eq!(
+            (held.holder.as_str(), held.term, rev),
+            ("a:1:x", None, again.term)
+        );
+        assert_eq!(a.renew().await.unwrap(), Renewal::Renewed);
+        assert_eq!(a.current().await.unwrap().unwrap().0.term, Some(again.term));
+        // Never another's: b still waits, and a, stepped down again, does
+        // not take b's record.
+        assert!(b.try_acquire(chrono::Utc::now()).await.unwrap().is_none());
+        a.release().await.unwrap();
+        let bs = b.try_acquire(chrono::Utc::now()).await.unwrap().unwrap();
+        assert!(bs.term > again.term);
+        assert!(a.try_acquire(chrono::Utc::now()).await.unwrap().is_none());
     }
 
     #[test]

@@ -306,6 +306,17 @@ fn encode<T: Serialize>(subject: &str, value: &T) -> Result<Bytes> {
 }
 
 impl Bus {
+    /// Whether the bus is connected now (an in-process bus always is). A
+    /// NATS client that lost its server says so until it has reconnected.
+    pub fn connected(&self) -> bool {
+        match self {
+            Bus::Nats(b) => {
+                b.client().connection_state() == async_nats::connection::State::Connected
+            }
+            Bus::InProc(_) => true,
+        }
+    }
+
     /// The node key this bus signs a node's messages with (NATS only:
     /// [`NatsBus::with_node_signer`]).
     fn node_signer(&self) -> Option<&trust::Signer> {

@@ -787,13 +787,24 @@ pub async fn run(
         }
     }
     if let Some(l) = lease.as_mut() {
-        if let Err(e) = l.release().await {
-            tracing::warn!(error = %e, "leader lease not released; it will age out");
+        // Bounded: with the bus away the lease ages out by itself.
+        match tokio::time::timeout(RELEASE_WAIT, l.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "leader lease not released; it will age out")
+            }
+            Err(_) => tracing::warn!(
+                wait_s = RELEASE_WAIT.as_secs(),
+                "leader lease not released in time (the bus does not answer); it will age out"
+            ),
         }
     }
     tracing::info!("coordinator stopped");
     Ok(())
 }
+
+/// How long a stopping coordinator waits to give its lease up.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// Wait as a standby until this coordinator wins the lease (`None`: shut
 /// down first). A standby sends nothing and answers nothing.
@@ -805,7 +816,12 @@ async fn standby(
     let poll = (lease.lease() / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut said = None::<String>;
     loop {
-        match lease.try_acquire(chrono::Utc::now()).await {
+        // A stop is not held up by a bus that does not answer.
+        let tried = tokio::select! {
+            _ = &mut *shutdown => return None,
+            tried = lease.try_acquire(chrono::Utc::now()) => tried,
+        };
+        match tried {
             Ok(Some(term)) => {
                 counters.inc(Counter::Leader("elected"));
                 tracing::info!(term = term.term, holder = %lease.holder(), "elected leader");
@@ -1281,7 +1297,13 @@ async fn lead(
             _ = &mut *shutdown => break Led::Shutdown,
             _ = renew.tick() => {
                 if let Some(l) = lease.as_mut() {
-                    match l.renew().await {
+                    // A stop is not held up by a renewal the bus does not
+                    // answer (up to two requests' time-outs).
+                    let renewed = tokio::select! {
+                        _ = &mut *shutdown => break Led::Shutdown,
+                        renewed = l.renew() => renewed,
+                    };
+                    match renewed {
                         Ok(Renewal::Renewed) => ctx.valid_until = l.valid_until(),
                         Ok(Renewal::Lost) => break Led::Deposed,
                         Err(e) => tracing::warn!(error = %e, "leader lease not renewed; retrying"),
@@ -1330,7 +1352,18 @@ async fn lead(
             }
         }
     };
-    if matches!(led, Led::Shutdown) {
+    if matches!(led, Led::Shutdown) && !bus.connected() {
+        // Each step below would wait for its time-out and fail: what waits
+        // is in the saved state, and whoever leads next carries it out and
+        // sums up what is held.
+        tracing::warn!(
+            effects = ctx.outbox.len(),
+            "stopping with the bus away: what waits stays in the saved state for the next leader"
+        );
+        if let Some(path) = &opts.status_file {
+            write_status(path, &ctx.engine, Some(chrono::Utc::now()));
+        }
+    } else if matches!(led, Led::Shutdown) {
         // What was held for the minute's summaries is summed up now (kept
         // in the saved state until appended).
         let held = ctx.summed_up(chrono::Utc::now(), true);

@@ -450,3 +450,36 @@ fn killed_mid_storm_after_a_batchs_commands_were_published() {
 fn killed_mid_storm_after_a_batch_was_audited() {
     killed_mid_storm("alert.audited", 12, None);
 }
+
+/// A leader stopped (SIGTERM) while the bus is away stops without waiting
+/// on the bus: what waits stays in the saved state, and it says so. Before,
+/// each step of a clean stop (the summaries, the state, the effects, the
+/// lease) waited for its request's time-out, about 20 s in all.
+#[test]
+fn a_leader_stopped_while_the_bus_is_away_stops_without_waiting_for_it() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let mut nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = fast_config(work.path(), "");
+    let mut coordinator = coordinator(&nats, &cfg, work.path(), "coordinator");
+    wait_for(Duration::from_secs(30), "the coordinator answers", || {
+        status(&nats)
+    });
+    nats.kill();
+    wait_for(
+        Duration::from_secs(30),
+        "the coordinator sees the bus go",
+        || {
+            coordinator
+                .log_text()
+                .contains("bus connection lost; reconnecting")
+                .then_some(())
+        },
+    );
+    let exit = coordinator.sigterm();
+    let log = coordinator.log_text();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    assert!(log.contains("stopping with the bus away"), "{log}");
+    assert!(log.contains("coordinator stopped"), "{log}");
+    nats.restart();
+}
