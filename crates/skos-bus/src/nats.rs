@@ -630,6 +630,7 @@ impl NatsBus {
     fn commands(&self, node: NodeName) -> Subscription {
         let (tx, rx) = mpsc::channel::<Incoming>(256);
         let js = (*self.js).clone();
+        let refusals = self.refusals.clone();
         tokio::spawn(async move {
             let name = subjects::agent_consumer(&node);
             let mut backoff = Duration::from_millis(100);
@@ -639,7 +640,9 @@ impl NatsBus {
             // again and again, no wait for its time-out).
             let mut may_create = true;
             while !tx.is_closed() {
-                let attached = match Self::command_consumer(&js, &node, &mut may_create).await {
+                let attached = match Self::command_consumer(&js, &refusals, &node, &mut may_create)
+                    .await
+                {
                     Ok(consumer) => {
                         if said.take().is_some() {
                             tracing::info!(stream = subjects::STREAM_COMMANDS, consumer = %name, "command consumer found: commands flow");
@@ -675,6 +678,7 @@ impl NatsBus {
     /// filters anything but `node`'s commands.
     async fn command_consumer(
         js: &jetstream::Context,
+        refusals: &events::Refusals,
         node: &NodeName,
         may_create: &mut bool,
     ) -> Result<consumer::PullConsumer> {
@@ -700,7 +704,9 @@ impl NatsBus {
                 )));
             }
             Err(e) if is_not_found_kind(e.kind()) => {
-                let created = async {
+                // A creation the server refuses ends at its refusal, not
+                // at the JetStream request's time-out.
+                let created = jetstream_unless_refused(refusals, async {
                     let stream = ensure_stream(
                         js,
                         subjects::STREAM_COMMANDS,
@@ -713,7 +719,7 @@ impl NatsBus {
                         .create_consumer(command_consumer_config(node))
                         .await
                         .map_err(|e| fail(e.to_string()))
-                }
+                })
                 .await;
                 created.map_err(|c| {
                     *may_create = false;
@@ -845,6 +851,29 @@ impl NatsBus {
             }
         }
         Err(fail(&"message stream ended"))
+    }
+}
+
+/// `call`, one or more JetStream API requests of this connection, ended
+/// early with [`Error::Denied`] when the server refuses a publish under
+/// `$JS.API.` while it runs (its refusal is what ends such a request; the
+/// client would wait for its time-out).
+async fn jetstream_unless_refused<T>(
+    refusals: &events::Refusals,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    const API: &str = "$JS.API.";
+    let since = std::time::Instant::now();
+    tokio::pin!(call);
+    loop {
+        let heard = refusals.heard();
+        if let Some((subject, reason)) = refusals.publish_under(since, API) {
+            return Err(Error::Denied { subject, reason });
+        }
+        tokio::select! {
+            done = &mut call => return done,
+            () = heard => {}
+        }
     }
 }
 
@@ -1030,7 +1059,7 @@ mod tests {
             ))
             .await
             .unwrap();
-        let refused = NatsBus::command_consumer(&bus.js, &nova, &mut true)
+        let refused = NatsBus::command_consumer(&bus.js, &bus.refusals, &nova, &mut true)
             .await
             .err();
         assert!(
@@ -1040,7 +1069,7 @@ mod tests {
             "{refused:?}"
         );
         bus.ensure_command_consumer(&nova).await.unwrap();
-        let fixed = NatsBus::command_consumer(&bus.js, &nova, &mut false)
+        let fixed = NatsBus::command_consumer(&bus.js, &bus.refusals, &nova, &mut false)
             .await
             .unwrap();
         assert_eq!(

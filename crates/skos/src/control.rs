@@ -188,8 +188,8 @@ async fn ask(args: &ControlArgs, req: ControlRequest) -> Result<ControlReply> {
             match bus.request_control(&req, TIMEOUT).await {
                 Ok(body) => body,
                 Err(e @ skos_bus::Error::Denied { .. }) => bail!(
-                    "this credential may not send control requests (only the operator's may; see \
-                 `skos fleet nats-config`): {e}"
+                    "this credential may not send control requests (the operator's and the \
+                 coordinator's may; see `skos fleet nats-config`): {e}"
                 ),
                 Err(e) => return Err(e).context(
                     "no coordinator leads right now (none running, or a standby is waiting for \

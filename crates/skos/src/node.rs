@@ -135,7 +135,8 @@ pub struct LogFilterError {
 /// The log filter: `rust_log` (RUST_LOG) when set and not empty, in the
 /// `target=level,...` form (`info,skos_agent=debug`), else `level` (the
 /// config's `log_level`: ERROR, WARN or WARNING, INFO, DEBUG, TRACE, any
-/// case) with async_nats at warn. A pure function.
+/// case) with async_nats at warn, and the bus's refusals
+/// (`skos_bus::nats::events`) at warn at least. A pure function.
 ///
 /// # Errors
 /// A `rust_log` that does not parse, with its value.
@@ -150,7 +151,14 @@ pub fn log_filter(level: &str, rust_log: Option<&str>) -> Result<Targets, LogFil
         "WARNING" => "warn".to_string(),
         other => other.to_ascii_lowercase(),
     };
-    let default = format!("{level},async_nats=warn");
+    // What the bus refuses this credential is said even at `error` (an
+    // operator's command then tells why its request goes unanswered).
+    let events = if level == "error" {
+        ",skos_bus::nats::events=warn"
+    } else {
+        ""
+    };
+    let default = format!("{level},async_nats=warn{events}");
     Ok(default
         .parse()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO)))
@@ -389,6 +397,13 @@ mod tests {
         assert!(f.would_enable("skos", &Level::WARN));
         assert!(!f.would_enable("skos", &Level::INFO));
         assert!(!f.would_enable("async_nats", &Level::INFO));
+        // The bus's refusals are said at `error` too; nothing else is.
+        let f = log_filter("ERROR", None).unwrap();
+        assert!(f.would_enable("skos_bus::nats::events", &Level::WARN));
+        assert!(!f.would_enable("skos_bus::nats", &Level::WARN));
+        assert!(!f.would_enable("skos", &Level::WARN));
+        let f = log_filter("debug", None).unwrap();
+        assert!(f.would_enable("skos_bus::nats::events", &Level::DEBUG));
         let f = log_filter("ERROR", Some("info,skos_agent=debug")).unwrap();
         assert!(f.would_enable("skos_agent", &Level::DEBUG));
         assert!(f.would_enable("skos", &Level::INFO));

@@ -1026,6 +1026,15 @@ fn an_agent_waits_for_its_consumer_saying_why() {
             .then_some(())
         },
     );
+    // The creation ended at the server's refusal, which it names (not at
+    // the JetStream request's time-out).
+    let log = agent.log_text();
+    assert!(
+        log.contains("could not be created ($JS.API.")
+            && log
+                .contains("the bus refused this credential: Permissions Violation for Publish to"),
+        "{log}"
+    );
     assert!(agent.alive(), "{}", agent.log_text());
 
     let coord_dir = work.path().join("coord-cfg");

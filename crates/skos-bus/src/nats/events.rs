@@ -1,50 +1,65 @@
 //! What the server tells a connection outside any reply: its refusals of
 //! this credential's publishes and subscriptions (`-ERR 'Permissions
-//! Violation for …'`), disconnections, slow consumers, lame duck mode.
+//! Violation for …'`), disconnections, slow consumers, lame duck mode,
+//! and the client's own errors (each failed reconnection attempt).
 //!
-//! [`on_event`] logs each (a refusal at most once a minute per text, so a
-//! credential refused on every heartbeat logs one line a minute) and keeps
-//! the refusals ([`Refusals`]), so that a request that got no answer can
-//! say the server refused it ([`Refusals::naming`]) rather than that
-//! nobody answered.
+//! [`on_event`] logs each through a [`Limiter`] (a text at most once a
+//! minute, at most [`LINES_PER_MINUTE`] lines a minute in all, the rest
+//! counted and said with the next line), so a credential refused on every
+//! heartbeat, or a client retrying a server that is down, logs a few lines
+//! a minute. It keeps the refusals ([`Refusals`]), so that a request that
+//! got no answer can say the server refused it ([`Refusals::naming`])
+//! rather than that nobody answered.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_nats::{Event, ServerError};
 
-/// Distinct refusals kept, the oldest forgotten first.
+/// Publish refusals kept, the oldest forgotten first; and texts the
+/// [`Limiter`] remembers having logged.
 const KEPT: usize = 32;
-/// A refusal of the same text is logged again after this long.
+/// A text is logged again after this long; the window of
+/// [`LINES_PER_MINUTE`].
 const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Lines logged in one [`LOG_EVERY`] window, whatever their texts (texts
+/// that differ by a token each time, as a refused `$JS.ACK.…` subject
+/// does, would otherwise each be logged).
+const LINES_PER_MINUTE: u32 = 10;
 /// How the server's refusals of a permission begin (nats-server 2.9 and
 /// later: `Permissions Violation for Publish to "<subject>"`, `… for
-/// Subscription to "<subject>"`, `… for Publish with Reply of "<subject>"`).
+/// Subscription to "<subject>"` (and ` using queue "<queue>"`), `… for
+/// Publish with Reply of "<subject>"`).
 const PREFIX: &str = "Permissions Violation for ";
 
 /// What a refusal refused, read from its text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refused<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refused {
     /// Publishing to the subject.
-    Publish(&'a str),
+    Publish(String),
     /// Subscribing to the subject.
-    Subscription(&'a str),
+    Subscription(String),
     /// Publishing with the subject as the reply subject.
-    Reply(&'a str),
+    Reply(String),
 }
 
-/// Read a refusal's text (the `-ERR` text without its quotes); `None` for
-/// any other server error, or a refusal of a kind not known here.
-fn parse(text: &str) -> Option<Refused<'_>> {
+/// Read a refusal's text (the `-ERR` text without its single quotes; the
+/// subject in Go's `%q` form, escapes and all); `None` for any other
+/// server error, or a refusal of a kind not known here.
+fn parse(text: &str) -> Option<Refused> {
     let rest = text.strip_prefix(PREFIX)?;
-    let (kind, quoted) = rest.split_once(' ').map(|(k, r)| (k, r.trim()))?;
+    let (kind, quoted) = rest.split_once(' ').map(|(k, r)| (k, r.trim_start()))?;
     let (kind, quoted) = match (kind, quoted.strip_prefix("with Reply of ")) {
         ("Publish", Some(q)) => ("Reply", q),
         (k, _) => (k, quoted.strip_prefix("to ")?),
     };
-    let subject = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    let (subject, rest) = unquote(quoted)?;
+    let rest = rest.trim();
+    // A queue subscription names its queue after the subject.
+    if !(rest.is_empty() || kind == "Subscription" && rest.starts_with("using queue ")) {
+        return None;
+    }
     match kind {
         "Publish" => Some(Refused::Publish(subject)),
         "Subscription" => Some(Refused::Subscription(subject)),
@@ -53,25 +68,167 @@ fn parse(text: &str) -> Option<Refused<'_>> {
     }
 }
 
-/// One refusal's text, when it was last logged and last seen.
+/// The Go-quoted string (`strconv.Quote`, as `%q` writes it) at the start
+/// of `s`: its text, escapes resolved (a byte escape that makes no UTF-8
+/// is replaced by U+FFFD), and what follows its closing quote.
+fn unquote(s: &str) -> Option<(String, &str)> {
+    let body = s.strip_prefix('"')?;
+    let mut out: Vec<u8> = Vec::with_capacity(body.len());
+    let mut chars = body.char_indices();
+    let hex = |chars: &mut std::str::CharIndices<'_>, n: usize| -> Option<u32> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            v = v * 16 + chars.next()?.1.to_digit(16)?;
+        }
+        Some(v)
+    };
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => {
+                let text = String::from_utf8_lossy(&out).into_owned();
+                return Some((text, &body[at + 1..]));
+            }
+            '\\' => {
+                let (_, e) = chars.next()?;
+                let simple = match e {
+                    'a' => Some(0x07),
+                    'b' => Some(0x08),
+                    'f' => Some(0x0c),
+                    'n' => Some(b'\n'),
+                    'r' => Some(b'\r'),
+                    't' => Some(b'\t'),
+                    'v' => Some(0x0b),
+                    '\\' => Some(b'\\'),
+                    '"' => Some(b'"'),
+                    '\'' => Some(b'\''),
+                    _ => None,
+                };
+                if let Some(b) = simple {
+                    out.push(b);
+                    continue;
+                }
+                let code = match e {
+                    'x' => {
+                        out.push(u8::try_from(hex(&mut chars, 2)?).ok()?);
+                        continue;
+                    }
+                    'u' => hex(&mut chars, 4)?,
+                    'U' => hex(&mut chars, 8)?,
+                    _ => return None,
+                };
+                let c = char::from_u32(code)?;
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            }
+            c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    None
+}
+
+/// Whether a line is logged now ([`Limiter::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Logged; `not_logged` lines were kept quiet since the last one.
+    Log { not_logged: u64 },
+    /// Kept quiet (counted).
+    Quiet,
+}
+
+/// Keeps one kind of log line to a few a minute: a text at most once a
+/// [`LOG_EVERY`], and at most [`LINES_PER_MINUTE`] lines in a window of
+/// it; what is kept quiet is counted and said with the next line.
 #[derive(Debug)]
-struct Kept {
+struct Limiter {
+    /// Texts logged, with when, newest last, at most [`KEPT`].
+    logged: VecDeque<(String, Instant)>,
+    /// When the current window began, and the lines logged in it.
+    window: Option<(Instant, u32)>,
+    /// Lines kept quiet since the last one logged.
+    quiet: u64,
+}
+
+impl Limiter {
+    const fn new() -> Self {
+        Self {
+            logged: VecDeque::new(),
+            window: None,
+            quiet: 0,
+        }
+    }
+
+    /// Whether `text`, seen at `now`, is logged.
+    fn admit(&mut self, text: &str, now: Instant) -> Admit {
+        let recent = self
+            .logged
+            .iter()
+            .any(|(t, at)| t == text && now.saturating_duration_since(*at) < LOG_EVERY);
+        let lines = match self.window {
+            Some((began, lines)) if now.saturating_duration_since(began) < LOG_EVERY => lines,
+            _ => {
+                self.window = Some((now, 0));
+                0
+            }
+        };
+        if recent || lines >= LINES_PER_MINUTE {
+            self.quiet = self.quiet.saturating_add(1);
+            return Admit::Quiet;
+        }
+        if let Some((began, _)) = self.window {
+            self.window = Some((began, lines + 1));
+        }
+        self.logged.retain(|(t, _)| t != text);
+        if self.logged.len() >= KEPT {
+            self.logged.pop_front();
+        }
+        self.logged.push_back((text.to_string(), now));
+        Admit::Log {
+            not_logged: std::mem::take(&mut self.quiet),
+        }
+    }
+}
+
+/// A publish refused: its subject, its text, when it was last seen.
+#[derive(Debug)]
+struct PublishRefused {
+    subject: String,
     text: String,
-    logged: Instant,
     seen: Instant,
 }
 
+/// What the server refused a connection.
+#[derive(Debug, Default)]
+struct Kept {
+    /// Publishes (to a subject, or with a reply subject), newest last, at
+    /// most [`KEPT`].
+    publishes: VecDeque<PublishRefused>,
+    /// The refusal of the subscription the connection's replies come back
+    /// on, since the connection was last made (the client subscribes
+    /// again on each reconnection, which a changed permission may allow).
+    inbox: Option<String>,
+}
+
 /// The server's refusals of this connection's publishes and subscriptions,
-/// by text, newest last, at most [`KEPT`].
+/// and the limits on the lines that log them and the connection's other
+/// events.
 #[derive(Debug)]
 pub(crate) struct Refusals {
     /// The prefix of the subjects this connection's replies come back on.
     inbox: String,
-    kept: Mutex<VecDeque<Kept>>,
+    kept: Mutex<Kept>,
     /// Woken at each refusal ([`Refusals::heard`]).
     heard: tokio::sync::Notify,
     /// The connection was lost, and not yet made again.
-    disconnected: AtomicBool,
+    disconnected: std::sync::atomic::AtomicBool,
+    /// Lines logging refusals.
+    refusal_lines: Mutex<Limiter>,
+    /// Lines logging the client's and the server's other errors.
+    error_lines: Mutex<Limiter>,
+}
+
+/// `m`, even after a panic while it was held (every value in these is
+/// whole at all times).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Refusals {
@@ -81,13 +238,10 @@ impl Refusals {
             inbox: inbox.to_string(),
             kept: Mutex::default(),
             heard: tokio::sync::Notify::new(),
-            disconnected: AtomicBool::new(false),
+            disconnected: std::sync::atomic::AtomicBool::new(false),
+            refusal_lines: Mutex::new(Limiter::new()),
+            error_lines: Mutex::new(Limiter::new()),
         }
-    }
-
-    fn kept(&self) -> std::sync::MutexGuard<'_, VecDeque<Kept>> {
-        // A panic while holding it left whole entries: keep using them.
-        self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Resolves at the next refusal noted after it was made (made before
@@ -96,78 +250,108 @@ impl Refusals {
         self.heard.notified()
     }
 
-    /// Note the refusal `text`, seen at `now`; true when it is to be
-    /// logged (not logged in the last [`LOG_EVERY`]).
-    fn note(&self, text: &str, now: Instant) -> bool {
-        let log = self.keep(text, now);
+    /// Note the refusal `text`, seen at `now`; whether to log it.
+    fn note(&self, text: &str, now: Instant) -> Admit {
+        self.keep(text, now);
         self.heard.notify_waiters();
-        log
+        lock(&self.refusal_lines).admit(text, now)
     }
 
-    fn keep(&self, text: &str, now: Instant) -> bool {
-        let mut kept = self.kept();
-        let known = kept.iter().position(|k| k.text == text);
-        if let Some(mut k) = known.and_then(|at| kept.remove(at)) {
-            k.seen = now;
-            let log = now.duration_since(k.logged) >= LOG_EVERY;
-            if log {
-                k.logged = now;
+    fn under_inbox(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.inbox.as_str())
+            .is_some_and(|r| r.is_empty() || r.starts_with('.'))
+    }
+
+    fn keep(&self, text: &str, now: Instant) {
+        let mut kept = lock(&self.kept);
+        let subject = match parse(text) {
+            Some(Refused::Subscription(s)) => {
+                if self.under_inbox(&s) {
+                    kept.inbox = Some(text.to_string());
+                }
+                return;
             }
-            kept.push_back(k);
-            return log;
+            Some(Refused::Publish(s) | Refused::Reply(s)) => s,
+            None => return,
+        };
+        kept.publishes.retain(|p| p.text != text);
+        if kept.publishes.len() >= KEPT {
+            kept.publishes.pop_front();
         }
-        if kept.len() >= KEPT {
-            kept.pop_front();
-        }
-        kept.push_back(Kept {
+        kept.publishes.push_back(PublishRefused {
+            subject,
             text: text.to_string(),
-            logged: now,
             seen: now,
         });
-        true
+    }
+
+    /// The connection was made again: the subscription its replies come
+    /// back on is made again too, and judged afresh.
+    fn connected(&self) {
+        lock(&self.kept).inbox = None;
     }
 
     /// The newest refusal that keeps a request to `subject` from being
-    /// answered: publishing to `subject` refused at or after `since`, or
-    /// (whenever seen: the replies' subscription is made once) subscribing
-    /// to, or asking for replies on, a subject under the connection's inbox.
+    /// answered: publishing to `subject`, or with a reply subject under the
+    /// connection's inbox, refused at or after `since`; or subscribing to
+    /// a subject under the inbox, refused since the connection was last
+    /// made.
     pub(crate) fn naming(&self, since: Instant, subject: &str) -> Option<String> {
-        let under_inbox = |s: &str| {
-            s.strip_prefix(self.inbox.as_str())
-                .is_some_and(|r| r.is_empty() || r.starts_with('.'))
-        };
-        self.kept()
+        let kept = lock(&self.kept);
+        kept.publishes
             .iter()
             .rev()
-            .find(|k| match parse(&k.text) {
-                Some(Refused::Publish(s)) => s == subject && k.seen >= since,
-                Some(Refused::Subscription(s) | Refused::Reply(s)) => under_inbox(s),
-                None => false,
+            .filter(|p| p.seen >= since)
+            .find(|p| match parse(&p.text) {
+                Some(Refused::Publish(_)) => p.subject == subject,
+                Some(Refused::Reply(_)) => self.under_inbox(&p.subject),
+                _ => false,
             })
-            .map(|k| k.text.clone())
+            .map(|p| p.text.clone())
+            .or_else(|| kept.inbox.clone())
+    }
+
+    /// The newest refusal, at or after `since`, of a publish to a subject
+    /// starting with `prefix` (`$JS.API.`: a JetStream request of this
+    /// connection): the subject refused and the refusal's text.
+    pub(crate) fn publish_under(&self, since: Instant, prefix: &str) -> Option<(String, String)> {
+        lock(&self.kept)
+            .publishes
+            .iter()
+            .rev()
+            .find(|p| p.seen >= since && p.subject.starts_with(prefix))
+            .map(|p| (p.subject.clone(), p.text.clone()))
     }
 }
 
 /// Log `event` and keep what it refused in `refusals`.
 pub(crate) fn on_event(refusals: &Refusals, connection: &str, event: Event) {
+    use std::sync::atomic::Ordering;
+    let now = Instant::now();
     match event {
         Event::ServerError(ServerError::Other(text)) if text.starts_with(PREFIX) => {
-            if refusals.note(&text, Instant::now()) {
+            if let Admit::Log { not_logged } = refusals.note(&text, now) {
                 tracing::warn!(
                     connection,
                     refusal = %text,
-                    "the bus refused this credential (a refusal is logged once a minute)"
+                    not_logged,
+                    "the bus refused this credential (a refusal is logged once a minute; not_logged: refusals and repeats not logged since the last line)"
                 );
             }
         }
         Event::ServerError(e) => {
-            tracing::warn!(connection, error = %e, "the bus reported an error");
+            let text = e.to_string();
+            if let Admit::Log { not_logged } = lock(&refusals.error_lines).admit(&text, now) {
+                tracing::warn!(connection, error = %text, not_logged, "the bus reported an error");
+            }
         }
         Event::Disconnected => {
             refusals.disconnected.store(true, Ordering::SeqCst);
             tracing::warn!(connection, "bus connection lost; reconnecting");
         }
         Event::Connected => {
+            refusals.connected();
             if refusals.disconnected.swap(false, Ordering::SeqCst) {
                 tracing::info!(connection, "bus connection made again");
             }
@@ -186,7 +370,16 @@ pub(crate) fn on_event(refusals: &Refusals, connection: &str, event: Event) {
             );
         }
         Event::ClientError(e) => {
-            tracing::warn!(connection, error = %e, "bus client error");
+            // One a reconnection attempt while the server is down.
+            let text = e.to_string();
+            if let Admit::Log { not_logged } = lock(&refusals.error_lines).admit(&text, now) {
+                tracing::warn!(
+                    connection,
+                    error = %text,
+                    not_logged,
+                    "bus client error (the same error is logged once a minute)"
+                );
+            }
         }
         other => tracing::debug!(connection, event = %other, "bus connection event"),
     }
@@ -196,25 +389,36 @@ pub(crate) fn on_event(refusals: &Refusals, connection: &str, event: Event) {
 mod tests {
     use super::*;
 
+    fn publish(s: &str) -> Option<Refused> {
+        Some(Refused::Publish(s.to_string()))
+    }
+
     #[test]
     fn refusals_are_read_from_nats_servers_texts() {
         assert_eq!(
             parse(r#"Permissions Violation for Publish to "skos.status""#),
-            Some(Refused::Publish("skos.status"))
+            publish("skos.status")
         );
         assert_eq!(
             parse(r#"Permissions Violation for Subscription to "_INBOX_OPERATOR.abc.*""#),
-            Some(Refused::Subscription("_INBOX_OPERATOR.abc.*"))
+            Some(Refused::Subscription("_INBOX_OPERATOR.abc.*".into()))
+        );
+        assert_eq!(
+            parse(r#"Permissions Violation for Subscription to "jobs.>" using queue "workers""#),
+            Some(Refused::Subscription("jobs.>".into()))
         );
         assert_eq!(
             parse(r#"Permissions Violation for Publish with Reply of "_INBOX.x.y""#),
-            Some(Refused::Reply("_INBOX.x.y"))
+            Some(Refused::Reply("_INBOX.x.y".into()))
         );
         for other in [
             "Authorization Violation",
             "Maximum Payload Violation",
             r#"Permissions Violation for Publish to skos.status"#,
             r#"Permissions Violation for Teleport to "x""#,
+            r#"Permissions Violation for Publish to "x" and more"#,
+            r#"Permissions Violation for Publish to "unterminated"#,
+            r#"Permissions Violation for Publish to "bad \q escape""#,
             "Permissions Violation for ",
         ] {
             assert_eq!(parse(other), None, "{other}");
@@ -222,23 +426,69 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_is_logged_once_a_minute_and_the_newest_kept() {
+    fn subjects_are_read_as_go_quotes_them() {
+        // nats-server writes the subject with %q: these are the escapes
+        // strconv.Quote makes.
+        for (quoted, subject) in [
+            (r#""deny.a\"b""#, "deny.a\"b"),
+            (r#""deny.a\\b""#, "deny.a\\b"),
+            (r#""deny.\x7f""#, "deny.\x7f"),
+            (r#""deny.zw\u200b""#, "deny.zw\u{200b}"),
+            (r#""deny.\U0001f600""#, "deny.\u{1f600}"),
+            (r#""deny.növa""#, "deny.növa"),
+            (r#""tab\there""#, "tab\there"),
+            (r#""\xff""#, "\u{fffd}"),
+        ] {
+            let text = format!("{PREFIX}Publish to {quoted}");
+            assert_eq!(parse(&text), publish(subject), "{text}");
+        }
+        for broken in [r#""\x""#, r#""\u12""#, r#""\U0011ffff""#, r#""\"#, "\"abc"] {
+            assert_eq!(unquote(broken), None, "{broken}");
+        }
+    }
+
+    #[test]
+    fn a_text_is_logged_once_a_minute_and_a_few_lines_a_minute_in_all() {
         let r = Refusals::new("_INBOX");
         let t0 = Instant::now();
         let text = r#"Permissions Violation for Publish to "skos.status""#;
-        assert!(r.note(text, t0));
-        assert!(!r.note(text, t0 + Duration::from_secs(59)));
-        assert!(r.note(text, t0 + LOG_EVERY));
-        assert!(!r.note(text, t0 + LOG_EVERY + Duration::from_secs(1)));
-        for n in 0..KEPT + 5 {
-            r.note(
-                &format!("Permissions Violation for Publish to \"s.{n}\""),
-                t0,
-            );
-        }
-        assert_eq!(r.kept().len(), KEPT);
-        assert!(r.naming(t0, "s.0").is_none(), "the oldest forgotten");
-        assert!(r.naming(t0, &format!("s.{}", KEPT + 4)).is_some());
+        assert_eq!(r.note(text, t0), Admit::Log { not_logged: 0 });
+        assert_eq!(r.note(text, t0 + Duration::from_secs(59)), Admit::Quiet);
+        assert_eq!(r.note(text, t0 + LOG_EVERY), Admit::Log { not_logged: 1 });
+        // Texts that differ by a token each time: a few lines, the rest
+        // counted and said with the next line.
+        let t1 = t0 + LOG_EVERY + Duration::from_secs(1);
+        let logged = (0..330)
+            .filter(|n| {
+                let t = format!("{PREFIX}Publish to \"$JS.ACK.S.C.1.{n}.1\"");
+                r.note(&t, t1) != Admit::Quiet
+            })
+            .count();
+        assert_eq!(
+            logged,
+            LINES_PER_MINUTE as usize - 1,
+            "one line of the window went to the repeat"
+        );
+        let next = r.note(
+            "Permissions Violation for Publish to \"other\"",
+            t1 + LOG_EVERY,
+        );
+        assert_eq!(
+            next,
+            Admit::Log {
+                not_logged: 330 - logged as u64
+            }
+        );
+    }
+
+    #[test]
+    fn a_client_error_repeated_by_each_reconnection_is_logged_once_a_minute() {
+        let mut l = Limiter::new();
+        let t0 = Instant::now();
+        let logged = (0..900u64)
+            .filter(|n| l.admit("nats: IO error", t0 + Duration::from_secs(4 * n)) != Admit::Quiet)
+            .count();
+        assert_eq!(logged, 60, "an hour of attempts every 4 s");
     }
 
     #[test]
@@ -259,9 +509,61 @@ mod tests {
         );
         assert!(r.naming(later, "skos.control").is_none(), "another inbox");
         r.note(
+            r#"Permissions Violation for Publish with Reply of "_INBOX_OPERATOR.abc.1""#,
+            t0,
+        );
+        assert!(r.naming(t0, "skos.control").is_some(), "its reply refused");
+        assert!(
+            r.naming(later, "skos.control").is_none(),
+            "an earlier request's reply"
+        );
+        r.note(
             r#"Permissions Violation for Subscription to "_INBOX_OPERATOR.abc.*""#,
             t0,
         );
         assert!(r.naming(later, "skos.control").is_some());
+    }
+
+    #[test]
+    fn the_inbox_refused_holds_until_the_connection_is_made_again() {
+        let r = Refusals::new("_INBOX");
+        let t0 = Instant::now();
+        r.note(
+            r#"Permissions Violation for Subscription to "_INBOX.abc.*""#,
+            t0,
+        );
+        // Refusals of other subjects, however many, do not push it out.
+        for n in 0..3 * KEPT {
+            r.note(&format!("{PREFIX}Publish to \"$JS.ACK.{n}\""), t0);
+        }
+        let later = t0 + Duration::from_secs(60);
+        assert!(r.naming(later, "skos.coordinator.status").is_some());
+        // The permission changed and the client reconnected: its new
+        // subscription of the inbox is judged afresh.
+        r.connected();
+        assert!(r.naming(later, "skos.coordinator.status").is_none());
+        r.note(
+            r#"Permissions Violation for Subscription to "_INBOX.abc.*""#,
+            later,
+        );
+        assert!(r.naming(later, "skos.coordinator.status").is_some());
+    }
+
+    #[test]
+    fn a_jetstream_request_refused_is_found_by_its_prefix() {
+        let r = Refusals::new("_INBOX");
+        let t0 = Instant::now();
+        r.note(
+            r#"Permissions Violation for Publish to "$JS.API.STREAM.INFO.SKOS_COMMANDS""#,
+            t0,
+        );
+        assert_eq!(
+            r.publish_under(t0, "$JS.API.").map(|(subject, _)| subject),
+            Some("$JS.API.STREAM.INFO.SKOS_COMMANDS".to_string())
+        );
+        assert!(r
+            .publish_under(t0 + Duration::from_secs(1), "$JS.API.")
+            .is_none());
+        assert!(r.publish_under(t0, "skos.").is_none());
     }
 }
