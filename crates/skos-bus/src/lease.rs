@@ -117,6 +117,9 @@ impl Lease {
                 "leader lease changed: the bucket's max age is updated (every coordinator should use the same coordinator.leader_lease_seconds)"
             );
             config.max_age = lease;
+            // The server refuses a duplicates window longer than the max
+            // age (a bucket made with a longer lease has one as long).
+            config.duplicate_window = config.duplicate_window.min(lease);
             js.update_stream(config).await.map_err(lease_err)?;
         }
         let kv = js
@@ -327,6 +330,12 @@ mod tests {
                 .unwrap();
             s.info().await.unwrap().config.max_age
         };
+        // Made with a long lease (its duplicates window as long), then
+        // shortened: the window follows, or the server refuses the change.
+        Lease::open(&bus, "a:1:x".into(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(max_age().await, Duration::from_secs(60));
         Lease::open(&bus, "a:1:x".into(), Duration::from_secs(2))
             .await
             .unwrap();

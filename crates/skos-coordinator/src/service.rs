@@ -774,8 +774,10 @@ pub async fn run(
                     // this process's clock said stale): give it up, so a
                     // standby takes over at once rather than after it ages
                     // out. Held by another, the release changes nothing.
-                    if let Err(e) = l.release().await {
-                        tracing::debug!(error = %e, "lease not released");
+                    match tokio::time::timeout(RELEASE_WAIT, l.release()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(error = %e, "lease not released"),
+                        Err(_) => tracing::debug!("lease not released in time; it will age out"),
                     }
                 }
                 tracing::warn!("no longer the leader: back to standby");
@@ -1289,7 +1291,14 @@ async fn lead(
     renew.tick().await;
     let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(10);
     let valid = |lease: &Option<&mut Lease>| lease.as_ref().is_none_or(|l| l.valid());
+    let mut bus_away_said = false;
     let led = loop {
+        // The select below picks among ready branches at random: a stop
+        // is taken first, not after a tick, nor as a deposition when the
+        // lease ran out while the bus was away.
+        if futures::FutureExt::now_or_never(shutdown.as_mut()).is_some() {
+            break Led::Shutdown;
+        }
         if ctx.deposed || !valid(&lease) {
             break Led::Deposed;
         }
@@ -1337,12 +1346,28 @@ async fn lead(
                 touched.extend(std::mem::take(&mut ctx.unsaved));
                 let decided = !effects.is_empty();
                 ctx.queue(effects);
-                ctx.persist(touched).await;
-                if decided {
-                    failpoint::hit("tick.persisted");
+                if bus.connected() {
+                    bus_away_said = false;
+                    ctx.persist(touched).await;
+                    if decided {
+                        failpoint::hit("tick.persisted");
+                    }
+                    ctx.flush(None).await;
+                    ctx.write_carried().await;
+                } else {
+                    // The bus is away: each write would wait for its
+                    // time-out and fail (and hold up a stop meanwhile).
+                    // The nodes wait to be saved, and their effects to be
+                    // carried out, at the first tick it is back.
+                    ctx.unsaved.extend(touched);
+                    if !ctx.unsaved.is_empty() && !std::mem::replace(&mut bus_away_said, true) {
+                        tracing::error!(
+                            nodes = ctx.unsaved.len(),
+                            effects = ctx.outbox.len(),
+                            "node state not saved: the bus is away; saved and carried out once it is back"
+                        );
+                    }
                 }
-                ctx.flush(None).await;
-                ctx.write_carried().await;
                 if let Some(path) = &opts.status_file {
                     if last_snapshot.elapsed() >= Duration::from_secs(1) {
                         last_snapshot = std::time::Instant::now();
@@ -1353,13 +1378,29 @@ async fn lead(
         }
     };
     if matches!(led, Led::Shutdown) && !bus.connected() {
-        // Each step below would wait for its time-out and fail: what waits
-        // is in the saved state, and whoever leads next carries it out and
-        // sums up what is held.
-        tracing::warn!(
-            effects = ctx.outbox.len(),
-            "stopping with the bus away: what waits stays in the saved state for the next leader"
-        );
+        // Each step below would wait for its time-out and fail. What waits
+        // for a node whose state was saved is kept there, and whoever leads
+        // next carries it out and sums up what is held; what was decided
+        // while no state could be written (the bus away) goes with this
+        // process, as it would after each step failed.
+        let unsaved = ctx
+            .outbox
+            .iter()
+            .filter(|q| effect_node_ref(&q.effect).is_some_and(|n| ctx.unsaved.contains(n)))
+            .count();
+        if unsaved == 0 {
+            tracing::warn!(
+                effects = ctx.outbox.len(),
+                "stopping with the bus away: what waits stays in the saved state for the next leader"
+            );
+        } else {
+            tracing::error!(
+                effects = ctx.outbox.len(),
+                unsaved,
+                unsaved_nodes = ctx.unsaved.len(),
+                "stopping with the bus away: effects decided while no state could be written are lost with this process (the rest stay in the saved state for the next leader)"
+            );
+        }
         if let Some(path) = &opts.status_file {
             write_status(path, &ctx.engine, Some(chrono::Utc::now()));
         }

@@ -23,10 +23,10 @@ const KEPT: usize = 32;
 /// A text is logged again after this long; the window of
 /// [`LINES_PER_MINUTE`].
 const LOG_EVERY: Duration = Duration::from_secs(60);
-/// Lines logged in one [`LOG_EVERY`] window, whatever their texts (texts
-/// that differ by a token each time, as a refused `$JS.ACK.…` subject
-/// does, would otherwise each be logged).
-const LINES_PER_MINUTE: u32 = 10;
+/// Lines logged in one [`LOG_EVERY`] window, whatever their texts: a
+/// bound for texts that differ in ways [`shape`] does not see. High
+/// enough that refusals of a few distinct subjects are all logged.
+const LINES_PER_MINUTE: u32 = 30;
 /// How the server's refusals of a permission begin (nats-server 2.9 and
 /// later: `Permissions Violation for Publish to "<subject>"`, `… for
 /// Subscription to "<subject>"` (and ` using queue "<queue>"`), `… for
@@ -123,6 +123,31 @@ fn unquote(s: &str) -> Option<(String, &str)> {
         }
     }
     None
+}
+
+/// What a refusal is counted as by the log's limiter: its kind and its
+/// subject with each token that varies from message to message (all
+/// digits, or 16 letters and digits or more: a `$JS.ACK.…` sequence, an
+/// inbox's random part) written `*`. So refused acknowledgements of every
+/// message count as one text, while refusals of distinct subjects count
+/// apart and are each logged. Other texts count as themselves.
+fn shape(text: &str) -> String {
+    let (kind, subject) = match parse(text) {
+        Some(Refused::Publish(s)) => ("publish", s),
+        Some(Refused::Subscription(s)) => ("subscription", s),
+        Some(Refused::Reply(s)) => ("reply", s),
+        None => return text.to_string(),
+    };
+    let varies = |t: &str| {
+        !t.is_empty()
+            && (t.bytes().all(|b| b.is_ascii_digit())
+                || (t.len() >= 16 && t.bytes().all(|b| b.is_ascii_alphanumeric())))
+    };
+    let tokens: Vec<&str> = subject
+        .split('.')
+        .map(|t| if varies(t) { "*" } else { t })
+        .collect();
+    format!("{kind} {}", tokens.join("."))
 }
 
 /// Whether a line is logged now ([`Limiter::admit`]).
@@ -250,11 +275,13 @@ impl Refusals {
         self.heard.notified()
     }
 
-    /// Note the refusal `text`, seen at `now`; whether to log it.
+    /// Note the refusal `text`, seen at `now`; whether to log it (a
+    /// refusal of the same kind and subject shape ([`shape`]) is logged
+    /// once a minute).
     fn note(&self, text: &str, now: Instant) -> Admit {
         self.keep(text, now);
         self.heard.notify_waiters();
-        lock(&self.refusal_lines).admit(text, now)
+        lock(&self.refusal_lines).admit(&shape(text), now)
     }
 
     fn under_inbox(&self, subject: &str) -> bool {
@@ -455,30 +482,51 @@ mod tests {
         assert_eq!(r.note(text, t0), Admit::Log { not_logged: 0 });
         assert_eq!(r.note(text, t0 + Duration::from_secs(59)), Admit::Quiet);
         assert_eq!(r.note(text, t0 + LOG_EVERY), Admit::Log { not_logged: 1 });
-        // Texts that differ by a token each time: a few lines, the rest
-        // counted and said with the next line.
+        // Acknowledgements refused, each with its own sequences: one
+        // line, the rest counted and said with the next line; a refusal of
+        // another subject amid them is still logged.
         let t1 = t0 + LOG_EVERY + Duration::from_secs(1);
+        let ack = |n: u64| format!("{PREFIX}Publish to \"$JS.ACK.S.C.1.{n}.{}.1733\"", n + 7);
         let logged = (0..330)
-            .filter(|n| {
-                let t = format!("{PREFIX}Publish to \"$JS.ACK.S.C.1.{n}.1\"");
-                r.note(&t, t1) != Admit::Quiet
-            })
+            .filter(|&n| r.note(&ack(n), t1) != Admit::Quiet)
             .count();
+        assert_eq!(logged, 1);
         assert_eq!(
-            logged,
-            LINES_PER_MINUTE as usize - 1,
-            "one line of the window went to the repeat"
+            r.note(
+                &format!("{PREFIX}Publish to \"skos.coordinator.control\""),
+                t1
+            ),
+            Admit::Log { not_logged: 329 }
         );
-        let next = r.note(
-            "Permissions Violation for Publish to \"other\"",
-            t1 + LOG_EVERY,
+        // Texts that differ where no shape sees it: at most the window's
+        // lines.
+        let t2 = t1 + LOG_EVERY;
+        let logged = (0..330)
+            .filter(|n| r.note(&format!("{PREFIX}Publish to \"x.y{n}\""), t2) != Admit::Quiet)
+            .count();
+        assert_eq!(logged, LINES_PER_MINUTE as usize);
+    }
+
+    #[test]
+    fn tokens_that_vary_per_message_are_one_shape() {
+        let p = |s: &str| format!("{PREFIX}Publish to \"{s}\"");
+        assert_eq!(
+            shape(&p(
+                "$JS.ACK.SKOS_ALERTS.skos-coordinator.1.2345.2345.1733000000000000000.0"
+            )),
+            "publish $JS.ACK.SKOS_ALERTS.skos-coordinator.*.*.*.*.*"
         );
         assert_eq!(
-            next,
-            Admit::Log {
-                not_logged: 330 - logged as u64
-            }
+            shape(&format!(
+                "{PREFIX}Subscription to \"_INBOX.1QUwnj3ZoKBXASnBUqeEG5.*\""
+            )),
+            "subscription _INBOX.*.*"
         );
+        assert_ne!(
+            shape(&p("skos.coordinator.status")),
+            shape(&p("skos.coordinator.control"))
+        );
+        assert_eq!(shape("nats: IO error"), "nats: IO error");
     }
 
     #[test]
