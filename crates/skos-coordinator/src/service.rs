@@ -1377,54 +1377,20 @@ async fn lead(
             }
         }
     };
-    if matches!(led, Led::Shutdown) && !bus.connected() {
-        // Each step below would wait for its time-out and fail. What waits
-        // for a node whose state was saved is kept there, and whoever leads
-        // next carries it out and sums up what is held; what was decided
-        // while no state could be written (the bus away) goes with this
-        // process, as it would after each step failed.
-        let unsaved = ctx
-            .outbox
-            .iter()
-            .filter(|q| effect_node_ref(&q.effect).is_some_and(|n| ctx.unsaved.contains(n)))
-            .count();
-        if unsaved == 0 {
-            tracing::warn!(
-                effects = ctx.outbox.len(),
-                "stopping with the bus away: what waits stays in the saved state for the next leader"
-            );
-        } else {
-            tracing::error!(
-                effects = ctx.outbox.len(),
-                unsaved,
-                unsaved_nodes = ctx.unsaved.len(),
-                "stopping with the bus away: effects decided while no state could be written are lost with this process (the rest stay in the saved state for the next leader)"
-            );
-        }
+    if matches!(led, Led::Shutdown) {
+        ctx.stop_leading(bus.connected()).await;
         if let Some(path) = &opts.status_file {
             write_status(path, &ctx.engine, Some(chrono::Utc::now()));
         }
-    } else if matches!(led, Led::Shutdown) {
-        // What was held for the minute's summaries is summed up now (kept
-        // in the saved state until appended).
-        let held = ctx.summed_up(chrono::Utc::now(), true);
-        ctx.queue(held);
-        ctx.persist(BTreeSet::new()).await;
-        // What could not be carried out waits in the saved state: try once
-        // more before stopping.
-        ctx.flush(None).await;
-        // The summaries appended leave the saved state.
-        ctx.persist(BTreeSet::new()).await;
-        ctx.write_carried().await;
-        if !ctx.outbox.is_empty() {
-            tracing::error!(
-                effects = ctx.outbox.len(),
-                "stopping with effects not carried out (bus down)"
-            );
-        }
-        if let Some(path) = &opts.status_file {
-            write_status(path, &ctx.engine, Some(chrono::Utc::now()));
-        }
+    }
+    if matches!(led, Led::Deposed) && !ctx.outbox.is_empty() {
+        let (unsaved, held_unsaved) = ctx.not_saved();
+        tracing::error!(
+            effects = ctx.outbox.len(),
+            unsaved,
+            held_unsaved,
+            "deposed with effects not carried out: those of nodes whose state was saved wait there for the next leader; the unsaved ones are lost with this leadership"
+        );
     }
     Ok(led)
 }
@@ -1506,6 +1472,69 @@ impl Ctx {
             self.deposed = true;
         }
         !self.deposed
+    }
+
+    /// A clean stop of this leadership. With the bus connected: what is
+    /// held is summed up, the nodes still waiting to be saved (a tick
+    /// skipped while the bus was away, a write that failed) are saved,
+    /// and what waits is tried once more. Without it, each step would wait
+    /// for its time-out and fail, so none is tried. Either way, what is
+    /// left is said: effects of nodes whose state was saved wait there for
+    /// the next leader; effects decided while no state could be written
+    /// go with this process.
+    async fn stop_leading(&mut self, bus_connected: bool) {
+        if !bus_connected {
+            let (unsaved, held_unsaved) = self.not_saved();
+            if unsaved == 0 && !held_unsaved {
+                tracing::warn!(
+                    effects = self.outbox.len(),
+                    "stopping with the bus away: what waits stays in the saved state for the next leader"
+                );
+            } else {
+                tracing::error!(
+                    effects = self.outbox.len(),
+                    unsaved,
+                    unsaved_nodes = self.unsaved.len(),
+                    held_unsaved,
+                    "stopping with the bus away: effects decided while no state could be written are lost with this process, and so are the refusals held since the last write when held_unsaved (the rest stay in the saved state for the next leader)"
+                );
+            }
+            return;
+        }
+        // What was held for the minute's summaries is summed up now (kept
+        // in the saved state until appended).
+        let held = self.summed_up(chrono::Utc::now(), true);
+        self.queue(held);
+        let unsaved = std::mem::take(&mut self.unsaved);
+        self.persist(unsaved).await;
+        // What could not be carried out waits in the saved state: try once
+        // more before stopping.
+        self.flush(None).await;
+        // The summaries appended leave the saved state.
+        self.persist(BTreeSet::new()).await;
+        self.write_carried().await;
+        if !self.outbox.is_empty() {
+            let (unsaved, held_unsaved) = self.not_saved();
+            tracing::error!(
+                effects = self.outbox.len(),
+                unsaved,
+                held_unsaved,
+                "stopping with effects not carried out: those of nodes whose state was saved wait there for the next leader; the unsaved ones are lost with this process"
+            );
+        }
+    }
+
+    /// What this leadership would lose were it to end now: how many
+    /// effects waiting in the outbox concern a node whose state is not
+    /// saved, and whether refusals and drops were held since the held
+    /// record was last written.
+    fn not_saved(&self) -> (usize, bool) {
+        let unsaved = self
+            .outbox
+            .iter()
+            .filter(|q| effect_node_ref(&q.effect).is_some_and(|n| self.unsaved.contains(n)))
+            .count();
+        (unsaved, self.held_dirty)
     }
 
     /// [`Ctx::persist`], failing if any node's state was not written: the

@@ -771,6 +771,53 @@ mod tests {
         (bus, commands)
     }
 
+    /// A clean stop saves the nodes still waiting to be saved (a tick
+    /// skipped while the bus was away) and carries out their effects.
+    /// Before, it saved only what was held, so the waiting effects stayed
+    /// blocked behind their unsaved nodes and went with the process. With
+    /// the bus away nothing is tried, and nothing is published.
+    #[tokio::test]
+    async fn a_clean_stop_saves_the_nodes_a_skipped_tick_left_and_carries_out_their_effects() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let states = dir.path().join("state");
+        std::fs::create_dir(&states).expect("the state directory");
+        let [node] = nodes(["n1"]);
+        let (bus, mut commands) = watching(&node).await;
+        let mut c = ctx(
+            bus,
+            StateStore::dir(&states),
+            &dir.path().join("audit.jsonl"),
+        );
+        // Decided by a tick while the bus was away: queued, its node not
+        // saved.
+        c.queue(vec![throttle(&node)]);
+        c.unsaved.insert(node.clone());
+
+        c.stop_leading(false).await;
+        assert_eq!(c.outbox.len(), 1, "nothing tried with the bus away");
+        assert!(
+            futures::FutureExt::now_or_never(commands.next()).is_none(),
+            "published with the bus away"
+        );
+
+        c.stop_leading(true).await;
+        assert!(c.unsaved.is_empty(), "{:?}", c.unsaved);
+        assert!(c.outbox.is_empty(), "{}", c.outbox.len());
+        let sent = tokio::time::timeout(Duration::from_secs(5), commands.next())
+            .await
+            .expect("the command published")
+            .expect("a command");
+        assert!(String::from_utf8_lossy(&sent.payload).contains("throttle_50"));
+        assert!(
+            c.state
+                .load(&node_key(&node))
+                .await
+                .expect("the state read")
+                .is_some(),
+            "the node's state saved"
+        );
+    }
+
     /// A batch decided while the one before was carried out, whose turn
     /// comes after the lease ran out (the batch before took that long):
     /// neither its state nor its command is written, the command comes
