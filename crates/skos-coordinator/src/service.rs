@@ -1330,7 +1330,11 @@ async fn lead(
             }
             Some(m) = control.next() => ctx.control(m).await,
             _ = tick.tick() => {
-                if let Some(max_age) = retention.filter(|_| last_checkpoint.elapsed() >= checkpoint_every) {
+                // While the client is not connected, what asks the bus
+                // waits for the next tick: each ask would only wait for its
+                // time-out (and hold up a stop meanwhile).
+                let connected = bus.connected();
+                if let Some(max_age) = retention.filter(|_| connected && last_checkpoint.elapsed() >= checkpoint_every) {
                     last_checkpoint = std::time::Instant::now();
                     match audit.checkpoint(max_age).await {
                         Ok(_) => {}
@@ -1340,13 +1344,15 @@ async fn lead(
                 }
                 let now = chrono::Utc::now();
                 let mut effects = ctx.engine.tick(now);
-                effects.extend(ctx.settled(now).await);
+                if connected {
+                    effects.extend(ctx.settled(now).await);
+                }
                 effects.extend(ctx.summed_up(now, false));
                 let mut touched = effect_nodes(&effects);
                 touched.extend(std::mem::take(&mut ctx.unsaved));
                 let decided = !effects.is_empty();
                 ctx.queue(effects);
-                if bus.connected() {
+                if connected {
                     bus_away_said = false;
                     ctx.persist(touched).await;
                     if decided {
@@ -1355,10 +1361,8 @@ async fn lead(
                     ctx.flush(None).await;
                     ctx.write_carried().await;
                 } else {
-                    // The bus is away: each write would wait for its
-                    // time-out and fail (and hold up a stop meanwhile).
                     // The nodes wait to be saved, and their effects to be
-                    // carried out, at the first tick it is back.
+                    // carried out, at the first tick the bus is back.
                     ctx.unsaved.extend(touched);
                     if !ctx.unsaved.is_empty() && !std::mem::replace(&mut bus_away_said, true) {
                         tracing::error!(
