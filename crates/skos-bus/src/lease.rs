@@ -27,6 +27,9 @@ use skos_core::timefmt::{self, Timestamp};
 
 use crate::{subjects, Error, NatsBus, Result};
 
+/// How long [`Lease::release`] waits for the bus.
+pub const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// Share of the lease time a leader trusts its last renewal for.
 pub const SAFETY: f64 = 0.8;
 
@@ -278,23 +281,28 @@ impl Lease {
         self.renewed = None;
     }
 
-    /// Give the lease up at a clean stop so a standby takes over at once:
-    /// deletes the key only if this process still holds it.
-    pub async fn release(&mut self) -> Result<()> {
+    /// Give the lease up so a standby takes over at once: deletes the key
+    /// only if this process still holds it, waiting at most
+    /// [`RELEASE_WAIT`] (a bus that does not answer lets the key age out).
+    /// Steps down whatever happens.
+    pub async fn release(&mut self) {
         if let Some(revision) = self.revision {
             // Purge, not delete: a delete marker would count as a
             // revision `create` must overwrite, which it does, but a purge
             // also leaves nothing behind.
-            if let Err(e) = self
+            let purge = self
                 .kv
-                .purge_expect_revision(subjects::LEADER_KEY, Some(revision))
-                .await
-            {
-                tracing::debug!(error = %e, "lease not released; it will age out");
+                .purge_expect_revision(subjects::LEADER_KEY, Some(revision));
+            match tokio::time::timeout(RELEASE_WAIT, purge).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "lease not released; it will age out"),
+                Err(_) => tracing::warn!(
+                    wait_s = RELEASE_WAIT.as_secs(),
+                    "lease not released in time (the bus does not answer); it will age out"
+                ),
             }
         }
         self.step_down();
-        Ok(())
     }
 }
 
@@ -433,7 +441,7 @@ mod tests {
         // Never another's: b still waits, and a, stepped down again, does
         // not take b's record.
         assert!(b.try_acquire(chrono::Utc::now()).await.unwrap().is_none());
-        a.release().await.unwrap();
+        a.release().await;
         let bs = b.try_acquire(chrono::Utc::now()).await.unwrap().unwrap();
         assert!(bs.term > again.term);
         assert!(a.try_acquire(chrono::Utc::now()).await.unwrap().is_none());

@@ -563,7 +563,6 @@ impl NatsBus {
     ) -> Result<Bytes> {
         let since = std::time::Instant::now();
         let ask = tokio::time::timeout(timeout, self.client.request(subject.to_string(), payload));
-        tokio::pin!(ask);
         // The server's refusal of the question or of the answer's way back
         // ends the wait: nothing will come.
         let denied = || {
@@ -574,16 +573,7 @@ impl NatsBus {
                     reason,
                 })
         };
-        let asked = loop {
-            let heard = self.refusals.heard();
-            if let Some(denied) = denied() {
-                return Err(denied);
-            }
-            tokio::select! {
-                asked = &mut ask => break asked,
-                () = heard => {}
-            }
-        };
+        let asked = self.refusals.unless(denied, ask).await?;
         let unanswered = match asked {
             Ok(Ok(m)) => return Ok(m.payload),
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
@@ -864,17 +854,12 @@ async fn jetstream_unless_refused<T>(
 ) -> Result<T> {
     const API: &str = "$JS.API.";
     let since = std::time::Instant::now();
-    tokio::pin!(call);
-    loop {
-        let heard = refusals.heard();
-        if let Some((subject, reason)) = refusals.publish_under(since, API) {
-            return Err(Error::Denied { subject, reason });
-        }
-        tokio::select! {
-            done = &mut call => return done,
-            () = heard => {}
-        }
-    }
+    let refused = || {
+        refusals
+            .publish_under(since, API)
+            .map(|(subject, reason)| Error::Denied { subject, reason })
+    };
+    refusals.unless(refused, call).await?
 }
 
 /// A durable pull consumer's config: explicit acks, everything from the

@@ -774,11 +774,7 @@ pub async fn run(
                     // this process's clock said stale): give it up, so a
                     // standby takes over at once rather than after it ages
                     // out. Held by another, the release changes nothing.
-                    match tokio::time::timeout(RELEASE_WAIT, l.release()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!(error = %e, "lease not released"),
-                        Err(_) => tracing::debug!("lease not released in time; it will age out"),
-                    }
+                    l.release().await;
                 }
                 tracing::warn!("no longer the leader: back to standby");
                 if lease.is_none() {
@@ -789,24 +785,11 @@ pub async fn run(
         }
     }
     if let Some(l) = lease.as_mut() {
-        // Bounded: with the bus away the lease ages out by itself.
-        match tokio::time::timeout(RELEASE_WAIT, l.release()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "leader lease not released; it will age out")
-            }
-            Err(_) => tracing::warn!(
-                wait_s = RELEASE_WAIT.as_secs(),
-                "leader lease not released in time (the bus does not answer); it will age out"
-            ),
-        }
+        l.release().await;
     }
     tracing::info!("coordinator stopped");
     Ok(())
 }
-
-/// How long a stopping coordinator waits to give its lease up.
-const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// Wait as a standby until this coordinator wins the lease (`None`: shut
 /// down first). A standby sends nothing and answers nothing.
@@ -1387,14 +1370,8 @@ async fn lead(
             write_status(path, &ctx.engine, Some(chrono::Utc::now()));
         }
     }
-    if matches!(led, Led::Deposed) && !ctx.outbox.is_empty() {
-        let (unsaved, held_unsaved) = ctx.not_saved();
-        tracing::error!(
-            effects = ctx.outbox.len(),
-            unsaved,
-            held_unsaved,
-            "deposed with effects not carried out: those of nodes whose state was saved wait there for the next leader; the unsaved ones are lost with this leadership"
-        );
+    if matches!(led, Led::Deposed) {
+        ctx.say_left("deposed");
     }
     Ok(led)
 }
@@ -1517,15 +1494,24 @@ impl Ctx {
         // The summaries appended leave the saved state.
         self.persist(BTreeSet::new()).await;
         self.write_carried().await;
-        if !self.outbox.is_empty() {
-            let (unsaved, held_unsaved) = self.not_saved();
-            tracing::error!(
-                effects = self.outbox.len(),
-                unsaved,
-                held_unsaved,
-                "stopping with effects not carried out: those of nodes whose state was saved wait there for the next leader; the unsaved ones are lost with this process"
-            );
+        self.say_left("stopped");
+    }
+
+    /// Say what this leadership, ending (`ending`: stopped, deposed),
+    /// leaves not carried out, if anything: effects of nodes whose state
+    /// was saved wait there for the next leader; the unsaved ones are lost.
+    fn say_left(&self, ending: &'static str) {
+        if self.outbox.is_empty() {
+            return;
         }
+        let (unsaved, held_unsaved) = self.not_saved();
+        tracing::error!(
+            ending,
+            effects = self.outbox.len(),
+            unsaved,
+            held_unsaved,
+            "leadership ends with effects not carried out: those of nodes whose state was saved wait there for the next leader; the unsaved ones are lost with it"
+        );
     }
 
     /// What this leadership would lose were it to end now: how many

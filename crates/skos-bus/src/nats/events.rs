@@ -131,8 +131,8 @@ fn unquote(s: &str) -> Option<(String, &str)> {
 /// inbox's random part) written `*`. So refused acknowledgements of every
 /// message count as one text, while refusals of distinct subjects count
 /// apart and are each logged. Other texts count as themselves.
-fn shape(text: &str) -> String {
-    let (kind, subject) = match parse(text) {
+fn shape(text: &str, refused: Option<&Refused>) -> String {
+    let (kind, subject) = match refused {
         Some(Refused::Publish(s)) => ("publish", s),
         Some(Refused::Subscription(s)) => ("subscription", s),
         Some(Refused::Reply(s)) => ("reply", s),
@@ -212,10 +212,12 @@ impl Limiter {
     }
 }
 
-/// A publish refused: its subject, its text, when it was last seen.
+/// A publish refused: its subject (the reply subject when `reply`), its
+/// text, when it was last seen.
 #[derive(Debug)]
 struct PublishRefused {
     subject: String,
+    reply: bool,
     text: String,
     seen: Instant,
 }
@@ -271,7 +273,7 @@ impl Refusals {
 
     /// Resolves at the next refusal noted after it was made (made before
     /// looking at [`Refusals::naming`], none is missed).
-    pub(crate) fn heard(&self) -> tokio::sync::futures::Notified<'_> {
+    fn heard(&self) -> tokio::sync::futures::Notified<'_> {
         self.heard.notified()
     }
 
@@ -279,9 +281,11 @@ impl Refusals {
     /// refusal of the same kind and subject shape ([`shape`]) is logged
     /// once a minute).
     fn note(&self, text: &str, now: Instant) -> Admit {
-        self.keep(text, now);
+        let refused = parse(text);
+        let shape = shape(text, refused.as_ref());
+        self.keep(text, refused, now);
         self.heard.notify_waiters();
-        lock(&self.refusal_lines).admit(&shape(text), now)
+        lock(&self.refusal_lines).admit(&shape, now)
     }
 
     fn under_inbox(&self, subject: &str) -> bool {
@@ -290,16 +294,17 @@ impl Refusals {
             .is_some_and(|r| r.is_empty() || r.starts_with('.'))
     }
 
-    fn keep(&self, text: &str, now: Instant) {
+    fn keep(&self, text: &str, refused: Option<Refused>, now: Instant) {
         let mut kept = lock(&self.kept);
-        let subject = match parse(text) {
+        let (subject, reply) = match refused {
             Some(Refused::Subscription(s)) => {
                 if self.under_inbox(&s) {
                     kept.inbox = Some(text.to_string());
                 }
                 return;
             }
-            Some(Refused::Publish(s) | Refused::Reply(s)) => s,
+            Some(Refused::Publish(s)) => (s, false),
+            Some(Refused::Reply(s)) => (s, true),
             None => return,
         };
         kept.publishes.retain(|p| p.text != text);
@@ -308,6 +313,7 @@ impl Refusals {
         }
         kept.publishes.push_back(PublishRefused {
             subject,
+            reply,
             text: text.to_string(),
             seen: now,
         });
@@ -330,10 +336,12 @@ impl Refusals {
             .iter()
             .rev()
             .filter(|p| p.seen >= since)
-            .find(|p| match parse(&p.text) {
-                Some(Refused::Publish(_)) => p.subject == subject,
-                Some(Refused::Reply(_)) => self.under_inbox(&p.subject),
-                _ => false,
+            .find(|p| {
+                if p.reply {
+                    self.under_inbox(&p.subject)
+                } else {
+                    p.subject == subject
+                }
             })
             .map(|p| p.text.clone())
             .or_else(|| kept.inbox.clone())
@@ -347,8 +355,31 @@ impl Refusals {
             .publishes
             .iter()
             .rev()
-            .find(|p| p.seen >= since && p.subject.starts_with(prefix))
+            .find(|p| p.seen >= since && !p.reply && p.subject.starts_with(prefix))
             .map(|p| (p.subject.clone(), p.text.clone()))
+    }
+
+    /// `call`, unless a refusal ends it first: `refused` is asked before
+    /// it starts and again at each refusal heard while it runs, and what it
+    /// finds is the error.
+    pub(crate) async fn unless<T>(
+        &self,
+        refused: impl Fn() -> Option<crate::Error>,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T, crate::Error> {
+        tokio::pin!(call);
+        let done = loop {
+            // Made before looking: a refusal noted meanwhile wakes it.
+            let heard = self.heard();
+            if let Some(e) = refused() {
+                return Err(e);
+            }
+            tokio::select! {
+                done = &mut call => break done,
+                () = heard => {}
+            }
+        };
+        Ok(done)
     }
 }
 
@@ -510,6 +541,7 @@ mod tests {
     #[test]
     fn tokens_that_vary_per_message_are_one_shape() {
         let p = |s: &str| format!("{PREFIX}Publish to \"{s}\"");
+        let shape = |t: &str| shape(t, parse(t).as_ref());
         assert_eq!(
             shape(&p(
                 "$JS.ACK.SKOS_ALERTS.skos-coordinator.1.2345.2345.1733000000000000000.0"
