@@ -213,6 +213,7 @@ impl NatsBus {
             .connect(opts.url.as_str())
             .await
             .map_err(|e| fail(e.to_string()))?;
+        refusals.watch(client.statistics());
         let js = std::sync::Arc::new(jetstream::new(client.clone()));
         let bus = Self {
             client,

@@ -126,18 +126,35 @@ fn unquote(s: &str) -> Option<(String, &str)> {
 }
 
 /// What a refusal is counted as by the log's limiter: its kind and its
-/// subject with each token that varies from message to message (all
-/// digits, or 16 letters and digits or more: a `$JS.ACK.…` sequence, an
-/// inbox's random part) written `*`. So refused acknowledgements of every
-/// message count as one text, while refusals of distinct subjects count
-/// apart and are each logged. Other texts count as themselves.
-fn shape(text: &str, refused: Option<&Refused>) -> String {
+/// subject with the tokens that vary from message to message written `*`:
+/// under `$JS.ACK.`, a token of digits or of 16 letters and digits or more
+/// (an acknowledgement's sequences, time and random part); under the
+/// connection's `inbox`, every token after it. So refused acknowledgements
+/// of every message count as one text, while refusals of distinct subjects
+/// (a node's, whatever its name) count apart and are each logged. Other
+/// texts count as themselves.
+fn shape(text: &str, refused: Option<&Refused>, inbox: &str) -> String {
     let (kind, subject) = match refused {
         Some(Refused::Publish(s)) => ("publish", s),
         Some(Refused::Subscription(s)) => ("subscription", s),
         Some(Refused::Reply(s)) => ("reply", s),
         None => return text.to_string(),
     };
+    if let Some(rest) = subject.strip_prefix(inbox) {
+        if rest.is_empty() || rest.starts_with('.') {
+            let tokens = rest.split('.').skip(1).map(|_| "*");
+            return format!(
+                "{kind} {}",
+                std::iter::once(inbox)
+                    .chain(tokens)
+                    .collect::<Vec<_>>()
+                    .join(".")
+            );
+        }
+    }
+    if !subject.starts_with("$JS.ACK.") {
+        return format!("{kind} {subject}");
+    }
     let varies = |t: &str| {
         !t.is_empty()
             && (t.bytes().all(|b| b.is_ascii_digit())
@@ -229,9 +246,10 @@ struct Kept {
     /// most [`KEPT`].
     publishes: VecDeque<PublishRefused>,
     /// The refusal of the subscription the connection's replies come back
-    /// on, since the connection was last made (the client subscribes
-    /// again on each reconnection, which a changed permission may allow).
-    inbox: Option<String>,
+    /// on, with the count of connections made when it was heard: it holds
+    /// until the connection is made again (the client subscribes again on
+    /// each reconnection, which a changed permission may allow).
+    inbox: Option<(String, u64)>,
 }
 
 /// The server's refusals of this connection's publishes and subscriptions,
@@ -246,6 +264,10 @@ pub(crate) struct Refusals {
     heard: tokio::sync::Notify,
     /// The connection was lost, and not yet made again.
     disconnected: std::sync::atomic::AtomicBool,
+    /// The client's count of connections made (set once connected): a
+    /// reconnection is seen by it even when the client drops the
+    /// `Connected` event (its event queue is full).
+    stats: std::sync::OnceLock<std::sync::Arc<async_nats::Statistics>>,
     /// Lines logging refusals.
     refusal_lines: Mutex<Limiter>,
     /// Lines logging the client's and the server's other errors.
@@ -266,9 +288,24 @@ impl Refusals {
             kept: Mutex::default(),
             heard: tokio::sync::Notify::new(),
             disconnected: std::sync::atomic::AtomicBool::new(false),
+            stats: std::sync::OnceLock::new(),
             refusal_lines: Mutex::new(Limiter::new()),
             error_lines: Mutex::new(Limiter::new()),
         }
+    }
+
+    /// Count the connections made by the client whose events these are.
+    pub(crate) fn watch(&self, stats: std::sync::Arc<async_nats::Statistics>) {
+        let _ = self.stats.set(stats);
+    }
+
+    /// Connections made by the client so far; 1 until [`Refusals::watch`]
+    /// (what is heard before the client is handed over is heard on its
+    /// first connection).
+    fn connects(&self) -> u64 {
+        self.stats.get().map_or(1, |s| {
+            s.connects.load(std::sync::atomic::Ordering::SeqCst).max(1)
+        })
     }
 
     /// Resolves at the next refusal noted after it was made (made before
@@ -282,7 +319,7 @@ impl Refusals {
     /// once a minute).
     fn note(&self, text: &str, now: Instant) -> Admit {
         let refused = parse(text);
-        let shape = shape(text, refused.as_ref());
+        let shape = shape(text, refused.as_ref(), &self.inbox);
         self.keep(text, refused, now);
         self.heard.notify_waiters();
         lock(&self.refusal_lines).admit(&shape, now)
@@ -299,7 +336,7 @@ impl Refusals {
         let (subject, reply) = match refused {
             Some(Refused::Subscription(s)) => {
                 if self.under_inbox(&s) {
-                    kept.inbox = Some(text.to_string());
+                    kept.inbox = Some((text.to_string(), self.connects()));
                 }
                 return;
             }
@@ -331,6 +368,7 @@ impl Refusals {
     /// a subject under the inbox, refused since the connection was last
     /// made.
     pub(crate) fn naming(&self, since: Instant, subject: &str) -> Option<String> {
+        let connects = self.connects();
         let kept = lock(&self.kept);
         kept.publishes
             .iter()
@@ -344,7 +382,12 @@ impl Refusals {
                 }
             })
             .map(|p| p.text.clone())
-            .or_else(|| kept.inbox.clone())
+            .or_else(|| {
+                kept.inbox
+                    .as_ref()
+                    .filter(|(_, at)| *at == connects)
+                    .map(|(text, _)| text.clone())
+            })
     }
 
     /// The newest refusal, at or after `since`, of a publish to a subject
@@ -541,7 +584,7 @@ mod tests {
     #[test]
     fn tokens_that_vary_per_message_are_one_shape() {
         let p = |s: &str| format!("{PREFIX}Publish to \"{s}\"");
-        let shape = |t: &str| shape(t, parse(t).as_ref());
+        let shape = |t: &str| shape(t, parse(t).as_ref(), "_INBOX");
         assert_eq!(
             shape(&p(
                 "$JS.ACK.SKOS_ALERTS.skos-coordinator.1.2345.2345.1733000000000000000.0"
@@ -554,10 +597,25 @@ mod tests {
             )),
             "subscription _INBOX.*.*"
         );
+        assert_eq!(
+            shape(&p("_INBOX.1QUwnj3ZoKBXASnBUqeEG5.17")),
+            "publish _INBOX.*.*"
+        );
         assert_ne!(
             shape(&p("skos.coordinator.status")),
             shape(&p("skos.coordinator.control"))
         );
+        // Node names are never read as varying tokens, however they look.
+        for (a, b) in [
+            ("skos.command.12345", "skos.command.12346"),
+            (
+                "$KV.SKOS_STATE.abcdefghijklmnop1",
+                "$KV.SKOS_STATE.abcdefghijklmnop2",
+            ),
+            ("_INBOX_nova.x", "_INBOX_nova2.x"),
+        ] {
+            assert_ne!(shape(&p(a)), shape(&p(b)), "{a} / {b}");
+        }
         assert_eq!(shape("nats: IO error"), "nats: IO error");
     }
 
@@ -627,6 +685,30 @@ mod tests {
             later,
         );
         assert!(r.naming(later, "skos.coordinator.status").is_some());
+    }
+
+    #[test]
+    fn a_reconnection_whose_event_was_dropped_still_clears_the_inbox_refused() {
+        let r = Refusals::new("_INBOX");
+        let t0 = Instant::now();
+        // Heard on the first connection, before the client was handed over.
+        r.note(
+            r#"Permissions Violation for Subscription to "_INBOX.abc.*""#,
+            t0,
+        );
+        let stats = std::sync::Arc::new(async_nats::Statistics::default());
+        stats.connects.store(1, std::sync::atomic::Ordering::SeqCst);
+        r.watch(stats.clone());
+        assert!(r.naming(t0, "skos.coordinator.status").is_some());
+        // The client reconnected; its `Connected` event never came.
+        stats.connects.store(2, std::sync::atomic::Ordering::SeqCst);
+        assert!(r.naming(t0, "skos.coordinator.status").is_none());
+        // Refused again on the new connection: it holds again.
+        r.note(
+            r#"Permissions Violation for Subscription to "_INBOX.abc.*""#,
+            t0,
+        );
+        assert!(r.naming(t0, "skos.coordinator.status").is_some());
     }
 
     #[test]
