@@ -2,11 +2,18 @@
 //! start (and a backfill of the last [`RING`] before it) is kept in a
 //! bounded ring for the audit pages, sent to the open event streams, and
 //! counted into the metrics derived from the trail ([`crate::metrics::Derived`]).
+//!
+//! Written after start means: given by the follower, or backfilled with a
+//! `seq` past the last record given live (written while the trail was
+//! reopened), or stamped at or after the feed started (written before the
+//! trail was first opened, such as the `start` record). Each is sent and
+//! counted once.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::DurationRound;
 use serde_json::Value;
 use skos_bus::audit_follow::{AuditFollower, AuditSource};
 use tokio::sync::broadcast;
@@ -63,6 +70,9 @@ pub struct Feed {
     pub derived: Derived,
     /// Where the records come from.
     pub source: AuditSource,
+    /// When the feed started: a backfilled record stamped at or after it
+    /// was written since.
+    since: skos_core::timefmt::Timestamp,
 }
 
 impl Feed {
@@ -75,6 +85,10 @@ impl Feed {
             tx,
             derived: Derived::default(),
             source,
+            // To the millisecond, as records are stamped.
+            since: chrono::Utc::now()
+                .duration_trunc(chrono::TimeDelta::milliseconds(1))
+                .unwrap_or_else(|_| chrono::Utc::now()),
         };
         let f = feed.clone();
         tokio::spawn(async move { f.follow().await });
@@ -87,6 +101,7 @@ impl Feed {
             match AuditFollower::open(&self.source, RING as u64).await {
                 Ok((mut follower, recent)) => {
                     said = false;
+                    self.say_gap(&recent);
                     for v in &recent {
                         self.take(v, false);
                     }
@@ -115,16 +130,39 @@ impl Feed {
         }
     }
 
+    /// Warn when a reopen's backfill `recent` begins past the record after
+    /// the last one sent: those between were written while the trail was
+    /// not followed and are neither sent nor counted.
+    fn say_gap(&self, recent: &[Value]) {
+        let live = self.ring.lock().unwrap_or_else(|e| e.into_inner()).live;
+        let first = recent.first().and_then(|v| v["seq"].as_u64());
+        if let Some(first) = first.filter(|&f| live > 0 && f > live + 1) {
+            tracing::warn!(
+                from_seq = live + 1,
+                to_seq = first - 1,
+                "audit records written while the trail was reopened are not in the event streams or the metrics (read them with skos audit)"
+            );
+        }
+    }
+
     /// Keep a record not held yet. `live`: the follower gave it (it was
-    /// written after the trail was opened): sent to the streams and counted
-    /// once, even when the backfill read it too. A backfilled record is only
-    /// held.
+    /// written after the trail was opened). A record written after the
+    /// feed started (see the module's note) is sent to the streams and
+    /// counted once, even when the backfill read it too; older history is
+    /// only held.
     fn take(&self, v: &Value, live: bool) {
         let Some(r) = Record::of(v) else {
             return;
         };
+        let stamped_since = || {
+            v["entry"]["timestamp"]
+                .as_str()
+                .and_then(skos_core::timefmt::parse)
+                .is_some_and(|t| t >= self.since)
+        };
         let send = {
             let mut held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            let live = live || held.live > 0 || stamped_since();
             if held.ring.back().is_none_or(|last| last.seq < r.seq) {
                 if held.ring.len() == RING {
                     held.ring.pop_front();
@@ -201,6 +239,7 @@ mod tests {
             tx,
             derived: Derived::default(),
             source: AuditSource::File("/nonexistent".into()),
+            since: skos_core::timefmt::parse("2026-06-01T00:00:00Z").expect("a time"),
         }
     }
 
@@ -224,6 +263,39 @@ mod tests {
         let (after, covered) = f.after(1, 1);
         assert_eq!((after[0].seq, covered), (2, true));
         assert!(f.after(0, 10).1, "every record from seq 1 is held");
+    }
+
+    /// Records backfilled at the first open are counted when stamped since
+    /// the feed started; at a reopen, those past the last one sent (written
+    /// meanwhile) are sent and counted whatever their stamp.
+    #[test]
+    fn records_written_since_start_are_counted_though_only_backfilled() {
+        let at = |seq: u64, event: &str, ts: &str| {
+            let mut v = rec(seq, event);
+            v["entry"]["timestamp"] = json!(ts);
+            v
+        };
+        let f = feed();
+        let mut rx = f.subscribe();
+        f.take(&at(1, "alert", "2026-01-01T00:00:00Z"), false);
+        f.take(&at(2, "start", "2026-06-01T00:00:00Z"), false);
+        f.take(&at(3, "alert", "2026-06-01T00:00:01Z"), true);
+        // Reopened: 4 and 5 were written meanwhile, by a host whose clock
+        // is behind; 3 comes again.
+        f.take(&at(3, "alert", "2026-06-01T00:00:01Z"), false);
+        f.take(&at(4, "alert", "2026-05-01T00:00:00Z"), false);
+        f.take(&at(5, "alert", "2026-05-01T00:00:00Z"), false);
+        let sent: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok().map(|r| r.seq)).collect();
+        assert_eq!(sent, [2, 3, 4, 5]);
+        let text = f.derived.encoded();
+        assert!(
+            text.contains(r#"skos_audit_records_total{event_type="start"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"skos_audit_records_total{event_type="alert"} 3"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -137,6 +137,16 @@ impl Derived {
         }
     }
 
+    /// These metrics alone, in the text format.
+    #[cfg(test)]
+    pub(crate) fn encoded(&self) -> String {
+        let mut reg = Registry::default();
+        self.register(&mut reg);
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &reg).expect("text encoding into a String");
+        out
+    }
+
     fn register(&self, reg: &mut Registry) {
         reg.register(
             "skos_actions",
@@ -448,11 +458,7 @@ mod tests {
     use serde_json::json;
 
     fn encoded(d: &Derived) -> String {
-        let mut reg = Registry::default();
-        d.register(&mut reg);
-        let mut out = String::new();
-        prometheus_text::encode(&mut out, &reg).unwrap();
-        out
+        d.encoded()
     }
 
     #[test]

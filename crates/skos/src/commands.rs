@@ -284,6 +284,24 @@ pub(crate) async fn embedded(
         sensors.len(),
         data_dir.escaped()
     );
+    let node = cfg.node.name.clone();
+    let bus = Bus::InProc(InProcBus::new());
+    let counters = Counters::default();
+    let (tx, rx) = watch::channel(false);
+    // Served before the first record is written, so the metrics derived
+    // from the trail count every record of this run.
+    let server = serve_http(
+        http,
+        skos_http::Sources {
+            bus: bus.clone(),
+            audit: AuditSource::File(data_dir.join("audit.jsonl")),
+            counters: counters.clone(),
+            holder: None,
+        },
+        rx.clone(),
+        say,
+    )
+    .await?;
     audit
         .append(AuditEntry::new(
             skos_core::AuditEvent::Start,
@@ -294,10 +312,6 @@ pub(crate) async fn embedded(
             json!({"mode": how.mode, "sensors": sensors.len(), "version": env!("CARGO_PKG_VERSION")}),
         ))
         .await?;
-    let node = cfg.node.name.clone();
-    let bus = Bus::InProc(InProcBus::new());
-    let counters = Counters::default();
-    let (tx, rx) = watch::channel(false);
     // Commands are signed in embedded mode too, with a key that lives as
     // long as the process, so the agent runs the same checks.
     let signer = Arc::new(Signer::ephemeral());
@@ -318,18 +332,6 @@ pub(crate) async fn embedded(
         opts,
         stopped(rx.clone()),
     ));
-    let server = serve_http(
-        http,
-        skos_http::Sources {
-            bus: bus.clone(),
-            audit: AuditSource::File(data_dir.join("audit.jsonl")),
-            counters: counters.clone(),
-            holder: None,
-        },
-        rx.clone(),
-        say,
-    )
-    .await?;
     let agent = Agent::new(agent_cfg, bus, counters, Some(data_dir.join("agent")))?;
     let agent = match how.audit_label {
         Some(label) => agent.announce_labelled(label),

@@ -60,6 +60,15 @@ fn metrics_and_events_show_a_throttle_and_its_verification() {
             .then_some(m)
         },
     );
+    // Every record of this run is counted, the ones written before the
+    // trail was first read (the `start` record) included.
+    assert_eq!(
+        metric(
+            &metrics(),
+            r#"skos_audit_records_total{event_type="start"}"#
+        ),
+        Some(1.0)
+    );
     let (code, body) = http_get(addr, "/api/v1/status", Duration::from_secs(5));
     assert_eq!(code, 200, "{body}");
     let status: Value = serde_json::from_str(&body).unwrap();
