@@ -65,7 +65,12 @@ fn stop(w: &mut Workloads, name: &str) -> Outcome {
 
 /// The antibody's heartbeat entry for `name`, after a fresh read.
 fn reported(w: &mut Workloads, name: &str) -> Option<WorkloadReport> {
-    w.refresh(chrono::Utc::now());
+    // As long as the engine takes to answer: the agent's own first look
+    // waits a second, and reports the workload unknown until it answers.
+    assert!(
+        w.look_now(chrono::Utc::now(), Duration::from_secs(60)),
+        "no read of the workloads within 60 s"
+    );
     let mut hb = Heartbeat::bare("a", "workloads", nova(), chrono::Utc::now());
     w.report(&mut hb);
     hb.workloads.into_iter().find(|r| r.name.as_str() == name)

@@ -333,6 +333,20 @@ impl Workloads {
         }
     }
 
+    /// Read every workload reported now, waiting at most `limit` for the
+    /// read (a container engine may be slow to answer); whether it came
+    /// in time (if not, the reports stay as last read).
+    pub fn look_now(&mut self, now: Timestamp, limit: Duration) -> bool {
+        let job = self.read_job();
+        match self.reader.read_fresh(limit, job) {
+            Some(read) => {
+                self.apply(read, now);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The workloads reported: home here, or told to start here.
     fn responsible(&self) -> BTreeSet<WorkloadName> {
         let mut all = self.homed.clone();
@@ -657,10 +671,7 @@ impl Antibody for Workloads {
 
     /// After a job: read again now (at most a second).
     fn refresh(&mut self, now: Timestamp) -> Vec<Alert> {
-        let job = self.read_job();
-        if let Some(read) = self.reader.read_fresh(FIRST_LOOK, job) {
-            self.apply(read, now);
-        }
+        self.look_now(now, FIRST_LOOK);
         Vec::new()
     }
 
