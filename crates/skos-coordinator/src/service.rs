@@ -270,31 +270,87 @@ fn node_key(node: &NodeName) -> String {
 /// Largest decompressed snapshot accepted.
 const SNAPSHOT_MAX_BYTES: usize = 256 * 1024 * 1024;
 
-/// States below this many bytes of JSON are kept as plain JSON: a node's
-/// state is usually a few hundred bytes, and setting up a zstd context for
-/// each write cost a quarter of the coordinator's time per alert.
-const COMPRESS_FROM: usize = 4096;
+/// States below this many bytes of JSON are kept as plain JSON in
+/// `SKOS_STATE`. A node's record with effects waiting (the alert, the
+/// command and their audit entries) is 2 – 4 KiB of JSON and about a
+/// quarter of that compressed; every byte of it is copied, stored and
+/// written by nats-server, which shares the coordinator's machine in
+/// small fleets.
+const COMPRESS_FROM: usize = 512;
+
+/// The same in the data dir's `node_<name>.state.json` files (embedded
+/// mode), kept readable as JSON but for large states.
+const COMPRESS_FILES_FROM: usize = 4096;
+
+/// The zstd level: the fastest of the regular ones (records are small and
+/// repetitive: node names, action ids, timestamps).
+const ZSTD_LEVEL: i32 = 1;
+
+/// Where node states are serialised and compressed, kept from one write to
+/// the next (a zstd context costs more to set up than a record to compress).
+struct Scratch {
+    /// States of at least this many bytes of JSON are compressed.
+    compress_from: usize,
+    json: Vec<u8>,
+    packed: Vec<u8>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::compressing_from(COMPRESS_FROM)
+    }
+}
+
+impl Scratch {
+    fn compressing_from(compress_from: usize) -> Self {
+        Self {
+            compress_from,
+            json: Vec::new(),
+            packed: Vec::new(),
+            zstd: None,
+        }
+    }
+
+    /// For the states kept in `store`.
+    fn for_store(store: &StateStore) -> Self {
+        match store {
+            StateStore::File(_) => Self::compressing_from(COMPRESS_FILES_FROM),
+            StateStore::JetStream(_) => Self::compressing_from(COMPRESS_FROM),
+        }
+    }
+
+    /// Whether it grew past what is worth keeping (one huge state).
+    fn oversized(&self) -> bool {
+        self.json.capacity().max(self.packed.capacity()) > 1 << 20
+    }
+}
 
 /// JSON, zstd-compressed when it is large; [`decode_snapshot`] reads both.
 #[cfg(test)]
 fn encode_snapshot<T: Serialize>(snap: &T) -> std::io::Result<Bytes> {
-    let mut buf = Vec::new();
-    encode_snapshot_in(snap, &mut buf).map(|b| Bytes::from(b.into_owned()))
+    let mut s = Scratch::default();
+    encode_snapshot_in(snap, &mut s).map(Bytes::copy_from_slice)
 }
 
-/// [`encode_snapshot`], serialised in `buf` (cleared first, so one buffer
-/// serves every node of a batch without growing a new one each time): the
-/// encoded bytes, borrowed from `buf`, or compressed apart.
-fn encode_snapshot_in<'a, T: Serialize>(
-    snap: &T,
-    buf: &'a mut Vec<u8>,
-) -> std::io::Result<std::borrow::Cow<'a, [u8]>> {
-    buf.clear();
-    serde_json::to_writer(&mut *buf, snap).map_err(std::io::Error::other)?;
-    if buf.len() < COMPRESS_FROM {
-        return Ok(std::borrow::Cow::Borrowed(buf));
+/// [`encode_snapshot`], serialised and compressed in `s` (cleared first, so
+/// one scratch serves every node of a batch without growing new buffers
+/// or a new zstd context each time): the encoded bytes, borrowed from `s`.
+fn encode_snapshot_in<'a, T: Serialize>(snap: &T, s: &'a mut Scratch) -> std::io::Result<&'a [u8]> {
+    s.json.clear();
+    serde_json::to_writer(&mut s.json, snap).map_err(std::io::Error::other)?;
+    if s.json.len() < s.compress_from {
+        return Ok(&s.json);
     }
-    zstd::bulk::compress(buf, 3).map(std::borrow::Cow::Owned)
+    let zstd = match &mut s.zstd {
+        Some(z) => z,
+        None => s.zstd.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+    };
+    s.packed.clear();
+    s.packed
+        .reserve(zstd::zstd_safe::compress_bound(s.json.len()));
+    zstd.compress_to_buffer(&s.json, &mut s.packed)?;
+    Ok(&s.packed)
 }
 
 /// What is saved under a node's key: its part of the engine's state and
@@ -447,8 +503,7 @@ fn in_kept_order(mut kept: Vec<(Seq, Effect)>) -> Vec<Queued> {
 /// write's outbox (`at`) instead of its seq.
 #[cfg(test)]
 fn as_earlier_version(saved: &Saved, at: &[u32]) -> Bytes {
-    let mut record: Value =
-        serde_json::from_slice(&encode_snapshot(saved).expect("encoded")).expect("JSON");
+    let mut record: Value = serde_json::to_value(saved).expect("JSON");
     if let Some(fields) = record.as_object_mut() {
         fields.remove("seq");
         fields.insert("at".into(), json!(at));
@@ -632,7 +687,7 @@ struct Ctx {
     /// Nodes whose state could not be written: retried every tick.
     unsaved: BTreeSet<NodeName>,
     /// Where node states are serialised, kept from one to the next.
-    scratch: Vec<u8>,
+    scratch: Scratch,
     signer: Option<Arc<Signer>>,
     engine: Engine,
     bus: Bus,
@@ -1159,7 +1214,7 @@ async fn lead(
         consumers,
         written: HashMap::new(),
         unsaved: BTreeSet::new(),
-        scratch: Vec::new(),
+        scratch: Scratch::for_store(state),
         signer: opts.signer.clone(),
         engine,
         bus: bus.clone(),
@@ -1598,9 +1653,11 @@ impl Ctx {
             }
         }
         // Kept for the next batch, unless one huge state made it large.
-        if buf.capacity() <= 1 << 20 {
-            self.scratch = buf;
-        }
+        self.scratch = if buf.oversized() {
+            Scratch::compressing_from(buf.compress_from)
+        } else {
+            buf
+        };
         if let Some(e) = failed {
             return Err(e);
         }
@@ -1676,7 +1733,7 @@ impl Ctx {
         node: &NodeName,
         effects: Vec<&Queued>,
         stamp: Stamp,
-        buf: &mut Vec<u8>,
+        buf: &mut Scratch,
     ) -> Result<NodeWrite> {
         let snap = self.engine.node_snapshot(node);
         let (seq, effects): (Vec<Seq>, Vec<KeptRef>) = effects
@@ -1710,11 +1767,11 @@ impl Ctx {
                 seq,
             };
             let bytes = encode_snapshot_in(&plain, buf).map_err(encode_err)?;
-            let state_digest = digest(&bytes);
+            let state_digest = digest(bytes);
             return Ok(if self.written.get(node) == Some(&state_digest) {
                 NodeWrite::Unchanged
             } else {
-                NodeWrite::Save(Bytes::copy_from_slice(&bytes), state_digest)
+                NodeWrite::Save(Bytes::copy_from_slice(bytes), state_digest)
             });
         }
         let saved = SavedRef {
@@ -1728,7 +1785,7 @@ impl Ctx {
         // write without effects writes it (once), the marker covering
         // these effects meanwhile.
         Ok(NodeWrite::Save(
-            Bytes::copy_from_slice(&bytes),
+            Bytes::copy_from_slice(bytes),
             UNKNOWN_DIGEST,
         ))
     }
@@ -2954,6 +3011,22 @@ mod tests {
         let packed = encode_snapshot(&big).unwrap();
         assert!(packed.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]));
         assert_eq!(decode_snapshot::<Vec<String>>(&packed).unwrap(), big);
+        // A node's record with effects waiting (about 2 KiB) is compressed
+        // in the bus, kept plain in the data dir's files.
+        let record: Vec<String> = (0..200).map(|i| format!("node-{i}")).collect();
+        let size = serde_json::to_vec(&record).unwrap().len();
+        assert!(
+            (COMPRESS_FROM..COMPRESS_FILES_FROM).contains(&size),
+            "{size}"
+        );
+        let mut bus = Scratch::default();
+        let packed = encode_snapshot_in(&record, &mut bus).unwrap().to_vec();
+        assert!(packed.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]));
+        assert!(packed.len() < size / 2, "{} of {size}", packed.len());
+        assert_eq!(decode_snapshot::<Vec<String>>(&packed).unwrap(), record);
+        let mut files = Scratch::compressing_from(COMPRESS_FILES_FROM);
+        let plain = encode_snapshot_in(&record, &mut files).unwrap();
+        assert_eq!(plain, serde_json::to_vec(&record).unwrap());
         let packed = zstd::bulk::compress(&serde_json::to_vec(&snap).unwrap(), 3).unwrap();
         assert!(decode_snapshot::<EngineSnapshot>(&packed).is_ok());
         let plain = serde_json::to_vec(&snap).unwrap();
@@ -2995,7 +3068,8 @@ mod tests {
         };
         let bytes = encode_snapshot(&saved).unwrap();
         // Counted as [term, count], placed as [[term, write], place].
-        let fields: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]), "compressed");
+        let fields: Value = decode_snapshot(&bytes).unwrap();
         assert_eq!(fields["seq"], json!([[3, 40], [[2, 5], 1]]));
         let back: Saved = decode_snapshot(&bytes).unwrap();
         assert_eq!(back.batch, Some(Stamp(3, 9)));

@@ -2387,7 +2387,7 @@ mod tests {
             flushed: FlushTimes::default(),
             written: HashMap::new(),
             unsaved: BTreeSet::new(),
-            scratch: Vec::new(),
+            scratch: super::Scratch::default(),
             signer: None,
             engine: Engine::new(Config::default(), counters.clone(), "test"),
             bus,
