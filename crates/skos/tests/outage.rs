@@ -15,6 +15,12 @@
 //! states written while the batch before is carried out), then started
 //! again: every alert audited exactly once, every command stored and
 //! audited exactly once, and the trail verifies.
+//!
+//! A leader stopped while the server is down loses the offline alerts it
+//! decided then (no node state could be written); the next leader, a
+//! standby or the same coordinator started again, raises them itself from
+//! the saved node records once the server is back: each silent node's
+//! offline alert audited once, the nodes that beat again never offline.
 
 mod common;
 
@@ -501,4 +507,285 @@ fn a_leader_stopped_while_the_bus_is_away_stops_without_waiting_for_it() {
     stop.store(true, Ordering::SeqCst);
     nats.restart();
     rt.block_on(beats).unwrap();
+}
+
+/// Who leads once the bus is back, after a leader stopped while it was
+/// away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NextLeader {
+    /// A standby, running all along, that wins the lease once the stopped
+    /// leader's ages out.
+    Standby,
+    /// The stopped coordinator, started again once the bus is back; then
+    /// stopped cleanly and started once more, so a second takeover finds
+    /// the nodes offline already.
+    Restarted,
+}
+
+/// Nodes that go silent with the bus and stay silent.
+const STAYED_SILENT: [usize; 2] = [0, 1];
+/// Nodes that go silent with the bus and beat again once it is back.
+const CAME_BACK: [usize; 2] = [2, 3];
+
+/// The audited `heartbeat_missing` alerts of `node`: (severity, term of
+/// the record) of each.
+fn heartbeat_missing_of(records: &[Value], node: &str) -> Vec<(String, Option<u64>)> {
+    audit_events(records, "alert")
+        .iter()
+        .filter(|r| {
+            let a = &r["entry"]["data"]["alert"];
+            a["type"] == "heartbeat_missing" && a["node"] == node
+        })
+        .map(|r| {
+            (
+                r["entry"]["data"]["alert"]["severity"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                r["entry"]["term"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+/// The leader as `skos status` names it: (holder, term).
+fn leader_of(nats: &NatsServer) -> Option<(String, u64)> {
+    let s = status(nats)?;
+    let l = &s["leader"];
+    Some((l["holder"].as_str()?.to_string(), l["term"].as_u64()?))
+}
+
+/// A leader stopped (SIGTERM) while the bus is away loses the offline
+/// alerts it decided for the nodes that went silent with the bus (no node
+/// state could be written). The next leader, once the bus is back, starts
+/// from the saved node records: every known node counts as seen when it
+/// takes over, so a node that stays silent goes offline one heartbeat
+/// timeout later, and its offline alert is raised and audited then, once,
+/// under the new term; the nodes that beat again are never marked
+/// offline. A second takeover (a clean restart) finds the same nodes
+/// silent and raises their offline alerts again, under the same ids (from
+/// the saved record's last heartbeat): none is audited again.
+fn offline_alerts_lost_with_a_leader_stopped_while_the_bus_is_away_are_raised_once_by(
+    next: NextLeader,
+) {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let mut nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("config.yaml");
+    // The lease outlasts the wait for the offline decisions and the stop
+    // (a leader trusts its last renewal for 0.8 of it, renewed every
+    // third): the first coordinator is still the leader when stopped.
+    std::fs::write(
+        &cfg,
+        "coordinator:\n  heartbeat_timeout: 2\n  leader_lease_seconds: 20\n",
+    )
+    .unwrap();
+    let mut first = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let (holder, term) = wait_for(Duration::from_secs(30), "a leader", || leader_of(&nats));
+    let _standby = (next == NextLeader::Standby).then(|| {
+        let standby = coordinator(&nats, &cfg, work.path(), "standby");
+        wait_for(Duration::from_secs(30), "the standby waits", || {
+            standby
+                .log_text()
+                .contains("standby: another coordinator leads")
+                .then_some(())
+        });
+        standby
+    });
+
+    let rt = runtime();
+    let names = |ix: &[usize]| -> Arc<Vec<NodeName>> {
+        Arc::new(ix.iter().map(|&i| node_name(i)).collect())
+    };
+    let stayed: Arc<Vec<NodeName>> = names(&STAYED_SILENT);
+    let came_back: Arc<Vec<NodeName>> = names(&CAME_BACK);
+    let silent_for_good = Arc::new(AtomicBool::new(false));
+    let away = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let beats = [
+        rt.spawn(beat(
+            nats.url(),
+            stayed.clone(),
+            silent_for_good.clone(),
+            stop.clone(),
+        )),
+        rt.spawn(beat(
+            nats.url(),
+            came_back.clone(),
+            away.clone(),
+            stop.clone(),
+        )),
+    ];
+    let all = STAYED_SILENT.len() + CAME_BACK.len();
+    wait_for(Duration::from_secs(30), "every node healthy", || {
+        status(&nats).filter(|s| s["summary"]["nodes"]["healthy"] == all)
+    });
+
+    // Every node goes silent with the bus; the leader decides they are
+    // offline and cannot save it, and is stopped before the bus is back.
+    silent_for_good.store(true, Ordering::SeqCst);
+    away.store(true, Ordering::SeqCst);
+    nats.kill();
+    wait_for(
+        Duration::from_secs(30),
+        "the leader decides the silent nodes are offline, and cannot save it",
+        || {
+            let log = first.log_text();
+            (log.contains("bus connection lost; reconnecting")
+                && log.contains("node state not saved: the bus is away"))
+            .then_some(())
+        },
+    );
+    // The nodes fell silent within one heartbeat round (0.5 s): by now
+    // every one is past its deadline.
+    std::thread::sleep(Duration::from_secs(1));
+    let exit = first.sigterm();
+    let log = first.log_text();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    let lost = log
+        .lines()
+        .find(|l| l.contains("stopping with the bus away: effects decided while no state could be written are lost"))
+        .unwrap_or_else(|| panic!("the stop says nothing is lost:\n{log}"));
+    assert!(
+        lost.contains(&format!("unsaved={all}")),
+        "every node's offline alert is lost with the leader: {lost}"
+    );
+    let stopped_at = Instant::now();
+    nats.restart();
+    away.store(false, Ordering::SeqCst);
+    // Nothing of it reached the trail.
+    let before = audit(&nats);
+    for i in STAYED_SILENT.iter().chain(&CAME_BACK) {
+        let node = node_name(*i);
+        assert!(
+            heartbeat_missing_of(&before, node.as_str()).is_empty(),
+            "{node}'s offline alert audited by the stopped leader"
+        );
+    }
+
+    let mut again = (next == NextLeader::Restarted)
+        .then(|| coordinator(&nats, &cfg, work.path(), "coordinator-again"));
+    let (holder2, term2) = wait_for(Duration::from_secs(60), "the next leader", || {
+        leader_of(&nats).filter(|(h, _)| h != &holder)
+    });
+    assert!(term2 > term, "new term {term2} must exceed {term}");
+    eprintln!(
+        "{next:?} leads {:?} after the stop (lease 20 s)",
+        stopped_at.elapsed()
+    );
+    let offline = |records: &[Value], node: &NodeName| -> Vec<Option<u64>> {
+        heartbeat_missing_of(records, node.as_str())
+            .into_iter()
+            .filter(|(severity, _)| severity == "critical")
+            .map(|(_, term)| term)
+            .collect()
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the silent nodes' offline alerts audited",
+        || {
+            let r = audit(&nats);
+            stayed
+                .iter()
+                .all(|n| !offline(&r, n).is_empty())
+                .then_some(())
+        },
+    );
+    // A few heartbeat timeouts more: a second alert, or a node that beats
+    // taken for offline, would show by then.
+    std::thread::sleep(Duration::from_secs(6));
+    let check = |records: &[Value], term: u64| {
+        for node in stayed.iter() {
+            assert_eq!(
+                offline(records, node),
+                vec![Some(term)],
+                "{node}'s offline alert: audited once, by the next leader"
+            );
+            let others: Vec<_> = heartbeat_missing_of(records, node.as_str())
+                .into_iter()
+                .filter(|(s, _)| s != "critical")
+                .collect();
+            assert!(others.is_empty(), "{node} was never back: {others:?}");
+        }
+        for node in came_back.iter() {
+            let alerts = heartbeat_missing_of(records, node.as_str());
+            assert!(
+                alerts.is_empty(),
+                "{node} beat again before the next leader: never offline, {alerts:?}"
+            );
+        }
+        let s = status(&nats).unwrap();
+        for node in stayed.iter() {
+            assert_eq!(
+                common::node(&s, node.as_str()).map(|n| n["status"].clone()),
+                Some(Value::from("offline")),
+                "{node} in status"
+            );
+        }
+        for node in came_back.iter() {
+            assert_eq!(
+                common::node(&s, node.as_str()).map(|n| n["status"].clone()),
+                Some(Value::from("healthy")),
+                "{node} in status"
+            );
+        }
+    };
+    check(&audit(&nats), term2);
+
+    if let Some(second) = again.as_mut() {
+        // A clean stop, the bus there: the lease is released and the
+        // coordinator started again takes over at once, every node seen
+        // at its start; the silent ones go offline again after a
+        // heartbeat timeout, under the ids already audited.
+        let exit = second.sigterm();
+        assert!(exit.success(), "{exit:?}\n{}", second.log_text());
+        let third = coordinator(&nats, &cfg, work.path(), "coordinator-third");
+        let (_, term3) = wait_for(Duration::from_secs(60), "the third leader", || {
+            leader_of(&nats).filter(|(h, _)| h != &holder2)
+        });
+        assert!(term3 > term2, "new term {term3} must exceed {term2}");
+        wait_for(
+            Duration::from_secs(30),
+            "the silent nodes offline again under the third leader",
+            || {
+                status(&nats).filter(|s| {
+                    stayed.iter().all(|n| {
+                        common::node(s, n.as_str()).is_some_and(|x| x["status"] == "offline")
+                    })
+                })
+            },
+        );
+        std::thread::sleep(Duration::from_secs(6));
+        check(&audit(&nats), term2);
+        // It raised them again (the records above show once).
+        let log = third.log_text();
+        for node in stayed.iter() {
+            assert!(
+                log.lines().any(|l| l.contains("raising alert")
+                    && l.contains(&format!("node={node}"))
+                    && l.contains("heartbeat_missing")
+                    && l.contains("critical")),
+                "{node}'s offline alert raised again by the third leader:\n{log}"
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for b in beats {
+        rt.block_on(b).unwrap();
+    }
+    assert_trail_verifies(&nats);
+}
+
+#[test]
+fn offline_alerts_a_leader_stopped_with_the_bus_away_lost_are_raised_once_by_the_standby() {
+    offline_alerts_lost_with_a_leader_stopped_while_the_bus_is_away_are_raised_once_by(
+        NextLeader::Standby,
+    );
+}
+
+#[test]
+fn offline_alerts_a_leader_stopped_with_the_bus_away_lost_are_raised_once_when_it_starts_again() {
+    offline_alerts_lost_with_a_leader_stopped_while_the_bus_is_away_are_raised_once_by(
+        NextLeader::Restarted,
+    );
 }

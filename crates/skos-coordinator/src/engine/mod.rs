@@ -397,7 +397,7 @@ impl Engine {
                 AlertKind::HeartbeatMissing,
                 Severity::Normal,
                 format!("node {node} is back: heartbeats resumed"),
-                json!({"sensor": "heartbeat"}),
+                json!({"sensor": kinds::offline::SENSOR}),
                 now,
             );
             back.alert_id = heartbeat_alert_id(&node, &back.kind, back.severity, sent);

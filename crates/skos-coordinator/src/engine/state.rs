@@ -577,6 +577,10 @@ pub struct EngineSnapshot {
     /// Commands closed as `no_result` whose late answer is still news.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(in crate::engine) unanswered: Vec<super::unanswered::Unanswered>,
+    /// Problems whose actions were skipped because the node was offline:
+    /// decided again when it is back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::engine) offline_skipped: Vec<(NodeName, ProblemKey)>,
 }
 
 impl EngineSnapshot {
@@ -596,6 +600,7 @@ impl EngineSnapshot {
             && self.ledger.is_empty()
             && self.silences.is_empty()
             && self.unanswered.is_empty()
+            && self.offline_skipped.is_empty()
     }
 }
 
@@ -638,6 +643,7 @@ impl Engine {
             ledger: self.ledger.all(),
             silences: self.silences.values().flatten().cloned().collect(),
             unanswered: self.unanswered.all(),
+            offline_skipped: self.offline_skipped.iter().cloned().collect(),
         }
     }
 
@@ -684,6 +690,12 @@ impl Engine {
             ledger: self.ledger.of_node(node),
             silences: self.silences.get(node).cloned().unwrap_or_default(),
             unanswered: self.unanswered.of(node),
+            offline_skipped: self
+                .offline_skipped
+                .iter()
+                .filter(|(n, _)| n == node)
+                .cloned()
+                .collect(),
         }
     }
 
@@ -697,6 +709,7 @@ impl Engine {
         out.extend(self.reset_retries.keys().cloned());
         out.extend(self.silences.keys().cloned());
         out.extend(self.unanswered.nodes().cloned());
+        out.extend(self.offline_skipped.iter().map(|(n, _)| n.clone()));
         out.extend(
             self.breakers
                 .snapshot()
@@ -748,6 +761,7 @@ impl Engine {
         }
         self.reset_retries.extend(snap.reset_retries);
         self.unanswered.restore(snap.unanswered);
+        self.offline_skipped.extend(snap.offline_skipped);
         self.placement.restore(snap.placements);
         self.placement.restore_approvals(snap.approvals);
         self.placement.restore_drains(snap.drains);
@@ -783,6 +797,12 @@ impl Engine {
             state.skewed = self
                 .open_alerts
                 .contains(&name, &super::kinds::clock::problem());
+            // Its offline alert is still open: offline until it beats
+            // again (then said back, and what was skipped decided again),
+            // not raised again.
+            state.offline = self
+                .open_alerts
+                .contains(&name, &super::kinds::offline::problem());
             self.nodes.insert(name, Box::new(state));
         }
     }

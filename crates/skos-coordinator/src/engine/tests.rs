@@ -2199,6 +2199,44 @@ fn actions_skipped_while_the_node_was_offline_are_decided_again_when_it_is_back(
     assert!(commands(&e.on_heartbeat(hb(Some(88.0), 50, 42.0), t(42.0))).is_empty());
 }
 
+/// A node offline when a new leader takes over stays offline (its alert is
+/// still open): not raised offline again; back, with its next heartbeat,
+/// and what was skipped while it was away decided again, by the new leader.
+#[test]
+fn a_node_offline_at_a_takeover_is_said_back_and_its_skipped_actions_decided_again() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
+    let fx = e.tick(t(40.0));
+    let offline = alerts(&fx);
+    assert_eq!(offline.len(), 1);
+    e.on_alert(offline[0].clone(), t(40.2));
+    let out = e.on_alert(alert(Severity::Critical, 88.0, 40.0), t(40.5));
+    let skipped = audits(&out, "skipped");
+    assert!(!skipped.is_empty());
+    // The next leader restores what the node's record keeps.
+    let mut again = engine();
+    again.restore(e.node_snapshot(&nova()), t(50.0));
+    assert_eq!(again.status(t(50.0)).nodes[0].status, NodeHealth::Offline);
+    assert!(
+        alerts(&again.tick(t(100.0))).is_empty(),
+        "offline already, not raised again"
+    );
+    // Back within the heartbeat timeout of the takeover.
+    let back = again.on_heartbeat(hb(Some(88.0), 0, 51.0), t(51.0));
+    let said = alerts(&back);
+    assert_eq!(said.len(), 1, "{back:?}");
+    assert_eq!(
+        (said[0].kind.clone(), said[0].severity),
+        (AlertKind::HeartbeatMissing, Severity::Normal)
+    );
+    let sent: Vec<String> = commands(&back).into_iter().map(|c| c.action_type).collect();
+    assert_eq!(sent.len(), skipped.len(), "{back:?}");
+    assert!(sent.contains(&"throttle_50".to_string()), "{sent:?}");
+    again.on_alert(said[0].clone(), t(51.2));
+    assert_ne!(again.status(t(52.0)).nodes[0].status, NodeHealth::Offline);
+    assert!(again.node_snapshot(&nova()).offline_skipped.is_empty());
+}
+
 #[test]
 fn commands_carry_the_leaders_term_and_status_names_the_leader() {
     let mut cfg = seed_config();

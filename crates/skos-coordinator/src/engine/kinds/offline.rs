@@ -6,6 +6,7 @@
 
 use serde_json::json;
 use skos_core::counters::Counter;
+use skos_core::events::ProblemKey;
 use skos_core::level::secs;
 use skos_core::protocol::{AlertKind, Severity};
 use skos_core::timefmt::Timestamp;
@@ -13,6 +14,14 @@ use skos_core::NodeName;
 
 use super::ProblemKind;
 use crate::engine::{heartbeat_alert_id, Effect, Engine};
+
+/// The problem an offline alert is open under.
+pub(in crate::engine) fn problem() -> ProblemKey {
+    ProblemKey::new(&AlertKind::HeartbeatMissing, Some(SENSOR))
+}
+
+/// The `sensor` of the alerts: offline, and back.
+pub(in crate::engine) const SENSOR: &str = "heartbeat";
 
 pub(crate) struct Offline;
 
@@ -48,7 +57,7 @@ impl Engine {
                 AlertKind::HeartbeatMissing,
                 Severity::Critical,
                 format!("node {node} is offline: no heartbeat for {silent:.1}s"),
-                json!({"sensor": "heartbeat", "silent_seconds": silent, "timeout": self.cfg.coordinator.heartbeat_timeout}),
+                json!({"sensor": SENSOR, "silent_seconds": silent, "timeout": self.cfg.coordinator.heartbeat_timeout}),
                 now,
             );
             alert.alert_id = heartbeat_alert_id(&node, &alert.kind, alert.severity, sent);
