@@ -734,9 +734,9 @@ fn offline_alerts_lost_with_a_leader_stopped_while_the_bus_is_away_are_raised_on
 
     if let Some(second) = again.as_mut() {
         // A clean stop, the bus there: the lease is released and the
-        // coordinator started again takes over at once, every node seen
-        // at its start; the silent ones go offline again after a
-        // heartbeat timeout, under the ids already audited.
+        // coordinator started again takes over at once. The silent nodes'
+        // offline alerts are open in their records: they stay offline,
+        // not raised again.
         let exit = second.sigterm();
         assert!(exit.success(), "{exit:?}\n{}", second.log_text());
         let third = coordinator(&nats, &cfg, work.path(), "coordinator-third");
@@ -746,7 +746,7 @@ fn offline_alerts_lost_with_a_leader_stopped_while_the_bus_is_away_are_raised_on
         assert!(term3 > term2, "new term {term3} must exceed {term2}");
         wait_for(
             Duration::from_secs(30),
-            "the silent nodes offline again under the third leader",
+            "the silent nodes still offline under the third leader",
             || {
                 status(&nats).filter(|s| {
                     stayed.iter().all(|n| {
@@ -757,14 +757,12 @@ fn offline_alerts_lost_with_a_leader_stopped_while_the_bus_is_away_are_raised_on
         );
         std::thread::sleep(Duration::from_secs(6));
         check(&audit(&nats), term2);
-        // It raised them again (the records above show once).
         let log = third.log_text();
         for node in stayed.iter() {
             assert!(
-                log.lines().any(|l| l.contains("raising alert")
+                !log.lines().any(|l| l.contains("raising alert")
                     && l.contains(&format!("node={node}"))
-                    && l.contains("heartbeat_missing")
-                    && l.contains("critical")),
+                    && l.contains("heartbeat_missing")),
                 "{node}'s offline alert raised again by the third leader:\n{log}"
             );
         }
