@@ -273,18 +273,20 @@ const SNAPSHOT_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// States below this many bytes of JSON are kept as plain JSON in
 /// `SKOS_STATE`. A node's record with effects waiting (the alert, the
 /// command and their audit entries) is 2 – 4 KiB of JSON and about a
-/// quarter of that compressed; every byte of it is copied, stored and
-/// written by nats-server, which shares the coordinator's machine in
-/// small fleets.
+/// third of that compressed; every byte of it is copied, stored and
+/// written by nats-server, whose work per alert is mostly in proportion
+/// to the bytes it takes in (`bench/RESULTS.md`).
 const COMPRESS_FROM: usize = 512;
 
 /// The same in the data dir's `node_<name>.state.json` files (embedded
 /// mode), kept readable as JSON but for large states.
 const COMPRESS_FILES_FROM: usize = 4096;
 
-/// The zstd level: the fastest of the regular ones (records are small and
-/// repetitive: node names, action ids, timestamps).
-const ZSTD_LEVEL: i32 = 1;
+/// The zstd level: one of the fast ones. A 4 KiB record takes 6 µs and
+/// shrinks to 30 % (level 1: 10 µs, 23 %; level 3: 12 µs): the
+/// coordinator's time is taken from the same cores as the bus's where
+/// they share a machine, and the bus saves less than that per byte saved.
+const ZSTD_LEVEL: i32 = -1;
 
 /// Where node states are serialised and compressed, kept from one write to
 /// the next (a zstd context costs more to set up than a record to compress).
