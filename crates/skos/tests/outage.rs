@@ -563,8 +563,8 @@ fn leader_of(nats: &NatsServer) -> Option<(String, u64)> {
 /// timeout later, and its offline alert is raised and audited then, once,
 /// under the new term; the nodes that beat again are never marked
 /// offline. A second takeover (a clean restart) finds the same nodes
-/// silent and raises their offline alerts again, under the same ids (from
-/// the saved record's last heartbeat): none is audited again.
+/// offline already (their alerts open in their records): none is raised
+/// or audited again.
 fn offline_alerts_lost_with_a_leader_stopped_while_the_bus_is_away_are_raised_once_by(
     next: NextLeader,
 ) {
