@@ -665,12 +665,24 @@ fn decode_snapshot<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Sn
         source,
     };
     if bytes.starts_with(&ZSTD_MAGIC) {
-        let plain = zstd::bulk::decompress(bytes, SNAPSHOT_MAX_BYTES).map_err(|source| {
-            SnapshotError::Decompress {
+        // One context per thread, kept: a start-up reads every node's
+        // record, and making a context costs as much as the decompression.
+        thread_local! {
+            static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let plain = CONTEXT
+            .with_borrow_mut(|kept| {
+                let context = match kept {
+                    Some(c) => c,
+                    None => kept.insert(zstd::bulk::Decompressor::new()?),
+                };
+                context.decompress(bytes, SNAPSHOT_MAX_BYTES)
+            })
+            .map_err(|source| SnapshotError::Decompress {
                 key: STATE_KEY,
                 source,
-            }
-        })?;
+            })?;
         serde_json::from_slice(&plain).map_err(json)
     } else {
         serde_json::from_slice(bytes).map_err(json)
@@ -3034,6 +3046,8 @@ mod tests {
         let plain = serde_json::to_vec(&snap).unwrap();
         assert!(decode_snapshot::<EngineSnapshot>(&plain).is_ok());
         assert!(decode_snapshot::<EngineSnapshot>(b"\x28\xb5\x2f\xfdgarbage").is_err());
+        // The thread's kept context reads the next record after a bad one.
+        assert!(decode_snapshot::<EngineSnapshot>(&packed).is_ok());
     }
 
     fn at() -> chrono::DateTime<chrono::Utc> {
