@@ -62,12 +62,14 @@ fn metrics_and_events_show_a_throttle_and_its_verification() {
     );
     // Every record of this run is counted, the ones written before the
     // trail was first read (the `start` record) included.
-    assert_eq!(
-        metric(
-            &metrics(),
-            r#"skos_audit_records_total{event_type="start"}"#
-        ),
-        Some(1.0)
+    wait_for(
+        Duration::from_secs(30),
+        "the start record counted in /metrics",
+        || {
+            let m = metrics();
+            (metric(&m, r#"skos_audit_records_total{event_type="start"}"#) == Some(1.0))
+                .then_some(m)
+        },
     );
     let (code, body) = http_get(addr, "/api/v1/status", Duration::from_secs(5));
     assert_eq!(code, 200, "{body}");
