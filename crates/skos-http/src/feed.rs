@@ -3,17 +3,18 @@
 //! bounded ring for the audit pages, sent to the open event streams, and
 //! counted into the metrics derived from the trail ([`crate::metrics::Derived`]).
 //!
-//! Written after start means: given by the follower, or backfilled with a
-//! `seq` past the last record given live (written while the trail was
-//! reopened), or stamped at or after the feed started (written before the
-//! trail was first opened, such as the `start` record). Each is sent and
-//! counted once.
+//! Written after start means: past the last record the first open read
+//! back (by `seq`, whatever the writers' clocks say), whether the follower
+//! gives it or a reopen reads it back (written while the trail was
+//! reopened). Each is sent and counted once. [`Feed::ready`] waits for the
+//! first open, so that what the caller writes next (embedded mode's `start`
+//! record) is new; records written before a first open that came late are
+//! history.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::DurationRound;
 use serde_json::Value;
 use skos_bus::audit_follow::{AuditFollower, AuditSource};
 use tokio::sync::broadcast;
@@ -52,13 +53,16 @@ impl Record {
     }
 }
 
-/// The records held, and the highest seq sent live.
+/// The records held, and the highest seq sent or read back at the first
+/// open.
 #[derive(Default)]
 struct Held {
     ring: VecDeque<Record>,
-    /// The highest seq sent to the streams and counted: what a follower
-    /// gives again after a reopen is not sent twice.
-    live: u64,
+    /// The highest seq sent to the streams and counted, or read back at the
+    /// first open: a record at or below it is not sent (again).
+    counted: u64,
+    /// The trail was opened once: what is read past `counted` is new.
+    opened: bool,
 }
 
 /// The followed trail.
@@ -70,9 +74,8 @@ pub struct Feed {
     pub derived: Derived,
     /// Where the records come from.
     pub source: AuditSource,
-    /// When the feed started: a backfilled record stamped at or after it
-    /// was written since.
-    since: skos_core::timefmt::Timestamp,
+    /// Whether the trail was opened once.
+    opened: tokio::sync::watch::Sender<bool>,
 }
 
 impl Feed {
@@ -85,14 +88,20 @@ impl Feed {
             tx,
             derived: Derived::default(),
             source,
-            // To the millisecond, as records are stamped.
-            since: chrono::Utc::now()
-                .duration_trunc(chrono::TimeDelta::milliseconds(1))
-                .unwrap_or_else(|_| chrono::Utc::now()),
+            opened: tokio::sync::watch::channel(false).0,
         };
         let f = feed.clone();
         tokio::spawn(async move { f.follow().await });
         feed
+    }
+
+    /// Wait, at most `within`, for the trail's first open: records written
+    /// after it are counted (see the module's note). Whether it was opened.
+    pub async fn ready(&self, within: Duration) -> bool {
+        let mut opened = self.opened.subscribe();
+        tokio::time::timeout(within, opened.wait_for(|o| *o))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     async fn follow(self) {
@@ -103,13 +112,14 @@ impl Feed {
                     said = false;
                     self.say_gap(&recent);
                     for v in &recent {
-                        self.take(v, false);
+                        self.take(v);
                     }
+                    self.opened_once();
                     loop {
                         match follower.next().await {
                             Ok(records) => {
                                 for v in &records {
-                                    self.take(v, true);
+                                    self.take(v);
                                 }
                             }
                             Err(e) => {
@@ -130,48 +140,55 @@ impl Feed {
         }
     }
 
-    /// Warn when a reopen's backfill `recent` begins past the record after
-    /// the last one sent: those between were written while the trail was
-    /// not followed and are neither sent nor counted.
+    /// The first open's read-back is held: what comes past it is new.
+    fn opened_once(&self) {
+        {
+            let mut held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            if !held.opened {
+                held.opened = true;
+                held.counted = held.counted.max(held.ring.back().map_or(0, |r| r.seq));
+            }
+        }
+        self.opened.send_replace(true);
+    }
+
+    /// Warn when a reopen's read-back `recent` begins past the record after
+    /// the last one counted: those between were written while the trail
+    /// was not followed and are neither sent nor counted.
     fn say_gap(&self, recent: &[Value]) {
-        let live = self.ring.lock().unwrap_or_else(|e| e.into_inner()).live;
+        let (opened, counted) = {
+            let held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            (held.opened, held.counted)
+        };
         let first = recent.first().and_then(|v| v["seq"].as_u64());
-        if let Some(first) = first.filter(|&f| live > 0 && f > live + 1) {
+        if let Some(first) = first.filter(|&f| opened && f > counted.saturating_add(1)) {
             tracing::warn!(
-                from_seq = live + 1,
+                from_seq = counted.saturating_add(1),
                 to_seq = first - 1,
                 "audit records written while the trail was reopened are not in the event streams or the metrics (read them with skos audit)"
             );
         }
     }
 
-    /// Keep a record not held yet. `live`: the follower gave it (it was
-    /// written after the trail was opened). A record written after the
-    /// feed started (see the module's note) is sent to the streams and
-    /// counted once, even when the backfill read it too; older history is
-    /// only held.
-    fn take(&self, v: &Value, live: bool) {
+    /// Keep a record not held yet. Once the trail was opened, one past the
+    /// last counted is sent to the streams and counted, once, whether the
+    /// follower gave it or a reopen read it back; what the first open
+    /// reads back is history, only held.
+    fn take(&self, v: &Value) {
         let Some(r) = Record::of(v) else {
             return;
         };
-        let stamped_since = || {
-            v["entry"]["timestamp"]
-                .as_str()
-                .and_then(skos_core::timefmt::parse)
-                .is_some_and(|t| t >= self.since)
-        };
         let send = {
             let mut held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-            let live = live || held.live > 0 || stamped_since();
             if held.ring.back().is_none_or(|last| last.seq < r.seq) {
                 if held.ring.len() == RING {
                     held.ring.pop_front();
                 }
                 held.ring.push_back(r.clone());
             }
-            let send = live && r.seq > held.live;
+            let send = held.opened && r.seq > held.counted;
             if send {
-                held.live = r.seq;
+                held.counted = r.seq;
             }
             send
         };
@@ -239,25 +256,29 @@ mod tests {
             tx,
             derived: Derived::default(),
             source: AuditSource::File("/nonexistent".into()),
-            since: skos_core::timefmt::parse("2026-06-01T00:00:00Z").expect("a time"),
+            opened: tokio::sync::watch::channel(false).0,
         }
     }
 
-    /// A record both backfilled and followed (written while the trail was
-    /// opened) is held once and sent once; a follower's repeat after a
-    /// reopen is not sent again; backfilled history is only held.
+    fn sent(rx: &mut broadcast::Receiver<Record>) -> Vec<u64> {
+        std::iter::from_fn(|| rx.try_recv().ok().map(|r| r.seq)).collect()
+    }
+
+    /// The first open's read-back is history (held, not sent); a record
+    /// both read back and followed is held once and sent once; a
+    /// follower's repeat is not sent again.
     #[test]
     fn each_record_is_held_once_and_sent_once() {
         let f = feed();
         let mut rx = f.subscribe();
-        f.take(&rec(1, "start"), false);
-        f.take(&rec(2, "result"), false);
-        f.take(&rec(2, "result"), true);
-        f.take(&rec(3, "result"), true);
-        f.take(&rec(3, "result"), true);
-        f.take(&rec(2, "result"), false);
-        let sent: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok().map(|r| r.seq)).collect();
-        assert_eq!(sent, [2, 3]);
+        f.take(&rec(1, "start"));
+        f.take(&rec(2, "result"));
+        f.opened_once();
+        f.take(&rec(2, "result"));
+        f.take(&rec(3, "result"));
+        f.take(&rec(3, "result"));
+        f.take(&rec(2, "result"));
+        assert_eq!(sent(&mut rx), [3]);
         let held: Vec<u64> = f.tail(10).iter().map(|r| r.seq).collect();
         assert_eq!(held, [1, 2, 3]);
         let (after, covered) = f.after(1, 1);
@@ -265,11 +286,12 @@ mod tests {
         assert!(f.after(0, 10).1, "every record from seq 1 is held");
     }
 
-    /// Records backfilled at the first open are counted when stamped since
-    /// the feed started; at a reopen, those past the last one sent (written
-    /// meanwhile) are sent and counted whatever their stamp.
+    /// What is new is judged by seq alone: history stamped in the future
+    /// (a writer's clock ahead) is not counted at the first open, and
+    /// records a reopen reads back past the last counted (written
+    /// meanwhile, by a clock behind) are, each once.
     #[test]
-    fn records_written_since_start_are_counted_though_only_backfilled() {
+    fn records_are_new_by_seq_whatever_their_stamps() {
         let at = |seq: u64, event: &str, ts: &str| {
             let mut v = rec(seq, event);
             v["entry"]["timestamp"] = json!(ts);
@@ -277,32 +299,54 @@ mod tests {
         };
         let f = feed();
         let mut rx = f.subscribe();
-        f.take(&at(1, "alert", "2026-01-01T00:00:00Z"), false);
-        f.take(&at(2, "start", "2026-06-01T00:00:00Z"), false);
-        f.take(&at(3, "alert", "2026-06-01T00:00:01Z"), true);
-        // Reopened: 4 and 5 were written meanwhile, by a host whose clock
-        // is behind; 3 comes again.
-        f.take(&at(3, "alert", "2026-06-01T00:00:01Z"), false);
-        f.take(&at(4, "alert", "2026-05-01T00:00:00Z"), false);
-        f.take(&at(5, "alert", "2026-05-01T00:00:00Z"), false);
-        let sent: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok().map(|r| r.seq)).collect();
-        assert_eq!(sent, [2, 3, 4, 5]);
+        f.take(&at(1, "alert", "2099-01-01T00:00:00Z"));
+        f.take(&at(2, "alert", "2020-01-01T00:00:00Z"));
+        f.opened_once();
+        f.take(&at(3, "start", "2026-06-01T00:00:00Z"));
+        // Reopened: 3 is read back again, 4 and 5 were written meanwhile.
+        f.say_gap(&[at(3, "start", "2026-06-01T00:00:00Z")]);
+        f.take(&at(3, "start", "2026-06-01T00:00:00Z"));
+        f.take(&at(4, "alert", "2020-01-01T00:00:00Z"));
+        f.take(&at(5, "alert", "2099-01-01T00:00:00Z"));
+        f.opened_once();
+        assert_eq!(sent(&mut rx), [3, 4, 5]);
         let text = f.derived.encoded();
         assert!(
             text.contains(r#"skos_audit_records_total{event_type="start"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"skos_audit_records_total{event_type="alert"} 3"#),
+            text.contains(r#"skos_audit_records_total{event_type="alert"} 2"#),
             "{text}"
         );
+    }
+
+    /// A record at the largest seq (forged on a server without trusted
+    /// keys) does not overflow the gap's check.
+    #[test]
+    fn a_reopen_after_the_largest_seq_does_not_overflow() {
+        let f = feed();
+        f.opened_once();
+        f.take(&rec(u64::MAX, "alert"));
+        f.say_gap(&[rec(5, "alert")]);
+        f.say_gap(&[rec(u64::MAX, "alert")]);
+        assert_eq!(f.tail(1)[0].seq, u64::MAX);
+    }
+
+    /// [`Feed::ready`] resolves once the trail was opened, and says so.
+    #[tokio::test]
+    async fn ready_waits_for_the_first_open() {
+        let f = feed();
+        assert!(!f.ready(Duration::from_millis(10)).await);
+        f.opened_once();
+        assert!(f.ready(Duration::from_millis(10)).await);
     }
 
     #[test]
     fn the_ring_keeps_the_newest_and_says_what_it_no_longer_covers() {
         let f = feed();
         for seq in 1..=(RING as u64 + 5) {
-            f.take(&rec(seq, "node"), false);
+            f.take(&rec(seq, "node"));
         }
         assert_eq!(f.oldest(), Some(6));
         assert!(!f.after(3, 10).1, "records 4 and 5 are no longer held");

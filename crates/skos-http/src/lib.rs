@@ -125,6 +125,9 @@ pub struct Sources {
     pub holder: Option<String>,
 }
 
+/// How long a start waits for the audit trail's first open.
+const FIRST_OPEN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A started server.
 pub struct Server {
     /// The address it listens on (the port the system chose for `:0`).
@@ -173,6 +176,15 @@ pub async fn start(
         None => None,
     };
     let feed = feed::Feed::start(sources.audit.clone());
+    // Opened before the caller writes (embedded mode's start record), so
+    // what it writes from here on is counted; a trail not readable yet
+    // (the bus away) does not hold up the start.
+    if !feed.ready(FIRST_OPEN).await {
+        tracing::warn!(
+            within_seconds = FIRST_OPEN.as_secs(),
+            "audit trail not opened yet: records written before it is are not in the metrics"
+        );
+    }
     let state = Arc::new(api::AppState::new(sources, feed, opts.token.clone()));
     let app = api::router(state.clone());
     let https = tls.is_some();
