@@ -127,9 +127,11 @@ fn unquote(s: &str) -> Option<(String, &str)> {
 
 /// What a refusal is counted as by the log's limiter: its kind and its
 /// subject with the tokens that vary from message to message written `*`:
-/// under `$JS.ACK.`, a token of digits or of 16 letters and digits or more
-/// (an acknowledgement's sequences, time and random part); under the
-/// connection's `inbox`, every token after it. So refused acknowledgements
+/// under `$JS.` (acknowledgements and JetStream requests), a token of
+/// digits or of 16 letters and digits or more (an acknowledgement's
+/// sequences, time and random part, a consumer's random name; SKOS's own
+/// consumer names hold a `-`); under the connection's `inbox`, every token
+/// after it. So refused acknowledgements
 /// of every message count as one text, while refusals of distinct subjects
 /// (a node's, whatever its name) count apart and are each logged. Other
 /// texts count as themselves.
@@ -152,7 +154,7 @@ fn shape(text: &str, refused: Option<&Refused>, inbox: &str) -> String {
             );
         }
     }
-    if !subject.starts_with("$JS.ACK.") {
+    if !subject.starts_with("$JS.") {
         return format!("{kind} {subject}");
     }
     let varies = |t: &str| {
@@ -268,6 +270,11 @@ pub(crate) struct Refusals {
     /// reconnection is seen by it even when the client drops the
     /// `Connected` event (its event queue is full).
     stats: std::sync::OnceLock<std::sync::Arc<async_nats::Statistics>>,
+    /// `Connected` events taken, in the order events are queued: a
+    /// refusal taken after the `n`th was heard on connection `n` or later,
+    /// whatever the client's count says by then (a late refusal of an old
+    /// connection must not hold on a new one).
+    connected_seen: std::sync::atomic::AtomicU64,
     /// Lines logging refusals.
     refusal_lines: Mutex<Limiter>,
     /// Lines logging the client's and the server's other errors.
@@ -289,6 +296,7 @@ impl Refusals {
             heard: tokio::sync::Notify::new(),
             disconnected: std::sync::atomic::AtomicBool::new(false),
             stats: std::sync::OnceLock::new(),
+            connected_seen: std::sync::atomic::AtomicU64::new(0),
             refusal_lines: Mutex::new(Limiter::new()),
             error_lines: Mutex::new(Limiter::new()),
         }
@@ -336,7 +344,15 @@ impl Refusals {
         let (subject, reply) = match refused {
             Some(Refused::Subscription(s)) => {
                 if self.under_inbox(&s) {
-                    kept.inbox = Some((text.to_string(), self.connects()));
+                    // The connection it was heard on, as far as the
+                    // events say: when `Connected` was dropped, this is
+                    // an older count and the refusal does not hold (a
+                    // timeout, rather than a refusal that is not so).
+                    let seen = self
+                        .connected_seen
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                        .max(1);
+                    kept.inbox = Some((text.to_string(), seen.min(self.connects())));
                 }
                 return;
             }
@@ -359,6 +375,8 @@ impl Refusals {
     /// The connection was made again: the subscription its replies come
     /// back on is made again too, and judged afresh.
     fn connected(&self) {
+        self.connected_seen
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         lock(&self.kept).inbox = None;
     }
 
@@ -601,6 +619,14 @@ mod tests {
             shape(&p("_INBOX.1QUwnj3ZoKBXASnBUqeEG5.17")),
             "publish _INBOX.*.*"
         );
+        assert_eq!(
+            shape(&p("$JS.API.CONSUMER.CREATE.SKOS_AUDIT.nB3UmiYQxk5iXGJMMgX7sc")),
+            "publish $JS.API.CONSUMER.CREATE.SKOS_AUDIT.*"
+        );
+        assert_ne!(
+            shape(&p("$JS.API.CONSUMER.INFO.SKOS_COMMANDS.skos-agent-12345")),
+            shape(&p("$JS.API.CONSUMER.INFO.SKOS_COMMANDS.skos-agent-12346"))
+        );
         assert_ne!(
             shape(&p("skos.coordinator.status")),
             shape(&p("skos.coordinator.control"))
@@ -687,10 +713,45 @@ mod tests {
         assert!(r.naming(later, "skos.coordinator.status").is_some());
     }
 
+    /// async-nats counts a connection (`Statistics::connects`) on the
+    /// connection's task, then queues `Connected`; events reach the
+    /// callback through a queue of 128 on another task. When that queue is
+    /// full (the case the count is for), the refusal heard on the old
+    /// connection is still queued when the count moves on, and is kept
+    /// with the new connection's count: every request on the new
+    /// connection, whose inbox subscription the server took, is answered
+    /// Denied until the client reconnects again.
+    #[test]
+    fn a_refusal_heard_on_the_old_connection_and_taken_late_does_not_hold_on_the_new() {
+        let r = Refusals::new("_INBOX");
+        let stats = std::sync::Arc::new(async_nats::Statistics::default());
+        stats.connects.store(1, std::sync::atomic::Ordering::SeqCst);
+        r.watch(stats.clone());
+        let t0 = Instant::now();
+        // Connection 1 refused the inbox; the refusal waits in the full
+        // queue. The client reconnects (count 2, `Connected` dropped for
+        // the full queue); connection 2's subscription is taken (its
+        // permissions changed): nothing is refused on it.
+        stats.connects.store(2, std::sync::atomic::Ordering::SeqCst);
+        // The callback catches up with connection 1's refusal.
+        on_event(
+            &r,
+            "test",
+            Event::ServerError(ServerError::Other(
+                r#"Permissions Violation for Subscription to "_INBOX.abc.*""#.into(),
+            )),
+        );
+        assert!(
+            r.naming(t0, "skos.coordinator.status").is_none(),
+            "a refusal of connection 1 holds on connection 2"
+        );
+    }
+
     #[test]
     fn a_reconnection_whose_event_was_dropped_still_clears_the_inbox_refused() {
         let r = Refusals::new("_INBOX");
         let t0 = Instant::now();
+        on_event(&r, "test", Event::Connected);
         // Heard on the first connection, before the client was handed over.
         r.note(
             r#"Permissions Violation for Subscription to "_INBOX.abc.*""#,
@@ -703,7 +764,16 @@ mod tests {
         // The client reconnected; its `Connected` event never came.
         stats.connects.store(2, std::sync::atomic::Ordering::SeqCst);
         assert!(r.naming(t0, "skos.coordinator.status").is_none());
-        // Refused again on the new connection: it holds again.
+        // Refused again on the new connection, whose `Connected` was
+        // dropped: it cannot be told from a late refusal of the old one,
+        // and does not hold (the request times out).
+        r.note(
+            r#"Permissions Violation for Subscription to "_INBOX.abc.*""#,
+            t0,
+        );
+        assert!(r.naming(t0, "skos.coordinator.status").is_none());
+        // With its `Connected` taken, it holds.
+        on_event(&r, "test", Event::Connected);
         r.note(
             r#"Permissions Violation for Subscription to "_INBOX.abc.*""#,
             t0,
