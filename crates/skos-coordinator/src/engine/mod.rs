@@ -378,6 +378,7 @@ impl Engine {
         };
         state.last_seen = now;
         state.offline = false;
+        state.restored_offline = false;
         state.agents.record(&hb.agent_id, kind, now);
         state.measure_offset(sent, now);
         state.heartbeat = kept;
@@ -453,6 +454,16 @@ impl Engine {
         self.note_state(&alert, now, &mut out);
         if alert.severity == Severity::Normal {
             self.open_alerts.remove(&node, &problem);
+            // The last leader said it back, from a heartbeat this one
+            // never got: offline no longer, and what was skipped while it
+            // was away is decided again.
+            if problem == kinds::offline::problem() {
+                if let Some(s) = self.nodes.get_mut(&node).filter(|s| s.restored_offline) {
+                    s.offline = false;
+                    s.restored_offline = false;
+                    self.retry_skipped_offline(&node, now, &mut out);
+                }
+            }
             kinds::of(&alert.kind).on_clear(self, &alert, now, &mut out);
             return out;
         }

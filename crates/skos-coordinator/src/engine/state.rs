@@ -34,6 +34,10 @@ pub(super) struct NodeState {
     pub(in crate::engine) heartbeat: LastHeartbeat,
     /// Silent for longer than `heartbeat_timeout` (and alerted as such).
     pub(in crate::engine) offline: bool,
+    /// Offline as restored from a record whose offline alert was open,
+    /// and not seen since: a back alert closing that alert (said by the
+    /// last leader from a heartbeat) ends it.
+    pub(in crate::engine) restored_offline: bool,
     /// A `clock_skew` alert is raised for the node and not yet cleared.
     pub(in crate::engine) skewed: bool,
     /// The agents that sent its heartbeats, and when each was last heard.
@@ -71,6 +75,7 @@ impl NodeState {
             last_seen: now,
             heartbeat: LastHeartbeat::of(heartbeat),
             offline: false,
+            restored_offline: false,
             skewed: false,
             agents,
             cool_since: None,
@@ -803,6 +808,7 @@ impl Engine {
             state.offline = self
                 .open_alerts
                 .contains(&name, &super::kinds::offline::problem());
+            state.restored_offline = state.offline;
             self.nodes.insert(name, Box::new(state));
         }
     }

@@ -2237,6 +2237,46 @@ fn a_node_offline_at_a_takeover_is_said_back_and_its_skipped_actions_decided_aga
     assert!(again.node_snapshot(&nova()).offline_skipped.is_empty());
 }
 
+/// A node said back just before a takeover: its back alert is still on
+/// the bus, so its record keeps the offline alert open, and the next
+/// leader restores it offline. The back alert then reaches the new leader
+/// and ends the offline state: the node is not shown offline, its alerts
+/// are not skipped as offline, and its next heartbeat does not say it
+/// back a second time.
+#[test]
+fn a_back_alert_taken_after_a_takeover_ends_the_offline_state_it_restored() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
+    let offline = alerts(&e.tick(t(40.0)));
+    e.on_alert(offline[0].clone(), t(40.2));
+    let back = alerts(&e.on_heartbeat(hb(Some(70.0), 0, 45.0), t(45.0)));
+    assert_eq!(back.len(), 1);
+    let mut again = engine();
+    again.restore(e.node_snapshot(&nova()), t(46.0));
+    again.on_alert(back[0].clone(), t(46.1));
+    let mut wrong = Vec::new();
+    let s = again.status(t(46.2));
+    assert!(s.open_alerts.is_empty(), "{:?}", s.open_alerts);
+    if s.nodes[0].status == NodeHealth::Offline {
+        wrong.push("shown offline with no offline alert open".to_string());
+    }
+    let out = again.on_alert(alert(Severity::Critical, 88.0, 46.0), t(46.5));
+    if commands(&out).is_empty() {
+        wrong.push(format!(
+            "a critical alert of a node back is skipped: {:?}",
+            audits(&out, "skipped")
+                .iter()
+                .map(|a| a.data["reason"].clone())
+                .collect::<Vec<_>>()
+        ));
+    }
+    let next = alerts(&again.on_heartbeat(hb(Some(88.0), 0, 55.0), t(55.0)));
+    if !next.is_empty() {
+        wrong.push(format!("said back a second time: {}", next[0].message));
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 #[test]
 fn commands_carry_the_leaders_term_and_status_names_the_leader() {
     let mut cfg = seed_config();
