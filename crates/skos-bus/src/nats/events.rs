@@ -620,7 +620,9 @@ mod tests {
             "publish _INBOX.*.*"
         );
         assert_eq!(
-            shape(&p("$JS.API.CONSUMER.CREATE.SKOS_AUDIT.nB3UmiYQxk5iXGJMMgX7sc")),
+            shape(&p(
+                "$JS.API.CONSUMER.CREATE.SKOS_AUDIT.nB3UmiYQxk5iXGJMMgX7sc"
+            )),
             "publish $JS.API.CONSUMER.CREATE.SKOS_AUDIT.*"
         );
         assert_ne!(
