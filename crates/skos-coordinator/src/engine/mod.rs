@@ -398,7 +398,7 @@ impl Engine {
                 AlertKind::HeartbeatMissing,
                 Severity::Normal,
                 format!("node {node} is back: heartbeats resumed"),
-                json!({"sensor": kinds::offline::SENSOR}),
+                json!({"sensor": kinds::offline::SENSOR, kinds::offline::HEARTBEAT_AT: timefmt::format(&sent)}),
                 now,
             );
             back.alert_id = heartbeat_alert_id(&node, &back.kind, back.severity, sent);
@@ -430,9 +430,11 @@ impl Engine {
         let limit = self.cfg.coordinator.max_alerts_per_node_per_minute;
         if !self.quotas.admit(&node, &alert.alert_id, now, limit) {
             // Over the node's quota: coalesced, unless it makes its
-            // problem worse than what is open (that is still handled).
+            // problem worse than what is open, or closes it (a node said
+            // back): both are still handled.
             let open = self.open_alerts.get(&node, &problem).map(|a| a.severity);
-            if open.is_none_or(|s| alert.severity <= s) {
+            let closes = alert.severity == Severity::Normal && open.is_some();
+            if !closes && open.is_none_or(|s| alert.severity <= s) {
                 self.counters.inc(Counter::AlertsCoalesced);
                 return Vec::new();
             }
@@ -451,6 +453,13 @@ impl Engine {
             ),
             json!({"alert_id": alert.alert_id, "alert": alert}),
         )];
+        if kinds::offline::stale_back(&alert, self.open_alerts.get(&node, &problem)) {
+            // Said back from a heartbeat before the one the open offline
+            // alert followed (an earlier time away, delivered again):
+            // recorded, and nothing else.
+            self.counters.inc(Counter::AlertsDuplicate);
+            return out;
+        }
         self.note_state(&alert, now, &mut out);
         if alert.severity == Severity::Normal {
             self.open_alerts.remove(&node, &problem);

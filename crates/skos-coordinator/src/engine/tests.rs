@@ -2277,6 +2277,122 @@ fn a_back_alert_taken_after_a_takeover_ends_the_offline_state_it_restored() {
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
+/// A back alert older than the offline alert open (said for an earlier
+/// time away, and taken again: its delivery not acknowledged, its record
+/// past what the new leader reads back from the trail) reaches a leader
+/// that restored the node offline. The node has been silent since: it
+/// must stay offline, its offline alert open, and nothing be sent to it.
+#[test]
+fn a_stale_back_alert_does_not_end_the_offline_state_a_takeover_restored() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
+    // Away once, and back.
+    let first = alerts(&e.tick(t(40.0)));
+    e.on_alert(first[0].clone(), t(40.2));
+    let back = alerts(&e.on_heartbeat(hb(Some(70.0), 0, 45.0), t(45.0)));
+    assert_eq!(back.len(), 1);
+    e.on_alert(back[0].clone(), t(45.1));
+    // Away again, for good: its critical alert is skipped.
+    let second = alerts(&e.tick(t(80.0)));
+    assert_eq!(second.len(), 1);
+    e.on_alert(second[0].clone(), t(80.2));
+    let out = e.on_alert(alert(Severity::Critical, 88.0, 80.0), t(80.5));
+    assert!(commands(&out).is_empty());
+    // The next leader restores the record; the trail shows the second
+    // offline alert handled.
+    let mut again = engine();
+    again.restore(e.node_snapshot(&nova()), t(90.0));
+    again.mark_handled(&second[0].alert_id);
+    assert_eq!(again.status(t(90.0)).nodes[0].status, NodeHealth::Offline);
+    // The first back alert, taken again.
+    let out = again.on_alert(back[0].clone(), t(91.0));
+    let mut wrong = Vec::new();
+    let sent: Vec<String> = commands(&out).into_iter().map(|c| c.action_type).collect();
+    if !sent.is_empty() {
+        wrong.push(format!("sent to a node silent since t=45: {sent:?}"));
+    }
+    let s = again.status(t(92.0));
+    if s.nodes[0].status != NodeHealth::Offline {
+        wrong.push(format!("shown {:?}, silent since t=45", s.nodes[0].status));
+    }
+    if !s
+        .open_alerts
+        .iter()
+        .any(|a| a["type"] == "heartbeat_missing")
+    {
+        wrong.push("its offline alert (raised at t=80) closed by a back alert of t=45".into());
+    }
+    // Still silent past the heartbeat timeout of the takeover.
+    let raised = alerts(&again.tick(t(125.0)));
+    for a in &raised {
+        again.on_alert(a.clone(), t(125.2));
+    }
+    let s = again.status(t(126.0));
+    if s.nodes[0].status == NodeHealth::Offline
+        && !s
+            .open_alerts
+            .iter()
+            .any(|a| a["type"] == "heartbeat_missing")
+    {
+        wrong.push(format!(
+            "offline again with no offline alert open (raised {} with an id already handled: {:?})",
+            raised.len(),
+            raised
+                .iter()
+                .map(|a| a.alert_id.clone())
+                .collect::<Vec<_>>()
+        ));
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// A leader restored a node offline; its back alert is on the bus behind
+/// the node's own alerts of the minute (a backlog the new leader takes in
+/// a burst). Over the node's quota, the back alert is coalesced: a
+/// normal alert is never "worse than what is open". The node, back
+/// since, stays offline and its critical alert is skipped as offline.
+#[test]
+fn a_back_alert_over_the_nodes_quota_still_ends_the_restored_offline_state() {
+    let mut e = engine();
+    e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
+    let offline = alerts(&e.tick(t(40.0)));
+    e.on_alert(offline[0].clone(), t(40.2));
+    let back = alerts(&e.on_heartbeat(hb(Some(70.0), 0, 45.0), t(45.0)));
+    let mut again = engine();
+    again.restore(e.node_snapshot(&nova()), t(46.0));
+    let limit = again.config().coordinator.max_alerts_per_node_per_minute;
+    for i in 0..limit {
+        let mut a = alert(Severity::Warning, 80.0, 44.0);
+        a.message = format!("CPU temperature 80°C ({i})");
+        a.alert_id = String::new();
+        a.ensure_id();
+        again.on_alert(a, t(46.1));
+    }
+    again.on_alert(back[0].clone(), t(46.2));
+    let mut wrong = Vec::new();
+    let s = again.status(t(46.3));
+    if s.nodes[0].status == NodeHealth::Offline {
+        wrong.push("shown offline, said back".to_string());
+    }
+    if s.open_alerts
+        .iter()
+        .any(|a| a["type"] == "heartbeat_missing")
+    {
+        wrong.push("its offline alert still open".to_string());
+    }
+    let out = again.on_alert(alert(Severity::Critical, 88.0, 46.0), t(46.5));
+    if commands(&out).is_empty() {
+        wrong.push(format!(
+            "its critical alert not acted on: {:?}",
+            audits(&out, "skipped")
+                .iter()
+                .map(|a| a.data["reason"].clone())
+                .collect::<Vec<_>>()
+        ));
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 #[test]
 fn commands_carry_the_leaders_term_and_status_names_the_leader() {
     let mut cfg = seed_config();

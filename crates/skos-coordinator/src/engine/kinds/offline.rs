@@ -8,8 +8,8 @@ use serde_json::json;
 use skos_core::counters::Counter;
 use skos_core::events::ProblemKey;
 use skos_core::level::secs;
-use skos_core::protocol::{AlertKind, Severity};
-use skos_core::timefmt::Timestamp;
+use skos_core::protocol::{Alert, AlertKind, Severity};
+use skos_core::timefmt::{self, Timestamp};
 use skos_core::NodeName;
 
 use super::ProblemKind;
@@ -22,6 +22,35 @@ pub(in crate::engine) fn problem() -> ProblemKey {
 
 /// The `sensor` of the alerts: offline, and back.
 pub(in crate::engine) const SENSOR: &str = "heartbeat";
+
+/// The detail both alerts carry: the agent's time of the node's last
+/// heartbeat before it went silent (offline), or of the one that brought it
+/// back (back), as the wire writes times.
+pub(in crate::engine) const HEARTBEAT_AT: &str = "heartbeat_at";
+
+fn heartbeat_at(alert: &Alert) -> Option<Timestamp> {
+    alert
+        .details
+        .get(HEARTBEAT_AT)
+        .and_then(|v| v.as_str())
+        .and_then(timefmt::parse)
+}
+
+/// Whether `back`, a node said back, is older than `open`, the offline
+/// alert open for it: said from a heartbeat no later than the last one
+/// before that time away (an earlier time away, its back alert delivered
+/// again). Such a back alert must not close the alert nor end the offline
+/// state. Alerts without the detail (written by earlier versions) are
+/// never stale.
+pub(in crate::engine) fn stale_back(back: &Alert, open: Option<&Alert>) -> bool {
+    if back.kind != AlertKind::HeartbeatMissing || back.severity != Severity::Normal {
+        return false;
+    }
+    let Some(open) = open.filter(|o| o.severity != Severity::Normal) else {
+        return false;
+    };
+    matches!((heartbeat_at(back), heartbeat_at(open)), (Some(b), Some(o)) if b <= o)
+}
 
 pub(crate) struct Offline;
 
@@ -57,7 +86,7 @@ impl Engine {
                 AlertKind::HeartbeatMissing,
                 Severity::Critical,
                 format!("node {node} is offline: no heartbeat for {silent:.1}s"),
-                json!({"sensor": SENSOR, "silent_seconds": silent, "timeout": self.cfg.coordinator.heartbeat_timeout}),
+                json!({"sensor": SENSOR, "silent_seconds": silent, "timeout": self.cfg.coordinator.heartbeat_timeout, HEARTBEAT_AT: timefmt::format(&sent)}),
                 now,
             );
             alert.alert_id = heartbeat_alert_id(&node, &alert.kind, alert.severity, sent);
