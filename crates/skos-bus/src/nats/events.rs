@@ -270,11 +270,13 @@ pub(crate) struct Refusals {
     /// reconnection is seen by it even when the client drops the
     /// `Connected` event (its event queue is full).
     stats: std::sync::OnceLock<std::sync::Arc<async_nats::Statistics>>,
-    /// `Connected` events taken, in the order events are queued: a
-    /// refusal taken after the `n`th was heard on connection `n` or later,
-    /// whatever the client's count says by then (a late refusal of an old
-    /// connection must not hold on a new one).
-    connected_seen: std::sync::atomic::AtomicU64,
+    /// The client's count of connections when the last `Connected` event
+    /// was taken: a refusal taken after it was heard on that connection
+    /// or a later one, and holds while the count has not moved (a late
+    /// refusal of an old connection must not hold on a new one, and a
+    /// `Connected` dropped once does not leave every later refusal one
+    /// connection behind).
+    connected_at: std::sync::atomic::AtomicU64,
     /// Lines logging refusals.
     refusal_lines: Mutex<Limiter>,
     /// Lines logging the client's and the server's other errors.
@@ -296,7 +298,7 @@ impl Refusals {
             heard: tokio::sync::Notify::new(),
             disconnected: std::sync::atomic::AtomicBool::new(false),
             stats: std::sync::OnceLock::new(),
-            connected_seen: std::sync::atomic::AtomicU64::new(0),
+            connected_at: std::sync::atomic::AtomicU64::new(0),
             refusal_lines: Mutex::new(Limiter::new()),
             error_lines: Mutex::new(Limiter::new()),
         }
@@ -349,7 +351,7 @@ impl Refusals {
                     // an older count and the refusal does not hold (a
                     // timeout, rather than a refusal that is not so).
                     let seen = self
-                        .connected_seen
+                        .connected_at
                         .load(std::sync::atomic::Ordering::SeqCst)
                         .max(1);
                     kept.inbox = Some((text.to_string(), seen.min(self.connects())));
@@ -375,8 +377,14 @@ impl Refusals {
     /// The connection was made again: the subscription its replies come
     /// back on is made again too, and judged afresh.
     fn connected(&self) {
-        self.connected_seen
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.connected_at
+            .store(self.connects(), std::sync::atomic::Ordering::SeqCst);
+        lock(&self.kept).inbox = None;
+    }
+
+    /// The connection was lost: what its inbox's refusal said is over
+    /// with it (the next connection subscribes again).
+    fn lost(&self) {
         lock(&self.kept).inbox = None;
     }
 
@@ -466,6 +474,7 @@ pub(crate) fn on_event(refusals: &Refusals, connection: &str, event: Event) {
             }
         }
         Event::Disconnected => {
+            refusals.lost();
             refusals.disconnected.store(true, Ordering::SeqCst);
             tracing::warn!(connection, "bus connection lost; reconnecting");
         }
@@ -781,6 +790,44 @@ mod tests {
             t0,
         );
         assert!(r.naming(t0, "skos.coordinator.status").is_some());
+    }
+
+    /// One `Connected` dropped (the queue was full once, in a reconnect
+    /// storm) leaves the count of events taken one behind the client's
+    /// for the rest of the process: on every later connection, whose
+    /// `Connected` is taken in order, a refusal of its inbox is stamped
+    /// with an older connection and never holds again.
+    #[test]
+    fn one_dropped_connected_does_not_disarm_every_later_inbox_refusal() {
+        let r = Refusals::new("_INBOX");
+        let stats = std::sync::Arc::new(async_nats::Statistics::default());
+        let refusal = r#"Permissions Violation for Subscription to "_INBOX.abc.*""#;
+        let t0 = Instant::now();
+        // Connection 1, its `Connected` taken.
+        stats.connects.store(1, std::sync::atomic::Ordering::SeqCst);
+        r.watch(stats.clone());
+        on_event(&r, "test", Event::Connected);
+        // Connection 2: `Connected` dropped (the queue was full).
+        stats.connects.store(2, std::sync::atomic::Ordering::SeqCst);
+        let mut wrong = Vec::new();
+        // Connections 3 to 6, each made with the queue drained: its
+        // `Connected` is taken, then its inbox is refused.
+        for n in 3..=6u64 {
+            stats.connects.store(n, std::sync::atomic::Ordering::SeqCst);
+            on_event(&r, "test", Event::Connected);
+            on_event(
+                &r,
+                "test",
+                Event::ServerError(ServerError::Other(refusal.into())),
+            );
+            if r.naming(t0, "skos.coordinator.status").is_none() {
+                wrong.push(n);
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "the inbox refused on connection(s) {wrong:?}, each after its own Connected, does not hold"
+        );
     }
 
     #[test]
