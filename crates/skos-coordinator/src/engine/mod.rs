@@ -483,13 +483,20 @@ impl Engine {
 
     /// Decide again the open problems of `node` whose actions were skipped
     /// while it was offline, now that it is back.
+    /// The problems skipped while `node` was offline (a range of the set:
+    /// the node's own entries, not the fleet's).
+    fn skipped_offline_of<'a>(
+        &'a self,
+        node: &'a NodeName,
+    ) -> impl Iterator<Item = &'a ProblemKey> + 'a {
+        self.offline_skipped
+            .range((node.clone(), ProblemKey::lowest())..)
+            .take_while(move |(n, _)| n == node)
+            .map(|(_, p)| p)
+    }
+
     fn retry_skipped_offline(&mut self, node: &NodeName, now: Timestamp, out: &mut Vec<Effect>) {
-        let problems: Vec<ProblemKey> = self
-            .offline_skipped
-            .iter()
-            .filter(|(n, _)| n == node)
-            .map(|(_, p)| p.clone())
-            .collect();
+        let problems: Vec<ProblemKey> = self.skipped_offline_of(node).cloned().collect();
         for problem in problems {
             self.offline_skipped
                 .remove(&(node.clone(), problem.clone()));

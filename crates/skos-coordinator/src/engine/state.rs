@@ -696,10 +696,8 @@ impl Engine {
             silences: self.silences.get(node).cloned().unwrap_or_default(),
             unanswered: self.unanswered.of(node),
             offline_skipped: self
-                .offline_skipped
-                .iter()
-                .filter(|(n, _)| n == node)
-                .cloned()
+                .skipped_offline_of(node)
+                .map(|p| (node.clone(), p.clone()))
                 .collect(),
         }
     }
