@@ -65,8 +65,10 @@ impl Engine {
         for (name, state) in &self.nodes {
             let h = health(state, worst.get(name).copied());
             summary.nodes.add(h);
+            // An offline node's agents are offline, however recently a
+            // takeover counted them seen.
             for (_, (_, seen)) in state.agents.iter() {
-                if now - *seen <= timeout {
+                if !state.offline && now - *seen <= timeout {
                     summary.agents.online += 1;
                 } else {
                     summary.agents.offline += 1;
@@ -108,7 +110,7 @@ impl Engine {
                     agent_type: clip(kind),
                     node: name.to_string(),
                     last_seen: *seen,
-                    online: now - *seen <= timeout,
+                    online: !s.offline && now - *seen <= timeout,
                 })
             })
             .take(MAX_AGENTS)

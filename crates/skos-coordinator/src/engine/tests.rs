@@ -2216,7 +2216,14 @@ fn a_node_offline_at_a_takeover_is_said_back_and_its_skipped_actions_decided_aga
     // The next leader restores what the node's record keeps.
     let mut again = engine();
     again.restore(e.node_snapshot(&nova()), t(50.0));
-    assert_eq!(again.status(t(50.0)).nodes[0].status, NodeHealth::Offline);
+    let s = again.status(t(50.0));
+    assert_eq!(s.nodes[0].status, NodeHealth::Offline);
+    assert_eq!(
+        (s.summary.agents.online, s.summary.agents.offline),
+        (0, 1),
+        "its agent is not counted online beside it"
+    );
+    assert!(s.agents.iter().all(|a| !a.online), "{:?}", s.agents);
     assert!(
         alerts(&again.tick(t(100.0))).is_empty(),
         "offline already, not raised again"
