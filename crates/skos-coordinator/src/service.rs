@@ -322,9 +322,13 @@ impl Scratch {
         }
     }
 
-    /// Whether it grew past what is worth keeping (one huge state).
-    fn oversized(&self) -> bool {
-        self.json.capacity().max(self.packed.capacity()) > 1 << 20
+    /// Let the buffers go if one huge state grew them past what is worth
+    /// keeping (the threshold and the zstd context stay).
+    fn trim(&mut self) {
+        if self.json.capacity().max(self.packed.capacity()) > 1 << 20 {
+            self.json = Vec::new();
+            self.packed = Vec::new();
+        }
     }
 }
 
@@ -1666,12 +1670,9 @@ impl Ctx {
                 }
             }
         }
-        // Kept for the next batch, unless one huge state made it large.
-        self.scratch = if buf.oversized() {
-            Scratch::compressing_from(buf.compress_from)
-        } else {
-            buf
-        };
+        // Kept for the next batch.
+        buf.trim();
+        self.scratch = buf;
         if let Some(e) = failed {
             return Err(e);
         }

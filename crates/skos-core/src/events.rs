@@ -35,12 +35,6 @@ impl ProblemKey {
         &self.0
     }
 
-    /// The lowest key of all (the empty string, which names no problem): a
-    /// bound for ranges over keys ordered by (something, problem).
-    pub fn lowest() -> Self {
-        ProblemKey(String::new())
-    }
-
     /// `workload:<name>`: what the coordinator keeps the steps that move,
     /// stop and start a workload under (breakers, pending commands).
     pub fn of_workload(workload: &str) -> Self {

@@ -61,8 +61,6 @@ struct Held {
     /// The highest seq sent to the streams and counted, or read back at the
     /// first open: a record at or below it is not sent (again).
     counted: u64,
-    /// The trail was opened once: what is read past `counted` is new.
-    opened: bool,
 }
 
 /// The followed trail.
@@ -74,7 +72,8 @@ pub struct Feed {
     pub derived: Derived,
     /// Where the records come from.
     pub source: AuditSource,
-    /// Whether the trail was opened once.
+    /// Whether the trail was opened once: from then on, what is read past
+    /// the last counted is new.
     opened: tokio::sync::watch::Sender<bool>,
 }
 
@@ -142,26 +141,27 @@ impl Feed {
 
     /// The first open's read-back is held: what comes past it is new.
     fn opened_once(&self) {
+        if self.was_opened() {
+            return;
+        }
         {
             let mut held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-            if !held.opened {
-                held.opened = true;
-                held.counted = held.counted.max(held.ring.back().map_or(0, |r| r.seq));
-            }
+            held.counted = held.counted.max(held.ring.back().map_or(0, |r| r.seq));
         }
         self.opened.send_replace(true);
+    }
+
+    fn was_opened(&self) -> bool {
+        *self.opened.borrow()
     }
 
     /// Warn when a reopen's read-back `recent` begins past the record after
     /// the last one counted: those between were written while the trail
     /// was not followed and are neither sent nor counted.
     fn say_gap(&self, recent: &[Value]) {
-        let (opened, counted) = {
-            let held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-            (held.opened, held.counted)
-        };
+        let counted = self.ring.lock().unwrap_or_else(|e| e.into_inner()).counted;
         let first = recent.first().and_then(|v| v["seq"].as_u64());
-        if let Some(first) = first.filter(|&f| opened && f > counted.saturating_add(1)) {
+        if let Some(first) = first.filter(|&f| self.was_opened() && f > counted.saturating_add(1)) {
             tracing::warn!(
                 from_seq = counted.saturating_add(1),
                 to_seq = first - 1,
@@ -178,6 +178,7 @@ impl Feed {
         let Some(r) = Record::of(v) else {
             return;
         };
+        let opened = self.was_opened();
         let send = {
             let mut held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
             if held.ring.back().is_none_or(|last| last.seq < r.seq) {
@@ -186,7 +187,7 @@ impl Feed {
                 }
                 held.ring.push_back(r.clone());
             }
-            let send = held.opened && r.seq > held.counted;
+            let send = opened && r.seq > held.counted;
             if send {
                 held.counted = r.seq;
             }

@@ -131,10 +131,9 @@ fn unquote(s: &str) -> Option<(String, &str)> {
 /// digits or of 16 letters and digits or more (an acknowledgement's
 /// sequences, time and random part, a consumer's random name; SKOS's own
 /// consumer names hold a `-`); under the connection's `inbox`, every token
-/// after it. So refused acknowledgements
-/// of every message count as one text, while refusals of distinct subjects
-/// (a node's, whatever its name) count apart and are each logged. Other
-/// texts count as themselves.
+/// after it. So refused acknowledgements of every message count as one
+/// text, while refusals of distinct subjects (a node's, whatever its name)
+/// count apart and are each logged. Other texts count as themselves.
 fn shape(text: &str, refused: Option<&Refused>, inbox: &str) -> String {
     let (kind, subject) = match refused {
         Some(Refused::Publish(s)) => ("publish", s),
@@ -248,9 +247,10 @@ struct Kept {
     /// most [`KEPT`].
     publishes: VecDeque<PublishRefused>,
     /// The refusal of the subscription the connection's replies come back
-    /// on, with the count of connections made when it was heard: it holds
-    /// until the connection is made again (the client subscribes again on
-    /// each reconnection, which a changed permission may allow).
+    /// on, with the connection it was heard on as far as the events say
+    /// ([`Refusals::connected_at`]): it holds while the client has made no
+    /// connection since (the client subscribes again on each reconnection,
+    /// which a changed permission may allow).
     inbox: Option<(String, u64)>,
 }
 
@@ -346,15 +346,14 @@ impl Refusals {
         let (subject, reply) = match refused {
             Some(Refused::Subscription(s)) => {
                 if self.under_inbox(&s) {
-                    // The connection it was heard on, as far as the
-                    // events say: when `Connected` was dropped, this is
-                    // an older count and the refusal does not hold (a
+                    // When this connection's `Connected` was dropped, this
+                    // is an older count and the refusal does not hold (a
                     // timeout, rather than a refusal that is not so).
-                    let seen = self
+                    let at = self
                         .connected_at
                         .load(std::sync::atomic::Ordering::SeqCst)
                         .max(1);
-                    kept.inbox = Some((text.to_string(), seen.min(self.connects())));
+                    kept.inbox = Some((text.to_string(), at));
                 }
                 return;
             }

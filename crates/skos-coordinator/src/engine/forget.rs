@@ -86,7 +86,7 @@ impl Engine {
         let unplaced = self.placement.forget_node(node);
         self.reset_retries.remove(node);
         self.sent_times.remove(node);
-        self.offline_skipped.retain(|(n, _)| n != node);
+        self.offline_skipped.take_of(node, |_| true);
         self.watches.forget(node);
         self.flaps.forget(node);
         self.recent.retain(|r| r.node != node.as_str());

@@ -63,7 +63,7 @@ mod status;
 mod unanswered;
 
 pub use forget::ForgetError;
-use index::{Ladders, OpenAlerts, Pendings, Verifications, Watchers};
+use index::{Ladders, OpenAlerts, Pendings, PerNode, Verifications, Watchers};
 use kinds::Recovery;
 pub use ledger::{LedgerEntry, Outcome as LedgerOutcome, Record as LedgerRecord};
 pub use placement::{
@@ -172,7 +172,7 @@ pub struct Engine {
     quotas: quota::Quotas,
     /// Problems whose actions were skipped because their node was
     /// offline: decided again when it is back.
-    offline_skipped: BTreeSet<(NodeName, ProblemKey)>,
+    offline_skipped: PerNode<ProblemKey, ()>,
     /// Throttle resets to send again (their last try failed, expired or
     /// got no result), by node.
     reset_retries: BTreeMap<NodeName, ResetRetry>,
@@ -306,7 +306,7 @@ impl Engine {
             agent_types: BTreeSet::new(),
             term: None,
             quotas: quota::Quotas::default(),
-            offline_skipped: BTreeSet::new(),
+            offline_skipped: PerNode::default(),
             reset_retries: BTreeMap::new(),
             watches: credit::Watches::default(),
             flaps: flap::Flaps::default(),
@@ -483,23 +483,8 @@ impl Engine {
 
     /// Decide again the open problems of `node` whose actions were skipped
     /// while it was offline, now that it is back.
-    /// The problems skipped while `node` was offline (a range of the set:
-    /// the node's own entries, not the fleet's).
-    fn skipped_offline_of<'a>(
-        &'a self,
-        node: &'a NodeName,
-    ) -> impl Iterator<Item = &'a ProblemKey> + 'a {
-        self.offline_skipped
-            .range((node.clone(), ProblemKey::lowest())..)
-            .take_while(move |(n, _)| n == node)
-            .map(|(_, p)| p)
-    }
-
     fn retry_skipped_offline(&mut self, node: &NodeName, now: Timestamp, out: &mut Vec<Effect>) {
-        let problems: Vec<ProblemKey> = self.skipped_offline_of(node).cloned().collect();
-        for problem in problems {
-            self.offline_skipped
-                .remove(&(node.clone(), problem.clone()));
+        for (problem, ()) in self.offline_skipped.take_of(node, |_| true) {
             if let Some(alert) = self.open_alerts.get(node, &problem).cloned() {
                 self.decide(&alert, alert.severity, now, out);
             }
@@ -541,7 +526,7 @@ impl Engine {
         out: &mut Vec<Effect>,
     ) {
         if reason == SkipReason::NodeOffline {
-            self.offline_skipped.insert((node.clone(), problem.clone()));
+            self.offline_skipped.insert(node, problem.clone(), ());
         }
         let reason = reason.as_str();
         self.counters.inc(Counter::ActionsSkipped(reason));

@@ -648,7 +648,11 @@ impl Engine {
             ledger: self.ledger.all(),
             silences: self.silences.values().flatten().cloned().collect(),
             unanswered: self.unanswered.all(),
-            offline_skipped: self.offline_skipped.iter().cloned().collect(),
+            offline_skipped: self
+                .offline_skipped
+                .iter()
+                .map(|(n, p, ())| (n.clone(), p.clone()))
+                .collect(),
         }
     }
 
@@ -696,8 +700,9 @@ impl Engine {
             silences: self.silences.get(node).cloned().unwrap_or_default(),
             unanswered: self.unanswered.of(node),
             offline_skipped: self
-                .skipped_offline_of(node)
-                .map(|p| (node.clone(), p.clone()))
+                .offline_skipped
+                .of(node)
+                .map(|(p, ())| (node.clone(), p.clone()))
                 .collect(),
         }
     }
@@ -712,7 +717,7 @@ impl Engine {
         out.extend(self.reset_retries.keys().cloned());
         out.extend(self.silences.keys().cloned());
         out.extend(self.unanswered.nodes().cloned());
-        out.extend(self.offline_skipped.iter().map(|(n, _)| n.clone()));
+        out.extend(self.offline_skipped.nodes().cloned());
         out.extend(
             self.breakers
                 .snapshot()
@@ -764,7 +769,9 @@ impl Engine {
         }
         self.reset_retries.extend(snap.reset_retries);
         self.unanswered.restore(snap.unanswered);
-        self.offline_skipped.extend(snap.offline_skipped);
+        for (node, problem) in snap.offline_skipped {
+            self.offline_skipped.insert(&node, problem, ());
+        }
         self.placement.restore(snap.placements);
         self.placement.restore_approvals(snap.approvals);
         self.placement.restore_drains(snap.drains);
