@@ -26,7 +26,7 @@ use crate::{subjects, trust, Error, NatsBus, Result};
 
 pub mod check;
 pub mod segments;
-pub use check::{Checkpoint, TrailReport};
+pub use check::{Checkpoint, StreamSeen, TrailReplaced, TrailReport};
 pub use segments::Policy;
 
 pub enum AuditStore {
@@ -35,11 +35,32 @@ pub enum AuditStore {
         file: File,
         segs: Box<Segments>,
     },
-    JetStream {
-        js: Box<jetstream::Context>,
-        last_stream_seq: u64,
-        signing: Option<Box<Signing>>,
-    },
+    JetStream(Box<StreamWriter>),
+}
+
+/// When the server made a stream (`stream::Info::created`, nanoseconds
+/// since the epoch): its identity. The same name made at another time is
+/// another stream, the one before it deleted.
+type Made = i128;
+
+/// How often a JetStream writer asks whether the stream is still the one it
+/// writes, besides after every refused append.
+const IDENTITY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A writer of the `SKOS_AUDIT` stream: where its next message goes, and
+/// which stream it writes.
+pub struct StreamWriter {
+    js: jetstream::Context,
+    /// The stream's last message sequence, as this writer last knew it.
+    last_stream_seq: u64,
+    /// When the server made the stream this writer writes: another value
+    /// means the stream was deleted and made again ([`StreamWriter::resync`]).
+    made: Made,
+    /// When `made` was last compared with the server's.
+    checked: std::time::Instant,
+    signing: Option<Box<Signing>>,
+    /// The `max_age` to make the stream with again, if it is gone.
+    retention: std::time::Duration,
 }
 
 /// How a coordinator signs the JetStream trail: every message it writes is
@@ -230,18 +251,13 @@ impl AuditLog {
         let (head_seq, head_hash, head_time) = {
             let guard = self.inner.lock().await;
             let (store, chain) = &*guard;
-            let AuditStore::JetStream {
-                js,
-                last_stream_seq,
-                ..
-            } = store
-            else {
+            let AuditStore::JetStream(w) = store else {
                 return Ok(None);
             };
             let mut time = None;
-            if *last_stream_seq > 0 {
-                if let Ok(s) = js.get_stream(subjects::STREAM_AUDIT).await {
-                    if let Ok(m) = s.get_raw_message(*last_stream_seq).await {
+            if w.last_stream_seq > 0 {
+                if let Ok(s) = w.js.get_stream(subjects::STREAM_AUDIT).await {
+                    if let Ok(m) = s.get_raw_message(w.last_stream_seq).await {
                         time = chrono::DateTime::from_timestamp(
                             m.time.unix_timestamp(),
                             m.time.nanosecond(),
@@ -269,6 +285,20 @@ impl AuditLog {
             serde_json::to_value(&data).unwrap_or_default(),
         );
         self.append(entry).await.map(Some)
+    }
+
+    /// Ask now whether the stream written is still the one opened, as
+    /// appends do every [`IDENTITY_EVERY`] (a replacement found is
+    /// recorded). Nothing on a file trail.
+    #[doc(hidden)]
+    pub async fn check_stream_now(&self) -> Result<()> {
+        let term = self.current_term();
+        let mut guard = self.inner.lock().await;
+        let (store, chain) = &mut *guard;
+        match store {
+            AuditStore::JetStream(w) => w.check_made(self, term, chain, true).await,
+            AuditStore::File { .. } => Ok(()),
+        }
     }
 
     /// [`AuditLog::rotate_now`], stopping after `stop` (a test's crash).
@@ -300,17 +330,22 @@ impl AuditLog {
     /// message signed by a trusted key (with `signing`; without, from its
     /// last record), signing every message written.
     pub async fn open_jetstream_signed(bus: &NatsBus, signing: Option<Signing>) -> Result<Self> {
-        let js = Box::new(bus.jetstream().clone());
+        let js = bus.jetstream().clone();
         let signing = signing.map(Box::new);
-        let (last, seq) = last_record(&js, signing.as_deref()).await?;
+        let tail = last_record(&js, signing.as_deref())
+            .await?
+            .ok_or_else(|| stream_err("does not exist (a coordinator makes it when it starts)"))?;
         Ok(Self {
             inner: Mutex::new((
-                AuditStore::JetStream {
+                AuditStore::JetStream(Box::new(StreamWriter {
                     js,
-                    last_stream_seq: seq,
+                    last_stream_seq: tail.last_seq,
+                    made: tail.made,
+                    checked: std::time::Instant::now(),
                     signing,
-                },
-                Chain::resume(last.as_ref()),
+                    retention: bus.audit_max_age(),
+                })),
+                Chain::resume(tail.record.as_ref()),
             )),
             term: std::sync::Mutex::new(None),
             label: None,
@@ -325,8 +360,8 @@ impl AuditLog {
             AuditStore::File { path, .. } => read_file_tail(path, n),
             // Only what trusted keys signed: a stranger's records never
             // mark an alert handled or a command sent.
-            AuditStore::JetStream { js, signing, .. } => {
-                read_js(js, Some(n), signing.as_deref().map(|s| &s.trusted)).await
+            AuditStore::JetStream(w) => {
+                read_js(&w.js, Some(n), w.signing.as_deref().map(|s| &s.trusted)).await
             }
         }
     }
@@ -412,11 +447,12 @@ impl AuditLog {
                         entries: back,
                     });
                 }
-                AuditStore::JetStream {
-                    js,
-                    last_stream_seq,
-                    signing,
-                } => publish_batch(js, last_stream_seq, signing.as_deref(), chain, entries).await?,
+                AuditStore::JetStream(w) => {
+                    if let Err(error) = w.check_made(self, term, chain, false).await {
+                        return Err(AppendFailed { error, entries });
+                    }
+                    w.publish_batch(chain, entries).await?
+                }
             }
         };
         // Refused because another writer got in: sealed again on the new
@@ -428,26 +464,20 @@ impl AuditLog {
             tries += 1;
             let mut guard = self.inner.lock().await;
             let (store, chain) = &mut *guard;
-            let AuditStore::JetStream {
-                js,
-                last_stream_seq,
-                signing,
-            } = store
-            else {
+            let AuditStore::JetStream(w) = store else {
                 break;
             };
-            let signing = signing.as_deref();
             tracing::warn!(
                 entries = rest.len(),
                 "audit batch raced, re-reading the stream tail"
             );
-            if let Err(error) = resync(js, signing, term, chain, last_stream_seq).await {
+            if let Err(error) = w.resync(self, term, chain).await {
                 return Err(AppendFailed {
                     error,
                     entries: rest,
                 });
             }
-            rest = publish_batch(js, last_stream_seq, signing, chain, rest).await?;
+            rest = w.publish_batch(chain, rest).await?;
         }
         let mut rest = rest.into_iter();
         while let Some(e) = rest.next() {
@@ -479,56 +509,24 @@ impl AuditLog {
                     Ok(record)
                 })
             }
-            AuditStore::JetStream {
-                js,
-                last_stream_seq,
-                signing,
-            } => {
-                let signing = signing.as_deref();
+            AuditStore::JetStream(w) => {
+                w.check_made(self, term, chain, false).await?;
                 let mut attempts = 0;
                 loop {
-                    let mut trial = chain.clone();
-                    let mut payload = Vec::new();
-                    let record = trial
-                        .seal_to(entry.clone(), &mut payload)
-                        .map_err(|(e, _)| stream_err(e))?;
-                    let subject = subjects::audit(&record.entry.event_type);
-                    let publish = jetstream::message::PublishMessage::build()
-                        .payload(Bytes::from(payload))
-                        .expected_last_sequence(*last_stream_seq);
-                    // Stored right after the stream's last message, or not
-                    // at all.
-                    let publish = signed(
-                        publish,
-                        signing,
-                        &subject,
-                        *last_stream_seq + 1,
-                        record.seq,
-                        &record.hash,
-                    )?;
-                    let ack = match js.send_publish(subject.clone(), publish).await {
-                        Ok(f) => f.await,
-                        Err(e) => return Err(Error::subject(&subject, e)),
-                    };
-                    match ack {
-                        Ok(ack) => {
-                            *chain = trial;
-                            *last_stream_seq = ack.sequence;
-                            return Ok(record);
-                        }
-                        Err(e)
-                            if attempts < 3 && e.kind() == PublishErrorKind::WrongLastSequence =>
-                        {
-                            // Someone else wrote (another coordinator, or a
-                            // stray publisher): re-read the tail and reseal.
-                            // Any other failure is returned: without an
-                            // answer the entry may be stored all the same,
-                            // and resealing it here could write it twice.
+                    match w.publish_one(chain, entry.clone()).await {
+                        Ok(record) => return Ok(record),
+                        // Someone else wrote (another coordinator, or a
+                        // stray publisher), or the stream is gone: not
+                        // stored; re-read the tail and reseal. Any other
+                        // failure is returned: without an answer the entry
+                        // may be stored all the same, and resealing it here
+                        // could write it twice.
+                        Err(Unstored::Refused(e)) if attempts < 3 => {
                             attempts += 1;
-                            tracing::warn!(error = %e, "audit append raced, re-reading the stream tail");
-                            resync(js, signing, term, chain, last_stream_seq).await?;
+                            tracing::warn!(error = %e, "audit append refused, re-reading the stream tail");
+                            w.resync(self, term, chain).await?;
                         }
-                        Err(e) => return Err(Error::subject(&subject, e)),
+                        Err(Unstored::Refused(e) | Unstored::Failed(e)) => return Err(e),
                     }
                 }
             }
@@ -656,146 +654,319 @@ fn signed(
     }))
 }
 
-/// Continue the chain from the stream's tail, unless a newer leader wrote
-/// it ([`Error::Deposed`]: fencing).
-async fn resync(
-    js: &jetstream::Context,
-    signing: Option<&Signing>,
-    term: Option<u64>,
-    chain: &mut Chain,
-    last_stream_seq: &mut u64,
-) -> Result<()> {
-    let (last, seq) = last_record(js, signing).await?;
-    let newer = last.as_ref().and_then(|r| r.entry.term);
-    if let (Some(mine), Some(newer)) = (term, newer) {
-        if newer > mine {
-            return Err(Error::Deposed { term: mine, newer });
-        }
-    }
-    *chain = Chain::resume(last.as_ref());
-    *last_stream_seq = seq;
-    Ok(())
+/// Whether a publish was refused, not stored: another writer got in (the
+/// expected last sequence or message id did not hold), or the stream is
+/// gone.
+fn refused(kind: PublishErrorKind) -> bool {
+    matches!(
+        kind,
+        PublishErrorKind::WrongLastSequence
+            | PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::StreamNotFound
+    )
 }
 
-/// Publish `entries` sealed on `chain` after the stream's message
-/// `last_stream_seq`, in as few messages as [`Sealed`] allows. Both advance
-/// over what is stored. Gives back the entries refused because another
-/// writer got in (not stored: seal them again on the new tail), or fails
-/// with those not known to be stored.
-async fn publish_batch(
-    js: &jetstream::Context,
-    last_stream_seq: &mut u64,
-    signing: Option<&Signing>,
-    chain: &mut Chain,
-    entries: Vec<AuditEntry>,
-) -> Result<Vec<AuditEntry>, AppendFailed> {
-    let mut trial = chain.clone();
-    let mut sent = Vec::new();
-    // The batch goes out in messages of at most
-    // `MESSAGE_BYTES` of records ([`Sealed`]). The first
-    // message expects the stream's last sequence, each later
-    // one the message id (its last record's hash) of the one
-    // before it: once one is refused, none after it is
-    // stored. (Expected sequences alone would store the
-    // later ones when the tail moved by fewer messages than
-    // the batch holds, sealed on a chain that is not the
-    // stream's.)
-    let mut previous: Option<String> = None;
-    let mut unsent = entries.into_iter().peekable();
-    let mut failed = None;
-    // Where the next message is stored, if it is: right after the one
-    // before it.
-    let mut stream_seq = *last_stream_seq;
-    while unsent.peek().is_some() {
-        stream_seq += 1;
-        // Sealed as they are, not copies: entries not
-        // stored are given back from their records.
-        let sealed = match Sealed::next(&mut trial, &mut unsent) {
-            Ok(s) => s,
-            Err((error, back)) => {
-                failed = Some((error, back));
-                break;
-            }
-        };
+/// Why one audit message was not stored.
+enum Unstored {
+    /// Refused ([`refused`]): not stored.
+    Refused(Error),
+    /// No answer, or another failure: it may be stored all the same.
+    Failed(Error),
+}
+
+impl StreamWriter {
+    /// Seal `entry` on `chain` and publish it right after the stream's
+    /// message `last_stream_seq`; both advance when it is stored.
+    async fn publish_one(
+        &mut self,
+        chain: &mut Chain,
+        entry: AuditEntry,
+    ) -> Result<AuditRecord, Unstored> {
+        let mut trial = chain.clone();
+        let mut payload = Vec::new();
+        let record = trial
+            .seal_to(entry, &mut payload)
+            .map_err(|(e, _)| Unstored::Failed(stream_err(e)))?;
+        let subject = subjects::audit(&record.entry.event_type);
+        // Stored right after the stream's last message, or not at all.
         let publish = jetstream::message::PublishMessage::build()
-            .payload(sealed.payload)
-            .message_id(&sealed.last_hash);
-        let publish = match signed(
+            .payload(Bytes::from(payload))
+            .expected_last_sequence(self.last_stream_seq);
+        let publish = signed(
             publish,
-            signing,
-            &sealed.subject,
-            stream_seq,
-            sealed.last_seq,
-            &sealed.last_hash,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                failed = Some((e, sealed.entries));
-                break;
+            self.signing.as_deref(),
+            &subject,
+            self.last_stream_seq + 1,
+            record.seq,
+            &record.hash,
+        )
+        .map_err(Unstored::Failed)?;
+        let ack = match self.js.send_publish(subject.clone(), publish).await {
+            Ok(f) => f.await,
+            Err(e) => return Err(Unstored::Failed(Error::subject(&subject, e))),
+        };
+        match ack {
+            Ok(ack) => {
+                *chain = trial;
+                self.last_stream_seq = ack.sequence;
+                Ok(record)
             }
-        };
-        let publish = match previous.replace(sealed.last_hash) {
-            None => publish.expected_last_sequence(*last_stream_seq),
-            Some(id) => publish.expected_last_message_id(id),
-        };
-        match js.send_publish(sealed.subject.clone(), publish).await {
-            Ok(ack) => sent.push((ack, trial.clone(), sealed.subject, sealed.entries)),
+            Err(e) if refused(e.kind()) => Err(Unstored::Refused(Error::subject(&subject, e))),
+            Err(e) => Err(Unstored::Failed(Error::subject(&subject, e))),
+        }
+    }
+
+    /// Every [`IDENTITY_EVERY`], ask whether the stream is still the one
+    /// written: one deleted and made again with as many messages as this
+    /// writer last knew would take its appends without a refusal.
+    async fn check_made(
+        &mut self,
+        log: &AuditLog,
+        term: Option<u64>,
+        chain: &mut Chain,
+        now: bool,
+    ) -> Result<()> {
+        if !now && self.checked.elapsed() < IDENTITY_EVERY {
+            return Ok(());
+        }
+        match stream_made(&self.js).await {
+            Ok(Some((made, last))) if made == self.made && last >= self.last_stream_seq => {
+                self.checked = std::time::Instant::now();
+                Ok(())
+            }
+            Ok(_) => self.resync(log, term, chain).await,
+            // The append tells.
             Err(e) => {
-                failed = Some((Error::subject(&sealed.subject, e), sealed.entries));
-                break;
+                tracing::debug!(error = %e, "audit stream not looked at");
+                Ok(())
             }
         }
     }
-    if let Some((error, back)) = failed {
-        // Those sent may be stored: the caller checks.
-        let mut entries: Vec<AuditEntry> = sent.into_iter().flat_map(|(_, _, _, e)| e).collect();
-        entries.extend(back);
-        entries.extend(unsent);
-        return Err(AppendFailed { error, entries });
-    }
-    // Acks in order: the stored prefix advances the chain.
-    let mut stored = 0;
-    let mut rest = Vec::new();
-    let mut sent = sent.into_iter();
-    for (ack, after, subject, batch) in sent.by_ref() {
-        match ack.await {
-            Ok(ack) if stored == 0 || ack.sequence == *last_stream_seq + 1 => {
-                *chain = after;
-                *last_stream_seq = ack.sequence;
-                stored += 1;
+
+    /// Continue the chain from the stream's tail, unless a newer leader
+    /// wrote it ([`Error::Deposed`]: fencing). The chain never goes back:
+    /// with no record of its own to build on in the stream (all aged out,
+    /// or none trusted), this writer continues its own.
+    ///
+    /// A stream that is not the one written (gone, made at another time,
+    /// or holding fewer messages than this writer wrote) was replaced: its
+    /// records up to this writer's head are lost from the trail. The
+    /// stream is made again if it is gone, and an `audit_trail_replaced`
+    /// record naming the head and both streams is written first, on the
+    /// chain continued from this writer's head, so `skos audit verify`
+    /// names the loss. Where the new stream already holds a later record
+    /// of the chain, another writer carried on past this one (and recorded
+    /// the replacement): this writer continues from it.
+    async fn resync(&mut self, log: &AuditLog, term: Option<u64>, chain: &mut Chain) -> Result<()> {
+        let signing = self.signing.as_deref();
+        let (tail, remade) = match last_record(&self.js, signing).await? {
+            Some(tail) => (tail, false),
+            None => {
+                tracing::error!(
+                    stream = subjects::STREAM_AUDIT,
+                    head_seq = chain.next_seq() - 1,
+                    "the audit stream is gone: made again; the records it held are recorded lost"
+                );
+                crate::nats::ensure_audit_stream(&self.js, self.retention).await?;
+                let tail = last_record(&self.js, signing)
+                    .await?
+                    .ok_or_else(|| stream_err("gone again as soon as it was made"))?;
+                (tail, true)
             }
-            Ok(_) => {
-                rest.extend(batch);
-                break;
+        };
+        let newer = tail.record.as_ref().and_then(|r| r.entry.term);
+        if let (Some(mine), Some(newer)) = (term, newer) {
+            if newer > mine {
+                return Err(Error::Deposed { term: mine, newer });
             }
-            // Refused: another writer got in; the rest goes
-            // through `append`, which re-reads the tail.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
-                ) =>
-            {
-                rest.extend(batch);
-                break;
+        }
+        self.checked = std::time::Instant::now();
+        let replaced = remade || tail.made != self.made || tail.last_seq < self.last_stream_seq;
+        let carried_on = tail
+            .record
+            .as_ref()
+            .is_some_and(|r| r.seq >= chain.next_seq());
+        if !replaced || carried_on {
+            if replaced {
+                tracing::warn!(
+                    stream = subjects::STREAM_AUDIT,
+                    "the audit stream was replaced and another writer carried the chain on: continuing from its record"
+                );
+                self.made = tail.made;
             }
-            // No answer: the entries (and those after them)
-            // may be stored all the same. Not written again
-            // here, where they could be written twice: the
-            // caller checks the trail's tail before it tries
-            // again.
-            Err(e) => {
-                let mut entries = batch;
-                entries.extend(sent.flat_map(|(_, _, _, e)| e));
-                return Err(AppendFailed {
-                    error: Error::subject(&subject, e),
-                    entries,
-                });
+            if let Some(r) = &tail.record {
+                *chain = Chain::resume(Some(r));
+            }
+            self.last_stream_seq = tail.last_seq;
+            return Ok(());
+        }
+        let head_seq = chain.next_seq() - 1;
+        let data = TrailReplaced {
+            stream: subjects::STREAM_AUDIT.to_string(),
+            head_seq,
+            head_hash: chain.last_hash().to_string(),
+            was: StreamSeen::at(self.made, self.last_stream_seq),
+            now: StreamSeen::at(tail.made, tail.last_seq),
+            remade,
+        };
+        let entry = log.stamp(
+            AuditEntry::new(
+                skos_core::AuditEvent::AuditTrailReplaced,
+                chrono::Utc::now(),
+                None,
+                "audit",
+                format!(
+                    "the audit stream {} was replaced under its writer (deleted{}): the records up to seq {head_seq} it held are not in the stream now; the chain goes on from seq {head_seq}",
+                    subjects::STREAM_AUDIT,
+                    if remade { ", and made again by this writer" } else { " and made again" },
+                ),
+                serde_json::to_value(&data).unwrap_or_default(),
+            ),
+            term,
+        );
+        // Written on the chain continued from the head; the writer's
+        // place moves only once the record is stored, so a failure finds
+        // the replacement again.
+        let mut next = chain.clone();
+        let was = (self.made, self.last_stream_seq);
+        (self.made, self.last_stream_seq) = (tail.made, tail.last_seq);
+        match self.publish_one(&mut next, entry).await {
+            Ok(record) => {
+                tracing::error!(
+                    stream = subjects::STREAM_AUDIT,
+                    head_seq,
+                    recorded_seq = record.seq,
+                    was_last_stream_seq = data.was.last_stream_seq,
+                    now_last_stream_seq = data.now.last_stream_seq,
+                    "the audit stream was replaced under its writer: the loss is recorded (audit_trail_replaced)"
+                );
+                *chain = next;
+                Ok(())
+            }
+            Err(Unstored::Refused(e) | Unstored::Failed(e)) => {
+                (self.made, self.last_stream_seq) = was;
+                Err(e)
             }
         }
     }
-    rest.extend(sent.flat_map(|(_, _, _, batch)| batch));
-    Ok(rest)
+
+    /// Publish `entries` sealed on `chain` after the stream's message
+    /// `self.last_stream_seq`, in as few messages as [`Sealed`] allows. Both advance
+    /// over what is stored. Gives back the entries refused because another
+    /// writer got in or the stream is gone (not stored: seal them again on
+    /// the new tail, [`StreamWriter::resync`]), or fails
+    /// with those not known to be stored.
+    async fn publish_batch(
+        &mut self,
+        chain: &mut Chain,
+        entries: Vec<AuditEntry>,
+    ) -> Result<Vec<AuditEntry>, AppendFailed> {
+        let (js, signing) = (&self.js, self.signing.as_deref());
+        let last_stream_seq = &mut self.last_stream_seq;
+        let mut trial = chain.clone();
+        let mut sent = Vec::new();
+        // The batch goes out in messages of at most
+        // `MESSAGE_BYTES` of records ([`Sealed`]). The first
+        // message expects the stream's last sequence, each later
+        // one the message id (its last record's hash) of the one
+        // before it: once one is refused, none after it is
+        // stored. (Expected sequences alone would store the
+        // later ones when the tail moved by fewer messages than
+        // the batch holds, sealed on a chain that is not the
+        // stream's.)
+        let mut previous: Option<String> = None;
+        let mut unsent = entries.into_iter().peekable();
+        let mut failed = None;
+        // Where the next message is stored, if it is: right after the one
+        // before it.
+        let mut stream_seq = *last_stream_seq;
+        while unsent.peek().is_some() {
+            stream_seq += 1;
+            // Sealed as they are, not copies: entries not
+            // stored are given back from their records.
+            let sealed = match Sealed::next(&mut trial, &mut unsent) {
+                Ok(s) => s,
+                Err((error, back)) => {
+                    failed = Some((error, back));
+                    break;
+                }
+            };
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(sealed.payload)
+                .message_id(&sealed.last_hash);
+            let publish = match signed(
+                publish,
+                signing,
+                &sealed.subject,
+                stream_seq,
+                sealed.last_seq,
+                &sealed.last_hash,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    failed = Some((e, sealed.entries));
+                    break;
+                }
+            };
+            let publish = match previous.replace(sealed.last_hash) {
+                None => publish.expected_last_sequence(*last_stream_seq),
+                Some(id) => publish.expected_last_message_id(id),
+            };
+            match js.send_publish(sealed.subject.clone(), publish).await {
+                Ok(ack) => sent.push((ack, trial.clone(), sealed.subject, sealed.entries)),
+                Err(e) => {
+                    failed = Some((Error::subject(&sealed.subject, e), sealed.entries));
+                    break;
+                }
+            }
+        }
+        if let Some((error, back)) = failed {
+            // Those sent may be stored: the caller checks.
+            let mut entries: Vec<AuditEntry> =
+                sent.into_iter().flat_map(|(_, _, _, e)| e).collect();
+            entries.extend(back);
+            entries.extend(unsent);
+            return Err(AppendFailed { error, entries });
+        }
+        // Acks in order: the stored prefix advances the chain.
+        let mut stored = 0;
+        let mut rest = Vec::new();
+        let mut sent = sent.into_iter();
+        for (ack, after, subject, batch) in sent.by_ref() {
+            match ack.await {
+                Ok(ack) if stored == 0 || ack.sequence == *last_stream_seq + 1 => {
+                    *chain = after;
+                    *last_stream_seq = ack.sequence;
+                    stored += 1;
+                }
+                Ok(_) => {
+                    rest.extend(batch);
+                    break;
+                }
+                // Refused: another writer got in; the rest goes
+                // through `append`, which re-reads the tail.
+                Err(e) if refused(e.kind()) => {
+                    rest.extend(batch);
+                    break;
+                }
+                // No answer: the entries (and those after them)
+                // may be stored all the same. Not written again
+                // here, where they could be written twice: the
+                // caller checks the trail's tail before it tries
+                // again.
+                Err(e) => {
+                    let mut entries = batch;
+                    entries.extend(sent.flat_map(|(_, _, _, e)| e));
+                    return Err(AppendFailed {
+                        error: Error::subject(&subject, e),
+                        entries,
+                    });
+                }
+            }
+        }
+        rest.extend(sent.flat_map(|(_, _, _, batch)| batch));
+        Ok(rest)
+    }
 }
 
 fn append_file(
@@ -1242,23 +1413,68 @@ fn signed_by(
         .map(drop)
 }
 
-/// The record the chain continues from, and the stream's last sequence.
+/// The end of the audit stream as a writer finds it.
+struct Tail {
+    /// The record the chain continues from (see [`last_record`]).
+    record: Option<AuditRecord>,
+    /// The stream's last message sequence.
+    last_seq: u64,
+    /// When the server made the stream.
+    made: Made,
+}
+
+/// Whether `e` says the stream does not exist.
+fn stream_missing(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// When the server made the audit stream, and its last sequence; `None`
+/// when it does not exist.
+async fn stream_made(js: &jetstream::Context) -> Result<Option<(Made, u64)>> {
+    match js.get_stream(subjects::STREAM_AUDIT).await {
+        Ok(s) => {
+            let info = s.cached_info();
+            Ok(Some((
+                info.created.unix_timestamp_nanos(),
+                info.state.last_sequence,
+            )))
+        }
+        Err(e) if stream_missing(&e) => Ok(None),
+        Err(e) => Err(stream_err(e)),
+    }
+}
+
+/// The record the chain continues from, the stream's last sequence and
+/// when the server made the stream; `None` when the stream does not exist.
 /// Walks back over anything that is not one of our records; with
 /// `signing`, over every message not signed by a trusted key at the place
 /// it is stored too (a stranger's record, or a genuine message published
 /// again, is never built upon), however many there are: a trail with no
 /// signed message at all starts a signed chain afresh.
-async fn last_record(
-    js: &jetstream::Context,
-    signing: Option<&Signing>,
-) -> Result<(Option<AuditRecord>, u64)> {
-    let mut s = js
-        .get_stream(subjects::STREAM_AUDIT)
-        .await
-        .map_err(stream_err)?;
-    let last_seq = s.info().await.map_err(stream_err)?.state.last_sequence;
+async fn last_record(js: &jetstream::Context, signing: Option<&Signing>) -> Result<Option<Tail>> {
+    let s = match js.get_stream(subjects::STREAM_AUDIT).await {
+        Ok(s) => s,
+        Err(e) if stream_missing(&e) => return Ok(None),
+        Err(e) => return Err(stream_err(e)),
+    };
+    let info = s.cached_info();
+    let (last_seq, made) = (
+        info.state.last_sequence,
+        info.created.unix_timestamp_nanos(),
+    );
+    let tail = |record| {
+        Ok(Some(Tail {
+            record,
+            last_seq,
+            made,
+        }))
+    };
     if last_seq == 0 {
-        return Ok((None, 0));
+        return tail(None);
     }
     let mut seq = last_seq;
     let mut unsigned: Option<(u64, AuditRecord)> = None;
@@ -1266,14 +1482,14 @@ async fn last_record(
         if let Ok(m) = s.get_raw_message(seq).await {
             if let Some(r) = last_record_of(&m.payload) {
                 let Some(signing) = signing else {
-                    return Ok((Some(r), last_seq));
+                    return tail(Some(r));
                 };
                 match signed_by(&signing.trusted, &m, &r) {
                     Ok(()) => {
                         if unsigned.is_some() {
                             tracing::warn!(stream_seq = seq, skipped = last_seq - seq, "audit messages not signed by a trusted key skipped: the chain continues from the last signed one");
                         }
-                        return Ok((Some(r), last_seq));
+                        return tail(Some(r));
                     }
                     Err(e) => {
                         tracing::debug!(stream_seq = seq, error = %e, "audit message not signed by a trusted key");
@@ -1291,7 +1507,7 @@ async fn last_record(
     if let Some((at, _)) = unsigned {
         tracing::warn!(stream_seq = at, "no audit message signed by a trusted key in the trail: the signed chain starts afresh; the unsigned messages are foreign to it");
     }
-    Ok((None, last_seq))
+    tail(None)
 }
 
 /// Read every record of the audit file as JSON values, in order.
@@ -1430,34 +1646,68 @@ fn tail_start<R: Read + Seek>(src: &mut R, len: u64, n: u64, block: usize) -> st
     Ok(0)
 }
 
-/// The records of the JetStream audit stream's messages stored after stream
-/// sequence `after` (with `None`: its last `n` records), oldest first, and
-/// the stream's last sequence read, to pass as `after` next time (`skos
-/// audit tail -f`). Reads messages by sequence: no consumer is made, so an
-/// operator's read-only credential suffices.
+/// Where [`read_jetstream_after`] has read the stream to: its last
+/// sequence read, and which stream (when the server made it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamCursor {
+    seq: u64,
+    made: Made,
+}
+
+/// What [`read_jetstream_after`] read.
+#[derive(Debug)]
+pub struct TailRead {
+    /// The records, oldest first.
+    pub records: Vec<Value>,
+    /// Where to read from next time.
+    pub at: StreamCursor,
+    /// The stream is not the one `after` was in (deleted and made again):
+    /// `records` are the new one's, from its start.
+    pub replaced: bool,
+}
+
+/// The records of the JetStream audit stream's messages stored after
+/// `after` (with `None`: its last `n` records), oldest first, and where it
+/// read to, to pass as `after` next time (`skos audit tail -f`). A stream
+/// deleted and made again since `after` is read from its start, and said
+/// so. Reads messages by sequence: no consumer is made, so an operator's
+/// read-only credential suffices.
 pub async fn read_jetstream_after(
     bus: &NatsBus,
-    after: Option<u64>,
+    after: Option<StreamCursor>,
     n: u64,
-) -> Result<(Vec<Value>, u64)> {
+) -> Result<TailRead> {
     let js = bus.jetstream();
     let mut s = js
         .get_stream(subjects::STREAM_AUDIT)
         .await
         .map_err(stream_err)?;
-    let info = s.info().await.map_err(stream_err)?.state.clone();
+    let info = s.info().await.map_err(stream_err)?;
+    let made = info.created.unix_timestamp_nanos();
+    let info = info.state.clone();
     let last = info.last_sequence;
+    let at = StreamCursor { seq: last, made };
     let Some(after) = after else {
         // The last `n` records up to `last`, exactly (what is written
         // after it comes with the next call).
-        let out = last_records(&mut s, info.first_sequence, last, n, None).await?;
-        return Ok((out, last));
+        let records = last_records(&mut s, info.first_sequence, last, n, None).await?;
+        return Ok(TailRead {
+            records,
+            at,
+            replaced: false,
+        });
     };
-    let mut out = Vec::new();
-    for seq in (after + 1).max(info.first_sequence)..=last {
-        out.extend(message_records(&mut s, seq, None).await?);
+    let replaced = after.made != made || last < after.seq;
+    let from = if replaced { 0 } else { after.seq };
+    let mut records = Vec::new();
+    for seq in (from + 1).max(info.first_sequence)..=last {
+        records.extend(message_records(&mut s, seq, None).await?);
     }
-    Ok((out, last))
+    Ok(TailRead {
+        records,
+        at,
+        replaced,
+    })
 }
 
 /// Read the last `n` records of the JetStream audit stream (all when `None`).

@@ -61,8 +61,17 @@ enum Inner {
     JetStream {
         messages: Box<pull::Ordered>,
         trusted: Option<Arc<trust::Verifier>>,
+        js: Box<async_nats::jetstream::Context>,
+        /// When the server made the stream read (its identity).
+        made: i128,
+        /// The highest seq given (or read back at the open).
+        last: Option<u64>,
     },
 }
+
+/// How long a follower of the stream waits for a message before it asks
+/// whether the stream is still the one it reads.
+const IDENTITY_EVERY: Duration = Duration::from_secs(5);
 
 fn io(path: &Path, source: std::io::Error) -> Error {
     Error::Io {
@@ -127,7 +136,8 @@ impl AuditFollower {
                     .get_stream(subjects::STREAM_AUDIT)
                     .await
                     .map_err(stream_err)?;
-                let state = stream.info().await.map_err(stream_err)?.state.clone();
+                let info = stream.info().await.map_err(stream_err)?;
+                let (state, made) = (info.state.clone(), info.created.unix_timestamp_nanos());
                 // The backfill is the last messages up to `last`, read
                 // through the same consumer (and the same checks) as what
                 // follows: what comes after `last` is new, exactly.
@@ -161,11 +171,15 @@ impl AuditFollower {
                         }
                     }
                 }
+                let last = recent.iter().filter_map(|v| v["seq"].as_u64()).max();
                 Ok((
                     Self {
                         inner: Inner::JetStream {
                             messages,
                             trusted: trusted.clone(),
+                            js: Box::new(js.clone()),
+                            made,
+                            last,
                         },
                     },
                     recent,
@@ -199,19 +213,62 @@ impl AuditFollower {
                 }
                 tokio::time::sleep(FILE_POLL).await;
             },
-            Inner::JetStream { messages, trusted } => loop {
-                match messages.next().await {
-                    Some(Ok(m)) => {
-                        let records = checked(&m, trusted.as_deref());
-                        if !records.is_empty() {
-                            return Ok(records);
-                        }
+            Inner::JetStream {
+                messages,
+                trusted,
+                js,
+                made,
+                last,
+            } => loop {
+                // The ordered consumer makes itself again, silently, on a
+                // stream deleted and made again, from the sequence after
+                // the last it gave: what the new stream holds below it
+                // never comes. So a quiet spell, or a record that does not
+                // follow the last one given, has the stream's identity
+                // checked.
+                let m = match tokio::time::timeout(IDENTITY_EVERY, messages.next()).await {
+                    Err(_) => {
+                        same_stream(js, *made).await?;
+                        continue;
                     }
-                    Some(Err(e)) => return Err(stream_err(e)),
-                    None => return Err(Error::Closed),
+                    Ok(Some(Ok(m))) => m,
+                    Ok(Some(Err(e))) => return Err(stream_err(e)),
+                    Ok(None) => return Err(Error::Closed),
+                };
+                let records = checked(&m, trusted.as_deref());
+                let Some(first) = records.first().and_then(|v| v["seq"].as_u64()) else {
+                    continue;
+                };
+                if last.is_some_and(|l| Some(first) != l.checked_add(1)) {
+                    same_stream(js, *made).await?;
                 }
+                let top = records.iter().filter_map(|v| v["seq"].as_u64()).max();
+                *last = (*last).max(top);
+                return Ok(records);
             },
         }
+    }
+}
+
+/// Fails with [`Error::Replaced`] when the audit stream is not the one made
+/// at `made` (deleted, or deleted and made again).
+async fn same_stream(js: &async_nats::jetstream::Context, made: i128) -> Result<()> {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    let replaced = || Error::Replaced {
+        stream: subjects::STREAM_AUDIT.to_string(),
+    };
+    match js.get_stream(subjects::STREAM_AUDIT).await {
+        Ok(s) if s.cached_info().created.unix_timestamp_nanos() == made => Ok(()),
+        Ok(_) => Err(replaced()),
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Err(replaced())
+            }
+            // Not known: the consumer tells, or the next check.
+            _ => Ok(()),
+        },
     }
 }
 

@@ -76,6 +76,10 @@ pub enum Error {
     Timeout { subject: String, timeout: Duration },
     #[error("bus closed")]
     Closed,
+    /// The stream read was deleted and made again while it was read (a
+    /// follower of the audit trail): open it again from its start.
+    #[error("stream {stream}: replaced (deleted and made again) while it was read")]
+    Replaced { stream: String },
     /// A coordinator of a newer term has written: this one no longer leads.
     #[error(
         "deposed: this coordinator's term {term} is older than term {newer} in the audit trail"

@@ -250,6 +250,12 @@ impl NatsBus {
         &self.js
     }
 
+    /// [`NatsOptions::audit_max_age`]: the `max_age` `SKOS_AUDIT` is made
+    /// with.
+    pub fn audit_max_age(&self) -> Duration {
+        self.audit_max_age
+    }
+
     async fn ensure_streams(&self) -> Result<()> {
         let specs = [
             (subjects::STREAM_ALERTS, subjects::ALERTS, 7 * DAY, false),
@@ -910,6 +916,14 @@ async fn ensure_stream(
             stream: name.to_string(),
             reason: e.to_string(),
         })
+}
+
+/// Make `SKOS_AUDIT` again, locked, with `max_age` (the audit writer, when
+/// the stream it writes was deleted under it: [`crate::audit`]).
+pub(crate) async fn ensure_audit_stream(js: &jetstream::Context, max_age: Duration) -> Result<()> {
+    ensure_stream(js, subjects::STREAM_AUDIT, subjects::AUDIT, max_age, true)
+        .await
+        .map(drop)
 }
 
 /// Whether a stream's config refuses deletes and purges (roll-ups purge

@@ -550,6 +550,11 @@ pub enum AuditEvent {
     /// stored) and the `max_age`, so `skos audit verify` tells expiry from
     /// a purge.
     AuditCheckpoint,
+    /// The trail was replaced under its writer (the stream deleted and
+    /// made again, or the live file removed or swapped): `data` names the
+    /// writer's head before (seq, hash) and what it found, so the records
+    /// the old trail held are named lost, never silently forgotten.
+    AuditTrailReplaced,
     /// An alert was handled.
     Alert,
     /// The actions chosen for an alert (or a recovery).
@@ -610,6 +615,7 @@ impl AuditEvent {
             AuditEvent::AuditSealed => "audit_sealed",
             AuditEvent::AuditExpired => "audit_expired",
             AuditEvent::AuditCheckpoint => "audit_checkpoint",
+            AuditEvent::AuditTrailReplaced => "audit_trail_replaced",
             AuditEvent::Alert => "alert",
             AuditEvent::Decision => "decision",
             AuditEvent::Command => "command",
@@ -737,6 +743,7 @@ mod tests {
             (AuditEvent::AuditSealed, "audit_sealed"),
             (AuditEvent::AuditExpired, "audit_expired"),
             (AuditEvent::AuditCheckpoint, "audit_checkpoint"),
+            (AuditEvent::AuditTrailReplaced, "audit_trail_replaced"),
             (AuditEvent::Verification, "verification"),
             (AuditEvent::Skipped, "skipped"),
             (AuditEvent::Flapping, "flapping"),

@@ -105,10 +105,14 @@ impl Feed {
 
     async fn follow(self) {
         let mut said = false;
+        let mut replaced = false;
         loop {
             match AuditFollower::open(&self.source, RING as u64).await {
                 Ok((mut follower, recent)) => {
                     said = false;
+                    if std::mem::take(&mut replaced) {
+                        self.replaced(&recent);
+                    }
                     self.say_gap(&recent);
                     for v in &recent {
                         self.take(v);
@@ -120,6 +124,11 @@ impl Feed {
                                 for v in &records {
                                     self.take(v);
                                 }
+                            }
+                            Err(e @ skos_bus::Error::Replaced { .. }) => {
+                                tracing::error!(error = %e, "audit trail replaced under the feed; reading the new one from its start");
+                                replaced = true;
+                                break;
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "audit trail no longer followed; reopening");
@@ -153,6 +162,28 @@ impl Feed {
 
     fn was_opened(&self) -> bool {
         *self.opened.borrow()
+    }
+
+    /// The trail was replaced (deleted and made again) and `recent` is the
+    /// new one's read-back: every record in it was written after the
+    /// replacement. Where it begins at or below the last counted (a chain
+    /// begun afresh), the old trail's records held are dropped and the new
+    /// one's counted from its first; a chain carried on from the old
+    /// head is past the last counted already.
+    fn replaced(&self, recent: &[Value]) {
+        let Some(first) = recent.first().and_then(|v| v["seq"].as_u64()) else {
+            return;
+        };
+        let mut held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if first <= held.counted {
+            tracing::warn!(
+                first_seq = first,
+                counted_seq = held.counted,
+                "the new audit trail begins a chain afresh: its records are counted from its first, the old one's are no longer held"
+            );
+            held.ring.clear();
+            held.counted = first.saturating_sub(1);
+        }
     }
 
     /// Warn when a reopen's read-back `recent` begins past the record after
@@ -320,6 +351,49 @@ mod tests {
             text.contains(r#"skos_audit_records_total{event_type="alert"} 2"#),
             "{text}"
         );
+    }
+
+    /// A trail replaced by one whose chain begins afresh is counted from
+    /// its first record (the old one's held records dropped); one whose
+    /// chain goes on from the old head is counted past it, each once.
+    #[test]
+    fn a_replaced_trail_is_counted_from_its_first_record() {
+        let f = feed();
+        let mut rx = f.subscribe();
+        f.take(&rec(1, "start"));
+        f.opened_once();
+        for seq in 2..=5 {
+            f.take(&rec(seq, "alert"));
+        }
+        assert_eq!(sent(&mut rx), [2, 3, 4, 5]);
+        // Begun afresh: seq 1 and 2 again, now the new trail's.
+        let fresh = [rec(1, "start"), rec(2, "alert")];
+        f.replaced(&fresh);
+        f.say_gap(&fresh);
+        for v in &fresh {
+            f.take(v);
+        }
+        f.take(&rec(3, "alert"));
+        assert_eq!(sent(&mut rx), [1, 2, 3]);
+        assert_eq!(
+            f.tail(10).iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        // Carried on from the head (seq 3): nothing dropped.
+        let on = [rec(4, "audit_trail_replaced"), rec(5, "alert")];
+        f.replaced(&on);
+        for v in &on {
+            f.take(v);
+        }
+        assert_eq!(sent(&mut rx), [4, 5]);
+        assert_eq!(f.oldest(), Some(1));
+        let text = f.derived.encoded();
+        assert!(
+            text.contains(r#"skos_audit_records_total{event_type="alert"} 7"#),
+            "{text}"
+        );
+        f.replaced(&[]);
+        f.replaced(&[rec(0, "alert")]);
     }
 
     /// A record at the largest seq (forged on a server without trusted

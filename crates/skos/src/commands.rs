@@ -801,16 +801,23 @@ async fn audit_tail(
         // By stream sequence, with what an operator's credential may do
         // (message reads, stream info): no consumer is made.
         let (bus, _) = audit_bus(&cfg).await?;
-        let (records, mut at) = audit::read_jetstream_after(&bus, None, n).await?;
-        show(records, false)?;
+        let read = audit::read_jetstream_after(&bus, None, n).await?;
+        let mut at = read.at;
+        show(read.records, false)?;
         loop {
             tokio::select! {
                 _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
-            let (records, next) = audit::read_jetstream_after(&bus, Some(at), u64::MAX).await?;
-            at = next;
-            show(records, false)?;
+            let read = audit::read_jetstream_after(&bus, Some(at), u64::MAX).await?;
+            if read.replaced {
+                eprintln!(
+                    "the audit stream {} was replaced (deleted and made again): the new one follows from its start",
+                    skos_bus::subjects::STREAM_AUDIT
+                );
+            }
+            at = read.at;
+            show(read.records, false)?;
         }
     }
     let path = data_dir.unwrap_or(cfg.data_dir).join("audit.jsonl");

@@ -76,6 +76,46 @@ pub struct CheckpointData {
     pub max_age_seconds: u64,
 }
 
+/// The data of an `audit_trail_replaced` record: the writer's head before
+/// the replacement and the trail it wrote against the one it found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrailReplaced {
+    /// The stream (`SKOS_AUDIT`) or the live file's path.
+    pub stream: String,
+    /// The last record the writer wrote before it: seq and hash. The
+    /// trail held the records up to it; the record continues from it.
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// The stream written, and the one found in its place.
+    pub was: StreamSeen,
+    pub now: StreamSeen,
+    /// Whether the writer found the stream gone and made it again.
+    #[serde(default)]
+    pub remade: bool,
+}
+
+/// A stream as a writer saw it: when the server made it and its last
+/// message sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamSeen {
+    pub made: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_stream_seq: u64,
+}
+
+impl StreamSeen {
+    /// `made`: nanoseconds since the epoch.
+    pub(crate) fn at(made: i128, last_stream_seq: u64) -> Self {
+        let secs = made.div_euclid(1_000_000_000);
+        let nanos = made.rem_euclid(1_000_000_000);
+        Self {
+            made: i64::try_from(secs)
+                .ok()
+                .and_then(|s| chrono::DateTime::from_timestamp(s, nanos as u32)),
+            last_stream_seq,
+        }
+    }
+}
+
 /// Clock skew between the verifier and the server, and the server's
 /// expiry sweep, allowed for when judging an age-out.
 pub const EXPIRY_SLACK: Duration = Duration::from_secs(300);
@@ -217,6 +257,9 @@ struct Checker<'a> {
     /// Why the records missing at the start were not aged out, when it is
     /// known as soon as they are found (a stream's).
     gap_problem: Option<String>,
+    /// The records missing at the start are those an
+    /// `audit_trail_replaced` record names lost (reported with it).
+    gap_named: bool,
 }
 
 impl<'a> Checker<'a> {
@@ -232,6 +275,7 @@ impl<'a> Checker<'a> {
             place: String::new(),
             start_gap: None,
             gap_problem: None,
+            gap_named: false,
         }
     }
 
@@ -321,6 +365,9 @@ impl<'a> Checker<'a> {
             }
         };
         let r = record?;
+        if verified && r.entry.event_type == AuditEvent::AuditTrailReplaced.as_str() {
+            self.trail_replaced(&r);
+        }
         if let Some(cp) = self.checkpoint {
             if r.seq == cp.seq {
                 self.checkpoint_seen = true;
@@ -336,8 +383,49 @@ impl<'a> Checker<'a> {
         Some((r, verified))
     }
 
+    /// An `audit_trail_replaced` record `r`, of the chain: the records the
+    /// trail held up to the head it names are lost, a failure (and, where
+    /// they are the ones missing at the start, the reason for that gap).
+    fn trail_replaced(&mut self, r: &AuditRecord) {
+        let Ok(d) = serde_json::from_value::<TrailReplaced>(r.entry.data.clone()) else {
+            self.problem(format!(
+                "seq {}: the trail was replaced under its writer (audit_trail_replaced, its data unreadable): records were lost",
+                r.seq
+            ));
+            return;
+        };
+        if self
+            .start_gap
+            .as_ref()
+            .is_some_and(|(end, hash)| *end == d.head_seq && *hash == d.head_hash)
+        {
+            self.gap_named = true;
+        }
+        let made = |s: &StreamSeen| {
+            s.made.map_or("at an unknown time".to_string(), |t| {
+                format!(
+                    "made {}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+        };
+        self.problem(format!(
+            "seq {}: the trail was replaced under its writer at {} ({} {} with {} messages, found {} with {}): the records up to seq {} it held are lost from it, not aged out by policy",
+            r.seq,
+            r.entry.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            d.stream,
+            made(&d.was),
+            d.was.last_stream_seq,
+            made(&d.now),
+            d.now.last_stream_seq,
+            d.head_seq,
+        ));
+    }
+
     fn finish(mut self) -> TrailReport {
-        if let (Some((end, _)), None) = (&self.start_gap, &self.report.aged_out) {
+        if self.gap_named {
+            self.report.aged_out = None;
+        } else if let (Some((end, _)), None) = (&self.start_gap, &self.report.aged_out) {
             let text = self.gap_problem.take().unwrap_or_else(|| format!(
                 "records seq 1..{end} are missing and no record of the trail says they aged out by policy: deleted"
             ));

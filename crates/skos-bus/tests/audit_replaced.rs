@@ -1,0 +1,249 @@
+//! The audit stream replaced under its writer and its readers (deleted, or
+//! deleted and made again, by an admin or a server that lost its store),
+//! against a real nats-server: the writer records the loss and carries its
+//! chain on, `verify` names it, and followers read the new stream.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use skos_bus::audit::{self, AuditLog};
+use skos_bus::audit_follow::{AuditFollower, AuditSource};
+use skos_bus::{subjects, Error, NatsBus, NatsOptions};
+use skos_core::{AuditEntry, AuditEvent};
+use skos_testsupport::nats::{nats_server_binary, NatsServer};
+
+fn entry(i: u32) -> AuditEntry {
+    AuditEntry::new(
+        AuditEvent::Node,
+        chrono::Utc::now(),
+        None,
+        "t",
+        format!("e{i}"),
+        serde_json::json!({ "i": i }),
+    )
+}
+
+async fn connect(server: &NatsServer) -> NatsBus {
+    let mut opts = NatsOptions::new(server.url(), "test");
+    opts.audit_max_age = Duration::from_secs(30 * 86_400);
+    NatsBus::connect(&opts).await.unwrap()
+}
+
+/// Delete `SKOS_AUDIT` (deny_delete does not stop it: only permissions do).
+async fn delete(bus: &NatsBus) {
+    bus.jetstream()
+        .delete_stream(subjects::STREAM_AUDIT)
+        .await
+        .unwrap();
+}
+
+fn seqs(records: &[Value]) -> Vec<u64> {
+    records.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
+}
+
+fn events(records: &[Value]) -> Vec<&str> {
+    records
+        .iter()
+        .map(|r| r["entry"]["event_type"].as_str().unwrap())
+        .collect()
+}
+
+async fn verify(bus: &NatsBus) -> audit::TrailReport {
+    audit::check::verify_jetstream(bus, None, None, |_, _| {})
+        .await
+        .unwrap()
+}
+
+/// Deleted and made again (another process connecting makes the streams):
+/// the writer's next append records the replacement, naming its head and
+/// both streams, and carries the chain on from its head; `verify` fails,
+/// naming the loss once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_made_again_under_the_writer_is_recorded_and_its_chain_goes_on() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let log = AuditLog::open_jetstream(&bus).await.unwrap();
+    for i in 0..3 {
+        log.append(entry(i)).await.unwrap();
+    }
+    log.append_many(vec![entry(3), entry(4)]).await.unwrap();
+    let head = read(&bus).await.last().unwrap()["hash"].clone();
+    delete(&bus).await;
+    let _other = connect(&server).await;
+
+    assert_eq!(log.append(entry(5)).await.unwrap().seq, 7);
+    log.append_many(vec![entry(6), entry(7)]).await.unwrap();
+    let records = read(&bus).await;
+    assert_eq!(seqs(&records), [6, 7, 8, 9]);
+    assert_eq!(events(&records)[0], "audit_trail_replaced");
+    let data = &records[0]["entry"]["data"];
+    assert_eq!(data["head_seq"], 5);
+    assert_eq!(data["head_hash"], head);
+    assert_eq!(
+        records[0]["prev_hash"], head,
+        "the chain goes on from the head"
+    );
+    assert_eq!(
+        data["was"]["last_stream_seq"], 4,
+        "three records and a batch"
+    );
+    assert_eq!(data["now"]["last_stream_seq"], 0);
+    assert_eq!(data["remade"], false);
+    assert_ne!(data["was"]["made"], data["now"]["made"]);
+
+    let report = verify(&bus).await;
+    assert!(!report.ok());
+    assert_eq!(report.break_count, 1, "{:?}", report.breaks);
+    assert!(
+        report.breaks[0].contains("replaced under its writer")
+            && report.breaks[0].contains("records up to seq 5"),
+        "{:?}",
+        report.breaks
+    );
+    assert_eq!(report.records, 4);
+}
+
+/// Deleted and not made again: the writer makes it again, locked and with
+/// its retention, and records that it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_under_the_writer_is_made_again_locked() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let log = AuditLog::open_jetstream(&bus).await.unwrap();
+    log.append(entry(0)).await.unwrap();
+    delete(&bus).await;
+
+    log.append_many(vec![entry(1), entry(2)]).await.unwrap();
+    let records = read(&bus).await;
+    assert_eq!(seqs(&records), [2, 3, 4]);
+    assert_eq!(records[0]["entry"]["data"]["remade"], true);
+    assert!(audit::stream_is_locked(&bus).await.unwrap());
+    let mut stream = bus
+        .jetstream()
+        .get_stream(subjects::STREAM_AUDIT)
+        .await
+        .unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.max_age, Duration::from_secs(30 * 86_400));
+}
+
+/// Made again with as many messages as the writer wrote: its appends are
+/// not refused, so the writer's own check of the stream's identity finds
+/// it (every ten seconds, here asked for at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_made_again_to_the_same_length_is_found_by_its_identity() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let log = AuditLog::open_jetstream(&bus).await.unwrap();
+    log.append(entry(0)).await.unwrap();
+    log.append(entry(1)).await.unwrap();
+    delete(&bus).await;
+    let _other = connect(&server).await;
+    for _ in 0..2 {
+        bus.jetstream()
+            .publish(format!("{}.x", subjects::STREAM_AUDIT), "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    log.check_stream_now().await.unwrap();
+    log.append(entry(2)).await.unwrap();
+    let records: Vec<Value> = read(&bus)
+        .await
+        .into_iter()
+        .filter(|r| r.get("seq").is_some())
+        .collect();
+    assert_eq!(seqs(&records), [3, 4]);
+    assert_eq!(events(&records)[0], "audit_trail_replaced");
+    assert_eq!(records[0]["entry"]["data"]["now"]["last_stream_seq"], 2);
+}
+
+/// Fencing holds across a replacement: a newer leader records it, and the
+/// deposed writer's next append fails; a writer of the same term whose
+/// head is older than the new stream's continues from it, recording
+/// nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_replacement_a_deposed_writer_is_fenced_and_a_later_one_carries_on() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let old = AuditLog::open_jetstream(&bus).await.unwrap();
+    old.set_term(Some(1));
+    old.append(entry(0)).await.unwrap();
+    let stale = AuditLog::open_jetstream(&bus).await.unwrap();
+    stale.set_term(Some(2));
+    let new = AuditLog::open_jetstream(&bus).await.unwrap();
+    new.set_term(Some(2));
+    new.append(entry(1)).await.unwrap();
+    delete(&bus).await;
+    let _other = connect(&server).await;
+
+    new.append(entry(2)).await.unwrap();
+    assert!(
+        matches!(
+            old.append(entry(3)).await,
+            Err(Error::Deposed { term: 1, newer: 2 })
+        ),
+        "the deposed writer is fenced"
+    );
+    assert_eq!(stale.append(entry(4)).await.unwrap().seq, 5);
+    let records = read(&bus).await;
+    assert_eq!(seqs(&records), [3, 4, 5]);
+    assert_eq!(
+        events(&records),
+        ["audit_trail_replaced", "node", "node"],
+        "one record of the replacement"
+    );
+    assert_eq!(verify(&bus).await.break_count, 1);
+}
+
+/// A follower of the stream finds the replacement (its ordered consumer
+/// would wait past the old stream's last sequence for good) and, opened
+/// again, reads the new stream's records; `audit tail -f`'s read by
+/// sequence does too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_read_the_stream_made_again_from_its_start() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let log = AuditLog::open_jetstream(&bus).await.unwrap();
+    let source = AuditSource::JetStream(bus.clone(), None);
+    let (mut follower, _) = AuditFollower::open(&source, 0).await.unwrap();
+    let tail = audit::read_jetstream_after(&bus, None, 10).await.unwrap();
+    for i in 0..3 {
+        log.append(entry(i)).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(follower.next().await.unwrap());
+    }
+    assert_eq!(seqs(&got), [1, 2, 3]);
+    delete(&bus).await;
+    let _other = connect(&server).await;
+    log.append(entry(3)).await.unwrap();
+
+    let found = tokio::time::timeout(Duration::from_secs(60), follower.next())
+        .await
+        .expect("the follower finds the replacement");
+    assert!(matches!(found, Err(Error::Replaced { .. })), "{found:?}");
+    let (_, recent) = AuditFollower::open(&source, 10).await.unwrap();
+    assert_eq!(seqs(&recent), [4, 5]);
+    let later = audit::read_jetstream_after(&bus, Some(tail.at), 10)
+        .await
+        .unwrap();
+    assert!(later.replaced);
+    assert_eq!(seqs(&later.records), [4, 5]);
+    let next = audit::read_jetstream_after(&bus, Some(later.at), 10)
+        .await
+        .unwrap();
+    assert!(!next.replaced && next.records.is_empty());
+}
+
+async fn read(bus: &NatsBus) -> Vec<Value> {
+    audit::read_jetstream(bus, None).await.unwrap()
+}
