@@ -26,7 +26,7 @@ use crate::{subjects, trust, Error, NatsBus, Result};
 
 pub mod check;
 pub mod segments;
-pub use check::{Checkpoint, StreamSeen, TrailReplaced, TrailReport};
+pub use check::{Checkpoint, TrailReplaced, TrailReport, TrailSeen};
 pub use segments::Policy;
 
 pub enum AuditStore {
@@ -438,6 +438,7 @@ impl AuditLog {
                     let (path, file) = (&*path, &mut *file);
                     let back = entries.clone();
                     return tokio::task::block_in_place(|| {
+                        keep_live(self, term, path, file, chain, segs)?;
                         append_file_many(path, file, chain, entries)?;
                         after_append(path, file, chain, segs);
                         Ok(())
@@ -504,6 +505,7 @@ impl AuditLog {
             AuditStore::File { path, file, segs } => {
                 let (path, file) = (&*path, &mut *file);
                 tokio::task::block_in_place(|| {
+                    keep_live(self, term, path, file, chain, segs)?;
                     let record = append_file(path, file, chain, entry)?;
                     after_append(path, file, chain, segs);
                     Ok(record)
@@ -805,8 +807,8 @@ impl StreamWriter {
             stream: subjects::STREAM_AUDIT.to_string(),
             head_seq,
             head_hash: chain.last_hash().to_string(),
-            was: StreamSeen::at(self.made, self.last_stream_seq),
-            now: StreamSeen::at(tail.made, tail.last_seq),
+            was: TrailSeen::stream(self.made, self.last_stream_seq),
+            now: TrailSeen::stream(tail.made, tail.last_seq),
             remade,
         };
         let entry = log.stamp(
@@ -836,8 +838,8 @@ impl StreamWriter {
                     stream = subjects::STREAM_AUDIT,
                     head_seq,
                     recorded_seq = record.seq,
-                    was_last_stream_seq = data.was.last_stream_seq,
-                    now_last_stream_seq = data.now.last_stream_seq,
+                    was_last_stream_seq = was.1,
+                    now_last_stream_seq = tail.last_seq,
                     "the audit stream was replaced under its writer: the loss is recorded (audit_trail_replaced)"
                 );
                 *chain = next;
@@ -977,6 +979,73 @@ fn append_file(
 ) -> Result<AuditRecord> {
     let mut records = append_file_many(path, file, chain, vec![entry])?;
     records.pop().ok_or(Error::Closed)
+}
+
+/// Make sure `file` is still the live file at `path` before records are
+/// appended to it. One removed, moved away or swapped for another (by hand:
+/// SKOS's own rotation moves `file` along) took the records it held since
+/// the last seal with it, and what is written to it now would be lost too:
+/// the path is opened again (made if gone, and locked), and an
+/// `audit_trail_replaced` record naming the writer's head and both files
+/// is written first in it, on the chain carried on from the head, so
+/// `skos audit verify` names the loss.
+fn keep_live(
+    log: &AuditLog,
+    term: Option<u64>,
+    path: &Path,
+    file: &mut File,
+    chain: &mut Chain,
+    segs: &mut Segments,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata().map_err(|e| io(path, e))?;
+    let name = path.file_name().unwrap_or_default();
+    let found = match skos_fs::stat_at(segs.dir.fd(), name) {
+        Ok(e) if e.dev == held.dev() && e.ino == held.ino() => return Ok(()),
+        Ok(e) => Some(e.size),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(path, e)),
+    };
+    let mut live = segs.dir.open_append(name)?;
+    live.try_lock().map_err(|e| Error::Corrupt {
+        path: path.escaped().to_string(),
+        reason: format!("replaced by a file locked by another SKOS process: {e}"),
+    })?;
+    let head_seq = chain.next_seq() - 1;
+    let data = TrailReplaced {
+        stream: path.escaped().to_string(),
+        head_seq,
+        head_hash: chain.last_hash().to_string(),
+        was: TrailSeen::file(Some(held.len())),
+        now: TrailSeen::file(found),
+        remade: found.is_none(),
+    };
+    let entry = log.stamp(
+        AuditEntry::new(
+            skos_core::AuditEvent::AuditTrailReplaced,
+            chrono::Utc::now(),
+            None,
+            "audit",
+            format!(
+                "the live audit file was {} under its writer: the records up to seq {head_seq} it held since the last seal are not in the trail now; the chain goes on from seq {head_seq}",
+                if found.is_some() { "replaced" } else { "removed" },
+            ),
+            serde_json::to_value(&data).unwrap_or_default(),
+        ),
+        term,
+    );
+    let record = append_file(path, &mut live, chain, entry)?;
+    tracing::error!(
+        path = %path.escaped(),
+        head_seq,
+        recorded_seq = record.seq,
+        held_bytes = held.len(),
+        found_bytes = ?found,
+        "the live audit file was replaced under its writer: the loss is recorded (audit_trail_replaced)"
+    );
+    *file = live;
+    segs.oldest = Some(record.entry.timestamp);
+    Ok(())
 }
 
 /// [`append_file`] for several entries: one write, one fsync.

@@ -247,3 +247,108 @@ async fn followers_read_the_stream_made_again_from_its_start() {
 async fn read(bus: &NatsBus) -> Vec<Value> {
     audit::read_jetstream(bus, None).await.unwrap()
 }
+
+/// The embedded mode's live file, removed under its writer: made again,
+/// locked, the loss recorded first in it on the chain carried on; `verify`
+/// names it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_file_removed_under_the_writer_is_made_again_and_the_loss_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open_file(&path).unwrap();
+    for i in 0..3 {
+        log.append(entry(i)).await.unwrap();
+    }
+    std::fs::remove_file(&path).unwrap();
+
+    assert_eq!(log.append(entry(3)).await.unwrap().seq, 5);
+    log.append_many(vec![entry(4), entry(5)]).await.unwrap();
+    let records = audit::read_file(&path).unwrap();
+    assert_eq!(seqs(&records), [4, 5, 6, 7]);
+    let data = &records[0]["entry"]["data"];
+    assert_eq!(events(&records)[0], "audit_trail_replaced");
+    assert_eq!(data["head_seq"], 3);
+    assert_eq!(data["remade"], true);
+    assert!(data["was"]["bytes"].as_u64().unwrap() > 0);
+    assert!(data["now"].get("bytes").is_none(), "no file was there");
+    // Made again locked: a second writer is refused.
+    assert!(AuditLog::open_file(&path).is_err());
+
+    let report = audit::check::verify_file(&path, None).unwrap();
+    assert_eq!(report.break_count, 1, "{:?}", report.breaks);
+    assert!(
+        report.breaks[0].contains("replaced under its writer")
+            && report.breaks[0].contains("records up to seq 3"),
+        "{:?}",
+        report.breaks
+    );
+    assert_eq!(report.records, 4);
+}
+
+/// Moved away after a seal, another file put in its place: the records
+/// since the seal are named lost (once, the gap after the segment with
+/// them); a second process that took the path's lock keeps it, and this
+/// writer's appends fail rather than go nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_file_swapped_under_the_writer_is_named_and_a_second_writer_keeps_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open_file(&path).unwrap();
+    for i in 0..3 {
+        log.append(entry(i)).await.unwrap();
+    }
+    assert!(log.rotate_now().await.unwrap(), "sealed");
+    log.append(entry(3)).await.unwrap();
+    std::fs::rename(&path, dir.path().join("moved.jsonl")).unwrap();
+    std::fs::write(&path, "").unwrap();
+
+    assert_eq!(log.append(entry(4)).await.unwrap().seq, 7);
+    let records = audit::read_file(&path).unwrap();
+    assert_eq!(seqs(&records), [6, 7]);
+    assert_eq!(records[0]["entry"]["data"]["now"]["bytes"], 0);
+    assert_eq!(records[0]["entry"]["data"]["remade"], false);
+    let report = audit::check::verify_file(&path, None).unwrap();
+    assert_eq!(report.break_count, 1, "{:?}", report.breaks);
+    assert!(
+        report.breaks[0].contains("records up to seq 5"),
+        "{:?}",
+        report.breaks
+    );
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("its audit_sealed record (seq 4) was lost")),
+        "{:?}",
+        report.notes
+    );
+
+    // Removed again, and a second process opens the path first.
+    std::fs::remove_file(&path).unwrap();
+    let second = AuditLog::open_file(&path).unwrap();
+    let refused = log.append(entry(5)).await;
+    assert!(
+        matches!(&refused, Err(Error::Corrupt { reason, .. }) if reason.contains("locked")),
+        "{refused:?}"
+    );
+    second.append(entry(6)).await.unwrap();
+}
+
+/// A symlink put in place of the live file is never written through: the
+/// append fails, naming the path, and the file it points at is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_in_place_of_the_live_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, "keep\n").unwrap();
+    let log = AuditLog::open_file(&path).unwrap();
+    log.append(entry(0)).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+
+    let refused = log.append(entry(1)).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(refused.unwrap_err().to_string().contains("audit.jsonl"));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
+}

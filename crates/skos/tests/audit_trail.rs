@@ -569,3 +569,94 @@ fn full_precision_floats_in_an_intact_trail_verify() {
         "{said}"
     );
 }
+
+/// `SKOS_AUDIT` deleted under a running coordinator (by an admin: no SKOS
+/// credential may): the coordinator makes it again, records the loss
+/// (signed, first in the new stream) and carries its chain on; the heal
+/// that follows is audited in it; `/metrics` counts both; `audit verify`
+/// fails, naming the replacement.
+#[test]
+fn a_trail_deleted_under_a_running_coordinator_is_made_again_and_the_loss_recorded() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = fast_config(work.path(), &trust_section(work.path()));
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 2, 800_000, 3_600_000);
+    let coordinator = Proc::spawn(
+        {
+            let mut c = skos();
+            c.arg("coordinator")
+                .arg("--config")
+                .arg(&cfg)
+                .args(["--http", "127.0.0.1:0"])
+                .env("NATS_URL", nats.url());
+            c
+        },
+        work.path(),
+        "coordinator",
+    );
+    let addr = http_addr(&coordinator);
+    let _agent = agent(&nats, &cfg, work.path(), sys.root(), "n1");
+    wait_for(Duration::from_secs(30), "n1 joined", || {
+        audit_events(&audit(&nats), "node").first().cloned()
+    });
+    let head = last_record(&nats);
+
+    rt().block_on(async {
+        let bus = NatsBus::connect(&NatsOptions::new(nats.url(), "admin"))
+            .await
+            .unwrap();
+        bus.jetstream()
+            .delete_stream(subjects::STREAM_AUDIT)
+            .await
+            .unwrap();
+    });
+    // What the coordinator writes next (its checkpoint, or the heal) finds
+    // the stream gone.
+    cpu.heat(87.0);
+    let records = wait_for(Duration::from_secs(60), "the throttle audited", || {
+        let r = audit(&nats);
+        r.iter()
+            .any(|r| result_is(r, "throttle_50", "succeeded"))
+            .then_some(r)
+    });
+    let first = &records[0];
+    assert_eq!(
+        first["entry"]["event_type"], "audit_trail_replaced",
+        "{first}"
+    );
+    assert!(first["seq"].as_u64() > Some(head.seq), "{first}");
+    assert_eq!(first["entry"]["data"]["remade"], true, "{first}");
+    let named = first["entry"]["data"]["head_seq"].as_u64().unwrap();
+    assert!(named >= head.seq, "{first}");
+    assert_eq!(first["seq"].as_u64(), Some(named + 1), "{first}");
+    let seqs: Vec<u64> = records.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "the chain goes on: {seqs:?}"
+    );
+
+    let (ok, text) = verify(&nats, Some(&cfg), None);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("replaced under its writer") && text.contains("0 foreign"),
+        "signed, and named:\n{text}"
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the replacement and the heal in /metrics",
+        || {
+            let m = http_get(addr, "/metrics", Duration::from_secs(10)).1;
+            (m.contains(r#"skos_audit_records_total{event_type="audit_trail_replaced"} 1"#)
+                && m.contains(r#"skos_audit_records_total{event_type="result"}"#))
+            .then_some(())
+        },
+    );
+    assert!(
+        coordinator.log_text().contains("the audit stream is gone"),
+        "{}",
+        coordinator.log_text()
+    );
+}

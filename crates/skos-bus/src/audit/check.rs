@@ -86,32 +86,61 @@ pub struct TrailReplaced {
     /// trail held the records up to it; the record continues from it.
     pub head_seq: u64,
     pub head_hash: String,
-    /// The stream written, and the one found in its place.
-    pub was: StreamSeen,
-    pub now: StreamSeen,
-    /// Whether the writer found the stream gone and made it again.
+    /// The trail written, and the one found in its place.
+    pub was: TrailSeen,
+    pub now: TrailSeen,
+    /// Whether the writer found the trail gone and made it again.
     #[serde(default)]
     pub remade: bool,
 }
 
-/// A stream as a writer saw it: when the server made it and its last
-/// message sequence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StreamSeen {
+/// A trail as a writer saw it: a stream's identity and length, or a live
+/// file's length.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrailSeen {
+    /// When the server made the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub made: Option<chrono::DateTime<chrono::Utc>>,
-    pub last_stream_seq: u64,
+    /// The stream's last message sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_stream_seq: Option<u64>,
+    /// The file's length in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
-impl StreamSeen {
-    /// `made`: nanoseconds since the epoch.
-    pub(crate) fn at(made: i128, last_stream_seq: u64) -> Self {
+impl TrailSeen {
+    /// A stream made at `made` (nanoseconds since the epoch) whose last
+    /// message is `last_stream_seq`.
+    pub(crate) fn stream(made: i128, last_stream_seq: u64) -> Self {
         let secs = made.div_euclid(1_000_000_000);
         let nanos = made.rem_euclid(1_000_000_000);
         Self {
             made: i64::try_from(secs)
                 .ok()
                 .and_then(|s| chrono::DateTime::from_timestamp(s, nanos as u32)),
-            last_stream_seq,
+            last_stream_seq: Some(last_stream_seq),
+            bytes: None,
+        }
+    }
+
+    /// A file of `bytes` (`None`: none there).
+    pub(crate) fn file(bytes: Option<u64>) -> Self {
+        Self {
+            bytes,
+            ..Self::default()
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (self.made, self.last_stream_seq, self.bytes) {
+            (made, Some(last), _) => format!(
+                "made {} with {last} messages",
+                made.map_or("at an unknown time".to_string(), |t| t
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            ),
+            (_, None, Some(bytes)) => format!("of {bytes} bytes"),
+            (_, None, None) => "none".to_string(),
         }
     }
 }
@@ -260,6 +289,9 @@ struct Checker<'a> {
     /// The records missing at the start are those an
     /// `audit_trail_replaced` record names lost (reported with it).
     gap_named: bool,
+    /// The `audit_trail_replaced` records of the chain: their seq and the
+    /// head each names (the records up to it since the last seal, lost).
+    replaced: Vec<(u64, u64)>,
 }
 
 impl<'a> Checker<'a> {
@@ -276,6 +308,7 @@ impl<'a> Checker<'a> {
             start_gap: None,
             gap_problem: None,
             gap_named: false,
+            replaced: Vec::new(),
         }
     }
 
@@ -337,6 +370,23 @@ impl<'a> Checker<'a> {
     /// ([`Verifier::push_stored`]).
     fn record(&mut self, value: Value, stored: &[u8]) -> Option<(AuditRecord, bool)> {
         let record = serde_json::from_value::<AuditRecord>(value.clone()).ok();
+        // Records missing before an `audit_trail_replaced` record that
+        // names their head were lost with the trail it replaced: reported
+        // with it, once, and the chain checked on from it.
+        if let Some(d) = record
+            .as_ref()
+            .filter(|r| r.entry.event_type == AuditEvent::AuditTrailReplaced.as_str())
+            .and_then(|r| serde_json::from_value::<TrailReplaced>(r.entry.data.clone()).ok())
+            .filter(|d| {
+                record.as_ref().is_some_and(|r| {
+                    d.head_seq.checked_add(1) == Some(r.seq) && d.head_hash == r.prev_hash
+                })
+            })
+        {
+            if self.verifier.next_seq() <= d.head_seq {
+                self.verifier.resume_at(d.head_seq, &d.head_hash);
+            }
+        }
         let verified = match self.verifier.push_stored(value, Some(stored)) {
             Ok(()) => {
                 self.report.records += 1;
@@ -394,6 +444,9 @@ impl<'a> Checker<'a> {
             ));
             return;
         };
+        if self.replaced.len() < LISTED {
+            self.replaced.push((r.seq, d.head_seq));
+        }
         if self
             .start_gap
             .as_ref()
@@ -401,23 +454,13 @@ impl<'a> Checker<'a> {
         {
             self.gap_named = true;
         }
-        let made = |s: &StreamSeen| {
-            s.made.map_or("at an unknown time".to_string(), |t| {
-                format!(
-                    "made {}",
-                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                )
-            })
-        };
         self.problem(format!(
-            "seq {}: the trail was replaced under its writer at {} ({} {} with {} messages, found {} with {}): the records up to seq {} it held are lost from it, not aged out by policy",
+            "seq {}: the trail was replaced under its writer at {} ({} was {}, found {}): the records up to seq {} it held are lost from it, not aged out by policy",
             r.seq,
             r.entry.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             d.stream,
-            made(&d.was),
-            d.was.last_stream_seq,
-            made(&d.now),
-            d.now.last_stream_seq,
+            d.was.describe(),
+            d.now.describe(),
             d.head_seq,
         ));
     }
@@ -863,16 +906,29 @@ impl FileWalk<'_> {
     }
 
     fn finish(mut self) -> TrailReport {
-        let unsealed: Vec<String> = self
+        let unsealed: Vec<(String, u64)> = self
             .segments
             .iter()
             .filter(|(_, s)| !s.sealed && !s.copied)
-            .map(|(n, _)| n.clone())
+            .map(|(n, s)| (n.clone(), s.last_seq))
             .collect();
-        for name in unsealed {
-            self.checker.problem(format!(
-                "segment {name} has no audit_sealed record in the chain: not sealed by SKOS"
-            ));
+        for (name, last_seq) in unsealed {
+            // Its seal (the record after its last) was in a live file
+            // replaced later: lost with it, reported there.
+            let lost = self
+                .checker
+                .replaced
+                .iter()
+                .find(|(at, head)| last_seq < *head && last_seq < *at);
+            match lost {
+                Some((at, _)) => self.checker.report.notes.push(format!(
+                    "segment {name}: its audit_sealed record (seq {}) was lost with the live file replaced at seq {at}: its seal not checked",
+                    last_seq + 1
+                )),
+                None => self.checker.problem(format!(
+                    "segment {name} has no audit_sealed record in the chain: not sealed by SKOS"
+                )),
+            }
         }
         if self.checker.start_gap.is_some() && self.checker.report.aged_out.is_none() {
             for text in std::mem::take(&mut self.gap_segments) {
