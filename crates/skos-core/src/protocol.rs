@@ -607,6 +607,37 @@ pub enum AuditEvent {
 }
 
 impl AuditEvent {
+    /// Every kind, in the order declared.
+    pub const ALL: [AuditEvent; 27] = [
+        AuditEvent::Start,
+        AuditEvent::Stop,
+        AuditEvent::AuditRecovered,
+        AuditEvent::AuditSealed,
+        AuditEvent::AuditExpired,
+        AuditEvent::AuditCheckpoint,
+        AuditEvent::AuditTrailReplaced,
+        AuditEvent::Alert,
+        AuditEvent::Decision,
+        AuditEvent::Command,
+        AuditEvent::Result,
+        AuditEvent::Verification,
+        AuditEvent::Breaker,
+        AuditEvent::Escalation,
+        AuditEvent::Skipped,
+        AuditEvent::Node,
+        AuditEvent::Rejected,
+        AuditEvent::Leader,
+        AuditEvent::NoResult,
+        AuditEvent::Coalesced,
+        AuditEvent::Dropped,
+        AuditEvent::Flapping,
+        AuditEvent::Placement,
+        AuditEvent::Approval,
+        AuditEvent::Learned,
+        AuditEvent::StateRollback,
+        AuditEvent::Silence,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             AuditEvent::Start => "start",
@@ -750,6 +781,55 @@ mod tests {
         ] {
             assert_eq!(e.as_str(), text);
             assert_eq!(e.to_string(), text);
+        }
+        // A kind added to the enum fails this exhaustive match until it is
+        // listed here: list it in ALL (and the README) too.
+        for e in AuditEvent::ALL {
+            match e {
+                AuditEvent::Start
+                | AuditEvent::Stop
+                | AuditEvent::AuditRecovered
+                | AuditEvent::AuditSealed
+                | AuditEvent::AuditExpired
+                | AuditEvent::AuditCheckpoint
+                | AuditEvent::AuditTrailReplaced
+                | AuditEvent::Alert
+                | AuditEvent::Decision
+                | AuditEvent::Command
+                | AuditEvent::Result
+                | AuditEvent::Verification
+                | AuditEvent::Breaker
+                | AuditEvent::Escalation
+                | AuditEvent::Skipped
+                | AuditEvent::Node
+                | AuditEvent::Rejected
+                | AuditEvent::Leader
+                | AuditEvent::NoResult
+                | AuditEvent::Coalesced
+                | AuditEvent::Dropped
+                | AuditEvent::Flapping
+                | AuditEvent::Placement
+                | AuditEvent::Approval
+                | AuditEvent::Learned
+                | AuditEvent::StateRollback
+                | AuditEvent::Silence => {}
+            }
+        }
+        let mut spelt: Vec<&str> = AuditEvent::ALL.iter().map(|e| e.as_str()).collect();
+        spelt.sort();
+        spelt.dedup();
+        assert_eq!(spelt.len(), AuditEvent::ALL.len());
+        // The README's AuditRecord paragraph names every kind.
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let at = readme.find("**AuditRecord**").unwrap();
+        let paragraph = &readme[at..at + readme[at..].find("\n\n").unwrap()];
+        for e in AuditEvent::ALL {
+            assert!(
+                paragraph.contains(&format!("`{e}`")),
+                "the README's AuditRecord paragraph does not name `{e}`"
+            );
         }
         let entry = AuditEntry::new(
             AuditEvent::Breaker,
