@@ -815,7 +815,21 @@ fn gate(
     }
     let new_term = match term::judge(highest, cmd.term) {
         term::Verdict::Accept(t) => t,
-        term::Verdict::Refuse(why) => return refuse(ResultStatus::Rejected, why),
+        term::Verdict::Refuse(why) => {
+            // The coordinator learns the term it must pass.
+            let mut o = Outcome::new(ResultStatus::Rejected, why);
+            o.details.insert(
+                "reason".into(),
+                Value::from(skos_core::protocol::REASON_STALE_TERM),
+            );
+            if let Some(h) = highest {
+                o.details.insert(
+                    skos_core::protocol::DETAIL_HIGHEST_TERM.into(),
+                    Value::from(h),
+                );
+            }
+            return (Gate::Refuse(o), None);
+        }
     };
     let gate = if cmd.deadline.is_some_and(|d| now > d) {
         Gate::Refuse(Outcome::new(

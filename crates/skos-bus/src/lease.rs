@@ -16,6 +16,15 @@
 //!   was *sent* (the server stored it after that instant, so the key lives
 //!   at least `lease` past it).
 //!
+//! * Terms never go back: a coordinator keeps the highest term it has
+//!   seen (its own, those in the records it read, the one the audit trail
+//!   ends with: [`Lease::observe`]); a key created at a revision not above
+//!   it (a bucket deleted and made again, or a server that lost its store)
+//!   is written again at once with the term after it.
+//! * A bucket gone (deleted, or lost with the server's store) is made
+//!   again by the next try, so the coordinators elect a leader again
+//!   rather than wait for good.
+//!
 //! Works on nats-server 2.9.10 and later (no per-message TTLs).
 
 use std::time::{Duration, Instant};
@@ -58,6 +67,7 @@ pub struct Term {
 
 /// One coordinator's side of the election.
 pub struct Lease {
+    js: async_nats::jetstream::Context,
     kv: kv::Store,
     holder: String,
     lease: Duration,
@@ -66,6 +76,9 @@ pub struct Lease {
     term: Option<Term>,
     /// When the last successful renewal (or the create) was sent.
     renewed: Option<Instant>,
+    /// The highest term seen ([`Lease::observe`]): the next term won is
+    /// above it.
+    floor: u64,
 }
 
 fn lease_err(reason: impl ToString) -> Error {
@@ -88,55 +101,61 @@ impl Lease {
     /// Open (or create) the bucket. `lease` is how long a leader that stops
     /// renewing keeps the lease; `holder` names this process.
     pub async fn open(bus: &NatsBus, holder: String, lease: Duration) -> Result<Self> {
-        let js = bus.jetstream();
-        // The bucket's stream, shaped as `create_key_value` would shape it,
-        // created directly: `create_key_value` first asks for the account
-        // info, whose reply from nats-server 2.9 this client cannot parse.
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{}", subjects::LEADER_BUCKET),
-            description: Some("SKOS coordinator leader lease".into()),
-            subjects: vec![format!("$KV.{}.>", subjects::LEADER_BUCKET)],
-            max_messages_per_subject: 1,
-            max_age: lease,
-            storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(lease_err)?;
-        // A bucket made with another lease keeps its max age unless told:
-        // the configured lease is the one every coordinator counts on.
-        let name = format!("KV_{}", subjects::LEADER_BUCKET);
-        let mut s = js.get_stream(&name).await.map_err(lease_err)?;
-        let mut config = s.info().await.map_err(lease_err)?.config.clone();
-        if config.max_age != lease {
-            tracing::warn!(
-                bucket = subjects::LEADER_BUCKET,
-                was_s = config.max_age.as_secs_f64(),
-                now_s = lease.as_secs_f64(),
-                "leader lease changed: the bucket's max age is updated (every coordinator should use the same coordinator.leader_lease_seconds)"
-            );
-            config.max_age = lease;
-            // The server refuses a duplicates window longer than the max
-            // age (a bucket made with a longer lease has one as long).
-            config.duplicate_window = config.duplicate_window.min(lease);
-            js.update_stream(config).await.map_err(lease_err)?;
-        }
-        let kv = js
-            .get_key_value(subjects::LEADER_BUCKET)
-            .await
-            .map_err(lease_err)?;
+        let js = bus.jetstream().clone();
+        let kv = make_bucket(&js, lease).await?;
         Ok(Self {
+            js,
             kv,
             holder,
             lease,
             revision: None,
             term: None,
             renewed: None,
+            floor: 0,
         })
+    }
+
+    /// A term seen elsewhere (the audit trail's last record, a record read
+    /// from the bucket): the next term this process wins is above it.
+    pub fn observe(&mut self, term: u64) {
+        self.floor = self.floor.max(term);
+    }
+
+    /// The highest term seen.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// After a failed request: when the bucket is gone, make it again
+    /// (whether it was).
+    async fn remake_if_gone(&mut self) -> bool {
+        let name = format!("KV_{}", subjects::LEADER_BUCKET);
+        let gone = matches!(
+            self.js.get_stream(&name).await,
+            Err(e) if matches!(
+                e.kind(),
+                async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+            )
+        );
+        if !gone {
+            return false;
+        }
+        match make_bucket(&self.js, self.lease).await {
+            Ok(kv) => {
+                tracing::warn!(
+                    bucket = subjects::LEADER_BUCKET,
+                    highest_term = self.floor,
+                    "leader lease bucket was gone (deleted, or lost with the server's store): made again; the next term is above the highest seen"
+                );
+                self.kv = kv;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(bucket = subjects::LEADER_BUCKET, error = %e, "leader lease bucket gone and not made again");
+                false
+            }
+        }
     }
 
     /// This process's holder id.
@@ -155,19 +174,24 @@ impl Lease {
     }
 
     /// Who holds the lease now, as the bucket says.
-    pub async fn current(&self) -> Result<Option<(LeaderRecord, u64)>> {
+    /// Its term is seen ([`Lease::observe`]).
+    pub async fn current(&mut self) -> Result<Option<(LeaderRecord, u64)>> {
         let entry = self
             .kv
             .entry(subjects::LEADER_KEY)
             .await
             .map_err(lease_err)?;
-        Ok(entry.and_then(|e| {
+        let held = entry.and_then(|e| {
             if e.operation != kv::Operation::Put {
                 return None;
             }
             let rec: LeaderRecord = serde_json::from_slice(&e.value).ok()?;
             Some((rec, e.revision))
-        }))
+        });
+        if let Some((rec, revision)) = &held {
+            self.observe(rec.term.unwrap_or(*revision));
+        }
+        Ok(held)
     }
 
     /// Try to become leader: succeeds when nobody holds the lease, or when
@@ -184,7 +208,16 @@ impl Lease {
         };
         let body = Bytes::from(serde_json::to_vec(&record).map_err(lease_err)?);
         let sent = Instant::now();
-        let revision = match self.kv.create(subjects::LEADER_KEY, body.clone()).await {
+        let created = match self.kv.create(subjects::LEADER_KEY, body.clone()).await {
+            Err(e)
+                if e.kind() != kv::CreateErrorKind::AlreadyExists
+                    && self.remake_if_gone().await =>
+            {
+                self.kv.create(subjects::LEADER_KEY, body.clone()).await
+            }
+            created => created,
+        };
+        let revision = match created {
             Ok(revision) => revision,
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let Some((held, revision)) = self.current().await? else {
@@ -204,10 +237,33 @@ impl Lease {
             }
             Err(e) => return Err(lease_err(e)),
         };
-        let term = Term {
-            term: revision,
-            since: now,
+        // A revision not above a term seen (the bucket made again): the
+        // record says the term after the highest seen, written over the
+        // one just made before anything is done in it.
+        let (revision, term) = if revision > self.floor {
+            (revision, revision)
+        } else {
+            let term = self.floor.saturating_add(1);
+            let record = LeaderRecord {
+                term: Some(term),
+                ..record
+            };
+            let body = Bytes::from(serde_json::to_vec(&record).map_err(lease_err)?);
+            match self.kv.update(subjects::LEADER_KEY, body, revision).await {
+                Ok(rev) => {
+                    tracing::warn!(
+                        term,
+                        revision,
+                        "the lease bucket's revision is below a term already seen (the bucket was made again): this leadership takes the term after the highest seen"
+                    );
+                    (rev, term)
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(None),
+                Err(e) => return Err(lease_err(e)),
+            }
         };
+        self.observe(term);
+        let term = Term { term, since: now };
         self.revision = Some(revision);
         self.renewed = Some(sent);
         self.term = Some(term.clone());
@@ -251,6 +307,9 @@ impl Lease {
                     }
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => break,
+                // The bucket gone: so is the key; the next try makes both,
+                // in a new term.
+                Err(_) if self.remake_if_gone().await => break,
                 Err(e) => return Err(lease_err(e)),
             }
         }
@@ -304,6 +363,49 @@ impl Lease {
         }
         self.step_down();
     }
+}
+
+/// Open (or create) the lease bucket, with `lease` as its max age.
+async fn make_bucket(js: &async_nats::jetstream::Context, lease: Duration) -> Result<kv::Store> {
+    // The bucket's stream, shaped as `create_key_value` would shape it,
+    // created directly: `create_key_value` first asks for the account
+    // info, whose reply from nats-server 2.9 this client cannot parse.
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{}", subjects::LEADER_BUCKET),
+        description: Some("SKOS coordinator leader lease".into()),
+        subjects: vec![format!("$KV.{}.>", subjects::LEADER_BUCKET)],
+        max_messages_per_subject: 1,
+        max_age: lease,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(lease_err)?;
+    // A bucket made with another lease keeps its max age unless told:
+    // the configured lease is the one every coordinator counts on.
+    let name = format!("KV_{}", subjects::LEADER_BUCKET);
+    let mut s = js.get_stream(&name).await.map_err(lease_err)?;
+    let mut config = s.info().await.map_err(lease_err)?.config.clone();
+    if config.max_age != lease {
+        tracing::warn!(
+            bucket = subjects::LEADER_BUCKET,
+            was_s = config.max_age.as_secs_f64(),
+            now_s = lease.as_secs_f64(),
+            "leader lease changed: the bucket's max age is updated (every coordinator should use the same coordinator.leader_lease_seconds)"
+        );
+        config.max_age = lease;
+        // The server refuses a duplicates window longer than the max
+        // age (a bucket made with a longer lease has one as long).
+        config.duplicate_window = config.duplicate_window.min(lease);
+        js.update_stream(config).await.map_err(lease_err)?;
+    }
+    js.get_key_value(subjects::LEADER_BUCKET)
+        .await
+        .map_err(lease_err)
 }
 
 /// A holder id unique to this process: host name, pid and a random part.

@@ -486,6 +486,15 @@ impl Bus {
         }
     }
 
+    /// How many times `SKOS_COMMANDS` was made again by this bus (found
+    /// gone): every agent's command consumer went with it. 0 in process.
+    pub fn commands_remade(&self) -> u64 {
+        match self {
+            Bus::InProc(_) => 0,
+            Bus::Nats(b) => b.commands_remade(),
+        }
+    }
+
     /// Where the coordinator's consumer of a durable feed (alerts,
     /// results) stands: (every sequence acknowledged up to, highest
     /// delivered), so messages the bus dropped before any coordinator read

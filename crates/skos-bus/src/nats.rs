@@ -152,6 +152,20 @@ pub struct NatsBus {
     audit_max_age: Duration,
     /// What the server refused this connection ([`events`]).
     refusals: std::sync::Arc<events::Refusals>,
+    /// What making the streams again needs ([`NatsBus::remake_missing_streams`]).
+    remake: std::sync::Arc<Remake>,
+}
+
+/// What a bus keeps to make SKOS's streams again as they were made.
+#[derive(Default)]
+struct Remake {
+    /// The last [`NatsBus::limit_per_node`] (0: none set).
+    per_node: std::sync::atomic::AtomicU32,
+    /// How many times this bus made `SKOS_COMMANDS` again: the agents'
+    /// command consumers went with the stream before.
+    commands: std::sync::atomic::AtomicU64,
+    /// When streams were last looked for: at most once a second.
+    last: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Messages a core subscription may hold before the client drops them.
@@ -221,6 +235,7 @@ impl NatsBus {
             node_signer: None,
             audit_max_age: opts.audit_max_age,
             refusals,
+            remake: Default::default(),
         };
         if opts.create_streams {
             bus.ensure_streams().await?;
@@ -256,8 +271,9 @@ impl NatsBus {
         self.audit_max_age
     }
 
-    async fn ensure_streams(&self) -> Result<()> {
-        let specs = [
+    /// The streams a bus makes: name, subjects, max age, locked.
+    fn stream_specs(&self) -> [(&'static str, &'static str, Duration, bool); 4] {
+        [
             (subjects::STREAM_ALERTS, subjects::ALERTS, 7 * DAY, false),
             (subjects::STREAM_COMMANDS, subjects::COMMANDS, DAY, false),
             (subjects::STREAM_RESULTS, subjects::RESULTS, 7 * DAY, false),
@@ -267,11 +283,69 @@ impl NatsBus {
                 self.audit_max_age,
                 true,
             ),
-        ];
-        for (name, subject, max_age, locked) in specs {
+        ]
+    }
+
+    async fn ensure_streams(&self) -> Result<()> {
+        for (name, subject, max_age, locked) in self.stream_specs() {
             ensure_stream(&self.js, name, subject, max_age, locked).await?;
         }
         Ok(())
+    }
+
+    /// Make the SKOS streams found gone (deleted, or lost with a server's
+    /// store) again, as they are made at start: locked where they are, the
+    /// audit stream with its retention, the alert and result streams with
+    /// their per-node limit; `SKOS_STATE` too. The names made (logged);
+    /// nothing when streams were looked for less than a second ago. An
+    /// agent's least-privilege credential may not: an error.
+    pub async fn remake_missing_streams(&self) -> Result<Vec<&'static str>> {
+        {
+            let mut last = self.remake.last.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Ok(Vec::new());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let mut made = Vec::new();
+        for (name, subject, max_age, locked) in self.stream_specs() {
+            if !self.has_stream(name).await? {
+                ensure_stream(&self.js, name, subject, max_age, locked).await?;
+                made.push(name);
+            }
+        }
+        if !self.has_stream(subjects::STREAM_STATE).await? {
+            crate::state::make_stream(&self.js).await?;
+            made.push(subjects::STREAM_STATE);
+        }
+        if made.is_empty() {
+            return Ok(made);
+        }
+        tracing::warn!(
+            streams = ?made,
+            "SKOS streams were gone (deleted, or lost with the server's store): made again"
+        );
+        let per_node = self
+            .remake
+            .per_node
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if per_node > 0 {
+            self.limit_per_node(per_node).await?;
+        }
+        if made.contains(&subjects::STREAM_COMMANDS) {
+            self.remake
+                .commands
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(made)
+    }
+
+    /// How many times this bus made `SKOS_COMMANDS` again: when it changes,
+    /// every agent's command consumer must be made again.
+    pub fn commands_remade(&self) -> u64 {
+        self.remake
+            .commands
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Make sure `node`'s command consumer exists with its fixed filter
@@ -287,11 +361,25 @@ impl NatsBus {
             consumer: name.clone(),
             reason,
         };
-        let stream = self
-            .js
-            .get_stream_no_info(subjects::STREAM_COMMANDS)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let stream = match self.js.get_stream_no_info(subjects::STREAM_COMMANDS).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Gone (deleted, or lost with the server's store): made
+                // again where this credential may.
+                if self
+                    .remake_missing_streams()
+                    .await
+                    .is_ok_and(|m| !m.is_empty())
+                {
+                    self.js
+                        .get_stream_no_info(subjects::STREAM_COMMANDS)
+                        .await
+                        .map_err(|e| fail(e.to_string()))?
+                } else {
+                    return Err(fail(e.to_string()));
+                }
+            }
+        };
         match stream.consumer_info(&name).await {
             Ok(info) if info.config.filter_subject == filter => return Ok(()),
             Ok(info) => {
@@ -445,6 +533,9 @@ impl NatsBus {
     /// Set `max_msgs_per_subject` of the alert and result streams (one
     /// subject per node) to `max`, where it differs.
     pub(crate) async fn limit_per_node(&self, max: u32) -> Result<()> {
+        self.remake
+            .per_node
+            .store(max, std::sync::atomic::Ordering::Relaxed);
         for name in [subjects::STREAM_ALERTS, subjects::STREAM_RESULTS] {
             let fail = |reason: String| Error::Stream {
                 stream: name.to_string(),
@@ -553,13 +644,26 @@ impl NatsBus {
         if let Some(id) = id {
             msg = msg.message_id(id);
         }
-        self.js
-            .send_publish(subject.to_string(), msg)
-            .await
-            .map_err(|e| Error::subject(subject, e))?
-            .await
-            .map_err(|e| Error::subject(subject, e))?;
-        Ok(())
+        let send = |msg| async { self.js.send_publish(subject.to_string(), msg).await?.await };
+        match send(msg.clone()).await {
+            Ok(_) => Ok(()),
+            // The stream is gone: made again where this credential may
+            // (a coordinator's), and sent once more.
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                match self.remake_missing_streams().await {
+                    Ok(made) if !made.is_empty() => send(msg)
+                        .await
+                        .map(drop)
+                        .map_err(|e| Error::subject(subject, e)),
+                    Ok(_) => Err(Error::subject(subject, e)),
+                    Err(why) => {
+                        tracing::debug!(error = %why, "streams not made again");
+                        Err(Error::subject(subject, e))
+                    }
+                }
+            }
+            Err(e) => Err(Error::subject(subject, e)),
+        }
     }
 
     pub(crate) async fn request(
@@ -774,6 +878,7 @@ impl NatsBus {
     ) -> Subscription {
         let (tx, rx) = mpsc::channel::<Incoming>(256);
         let js = (*self.js).clone();
+        let bus = self.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             while !tx.is_closed() {
@@ -788,6 +893,11 @@ impl NatsBus {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(stream = stream_name, consumer = %consumer_name, error = %e, "durable consumer interrupted, re-attaching");
+                        // Its stream gone (deleted, or lost with the
+                        // server's store): made again, with the others.
+                        if let Err(why) = bus.remake_missing_streams().await {
+                            tracing::debug!(error = %why, "streams not made again");
+                        }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }

@@ -35,17 +35,7 @@ impl StateStore {
 
     pub async fn jetstream(bus: &NatsBus) -> Result<Self> {
         let js = bus.jetstream().clone();
-        js.get_or_create_stream(stream::Config {
-            name: subjects::STREAM_STATE.to_string(),
-            subjects: vec![subjects::STATE.to_string()],
-            max_messages_per_subject: 1,
-            storage: stream::StorageType::File,
-            deny_delete: true,
-            deny_purge: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(stream_err)?;
+        make_stream(&js).await?;
         Ok(StateStore::JetStream(Box::new(js)))
     }
 
@@ -83,17 +73,70 @@ impl StateStore {
                 skos_fs::Dir::private(dir)?.write_atomic(name.as_ref(), &value)?;
                 Ok(())
             }
-            StateStore::JetStream(js) => {
-                let subject = subjects::state(key);
-                js.publish(subject.clone(), value)
-                    .await
-                    .map_err(|e| Error::subject(&subject, e))?
-                    .await
-                    .map_err(|e| Error::subject(&subject, e))?;
-                Ok(())
-            }
+            StateStore::JetStream(js) => save_js(js, &[(key.to_string(), value)]).await,
         }
     }
+}
+
+/// Get or make `SKOS_STATE`: one message per key, locked.
+pub(crate) async fn make_stream(js: &jetstream::Context) -> Result<()> {
+    js.get_or_create_stream(stream::Config {
+        name: subjects::STREAM_STATE.to_string(),
+        subjects: vec![subjects::STATE.to_string()],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    })
+    .await
+    .map(drop)
+    .map_err(stream_err)
+}
+
+/// Save `items` on `SKOS_STATE`. Found gone (deleted, or lost with the
+/// server's store), the stream is made again, locked, and every item
+/// written once more (each key keeps only its last value, so twice is
+/// once).
+async fn save_js(js: &jetstream::Context, items: &[(String, Bytes)]) -> Result<()> {
+    if !publish_all(js, items).await? {
+        return Ok(());
+    }
+    tracing::warn!(
+        stream = subjects::STREAM_STATE,
+        "state stream was gone: made again"
+    );
+    make_stream(js).await?;
+    if publish_all(js, items).await? {
+        return Err(stream_err("gone again as soon as it was made"));
+    }
+    Ok(())
+}
+
+/// Publish `items` on `SKOS_STATE` back to back and await their acks
+/// together; whether the stream was found gone (nothing after the first
+/// such refusal counts as saved).
+async fn publish_all(js: &jetstream::Context, items: &[(String, Bytes)]) -> Result<bool> {
+    let mut acks = Vec::with_capacity(items.len());
+    for (key, value) in items {
+        let subject = subjects::state(key);
+        let ack = js
+            .publish(subject.clone(), value.clone())
+            .await
+            .map_err(|e| Error::subject(&subject, e))?;
+        acks.push((subject, ack));
+    }
+    let mut gone = false;
+    for (subject, ack) in acks {
+        match ack.await {
+            Ok(_) => {}
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                gone = true;
+            }
+            Err(e) => return Err(Error::subject(&subject, e)),
+        }
+    }
+    Ok(gone)
 }
 
 impl StateStore {
@@ -183,21 +226,7 @@ impl StateStore {
                 }
                 Ok(())
             }
-            StateStore::JetStream(js) => {
-                let mut acks = Vec::with_capacity(items.len());
-                for (key, value) in items {
-                    let subject = subjects::state(&key);
-                    let ack = js
-                        .publish(subject.clone(), value)
-                        .await
-                        .map_err(|e| Error::subject(&subject, e))?;
-                    acks.push((subject, ack));
-                }
-                for (subject, ack) in acks {
-                    ack.await.map_err(|e| Error::subject(&subject, e))?;
-                }
-                Ok(())
-            }
+            StateStore::JetStream(js) => save_js(js, &items).await,
         }
     }
 

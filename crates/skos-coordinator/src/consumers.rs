@@ -4,7 +4,9 @@
 //! nats-config` writes, have) no right to create or change a consumer.
 //!
 //! The leader asks for the consumers of every node it knows at start and
-//! of each node it hears a heartbeat from, once per leadership; a task of
+//! of each node it hears a heartbeat from, once per leadership (and once
+//! more after the bus made `SKOS_COMMANDS` again: the consumers went with
+//! the stream); a task of
 //! its own creates them (or replaces one that filters anything else) and
 //! retries what failed, so the heartbeat path never waits on it.
 
@@ -24,6 +26,9 @@ pub(crate) struct Consumers {
     asked: HashSet<NodeName>,
     tx: mpsc::UnboundedSender<NodeName>,
     task: tokio::task::JoinHandle<()>,
+    bus: Bus,
+    /// [`Bus::commands_remade`] when `asked` was begun.
+    remade: u64,
 }
 
 impl Consumers {
@@ -33,12 +38,24 @@ impl Consumers {
         Self {
             asked: HashSet::new(),
             tx,
-            task: tokio::spawn(make(bus, rx)),
+            remade: bus.commands_remade(),
+            task: tokio::spawn(make(bus.clone(), rx)),
+            bus,
         }
     }
 
-    /// Make sure `node`'s command consumer exists (asked once per node).
+    /// Make sure `node`'s command consumer exists (asked once per node,
+    /// and once more after `SKOS_COMMANDS` was made again).
     pub(crate) fn want(&mut self, node: &NodeName) {
+        let remade = self.bus.commands_remade();
+        if remade != self.remade {
+            tracing::warn!(
+                nodes = self.asked.len(),
+                "the command stream was made again: every node's command consumer is made again as its next heartbeat comes"
+            );
+            self.remade = remade;
+            self.asked.clear();
+        }
         if self.asked.contains(node) {
             return;
         }

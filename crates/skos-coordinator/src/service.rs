@@ -753,6 +753,10 @@ struct Ctx {
     held_after_flush: bool,
     /// This coordinator was deposed while carrying out effects.
     deposed: bool,
+    /// Agents refused this leader's commands as of a stale term: the
+    /// highest term one said it has seen ([`fenced_out`]). The leader
+    /// steps down and takes the lease again in a term above it.
+    fenced_by: Option<u64>,
     /// With an election: until when the last renewal lets this coordinator
     /// act. Checked again right before every state write and publish, so a
     /// leader paused in the middle of a batch writes nothing once resumed
@@ -820,10 +824,17 @@ pub async fn run(
     loop {
         let term = match lease.as_mut() {
             None => None,
-            Some(l) => match standby(l, &counters, &mut shutdown).await {
-                Some(t) => Some(t),
-                None => break,
-            },
+            Some(l) => {
+                // Terms never go back, even on a lease bucket made again:
+                // the trail's last term is one seen.
+                if let Some(t) = last_trail_term(&audit).await {
+                    l.observe(t);
+                }
+                match standby(l, &counters, &mut shutdown).await {
+                    Some(t) => Some(t),
+                    None => break,
+                }
+            }
         };
         let led = lead(
             &cfg,
@@ -862,6 +873,52 @@ pub async fn run(
     }
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// The most a term an agent says it has seen may be above this leader's
+/// and be believed: a lease bucket's revisions (the terms) grow by about
+/// one a second; a claim far beyond (a node lying, unsigned) would let it
+/// push the fleet's terms to where none can follow.
+const FENCE_JUMP_MAX: u64 = 1 << 40;
+
+/// The term `result` says its agent has seen, when it refused a command of
+/// this leader's `term` as stale (`details.reason` `stale_term`) and that
+/// term is above it (by at most [`FENCE_JUMP_MAX`]: a larger claim is
+/// logged and not believed).
+fn fenced_out(result: &CommandResult, term: Option<u64>) -> Option<u64> {
+    let mine = term?;
+    if !crate::engine::is_stale_term(result) {
+        return None;
+    }
+    let seen = result
+        .details
+        .get(skos_core::protocol::DETAIL_HIGHEST_TERM)?
+        .as_u64()?;
+    if seen <= mine {
+        return None;
+    }
+    if seen - mine > FENCE_JUMP_MAX {
+        tracing::warn!(
+            node = %result.node,
+            term = mine,
+            claimed = seen,
+            "an agent claims a term far above this leader's: not believed"
+        );
+        return None;
+    }
+    Some(seen)
+}
+
+/// The term of the audit trail's last record (trusted records only), if
+/// the trail can be read and has one.
+async fn last_trail_term(audit: &AuditLog) -> Option<u64> {
+    match audit.read_recent(1).await {
+        Ok(records) => records.last().and_then(|r| r["entry"]["term"].as_u64()),
+        Err(e) => {
+            tracing::debug!(error = %e, "audit trail's last term not read");
+            None
+        }
+    }
 }
 
 /// Wait as a standby until this coordinator wins the lease (`None`: shut
@@ -1261,6 +1318,7 @@ async fn lead(
         refusals,
         drops,
         deposed: false,
+        fenced_by: None,
         valid_until: lease.as_ref().and_then(|l| l.valid_until()),
         audit_down: None,
         flushed: FlushTimes::default(),
@@ -1356,6 +1414,20 @@ async fn lead(
             break Led::Shutdown;
         }
         if ctx.deposed || !valid(&lease) {
+            break Led::Deposed;
+        }
+        if let Some(term) = ctx.fenced_by.take() {
+            // The agents saw a higher term than this leadership's (the
+            // lease bucket was made again, and this process knew no term
+            // as high): lead again in a term above it.
+            tracing::error!(
+                term = ctx.engine.term(),
+                agents_saw = term,
+                "agents refuse this leader's commands as of a stale term: stepping down to lead again in a higher term"
+            );
+            if let Some(l) = lease.as_mut() {
+                l.observe(term);
+            }
             break Led::Deposed;
         }
         tokio::select! {
@@ -2241,6 +2313,9 @@ impl Ctx {
                 });
             match result {
                 Ok(result) => {
+                    if let Some(t) = fenced_out(&result, self.engine.term()) {
+                        self.fenced_by = self.fenced_by.max(Some(t));
+                    }
                     // A result stored under a message id (every agent's)
                     // and delivered again (after a stop before its ack) is
                     // not handled, nor audited, twice. Remembered by its

@@ -478,6 +478,15 @@ impl ResultStatus {
 /// already executed (a replay): no verdict on the command.
 pub const REASON_REPLAY: &str = "replay";
 
+/// `details.reason` of a `rejected` result refusing a command of a term
+/// older than the highest the agent has seen (or of none, once it has seen
+/// one); `details.highest_term` says which.
+pub const REASON_STALE_TERM: &str = "stale_term";
+
+/// `details` key of a [`REASON_STALE_TERM`] refusal: the highest term the
+/// agent has seen.
+pub const DETAIL_HIGHEST_TERM: &str = "highest_term";
+
 /// The message of that refusal, as agents have always sent it. An answer
 /// without `details.reason` is a replay only with exactly this message:
 /// any other text (a workload or peer named `replay-…`, a tool's error)

@@ -164,6 +164,10 @@ fn gate_refuses_stale_and_missing_terms() {
         ))
     );
     assert_eq!(t, None);
+    // The coordinator is told which term it must pass.
+    let Gate::Refuse(o) = &g else { unreachable!() };
+    assert_eq!(o.details["reason"], skos_core::protocol::REASON_STALE_TERM);
+    assert_eq!(o.details[skos_core::protocol::DETAIL_HIGHEST_TERM], 5);
     let (g, _) = gate(&cmd("a", None), &nova(), now, None, Some(5));
     let (status, message) = refused(&g).unwrap();
     assert_eq!(status, ResultStatus::Rejected);

@@ -205,6 +205,16 @@ fn is_busy(result: &CommandResult) -> bool {
         && result.details.get("reason").and_then(Value::as_str) == Some("busy")
 }
 
+/// Whether `result` is an agent refusing a command as of a term older than
+/// the highest it has seen (`details.reason: stale_term`): no verdict on
+/// the action, which it never ran (the leader leads again in a higher term,
+/// and the problem is decided again), so no breaker failure.
+pub(crate) fn is_stale_term(result: &CommandResult) -> bool {
+    result.status == ResultStatus::Rejected
+        && result.details.get("reason").and_then(Value::as_str)
+            == Some(skos_core::protocol::REASON_STALE_TERM)
+}
+
 /// Whether `result` is an agent refusing an action id it already executed
 /// (`details.reason: replay`; without a reason, only the exact
 /// [`REPLAY_MESSAGE`]): no verdict on the command, which stays open. Never
@@ -896,7 +906,7 @@ impl Engine {
                     }
                 }
             },
-            ResultStatus::Rejected if is_busy(&result) => {
+            ResultStatus::Rejected if is_busy(&result) || is_stale_term(&result) => {
                 if p.trial {
                     self.breakers.release_trial(&key);
                 }

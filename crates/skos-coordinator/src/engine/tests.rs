@@ -2462,6 +2462,39 @@ fn only_a_refusal_that_says_replay_or_already_executed_is_a_replay() {
     assert_eq!(e.counters.get("breaker.failures"), 1);
 }
 
+/// A refusal as of a stale term (the agents saw a higher term than this
+/// leader's) closes the command with no breaker failure: the action never
+/// ran, and the problem is decided again, at once, in the next term.
+#[test]
+fn a_stale_term_refusal_closes_its_command_with_no_failure() {
+    let mut e = engine();
+    e.set_term(Some(1));
+    e.on_heartbeat(hb(Some(70.0), 0, 0.0), t(0.0));
+    let out = e.on_alert(alert(Severity::Critical, 88.0, 1.0), t(1.0));
+    let cmd = commands(&out).remove(0);
+    let mut r = result(&cmd, ResultStatus::Rejected);
+    r.message = "stale term 1: a coordinator of term 9 has spoken".into();
+    r.details.insert(
+        "reason".into(),
+        skos_core::protocol::REASON_STALE_TERM.into(),
+    );
+    r.details
+        .insert(skos_core::protocol::DETAIL_HIGHEST_TERM.into(), 9.into());
+    assert!(e.result_is_news(&r));
+    let out = e.on_result(r, t(2.0));
+    assert!(audits(&out, "breaker").is_empty());
+    assert_eq!(e.counters.get("breaker.failures"), 0);
+    assert!(!e.pending.contains_key(&cmd.action_id), "closed");
+    e.set_term(Some(10));
+    let again = commands(&e.on_alert(alert(Severity::Critical, 88.0, 3.0), t(3.0)));
+    let again: Vec<_> = again
+        .iter()
+        .filter(|c| c.action_type == cmd.action_type)
+        .collect();
+    assert_eq!(again.len(), 1, "decided again");
+    assert_eq!(again[0].term, Some(10));
+}
+
 // --- Only the fix is credited, and a flapping problem is reported once,
 // not acted on at every swing. ---
 

@@ -2409,6 +2409,7 @@ mod tests {
             held_summaries: Vec::new(),
             held_after_flush: false,
             deposed: false,
+            fenced_by: None,
             valid_until: None,
             audit_down: None,
             node: NodeName::parse("coord").expect("a node name"),

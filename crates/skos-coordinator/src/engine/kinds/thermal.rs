@@ -71,6 +71,10 @@ impl ProblemKind for Thermal {
             ResultStatus::Failed | ResultStatus::Expired => {
                 eng.retry_reset_later(&p.node, tried, result.status.as_str(), now, out);
             }
+            // Refused as of an older term: sent again, in the next.
+            ResultStatus::Rejected if crate::engine::is_stale_term(result) => {
+                eng.retry_reset_later(&p.node, tried, result.status.as_str(), now, out);
+            }
             // A reset is never refused as not needed; an agent that did
             // anyway is not asked again, as for a refusal.
             ResultStatus::Rejected | ResultStatus::Unsupported | ResultStatus::NotNeeded => out.push(audit(

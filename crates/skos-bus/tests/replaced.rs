@@ -1,7 +1,9 @@
-//! The audit stream replaced under its writer and its readers (deleted, or
-//! deleted and made again, by an admin or a server that lost its store),
-//! against a real nats-server: the writer records the loss and carries its
-//! chain on, `verify` names it, and followers read the new stream.
+//! What SKOS keeps on the bus replaced under running processes (deleted,
+//! or deleted and made again, by an admin or a server that lost its store),
+//! against a real nats-server: the audit writer records the loss and
+//! carries its chain on, `verify` names it, followers read the new stream;
+//! the other streams and the lease bucket are made again as they were
+//! made, and terms never go back. The embedded trail's live file too.
 
 use std::time::Duration;
 
@@ -351,4 +353,126 @@ async fn a_symlink_in_place_of_the_live_file_is_refused() {
     assert!(refused.is_err(), "{refused:?}");
     assert!(refused.unwrap_err().to_string().contains("audit.jsonl"));
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
+}
+
+/// Streams gone under a running process (a server that lost its store):
+/// the next durable publish makes every SKOS stream again as it was made
+/// (locked where it was, the per-node limit kept), says `SKOS_COMMANDS`
+/// was made again, and is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_gone_are_made_again_as_they_were_made() {
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let state = skos_bus::state::StateStore::jetstream(&bus).await.unwrap();
+    let wrapped = skos_bus::Bus::Nats(bus.clone());
+    wrapped.limit_per_node(7).await.unwrap();
+    let js = bus.jetstream();
+    for name in [
+        subjects::STREAM_ALERTS,
+        subjects::STREAM_COMMANDS,
+        subjects::STREAM_RESULTS,
+        subjects::STREAM_AUDIT,
+        subjects::STREAM_STATE,
+    ] {
+        js.delete_stream(name).await.unwrap();
+    }
+    assert_eq!(wrapped.commands_remade(), 0);
+
+    let nova = skos_core::NodeName::parse("nova").unwrap();
+    let cmd = skos_core::protocol::Command {
+        action_id: "c-1".into(),
+        action_type: "throttle_50".into(),
+        parameters: Default::default(),
+        timestamp: chrono::Utc::now(),
+        node: Some(nova.clone()),
+        deadline: None,
+        cause: None,
+        problem: None,
+        term: None,
+        level: None,
+    };
+    wrapped.send_command(&nova, &cmd, None).await.unwrap();
+    assert_eq!(wrapped.commands_remade(), 1);
+    let config = |name: &'static str| async move {
+        let mut s = js.get_stream(name).await.unwrap();
+        let info = s.info().await.unwrap();
+        (info.config.clone(), info.state.messages)
+    };
+    assert_eq!(config(subjects::STREAM_COMMANDS).await.1, 1, "stored");
+    assert_eq!(
+        config(subjects::STREAM_ALERTS)
+            .await
+            .0
+            .max_messages_per_subject,
+        7
+    );
+    assert_eq!(
+        config(subjects::STREAM_RESULTS)
+            .await
+            .0
+            .max_messages_per_subject,
+        7
+    );
+    assert!(audit::stream_is_locked(&bus).await.unwrap());
+    let (state_config, _) = config(subjects::STREAM_STATE).await;
+    assert!(state_config.deny_delete && state_config.deny_purge);
+    // The command consumer of a node is made again on the new stream.
+    wrapped.ensure_command_consumer(&nova).await.unwrap();
+
+    // The state stream gone alone: a save makes it again and is stored.
+    js.delete_stream(subjects::STREAM_STATE).await.unwrap();
+    state.save("node_nova", "x".into()).await.unwrap();
+    assert_eq!(
+        state.load("node_nova").await.unwrap().as_deref(),
+        Some(&b"x"[..])
+    );
+}
+
+/// The lease bucket gone (with the key in it): the next try makes it again,
+/// and the term won is above the highest seen, not the new bucket's first
+/// revision; a leader renewing finds its lease lost, and wins again above
+/// its own term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_bucket_made_again_never_gives_a_lower_term() {
+    use skos_bus::lease::{Lease, Renewal};
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let bucket = format!("KV_{}", subjects::LEADER_BUCKET);
+    let mut a = Lease::open(&bus, "a:1:x".into(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let _ = a.try_acquire(chrono::Utc::now()).await.unwrap();
+        a.release().await;
+    }
+    let won = a.try_acquire(chrono::Utc::now()).await.unwrap().unwrap();
+    assert!(won.term > 1, "{won:?}");
+    bus.jetstream().delete_stream(&bucket).await.unwrap();
+
+    assert_eq!(a.renew().await.unwrap(), Renewal::Lost);
+    let again = a.try_acquire(chrono::Utc::now()).await.unwrap().unwrap();
+    assert_eq!(again.term, won.term + 1);
+    let (record, revision) = a.current().await.unwrap().unwrap();
+    assert_eq!(record.term, Some(again.term));
+    assert!(revision <= again.term);
+
+    // Another coordinator that knows no term: it learns one from the
+    // trail (observe) and passes it.
+    bus.jetstream().delete_stream(&bucket).await.unwrap();
+    let mut b = Lease::open(&bus, "b:2:y".into(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    b.observe(40);
+    assert_eq!(
+        b.try_acquire(chrono::Utc::now())
+            .await
+            .unwrap()
+            .unwrap()
+            .term,
+        41
+    );
+    assert!(a.try_acquire(chrono::Utc::now()).await.unwrap().is_none());
+    assert!(a.floor() >= 41, "a sees b's term");
 }
