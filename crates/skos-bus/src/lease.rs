@@ -243,7 +243,15 @@ impl Lease {
         let (revision, term) = if revision > self.floor {
             (revision, revision)
         } else {
-            let term = self.floor.saturating_add(1);
+            // No term above the highest seen is left: never the same term
+            // twice (two leaders the agents could not tell apart).
+            let Some(term) = self.floor.checked_add(1) else {
+                return Err(lease_err(format!(
+                    "no term is left above the highest seen ({}): a term that high was claimed or forged; \
+                     start the fleet again with fresh agent term files",
+                    self.floor
+                )));
+            };
             let record = LeaderRecord {
                 term: Some(term),
                 ..record

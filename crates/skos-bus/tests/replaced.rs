@@ -475,4 +475,19 @@ async fn a_lease_bucket_made_again_never_gives_a_lower_term() {
     );
     assert!(a.try_acquire(chrono::Utc::now()).await.unwrap().is_none());
     assert!(a.floor() >= 41, "a sees b's term");
+
+    // No term left above the highest seen: refused, never the same twice.
+    bus.jetstream().delete_stream(&bucket).await.unwrap();
+    let mut c = Lease::open(&bus, "c:3:z".into(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    c.observe(u64::MAX);
+    let refused = c.try_acquire(chrono::Utc::now()).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("no term is left")),
+        "{refused:?}"
+    );
+    assert!(c.term().is_none());
 }

@@ -2313,9 +2313,6 @@ impl Ctx {
                 });
             match result {
                 Ok(result) => {
-                    if let Some(t) = fenced_out(&result, self.engine.term()) {
-                        self.fenced_by = self.fenced_by.max(Some(t));
-                    }
                     // A result stored under a message id (every agent's)
                     // and delivered again (after a stop before its ack) is
                     // not handled, nor audited, twice. Remembered by its
@@ -2333,6 +2330,14 @@ impl Ctx {
                     } else {
                         None
                     };
+                    // Believed only as the answer of a command of this
+                    // leader's to that node still open: no node can push
+                    // the fleet's terms up at will.
+                    if fresh && foreign.is_none() && self.engine.result_is_news(&result) {
+                        if let Some(t) = fenced_out(&result, self.engine.term()) {
+                            self.fenced_by = self.fenced_by.max(Some(t));
+                        }
+                    }
                     if let Some(target) = foreign {
                         // Another node's: refused, touching nothing, and
                         // audited one by one only up to the minute's
@@ -3036,6 +3041,57 @@ fn effect_node_ref(e: &Effect) -> Option<&NodeName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stale-term refusal names the term to pass when it is above this
+    /// leader's, by at most [`FENCE_JUMP_MAX`]; anything else names none.
+    #[test]
+    fn a_stale_term_refusal_names_the_term_to_pass_within_bounds() {
+        use skos_core::protocol::{ResultStatus, DETAIL_HIGHEST_TERM, REASON_STALE_TERM};
+        let refusal = |status: ResultStatus, reason: &str, highest: Option<u64>| {
+            let mut r: CommandResult = serde_json::from_value(json!({
+                "action_id": "a", "action_type": "throttle_50", "node": "n1",
+                "agent_id": "x", "status": status, "timestamp": "2026-01-01T00:00:00Z",
+            }))
+            .unwrap();
+            r.details.insert("reason".into(), reason.into());
+            if let Some(h) = highest {
+                r.details.insert(DETAIL_HIGHEST_TERM.into(), h.into());
+            }
+            r
+        };
+        let stale = |h| refusal(ResultStatus::Rejected, REASON_STALE_TERM, Some(h));
+        assert_eq!(fenced_out(&stale(9), Some(3)), Some(9));
+        assert_eq!(fenced_out(&stale(3), Some(3)), None, "not above");
+        assert_eq!(fenced_out(&stale(9), None), None, "no election");
+        assert_eq!(
+            fenced_out(&stale(3 + FENCE_JUMP_MAX), Some(3)),
+            Some(3 + FENCE_JUMP_MAX)
+        );
+        assert_eq!(
+            fenced_out(&stale(4 + FENCE_JUMP_MAX), Some(3)),
+            None,
+            "not believed"
+        );
+        assert_eq!(fenced_out(&stale(u64::MAX), Some(3)), None);
+        assert_eq!(
+            fenced_out(&refusal(ResultStatus::Rejected, "replay", Some(9)), Some(3)),
+            None
+        );
+        assert_eq!(
+            fenced_out(
+                &refusal(ResultStatus::Failed, REASON_STALE_TERM, Some(9)),
+                Some(3)
+            ),
+            None
+        );
+        assert_eq!(
+            fenced_out(
+                &refusal(ResultStatus::Rejected, REASON_STALE_TERM, None),
+                Some(3)
+            ),
+            None
+        );
+    }
 
     /// Each node's last state event is ordered by term, then time; refusals
     /// and entries without a node do not count. A node whose record is
