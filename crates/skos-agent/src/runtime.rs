@@ -64,6 +64,9 @@ async fn next_due(due: &[tokio::time::Instant]) {
 /// problem its command answered).
 type Done = (usize, String, Outcome, Option<String>);
 
+/// The most alerts an agent keeps while the bus refuses them.
+pub const UNSENT_MAX: usize = 256;
+
 pub struct Agent {
     cfg: Config,
     bus: Bus,
@@ -83,6 +86,10 @@ pub struct Agent {
     verifier: Verifier,
     /// The antibodies (by index) whose last look held the loop up.
     slow_looks: std::collections::BTreeSet<usize>,
+    /// Alerts the bus refused (away, or their stream gone), oldest first:
+    /// sent again, in order, before any later one, at the next look and
+    /// every monitor interval. At most [`UNSENT_MAX`].
+    unsent: std::collections::VecDeque<skos_core::protocol::Alert>,
     /// Print at start, plainly on standard output, what this machine lets
     /// it sense and act on (`skos up`: a first run shows it), each line
     /// after this label (`None`: say nothing).
@@ -135,6 +142,7 @@ impl Agent {
             refusals_logged: quiet::RefusalLog::default(),
             verifier,
             slow_looks: Default::default(),
+            unsent: Default::default(),
             announce: None,
         })
     }
@@ -264,7 +272,12 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = prune.tick() => self.prune(),
+                _ = prune.tick() => {
+                    self.prune();
+                    if !self.unsent.is_empty() {
+                        self.send_unsent().await;
+                    }
+                }
                 _ = next_due(&due) => {
                     // Every antibody due now; each next due one interval
                     // after this look (a late look delays the next).
@@ -361,9 +374,33 @@ impl Agent {
         for a in alerts {
             tracing::info!(node = %a.node, kind = a.kind.as_str(), severity = a.severity.as_str(), message = %a.message, "alert");
             self.counters.inc(Counter::AlertsSent);
-            if let Err(e) = self.bus.publish_alert(&a).await {
-                self.counters.inc(Counter::AlertsSendFailed);
-                tracing::error!(error = %e, "alert not sent");
+            if self.unsent.len() == UNSENT_MAX {
+                if let Some(old) = self.unsent.pop_front() {
+                    self.counters.inc(Counter::AlertsDropped);
+                    tracing::error!(alert = %old.alert_id, kind = old.kind.as_str(), "unsent alerts past the most kept: the oldest dropped");
+                }
+            }
+            self.unsent.push_back(a);
+        }
+        self.send_unsent().await;
+    }
+
+    /// Send the alerts not sent yet, oldest first, until the bus refuses
+    /// one: it and those after it are kept for the next try (each under
+    /// its id: one the bus stored before its answer was lost is stored
+    /// once).
+    async fn send_unsent(&mut self) {
+        while let Some(a) = self.unsent.front() {
+            match self.bus.publish_alert(a).await {
+                Ok(()) => {
+                    self.unsent.pop_front();
+                }
+                Err(e) => {
+                    self.counters.inc(Counter::AlertsSendFailed);
+                    self.counters.inc(Counter::AlertsQueued);
+                    tracing::error!(error = %e, waiting = self.unsent.len(), "alert not sent; kept and sent again in order");
+                    return;
+                }
             }
         }
     }

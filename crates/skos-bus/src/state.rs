@@ -17,7 +17,35 @@ use crate::{subjects, Error, NatsBus, Result};
 #[derive(Clone)]
 pub enum StateStore {
     File(PathBuf),
-    JetStream(Box<jetstream::Context>),
+    /// The stream, and which stream it is ([`StateStore::remade`]).
+    JetStream(Box<jetstream::Context>, std::sync::Arc<Made>),
+}
+
+/// Which `SKOS_STATE` a store writes: when the server made it, and how many
+/// times another was found in its place (or none, and one made).
+#[derive(Default)]
+pub struct Made {
+    /// How many times the stream was found replaced or gone.
+    remade: std::sync::atomic::AtomicU64,
+    /// When the server made the stream last seen (ns since the epoch), and
+    /// when that was last asked.
+    seen: std::sync::Mutex<(Option<i128>, Option<std::time::Instant>)>,
+}
+
+/// How often [`StateStore::check_made`] asks the server.
+const MADE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Made {
+    /// The stream seen made at `made`: counted as replaced when another
+    /// was seen before.
+    fn seen(&self, made: i128) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.0.is_some_and(|m| m != made) {
+            self.remade
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        *seen = (Some(made), Some(std::time::Instant::now()));
+    }
 }
 
 fn stream_err(reason: impl ToString) -> Error {
@@ -28,6 +56,48 @@ fn stream_err(reason: impl ToString) -> Error {
 }
 
 impl StateStore {
+    /// How many times the stream was found gone (and made again by a
+    /// save) or another in its place ([`StateStore::check_made`]): what it
+    /// held of keys not saved since is lost, so when this changes the
+    /// writer saves every key again. 0 for files.
+    pub fn remade(&self) -> u64 {
+        match self {
+            StateStore::File(_) => 0,
+            StateStore::JetStream(_, made) => {
+                made.remade.load(std::sync::atomic::Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// Every ten seconds, ask the server whether the stream is still the
+    /// one written (made again by another process meanwhile: counted in
+    /// [`StateStore::remade`]). An error is logged and asked again later.
+    pub async fn check_made(&self) {
+        self.check_made_within(MADE_EVERY).await;
+    }
+
+    /// [`StateStore::check_made`], asking now.
+    #[doc(hidden)]
+    pub async fn check_made_now(&self) {
+        self.check_made_within(std::time::Duration::ZERO).await;
+    }
+
+    async fn check_made_within(&self, every: std::time::Duration) {
+        let StateStore::JetStream(js, made) = self else {
+            return;
+        };
+        {
+            let seen = made.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.1.is_some_and(|t| t.elapsed() < every) {
+                return;
+            }
+        }
+        match js.get_stream(subjects::STREAM_STATE).await {
+            Ok(s) => made.seen(s.cached_info().created.unix_timestamp_nanos()),
+            Err(e) => tracing::debug!(error = %e, "state stream not looked at"),
+        }
+    }
+
     /// Snapshots as `<dir>/<key>.state.json`.
     pub fn dir(dir: impl Into<PathBuf>) -> Self {
         StateStore::File(dir.into())
@@ -35,8 +105,9 @@ impl StateStore {
 
     pub async fn jetstream(bus: &NatsBus) -> Result<Self> {
         let js = bus.jetstream().clone();
-        make_stream(&js).await?;
-        Ok(StateStore::JetStream(Box::new(js)))
+        let made = std::sync::Arc::new(Made::default());
+        made.seen(make_stream(&js).await?);
+        Ok(StateStore::JetStream(Box::new(js), made))
     }
 
     pub async fn load(&self, key: &str) -> Result<Option<Bytes>> {
@@ -45,7 +116,7 @@ impl StateStore {
                 let path = dir.join(format!("{key}.state.json"));
                 Ok(skos_fs::read_nofollow(&path)?.map(Bytes::from))
             }
-            StateStore::JetStream(js) => {
+            StateStore::JetStream(js, _) => {
                 let s = js
                     .get_stream(subjects::STREAM_STATE)
                     .await
@@ -73,13 +144,14 @@ impl StateStore {
                 skos_fs::Dir::private(dir)?.write_atomic(name.as_ref(), &value)?;
                 Ok(())
             }
-            StateStore::JetStream(js) => save_js(js, &[(key.to_string(), value)]).await,
+            StateStore::JetStream(js, made) => save_js(js, made, &[(key.to_string(), value)]).await,
         }
     }
 }
 
-/// Get or make `SKOS_STATE`: one message per key, locked.
-pub(crate) async fn make_stream(js: &jetstream::Context) -> Result<()> {
+/// Get or make `SKOS_STATE`: one message per key, locked. When the server
+/// made it (ns since the epoch).
+pub(crate) async fn make_stream(js: &jetstream::Context) -> Result<i128> {
     js.get_or_create_stream(stream::Config {
         name: subjects::STREAM_STATE.to_string(),
         subjects: vec![subjects::STATE.to_string()],
@@ -90,15 +162,15 @@ pub(crate) async fn make_stream(js: &jetstream::Context) -> Result<()> {
         ..Default::default()
     })
     .await
-    .map(drop)
+    .map(|s| s.cached_info().created.unix_timestamp_nanos())
     .map_err(stream_err)
 }
 
 /// Save `items` on `SKOS_STATE`. Found gone (deleted, or lost with the
 /// server's store), the stream is made again, locked, and every item
 /// written once more (each key keeps only its last value, so twice is
-/// once).
-async fn save_js(js: &jetstream::Context, items: &[(String, Bytes)]) -> Result<()> {
+/// once), and `made` counts it.
+async fn save_js(js: &jetstream::Context, made: &Made, items: &[(String, Bytes)]) -> Result<()> {
     if !publish_all(js, items).await? {
         return Ok(());
     }
@@ -106,7 +178,7 @@ async fn save_js(js: &jetstream::Context, items: &[(String, Bytes)]) -> Result<(
         stream = subjects::STREAM_STATE,
         "state stream was gone: made again"
     );
-    make_stream(js).await?;
+    made.seen(make_stream(js).await?);
     if publish_all(js, items).await? {
         return Err(stream_err("gone again as soon as it was made"));
     }
@@ -176,7 +248,7 @@ impl StateStore {
                     }
                 }
             }
-            StateStore::JetStream(js) => {
+            StateStore::JetStream(js, _) => {
                 use futures::StreamExt;
                 let mut stream = js
                     .get_stream(subjects::STREAM_STATE)
@@ -226,7 +298,7 @@ impl StateStore {
                 }
                 Ok(())
             }
-            StateStore::JetStream(js) => save_js(js, &items).await,
+            StateStore::JetStream(js, made) => save_js(js, made, &items).await,
         }
     }
 
@@ -238,7 +310,7 @@ impl StateStore {
                 skos_fs::remove_private(&path)?;
                 Ok(())
             }
-            StateStore::JetStream(_) => self.save(key, Bytes::new()).await,
+            StateStore::JetStream(..) => self.save(key, Bytes::new()).await,
         }
     }
 }

@@ -420,13 +420,22 @@ async fn streams_gone_are_made_again_as_they_were_made() {
     // The command consumer of a node is made again on the new stream.
     wrapped.ensure_command_consumer(&nova).await.unwrap();
 
-    // The state stream gone alone: a save makes it again and is stored.
+    // SKOS_STATE was made again above by another (the bus): the store
+    // finds another stream in place of its own.
+    assert_eq!(state.remade(), 0);
+    state.check_made_now().await;
+    assert_eq!(state.remade(), 1, "made again by another process");
+    state.check_made_now().await;
+    assert_eq!(state.remade(), 1, "once");
+    // The state stream gone alone: a save makes it again, is stored, and
+    // counts it (the writer then saves every key again).
     js.delete_stream(subjects::STREAM_STATE).await.unwrap();
     state.save("node_nova", "x".into()).await.unwrap();
     assert_eq!(
         state.load("node_nova").await.unwrap().as_deref(),
         Some(&b"x"[..])
     );
+    assert_eq!(state.remade(), 2);
 }
 
 /// The lease bucket gone (with the key in it): the next try makes it again,

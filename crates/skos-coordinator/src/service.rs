@@ -318,7 +318,7 @@ impl Scratch {
     fn for_store(store: &StateStore) -> Self {
         match store {
             StateStore::File(_) => Self::compressing_from(COMPRESS_FILES_FROM),
-            StateStore::JetStream(_) => Self::compressing_from(COMPRESS_FROM),
+            StateStore::JetStream(..) => Self::compressing_from(COMPRESS_FROM),
         }
     }
 
@@ -704,6 +704,10 @@ struct Ctx {
     written: HashMap<NodeName, u64>,
     /// Nodes whose state could not be written: retried every tick.
     unsaved: BTreeSet<NodeName>,
+    /// [`StateStore::remade`] when every node's state was last written:
+    /// when it moves, the state stream was made again (found gone) and
+    /// every node's state is written again at the next tick.
+    state_remade: u64,
     /// Where node states are serialised, kept from one to the next.
     scratch: Scratch,
     signer: Option<Arc<Signer>>,
@@ -1289,6 +1293,7 @@ async fn lead(
         consumers,
         written: HashMap::new(),
         unsaved: BTreeSet::new(),
+        state_remade: state.remade(),
         scratch: Scratch::for_store(state),
         signer: opts.signer.clone(),
         engine,
@@ -1477,6 +1482,10 @@ async fn lead(
                 }
                 effects.extend(ctx.summed_up(now, false));
                 let mut touched = effect_nodes(&effects);
+                if connected {
+                    ctx.state.check_made().await;
+                }
+                ctx.rewrite_if_state_remade();
                 touched.extend(std::mem::take(&mut ctx.unsaved));
                 let decided = !effects.is_empty();
                 ctx.queue(effects);
@@ -1791,6 +1800,26 @@ impl Ctx {
             remove,
             written,
         })
+    }
+
+    /// The state stream was made again since every node's state was last
+    /// written (a save found it gone: [`StateStore::remade`]): what it held
+    /// of the nodes not saved since is lost, so every node known is
+    /// written again (and the held summaries).
+    fn rewrite_if_state_remade(&mut self) {
+        let remade = self.state.remade();
+        if remade == self.state_remade {
+            return;
+        }
+        self.state_remade = remade;
+        let nodes = self.engine.known_nodes();
+        tracing::warn!(
+            nodes = nodes.len(),
+            "the state stream was made again: every node's state is written again"
+        );
+        self.written.clear();
+        self.unsaved.extend(nodes);
+        self.held_dirty = true;
     }
 
     /// `nodes` were written as planned ([`Ctx::plan_writes`]): their

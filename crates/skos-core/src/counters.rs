@@ -109,6 +109,11 @@ pub enum Counter<'a> {
     HeartbeatsSendFailed,
     AlertsSent,
     AlertsSendFailed,
+    /// Alerts kept after the bus refused them, sent again later in order.
+    AlertsQueued,
+    /// Alerts dropped, oldest first, from a queue of unsent ones that was
+    /// full.
+    AlertsDropped,
     CommandsRejectedSignature,
     CommandsRejectedMalformed,
     /// Refused or replayed commands not logged one by one: past their
@@ -220,6 +225,8 @@ impl Counter<'_> {
             HeartbeatsSendFailed => "heartbeats.send_failed",
             AlertsSent => "alerts.sent",
             AlertsSendFailed => "alerts.send_failed",
+            AlertsQueued => "alerts.queued",
+            AlertsDropped => "alerts.dropped",
             CommandsRejectedSignature => "commands.rejected.signature",
             CommandsNotLogged => "commands.not_logged",
             CommandsRejectedMalformed => "commands.rejected.malformed",

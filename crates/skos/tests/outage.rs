@@ -21,6 +21,9 @@
 //! standby or the same coordinator started again, raises them itself from
 //! the saved node records once the server is back: each silent node's
 //! offline alert audited once, the nodes that beat again never offline.
+//!
+//! An agent keeps the alerts the bus refused while it was away and sends
+//! them, in order, once it is back.
 
 mod common;
 
@@ -785,5 +788,59 @@ fn offline_alerts_a_leader_stopped_with_the_bus_away_lost_are_raised_once_by_the
 fn offline_alerts_a_leader_stopped_with_the_bus_away_lost_are_raised_once_when_it_starts_again() {
     offline_alerts_lost_with_a_leader_stopped_while_the_bus_is_away_are_raised_once_by(
         NextLeader::Restarted,
+    );
+}
+
+/// An agent whose node heats up while the bus is away keeps the alert the
+/// bus refused and sends it, in order, once the bus is back: the node is
+/// throttled on that very alert (raised before the server came back), not
+/// on a report repeated after the antibody's cooldown (60 s here).
+#[test]
+fn an_alert_raised_while_the_bus_is_away_is_sent_once_it_is_back() {
+    use skos_testsupport::cpufreq::fake_cpufreq;
+    use skos_testsupport::sysfs::FakeSysfs;
+    skos_testsupport::require!("nats-server", nats_server_binary());
+    let mut nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = fast_config(work.path(), "");
+    let sys = FakeSysfs::new();
+    let cpu = sys.coretemp(50.0, &[48.0]);
+    fake_cpufreq(sys.root(), 2, 800_000, 3_600_000);
+    let _coordinator = coordinator(&nats, &cfg, work.path(), "coordinator");
+    let agent = agent(&nats, &cfg, work.path(), sys.root(), "n1");
+    wait_for(Duration::from_secs(30), "n1 joined", || {
+        audit_events(&audit(&nats), "node").first().cloned()
+    });
+
+    nats.kill();
+    cpu.heat(87.0);
+    wait_for(Duration::from_secs(60), "the alert kept", || {
+        agent
+            .log_text()
+            .contains("alert not sent; kept and sent again in order")
+            .then_some(())
+    });
+    let back = chrono::Utc::now();
+    nats.restart();
+    let records = wait_for(Duration::from_secs(60), "the throttle", || {
+        let r = audit(&nats);
+        r.iter()
+            .any(|r| result_is(r, "throttle_50", "succeeded"))
+            .then_some(r)
+    });
+    let alerts = audit_events(&records, "alert");
+    let critical = alerts
+        .iter()
+        .find(|a| a["entry"]["data"]["alert"]["severity"] == "critical")
+        .expect("the critical alert audited");
+    let raised = chrono::DateTime::parse_from_rfc3339(
+        critical["entry"]["data"]["alert"]["timestamp"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        raised < back,
+        "the alert handled is the one raised while the bus was away: {critical}"
     );
 }

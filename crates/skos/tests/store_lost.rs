@@ -54,6 +54,27 @@ fn healed_above(nats: &NatsServer, action: &str, above: u64, what: &str) -> (u64
     })
 }
 
+/// Whether `SKOS_STATE` holds a record under `key`, read as an operator
+/// would (making nothing).
+fn state_of(nats: &NatsServer, key: &str) -> Option<()> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut opts = skos_bus::NatsOptions::new(nats.url(), "reader");
+        opts.create_streams = false;
+        let bus = skos_bus::NatsBus::connect(&opts).await.ok()?;
+        let stream = bus
+            .jetstream()
+            .get_stream(skos_bus::subjects::STREAM_STATE)
+            .await
+            .ok()?;
+        stream
+            .get_last_raw_message_by_subject(&skos_bus::subjects::state(key))
+            .await
+            .ok()
+            .filter(|m| !m.payload.is_empty())
+            .map(drop)
+    })
+}
+
 fn wipe(nats: &mut NatsServer) {
     nats.kill();
     std::fs::remove_dir_all(nats.store_dir()).unwrap();
@@ -71,8 +92,13 @@ fn a_server_that_lost_its_store_is_healed_through_in_a_term_above_any_seen() {
     fake_cpufreq(sys.root(), 2, 800_000, 3_600_000);
     let mut first = coordinator(&nats, &cfg, work.path(), "coordinator-a");
     let agent_log = agent(&nats, &cfg, work.path(), sys.root(), "n1");
-    wait_for(Duration::from_secs(30), "n1 joined", || {
-        audit_events(&audit(&nats), "node").first().cloned()
+    // A quiet node: nothing it does writes its state after the loss.
+    let quiet = FakeSysfs::new();
+    quiet.coretemp(45.0, &[44.0]);
+    fake_cpufreq(quiet.root(), 2, 800_000, 3_600_000);
+    let _n2 = agent(&nats, &cfg, work.path(), quiet.root(), "n2");
+    wait_for(Duration::from_secs(30), "n1 and n2 joined", || {
+        (audit_events(&audit(&nats), "node").len() >= 2).then_some(())
     });
     // A second coordinator's term is above the first's: the agent
     // remembers it.
@@ -111,6 +137,17 @@ fn a_server_that_lost_its_store_is_healed_through_in_a_term_above_any_seen() {
     assert!(
         logs.contains("SKOS streams were gone") && logs.contains("leader lease bucket was gone"),
         "{logs}"
+    );
+    // Every node's state is written again, the quiet one's too.
+    wait_for(Duration::from_secs(60), "n2's state written again", || {
+        state_of(&nats, "node_n2")
+    });
+    assert!(
+        second
+            .log_text()
+            .contains("every node's state is written again"),
+        "{}",
+        second.log_text()
     );
     cpu.heat(50.0);
     wait_for(Duration::from_secs(60), "the reset", || {

@@ -2387,6 +2387,7 @@ mod tests {
             flushed: FlushTimes::default(),
             written: HashMap::new(),
             unsaved: BTreeSet::new(),
+            state_remade: 0,
             scratch: super::Scratch::default(),
             signer: None,
             engine: Engine::new(Config::default(), counters.clone(), "test"),
