@@ -304,12 +304,16 @@ impl AuditLog {
     /// [`AuditLog::rotate_now`], stopping after `stop` (a test's crash).
     #[doc(hidden)]
     pub async fn rotate_stopping(&self, stop: RotateStop) -> Result<bool> {
+        let term = self.current_term();
         let mut guard = self.inner.lock().await;
         let (store, chain) = &mut *guard;
         match store {
             AuditStore::File { path, file, segs } => {
                 let (path, file) = (&*path, &mut *file);
                 tokio::task::block_in_place(|| {
+                    // The file sealed is the one written: one put in its
+                    // place is found (and recorded) first.
+                    keep_live(self, term, path, file, chain, segs)?;
                     let wrote = rotate(path, file, chain, segs, stop)?;
                     if stop == RotateStop::Never {
                         expire(path, file, chain, segs, chrono::Utc::now())?;
@@ -784,11 +788,21 @@ impl StreamWriter {
         }
         self.checked = std::time::Instant::now();
         let replaced = remade || tail.made != self.made || tail.last_seq < self.last_stream_seq;
-        let carried_on = tail
-            .record
-            .as_ref()
-            .is_some_and(|r| r.seq >= chain.next_seq());
-        if !replaced || carried_on {
+        // Messages the stream took since this writer's last: a record
+        // carrying the chain on lies at most that many records past its
+        // head (one further is forged, or of another chain).
+        let grown = if replaced {
+            tail.last_seq
+        } else {
+            tail.last_seq.saturating_sub(self.last_stream_seq)
+        };
+        let carries_on = tail.record.as_ref().filter(|r| continues(chain, r, grown));
+        if replaced && !remade {
+            // Made by someone else: locked as SKOS makes it, or the next
+            // deletion goes unseen too.
+            crate::nats::lock_audit_stream(&self.js, self.retention).await;
+        }
+        if !replaced || carries_on.is_some() {
             if replaced {
                 tracing::warn!(
                     stream = subjects::STREAM_AUDIT,
@@ -796,8 +810,19 @@ impl StreamWriter {
                 );
                 self.made = tail.made;
             }
-            if let Some(r) = &tail.record {
-                *chain = Chain::resume(Some(r));
+            match (carries_on, &tail.record) {
+                (Some(r), _) => *chain = Chain::resume(Some(r)),
+                // The chain never goes back, nor leaps: a last record that
+                // does not carry this writer's chain on is not built on.
+                (None, Some(r)) if r.seq.saturating_add(1) != chain.next_seq() => {
+                    tracing::warn!(
+                        stream = subjects::STREAM_AUDIT,
+                        record_seq = r.seq,
+                        head_seq = chain.next_seq() - 1,
+                        "the audit stream's last record does not carry this writer's chain on (of another chain, or forged): the chain goes on from this writer's head"
+                    );
+                }
+                (None, _) => {}
             }
             self.last_stream_seq = tail.last_seq;
             return Ok(());
@@ -981,6 +1006,17 @@ fn append_file(
     records.pop().ok_or(Error::Closed)
 }
 
+/// The most records one message can hold: [`MESSAGE_BYTES`] of records,
+/// each longer than its two 64-digit hashes, plus the one that crossed it.
+const RECORDS_PER_MESSAGE_MAX: u64 = MESSAGE_BYTES as u64 / 128 + 1;
+
+/// Whether `r` carries `chain` on: at or past its next seq, and no further
+/// past its head than the `grown` messages the stream took since can hold.
+fn continues(chain: &Chain, r: &AuditRecord, grown: u64) -> bool {
+    r.seq >= chain.next_seq()
+        && r.seq - (chain.next_seq() - 1) <= grown.saturating_mul(RECORDS_PER_MESSAGE_MAX)
+}
+
 /// Make sure `file` is still the live file at `path` before records are
 /// appended to it. One removed, moved away or swapped for another (by hand:
 /// SKOS's own rotation moves `file` along) took the records it held since
@@ -1012,13 +1048,35 @@ fn keep_live(
         reason: format!("replaced by a file locked by another SKOS process: {e}"),
     })?;
     let head_seq = chain.next_seq() - 1;
+    let (last, good, total) = scan_open(path, &mut live)?;
+    if last
+        .as_ref()
+        .is_some_and(|r| r.seq == head_seq && r.hash == chain.last_hash())
+    {
+        // A copy put in place (an editor's save, `cp` and `mv`): it ends
+        // with this writer's head, so nothing is lost from the trail.
+        tracing::warn!(
+            path = %path.escaped(),
+            head_seq,
+            "the live audit file was replaced by a copy ending with the chain's head: writing on in the copy"
+        );
+        *file = live;
+        return Ok(());
+    }
+    if good < total {
+        // Its last line is not ended (a torn write, a copy under way): the
+        // record goes on a line of its own, that line kept as it is.
+        use std::io::Write;
+        live.write_all(b"\n").map_err(|e| io(path, e))?;
+    }
+    let remade = found.is_none();
     let data = TrailReplaced {
         stream: path.escaped().to_string(),
         head_seq,
         head_hash: chain.last_hash().to_string(),
         was: TrailSeen::file(Some(held.len())),
         now: TrailSeen::file(found),
-        remade: found.is_none(),
+        remade,
     };
     let entry = log.stamp(
         AuditEntry::new(
@@ -1028,13 +1086,24 @@ fn keep_live(
             "audit",
             format!(
                 "the live audit file was {} under its writer: the records up to seq {head_seq} it held since the last seal are not in the trail now; the chain goes on from seq {head_seq}",
-                if found.is_some() { "replaced" } else { "removed" },
+                if remade { "removed" } else { "replaced" },
             ),
             serde_json::to_value(&data).unwrap_or_default(),
         ),
         term,
     );
-    let record = append_file(path, &mut live, chain, entry)?;
+    let record = match append_file(path, &mut live, chain, entry) {
+        Ok(r) => r,
+        Err(e) => {
+            // Not recorded (a full disk): a file this writer made is
+            // taken away again, so the next try finds the path as this
+            // one did and records the same.
+            if remade {
+                let _ = segs.dir.remove(name);
+            }
+            return Err(e);
+        }
+    };
     tracing::error!(
         path = %path.escaped(),
         head_seq,
@@ -1407,6 +1476,11 @@ fn expire(
 /// the end only: start-up costs the same at any length of trail.
 fn scan_file(path: &Path) -> Result<(Option<AuditRecord>, u64, u64)> {
     let mut file = File::open(path).map_err(|e| io(path, e))?;
+    scan_open(path, &mut file)
+}
+
+/// [`scan_file`] of a file open (for reading) at `path`.
+fn scan_open(path: &Path, mut file: &mut File) -> Result<(Option<AuditRecord>, u64, u64)> {
     let total = file.metadata().map_err(|e| io(path, e))?.len();
     let good = last_newline(&mut file, total, TAIL_BLOCK)
         .map_err(|e| io(path, e))?

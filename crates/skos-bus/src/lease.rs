@@ -42,6 +42,11 @@ pub const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// Share of the lease time a leader trusts its last renewal for.
 pub const SAFETY: f64 = 0.8;
 
+/// How far above the highest term seen a term is believed (2^40: a term is
+/// a lease revision, about one per renewal, so no fleet comes near it in
+/// centuries; a forged `u64::MAX` is not believed).
+pub const TERM_JUMP_MAX: u64 = 1 << 40;
+
 /// What the key holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaderRecord {
@@ -116,8 +121,18 @@ impl Lease {
     }
 
     /// A term seen elsewhere (the audit trail's last record, a record read
-    /// from the bucket): the next term this process wins is above it.
+    /// from the bucket): the next term this process wins is above it. A
+    /// term more than [`TERM_JUMP_MAX`] above the highest seen is not
+    /// believed (forged: one record would use every term up), and logged.
     pub fn observe(&mut self, term: u64) {
+        if term.saturating_sub(self.floor) > TERM_JUMP_MAX {
+            tracing::warn!(
+                term,
+                highest_term = self.floor,
+                "a term far above any seen is not believed (a forged lease record or audit record)"
+            );
+            return;
+        }
         self.floor = self.floor.max(term);
     }
 
@@ -238,14 +253,24 @@ impl Lease {
             Err(e) => return Err(lease_err(e)),
         };
         // A revision not above a term seen (the bucket made again): the
-        // record says the term after the highest seen, written over the
-        // one just made before anything is done in it.
+        // record says the highest term seen plus the revision, written over
+        // the one just made before anything is done in it. Plus the
+        // revision, not plus one: coordinators that saw the same highest
+        // term, winning one after the other in the bucket made again
+        // (revisions only grow in it), never take the same term.
         let (revision, term) = if revision > self.floor {
             (revision, revision)
         } else {
             // No term above the highest seen is left: never the same term
-            // twice (two leaders the agents could not tell apart).
-            let Some(term) = self.floor.checked_add(1) else {
+            // twice (two leaders the agents could not tell apart). The key
+            // just made is given back, so another coordinator may lead.
+            let Some(term) = self.floor.checked_add(revision) else {
+                let purge = self
+                    .kv
+                    .purge_expect_revision(subjects::LEADER_KEY, Some(revision));
+                if !matches!(tokio::time::timeout(RELEASE_WAIT, purge).await, Ok(Ok(()))) {
+                    tracing::debug!("lease not given back; it will age out");
+                }
                 return Err(lease_err(format!(
                     "no term is left above the highest seen ({}): a term that high was claimed or forged; \
                      start the fleet again with fresh agent term files",

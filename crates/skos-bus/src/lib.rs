@@ -486,8 +486,20 @@ impl Bus {
         }
     }
 
-    /// How many times `SKOS_COMMANDS` was made again by this bus (found
-    /// gone): every agent's command consumer went with it. 0 in process.
+    /// Every [`nats::STREAMS_CHECK_EVERY`], look for SKOS streams gone or
+    /// made again by another process, and set them up again
+    /// ([`NatsBus::remake_missing_streams`]); the names found. Nothing in
+    /// process.
+    pub async fn check_streams(&self) -> Result<Vec<&'static str>> {
+        match self {
+            Bus::InProc(_) => Ok(Vec::new()),
+            Bus::Nats(b) => b.check_streams().await,
+        }
+    }
+
+    /// How many times `SKOS_COMMANDS` was found made again by this bus
+    /// (gone, or another in place of the one seen): every agent's command
+    /// consumer went with it. 0 in process.
     pub fn commands_remade(&self) -> u64 {
         match self {
             Bus::InProc(_) => 0,

@@ -161,12 +161,19 @@ pub struct NatsBus {
 struct Remake {
     /// The last [`NatsBus::limit_per_node`] (0: none set).
     per_node: std::sync::atomic::AtomicU32,
-    /// How many times this bus made `SKOS_COMMANDS` again: the agents'
-    /// command consumers went with the stream before.
+    /// How many times `SKOS_COMMANDS` was found made again (by this bus,
+    /// or another in place of the one seen): the agents' command consumers
+    /// went with the stream before.
     commands: std::sync::atomic::AtomicU64,
     /// When streams were last looked for: at most once a second.
     last: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the server made each SKOS stream last seen (ns since the
+    /// epoch): another time is another stream, made by someone else.
+    made: std::sync::Mutex<std::collections::HashMap<&'static str, i128>>,
 }
+
+/// How often [`NatsBus::check_streams`] looks at the streams.
+pub const STREAMS_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// Messages a core subscription may hold before the client drops them.
 const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
@@ -288,43 +295,92 @@ impl NatsBus {
 
     async fn ensure_streams(&self) -> Result<()> {
         for (name, subject, max_age, locked) in self.stream_specs() {
-            ensure_stream(&self.js, name, subject, max_age, locked).await?;
+            let made = ensure_stream(&self.js, name, subject, max_age, locked)
+                .await?
+                .cached_info()
+                .created
+                .unix_timestamp_nanos();
+            self.seen_made(name, made);
         }
         Ok(())
+    }
+
+    /// Stream `name` seen made at `made`: whether another was seen before.
+    fn seen_made(&self, name: &'static str, made: i128) -> bool {
+        let mut seen = self.remake.made.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(name, made).is_some_and(|was| was != made)
     }
 
     /// Make the SKOS streams found gone (deleted, or lost with a server's
     /// store) again, as they are made at start: locked where they are, the
     /// audit stream with its retention, the alert and result streams with
-    /// their per-node limit; `SKOS_STATE` too. The names made (logged);
-    /// nothing when streams were looked for less than a second ago. An
-    /// agent's least-privilege credential may not: an error.
+    /// their per-node limit; `SKOS_STATE` too. Streams found made again by
+    /// someone else since this bus last looked (another process that
+    /// found them gone first: an agent, a coordinator starting) are told
+    /// the same way: their per-node limit is set again, and a
+    /// `SKOS_COMMANDS` made again is counted ([`NatsBus::commands_remade`]).
+    /// The names made or found made again (logged); nothing when streams
+    /// were looked for less than a second ago. An agent's least-privilege
+    /// credential may not make them: an error.
     pub async fn remake_missing_streams(&self) -> Result<Vec<&'static str>> {
+        self.remake_within(Duration::from_secs(1)).await
+    }
+
+    /// [`NatsBus::remake_missing_streams`] at most every
+    /// [`STREAMS_CHECK_EVERY`]: the leader calls it on its tick, so streams
+    /// made again by another process are found even where no request of
+    /// its own fails.
+    pub async fn check_streams(&self) -> Result<Vec<&'static str>> {
+        self.remake_within(STREAMS_CHECK_EVERY).await
+    }
+
+    async fn remake_within(&self, every: Duration) -> Result<Vec<&'static str>> {
         {
             let mut last = self.remake.last.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            if last.is_some_and(|t| t.elapsed() < every) {
                 return Ok(Vec::new());
             }
             *last = Some(std::time::Instant::now());
         }
         let mut made = Vec::new();
+        let mut replaced = Vec::new();
         for (name, subject, max_age, locked) in self.stream_specs() {
-            if !self.has_stream(name).await? {
-                ensure_stream(&self.js, name, subject, max_age, locked).await?;
-                made.push(name);
+            match self.stream_made(name).await? {
+                Some(at) => {
+                    if self.seen_made(name, at) {
+                        replaced.push(name);
+                    }
+                }
+                None => {
+                    let at = ensure_stream(&self.js, name, subject, max_age, locked)
+                        .await?
+                        .cached_info()
+                        .created
+                        .unix_timestamp_nanos();
+                    self.seen_made(name, at);
+                    made.push(name);
+                }
             }
         }
         if !self.has_stream(subjects::STREAM_STATE).await? {
             crate::state::make_stream(&self.js).await?;
             made.push(subjects::STREAM_STATE);
         }
-        if made.is_empty() {
+        if made.is_empty() && replaced.is_empty() {
             return Ok(made);
         }
-        tracing::warn!(
-            streams = ?made,
-            "SKOS streams were gone (deleted, or lost with the server's store): made again"
-        );
+        if !made.is_empty() {
+            tracing::warn!(
+                streams = ?made,
+                "SKOS streams were gone (deleted, or lost with the server's store): made again"
+            );
+        }
+        if !replaced.is_empty() {
+            tracing::warn!(
+                streams = ?replaced,
+                "SKOS streams were made again by another process (they were gone): set up again"
+            );
+        }
         let per_node = self
             .remake
             .per_node
@@ -332,15 +388,19 @@ impl NatsBus {
         if per_node > 0 {
             self.limit_per_node(per_node).await?;
         }
-        if made.contains(&subjects::STREAM_COMMANDS) {
+        if made.contains(&subjects::STREAM_COMMANDS)
+            || replaced.contains(&subjects::STREAM_COMMANDS)
+        {
             self.remake
                 .commands
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        made.extend(replaced);
         Ok(made)
     }
 
-    /// How many times this bus made `SKOS_COMMANDS` again: when it changes,
+    /// How many times this bus found `SKOS_COMMANDS` made again (made it,
+    /// or found another in place of the one it saw): when it changes,
     /// every agent's command consumer must be made again.
     pub fn commands_remade(&self) -> u64 {
         self.remake
@@ -448,14 +508,20 @@ impl NatsBus {
     /// Whether stream `name` exists (asked with its info: a credential
     /// that may not look at it gets an error, not `false`).
     pub async fn has_stream(&self, name: &str) -> Result<bool> {
+        Ok(self.stream_made(name).await?.is_some())
+    }
+
+    /// When the server made stream `name` (ns since the epoch); `None`
+    /// when it does not exist.
+    async fn stream_made(&self, name: &str) -> Result<Option<i128>> {
         use async_nats::jetstream::context::GetStreamErrorKind;
         match self.js.get_stream(name).await {
-            Ok(_) => Ok(true),
+            Ok(s) => Ok(Some(s.cached_info().created.unix_timestamp_nanos())),
             Err(e) => match e.kind() {
                 GetStreamErrorKind::JetStream(j)
                     if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
                 {
-                    Ok(false)
+                    Ok(None)
                 }
                 _ => Err(Error::Stream {
                     stream: name.to_string(),
@@ -490,42 +556,8 @@ impl NatsBus {
     /// stream: one that is not locked is then an error naming what to do.
     pub async fn lock_streams(&self) -> Result<()> {
         for name in [subjects::STREAM_AUDIT, subjects::STREAM_STATE] {
-            let fail = |reason: String| Error::Stream {
-                stream: name.to_string(),
-                reason,
-            };
-            let mut config = self.stream_config(name).await?;
-            if name == subjects::STREAM_AUDIT && config.max_age != self.audit_max_age {
-                // Set when the stream was made; no SKOS credential may
-                // change it (that would let it age the trail out at will).
-                tracing::warn!(
-                    stream = name,
-                    max_age_seconds = config.max_age.as_secs(),
-                    retention_seconds = self.audit_max_age.as_secs(),
-                    "the audit stream's max_age is not the configured retention: the stream's applies (change it with the server's admin credential)"
-                );
-            }
-            if is_locked(&config) {
-                continue;
-            }
-            tracing::warn!(
-                stream = name,
-                deny_delete = config.deny_delete,
-                deny_purge = config.deny_purge,
-                allow_rollup = config.allow_rollup,
-                "stream allows deletes or purges: locking it"
-            );
-            config.deny_delete = true;
-            config.deny_purge = true;
-            config.allow_rollup = false;
-            self.js.update_stream(config).await.map_err(|e| {
-                fail(format!(
-                    "allows deletes or purges, and cannot be locked with this credential ({e}): \
-                     set deny_delete and deny_purge, and allow_rollup off, with a credential \
-                     that may update the stream (or start this coordinator once under the \
-                     earlier server config, which let it, before loading the new one)"
-                ))
-            })?;
+            let retention = (name == subjects::STREAM_AUDIT).then_some(self.audit_max_age);
+            lock_stream(&self.js, name, retention, false).await?;
         }
         Ok(())
     }
@@ -1034,6 +1066,89 @@ pub(crate) async fn ensure_audit_stream(js: &jetstream::Context, max_age: Durati
     ensure_stream(js, subjects::STREAM_AUDIT, subjects::AUDIT, max_age, true)
         .await
         .map(drop)
+}
+
+/// Lock stream `name` where it is not (deny deletes and purges, no
+/// roll-ups), saying so; with `retention`, warn where its `max_age` is not
+/// that (set when the stream was made; no SKOS credential may change it),
+/// or with `raise`, set it where it is shorter (a stream someone else put
+/// in place of the one written must not age the trail out sooner). An
+/// error names what to do where this credential may not update it.
+async fn lock_stream(
+    js: &jetstream::Context,
+    name: &str,
+    retention: Option<Duration>,
+    raise: bool,
+) -> Result<()> {
+    let fail = |reason: String| Error::Stream {
+        stream: name.to_string(),
+        reason,
+    };
+    let mut config = js
+        .get_stream(name)
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .cached_info()
+        .config
+        .clone();
+    let shorter = |age: Duration, retention: Duration| {
+        !age.is_zero() && (retention.is_zero() || age < retention)
+    };
+    let mut raised = false;
+    if let Some(retention) = retention.filter(|r| config.max_age != *r) {
+        if raise && shorter(config.max_age, retention) {
+            tracing::warn!(
+                stream = name,
+                max_age_seconds = config.max_age.as_secs(),
+                retention_seconds = retention.as_secs(),
+                "the audit stream put in place ages records out sooner than the configured retention: raised to it"
+            );
+            config.max_age = retention;
+            raised = true;
+        } else {
+            tracing::warn!(
+                stream = name,
+                max_age_seconds = config.max_age.as_secs(),
+                retention_seconds = retention.as_secs(),
+                "the audit stream's max_age is not the configured retention: the stream's applies (change it with the server's admin credential)"
+            );
+        }
+    }
+    if is_locked(&config) {
+        if !raised {
+            return Ok(());
+        }
+    } else {
+        tracing::warn!(
+            stream = name,
+            deny_delete = config.deny_delete,
+            deny_purge = config.deny_purge,
+            allow_rollup = config.allow_rollup,
+            "stream allows deletes or purges: locking it"
+        );
+    }
+    config.deny_delete = true;
+    config.deny_purge = true;
+    config.allow_rollup = false;
+    js.update_stream(config).await.map_err(|e| {
+        fail(format!(
+            "allows deletes or purges, and cannot be locked with this credential ({e}): \
+             set deny_delete and deny_purge, and allow_rollup off, with a credential \
+             that may update the stream (or start this coordinator once under the \
+             earlier server config, which let it, before loading the new one)"
+        ))
+    })?;
+    Ok(())
+}
+
+/// Lock `SKOS_AUDIT` where it is not, its max_age raised to `retention`
+/// where shorter (one made by someone else in place of the one written:
+/// [`crate::audit`]); a failure is logged, not given:
+/// the writer goes on and the replacement is recorded all the same.
+pub(crate) async fn lock_audit_stream(js: &jetstream::Context, retention: Duration) {
+    if let Err(e) = lock_stream(js, subjects::STREAM_AUDIT, Some(retention), true).await {
+        tracing::error!(error = %e, "the audit stream put in place of the one written is not locked");
+    }
 }
 
 /// Whether a stream's config refuses deletes and purges (roll-ups purge

@@ -490,7 +490,13 @@ async fn a_lease_bucket_made_again_never_gives_a_lower_term() {
     let mut c = Lease::open(&bus, "c:3:z".into(), Duration::from_secs(30))
         .await
         .unwrap();
+    // A term far above any seen is not believed (forged)...
     c.observe(u64::MAX);
+    assert_eq!(c.floor(), 0);
+    // ...so the highest is reached only by steps of at most the bound.
+    while c.floor() < u64::MAX {
+        c.observe(c.floor().saturating_add(skos_bus::lease::TERM_JUMP_MAX));
+    }
     let refused = c.try_acquire(chrono::Utc::now()).await;
     assert!(
         refused
@@ -499,4 +505,9 @@ async fn a_lease_bucket_made_again_never_gives_a_lower_term() {
         "{refused:?}"
     );
     assert!(c.term().is_none());
+    // The key its create made is given back: another coordinator leads.
+    let mut d = Lease::open(&bus, "d:4:w".into(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(d.try_acquire(chrono::Utc::now()).await.unwrap().is_some());
 }

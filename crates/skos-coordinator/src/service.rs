@@ -880,10 +880,10 @@ pub async fn run(
 }
 
 /// The most a term an agent says it has seen may be above this leader's
-/// and be believed: a lease bucket's revisions (the terms) grow by about
-/// one a second; a claim far beyond (a node lying, unsigned) would let it
-/// push the fleet's terms to where none can follow.
-const FENCE_JUMP_MAX: u64 = 1 << 40;
+/// and be believed: a claim far beyond (a node lying, unsigned) would let
+/// it push the fleet's terms to where none can follow. The same bound as
+/// the lease's on terms it reads.
+const FENCE_JUMP_MAX: u64 = skos_bus::lease::TERM_JUMP_MAX;
 
 /// The term `result` says its agent has seen, when it refused a command of
 /// this leader's `term` as stale (`details.reason` `stale_term`) and that
@@ -1484,6 +1484,9 @@ async fn lead(
                 let mut touched = effect_nodes(&effects);
                 if connected {
                     ctx.state.check_made().await;
+                    if let Err(e) = ctx.bus.check_streams().await {
+                        tracing::warn!(error = %e, "SKOS streams not looked at; looked at again later");
+                    }
                 }
                 ctx.rewrite_if_state_remade();
                 touched.extend(std::mem::take(&mut ctx.unsaved));

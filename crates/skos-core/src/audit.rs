@@ -191,11 +191,13 @@ impl Default for Chain {
 }
 
 impl Chain {
-    /// Continue a chain whose last record is `last`.
+    /// Continue a chain whose last record is `last`. A chain never goes
+    /// past `u64::MAX` (a record claiming it is forged: the next records
+    /// repeat its seq, which `skos audit verify` names).
     pub fn resume(last: Option<&AuditRecord>) -> Self {
         match last {
             Some(r) => Self {
-                next_seq: r.seq + 1,
+                next_seq: r.seq.saturating_add(1),
                 last_hash: r.hash.clone(),
             },
             None => Self::default(),
@@ -206,7 +208,7 @@ impl Chain {
     /// from a segment's seal, not from the record itself).
     pub fn after(seq: u64, hash: &str) -> Self {
         Self {
-            next_seq: seq + 1,
+            next_seq: seq.saturating_add(1),
             last_hash: hash.to_string(),
         }
     }
@@ -231,7 +233,7 @@ impl Chain {
             hash,
             entry,
         };
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.saturating_add(1);
         record
     }
 

@@ -106,12 +106,15 @@ impl Feed {
     async fn follow(self) {
         let mut said = false;
         let mut replaced = false;
+        // Replaced, and the new trail was empty when reopened: its first
+        // records, when they come, say whether its chain begins afresh.
+        let mut judge = false;
         loop {
             match AuditFollower::open(&self.source, RING as u64).await {
                 Ok((mut follower, recent)) => {
                     said = false;
-                    if std::mem::take(&mut replaced) {
-                        self.replaced(&recent);
+                    if std::mem::take(&mut replaced) || judge {
+                        judge = !self.replaced(&recent);
                     }
                     self.say_gap(&recent);
                     for v in &recent {
@@ -121,6 +124,9 @@ impl Feed {
                     loop {
                         match follower.next().await {
                             Ok(records) => {
+                                if judge {
+                                    judge = !self.replaced(&records);
+                                }
                                 for v in &records {
                                     self.take(v);
                                 }
@@ -169,10 +175,11 @@ impl Feed {
     /// replacement. Where it begins at or below the last counted (a chain
     /// begun afresh), the old trail's records held are dropped and the new
     /// one's counted from its first; a chain carried on from the old
-    /// head is past the last counted already.
-    fn replaced(&self, recent: &[Value]) {
-        let Some(first) = recent.first().and_then(|v| v["seq"].as_u64()) else {
-            return;
+    /// head is past the last counted already. Whether `recent` held a
+    /// record to judge by (else the next records read are judged).
+    fn replaced(&self, recent: &[Value]) -> bool {
+        let Some(first) = recent.iter().find_map(|v| v["seq"].as_u64()) else {
+            return false;
         };
         let mut held = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         if first <= held.counted {
@@ -184,6 +191,7 @@ impl Feed {
             held.ring.clear();
             held.counted = first.saturating_sub(1);
         }
+        true
     }
 
     /// Warn when a reopen's read-back `recent` begins past the record after
@@ -392,8 +400,11 @@ mod tests {
             text.contains(r#"skos_audit_records_total{event_type="alert"} 7"#),
             "{text}"
         );
-        f.replaced(&[]);
-        f.replaced(&[rec(0, "alert")]);
+        assert!(
+            !f.replaced(&[]),
+            "nothing to judge by: the next records are"
+        );
+        assert!(f.replaced(&[rec(0, "alert")]));
     }
 
     /// A record at the largest seq (forged on a server without trusted

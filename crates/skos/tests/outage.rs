@@ -802,7 +802,7 @@ fn an_alert_raised_while_the_bus_is_away_is_sent_once_it_is_back() {
     skos_testsupport::require!("nats-server", nats_server_binary());
     let mut nats = NatsServer::start();
     let work = tempfile::tempdir().unwrap();
-    let cfg = fast_config(work.path(), "");
+    let cfg = fast_config(work.path(), &trust_section(work.path()));
     let sys = FakeSysfs::new();
     let cpu = sys.coretemp(50.0, &[48.0]);
     fake_cpufreq(sys.root(), 2, 800_000, 3_600_000);
