@@ -828,28 +828,22 @@ impl StreamWriter {
             return Ok(());
         }
         let head_seq = chain.next_seq() - 1;
-        let data = TrailReplaced {
-            stream: subjects::STREAM_AUDIT.to_string(),
-            head_seq,
-            head_hash: chain.last_hash().to_string(),
-            was: TrailSeen::stream(self.made, self.last_stream_seq),
-            now: TrailSeen::stream(tail.made, tail.last_seq),
-            remade,
-        };
-        let entry = log.stamp(
-            AuditEntry::new(
-                skos_core::AuditEvent::AuditTrailReplaced,
-                chrono::Utc::now(),
-                None,
-                "audit",
-                format!(
-                    "the audit stream {} was replaced under its writer (deleted{}): the records up to seq {head_seq} it held are not in the stream now; the chain goes on from seq {head_seq}",
-                    subjects::STREAM_AUDIT,
-                    if remade { ", and made again by this writer" } else { " and made again" },
-                ),
-                serde_json::to_value(&data).unwrap_or_default(),
-            ),
+        let entry = replaced_entry(
+            log,
             term,
+            TrailReplaced {
+                stream: subjects::STREAM_AUDIT.to_string(),
+                head_seq,
+                head_hash: chain.last_hash().to_string(),
+                was: TrailSeen::stream(self.made, self.last_stream_seq),
+                now: TrailSeen::stream(tail.made, tail.last_seq),
+                remade,
+            },
+            format!(
+                "the audit stream {} was replaced under its writer (deleted{}): the records up to seq {head_seq} it held are not in the stream now; the chain goes on from seq {head_seq}",
+                subjects::STREAM_AUDIT,
+                if remade { ", and made again by this writer" } else { " and made again" },
+            ),
         );
         // Written on the chain continued from the head; the writer's
         // place moves only once the record is stored, so a failure finds
@@ -1006,6 +1000,27 @@ fn append_file(
     records.pop().ok_or(Error::Closed)
 }
 
+/// The `audit_trail_replaced` entry: `data`, saying `summary`, stamped by
+/// `log` with `term`.
+fn replaced_entry(
+    log: &AuditLog,
+    term: Option<u64>,
+    data: TrailReplaced,
+    summary: String,
+) -> AuditEntry {
+    log.stamp(
+        AuditEntry::new(
+            skos_core::AuditEvent::AuditTrailReplaced,
+            chrono::Utc::now(),
+            None,
+            "audit",
+            summary,
+            serde_json::to_value(&data).unwrap_or_default(),
+        ),
+        term,
+    )
+}
+
 /// The most records one message can hold: [`MESSAGE_BYTES`] of records,
 /// each longer than its two 64-digit hashes, plus the one that crossed it.
 const RECORDS_PER_MESSAGE_MAX: u64 = MESSAGE_BYTES as u64 / 128 + 1;
@@ -1070,27 +1085,21 @@ fn keep_live(
         live.write_all(b"\n").map_err(|e| io(path, e))?;
     }
     let remade = found.is_none();
-    let data = TrailReplaced {
-        stream: path.escaped().to_string(),
-        head_seq,
-        head_hash: chain.last_hash().to_string(),
-        was: TrailSeen::file(Some(held.len())),
-        now: TrailSeen::file(found),
-        remade,
-    };
-    let entry = log.stamp(
-        AuditEntry::new(
-            skos_core::AuditEvent::AuditTrailReplaced,
-            chrono::Utc::now(),
-            None,
-            "audit",
-            format!(
-                "the live audit file was {} under its writer: the records up to seq {head_seq} it held since the last seal are not in the trail now; the chain goes on from seq {head_seq}",
-                if remade { "removed" } else { "replaced" },
-            ),
-            serde_json::to_value(&data).unwrap_or_default(),
-        ),
+    let entry = replaced_entry(
+        log,
         term,
+        TrailReplaced {
+            stream: path.escaped().to_string(),
+            head_seq,
+            head_hash: chain.last_hash().to_string(),
+            was: TrailSeen::file(Some(held.len())),
+            now: TrailSeen::file(found),
+            remade,
+        },
+        format!(
+            "the live audit file was {} under its writer: the records up to seq {head_seq} it held since the last seal are not in the trail now; the chain goes on from seq {head_seq}",
+            if remade { "removed" } else { "replaced" },
+        ),
     );
     let record = match append_file(path, &mut live, chain, entry) {
         Ok(r) => r,

@@ -4,6 +4,9 @@
 //! carries its chain on, `verify` names it, followers read the new stream;
 //! the other streams and the lease bucket are made again as they were
 //! made, and terms never go back. The embedded trail's live file too.
+//! At the edges: [`edges`].
+
+mod edges;
 
 use std::time::Duration;
 
@@ -39,14 +42,15 @@ async fn delete(bus: &NatsBus) {
         .unwrap();
 }
 
+/// The records' seqs (a message that is no record has none).
 fn seqs(records: &[Value]) -> Vec<u64> {
-    records.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
+    records.iter().filter_map(|r| r["seq"].as_u64()).collect()
 }
 
 fn events(records: &[Value]) -> Vec<&str> {
     records
         .iter()
-        .map(|r| r["entry"]["event_type"].as_str().unwrap())
+        .map(|r| r["entry"]["event_type"].as_str().unwrap_or("?"))
         .collect()
 }
 
