@@ -1064,12 +1064,14 @@ fn keep_live(
     })?;
     let head_seq = chain.next_seq() - 1;
     let (last, good, total) = scan_open(path, &mut live)?;
-    if last
-        .as_ref()
-        .is_some_and(|r| r.seq == head_seq && r.hash == chain.last_hash())
+    if found == Some(held.len())
+        && last
+            .as_ref()
+            .is_some_and(|r| r.seq == head_seq && r.hash == chain.last_hash())
     {
-        // A copy put in place (an editor's save, `cp` and `mv`): it ends
-        // with this writer's head, so nothing is lost from the trail.
+        // A copy put in place (an editor's save, `cp` and `mv`): as long
+        // as the file held and ending with this writer's head, so nothing
+        // is lost from the trail (one cut short is a loss, recorded).
         tracing::warn!(
             path = %path.escaped(),
             head_seq,

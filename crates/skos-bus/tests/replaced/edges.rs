@@ -312,6 +312,19 @@ async fn a_copy_ending_with_the_head_put_in_place_is_no_loss() {
     let report = audit::check::verify_file(&path, None).unwrap();
     eprintln!("{report:?}");
     assert!(report.ok(), "every record is there: {:?}", report.breaks);
+    assert!(!events(&records).contains(&"audit_trail_replaced"));
+
+    // A copy holding the head alone (the records before it cut away) is
+    // a loss, recorded.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let head = text.lines().last().unwrap();
+    std::fs::write(&copy, format!("{head}\n")).unwrap();
+    std::fs::rename(&copy, &path).unwrap();
+    log.append(entry(4)).await.unwrap();
+    let records = audit::read_file(&path).unwrap();
+    assert_eq!(seqs(&records), [4, 5, 6]);
+    assert_eq!(events(&records)[1], "audit_trail_replaced");
+    assert!(!audit::check::verify_file(&path, None).unwrap().ok());
 }
 
 /// Crash right after the replacement record; reopened: the chain goes on
