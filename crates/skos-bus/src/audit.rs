@@ -1025,6 +1025,19 @@ fn replaced_entry(
 /// each longer than its two 64-digit hashes, plus the one that crossed it.
 const RECORDS_PER_MESSAGE_MAX: u64 = MESSAGE_BYTES as u64 / 128 + 1;
 
+/// Whether the directory at `dir`'s path is not the one `dir` holds
+/// (moved away, removed, or another put in its place).
+fn dir_replaced(dir: &skos_fs::Dir) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(held) = skos_fs::stat_at(dir.fd(), std::ffi::OsStr::new(".")) else {
+        return false;
+    };
+    match std::fs::symlink_metadata(dir.path()) {
+        Ok(m) => m.dev() != held.dev || m.ino() != held.ino,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
 /// Whether `r` carries `chain` on: at or past its next seq, and no further
 /// past its head than the `grown` messages the stream took since can hold.
 fn continues(chain: &Chain, r: &AuditRecord, grown: u64) -> bool {
@@ -1051,6 +1064,13 @@ fn keep_live(
     use std::os::unix::fs::MetadataExt;
     let held = file.metadata().map_err(|e| io(path, e))?;
     let name = path.file_name().unwrap_or_default();
+    if dir_replaced(&segs.dir) {
+        // The directory moved away or removed (and perhaps made again):
+        // the trail goes on at its path, where the loss is recorded.
+        let at = segs.dir.path().to_path_buf();
+        tracing::error!(dir = %at.display(), "the audit file's directory was replaced under its writer: the trail goes on in the one at its path");
+        segs.dir = skos_fs::Dir::private(&at)?;
+    }
     let found = match skos_fs::stat_at(segs.dir.fd(), name) {
         Ok(e) if e.dev == held.dev() && e.ino == held.ino() => return Ok(()),
         Ok(e) => Some(e.size),

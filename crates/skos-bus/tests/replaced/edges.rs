@@ -265,6 +265,41 @@ async fn a_rotation_right_after_a_swap_records_it_and_never_seals_the_strangers_
     );
 }
 
+/// The data directory itself moved away and another made in its place:
+/// the writer goes on in the one at the path, recording the loss there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_replaced_is_followed_to_its_path() {
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("data");
+    let path = dir.join("audit.jsonl");
+    let log = AuditLog::open_file(&path).unwrap();
+    for i in 0..3 {
+        log.append(entry(i)).await.unwrap();
+    }
+    std::fs::rename(&dir, top.path().join("data.old")).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    log.append(entry(3)).await.unwrap();
+    let records = audit::read_file(&path).unwrap();
+    assert_eq!(seqs(&records), [4, 5]);
+    assert_eq!(events(&records)[0], "audit_trail_replaced");
+    assert_eq!(records[0]["entry"]["data"]["remade"], true);
+    let moved = audit::read_file(&top.path().join("data.old/audit.jsonl")).unwrap();
+    assert_eq!(
+        seqs(&moved),
+        [1, 2, 3],
+        "nothing written into the moved one"
+    );
+
+    // Removed outright: made again.
+    std::fs::remove_dir_all(&dir).unwrap();
+    log.append(entry(4)).await.unwrap();
+    let records = audit::read_file(&path).unwrap();
+    assert_eq!(seqs(&records), [6, 7]);
+    assert_eq!(events(&records)[0], "audit_trail_replaced");
+}
+
 /// The live file replaced by one whose last line is not ended (a torn
 /// write, or a file being copied): the audit_trail_replaced record goes on
 /// a line of its own, readable.
