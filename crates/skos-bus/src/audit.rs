@@ -796,7 +796,23 @@ impl StreamWriter {
         } else {
             tail.last_seq.saturating_sub(self.last_stream_seq)
         };
-        let carries_on = tail.record.as_ref().filter(|r| continues(chain, r, grown));
+        let mut carries_on = tail.record.as_ref().filter(|r| continues(chain, r, grown));
+        // On the same stream the records after this writer's last message
+        // must link to its head (the first of them is its next, built on
+        // its hash): a record that does not is another chain's, or forged.
+        if !replaced
+            && carries_on.is_some()
+            && !links_on(
+                &self.js,
+                self.last_stream_seq,
+                tail.last_seq,
+                chain,
+                signing,
+            )
+            .await
+        {
+            carries_on = None;
+        }
         if replaced && !remade {
             // Made by someone else: locked as SKOS makes it, or the next
             // deletion goes unseen too.
@@ -1036,6 +1052,46 @@ fn dir_replaced(dir: &skos_fs::Dir) -> bool {
         Ok(m) => m.dev() != held.dev || m.ino() != held.ino,
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
+}
+
+/// How many messages after its last [`links_on`] looks through for the
+/// first record.
+const LINK_LOOK: u64 = 16;
+
+/// Whether the first record stored after stream message `after` (within
+/// [`LINK_LOOK`] messages, up to `upto`; with `signing`, in a message a
+/// trusted key signed) is the one after `chain`'s head: its seq the next,
+/// its `prev_hash` the head's hash.
+async fn links_on(
+    js: &jetstream::Context,
+    after: u64,
+    upto: u64,
+    chain: &Chain,
+    signing: Option<&Signing>,
+) -> bool {
+    let Ok(s) = js.get_stream(subjects::STREAM_AUDIT).await else {
+        return false;
+    };
+    for seq in after.saturating_add(1)..=upto.min(after.saturating_add(LINK_LOOK)) {
+        let Ok(m) = s.get_raw_message(seq).await else {
+            continue;
+        };
+        let Some(first) = records_of(&m.payload).ok().and_then(|v| {
+            v.into_iter()
+                .find_map(|r| serde_json::from_value::<AuditRecord>(r).ok())
+        }) else {
+            continue;
+        };
+        if let Some(signing) = signing {
+            let signed = last_record_of(&m.payload)
+                .is_some_and(|last| signed_by(&signing.trusted, &m, &last).is_ok());
+            if !signed {
+                continue;
+            }
+        }
+        return first.seq == chain.next_seq() && first.prev_hash == chain.last_hash();
+    }
+    false
 }
 
 /// Whether `r` carries `chain` on: at or past its next seq, and no further
@@ -1620,6 +1676,13 @@ async fn stream_made(js: &jetstream::Context) -> Result<Option<(Made, u64)>> {
         Err(e) if stream_missing(&e) => Ok(None),
         Err(e) => Err(stream_err(e)),
     }
+}
+
+/// The term of the audit stream's last record, read unsigned (the lease
+/// bounds what it believes: [`crate::lease::TERM_JUMP_MAX`]); `None` when
+/// there is none or it cannot be read.
+pub(crate) async fn last_term(js: &jetstream::Context) -> Option<u64> {
+    last_record(js, None).await.ok()??.record?.entry.term
 }
 
 /// The record the chain continues from, the stream's last sequence and

@@ -261,6 +261,11 @@ impl Lease {
         let (revision, term) = if revision > self.floor {
             (revision, revision)
         } else {
+            // A leadership won in this bucket since this process last read
+            // it wrote its term in the trail first (`leader` elected).
+            if let Some(t) = crate::audit::last_term(&self.js).await {
+                self.observe(t);
+            }
             // No term above the highest seen is left: never the same term
             // twice (two leaders the agents could not tell apart). The key
             // just made is given back, so another coordinator may lead.

@@ -170,6 +170,9 @@ struct Remake {
     /// When the server made each SKOS stream last seen (ns since the
     /// epoch): another time is another stream, made by someone else.
     made: std::sync::Mutex<std::collections::HashMap<&'static str, i128>>,
+    /// The per-node limit is to be set again (an alert or result stream
+    /// made again), until it was.
+    limit_due: std::sync::atomic::AtomicBool,
 }
 
 /// How often [`NatsBus::check_streams`] looks at the streams.
@@ -342,12 +345,24 @@ impl NatsBus {
             }
             *last = Some(std::time::Instant::now());
         }
+        // What is found is told at once (counted, the limit marked due),
+        // so an error on a later stream loses none of it.
+        let found = |name: &'static str| {
+            use std::sync::atomic::Ordering::Relaxed;
+            if name == subjects::STREAM_COMMANDS {
+                self.remake.commands.fetch_add(1, Relaxed);
+            }
+            if name == subjects::STREAM_ALERTS || name == subjects::STREAM_RESULTS {
+                self.remake.limit_due.store(true, Relaxed);
+            }
+        };
         let mut made = Vec::new();
         let mut replaced = Vec::new();
         for (name, subject, max_age, locked) in self.stream_specs() {
             match self.stream_made(name).await? {
                 Some(at) => {
                     if self.seen_made(name, at) {
+                        found(name);
                         replaced.push(name);
                     }
                 }
@@ -358,6 +373,7 @@ impl NatsBus {
                         .created
                         .unix_timestamp_nanos();
                     self.seen_made(name, at);
+                    found(name);
                     made.push(name);
                 }
             }
@@ -365,9 +381,6 @@ impl NatsBus {
         if !self.has_stream(subjects::STREAM_STATE).await? {
             crate::state::make_stream(&self.js).await?;
             made.push(subjects::STREAM_STATE);
-        }
-        if made.is_empty() && replaced.is_empty() {
-            return Ok(made);
         }
         if !made.is_empty() {
             tracing::warn!(
@@ -385,15 +398,16 @@ impl NatsBus {
             .remake
             .per_node
             .load(std::sync::atomic::Ordering::Relaxed);
-        if per_node > 0 {
-            self.limit_per_node(per_node).await?;
-        }
-        if made.contains(&subjects::STREAM_COMMANDS)
-            || replaced.contains(&subjects::STREAM_COMMANDS)
+        if per_node > 0
+            && self
+                .remake
+                .limit_due
+                .load(std::sync::atomic::Ordering::Relaxed)
         {
+            self.limit_per_node(per_node).await?;
             self.remake
-                .commands
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                .limit_due
+                .store(false, std::sync::atomic::Ordering::Relaxed);
         }
         made.extend(replaced);
         Ok(made)
@@ -1113,6 +1127,24 @@ async fn lock_stream(
                 "the audit stream's max_age is not the configured retention: the stream's applies (change it with the server's admin credential)"
             );
         }
+    }
+    let limited =
+        config.max_messages > 0 || config.max_bytes > 0 || config.max_messages_per_subject > 0;
+    if raise && limited {
+        // SKOS makes the trail with no limit but its age: one put in its
+        // place with a count or size limit would drop records (or refuse
+        // them) long before the retention.
+        tracing::warn!(
+            stream = name,
+            max_messages = config.max_messages,
+            max_bytes = config.max_bytes,
+            max_messages_per_subject = config.max_messages_per_subject,
+            "the audit stream put in place limits its messages or bytes: limits taken off"
+        );
+        config.max_messages = -1;
+        config.max_bytes = -1;
+        config.max_messages_per_subject = -1;
+        raised = true;
     }
     if is_locked(&config) {
         if !raised {

@@ -4,9 +4,10 @@
 //! carries its chain on, `verify` names it, followers read the new stream;
 //! the other streams and the lease bucket are made again as they were
 //! made, and terms never go back. The embedded trail's live file too.
-//! At the edges: [`edges`].
+//! At the edges: [`edges`], [`hostile`].
 
 mod edges;
+mod hostile;
 
 use std::time::Duration;
 
