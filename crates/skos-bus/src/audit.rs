@@ -765,7 +765,7 @@ impl StreamWriter {
     /// the replacement): this writer continues from it.
     async fn resync(&mut self, log: &AuditLog, term: Option<u64>, chain: &mut Chain) -> Result<()> {
         let signing = self.signing.as_deref();
-        let (tail, remade) = match last_record(&self.js, signing).await? {
+        let (mut tail, mut remade) = match last_record(&self.js, signing).await? {
             Some(tail) => (tail, false),
             None => {
                 tracing::error!(
@@ -788,6 +788,15 @@ impl StreamWriter {
         }
         self.checked = std::time::Instant::now();
         let replaced = remade || tail.made != self.made || tail.last_seq < self.last_stream_seq;
+        if replaced && !remade && crate::nats::lock_audit_stream(&self.js, self.retention).await {
+            // Made by someone else: locked as SKOS makes it, or the next
+            // deletion goes unseen too; one that keeps no records was made
+            // again (it held none).
+            tail = last_record(&self.js, signing)
+                .await?
+                .ok_or_else(|| stream_err("gone again as soon as it was made"))?;
+            remade = true;
+        }
         // Messages the stream took since this writer's last: a record
         // carrying the chain on lies at most that many records past its
         // head (one further is forged, or of another chain).
@@ -797,26 +806,15 @@ impl StreamWriter {
             tail.last_seq.saturating_sub(self.last_stream_seq)
         };
         let mut carries_on = tail.record.as_ref().filter(|r| continues(chain, r, grown));
-        // On the same stream the records after this writer's last message
-        // must link to its head (the first of them is its next, built on
-        // its hash): a record that does not is another chain's, or forged.
-        if !replaced
-            && carries_on.is_some()
-            && !links_on(
-                &self.js,
-                self.last_stream_seq,
-                tail.last_seq,
-                chain,
-                signing,
-            )
-            .await
-        {
-            carries_on = None;
-        }
-        if replaced && !remade {
-            // Made by someone else: locked as SKOS makes it, or the next
-            // deletion goes unseen too.
-            crate::nats::lock_audit_stream(&self.js, self.retention).await;
+        // Unsigned, on the same stream: the records after this writer's
+        // last message must chain from its head to the one built on (each
+        // the next seq, on the hash before); one that does not is another
+        // chain's, or forged. (Signed, the record is a trusted key's.)
+        if let (false, None, Some(r)) = (replaced, signing, carries_on) {
+            if reaches(&self.js, self.last_stream_seq, tail.last_seq, chain, r).await == Some(false)
+            {
+                carries_on = None;
+            }
         }
         if !replaced || carries_on.is_some() {
             if replaced {
@@ -1041,6 +1039,24 @@ fn replaced_entry(
 /// each longer than its two 64-digit hashes, plus the one that crossed it.
 const RECORDS_PER_MESSAGE_MAX: u64 = MESSAGE_BYTES as u64 / 128 + 1;
 
+/// Whether the first `len` bytes of `a` and `b` are the same.
+fn same_bytes(a: &File, b: &File, len: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: usize = 64 * 1024;
+    let (mut x, mut y) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    let mut at = 0u64;
+    while at < len {
+        let n = usize::try_from(len - at).unwrap_or(BLOCK).min(BLOCK);
+        a.read_exact_at(&mut x[..n], at)?;
+        b.read_exact_at(&mut y[..n], at)?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// Whether the directory at `dir`'s path is not the one `dir` holds
 /// (moved away, removed, or another put in its place).
 fn dir_replaced(dir: &skos_fs::Dir) -> bool {
@@ -1054,44 +1070,42 @@ fn dir_replaced(dir: &skos_fs::Dir) -> bool {
     }
 }
 
-/// How many messages after its last [`links_on`] looks through for the
-/// first record.
-const LINK_LOOK: u64 = 16;
+/// The most messages [`reaches`] reads.
+const LINK_LOOK: u64 = 256;
 
-/// Whether the first record stored after stream message `after` (within
-/// [`LINK_LOOK`] messages, up to `upto`; with `signing`, in a message a
-/// trusted key signed) is the one after `chain`'s head: its seq the next,
-/// its `prev_hash` the head's hash.
-async fn links_on(
+/// Whether the records in the stream messages after `after` up to `upto`
+/// chain from `chain`'s head to `r` (each the next seq, its `prev_hash`
+/// the hash before). `None` when it cannot be told: more than
+/// [`LINK_LOOK`] messages, or one that cannot be read (aged out, or an
+/// error), where `r` is taken on its seq alone.
+async fn reaches(
     js: &jetstream::Context,
     after: u64,
     upto: u64,
     chain: &Chain,
-    signing: Option<&Signing>,
-) -> bool {
-    let Ok(s) = js.get_stream(subjects::STREAM_AUDIT).await else {
-        return false;
-    };
-    for seq in after.saturating_add(1)..=upto.min(after.saturating_add(LINK_LOOK)) {
-        let Ok(m) = s.get_raw_message(seq).await else {
-            continue;
-        };
-        let Some(first) = records_of(&m.payload).ok().and_then(|v| {
-            v.into_iter()
-                .find_map(|r| serde_json::from_value::<AuditRecord>(r).ok())
-        }) else {
-            continue;
-        };
-        if let Some(signing) = signing {
-            let signed = last_record_of(&m.payload)
-                .is_some_and(|last| signed_by(&signing.trusted, &m, &last).is_ok());
-            if !signed {
-                continue;
+    r: &AuditRecord,
+) -> Option<bool> {
+    if upto.saturating_sub(after) > LINK_LOOK {
+        return None;
+    }
+    let s = js.get_stream(subjects::STREAM_AUDIT).await.ok()?;
+    let mut records = std::collections::HashMap::new();
+    for seq in after.saturating_add(1)..=upto {
+        let m = s.get_raw_message(seq).await.ok()?;
+        for v in records_of(&m.payload).unwrap_or_default() {
+            if let Ok(rec) = serde_json::from_value::<AuditRecord>(v) {
+                records.insert((rec.seq, rec.prev_hash), rec.hash);
             }
         }
-        return first.seq == chain.next_seq() && first.prev_hash == chain.last_hash();
     }
-    false
+    let (mut seq, mut hash) = (chain.next_seq(), chain.last_hash().to_string());
+    while let Some(next) = records.remove(&(seq, hash.clone())) {
+        if seq == r.seq {
+            return Some(next == r.hash);
+        }
+        (seq, hash) = (seq.saturating_add(1), next);
+    }
+    Some(false)
 }
 
 /// Whether `r` carries `chain` on: at or past its next seq, and no further
@@ -1144,10 +1158,11 @@ fn keep_live(
         && last
             .as_ref()
             .is_some_and(|r| r.seq == head_seq && r.hash == chain.last_hash())
+        && same_bytes(file, &live, held.len()).map_err(|e| io(path, e))?
     {
-        // A copy put in place (an editor's save, `cp` and `mv`): as long
-        // as the file held and ending with this writer's head, so nothing
-        // is lost from the trail (one cut short is a loss, recorded).
+        // A copy put in place (an editor's save, `cp` and `mv`): the same
+        // bytes as the file held, so nothing is lost from the trail (one
+        // cut short, or changed, is a loss, recorded).
         tracing::warn!(
             path = %path.escaped(),
             head_seq,
@@ -1678,11 +1693,27 @@ async fn stream_made(js: &jetstream::Context) -> Result<Option<(Made, u64)>> {
     }
 }
 
-/// The term of the audit stream's last record, read unsigned (the lease
-/// bounds what it believes: [`crate::lease::TERM_JUMP_MAX`]); `None` when
-/// there is none or it cannot be read.
+/// How many of the audit stream's last messages [`last_term`] reads.
+const LAST_TERM_LOOK: u64 = 64;
+
+/// The term of the last record among the audit stream's last
+/// [`LAST_TERM_LOOK`] messages, read unsigned (the lease bounds what it
+/// believes: [`crate::lease::TERM_JUMP_MAX`]); `None` when there is none
+/// or it cannot be read.
 pub(crate) async fn last_term(js: &jetstream::Context) -> Option<u64> {
-    last_record(js, None).await.ok()??.record?.entry.term
+    let s = js.get_stream(subjects::STREAM_AUDIT).await.ok()?;
+    let last = s.cached_info().state.last_sequence;
+    let first = s.cached_info().state.first_sequence.max(1);
+    let mut seq = last;
+    while seq >= first && last - seq < LAST_TERM_LOOK {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            if let Some(r) = last_record_of(&m.payload) {
+                return r.entry.term;
+            }
+        }
+        seq -= 1;
+    }
+    None
 }
 
 /// The record the chain continues from, the stream's last sequence and

@@ -263,7 +263,9 @@ impl Lease {
         } else {
             // A leadership won in this bucket since this process last read
             // it wrote its term in the trail first (`leader` elected).
-            if let Some(t) = crate::audit::last_term(&self.js).await {
+            // Bounded in time too: the key just made waits meanwhile.
+            let read = tokio::time::timeout(self.lease / 4, crate::audit::last_term(&self.js));
+            if let Ok(Some(t)) = read.await {
                 self.observe(t);
             }
             // No term above the highest seen is left: never the same term

@@ -358,29 +358,47 @@ impl NatsBus {
         };
         let mut made = Vec::new();
         let mut replaced = Vec::new();
+        // A stream that cannot be looked at or made keeps none after it
+        // from being: the first error is given once every one was tried.
+        let mut failed = None;
         for (name, subject, max_age, locked) in self.stream_specs() {
-            match self.stream_made(name).await? {
+            let at = match self.stream_made(name).await {
+                Ok(at) => at,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
+            match at {
                 Some(at) => {
                     if self.seen_made(name, at) {
                         found(name);
                         replaced.push(name);
                     }
                 }
-                None => {
-                    let at = ensure_stream(&self.js, name, subject, max_age, locked)
-                        .await?
-                        .cached_info()
-                        .created
-                        .unix_timestamp_nanos();
-                    self.seen_made(name, at);
-                    found(name);
-                    made.push(name);
-                }
+                None => match ensure_stream(&self.js, name, subject, max_age, locked).await {
+                    Ok(stream) => {
+                        self.seen_made(name, stream.cached_info().created.unix_timestamp_nanos());
+                        found(name);
+                        made.push(name);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                },
             }
         }
-        if !self.has_stream(subjects::STREAM_STATE).await? {
-            crate::state::make_stream(&self.js).await?;
-            made.push(subjects::STREAM_STATE);
+        match self.has_stream(subjects::STREAM_STATE).await {
+            Ok(true) => {}
+            Ok(false) => match crate::state::make_stream(&self.js).await {
+                Ok(_) => made.push(subjects::STREAM_STATE),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            },
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
         if !made.is_empty() {
             tracing::warn!(
@@ -408,6 +426,9 @@ impl NatsBus {
             self.remake
                 .limit_due
                 .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         made.extend(replaced);
         Ok(made)
@@ -1128,22 +1149,30 @@ async fn lock_stream(
             );
         }
     }
-    let limited =
-        config.max_messages > 0 || config.max_bytes > 0 || config.max_messages_per_subject > 0;
+    let limited = config.max_messages > 0
+        || config.max_bytes > 0
+        || config.max_messages_per_subject > 0
+        || config.max_message_size > 0
+        || config.retention != stream::RetentionPolicy::Limits;
     if raise && limited {
-        // SKOS makes the trail with no limit but its age: one put in its
-        // place with a count or size limit would drop records (or refuse
+        // SKOS makes the trail with no limit but its age, kept by limits
+        // alone: one put in its place with a count or size limit, or kept
+        // only while consumers want it, would drop records (or refuse
         // them) long before the retention.
         tracing::warn!(
             stream = name,
             max_messages = config.max_messages,
             max_bytes = config.max_bytes,
             max_messages_per_subject = config.max_messages_per_subject,
-            "the audit stream put in place limits its messages or bytes: limits taken off"
+            max_message_size = config.max_message_size,
+            retention = ?config.retention,
+            "the audit stream put in place limits or drops its messages: limits taken off"
         );
         config.max_messages = -1;
         config.max_bytes = -1;
         config.max_messages_per_subject = -1;
+        config.max_message_size = -1;
+        config.retention = stream::RetentionPolicy::Limits;
         raised = true;
     }
     if is_locked(&config) {
@@ -1174,12 +1203,48 @@ async fn lock_stream(
 }
 
 /// Lock `SKOS_AUDIT` where it is not, its max_age raised to `retention`
-/// where shorter (one made by someone else in place of the one written:
-/// [`crate::audit`]); a failure is logged, not given:
-/// the writer goes on and the replacement is recorded all the same.
-pub(crate) async fn lock_audit_stream(js: &jetstream::Context, retention: Duration) {
-    if let Err(e) = lock_stream(js, subjects::STREAM_AUDIT, Some(retention), true).await {
+/// where shorter, its limits taken off (one made by someone else in place
+/// of the one written: [`crate::audit`]); a failure is logged, not given:
+/// the writer goes on and the replacement is recorded all the same. One
+/// that keeps records only while consumers want them (a retention the
+/// server will not change) and holds none is deleted and made again as
+/// SKOS makes it: whether it was.
+pub(crate) async fn lock_audit_stream(js: &jetstream::Context, retention: Duration) -> bool {
+    let Err(e) = lock_stream(js, subjects::STREAM_AUDIT, Some(retention), true).await else {
+        return false;
+    };
+    let kept = match js.get_stream(subjects::STREAM_AUDIT).await {
+        Ok(s) => {
+            let info = s.cached_info();
+            info.config.retention == stream::RetentionPolicy::Limits || info.state.messages > 0
+        }
+        Err(_) => true,
+    };
+    if kept {
         tracing::error!(error = %e, "the audit stream put in place of the one written is not locked");
+        return false;
+    }
+    let remade = async {
+        js.delete_stream(subjects::STREAM_AUDIT)
+            .await
+            .map_err(|e| Error::Stream {
+                stream: subjects::STREAM_AUDIT.to_string(),
+                reason: e.to_string(),
+            })?;
+        ensure_audit_stream(js, retention).await
+    };
+    match remade.await {
+        Ok(()) => {
+            tracing::error!(
+                stream = subjects::STREAM_AUDIT,
+                "the audit stream put in place kept no records (its retention drops them) and held none: made again as SKOS makes it"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the audit stream put in place keeps no records and was not made again");
+            false
+        }
     }
 }
 

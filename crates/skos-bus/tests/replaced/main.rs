@@ -4,10 +4,11 @@
 //! carries its chain on, `verify` names it, followers read the new stream;
 //! the other streams and the lease bucket are made again as they were
 //! made, and terms never go back. The embedded trail's live file too.
-//! At the edges: [`edges`], [`hostile`].
+//! At the edges: [`edges`], [`hostile`], [`strays`].
 
 mod edges;
 mod hostile;
+mod strays;
 
 use std::time::Duration;
 
